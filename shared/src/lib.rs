@@ -1,0 +1,20 @@
+//! Outpost's common crate: the model runtime and the types every other crate speaks.
+//!
+//! - [`datatype`]: tensor element types, named as the Open Inference Protocol (V2) names them.
+//! - [`tensor`]: conversions between V2 wire data (JSON numbers, little-endian bytes) and tensors.
+//! - [`runtime`]: load an ONNX model with tract, describe its signature, check inputs, run it.
+//! - [`reference`]: reference input/output pairs produced by another runtime, and the check
+//!   that our runtime reproduces them before a model may serve.
+//!
+//! No network I/O and no async runtime live here: the agent and the coordinator both build on
+//! this crate, so a model validated centrally behaves the same on every device.
+#![forbid(unsafe_code)]
+
+pub mod datatype;
+pub mod reference;
+pub mod runtime;
+pub mod tensor;
+
+pub use datatype::DataType;
+pub use runtime::{Dim, Model, RuntimeError, Signature, TensorSpec};
+pub use tract_onnx::prelude::Tensor;
