@@ -1,1 +1,20 @@
-//! x
+//! Outpost's edge agent: serves ONNX models over the KServe Open Inference Protocol (V2).
+//!
+//! - [`config`]: TOML + `OUTPOST_*` environment configuration.
+//! - [`models`]: the table of served models and their validated start-up.
+//! - [`pool`]: the bounded inference worker pool.
+//! - [`api`]: V2 HTTP endpoints and `/metrics`.
+//! - [`metrics`]: Prometheus metric names and recording.
+//! - [`server`]: the `serve` lifecycle (bind, load, drain on signal).
+//! - [`cli`], [`check_model`], [`logging`]: the binary's edges.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod check_model;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod models;
+pub mod pool;
+pub mod server;

@@ -93,11 +93,25 @@ pub enum InputError {
     #[error("input `{name}` is missing")]
     MissingInput { name: String },
     #[error("input `{name}` has datatype {found} but the model takes {expected}")]
-    WrongDatatype { name: String, expected: DataType, found: DataType },
+    WrongDatatype {
+        name: String,
+        expected: DataType,
+        found: DataType,
+    },
     #[error("input `{name}` has shape {found:?} ({} dimensions) but the model takes {expected} ({} dimensions)", found.len(), expected_rank)]
-    WrongRank { name: String, expected: String, expected_rank: usize, found: Vec<usize> },
+    WrongRank {
+        name: String,
+        expected: String,
+        expected_rank: usize,
+        found: Vec<usize>,
+    },
     #[error("input `{name}` has {found} in dimension {axis} but the model takes {expected}")]
-    WrongDim { name: String, axis: usize, expected: usize, found: usize },
+    WrongDim {
+        name: String,
+        axis: usize,
+        expected: usize,
+        found: usize,
+    },
     #[error(
         "input `{name}` has {found} in dimension {axis} ({symbol}) but `{first_name}` has {first}: inputs must agree on {symbol}"
     )]
@@ -128,7 +142,9 @@ impl Signature {
                 });
             };
             if feeding[slot].replace(i).is_some() {
-                return Err(InputError::DuplicateInput { name: p.name.to_owned() });
+                return Err(InputError::DuplicateInput {
+                    name: p.name.to_owned(),
+                });
             }
             let spec = &self.inputs[slot];
             if p.datatype != spec.datatype {
@@ -148,7 +164,10 @@ impl Signature {
             }
             for (axis, (dim, &found)) in spec.shape.iter().zip(p.shape).enumerate() {
                 if found == 0 {
-                    return Err(InputError::EmptyDimension { name: p.name.to_owned(), axis });
+                    return Err(InputError::EmptyDimension {
+                        name: p.name.to_owned(),
+                        axis,
+                    });
                 }
                 match dim {
                     Dim::Fixed(expected) if *expected != found => {
@@ -182,7 +201,11 @@ impl Signature {
         feeding
             .into_iter()
             .zip(&self.inputs)
-            .map(|(f, spec)| f.ok_or_else(|| InputError::MissingInput { name: spec.name.clone() }))
+            .map(|(f, spec)| {
+                f.ok_or_else(|| InputError::MissingInput {
+                    name: spec.name.clone(),
+                })
+            })
             .collect()
     }
 
@@ -204,7 +227,11 @@ pub enum RuntimeError {
     #[error("model cannot be typed (every input dimension but the first must have a size): {0}")]
     Typing(String),
     #[error("model {kind} `{name}` has element type {datatype}, which the agent does not serve")]
-    UnsupportedDatatype { kind: &'static str, name: String, datatype: String },
+    UnsupportedDatatype {
+        kind: &'static str,
+        name: String,
+        datatype: String,
+    },
     #[error("model cannot be optimized: {0}")]
     Optimize(String),
     #[error("model expects {expected} inputs, got {found}")]
@@ -227,15 +254,19 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("signature", &self.signature).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
     }
 }
 
 impl Model {
     /// Reads and loads an ONNX file. External tensor data is resolved next to the file.
     pub fn load_file(path: &Path) -> Result<Model, RuntimeError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| RuntimeError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Model::load_bytes(&bytes, path.parent())
     }
 
@@ -249,10 +280,15 @@ impl Model {
             return Err(RuntimeError::Decode("the file holds no graph".into()));
         }
         name_anonymous_batch_dims(&mut proto);
-        let metadata =
-            proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        let metadata = proto
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
         let dir = model_dir.and_then(Path::to_str);
-        let parsed = onnx.parse(&proto, dir).map_err(|e| RuntimeError::Translate(format!("{e:#}")))?;
+        let parsed = onnx
+            .parse(&proto, dir)
+            .map_err(|e| RuntimeError::Translate(format!("{e:#}")))?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(RuntimeError::Translate(format!(
                 "inputs without a producer: {}",
@@ -269,7 +305,11 @@ impl Model {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| RuntimeError::Optimize(format!("{e:#}")))?;
-        Ok(Model { plan, signature, metadata })
+        Ok(Model {
+            plan,
+            signature,
+            metadata,
+        })
     }
 
     /// The model's inputs and outputs.
@@ -292,7 +332,10 @@ impl Model {
             });
         }
         let values: TVec<TValue> = inputs.into_iter().map(Tensor::into_tvalue).collect();
-        let outputs = self.plan.run(values).map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
+        let outputs = self
+            .plan
+            .run(values)
+            .map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
         outputs
             .into_iter()
             .map(|value| {
@@ -301,7 +344,9 @@ impl Model {
                     tensor
                         .cast_to_dt(DatumType::I64)
                         .map(|t| t.into_owned())
-                        .map_err(|e| RuntimeError::Run(format!("cannot convert output to INT64: {e:#}")))
+                        .map_err(|e| {
+                            RuntimeError::Run(format!("cannot convert output to INT64: {e:#}"))
+                        })
                 } else {
                     Ok(tensor)
                 }
@@ -346,13 +391,20 @@ impl Model {
             };
             let dt = datatype_of(tensor)?;
             if dt != spec.datatype {
-                return Err(mismatch(format!("datatype {dt}, declared {}", spec.datatype)));
+                return Err(mismatch(format!(
+                    "datatype {dt}, declared {}",
+                    spec.datatype
+                )));
             }
             let fits = tensor.rank() == spec.shape.len()
-                && spec.shape.iter().zip(tensor.shape()).all(|(d, &n)| match d {
-                    Dim::Fixed(m) => *m == n,
-                    Dim::Symbol(_) | Dim::Dynamic => true,
-                });
+                && spec
+                    .shape
+                    .iter()
+                    .zip(tensor.shape())
+                    .all(|(d, &n)| match d {
+                        Dim::Fixed(m) => *m == n,
+                        Dim::Symbol(_) | Dim::Dynamic => true,
+                    });
             if !fits {
                 return Err(mismatch(format!(
                     "shape {:?}, declared {}",
@@ -368,15 +420,23 @@ impl Model {
 /// Gives the first dimension of each graph input a name when the file leaves it anonymous.
 fn name_anonymous_batch_dims(proto: &mut pb::ModelProto) {
     use pb::tensor_shape_proto::dimension::Value as DimValue;
-    let Some(graph) = proto.graph.as_mut() else { return };
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
     let initializers: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
-    for input in graph.input.iter_mut().filter(|i| !initializers.contains(&i.name)) {
+    for input in graph
+        .input
+        .iter_mut()
+        .filter(|i| !initializers.contains(&i.name))
+    {
         let Some(pb::type_proto::Value::TensorType(tensor)) =
             input.r#type.as_mut().and_then(|t| t.value.as_mut())
         else {
             continue;
         };
-        let Some(first) = tensor.shape.as_mut().and_then(|s| s.dim.first_mut()) else { continue };
+        let Some(first) = tensor.shape.as_mut().and_then(|s| s.dim.first_mut()) else {
+            continue;
+        };
         let anonymous = match &first.value {
             None => true,
             Some(DimValue::DimParam(name)) => name.is_empty(),
@@ -394,13 +454,22 @@ fn spec_of(
     name: String,
     kind: &'static str,
 ) -> Result<TensorSpec, RuntimeError> {
-    let fact = model.outlet_fact(outlet).map_err(|e| RuntimeError::Typing(format!("{e:#}")))?;
+    let fact = model
+        .outlet_fact(outlet)
+        .map_err(|e| RuntimeError::Typing(format!("{e:#}")))?;
     // tract computes some integer outputs (e.g. class labels picked by ArrayFeatureExtractor)
     // as symbolic dimensions; ONNX declares them int64, and `run` converts them back.
-    let datum_type = if fact.datum_type == DatumType::TDim { DatumType::I64 } else { fact.datum_type };
-    let datatype = DataType::from_datum_type(datum_type).ok_or_else(|| {
-        RuntimeError::UnsupportedDatatype { kind, name: name.clone(), datatype: format!("{:?}", fact.datum_type) }
-    })?;
+    let datum_type = if fact.datum_type == DatumType::TDim {
+        DatumType::I64
+    } else {
+        fact.datum_type
+    };
+    let datatype =
+        DataType::from_datum_type(datum_type).ok_or_else(|| RuntimeError::UnsupportedDatatype {
+            kind,
+            name: name.clone(),
+            datatype: format!("{:?}", fact.datum_type),
+        })?;
     let shape = fact
         .shape
         .iter()
@@ -412,7 +481,11 @@ fn spec_of(
             },
         })
         .collect();
-    Ok(TensorSpec { name, datatype, shape })
+    Ok(TensorSpec {
+        name,
+        datatype,
+        shape,
+    })
 }
 
 fn signature_of(model: &TypedModel) -> Result<Signature, RuntimeError> {
@@ -442,13 +515,21 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dt: DataType, shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: name.into(), datatype: dt, shape }
+        TensorSpec {
+            name: name.into(),
+            datatype: dt,
+            shape,
+        }
     }
 
     fn two_inputs() -> Signature {
         Signature {
             inputs: vec![
-                spec("a", DataType::F32, vec![Dim::Symbol("N".into()), Dim::Fixed(3)]),
+                spec(
+                    "a",
+                    DataType::F32,
+                    vec![Dim::Symbol("N".into()), Dim::Fixed(3)],
+                ),
                 spec("b", DataType::I64, vec![Dim::Symbol("N".into())]),
             ],
             outputs: vec![spec("y", DataType::F32, vec![Dim::Symbol("N".into())])],
@@ -456,7 +537,11 @@ mod tests {
     }
 
     fn p<'a>(name: &'a str, datatype: DataType, shape: &'a [usize]) -> ProvidedInput<'a> {
-        ProvidedInput { name, datatype, shape }
+        ProvidedInput {
+            name,
+            datatype,
+            shape,
+        }
     }
 
     #[test]
@@ -472,9 +557,15 @@ mod tests {
     fn every_signature_violation_is_named() {
         let sig = two_inputs();
         let cases: Vec<(Vec<ProvidedInput<'_>>, &str)> = vec![
-            (vec![p("c", DataType::F32, &[1, 3])], "model has no input named `c` (its inputs: a, b)"),
             (
-                vec![p("a", DataType::F32, &[1, 3]), p("a", DataType::F32, &[1, 3])],
+                vec![p("c", DataType::F32, &[1, 3])],
+                "model has no input named `c` (its inputs: a, b)",
+            ),
+            (
+                vec![
+                    p("a", DataType::F32, &[1, 3]),
+                    p("a", DataType::F32, &[1, 3]),
+                ],
                 "input `a` is given more than once",
             ),
             (vec![p("a", DataType::F32, &[1, 3])], "input `b` is missing"),
@@ -500,7 +591,10 @@ mod tests {
             ),
         ];
         for (provided, message) in cases {
-            assert_eq!(sig.check_inputs(&provided).unwrap_err().to_string(), message);
+            assert_eq!(
+                sig.check_inputs(&provided).unwrap_err().to_string(),
+                message
+            );
         }
     }
 

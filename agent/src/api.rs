@@ -1,0 +1,57 @@
+//! The agent's HTTP API: the KServe Open Inference Protocol (V2) under `/v2`, and `/metrics`.
+//!
+//! Handlers stay thin: they look the model up, hand the body to the worker pool
+//! ([`codec::handle`] does the CPU work there) and map every failure through [`ApiError`].
+
+pub mod codec;
+pub mod error;
+pub mod v2;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::{get, post};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::metrics::Metrics;
+use crate::models::ModelTable;
+use crate::pool::WorkerPool;
+
+pub use error::ApiError;
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub models: Arc<ModelTable>,
+    pub pool: Arc<WorkerPool>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+/// Builds the router with its limits and a tracing span per request.
+pub fn router(state: AppState, body_timeout: Duration) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(v2::version_infer))
+        .route("/metrics", get(v2::metrics))
+        .fallback(v2::no_route)
+        .method_not_allowed_fallback(v2::wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
+        .with_state(state)
+}

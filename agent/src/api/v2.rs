@@ -1,0 +1,330 @@
+//! Handlers of the Open Inference Protocol (V2) endpoints and `/metrics`.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::codec::{self, Encoded};
+use super::{ApiError, AppState};
+use crate::metrics::Outcome;
+use crate::models::{Lookup, ModelEntry, ModelState};
+use crate::pool::SubmitError;
+
+/// Header of the binary tensor data extension giving the JSON part's length.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// Extensions this server implements, as `GET /v2` advertises them.
+pub const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
+
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "outpost-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+pub async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+fn describe(entry: &ModelEntry) -> Value {
+    let state = entry.state();
+    let mut v = json!({
+        "name": entry.name(),
+        "version": entry.version(),
+        "state": state.label(),
+    });
+    if let ModelState::Failed(reason) = &state {
+        v["reason"] = json!(reason);
+    }
+    v
+}
+
+pub async fn ready(State(app): State<AppState>) -> Response {
+    let ready = app.models.all_ready();
+    let models: Vec<Value> = app.models.entries().iter().map(|e| describe(e)).collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready, "models": models }))).into_response()
+}
+
+fn find(
+    app: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<std::sync::Arc<ModelEntry>, ApiError> {
+    match app.models.lookup(name, version) {
+        Lookup::Found(entry) => Ok(entry),
+        Lookup::UnknownModel => Err(ApiError::NotFound(format!("unknown model `{name}`"))),
+        Lookup::UnknownVersion => Err(ApiError::NotFound(format!(
+            "model `{name}` has no version `{}`",
+            version.unwrap_or_default()
+        ))),
+    }
+}
+
+fn metadata(app: &AppState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
+    let entry = find(app, name, version)?;
+    let versions: Vec<String> = app.models.named(name).filter_map(|e| e.version()).collect();
+    let mut body = describe(&entry);
+    body["versions"] = json!(versions);
+    body["platform"] = json!("onnx_onnxv1");
+    if let Some(served) = entry.ready() {
+        let tensors = |specs: &[outpost_shared::TensorSpec]| -> Vec<Value> {
+            specs
+                .iter()
+                .map(|s| json!({"name": s.name, "datatype": s.datatype.v2_name(), "shape": s.shape.iter().map(|d| d.v2()).collect::<Vec<_>>()}))
+                .collect()
+        };
+        body["inputs"] = json!(tensors(&served.signature().inputs));
+        body["outputs"] = json!(tensors(&served.signature().outputs));
+        body["parameters"] = json!({ "metadata": served.model.metadata() });
+    } else {
+        body["inputs"] = json!([]);
+        body["outputs"] = json!([]);
+    }
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("version");
+    }
+    Ok(Json(body))
+}
+
+pub async fn model_metadata(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(&app, &name, None)
+}
+
+pub async fn version_metadata(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(&app, &name, Some(&version))
+}
+
+fn model_readiness(
+    app: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    let entry = find(app, name, version)?;
+    let ready = entry.ready().is_some();
+    let mut body = describe(&entry);
+    body["ready"] = json!(ready);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+pub async fn model_ready(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    model_readiness(&app, &name, None)
+}
+
+pub async fn version_ready(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    model_readiness(&app, &name, Some(&version))
+}
+
+pub async fn infer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    run_inference(app, name, None, headers, body).await
+}
+
+pub async fn version_infer(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    run_inference(app, name, Some(version), headers, body).await
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn inference_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Inference-Header-Content-Length must be a byte count, found {value:?}"
+            ))
+        })
+}
+
+async fn run_inference(
+    app: AppState,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    app.metrics.in_flight.inc();
+    let _in_flight = InFlight(&app.metrics.in_flight);
+
+    let entry = match find(&app, &name, version.as_deref()) {
+        Ok(entry) => entry,
+        Err(e) => {
+            // Unknown names share one label value, so clients cannot grow the metric without bound.
+            app.metrics
+                .requests
+                .with_label_values(&["_unknown", "", e.outcome().label()])
+                .inc();
+            return e.into_response();
+        }
+    };
+    let served = match entry.state() {
+        ModelState::Ready(served) => served,
+        other => {
+            let e = match other {
+                ModelState::Failed(reason) => ApiError::NotReady(format!(
+                    "model `{name}` failed validation and does not serve: {reason}"
+                )),
+                _ => ApiError::NotReady(format!("model `{name}` is still loading")),
+            };
+            let v = entry.version().unwrap_or_default();
+            app.metrics
+                .requests
+                .with_label_values(&[name.as_str(), v.as_str(), e.outcome().label()])
+                .inc();
+            return e.into_response();
+        }
+    };
+
+    let result = async {
+        let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes))?;
+        let header_len = inference_header_len(&headers)?;
+        let job_model = std::sync::Arc::clone(&served);
+        let job = app
+            .pool
+            .try_submit(move || codec::handle(&job_model, &body, header_len))
+            .map_err(|e| {
+                if let SubmitError::Full(_) = e {
+                    app.metrics.queue_rejections.inc();
+                }
+                ApiError::Overloaded(format!("{e}; retry shortly"))
+            })?;
+        job.await
+            .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+    .await;
+
+    let labels = [served.name.as_str(), served.version.as_str()];
+    let outcome = match &result {
+        Ok(encoded) => {
+            app.metrics
+                .inference_duration
+                .with_label_values(&labels)
+                .observe(encoded.compute.as_secs_f64());
+            Outcome::Ok
+        }
+        Err(e) => e.outcome(),
+    };
+    app.metrics
+        .requests
+        .with_label_values(&[labels[0], labels[1], outcome.label()])
+        .inc();
+    app.metrics
+        .request_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(encoded) => encoded_response(encoded),
+        Err(e) => {
+            if let ApiError::Internal(message) = &e {
+                tracing::error!(model = %served.name, version = %served.version, error = %message, "inference failed");
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn encoded_response(encoded: Encoded) -> Response {
+    let Encoded { body, json_len, .. } = encoded;
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    match json_len {
+        Some(n) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    response
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.metrics
+        .queue_depth
+        .set(i64::try_from(app.pool.queue_depth()).unwrap_or(i64::MAX));
+    app.metrics
+        .workers_busy
+        .set(i64::try_from(app.pool.busy()).unwrap_or(i64::MAX));
+    let metrics = std::sync::Arc::clone(&app.metrics);
+    // sysinfo reads /proc: keep it off the executor.
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => ApiError::Internal(format!("cannot render metrics: {e}")).into_response(),
+        Err(e) => ApiError::Internal(format!("metrics task failed: {e}")).into_response(),
+    }
+}
+
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no endpoint {method} {}", uri.path()))
+}
+
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,384 @@
+//! Agent configuration: a TOML file, then `OUTPOST_*` environment overrides, then CLI flags.
+//!
+//! Every section is a plain struct with named defaults and `deny_unknown_fields`, so a typo
+//! fails at start with the key named instead of being ignored. Environment variables map to
+//! keys with `__` between levels: `OUTPOST_HTTP__MAX_BODY_BYTES=1048576` sets
+//! `http.max_body_bytes`. Relative model paths in a file are resolved against the file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "OUTPOST_";
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Key { key: String, problem: String },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the V2 HTTP API listens on. Port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    pub http: HttpConfig,
+    pub runtime: RuntimeConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    /// Models to serve.
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http: HttpConfig::default(),
+            runtime: RuntimeConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            models: Vec::new(),
+        }
+    }
+}
+
+/// HTTP limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request body before it gets 408.
+    pub body_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            body_timeout_secs: 30,
+        }
+    }
+}
+
+/// The inference worker pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads running models; 0 means one per CPU core.
+    pub workers: usize,
+    /// Requests waiting for a worker; when full, new requests get 503 at once.
+    pub queue_capacity: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The number of workers to start.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_secs: 30 }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `outpost_agent=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What to do with NaN or infinite values in a request's float inputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// Refuse the request with 400, naming the element.
+    #[default]
+    Reject,
+    /// Pass the values to the model.
+    Allow,
+}
+
+/// One model to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients use in `/v2/models/{name}`.
+    pub name: String,
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Version to report; default: the file's `outpost.version` metadata, else "1".
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Reference outputs to check at start-up; default: `<path stem>.reference.json` if present.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+    #[serde(default)]
+    pub nan_policy: NanPolicy,
+}
+
+impl ModelConfig {
+    /// Parses the CLI form `NAME=PATH`.
+    pub fn parse_cli(spec: &str) -> Result<ModelConfig, String> {
+        let (name, path) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("`{spec}` is not NAME=PATH.onnx"))?;
+        if path.is_empty() {
+            return Err(format!("`{spec}` has no path after `=`"));
+        }
+        validate_name(name).map_err(|p| format!("model name `{name}` {p}"))?;
+        Ok(ModelConfig {
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            version: None,
+            reference: None,
+            nan_policy: NanPolicy::default(),
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("must be 1 to 128 characters long".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err("may only contain letters, digits, `_`, `-` and `.`".into());
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads the file (if given) and applies `OUTPOST_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(dir) = file.and_then(Path::parent) {
+            for model in &mut config.models {
+                if model.path.is_relative() {
+                    model.path = dir.join(&model.path);
+                }
+                if let Some(reference) = model.reference.as_mut().filter(|r| r.is_relative()) {
+                    *reference = dir.join(&*reference);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks values a type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |key: &str, problem: &str| ConfigError::Key {
+            key: key.into(),
+            problem: problem.into(),
+        };
+        if self.http.max_body_bytes < 1024 {
+            return Err(key("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.http.body_timeout_secs == 0 {
+            return Err(key("http.body_timeout_secs", "must be at least 1"));
+        }
+        if self.runtime.workers > 1024 {
+            return Err(key(
+                "runtime.workers",
+                "must be at most 1024 (0 = one per core)",
+            ));
+        }
+        if self.runtime.queue_capacity == 0 || self.runtime.queue_capacity > 1_000_000 {
+            return Err(key(
+                "runtime.queue_capacity",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no models to serve: add [[models]] to the config file or pass --model NAME=PATH.onnx".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            validate_name(&model.name).map_err(|p| key(&format!("models[{i}].name"), &p))?;
+            if model.path.as_os_str().is_empty() {
+                return Err(key(&format!("models[{i}].path"), "must not be empty"));
+            }
+            if let Some(version) = &model.version {
+                validate_name(version).map_err(|p| key(&format!("models[{i}].version"), &p))?;
+                if !seen.insert((model.name.as_str(), version.as_str())) {
+                    return Err(key(
+                        &format!("models[{i}]"),
+                        &format!("repeats model `{}` version `{version}`", model.name),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn jailed(f: impl FnOnce(&mut Jail) -> figment::error::Result<()>) {
+        Jail::expect_with(f);
+    }
+
+    #[test]
+    fn file_values_and_env_overrides_apply_and_paths_resolve_beside_the_file() {
+        jailed(|jail| {
+            jail.create_file(
+                "agent.toml",
+                "listen = \"127.0.0.1:9000\"\n[runtime]\nworkers = 3\n[[models]]\nname = \"bc\"\npath = \"m.onnx\"\nnan_policy = \"allow\"\n",
+            )?;
+            jail.set_env("OUTPOST_RUNTIME__QUEUE_CAPACITY", "17");
+            let path = jail.directory().join("agent.toml");
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.runtime.workers, 3);
+            assert_eq!(config.runtime.queue_capacity, 17);
+            assert_eq!(config.models[0].path, jail.directory().join("m.onnx"));
+            assert_eq!(config.models[0].nan_policy, NanPolicy::Allow);
+            config.validate().unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        jailed(|jail| {
+            jail.create_file("agent.toml", "[runtime]\nworkerz = 3\n")?;
+            let err = Config::load(Some(&jail.directory().join("agent.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("unknown field") && err.contains("workerz"),
+                "{err}"
+            );
+            Ok(())
+        });
+        jailed(|jail| {
+            jail.set_env("OUTPOST_LISTN", "x");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        jailed(|jail| {
+            jail.set_env("OUTPOST_RUNTIME__WORKERS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("workers"), "{err}");
+            Ok(())
+        });
+        let mut config = Config::default();
+        config
+            .models
+            .push(ModelConfig::parse_cli("a=x.onnx").unwrap());
+        config.runtime.queue_capacity = 0;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid configuration: `runtime.queue_capacity` must be between 1 and 1000000"
+        );
+    }
+
+    #[test]
+    fn missing_file_and_empty_model_list_are_errors() {
+        let err = Config::load(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("no models to serve"), "{err}");
+    }
+
+    #[test]
+    fn cli_model_specs_are_checked() {
+        assert_eq!(
+            ModelConfig::parse_cli("bc=/m/x.onnx").unwrap().path,
+            PathBuf::from("/m/x.onnx")
+        );
+        assert!(
+            ModelConfig::parse_cli("bc")
+                .unwrap_err()
+                .contains("NAME=PATH")
+        );
+        assert!(
+            ModelConfig::parse_cli("b c=x.onnx")
+                .unwrap_err()
+                .contains("may only contain")
+        );
+        assert!(
+            ModelConfig::parse_cli("bc=")
+                .unwrap_err()
+                .contains("no path")
+        );
+    }
+}

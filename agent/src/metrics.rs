@@ -1,0 +1,362 @@
+//! Prometheus metrics of the agent: names live here as constants, handlers record through
+//! [`Metrics`], and `/metrics` renders the text format (0.0.4).
+//!
+//! Process and system figures (CPU, memory, disk) come from sysinfo and are refreshed when
+//! scraped, at most once a second, so a busy scraper cannot turn them into load.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use sysinfo::{Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+pub const REQUESTS_TOTAL: &str = "outpost_agent_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "outpost_agent_request_duration_seconds";
+pub const INFERENCE_DURATION_SECONDS: &str = "outpost_agent_inference_duration_seconds";
+pub const IN_FLIGHT_REQUESTS: &str = "outpost_agent_in_flight_requests";
+pub const QUEUE_DEPTH: &str = "outpost_agent_queue_depth";
+pub const QUEUE_CAPACITY: &str = "outpost_agent_queue_capacity";
+pub const QUEUE_REJECTIONS_TOTAL: &str = "outpost_agent_queue_rejections_total";
+pub const WORKERS: &str = "outpost_agent_workers";
+pub const WORKERS_BUSY: &str = "outpost_agent_workers_busy";
+pub const MODEL_STATE: &str = "outpost_agent_model_state";
+pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration_seconds";
+pub const BUILD_INFO: &str = "outpost_agent_build_info";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+pub const SYSTEM_CPU_USAGE_RATIO: &str = "outpost_agent_system_cpu_usage_ratio";
+pub const SYSTEM_MEMORY_TOTAL_BYTES: &str = "outpost_agent_system_memory_total_bytes";
+pub const SYSTEM_MEMORY_AVAILABLE_BYTES: &str = "outpost_agent_system_memory_available_bytes";
+pub const SYSTEM_DISK_TOTAL_BYTES: &str = "outpost_agent_system_disk_total_bytes";
+pub const SYSTEM_DISK_AVAILABLE_BYTES: &str = "outpost_agent_system_disk_available_bytes";
+
+/// Outcome label of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    Overloaded,
+    NotReady,
+    Error,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::BadRequest => "bad_request",
+            Outcome::NotFound => "not_found",
+            Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::Overloaded => "overloaded",
+            Outcome::NotReady => "not_ready",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Model lifecycle states as the `state` label writes them.
+pub const MODEL_STATES: [&str; 3] = ["loading", "ready", "failed"];
+
+/// Latency buckets from 25 µs to ~13 s, doubling: serving overhead is tens of µs, big batches
+/// take seconds.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(25e-6, 2.0, 20)
+        .unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub inference_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub queue_rejections: IntCounter,
+    pub workers: IntGauge,
+    pub workers_busy: IntGauge,
+    pub model_state: IntGaugeVec,
+    pub model_load_duration: GaugeVec,
+    system: Mutex<SystemProbe>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+struct SystemProbe {
+    system: Option<System>,
+    disks: Option<Disks>,
+    pid: Option<Pid>,
+    last_refresh: Option<Instant>,
+    cpu_seconds_reported: f64,
+    resident: IntGauge,
+    virtual_memory: IntGauge,
+    cpu_seconds: Counter,
+    start_time: IntGauge,
+    cpu_usage: prometheus::Gauge,
+    memory_total: IntGauge,
+    memory_available: IntGauge,
+    disk_total: IntGaugeVec,
+    disk_available: IntGaugeVec,
+}
+
+fn help(name: &str, text: &str) -> Opts {
+    Opts::new(name, text)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        let labels = &["model", "version"];
+        let requests = reg!(IntCounterVec::new(
+            help(
+                REQUESTS_TOTAL,
+                "Inference requests by model, version and outcome."
+            ),
+            &["model", "version", "outcome"]
+        )?);
+        let request_duration = reg!(HistogramVec::new(
+            HistogramOpts::new(
+                REQUEST_DURATION_SECONDS,
+                "Inference request latency inside the agent, from routing to response, in seconds."
+            )
+            .buckets(latency_buckets()),
+            labels
+        )?);
+        let inference_duration = reg!(HistogramVec::new(
+            HistogramOpts::new(
+                INFERENCE_DURATION_SECONDS,
+                "Model compute time (tract run only), in seconds."
+            )
+            .buckets(latency_buckets()),
+            labels
+        )?);
+        let build = reg!(IntGaugeVec::new(
+            help(BUILD_INFO, "Agent build information."),
+            &["version"]
+        )?);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let system = SystemProbe {
+            system: System::new().ok(),
+            disks: Disks::new_with_refreshed_list().ok(),
+            pid: sysinfo::get_current_pid().ok(),
+            last_refresh: None,
+            cpu_seconds_reported: 0.0,
+            resident: reg!(IntGauge::new(
+                PROCESS_RESIDENT_MEMORY_BYTES,
+                "Resident memory size in bytes."
+            )?),
+            virtual_memory: reg!(IntGauge::new(
+                PROCESS_VIRTUAL_MEMORY_BYTES,
+                "Virtual memory size in bytes."
+            )?),
+            cpu_seconds: reg!(Counter::new(
+                PROCESS_CPU_SECONDS_TOTAL,
+                "Total user and system CPU time spent in seconds."
+            )?),
+            start_time: reg!(IntGauge::new(
+                PROCESS_START_TIME_SECONDS,
+                "Start time of the process since unix epoch in seconds."
+            )?),
+            cpu_usage: reg!(prometheus::Gauge::new(
+                SYSTEM_CPU_USAGE_RATIO,
+                "Whole-system CPU usage, 0 to 1."
+            )?),
+            memory_total: reg!(IntGauge::new(
+                SYSTEM_MEMORY_TOTAL_BYTES,
+                "System memory in bytes."
+            )?),
+            memory_available: reg!(IntGauge::new(
+                SYSTEM_MEMORY_AVAILABLE_BYTES,
+                "System memory available in bytes."
+            )?),
+            disk_total: reg!(IntGaugeVec::new(
+                help(
+                    SYSTEM_DISK_TOTAL_BYTES,
+                    "Disk size in bytes by mount point."
+                ),
+                &["mount"]
+            )?),
+            disk_available: reg!(IntGaugeVec::new(
+                help(
+                    SYSTEM_DISK_AVAILABLE_BYTES,
+                    "Disk space available in bytes by mount point."
+                ),
+                &["mount"]
+            )?),
+        };
+        Ok(Metrics {
+            requests,
+            request_duration,
+            inference_duration,
+            in_flight: reg!(IntGauge::new(
+                IN_FLIGHT_REQUESTS,
+                "Inference requests being handled now."
+            )?),
+            queue_depth: reg!(IntGauge::new(
+                QUEUE_DEPTH,
+                "Inference jobs waiting for a worker."
+            )?),
+            queue_capacity: reg!(IntGauge::new(
+                QUEUE_CAPACITY,
+                "Inference jobs that may wait before requests are refused."
+            )?),
+            queue_rejections: reg!(IntCounter::new(
+                QUEUE_REJECTIONS_TOTAL,
+                "Requests refused with 503 because the inference queue was full."
+            )?),
+            workers: reg!(IntGauge::new(WORKERS, "Inference worker threads.")?),
+            workers_busy: reg!(IntGauge::new(
+                WORKERS_BUSY,
+                "Inference workers running a job now."
+            )?),
+            model_state: reg!(IntGaugeVec::new(
+                help(
+                    MODEL_STATE,
+                    "1 for the state each configured model is in (loading, ready, failed), 0 for the others."
+                ),
+                &["model", "version", "state"]
+            )?),
+            model_load_duration: reg!(GaugeVec::new(
+                help(
+                    MODEL_LOAD_DURATION_SECONDS,
+                    "Time to load, optimize and validate a model, in seconds."
+                ),
+                labels
+            )?),
+            system: Mutex::new(system),
+            registry,
+        })
+    }
+
+    /// Records a model's lifecycle state under its `state` label.
+    pub fn set_model_state(&self, model: &str, version: &str, state: &str) {
+        for s in MODEL_STATES {
+            self.model_state
+                .with_label_values(&[model, version, s])
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Drops the state series of a model whose version label changed (loading → resolved).
+    pub fn forget_model_state(&self, model: &str, version: &str) {
+        for s in MODEL_STATES {
+            let _ = self.model_state.remove_label_values(&[model, version, s]);
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        if let Ok(mut probe) = self.system.lock() {
+            probe.refresh();
+        }
+        let mut buffer = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl SystemProbe {
+    fn refresh(&mut self) {
+        if self
+            .last_refresh
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        if let (Some(system), Some(pid)) = (self.system.as_mut(), self.pid) {
+            system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[pid]),
+                true,
+                ProcessRefreshKind::nothing().with_memory().with_cpu(),
+            );
+            if let Some(process) = system.process(pid) {
+                self.resident
+                    .set(i64::try_from(process.memory()).unwrap_or(i64::MAX));
+                self.virtual_memory
+                    .set(i64::try_from(process.virtual_memory()).unwrap_or(i64::MAX));
+                self.start_time
+                    .set(i64::try_from(process.start_time()).unwrap_or(0));
+                let total = process.accumulated_cpu_time() as f64 / 1000.0;
+                if total > self.cpu_seconds_reported {
+                    self.cpu_seconds.inc_by(total - self.cpu_seconds_reported);
+                    self.cpu_seconds_reported = total;
+                }
+            }
+            system.refresh_cpu_usage();
+            self.cpu_usage
+                .set(f64::from(system.global_cpu_usage()) / 100.0);
+            system.refresh_memory();
+            self.memory_total
+                .set(i64::try_from(system.total_memory()).unwrap_or(i64::MAX));
+            self.memory_available
+                .set(i64::try_from(system.available_memory()).unwrap_or(i64::MAX));
+        }
+        if let Some(disks) = self.disks.as_mut() {
+            disks.refresh(true);
+            for disk in disks.iter() {
+                let mount = disk.mount_point().to_string_lossy();
+                let total = i64::try_from(disk.total_space()).unwrap_or(i64::MAX);
+                let available = i64::try_from(disk.available_space()).unwrap_or(i64::MAX);
+                self.disk_total
+                    .with_label_values(&[mount.as_ref()])
+                    .set(total);
+                self.disk_available
+                    .with_label_values(&[mount.as_ref()])
+                    .set(available);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format_with_moving_counters_and_system_figures() {
+        let metrics = Metrics::new().unwrap();
+        metrics
+            .requests
+            .with_label_values(&["bc", "1.0.0", Outcome::Ok.label()])
+            .inc();
+        metrics.set_model_state("bc", "1.0.0", "ready");
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(
+                "outpost_agent_requests_total{model=\"bc\",outcome=\"ok\",version=\"1.0.0\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "outpost_agent_model_state{model=\"bc\",state=\"ready\",version=\"1.0.0\"} 1"
+        ));
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
+        let rss_line = text
+            .lines()
+            .find(|l| l.starts_with("process_resident_memory_bytes "))
+            .unwrap();
+        let rss: f64 = rss_line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(rss > 0.0, "{rss_line}");
+    }
+}

@@ -1,0 +1,284 @@
+//! The table of served models: every configured model, its lifecycle state
+//! (`loading → ready | failed`), and — once validated — the shared runtime that serves it.
+//!
+//! A model becomes `ready` only after it loaded, optimized, and reproduced its reference
+//! outputs (`<model>.reference.json` beside the file, or the configured path) — or, when it
+//! has no references, ran once on an all-zero sample and produced outputs of the declared
+//! types and shapes. A model that fails never serves; its reason stays visible in metadata.
+
+use std::cmp::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use outpost_shared::reference::Reference;
+use outpost_shared::{Model, Signature};
+
+use crate::config::{ModelConfig, NanPolicy};
+
+/// Version reported when neither the config nor the model file names one.
+pub const DEFAULT_VERSION: &str = "1";
+
+/// A validated model, ready to serve.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub name: String,
+    pub version: String,
+    pub model: Model,
+    pub nan_policy: NanPolicy,
+}
+
+impl ServedModel {
+    pub fn signature(&self) -> &Signature {
+        self.model.signature()
+    }
+}
+
+/// Where a configured model is in its lifecycle.
+#[derive(Debug, Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<ServedModel>),
+    Failed(String),
+}
+
+impl ModelState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready(_) => "ready",
+            ModelState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One configured model.
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub config: ModelConfig,
+    inner: RwLock<(Option<String>, ModelState)>,
+}
+
+impl ModelEntry {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The version, once known (from the config, or from the file once it loaded).
+    pub fn version(&self) -> Option<String> {
+        self.read().0
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.read().1
+    }
+
+    /// The served model, if ready.
+    pub fn ready(&self) -> Option<Arc<ServedModel>> {
+        match self.read().1 {
+            ModelState::Ready(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn read(&self) -> (Option<String>, ModelState) {
+        // A poisoned lock only means a writer panicked mid-update; the value is still whole.
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone()
+    }
+
+    pub(crate) fn set(&self, version: Option<String>, state: ModelState) {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        *guard = (version, state);
+    }
+}
+
+/// Result of looking a model up by name and optional version.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Arc<ModelEntry>),
+    UnknownModel,
+    UnknownVersion,
+}
+
+/// Every configured model.
+#[derive(Debug)]
+pub struct ModelTable {
+    entries: Vec<Arc<ModelEntry>>,
+}
+
+impl ModelTable {
+    pub fn new(configs: &[ModelConfig]) -> ModelTable {
+        let entries = configs
+            .iter()
+            .map(|c| {
+                Arc::new(ModelEntry {
+                    inner: RwLock::new((c.version.clone(), ModelState::Loading)),
+                    config: c.clone(),
+                })
+            })
+            .collect();
+        ModelTable { entries }
+    }
+
+    pub fn entries(&self) -> &[Arc<ModelEntry>] {
+        &self.entries
+    }
+
+    /// True when every configured model is validated and serving.
+    pub fn all_ready(&self) -> bool {
+        !self.entries.is_empty() && self.entries.iter().all(|e| e.ready().is_some())
+    }
+
+    /// All entries with this name.
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Arc<ModelEntry>> + 'a {
+        self.entries.iter().filter(move |e| e.name() == name)
+    }
+
+    /// Finds the entry for `name` at `version`; without a version, the highest ready version
+    /// (semver order), or — when none is ready — the first configured one, so its state shows.
+    pub fn lookup(&self, name: &str, version: Option<&str>) -> Lookup {
+        let mut named = self.named(name).peekable();
+        if named.peek().is_none() {
+            return Lookup::UnknownModel;
+        }
+        match version {
+            Some(v) => named
+                .find(|e| e.version().as_deref() == Some(v))
+                .map_or(Lookup::UnknownVersion, |e| Lookup::Found(Arc::clone(e))),
+            None => {
+                let all: Vec<&Arc<ModelEntry>> = named.collect();
+                let best = all
+                    .iter()
+                    .filter_map(|e| e.ready().map(|m| (e, m.version.clone())))
+                    .max_by(|a, b| compare_versions(&a.1, &b.1))
+                    .map(|(e, _)| *e)
+                    .or_else(|| all.first().copied());
+                best.map_or(Lookup::UnknownModel, |e| Lookup::Found(Arc::clone(e)))
+            }
+        }
+    }
+}
+
+/// Orders versions by semver when both parse, else as plain strings.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a.cmp(&b),
+        (Ok(_), Err(_)) => Ordering::Greater,
+        (Err(_), Ok(_)) => Ordering::Less,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+/// What loading and validating a model established.
+#[derive(Debug)]
+pub struct Validated {
+    pub served: ServedModel,
+    pub load_time: Duration,
+    /// How the model was validated, for the log.
+    pub evidence: String,
+}
+
+/// Why a model may not serve.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct ValidationFailure {
+    /// The version, if the file got far enough to tell.
+    pub version: Option<String>,
+    pub reason: String,
+}
+
+/// Loads a model, resolves its version, and validates it (blocking: run it off the executor).
+pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFailure> {
+    let started = Instant::now();
+    let fail = |version: Option<String>, reason: String| ValidationFailure { version, reason };
+    let model =
+        Model::load_file(&config.path).map_err(|e| fail(config.version.clone(), e.to_string()))?;
+    let version = config
+        .version
+        .clone()
+        .or_else(|| model.metadata().get("outpost.version").cloned())
+        .unwrap_or_else(|| DEFAULT_VERSION.to_owned());
+    let reference_path = config.reference.clone().or_else(|| {
+        let beside = Reference::path_beside(&config.path);
+        beside.is_file().then_some(beside)
+    });
+    let evidence = match reference_path {
+        Some(path) => {
+            let reference =
+                Reference::load(&path).map_err(|e| fail(Some(version.clone()), e.to_string()))?;
+            let report = reference.verify(&model).map_err(|e| {
+                fail(
+                    Some(version.clone()),
+                    format!("does not reproduce {}: {e}", path.display()),
+                )
+            })?;
+            let compared: Vec<String> = report
+                .outputs
+                .iter()
+                .map(|(name, n, diff)| format!("{name}: {n} values, max diff {diff:.2e}"))
+                .collect();
+            format!("reproduced {} ({})", path.display(), compared.join("; "))
+        }
+        None => {
+            let run = model
+                .sample_inputs(1)
+                .and_then(|inputs| model.run(inputs))
+                .and_then(|outputs| model.check_outputs(&outputs));
+            run.map_err(|e| fail(Some(version.clone()), format!("sample run failed: {e}")))?;
+            "ran an all-zero sample (no reference outputs found)".to_owned()
+        }
+    };
+    Ok(Validated {
+        served: ServedModel {
+            name: config.name.clone(),
+            version,
+            model,
+            nan_policy: config.nan_policy,
+        },
+        load_time: started.elapsed(),
+        evidence,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_by_semver_then_text() {
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Ordering::Greater);
+        assert_eq!(compare_versions("2.0.0-bad", "1.1.0"), Ordering::Greater);
+        assert_eq!(compare_versions("1", "1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("b", "a"), Ordering::Greater);
+    }
+
+    #[test]
+    fn lookup_distinguishes_unknown_model_and_version() {
+        let table = ModelTable::new(&[ModelConfig {
+            version: Some("1.0.0".into()),
+            ..ModelConfig::parse_cli("bc=x.onnx").unwrap()
+        }]);
+        assert!(matches!(table.lookup("nope", None), Lookup::UnknownModel));
+        assert!(matches!(
+            table.lookup("bc", Some("9")),
+            Lookup::UnknownVersion
+        ));
+        assert!(matches!(
+            table.lookup("bc", Some("1.0.0")),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(table.lookup("bc", None), Lookup::Found(_)));
+        assert!(!table.all_ready());
+    }
+
+    #[test]
+    fn a_missing_file_fails_validation_with_its_path() {
+        let config = ModelConfig::parse_cli("bc=/nonexistent/model.onnx").unwrap();
+        let err = load_and_validate(&config).unwrap_err();
+        assert!(
+            err.reason.contains("/nonexistent/model.onnx"),
+            "{}",
+            err.reason
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The bounded inference worker pool: a fixed set of OS threads (one per core by default)
+//! fed by a bounded queue.
+//!
+//! CPU work — decoding request tensors, running tract, encoding outputs — never runs on the
+//! async executor. A request that finds the queue full is refused at once (the caller answers
+//! 503) instead of waiting without limit. A job that panics is caught, reported to its caller
+//! and leaves its worker alive. Dropping the pool closes the queue; workers finish what is
+//! queued and exit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("inference queue is full ({0} requests waiting)")]
+    Full(usize),
+    #[error("inference pool is shutting down")]
+    Closed,
+}
+
+/// Why a job gave no result.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("inference job panicked: {0}")]
+    Panicked(String),
+}
+
+/// A fixed pool of inference threads behind a bounded queue.
+pub struct WorkerPool {
+    sender: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    capacity: usize,
+    busy: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.workers.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl WorkerPool {
+    /// Starts `workers` threads behind a queue of `capacity` waiting jobs.
+    pub fn new(workers: usize, capacity: usize) -> std::io::Result<WorkerPool> {
+        let (sender, receiver) = bounded::<Job>(capacity);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers.max(1) {
+            let receiver = receiver.clone();
+            let busy = Arc::clone(&busy);
+            let handle = std::thread::Builder::new()
+                .name(format!("infer-{i}"))
+                .spawn(move || {
+                    for job in receiver.iter() {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        job();
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })?;
+            handles.push(handle);
+        }
+        Ok(WorkerPool {
+            sender: Some(sender),
+            workers: handles,
+            capacity,
+            busy,
+        })
+    }
+
+    /// Queues `f` and returns a receiver for its result, or refuses at once if the queue is full.
+    /// If the caller drops the receiver before the job starts (the client went away), `f` still
+    /// runs; jobs that want to skip work check `reply_wanted` themselves.
+    pub fn try_submit<F, R>(
+        &self,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<R, JobError>>, SubmitError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self.sender.as_ref().ok_or(SubmitError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return; // nobody waits for this answer any more
+            }
+            let result = catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                JobError::Panicked(message)
+            });
+            let _ = tx.send(result);
+        });
+        match sender.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.sender.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Queue capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Workers running a job right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.sender.take();
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    #[tokio::test]
+    async fn runs_jobs_and_returns_results() {
+        let pool = WorkerPool::new(2, 4).unwrap();
+        let rx = pool.try_submit(|| 21 * 2).unwrap();
+        assert_eq!(rx.await.unwrap(), Ok(42));
+    }
+
+    #[tokio::test]
+    async fn refuses_at_once_when_the_queue_is_full() {
+        let pool = WorkerPool::new(1, 1).unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let g = Arc::clone(&gate);
+        let running = pool.try_submit(move || g.wait()).unwrap();
+        // Wait until the worker holds the first job, so the queue itself is empty.
+        while pool.busy() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued = pool.try_submit(|| 1).unwrap();
+        assert_eq!(pool.queue_depth(), 1);
+        assert_eq!(pool.try_submit(|| 2).unwrap_err(), SubmitError::Full(1));
+        gate.wait();
+        running.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap(), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_reported_and_the_worker_survives() {
+        let pool = WorkerPool::new(1, 2).unwrap();
+        let rx = pool.try_submit(|| -> u8 { panic!("boom") }).unwrap();
+        assert_eq!(rx.await.unwrap(), Err(JobError::Panicked("boom".into())));
+        assert_eq!(pool.try_submit(|| 7).unwrap().await.unwrap(), Ok(7));
+    }
+
+    #[test]
+    fn dropping_the_pool_finishes_queued_jobs() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let pool = WorkerPool::new(1, 8).unwrap();
+        let mut receivers = Vec::new();
+        for _ in 0..5 {
+            let c = Arc::clone(&counter);
+            receivers.push(
+                pool.try_submit(move || c.fetch_add(1, Ordering::SeqCst))
+                    .unwrap(),
+            );
+        }
+        drop(pool);
+        assert_eq!(counter.load(Ordering::SeqCst), 5);
+    }
+}

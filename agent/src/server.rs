@@ -1,0 +1,251 @@
+//! The `serve` lifecycle: bind, serve, load and validate models in the background, and drain
+//! on SIGTERM/SIGINT.
+//!
+//! `/v2/health/live` answers from the first moment; `/v2/health/ready` turns 200 only once
+//! every model is validated. On a signal the listener stops accepting, in-flight requests
+//! finish (capped by `shutdown.grace_secs`) and the process exits 0. If no model at all could
+//! be validated there is nothing to serve: the agent exits with [`ExitStatus::NoValidModel`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::models::{ModelState, ModelTable, load_and_validate};
+use crate::pool::WorkerPool;
+
+/// How `serve` ended; maps to the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Stopped by a signal after draining: exit 0.
+    Drained,
+    /// The grace period ran out with requests still in flight: exit 1.
+    GraceExpired,
+    /// No configured model loaded and validated: exit 3.
+    NoValidModel,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Drained => 0,
+            ExitStatus::GraceExpired => 1,
+            ExitStatus::NoValidModel => crate::cli::EXIT_MODEL_INVALID,
+        }
+    }
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start inference workers: {0}")]
+    Workers(std::io::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
+pub async fn termination_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Runs the agent until `stop` resolves (or no model validates), then drains.
+pub async fn serve(
+    config: Config,
+    stop: impl Future<Output = &'static str> + Send + 'static,
+) -> Result<ExitStatus, ServeError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let workers = config.runtime.effective_workers();
+    let pool = Arc::new(
+        WorkerPool::new(workers, config.runtime.queue_capacity).map_err(ServeError::Workers)?,
+    );
+    metrics
+        .workers
+        .set(i64::try_from(workers).unwrap_or(i64::MAX));
+    metrics
+        .queue_capacity
+        .set(i64::try_from(config.runtime.queue_capacity).unwrap_or(i64::MAX));
+    let models = Arc::new(ModelTable::new(&config.models));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(%addr, models = config.models.len(), workers, queue_capacity = config.runtime.queue_capacity, "listening");
+
+    let state = AppState {
+        models: Arc::clone(&models),
+        pool: Arc::clone(&pool),
+        metrics: Arc::clone(&metrics),
+        max_body_bytes: config.http.max_body_bytes,
+    };
+    let app = router(state, Duration::from_secs(config.http.body_timeout_secs));
+
+    // One shutdown signal for everything: None while running, then why we stop.
+    let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
+    let loader_stop = stop_tx.clone();
+    let loader = tokio::spawn(load_all(
+        Arc::clone(&models),
+        Arc::clone(&metrics),
+        loader_stop,
+    ));
+    let signal_stop = stop_tx.clone();
+    let signal_task = tokio::spawn(async move {
+        let name = stop.await;
+        tracing::info!(
+            signal = name,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        let _ = signal_stop.send(Some(ExitStatus::Drained));
+    });
+
+    let mut graceful_rx = stop_rx.clone();
+    let mut stop_wait = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(Option::is_some).await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+
+    let status = tokio::select! {
+        finished = &mut server => {
+            finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?.map_err(ServeError::Serve)?;
+            (*stop_rx.borrow()).unwrap_or(ExitStatus::Drained)
+        }
+        _ = stop_wait.wait_for(Option::is_some) => {
+            let why = (*stop_rx.borrow()).unwrap_or(ExitStatus::Drained);
+            let grace = Duration::from_secs(config.shutdown.grace_secs);
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(finished) => {
+                    finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?.map_err(ServeError::Serve)?;
+                    why
+                }
+                Err(_) => {
+                    tracing::error!(grace_secs = config.shutdown.grace_secs, in_flight = metrics.in_flight.get(), "grace period over; exiting with requests unfinished");
+                    server.abort();
+                    ExitStatus::GraceExpired
+                }
+            }
+        }
+    };
+    signal_task.abort();
+    loader.abort();
+    drop(stop_tx);
+    tracing::info!(exit_code = status.code(), "stopped");
+    Ok(status)
+}
+
+/// Loads and validates every model concurrently off the executor, publishing each result.
+async fn load_all(
+    models: Arc<ModelTable>,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<Option<ExitStatus>>,
+) {
+    let mut tasks = Vec::new();
+    for entry in models.entries().iter().cloned() {
+        let loading_version = entry.version().unwrap_or_default();
+        metrics.set_model_state(entry.name(), &loading_version, "loading");
+        let metrics = Arc::clone(&metrics);
+        let models = Arc::clone(&models);
+        tasks.push(tokio::spawn(async move {
+            let config = entry.config.clone();
+            let outcome = tokio::task::spawn_blocking(move || load_and_validate(&config)).await;
+            metrics.forget_model_state(entry.name(), &loading_version);
+            let path = entry.config.path.display().to_string();
+            match outcome {
+                Ok(Ok(validated)) => {
+                    let version = validated.served.version.clone();
+                    let duplicate = models
+                        .named(entry.name())
+                        .any(|other| !Arc::ptr_eq(other, &entry) && other.ready().is_some_and(|m| m.version == version));
+                    if duplicate {
+                        let reason = format!("version `{version}` of model `{}` is already served by another entry", entry.name());
+                        tracing::error!(model = entry.name(), %version, %path, %reason, "model refused");
+                        metrics.set_model_state(entry.name(), &version, "failed");
+                        entry.set(Some(version), ModelState::Failed(reason));
+                        return false;
+                    }
+                    tracing::info!(
+                        model = entry.name(), %version, %path,
+                        load_ms = validated.load_time.as_secs_f64() * 1e3,
+                        validation = %validated.evidence,
+                        "model validated and serving"
+                    );
+                    metrics.model_load_duration.with_label_values(&[entry.name(), &version]).set(validated.load_time.as_secs_f64());
+                    metrics.set_model_state(entry.name(), &version, "ready");
+                    entry.set(Some(version), ModelState::Ready(Arc::new(validated.served)));
+                    true
+                }
+                Ok(Err(failure)) => {
+                    let version = failure.version.clone().unwrap_or_default();
+                    tracing::error!(model = entry.name(), %version, %path, reason = %failure.reason, "model failed validation and will not serve");
+                    metrics.set_model_state(entry.name(), &version, "failed");
+                    entry.set(failure.version, ModelState::Failed(failure.reason));
+                    false
+                }
+                Err(join) => {
+                    let reason = format!("loader crashed: {join}");
+                    tracing::error!(model = entry.name(), %path, %reason, "model failed validation and will not serve");
+                    metrics.set_model_state(entry.name(), &loading_version, "failed");
+                    entry.set(entry.version(), ModelState::Failed(reason));
+                    false
+                }
+            }
+        }));
+    }
+    let mut any_ready = false;
+    for task in tasks {
+        any_ready |= task.await.unwrap_or(false);
+    }
+    if any_ready {
+        if models.all_ready() {
+            tracing::info!(
+                models = models.entries().len(),
+                "all models validated: ready"
+            );
+        } else {
+            tracing::warn!("some models failed validation: not ready; the valid ones serve");
+        }
+    } else {
+        tracing::error!("no model could be validated: nothing to serve, exiting");
+        let _ = stop.send(Some(ExitStatus::NoValidModel));
+    }
+}
