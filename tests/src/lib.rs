@@ -1,1 +1,292 @@
-//! x
+//! Support for Outpost's end-to-end tests: start the real `outpost-agent` binary on a free
+//! port, wait for it, talk to it over HTTP, send it signals, and read the committed fixtures.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test executables
+//! (`target/<profile>/`); `OUTPOST_TEST_BIN_DIR` points elsewhere if needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The folder holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OUTPOST_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> folder")
+        .to_path_buf()
+}
+
+/// Path of the `outpost-agent` binary; fails with a hint when it was not built.
+pub fn agent_bin() -> PathBuf {
+    let path = bin_dir().join("outpost-agent");
+    assert!(
+        path.is_file(),
+        "{} does not exist: run the tests with `cargo test --workspace` so the agent binary is built",
+        path.display()
+    );
+    path
+}
+
+/// The committed example models (`tests/fixtures/models`).
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+}
+
+/// Path of a committed model file, e.g. `model("breast_cancer-1.0.0")`.
+pub fn model(stem: &str) -> PathBuf {
+    models_dir().join(format!("{stem}.onnx"))
+}
+
+/// A committed reference file, parsed.
+pub fn reference(stem: &str) -> Value {
+    let text =
+        std::fs::read_to_string(models_dir().join(format!("{stem}.reference.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A running `outpost-agent serve` process.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+}
+
+/// How to start an agent.
+#[derive(Default)]
+pub struct AgentBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl AgentBuilder {
+    /// Adds `--model NAME=PATH`.
+    pub fn model(mut self, name: &str, path: &Path) -> Self {
+        self.args.push("--model".into());
+        self.args.push(format!("{name}={}", path.display()));
+        self
+    }
+
+    /// Adds raw arguments after `serve`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets an environment variable (e.g. an `OUTPOST_*` override).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the process and waits until it listens (not until it is ready).
+    pub fn start(self) -> Agent {
+        let mut command = Command::new(agent_bin());
+        command
+            .arg("--log-format")
+            .arg("json")
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start outpost-agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "listening"
+                    && let Some(addr) = event["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = addr_tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "agent did not start listening; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Agent {
+            child,
+            addr,
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Agent {
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// Full URL of a path on this agent.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET a path; returns status and parsed JSON (or Null for a non-JSON body).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// POST a JSON body; returns status and parsed JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, serde_json::to_vec(body).unwrap(), &[])
+            .await
+    }
+
+    /// POST raw bytes with extra headers; returns status and parsed JSON (Null if not JSON).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// GET `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `/v2/health/ready` until it answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/v2/health/ready")).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after {timeout:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "agent did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `outpost-agent` with arguments to completion; returns (exit code, stdout, stderr).
+pub fn run_agent(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The rows of a reference tensor: `(flat data, row length)`.
+pub fn rows(tensor: &Value) -> (Vec<Value>, usize) {
+    let shape: Vec<usize> = tensor["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let row_len: usize = shape[1..].iter().product();
+    (tensor["data"].as_array().unwrap().clone(), row_len)
+}
+
+/// Asserts that two float lists agree within `abs + rel * |expected|`.
+pub fn assert_close(found: &[f64], expected: &[f64], what: &str) {
+    assert_eq!(found.len(), expected.len(), "{what}: length");
+    for (i, (f, e)) in found.iter().zip(expected).enumerate() {
+        assert!(
+            (f - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+            "{what}[{i}]: found {f}, onnxruntime {e}"
+        );
+    }
+}

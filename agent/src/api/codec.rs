@@ -216,13 +216,13 @@ pub fn handle(
                 )));
             }
         };
-        if served.nan_policy == NanPolicy::Reject {
-            if let Some((index, value)) = first_non_finite(&tensor) {
-                return Err(ApiError::BadRequest(format!(
-                    "input `{}` element {index} is {value}; model `{}` rejects NaN and infinite values (nan_policy = \"reject\")",
-                    input.name, served.name
-                )));
-            }
+        if served.nan_policy == NanPolicy::Reject
+            && let Some((index, value)) = first_non_finite(&tensor)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "input `{}` element {index} is {value}; model `{}` rejects NaN and infinite values (nan_policy = \"reject\")",
+                input.name, served.name
+            )));
         }
         tensors.push(Some(tensor));
     }
