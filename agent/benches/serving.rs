@@ -1,1 +1,356 @@
-fn main() {}
+//! Serving benchmark: raw tract compute vs. end-to-end HTTP V2 JSON round trips on loopback.
+//!
+//! `cargo bench -p outpost-agent --bench serving` measures, for the breast_cancer and digits
+//! example models and in one run:
+//!   (a) raw tract compute per single-row request (the shared runtime's `Model::run`),
+//!   (b) HTTP V2 JSON round trips against the real `outpost-agent` binary at increasing
+//!       concurrency — throughput, p50, p99 —
+//! and prints the overhead of (b) at concurrency 1 over (a), plus the agent's idle RSS and
+//! binary size, next to the targets in DESIGN §8 (≤ 50 µs added at p50, idle RSS ≤ 20 MB).
+//! `BENCH_SECONDS` sets the time per concurrency level (default 3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use outpost_shared::Model;
+use outpost_shared::reference::Reference;
+use outpost_shared::tensor::tensor_from_json;
+use serde_json::{Value, json};
+
+const MODELS: [(&str, &str); 2] = [
+    ("breast_cancer", "breast_cancer-1.0.0"),
+    ("digits", "digits_mlp-1.0.0"),
+];
+const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One row of the held-out set, as the V2 request body and as the runtime's input.
+fn first_row(stem: &str) -> (Value, Vec<u64>, Vec<Value>) {
+    let reference = Reference::load(&models_dir().join(format!("{stem}.reference.json"))).unwrap();
+    let input = &reference.inputs[0];
+    let row_len: usize = input.shape[1..].iter().product();
+    let data: Vec<Value> = input.data.as_array().unwrap()[..row_len].to_vec();
+    let mut shape: Vec<u64> = input.shape.iter().map(|&d| d as u64).collect();
+    shape[0] = 1;
+    let body = json!({"inputs": [{"name": input.name, "shape": shape, "datatype": input.datatype, "data": data}]});
+    (body, shape, data)
+}
+
+fn raw_tract(stem: &str, iterations: usize) -> Vec<Duration> {
+    let model = Model::load_file(&models_dir().join(format!("{stem}.onnx"))).unwrap();
+    let (_, shape, data) = first_row(stem);
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let tensor =
+        tensor_from_json(outpost_shared::DataType::F32, &shape, &Value::Array(data)).unwrap();
+    for _ in 0..500 {
+        model.run(vec![tensor.clone()]).unwrap();
+    }
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let input = vec![tensor.clone()];
+        let started = Instant::now();
+        let out = model.run(input).unwrap();
+        times.push(started.elapsed());
+        std::hint::black_box(out);
+    }
+    times.sort();
+    times
+}
+
+struct AgentProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent() -> AgentProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+    command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
+    for (name, stem) in MODELS {
+        command.arg("--model").arg(format!(
+            "{name}={}",
+            models_dir().join(format!("{stem}.onnx")).display()
+        ));
+    }
+    let mut child = command
+        .env("OUTPOST_LOG__LEVEL", "warn,outpost_agent::server=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "listening"
+            {
+                let _ = tx.send(
+                    event["addr"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("agent did not start");
+    AgentProcess { child, addr }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn round_trip(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    body: &Bytes,
+) -> bool {
+    let method = if body.is_empty() {
+        hyper::Method::GET
+    } else {
+        hyper::Method::POST
+    };
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let ok = response.status() == 200;
+    let _ = response.into_body().collect().await.unwrap();
+    ok
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut sender = connection(addr).await;
+        let request = hyper::Request::get("/v2/health/ready")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if sender.send_request(request).await.unwrap().status() == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Level {
+    concurrency: usize,
+    requests: usize,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn http_level(
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Level {
+    let path = path.to_owned();
+    let mut tasks = Vec::new();
+    let warmup = Duration::from_millis(300);
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    for _ in 0..concurrency {
+        let path = path.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connection(addr).await;
+            let mut latencies = Vec::new();
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                assert!(
+                    round_trip(&mut sender, addr, &path, &body).await,
+                    "non-200 answer"
+                );
+                if t >= start {
+                    latencies.push(t.elapsed());
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    Level {
+        concurrency,
+        requests: all.len(),
+        seconds: duration.as_secs_f64(),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+    }
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "outpost-agent serving benchmark ({} cores, {seconds} s per level)\n",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+
+    let agent = start_agent();
+    runtime.block_on(wait_ready(agent.addr));
+    let idle_rss = rss_kib(agent.child.id());
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_outpost-agent"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    // The floor every HTTP request pays on this machine with this client: no body, no model.
+    let floor = runtime.block_on(http_level(
+        agent.addr,
+        "/v2/health/live",
+        Bytes::new(),
+        1,
+        Duration::from_secs_f64(seconds),
+    ));
+    println!(
+        "== HTTP floor: GET /v2/health/live, concurrency 1: p50 {:.1} µs, p99 {:.1} µs\n",
+        us(floor.p50),
+        us(floor.p99)
+    );
+
+    let mut overheads = Vec::new();
+    for (name, stem) in MODELS {
+        let raw = raw_tract(stem, 20_000);
+        let raw_p50 = percentile(&raw, 0.5);
+        println!("== {name} ({stem}), one row per request");
+        println!(
+            "  (a) raw tract compute      p50 {:>8.1} µs   p99 {:>8.1} µs   ({} runs)",
+            us(raw_p50),
+            us(percentile(&raw, 0.99)),
+            raw.len()
+        );
+        let (body, _, _) = first_row(stem);
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+        println!("  (b) HTTP V2 JSON, loopback:");
+        println!(
+            "      {:>11} {:>12} {:>12} {:>12}",
+            "concurrency", "req/s", "p50 µs", "p99 µs"
+        );
+        let mut first_p50 = None;
+        for concurrency in CONCURRENCY {
+            let path = format!("/v2/models/{name}/infer");
+            let level = runtime.block_on(http_level(
+                agent.addr,
+                &path,
+                body.clone(),
+                concurrency,
+                Duration::from_secs_f64(seconds),
+            ));
+            first_p50.get_or_insert(level.p50);
+            println!(
+                "      {:>11} {:>12.0} {:>12.1} {:>12.1}",
+                level.concurrency,
+                level.requests as f64 / level.seconds,
+                us(level.p50),
+                us(level.p99)
+            );
+        }
+        let overhead = us(first_p50.unwrap()) - us(raw_p50);
+        let above_floor = us(first_p50.unwrap()) - us(floor.p50) - us(raw_p50);
+        overheads.push((name, overhead, above_floor));
+        println!(
+            "  overhead of (b) over (a) at concurrency 1, p50: {overhead:.1} µs (target ≤ 50 µs)"
+        );
+        println!(
+            "  of which above the HTTP floor (decode, checks, pool hop, encode): {above_floor:.1} µs\n"
+        );
+    }
+    let loaded_rss = rss_kib(agent.child.id());
+    println!("== footprint");
+    println!(
+        "  idle RSS (2 models loaded, before traffic): {:.1} MB (target ≤ 20 MB)",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  RSS after the benchmark:                    {:.1} MB",
+        loaded_rss as f64 / 1024.0
+    );
+    println!(
+        "  agent binary (bench profile):               {:.1} MB (target ≤ 20 MB; `--profile dist` is smaller)",
+        binary as f64 / 1e6
+    );
+    println!("\n== summary");
+    for (name, overhead, above_floor) in overheads {
+        let verdict = if overhead <= 50.0 { "meets" } else { "MISSES" };
+        println!(
+            "  {name}: HTTP p50 overhead {overhead:.1} µs — {verdict} the 50 µs target ({above_floor:.1} µs above this machine's {:.1} µs HTTP floor)",
+            us(floor.p50)
+        );
+    }
+    let verdict = if idle_rss as f64 / 1024.0 <= 20.0 {
+        "meets"
+    } else {
+        "MISSES"
+    };
+    println!(
+        "  idle RSS {:.1} MB — {verdict} the 20 MB target",
+        idle_rss as f64 / 1024.0
+    );
+}

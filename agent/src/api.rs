@@ -50,8 +50,14 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         .method_not_allowed_fallback(v2::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-        }))
+        // A span per request; failures are logged where they are understood (inference errors
+        // in the handler), so an overload of 503s does not turn into a flood of log lines.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(()),
+        )
         .with_state(state)
 }

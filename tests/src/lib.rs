@@ -2,7 +2,7 @@
 //! port, wait for it, talk to it over HTTP, send it signals, and read the committed fixtures.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to the test executables
-//! (`target/<profile>/`); `OUTPOST_TEST_BIN_DIR` points elsewhere if needed.
+//! (`target/<profile>/`); `TEST_BIN_DIR` points elsewhere if needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// The folder holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OUTPOST_TEST_BIN_DIR") {
+    if let Some(dir) = std::env::var_os("TEST_BIN_DIR") {
         return PathBuf::from(dir);
     }
     // target/<profile>/deps/<test-exe> → target/<profile>

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Short, bounded fuzz run of every target (default 60 s each): bash fuzz/run.sh [SECONDS]
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz passes nightly-only flags;
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-60}"
+for target in v2_request tensor_decode; do
+    mkdir -p "corpus/$target"
+    echo ">> fuzzing $target for ${seconds}s"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+done

@@ -1,0 +1,46 @@
+//! The README's quick start works: the example config serves every example model, two
+//! versions of one side by side.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outpost_tests::{Agent, reference, rows};
+use serde_json::json;
+
+#[tokio::test]
+async fn example_config_serves_every_example_model() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent.toml");
+    let agent = Agent::builder()
+        .args(&["--config", config.to_str().unwrap()])
+        .start();
+    agent.wait_ready(Duration::from_secs(60)).await;
+
+    let (_, meta) = agent.get("/v2/models/breast_cancer").await;
+    assert_eq!(meta["versions"], json!(["1.0.0", "1.1.0"]));
+    let r = reference("breast_cancer-1.0.0");
+    let (data, len) = rows(&r["inputs"][0]);
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data[..len]}]});
+    let (status, body) = agent
+        .post_json("/v2/models/breast_cancer/infer", &request)
+        .await;
+    assert_eq!(
+        (status, body["model_version"].as_str().unwrap()),
+        (200, "1.1.0"),
+        "unversioned requests go to the highest version"
+    );
+    let (status, body) = agent
+        .post_json("/v2/models/breast_cancer/versions/1.0.0/infer", &request)
+        .await;
+    assert_eq!(
+        (status, body["model_version"].as_str().unwrap()),
+        (200, "1.0.0")
+    );
+    for name in ["digits", "digits_cnn"] {
+        assert_eq!(
+            agent.get(&format!("/v2/models/{name}/ready")).await.0,
+            200,
+            "{name}"
+        );
+    }
+}
