@@ -24,10 +24,7 @@ use outpost_shared::reference::Reference;
 use outpost_shared::tensor::tensor_from_json;
 use serde_json::{Value, json};
 
-const MODELS: [(&str, &str); 2] = [
-    ("breast_cancer", "breast_cancer-1.0.0"),
-    ("digits", "digits_mlp-1.0.0"),
-];
+const MODELS: [(&str, &str); 2] = [("breast_cancer", "breast_cancer-1.0.0"), ("digits", "digits_mlp-1.0.0")];
 const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
 
 fn models_dir() -> PathBuf {
@@ -50,7 +47,8 @@ fn first_row(stem: &str) -> (Value, Vec<u64>, Vec<Value>) {
     let data: Vec<Value> = input.data.as_array().unwrap()[..row_len].to_vec();
     let mut shape: Vec<u64> = input.shape.iter().map(|&d| d as u64).collect();
     shape[0] = 1;
-    let body = json!({"inputs": [{"name": input.name, "shape": shape, "datatype": input.datatype, "data": data}]});
+    let body =
+        json!({"inputs": [{"name": input.name, "shape": shape, "datatype": input.datatype, "data": data}]});
     (body, shape, data)
 }
 
@@ -58,8 +56,7 @@ fn raw_tract(stem: &str, iterations: usize) -> Vec<Duration> {
     let model = Model::load_file(&models_dir().join(format!("{stem}.onnx"))).unwrap();
     let (_, shape, data) = first_row(stem);
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let tensor =
-        tensor_from_json(outpost_shared::DataType::F32, &shape, &Value::Array(data)).unwrap();
+    let tensor = tensor_from_json(outpost_shared::DataType::F32, &shape, &Value::Array(data)).unwrap();
     for _ in 0..500 {
         model.run(vec![tensor.clone()]).unwrap();
     }
@@ -91,10 +88,7 @@ fn start_agent() -> AgentProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
     command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
     for (name, stem) in MODELS {
-        command.arg("--model").arg(format!(
-            "{name}={}",
-            models_dir().join(format!("{stem}.onnx")).display()
-        ));
+        command.arg("--model").arg(format!("{name}={}", models_dir().join(format!("{stem}.onnx")).display()));
     }
     let mut child = command
         .env("OUTPOST_LOG__LEVEL", "warn,outpost_agent::server=info")
@@ -109,19 +103,11 @@ fn start_agent() -> AgentProcess {
             if let Ok(event) = serde_json::from_str::<Value>(&line)
                 && event["message"] == "listening"
             {
-                let _ = tx.send(
-                    event["addr"]
-                        .as_str()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap(),
-                );
+                let _ = tx.send(event["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("agent did not start");
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("agent did not start");
     AgentProcess { child, addr }
 }
 
@@ -137,9 +123,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -150,11 +134,7 @@ async fn round_trip(
     path: &str,
     body: &Bytes,
 ) -> bool {
-    let method = if body.is_empty() {
-        hyper::Method::GET
-    } else {
-        hyper::Method::POST
-    };
+    let method = if body.is_empty() { hyper::Method::GET } else { hyper::Method::POST };
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -215,10 +195,7 @@ async fn http_level(
                 if t >= end {
                     break;
                 }
-                assert!(
-                    round_trip(&mut sender, addr, &path, &body).await,
-                    "non-200 answer"
-                );
+                assert!(round_trip(&mut sender, addr, &path, &body).await, "non-200 answer");
                 if t >= start {
                     latencies.push(t.elapsed());
                 }
@@ -241,14 +218,8 @@ async fn http_level(
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     println!(
         "outpost-agent serving benchmark ({} cores, {seconds} s per level)\n",
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -257,9 +228,7 @@ fn main() {
     let agent = start_agent();
     runtime.block_on(wait_ready(agent.addr));
     let idle_rss = rss_kib(agent.child.id());
-    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_outpost-agent"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_outpost-agent")).map(|m| m.len()).unwrap_or(0);
 
     // The floor every HTTP request pays on this machine with this client: no body, no model.
     let floor = runtime.block_on(http_level(
@@ -289,10 +258,7 @@ fn main() {
         let (body, _, _) = first_row(stem);
         let body = Bytes::from(serde_json::to_vec(&body).unwrap());
         println!("  (b) HTTP V2 JSON, loopback:");
-        println!(
-            "      {:>11} {:>12} {:>12} {:>12}",
-            "concurrency", "req/s", "p50 µs", "p99 µs"
-        );
+        println!("      {:>11} {:>12} {:>12} {:>12}", "concurrency", "req/s", "p50 µs", "p99 µs");
         let mut first_p50 = None;
         for concurrency in CONCURRENCY {
             let path = format!("/v2/models/{name}/infer");
@@ -315,12 +281,8 @@ fn main() {
         let overhead = us(first_p50.unwrap()) - us(raw_p50);
         let above_floor = us(first_p50.unwrap()) - us(floor.p50) - us(raw_p50);
         overheads.push((name, overhead, above_floor));
-        println!(
-            "  overhead of (b) over (a) at concurrency 1, p50: {overhead:.1} µs (target ≤ 50 µs)"
-        );
-        println!(
-            "  of which above the HTTP floor (decode, checks, pool hop, encode): {above_floor:.1} µs\n"
-        );
+        println!("  overhead of (b) over (a) at concurrency 1, p50: {overhead:.1} µs (target ≤ 50 µs)");
+        println!("  of which above the HTTP floor (decode, checks, pool hop, encode): {above_floor:.1} µs\n");
     }
     let loaded_rss = rss_kib(agent.child.id());
     println!("== footprint");
@@ -328,10 +290,7 @@ fn main() {
         "  idle RSS (2 models loaded, before traffic): {:.1} MB (target ≤ 20 MB)",
         idle_rss as f64 / 1024.0
     );
-    println!(
-        "  RSS after the benchmark:                    {:.1} MB",
-        loaded_rss as f64 / 1024.0
-    );
+    println!("  RSS after the benchmark:                    {:.1} MB", loaded_rss as f64 / 1024.0);
     println!(
         "  agent binary (bench profile):               {:.1} MB (target ≤ 20 MB; `--profile dist` is smaller)",
         binary as f64 / 1e6
@@ -344,13 +303,6 @@ fn main() {
             us(floor.p50)
         );
     }
-    let verdict = if idle_rss as f64 / 1024.0 <= 20.0 {
-        "meets"
-    } else {
-        "MISSES"
-    };
-    println!(
-        "  idle RSS {:.1} MB — {verdict} the 20 MB target",
-        idle_rss as f64 / 1024.0
-    );
+    let verdict = if idle_rss as f64 / 1024.0 <= 20.0 { "meets" } else { "MISSES" };
+    println!("  idle RSS {:.1} MB — {verdict} the 20 MB target", idle_rss as f64 / 1024.0);
 }

@@ -39,21 +39,11 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
     );
     println!("inputs");
     for spec in &signature.inputs {
-        println!(
-            "  {:<24} {:<6} {}",
-            spec.name,
-            spec.datatype.v2_name(),
-            spec.shape_string()
-        );
+        println!("  {:<24} {:<6} {}", spec.name, spec.datatype.v2_name(), spec.shape_string());
     }
     println!("outputs");
     for spec in &signature.outputs {
-        println!(
-            "  {:<24} {:<6} {}",
-            spec.name,
-            spec.datatype.v2_name(),
-            spec.shape_string()
-        );
+        println!("  {:<24} {:<6} {}", spec.name, spec.datatype.v2_name(), spec.shape_string());
     }
     if !model.metadata().is_empty() {
         println!("metadata");

@@ -65,10 +65,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            max_body_bytes: 4 * 1024 * 1024,
-            body_timeout_secs: 30,
-        }
+        HttpConfig { max_body_bytes: 4 * 1024 * 1024, body_timeout_secs: 30 }
     }
 }
 
@@ -84,10 +81,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            workers: 0,
-            queue_capacity: 256,
-        }
+        RuntimeConfig { workers: 0, queue_capacity: 256 }
     }
 }
 
@@ -97,9 +91,7 @@ impl RuntimeConfig {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(usize::from).unwrap_or(1)
         }
     }
 }
@@ -129,10 +121,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
+        LogConfig { level: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -176,9 +165,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Parses the CLI form `NAME=PATH`.
     pub fn parse_cli(spec: &str) -> Result<ModelConfig, String> {
-        let (name, path) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("`{spec}` is not NAME=PATH.onnx"))?;
+        let (name, path) = spec.split_once('=').ok_or_else(|| format!("`{spec}` is not NAME=PATH.onnx"))?;
         if path.is_empty() {
             return Err(format!("`{spec}` has no path after `=`"));
         }
@@ -197,10 +184,7 @@ fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 {
         return Err("must be 1 to 128 characters long".into());
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
         return Err("may only contain letters, digits, `_`, `-` and `.`".into());
     }
     Ok(())
@@ -217,9 +201,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let mut config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(dir) = file.and_then(Path::parent) {
             for model in &mut config.models {
                 if model.path.is_relative() {
@@ -235,10 +217,7 @@ impl Config {
 
     /// Checks values a type cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let key = |key: &str, problem: &str| ConfigError::Key {
-            key: key.into(),
-            problem: problem.into(),
-        };
+        let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         if self.http.max_body_bytes < 1024 {
             return Err(key("http.max_body_bytes", "must be at least 1024"));
         }
@@ -246,16 +225,10 @@ impl Config {
             return Err(key("http.body_timeout_secs", "must be at least 1"));
         }
         if self.runtime.workers > 1024 {
-            return Err(key(
-                "runtime.workers",
-                "must be at most 1024 (0 = one per core)",
-            ));
+            return Err(key("runtime.workers", "must be at most 1024 (0 = one per core)"));
         }
         if self.runtime.queue_capacity == 0 || self.runtime.queue_capacity > 1_000_000 {
-            return Err(key(
-                "runtime.queue_capacity",
-                "must be between 1 and 1000000",
-            ));
+            return Err(key("runtime.queue_capacity", "must be between 1 and 1000000"));
         }
         if self.models.is_empty() {
             return Err(ConfigError::Invalid(
@@ -317,13 +290,8 @@ mod tests {
     fn unknown_keys_are_rejected_by_name() {
         jailed(|jail| {
             jail.create_file("agent.toml", "[runtime]\nworkerz = 3\n")?;
-            let err = Config::load(Some(&jail.directory().join("agent.toml")))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("unknown field") && err.contains("workerz"),
-                "{err}"
-            );
+            let err = Config::load(Some(&jail.directory().join("agent.toml"))).unwrap_err().to_string();
+            assert!(err.contains("unknown field") && err.contains("workerz"), "{err}");
             Ok(())
         });
         jailed(|jail| {
@@ -339,16 +307,11 @@ mod tests {
         jailed(|jail| {
             jail.set_env("OUTPOST_RUNTIME__WORKERS", "many");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(
-                err.to_lowercase().contains("runtime.workers") && err.contains("many"),
-                "{err}"
-            );
+            assert!(err.to_lowercase().contains("runtime.workers") && err.contains("many"), "{err}");
             Ok(())
         });
         let mut config = Config::default();
-        config
-            .models
-            .push(ModelConfig::parse_cli("a=x.onnx").unwrap());
+        config.models.push(ModelConfig::parse_cli("a=x.onnx").unwrap());
         config.runtime.queue_capacity = 0;
         assert_eq!(
             config.validate().unwrap_err().to_string(),
@@ -366,24 +329,9 @@ mod tests {
 
     #[test]
     fn cli_model_specs_are_checked() {
-        assert_eq!(
-            ModelConfig::parse_cli("bc=/m/x.onnx").unwrap().path,
-            PathBuf::from("/m/x.onnx")
-        );
-        assert!(
-            ModelConfig::parse_cli("bc")
-                .unwrap_err()
-                .contains("NAME=PATH")
-        );
-        assert!(
-            ModelConfig::parse_cli("b c=x.onnx")
-                .unwrap_err()
-                .contains("may only contain")
-        );
-        assert!(
-            ModelConfig::parse_cli("bc=")
-                .unwrap_err()
-                .contains("no path")
-        );
+        assert_eq!(ModelConfig::parse_cli("bc=/m/x.onnx").unwrap().path, PathBuf::from("/m/x.onnx"));
+        assert!(ModelConfig::parse_cli("bc").unwrap_err().contains("NAME=PATH"));
+        assert!(ModelConfig::parse_cli("b c=x.onnx").unwrap_err().contains("may only contain"));
+        assert!(ModelConfig::parse_cli("bc=").unwrap_err().contains("no path"));
     }
 }

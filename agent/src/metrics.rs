@@ -67,8 +67,7 @@ pub const MODEL_STATES: [&str; 3] = ["loading", "ready", "failed"];
 /// Latency buckets from 25 µs to ~13 s, doubling: serving overhead is tens of µs, big batches
 /// take seconds.
 fn latency_buckets() -> Vec<f64> {
-    prometheus::exponential_buckets(25e-6, 2.0, 20)
-        .unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
+    prometheus::exponential_buckets(25e-6, 2.0, 20).unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
 }
 
 /// Every metric the agent exports.
@@ -128,10 +127,7 @@ impl Metrics {
         }
         let labels = &["model", "version"];
         let requests = reg!(IntCounterVec::new(
-            help(
-                REQUESTS_TOTAL,
-                "Inference requests by model, version and outcome."
-            ),
+            help(REQUESTS_TOTAL, "Inference requests by model, version and outcome."),
             &["model", "version", "outcome"]
         )?);
         let request_duration = reg!(HistogramVec::new(
@@ -150,10 +146,7 @@ impl Metrics {
             .buckets(latency_buckets()),
             labels
         )?);
-        let build = reg!(IntGaugeVec::new(
-            help(BUILD_INFO, "Agent build information."),
-            &["version"]
-        )?);
+        let build = reg!(IntGaugeVec::new(help(BUILD_INFO, "Agent build information."), &["version"])?);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let system = SystemProbe {
             system: System::new().ok(),
@@ -161,10 +154,7 @@ impl Metrics {
             pid: sysinfo::get_current_pid().ok(),
             last_refresh: None,
             cpu_seconds_reported: 0.0,
-            resident: reg!(IntGauge::new(
-                PROCESS_RESIDENT_MEMORY_BYTES,
-                "Resident memory size in bytes."
-            )?),
+            resident: reg!(IntGauge::new(PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory size in bytes.")?),
             virtual_memory: reg!(IntGauge::new(
                 PROCESS_VIRTUAL_MEMORY_BYTES,
                 "Virtual memory size in bytes."
@@ -181,26 +171,17 @@ impl Metrics {
                 SYSTEM_CPU_USAGE_RATIO,
                 "Whole-system CPU usage, 0 to 1."
             )?),
-            memory_total: reg!(IntGauge::new(
-                SYSTEM_MEMORY_TOTAL_BYTES,
-                "System memory in bytes."
-            )?),
+            memory_total: reg!(IntGauge::new(SYSTEM_MEMORY_TOTAL_BYTES, "System memory in bytes.")?),
             memory_available: reg!(IntGauge::new(
                 SYSTEM_MEMORY_AVAILABLE_BYTES,
                 "System memory available in bytes."
             )?),
             disk_total: reg!(IntGaugeVec::new(
-                help(
-                    SYSTEM_DISK_TOTAL_BYTES,
-                    "Disk size in bytes by mount point."
-                ),
+                help(SYSTEM_DISK_TOTAL_BYTES, "Disk size in bytes by mount point."),
                 &["mount"]
             )?),
             disk_available: reg!(IntGaugeVec::new(
-                help(
-                    SYSTEM_DISK_AVAILABLE_BYTES,
-                    "Disk space available in bytes by mount point."
-                ),
+                help(SYSTEM_DISK_AVAILABLE_BYTES, "Disk space available in bytes by mount point."),
                 &["mount"]
             )?),
         };
@@ -208,14 +189,8 @@ impl Metrics {
             requests,
             request_duration,
             inference_duration,
-            in_flight: reg!(IntGauge::new(
-                IN_FLIGHT_REQUESTS,
-                "Inference requests being handled now."
-            )?),
-            queue_depth: reg!(IntGauge::new(
-                QUEUE_DEPTH,
-                "Inference jobs waiting for a worker."
-            )?),
+            in_flight: reg!(IntGauge::new(IN_FLIGHT_REQUESTS, "Inference requests being handled now.")?),
+            queue_depth: reg!(IntGauge::new(QUEUE_DEPTH, "Inference jobs waiting for a worker.")?),
             queue_capacity: reg!(IntGauge::new(
                 QUEUE_CAPACITY,
                 "Inference jobs that may wait before requests are refused."
@@ -225,10 +200,7 @@ impl Metrics {
                 "Requests refused with 503 because the inference queue was full."
             )?),
             workers: reg!(IntGauge::new(WORKERS, "Inference worker threads.")?),
-            workers_busy: reg!(IntGauge::new(
-                WORKERS_BUSY,
-                "Inference workers running a job now."
-            )?),
+            workers_busy: reg!(IntGauge::new(WORKERS_BUSY, "Inference workers running a job now.")?),
             model_state: reg!(IntGaugeVec::new(
                 help(
                     MODEL_STATE,
@@ -237,10 +209,7 @@ impl Metrics {
                 &["model", "version", "state"]
             )?),
             model_load_duration: reg!(GaugeVec::new(
-                help(
-                    MODEL_LOAD_DURATION_SECONDS,
-                    "Time to load, optimize and validate a model, in seconds."
-                ),
+                help(MODEL_LOAD_DURATION_SECONDS, "Time to load, optimize and validate a model, in seconds."),
                 labels
             )?),
             system: Mutex::new(system),
@@ -251,9 +220,7 @@ impl Metrics {
     /// Records a model's lifecycle state under its `state` label.
     pub fn set_model_state(&self, model: &str, version: &str, state: &str) {
         for s in MODEL_STATES {
-            self.model_state
-                .with_label_values(&[model, version, s])
-                .set(i64::from(s == state));
+            self.model_state.with_label_values(&[model, version, s]).set(i64::from(s == state));
         }
     }
 
@@ -277,10 +244,7 @@ impl Metrics {
 
 impl SystemProbe {
     fn refresh(&mut self) {
-        if self
-            .last_refresh
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        if self.last_refresh.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
         self.last_refresh = Some(Instant::now());
@@ -291,12 +255,9 @@ impl SystemProbe {
                 ProcessRefreshKind::nothing().with_memory().with_cpu(),
             );
             if let Some(process) = system.process(pid) {
-                self.resident
-                    .set(i64::try_from(process.memory()).unwrap_or(i64::MAX));
-                self.virtual_memory
-                    .set(i64::try_from(process.virtual_memory()).unwrap_or(i64::MAX));
-                self.start_time
-                    .set(i64::try_from(process.start_time()).unwrap_or(0));
+                self.resident.set(i64::try_from(process.memory()).unwrap_or(i64::MAX));
+                self.virtual_memory.set(i64::try_from(process.virtual_memory()).unwrap_or(i64::MAX));
+                self.start_time.set(i64::try_from(process.start_time()).unwrap_or(0));
                 let total = process.accumulated_cpu_time() as f64 / 1000.0;
                 if total > self.cpu_seconds_reported {
                     self.cpu_seconds.inc_by(total - self.cpu_seconds_reported);
@@ -304,13 +265,10 @@ impl SystemProbe {
                 }
             }
             system.refresh_cpu_usage();
-            self.cpu_usage
-                .set(f64::from(system.global_cpu_usage()) / 100.0);
+            self.cpu_usage.set(f64::from(system.global_cpu_usage()) / 100.0);
             system.refresh_memory();
-            self.memory_total
-                .set(i64::try_from(system.total_memory()).unwrap_or(i64::MAX));
-            self.memory_available
-                .set(i64::try_from(system.available_memory()).unwrap_or(i64::MAX));
+            self.memory_total.set(i64::try_from(system.total_memory()).unwrap_or(i64::MAX));
+            self.memory_available.set(i64::try_from(system.available_memory()).unwrap_or(i64::MAX));
         }
         if let Some(disks) = self.disks.as_mut() {
             disks.refresh(true);
@@ -318,12 +276,8 @@ impl SystemProbe {
                 let mount = disk.mount_point().to_string_lossy();
                 let total = i64::try_from(disk.total_space()).unwrap_or(i64::MAX);
                 let available = i64::try_from(disk.available_space()).unwrap_or(i64::MAX);
-                self.disk_total
-                    .with_label_values(&[mount.as_ref()])
-                    .set(total);
-                self.disk_available
-                    .with_label_values(&[mount.as_ref()])
-                    .set(available);
+                self.disk_total.with_label_values(&[mount.as_ref()]).set(total);
+                self.disk_available.with_label_values(&[mount.as_ref()]).set(available);
             }
         }
     }
@@ -336,26 +290,16 @@ mod tests {
     #[test]
     fn renders_text_format_with_moving_counters_and_system_figures() {
         let metrics = Metrics::new().unwrap();
-        metrics
-            .requests
-            .with_label_values(&["bc", "1.0.0", Outcome::Ok.label()])
-            .inc();
+        metrics.requests.with_label_values(&["bc", "1.0.0", Outcome::Ok.label()]).inc();
         metrics.set_model_state("bc", "1.0.0", "ready");
         let text = metrics.render().unwrap();
         assert!(
-            text.contains(
-                "outpost_agent_requests_total{model=\"bc\",outcome=\"ok\",version=\"1.0.0\"} 1"
-            ),
+            text.contains("outpost_agent_requests_total{model=\"bc\",outcome=\"ok\",version=\"1.0.0\"} 1"),
             "{text}"
         );
-        assert!(text.contains(
-            "outpost_agent_model_state{model=\"bc\",state=\"ready\",version=\"1.0.0\"} 1"
-        ));
+        assert!(text.contains("outpost_agent_model_state{model=\"bc\",state=\"ready\",version=\"1.0.0\"} 1"));
         assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
-        let rss_line = text
-            .lines()
-            .find(|l| l.starts_with("process_resident_memory_bytes "))
-            .unwrap();
+        let rss_line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).unwrap();
         let rss: f64 = rss_line.split(' ').nth(1).unwrap().parse().unwrap();
         assert!(rss > 0.0, "{rss_line}");
     }

@@ -191,8 +191,7 @@ pub struct ValidationFailure {
 pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFailure> {
     let started = Instant::now();
     let fail = |version: Option<String>, reason: String| ValidationFailure { version, reason };
-    let model =
-        Model::load_file(&config.path).map_err(|e| fail(config.version.clone(), e.to_string()))?;
+    let model = Model::load_file(&config.path).map_err(|e| fail(config.version.clone(), e.to_string()))?;
     let version = config
         .version
         .clone()
@@ -204,13 +203,9 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
     });
     let evidence = match reference_path {
         Some(path) => {
-            let reference =
-                Reference::load(&path).map_err(|e| fail(Some(version.clone()), e.to_string()))?;
+            let reference = Reference::load(&path).map_err(|e| fail(Some(version.clone()), e.to_string()))?;
             let report = reference.verify(&model).map_err(|e| {
-                fail(
-                    Some(version.clone()),
-                    format!("does not reproduce {}: {e}", path.display()),
-                )
+                fail(Some(version.clone()), format!("does not reproduce {}: {e}", path.display()))
             })?;
             let compared: Vec<String> = report
                 .outputs
@@ -229,12 +224,7 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
         }
     };
     Ok(Validated {
-        served: ServedModel {
-            name: config.name.clone(),
-            version,
-            model,
-            nan_policy: config.nan_policy,
-        },
+        served: ServedModel { name: config.name.clone(), version, model, nan_policy: config.nan_policy },
         load_time: started.elapsed(),
         evidence,
     })
@@ -259,14 +249,8 @@ mod tests {
             ..ModelConfig::parse_cli("bc=x.onnx").unwrap()
         }]);
         assert!(matches!(table.lookup("nope", None), Lookup::UnknownModel));
-        assert!(matches!(
-            table.lookup("bc", Some("9")),
-            Lookup::UnknownVersion
-        ));
-        assert!(matches!(
-            table.lookup("bc", Some("1.0.0")),
-            Lookup::Found(_)
-        ));
+        assert!(matches!(table.lookup("bc", Some("9")), Lookup::UnknownVersion));
+        assert!(matches!(table.lookup("bc", Some("1.0.0")), Lookup::Found(_)));
         assert!(matches!(table.lookup("bc", None), Lookup::Found(_)));
         assert!(!table.all_ready());
     }
@@ -275,10 +259,6 @@ mod tests {
     fn a_missing_file_fails_validation_with_its_path() {
         let config = ModelConfig::parse_cli("bc=/nonexistent/model.onnx").unwrap();
         let err = load_and_validate(&config).unwrap_err();
-        assert!(
-            err.reason.contains("/nonexistent/model.onnx"),
-            "{}",
-            err.reason
-        );
+        assert!(err.reason.contains("/nonexistent/model.onnx"), "{}", err.reason);
     }
 }

@@ -59,32 +59,22 @@ impl WorkerPool {
         for i in 0..workers.max(1) {
             let receiver = receiver.clone();
             let busy = Arc::clone(&busy);
-            let handle = std::thread::Builder::new()
-                .name(format!("infer-{i}"))
-                .spawn(move || {
-                    for job in receiver.iter() {
-                        busy.fetch_add(1, Ordering::Relaxed);
-                        job();
-                        busy.fetch_sub(1, Ordering::Relaxed);
-                    }
-                })?;
+            let handle = std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
+                for job in receiver.iter() {
+                    busy.fetch_add(1, Ordering::Relaxed);
+                    job();
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                }
+            })?;
             handles.push(handle);
         }
-        Ok(WorkerPool {
-            sender: Some(sender),
-            workers: handles,
-            capacity,
-            busy,
-        })
+        Ok(WorkerPool { sender: Some(sender), workers: handles, capacity, busy })
     }
 
     /// Queues `f` and returns a receiver for its result, or refuses at once if the queue is full.
     /// If the caller drops the receiver before the job starts (the client went away), `f` still
     /// runs; jobs that want to skip work check `reply_wanted` themselves.
-    pub fn try_submit<F, R>(
-        &self,
-        f: F,
-    ) -> Result<oneshot::Receiver<Result<R, JobError>>, SubmitError>
+    pub fn try_submit<F, R>(&self, f: F) -> Result<oneshot::Receiver<Result<R, JobError>>, SubmitError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -187,10 +177,7 @@ mod tests {
         let mut receivers = Vec::new();
         for _ in 0..5 {
             let c = Arc::clone(&counter);
-            receivers.push(
-                pool.try_submit(move || c.fetch_add(1, Ordering::SeqCst))
-                    .unwrap(),
-            );
+            receivers.push(pool.try_submit(move || c.fetch_add(1, Ordering::SeqCst)).unwrap());
         }
         drop(pool);
         assert_eq!(counter.load(Ordering::SeqCst), 5);

@@ -45,10 +45,7 @@ impl ExitStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start inference workers: {0}")]
     Workers(std::io::Error),
     #[error("cannot set up metrics: {0}")]
@@ -62,10 +59,7 @@ pub async fn termination_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => "SIGTERM",
@@ -92,23 +86,15 @@ pub async fn serve(
 ) -> Result<ExitStatus, ServeError> {
     let metrics = Arc::new(Metrics::new()?);
     let workers = config.runtime.effective_workers();
-    let pool = Arc::new(
-        WorkerPool::new(workers, config.runtime.queue_capacity).map_err(ServeError::Workers)?,
-    );
-    metrics
-        .workers
-        .set(i64::try_from(workers).unwrap_or(i64::MAX));
-    metrics
-        .queue_capacity
-        .set(i64::try_from(config.runtime.queue_capacity).unwrap_or(i64::MAX));
+    let pool =
+        Arc::new(WorkerPool::new(workers, config.runtime.queue_capacity).map_err(ServeError::Workers)?);
+    metrics.workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
+    metrics.queue_capacity.set(i64::try_from(config.runtime.queue_capacity).unwrap_or(i64::MAX));
     let models = Arc::new(ModelTable::new(&config.models));
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, models = config.models.len(), workers, queue_capacity = config.runtime.queue_capacity, "listening");
 
@@ -123,18 +109,11 @@ pub async fn serve(
     // One shutdown signal for everything: None while running, then why we stop.
     let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
     let loader_stop = stop_tx.clone();
-    let loader = tokio::spawn(load_all(
-        Arc::clone(&models),
-        Arc::clone(&metrics),
-        loader_stop,
-    ));
+    let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop));
     let signal_stop = stop_tx.clone();
     let signal_task = tokio::spawn(async move {
         let name = stop.await;
-        tracing::info!(
-            signal = name,
-            "shutting down: no new connections, finishing in-flight requests"
-        );
+        tracing::info!(signal = name, "shutting down: no new connections, finishing in-flight requests");
         let _ = signal_stop.send(Some(ExitStatus::Drained));
     });
 
@@ -174,11 +153,7 @@ pub async fn serve(
 }
 
 /// Loads and validates every model concurrently off the executor, publishing each result.
-async fn load_all(
-    models: Arc<ModelTable>,
-    metrics: Arc<Metrics>,
-    stop: watch::Sender<Option<ExitStatus>>,
-) {
+async fn load_all(models: Arc<ModelTable>, metrics: Arc<Metrics>, stop: watch::Sender<Option<ExitStatus>>) {
     let mut tasks = Vec::new();
     for entry in models.entries().iter().cloned() {
         let loading_version = entry.version().unwrap_or_default();
@@ -237,10 +212,7 @@ async fn load_all(
     }
     if any_ready {
         if models.all_ready() {
-            tracing::info!(
-                models = models.entries().len(),
-                "all models validated: ready"
-            );
+            tracing::info!(models = models.entries().len(), "all models validated: ready");
         } else {
             tracing::warn!("some models failed validation: not ready; the valid ones serve");
         }

@@ -6,10 +6,7 @@
 use std::process::Command;
 
 fn agent(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
-        .args(args)
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost-agent")).args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -21,36 +18,24 @@ fn agent(args: &[&str]) -> (i32, String, String) {
 fn help_lists_the_commands() {
     let (code, stdout, _) = agent(&["--help"]);
     assert_eq!(code, 0);
-    assert!(
-        stdout.contains("serve") && stdout.contains("check-model"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("serve") && stdout.contains("check-model"), "{stdout}");
     let (code, stdout, _) = agent(&["serve", "--help"]);
     assert_eq!(code, 0);
-    assert!(
-        stdout.contains("--model <NAME=PATH>") && stdout.contains("--config"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("--model <NAME=PATH>") && stdout.contains("--config"), "{stdout}");
 }
 
 #[test]
 fn version_prints_the_crate_version() {
     let (code, stdout, _) = agent(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        stdout.trim(),
-        format!("outpost-agent {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(stdout.trim(), format!("outpost-agent {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
 fn usage_errors_exit_2_with_a_message() {
     let (code, _, stderr) = agent(&["launch"]);
     assert_eq!(code, 2);
-    assert!(
-        stderr.contains("unrecognized subcommand 'launch'"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unrecognized subcommand 'launch'"), "{stderr}");
     let (code, _, stderr) = agent(&["serve", "--listen", "not-an-address"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--listen"), "{stderr}");

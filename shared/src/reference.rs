@@ -32,10 +32,7 @@ pub struct Tolerance {
 
 impl Default for Tolerance {
     fn default() -> Self {
-        Tolerance {
-            abs: 1e-5,
-            rel: 1e-5,
-        }
+        Tolerance { abs: 1e-5, rel: 1e-5 }
     }
 }
 
@@ -83,10 +80,7 @@ pub struct Reference {
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
     #[error("cannot read reference file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("reference file is not valid: {0}")]
     Parse(String),
     #[error("reference format version {0} is not supported (this build reads {FORMAT_VERSION})")]
@@ -102,28 +96,13 @@ pub enum ReferenceError {
     #[error("model has no output `{name}`, which the reference expects")]
     MissingOutput { name: String },
     #[error("output `{name}` has datatype {found}, the reference has {expected}")]
-    OutputDatatype {
-        name: String,
-        expected: DataType,
-        found: DataType,
-    },
+    OutputDatatype { name: String, expected: DataType, found: DataType },
     #[error("output `{name}` has shape {found:?}, the reference has {expected:?}")]
-    OutputShape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    OutputShape { name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error(
         "output `{name}` element {index} is {found}, the reference has {expected} (tolerance abs {abs}, rel {rel})"
     )]
-    Mismatch {
-        name: String,
-        index: usize,
-        expected: f64,
-        found: f64,
-        abs: f64,
-        rel: f64,
-    },
+    Mismatch { name: String, index: usize, expected: f64, found: f64, abs: f64, rel: f64 },
 }
 
 /// What a successful check compared.
@@ -146,10 +125,8 @@ impl Reference {
 
     /// Reads a reference file.
     pub fn load(path: &Path) -> Result<Reference, ReferenceError> {
-        let bytes = std::fs::read(path).map_err(|source| ReferenceError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| ReferenceError::Read { path: path.to_owned(), source })?;
         Reference::from_json(&bytes)
     }
 
@@ -160,24 +137,15 @@ impl Reference {
 
     /// Runs `model` on the reference inputs and compares every output element.
     pub fn verify(&self, model: &Model) -> Result<ReferenceReport, ReferenceError> {
-        let inputs = self
-            .inputs
-            .iter()
-            .map(decode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let inputs = self.inputs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         let provided: Vec<ProvidedInput<'_>> = self
             .inputs
             .iter()
             .zip(&inputs)
-            .map(|(r, (dt, _))| ProvidedInput {
-                name: &r.name,
-                datatype: *dt,
-                shape: &r.shape,
-            })
+            .map(|(r, (dt, _))| ProvidedInput { name: &r.name, datatype: *dt, shape: &r.shape })
             .collect();
         let order = model.signature().check_inputs(&provided)?;
-        let mut by_position: Vec<Option<Tensor>> =
-            inputs.into_iter().map(|(_, t)| Some(t)).collect();
+        let mut by_position: Vec<Option<Tensor>> = inputs.into_iter().map(|(_, t)| Some(t)).collect();
         let ordered = order
             .iter()
             .map(|&i| by_position[i].take())
@@ -186,22 +154,16 @@ impl Reference {
         let outputs = model.run(ordered)?;
         model.check_outputs(&outputs)?;
 
-        let mut report = ReferenceReport {
-            outputs: Vec::new(),
-        };
+        let mut report = ReferenceReport { outputs: Vec::new() };
         for expected in &self.outputs {
             let index = model
                 .signature()
                 .output_index(&expected.name)
-                .ok_or_else(|| ReferenceError::MissingOutput {
-                    name: expected.name.clone(),
-                })?;
+                .ok_or_else(|| ReferenceError::MissingOutput { name: expected.name.clone() })?;
             let (dt, want) = decode(expected)?;
             let got = &outputs[index];
-            let got_dt = datatype_of(got).map_err(|source| ReferenceError::BadTensor {
-                name: expected.name.clone(),
-                source,
-            })?;
+            let got_dt = datatype_of(got)
+                .map_err(|source| ReferenceError::BadTensor { name: expected.name.clone(), source })?;
             if got_dt != dt {
                 return Err(ReferenceError::OutputDatatype {
                     name: expected.name.clone(),
@@ -216,20 +178,13 @@ impl Reference {
                     found: got.shape().to_vec(),
                 });
             }
-            let bad = |source| ReferenceError::BadTensor {
-                name: expected.name.clone(),
-                source,
-            };
+            let bad = |source| ReferenceError::BadTensor { name: expected.name.clone(), source };
             let want_values = as_f64(&want).map_err(bad)?;
             let got_values = as_f64(got).map_err(bad)?;
             let exact = !dt.is_float();
             let mut max_diff = 0f64;
             for (index, (&w, &g)) in want_values.iter().zip(&got_values).enumerate() {
-                let ok = if exact {
-                    w == g
-                } else {
-                    self.tolerance.accepts(w, g)
-                };
+                let ok = if exact { w == g } else { self.tolerance.accepts(w, g) };
                 if !ok {
                     return Err(ReferenceError::Mismatch {
                         name: expected.name.clone(),
@@ -244,25 +199,19 @@ impl Reference {
                     max_diff = max_diff.max((w - g).abs());
                 }
             }
-            report
-                .outputs
-                .push((expected.name.clone(), want_values.len(), max_diff));
+            report.outputs.push((expected.name.clone(), want_values.len(), max_diff));
         }
         Ok(report)
     }
 }
 
 fn decode(r: &ReferenceTensor) -> Result<(DataType, Tensor), ReferenceError> {
-    let dt =
-        DataType::from_v2_name(&r.datatype).ok_or_else(|| ReferenceError::UnknownDatatype {
-            name: r.name.clone(),
-            datatype: r.datatype.clone(),
-        })?;
-    let tensor =
-        tensor_from_json(dt, &r.shape, &r.data).map_err(|source| ReferenceError::BadTensor {
-            name: r.name.clone(),
-            source,
-        })?;
+    let dt = DataType::from_v2_name(&r.datatype).ok_or_else(|| ReferenceError::UnknownDatatype {
+        name: r.name.clone(),
+        datatype: r.datatype.clone(),
+    })?;
+    let tensor = tensor_from_json(dt, &r.shape, &r.data)
+        .map_err(|source| ReferenceError::BadTensor { name: r.name.clone(), source })?;
     Ok((dt, tensor))
 }
 
@@ -275,10 +224,7 @@ pub fn as_f64(t: &Tensor) -> Result<Vec<f64>, TensorError> {
         };
     }
     Ok(match datatype_of(t)? {
-        DataType::Bool => slice::<bool>(t)?
-            .iter()
-            .map(|&b| f64::from(u8::from(b)))
-            .collect(),
+        DataType::Bool => slice::<bool>(t)?.iter().map(|&b| f64::from(u8::from(b))).collect(),
         DataType::U8 => widen!(u8),
         DataType::U16 => widen!(u16),
         DataType::U32 => widen!(u32),
@@ -298,10 +244,7 @@ mod tests {
 
     #[test]
     fn tolerance_is_absolute_plus_relative() {
-        let t = Tolerance {
-            abs: 1e-5,
-            rel: 1e-5,
-        };
+        let t = Tolerance { abs: 1e-5, rel: 1e-5 };
         assert!(t.accepts(0.5, 0.500_009));
         assert!(!t.accepts(0.5, 0.500_02));
         assert!(t.accepts(1000.0, 1000.01));
@@ -311,11 +254,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_format_and_fields() {
-        let err =
-            Reference::from_json(br#"{"format_version":2,"inputs":[],"outputs":[]}"#).unwrap_err();
+        let err = Reference::from_json(br#"{"format_version":2,"inputs":[],"outputs":[]}"#).unwrap_err();
         assert!(matches!(err, ReferenceError::UnsupportedFormat(2)));
-        let err = Reference::from_json(br#"{"format_version":1,"inputs":[],"outputs":[],"x":1}"#)
-            .unwrap_err();
+        let err =
+            Reference::from_json(br#"{"format_version":1,"inputs":[],"outputs":[],"x":1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `x`"), "{err}");
     }
 }

@@ -93,25 +93,11 @@ pub enum InputError {
     #[error("input `{name}` is missing")]
     MissingInput { name: String },
     #[error("input `{name}` has datatype {found} but the model takes {expected}")]
-    WrongDatatype {
-        name: String,
-        expected: DataType,
-        found: DataType,
-    },
+    WrongDatatype { name: String, expected: DataType, found: DataType },
     #[error("input `{name}` has shape {found:?} ({} dimensions) but the model takes {expected} ({} dimensions)", found.len(), expected_rank)]
-    WrongRank {
-        name: String,
-        expected: String,
-        expected_rank: usize,
-        found: Vec<usize>,
-    },
+    WrongRank { name: String, expected: String, expected_rank: usize, found: Vec<usize> },
     #[error("input `{name}` has {found} in dimension {axis} but the model takes {expected}")]
-    WrongDim {
-        name: String,
-        axis: usize,
-        expected: usize,
-        found: usize,
-    },
+    WrongDim { name: String, axis: usize, expected: usize, found: usize },
     #[error(
         "input `{name}` has {found} in dimension {axis} ({symbol}) but `{first_name}` has {first}: inputs must agree on {symbol}"
     )]
@@ -142,9 +128,7 @@ impl Signature {
                 });
             };
             if feeding[slot].replace(i).is_some() {
-                return Err(InputError::DuplicateInput {
-                    name: p.name.to_owned(),
-                });
+                return Err(InputError::DuplicateInput { name: p.name.to_owned() });
             }
             let spec = &self.inputs[slot];
             if p.datatype != spec.datatype {
@@ -164,10 +148,7 @@ impl Signature {
             }
             for (axis, (dim, &found)) in spec.shape.iter().zip(p.shape).enumerate() {
                 if found == 0 {
-                    return Err(InputError::EmptyDimension {
-                        name: p.name.to_owned(),
-                        axis,
-                    });
+                    return Err(InputError::EmptyDimension { name: p.name.to_owned(), axis });
                 }
                 match dim {
                     Dim::Fixed(expected) if *expected != found => {
@@ -201,11 +182,7 @@ impl Signature {
         feeding
             .into_iter()
             .zip(&self.inputs)
-            .map(|(f, spec)| {
-                f.ok_or_else(|| InputError::MissingInput {
-                    name: spec.name.clone(),
-                })
-            })
+            .map(|(f, spec)| f.ok_or_else(|| InputError::MissingInput { name: spec.name.clone() }))
             .collect()
     }
 
@@ -227,11 +204,7 @@ pub enum RuntimeError {
     #[error("model cannot be typed (every input dimension but the first must have a size): {0}")]
     Typing(String),
     #[error("model {kind} `{name}` has element type {datatype}, which the agent does not serve")]
-    UnsupportedDatatype {
-        kind: &'static str,
-        name: String,
-        datatype: String,
-    },
+    UnsupportedDatatype { kind: &'static str, name: String, datatype: String },
     #[error("model cannot be optimized: {0}")]
     Optimize(String),
     #[error("model expects {expected} inputs, got {found}")]
@@ -254,41 +227,30 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model")
-            .field("signature", &self.signature)
-            .finish_non_exhaustive()
+        f.debug_struct("Model").field("signature", &self.signature).finish_non_exhaustive()
     }
 }
 
 impl Model {
     /// Reads and loads an ONNX file. External tensor data is resolved next to the file.
     pub fn load_file(path: &Path) -> Result<Model, RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_owned(), source })?;
         Model::load_bytes(&bytes, path.parent())
     }
 
     /// Loads an ONNX model from its bytes: decode, name the batch dimension, type, optimize.
     pub fn load_bytes(bytes: &[u8], model_dir: Option<&Path>) -> Result<Model, RuntimeError> {
         let onnx = onnx();
-        let mut proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| RuntimeError::Decode(format!("{e:#}")))?;
+        let mut proto =
+            onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| RuntimeError::Decode(format!("{e:#}")))?;
         if proto.graph.is_none() {
             return Err(RuntimeError::Decode("the file holds no graph".into()));
         }
         name_anonymous_batch_dims(&mut proto);
-        let metadata = proto
-            .metadata_props
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
-            .collect();
+        let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         let dir = model_dir.and_then(Path::to_str);
-        let parsed = onnx
-            .parse(&proto, dir)
-            .map_err(|e| RuntimeError::Translate(format!("{e:#}")))?;
+        let parsed = onnx.parse(&proto, dir).map_err(|e| RuntimeError::Translate(format!("{e:#}")))?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(RuntimeError::Translate(format!(
                 "inputs without a producer: {}",
@@ -305,11 +267,7 @@ impl Model {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| RuntimeError::Optimize(format!("{e:#}")))?;
-        Ok(Model {
-            plan,
-            signature,
-            metadata,
-        })
+        Ok(Model { plan, signature, metadata })
     }
 
     /// The model's inputs and outputs.
@@ -332,10 +290,7 @@ impl Model {
             });
         }
         let values: TVec<TValue> = inputs.into_iter().map(Tensor::into_tvalue).collect();
-        let outputs = self
-            .plan
-            .run(values)
-            .map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
+        let outputs = self.plan.run(values).map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
         outputs
             .into_iter()
             .map(|value| {
@@ -344,9 +299,7 @@ impl Model {
                     tensor
                         .cast_to_dt(DatumType::I64)
                         .map(|t| t.into_owned())
-                        .map_err(|e| {
-                            RuntimeError::Run(format!("cannot convert output to INT64: {e:#}"))
-                        })
+                        .map_err(|e| RuntimeError::Run(format!("cannot convert output to INT64: {e:#}")))
                 } else {
                     Ok(tensor)
                 }
@@ -361,11 +314,8 @@ impl Model {
             .inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<usize> = spec
-                    .shape
-                    .iter()
-                    .map(|d| if let Dim::Fixed(n) = d { *n } else { batch })
-                    .collect();
+                let shape: Vec<usize> =
+                    spec.shape.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { batch }).collect();
                 Tensor::zero_dt(spec.datatype.datum_type(), &shape)
                     .map_err(|e| RuntimeError::Run(format!("cannot build sample input: {e:#}")))
             })
@@ -385,26 +335,17 @@ impl Model {
             });
         }
         for (tensor, spec) in outputs.iter().zip(&self.signature.outputs) {
-            let mismatch = |problem: String| RuntimeError::OutputMismatch {
-                name: spec.name.clone(),
-                problem,
-            };
+            let mismatch =
+                |problem: String| RuntimeError::OutputMismatch { name: spec.name.clone(), problem };
             let dt = datatype_of(tensor)?;
             if dt != spec.datatype {
-                return Err(mismatch(format!(
-                    "datatype {dt}, declared {}",
-                    spec.datatype
-                )));
+                return Err(mismatch(format!("datatype {dt}, declared {}", spec.datatype)));
             }
             let fits = tensor.rank() == spec.shape.len()
-                && spec
-                    .shape
-                    .iter()
-                    .zip(tensor.shape())
-                    .all(|(d, &n)| match d {
-                        Dim::Fixed(m) => *m == n,
-                        Dim::Symbol(_) | Dim::Dynamic => true,
-                    });
+                && spec.shape.iter().zip(tensor.shape()).all(|(d, &n)| match d {
+                    Dim::Fixed(m) => *m == n,
+                    Dim::Symbol(_) | Dim::Dynamic => true,
+                });
             if !fits {
                 return Err(mismatch(format!(
                     "shape {:?}, declared {}",
@@ -424,11 +365,7 @@ fn name_anonymous_batch_dims(proto: &mut pb::ModelProto) {
         return;
     };
     let initializers: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
-    for input in graph
-        .input
-        .iter_mut()
-        .filter(|i| !initializers.contains(&i.name))
-    {
+    for input in graph.input.iter_mut().filter(|i| !initializers.contains(&i.name)) {
         let Some(pb::type_proto::Value::TensorType(tensor)) =
             input.r#type.as_mut().and_then(|t| t.value.as_mut())
         else {
@@ -454,16 +391,10 @@ fn spec_of(
     name: String,
     kind: &'static str,
 ) -> Result<TensorSpec, RuntimeError> {
-    let fact = model
-        .outlet_fact(outlet)
-        .map_err(|e| RuntimeError::Typing(format!("{e:#}")))?;
+    let fact = model.outlet_fact(outlet).map_err(|e| RuntimeError::Typing(format!("{e:#}")))?;
     // tract computes some integer outputs (e.g. class labels picked by ArrayFeatureExtractor)
     // as symbolic dimensions; ONNX declares them int64, and `run` converts them back.
-    let datum_type = if fact.datum_type == DatumType::TDim {
-        DatumType::I64
-    } else {
-        fact.datum_type
-    };
+    let datum_type = if fact.datum_type == DatumType::TDim { DatumType::I64 } else { fact.datum_type };
     let datatype =
         DataType::from_datum_type(datum_type).ok_or_else(|| RuntimeError::UnsupportedDatatype {
             kind,
@@ -481,11 +412,7 @@ fn spec_of(
             },
         })
         .collect();
-    Ok(TensorSpec {
-        name,
-        datatype,
-        shape,
-    })
+    Ok(TensorSpec { name, datatype, shape })
 }
 
 fn signature_of(model: &TypedModel) -> Result<Signature, RuntimeError> {
@@ -500,10 +427,8 @@ fn signature_of(model: &TypedModel) -> Result<Signature, RuntimeError> {
         .map_err(|e| RuntimeError::Typing(format!("{e:#}")))?
         .iter()
         .map(|&o| {
-            let name = model
-                .outlet_label(o)
-                .map(str::to_owned)
-                .unwrap_or_else(|| model.node(o.node).name.clone());
+            let name =
+                model.outlet_label(o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone());
             spec_of(model, o, name, "output")
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -515,21 +440,13 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dt: DataType, shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            datatype: dt,
-            shape,
-        }
+        TensorSpec { name: name.into(), datatype: dt, shape }
     }
 
     fn two_inputs() -> Signature {
         Signature {
             inputs: vec![
-                spec(
-                    "a",
-                    DataType::F32,
-                    vec![Dim::Symbol("N".into()), Dim::Fixed(3)],
-                ),
+                spec("a", DataType::F32, vec![Dim::Symbol("N".into()), Dim::Fixed(3)]),
                 spec("b", DataType::I64, vec![Dim::Symbol("N".into())]),
             ],
             outputs: vec![spec("y", DataType::F32, vec![Dim::Symbol("N".into())])],
@@ -537,19 +454,13 @@ mod tests {
     }
 
     fn p<'a>(name: &'a str, datatype: DataType, shape: &'a [usize]) -> ProvidedInput<'a> {
-        ProvidedInput {
-            name,
-            datatype,
-            shape,
-        }
+        ProvidedInput { name, datatype, shape }
     }
 
     #[test]
     fn inputs_in_any_order_map_to_model_order() {
         let sig = two_inputs();
-        let order = sig
-            .check_inputs(&[p("b", DataType::I64, &[2]), p("a", DataType::F32, &[2, 3])])
-            .unwrap();
+        let order = sig.check_inputs(&[p("b", DataType::I64, &[2]), p("a", DataType::F32, &[2, 3])]).unwrap();
         assert_eq!(order, vec![1, 0]);
     }
 
@@ -557,30 +468,18 @@ mod tests {
     fn every_signature_violation_is_named() {
         let sig = two_inputs();
         let cases: Vec<(Vec<ProvidedInput<'_>>, &str)> = vec![
+            (vec![p("c", DataType::F32, &[1, 3])], "model has no input named `c` (its inputs: a, b)"),
             (
-                vec![p("c", DataType::F32, &[1, 3])],
-                "model has no input named `c` (its inputs: a, b)",
-            ),
-            (
-                vec![
-                    p("a", DataType::F32, &[1, 3]),
-                    p("a", DataType::F32, &[1, 3]),
-                ],
+                vec![p("a", DataType::F32, &[1, 3]), p("a", DataType::F32, &[1, 3])],
                 "input `a` is given more than once",
             ),
             (vec![p("a", DataType::F32, &[1, 3])], "input `b` is missing"),
-            (
-                vec![p("a", DataType::F64, &[1, 3])],
-                "input `a` has datatype FP64 but the model takes FP32",
-            ),
+            (vec![p("a", DataType::F64, &[1, 3])], "input `a` has datatype FP64 but the model takes FP32"),
             (
                 vec![p("a", DataType::F32, &[3])],
                 "input `a` has shape [3] (1 dimensions) but the model takes [N, 3] (2 dimensions)",
             ),
-            (
-                vec![p("a", DataType::F32, &[1, 4])],
-                "input `a` has 4 in dimension 1 but the model takes 3",
-            ),
+            (vec![p("a", DataType::F32, &[1, 4])], "input `a` has 4 in dimension 1 but the model takes 3"),
             (
                 vec![p("a", DataType::F32, &[2, 3]), p("b", DataType::I64, &[5])],
                 "input `b` has 5 in dimension 0 (N) but `a` has 2: inputs must agree on N",
@@ -591,10 +490,7 @@ mod tests {
             ),
         ];
         for (provided, message) in cases {
-            assert_eq!(
-                sig.check_inputs(&provided).unwrap_err().to_string(),
-                message
-            );
+            assert_eq!(sig.check_inputs(&provided).unwrap_err().to_string(), message);
         }
     }
 

@@ -17,25 +17,11 @@ pub enum TensorError {
     #[error("shape {shape:?} has more elements than this machine can address")]
     ShapeOverflow { shape: Vec<usize> },
     #[error("data has {found} elements but shape {shape:?} needs {expected}")]
-    CountMismatch {
-        shape: Vec<usize>,
-        expected: usize,
-        found: usize,
-    },
+    CountMismatch { shape: Vec<usize>, expected: usize, found: usize },
     #[error("binary data has {found} bytes but shape {shape:?} of {datatype} needs {expected}")]
-    ByteCountMismatch {
-        shape: Vec<usize>,
-        datatype: DataType,
-        expected: usize,
-        found: usize,
-    },
+    ByteCountMismatch { shape: Vec<usize>, datatype: DataType, expected: usize, found: usize },
     #[error("element {index} ({value}) {reason} for {datatype}")]
-    BadElement {
-        index: usize,
-        value: String,
-        reason: &'static str,
-        datatype: DataType,
-    },
+    BadElement { index: usize, value: String, reason: &'static str, datatype: DataType },
     #[error("`data` must be a JSON array (flat or nested), found {found}")]
     NotAnArray { found: &'static str },
     #[error("tensor has element type {0}, which the agent does not serve")]
@@ -49,9 +35,7 @@ pub fn element_count(shape: &[usize]) -> Result<usize, TensorError> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| TensorError::ShapeOverflow {
-            shape: shape.to_vec(),
-        })
+        .ok_or_else(|| TensorError::ShapeOverflow { shape: shape.to_vec() })
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -123,11 +107,7 @@ fn json_int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Result<T, Leaf> {
 fn json_f32(v: &Value) -> Result<f32, Leaf> {
     let f = v.as_f64().ok_or(Leaf::NotNumber)?;
     let x = f as f32;
-    if f.is_finite() && x.is_infinite() {
-        Err(Leaf::OutOfRange)
-    } else {
-        Ok(x)
-    }
+    if f.is_finite() && x.is_infinite() { Err(Leaf::OutOfRange) } else { Ok(x) }
 }
 
 fn json_f64(v: &Value) -> Result<f64, Leaf> {
@@ -171,15 +151,9 @@ fn build<T: Datum + Copy>(
 }
 
 /// Builds a tensor from V2 JSON `data` (flat or nested array) for the given datatype and shape.
-pub fn tensor_from_json(
-    datatype: DataType,
-    shape: &[usize],
-    data: &Value,
-) -> Result<Tensor, TensorError> {
+pub fn tensor_from_json(datatype: DataType, shape: &[usize], data: &Value) -> Result<Tensor, TensorError> {
     if !data.is_array() {
-        return Err(TensorError::NotAnArray {
-            found: json_kind(data),
-        });
+        return Err(TensorError::NotAnArray { found: json_kind(data) });
     }
     let expected = element_count(shape)?;
     let mut leaves = Vec::with_capacity(expected.min(1 << 20));
@@ -187,11 +161,7 @@ pub fn tensor_from_json(
     if leaves.len() != expected {
         // An array cut short by `flatten` was longer than needed; say so without counting it all.
         let found = leaves.len();
-        return Err(TensorError::CountMismatch {
-            shape: shape.to_vec(),
-            expected,
-            found,
-        });
+        return Err(TensorError::CountMismatch { shape: shape.to_vec(), expected, found });
     }
     match datatype {
         DataType::Bool => build(shape, &leaves, datatype, json_bool),
@@ -229,12 +199,9 @@ pub fn tensor_from_le_bytes(
     bytes: &[u8],
 ) -> Result<Tensor, TensorError> {
     let count = element_count(shape)?;
-    let expected =
-        count
-            .checked_mul(datatype.size_bytes())
-            .ok_or_else(|| TensorError::ShapeOverflow {
-                shape: shape.to_vec(),
-            })?;
+    let expected = count
+        .checked_mul(datatype.size_bytes())
+        .ok_or_else(|| TensorError::ShapeOverflow { shape: shape.to_vec() })?;
     if bytes.len() != expected {
         return Err(TensorError::ByteCountMismatch {
             shape: shape.to_vec(),
@@ -294,17 +261,11 @@ pub fn slice<T: Datum>(tensor: &Tensor) -> Result<&[T], TensorError> {
 pub fn tensor_to_le_bytes(tensor: &Tensor) -> Result<Vec<u8>, TensorError> {
     macro_rules! to_le {
         ($t:ty) => {
-            slice::<$t>(tensor)?
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect()
+            slice::<$t>(tensor)?.iter().flat_map(|x| x.to_le_bytes()).collect()
         };
     }
     Ok(match datatype_of(tensor)? {
-        DataType::Bool => slice::<bool>(tensor)?
-            .iter()
-            .map(|&b| u8::from(b))
-            .collect(),
+        DataType::Bool => slice::<bool>(tensor)?.iter().map(|&b| u8::from(b)).collect(),
         DataType::U8 => slice::<u8>(tensor)?.to_vec(),
         DataType::U16 => to_le!(u16),
         DataType::U32 => to_le!(u32),
@@ -327,12 +288,9 @@ pub fn first_non_finite(tensor: &Tensor) -> Option<(usize, f64)> {
             .enumerate()
             .find(|(_, x)| !x.is_finite())
             .map(|(i, &x)| (i, f64::from(x))),
-        DataType::F64 => slice::<f64>(tensor)
-            .ok()?
-            .iter()
-            .enumerate()
-            .find(|(_, x)| !x.is_finite())
-            .map(|(i, &x)| (i, x)),
+        DataType::F64 => {
+            slice::<f64>(tensor).ok()?.iter().enumerate().find(|(_, x)| !x.is_finite()).map(|(i, &x)| (i, x))
+        }
         _ => None,
     }
 }
@@ -385,52 +343,31 @@ mod tests {
     #[test]
     fn rejects_wrong_element_count_naming_both_counts() {
         let err = tensor_from_json(DataType::F32, &[2, 3], &json!([1, 2, 3])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "data has 3 elements but shape [2, 3] needs 6"
-        );
+        assert_eq!(err.to_string(), "data has 3 elements but shape [2, 3] needs 6");
         let err = tensor_from_json(DataType::F32, &[1], &json!([1, 2, 3, 4, 5])).unwrap_err();
-        assert!(
-            matches!(err, TensorError::CountMismatch { expected: 1, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, TensorError::CountMismatch { expected: 1, .. }), "{err}");
     }
 
     #[test]
     fn rejects_non_numeric_elements_naming_the_index() {
         let err = tensor_from_json(DataType::F32, &[3], &json!([1, "x", 3])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "element 1 (\"x\") is not a number for FP32"
-        );
+        assert_eq!(err.to_string(), "element 1 (\"x\") is not a number for FP32");
         let err = tensor_from_json(DataType::I64, &[2], &json!([1, 2.5])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "element 1 (2.5) is not an integer for INT64"
-        );
+        assert_eq!(err.to_string(), "element 1 (2.5) is not an integer for INT64");
         let err = tensor_from_json(DataType::U8, &[1], &json!([256])).unwrap_err();
         assert_eq!(err.to_string(), "element 0 (256) is out of range for UINT8");
         let err = tensor_from_json(DataType::F32, &[1], &json!([1e39])).unwrap_err();
         assert!(err.to_string().contains("out of range for FP32"), "{err}");
         let err = tensor_from_json(DataType::F32, &[1], &json!({"a": 1})).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`data` must be a JSON array (flat or nested), found an object"
-        );
+        assert_eq!(err.to_string(), "`data` must be a JSON array (flat or nested), found an object");
     }
 
     #[test]
     fn binary_data_must_match_the_shape_exactly() {
         let err = tensor_from_le_bytes(DataType::F32, &[2], &[0u8; 7]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "binary data has 7 bytes but shape [2] of FP32 needs 8"
-        );
+        assert_eq!(err.to_string(), "binary data has 7 bytes but shape [2] of FP32 needs 8");
         let err = tensor_from_le_bytes(DataType::Bool, &[2], &[1, 2]).unwrap_err();
-        assert!(
-            err.to_string().contains("element 1 (2) is not a boolean"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("element 1 (2) is not a boolean"), "{err}");
         let huge = [usize::MAX, 2];
         assert!(matches!(
             tensor_from_le_bytes(DataType::F32, &huge, &[]),
@@ -443,10 +380,7 @@ mod tests {
         let t = tensor_from_le_bytes(
             DataType::F32,
             &[3],
-            &[1f32, f32::NAN, f32::INFINITY]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<_>>(),
+            &[1f32, f32::NAN, f32::INFINITY].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
         )
         .unwrap();
         let (index, value) = first_non_finite(&t).unwrap();
@@ -461,10 +395,7 @@ mod tests {
         let t = tensor_from_json(DataType::I64, &[2], &json!([-3, 7])).unwrap();
         assert_eq!(serde_json::to_string(&JsonData(&t)).unwrap(), "[-3,7]");
         let t = tensor_from_json(DataType::Bool, &[2], &json!([true, false])).unwrap();
-        assert_eq!(
-            serde_json::to_string(&JsonData(&t)).unwrap(),
-            "[true,false]"
-        );
+        assert_eq!(serde_json::to_string(&JsonData(&t)).unwrap(), "[true,false]");
     }
 
     fn any_datatype() -> impl Strategy<Value = DataType> {

@@ -24,15 +24,10 @@ fn every_fixture_model_reproduces_onnxruntime_reference_outputs() {
         let path = models_dir().join(format!("{stem}.onnx"));
         let model = Model::load_file(&path).unwrap_or_else(|e| panic!("{stem}: {e}"));
         let reference = Reference::load(&Reference::path_beside(&path)).unwrap();
-        let report = reference
-            .verify(&model)
-            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let report = reference.verify(&model).unwrap_or_else(|e| panic!("{stem}: {e}"));
         assert!(!report.outputs.is_empty());
         for (name, count, max_diff) in &report.outputs {
-            assert!(
-                *count > 0 && *max_diff <= 1e-5,
-                "{stem} {name}: {count} elements, max diff {max_diff}"
-            );
+            assert!(*count > 0 && *max_diff <= 1e-5, "{stem} {name}: {count} elements, max diff {max_diff}");
         }
     }
 }
@@ -44,23 +39,10 @@ fn signature_reports_named_batch_dimension_and_real_types() {
     assert_eq!(sig.inputs.len(), 1);
     assert_eq!(sig.inputs[0].name, "input");
     assert_eq!(sig.inputs[0].datatype, DataType::F32);
-    assert_eq!(
-        sig.inputs[0].shape,
-        vec![Dim::Symbol("N".into()), Dim::Fixed(30)]
-    );
-    let outputs: Vec<(&str, DataType)> = sig
-        .outputs
-        .iter()
-        .map(|o| (o.name.as_str(), o.datatype))
-        .collect();
-    assert_eq!(
-        outputs,
-        vec![("label", DataType::I64), ("probabilities", DataType::F32)]
-    );
-    assert_eq!(
-        model.metadata().get("outpost.version").map(String::as_str),
-        Some("1.0.0")
-    );
+    assert_eq!(sig.inputs[0].shape, vec![Dim::Symbol("N".into()), Dim::Fixed(30)]);
+    let outputs: Vec<(&str, DataType)> = sig.outputs.iter().map(|o| (o.name.as_str(), o.datatype)).collect();
+    assert_eq!(outputs, vec![("label", DataType::I64), ("probabilities", DataType::F32)]);
+    assert_eq!(model.metadata().get("outpost.version").map(String::as_str), Some("1.0.0"));
 }
 
 #[test]
@@ -78,15 +60,8 @@ fn tampered_reference_outputs_fail_verification_naming_the_element() {
     let path = models_dir().join("breast_cancer-1.0.0.onnx");
     let model = Model::load_file(&path).unwrap();
     let mut reference = Reference::load(&Reference::path_beside(&path)).unwrap();
-    let probs = reference
-        .outputs
-        .iter_mut()
-        .find(|o| o.name == "probabilities")
-        .unwrap();
+    let probs = reference.outputs.iter_mut().find(|o| o.name == "probabilities").unwrap();
     probs.data[3] = serde_json::json!(probs.data[3].as_f64().unwrap() + 0.01);
     let err = reference.verify(&model).unwrap_err().to_string();
-    assert!(
-        err.starts_with("output `probabilities` element 3 is"),
-        "{err}"
-    );
+    assert!(err.starts_with("output `probabilities` element 3 is"), "{err}");
 }

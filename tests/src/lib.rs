@@ -21,10 +21,7 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test-exe> → target/<profile>
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> folder")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile> folder").to_path_buf()
 }
 
 /// Path of the `outpost-agent` binary; fails with a hint when it was not built.
@@ -50,8 +47,7 @@ pub fn model(stem: &str) -> PathBuf {
 
 /// A committed reference file, parsed.
 pub fn reference(stem: &str) -> Value {
-    let text =
-        std::fs::read_to_string(models_dir().join(format!("{stem}.reference.json"))).unwrap();
+    let text = std::fs::read_to_string(models_dir().join(format!("{stem}.reference.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -115,9 +111,7 @@ impl AgentBuilder {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
                     && event["message"] == "listening"
-                    && let Some(addr) = event["addr"]
-                        .as_str()
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                    && let Some(addr) = event["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok())
                 {
                     let _ = addr_tx.send(addr);
                 }
@@ -128,18 +122,10 @@ impl AgentBuilder {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "agent did not start listening; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                panic!("agent did not start listening; its log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
-        Agent {
-            child,
-            addr,
-            log,
-            http: reqwest::Client::new(),
-        }
+        Agent { child, addr, log, http: reqwest::Client::new() }
     }
 }
 
@@ -163,17 +149,11 @@ impl Agent {
 
     /// POST a JSON body; returns status and parsed JSON.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.post_raw(path, serde_json::to_vec(body).unwrap(), &[])
-            .await
+        self.post_raw(path, serde_json::to_vec(body).unwrap(), &[]).await
     }
 
     /// POST raw bytes with extra headers; returns status and parsed JSON (Null if not JSON).
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> (u16, Value) {
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut request = self.http.post(self.url(path)).body(body);
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -181,22 +161,12 @@ impl Agent {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// GET `/metrics` as text.
     pub async fn metrics_text(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 
     /// Polls `/v2/health/ready` until it answers 200.
@@ -208,11 +178,7 @@ impl Agent {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after {timeout:?}; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "agent not ready after {timeout:?}; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -237,10 +203,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "agent did not exit within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("agent did not exit within {timeout:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -256,11 +219,7 @@ impl Drop for Agent {
 
 /// Runs `outpost-agent` with arguments to completion; returns (exit code, stdout, stderr).
 pub fn run_agent(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(agent_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = Command::new(agent_bin()).args(args).stdin(Stdio::null()).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -270,12 +229,8 @@ pub fn run_agent(args: &[&str]) -> (i32, String, String) {
 
 /// The rows of a reference tensor: `(flat data, row length)`.
 pub fn rows(tensor: &Value) -> (Vec<Value>, usize) {
-    let shape: Vec<usize> = tensor["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
+    let shape: Vec<usize> =
+        tensor["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
     let row_len: usize = shape[1..].iter().product();
     (tensor["data"].as_array().unwrap().clone(), row_len)
 }
@@ -284,9 +239,6 @@ pub fn rows(tensor: &Value) -> (Vec<Value>, usize) {
 pub fn assert_close(found: &[f64], expected: &[f64], what: &str) {
     assert_eq!(found.len(), expected.len(), "{what}: length");
     for (i, (f, e)) in found.iter().zip(expected).enumerate() {
-        assert!(
-            (f - e).abs() <= 1e-5 + 1e-5 * e.abs(),
-            "{what}[{i}]: found {f}, onnxruntime {e}"
-        );
+        assert!((f - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{what}[{i}]: found {f}, onnxruntime {e}");
     }
 }

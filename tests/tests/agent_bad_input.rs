@@ -20,9 +20,7 @@ fn input(shape: Value, datatype: &str, data: Value) -> Value {
 }
 
 async fn started() -> Agent {
-    let agent = Agent::builder()
-        .model("bc", &model("breast_cancer-1.0.0"))
-        .start();
+    let agent = Agent::builder().model("bc", &model("breast_cancer-1.0.0")).start();
     agent.wait_ready(Duration::from_secs(30)).await;
     agent
 }
@@ -38,12 +36,7 @@ async fn each_bad_json_request_gets_its_status_and_a_message() {
     let mut huge = good.clone();
     huge[0] = json!(1e39);
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        (
-            "/v2/models/nope/infer",
-            input(json!([1, 30]), "FP32", json!(good)),
-            404,
-            "unknown model `nope`",
-        ),
+        ("/v2/models/nope/infer", input(json!([1, 30]), "FP32", json!(good)), 404, "unknown model `nope`"),
         (
             "/v2/models/bc/versions/7/infer",
             input(json!([1, 30]), "FP32", json!(good)),
@@ -116,12 +109,7 @@ async fn each_bad_json_request_gets_its_status_and_a_message() {
             400,
             "input `input` has size 0 in dimension 0",
         ),
-        (
-            "/v2/models/bc/infer",
-            json!({"inputs": []}),
-            400,
-            "request has no inputs",
-        ),
+        ("/v2/models/bc/infer", json!({"inputs": []}), 400, "request has no inputs"),
         (
             "/v2/models/bc/infer",
             json!({"input": []}),
@@ -149,41 +137,27 @@ async fn each_bad_json_request_gets_its_status_and_a_message() {
     ];
     for (path, body, status, message) in cases {
         let (got_status, got) = agent.post_json(path, &body).await;
-        let error = got["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{path} {body}: no error field in {got}"));
+        let error = got["error"].as_str().unwrap_or_else(|| panic!("{path} {body}: no error field in {got}"));
         assert_eq!(got_status, status, "{body} → {error}");
-        assert!(
-            error.starts_with(message),
-            "expected `{message}`, got `{error}`"
-        );
+        assert!(error.starts_with(message), "expected `{message}`, got `{error}`");
     }
 
     // Not JSON at all; and JSON with NaN literals, which JSON does not have.
     for (raw, message) in [
-        (
-            &b"{not json"[..],
-            "malformed inference request: key must be a string",
-        ),
+        (&b"{not json"[..], "malformed inference request: key must be a string"),
         (
             br#"{"inputs":[{"name":"input","shape":[1,1],"datatype":"FP32","data":[NaN]}]}"#,
             "JSON has no NaN or Infinity literals",
         ),
     ] {
-        let (status, body) = agent
-            .post_raw("/v2/models/bc/infer", raw.to_vec(), &[])
-            .await;
+        let (status, body) = agent.post_raw("/v2/models/bc/infer", raw.to_vec(), &[]).await;
         assert_eq!(status, 400);
         assert!(body["error"].as_str().unwrap().contains(message), "{body}");
     }
 
     // Still serving after all of that.
-    let (status, _) = agent
-        .post_json(
-            "/v2/models/bc/infer",
-            &input(json!([1, 30]), "FP32", json!(good)),
-        )
-        .await;
+    let (status, _) =
+        agent.post_json("/v2/models/bc/infer", &input(json!([1, 30]), "FP32", json!(good))).await;
     assert_eq!(status, 200);
 }
 
@@ -207,80 +181,42 @@ async fn nan_and_binary_framing_errors_are_named() {
     let path = "/v2/models/bc/infer";
 
     let (body, len) = binary_request(&values, 120, None);
-    let (status, ok) = agent
-        .post_raw(path, body, &[("Inference-Header-Content-Length", &len)])
-        .await;
+    let (status, ok) = agent.post_raw(path, body, &[("Inference-Header-Content-Length", &len)]).await;
     assert_eq!(status, 200, "{ok}");
 
     values[7] = f32::NAN;
     let (body, len) = binary_request(&values, 120, None);
-    let (status, err) = agent
-        .post_raw(path, body, &[("Inference-Header-Content-Length", &len)])
-        .await;
+    let (status, err) = agent.post_raw(path, body, &[("Inference-Header-Content-Length", &len)]).await;
     assert_eq!(status, 400);
     assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("input `input` element 7 is NaN; model `bc` rejects NaN"),
+        err["error"].as_str().unwrap().starts_with("input `input` element 7 is NaN; model `bc` rejects NaN"),
         "{err}"
     );
     values[7] = f32::INFINITY;
     let (body, len) = binary_request(&values, 120, None);
-    let (status, err) = agent
-        .post_raw(path, body, &[("Inference-Header-Content-Length", &len)])
-        .await;
+    let (status, err) = agent.post_raw(path, body, &[("Inference-Header-Content-Length", &len)]).await;
     assert_eq!(status, 400);
-    assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("input `input` element 7 is inf"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap().starts_with("input `input` element 7 is inf"), "{err}");
     values[7] = 0.5;
 
     let cases: Vec<(usize, Option<&str>, &str)> = vec![
-        (
-            119,
-            None,
-            "input `input`: binary data has 119 bytes but shape [1, 30] of FP32 needs 120",
-        ),
-        (
-            121,
-            None,
-            "input `input` declares 121 bytes of binary data but only 120 remain",
-        ),
+        (119, None, "input `input`: binary data has 119 bytes but shape [1, 30] of FP32 needs 120"),
+        (121, None, "input `input` declares 121 bytes of binary data but only 120 remain"),
         (100, None, "input `input`: binary data has 100 bytes"),
-        (
-            120,
-            Some("99999"),
-            "Inference-Header-Content-Length is 99999 but the body has only",
-        ),
-        (
-            120,
-            Some("ten"),
-            "Inference-Header-Content-Length must be a byte count",
-        ),
+        (120, Some("99999"), "Inference-Header-Content-Length is 99999 but the body has only"),
+        (120, Some("ten"), "Inference-Header-Content-Length must be a byte count"),
         (120, Some("20"), "malformed inference request"),
     ];
     for (declared, header_len, message) in cases {
         let (body, len) = binary_request(&values, declared, header_len);
-        let (status, err) = agent
-            .post_raw(path, body, &[("Inference-Header-Content-Length", &len)])
-            .await;
+        let (status, err) = agent.post_raw(path, body, &[("Inference-Header-Content-Length", &len)]).await;
         assert_eq!(status, 400, "{message}: {err}");
-        assert!(
-            err["error"].as_str().unwrap().starts_with(message),
-            "expected `{message}`, got {err}"
-        );
+        assert!(err["error"].as_str().unwrap().starts_with(message), "expected `{message}`, got {err}");
     }
     // Binary bytes left over after every input took its share.
     let (mut body, len) = binary_request(&values, 120, None);
     body.extend_from_slice(&[0, 0, 0, 0]);
-    let (status, err) = agent
-        .post_raw(path, body, &[("Inference-Header-Content-Length", &len)])
-        .await;
+    let (status, err) = agent.post_raw(path, body, &[("Inference-Header-Content-Length", &len)]).await;
     assert_eq!(status, 400);
     assert!(
         err["error"]
@@ -303,20 +239,13 @@ async fn a_model_may_allow_nan_by_config() {
         ),
     )
     .unwrap();
-    let agent = Agent::builder()
-        .args(&["--config", config.to_str().unwrap()])
-        .start();
+    let agent = Agent::builder().args(&["--config", config.to_str().unwrap()]).start();
     agent.wait_ready(Duration::from_secs(30)).await;
     let mut values: Vec<f32> = row().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     values[3] = f32::NAN;
     let (body, len) = binary_request(&values, 120, None);
-    let (status, body) = agent
-        .post_raw(
-            "/v2/models/bc/infer",
-            body,
-            &[("Inference-Header-Content-Length", &len)],
-        )
-        .await;
+    let (status, body) =
+        agent.post_raw("/v2/models/bc/infer", body, &[("Inference-Header-Content-Length", &len)]).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -326,16 +255,11 @@ async fn oversized_bodies_get_413_and_short_bodies_400() {
     let big = vec![b' '; 4 * 1024 * 1024 + 1];
     let (status, body) = agent.post_raw("/v2/models/bc/infer", big, &[]).await;
     assert_eq!(status, 413);
-    assert_eq!(
-        body["error"],
-        "request body is larger than the limit of 4194304 bytes"
-    );
+    assert_eq!(body["error"], "request body is larger than the limit of 4194304 bytes");
 
     // A body shorter than its Content-Length: the client gives up half way.
     let mut stream = TcpStream::connect(agent.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
         .write_all(b"POST /v2/models/bc/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\":")
         .unwrap();
@@ -359,39 +283,15 @@ async fn a_full_queue_answers_503_at_once() {
     let r = reference("digits_cnn-1.0.0");
     let request = json!({"inputs": [r["inputs"][0].clone()]});
     let body = serde_json::to_vec(&request).unwrap();
-    let results = futures::future::join_all(
-        (0..48).map(|_| agent.post_raw("/v2/models/cnn/infer", body.clone(), &[])),
-    )
-    .await;
-    let rejected: Vec<&Value> = results
-        .iter()
-        .filter(|(s, _)| *s == 503)
-        .map(|(_, b)| b)
-        .collect();
-    assert!(
-        !rejected.is_empty(),
-        "48 concurrent requests with 1 worker and 1 queue slot: none refused"
-    );
-    assert!(
-        rejected[0]["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("inference queue is full"),
-        "{}",
-        rejected[0]
-    );
-    assert!(
-        results.iter().all(|(s, _)| *s == 200 || *s == 503),
-        "only 200 or 503"
-    );
+    let results =
+        futures::future::join_all((0..48).map(|_| agent.post_raw("/v2/models/cnn/infer", body.clone(), &[])))
+            .await;
+    let rejected: Vec<&Value> = results.iter().filter(|(s, _)| *s == 503).map(|(_, b)| b).collect();
+    assert!(!rejected.is_empty(), "48 concurrent requests with 1 worker and 1 queue slot: none refused");
+    assert!(rejected[0]["error"].as_str().unwrap().starts_with("inference queue is full"), "{}", rejected[0]);
+    assert!(results.iter().all(|(s, _)| *s == 200 || *s == 503), "only 200 or 503");
     assert!(results.iter().any(|(s, _)| *s == 200));
     let metrics = agent.metrics_text().await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("outpost_agent_queue_rejections_total "))
-        .unwrap();
-    assert_eq!(
-        line,
-        format!("outpost_agent_queue_rejections_total {}", rejected.len())
-    );
+    let line = metrics.lines().find(|l| l.starts_with("outpost_agent_queue_rejections_total ")).unwrap();
+    assert_eq!(line, format!("outpost_agent_queue_rejections_total {}", rejected.len()));
 }

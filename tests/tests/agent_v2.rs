@@ -26,11 +26,7 @@ async fn all_models() -> Agent {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn breast_cancer_row() -> Vec<Value> {
@@ -41,20 +37,13 @@ fn breast_cancer_row() -> Vec<Value> {
 
 #[tokio::test]
 async fn serves_every_v2_endpoint() {
-    let agent = Agent::builder()
-        .model("bc", &model("breast_cancer-1.0.0"))
-        .start();
+    let agent = Agent::builder().model("bc", &model("breast_cancer-1.0.0")).start();
     agent.wait_ready(Duration::from_secs(30)).await;
 
     let (status, body) = agent.get("/v2").await;
     assert_eq!(status, 200);
     assert_eq!(body["name"], "outpost-agent");
-    assert!(
-        body["extensions"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("binary_tensor_data"))
-    );
+    assert!(body["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
 
     assert_eq!(agent.get("/v2/health/live").await.0, 200);
     let (status, body) = agent.get("/v2/health/ready").await;
@@ -65,10 +54,7 @@ async fn serves_every_v2_endpoint() {
         assert_eq!(status, 200, "{path}");
         assert_eq!(meta["name"], "bc");
         assert_eq!(meta["versions"], json!(["1.0.0"]));
-        assert_eq!(
-            meta["inputs"],
-            json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}])
-        );
+        assert_eq!(meta["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]));
         assert_eq!(
             meta["outputs"],
             json!([
@@ -79,11 +65,7 @@ async fn serves_every_v2_endpoint() {
     }
     for path in ["/v2/models/bc/ready", "/v2/models/bc/versions/1.0.0/ready"] {
         let (status, body) = agent.get(path).await;
-        assert_eq!(
-            (status, body["ready"].clone()),
-            (200, json!(true)),
-            "{path}"
-        );
+        assert_eq!((status, body["ready"].clone()), (200, json!(true)), "{path}");
     }
 
     let request = json!({
@@ -105,27 +87,15 @@ async fn serves_every_v2_endpoint() {
 
     for (path, message) in [
         ("/v2/models/nope", "unknown model `nope`"),
-        (
-            "/v2/models/bc/versions/9.9.9",
-            "model `bc` has no version `9.9.9`",
-        ),
+        ("/v2/models/bc/versions/9.9.9", "model `bc` has no version `9.9.9`"),
         ("/v2/models/nope/ready", "unknown model `nope`"),
         ("/v2/nothing-here", "no endpoint GET /v2/nothing-here"),
     ] {
         let (status, body) = agent.get(path).await;
-        assert_eq!(
-            (status, body["error"].as_str().unwrap()),
-            (404, message),
-            "{path}"
-        );
+        assert_eq!((status, body["error"].as_str().unwrap()), (404, message), "{path}");
     }
-    let (status, body) = agent
-        .post_json("/v2/models/nope/versions/1/infer", &request)
-        .await;
-    assert_eq!(
-        (status, body["error"].as_str().unwrap()),
-        (404, "unknown model `nope`")
-    );
+    let (status, body) = agent.post_json("/v2/models/nope/versions/1/infer", &request).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "unknown model `nope`"));
     assert_eq!(agent.get("/metrics").await.0, 200);
 }
 
@@ -135,12 +105,8 @@ async fn outputs_equal_onnxruntime_on_every_heldout_row() {
     for (name, stem) in STEMS {
         let r = reference(stem);
         let input = &r["inputs"][0];
-        let shape: Vec<u64> = input["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        let shape: Vec<u64> =
+            input["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         let (data, row_len) = rows(input);
         let n = shape[0] as usize;
         let path = format!("/v2/models/{name}/infer");
@@ -150,12 +116,8 @@ async fn outputs_equal_onnxruntime_on_every_heldout_row() {
         let (status, body) = agent.post_json(&path, &batch).await;
         assert_eq!(status, 200, "{stem}: {body}");
         for expected in r["outputs"].as_array().unwrap() {
-            let found = body["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["name"] == expected["name"])
-                .unwrap();
+            let found =
+                body["outputs"].as_array().unwrap().iter().find(|o| o["name"] == expected["name"]).unwrap();
             assert_eq!(found["shape"], expected["shape"], "{stem}");
             assert_eq!(found["datatype"], expected["datatype"], "{stem}");
             assert_close(
@@ -175,10 +137,8 @@ async fn outputs_equal_onnxruntime_on_every_heldout_row() {
             assert_eq!(status, 200, "{stem} row {row}: {body}");
             for expected in r["outputs"].as_array().unwrap() {
                 let (want, out_len) = rows(expected);
-                let want: Vec<f64> = want[row * out_len..(row + 1) * out_len]
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect();
+                let want: Vec<f64> =
+                    want[row * out_len..(row + 1) * out_len].iter().map(|x| x.as_f64().unwrap()).collect();
                 let found = body["outputs"]
                     .as_array()
                     .unwrap()
@@ -195,75 +155,59 @@ async fn outputs_equal_onnxruntime_on_every_heldout_row() {
     }
 }
 
-#[tokio::test]
-async fn binary_tensor_data_round_trips() {
-    let agent = Agent::builder()
-        .model("digits", &model("digits_mlp-1.0.0"))
-        .start();
-    agent.wait_ready(Duration::from_secs(30)).await;
-    let r = reference("digits_mlp-1.0.0");
-    let (data, row_len) = rows(&r["inputs"][0]);
-    let n = 5;
-    let pixels: Vec<u8> = data[..n * row_len]
-        .iter()
-        .flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes())
-        .collect();
-    let header = json!({
-        "id": "bin-1",
-        "inputs": [{"name": "input", "shape": [n, row_len], "datatype": "FP32", "parameters": {"binary_data_size": pixels.len()}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}, {"name": "label"}]
-    });
-    let header_bytes = serde_json::to_vec(&header).unwrap();
+/// Sends a binary-extension request (JSON header, then raw tensor bytes) and splits the
+/// binary-extension response into its JSON header and the binary bytes after it.
+async fn post_binary(agent: &Agent, path: &str, header: &Value, binary: &[u8]) -> (Value, Vec<u8>) {
+    let header_bytes = serde_json::to_vec(header).unwrap();
     let mut body = header_bytes.clone();
-    body.extend_from_slice(&pixels);
-
+    body.extend_from_slice(binary);
     let response = agent
         .http
-        .post(agent.url("/v2/models/digits/infer"))
-        .header(
-            "Inference-Header-Content-Length",
-            header_bytes.len().to_string(),
-        )
+        .post(agent.url(path))
+        .header("Inference-Header-Content-Length", header_bytes.len().to_string())
         .header("Content-Type", "application/octet-stream")
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    let json_len: usize = response.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let json_len: usize =
+        response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
     let bytes = response.bytes().await.unwrap();
-    let head: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
+    (serde_json::from_slice(&bytes[..json_len]).unwrap(), bytes[json_len..].to_vec())
+}
+
+#[tokio::test]
+async fn binary_tensor_data_round_trips() {
+    let agent = Agent::builder().model("digits", &model("digits_mlp-1.0.0")).start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let r = reference("digits_mlp-1.0.0");
+    let (data, row_len) = rows(&r["inputs"][0]);
+    let n = 5;
+    let pixels: Vec<u8> =
+        data[..n * row_len].iter().flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes()).collect();
+    let header = json!({
+        "id": "bin-1",
+        "inputs": [{"name": "input", "shape": [n, row_len], "datatype": "FP32", "parameters": {"binary_data_size": pixels.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}, {"name": "label"}]
+    });
+    let (head, binary) = post_binary(&agent, "/v2/models/digits/infer", &header, &pixels).await;
     assert_eq!(head["id"], "bin-1");
     let probs = &head["outputs"][0];
     assert_eq!(probs["name"], "probabilities");
-    assert!(
-        probs.get("data").is_none(),
-        "binary outputs carry no JSON data"
-    );
+    assert!(probs.get("data").is_none(), "binary outputs carry no JSON data");
     let size = probs["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
     assert_eq!(size, n * 10 * 4);
-    assert_eq!(bytes.len(), json_len + size);
-    let found: Vec<f64> = bytes[json_len..]
-        .chunks_exact(4)
-        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
-        .collect();
+    assert_eq!(binary.len(), size);
+    let found: Vec<f64> =
+        binary.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect();
     let (want, out_len) = rows(&r["outputs"][1]);
     assert_eq!(r["outputs"][1]["name"], "probabilities");
-    let want: Vec<f64> = want[..n * out_len]
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let want: Vec<f64> = want[..n * out_len].iter().map(|x| x.as_f64().unwrap()).collect();
     assert_close(&found, &want, "binary probabilities");
     let labels = floats(&head["outputs"][1]["data"]);
     let (want_labels, _) = rows(&r["outputs"][0]);
-    let want_labels: Vec<f64> = want_labels[..n]
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let want_labels: Vec<f64> = want_labels[..n].iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(labels, want_labels);
 
     // Request-level binary_data_output applies to every output without its own setting.
@@ -271,35 +215,9 @@ async fn binary_tensor_data_round_trips() {
         "inputs": [{"name": "input", "shape": [1, row_len], "datatype": "FP32", "parameters": {"binary_data_size": row_len * 4}}],
         "parameters": {"binary_data_output": true}
     });
-    let header_bytes = serde_json::to_vec(&header).unwrap();
-    let mut body = header_bytes.clone();
-    body.extend_from_slice(&pixels[..row_len * 4]);
-    let response = agent
-        .http
-        .post(agent.url("/v2/models/digits/infer"))
-        .header(
-            "Inference-Header-Content-Length",
-            header_bytes.len().to_string(),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let json_len: usize = response.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = response.bytes().await.unwrap();
-    let head: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
-    assert_eq!(
-        head["outputs"][0]["parameters"]["binary_data_size"], 8,
-        "one INT64 label"
-    );
-    assert_eq!(
-        head["outputs"][1]["parameters"]["binary_data_size"], 40,
-        "ten FP32 probabilities"
-    );
-    assert_eq!(bytes.len(), json_len + 48);
+    let (head, binary) =
+        post_binary(&agent, "/v2/models/digits/infer", &header, &pixels[..row_len * 4]).await;
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8, "one INT64 label");
+    assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 40, "ten FP32 probabilities");
+    assert_eq!(binary.len(), 48);
 }

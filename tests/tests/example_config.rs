@@ -11,36 +11,24 @@ use serde_json::json;
 #[tokio::test]
 async fn example_config_serves_every_example_model() {
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent.toml");
-    let agent = Agent::builder()
-        .args(&["--config", config.to_str().unwrap()])
-        .start();
+    let agent = Agent::builder().args(&["--config", config.to_str().unwrap()]).start();
     agent.wait_ready(Duration::from_secs(60)).await;
 
     let (_, meta) = agent.get("/v2/models/breast_cancer").await;
     assert_eq!(meta["versions"], json!(["1.0.0", "1.1.0"]));
     let r = reference("breast_cancer-1.0.0");
     let (data, len) = rows(&r["inputs"][0]);
-    let request = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data[..len]}]});
-    let (status, body) = agent
-        .post_json("/v2/models/breast_cancer/infer", &request)
-        .await;
+    let request =
+        json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data[..len]}]});
+    let (status, body) = agent.post_json("/v2/models/breast_cancer/infer", &request).await;
     assert_eq!(
         (status, body["model_version"].as_str().unwrap()),
         (200, "1.1.0"),
         "unversioned requests go to the highest version"
     );
-    let (status, body) = agent
-        .post_json("/v2/models/breast_cancer/versions/1.0.0/infer", &request)
-        .await;
-    assert_eq!(
-        (status, body["model_version"].as_str().unwrap()),
-        (200, "1.0.0")
-    );
+    let (status, body) = agent.post_json("/v2/models/breast_cancer/versions/1.0.0/infer", &request).await;
+    assert_eq!((status, body["model_version"].as_str().unwrap()), (200, "1.0.0"));
     for name in ["digits", "digits_cnn"] {
-        assert_eq!(
-            agent.get(&format!("/v2/models/{name}/ready")).await.0,
-            200,
-            "{name}"
-        );
+        assert_eq!(agent.get(&format!("/v2/models/{name}/ready")).await.0, 200, "{name}");
     }
 }

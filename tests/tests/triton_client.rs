@@ -40,12 +40,7 @@ async fn official_triton_http_client_works_unchanged() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/triton_http_client.py");
     let addr = agent.addr.to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(addr)
-            .arg(models_dir())
-            .output()
-            .unwrap()
+        Command::new(python).arg(script).arg(addr).arg(models_dir()).output().unwrap()
     })
     .await
     .unwrap();
@@ -56,8 +51,5 @@ async fn official_triton_http_client_works_unchanged() {
         "triton client failed:\n{stdout}\n{stderr}\nagent log:\n{}",
         agent.log()
     );
-    assert!(
-        stdout.contains("triton client: all checks passed"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("triton client: all checks passed"), "{stdout}");
 }

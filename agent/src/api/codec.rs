@@ -87,11 +87,7 @@ pub struct Encoded {
     pub compute: Duration,
 }
 
-fn bool_param(
-    params: Option<&Map<String, Value>>,
-    key: &str,
-    what: &str,
-) -> Result<Option<bool>, ApiError> {
+fn bool_param(params: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, ApiError> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -103,24 +99,14 @@ fn bool_param(
 
 fn malformed(e: &serde_json::Error, json: &[u8]) -> ApiError {
     let mut message = format!("malformed inference request: {e}");
-    if e.is_syntax()
-        && [&b"NaN"[..], b"Infinity"]
-            .iter()
-            .any(|t| json.windows(t.len()).any(|w| w == *t))
-    {
-        message.push_str(
-            " (JSON has no NaN or Infinity literals; send such values as binary tensor data)",
-        );
+    if e.is_syntax() && [&b"NaN"[..], b"Infinity"].iter().any(|t| json.windows(t.len()).any(|w| w == *t)) {
+        message.push_str(" (JSON has no NaN or Infinity literals; send such values as binary tensor data)");
     }
     ApiError::BadRequest(message)
 }
 
 /// Decodes a request, runs the model, and encodes the response.
-pub fn handle(
-    served: &ServedModel,
-    body: &[u8],
-    header_len: Option<usize>,
-) -> Result<Encoded, ApiError> {
+pub fn handle(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> Result<Encoded, ApiError> {
     let (json, binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ApiError::BadRequest(format!(
@@ -149,17 +135,15 @@ pub fn handle(
                 known.join(", ")
             ))
         })?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "input `{}` has a negative dimension in shape {:?}",
-                    input.name, input.shape
-                ))
-            })?;
+        let shape =
+            input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>().map_err(
+                |_| {
+                    ApiError::BadRequest(format!(
+                        "input `{}` has a negative dimension in shape {:?}",
+                        input.name, input.shape
+                    ))
+                },
+            )?;
         datatypes.push(datatype);
         shapes.push(shape);
     }
@@ -168,11 +152,7 @@ pub fn handle(
         .iter()
         .zip(&datatypes)
         .zip(&shapes)
-        .map(|((input, &datatype), shape)| ProvidedInput {
-            name: &input.name,
-            datatype,
-            shape,
-        })
+        .map(|((input, &datatype), shape)| ProvidedInput { name: &input.name, datatype, shape })
         .collect();
     let order = served.signature().check_inputs(&provided)?;
 
@@ -183,7 +163,10 @@ pub fn handle(
         let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
             None => None,
             Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                ApiError::BadRequest(format!("input `{}` parameter `binary_data_size` must be a non-negative integer, found {v}", input.name))
+                ApiError::BadRequest(format!(
+                    "input `{}` parameter `binary_data_size` must be a non-negative integer, found {v}",
+                    input.name
+                ))
             })?),
         };
         let tensor = match (binary_size, &input.data) {
@@ -203,8 +186,7 @@ pub fn handle(
                 })?;
                 let bytes = &binary[cursor..end];
                 cursor = end;
-                tensor_from_le_bytes(datatype, shape, bytes)
-                    .map_err(|e| bad_tensor(&input.name, e))?
+                tensor_from_le_bytes(datatype, shape, bytes).map_err(|e| bad_tensor(&input.name, e))?
             }
             (None, Some(data)) => {
                 tensor_from_json(datatype, shape, data).map_err(|e| bad_tensor(&input.name, e))?
@@ -238,15 +220,12 @@ pub fn handle(
         bool_param(request.parameters.as_ref(), "binary_data_output", "request")?.unwrap_or(false);
     let signature = served.signature();
     let selected: Vec<(usize, bool)> = match &request.outputs {
-        None => (0..signature.outputs.len())
-            .map(|i| (i, default_binary))
-            .collect(),
+        None => (0..signature.outputs.len()).map(|i| (i, default_binary)).collect(),
         Some(requested) => {
             let mut selected: Vec<(usize, bool)> = Vec::with_capacity(requested.len());
             for output in requested {
                 let index = signature.output_index(&output.name).ok_or_else(|| {
-                    let names: Vec<&str> =
-                        signature.outputs.iter().map(|o| o.name.as_str()).collect();
+                    let names: Vec<&str> = signature.outputs.iter().map(|o| o.name.as_str()).collect();
                     ApiError::BadRequest(format!(
                         "model has no output named `{}` (its outputs: {})",
                         output.name,
@@ -277,30 +256,21 @@ pub fn handle(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApiError::Internal("input mapped twice".into()))?;
     let started = Instant::now();
-    let outputs = served
-        .model
-        .run(ordered)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let outputs = served.model.run(ordered).map_err(|e| ApiError::Internal(e.to_string()))?;
     let compute = started.elapsed();
 
     let mut binary_out: Vec<u8> = Vec::new();
     let mut response_outputs = Vec::with_capacity(selected.len());
     for &(index, as_binary) in &selected {
         let spec = &signature.outputs[index];
-        let tensor = outputs.get(index).ok_or_else(|| {
-            ApiError::Internal(format!("model produced no output `{}`", spec.name))
-        })?;
+        let tensor = outputs
+            .get(index)
+            .ok_or_else(|| ApiError::Internal(format!("model produced no output `{}`", spec.name)))?;
         let (parameters, data) = if as_binary {
-            let bytes =
-                tensor_to_le_bytes(tensor).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let bytes = tensor_to_le_bytes(tensor).map_err(|e| ApiError::Internal(e.to_string()))?;
             let size = bytes.len();
             binary_out.extend_from_slice(&bytes);
-            (
-                Some(BinaryParameters {
-                    binary_data_size: size,
-                }),
-                None,
-            )
+            (Some(BinaryParameters { binary_data_size: size }), None)
         } else {
             (None, Some(JsonData(tensor)))
         };
@@ -327,9 +297,5 @@ pub fn handle(
     } else {
         None
     };
-    Ok(Encoded {
-        body,
-        json_len,
-        compute,
-    })
+    Ok(Encoded { body, json_len, compute })
 }

@@ -57,14 +57,9 @@ impl ApiError {
     /// Maps a failure to read the request body (too large, cut short, timed out).
     pub fn from_body(rejection: BytesRejection, limit: usize) -> ApiError {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "request body is larger than the limit of {limit} bytes"
-            ))
+            ApiError::PayloadTooLarge(format!("request body is larger than the limit of {limit} bytes"))
         } else {
-            ApiError::BadRequest(format!(
-                "cannot read request body: {}",
-                rejection.body_text()
-            ))
+            ApiError::BadRequest(format!("cannot read request body: {}", rejection.body_text()))
         }
     }
 }
@@ -79,15 +74,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let overloaded = matches!(self, ApiError::Overloaded(_));
-        let mut response = (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response();
+        let mut response = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
         if overloaded {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -50,19 +50,11 @@ fn describe(entry: &ModelEntry) -> Value {
 pub async fn ready(State(app): State<AppState>) -> Response {
     let ready = app.models.all_ready();
     let models: Vec<Value> = app.models.entries().iter().map(|e| describe(e)).collect();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "ready": ready, "models": models }))).into_response()
 }
 
-fn find(
-    app: &AppState,
-    name: &str,
-    version: Option<&str>,
-) -> Result<std::sync::Arc<ModelEntry>, ApiError> {
+fn find(app: &AppState, name: &str, version: Option<&str>) -> Result<std::sync::Arc<ModelEntry>, ApiError> {
     match app.models.lookup(name, version) {
         Lookup::Found(entry) => Ok(entry),
         Lookup::UnknownModel => Err(ApiError::NotFound(format!("unknown model `{name}`"))),
@@ -113,20 +105,12 @@ pub async fn version_metadata(
     metadata(&app, &name, Some(&version))
 }
 
-fn model_readiness(
-    app: &AppState,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Response, ApiError> {
+fn model_readiness(app: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
     let entry = find(app, name, version)?;
     let ready = entry.ready().is_some();
     let mut body = describe(&entry);
     body["ready"] = json!(ready);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((status, Json(body)).into_response())
 }
 
@@ -175,16 +159,9 @@ fn inference_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> 
     let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
         return Ok(None);
     };
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "Inference-Header-Content-Length must be a byte count, found {value:?}"
-            ))
-        })
+    value.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+        ApiError::BadRequest(format!("Inference-Header-Content-Length must be a byte count, found {value:?}"))
+    })
 }
 
 async fn run_inference(
@@ -202,10 +179,7 @@ async fn run_inference(
         Ok(entry) => entry,
         Err(e) => {
             // Unknown names share one label value, so clients cannot grow the metric without bound.
-            app.metrics
-                .requests
-                .with_label_values(&["_unknown", "", e.outcome().label()])
-                .inc();
+            app.metrics.requests.with_label_values(&["_unknown", "", e.outcome().label()]).inc();
             return e.into_response();
         }
     };
@@ -219,10 +193,7 @@ async fn run_inference(
                 _ => ApiError::NotReady(format!("model `{name}` is still loading")),
             };
             let v = entry.version().unwrap_or_default();
-            app.metrics
-                .requests
-                .with_label_values(&[name.as_str(), v.as_str(), e.outcome().label()])
-                .inc();
+            app.metrics.requests.with_label_values(&[name.as_str(), v.as_str(), e.outcome().label()]).inc();
             return e.into_response();
         }
     };
@@ -231,15 +202,12 @@ async fn run_inference(
         let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes))?;
         let header_len = inference_header_len(&headers)?;
         let job_model = std::sync::Arc::clone(&served);
-        let job = app
-            .pool
-            .try_submit(move || codec::handle(&job_model, &body, header_len))
-            .map_err(|e| {
-                if let SubmitError::Full(_) = e {
-                    app.metrics.queue_rejections.inc();
-                }
-                ApiError::Overloaded(format!("{e}; retry shortly"))
-            })?;
+        let job = app.pool.try_submit(move || codec::handle(&job_model, &body, header_len)).map_err(|e| {
+            if let SubmitError::Full(_) = e {
+                app.metrics.queue_rejections.inc();
+            }
+            ApiError::Overloaded(format!("{e}; retry shortly"))
+        })?;
         job.await
             .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -249,22 +217,13 @@ async fn run_inference(
     let labels = [served.name.as_str(), served.version.as_str()];
     let outcome = match &result {
         Ok(encoded) => {
-            app.metrics
-                .inference_duration
-                .with_label_values(&labels)
-                .observe(encoded.compute.as_secs_f64());
+            app.metrics.inference_duration.with_label_values(&labels).observe(encoded.compute.as_secs_f64());
             Outcome::Ok
         }
         Err(e) => e.outcome(),
     };
-    app.metrics
-        .requests
-        .with_label_values(&[labels[0], labels[1], outcome.label()])
-        .inc();
-    app.metrics
-        .request_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    app.metrics.requests.with_label_values(&[labels[0], labels[1], outcome.label()]).inc();
+    app.metrics.request_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
     match result {
         Ok(encoded) => encoded_response(encoded),
         Err(e) => {
@@ -282,40 +241,25 @@ fn encoded_response(encoded: Encoded) -> Response {
     let headers = response.headers_mut();
     match json_len {
         Some(n) => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n));
         }
         None => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
     response
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    app.metrics
-        .queue_depth
-        .set(i64::try_from(app.pool.queue_depth()).unwrap_or(i64::MAX));
-    app.metrics
-        .workers_busy
-        .set(i64::try_from(app.pool.busy()).unwrap_or(i64::MAX));
+    app.metrics.queue_depth.set(i64::try_from(app.pool.queue_depth()).unwrap_or(i64::MAX));
+    app.metrics.workers_busy.set(i64::try_from(app.pool.busy()).unwrap_or(i64::MAX));
     let metrics = std::sync::Arc::clone(&app.metrics);
     // sysinfo reads /proc: keep it off the executor.
     match tokio::task::spawn_blocking(move || metrics.render()).await {
-        Ok(Ok(text)) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(Ok(text)) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
         Ok(Err(e)) => ApiError::Internal(format!("cannot render metrics: {e}")).into_response(),
         Err(e) => ApiError::Internal(format!("metrics task failed: {e}")).into_response(),
     }
