@@ -3,6 +3,7 @@
 //! - [`datatype`]: tensor element types, named as the Open Inference Protocol (V2) names them.
 //! - [`tensor`]: conversions between V2 wire data (JSON numbers, little-endian bytes) and tensors.
 //! - [`runtime`]: load an ONNX model with tract, describe its signature, check inputs, run it.
+//! - [`protocol`]: signed envelopes (postcard + Ed25519) and MQTT topic names.
 //! - [`reference`]: reference input/output pairs produced by another runtime, and the check
 //!   that our runtime reproduces them before a model may serve.
 //!
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datatype;
+pub mod protocol;
 pub mod reference;
 pub mod runtime;
 pub mod tensor;
