@@ -7,7 +7,8 @@
 //!       concurrency — throughput, p50, p99 —
 //! and prints the overhead of (b) at concurrency 1 over (a), plus the agent's idle RSS and
 //! binary size, next to the targets in DESIGN §8 (≤ 50 µs added at p50, idle RSS ≤ 20 MB).
-//! `BENCH_SECONDS` sets the time per concurrency level (default 3).
+//! `BENCH_SECONDS` sets the time per concurrency level (default 3); `BENCH_AGENT_BIN` points
+//! (b) at another agent binary, e.g. `target/dist/outpost-agent`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader};
@@ -85,7 +86,7 @@ impl Drop for AgentProcess {
 }
 
 fn start_agent() -> AgentProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+    let mut command = Command::new(agent_bin());
     command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
     for (name, stem) in MODELS {
         command.arg("--model").arg(format!("{name}={}", models_dir().join(format!("{stem}.onnx")).display()));
@@ -109,6 +110,11 @@ fn start_agent() -> AgentProcess {
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("agent did not start");
     AgentProcess { child, addr }
+}
+
+fn agent_bin() -> PathBuf {
+    std::env::var_os("BENCH_AGENT_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outpost-agent")), PathBuf::from)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -228,7 +234,7 @@ fn main() {
     let agent = start_agent();
     runtime.block_on(wait_ready(agent.addr));
     let idle_rss = rss_kib(agent.child.id());
-    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_outpost-agent")).map(|m| m.len()).unwrap_or(0);
+    let binary = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
 
     // The floor every HTTP request pays on this machine with this client: no body, no model.
     let floor = runtime.block_on(http_level(
@@ -291,10 +297,7 @@ fn main() {
         idle_rss as f64 / 1024.0
     );
     println!("  RSS after the benchmark:                    {:.1} MB", loaded_rss as f64 / 1024.0);
-    println!(
-        "  agent binary (bench profile):               {:.1} MB (target ≤ 20 MB; `--profile dist` is smaller)",
-        binary as f64 / 1e6
-    );
+    println!("  agent binary {}: {:.1} MB (target ≤ 20 MB)", agent_bin().display(), binary as f64 / 1e6);
     println!("\n== summary");
     for (name, overhead, above_floor) in overheads {
         let verdict = if overhead <= 50.0 { "meets" } else { "MISSES" };
