@@ -76,6 +76,7 @@ fn raw_tract(stem: &str, iterations: usize) -> Vec<Duration> {
 struct AgentProcess {
     child: Child,
     addr: SocketAddr,
+    _data: tempfile::TempDir,
 }
 
 impl Drop for AgentProcess {
@@ -91,6 +92,8 @@ fn start_agent() -> AgentProcess {
     for (name, stem) in MODELS {
         command.arg("--model").arg(format!("{name}={}", models_dir().join(format!("{stem}.onnx")).display()));
     }
+    let data = tempfile::tempdir().unwrap();
+    command.env("OUTPOST_DATA_DIR", data.path());
     let mut child = command
         .env("OUTPOST_LOG__LEVEL", "warn,outpost_agent::server=info")
         .stderr(Stdio::piped())
@@ -109,7 +112,7 @@ fn start_agent() -> AgentProcess {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("agent did not start");
-    AgentProcess { child, addr }
+    AgentProcess { child, addr, _data: data }
 }
 
 fn agent_bin() -> PathBuf {

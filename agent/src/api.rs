@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 use crate::pool::WorkerPool;
+use crate::prediction_log::PredictionLog;
 
 pub use error::ApiError;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub pool: Arc<WorkerPool>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The prediction log, unless disabled.
+    pub log: Option<Arc<PredictionLog>>,
 }
 
 /// Builds the router with its limits and a tracing span per request.

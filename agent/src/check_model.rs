@@ -21,6 +21,7 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
         version: None,
         reference: None,
         nan_policy: Default::default(),
+        record_inputs: Default::default(),
     };
     println!("model       {}", args.file.display());
     let validated = match load_and_validate(&config) {

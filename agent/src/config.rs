@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
+
+use crate::prediction_log::PredictionLogConfig;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// Where the agent keeps its state (the prediction log); relative paths are relative to
+    /// the working directory.
+    pub data_dir: PathBuf,
+    pub prediction_log: PredictionLogConfig,
     /// Models to serve.
     pub models: Vec<ModelConfig>,
 }
@@ -48,6 +54,8 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            data_dir: PathBuf::from("outpost-data"),
+            prediction_log: PredictionLogConfig::default(),
             models: Vec::new(),
         }
     }
@@ -144,6 +152,19 @@ pub enum NanPolicy {
     Allow,
 }
 
+/// What the prediction log keeps of a request's inputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordInputs {
+    /// The input values themselves.
+    #[default]
+    Keep,
+    /// A SHA-256 of the input bytes only.
+    Hash,
+    /// Nothing.
+    Drop,
+}
+
 /// One model to serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +181,9 @@ pub struct ModelConfig {
     pub reference: Option<PathBuf>,
     #[serde(default)]
     pub nan_policy: NanPolicy,
+    /// What the prediction log keeps of the inputs.
+    #[serde(default)]
+    pub record_inputs: RecordInputs,
 }
 
 impl ModelConfig {
@@ -176,6 +200,7 @@ impl ModelConfig {
             version: None,
             reference: None,
             nan_policy: NanPolicy::default(),
+            record_inputs: RecordInputs::default(),
         })
     }
 }
@@ -229,6 +254,22 @@ impl Config {
         }
         if self.runtime.queue_capacity == 0 || self.runtime.queue_capacity > 1_000_000 {
             return Err(key("runtime.queue_capacity", "must be between 1 and 1000000"));
+        }
+        let log = &self.prediction_log;
+        if !(1..=64).contains(&log.segments) {
+            return Err(key("prediction_log.segments", "must be between 1 and 64"));
+        }
+        if log.max_bytes < u64::from(log.segments) * 256 * 1024 {
+            return Err(key("prediction_log.max_bytes", "must be at least 256 KiB per segment"));
+        }
+        if log.queue_capacity == 0 || log.queue_capacity > 1_000_000 {
+            return Err(key("prediction_log.queue_capacity", "must be between 1 and 1000000"));
+        }
+        if log.flush_interval_ms == 0 {
+            return Err(key("prediction_log.flush_interval_ms", "must be at least 1"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(key("data_dir", "must not be empty"));
         }
         if self.models.is_empty() {
             return Err(ConfigError::Invalid(

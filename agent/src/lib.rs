@@ -17,4 +17,5 @@ pub mod logging;
 pub mod metrics;
 pub mod models;
 pub mod pool;
+pub mod prediction_log;
 pub mod server;

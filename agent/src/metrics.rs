@@ -25,6 +25,13 @@ pub const WORKERS_BUSY: &str = "outpost_agent_workers_busy";
 pub const MODEL_STATE: &str = "outpost_agent_model_state";
 pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration_seconds";
 pub const BUILD_INFO: &str = "outpost_agent_build_info";
+pub const PREDICTION_LOG_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_records_total";
+pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_evicted_records_total";
+pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
+pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_log_write_errors_total";
+pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
+pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";
+pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
@@ -84,7 +91,20 @@ pub struct Metrics {
     pub workers_busy: IntGauge,
     pub model_state: IntGaugeVec,
     pub model_load_duration: GaugeVec,
+    log: LogMetrics,
     system: Mutex<SystemProbe>,
+}
+
+/// Prediction-log figures, copied from the log's own counters at scrape time.
+struct LogMetrics {
+    reported: Mutex<crate::prediction_log::LogStats>,
+    records: IntCounter,
+    evicted: IntCounter,
+    evicted_segments: IntCounter,
+    write_errors: IntCounter,
+    disk_bytes: IntGauge,
+    segments: IntGauge,
+    queued: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -212,6 +232,34 @@ impl Metrics {
                 help(MODEL_LOAD_DURATION_SECONDS, "Time to load, optimize and validate a model, in seconds."),
                 labels
             )?),
+            log: LogMetrics {
+                reported: Mutex::new(crate::prediction_log::LogStats::default()),
+                records: reg!(IntCounter::new(
+                    PREDICTION_LOG_RECORDS_TOTAL,
+                    "Predictions written to the prediction log."
+                )?),
+                evicted: reg!(IntCounter::new(
+                    PREDICTION_LOG_EVICTED_RECORDS_TOTAL,
+                    "Prediction-log records evicted by the disk or age budget."
+                )?),
+                evicted_segments: reg!(IntCounter::new(
+                    PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL,
+                    "Prediction-log segments evicted by the disk or age budget."
+                )?),
+                write_errors: reg!(IntCounter::new(
+                    PREDICTION_LOG_WRITE_ERRORS_TOTAL,
+                    "Prediction-log writes that failed (records lost)."
+                )?),
+                disk_bytes: reg!(IntGauge::new(
+                    PREDICTION_LOG_DISK_BYTES,
+                    "Prediction-log size on disk in bytes."
+                )?),
+                segments: reg!(IntGauge::new(PREDICTION_LOG_SEGMENTS, "Prediction-log segments on disk.")?),
+                queued: reg!(IntGauge::new(
+                    PREDICTION_LOG_QUEUED,
+                    "Prediction-log batches waiting for the writer."
+                )?),
+            },
             system: Mutex::new(system),
             registry,
         })
@@ -229,6 +277,20 @@ impl Metrics {
         for s in MODEL_STATES {
             let _ = self.model_state.remove_label_values(&[model, version, s]);
         }
+    }
+
+    /// Copies the prediction log's counters into the exported metrics.
+    pub fn record_log_stats(&self, stats: &crate::prediction_log::LogStats) {
+        let log = &self.log;
+        let mut reported = log.reported.lock().unwrap_or_else(|p| p.into_inner());
+        log.records.inc_by(stats.appended.saturating_sub(reported.appended));
+        log.evicted.inc_by(stats.evicted.saturating_sub(reported.evicted));
+        log.evicted_segments.inc_by(stats.evicted_segments.saturating_sub(reported.evicted_segments));
+        log.write_errors.inc_by(stats.write_errors.saturating_sub(reported.write_errors));
+        *reported = *stats;
+        log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));
+        log.segments.set(i64::try_from(stats.segments).unwrap_or(i64::MAX));
+        log.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
     }
 
     /// Renders every metric in the Prometheus text format.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use outpost_shared::reference::Reference;
 use outpost_shared::{Model, Signature};
 
-use crate::config::{ModelConfig, NanPolicy};
+use crate::config::{ModelConfig, NanPolicy, RecordInputs};
 
 /// Version reported when neither the config nor the model file names one.
 pub const DEFAULT_VERSION: &str = "1";
@@ -25,6 +25,7 @@ pub struct ServedModel {
     pub version: String,
     pub model: Model,
     pub nan_policy: NanPolicy,
+    pub record_inputs: RecordInputs,
 }
 
 impl ServedModel {
@@ -224,7 +225,13 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
         }
     };
     Ok(Validated {
-        served: ServedModel { name: config.name.clone(), version, model, nan_policy: config.nan_policy },
+        served: ServedModel {
+            name: config.name.clone(),
+            version,
+            model,
+            nan_policy: config.nan_policy,
+            record_inputs: config.record_inputs,
+        },
         load_time: started.elapsed(),
         evidence,
     })

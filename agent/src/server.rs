@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::models::{ModelState, ModelTable, load_and_validate};
 use crate::pool::WorkerPool;
+use crate::prediction_log::{LogError, PredictionLog};
 
 /// How `serve` ended; maps to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub enum ServeError {
     Metrics(#[from] prometheus::Error),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    PredictionLog(#[from] LogError),
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -91,6 +94,13 @@ pub async fn serve(
     metrics.workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
     metrics.queue_capacity.set(i64::try_from(config.runtime.queue_capacity).unwrap_or(i64::MAX));
     let models = Arc::new(ModelTable::new(&config.models));
+    let log = if config.prediction_log.enabled {
+        let log = PredictionLog::open(&config.data_dir, &config.prediction_log)?;
+        tracing::info!(data_dir = %config.data_dir.display(), next_id = log.next_id(), max_bytes = config.prediction_log.max_bytes, "prediction log open");
+        Some(Arc::new(log))
+    } else {
+        None
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -103,6 +113,7 @@ pub async fn serve(
         pool: Arc::clone(&pool),
         metrics: Arc::clone(&metrics),
         max_body_bytes: config.http.max_body_bytes,
+        log: log.clone(),
     };
     let app = router(state, Duration::from_secs(config.http.body_timeout_secs));
 
@@ -148,6 +159,14 @@ pub async fn serve(
     signal_task.abort();
     loader.abort();
     drop(stop_tx);
+    if let Some(log) = log {
+        // Everything answered so far goes to disk before the process exits.
+        match tokio::task::spawn_blocking(move || log.flush()).await {
+            Ok(Ok(())) => tracing::info!("prediction log flushed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "prediction log flush failed"),
+            Err(e) => tracing::error!(error = %e, "prediction log flush task failed"),
+        }
+    }
     tracing::info!(exit_code = status.code(), "stopped");
     Ok(status)
 }

@@ -23,5 +23,5 @@ fuzz_target!(|data: &[u8]| {
     // (taken modulo the body length + 2, so it can also overshoot).
     let Some((&split, body)) = data.split_first() else { return };
     let header_len = (split != 0).then(|| usize::from(split) % (body.len() + 2));
-    let _ = codec::handle(served(), body, header_len);
+    let _ = codec::handle(served(), body, header_len, None);
 });

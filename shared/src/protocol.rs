@@ -20,6 +20,7 @@
 //! as bytes.
 
 pub mod keys;
+pub mod records;
 pub mod topics;
 
 use serde::{Deserialize, Serialize};

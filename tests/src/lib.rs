@@ -54,6 +54,9 @@ pub fn reference(stem: &str) -> Value {
 /// A running `outpost-agent serve` process.
 pub struct Agent {
     child: Child,
+    /// The agent's data directory (a fresh temporary one unless the builder named one).
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
@@ -64,6 +67,7 @@ pub struct Agent {
 pub struct AgentBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -86,8 +90,21 @@ impl AgentBuilder {
         self
     }
 
+    /// Uses this data directory instead of a fresh temporary one (to restart on the same state).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
     /// Starts the process and waits until it listens (not until it is ready).
     pub fn start(self) -> Agent {
+        let (data_dir, temp) = match self.data_dir {
+            Some(dir) => (dir, None),
+            None => {
+                let temp = tempfile::tempdir().expect("temporary data dir");
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
         let mut command = Command::new(agent_bin());
         command
             .arg("--log-format")
@@ -98,7 +115,8 @@ impl AgentBuilder {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .env("OUTPOST_DATA_DIR", &data_dir);
         for (k, v) in &self.env {
             command.env(k, v);
         }
@@ -125,7 +143,7 @@ impl AgentBuilder {
                 panic!("agent did not start listening; its log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
-        Agent { child, addr, log, http: reqwest::Client::new() }
+        Agent { child, data_dir, _temp: temp, addr, log, http: reqwest::Client::new() }
     }
 }
 

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, bad_tensor};
-use crate::config::NanPolicy;
+use crate::config::{NanPolicy, RecordInputs};
 use crate::models::ServedModel;
+use crate::prediction_log::{PredictionLog, RequestInfo, records_for_request};
 
 /// One request input as V2 JSON writes it.
 #[derive(Debug, Deserialize)]
@@ -69,11 +70,19 @@ struct ResponseOutput<'a> {
 }
 
 #[derive(Serialize)]
+struct ResponseParameters {
+    /// Prediction-log ids of the rows, in row order (for feedback labels later).
+    prediction_ids: Vec<u64>,
+}
+
+#[derive(Serialize)]
 struct InferResponse<'a> {
     model_name: &'a str,
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters>,
     outputs: Vec<ResponseOutput<'a>>,
 }
 
@@ -85,6 +94,39 @@ pub struct Encoded {
     pub json_len: Option<usize>,
     /// Time tract spent computing.
     pub compute: Duration,
+}
+
+/// Hands one record per row to the prediction log; returns the ids for the response.
+fn record(
+    served: &ServedModel,
+    log: &PredictionLog,
+    inputs: &[outpost_shared::Tensor],
+    outputs: &[outpost_shared::Tensor],
+    elapsed: Duration,
+) -> Result<ResponseParameters, ApiError> {
+    let signature = served.signature();
+    let batch = inputs
+        .first()
+        .and_then(|t| t.shape().first().copied())
+        .or_else(|| outputs.first().and_then(|t| t.shape().first().copied()))
+        .unwrap_or(1)
+        .max(1);
+    let first_id = log.allocate_ids(batch as u64);
+    let named_inputs: Vec<(&str, &outpost_shared::Tensor)> =
+        signature.inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
+    let named_outputs: Vec<(&str, &outpost_shared::Tensor)> =
+        signature.outputs.iter().map(|s| s.name.as_str()).zip(outputs).collect();
+    let info = RequestInfo {
+        model: &served.name,
+        version: &served.version,
+        latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
+        record_inputs: served.record_inputs,
+    };
+    let records = records_for_request(first_id, &info, &named_inputs, &named_outputs)
+        .map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
+    let prediction_ids = records.iter().map(|r| r.id).collect();
+    log.append(records).map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
+    Ok(ResponseParameters { prediction_ids })
 }
 
 fn bool_param(params: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, ApiError> {
@@ -105,8 +147,15 @@ fn malformed(e: &serde_json::Error, json: &[u8]) -> ApiError {
     ApiError::BadRequest(message)
 }
 
-/// Decodes a request, runs the model, and encodes the response.
-pub fn handle(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> Result<Encoded, ApiError> {
+/// Decodes a request, runs the model, records the predictions (when a log is given), and
+/// encodes the response.
+pub fn handle(
+    served: &ServedModel,
+    body: &[u8],
+    header_len: Option<usize>,
+    log: Option<&PredictionLog>,
+) -> Result<Encoded, ApiError> {
+    let job_started = Instant::now();
     let (json, binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ApiError::BadRequest(format!(
@@ -255,9 +304,19 @@ pub fn handle(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> R
         .map(|&i| tensors[i].take())
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApiError::Internal("input mapped twice".into()))?;
+    // The log keeps the inputs unless the model's policy drops them; keep a copy for it.
+    let kept_inputs = match log {
+        Some(_) if served.record_inputs != RecordInputs::Drop => ordered.clone(),
+        _ => Vec::new(),
+    };
     let started = Instant::now();
     let outputs = served.model.run(ordered).map_err(|e| ApiError::Internal(e.to_string()))?;
     let compute = started.elapsed();
+
+    let parameters = match log {
+        Some(log) => Some(record(served, log, &kept_inputs, &outputs, job_started.elapsed())?),
+        None => None,
+    };
 
     let mut binary_out: Vec<u8> = Vec::new();
     let mut response_outputs = Vec::with_capacity(selected.len());
@@ -286,6 +345,7 @@ pub fn handle(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> R
         model_name: &served.name,
         model_version: &served.version,
         id: request.id.as_deref(),
+        parameters,
         outputs: response_outputs,
     };
     let mut body = serde_json::to_vec(&response)

@@ -202,12 +202,16 @@ async fn run_inference(
         let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes))?;
         let header_len = inference_header_len(&headers)?;
         let job_model = std::sync::Arc::clone(&served);
-        let job = app.pool.try_submit(move || codec::handle(&job_model, &body, header_len)).map_err(|e| {
-            if let SubmitError::Full(_) = e {
-                app.metrics.queue_rejections.inc();
-            }
-            ApiError::Overloaded(format!("{e}; retry shortly"))
-        })?;
+        let job_log = app.log.clone();
+        let job = app
+            .pool
+            .try_submit(move || codec::handle(&job_model, &body, header_len, job_log.as_deref()))
+            .map_err(|e| {
+                if let SubmitError::Full(_) = e {
+                    app.metrics.queue_rejections.inc();
+                }
+                ApiError::Overloaded(format!("{e}; retry shortly"))
+            })?;
         job.await
             .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -254,6 +258,9 @@ fn encoded_response(encoded: Encoded) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.queue_depth.set(i64::try_from(app.pool.queue_depth()).unwrap_or(i64::MAX));
     app.metrics.workers_busy.set(i64::try_from(app.pool.busy()).unwrap_or(i64::MAX));
+    if let Some(log) = &app.log {
+        app.metrics.record_log_stats(&log.stats());
+    }
     let metrics = std::sync::Arc::clone(&app.metrics);
     // sysinfo reads /proc: keep it off the executor.
     match tokio::task::spawn_blocking(move || metrics.render()).await {

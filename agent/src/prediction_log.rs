@@ -1,0 +1,682 @@
+//! The prediction log: every served prediction, kept on disk in sled within a byte and an age
+//! budget, oldest first out.
+//!
+//! # On-disk layout
+//! `<data_dir>/predictions/seg-<first id, 20 digits>/` — each segment is its own sled database.
+//! Keys are record ids as big-endian u64 (so sled's key order is id order); values are
+//! `[RECORD_FORMAT] ‖ postcard(PredictionRecord)` (`outpost_shared::protocol::records`).
+//!
+//! # Bounds
+//! sled does not give disk space back when records are deleted (measured: ≈ 2× the data and
+//! never shrinking; see the team's runtime notes), so the budget is enforced on what is
+//! really on disk, a whole segment at a time: only the newest segment takes appends; once its
+//! on-disk size reaches `max_bytes / segments` a new one starts; whenever the segments
+//! together exceed `max_bytes`, or the oldest segment's newest record is older than
+//! `max_age_secs`, the oldest segment's directory is removed and its records are counted as
+//! evicted. The disk use therefore stays within `max_bytes` plus the growth of one write
+//! batch (at most `BATCH_RECORDS` records, ≈ 2× their size).
+//!
+//! # Invariants
+//! - Ids strictly increase across segments and restarts (the next id after a restart is one
+//!   past the highest stored id); a record is readable by id until its segment is evicted.
+//! - The newest segment is never evicted, so appends always have a home.
+//! - On the request path appending costs one bounded channel send; one writer thread owns
+//!   every write. If the writer falls behind, the send waits (backpressure), it never drops.
+//! - Records reach disk on sled's background flush (`flush_interval_ms`) and at shutdown;
+//!   a power cut or SIGKILL can lose at most the last interval.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use outpost_shared::DataType;
+use outpost_shared::Tensor;
+use outpost_shared::protocol::records::{PredictionRecord, RecordError, RecordedInputs, RecordedTensor};
+use outpost_shared::tensor::{TensorError, datatype_of, slice, tensor_to_le_bytes};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RecordInputs;
+
+/// Most records applied to sled in one batch.
+pub const BATCH_RECORDS: usize = 1024;
+
+/// Prediction log settings (`[prediction_log]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictionLogConfig {
+    /// Record predictions at all.
+    pub enabled: bool,
+    /// Disk budget for all segments together, in bytes.
+    pub max_bytes: u64,
+    /// Records older than this are evicted (a segment at a time).
+    pub max_age_secs: u64,
+    /// Segments the budget is split into (eviction granularity).
+    pub segments: u32,
+    /// Records waiting for the writer; a full queue makes appends wait.
+    pub queue_capacity: usize,
+    /// How often sled writes to disk, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// sled page cache per segment, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for PredictionLogConfig {
+    fn default() -> Self {
+        PredictionLogConfig {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            max_age_secs: 7 * 24 * 3600,
+            segments: 4,
+            queue_capacity: 16_384,
+            flush_interval_ms: 500,
+            cache_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the log cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot use prediction log directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("prediction log storage error in {path}: {source}")]
+    Storage { path: PathBuf, source: sled::Error },
+    #[error("prediction log record {id} is unreadable: {source}")]
+    Record { id: u64, source: RecordError },
+    #[error("prediction log writer has stopped")]
+    WriterGone,
+}
+
+/// Counters the writer keeps; read them with [`PredictionLog::stats`].
+#[derive(Debug, Default)]
+struct Counters {
+    appended: AtomicU64,
+    evicted: AtomicU64,
+    evicted_segments: AtomicU64,
+    write_errors: AtomicU64,
+    disk_bytes: AtomicU64,
+    segments: AtomicU64,
+}
+
+/// A snapshot of the log's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub appended: u64,
+    pub evicted: u64,
+    pub evicted_segments: u64,
+    pub write_errors: u64,
+    pub disk_bytes: u64,
+    pub segments: u64,
+    pub queued: u64,
+}
+
+struct Segment {
+    dir: PathBuf,
+    db: sled::Db,
+    /// Newest record time in this segment (unix ms), for age eviction.
+    newest_at_ms: u64,
+    records: u64,
+}
+
+enum Command {
+    Append(Vec<PredictionRecord>),
+    Flush(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// The prediction log. Cheap to share behind an `Arc`; dropping it flushes and stops the writer.
+pub struct PredictionLog {
+    sender: Option<Sender<Command>>,
+    next_id: AtomicU64,
+    segments: Arc<RwLock<Vec<Segment>>>,
+    counters: Arc<Counters>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PredictionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionLog").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+/// What a request's records share.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    pub model: &'a str,
+    pub version: &'a str,
+    pub latency_us: u32,
+    pub record_inputs: RecordInputs,
+}
+
+/// A tensor cut into per-row pieces: `(datatype, row shape, bytes per row)`, or the whole
+/// tensor for every row when its first dimension is not the batch.
+struct Rows {
+    name: String,
+    datatype: DataType,
+    shape: Vec<u64>,
+    bytes: Vec<u8>,
+    row_len: Option<usize>,
+}
+
+impl Rows {
+    fn new(name: &str, tensor: &Tensor, batch: usize) -> Result<Rows, TensorError> {
+        let datatype = datatype_of(tensor)?;
+        let bytes = tensor_to_le_bytes(tensor)?;
+        let shape = tensor.shape();
+        let batched = shape.first() == Some(&batch) && batch > 0;
+        let (row_shape, row_len) = if batched {
+            let mut row_shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            row_shape[0] = 1;
+            (row_shape, Some(bytes.len() / batch))
+        } else {
+            (shape.iter().map(|&d| d as u64).collect(), None)
+        };
+        Ok(Rows { name: name.to_owned(), datatype, shape: row_shape, bytes, row_len })
+    }
+
+    fn row(&self, i: usize) -> &[u8] {
+        match self.row_len {
+            Some(len) => &self.bytes[i * len..(i + 1) * len],
+            None => &self.bytes,
+        }
+    }
+
+    fn recorded(&self, i: usize) -> RecordedTensor {
+        RecordedTensor {
+            name: self.name.clone(),
+            datatype: self.datatype.v2_name().to_owned(),
+            shape: self.shape.clone(),
+            data: self.row(i).to_vec(),
+        }
+    }
+}
+
+fn top_score(outputs: &[(&str, &Tensor)], batch: usize, row: usize) -> Option<f32> {
+    outputs.iter().find_map(|(_, t)| {
+        let per_row = t.len().checked_div(batch)?;
+        if per_row < 2 || t.shape().first() != Some(&batch) {
+            return None;
+        }
+        let range = row * per_row..(row + 1) * per_row;
+        match datatype_of(t).ok()? {
+            DataType::F32 => slice::<f32>(t).ok()?.get(range)?.iter().copied().reduce(f32::max),
+            DataType::F64 => {
+                slice::<f64>(t).ok()?.get(range)?.iter().copied().reduce(f64::max).map(|x| x as f32)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Builds one record per row of a served request (the batch is the first input's first
+/// dimension), with ids `first_id..first_id + batch`.
+pub fn records_for_request(
+    first_id: u64,
+    info: &RequestInfo<'_>,
+    inputs: &[(&str, &Tensor)],
+    outputs: &[(&str, &Tensor)],
+) -> Result<Vec<PredictionRecord>, TensorError> {
+    let batch = inputs.first().and_then(|(_, t)| t.shape().first().copied()).unwrap_or(1).max(1);
+    let input_rows = match info.record_inputs {
+        RecordInputs::Drop => Vec::new(),
+        _ => inputs.iter().map(|(n, t)| Rows::new(n, t, batch)).collect::<Result<Vec<_>, _>>()?,
+    };
+    let output_rows = outputs.iter().map(|(n, t)| Rows::new(n, t, batch)).collect::<Result<Vec<_>, _>>()?;
+    let at_ms = now_ms();
+    Ok((0..batch)
+        .map(|i| {
+            let recorded_inputs = match info.record_inputs {
+                RecordInputs::Keep => {
+                    RecordedInputs::Kept(input_rows.iter().map(|r| r.recorded(i)).collect())
+                }
+                RecordInputs::Hash => {
+                    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                    for rows in &input_rows {
+                        ctx.update(rows.row(i));
+                    }
+                    let mut hash = [0u8; 32];
+                    hash.copy_from_slice(ctx.finish().as_ref());
+                    RecordedInputs::Hashed(hash)
+                }
+                RecordInputs::Drop => RecordedInputs::Dropped,
+            };
+            PredictionRecord {
+                id: first_id + i as u64,
+                at_ms,
+                model: info.model.to_owned(),
+                version: info.version.to_owned(),
+                slot: "primary".to_owned(),
+                latency_us: info.latency_us,
+                inputs: recorded_inputs,
+                outputs: output_rows.iter().map(|r| r.recorded(i)).collect(),
+                top_score: top_score(outputs, batch, i),
+            }
+        })
+        .collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, LogError> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(config.cache_bytes)
+        .flush_every_ms(Some(config.flush_interval_ms.max(1)))
+        .open()
+        .map_err(|source| LogError::Storage { path: dir.to_owned(), source })?;
+    let storage = |source| LogError::Storage { path: dir.to_owned(), source };
+    let mut newest_at_ms = 0;
+    if let Some((key, value)) = db.last().map_err(storage)? {
+        let id = key_id(&key);
+        let record = PredictionRecord::decode(&value).map_err(|source| LogError::Record { id, source })?;
+        newest_at_ms = record.at_ms;
+    }
+    // A count at open only (sled's len() is a scan); the writer keeps it current afterwards.
+    let records = db.len() as u64;
+    Ok(Segment { dir: dir.to_owned(), db, newest_at_ms, records })
+}
+
+fn key_id(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(bytes)
+}
+
+fn segment_dir(root: &Path, first_id: u64) -> PathBuf {
+    root.join(format!("seg-{first_id:020}"))
+}
+
+impl PredictionLog {
+    /// Opens (or creates) the log under `data_dir/predictions` and starts its writer.
+    pub fn open(data_dir: &Path, config: &PredictionLogConfig) -> Result<PredictionLog, LogError> {
+        let root = data_dir.join("predictions");
+        std::fs::create_dir_all(&root).map_err(|source| LogError::Io { path: root.clone(), source })?;
+        let mut firsts: Vec<u64> = std::fs::read_dir(&root)
+            .map_err(|source| LogError::Io { path: root.clone(), source })?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("seg-")?.parse().ok())
+            .collect();
+        firsts.sort_unstable();
+        let mut segments = Vec::with_capacity(firsts.len().max(1));
+        for first in firsts {
+            segments.push(open_segment(&segment_dir(&root, first), config)?);
+        }
+        let mut next_id = 1;
+        for segment in &segments {
+            if let Some((key, _)) =
+                segment.db.last().map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?
+            {
+                next_id = next_id.max(key_id(&key) + 1);
+            }
+        }
+        if segments.is_empty() {
+            segments.push(open_segment(&segment_dir(&root, next_id), config)?);
+        }
+        let counters = Arc::new(Counters::default());
+        let segments = Arc::new(RwLock::new(segments));
+        let (sender, receiver) = bounded(config.queue_capacity.max(1));
+        let writer = Writer {
+            root,
+            config: config.clone(),
+            segments: Arc::clone(&segments),
+            counters: Arc::clone(&counters),
+        };
+        writer.refresh_disk_stats();
+        let handle = std::thread::Builder::new()
+            .name("prediction-log".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|source| LogError::Io { path: data_dir.to_owned(), source })?;
+        Ok(PredictionLog {
+            sender: Some(sender),
+            next_id: AtomicU64::new(next_id),
+            segments,
+            counters,
+            writer: Some(handle),
+        })
+    }
+
+    /// Reserves `n` consecutive ids and returns the first.
+    pub fn allocate_ids(&self, n: u64) -> u64 {
+        self.next_id.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Hands records to the writer: one channel send, which waits only if the writer is
+    /// `queue_capacity` batches behind.
+    pub fn append(&self, records: Vec<PredictionRecord>) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sender = self.sender.as_ref().ok_or(LogError::WriterGone)?;
+        sender.send(Command::Append(records)).map_err(|_| LogError::WriterGone)
+    }
+
+    /// Writes everything appended so far to disk and returns once it is there.
+    pub fn flush(&self) -> Result<(), LogError> {
+        let sender = self.sender.as_ref().ok_or(LogError::WriterGone)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        sender.send(Command::Flush(tx)).map_err(|_| LogError::WriterGone)?;
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(LogError::Io {
+                path: PathBuf::from("predictions"),
+                source: std::io::Error::other(message),
+            }),
+            Err(_) => Err(LogError::WriterGone),
+        }
+    }
+
+    /// Reads a record by id; `None` if it never existed or was evicted.
+    pub fn get(&self, id: u64) -> Result<Option<PredictionRecord>, LogError> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        // Newest first: most lookups are for recent predictions.
+        for segment in segments.iter().rev() {
+            let found = segment
+                .db
+                .get(id.to_be_bytes())
+                .map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
+            if let Some(value) = found {
+                return PredictionRecord::decode(&value)
+                    .map(Some)
+                    .map_err(|source| LogError::Record { id, source });
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next id that will be handed out.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let c = &self.counters;
+        LogStats {
+            appended: c.appended.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
+            evicted_segments: c.evicted_segments.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
+            segments: c.segments.load(Ordering::Relaxed),
+            queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
+        }
+    }
+}
+
+impl Drop for PredictionLog {
+    fn drop(&mut self) {
+        // Closing the channel tells the writer to write what is queued, flush, and stop.
+        self.sender.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The single owner of all writes.
+struct Writer {
+    root: PathBuf,
+    config: PredictionLogConfig,
+    segments: Arc<RwLock<Vec<Segment>>>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(self, receiver: Receiver<Command>) {
+        let tick = Duration::from_millis(self.config.flush_interval_ms.max(10));
+        let mut pending: Vec<PredictionRecord> = Vec::with_capacity(BATCH_RECORDS);
+        loop {
+            match receiver.recv_timeout(tick) {
+                Ok(Command::Append(records)) => {
+                    pending.extend(records);
+                    // Take whatever else is already waiting, up to one batch.
+                    while pending.len() < BATCH_RECORDS {
+                        match receiver.try_recv() {
+                            Ok(Command::Append(more)) => pending.extend(more),
+                            Ok(Command::Flush(ack)) => {
+                                self.write(&mut pending);
+                                let _ = ack.send(self.flush());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(&mut pending);
+                }
+                Ok(Command::Flush(ack)) => {
+                    self.write(&mut pending);
+                    let _ = ack.send(self.flush());
+                }
+                Err(RecvTimeoutError::Timeout) => self.maintain(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.write(&mut pending);
+                    if let Err(e) = self.flush() {
+                        tracing::error!(error = %e, "prediction log: final flush failed");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(&self, pending: &mut Vec<PredictionRecord>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        let mut newest = 0;
+        for record in pending.iter() {
+            batch.insert(&record.id.to_be_bytes(), record.encode());
+            newest = newest.max(record.at_ms);
+        }
+        let count = pending.len() as u64;
+        pending.clear();
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let Some(active) = segments.last_mut() else { return };
+        match active.db.apply_batch(batch) {
+            Ok(()) => {
+                active.records += count;
+                active.newest_at_ms = active.newest_at_ms.max(newest);
+                self.counters.appended.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, records = count, "prediction log: write failed; records lost");
+                return;
+            }
+        }
+        drop(segments);
+        self.roll_and_evict();
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        for segment in segments.iter() {
+            segment.db.flush().map_err(|e| e.to_string())?;
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+        Ok(())
+    }
+
+    fn segment_budget(&self) -> u64 {
+        (self.config.max_bytes / u64::from(self.config.segments.max(1))).max(1)
+    }
+
+    /// Starts a new segment when the active one is full; evicts the oldest while over budget.
+    fn roll_and_evict(&self) {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let active_full =
+            segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= self.segment_budget());
+        if active_full {
+            let first_id =
+                segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);
+            match open_segment(&segment_dir(&self.root, first_id), &self.config) {
+                Ok(segment) => segments.push(segment),
+                Err(e) => {
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "prediction log: cannot start a new segment");
+                }
+            }
+        }
+        while segments.len() > 1 && total_size(&segments) > self.config.max_bytes {
+            self.evict_oldest(&mut segments, "disk budget");
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+    }
+
+    /// Periodic work: age eviction and fresh disk figures.
+    fn maintain(&self) {
+        let cutoff = now_ms().saturating_sub(self.config.max_age_secs.saturating_mul(1000));
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        while segments.len() > 1 && segments.first().is_some_and(|s| s.newest_at_ms < cutoff) {
+            self.evict_oldest(&mut segments, "age");
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+    }
+
+    fn evict_oldest(&self, segments: &mut Vec<Segment>, reason: &str) {
+        let segment = segments.remove(0);
+        let records = segment.records;
+        let dir = segment.dir.clone();
+        drop(segment);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, dir = %dir.display(), "prediction log: cannot remove evicted segment");
+        }
+        self.counters.evicted.fetch_add(records, Ordering::Relaxed);
+        self.counters.evicted_segments.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(records, reason, dir = %dir.display(), "prediction log: evicted oldest segment");
+    }
+
+    fn refresh_disk_stats(&self) {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        self.counters.disk_bytes.store(total_size(&segments), Ordering::Relaxed);
+        self.counters.segments.store(segments.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn total_size(segments: &[Segment]) -> u64 {
+    segments.iter().map(|s| s.db.size_on_disk().unwrap_or(0)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_shared::protocol::records::{RecordedInputs, RecordedTensor};
+
+    fn record(id: u64, at_ms: u64, payload: usize) -> PredictionRecord {
+        PredictionRecord {
+            id,
+            at_ms,
+            model: "bc".into(),
+            version: "1.0.0".into(),
+            slot: "primary".into(),
+            latency_us: 5,
+            inputs: RecordedInputs::Kept(vec![RecordedTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, (payload / 4) as u64],
+                data: vec![(id % 251) as u8; payload],
+            }]),
+            outputs: vec![],
+            top_score: None,
+        }
+    }
+
+    fn append_n(log: &PredictionLog, n: u64, at_ms: u64, payload: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = log.allocate_ids(1);
+            log.append(vec![record(id, at_ms, payload)]).unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    fn config() -> PredictionLogConfig {
+        PredictionLogConfig { flush_interval_ms: 50, ..PredictionLogConfig::default() }
+    }
+
+    #[test]
+    fn records_are_readable_by_id_and_ids_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let log = PredictionLog::open(dir.path(), &config()).unwrap();
+            let ids = append_n(&log, 100, now_ms(), 120);
+            log.flush().unwrap();
+            assert_eq!(
+                log.get(ids[42]).unwrap().unwrap(),
+                record(ids[42], log.get(ids[42]).unwrap().unwrap().at_ms, 120)
+            );
+            assert_eq!(log.get(10_000).unwrap(), None);
+            assert_eq!(log.stats().appended, 100);
+            ids
+        };
+        let log = PredictionLog::open(dir.path(), &config()).unwrap();
+        assert_eq!(log.next_id(), ids[99] + 1, "ids continue after a restart");
+        assert!(log.get(ids[0]).unwrap().is_some(), "records survive a restart");
+    }
+
+    #[test]
+    fn disk_use_stays_within_the_budget_and_evictions_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 2 * 1024 * 1024;
+        let config = PredictionLogConfig { max_bytes: budget, segments: 4, ..config() };
+        let log = PredictionLog::open(dir.path(), &config).unwrap();
+        let ids = append_n(&log, 40_000, now_ms(), 200);
+        log.flush().unwrap();
+        let stats = log.stats();
+        // Slack: one write batch, at ≈ 2× its data on disk.
+        let slack = (BATCH_RECORDS * 260 * 2) as u64;
+        assert!(stats.disk_bytes <= budget + slack, "{} bytes on disk, budget {budget}", stats.disk_bytes);
+        assert!(stats.evicted > 0 && stats.evicted_segments > 0, "{stats:?}");
+        assert_eq!(stats.appended, 40_000);
+        assert!(log.get(ids[0]).unwrap().is_none(), "oldest records were evicted first");
+        assert!(log.get(ids[39_999]).unwrap().is_some(), "newest records are kept");
+        let on_disk: u64 = walk(&dir.path().join("predictions"));
+        assert!(on_disk <= budget + slack + 64 * 1024, "directory holds {on_disk} bytes");
+    }
+
+    #[test]
+    fn old_segments_are_evicted_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            PredictionLogConfig { max_bytes: 1024 * 1024, segments: 4, max_age_secs: 3600, ..config() };
+        let log = PredictionLog::open(dir.path(), &config).unwrap();
+        let old = append_n(&log, 3_000, now_ms() - 2 * 3_600_000, 200);
+        log.flush().unwrap();
+        assert!(log.stats().segments > 1, "{:?}", log.stats());
+        let fresh = append_n(&log, 10, now_ms(), 200);
+        log.flush().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.get(old[0]).unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "old records never aged out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(log.get(fresh[9]).unwrap().is_some());
+        assert!(log.stats().evicted > 0);
+    }
+
+    fn walk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}

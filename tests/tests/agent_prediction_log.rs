@@ -1,0 +1,107 @@
+//! Every served prediction is logged with an id the client gets back; ids survive restarts;
+//! a small disk budget keeps the log bounded while the agent serves on, and evictions show
+//! in `/metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use outpost_tests::{Agent, model, reference, rows};
+use serde_json::{Value, json};
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_metric(agent: &Agent, name: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = agent.metrics_text().await;
+        if metric(&text, name) >= at_least {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {at_least}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn batch(n: usize) -> Value {
+    let r = reference("breast_cancer-1.0.0");
+    let (data, len) = rows(&r["inputs"][0]);
+    json!({"inputs": [{"name": "input", "shape": [n, 30], "datatype": "FP32", "data": data[..n * len]}]})
+}
+
+fn ids(body: &Value) -> Vec<u64> {
+    body["parameters"]["prediction_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_prediction_gets_an_id_that_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = Agent::builder().model("bc", &model("breast_cancer-1.0.0")).data_dir(data.path()).start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(3)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![1, 2, 3], "one id per row");
+    let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(1)).await;
+    assert_eq!(ids(&body), vec![4]);
+    wait_for_metric(&agent, "outpost_agent_prediction_log_records_total", 4.0).await;
+    assert!(data.path().join("predictions").is_dir());
+
+    agent.signal(Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let agent = Agent::builder().model("bc", &model("breast_cancer-1.0.0")).data_dir(data.path()).start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(2)).await;
+    assert_eq!(ids(&body), vec![5, 6], "ids continue after a restart");
+}
+
+#[tokio::test]
+async fn a_tiny_disk_budget_keeps_the_log_bounded_while_serving_goes_on() {
+    let budget: u64 = 1024 * 1024;
+    let agent = Agent::builder()
+        .model("bc", &model("breast_cancer-1.0.0"))
+        .env("OUTPOST_PREDICTION_LOG__MAX_BYTES", &budget.to_string())
+        .env("OUTPOST_PREDICTION_LOG__SEGMENTS", "4")
+        .start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let request = batch(114);
+    for _ in 0..60 {
+        let (status, body) = agent.post_json("/v2/models/bc/infer", &request).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let text = wait_for_metric(&agent, "outpost_agent_prediction_log_records_total", 6840.0).await;
+    let text = if metric(&text, "outpost_agent_prediction_log_evicted_records_total") > 0.0 {
+        text
+    } else {
+        wait_for_metric(&agent, "outpost_agent_prediction_log_evicted_records_total", 1.0).await
+    };
+    // Slack: one writer batch (1,024 records of ~400 bytes) at ≈ 2× on disk.
+    let slack = 1024 * 400 * 2;
+    let on_disk = metric(&text, "outpost_agent_prediction_log_disk_bytes") as u64;
+    assert!(on_disk <= budget + slack, "{on_disk} bytes on disk for a {budget}-byte budget");
+    assert!(metric(&text, "outpost_agent_prediction_log_evicted_segments_total") >= 1.0);
+    assert!(agent.log().contains("prediction log: evicted oldest segment"));
+    let du = dir_size(&agent.data_dir.join("predictions"));
+    assert!(du <= budget + slack + 64 * 1024, "the directory holds {du} bytes");
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
