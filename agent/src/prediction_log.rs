@@ -210,15 +210,22 @@ fn top_score(outputs: &[(&str, &Tensor)], batch: usize, row: usize) -> Option<f3
     })
 }
 
-/// Builds one record per row of a served request (the batch is the first input's first
-/// dimension), with ids `first_id..first_id + batch`.
+/// The number of rows in a request: the first input's first dimension (at least 1).
+pub fn batch_rows(first_input: &Tensor) -> usize {
+    first_input.shape().first().copied().unwrap_or(1).max(1)
+}
+
+/// Builds one record per row of a served request, with ids `first_id..first_id + batch`.
+/// `inputs` may be empty when the model's policy drops them; `batch` comes from the caller,
+/// which sized the id range with it.
 pub fn records_for_request(
     first_id: u64,
+    batch: usize,
     info: &RequestInfo<'_>,
     inputs: &[(&str, &Tensor)],
     outputs: &[(&str, &Tensor)],
 ) -> Result<Vec<PredictionRecord>, TensorError> {
-    let batch = inputs.first().and_then(|(_, t)| t.shape().first().copied()).unwrap_or(1).max(1);
+    let batch = batch.max(1);
     let input_rows = match info.record_inputs {
         RecordInputs::Drop => Vec::new(),
         _ => inputs.iter().map(|(n, t)| Rows::new(n, t, batch)).collect::<Result<Vec<_>, _>>()?,

@@ -62,6 +62,27 @@ async fn every_prediction_gets_an_id_that_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn a_model_that_drops_inputs_still_gets_one_id_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"bc\"\npath = \"{}\"\nrecord_inputs = \"drop\"\n",
+            model("breast_cancer-1.0.0").display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::builder().args(&["--config", config.to_str().unwrap()]).start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(3)).await;
+    assert_eq!(ids(&body), vec![1, 2, 3]);
+    let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(2)).await;
+    assert_eq!(ids(&body), vec![4, 5]);
+    wait_for_metric(&agent, "outpost_agent_prediction_log_records_total", 5.0).await;
+}
+
+#[tokio::test]
 async fn a_tiny_disk_budget_keeps_the_log_bounded_while_serving_goes_on() {
     let budget: u64 = 1024 * 1024;
     let agent = Agent::builder()

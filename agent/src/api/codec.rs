@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, bad_tensor};
 use crate::config::{NanPolicy, RecordInputs};
 use crate::models::ServedModel;
-use crate::prediction_log::{PredictionLog, RequestInfo, records_for_request};
+use crate::prediction_log::{PredictionLog, RequestInfo, batch_rows, records_for_request};
 
 /// One request input as V2 JSON writes it.
 #[derive(Debug, Deserialize)]
@@ -100,17 +100,12 @@ pub struct Encoded {
 fn record(
     served: &ServedModel,
     log: &PredictionLog,
+    batch: usize,
     inputs: &[outpost_shared::Tensor],
     outputs: &[outpost_shared::Tensor],
     elapsed: Duration,
 ) -> Result<ResponseParameters, ApiError> {
     let signature = served.signature();
-    let batch = inputs
-        .first()
-        .and_then(|t| t.shape().first().copied())
-        .or_else(|| outputs.first().and_then(|t| t.shape().first().copied()))
-        .unwrap_or(1)
-        .max(1);
     let first_id = log.allocate_ids(batch as u64);
     let named_inputs: Vec<(&str, &outpost_shared::Tensor)> =
         signature.inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
@@ -122,7 +117,7 @@ fn record(
         latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
         record_inputs: served.record_inputs,
     };
-    let records = records_for_request(first_id, &info, &named_inputs, &named_outputs)
+    let records = records_for_request(first_id, batch, &info, &named_inputs, &named_outputs)
         .map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
     let prediction_ids = records.iter().map(|r| r.id).collect();
     log.append(records).map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
@@ -305,6 +300,7 @@ pub fn handle(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApiError::Internal("input mapped twice".into()))?;
     // The log keeps the inputs unless the model's policy drops them; keep a copy for it.
+    let batch = ordered.first().map_or(1, batch_rows);
     let kept_inputs = match log {
         Some(_) if served.record_inputs != RecordInputs::Drop => ordered.clone(),
         _ => Vec::new(),
@@ -314,7 +310,7 @@ pub fn handle(
     let compute = started.elapsed();
 
     let parameters = match log {
-        Some(log) => Some(record(served, log, &kept_inputs, &outputs, job_started.elapsed())?),
+        Some(log) => Some(record(served, log, batch, &kept_inputs, &outputs, job_started.elapsed())?),
         None => None,
     };
 
