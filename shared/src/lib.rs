@@ -3,7 +3,8 @@
 //! - [`datatype`]: tensor element types, named as the Open Inference Protocol (V2) names them.
 //! - [`tensor`]: conversions between V2 wire data (JSON numbers, little-endian bytes) and tensors.
 //! - [`runtime`]: load an ONNX model with tract, describe its signature, check inputs, run it.
-//! - [`protocol`]: signed envelopes (postcard + Ed25519) and MQTT topic names.
+//! - [`protocol`]: signed envelopes (postcard + Ed25519), message bodies and MQTT topic names.
+//! - [`histogram`]: a mergeable latency/score histogram with bounded relative error.
 //! - [`reference`]: reference input/output pairs produced by another runtime, and the check
 //!   that our runtime reproduces them before a model may serve.
 //!
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datatype;
+pub mod histogram;
 pub mod protocol;
 pub mod reference;
 pub mod runtime;

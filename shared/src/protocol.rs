@@ -16,10 +16,10 @@
 //!
 //! Decoding outside bytes never panics: sizes are bounded before decoding, and every failure
 //! is an [`EnvelopeError`] that says what was wrong (fuzzed by `fuzz/` target `envelope_open`).
-//! The message bodies carried inside arrive with the telemetry work; the envelope treats them
-//! as bytes.
+//! The envelope treats its body as bytes; [`messages`] defines what the bodies are.
 
 pub mod keys;
+pub mod messages;
 pub mod records;
 pub mod topics;
 

@@ -1,0 +1,345 @@
+//! Message bodies carried inside envelopes.
+//!
+//! Agent → coordinator (topic `…/report`): [`AgentMessage`] — a window [`Report`], a
+//! [`PredictionBatch`], an [`Event`] or the agent's [`ActualState`].
+//! Coordinator → agent: [`Ack`] (topic `…/ack`, and in ack files across an air gap) and
+//! [`DesiredState`] (topic `…/desired`, retained).
+//!
+//! Bodies are `[BODY_FORMAT] ‖ postcard(message)`. Decoders refuse unknown formats, trailing
+//! bytes and histograms that do not add up, and never panic (fuzz target `message_decode`).
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::records::PredictionRecord;
+use crate::histogram::{HistogramError, LogHistogram};
+
+/// The body format this build writes and reads.
+pub const BODY_FORMAT: u8 = 1;
+
+/// Most seq ranges one ack carries.
+pub const MAX_ACK_RANGES: usize = 4096;
+
+/// What an agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Report(Report),
+    Predictions(PredictionBatch),
+    Event(Event),
+    State(ActualState),
+}
+
+impl AgentMessage {
+    /// Short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentMessage::Report(_) => "report",
+            AgentMessage::Predictions(_) => "predictions",
+            AgentMessage::Event(_) => "event",
+            AgentMessage::State(_) => "state",
+        }
+    }
+}
+
+/// One reporting window of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    /// One entry per (model, version, slot) that saw traffic or is loaded.
+    pub models: Vec<ModelWindow>,
+    pub system: SystemStats,
+    pub prediction_log: LogWindow,
+    pub outbox: OutboxStats,
+}
+
+/// Traffic of one model version in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelWindow {
+    pub model: String,
+    pub version: String,
+    pub slot: String,
+    /// Inference requests answered (successfully or not) in the window.
+    pub requests: u64,
+    /// Requests that failed (4xx after reaching the model, 5xx).
+    pub errors: u64,
+    /// Rows predicted (a batch request counts its batch size).
+    pub rows: u64,
+    /// Per-request time on the inference worker, in microseconds.
+    pub latency_us: LogHistogram,
+    /// Per-row top score (a classifier's confidence), where the model has one.
+    pub top_score: LogHistogram,
+    /// Per-row predicted label counts, where the model has an integer label output.
+    pub label_counts: BTreeMap<String, u64>,
+}
+
+/// System metrics sampled at the end of the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemStats {
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub process_rss_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+}
+
+/// The prediction log's state: totals since the agent started, and its disk use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogWindow {
+    pub appended_total: u64,
+    pub evicted_total: u64,
+    pub disk_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// The outbox backlog when the report was built.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub oldest_age_ms: u64,
+}
+
+/// Sampled prediction records, in id order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionBatch {
+    /// The sampling that selected them, e.g. `all`, `1/10`.
+    pub sampling: String,
+    pub records: Vec<PredictionRecord>,
+}
+
+/// Something that happened on the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    AgentStarted,
+    AgentStopping,
+    ModelReady,
+    ModelFailed,
+    LogEvicted,
+    OutboxFull,
+}
+
+/// What the agent runs right now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActualState {
+    pub agent_version: String,
+    pub models: Vec<ModelState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelState {
+    pub name: String,
+    pub version: String,
+    pub slot: String,
+    /// `loading`, `ready` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// What a coordinator sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    Ack(Ack),
+    Desired(DesiredState),
+}
+
+/// End-to-end acknowledgement: the coordinator has durably stored these envelopes of
+/// `device` (inclusive seq ranges). The agent deletes exactly these from its outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device: String,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Ack {
+    /// Builds an ack from seqs in any order, merging adjacent ones into ranges.
+    pub fn from_seqs(device: &str, seqs: impl IntoIterator<Item = u64>) -> Ack {
+        let mut seqs: Vec<u64> = seqs.into_iter().collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for seq in seqs {
+            match ranges.last_mut() {
+                Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
+                _ => ranges.push((seq, seq)),
+            }
+        }
+        Ack { device: device.to_owned(), ranges }
+    }
+
+    /// Whether `seq` is covered.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.ranges.iter().any(|&(a, b)| a <= seq && seq <= b)
+    }
+}
+
+/// The models a device should run (applied by the reconcile loop of the registry work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub device: String,
+    /// Strictly increasing per device.
+    pub revision: u64,
+    pub models: Vec<DesiredModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredModel {
+    pub name: String,
+    pub version: String,
+    pub bundle_sha256: String,
+}
+
+/// Why a body cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message body is empty")]
+    Empty,
+    #[error("message body format {found} is not supported (this build reads {BODY_FORMAT})")]
+    UnsupportedFormat { found: u8 },
+    #[error("message body is malformed: {0}")]
+    Malformed(String),
+    #[error("message body has {0} bytes after the message")]
+    TrailingBytes(usize),
+    #[error("histogram in message: {0}")]
+    Histogram(#[from] HistogramError),
+    #[error("ack carries {0} ranges, more than {MAX_ACK_RANGES}")]
+    TooManyRanges(usize),
+    #[error("ack range {0}..={1} is reversed")]
+    ReversedRange(u64, u64),
+}
+
+/// Encodes a message body with its format byte.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let bytes = vec![BODY_FORMAT];
+    // Serializing owned plain data into a Vec cannot fail.
+    postcard::to_extend(message, bytes).unwrap_or_else(|_| vec![BODY_FORMAT])
+}
+
+fn decode_raw<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
+    let (&format, rest) = bytes.split_first().ok_or(MessageError::Empty)?;
+    if format != BODY_FORMAT {
+        return Err(MessageError::UnsupportedFormat { found: format });
+    }
+    let (message, trailing) =
+        postcard::take_from_bytes::<T>(rest).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(MessageError::TrailingBytes(trailing.len()));
+    }
+    Ok(message)
+}
+
+/// Decodes and checks an agent message from outside bytes.
+pub fn decode_agent(bytes: &[u8]) -> Result<AgentMessage, MessageError> {
+    let message: AgentMessage = decode_raw(bytes)?;
+    if let AgentMessage::Report(report) = &message {
+        for window in &report.models {
+            window.latency_us.validate()?;
+            window.top_score.validate()?;
+        }
+    }
+    Ok(message)
+}
+
+/// Decodes and checks a coordinator message from outside bytes.
+pub fn decode_coordinator(bytes: &[u8]) -> Result<CoordinatorMessage, MessageError> {
+    let message: CoordinatorMessage = decode_raw(bytes)?;
+    if let CoordinatorMessage::Ack(ack) = &message {
+        if ack.ranges.len() > MAX_ACK_RANGES {
+            return Err(MessageError::TooManyRanges(ack.ranges.len()));
+        }
+        if let Some(&(a, b)) = ack.ranges.iter().find(|(a, b)| a > b) {
+            return Err(MessageError::ReversedRange(a, b));
+        }
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn report(latencies: &[f64]) -> Report {
+        let mut latency_us = LogHistogram::default();
+        for &l in latencies {
+            latency_us.record(l);
+        }
+        Report {
+            window_start_ms: 1,
+            window_end_ms: 10_001,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: "1.0.0".into(),
+                slot: "primary".into(),
+                requests: latencies.len() as u64,
+                errors: 0,
+                rows: latencies.len() as u64,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::from([("0".into(), 3)]),
+            }],
+            system: SystemStats::default(),
+            prediction_log: LogWindow::default(),
+            outbox: OutboxStats::default(),
+        }
+    }
+
+    #[test]
+    fn acks_merge_seqs_into_ranges() {
+        let ack = Ack::from_seqs("d", [5, 1, 2, 3, 9, 3, 10, u64::MAX]);
+        assert_eq!(ack.ranges, vec![(1, 3), (5, 5), (9, 10), (u64::MAX, u64::MAX)]);
+        assert!(ack.covers(2) && ack.covers(10) && !ack.covers(4));
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        assert_eq!(decode_agent(&[]), Err(MessageError::Empty));
+        assert_eq!(decode_agent(&[7, 0]), Err(MessageError::UnsupportedFormat { found: 7 }));
+        let mut bytes = encode(&AgentMessage::Report(report(&[1.0])));
+        bytes.push(0);
+        assert_eq!(decode_agent(&bytes), Err(MessageError::TrailingBytes(1)));
+        let reversed = CoordinatorMessage::Ack(Ack { device: "d".into(), ranges: vec![(5, 2)] });
+        assert_eq!(decode_coordinator(&encode(&reversed)), Err(MessageError::ReversedRange(5, 2)));
+    }
+
+    #[test]
+    fn refuses_a_report_whose_histogram_does_not_add_up() {
+        let mut r = report(&[1.0, 2.0]);
+        // Forge the histogram's total through its serialized form.
+        let mut json = serde_json::to_value(&r.models[0].latency_us).unwrap();
+        json["count"] = serde_json::json!(99);
+        r.models[0].latency_us = serde_json::from_value(json).unwrap();
+        let bytes = encode(&AgentMessage::Report(r));
+        assert!(matches!(decode_agent(&bytes), Err(MessageError::Histogram(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn reports_round_trip(latencies in proptest::collection::vec(0.5f64..1e6, 0..200)) {
+            let message = AgentMessage::Report(report(&latencies));
+            prop_assert_eq!(decode_agent(&encode(&message)).unwrap(), message);
+        }
+
+        #[test]
+        fn acks_round_trip(seqs in proptest::collection::vec(any::<u64>(), 0..100)) {
+            let message = CoordinatorMessage::Ack(Ack::from_seqs("dev-1", seqs));
+            prop_assert_eq!(decode_coordinator(&encode(&message)).unwrap(), message);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_agent(&bytes);
+            let _ = decode_coordinator(&bytes);
+        }
+    }
+}
