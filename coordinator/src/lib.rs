@@ -1,7 +1,25 @@
-//! Outpost's coordinator — not built yet: this crate reserves its place in the workspace.
+//! Outpost's coordinator: enrols devices, ingests their signed telemetry, and shows the fleet.
 //!
-//! It will own the model registry and artifact store, the validation gate, fleet state, the
-//! rollout engine, monitoring, the HTTP API with RBAC, the dashboard and the embedded broker
-//! (see `../shared/DESIGN.md` §4). It depends on `outpost-shared` only, never on the agent:
-//! the model runtime it validates with is the same one every agent serves with.
+//! - [`config`]: settings (TOML + `OUTPOST_COORDINATOR_*` env).
+//! - [`ca`]: the fleet CA (device client certificates, broker certificates) and the
+//!   coordinator's Ed25519 signing key.
+//! - [`store`]: state in sled — tokens, devices, every envelope stored once.
+//! - [`ingest`]: verify → store → what to ack; shared by live traffic and imported files.
+//! - [`link`]: the MQTT connection (rumqttc, mTLS) that feeds ingest and publishes acks.
+//! - [`api`]: HTTP API (enrolment tokens, enrolment, fleet view, telemetry import), metrics.
+//! - [`server`], [`cli`]: the `outpost-coordinator` binary; `src/bin/outpostctl.rs` is the
+//!   operator's CLI.
+//!
+//! The registry, rollouts, monitoring and the embedded broker are later work (see
+//! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod link;
+pub mod metrics;
+pub mod server;
+pub mod store;

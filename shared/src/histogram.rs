@@ -199,9 +199,8 @@ impl LogHistogram {
         if in_buckets != self.count {
             return Err(HistogramError::CountMismatch { buckets: in_buckets, total: self.count });
         }
-        if self.count > 0 && !(self.sum.is_finite() && self.min.is_finite() && self.max.is_finite())
-            || self.count > 0 && self.min > self.max
-        {
+        let finite = self.sum.is_finite() && self.min.is_finite() && self.max.is_finite();
+        if self.count > 0 && (!finite || self.min > self.max) {
             return Err(HistogramError::BadSummary);
         }
         Ok(())

@@ -4,6 +4,8 @@
 //! - [`tensor`]: conversions between V2 wire data (JSON numbers, little-endian bytes) and tensors.
 //! - [`runtime`]: load an ONNX model with tract, describe its signature, check inputs, run it.
 //! - [`protocol`]: signed envelopes (postcard + Ed25519), message bodies and MQTT topic names.
+//! - [`tls`]: rustls client settings (ring only) for the MQTT link; [`files`]: atomic and
+//!   owner-only (0600) file writes for keys, tokens and certificates.
 //! - [`histogram`]: a mergeable latency/score histogram with bounded relative error.
 //! - [`reference`]: reference input/output pairs produced by another runtime, and the check
 //!   that our runtime reproduces them before a model may serve.
@@ -13,11 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod datatype;
+pub mod files;
 pub mod histogram;
 pub mod protocol;
 pub mod reference;
 pub mod runtime;
 pub mod tensor;
+pub mod tls;
 
 pub use datatype::DataType;
 pub use runtime::{Dim, Model, RuntimeError, Signature, TensorSpec};

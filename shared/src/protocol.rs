@@ -22,6 +22,7 @@ pub mod keys;
 pub mod messages;
 pub mod records;
 pub mod topics;
+pub mod transfer;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,427 @@
+//! The coordinator's HTTP API under `/api/v1` (JSON), plus `/healthz` and `/metrics`.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /api/v1/enrolment-tokens` | admin | a one-time, expiring enrolment token with labels |
+//! | `POST /api/v1/enrol` | a device holding a token | registers its key, returns its client certificate |
+//! | `GET /api/v1/devices[/{id}]` | admin | the fleet view |
+//! | `POST /api/v1/telemetry/import` | admin | a telemetry file from across an air gap; returns the ack file |
+//!
+//! Admin calls carry `Authorization: Bearer <token>` with the token the coordinator wrote to
+//! `<data_dir>/admin.token` (0600) at first start. Roles beyond admin arrive with the
+//! registry work. Errors are `{"error": "…"}` with a status that fits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outpost_shared::protocol::topics::validate_device_id;
+use outpost_shared::protocol::transfer::{self, TransferFile};
+use outpost_shared::protocol::{PublicKey, keys::key_id_of};
+use serde::{Deserialize, Serialize};
+
+use crate::ca::Authority;
+use crate::config::Config;
+use crate::ingest::{Ingest, Outcome};
+use crate::metrics::Metrics;
+use crate::store::{Counts, DeviceRecord, Store, TokenRecord, TokenRefused, now_ms};
+use outpost_shared::protocol::messages::{ModelState, OutboxStats};
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub authority: Arc<Authority>,
+    pub ingest: Ingest,
+    pub metrics: Metrics,
+    /// sha256 of the admin token.
+    pub admin_token_hash: [u8; 32],
+    /// CA certificate devices use to check the broker (PEM).
+    pub broker_ca_pem: String,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "request failed");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError(e.status(), format!("invalid request body: {}", e.body_text())))
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>`".into())
+        })?;
+    if sha256(presented.trim().as_bytes()) != state.admin_token_hash {
+        return Err(ApiError(StatusCode::FORBIDDEN, "token is not an admin token".into()));
+    }
+    Ok(())
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.api.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/enrolment-tokens", post(create_token))
+        .route("/api/v1/enrol", post(enrol))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(show_device))
+        .route("/api/v1/telemetry/import", post(import_telemetry))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Ok(devices) = state.store.devices() {
+        let mut by_status: BTreeMap<&str, i64> =
+            ["online", "stale", "offline", "never_seen"].into_iter().map(|s| (s, 0)).collect();
+        let now = now_ms();
+        for device in &devices {
+            *by_status.entry(status(&state.config, device, now)).or_insert(0) += 1;
+        }
+        for (status, n) in by_status {
+            state.metrics.devices.with_label_values(&[status]).set(n);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_at_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > 32 {
+        return Err(ApiError::bad_request("at most 32 labels"));
+    }
+    for (k, v) in labels {
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !ok(k) || !ok(v) {
+            return Err(ApiError::bad_request(format!(
+                "label `{k}={v}`: keys and values must be 1 to 63 characters of letters, digits, `-`, `_` and `.`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn create_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    let request = json_body(body)?;
+    validate_labels(&request.labels)?;
+    let ttl = request.ttl_secs.unwrap_or(state.config.enrolment.token_ttl_secs);
+    if ttl == 0 || ttl > 365 * 86_400 {
+        return Err(ApiError::bad_request("ttl_secs must be between 1 and 31536000"));
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(ApiError::internal)?;
+    let token = format!("opt_{}", hex::encode(secret));
+    let now = now_ms();
+    let record = TokenRecord {
+        labels: request.labels.clone(),
+        created_at_ms: now,
+        expires_at_ms: now + ttl * 1000,
+        used_by: None,
+        used_at_ms: None,
+    };
+    state.store.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::internal)?;
+    tracing::info!(labels = ?record.labels, ttl_secs = ttl, "enrolment token created");
+    Ok(Json(TokenResponse { token, expires_at_ms: record.expires_at_ms, labels: request.labels }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    token: String,
+    device_id: String,
+    /// Ed25519 public key (hex) the device signs telemetry with.
+    public_key: String,
+    /// PEM certificate signing request for the device's TLS key.
+    csr: String,
+}
+
+/// What a device receives at enrolment.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub device_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub client_certificate: String,
+    /// CA to check the broker's certificate with.
+    pub broker_ca: String,
+    pub broker_url: String,
+    /// The coordinator's Ed25519 public key (hex): acks and desired states are signed with it.
+    pub coordinator_public_key: String,
+    pub api_url: String,
+}
+
+async fn enrol(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<EnrolRequest>, JsonRejection>,
+) -> Result<Json<EnrolResponse>, ApiError> {
+    let result = enrol_inner(&state, body);
+    let label = match &result {
+        Ok(_) => "enrolled",
+        Err(ApiError(StatusCode::CONFLICT, _)) => "refused",
+        Err(ApiError(StatusCode::FORBIDDEN, _)) => "bad_token",
+        Err(_) => "invalid",
+    };
+    state.metrics.enrolments.with_label_values(&[label]).inc();
+    result.map(Json)
+}
+
+fn enrol_inner(
+    state: &AppState,
+    body: Result<Json<EnrolRequest>, JsonRejection>,
+) -> Result<EnrolResponse, ApiError> {
+    let request = json_body(body)?;
+    validate_device_id(&request.device_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let public =
+        hex::decode(&request.public_key).ok().and_then(|b| PublicKey::from_bytes(&b).ok()).ok_or_else(
+            || ApiError::bad_request("public_key must be 64 hex characters (an Ed25519 public key)"),
+        )?;
+    if request.csr.len() > 16 * 1024 {
+        return Err(ApiError::bad_request("csr is larger than 16 KiB"));
+    }
+    // Sign the CSR first: a bad CSR must not burn the token.
+    let certificate = state
+        .authority
+        .issue_device_certificate(&request.csr, &request.device_id, state.config.enrolment.certificate_days)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let token_hash = hex::encode(sha256(request.token.trim().as_bytes()));
+    let key_id = key_id_of(public.as_bytes());
+    let outcome = state
+        .store
+        .enrol(&token_hash, |token| DeviceRecord {
+            id: request.device_id.clone(),
+            key_id: key_id.clone(),
+            public_key: request.public_key.to_ascii_lowercase(),
+            labels: token.labels.clone(),
+            enrolled_at_ms: now_ms(),
+            last_seen_ms: None,
+            presence: None,
+            highest_seq: None,
+            counts: Counts::default(),
+            backlog: OutboxStats::default(),
+            models: Vec::new(),
+            agent_version: None,
+        })
+        .map_err(ApiError::internal)?;
+    let device = match outcome {
+        Ok(device) => device,
+        Err(refused @ (TokenRefused::Unknown | TokenRefused::Used | TokenRefused::Expired)) => {
+            tracing::warn!(device = request.device_id, reason = %refused, "enrolment refused");
+            return Err(ApiError(StatusCode::FORBIDDEN, refused.to_string()));
+        }
+        Err(refused) => {
+            tracing::warn!(device = request.device_id, reason = %refused, "enrolment refused");
+            return Err(ApiError(StatusCode::CONFLICT, refused.to_string()));
+        }
+    };
+    tracing::info!(device = device.id, key_id = device.key_id, labels = ?device.labels, "device enrolled");
+    Ok(EnrolResponse {
+        device_id: device.id,
+        labels: device.labels,
+        client_certificate: certificate,
+        broker_ca: state.broker_ca_pem.clone(),
+        broker_url: state.config.advertised_broker_url(),
+        coordinator_public_key: hex::encode(state.authority.signing_key().public_key().as_bytes()),
+        api_url: state.config.api_url(),
+    })
+}
+
+/// A device as the fleet view shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// `online`, `stale`, `offline` or `never_seen`.
+    pub status: String,
+    pub last_seen_ms: Option<u64>,
+    pub presence: Option<String>,
+    pub highest_seq: Option<u64>,
+    pub backlog: OutboxStats,
+    pub models: Vec<ModelState>,
+    pub agent_version: Option<String>,
+    pub counts: Counts,
+    pub key_id: String,
+    pub enrolled_at_ms: u64,
+}
+
+pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str {
+    let Some(last) = device.last_seen_ms else { return "never_seen" };
+    if device.presence.as_deref() == Some("offline") {
+        return "offline";
+    }
+    let age = now.saturating_sub(last) / 1000;
+    if age < config.fleet.stale_after_secs {
+        "online"
+    } else if age < config.fleet.offline_after_secs {
+        "stale"
+    } else {
+        "offline"
+    }
+}
+
+fn view(config: &Config, d: DeviceRecord, now: u64) -> DeviceView {
+    DeviceView {
+        status: status(config, &d, now).to_owned(),
+        id: d.id,
+        labels: d.labels,
+        last_seen_ms: d.last_seen_ms,
+        presence: d.presence,
+        highest_seq: d.highest_seq,
+        backlog: d.backlog,
+        models: d.models,
+        agent_version: d.agent_version,
+        counts: d.counts,
+        key_id: d.key_id,
+        enrolled_at_ms: d.enrolled_at_ms,
+    }
+}
+
+async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    require_admin(&state, &headers)?;
+    let now = now_ms();
+    let devices = state.store.devices().map_err(ApiError::internal)?;
+    Ok(Json(devices.into_iter().map(|d| view(&state.config, d, now)).collect()))
+}
+
+async fn show_device(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    require_admin(&state, &headers)?;
+    let device = state
+        .store
+        .device(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")))?;
+    Ok(Json(view(&state.config, device, now_ms())))
+}
+
+/// What an import did.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub device: Option<String>,
+    pub envelopes: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+    /// The ack file for the agent (`outpost-agent import-ack`), hex-encoded.
+    pub ack_file: String,
+}
+
+async fn import_telemetry(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ImportReport>, ApiError> {
+    require_admin(&state, &headers)?;
+    let file = transfer::decode_telemetry(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ingest = state.ingest.clone();
+    let report = tokio::task::spawn_blocking(move || import(&ingest, file))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::info!(
+        device = ?report.device,
+        stored = report.stored,
+        duplicates = report.duplicates,
+        rejected = ?report.rejected,
+        "telemetry file imported"
+    );
+    Ok(Json(report))
+}
+
+fn import(ingest: &Ingest, file: TransferFile) -> Result<ImportReport, crate::store::StoreError> {
+    let mut report = ImportReport::default();
+    let mut acks: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for wire in &file.envelopes {
+        report.envelopes += 1;
+        let (device, outcome) = ingest.ingest_from_file(wire)?;
+        match (&device, &outcome) {
+            (Some(device), Outcome::Stored { seq }) => {
+                report.stored += 1;
+                acks.entry(device.clone()).or_default().push(*seq);
+            }
+            (Some(device), Outcome::Duplicate { seq }) => {
+                report.duplicates += 1;
+                acks.entry(device.clone()).or_default().push(*seq);
+            }
+            _ => *report.rejected.entry(outcome.label().to_owned()).or_insert(0) += 1,
+        }
+    }
+    ingest.store().flush()?;
+    let device = acks.keys().next().cloned().unwrap_or(file.device);
+    let mut envelopes = Vec::new();
+    for (device, seqs) in acks {
+        envelopes.extend(ingest.seal_acks(&device, seqs)?);
+    }
+    report.device = Some(device.clone());
+    let ack_file = transfer::encode_acks(&TransferFile { device, created_at_ms: now_ms(), envelopes });
+    report.ack_file = hex::encode(ack_file);
+    Ok(report)
+}

@@ -1,0 +1,206 @@
+//! The fleet's certificate authority and the coordinator's signing key, created at first
+//! start under `<data_dir>/pki/`.
+//!
+//! - `ca.pem` / `ca.key` (0600): an ECDSA P-256 CA. It signs device client certificates (from
+//!   the CSR a device sends at enrolment — the device's TLS key never leaves it), the
+//!   coordinator's own client certificate for the broker, and server certificates for brokers
+//!   (`outpost-coordinator cert server`).
+//! - `signing.pk8` (0600): the coordinator's Ed25519 key; it signs acks and desired states, and
+//!   devices learn its public half at enrolment.
+//!
+//! Device certificates carry the device id as their common name and no organisation field
+//! (an `O=` turns into a tenant in some brokers and rewrites client ids).
+
+use std::path::{Path, PathBuf};
+
+use outpost_shared::files::write_private;
+use outpost_shared::protocol::SigningKey;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot use {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a usable key or certificate: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("certificate signing request refused: {0}")]
+    BadCsr(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+}
+
+/// The CA plus the coordinator's signing key.
+pub struct Authority {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    signing: SigningKey,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("signing_key_id", &self.signing.key_id()).finish_non_exhaustive()
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io { path: path.to_owned(), source }
+}
+
+fn gen_err(e: rcgen::Error) -> CaError {
+    CaError::Generate(e.to_string())
+}
+
+fn serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // SystemRandom only fails if the OS has no entropy source at all.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = rcgen::date_time_ymd(1970, 1, 1)
+        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    params.not_before = now - std::time::Duration::from_secs(3600);
+    params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
+}
+
+impl Authority {
+    /// Loads the CA and signing key from `<data_dir>/pki`, creating them on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<Authority, CaError> {
+        let dir = data_dir.join("pki");
+        let (ca_cert, ca_key, signing) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("signing.pk8"));
+        if !ca_key.exists() {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+            let mut params = CertificateParams::default();
+            let mut name = DistinguishedName::new();
+            name.push(DnType::CommonName, "Outpost fleet CA");
+            params.distinguished_name = name;
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.serial_number = Some(serial());
+            validity(&mut params, 3650);
+            let cert = params.self_signed(&key).map_err(gen_err)?;
+            write_private(&ca_key, key.serialize_pem().as_bytes()).map_err(io(&ca_key))?;
+            outpost_shared::files::write_atomic(&ca_cert, cert.pem().as_bytes()).map_err(io(&ca_cert))?;
+            tracing::info!(path = %ca_cert.display(), "created the fleet CA");
+        }
+        if !signing.exists() {
+            let (_, pkcs8) =
+                SigningKey::generate().map_err(|e| CaError::Generate(format!("signing key: {e}")))?;
+            write_private(&signing, &pkcs8).map_err(io(&signing))?;
+        }
+        let corrupt = |path: &Path, detail: String| CaError::Corrupt { path: path.to_owned(), detail };
+        let ca_pem = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+        let key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&ca_key, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| corrupt(&ca_cert, e.to_string()))?;
+        let pkcs8 = std::fs::read(&signing).map_err(io(&signing))?;
+        let signing = SigningKey::from_pkcs8(&pkcs8).map_err(|e| corrupt(&signing, e.to_string()))?;
+        Ok(Authority { ca_pem, issuer, signing })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The coordinator's Ed25519 signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    fn leaf_params(common_name: &str, days: u32, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        params.serial_number = Some(serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, days);
+        params
+    }
+
+    /// Signs a device's CSR. Only the public key is taken from the request: the subject is
+    /// always `CN=<device_id>` and the certificate is good for client authentication only.
+    pub fn issue_device_certificate(
+        &self,
+        csr_pem: &str,
+        device_id: &str,
+        days: u32,
+    ) -> Result<String, CaError> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let params = Self::leaf_params(device_id, days, ExtendedKeyUsagePurpose::ClientAuth);
+        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(gen_err)?;
+        Ok(cert.pem())
+    }
+
+    /// A fresh key and client certificate (for the coordinator's own broker connection).
+    pub fn issue_client(&self, common_name: &str, days: u32) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let params = Self::leaf_params(common_name, days, ExtendedKeyUsagePurpose::ClientAuth);
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A fresh key and server certificate for `names` (DNS names or IP addresses), for a
+    /// broker that devices should trust through this CA.
+    pub fn issue_server(&self, names: &[String], days: u32) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let first = names.first().map(String::as_str).unwrap_or("localhost");
+        let mut params = Self::leaf_params(first, days, ExtendedKeyUsagePurpose::ServerAuth);
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(gen_err),
+            })
+            .collect::<Result<_, _>>()?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_once_keeps_keys_private_and_signs_device_csrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Authority::load_or_create(dir.path()).unwrap();
+        let b = Authority::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.ca_pem(), b.ca_pem(), "second start must reuse the CA");
+        assert_eq!(a.signing_key().key_id(), b.signing_key().key_id());
+        for secret in ["pki/ca.key", "pki/signing.pk8"] {
+            let mode = std::fs::metadata(dir.path().join(secret)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+
+        let device_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut request = CertificateParams::default();
+        request.distinguished_name.push(DnType::OrganizationName, "tenant-x");
+        let csr = request.serialize_request(&device_key).unwrap().pem().unwrap();
+        let cert = a.issue_device_certificate(&csr, "dev-1", 30).unwrap();
+        // The TLS stack accepts the pair, and the device could not choose its own subject.
+        outpost_shared::tls::client_config(
+            a.ca_pem().as_bytes(),
+            cert.as_bytes(),
+            device_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let parsed = parsed.parse_x509().unwrap();
+        assert_eq!(parsed.subject().to_string(), "CN=dev-1");
+
+        assert!(matches!(a.issue_device_certificate("garbage", "dev-1", 30), Err(CaError::BadCsr(_))));
+    }
+}

@@ -1,0 +1,173 @@
+//! `outpost-coordinator` commands.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::ca::Authority;
+use crate::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-coordinator",
+    version,
+    about = "Outpost coordinator: fleet enrolment and telemetry ingest"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and ingest telemetry from the broker.
+    Serve(ServeArgs),
+    /// Issue certificates from the fleet CA (for a broker, or a tool that talks to it).
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `api.listen`.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Overrides `broker.url` (`mqtts://host:port`).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Overrides `broker.ca_file`.
+    #[arg(long)]
+    pub broker_ca: Option<PathBuf>,
+    /// Overrides `log.format`.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// A server certificate for a broker (e.g. Mosquitto) that devices trust through the fleet CA.
+    Server(CertArgs),
+    /// A client certificate (for a tool or an extra coordinator connection).
+    Client(CertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    /// DNS names or IP addresses (server), or the common name (client).
+    #[arg(long = "name", required = true)]
+    pub names: Vec<String>,
+    /// Directory for `<kind>.pem`, `<kind>.key` (0600) and `ca.pem`.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Coordinator data directory holding the CA.
+    #[arg(long, default_value = "outpost-coordinator-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("invalid log level `{level}`: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Cert(command) => cert(command),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    if let Some(url) = args.broker {
+        config.broker.url = Some(url);
+    }
+    if let Some(ca) = args.broker_ca {
+        config.broker.ca_file = Some(ca);
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    if let Err(e) = init_logging(config.log.format, &config.log.level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = config.validate() {
+        tracing::error!(error = %e, "configuration refused");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ crate::server::ServeError::Config(_)) => {
+            tracing::error!(error = %e, "configuration refused");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "coordinator failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cert(command: CertCommand) -> ExitCode {
+    let (kind, args) = match command {
+        CertCommand::Server(args) => ("server", args),
+        CertCommand::Client(args) => ("client", args),
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let authority = Authority::load_or_create(&args.data_dir)?;
+        let (cert, key) = match kind {
+            "server" => authority.issue_server(&args.names, args.days)?,
+            _ => authority.issue_client(&args.names[0], args.days)?,
+        };
+        std::fs::create_dir_all(&args.out_dir)?;
+        outpost_shared::files::write_atomic(&args.out_dir.join(format!("{kind}.pem")), cert.as_bytes())?;
+        outpost_shared::files::write_private(&args.out_dir.join(format!("{kind}.key")), key.as_bytes())?;
+        outpost_shared::files::write_atomic(&args.out_dir.join("ca.pem"), authority.ca_pem().as_bytes())?;
+        eprintln!("wrote {kind}.pem, {kind}.key and ca.pem to {}", args.out_dir.display());
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Coordinator settings: a TOML file (`--config`) with every key overridable by
+//! `OUTPOST_COORDINATOR_*` environment variables (`__` separates nesting, e.g.
+//! `OUTPOST_COORDINATOR_BROKER__URL`). Unknown keys are refused with their name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "OUTPOST_COORDINATOR_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Key { key: String, problem: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the coordinator keeps its state, CA and keys.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub enrolment: EnrolmentConfig,
+    pub fleet: FleetConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("outpost-coordinator-data"),
+            api: ApiConfig::default(),
+            broker: BrokerConfig::default(),
+            enrolment: EnrolmentConfig::default(),
+            fleet: FleetConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP API address. Only loopback until the API speaks TLS (see README).
+    pub listen: SocketAddr,
+    /// The URL agents are told to reach the API at (defaults to `http://<listen>`).
+    pub advertised_url: Option<String>,
+    /// Largest request body (telemetry imports are the big ones), in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertised_url: None,
+            max_body_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `mqtts://host:port` of the broker the fleet uses.
+    pub url: Option<String>,
+    /// CA that signed the broker's server certificate (PEM). Defaults to the coordinator's own
+    /// CA, which is right when the broker's certificate came from `outpost-coordinator cert`.
+    pub ca_file: Option<PathBuf>,
+    /// The URL agents are told at enrolment (defaults to `url`).
+    pub advertised_url: Option<String>,
+    /// Largest MQTT packet, in bytes (prediction batches are the big ones).
+    pub max_packet_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            ca_file: None,
+            advertised_url: None,
+            max_packet_bytes: 4 * 1024 * 1024 + 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolmentConfig {
+    /// How long a new enrolment token stays usable.
+    pub token_ttl_secs: u64,
+    /// Validity of device client certificates.
+    pub certificate_days: u32,
+}
+
+impl Default for EnrolmentConfig {
+    fn default() -> Self {
+        EnrolmentConfig { token_ttl_secs: 24 * 3600, certificate_days: 365 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// A device with no report for this long is `stale`.
+    pub stale_after_secs: u64,
+    /// A device with no report for this long (or whose last will fired) is `offline`.
+    pub offline_after_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { stale_after_secs: 60, offline_after_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(dir) = file.and_then(Path::parent) {
+            if config.data_dir.is_relative() {
+                config.data_dir = dir.join(&config.data_dir);
+            }
+            if let Some(ca) = config.broker.ca_file.as_mut().filter(|p| p.is_relative()) {
+                *ca = dir.join(&*ca);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
+        if !self.api.listen.ip().is_loopback() {
+            return Err(key(
+                "api.listen",
+                "must be a loopback address: the API does not speak TLS yet, and tokens must not cross a network in the clear",
+            ));
+        }
+        match &self.broker.url {
+            None => return Err(key("broker.url", "is required (e.g. mqtts://broker.example:8883)")),
+            Some(url) => {
+                parse_mqtts_url(url).map_err(|problem| key("broker.url", &problem))?;
+            }
+        }
+        if let Some(url) = &self.broker.advertised_url {
+            parse_mqtts_url(url).map_err(|problem| key("broker.advertised_url", &problem))?;
+        }
+        if self.enrolment.token_ttl_secs == 0 {
+            return Err(key("enrolment.token_ttl_secs", "must be at least 1"));
+        }
+        if !(1..=3650).contains(&self.enrolment.certificate_days) {
+            return Err(key("enrolment.certificate_days", "must be between 1 and 3650"));
+        }
+        if self.fleet.stale_after_secs == 0 || self.fleet.offline_after_secs < self.fleet.stale_after_secs {
+            return Err(key("fleet.offline_after_secs", "must be at least fleet.stale_after_secs (> 0)"));
+        }
+        if self.broker.max_packet_bytes < 64 * 1024 {
+            return Err(key("broker.max_packet_bytes", "must be at least 65536"));
+        }
+        Ok(())
+    }
+
+    pub fn api_url(&self) -> String {
+        self.api.advertised_url.clone().unwrap_or_else(|| format!("http://{}", self.api.listen))
+    }
+
+    pub fn advertised_broker_url(&self) -> String {
+        self.broker.advertised_url.clone().or_else(|| self.broker.url.clone()).unwrap_or_default()
+    }
+}
+
+/// Splits `mqtts://host:port` into host and port. Plain `mqtt://` is refused: every broker hop
+/// is TLS with client certificates.
+pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| format!("`{url}` must start with mqtts:// (TLS is required)"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` has no port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}` needs a host and a port"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_must_be_tls() {
+        assert_eq!(parse_mqtts_url("mqtts://b.example:8883").unwrap(), ("b.example".into(), 8883));
+        assert!(parse_mqtts_url("mqtt://b:1883").unwrap_err().contains("TLS"));
+        assert!(parse_mqtts_url("mqtts://b").is_err());
+        assert!(parse_mqtts_url("mqtts://:1").is_err());
+    }
+
+    #[test]
+    fn refuses_a_non_loopback_api_and_a_missing_broker() {
+        let mut config = Config::default();
+        assert!(config.validate().unwrap_err().to_string().contains("broker.url"));
+        config.broker.url = Some("mqtts://127.0.0.1:8883".into());
+        config.validate().unwrap();
+        config.api.listen = "0.0.0.0:7400".parse().unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("api.listen"));
+    }
+}

@@ -1,0 +1,208 @@
+//! Telemetry ingest: verify an envelope against its device's enrolled key, store it once,
+//! and say what to acknowledge. The same path serves live MQTT traffic and imported files.
+//!
+//! Checks, in order: the envelope decodes and has a supported format version; the device
+//! named by the topic (or file) is enrolled; the envelope's key id is that device's key; the
+//! Ed25519 signature verifies; then the body is stored by (device, seq). A second copy of a
+//! stored envelope (retransmission or replay) is counted as a duplicate, not stored again,
+//! and acknowledged again so the agent can let go of it.
+
+use std::sync::Arc;
+
+use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage};
+use outpost_shared::protocol::{self, EnvelopeError, PublicKey};
+use prometheus::IntCounterVec;
+
+use crate::ca::Authority;
+use crate::store::{DeviceRecord, Store, StoreError, Stored, now_ms};
+
+/// Why an envelope was refused (also the `result` label of the ingest counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    UnsupportedVersion,
+    UnknownDevice,
+    WrongKey,
+    BadSignature,
+    Conflict,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::UnsupportedVersion => "unsupported_version",
+            Rejection::UnknownDevice => "unknown_device",
+            Rejection::WrongKey => "wrong_key",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Conflict => "conflict",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored { seq: u64 },
+    Duplicate { seq: u64 },
+    Rejected { reason: Rejection, detail: String },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Stored { .. } => "stored",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Rejected { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// The seq to acknowledge, if any.
+    pub fn ack_seq(&self) -> Option<u64> {
+        match self {
+            Outcome::Stored { seq } | Outcome::Duplicate { seq } => Some(*seq),
+            Outcome::Rejected { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    store: Store,
+    authority: Arc<Authority>,
+    counter: IntCounterVec,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
+    match message {
+        AgentMessage::Report(report) => {
+            record.counts.reports += 1;
+            record.backlog = report.outbox.clone();
+        }
+        AgentMessage::Predictions(batch) => {
+            record.counts.prediction_batches += 1;
+            record.counts.predictions += batch.records.len() as u64;
+        }
+        AgentMessage::Event(_) => record.counts.events += 1,
+        AgentMessage::State(state) => {
+            record.counts.states += 1;
+            record.models = state.models.clone();
+            record.agent_version = Some(state.agent_version.clone());
+        }
+    }
+}
+
+impl Ingest {
+    /// `counter` is `outpost_coordinator_ingest_total{result}`.
+    pub fn new(store: Store, authority: Arc<Authority>, counter: IntCounterVec) -> Ingest {
+        Ingest { store, authority, counter }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Verifies and stores one envelope that arrived for `device`.
+    pub fn ingest(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
+        let outcome = self.ingest_inner(device, wire)?;
+        self.counter.with_label_values(&[outcome.label()]).inc();
+        if let Outcome::Rejected { reason, detail } = &outcome {
+            tracing::warn!(device, reason = reason.as_str(), detail, "envelope rejected");
+        }
+        Ok(outcome)
+    }
+
+    fn ingest_inner(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
+        let rejected = |reason, detail: String| Ok(Outcome::Rejected { reason, detail });
+        let envelope = match protocol::decode(wire) {
+            Ok(envelope) => envelope,
+            Err(e @ EnvelopeError::UnsupportedVersion { .. }) => {
+                return rejected(Rejection::UnsupportedVersion, e.to_string());
+            }
+            Err(e) => return rejected(Rejection::Malformed, e.to_string()),
+        };
+        let Some(record) = self.store.device(device)? else {
+            return rejected(Rejection::UnknownDevice, format!("device `{device}` is not enrolled"));
+        };
+        if envelope.key_id != record.key_id {
+            return rejected(
+                Rejection::WrongKey,
+                format!(
+                    "signed with key `{}`, device `{device}` has key `{}`",
+                    envelope.key_id, record.key_id
+                ),
+            );
+        }
+        let key = hex::decode(&record.public_key).ok().and_then(|b| PublicKey::from_bytes(&b).ok());
+        let opened = match protocol::open(wire, |_| key) {
+            Ok(opened) => opened,
+            Err(e) => return rejected(Rejection::BadSignature, e.to_string()),
+        };
+        let message = messages::decode_agent(&opened.body);
+        if let Err(e) = &message {
+            tracing::warn!(device, seq = opened.seq, error = %e, "signed envelope with an unreadable body: stored as is");
+        }
+        let stored =
+            self.store.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
+                Ok(message) => apply(message, r),
+                Err(_) => r.counts.unreadable_bodies += 1,
+            })?;
+        Ok(match stored {
+            Stored::New => Outcome::Stored { seq: opened.seq },
+            Stored::Duplicate => Outcome::Duplicate { seq: opened.seq },
+            Stored::Conflict => Outcome::Rejected {
+                reason: Rejection::Conflict,
+                detail: format!("seq {} was stored before with different bytes", opened.seq),
+            },
+        })
+    }
+
+    /// Ingests an envelope read from a file: the device is the one enrolled with its key.
+    pub fn ingest_from_file(&self, wire: &[u8]) -> Result<(Option<String>, Outcome), StoreError> {
+        let device = match protocol::decode(wire) {
+            Ok(envelope) => self.store.device_by_key(&envelope.key_id)?.map(|d| d.id),
+            Err(_) => None,
+        };
+        let outcome = match &device {
+            Some(device) => self.ingest(device, wire)?,
+            None => {
+                let outcome = match protocol::decode(wire) {
+                    Err(e) => Outcome::Rejected { reason: Rejection::Malformed, detail: e.to_string() },
+                    Ok(e) => Outcome::Rejected {
+                        reason: Rejection::UnknownDevice,
+                        detail: format!("no device is enrolled with key `{}`", e.key_id),
+                    },
+                };
+                self.counter.with_label_values(&[outcome.label()]).inc();
+                outcome
+            }
+        };
+        Ok((device, outcome))
+    }
+
+    /// Signed acks for `seqs` of `device` (call only after [`Store::flush`]); more than one
+    /// when the seqs form more ranges than one ack may carry.
+    pub fn seal_acks(
+        &self,
+        device: &str,
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let all = Ack::from_seqs(device, seqs);
+        let mut out = Vec::new();
+        for ranges in all.ranges.chunks(messages::MAX_ACK_RANGES) {
+            let ack = Ack { device: device.to_owned(), ranges: ranges.to_vec() };
+            let body = messages::encode(&CoordinatorMessage::Ack(ack));
+            let seq = self.store.next_outgoing_seq(device)?;
+            let wire = protocol::seal(self.authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
+                StoreError::Corrupt { key: format!("ack for {device}"), detail: e.to_string() }
+            })?;
+            out.push(wire);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,129 @@
+//! `outpost-coordinator serve`: opens the state, CA and keys, connects to the broker, and
+//! serves the API until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use outpost_shared::files::write_private;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::ca::Authority;
+use crate::config::{Config, parse_mqtts_url};
+use crate::ingest::Ingest;
+use crate::link::{self, LinkSettings};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+    #[error("broker TLS settings: {0}")]
+    Tls(#[from] outpost_shared::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// Reads the admin token, creating it (0600) at first start.
+pub fn admin_token(data_dir: &std::path::Path) -> Result<String, ServeError> {
+    let path = data_dir.join("admin.token");
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+        let token = format!("opa_{}", hex::encode(secret));
+        write_private(&path, format!("{token}\n").as_bytes())
+            .map_err(|source| ServeError::Write { path: path.clone(), source })?;
+        tracing::info!(path = %path.display(), "created the admin token (give it to outpostctl with --token-file)");
+    }
+    let token = std::fs::read_to_string(&path).map_err(|source| ServeError::Read { path, source })?;
+    Ok(token.trim().to_owned())
+}
+
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServeError::Write { path: config.data_dir.clone(), source })?;
+    let authority = Arc::new(Authority::load_or_create(&config.data_dir)?);
+    let store = Store::open(&config.data_dir)?;
+    let admin = admin_token(&config.data_dir)?;
+    let metrics = Metrics::new();
+    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone());
+    let broker_ca_pem = match &config.broker.ca_file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|source| ServeError::Read { path: path.clone(), source })?
+        }
+        None => authority.ca_pem().to_owned(),
+    };
+    let (cert, key) = authority.issue_client("outpost-coordinator", 30)?;
+    let tls = outpost_shared::tls::client_config(broker_ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes())?;
+    let (host, port) = parse_mqtts_url(config.broker.url.as_deref().unwrap_or_default())
+        .map_err(|problem| crate::config::ConfigError::Key { key: "broker.url".into(), problem })?;
+    let settings = LinkSettings {
+        host,
+        port,
+        client_id: "outpost-coordinator".into(),
+        tls,
+        max_packet_bytes: config.broker.max_packet_bytes,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let link_task = tokio::spawn(link::run(settings, ingest.clone(), metrics.clone(), shutdown_rx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.api.listen, source })?;
+    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    tracing::info!(addr = %addr, broker = config.broker.url.as_deref().unwrap_or(""), data_dir = %config.data_dir.display(), "listening");
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store: store.clone(),
+        authority,
+        ingest,
+        metrics,
+        admin_token_hash: api::sha256(admin.as_bytes()),
+        broker_ca_pem,
+    });
+    let mut api_shutdown = shutdown_rx.clone();
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        let _ = api_shutdown.wait_for(|stop| *stop).await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = link_task.await;
+    let served = server_task.await;
+    store.flush()?;
+    tracing::info!("state flushed; stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Server(e)),
+        Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the process can still be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
