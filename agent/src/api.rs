@@ -25,7 +25,7 @@ use crate::prediction_log::PredictionLog;
 pub use error::ApiError;
 
 /// Everything a handler needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     pub models: Arc<ModelTable>,
     pub pool: Arc<WorkerPool>,
@@ -33,6 +33,16 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The prediction log, unless disabled.
     pub log: Option<Arc<PredictionLog>>,
+    /// The telemetry window every answered request is counted in, unless telemetry is off.
+    pub window: Option<Arc<crate::telemetry::Window>>,
+    /// Reads the outbox's and link's figures for `/metrics`.
+    pub telemetry: Option<Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("max_body_bytes", &self.max_body_bytes).finish_non_exhaustive()
+    }
 }
 
 /// Builds the router with its limits and a tracing span per request.

@@ -22,6 +22,7 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
         reference: None,
         nan_policy: Default::default(),
         record_inputs: Default::default(),
+        sample_predictions: Default::default(),
     };
     println!("model       {}", args.file.display());
     let validated = match load_and_validate(&config) {

@@ -37,6 +37,58 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load a model, print its inputs and outputs, validate it and time a few runs.
     CheckModel(CheckModelArgs),
+    /// Register this device with a coordinator using a one-time token.
+    Enroll(EnrollArgs),
+    /// Write every unacknowledged telemetry message to a file (to carry across an air gap).
+    ExportTelemetry(TransferArgs),
+    /// Apply an ack file from `outpostctl telemetry import`: frees what it acknowledges.
+    ImportAck(TransferArgs),
+}
+
+/// Where the agent's data lives: the config file's `data_dir`, or `--data-dir`.
+#[derive(Debug, Args)]
+pub struct DataDirArgs {
+    /// TOML configuration file (for `data_dir`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Overrides the configuration's `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    fn resolve(&self) -> Result<PathBuf, ExitCode> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        Config::load(self.config.as_deref()).map(|c| c.data_dir).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// Coordinator API URL, e.g. http://127.0.0.1:7400.
+    #[arg(long)]
+    pub coordinator: String,
+    /// One-time enrolment token from `outpostctl device token create`.
+    #[arg(long, required_unless_present = "token_file", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the token (keeps it out of the process list).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// The file to write (export) or read (import).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +131,146 @@ pub fn main() -> ExitCode {
             }
             check_model::run(&args)
         }
+        Command::Enroll(args) => transfer::enroll(&args),
+        Command::ExportTelemetry(args) => transfer::export(&args),
+        Command::ImportAck(args) => transfer::import_ack(&args),
+    }
+}
+
+/// The offline commands: enrolment and the air-gap file transfers.
+mod transfer {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::outbox::Outbox;
+    use outpost_shared::protocol::messages::{self, CoordinatorMessage};
+    use outpost_shared::protocol::transfer::{self as files, TransferFile};
+
+    fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+
+    pub fn enroll(args: &EnrollArgs) -> ExitCode {
+        let data_dir = match args.data.resolve() {
+            Ok(dir) => dir,
+            Err(code) => return code,
+        };
+        let identity = match Identity::load_or_create(&data_dir) {
+            Ok(identity) => identity,
+            Err(e) => return fail(e, EXIT_FAILURE),
+        };
+        let token = match (&args.token, &args.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(token) => token,
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), EXIT_USAGE),
+            },
+            (None, None) => return fail("pass --token or --token-file", EXIT_USAGE),
+        };
+        match identity.enrol(&args.coordinator, &token) {
+            Ok(enrolment) => {
+                println!("{}", enrolment.device_id);
+                eprintln!(
+                    "enrolled as {} with labels {:?}; broker {}",
+                    enrolment.device_id, enrolment.labels, enrolment.broker_url
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, EXIT_FAILURE),
+        }
+    }
+
+    fn open(data: &DataDirArgs) -> Result<(Identity, Outbox), ExitCode> {
+        let data_dir = data.resolve()?;
+        let identity = Identity::load_or_create(&data_dir).map_err(|e| fail(e, EXIT_FAILURE))?;
+        // The bound only matters when appending; these commands never append.
+        let outbox = Outbox::open(&data_dir, u64::MAX).map_err(|e| fail(e, EXIT_FAILURE))?;
+        Ok((identity, outbox))
+    }
+
+    pub fn export(args: &TransferArgs) -> ExitCode {
+        let (identity, outbox) = match open(&args.data) {
+            Ok(pair) => pair,
+            Err(code) => return code,
+        };
+        let device = match identity.enrolment() {
+            Ok(Some(enrolment)) => enrolment.device_id,
+            Ok(None) => identity.device_id.clone(),
+            Err(e) => return fail(e, EXIT_FAILURE),
+        };
+        let mut envelopes = Vec::new();
+        let mut after = None;
+        loop {
+            match outbox.pending_after(after, 1024) {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    after = batch.last().map(|(seq, _)| *seq);
+                    envelopes.extend(batch.into_iter().map(|(_, wire)| wire));
+                }
+                Err(e) => return fail(e, EXIT_FAILURE),
+            }
+        }
+        let count = envelopes.len();
+        let file = TransferFile { device: device.clone(), created_at_ms: crate::outbox::now_ms(), envelopes };
+        let bytes = files::encode_telemetry(&file);
+        if let Err(e) = outpost_shared::files::write_atomic(&args.file, &bytes) {
+            return fail(format!("cannot write {}: {e}", args.file.display()), EXIT_FAILURE);
+        }
+        println!(
+            "exported {count} messages of device {device} ({} bytes) to {}",
+            bytes.len(),
+            args.file.display()
+        );
+        ExitCode::SUCCESS
+    }
+
+    pub fn import_ack(args: &TransferArgs) -> ExitCode {
+        let (identity, outbox) = match open(&args.data) {
+            Ok(pair) => pair,
+            Err(code) => return code,
+        };
+        let enrolment = match identity.enrolment() {
+            Ok(Some(enrolment)) => enrolment,
+            Ok(None) => return fail(crate::identity::IdentityError::NotEnrolled, EXIT_FAILURE),
+            Err(e) => return fail(e, EXIT_FAILURE),
+        };
+        let key = match enrolment.coordinator_key() {
+            Ok(key) => key,
+            Err(e) => return fail(e, EXIT_FAILURE),
+        };
+        let bytes = match std::fs::read(&args.file) {
+            Ok(bytes) => bytes,
+            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), EXIT_USAGE),
+        };
+        let file = match files::decode_acks(&bytes) {
+            Ok(file) => file,
+            Err(e) => return fail(format!("{}: {e}", args.file.display()), EXIT_USAGE),
+        };
+        let (mut freed, mut refused) = (0u64, 0u64);
+        for wire in &file.envelopes {
+            let ack = outpost_shared::protocol::open(wire, |_| Some(key))
+                .map_err(|e| e.to_string())
+                .and_then(|o| messages::decode_coordinator(&o.body).map_err(|e| e.to_string()));
+            match ack {
+                Ok(CoordinatorMessage::Ack(ack)) if ack.device == enrolment.device_id => {
+                    match outbox.apply_ack(&ack) {
+                        Ok(n) => freed += n,
+                        Err(e) => return fail(e, EXIT_FAILURE),
+                    }
+                }
+                Ok(_) => {
+                    refused += 1;
+                    eprintln!("warning: skipped an ack for another device");
+                }
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("warning: skipped an ack that does not verify: {e}");
+                }
+            }
+        }
+        let left = outbox.stats().messages;
+        println!("freed {freed} messages; {left} still unacknowledged; {refused} acks refused");
+        if refused > 0 && freed == 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 
 use crate::prediction_log::PredictionLogConfig;
+use crate::telemetry::{Sampling, TelemetryConfig};
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,8 @@ pub struct Config {
     /// the working directory.
     pub data_dir: PathBuf,
     pub prediction_log: PredictionLogConfig,
+    /// Reports, prediction batches and the link to the coordinator.
+    pub telemetry: TelemetryConfig,
     /// Models to serve.
     pub models: Vec<ModelConfig>,
 }
@@ -56,6 +59,7 @@ impl Default for Config {
             log: LogConfig::default(),
             data_dir: PathBuf::from("outpost-data"),
             prediction_log: PredictionLogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             models: Vec::new(),
         }
     }
@@ -184,6 +188,9 @@ pub struct ModelConfig {
     /// What the prediction log keeps of the inputs.
     #[serde(default)]
     pub record_inputs: RecordInputs,
+    /// Which predictions travel to the coordinator in batches: `all`, `none` or `1/N`.
+    #[serde(default)]
+    pub sample_predictions: Sampling,
 }
 
 impl ModelConfig {
@@ -201,6 +208,7 @@ impl ModelConfig {
             reference: None,
             nan_policy: NanPolicy::default(),
             record_inputs: RecordInputs::default(),
+            sample_predictions: Sampling::default(),
         })
     }
 }
@@ -225,7 +233,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // The coordinator's and outpostctl's variables may share the environment (a demo shell).
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX).filter(|key| !key.as_str().starts_with("coordinator_")).split("__"),
+        );
         let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(dir) = file.and_then(Path::parent) {
             for model in &mut config.models {
@@ -270,6 +281,25 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(key("data_dir", "must not be empty"));
+        }
+        let t = &self.telemetry;
+        if !(1..=86_400).contains(&t.interval_secs) {
+            return Err(key("telemetry.interval_secs", "must be between 1 and 86400"));
+        }
+        if t.outbox_max_bytes < 1024 * 1024 {
+            return Err(key("telemetry.outbox_max_bytes", "must be at least 1 MiB"));
+        }
+        if !(1..=10_000).contains(&t.batch_max_records) {
+            return Err(key("telemetry.batch_max_records", "must be between 1 and 10000"));
+        }
+        if t.ack_timeout_secs == 0 {
+            return Err(key("telemetry.ack_timeout_secs", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&t.max_in_flight) {
+            return Err(key("telemetry.max_in_flight", "must be between 1 and 10000"));
+        }
+        if let Some(url) = &t.broker_url {
+            crate::link::parse_mqtts_url(url).map_err(|p| key("telemetry.broker_url", &p))?;
         }
         if self.models.is_empty() {
             return Err(ConfigError::Invalid(

@@ -32,6 +32,13 @@ pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_lo
 pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
 pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";
 pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
+pub const OUTBOX_MESSAGES: &str = "outpost_agent_outbox_messages";
+pub const OUTBOX_BYTES: &str = "outpost_agent_outbox_bytes";
+pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "outpost_agent_outbox_oldest_age_seconds";
+pub const OUTBOX_DROPPED_TOTAL: &str = "outpost_agent_outbox_dropped_total";
+pub const BROKER_CONNECTED: &str = "outpost_agent_broker_connected";
+pub const TELEMETRY_SENT_TOTAL: &str = "outpost_agent_telemetry_sent_total";
+pub const TELEMETRY_ACKED_TOTAL: &str = "outpost_agent_telemetry_acked_total";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
@@ -92,7 +99,31 @@ pub struct Metrics {
     pub model_state: IntGaugeVec,
     pub model_load_duration: GaugeVec,
     log: LogMetrics,
+    telemetry: TelemetryMetrics,
     system: Mutex<SystemProbe>,
+}
+
+/// Outbox and broker-link figures, set from their own counters at scrape time.
+struct TelemetryMetrics {
+    /// (dropped, sent, acked) as last copied into the counters.
+    reported: Mutex<(u64, u64, u64)>,
+    outbox_messages: IntGauge,
+    outbox_bytes: IntGauge,
+    outbox_oldest_age: prometheus::Gauge,
+    outbox_dropped: IntCounter,
+    connected: IntGauge,
+    sent: IntCounter,
+    acked: IntCounter,
+}
+
+/// Telemetry figures to publish at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetrySnapshot {
+    pub outbox: outpost_shared::protocol::messages::OutboxStats,
+    pub dropped: u64,
+    pub connected: bool,
+    pub sent: u64,
+    pub acked: u64,
 }
 
 /// Prediction-log figures, copied from the log's own counters at scrape time.
@@ -260,6 +291,34 @@ impl Metrics {
                     "Prediction-log batches waiting for the writer."
                 )?),
             },
+            telemetry: TelemetryMetrics {
+                reported: Mutex::new((0, 0, 0)),
+                outbox_messages: reg!(IntGauge::new(
+                    OUTBOX_MESSAGES,
+                    "Telemetry messages waiting for the coordinator's ack."
+                )?),
+                outbox_bytes: reg!(IntGauge::new(
+                    OUTBOX_BYTES,
+                    "Bytes of telemetry waiting for the coordinator's ack."
+                )?),
+                outbox_oldest_age: reg!(prometheus::Gauge::new(
+                    OUTBOX_OLDEST_AGE_SECONDS,
+                    "Age of the oldest unacknowledged telemetry message, in seconds."
+                )?),
+                outbox_dropped: reg!(IntCounter::new(
+                    OUTBOX_DROPPED_TOTAL,
+                    "Unacknowledged telemetry messages dropped because the outbox reached its byte bound."
+                )?),
+                connected: reg!(IntGauge::new(BROKER_CONNECTED, "1 while connected to the MQTT broker.")?),
+                sent: reg!(IntCounter::new(
+                    TELEMETRY_SENT_TOTAL,
+                    "Telemetry messages published (including resends)."
+                )?),
+                acked: reg!(IntCounter::new(
+                    TELEMETRY_ACKED_TOTAL,
+                    "Telemetry messages the coordinator acknowledged as stored."
+                )?),
+            },
             system: Mutex::new(system),
             registry,
         })
@@ -291,6 +350,39 @@ impl Metrics {
         log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));
         log.segments.set(i64::try_from(stats.segments).unwrap_or(i64::MAX));
         log.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+    }
+
+    /// Copies the outbox's and the link's figures into their metrics.
+    pub fn record_telemetry(&self, t: &TelemetrySnapshot) {
+        let m = &self.telemetry;
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.outbox_messages.set(as_i64(t.outbox.messages));
+        m.outbox_bytes.set(as_i64(t.outbox.bytes));
+        m.outbox_oldest_age.set(t.outbox.oldest_age_ms as f64 / 1000.0);
+        m.connected.set(i64::from(t.connected));
+        let mut reported = m.reported.lock().unwrap_or_else(|p| p.into_inner());
+        m.outbox_dropped.inc_by(t.dropped.saturating_sub(reported.0));
+        m.sent.inc_by(t.sent.saturating_sub(reported.1));
+        m.acked.inc_by(t.acked.saturating_sub(reported.2));
+        *reported = (t.dropped.max(reported.0), t.sent.max(reported.1), t.acked.max(reported.2));
+    }
+
+    /// System figures for telemetry reports (refreshed at most once a second).
+    pub fn system_stats(&self) -> outpost_shared::protocol::messages::SystemStats {
+        let mut probe = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        probe.refresh();
+        let (disk_total, disk_free) = probe.disks.as_ref().map_or((0, 0), |disks| {
+            disks.iter().map(|d| (d.total_space(), d.available_space())).max().unwrap_or((0, 0))
+        });
+        outpost_shared::protocol::messages::SystemStats {
+            cpu_percent: (probe.cpu_usage.get() * 100.0) as f32,
+            memory_used_bytes: u64::try_from(probe.memory_total.get() - probe.memory_available.get())
+                .unwrap_or(0),
+            memory_total_bytes: u64::try_from(probe.memory_total.get()).unwrap_or(0),
+            process_rss_bytes: u64::try_from(probe.resident.get()).unwrap_or(0),
+            disk_free_bytes: disk_free,
+            disk_total_bytes: disk_total,
+        }
     }
 
     /// Renders every metric in the Prometheus text format.

@@ -412,6 +412,25 @@ impl PredictionLog {
         Ok(None)
     }
 
+    /// Records with id ≥ `from`, in id order, at most `limit` of them (what is on disk or in
+    /// sled's cache; records still queued for the writer are not seen yet).
+    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<PredictionRecord>, LogError> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for segment in segments.iter() {
+            for item in segment.db.range(from.to_be_bytes()..) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (key, value) =
+                    item.map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
+                let id = key_id(&key);
+                out.push(PredictionRecord::decode(&value).map_err(|source| LogError::Record { id, source })?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The next id that will be handed out.
     pub fn next_id(&self) -> u64 {
         self.next_id.load(Ordering::Relaxed)

@@ -16,10 +16,15 @@ use tokio::sync::watch;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
+use crate::identity::{Identity, IdentityError};
+use crate::link::{self, LinkSettings, LinkStats};
 use crate::metrics::Metrics;
 use crate::models::{ModelState, ModelTable, load_and_validate};
+use crate::outbox::{Outbox, OutboxError};
 use crate::pool::WorkerPool;
 use crate::prediction_log::{LogError, PredictionLog};
+use crate::telemetry::{Reporter, Window};
+use outpost_shared::protocol::messages::EventKind;
 
 /// How `serve` ended; maps to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +60,96 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error(transparent)]
     PredictionLog(#[from] LogError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// The telemetry pieces `serve` runs.
+struct Telemetry {
+    reporter: Arc<Reporter>,
+    outbox: Arc<Outbox>,
+    link_stats: Arc<LinkStats>,
+    link: Option<LinkSettings>,
+}
+
+fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::ModelState> {
+    models
+        .entries()
+        .iter()
+        .map(|entry| {
+            let (state, reason) = match entry.state() {
+                ModelState::Loading => ("loading", None),
+                ModelState::Ready(_) => ("ready", None),
+                ModelState::Failed(reason) => ("failed", Some(reason)),
+            };
+            outpost_shared::protocol::messages::ModelState {
+                name: entry.name().to_owned(),
+                version: entry.version().unwrap_or_default(),
+                slot: "primary".into(),
+                state: state.into(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+fn setup_telemetry(
+    config: &Config,
+    models: &Arc<ModelTable>,
+    log: Option<&Arc<PredictionLog>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Telemetry, ServeError> {
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let enrolment = identity.enrolment()?;
+    let outbox = Arc::new(Outbox::open(&config.data_dir, config.telemetry.outbox_max_bytes)?);
+    let link = match &enrolment {
+        None => {
+            tracing::warn!(
+                device = identity.device_id,
+                "not enrolled: telemetry stays in the outbox (enrol with `outpost-agent enroll`, or carry it with `export-telemetry`)"
+            );
+            None
+        }
+        Some(enrolment) => {
+            let url = config.telemetry.broker_url.clone().unwrap_or_else(|| enrolment.broker_url.clone());
+            let (host, port) = link::parse_mqtts_url(&url).map_err(|problem| IdentityError::Corrupt {
+                path: identity.dir.join("enrolment.json"),
+                detail: problem,
+            })?;
+            Some(LinkSettings {
+                device_id: enrolment.device_id.clone(),
+                host,
+                port,
+                tls: identity.broker_tls()?,
+                coordinator_key: enrolment.coordinator_key()?,
+                ack_timeout: Duration::from_secs(config.telemetry.ack_timeout_secs),
+                max_in_flight: config.telemetry.max_in_flight,
+            })
+        }
+    };
+    tracing::info!(
+        device = identity.device_id,
+        enrolled = enrolment.is_some(),
+        backlog = outbox.stats().messages,
+        "telemetry ready"
+    );
+    let table = Arc::clone(models);
+    let system_metrics = Arc::clone(metrics);
+    let reporter = Arc::new(Reporter {
+        config: config.telemetry.clone(),
+        window: Arc::new(Window::new()),
+        outbox: Arc::clone(&outbox),
+        key: Arc::new(identity.signing),
+        log: log.cloned(),
+        log_max_bytes: config.prediction_log.max_bytes,
+        sampling: config.models.iter().map(|m| (m.name.clone(), m.sample_predictions)).collect(),
+        system: Box::new(move || system_metrics.system_stats()),
+        models: Box::new(move || model_states(&table)),
+        sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
+    });
+    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -102,6 +197,12 @@ pub async fn serve(
         None
     };
 
+    let telemetry = if config.telemetry.enabled {
+        Some(setup_telemetry(&config, &models, log.as_ref(), &metrics)?)
+    } else {
+        None
+    };
+
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
@@ -114,6 +215,19 @@ pub async fn serve(
         metrics: Arc::clone(&metrics),
         max_body_bytes: config.http.max_body_bytes,
         log: log.clone(),
+        window: telemetry.as_ref().map(|t| Arc::clone(&t.reporter.window)),
+        telemetry: telemetry.as_ref().map(|t| {
+            let (outbox, stats) = (Arc::clone(&t.outbox), Arc::clone(&t.link_stats));
+            let read: Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync> =
+                Arc::new(move || crate::metrics::TelemetrySnapshot {
+                    outbox: outbox.stats(),
+                    dropped: outbox.dropped(),
+                    connected: stats.connected.load(std::sync::atomic::Ordering::Relaxed),
+                    sent: stats.sent.load(std::sync::atomic::Ordering::Relaxed),
+                    acked: stats.acked.load(std::sync::atomic::Ordering::Relaxed),
+                });
+            read
+        }),
     };
     let app = router(state, Duration::from_secs(config.http.body_timeout_secs));
 
@@ -121,6 +235,27 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
     let loader_stop = stop_tx.clone();
     let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop));
+    let (telemetry_stop_tx, telemetry_stop) = watch::channel(false);
+    let mut telemetry_tasks = Vec::new();
+    if let Some(t) = &telemetry {
+        let reporter = Arc::clone(&t.reporter);
+        let _ = tokio::task::spawn_blocking(move || {
+            reporter.event(
+                EventKind::AgentStarted,
+                format!("outpost-agent {} started", env!("CARGO_PKG_VERSION")),
+            )
+        })
+        .await;
+        telemetry_tasks.push(tokio::spawn(Arc::clone(&t.reporter).run(telemetry_stop.clone())));
+        if let Some(settings) = t.link.clone() {
+            telemetry_tasks.push(tokio::spawn(link::run(
+                settings,
+                Arc::clone(&t.outbox),
+                Arc::clone(&t.link_stats),
+                telemetry_stop.clone(),
+            )));
+        }
+    }
     let signal_stop = stop_tx.clone();
     let signal_task = tokio::spawn(async move {
         let name = stop.await;
@@ -165,6 +300,27 @@ pub async fn serve(
             Ok(Ok(())) => tracing::info!("prediction log flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "prediction log flush failed"),
             Err(e) => tracing::error!(error = %e, "prediction log flush task failed"),
+        }
+    }
+    let _ = telemetry_stop_tx.send(true);
+    for task in telemetry_tasks {
+        let _ = task.await;
+    }
+    if let Some(t) = telemetry {
+        // The last window and every prediction not yet batched go to the outbox now.
+        let reporter = Arc::clone(&t.reporter);
+        let done = tokio::task::spawn_blocking(move || {
+            let result = reporter.tick(true);
+            reporter.event(EventKind::AgentStopping, "outpost-agent stopping".into());
+            result.and_then(|()| reporter.outbox.flush())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {
+                tracing::info!(backlog = t.outbox.stats().messages, "telemetry flushed to the outbox")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "final telemetry report failed"),
+            Err(e) => tracing::error!(error = %e, "final telemetry task failed"),
         }
     }
     tracing::info!(exit_code = status.code(), "stopped");

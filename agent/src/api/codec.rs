@@ -94,6 +94,8 @@ pub struct Encoded {
     pub json_len: Option<usize>,
     /// Time tract spent computing.
     pub compute: Duration,
+    /// Rows, scores and labels for the telemetry window (when the prediction log is on).
+    pub summary: Option<crate::telemetry::RowSummary>,
 }
 
 /// Hands one record per row to the prediction log; returns the ids for the response.
@@ -104,7 +106,7 @@ fn record(
     inputs: &[outpost_shared::Tensor],
     outputs: &[outpost_shared::Tensor],
     elapsed: Duration,
-) -> Result<ResponseParameters, ApiError> {
+) -> Result<(ResponseParameters, crate::telemetry::RowSummary), ApiError> {
     let signature = served.signature();
     let first_id = log.allocate_ids(batch as u64);
     let named_inputs: Vec<(&str, &outpost_shared::Tensor)> =
@@ -120,8 +122,9 @@ fn record(
     let records = records_for_request(first_id, batch, &info, &named_inputs, &named_outputs)
         .map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
     let prediction_ids = records.iter().map(|r| r.id).collect();
+    let summary = crate::telemetry::RowSummary::from_records(&records);
     log.append(records).map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
-    Ok(ResponseParameters { prediction_ids })
+    Ok((ResponseParameters { prediction_ids }, summary))
 }
 
 fn bool_param(params: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, ApiError> {
@@ -309,9 +312,13 @@ pub fn handle(
     let outputs = served.model.run(ordered).map_err(|e| ApiError::Internal(e.to_string()))?;
     let compute = started.elapsed();
 
-    let parameters = match log {
-        Some(log) => Some(record(served, log, batch, &kept_inputs, &outputs, job_started.elapsed())?),
-        None => None,
+    let (parameters, summary) = match log {
+        Some(log) => {
+            let (parameters, summary) =
+                record(served, log, batch, &kept_inputs, &outputs, job_started.elapsed())?;
+            (Some(parameters), Some(summary))
+        }
+        None => (None, None),
     };
 
     let mut binary_out: Vec<u8> = Vec::new();
@@ -353,5 +360,5 @@ pub fn handle(
     } else {
         None
     };
-    Ok(Encoded { body, json_len, compute })
+    Ok(Encoded { body, json_len, compute, summary })
 }

@@ -227,7 +227,12 @@ async fn run_inference(
         Err(e) => e.outcome(),
     };
     app.metrics.requests.with_label_values(&[labels[0], labels[1], outcome.label()]).inc();
-    app.metrics.request_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    app.metrics.request_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    if let Some(window) = &app.window {
+        let summary = result.as_ref().ok().and_then(|e| e.summary.as_ref());
+        window.observe(labels[0], labels[1], result.is_ok(), elapsed.as_micros() as f64, summary);
+    }
     match result {
         Ok(encoded) => encoded_response(encoded),
         Err(e) => {
@@ -260,6 +265,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.workers_busy.set(i64::try_from(app.pool.busy()).unwrap_or(i64::MAX));
     if let Some(log) = &app.log {
         app.metrics.record_log_stats(&log.stats());
+    }
+    if let Some(telemetry) = &app.telemetry {
+        app.metrics.record_telemetry(&telemetry());
     }
     let metrics = std::sync::Arc::clone(&app.metrics);
     // sysinfo reads /proc: keep it off the executor.

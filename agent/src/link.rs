@@ -1,0 +1,289 @@
+//! The agent's MQTT link (rumqttc over mutual TLS): sends the outbox in order and applies
+//! the coordinator's end-to-end acks.
+//!
+//! One task owns rumqttc's event loop. It connects with the client certificate from
+//! enrolment, a last will that sets the retained `presence` topic to `offline`, and a
+//! persistent session; on every connect it publishes `online` and (when the broker kept no
+//! session) subscribes to its `ack` topic. A second task sends: oldest unacknowledged
+//! envelope first, at most `max_in_flight` outstanding; when no ack arrives within
+//! `ack_timeout_secs`, or after a reconnect, it starts again from the oldest. A PUBACK means
+//! nothing here — only a signed ack from the coordinator deletes an envelope.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use outpost_shared::protocol::messages::{self, CoordinatorMessage};
+use outpost_shared::protocol::topics::{self, Channel};
+use outpost_shared::protocol::{self, PublicKey};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::outbox::Outbox;
+
+/// Connection settings.
+#[derive(Clone)]
+pub struct LinkSettings {
+    pub device_id: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub coordinator_key: PublicKey,
+    pub ack_timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings")
+            .field("device_id", &self.device_id)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connected: AtomicBool,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub bad_acks: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// Largest MQTT packet either way: an envelope at its limit plus the header.
+const MAX_PACKET: usize = protocol::MAX_ENVELOPE_BYTES + 4096;
+
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    let jitter = (f64::from(byte[0]) / 255.0 - 0.5) * 0.5;
+    Duration::from_millis((base as f64 * (1.0 + jitter)) as u64)
+}
+
+/// Splits `mqtts://host:port`.
+pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| format!("`{url}` must start with mqtts:// (TLS is required)"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` has no port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}` needs a host and a port"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+/// Runs the link until `stop` turns true.
+pub async fn run(
+    settings: LinkSettings,
+    outbox: Arc<Outbox>,
+    stats: Arc<LinkStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let presence = topics::topic(&settings.device_id, Channel::Presence).unwrap_or_default();
+    let ack_topic = topics::topic(&settings.device_id, Channel::Ack).unwrap_or_default();
+    let report_topic = topics::topic(&settings.device_id, Channel::Report).unwrap_or_default();
+    let mut options = MqttOptions::new(settings.device_id.clone(), settings.host.clone(), settings.port);
+    options
+        .set_keep_alive(Duration::from_secs(20))
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_last_will(LastWill::new(presence.clone(), "offline", QoS::AtLeastOnce, true))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(settings.tls.clone())));
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(10);
+    eventloop.set_network_options(network);
+
+    // Bumped on every (re)connect and every ack, so the sender restarts or moves on.
+    let wake = Arc::new(Notify::new());
+    let epoch = Arc::new(AtomicU64::new(0));
+    let sender = tokio::spawn(send_loop(
+        client.clone(),
+        report_topic,
+        Arc::clone(&outbox),
+        Arc::clone(&stats),
+        Arc::clone(&wake),
+        Arc::clone(&epoch),
+        settings.clone(),
+        stop.clone(),
+    ));
+
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    host = settings.host,
+                    port = settings.port,
+                    session_present = ack.session_present,
+                    "connected to broker"
+                );
+                if !ack.session_present
+                    && let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
+                {
+                    tracing::error!(error = %e, "cannot subscribe to acks");
+                }
+                let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
+                epoch.fetch_add(1, Ordering::Relaxed);
+                wake.notify_one();
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
+                handle_ack(&settings, &outbox, &stats, &publish.payload).await;
+                wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if stats.connected.swap(false, Ordering::Relaxed) {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                let permanent = matches!(error, ConnectionError::Tls(_));
+                let wait = if permanent { backoff(failures.max(5)) } else { backoff(failures) };
+                failures = failures.saturating_add(1);
+                if permanent {
+                    tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker refused the TLS connection (check the client certificate and broker CA)");
+                } else {
+                    tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker unreachable; telemetry waits in the outbox");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    stats.connected.store(false, Ordering::Relaxed);
+    sender.abort();
+    // Going away on purpose: say so (the last will is only for dying).
+    if client.try_publish(presence, QoS::AtLeastOnce, true, "offline").is_ok() {
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn handle_ack(settings: &LinkSettings, outbox: &Arc<Outbox>, stats: &LinkStats, payload: &[u8]) {
+    let key = settings.coordinator_key;
+    let ack = protocol::open(payload, |_| Some(key))
+        .map_err(|e| e.to_string())
+        .and_then(|opened| messages::decode_coordinator(&opened.body).map_err(|e| e.to_string()));
+    let ack = match ack {
+        Ok(CoordinatorMessage::Ack(ack)) if ack.device == settings.device_id => ack,
+        Ok(_) => {
+            stats.bad_acks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("ignoring a message on the ack topic that is not an ack for this device");
+            return;
+        }
+        Err(e) => {
+            stats.bad_acks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "ignoring an ack that does not verify");
+            return;
+        }
+    };
+    let outbox = Arc::clone(outbox);
+    match tokio::task::spawn_blocking(move || outbox.apply_ack(&ack)).await {
+        Ok(Ok(n)) => {
+            stats.acked.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot apply an ack to the outbox"),
+        Err(e) => tracing::error!(error = %e, "ack task failed"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    client: AsyncClient,
+    topic: String,
+    outbox: Arc<Outbox>,
+    stats: Arc<LinkStats>,
+    wake: Arc<Notify>,
+    epoch: Arc<AtomicU64>,
+    settings: LinkSettings,
+    stop: watch::Receiver<bool>,
+) {
+    let mut last_sent: Option<u64> = None;
+    let mut seen_epoch = epoch.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    let mut acked_before = stats.acked.load(Ordering::Relaxed);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+        if !stats.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        let now_epoch = epoch.load(Ordering::Relaxed);
+        let acked = stats.acked.load(Ordering::Relaxed);
+        if acked != acked_before {
+            acked_before = acked;
+            last_progress = Instant::now();
+        }
+        let pending_total = outbox.stats().messages;
+        if now_epoch != seen_epoch {
+            // A new connection: whatever was in flight may be lost; start from the oldest.
+            seen_epoch = now_epoch;
+            last_sent = None;
+            last_progress = Instant::now();
+        } else if last_sent.is_some() && pending_total > 0 && last_progress.elapsed() >= settings.ack_timeout
+        {
+            tracing::warn!(
+                timeout_secs = settings.ack_timeout.as_secs(),
+                pending = pending_total,
+                "no ack in time; resending from the oldest unacknowledged message"
+            );
+            last_sent = None;
+            last_progress = Instant::now();
+        }
+        // In flight = sent but still in the outbox.
+        let in_flight = match last_sent {
+            None => 0,
+            Some(last) => {
+                let first = outbox.pending_after(None, 1).ok().and_then(|v| v.first().map(|(s, _)| *s));
+                match first {
+                    Some(first) if first <= last => outbox
+                        .pending_after(Some(first - 1), settings.max_in_flight)
+                        .map_or(0, |v| v.iter().take_while(|(s, _)| *s <= last).count()),
+                    _ => 0,
+                }
+            }
+        };
+        let room = settings.max_in_flight.saturating_sub(in_flight);
+        if room == 0 {
+            continue;
+        }
+        let batch = match outbox.pending_after(last_sent, room) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                continue;
+            }
+        };
+        for (seq, wire) in batch {
+            if client.publish(topic.clone(), QoS::AtLeastOnce, false, wire).await.is_err() {
+                break;
+            }
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            last_sent = Some(seq);
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Telemetry: window reports and sampled prediction batches, appended to the outbox.
+//!
+//! Every `interval_secs` the reporter turns the current [`Window`] into a
+//! [`Report`] (per model version: requests, errors, rows, a mergeable latency histogram, the
+//! top-score histogram and predicted-label counts; system metrics; prediction-log and outbox
+//! state) and reads the prediction log forward from the outbox's cursor into
+//! [`PredictionBatch`]es, sampled per model (`sample_predictions`: `all`, `none` or `1/N`).
+//! Records are read only once they are a second old, so a record whose id was allocated
+//! before a newer one was written is not skipped. What leaves here goes to the outbox; the
+//! link (`crate::link`) sends it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_shared::histogram::LogHistogram;
+use outpost_shared::protocol::SigningKey;
+use outpost_shared::protocol::messages::{
+    ActualState, AgentMessage, Event, EventKind, LogWindow, ModelState, ModelWindow, PredictionBatch, Report,
+    SystemStats,
+};
+use outpost_shared::protocol::records::PredictionRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::outbox::{Outbox, now_ms};
+use crate::prediction_log::PredictionLog;
+
+/// `[telemetry]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Build reports and batches at all.
+    pub enabled: bool,
+    /// Reporting window, in seconds.
+    pub interval_secs: u64,
+    /// Bound on unacknowledged envelope bytes in the outbox (oldest dropped beyond it, counted).
+    pub outbox_max_bytes: u64,
+    /// Most prediction records in one batch message.
+    pub batch_max_records: usize,
+    /// Resend unacknowledged messages after this long without an ack.
+    pub ack_timeout_secs: u64,
+    /// Most messages sent and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// Overrides the broker URL received at enrolment (`mqtts://host:port`).
+    pub broker_url: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            interval_secs: 10,
+            outbox_max_bytes: 256 * 1024 * 1024,
+            batch_max_records: 500,
+            ack_timeout_secs: 15,
+            max_in_flight: 64,
+            broker_url: None,
+        }
+    }
+}
+
+/// Which served predictions travel in batches (`sample_predictions` per model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sampling {
+    #[default]
+    All,
+    None,
+    /// One in every N (by prediction id).
+    OneIn(u64),
+}
+
+impl Sampling {
+    pub fn keeps(self, id: u64) -> bool {
+        match self {
+            Sampling::All => true,
+            Sampling::None => false,
+            Sampling::OneIn(n) => id.is_multiple_of(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Sampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sampling::All => f.write_str("all"),
+            Sampling::None => f.write_str("none"),
+            Sampling::OneIn(n) => write!(f, "1/{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Sampling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Sampling, String> {
+        match s {
+            "all" => Ok(Sampling::All),
+            "none" => Ok(Sampling::None),
+            other => other
+                .strip_prefix("1/")
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|&n| n >= 1)
+                .map(|n| if n == 1 { Sampling::All } else { Sampling::OneIn(n) })
+                .ok_or_else(|| format!("`{s}` is not `all`, `none` or `1/N` with N ≥ 1")),
+        }
+    }
+}
+
+impl Serialize for Sampling {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sampling {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sampling, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What one served request contributes to the window.
+#[derive(Debug, Default)]
+pub struct RowSummary {
+    pub rows: usize,
+    pub top_scores: Vec<f32>,
+    pub labels: Vec<String>,
+}
+
+impl RowSummary {
+    /// Reads scores and labels from prediction records: the label is the first INT64 output
+    /// with one value per row.
+    pub fn from_records(records: &[PredictionRecord]) -> RowSummary {
+        let mut summary = RowSummary { rows: records.len(), ..RowSummary::default() };
+        for record in records {
+            if let Some(score) = record.top_score {
+                summary.top_scores.push(score);
+            }
+            let label = record.outputs.iter().find(|t| t.datatype == "INT64" && t.data.len() == 8);
+            if let Some(t) = label {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&t.data);
+                summary.labels.push(i64::from_le_bytes(b).to_string());
+            }
+        }
+        summary
+    }
+}
+
+#[derive(Debug, Default)]
+struct Acc {
+    requests: u64,
+    errors: u64,
+    rows: u64,
+    latency_us: LogHistogram,
+    top_score: LogHistogram,
+    labels: BTreeMap<String, u64>,
+}
+
+/// The current reporting window, fed by every inference request.
+#[derive(Debug, Default)]
+pub struct Window {
+    inner: Mutex<(u64, HashMap<(String, String), Acc>)>,
+}
+
+/// Most label values tracked per model version (the rest count under `_other`).
+const MAX_LABELS: usize = 256;
+
+impl Window {
+    pub fn new() -> Window {
+        Window { inner: Mutex::new((now_ms(), HashMap::new())) }
+    }
+
+    /// Records one answered request.
+    pub fn observe(
+        &self,
+        model: &str,
+        version: &str,
+        ok: bool,
+        latency_us: f64,
+        summary: Option<&RowSummary>,
+    ) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let acc = guard.1.entry((model.to_owned(), version.to_owned())).or_default();
+        acc.requests += 1;
+        if !ok {
+            acc.errors += 1;
+        }
+        acc.latency_us.record(latency_us);
+        if let Some(summary) = summary {
+            acc.rows += summary.rows as u64;
+            for &score in &summary.top_scores {
+                acc.top_score.record(f64::from(score));
+            }
+            for label in &summary.labels {
+                let known = acc.labels.len() < MAX_LABELS || acc.labels.contains_key(label);
+                let key = if known { label.clone() } else { "_other".to_owned() };
+                *acc.labels.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Takes the window's contents and starts a new one.
+    fn take(&self) -> (u64, Vec<ModelWindow>) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::mem::replace(&mut guard.0, now_ms());
+        let accs = std::mem::take(&mut guard.1);
+        drop(guard);
+        let mut models: Vec<ModelWindow> = accs
+            .into_iter()
+            .map(|((model, version), a)| ModelWindow {
+                model,
+                version,
+                slot: "primary".into(),
+                requests: a.requests,
+                errors: a.errors,
+                rows: a.rows,
+                latency_us: a.latency_us,
+                top_score: a.top_score,
+                label_counts: a.labels,
+            })
+            .collect();
+        models.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
+        (started, models)
+    }
+}
+
+/// Everything the reporter needs.
+pub struct Reporter {
+    pub config: TelemetryConfig,
+    pub window: Arc<Window>,
+    pub outbox: Arc<Outbox>,
+    pub key: Arc<SigningKey>,
+    pub log: Option<Arc<PredictionLog>>,
+    pub log_max_bytes: u64,
+    /// Sampling per model name (models not listed: `all`).
+    pub sampling: HashMap<String, Sampling>,
+    pub system: Box<dyn Fn() -> SystemStats + Send + Sync>,
+    /// The models' current states; a change is sent as the agent's actual state.
+    pub models: Box<dyn Fn() -> Vec<ModelState> + Send + Sync>,
+    /// (last model states sent, prediction-log evictions already reported).
+    pub sent: Mutex<(Option<Vec<ModelState>>, u64)>,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter").finish_non_exhaustive()
+    }
+}
+
+/// How long a record must be in the log before it is batched (see the module docs).
+const SETTLE_MS: u64 = 1000;
+
+impl Reporter {
+    /// Appends an event (best effort: a full disk is logged, not fatal).
+    pub fn event(&self, kind: EventKind, message: String) {
+        let event = AgentMessage::Event(Event { at_ms: now_ms(), kind, message });
+        if let Err(e) = self.outbox.append(&self.key, &event, None) {
+            tracing::error!(error = %e, "cannot record an event in the outbox");
+        }
+    }
+
+    /// Appends the agent's actual state.
+    pub fn state(&self, models: Vec<ModelState>) {
+        let state =
+            AgentMessage::State(ActualState { agent_version: env!("CARGO_PKG_VERSION").into(), models });
+        if let Err(e) = self.outbox.append(&self.key, &state, None) {
+            tracing::error!(error = %e, "cannot record the agent state in the outbox");
+        }
+    }
+
+    /// Closes the window into a report, and batches settled predictions. `final_pass` batches
+    /// everything in the log regardless of age (at shutdown, once the log is flushed).
+    pub fn tick(&self, final_pass: bool) -> Result<(), crate::outbox::OutboxError> {
+        let models = (self.models)();
+        let evicted = self.log.as_ref().map_or(0, |l| l.stats().evicted);
+        let (state_changed, newly_evicted) = {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = sent.0.as_ref() != Some(&models);
+            let newly = evicted.saturating_sub(sent.1);
+            sent.1 = evicted;
+            if changed {
+                sent.0 = Some(models.clone());
+            }
+            (changed, newly)
+        };
+        if state_changed {
+            self.state(models);
+        }
+        if newly_evicted > 0 {
+            self.event(
+                EventKind::LogEvicted,
+                format!("prediction log bound evicted {newly_evicted} records"),
+            );
+        }
+        self.batch_predictions(final_pass)?;
+        let (started, models) = self.window.take();
+        let stats = self.log.as_ref().map(|l| l.stats()).unwrap_or_default();
+        let report = Report {
+            window_start_ms: started,
+            window_end_ms: now_ms(),
+            models,
+            system: (self.system)(),
+            prediction_log: LogWindow {
+                appended_total: stats.appended,
+                evicted_total: stats.evicted,
+                disk_bytes: stats.disk_bytes,
+                max_bytes: self.log_max_bytes,
+            },
+            outbox: self.outbox.stats(),
+        };
+        self.outbox.append(&self.key, &AgentMessage::Report(report), None)?;
+        Ok(())
+    }
+
+    fn batch_predictions(&self, final_pass: bool) -> Result<(), crate::outbox::OutboxError> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let mut cursor = self.outbox.prediction_cursor()?.unwrap_or(1);
+        let settled_before = if final_pass { u64::MAX } else { now_ms().saturating_sub(SETTLE_MS) };
+        let limit = self.config.batch_max_records.max(1);
+        loop {
+            let records = match log.read_from(cursor, limit) {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the prediction log for telemetry");
+                    return Ok(());
+                }
+            };
+            let settled: Vec<PredictionRecord> =
+                records.into_iter().take_while(|r| r.at_ms <= settled_before).collect();
+            let Some(last) = settled.last().map(|r| r.id) else { return Ok(()) };
+            let full = settled.len() == limit;
+            // One batch per sampling policy present, so each batch names its sampling.
+            let mut by_policy: BTreeMap<String, Vec<PredictionRecord>> = BTreeMap::new();
+            for record in settled {
+                let sampling = self.sampling.get(&record.model).copied().unwrap_or_default();
+                if sampling.keeps(record.id) {
+                    by_policy.entry(sampling.to_string()).or_default().push(record);
+                }
+            }
+            let batches: Vec<_> = by_policy.into_iter().collect();
+            if batches.is_empty() {
+                // Nothing sampled: move the cursor alone (an empty-batch-free append).
+                self.outbox_cursor_only(last + 1)?;
+            }
+            let count = batches.len();
+            for (i, (sampling, records)) in batches.into_iter().enumerate() {
+                let message = AgentMessage::Predictions(PredictionBatch { sampling, records });
+                // The cursor moves with the last batch of this read.
+                let moved = (i + 1 == count).then_some(last + 1);
+                self.outbox.append(&self.key, &message, moved)?;
+            }
+            cursor = last + 1;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn outbox_cursor_only(&self, cursor: u64) -> Result<(), crate::outbox::OutboxError> {
+        self.outbox.set_cursor(cursor)
+    }
+
+    /// Runs until `stop` resolves: a tick every interval, and a final one when stopping.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(Duration::from_secs(self.config.interval_secs.max(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.tick(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot append the report to the outbox"),
+                Err(e) => tracing::error!(error = %e, "report task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_parses_and_keeps_one_in_n() {
+        assert_eq!("all".parse::<Sampling>().unwrap(), Sampling::All);
+        assert_eq!("1/1".parse::<Sampling>().unwrap(), Sampling::All);
+        assert_eq!("1/10".parse::<Sampling>().unwrap(), Sampling::OneIn(10));
+        assert!("1/0".parse::<Sampling>().is_err());
+        assert!("half".parse::<Sampling>().unwrap_err().contains("1/N"));
+        let kept = (1..=100).filter(|&id| Sampling::OneIn(10).keeps(id)).count();
+        assert_eq!(kept, 10);
+    }
+
+    #[test]
+    fn the_window_counts_and_resets() {
+        let window = Window::new();
+        let summary =
+            RowSummary { rows: 2, top_scores: vec![0.9, 0.8], labels: vec!["1".into(), "0".into()] };
+        window.observe("bc", "1.0.0", true, 120.0, Some(&summary));
+        window.observe("bc", "1.0.0", false, 80.0, None);
+        let (_, models) = window.take();
+        assert_eq!(models.len(), 1);
+        let m = &models[0];
+        assert_eq!((m.requests, m.errors, m.rows), (2, 1, 2));
+        assert_eq!(m.latency_us.count(), 2);
+        assert_eq!(m.label_counts.get("1"), Some(&1));
+        assert!(window.take().1.is_empty());
+    }
+}
