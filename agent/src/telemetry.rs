@@ -155,10 +155,13 @@ struct Acc {
     labels: BTreeMap<String, u64>,
 }
 
+/// Accumulators per (model, version), with the window's start time (unix ms).
+type WindowState = (u64, HashMap<(String, String), Acc>);
+
 /// The current reporting window, fed by every inference request.
 #[derive(Debug, Default)]
 pub struct Window {
-    inner: Mutex<(u64, HashMap<(String, String), Acc>)>,
+    inner: Mutex<WindowState>,
 }
 
 /// Most label values tracked per model version (the rest count under `_other`).

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod fleet;
+
 /// The folder holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TEST_BIN_DIR") {

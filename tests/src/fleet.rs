@@ -1,0 +1,350 @@
+//! Support for end-to-end fleet tests: a real Mosquitto with a TLS listener that requires
+//! client certificates (its server certificate issued by the coordinator's CA through
+//! `outpost-coordinator cert server`), the real `outpost-coordinator` process, enrolment of
+//! agents through the real CLI, and `mosquitto_pub` as an outside publisher.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::bin_dir;
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} missing: run `cargo test --workspace`", path.display());
+    path
+}
+
+/// Runs a workspace binary to completion: (exit code, stdout, stderr).
+pub fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin(name)).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The Mosquitto broker binary (Debian installs it in /usr/sbin, often not on PATH).
+fn mosquitto_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("mosquitto")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+/// A Mosquitto process with an mTLS listener on a fixed port (so it can be restarted).
+pub struct Mosquitto {
+    pub port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    pub dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Issues the broker's certificate from the coordinator's CA in `coordinator_data` and
+    /// starts Mosquitto requiring client certificates from that CA.
+    pub fn start(dir: &Path, coordinator_data: &Path) -> Mosquitto {
+        let certs = dir.join("broker-certs");
+        let (code, _, err) = run(
+            "outpost-coordinator",
+            &[
+                "cert",
+                "server",
+                "--name",
+                "localhost",
+                "--name",
+                "127.0.0.1",
+                "--out-dir",
+                certs.to_str().unwrap(),
+                "--data-dir",
+                coordinator_data.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "cert server: {err}");
+        let port = free_port();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "per_listener_settings false\nlistener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
+                 keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+                 allow_anonymous false\nacl_file {acl}\npersistence false\nmax_queued_messages 100000\n\
+                 message_size_limit 4198400\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\n{user}",
+                c = certs.display(),
+                // The ACL shipped in deploy/ confines each device to its own topics.
+                acl = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl").display(),
+                // Run as root only when we are root: Mosquitto drops to `mosquitto` otherwise,
+                // which cannot read the 0600 key this test wrote.
+                user = if nix::unistd::Uid::effective().is_root() { "user root\n" } else { "" },
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto { port, config, child: None, dir: dir.to_owned() };
+        m.resume();
+        m
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto (Debian package `mosquitto`)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes `payload` with `mosquitto_pub`, presenting `cert`/`key` (or nothing).
+    /// Returns whether the publish succeeded.
+    pub fn publish(&self, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"])
+            .arg(payload)
+            .arg("--cafile")
+            .arg(ca)
+            .args(["-i", &format!("test-{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((cert, key)) = client {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `outpost-coordinator serve`.
+pub struct Coordinator {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub broker: String,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl Coordinator {
+    /// Creates the coordinator's CA and keys without serving (so a broker can get its
+    /// certificate first).
+    pub fn init(data_dir: &Path) {
+        let out = data_dir.join("init-certs");
+        let (code, _, err) = run(
+            "outpost-coordinator",
+            &[
+                "cert",
+                "client",
+                "--name",
+                "init",
+                "--out-dir",
+                out.to_str().unwrap(),
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+
+    pub fn start(data_dir: &Path, broker: &str) -> Coordinator {
+        let mut c = Coordinator {
+            child: None,
+            data_dir: data_dir.to_owned(),
+            broker: broker.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: Arc::new(Mutex::new(Vec::new())),
+            http: reqwest::Client::new(),
+        };
+        c.resume();
+        c
+    }
+
+    /// Starts the process (again) on the same data directory.
+    pub fn resume(&mut self) {
+        let listen = if self.addr.port() == 0 { "127.0.0.1:0".to_owned() } else { self.addr.to_string() };
+        let mut child = Command::new(bin("outpost-coordinator"))
+            .args([
+                "serve",
+                "--log-format",
+                "json",
+                "--listen",
+                &listen,
+                "--broker",
+                &self.broker,
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "listening"
+                    && let Some(addr) = event["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("coordinator did not listen; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    /// Stops with SIGTERM (or SIGKILL) and waits.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+            let _ = child.wait();
+        }
+    }
+
+    /// `outpostctl` against this coordinator.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec![
+            "--url".to_owned(),
+            self.url(),
+            "--token-file".to_owned(),
+            self.token_file().display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        run("outpostctl", &refs)
+    }
+
+    /// A fresh enrolment token.
+    pub fn token(&self, labels: &str) -> String {
+        let (code, out, err) = self.ctl(&["device", "token", "create", "--labels", labels]);
+        assert_eq!(code, 0, "token create: {err}");
+        out.trim().to_owned()
+    }
+
+    /// The fleet view of one device.
+    pub async fn device(&self, id: &str) -> Value {
+        let token = std::fs::read_to_string(self.token_file()).unwrap();
+        let response = self
+            .http
+            .get(format!("{}/api/v1/devices/{id}", self.url()))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.url())).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Waits until `check` holds for the device view, or panics with the last view.
+    pub async fn wait_device(&self, id: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.device(id).await;
+            if check(&view) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "device never reached the expected state: {view:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Enrols an agent data directory with a token; returns the device id.
+pub fn enroll(data_dir: &Path, coordinator: &Coordinator, token: &str) -> Result<String, String> {
+    let (code, out, err) = run(
+        "outpost-agent",
+        &[
+            "enroll",
+            "--coordinator",
+            &coordinator.url(),
+            "--token",
+            token,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    if code == 0 { Ok(out.trim().to_owned()) } else { Err(err) }
+}
+
+/// Reads one value from Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

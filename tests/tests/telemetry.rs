@@ -1,0 +1,384 @@
+//! Signed telemetry end to end: real coordinator, real agents, and a real Mosquitto with a
+//! TLS listener that requires client certificates. Outages are real (processes stopped and
+//! killed with signals); counts are checked exactly at the coordinator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use outpost_shared::protocol::messages::{self, AgentMessage, Event, EventKind};
+use outpost_shared::protocol::{self, SigningKey};
+use outpost_tests::fleet::{Coordinator, Mosquitto, enroll, metric, run};
+use outpost_tests::{Agent, model, reference, rows};
+use serde_json::{Value, json};
+
+/// A coordinator and a broker sharing the coordinator's CA, in one temporary folder.
+struct Fleet {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    coordinator: Coordinator,
+}
+
+fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    Coordinator::init(&data);
+    let broker = Mosquitto::start(dir.path(), &data);
+    let coordinator = Coordinator::start(&data, &broker.url());
+    Fleet { dir, broker, coordinator }
+}
+
+impl Fleet {
+    /// Enrols a fresh agent data dir; returns (data dir, device id).
+    fn enrolled_agent_dir(&self, name: &str) -> (std::path::PathBuf, String) {
+        let dir = self.dir.path().join(name);
+        let token = self.coordinator.token("site=test,hw=ci");
+        let device = enroll(&dir, &self.coordinator, &token).unwrap();
+        (dir, device)
+    }
+}
+
+fn start_agent(dir: &Path, extra: &[(&str, &str)]) -> Agent {
+    let mut builder = Agent::builder()
+        .model("bc", &model("breast_cancer-1.0.0"))
+        .data_dir(dir)
+        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
+        .env("OUTPOST_TELEMETRY__ACK_TIMEOUT_SECS", "3");
+    for (k, v) in extra {
+        builder = builder.env(k, v);
+    }
+    builder.start()
+}
+
+fn batch(n: usize) -> Value {
+    let r = reference("breast_cancer-1.0.0");
+    let (data, len) = rows(&r["inputs"][0]);
+    let data: Vec<Value> = data.iter().cycle().take(n * len).cloned().collect();
+    json!({"inputs": [{"name": "input", "shape": [n, 30], "datatype": "FP32", "data": data}]})
+}
+
+/// Serves `rows` predictions in batches of 50.
+async fn serve_predictions(agent: &Agent, rows: usize) {
+    let body = batch(50);
+    for _ in 0..rows / 50 {
+        let (status, answer) = agent.post_json("/v2/models/bc/infer", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+async fn outbox_messages(agent: &Agent) -> f64 {
+    metric(&agent.metrics_text().await, "outpost_agent_outbox_messages")
+}
+
+/// Every stored envelope is a distinct seq from 1 up: stored count equals the highest seq.
+fn assert_exactly_once(view: &Value) {
+    let envelopes = view["counts"]["envelopes"].as_u64().unwrap();
+    assert_eq!(Some(envelopes), view["highest_seq"].as_u64(), "a seq is missing: {view:#}");
+}
+
+async fn wait_drained(
+    agent: &Agent,
+    fleet: &Fleet,
+    device: &str,
+    predictions: u64,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    while outbox_messages(agent).await > 0.0 {
+        assert!(Instant::now() < deadline, "outbox never drained:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet
+        .coordinator
+        .wait_device(device, timeout, |v| v["counts"]["predictions"].as_u64() >= Some(predictions))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_works_once_and_strangers_cannot_connect() {
+    let fleet = fleet();
+    let token = fleet.coordinator.token("site=a,hw=x");
+    let device = enroll(&fleet.dir.path().join("a"), &fleet.coordinator, &token).unwrap();
+    let again = enroll(&fleet.dir.path().join("b"), &fleet.coordinator, &token).unwrap_err();
+    assert!(again.contains("already used"), "{again}");
+    let view = fleet.coordinator.device(&device).await;
+    assert_eq!(view["labels"], json!({"site": "a", "hw": "x"}));
+    for secret in ["identity/device.key", "identity/tls.key"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(fleet.dir.path().join("a").join(secret)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+
+    // The broker takes the enrolled device's certificate, and no one without a certificate
+    // from the fleet CA.
+    let payload = fleet.dir.path().join("payload");
+    std::fs::write(&payload, b"\x01garbage").unwrap();
+    let identity = fleet.dir.path().join("a/identity");
+    let ca = identity.join("broker-ca.pem");
+    let topic = format!("outpost/v1/{device}/report");
+    assert!(fleet.broker.publish(
+        &topic,
+        &payload,
+        Some((&identity.join("client.pem"), &identity.join("tls.key"))),
+        &ca
+    ));
+    assert!(!fleet.broker.publish(&topic, &payload, None, &ca), "a client without a certificate connected");
+    let stranger = fleet.dir.path().join("stranger");
+    let (code, _, err) = run(
+        "outpost-coordinator",
+        &[
+            "cert",
+            "client",
+            "--name",
+            "mallory",
+            "--out-dir",
+            stranger.to_str().unwrap(),
+            "--data-dir",
+            stranger.join("ca").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !fleet.broker.publish(
+            &topic,
+            &payload,
+            Some((&stranger.join("client.pem"), &stranger.join("client.key"))),
+            &ca
+        ),
+        "a certificate from another CA was accepted"
+    );
+    // The garbage that did get through (from the enrolled device's own certificate) was
+    // rejected and counted, not stored.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&fleet.coordinator.metrics().await, "outpost_coordinator_ingest_total{result=\"malformed\"}")
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", fleet.coordinator.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_loses_nothing_and_duplicates_nothing() {
+    let mut fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let agent = start_agent(&dir, &[]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+        .await;
+
+    let down = Instant::now();
+    fleet.broker.stop();
+    serve_predictions(&agent, 5000).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    assert!(outbox_messages(&agent).await > 0.0, "nothing waited in the outbox while the broker was down");
+    fleet.broker.resume();
+
+    let view = wait_drained(&agent, &fleet, &device, 5000, Duration::from_secs(60)).await;
+    assert_eq!(view["counts"]["predictions"], 5000, "{view:#}");
+    assert_exactly_once(&view);
+    assert!(view["counts"]["reports"].as_u64().unwrap() >= 30, "{view:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_while_draining_restarts_without_loss() {
+    let mut fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    // Small batches, one message in flight: draining takes a while, so the kill lands in it.
+    let slow = [("OUTPOST_TELEMETRY__BATCH_MAX_RECORDS", "20"), ("OUTPOST_TELEMETRY__MAX_IN_FLIGHT", "1")];
+    let mut agent = start_agent(&dir, &slow);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    fleet.broker.stop();
+    serve_predictions(&agent, 5000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let backlog = outbox_messages(&agent).await;
+    assert!(backlog > 100.0, "backlog {backlog}");
+    fleet.broker.resume();
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(30), |v| v["counts"]["envelopes"].as_u64() > Some(5))
+        .await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10));
+    let during = fleet.coordinator.device(&device).await;
+    assert!(during["counts"]["predictions"].as_u64() < Some(5000), "drained before the kill: {during:#}");
+
+    let agent = start_agent(&dir, &[]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let view = wait_drained(&agent, &fleet, &device, 5000, Duration::from_secs(90)).await;
+    assert_eq!(view["counts"]["predictions"], 5000, "{view:#}");
+    assert_exactly_once(&view);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_outage_loses_nothing() {
+    let mut fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let agent = start_agent(&dir, &[]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+        .await;
+
+    let down = Instant::now();
+    fleet.coordinator.stop(Signal::SIGKILL);
+    serve_predictions(&agent, 5000).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    // The broker took the messages (PUBACK) but no coordinator stored them: nothing is freed.
+    assert!(outbox_messages(&agent).await > 0.0);
+    fleet.coordinator.resume();
+
+    let view = wait_drained(&agent, &fleet, &device, 5000, Duration::from_secs(60)).await;
+    assert_eq!(view["counts"]["predictions"], 5000, "{view:#}");
+    assert_exactly_once(&view);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_log_bound_keeps_serving_and_reports_evictions() {
+    let fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let bound: u64 = 2 * 256 * 1024;
+    let agent = start_agent(
+        &dir,
+        &[
+            ("OUTPOST_PREDICTION_LOG__MAX_BYTES", &bound.to_string()),
+            ("OUTPOST_PREDICTION_LOG__SEGMENTS", "2"),
+        ],
+    );
+    agent.wait_ready(Duration::from_secs(30)).await;
+    serve_predictions(&agent, 20_000).await;
+    let text = agent.metrics_text().await;
+    assert!(metric(&text, "outpost_agent_prediction_log_evicted_records_total") > 0.0, "{text}");
+    let disk = metric(&text, "outpost_agent_prediction_log_disk_bytes") as u64;
+    // Stated slack: one write batch (≤ 1024 records, about twice their size on disk).
+    assert!(disk <= bound + 1024 * 2 * 700, "log uses {disk} bytes on disk, bound {bound}");
+    // The evictions reach the coordinator as an event, beside the agent's start event.
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(30), |v| v["counts"]["events"].as_u64() >= Some(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_envelopes_are_rejected_and_counted() {
+    let fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let identity = dir.join("identity");
+    let client = (identity.join("client.pem"), identity.join("tls.key"));
+    let ca = identity.join("broker-ca.pem");
+    let topic = format!("outpost/v1/{device}/report");
+    let device_key = SigningKey::from_pkcs8(&std::fs::read(identity.join("device.key")).unwrap()).unwrap();
+    let body = messages::encode(&AgentMessage::Event(Event {
+        at_ms: 1,
+        kind: EventKind::AgentStarted,
+        message: "genuine".into(),
+    }));
+    let genuine = protocol::seal(&device_key, 1, 1, &body).unwrap();
+    let (other, _) = SigningKey::generate().unwrap();
+    let wrong_key = protocol::seal(&other, 2, 1, &body).unwrap();
+    let mut altered = protocol::seal(&device_key, 3, 1, &body).unwrap();
+    let n = altered.len();
+    altered[n - 70] ^= 0x20;
+    let garbage = b"\x01\x00\xff\xff garbage".to_vec();
+
+    let file = |name: &str, bytes: &[u8]| {
+        let path = fleet.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let send = |path: &Path| assert!(fleet.broker.publish(&topic, path, Some((&client.0, &client.1)), &ca));
+    send(&file("genuine", &genuine));
+    send(&file("genuine", &genuine)); // replay
+    send(&file("wrong_key", &wrong_key));
+    send(&file("altered", &altered));
+    send(&file("garbage", &garbage));
+    let mut future = genuine.clone();
+    future[0] = 9;
+    send(&file("future", &future));
+
+    let expected = [
+        ("stored", 1.0),
+        ("duplicate", 1.0),
+        ("wrong_key", 1.0),
+        ("bad_signature", 1.0),
+        ("malformed", 1.0),
+        ("unsupported_version", 1.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = fleet.coordinator.metrics().await;
+        let ok = expected.iter().all(|(result, n)| {
+            metric(&text, &format!("outpost_coordinator_ingest_total{{result=\"{result}\"}}")) >= *n
+        });
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counters never matched:\n{text}\n{}", fleet.coordinator.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = fleet.coordinator.device(&device).await;
+    assert_eq!(view["counts"]["envelopes"], 1, "only the genuine envelope is stored: {view:#}");
+    assert_eq!(view["counts"]["duplicates"], 1);
+    let health = reqwest::get(format!("{}/healthz", fleet.coordinator.url())).await.unwrap();
+    assert_eq!(health.status(), 200, "the coordinator must keep running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn air_gapped_agent_exports_and_the_coordinator_imports_once() {
+    let fleet = fleet();
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    // No broker reachable from this agent.
+    let mut agent = start_agent(&dir, &[("OUTPOST_TELEMETRY__BROKER_URL", "mqtts://127.0.0.1:1")]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    serve_predictions(&agent, 1000).await;
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+
+    let export = fleet.dir.path().join("telemetry.bin");
+    let data = dir.to_str().unwrap();
+    let (code, out, err) =
+        run("outpost-agent", &["export-telemetry", export.to_str().unwrap(), "--data-dir", data]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("exported"), "{out}");
+
+    let acks = fleet.dir.path().join("acks.bin");
+    let import = |expect_stored: bool| {
+        let (code, out, err) = fleet.coordinator.ctl(&[
+            "--json",
+            "telemetry",
+            "import",
+            export.to_str().unwrap(),
+            "--ack-out",
+            acks.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let summary: Value = serde_json::from_str(out.trim()).unwrap();
+        let envelopes = summary["envelopes"].as_u64().unwrap();
+        assert!(envelopes > 0);
+        if expect_stored {
+            assert_eq!(summary["stored"].as_u64(), Some(envelopes), "{summary}");
+        } else {
+            assert_eq!(summary["stored"], 0, "a second import stored again: {summary}");
+            assert_eq!(summary["duplicates"].as_u64(), Some(envelopes));
+        }
+    };
+    import(true);
+    let first = fleet.coordinator.device(&device).await;
+    assert_eq!(first["counts"]["predictions"], 1000, "{first:#}");
+    import(false);
+    let second = fleet.coordinator.device(&device).await;
+    assert_eq!(first["counts"]["envelopes"], second["counts"]["envelopes"]);
+    assert_exactly_once(&second);
+
+    let (code, out, err) = run("outpost-agent", &["import-ack", acks.to_str().unwrap(), "--data-dir", data]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" 0 still unacknowledged"), "{out}");
+    let (_, out, _) =
+        run("outpost-agent", &["export-telemetry", export.to_str().unwrap(), "--data-dir", data]);
+    assert!(out.contains("exported 0 messages"), "{out}");
+}
