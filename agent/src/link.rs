@@ -58,26 +58,7 @@ pub struct LinkStats {
 /// Largest MQTT packet either way: an envelope at its limit plus the header.
 const MAX_PACKET: usize = protocol::MAX_ENVELOPE_BYTES + 4096;
 
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
-    let jitter = (f64::from(byte[0]) / 255.0 - 0.5) * 0.5;
-    Duration::from_millis((base as f64 * (1.0 + jitter)) as u64)
-}
-
-/// Splits `mqtts://host:port`.
-pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtts://")
-        .ok_or_else(|| format!("`{url}` must start with mqtts:// (TLS is required)"))?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` has no port"))?;
-    let port: u16 = port.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
-    if host.is_empty() || port == 0 {
-        return Err(format!("`{url}` needs a host and a port"));
-    }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
-}
+pub use outpost_shared::endpoints::{backoff, parse_mqtts_url};
 
 /// Runs the link until `stop` turns true.
 pub async fn run(

@@ -206,31 +206,11 @@ impl Config {
     }
 }
 
-/// Splits `mqtts://host:port` into host and port. Plain `mqtt://` is refused: every broker hop
-/// is TLS with client certificates.
-pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtts://")
-        .ok_or_else(|| format!("`{url}` must start with mqtts:// (TLS is required)"))?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` has no port"))?;
-    let port: u16 = port.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
-    if host.is_empty() || port == 0 {
-        return Err(format!("`{url}` needs a host and a port"));
-    }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
-}
+pub use outpost_shared::endpoints::parse_mqtts_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_must_be_tls() {
-        assert_eq!(parse_mqtts_url("mqtts://b.example:8883").unwrap(), ("b.example".into(), 8883));
-        assert!(parse_mqtts_url("mqtt://b:1883").unwrap_err().contains("TLS"));
-        assert!(parse_mqtts_url("mqtts://b").is_err());
-        assert!(parse_mqtts_url("mqtts://:1").is_err());
-    }
 
     #[test]
     fn refuses_a_non_loopback_api_and_a_missing_broker() {

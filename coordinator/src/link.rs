@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ingest::{Ingest, Outcome};
 use crate::metrics::Metrics;
+use outpost_shared::endpoints::backoff;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -43,15 +44,6 @@ impl std::fmt::Debug for LinkSettings {
 
 /// Most messages ingested before one flush and one round of acks.
 const BATCH: usize = 512;
-
-/// Backoff between reconnect attempts: exponential from 250 ms to 30 s, with ±25 % jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
-    let jitter = (f64::from(byte[0]) / 255.0 - 0.5) * 0.5;
-    Duration::from_millis((base as f64 * (1.0 + jitter)) as u64)
-}
 
 /// Runs until `shutdown` turns true.
 pub async fn run(

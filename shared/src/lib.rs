@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datatype;
+pub mod endpoints;
 pub mod files;
 pub mod histogram;
 pub mod protocol;

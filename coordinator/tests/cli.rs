@@ -1,0 +1,38 @@
+//! The coordinator's binaries refuse bad usage with a clear message and exit code 2.
+//! (Being an integration test of this package, this also makes `cargo test --workspace`
+//! build `outpost-coordinator` and `outpostctl` for the end-to-end tests in `tests/`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn run(bin: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_api_and_plain_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_outpost-coordinator");
+    let (code, err) = run(
+        bin,
+        &["serve", "--data-dir", data, "--listen", "0.0.0.0:0", "--broker", "mqtts://127.0.0.1:8883"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("api.listen"), "{err}");
+    let (code, err) = run(bin, &["serve", "--data-dir", data, "--broker", "mqtt://127.0.0.1:1883"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mqtts://"), "{err}");
+}
+
+#[test]
+fn outpostctl_needs_a_token_and_a_loopback_url() {
+    let bin = env!("CARGO_BIN_EXE_outpostctl");
+    let (code, err) = run(bin, &["devices"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no admin token"), "{err}");
+    let (code, err) = run(bin, &["--url", "http://10.1.2.3:7400", "--token", "x", "devices"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+}

@@ -1,0 +1,49 @@
+//! Where agents and coordinators reach each other: broker URLs and reconnect pacing.
+//! Pure functions (no I/O), shared so both sides accept exactly the same addresses.
+
+use std::time::Duration;
+
+/// Splits `mqtts://host:port` into host and port. Plain `mqtt://` is refused: every broker
+/// hop is TLS with client certificates.
+pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| format!("`{url}` must start with mqtts:// (TLS is required)"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` has no port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{url}` has an invalid port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}` needs a host and a port"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+/// Wait before reconnect attempt `attempt` (0-based): exponential from 250 ms to 30 s, with
+/// ±25 % jitter so a fleet that lost its broker does not reconnect in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    let jitter = (f64::from(byte[0]) / 255.0 - 0.5) * 0.5;
+    Duration::from_millis((base as f64 * (1.0 + jitter)) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_must_be_tls() {
+        assert_eq!(parse_mqtts_url("mqtts://b.example:8883").unwrap(), ("b.example".into(), 8883));
+        assert_eq!(parse_mqtts_url("mqtts://[::1]:8883").unwrap(), ("::1".into(), 8883));
+        assert!(parse_mqtts_url("mqtt://b:1883").unwrap_err().contains("TLS"));
+        assert!(parse_mqtts_url("mqtts://b").is_err());
+        assert!(parse_mqtts_url("mqtts://:1").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert!(backoff(0) <= Duration::from_millis(320));
+        assert!(backoff(3) >= Duration::from_millis(1500));
+        assert!(backoff(50) <= Duration::from_millis(37_500));
+    }
+}
