@@ -119,7 +119,7 @@ impl Identity {
     /// Registers with a coordinator using a one-time token.
     pub fn enrol(&self, coordinator: &str, token: &str) -> Result<Enrolment, IdentityError> {
         let url = coordinator.trim_end_matches('/');
-        check_loopback_http(url)?;
+        outpost_shared::endpoints::require_loopback_http(url).map_err(IdentityError::Enrol)?;
         let tls_path = self.dir.join("tls.key");
         let tls_pem = std::fs::read_to_string(&tls_path).map_err(io(&tls_path))?;
         let key = rcgen::KeyPair::from_pem(&tls_pem)
@@ -171,7 +171,7 @@ impl Identity {
             broker_url: answer.broker_url,
             coordinator_public_key: answer.coordinator_public_key,
             api_url: answer.api_url,
-            enrolled_at_ms: crate::outbox::now_ms(),
+            enrolled_at_ms: outpost_shared::endpoints::now_ms(),
         };
         enrolment.coordinator_key()?;
         // The certificate must fit our key before anything is written.
@@ -189,29 +189,6 @@ impl Identity {
         write("broker-ca.pem", answer.broker_ca.as_bytes())?;
         write("enrolment.json", &serde_json::to_vec_pretty(&enrolment).unwrap_or_default())?;
         Ok(enrolment)
-    }
-}
-
-/// Enrolment tokens must not cross a network in the clear: plain HTTP is for loopback only
-/// until the coordinator's API speaks TLS.
-fn check_loopback_http(url: &str) -> Result<(), IdentityError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        IdentityError::Enrol(format!(
-            "`{url}`: only http:// to a loopback address is supported until the API speaks TLS"
-        ))
-    })?;
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(IdentityError::Enrol(format!(
-            "`{url}` is not a loopback address: plain HTTP would expose the token"
-        )))
     }
 }
 
@@ -233,14 +210,5 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         assert!(a.enrolment().unwrap().is_none());
-    }
-
-    #[test]
-    fn enrolment_refuses_plain_http_off_loopback() {
-        assert!(check_loopback_http("http://127.0.0.1:7400").is_ok());
-        assert!(check_loopback_http("http://localhost:7400/").is_ok());
-        assert!(check_loopback_http("http://[::1]:7400").is_ok());
-        assert!(check_loopback_http("http://10.0.0.5:7400").is_err());
-        assert!(check_loopback_http("https://coord.example").is_err());
     }
 }

@@ -236,18 +236,7 @@ async fn send_loop(
             last_progress = Instant::now();
         }
         // In flight = sent but still in the outbox.
-        let in_flight = match last_sent {
-            None => 0,
-            Some(last) => {
-                let first = outbox.pending_after(None, 1).ok().and_then(|v| v.first().map(|(s, _)| *s));
-                match first {
-                    Some(first) if first <= last => outbox
-                        .pending_after(Some(first - 1), settings.max_in_flight)
-                        .map_or(0, |v| v.iter().take_while(|(s, _)| *s <= last).count()),
-                    _ => 0,
-                }
-            }
-        };
+        let in_flight = last_sent.map_or(0, |last| outbox.count_through(last, settings.max_in_flight));
         let room = settings.max_in_flight.saturating_sub(in_flight);
         if room == 0 {
             continue;

@@ -35,12 +35,7 @@ pub enum OutboxError {
     Locked(PathBuf),
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use outpost_shared::endpoints::now_ms;
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 const CURSOR: &[u8] = b"prediction_cursor";
@@ -177,6 +172,11 @@ impl Outbox {
         Ok(out)
     }
 
+    /// How many entries have seq ≤ `last`, counting at most `cap` (reads keys, copies nothing).
+    pub fn count_through(&self, last: u64, cap: usize) -> usize {
+        self.entries.range(..=last.to_be_bytes()).take(cap).count()
+    }
+
     /// Deletes every entry the ack covers; returns how many were deleted.
     pub fn apply_ack(&self, ack: &Ack) -> Result<u64, OutboxError> {
         let mut batch = sled::Batch::default();
@@ -254,6 +254,8 @@ mod tests {
         let pending: Vec<u64> =
             outbox.pending_after(Some(1), 10).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(pending, vec![2, 3]);
+        assert_eq!(outbox.count_through(2, 64), 2);
+        assert_eq!(outbox.count_through(2, 1), 1);
         assert_eq!(outbox.apply_ack(&Ack::from_seqs("d", [1, 3, 99])).unwrap(), 2);
         assert_eq!(outbox.apply_ack(&Ack::from_seqs("d", [1, 3])).unwrap(), 0, "acks are idempotent");
         let left: Vec<u64> = outbox.pending_after(None, 10).unwrap().into_iter().map(|(s, _)| s).collect();

@@ -29,11 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use outpost_shared::DataType;
 use outpost_shared::Tensor;
+use outpost_shared::endpoints::now_ms;
 use outpost_shared::protocol::records::{PredictionRecord, RecordError, RecordedInputs, RecordedTensor};
 use outpost_shared::tensor::{TensorError, datatype_of, slice, tensor_to_le_bytes};
 use serde::{Deserialize, Serialize};
@@ -262,12 +263,6 @@ pub fn records_for_request(
             }
         })
         .collect())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, LogError> {

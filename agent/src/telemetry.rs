@@ -155,8 +155,8 @@ struct Acc {
     labels: BTreeMap<String, u64>,
 }
 
-/// Accumulators per (model, version), with the window's start time (unix ms).
-type WindowState = (u64, HashMap<(String, String), Acc>);
+/// Accumulators per model, then version, with the window's start time (unix ms).
+type WindowState = (u64, HashMap<String, HashMap<String, Acc>>);
 
 /// The current reporting window, fed by every inference request.
 #[derive(Debug, Default)]
@@ -182,7 +182,16 @@ impl Window {
         summary: Option<&RowSummary>,
     ) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let acc = guard.1.entry((model.to_owned(), version.to_owned())).or_default();
+        // Keys are allocated only the first time a version is seen in a window.
+        let models = &mut guard.1;
+        if !models.contains_key(model) {
+            models.insert(model.to_owned(), HashMap::new());
+        }
+        let Some(versions) = models.get_mut(model) else { return };
+        if !versions.contains_key(version) {
+            versions.insert(version.to_owned(), Acc::default());
+        }
+        let Some(acc) = versions.get_mut(version) else { return };
         acc.requests += 1;
         if !ok {
             acc.errors += 1;
@@ -209,7 +218,10 @@ impl Window {
         drop(guard);
         let mut models: Vec<ModelWindow> = accs
             .into_iter()
-            .map(|((model, version), a)| ModelWindow {
+            .flat_map(|(model, versions)| {
+                versions.into_iter().map(move |(version, a)| (model.clone(), version, a))
+            })
+            .map(|(model, version, a)| ModelWindow {
                 model,
                 version,
                 slot: "primary".into(),
@@ -341,8 +353,8 @@ impl Reporter {
             }
             let batches: Vec<_> = by_policy.into_iter().collect();
             if batches.is_empty() {
-                // Nothing sampled: move the cursor alone (an empty-batch-free append).
-                self.outbox_cursor_only(last + 1)?;
+                // Nothing sampled: move the cursor alone.
+                self.outbox.set_cursor(last + 1)?;
             }
             let count = batches.len();
             for (i, (sampling, records)) in batches.into_iter().enumerate() {
@@ -356,10 +368,6 @@ impl Reporter {
                 return Ok(());
             }
         }
-    }
-
-    fn outbox_cursor_only(&self, cursor: u64) -> Result<(), crate::outbox::OutboxError> {
-        self.outbox.set_cursor(cursor)
     }
 
     /// Runs until `stop` resolves: a tick every interval, and a final one when stopping.

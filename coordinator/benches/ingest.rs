@@ -14,7 +14,7 @@ use std::time::Instant;
 use outpost_coordinator::ca::Authority;
 use outpost_coordinator::ingest::{Ingest, Outcome};
 use outpost_coordinator::metrics::Metrics;
-use outpost_coordinator::store::{Counts, DeviceRecord, Store, TokenRecord};
+use outpost_coordinator::store::{DeviceRecord, Store, TokenRecord};
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
     self, AgentMessage, LogWindow, ModelWindow, OutboxStats, Report, SystemStats,
@@ -71,20 +71,7 @@ fn main() {
                     },
                 )
                 .unwrap();
-            let record = DeviceRecord {
-                id: id.clone(),
-                key_id: key.key_id().to_owned(),
-                public_key: hex::encode(key.public_key().as_bytes()),
-                labels: BTreeMap::new(),
-                enrolled_at_ms: 0,
-                last_seen_ms: None,
-                presence: None,
-                highest_seq: None,
-                counts: Counts::default(),
-                backlog: OutboxStats::default(),
-                models: vec![],
-                agent_version: None,
-            };
+            let record = DeviceRecord::new(&id, key.public_key().as_bytes(), BTreeMap::new());
             store.enrol(&id, |_| record.clone()).unwrap().unwrap();
             (id, key)
         })

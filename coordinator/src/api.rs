@@ -21,9 +21,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use outpost_shared::protocol::PublicKey;
 use outpost_shared::protocol::topics::validate_device_id;
 use outpost_shared::protocol::transfer::{self, TransferFile};
-use outpost_shared::protocol::{PublicKey, keys::key_id_of};
 use serde::{Deserialize, Serialize};
 
 use crate::ca::Authority;
@@ -247,22 +247,10 @@ fn enrol_inner(
         .issue_device_certificate(&request.csr, &request.device_id, state.config.enrolment.certificate_days)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token_hash = hex::encode(sha256(request.token.trim().as_bytes()));
-    let key_id = key_id_of(public.as_bytes());
     let outcome = state
         .store
-        .enrol(&token_hash, |token| DeviceRecord {
-            id: request.device_id.clone(),
-            key_id: key_id.clone(),
-            public_key: request.public_key.to_ascii_lowercase(),
-            labels: token.labels.clone(),
-            enrolled_at_ms: now_ms(),
-            last_seen_ms: None,
-            presence: None,
-            highest_seq: None,
-            counts: Counts::default(),
-            backlog: OutboxStats::default(),
-            models: Vec::new(),
-            agent_version: None,
+        .enrol(&token_hash, |token| {
+            DeviceRecord::new(&request.device_id, public.as_bytes(), token.labels.clone())
         })
         .map_err(ApiError::internal)?;
     let device = match outcome {

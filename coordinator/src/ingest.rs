@@ -97,6 +97,15 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
     }
 }
 
+/// The rejection for an envelope that does not decode.
+fn undecodable(error: &EnvelopeError) -> Outcome {
+    let reason = match error {
+        EnvelopeError::UnsupportedVersion { .. } => Rejection::UnsupportedVersion,
+        _ => Rejection::Malformed,
+    };
+    Outcome::Rejected { reason, detail: error.to_string() }
+}
+
 impl Ingest {
     /// `counter` is `outpost_coordinator_ingest_total{result}`.
     pub fn new(store: Store, authority: Arc<Authority>, counter: IntCounterVec) -> Ingest {
@@ -121,10 +130,7 @@ impl Ingest {
         let rejected = |reason, detail: String| Ok(Outcome::Rejected { reason, detail });
         let envelope = match protocol::decode(wire) {
             Ok(envelope) => envelope,
-            Err(e @ EnvelopeError::UnsupportedVersion { .. }) => {
-                return rejected(Rejection::UnsupportedVersion, e.to_string());
-            }
-            Err(e) => return rejected(Rejection::Malformed, e.to_string()),
+            Err(e) => return Ok(undecodable(&e)),
         };
         let Some(record) = self.store.device(device)? else {
             return rejected(Rejection::UnknownDevice, format!("device `{device}` is not enrolled"));
@@ -164,25 +170,21 @@ impl Ingest {
 
     /// Ingests an envelope read from a file: the device is the one enrolled with its key.
     pub fn ingest_from_file(&self, wire: &[u8]) -> Result<(Option<String>, Outcome), StoreError> {
-        let device = match protocol::decode(wire) {
-            Ok(envelope) => self.store.device_by_key(&envelope.key_id)?.map(|d| d.id),
-            Err(_) => None,
+        let refused = match protocol::decode(wire) {
+            Ok(envelope) => match self.store.device_by_key(&envelope.key_id)? {
+                Some(device) => {
+                    let outcome = self.ingest(&device.id, wire)?;
+                    return Ok((Some(device.id), outcome));
+                }
+                None => Outcome::Rejected {
+                    reason: Rejection::UnknownDevice,
+                    detail: format!("no device is enrolled with key `{}`", envelope.key_id),
+                },
+            },
+            Err(e) => undecodable(&e),
         };
-        let outcome = match &device {
-            Some(device) => self.ingest(device, wire)?,
-            None => {
-                let outcome = match protocol::decode(wire) {
-                    Err(e) => Outcome::Rejected { reason: Rejection::Malformed, detail: e.to_string() },
-                    Ok(e) => Outcome::Rejected {
-                        reason: Rejection::UnknownDevice,
-                        detail: format!("no device is enrolled with key `{}`", e.key_id),
-                    },
-                };
-                self.counter.with_label_values(&[outcome.label()]).inc();
-                outcome
-            }
-        };
-        Ok((device, outcome))
+        self.counter.with_label_values(&[refused.label()]).inc();
+        Ok((None, refused))
     }
 
     /// Signed acks for `seqs` of `device` (call only after [`Store::flush`]); more than one

@@ -63,6 +63,26 @@ pub struct DeviceRecord {
     pub agent_version: Option<String>,
 }
 
+impl DeviceRecord {
+    /// A device as enrolment creates it: nothing seen yet.
+    pub fn new(id: &str, public_key: &[u8; 32], labels: BTreeMap<String, String>) -> DeviceRecord {
+        DeviceRecord {
+            id: id.to_owned(),
+            key_id: outpost_shared::protocol::keys::key_id_of(public_key),
+            public_key: hex::encode(public_key),
+            labels,
+            enrolled_at_ms: now_ms(),
+            last_seen_ms: None,
+            presence: None,
+            highest_seq: None,
+            counts: Counts::default(),
+            backlog: OutboxStats::default(),
+            models: Vec::new(),
+            agent_version: None,
+        }
+    }
+}
+
 /// Envelopes stored per kind, and how many arrived again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -122,12 +142,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use outpost_shared::endpoints::now_ms;
 
 fn envelope_key(device: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(device.len() + 9);
@@ -339,18 +354,8 @@ mod tests {
 
     fn device(id: &str, key: &str) -> DeviceRecord {
         DeviceRecord {
-            id: id.into(),
             key_id: key.into(),
-            public_key: format!("pk-{key}"),
-            labels: BTreeMap::new(),
-            enrolled_at_ms: 1,
-            last_seen_ms: None,
-            presence: None,
-            highest_seq: None,
-            counts: Counts::default(),
-            backlog: OutboxStats::default(),
-            models: vec![],
-            agent_version: None,
+            ..DeviceRecord::new(id, &[key.bytes().fold(0, u8::wrapping_add); 32], BTreeMap::new())
         }
     }
 

@@ -1,5 +1,6 @@
-//! Where agents and coordinators reach each other: broker URLs and reconnect pacing.
-//! Pure functions (no I/O), shared so both sides accept exactly the same addresses.
+//! Where agents and coordinators reach each other: broker URLs, the coordinator's API URL,
+//! reconnect pacing, and the wall clock every message is stamped with. No I/O, shared so
+//! both sides accept exactly the same addresses.
 
 use std::time::Duration;
 
@@ -15,6 +16,32 @@ pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
         return Err(format!("`{url}` needs a host and a port"));
     }
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+/// Accepts only `http://` to a loopback address: tokens must not cross a network in the
+/// clear, and the coordinator's API does not speak TLS yet.
+pub fn require_loopback_http(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("`{url}`: only http:// to a loopback address is supported until the API speaks TLS")
+    })?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!("`{url}` is not a loopback address: plain HTTP would expose the token"))
+    }
+}
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Wait before reconnect attempt `attempt` (0-based): exponential from 250 ms to 30 s, with
@@ -38,6 +65,15 @@ mod tests {
         assert!(parse_mqtts_url("mqtt://b:1883").unwrap_err().contains("TLS"));
         assert!(parse_mqtts_url("mqtts://b").is_err());
         assert!(parse_mqtts_url("mqtts://:1").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(require_loopback_http("http://127.0.0.1:7400").is_ok());
+        assert!(require_loopback_http("http://localhost:7400/").is_ok());
+        assert!(require_loopback_http("http://[::1]:7400").is_ok());
+        assert!(require_loopback_http("http://10.0.0.5:7400").unwrap_err().contains("not a loopback"));
+        assert!(require_loopback_http("https://coord.example").is_err());
     }
 
     #[test]

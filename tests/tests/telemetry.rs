@@ -39,6 +39,18 @@ impl Fleet {
     }
 }
 
+/// An enrolled, ready agent whose first telemetry already reached the coordinator.
+async fn connected_agent(fleet: &Fleet) -> (std::path::PathBuf, String, Agent) {
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let agent = start_agent(&dir, &[]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+        .await;
+    (dir, device, agent)
+}
+
 fn start_agent(dir: &Path, extra: &[(&str, &str)]) -> Agent {
     let mut builder = Agent::builder()
         .model("bc", &model("breast_cancer-1.0.0"))
@@ -163,13 +175,7 @@ async fn enrolment_works_once_and_strangers_cannot_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_loses_nothing_and_duplicates_nothing() {
     let mut fleet = fleet();
-    let (dir, device) = fleet.enrolled_agent_dir("agent");
-    let agent = start_agent(&dir, &[]);
-    agent.wait_ready(Duration::from_secs(30)).await;
-    fleet
-        .coordinator
-        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
-        .await;
+    let (_dir, device, agent) = connected_agent(&fleet).await;
 
     let down = Instant::now();
     fleet.broker.stop();
@@ -217,13 +223,7 @@ async fn agent_killed_while_draining_restarts_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_outage_loses_nothing() {
     let mut fleet = fleet();
-    let (dir, device) = fleet.enrolled_agent_dir("agent");
-    let agent = start_agent(&dir, &[]);
-    agent.wait_ready(Duration::from_secs(30)).await;
-    fleet
-        .coordinator
-        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
-        .await;
+    let (_dir, device, agent) = connected_agent(&fleet).await;
 
     let down = Instant::now();
     fleet.coordinator.stop(Signal::SIGKILL);

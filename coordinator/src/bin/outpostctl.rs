@@ -117,7 +117,7 @@ impl Api {
             }
         };
         let url = cli.url.trim_end_matches('/').to_owned();
-        check_url(&url)?;
+        outpost_shared::endpoints::require_loopback_http(&url).map_err(Failure::Usage)?;
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         Ok(Api { url, token, agent })
     }
@@ -176,26 +176,6 @@ impl Api {
             .header("Content-Type", "application/octet-stream")
             .send(body);
         self.handle(result)
-    }
-}
-
-/// Tokens must not cross a network in the clear: plain HTTP is for loopback only.
-fn check_url(url: &str) -> Result<(), Failure> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        Failure::Usage(format!(
-            "`{url}`: only http:// to a loopback address is supported until the API speaks TLS"
-        ))
-    })?;
-    let host = rest.split(['/', ':']).next().unwrap_or("");
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    let host6 = rest.strip_prefix('[').and_then(|r| r.split(']').next());
-    let loopback6 = host6.and_then(|h| h.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| ip.is_loopback());
-    if loopback || loopback6 {
-        Ok(())
-    } else {
-        Err(Failure::Usage(format!(
-            "`{url}` is not a loopback address: plain HTTP would expose the admin token"
-        )))
     }
 }
 
