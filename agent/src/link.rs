@@ -223,6 +223,9 @@ async fn send_loop(
         if now_epoch != seen_epoch {
             // A new connection: whatever was in flight may be lost; start from the oldest.
             seen_epoch = now_epoch;
+            if pending_total > 0 {
+                tracing::info!(pending = pending_total, "sending the backlog, oldest first");
+            }
             last_sent = None;
             last_progress = Instant::now();
         } else if last_sent.is_some() && pending_total > 0 && last_progress.elapsed() >= settings.ack_timeout

@@ -41,9 +41,13 @@ pub struct ServeArgs {
     /// Overrides `api.listen`.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Overrides `broker.url` (`mqtts://host:port`).
-    #[arg(long)]
+    /// An external broker, `mqtts://host:port` (overrides `broker.url`). Without one the
+    /// coordinator runs its embedded broker.
+    #[arg(long, conflicts_with = "broker_listen")]
     pub broker: Option<String>,
+    /// Where the embedded broker listens (overrides `broker.embedded_listen`).
+    #[arg(long)]
+    pub broker_listen: Option<std::net::SocketAddr>,
     /// Overrides `broker.ca_file`.
     #[arg(long)]
     pub broker_ca: Option<PathBuf>,
@@ -110,6 +114,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(url) = args.broker {
         config.broker.url = Some(url);
+    }
+    if let Some(listen) = args.broker_listen {
+        config.broker.embedded_listen = listen;
     }
     if let Some(ca) = args.broker_ca {
         config.broker.ca_file = Some(ca);

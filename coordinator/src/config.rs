@@ -70,8 +70,11 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `mqtts://host:port` of the broker the fleet uses.
+    /// `mqtts://host:port` of an external broker (Mosquitto, EMQX, …). Unset: the coordinator
+    /// runs its embedded broker on `embedded_listen`.
     pub url: Option<String>,
+    /// Where the embedded broker listens (TLS, client certificates required).
+    pub embedded_listen: SocketAddr,
     /// CA that signed the broker's server certificate (PEM). Defaults to the coordinator's own
     /// CA, which is right when the broker's certificate came from `outpost-coordinator cert`.
     pub ca_file: Option<PathBuf>,
@@ -85,6 +88,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: None,
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             ca_file: None,
             advertised_url: None,
             max_packet_bytes: 4 * 1024 * 1024 + 4096,
@@ -139,7 +143,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig { format: LogFormat::Text, level: "info,rumqttd=warn".into() }
     }
 }
 
@@ -174,7 +178,15 @@ impl Config {
             ));
         }
         match &self.broker.url {
-            None => return Err(key("broker.url", "is required (e.g. mqtts://broker.example:8883)")),
+            None if self.broker.embedded_listen.ip().is_unspecified()
+                && self.broker.advertised_url.is_none() =>
+            {
+                return Err(key(
+                    "broker.advertised_url",
+                    "is required when the embedded broker listens on all interfaces (devices need an address to reach)",
+                ));
+            }
+            None => {}
             Some(url) => {
                 parse_mqtts_url(url).map_err(|problem| key("broker.url", &problem))?;
             }
@@ -201,8 +213,31 @@ impl Config {
         self.api.advertised_url.clone().unwrap_or_else(|| format!("http://{}", self.api.listen))
     }
 
+    /// The broker URL devices are given at enrolment.
     pub fn advertised_broker_url(&self) -> String {
-        self.broker.advertised_url.clone().or_else(|| self.broker.url.clone()).unwrap_or_default()
+        self.broker
+            .advertised_url
+            .clone()
+            .or_else(|| self.broker.url.clone())
+            .unwrap_or_else(|| format!("mqtts://{}", self.broker.embedded_listen))
+    }
+
+    /// Where the coordinator itself connects: the external broker, or its embedded one.
+    pub fn broker_endpoint(&self) -> Result<(String, u16), ConfigError> {
+        match &self.broker.url {
+            Some(url) => {
+                parse_mqtts_url(url).map_err(|problem| ConfigError::Key { key: "broker.url".into(), problem })
+            }
+            None => {
+                let listen = self.broker.embedded_listen;
+                let host = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    listen.ip().to_string()
+                };
+                Ok((host, listen.port()))
+            }
+        }
     }
 }
 
@@ -213,9 +248,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_a_non_loopback_api_and_a_missing_broker() {
+    fn refuses_a_non_loopback_api_and_an_unreachable_embedded_broker() {
         let mut config = Config::default();
-        assert!(config.validate().unwrap_err().to_string().contains("broker.url"));
+        config.validate().unwrap();
+        assert_eq!(config.advertised_broker_url(), "mqtts://127.0.0.1:8883");
+        config.broker.embedded_listen = "0.0.0.0:8883".parse().unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("broker.advertised_url"));
+        assert_eq!(config.broker_endpoint().unwrap(), ("127.0.0.1".into(), 8883));
         config.broker.url = Some("mqtts://127.0.0.1:8883".into());
         config.validate().unwrap();
         config.api.listen = "0.0.0.0:7400".parse().unwrap();

@@ -6,15 +6,17 @@
 //! - [`store`]: state in sled — tokens, devices, every envelope stored once.
 //! - [`ingest`]: verify → store → what to ack; shared by live traffic and imported files.
 //! - [`link`]: the MQTT connection (rumqttc, mTLS) that feeds ingest and publishes acks.
+//! - [`broker`]: the embedded MQTT broker (rumqttd, mTLS), used unless `broker.url` is set.
 //! - [`api`]: HTTP API (enrolment tokens, enrolment, fleet view, telemetry import), metrics.
 //! - [`server`], [`cli`]: the `outpost-coordinator` binary; `src/bin/outpostctl.rs` is the
 //!   operator's CLI.
 //!
-//! The registry, rollouts, monitoring and the embedded broker are later work (see
+//! The registry, rollouts and monitoring are later work (see
 //! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod broker;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -82,7 +82,9 @@ pub async fn run(
                     session_present = ack.session_present,
                     "connected to broker"
                 );
-                if !ack.session_present {
+                if ack.session_present {
+                    metrics.broker_subscribed.set(1);
+                } else {
                     for filter in
                         [topics::all_devices(Channel::Report), topics::all_devices(Channel::Presence)]
                     {
@@ -92,6 +94,10 @@ pub async fn run(
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                // Two filters, two SUBACKs; either means reports can arrive now.
+                metrics.broker_subscribed.set(1);
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if tx.send(publish).await.is_err() {
                     break;
@@ -99,6 +105,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(error) => {
+                metrics.broker_subscribed.set(0);
                 metrics.link.with_label_values(&["disconnected"]).inc();
                 let wait = match &error {
                     ConnectionError::Tls(_) => backoff(failures.max(5)),

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub devices: IntGaugeVec,
     /// Broker link events (connected, disconnected, ack_published).
     pub link: IntCounterVec,
+    /// 1 while connected to the broker and subscribed to reports.
+    pub broker_subscribed: prometheus::IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -45,7 +47,13 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric devices: {e}"));
         registry.register(Box::new(devices.clone())).unwrap_or_else(|e| panic!("metric devices: {e}"));
-        Metrics { registry, ingest, enrolments, devices, link }
+        let broker_subscribed = prometheus::IntGauge::new(
+            "outpost_coordinator_broker_subscribed",
+            "1 while connected to the broker and subscribed to device reports.",
+        )
+        .unwrap_or_else(|e| panic!("metric broker_subscribed: {e}"));
+        registry.register(Box::new(broker_subscribed.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        Metrics { registry, ingest, enrolments, devices, link, broker_subscribed }
     }
 
     pub fn render(&self) -> String {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::ca::Authority;
-use crate::config::{Config, parse_mqtts_url};
+use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::link::{self, LinkSettings};
 use crate::metrics::Metrics;
@@ -33,6 +33,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// Reads the admin token, creating it (0600) at first start.
@@ -65,10 +67,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         None => authority.ca_pem().to_owned(),
     };
+    if config.broker.url.is_none() {
+        let (data_dir, listen, authority) =
+            (config.data_dir.clone(), config.broker.embedded_listen, authority.clone());
+        tokio::task::spawn_blocking(move || crate::broker::start(&data_dir, listen, &authority))
+            .await
+            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
+    }
     let (cert, key) = authority.issue_client("outpost-coordinator", 30)?;
     let tls = outpost_shared::tls::client_config(broker_ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes())?;
-    let (host, port) = parse_mqtts_url(config.broker.url.as_deref().unwrap_or_default())
-        .map_err(|problem| crate::config::ConfigError::Key { key: "broker.url".into(), problem })?;
+    let (host, port) = config.broker_endpoint()?;
     let settings = LinkSettings {
         host,
         port,
@@ -84,7 +92,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Bind { addr: config.api.listen, source })?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
-    tracing::info!(addr = %addr, broker = config.broker.url.as_deref().unwrap_or(""), data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(addr = %addr, broker = config.advertised_broker_url(), embedded_broker = config.broker.url.is_none(), data_dir = %config.data_dir.display(), "listening");
     let state = Arc::new(AppState {
         config: config.clone(),
         store: store.clone(),

@@ -1,7 +1,8 @@
 //! Support for end-to-end fleet tests: a real Mosquitto with a TLS listener that requires
 //! client certificates (its server certificate issued by the coordinator's CA through
-//! `outpost-coordinator cert server`), the real `outpost-coordinator` process, enrolment of
-//! agents through the real CLI, and `mosquitto_pub` as an outside publisher.
+//! `outpost-coordinator cert server`) or the coordinator's embedded broker, the real
+//! `outpost-coordinator` process, enrolment of agents through the real CLI, and
+//! `mosquitto_pub` as an outside publisher.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -128,23 +129,25 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtts://127.0.0.1:{}", self.port)
     }
+}
 
-    /// Publishes `payload` with `mosquitto_pub`, presenting `cert`/`key` (or nothing).
-    /// Returns whether the publish succeeded.
-    pub fn publish(&self, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {
-        let mut cmd = Command::new("mosquitto_pub");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-f"])
-            .arg(payload)
-            .arg("--cafile")
-            .arg(ca)
-            .args(["-i", &format!("test-{}", free_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some((cert, key)) = client {
-            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        cmd.status().map(|s| s.success()).unwrap_or(false)
+/// Publishes `payload` with `mosquitto_pub` to the broker on `port`, presenting `cert`/`key`
+/// (or nothing). Returns whether the publish succeeded.
+pub fn publish(port: u16, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    // By name, not by IP: OpenSSL clients send an IP as SNI, which rustls 0.22 (the embedded
+    // broker) refuses with a decode error. Both brokers' certificates name `localhost`.
+    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-q", "1", "-t", topic, "-f"])
+        .arg(payload)
+        .arg("--cafile")
+        .arg(ca)
+        .args(["-i", &format!("test-{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
+    cmd.status().map(|s| s.success()).unwrap_or(false)
 }
 
 impl Drop for Mosquitto {
@@ -160,7 +163,8 @@ impl Drop for Mosquitto {
 pub struct Coordinator {
     child: Option<Child>,
     pub data_dir: PathBuf,
-    pub broker: String,
+    /// `--broker URL` for an external broker, or `--broker-listen ADDR` for the embedded one.
+    broker_args: [String; 2],
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
@@ -187,11 +191,22 @@ impl Coordinator {
         assert_eq!(code, 0, "{err}");
     }
 
+    /// Starts with an external broker at `broker` (`mqtts://…`).
     pub fn start(data_dir: &Path, broker: &str) -> Coordinator {
+        Coordinator::start_with(data_dir, ["--broker".into(), broker.into()])
+    }
+
+    /// Starts with its embedded broker on a free port; returns the broker's port too.
+    pub fn start_embedded(data_dir: &Path) -> (Coordinator, u16) {
+        let port = free_port();
+        (Coordinator::start_with(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")]), port)
+    }
+
+    fn start_with(data_dir: &Path, broker_args: [String; 2]) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             data_dir: data_dir.to_owned(),
-            broker: broker.to_owned(),
+            broker_args,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
@@ -204,17 +219,9 @@ impl Coordinator {
     pub fn resume(&mut self) {
         let listen = if self.addr.port() == 0 { "127.0.0.1:0".to_owned() } else { self.addr.to_string() };
         let mut child = Command::new(bin("outpost-coordinator"))
-            .args([
-                "serve",
-                "--log-format",
-                "json",
-                "--listen",
-                &listen,
-                "--broker",
-                &self.broker,
-                "--data-dir",
-            ])
+            .args(["serve", "--log-format", "json", "--listen", &listen, "--data-dir"])
             .arg(&self.data_dir)
+            .args(&self.broker_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -242,6 +249,25 @@ impl Coordinator {
             }
         }
         self.child = Some(child);
+        self.wait_subscribed();
+    }
+
+    /// Waits until the coordinator is subscribed at its broker: before that, reports are
+    /// published to nobody (agents resend them; a test's one-off publish would be lost).
+    fn wait_subscribed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = http_get(self.addr, "/metrics");
+            if text.is_some_and(|t| metric(&t, "outpost_coordinator_broker_subscribed") >= 1.0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator never subscribed at its broker; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log(&self) -> String {
@@ -322,6 +348,18 @@ impl Drop for Coordinator {
             let _ = child.wait();
         }
     }
+}
+
+/// A plain blocking HTTP/1.0 GET (usable outside an async context); `None` on any failure.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned()).filter(|_| head.contains(" 200 "))
 }
 
 /// Enrols an agent data directory with a token; returns the device id.

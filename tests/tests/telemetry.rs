@@ -1,6 +1,11 @@
-//! Signed telemetry end to end: real coordinator, real agents, and a real Mosquitto with a
-//! TLS listener that requires client certificates. Outages are real (processes stopped and
-//! killed with signals); counts are checked exactly at the coordinator.
+//! Signed telemetry end to end: real coordinator, real agents, and a real broker that
+//! requires client certificates — every test runs twice, against Mosquitto (with the topic
+//! ACL from `deploy/`) and against the coordinator's embedded broker. Outages are real
+//! (processes stopped and killed with signals); counts are checked exactly at the coordinator.
+//!
+//! The embedded broker lives in the coordinator's process, so for it "the broker is down"
+//! means the coordinator is down too (stopped with SIGTERM; the coordinator-outage test uses
+//! SIGKILL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -9,27 +14,72 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use outpost_shared::protocol::messages::{self, AgentMessage, Event, EventKind};
 use outpost_shared::protocol::{self, SigningKey};
-use outpost_tests::fleet::{Coordinator, Mosquitto, enroll, metric, run};
+use outpost_tests::fleet::{Coordinator, Mosquitto, enroll, metric, publish, run};
 use outpost_tests::{Agent, model, reference, rows};
 use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Mosquitto,
+    Embedded,
+}
+
+enum Broker {
+    Mosquitto(Mosquitto),
+    Embedded { port: u16 },
+}
 
 /// A coordinator and a broker sharing the coordinator's CA, in one temporary folder.
 struct Fleet {
     dir: tempfile::TempDir,
-    broker: Mosquitto,
+    broker: Broker,
     coordinator: Coordinator,
 }
 
-fn fleet() -> Fleet {
+fn fleet(kind: Kind) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("coordinator");
-    Coordinator::init(&data);
-    let broker = Mosquitto::start(dir.path(), &data);
-    let coordinator = Coordinator::start(&data, &broker.url());
-    Fleet { dir, broker, coordinator }
+    match kind {
+        Kind::Mosquitto => {
+            Coordinator::init(&data);
+            let broker = Mosquitto::start(dir.path(), &data);
+            let coordinator = Coordinator::start(&data, &broker.url());
+            Fleet { dir, broker: Broker::Mosquitto(broker), coordinator }
+        }
+        Kind::Embedded => {
+            let (coordinator, port) = Coordinator::start_embedded(&data);
+            Fleet { dir, broker: Broker::Embedded { port }, coordinator }
+        }
+    }
 }
 
 impl Fleet {
+    fn broker_port(&self) -> u16 {
+        match &self.broker {
+            Broker::Mosquitto(m) => m.port,
+            Broker::Embedded { port } => *port,
+        }
+    }
+
+    /// Takes the broker away (for the embedded broker: its coordinator with it).
+    fn stop_broker(&mut self) {
+        match &mut self.broker {
+            Broker::Mosquitto(m) => m.stop(),
+            Broker::Embedded { .. } => self.coordinator.stop(Signal::SIGTERM),
+        }
+    }
+
+    fn resume_broker(&mut self) {
+        match &mut self.broker {
+            Broker::Mosquitto(m) => m.resume(),
+            Broker::Embedded { .. } => self.coordinator.resume(),
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {
+        publish(self.broker_port(), topic, payload, client, ca)
+    }
+
     /// Enrols a fresh agent data dir; returns (data dir, device id).
     fn enrolled_agent_dir(&self, name: &str) -> (std::path::PathBuf, String) {
         let dir = self.dir.path().join(name);
@@ -98,7 +148,12 @@ async fn wait_drained(
 ) -> Value {
     let deadline = Instant::now() + timeout;
     while outbox_messages(agent).await > 0.0 {
-        assert!(Instant::now() < deadline, "outbox never drained:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "outbox never drained:\n{}\ncoordinator:\n{}",
+            agent.log(),
+            fleet.coordinator.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     fleet
@@ -107,9 +162,8 @@ async fn wait_drained(
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrolment_works_once_and_strangers_cannot_connect() {
-    let fleet = fleet();
+async fn enrolment_works_once_and_strangers_cannot_connect(kind: Kind) {
+    let fleet = fleet(kind);
     let token = fleet.coordinator.token("site=a,hw=x");
     let device = enroll(&fleet.dir.path().join("a"), &fleet.coordinator, &token).unwrap();
     let again = enroll(&fleet.dir.path().join("b"), &fleet.coordinator, &token).unwrap_err();
@@ -130,13 +184,13 @@ async fn enrolment_works_once_and_strangers_cannot_connect() {
     let identity = fleet.dir.path().join("a/identity");
     let ca = identity.join("broker-ca.pem");
     let topic = format!("outpost/v1/{device}/report");
-    assert!(fleet.broker.publish(
+    assert!(fleet.publish(
         &topic,
         &payload,
         Some((&identity.join("client.pem"), &identity.join("tls.key"))),
         &ca
     ));
-    assert!(!fleet.broker.publish(&topic, &payload, None, &ca), "a client without a certificate connected");
+    assert!(!fleet.publish(&topic, &payload, None, &ca), "a client without a certificate connected");
     let stranger = fleet.dir.path().join("stranger");
     let (code, _, err) = run(
         "outpost-coordinator",
@@ -153,7 +207,7 @@ async fn enrolment_works_once_and_strangers_cannot_connect() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        !fleet.broker.publish(
+        !fleet.publish(
             &topic,
             &payload,
             Some((&stranger.join("client.pem"), &stranger.join("client.key"))),
@@ -172,17 +226,16 @@ async fn enrolment_works_once_and_strangers_cannot_connect() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_outage_loses_nothing_and_duplicates_nothing() {
-    let mut fleet = fleet();
+async fn broker_outage_loses_nothing_and_duplicates_nothing(kind: Kind) {
+    let mut fleet = fleet(kind);
     let (_dir, device, agent) = connected_agent(&fleet).await;
 
     let down = Instant::now();
-    fleet.broker.stop();
+    fleet.stop_broker();
     serve_predictions(&agent, 5000).await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
     assert!(outbox_messages(&agent).await > 0.0, "nothing waited in the outbox while the broker was down");
-    fleet.broker.resume();
+    fleet.resume_broker();
 
     let view = wait_drained(&agent, &fleet, &device, 5000, Duration::from_secs(60)).await;
     assert_eq!(view["counts"]["predictions"], 5000, "{view:#}");
@@ -190,20 +243,19 @@ async fn broker_outage_loses_nothing_and_duplicates_nothing() {
     assert!(view["counts"]["reports"].as_u64().unwrap() >= 30, "{view:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_killed_while_draining_restarts_without_loss() {
-    let mut fleet = fleet();
+async fn agent_killed_while_draining_restarts_without_loss(kind: Kind) {
+    let mut fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
     // Small batches, one message in flight: draining takes a while, so the kill lands in it.
     let slow = [("OUTPOST_TELEMETRY__BATCH_MAX_RECORDS", "20"), ("OUTPOST_TELEMETRY__MAX_IN_FLIGHT", "1")];
     let mut agent = start_agent(&dir, &slow);
     agent.wait_ready(Duration::from_secs(30)).await;
-    fleet.broker.stop();
+    fleet.stop_broker();
     serve_predictions(&agent, 5000).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let backlog = outbox_messages(&agent).await;
     assert!(backlog > 100.0, "backlog {backlog}");
-    fleet.broker.resume();
+    fleet.resume_broker();
     fleet
         .coordinator
         .wait_device(&device, Duration::from_secs(30), |v| v["counts"]["envelopes"].as_u64() > Some(5))
@@ -220,9 +272,8 @@ async fn agent_killed_while_draining_restarts_without_loss() {
     assert_exactly_once(&view);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_outage_loses_nothing() {
-    let mut fleet = fleet();
+async fn coordinator_outage_loses_nothing(kind: Kind) {
+    let mut fleet = fleet(kind);
     let (_dir, device, agent) = connected_agent(&fleet).await;
 
     let down = Instant::now();
@@ -238,9 +289,8 @@ async fn coordinator_outage_loses_nothing() {
     assert_exactly_once(&view);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiny_log_bound_keeps_serving_and_reports_evictions() {
-    let fleet = fleet();
+async fn tiny_log_bound_keeps_serving_and_reports_evictions(kind: Kind) {
+    let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
     let bound: u64 = 2 * 256 * 1024;
     let agent = start_agent(
@@ -264,9 +314,8 @@ async fn tiny_log_bound_keeps_serving_and_reports_evictions() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_and_replayed_envelopes_are_rejected_and_counted() {
-    let fleet = fleet();
+async fn forged_and_replayed_envelopes_are_rejected_and_counted(kind: Kind) {
+    let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
     let identity = dir.join("identity");
     let client = (identity.join("client.pem"), identity.join("tls.key"));
@@ -291,7 +340,7 @@ async fn forged_and_replayed_envelopes_are_rejected_and_counted() {
         std::fs::write(&path, bytes).unwrap();
         path
     };
-    let send = |path: &Path| assert!(fleet.broker.publish(&topic, path, Some((&client.0, &client.1)), &ca));
+    let send = |path: &Path| assert!(fleet.publish(&topic, path, Some((&client.0, &client.1)), &ca));
     send(&file("genuine", &genuine));
     send(&file("genuine", &genuine)); // replay
     send(&file("wrong_key", &wrong_key));
@@ -328,9 +377,8 @@ async fn forged_and_replayed_envelopes_are_rejected_and_counted() {
     assert_eq!(health.status(), 200, "the coordinator must keep running");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn air_gapped_agent_exports_and_the_coordinator_imports_once() {
-    let fleet = fleet();
+async fn air_gapped_agent_exports_and_the_coordinator_imports_once(kind: Kind) {
+    let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
     // No broker reachable from this agent.
     let mut agent = start_agent(&dir, &[("OUTPOST_TELEMETRY__BROKER_URL", "mqtts://127.0.0.1:1")]);
@@ -382,3 +430,35 @@ async fn air_gapped_agent_exports_and_the_coordinator_imports_once() {
         run("outpost-agent", &["export-telemetry", export.to_str().unwrap(), "--data-dir", data]);
     assert!(out.contains("exported 0 messages"), "{out}");
 }
+
+/// Runs each scenario against both brokers.
+macro_rules! against_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod mosquitto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Mosquitto).await
+                }
+            )*
+        }
+        mod embedded_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Embedded).await
+                }
+            )*
+        }
+    };
+}
+
+against_both_brokers!(
+    enrolment_works_once_and_strangers_cannot_connect,
+    broker_outage_loses_nothing_and_duplicates_nothing,
+    agent_killed_while_draining_restarts_without_loss,
+    coordinator_outage_loses_nothing,
+    tiny_log_bound_keeps_serving_and_reports_evictions,
+    forged_and_replayed_envelopes_are_rejected_and_counted,
+    air_gapped_agent_exports_and_the_coordinator_imports_once,
+);
