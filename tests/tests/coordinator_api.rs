@@ -1,0 +1,209 @@
+//! Bad input at the coordinator's and the agent's new interfaces gets a clear error with the
+//! right status or exit code, and changes nothing: the enrolment API, admin endpoints,
+//! telemetry import, `outpostctl`, the agent's `enroll` / `import-ack` / `export-telemetry`,
+//! and configuration keys.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use outpost_tests::fleet::{Coordinator, enroll, run};
+use serde_json::{Value, json};
+
+async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut request = client.post(url).header("content-type", "application/json").body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_api_refuses_bad_input_with_a_named_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let admin = std::fs::read_to_string(coordinator.token_file()).unwrap();
+    let admin = admin.trim();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", coordinator.url());
+
+    // Admin endpoints: no token 401, a wrong one 403.
+    let (status, body) = post(&http, url("/api/v1/enrolment-tokens"), None, b"{}".to_vec()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(error_of(&body).contains("Authorization"));
+    let (status, _) = post(&http, url("/api/v1/enrolment-tokens"), Some("opa_wrong"), b"{}".to_vec()).await;
+    assert_eq!(status, 403);
+    let devices = http.get(url("/api/v1/devices")).send().await.unwrap();
+    assert_eq!(devices.status(), 401);
+
+    // Token requests: unknown fields, bad labels, absurd lifetimes.
+    for (body, needle) in [
+        (json!({"labels": {"site": "a"}, "colour": "red"}), "unknown field"),
+        (json!({"labels": {"site": "a b"}}), "label `site=a b`"),
+        (json!({"ttl_secs": 0}), "ttl_secs"),
+    ] {
+        let (status, answer) =
+            post(&http, url("/api/v1/enrolment-tokens"), Some(admin), serde_json::to_vec(&body).unwrap())
+                .await;
+        assert!((400..500).contains(&status), "{body} → {status}");
+        assert!(error_of(&answer).contains(needle), "{body} → {answer}");
+    }
+
+    // Enrolment: garbage, bad ids, bad keys, bad CSRs, and a token that does not exist.
+    let token = coordinator.token("site=a");
+    let key = "ab".repeat(32);
+    for (body, status_expected, needle) in [
+        (b"{not json".to_vec(), 400, "invalid request body"),
+        (
+            serde_json::to_vec(&json!({"token": token, "device_id": "a/b", "public_key": key, "csr": "x"}))
+                .unwrap(),
+            400,
+            "device id",
+        ),
+        (
+            serde_json::to_vec(&json!({"token": token, "device_id": "d1", "public_key": "zz", "csr": "x"}))
+                .unwrap(),
+            400,
+            "public_key",
+        ),
+        (
+            serde_json::to_vec(
+                &json!({"token": token, "device_id": "d1", "public_key": key, "csr": "garbage"}),
+            )
+            .unwrap(),
+            400,
+            "certificate signing request",
+        ),
+        (
+            serde_json::to_vec(
+                &json!({"token": "opt_nope", "device_id": "d1", "public_key": key, "csr": csr()}),
+            )
+            .unwrap(),
+            403,
+            "not known",
+        ),
+    ] {
+        let (status, answer) = post(&http, url("/api/v1/enrol"), None, body.clone()).await;
+        assert_eq!(status, status_expected, "{} → {answer}", String::from_utf8_lossy(&body));
+        assert!(error_of(&answer).contains(needle), "{answer}");
+    }
+    // None of that burnt the real token.
+    let device = enroll(&dir.path().join("agent"), &coordinator, &token).unwrap();
+    assert!(device.starts_with("dev-"));
+
+    // Telemetry import: not a telemetry file.
+    let (status, answer) =
+        post(&http, url("/api/v1/telemetry/import"), Some(admin), b"OPACKS01junk".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(error_of(&answer).contains("not an Outpost telemetry file"), "{answer}");
+    let view: Value = http
+        .get(url(&format!("/api/v1/devices/{device}")))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["counts"]["envelopes"], 0, "{view}");
+    let missing = http.get(url("/api/v1/devices/nope")).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+/// A valid CSR for a throwaway key (so the request fails for another reason).
+fn csr() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[test]
+fn the_command_lines_refuse_bad_input_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let data = data.to_str().unwrap();
+
+    // outpostctl: labels must be key=value.
+    let (code, _, err) =
+        run("outpostctl", &["--token", "x", "device", "token", "create", "--labels", "site"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("key=value"), "{err}");
+
+    // The agent: an ack file that is not one, and enrolment over plain HTTP off loopback.
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"definitely not acks").unwrap();
+    let (code, _, err) = run("outpost-agent", &["import-ack", garbage.to_str().unwrap(), "--data-dir", data]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not enrolled") || err.contains("not an Outpost ack file"), "{err}");
+    let (code, _, err) = run(
+        "outpost-agent",
+        &["enroll", "--coordinator", "http://10.9.8.7:7400", "--token", "t", "--data-dir", data],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+
+    // Configuration: telemetry keys are checked and named.
+    let out = std::process::Command::new(outpost_tests::agent_bin())
+        .args(["serve", "--model", &format!("bc={}", outpost_tests::model("breast_cancer-1.0.0").display())])
+        .env("OUTPOST_DATA_DIR", data)
+        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("telemetry.interval_secs"), "{err}");
+    let out = std::process::Command::new(outpost_tests::bin_dir().join("outpost-coordinator"))
+        .args(["serve", "--data-dir", data])
+        .env("OUTPOST_COORDINATOR_BROKER__NOPE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_ack_file_frees_nothing() {
+    use outpost_shared::protocol::messages::{self, Ack, CoordinatorMessage};
+    use outpost_shared::protocol::transfer::{TransferFile, encode_acks};
+    use outpost_shared::protocol::{SigningKey, seal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let agent = dir.path().join("agent");
+    let device = enroll(&agent, &coordinator, &coordinator.token("site=a")).unwrap();
+    // Something to free: the agent's start and stop events wait in its outbox.
+    let mut a = outpost_tests::Agent::builder()
+        .model("bc", &outpost_tests::model("breast_cancer-1.0.0"))
+        .data_dir(&agent)
+        .env("OUTPOST_TELEMETRY__BROKER_URL", "mqtts://127.0.0.1:1")
+        .start();
+    a.wait_ready(std::time::Duration::from_secs(30)).await;
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(a.wait_exit(std::time::Duration::from_secs(20)).success());
+    let agent_dir = agent.to_str().unwrap();
+
+    // An ack for every seq, for this device, signed by a key that is not the coordinator's.
+    let (mallory, _) = SigningKey::generate().unwrap();
+    let body = messages::encode(&CoordinatorMessage::Ack(Ack {
+        device: device.clone(),
+        ranges: vec![(0, u64::MAX)],
+    }));
+    let file =
+        TransferFile { device, created_at_ms: 0, envelopes: vec![seal(&mallory, 1, 0, &body).unwrap()] };
+    let forged = dir.path().join("forged.bin");
+    std::fs::write(&forged, encode_acks(&file)).unwrap();
+    let (code, out, err) =
+        run("outpost-agent", &["import-ack", forged.to_str().unwrap(), "--data-dir", agent_dir]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("freed 0 messages") && out.contains("1 acks refused"), "{out}");
+    assert!(err.contains("does not verify"), "{err}");
+
+    let export = dir.path().join("t.bin");
+    let (code, out, err) =
+        run("outpost-agent", &["export-telemetry", export.to_str().unwrap(), "--data-dir", agent_dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("exported 0 "), "the forged ack freed messages: {out}");
+}
