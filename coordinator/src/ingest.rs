@@ -208,3 +208,77 @@ impl Ingest {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_shared::protocol::SigningKey;
+    use outpost_shared::protocol::messages::{Event, EventKind};
+    use std::collections::BTreeMap;
+
+    fn body(message: &str) -> Vec<u8> {
+        messages::encode(&AgentMessage::Event(Event {
+            at_ms: 1,
+            kind: EventKind::AgentStarted,
+            message: message.into(),
+        }))
+    }
+
+    #[test]
+    fn every_refusal_is_named_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone());
+        let (key, _) = SigningKey::generate().unwrap();
+        store
+            .add_token(
+                "t",
+                &crate::store::TokenRecord {
+                    labels: BTreeMap::new(),
+                    created_at_ms: 0,
+                    expires_at_ms: u64::MAX,
+                    used_by: None,
+                    used_at_ms: None,
+                },
+            )
+            .unwrap();
+        store
+            .enrol("t", |_| DeviceRecord::new("d1", key.public_key().as_bytes(), BTreeMap::new()))
+            .unwrap()
+            .unwrap();
+
+        let genuine = protocol::seal(&key, 1, 0, &body("a")).unwrap();
+        let reason = |o: Outcome| match o {
+            Outcome::Rejected { reason, .. } => Some(reason),
+            _ => None,
+        };
+        assert_eq!(ingest.ingest("d1", &genuine).unwrap(), Outcome::Stored { seq: 1 });
+        assert_eq!(ingest.ingest("d1", &genuine).unwrap(), Outcome::Duplicate { seq: 1 });
+        assert_eq!(reason(ingest.ingest("nobody", &genuine).unwrap()), Some(Rejection::UnknownDevice));
+        let (other, _) = SigningKey::generate().unwrap();
+        let foreign = protocol::seal(&other, 2, 0, &body("b")).unwrap();
+        assert_eq!(reason(ingest.ingest("d1", &foreign).unwrap()), Some(Rejection::WrongKey));
+        let same_seq_other_bytes = protocol::seal(&key, 1, 0, &body("changed")).unwrap();
+        assert_eq!(reason(ingest.ingest("d1", &same_seq_other_bytes).unwrap()), Some(Rejection::Conflict));
+        assert_eq!(reason(ingest.ingest("d1", b"\x01junk").unwrap()), Some(Rejection::Malformed));
+        let (_, unknown) = ingest.ingest_from_file(&foreign).unwrap();
+        assert_eq!(reason(unknown), Some(Rejection::UnknownDevice));
+
+        let text = metrics.render();
+        for (result, n) in [
+            ("stored", 1),
+            ("duplicate", 1),
+            ("unknown_device", 2),
+            ("wrong_key", 1),
+            ("conflict", 1),
+            ("malformed", 1),
+        ] {
+            let line = format!("outpost_coordinator_ingest_total{{result=\"{result}\"}} {n}");
+            assert!(text.contains(&line), "missing `{line}` in\n{text}");
+        }
+        let record = store.device("d1").unwrap().unwrap();
+        assert_eq!((record.counts.envelopes, record.counts.events), (1, 1));
+    }
+}
