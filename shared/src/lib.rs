@@ -7,6 +7,7 @@
 //! - [`tls`]: rustls client settings (ring only) for the MQTT link; [`files`]: atomic and
 //!   owner-only (0600) file writes for keys, tokens and certificates.
 //! - [`histogram`]: a mergeable latency/score histogram with bounded relative error.
+//! - [`trees`]: our own ai.onnx.ml tree-ensemble kernel, registered into tract's op registry.
 //! - [`reference`]: reference input/output pairs produced by another runtime, and the check
 //!   that our runtime reproduces them before a model may serve.
 //!
@@ -23,6 +24,7 @@ pub mod reference;
 pub mod runtime;
 pub mod tensor;
 pub mod tls;
+pub mod trees;
 
 pub use datatype::DataType;
 pub use runtime::{Dim, Model, RuntimeError, Signature, TensorSpec};

@@ -241,7 +241,9 @@ impl Model {
 
     /// Loads an ONNX model from its bytes: decode, name the batch dimension, type, optimize.
     pub fn load_bytes(bytes: &[u8], model_dir: Option<&Path>) -> Result<Model, RuntimeError> {
-        let onnx = onnx();
+        let mut onnx = onnx();
+        // Tree ensembles run on our own kernel (tract's is slow and gets binary labels wrong).
+        crate::trees::register(&mut onnx.op_register);
         let mut proto =
             onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| RuntimeError::Decode(format!("{e:#}")))?;
         if proto.graph.is_none() {
