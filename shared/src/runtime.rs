@@ -241,9 +241,7 @@ impl Model {
 
     /// Loads an ONNX model from its bytes: decode, name the batch dimension, type, optimize.
     pub fn load_bytes(bytes: &[u8], model_dir: Option<&Path>) -> Result<Model, RuntimeError> {
-        let mut onnx = onnx();
-        // Tree ensembles run on our own kernel (tract's is slow and gets binary labels wrong).
-        crate::trees::register(&mut onnx.op_register);
+        let onnx = onnx_parser();
         let mut proto =
             onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| RuntimeError::Decode(format!("{e:#}")))?;
         if proto.graph.is_none() {
@@ -358,6 +356,14 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// tract's ONNX parser with our own ops registered: tree ensembles run on [`crate::trees`]
+/// (tract's own is slow and gets binary labels wrong).
+pub fn onnx_parser() -> tract_onnx::Onnx {
+    let mut onnx = onnx();
+    crate::trees::register(&mut onnx.op_register);
+    onnx
 }
 
 /// Gives the first dimension of each graph input a name when the file leaves it anonymous.

@@ -10,12 +10,19 @@ fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
 }
 
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 11] = [
     "breast_cancer-1.0.0",
     "breast_cancer-1.1.0",
     "breast_cancer-2.0.0-bad",
     "digits_mlp-1.0.0",
     "digits_cnn-1.0.0",
+    // Tree ensembles, on our own kernel (see tree_cases.rs for the edge cases).
+    "breast_cancer_rf-1.0.0",
+    "breast_cancer_gbm-1.0.0",
+    "breast_cancer_xgb-1.0.0",
+    "breast_cancer_lgbm-1.0.0",
+    "digits_rf-1.0.0",
+    "diabetes_rf-1.0.0",
 ];
 
 #[test]

@@ -745,11 +745,13 @@ impl<T: Float> Ensemble<T> {
         // One score for two classes: onnxruntime derives the second (build refuses the
         // combinations where it leaves one undefined).
         let v = s[0].value();
+        // Measured on onnxruntime 1.31.1 (tree_cases/bin_class0_positive_logistic): LOGISTIC
+        // wins over the all-positive-weights complement.
         let (first, second) = match additional {
-            Some(0 | 1) => ((T::ONE - v).to_f32(), v.to_f32()),
             _ if self.post_transform == PostTransform::Logistic => {
                 (logistic((-v).to_f32()), logistic(v.to_f32()))
             }
+            Some(0 | 1) => ((T::ONE - v).to_f32(), v.to_f32()),
             _ => ((-v).to_f32(), v.to_f32()),
         };
         z[0] = first;
