@@ -1,5 +1,6 @@
 //! The agent speaks the Open Inference Protocol (V2) as Triton/KServe clients expect, and its
-//! answers equal onnxruntime's on every held-out row.
+//! answers equal onnxruntime's on every held-out row — tree ensembles (random forest, gradient
+//! boosting, XGBoost, LightGBM, a regressor) included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -7,12 +8,19 @@ use std::time::Duration;
 use outpost_tests::{Agent, assert_close, model, reference, rows};
 use serde_json::{Value, json};
 
-const STEMS: [(&str, &str); 5] = [
+const STEMS: [(&str, &str); 11] = [
     ("bc", "breast_cancer-1.0.0"),
     ("bc_mlp", "breast_cancer-1.1.0"),
     ("bc_bad", "breast_cancer-2.0.0-bad"),
     ("digits", "digits_mlp-1.0.0"),
     ("cnn", "digits_cnn-1.0.0"),
+    // Tree ensembles, served by our own kernel inside tract.
+    ("bc_rf", "breast_cancer_rf-1.0.0"),
+    ("bc_gbm", "breast_cancer_gbm-1.0.0"),
+    ("bc_xgb", "breast_cancer_xgb-1.0.0"),
+    ("bc_lgbm", "breast_cancer_lgbm-1.0.0"),
+    ("digits_rf", "digits_rf-1.0.0"),
+    ("diabetes_rf", "diabetes_rf-1.0.0"),
 ];
 
 async fn all_models() -> Agent {
