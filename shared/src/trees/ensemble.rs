@@ -4,10 +4,16 @@
 //! Layout: every tree reachable from its root is laid out depth-first (a branch node is
 //! followed by its true subtree) in one `Vec` of 16-byte nodes (for f32) holding the threshold,
 //! the feature index with the mode / missing-value / leaf bits packed above it, and the two
-//! child indices — or, for a leaf, the range of its weights in one shared weight array.
-//! Evaluation walks blocks of up to [`BLOCK`] rows tree by tree (the tree stays in cache while
-//! the rows go through it), accumulates into one scratch buffer per call (nothing is allocated
-//! per row), then finalizes each row.
+//! child indices; a leaf's children are itself, and its weights live aside (or, when every leaf
+//! weighs every class, as one dense vector per leaf; or, when each leaf has one weight for the
+//! same output, in the node itself).
+//! Evaluation takes blocks of up to [`BLOCK`] rows tree by tree (the tree stays in cache while
+//! the rows go through it). Within a block, rows walk a tree in interleaved lanes so the CPU
+//! overlaps their independent loads: on balanced trees every lane takes exactly the tree's
+//! depth in steps with no branch at all (a lane at its leaf steps onto itself); on deep,
+//! unbalanced ones a lane that arrives takes up the next row; shallow unbalanced ones are
+//! walked row by row. The choice is made per tree at load time. One scratch buffer per call
+//! holds the scores: nothing is allocated per row.
 //!
 //! Semantics follow onnxruntime 1.31 (`tree_ensemble_common.h`, `tree_ensemble_aggregator.h`,
 //! `ml_common.h`), including its special cases: a branch goes true when the comparison holds or
@@ -109,7 +115,7 @@ impl Float for f64 {
 }
 
 /// One node of the flattened forest. For a branch, `a`/`b` are the true/false children; for a
-/// leaf, `a` is the first of its `b` weights.
+/// leaf, both are the leaf itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Node<T> {
     value: T,
@@ -146,6 +152,8 @@ impl<T: Float> Acc<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Walker {
     Uniform(Mode),
+    /// One mode everywhere and every node sends NaN to its true child (XGBoost, LightGBM).
+    UniformNanTrue(Mode),
     Mixed,
 }
 
@@ -166,8 +174,14 @@ enum Finish {
 /// A checked, flattened tree ensemble ready to evaluate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ensemble<T> {
+    /// Leaves point to themselves (`a == b ==` their own index), so a walk may step past
+    /// its leaf while other rows of the same block are still walking.
     nodes: Vec<Node<T>>,
+    /// Per node: a leaf's weights, as (first, count) in `weights` (or its start in `dense`).
+    leaf_weights: Vec<(u32, u32)>,
     roots: Vec<u32>,
+    /// Per tree: how a block of rows walks it (chosen from the tree's shape at load time).
+    strategies: Vec<Strategy>,
     weights: Vec<Weight<T>>,
     n_outputs: usize,
     n_features: usize,
@@ -176,6 +190,10 @@ pub struct Ensemble<T> {
     /// leaf (a leaf's `a` then indexes here): the common random-forest case, added as a
     /// dense vector.
     dense: Option<Vec<T>>,
+    /// When every leaf holds exactly one weight and all for the same output: that output
+    /// (each leaf's weight is then its `value`). Regressors with one target, and the binary
+    /// classifiers of scikit-learn, XGBoost and LightGBM.
+    single: Option<u32>,
     finish: Finish,
     post_transform: PostTransform,
     base: Vec<T>,
@@ -417,8 +435,9 @@ impl<T: Float> Ensemble<T> {
         let mut modes = nodes.iter().filter(|n| n.bits & LEAF == 0).map(|n| n.bits & !FEATURE_MASK);
         let walker = match modes.next() {
             None => Walker::Uniform(Mode::Leq),
-            Some(first) if first & MISSING_TRUE == 0 && modes.all(|b| b == first) => {
-                Walker::Uniform(Mode::ALL[(first >> MODE_SHIFT) as usize])
+            Some(first) if modes.all(|b| b == first) => {
+                let mode = Mode::ALL[((first >> MODE_SHIFT) & 7) as usize];
+                if first & MISSING_TRUE == 0 { Walker::Uniform(mode) } else { Walker::UniformNanTrue(mode) }
             }
             Some(_) => Walker::Mixed,
         };
@@ -503,14 +522,36 @@ impl<T: Float> Ensemble<T> {
         };
 
         let dense = densify(&mut nodes, &weights, n_outputs);
+        let mut leaves = nodes.iter().filter(|n| n.bits & LEAF != 0);
+        let single = match leaves.next().map(|l| (l.b, weights[l.a as usize].target)) {
+            Some((1, target))
+                if dense.is_none() && leaves.all(|l| l.b == 1 && weights[l.a as usize].target == target) =>
+            {
+                Some(target)
+            }
+            _ => None,
+        };
+        // Shared subtrees can make paths exponentially many: the depth survey has a budget.
+        let mut budget = 4 * nodes.len() as u64 + 1024;
+        let strategies = roots.iter().map(|&root| strategy(&nodes, root, &mut budget)).collect();
+        let mut leaf_weights = vec![(0, 0); nodes.len()];
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if node.bits & LEAF != 0 {
+                leaf_weights[i] = (node.a, node.b);
+                (node.a, node.b) = (i as u32, i as u32);
+            }
+        }
         Ok(Ensemble {
             nodes,
+            leaf_weights,
             roots,
+            strategies,
             weights,
             n_outputs,
             n_features: usize::try_from(max_feature).unwrap_or(0) + 1,
             walker,
             dense,
+            single,
             finish,
             post_transform: spec.post_transform,
             base,
@@ -530,6 +571,25 @@ impl<T: Float> Ensemble<T> {
     /// Whether this is a classifier (which also writes a label per row).
     pub fn is_classifier(&self) -> bool {
         matches!(self.finish, Finish::Classifier { .. })
+    }
+
+    /// The same ensemble walking every tree the given way (`Blind` takes each tree's own
+    /// depth): lets tests run every walk on the same forest.
+    #[cfg(test)]
+    fn with_every_tree(&self, kind: Strategy) -> Ensemble<T> {
+        let mut e = self.clone();
+        let mut budget = u64::MAX;
+        e.strategies = e
+            .roots
+            .iter()
+            .map(|&root| match kind {
+                Strategy::Blind(_) => {
+                    Strategy::Blind(depths(&e.nodes, root, &mut budget).map_or(0, |d| d.0 as u32))
+                }
+                other => other,
+            })
+            .collect();
+        e
     }
 
     /// Number of trees.
@@ -612,6 +672,12 @@ impl<T: Float> Ensemble<T> {
             Walker::Uniform(Mode::Gt) => with_agg!(Fixed<3>),
             Walker::Uniform(Mode::Eq) => with_agg!(Fixed<4>),
             Walker::Uniform(Mode::Neq) => with_agg!(Fixed<5>),
+            Walker::UniformNanTrue(Mode::Leq) => with_agg!(FixedNanTrue<0>),
+            Walker::UniformNanTrue(Mode::Lt) => with_agg!(FixedNanTrue<1>),
+            Walker::UniformNanTrue(Mode::Gte) => with_agg!(FixedNanTrue<2>),
+            Walker::UniformNanTrue(Mode::Gt) => with_agg!(FixedNanTrue<3>),
+            Walker::UniformNanTrue(Mode::Eq) => with_agg!(FixedNanTrue<4>),
+            Walker::UniformNanTrue(Mode::Neq) => with_agg!(FixedNanTrue<5>),
             Walker::Mixed => with_agg!(Mixed),
         }
     }
@@ -628,40 +694,77 @@ impl<T: Float> Ensemble<T> {
         let nodes = self.nodes.as_slice();
         let count = rows.len();
         let features = |r: usize| &x[(rows.start + r) * width..(rows.start + r + 1) * width];
-        for &root in &self.roots {
-            // Four rows go down the tree together: their walks are independent, so the CPU
-            // overlaps their loads and comparisons.
-            let mut r = 0;
-            while r + LANES <= count {
-                let leaves = walk_lanes::<T, W>(
-                    nodes,
-                    root,
-                    [features(r), features(r + 1), features(r + 2), features(r + 3)],
-                );
-                for (lane, leaf) in leaves.into_iter().enumerate() {
-                    self.add_leaf::<A>(leaf, &mut acc[(r + lane) * k..(r + lane + 1) * k]);
+        let mut found = [0u32; BLOCK];
+        for (&root, &strategy) in self.roots.iter().zip(&self.strategies) {
+            match strategy {
+                // Lanes of rows go down the tree together: their walks are independent, so the
+                // CPU overlaps their loads and comparisons, and nothing branches on where one
+                // ends. (8 lanes measured as good as 16 or 32 on the fixtures, better on some.)
+                Strategy::Blind(steps) if count >= LANES => {
+                    self.blind_rows::<W, A, LANES>(root, steps, x, width, rows.clone(), acc);
                 }
-                r += LANES;
-            }
-            for r in r..count {
-                let leaf = walk::<T, W>(nodes, root, features(r));
-                self.add_leaf::<A>(leaf, &mut acc[r * k..(r + 1) * k]);
+                Strategy::Refill if count >= LANES => {
+                    let found = &mut found[..count];
+                    walk_refill::<T, W>(nodes, root, &x[rows.start * width..rows.end * width], width, found);
+                    for (r, &leaf) in found.iter().enumerate() {
+                        self.add_leaf::<A>(leaf, &mut acc[r * k..(r + 1) * k]);
+                    }
+                }
+                _ => {
+                    for r in 0..count {
+                        let leaf = walk::<T, W>(nodes, root, features(r));
+                        self.add_leaf::<A>(leaf, &mut acc[r * k..(r + 1) * k]);
+                    }
+                }
             }
         }
     }
 
     #[inline(always)]
-    fn add_leaf<A: Agg>(&self, leaf: &Node<T>, scores: &mut [Acc<T>]) {
+    fn blind_rows<W: Walk, A: Agg, const L: usize>(
+        &self,
+        root: u32,
+        steps: u32,
+        x: &[T],
+        width: usize,
+        rows: Range<usize>,
+        acc: &mut [Acc<T>],
+    ) {
+        let k = self.n_outputs;
+        let count = rows.len();
+        let mut r = 0;
+        while r + L <= count {
+            let block = &x[(rows.start + r) * width..(rows.start + r + L) * width];
+            let leaves = walk_blind::<T, W, L>(&self.nodes, root, steps, block, width);
+            for (lane, leaf) in leaves.into_iter().enumerate() {
+                self.add_leaf::<A>(leaf, &mut acc[(r + lane) * k..(r + lane + 1) * k]);
+            }
+            r += L;
+        }
+        for r in r..count {
+            let leaf =
+                walk::<T, W>(&self.nodes, root, &x[(rows.start + r) * width..(rows.start + r + 1) * width]);
+            self.add_leaf::<A>(leaf, &mut acc[r * k..(r + 1) * k]);
+        }
+    }
+
+    #[inline(always)]
+    fn add_leaf<A: Agg>(&self, leaf: u32, scores: &mut [Acc<T>]) {
+        if let Some(target) = self.single {
+            A::add(&mut scores[target as usize], self.nodes[leaf as usize].value);
+            return;
+        }
+        let (start, count) = self.leaf_weights[leaf as usize];
         match &self.dense {
             Some(dense) => {
-                let start = leaf.a as usize;
+                let start = start as usize;
                 let k = scores.len();
                 for (acc, &w) in scores.iter_mut().zip(&dense[start..start + k]) {
                     A::add(acc, w);
                 }
             }
             None => {
-                for w in &self.weights[leaf.a as usize..(leaf.a + leaf.b) as usize] {
+                for w in &self.weights[start as usize..(start + count) as usize] {
                     A::add(&mut scores[w.target as usize], w.value);
                 }
             }
@@ -788,42 +891,137 @@ impl<T: Float> Ensemble<T> {
     }
 }
 
-/// The walk to a leaf for one row.
+/// The walk to a leaf for one row; returns the leaf's index.
 #[inline(always)]
-fn walk<'a, T: Float, W: Walk>(nodes: &'a [Node<T>], root: u32, x: &[T]) -> &'a Node<T> {
-    let mut node = &nodes[root as usize];
-    while node.bits & LEAF == 0 {
-        let v = x[(node.bits & FEATURE_MASK) as usize];
-        let next = if W::go_true(node.bits, v, node.value) { node.a } else { node.b };
-        node = &nodes[next as usize];
-    }
-    node
-}
-
-const LANES: usize = 4;
-
-/// The walks of [`LANES`] rows down one tree, interleaved.
-#[inline(always)]
-fn walk_lanes<'a, T: Float, W: Walk>(
-    nodes: &'a [Node<T>],
-    root: u32,
-    x: [&[T]; LANES],
-) -> [&'a Node<T>; LANES] {
-    let mut at = [&nodes[root as usize]; LANES];
+fn walk<T: Float, W: Walk>(nodes: &[Node<T>], root: u32, x: &[T]) -> u32 {
+    let mut at = root;
     loop {
-        let mut moving = false;
-        for (node, x) in at.iter_mut().zip(&x) {
-            if node.bits & LEAF == 0 {
-                moving = true;
-                let v = x[(node.bits & FEATURE_MASK) as usize];
-                let next = if W::go_true(node.bits, v, node.value) { node.a } else { node.b };
-                *node = &nodes[next as usize];
-            }
-        }
-        if !moving {
+        let node = &nodes[at as usize];
+        if node.bits & LEAF != 0 {
             return at;
         }
+        let v = x[(node.bits & FEATURE_MASK) as usize];
+        at = if W::go_true(node.bits, v, node.value) { node.a } else { node.b };
     }
+}
+
+const LANES: usize = 8;
+
+/// The walks of [`LANES`] consecutive rows (`block`, `width` features each) down one tree,
+/// interleaved and branch-free: every lane takes exactly `steps` steps (the tree's depth); a
+/// lane at its leaf steps onto itself (a leaf's feature is 0 and both its children are itself).
+#[inline(always)]
+fn walk_blind<T: Float, W: Walk, const L: usize>(
+    nodes: &[Node<T>],
+    root: u32,
+    steps: u32,
+    block: &[T],
+    width: usize,
+) -> [u32; L] {
+    let mut at = [root; L];
+    let offsets: [usize; L] = std::array::from_fn(|lane| lane * width);
+    for _ in 0..steps {
+        for (at, &offset) in at.iter_mut().zip(&offsets) {
+            let node = &nodes[*at as usize];
+            let v = block[offset + (node.bits & FEATURE_MASK) as usize];
+            *at = if W::go_true(node.bits, v, node.value) { node.a } else { node.b };
+        }
+    }
+    at
+}
+
+/// The walks of all rows of `block` down one tree, [`LANES`] at a time: a lane whose row
+/// reached its leaf takes up the next row, so no lane idles while a deep row is still walking.
+#[inline(always)]
+fn walk_refill<T: Float, W: Walk>(
+    nodes: &[Node<T>],
+    root: u32,
+    block: &[T],
+    width: usize,
+    found: &mut [u32],
+) {
+    const IDLE: usize = usize::MAX;
+    let count = found.len();
+    let mut at = [root; LANES];
+    let mut row: [usize; LANES] = std::array::from_fn(|lane| if lane < count { lane } else { IDLE });
+    let mut next = LANES.min(count);
+    let mut active = LANES.min(count);
+    while active > 0 {
+        for (at, row) in at.iter_mut().zip(row.iter_mut()) {
+            if *row == IDLE {
+                continue;
+            }
+            let node = &nodes[*at as usize];
+            if node.bits & LEAF != 0 {
+                found[*row] = *at;
+                *at = root;
+                if next < count {
+                    *row = next;
+                    next += 1;
+                } else {
+                    *row = IDLE;
+                    active -= 1;
+                }
+                continue;
+            }
+            let v = block[*row * width + (node.bits & FEATURE_MASK) as usize];
+            *at = if W::go_true(node.bits, v, node.value) { node.a } else { node.b };
+        }
+    }
+}
+
+/// How a block of rows walks one tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// Balanced enough (deepest leaf at most twice the average depth plus 4): lanes of rows
+    /// take exactly this many steps.
+    Blind(u32),
+    /// Deep, unbalanced tree: lanes that arrive take up the next row.
+    Refill,
+    /// Shallow, unbalanced tree: one row after the other (the arrival branch would cost more
+    /// than the short walks gain from lanes).
+    Scalar,
+}
+
+/// Chooses the walk for the tree at `root` from its leaf depths (measured on this machine's
+/// fixtures: blind lanes win on balanced trees, refilled lanes on deep ones, plain walks on
+/// shallow unbalanced ones). Gives up (scalar) once `budget` node visits are spent: shared
+/// subtrees can make paths exponentially many.
+fn strategy<T>(nodes: &[Node<T>], root: u32, budget: &mut u64) -> Strategy {
+    let Some((deepest, total, leaves)) = depths(nodes, root, budget) else {
+        return Strategy::Scalar;
+    };
+    // Measured on the fixtures (forests and boosted trees, depth 4-15): blind lanes beat the
+    // others even where the deepest leaf is well below the average; the arrival test only
+    // pays on trees far deeper at some leaves than on average.
+    let balanced = deepest * leaves <= 2 * total + 4 * leaves;
+    if balanced && deepest <= 64 {
+        Strategy::Blind(deepest as u32)
+    } else if total >= 8 * leaves {
+        Strategy::Refill
+    } else {
+        Strategy::Scalar
+    }
+}
+
+/// The tree's deepest leaf depth, the sum of its leaf depths and its number of leaves (paths,
+/// for shared subtrees), or `None` once `budget` node visits are spent.
+fn depths<T>(nodes: &[Node<T>], root: u32, budget: &mut u64) -> Option<(u64, u64, u64)> {
+    let (mut deepest, mut total, mut leaves) = (0u64, 0u64, 0u64);
+    let mut stack = vec![(root, 0u64)];
+    while let Some((at, depth)) = stack.pop() {
+        *budget = budget.checked_sub(1)?;
+        let node = &nodes[at as usize];
+        if node.bits & LEAF != 0 {
+            deepest = deepest.max(depth);
+            total += depth;
+            leaves += 1;
+        } else {
+            stack.push((node.a, depth + 1));
+            stack.push((node.b, depth + 1));
+        }
+    }
+    Some((deepest, total, leaves))
 }
 
 /// Switches leaves to dense weights when every leaf weighs every output exactly once.
@@ -868,6 +1066,16 @@ impl<const M: u32> Walk for Fixed<M> {
     #[inline(always)]
     fn go_true<T: Float>(_bits: u32, x: T, threshold: T) -> bool {
         compare(M, x, threshold)
+    }
+}
+
+/// One mode everywhere, NaN goes true everywhere.
+struct FixedNanTrue<const M: u32>;
+
+impl<const M: u32> Walk for FixedNanTrue<M> {
+    #[inline(always)]
+    fn go_true<T: Float>(_bits: u32, x: T, threshold: T) -> bool {
+        compare(M, x, threshold) || x.is_nan()
     }
 }
 

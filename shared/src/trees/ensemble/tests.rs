@@ -44,6 +44,7 @@ fn random_forest(
     kind: SpecKind,
     one_weight: bool,
     dense: bool,
+    nan_true: bool,
 ) -> Forest {
     let n_features = 1 + rng.below(5);
     let trees = 1 + rng.below(6);
@@ -96,7 +97,7 @@ fn random_forest(
                     mode: Some(mode),
                     feature: rng.below(n_features) as i64,
                     threshold: GRID[rng.below(GRID.len())],
-                    missing: uniform.is_none() && rng.chance(40),
+                    missing: if uniform.is_none() { rng.chance(40) } else { nan_true },
                     children: (t, f),
                 };
                 frontier.push((t, depth + 1));
@@ -246,9 +247,11 @@ fn run(e: &Ensemble<f32>, x: &[f32], rows: usize, width: usize) -> (Vec<f32>, Ve
     (scores, labels)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_against_reference(
     seed: u64,
     uniform: Option<Mode>,
+    nan_true: bool,
     aggregate: Aggregate,
     targets: usize,
     rows: usize,
@@ -256,7 +259,7 @@ fn check_against_reference(
 ) {
     let mut rng = Rng(seed | 1);
     let kind = SpecKind::Regressor { n_targets: targets, aggregate };
-    let forest = random_forest(&mut rng, targets, uniform, kind, targets == 1, dense);
+    let forest = random_forest(&mut rng, targets, uniform, kind, targets == 1, dense, nan_true);
     if dense && targets > 1 {
         assert!(ensemble_is_dense(&forest.spec));
     }
@@ -264,11 +267,16 @@ fn check_against_reference(
     if let Some(mode) = uniform
         && ensemble.nodes.iter().any(|n| n.bits & LEAF == 0)
     {
-        assert_eq!(ensemble.walker, Walker::Uniform(mode));
+        let expected = if nan_true { Walker::UniformNanTrue(mode) } else { Walker::Uniform(mode) };
+        assert_eq!(ensemble.walker, expected);
     }
     let width = forest.n_features + rng.below(2);
     let x = random_rows(&mut rng, rows, width);
     let (scores, _) = run(&ensemble, &x, rows, width);
+    // Every walk gives the same scores, whatever the trees' shapes.
+    for kind in [super::Strategy::Blind(0), super::Strategy::Refill, super::Strategy::Scalar] {
+        assert_eq!(run(&ensemble.with_every_tree(kind), &x, rows, width).0, scores, "seed {seed}: {kind:?}");
+    }
     for r in 0..rows {
         let expected = reference(&forest.spec, &x[r * width..(r + 1) * width]);
         for (t, &(value, has)) in expected.iter().enumerate() {
@@ -288,19 +296,19 @@ proptest! {
     #[test]
     fn kernel_matches_reference_walk_with_mixed_modes_and_nan(seed in any::<u64>(), agg in 0usize..4, targets in 1usize..4, rows in 1usize..150, dense in any::<bool>()) {
         let aggregate = [Aggregate::Sum, Aggregate::Average, Aggregate::Min, Aggregate::Max][agg];
-        check_against_reference(seed, None, aggregate, targets, rows, dense);
+        check_against_reference(seed, None, false, aggregate, targets, rows, dense);
     }
 
     #[test]
-    fn kernel_matches_reference_walk_for_every_uniform_mode(seed in any::<u64>(), mode in 0usize..6, targets in 1usize..3, rows in 1usize..150) {
-        check_against_reference(seed, Some(Mode::ALL[mode]), Aggregate::Sum, targets, rows, false);
+    fn kernel_matches_reference_walk_for_every_uniform_mode(seed in any::<u64>(), mode in 0usize..6, nan_true in any::<bool>(), targets in 1usize..3, rows in 1usize..150) {
+        check_against_reference(seed, Some(Mode::ALL[mode]), nan_true, Aggregate::Sum, targets, rows, false);
     }
 
     #[test]
     fn multiclass_labels_are_the_first_best_scoring_class(seed in any::<u64>(), rows in 1usize..100, dense in any::<bool>()) {
         let mut rng = Rng(seed | 1);
         let labels = Labels::Int(vec![7, 3, 11, 5]);
-        let forest = random_forest(&mut rng, 4, None, SpecKind::Classifier { labels }, false, dense);
+        let forest = random_forest(&mut rng, 4, None, SpecKind::Classifier { labels }, false, dense, false);
         let ensemble = Ensemble::<f32>::build(&forest.spec).unwrap();
         let x = random_rows(&mut rng, rows, forest.n_features);
         let (scores, found) = run(&ensemble, &x, rows, forest.n_features);
