@@ -526,3 +526,77 @@ fn rejects_inputs_that_do_not_fit() {
     assert_eq!(err, "TreeEnsembleRegressor input has 0 features per row but the trees read feature 0");
     assert!(e.run(&[0.0], 2, 1, &mut scores, &mut []).is_err());
 }
+
+/// Garbage attributes: a valid random forest with a few random mutations — ids out of range
+/// or negative, children anywhere (cycles, other trees, itself), weights on branches or on
+/// missing nodes or for missing outputs, odd base values and label counts. Building must
+/// refuse or succeed, never panic; whatever builds must run on any rows.
+fn garbage_spec(rng: &mut Rng) -> Spec {
+    let outputs = 1 + rng.below(4);
+    let kind = if rng.chance(50) {
+        SpecKind::Classifier { labels: Labels::Int((0..outputs.max(2) as i64).collect()) }
+    } else {
+        let aggregate = [Aggregate::Sum, Aggregate::Average, Aggregate::Min, Aggregate::Max][rng.below(4)];
+        SpecKind::Regressor { n_targets: outputs, aggregate }
+    };
+    let k = match &kind {
+        SpecKind::Classifier { labels } => labels.len(),
+        SpecKind::Regressor { n_targets, .. } => *n_targets,
+    };
+    let dense = rng.chance(30);
+    let mut spec = random_forest(rng, k, None, kind, k == 1, dense, false).spec;
+    spec.post_transform = [
+        PostTransform::None,
+        PostTransform::Softmax,
+        PostTransform::Logistic,
+        PostTransform::SoftmaxZero,
+        PostTransform::Probit,
+    ][rng.below(5)];
+    if rng.chance(40) {
+        spec.base_values = Some(Values::F32((0..rng.below(k + 2)).map(|i| i as f32 - 1.0).collect()));
+    }
+    let n = spec.nodes.tree_ids.len();
+    let m = spec.leaves.ids.len();
+    let junk = |rng: &mut Rng| rng.below(12) as i64 - 2;
+    for _ in 0..rng.below(4) {
+        let i = rng.below(n);
+        match rng.below(9) {
+            0 => spec.nodes.true_ids[i] = junk(rng),
+            1 => spec.nodes.false_ids[i] = junk(rng),
+            2 => spec.nodes.node_ids[i] = junk(rng),
+            3 => spec.nodes.tree_ids[i] = junk(rng),
+            4 => spec.nodes.feature_ids[i] = junk(rng),
+            5 => spec.nodes.modes[i] = if spec.nodes.modes[i].is_some() { None } else { Some(Mode::Gt) },
+            6 if m > 0 => spec.leaves.node_ids[rng.below(m)] = junk(rng),
+            7 if m > 0 => spec.leaves.ids[rng.below(m)] = junk(rng),
+            _ => spec.nodes.missing_tracks_true[i] = junk(rng),
+        }
+    }
+    spec
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn garbage_attributes_never_panic(seed in any::<u64>(), rows in 0usize..80) {
+        let mut rng = Rng(seed | 1);
+        let spec = garbage_spec(&mut rng);
+        if let Ok(e) = Ensemble::<f32>::build(&spec) {
+            let width = e.n_features() + rng.below(2);
+            let x = random_rows(&mut rng, rows, width);
+            let mut scores = vec![0.0; rows * e.n_outputs()];
+            let mut labels = vec![0; if e.is_classifier() { rows } else { 0 }];
+            prop_assert!(e.run(&x, rows, width, &mut scores, &mut labels).is_ok());
+        }
+    }
+}
+
+#[test]
+fn garbage_generator_reaches_the_kernel() {
+    // The property above is only worth something if some garbage builds and runs.
+    let built = (1..2000u64)
+        .filter(|&seed| Ensemble::<f32>::build(&garbage_spec(&mut Rng(seed * 7919))).is_ok())
+        .count();
+    assert!(built >= 100, "only {built} of 2000 garbage ensembles built");
+}
