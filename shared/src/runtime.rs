@@ -247,6 +247,7 @@ impl Model {
         if proto.graph.is_none() {
             return Err(RuntimeError::Decode("the file holds no graph".into()));
         }
+        check_graph_outputs(proto.graph.as_ref(), &HashSet::new())?;
         name_anonymous_batch_dims(&mut proto);
         let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         let dir = model_dir.and_then(Path::to_str);
@@ -364,6 +365,33 @@ pub fn onnx_parser() -> tract_onnx::Onnx {
     let mut onnx = onnx();
     crate::trees::register(&mut onnx.op_register);
     onnx
+}
+
+/// Refuses a graph (or subgraph) whose outputs name a value nothing produces: tract 0.23's
+/// parser indexes its name map with them and panics (found by the `model_load` fuzz target).
+/// A subgraph may also name values of the graphs around it (`outer`).
+fn check_graph_outputs(graph: Option<&pb::GraphProto>, outer: &HashSet<&str>) -> Result<(), RuntimeError> {
+    let Some(graph) = graph else {
+        return Ok(());
+    };
+    let mut known: HashSet<&str> = outer.clone();
+    known.extend(graph.input.iter().map(|i| i.name.as_str()));
+    known.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    known.extend(
+        graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).filter(|n| !n.is_empty()),
+    );
+    if let Some(missing) = graph.output.iter().find(|o| !known.contains(o.name.as_str())) {
+        return Err(RuntimeError::Decode(format!(
+            "graph `{}` lists output `{}`, which no node, input or initializer produces",
+            graph.name, missing.name
+        )));
+    }
+    for attr in graph.node.iter().flat_map(|n| &n.attribute) {
+        for sub in attr.g.iter().chain(&attr.graphs) {
+            check_graph_outputs(Some(sub), &known)?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives the first dimension of each graph input a name when the file leaves it anonymous.
@@ -500,6 +528,22 @@ mod tests {
         for (provided, message) in cases {
             assert_eq!(sig.check_inputs(&provided).unwrap_err().to_string(), message);
         }
+    }
+
+    #[test]
+    fn output_nothing_produces_is_refused_not_panicked_on() {
+        // The shape of a fuzz finding: tract's parser panicked on an output with no producer.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models");
+        let bytes = std::fs::read(dir.join("breast_cancer_rf-1.0.0.onnx")).unwrap();
+        let mut proto = onnx().proto_model_for_read(&mut &bytes[..]).unwrap();
+        proto.graph.as_mut().unwrap().output[0].name = "nobody_makes_this".into();
+        let mut edited = Vec::new();
+        prost::Message::encode(&proto, &mut edited).unwrap();
+        let err = Model::load_bytes(&edited, None).unwrap_err().to_string();
+        assert!(
+            err.contains("lists output `nobody_makes_this`, which no node, input or initializer produces"),
+            "{err}"
+        );
     }
 
     #[test]
