@@ -5,9 +5,11 @@
 //! enrolment, a last will that sets the retained `presence` topic to `offline`, and a
 //! persistent session; on every connect it publishes `online` and (when the broker kept no
 //! session) subscribes to its `ack` topic. A second task sends: oldest unacknowledged
-//! envelope first, at most `max_in_flight` outstanding; when no ack arrives within
-//! `ack_timeout_secs`, or after a reconnect, it starts again from the oldest. A PUBACK means
-//! nothing here — only a signed ack from the coordinator deletes an envelope.
+//! envelope first, at most `max_in_flight` outstanding; when the oldest unacknowledged
+//! envelope has waited `ack_timeout_secs` (even while newer ones are being acked: a broker
+//! that lost its sessions drops what arrives before the coordinator re-subscribes), or after
+//! a reconnect, it starts again from the oldest. A PUBACK means nothing here — only a signed
+//! ack from the coordinator deletes an envelope.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -203,8 +205,9 @@ async fn send_loop(
 ) {
     let mut last_sent: Option<u64> = None;
     let mut seen_epoch = epoch.load(Ordering::Relaxed);
-    let mut last_progress = Instant::now();
-    let mut acked_before = stats.acked.load(Ordering::Relaxed);
+    // The oldest unacknowledged envelope and since when it has been the oldest (or resent).
+    let mut oldest_seen: Option<u64> = None;
+    let mut waiting_since = Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -214,10 +217,16 @@ async fn send_loop(
             continue;
         }
         let now_epoch = epoch.load(Ordering::Relaxed);
-        let acked = stats.acked.load(Ordering::Relaxed);
-        if acked != acked_before {
-            acked_before = acked;
-            last_progress = Instant::now();
+        let oldest = match outbox.oldest() {
+            Ok(oldest) => oldest,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                continue;
+            }
+        };
+        if oldest != oldest_seen {
+            oldest_seen = oldest;
+            waiting_since = Instant::now();
         }
         let pending_total = outbox.stats().messages;
         if now_epoch != seen_epoch {
@@ -227,16 +236,16 @@ async fn send_loop(
                 tracing::info!(pending = pending_total, "sending the backlog, oldest first");
             }
             last_sent = None;
-            last_progress = Instant::now();
-        } else if last_sent.is_some() && pending_total > 0 && last_progress.elapsed() >= settings.ack_timeout
-        {
+            waiting_since = Instant::now();
+        } else if last_sent.is_some() && oldest.is_some() && waiting_since.elapsed() >= settings.ack_timeout {
             tracing::warn!(
                 timeout_secs = settings.ack_timeout.as_secs(),
+                oldest = oldest.unwrap_or_default(),
                 pending = pending_total,
-                "no ack in time; resending from the oldest unacknowledged message"
+                "the oldest message got no ack in time; resending from it"
             );
             last_sent = None;
-            last_progress = Instant::now();
+            waiting_since = Instant::now();
         }
         // In flight = sent but still in the outbox.
         let in_flight = last_sent.map_or(0, |last| outbox.count_through(last, settings.max_in_flight));

@@ -172,6 +172,12 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The seq of the oldest envelope still waiting for an ack.
+    pub fn oldest(&self) -> Result<Option<u64>, OutboxError> {
+        let first = self.entries.first().map_err(|e| self.storage(e))?;
+        Ok(first.and_then(|(key, _)| be(Some(&key))))
+    }
+
     /// How many entries have seq ≤ `last`, counting at most `cap` (reads keys, copies nothing).
     pub fn count_through(&self, last: u64, cap: usize) -> usize {
         self.entries.range(..=last.to_be_bytes()).take(cap).count()

@@ -243,6 +243,39 @@ async fn broker_outage_loses_nothing_and_duplicates_nothing(kind: Kind) {
     assert!(view["counts"]["reports"].as_u64().unwrap() >= 30, "{view:#}");
 }
 
+/// Mosquitto restarts without its sessions and the coordinator re-subscribes only after the
+/// agent has sent, and resent, its backlog into a broker with no subscriber for it. New
+/// reports are then acked as they come; the lost backlog must still be resent (it once was
+/// not: any ack counted as progress, so the oldest message waited forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_lost_before_the_coordinator_resubscribes_is_resent() {
+    let mut fleet = fleet(Kind::Mosquitto);
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    // Reports every second, ack timeout 10 s: once the coordinator is back, acks for new
+    // reports always come before the next resend would.
+    let agent = start_agent(&dir, &[("OUTPOST_TELEMETRY__ACK_TIMEOUT_SECS", "10")]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+        .await;
+    fleet.coordinator.stop(Signal::SIGTERM);
+    fleet.stop_broker();
+    serve_predictions(&agent, 2000).await;
+    fleet.resume_broker();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.log().matches("connected to broker").count() < 2 {
+        assert!(Instant::now() < deadline, "the agent never reconnected:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the ack timeout: the backlog went out at least twice with nobody listening.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    fleet.coordinator.resume();
+    let view = wait_drained(&agent, &fleet, &device, 2000, Duration::from_secs(60)).await;
+    assert_eq!(view["counts"]["predictions"], 2000, "{view:#}");
+    assert_exactly_once(&view);
+}
+
 async fn agent_killed_while_draining_restarts_without_loss(kind: Kind) {
     let mut fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
