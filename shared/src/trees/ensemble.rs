@@ -171,6 +171,9 @@ enum Finish {
     },
 }
 
+/// A walk of a block of rows through every tree, adding the leaves' weights into the scores.
+type Accumulate<T> = fn(&Ensemble<T>, &[T], usize, Range<usize>, &mut [Acc<T>]);
+
 /// A checked, flattened tree ensemble ready to evaluate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ensemble<T> {
@@ -586,6 +589,9 @@ impl<T: Float> Ensemble<T> {
                 Strategy::Blind(_) => {
                     Strategy::Blind(depths(&e.nodes, root, &mut budget).map_or(0, |d| d.0 as u32))
                 }
+                Strategy::BlindWide(_) => {
+                    Strategy::BlindWide(depths(&e.nodes, root, &mut budget).map_or(0, |d| d.0 as u32))
+                }
                 other => other,
             })
             .collect();
@@ -597,11 +603,10 @@ impl<T: Float> Ensemble<T> {
         self.roots.len()
     }
 
-    /// Evaluates `rows` rows of `width` features (`x` row-major), writing `n_outputs()` scores
-    /// per row into `scores` and, for a classifier, a label code per row into `labels` (the
-    /// int label, or the index of a string label).
-    pub fn run(
+    /// [`Ensemble::run`] with the given walk through the trees.
+    fn run_with(
         &self,
+        accumulate: Accumulate<T>,
         x: &[T],
         rows: usize,
         width: usize,
@@ -632,7 +637,7 @@ impl<T: Float> Ensemble<T> {
             let end = (start + BLOCK).min(rows);
             let acc = &mut acc[..(end - start) * k];
             acc.fill(Acc::EMPTY);
-            self.accumulate(x, width, start..end, acc);
+            accumulate(self, x, width, start..end, acc);
             for (r, row) in (start..end).enumerate() {
                 let a = &mut acc[r * k..(r + 1) * k];
                 let z = &mut scores[row * k..(row + 1) * k];
@@ -649,36 +654,20 @@ impl<T: Float> Ensemble<T> {
         Ok(())
     }
 
-    fn accumulate(&self, x: &[T], width: usize, rows: Range<usize>, acc: &mut [Acc<T>]) {
-        let aggregate = match self.finish {
-            Finish::Classifier { .. } => Aggregate::Sum,
-            Finish::Regressor { aggregate } => aggregate,
-        };
-        macro_rules! with_agg {
-            ($walk:ty) => {
-                match aggregate {
-                    Aggregate::Sum | Aggregate::Average => {
-                        self.accumulate_with::<$walk, SumAgg>(x, width, rows, acc)
-                    }
-                    Aggregate::Min => self.accumulate_with::<$walk, MinAgg>(x, width, rows, acc),
-                    Aggregate::Max => self.accumulate_with::<$walk, MaxAgg>(x, width, rows, acc),
-                }
-            };
-        }
-        match self.walker {
-            Walker::Uniform(Mode::Leq) => with_agg!(Fixed<0>),
-            Walker::Uniform(Mode::Lt) => with_agg!(Fixed<1>),
-            Walker::Uniform(Mode::Gte) => with_agg!(Fixed<2>),
-            Walker::Uniform(Mode::Gt) => with_agg!(Fixed<3>),
-            Walker::Uniform(Mode::Eq) => with_agg!(Fixed<4>),
-            Walker::Uniform(Mode::Neq) => with_agg!(Fixed<5>),
-            Walker::UniformNanTrue(Mode::Leq) => with_agg!(FixedNanTrue<0>),
-            Walker::UniformNanTrue(Mode::Lt) => with_agg!(FixedNanTrue<1>),
-            Walker::UniformNanTrue(Mode::Gte) => with_agg!(FixedNanTrue<2>),
-            Walker::UniformNanTrue(Mode::Gt) => with_agg!(FixedNanTrue<3>),
-            Walker::UniformNanTrue(Mode::Eq) => with_agg!(FixedNanTrue<4>),
-            Walker::UniformNanTrue(Mode::Neq) => with_agg!(FixedNanTrue<5>),
-            Walker::Mixed => with_agg!(Mixed),
+    /// The general walk: per-node modes and missing-value tracks, any aggregate. What FP64
+    /// models and MIN/MAX regressors use (rare enough not to be worth specialized code).
+    fn accumulate_general(&self, x: &[T], width: usize, rows: Range<usize>, acc: &mut [Acc<T>]) {
+        match self.finish {
+            Finish::Classifier { .. }
+            | Finish::Regressor { aggregate: Aggregate::Sum | Aggregate::Average } => {
+                self.accumulate_with::<Mixed, SumAgg>(x, width, rows, acc)
+            }
+            Finish::Regressor { aggregate: Aggregate::Min } => {
+                self.accumulate_with::<Mixed, MinAgg>(x, width, rows, acc)
+            }
+            Finish::Regressor { aggregate: Aggregate::Max } => {
+                self.accumulate_with::<Mixed, MaxAgg>(x, width, rows, acc)
+            }
         }
     }
 
@@ -699,9 +688,12 @@ impl<T: Float> Ensemble<T> {
             match strategy {
                 // Lanes of rows go down the tree together: their walks are independent, so the
                 // CPU overlaps their loads and comparisons, and nothing branches on where one
-                // ends. (8 lanes measured as good as 16 or 32 on the fixtures, better on some.)
+                // ends.
                 Strategy::Blind(steps) if count >= LANES => {
                     self.blind_rows::<W, A, LANES>(root, steps, x, width, rows.clone(), acc);
+                }
+                Strategy::BlindWide(steps) if count >= 2 * LANES => {
+                    self.blind_rows::<W, A, { 2 * LANES }>(root, steps, x, width, rows.clone(), acc);
                 }
                 Strategy::Refill if count >= LANES => {
                     let found = &mut found[..count];
@@ -891,6 +883,71 @@ impl<T: Float> Ensemble<T> {
     }
 }
 
+impl Ensemble<f32> {
+    /// Evaluates `rows` rows of `width` features (`x` row-major), writing `n_outputs()` scores
+    /// per row into `scores` and, for a classifier, a label code per row into `labels` (the
+    /// int label, or the index of a string label).
+    pub fn run(
+        &self,
+        x: &[f32],
+        rows: usize,
+        width: usize,
+        scores: &mut [f32],
+        labels: &mut [i64],
+    ) -> Result<(), TreeError> {
+        self.run_with(Self::accumulate_specialized, x, rows, width, scores, labels)
+    }
+
+    /// FP32 sums (classifiers, SUM and AVERAGE regressors) get a walk compiled for their one
+    /// comparison; the rest takes the general walk.
+    fn accumulate_specialized(&self, x: &[f32], width: usize, rows: Range<usize>, acc: &mut [Acc<f32>]) {
+        if matches!(self.finish, Finish::Regressor { aggregate: Aggregate::Min | Aggregate::Max }) {
+            return self.accumulate_general(x, width, rows, acc);
+        }
+        match self.walker {
+            Walker::Uniform(Mode::Leq) => self.accumulate_with::<Fixed<0>, SumAgg>(x, width, rows, acc),
+            Walker::Uniform(Mode::Lt) => self.accumulate_with::<Fixed<1>, SumAgg>(x, width, rows, acc),
+            Walker::Uniform(Mode::Gte) => self.accumulate_with::<Fixed<2>, SumAgg>(x, width, rows, acc),
+            Walker::Uniform(Mode::Gt) => self.accumulate_with::<Fixed<3>, SumAgg>(x, width, rows, acc),
+            Walker::Uniform(Mode::Eq) => self.accumulate_with::<Fixed<4>, SumAgg>(x, width, rows, acc),
+            Walker::Uniform(Mode::Neq) => self.accumulate_with::<Fixed<5>, SumAgg>(x, width, rows, acc),
+            Walker::UniformNanTrue(Mode::Leq) => {
+                self.accumulate_with::<FixedNanTrue<0>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::UniformNanTrue(Mode::Lt) => {
+                self.accumulate_with::<FixedNanTrue<1>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::UniformNanTrue(Mode::Gte) => {
+                self.accumulate_with::<FixedNanTrue<2>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::UniformNanTrue(Mode::Gt) => {
+                self.accumulate_with::<FixedNanTrue<3>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::UniformNanTrue(Mode::Eq) => {
+                self.accumulate_with::<FixedNanTrue<4>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::UniformNanTrue(Mode::Neq) => {
+                self.accumulate_with::<FixedNanTrue<5>, SumAgg>(x, width, rows, acc)
+            }
+            Walker::Mixed => self.accumulate_with::<Mixed, SumAgg>(x, width, rows, acc),
+        }
+    }
+}
+
+impl Ensemble<f64> {
+    /// As [`Ensemble::<f32>::run`], for FP64 inputs (general walk only).
+    pub fn run(
+        &self,
+        x: &[f64],
+        rows: usize,
+        width: usize,
+        scores: &mut [f32],
+        labels: &mut [i64],
+    ) -> Result<(), TreeError> {
+        self.run_with(Self::accumulate_general, x, rows, width, scores, labels)
+    }
+}
+
 /// The walk to a leaf for one row; returns the leaf's index.
 #[inline(always)]
 fn walk<T: Float, W: Walk>(nodes: &[Node<T>], root: u32, x: &[T]) -> u32 {
@@ -976,6 +1033,9 @@ enum Strategy {
     /// Balanced enough (deepest leaf at most twice the average depth plus 4): lanes of rows
     /// take exactly this many steps.
     Blind(u32),
+    /// The same with twice the lanes, for larger trees (32 leaves or more), where more
+    /// independent walks in flight measured faster (and slower on small ones).
+    BlindWide(u32),
     /// Deep, unbalanced tree: lanes that arrive take up the next row.
     Refill,
     /// Shallow, unbalanced tree: one row after the other (the arrival branch would cost more
@@ -996,7 +1056,7 @@ fn strategy<T>(nodes: &[Node<T>], root: u32, budget: &mut u64) -> Strategy {
     // pays on trees far deeper at some leaves than on average.
     let balanced = deepest * leaves <= 2 * total + 4 * leaves;
     if balanced && deepest <= 64 {
-        Strategy::Blind(deepest as u32)
+        if leaves >= 32 { Strategy::BlindWide(deepest as u32) } else { Strategy::Blind(deepest as u32) }
     } else if total >= 8 * leaves {
         Strategy::Refill
     } else {

@@ -274,7 +274,12 @@ fn check_against_reference(
     let x = random_rows(&mut rng, rows, width);
     let (scores, _) = run(&ensemble, &x, rows, width);
     // Every walk gives the same scores, whatever the trees' shapes.
-    for kind in [super::Strategy::Blind(0), super::Strategy::Refill, super::Strategy::Scalar] {
+    for kind in [
+        super::Strategy::Blind(0),
+        super::Strategy::BlindWide(0),
+        super::Strategy::Refill,
+        super::Strategy::Scalar,
+    ] {
         assert_eq!(run(&ensemble.with_every_tree(kind), &x, rows, width).0, scores, "seed {seed}: {kind:?}");
     }
     for r in 0..rows {
