@@ -1,5 +1,5 @@
 //! The README's quick start works: the example config serves every example model, two
-//! versions of one side by side.
+//! versions of one side by side, and a random forest on our tree kernel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -28,7 +28,13 @@ async fn example_config_serves_every_example_model() {
     );
     let (status, body) = agent.post_json("/v2/models/breast_cancer/versions/1.0.0/infer", &request).await;
     assert_eq!((status, body["model_version"].as_str().unwrap()), (200, "1.0.0"));
-    for name in ["digits", "digits_cnn"] {
+    for name in ["digits", "digits_cnn", "breast_cancer_rf"] {
         assert_eq!(agent.get(&format!("/v2/models/{name}/ready")).await.0, 200, "{name}");
     }
+    // The forest answers as onnxruntime does on the same row.
+    let forest = reference("breast_cancer_rf-1.0.0");
+    let (status, body) = agent.post_json("/v2/models/breast_cancer_rf/infer", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let label = body["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "label").unwrap();
+    assert_eq!(label["data"][0], forest["outputs"][0]["data"][0], "{body}");
 }
