@@ -534,6 +534,8 @@ impl<T: Float> Ensemble<T> {
             }
             _ => None,
         };
+        // Dense or single leaves keep their weights elsewhere: the sparse list is not needed.
+        let weights = if dense.is_some() || single.is_some() { Vec::new() } else { weights };
         // Shared subtrees can make paths exponentially many: the depth survey has a budget.
         let mut budget = 4 * nodes.len() as u64 + 1024;
         let strategies = roots.iter().map(|&root| strategy(&nodes, root, &mut budget)).collect();
