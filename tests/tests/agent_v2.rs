@@ -229,3 +229,71 @@ async fn binary_tensor_data_round_trips() {
     assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 40, "ten FP32 probabilities");
     assert_eq!(binary.len(), 48);
 }
+
+fn case_number(v: &Value) -> f32 {
+    match v.as_str() {
+        Some("NaN") => f32::NAN,
+        Some("Infinity") => f32::INFINITY,
+        Some("-Infinity") => f32::NEG_INFINITY,
+        _ => v.as_f64().unwrap() as f32,
+    }
+}
+
+/// Missing values reach a tree ensemble through the agent when the model allows them:
+/// 300 rows with NaN and ±∞ (binary V2, as JSON cannot carry NaN) through a mixed-mode
+/// forest with missing-value tracks, labels and probabilities as onnxruntime gave them.
+#[tokio::test]
+async fn tree_model_takes_missing_values_as_onnxruntime_does() {
+    let cases = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tree_cases");
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(cases.join("clf4_mixed_none.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let model_path = cases.join("clf4_mixed_none.onnx");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"trees\"\npath = {:?}\nnan_policy = \"allow\"\n",
+            model_path.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::builder().args(&["--config", config.to_str().unwrap()]).start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+
+    let input = &case["inputs"][0];
+    let shape = input["shape"].clone();
+    let values: Vec<f32> = input["data"].as_array().unwrap().iter().map(case_number).collect();
+    assert!(values.iter().any(|v| v.is_nan()) && values.iter().any(|v| v.is_infinite()));
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let header = json!({
+        "inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": bytes.len()}}],
+        "outputs": [{"name": "label"}, {"name": "probabilities"}]
+    });
+    // Binary request, JSON answer (no output asks for binary data).
+    let header_bytes = serde_json::to_vec(&header).unwrap();
+    let mut body = header_bytes.clone();
+    body.extend_from_slice(&bytes);
+    let response = agent
+        .http
+        .post(agent.url("/v2/models/trees/infer"))
+        .header("Inference-Header-Content-Length", header_bytes.len().to_string())
+        .header("Content-Type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let head: Value = response.json().await.unwrap();
+    let found = |name: &str| {
+        head["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap()["data"].clone()
+    };
+    let expected = |name: &str| {
+        case["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap()["data"].clone()
+    };
+    assert_eq!(found("label"), expected("label"));
+    let probabilities: Vec<f64> = floats(&found("probabilities"));
+    let want: Vec<f64> =
+        expected("probabilities").as_array().unwrap().iter().map(|v| f64::from(case_number(v))).collect();
+    assert_close(&probabilities, &want, "probabilities");
+}
