@@ -163,9 +163,8 @@ async fn outputs_equal_onnxruntime_on_every_heldout_row() {
     }
 }
 
-/// Sends a binary-extension request (JSON header, then raw tensor bytes) and splits the
-/// binary-extension response into its JSON header and the binary bytes after it.
-async fn post_binary(agent: &Agent, path: &str, header: &Value, binary: &[u8]) -> (Value, Vec<u8>) {
+/// Sends a binary-extension request: the JSON header, then the raw tensor bytes.
+async fn send_binary(agent: &Agent, path: &str, header: &Value, binary: &[u8]) -> reqwest::Response {
     let header_bytes = serde_json::to_vec(header).unwrap();
     let mut body = header_bytes.clone();
     body.extend_from_slice(binary);
@@ -179,6 +178,13 @@ async fn post_binary(agent: &Agent, path: &str, header: &Value, binary: &[u8]) -
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    response
+}
+
+/// Sends a binary-extension request and splits the binary-extension response into its JSON
+/// header and the binary bytes after it.
+async fn post_binary(agent: &Agent, path: &str, header: &Value, binary: &[u8]) -> (Value, Vec<u8>) {
+    let response = send_binary(agent, path, header, binary).await;
     let json_len: usize =
         response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
     let bytes = response.bytes().await.unwrap();
@@ -271,19 +277,7 @@ async fn tree_model_takes_missing_values_as_onnxruntime_does() {
         "outputs": [{"name": "label"}, {"name": "probabilities"}]
     });
     // Binary request, JSON answer (no output asks for binary data).
-    let header_bytes = serde_json::to_vec(&header).unwrap();
-    let mut body = header_bytes.clone();
-    body.extend_from_slice(&bytes);
-    let response = agent
-        .http
-        .post(agent.url("/v2/models/trees/infer"))
-        .header("Inference-Header-Content-Length", header_bytes.len().to_string())
-        .header("Content-Type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let response = send_binary(&agent, "/v2/models/trees/infer", &header, &bytes).await;
     let head: Value = response.json().await.unwrap();
     let found = |name: &str| {
         head["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap()["data"].clone()
