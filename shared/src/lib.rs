@@ -8,6 +8,7 @@
 //!   owner-only (0600) file writes for keys, tokens and certificates.
 //! - [`histogram`]: a mergeable latency/score histogram with bounded relative error.
 //! - [`trees`]: our own ai.onnx.ml tree-ensemble kernel, registered into tract's op registry.
+//! - [`bundle`]: the signed model bundle (manifest, ONNX bytes, Ed25519 signatures).
 //! - [`reference`]: reference input/output pairs produced by another runtime, and the check
 //!   that our runtime reproduces them before a model may serve.
 //!
@@ -15,6 +16,7 @@
 //! this crate, so a model validated centrally behaves the same on every device.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod datatype;
 pub mod endpoints;
 pub mod files;

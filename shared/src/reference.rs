@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
 use crate::datatype::DataType;
@@ -23,7 +23,7 @@ use crate::tensor::{TensorError, datatype_of, slice, tensor_from_json};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// How close a float output must be: `|found - expected| <= abs + rel * |expected|`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tolerance {
     pub abs: f64,
@@ -50,7 +50,7 @@ impl Tolerance {
 }
 
 /// One tensor of a reference file, as V2 JSON writes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceTensor {
     pub name: String,
@@ -60,7 +60,7 @@ pub struct ReferenceTensor {
 }
 
 /// A reference file: inputs, and the outputs another runtime produced for them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
     pub format_version: u32,

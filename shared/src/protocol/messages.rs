@@ -127,6 +127,10 @@ pub enum EventKind {
     ModelFailed,
     LogEvicted,
     OutboxFull,
+    /// A bundle-managed model switched version (import, rollback, desired state).
+    ModelActivated,
+    /// A bundle or desired state was refused; the message says why.
+    ModelRefused,
 }
 
 /// What the agent runs right now.
