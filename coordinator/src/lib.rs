@@ -8,6 +8,7 @@
 //! - [`link`]: the MQTT connection (rumqttc, mTLS) that feeds ingest and publishes acks.
 //! - [`broker`]: the embedded MQTT broker (rumqttd, mTLS), used unless `broker.url` is set.
 //! - [`api`]: HTTP API (enrolment tokens, enrolment, fleet view, telemetry import), metrics.
+//! - [`packaging`]: build, sign and describe model bundles (offline; `outpostctl bundle`, `key`).
 //! - [`server`], [`cli`]: the `outpost-coordinator` binary; `src/bin/outpostctl.rs` is the
 //!   operator's CLI.
 //!
@@ -23,5 +24,6 @@ pub mod config;
 pub mod ingest;
 pub mod link;
 pub mod metrics;
+pub mod packaging;
 pub mod server;
 pub mod store;

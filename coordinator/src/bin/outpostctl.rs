@@ -41,6 +41,93 @@ enum Command {
     /// Telemetry that crossed an air gap.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
+    /// Model bundles, offline: build, sign with a key kept off the network, inspect.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Ed25519 signing keys for bundles (offline).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Build a bundle from an ONNX model: checks it loads and reproduces its reference
+    /// outputs, computes baseline statistics, and signs it when `--key` is given.
+    Create(Box<CreateArgs>),
+    /// Add a signature to a bundle with an offline key (in place unless `--out`).
+    Sign {
+        file: PathBuf,
+        /// PKCS#8 Ed25519 key file (`outpostctl key generate`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print everything a bundle holds and verify it: structure, model hash, and — for each
+    /// `--trust` key — its signature. Exit 1 if a check fails.
+    Inspect {
+        file: PathBuf,
+        /// A trusted public key (64 hex digits); repeatable.
+        #[arg(long)]
+        trust: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    #[arg(long)]
+    name: String,
+    /// Semantic version, e.g. 1.2.0.
+    #[arg(long)]
+    version: String,
+    /// Reference dataset (CSV with a header) for baseline feature statistics.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Columns of the baseline file that are not features (label, segment, ids).
+    #[arg(long = "exclude", alias = "label", value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Reference input/output pairs (default: `<model>.reference.json` beside the model).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Model card text (Markdown).
+    #[arg(long)]
+    card: Option<PathBuf>,
+    /// Free-form metadata, key=value (repeatable).
+    #[arg(long = "meta")]
+    meta: Vec<String>,
+    /// Hyper-parameters, key=value (repeatable).
+    #[arg(long = "param")]
+    params: Vec<String>,
+    #[arg(long)]
+    training_date: Option<String>,
+    /// The training dataset: its sha256 goes into the manifest.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// What the agent does with NaN inputs: reject (400) or allow.
+    #[arg(long, value_enum, default_value = "reject")]
+    nan_policy: NanPolicyArg,
+    /// Sign with this key file.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Where to write the bundle.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NanPolicyArg {
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a signing key (written 0600; refuses to overwrite); prints its public key.
+    Generate { out: PathBuf },
+    /// Print a key file's public key (hex, for `registry.trusted_keys`) and key id.
+    Show { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,7 +289,144 @@ fn ago(ms: Option<u64>) -> String {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The commands that need no coordinator.
+fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
+    use outpost_coordinator::packaging::{self, BuildSpec};
+    use outpost_shared::bundle::{Bundle, NanPolicy};
+    let invalid = |e: packaging::PackagingError| Failure::Refused(e.to_string());
+    let write = |path: &PathBuf, bytes: &[u8]| {
+        outpost_shared::files::write_atomic(path, bytes)
+            .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
+    };
+    let result = match command {
+        Command::Key(KeyCommand::Generate { out }) => {
+            packaging::generate_key(out).map_err(invalid).map(|key| {
+                println!("{}", hex::encode(key.public_key().as_bytes()));
+                eprintln!(
+                    "key {} written to {} (mode 0600); the line above is its public key",
+                    key.key_id(),
+                    out.display()
+                );
+            })
+        }
+        Command::Key(KeyCommand::Show { file }) => packaging::read_key(file).map_err(invalid).map(|key| {
+            println!("{}", hex::encode(key.public_key().as_bytes()));
+            eprintln!("key id {}", key.key_id());
+        }),
+        Command::Bundle(BundleCommand::Create(args)) => (|| {
+            let dataset_sha256 = match &args.dataset {
+                Some(path) => Some(outpost_shared::bundle::sha256_hex(
+                    &std::fs::read(path)
+                        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
+                )),
+                None => None,
+            };
+            let spec = BuildSpec {
+                model: args.model.clone(),
+                name: args.name.clone(),
+                version: args.version.clone(),
+                baseline: args.baseline.clone(),
+                exclude: args.exclude.clone(),
+                reference: args.reference.clone(),
+                card: args.card.clone(),
+                metadata: packaging::parse_pairs(&args.meta, "--meta")
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                hyperparameters: packaging::parse_pairs(&args.params, "--param")
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                training_date: args.training_date.clone(),
+                dataset_sha256,
+                parent_version: None,
+                nan_policy: match args.nan_policy {
+                    NanPolicyArg::Reject => NanPolicy::Reject,
+                    NanPolicyArg::Allow => NanPolicy::Allow,
+                },
+            };
+            let key = args.key.as_deref().map(packaging::read_key).transpose().map_err(invalid)?;
+            let (mut bundle, evidence) = packaging::build(&spec, now_secs()).map_err(invalid)?;
+            if let Some(key) = &key {
+                bundle.sign(key).map_err(|e| Failure::Refused(e.to_string()))?;
+            }
+            let bytes = bundle.to_bytes();
+            write(&args.out, &bytes)?;
+            println!(
+                "{} written to {} ({} bytes, {}); model {}",
+                bundle.manifest.id(),
+                args.out.display(),
+                bytes.len(),
+                key.map_or("unsigned".to_owned(), |k| format!("signed by key {}", k.key_id())),
+                evidence
+            );
+            Ok(())
+        })(),
+        Command::Bundle(BundleCommand::Sign { file, key, out }) => (|| {
+            let key = packaging::read_key(key).map_err(invalid)?;
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let mut bundle =
+                Bundle::parse(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            bundle.verify_model().map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            bundle.sign(&key).map_err(|e| Failure::Refused(e.to_string()))?;
+            let out = out.as_ref().unwrap_or(file);
+            write(out, &bundle.to_bytes())?;
+            println!(
+                "{} signed by key {} ({} signatures) → {}",
+                bundle.manifest.id(),
+                key.key_id(),
+                bundle.signatures.len(),
+                out.display()
+            );
+            Ok(())
+        })(),
+        Command::Bundle(BundleCommand::Inspect { file, trust }) => (|| {
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let bundle =
+                Bundle::parse(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            let mut text = packaging::describe(&bundle);
+            let mut failed = Vec::new();
+            match bundle.verify_model() {
+                Ok(()) => text.push_str("check       model sha256 matches the manifest\n"),
+                Err(e) => failed.push(e.to_string()),
+            }
+            let keys = trust
+                .iter()
+                .map(|t| {
+                    hex::decode(t.trim())
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            outpost_shared::protocol::keys::PublicKey::from_bytes(&b)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            Failure::Usage(format!("--trust `{t}` is not an Ed25519 public key in hex: {e}"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !keys.is_empty() {
+                match bundle.verify_signature(&keys) {
+                    Ok(key_id) => {
+                        text.push_str(&format!("check       signature by trusted key {key_id} verifies\n"))
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            if failed.is_empty() { Ok(()) } else { Err(Failure::Refused(failed.join("; "))) }
+        })(),
+        _ => return None,
+    };
+    Some(result)
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
+    if let Some(result) = run_offline(&cli.command) {
+        return result;
+    }
     let api = Api::new(cli)?;
     match &cli.command {
         Command::Device(DeviceCommand::Token(TokenCommand::Create { labels, ttl_secs })) => {
@@ -245,6 +469,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 );
             }
         }
+        Command::Bundle(_) | Command::Key(_) => {}
         Command::Telemetry(TelemetryCommand::Import { file, ack_out }) => {
             let bytes = std::fs::read(file)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
