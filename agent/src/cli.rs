@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success (or drained after SIGTERM/SIGINT); 1 runtime failure (cannot bind,
 //! grace period expired); 2 bad usage or configuration; 3 no model could be loaded and
-//! validated (`serve`) or the model is invalid (`check-model`).
+//! validated (`serve`), the model is invalid (`check-model`), or a bundle is refused (`import`:
+//! bad signature, untrusted key, altered model, failed validation, other bytes for a version).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,42 @@ pub enum Command {
     ExportTelemetry(TransferArgs),
     /// Apply an ack file from `outpostctl telemetry import`: frees what it acknowledges.
     ImportAck(TransferArgs),
+    /// Install a signed model bundle from a file (air-gapped delivery); a serving agent picks
+    /// it up within a second when activated.
+    Import(ImportArgs),
+    /// Go back to an earlier local version of a bundle-managed model (works offline).
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle file (`outpostctl bundle export` or `bundle create` + `bundle sign`).
+    pub file: PathBuf,
+    /// Make it the active version (otherwise it is only stored).
+    #[arg(long)]
+    pub activate: bool,
+    /// TOML configuration file (for `data_dir` and `registry.trusted_keys`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Overrides the configuration's `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// How many activations to go back.
+    #[arg(default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub steps: u32,
+    /// The model (needed when several are installed).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// TOML configuration file (for `data_dir`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Overrides the configuration's `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Where the agent's data lives: the config file's `data_dir`, or `--data-dir`.
@@ -134,6 +171,95 @@ pub fn main() -> ExitCode {
         Command::Enroll(args) => transfer::enroll(&args),
         Command::ExportTelemetry(args) => transfer::export(&args),
         Command::ImportAck(args) => transfer::import_ack(&args),
+        Command::Import(args) => bundles::import(&args),
+        Command::Rollback(args) => bundles::rollback(&args),
+    }
+}
+
+/// The offline bundle commands: import and local rollback.
+mod bundles {
+    use super::*;
+    use crate::model_store::{ModelStore, StoreError};
+    use outpost_shared::bundle::Bundle;
+
+    fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+
+    fn load(config: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> Result<Config, ExitCode> {
+        let mut config = Config::load(config).map_err(|e| fail(e, EXIT_USAGE))?;
+        if let Some(dir) = data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    pub fn import(args: &ImportArgs) -> ExitCode {
+        let config = match load(args.config.as_deref(), args.data_dir.as_ref()) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        let trusted = match config.registry.keys() {
+            Ok(keys) if keys.is_empty() => {
+                return fail(
+                    "no trusted keys: set registry.trusted_keys in the agent configuration",
+                    EXIT_USAGE,
+                );
+            }
+            Ok(keys) => keys,
+            Err(e) => return fail(e, EXIT_USAGE),
+        };
+        let bytes = match std::fs::read(&args.file) {
+            Ok(bytes) => bytes,
+            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), EXIT_USAGE),
+        };
+        let bundle = match Bundle::open(&bytes, &trusted) {
+            Ok(bundle) => bundle,
+            Err(e) => return fail(format!("{} refused: {e}", args.file.display()), EXIT_MODEL_INVALID),
+        };
+        let id = bundle.manifest.id();
+        // The same checks a serving agent makes before a version may serve, made here first.
+        let validated = match crate::models::load_bundle(&bundle, Default::default()) {
+            Ok(validated) => validated,
+            Err(e) => return fail(format!("{id} refused: {}", e.reason), EXIT_MODEL_INVALID),
+        };
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        if let Err(e) = store.install(&bytes, &trusted) {
+            let code =
+                if matches!(e, StoreError::Conflict { .. }) { EXIT_MODEL_INVALID } else { EXIT_FAILURE };
+            return fail(e, code);
+        }
+        println!("installed {id} ({})", validated.evidence);
+        if args.activate {
+            let before = store
+                .state()
+                .ok()
+                .and_then(|s| s.models.get(&bundle.manifest.name).map(|m| m.active.clone()));
+            if let Err(e) = store.activate(&bundle.manifest.name, &bundle.manifest.version) {
+                return fail(e, EXIT_FAILURE);
+            }
+            match before.filter(|b| !b.is_empty()) {
+                Some(before) => println!("activated {id} (was {before})"),
+                None => println!("activated {id}"),
+            }
+        }
+        ExitCode::SUCCESS
+    }
+
+    pub fn rollback(args: &RollbackArgs) -> ExitCode {
+        let config = match load(args.config.as_deref(), args.data_dir.as_ref()) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        match store.rollback(args.model.as_deref(), args.steps as usize) {
+            Ok(done) => {
+                println!("model {}: {} -> {}", done.name, done.from, done.to);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, EXIT_FAILURE),
+        }
     }
 }
 

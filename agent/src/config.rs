@@ -45,7 +45,9 @@ pub struct Config {
     pub prediction_log: PredictionLogConfig,
     /// Reports, prediction batches and the link to the coordinator.
     pub telemetry: TelemetryConfig,
-    /// Models to serve.
+    /// Signed model bundles: trusted keys and the local store.
+    pub registry: RegistryConfig,
+    /// Models to serve from files (bundle-managed models come from the local store).
     pub models: Vec<ModelConfig>,
 }
 
@@ -60,6 +62,7 @@ impl Default for Config {
             data_dir: PathBuf::from("outpost-data"),
             prediction_log: PredictionLogConfig::default(),
             telemetry: TelemetryConfig::default(),
+            registry: RegistryConfig::default(),
             models: Vec::new(),
         }
     }
@@ -78,6 +81,42 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { max_body_bytes: 4 * 1024 * 1024, body_timeout_secs: 30 }
+    }
+}
+
+/// Signed model bundles (`outpost-agent import`, desired state from the coordinator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Ed25519 public keys (64 hex digits each) whose bundle signatures this agent accepts;
+    /// list the old and the new key while keys rotate. Empty: bundles are refused.
+    pub trusted_keys: Vec<String>,
+    /// Versions per model kept on disk for local rollback (the active one included).
+    pub keep_versions: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { trusted_keys: Vec::new(), keep_versions: 3 }
+    }
+}
+
+impl RegistryConfig {
+    /// The trusted keys, parsed; the error names the entry.
+    pub fn keys(&self) -> Result<Vec<outpost_shared::protocol::keys::PublicKey>, ConfigError> {
+        self.trusted_keys
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let bytes = hex::decode(text.trim()).map_err(|e| e.to_string()).and_then(|b| {
+                    outpost_shared::protocol::keys::PublicKey::from_bytes(&b).map_err(|e| e.to_string())
+                });
+                bytes.map_err(|problem| ConfigError::Key {
+                    key: format!("registry.trusted_keys[{i}]"),
+                    problem: format!("is not an Ed25519 public key in hex: {problem}"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -145,16 +184,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// What to do with NaN or infinite values in a request's float inputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NanPolicy {
-    /// Refuse the request with 400, naming the element.
-    #[default]
-    Reject,
-    /// Pass the values to the model.
-    Allow,
-}
+/// What to do with NaN or infinite values in a request's float inputs (also a bundle field).
+pub use outpost_shared::bundle::NanPolicy;
 
 /// What the prediction log keeps of a request's inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,9 +332,13 @@ impl Config {
         if let Some(url) = &t.broker_url {
             crate::link::parse_mqtts_url(url).map_err(|p| key("telemetry.broker_url", &p))?;
         }
-        if self.models.is_empty() {
+        self.registry.keys()?;
+        if !(2..=20).contains(&self.registry.keep_versions) {
+            return Err(key("registry.keep_versions", "must be between 2 and 20"));
+        }
+        if self.models.is_empty() && self.registry.trusted_keys.is_empty() {
             return Err(ConfigError::Invalid(
-                "no models to serve: add [[models]] to the config file or pass --model NAME=PATH.onnx".into(),
+                "no models to serve: add [[models]] to the config file, pass --model NAME=PATH.onnx, or set registry.trusted_keys to serve signed bundles".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: TOML + `OUTPOST_*` environment configuration.
 //! - [`models`]: the table of served models and their validated start-up.
+//! - [`model_store`]: signed bundles on disk, the active version per model, local rollback.
+//! - [`reconcile`]: applies the store to what serves (verify, validate, atomic swap).
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -17,9 +19,11 @@ pub mod identity;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod model_store;
 pub mod models;
 pub mod outbox;
 pub mod pool;
 pub mod prediction_log;
+pub mod reconcile;
 pub mod server;
 pub mod telemetry;

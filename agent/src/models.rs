@@ -8,6 +8,8 @@
 
 use std::cmp::Ordering;
 use std::sync::{Arc, RwLock};
+
+use outpost_shared::bundle::{Bundle, TensorSchema};
 use std::time::{Duration, Instant};
 
 use outpost_shared::reference::Reference;
@@ -52,11 +54,15 @@ impl ModelState {
     }
 }
 
-/// One configured model.
+/// One served model: from a file in the config, or managed through signed bundles.
 #[derive(Debug)]
 pub struct ModelEntry {
     pub config: ModelConfig,
+    /// Served from the local bundle store; its version changes by atomic swaps.
+    pub managed: bool,
     inner: RwLock<(Option<String>, ModelState)>,
+    /// The last version refused for this model and why (cleared by the next swap).
+    refusal: RwLock<Option<String>>,
 }
 
 impl ModelEntry {
@@ -87,6 +93,15 @@ impl ModelEntry {
         guard.clone()
     }
 
+    /// Why the last version offered for this model was refused, if it was.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_refusal(&self, refusal: Option<String>) {
+        *self.refusal.write().unwrap_or_else(|p| p.into_inner()) = refusal;
+    }
+
     pub(crate) fn set(&self, version: Option<String>, state: ModelState) {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *guard = (version, state);
@@ -101,10 +116,11 @@ pub enum Lookup {
     UnknownVersion,
 }
 
-/// Every configured model.
+/// Every served model. Entries are only ever added (a bundle-managed model appears when its
+/// first version is installed); versions change inside an entry.
 #[derive(Debug)]
 pub struct ModelTable {
-    entries: Vec<Arc<ModelEntry>>,
+    entries: RwLock<Vec<Arc<ModelEntry>>>,
 }
 
 impl ModelTable {
@@ -115,39 +131,69 @@ impl ModelTable {
                 Arc::new(ModelEntry {
                     inner: RwLock::new((c.version.clone(), ModelState::Loading)),
                     config: c.clone(),
+                    managed: false,
+                    refusal: RwLock::new(None),
                 })
             })
             .collect();
-        ModelTable { entries }
+        ModelTable { entries: RwLock::new(entries) }
     }
 
-    pub fn entries(&self) -> &[Arc<ModelEntry>] {
-        &self.entries
+    /// A snapshot of the entries.
+    pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// True when every configured model is validated and serving.
+    /// The bundle-managed entry for `name`, created (state `loading`) when missing.
+    pub fn managed(&self, name: &str) -> Arc<ModelEntry> {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.iter().find(|e| e.managed && e.name() == name) {
+            return Arc::clone(entry);
+        }
+        let config = ModelConfig {
+            name: name.to_owned(),
+            path: std::path::PathBuf::from("(bundle store)"),
+            version: None,
+            reference: None,
+            nan_policy: NanPolicy::default(),
+            record_inputs: RecordInputs::default(),
+            sample_predictions: Default::default(),
+        };
+        let entry = Arc::new(ModelEntry {
+            inner: RwLock::new((None, ModelState::Loading)),
+            config,
+            managed: true,
+            refusal: RwLock::new(None),
+        });
+        entries.push(Arc::clone(&entry));
+        entry
+    }
+
+    /// True when every model is validated and serving.
     pub fn all_ready(&self) -> bool {
-        !self.entries.is_empty() && self.entries.iter().all(|e| e.ready().is_some())
+        let entries = self.entries();
+        !entries.is_empty() && entries.iter().all(|e| e.ready().is_some())
     }
 
     /// All entries with this name.
-    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Arc<ModelEntry>> + 'a {
-        self.entries.iter().filter(move |e| e.name() == name)
+    pub fn named(&self, name: &str) -> Vec<Arc<ModelEntry>> {
+        self.entries().into_iter().filter(|e| e.name() == name).collect()
     }
 
     /// Finds the entry for `name` at `version`; without a version, the highest ready version
     /// (semver order), or — when none is ready — the first configured one, so its state shows.
     pub fn lookup(&self, name: &str, version: Option<&str>) -> Lookup {
-        let mut named = self.named(name).peekable();
-        if named.peek().is_none() {
+        let named = self.named(name);
+        if named.is_empty() {
             return Lookup::UnknownModel;
         }
         match version {
             Some(v) => named
+                .iter()
                 .find(|e| e.version().as_deref() == Some(v))
                 .map_or(Lookup::UnknownVersion, |e| Lookup::Found(Arc::clone(e))),
             None => {
-                let all: Vec<&Arc<ModelEntry>> = named.collect();
+                let all: Vec<&Arc<ModelEntry>> = named.iter().collect();
                 let best = all
                     .iter()
                     .filter_map(|e| e.ready().map(|m| (e, m.version.clone())))
@@ -235,6 +281,65 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
         load_time: started.elapsed(),
         evidence,
     })
+}
+
+/// Loads a verified bundle's model and validates it: its schema must be the one the manifest
+/// declares, and it must reproduce the manifest's reference outputs (or, without references,
+/// run once on an all-zero sample). The caller has checked the bundle's signature.
+pub fn load_bundle(bundle: &Bundle, record_inputs: RecordInputs) -> Result<Validated, ValidationFailure> {
+    let started = Instant::now();
+    let manifest = &bundle.manifest;
+    let fail = |reason: String| ValidationFailure { version: Some(manifest.version.clone()), reason };
+    let model = Model::load_bytes(&bundle.model, None).map_err(|e| fail(e.to_string()))?;
+    let (inputs, outputs) = TensorSchema::of(model.signature());
+    if inputs != manifest.inputs || outputs != manifest.outputs {
+        return Err(fail(format!(
+            "the model's schema ({}) is not the one the manifest declares ({})",
+            describe_schema(&inputs, &outputs),
+            describe_schema(&manifest.inputs, &manifest.outputs)
+        )));
+    }
+    let evidence = match &manifest.reference {
+        Some(reference) => {
+            let report = reference
+                .verify(&model)
+                .map_err(|e| fail(format!("does not reproduce the bundle's reference outputs: {e}")))?;
+            let compared: Vec<String> = report
+                .outputs
+                .iter()
+                .map(|(name, n, diff)| format!("{name}: {n} values, max diff {diff:.2e}"))
+                .collect();
+            format!("reproduced the bundle's reference outputs ({})", compared.join("; "))
+        }
+        None => {
+            model
+                .sample_inputs(1)
+                .and_then(|inputs| model.run(inputs))
+                .and_then(|outputs| model.check_outputs(&outputs))
+                .map_err(|e| fail(format!("sample run failed: {e}")))?;
+            "ran an all-zero sample (the bundle has no reference outputs)".to_owned()
+        }
+    };
+    Ok(Validated {
+        served: ServedModel {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            model,
+            nan_policy: manifest.nan_policy,
+            record_inputs,
+        },
+        load_time: started.elapsed(),
+        evidence,
+    })
+}
+
+fn describe_schema(inputs: &[TensorSchema], outputs: &[TensorSchema]) -> String {
+    let one = |t: &TensorSchema| format!("{} {} {:?}", t.name, t.datatype, t.shape);
+    format!(
+        "inputs {}; outputs {}",
+        inputs.iter().map(one).collect::<Vec<_>>().join(", "),
+        outputs.iter().map(one).collect::<Vec<_>>().join(", ")
+    )
 }
 
 #[cfg(test)]

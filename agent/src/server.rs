@@ -19,10 +19,12 @@ use crate::config::Config;
 use crate::identity::{Identity, IdentityError};
 use crate::link::{self, LinkSettings, LinkStats};
 use crate::metrics::Metrics;
+use crate::model_store::ModelStore;
 use crate::models::{ModelState, ModelTable, load_and_validate};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pool::WorkerPool;
 use crate::prediction_log::{LogError, PredictionLog};
+use crate::reconcile::Reconciler;
 use crate::telemetry::{Reporter, Window};
 use outpost_shared::protocol::messages::EventKind;
 
@@ -64,6 +66,8 @@ pub enum ServeError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error("{0}")]
+    Registry(String),
 }
 
 /// The telemetry pieces `serve` runs.
@@ -234,7 +238,9 @@ pub async fn serve(
     // One shutdown signal for everything: None while running, then why we stop.
     let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
     let loader_stop = stop_tx.clone();
-    let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop));
+    // With signed bundles in play, an agent may start with nothing to serve and wait for one.
+    let bundles = !config.registry.trusted_keys.is_empty();
+    let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop, bundles));
     let (telemetry_stop_tx, telemetry_stop) = watch::channel(false);
     let mut telemetry_tasks = Vec::new();
     if let Some(t) = &telemetry {
@@ -255,6 +261,16 @@ pub async fn serve(
                 telemetry_stop.clone(),
             )));
         }
+    }
+    if bundles {
+        let reconciler = Arc::new(Reconciler {
+            store: ModelStore::new(&config.data_dir, config.registry.keep_versions),
+            trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
+            models: Arc::clone(&models),
+            metrics: Arc::clone(&metrics),
+            reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
+        });
+        telemetry_tasks.push(tokio::spawn(reconciler.run(telemetry_stop.clone())));
     }
     let signal_stop = stop_tx.clone();
     let signal_task = tokio::spawn(async move {
@@ -328,9 +344,14 @@ pub async fn serve(
 }
 
 /// Loads and validates every model concurrently off the executor, publishing each result.
-async fn load_all(models: Arc<ModelTable>, metrics: Arc<Metrics>, stop: watch::Sender<Option<ExitStatus>>) {
+async fn load_all(
+    models: Arc<ModelTable>,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<Option<ExitStatus>>,
+    bundles: bool,
+) {
     let mut tasks = Vec::new();
-    for entry in models.entries().iter().cloned() {
+    for entry in models.entries().into_iter().filter(|e| !e.managed) {
         let loading_version = entry.version().unwrap_or_default();
         metrics.set_model_state(entry.name(), &loading_version, "loading");
         let metrics = Arc::clone(&metrics);
@@ -345,6 +366,7 @@ async fn load_all(models: Arc<ModelTable>, metrics: Arc<Metrics>, stop: watch::S
                     let version = validated.served.version.clone();
                     let duplicate = models
                         .named(entry.name())
+                        .iter()
                         .any(|other| !Arc::ptr_eq(other, &entry) && other.ready().is_some_and(|m| m.version == version));
                     if duplicate {
                         let reason = format!("version `{version}` of model `{}` is already served by another entry", entry.name());
@@ -391,6 +413,8 @@ async fn load_all(models: Arc<ModelTable>, metrics: Arc<Metrics>, stop: watch::S
         } else {
             tracing::warn!("some models failed validation: not ready; the valid ones serve");
         }
+    } else if bundles {
+        tracing::info!("no model file validated; serving signed bundles from the local store as they arrive");
     } else {
         tracing::error!("no model could be validated: nothing to serve, exiting");
         let _ = stop.send(Some(ExitStatus::NoValidModel));

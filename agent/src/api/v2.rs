@@ -44,6 +44,9 @@ fn describe(entry: &ModelEntry) -> Value {
     if let ModelState::Failed(reason) = &state {
         v["reason"] = json!(reason);
     }
+    if let Some(refusal) = entry.refusal() {
+        v["refused"] = json!(refusal);
+    }
     v
 }
 
@@ -67,7 +70,7 @@ fn find(app: &AppState, name: &str, version: Option<&str>) -> Result<std::sync::
 
 fn metadata(app: &AppState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let entry = find(app, name, version)?;
-    let versions: Vec<String> = app.models.named(name).filter_map(|e| e.version()).collect();
+    let versions: Vec<String> = app.models.named(name).iter().filter_map(|e| e.version()).collect();
     let mut body = describe(&entry);
     body["versions"] = json!(versions);
     body["platform"] = json!("onnx_onnxv1");

@@ -1,0 +1,329 @@
+//! The agent's local store of signed model bundles: which versions are on disk, which one is
+//! active per model, and the activation history that `rollback` walks back — all usable with
+//! no network at all.
+//!
+//! Layout under `<data_dir>/models/`: `bundles/<name>/<version>.bundle` (verified bundle files,
+//! written atomically, never modified), `state.json` (active version and history per model, a
+//! generation counter bumped on every change, replaced atomically) and `.lock`. Every change
+//! happens under an exclusive lock on `.lock`, so `outpost-agent import` and `rollback` can run
+//! beside a serving agent: the agent polls `state.json` and swaps when the generation moves.
+//! Only the last `keep` versions per model stay on disk; the active one is never removed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use outpost_shared::bundle::{Bundle, BundleError, Manifest};
+use outpost_shared::protocol::keys::PublicKey;
+use serde::{Deserialize, Serialize};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("model store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("model store state {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{id} is already installed with other bytes (sha256 {installed}); versions are immutable")]
+    Conflict { id: String, installed: String },
+    #[error("model `{0}` has no version installed")]
+    UnknownModel(String),
+    #[error("model `{name}` has no version `{version}` on disk")]
+    NotInstalled { name: String, version: String },
+    #[error("model `{name}` cannot go back {steps} version(s): only {available} earlier version(s) on disk")]
+    NoHistory { name: String, steps: usize, available: usize },
+    #[error("several models are installed ({0}): name the one to roll back")]
+    Ambiguous(String),
+}
+
+/// One model's local state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredModel {
+    pub active: String,
+    /// Versions active before this one, oldest first.
+    pub history: Vec<String>,
+}
+
+/// The whole local state (`state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreState {
+    /// Bumped by every change; a serving agent applies the state when it moves.
+    pub generation: u64,
+    pub models: BTreeMap<String, StoredModel>,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The store in a data directory.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl ModelStore {
+    /// The store under `data_dir` (created on first write); keeps `keep` versions per model.
+    pub fn new(data_dir: &Path, keep: usize) -> ModelStore {
+        ModelStore { dir: data_dir.join("models"), keep: keep.max(1) }
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(self.io(&path))?;
+        file.lock().map_err(self.io(&path))?;
+        Ok(file)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Where a version's bundle lives.
+    pub fn bundle_path(&self, name: &str, version: &str) -> PathBuf {
+        self.dir.join("bundles").join(name).join(format!("{version}.bundle"))
+    }
+
+    /// The current state (empty when nothing was ever installed).
+    pub fn state(&self) -> Result<StoreState, StoreError> {
+        let path = self.state_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { path: path.clone(), detail: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreState::default()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    fn write_state(&self, state: &StoreState) -> Result<(), StoreError> {
+        let path = self.state_path();
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        outpost_shared::files::write_atomic(&path, &bytes).map_err(self.io(&path))
+    }
+
+    /// Versions of `name` on disk.
+    pub fn installed(&self, name: &str) -> Vec<String> {
+        let dir = self.dir.join("bundles").join(name);
+        let mut versions: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".bundle").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort_by(|a, b| crate::models::compare_versions(a, b));
+        versions
+    }
+
+    /// Reads and fully verifies an installed bundle.
+    pub fn read(&self, name: &str, version: &str, trusted: &[PublicKey]) -> Result<Bundle, StoreError> {
+        let path = self.bundle_path(name, version);
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() }
+            }
+            _ => StoreError::Io { path: path.clone(), source },
+        })?;
+        Ok(Bundle::open(&bytes, trusted)?)
+    }
+
+    /// Verifies `bytes` as a bundle signed by a trusted key and writes it to disk (a no-op when
+    /// the same bytes are already there). Does not activate it.
+    pub fn install(&self, bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, StoreError> {
+        let bundle = Bundle::open(bytes, trusted)?;
+        let manifest = bundle.manifest;
+        let path = self.bundle_path(&manifest.name, &manifest.version);
+        let _lock = self.lock()?;
+        match std::fs::read(&path) {
+            Ok(existing) if existing == bytes => return Ok(manifest),
+            Ok(existing) => {
+                return Err(StoreError::Conflict {
+                    id: manifest.id(),
+                    installed: outpost_shared::bundle::sha256_hex(&existing),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { path, source }),
+        }
+        outpost_shared::files::write_atomic(&path, bytes).map_err(self.io(&path))?;
+        Ok(manifest)
+    }
+
+    /// Makes `version` the active version of `name`; returns the new state.
+    pub fn activate(&self, name: &str, version: &str) -> Result<StoreState, StoreError> {
+        let _lock = self.lock()?;
+        if !self.bundle_path(name, version).is_file() {
+            return Err(StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() });
+        }
+        let mut state = self.state()?;
+        let entry = state.models.entry(name.to_owned()).or_default();
+        if entry.active == version {
+            return Ok(state);
+        }
+        if !entry.active.is_empty() {
+            let previous = std::mem::take(&mut entry.active);
+            entry.history.retain(|v| *v != previous && *v != version);
+            entry.history.push(previous);
+        }
+        entry.active = version.to_owned();
+        state.generation += 1;
+        self.write_state(&state)?;
+        self.prune(name, &mut state)?;
+        Ok(state)
+    }
+
+    /// Goes back `steps` activations for `name` (or the only installed model).
+    pub fn rollback(&self, name: Option<&str>, steps: usize) -> Result<RolledBack, StoreError> {
+        let _lock = self.lock()?;
+        let mut state = self.state()?;
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => match state.models.keys().collect::<Vec<_>>().as_slice() {
+                [only] => (*only).clone(),
+                [] => return Err(StoreError::UnknownModel("(any)".into())),
+                many => {
+                    return Err(StoreError::Ambiguous(
+                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    ));
+                }
+            },
+        };
+        let entry = state.models.get_mut(&name).ok_or_else(|| StoreError::UnknownModel(name.clone()))?;
+        let steps = steps.max(1);
+        if entry.history.len() < steps {
+            return Err(StoreError::NoHistory { name, steps, available: entry.history.len() });
+        }
+        let to = entry.history[entry.history.len() - steps].clone();
+        if !self.bundle_path(&name, &to).is_file() {
+            return Err(StoreError::NotInstalled { name, version: to });
+        }
+        let from = std::mem::replace(&mut entry.active, to.clone());
+        entry.history.truncate(entry.history.len() - steps);
+        state.generation += 1;
+        self.write_state(&state)?;
+        Ok(RolledBack { name, from, to })
+    }
+
+    /// Removes bundles beyond the newest `keep` versions of the activation order.
+    fn prune(&self, name: &str, state: &mut StoreState) -> Result<(), StoreError> {
+        let Some(entry) = state.models.get_mut(name) else { return Ok(()) };
+        let mut keep: Vec<String> = vec![entry.active.clone()];
+        for v in entry.history.iter().rev() {
+            if keep.len() >= self.keep {
+                break;
+            }
+            keep.push(v.clone());
+        }
+        let dropped = entry.history.len().saturating_sub(self.keep - 1);
+        if dropped > 0 {
+            entry.history.drain(..dropped);
+            self.write_state(state)?;
+        }
+        for version in self.installed(name) {
+            if !keep.contains(&version) && !self.is_recent_unactivated(name, &version, state) {
+                let path = self.bundle_path(name, &version);
+                std::fs::remove_file(&path).map_err(self.io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A version installed but never activated (e.g. downloaded ahead of a switch) stays.
+    fn is_recent_unactivated(&self, name: &str, version: &str, state: &StoreState) -> bool {
+        let entry = &state.models[name];
+        entry.active != version && !entry.history.iter().any(|v| v == version) && {
+            // Only versions newer than the active one count as "ahead".
+            crate::models::compare_versions(version, &entry.active).is_gt()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_shared::bundle::{ModelFile, NanPolicy, TensorSchema, Training};
+    use outpost_shared::protocol::keys::SigningKey;
+
+    fn bundle(key: &SigningKey, version: &str, model: &[u8]) -> Vec<u8> {
+        let manifest = Manifest {
+            name: "bc".into(),
+            version: version.into(),
+            created_at: 0,
+            model: ModelFile { sha256: String::new(), size: 0 },
+            inputs: vec![TensorSchema { name: "x".into(), datatype: "FP32".into(), shape: vec![-1, 1] }],
+            outputs: vec![TensorSchema { name: "y".into(), datatype: "FP32".into(), shape: vec![-1, 1] }],
+            nan_policy: NanPolicy::Reject,
+            training: Training::default(),
+            metadata: BTreeMap::new(),
+            baseline: None,
+            reference: None,
+            card: None,
+        };
+        let mut b = Bundle::build(manifest, model.to_vec()).unwrap();
+        b.sign(key).unwrap();
+        b.to_bytes()
+    }
+
+    #[test]
+    fn installs_activates_rolls_back_and_keeps_the_last_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path(), 3);
+        let (key, _) = SigningKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+            store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
+            store.activate("bc", v).unwrap();
+        }
+        assert_eq!(store.installed("bc"), ["1.1.0", "1.2.0", "1.3.0"]);
+        let state = store.state().unwrap();
+        assert_eq!(
+            state.models["bc"],
+            StoredModel { active: "1.3.0".into(), history: vec!["1.1.0".into(), "1.2.0".into()] }
+        );
+        assert_eq!(state.generation, 4);
+        let back = store.rollback(None, 2).unwrap();
+        assert_eq!((back.from.as_str(), back.to.as_str()), ("1.3.0", "1.1.0"));
+        assert!(matches!(store.rollback(Some("bc"), 1), Err(StoreError::NoHistory { available: 0, .. })));
+        assert_eq!(store.read("bc", "1.1.0", &trusted).unwrap().model, b"1.1.0");
+    }
+
+    #[test]
+    fn refuses_other_bytes_for_an_installed_version_and_untrusted_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path(), 3);
+        let (key, _) = SigningKey::generate().unwrap();
+        let (stranger, _) = SigningKey::generate().unwrap();
+        store.install(&bundle(&key, "1.0.0", b"a"), &[key.public_key()]).unwrap();
+        store.install(&bundle(&key, "1.0.0", b"a"), &[key.public_key()]).unwrap();
+        assert!(matches!(
+            store.install(&bundle(&key, "1.0.0", b"b"), &[key.public_key()]),
+            Err(StoreError::Conflict { .. })
+        ));
+        let err = store.install(&bundle(&stranger, "1.1.0", b"c"), &[key.public_key()]).unwrap_err();
+        assert!(err.to_string().contains(stranger.key_id()), "{err}");
+        assert!(store.installed("bc") == ["1.0.0"]);
+        assert!(matches!(store.activate("bc", "9.9.9"), Err(StoreError::NotInstalled { .. })));
+    }
+}

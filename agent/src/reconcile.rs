@@ -1,0 +1,161 @@
+//! Applies the local bundle store to what the agent serves: whenever the store's generation
+//! moves (an `import --activate`, a `rollback`, a desired state from the coordinator), every
+//! bundle-managed model whose active version differs from the one serving is read, verified
+//! against the trusted keys again (a file on disk is outside data too), loaded and validated
+//! off the executor, and swapped in with one pointer swap — requests in flight finish on the
+//! old version, new ones get the new one, none fails. A version that does not verify or
+//! validate never serves: the old one serves on, and the reason goes to the log and, as an
+//! event, to the coordinator.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_shared::protocol::keys::PublicKey;
+use outpost_shared::protocol::messages::EventKind;
+use tokio::sync::watch;
+
+use crate::config::RecordInputs;
+use crate::metrics::Metrics;
+use crate::model_store::{ModelStore, StoreState};
+use crate::models::{ModelState, ModelTable, load_bundle};
+use crate::telemetry::Reporter;
+
+/// How often the store's state file is checked.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The store-to-table reconciler.
+pub struct Reconciler {
+    pub store: ModelStore,
+    pub trusted: Vec<PublicKey>,
+    pub models: Arc<ModelTable>,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Option<Arc<Reporter>>,
+}
+
+/// What one pass did for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Unchanged,
+    Swapped { from: Option<String>, to: String },
+    Refused { version: String, reason: String },
+}
+
+impl Reconciler {
+    /// Applies the store now and then whenever it changes, until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut applied: Option<u64> = None;
+        let mut refused: HashMap<(String, String), u64> = HashMap::new();
+        let mut last_error: Option<String> = None;
+        loop {
+            let this = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || this.store.state()).await {
+                Ok(Ok(state)) if applied != Some(state.generation) => {
+                    last_error = None;
+                    self.apply(&state, &mut refused).await;
+                    applied = Some(state.generation);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(&text) {
+                        tracing::error!(error = %text, "cannot read the model store");
+                        last_error = Some(text);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "model store task failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn apply(&self, state: &StoreState, refused: &mut HashMap<(String, String), u64>) {
+        for (name, stored) in &state.models {
+            // A version refused in this generation is not retried until the store changes.
+            let key = (name.clone(), stored.active.clone());
+            if refused.get(&key) == Some(&state.generation) {
+                continue;
+            }
+            match self.apply_one(name, &stored.active).await {
+                Applied::Unchanged => {}
+                Applied::Swapped { from, to } => {
+                    let message = match &from {
+                        Some(from) => format!("model `{name}` switched from {from} to {to}"),
+                        None => format!("model `{name}` {to} serving"),
+                    };
+                    tracing::info!(model = %name, from = from.as_deref().unwrap_or("-"), to = %to, "model version swapped in");
+                    self.event(EventKind::ModelActivated, message).await;
+                }
+                Applied::Refused { version, reason } => {
+                    refused.insert(key, state.generation);
+                    tracing::error!(model = %name, %version, %reason, "version refused; the previous version serves on");
+                    self.event(
+                        EventKind::ModelRefused,
+                        format!("model `{name}` {version} refused: {reason}"),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn event(&self, kind: EventKind, message: String) {
+        if let Some(reporter) = &self.reporter {
+            let reporter = Arc::clone(reporter);
+            let _ = tokio::task::spawn_blocking(move || reporter.event(kind, message)).await;
+        }
+    }
+
+    /// Brings model `name` to `version`.
+    pub async fn apply_one(&self, name: &str, version: &str) -> Applied {
+        if self.models.named(name).iter().any(|e| !e.managed) {
+            // No managed entry may shadow a configured one, so the refusal is only logged.
+            return Applied::Refused {
+                version: version.to_owned(),
+                reason: format!(
+                    "model `{name}` is also configured from a file in [[models]]; remove one of them"
+                ),
+            };
+        }
+        let entry = self.models.managed(name);
+        let serving = entry.ready().map(|m| m.version.clone());
+        if serving.as_deref() == Some(version) {
+            return Applied::Unchanged;
+        }
+        let (store, trusted) = (self.store.clone(), self.trusted.clone());
+        let (n, v) = (name.to_owned(), version.to_owned());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
+            load_bundle(&bundle, RecordInputs::default()).map_err(|e| e.reason)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
+        match outcome {
+            Ok(validated) => {
+                if let Some(old) = &serving {
+                    self.metrics.forget_model_state(name, old);
+                }
+                self.metrics
+                    .model_load_duration
+                    .with_label_values(&[name, version])
+                    .set(validated.load_time.as_secs_f64());
+                self.metrics.set_model_state(name, version, "ready");
+                tracing::info!(model = name, version, validation = %validated.evidence, "bundle validated");
+                entry.set(Some(version.to_owned()), ModelState::Ready(Arc::new(validated.served)));
+                entry.set_refusal(None);
+                Applied::Swapped { from: serving, to: version.to_owned() }
+            }
+            Err(reason) => {
+                entry.set_refusal(Some(format!("{version}: {reason}")));
+                if serving.is_none() {
+                    self.metrics.set_model_state(name, version, "failed");
+                    entry.set(Some(version.to_owned()), ModelState::Failed(reason.clone()));
+                }
+                Applied::Refused { version: version.to_owned(), reason }
+            }
+        }
+    }
+}

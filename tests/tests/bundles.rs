@@ -1,0 +1,353 @@
+//! Signed bundles end to end with the real binaries: `outpostctl key generate` and
+//! `bundle create` build them from the committed fixture models, `outpost-agent import` installs
+//! them with no network at all, and a serving agent swaps versions under load without failing a
+//! request — and refuses every bundle that is tampered with, truncated, unsigned or signed by a
+//! key it does not trust, serving on and saying why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use outpost_tests::fleet::run;
+use outpost_tests::{Agent, model, models_dir, run_agent};
+use serde_json::{Value, json};
+
+/// A signing key and a folder of bundles built with it.
+struct Kit {
+    dir: tempfile::TempDir,
+    public_key: String,
+}
+
+impl Kit {
+    fn new() -> Kit {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("release.pk8");
+        let (code, out, err) = run("outpostctl", &["key", "generate", key.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        Kit { dir, public_key: out.trim().to_owned() }
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("release.pk8")
+    }
+
+    /// Builds `name@version` from fixture `stem`, signed by `key` (or unsigned).
+    fn bundle_signed_by(&self, stem: &str, name: &str, version: &str, key: Option<&Path>) -> PathBuf {
+        let signer =
+            key.and_then(|k| k.file_stem()).map_or("unsigned".into(), |s| s.to_string_lossy().into_owned());
+        let out = self.dir.path().join(format!("{name}-{version}-{signer}.bundle"));
+        let baseline = models_dir().join("breast_cancer_holdout.csv");
+        let model_path = model(stem);
+        let mut args = vec![
+            "bundle",
+            "create",
+            model_path.to_str().unwrap(),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--baseline",
+            baseline.to_str().unwrap(),
+            "--label",
+            "label",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(key) = key {
+            args.extend(["--key", key.to_str().unwrap()]);
+        }
+        let (code, _, err) = run("outpostctl", &args);
+        assert_eq!(code, 0, "bundle create failed: {err}");
+        out
+    }
+
+    fn bundle(&self, stem: &str, name: &str, version: &str) -> PathBuf {
+        self.bundle_signed_by(stem, name, version, Some(&self.key()))
+    }
+
+    /// An agent config trusting this kit's key.
+    fn agent_config(&self) -> PathBuf {
+        let path = self.dir.path().join("agent.toml");
+        std::fs::write(&path, format!("[registry]\ntrusted_keys = [\"{}\"]\n", self.public_key)).unwrap();
+        path
+    }
+}
+
+fn import(kit: &Kit, data_dir: &Path, bundle: &Path, activate: bool) -> (i32, String, String) {
+    let config = kit.agent_config();
+    let mut args = vec![
+        "import",
+        bundle.to_str().unwrap(),
+        "-c",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    if activate {
+        args.push("--activate");
+    }
+    run_agent(&args)
+}
+
+fn start_agent(kit: &Kit, data_dir: &Path) -> Agent {
+    let config = kit.agent_config();
+    Agent::builder()
+        .data_dir(data_dir)
+        .args(&["-c", config.to_str().unwrap()])
+        .env("OUTPOST_TELEMETRY__ENABLED", "false")
+        .start()
+}
+
+fn one_row() -> Value {
+    let reference = outpost_tests::reference("breast_cancer-1.0.0");
+    let (data, row_len) = outpost_tests::rows(&reference["inputs"][0]);
+    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row_len], "data": data[..row_len]}]})
+}
+
+async fn serving_version(agent: &Agent) -> Value {
+    let (status, body) = agent.get("/v2/models/bc").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_for_version(agent: &Agent, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = serving_version(agent).await;
+        if body["versions"] == json!([version]) && body["state"] == "ready" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "bc never served {version}: {body}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Requests sent without pause by a few clients; what they saw.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    /// Per client, the versions that answered, in order (repeats folded).
+    versions: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(agent: &Agent, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let versions = Arc::new(std::sync::Mutex::new(vec![Vec::<String>::new(); clients]));
+        let body = serde_json::to_vec(&one_row()).unwrap();
+        let url = agent.url("/v2/models/bc/infer");
+        let tasks = (0..clients)
+            .map(|client| {
+                let (stop, ok, failed, versions) =
+                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&versions));
+                let (body, url) = (body.clone(), url.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let response = http.post(&url).body(body.clone()).send().await;
+                        match response {
+                            Ok(r) if r.status().as_u16() == 200 => {
+                                let v: Value = r.json().await.unwrap_or(Value::Null);
+                                let version = v["model_version"].as_str().unwrap_or("?").to_owned();
+                                let mut all = versions.lock().unwrap();
+                                let seen = &mut all[client];
+                                if seen.last() != Some(&version) {
+                                    seen.push(version);
+                                }
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                eprintln!(
+                                    "failed request: {} {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("failed request: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, versions, tasks }
+    }
+
+    /// Waits until every client has seen `version` answer.
+    async fn wait_seen(&self, version: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .versions
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|seen| seen.last().map(String::as_str) == Some(version))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "clients never saw {version}: {:?}",
+                self.versions.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Some more traffic on the new version.
+        let target = self.ok.load(Ordering::Relaxed) + 200;
+        while self.ok.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<Vec<String>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let versions = self.versions.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), versions)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_fails_no_request_and_rollback_works_offline() {
+    let kit = Kit::new();
+    let v1 = kit.bundle("breast_cancer-1.0.0", "bc", "1.0.0");
+    let v2 = kit.bundle("breast_cancer-1.1.0", "bc", "1.1.0");
+    let data = tempfile::tempdir().unwrap();
+
+    // Air-gapped: installed from a file before the agent ever ran, no network involved.
+    let (code, out, err) = import(&kit, data.path(), &v1, true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("installed bc@1.0.0") && out.contains("activated bc@1.0.0"), "{out}");
+
+    let mut agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+
+    let load = Load::start(&agent, 4);
+    load.wait_seen("1.0.0").await;
+    let (code, out, err) = import(&kit, data.path(), &v2, true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("activated bc@1.1.0 (was 1.0.0)"), "{out}");
+    load.wait_seen("1.1.0").await;
+    let (code, out, err) = run_agent(&["rollback", "--data-dir", data.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "model bc: 1.1.0 -> 1.0.0");
+    load.wait_seen("1.0.0").await;
+    let (ok, failed, versions) = load.finish().await;
+    assert_eq!(failed, 0, "requests failed during the swaps ({ok} succeeded)");
+    // Each client sends one request at a time, so each sees every switch exactly once.
+    for seen in &versions {
+        assert_eq!(
+            seen,
+            &["1.0.0", "1.1.0", "1.0.0"],
+            "responses did not switch model_version cleanly: {versions:?}"
+        );
+    }
+    assert!(ok >= 600, "only {ok} requests went through");
+    assert!(agent.log().contains("model version swapped in"), "{}", agent.log());
+
+    // Offline rollback: the agent is down, the store goes back, the restart serves that.
+    let (code, _, err) = import(&kit, data.path(), &v2, true);
+    assert_eq!(code, 0, "{err}");
+    wait_for_version(&agent, "1.1.0").await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+    let (code, out, err) =
+        run_agent(&["rollback", "--model", "bc", "--data-dir", data.path().to_str().unwrap()]);
+    assert_eq!((code, out.trim()), (0, "model bc: 1.1.0 -> 1.0.0"), "{err}");
+    let agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+    let (code, _, err) = run_agent(&["rollback", "--data-dir", data.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "rolled back with no earlier version on disk");
+    assert!(err.contains("cannot go back 1 version(s)"), "{err}");
+}
+
+/// Flips the byte at `offset` of a copy of `bundle`.
+fn flipped(bundle: &Path, offset: usize, out: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(bundle).unwrap();
+    bytes[offset] ^= 0x01;
+    std::fs::write(out, bytes).unwrap();
+    out.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on() {
+    let kit = Kit::new();
+    let v1 = kit.bundle("breast_cancer-1.0.0", "bc", "1.0.0");
+    let v2 = kit.bundle("breast_cancer-1.1.0", "bc", "1.1.0");
+    let data = tempfile::tempdir().unwrap();
+    assert_eq!(import(&kit, data.path(), &v1, true).0, 0);
+    let agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+
+    let bytes = std::fs::read(&v2).unwrap();
+    let scratch = kit.dir.path();
+    // The manifest's version text: "1.1.0" → "1.1.1" keeps the JSON valid; only the signature can tell.
+    let at = bytes.windows(18).position(|w| w == b"\"version\": \"1.1.0\"").unwrap() + 16;
+    let stranger = scratch.join("stranger.pk8");
+    assert_eq!(run("outpostctl", &["key", "generate", stranger.to_str().unwrap()]).0, 0);
+    let untrusted = kit.bundle_signed_by("breast_cancer-1.1.0", "bc", "1.1.0", Some(&stranger));
+    let stranger_id = run("outpostctl", &["key", "show", stranger.to_str().unwrap()]).2;
+    let stranger_id = stranger_id.trim().trim_start_matches("key id ").to_owned();
+    let truncated = scratch.join("truncated.bundle");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let cases: Vec<(&str, PathBuf, String)> = vec![
+        (
+            "flipped model byte",
+            flipped(&v2, bytes.len() - 10, &scratch.join("model.bundle")),
+            "the model was altered".into(),
+        ),
+        (
+            "flipped manifest byte",
+            flipped(&v2, at, &scratch.join("manifest.bundle")),
+            "does not verify".into(),
+        ),
+        ("truncated download", truncated, "truncated".into()),
+        ("unsigned", kit.bundle_signed_by("breast_cancer-1.1.0", "bc", "1.1.0", None), "unsigned".into()),
+        ("untrusted key", untrusted, format!("untrusted key(s) {stranger_id}")),
+    ];
+    for (what, file, expected) in &cases {
+        let (code, _, err) = import(&kit, data.path(), file, true);
+        assert_eq!(code, 3, "{what}: import did not refuse: {err}");
+        assert!(err.contains(expected.as_str()), "{what}: error does not say `{expected}`: {err}");
+    }
+    assert_eq!(serving_version(&agent).await["versions"], json!(["1.0.0"]));
+
+    // Tampering on disk, after a valid install: the agent verifies again before swapping.
+    assert_eq!(import(&kit, data.path(), &v2, false).0, 0);
+    let stored = data.path().join("models/bundles/bc/1.1.0.bundle");
+    let mut on_disk = std::fs::read(&stored).unwrap();
+    let last = on_disk.len() - 10;
+    on_disk[last] ^= 0x01;
+    std::fs::write(&stored, on_disk).unwrap();
+    let state_path = data.path().join("models/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["generation"] = json!(state["generation"].as_u64().unwrap() + 1);
+    state["models"]["bc"]["active"] = json!("1.1.0");
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = serving_version(&agent).await;
+        if body.get("refused").is_some() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "agent never reported the refusal: {body}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((&body["versions"], body["state"].as_str()), (&json!(["1.0.0"]), Some("ready")), "{body}");
+    assert!(body["refused"].as_str().unwrap().contains("1.1.0: bundle model sha256"), "{body}");
+    let (status, _) = agent.post_json("/v2/models/bc/infer", &one_row()).await;
+    assert_eq!(status, 200, "the old version stopped serving");
+    assert!(agent.log().contains("version refused; the previous version serves on"), "{}", agent.log());
+}
