@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::sync::{Arc, RwLock};
 
-use outpost_shared::bundle::{Bundle, TensorSchema};
+use outpost_shared::bundle::Bundle;
 use std::time::{Duration, Instant};
 
 use outpost_shared::reference::Reference;
@@ -289,37 +289,9 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
 pub fn load_bundle(bundle: &Bundle, record_inputs: RecordInputs) -> Result<Validated, ValidationFailure> {
     let started = Instant::now();
     let manifest = &bundle.manifest;
-    let fail = |reason: String| ValidationFailure { version: Some(manifest.version.clone()), reason };
-    let model = Model::load_bytes(&bundle.model, None).map_err(|e| fail(e.to_string()))?;
-    let (inputs, outputs) = TensorSchema::of(model.signature());
-    if inputs != manifest.inputs || outputs != manifest.outputs {
-        return Err(fail(format!(
-            "the model's schema ({}) is not the one the manifest declares ({})",
-            describe_schema(&inputs, &outputs),
-            describe_schema(&manifest.inputs, &manifest.outputs)
-        )));
-    }
-    let evidence = match &manifest.reference {
-        Some(reference) => {
-            let report = reference
-                .verify(&model)
-                .map_err(|e| fail(format!("does not reproduce the bundle's reference outputs: {e}")))?;
-            let compared: Vec<String> = report
-                .outputs
-                .iter()
-                .map(|(name, n, diff)| format!("{name}: {n} values, max diff {diff:.2e}"))
-                .collect();
-            format!("reproduced the bundle's reference outputs ({})", compared.join("; "))
-        }
-        None => {
-            model
-                .sample_inputs(1)
-                .and_then(|inputs| model.run(inputs))
-                .and_then(|outputs| model.check_outputs(&outputs))
-                .map_err(|e| fail(format!("sample run failed: {e}")))?;
-            "ran an all-zero sample (the bundle has no reference outputs)".to_owned()
-        }
-    };
+    let (model, evidence) = bundle
+        .load_model()
+        .map_err(|reason| ValidationFailure { version: Some(manifest.version.clone()), reason })?;
     Ok(Validated {
         served: ServedModel {
             name: manifest.name.clone(),
@@ -331,15 +303,6 @@ pub fn load_bundle(bundle: &Bundle, record_inputs: RecordInputs) -> Result<Valid
         load_time: started.elapsed(),
         evidence,
     })
-}
-
-fn describe_schema(inputs: &[TensorSchema], outputs: &[TensorSchema]) -> String {
-    let one = |t: &TensorSchema| format!("{} {} {:?}", t.name, t.datatype, t.shape);
-    format!(
-        "inputs {}; outputs {}",
-        inputs.iter().map(one).collect::<Vec<_>>().join(", "),
-        outputs.iter().map(one).collect::<Vec<_>>().join(", ")
-    )
 }
 
 #[cfg(test)]

@@ -1,15 +1,11 @@
 //! The coordinator's HTTP API under `/api/v1` (JSON), plus `/healthz` and `/metrics`.
 //!
-//! | route | who | what |
-//! |---|---|---|
-//! | `POST /api/v1/enrolment-tokens` | admin | a one-time, expiring enrolment token with labels |
-//! | `POST /api/v1/enrol` | a device holding a token | registers its key, returns its client certificate |
-//! | `GET /api/v1/devices[/{id}]` | admin | the fleet view |
-//! | `POST /api/v1/telemetry/import` | admin | a telemetry file from across an air gap; returns the ack file |
-//!
-//! Admin calls carry `Authorization: Bearer <token>` with the token the coordinator wrote to
-//! `<data_dir>/admin.token` (0600) at first start. Roles beyond admin arrive with the
-//! registry work. Errors are `{"error": "…"}` with a status that fits.
+//! Every route, with the role it needs, is listed in [`openapi::ROUTES`], from which
+//! `GET /api/v1/openapi.json` is generated (a test checks the router serves each one).
+//! Calls carry `Authorization: Bearer <token>` ([`crate::auth`]: roles viewer < operator <
+//! admin; 401 without a valid token, 403 for a role that may not, 429 over the rate limit).
+//! Every mutation is written to the audit log ([`crate::audit`]). Errors are
+//! `{"error": "…"}` with a status that fits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,10 +22,14 @@ use outpost_shared::protocol::topics::validate_device_id;
 use outpost_shared::protocol::transfer::{self, TransferFile};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditLog;
+use crate::auth::{Auth, Denied, Principal, Role};
 use crate::ca::Authority;
 use crate::config::Config;
+use crate::desired::{Desired, DesiredRecord, Outgoing};
 use crate::ingest::{Ingest, Outcome};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::{Counts, DeviceRecord, Store, TokenRecord, TokenRefused, now_ms};
 use outpost_shared::protocol::messages::{ModelState, OutboxStats};
 
@@ -39,8 +39,12 @@ pub struct AppState {
     pub authority: Arc<Authority>,
     pub ingest: Ingest,
     pub metrics: Metrics,
-    /// sha256 of the admin token.
-    pub admin_token_hash: [u8; 32],
+    pub auth: Auth,
+    pub audit: AuditLog,
+    pub registry: Registry,
+    pub desired: Desired,
+    /// Desired states for the broker link to publish (retained).
+    pub outgoing: tokio::sync::mpsc::Sender<Outgoing>,
     /// CA certificate devices use to check the broker (PEM).
     pub broker_ca_pem: String,
 }
@@ -50,6 +54,9 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState").finish_non_exhaustive()
     }
 }
+
+pub mod openapi;
+pub mod registry;
 
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
@@ -66,7 +73,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -82,32 +93,66 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>`".into())
-        })?;
-    if sha256(presented.trim().as_bytes()) != state.admin_token_hash {
-        return Err(ApiError(StatusCode::FORBIDDEN, "token is not an admin token".into()));
-    }
-    Ok(())
+/// Checks the caller's token and role (and rate limit).
+pub fn authorize(state: &AppState, headers: &HeaderMap, needs: Role) -> Result<Principal, ApiError> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state.auth.check(header, needs).map_err(|denied| {
+        let (status, message) = match denied {
+            Denied::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
+            Denied::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            Denied::RateLimited(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit exceeded for this token; retry in {secs} s"),
+            ),
+        };
+        state.metrics.api_denied.with_label_values(&[status.as_str()]).inc();
+        ApiError(status, message)
+    })
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    use axum::routing::delete;
     let limit = state.config.api.max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/enrolment-tokens", post(create_token))
         .route("/api/v1/enrol", post(enrol))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(show_device))
         .route("/api/v1/telemetry/import", post(import_telemetry))
+        .route("/api/v1/models", get(registry::list_models))
+        .route("/api/v1/models/{name}", get(registry::model_versions))
+        .route(
+            "/api/v1/models/{name}/versions/{version}",
+            get(registry::show_version).put(registry::push).delete(registry::purge),
+        )
+        .route("/api/v1/models/{name}/versions/{version}/stage", post(registry::set_stage))
+        .route("/api/v1/models/{name}/versions/{version}/validate", post(registry::validate))
+        .route("/api/v1/models/{name}/versions/{version}/bundle", get(registry::export_bundle))
+        .route("/api/v1/artifacts/{sha256}", get(registry::artifact))
+        .route("/api/v1/deployments", post(registry::deploy).get(registry::list_desired))
+        .route("/api/v1/tokens", post(registry::create_api_token).get(registry::list_api_tokens))
+        .route("/api/v1/tokens/{name}", delete(registry::revoke_api_token))
+        .route("/api/v1/audit", get(registry::audit_tail))
+        .route("/api/v1/audit/verify", get(registry::audit_verify))
+        .route("/api/v1/keys", get(keys))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The coordinator's public keys: what agents list in `registry.trusted_keys`.
+async fn keys(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let key = state.authority.signing_key();
+    Ok(Json(serde_json::json!({
+        "release_key": hex::encode(key.public_key().as_bytes()),
+        "key_id": key.key_id(),
+    })))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -164,7 +209,7 @@ async fn create_token(
     headers: HeaderMap,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    require_admin(&state, &headers)?;
+    let who = authorize(&state, &headers, Role::Admin)?;
     let request = json_body(body)?;
     validate_labels(&request.labels)?;
     let ttl = request.ttl_secs.unwrap_or(state.config.enrolment.token_ttl_secs);
@@ -185,6 +230,13 @@ async fn create_token(
     };
     state.store.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::internal)?;
     tracing::info!(labels = ?record.labels, ttl_secs = ttl, "enrolment token created");
+    registry::audit(
+        &state,
+        &who,
+        "enrolment_token.create",
+        &format!("{:?}", record.labels),
+        Ok(&format!("ttl {ttl} s")),
+    );
     Ok(Json(TokenResponse { token, expires_at_ms: record.expires_at_ms, labels: request.labels }))
 }
 
@@ -292,6 +344,9 @@ pub struct DeviceView {
     pub counts: Counts,
     pub key_id: String,
     pub enrolled_at_ms: u64,
+    /// What the device should run (absent until a first deployment targets it).
+    #[serde(default)]
+    pub desired: Option<DesiredRecord>,
 }
 
 pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str {
@@ -309,8 +364,10 @@ pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str 
     }
 }
 
-fn view(config: &Config, d: DeviceRecord, now: u64) -> DeviceView {
+fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
+    let config = &state.config;
     DeviceView {
+        desired: state.desired.get(&d.id).ok().flatten(),
         status: status(config, &d, now).to_owned(),
         id: d.id,
         labels: d.labels,
@@ -330,10 +387,10 @@ async fn list_devices(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    require_admin(&state, &headers)?;
+    authorize(&state, &headers, Role::Viewer)?;
     let now = now_ms();
     let devices = state.store.devices().map_err(ApiError::internal)?;
-    Ok(Json(devices.into_iter().map(|d| view(&state.config, d, now)).collect()))
+    Ok(Json(devices.into_iter().map(|d| view(&state, d, now)).collect()))
 }
 
 async fn show_device(
@@ -341,13 +398,13 @@ async fn show_device(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    require_admin(&state, &headers)?;
+    authorize(&state, &headers, Role::Viewer)?;
     let device = state
         .store
         .device(&id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")))?;
-    Ok(Json(view(&state.config, device, now_ms())))
+    Ok(Json(view(&state, device, now_ms())))
 }
 
 /// What an import did.
@@ -367,7 +424,7 @@ async fn import_telemetry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ImportReport>, ApiError> {
-    require_admin(&state, &headers)?;
+    let who = authorize(&state, &headers, Role::Admin)?;
     let file = transfer::decode_telemetry(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let ingest = state.ingest.clone();
     let report = tokio::task::spawn_blocking(move || import(&ingest, file))
@@ -381,6 +438,9 @@ async fn import_telemetry(
         rejected = ?report.rejected,
         "telemetry file imported"
     );
+    let detail =
+        format!("stored {}, duplicates {}, rejected {:?}", report.stored, report.duplicates, report.rejected);
+    registry::audit(&state, &who, "telemetry.import", report.device.as_deref().unwrap_or("-"), Ok(&detail));
     Ok(Json(report))
 }
 

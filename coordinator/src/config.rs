@@ -55,6 +55,9 @@ pub struct ApiConfig {
     pub advertised_url: Option<String>,
     /// Largest request body (telemetry imports are the big ones), in bytes.
     pub max_body_bytes: usize,
+    /// Requests per second each API token may make (sustained), and its burst.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,8 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             advertised_url: None,
             max_body_bytes: 512 * 1024 * 1024,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 200,
         }
     }
 }

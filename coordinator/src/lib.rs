@@ -12,18 +12,28 @@
 //! - [`server`], [`cli`]: the `outpost-coordinator` binary; `src/bin/outpostctl.rs` is the
 //!   operator's CLI.
 //!
-//! The registry, rollouts and monitoring are later work (see
+//! - [`registry`]: immutable signed versions, content-addressed artifacts, stages.
+//! - [`validation`]: the gate a version must pass before it may be deployed.
+//! - [`desired`]: per-device desired state, signed and published retained.
+//! - [`auth`]: API tokens, roles and rate limits; [`audit`]: the hash-chained audit log.
+//!
+//! Rollouts and monitoring are later work (see
 //! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod desired;
 pub mod ingest;
 pub mod link;
 pub mod metrics;
 pub mod packaging;
+pub mod registry;
 pub mod server;
 pub mod store;
+pub mod validation;

@@ -46,11 +46,16 @@ impl std::fmt::Debug for LinkSettings {
 const BATCH: usize = 512;
 
 /// Runs until `shutdown` turns true.
+/// Every device's sealed desired state, to republish on each (re)connect.
+pub type Republish = Arc<dyn Fn() -> Vec<crate::desired::Outgoing> + Send + Sync>;
+
 pub async fn run(
     settings: LinkSettings,
     ingest: Ingest,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
+    mut outgoing: mpsc::Receiver<crate::desired::Outgoing>,
+    republish: Republish,
 ) {
     let mut options = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     options
@@ -66,6 +71,21 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<rumqttc::Publish>(4096);
     let ingest_task = tokio::spawn(ingest_loop(rx, ingest, client.clone(), metrics.clone()));
+    // Desired states go out retained, QoS 1; rumqttc keeps them queued across reconnects.
+    let publisher = {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                match client.publish(message.topic.clone(), QoS::AtLeastOnce, true, message.payload).await {
+                    Ok(()) => metrics.link.with_label_values(&["desired_published"]).inc(),
+                    Err(e) => {
+                        tracing::error!(topic = message.topic, error = %e, "cannot publish a desired state")
+                    }
+                }
+            }
+        })
+    };
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
@@ -82,6 +102,20 @@ pub async fn run(
                     session_present = ack.session_present,
                     "connected to broker"
                 );
+                // A broker may have lost its retained messages (the embedded one keeps them in
+                // memory): every desired state goes out again; agents skip revisions they applied.
+                let (to_broker, republish) = (client.clone(), Arc::clone(&republish));
+                tokio::spawn(async move {
+                    let states = tokio::task::spawn_blocking(move || republish()).await.unwrap_or_default();
+                    for message in states {
+                        if let Err(e) =
+                            to_broker.publish(message.topic, QoS::AtLeastOnce, true, message.payload).await
+                        {
+                            tracing::warn!(error = %e, "cannot republish a desired state");
+                            break;
+                        }
+                    }
+                });
                 if ack.session_present {
                     metrics.broker_subscribed.set(1);
                 } else {
@@ -121,6 +155,7 @@ pub async fn run(
         }
     }
     drop(tx);
+    publisher.abort();
     let _ = ingest_task.await;
     // Let a DISCONNECT go out so the broker keeps the session cleanly.
     let _ = client.try_disconnect();

@@ -15,6 +15,13 @@ pub struct Metrics {
     pub link: IntCounterVec,
     /// 1 while connected to the broker and subscribed to reports.
     pub broker_subscribed: prometheus::IntGauge,
+    /// API requests refused by authentication, role or rate limit (401, 403, 429).
+    pub api_denied: IntCounterVec,
+    /// Audit entries that could not be written.
+    pub audit_failures: prometheus::IntCounter,
+    /// Artifact downloads served, and their bytes.
+    pub artifact_requests: prometheus::IntCounter,
+    pub artifact_bytes: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -53,7 +60,35 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric broker_subscribed: {e}"));
         registry.register(Box::new(broker_subscribed.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
-        Metrics { registry, ingest, enrolments, devices, link, broker_subscribed }
+        let api_denied = counter(
+            "outpost_coordinator_api_denied_total",
+            "API requests refused before reaching a handler, by status (401, 403, 429).",
+            "status",
+        );
+        let plain = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            c
+        };
+        let audit_failures =
+            plain("outpost_coordinator_audit_failures_total", "Audit entries that could not be written.");
+        let artifact_requests = plain(
+            "outpost_coordinator_artifact_requests_total",
+            "Bundle downloads served (whole or ranged).",
+        );
+        let artifact_bytes = plain("outpost_coordinator_artifact_bytes_total", "Bundle bytes served.");
+        Metrics {
+            registry,
+            ingest,
+            enrolments,
+            devices,
+            link,
+            broker_subscribed,
+            api_denied,
+            audit_failures,
+            artifact_requests,
+            artifact_bytes,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -49,9 +49,20 @@ impl Table {
     /// Reads a CSV file with a header row. Numbers that do not parse become NaN in `rows`;
     /// callers that need numbers check the columns they use with [`Table::numeric`].
     pub fn read(path: &Path) -> Result<Table, PackagingError> {
-        let bytes = read(path)?;
-        let sha256 = sha256_hex(&bytes);
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(&bytes[..]);
+        Table::parse(&read(path)?, &path.display().to_string())
+    }
+
+    /// Parses CSV bytes; `source` names them in errors.
+    pub fn parse(bytes: &[u8], source: &str) -> Result<Table, PackagingError> {
+        struct Shown<'a>(&'a str);
+        impl Shown<'_> {
+            fn display(&self) -> &str {
+                self.0
+            }
+        }
+        let path = Shown(source);
+        let sha256 = sha256_hex(bytes);
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(bytes);
         let columns: Vec<String> = reader
             .headers()
             .map_err(|e| PackagingError::Invalid(format!("{}: {e}", path.display())))?

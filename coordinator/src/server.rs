@@ -8,11 +8,15 @@ use outpost_shared::files::write_private;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
+use crate::audit::AuditLog;
+use crate::auth::Auth;
 use crate::ca::Authority;
 use crate::config::Config;
+use crate::desired::Desired;
 use crate::ingest::Ingest;
 use crate::link::{self, LinkSettings};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum ServeError {
     Server(std::io::Error),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("{0}")]
+    Audit(String),
 }
 
 /// Reads the admin token, creating it (0600) at first start.
@@ -85,8 +91,37 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         max_packet_bytes: config.broker.max_packet_bytes,
     };
 
+    let auth = Auth::open(&store, &admin, config.api.rate_limit_per_sec, config.api.rate_limit_burst)?;
+    let audit = AuditLog::open(&config.data_dir, &store).map_err(|e| ServeError::Audit(e.to_string()))?;
+    match audit.verify() {
+        Ok(entries) => tracing::info!(entries, path = %audit.path().display(), "audit log verified"),
+        Err(problem) => {
+            tracing::error!(%problem, path = %audit.path().display(), "AUDIT LOG DOES NOT VERIFY")
+        }
+    }
+    let registry = Registry::open(&store, &config.data_dir).map_err(|e| ServeError::Audit(e.to_string()))?;
+    let desired = Desired::open(&store)?;
+    let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
+    let republish: link::Republish = {
+        let (desired, authority) = (desired.clone(), authority.clone());
+        Arc::new(move || {
+            desired
+                .all()
+                .into_iter()
+                .filter_map(|(device, record)| desired.seal(&authority, &device, &record).ok())
+                .collect()
+        })
+    };
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let link_task = tokio::spawn(link::run(settings, ingest.clone(), metrics.clone(), shutdown_rx.clone()));
+    let link_task = tokio::spawn(link::run(
+        settings,
+        ingest.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+        outgoing_rx,
+        republish,
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -99,7 +134,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         authority,
         ingest,
         metrics,
-        admin_token_hash: api::sha256(admin.as_bytes()),
+        auth,
+        audit,
+        registry,
+        desired,
+        outgoing: outgoing_tx,
         broker_ca_pem,
     });
     let mut api_shutdown = shutdown_rx.clone();

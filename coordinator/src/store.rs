@@ -177,6 +177,11 @@ impl Store {
         StoreError::Storage { path: self.path.clone(), source }
     }
 
+    /// Another tree in the same database (the registry's, the audit log's).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|e| self.storage(e))
+    }
+
     /// Writes everything to disk; returns once it is there.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.storage(e))

@@ -520,6 +520,56 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// Loads the model with our runtime and checks it against the manifest: its schema must be
+    /// the declared one, and it must reproduce the reference outputs (or, without references,
+    /// run once on an all-zero sample). Returns the model and what was checked. Check the
+    /// signature first ([`Bundle::open`]); this is the expensive part.
+    pub fn load_model(&self) -> Result<(crate::Model, String), String> {
+        let manifest = &self.manifest;
+        let model = crate::Model::load_bytes(&self.model, None).map_err(|e| e.to_string())?;
+        let (inputs, outputs) = TensorSchema::of(model.signature());
+        if inputs != manifest.inputs || outputs != manifest.outputs {
+            return Err(format!(
+                "the model's schema ({}) is not the one the manifest declares ({})",
+                describe_schema(&inputs, &outputs),
+                describe_schema(&manifest.inputs, &manifest.outputs)
+            ));
+        }
+        let evidence = match &manifest.reference {
+            Some(reference) => {
+                let report = reference
+                    .verify(&model)
+                    .map_err(|e| format!("does not reproduce the bundle's reference outputs: {e}"))?;
+                let compared: Vec<String> = report
+                    .outputs
+                    .iter()
+                    .map(|(name, n, diff)| format!("{name}: {n} values, max diff {diff:.2e}"))
+                    .collect();
+                format!("reproduced the bundle's reference outputs ({})", compared.join("; "))
+            }
+            None => {
+                model
+                    .sample_inputs(1)
+                    .and_then(|inputs| model.run(inputs))
+                    .and_then(|outputs| model.check_outputs(&outputs))
+                    .map_err(|e| format!("sample run failed: {e}"))?;
+                "ran an all-zero sample (the bundle has no reference outputs)".to_owned()
+            }
+        };
+        Ok((model, evidence))
+    }
+}
+
+fn describe_schema(inputs: &[TensorSchema], outputs: &[TensorSchema]) -> String {
+    let one = |t: &TensorSchema| format!("{} {} {:?}", t.name, t.datatype, t.shape);
+    format!(
+        "inputs {}; outputs {}",
+        inputs.iter().map(one).collect::<Vec<_>>().join(", "),
+        outputs.iter().map(one).collect::<Vec<_>>().join(", ")
+    )
+}
+
 fn signed_message(manifest: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + manifest.len());
     m.extend_from_slice(SIGNING_CONTEXT);

@@ -30,12 +30,20 @@ async fn the_coordinator_api_refuses_bad_input_with_a_named_problem() {
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", coordinator.url());
 
-    // Admin endpoints: no token 401, a wrong one 403.
+    // Admin endpoints: no token or one nobody issued 401, a viewer's 403.
     let (status, body) = post(&http, url("/api/v1/enrolment-tokens"), None, b"{}".to_vec()).await;
     assert_eq!(status, 401, "{body}");
     assert!(error_of(&body).contains("Authorization"));
     let (status, _) = post(&http, url("/api/v1/enrolment-tokens"), Some("opa_wrong"), b"{}".to_vec()).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
+    let (status, body) =
+        post(&http, url("/api/v1/tokens"), Some(admin), br#"{"name": "eve", "role": "viewer"}"#.to_vec())
+            .await;
+    assert_eq!(status, 200, "{body}");
+    let viewer = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = post(&http, url("/api/v1/enrolment-tokens"), Some(&viewer), b"{}".to_vec()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_of(&body).contains("role `viewer`"), "{body}");
     let devices = http.get(url("/api/v1/devices")).send().await.unwrap();
     assert_eq!(devices.status(), 401);
 

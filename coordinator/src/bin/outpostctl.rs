@@ -47,6 +47,127 @@ enum Command {
     /// Ed25519 signing keys for bundles (offline).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The model registry: push, validate, list, show, history, diff, stage, purge.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Deploy a validated version: every targeted device gets a signed desired state.
+    Deploy {
+        /// NAME@VERSION
+        target: String,
+        /// Devices whose labels match, e.g. `site=a,tier=edge` (default: every device).
+        #[arg(long, value_delimiter = ',')]
+        selector: Vec<String>,
+        /// Only these devices (repeatable).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+    },
+    /// API tokens with roles (viewer, operator, admin).
+    #[command(subcommand)]
+    Token(ApiTokenCommand),
+    /// The audit log of every mutation.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Build a signed bundle from an ONNX model and register it (see `bundle create` for the options).
+    Push(Box<PushArgs>),
+    /// Every registered version.
+    List,
+    /// One version: manifest, stage, validation.
+    Show { target: String },
+    /// Stage transitions of every version of a model, with who and when.
+    History { name: String },
+    /// What differs between two versions' manifests and validation metrics.
+    Diff { a: String, b: String },
+    /// Run the validation gate on a labelled hold-out CSV; exit 0 pass, 1 fail.
+    Validate {
+        target: String,
+        #[arg(long)]
+        dataset: PathBuf,
+        /// The column holding the true class.
+        #[arg(long)]
+        label: String,
+        /// A column to break metrics down by (site, hardware, …).
+        #[arg(long)]
+        segment: Option<String>,
+        /// Refuse below this accuracy.
+        #[arg(long)]
+        min_accuracy: Option<f64>,
+        /// Largest accuracy drop vs production (absolute; default 0.01).
+        #[arg(long)]
+        max_accuracy_drop: Option<f64>,
+        /// Largest macro-F1 drop vs production (absolute; default 0.02).
+        #[arg(long)]
+        max_f1_drop: Option<f64>,
+        /// Largest p99 latency ratio vs production (default 2.0).
+        #[arg(long)]
+        max_p99_ratio: Option<f64>,
+    },
+    /// Move a version to a stage (validated, canary, production, archived).
+    Stage {
+        target: String,
+        stage: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Delete an archived version and its artifact (admin; audited).
+    Purge { target: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct PushArgs {
+    model: PathBuf,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    version: String,
+    /// Reference dataset (CSV with a header) for baseline feature statistics.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Columns of the baseline file that are not features.
+    #[arg(long = "exclude", alias = "label", value_delimiter = ',')]
+    exclude: Vec<String>,
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[arg(long)]
+    card: Option<PathBuf>,
+    #[arg(long = "meta")]
+    meta: Vec<String>,
+    #[arg(long = "param")]
+    params: Vec<String>,
+    #[arg(long)]
+    training_date: Option<String>,
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "reject")]
+    nan_policy: NanPolicyArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokenCommand {
+    /// Create a token; prints it once.
+    Create {
+        name: String,
+        #[arg(long)]
+        role: String,
+    },
+    List,
+    Revoke {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exit 0 intact, 1 edited or removed entries.
+    Verify,
+    /// The newest entries.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +184,8 @@ enum BundleCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Download a version's signed bundle from the coordinator (for an air-gapped site).
+    Export { target: String, file: PathBuf },
     /// Print everything a bundle holds and verify it: structure, model hash, and — for each
     /// `--trust` key — its signature. Exit 1 if a check fails.
     Inspect {
@@ -255,6 +378,87 @@ impl Api {
         self.handle(result)
     }
 
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Failure> {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| Failure::Usage(format!("cannot reach the coordinator at {}: {e}", self.url)))?;
+        let status = response.status();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(4 * 1024 * 1024 * 1024)
+            .read_to_vec()
+            .map_err(|e| Failure::Refused(format!("cannot read the coordinator's answer: {e}")))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(Failure::Refused(format!("coordinator answered {status}: {text}")));
+        }
+        Ok(bytes)
+    }
+
+    fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        let result = self
+            .agent
+            .delete(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call();
+        self.handle(result)
+    }
+
+    fn post_bytes_query<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<T, Failure> {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "text/csv");
+        for (k, v) in query {
+            request = request.query(*k, v);
+        }
+        self.handle(request.send(body))
+    }
+
+    /// PUTs `body`, printing upload progress to stderr; returns the status and JSON answer.
+    fn put_with_progress(&self, path: &str, body: &[u8]) -> Result<(u16, serde_json::Value), Failure> {
+        struct Progress<'a> {
+            data: &'a [u8],
+            sent: usize,
+            shown: usize,
+        }
+        impl std::io::Read for Progress<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.data.len() - self.sent).min(256 * 1024);
+                buf[..n].copy_from_slice(&self.data[self.sent..self.sent + n]);
+                self.sent += n;
+                let percent = if self.data.is_empty() { 100 } else { self.sent * 100 / self.data.len() };
+                if percent >= self.shown + 10 || (percent == 100 && self.shown < 100) {
+                    self.shown = percent;
+                    eprintln!("uploading {percent:>3}% ({} of {} bytes)", self.sent, self.data.len());
+                }
+                Ok(n)
+            }
+        }
+        let mut progress = Progress { data: body, sent: 0, shown: 0 };
+        let result = self
+            .agent
+            .put(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut progress));
+        let response = result
+            .map_err(|e| Failure::Usage(format!("cannot reach the coordinator at {}: {e}", self.url)))?;
+        let status = response.status().as_u16();
+        let value: serde_json::Value = self.handle(Ok(response))?;
+        Ok((status, value))
+    }
+
     fn post_bytes<T: serde::de::DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, Failure> {
         let result = self
             .agent
@@ -263,6 +467,297 @@ impl Api {
             .header("Content-Type", "application/octet-stream")
             .send(body);
         self.handle(result)
+    }
+}
+
+/// `NAME@VERSION`.
+fn split_target(target: &str) -> Result<(String, String), Failure> {
+    target
+        .split_once('@')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .ok_or_else(|| Failure::Usage(format!("`{target}` is not NAME@VERSION")))
+}
+
+fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
+    use outpost_coordinator::packaging::{self, BuildSpec, utc};
+    let print_json =
+        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match command {
+        ModelCommand::Push(args) => {
+            let usage = |e: packaging::PackagingError| Failure::Usage(e.to_string());
+            let dataset_sha256 = match &args.dataset {
+                Some(path) => Some(outpost_shared::bundle::sha256_hex(
+                    &std::fs::read(path)
+                        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
+                )),
+                None => None,
+            };
+            let spec = BuildSpec {
+                model: args.model.clone(),
+                name: args.name.clone(),
+                version: args.version.clone(),
+                baseline: args.baseline.clone(),
+                exclude: args.exclude.clone(),
+                reference: args.reference.clone(),
+                card: args.card.clone(),
+                metadata: packaging::parse_pairs(&args.meta, "--meta").map_err(usage)?,
+                hyperparameters: packaging::parse_pairs(&args.params, "--param").map_err(usage)?,
+                training_date: args.training_date.clone(),
+                dataset_sha256,
+                parent_version: None,
+                nan_policy: match args.nan_policy {
+                    NanPolicyArg::Reject => outpost_shared::bundle::NanPolicy::Reject,
+                    NanPolicyArg::Allow => outpost_shared::bundle::NanPolicy::Allow,
+                },
+            };
+            eprintln!("building {}@{} from {}…", args.name, args.version, args.model.display());
+            let (bundle, evidence) =
+                packaging::build(&spec, now_secs()).map_err(|e| Failure::Refused(e.to_string()))?;
+            eprintln!("model {evidence}");
+            let bytes = bundle.to_bytes();
+            let (status, response) = api.put_with_progress(
+                &format!("/api/v1/models/{}/versions/{}", args.name, args.version),
+                &bytes,
+            )?;
+            if cli.json {
+                print_json(&response);
+            } else if status == 201 {
+                println!(
+                    "{}@{} registered (bundle sha256 {}, signed by {})",
+                    args.name,
+                    args.version,
+                    response["record"]["bundle_sha256"].as_str().unwrap_or("?"),
+                    response["record"]["signed_by"]
+                );
+            } else {
+                println!(
+                    "{}@{} was already registered with this model; nothing changed",
+                    args.name, args.version
+                );
+            }
+        }
+        ModelCommand::List => {
+            let versions: Vec<serde_json::Value> = api.get("/api/v1/models")?;
+            if cli.json {
+                print_json(&serde_json::Value::Array(versions));
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<12} {:<11} {:<10} {:<20} PUSHED BY",
+                "MODEL", "VERSION", "STAGE", "VALIDATED", "PUSHED"
+            );
+            for v in versions {
+                let validated = match v["validation_passed"].as_bool() {
+                    Some(true) => "passed",
+                    Some(false) => "FAILED",
+                    None => "-",
+                };
+                println!(
+                    "{:<20} {:<12} {:<11} {:<10} {:<20} {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version"].as_str().unwrap_or(""),
+                    v["stage"].as_str().unwrap_or(""),
+                    validated,
+                    utc(v["pushed_at_ms"].as_u64().unwrap_or(0) / 1000),
+                    v["pushed_by"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ModelCommand::Show { target } => {
+            let (name, version) = split_target(target)?;
+            let v: serde_json::Value = api.get(&format!("/api/v1/models/{name}/versions/{version}"))?;
+            print_json(&v);
+        }
+        ModelCommand::History { name } => {
+            let versions: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}"))?;
+            let mut rows: Vec<(u64, String)> = Vec::new();
+            for v in &versions {
+                for t in v["transitions"].as_array().into_iter().flatten() {
+                    let at = t["at_ms"].as_u64().unwrap_or(0);
+                    rows.push((
+                        at,
+                        format!(
+                            "{}  {:<12} {:>10} -> {:<10} by {:<12} {}",
+                            utc(at / 1000),
+                            v["version"].as_str().unwrap_or(""),
+                            t["from"].as_str().unwrap_or("-"),
+                            t["to"].as_str().unwrap_or(""),
+                            t["by"].as_str().unwrap_or(""),
+                            t["note"].as_str().unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+            rows.sort_by_key(|r| r.0);
+            for (_, line) in rows {
+                println!("{line}");
+            }
+        }
+        ModelCommand::Diff { a, b } => {
+            let (na, va) = split_target(a)?;
+            let (nb, vb) = split_target(b)?;
+            let x: serde_json::Value = api.get(&format!("/api/v1/models/{na}/versions/{va}"))?;
+            let y: serde_json::Value = api.get(&format!("/api/v1/models/{nb}/versions/{vb}"))?;
+            let mut lines = Vec::new();
+            diff_values("", &x, &y, &mut lines);
+            if lines.is_empty() {
+                println!("{a} and {b} do not differ");
+            }
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        ModelCommand::Validate {
+            target,
+            dataset,
+            label,
+            segment,
+            min_accuracy,
+            max_accuracy_drop,
+            max_f1_drop,
+            max_p99_ratio,
+        } => {
+            let (name, version) = split_target(target)?;
+            let bytes = std::fs::read(dataset)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", dataset.display())))?;
+            let mut query = vec![("label", label.clone())];
+            if let Some(s) = segment {
+                query.push(("segment", s.clone()));
+            }
+            for (k, v) in [
+                ("min_accuracy", min_accuracy),
+                ("max_accuracy_drop", max_accuracy_drop),
+                ("max_f1_drop", max_f1_drop),
+                ("max_p99_ratio", max_p99_ratio),
+            ] {
+                if let Some(v) = v {
+                    query.push((k, v.to_string()));
+                }
+            }
+            eprintln!("validating {name}@{version} on {} ({} bytes)…", dataset.display(), bytes.len());
+            let report: serde_json::Value = api.post_bytes_query(
+                &format!("/api/v1/models/{name}/versions/{version}/validate"),
+                &query,
+                &bytes,
+            )?;
+            if cli.json {
+                print_json(&report);
+            } else {
+                print_report(&report);
+            }
+            if report["passed"].as_bool() != Some(true) {
+                return Err(Failure::Refused(format!("{name}@{version} failed validation")));
+            }
+        }
+        ModelCommand::Stage { target, stage, note } => {
+            let (name, version) = split_target(target)?;
+            let v: serde_json::Value = api.post_json(
+                &format!("/api/v1/models/{name}/versions/{version}/stage"),
+                &serde_json::json!({"stage": stage, "note": note}),
+            )?;
+            println!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
+        }
+        ModelCommand::Purge { target } => {
+            let (name, version) = split_target(target)?;
+            let _: serde_json::Value = api.delete(&format!("/api/v1/models/{name}/versions/{version}"))?;
+            println!("{name}@{version} purged");
+        }
+    }
+    Ok(())
+}
+
+fn print_report(r: &serde_json::Value) {
+    let m = &r["metrics"];
+    let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.4}"));
+    println!(
+        "{}@{}: {} rows, accuracy {}, macro precision {}, recall {}, F1 {}, weighted F1 {}",
+        r["model"].as_str().unwrap_or(""),
+        r["version"].as_str().unwrap_or(""),
+        m["rows"],
+        f(&m["accuracy"]),
+        f(&m["macro_precision"]),
+        f(&m["macro_recall"]),
+        f(&m["macro_f1"]),
+        f(&m["weighted_f1"])
+    );
+    for (class, c) in m["classes"].as_object().into_iter().flatten() {
+        println!(
+            "  class {class:<6} precision {} recall {} F1 {} support {}",
+            f(&c["precision"]),
+            f(&c["recall"]),
+            f(&c["f1"]),
+            c["support"]
+        );
+    }
+    for (segment, s) in r["segments"].as_object().into_iter().flatten() {
+        println!(
+            "  segment {segment:<8} rows {} accuracy {} macro F1 {}",
+            s["rows"],
+            f(&s["accuracy"]),
+            f(&s["macro_f1"])
+        );
+    }
+    let l = &r["latency"];
+    println!(
+        "  latency (1 row, this CPU): p50 {} ms, p95 {} ms, p99 {} ms over {} runs",
+        f(&l["p50_ms"]),
+        f(&l["p95_ms"]),
+        f(&l["p99_ms"]),
+        l["runs"]
+    );
+    for e in r["edge_cases"].as_array().into_iter().flatten() {
+        println!(
+            "  edge case {:<26} {} — {}",
+            e["case"].as_str().unwrap_or(""),
+            if e["passed"].as_bool() == Some(true) { "ok  " } else { "FAIL" },
+            e["outcome"].as_str().unwrap_or("")
+        );
+    }
+    for c in r["regression"].as_array().into_iter().flatten() {
+        println!(
+            "  vs production {}: {:<9} {} (production {}, limit {}) {}",
+            r["baseline_version"].as_str().unwrap_or("?"),
+            c["check"].as_str().unwrap_or(""),
+            f(&c["candidate"]),
+            f(&c["production"]),
+            f(&c["limit"]),
+            if c["passed"].as_bool() == Some(true) { "ok" } else { "FAIL" }
+        );
+    }
+    if r["passed"].as_bool() == Some(true) {
+        println!("PASSED");
+    } else {
+        for failure in r["failures"].as_array().into_iter().flatten() {
+            println!("  failure: {}", failure.as_str().unwrap_or(""));
+        }
+        println!("FAILED");
+    }
+}
+
+/// Leaf-by-leaf differences between two JSON values (arrays compared whole).
+fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    const SKIP: [&str; 3] = ["transitions", "validated_at_ms", "pushed_at_ms"];
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                if SKIP.contains(&k.as_str()) {
+                    continue;
+                }
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff_values(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => {
+            let show = |v: &Value| {
+                let s = v.to_string();
+                if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
+            };
+            out.push(format!("{path}: {} -> {}", show(a), show(b)));
+        }
+        _ => {}
     }
 }
 
@@ -469,7 +964,89 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 );
             }
         }
+        Command::Bundle(BundleCommand::Export { target, file }) => {
+            let (name, version) = split_target(target)?;
+            let bytes = api.get_bytes(&format!("/api/v1/models/{name}/versions/{version}/bundle"))?;
+            outpost_shared::files::write_atomic(file, &bytes)
+                .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", file.display())))?;
+            println!("{name}@{version} exported to {} ({} bytes)", file.display(), bytes.len());
+        }
         Command::Bundle(_) | Command::Key(_) => {}
+        Command::Model(command) => model_command(cli, &api, command)?,
+        Command::Deploy { target, selector, devices } => {
+            let (name, version) = split_target(target)?;
+            let selector = parse_labels(selector)?;
+            let response: serde_json::Value = api.post_json(
+                "/api/v1/deployments",
+                &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices}),
+            )?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+            } else {
+                let targets: Vec<&str> = response["devices"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{name}@{version} deployed to {} device(s): {} (stage {})",
+                    targets.len(),
+                    targets.join(", "),
+                    response["stage"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Command::Token(ApiTokenCommand::Create { name, role }) => {
+            let response: serde_json::Value =
+                api.post_json("/api/v1/tokens", &serde_json::json!({"name": name, "role": role}))?;
+            println!("{}", response["token"].as_str().unwrap_or_default());
+            eprintln!("token `{name}` with role {role}; it is shown only this once");
+        }
+        Command::Token(ApiTokenCommand::List) => {
+            let tokens: Vec<serde_json::Value> = api.get("/api/v1/tokens")?;
+            for t in tokens {
+                println!(
+                    "{:<24} {:<9} created by {}",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("?"),
+                    t["created_by"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Command::Token(ApiTokenCommand::Revoke { name }) => {
+            let _: serde_json::Value = api.delete(&format!("/api/v1/tokens/{name}"))?;
+            println!("token `{name}` revoked");
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let verdict: serde_json::Value = api.get("/api/v1/audit/verify")?;
+            if verdict["ok"].as_bool() == Some(true) {
+                println!("audit log intact: {} entries, hash chain verified", verdict["entries"]);
+            } else {
+                return Err(Failure::Refused(format!(
+                    "audit log does not verify: {}",
+                    verdict["problem"].as_str().unwrap_or("unknown problem")
+                )));
+            }
+        }
+        Command::Audit(AuditCommand::List { limit }) => {
+            let entries: Vec<serde_json::Value> = api.get(&format!("/api/v1/audit?limit={limit}"))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+            } else {
+                for e in entries {
+                    println!(
+                        "{:>5} {} {:<10} {:<9} {:<22} {:<28} {:<8} {}",
+                        e["seq"],
+                        outpost_coordinator::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
+                        e["actor"].as_str().unwrap_or(""),
+                        e["role"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["target"].as_str().unwrap_or(""),
+                        e["outcome"].as_str().unwrap_or(""),
+                        e["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
         Command::Telemetry(TelemetryCommand::Import { file, ack_out }) => {
             let bytes = std::fs::read(file)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;

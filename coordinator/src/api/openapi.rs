@@ -1,0 +1,168 @@
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`, generated from [`ROUTES`] — the
+//! one list of what the API offers. A test in `tests/` calls every listed route on a running
+//! coordinator and checks the router answers it (not a 404/405 from routing).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// One route: method, path (axum syntax), role needed (`public`, `device`, `capability`,
+/// `viewer`, `operator`, `admin`), request body kind, summary.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub role: &'static str,
+    pub body: Option<&'static str>,
+    pub summary: &'static str,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    role: &'static str,
+    body: Option<&'static str>,
+    summary: &'static str,
+) -> RouteDoc {
+    RouteDoc { method, path, role, body, summary }
+}
+
+const JSON: Option<&str> = Some("application/json");
+const BYTES: Option<&str> = Some("application/octet-stream");
+const CSV: Option<&str> = Some("text/csv");
+
+/// Every `/api/v1` route.
+pub const ROUTES: &[RouteDoc] = &[
+    r("get", "/api/v1/openapi.json", "public", None, "This document."),
+    r(
+        "post",
+        "/api/v1/enrolment-tokens",
+        "admin",
+        JSON,
+        "Create a one-time, expiring enrolment token with labels.",
+    ),
+    r(
+        "post",
+        "/api/v1/enrol",
+        "device",
+        JSON,
+        "Enrol a device with a token: registers its key, returns its client certificate.",
+    ),
+    r("get", "/api/v1/devices", "viewer", None, "The fleet: liveness, backlog, models running and desired."),
+    r("get", "/api/v1/devices/{id}", "viewer", None, "One device."),
+    r(
+        "post",
+        "/api/v1/telemetry/import",
+        "admin",
+        BYTES,
+        "Ingest a telemetry file carried across an air gap; returns the ack file.",
+    ),
+    r("get", "/api/v1/models", "viewer", None, "Every registered version."),
+    r("get", "/api/v1/models/{name}", "viewer", None, "The versions of one model."),
+    r(
+        "get",
+        "/api/v1/models/{name}/versions/{version}",
+        "viewer",
+        None,
+        "One version: manifest summary, stage history, validation.",
+    ),
+    r(
+        "put",
+        "/api/v1/models/{name}/versions/{version}",
+        "operator",
+        BYTES,
+        "Push a bundle (201 new, 200 same model again, 409 other bytes).",
+    ),
+    r(
+        "delete",
+        "/api/v1/models/{name}/versions/{version}",
+        "admin",
+        None,
+        "Purge an archived version and its artifact.",
+    ),
+    r(
+        "post",
+        "/api/v1/models/{name}/versions/{version}/stage",
+        "operator",
+        JSON,
+        "Move a version to another stage.",
+    ),
+    r(
+        "post",
+        "/api/v1/models/{name}/versions/{version}/validate",
+        "operator",
+        CSV,
+        "Run the validation gate on a labelled CSV (query: label, segment, thresholds).",
+    ),
+    r(
+        "get",
+        "/api/v1/models/{name}/versions/{version}/bundle",
+        "operator",
+        None,
+        "The signed bundle file (export for air-gapped sites).",
+    ),
+    r(
+        "get",
+        "/api/v1/artifacts/{sha256}",
+        "capability",
+        None,
+        "A signed bundle by content address; honours Range.",
+    ),
+    r(
+        "post",
+        "/api/v1/deployments",
+        "operator",
+        JSON,
+        "Deploy a validated version to devices by label selector or id.",
+    ),
+    r("get", "/api/v1/deployments", "viewer", None, "Every device's desired state."),
+    r("post", "/api/v1/tokens", "admin", JSON, "Create an API token with a role (shown once)."),
+    r("get", "/api/v1/tokens", "admin", None, "API tokens (names and roles, never the tokens)."),
+    r("delete", "/api/v1/tokens/{name}", "admin", None, "Revoke an API token."),
+    r("get", "/api/v1/audit", "admin", None, "The newest audit entries (query: limit)."),
+    r("get", "/api/v1/audit/verify", "admin", None, "Verify the audit log's hash chain."),
+    r("get", "/api/v1/keys", "viewer", None, "The coordinator's release key (for agents' trusted keys)."),
+];
+
+/// The document.
+pub fn build() -> Value {
+    let mut paths = serde_json::Map::new();
+    for route in ROUTES {
+        let params: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({
+            "summary": route.summary,
+            "x-outpost-role": route.role,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "OK"},
+                "400": {"description": "Bad request: the error names the problem"},
+                "401": {"description": "No valid token"},
+                "403": {"description": "The token's role may not do this"},
+                "404": {"description": "Not found"},
+                "429": {"description": "Rate limited (Retry-After)"}
+            }
+        });
+        if matches!(route.role, "viewer" | "operator" | "admin") {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(kind) = route.body {
+            op["requestBody"] = json!({"required": true, "content": {kind: {}}});
+        }
+        let entry = paths.entry(route.path.to_owned()).or_insert_with(|| json!({}));
+        entry[route.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Outpost coordinator API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}

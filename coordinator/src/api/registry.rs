@@ -1,0 +1,537 @@
+//! Registry, validation gate, deployments, artifacts, tokens and audit routes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use outpost_shared::protocol::messages::DesiredModel;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, authorize, json_body};
+use crate::auth::{ApiToken, Principal, Role};
+use crate::desired::{DesiredRecord, matches};
+use crate::registry::{RegistryError, Stage, VersionRecord};
+use crate::store::now_ms;
+use crate::validation::{self, Policy};
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let status = match &e {
+            RegistryError::Conflict { .. } => StatusCode::CONFLICT,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Refused(_) => StatusCode::CONFLICT,
+            RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "registry failure");
+        }
+        ApiError(status, e.to_string())
+    }
+}
+
+/// Writes an audit entry; a failure to audit is logged loudly (the action already happened).
+pub(super) fn audit(
+    state: &AppState,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    result: Result<&str, &str>,
+) {
+    let (outcome, detail) = match result {
+        Ok(detail) => ("ok", detail),
+        Err(detail) => ("refused", detail),
+    };
+    if let Err(e) = state.audit.record(&who.name, who.role.as_str(), action, target, outcome, detail) {
+        tracing::error!(error = %e, action, target, "CANNOT WRITE THE AUDIT LOG");
+        state.metrics.audit_failures.inc();
+    }
+}
+
+/// Runs `f`, auditing its outcome.
+fn audited<T>(
+    state: &AppState,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    result: Result<(T, String), ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Ok((value, detail)) => {
+            audit(state, who, action, target, Ok(&detail));
+            Ok(value)
+        }
+        Err(e) => {
+            audit(state, who, action, target, Err(&e.1));
+            Err(e)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
+}
+
+pub async fn push(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let target = format!("{name}@{version}");
+    let st = Arc::clone(&state);
+    let by = who.name.clone();
+    let result = blocking(move || {
+        let parsed =
+            outpost_shared::bundle::Bundle::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if parsed.manifest.name != name || parsed.manifest.version != version {
+            return Err(ApiError::bad_request(format!(
+                "the bundle is {}, not {name}@{version}",
+                parsed.manifest.id()
+            )));
+        }
+        let pushed = st.registry.push(&body, &by, st.authority.signing_key())?;
+        let detail = if pushed.created { "registered" } else { "already registered with the same model" };
+        Ok((pushed, detail.to_owned()))
+    })
+    .await?;
+    let pushed = audited(&state, &who, "model.push", &target, result)?;
+    let status = if pushed.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(pushed)).into_response())
+}
+
+pub async fn list_models(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    Ok(Json(state.registry.list()?))
+}
+
+pub async fn model_versions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let versions = state.registry.versions(&name)?;
+    if versions.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no model `{name}` in the registry")));
+    }
+    Ok(Json(versions))
+}
+
+pub async fn show_version(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<VersionRecord>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    Ok(Json(state.registry.get(&name, &version)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRequest {
+    stage: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn set_stage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Json<StageRequest>, JsonRejection>,
+) -> Result<Json<VersionRecord>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let target = format!("{name}@{version}");
+    let result = (|| {
+        let request = json_body(body)?;
+        let stage = Stage::parse(&request.stage).map_err(ApiError::bad_request)?;
+        let record = state.registry.transition(&name, &version, stage, &who.name, &request.note)?;
+        Ok((record, format!("stage {}", stage.as_str())))
+    })();
+    audited(&state, &who, "model.stage", &target, result).map(Json)
+}
+
+pub async fn purge(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<VersionRecord>, ApiError> {
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let result =
+        state.registry.purge(&name, &version).map(|r| (r, "purged".to_owned())).map_err(ApiError::from);
+    audited(&state, &who, "model.purge", &format!("{name}@{version}"), result).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateQuery {
+    label: String,
+    segment: Option<String>,
+    min_accuracy: Option<f64>,
+    max_accuracy_drop: Option<f64>,
+    max_f1_drop: Option<f64>,
+    max_p99_ratio: Option<f64>,
+}
+
+pub async fn validate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+    query: Result<Query<ValidateQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<validation::Report>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let target = format!("{name}@{version}");
+    let st = Arc::clone(&state);
+    let by = who.name.clone();
+    let result = blocking(move || {
+        let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let defaults = Policy::default();
+        let policy = Policy {
+            min_accuracy: q.min_accuracy,
+            max_accuracy_drop: q.max_accuracy_drop.unwrap_or(defaults.max_accuracy_drop),
+            max_f1_drop: q.max_f1_drop.unwrap_or(defaults.max_f1_drop),
+            max_p99_ratio: q.max_p99_ratio.unwrap_or(defaults.max_p99_ratio),
+        };
+        for (what, v) in [
+            ("max_accuracy_drop", Some(policy.max_accuracy_drop)),
+            ("max_f1_drop", Some(policy.max_f1_drop)),
+            ("max_p99_ratio", Some(policy.max_p99_ratio)),
+            ("min_accuracy", policy.min_accuracy),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(ApiError::bad_request(format!("{what} must be a finite number ≥ 0")));
+            }
+        }
+        let record = st.registry.get(&name, &version)?;
+        let bundle_bytes = st.registry.artifact(&record.bundle_sha256)?;
+        let bundle = outpost_shared::bundle::Bundle::parse(&bundle_bytes).map_err(ApiError::internal)?;
+        let table = crate::packaging::Table::parse(&body, "the dataset")
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let production = st
+            .registry
+            .production(&name)?
+            .filter(|p| p.version != version)
+            .and_then(|p| p.validation)
+            .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
+        let report =
+            validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
+                .map_err(ApiError::bad_request)?;
+        let value = serde_json::to_value(&report).map_err(ApiError::internal)?;
+        st.registry.set_validation(&name, &version, value, report.passed, &by)?;
+        let detail = if report.passed {
+            format!("passed: accuracy {:.4}", report.metrics.accuracy)
+        } else {
+            format!("failed: {}", report.failures.join("; "))
+        };
+        Ok((report, detail))
+    })
+    .await?;
+    audited(&state, &who, "model.validate", &target, result).map(Json)
+}
+
+pub async fn export_bundle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::Operator)?;
+    let record = state.registry.get(&name, &version)?;
+    let st = Arc::clone(&state);
+    let bytes = blocking(move || st.registry.artifact(&record.bundle_sha256)).await??;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `GET /api/v1/artifacts/{sha256}`: a signed bundle by content address, with `Range`
+/// support so an interrupted download resumes. The address is the capability: it is only
+/// learnt from a signed desired state, and the bundle is useless without a trusted signature.
+pub async fn artifact(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    let st = Arc::clone(&state);
+    let bytes = blocking(move || st.registry.artifact(&sha256)).await??;
+    state.metrics.artifact_requests.inc();
+    let total = bytes.len() as u64;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::trim);
+    let Some(range) = range else {
+        state.metrics.artifact_bytes.inc_by(total);
+        return Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream"), (header::ACCEPT_RANGES, "bytes")],
+            bytes,
+        )
+            .into_response());
+    };
+    let (start, end) = parse_range(range, total).ok_or_else(|| {
+        ApiError(StatusCode::RANGE_NOT_SATISFIABLE, format!("range `{range}` does not fit {total} bytes"))
+    })?;
+    let part = bytes[start as usize..=end as usize].to_vec();
+    state.metrics.artifact_bytes.inc_by(part.len() as u64);
+    Ok((
+        StatusCode::PARTIAL_CONTENT,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
+            (header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}")),
+        ],
+        part,
+    )
+        .into_response())
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` (one range).
+fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
+    let spec = range.strip_prefix("bytes=")?;
+    if spec.contains(',') || total == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (total.saturating_sub(n), total - 1)
+        }
+        (a, "") => (a.parse().ok()?, total - 1),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(total - 1)),
+    };
+    (start <= end && start < total).then_some((start, end))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    model: String,
+    version: String,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default)]
+    devices: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub model: String,
+    pub version: String,
+    pub devices: Vec<String>,
+    pub stage: Stage,
+}
+
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<Json<DeployResponse>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let request = json_body(body)?;
+    let target = format!("{}@{}", request.model, request.version);
+    let result = deploy_inner(&state, &who, &request).await;
+    audited(&state, &who, "deploy", &target, result).map(Json)
+}
+
+async fn deploy_inner(
+    state: &Arc<AppState>,
+    who: &Principal,
+    request: &DeployRequest,
+) -> Result<(DeployResponse, String), ApiError> {
+    let record = state.registry.get(&request.model, &request.version)?;
+    if record.validation_passed != Some(true) {
+        let why = match record.validation.as_ref().and_then(|v| v.get("failures")).and_then(|f| f.as_array())
+        {
+            Some(failures) if !failures.is_empty() => format!(
+                "its validation failed: {}",
+                failures.iter().filter_map(|f| f.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+            _ => "it has not been validated (`outpostctl model validate`)".to_owned(),
+        };
+        return Err(ApiError(StatusCode::CONFLICT, format!("{} cannot be deployed: {why}", record.id())));
+    }
+    if record.stage == Stage::Archived {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{} is archived", record.id())));
+    }
+    let all = state.store.devices().map_err(ApiError::internal)?;
+    for id in &request.devices {
+        if !all.iter().any(|d| &d.id == id) {
+            return Err(ApiError::bad_request(format!("no device `{id}`")));
+        }
+    }
+    let targets: Vec<String> = all
+        .iter()
+        .filter(|d| {
+            if request.devices.is_empty() {
+                matches(d, &request.selector)
+            } else {
+                request.devices.contains(&d.id) && matches(d, &request.selector)
+            }
+        })
+        .map(|d| d.id.clone())
+        .collect();
+    if targets.is_empty() {
+        return Err(ApiError::bad_request("the selector matches no enrolled device"));
+    }
+    let desired = DesiredModel {
+        name: record.name.clone(),
+        version: record.version.clone(),
+        bundle_sha256: record.bundle_sha256.clone(),
+    };
+    let changed =
+        state.desired.set(&targets, &record.name, Some(&desired), &who.name).map_err(ApiError::internal)?;
+    for (device, desired_record) in &changed {
+        let outgoing =
+            state.desired.seal(&state.authority, device, desired_record).map_err(ApiError::internal)?;
+        if state.outgoing.send(outgoing).await.is_err() {
+            tracing::error!(device, "the broker link is gone; the desired state goes out on reconnect");
+        }
+    }
+    // The whole fleet → production; part of it → canary.
+    let stage = if targets.len() == all.len() { Stage::Production } else { Stage::Canary };
+    let stage = if record.stage < stage || (record.stage == Stage::Canary && stage == Stage::Production) {
+        state
+            .registry
+            .transition(
+                &record.name,
+                &record.version,
+                stage,
+                &who.name,
+                &format!("deployed to {} device(s)", targets.len()),
+            )?
+            .stage
+    } else {
+        record.stage
+    };
+    tracing::info!(
+        model = record.name,
+        version = record.version,
+        devices = targets.len(),
+        by = who.name,
+        "deployed"
+    );
+    let detail = format!("{} device(s): {}", targets.len(), targets.join(","));
+    Ok((DeployResponse { model: record.name, version: record.version, devices: targets, stage }, detail))
+}
+
+pub async fn list_desired(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<BTreeMap<String, DesiredRecord>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    Ok(Json(state.desired.all().into_iter().collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    name: String,
+    role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+pub async fn create_api_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<TokenCreate>, JsonRejection>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let request = json_body(body)?;
+    let result = (|| {
+        let role = Role::parse(&request.role).map_err(ApiError::bad_request)?;
+        let token = state.auth.create(&request.name, role, &who.name).map_err(ApiError::bad_request)?;
+        Ok((CreatedToken { name: request.name.clone(), role, token }, format!("role {}", role.as_str())))
+    })();
+    audited(&state, &who, "token.create", &request.name, result).map(Json)
+}
+
+pub async fn list_api_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ApiToken>>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    Ok(Json(state.auth.list().map_err(ApiError::internal)?))
+}
+
+pub async fn revoke_api_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let result = match state.auth.revoke(&name) {
+        Ok(true) => Ok((serde_json::json!({"revoked": name}), "revoked".to_owned())),
+        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no token named `{name}`"))),
+        Err(e) => Err(ApiError::internal(e)),
+    };
+    audited(&state, &who, "token.revoke", &name, result).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+pub async fn audit_tail(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<crate::audit::AuditEntry>>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    Ok(Json(state.audit.tail(q.limit.unwrap_or(100).min(10_000)).map_err(ApiError::internal)?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    pub ok: bool,
+    pub entries: u64,
+    pub problem: Option<String>,
+    pub checked_at_ms: u64,
+}
+
+pub async fn audit_verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<AuditVerdict>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    let st = Arc::clone(&state);
+    let verdict = blocking(move || st.audit.verify()).await?;
+    Ok(Json(match verdict {
+        Ok(entries) => AuditVerdict { ok: true, entries, problem: None, checked_at_ms: now_ms() },
+        Err(problem) => {
+            AuditVerdict { ok: false, entries: 0, problem: Some(problem), checked_at_ms: now_ms() }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_resume_downloads() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=50-", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=90-500", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-1", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

@@ -1,0 +1,456 @@
+//! The model registry: immutable, signed versions with their stage history.
+//!
+//! A pushed bundle is parsed, its model hash checked, its model loaded with the shared runtime
+//! and checked against its own manifest (schema, reference outputs) — then signed with the
+//! coordinator's release key and stored. Artifacts are content-addressed by the sha256 of the
+//! signed bundle file, gzip-compressed under `<data_dir>/artifacts/`, written atomically and
+//! never overwritten. A version is immutable: the same version with another model is refused
+//! ([`RegistryError::Conflict`], HTTP 409); the same model again is a no-op.
+//!
+//! Stages: `registered → validated → canary → production → archived`, every transition kept
+//! with who and when. Only a version whose validation passed may move past `registered`. The
+//! last three production versions of a model, and anything not archived, cannot be purged.
+//!
+//! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_hex};
+use outpost_shared::protocol::keys::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError, now_ms};
+
+/// Production versions per model that purge never removes.
+pub const KEEP_PRODUCTION: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{id} already exists with another model (sha256 {existing}); versions are immutable")]
+    Conflict { id: String, existing: String },
+    #[error("no version {0} in the registry")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("artifact store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Registered,
+    Validated,
+    Canary,
+    Production,
+    Archived,
+}
+
+impl Stage {
+    pub fn parse(text: &str) -> Result<Stage, String> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+            format!("unknown stage `{text}` (stages: registered, validated, canary, production, archived)")
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Registered => "registered",
+            Stage::Validated => "validated",
+            Stage::Canary => "canary",
+            Stage::Production => "production",
+            Stage::Archived => "archived",
+        }
+    }
+}
+
+/// One stage change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub from: Option<Stage>,
+    pub to: Stage,
+    pub by: String,
+    pub at_ms: u64,
+    pub note: String,
+}
+
+/// What the registry shows of a manifest without opening the artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestSummary {
+    pub created_at: u64,
+    pub inputs: Vec<TensorSchema>,
+    pub outputs: Vec<TensorSchema>,
+    pub nan_policy: NanPolicy,
+    pub training: Training,
+    pub metadata: BTreeMap<String, String>,
+    pub baseline_rows: Option<u64>,
+    pub baseline_features: Vec<String>,
+    pub reference_outputs: bool,
+    pub card: Option<String>,
+}
+
+/// A registered version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: String,
+    /// sha256 of the signed bundle file: the artifact's address.
+    pub bundle_sha256: String,
+    pub bundle_size: u64,
+    pub model_sha256: String,
+    pub stage: Stage,
+    pub transitions: Vec<Transition>,
+    pub pushed_by: String,
+    pub pushed_at_ms: u64,
+    /// Key ids that signed the stored bundle.
+    pub signed_by: Vec<String>,
+    /// What the model was checked with at push.
+    pub evidence: String,
+    pub manifest: ManifestSummary,
+    /// The validation gate's latest result (see `validation`).
+    pub validation: Option<serde_json::Value>,
+    /// Whether the latest validation passed.
+    pub validation_passed: Option<bool>,
+}
+
+impl VersionRecord {
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pushed {
+    pub record: VersionRecord,
+    /// False when the same model was already registered under this version.
+    pub created: bool,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    tree: sled::Tree,
+    artifacts: PathBuf,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("artifacts", &self.artifacts).finish_non_exhaustive()
+    }
+}
+
+fn key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Registry {
+    pub fn open(store: &Store, data_dir: &std::path::Path) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            store: store.clone(),
+            tree: store.tree("registry")?,
+            artifacts: data_dir.join("artifacts"),
+        })
+    }
+
+    fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
+        let path = path.to_owned();
+        move |source| RegistryError::Io { path, source }
+    }
+
+    fn artifact_path(&self, sha256: &str) -> PathBuf {
+        self.artifacts.join(format!("{sha256}.bundle.gz"))
+    }
+
+    fn decode(&self, k: &[u8], v: &[u8]) -> Result<VersionRecord, RegistryError> {
+        serde_json::from_slice(v).map_err(|e| {
+            RegistryError::Store(StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).replace('\0', "@"),
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    fn storage(e: sled::Error) -> RegistryError {
+        RegistryError::Refused(format!("registry storage error: {e}"))
+    }
+
+    fn put(&self, record: &VersionRecord) -> Result<(), RegistryError> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.tree.insert(key(&record.name, &record.version), value).map_err(Self::storage)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// One version.
+    pub fn get(&self, name: &str, version: &str) -> Result<VersionRecord, RegistryError> {
+        let k = key(name, version);
+        match self.tree.get(&k).map_err(Self::storage)? {
+            Some(v) => self.decode(&k, &v),
+            None => Err(RegistryError::NotFound(format!("{name}@{version}"))),
+        }
+    }
+
+    /// Every version, by name then semver.
+    pub fn list(&self) -> Result<Vec<VersionRecord>, RegistryError> {
+        let mut all = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(Self::storage)?;
+            all.push(self.decode(&k, &v)?);
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| semver_cmp(&a.version, &b.version)));
+        Ok(all)
+    }
+
+    /// The versions of one model, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        Ok(self.list()?.into_iter().filter(|r| r.name == name).collect())
+    }
+
+    /// Stores a pushed bundle (the caller runs this off the async executor: it loads the model).
+    pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
+        let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let (name, version) = (bundle.manifest.name.clone(), bundle.manifest.version.clone());
+        match self.get(&name, &version) {
+            Ok(existing) if existing.model_sha256 == bundle.manifest.model.sha256 => {
+                return Ok(Pushed { record: existing, created: false });
+            }
+            Ok(existing) => {
+                return Err(RegistryError::Conflict { id: existing.id(), existing: existing.model_sha256 });
+            }
+            Err(RegistryError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let (_, evidence) = bundle.load_model().map_err(|reason| {
+            RegistryError::Invalid(format!("{}@{} cannot serve: {reason}", name, version))
+        })?;
+        if !bundle.signatures.iter().any(|s| s.key_id_hex() == release_key.key_id()) {
+            bundle.sign(release_key).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        }
+        let signed = bundle.to_bytes();
+        let sha = sha256_hex(&signed);
+        let path = self.artifact_path(&sha);
+        if !path.exists() {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&signed).map_err(self.io(&path))?;
+            let compressed = gz.finish().map_err(self.io(&path))?;
+            outpost_shared::files::write_atomic(&path, &compressed).map_err(self.io(&path))?;
+        }
+        let m = &bundle.manifest;
+        let now = now_ms();
+        let record = VersionRecord {
+            name: name.clone(),
+            version: version.clone(),
+            bundle_sha256: sha,
+            bundle_size: signed.len() as u64,
+            model_sha256: m.model.sha256.clone(),
+            stage: Stage::Registered,
+            transitions: vec![Transition {
+                from: None,
+                to: Stage::Registered,
+                by: by.to_owned(),
+                at_ms: now,
+                note: "pushed".into(),
+            }],
+            pushed_by: by.to_owned(),
+            pushed_at_ms: now,
+            signed_by: bundle.signatures.iter().map(|s| s.key_id_hex()).collect(),
+            evidence,
+            manifest: ManifestSummary {
+                created_at: m.created_at,
+                inputs: m.inputs.clone(),
+                outputs: m.outputs.clone(),
+                nan_policy: m.nan_policy,
+                training: m.training.clone(),
+                metadata: m.metadata.clone(),
+                baseline_rows: m.baseline.as_ref().map(|b| b.rows),
+                baseline_features: m
+                    .baseline
+                    .as_ref()
+                    .map(|b| b.features.iter().map(|f| f.name.clone()).collect())
+                    .unwrap_or_default(),
+                reference_outputs: m.reference.is_some(),
+                card: m.card.clone(),
+            },
+            validation: None,
+            validation_passed: None,
+        };
+        // Two pushes of one new version race here: only the first insert wins.
+        let inserted = self
+            .tree
+            .compare_and_swap(
+                key(&name, &version),
+                None::<&[u8]>,
+                Some(serde_json::to_vec(&record).unwrap_or_default()),
+            )
+            .map_err(Self::storage)?;
+        if inserted.is_err() {
+            let existing = self.get(&name, &version)?;
+            if existing.model_sha256 == record.model_sha256 {
+                return Ok(Pushed { record: existing, created: false });
+            }
+            return Err(RegistryError::Conflict { id: existing.id(), existing: existing.model_sha256 });
+        }
+        self.store.flush()?;
+        Ok(Pushed { record, created: true })
+    }
+
+    /// The signed bundle file of an artifact.
+    pub fn artifact(&self, sha256: &str) -> Result<Vec<u8>, RegistryError> {
+        if !is_sha256(sha256) {
+            return Err(RegistryError::Invalid(format!(
+                "`{sha256}` is not a sha256 (64 lowercase hex digits)"
+            )));
+        }
+        let path = self.artifact_path(sha256);
+        let compressed = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RegistryError::NotFound(format!("artifact {sha256}")),
+            _ => RegistryError::Io { path: path.clone(), source: e },
+        })?;
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut bytes).map_err(self.io(&path))?;
+        if sha256_hex(&bytes) != sha256 {
+            return Err(RegistryError::Refused(format!(
+                "artifact {sha256} on disk is corrupt (hash mismatch)"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Records a validation result; a pass moves `registered` to `validated`.
+    pub fn set_validation(
+        &self,
+        name: &str,
+        version: &str,
+        result: serde_json::Value,
+        passed: bool,
+        by: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let mut record = self.get(name, version)?;
+        record.validation = Some(result);
+        record.validation_passed = Some(passed);
+        if passed && record.stage == Stage::Registered {
+            push_transition(&mut record, Stage::Validated, by, "validation passed");
+        }
+        self.put(&record)?;
+        Ok(record)
+    }
+
+    /// Moves a version to `to`; only validated versions may go past `registered`.
+    pub fn transition(
+        &self,
+        name: &str,
+        version: &str,
+        to: Stage,
+        by: &str,
+        note: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let mut record = self.get(name, version)?;
+        if record.stage == to {
+            return Ok(record);
+        }
+        if matches!(to, Stage::Validated | Stage::Canary | Stage::Production)
+            && record.validation_passed != Some(true)
+        {
+            return Err(RegistryError::Refused(format!(
+                "{} has not passed validation: run `outpostctl model validate {}` first",
+                record.id(),
+                record.id()
+            )));
+        }
+        if to == Stage::Registered {
+            return Err(RegistryError::Refused("a version cannot go back to `registered`".into()));
+        }
+        push_transition(&mut record, to, by, note);
+        self.put(&record)?;
+        if to == Stage::Production {
+            // The model's previous production version steps down (kept for rollback).
+            for mut other in self.versions(name)? {
+                if other.version != version && other.stage == Stage::Production {
+                    push_transition(&mut other, Stage::Archived, by, &format!("superseded by {version}"));
+                    self.put(&other)?;
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    /// The current production version of a model, if any.
+    pub fn production(&self, name: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        Ok(self.versions(name)?.into_iter().find(|r| r.stage == Stage::Production))
+    }
+
+    /// The model's versions most recently promoted to production, newest first.
+    pub fn production_history(&self, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        let mut promoted: Vec<(u64, VersionRecord)> = self
+            .versions(name)?
+            .into_iter()
+            .filter_map(|r| {
+                let at = r.transitions.iter().filter(|t| t.to == Stage::Production).map(|t| t.at_ms).max()?;
+                Some((at, r))
+            })
+            .collect();
+        promoted.sort_by_key(|p| std::cmp::Reverse(p.0));
+        Ok(promoted.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Deletes an archived version and its artifact (unless another version shares it).
+    pub fn purge(&self, name: &str, version: &str) -> Result<VersionRecord, RegistryError> {
+        let record = self.get(name, version)?;
+        if record.stage != Stage::Archived {
+            return Err(RegistryError::Refused(format!(
+                "{} is `{}`: only archived versions can be purged",
+                record.id(),
+                record.stage.as_str()
+            )));
+        }
+        if self.production_history(name)?.iter().take(KEEP_PRODUCTION).any(|r| r.version == version) {
+            return Err(RegistryError::Refused(format!(
+                "{} is one of the last {KEEP_PRODUCTION} production versions of `{name}`, kept for rollback",
+                record.id()
+            )));
+        }
+        self.tree.remove(key(name, version)).map_err(Self::storage)?;
+        self.store.flush()?;
+        let shared = self.list()?.iter().any(|r| r.bundle_sha256 == record.bundle_sha256);
+        if !shared {
+            let path = self.artifact_path(&record.bundle_sha256);
+            std::fs::remove_file(&path).map_err(self.io(&path))?;
+        }
+        Ok(record)
+    }
+}
+
+fn push_transition(record: &mut VersionRecord, to: Stage, by: &str, note: &str) {
+    record.transitions.push(Transition {
+        from: Some(record.stage),
+        to,
+        by: by.to_owned(),
+        at_ms: now_ms(),
+        note: note.to_owned(),
+    });
+    record.stage = to;
+}
+
+/// Orders versions by semver when both parse, else as text.
+pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a.cmp(&b),
+        _ => a.cmp(b),
+    }
+}
