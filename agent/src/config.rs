@@ -93,11 +93,21 @@ pub struct RegistryConfig {
     pub trusted_keys: Vec<String>,
     /// Versions per model kept on disk for local rollback (the active one included).
     pub keep_versions: usize,
+    /// Bundles download in pieces of this size (HTTP Range); a cut download resumes from the
+    /// last whole piece.
+    pub download_chunk_bytes: u64,
+    /// Bandwidth cap for bundle downloads on a constrained link; 0 = none.
+    pub download_max_bytes_per_sec: u64,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { trusted_keys: Vec::new(), keep_versions: 3 }
+        RegistryConfig {
+            trusted_keys: Vec::new(),
+            keep_versions: 3,
+            download_chunk_bytes: 1024 * 1024,
+            download_max_bytes_per_sec: 0,
+        }
     }
 }
 
@@ -335,6 +345,9 @@ impl Config {
         self.registry.keys()?;
         if !(2..=20).contains(&self.registry.keep_versions) {
             return Err(key("registry.keep_versions", "must be between 2 and 20"));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.registry.download_chunk_bytes) {
+            return Err(key("registry.download_chunk_bytes", "must be between 1 KiB and 1 GiB"));
         }
         if self.models.is_empty() && self.registry.trusted_keys.is_empty() {
             return Err(ConfigError::Invalid(

@@ -4,6 +4,7 @@
 //! - [`models`]: the table of served models and their validated start-up.
 //! - [`model_store`]: signed bundles on disk, the active version per model, local rollback.
 //! - [`reconcile`]: applies the store to what serves (verify, validate, atomic swap).
+//! - [`desired`]: the coordinator's signed desired state: verify, download (Range), install.
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -15,6 +16,7 @@ pub mod api;
 pub mod check_model;
 pub mod cli;
 pub mod config;
+pub mod desired;
 pub mod identity;
 pub mod link;
 pub mod logging;

@@ -4,7 +4,8 @@
 //! One task owns rumqttc's event loop. It connects with the client certificate from
 //! enrolment, a last will that sets the retained `presence` topic to `offline`, and a
 //! persistent session; on every connect it publishes `online` and (when the broker kept no
-//! session) subscribes to its `ack` topic. A second task sends: oldest unacknowledged
+//! session) subscribes to its `ack` topic, and (when it takes bundles) to its retained `desired`
+//! topic, whose messages go to [`crate::desired`]. A second task sends: oldest unacknowledged
 //! envelope first, at most `max_in_flight` outstanding; when the oldest unacknowledged
 //! envelope has waited `ack_timeout_secs` (even while newer ones are being acked: a broker
 //! that lost its sessions drops what arrives before the coordinator re-subscribes), or after
@@ -36,6 +37,8 @@ pub struct LinkSettings {
     pub coordinator_key: PublicKey,
     pub ack_timeout: Duration,
     pub max_in_flight: usize,
+    /// Where desired states go (raw, unverified); None when this agent takes no bundles.
+    pub desired: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -71,6 +74,7 @@ pub async fn run(
 ) {
     let presence = topics::topic(&settings.device_id, Channel::Presence).unwrap_or_default();
     let ack_topic = topics::topic(&settings.device_id, Channel::Ack).unwrap_or_default();
+    let desired_topic = topics::topic(&settings.device_id, Channel::Desired).unwrap_or_default();
     let report_topic = topics::topic(&settings.device_id, Channel::Report).unwrap_or_default();
     let mut options = MqttOptions::new(settings.device_id.clone(), settings.host.clone(), settings.port);
     options
@@ -120,9 +124,23 @@ pub async fn run(
                 {
                     tracing::error!(error = %e, "cannot subscribe to acks");
                 }
+                // Every connect: the broker sends the retained desired state on subscribe, so a
+                // state published while this agent was away is never missed.
+                if settings.desired.is_some()
+                    && let Err(e) = client.try_subscribe(desired_topic.clone(), QoS::AtLeastOnce)
+                {
+                    tracing::error!(error = %e, "cannot subscribe to the desired state");
+                }
                 let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
                 epoch.fetch_add(1, Ordering::Relaxed);
                 wake.notify_one();
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == desired_topic => {
+                if let Some(tx) = &settings.desired
+                    && tx.try_send(publish.payload.to_vec()).is_err()
+                {
+                    tracing::warn!("desired-state queue full; the retained state arrives again on reconnect");
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
                 handle_ack(&settings, &outbox, &stats, &publish.payload).await;

@@ -77,6 +77,11 @@ impl ModelStore {
         ModelStore { dir: data_dir.join("models"), keep: keep.max(1) }
     }
 
+    /// The store's folder (`<data_dir>/models`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
         let path = path.to_owned();
         move |source| StoreError::Io { path, source }

@@ -88,6 +88,10 @@ impl Reconciler {
                     };
                     tracing::info!(model = %name, from = from.as_deref().unwrap_or("-"), to = %to, "model version swapped in");
                     self.event(EventKind::ModelActivated, message).await;
+                    if let Some(reporter) = &self.reporter {
+                        let reporter = Arc::clone(reporter);
+                        let _ = tokio::task::spawn_blocking(move || reporter.state_if_changed()).await;
+                    }
                 }
                 Applied::Refused { version, reason } => {
                     refused.insert(key, state.generation);

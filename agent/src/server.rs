@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
+use crate::desired::{DesiredApplier, Fetch};
 use crate::identity::{Identity, IdentityError};
 use crate::link::{self, LinkSettings, LinkStats};
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ struct Telemetry {
     outbox: Arc<Outbox>,
     link_stats: Arc<LinkStats>,
     link: Option<LinkSettings>,
+    /// The coordinator API from enrolment (bundle downloads).
+    api_url: Option<String>,
 }
 
 fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::ModelState> {
@@ -130,6 +133,7 @@ fn setup_telemetry(
                 coordinator_key: enrolment.coordinator_key()?,
                 ack_timeout: Duration::from_secs(config.telemetry.ack_timeout_secs),
                 max_in_flight: config.telemetry.max_in_flight,
+                desired: None,
             })
         }
     };
@@ -153,7 +157,8 @@ fn setup_telemetry(
         models: Box::new(move || model_states(&table)),
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
     });
-    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link })
+    let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
+    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link, api_url })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -253,7 +258,26 @@ pub async fn serve(
         })
         .await;
         telemetry_tasks.push(tokio::spawn(Arc::clone(&t.reporter).run(telemetry_stop.clone())));
-        if let Some(settings) = t.link.clone() {
+        if let Some(mut settings) = t.link.clone() {
+            if bundles {
+                // Desired states from the coordinator: verified, fetched and installed here;
+                // the store's reconciler (below) swaps what serves.
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                settings.desired = Some(tx);
+                let applier = Arc::new(DesiredApplier {
+                    device_id: settings.device_id.clone(),
+                    coordinator_key: settings.coordinator_key,
+                    store: ModelStore::new(&config.data_dir, config.registry.keep_versions),
+                    trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
+                    fetch: Fetch {
+                        api_url: t.api_url.clone().unwrap_or_default(),
+                        chunk_bytes: config.registry.download_chunk_bytes,
+                        max_bytes_per_sec: config.registry.download_max_bytes_per_sec,
+                    },
+                    reporter: Some(Arc::clone(&t.reporter)),
+                });
+                telemetry_tasks.push(tokio::spawn(applier.run(rx, telemetry_stop.clone())));
+            }
             telemetry_tasks.push(tokio::spawn(link::run(
                 settings,
                 Arc::clone(&t.outbox),

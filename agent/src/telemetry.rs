@@ -284,22 +284,32 @@ impl Reporter {
 
     /// Closes the window into a report, and batches settled predictions. `final_pass` batches
     /// everything in the log regardless of age (at shutdown, once the log is flushed).
-    pub fn tick(&self, final_pass: bool) -> Result<(), crate::outbox::OutboxError> {
+    /// Appends the actual state now if it changed since the last one sent (after a swap, so
+    /// the coordinator learns at once instead of at the next tick).
+    pub fn state_if_changed(&self) {
         let models = (self.models)();
-        let evicted = self.log.as_ref().map_or(0, |l| l.stats().evicted);
-        let (state_changed, newly_evicted) = {
+        let changed = {
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             let changed = sent.0.as_ref() != Some(&models);
-            let newly = evicted.saturating_sub(sent.1);
-            sent.1 = evicted;
             if changed {
                 sent.0 = Some(models.clone());
             }
-            (changed, newly)
+            changed
         };
-        if state_changed {
+        if changed {
             self.state(models);
         }
+    }
+
+    pub fn tick(&self, final_pass: bool) -> Result<(), crate::outbox::OutboxError> {
+        self.state_if_changed();
+        let evicted = self.log.as_ref().map_or(0, |l| l.stats().evicted);
+        let newly_evicted = {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            let newly = evicted.saturating_sub(sent.1);
+            sent.1 = evicted;
+            newly
+        };
         if newly_evicted > 0 {
             self.event(
                 EventKind::LogEvicted,

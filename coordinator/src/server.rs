@@ -128,6 +128,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr: config.api.listen, source })?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
     tracing::info!(addr = %addr, broker = config.advertised_broker_url(), embedded_broker = config.broker.url.is_none(), data_dir = %config.data_dir.display(), "listening");
+    // Port 0 picks a free port: devices must be told the real one.
+    let mut config = config;
+    if config.api.advertised_url.is_none() {
+        config.api.advertised_url = Some(format!("http://{addr}"));
+    }
     let state = Arc::new(AppState {
         config: config.clone(),
         store: store.clone(),

@@ -1,0 +1,349 @@
+//! The coordinator's desired state, applied: verify → fetch → install → activate.
+//!
+//! A desired state arrives retained on `outpost/v1/{device}/desired`. It is applied only if
+//! its envelope verifies against the coordinator's key from enrolment, it names this device,
+//! and its revision is newer than the last one applied (kept in `<data_dir>/models/desired.json`,
+//! so a replayed or reordered message is refused even after a restart). Each model it names is
+//! then made active in the local store: a bundle not on disk yet is downloaded from the
+//! coordinator's artifact endpoint in `download_chunk_bytes` pieces with HTTP `Range`, appended
+//! to `<data_dir>/models/downloads/<sha256>.part` — so a download cut by a crash, a reboot or a
+//! dropped link resumes where it stopped — then checked against the sha256 the signed desired
+//! state names, and installed only if its own signature is by a trusted key
+//! ([`ModelStore::install`]). The store's reconciler swaps the served version. Every refusal is
+//! logged and reported as an event; the version serving stays.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_shared::protocol::keys::PublicKey;
+use outpost_shared::protocol::messages::{self, CoordinatorMessage, DesiredState, EventKind};
+use outpost_shared::protocol::{self};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::model_store::ModelStore;
+use crate::telemetry::Reporter;
+
+/// How bundles are fetched.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The coordinator API, e.g. `http://127.0.0.1:7400`.
+    pub api_url: String,
+    pub chunk_bytes: u64,
+    /// 0 = unlimited.
+    pub max_bytes_per_sec: u64,
+}
+
+/// Applies desired states as they arrive.
+pub struct DesiredApplier {
+    pub device_id: String,
+    pub coordinator_key: PublicKey,
+    pub store: ModelStore,
+    pub trusted: Vec<PublicKey>,
+    pub fetch: Fetch,
+    pub reporter: Option<Arc<Reporter>>,
+}
+
+/// The last applied revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    revision: u64,
+}
+
+/// Why a desired state was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DesiredError {
+    #[error("desired state does not verify: {0}")]
+    Signature(String),
+    #[error("desired state is for device `{0}`, not this one")]
+    OtherDevice(String),
+    #[error("desired state revision {found} is not newer than the applied revision {applied}")]
+    Stale { found: u64, applied: u64 },
+    #[error("{0}")]
+    Refused(String),
+    /// Worth retrying (the coordinator is unreachable, a download broke off).
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl DesiredApplier {
+    fn applied_path(&self) -> PathBuf {
+        self.store.dir().join("desired.json")
+    }
+
+    fn applied(&self) -> u64 {
+        std::fs::read(self.applied_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Applied>(&b).ok())
+            .map_or(0, |a| a.revision)
+    }
+
+    fn set_applied(&self, revision: u64) -> Result<(), DesiredError> {
+        let bytes = serde_json::to_vec(&Applied { revision }).unwrap_or_default();
+        outpost_shared::files::write_atomic(&self.applied_path(), &bytes)
+            .map_err(|e| DesiredError::Refused(format!("cannot record the applied revision: {e}")))
+    }
+
+    /// Verifies a raw desired-state message.
+    pub fn open(&self, payload: &[u8]) -> Result<DesiredState, DesiredError> {
+        let key = self.coordinator_key;
+        let opened =
+            protocol::open(payload, |_| Some(key)).map_err(|e| DesiredError::Signature(e.to_string()))?;
+        let state = match messages::decode_coordinator(&opened.body) {
+            Ok(CoordinatorMessage::Desired(state)) => state,
+            Ok(_) => {
+                return Err(DesiredError::Signature(
+                    "the message on the desired topic is not a desired state".into(),
+                ));
+            }
+            Err(e) => return Err(DesiredError::Signature(e.to_string())),
+        };
+        if state.device != self.device_id {
+            return Err(DesiredError::OtherDevice(state.device));
+        }
+        let applied = self.applied();
+        if state.revision <= applied {
+            return Err(DesiredError::Stale { found: state.revision, applied });
+        }
+        Ok(state)
+    }
+
+    /// Applies a verified state (blocking: downloads and disk writes).
+    pub fn apply(&self, state: &DesiredState) -> Result<Vec<String>, DesiredError> {
+        let mut done = Vec::new();
+        for model in &state.models {
+            let current = self.store.state().map_err(|e| DesiredError::Refused(e.to_string()))?;
+            if current.models.get(&model.name).map(|m| m.active.as_str()) == Some(model.version.as_str()) {
+                continue;
+            }
+            if !self.store.bundle_path(&model.name, &model.version).is_file() {
+                let bytes = self.download(&model.bundle_sha256)?;
+                let manifest = self.store.install(&bytes, &self.trusted).map_err(|e| {
+                    DesiredError::Refused(format!("{}@{} refused: {e}", model.name, model.version))
+                })?;
+                if manifest.name != model.name || manifest.version != model.version {
+                    return Err(DesiredError::Refused(format!(
+                        "artifact {} holds {}, not {}@{}",
+                        model.bundle_sha256,
+                        manifest.id(),
+                        model.name,
+                        model.version
+                    )));
+                }
+                let _ = std::fs::remove_file(self.part_path(&model.bundle_sha256));
+            }
+            self.store
+                .activate(&model.name, &model.version)
+                .map_err(|e| DesiredError::Refused(e.to_string()))?;
+            done.push(format!("{}@{}", model.name, model.version));
+        }
+        self.set_applied(state.revision)?;
+        Ok(done)
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.store.dir().join("desired-pending.bin")
+    }
+
+    /// Keeps a verified state that is not applied yet, so a restart picks it up again even
+    /// if the broker does not redeliver it.
+    fn keep_pending(&self, payload: &[u8]) {
+        if let Err(e) = outpost_shared::files::write_atomic(&self.pending_path(), payload) {
+            tracing::warn!(error = %e, "cannot keep the pending desired state on disk");
+        }
+    }
+
+    fn drop_pending(&self) {
+        let _ = std::fs::remove_file(self.pending_path());
+    }
+
+    fn part_path(&self, sha256: &str) -> PathBuf {
+        self.store.dir().join("downloads").join(format!("{sha256}.part"))
+    }
+
+    /// Downloads an artifact, resuming a partial file; checks its sha256.
+    fn download(&self, sha256: &str) -> Result<Vec<u8>, DesiredError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DesiredError::Refused(format!("`{sha256}` is not a sha256")));
+        }
+        outpost_shared::endpoints::require_loopback_http(&self.fetch.api_url)
+            .map_err(DesiredError::Refused)?;
+        let part = self.part_path(sha256);
+        if let Some(dir) = part.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DesiredError::Transient(format!("{}: {e}", dir.display())))?;
+        }
+        let url = format!("{}/api/v1/artifacts/{sha256}", self.fetch.api_url.trim_end_matches('/'));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        if have > 0 {
+            tracing::info!(artifact = sha256, bytes = have, "resuming download");
+        }
+        let started = Instant::now();
+        let mut fetched = 0u64;
+        loop {
+            let end = have + self.fetch.chunk_bytes - 1;
+            let mut response = agent
+                .get(&url)
+                .header("Range", format!("bytes={have}-{end}"))
+                .call()
+                .map_err(|e| DesiredError::Transient(format!("cannot reach {url}: {e}")))?;
+            let status = response.status().as_u16();
+            let total = match status {
+                206 => response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit_once('/'))
+                    .and_then(|(_, t)| t.parse::<u64>().ok())
+                    .ok_or_else(|| DesiredError::Transient("206 without a usable Content-Range".into()))?,
+                416 if have > 0 => {
+                    // The part file is longer than the artifact: start over.
+                    let _ = std::fs::remove_file(&part);
+                    return Err(DesiredError::Transient(format!(
+                        "partial download of {sha256} was longer than the artifact; restarting"
+                    )));
+                }
+                404 => {
+                    return Err(DesiredError::Refused(format!("the coordinator has no artifact {sha256}")));
+                }
+                other => return Err(DesiredError::Transient(format!("artifact download answered {other}"))),
+            };
+            let chunk = response
+                .body_mut()
+                .with_config()
+                .limit(self.fetch.chunk_bytes)
+                .read_to_vec()
+                .map_err(|e| DesiredError::Transient(format!("download of {sha256} broke off: {e}")))?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&part)
+                .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
+            file.write_all(&chunk)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
+            have += chunk.len() as u64;
+            fetched += chunk.len() as u64;
+            if have >= total || chunk.is_empty() {
+                break;
+            }
+            if self.fetch.max_bytes_per_sec > 0 {
+                let due = Duration::from_secs_f64(fetched as f64 / self.fetch.max_bytes_per_sec as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        let bytes =
+            std::fs::read(&part).map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
+        let found = outpost_shared::bundle::sha256_hex(&bytes);
+        if found != sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(DesiredError::Refused(format!(
+                "downloaded artifact has sha256 {found}, the desired state names {sha256}: discarded"
+            )));
+        }
+        tracing::info!(artifact = sha256, bytes = bytes.len(), fetched, "artifact downloaded and verified");
+        Ok(bytes)
+    }
+
+    async fn event(&self, kind: EventKind, message: String) {
+        if let Some(reporter) = &self.reporter {
+            let reporter = Arc::clone(reporter);
+            let _ = tokio::task::spawn_blocking(move || reporter.event(kind, message)).await;
+        }
+    }
+
+    /// Applies desired states from the link until `stop`; transient failures retry with backoff.
+    pub async fn run(
+        self: Arc<Self>,
+        mut incoming: mpsc::Receiver<Vec<u8>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        // A state received before a restart and not applied yet is taken up again.
+        let mut pending: Option<DesiredState> =
+            std::fs::read(self.pending_path()).ok().and_then(|payload| match self.open(&payload) {
+                Ok(state) => {
+                    tracing::info!(
+                        revision = state.revision,
+                        "resuming a desired state received before the restart"
+                    );
+                    Some(state)
+                }
+                Err(_) => {
+                    self.drop_pending();
+                    None
+                }
+            });
+        let mut failures = 0u32;
+        // Apply a resumed state at once rather than after a backoff.
+        let mut first = pending.is_some();
+        loop {
+            let wait = if first {
+                Duration::ZERO
+            } else if pending.is_some() {
+                outpost_shared::endpoints::backoff(failures)
+            } else {
+                Duration::from_secs(3600)
+            };
+            first = false;
+            tokio::select! {
+                _ = stop.changed() => return,
+                message = incoming.recv() => {
+                    let Some(payload) = message else { return };
+                    match self.open(&payload) {
+                        Ok(state) => {
+                            tracing::info!(revision = state.revision, models = state.models.len(), "desired state received");
+                            self.keep_pending(&payload);
+                            pending = Some(state);
+                            failures = 0;
+                        }
+                        Err(DesiredError::Stale { found, applied }) if found == applied => {
+                            // The retained copy of what is already applied (every reconnect).
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "desired state refused");
+                            self.event(EventKind::ModelRefused, e.to_string()).await;
+                            continue;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Some(state) = pending.clone() else { continue };
+            let this = Arc::clone(&self);
+            let outcome = tokio::task::spawn_blocking(move || this.apply(&state))
+                .await
+                .unwrap_or_else(|e| Err(DesiredError::Refused(format!("apply task failed: {e}"))));
+            match outcome {
+                Ok(done) => {
+                    tracing::info!(revision = pending.as_ref().map_or(0, |s| s.revision), activated = ?done, "desired state applied");
+                    self.drop_pending();
+                    pending = None;
+                }
+                Err(DesiredError::Transient(reason)) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%reason, retry_in_ms = outpost_shared::endpoints::backoff(failures).as_millis() as u64, "desired state not applied yet");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "desired state refused; the versions serving stay");
+                    self.event(EventKind::ModelRefused, e.to_string()).await;
+                    // Not retried: the same state would be refused again. A newer one is awaited.
+                    if let Some(state) = &pending {
+                        let _ = self.set_applied(state.revision);
+                    }
+                    self.drop_pending();
+                    pending = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The registry and signed delivery end to end: a real coordinator with its embedded broker
+//! (MQTT over mutual TLS), real agents enrolled with labels, `outpostctl` as an operator uses
+//! it. Push → validate (numbers checked against scikit-learn's) → deploy to a label selector →
+//! the targeted agents download, verify and serve the version, the others don't; a failed
+//! validation blocks deployment; roles and the audit chain hold; an agent that does not trust
+//! the coordinator's key refuses its bundles and takes an offline-signed one by import; a
+//! replayed or forged desired state is refused; a download cut by SIGKILL resumes with Range.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outpost_tests::fleet::{Coordinator, enroll, metric, run};
+use outpost_tests::{Agent, model, models_dir, run_agent};
+use serde_json::{Value, json};
+
+fn release_key(coordinator: &Coordinator) -> String {
+    let key = coordinator.data_dir.join("pki/signing.pk8");
+    let (code, out, err) = run("outpostctl", &["key", "show", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_owned()
+}
+
+/// Enrols a data dir with `labels` and starts an agent trusting `keys`.
+fn start_agent(
+    coordinator: &Coordinator,
+    dir: &Path,
+    labels: &str,
+    keys: &[&str],
+    extra: &str,
+) -> (Agent, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let device = enroll(dir, coordinator, &coordinator.token(labels)).unwrap();
+    let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("[registry]\ntrusted_keys = [{}]\n{extra}", quoted.join(", "))).unwrap();
+    let agent = Agent::builder()
+        .data_dir(dir)
+        .args(&["-c", config.to_str().unwrap()])
+        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
+        .start();
+    (agent, device)
+}
+
+async fn served(agent: &Agent) -> Option<String> {
+    let (status, body) = agent.get("/v2/models/bc").await;
+    (status == 200 && body["state"] == "ready")
+        .then(|| body["versions"][0].as_str().unwrap_or_default().to_owned())
+}
+
+async fn wait_serving(agent: &Agent, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served(agent).await.as_deref() != Some(version) {
+        assert!(Instant::now() < deadline, "agent never served bc {version}; log:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ok(result: (i32, String, String), what: &str) -> String {
+    assert_eq!(result.0, 0, "{what} failed: {}{}", result.1, result.2);
+    result.1
+}
+
+fn push(c: &Coordinator, stem: &str, version: &str) -> (i32, String, String) {
+    let path = model(stem);
+    let baseline = models_dir().join("breast_cancer_holdout.csv");
+    c.ctl(&[
+        "model",
+        "push",
+        path.to_str().unwrap(),
+        "--name",
+        "bc",
+        "--version",
+        version,
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--label",
+        "label",
+        "--meta",
+        "team=ml",
+    ])
+}
+
+fn validate(c: &Coordinator, version: &str) -> (i32, Value) {
+    let dataset = models_dir().join("breast_cancer_validation.csv");
+    let (code, out, err) = c.ctl(&[
+        "--json",
+        "model",
+        "validate",
+        &format!("bc@{version}"),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--label",
+        "label",
+        "--segment",
+        "site",
+    ]);
+    let report: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("validate printed no report ({e}): {out}{err}"));
+    (code, report)
+}
+
+fn close(found: &Value, expected: &Value, what: &str) {
+    let (f, e) = (found.as_f64().unwrap_or(f64::NAN), expected.as_f64().unwrap());
+    assert!((f - e).abs() <= 1e-6, "{what}: gate {f}, scikit-learn {e}");
+}
+
+/// Compares the gate's metrics (overall or one segment) with the fixture script's.
+fn same_metrics(found: &Value, expected: &Value, what: &str) {
+    assert_eq!(found["rows"], expected["rows"], "{what}: rows");
+    for key in ["accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"] {
+        close(&found[key], &expected[key], &format!("{what} {key}"));
+    }
+    let classes = expected["classes"].as_object().unwrap();
+    assert_eq!(found["classes"].as_object().unwrap().len(), classes.len(), "{what}: classes");
+    for (class, m) in classes {
+        for key in ["precision", "recall", "f1"] {
+            close(&found["classes"][class][key], &m[key], &format!("{what} class {class} {key}"));
+        }
+        assert_eq!(found["classes"][class]["support"], m["support"], "{what} class {class} support");
+    }
+}
+
+fn expected_metrics() -> Value {
+    serde_json::from_slice(
+        &std::fs::read(models_dir().join("breast_cancer_validation.expected.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let key = release_key(&c);
+    let offline_dir = dir.path().join("offline");
+    std::fs::create_dir_all(&offline_dir).unwrap();
+    let offline_key = offline_dir.join("offline.pk8");
+    let offline_public =
+        ok(run("outpostctl", &["key", "generate", offline_key.to_str().unwrap()]), "key generate");
+    let offline_public = offline_public.trim();
+
+    let (a1, id_a1) = start_agent(&c, &dir.path().join("a1"), "site=a", &[&key], "");
+    let (a2, id_a2) = start_agent(&c, &dir.path().join("a2"), "site=a", &[&key], "");
+    let (b1, id_b1) = start_agent(&c, &dir.path().join("b1"), "site=b", &[&key], "");
+    // Trusts only a key kept offline: coordinator-signed bundles are refused.
+    let (d1, id_d1) = start_agent(&c, &dir.path().join("d1"), "site=d", &[offline_public], "");
+
+    // Push and validate 1.0.0: the gate's numbers are scikit-learn's.
+    let out = ok(push(&c, "breast_cancer-1.0.0", "1.0.0"), "push 1.0.0");
+    assert!(out.contains("bc@1.0.0 registered"), "{out}");
+    let expected = expected_metrics();
+    let (code, report) = validate(&c, "1.0.0");
+    assert_eq!(code, 0, "{report:#}");
+    same_metrics(&report["metrics"], &expected["versions"]["1.0.0"], "1.0.0");
+    for (segment, m) in expected["versions"]["1.0.0"]["segments"].as_object().unwrap() {
+        same_metrics(&report["segments"][segment], m, &format!("1.0.0 segment {segment}"));
+    }
+    assert_eq!(report["edge_cases"].as_array().unwrap().len(), 4, "{report:#}");
+
+    // The whole fleet gets 1.0.0; the agent that trusts another key refuses it and says why.
+    let out = ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
+    assert!(out.contains("deployed to 4 device(s)") && out.contains("stage production"), "{out}");
+    for agent in [&a1, &a2, &b1] {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let release_id = c.ctl(&["model", "show", "bc@1.0.0"]).1;
+    let release_id: Value = serde_json::from_str(&release_id).unwrap();
+    let release_id = release_id["signed_by"][0].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d1.log().contains(&format!("untrusted key(s) {release_id}")) {
+        assert!(Instant::now() < deadline, "d1 never refused the bundle; log:\n{}", d1.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served(&d1).await, None);
+
+    // 1.1.0 to site=a only.
+    ok(push(&c, "breast_cancer-1.1.0", "1.1.0"), "push 1.1.0");
+    let (code, report) = validate(&c, "1.1.0");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["baseline_version"], "1.0.0", "no regression check against production");
+    same_metrics(&report["metrics"], &expected["versions"]["1.1.0"], "1.1.0");
+    let out = ok(c.ctl(&["deploy", "bc@1.1.0", "--selector", "site=a"]), "deploy 1.1.0");
+    assert!(out.contains("deployed to 2 device(s)") && out.contains("stage canary"), "{out}");
+    wait_serving(&a1, "1.1.0").await;
+    wait_serving(&a2, "1.1.0").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(served(&b1).await.as_deref(), Some("1.0.0"), "site=b was not targeted");
+    // `devices` shows who runs what (from the agents' own reports).
+    for (id, version) in [(&id_a1, "1.1.0"), (&id_a2, "1.1.0"), (&id_b1, "1.0.0")] {
+        let view = c
+            .wait_device(id, Duration::from_secs(30), |v| {
+                v["models"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["version"] == version && m["state"] == "ready"))
+            })
+            .await;
+        assert_eq!(view["desired"]["models"]["bc"]["version"], version, "{view:#}");
+    }
+    let table = ok(c.ctl(&["devices"]), "devices");
+    assert!(table.lines().any(|l| l.contains(&id_a1) && l.contains("bc@1.1.0(ready)")), "{table}");
+    assert!(table.lines().any(|l| l.contains(&id_b1) && l.contains("bc@1.0.0(ready)")), "{table}");
+
+    // 2.0.0-bad fails the gate (the numbers still scikit-learn's) and cannot be deployed.
+    ok(push(&c, "breast_cancer-2.0.0-bad", "2.0.0-bad"), "push 2.0.0-bad");
+    let (code, report) = validate(&c, "2.0.0-bad");
+    assert_eq!(code, 1, "a failed validation must exit 1: {report:#}");
+    same_metrics(&report["metrics"], &expected["versions"]["2.0.0-bad"], "2.0.0-bad");
+    assert!(report["failures"][0].as_str().unwrap().starts_with("accuracy"), "{report:#}");
+    let (code, _, err) = c.ctl(&["deploy", "bc@2.0.0-bad"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("409") && err.contains("validation failed: accuracy"), "{err}");
+
+    // Same version, other bytes: 409. Same bytes again: fine.
+    let (code, _, err) = push(&c, "breast_cancer-1.1.0", "1.0.0");
+    assert_eq!(code, 1);
+    assert!(err.contains("409 Conflict") && err.contains("versions are immutable"), "{err}");
+    assert!(ok(push(&c, "breast_cancer-1.0.0", "1.0.0"), "re-push").contains("already registered"));
+
+    // Roles: no token 401, a viewer may look but not deploy (403).
+    let viewer = ok(c.ctl(&["token", "create", "ann", "--role", "viewer"]), "token create");
+    let viewer = viewer.trim();
+    let url = c.url();
+    let as_viewer = |args: &[&str]| {
+        let mut all = vec!["--url", url.as_str(), "--token", viewer];
+        all.extend_from_slice(args);
+        run("outpostctl", &all)
+    };
+    assert_eq!(as_viewer(&["model", "list"]).0, 0);
+    let (code, _, err) = as_viewer(&["deploy", "bc@1.1.0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403") && err.contains("role `viewer`"), "{err}");
+    let http = reqwest::Client::new();
+    let status =
+        http.post(format!("{}/api/v1/deployments", c.url())).json(&json!({})).send().await.unwrap().status();
+    assert_eq!(status, 401);
+
+    // Air-gapped: export, sign with the offline key, import on the agent that trusts only it.
+    let exported = offline_dir.join("bc-1.1.0.bundle");
+    ok(c.ctl(&["bundle", "export", "bc@1.1.0", exported.to_str().unwrap()]), "export");
+    ok(
+        run(
+            "outpostctl",
+            &["bundle", "sign", exported.to_str().unwrap(), "--key", offline_key.to_str().unwrap()],
+        ),
+        "sign",
+    );
+    let d1_config = dir.path().join("d1/agent.toml");
+    let out = ok(
+        run_agent(&[
+            "import",
+            exported.to_str().unwrap(),
+            "--activate",
+            "-c",
+            d1_config.to_str().unwrap(),
+            "--data-dir",
+            d1.data_dir.to_str().unwrap(),
+        ]),
+        "import",
+    );
+    assert!(out.contains("activated bc@1.1.0"), "{out}");
+    wait_serving(&d1, "1.1.0").await;
+    let _ = id_d1;
+
+    // Every mutation is in the audit log; editing one entry breaks `audit verify`.
+    let audit = ok(c.ctl(&["audit", "list", "--limit", "100"]), "audit list");
+    for action in ["model.push", "model.validate", "deploy", "token.create"] {
+        assert!(audit.contains(action), "no {action} in the audit log:\n{audit}");
+    }
+    assert!(audit.lines().any(|l| l.contains("deploy") && l.contains("refused")), "{audit}");
+    assert!(ok(c.ctl(&["audit", "verify"]), "audit verify").contains("intact"));
+    let log_path = c.data_dir.join("audit.log");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::write(&log_path, text.replacen("\"actor\":\"admin\"", "\"actor\":\"mallory\"", 1)).unwrap();
+    let (code, _, err) = c.ctl(&["audit", "verify"]);
+    assert_eq!(code, 1, "an edited audit log verified");
+    assert!(err.contains("entry 1 was edited"), "{err}");
+}
+
+fn mosquitto_sub_retained(port: u16, topic: &str, certs: &Path, ca: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-N",
+            "-W",
+            "10",
+            "--cafile",
+        ])
+        .arg(ca)
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client.key"))
+        .output()
+        .expect("mosquitto_sub (Debian package mosquitto-clients)");
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn mosquitto_pub_retained(port: u16, topic: &str, payload: &Path, certs: &Path, ca: &Path) {
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1", "-f"])
+        .arg(payload)
+        .arg("--cafile")
+        .arg(ca)
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client.key"))
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, broker_port) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let key = release_key(&c);
+    // Small pieces and a bandwidth cap make the download slow enough to cut in the middle.
+    let throttle = "download_chunk_bytes = 8192\ndownload_max_bytes_per_sec = 60000\n";
+    let agent_dir = dir.path().join("agent");
+    let (mut agent, device) = start_agent(&c, &agent_dir, "site=a", &[&key], throttle);
+    ok(push(&c, "breast_cancer-1.0.0", "1.0.0"), "push");
+    assert_eq!(validate(&c, "1.0.0").0, 0);
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy");
+
+    // Kill the agent (SIGKILL) once part of the bundle is on disk.
+    let size: u64 = {
+        let show: Value = serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0"]), "show")).unwrap();
+        show["bundle_size"].as_u64().unwrap()
+    };
+    let downloads = agent_dir.join("models/downloads");
+    let part_len = || -> u64 {
+        std::fs::read_dir(&downloads)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.metadata().map_or(0, |m| m.len())).sum())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while part_len() < size / 3 {
+        assert!(Instant::now() < deadline, "download never got going; log:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = agent.wait_exit(Duration::from_secs(10));
+    let cut_at = part_len();
+    assert!(cut_at < size, "the download finished before the kill ({cut_at} of {size} bytes)");
+
+    let config = agent_dir.join("agent.toml");
+    let agent = Agent::builder()
+        .data_dir(&agent_dir)
+        .args(&["-c", config.to_str().unwrap()])
+        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
+        .start();
+    wait_serving(&agent, "1.0.0").await;
+    assert!(agent.log().contains("resuming download"), "{}", agent.log());
+    let served_bytes = metric(&c.metrics().await, "outpost_coordinator_artifact_bytes_total") as u64;
+    assert!(
+        served_bytes >= size && served_bytes <= size + 2 * 8192,
+        "coordinator served {served_bytes} bytes for a {size}-byte bundle cut at {cut_at}: the download restarted instead of resuming"
+    );
+
+    // Capture the retained desired state (revision 1), then move on to revision 2.
+    let certs = dir.path().join("certs");
+    ok(
+        run(
+            "outpost-coordinator",
+            &[
+                "cert",
+                "client",
+                "--name",
+                "outpost-coordinator",
+                "--out-dir",
+                certs.to_str().unwrap(),
+                "--data-dir",
+                c.data_dir.to_str().unwrap(),
+            ],
+        ),
+        "client cert",
+    );
+    let ca = c.data_dir.join("pki/ca.pem");
+    let topic = format!("outpost/v1/{device}/desired");
+    let revision_1 = mosquitto_sub_retained(broker_port, &topic, &certs, &ca);
+    assert!(!revision_1.is_empty());
+    ok(push(&c, "breast_cancer-1.1.0", "1.1.0"), "push 1.1.0");
+    assert_eq!(validate(&c, "1.1.0").0, 0);
+    ok(c.ctl(&["deploy", "bc@1.1.0"]), "deploy 1.1.0");
+    wait_serving(&agent, "1.1.0").await;
+
+    // A replay of revision 1: refused, 1.1.0 serves on.
+    let replay = dir.path().join("replay.bin");
+    std::fs::write(&replay, &revision_1).unwrap();
+    mosquitto_pub_retained(broker_port, &topic, &replay, &certs, &ca);
+    // A forged one: the signature no longer verifies.
+    let mut forged = revision_1.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let forged_path = dir.path().join("forged.bin");
+    std::fs::write(&forged_path, &forged).unwrap();
+    mosquitto_pub_retained(broker_port, &topic, &forged_path, &certs, &ca);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = agent.log();
+        if log.contains("revision 1 is not newer than the applied revision 2")
+            && log.contains("does not verify")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent did not refuse both; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served(&agent).await.as_deref(), Some("1.1.0"));
+}
