@@ -116,6 +116,11 @@ pub struct EnrollArgs {
     /// File holding the token (keeps it out of the process list).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the coordinator API's certificate; needed for an
+    /// https:// coordinator (`<coordinator data_dir>/pki/ca.pem` unless the operator brought
+    /// their own).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataDirArgs,
 }
@@ -293,7 +298,14 @@ mod transfer {
             },
             (None, None) => return fail("pass --token or --token-file", EXIT_USAGE),
         };
-        match identity.enrol(&args.coordinator, &token) {
+        let ca = match &args.ca_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), EXIT_USAGE),
+            },
+            None => None,
+        };
+        match identity.enrol(&args.coordinator, &token, ca.as_deref()) {
             Ok(enrolment) => {
                 println!("{}", enrolment.device_id);
                 eprintln!(

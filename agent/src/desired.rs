@@ -5,7 +5,8 @@
 //! and its revision is newer than the last one applied (kept in `<data_dir>/models/desired.json`,
 //! so a replayed or reordered message is refused even after a restart). Each model it names is
 //! then made active in the local store: a bundle not on disk yet is downloaded from the
-//! coordinator's artifact endpoint in `download_chunk_bytes` pieces with HTTP `Range`, appended
+//! coordinator's artifact endpoint (HTTPS with the CA from enrolment; plain HTTP only to
+//! loopback) in `download_chunk_bytes` pieces with HTTP `Range`, appended
 //! to `<data_dir>/models/downloads/<sha256>.part` — so a download cut by a crash, a reboot or a
 //! dropped link resumes where it stopped — then checked against the sha256 the signed desired
 //! state names, and installed only if its own signature is by a trusted key
@@ -34,6 +35,8 @@ pub struct Fetch {
     pub chunk_bytes: u64,
     /// 0 = unlimited.
     pub max_bytes_per_sec: u64,
+    /// The CA that signed the API's certificate (HTTPS).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Applies desired states as they arrive.
@@ -168,19 +171,18 @@ impl DesiredApplier {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(DesiredError::Refused(format!("`{sha256}` is not a sha256")));
         }
-        outpost_shared::endpoints::require_loopback_http(&self.fetch.api_url)
-            .map_err(DesiredError::Refused)?;
         let part = self.part_path(sha256);
         if let Some(dir) = part.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DesiredError::Transient(format!("{}: {e}", dir.display())))?;
         }
         let url = format!("{}/api/v1/artifacts/{sha256}", self.fetch.api_url.trim_end_matches('/'));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = outpost_shared::tls::api_client(
+            &self.fetch.api_url,
+            self.fetch.ca_pem.as_deref(),
+            Duration::from_secs(60),
+        )
+        .map_err(DesiredError::Refused)?;
         let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
         if have > 0 {
             tracing::info!(artifact = sha256, bytes = have, "resuming download");

@@ -116,10 +116,23 @@ impl Identity {
             .map_err(|e| IdentityError::Corrupt { path: self.dir.clone(), detail: e.to_string() })
     }
 
-    /// Registers with a coordinator using a one-time token.
-    pub fn enrol(&self, coordinator: &str, token: &str) -> Result<Enrolment, IdentityError> {
+    /// The CA that signed the coordinator API's certificate (from enrolment), if the API is HTTPS.
+    pub fn api_ca(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join("api-ca.pem")).ok()
+    }
+
+    /// Registers with a coordinator using a one-time token; `ca_pem` is the CA that signed the
+    /// API's certificate (needed for `https://`; the enrolment answer may name another one for
+    /// later calls).
+    pub fn enrol(
+        &self,
+        coordinator: &str,
+        token: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Enrolment, IdentityError> {
         let url = coordinator.trim_end_matches('/');
-        outpost_shared::endpoints::require_loopback_http(url).map_err(IdentityError::Enrol)?;
+        let agent = outpost_shared::tls::api_client(url, ca_pem, std::time::Duration::from_secs(60))
+            .map_err(IdentityError::Enrol)?;
         let tls_path = self.dir.join("tls.key");
         let tls_pem = std::fs::read_to_string(&tls_path).map_err(io(&tls_path))?;
         let key = rcgen::KeyPair::from_pem(&tls_pem)
@@ -136,7 +149,6 @@ impl Identity {
             "public_key": hex::encode(self.signing.public_key().as_bytes()),
             "csr": csr,
         });
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut response = agent
             .post(format!("{url}/api/v1/enrol"))
             .send_json(&body)
@@ -162,6 +174,8 @@ impl Identity {
             broker_url: String,
             coordinator_public_key: String,
             api_url: String,
+            #[serde(default)]
+            api_ca: Option<String>,
         }
         let answer: Answer = serde_json::from_str(&text)
             .map_err(|e| IdentityError::Enrol(format!("unexpected answer from the coordinator: {e}")))?;
@@ -187,6 +201,11 @@ impl Identity {
         };
         write("client.pem", answer.client_certificate.as_bytes())?;
         write("broker-ca.pem", answer.broker_ca.as_bytes())?;
+        match (&answer.api_ca, ca_pem) {
+            (Some(pem), _) => write("api-ca.pem", pem.as_bytes())?,
+            (None, Some(pem)) => write("api-ca.pem", pem)?,
+            (None, None) => {}
+        }
         write("enrolment.json", &serde_json::to_vec_pretty(&enrolment).unwrap_or_default())?;
         Ok(enrolment)
     }

@@ -77,8 +77,9 @@ struct Telemetry {
     outbox: Arc<Outbox>,
     link_stats: Arc<LinkStats>,
     link: Option<LinkSettings>,
-    /// The coordinator API from enrolment (bundle downloads).
+    /// The coordinator API from enrolment (bundle downloads), and the CA of its certificate.
     api_url: Option<String>,
+    api_ca: Option<Vec<u8>>,
 }
 
 fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::ModelState> {
@@ -110,6 +111,7 @@ fn setup_telemetry(
 ) -> Result<Telemetry, ServeError> {
     let identity = Identity::load_or_create(&config.data_dir)?;
     let enrolment = identity.enrolment()?;
+    let api_ca = identity.api_ca();
     let outbox = Arc::new(Outbox::open(&config.data_dir, config.telemetry.outbox_max_bytes)?);
     let link = match &enrolment {
         None => {
@@ -158,7 +160,7 @@ fn setup_telemetry(
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
     });
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
-    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link, api_url })
+    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link, api_url, api_ca })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -273,6 +275,7 @@ pub async fn serve(
                         api_url: t.api_url.clone().unwrap_or_default(),
                         chunk_bytes: config.registry.download_chunk_bytes,
                         max_bytes_per_sec: config.registry.download_max_bytes_per_sec,
+                        ca_pem: t.api_ca.clone(),
                     },
                     reporter: Some(Arc::clone(&t.reporter)),
                 });

@@ -47,6 +47,8 @@ pub struct AppState {
     pub outgoing: tokio::sync::mpsc::Sender<Outgoing>,
     /// CA certificate devices use to check the broker (PEM).
     pub broker_ca_pem: String,
+    /// CA certificate devices use to check the API (PEM), when it speaks HTTPS.
+    pub api_ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -263,6 +265,9 @@ pub struct EnrolResponse {
     /// The coordinator's Ed25519 public key (hex): acks and desired states are signed with it.
     pub coordinator_public_key: String,
     pub api_url: String,
+    /// CA to check the API's certificate with (HTTPS only).
+    #[serde(default)]
+    pub api_ca: Option<String>,
 }
 
 async fn enrol(
@@ -325,6 +330,7 @@ fn enrol_inner(
         broker_url: state.config.advertised_broker_url(),
         coordinator_public_key: hex::encode(state.authority.signing_key().public_key().as_bytes()),
         api_url: state.config.api_url(),
+        api_ca: state.api_ca_pem.clone(),
     })
 }
 

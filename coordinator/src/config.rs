@@ -46,13 +46,36 @@ impl Default for Config {
     }
 }
 
+/// Whether the API speaks HTTPS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// HTTP API address. Only loopback until the API speaks TLS (see README).
+    /// API address.
     pub listen: SocketAddr,
-    /// The URL agents are told to reach the API at (defaults to `http://<listen>`).
+    /// The URL agents are told to reach the API at (defaults to `https://<bound address>`, or
+    /// `http://` when TLS is off).
     pub advertised_url: Option<String>,
+    /// `auto`: HTTPS unless `listen` is a loopback address; `on`: always HTTPS; `off`: plain
+    /// HTTP, allowed only on loopback.
+    pub tls: TlsMode,
+    /// Operator-supplied certificate chain and key (PEM) for the API; default: a certificate
+    /// from the coordinator's own CA for `localhost`, the loopback addresses, the listen
+    /// address and `tls_names`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The CA devices should trust for the API when `cert_file` is the operator's.
+    pub ca_file: Option<PathBuf>,
+    /// More DNS names or IP addresses for the coordinator-issued certificate.
+    pub tls_names: Vec<String>,
     /// Largest request body (telemetry imports are the big ones), in bytes.
     pub max_body_bytes: usize,
     /// Requests per second each API token may make (sustained), and its burst.
@@ -65,6 +88,11 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             advertised_url: None,
+            tls: TlsMode::Auto,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            tls_names: Vec::new(),
             max_body_bytes: 512 * 1024 * 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
@@ -176,11 +204,21 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
-        if !self.api.listen.ip().is_loopback() {
+        if self.api.listen.ip().is_unspecified() && self.api.advertised_url.is_none() {
             return Err(key(
-                "api.listen",
-                "must be a loopback address: the API does not speak TLS yet, and tokens must not cross a network in the clear",
+                "api.advertised_url",
+                "is needed when api.listen is a wildcard address: devices must be told where to reach the API",
             ));
+        }
+        if let Some(url) = &self.api.advertised_url {
+            let tls =
+                outpost_shared::endpoints::check_api_url(url).map_err(|p| key("api.advertised_url", &p))?;
+            if tls != self.api_tls() {
+                return Err(key(
+                    "api.advertised_url",
+                    "must use https:// exactly when the API speaks TLS (api.tls)",
+                ));
+            }
         }
         match &self.broker.url {
             None if self.broker.embedded_listen.ip().is_unspecified()
@@ -208,6 +246,15 @@ impl Config {
         if self.fleet.stale_after_secs == 0 || self.fleet.offline_after_secs < self.fleet.stale_after_secs {
             return Err(key("fleet.offline_after_secs", "must be at least fleet.stale_after_secs (> 0)"));
         }
+        if self.api.tls == TlsMode::Off && !self.api.listen.ip().is_loopback() {
+            return Err(key(
+                "api.tls",
+                "is `off` but api.listen is not a loopback address: tokens would cross the network in the clear",
+            ));
+        }
+        if self.api.cert_file.is_some() != self.api.key_file.is_some() {
+            return Err(key("api.cert_file", "and api.key_file go together"));
+        }
         if self.broker.max_packet_bytes < 64 * 1024 {
             return Err(key("broker.max_packet_bytes", "must be at least 65536"));
         }
@@ -215,7 +262,17 @@ impl Config {
     }
 
     pub fn api_url(&self) -> String {
-        self.api.advertised_url.clone().unwrap_or_else(|| format!("http://{}", self.api.listen))
+        let scheme = if self.api_tls() { "https" } else { "http" };
+        self.api.advertised_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.api.listen))
+    }
+
+    /// Whether the API serves HTTPS.
+    pub fn api_tls(&self) -> bool {
+        match self.api.tls {
+            TlsMode::On => true,
+            TlsMode::Off => false,
+            TlsMode::Auto => !self.api.listen.ip().is_loopback(),
+        }
     }
 
     /// The broker URL devices are given at enrolment.
@@ -263,6 +320,11 @@ mod tests {
         config.broker.url = Some("mqtts://127.0.0.1:8883".into());
         config.validate().unwrap();
         config.api.listen = "0.0.0.0:7400".parse().unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("api.listen"));
+        assert!(config.validate().unwrap_err().to_string().contains("api.advertised_url"));
+        config.api.advertised_url = Some("https://coord.example:7400".into());
+        config.validate().unwrap();
+        assert!(config.api_tls());
+        config.api.tls = TlsMode::Off;
+        assert!(config.validate().unwrap_err().to_string().contains("api.tls"));
     }
 }

@@ -130,9 +130,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(addr = %addr, broker = config.advertised_broker_url(), embedded_broker = config.broker.url.is_none(), data_dir = %config.data_dir.display(), "listening");
     // Port 0 picks a free port: devices must be told the real one.
     let mut config = config;
+    let tls = if config.api_tls() { Some(api_tls(&config, &authority, addr)?) } else { None };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if config.api.advertised_url.is_none() {
-        config.api.advertised_url = Some(format!("http://{addr}"));
+        config.api.advertised_url = Some(format!("{scheme}://{addr}"));
     }
+    let api_ca_pem = match &config.api.ca_file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|source| ServeError::Read { path: path.clone(), source })?
+        }
+        None => authority.ca_pem().to_owned(),
+    };
     let state = Arc::new(AppState {
         config: config.clone(),
         store: store.clone(),
@@ -145,12 +153,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         desired,
         outgoing: outgoing_tx,
         broker_ca_pem,
+        api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
     });
     let mut api_shutdown = shutdown_rx.clone();
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        let _ = api_shutdown.wait_for(|stop| *stop).await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
+    let app = api::router(state);
+    let server_task = match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "API speaks HTTPS");
+            tokio::spawn(serve_tls(listener, app, tls, api_shutdown))
+        }
+        None => {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|stop| *stop).await;
+            });
+            tokio::spawn(async move { server.await })
+        }
+    };
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -164,6 +182,83 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => Err(ServeError::Server(e)),
         Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
     }
+}
+
+/// The API's TLS settings: the operator's certificate, or one from the coordinator's CA.
+fn api_tls(
+    config: &Config,
+    authority: &Authority,
+    addr: SocketAddr,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let (cert, key) = match (&config.api.cert_file, &config.api.key_file) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &std::path::PathBuf| {
+                std::fs::read_to_string(path)
+                    .map_err(|source| ServeError::Read { path: path.clone(), source })
+            };
+            (read(cert)?, read(key)?)
+        }
+        _ => {
+            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
+                names.push(addr.ip().to_string());
+            }
+            names.extend(config.api.tls_names.iter().cloned());
+            names.dedup();
+            authority.issue_server(&names, 365)?
+        }
+    };
+    Ok(outpost_shared::tls::server_config(cert.as_bytes(), key.as_bytes())?)
+}
+
+/// Serves the API over TLS until `shutdown`; open connections then get a graceful close.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept an API connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 async fn wait_for_signal() {

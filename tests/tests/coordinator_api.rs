@@ -150,7 +150,13 @@ fn the_command_lines_refuse_bad_input_with_exit_code_2() {
         &["enroll", "--coordinator", "http://10.9.8.7:7400", "--token", "t", "--data-dir", data],
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(err.contains("non-loopback"), "{err}");
+    let (code, _, err) = run(
+        "outpost-agent",
+        &["enroll", "--coordinator", "https://10.9.8.7:7400", "--token", "t", "--data-dir", data],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("give the CA certificate"), "{err}");
 
     // Configuration: telemetry keys are checked and named.
     let out = std::process::Command::new(outpost_tests::agent_bin())

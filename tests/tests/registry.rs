@@ -418,3 +418,38 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
     }
     assert_eq!(served(&agent).await.as_deref(), Some("1.1.0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_https_and_agents_download_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded_tls(&dir.path().join("coordinator"));
+    assert!(c.url().starts_with("https://"));
+
+    // Plain HTTP to the HTTPS port gets nothing; clients refuse HTTPS without a CA, and plain
+    // HTTP to anything but loopback.
+    let plain = reqwest::Client::new().get(format!("http://{}/healthz", c.addr)).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "the API answered plain HTTP");
+    let token = c.token_file();
+    let (code, _, err) =
+        run("outpostctl", &["--url", &c.url(), "--token-file", token.to_str().unwrap(), "model", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("give the CA certificate"), "{err}");
+    let (code, _, err) =
+        run("outpostctl", &["--url", "http://10.1.2.3:7400", "--token", "x", "model", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("non-loopback"), "{err}");
+
+    // Enrol over HTTPS, then push → validate → deploy; the agent fetches the bundle over HTTPS.
+    let key = release_key(&c);
+    let (agent, device) = start_agent(&c, &dir.path().join("agent"), "site=a", &[&key], "");
+    let enrolment: Value =
+        serde_json::from_slice(&std::fs::read(agent.data_dir.join("identity/enrolment.json")).unwrap())
+            .unwrap();
+    assert!(enrolment["api_url"].as_str().unwrap().starts_with("https://"), "{enrolment}");
+    assert!(agent.data_dir.join("identity/api-ca.pem").is_file());
+    ok(push(&c, "breast_cancer-1.0.0", "1.0.0"), "push over https");
+    assert_eq!(validate(&c, "1.0.0").0, 0);
+    ok(c.ctl(&["deploy", "bc@1.0.0", "--device", &device]), "deploy over https");
+    wait_serving(&agent, "1.0.0").await;
+    assert!(agent.log().contains("artifact downloaded and verified"), "{}", agent.log());
+}

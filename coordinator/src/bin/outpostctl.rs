@@ -1,7 +1,8 @@
 //! `outpostctl`: the operator's command line for a coordinator.
 //!
-//! Talks to the coordinator's HTTP API (`--url`, env `OUTPOSTCTL_URL`) with the admin token
-//! (`--token` / env `OUTPOSTCTL_TOKEN`, or `--token-file`, e.g. `<data_dir>/admin.token`).
+//! Talks to the coordinator's API (`--url`, env `OUTPOSTCTL_URL`; `https://` needs `--ca-file`)
+//! with a token (`--token` / env `OUTPOSTCTL_TOKEN`, or `--token-file`, e.g.
+//! `<data_dir>/admin.token`). `bundle create|sign|inspect` and `key` work offline.
 //! Exit codes: 0 success, 1 the coordinator refused or failed, 2 bad usage or unreachable.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,10 @@ struct Cli {
     /// File holding the admin token (the coordinator writes `<data_dir>/admin.token`).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an https:// coordinator (`<data_dir>/pki/ca.pem` by default on
+    /// the coordinator's machine).
+    #[arg(long, env = "OUTPOSTCTL_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -327,8 +332,15 @@ impl Api {
             }
         };
         let url = cli.url.trim_end_matches('/').to_owned();
-        outpost_shared::endpoints::require_loopback_http(&url).map_err(Failure::Usage)?;
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let ca = match &cli.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Failure::Usage(format!("cannot read CA file {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let agent = outpost_shared::tls::api_client(&url, ca.as_deref(), std::time::Duration::from_secs(900))
+            .map_err(Failure::Usage)?;
         Ok(Api { url, token, agent })
     }
 
