@@ -158,12 +158,19 @@ impl ModelStore {
     /// the same bytes are already there). Does not activate it.
     pub fn install(&self, bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, StoreError> {
         let bundle = Bundle::open(bytes, trusted)?;
-        let manifest = bundle.manifest;
+        let manifest = bundle.manifest.clone();
         let path = self.bundle_path(&manifest.name, &manifest.version);
         let _lock = self.lock()?;
         match std::fs::read(&path) {
             Ok(existing) if existing == bytes => return Ok(manifest),
             Ok(existing) => {
+                // The same manifest and model with other signatures (an export signed again
+                // with an offline key) is the same version: the installed file stays.
+                let same = Bundle::parse(&existing)
+                    .is_ok_and(|e| e.manifest_bytes == bundle.manifest_bytes && e.model == bundle.model);
+                if same {
+                    return Ok(manifest);
+                }
                 return Err(StoreError::Conflict {
                     id: manifest.id(),
                     installed: outpost_shared::bundle::sha256_hex(&existing),
@@ -320,8 +327,14 @@ mod tests {
         let store = ModelStore::new(dir.path(), 3);
         let (key, _) = SigningKey::generate().unwrap();
         let (stranger, _) = SigningKey::generate().unwrap();
-        store.install(&bundle(&key, "1.0.0", b"a"), &[key.public_key()]).unwrap();
-        store.install(&bundle(&key, "1.0.0", b"a"), &[key.public_key()]).unwrap();
+        let first = bundle(&key, "1.0.0", b"a");
+        store.install(&first, &[key.public_key()]).unwrap();
+        store.install(&first, &[key.public_key()]).unwrap();
+        // Signed again by another key: the same version.
+        let (offline, _) = SigningKey::generate().unwrap();
+        let mut twice = Bundle::parse(&first).unwrap();
+        twice.sign(&offline).unwrap();
+        store.install(&twice.to_bytes(), &[offline.public_key()]).unwrap();
         assert!(matches!(
             store.install(&bundle(&key, "1.0.0", b"b"), &[key.public_key()]),
             Err(StoreError::Conflict { .. })

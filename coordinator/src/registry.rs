@@ -461,11 +461,18 @@ mod tests {
     use crate::packaging::{BuildSpec, build};
 
     fn fixture(stem: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(format!("{stem}.onnx"))
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models")
+            .join(format!("{stem}.onnx"))
     }
 
     fn bundle(stem: &str, version: &str) -> Vec<u8> {
-        let spec = BuildSpec { model: fixture(stem), name: "bc".into(), version: version.into(), ..BuildSpec::default() };
+        let spec = BuildSpec {
+            model: fixture(stem),
+            name: "bc".into(),
+            version: version.into(),
+            ..BuildSpec::default()
+        };
         build(&spec, 0).unwrap().0.to_bytes()
     }
 
@@ -507,8 +514,13 @@ mod tests {
         registry.transition("bc", "1.1.0", Stage::Production, "alice", "").unwrap();
         assert_eq!(registry.get("bc", "1.0.0").unwrap().stage, Stage::Archived);
         assert_eq!(registry.production("bc").unwrap().unwrap().version, "1.1.0");
-        let history: Vec<(Option<Stage>, Stage, String)> =
-            registry.get("bc", "1.0.0").unwrap().transitions.into_iter().map(|t| (t.from, t.to, t.by)).collect();
+        let history: Vec<(Option<Stage>, Stage, String)> = registry
+            .get("bc", "1.0.0")
+            .unwrap()
+            .transitions
+            .into_iter()
+            .map(|t| (t.from, t.to, t.by))
+            .collect();
         assert_eq!(history.len(), 4, "{history:?}");
         assert_eq!(history[3], (Some(Stage::Production), Stage::Archived, "alice".into()));
     }
@@ -522,7 +534,10 @@ mod tests {
             registry.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
         }
         let refused = registry.purge("bc", "1.0.4");
-        assert!(matches!(refused, Err(RegistryError::Refused(ref m)) if m.contains("only archived")), "{refused:?}");
+        assert!(
+            matches!(refused, Err(RegistryError::Refused(ref m)) if m.contains("only archived")),
+            "{refused:?}"
+        );
         for v in versions {
             registry.transition("bc", v, Stage::Production, "alice", "").unwrap();
             std::thread::sleep(std::time::Duration::from_millis(2));

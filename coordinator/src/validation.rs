@@ -33,13 +33,21 @@ pub struct Policy {
     pub max_accuracy_drop: f64,
     /// Largest drop in macro F1 vs production (absolute).
     pub max_f1_drop: f64,
-    /// Largest p99 latency vs production's, as a ratio.
+    /// Largest p99 latency vs production's, as a ratio …
     pub max_p99_ratio: f64,
+    /// … plus this many milliseconds: at microsecond latencies a ratio alone is noise.
+    pub p99_slack_ms: f64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { min_accuracy: None, max_accuracy_drop: 0.01, max_f1_drop: 0.02, max_p99_ratio: 2.0 }
+        Policy {
+            min_accuracy: None,
+            max_accuracy_drop: 0.01,
+            max_f1_drop: 0.02,
+            max_p99_ratio: 2.0,
+            p99_slack_ms: 0.5,
+        }
     }
 }
 
@@ -388,7 +396,7 @@ pub fn run(
                 "p99_ms",
                 prod.latency.p99_ms,
                 latency.p99_ms,
-                prod.latency.p99_ms * policy.max_p99_ratio,
+                prod.latency.p99_ms * policy.max_p99_ratio + policy.p99_slack_ms,
                 false,
             ),
         ];

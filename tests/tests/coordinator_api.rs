@@ -228,8 +228,14 @@ async fn every_route_in_the_openapi_document_is_served() {
     let (coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
     let admin = std::fs::read_to_string(coordinator.token_file()).unwrap();
     let http = reqwest::Client::new();
-    let doc: Value =
-        http.get(format!("{}/api/v1/openapi.json", coordinator.url())).send().await.unwrap().json().await.unwrap();
+    let doc: Value = http
+        .get(format!("{}/api/v1/openapi.json", coordinator.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
@@ -263,6 +269,7 @@ async fn every_route_in_the_openapi_document_is_served() {
     }
     assert!(operations >= 23, "only {operations} operations documented");
     // And an undocumented path is not served.
-    let status = http.get(format!("{}/api/v1/undocumented", coordinator.url())).send().await.unwrap().status();
+    let status =
+        http.get(format!("{}/api/v1/undocumented", coordinator.url())).send().await.unwrap().status();
     assert_eq!(status, 404);
 }

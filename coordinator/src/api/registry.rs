@@ -181,6 +181,7 @@ pub struct ValidateQuery {
     max_accuracy_drop: Option<f64>,
     max_f1_drop: Option<f64>,
     max_p99_ratio: Option<f64>,
+    p99_slack_ms: Option<f64>,
 }
 
 pub async fn validate(
@@ -202,11 +203,13 @@ pub async fn validate(
             max_accuracy_drop: q.max_accuracy_drop.unwrap_or(defaults.max_accuracy_drop),
             max_f1_drop: q.max_f1_drop.unwrap_or(defaults.max_f1_drop),
             max_p99_ratio: q.max_p99_ratio.unwrap_or(defaults.max_p99_ratio),
+            p99_slack_ms: q.p99_slack_ms.unwrap_or(defaults.p99_slack_ms),
         };
         for (what, v) in [
             ("max_accuracy_drop", Some(policy.max_accuracy_drop)),
             ("max_f1_drop", Some(policy.max_f1_drop)),
             ("max_p99_ratio", Some(policy.max_p99_ratio)),
+            ("p99_slack_ms", Some(policy.p99_slack_ms)),
             ("min_accuracy", policy.min_accuracy),
         ] {
             if let Some(v) = v
@@ -358,9 +361,6 @@ async fn deploy_inner(
         };
         return Err(ApiError(StatusCode::CONFLICT, format!("{} cannot be deployed: {why}", record.id())));
     }
-    if record.stage == Stage::Archived {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{} is archived", record.id())));
-    }
     let all = state.store.devices().map_err(ApiError::internal)?;
     for id in &request.devices {
         if !all.iter().any(|d| &d.id == id) {
@@ -395,21 +395,14 @@ async fn deploy_inner(
             tracing::error!(device, "the broker link is gone; the desired state goes out on reconnect");
         }
     }
-    // The whole fleet → production; part of it → canary.
+    // The whole fleet → production; part of it → canary (a production version stays one).
+    // Deploying an archived version is a rollback: it becomes production (or canary) again.
     let stage = if targets.len() == all.len() { Stage::Production } else { Stage::Canary };
-    let stage = if record.stage < stage || (record.stage == Stage::Canary && stage == Stage::Production) {
-        state
-            .registry
-            .transition(
-                &record.name,
-                &record.version,
-                stage,
-                &who.name,
-                &format!("deployed to {} device(s)", targets.len()),
-            )?
-            .stage
-    } else {
+    let stage = if record.stage == Stage::Production && stage == Stage::Canary {
         record.stage
+    } else {
+        let note = format!("deployed to {} device(s)", targets.len());
+        state.registry.transition(&record.name, &record.version, stage, &who.name, &note)?.stage
     };
     tracing::info!(
         model = record.name,

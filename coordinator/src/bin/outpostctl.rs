@@ -106,9 +106,12 @@ enum ModelCommand {
         /// Largest macro-F1 drop vs production (absolute; default 0.02).
         #[arg(long)]
         max_f1_drop: Option<f64>,
-        /// Largest p99 latency ratio vs production (default 2.0).
+        /// Largest p99 latency ratio vs production (default 2.0) …
         #[arg(long)]
         max_p99_ratio: Option<f64>,
+        /// … plus this many milliseconds (default 0.5).
+        #[arg(long)]
+        p99_slack_ms: Option<f64>,
     },
     /// Move a version to a stage (validated, canary, production, archived).
     Stage {
@@ -629,6 +632,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             max_accuracy_drop,
             max_f1_drop,
             max_p99_ratio,
+            p99_slack_ms,
         } => {
             let (name, version) = split_target(target)?;
             let bytes = std::fs::read(dataset)
@@ -642,6 +646,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 ("max_accuracy_drop", max_accuracy_drop),
                 ("max_f1_drop", max_f1_drop),
                 ("max_p99_ratio", max_p99_ratio),
+                ("p99_slack_ms", p99_slack_ms),
             ] {
                 if let Some(v) = v {
                     query.push((k, v.to_string()));
