@@ -222,6 +222,51 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// The regression checks against the production version's report, and why any failed.
+pub fn compare(
+    prod: &Report,
+    metrics: &Metrics,
+    latency: &Latency,
+    policy: &Policy,
+) -> (Vec<Check>, Vec<String>) {
+    let checks = [
+        (
+            "accuracy",
+            prod.metrics.accuracy,
+            metrics.accuracy,
+            prod.metrics.accuracy - policy.max_accuracy_drop,
+            true,
+        ),
+        (
+            "macro_f1",
+            prod.metrics.macro_f1,
+            metrics.macro_f1,
+            prod.metrics.macro_f1 - policy.max_f1_drop,
+            true,
+        ),
+        (
+            "p99_ms",
+            prod.latency.p99_ms,
+            latency.p99_ms,
+            prod.latency.p99_ms * policy.max_p99_ratio + policy.p99_slack_ms,
+            false,
+        ),
+    ];
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    for (name, production, candidate, limit, higher_is_better) in checks {
+        let passed = if higher_is_better { candidate >= limit } else { candidate <= limit };
+        if !passed {
+            failures.push(format!(
+                "{name} {candidate:.4} vs production {} {production:.4}: beyond the limit {limit:.4}",
+                prod.version
+            ));
+        }
+        out.push(Check { check: name.into(), production, candidate, limit, passed });
+    }
+    (out, failures)
+}
+
 /// Runs the gate. `production` is the current production version's last report, if any.
 pub fn run(
     bundle: &Bundle,
@@ -375,42 +420,14 @@ pub fn run(
     {
         failures.push(format!("accuracy {:.4} is below the floor {floor:.4}", metrics.accuracy));
     }
-    let mut regression = Vec::new();
-    if let Some(prod) = production {
-        let checks = [
-            (
-                "accuracy",
-                prod.metrics.accuracy,
-                metrics.accuracy,
-                prod.metrics.accuracy - policy.max_accuracy_drop,
-                true,
-            ),
-            (
-                "macro_f1",
-                prod.metrics.macro_f1,
-                metrics.macro_f1,
-                prod.metrics.macro_f1 - policy.max_f1_drop,
-                true,
-            ),
-            (
-                "p99_ms",
-                prod.latency.p99_ms,
-                latency.p99_ms,
-                prod.latency.p99_ms * policy.max_p99_ratio + policy.p99_slack_ms,
-                false,
-            ),
-        ];
-        for (name, production, candidate, limit, higher_is_better) in checks {
-            let passed = if higher_is_better { candidate >= limit } else { candidate <= limit };
-            if !passed {
-                failures.push(format!(
-                    "{name} {candidate:.4} vs production {} {production:.4}: beyond the limit {limit:.4}",
-                    prod.version
-                ));
-            }
-            regression.push(Check { check: name.into(), production, candidate, limit, passed });
+    let regression = match production {
+        Some(prod) => {
+            let (checks, failed) = compare(prod, &metrics, &latency, policy);
+            failures.extend(failed);
+            checks
         }
-    }
+        None => Vec::new(),
+    };
     Ok(Report {
         model: manifest.name.clone(),
         version: manifest.version.clone(),
@@ -446,6 +463,48 @@ mod tests {
         assert!((m.classes["1"].f1 - 0.8).abs() < 1e-12);
         assert!((m.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
         assert!((m.weighted_f1 - (0.5 * 2.0 + 0.8 * 2.0) / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn regressions_are_judged_against_production_with_the_policy() {
+        let metrics = |accuracy: f64, f1: f64| Metrics {
+            rows: 100,
+            accuracy,
+            macro_precision: f1,
+            macro_recall: f1,
+            macro_f1: f1,
+            weighted_f1: f1,
+            classes: BTreeMap::new(),
+        };
+        let latency = |p99_ms: f64| Latency { runs: 300, p50_ms: p99_ms / 2.0, p95_ms: p99_ms, p99_ms };
+        let prod = Report {
+            model: "bc".into(),
+            version: "1.0.0".into(),
+            dataset_sha256: String::new(),
+            label: "label".into(),
+            segment: None,
+            features: Vec::new(),
+            metrics: metrics(0.95, 0.94),
+            segments: BTreeMap::new(),
+            latency: latency(1.0),
+            edge_cases: Vec::new(),
+            policy: Policy::default(),
+            baseline_version: None,
+            regression: Vec::new(),
+            passed: true,
+            failures: Vec::new(),
+            validated_at_ms: 0,
+        };
+        let policy = Policy::default();
+        // Within every limit: a point less accuracy, a slower p99 up to 2x + 0.5 ms.
+        let (checks, failures) = compare(&prod, &metrics(0.941, 0.93), &latency(2.4), &policy);
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(checks.len(), 3);
+        // Beyond them, each named with its numbers.
+        let (_, failures) = compare(&prod, &metrics(0.90, 0.80), &latency(2.6), &policy);
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures[0].starts_with("accuracy 0.9000 vs production 1.0.0 0.9500"), "{failures:?}");
+        assert!(failures[2].contains("limit 2.5000"), "{failures:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -261,4 +262,104 @@ pub fn assert_close(found: &[f64], expected: &[f64], what: &str) {
     for (i, (f, e)) in found.iter().zip(expected).enumerate() {
         assert!((f - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{what}[{i}]: found {f}, onnxruntime {e}");
     }
+}
+
+/// Requests sent without pause by a few clients; what they saw.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    /// Per client, the versions that answered, in order (repeats folded).
+    versions: Arc<Mutex<Vec<Vec<String>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` clients posting `body` to model `model`'s infer endpoint.
+    pub fn start(agent: &Agent, model: &str, body: &Value, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let versions = Arc::new(Mutex::new(vec![Vec::<String>::new(); clients]));
+        let body = serde_json::to_vec(body).unwrap();
+        let url = agent.url(&format!("/v2/models/{model}/infer"));
+        let tasks = (0..clients)
+            .map(|client| {
+                let (stop, ok, failed, versions) =
+                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&versions));
+                let (body, url) = (body.clone(), url.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let response = http.post(&url).body(body.clone()).send().await;
+                        match response {
+                            Ok(r) if r.status().as_u16() == 200 => {
+                                let v: Value = r.json().await.unwrap_or(Value::Null);
+                                let version = v["model_version"].as_str().unwrap_or("?").to_owned();
+                                let mut all = versions.lock().unwrap();
+                                let seen = &mut all[client];
+                                if seen.last() != Some(&version) {
+                                    seen.push(version);
+                                }
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                eprintln!(
+                                    "failed request: {} {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("failed request: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, versions, tasks }
+    }
+
+    /// Waits until every client has seen `version` answer.
+    pub async fn wait_seen(&self, version: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .versions
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|seen| seen.last().map(String::as_str) == Some(version))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "clients never saw {version}: {:?}",
+                self.versions.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Some more traffic on the new version.
+        let target = self.ok.load(Ordering::Relaxed) + 200;
+        while self.ok.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn finish(self) -> (u64, u64, Vec<Vec<String>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let versions = self.versions.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), versions)
+    }
+}
+
+/// One held-out breast-cancer row as a V2 request body.
+pub fn breast_cancer_row() -> Value {
+    let reference = reference("breast_cancer-1.0.0");
+    let (data, row_len) = rows(&reference["inputs"][0]);
+    serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row_len], "data": data[..row_len]}]})
 }

@@ -6,12 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_tests::fleet::run;
-use outpost_tests::{Agent, model, models_dir, run_agent};
+use outpost_tests::{Agent, Load, breast_cancer_row, model, models_dir, run_agent};
 use serde_json::{Value, json};
 
 /// A signing key and a folder of bundles built with it.
@@ -100,12 +98,6 @@ fn start_agent(kit: &Kit, data_dir: &Path) -> Agent {
         .start()
 }
 
-fn one_row() -> Value {
-    let reference = outpost_tests::reference("breast_cancer-1.0.0");
-    let (data, row_len) = outpost_tests::rows(&reference["inputs"][0]);
-    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row_len], "data": data[..row_len]}]})
-}
-
 async fn serving_version(agent: &Agent) -> Value {
     let (status, body) = agent.get("/v2/models/bc").await;
     assert_eq!(status, 200, "{body}");
@@ -121,98 +113,6 @@ async fn wait_for_version(agent: &Agent, version: &str) {
         }
         assert!(Instant::now() < deadline, "bc never served {version}: {body}\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Requests sent without pause by a few clients; what they saw.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    /// Per client, the versions that answered, in order (repeats folded).
-    versions: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(agent: &Agent, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let versions = Arc::new(std::sync::Mutex::new(vec![Vec::<String>::new(); clients]));
-        let body = serde_json::to_vec(&one_row()).unwrap();
-        let url = agent.url("/v2/models/bc/infer");
-        let tasks = (0..clients)
-            .map(|client| {
-                let (stop, ok, failed, versions) =
-                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&versions));
-                let (body, url) = (body.clone(), url.clone());
-                tokio::spawn(async move {
-                    let http = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let response = http.post(&url).body(body.clone()).send().await;
-                        match response {
-                            Ok(r) if r.status().as_u16() == 200 => {
-                                let v: Value = r.json().await.unwrap_or(Value::Null);
-                                let version = v["model_version"].as_str().unwrap_or("?").to_owned();
-                                let mut all = versions.lock().unwrap();
-                                let seen = &mut all[client];
-                                if seen.last() != Some(&version) {
-                                    seen.push(version);
-                                }
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                eprintln!(
-                                    "failed request: {} {}",
-                                    r.status(),
-                                    r.text().await.unwrap_or_default()
-                                );
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                eprintln!("failed request: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failed, versions, tasks }
-    }
-
-    /// Waits until every client has seen `version` answer.
-    async fn wait_seen(&self, version: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self
-            .versions
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|seen| seen.last().map(String::as_str) == Some(version))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "clients never saw {version}: {:?}",
-                self.versions.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Some more traffic on the new version.
-        let target = self.ok.load(Ordering::Relaxed) + 200;
-        while self.ok.load(Ordering::Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finish(self) -> (u64, u64, Vec<Vec<String>>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let versions = self.versions.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), versions)
     }
 }
 
@@ -232,7 +132,7 @@ async fn hot_swap_under_load_fails_no_request_and_rollback_works_offline() {
     agent.wait_ready(Duration::from_secs(60)).await;
     wait_for_version(&agent, "1.0.0").await;
 
-    let load = Load::start(&agent, 4);
+    let load = Load::start(&agent, "bc", &breast_cancer_row(), 4);
     load.wait_seen("1.0.0").await;
     let (code, out, err) = import(&kit, data.path(), &v2, true);
     assert_eq!(code, 0, "{err}");
@@ -347,7 +247,7 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     };
     assert_eq!((&body["versions"], body["state"].as_str()), (&json!(["1.0.0"]), Some("ready")), "{body}");
     assert!(body["refused"].as_str().unwrap().contains("1.1.0: bundle model sha256"), "{body}");
-    let (status, _) = agent.post_json("/v2/models/bc/infer", &one_row()).await;
+    let (status, _) = agent.post_json("/v2/models/bc/infer", &breast_cancer_row()).await;
     assert_eq!(status, 200, "the old version stopped serving");
     assert!(agent.log().contains("version refused; the previous version serves on"), "{}", agent.log());
 }
