@@ -238,6 +238,22 @@ impl ModelStore {
         Ok(RolledBack { name, from, to })
     }
 
+    /// Points `name` back at `good` after `refused` could not serve, so a restart serves the
+    /// last good version, not the refused one. A no-op if the active version moved on.
+    pub fn restore(&self, name: &str, good: &str, refused: &str) -> Result<StoreState, StoreError> {
+        let _lock = self.lock()?;
+        let mut state = self.state()?;
+        if let Some(entry) = state.models.get_mut(name)
+            && entry.active == refused
+        {
+            entry.active = good.to_owned();
+            entry.history.retain(|v| v != good && v != refused);
+            state.generation += 1;
+            self.write_state(&state)?;
+        }
+        Ok(state)
+    }
+
     /// Removes bundles beyond the newest `keep` versions of the activation order.
     fn prune(&self, name: &str, state: &mut StoreState) -> Result<(), StoreError> {
         let Some(entry) = state.models.get_mut(name) else { return Ok(()) };

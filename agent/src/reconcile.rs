@@ -95,15 +95,48 @@ impl Reconciler {
                 }
                 Applied::Refused { version, reason } => {
                     refused.insert(key, state.generation);
-                    tracing::error!(model = %name, %version, %reason, "version refused; the previous version serves on");
                     self.event(
                         EventKind::ModelRefused,
                         format!("model `{name}` {version} refused: {reason}"),
                     )
                     .await;
+                    let good = match self.models.managed(name).ready() {
+                        Some(serving) => Some(serving.version.clone()),
+                        // Nothing serves (a start-up): the newest earlier version that loads.
+                        None => self.fall_back(name, &stored.history, &version).await,
+                    };
+                    match &good {
+                        Some(good) => {
+                            tracing::error!(model = %name, %version, %reason, serving = %good, "version refused; the last good version serves");
+                            let (store, (n, g, v)) =
+                                (self.store.clone(), (name.clone(), good.clone(), version.clone()));
+                            match tokio::task::spawn_blocking(move || store.restore(&n, &g, &v)).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => {
+                                    tracing::error!(error = %e, "cannot point the store back at the good version")
+                                }
+                                Err(e) => tracing::error!(error = %e, "store task failed"),
+                            }
+                        }
+                        None => {
+                            tracing::error!(model = %name, %version, %reason, "version refused and no earlier version loads: model not served");
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Tries the earlier versions, newest first; the first that loads serves.
+    async fn fall_back(&self, name: &str, history: &[String], refused: &str) -> Option<String> {
+        for version in history.iter().rev() {
+            if let Applied::Swapped { to, .. } = self.apply_one(name, version).await {
+                self.metrics.forget_model_state(name, refused);
+                tracing::warn!(model = name, version = %to, "fell back to an earlier version");
+                return Some(to);
+            }
+        }
+        None
     }
 
     async fn event(&self, kind: EventKind, message: String) {

@@ -249,5 +249,23 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     assert!(body["refused"].as_str().unwrap().contains("1.1.0: bundle model sha256"), "{body}");
     let (status, _) = agent.post_json("/v2/models/bc/infer", &breast_cancer_row()).await;
     assert_eq!(status, 200, "the old version stopped serving");
-    assert!(agent.log().contains("version refused; the previous version serves on"), "{}", agent.log());
+    assert!(agent.log().contains("version refused; the last good version serves"), "{}", agent.log());
+    // The store points at what serves again, so a restart serves 1.0.0 too.
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    assert_eq!(state["models"]["bc"]["active"], "1.0.0", "{state}");
+
+    // Killed, and the active bundle broken on disk meanwhile: the restart falls back to the
+    // newest earlier version that verifies.
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = agent.wait_exit(Duration::from_secs(10));
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["generation"] = json!(state["generation"].as_u64().unwrap() + 1);
+    state["models"]["bc"]["active"] = json!("1.1.0");
+    state["models"]["bc"]["history"] = json!(["1.0.0"]);
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+    assert!(agent.log().contains("fell back to an earlier version"), "{}", agent.log());
 }
