@@ -126,6 +126,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/telemetry/import", post(import_telemetry))
         .route("/api/v1/models", get(registry::list_models))
         .route("/api/v1/models/{name}", get(registry::model_versions))
+        .route("/api/v1/models/{name}/policy", get(registry::get_policy).put(registry::set_policy))
         .route(
             "/api/v1/models/{name}/versions/{version}",
             get(registry::show_version).put(registry::push).delete(registry::purge),

@@ -11,7 +11,8 @@
 //! with who and when. Only a version whose validation passed may move past `registered`. The
 //! last three production versions of a model, and anything not archived, cannot be purged.
 //!
-//! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON).
+//! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON); tree
+//! `registry_policies`: each model's validation thresholds.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -138,6 +139,8 @@ pub struct Pushed {
 pub struct Registry {
     store: Store,
     tree: sled::Tree,
+    /// Per-model validation thresholds (`policy ‖ 0x00 ‖ name` → `validation::Policy`).
+    policies: sled::Tree,
     artifacts: PathBuf,
 }
 
@@ -163,6 +166,7 @@ impl Registry {
         Ok(Registry {
             store: store.clone(),
             tree: store.tree("registry")?,
+            policies: store.tree("registry_policies")?,
             artifacts: data_dir.join("artifacts"),
         })
     }
@@ -407,6 +411,31 @@ impl Registry {
             .collect();
         promoted.sort_by_key(|p| std::cmp::Reverse(p.0));
         Ok(promoted.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The validation thresholds of a model (defaults until an operator sets them).
+    pub fn policy(&self, name: &str) -> Result<crate::validation::Policy, RegistryError> {
+        let key = format!("policy\0{name}");
+        match self.policies.get(key.as_bytes()).map_err(Self::storage)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt {
+                    key: format!("policy of {name}"),
+                    detail: e.to_string(),
+                })
+            }),
+            None => Ok(crate::validation::Policy::default()),
+        }
+    }
+
+    /// Stores a model's validation thresholds.
+    pub fn set_policy(&self, name: &str, policy: &crate::validation::Policy) -> Result<(), RegistryError> {
+        outpost_shared::bundle::check_name(name).map_err(RegistryError::Invalid)?;
+        let key = format!("policy\0{name}");
+        self.policies
+            .insert(key.as_bytes(), serde_json::to_vec(policy).unwrap_or_default())
+            .map_err(Self::storage)?;
+        self.store.flush()?;
+        Ok(())
     }
 
     /// Deletes an archived version and its artifact (unless another version shares it).

@@ -39,6 +39,26 @@ pub struct Policy {
     pub p99_slack_ms: f64,
 }
 
+impl Policy {
+    /// Checks the thresholds are usable numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("max_accuracy_drop", Some(self.max_accuracy_drop)),
+            ("max_f1_drop", Some(self.max_f1_drop)),
+            ("max_p99_ratio", Some(self.max_p99_ratio)),
+            ("p99_slack_ms", Some(self.p99_slack_ms)),
+            ("min_accuracy", self.min_accuracy),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(format!("{what} must be a finite number ≥ 0, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {

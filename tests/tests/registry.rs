@@ -205,15 +205,23 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
     assert!(table.lines().any(|l| l.contains(&id_a1) && l.contains("bc@1.1.0(ready)")), "{table}");
     assert!(table.lines().any(|l| l.contains(&id_b1) && l.contains("bc@1.0.0(ready)")), "{table}");
 
+    // The model's own thresholds are stored and apply to every later validation.
+    let policy = ok(c.ctl(&["model", "policy", "bc", "--min-accuracy", "0.9"]), "policy");
+    assert!(policy.contains("\"min_accuracy\": 0.9"), "{policy}");
+
     // 2.0.0-bad fails the gate (the numbers still scikit-learn's) and cannot be deployed.
     ok(push(&c, "breast_cancer-2.0.0-bad", "2.0.0-bad"), "push 2.0.0-bad");
     let (code, report) = validate(&c, "2.0.0-bad");
     assert_eq!(code, 1, "a failed validation must exit 1: {report:#}");
     same_metrics(&report["metrics"], &expected["versions"]["2.0.0-bad"], "2.0.0-bad");
-    assert!(report["failures"][0].as_str().unwrap().starts_with("accuracy"), "{report:#}");
+    assert_eq!(report["policy"]["min_accuracy"], 0.9, "{report:#}");
+    let failures: Vec<&str> =
+        report["failures"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(failures.iter().any(|f| f.contains("below the floor 0.9000")), "{failures:?}");
+    assert!(failures.iter().any(|f| f.starts_with("accuracy 0.5965 vs production 1.0.0")), "{failures:?}");
     let (code, _, err) = c.ctl(&["deploy", "bc@2.0.0-bad"]);
     assert_eq!(code, 1);
-    assert!(err.contains("409") && err.contains("validation failed: accuracy"), "{err}");
+    assert!(err.contains("409") && err.contains("its validation failed"), "{err}");
 
     // Same version, other bytes: 409. Same bytes again: fine.
     let (code, _, err) = push(&c, "breast_cancer-1.1.0", "1.0.0");

@@ -58,6 +58,8 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r("get", "/api/v1/models", "viewer", None, "Every registered version."),
     r("get", "/api/v1/models/{name}", "viewer", None, "The versions of one model."),
+    r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
+    r("put", "/api/v1/models/{name}/policy", "operator", JSON, "Set the model's validation thresholds."),
     r(
         "get",
         "/api/v1/models/{name}/versions/{version}",

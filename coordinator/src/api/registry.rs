@@ -197,27 +197,16 @@ pub async fn validate(
     let by = who.name.clone();
     let result = blocking(move || {
         let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let defaults = Policy::default();
+        // The model's stored thresholds, each overridable for this run.
+        let stored = st.registry.policy(&name)?;
         let policy = Policy {
-            min_accuracy: q.min_accuracy,
-            max_accuracy_drop: q.max_accuracy_drop.unwrap_or(defaults.max_accuracy_drop),
-            max_f1_drop: q.max_f1_drop.unwrap_or(defaults.max_f1_drop),
-            max_p99_ratio: q.max_p99_ratio.unwrap_or(defaults.max_p99_ratio),
-            p99_slack_ms: q.p99_slack_ms.unwrap_or(defaults.p99_slack_ms),
+            min_accuracy: q.min_accuracy.or(stored.min_accuracy),
+            max_accuracy_drop: q.max_accuracy_drop.unwrap_or(stored.max_accuracy_drop),
+            max_f1_drop: q.max_f1_drop.unwrap_or(stored.max_f1_drop),
+            max_p99_ratio: q.max_p99_ratio.unwrap_or(stored.max_p99_ratio),
+            p99_slack_ms: q.p99_slack_ms.unwrap_or(stored.p99_slack_ms),
         };
-        for (what, v) in [
-            ("max_accuracy_drop", Some(policy.max_accuracy_drop)),
-            ("max_f1_drop", Some(policy.max_f1_drop)),
-            ("max_p99_ratio", Some(policy.max_p99_ratio)),
-            ("p99_slack_ms", Some(policy.p99_slack_ms)),
-            ("min_accuracy", policy.min_accuracy),
-        ] {
-            if let Some(v) = v
-                && !(v.is_finite() && v >= 0.0)
-            {
-                return Err(ApiError::bad_request(format!("{what} must be a finite number ≥ 0")));
-            }
-        }
+        policy.validate().map_err(ApiError::bad_request)?;
         let record = st.registry.get(&name, &version)?;
         let bundle_bytes = st.registry.artifact(&record.bundle_sha256)?;
         let bundle = outpost_shared::bundle::Bundle::parse(&bundle_bytes).map_err(ApiError::internal)?;
@@ -243,6 +232,32 @@ pub async fn validate(
     })
     .await?;
     audited(&state, &who, "model.validate", &target, result).map(Json)
+}
+
+pub async fn get_policy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Policy>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    Ok(Json(state.registry.policy(&name)?))
+}
+
+pub async fn set_policy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<Policy>, JsonRejection>,
+) -> Result<Json<Policy>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let result = (|| {
+        let policy = json_body(body)?;
+        policy.validate().map_err(ApiError::bad_request)?;
+        state.registry.set_policy(&name, &policy)?;
+        let detail = serde_json::to_string(&policy).unwrap_or_default();
+        Ok((policy, detail))
+    })();
+    audited(&state, &who, "model.policy", &name, result).map(Json)
 }
 
 pub async fn export_bundle(

@@ -122,6 +122,20 @@ enum ModelCommand {
     },
     /// Delete an archived version and its artifact (admin; audited).
     Purge { target: String },
+    /// Show a model's validation thresholds, or set some of them (the rest keep their value).
+    Policy {
+        name: String,
+        #[arg(long)]
+        min_accuracy: Option<f64>,
+        #[arg(long)]
+        max_accuracy_drop: Option<f64>,
+        #[arg(long)]
+        max_f1_drop: Option<f64>,
+        #[arg(long)]
+        max_p99_ratio: Option<f64>,
+        #[arg(long)]
+        p99_slack_ms: Option<f64>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -414,6 +428,19 @@ impl Api {
         Ok(bytes)
     }
 
+    fn put_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, Failure> {
+        let result = self
+            .agent
+            .put(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.handle(result)
+    }
+
     fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         let result = self
             .agent
@@ -674,6 +701,33 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 &serde_json::json!({"stage": stage, "note": note}),
             )?;
             println!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
+        }
+        ModelCommand::Policy {
+            name,
+            min_accuracy,
+            max_accuracy_drop,
+            max_f1_drop,
+            max_p99_ratio,
+            p99_slack_ms,
+        } => {
+            let path = format!("/api/v1/models/{name}/policy");
+            let mut policy: serde_json::Value = api.get(&path)?;
+            let changes = [
+                ("min_accuracy", min_accuracy),
+                ("max_accuracy_drop", max_accuracy_drop),
+                ("max_f1_drop", max_f1_drop),
+                ("max_p99_ratio", max_p99_ratio),
+                ("p99_slack_ms", p99_slack_ms),
+            ];
+            if changes.iter().any(|(_, v)| v.is_some()) {
+                for (k, v) in changes {
+                    if let Some(v) = v {
+                        policy[k] = serde_json::json!(v);
+                    }
+                }
+                policy = api.put_json(&path, &policy)?;
+            }
+            print_json(&policy);
         }
         ModelCommand::Purge { target } => {
             let (name, version) = split_target(target)?;
