@@ -112,37 +112,61 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, needs: Role) -> Result<P
     })
 }
 
+/// The handler for one documented route; `None` for an entry this build does not serve.
+fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<AppState>>> {
+    use axum::routing::{delete, put};
+    Some(match (method, path) {
+        ("get", "/api/v1/openapi.json") => get(openapi::document),
+        ("post", "/api/v1/enrolment-tokens") => post(create_token),
+        ("post", "/api/v1/enrol") => post(enrol),
+        ("get", "/api/v1/devices") => get(list_devices),
+        ("get", "/api/v1/devices/{id}") => get(show_device),
+        ("post", "/api/v1/telemetry/import") => post(import_telemetry),
+        ("get", "/api/v1/models") => get(registry::list_models),
+        ("get", "/api/v1/models/{name}") => get(registry::model_versions),
+        ("get", "/api/v1/models/{name}/policy") => get(registry::get_policy),
+        ("put", "/api/v1/models/{name}/policy") => put(registry::set_policy),
+        ("get", "/api/v1/models/{name}/versions/{version}") => get(registry::show_version),
+        ("put", "/api/v1/models/{name}/versions/{version}") => put(registry::push),
+        ("delete", "/api/v1/models/{name}/versions/{version}") => delete(registry::purge),
+        ("post", "/api/v1/models/{name}/versions/{version}/stage") => post(registry::set_stage),
+        ("post", "/api/v1/models/{name}/versions/{version}/validate") => post(registry::validate),
+        ("get", "/api/v1/models/{name}/versions/{version}/bundle") => get(registry::export_bundle),
+        ("get", "/api/v1/artifacts/{sha256}") => get(registry::artifact),
+        ("post", "/api/v1/deployments") => post(registry::deploy),
+        ("get", "/api/v1/deployments") => get(registry::list_desired),
+        ("post", "/api/v1/tokens") => post(registry::create_api_token),
+        ("get", "/api/v1/tokens") => get(registry::list_api_tokens),
+        ("delete", "/api/v1/tokens/{name}") => delete(registry::revoke_api_token),
+        ("get", "/api/v1/audit") => get(registry::audit_tail),
+        ("get", "/api/v1/audit/verify") => get(registry::audit_verify),
+        ("get", "/api/v1/keys") => get(keys),
+        _ => return None,
+    })
+}
+
+/// The API: every `/api/v1` route is built from [`openapi::ROUTES`], so the served routes
+/// and the OpenAPI document cannot drift apart (a unit test checks every entry has its
+/// handler); `/healthz` and `/metrics` sit outside it.
 pub fn router(state: Arc<AppState>) -> Router {
-    use axum::routing::delete;
     let limit = state.config.api.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/api/v1/enrolment-tokens", post(create_token))
-        .route("/api/v1/enrol", post(enrol))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(show_device))
-        .route("/api/v1/telemetry/import", post(import_telemetry))
-        .route("/api/v1/models", get(registry::list_models))
-        .route("/api/v1/models/{name}", get(registry::model_versions))
-        .route("/api/v1/models/{name}/policy", get(registry::get_policy).put(registry::set_policy))
-        .route(
-            "/api/v1/models/{name}/versions/{version}",
-            get(registry::show_version).put(registry::push).delete(registry::purge),
-        )
-        .route("/api/v1/models/{name}/versions/{version}/stage", post(registry::set_stage))
-        .route("/api/v1/models/{name}/versions/{version}/validate", post(registry::validate))
-        .route("/api/v1/models/{name}/versions/{version}/bundle", get(registry::export_bundle))
-        .route("/api/v1/artifacts/{sha256}", get(registry::artifact))
-        .route("/api/v1/deployments", post(registry::deploy).get(registry::list_desired))
-        .route("/api/v1/tokens", post(registry::create_api_token).get(registry::list_api_tokens))
-        .route("/api/v1/tokens/{name}", delete(registry::revoke_api_token))
-        .route("/api/v1/audit", get(registry::audit_tail))
-        .route("/api/v1/audit/verify", get(registry::audit_verify))
-        .route("/api/v1/keys", get(keys))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+    let mut by_path: BTreeMap<&str, axum::routing::MethodRouter<Arc<AppState>>> = BTreeMap::new();
+    for route in openapi::ROUTES {
+        let Some(h) = handler(route.method, route.path) else {
+            tracing::error!(method = route.method, path = route.path, "documented route has no handler");
+            continue;
+        };
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(h),
+            None => h,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics));
+    for (path, methods) in by_path {
+        router = router.route(path, methods);
+    }
+    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
 }
 
 /// The coordinator's public keys: what agents list in `registry.trusted_keys`.
@@ -479,4 +503,26 @@ fn import(ingest: &Ingest, file: TransferFile) -> Result<ImportReport, crate::st
     let ack_file = transfer::encode_acks(&TransferFile { device, created_at_ms: now_ms(), envelopes });
     report.ack_file = hex::encode(ack_file);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_documented_route_has_a_handler_and_none_repeats() {
+        let mut seen = std::collections::HashSet::new();
+        for route in super::openapi::ROUTES {
+            assert!(
+                super::handler(route.method, route.path).is_some(),
+                "{} {} has no handler",
+                route.method,
+                route.path
+            );
+            assert!(
+                seen.insert((route.method, route.path)),
+                "{} {} is listed twice",
+                route.method,
+                route.path
+            );
+        }
+    }
 }
