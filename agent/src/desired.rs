@@ -47,6 +47,7 @@ pub struct DesiredApplier {
     pub trusted: Vec<PublicKey>,
     pub fetch: Fetch,
     pub reporter: Option<Arc<Reporter>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The last applied revision.
@@ -233,6 +234,7 @@ impl DesiredApplier {
                 .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
             have += chunk.len() as u64;
             fetched += chunk.len() as u64;
+            self.metrics.bundle_download_bytes.inc_by(chunk.len() as u64);
             if have >= total || chunk.is_empty() {
                 break;
             }
@@ -312,6 +314,7 @@ impl DesiredApplier {
                             continue;
                         }
                         Err(e) => {
+                            self.metrics.desired_refusals.inc();
                             tracing::warn!(error = %e, "desired state refused");
                             self.event(EventKind::ModelRefused, e.to_string()).await;
                             continue;
@@ -327,7 +330,9 @@ impl DesiredApplier {
                 .unwrap_or_else(|e| Err(DesiredError::Refused(format!("apply task failed: {e}"))));
             match outcome {
                 Ok(done) => {
-                    tracing::info!(revision = pending.as_ref().map_or(0, |s| s.revision), activated = ?done, "desired state applied");
+                    let revision = pending.as_ref().map_or(0, |s| s.revision);
+                    self.metrics.desired_revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
+                    tracing::info!(revision, activated = ?done, "desired state applied");
                     self.drop_pending();
                     pending = None;
                 }
@@ -336,6 +341,7 @@ impl DesiredApplier {
                     tracing::warn!(%reason, retry_in_ms = outpost_shared::endpoints::backoff(failures).as_millis() as u64, "desired state not applied yet");
                 }
                 Err(e) => {
+                    self.metrics.desired_refusals.inc();
                     tracing::error!(error = %e, "desired state refused; the versions serving stay");
                     self.event(EventKind::ModelRefused, e.to_string()).await;
                     // Not retried: the same state would be refused again. A newer one is awaited.

@@ -25,6 +25,11 @@ pub const WORKERS_BUSY: &str = "outpost_agent_workers_busy";
 pub const MODEL_STATE: &str = "outpost_agent_model_state";
 pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration_seconds";
 pub const BUILD_INFO: &str = "outpost_agent_build_info";
+pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
+pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
+pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
+pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
+pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
 pub const PREDICTION_LOG_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_records_total";
 pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_evicted_records_total";
 pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
@@ -98,6 +103,15 @@ pub struct Metrics {
     pub workers_busy: IntGauge,
     pub model_state: IntGaugeVec,
     pub model_load_duration: GaugeVec,
+    /// Version switches of bundle-managed models, and versions refused (signature, hash,
+    /// validation), by model.
+    pub model_swaps: IntCounterVec,
+    pub model_refusals: IntCounterVec,
+    /// The last desired-state revision applied; desired states refused (signature, replay).
+    pub desired_revision: IntGauge,
+    pub desired_refusals: IntCounter,
+    /// Bundle bytes downloaded from the coordinator.
+    pub bundle_download_bytes: IntCounter,
     log: LogMetrics,
     telemetry: TelemetryMetrics,
     system: Mutex<SystemProbe>,
@@ -262,6 +276,32 @@ impl Metrics {
             model_load_duration: reg!(GaugeVec::new(
                 help(MODEL_LOAD_DURATION_SECONDS, "Time to load, optimize and validate a model, in seconds."),
                 labels
+            )?),
+            model_swaps: reg!(IntCounterVec::new(
+                help(
+                    MODEL_SWAPS_TOTAL,
+                    "Version switches of bundle-managed models (import, rollback, desired state)."
+                ),
+                &["model"]
+            )?),
+            model_refusals: reg!(IntCounterVec::new(
+                help(
+                    MODEL_REFUSALS_TOTAL,
+                    "Model versions refused before serving (signature, hash, validation)."
+                ),
+                &["model"]
+            )?),
+            desired_revision: reg!(IntGauge::new(
+                DESIRED_REVISION,
+                "The last desired-state revision from the coordinator that was applied."
+            )?),
+            desired_refusals: reg!(IntCounter::new(
+                DESIRED_REFUSALS_TOTAL,
+                "Desired states refused (bad signature, replayed or old revision, other device, refused bundle)."
+            )?),
+            bundle_download_bytes: reg!(IntCounter::new(
+                BUNDLE_DOWNLOAD_BYTES_TOTAL,
+                "Bundle bytes downloaded from the coordinator's artifact endpoint."
             )?),
             log: LogMetrics {
                 reported: Mutex::new(crate::prediction_log::LogStats::default()),

@@ -87,6 +87,7 @@ impl Reconciler {
                         None => format!("model `{name}` {to} serving"),
                     };
                     tracing::info!(model = %name, from = from.as_deref().unwrap_or("-"), to = %to, "model version swapped in");
+                    self.metrics.model_swaps.with_label_values(&[name.as_str()]).inc();
                     self.event(EventKind::ModelActivated, message).await;
                     if let Some(reporter) = &self.reporter {
                         let reporter = Arc::clone(reporter);
@@ -95,6 +96,7 @@ impl Reconciler {
                 }
                 Applied::Refused { version, reason } => {
                     refused.insert(key, state.generation);
+                    self.metrics.model_refusals.with_label_values(&[name.as_str()]).inc();
                     self.event(
                         EventKind::ModelRefused,
                         format!("model `{name}` {version} refused: {reason}"),

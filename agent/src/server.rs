@@ -278,6 +278,7 @@ pub async fn serve(
                         ca_pem: t.api_ca.clone(),
                     },
                     reporter: Some(Arc::clone(&t.reporter)),
+                    metrics: Arc::clone(&metrics),
                 });
                 telemetry_tasks.push(tokio::spawn(applier.run(rx, telemetry_stop.clone())));
             }

@@ -250,6 +250,7 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     let (status, _) = agent.post_json("/v2/models/bc/infer", &breast_cancer_row()).await;
     assert_eq!(status, 200, "the old version stopped serving");
     assert!(agent.log().contains("version refused; the last good version serves"), "{}", agent.log());
+    assert!(agent.metrics_text().await.contains("outpost_agent_model_refusals_total{model=\"bc\"} 1"));
     // The store points at what serves again, so a restart serves 1.0.0 too.
     let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     assert_eq!(state["models"]["bc"]["active"], "1.0.0", "{state}");

@@ -429,6 +429,12 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(served(&agent).await.as_deref(), Some("1.1.0"));
+    let metrics = agent.metrics_text().await;
+    assert!(metric(&metrics, "outpost_agent_desired_refusals_total") >= 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "outpost_agent_desired_revision"), 2.0, "{metrics}");
+    assert!(metric(&metrics, "outpost_agent_bundle_download_bytes_total") > 0.0, "{metrics}");
+    // This process loaded 1.0.0 (resumed download), then switched to 1.1.0.
+    assert!(metrics.contains("outpost_agent_model_swaps_total{model=\"bc\"} 2"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
