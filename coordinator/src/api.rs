@@ -378,6 +378,9 @@ pub struct DeviceView {
     /// What the device should run (absent until a first deployment targets it).
     #[serde(default)]
     pub desired: Option<DesiredRecord>,
+    /// Its newest events, e.g. a version it refused and why.
+    #[serde(default)]
+    pub recent_events: Vec<outpost_shared::protocol::messages::Event>,
 }
 
 pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str {
@@ -411,6 +414,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         counts: d.counts,
         key_id: d.key_id,
         enrolled_at_ms: d.enrolled_at_ms,
+        recent_events: d.recent_events,
     }
 }
 

@@ -88,7 +88,12 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
             record.counts.prediction_batches += 1;
             record.counts.predictions += batch.records.len() as u64;
         }
-        AgentMessage::Event(_) => record.counts.events += 1,
+        AgentMessage::Event(event) => {
+            record.counts.events += 1;
+            record.recent_events.push(event.clone());
+            let excess = record.recent_events.len().saturating_sub(crate::store::RECENT_EVENTS);
+            record.recent_events.drain(..excess);
+        }
         AgentMessage::State(state) => {
             record.counts.states += 1;
             record.models = state.models.clone();

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use outpost_shared::protocol::messages::{ModelState, OutboxStats};
+use outpost_shared::protocol::messages::{Event, ModelState, OutboxStats};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -61,7 +61,14 @@ pub struct DeviceRecord {
     pub backlog: OutboxStats,
     pub models: Vec<ModelState>,
     pub agent_version: Option<String>,
+    /// The device's newest events (at most [`RECENT_EVENTS`]): starts, swaps, refusals and
+    /// why, evictions.
+    #[serde(default)]
+    pub recent_events: Vec<Event>,
 }
+
+/// Events kept per device in its record (all of them stay in the envelope store).
+pub const RECENT_EVENTS: usize = 20;
 
 impl DeviceRecord {
     /// A device as enrolment creates it: nothing seen yet.
@@ -79,6 +86,7 @@ impl DeviceRecord {
             backlog: OutboxStats::default(),
             models: Vec::new(),
             agent_version: None,
+            recent_events: Vec::new(),
         }
     }
 }

@@ -177,6 +177,16 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(served(&d1).await, None);
+    // …and the coordinator hears why.
+    let refusal = format!("untrusted key(s) {release_id}");
+    c.wait_device(&id_d1, Duration::from_secs(30), |v| {
+        v["recent_events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["kind"] == "ModelRefused" && e["message"].as_str().unwrap_or("").contains(&refusal)
+            })
+        })
+    })
+    .await;
 
     // 1.1.0 to site=a only.
     ok(push(&c, "breast_cancer-1.1.0", "1.1.0"), "push 1.1.0");
@@ -272,7 +282,6 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
     );
     assert!(out.contains("activated bc@1.1.0"), "{out}");
     wait_serving(&d1, "1.1.0").await;
-    let _ = id_d1;
 
     // Every mutation is in the audit log; editing one entry breaks `audit verify`.
     let audit = ok(c.ctl(&["audit", "list", "--limit", "100"]), "audit list");
