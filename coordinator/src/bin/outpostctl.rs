@@ -19,10 +19,10 @@ struct Cli {
     /// Coordinator API URL.
     #[arg(long, env = "OUTPOSTCTL_URL", default_value = "http://127.0.0.1:7400", global = true)]
     url: String,
-    /// Admin token.
+    /// API token (the admin bootstrap token, or one from `token create` with its role).
     #[arg(long, env = "OUTPOSTCTL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// File holding the admin token (the coordinator writes `<data_dir>/admin.token`).
+    /// File holding the token (the coordinator writes the admin one to `<data_dir>/admin.token`).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) of an https:// coordinator (`<data_dir>/pki/ca.pem` by default on
@@ -76,8 +76,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
-    /// Build a signed bundle from an ONNX model and register it (see `bundle create` for the options).
-    Push(Box<PushArgs>),
+    /// Build a bundle from an ONNX model and register it; the coordinator signs it.
+    Push(Box<BuildArgs>),
     /// Every registered version.
     List,
     /// One version: manifest, stage, validation.
@@ -138,35 +138,6 @@ enum ModelCommand {
     },
 }
 
-#[derive(Debug, clap::Args)]
-struct PushArgs {
-    model: PathBuf,
-    #[arg(long)]
-    name: String,
-    #[arg(long)]
-    version: String,
-    /// Reference dataset (CSV with a header) for baseline feature statistics.
-    #[arg(long)]
-    baseline: Option<PathBuf>,
-    /// Columns of the baseline file that are not features.
-    #[arg(long = "exclude", alias = "label", value_delimiter = ',')]
-    exclude: Vec<String>,
-    #[arg(long)]
-    reference: Option<PathBuf>,
-    #[arg(long)]
-    card: Option<PathBuf>,
-    #[arg(long = "meta")]
-    meta: Vec<String>,
-    #[arg(long = "param")]
-    params: Vec<String>,
-    #[arg(long)]
-    training_date: Option<String>,
-    #[arg(long)]
-    dataset: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "reject")]
-    nan_policy: NanPolicyArg,
-}
-
 #[derive(Debug, Subcommand)]
 enum ApiTokenCommand {
     /// Create a token; prints it once.
@@ -218,8 +189,9 @@ enum BundleCommand {
     },
 }
 
+/// What a bundle is built from (`bundle create` and `model push`).
 #[derive(Debug, clap::Args)]
-struct CreateArgs {
+struct BuildArgs {
     /// The ONNX model.
     model: PathBuf,
     #[arg(long)]
@@ -253,6 +225,45 @@ struct CreateArgs {
     /// What the agent does with NaN inputs: reject (400) or allow.
     #[arg(long, value_enum, default_value = "reject")]
     nan_policy: NanPolicyArg,
+}
+
+impl BuildArgs {
+    /// The build specification, with every `k=v` and file argument checked.
+    fn spec(&self) -> Result<outpost_coordinator::packaging::BuildSpec, Failure> {
+        use outpost_coordinator::packaging::parse_pairs;
+        let usage = |e: outpost_coordinator::packaging::PackagingError| Failure::Usage(e.to_string());
+        let dataset_sha256 = match &self.dataset {
+            Some(path) => Some(outpost_shared::bundle::sha256_hex(
+                &std::fs::read(path)
+                    .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
+            )),
+            None => None,
+        };
+        Ok(outpost_coordinator::packaging::BuildSpec {
+            model: self.model.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            baseline: self.baseline.clone(),
+            exclude: self.exclude.clone(),
+            reference: self.reference.clone(),
+            card: self.card.clone(),
+            metadata: parse_pairs(&self.meta, "--meta").map_err(usage)?,
+            hyperparameters: parse_pairs(&self.params, "--param").map_err(usage)?,
+            training_date: self.training_date.clone(),
+            dataset_sha256,
+            parent_version: None,
+            nan_policy: match self.nan_policy {
+                NanPolicyArg::Reject => outpost_shared::bundle::NanPolicy::Reject,
+                NanPolicyArg::Allow => outpost_shared::bundle::NanPolicy::Allow,
+            },
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    build: BuildArgs,
     /// Sign with this key file.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -522,37 +533,12 @@ fn split_target(target: &str) -> Result<(String, String), Failure> {
 }
 
 fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
-    use outpost_coordinator::packaging::{self, BuildSpec, utc};
+    use outpost_coordinator::packaging::{self, utc};
     let print_json =
         |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
         ModelCommand::Push(args) => {
-            let usage = |e: packaging::PackagingError| Failure::Usage(e.to_string());
-            let dataset_sha256 = match &args.dataset {
-                Some(path) => Some(outpost_shared::bundle::sha256_hex(
-                    &std::fs::read(path)
-                        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
-                )),
-                None => None,
-            };
-            let spec = BuildSpec {
-                model: args.model.clone(),
-                name: args.name.clone(),
-                version: args.version.clone(),
-                baseline: args.baseline.clone(),
-                exclude: args.exclude.clone(),
-                reference: args.reference.clone(),
-                card: args.card.clone(),
-                metadata: packaging::parse_pairs(&args.meta, "--meta").map_err(usage)?,
-                hyperparameters: packaging::parse_pairs(&args.params, "--param").map_err(usage)?,
-                training_date: args.training_date.clone(),
-                dataset_sha256,
-                parent_version: None,
-                nan_policy: match args.nan_policy {
-                    NanPolicyArg::Reject => outpost_shared::bundle::NanPolicy::Reject,
-                    NanPolicyArg::Allow => outpost_shared::bundle::NanPolicy::Allow,
-                },
-            };
+            let spec = args.spec()?;
             eprintln!("building {}@{} from {}…", args.name, args.version, args.model.display());
             let (bundle, evidence) =
                 packaging::build(&spec, now_secs()).map_err(|e| Failure::Refused(e.to_string()))?;
@@ -861,8 +847,8 @@ fn now_secs() -> u64 {
 
 /// The commands that need no coordinator.
 fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
-    use outpost_coordinator::packaging::{self, BuildSpec};
-    use outpost_shared::bundle::{Bundle, NanPolicy};
+    use outpost_coordinator::packaging;
+    use outpost_shared::bundle::Bundle;
     let invalid = |e: packaging::PackagingError| Failure::Refused(e.to_string());
     let write = |path: &PathBuf, bytes: &[u8]| {
         outpost_shared::files::write_atomic(path, bytes)
@@ -884,33 +870,7 @@ fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
             eprintln!("key id {}", key.key_id());
         }),
         Command::Bundle(BundleCommand::Create(args)) => (|| {
-            let dataset_sha256 = match &args.dataset {
-                Some(path) => Some(outpost_shared::bundle::sha256_hex(
-                    &std::fs::read(path)
-                        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
-                )),
-                None => None,
-            };
-            let spec = BuildSpec {
-                model: args.model.clone(),
-                name: args.name.clone(),
-                version: args.version.clone(),
-                baseline: args.baseline.clone(),
-                exclude: args.exclude.clone(),
-                reference: args.reference.clone(),
-                card: args.card.clone(),
-                metadata: packaging::parse_pairs(&args.meta, "--meta")
-                    .map_err(|e| Failure::Usage(e.to_string()))?,
-                hyperparameters: packaging::parse_pairs(&args.params, "--param")
-                    .map_err(|e| Failure::Usage(e.to_string()))?,
-                training_date: args.training_date.clone(),
-                dataset_sha256,
-                parent_version: None,
-                nan_policy: match args.nan_policy {
-                    NanPolicyArg::Reject => NanPolicy::Reject,
-                    NanPolicyArg::Allow => NanPolicy::Allow,
-                },
-            };
+            let spec = args.build.spec()?;
             let key = args.key.as_deref().map(packaging::read_key).transpose().map_err(invalid)?;
             let (mut bundle, evidence) = packaging::build(&spec, now_secs()).map_err(invalid)?;
             if let Some(key) = &key {
