@@ -14,9 +14,10 @@
 //! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON); tree
 //! `registry_policies`: each model's validation thresholds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_hex};
 use outpost_shared::protocol::keys::SigningKey;
@@ -142,7 +143,16 @@ pub struct Registry {
     /// Per-model validation thresholds (`policy ‖ 0x00 ‖ name` → `validation::Policy`).
     policies: sled::Tree,
     artifacts: PathBuf,
+    /// Newest first: (sha256, signed bundle bytes).
+    cache: ArtifactCache,
 }
+
+/// Signed bundle bytes by sha256, newest first.
+type ArtifactCache = Arc<Mutex<VecDeque<(String, Arc<Vec<u8>>)>>>;
+
+/// Decompressed artifacts kept in memory, by count and by total bytes.
+const CACHED_ARTIFACTS: usize = 4;
+const CACHED_ARTIFACT_BYTES: usize = 512 * 1024 * 1024;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,6 +178,7 @@ impl Registry {
             tree: store.tree("registry")?,
             policies: store.tree("registry_policies")?,
             artifacts: data_dir.join("artifacts"),
+            cache: Default::default(),
         })
     }
 
@@ -315,11 +326,20 @@ impl Registry {
     }
 
     /// The signed bundle file of an artifact.
-    pub fn artifact(&self, sha256: &str) -> Result<Vec<u8>, RegistryError> {
+    ///
+    /// Decompressed and hash-checked artifacts are cached (a few, bounded in bytes): a fleet
+    /// downloads one bundle in many Range pieces, and each piece must not decompress it again.
+    pub fn artifact(&self, sha256: &str) -> Result<Arc<Vec<u8>>, RegistryError> {
         if !is_sha256(sha256) {
             return Err(RegistryError::Invalid(format!(
                 "`{sha256}` is not a sha256 (64 lowercase hex digits)"
             )));
+        }
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, bytes)) = cache.iter().find(|(k, _)| k == sha256) {
+                return Ok(Arc::clone(bytes));
+            }
         }
         let path = self.artifact_path(sha256);
         let compressed = std::fs::read(&path).map_err(|e| match e.kind() {
@@ -332,6 +352,15 @@ impl Registry {
             return Err(RegistryError::Refused(format!(
                 "artifact {sha256} on disk is corrupt (hash mismatch)"
             )));
+        }
+        let bytes = Arc::new(bytes);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(k, _)| k != sha256);
+        cache.push_front((sha256.to_owned(), Arc::clone(&bytes)));
+        while cache.len() > CACHED_ARTIFACTS
+            || (cache.len() > 1 && cache.iter().map(|(_, b)| b.len()).sum::<usize>() > CACHED_ARTIFACT_BYTES)
+        {
+            cache.pop_back();
         }
         Ok(bytes)
     }
@@ -458,6 +487,7 @@ impl Registry {
         self.store.flush()?;
         let shared = self.list()?.iter().any(|r| r.bundle_sha256 == record.bundle_sha256);
         if !shared {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _)| *k != record.bundle_sha256);
             let path = self.artifact_path(&record.bundle_sha256);
             std::fs::remove_file(&path).map_err(self.io(&path))?;
         }

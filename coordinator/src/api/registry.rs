@@ -269,7 +269,7 @@ pub async fn export_bundle(
     let record = state.registry.get(&name, &version)?;
     let st = Arc::clone(&state);
     let bytes = blocking(move || st.registry.artifact(&record.bundle_sha256)).await??;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.to_vec()).into_response())
 }
 
 /// `GET /api/v1/artifacts/{sha256}`: a signed bundle by content address, with `Range`
@@ -289,14 +289,14 @@ pub async fn artifact(
         state.metrics.artifact_bytes.inc_by(total);
         return Ok((
             [(header::CONTENT_TYPE, "application/octet-stream"), (header::ACCEPT_RANGES, "bytes")],
-            bytes,
+            Bytes::from_owner(Shared(bytes)),
         )
             .into_response());
     };
     let (start, end) = parse_range(range, total).ok_or_else(|| {
         ApiError(StatusCode::RANGE_NOT_SATISFIABLE, format!("range `{range}` does not fit {total} bytes"))
     })?;
-    let part = bytes[start as usize..=end as usize].to_vec();
+    let part = Bytes::from_owner(Shared(bytes)).slice(start as usize..=end as usize);
     state.metrics.artifact_bytes.inc_by(part.len() as u64);
     Ok((
         StatusCode::PARTIAL_CONTENT,
@@ -308,6 +308,15 @@ pub async fn artifact(
         part,
     )
         .into_response())
+}
+
+/// A cached artifact handed to the response body without a copy.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` (one range).
