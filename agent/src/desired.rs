@@ -271,6 +271,7 @@ impl DesiredApplier {
         mut incoming: mpsc::Receiver<Vec<u8>>,
         mut stop: watch::Receiver<bool>,
     ) {
+        self.metrics.desired_revision.set(i64::try_from(self.applied()).unwrap_or(i64::MAX));
         // A state received before a restart and not applied yet is taken up again.
         let mut pending: Option<DesiredState> =
             std::fs::read(self.pending_path()).ok().and_then(|payload| match self.open(&payload) {
