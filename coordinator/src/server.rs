@@ -250,7 +250,10 @@ async fn serve_tls(
                 Err(_) => return,
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
+            // A client that dribbles its headers does not hold a connection forever.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "API connection ended with an error");
