@@ -37,6 +37,8 @@ pub struct Fetch {
     pub max_bytes_per_sec: u64,
     /// The CA that signed the API's certificate (HTTPS).
     pub ca_pem: Option<Vec<u8>>,
+    /// This device's client certificate and key (PEM): how it proves itself for downloads.
+    pub client_tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Applies desired states as they arrive.
@@ -178,9 +180,11 @@ impl DesiredApplier {
                 .map_err(|e| DesiredError::Transient(format!("{}: {e}", dir.display())))?;
         }
         let url = format!("{}/api/v1/artifacts/{sha256}", self.fetch.api_url.trim_end_matches('/'));
-        let agent = outpost_shared::tls::api_client(
+        let client = self.fetch.client_tls.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+        let agent = outpost_shared::tls::api_client_as(
             &self.fetch.api_url,
             self.fetch.ca_pem.as_deref(),
+            client,
             Duration::from_secs(60),
         )
         .map_err(DesiredError::Refused)?;

@@ -116,6 +116,15 @@ impl Identity {
             .map_err(|e| IdentityError::Corrupt { path: self.dir.clone(), detail: e.to_string() })
     }
 
+    /// The device's client certificate and TLS key (PEM), once enrolled: presented to the
+    /// broker and to the API's artifact endpoint.
+    pub fn client_tls(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((
+            std::fs::read(self.dir.join("client.pem")).ok()?,
+            std::fs::read(self.dir.join("tls.key")).ok()?,
+        ))
+    }
+
     /// The CA that signed the coordinator API's certificate (from enrolment), if the API is HTTPS.
     pub fn api_ca(&self) -> Option<Vec<u8>> {
         std::fs::read(self.dir.join("api-ca.pem")).ok()

@@ -80,6 +80,7 @@ struct Telemetry {
     /// The coordinator API from enrolment (bundle downloads), and the CA of its certificate.
     api_url: Option<String>,
     api_ca: Option<Vec<u8>>,
+    client_tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::ModelState> {
@@ -112,6 +113,7 @@ fn setup_telemetry(
     let identity = Identity::load_or_create(&config.data_dir)?;
     let enrolment = identity.enrolment()?;
     let api_ca = identity.api_ca();
+    let client_tls = identity.client_tls();
     let outbox = Arc::new(Outbox::open(&config.data_dir, config.telemetry.outbox_max_bytes)?);
     let link = match &enrolment {
         None => {
@@ -160,7 +162,15 @@ fn setup_telemetry(
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
     });
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
-    Ok(Telemetry { reporter, outbox, link_stats: Arc::new(LinkStats::default()), link, api_url, api_ca })
+    Ok(Telemetry {
+        reporter,
+        outbox,
+        link_stats: Arc::new(LinkStats::default()),
+        link,
+        api_url,
+        api_ca,
+        client_tls,
+    })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -276,6 +286,7 @@ pub async fn serve(
                         chunk_bytes: config.registry.download_chunk_bytes,
                         max_bytes_per_sec: config.registry.download_max_bytes_per_sec,
                         ca_pem: t.api_ca.clone(),
+                        client_tls: t.client_tls.clone(),
                     },
                     reporter: Some(Arc::clone(&t.reporter)),
                     metrics: Arc::clone(&metrics),

@@ -60,6 +60,11 @@ impl std::fmt::Debug for AppState {
 pub mod openapi;
 pub mod registry;
 
+/// The device whose client certificate (from the fleet CA, verified by TLS) opened this
+/// connection; set by the HTTPS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice(pub String);
+
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 

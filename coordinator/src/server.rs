@@ -208,7 +208,13 @@ fn api_tls(
             authority.issue_server(&names, 365)?
         }
     };
-    Ok(outpost_shared::tls::server_config(cert.as_bytes(), key.as_bytes())?)
+    // Devices may present their client certificate (from the fleet CA): the artifact endpoint
+    // knows them by it.
+    Ok(outpost_shared::tls::server_config(
+        cert.as_bytes(),
+        key.as_bytes(),
+        Some(authority.ca_pem().as_bytes()),
+    )?)
 }
 
 /// Serves the API over TLS until `shutdown`; open connections then get a graceful close.
@@ -249,7 +255,20 @@ async fn serve_tls(
                 }
                 Err(_) => return,
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
+            // The device id from a client certificate rustls verified, for handlers to see.
+            let device = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| common_name(der.as_ref()));
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(device) = &device {
+                        request.extensions_mut().insert(api::PeerDevice(device.clone()));
+                    }
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                });
             // A client that dribbles its headers does not hold a connection forever.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -262,6 +281,13 @@ async fn serve_tls(
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+/// The subject CN of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
 }
 
 async fn wait_for_signal() {

@@ -59,14 +59,34 @@ pub fn client_config(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<A
     Ok(Arc::new(config))
 }
 
-/// A server config presenting `cert_pem` (chain) and `key_pem`, no client certificates.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A server config presenting `cert_pem` (chain) and `key_pem`. With `client_ca_pem`, clients
+/// may present a certificate from that CA (devices do); clients without one are let through
+/// and authenticate otherwise (bearer tokens).
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates(cert_pem, "server certificate")?;
     let key = private_key(key_pem, "server key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca_pem {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(ca, "client CA certificate")? {
+                roots.add(cert)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -80,6 +100,17 @@ pub fn api_client(
     ca_pem: Option<&[u8]>,
     timeout: std::time::Duration,
 ) -> Result<ureq::Agent, String> {
+    api_client_as(url, ca_pem, None, timeout)
+}
+
+/// [`api_client`] presenting a client certificate over HTTPS (a device: `(cert_pem, key_pem)`).
+#[cfg(feature = "client")]
+pub fn api_client_as(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    client: Option<(&[u8], &[u8])>,
+    timeout: std::time::Duration,
+) -> Result<ureq::Agent, String> {
     let tls = crate::endpoints::check_api_url(url)?;
     let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout));
     if tls {
@@ -91,12 +122,19 @@ pub fn api_client(
             .into_iter()
             .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
             .collect();
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
-                .unversioned_rustls_crypto_provider(provider())
-                .build(),
-        );
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(provider());
+        if let Some((cert_pem, key_pem)) = client {
+            let chain: Vec<ureq::tls::Certificate<'static>> = certificates(cert_pem, "client certificate")
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            let key = ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| format!("client key: {e}"))?;
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+        }
+        config = config.tls_config(tls.build());
     }
     Ok(config.build().into())
 }

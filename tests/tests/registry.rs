@@ -479,6 +479,28 @@ async fn the_api_speaks_https_and_agents_download_over_it() {
     ok(c.ctl(&["deploy", "bc@1.0.0", "--device", &device]), "deploy over https");
     wait_serving(&agent, "1.0.0").await;
     assert!(agent.log().contains("artifact downloaded and verified"), "{}", agent.log());
+
+    // Over HTTPS the artifact endpoint wants an enrolled device's certificate (the agent
+    // above presented its own) or an operator token; an anonymous caller gets 401.
+    let show: Value = serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0"]), "show")).unwrap();
+    let url = format!("{}/api/v1/artifacts/{}", c.url(), show["bundle_sha256"].as_str().unwrap());
+    let ca = c.ca_file();
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca.to_str().unwrap()])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "401");
+    let admin = std::fs::read_to_string(c.token_file()).unwrap();
+    let bearer = format!("Authorization: Bearer {}", admin.trim());
+    assert_eq!(curl(&["-H", &bearer]), "200");
+    let identity = agent.data_dir.join("identity");
+    let (cert, key) = (identity.join("client.pem"), identity.join("tls.key"));
+    assert_eq!(curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]), "200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

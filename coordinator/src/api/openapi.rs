@@ -5,8 +5,8 @@
 use axum::Json;
 use serde_json::{Value, json};
 
-/// One route: method, path (axum syntax), role needed (`public`, `device`, `capability`,
-/// `viewer`, `operator`, `admin`), request body kind, summary.
+/// One route: method, path (axum syntax), role needed (`public`, `device`, `viewer`,
+/// `operator`, `admin`), request body kind, summary.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteDoc {
     pub method: &'static str,
@@ -105,9 +105,9 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "get",
         "/api/v1/artifacts/{sha256}",
-        "capability",
+        "device",
         None,
-        "A signed bundle by content address; honours Range.",
+        "A signed bundle by content address; honours Range. Over HTTPS: an enrolled device's client certificate or an operator token.",
     ),
     r(
         "post",

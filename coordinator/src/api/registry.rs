@@ -273,13 +273,27 @@ pub async fn export_bundle(
 }
 
 /// `GET /api/v1/artifacts/{sha256}`: a signed bundle by content address, with `Range`
-/// support so an interrupted download resumes. The address is the capability: it is only
-/// learnt from a signed desired state, and the bundle is useless without a trusted signature.
+/// support so an interrupted download resumes. Over HTTPS the caller is an enrolled device
+/// (its client certificate, verified by TLS) or holds an operator token; on a loopback-only
+/// plain-HTTP API the address itself is the capability.
 pub async fn artifact(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    device: Option<axum::Extension<super::PeerDevice>>,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
+    if state.api_ca_pem.is_some() {
+        let enrolled = match &device {
+            Some(axum::Extension(super::PeerDevice(id))) => {
+                state.store.device(id).map_err(ApiError::internal)?.is_some()
+            }
+            None => false,
+        };
+        if !enrolled {
+            authorize(&state, &headers, Role::Operator)
+                .map_err(|e| ApiError(e.0, format!("{} (devices present their client certificate)", e.1)))?;
+        }
+    }
     let st = Arc::clone(&state);
     let bytes = blocking(move || st.registry.artifact(&sha256)).await??;
     state.metrics.artifact_requests.inc();
