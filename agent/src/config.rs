@@ -447,6 +447,27 @@ mod tests {
     }
 
     #[test]
+    fn registry_keys_and_limits_name_their_key() {
+        let mut config = Config::default();
+        config.registry.trusted_keys = vec!["ab".repeat(32), "zz".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.trusted_keys[1]") && err.contains("not an Ed25519 public key"),
+            "{err}"
+        );
+        config.registry.trusted_keys = vec!["ab".repeat(31)];
+        assert!(config.validate().unwrap_err().to_string().contains("32 bytes, got 31"));
+        config.registry.trusted_keys = vec!["ab".repeat(32)];
+        // Bundles only: no [[models]] needed.
+        config.validate().unwrap();
+        config.registry.keep_versions = 1;
+        assert!(config.validate().unwrap_err().to_string().contains("registry.keep_versions"));
+        config.registry.keep_versions = 3;
+        config.registry.download_chunk_bytes = 10;
+        assert!(config.validate().unwrap_err().to_string().contains("registry.download_chunk_bytes"));
+    }
+
+    #[test]
     fn cli_model_specs_are_checked() {
         assert_eq!(ModelConfig::parse_cli("bc=/m/x.onnx").unwrap().path, PathBuf::from("/m/x.onnx"));
         assert!(ModelConfig::parse_cli("bc").unwrap_err().contains("NAME=PATH"));

@@ -273,3 +273,150 @@ async fn every_route_in_the_openapi_document_is_served() {
         http.get(format!("{}/api/v1/undocumented", coordinator.url())).send().await.unwrap().status();
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let admin = std::fs::read_to_string(coordinator.token_file()).unwrap();
+    let admin = admin.trim().to_owned();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", coordinator.url());
+    let send = |request: reqwest::RequestBuilder| {
+        let admin = admin.clone();
+        async move {
+            let response = request.bearer_auth(admin).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // A bundle that is not one, and a real one pushed under another name.
+    let (status, body) = send(http.put(url("/api/v1/models/bc/versions/1.0.0")).body(b"junk".to_vec())).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("not an Outpost bundle"), "{body}");
+    let bundle = dir.path().join("bc.bundle");
+    let model = outpost_tests::model("breast_cancer-1.0.0");
+    let (code, _, err) = run(
+        "outpostctl",
+        &[
+            "bundle",
+            "create",
+            model.to_str().unwrap(),
+            "--name",
+            "bc",
+            "--version",
+            "1.0.0",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&bundle).unwrap();
+    let (status, body) = send(http.put(url("/api/v1/models/other/versions/1.0.0")).body(bytes.clone())).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("the bundle is bc@1.0.0, not other@1.0.0"), "{body}");
+    let (status, body) = send(http.put(url("/api/v1/models/bc/versions/1.0.0")).body(bytes)).await;
+    assert_eq!(status, 201, "{body}");
+
+    // The gate: no label, a label column that is not there, a body that is not CSV, bad thresholds.
+    let csv = std::fs::read(outpost_tests::models_dir().join("breast_cancer_validation.csv")).unwrap();
+    for (query, body, needle) in [
+        ("", csv.clone(), "label"),
+        ("?label=nope", csv.clone(), "no column `nope`"),
+        ("?label=label", b"\xff\xfe not csv".to_vec(), "the dataset"),
+        ("?label=label&max_accuracy_drop=-1", csv.clone(), "max_accuracy_drop must be a finite number"),
+        ("?label=label&colour=red", csv.clone(), "colour"),
+    ] {
+        let path = format!("/api/v1/models/bc/versions/1.0.0/validate{query}");
+        let (status, answer) = send(http.post(url(&path)).body(body)).await;
+        assert_eq!(status, 400, "{query} → {answer}");
+        assert!(error_of(&answer).contains(needle), "{query} → {answer}");
+    }
+
+    // Stages, policies, deployments, tokens, artifacts.
+    for (method, path, body, status_expected, needle) in [
+        (
+            "post",
+            "/api/v1/models/bc/versions/1.0.0/stage",
+            json!({"stage": "golden"}),
+            400,
+            "unknown stage `golden`",
+        ),
+        (
+            "post",
+            "/api/v1/models/bc/versions/1.0.0/stage",
+            json!({"stage": "production"}),
+            409,
+            "has not passed validation",
+        ),
+        (
+            "post",
+            "/api/v1/models/bc/versions/9.9.9/stage",
+            json!({"stage": "archived"}),
+            404,
+            "no version bc@9.9.9",
+        ),
+        (
+            "put",
+            "/api/v1/models/bc/policy",
+            json!({"max_p99_ratio": -2.0}),
+            400,
+            "max_p99_ratio must be a finite number",
+        ),
+        // A well-formed JSON body of the wrong shape is 422 (axum's Json rejection).
+        (
+            "put",
+            "/api/v1/models/bc/policy",
+            json!({"max_p99_ratio": 2.0, "speed": 1}),
+            422,
+            "unknown field `speed`",
+        ),
+        (
+            "post",
+            "/api/v1/deployments",
+            json!({"model": "bc", "version": "1.0.0", "colour": 1}),
+            422,
+            "unknown field `colour`",
+        ),
+        (
+            "post",
+            "/api/v1/deployments",
+            json!({"model": "bc", "version": "1.0.0"}),
+            409,
+            "has not been validated",
+        ),
+        (
+            "post",
+            "/api/v1/deployments",
+            json!({"model": "nope", "version": "1.0.0"}),
+            404,
+            "no version nope@1.0.0",
+        ),
+        ("post", "/api/v1/tokens", json!({"name": "ann", "role": "root"}), 400, "unknown role `root`"),
+        ("post", "/api/v1/tokens", json!({"name": "a b", "role": "viewer"}), 400, "token name `a b`"),
+        ("delete", "/api/v1/tokens/nobody", Value::Null, 404, "no token named `nobody`"),
+        ("get", "/api/v1/artifacts/not-a-sha", Value::Null, 400, "is not a sha256"),
+        ("get", &format!("/api/v1/artifacts/{}", "0".repeat(64)), Value::Null, 404, "no version artifact"),
+    ] {
+        let request = match method {
+            "post" => http.post(url(path)).json(&body),
+            "put" => http.put(url(path)).json(&body),
+            "delete" => http.delete(url(path)),
+            _ => http.get(url(path)),
+        };
+        let (status, answer) = send(request).await;
+        assert_eq!(status, status_expected, "{method} {path} {body} → {answer}");
+        assert!(error_of(&answer).contains(needle), "{method} {path} {body} → {answer}");
+    }
+
+    // outpostctl: a target that is not NAME@VERSION; a file that is not a bundle.
+    let (code, _, err) = coordinator.ctl(&["deploy", "bc"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`bc` is not NAME@VERSION"), "{err}");
+    let garbage = dir.path().join("garbage.bundle");
+    std::fs::write(&garbage, b"OPBUNDLE\x01\x00\x00\x00\x0a\x00\x00\x00abc").unwrap();
+    let (code, _, err) = run("outpostctl", &["bundle", "inspect", garbage.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
