@@ -347,13 +347,25 @@ impl Load {
         }
     }
 
-    pub async fn finish(self) -> (u64, u64, Vec<Vec<String>>) {
+    async fn finish(self) -> (u64, u64, Vec<Vec<String>>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();
         }
         let versions = self.versions.lock().unwrap().clone();
         (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), versions)
+    }
+
+    /// Stops the clients and asserts that no request failed and that every client saw exactly
+    /// `expected` (each sends one request at a time, so it sees every switch once); returns
+    /// how many requests were answered.
+    pub async fn finish_expecting(self, expected: &[&str]) -> u64 {
+        let (answered, failed, versions) = self.finish().await;
+        assert_eq!(failed, 0, "requests failed during the swaps ({answered} answered)");
+        for seen in &versions {
+            assert_eq!(seen, expected, "responses did not switch model_version cleanly: {versions:?}");
+        }
+        answered
     }
 }
 

@@ -97,21 +97,9 @@ enum ModelCommand {
         /// A column to break metrics down by (site, hardware, …).
         #[arg(long)]
         segment: Option<String>,
-        /// Refuse below this accuracy.
-        #[arg(long)]
-        min_accuracy: Option<f64>,
-        /// Largest accuracy drop vs production (absolute; default 0.01).
-        #[arg(long)]
-        max_accuracy_drop: Option<f64>,
-        /// Largest macro-F1 drop vs production (absolute; default 0.02).
-        #[arg(long)]
-        max_f1_drop: Option<f64>,
-        /// Largest p99 latency ratio vs production (default 2.0) …
-        #[arg(long)]
-        max_p99_ratio: Option<f64>,
-        /// … plus this many milliseconds (default 0.5).
-        #[arg(long)]
-        p99_slack_ms: Option<f64>,
+        /// Overrides of the model's stored thresholds, for this run.
+        #[command(flatten)]
+        thresholds: Thresholds,
     },
     /// Move a version to a stage (validated, canary, production, archived).
     Stage {
@@ -125,17 +113,45 @@ enum ModelCommand {
     /// Show a model's validation thresholds, or set some of them (the rest keep their value).
     Policy {
         name: String,
-        #[arg(long)]
-        min_accuracy: Option<f64>,
-        #[arg(long)]
-        max_accuracy_drop: Option<f64>,
-        #[arg(long)]
-        max_f1_drop: Option<f64>,
-        #[arg(long)]
-        max_p99_ratio: Option<f64>,
-        #[arg(long)]
-        p99_slack_ms: Option<f64>,
+        #[command(flatten)]
+        thresholds: Thresholds,
     },
+}
+
+/// The validation gate's thresholds (`validation::Policy`), each optional on the command line.
+#[derive(Debug, clap::Args)]
+struct Thresholds {
+    /// Refuse below this accuracy.
+    #[arg(long)]
+    min_accuracy: Option<f64>,
+    /// Largest accuracy drop vs production (absolute; default 0.01).
+    #[arg(long)]
+    max_accuracy_drop: Option<f64>,
+    /// Largest macro-F1 drop vs production (absolute; default 0.02).
+    #[arg(long)]
+    max_f1_drop: Option<f64>,
+    /// Largest p99 latency ratio vs production (default 2.0) …
+    #[arg(long)]
+    max_p99_ratio: Option<f64>,
+    /// … plus this many milliseconds (default 0.5).
+    #[arg(long)]
+    p99_slack_ms: Option<f64>,
+}
+
+impl Thresholds {
+    /// The thresholds given, by their `Policy` field names.
+    fn given(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("min_accuracy", self.min_accuracy),
+            ("max_accuracy_drop", self.max_accuracy_drop),
+            ("max_f1_drop", self.max_f1_drop),
+            ("max_p99_ratio", self.max_p99_ratio),
+            ("p99_slack_ms", self.p99_slack_ms),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,17 +652,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 println!("{line}");
             }
         }
-        ModelCommand::Validate {
-            target,
-            dataset,
-            label,
-            segment,
-            min_accuracy,
-            max_accuracy_drop,
-            max_f1_drop,
-            max_p99_ratio,
-            p99_slack_ms,
-        } => {
+        ModelCommand::Validate { target, dataset, label, segment, thresholds } => {
             let (name, version) = split_target(target)?;
             let bytes = std::fs::read(dataset)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", dataset.display())))?;
@@ -654,17 +660,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             if let Some(s) = segment {
                 query.push(("segment", s.clone()));
             }
-            for (k, v) in [
-                ("min_accuracy", min_accuracy),
-                ("max_accuracy_drop", max_accuracy_drop),
-                ("max_f1_drop", max_f1_drop),
-                ("max_p99_ratio", max_p99_ratio),
-                ("p99_slack_ms", p99_slack_ms),
-            ] {
-                if let Some(v) = v {
-                    query.push((k, v.to_string()));
-                }
-            }
+            query.extend(thresholds.given().into_iter().map(|(k, v)| (k, v.to_string())));
             eprintln!("validating {name}@{version} on {} ({} bytes)…", dataset.display(), bytes.len());
             let report: serde_json::Value = api.post_bytes_query(
                 &format!("/api/v1/models/{name}/versions/{version}/validate"),
@@ -688,28 +684,13 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             )?;
             println!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
         }
-        ModelCommand::Policy {
-            name,
-            min_accuracy,
-            max_accuracy_drop,
-            max_f1_drop,
-            max_p99_ratio,
-            p99_slack_ms,
-        } => {
+        ModelCommand::Policy { name, thresholds } => {
             let path = format!("/api/v1/models/{name}/policy");
             let mut policy: serde_json::Value = api.get(&path)?;
-            let changes = [
-                ("min_accuracy", min_accuracy),
-                ("max_accuracy_drop", max_accuracy_drop),
-                ("max_f1_drop", max_f1_drop),
-                ("max_p99_ratio", max_p99_ratio),
-                ("p99_slack_ms", p99_slack_ms),
-            ];
-            if changes.iter().any(|(_, v)| v.is_some()) {
+            let changes = thresholds.given();
+            if !changes.is_empty() {
                 for (k, v) in changes {
-                    if let Some(v) = v {
-                        policy[k] = serde_json::json!(v);
-                    }
+                    policy[k] = serde_json::json!(v);
                 }
                 policy = api.put_json(&path, &policy)?;
             }
