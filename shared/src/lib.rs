@@ -6,6 +6,8 @@
 //! - [`protocol`]: signed envelopes (postcard + Ed25519), message bodies and MQTT topic names.
 //! - [`tls`]: rustls client settings (ring only) for the MQTT link; [`files`]: atomic and
 //!   owner-only (0600) file writes for keys, tokens and certificates.
+//! - [`drift`]: drift statistics (KS, chi-square, Wasserstein, Jensen–Shannon, PSI) that agree
+//!   with scipy, and the choice of test by sample size.
 //! - [`histogram`]: a mergeable latency/score histogram with bounded relative error.
 //! - [`trees`]: our own ai.onnx.ml tree-ensemble kernel, registered into tract's op registry.
 //! - [`bundle`]: the signed model bundle (manifest, ONNX bytes, Ed25519 signatures).
@@ -18,6 +20,7 @@
 
 pub mod bundle;
 pub mod datatype;
+pub mod drift;
 pub mod endpoints;
 pub mod files;
 pub mod histogram;
