@@ -1,7 +1,7 @@
 //! Command-line interface of `outpost-agent` and its exit codes.
 //!
 //! Exit codes: 0 success (or drained after SIGTERM/SIGINT); 1 runtime failure (cannot bind,
-//! grace period expired); 2 bad usage or configuration; 3 no model could be loaded and
+//! grace period expired; `probe`: not healthy, for any reason); 2 bad usage or configuration; 3 no model could be loaded and
 //! validated (`serve`), the model is invalid (`check-model`), or a bundle is refused (`import`:
 //! bad signature, untrusted key, altered model, failed validation, other bytes for a version).
 
@@ -49,6 +49,21 @@ pub enum Command {
     Import(ImportArgs),
     /// Go back to an earlier local version of a bundle-managed model (works offline).
     Rollback(RollbackArgs),
+    /// Health probe for container HEALTHCHECKs: exit 0 when the agent answers ready, 1 if not.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The endpoint that must answer 200.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v2/health/ready")]
+    pub url: String,
+    /// CA certificate (PEM) for an https:// URL.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 2)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +193,12 @@ pub fn main() -> ExitCode {
         Command::ImportAck(args) => transfer::import_ack(&args),
         Command::Import(args) => bundles::import(&args),
         Command::Rollback(args) => bundles::rollback(&args),
+        Command::Probe(args) => outpost_shared::tls::ProbeTarget {
+            url: args.url,
+            ca_file: args.ca_file,
+            timeout_secs: args.timeout_secs,
+        }
+        .run(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `outpost-coordinator` commands.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+//! Exit codes: 0 success, 1 runtime failure (`probe`: not healthy, for any reason), 2 bad usage or configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,21 @@ pub enum Command {
     /// Issue certificates from the fleet CA (for a broker, or a tool that talks to it).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Health probe for container HEALTHCHECKs: exit 0 when `/healthz` answers, 1 if not.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The endpoint that must answer 200.
+    #[arg(long, default_value = "http://127.0.0.1:7400/healthz")]
+    pub url: String,
+    /// CA certificate (PEM) for an https:// URL (`<data_dir>/pki/ca.pem`).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 2)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +110,12 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cert(command) => cert(command),
+        Command::Probe(args) => outpost_shared::tls::ProbeTarget {
+            url: args.url,
+            ca_file: args.ca_file,
+            timeout_secs: args.timeout_secs,
+        }
+        .run(),
     }
 }
 

@@ -139,6 +139,55 @@ pub fn api_client_as(
     Ok(config.build().into())
 }
 
+/// Container health probe (both binaries' `probe` subcommand): `GET url` must answer 200.
+#[cfg(feature = "client")]
+#[derive(Debug)]
+pub struct ProbeTarget {
+    pub url: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub timeout_secs: u64,
+}
+
+#[cfg(feature = "client")]
+impl ProbeTarget {
+    /// Runs the probe; prints `ok`, or the reason on stderr. Exit code 0 healthy, 1 for anything
+    /// else — unreadable CA file and refused URL included, because Docker reserves exit code 2
+    /// of a HEALTHCHECK.
+    pub fn run(&self) -> std::process::ExitCode {
+        let ca = match &self.ca_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    eprintln!("error: cannot read --ca-file {}: {e}", path.display());
+                    return std::process::ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
+        // Same URL rules as every client: HTTPS needs the CA, plain HTTP only to loopback.
+        let timeout = std::time::Duration::from_secs(self.timeout_secs.max(1));
+        let agent = match api_client(&self.url, ca.as_deref(), timeout) {
+            Ok(agent) => agent,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        };
+        let unhealthy = |why: String| {
+            eprintln!("unhealthy: {why}");
+            std::process::ExitCode::from(1)
+        };
+        match agent.get(&self.url).call() {
+            Ok(response) if response.status() == 200 => {
+                println!("ok");
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(response) => unhealthy(format!("{} answered {}", self.url, response.status())),
+            Err(e) => unhealthy(format!("{}: {e}", self.url)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,11 @@ async fn readiness_is_false_until_the_model_is_validated() {
         json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": vec![0.5; 30]}]});
     let (status, body) = agent.post_json("/v2/models/slow/infer", &request).await;
     assert_eq!((status, body["error"].as_str().unwrap()), (503, "model `slow` is still loading"));
+    // The container HEALTHCHECK's probe says the same, by exit code.
+    let ready_url = agent.url("/v2/health/ready");
+    let (code, _, err) = run_agent(&["probe", "--url", &ready_url]);
+    assert_eq!(code, 1, "probe of a loading agent: {err}");
+    assert!(err.contains("503"), "{err}");
 
     let bytes = std::fs::read(model("breast_cancer-1.0.0")).unwrap();
     let writer = std::thread::spawn(move || std::fs::write(&fifo, bytes).unwrap());
@@ -48,6 +53,11 @@ async fn readiness_is_false_until_the_model_is_validated() {
     let (status, body) = agent.post_json("/v2/models/slow/infer", &request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model_version"], "1.0.0", "version read from the model's metadata");
+    let (code, out, err) = run_agent(&["probe", "--url", &ready_url]);
+    assert_eq!((code, out.trim()), (0, "ok"), "{err}");
+    let (code, _, err) = run_agent(&["probe", "--url", "http://10.1.2.3:8080/v2/health/ready"]);
+    assert_eq!(code, 1, "plain HTTP off loopback is refused: {err}");
+    assert!(err.contains("non-loopback"), "{err}");
 }
 
 #[tokio::test]

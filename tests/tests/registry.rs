@@ -465,6 +465,15 @@ async fn the_api_speaks_https_and_agents_download_over_it() {
         run("outpostctl", &["--url", "http://10.1.2.3:7400", "--token", "x", "model", "list"]);
     assert_eq!(code, 2);
     assert!(err.contains("non-loopback"), "{err}");
+    // The container HEALTHCHECK's probe: healthy with the CA, refused without one.
+    let healthz = format!("{}/healthz", c.url());
+    let ca = c.ca_file();
+    let (code, out, err) =
+        run("outpost-coordinator", &["probe", "--url", &healthz, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!((code, out.trim()), (0, "ok"), "{err}");
+    let (code, _, err) = run("outpost-coordinator", &["probe", "--url", &healthz]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("give the CA certificate"), "{err}");
 
     // Enrol over HTTPS, then push → validate → deploy; the agent fetches the bundle over HTTPS.
     let key = release_key(&c);
