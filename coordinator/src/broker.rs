@@ -1,7 +1,7 @@
 //! The embedded MQTT broker (rumqttd): one command gives a working fleet.
 //!
 //! At start the coordinator's CA issues the broker a server certificate for the listen
-//! address (plus `localhost`/`127.0.0.1`), written with its key (0600) under
+//! address (plus `localhost`/`127.0.0.1`, the advertised host and `broker.tls_names`), written with its key (0600) under
 //! `<data_dir>/broker/` because rumqttd takes TLS material as file paths only. Clients must
 //! present a certificate from the same CA (rumqttd's `verify-client-cert` feature — without
 //! it rumqttd would silently accept clients with no certificate). The broker runs on its own
@@ -32,8 +32,14 @@ pub enum BrokerError {
 /// Largest MQTT payload the broker accepts (a full envelope plus room for the header).
 pub const MAX_PAYLOAD: usize = outpost_shared::protocol::MAX_ENVELOPE_BYTES + 4096;
 
-/// Starts the broker on `listen` and returns once it accepts connections.
-pub fn start(data_dir: &Path, listen: SocketAddr, authority: &Authority) -> Result<(), BrokerError> {
+/// Starts the broker on `listen` and returns once it accepts connections; its certificate also
+/// names `extra_names` (the hosts devices reach it by).
+pub fn start(
+    data_dir: &Path,
+    listen: SocketAddr,
+    extra_names: &[String],
+    authority: &Authority,
+) -> Result<(), BrokerError> {
     // rumqttd binds inside its own thread and only logs a failure there: find out here.
     TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
 
@@ -41,6 +47,11 @@ pub fn start(data_dir: &Path, listen: SocketAddr, authority: &Authority) -> Resu
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
         names.push(listen.ip().to_string());
+    }
+    for name in extra_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
     }
     let (cert, key) = authority.issue_server(&names, 365)?;
     let write = |name: &str, bytes: &[u8], private: bool| {

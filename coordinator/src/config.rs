@@ -113,6 +113,9 @@ pub struct BrokerConfig {
     pub ca_file: Option<PathBuf>,
     /// The URL agents are told at enrolment (defaults to `url`).
     pub advertised_url: Option<String>,
+    /// Extra DNS names or IP addresses for the embedded broker's certificate (e.g. a Kubernetes
+    /// Service name). The host of `advertised_url` is always included.
+    pub tls_names: Vec<String>,
     /// Largest MQTT packet, in bytes (prediction batches are the big ones).
     pub max_packet_bytes: usize,
 }
@@ -124,6 +127,7 @@ impl Default for BrokerConfig {
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             ca_file: None,
             advertised_url: None,
+            tls_names: Vec::new(),
             max_packet_bytes: 4 * 1024 * 1024 + 4096,
         }
     }
@@ -237,6 +241,12 @@ impl Config {
         if let Some(url) = &self.broker.advertised_url {
             parse_mqtts_url(url).map_err(|problem| key("broker.advertised_url", &problem))?;
         }
+        if let Some(bad) = self.broker.tls_names.iter().find(|n| {
+            n.is_empty()
+                || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*'))
+        }) {
+            return Err(key("broker.tls_names", &format!("`{bad}` is not a DNS name or IP address")));
+        }
         if self.enrolment.token_ttl_secs == 0 {
             return Err(key("enrolment.token_ttl_secs", "must be at least 1"));
         }
@@ -284,6 +294,19 @@ impl Config {
             .unwrap_or_else(|| format!("mqtts://{}", self.broker.embedded_listen))
     }
 
+    /// The names the embedded broker's certificate carries beyond its listen address: the host
+    /// devices are told to reach (`broker.advertised_url`) and `broker.tls_names`.
+    pub fn embedded_broker_names(&self) -> Vec<String> {
+        let mut names = self.broker.tls_names.clone();
+        if let Some(url) = &self.broker.advertised_url
+            && let Ok((host, _)) = parse_mqtts_url(url)
+            && !names.contains(&host)
+        {
+            names.push(host);
+        }
+        names
+    }
+
     /// Where the coordinator itself connects: the external broker, or its embedded one.
     pub fn broker_endpoint(&self) -> Result<(String, u16), ConfigError> {
         match &self.broker.url {
@@ -308,6 +331,19 @@ pub use outpost_shared::endpoints::parse_mqtts_url;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_broker_certificate_names_the_advertised_host() {
+        let mut config = Config::default();
+        config.broker.embedded_listen = "0.0.0.0:8883".parse().unwrap();
+        config.broker.advertised_url = Some("mqtts://outpost-coordinator.outpost.svc:8883".into());
+        config.broker.tls_names = vec!["10.0.0.5".into(), "outpost-coordinator.outpost.svc".into()];
+        config.validate().unwrap();
+        assert_eq!(config.embedded_broker_names(), vec!["10.0.0.5", "outpost-coordinator.outpost.svc"]);
+        config.broker.tls_names = vec!["bad name/".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("broker.tls_names") && err.contains("bad name/"), "{err}");
+    }
 
     #[test]
     fn refuses_a_non_loopback_api_and_an_unreachable_embedded_broker() {

@@ -74,9 +74,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => authority.ca_pem().to_owned(),
     };
     if config.broker.url.is_none() {
-        let (data_dir, listen, authority) =
-            (config.data_dir.clone(), config.broker.embedded_listen, authority.clone());
-        tokio::task::spawn_blocking(move || crate::broker::start(&data_dir, listen, &authority))
+        let (data_dir, listen, names, authority) = (
+            config.data_dir.clone(),
+            config.broker.embedded_listen,
+            config.embedded_broker_names(),
+            authority.clone(),
+        );
+        tokio::task::spawn_blocking(move || crate::broker::start(&data_dir, listen, &names, &authority))
             .await
             .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
     }
