@@ -246,7 +246,7 @@ mod bundles {
         };
         let id = bundle.manifest.id();
         // The same checks a serving agent makes before a version may serve, made here first.
-        let validated = match crate::models::load_bundle(&bundle, Default::default()) {
+        let validated = match crate::models::load_bundle(&bundle, Default::default(), &Default::default()) {
             Ok(validated) => validated,
             Err(e) => return fail(format!("{id} refused: {}", e.reason), EXIT_MODEL_INVALID),
         };

@@ -47,6 +47,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Signed model bundles: trusted keys and the local store.
     pub registry: RegistryConfig,
+    /// Drift windows of bundle-managed models against their baselines.
+    pub drift: crate::drift::DriftConfig,
     /// Models to serve from files (bundle-managed models come from the local store).
     pub models: Vec<ModelConfig>,
 }
@@ -63,6 +65,7 @@ impl Default for Config {
             prediction_log: PredictionLogConfig::default(),
             telemetry: TelemetryConfig::default(),
             registry: RegistryConfig::default(),
+            drift: crate::drift::DriftConfig::default(),
             models: Vec::new(),
         }
     }
@@ -297,6 +300,9 @@ impl Config {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         if self.http.max_body_bytes < 1024 {
             return Err(key("http.max_body_bytes", "must be at least 1024"));
+        }
+        if let Err((k, problem)) = self.drift.validate() {
+            return Err(ConfigError::Key { key: k, problem });
         }
         if self.http.body_timeout_secs == 0 {
             return Err(key("http.body_timeout_secs", "must be at least 1"));

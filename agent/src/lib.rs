@@ -5,6 +5,7 @@
 //! - [`model_store`]: signed bundles on disk, the active version per model, local rollback.
 //! - [`reconcile`]: applies the store to what serves (verify, validate, atomic swap).
 //! - [`desired`]: the coordinator's signed desired state: verify, download (Range), install.
+//! - [`drift`]: sliding windows of inputs and predictions tested against the bundle's baseline.
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -17,6 +18,7 @@ pub mod check_model;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod drift;
 pub mod identity;
 pub mod link;
 pub mod logging;

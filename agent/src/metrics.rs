@@ -30,6 +30,9 @@ pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
+pub const DRIFT_SCORE: &str = "outpost_agent_drift_score";
+pub const DRIFT_DETECTED: &str = "outpost_agent_drift_detected";
+pub const DRIFT_WINDOW_ROWS: &str = "outpost_agent_drift_window_rows";
 pub const PREDICTION_LOG_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_records_total";
 pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_evicted_records_total";
 pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
@@ -112,10 +115,23 @@ pub struct Metrics {
     pub desired_refusals: IntCounter,
     /// Bundle bytes downloaded from the coordinator.
     pub bundle_download_bytes: IntCounter,
+    drift: DriftMetrics,
     log: LogMetrics,
     telemetry: TelemetryMetrics,
     system: Mutex<SystemProbe>,
 }
+
+/// The last drift verdicts per model version, and which series exist (to remove them when the
+/// version stops serving).
+struct DriftMetrics {
+    score: GaugeVec,
+    detected: IntGaugeVec,
+    window_rows: IntGaugeVec,
+    series: Mutex<DriftSeries>,
+}
+
+/// Per (model, version): the (feature, test) pairs that have a score series.
+type DriftSeries = std::collections::HashMap<(String, String), Vec<(String, String)>>;
 
 /// Outbox and broker-link figures, set from their own counters at scrape time.
 struct TelemetryMetrics {
@@ -303,6 +319,24 @@ impl Metrics {
                 BUNDLE_DOWNLOAD_BYTES_TOTAL,
                 "Bundle bytes downloaded from the coordinator's artifact endpoint."
             )?),
+            drift: DriftMetrics {
+                score: reg!(GaugeVec::new(
+                    help(
+                        DRIFT_SCORE,
+                        "Drift of a feature (`_prediction`: the predictions) against the bundle's baseline: the p-value for test ks and chisquare, the distance for wasserstein, jensen_shannon and psi."
+                    ),
+                    &["model", "version", "feature", "test"]
+                )?),
+                detected: reg!(IntGaugeVec::new(
+                    help(DRIFT_DETECTED, "1 when the last drift test of a feature found drift, else 0."),
+                    &["model", "version", "feature"]
+                )?),
+                window_rows: reg!(IntGaugeVec::new(
+                    help(DRIFT_WINDOW_ROWS, "Rows in a model version's drift window."),
+                    labels
+                )?),
+                series: Mutex::new(std::collections::HashMap::new()),
+            },
             log: LogMetrics {
                 reported: Mutex::new(crate::prediction_log::LogStats::default()),
                 records: reg!(IntCounter::new(
@@ -372,6 +406,44 @@ impl Metrics {
     }
 
     /// Drops the state series of a model whose version label changed (loading → resolved).
+    /// Publishes one model version's drift verdicts.
+    pub fn record_drift(&self, drift: &outpost_shared::protocol::messages::ModelDrift) {
+        let d = &self.drift;
+        let (model, version) = (drift.model.as_str(), drift.version.as_str());
+        let mut series = d.series.lock().unwrap_or_else(|p| p.into_inner());
+        let known = series.entry((model.to_owned(), version.to_owned())).or_default();
+        d.window_rows
+            .with_label_values(&[model, version])
+            .set(i64::try_from(drift.window_rows).unwrap_or(i64::MAX));
+        for f in drift.features.iter().chain(&drift.prediction) {
+            let test = serde_json::to_value(f.test)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            // A feature whose test changed (the window outgrew the small-sample tests) loses its old series.
+            for (_, old) in known.iter().filter(|(name, t)| *name == f.feature && *t != test) {
+                let _ = d.score.remove_label_values(&[model, version, &f.feature, old]);
+            }
+            known.retain(|(name, t)| *name != f.feature || *t == test);
+            d.score.with_label_values(&[model, version, &f.feature, &test]).set(f.score);
+            d.detected.with_label_values(&[model, version, &f.feature]).set(i64::from(f.drifted));
+            if !known.iter().any(|(name, _)| *name == f.feature) {
+                known.push((f.feature.clone(), test));
+            }
+        }
+    }
+
+    /// Removes a model version's drift series (it no longer serves).
+    pub fn forget_drift(&self, model: &str, version: &str) {
+        let d = &self.drift;
+        let mut series = d.series.lock().unwrap_or_else(|p| p.into_inner());
+        for (feature, test) in series.remove(&(model.to_owned(), version.to_owned())).unwrap_or_default() {
+            let _ = d.score.remove_label_values(&[model, version, &feature, &test]);
+            let _ = d.detected.remove_label_values(&[model, version, &feature]);
+        }
+        let _ = d.window_rows.remove_label_values(&[model, version]);
+    }
+
     pub fn forget_model_state(&self, model: &str, version: &str) {
         for s in MODEL_STATES {
             let _ = self.model_state.remove_label_values(&[model, version, s]);

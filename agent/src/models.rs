@@ -28,6 +28,8 @@ pub struct ServedModel {
     pub model: Model,
     pub nan_policy: NanPolicy,
     pub record_inputs: RecordInputs,
+    /// Drift window against the bundle's baseline (bundles with a baseline only).
+    pub drift: Option<crate::drift::SharedMonitor>,
 }
 
 impl ServedModel {
@@ -277,6 +279,7 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
             model,
             nan_policy: config.nan_policy,
             record_inputs: config.record_inputs,
+            drift: None,
         },
         load_time: started.elapsed(),
         evidence,
@@ -285,13 +288,27 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
 
 /// Loads a verified bundle's model and validates it: its schema must be the one the manifest
 /// declares, and it must reproduce the manifest's reference outputs (or, without references,
-/// run once on an all-zero sample). The caller has checked the bundle's signature.
-pub fn load_bundle(bundle: &Bundle, record_inputs: RecordInputs) -> Result<Validated, ValidationFailure> {
+/// run once on an all-zero sample). The caller has checked the bundle's signature. A bundle
+/// with a baseline gets its drift window (see [`crate::drift`]).
+pub fn load_bundle(
+    bundle: &Bundle,
+    record_inputs: RecordInputs,
+    drift: &crate::drift::DriftConfig,
+) -> Result<Validated, ValidationFailure> {
     let started = Instant::now();
     let manifest = &bundle.manifest;
     let (model, evidence) = bundle
         .load_model()
         .map_err(|reason| ValidationFailure { version: Some(manifest.version.clone()), reason })?;
+    let monitor = manifest.baseline.as_ref().and_then(|baseline| {
+        match crate::drift::DriftMonitor::new(&model, &manifest.name, baseline, drift) {
+            Ok(monitor) => Some(Arc::new(monitor)),
+            Err(why) => {
+                tracing::info!(model = %manifest.name, version = %manifest.version, "no drift monitoring: {why}");
+                None
+            }
+        }
+    });
     Ok(Validated {
         served: ServedModel {
             name: manifest.name.clone(),
@@ -299,6 +316,7 @@ pub fn load_bundle(bundle: &Bundle, record_inputs: RecordInputs) -> Result<Valid
             model,
             nan_policy: manifest.nan_policy,
             record_inputs,
+            drift: monitor,
         },
         load_time: started.elapsed(),
         evidence,

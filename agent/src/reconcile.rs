@@ -31,6 +31,8 @@ pub struct Reconciler {
     pub models: Arc<ModelTable>,
     pub metrics: Arc<Metrics>,
     pub reporter: Option<Arc<Reporter>>,
+    /// Drift windows for the versions it loads.
+    pub drift: crate::drift::DriftConfig,
 }
 
 /// What one pass did for one model.
@@ -164,11 +166,11 @@ impl Reconciler {
         if serving.as_deref() == Some(version) {
             return Applied::Unchanged;
         }
-        let (store, trusted) = (self.store.clone(), self.trusted.clone());
+        let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
         let (n, v) = (name.to_owned(), version.to_owned());
         let outcome = tokio::task::spawn_blocking(move || {
             let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
-            load_bundle(&bundle, RecordInputs::default()).map_err(|e| e.reason)
+            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
         })
         .await
         .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));

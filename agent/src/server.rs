@@ -308,9 +308,17 @@ pub async fn serve(
             models: Arc::clone(&models),
             metrics: Arc::clone(&metrics),
             reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
+            drift: config.drift.clone(),
         });
         telemetry_tasks.push(tokio::spawn(reconciler.run(telemetry_stop.clone())));
     }
+    telemetry_tasks.push(tokio::spawn(drift_loop(
+        Arc::clone(&models),
+        Arc::clone(&metrics),
+        telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
+        Duration::from_secs(config.drift.interval_secs),
+        telemetry_stop.clone(),
+    )));
     let signal_stop = stop_tx.clone();
     let signal_task = tokio::spawn(async move {
         let name = stop.await;
@@ -457,5 +465,33 @@ async fn load_all(
     } else {
         tracing::error!("no model could be validated: nothing to serve, exiting");
         let _ = stop.send(Some(ExitStatus::NoValidModel));
+    }
+}
+
+/// Evaluates the drift windows every `interval` (off the executor: the tests sort and count),
+/// publishing verdicts in `/metrics` and, with telemetry, in a report to the coordinator.
+async fn drift_loop(
+    models: Arc<ModelTable>,
+    metrics: Arc<Metrics>,
+    reporter: Option<Arc<Reporter>>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let published = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (models, metrics, reporter, published) =
+            (Arc::clone(&models), Arc::clone(&metrics), reporter.clone(), Arc::clone(&published));
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut published = published.lock().unwrap_or_else(|p| p.into_inner());
+            let verdicts = crate::drift::evaluate_all(&models, &metrics, &mut published);
+            if let Some(reporter) = reporter.filter(|_| !verdicts.is_empty()) {
+                reporter.drift(verdicts);
+            }
+        })
+        .await;
     }
 }

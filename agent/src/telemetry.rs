@@ -273,6 +273,15 @@ impl Reporter {
         }
     }
 
+    /// Appends drift verdicts (best effort, like events).
+    pub fn drift(&self, models: Vec<outpost_shared::protocol::messages::ModelDrift>) {
+        let report =
+            AgentMessage::Drift(outpost_shared::protocol::messages::DriftReport { at_ms: now_ms(), models });
+        if let Err(e) = self.outbox.append(&self.key, &report, None) {
+            tracing::error!(error = %e, "cannot record drift verdicts in the outbox");
+        }
+    }
+
     /// Appends the agent's actual state.
     pub fn state(&self, models: Vec<ModelState>) {
         let state =

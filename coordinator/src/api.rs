@@ -386,6 +386,12 @@ pub struct DeviceView {
     /// Its newest events, e.g. a version it refused and why.
     #[serde(default)]
     pub recent_events: Vec<outpost_shared::protocol::messages::Event>,
+    /// The newest drift verdicts per model (features and predictions against the bundle's
+    /// baseline), and when the agent computed them.
+    #[serde(default)]
+    pub drift: Vec<outpost_shared::protocol::messages::ModelDrift>,
+    #[serde(default)]
+    pub drift_at_ms: Option<u64>,
 }
 
 pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str {
@@ -420,6 +426,8 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         key_id: d.key_id,
         enrolled_at_ms: d.enrolled_at_ms,
         recent_events: d.recent_events,
+        drift: d.drift,
+        drift_at_ms: d.drift_at_ms,
     }
 }
 

@@ -99,6 +99,16 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
             record.models = state.models.clone();
             record.agent_version = Some(state.agent_version.clone());
         }
+        AgentMessage::Drift(report) => {
+            record.counts.drift_reports += 1;
+            // The newest verdicts per model (every report stays in the envelope store).
+            for model in &report.models {
+                record.drift.retain(|d| d.model != model.model);
+                record.drift.push(model.clone());
+            }
+            record.drift.sort_by(|a, b| a.model.cmp(&b.model));
+            record.drift_at_ms = Some(report.at_ms);
+        }
     }
 }
 

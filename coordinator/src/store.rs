@@ -65,6 +65,11 @@ pub struct DeviceRecord {
     /// why, evictions.
     #[serde(default)]
     pub recent_events: Vec<Event>,
+    /// The newest drift verdicts per model, and when the agent computed them.
+    #[serde(default)]
+    pub drift: Vec<outpost_shared::protocol::messages::ModelDrift>,
+    #[serde(default)]
+    pub drift_at_ms: Option<u64>,
 }
 
 /// Events kept per device in its record (all of them stay in the envelope store).
@@ -87,6 +92,8 @@ impl DeviceRecord {
             models: Vec::new(),
             agent_version: None,
             recent_events: Vec::new(),
+            drift: Vec::new(),
+            drift_at_ms: None,
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct Counts {
     pub predictions: u64,
     pub events: u64,
     pub states: u64,
+    #[serde(default)]
+    pub drift_reports: u64,
     pub unreadable_bodies: u64,
     pub duplicates: u64,
 }

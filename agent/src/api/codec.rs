@@ -308,9 +308,19 @@ pub fn handle(
         Some(_) if served.record_inputs != RecordInputs::Drop => ordered.clone(),
         _ => Vec::new(),
     };
+    // The drift window needs the first input too (a copy only when the log did not keep one).
+    let drift_input = match &served.drift {
+        Some(_) if kept_inputs.is_empty() => ordered.first().cloned(),
+        _ => None,
+    };
     let started = Instant::now();
     let outputs = served.model.run(ordered).map_err(|e| ApiError::Internal(e.to_string()))?;
     let compute = started.elapsed();
+    if let Some(monitor) = &served.drift
+        && let Some(input) = drift_input.as_ref().or(kept_inputs.first())
+    {
+        monitor.observe(std::slice::from_ref(input), &outputs);
+    }
 
     let (parameters, summary) = match log {
         Some(log) => {

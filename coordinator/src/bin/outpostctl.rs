@@ -307,6 +307,8 @@ enum DeviceCommand {
     /// Enrolment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// One device: status, models, backlog, recent events and its newest drift verdicts.
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -811,6 +813,50 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
         .collect()
 }
 
+/// The human view of `device show`.
+fn print_device(d: &DeviceView) {
+    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("device   {} ({}, last seen {})", d.id, d.status, ago(d.last_seen_ms));
+    println!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
+    println!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
+    println!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
+    for m in &d.models {
+        let reason = m.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        println!("model    {}@{} {} ({}){reason}", m.name, m.version, m.state, m.slot);
+    }
+    for e in &d.recent_events {
+        println!("event    {} {:?}: {}", ago(Some(e.at_ms)), e.kind, e.message);
+    }
+    if d.drift.is_empty() {
+        println!("drift    no verdicts yet (bundles with a baseline report them once traffic flows)");
+    }
+    for m in &d.drift {
+        println!(
+            "drift    {}@{} over {} rows ({} seen), computed {}",
+            m.model,
+            m.version,
+            m.window_rows,
+            m.rows_seen,
+            ago(d.drift_at_ms)
+        );
+        println!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
+        for f in m.features.iter().chain(&m.prediction) {
+            let test = serde_json::to_value(f.test)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            println!(
+                "  {:<28} {:<15} {:>12.4e} {:>10}  {}",
+                f.feature,
+                test,
+                f.score,
+                f.threshold,
+                if f.drifted { "DRIFT" } else { "ok" }
+            );
+        }
+    }
+}
+
 fn ago(ms: Option<u64>) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -948,6 +994,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 println!("{}", response.token);
                 eprintln!("one-time token, labels {:?}, expires {}", response.labels, response.expires_at_ms);
             }
+        }
+        Command::Device(DeviceCommand::Show { id }) => {
+            let d: DeviceView = api.get(&format!("/api/v1/devices/{id}"))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                return Ok(());
+            }
+            print_device(&d);
         }
         Command::Devices => {
             let devices: Vec<DeviceView> = api.get("/api/v1/devices")?;

@@ -1,7 +1,7 @@
 //! Message bodies carried inside envelopes.
 //!
 //! Agent → coordinator (topic `…/report`): [`AgentMessage`] — a window [`Report`], a
-//! [`PredictionBatch`], an [`Event`] or the agent's [`ActualState`].
+//! [`PredictionBatch`], an [`Event`], the agent's [`ActualState`] or a [`DriftReport`].
 //! Coordinator → agent: [`Ack`] (topic `…/ack`, and in ack files across an air gap) and
 //! [`DesiredState`] (topic `…/desired`, retained).
 //!
@@ -29,6 +29,8 @@ pub enum AgentMessage {
     Predictions(PredictionBatch),
     Event(Event),
     State(ActualState),
+    /// Appended last, so bodies of the variants above decode as before.
+    Drift(DriftReport),
 }
 
 impl AgentMessage {
@@ -39,6 +41,7 @@ impl AgentMessage {
             AgentMessage::Predictions(_) => "predictions",
             AgentMessage::Event(_) => "event",
             AgentMessage::State(_) => "state",
+            AgentMessage::Drift(_) => "drift",
         }
     }
 }
@@ -131,6 +134,43 @@ pub enum EventKind {
     ModelActivated,
     /// A bundle or desired state was refused; the message says why.
     ModelRefused,
+}
+
+/// Drift of what each monitored model version saw recently, against its bundle's baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    pub at_ms: u64,
+    pub models: Vec<ModelDrift>,
+}
+
+/// One model version's drift window and verdicts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDrift {
+    pub model: String,
+    pub version: String,
+    /// Rows in the sliding window the verdicts were computed on.
+    pub window_rows: u64,
+    /// Rows this version has seen since it loaded.
+    pub rows_seen: u64,
+    /// One verdict per input feature with enough values in the window.
+    pub features: Vec<FeatureDrift>,
+    /// The verdict on the model's predictions (label or score), where it has one.
+    pub prediction: Option<FeatureDrift>,
+}
+
+/// One feature's drift verdict (see `crate::drift::detect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    pub feature: String,
+    pub test: crate::drift::DriftTest,
+    /// The p-value (`ks`, `chisquare`) or the distance.
+    pub score: f64,
+    pub threshold: f64,
+    pub drifted: bool,
+    pub reference_rows: u64,
+    pub current_rows: u64,
+    /// Window values that were missing (NaN or infinite), left out of the test.
+    pub missing: u64,
 }
 
 /// What the agent runs right now.
@@ -251,6 +291,17 @@ pub fn decode_agent(bytes: &[u8]) -> Result<AgentMessage, MessageError> {
             window.top_score.validate()?;
         }
     }
+    if let AgentMessage::Drift(drift) = &message {
+        let verdicts = drift.models.iter().flat_map(|m| m.features.iter().chain(&m.prediction));
+        if let Some(bad) =
+            verdicts.into_iter().find(|f| f.score.is_nan() || f.score < 0.0 || !f.threshold.is_finite())
+        {
+            return Err(MessageError::Malformed(format!(
+                "drift verdict for `{}` has score {} and threshold {}",
+                bad.feature, bad.score, bad.threshold
+            )));
+        }
+    }
     Ok(message)
 }
 
@@ -325,6 +376,36 @@ mod tests {
         r.models[0].latency_us = serde_json::from_value(json).unwrap();
         let bytes = encode(&AgentMessage::Report(r));
         assert!(matches!(decode_agent(&bytes), Err(MessageError::Histogram(_))));
+    }
+
+    #[test]
+    fn drift_reports_round_trip_and_a_nan_score_is_refused() {
+        let verdict = FeatureDrift {
+            feature: "mean radius".into(),
+            test: crate::drift::DriftTest::Ks,
+            score: 0.003,
+            threshold: 0.05,
+            drifted: true,
+            reference_rows: 114,
+            current_rows: 200,
+            missing: 0,
+        };
+        let mut drift = DriftReport {
+            at_ms: 5,
+            models: vec![ModelDrift {
+                model: "bc".into(),
+                version: "1.0.0".into(),
+                window_rows: 200,
+                rows_seen: 456,
+                features: vec![verdict.clone()],
+                prediction: Some(FeatureDrift { feature: "_prediction".into(), ..verdict }),
+            }],
+        };
+        let message = AgentMessage::Drift(drift.clone());
+        assert_eq!(decode_agent(&encode(&message)).unwrap(), message);
+        drift.models[0].features[0].score = f64::NAN;
+        let err = decode_agent(&encode(&AgentMessage::Drift(drift))).unwrap_err();
+        assert!(err.to_string().contains("mean radius"), "{err}");
     }
 
     proptest! {
