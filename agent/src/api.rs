@@ -1,4 +1,5 @@
-//! The agent's HTTP API: the KServe Open Inference Protocol (V2) under `/v2`, and `/metrics`.
+//! The agent's HTTP API: the KServe Open Inference Protocol (V2) under `/v2`, ground-truth
+//! feedback (`POST /v1/feedback`, [`crate::feedback`]), and `/metrics`.
 //!
 //! Handlers stay thin: they look the model up, hand the body to the worker pool
 //! ([`codec::handle`] does the CPU work there) and map every failure through [`ApiError`].
@@ -37,6 +38,8 @@ pub struct AppState {
     pub window: Option<Arc<crate::telemetry::Window>>,
     /// Reads the outbox's and link's figures for `/metrics`.
     pub telemetry: Option<Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync>>,
+    /// Sends joined feedback to the coordinator, unless telemetry is off.
+    pub reporter: Option<Arc<crate::telemetry::Reporter>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,6 +61,7 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
         .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
         .route("/v2/models/{name}/versions/{version}/infer", post(v2::version_infer))
+        .route("/v1/feedback", post(crate::feedback::post_feedback))
         .route("/metrics", get(v2::metrics))
         .fallback(v2::no_route)
         .method_not_allowed_fallback(v2::wrong_method)

@@ -6,6 +6,7 @@
 //! - [`reconcile`]: applies the store to what serves (verify, validate, atomic swap).
 //! - [`desired`]: the coordinator's signed desired state: verify, download (Range), install.
 //! - [`drift`]: sliding windows of inputs and predictions tested against the bundle's baseline.
+//! - [`feedback`]: `POST /v1/feedback`, ground-truth labels joined to logged predictions.
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod drift;
+pub mod feedback;
 pub mod identity;
 pub mod link;
 pub mod logging;

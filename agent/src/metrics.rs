@@ -30,6 +30,9 @@ pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
+pub const FEEDBACK_TOTAL: &str = "outpost_agent_feedback_total";
+pub const LABELLED_PREDICTIONS_TOTAL: &str = "outpost_agent_labelled_predictions_total";
+pub const LABELLED_CORRECT_TOTAL: &str = "outpost_agent_labelled_correct_total";
 pub const DRIFT_SCORE: &str = "outpost_agent_drift_score";
 pub const DRIFT_DETECTED: &str = "outpost_agent_drift_detected";
 pub const DRIFT_WINDOW_ROWS: &str = "outpost_agent_drift_window_rows";
@@ -115,6 +118,11 @@ pub struct Metrics {
     pub desired_refusals: IntCounter,
     /// Bundle bytes downloaded from the coordinator.
     pub bundle_download_bytes: IntCounter,
+    /// Feedback labels by result (joined, unknown, evicted); joined labels per model version,
+    /// and those the model had predicted right.
+    pub feedback: IntCounterVec,
+    pub labelled: IntCounterVec,
+    pub labelled_correct: IntCounterVec,
     drift: DriftMetrics,
     log: LogMetrics,
     telemetry: TelemetryMetrics,
@@ -318,6 +326,24 @@ impl Metrics {
             bundle_download_bytes: reg!(IntCounter::new(
                 BUNDLE_DOWNLOAD_BYTES_TOTAL,
                 "Bundle bytes downloaded from the coordinator's artifact endpoint."
+            )?),
+            feedback: reg!(IntCounterVec::new(
+                help(
+                    FEEDBACK_TOTAL,
+                    "Feedback labels by result: joined to a logged prediction, unknown id, evicted prediction."
+                ),
+                &["result"]
+            )?),
+            labelled: reg!(IntCounterVec::new(
+                help(
+                    LABELLED_PREDICTIONS_TOTAL,
+                    "Predictions that received a ground-truth label, by model version."
+                ),
+                labels
+            )?),
+            labelled_correct: reg!(IntCounterVec::new(
+                help(LABELLED_CORRECT_TOTAL, "Labelled predictions whose predicted label was the true one."),
+                labels
             )?),
             drift: DriftMetrics {
                 score: reg!(GaugeVec::new(

@@ -237,6 +237,7 @@ pub async fn serve(
         max_body_bytes: config.http.max_body_bytes,
         log: log.clone(),
         window: telemetry.as_ref().map(|t| Arc::clone(&t.reporter.window)),
+        reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
         telemetry: telemetry.as_ref().map(|t| {
             let (outbox, stats) = (Arc::clone(&t.outbox), Arc::clone(&t.link_stats));
             let read: Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync> =

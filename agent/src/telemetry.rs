@@ -282,6 +282,13 @@ impl Reporter {
         }
     }
 
+    /// Appends joined feedback labels (and the count of labels that found no prediction).
+    pub fn feedback(&self, batch: outpost_shared::protocol::messages::FeedbackBatch) {
+        if let Err(e) = self.outbox.append(&self.key, &AgentMessage::Feedback(batch), None) {
+            tracing::error!(error = %e, "cannot record feedback in the outbox");
+        }
+    }
+
     /// Appends the agent's actual state.
     pub fn state(&self, models: Vec<ModelState>) {
         let state =

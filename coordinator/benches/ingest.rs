@@ -52,7 +52,7 @@ fn main() {
     let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
     let store = Store::open(dir.path()).unwrap();
     let metrics = Metrics::new();
-    let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone());
+    let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).expect("ingest opens");
 
     // 100 devices, each with its own key.
     let devices: Vec<(String, SigningKey)> = (0..100)

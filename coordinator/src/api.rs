@@ -130,6 +130,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models") => get(registry::list_models),
         ("get", "/api/v1/models/{name}") => get(registry::model_versions),
         ("get", "/api/v1/models/{name}/policy") => get(registry::get_policy),
+        ("get", "/api/v1/models/{name}/quality") => get(registry::quality),
         ("put", "/api/v1/models/{name}/policy") => put(registry::set_policy),
         ("get", "/api/v1/models/{name}/versions/{version}") => get(registry::show_version),
         ("put", "/api/v1/models/{name}/versions/{version}") => put(registry::push),

@@ -68,6 +68,7 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Ingest {
     store: Store,
+    labels: crate::quality::Labels,
     authority: Arc<Authority>,
     counter: IntCounterVec,
 }
@@ -109,6 +110,11 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
             record.drift.sort_by(|a, b| a.model.cmp(&b.model));
             record.drift_at_ms = Some(report.at_ms);
         }
+        AgentMessage::Feedback(batch) => {
+            record.counts.labels += batch.labels.len() as u64;
+            record.counts.labels_unknown += batch.unknown;
+            record.counts.labels_evicted += batch.evicted;
+        }
     }
 }
 
@@ -123,12 +129,22 @@ fn undecodable(error: &EnvelopeError) -> Outcome {
 
 impl Ingest {
     /// `counter` is `outpost_coordinator_ingest_total{result}`.
-    pub fn new(store: Store, authority: Arc<Authority>, counter: IntCounterVec) -> Ingest {
-        Ingest { store, authority, counter }
+    pub fn new(
+        store: Store,
+        authority: Arc<Authority>,
+        counter: IntCounterVec,
+    ) -> Result<Ingest, StoreError> {
+        let labels = crate::quality::Labels::open(&store)?;
+        Ok(Ingest { store, labels, authority, counter })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Ground-truth labels joined to predictions.
+    pub fn labels(&self) -> &crate::quality::Labels {
+        &self.labels
     }
 
     /// Verifies and stores one envelope that arrived for `device`.
@@ -173,6 +189,11 @@ impl Ingest {
                 Ok(message) => apply(message, r),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
+        // Labels go to their own tree, on the first arrival and again on a resend (upsert), so
+        // an interruption between the two writes loses none.
+        if let (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) = (&message, &stored) {
+            self.labels.put(device, batch)?;
+        }
         Ok(match stored {
             Stored::New => Outcome::Stored { seq: opened.seq },
             Stored::Duplicate => Outcome::Duplicate { seq: opened.seq },
@@ -245,7 +266,7 @@ mod tests {
         let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
         let store = Store::open(dir.path()).unwrap();
         let metrics = crate::metrics::Metrics::new();
-        let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone());
+        let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).unwrap();
         let (key, _) = SigningKey::generate().unwrap();
         store
             .add_token(

@@ -14,10 +14,12 @@
 //!
 //! - [`registry`]: immutable signed versions, content-addressed artifacts, stages.
 //! - [`validation`]: the gate a version must pass before it may be deployed.
+//! - [`quality`]: ground-truth labels from agents, and accuracy/precision/recall/F1 per version
+//!   and per device label.
 //! - [`desired`]: per-device desired state, signed and published retained.
 //! - [`auth`]: API tokens, roles and rate limits; [`audit`]: the hash-chained audit log.
 //!
-//! Rollouts and monitoring are later work (see
+//! Rollouts, alerts and SLOs are later work (see
 //! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,7 @@ pub mod ingest;
 pub mod link;
 pub mod metrics;
 pub mod packaging;
+pub mod quality;
 pub mod registry;
 pub mod server;
 pub mod store;

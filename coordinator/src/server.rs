@@ -66,7 +66,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.data_dir)?;
     let admin = admin_token(&config.data_dir)?;
     let metrics = Metrics::new();
-    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone());
+    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?;
     let broker_ca_pem = match &config.broker.ca_file {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|source| ServeError::Read { path: path.clone(), source })?

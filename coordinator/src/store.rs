@@ -109,6 +109,14 @@ pub struct Counts {
     pub states: u64,
     #[serde(default)]
     pub drift_reports: u64,
+    /// Ground-truth labels joined to this device's predictions, and labels that found none
+    /// (an id it never issued, a prediction its log had evicted).
+    #[serde(default)]
+    pub labels: u64,
+    #[serde(default)]
+    pub labels_unknown: u64,
+    #[serde(default)]
+    pub labels_evicted: u64,
     pub unreadable_bodies: u64,
     pub duplicates: u64,
 }
@@ -192,6 +200,11 @@ impl Store {
 
     fn storage(&self, source: sled::Error) -> StoreError {
         StoreError::Storage { path: self.path.clone(), source }
+    }
+
+    /// A storage error of this database (for trees opened with [`Store::tree`]).
+    pub fn storage_error(&self, source: sled::Error) -> StoreError {
+        self.storage(source)
     }
 
     /// Another tree in the same database (the registry's, the audit log's).

@@ -110,6 +110,15 @@ async fn a_tiny_disk_budget_keeps_the_log_bounded_while_serving_goes_on() {
     assert!(agent.log().contains("prediction log: evicted oldest segment"));
     let du = dir_size(&agent.data_dir.join("predictions"));
     assert!(du <= budget + slack + 64 * 1024, "the directory holds {du} bytes");
+
+    // A label for an evicted prediction is counted as such; one for a recent prediction joins.
+    let feedback =
+        json!({"feedback": [{"prediction_id": 1, "label": 0}, {"prediction_id": 6840, "label": 1}]});
+    let (status, answer) = agent.post_json("/v1/feedback", &feedback).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"], json!(["evicted", "joined"]), "{answer}");
+    let text = agent.metrics_text().await;
+    assert!(text.contains("outpost_agent_feedback_total{result=\"evicted\"} 1"), "{text}");
 }
 
 fn dir_size(dir: &std::path::Path) -> u64 {

@@ -59,6 +59,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models", "viewer", None, "Every registered version."),
     r("get", "/api/v1/models/{name}", "viewer", None, "The versions of one model."),
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
+    r(
+        "get",
+        "/api/v1/models/{name}/quality",
+        "viewer",
+        None,
+        "Quality from ground-truth feedback: accuracy, precision, recall, F1 per class, per version, and per value of a device label (`?by=site`); `?since_ms=` limits it to newer predictions.",
+    ),
     r("put", "/api/v1/models/{name}/policy", "operator", JSON, "Set the model's validation thresholds."),
     r(
         "get",

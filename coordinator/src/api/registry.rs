@@ -234,6 +234,35 @@ pub async fn validate(
     audited(&state, &who, "model.validate", &target, result).map(Json)
 }
 
+/// `?by=` and `?since_ms=` of the quality view.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityQuery {
+    pub by: Option<String>,
+    pub since_ms: Option<u64>,
+}
+
+pub async fn quality(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<QualityQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::quality::QualityReport>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("quality query: {e}")))?;
+    if query.by.as_deref().is_some_and(|b| b.is_empty() || b.len() > 64) {
+        return Err(ApiError::bad_request("`by` must name a device label, e.g. `site`"));
+    }
+    let state2 = Arc::clone(&state);
+    let report = tokio::task::spawn_blocking(move || {
+        state2.ingest.labels().quality(&name, query.since_ms, query.by.as_deref())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(report))
+}
+
 pub async fn get_policy(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

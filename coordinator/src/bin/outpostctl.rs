@@ -110,6 +110,17 @@ enum ModelCommand {
     },
     /// Delete an archived version and its artifact (admin; audited).
     Purge { target: String },
+    /// Quality from ground-truth feedback: accuracy, precision, recall and F1 per class, per
+    /// version, and per value of a device label.
+    Quality {
+        name: String,
+        /// A device label to break metrics down by (site, hardware, …).
+        #[arg(long)]
+        by: Option<String>,
+        /// Only predictions from this long ago onwards, e.g. `7d`, `12h`, `30m`.
+        #[arg(long, value_parser = parse_age)]
+        since: Option<u64>,
+    },
     /// Show a model's validation thresholds, or set some of them (the rest keep their value).
     Policy {
         name: String,
@@ -686,6 +697,24 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             )?;
             println!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
         }
+        ModelCommand::Quality { name, by, since } => {
+            let mut path = format!("/api/v1/models/{name}/quality?");
+            if let Some(by) = by {
+                path.push_str(&format!("by={by}&"));
+            }
+            if let Some(age_ms) = since {
+                path.push_str(&format!(
+                    "since_ms={}",
+                    outpost_shared::endpoints::now_ms().saturating_sub(*age_ms)
+                ));
+            }
+            let report: serde_json::Value = api.get(path.trim_end_matches(['?', '&']))?;
+            if cli.json {
+                print_json(&report);
+                return Ok(());
+            }
+            print_quality(&report);
+        }
         ModelCommand::Policy { name, thresholds } => {
             let path = format!("/api/v1/models/{name}/policy");
             let mut policy: serde_json::Value = api.get(&path)?;
@@ -811,6 +840,61 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
                 .ok_or_else(|| Failure::Usage(format!("label `{l}` must look like key=value")))
         })
         .collect()
+}
+
+/// `7d`, `12h`, `30m`, `45s` → milliseconds.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not an age like 7d, 12h, 30m or 45s"))?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => return Err(format!("`{text}`: the unit must be d, h, m or s")),
+    };
+    n.checked_mul(unit_ms).ok_or_else(|| format!("`{text}` is too long ago"))
+}
+
+/// The human view of `model quality`.
+fn print_quality(report: &serde_json::Value) {
+    let versions = report["versions"].as_object().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        println!("no labelled predictions yet (agents take labels at POST /v1/feedback)");
+    }
+    let line = |scope: &str, m: &serde_json::Value| {
+        println!(
+            "  {:<16} {:>7} {:>9.4} {:>9.4} {:>9.4}",
+            scope,
+            m["rows"].as_u64().unwrap_or(0),
+            m["accuracy"].as_f64().unwrap_or(0.0),
+            m["macro_f1"].as_f64().unwrap_or(0.0),
+            m["weighted_f1"].as_f64().unwrap_or(0.0)
+        );
+    };
+    for (version, q) in versions {
+        println!(
+            "{}@{version}: {} labels ({} without a predicted label)",
+            report["model"].as_str().unwrap_or(""),
+            q["labelled"],
+            q["without_prediction"]
+        );
+        println!("  {:<16} {:>7} {:>9} {:>9} {:>9}", "SCOPE", "ROWS", "ACCURACY", "MACRO F1", "WEIGHT F1");
+        line("all", &q["metrics"]);
+        for (segment, m) in q["segments"].as_object().into_iter().flatten() {
+            line(&format!("{}={segment}", report["by"].as_str().unwrap_or("")), m);
+        }
+        for (class, c) in q["metrics"]["classes"].as_object().into_iter().flatten() {
+            println!(
+                "  class {:<10} precision {:.4} recall {:.4} f1 {:.4} support {}",
+                class,
+                c["precision"].as_f64().unwrap_or(0.0),
+                c["recall"].as_f64().unwrap_or(0.0),
+                c["f1"].as_f64().unwrap_or(0.0),
+                c["support"]
+            );
+        }
+    }
 }
 
 /// The human view of `device show`.

@@ -1,7 +1,8 @@
 //! Message bodies carried inside envelopes.
 //!
 //! Agent → coordinator (topic `…/report`): [`AgentMessage`] — a window [`Report`], a
-//! [`PredictionBatch`], an [`Event`], the agent's [`ActualState`] or a [`DriftReport`].
+//! [`PredictionBatch`], an [`Event`], the agent's [`ActualState`], a [`DriftReport`] or a
+//! [`FeedbackBatch`].
 //! Coordinator → agent: [`Ack`] (topic `…/ack`, and in ack files across an air gap) and
 //! [`DesiredState`] (topic `…/desired`, retained).
 //!
@@ -29,8 +30,9 @@ pub enum AgentMessage {
     Predictions(PredictionBatch),
     Event(Event),
     State(ActualState),
-    /// Appended last, so bodies of the variants above decode as before.
+    /// Appended after the first four, so their bodies decode as before.
     Drift(DriftReport),
+    Feedback(FeedbackBatch),
 }
 
 impl AgentMessage {
@@ -42,6 +44,7 @@ impl AgentMessage {
             AgentMessage::Event(_) => "event",
             AgentMessage::State(_) => "state",
             AgentMessage::Drift(_) => "drift",
+            AgentMessage::Feedback(_) => "feedback",
         }
     }
 }
@@ -171,6 +174,32 @@ pub struct FeatureDrift {
     pub current_rows: u64,
     /// Window values that were missing (NaN or infinite), left out of the test.
     pub missing: u64,
+}
+
+/// Ground-truth labels joined to logged predictions (`POST /v1/feedback` on the agent), and
+/// the labels that found no prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackBatch {
+    pub labels: Vec<LabelledPrediction>,
+    /// Labels for ids the agent never issued.
+    pub unknown: u64,
+    /// Labels for predictions the log had already evicted (its disk or age budget).
+    pub evicted: u64,
+}
+
+/// One prediction and the label that arrived for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledPrediction {
+    pub prediction_id: u64,
+    pub model: String,
+    pub version: String,
+    pub slot: String,
+    /// When the prediction was made / when its label arrived (unix ms).
+    pub predicted_at_ms: u64,
+    pub labelled_at_ms: u64,
+    /// The model's label output for that row (`None` for a model without one).
+    pub predicted: Option<i64>,
+    pub label: i64,
 }
 
 /// What the agent runs right now.

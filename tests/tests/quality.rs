@@ -1,0 +1,148 @@
+//! Ground truth end to end with the real binaries: three agents (sites a, b, c) serve two
+//! versions of a classifier, answer the validation set's rows of their site, and post the true
+//! labels to `POST /v1/feedback`; the coordinator's quality view per version and per site must
+//! equal scikit-learn's metrics on the same rows (`breast_cancer_validation.expected.json`),
+//! and labels for predictions an agent never made are counted, not lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use outpost_tests::fleet::{Coordinator, enroll};
+use outpost_tests::{Agent, model, models_dir};
+use serde_json::{Value, json};
+
+const VERSIONS: [&str; 2] = ["1.0.0", "2.0.0-bad"];
+
+/// The validation set: (site, features, label) per row.
+fn validation_rows() -> Vec<(String, Vec<f64>, i64)> {
+    let text = std::fs::read_to_string(models_dir().join("breast_cancer_validation.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (label, site) = (
+        header.iter().position(|h| *h == "label").unwrap(),
+        header.iter().position(|h| *h == "site").unwrap(),
+    );
+    lines
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            let features = cells
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != label && *i != site)
+                .map(|(_, v)| v.parse().unwrap());
+            (cells[site].to_owned(), features.collect(), cells[label].parse().unwrap())
+        })
+        .collect()
+}
+
+fn assert_metrics_equal(found: &Value, expected: &Value, what: &str) {
+    for key in ["rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"] {
+        let (f, e) = (found[key].as_f64().unwrap(), expected[key].as_f64().unwrap());
+        assert!((f - e).abs() < 1e-12, "{what} {key}: coordinator {f}, scikit-learn {e}");
+    }
+    let classes = expected["classes"].as_object().unwrap();
+    assert_eq!(found["classes"].as_object().unwrap().len(), classes.len(), "{what}: classes");
+    for (class, e) in classes {
+        for key in ["precision", "recall", "f1", "support"] {
+            let (f, e) = (found["classes"][class][key].as_f64().unwrap(), e[key].as_f64().unwrap());
+            assert!((f - e).abs() < 1e-12, "{what} class {class} {key}: coordinator {f}, scikit-learn {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_traffic_gives_the_offline_metrics_per_version_and_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let rows = validation_rows();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast_cancer_validation.expected.json")).unwrap(),
+    )
+    .unwrap();
+
+    let mut agents = Vec::new();
+    for site in ["a", "b", "c"] {
+        let data = dir.path().join(format!("agent-{site}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let device = enroll(&data, &c, &c.token(&format!("site={site}"))).unwrap();
+        let config = data.join("agent.toml");
+        let models: String = VERSIONS
+            .iter()
+            .map(|v| {
+                format!(
+                    "[[models]]\nname = \"bc\"\npath = \"{}\"\n",
+                    model(&format!("breast_cancer-{v}")).display()
+                )
+            })
+            .collect();
+        std::fs::write(&config, models).unwrap();
+        let agent = Agent::builder()
+            .data_dir(&data)
+            .args(&["-c", config.to_str().unwrap()])
+            .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
+            .start();
+        agents.push((site, device, agent));
+    }
+
+    for (site, _, agent) in &agents {
+        agent.wait_ready(Duration::from_secs(60)).await;
+        let mine: Vec<&(String, Vec<f64>, i64)> = rows.iter().filter(|r| r.0 == *site).collect();
+        let mut feedback = Vec::new();
+        for version in VERSIONS {
+            // One request per row, as a client would send them.
+            for (_, features, label) in &mine {
+                let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": features}]});
+                let (status, answer) =
+                    agent.post_json(&format!("/v2/models/bc/versions/{version}/infer"), &body).await;
+                assert_eq!(status, 200, "{answer}");
+                let id = answer["parameters"]["prediction_ids"][0].as_u64().unwrap();
+                feedback.push(json!({"prediction_id": id, "label": label}));
+            }
+        }
+        // The labels arrive later, in one batch, with one for an id this agent never issued.
+        feedback.push(json!({"prediction_id": 9_999_999, "label": 1}));
+        let (status, answer) = agent.post_json("/v1/feedback", &json!({ "feedback": feedback })).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            (answer["joined"].as_u64(), answer["unknown"].as_u64()),
+            (Some(2 * mine.len() as u64), Some(1))
+        );
+        assert_eq!(answer["results"].as_array().unwrap().last().unwrap(), "unknown");
+        // Bad feedback is refused by name.
+        let (status, answer) =
+            agent.post_json("/v1/feedback", &json!({"prediction_id": 1, "label": "cat"})).await;
+        assert_eq!(status, 400);
+        assert!(answer["error"].as_str().unwrap().contains("integer class id"), "{answer}");
+        let metrics = agent.metrics_text().await;
+        assert!(metrics.contains("outpost_agent_feedback_total{result=\"unknown\"} 1"), "{metrics}");
+    }
+
+    // Every label reached the coordinator.
+    for (_, device, _) in &agents {
+        c.wait_device(device, Duration::from_secs(30), |v| {
+            v["counts"]["labels"].as_u64() == Some(76) && v["counts"]["labels_unknown"].as_u64() == Some(1)
+        })
+        .await;
+    }
+    let (code, out, err) = c.ctl(&["--json", "model", "quality", "bc", "--by", "site"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    for version in VERSIONS {
+        let found = &report["versions"][version];
+        let wanted = &expected["versions"][version];
+        assert_eq!(found["labelled"].as_u64(), Some(114), "{found}");
+        assert_metrics_equal(&found["metrics"], wanted, version);
+        for site in ["a", "b", "c"] {
+            assert_metrics_equal(
+                &found["segments"][site],
+                &wanted["segments"][site],
+                &format!("{version} site {site}"),
+            );
+        }
+    }
+    // The same, for people.
+    let (code, out, err) = c.ctl(&["model", "quality", "bc", "--by", "site", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bc@2.0.0-bad: 114 labels"), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("site=b ")), "{out}");
+}
