@@ -34,6 +34,7 @@ use crate::store::{Counts, DeviceRecord, Store, TokenRecord, TokenRefused, now_m
 use outpost_shared::protocol::messages::{ModelState, OutboxStats};
 
 pub struct AppState {
+    pub alerts: Arc<crate::alerts::AlertEngine>,
     pub config: Config,
     pub store: Store,
     pub authority: Arc<Authority>,
@@ -126,6 +127,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("post", "/api/v1/enrol") => post(enrol),
         ("get", "/api/v1/devices") => get(list_devices),
         ("get", "/api/v1/devices/{id}") => get(show_device),
+        ("get", "/api/v1/alerts") => get(list_alerts),
         ("post", "/api/v1/telemetry/import") => post(import_telemetry),
         ("get", "/api/v1/models") => get(registry::list_models),
         ("get", "/api/v1/models/{name}") => get(registry::model_versions),
@@ -396,14 +398,19 @@ pub struct DeviceView {
 }
 
 pub fn status(config: &Config, device: &DeviceRecord, now: u64) -> &'static str {
+    status_of(&config.fleet, device, now)
+}
+
+/// A device's liveness: `online`, `stale`, `offline` or `never_seen`.
+pub fn status_of(fleet: &crate::config::FleetConfig, device: &DeviceRecord, now: u64) -> &'static str {
     let Some(last) = device.last_seen_ms else { return "never_seen" };
     if device.presence.as_deref() == Some("offline") {
         return "offline";
     }
     let age = now.saturating_sub(last) / 1000;
-    if age < config.fleet.stale_after_secs {
+    if age < fleet.stale_after_secs {
         "online"
-    } else if age < config.fleet.offline_after_secs {
+    } else if age < fleet.offline_after_secs {
         "stale"
     } else {
         "offline"
@@ -440,6 +447,19 @@ async fn list_devices(
     let now = now_ms();
     let devices = state.store.devices().map_err(ApiError::internal)?;
     Ok(Json(devices.into_iter().map(|d| view(&state, d, now)).collect()))
+}
+
+async fn list_alerts(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::alerts::AlertRecord>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let engine = Arc::clone(&state.alerts);
+    let alerts = tokio::task::spawn_blocking(move || engine.list())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(alerts))
 }
 
 async fn show_device(

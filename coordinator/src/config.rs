@@ -31,6 +31,8 @@ pub struct Config {
     pub enrolment: EnrolmentConfig,
     pub fleet: FleetConfig,
     pub log: LogConfig,
+    /// Alert rules and where alerts go (Alertmanager, a JSON webhook).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             enrolment: EnrolmentConfig::default(),
             fleet: FleetConfig::default(),
             log: LogConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -264,6 +267,9 @@ impl Config {
         }
         if self.api.cert_file.is_some() != self.api.key_file.is_some() {
             return Err(key("api.cert_file", "and api.key_file go together"));
+        }
+        if let Err((k, problem)) = self.alerts.validate() {
+            return Err(ConfigError::Key { key: k, problem });
         }
         if self.broker.max_packet_bytes < 64 * 1024 {
             return Err(key("broker.max_packet_bytes", "must be at least 65536"));

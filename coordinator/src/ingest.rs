@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage};
+use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage, DriftReport};
 use outpost_shared::protocol::{self, EnvelopeError, PublicKey};
 use prometheus::IntCounterVec;
 
@@ -69,6 +69,7 @@ impl Outcome {
 pub struct Ingest {
     store: Store,
     labels: crate::quality::Labels,
+    hysteresis: DriftHysteresis,
     authority: Arc<Authority>,
     counter: IntCounterVec,
 }
@@ -79,11 +80,77 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
-fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
+/// How many drift windows in a row start sustained drift, and how many clean ones end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftHysteresis {
+    pub windows: u32,
+    pub clear_windows: u32,
+}
+
+impl Default for DriftHysteresis {
+    fn default() -> Self {
+        DriftHysteresis { windows: 3, clear_windows: 3 }
+    }
+}
+
+/// Folds one drift report into the device's streaks.
+fn update_streaks(record: &mut DeviceRecord, report: &DriftReport, h: DriftHysteresis) {
+    for model in &report.models {
+        for verdict in model.features.iter().chain(&model.prediction) {
+            let index = match record
+                .drift_streaks
+                .iter()
+                .position(|s| s.model == model.model && s.feature == verdict.feature)
+            {
+                Some(i) => i,
+                None => {
+                    record.drift_streaks.push(crate::store::DriftStreak {
+                        model: model.model.clone(),
+                        feature: verdict.feature.clone(),
+                        drifted_run: 0,
+                        clean_run: 0,
+                        sustained: false,
+                        since_ms: None,
+                    });
+                    record.drift_streaks.len() - 1
+                }
+            };
+            let s = &mut record.drift_streaks[index];
+            if verdict.drifted {
+                s.drifted_run = s.drifted_run.saturating_add(1);
+                s.clean_run = 0;
+                if !s.sustained && s.drifted_run >= h.windows {
+                    s.sustained = true;
+                    s.since_ms = Some(report.at_ms);
+                }
+            } else {
+                s.clean_run = s.clean_run.saturating_add(1);
+                s.drifted_run = 0;
+                if s.sustained && s.clean_run >= h.clear_windows {
+                    s.sustained = false;
+                    s.since_ms = None;
+                }
+            }
+        }
+    }
+}
+
+fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHysteresis) {
     match message {
         AgentMessage::Report(report) => {
             record.counts.reports += 1;
             record.backlog = report.outbox.clone();
+            record.last_windows = report
+                .models
+                .iter()
+                .map(|w| crate::store::WindowSummary {
+                    model: w.model.clone(),
+                    version: w.version.clone(),
+                    requests: w.requests,
+                    errors: w.errors,
+                    at_ms: report.window_end_ms,
+                })
+                .collect();
         }
         AgentMessage::Predictions(batch) => {
             record.counts.prediction_batches += 1;
@@ -109,6 +176,7 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord) {
             }
             record.drift.sort_by(|a, b| a.model.cmp(&b.model));
             record.drift_at_ms = Some(report.at_ms);
+            update_streaks(record, report, hysteresis);
         }
         AgentMessage::Feedback(batch) => {
             record.counts.labels += batch.labels.len() as u64;
@@ -135,7 +203,13 @@ impl Ingest {
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
         let labels = crate::quality::Labels::open(&store)?;
-        Ok(Ingest { store, labels, authority, counter })
+        Ok(Ingest { store, labels, hysteresis: DriftHysteresis::default(), authority, counter })
+    }
+
+    /// Sets how many drift windows start and end sustained drift (`alerts.drift_windows`).
+    pub fn with_drift_hysteresis(mut self, hysteresis: DriftHysteresis) -> Ingest {
+        self.hysteresis = hysteresis;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -186,7 +260,7 @@ impl Ingest {
         }
         let stored =
             self.store.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
-                Ok(message) => apply(message, r),
+                Ok(message) => apply(message, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
         // Labels go to their own tree, on the first arrival and again on a resend (upsert), so

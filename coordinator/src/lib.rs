@@ -14,15 +14,18 @@
 //!
 //! - [`registry`]: immutable signed versions, content-addressed artifacts, stages.
 //! - [`validation`]: the gate a version must pass before it may be deployed.
+//! - [`alerts`]: fleet-level alert rules (sustained drift, error surges, silent devices,
+//!   backlogs), grouped across devices, sent to Alertmanager and a JSON webhook.
 //! - [`quality`]: ground-truth labels from agents, and accuracy/precision/recall/F1 per version
 //!   and per device label.
 //! - [`desired`]: per-device desired state, signed and published retained.
 //! - [`auth`]: API tokens, roles and rate limits; [`audit`]: the hash-chained audit log.
 //!
-//! Rollouts, alerts and SLOs are later work (see
+//! Rollouts and SLOs are later work (see
 //! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Artifact downloads served, and their bytes.
     pub artifact_requests: prometheus::IntCounter,
     pub artifact_bytes: prometheus::IntCounter,
+    /// Alerts firing now, by name; notifications sent, by sink and result.
+    pub alerts_firing: IntGaugeVec,
+    pub alert_notifications: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,7 +80,24 @@ impl Metrics {
             "Bundle downloads served (whole or ranged).",
         );
         let artifact_bytes = plain("outpost_coordinator_artifact_bytes_total", "Bundle bytes served.");
+        let alerts_firing = IntGaugeVec::new(
+            Opts::new("outpost_coordinator_alerts_firing", "Alerts firing now, by alert name."),
+            &["alertname"],
+        )
+        .unwrap_or_else(|e| panic!("metric alerts_firing: {e}"));
+        registry.register(Box::new(alerts_firing.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let alert_notifications = IntCounterVec::new(
+            Opts::new(
+                "outpost_coordinator_alert_notifications_total",
+                "Alert notifications sent, by sink (alertmanager, webhook) and result (ok, failed).",
+            ),
+            &["sink", "result"],
+        )
+        .unwrap_or_else(|e| panic!("metric alert_notifications: {e}"));
+        registry.register(Box::new(alert_notifications.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
+            alerts_firing,
+            alert_notifications,
             registry,
             ingest,
             enrolments,

@@ -66,7 +66,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.data_dir)?;
     let admin = admin_token(&config.data_dir)?;
     let metrics = Metrics::new();
-    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?;
+    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?
+        .with_drift_hysteresis(crate::ingest::DriftHysteresis {
+            windows: config.alerts.drift_windows,
+            clear_windows: config.alerts.drift_clear_windows,
+        });
     let broker_ca_pem = match &config.broker.ca_file {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|source| ServeError::Read { path: path.clone(), source })?
@@ -145,7 +149,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         None => authority.ca_pem().to_owned(),
     };
+    let alerts = Arc::new(
+        crate::alerts::AlertEngine::new(
+            &store,
+            config.alerts.clone(),
+            config.fleet.clone(),
+            format!("{}/api/v1/alerts", config.api.advertised_url.as_deref().unwrap_or_default()),
+            metrics.clone(),
+        )
+        .map_err(|e| {
+            ServeError::Config(crate::config::ConfigError::Key { key: "alerts.ca_file".into(), problem: e })
+        })?,
+    );
+    let alerts_task = tokio::spawn(crate::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
     let state = Arc::new(AppState {
+        alerts,
         config: config.clone(),
         store: store.clone(),
         authority,
@@ -178,6 +196,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = link_task.await;
+    let _ = alerts_task.await;
     let served = server_task.await;
     store.flush()?;
     tracing::info!("state flushed; stopped");

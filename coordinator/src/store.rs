@@ -70,6 +70,37 @@ pub struct DeviceRecord {
     pub drift: Vec<outpost_shared::protocol::messages::ModelDrift>,
     #[serde(default)]
     pub drift_at_ms: Option<u64>,
+    /// Per (model, feature): how many drift windows in a row drifted / were clean, and whether
+    /// drift counts as sustained (see `alerts`: it needs `drift_windows` in a row to start and
+    /// `drift_clear_windows` clean ones to end, so one noisy window neither pages nor clears).
+    #[serde(default)]
+    pub drift_streaks: Vec<DriftStreak>,
+    /// Traffic per model version in the device's newest report window.
+    #[serde(default)]
+    pub last_windows: Vec<WindowSummary>,
+}
+
+/// Consecutive drift verdicts of one feature of one model on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftStreak {
+    pub model: String,
+    pub feature: String,
+    pub drifted_run: u32,
+    pub clean_run: u32,
+    pub sustained: bool,
+    /// When drift became sustained (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+/// One model version's traffic in a report window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub model: String,
+    pub version: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// The window's end (unix ms, the device's clock).
+    pub at_ms: u64,
 }
 
 /// Events kept per device in its record (all of them stay in the envelope store).
@@ -94,6 +125,8 @@ impl DeviceRecord {
             recent_events: Vec::new(),
             drift: Vec::new(),
             drift_at_ms: None,
+            drift_streaks: Vec::new(),
+            last_windows: Vec::new(),
         }
     }
 }

@@ -170,6 +170,8 @@ pub struct Coordinator {
     http: reqwest::Client,
     /// The API speaks HTTPS (certificate from the coordinator's CA).
     pub tls: bool,
+    /// Extra environment (configuration overrides) for every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl Coordinator {
@@ -207,6 +209,17 @@ impl Coordinator {
         )
     }
 
+    /// Like [`Coordinator::start_embedded`], with configuration overrides in the environment
+    /// (`OUTPOST_COORDINATOR_…`).
+    pub fn start_embedded_with(data_dir: &Path, env: &[(&str, &str)]) -> (Coordinator, u16) {
+        let port = free_port();
+        let mut c =
+            Coordinator::unstarted(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")], false);
+        c.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        c.resume();
+        (c, port)
+    }
+
     /// Like [`Coordinator::start_embedded`], with the API on HTTPS (`api.tls = "on"`).
     pub fn start_embedded_tls(data_dir: &Path) -> (Coordinator, u16) {
         let port = free_port();
@@ -222,7 +235,13 @@ impl Coordinator {
     }
 
     fn start_with(data_dir: &Path, broker_args: [String; 2], tls: bool) -> Coordinator {
-        let mut c = Coordinator {
+        let mut c = Coordinator::unstarted(data_dir, broker_args, tls);
+        c.resume();
+        c
+    }
+
+    fn unstarted(data_dir: &Path, broker_args: [String; 2], tls: bool) -> Coordinator {
+        Coordinator {
             child: None,
             data_dir: data_dir.to_owned(),
             broker_args,
@@ -230,9 +249,8 @@ impl Coordinator {
             log: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
             tls,
-        };
-        c.resume();
-        c
+            env: Vec::new(),
+        }
     }
 
     /// Starts the process (again) on the same data directory.
@@ -243,6 +261,7 @@ impl Coordinator {
             .arg(&self.data_dir)
             .args(&self.broker_args)
             .env("OUTPOST_COORDINATOR_API__TLS", if self.tls { "on" } else { "auto" })
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

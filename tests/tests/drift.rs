@@ -1,12 +1,14 @@
 //! Drift windows end to end with the real binaries: a bundle built with the held-out data as
 //! its baseline serves on an agent enrolled at a coordinator; held-out traffic shows no drift,
-//! the same traffic with two features moved shows drift on exactly those two (in `/metrics` and
-//! in the device's reports at the coordinator), and normal traffic clears it again.
+//! the same traffic with two features moved shows drift on exactly those two (in `/metrics`, in
+//! the device's reports at the coordinator, as one alert per feature in a real Alertmanager and
+//! one firing notification at a webhook), and normal traffic clears it all again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use outpost_tests::alerting::{Alertmanager, WebhookReceiver};
 use outpost_tests::fleet::{Coordinator, enroll, run};
 use outpost_tests::{Agent, model, models_dir, run_agent};
 use serde_json::{Value, json};
@@ -93,7 +95,18 @@ fn coordinator_drifted(view: &Value) -> Option<BTreeSet<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let Some(alertmanager) = Alertmanager::start(&dir.path().join("alertmanager")) else { return };
+    let webhook = WebhookReceiver::start().await;
+    let (c, _) = Coordinator::start_embedded_with(
+        &dir.path().join("coordinator"),
+        &[
+            ("OUTPOST_COORDINATOR_ALERTS__ALERTMANAGER_URL", &alertmanager.url),
+            ("OUTPOST_COORDINATOR_ALERTS__WEBHOOK_URL", &webhook.url),
+            ("OUTPOST_COORDINATOR_ALERTS__EVALUATE_SECS", "1"),
+            ("OUTPOST_COORDINATOR_ALERTS__DRIFT_WINDOWS", "2"),
+            ("OUTPOST_COORDINATOR_ALERTS__DRIFT_CLEAR_WINDOWS", "2"),
+        ],
+    );
 
     // A release key of our own and a bundle whose baseline is the hold-out set.
     let key = dir.path().join("release.pk8");
@@ -176,7 +189,11 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
             r
         })
         .collect();
-    send(&agent, &shifted, 150).await;
+    // Several windows of it: sustained drift needs two drifted windows in a row.
+    for _ in 0..3 {
+        send(&agent, &shifted, 150).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
     let text = wait_metrics(&agent, "drift on the moved features", |t| {
         let d = drifted(t).0;
         d.contains("mean_radius") && d.contains("mean_texture")
@@ -208,9 +225,67 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
     assert!(drift_lines.iter().any(|l| l.trim_start().starts_with("mean_radius ")), "{shown}");
     assert!(drift_lines.iter().any(|l| l.trim_start().starts_with("mean_texture ")), "{shown}");
 
-    // 3. Normal traffic again: the window refills with it and the drift clears.
-    send(&agent, &rows, 150).await;
+    // One alert per moved feature reached Alertmanager (whatever the number of windows and
+    // evaluations), and the webhook heard of each once.
+    let alerts = wait_drift_alerts(&alertmanager, |features| features.len() >= 2).await;
+    let inputs: Vec<String> = alerts.into_iter().filter(|f| f != "_prediction").collect();
+    assert_eq!(inputs, ["mean_radius", "mean_texture"]);
+    let (firing, _) = webhook_features(&webhook);
+    assert_eq!(firing.iter().filter(|f| f.as_str() == "mean_radius").count(), 1, "{:?}", webhook.documents());
+    let (code, listed, err) = c.ctl(&["alerts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.lines().any(|l| l.starts_with("FIRING") && l.contains("feature=mean_radius")), "{listed}");
+
+    // 3. Normal traffic again: the window refills with it, the drift clears, the alerts resolve.
+    for _ in 0..3 {
+        send(&agent, &rows, 150).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
     wait_metrics(&agent, "drift to clear", |t| drifted(t).0.is_empty() && drifted(t).1 == 31).await;
     c.wait_device(&device, Duration::from_secs(30), |v| coordinator_drifted(v).is_some_and(|d| d.is_empty()))
         .await;
+    wait_drift_alerts(&alertmanager, |features| features.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !webhook_features(&webhook).1.contains(&"mean_radius".to_owned()) {
+        assert!(Instant::now() < deadline, "no resolved notification: {:?}", webhook.documents());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (firing, resolved) = webhook_features(&webhook);
+    assert_eq!(firing.iter().filter(|f| f.as_str() == "mean_texture").count(), 1, "{firing:?}");
+    assert_eq!(resolved.iter().filter(|f| f.as_str() == "mean_texture").count(), 1, "{resolved:?}");
+}
+
+/// The features of the drift alerts Alertmanager holds as active, once `check` accepts them.
+async fn wait_drift_alerts(am: &Alertmanager, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = am.active_alerts().await;
+        let mut features: Vec<String> = alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "OutpostDriftSustained")
+            .map(|a| a["labels"]["feature"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        features.sort();
+        let unique = features.windows(2).all(|w| w[0] != w[1]);
+        assert!(unique, "Alertmanager holds an alert twice: {alerts:#?}");
+        if check(&features) {
+            return features;
+        }
+        assert!(Instant::now() < deadline, "Alertmanager's drift alerts: {features:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Features named in the webhook's firing and resolved documents (one entry per mention).
+fn webhook_features(webhook: &WebhookReceiver) -> (Vec<String>, Vec<String>) {
+    let (mut firing, mut resolved) = (Vec::new(), Vec::new());
+    for doc in webhook.documents() {
+        let target = if doc["status"] == "firing" { &mut firing } else { &mut resolved };
+        for alert in doc["alerts"].as_array().into_iter().flatten() {
+            if alert["labels"]["alertname"] == "OutpostDriftSustained" {
+                target.push(alert["labels"]["feature"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    (firing, resolved)
 }

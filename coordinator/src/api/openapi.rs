@@ -56,6 +56,13 @@ pub const ROUTES: &[RouteDoc] = &[
         BYTES,
         "Ingest a telemetry file carried across an air gap; returns the ack file.",
     ),
+    r(
+        "get",
+        "/api/v1/alerts",
+        "viewer",
+        None,
+        "Alerts: firing ones first (labels, devices, since when), then recently resolved ones.",
+    ),
     r("get", "/api/v1/models", "viewer", None, "Every registered version."),
     r("get", "/api/v1/models/{name}", "viewer", None, "The versions of one model."),
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),

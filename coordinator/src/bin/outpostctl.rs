@@ -72,6 +72,8 @@ enum Command {
     /// The audit log of every mutation.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Alerts firing now, then recently resolved ones.
+    Alerts,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1086,6 +1088,34 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 return Ok(());
             }
             print_device(&d);
+        }
+        Command::Alerts => {
+            let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
+                return Ok(());
+            }
+            if alerts.is_empty() {
+                println!("no alerts");
+            }
+            for a in &alerts {
+                let state = if a["ends_at_ms"].is_null() { "FIRING" } else { "resolved" };
+                let labels: Vec<String> = a["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| *k != "alertname")
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                println!(
+                    "{:<8} {:<24} since {}  {} device(s)  {}",
+                    state,
+                    a["labels"]["alertname"].as_str().unwrap_or(""),
+                    ago(a["starts_at_ms"].as_u64()),
+                    a["devices"].as_array().map_or(0, Vec::len),
+                    labels.join(" ")
+                );
+            }
         }
         Command::Devices => {
             let devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
