@@ -133,6 +133,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models/{name}") => get(registry::model_versions),
         ("get", "/api/v1/models/{name}/policy") => get(registry::get_policy),
         ("get", "/api/v1/models/{name}/quality") => get(registry::quality),
+        ("get", "/api/v1/models/{name}/drift-report") => get(registry::drift_report),
         ("put", "/api/v1/models/{name}/policy") => put(registry::set_policy),
         ("get", "/api/v1/models/{name}/versions/{version}") => get(registry::show_version),
         ("put", "/api/v1/models/{name}/versions/{version}") => put(registry::push),

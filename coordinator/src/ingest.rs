@@ -69,6 +69,7 @@ impl Outcome {
 pub struct Ingest {
     store: Store,
     labels: crate::quality::Labels,
+    drift_history: crate::report::History,
     hysteresis: DriftHysteresis,
     authority: Arc<Authority>,
     counter: IntCounterVec,
@@ -203,7 +204,15 @@ impl Ingest {
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
         let labels = crate::quality::Labels::open(&store)?;
-        Ok(Ingest { store, labels, hysteresis: DriftHysteresis::default(), authority, counter })
+        let drift_history = crate::report::History::open(&store)?;
+        Ok(Ingest {
+            store,
+            labels,
+            drift_history,
+            hysteresis: DriftHysteresis::default(),
+            authority,
+            counter,
+        })
     }
 
     /// Sets how many drift windows start and end sustained drift (`alerts.drift_windows`).
@@ -219,6 +228,11 @@ impl Ingest {
     /// Ground-truth labels joined to predictions.
     pub fn labels(&self) -> &crate::quality::Labels {
         &self.labels
+    }
+
+    /// Every drift verdict devices reported.
+    pub fn drift_history(&self) -> &crate::report::History {
+        &self.drift_history
     }
 
     /// Verifies and stores one envelope that arrived for `device`.
@@ -263,10 +277,16 @@ impl Ingest {
                 Ok(message) => apply(message, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
-        // Labels go to their own tree, on the first arrival and again on a resend (upsert), so
-        // an interruption between the two writes loses none.
-        if let (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) = (&message, &stored) {
-            self.labels.put(device, batch)?;
+        // Labels and drift verdicts go to their own trees, on the first arrival and again on a
+        // resend (upsert), so an interruption between the two writes loses none.
+        match (&message, &stored) {
+            (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
+                self.labels.put(device, batch)?
+            }
+            (Ok(AgentMessage::Drift(report)), Stored::New | Stored::Duplicate) => {
+                self.drift_history.put(device, report)?
+            }
+            _ => {}
         }
         Ok(match stored {
             Stored::New => Outcome::Stored { seq: opened.seq },

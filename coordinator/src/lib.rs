@@ -16,6 +16,7 @@
 //! - [`validation`]: the gate a version must pass before it may be deployed.
 //! - [`alerts`]: fleet-level alert rules (sustained drift, error surges, silent devices,
 //!   backlogs), grouped across devices, sent to Alertmanager and a JSON webhook.
+//! - [`report`]: drift history and the weekly drift report (Markdown, HTML).
 //! - [`quality`]: ground-truth labels from agents, and accuracy/precision/recall/F1 per version
 //!   and per device label.
 //! - [`desired`]: per-device desired state, signed and published retained.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod packaging;
 pub mod quality;
 pub mod registry;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod validation;

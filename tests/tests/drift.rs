@@ -253,6 +253,33 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
     let (firing, resolved) = webhook_features(&webhook);
     assert_eq!(firing.iter().filter(|f| f.as_str() == "mean_texture").count(), 1, "{firing:?}");
     assert_eq!(resolved.iter().filter(|f| f.as_str() == "mean_texture").count(), 1, "{resolved:?}");
+
+    // The weekly report tells the episode: the two moved features lead, the rest never drifted.
+    let (code, md, err) = c.ctl(&["report", "drift", "--model", "bc", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let ranked: Vec<&str> = md
+        .lines()
+        .skip_while(|l| !l.starts_with("## Features that moved most"))
+        .filter_map(|l| l.strip_prefix("| ").and_then(|r| r.split(' ').next()))
+        .filter(|f| !["feature", "---|---:|---:|---:|---|"].contains(f))
+        .take_while(|f| !f.starts_with("---"))
+        .collect();
+    assert_eq!(
+        &ranked[..2].iter().copied().collect::<BTreeSet<_>>(),
+        &BTreeSet::from(["mean_radius", "mean_texture"]),
+        "{md}"
+    );
+    assert!(md.contains("28 other feature(s) never drifted"), "{md}");
+    assert!(md.contains("No device changed version"), "{md}");
+    let html = dir.path().join("drift.html");
+    let (code, _, err) =
+        c.ctl(&["report", "drift", "--model", "bc", "--format", "html", "--out", html.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("mean_texture"),
+        "{html}"
+    );
 }
 
 /// The features of the drift alerts Alertmanager holds as active, once `check` accepts them.

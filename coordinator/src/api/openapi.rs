@@ -68,6 +68,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
     r(
         "get",
+        "/api/v1/models/{name}/drift-report",
+        "viewer",
+        None,
+        "Drift over time per feature and on the predictions, the features that moved most, version changes: `?format=md|html|json`, `?since_ms=`.",
+    ),
+    r(
+        "get",
         "/api/v1/models/{name}/quality",
         "viewer",
         None,

@@ -263,6 +263,42 @@ pub async fn quality(
     Ok(Json(report))
 }
 
+/// `?format=` and `?since_ms=` of the drift report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    pub format: Option<String>,
+    pub since_ms: Option<u64>,
+}
+
+pub async fn drift_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("report query: {e}")))?;
+    let format = query.format.unwrap_or_else(|| "md".into());
+    if !["md", "html", "json"].contains(&format.as_str()) {
+        return Err(ApiError::bad_request(format!("format `{format}`: use md, html or json")));
+    }
+    let since = query.since_ms.unwrap_or_else(|| now_ms().saturating_sub(7 * 86_400_000));
+    let state2 = Arc::clone(&state);
+    let history = tokio::task::spawn_blocking(move || {
+        crate::report::DriftHistory::build(state2.ingest.drift_history(), &name, since)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let (content_type, body) = match format.as_str() {
+        "html" => ("text/html; charset=utf-8", crate::report::render_html(&history)),
+        "json" => ("application/json", serde_json::to_string_pretty(&history).unwrap_or_default()),
+        _ => ("text/markdown; charset=utf-8", crate::report::render_markdown(&history)),
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
 pub async fn get_policy(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -74,6 +74,27 @@ enum Command {
     Audit(AuditCommand),
     /// Alerts firing now, then recently resolved ones.
     Alerts,
+    /// Reports for people.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Per-feature drift over time, the features that moved most, prediction drift and version
+    /// changes (Markdown, self-contained HTML, or the JSON behind them).
+    Drift {
+        #[arg(long)]
+        model: String,
+        /// How far back, e.g. `7d`, `12h` (default 7d).
+        #[arg(long, value_parser = parse_age, default_value = "7d")]
+        since: u64,
+        #[arg(long, default_value = "md", value_parser = ["md", "html", "json"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1088,6 +1109,20 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 return Ok(());
             }
             print_device(&d);
+        }
+        Command::Report(ReportCommand::Drift { model, since, format, out }) => {
+            let since_ms = outpost_shared::endpoints::now_ms().saturating_sub(*since);
+            let bytes = api.get_bytes(&format!(
+                "/api/v1/models/{model}/drift-report?format={format}&since_ms={since_ms}"
+            ))?;
+            match out {
+                Some(path) => {
+                    outpost_shared::files::write_atomic(path, &bytes)
+                        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))?;
+                    eprintln!("drift report for {model} written to {}", path.display());
+                }
+                None => print!("{}", String::from_utf8_lossy(&bytes)),
+            }
         }
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
