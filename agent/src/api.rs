@@ -40,6 +40,8 @@ pub struct AppState {
     pub telemetry: Option<Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync>>,
     /// Sends joined feedback to the coordinator, unless telemetry is off.
     pub reporter: Option<Arc<crate::telemetry::Reporter>>,
+    /// `runtime` settings (for the test-only injected delays).
+    pub runtime: Arc<crate::config::RuntimeConfig>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -141,15 +141,27 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// Requests waiting for a worker; when full, new requests get 503 at once.
     pub queue_capacity: usize,
+    /// FOR TESTS ONLY: extra milliseconds every inference of a model takes, keyed `name` or
+    /// `name@version` — to rehearse latency gates, SLO burn and rollbacks. Logged as a warning.
+    pub test_delay_ms: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 0, queue_capacity: 256 }
+        RuntimeConfig { workers: 0, queue_capacity: 256, test_delay_ms: Default::default() }
     }
 }
 
 impl RuntimeConfig {
+    /// The injected delay for a model version (`name@version` first, then `name`).
+    pub fn test_delay(&self, name: &str, version: &str) -> Option<std::time::Duration> {
+        self.test_delay_ms
+            .get(&format!("{name}@{version}"))
+            .or_else(|| self.test_delay_ms.get(name))
+            .filter(|ms| **ms > 0)
+            .map(|ms| std::time::Duration::from_millis(*ms))
+    }
+
     /// The number of workers to start.
     pub fn effective_workers(&self) -> usize {
         if self.workers > 0 {
@@ -300,6 +312,9 @@ impl Config {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         if self.http.max_body_bytes < 1024 {
             return Err(key("http.max_body_bytes", "must be at least 1024"));
+        }
+        if let Some((model, ms)) = self.runtime.test_delay_ms.iter().find(|(_, ms)| **ms > 60_000) {
+            return Err(key(&format!("runtime.test_delay_ms.{model}"), &format!("{ms} ms is over a minute")));
         }
         if let Err((k, problem)) = self.drift.validate() {
             return Err(ConfigError::Key { key: k, problem });

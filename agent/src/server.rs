@@ -224,6 +224,13 @@ pub async fn serve(
         None
     };
 
+    for (model, ms) in config.runtime.test_delay_ms.iter().filter(|(_, ms)| **ms > 0) {
+        tracing::warn!(
+            model,
+            delay_ms = ms,
+            "runtime.test_delay_ms is set: every inference of this model is slowed down ON PURPOSE (for tests only)"
+        );
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
@@ -238,6 +245,7 @@ pub async fn serve(
         log: log.clone(),
         window: telemetry.as_ref().map(|t| Arc::clone(&t.reporter.window)),
         reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
+        runtime: Arc::new(config.runtime.clone()),
         telemetry: telemetry.as_ref().map(|t| {
             let (outbox, stats) = (Arc::clone(&t.outbox), Arc::clone(&t.link_stats));
             let read: Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync> =

@@ -9,7 +9,9 @@
 //!   requests of which at least `error_rate` failed;
 //! - `OutpostDevicesSilent`: devices offline (no envelope for `fleet.offline_after_secs`, or
 //!   their last will fired);
-//! - `OutpostBacklog`: devices whose outbox holds at least `backlog_messages` messages.
+//! - `OutpostBacklog`: devices whose outbox holds at least `backlog_messages` messages;
+//! - `OutpostSloBurn` {model, objective}: an objective ([`crate::slo`]) spends its error
+//!   budget at least `slo_burn_rate` times as fast as the window allows (fleet-wide).
 //!
 //! Grouping: an alert's identity is its labels, which never name a device — a bad rollout on
 //! 1,000 devices is one alert whose annotations count and list the devices. Alertmanager gets
@@ -43,6 +45,8 @@ pub struct AlertsConfig {
     pub error_rate: f64,
     pub error_min_requests: u64,
     pub backlog_messages: u64,
+    /// Burn rate at which an SLO objective alerts.
+    pub slo_burn_rate: f64,
     /// Resolved alerts kept for the history view.
     pub keep_resolved: usize,
 }
@@ -59,6 +63,7 @@ impl Default for AlertsConfig {
             error_rate: 0.05,
             error_min_requests: 20,
             backlog_messages: 10_000,
+            slo_burn_rate: 10.0,
             keep_resolved: 200,
         }
     }
@@ -73,6 +78,9 @@ impl AlertsConfig {
         }
         if self.drift_windows == 0 || self.drift_clear_windows == 0 {
             return err("drift_windows", "and drift_clear_windows must be at least 1");
+        }
+        if !(self.slo_burn_rate.is_finite() && self.slo_burn_rate > 0.0) {
+            return err("slo_burn_rate", "must be above 0");
         }
         if !(self.error_rate > 0.0 && self.error_rate <= 1.0) {
             return err("error_rate", "must be in (0, 1]");
@@ -184,6 +192,9 @@ impl AlertRecord {
 
     fn description(&self) -> String {
         const LISTED: usize = 20;
+        if self.devices.is_empty() {
+            return "fleet-wide".into();
+        }
         let mut listed = self.devices.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
         if self.devices.len() > LISTED {
             listed.push_str(&format!(" and {} more", self.devices.len() - LISTED));
@@ -217,6 +228,8 @@ fn rfc3339(ms: u64) -> String {
 /// Evaluates, keeps state, notifies.
 pub struct AlertEngine {
     tree: sled::Tree,
+    slos: crate::slo::Slos,
+    labels: crate::quality::Labels,
     store: Store,
     config: AlertsConfig,
     fleet: FleetConfig,
@@ -254,7 +267,19 @@ impl AlertEngine {
             None => None,
         };
         let tree = store.tree("alerts").map_err(|e| e.to_string())?;
-        Ok(AlertEngine { tree, store: store.clone(), config, fleet, ca_pem, generator_url, metrics })
+        let slos = crate::slo::Slos::open(store).map_err(|e| e.to_string())?;
+        let labels = crate::quality::Labels::open(store).map_err(|e| e.to_string())?;
+        Ok(AlertEngine {
+            tree,
+            slos,
+            labels,
+            store: store.clone(),
+            config,
+            fleet,
+            ca_pem,
+            generator_url,
+            metrics,
+        })
     }
 
     /// Every stored alert, firing first, newest first.
@@ -286,6 +311,9 @@ impl AlertEngine {
                 .into_iter()
                 .map(|c| (fingerprint(&c.labels), c))
                 .collect();
+        for c in slo_burns(&self.slos.statuses(&self.labels, now_ms)?, self.config.slo_burn_rate) {
+            candidates.insert(fingerprint(&c.labels), c);
+        }
         let mut tick = Tick::default();
         let mut records = Vec::new();
         for mut record in self.list()? {
@@ -332,7 +360,13 @@ impl AlertEngine {
         }
         tick.firing = records.iter().filter(|r| r.firing()).count();
         let mut by_name: BTreeMap<&str, i64> = BTreeMap::new();
-        for name in ["OutpostDriftSustained", "OutpostErrorSurge", "OutpostDevicesSilent", "OutpostBacklog"] {
+        for name in [
+            "OutpostDriftSustained",
+            "OutpostErrorSurge",
+            "OutpostDevicesSilent",
+            "OutpostBacklog",
+            "OutpostSloBurn",
+        ] {
             by_name.insert(name, 0);
         }
         for r in records.iter().filter(|r| r.firing()) {
@@ -409,6 +443,31 @@ impl AlertEngine {
             records.iter_mut().for_each(|r| r.webhook_notified = true);
         }
     }
+}
+
+/// Objectives burning their budget at least `rate` times too fast (with some events to judge).
+pub fn slo_burns(statuses: &BTreeMap<String, crate::slo::SloStatus>, rate: f64) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (model, status) in statuses {
+        for o in status.objectives.iter().filter(|o| o.events > 0 && o.burn_rate >= rate) {
+            let kind = o.objective.split(' ').next().unwrap_or_default();
+            out.push(Candidate {
+                labels: labels(&[
+                    ("alertname", "OutpostSloBurn"),
+                    ("model", model),
+                    ("objective", kind),
+                    ("severity", "critical"),
+                ]),
+                devices: Vec::new(),
+                summary: format!(
+                    "SLO `{}` of {model} burns its error budget {:.1}x too fast ({} of {} events bad)",
+                    o.objective, o.burn_rate, o.bad_events, o.events
+                ),
+                since_ms: None,
+            });
+        }
+    }
+    out
 }
 
 fn new_record(c: Candidate, now_ms: u64) -> AlertRecord {

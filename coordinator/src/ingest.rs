@@ -70,6 +70,7 @@ pub struct Ingest {
     store: Store,
     labels: crate::quality::Labels,
     drift_history: crate::report::History,
+    slos: crate::slo::Slos,
     hysteresis: DriftHysteresis,
     authority: Arc<Authority>,
     counter: IntCounterVec,
@@ -205,10 +206,12 @@ impl Ingest {
     ) -> Result<Ingest, StoreError> {
         let labels = crate::quality::Labels::open(&store)?;
         let drift_history = crate::report::History::open(&store)?;
+        let slos = crate::slo::Slos::open(&store)?;
         Ok(Ingest {
             store,
             labels,
             drift_history,
+            slos,
             hysteresis: DriftHysteresis::default(),
             authority,
             counter,
@@ -228,6 +231,11 @@ impl Ingest {
     /// Ground-truth labels joined to predictions.
     pub fn labels(&self) -> &crate::quality::Labels {
         &self.labels
+    }
+
+    /// Objectives and the traffic history they are judged on.
+    pub fn slos(&self) -> &crate::slo::Slos {
+        &self.slos
     }
 
     /// Every drift verdict devices reported.
@@ -277,7 +285,7 @@ impl Ingest {
                 Ok(message) => apply(message, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
-        // Labels and drift verdicts go to their own trees, on the first arrival and again on a
+        // Labels, drift verdicts and traffic go to their own trees, on the first arrival and again on a
         // resend (upsert), so an interruption between the two writes loses none.
         match (&message, &stored) {
             (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
@@ -285,6 +293,9 @@ impl Ingest {
             }
             (Ok(AgentMessage::Drift(report)), Stored::New | Stored::Duplicate) => {
                 self.drift_history.put(device, report)?
+            }
+            (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
+                self.slos.put_report(device, report)?
             }
             _ => {}
         }

@@ -16,13 +16,15 @@
 //! - [`validation`]: the gate a version must pass before it may be deployed.
 //! - [`alerts`]: fleet-level alert rules (sustained drift, error surges, silent devices,
 //!   backlogs), grouped across devices, sent to Alertmanager and a JSON webhook.
+//! - [`slo`]: objectives per model (availability, latency percentile, accuracy) with
+//!   compliance and burn rate over a rolling window, fleet-wide.
 //! - [`report`]: drift history and the weekly drift report (Markdown, HTML).
 //! - [`quality`]: ground-truth labels from agents, and accuracy/precision/recall/F1 per version
 //!   and per device label.
 //! - [`desired`]: per-device desired state, signed and published retained.
 //! - [`auth`]: API tokens, roles and rate limits; [`audit`]: the hash-chained audit log.
 //!
-//! Rollouts and SLOs are later work (see
+//! Rollouts are later work (see
 //! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
@@ -43,5 +45,6 @@ pub mod quality;
 pub mod registry;
 pub mod report;
 pub mod server;
+pub mod slo;
 pub mod store;
 pub mod validation;

@@ -159,6 +159,20 @@ impl LogHistogram {
         (self.count > 0).then_some(self.max)
     }
 
+    /// How many recorded values exceed `threshold` (exact except for values within relative
+    /// error α of it, which count by their bucket's representative value).
+    pub fn count_above(&self, threshold: f64) -> u64 {
+        if threshold < MIN_POSITIVE {
+            return self.count - if threshold < 0.0 { 0 } else { self.zero_count };
+        }
+        let gamma = self.gamma();
+        self.buckets
+            .iter()
+            .filter(|&(&index, _)| 2.0 * gamma.powi(index) / (gamma + 1.0) > threshold)
+            .map(|(_, &n)| n)
+            .sum()
+    }
+
     /// The value at quantile `q` (0 ≤ q ≤ 1), within relative error α; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 || !(0.0..=1.0).contains(&q) {
@@ -209,6 +223,17 @@ impl LogHistogram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counts_values_above_a_threshold() {
+        let mut h = LogHistogram::default();
+        for v in [0.0, 1.0, 2.0, 50.0, 80.0, 81.0, 1000.0] {
+            h.record(v);
+        }
+        assert_eq!(h.count_above(60.0), 3);
+        assert_eq!(h.count_above(10_000.0), 0);
+        assert_eq!(h.count_above(0.0), 6, "zero is not above zero");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

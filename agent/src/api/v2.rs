@@ -206,9 +206,15 @@ async fn run_inference(
         let header_len = inference_header_len(&headers)?;
         let job_model = std::sync::Arc::clone(&served);
         let job_log = app.log.clone();
+        let delay = app.runtime.test_delay(&served.name, &served.version);
         let job = app
             .pool
-            .try_submit(move || codec::handle(&job_model, &body, header_len, job_log.as_deref()))
+            .try_submit(move || {
+                if let Some(delay) = delay {
+                    std::thread::sleep(delay);
+                }
+                codec::handle(&job_model, &body, header_len, job_log.as_deref())
+            })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
                     app.metrics.queue_rejections.inc();

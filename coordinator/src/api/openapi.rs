@@ -68,6 +68,21 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
     r(
         "get",
+        "/api/v1/slo",
+        "viewer",
+        None,
+        "The standing of every model's objectives: compliance and burn rate.",
+    ),
+    r("get", "/api/v1/models/{name}/slo", "viewer", None, "The model's objectives and their standing now."),
+    r(
+        "put",
+        "/api/v1/models/{name}/slo",
+        "operator",
+        JSON,
+        "Set the model's objectives: availability, latency {percentile, threshold_ms}, accuracy, window_secs.",
+    ),
+    r(
+        "get",
         "/api/v1/models/{name}/drift-report",
         "viewer",
         None,

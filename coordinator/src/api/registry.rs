@@ -299,6 +299,56 @@ pub async fn drift_report(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+pub async fn slo_statuses(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<BTreeMap<String, crate::slo::SloStatus>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let state2 = Arc::clone(&state);
+    let statuses =
+        tokio::task::spawn_blocking(move || state2.ingest.slos().statuses(state2.ingest.labels(), now_ms()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+    Ok(Json(statuses))
+}
+
+pub async fn get_slo(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<crate::slo::SloStatus>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let state2 = Arc::clone(&state);
+    let status = tokio::task::spawn_blocking(move || -> Result<crate::slo::SloStatus, ApiError> {
+        let slos = state2.ingest.slos();
+        let spec = slos.get(&name).map_err(ApiError::internal)?.ok_or_else(|| {
+            ApiError(StatusCode::NOT_FOUND, format!("model `{name}` has no objectives (PUT them first)"))
+        })?;
+        slos.status(state2.ingest.labels(), &name, &spec, now_ms()).map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(status))
+}
+
+pub async fn set_slo(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<crate::slo::SloSpec>, JsonRejection>,
+) -> Result<Json<crate::slo::SloSpec>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let result = (|| {
+        let spec = json_body(body)?;
+        spec.validate().map_err(ApiError::bad_request)?;
+        state.ingest.slos().set(&name, &spec).map_err(ApiError::internal)?;
+        let detail = serde_json::to_string(&spec).unwrap_or_default();
+        Ok((spec, detail))
+    })();
+    audited(&state, &who, "slo.set", &name, result).map(Json)
+}
+
 pub async fn get_policy(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

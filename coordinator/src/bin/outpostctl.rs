@@ -77,6 +77,31 @@ enum Command {
     /// Reports for people.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Service-level objectives per model: availability, latency percentile, accuracy.
+    #[command(subcommand)]
+    Slo(SloCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SloCommand {
+    /// Set a model's objectives (replaces the previous ones).
+    Set {
+        name: String,
+        /// Share of successful requests, e.g. `99%` or `0.99`.
+        #[arg(long, value_parser = parse_share)]
+        availability: Option<f64>,
+        /// A latency percentile under a threshold, e.g. `p95<200ms`.
+        #[arg(long, value_parser = parse_latency_objective)]
+        latency: Option<(f64, f64)>,
+        /// Accuracy floor on labelled predictions, e.g. `85%` or `0.85`.
+        #[arg(long, value_parser = parse_share)]
+        accuracy: Option<f64>,
+        /// The rolling window, e.g. `1h`, `30d`.
+        #[arg(long, value_parser = parse_age, default_value = "30d")]
+        window: u64,
+    },
+    /// Compliance and error-budget burn rate of one model (or every model with objectives).
+    Status { name: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -865,6 +890,55 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
         .collect()
 }
 
+/// `99%` or `0.99` → 0.99.
+fn parse_share(text: &str) -> Result<f64, String> {
+    let value = match text.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => text.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("`{text}` is not a share like 99% or 0.99"))?;
+    if value > 0.0 && value < 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("`{text}` must be between 0 and 100% (exclusive)"))
+    }
+}
+
+/// `p95<200ms` → (0.95, 200.0).
+fn parse_latency_objective(text: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("`{text}` is not a latency objective like p95<200ms");
+    let (p, ms) = text.strip_prefix('p').and_then(|r| r.split_once('<')).ok_or_else(bad)?;
+    let percentile = p.trim().parse::<f64>().map_err(|_| bad())? / 100.0;
+    let threshold = ms.trim().strip_suffix("ms").ok_or_else(bad)?.trim().parse::<f64>().map_err(|_| bad())?;
+    if !(percentile > 0.0 && percentile < 1.0 && threshold > 0.0) {
+        return Err(bad());
+    }
+    Ok((percentile, threshold))
+}
+
+/// The human view of `slo status`.
+fn print_slo(status: &serde_json::Value) {
+    println!("{} (window {} s)", status["model"].as_str().unwrap_or(""), status["spec"]["window_secs"]);
+    println!(
+        "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8}",
+        "OBJECTIVE", "TARGET", "ACTUAL", "EVENTS", "BAD", "BURN", "BUDGET"
+    );
+    for o in status["objectives"].as_array().into_iter().flatten() {
+        let actual = o["actual"].as_f64().map_or("-".into(), |a| format!("{a:.4}"));
+        println!(
+            "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9.2} {:>7.0}%  {}",
+            o["objective"].as_str().unwrap_or(""),
+            o["target"],
+            actual,
+            o["events"],
+            o["bad_events"],
+            o["burn_rate"].as_f64().unwrap_or(0.0),
+            100.0 * o["budget_remaining"].as_f64().unwrap_or(0.0),
+            if o["compliant"] == true { "ok" } else { "BREACHED" }
+        );
+    }
+}
+
 /// `7d`, `12h`, `30m`, `45s` → milliseconds.
 fn parse_age(text: &str) -> Result<u64, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
@@ -1123,6 +1197,35 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
                 None => print!("{}", String::from_utf8_lossy(&bytes)),
             }
+        }
+        Command::Slo(SloCommand::Set { name, availability, latency, accuracy, window }) => {
+            let spec = serde_json::json!({
+                "availability": availability,
+                "latency": latency.map(|(p, ms)| serde_json::json!({"percentile": p, "threshold_ms": ms})),
+                "accuracy": accuracy,
+                "window_secs": window / 1000,
+            });
+            let saved: serde_json::Value = api.put_json(&format!("/api/v1/models/{name}/slo"), &spec)?;
+            println!("{}", serde_json::to_string_pretty(&saved).unwrap_or_default());
+        }
+        Command::Slo(SloCommand::Status { name }) => {
+            let statuses: Vec<serde_json::Value> = match name {
+                Some(name) => vec![api.get(&format!("/api/v1/models/{name}/slo"))?],
+                None => {
+                    let all: BTreeMap<String, serde_json::Value> = api.get("/api/v1/slo")?;
+                    all.into_values().collect()
+                }
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+                return Ok(());
+            }
+            if statuses.is_empty() {
+                println!(
+                    "no objectives set (outpostctl slo set NAME --availability 99% --latency 'p95<200ms')"
+                );
+            }
+            statuses.iter().for_each(print_slo);
         }
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
