@@ -134,6 +134,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models/{name}/policy") => get(registry::get_policy),
         ("get", "/api/v1/models/{name}/quality") => get(registry::quality),
         ("get", "/api/v1/slo") => get(registry::slo_statuses),
+        ("get", "/api/v1/models/{name}/data") => get(registry::export_data),
         ("get", "/api/v1/models/{name}/slo") => get(registry::get_slo),
         ("put", "/api/v1/models/{name}/slo") => put(registry::set_slo),
         ("get", "/api/v1/models/{name}/drift-report") => get(registry::drift_report),

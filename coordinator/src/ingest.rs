@@ -71,6 +71,7 @@ pub struct Ingest {
     labels: crate::quality::Labels,
     drift_history: crate::report::History,
     slos: crate::slo::Slos,
+    predictions: crate::dataset::Predictions,
     hysteresis: DriftHysteresis,
     authority: Arc<Authority>,
     counter: IntCounterVec,
@@ -207,7 +208,9 @@ impl Ingest {
         let labels = crate::quality::Labels::open(&store)?;
         let drift_history = crate::report::History::open(&store)?;
         let slos = crate::slo::Slos::open(&store)?;
+        let predictions = crate::dataset::Predictions::open(&store)?;
         Ok(Ingest {
+            predictions,
             store,
             labels,
             drift_history,
@@ -231,6 +234,11 @@ impl Ingest {
     /// Ground-truth labels joined to predictions.
     pub fn labels(&self) -> &crate::quality::Labels {
         &self.labels
+    }
+
+    /// Uploaded predictions, for export.
+    pub fn predictions(&self) -> &crate::dataset::Predictions {
+        &self.predictions
     }
 
     /// Objectives and the traffic history they are judged on.
@@ -285,7 +293,7 @@ impl Ingest {
                 Ok(message) => apply(message, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
-        // Labels, drift verdicts and traffic go to their own trees, on the first arrival and again on a
+        // Labels, drift verdicts, traffic and predictions go to their own trees, on the first arrival and again on a
         // resend (upsert), so an interruption between the two writes loses none.
         match (&message, &stored) {
             (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
@@ -296,6 +304,9 @@ impl Ingest {
             }
             (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
                 self.slos.put_report(device, report)?
+            }
+            (Ok(AgentMessage::Predictions(batch)), Stored::New | Stored::Duplicate) => {
+                self.predictions.put(device, batch)?
             }
             _ => {}
         }

@@ -16,6 +16,7 @@
 //! - [`validation`]: the gate a version must pass before it may be deployed.
 //! - [`alerts`]: fleet-level alert rules (sustained drift, error surges, silent devices,
 //!   backlogs), grouped across devices, sent to Alertmanager and a JSON webhook.
+//! - [`dataset`]: uploaded predictions joined with their labels, exported as CSV for retraining.
 //! - [`slo`]: objectives per model (availability, latency percentile, accuracy) with
 //!   compliance and burn rate over a rolling window, fleet-wide.
 //! - [`report`]: drift history and the weekly drift report (Markdown, HTML).
@@ -36,6 +37,7 @@ pub mod broker;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod dataset;
 pub mod desired;
 pub mod ingest;
 pub mod link;

@@ -93,6 +93,18 @@ impl Labels {
         self.tree.apply_batch(writes).map_err(|e| self.store.storage_error(e))
     }
 
+    /// The label of one prediction, if one arrived.
+    pub fn get(
+        &self,
+        model: &str,
+        device: &str,
+        prediction_id: u64,
+    ) -> Result<Option<StoredLabel>, StoreError> {
+        let found =
+            self.tree.get(key(model, device, prediction_id)).map_err(|e| self.store.storage_error(e))?;
+        Ok(found.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
     /// Every label of `model` (device id, label), oldest prediction first within a device.
     fn scan<'a>(
         &'a self,

@@ -140,6 +140,36 @@ async fn labelled_traffic_gives_the_offline_metrics_per_version_and_site() {
             );
         }
     }
+    // The same rows, exported for retraining: features as the agents logged them, with labels.
+    for (_, device, _) in &agents {
+        c.wait_device(device, Duration::from_secs(30), |v| v["counts"]["predictions"].as_u64() == Some(76))
+            .await;
+    }
+    let csv_path = dir.path().join("export.csv");
+    let (code, out, err) =
+        c.ctl(&["data", "export", "--model", "bc", "--labelled-only", "--out", csv_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("228 predictions (228 labelled)"), "{out}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header.len(), 4 + 30 + 2, "{header:?}");
+    assert_eq!((header[4], header[33], header[35]), ("f0", "f29", "label"));
+    let mut exported: Vec<(Vec<f32>, i64)> = lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[4..34].iter().map(|v| v.parse().unwrap()).collect(), cells[35].parse().unwrap())
+        })
+        .collect();
+    let mut sent: Vec<(Vec<f32>, i64)> = VERSIONS
+        .iter()
+        .flat_map(|_| rows.iter().map(|(_, f, l)| (f.iter().map(|v| *v as f32).collect(), *l)))
+        .collect();
+    let order = |a: &(Vec<f32>, i64), b: &(Vec<f32>, i64)| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1));
+    exported.sort_by(order);
+    sent.sort_by(order);
+    assert!(exported == sent, "the export holds other rows than the agents served");
+
     // The same, for people.
     let (code, out, err) = c.ctl(&["model", "quality", "bc", "--by", "site", "--since", "1h"]);
     assert_eq!(code, 0, "{err}");

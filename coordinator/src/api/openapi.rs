@@ -68,6 +68,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
     r(
         "get",
+        "/api/v1/models/{name}/data",
+        "operator",
+        None,
+        "Uploaded predictions with their labels as CSV (device, prediction_id, version, predicted_at_ms, features…, predicted, label): `?since_ms=`, `?labelled_only=true`.",
+    ),
+    r(
+        "get",
         "/api/v1/slo",
         "viewer",
         None,

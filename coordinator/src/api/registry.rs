@@ -299,6 +299,47 @@ pub async fn drift_report(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// `?since_ms=` and `?labelled_only=` of a data export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    pub since_ms: Option<u64>,
+    pub labelled_only: Option<bool>,
+}
+
+/// The CSV of a data export (operator: it holds model inputs).
+pub async fn export_data(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::Operator)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("export query: {e}")))?;
+    let state2 = Arc::clone(&state);
+    let (csv, summary) = tokio::task::spawn_blocking(move || {
+        let names = |version: &str| {
+            state2.registry.get(&name, version).map(|r| r.manifest.baseline_features).unwrap_or_default()
+        };
+        state2.ingest.predictions().export_csv(
+            state2.ingest.labels(),
+            &name,
+            query.since_ms.unwrap_or(0),
+            query.labelled_only.unwrap_or(false),
+            &names,
+        )
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let summary = serde_json::to_string(&summary).unwrap_or_default();
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+        (header::HeaderName::from_static("x-outpost-export"), summary),
+    ];
+    Ok((headers, csv).into_response())
+}
+
 pub async fn slo_statuses(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

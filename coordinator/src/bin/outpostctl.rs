@@ -80,6 +80,27 @@ enum Command {
     /// Service-level objectives per model: availability, latency percentile, accuracy.
     #[command(subcommand)]
     Slo(SloCommand),
+    /// Datasets from the fleet's logged predictions and their labels.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Write uploaded predictions (with the labels that arrived for them) as CSV:
+    /// device, prediction_id, version, predicted_at_ms, features…, predicted, label.
+    Export {
+        #[arg(long)]
+        model: String,
+        /// How far back, e.g. `7d` (default: everything).
+        #[arg(long, value_parser = parse_age)]
+        since: Option<u64>,
+        /// Only predictions a label arrived for.
+        #[arg(long)]
+        labelled_only: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1226,6 +1247,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 );
             }
             statuses.iter().for_each(print_slo);
+        }
+        Command::Data(DataCommand::Export { model, since, labelled_only, out }) => {
+            let since_ms = since.map_or(0, |age| outpost_shared::endpoints::now_ms().saturating_sub(age));
+            let path =
+                format!("/api/v1/models/{model}/data?since_ms={since_ms}&labelled_only={labelled_only}");
+            let bytes = api.get_bytes(&path)?;
+            outpost_shared::files::write_atomic(out, &bytes)
+                .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", out.display())))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let rows = text.lines().skip(1).count();
+            let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
+            println!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
         }
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
