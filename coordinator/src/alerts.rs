@@ -10,6 +10,8 @@
 //! - `OutpostDevicesSilent`: devices offline (no envelope for `fleet.offline_after_secs`, or
 //!   their last will fired);
 //! - `OutpostBacklog`: devices whose outbox holds at least `backlog_messages` messages;
+//! - `OutpostRetrainingSlow` {model}: the newest retraining run's command took 10× longer than
+//!   the previous successful one's;
 //! - `OutpostSloBurn` {model, objective}: an objective ([`crate::slo`]) spends its error
 //!   budget at least `slo_burn_rate` times as fast as the window allows (fleet-wide).
 //!
@@ -314,6 +316,9 @@ impl AlertEngine {
         for c in slo_burns(&self.slos.statuses(&self.labels, now_ms)?, self.config.slo_burn_rate) {
             candidates.insert(fingerprint(&c.labels), c);
         }
+        for c in self.slow_retraining()? {
+            candidates.insert(fingerprint(&c.labels), c);
+        }
         let mut tick = Tick::default();
         let mut records = Vec::new();
         for mut record in self.list()? {
@@ -366,6 +371,7 @@ impl AlertEngine {
             "OutpostDevicesSilent",
             "OutpostBacklog",
             "OutpostSloBurn",
+            "OutpostRetrainingSlow",
         ] {
             by_name.insert(name, 0);
         }
@@ -382,6 +388,37 @@ impl AlertEngine {
             tracing::info!(alert = %key, "alert resolved");
         }
         Ok(tick)
+    }
+
+    /// Models whose newest retraining run was slow.
+    fn slow_retraining(&self) -> Result<Vec<Candidate>, StoreError> {
+        let tree = self.store.tree("retraining_runs")?;
+        let mut newest: BTreeMap<String, crate::retraining::RunRecord> = BTreeMap::new();
+        for item in tree.iter() {
+            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
+            if let Ok(run) = serde_json::from_slice::<crate::retraining::RunRecord>(&v) {
+                newest.insert(run.model.clone(), run);
+            }
+        }
+        Ok(newest
+            .into_values()
+            .filter(|r| r.slow)
+            .map(|r| Candidate {
+                labels: labels(&[
+                    ("alertname", "OutpostRetrainingSlow"),
+                    ("model", &r.model),
+                    ("severity", "warning"),
+                ]),
+                devices: Vec::new(),
+                summary: format!(
+                    "Retraining of {} took {:.1} s, over 10x its previous run (run {})",
+                    r.model,
+                    r.command_ms.unwrap_or_default() as f64 / 1000.0,
+                    r.id
+                ),
+                since_ms: r.finished_ms.or(Some(r.started_ms)),
+            })
+            .collect())
     }
 
     fn client(&self, url: &str) -> Result<ureq::Agent, String> {

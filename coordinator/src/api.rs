@@ -35,6 +35,7 @@ use outpost_shared::protocol::messages::{ModelState, OutboxStats};
 
 pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertEngine>,
+    pub retraining: Arc<crate::retraining::Retraining>,
     pub config: Config,
     pub store: Store,
     pub authority: Arc<Authority>,
@@ -67,7 +68,7 @@ pub mod registry;
 pub struct PeerDevice(pub String);
 
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
@@ -135,6 +136,8 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models/{name}/quality") => get(registry::quality),
         ("get", "/api/v1/slo") => get(registry::slo_statuses),
         ("get", "/api/v1/models/{name}/data") => get(registry::export_data),
+        ("post", "/api/v1/models/{name}/retrain") => post(registry::retrain),
+        ("get", "/api/v1/models/{name}/retraining") => get(registry::retraining_runs),
         ("get", "/api/v1/models/{name}/slo") => get(registry::get_slo),
         ("put", "/api/v1/models/{name}/slo") => put(registry::set_slo),
         ("get", "/api/v1/models/{name}/drift-report") => get(registry::drift_report),

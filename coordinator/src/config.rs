@@ -33,6 +33,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Alert rules and where alerts go (Alertmanager, a JSON webhook).
     pub alerts: crate::alerts::AlertsConfig,
+    /// Retraining hooks per model.
+    pub retraining: crate::retraining::RetrainingConfig,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             fleet: FleetConfig::default(),
             log: LogConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            retraining: crate::retraining::RetrainingConfig::default(),
         }
     }
 }
@@ -268,7 +271,7 @@ impl Config {
         if self.api.cert_file.is_some() != self.api.key_file.is_some() {
             return Err(key("api.cert_file", "and api.key_file go together"));
         }
-        if let Err((k, problem)) = self.alerts.validate() {
+        if let Err((k, problem)) = self.alerts.validate().and_then(|()| self.retraining.validate()) {
             return Err(ConfigError::Key { key: k, problem });
         }
         if self.broker.max_packet_bytes < 64 * 1024 {

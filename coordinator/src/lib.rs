@@ -17,6 +17,8 @@
 //! - [`alerts`]: fleet-level alert rules (sustained drift, error surges, silent devices,
 //!   backlogs), grouped across devices, sent to Alertmanager and a JSON webhook.
 //! - [`dataset`]: uploaded predictions joined with their labels, exported as CSV for retraining.
+//! - [`retraining`]: the retraining loop (export → the operator's command → next patch version
+//!   with lineage → validation gate → canary when the policy allows).
 //! - [`slo`]: objectives per model (availability, latency percentile, accuracy) with
 //!   compliance and burn rate over a rolling window, fleet-wide.
 //! - [`report`]: drift history and the weekly drift report (Markdown, HTML).
@@ -46,6 +48,7 @@ pub mod packaging;
 pub mod quality;
 pub mod registry;
 pub mod report;
+pub mod retraining;
 pub mod server;
 pub mod slo;
 pub mod store;

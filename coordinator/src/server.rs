@@ -162,7 +162,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         })?,
     );
     let alerts_task = tokio::spawn(crate::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
+    let retraining = Arc::new(crate::retraining::Retraining::open(&store, config.retraining.clone())?);
     let state = Arc::new(AppState {
+        retraining,
         alerts,
         config: config.clone(),
         store: store.clone(),
@@ -177,6 +179,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         broker_ca_pem,
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
     });
+    let retraining_task =
+        tokio::spawn(crate::retraining::run_triggers(Arc::clone(&state), shutdown_rx.clone()));
     let mut api_shutdown = shutdown_rx.clone();
     let app = api::router(state);
     let server_task = match tls {
@@ -197,6 +201,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = shutdown_tx.send(true);
     let _ = link_task.await;
     let _ = alerts_task.await;
+    let _ = retraining_task.await;
     let served = server_task.await;
     store.flush()?;
     tracing::info!("state flushed; stopped");

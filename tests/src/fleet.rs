@@ -172,6 +172,8 @@ pub struct Coordinator {
     pub tls: bool,
     /// Extra environment (configuration overrides) for every start.
     pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments (e.g. `--config FILE`).
+    pub args: Vec<String>,
 }
 
 impl Coordinator {
@@ -220,6 +222,16 @@ impl Coordinator {
         (c, port)
     }
 
+    /// Like [`Coordinator::start_embedded`], with a configuration file.
+    pub fn start_embedded_configured(data_dir: &Path, config: &Path) -> (Coordinator, u16) {
+        let port = free_port();
+        let mut c =
+            Coordinator::unstarted(data_dir, ["--broker-listen".into(), format!("127.0.0.1:{port}")], false);
+        c.args = vec!["--config".into(), config.display().to_string()];
+        c.resume();
+        (c, port)
+    }
+
     /// Like [`Coordinator::start_embedded`], with the API on HTTPS (`api.tls = "on"`).
     pub fn start_embedded_tls(data_dir: &Path) -> (Coordinator, u16) {
         let port = free_port();
@@ -250,6 +262,7 @@ impl Coordinator {
             http: reqwest::Client::new(),
             tls,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -260,6 +273,7 @@ impl Coordinator {
             .args(["serve", "--log-format", "json", "--listen", &listen, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.broker_args)
+            .args(&self.args)
             .env("OUTPOST_COORDINATOR_API__TLS", if self.tls { "on" } else { "auto" })
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

@@ -67,6 +67,20 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models/{name}", "viewer", None, "The versions of one model."),
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
     r(
+        "post",
+        "/api/v1/models/{name}/retrain",
+        "operator",
+        None,
+        "Start the model's retraining hook now (202 with the run; 409 if one is running or none is configured).",
+    ),
+    r(
+        "get",
+        "/api/v1/models/{name}/retraining",
+        "viewer",
+        None,
+        "The model's retraining runs, oldest first.",
+    ),
+    r(
         "get",
         "/api/v1/models/{name}/data",
         "operator",

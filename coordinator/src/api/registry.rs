@@ -36,7 +36,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// Writes an audit entry; a failure to audit is logged loudly (the action already happened).
-pub(super) fn audit(
+pub(crate) fn audit(
     state: &AppState,
     who: &Principal,
     action: &str,
@@ -175,13 +175,13 @@ pub async fn purge(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateQuery {
-    label: String,
-    segment: Option<String>,
-    min_accuracy: Option<f64>,
-    max_accuracy_drop: Option<f64>,
-    max_f1_drop: Option<f64>,
-    max_p99_ratio: Option<f64>,
-    p99_slack_ms: Option<f64>,
+    pub(crate) label: String,
+    pub(crate) segment: Option<String>,
+    pub(crate) min_accuracy: Option<f64>,
+    pub(crate) max_accuracy_drop: Option<f64>,
+    pub(crate) max_f1_drop: Option<f64>,
+    pub(crate) max_p99_ratio: Option<f64>,
+    pub(crate) p99_slack_ms: Option<f64>,
 }
 
 pub async fn validate(
@@ -197,41 +197,53 @@ pub async fn validate(
     let by = who.name.clone();
     let result = blocking(move || {
         let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        // The model's stored thresholds, each overridable for this run.
-        let stored = st.registry.policy(&name)?;
-        let policy = Policy {
-            min_accuracy: q.min_accuracy.or(stored.min_accuracy),
-            max_accuracy_drop: q.max_accuracy_drop.unwrap_or(stored.max_accuracy_drop),
-            max_f1_drop: q.max_f1_drop.unwrap_or(stored.max_f1_drop),
-            max_p99_ratio: q.max_p99_ratio.unwrap_or(stored.max_p99_ratio),
-            p99_slack_ms: q.p99_slack_ms.unwrap_or(stored.p99_slack_ms),
-        };
-        policy.validate().map_err(ApiError::bad_request)?;
-        let record = st.registry.get(&name, &version)?;
-        let bundle_bytes = st.registry.artifact(&record.bundle_sha256)?;
-        let bundle = outpost_shared::bundle::Bundle::parse(&bundle_bytes).map_err(ApiError::internal)?;
-        let table = crate::packaging::Table::parse(&body, "the dataset")
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let production = st
-            .registry
-            .production(&name)?
-            .filter(|p| p.version != version)
-            .and_then(|p| p.validation)
-            .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
-        let report =
-            validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
-                .map_err(ApiError::bad_request)?;
-        let value = serde_json::to_value(&report).map_err(ApiError::internal)?;
-        st.registry.set_validation(&name, &version, value, report.passed, &by)?;
-        let detail = if report.passed {
-            format!("passed: accuracy {:.4}", report.metrics.accuracy)
-        } else {
-            format!("failed: {}", report.failures.join("; "))
-        };
-        Ok((report, detail))
+        validate_version(&st, &name, &version, &body, &q, &by)
     })
     .await?;
     audited(&state, &who, "model.validate", &target, result).map(Json)
+}
+
+/// Runs the validation gate on `dataset` (CSV bytes) and stores the result (blocking).
+pub(crate) fn validate_version(
+    st: &AppState,
+    name: &str,
+    version: &str,
+    dataset: &[u8],
+    q: &ValidateQuery,
+    by: &str,
+) -> Result<(validation::Report, String), ApiError> {
+    // The model's stored thresholds, each overridable for this run.
+    let stored = st.registry.policy(name)?;
+    let policy = Policy {
+        min_accuracy: q.min_accuracy.or(stored.min_accuracy),
+        max_accuracy_drop: q.max_accuracy_drop.unwrap_or(stored.max_accuracy_drop),
+        max_f1_drop: q.max_f1_drop.unwrap_or(stored.max_f1_drop),
+        max_p99_ratio: q.max_p99_ratio.unwrap_or(stored.max_p99_ratio),
+        p99_slack_ms: q.p99_slack_ms.unwrap_or(stored.p99_slack_ms),
+    };
+    policy.validate().map_err(ApiError::bad_request)?;
+    let record = st.registry.get(name, version)?;
+    let bundle_bytes = st.registry.artifact(&record.bundle_sha256)?;
+    let bundle = outpost_shared::bundle::Bundle::parse(&bundle_bytes).map_err(ApiError::internal)?;
+    let table = crate::packaging::Table::parse(dataset, "the dataset")
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let production = st
+        .registry
+        .production(name)?
+        .filter(|p| p.version != version)
+        .and_then(|p| p.validation)
+        .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
+    let report =
+        validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
+            .map_err(ApiError::bad_request)?;
+    let value = serde_json::to_value(&report).map_err(ApiError::internal)?;
+    st.registry.set_validation(name, version, value, report.passed, by)?;
+    let detail = if report.passed {
+        format!("passed: accuracy {:.4}", report.metrics.accuracy)
+    } else {
+        format!("failed: {}", report.failures.join("; "))
+    };
+    Ok((report, detail))
 }
 
 /// `?by=` and `?since_ms=` of the quality view.
@@ -297,6 +309,28 @@ pub async fn drift_report(
         _ => ("text/markdown; charset=utf-8", crate::report::render_markdown(&history)),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+pub async fn retrain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let result = crate::retraining::start(&state, &name, "manual")
+        .map(|run| (run.clone(), run.id))
+        .map_err(|e| ApiError(StatusCode::CONFLICT, e));
+    let run = audited(&state, &who, "model.retrain", &name, result)?;
+    Ok((StatusCode::ACCEPTED, Json(run)).into_response())
+}
+
+pub async fn retraining_runs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<crate::retraining::RunRecord>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    Ok(Json(state.retraining.runs(&name)))
 }
 
 /// `?since_ms=` and `?labelled_only=` of a data export.
@@ -510,12 +544,12 @@ fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
-    model: String,
-    version: String,
+    pub(crate) model: String,
+    pub(crate) version: String,
     #[serde(default)]
-    selector: BTreeMap<String, String>,
+    pub(crate) selector: BTreeMap<String, String>,
     #[serde(default)]
-    devices: Vec<String>,
+    pub(crate) devices: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -538,7 +572,7 @@ pub async fn deploy(
     audited(&state, &who, "deploy", &target, result).map(Json)
 }
 
-async fn deploy_inner(
+pub(crate) async fn deploy_inner(
     state: &Arc<AppState>,
     who: &Principal,
     request: &DeployRequest,

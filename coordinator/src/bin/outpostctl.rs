@@ -83,6 +83,22 @@ enum Command {
     /// Datasets from the fleet's logged predictions and their labels.
     #[command(subcommand)]
     Data(DataCommand),
+    /// The retraining hook: run it now, or list its runs.
+    #[command(subcommand)]
+    Retrain(RetrainCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetrainCommand {
+    /// Start the model's retraining hook now; with --wait, follow it to the end (exit 0 when a
+    /// validated version came out, 1 otherwise).
+    Run {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The model's retraining runs.
+    History { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -911,6 +927,33 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
         .collect()
 }
 
+/// The human view of one retraining run.
+fn print_run(run: &serde_json::Value) {
+    let s = |k: &str| run[k].as_str().unwrap_or("-").to_owned();
+    println!(
+        "{} {} ({}) {} -> {}: {} rows, command {:.1} s{}",
+        s("id"),
+        s("status"),
+        s("trigger"),
+        s("parent_version"),
+        s("version"),
+        run["data_rows"],
+        run["command_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        if run["slow"] == true { " (SLOW: over 10x the previous run)" } else { "" }
+    );
+    match run["validation_passed"].as_bool() {
+        Some(true) => println!("  validation passed"),
+        Some(false) => println!("  validation FAILED: {}", run["validation_failures"]),
+        None => {}
+    }
+    if let Some(devices) = run["canary_devices"].as_array().filter(|d| !d.is_empty()) {
+        println!("  canary on {} device(s)", devices.len());
+    }
+    if let Some(error) = run["error"].as_str() {
+        println!("  error: {error}");
+    }
+}
+
 /// `99%` or `0.99` → 0.99.
 fn parse_share(text: &str) -> Result<f64, String> {
     let value = match text.strip_suffix('%') {
@@ -1259,6 +1302,40 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let rows = text.lines().skip(1).count();
             let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
             println!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
+        }
+        Command::Retrain(RetrainCommand::Run { name, wait }) => {
+            let started: serde_json::Value =
+                api.post_json(&format!("/api/v1/models/{name}/retrain"), &serde_json::json!({}))?;
+            let id = started["id"].as_str().unwrap_or_default().to_owned();
+            eprintln!("retraining run {id} started");
+            if !wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let run = loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
+                let Some(run) = runs.into_iter().find(|r| r["id"] == id.as_str()) else { continue };
+                if run["status"] != "running" || !run["finished_ms"].is_null() {
+                    break run;
+                }
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+            } else {
+                print_run(&run);
+            }
+            if run["validation_passed"] != true {
+                return Err(Failure::Refused(format!("retraining run {id} produced no validated version")));
+            }
+        }
+        Command::Retrain(RetrainCommand::History { name }) => {
+            let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+                return Ok(());
+            }
+            runs.iter().for_each(print_run);
         }
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;

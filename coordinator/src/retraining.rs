@@ -1,0 +1,490 @@
+//! The retraining loop: export what the fleet saw, run the operator's training command, and
+//! bring its model back in as the next patch version — with lineage, through the validation
+//! gate, and onto a canary selector only when the model's policy says so.
+//!
+//! `[retraining.models.<name>]` configures one model: `command` (argv; it gets `OUTPOST_DATA`
+//! = the exported CSV, `OUTPOST_OUTPUT` = where to write the ONNX file, and may write a
+//! `<output>.reference.json` beside it, plus `OUTPOST_MODEL`, `OUTPOST_PARENT_VERSION`,
+//! `OUTPOST_VERSION`), `timeout_secs`, the triggers (`schedule_secs`, `on_drift`: a firing
+//! sustained-drift alert for the model), the data window, the validation dataset, and
+//! `canary_selector`. A run:
+//! 1. exports the labelled predictions of the window ([`crate::dataset`]) to
+//!    `<data_dir>/retraining/<model>/<run>/data.csv` and hashes it;
+//! 2. runs the command with a timeout, output captured to `log.txt` (its tail kept in the run);
+//! 3. builds a bundle from the output (baseline = the exported data; lineage: parent =
+//!    production version, dataset sha256, data window, run id), registers it signed;
+//! 4. validates it (the configured dataset, else the exported data);
+//! 5. deploys it to `canary_selector` when it passed and one is set.
+//!
+//! Runs are kept in sled `retraining_runs`. A run whose command took 10× longer than the
+//! previous successful one is marked `slow`, which the alert engine reports
+//! (`OutpostRetrainingSlow`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::store::{StoreError, now_ms};
+
+/// `[retraining]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainingConfig {
+    /// How often triggers are checked.
+    pub check_secs: u64,
+    pub models: BTreeMap<String, ModelRetraining>,
+}
+
+impl Default for RetrainingConfig {
+    fn default() -> Self {
+        RetrainingConfig { check_secs: 30, models: BTreeMap::new() }
+    }
+}
+
+/// `[retraining.models.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRetraining {
+    pub command: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Run every this many seconds (unset: no schedule).
+    #[serde(default)]
+    pub schedule_secs: Option<u64>,
+    /// Run when sustained drift of the model fires an alert.
+    #[serde(default)]
+    pub on_drift: bool,
+    /// Predictions made this far back are exported.
+    #[serde(default = "default_window")]
+    pub data_window_secs: u64,
+    /// Fewer labelled rows: the run is refused.
+    #[serde(default = "default_min_rows")]
+    pub min_rows: u64,
+    /// Validation dataset (CSV) and its label column (default: the exported data, `label`).
+    #[serde(default)]
+    pub validation_dataset: Option<PathBuf>,
+    #[serde(default = "default_label")]
+    pub label: String,
+    #[serde(default)]
+    pub segment: Option<String>,
+    /// Devices (labels, e.g. `{site = "a"}`) that get a validated new version as a canary;
+    /// unset: the version is registered and validated, nothing is deployed.
+    #[serde(default)]
+    pub canary_selector: Option<BTreeMap<String, String>>,
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+fn default_window() -> u64 {
+    7 * 86_400
+}
+fn default_min_rows() -> u64 {
+    50
+}
+fn default_label() -> String {
+    "label".into()
+}
+
+impl RetrainingConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.check_secs == 0 {
+            return Err(("retraining.check_secs".into(), "must be at least 1".into()));
+        }
+        for (model, m) in &self.models {
+            let key = |k: &str| format!("retraining.models.{model}.{k}");
+            if m.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err((key("command"), "must name a program, e.g. [\"python3\", \"train.py\"]".into()));
+            }
+            if m.timeout_secs == 0 || m.data_window_secs == 0 || m.schedule_secs == Some(0) {
+                return Err((
+                    key("timeout_secs"),
+                    "timeout_secs, data_window_secs and schedule_secs must be at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub model: String,
+    /// `manual`, `schedule` or `drift`.
+    pub trigger: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// `running`, `succeeded` (registered; see validation), `failed`, `refused`.
+    pub status: String,
+    pub error: Option<String>,
+    pub parent_version: Option<String>,
+    pub version: Option<String>,
+    pub data_rows: u64,
+    pub dataset_sha256: Option<String>,
+    pub data_from_ms: Option<u64>,
+    pub data_to_ms: Option<u64>,
+    /// Time the command ran.
+    pub command_ms: Option<u64>,
+    /// The command took 10× longer than the previous successful run's.
+    pub slow: bool,
+    pub validation_passed: Option<bool>,
+    pub validation_failures: Vec<String>,
+    pub canary_devices: Vec<String>,
+    /// The last lines the command wrote.
+    pub log_tail: String,
+}
+
+/// Runs, their store, and which models are running now.
+pub struct Retraining {
+    tree: sled::Tree,
+    running: Mutex<HashSet<String>>,
+    pub config: RetrainingConfig,
+}
+
+impl std::fmt::Debug for Retraining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retraining").finish_non_exhaustive()
+    }
+}
+
+impl Retraining {
+    pub fn open(store: &crate::store::Store, config: RetrainingConfig) -> Result<Retraining, StoreError> {
+        Ok(Retraining { tree: store.tree("retraining_runs")?, running: Mutex::new(HashSet::new()), config })
+    }
+
+    fn put(&self, run: &RunRecord) {
+        let key = format!("{}\0{:020}", run.model, run.started_ms);
+        if let Err(e) = self.tree.insert(key.as_bytes(), serde_json::to_vec(run).unwrap_or_default()) {
+            tracing::error!(error = %e, run = run.id, "cannot store a retraining run");
+        }
+    }
+
+    /// The runs of `model`, oldest first.
+    pub fn runs(&self, model: &str) -> Vec<RunRecord> {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        self.tree
+            .scan_prefix(prefix)
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// Every model's newest run.
+    pub fn latest(&self) -> Vec<RunRecord> {
+        let mut by_model: BTreeMap<String, RunRecord> = BTreeMap::new();
+        for run in self
+            .tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice::<RunRecord>(&v).ok())
+        {
+            by_model.insert(run.model.clone(), run);
+        }
+        by_model.into_values().collect()
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The next free patch version after `parent` (`1.2.3` → `1.2.4`, or later if taken).
+fn next_version(state: &AppState, model: &str, parent: &str) -> Result<String, String> {
+    let parsed = semver::Version::parse(parent)
+        .map_err(|e| format!("production version `{parent}` is not semver: {e}"))?;
+    let mut v = semver::Version::new(parsed.major, parsed.minor, parsed.patch + 1);
+    while state.registry.get(model, &v.to_string()).is_ok() {
+        v.patch += 1;
+    }
+    Ok(v.to_string())
+}
+
+/// Starts a run of `model` in the background; `Err` when it cannot start (not configured,
+/// already running).
+pub fn start(state: &Arc<AppState>, model: &str, trigger: &str) -> Result<RunRecord, String> {
+    let retraining = &state.retraining;
+    let config = retraining.config.models.get(model).cloned().ok_or_else(|| {
+        format!("model `{model}` has no retraining configured ([retraining.models.{model}])")
+    })?;
+    if !retraining.running.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned()) {
+        return Err(format!("a retraining run of `{model}` is already going"));
+    }
+    let started_ms = now_ms();
+    let run = RunRecord {
+        id: format!("{model}-{started_ms}"),
+        model: model.to_owned(),
+        trigger: trigger.to_owned(),
+        started_ms,
+        finished_ms: None,
+        status: "running".into(),
+        error: None,
+        parent_version: None,
+        version: None,
+        data_rows: 0,
+        dataset_sha256: None,
+        data_from_ms: None,
+        data_to_ms: None,
+        command_ms: None,
+        slow: false,
+        validation_passed: None,
+        validation_failures: Vec::new(),
+        canary_devices: Vec::new(),
+        log_tail: String::new(),
+    };
+    retraining.put(&run);
+    let (state, first) = (Arc::clone(state), run.clone());
+    tokio::spawn(async move {
+        let mut run = first;
+        if let Err((status, error)) = execute(&state, &config, &mut run).await {
+            run.status = status.into();
+            run.error = Some(error);
+        }
+        run.finished_ms = Some(now_ms());
+        tracing::info!(run = run.id, status = run.status, version = ?run.version, error = ?run.error, "retraining run finished");
+        state.retraining.put(&run);
+        state.retraining.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&run.model);
+    });
+    Ok(run)
+}
+
+type Failed = (&'static str, String);
+
+async fn execute(state: &Arc<AppState>, config: &ModelRetraining, run: &mut RunRecord) -> Result<(), Failed> {
+    let refused = |e: String| ("refused", e);
+    let failed = |e: String| ("failed", e);
+    let model = run.model.clone();
+    let parent = state
+        .registry
+        .production(&model)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| refused(format!("`{model}` has no production version to retrain from")))?;
+    run.parent_version = Some(parent.version.clone());
+    let version = next_version(state, &model, &parent.version).map_err(refused)?;
+    let dir = state.config.data_dir.join("retraining").join(&model).join(&run.id);
+    std::fs::create_dir_all(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+
+    // 1. The data.
+    let since = run.started_ms.saturating_sub(config.data_window_secs.saturating_mul(1000));
+    let st = Arc::clone(state);
+    let m = model.clone();
+    let (csv, summary) = tokio::task::spawn_blocking(move || {
+        let names =
+            |v: &str| st.registry.get(&m, v).map(|r| r.manifest.baseline_features).unwrap_or_default();
+        st.ingest.predictions().export_csv(st.ingest.labels(), &m, since, true, &names)
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+    .map_err(|e| failed(e.to_string()))?;
+    run.data_rows = summary.rows;
+    run.data_from_ms = summary.from_ms;
+    run.data_to_ms = summary.to_ms;
+    if summary.rows < config.min_rows {
+        return Err(refused(format!(
+            "{} labelled rows in the window, fewer than min_rows = {}",
+            summary.rows, config.min_rows
+        )));
+    }
+    let data = dir.join("data.csv");
+    outpost_shared::files::write_atomic(&data, csv.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    run.dataset_sha256 = Some(outpost_shared::bundle::sha256_hex(csv.as_bytes()));
+    state.retraining.put(run);
+
+    // 2. The command.
+    let output = dir.join("model.onnx");
+    let log_path = dir.join("log.txt");
+    let log = std::fs::File::create(&log_path).map_err(|e| failed(format!("{}: {e}", log_path.display())))?;
+    let log_err = log.try_clone().map_err(|e| failed(e.to_string()))?;
+    let mut child = Command::new(&config.command[0])
+        .args(&config.command[1..])
+        .current_dir(&dir)
+        .env("OUTPOST_DATA", &data)
+        .env("OUTPOST_OUTPUT", &output)
+        .env("OUTPOST_MODEL", &model)
+        .env("OUTPOST_PARENT_VERSION", &parent.version)
+        .env("OUTPOST_VERSION", &version)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| failed(format!("cannot start `{}`: {e}", config.command[0])))?;
+    let started = Instant::now();
+    let timeout = Duration::from_secs(config.timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return Err(failed(format!("waiting for the command: {e}"))),
+        }
+    };
+    let command_ms = started.elapsed().as_millis() as u64;
+    run.command_ms = Some(command_ms);
+    run.log_tail = tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 20);
+    let previous = state
+        .retraining
+        .runs(&model)
+        .into_iter()
+        .filter(|r| r.status == "succeeded" && r.id != run.id)
+        .filter_map(|r| r.command_ms)
+        .next_back();
+    run.slow = previous.is_some_and(|p| command_ms > 10 * p.max(1));
+    match status {
+        None => {
+            return Err(failed(format!(
+                "the command ran past timeout_secs = {} and was killed",
+                config.timeout_secs
+            )));
+        }
+        Some(s) if !s.success() => {
+            return Err(failed(format!("the command failed ({s}); see {}", log_path.display())));
+        }
+        Some(_) => {}
+    }
+
+    // 3. Bundle with lineage, registered.
+    let mut metadata = BTreeMap::new();
+    metadata.insert("retraining.run".to_owned(), run.id.clone());
+    metadata.insert("retraining.trigger".to_owned(), run.trigger.clone());
+    metadata.insert("data.rows".to_owned(), summary.rows.to_string());
+    metadata.insert("data.from_ms".to_owned(), summary.from_ms.unwrap_or_default().to_string());
+    metadata.insert("data.to_ms".to_owned(), summary.to_ms.unwrap_or_default().to_string());
+    let spec = crate::packaging::BuildSpec {
+        model: output.clone(),
+        name: model.clone(),
+        version: version.clone(),
+        baseline: Some(data.clone()),
+        exclude: ["device", "prediction_id", "version", "predicted_at_ms", "predicted", "label"]
+            .map(String::from)
+            .to_vec(),
+        reference: None,
+        card: None,
+        metadata,
+        hyperparameters: BTreeMap::new(),
+        training_date: Some(crate::packaging::utc(run.started_ms / 1000)),
+        dataset_sha256: run.dataset_sha256.clone(),
+        parent_version: Some(parent.version.clone()),
+        nan_policy: parent.manifest.nan_policy,
+    };
+    let st = Arc::clone(state);
+    let pushed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let (bundle, _) = crate::packaging::build(&spec, now_ms() / 1000).map_err(|e| e.to_string())?;
+        st.registry
+            .push(&bundle.to_bytes(), "retraining", st.authority.signing_key())
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?;
+    pushed.map_err(|e| failed(format!("the new model could not be registered: {e}")))?;
+    run.version = Some(version.clone());
+    run.status = "succeeded".into();
+    let principal = crate::auth::Principal {
+        name: "retraining".into(),
+        role: crate::auth::Role::Operator,
+        token_hash: String::new(),
+    };
+    crate::api::registry::audit(state, &principal, "model.push", &format!("{model}@{version}"), Ok(&run.id));
+    state.retraining.put(run);
+
+    // 4. The gate.
+    let dataset = match &config.validation_dataset {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| failed(format!("validation dataset {}: {e}", path.display())))?
+        }
+        None => csv.into_bytes(),
+    };
+    let query = crate::api::registry::ValidateQuery {
+        label: config.label.clone(),
+        segment: config.segment.clone(),
+        min_accuracy: None,
+        max_accuracy_drop: None,
+        max_f1_drop: None,
+        max_p99_ratio: None,
+        p99_slack_ms: None,
+    };
+    let (st, m, v) = (Arc::clone(state), model.clone(), version.clone());
+    let validated = tokio::task::spawn_blocking(move || {
+        crate::api::registry::validate_version(&st, &m, &v, &dataset, &query, "retraining")
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?;
+    let target = format!("{model}@{version}");
+    let (report, detail) = validated.map_err(|e| failed(format!("validation could not run: {}", e.1)))?;
+    crate::api::registry::audit(state, &principal, "model.validate", &target, Ok(&detail));
+    run.validation_passed = Some(report.passed);
+    run.validation_failures = report.failures.clone();
+    if !report.passed {
+        return Ok(());
+    }
+
+    // 5. Canary, when the policy allows it.
+    if let Some(selector) = &config.canary_selector {
+        let request = crate::api::registry::DeployRequest {
+            model: model.clone(),
+            version: version.clone(),
+            selector: selector.clone(),
+            devices: Vec::new(),
+        };
+        match crate::api::registry::deploy_inner(state, &principal, &request).await {
+            Ok((response, detail)) => {
+                crate::api::registry::audit(state, &principal, "deploy", &target, Ok(&detail));
+                run.canary_devices = response.devices;
+            }
+            Err(e) => return Err(failed(format!("the canary deployment was refused: {}", e.1))),
+        }
+    }
+    Ok(())
+}
+
+/// Checks the triggers every `check_secs`: schedules, and sustained drift alerts.
+pub async fn run_triggers(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.retraining.config.check_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = now_ms();
+        let alerts = state.alerts.list().unwrap_or_default();
+        for (model, config) in &state.retraining.config.models {
+            let last = state.retraining.runs(model).into_iter().map(|r| r.started_ms).max();
+            let due_schedule = config
+                .schedule_secs
+                .is_some_and(|s| last.is_none_or(|l| now.saturating_sub(l) >= s.saturating_mul(1000)));
+            let drift_since = alerts
+                .iter()
+                .filter(|a| {
+                    a.firing()
+                        && a.labels.get("alertname").map(String::as_str) == Some("OutpostDriftSustained")
+                })
+                .filter(|a| a.labels.get("model") == Some(model))
+                .map(|a| a.starts_at_ms)
+                .min();
+            let due_drift =
+                config.on_drift && drift_since.is_some_and(|since| last.is_none_or(|l| l < since));
+            let trigger = if due_drift {
+                "drift"
+            } else if due_schedule {
+                "schedule"
+            } else {
+                continue;
+            };
+            if let Err(e) = start(&state, model, trigger) {
+                tracing::debug!(model, error = %e, "retraining not started");
+            }
+        }
+    }
+}
