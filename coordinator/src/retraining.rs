@@ -449,6 +449,28 @@ async fn execute(state: &Arc<AppState>, config: &ModelRetraining, run: &mut RunR
     Ok(())
 }
 
+/// Which trigger, if any, calls for a run now: sustained drift that began after the last run
+/// started (with `on_drift`), else a schedule that has come round.
+pub fn due(
+    config: &ModelRetraining,
+    last_start_ms: Option<u64>,
+    drift_since_ms: Option<u64>,
+    now_ms: u64,
+) -> Option<&'static str> {
+    let drift =
+        config.on_drift && drift_since_ms.is_some_and(|since| last_start_ms.is_none_or(|l| l < since));
+    let schedule = config
+        .schedule_secs
+        .is_some_and(|s| last_start_ms.is_none_or(|l| now_ms.saturating_sub(l) >= s.saturating_mul(1000)));
+    if drift {
+        Some("drift")
+    } else if schedule {
+        Some("schedule")
+    } else {
+        None
+    }
+}
+
 /// Checks the triggers every `check_secs`: schedules, and sustained drift alerts.
 pub async fn run_triggers(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let every = Duration::from_secs(state.retraining.config.check_secs);
@@ -461,9 +483,6 @@ pub async fn run_triggers(state: Arc<AppState>, mut stop: tokio::sync::watch::Re
         let alerts = state.alerts.list().unwrap_or_default();
         for (model, config) in &state.retraining.config.models {
             let last = state.retraining.runs(model).into_iter().map(|r| r.started_ms).max();
-            let due_schedule = config
-                .schedule_secs
-                .is_some_and(|s| last.is_none_or(|l| now.saturating_sub(l) >= s.saturating_mul(1000)));
             let drift_since = alerts
                 .iter()
                 .filter(|a| {
@@ -473,18 +492,46 @@ pub async fn run_triggers(state: Arc<AppState>, mut stop: tokio::sync::watch::Re
                 .filter(|a| a.labels.get("model") == Some(model))
                 .map(|a| a.starts_at_ms)
                 .min();
-            let due_drift =
-                config.on_drift && drift_since.is_some_and(|since| last.is_none_or(|l| l < since));
-            let trigger = if due_drift {
-                "drift"
-            } else if due_schedule {
-                "schedule"
-            } else {
-                continue;
-            };
+            let Some(trigger) = due(config, last, drift_since, now) else { continue };
             if let Err(e) = start(&state, model, trigger) {
                 tracing::debug!(model, error = %e, "retraining not started");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toml_config(text: &str) -> ModelRetraining {
+        figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(text))
+            .extract()
+            .unwrap()
+    }
+
+    fn hook(schedule_secs: Option<u64>, on_drift: bool) -> ModelRetraining {
+        let schedule = schedule_secs.map(|s| format!("schedule_secs = {s}")).unwrap_or_default();
+        toml_config(&format!("command = [\"train\"]\non_drift = {on_drift}\n{schedule}"))
+    }
+
+    #[test]
+    fn drift_triggers_once_per_episode_and_schedules_come_round() {
+        let drift = hook(None, true);
+        assert_eq!(due(&drift, None, Some(5_000), 10_000), Some("drift"), "first episode");
+        assert_eq!(due(&drift, Some(6_000), Some(5_000), 10_000), None, "already retrained for it");
+        assert_eq!(due(&drift, Some(6_000), Some(7_000), 10_000), Some("drift"), "a new episode");
+        assert_eq!(due(&hook(None, false), None, Some(5_000), 10_000), None, "on_drift off");
+        let weekly = hook(Some(60), false);
+        assert_eq!(due(&weekly, None, None, 10_000), Some("schedule"), "never ran");
+        assert_eq!(due(&weekly, Some(0), None, 59_999), None);
+        assert_eq!(due(&weekly, Some(0), None, 60_000), Some("schedule"));
+    }
+
+    #[test]
+    fn hooks_without_a_program_are_refused() {
+        let mut config = RetrainingConfig::default();
+        config.models.insert("bc".into(), toml_config("command = []"));
+        assert_eq!(config.validate().unwrap_err().0, "retraining.models.bc.command");
     }
 }
