@@ -196,6 +196,22 @@ fn bad_configuration_exits_2_naming_the_problem() {
     let (code, _, stderr) = run_agent(&["serve", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown field") && stderr.contains("`max_body_byte`"), "{stderr}");
+
+    // Drift windows and the test-only delay are checked too.
+    let bc = model("breast_cancer-1.0.0");
+    for (section, needle) in [
+        ("[drift]\nwindow_rows = 5\n", "drift.window_rows"),
+        ("[drift]\nmin_rows = 2000\n", "drift.min_rows"),
+        ("[drift.models.bc]\ntest = \"ks\"\nthreshold = 3.0\n", "drift.models.bc.features.*.threshold"),
+        ("[drift.models.bc]\ntest = \"median\"\n", "found `median`, expected `one of `ks`"),
+        ("[runtime.test_delay_ms]\nbc = 600000\n", "runtime.test_delay_ms.bc"),
+    ] {
+        std::fs::write(&config, format!("{section}[[models]]\nname = \"bc\"\npath = \"{}\"\n", bc.display()))
+            .unwrap();
+        let (code, _, stderr) = run_agent(&["serve", "--config", config.to_str().unwrap()]);
+        assert_eq!(code, 2, "{section}: {stderr}");
+        assert!(stderr.contains(needle), "{section}: {stderr}");
+    }
 }
 
 #[test]

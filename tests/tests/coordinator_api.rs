@@ -397,6 +397,21 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
         ("post", "/api/v1/tokens", json!({"name": "a b", "role": "viewer"}), 400, "token name `a b`"),
         ("delete", "/api/v1/tokens/nobody", Value::Null, 404, "no token named `nobody`"),
         ("get", "/api/v1/artifacts/not-a-sha", Value::Null, 400, "is not a sha256"),
+        // Monitoring: objectives, quality, reports, retraining.
+        (
+            "put",
+            "/api/v1/models/bc/slo",
+            json!({"availability": 99.0, "window_secs": 3600}),
+            400,
+            "`availability` must be a share in (0, 1)",
+        ),
+        ("put", "/api/v1/models/bc/slo", json!({"window_secs": 3600}), 400, "at least one objective"),
+        ("get", "/api/v1/models/bc/slo", Value::Null, 404, "has no objectives"),
+        ("get", "/api/v1/models/bc/quality?by=", Value::Null, 400, "must name a device label"),
+        ("get", "/api/v1/models/bc/quality?colour=red", Value::Null, 400, "colour"),
+        ("get", "/api/v1/models/bc/drift-report?format=pdf", Value::Null, 400, "use md, html or json"),
+        ("get", "/api/v1/models/bc/data?labelled_only=maybe", Value::Null, 400, "labelled_only"),
+        ("post", "/api/v1/models/bc/retrain", Value::Null, 409, "has no retraining configured"),
         ("get", &format!("/api/v1/artifacts/{}", "0".repeat(64)), Value::Null, 404, "no version artifact"),
     ] {
         let request = match method {
