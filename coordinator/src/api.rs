@@ -141,6 +141,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models/{name}/slo") => get(registry::get_slo),
         ("put", "/api/v1/models/{name}/slo") => put(registry::set_slo),
         ("get", "/api/v1/models/{name}/drift-report") => get(registry::drift_report),
+        ("get", "/api/v1/models/{name}/versions/{version}/card") => get(registry::model_card),
         ("put", "/api/v1/models/{name}/policy") => put(registry::set_policy),
         ("get", "/api/v1/models/{name}/versions/{version}") => get(registry::show_version),
         ("put", "/api/v1/models/{name}/versions/{version}") => put(registry::push),

@@ -21,6 +21,7 @@
 //!   with lineage → validation gate → canary when the policy allows).
 //! - [`slo`]: objectives per model (availability, latency percentile, accuracy) with
 //!   compliance and burn rate over a rolling window, fleet-wide.
+//! - [`card`]: model cards (bundle facts, validation per class and segment, fleet quality, drift).
 //! - [`report`]: drift history and the weekly drift report (Markdown, HTML).
 //! - [`quality`]: ground-truth labels from agents, and accuracy/precision/recall/F1 per version
 //!   and per device label.
@@ -37,6 +38,7 @@ pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod ca;
+pub mod card;
 pub mod cli;
 pub mod config;
 pub mod dataset;

@@ -115,7 +115,20 @@ pub struct DriftHistory {
 
 impl DriftHistory {
     pub fn build(history: &History, model: &str, since_ms: u64) -> Result<DriftHistory, StoreError> {
-        let rows = history.scan(model, since_ms)?;
+        DriftHistory::build_for(history, model, since_ms, None)
+    }
+
+    /// [`DriftHistory::build`] over one version's verdicts only, when `version` is given.
+    pub fn build_for(
+        history: &History,
+        model: &str,
+        since_ms: u64,
+        version: Option<&str>,
+    ) -> Result<DriftHistory, StoreError> {
+        let mut rows = history.scan(model, since_ms)?;
+        if let Some(version) = version {
+            rows.retain(|r| r.2.version == version);
+        }
         let first = rows.first().map_or(since_ms, |r| r.0);
         let last = rows.last().map_or(since_ms, |r| r.0);
         let bucket_ms = ((last - first) / MAX_BUCKETS as u64 + 1).max(1000);

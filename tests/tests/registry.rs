@@ -125,6 +125,46 @@ fn same_metrics(found: &Value, expected: &Value, what: &str) {
     }
 }
 
+/// The model card lists scikit-learn's per-class metrics, overall and for every segment.
+fn card_shows_validation_per_class_and_segment(c: &Coordinator, version: &str, expected: &Value) {
+    let card = ok(c.ctl(&["model", "card", &format!("bc@{version}")]), "model card");
+    assert!(card.starts_with(&format!("# Model card: bc@{version}")), "{card}");
+    assert!(card.contains("The gate **passed**"), "{card}");
+    let class_rows = |m: &Value| -> Vec<String> {
+        m["classes"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(class, c)| {
+                let f = |k: &str| format!("{:.4}", c[k].as_f64().unwrap());
+                format!("| {class} | {} | {} | {} | {} |", f("precision"), f("recall"), f("f1"), c["support"])
+            })
+            .collect()
+    };
+    let section = |title: &str| -> String {
+        let start = card.find(title).unwrap_or_else(|| panic!("no `{title}` in the card:\n{card}"));
+        card[start..].split("\n\n").take(2).collect::<Vec<_>>().join("\n")
+    };
+    let overall = section("Per class (all rows):");
+    for row in class_rows(expected) {
+        assert!(overall.contains(&row), "missing `{row}` in\n{overall}");
+    }
+    for (segment, m) in expected["segments"].as_object().unwrap() {
+        let table = section(&format!("Per class, site={segment}:"));
+        for row in class_rows(m) {
+            assert!(table.contains(&row), "segment {segment}: missing `{row}` in\n{table}");
+        }
+        let accuracy =
+            format!("| site={segment} | {} | {:.2}% |", m["rows"], 100.0 * m["accuracy"].as_f64().unwrap());
+        assert!(card.contains(&accuracy), "missing `{accuracy}`:\n{card}");
+    }
+    let html = ok(c.ctl(&["model", "card", &format!("bc@{version}"), "--format", "html"]), "model card html");
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<table>") && html.contains("site=b"),
+        "{html}"
+    );
+}
+
 fn expected_metrics() -> Value {
     serde_json::from_slice(
         &std::fs::read(models_dir().join("breast_cancer_validation.expected.json")).unwrap(),
@@ -161,6 +201,7 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
         same_metrics(&report["segments"][segment], m, &format!("1.0.0 segment {segment}"));
     }
     assert_eq!(report["edge_cases"].as_array().unwrap().len(), 4, "{report:#}");
+    card_shows_validation_per_class_and_segment(&c, "1.0.0", &expected["versions"]["1.0.0"]);
 
     // The whole fleet gets 1.0.0; the agent that trusts another key refuses it and says why.
     let out = ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");

@@ -155,6 +155,12 @@ async fn the_retraining_hook_registers_validates_and_canaries_the_next_version()
     let b = c.device(&devices[1]).await;
     assert_eq!(a["desired"]["models"]["bc"]["version"], "1.0.1", "{a:#}");
     assert!(b["desired"].is_null(), "site b is not in the canary: {b:#}");
+    // Their model cards: the new one's lineage, and the fleet's quality of the parent per site.
+    let card = ok(c.ctl(&["model", "card", "bc@1.0.1"]), "card");
+    assert!(card.contains("- derived from: 1.0.0") && card.contains(run["id"].as_str().unwrap()), "{card}");
+    let parent = ok(c.ctl(&["model", "card", "bc@1.0.0"]), "card");
+    let fleet = &parent[parent.find("## In the fleet: quality").unwrap()..];
+    assert!(fleet.contains("| all devices | 114 |") && fleet.contains("| site=a | 114 |"), "{fleet}");
     let (_, audit, _) = c.ctl(&["audit", "list"]);
     assert!(audit.contains("retraining") && audit.contains("bc@1.0.1"), "{audit}");
 

@@ -104,6 +104,13 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r(
         "get",
+        "/api/v1/models/{name}/versions/{version}/card",
+        "viewer",
+        None,
+        "The version's model card: purpose, training, lineage, validation per class and segment, fleet quality per device label, drift (`?format=md|html`).",
+    ),
+    r(
+        "get",
         "/api/v1/models/{name}/drift-report",
         "viewer",
         None,

@@ -283,6 +283,58 @@ pub struct ReportQuery {
     pub since_ms: Option<u64>,
 }
 
+pub async fn model_card(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, String)>,
+    query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("card query: {e}")))?;
+    let format = query.format.unwrap_or_else(|| "md".into());
+    if !["md", "html"].contains(&format.as_str()) {
+        return Err(ApiError::bad_request(format!("format `{format}`: use md or html")));
+    }
+    let st = Arc::clone(&state);
+    let body = blocking(move || -> Result<String, ApiError> {
+        let record = st.registry.get(&name, &version)?;
+        let validation =
+            record.validation.clone().and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
+        // Fleet quality split by every device label key in use.
+        let keys: std::collections::BTreeSet<String> = st
+            .store
+            .devices()
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .flat_map(|d| d.labels.into_keys())
+            .collect();
+        let labels = st.ingest.labels();
+        let mut quality = Vec::new();
+        if keys.is_empty() {
+            quality.push(labels.quality(&name, None, None).map_err(ApiError::internal)?);
+        }
+        for key in &keys {
+            quality.push(labels.quality(&name, None, Some(key)).map_err(ApiError::internal)?);
+        }
+        let drift =
+            crate::report::DriftHistory::build_for(st.ingest.drift_history(), &name, 0, Some(&version))
+                .map_err(ApiError::internal)?;
+        let data = crate::card::CardData { record: &record, validation, quality, drift: Some(drift) };
+        Ok(if format == "html" {
+            crate::card::render_html(&data)
+        } else {
+            crate::card::render_markdown(&data)
+        })
+    })
+    .await??;
+    let content_type = if body.starts_with("<!doctype") {
+        "text/html; charset=utf-8"
+    } else {
+        "text/markdown; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
 pub async fn drift_report(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -206,6 +206,15 @@ enum ModelCommand {
         #[arg(long, value_parser = parse_age)]
         since: Option<u64>,
     },
+    /// The version's model card (Markdown, or HTML with --format html).
+    Card {
+        target: String,
+        #[arg(long, default_value = "md", value_parser = ["md", "html"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show a model's validation thresholds, or set some of them (the rest keep their value).
     Policy {
         name: String,
@@ -799,6 +808,19 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 return Ok(());
             }
             print_quality(&report);
+        }
+        ModelCommand::Card { target, format, out } => {
+            let (name, version) = split_target(target)?;
+            let bytes =
+                api.get_bytes(&format!("/api/v1/models/{name}/versions/{version}/card?format={format}"))?;
+            match out {
+                Some(path) => {
+                    outpost_shared::files::write_atomic(path, &bytes)
+                        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))?;
+                    eprintln!("model card of {name}@{version} written to {}", path.display());
+                }
+                None => print!("{}", String::from_utf8_lossy(&bytes)),
+            }
         }
         ModelCommand::Policy { name, thresholds } => {
             let path = format!("/api/v1/models/{name}/policy");
