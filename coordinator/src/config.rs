@@ -35,6 +35,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// Retraining hooks per model.
     pub retraining: crate::retraining::RetrainingConfig,
+    /// How long monitoring history is kept.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             log: LogConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
             retraining: crate::retraining::RetrainingConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -271,7 +274,12 @@ impl Config {
         if self.api.cert_file.is_some() != self.api.key_file.is_some() {
             return Err(key("api.cert_file", "and api.key_file go together"));
         }
-        if let Err((k, problem)) = self.alerts.validate().and_then(|()| self.retraining.validate()) {
+        if let Err((k, problem)) = self
+            .alerts
+            .validate()
+            .and_then(|()| self.retraining.validate())
+            .and_then(|()| self.retention.validate())
+        {
             return Err(ConfigError::Key { key: k, problem });
         }
         if self.broker.max_packet_bytes < 64 * 1024 {

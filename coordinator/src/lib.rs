@@ -19,6 +19,7 @@
 //! - [`dataset`]: uploaded predictions joined with their labels, exported as CSV for retraining.
 //! - [`retraining`]: the retraining loop (export → the operator's command → next patch version
 //!   with lineage → validation gate → canary when the policy allows).
+//! - [`retention`]: hourly pruning of monitoring history older than `retention.monitoring_days`.
 //! - [`slo`]: objectives per model (availability, latency percentile, accuracy) with
 //!   compliance and burn rate over a rolling window, fleet-wide.
 //! - [`card`]: model cards (bundle facts, validation per class and segment, fleet quality, drift).
@@ -50,6 +51,7 @@ pub mod packaging;
 pub mod quality;
 pub mod registry;
 pub mod report;
+pub mod retention;
 pub mod retraining;
 pub mod server;
 pub mod slo;

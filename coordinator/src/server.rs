@@ -162,6 +162,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         })?,
     );
     let alerts_task = tokio::spawn(crate::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
+    let retention_task =
+        tokio::spawn(crate::retention::run(store.clone(), config.retention.clone(), shutdown_rx.clone()));
     let retraining = Arc::new(crate::retraining::Retraining::open(&store, config.retraining.clone())?);
     let state = Arc::new(AppState {
         retraining,
@@ -202,6 +204,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = link_task.await;
     let _ = alerts_task.await;
     let _ = retraining_task.await;
+    let _ = retention_task.await;
     let served = server_task.await;
     store.flush()?;
     tracing::info!("state flushed; stopped");
