@@ -137,6 +137,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/slo") => get(registry::slo_statuses),
         ("get", "/api/v1/models/{name}/data") => get(registry::export_data),
         ("post", "/api/v1/models/{name}/retrain") => post(registry::retrain),
+        ("post", "/api/v1/models/{name}/rollback") => post(registry::rollback),
         ("get", "/api/v1/models/{name}/retraining") => get(registry::retraining_runs),
         ("get", "/api/v1/models/{name}/slo") => get(registry::get_slo),
         ("put", "/api/v1/models/{name}/slo") => put(registry::set_slo),

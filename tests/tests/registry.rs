@@ -256,6 +256,22 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
     assert!(table.lines().any(|l| l.contains(&id_a1) && l.contains("bc@1.1.0(ready)")), "{table}");
     assert!(table.lines().any(|l| l.contains(&id_b1) && l.contains("bc@1.0.0(ready)")), "{table}");
 
+    // 1.1.0 everywhere; then one command takes the whole fleet back to 1.0.0.
+    let out = ok(c.ctl(&["deploy", "bc@1.1.0"]), "deploy 1.1.0 everywhere");
+    assert!(out.contains("stage production"), "{out}");
+    wait_serving(&b1, "1.1.0").await;
+    let out = ok(c.ctl(&["rollback", "bc"]), "rollback");
+    assert!(out.starts_with("bc rolled back from 1.1.0 to 1.0.0 on "), "{out}");
+    for agent in [&a1, &a2, &b1] {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let shown: Value =
+        serde_json::from_str(&ok(c.ctl(&["--json", "model", "show", "bc@1.1.0"]), "show")).unwrap();
+    assert_eq!(shown["stage"], "archived", "{shown:#}");
+    let (code, _, err) = c.ctl(&["rollback", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no production version"), "{err}");
+
     // The model's own thresholds are stored and apply to every later validation.
     let policy = ok(c.ctl(&["model", "policy", "bc", "--min-accuracy", "0.9"]), "policy");
     assert!(policy.contains("\"min_accuracy\": 0.9"), "{policy}");

@@ -68,6 +68,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/models/{name}/policy", "viewer", None, "The model's validation thresholds."),
     r(
         "post",
+        "/api/v1/models/{name}/rollback",
+        "operator",
+        None,
+        "Back to the last good production version everywhere: the version production had before the current one is deployed to every device.",
+    ),
+    r(
+        "post",
         "/api/v1/models/{name}/retrain",
         "operator",
         None,

@@ -363,6 +363,56 @@ pub async fn drift_report(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// What a rollback did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollbackResponse {
+    pub model: String,
+    pub from: String,
+    pub to: String,
+    pub devices: Vec<String>,
+}
+
+/// One command back to the last good version: the production version before the current one
+/// goes to every device (and becomes production again; the current one is archived).
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<RollbackResponse>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let result = async {
+        let history = state.registry.production_history(&name)?;
+        let current = state
+            .registry
+            .production(&name)?
+            .ok_or_else(|| ApiError(StatusCode::CONFLICT, format!("`{name}` has no production version")))?;
+        let previous = history.into_iter().find(|r| r.version != current.version).ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("`{name}` has no earlier production version to roll back to"),
+            )
+        })?;
+        let request = DeployRequest {
+            model: name.clone(),
+            version: previous.version.clone(),
+            selector: BTreeMap::new(),
+            devices: Vec::new(),
+        };
+        let (deployed, _) = deploy_inner(&state, &who, &request).await?;
+        let detail =
+            format!("{} -> {} on {} device(s)", current.version, previous.version, deployed.devices.len());
+        let response = RollbackResponse {
+            model: name.clone(),
+            from: current.version,
+            to: previous.version,
+            devices: deployed.devices,
+        };
+        Ok((response, detail))
+    }
+    .await;
+    audited(&state, &who, "rollback", &name, result).map(Json)
+}
+
 pub async fn retrain(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

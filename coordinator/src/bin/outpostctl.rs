@@ -86,6 +86,8 @@ enum Command {
     /// The retraining hook: run it now, or list its runs.
     #[command(subcommand)]
     Retrain(RetrainCommand),
+    /// Back to the last good production version on every device, in one command.
+    Rollback { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1324,6 +1326,20 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let rows = text.lines().skip(1).count();
             let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
             println!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
+        }
+        Command::Rollback { name } => {
+            let done: serde_json::Value =
+                api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+            } else {
+                println!(
+                    "{name} rolled back from {} to {} on {} device(s)",
+                    done["from"].as_str().unwrap_or("?"),
+                    done["to"].as_str().unwrap_or("?"),
+                    done["devices"].as_array().map_or(0, Vec::len)
+                );
+            }
         }
         Command::Retrain(RetrainCommand::Run { name, wait }) => {
             let started: serde_json::Value =
