@@ -376,3 +376,25 @@ pub fn breast_cancer_row() -> Value {
     let (data, row_len) = rows(&reference["inputs"][0]);
     serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row_len], "data": data[..row_len]}]})
 }
+
+/// The validation set (`breast_cancer_validation.csv`): (site, 30 features, label) per row.
+pub fn validation_rows() -> Vec<(String, Vec<f64>, i64)> {
+    let text = std::fs::read_to_string(models_dir().join("breast_cancer_validation.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (label, site) = (
+        header.iter().position(|h| *h == "label").unwrap(),
+        header.iter().position(|h| *h == "site").unwrap(),
+    );
+    lines
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            let features = cells
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != label && *i != site)
+                .map(|(_, v)| v.parse().unwrap());
+            (cells[site].to_owned(), features.collect(), cells[label].parse().unwrap())
+        })
+        .collect()
+}

@@ -8,32 +8,10 @@
 use std::time::Duration;
 
 use outpost_tests::fleet::{Coordinator, enroll};
-use outpost_tests::{Agent, model, models_dir};
+use outpost_tests::{Agent, model, models_dir, validation_rows};
 use serde_json::{Value, json};
 
 const VERSIONS: [&str; 2] = ["1.0.0", "2.0.0-bad"];
-
-/// The validation set: (site, features, label) per row.
-fn validation_rows() -> Vec<(String, Vec<f64>, i64)> {
-    let text = std::fs::read_to_string(models_dir().join("breast_cancer_validation.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let (label, site) = (
-        header.iter().position(|h| *h == "label").unwrap(),
-        header.iter().position(|h| *h == "site").unwrap(),
-    );
-    lines
-        .map(|line| {
-            let cells: Vec<&str> = line.split(',').collect();
-            let features = cells
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != label && *i != site)
-                .map(|(_, v)| v.parse().unwrap());
-            (cells[site].to_owned(), features.collect(), cells[label].parse().unwrap())
-        })
-        .collect()
-}
 
 fn assert_metrics_equal(found: &Value, expected: &Value, what: &str) {
     for key in ["rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"] {

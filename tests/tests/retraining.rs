@@ -9,29 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use outpost_tests::fleet::{Coordinator, enroll};
-use outpost_tests::{Agent, model, models_dir};
+use outpost_tests::{Agent, model, models_dir, validation_rows};
 use serde_json::{Value, json};
-
-fn validation_rows() -> Vec<(Vec<f64>, i64)> {
-    let text = std::fs::read_to_string(models_dir().join("breast_cancer_validation.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let (label, site) = (
-        header.iter().position(|h| *h == "label").unwrap(),
-        header.iter().position(|h| *h == "site").unwrap(),
-    );
-    lines
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            let features = cells
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != label && *i != site)
-                .map(|(_, v)| v.parse().unwrap());
-            (features.collect(), cells[label].parse().unwrap())
-        })
-        .collect()
-}
 
 fn ok(result: (i32, String, String), what: &str) -> String {
     assert_eq!(result.0, 0, "{what}: {}{}", result.1, result.2);
@@ -119,7 +98,7 @@ async fn the_retraining_hook_registers_validates_and_canaries_the_next_version()
         agents.push(agent);
     }
     let mut feedback = Vec::new();
-    for (features, label) in validation_rows() {
+    for (_, features, label) in validation_rows() {
         let body =
             json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": features}]});
         let (status, answer) = agents[0].post_json("/v2/models/bc/infer", &body).await;
