@@ -1016,10 +1016,10 @@ fn print_slo(status: &serde_json::Value) {
         println!(
             "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9.2} {:>7.0}%  {}",
             o["objective"].as_str().unwrap_or(""),
-            o["target"],
+            o["target"].as_f64().unwrap_or(0.0),
             actual,
-            o["events"],
-            o["bad_events"],
+            o["events"].as_u64().unwrap_or(0),
+            o["bad_events"].as_u64().unwrap_or(0),
             o["burn_rate"].as_f64().unwrap_or(0.0),
             100.0 * o["budget_remaining"].as_f64().unwrap_or(0.0),
             if o["compliant"] == true { "ok" } else { "BREACHED" }
