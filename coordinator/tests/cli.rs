@@ -36,3 +36,18 @@ fn outpostctl_needs_a_token_and_https_off_loopback() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("non-loopback"), "{err}");
 }
+
+#[test]
+fn outpostctl_ends_quietly_when_its_output_is_closed() {
+    // `outpostctl … | head`: the reader is gone before the first line is written.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pk8");
+    let bin = env!("CARGO_BIN_EXE_outpostctl");
+    assert_eq!(run(bin, &["key", "generate", key.to_str().unwrap()]).0, 0);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin).args(["key", "show", key.to_str().unwrap()]).stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

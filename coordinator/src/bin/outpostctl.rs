@@ -13,6 +13,27 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use outpost_coordinator::api::{DeviceView, ImportReport, TokenResponse};
 
+/// `println!` that ends the program quietly (exit 0) when standard output has gone away, e.g.
+/// `outpostctl … | head` — instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `print!` with the same behaviour as [`say!`].
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "outpostctl", version, about = "Operate an Outpost coordinator")]
 struct Cli {
@@ -659,8 +680,7 @@ fn split_target(target: &str) -> Result<(String, String), Failure> {
 
 fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
     use outpost_coordinator::packaging::{self, utc};
-    let print_json =
-        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let print_json = |v: &serde_json::Value| say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
         ModelCommand::Push(args) => {
             let spec = args.spec()?;
@@ -676,7 +696,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             if cli.json {
                 print_json(&response);
             } else if status == 201 {
-                println!(
+                say!(
                     "{}@{} registered (bundle sha256 {}, signed by {})",
                     args.name,
                     args.version,
@@ -684,9 +704,10 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                     response["record"]["signed_by"]
                 );
             } else {
-                println!(
+                say!(
                     "{}@{} was already registered with this model; nothing changed",
-                    args.name, args.version
+                    args.name,
+                    args.version
                 );
             }
         }
@@ -696,9 +717,13 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 print_json(&serde_json::Value::Array(versions));
                 return Ok(());
             }
-            println!(
+            say!(
                 "{:<20} {:<12} {:<11} {:<10} {:<20} PUSHED BY",
-                "MODEL", "VERSION", "STAGE", "VALIDATED", "PUSHED"
+                "MODEL",
+                "VERSION",
+                "STAGE",
+                "VALIDATED",
+                "PUSHED"
             );
             for v in versions {
                 let validated = match v["validation_passed"].as_bool() {
@@ -706,7 +731,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                     Some(false) => "FAILED",
                     None => "-",
                 };
-                println!(
+                say!(
                     "{:<20} {:<12} {:<11} {:<10} {:<20} {}",
                     v["name"].as_str().unwrap_or(""),
                     v["version"].as_str().unwrap_or(""),
@@ -744,7 +769,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             }
             rows.sort_by_key(|r| r.0);
             for (_, line) in rows {
-                println!("{line}");
+                say!("{line}");
             }
         }
         ModelCommand::Diff { a, b } => {
@@ -755,10 +780,10 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
             let mut lines = Vec::new();
             diff_values("", &x, &y, &mut lines);
             if lines.is_empty() {
-                println!("{a} and {b} do not differ");
+                say!("{a} and {b} do not differ");
             }
             for line in lines {
-                println!("{line}");
+                say!("{line}");
             }
         }
         ModelCommand::Validate { target, dataset, label, segment, thresholds } => {
@@ -791,7 +816,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                 &format!("/api/v1/models/{name}/versions/{version}/stage"),
                 &serde_json::json!({"stage": stage, "note": note}),
             )?;
-            println!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
+            say!("{name}@{version} is now {}", v["stage"].as_str().unwrap_or("?"));
         }
         ModelCommand::Quality { name, by, since } => {
             let mut path = format!("/api/v1/models/{name}/quality?");
@@ -821,7 +846,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
                         .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))?;
                     eprintln!("model card of {name}@{version} written to {}", path.display());
                 }
-                None => print!("{}", String::from_utf8_lossy(&bytes)),
+                None => say_raw!("{}", String::from_utf8_lossy(&bytes)),
             }
         }
         ModelCommand::Policy { name, thresholds } => {
@@ -839,7 +864,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
         ModelCommand::Purge { target } => {
             let (name, version) = split_target(target)?;
             let _: serde_json::Value = api.delete(&format!("/api/v1/models/{name}/versions/{version}"))?;
-            println!("{name}@{version} purged");
+            say!("{name}@{version} purged");
         }
     }
     Ok(())
@@ -848,7 +873,7 @@ fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Fai
 fn print_report(r: &serde_json::Value) {
     let m = &r["metrics"];
     let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.4}"));
-    println!(
+    say!(
         "{}@{}: {} rows, accuracy {}, macro precision {}, recall {}, F1 {}, weighted F1 {}",
         r["model"].as_str().unwrap_or(""),
         r["version"].as_str().unwrap_or(""),
@@ -860,7 +885,7 @@ fn print_report(r: &serde_json::Value) {
         f(&m["weighted_f1"])
     );
     for (class, c) in m["classes"].as_object().into_iter().flatten() {
-        println!(
+        say!(
             "  class {class:<6} precision {} recall {} F1 {} support {}",
             f(&c["precision"]),
             f(&c["recall"]),
@@ -869,7 +894,7 @@ fn print_report(r: &serde_json::Value) {
         );
     }
     for (segment, s) in r["segments"].as_object().into_iter().flatten() {
-        println!(
+        say!(
             "  segment {segment:<8} rows {} accuracy {} macro F1 {}",
             s["rows"],
             f(&s["accuracy"]),
@@ -877,7 +902,7 @@ fn print_report(r: &serde_json::Value) {
         );
     }
     let l = &r["latency"];
-    println!(
+    say!(
         "  latency (1 row, this CPU): p50 {} ms, p95 {} ms, p99 {} ms over {} runs",
         f(&l["p50_ms"]),
         f(&l["p95_ms"]),
@@ -885,7 +910,7 @@ fn print_report(r: &serde_json::Value) {
         l["runs"]
     );
     for e in r["edge_cases"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  edge case {:<26} {} — {}",
             e["case"].as_str().unwrap_or(""),
             if e["passed"].as_bool() == Some(true) { "ok  " } else { "FAIL" },
@@ -893,7 +918,7 @@ fn print_report(r: &serde_json::Value) {
         );
     }
     for c in r["regression"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  vs production {}: {:<9} {} (production {}, limit {}) {}",
             r["baseline_version"].as_str().unwrap_or("?"),
             c["check"].as_str().unwrap_or(""),
@@ -904,12 +929,12 @@ fn print_report(r: &serde_json::Value) {
         );
     }
     if r["passed"].as_bool() == Some(true) {
-        println!("PASSED");
+        say!("PASSED");
     } else {
         for failure in r["failures"].as_array().into_iter().flatten() {
-            println!("  failure: {}", failure.as_str().unwrap_or(""));
+            say!("  failure: {}", failure.as_str().unwrap_or(""));
         }
-        println!("FAILED");
+        say!("FAILED");
     }
 }
 
@@ -954,7 +979,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
 /// The human view of one retraining run.
 fn print_run(run: &serde_json::Value) {
     let s = |k: &str| run[k].as_str().unwrap_or("-").to_owned();
-    println!(
+    say!(
         "{} {} ({}) {} -> {}: {} rows, command {:.1} s{}",
         s("id"),
         s("status"),
@@ -966,15 +991,15 @@ fn print_run(run: &serde_json::Value) {
         if run["slow"] == true { " (SLOW: over 10x the previous run)" } else { "" }
     );
     match run["validation_passed"].as_bool() {
-        Some(true) => println!("  validation passed"),
-        Some(false) => println!("  validation FAILED: {}", run["validation_failures"]),
+        Some(true) => say!("  validation passed"),
+        Some(false) => say!("  validation FAILED: {}", run["validation_failures"]),
         None => {}
     }
     if let Some(devices) = run["canary_devices"].as_array().filter(|d| !d.is_empty()) {
-        println!("  canary on {} device(s)", devices.len());
+        say!("  canary on {} device(s)", devices.len());
     }
     if let Some(error) = run["error"].as_str() {
-        println!("  error: {error}");
+        say!("  error: {error}");
     }
 }
 
@@ -1006,14 +1031,20 @@ fn parse_latency_objective(text: &str) -> Result<(f64, f64), String> {
 
 /// The human view of `slo status`.
 fn print_slo(status: &serde_json::Value) {
-    println!("{} (window {} s)", status["model"].as_str().unwrap_or(""), status["spec"]["window_secs"]);
-    println!(
+    say!("{} (window {} s)", status["model"].as_str().unwrap_or(""), status["spec"]["window_secs"]);
+    say!(
         "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8}",
-        "OBJECTIVE", "TARGET", "ACTUAL", "EVENTS", "BAD", "BURN", "BUDGET"
+        "OBJECTIVE",
+        "TARGET",
+        "ACTUAL",
+        "EVENTS",
+        "BAD",
+        "BURN",
+        "BUDGET"
     );
     for o in status["objectives"].as_array().into_iter().flatten() {
         let actual = o["actual"].as_f64().map_or("-".into(), |a| format!("{a:.4}"));
-        println!(
+        say!(
             "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9.2} {:>7.0}%  {}",
             o["objective"].as_str().unwrap_or(""),
             o["target"].as_f64().unwrap_or(0.0),
@@ -1045,10 +1076,10 @@ fn parse_age(text: &str) -> Result<u64, String> {
 fn print_quality(report: &serde_json::Value) {
     let versions = report["versions"].as_object().cloned().unwrap_or_default();
     if versions.is_empty() {
-        println!("no labelled predictions yet (agents take labels at POST /v1/feedback)");
+        say!("no labelled predictions yet (agents take labels at POST /v1/feedback)");
     }
     let line = |scope: &str, m: &serde_json::Value| {
-        println!(
+        say!(
             "  {:<16} {:>7} {:>9.4} {:>9.4} {:>9.4}",
             scope,
             m["rows"].as_u64().unwrap_or(0),
@@ -1058,19 +1089,19 @@ fn print_quality(report: &serde_json::Value) {
         );
     };
     for (version, q) in versions {
-        println!(
+        say!(
             "{}@{version}: {} labels ({} without a predicted label)",
             report["model"].as_str().unwrap_or(""),
             q["labelled"],
             q["without_prediction"]
         );
-        println!("  {:<16} {:>7} {:>9} {:>9} {:>9}", "SCOPE", "ROWS", "ACCURACY", "MACRO F1", "WEIGHT F1");
+        say!("  {:<16} {:>7} {:>9} {:>9} {:>9}", "SCOPE", "ROWS", "ACCURACY", "MACRO F1", "WEIGHT F1");
         line("all", &q["metrics"]);
         for (segment, m) in q["segments"].as_object().into_iter().flatten() {
             line(&format!("{}={segment}", report["by"].as_str().unwrap_or("")), m);
         }
         for (class, c) in q["metrics"]["classes"].as_object().into_iter().flatten() {
-            println!(
+            say!(
                 "  class {:<10} precision {:.4} recall {:.4} f1 {:.4} support {}",
                 class,
                 c["precision"].as_f64().unwrap_or(0.0),
@@ -1085,22 +1116,22 @@ fn print_quality(report: &serde_json::Value) {
 /// The human view of `device show`.
 fn print_device(d: &DeviceView) {
     let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("device   {} ({}, last seen {})", d.id, d.status, ago(d.last_seen_ms));
-    println!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
-    println!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
-    println!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
+    say!("device   {} ({}, last seen {})", d.id, d.status, ago(d.last_seen_ms));
+    say!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
+    say!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
+    say!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
     for m in &d.models {
         let reason = m.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        println!("model    {}@{} {} ({}){reason}", m.name, m.version, m.state, m.slot);
+        say!("model    {}@{} {} ({}){reason}", m.name, m.version, m.state, m.slot);
     }
     for e in &d.recent_events {
-        println!("event    {} {:?}: {}", ago(Some(e.at_ms)), e.kind, e.message);
+        say!("event    {} {:?}: {}", ago(Some(e.at_ms)), e.kind, e.message);
     }
     if d.drift.is_empty() {
-        println!("drift    no verdicts yet (bundles with a baseline report them once traffic flows)");
+        say!("drift    no verdicts yet (bundles with a baseline report them once traffic flows)");
     }
     for m in &d.drift {
-        println!(
+        say!(
             "drift    {}@{} over {} rows ({} seen), computed {}",
             m.model,
             m.version,
@@ -1108,13 +1139,13 @@ fn print_device(d: &DeviceView) {
             m.rows_seen,
             ago(d.drift_at_ms)
         );
-        println!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
+        say!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
         for f in m.features.iter().chain(&m.prediction) {
             let test = serde_json::to_value(f.test)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            println!(
+            say!(
                 "  {:<28} {:<15} {:>12.4e} {:>10}  {}",
                 f.feature,
                 test,
@@ -1153,7 +1184,7 @@ fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
     let result = match command {
         Command::Key(KeyCommand::Generate { out }) => {
             packaging::generate_key(out).map_err(invalid).map(|key| {
-                println!("{}", hex::encode(key.public_key().as_bytes()));
+                say!("{}", hex::encode(key.public_key().as_bytes()));
                 eprintln!(
                     "key {} written to {} (mode 0600); the line above is its public key",
                     key.key_id(),
@@ -1162,7 +1193,7 @@ fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
             })
         }
         Command::Key(KeyCommand::Show { file }) => packaging::read_key(file).map_err(invalid).map(|key| {
-            println!("{}", hex::encode(key.public_key().as_bytes()));
+            say!("{}", hex::encode(key.public_key().as_bytes()));
             eprintln!("key id {}", key.key_id());
         }),
         Command::Bundle(BundleCommand::Create(args)) => (|| {
@@ -1174,7 +1205,7 @@ fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
             }
             let bytes = bundle.to_bytes();
             write(&args.out, &bytes)?;
-            println!(
+            say!(
                 "{} written to {} ({} bytes, {}); model {}",
                 bundle.manifest.id(),
                 args.out.display(),
@@ -1194,7 +1225,7 @@ fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
             bundle.sign(&key).map_err(|e| Failure::Refused(e.to_string()))?;
             let out = out.as_ref().unwrap_or(file);
             write(out, &bundle.to_bytes())?;
-            println!(
+            say!(
                 "{} signed by key {} ({} signatures) → {}",
                 bundle.manifest.id(),
                 key.key_id(),
@@ -1258,16 +1289,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 &serde_json::json!({ "labels": labels, "ttl_secs": ttl_secs }),
             )?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
             } else {
-                println!("{}", response.token);
+                say!("{}", response.token);
                 eprintln!("one-time token, labels {:?}, expires {}", response.labels, response.expires_at_ms);
             }
         }
         Command::Device(DeviceCommand::Show { id }) => {
             let d: DeviceView = api.get(&format!("/api/v1/devices/{id}"))?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
                 return Ok(());
             }
             print_device(&d);
@@ -1283,7 +1314,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))?;
                     eprintln!("drift report for {model} written to {}", path.display());
                 }
-                None => print!("{}", String::from_utf8_lossy(&bytes)),
+                None => say_raw!("{}", String::from_utf8_lossy(&bytes)),
             }
         }
         Command::Slo(SloCommand::Set { name, availability, latency, accuracy, window }) => {
@@ -1294,7 +1325,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 "window_secs": window / 1000,
             });
             let saved: serde_json::Value = api.put_json(&format!("/api/v1/models/{name}/slo"), &spec)?;
-            println!("{}", serde_json::to_string_pretty(&saved).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&saved).unwrap_or_default());
         }
         Command::Slo(SloCommand::Status { name }) => {
             let statuses: Vec<serde_json::Value> = match name {
@@ -1305,13 +1336,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
             };
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
                 return Ok(());
             }
             if statuses.is_empty() {
-                println!(
-                    "no objectives set (outpostctl slo set NAME --availability 99% --latency 'p95<200ms')"
-                );
+                say!("no objectives set (outpostctl slo set NAME --availability 99% --latency 'p95<200ms')");
             }
             statuses.iter().for_each(print_slo);
         }
@@ -1325,15 +1354,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let text = String::from_utf8_lossy(&bytes);
             let rows = text.lines().skip(1).count();
             let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
-            println!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
+            say!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
         }
         Command::Rollback { name } => {
             let done: serde_json::Value =
                 api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
             } else {
-                println!(
+                say!(
                     "{name} rolled back from {} to {} on {} device(s)",
                     done["from"].as_str().unwrap_or("?"),
                     done["to"].as_str().unwrap_or("?"),
@@ -1347,7 +1376,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let id = started["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("retraining run {id} started");
             if !wait {
-                println!("{id}");
+                say!("{id}");
                 return Ok(());
             }
             let run = loop {
@@ -1359,7 +1388,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
             };
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
             } else {
                 print_run(&run);
             }
@@ -1370,7 +1399,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Retrain(RetrainCommand::History { name }) => {
             let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
                 return Ok(());
             }
             runs.iter().for_each(print_run);
@@ -1378,11 +1407,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
                 return Ok(());
             }
             if alerts.is_empty() {
-                println!("no alerts");
+                say!("no alerts");
             }
             for a in &alerts {
                 let state = if a["ends_at_ms"].is_null() { "FIRING" } else { "resolved" };
@@ -1393,7 +1422,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     .filter(|(k, _)| *k != "alertname")
                     .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
                     .collect();
-                println!(
+                say!(
                     "{:<8} {:<24} since {}  {} device(s)  {}",
                     state,
                     a["labels"]["alertname"].as_str().unwrap_or(""),
@@ -1406,18 +1435,24 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Devices => {
             let devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
                 return Ok(());
             }
-            println!(
+            say!(
                 "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} LABELS",
-                "DEVICE", "STATUS", "LAST SEEN", "BACKLOG", "ENVELOPES", "PREDICTS", "MODELS"
+                "DEVICE",
+                "STATUS",
+                "LAST SEEN",
+                "BACKLOG",
+                "ENVELOPES",
+                "PREDICTS",
+                "MODELS"
             );
             for d in devices {
                 let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let models: Vec<String> =
                     d.models.iter().map(|m| format!("{}@{}({})", m.name, m.version, m.state)).collect();
-                println!(
+                say!(
                     "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} {}",
                     d.id,
                     d.status,
@@ -1435,7 +1470,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let bytes = api.get_bytes(&format!("/api/v1/models/{name}/versions/{version}/bundle"))?;
             outpost_shared::files::write_atomic(file, &bytes)
                 .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", file.display())))?;
-            println!("{name}@{version} exported to {} ({} bytes)", file.display(), bytes.len());
+            say!("{name}@{version} exported to {} ({} bytes)", file.display(), bytes.len());
         }
         Command::Bundle(_) | Command::Key(_) => {}
         Command::Model(command) => model_command(cli, &api, command)?,
@@ -1447,13 +1482,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices}),
             )?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
             } else {
                 let targets: Vec<&str> = response["devices"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
                     .unwrap_or_default();
-                println!(
+                say!(
                     "{name}@{version} deployed to {} device(s): {} (stage {})",
                     targets.len(),
                     targets.join(", "),
@@ -1464,13 +1499,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Token(ApiTokenCommand::Create { name, role }) => {
             let response: serde_json::Value =
                 api.post_json("/api/v1/tokens", &serde_json::json!({"name": name, "role": role}))?;
-            println!("{}", response["token"].as_str().unwrap_or_default());
+            say!("{}", response["token"].as_str().unwrap_or_default());
             eprintln!("token `{name}` with role {role}; it is shown only this once");
         }
         Command::Token(ApiTokenCommand::List) => {
             let tokens: Vec<serde_json::Value> = api.get("/api/v1/tokens")?;
             for t in tokens {
-                println!(
+                say!(
                     "{:<24} {:<9} created by {}",
                     t["name"].as_str().unwrap_or("?"),
                     t["role"].as_str().unwrap_or("?"),
@@ -1480,12 +1515,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Token(ApiTokenCommand::Revoke { name }) => {
             let _: serde_json::Value = api.delete(&format!("/api/v1/tokens/{name}"))?;
-            println!("token `{name}` revoked");
+            say!("token `{name}` revoked");
         }
         Command::Audit(AuditCommand::Verify) => {
             let verdict: serde_json::Value = api.get("/api/v1/audit/verify")?;
             if verdict["ok"].as_bool() == Some(true) {
-                println!("audit log intact: {} entries, hash chain verified", verdict["entries"]);
+                say!("audit log intact: {} entries, hash chain verified", verdict["entries"]);
             } else {
                 return Err(Failure::Refused(format!(
                     "audit log does not verify: {}",
@@ -1496,10 +1531,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Audit(AuditCommand::List { limit }) => {
             let entries: Vec<serde_json::Value> = api.get(&format!("/api/v1/audit?limit={limit}"))?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
             } else {
                 for e in entries {
-                    println!(
+                    say!(
                         "{:>5} {} {:<10} {:<9} {:<22} {:<28} {:<8} {}",
                         e["seq"],
                         outpost_coordinator::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
@@ -1527,9 +1562,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     "device": report.device, "envelopes": report.envelopes, "stored": report.stored,
                     "duplicates": report.duplicates, "rejected": report.rejected,
                 });
-                println!("{summary}");
+                say!("{summary}");
             } else {
-                println!(
+                say!(
                     "device {}: {} envelopes, {} stored, {} already stored, rejected {:?}; ack file written to {}",
                     report.device.as_deref().unwrap_or("-"),
                     report.envelopes,
