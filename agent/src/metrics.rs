@@ -442,10 +442,7 @@ impl Metrics {
             .with_label_values(&[model, version])
             .set(i64::try_from(drift.window_rows).unwrap_or(i64::MAX));
         for f in drift.features.iter().chain(&drift.prediction) {
-            let test = serde_json::to_value(f.test)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let test = f.test.as_str().to_owned();
             // A feature whose test changed (the window outgrew the small-sample tests) loses its old series.
             for (_, old) in known.iter().filter(|(name, t)| *name == f.feature && *t != test) {
                 let _ = d.score.remove_label_values(&[model, version, &f.feature, old]);

@@ -392,16 +392,9 @@ impl AlertEngine {
 
     /// Models whose newest retraining run was slow.
     fn slow_retraining(&self) -> Result<Vec<Candidate>, StoreError> {
-        let tree = self.store.tree("retraining_runs")?;
-        let mut newest: BTreeMap<String, crate::retraining::RunRecord> = BTreeMap::new();
-        for item in tree.iter() {
-            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
-            if let Ok(run) = serde_json::from_slice::<crate::retraining::RunRecord>(&v) {
-                newest.insert(run.model.clone(), run);
-            }
-        }
+        let newest = crate::retraining::latest_runs(&self.store)?;
         Ok(newest
-            .into_values()
+            .into_iter()
             .filter(|r| r.slow)
             .map(|r| Candidate {
                 labels: labels(&[

@@ -168,10 +168,7 @@ impl DriftHistory {
                 let worse = if p_value { f.score <= s.worst_score } else { f.score >= s.worst_score };
                 if worse || s.test.is_empty() {
                     s.worst_score = f.score;
-                    s.test = serde_json::to_value(f.test)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    s.test = f.test.as_str().to_owned();
                 }
             }
         }

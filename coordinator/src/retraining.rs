@@ -112,6 +112,9 @@ impl RetrainingConfig {
     }
 }
 
+/// The sled tree runs are kept in.
+const RUNS_TREE: &str = "retraining_runs";
+
 /// One run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -156,7 +159,7 @@ impl std::fmt::Debug for Retraining {
 
 impl Retraining {
     pub fn open(store: &crate::store::Store, config: RetrainingConfig) -> Result<Retraining, StoreError> {
-        Ok(Retraining { tree: store.tree("retraining_runs")?, running: Mutex::new(HashSet::new()), config })
+        Ok(Retraining { tree: store.tree(RUNS_TREE)?, running: Mutex::new(HashSet::new()), config })
     }
 
     fn put(&self, run: &RunRecord) {
@@ -176,20 +179,18 @@ impl Retraining {
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect()
     }
+}
 
-    /// Every model's newest run.
-    pub fn latest(&self) -> Vec<RunRecord> {
-        let mut by_model: BTreeMap<String, RunRecord> = BTreeMap::new();
-        for run in self
-            .tree
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| serde_json::from_slice::<RunRecord>(&v).ok())
-        {
+/// Every model's newest run (keys sort by model, then start time, so the last one wins).
+pub fn latest_runs(store: &crate::store::Store) -> Result<Vec<RunRecord>, StoreError> {
+    let mut by_model: BTreeMap<String, RunRecord> = BTreeMap::new();
+    for item in store.tree(RUNS_TREE)?.iter() {
+        let (_, v) = item.map_err(|e| store.storage_error(e))?;
+        if let Ok(run) = serde_json::from_slice::<RunRecord>(&v) {
             by_model.insert(run.model.clone(), run);
         }
-        by_model.into_values().collect()
     }
+    Ok(by_model.into_values().collect())
 }
 
 fn tail(text: &str, lines: usize) -> String {

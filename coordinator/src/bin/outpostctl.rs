@@ -1141,10 +1141,7 @@ fn print_device(d: &DeviceView) {
         );
         say!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
         for f in m.features.iter().chain(&m.prediction) {
-            let test = serde_json::to_value(f.test)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let test = f.test.as_str().to_owned();
             say!(
                 "  {:<28} {:<15} {:>12.4e} {:>10}  {}",
                 f.feature,

@@ -272,6 +272,17 @@ pub enum DriftTest {
 }
 
 impl DriftTest {
+    /// The name used in configuration, metrics labels and reports (`ks`, `jensen_shannon`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftTest::Ks => "ks",
+            DriftTest::Chisquare => "chisquare",
+            DriftTest::Wasserstein => "wasserstein",
+            DriftTest::JensenShannon => "jensen_shannon",
+            DriftTest::Psi => "psi",
+        }
+    }
+
     /// Whether the score is a p-value (drift below the threshold) rather than a distance.
     pub fn is_p_value(self) -> bool {
         matches!(self, DriftTest::Ks | DriftTest::Chisquare)
@@ -406,6 +417,19 @@ fn category_counts(reference: &[f64], current: &[f64]) -> (Vec<f64>, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_serialized_ones() {
+        for t in [
+            DriftTest::Ks,
+            DriftTest::Chisquare,
+            DriftTest::Wasserstein,
+            DriftTest::JensenShannon,
+            DriftTest::Psi,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
 
     #[test]
     fn sample_size_picks_the_test() {
