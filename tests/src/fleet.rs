@@ -450,3 +450,27 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Enrols the agent data directory `dir` at `coordinator` with `labels` and writes `config` as
+/// its `agent.toml`; returns the device id and the config's path.
+pub fn enrol_with_config(
+    coordinator: &Coordinator,
+    dir: &Path,
+    labels: &str,
+    config: &str,
+) -> (String, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let device = enroll(dir, coordinator, &coordinator.token(labels)).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    (device, path)
+}
+
+/// Starts an enrolled agent on `dir` with `config`, reporting every second.
+pub fn reporting_agent(dir: &Path, config: &Path) -> crate::Agent {
+    crate::Agent::builder()
+        .data_dir(dir)
+        .args(&["-c", config.to_str().unwrap()])
+        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
+        .start()
+}

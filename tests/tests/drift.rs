@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use outpost_tests::alerting::{Alertmanager, WebhookReceiver};
-use outpost_tests::fleet::{Coordinator, enroll, run};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent, run};
 use outpost_tests::{Agent, model, models_dir, run_agent};
 use serde_json::{Value, json};
 
@@ -138,17 +138,11 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
 
     // Enrol, install the bundle offline, serve with a small window evaluated every second.
     let data = dir.path().join("agent");
-    std::fs::create_dir_all(&data).unwrap();
-    let device = enroll(&data, &c, &c.token("site=a")).unwrap();
-    let config = data.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[registry]\ntrusted_keys = [\"{}\"]\n[drift]\nwindow_rows = 150\nmin_rows = 100\ninterval_secs = 1\n",
-            public_key.trim()
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "[registry]\ntrusted_keys = [\"{}\"]\n[drift]\nwindow_rows = 150\nmin_rows = 100\ninterval_secs = 1\n",
+        public_key.trim()
+    );
+    let (device, config) = enrol_with_config(&c, &data, "site=a", &config);
     let (code, _, err) = run_agent(&[
         "import",
         bundle.to_str().unwrap(),
@@ -159,11 +153,7 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
         data.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let agent = Agent::builder()
-        .data_dir(&data)
-        .args(&["-c", config.to_str().unwrap()])
-        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
-        .start();
+    let agent = reporting_agent(&data, &config);
     agent.wait_ready(Duration::from_secs(60)).await;
 
     let (names, rows) = holdout();

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use outpost_tests::fleet::{Coordinator, enroll};
-use outpost_tests::{Agent, model, models_dir, validation_rows};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent};
+use outpost_tests::{model, models_dir, validation_rows};
 use serde_json::{Value, json};
 
 const VERSIONS: [&str; 2] = ["1.0.0", "2.0.0-bad"];
@@ -41,9 +41,6 @@ async fn labelled_traffic_gives_the_offline_metrics_per_version_and_site() {
     let mut agents = Vec::new();
     for site in ["a", "b", "c"] {
         let data = dir.path().join(format!("agent-{site}"));
-        std::fs::create_dir_all(&data).unwrap();
-        let device = enroll(&data, &c, &c.token(&format!("site={site}"))).unwrap();
-        let config = data.join("agent.toml");
         let models: String = VERSIONS
             .iter()
             .map(|v| {
@@ -53,12 +50,8 @@ async fn labelled_traffic_gives_the_offline_metrics_per_version_and_site() {
                 )
             })
             .collect();
-        std::fs::write(&config, models).unwrap();
-        let agent = Agent::builder()
-            .data_dir(&data)
-            .args(&["-c", config.to_str().unwrap()])
-            .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
-            .start();
+        let (device, config) = enrol_with_config(&c, &data, &format!("site={site}"), &models);
+        let agent = reporting_agent(&data, &config);
         agents.push((site, device, agent));
     }
 

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use outpost_tests::fleet::{Coordinator, enroll, metric, run};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, metric, reporting_agent, run};
 use outpost_tests::{Agent, model, models_dir, run_agent};
 use serde_json::{Value, json};
 
@@ -29,17 +29,10 @@ fn start_agent(
     keys: &[&str],
     extra: &str,
 ) -> (Agent, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let device = enroll(dir, coordinator, &coordinator.token(labels)).unwrap();
     let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
-    let config = dir.join("agent.toml");
-    std::fs::write(&config, format!("[registry]\ntrusted_keys = [{}]\n{extra}", quoted.join(", "))).unwrap();
-    let agent = Agent::builder()
-        .data_dir(dir)
-        .args(&["-c", config.to_str().unwrap()])
-        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
-        .start();
-    (agent, device)
+    let config = format!("[registry]\ntrusted_keys = [{}]\n{extra}", quoted.join(", "));
+    let (device, config) = enrol_with_config(coordinator, dir, labels, &config);
+    (reporting_agent(dir, &config), device)
 }
 
 async fn served(agent: &Agent) -> Option<String> {

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use outpost_tests::fleet::{Coordinator, enroll};
-use outpost_tests::{Agent, model, models_dir, validation_rows};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent};
+use outpost_tests::{model, models_dir, validation_rows};
 use serde_json::{Value, json};
 
 fn ok(result: (i32, String, String), what: &str) -> String {
@@ -84,16 +84,10 @@ async fn the_retraining_hook_registers_validates_and_canaries_the_next_version()
     let mut agents = Vec::new();
     for site in ["a", "b"] {
         let data = dir.path().join(format!("agent-{site}"));
-        std::fs::create_dir_all(&data).unwrap();
-        devices.push(enroll(&data, &c, &c.token(&format!("site={site}"))).unwrap());
-        let agent_config = data.join("agent.toml");
-        std::fs::write(&agent_config, format!("[[models]]\nname = \"bc\"\npath = \"{}\"\n", path.display()))
-            .unwrap();
-        let agent = Agent::builder()
-            .data_dir(&data)
-            .args(&["-c", agent_config.to_str().unwrap()])
-            .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
-            .start();
+        let config = format!("[[models]]\nname = \"bc\"\npath = \"{}\"\n", path.display());
+        let (device, agent_config) = enrol_with_config(&c, &data, &format!("site={site}"), &config);
+        devices.push(device);
+        let agent = reporting_agent(&data, &agent_config);
         agent.wait_ready(Duration::from_secs(60)).await;
         agents.push(agent);
     }

@@ -7,8 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_tests::Agent;
-use outpost_tests::fleet::{Coordinator, enroll};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent};
 use outpost_tests::{breast_cancer_row, model};
 use serde_json::{Value, json};
 
@@ -23,23 +22,13 @@ async fn an_injected_latency_breach_shows_with_the_right_burn_rate() {
         ],
     );
     let data = dir.path().join("agent");
-    std::fs::create_dir_all(&data).unwrap();
-    let device = enroll(&data, &c, &c.token("site=a")).unwrap();
-    let config = data.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runtime.test_delay_ms]\n\"bc@2.0.0-bad\" = 150\n\n[[models]]\nname = \"bc\"\npath = \"{}\"\n\n[[models]]\nname = \"bc\"\npath = \"{}\"\n",
-            model("breast_cancer-1.0.0").display(),
-            model("breast_cancer-2.0.0-bad").display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::builder()
-        .data_dir(&data)
-        .args(&["-c", config.to_str().unwrap()])
-        .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1")
-        .start();
+    let config = format!(
+        "[runtime.test_delay_ms]\n\"bc@2.0.0-bad\" = 150\n\n[[models]]\nname = \"bc\"\npath = \"{}\"\n\n[[models]]\nname = \"bc\"\npath = \"{}\"\n",
+        model("breast_cancer-1.0.0").display(),
+        model("breast_cancer-2.0.0-bad").display()
+    );
+    let (device, config) = enrol_with_config(&c, &data, "site=a", &config);
+    let agent = reporting_agent(&data, &config);
     agent.wait_ready(Duration::from_secs(60)).await;
     assert!(agent.log().contains("slowed down ON PURPOSE"), "the test-only delay is announced");
 
