@@ -319,6 +319,9 @@ impl AlertEngine {
         for c in self.slow_retraining()? {
             candidates.insert(fingerprint(&c.labels), c);
         }
+        for c in rolled_back(&crate::rollout::Rollouts::open(&self.store)?.open_incidents()) {
+            candidates.insert(fingerprint(&c.labels), c);
+        }
         let mut tick = Tick::default();
         let mut records = Vec::new();
         for mut record in self.list()? {
@@ -372,6 +375,7 @@ impl AlertEngine {
             "OutpostBacklog",
             "OutpostSloBurn",
             "OutpostRetrainingSlow",
+            "OutpostRolloutRolledBack",
         ] {
             by_name.insert(name, 0);
         }
@@ -476,6 +480,27 @@ impl AlertEngine {
 }
 
 /// Objectives burning their budget at least `rate` times too fast (with some events to judge).
+/// One alert per open incident (automatic rollback), until an operator closes it.
+pub fn rolled_back(incidents: &[crate::rollout::Incident]) -> Vec<Candidate> {
+    incidents
+        .iter()
+        .map(|i| Candidate {
+            labels: labels(&[
+                ("alertname", "OutpostRolloutRolledBack"),
+                ("model", &i.model),
+                ("incident", &i.id),
+                ("severity", "critical"),
+            ]),
+            devices: i.devices_rolled_back.clone(),
+            summary: format!(
+                "Rollout {} of {}@{} was rolled back to {}: {}",
+                i.rollout, i.model, i.version, i.baseline, i.reason
+            ),
+            since_ms: Some(i.opened_ms),
+        })
+        .collect()
+}
+
 pub fn slo_burns(statuses: &BTreeMap<String, crate::slo::SloStatus>, rate: f64) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (model, status) in statuses {

@@ -34,6 +34,7 @@ use crate::store::{Counts, DeviceRecord, Store, TokenRecord, TokenRefused, now_m
 use outpost_shared::protocol::messages::{ModelState, OutboxStats};
 
 pub struct AppState {
+    pub rollouts: Arc<crate::rollout::Rollouts>,
     pub alerts: Arc<crate::alerts::AlertEngine>,
     pub retraining: Arc<crate::retraining::Retraining>,
     pub config: Config,
@@ -61,6 +62,7 @@ impl std::fmt::Debug for AppState {
 
 pub mod openapi;
 pub mod registry;
+pub mod rollout;
 
 /// The device whose client certificate (from the fleet CA, verified by TLS) opened this
 /// connection; set by the HTTPS server.
@@ -159,6 +161,13 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/audit") => get(registry::audit_tail),
         ("get", "/api/v1/audit/verify") => get(registry::audit_verify),
         ("get", "/api/v1/keys") => get(keys),
+        ("post", "/api/v1/rollouts") => post(rollout::start),
+        ("get", "/api/v1/rollouts") => get(rollout::list),
+        ("get", "/api/v1/rollouts/{id}") => get(rollout::show),
+        ("post", "/api/v1/rollouts/{id}/{action}") => post(rollout::act),
+        ("get", "/api/v1/incidents") => get(rollout::incidents),
+        ("get", "/api/v1/incidents/{id}") => get(rollout::incident),
+        ("post", "/api/v1/incidents/{id}/close") => post(rollout::close_incident),
         _ => return None,
     })
 }

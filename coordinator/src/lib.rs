@@ -29,8 +29,10 @@
 //! - [`desired`]: per-device desired state, signed and published retained.
 //! - [`auth`]: API tokens, roles and rate limits; [`audit`]: the hash-chained audit log.
 //!
-//! Rollouts are later work (see
-//! `../shared/DESIGN.md` §4). This crate depends on `outpost-shared` only, never on the agent.
+//! - [`rollout`]: staged rollouts in waves, gated on the candidate's live numbers against the
+//!   baseline's, with automatic rollback and incidents; persisted, resumed after a restart.
+//!
+//! This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
 
 pub mod alerts;
@@ -53,6 +55,7 @@ pub mod registry;
 pub mod report;
 pub mod retention;
 pub mod retraining;
+pub mod rollout;
 pub mod server;
 pub mod slo;
 pub mod store;

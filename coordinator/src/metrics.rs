@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Alerts firing now, by name; notifications sent, by sink and result.
     pub alerts_firing: IntGaugeVec,
     pub alert_notifications: IntCounterVec,
+    /// Rollouts applying, baking or paused; automatic rollbacks, by model.
+    pub rollouts_active: prometheus::IntGauge,
+    pub rollout_rollbacks: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,7 +98,20 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric alert_notifications: {e}"));
         registry.register(Box::new(alert_notifications.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let rollouts_active = prometheus::IntGauge::new(
+            "outpost_coordinator_rollouts_active",
+            "Rollouts applying, baking or paused.",
+        )
+        .unwrap_or_else(|e| panic!("metric rollouts_active: {e}"));
+        registry.register(Box::new(rollouts_active.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let rollout_rollbacks = counter(
+            "outpost_coordinator_rollout_rollbacks_total",
+            "Rollouts the engine rolled back by itself (a gate, a failed device, a timeout), by model.",
+            "model",
+        );
         Metrics {
+            rollouts_active,
+            rollout_rollbacks,
             alerts_firing,
             alert_notifications,
             registry,

@@ -125,6 +125,36 @@ impl Labels {
         })
     }
 
+    /// Labelled predictions of `model@version` made on `devices` in `[from_ms, to_ms]` that have
+    /// a predicted label, and how many of them were right.
+    pub fn correct_on(
+        &self,
+        model: &str,
+        version: &str,
+        devices: &[String],
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut labelled, mut correct) = (0, 0);
+        for device in devices {
+            let mut prefix = model.as_bytes().to_vec();
+            prefix.push(0);
+            prefix.extend_from_slice(device.as_bytes());
+            prefix.push(0);
+            for item in self.tree.scan_prefix(prefix) {
+                let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
+                let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
+                if label.version != version || !(from_ms..=to_ms).contains(&label.predicted_at_ms) {
+                    continue;
+                }
+                let Some(predicted) = label.predicted else { continue };
+                labelled += 1;
+                correct += u64::from(predicted == label.label);
+            }
+        }
+        Ok((labelled, correct))
+    }
+
     /// Quality of `model` per version, split by device label `by` when given.
     pub fn quality(
         &self,

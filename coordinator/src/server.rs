@@ -165,7 +165,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let retention_task =
         tokio::spawn(crate::retention::run(store.clone(), config.retention.clone(), shutdown_rx.clone()));
     let retraining = Arc::new(crate::retraining::Retraining::open(&store, config.retraining.clone())?);
+    let rollouts = Arc::new(crate::rollout::Rollouts::open(&store)?);
     let state = Arc::new(AppState {
+        rollouts,
         retraining,
         alerts,
         config: config.clone(),
@@ -183,6 +185,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let retraining_task =
         tokio::spawn(crate::retraining::run_triggers(Arc::clone(&state), shutdown_rx.clone()));
+    let rollout_task = tokio::spawn(crate::rollout::run(Arc::clone(&state), shutdown_rx.clone()));
     let mut api_shutdown = shutdown_rx.clone();
     let app = api::router(state);
     let server_task = match tls {
@@ -204,6 +207,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = link_task.await;
     let _ = alerts_task.await;
     let _ = retraining_task.await;
+    let _ = rollout_task.await;
     let _ = retention_task.await;
     let served = server_task.await;
     store.flush()?;

@@ -215,6 +215,44 @@ impl Slos {
         Ok((requests, errors, latency))
     }
 
+    /// Like the fleet-wide sum, for the windows of the devices and versions `keep` accepts
+    /// (a rollout's candidate or baseline side).
+    pub fn traffic_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<(u64, u64, LogHistogram, usize), StoreError> {
+        let mut start = model.as_bytes().to_vec();
+        start.push(0);
+        let skip = start.len() + 9;
+        let mut end = start.clone();
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
+        let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
+        let mut devices = std::collections::BTreeSet::new();
+        for item in self.traffic.range(start..end) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(rest) = k.get(skip..) else { continue };
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(device), Ok(version)) = (std::str::from_utf8(device), std::str::from_utf8(version))
+            else {
+                continue;
+            };
+            if !keep(device, version) {
+                continue;
+            }
+            let Ok(w) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
+            requests += w.requests;
+            errors += w.errors;
+            let _ = latency.merge(&w.latency_us);
+            devices.insert(device.to_owned());
+        }
+        Ok((requests, errors, latency, devices.len()))
+    }
+
     /// The standing of `model`'s objectives over its window ending at `now_ms`.
     pub fn status(
         &self,

@@ -398,3 +398,60 @@ pub fn validation_rows() -> Vec<(String, Vec<f64>, i64)> {
         })
         .collect()
 }
+
+/// Labelled traffic: one client per agent answers validation rows through `model` (whatever
+/// version the agent serves) and posts each row's true label to `/v1/feedback` at once — what a
+/// rollout's accuracy gate reads. Runs until [`LabelledTraffic::stop`].
+pub struct LabelledTraffic {
+    stop: Arc<AtomicBool>,
+    /// Answered requests per version.
+    pub answered: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LabelledTraffic {
+    /// Starts one client per agent, pausing `pause` between requests.
+    pub fn start(agents: &[&Agent], model: &str, pause: Duration) -> LabelledTraffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let rows = Arc::new(validation_rows());
+        let tasks = agents
+            .iter()
+            .enumerate()
+            .map(|(n, agent)| {
+                let (stop, answered, rows) = (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&rows));
+                let infer = agent.url(&format!("/v2/models/{model}/infer"));
+                let feedback = agent.url("/v1/feedback");
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    let mut i = n * 7;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (_, features, label) = &rows[i % rows.len()];
+                        i += 1;
+                        let body = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, features.len()], "data": features}]});
+                        let answer = match http.post(&infer).json(&body).send().await {
+                            Ok(r) if r.status().is_success() => r.json::<Value>().await.unwrap_or(Value::Null),
+                            _ => Value::Null,
+                        };
+                        if let Some(id) = answer["parameters"]["prediction_ids"][0].as_u64() {
+                            let version = answer["model_version"].as_str().unwrap_or("?").to_owned();
+                            *answered.lock().unwrap().entry(version).or_default() += 1;
+                            let label = serde_json::json!({"prediction_id": id, "label": label});
+                            let _ = http.post(&feedback).json(&label).send().await;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        LabelledTraffic { stop, answered, tasks }
+    }
+
+    /// Stops every client and waits for them.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -10,92 +10,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use outpost_tests::fleet::{Coordinator, enrol_with_config, metric, reporting_agent, run};
-use outpost_tests::{Agent, model, models_dir, run_agent};
+use outpost_tests::fleet::{
+    Coordinator, metric, ok, push, release_key, run, served, start_agent, validate, wait_serving,
+};
+use outpost_tests::{Agent, models_dir, run_agent};
 use serde_json::{Value, json};
-
-fn release_key(coordinator: &Coordinator) -> String {
-    let key = coordinator.data_dir.join("pki/signing.pk8");
-    let (code, out, err) = run("outpostctl", &["key", "show", key.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    out.trim().to_owned()
-}
-
-/// Enrols a data dir with `labels` and starts an agent trusting `keys`.
-fn start_agent(
-    coordinator: &Coordinator,
-    dir: &Path,
-    labels: &str,
-    keys: &[&str],
-    extra: &str,
-) -> (Agent, String) {
-    let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
-    let config = format!("[registry]\ntrusted_keys = [{}]\n{extra}", quoted.join(", "));
-    let (device, config) = enrol_with_config(coordinator, dir, labels, &config);
-    (reporting_agent(dir, &config), device)
-}
-
-async fn served(agent: &Agent) -> Option<String> {
-    let (status, body) = agent.get("/v2/models/bc").await;
-    (status == 200 && body["state"] == "ready")
-        .then(|| body["versions"][0].as_str().unwrap_or_default().to_owned())
-}
-
-async fn wait_serving(agent: &Agent, version: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while served(agent).await.as_deref() != Some(version) {
-        assert!(Instant::now() < deadline, "agent never served bc {version}; log:\n{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ok(result: (i32, String, String), what: &str) -> String {
-    assert_eq!(result.0, 0, "{what} failed: {}{}", result.1, result.2);
-    result.1
-}
-
-fn push(c: &Coordinator, stem: &str, version: &str) -> (i32, String, String) {
-    let path = model(stem);
-    let baseline = models_dir().join("breast_cancer_holdout.csv");
-    c.ctl(&[
-        "model",
-        "push",
-        path.to_str().unwrap(),
-        "--name",
-        "bc",
-        "--version",
-        version,
-        "--baseline",
-        baseline.to_str().unwrap(),
-        "--label",
-        "label",
-        "--meta",
-        "team=ml",
-    ])
-}
-
-fn validate(c: &Coordinator, version: &str) -> (i32, Value) {
-    let dataset = models_dir().join("breast_cancer_validation.csv");
-    let (code, out, err) = c.ctl(&[
-        "--json",
-        "model",
-        "validate",
-        &format!("bc@{version}"),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--label",
-        "label",
-        "--segment",
-        "site",
-        // Latency on a loaded test machine (debug builds, tests in parallel) is noise: the
-        // p99 check is unit-tested in `validation.rs` and kept out of pass/fail here.
-        "--p99-slack-ms",
-        "10000",
-    ]);
-    let report: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("validate printed no report ({e}): {out}{err}"));
-    (code, report)
-}
 
 fn close(found: &Value, expected: &Value, what: &str) {
     let (f, e) = (found.as_f64().unwrap_or(f64::NAN), expected.as_f64().unwrap());

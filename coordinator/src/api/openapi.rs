@@ -194,6 +194,37 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/audit", "admin", None, "The newest audit entries (query: limit)."),
     r("get", "/api/v1/audit/verify", "admin", None, "Verify the audit log's hash chain."),
     r("get", "/api/v1/keys", "viewer", None, "The coordinator's release key (for agents' trusted keys)."),
+    r(
+        "post",
+        "/api/v1/rollouts",
+        "operator",
+        JSON,
+        "Start a staged rollout of a validated version (waves, bake, gates against the baseline).",
+    ),
+    r("get", "/api/v1/rollouts", "viewer", None, "Every rollout, newest last."),
+    r(
+        "get",
+        "/api/v1/rollouts/{id}",
+        "viewer",
+        None,
+        "One rollout: its wave, gates with their evidence and verdicts, devices, timeline.",
+    ),
+    r(
+        "post",
+        "/api/v1/rollouts/{id}/{action}",
+        "operator",
+        None,
+        "pause, resume, promote (skip the remaining waves), abort-keep or abort-revert a rollout.",
+    ),
+    r("get", "/api/v1/incidents", "viewer", None, "Automatic rollbacks, with the gate and numbers."),
+    r("get", "/api/v1/incidents/{id}", "viewer", None, "One incident with its timeline."),
+    r(
+        "post",
+        "/api/v1/incidents/{id}/close",
+        "operator",
+        None,
+        "Mark an incident handled (its alert resolves).",
+    ),
 ];
 
 /// The document.

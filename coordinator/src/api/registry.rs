@@ -54,7 +54,7 @@ pub(crate) fn audit(
 }
 
 /// Runs `f`, auditing its outcome.
-fn audited<T>(
+pub(crate) fn audited<T>(
     state: &AppState,
     who: &Principal,
     action: &str,
@@ -73,7 +73,9 @@ fn audited<T>(
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
 }
 

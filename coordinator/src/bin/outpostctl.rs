@@ -34,6 +34,9 @@ macro_rules! say_raw {
     }};
 }
 
+#[path = "outpostctl/rollout.rs"]
+mod rollout;
+
 #[derive(Debug, Parser)]
 #[command(name = "outpostctl", version, about = "Operate an Outpost coordinator")]
 struct Cli {
@@ -109,6 +112,12 @@ enum Command {
     Retrain(RetrainCommand),
     /// Back to the last good production version on every device, in one command.
     Rollback { name: String },
+    /// Staged rollouts: start, status, list, pause, resume, promote, abort.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Incidents left by automatic rollbacks: list, show, close.
+    #[command(subcommand)]
+    Incident(rollout::IncidentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -1353,6 +1362,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
             say!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
         }
+        Command::Rollout(command) => rollout::rollout(cli, &api, command)?,
+        Command::Incident(command) => rollout::incident(cli, &api, command)?,
         Command::Rollback { name } => {
             let done: serde_json::Value =
                 api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;

@@ -1,0 +1,151 @@
+//! Rollout and incident routes: start, watch, steer (`pause`, `resume`, `promote`, `abort`), and
+//! the incidents automatic rollbacks leave.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+
+use super::registry::{audited, blocking};
+use super::{ApiError, AppState, authorize, json_body};
+use crate::auth::Role;
+use crate::rollout::{Incident, Rollout, RolloutError, RolloutSpec, RolloutView};
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> ApiError {
+        match e {
+            RolloutError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            RolloutError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            RolloutError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
+            RolloutError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+fn view(state: &AppState, r: Rollout) -> Result<RolloutView, ApiError> {
+    state.rollouts.view(r, &state.config.fleet, &state.desired).map_err(ApiError::internal)
+}
+
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<RolloutSpec>, JsonRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let spec = json_body(body)?;
+    let target = format!("{}@{}", spec.model, spec.version);
+    let st = Arc::clone(&state);
+    let by = who.name.clone();
+    let result = blocking(move || {
+        let r = st.rollouts.start(&st, spec, &by)?;
+        let detail = format!("{} on {} device(s), waves {:?}", r.id, r.targets.len(), r.spec.waves);
+        Ok((view(&st, r)?, detail))
+    })
+    .await?;
+    audited(&state, &who, "rollout.start", &target, result).map(Json)
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Rollout>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let st = Arc::clone(&state);
+    blocking(move || st.rollouts.list().map_err(ApiError::internal)).await?.map(Json)
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutView>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let st = Arc::clone(&state);
+    blocking(move || {
+        let r = st
+            .rollouts
+            .get(&id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no rollout `{id}`")))?;
+        view(&st, r)
+    })
+    .await?
+    .map(Json)
+}
+
+pub async fn act(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    if !["pause", "resume", "promote", "abort-keep", "abort-revert"].contains(&action.as_str()) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown rollout action `{action}` (pause, resume, promote, abort-keep, abort-revert)"),
+        ));
+    }
+    let st = Arc::clone(&state);
+    let by = who.name.clone();
+    let verb = action.clone();
+    let rid = id.clone();
+    let result = blocking(move || st.rollouts.command(&st, &rid, &verb, &by).map_err(ApiError::from)).await?;
+    let result = match result {
+        Ok((r, outgoing)) => {
+            for o in outgoing {
+                if state.outgoing.send(o).await.is_err() {
+                    tracing::error!("the broker link is gone; desired states go out on reconnect");
+                }
+            }
+            let detail = format!("{} now {}", r.id, r.phase.as_str());
+            view(&state, r).map(|v| (v, detail))
+        }
+        Err(e) => Err(e),
+    };
+    audited(&state, &who, &format!("rollout.{action}"), &id, result).map(Json)
+}
+
+pub async fn incidents(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let st = Arc::clone(&state);
+    blocking(move || st.rollouts.incidents().map_err(ApiError::internal)).await?.map(Json)
+}
+
+pub async fn incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let st = Arc::clone(&state);
+    blocking(move || {
+        st.rollouts
+            .incident(&id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no incident `{id}`")))
+    })
+    .await?
+    .map(Json)
+}
+
+pub async fn close_incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let st = Arc::clone(&state);
+    let by = who.name.clone();
+    let iid = id.clone();
+    let result = blocking(move || {
+        let i = st.rollouts.close_incident(&iid, &by)?;
+        Ok((i, "closed".to_owned()))
+    })
+    .await?;
+    audited(&state, &who, "incident.close", &id, result).map(Json)
+}

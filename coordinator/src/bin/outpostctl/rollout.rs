@@ -1,0 +1,414 @@
+//! `outpostctl rollout …` and `outpostctl incident …`: start a staged rollout, watch it, steer it,
+//! and read the incidents automatic rollbacks leave.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::{Api, Cli, Failure, ago, parse_age, parse_labels, split_target};
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout of a validated version: waves of the targets, each baked and gated
+    /// against the baseline version; a breached gate rolls every touched device back.
+    Start(Box<StartArgs>),
+    /// The live view of a rollout (the newest when no id is given): wave, gates with their
+    /// evidence and verdicts, devices, timeline.
+    Status {
+        id: Option<String>,
+        /// Keep printing until the rollout ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Every rollout.
+    List,
+    /// Hold the rollout where it is (gates stop being judged).
+    Pause { id: String },
+    /// Continue a paused rollout: the current wave bakes again from now.
+    Resume { id: String },
+    /// Skip the remaining waves: every target gets the version now, without further gates.
+    Promote { id: String },
+    /// Stop the rollout, keeping moved devices on the new version (--keep) or sending them
+    /// back to the baseline (--revert).
+    Abort {
+        id: String,
+        #[arg(long, conflicts_with = "revert", required_unless_present = "revert")]
+        keep: bool,
+        #[arg(long)]
+        revert: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// NAME@VERSION (or give everything in --spec).
+    target: Option<String>,
+    /// A rollout spec file (JSON or TOML, the API's fields); flags given here override it.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Devices whose labels match, e.g. `tier=prod,site=a` (default: every device).
+    #[arg(long, value_delimiter = ',')]
+    selector: Vec<String>,
+    /// waves (other strategies need agent model slots, not in this build).
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Cumulative percent of the targets per wave, ending at 100 (default 10,50,100).
+    #[arg(long, value_delimiter = ',')]
+    waves: Vec<f64>,
+    /// How long each wave runs before its gates decide, e.g. 10m, 90s (default 10m).
+    #[arg(long, value_parser = parse_age)]
+    bake: Option<u64>,
+    /// A gate, repeatable: `error_rate<=+0.5%`, `p99<=1.2x`, `p95<=40ms`, `accuracy>=-1%`
+    /// (default: error_rate<=+1%, p99<=1.5x, accuracy>=-2%).
+    #[arg(long = "gate")]
+    gates: Vec<String>,
+    /// Requests each side needs before an error-rate or latency gate may pass or fail (200).
+    #[arg(long)]
+    min_requests: Option<u64>,
+    /// Labelled predictions each side needs before an accuracy gate may pass or fail (50).
+    #[arg(long)]
+    min_labels: Option<u64>,
+    /// Bake extensions while gates are inconclusive, before pausing (2).
+    #[arg(long)]
+    max_extensions: Option<u32>,
+    /// Devices that go quiet during a wave: wait, skip, or fail (roll back). Default wait.
+    #[arg(long, value_parser = ["wait", "skip", "fail"])]
+    offline: Option<String>,
+    /// How long a wave may take to run the version on its devices, e.g. 5m (default 5m).
+    #[arg(long, value_parser = parse_age)]
+    apply_timeout: Option<u64>,
+    /// Added to latency ratio limits, in ms (1).
+    #[arg(long)]
+    latency_slack_ms: Option<f64>,
+    /// Follow the rollout until it ends; exit 0 if it succeeded, 1 otherwise.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Every incident, newest last.
+    List,
+    /// One incident: the gate and its numbers, the devices rolled back, the timeline.
+    Show { id: String },
+    /// Mark an incident handled (its alert resolves).
+    Close { id: String },
+}
+
+fn spec_from(args: &StartArgs) -> Result<Value, Failure> {
+    let mut spec = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let value: Value = if path.extension().is_some_and(|e| e == "toml") {
+                toml_to_json(&text).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?
+            } else {
+                serde_json::from_str(&text).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?
+            };
+            if !value.is_object() {
+                return Err(Failure::Usage(format!(
+                    "{}: a rollout spec is a table of fields",
+                    path.display()
+                )));
+            }
+            value
+        }
+        None => json!({}),
+    };
+    if let Some(target) = &args.target {
+        let (name, version) = split_target(target)?;
+        spec["model"] = json!(name);
+        spec["version"] = json!(version);
+    }
+    if spec.get("model").is_none() || spec.get("version").is_none() {
+        return Err(Failure::Usage("give NAME@VERSION, or `model` and `version` in --spec".into()));
+    }
+    if !args.selector.is_empty() {
+        spec["selector"] = json!(parse_labels(&args.selector)?);
+    }
+    let mut set = |key: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            spec[key] = v;
+        }
+    };
+    set("strategy", args.strategy.as_ref().map(|s| json!(s)));
+    set("waves", (!args.waves.is_empty()).then(|| json!(args.waves)));
+    set("bake_secs", args.bake.map(|ms| json!(ms / 1000)));
+    set("gates", (!args.gates.is_empty()).then(|| json!(args.gates)));
+    set("min_requests", args.min_requests.map(|v| json!(v)));
+    set("min_labels", args.min_labels.map(|v| json!(v)));
+    set("max_extensions", args.max_extensions.map(|v| json!(v)));
+    set("offline", args.offline.as_ref().map(|v| json!(v)));
+    set("apply_timeout_secs", args.apply_timeout.map(|ms| json!(ms / 1000)));
+    set("latency_slack_ms", args.latency_slack_ms.map(|v| json!(v)));
+    Ok(spec)
+}
+
+/// A TOML spec file as JSON (the API takes JSON).
+fn toml_to_json(text: &str) -> Result<Value, String> {
+    use figment::providers::Format as _;
+    figment::Figment::from(figment::providers::Toml::string(text))
+        .extract::<Value>()
+        .map_err(|e| e.to_string())
+}
+
+fn num(v: Option<f64>, share: bool) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if share => format!("{:.2}%", x * 100.0),
+        Some(x) => format!("{x:.3}ms"),
+    }
+}
+
+/// Prints a rollout view for people.
+pub fn print_rollout(v: &Value) {
+    let spec = &v["spec"];
+    let waves = spec["waves"].as_array().map_or(0, Vec::len);
+    let wave = v["wave"].as_u64().unwrap_or(0) as usize;
+    say!(
+        "rollout {}  {}@{} (baseline {})  {}  wave {}/{} ({}%)",
+        v["id"].as_str().unwrap_or("?"),
+        spec["model"].as_str().unwrap_or("?"),
+        spec["version"].as_str().unwrap_or("?"),
+        v["baseline"].as_str().unwrap_or("?"),
+        v["phase"].as_str().unwrap_or("?").to_uppercase(),
+        wave + 1,
+        waves,
+        spec["waves"][wave]
+    );
+    if let Some(reason) = v["paused_reason"].as_str() {
+        say!("paused: {reason}");
+    }
+    if let Some(until) = v["bake_until_ms"].as_u64().filter(|_| v["phase"] == "baking") {
+        let left = until.saturating_sub(outpost_shared::endpoints::now_ms()) / 1000;
+        say!("bake: {left} s left (extension {}/{})", v["extensions"], spec["max_extensions"]);
+    }
+    if let Some(incident) = v["incident"].as_str() {
+        say!("incident: {incident} (`outpostctl incident show {incident}`)");
+    }
+    if let Some(gates) = v["gates"].as_array().filter(|g| !g.is_empty()) {
+        say!("gates (baseline: {}):", v["baseline_scope"].as_str().unwrap_or(""));
+        say!(
+            "  {:<20} {:<13} {:>11} {:>11} {:>11} {:>15}",
+            "GATE",
+            "VERDICT",
+            "CANDIDATE",
+            "BASELINE",
+            "LIMIT",
+            "SAMPLES"
+        );
+        for g in gates {
+            let share = !g["gate"].as_str().unwrap_or("").starts_with('p');
+            say!(
+                "  {:<20} {:<13} {:>11} {:>11} {:>11} {:>15}",
+                g["gate"].as_str().unwrap_or(""),
+                g["verdict"].as_str().unwrap_or("").to_uppercase(),
+                num(g["candidate"].as_f64(), share),
+                num(g["baseline"].as_f64(), share),
+                num(g["limit"].as_f64(), share),
+                format!("{}/{} (min {})", g["candidate_samples"], g["baseline_samples"], g["min_samples"])
+            );
+            say!("  {:<20} {}", "", g["detail"].as_str().unwrap_or(""));
+        }
+    }
+    if let Some(devices) = v["devices"].as_array() {
+        say!("devices:");
+        say!("  {:<24} {:>4} {:<14} {:<22} {:<10}", "DEVICE", "WAVE", "DESIRED", "ACTUAL", "LIVENESS");
+        for d in devices {
+            let actual = match (d["actual"].as_str(), d["actual_state"].as_str()) {
+                (Some(a), Some(s)) => format!("{a} ({s})"),
+                _ => "-".into(),
+            };
+            say!(
+                "  {:<24} {:>4} {:<14} {:<22} {:<10}{}",
+                d["device"].as_str().unwrap_or(""),
+                d["wave"],
+                d["desired"].as_str().unwrap_or("-"),
+                actual,
+                d["liveness"].as_str().unwrap_or(""),
+                if d["skipped"] == true { " skipped" } else { "" }
+            );
+        }
+    }
+    say!("timeline:");
+    for t in v["timeline"].as_array().into_iter().flatten() {
+        say!("  {:>9}  {}", ago(t["at_ms"].as_u64()), t["message"].as_str().unwrap_or(""));
+    }
+}
+
+/// Follows a rollout, printing each new timeline line, until it ends; returns its final view.
+fn follow(api: &Api, id: &str) -> Result<Value, Failure> {
+    let mut shown = 0;
+    loop {
+        let v: Value = api.get(&format!("/api/v1/rollouts/{id}"))?;
+        let timeline = v["timeline"].as_array().cloned().unwrap_or_default();
+        for t in timeline.iter().skip(shown) {
+            eprintln!("[{id}] {}", t["message"].as_str().unwrap_or(""));
+        }
+        shown = timeline.len();
+        if !matches!(v["phase"].as_str(), Some("applying" | "baking")) {
+            return Ok(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Failure> {
+    let show = |v: &Value| {
+        if cli.json {
+            say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            print_rollout(v);
+        }
+    };
+    match command {
+        RolloutCommand::Start(args) => {
+            let spec = spec_from(args)?;
+            let v: Value = api.post_json("/api/v1/rollouts", &spec)?;
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            eprintln!("rollout {id} started");
+            if !args.wait {
+                show(&v);
+                return Ok(());
+            }
+            let end = follow(api, &id)?;
+            show(&end);
+            match end["phase"].as_str() {
+                Some("succeeded") => Ok(()),
+                Some(phase) => Err(Failure::Refused(format!("rollout {id} ended {phase}"))),
+                None => Err(Failure::Refused(format!("rollout {id}: no phase in the answer"))),
+            }
+        }
+        RolloutCommand::Status { id, watch } => {
+            let id = match id {
+                Some(id) => id.clone(),
+                None => {
+                    let all: Vec<Value> = api.get("/api/v1/rollouts")?;
+                    let newest = all.last().ok_or_else(|| Failure::Refused("no rollouts yet".into()))?;
+                    newest["id"].as_str().unwrap_or_default().to_owned()
+                }
+            };
+            let v = if *watch { follow(api, &id)? } else { api.get(&format!("/api/v1/rollouts/{id}"))? };
+            show(&v);
+            Ok(())
+        }
+        RolloutCommand::List => {
+            let all: Vec<Value> = api.get("/api/v1/rollouts")?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+                return Ok(());
+            }
+            if all.is_empty() {
+                say!("no rollouts yet");
+            }
+            for r in &all {
+                say!(
+                    "{:<10} {:<24} {:<12} wave {}/{}  targets {}  started {}{}",
+                    r["id"].as_str().unwrap_or(""),
+                    format!(
+                        "{}@{}",
+                        r["spec"]["model"].as_str().unwrap_or(""),
+                        r["spec"]["version"].as_str().unwrap_or("")
+                    ),
+                    r["phase"].as_str().unwrap_or(""),
+                    r["wave"].as_u64().unwrap_or(0) + 1,
+                    r["spec"]["waves"].as_array().map_or(0, Vec::len),
+                    r["targets"].as_array().map_or(0, Vec::len),
+                    ago(r["created_ms"].as_u64()),
+                    r["incident"].as_str().map(|i| format!("  incident {i}")).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        RolloutCommand::Pause { id } | RolloutCommand::Resume { id } | RolloutCommand::Promote { id } => {
+            let verb = match command {
+                RolloutCommand::Pause { .. } => "pause",
+                RolloutCommand::Resume { .. } => "resume",
+                _ => "promote",
+            };
+            let v: Value = api.post_json(&format!("/api/v1/rollouts/{id}/{verb}"), &json!({}))?;
+            show(&v);
+            Ok(())
+        }
+        RolloutCommand::Abort { id, keep, .. } => {
+            let verb = if *keep { "abort-keep" } else { "abort-revert" };
+            let v: Value = api.post_json(&format!("/api/v1/rollouts/{id}/{verb}"), &json!({}))?;
+            show(&v);
+            Ok(())
+        }
+    }
+}
+
+/// Prints an incident for people.
+pub fn print_incident(i: &Value) {
+    say!(
+        "incident {}  {}  rollout {} of {}@{} rolled back to {}",
+        i["id"].as_str().unwrap_or(""),
+        if i["closed_ms"].is_null() {
+            "OPEN".to_owned()
+        } else {
+            format!("closed by {}", i["closed_by"].as_str().unwrap_or("?"))
+        },
+        i["rollout"].as_str().unwrap_or(""),
+        i["model"].as_str().unwrap_or(""),
+        i["version"].as_str().unwrap_or(""),
+        i["baseline"].as_str().unwrap_or("")
+    );
+    say!("opened  {}", ago(i["opened_ms"].as_u64()));
+    say!("reason  {}", i["reason"].as_str().unwrap_or(""));
+    if let Some(g) = i["gate"].as_object() {
+        let share = !g["gate"].as_str().unwrap_or("").starts_with('p');
+        say!(
+            "gate    {}: candidate {} vs baseline {} (limit {}), samples {}/{}",
+            g["gate"].as_str().unwrap_or(""),
+            num(g["candidate"].as_f64(), share),
+            num(g["baseline"].as_f64(), share),
+            num(g["limit"].as_f64(), share),
+            g["candidate_samples"],
+            g["baseline_samples"]
+        );
+    }
+    say!("baseline side: {}", i["baseline_scope"].as_str().unwrap_or(""));
+    let devices: Vec<&str> =
+        i["devices_rolled_back"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    say!("devices rolled back ({}): {}", devices.len(), devices.join(", "));
+    say!("timeline:");
+    for t in i["timeline"].as_array().into_iter().flatten() {
+        say!("  {:>9}  {}", ago(t["at_ms"].as_u64()), t["message"].as_str().unwrap_or(""));
+    }
+}
+
+pub fn incident(cli: &Cli, api: &Api, command: &IncidentCommand) -> Result<(), Failure> {
+    let v: Value = match command {
+        IncidentCommand::List => api.get("/api/v1/incidents")?,
+        IncidentCommand::Show { id } => api.get(&format!("/api/v1/incidents/{id}"))?,
+        IncidentCommand::Close { id } => {
+            api.post_json(&format!("/api/v1/incidents/{id}/close"), &json!({}))?
+        }
+    };
+    if cli.json {
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match command {
+        IncidentCommand::List => {
+            let all = v.as_array().cloned().unwrap_or_default();
+            if all.is_empty() {
+                say!("no incidents");
+            }
+            for i in &all {
+                say!(
+                    "{:<12} {:<8} {:<24} opened {}  {}",
+                    i["id"].as_str().unwrap_or(""),
+                    if i["closed_ms"].is_null() { "OPEN" } else { "closed" },
+                    format!("{}@{}", i["model"].as_str().unwrap_or(""), i["version"].as_str().unwrap_or("")),
+                    ago(i["opened_ms"].as_u64()),
+                    i["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        _ => print_incident(&v),
+    }
+    Ok(())
+}

@@ -1,0 +1,1098 @@
+//! The rollout engine: moves a model version onto a fleet in waves, judging each wave on the
+//! candidate's live numbers against the baseline's, and rolls every touched device back by
+//! itself when a gate is breached.
+//!
+//! A rollout targets the devices a label selector matches when it starts (fixed, in id order)
+//! and moves them in waves (`waves = [10, 50, 100]`: percent of the targets, cumulative). Each
+//! wave is *applied* (desired states sent; it waits until every device of the wave reports the
+//! candidate ready), then *bakes* for `bake_secs` while the gates ([`gates`]) compare:
+//! - the **candidate**: the new version on the moved devices, since the bake began, with
+//! - the **baseline**: the old version on the targets not yet moved, in the same window; once
+//!   every target has moved (the last wave), the old version on the same targets in a window of
+//!   the same length just before the rollout started.
+//!
+//! A gate that fails (with enough samples; see [`gates`]) stops the rollout at once: every moved
+//! device goes back to the version it had, an [`Incident`] keeps the gate, the numbers and the
+//! timeline, and an alert fires until an operator closes the incident. At the end of the bake,
+//! all gates passing takes the next wave; any inconclusive gate extends the bake (up to
+//! `max_extensions` times), then pauses the rollout for an operator — thin evidence never
+//! passes silently. After the last wave the version becomes `production`.
+//!
+//! Devices that go quiet during a wave are shown `stale`/`offline` and handled by the spec's
+//! `offline` policy: `wait` for them, `skip` them (they get the version when they return), or
+//! count them as a `fail`ure (rollback). A device that reports the candidate `failed` (refused,
+//! or failed its validation) is a failure; so is a wave not applied within `apply_timeout_secs`.
+//!
+//! State: sled trees `rollouts` (id → JSON [`Rollout`]) and `incidents` (id → JSON
+//! [`Incident`]). Every step is written before it is acted on and acting is idempotent (a
+//! device whose desired state already says the version is not sent it again), so a coordinator
+//! killed at any moment resumes every rollout where it was: timers are absolute times.
+
+pub mod gates;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_shared::protocol::messages::DesiredModel;
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::desired::{Outgoing, matches};
+use crate::quality::Labels;
+use crate::registry::Stage;
+use crate::slo::Slos;
+use crate::store::{DeviceRecord, Store, StoreError, now_ms};
+use gates::{Evidence, Gate, GateResult, Thresholds, Verdict};
+
+/// How often the engine looks at every active rollout.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// What to do with a device that stops reporting during a wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflinePolicy {
+    #[default]
+    Wait,
+    Skip,
+    Fail,
+}
+
+/// What an operator asks for (`outpostctl rollout start`, or a spec file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub model: String,
+    pub version: String,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// Cumulative percent of the targets per wave, increasing, ending at 100.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<f64>,
+    #[serde(default = "default_bake")]
+    pub bake_secs: u64,
+    /// Gate expressions (see [`gates`]); empty means [`gates::DEFAULT_GATES`].
+    #[serde(default)]
+    pub gates: Vec<String>,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    #[serde(default = "default_min_labels")]
+    pub min_labels: u64,
+    /// Bake extensions for inconclusive gates before the rollout pauses.
+    #[serde(default = "default_extensions")]
+    pub max_extensions: u32,
+    #[serde(default)]
+    pub offline: OfflinePolicy,
+    #[serde(default = "default_apply_timeout")]
+    pub apply_timeout_secs: u64,
+    /// Added to a latency ratio's limit, so microsecond models are not judged on noise.
+    #[serde(default = "default_slack")]
+    pub latency_slack_ms: f64,
+}
+
+fn default_strategy() -> String {
+    "waves".into()
+}
+fn default_waves() -> Vec<f64> {
+    vec![10.0, 50.0, 100.0]
+}
+fn default_bake() -> u64 {
+    600
+}
+fn default_min_requests() -> u64 {
+    200
+}
+fn default_min_labels() -> u64 {
+    50
+}
+fn default_extensions() -> u32 {
+    2
+}
+fn default_apply_timeout() -> u64 {
+    300
+}
+fn default_slack() -> f64 {
+    1.0
+}
+
+impl RolloutSpec {
+    /// Checks every field, naming the first problem.
+    pub fn validate(&self) -> Result<Vec<Gate>, String> {
+        match self.strategy.as_str() {
+            "waves" => {}
+            "canary" | "blue-green" | "shadow" => {
+                return Err(format!(
+                    "strategy `{}` needs agent model slots, which this build does not have yet; use `waves`",
+                    self.strategy
+                ));
+            }
+            other => return Err(format!("unknown strategy `{other}` (waves)")),
+        }
+        if self.waves.is_empty() || self.waves.len() > 20 {
+            return Err("`waves` must list 1 to 20 percentages, e.g. [10, 50, 100]".into());
+        }
+        let mut last = 0.0;
+        for &w in &self.waves {
+            if !(w > last && w <= 100.0) {
+                return Err(format!("`waves` must increase strictly within (0, 100]: {:?}", self.waves));
+            }
+            last = w;
+        }
+        if last != 100.0 {
+            return Err(format!("the last wave must be 100 (percent of the targets); got {last}"));
+        }
+        if !(1..=7 * 86_400).contains(&self.bake_secs) {
+            return Err("`bake_secs` must be between 1 and 604800 (7 days)".into());
+        }
+        if self.min_requests == 0 || self.min_labels == 0 {
+            return Err("`min_requests` and `min_labels` must be at least 1: a gate needs evidence".into());
+        }
+        if self.max_extensions > 100 {
+            return Err("`max_extensions` must be at most 100".into());
+        }
+        if !(1..=86_400).contains(&self.apply_timeout_secs) {
+            return Err("`apply_timeout_secs` must be between 1 and 86400".into());
+        }
+        if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
+            return Err("`latency_slack_ms` must be 0 or more".into());
+        }
+        let texts: Vec<&str> = if self.gates.is_empty() {
+            gates::DEFAULT_GATES.to_vec()
+        } else {
+            self.gates.iter().map(String::as_str).collect()
+        };
+        if texts.len() > 20 {
+            return Err("at most 20 gates".into());
+        }
+        texts.into_iter().map(Gate::parse).collect()
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            min_requests: self.min_requests,
+            min_labels: self.min_labels,
+            latency_slack_ms: self.latency_slack_ms,
+        }
+    }
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Sending the wave's desired states and waiting for its devices to report the version.
+    Applying,
+    /// The wave runs the version; gates are watched until the bake ends.
+    Baking,
+    Paused,
+    Succeeded,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn active(self) -> bool {
+        matches!(self, Phase::Applying | Phase::Baking | Phase::Paused)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Applying => "applying",
+            Phase::Baking => "baking",
+            Phase::Paused => "paused",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// One line of a rollout's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// A rollout as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub spec: RolloutSpec,
+    /// The version the candidate is compared with and rolled back to.
+    pub baseline: String,
+    /// The targeted devices, in wave order.
+    pub targets: Vec<String>,
+    /// What each target's desired state said for the model before the rollout.
+    pub previous: BTreeMap<String, Option<DesiredModel>>,
+    pub phase: Phase,
+    /// Index into `spec.waves`.
+    pub wave: usize,
+    /// Devices sent the candidate so far.
+    pub moved: Vec<String>,
+    /// Devices the `skip` policy stopped waiting for.
+    pub skipped: Vec<String>,
+    pub wave_started_ms: u64,
+    pub bake_started_ms: Option<u64>,
+    pub bake_until_ms: Option<u64>,
+    pub extensions: u32,
+    /// Operator asked to skip the remaining waves.
+    pub promoted: bool,
+    pub paused_reason: Option<String>,
+    /// The newest gate evaluation, and what the baseline side was.
+    pub gates: Vec<GateResult>,
+    pub baseline_scope: String,
+    pub evaluated_ms: Option<u64>,
+    pub incident: Option<String>,
+    pub timeline: Vec<TimelineEntry>,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+impl Rollout {
+    /// Devices in waves up to and including `wave`.
+    pub fn wave_devices(&self, wave: usize) -> &[String] {
+        let pct = self.spec.waves.get(wave).copied().unwrap_or(100.0);
+        let n = ((pct / 100.0) * self.targets.len() as f64).ceil() as usize;
+        &self.targets[..n.clamp(1, self.targets.len())]
+    }
+
+    fn log(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(rollout = self.id, model = self.spec.model, version = self.spec.version, "{message}");
+        self.timeline.push(TimelineEntry { at_ms: now_ms(), message });
+    }
+
+    fn label(&self) -> String {
+        format!("wave {}/{} ({}%)", self.wave + 1, self.spec.waves.len(), self.spec.waves[self.wave])
+    }
+}
+
+/// An automatic rollback, kept for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub rollout: String,
+    pub model: String,
+    pub version: String,
+    pub baseline: String,
+    pub opened_ms: u64,
+    /// Why the rollout was rolled back, in a sentence.
+    pub reason: String,
+    /// The gate that failed (when a gate did), with its numbers.
+    pub gate: Option<GateResult>,
+    /// Every gate's verdict at that moment.
+    pub gates: Vec<GateResult>,
+    pub baseline_scope: String,
+    pub devices_rolled_back: Vec<String>,
+    pub timeline: Vec<TimelineEntry>,
+    pub closed_ms: Option<u64>,
+    pub closed_by: Option<String>,
+}
+
+/// A target's progress, for `rollout status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    pub device: String,
+    /// The wave it belongs to (1-based).
+    pub wave: usize,
+    pub desired: Option<String>,
+    pub actual: Option<String>,
+    /// `ready`, `loading`, `failed` (the actual model's state), or none.
+    pub actual_state: Option<String>,
+    /// `online`, `stale`, `offline` or `never_seen`.
+    pub liveness: String,
+    pub skipped: bool,
+}
+
+/// A rollout with its devices' live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    pub devices: Vec<DeviceProgress>,
+}
+
+/// Errors of operator requests.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The engine's state and stores.
+pub struct Rollouts {
+    tree: sled::Tree,
+    incidents: sled::Tree,
+    store: Store,
+    slos: Slos,
+    labels: Labels,
+    /// Serialises changes between the engine and operator requests.
+    lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Rollouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollouts").finish_non_exhaustive()
+    }
+}
+
+/// How a device looks now: `online`, `stale`, `offline` or `never_seen`.
+pub fn liveness(d: &DeviceRecord, fleet: &crate::config::FleetConfig, now: u64) -> &'static str {
+    let Some(seen) = d.last_seen_ms else { return "never_seen" };
+    let age = now.saturating_sub(seen);
+    if d.presence.as_deref() == Some("offline") || age > fleet.offline_after_secs * 1000 {
+        "offline"
+    } else if age > fleet.stale_after_secs * 1000 {
+        "stale"
+    } else {
+        "online"
+    }
+}
+
+fn actual_of<'a>(
+    d: Option<&'a DeviceRecord>,
+    model: &str,
+) -> Option<&'a outpost_shared::protocol::messages::ModelState> {
+    d?.models.iter().find(|m| m.name == model && m.slot == "primary")
+}
+
+impl Rollouts {
+    pub fn open(store: &Store) -> Result<Rollouts, StoreError> {
+        Ok(Rollouts {
+            tree: store.tree("rollouts")?,
+            incidents: store.tree("incidents")?,
+            store: store.clone(),
+            slos: Slos::open(store)?,
+            labels: Labels::open(store)?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put(&self, r: &Rollout) -> Result<(), StoreError> {
+        self.tree
+            .insert(r.id.as_bytes(), serde_json::to_vec(r).unwrap_or_default())
+            .map_err(|e| self.store.storage_error(e))?;
+        self.store.flush()
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        let v = self.tree.get(id.as_bytes()).map_err(|e| self.store.storage_error(e))?;
+        v.map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt { key: format!("rollouts/{id}"), detail: e.to_string() })
+        })
+        .transpose()
+    }
+
+    /// Every rollout, oldest first.
+    pub fn list(&self) -> Result<Vec<Rollout>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("rollouts/{}", String::from_utf8_lossy(&k)),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let v = self.incidents.get(id.as_bytes()).map_err(|e| self.store.storage_error(e))?;
+        Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every incident, oldest first.
+    pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.incidents.iter() {
+            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
+            if let Ok(i) = serde_json::from_slice(&v) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_incident(&self, i: &Incident) -> Result<(), StoreError> {
+        self.incidents
+            .insert(i.id.as_bytes(), serde_json::to_vec(i).unwrap_or_default())
+            .map_err(|e| self.store.storage_error(e))?;
+        self.store.flush()
+    }
+
+    /// Marks an incident handled (its alert resolves).
+    pub fn close_incident(&self, id: &str, by: &str) -> Result<Incident, RolloutError> {
+        let _g = self.guard();
+        let mut i =
+            self.incident(id)?.ok_or_else(|| RolloutError::NotFound(format!("no incident `{id}`")))?;
+        if i.closed_ms.is_none() {
+            i.closed_ms = Some(now_ms());
+            i.closed_by = Some(by.to_owned());
+            i.timeline.push(TimelineEntry { at_ms: now_ms(), message: format!("closed by {by}") });
+            self.put_incident(&i)?;
+        }
+        Ok(i)
+    }
+
+    fn next_id(&self, prefix: &str) -> Result<String, StoreError> {
+        let n = self.store.tree("counters")?.update_and_fetch(prefix.as_bytes(), |old| {
+            let n = old.and_then(|o| <[u8; 8]>::try_from(o).ok()).map_or(0, u64::from_be_bytes) + 1;
+            Some(n.to_be_bytes().to_vec())
+        });
+        let n = n
+            .map_err(|e| self.store.storage_error(e))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        // Zero-padded so the trees list in creation order.
+        Ok(format!("{prefix}-{n:06}"))
+    }
+
+    /// The view of one rollout with its devices' live state.
+    pub fn view(
+        &self,
+        r: Rollout,
+        fleet: &crate::config::FleetConfig,
+        desired: &crate::desired::Desired,
+    ) -> Result<RolloutView, StoreError> {
+        let now = now_ms();
+        let devices: BTreeMap<String, DeviceRecord> =
+            self.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+        let mut progress = Vec::new();
+        for (i, id) in r.targets.iter().enumerate() {
+            let wave = (0..r.spec.waves.len()).find(|&w| i < r.wave_devices(w).len()).unwrap_or(0) + 1;
+            let d = devices.get(id);
+            let actual = actual_of(d, &r.spec.model);
+            progress.push(DeviceProgress {
+                device: id.clone(),
+                wave,
+                desired: desired
+                    .get(id)?
+                    .and_then(|rec| rec.models.get(&r.spec.model).map(|m| m.version.clone())),
+                actual: actual.map(|m| m.version.clone()),
+                actual_state: actual.map(|m| m.state.clone()),
+                liveness: d.map_or("never_seen", |d| liveness(d, fleet, now)).to_owned(),
+                skipped: r.skipped.contains(id),
+            });
+        }
+        Ok(RolloutView { rollout: r, devices: progress })
+    }
+
+    /// Starts a rollout (validated spec; the version must have passed validation).
+    pub fn start(&self, st: &AppState, spec: RolloutSpec, by: &str) -> Result<Rollout, RolloutError> {
+        spec.validate().map_err(RolloutError::Invalid)?;
+        let record =
+            st.registry.get(&spec.model, &spec.version).map_err(|e| RolloutError::NotFound(e.to_string()))?;
+        if record.validation_passed != Some(true) {
+            return Err(RolloutError::Conflict(format!(
+                "{} cannot roll out: it has not passed validation (`outpostctl model validate`)",
+                record.id()
+            )));
+        }
+        let _g = self.guard();
+        if let Some(active) =
+            self.list()?.into_iter().find(|r| r.phase.active() && r.spec.model == spec.model)
+        {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {} of {}@{} is still {}: pause, promote or abort it first",
+                active.id,
+                active.spec.model,
+                active.spec.version,
+                active.phase.as_str()
+            )));
+        }
+        let mut targets: Vec<String> =
+            st.store.devices()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
+        targets.sort();
+        if targets.is_empty() {
+            return Err(RolloutError::Invalid("the selector matches no enrolled device".into()));
+        }
+        let mut previous = BTreeMap::new();
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        for id in &targets {
+            let before = st.desired.get(id)?.and_then(|rec| rec.models.get(&spec.model).cloned());
+            if let Some(m) = &before {
+                *running.entry(m.version.clone()).or_default() += 1;
+            }
+            previous.insert(id.clone(), before);
+        }
+        let production = st.registry.production(&spec.model).ok().flatten().map(|r| r.version);
+        let baseline = production
+            .filter(|p| running.contains_key(p))
+            .or_else(|| running.iter().max_by_key(|(_, n)| **n).map(|(v, _)| v.clone()))
+            .ok_or_else(|| {
+                RolloutError::Conflict(format!(
+                    "no targeted device runs `{}` yet, so there is no baseline to compare with: \
+                     deploy a first version with `outpostctl deploy`",
+                    spec.model
+                ))
+            })?;
+        if baseline == spec.version {
+            return Err(RolloutError::Conflict(format!(
+                "the targets already run {}@{}",
+                spec.model, spec.version
+            )));
+        }
+        let now = now_ms();
+        let mut r = Rollout {
+            id: self.next_id("r")?,
+            spec,
+            baseline,
+            targets,
+            previous,
+            phase: Phase::Applying,
+            wave: 0,
+            moved: Vec::new(),
+            skipped: Vec::new(),
+            wave_started_ms: now,
+            bake_started_ms: None,
+            bake_until_ms: None,
+            extensions: 0,
+            promoted: false,
+            paused_reason: None,
+            gates: Vec::new(),
+            baseline_scope: String::new(),
+            evaluated_ms: None,
+            incident: None,
+            timeline: Vec::new(),
+            created_by: by.to_owned(),
+            created_ms: now,
+            finished_ms: None,
+        };
+        r.log(format!(
+            "started by {by}: {}@{} on {} device(s) in waves {:?} (baseline {}), bake {} s",
+            r.spec.model,
+            r.spec.version,
+            r.targets.len(),
+            r.spec.waves,
+            r.baseline,
+            r.spec.bake_secs
+        ));
+        if record.stage != Stage::Production {
+            let _ = st.registry.transition(
+                &r.spec.model,
+                &r.spec.version,
+                Stage::Canary,
+                by,
+                &format!("rollout {}", r.id),
+            );
+        }
+        self.put(&r)?;
+        Ok(r)
+    }
+
+    /// `pause`, `resume`, `promote`, `abort --keep` / `abort --revert` (returns what to publish).
+    pub fn command(
+        &self,
+        st: &AppState,
+        id: &str,
+        verb: &str,
+        by: &str,
+    ) -> Result<(Rollout, Vec<Outgoing>), RolloutError> {
+        let _g = self.guard();
+        let mut r = self.get(id)?.ok_or_else(|| RolloutError::NotFound(format!("no rollout `{id}`")))?;
+        if !r.phase.active() {
+            return Err(RolloutError::Conflict(format!("rollout {id} has ended ({})", r.phase.as_str())));
+        }
+        let mut out = Vec::new();
+        match verb {
+            "pause" => {
+                if r.phase == Phase::Paused {
+                    return Ok((r, out));
+                }
+                r.phase = Phase::Paused;
+                r.paused_reason = Some(format!("paused by {by}"));
+                r.log(format!("paused by {by} at {}", r.label()));
+            }
+            "resume" => {
+                if r.phase != Phase::Paused {
+                    return Err(RolloutError::Conflict(format!("rollout {id} is not paused")));
+                }
+                r.phase = Phase::Applying;
+                r.paused_reason = None;
+                r.extensions = 0;
+                r.wave_started_ms = now_ms();
+                r.bake_started_ms = None;
+                r.bake_until_ms = None;
+                r.log(format!("resumed by {by} at {}: the bake starts again once the wave runs", r.label()));
+            }
+            "promote" => {
+                r.promoted = true;
+                r.wave = r.spec.waves.len() - 1;
+                r.phase = Phase::Applying;
+                r.paused_reason = None;
+                r.wave_started_ms = now_ms();
+                r.log(format!(
+                    "promoted by {by}: every target gets {} now, without further gates",
+                    r.spec.version
+                ));
+            }
+            "abort-keep" => {
+                r.phase = Phase::Aborted;
+                r.finished_ms = Some(now_ms());
+                r.log(format!("aborted by {by}; {} moved device(s) keep {}", r.moved.len(), r.spec.version));
+            }
+            "abort-revert" => {
+                out = revert(st, &r, by)?;
+                r.phase = Phase::Aborted;
+                r.finished_ms = Some(now_ms());
+                r.log(format!(
+                    "aborted by {by}; {} moved device(s) sent back to {}",
+                    r.moved.len(),
+                    r.baseline
+                ));
+                let _ = st.registry.transition(
+                    &r.spec.model,
+                    &r.spec.version,
+                    Stage::Validated,
+                    by,
+                    &format!("rollout {id} aborted"),
+                );
+            }
+            other => return Err(RolloutError::Invalid(format!("unknown action `{other}`"))),
+        }
+        self.put(&r)?;
+        Ok((r, out))
+    }
+
+    /// Evidence of `version` on `devices` for windows in `[from, to]`.
+    fn evidence(
+        &self,
+        model: &str,
+        version: &str,
+        devices: &[String],
+        from: u64,
+        to: u64,
+    ) -> Result<Evidence, StoreError> {
+        let set: BTreeSet<&str> = devices.iter().map(String::as_str).collect();
+        let (requests, errors, latency_us, n) =
+            self.slos.traffic_where(model, from, to, |d, v| v == version && set.contains(d))?;
+        let (labelled, correct) = self.labels.correct_on(model, version, devices, from, to)?;
+        Ok(Evidence { requests, errors, latency_us, labelled, correct, devices: n })
+    }
+
+    /// The gates' verdicts for the current bake.
+    fn judge(&self, r: &mut Rollout, now: u64) -> Result<(), StoreError> {
+        let Ok(gates) = r.spec.validate() else { return Ok(()) };
+        let from = r.bake_started_ms.unwrap_or(now);
+        let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
+        let candidate = self.evidence(&r.spec.model, &r.spec.version, &moved, from, now)?;
+        let rest: Vec<String> = r.targets.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
+        let (baseline, scope) = if rest.is_empty() {
+            let len = now.saturating_sub(from).max(r.spec.bake_secs * 1000);
+            let b = self.evidence(
+                &r.spec.model,
+                &r.baseline,
+                &r.targets,
+                r.created_ms.saturating_sub(len),
+                r.created_ms,
+            )?;
+            let scope = format!(
+                "{} on the same {} device(s) in the {} s before the rollout",
+                r.baseline,
+                r.targets.len(),
+                len / 1000
+            );
+            (b, scope)
+        } else {
+            let b = self.evidence(&r.spec.model, &r.baseline, &rest, from, now)?;
+            let scope = format!("{} on the {} target(s) not yet moved, same window", r.baseline, rest.len());
+            (b, scope)
+        };
+        let t = r.spec.thresholds();
+        r.gates = gates.iter().map(|g| gates::evaluate(g, &candidate, &baseline, t)).collect();
+        r.baseline_scope = scope;
+        r.evaluated_ms = Some(now);
+        Ok(())
+    }
+
+    /// Rolls the rollout back: every moved device to its previous version, an incident.
+    fn roll_back(
+        &self,
+        st: &AppState,
+        r: &mut Rollout,
+        reason: String,
+        gate: Option<GateResult>,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let out = revert(st, r, "rollout-engine").map_err(|e| match e {
+            RolloutError::Store(s) => s,
+            other => StoreError::Corrupt { key: format!("rollouts/{}", r.id), detail: other.to_string() },
+        })?;
+        r.log(format!("ROLLED BACK: {reason}; {} device(s) sent back to {}", r.moved.len(), r.baseline));
+        r.phase = Phase::RolledBack;
+        r.finished_ms = Some(now_ms());
+        let incident = Incident {
+            id: self.next_id("inc")?,
+            rollout: r.id.clone(),
+            model: r.spec.model.clone(),
+            version: r.spec.version.clone(),
+            baseline: r.baseline.clone(),
+            opened_ms: now_ms(),
+            reason: reason.clone(),
+            gate,
+            gates: r.gates.clone(),
+            baseline_scope: r.baseline_scope.clone(),
+            devices_rolled_back: r.moved.clone(),
+            timeline: r.timeline.clone(),
+            closed_ms: None,
+            closed_by: None,
+        };
+        self.put_incident(&incident)?;
+        r.incident = Some(incident.id.clone());
+        st.metrics.rollout_rollbacks.with_label_values(&[&r.spec.model]).inc();
+        tracing::warn!(
+            rollout = r.id,
+            incident = incident.id,
+            model = r.spec.model,
+            version = r.spec.version,
+            reason,
+            "rollout rolled back"
+        );
+        let _ = st.registry.transition(
+            &r.spec.model,
+            &r.spec.version,
+            Stage::Validated,
+            "rollout-engine",
+            &format!("rolled back by rollout {} ({})", r.id, incident.id),
+        );
+        Ok(out)
+    }
+
+    /// One step of every active rollout (blocking); returns the desired states to publish.
+    pub fn tick(&self, st: &AppState) -> Result<Vec<Outgoing>, StoreError> {
+        let _g = self.guard();
+        let mut out = Vec::new();
+        let mut active = 0;
+        for mut r in self.list()?.into_iter().filter(|r| r.phase.active()) {
+            active += 1;
+            let before = r.clone();
+            out.extend(self.step(st, &mut r)?);
+            if r != before {
+                self.put(&r)?;
+            }
+        }
+        st.metrics.rollouts_active.set(active);
+        Ok(out)
+    }
+
+    fn step(&self, st: &AppState, r: &mut Rollout) -> Result<Vec<Outgoing>, StoreError> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        match r.phase {
+            Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted => {}
+            Phase::Applying => {
+                let wave: Vec<String> = r.wave_devices(r.wave).to_vec();
+                let to_send: Vec<String> = wave.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
+                if !to_send.is_empty() {
+                    r.log(format!(
+                        "{}: sending {} to {} device(s)",
+                        r.label(),
+                        r.spec.version,
+                        to_send.len()
+                    ));
+                    r.moved.extend(to_send.iter().cloned());
+                    // Written first: a restart after this point re-sends, never forgets a device.
+                    self.put(r)?;
+                    out.extend(send(st, &to_send, &r.spec.model, &r.spec.version, "rollout-engine")?);
+                }
+                let devices: BTreeMap<String, DeviceRecord> =
+                    st.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+                let mut waiting = Vec::new();
+                for id in &wave {
+                    if r.skipped.contains(id) {
+                        continue;
+                    }
+                    let d = devices.get(id);
+                    let actual = actual_of(d, &r.spec.model);
+                    if actual.is_some_and(|m| m.version == r.spec.version && m.state == "ready") {
+                        continue;
+                    }
+                    if let Some(m) = actual.filter(|m| m.version == r.spec.version && m.state == "failed") {
+                        let why = m.reason.clone().unwrap_or_else(|| "no reason given".into());
+                        out.extend(self.roll_back(
+                            st,
+                            r,
+                            format!("device {id} failed to run {}: {why}", r.spec.version),
+                            None,
+                        )?);
+                        return Ok(out);
+                    }
+                    let live = d.map_or("never_seen", |d| liveness(d, &st.config.fleet, now));
+                    if live != "online" {
+                        match r.spec.offline {
+                            OfflinePolicy::Wait => {}
+                            OfflinePolicy::Skip => {
+                                r.skipped.push(id.clone());
+                                r.log(format!(
+                                    "{}: skipping {id} ({live}); it gets {} when it returns",
+                                    r.label(),
+                                    r.spec.version
+                                ));
+                                continue;
+                            }
+                            OfflinePolicy::Fail => {
+                                let reason =
+                                    format!("device {id} is {live} during {} (policy: fail)", r.label());
+                                out.extend(self.roll_back(st, r, reason, None)?);
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    waiting.push(id.clone());
+                }
+                if waiting.is_empty() {
+                    if r.promoted {
+                        self.succeed(st, r);
+                    } else {
+                        r.phase = Phase::Baking;
+                        r.bake_started_ms = Some(now);
+                        r.bake_until_ms = Some(now + r.spec.bake_secs * 1000);
+                        r.extensions = 0;
+                        r.log(format!(
+                            "{}: {} device(s) run {}; baking {} s",
+                            r.label(),
+                            wave.len() - r.skipped.iter().filter(|s| wave.contains(s)).count(),
+                            r.spec.version,
+                            r.spec.bake_secs
+                        ));
+                    }
+                } else if now.saturating_sub(r.wave_started_ms) > r.spec.apply_timeout_secs * 1000
+                    && waiting.iter().any(|id| {
+                        devices.get(id).is_some_and(|d| liveness(d, &st.config.fleet, now) == "online")
+                    })
+                {
+                    // Online yet not running it in time (quiet devices are the offline policy's).
+                    let reason = format!(
+                        "{}: {} device(s) did not report {} ready within {} s: {}",
+                        r.label(),
+                        waiting.len(),
+                        r.spec.version,
+                        r.spec.apply_timeout_secs,
+                        waiting.join(", ")
+                    );
+                    out.extend(self.roll_back(st, r, reason, None)?);
+                }
+            }
+            Phase::Baking => {
+                self.judge(r, now)?;
+                if let Some(failed) = r.gates.iter().find(|g| g.verdict == Verdict::Fail).cloned() {
+                    let reason = format!(
+                        "gate `{}` failed at {}: {} (baseline: {})",
+                        failed.gate,
+                        r.label(),
+                        failed.detail,
+                        r.baseline_scope
+                    );
+                    out.extend(self.roll_back(st, r, reason, Some(failed))?);
+                    return Ok(out);
+                }
+                if now < r.bake_until_ms.unwrap_or(0) {
+                    return Ok(out);
+                }
+                let thin: Vec<&GateResult> =
+                    r.gates.iter().filter(|g| g.verdict == Verdict::Inconclusive).collect();
+                if thin.is_empty() {
+                    let summary: Vec<String> =
+                        r.gates.iter().map(|g| format!("{} pass ({})", g.gate, g.detail)).collect();
+                    r.log(format!("{}: gates passed: {}", r.label(), summary.join("; ")));
+                    if r.wave + 1 == r.spec.waves.len() {
+                        self.succeed(st, r);
+                    } else {
+                        r.wave += 1;
+                        r.phase = Phase::Applying;
+                        r.wave_started_ms = now;
+                        r.bake_started_ms = None;
+                        r.bake_until_ms = None;
+                    }
+                } else {
+                    let why: Vec<String> = thin.iter().map(|g| format!("{}: {}", g.gate, g.detail)).collect();
+                    if r.extensions < r.spec.max_extensions {
+                        r.extensions += 1;
+                        r.bake_until_ms = Some(now + r.spec.bake_secs * 1000);
+                        r.log(format!(
+                            "{}: INCONCLUSIVE ({}); bake extended {}/{}",
+                            r.label(),
+                            why.join("; "),
+                            r.extensions,
+                            r.spec.max_extensions
+                        ));
+                    } else {
+                        r.phase = Phase::Paused;
+                        let reason =
+                            format!("inconclusive after {} extension(s): {}", r.extensions, why.join("; "));
+                        r.log(format!("{}: PAUSED, {reason}", r.label()));
+                        r.paused_reason = Some(reason);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn succeed(&self, st: &AppState, r: &mut Rollout) {
+        r.phase = Phase::Succeeded;
+        r.finished_ms = Some(now_ms());
+        let note = format!("rollout {}", r.id);
+        match st.registry.transition(
+            &r.spec.model,
+            &r.spec.version,
+            Stage::Production,
+            "rollout-engine",
+            &note,
+        ) {
+            Ok(_) => r.log(format!("succeeded: {}@{} is production", r.spec.model, r.spec.version)),
+            Err(e) => r.log(format!("succeeded, but the registry refused the stage change: {e}")),
+        }
+    }
+
+    /// Open incidents, for the alert engine.
+    pub fn open_incidents(&self) -> Vec<Incident> {
+        self.incidents().unwrap_or_default().into_iter().filter(|i| i.closed_ms.is_none()).collect()
+    }
+}
+
+/// Sets `model` to `version` on `devices` whose desired state says otherwise.
+fn send(
+    st: &AppState,
+    devices: &[String],
+    model: &str,
+    version: &str,
+    by: &str,
+) -> Result<Vec<Outgoing>, StoreError> {
+    let record = st
+        .registry
+        .get(model, version)
+        .map_err(|e| StoreError::Corrupt { key: format!("{model}@{version}"), detail: e.to_string() })?;
+    let target = DesiredModel {
+        name: model.to_owned(),
+        version: version.to_owned(),
+        bundle_sha256: record.bundle_sha256,
+    };
+    let mut need = Vec::new();
+    for d in devices {
+        if st.desired.get(d)?.and_then(|rec| rec.models.get(model).cloned()).as_ref() != Some(&target) {
+            need.push(d.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for (device, rec) in st.desired.set(&need, model, Some(&target), by)? {
+        out.push(st.desired.seal(&st.authority, &device, &rec)?);
+    }
+    Ok(out)
+}
+
+/// Sends every moved device back to what it had before the rollout.
+fn revert(st: &AppState, r: &Rollout, by: &str) -> Result<Vec<Outgoing>, RolloutError> {
+    let mut out = Vec::new();
+    for device in &r.moved {
+        let before = r.previous.get(device).cloned().flatten();
+        let now = st.desired.get(device)?.and_then(|rec| rec.models.get(&r.spec.model).cloned());
+        if now == before {
+            continue;
+        }
+        for (d, rec) in st.desired.set(std::slice::from_ref(device), &r.spec.model, before.as_ref(), by)? {
+            out.push(st.desired.seal(&st.authority, &d, &rec)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The engine loop: one tick a second until shutdown.
+pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let st = Arc::clone(&state);
+        let result = tokio::task::spawn_blocking(move || st.rollouts.tick(&st)).await;
+        match result {
+            Ok(Ok(outgoing)) => {
+                for o in outgoing {
+                    if state.outgoing.send(o).await.is_err() {
+                        tracing::error!("the broker link is gone; desired states go out on reconnect");
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "rollout engine step failed"),
+            Err(e) => tracing::error!(error = %e, "rollout engine step panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> RolloutSpec {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn specs_are_checked_by_name() {
+        let ok = spec(r#"{"model": "bc", "version": "1.1.0"}"#);
+        assert_eq!(ok.validate().unwrap().len(), 3);
+        for (text, says) in [
+            (r#"{"model": "bc", "version": "1", "strategy": "canary"}"#, "agent model slots"),
+            (r#"{"model": "bc", "version": "1", "strategy": "yolo"}"#, "unknown strategy"),
+            (r#"{"model": "bc", "version": "1", "waves": [50, 10, 100]}"#, "increase"),
+            (r#"{"model": "bc", "version": "1", "waves": [10, 50]}"#, "last wave must be 100"),
+            (r#"{"model": "bc", "version": "1", "bake_secs": 0}"#, "bake_secs"),
+            (r#"{"model": "bc", "version": "1", "min_labels": 0}"#, "at least 1"),
+            (r#"{"model": "bc", "version": "1", "gates": ["p99<2x"]}"#, "no `<=`"),
+        ] {
+            let e = spec(text).validate().unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(
+            serde_json::from_str::<RolloutSpec>(r#"{"model": "bc", "version": "1", "wave": [1]}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn waves_cover_a_growing_prefix_of_the_targets() {
+        let mut r = Rollout {
+            id: "r-1".into(),
+            spec: spec(r#"{"model": "bc", "version": "1.1.0", "waves": [1, 20, 60, 100]}"#),
+            baseline: "1.0.0".into(),
+            targets: (0..5).map(|i| format!("d{i}")).collect(),
+            previous: BTreeMap::new(),
+            phase: Phase::Applying,
+            wave: 0,
+            moved: vec![],
+            skipped: vec![],
+            wave_started_ms: 0,
+            bake_started_ms: None,
+            bake_until_ms: None,
+            extensions: 0,
+            promoted: false,
+            paused_reason: None,
+            gates: vec![],
+            baseline_scope: String::new(),
+            evaluated_ms: None,
+            incident: None,
+            timeline: vec![],
+            created_by: "t".into(),
+            created_ms: 0,
+            finished_ms: None,
+        };
+        // 1 % of 5 devices is still one device; each wave includes the ones before.
+        let sizes: Vec<usize> = (0..4).map(|w| r.wave_devices(w).len()).collect();
+        assert_eq!(sizes, vec![1, 1, 3, 5]);
+        r.targets.truncate(1);
+        assert_eq!(r.wave_devices(0), ["d0".to_owned()]);
+    }
+}
