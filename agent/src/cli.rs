@@ -178,7 +178,13 @@ pub struct CheckModelArgs {
 
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Like [`main`], with the arguments given (the first is the program name), so a multi-call
+/// binary (`outpost agent …`) can run this command line.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Serve(args) => serve(args, cli.log_format),
         Command::CheckModel(args) => {

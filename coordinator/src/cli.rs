@@ -106,7 +106,13 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Like [`main`], with the arguments given (the first is the program name), so a multi-call
+/// binary (`outpost coordinator …`) can run this command line.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cert(command) => cert(command),
