@@ -12,6 +12,7 @@ COPY shared shared
 COPY agent agent
 COPY coordinator coordinator
 COPY tests tests
+COPY demo demo
 # `dist` is the workspace's shipping profile (fat LTO, stripped): ~22 MB instead of ~27 MB.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \

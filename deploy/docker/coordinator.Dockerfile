@@ -13,6 +13,7 @@ COPY shared shared
 COPY agent agent
 COPY coordinator coordinator
 COPY tests tests
+COPY demo demo
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     cargo build --locked --profile dist -p outpost-coordinator \

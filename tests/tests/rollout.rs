@@ -320,7 +320,16 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
     );
     let table = ok(c.ctl(&["rollout", "status", &id]), "status");
     assert!(table.contains("PAUSED") && table.contains("INCONCLUSIVE"), "{table}");
-    // The operator sends the moved device back.
+    // Operator verbs: resume (the bake starts again), pause by hand, then send the moved
+    // device back.
+    let v: Value = serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "resume", &id]), "resume")).unwrap();
+    assert!(v["phase"] == "applying" || v["phase"] == "baking", "{v:#}");
+    let v: Value = serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "pause", &id]), "pause")).unwrap();
+    assert_eq!(
+        (v["phase"].as_str(), v["paused_reason"].as_str()),
+        (Some("paused"), Some("paused by admin")),
+        "{v:#}"
+    );
     let v: Value =
         serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "abort", &id, "--revert"]), "abort")).unwrap();
     assert_eq!(v["phase"], "aborted");
@@ -330,4 +339,21 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
     let (code, _, err) = c.ctl(&["rollout", "resume", &id]);
     assert_eq!(code, 1);
     assert!(err.contains("has ended"), "{err}");
+
+    // Promote skips the remaining waves (and their gates): every target gets the version.
+    let id = start(&c, &["bc@1.1.0", "--waves", "20,100", "--bake", "10m"]);
+    ok(c.ctl(&["rollout", "promote", &id]), "promote");
+    let v = wait_rollout(&c, &id, Duration::from_secs(120), "succeeded", |v| v["phase"] == "succeeded").await;
+    assert!(
+        v["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["message"].as_str().unwrap().starts_with("promoted by admin")),
+        "{v:#}"
+    );
+    assert_eq!(stage(&c, "1.1.0"), "production");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.1.0").await;
+    }
 }

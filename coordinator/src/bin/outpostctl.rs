@@ -1410,6 +1410,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 say!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
                 return Ok(());
             }
+            if runs.is_empty() {
+                say!("no retraining runs of {name} yet (`outpostctl retrain run {name}` starts one)");
+            }
             runs.iter().for_each(print_run);
         }
         Command::Alerts => {
