@@ -42,6 +42,8 @@ pub struct AppState {
     pub reporter: Option<Arc<crate::telemetry::Reporter>>,
     /// `runtime` settings (for the test-only injected delays).
     pub runtime: Arc<crate::config::RuntimeConfig>,
+    /// Counts requests of versions on probation (bundle-managed agents only).
+    pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -144,11 +144,19 @@ pub struct RuntimeConfig {
     /// FOR TESTS ONLY: extra milliseconds every inference of a model takes, keyed `name` or
     /// `name@version` — to rehearse latency gates, SLO burn and rollbacks. Logged as a warning.
     pub test_delay_ms: std::collections::BTreeMap<String, u64>,
+    /// FOR TESTS ONLY: `name@version`s whose first inference aborts the whole agent process —
+    /// a crash-looping version, to rehearse the watchdog. Logged as a warning.
+    pub test_crash: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 0, queue_capacity: 256, test_delay_ms: Default::default() }
+        RuntimeConfig {
+            workers: 0,
+            queue_capacity: 256,
+            test_delay_ms: Default::default(),
+            test_crash: Vec::new(),
+        }
     }
 }
 
@@ -160,6 +168,11 @@ impl RuntimeConfig {
             .or_else(|| self.test_delay_ms.get(name))
             .filter(|ms| **ms > 0)
             .map(|ms| std::time::Duration::from_millis(*ms))
+    }
+
+    /// Whether an inference of this version must abort the process (`test_crash`).
+    pub fn test_crash(&self, name: &str, version: &str) -> bool {
+        !self.test_crash.is_empty() && self.test_crash.iter().any(|v| *v == format!("{name}@{version}"))
     }
 
     /// The number of workers to start.

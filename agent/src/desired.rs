@@ -24,7 +24,7 @@ use outpost_shared::protocol::{self};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::model_store::ModelStore;
+use crate::model_store::{ModelStore, StoredCandidate};
 use crate::telemetry::Reporter;
 
 /// How bundles are fetched.
@@ -121,32 +121,63 @@ impl DesiredApplier {
         let mut done = Vec::new();
         for model in &state.models {
             let current = self.store.state().map_err(|e| DesiredError::Refused(e.to_string()))?;
-            if current.models.get(&model.name).map(|m| m.active.as_str()) == Some(model.version.as_str()) {
-                continue;
+            let stored = current.models.get(&model.name);
+            if stored.map(|m| m.active.as_str()) != Some(model.version.as_str()) {
+                self.ensure_installed(&model.name, &model.version, &model.bundle_sha256)?;
+                self.store
+                    .activate_watched(
+                        &model.name,
+                        &model.version,
+                        model.watchdog,
+                        outpost_shared::endpoints::now_ms(),
+                    )
+                    .map_err(|e| DesiredError::Refused(e.to_string()))?;
+                done.push(format!("{}@{}", model.name, model.version));
             }
-            if !self.store.bundle_path(&model.name, &model.version).is_file() {
-                let bytes = self.download(&model.bundle_sha256)?;
-                let manifest = self.store.install(&bytes, &self.trusted).map_err(|e| {
-                    DesiredError::Refused(format!("{}@{} refused: {e}", model.name, model.version))
-                })?;
-                if manifest.name != model.name || manifest.version != model.version {
-                    return Err(DesiredError::Refused(format!(
-                        "artifact {} holds {}, not {}@{}",
-                        model.bundle_sha256,
-                        manifest.id(),
-                        model.name,
-                        model.version
-                    )));
+            let want = match &model.candidate {
+                Some(c) => {
+                    self.ensure_installed(&model.name, &c.version, &c.bundle_sha256)?;
+                    Some(StoredCandidate { version: c.version.clone(), mode: c.mode })
                 }
-                let _ = std::fs::remove_file(self.part_path(&model.bundle_sha256));
+                None => None,
+            };
+            let had = self
+                .store
+                .state()
+                .ok()
+                .and_then(|s| s.models.get(&model.name).and_then(|m| m.candidate.clone()));
+            if had != want {
+                self.store
+                    .set_candidate(&model.name, want.clone())
+                    .map_err(|e| DesiredError::Refused(e.to_string()))?;
+                done.push(match want {
+                    Some(c) => format!("{}@{} as {}", model.name, c.version, c.mode.slot()),
+                    None => format!("{} candidate removed", model.name),
+                });
             }
-            self.store
-                .activate(&model.name, &model.version)
-                .map_err(|e| DesiredError::Refused(e.to_string()))?;
-            done.push(format!("{}@{}", model.name, model.version));
         }
         self.set_applied(state.revision)?;
         Ok(done)
+    }
+
+    /// Downloads and installs `name@version` unless it is on disk.
+    fn ensure_installed(&self, name: &str, version: &str, sha256: &str) -> Result<(), DesiredError> {
+        if self.store.bundle_path(name, version).is_file() {
+            return Ok(());
+        }
+        let bytes = self.download(sha256)?;
+        let manifest = self
+            .store
+            .install(&bytes, &self.trusted)
+            .map_err(|e| DesiredError::Refused(format!("{name}@{version} refused: {e}")))?;
+        if manifest.name != name || manifest.version != version {
+            return Err(DesiredError::Refused(format!(
+                "artifact {sha256} holds {}, not {name}@{version}",
+                manifest.id()
+            )));
+        }
+        let _ = std::fs::remove_file(self.part_path(sha256));
+        Ok(())
     }
 
     fn pending_path(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 //! - [`model_store`]: signed bundles on disk, the active version per model, local rollback.
 //! - [`reconcile`]: applies the store to what serves (verify, validate, atomic swap).
 //! - [`desired`]: the coordinator's signed desired state: verify, download (Range), install.
+//! - [`watchdog`]: a new version's probation; switches back on crashes, errors or latency.
 //! - [`drift`]: sliding windows of inputs and predictions tested against the bundle's baseline.
 //! - [`feedback`]: `POST /v1/feedback`, ground-truth labels joined to logged predictions.
 //! - [`pool`]: the bounded inference worker pool.
@@ -33,3 +34,4 @@ pub mod prediction_log;
 pub mod reconcile;
 pub mod server;
 pub mod telemetry;
+pub mod watchdog;

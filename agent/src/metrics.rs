@@ -27,6 +27,7 @@ pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration
 pub const BUILD_INFO: &str = "outpost_agent_build_info";
 pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
 pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
+pub const WATCHDOG_ROLLBACKS_TOTAL: &str = "outpost_agent_watchdog_rollbacks_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
@@ -113,6 +114,8 @@ pub struct Metrics {
     /// validation), by model.
     pub model_swaps: IntCounterVec,
     pub model_refusals: IntCounterVec,
+    /// Versions the watchdog switched back on its own, by model.
+    pub watchdog_rollbacks: IntCounterVec,
     /// The last desired-state revision applied; desired states refused (signature, replay).
     pub desired_revision: IntGauge,
     pub desired_refusals: IntCounter,
@@ -305,6 +308,13 @@ impl Metrics {
                 help(
                     MODEL_SWAPS_TOTAL,
                     "Version switches of bundle-managed models (import, rollback, desired state)."
+                ),
+                &["model"]
+            )?),
+            watchdog_rollbacks: reg!(IntCounterVec::new(
+                help(
+                    WATCHDOG_ROLLBACKS_TOTAL,
+                    "Versions the watchdog switched back to the previous one on its own (crashes, error rate, latency), by model."
                 ),
                 &["model"]
             )?),

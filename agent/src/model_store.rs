@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use outpost_shared::bundle::{Bundle, BundleError, Manifest};
 use outpost_shared::protocol::keys::PublicKey;
+use outpost_shared::protocol::messages::{SlotMode, WatchdogPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Why a store operation failed.
@@ -45,6 +46,44 @@ pub struct StoredModel {
     pub active: String,
     /// Versions active before this one, oldest first.
     pub history: Vec<String>,
+    /// The active version is on probation: watched by the watchdog, which may switch back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<Probation>,
+    /// A second version beside the active one: a canary or a standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<StoredCandidate>,
+}
+
+/// The candidate slot as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredCandidate {
+    pub version: String,
+    pub mode: SlotMode,
+}
+
+/// A newly activated version under watch (see [`crate::watchdog`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probation {
+    pub version: String,
+    /// Where the watchdog goes back to.
+    pub previous: String,
+    pub since_ms: u64,
+    pub policy: WatchdogPolicy,
+    /// Agent runs on this version that ended without a clean exit.
+    pub crashes: u32,
+    /// Set while an agent runs; cleared by a clean exit. Found set at start = a crash.
+    pub running: bool,
+}
+
+/// What the watchdog did to a model at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootAction {
+    /// A crash while on probation was counted; the version gets another chance.
+    Crashed { name: String, version: String, crashes: u32, allowed: u32 },
+    /// Too many crashes: the previous version is active again.
+    RolledBack { name: String, from: String, to: String, crashes: u32 },
 }
 
 /// The whole local state (`state.json`).
@@ -200,10 +239,162 @@ impl ModelStore {
             entry.history.push(previous);
         }
         entry.active = version.to_owned();
+        // A probation belongs to the version it watched; a candidate that became the active
+        // version (a blue-green switch, a promoted canary) is no longer a candidate.
+        entry.probation = None;
+        if entry.candidate.as_ref().is_some_and(|c| c.version == version) {
+            entry.candidate = None;
+        }
         state.generation += 1;
         self.write_state(&state)?;
         self.prune(name, &mut state)?;
         Ok(state)
+    }
+
+    /// Sets (or with `None` removes) `name`'s candidate; its bundle must be on disk. A no-op
+    /// when the store already says so.
+    pub fn set_candidate(
+        &self,
+        name: &str,
+        candidate: Option<StoredCandidate>,
+    ) -> Result<StoreState, StoreError> {
+        let _lock = self.lock()?;
+        if let Some(c) = &candidate
+            && !self.bundle_path(name, &c.version).is_file()
+        {
+            return Err(StoreError::NotInstalled { name: name.to_owned(), version: c.version.clone() });
+        }
+        let mut state = self.state()?;
+        let Some(entry) = state.models.get_mut(name) else {
+            return match candidate {
+                None => Ok(state),
+                Some(_) => Err(StoreError::UnknownModel(name.to_owned())),
+            };
+        };
+        if entry.candidate == candidate {
+            return Ok(state);
+        }
+        entry.candidate = candidate;
+        state.generation += 1;
+        self.write_state(&state)?;
+        Ok(state)
+    }
+
+    /// Activates `version` (like [`ModelStore::activate`]) and, when there is a version to go
+    /// back to and a `policy`, puts it on probation: the running agent watches it from now.
+    pub fn activate_watched(
+        &self,
+        name: &str,
+        version: &str,
+        policy: Option<WatchdogPolicy>,
+        now_ms: u64,
+    ) -> Result<StoreState, StoreError> {
+        let before = self.state()?.models.get(name).map(|m| m.active.clone()).filter(|a| !a.is_empty());
+        let mut state = self.activate(name, version)?;
+        let (Some(policy), Some(previous)) = (policy, before.filter(|b| b != version)) else {
+            return Ok(state);
+        };
+        let _lock = self.lock()?;
+        if let Some(entry) = state.models.get_mut(name)
+            && entry.active == version
+            && entry.history.contains(&previous)
+        {
+            entry.probation = Some(Probation {
+                version: version.to_owned(),
+                previous,
+                since_ms: now_ms,
+                policy,
+                crashes: 0,
+                running: true,
+            });
+            self.write_state(&state)?;
+        }
+        Ok(state)
+    }
+
+    /// At agent start-up, before anything loads: counts a crash for every probation whose last
+    /// run did not exit cleanly, switches back the versions that crashed more than their
+    /// policy allows, ends expired probations, and marks the rest running.
+    pub fn boot(&self, now_ms: u64) -> Result<Vec<BootAction>, StoreError> {
+        let _lock = self.lock()?;
+        let mut state = self.state()?;
+        let mut actions = Vec::new();
+        let mut changed = false;
+        for (name, entry) in state.models.iter_mut() {
+            let Some(mut p) = entry.probation.take() else { continue };
+            changed = true;
+            if p.version != entry.active {
+                continue;
+            }
+            if p.running {
+                p.crashes += 1;
+                if p.crashes > p.policy.max_crashes {
+                    entry.history.retain(|v| *v != p.previous && *v != p.version);
+                    entry.active = p.previous.clone();
+                    state.generation += 1;
+                    actions.push(BootAction::RolledBack {
+                        name: name.clone(),
+                        from: p.version,
+                        to: p.previous,
+                        crashes: p.crashes,
+                    });
+                    continue;
+                }
+                actions.push(BootAction::Crashed {
+                    name: name.clone(),
+                    version: p.version.clone(),
+                    crashes: p.crashes,
+                    allowed: p.policy.max_crashes,
+                });
+            }
+            if now_ms.saturating_sub(p.since_ms) < u64::from(p.policy.probation_secs) * 1000 {
+                p.running = true;
+                entry.probation = Some(p);
+            }
+        }
+        if changed {
+            self.write_state(&state)?;
+        }
+        Ok(actions)
+    }
+
+    /// A clean exit: probations survive, but the run is not counted as a crash.
+    pub fn clean_exit(&self) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut state = self.state()?;
+        let mut changed = false;
+        for p in state.models.values_mut().filter_map(|m| m.probation.as_mut()) {
+            changed |= std::mem::replace(&mut p.running, false);
+        }
+        if changed {
+            self.write_state(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Ends `name`'s probation of `version`: kept (`back = false`) or switched back to the
+    /// previous version (`back = true`). A no-op if that probation is no longer current.
+    pub fn end_probation(
+        &self,
+        name: &str,
+        version: &str,
+        back: bool,
+    ) -> Result<Option<RolledBack>, StoreError> {
+        let _lock = self.lock()?;
+        let mut state = self.state()?;
+        let Some(entry) = state.models.get_mut(name) else { return Ok(None) };
+        let Some(p) = entry.probation.take_if(|p| p.version == version && entry.active == version) else {
+            return Ok(None);
+        };
+        let mut result = None;
+        if back {
+            entry.history.retain(|v| *v != p.previous && *v != p.version);
+            entry.active = p.previous.clone();
+            state.generation += 1;
+            result = Some(RolledBack { name: name.to_owned(), from: p.version, to: p.previous });
+        }
+        self.write_state(&state)?;
+        Ok(result)
     }
 
     /// Goes back `steps` activations for `name` (or the only installed model).
@@ -233,6 +424,7 @@ impl ModelStore {
         }
         let from = std::mem::replace(&mut entry.active, to.clone());
         entry.history.truncate(entry.history.len() - steps);
+        entry.probation = None;
         state.generation += 1;
         self.write_state(&state)?;
         Ok(RolledBack { name, from, to })
@@ -248,6 +440,7 @@ impl ModelStore {
         {
             entry.active = good.to_owned();
             entry.history.retain(|v| v != good && v != refused);
+            entry.probation = None;
             state.generation += 1;
             self.write_state(&state)?;
         }
@@ -258,6 +451,7 @@ impl ModelStore {
     fn prune(&self, name: &str, state: &mut StoreState) -> Result<(), StoreError> {
         let Some(entry) = state.models.get_mut(name) else { return Ok(()) };
         let mut keep: Vec<String> = vec![entry.active.clone()];
+        keep.extend(entry.candidate.as_ref().map(|c| c.version.clone()));
         for v in entry.history.iter().rev() {
             if keep.len() >= self.keep {
                 break;
@@ -315,6 +509,59 @@ mod tests {
     }
 
     #[test]
+    fn a_version_that_keeps_crashing_the_agent_is_switched_back_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path(), 3);
+        let (key, _) = SigningKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        for v in ["1.0.0", "1.1.0"] {
+            store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
+        }
+        let policy = WatchdogPolicy { max_crashes: 2, probation_secs: 60, ..WatchdogPolicy::default() };
+        // The first version has nothing to go back to: no probation.
+        store.activate_watched("bc", "1.0.0", Some(policy), 0).unwrap();
+        assert_eq!(store.state().unwrap().models["bc"].probation, None);
+        store.activate_watched("bc", "1.1.0", Some(policy), 1_000).unwrap();
+        assert!(store.state().unwrap().models["bc"].probation.as_ref().is_some_and(|p| p.running));
+        // A clean exit is not a crash.
+        store.clean_exit().unwrap();
+        assert_eq!(store.boot(2_000).unwrap(), vec![]);
+        // Two crashes are allowed, the third switches back.
+        for crashes in 1..=2 {
+            let actions = store.boot(3_000).unwrap();
+            assert_eq!(
+                actions,
+                vec![BootAction::Crashed { name: "bc".into(), version: "1.1.0".into(), crashes, allowed: 2 }]
+            );
+            assert_eq!(store.state().unwrap().models["bc"].active, "1.1.0");
+        }
+        let generation = store.state().unwrap().generation;
+        let actions = store.boot(4_000).unwrap();
+        assert_eq!(
+            actions,
+            vec![BootAction::RolledBack {
+                name: "bc".into(),
+                from: "1.1.0".into(),
+                to: "1.0.0".into(),
+                crashes: 3
+            }]
+        );
+        let state = store.state().unwrap();
+        assert_eq!((state.models["bc"].active.as_str(), &state.models["bc"].probation), ("1.0.0", &None));
+        assert!(state.generation > generation);
+        // A probation past its time ends at start, crash or not.
+        store.activate_watched("bc", "1.1.0", Some(policy), 10_000).unwrap();
+        assert_eq!(store.boot(10_000 + 61_000).unwrap().len(), 1);
+        assert_eq!(store.state().unwrap().models["bc"].probation, None);
+        // The running watchdog ends one either way.
+        store.activate("bc", "1.0.0").unwrap();
+        store.activate_watched("bc", "1.1.0", Some(policy), 20_000).unwrap();
+        let back = store.end_probation("bc", "1.1.0", true).unwrap().unwrap();
+        assert_eq!((back.from.as_str(), back.to.as_str()), ("1.1.0", "1.0.0"));
+        assert_eq!(store.end_probation("bc", "1.1.0", true).unwrap(), None);
+    }
+
+    #[test]
     fn installs_activates_rolls_back_and_keeps_the_last_versions() {
         let dir = tempfile::tempdir().unwrap();
         let store = ModelStore::new(dir.path(), 3);
@@ -328,7 +575,12 @@ mod tests {
         let state = store.state().unwrap();
         assert_eq!(
             state.models["bc"],
-            StoredModel { active: "1.3.0".into(), history: vec!["1.1.0".into(), "1.2.0".into()] }
+            StoredModel {
+                active: "1.3.0".into(),
+                history: vec!["1.1.0".into(), "1.2.0".into()],
+                probation: None,
+                candidate: None
+            }
         );
         assert_eq!(state.generation, 4);
         let back = store.rollback(None, 2).unwrap();

@@ -7,7 +7,10 @@
 //! types and shapes. A model that fails never serves; its reason stays visible in metadata.
 
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, RwLock};
+
+use outpost_shared::protocol::messages::SlotMode;
 
 use outpost_shared::bundle::Bundle;
 use std::time::{Duration, Instant};
@@ -56,6 +59,13 @@ impl ModelState {
     }
 }
 
+/// A validated version beside the primary one (bundle-managed models only).
+#[derive(Debug, Clone)]
+pub struct CandidateSlot {
+    pub mode: SlotMode,
+    pub served: Arc<ServedModel>,
+}
+
 /// One served model: from a file in the config, or managed through signed bundles.
 #[derive(Debug)]
 pub struct ModelEntry {
@@ -65,6 +75,14 @@ pub struct ModelEntry {
     inner: RwLock<(Option<String>, ModelState)>,
     /// The last version refused for this model and why (cleared by the next swap).
     refusal: RwLock<Option<String>>,
+    candidate: RwLock<Option<CandidateSlot>>,
+    /// Requests without an id so far, for an exact canary split.
+    split: AtomicU64,
+}
+
+/// FNV-1a: a stable hash of a request id, the same on every device and release.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl ModelEntry {
@@ -104,6 +122,29 @@ impl ModelEntry {
         *self.refusal.write().unwrap_or_else(|p| p.into_inner()) = refusal;
     }
 
+    /// The candidate beside the primary, if one is loaded.
+    pub fn candidate(&self) -> Option<CandidateSlot> {
+        self.candidate.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_candidate(&self, slot: Option<CandidateSlot>) {
+        *self.candidate.write().unwrap_or_else(|p| p.into_inner()) = slot;
+    }
+
+    /// Whether a request goes to a canary taking `percent` of the traffic: by a hash of its
+    /// id when it has one (the same id always lands on the same side), else by counting, so
+    /// every 100 requests without an id send exactly `percent` to the canary.
+    pub fn to_canary(&self, percent: u8, request_id: Option<&str>) -> bool {
+        let percent = u64::from(percent.min(100));
+        match request_id {
+            Some(id) => fnv1a(id) % 100 < percent,
+            None => {
+                let n = self.split.fetch_add(1, AtomicOrdering::Relaxed);
+                (n * percent) % 100 < percent
+            }
+        }
+    }
+
     pub(crate) fn set(&self, version: Option<String>, state: ModelState) {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *guard = (version, state);
@@ -135,6 +176,8 @@ impl ModelTable {
                     config: c.clone(),
                     managed: false,
                     refusal: RwLock::new(None),
+                    candidate: RwLock::new(None),
+                    split: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -166,6 +209,8 @@ impl ModelTable {
             config,
             managed: true,
             refusal: RwLock::new(None),
+            candidate: RwLock::new(None),
+            split: AtomicU64::new(0),
         });
         entries.push(Arc::clone(&entry));
         entry
@@ -193,6 +238,7 @@ impl ModelTable {
             Some(v) => named
                 .iter()
                 .find(|e| e.version().as_deref() == Some(v))
+                .or_else(|| named.iter().find(|e| e.candidate().is_some_and(|c| c.served.version == v)))
                 .map_or(Lookup::UnknownVersion, |e| Lookup::Found(Arc::clone(e))),
             None => {
                 let all: Vec<&Arc<ModelEntry>> = named.iter().collect();
@@ -346,6 +392,22 @@ mod tests {
         assert!(matches!(table.lookup("bc", Some("1.0.0")), Lookup::Found(_)));
         assert!(matches!(table.lookup("bc", None), Lookup::Found(_)));
         assert!(!table.all_ready());
+    }
+
+    #[test]
+    fn the_canary_split_is_exact_without_ids_and_sticky_with_them() {
+        let table = ModelTable::new(&[]);
+        let entry = table.managed("bc");
+        let to_canary = (0..2000).filter(|_| entry.to_canary(10, None)).count();
+        assert_eq!(to_canary, 200);
+        assert_eq!((0..100).filter(|_| entry.to_canary(0, None)).count(), 0);
+        assert_eq!((0..100).filter(|_| entry.to_canary(100, None)).count(), 100);
+        for id in ["req-1", "req-2", "a-much-longer-request-id-42"] {
+            let first = entry.to_canary(30, Some(id));
+            assert!((0..10).all(|_| entry.to_canary(30, Some(id)) == first), "{id} changed sides");
+        }
+        let ids = (0..5000).filter(|i| entry.to_canary(30, Some(&format!("request-{i}")))).count();
+        assert!((1350..=1650).contains(&ids), "{ids} of 5000 ids hashed to a 30% canary");
     }
 
     #[test]

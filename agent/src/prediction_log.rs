@@ -147,6 +147,8 @@ impl std::fmt::Debug for PredictionLog {
 pub struct RequestInfo<'a> {
     pub model: &'a str,
     pub version: &'a str,
+    /// `primary`, or the candidate's slot (`canary`, `standby`).
+    pub slot: &'a str,
     pub latency_us: u32,
     pub record_inputs: RecordInputs,
 }
@@ -255,7 +257,7 @@ pub fn records_for_request(
                 at_ms,
                 model: info.model.to_owned(),
                 version: info.version.to_owned(),
-                slot: "primary".to_owned(),
+                slot: info.slot.to_owned(),
                 latency_us: info.latency_us,
                 inputs: recorded_inputs,
                 outputs: output_rows.iter().map(|r| r.recorded(i)).collect(),

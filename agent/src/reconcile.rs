@@ -12,14 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_shared::protocol::keys::PublicKey;
-use outpost_shared::protocol::messages::EventKind;
+use outpost_shared::protocol::messages::{EventKind, SlotMode};
 use tokio::sync::watch;
 
 use crate::config::RecordInputs;
 use crate::metrics::Metrics;
-use crate::model_store::{ModelStore, StoreState};
-use crate::models::{ModelState, ModelTable, load_bundle};
+use crate::model_store::{ModelStore, StoreState, StoredCandidate};
+use crate::models::{CandidateSlot, ModelState, ModelTable, load_bundle};
 use crate::telemetry::Reporter;
+
+fn describe(mode: SlotMode) -> String {
+    match mode {
+        SlotMode::Canary { percent } => format!("canary ({percent}% of requests)"),
+        SlotMode::Standby => "standby (loaded, serving only requests that name it)".into(),
+    }
+}
 
 /// How often the store's state file is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -75,6 +82,83 @@ impl Reconciler {
     }
 
     async fn apply(&self, state: &StoreState, refused: &mut HashMap<(String, String), u64>) {
+        self.apply_primaries(state, refused).await;
+        for (name, stored) in &state.models {
+            let key = (
+                name.clone(),
+                stored.candidate.as_ref().map_or(String::new(), |c| format!("candidate {}", c.version)),
+            );
+            if refused.get(&key) == Some(&state.generation) {
+                continue;
+            }
+            if let Some((version, reason)) = self.apply_candidate(name, stored.candidate.as_ref()).await {
+                refused.insert(key, state.generation);
+                self.metrics.model_refusals.with_label_values(&[name.as_str()]).inc();
+                tracing::error!(model = %name, %version, %reason, "candidate refused; the primary serves alone");
+                self.event(
+                    EventKind::ModelRefused,
+                    format!("model `{name}` candidate {version} refused: {reason}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Brings `name`'s candidate slot to what the store says; returns a refusal.
+    async fn apply_candidate(&self, name: &str, want: Option<&StoredCandidate>) -> Option<(String, String)> {
+        if self.models.named(name).iter().any(|e| !e.managed) {
+            return None;
+        }
+        let entry = self.models.managed(name);
+        let have = entry.candidate();
+        let message = match (want, have) {
+            (None, None) => return None,
+            (None, Some(old)) => {
+                entry.set_candidate(None);
+                format!("model `{name}` candidate {} ({}) removed", old.served.version, old.mode.slot())
+            }
+            (Some(w), Some(old)) if old.served.version == w.version => {
+                if old.mode == w.mode {
+                    return None;
+                }
+                entry.set_candidate(Some(CandidateSlot { mode: w.mode, served: old.served }));
+                format!("model `{name}` candidate {} is now {}", w.version, describe(w.mode))
+            }
+            (Some(w), _) => {
+                let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
+                let (n, v) = (name.to_owned(), w.version.clone());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
+                    load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
+                match outcome {
+                    Ok(validated) => {
+                        tracing::info!(model = name, version = %w.version, slot = w.mode.slot(), validation = %validated.evidence, "candidate validated");
+                        entry.set_candidate(Some(CandidateSlot {
+                            mode: w.mode,
+                            served: Arc::new(validated.served),
+                        }));
+                        format!("model `{name}` candidate {} loaded as {}", w.version, describe(w.mode))
+                    }
+                    Err(reason) => {
+                        entry.set_refusal(Some(format!("{} (candidate): {reason}", w.version)));
+                        return Some((w.version.clone(), reason));
+                    }
+                }
+            }
+        };
+        tracing::info!(model = name, "{message}");
+        self.event(EventKind::ModelActivated, message).await;
+        if let Some(reporter) = &self.reporter {
+            let reporter = Arc::clone(reporter);
+            let _ = tokio::task::spawn_blocking(move || reporter.state_if_changed()).await;
+        }
+        None
+    }
+
+    async fn apply_primaries(&self, state: &StoreState, refused: &mut HashMap<(String, String), u64>) {
         for (name, stored) in &state.models {
             // A version refused in this generation is not retried until the store changes.
             let key = (name.clone(), stored.active.clone());
@@ -165,6 +249,18 @@ impl Reconciler {
         let serving = entry.ready().map(|m| m.version.clone());
         if serving.as_deref() == Some(version) {
             return Applied::Unchanged;
+        }
+        // A loaded candidate of that version becomes the primary with one pointer swap: the
+        // blue-green switch (or a promoted canary) needs no reload.
+        if let Some(slot) = entry.candidate().filter(|c| c.served.version == version) {
+            if let Some(old) = &serving {
+                self.metrics.forget_model_state(name, old);
+            }
+            self.metrics.set_model_state(name, version, "ready");
+            entry.set(Some(version.to_owned()), ModelState::Ready(slot.served));
+            entry.set_candidate(None);
+            entry.set_refusal(None);
+            return Applied::Swapped { from: serving, to: version.to_owned() };
         }
         let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
         let (n, v) = (name.to_owned(), version.to_owned());

@@ -87,19 +87,27 @@ fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::
     models
         .entries()
         .iter()
-        .map(|entry| {
+        .flat_map(|entry| {
             let (state, reason) = match entry.state() {
                 ModelState::Loading => ("loading", None),
                 ModelState::Ready(_) => ("ready", None),
                 ModelState::Failed(reason) => ("failed", Some(reason)),
             };
-            outpost_shared::protocol::messages::ModelState {
+            let primary = outpost_shared::protocol::messages::ModelState {
                 name: entry.name().to_owned(),
                 version: entry.version().unwrap_or_default(),
                 slot: "primary".into(),
                 state: state.into(),
                 reason,
-            }
+            };
+            let candidate = entry.candidate().map(|c| outpost_shared::protocol::messages::ModelState {
+                name: entry.name().to_owned(),
+                version: c.served.version.clone(),
+                slot: c.mode.slot().into(),
+                state: "ready".into(),
+                reason: None,
+            });
+            std::iter::once(primary).chain(candidate)
         })
         .collect()
 }
@@ -231,6 +239,21 @@ pub async fn serve(
             "runtime.test_delay_ms is set: every inference of this model is slowed down ON PURPOSE (for tests only)"
         );
     }
+    for version in &config.runtime.test_crash {
+        tracing::warn!(
+            version,
+            "runtime.test_crash is set: serving this version aborts the agent ON PURPOSE (for tests only)"
+        );
+    }
+    // With signed bundles in play, an agent may start with nothing to serve and wait for one.
+    let bundles = !config.registry.trusted_keys.is_empty();
+    let watchdog = bundles.then(|| {
+        Arc::new(crate::watchdog::Watchdog::new(
+            ModelStore::new(&config.data_dir, config.registry.keep_versions),
+            telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
+            Arc::clone(&metrics),
+        ))
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
@@ -246,6 +269,7 @@ pub async fn serve(
         window: telemetry.as_ref().map(|t| Arc::clone(&t.reporter.window)),
         reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
         runtime: Arc::new(config.runtime.clone()),
+        watchdog: watchdog.clone(),
         telemetry: telemetry.as_ref().map(|t| {
             let (outbox, stats) = (Arc::clone(&t.outbox), Arc::clone(&t.link_stats));
             let read: Arc<dyn Fn() -> crate::metrics::TelemetrySnapshot + Send + Sync> =
@@ -264,8 +288,6 @@ pub async fn serve(
     // One shutdown signal for everything: None while running, then why we stop.
     let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
     let loader_stop = stop_tx.clone();
-    // With signed bundles in play, an agent may start with nothing to serve and wait for one.
-    let bundles = !config.registry.trusted_keys.is_empty();
     let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop, bundles));
     let (telemetry_stop_tx, telemetry_stop) = watch::channel(false);
     let mut telemetry_tasks = Vec::new();
@@ -309,6 +331,12 @@ pub async fn serve(
                 telemetry_stop.clone(),
             )));
         }
+    }
+    if let Some(watchdog) = &watchdog {
+        // Before anything loads: a version that kept crashing the agent is switched back now.
+        let w = Arc::clone(watchdog);
+        let _ = tokio::task::spawn_blocking(move || w.boot(outpost_shared::endpoints::now_ms())).await;
+        telemetry_tasks.push(tokio::spawn(Arc::clone(watchdog).run(telemetry_stop.clone())));
     }
     if bundles {
         let reconciler = Arc::new(Reconciler {
@@ -393,6 +421,13 @@ pub async fn serve(
             }
             Ok(Err(e)) => tracing::error!(error = %e, "final telemetry report failed"),
             Err(e) => tracing::error!(error = %e, "final telemetry task failed"),
+        }
+    }
+    if bundles {
+        // Not a crash: a version on probation gets no strike for this run.
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        if let Err(e) = tokio::task::spawn_blocking(move || store.clean_exit()).await.unwrap_or(Ok(())) {
+            tracing::error!(error = %e, "cannot record the clean exit in the model store");
         }
     }
     tracing::info!(exit_code = status.code(), "stopped");

@@ -147,6 +147,8 @@ impl RowSummary {
 
 #[derive(Debug, Default)]
 struct Acc {
+    /// The slot the version answered from (`primary`, `canary`, `standby`).
+    slot: &'static str,
     requests: u64,
     errors: u64,
     rows: u64,
@@ -177,6 +179,7 @@ impl Window {
         &self,
         model: &str,
         version: &str,
+        slot: &'static str,
         ok: bool,
         latency_us: f64,
         summary: Option<&RowSummary>,
@@ -192,6 +195,7 @@ impl Window {
             versions.insert(version.to_owned(), Acc::default());
         }
         let Some(acc) = versions.get_mut(version) else { return };
+        acc.slot = slot;
         acc.requests += 1;
         if !ok {
             acc.errors += 1;
@@ -224,7 +228,7 @@ impl Window {
             .map(|(model, version, a)| ModelWindow {
                 model,
                 version,
-                slot: "primary".into(),
+                slot: if a.slot.is_empty() { "primary".into() } else { a.slot.into() },
                 requests: a.requests,
                 errors: a.errors,
                 rows: a.rows,
@@ -436,8 +440,8 @@ mod tests {
         let window = Window::new();
         let summary =
             RowSummary { rows: 2, top_scores: vec![0.9, 0.8], labels: vec!["1".into(), "0".into()] };
-        window.observe("bc", "1.0.0", true, 120.0, Some(&summary));
-        window.observe("bc", "1.0.0", false, 80.0, None);
+        window.observe("bc", "1.0.0", "primary", true, 120.0, Some(&summary));
+        window.observe("bc", "1.0.0", "primary", false, 80.0, None);
         let (_, models) = window.take();
         assert_eq!(models.len(), 1);
         let m = &models[0];

@@ -37,6 +37,9 @@ pub struct Config {
     pub retraining: crate::retraining::RetrainingConfig,
     /// How long monitoring history is kept.
     pub retention: crate::retention::RetentionConfig,
+    /// The rollback policy sent with every deployed version: agents watch the new version and
+    /// go back to the one before on their own when it crashes them or breaches these limits.
+    pub watchdog: outpost_shared::protocol::messages::WatchdogPolicy,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             alerts: crate::alerts::AlertsConfig::default(),
             retraining: crate::retraining::RetrainingConfig::default(),
             retention: crate::retention::RetentionConfig::default(),
+            watchdog: Default::default(),
         }
     }
 }
@@ -217,6 +221,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
+        self.watchdog.validate().map_err(ConfigError::Invalid)?;
         if self.api.listen.ip().is_unspecified() && self.api.advertised_url.is_none() {
             return Err(key(
                 "api.advertised_url",
@@ -348,6 +353,17 @@ pub use outpost_shared::endpoints::parse_mqtts_url;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_policy_is_checked_by_name() {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[watchdog]\nmax_crashes = 5\nprobation_secs = 0\n"))
+            .extract()
+            .unwrap();
+        assert_eq!(config.watchdog.max_crashes, 5);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("watchdog.probation_secs"), "{err}");
+    }
 
     #[test]
     fn the_embedded_broker_certificate_names_the_advertised_host() {

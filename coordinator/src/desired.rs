@@ -85,11 +85,23 @@ impl Desired {
         target: Option<&DesiredModel>,
         by: &str,
     ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        self.update(devices, model, |_| target.cloned(), by)
+    }
+
+    /// Sets `model` on each device to what `change` makes of its current entry (None removes
+    /// it); returns the new records.
+    pub fn update(
+        &self,
+        devices: &[String],
+        model: &str,
+        change: impl Fn(Option<&DesiredModel>) -> Option<DesiredModel>,
+        by: &str,
+    ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
         let mut changed = Vec::new();
         for device in devices {
             let mut record = self.get(device)?.unwrap_or_default();
-            match target {
-                Some(t) => record.models.insert(model.to_owned(), t.clone()),
+            match change(record.models.get(model)) {
+                Some(t) => record.models.insert(model.to_owned(), t),
                 None => record.models.remove(model),
             };
             record.revision += 1;

@@ -245,9 +245,12 @@ pub fn start(state: &Arc<AppState>, model: &str, trigger: &str) -> Result<RunRec
     let (state, first) = (Arc::clone(state), run.clone());
     tokio::spawn(async move {
         let mut run = first;
-        if let Err((status, error)) = execute(&state, &config, &mut run).await {
-            run.status = status.into();
-            run.error = Some(error);
+        match execute(&state, &config, &mut run).await {
+            Ok(()) => run.status = "succeeded".into(),
+            Err((status, error)) => {
+                run.status = status.into();
+                run.error = Some(error);
+            }
         }
         run.finished_ms = Some(now_ms());
         tracing::info!(run = run.id, status = run.status, version = ?run.version, error = ?run.error, "retraining run finished");
@@ -390,8 +393,8 @@ async fn execute(state: &Arc<AppState>, config: &ModelRetraining, run: &mut RunR
     .await
     .map_err(|e| failed(e.to_string()))?;
     pushed.map_err(|e| failed(format!("the new model could not be registered: {e}")))?;
+    // Still `running` for readers until the gate and the canary are done too.
     run.version = Some(version.clone());
-    run.status = "succeeded".into();
     let principal = crate::auth::Principal {
         name: "retraining".into(),
         role: crate::auth::Role::Operator,
@@ -438,6 +441,7 @@ async fn execute(state: &Arc<AppState>, config: &ModelRetraining, run: &mut RunR
             version: version.clone(),
             selector: selector.clone(),
             devices: Vec::new(),
+            slot: None,
         };
         match crate::api::registry::deploy_inner(state, &principal, &request).await {
             Ok((response, detail)) => {

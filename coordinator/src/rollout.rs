@@ -791,6 +791,14 @@ impl Rollouts {
     fn step(&self, st: &AppState, r: &mut Rollout) -> Result<Vec<Outgoing>, StoreError> {
         let now = now_ms();
         let mut out = Vec::new();
+        if matches!(r.phase, Phase::Applying | Phase::Baking)
+            && let Some((device, message)) = watchdog_tripped(&st.store.devices()?, r)
+        {
+            let reason =
+                format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);
+            out.extend(self.roll_back(st, r, reason, None)?);
+            return Ok(out);
+        }
         match r.phase {
             Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted => {}
             Phase::Applying => {
@@ -964,6 +972,21 @@ impl Rollouts {
     }
 }
 
+/// A moved device whose agent switched the candidate back by itself since the rollout began.
+fn watchdog_tripped(devices: &[DeviceRecord], r: &Rollout) -> Option<(String, String)> {
+    let needle = format!("model `{}` {} ->", r.spec.model, r.spec.version);
+    devices.iter().filter(|d| r.moved.contains(&d.id)).find_map(|d| {
+        d.recent_events
+            .iter()
+            .find(|e| {
+                e.kind == outpost_shared::protocol::messages::EventKind::WatchdogRolledBack
+                    && e.at_ms >= r.created_ms
+                    && e.message.contains(&needle)
+            })
+            .map(|e| (d.id.clone(), e.message.clone()))
+    })
+}
+
 /// Sets `model` to `version` on `devices` whose desired state says otherwise.
 fn send(
     st: &AppState,
@@ -980,6 +1003,8 @@ fn send(
         name: model.to_owned(),
         version: version.to_owned(),
         bundle_sha256: record.bundle_sha256,
+        watchdog: Some(st.config.watchdog),
+        candidate: None,
     };
     let mut need = Vec::new();
     for d in devices {

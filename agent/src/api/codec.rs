@@ -101,6 +101,7 @@ pub struct Encoded {
 /// Hands one record per row to the prediction log; returns the ids for the response.
 fn record(
     served: &ServedModel,
+    slot: &str,
     log: &PredictionLog,
     batch: usize,
     inputs: &[outpost_shared::Tensor],
@@ -116,6 +117,7 @@ fn record(
     let info = RequestInfo {
         model: &served.name,
         version: &served.version,
+        slot,
         latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
         record_inputs: served.record_inputs,
     };
@@ -147,8 +149,23 @@ fn malformed(e: &serde_json::Error, json: &[u8]) -> ApiError {
 
 /// Decodes a request, runs the model, records the predictions (when a log is given), and
 /// encodes the response.
+/// The request's `id`, read without decoding its tensors (for a sticky canary split).
+pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        id: Option<String>,
+    }
+    let json = match header_len {
+        Some(n) => body.get(..n)?,
+        None => body,
+    };
+    serde_json::from_slice::<Peek>(json).ok()?.id
+}
+
 pub fn handle(
     served: &ServedModel,
+    slot: &str,
     body: &[u8],
     header_len: Option<usize>,
     log: Option<&PredictionLog>,
@@ -325,7 +342,7 @@ pub fn handle(
     let (parameters, summary) = match log {
         Some(log) => {
             let (parameters, summary) =
-                record(served, log, batch, &kept_inputs, &outputs, job_started.elapsed())?;
+                record(served, slot, log, batch, &kept_inputs, &outputs, job_started.elapsed())?;
             (Some(parameters), Some(summary))
         }
         None => (None, None),

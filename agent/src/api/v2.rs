@@ -1,5 +1,6 @@
 //! Handlers of the Open Inference Protocol (V2) endpoints and `/metrics`.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Json;
@@ -13,8 +14,9 @@ use serde_json::{Value, json};
 use super::codec::{self, Encoded};
 use super::{ApiError, AppState};
 use crate::metrics::Outcome;
-use crate::models::{Lookup, ModelEntry, ModelState};
+use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
 use crate::pool::SubmitError;
+use outpost_shared::protocol::messages::SlotMode;
 
 /// Header of the binary tensor data extension giving the JSON part's length.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -47,6 +49,9 @@ fn describe(entry: &ModelEntry) -> Value {
     if let Some(refusal) = entry.refusal() {
         v["refused"] = json!(refusal);
     }
+    if let Some(c) = entry.candidate() {
+        v["candidate"] = json!({"version": c.served.version, "slot": c.mode.slot()});
+    }
     v
 }
 
@@ -57,7 +62,7 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready, "models": models }))).into_response()
 }
 
-fn find(app: &AppState, name: &str, version: Option<&str>) -> Result<std::sync::Arc<ModelEntry>, ApiError> {
+fn find(app: &AppState, name: &str, version: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
     match app.models.lookup(name, version) {
         Lookup::Found(entry) => Ok(entry),
         Lookup::UnknownModel => Err(ApiError::NotFound(format!("unknown model `{name}`"))),
@@ -70,7 +75,12 @@ fn find(app: &AppState, name: &str, version: Option<&str>) -> Result<std::sync::
 
 fn metadata(app: &AppState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let entry = find(app, name, version)?;
-    let versions: Vec<String> = app.models.named(name).iter().filter_map(|e| e.version()).collect();
+    let versions: Vec<String> = app
+        .models
+        .named(name)
+        .iter()
+        .flat_map(|e| e.version().into_iter().chain(e.candidate().map(|c| c.served.version.clone())))
+        .collect();
     let mut body = describe(&entry);
     body["versions"] = json!(versions);
     body["platform"] = json!("onnx_onnxv1");
@@ -201,19 +211,57 @@ async fn run_inference(
         }
     };
 
+    // Which slot answers: a request naming the candidate's version gets the candidate; one
+    // naming no version goes to a canary by its share (decided on the worker, where the
+    // request id is read); everything else gets the primary.
+    let candidate = entry.candidate();
+    let fixed = version.as_deref().and_then(|v| {
+        candidate
+            .as_ref()
+            .filter(|c| c.served.version == v && served.version != v)
+            .map(|c| (Arc::clone(&c.served), c.mode.slot()))
+    });
+    let canary = match (&version, &candidate) {
+        (None, Some(c)) => match c.mode {
+            SlotMode::Canary { percent } => Some((percent, Arc::clone(&c.served))),
+            SlotMode::Standby => None,
+        },
+        _ => None,
+    };
+    let chosen: Arc<Mutex<(Arc<ServedModel>, &'static str)>> =
+        Arc::new(Mutex::new(fixed.clone().unwrap_or_else(|| (Arc::clone(&served), "primary"))));
     let result = async {
         let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes))?;
         let header_len = inference_header_len(&headers)?;
-        let job_model = std::sync::Arc::clone(&served);
         let job_log = app.log.clone();
-        let delay = app.runtime.test_delay(&served.name, &served.version);
+        let (runtime, job_entry, job_chosen) =
+            (Arc::clone(&app.runtime), Arc::clone(&entry), Arc::clone(&chosen));
+        let primary = Arc::clone(&served);
         let job = app
             .pool
             .try_submit(move || {
-                if let Some(delay) = delay {
+                let (model, slot) = match (fixed, canary) {
+                    (Some(fixed), _) => fixed,
+                    (None, Some((percent, candidate))) => {
+                        let id = codec::request_id(&body, header_len);
+                        if job_entry.to_canary(percent, id.as_deref()) {
+                            (candidate, "canary")
+                        } else {
+                            (primary, "primary")
+                        }
+                    }
+                    (None, None) => (primary, "primary"),
+                };
+                *job_chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    (Arc::clone(&model), slot);
+                if runtime.test_crash(&model.name, &model.version) {
+                    tracing::error!("runtime.test_crash: aborting the agent ON PURPOSE (for tests only)");
+                    std::process::abort();
+                }
+                if let Some(delay) = runtime.test_delay(&model.name, &model.version) {
                     std::thread::sleep(delay);
                 }
-                codec::handle(&job_model, &body, header_len, job_log.as_deref())
+                codec::handle(&model, slot, &body, header_len, job_log.as_deref())
             })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
@@ -227,6 +275,7 @@ async fn run_inference(
     }
     .await;
 
+    let (served, slot) = chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let labels = [served.name.as_str(), served.version.as_str()];
     let outcome = match &result {
         Ok(encoded) => {
@@ -238,9 +287,13 @@ async fn run_inference(
     app.metrics.requests.with_label_values(&[labels[0], labels[1], outcome.label()]).inc();
     let elapsed = started.elapsed();
     app.metrics.request_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    if let Some(watchdog) = &app.watchdog {
+        let failed = matches!(outcome, Outcome::Error);
+        watchdog.observe(labels[0], labels[1], failed, elapsed.as_micros() as f64);
+    }
     if let Some(window) = &app.window {
         let summary = result.as_ref().ok().and_then(|e| e.summary.as_ref());
-        window.observe(labels[0], labels[1], result.is_ok(), elapsed.as_micros() as f64, summary);
+        window.observe(labels[0], labels[1], slot, result.is_ok(), elapsed.as_micros() as f64, summary);
     }
     match result {
         Ok(encoded) => encoded_response(encoded),
@@ -278,7 +331,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     if let Some(telemetry) = &app.telemetry {
         app.metrics.record_telemetry(&telemetry());
     }
-    let metrics = std::sync::Arc::clone(&app.metrics);
+    let metrics = Arc::clone(&app.metrics);
     // sysinfo reads /proc: keep it off the executor.
     match tokio::task::spawn_blocking(move || metrics.render()).await {
         Ok(Ok(text)) => {

@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use outpost_shared::protocol::messages::DesiredModel;
+use outpost_shared::protocol::messages::{Candidate, DesiredModel, SlotMode};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, authorize, json_body};
@@ -399,6 +399,7 @@ pub async fn rollback(
             version: previous.version.clone(),
             selector: BTreeMap::new(),
             devices: Vec::new(),
+            slot: None,
         };
         let (deployed, _) = deploy_inner(&state, &who, &request).await?;
         let detail =
@@ -654,6 +655,10 @@ pub struct DeployRequest {
     pub(crate) selector: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) devices: Vec<String>,
+    /// Deploy as the candidate beside the primary (`{"canary": {"percent": 10}}` or
+    /// `"standby"`) instead of as the primary.
+    #[serde(default)]
+    pub(crate) slot: Option<SlotMode>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -713,13 +718,72 @@ pub(crate) async fn deploy_inner(
     if targets.is_empty() {
         return Err(ApiError::bad_request("the selector matches no enrolled device"));
     }
-    let desired = DesiredModel {
-        name: record.name.clone(),
-        version: record.version.clone(),
-        bundle_sha256: record.bundle_sha256.clone(),
+    let changed = match request.slot {
+        None => {
+            // The primary; a candidate the device had is dropped (a switch or promotion, or
+            // the operator moving on).
+            let desired = DesiredModel {
+                name: record.name.clone(),
+                version: record.version.clone(),
+                bundle_sha256: record.bundle_sha256.clone(),
+                watchdog: Some(state.config.watchdog),
+                candidate: None,
+            };
+            state
+                .desired
+                .set(&targets, &record.name, Some(&desired), &who.name)
+                .map_err(ApiError::internal)?
+        }
+        Some(mode) => {
+            if let SlotMode::Canary { percent } = mode
+                && !(1..=99).contains(&percent)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "a canary takes 1 to 99 percent of the requests, not {percent}"
+                )));
+            }
+            for id in &targets {
+                let current = state.desired.get(id).map_err(ApiError::internal)?;
+                match current.as_ref().and_then(|r| r.models.get(&record.name)) {
+                    None => {
+                        return Err(ApiError(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "device {id} runs no version of `{}` yet: deploy a primary version first",
+                                record.name
+                            ),
+                        ));
+                    }
+                    Some(m) if m.version == record.version => {
+                        return Err(ApiError(
+                            StatusCode::CONFLICT,
+                            format!("device {id} already runs {} as its primary version", record.id()),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let candidate = Candidate {
+                version: record.version.clone(),
+                bundle_sha256: record.bundle_sha256.clone(),
+                mode,
+            };
+            state
+                .desired
+                .update(
+                    &targets,
+                    &record.name,
+                    |current| {
+                        current.cloned().map(|mut m| {
+                            m.candidate = Some(candidate.clone());
+                            m
+                        })
+                    },
+                    &who.name,
+                )
+                .map_err(ApiError::internal)?
+        }
     };
-    let changed =
-        state.desired.set(&targets, &record.name, Some(&desired), &who.name).map_err(ApiError::internal)?;
     for (device, desired_record) in &changed {
         let outgoing =
             state.desired.seal(&state.authority, device, desired_record).map_err(ApiError::internal)?;
@@ -729,7 +793,8 @@ pub(crate) async fn deploy_inner(
     }
     // The whole fleet → production; part of it → canary (a production version stays one).
     // Deploying an archived version is a rollback: it becomes production (or canary) again.
-    let stage = if targets.len() == all.len() { Stage::Production } else { Stage::Canary };
+    let stage =
+        if targets.len() == all.len() && request.slot.is_none() { Stage::Production } else { Stage::Canary };
     let stage = if record.stage == Stage::Production && stage == Stage::Canary {
         record.stage
     } else {

@@ -89,6 +89,15 @@ enum Command {
         /// Only these devices (repeatable).
         #[arg(long = "device")]
         devices: Vec<String>,
+        /// As a canary beside each device's primary version, answering this percent (1-99) of
+        /// the requests that name no version (sticky by request id).
+        #[arg(long, conflicts_with = "standby", value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
+        /// As a standby beside each device's primary version: loaded and validated, answering
+        /// only requests that name its version — then a plain `deploy` of it switches every
+        /// device at once (blue-green).
+        #[arg(long)]
+        standby: bool,
     },
     /// API tokens with roles (viewer, operator, admin).
     #[command(subcommand)]
@@ -1391,7 +1400,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 std::thread::sleep(std::time::Duration::from_millis(500));
                 let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
                 let Some(run) = runs.into_iter().find(|r| r["id"] == id.as_str()) else { continue };
-                if run["status"] != "running" || !run["finished_ms"].is_null() {
+                if !run["finished_ms"].is_null() {
                     break run;
                 }
             };
@@ -1485,12 +1494,17 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Bundle(_) | Command::Key(_) => {}
         Command::Model(command) => model_command(cli, &api, command)?,
-        Command::Deploy { target, selector, devices } => {
+        Command::Deploy { target, selector, devices, canary, standby } => {
             let (name, version) = split_target(target)?;
             let selector = parse_labels(selector)?;
+            let slot = match (canary, standby) {
+                (Some(percent), _) => serde_json::json!({"canary": {"percent": percent}}),
+                (None, true) => serde_json::json!("standby"),
+                (None, false) => serde_json::Value::Null,
+            };
             let response: serde_json::Value = api.post_json(
                 "/api/v1/deployments",
-                &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices}),
+                &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices, "slot": slot}),
             )?;
             if cli.json {
                 say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());

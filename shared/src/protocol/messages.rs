@@ -137,6 +137,9 @@ pub enum EventKind {
     ModelActivated,
     /// A bundle or desired state was refused; the message says why.
     ModelRefused,
+    /// The agent's watchdog took a model back to its previous version on its own (the new one
+    /// crashed the agent, or breached the error or latency limit of its policy).
+    WatchdogRolledBack,
 }
 
 /// Drift of what each monitored model version saw recently, against its bundle's baseline.
@@ -270,6 +273,90 @@ pub struct DesiredModel {
     pub name: String,
     pub version: String,
     pub bundle_sha256: String,
+    /// What the agent watches after switching to this version, and when it switches back to
+    /// the version before on its own — with or without a coordinator to ask.
+    #[serde(default)]
+    pub watchdog: Option<WatchdogPolicy>,
+    /// A second version beside this one (the primary): a canary taking a share of the
+    /// requests, or a standby loaded and validated but serving nothing (blue-green).
+    #[serde(default)]
+    pub candidate: Option<Candidate>,
+}
+
+/// The candidate slot of a desired model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub version: String,
+    pub bundle_sha256: String,
+    pub mode: SlotMode,
+}
+
+/// What a candidate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotMode {
+    /// Answers `percent` of the requests that name no version (sticky by request id).
+    Canary { percent: u8 },
+    /// Loaded and validated, answers only requests that name its version.
+    Standby,
+}
+
+impl SlotMode {
+    /// The slot name in reports and metrics.
+    pub fn slot(self) -> &'static str {
+        match self {
+            SlotMode::Canary { .. } => "canary",
+            SlotMode::Standby => "standby",
+        }
+    }
+}
+
+/// The agent-side rollback policy for a newly activated version (its "probation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogPolicy {
+    /// How long after the switch the version is watched.
+    pub probation_secs: u32,
+    /// Unclean exits of the agent while on probation that are tolerated; one more and the
+    /// agent starts on the previous version.
+    pub max_crashes: u32,
+    /// Failed inferences (the model's or the agent's fault, not the client's) allowed, per
+    /// thousand requests, once `min_requests` were served.
+    pub max_error_permille: u32,
+    pub min_requests: u32,
+    /// p99 latency limit in ms once `min_requests` were served; 0 = none.
+    pub max_p99_ms: u32,
+}
+
+impl Default for WatchdogPolicy {
+    fn default() -> Self {
+        WatchdogPolicy {
+            probation_secs: 600,
+            max_crashes: 2,
+            max_error_permille: 50,
+            min_requests: 50,
+            max_p99_ms: 0,
+        }
+    }
+}
+
+impl WatchdogPolicy {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=7 * 86_400).contains(&self.probation_secs) {
+            return Err("watchdog.probation_secs must be between 1 and 604800".into());
+        }
+        if self.max_crashes > 100 {
+            return Err("watchdog.max_crashes must be at most 100".into());
+        }
+        if self.max_error_permille > 1000 {
+            return Err("watchdog.max_error_permille must be at most 1000".into());
+        }
+        if self.min_requests == 0 {
+            return Err("watchdog.min_requests must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// Why a body cannot be read.
