@@ -1,15 +1,23 @@
-//! The rollout engine: moves a model version onto a fleet in waves, judging each wave on the
-//! candidate's live numbers against the baseline's, and rolls every touched device back by
+//! The rollout engine: moves a model version onto a fleet step by step, judging each step on
+//! the candidate's live numbers against the baseline's, and rolls every touched device back by
 //! itself when a gate is breached.
 //!
-//! A rollout targets the devices a label selector matches when it starts (fixed, in id order)
-//! and moves them in waves (`waves = [10, 50, 100]`: percent of the targets, cumulative). Each
-//! wave is *applied* (desired states sent; it waits until every device of the wave reports the
-//! candidate ready), then *bakes* for `bake_secs` while the gates ([`gates`]) compare:
-//! - the **candidate**: the new version on the moved devices, since the bake began, with
-//! - the **baseline**: the old version on the targets not yet moved, in the same window; once
-//!   every target has moved (the last wave), the old version on the same targets in a window of
-//!   the same length just before the rollout started.
+//! A rollout targets the devices a label selector matches when it starts (fixed, in id order).
+//! Its strategy makes the steps ([`RolloutSpec::plan`]):
+//! - `waves` (`waves = [10, 50, 100]`: percent of the targets, cumulative): each wave's devices
+//!   switch their primary version;
+//! - `canary` (`steps = [5, 25, 50, 100]`): every target runs the version in its candidate slot,
+//!   answering that percent of its requests; the final 100 switches every target;
+//! - `blue-green`: every target loads and validates it as a standby (no bake), then all switch.
+//!
+//! Each step is *applied* (desired states sent; it waits until every device of the step reports
+//! the version ready in the right slot), then *bakes* for `bake_secs` while the gates
+//! ([`gates`]) compare the **candidate** (the new version on the moved devices since the bake
+//! began) with the **baseline** (the old version):
+//! - canary steps: on the same devices in the same window (both versions serve on each);
+//! - waves: on the targets not yet moved, in the same window; once every target has moved (the
+//!   last wave), on the same targets in a window of the same length before the rollout started;
+//! - a switch: on the same targets in a window of the same length before the switch.
 //!
 //! A gate that fails (with enough samples; see [`gates`]) stops the rollout at once: every moved
 //! device goes back to the version it had, an [`Incident`] keeps the gate, the numbers and the
@@ -34,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_shared::protocol::messages::DesiredModel;
+use outpost_shared::protocol::messages::{Candidate, DesiredModel, SlotMode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
@@ -68,9 +76,13 @@ pub struct RolloutSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default = "default_strategy")]
     pub strategy: String,
-    /// Cumulative percent of the targets per wave, increasing, ending at 100.
+    /// `waves`: cumulative percent of the targets per wave, increasing, ending at 100.
     #[serde(default = "default_waves")]
     pub waves: Vec<f64>,
+    /// `canary`: percent of every target's requests the candidate answers per step,
+    /// increasing, ending at 100 (the switch of every target to the candidate).
+    #[serde(default = "default_steps")]
+    pub steps: Vec<f64>,
     #[serde(default = "default_bake")]
     pub bake_secs: u64,
     /// Gate expressions (see [`gates`]); empty means [`gates::DEFAULT_GATES`].
@@ -98,6 +110,9 @@ fn default_strategy() -> String {
 fn default_waves() -> Vec<f64> {
     vec![10.0, 50.0, 100.0]
 }
+fn default_steps() -> Vec<f64> {
+    vec![5.0, 25.0, 50.0, 100.0]
+}
 fn default_bake() -> u64 {
     600
 }
@@ -120,28 +135,35 @@ fn default_slack() -> f64 {
 impl RolloutSpec {
     /// Checks every field, naming the first problem.
     pub fn validate(&self) -> Result<Vec<Gate>, String> {
-        match self.strategy.as_str() {
-            "waves" => {}
-            "canary" | "blue-green" | "shadow" => {
-                return Err(format!(
-                    "strategy `{}` needs agent model slots, which this build does not have yet; use `waves`",
-                    self.strategy
-                ));
+        let blue_green = vec![100.0];
+        let (field, values) = match self.strategy.as_str() {
+            "waves" => ("waves", &self.waves),
+            "canary" => ("steps", &self.steps),
+            "blue-green" => ("waves", &blue_green),
+            "shadow" => {
+                return Err(
+                    "strategy `shadow` needs shadow slots on the agent (a candidate answering a copy of \
+                     each request), which this build does not have yet; use `canary`, `blue-green` or `waves`"
+                        .into(),
+                );
             }
-            other => return Err(format!("unknown strategy `{other}` (waves)")),
-        }
-        if self.waves.is_empty() || self.waves.len() > 20 {
-            return Err("`waves` must list 1 to 20 percentages, e.g. [10, 50, 100]".into());
+            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green)")),
+        };
+        if values.is_empty() || values.len() > 20 {
+            return Err(format!("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]"));
         }
         let mut last = 0.0;
-        for &w in &self.waves {
+        for &w in values {
             if !(w > last && w <= 100.0) {
-                return Err(format!("`waves` must increase strictly within (0, 100]: {:?}", self.waves));
+                return Err(format!("`{field}` must increase strictly within (0, 100]: {values:?}"));
+            }
+            if field == "steps" && w.fract() != 0.0 {
+                return Err(format!("canary `steps` are whole percentages: {values:?}"));
             }
             last = w;
         }
         if last != 100.0 {
-            return Err(format!("the last wave must be 100 (percent of the targets); got {last}"));
+            return Err(format!("the last of `{field}` must be 100; got {last}"));
         }
         if !(1..=7 * 86_400).contains(&self.bake_secs) {
             return Err("`bake_secs` must be between 1 and 604800 (7 days)".into());
@@ -251,12 +273,52 @@ pub struct Rollout {
     pub finished_ms: Option<u64>,
 }
 
+/// One step of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// The first `percent` of the targets run the version as their primary.
+    Wave(f64),
+    /// Every target runs it as a canary answering `percent` of its requests.
+    Canary(u8),
+    /// Every target runs it as a standby (loaded, validated, answering nothing): no bake.
+    Standby,
+    /// Every target switches its primary to it at once.
+    Switch,
+}
+
+impl RolloutSpec {
+    /// The steps the strategy takes.
+    pub fn plan(&self) -> Vec<Step> {
+        match self.strategy.as_str() {
+            "canary" => self
+                .steps
+                .iter()
+                .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
+                .collect(),
+            "blue-green" => vec![Step::Standby, Step::Switch],
+            _ => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
+        }
+    }
+}
+
 impl Rollout {
-    /// Devices in waves up to and including `wave`.
-    pub fn wave_devices(&self, wave: usize) -> &[String] {
-        let pct = self.spec.waves.get(wave).copied().unwrap_or(100.0);
-        let n = ((pct / 100.0) * self.targets.len() as f64).ceil() as usize;
-        &self.targets[..n.clamp(1, self.targets.len())]
+    fn step_at(&self, index: usize) -> Step {
+        self.spec.plan().get(index).copied().unwrap_or(Step::Switch)
+    }
+
+    fn steps(&self) -> usize {
+        self.spec.plan().len()
+    }
+
+    /// Devices the step at `index` involves (a wave: the first ones; otherwise all targets).
+    pub fn wave_devices(&self, index: usize) -> &[String] {
+        match self.step_at(index) {
+            Step::Wave(pct) => {
+                let n = ((pct / 100.0) * self.targets.len() as f64).ceil() as usize;
+                &self.targets[..n.clamp(1, self.targets.len())]
+            }
+            _ => &self.targets,
+        }
     }
 
     fn log(&mut self, message: impl Into<String>) {
@@ -266,7 +328,13 @@ impl Rollout {
     }
 
     fn label(&self) -> String {
-        format!("wave {}/{} ({}%)", self.wave + 1, self.spec.waves.len(), self.spec.waves[self.wave])
+        let (i, n) = (self.wave + 1, self.steps());
+        match self.step_at(self.wave) {
+            Step::Wave(p) => format!("wave {i}/{n} ({p}%)"),
+            Step::Canary(p) => format!("step {i}/{n} (canary {p}% of requests)"),
+            Step::Standby => format!("step {i}/{n} (standby on every target)"),
+            Step::Switch => format!("step {i}/{n} (switch every target)"),
+        }
     }
 }
 
@@ -304,6 +372,8 @@ pub struct DeviceProgress {
     pub actual_state: Option<String>,
     /// `online`, `stale`, `offline` or `never_seen`.
     pub liveness: String,
+    /// The candidate slot the device reports, e.g. `1.1.0 canary (ready)`.
+    pub candidate: Option<String>,
     pub skipped: bool,
 }
 
@@ -473,7 +543,7 @@ impl Rollouts {
             self.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
         let mut progress = Vec::new();
         for (i, id) in r.targets.iter().enumerate() {
-            let wave = (0..r.spec.waves.len()).find(|&w| i < r.wave_devices(w).len()).unwrap_or(0) + 1;
+            let wave = (0..r.steps()).find(|&w| i < r.wave_devices(w).len()).unwrap_or(0) + 1;
             let d = devices.get(id);
             let actual = actual_of(d, &r.spec.model);
             progress.push(DeviceProgress {
@@ -485,6 +555,12 @@ impl Rollouts {
                 actual: actual.map(|m| m.version.clone()),
                 actual_state: actual.map(|m| m.state.clone()),
                 liveness: d.map_or("never_seen", |d| liveness(d, fleet, now)).to_owned(),
+                candidate: d.and_then(|d| {
+                    d.models
+                        .iter()
+                        .find(|m| m.name == r.spec.model && m.slot != "primary")
+                        .map(|m| format!("{} {} ({})", m.version, m.slot, m.state))
+                }),
                 skipped: r.skipped.contains(id),
             });
         }
@@ -631,7 +707,7 @@ impl Rollouts {
             }
             "promote" => {
                 r.promoted = true;
-                r.wave = r.spec.waves.len() - 1;
+                r.wave = r.steps() - 1;
                 r.phase = Phase::Applying;
                 r.paused_reason = None;
                 r.wave_started_ms = now_ms();
@@ -691,7 +767,29 @@ impl Rollouts {
         let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
         let candidate = self.evidence(&r.spec.model, &r.spec.version, &moved, from, now)?;
         let rest: Vec<String> = r.targets.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
-        let (baseline, scope) = if rest.is_empty() {
+        let (baseline, scope) = if let Step::Canary(_) = r.step_at(r.wave) {
+            let b = self.evidence(&r.spec.model, &r.baseline, &r.targets, from, now)?;
+            (
+                b,
+                format!(
+                    "{} as the primary on the same {} device(s), same window",
+                    r.baseline,
+                    r.targets.len()
+                ),
+            )
+        } else if r.step_at(r.wave) == Step::Switch {
+            let len = now.saturating_sub(from).max(r.spec.bake_secs * 1000);
+            let until = r.wave_started_ms;
+            let b =
+                self.evidence(&r.spec.model, &r.baseline, &r.targets, until.saturating_sub(len), until)?;
+            let scope = format!(
+                "{} on the same {} device(s) in the {} s before the switch",
+                r.baseline,
+                r.targets.len(),
+                len / 1000
+            );
+            (b, scope)
+        } else if rest.is_empty() {
             let len = now.saturating_sub(from).max(r.spec.bake_secs * 1000);
             let b = self.evidence(
                 &r.spec.model,
@@ -803,18 +901,27 @@ impl Rollouts {
             Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted => {}
             Phase::Applying => {
                 let wave: Vec<String> = r.wave_devices(r.wave).to_vec();
-                let to_send: Vec<String> = wave.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
-                if !to_send.is_empty() {
-                    r.log(format!(
-                        "{}: sending {} to {} device(s)",
-                        r.label(),
-                        r.spec.version,
-                        to_send.len()
-                    ));
-                    r.moved.extend(to_send.iter().cloned());
+                let step = r.step_at(r.wave);
+                let new: Vec<String> = wave.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
+                if !new.is_empty() {
+                    r.moved.extend(new);
                     // Written first: a restart after this point re-sends, never forgets a device.
                     self.put(r)?;
-                    out.extend(send(st, &to_send, &r.spec.model, &r.spec.version, "rollout-engine")?);
+                }
+                let sent = send_step(st, &wave, &r.spec.model, &r.spec.version, step)?;
+                if !sent.is_empty() {
+                    let what = match step {
+                        Step::Wave(_) | Step::Switch => "as the primary version".to_owned(),
+                        Step::Canary(p) => format!("as a canary answering {p}% of requests"),
+                        Step::Standby => "as a standby".to_owned(),
+                    };
+                    r.log(format!(
+                        "{}: sending {} {what} to {} device(s)",
+                        r.label(),
+                        r.spec.version,
+                        sent.len()
+                    ));
+                    out.extend(sent);
                 }
                 let devices: BTreeMap<String, DeviceRecord> =
                     st.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
@@ -825,7 +932,20 @@ impl Rollouts {
                     }
                     let d = devices.get(id);
                     let actual = actual_of(d, &r.spec.model);
-                    if actual.is_some_and(|m| m.version == r.spec.version && m.state == "ready") {
+                    let slot = match step {
+                        Step::Canary(_) => "canary",
+                        Step::Standby => "standby",
+                        Step::Wave(_) | Step::Switch => "primary",
+                    };
+                    let running = d.is_some_and(|d| {
+                        d.models.iter().any(|m| {
+                            m.name == r.spec.model
+                                && m.version == r.spec.version
+                                && m.slot == slot
+                                && m.state == "ready"
+                        })
+                    });
+                    if running {
                         continue;
                     }
                     if let Some(m) = actual.filter(|m| m.version == r.spec.version && m.state == "failed") {
@@ -864,6 +984,14 @@ impl Rollouts {
                 if waiting.is_empty() {
                     if r.promoted {
                         self.succeed(st, r);
+                    } else if step == Step::Standby {
+                        r.log(format!(
+                            "{}: every target runs {} as a standby, validated; switching them all at once",
+                            r.label(),
+                            r.spec.version
+                        ));
+                        r.wave += 1;
+                        r.wave_started_ms = now;
                     } else {
                         r.phase = Phase::Baking;
                         r.bake_started_ms = Some(now);
@@ -915,8 +1043,13 @@ impl Rollouts {
                 if thin.is_empty() {
                     let summary: Vec<String> =
                         r.gates.iter().map(|g| format!("{} pass ({})", g.gate, g.detail)).collect();
-                    r.log(format!("{}: gates passed: {}", r.label(), summary.join("; ")));
-                    if r.wave + 1 == r.spec.waves.len() {
+                    r.log(format!(
+                        "{}: gates passed against {}: {}",
+                        r.label(),
+                        r.baseline_scope,
+                        summary.join("; ")
+                    ));
+                    if r.wave + 1 == r.steps() {
                         self.succeed(st, r);
                     } else {
                         r.wave += 1;
@@ -985,6 +1118,46 @@ fn watchdog_tripped(devices: &[DeviceRecord], r: &Rollout) -> Option<(String, St
             })
             .map(|e| (d.id.clone(), e.message.clone()))
     })
+}
+
+/// Brings `devices`' desired state for `model` to what `step` asks of `version`; returns the
+/// sealed states of the devices that changed (none when every one already says so).
+fn send_step(
+    st: &AppState,
+    devices: &[String],
+    model: &str,
+    version: &str,
+    step: Step,
+) -> Result<Vec<Outgoing>, StoreError> {
+    let mode = match step {
+        Step::Wave(_) | Step::Switch => return send(st, devices, model, version, "rollout-engine"),
+        Step::Canary(p) => SlotMode::Canary { percent: p },
+        Step::Standby => SlotMode::Standby,
+    };
+    let record = st
+        .registry
+        .get(model, version)
+        .map_err(|e| StoreError::Corrupt { key: format!("{model}@{version}"), detail: e.to_string() })?;
+    let candidate = Candidate { version: version.to_owned(), bundle_sha256: record.bundle_sha256, mode };
+    let mut need = Vec::new();
+    for d in devices {
+        let current = st.desired.get(d)?.and_then(|rec| rec.models.get(model).cloned());
+        if current.is_some_and(|m| m.candidate.as_ref() != Some(&candidate)) {
+            need.push(d.clone());
+        }
+    }
+    let changed = st.desired.update(
+        &need,
+        model,
+        |current| {
+            current.cloned().map(|mut m| {
+                m.candidate = Some(candidate.clone());
+                m
+            })
+        },
+        "rollout-engine",
+    )?;
+    changed.into_iter().map(|(device, rec)| st.desired.seal(&st.authority, &device, &rec)).collect()
 }
 
 /// Sets `model` to `version` on `devices` whose desired state says otherwise.
@@ -1071,10 +1244,19 @@ mod tests {
         let ok = spec(r#"{"model": "bc", "version": "1.1.0"}"#);
         assert_eq!(ok.validate().unwrap().len(), 3);
         for (text, says) in [
-            (r#"{"model": "bc", "version": "1", "strategy": "canary"}"#, "agent model slots"),
+            (r#"{"model": "bc", "version": "1", "strategy": "shadow"}"#, "shadow slots on the agent"),
+            (r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [5, 2.5, 100]}"#, "increase"),
+            (
+                r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [2.5, 100]}"#,
+                "whole percentages",
+            ),
+            (
+                r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [5, 50]}"#,
+                "`steps` must be 100",
+            ),
             (r#"{"model": "bc", "version": "1", "strategy": "yolo"}"#, "unknown strategy"),
             (r#"{"model": "bc", "version": "1", "waves": [50, 10, 100]}"#, "increase"),
-            (r#"{"model": "bc", "version": "1", "waves": [10, 50]}"#, "last wave must be 100"),
+            (r#"{"model": "bc", "version": "1", "waves": [10, 50]}"#, "`waves` must be 100"),
             (r#"{"model": "bc", "version": "1", "bake_secs": 0}"#, "bake_secs"),
             (r#"{"model": "bc", "version": "1", "min_labels": 0}"#, "at least 1"),
             (r#"{"model": "bc", "version": "1", "gates": ["p99<2x"]}"#, "no `<=`"),
@@ -1114,6 +1296,14 @@ mod tests {
             created_ms: 0,
             finished_ms: None,
         };
+        assert_eq!(
+            spec(r#"{"model": "bc", "version": "1", "strategy": "canary"}"#).plan(),
+            vec![Step::Canary(5), Step::Canary(25), Step::Canary(50), Step::Switch]
+        );
+        assert_eq!(
+            spec(r#"{"model": "bc", "version": "1", "strategy": "blue-green"}"#).plan(),
+            vec![Step::Standby, Step::Switch]
+        );
         // 1 % of 5 devices is still one device; each wave includes the ones before.
         let sizes: Vec<usize> = (0..4).map(|w| r.wave_devices(w).len()).collect();
         assert_eq!(sizes, vec![1, 1, 3, 5]);

@@ -50,12 +50,16 @@ pub struct StartArgs {
     /// Devices whose labels match, e.g. `tier=prod,site=a` (default: every device).
     #[arg(long, value_delimiter = ',')]
     selector: Vec<String>,
-    /// waves (other strategies need agent model slots, not in this build).
-    #[arg(long)]
+    /// waves (default: device by device), canary (a share of every target's requests, step by
+    /// step), or blue-green (a standby on every target, then one switch).
+    #[arg(long, value_parser = ["waves", "canary", "blue-green", "shadow"])]
     strategy: Option<String>,
     /// Cumulative percent of the targets per wave, ending at 100 (default 10,50,100).
     #[arg(long, value_delimiter = ',')]
     waves: Vec<f64>,
+    /// canary: percent of requests per step, ending at 100 = switch (default 5,25,50,100).
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<f64>,
     /// How long each wave runs before its gates decide, e.g. 10m, 90s (default 10m).
     #[arg(long, value_parser = parse_age)]
     bake: Option<u64>,
@@ -134,6 +138,7 @@ fn spec_from(args: &StartArgs) -> Result<Value, Failure> {
     };
     set("strategy", args.strategy.as_ref().map(|s| json!(s)));
     set("waves", (!args.waves.is_empty()).then(|| json!(args.waves)));
+    set("steps", (!args.steps.is_empty()).then(|| json!(args.steps)));
     set("bake_secs", args.bake.map(|ms| json!(ms / 1000)));
     set("gates", (!args.gates.is_empty()).then(|| json!(args.gates)));
     set("min_requests", args.min_requests.map(|v| json!(v)));
@@ -164,18 +169,26 @@ fn num(v: Option<f64>, share: bool) -> String {
 /// Prints a rollout view for people.
 pub fn print_rollout(v: &Value) {
     let spec = &v["spec"];
-    let waves = spec["waves"].as_array().map_or(0, Vec::len);
     let wave = v["wave"].as_u64().unwrap_or(0) as usize;
+    let strategy = spec["strategy"].as_str().unwrap_or("waves");
+    let step = match strategy {
+        "canary" => {
+            let n = spec["steps"].as_array().map_or(0, Vec::len);
+            format!("step {}/{n} (canary {}%)", wave + 1, spec["steps"][wave])
+        }
+        "blue-green" => format!("step {}/2 ({})", wave + 1, if wave == 0 { "standby" } else { "switch" }),
+        _ => {
+            let n = spec["waves"].as_array().map_or(0, Vec::len);
+            format!("wave {}/{n} ({}%)", wave + 1, spec["waves"][wave])
+        }
+    };
     say!(
-        "rollout {}  {}@{} (baseline {})  {}  wave {}/{} ({}%)",
+        "rollout {}  {}@{} (baseline {})  {strategy}  {}  {step}",
         v["id"].as_str().unwrap_or("?"),
         spec["model"].as_str().unwrap_or("?"),
         spec["version"].as_str().unwrap_or("?"),
         v["baseline"].as_str().unwrap_or("?"),
         v["phase"].as_str().unwrap_or("?").to_uppercase(),
-        wave + 1,
-        waves,
-        spec["waves"][wave]
     );
     if let Some(reason) = v["paused_reason"].as_str() {
         say!("paused: {reason}");
@@ -214,19 +227,28 @@ pub fn print_rollout(v: &Value) {
     }
     if let Some(devices) = v["devices"].as_array() {
         say!("devices:");
-        say!("  {:<24} {:>4} {:<14} {:<22} {:<10}", "DEVICE", "WAVE", "DESIRED", "ACTUAL", "LIVENESS");
+        say!(
+            "  {:<24} {:>4} {:<14} {:<22} {:<10} {}",
+            "DEVICE",
+            "WAVE",
+            "DESIRED",
+            "ACTUAL",
+            "LIVENESS",
+            "CANDIDATE"
+        );
         for d in devices {
             let actual = match (d["actual"].as_str(), d["actual_state"].as_str()) {
                 (Some(a), Some(s)) => format!("{a} ({s})"),
                 _ => "-".into(),
             };
             say!(
-                "  {:<24} {:>4} {:<14} {:<22} {:<10}{}",
+                "  {:<24} {:>4} {:<14} {:<22} {:<10} {}{}",
                 d["device"].as_str().unwrap_or(""),
                 d["wave"],
                 d["desired"].as_str().unwrap_or("-"),
                 actual,
                 d["liveness"].as_str().unwrap_or(""),
+                d["candidate"].as_str().unwrap_or("-"),
                 if d["skipped"] == true { " skipped" } else { "" }
             );
         }

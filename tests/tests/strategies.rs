@@ -1,0 +1,175 @@
+//! Rollout strategies that use the agents' candidate slot, end to end with three real agents
+//! and labelled traffic:
+//! - `canary`: every target answers a growing share of its requests with the candidate; each
+//!   step's gates compare the candidate with the primary **on the same devices in the same
+//!   window**; after the last step every device switches and the version becomes production.
+//! - `blue-green`: a standby is loaded and validated on every target, then every target switches
+//!   at once; when a gate fails after the switch (`2.0.0-bad`'s accuracy), every device switches
+//!   back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use outpost_tests::fleet::{Coordinator, ok, push, release_key, start_agent, validate, wait_serving};
+use outpost_tests::{Agent, LabelledTraffic, models_dir};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_device_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let key = release_key(&c);
+    let agents: Vec<(Agent, String)> = (0..3)
+        .map(|i| {
+            start_agent(
+                &c,
+                &dir.path().join(format!("agent-{i}")),
+                &format!("tier=prod,site=s{i}"),
+                &[&key],
+                "",
+            )
+        })
+        .collect();
+    for v in ["1.0.0", "1.1.0"] {
+        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
+        assert_eq!(validate(&c, v).0, 0);
+    }
+    ok(push(&c, "breast_cancer-2.0.0-bad", "2.0.0-bad"), "push");
+    let dataset = models_dir().join("breast_cancer_validation.csv");
+    ok(
+        c.ctl(&[
+            "model",
+            "validate",
+            "bc@2.0.0-bad",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--label",
+            "label",
+            "--min-accuracy",
+            "0.5",
+            "--max-accuracy-drop",
+            "1",
+            "--max-f1-drop",
+            "1",
+            "--p99-slack-ms",
+            "10000",
+        ]),
+        "lax validate",
+    );
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let all: Vec<&Agent> = agents.iter().map(|(a, _)| a).collect();
+    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
+    let common = [
+        "--selector",
+        "tier=prod",
+        "--gate",
+        "error_rate<=+1%",
+        "--gate",
+        "accuracy>=-5%",
+        "--gate",
+        "p99<=2x",
+        "--latency-slack-ms",
+        "50",
+        "--min-requests",
+        "20",
+        "--min-labels",
+        "20",
+    ];
+
+    // Canary in steps: 20 % → 50 % → switch.
+    let mut args = vec![
+        "--json",
+        "rollout",
+        "start",
+        "bc@1.1.0",
+        "--strategy",
+        "canary",
+        "--steps",
+        "20,50,100",
+        "--bake",
+        "3s",
+        "--wait",
+    ];
+    args.extend(common);
+    let (code, out, err) = c.ctl(&args);
+    assert_eq!(code, 0, "{out}{err}\n{}", c.log());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["phase"], "succeeded", "{v:#}");
+    let timeline: Vec<&str> =
+        v["timeline"].as_array().unwrap().iter().map(|t| t["message"].as_str().unwrap()).collect();
+    for step in [
+        "step 1/3 (canary 20% of requests): gates passed",
+        "step 2/3 (canary 50% of requests): gates passed",
+        "step 3/3 (switch every target): gates passed",
+    ] {
+        assert!(timeline.iter().any(|t| t.starts_with(step)), "no `{step}` in {timeline:#?}");
+    }
+    assert!(
+        timeline.iter().any(|t| t.contains("as a canary answering 20% of requests to 3 device(s)")),
+        "{timeline:#?}"
+    );
+    // The canary steps judged the candidate against the primary on the same devices, same
+    // window; the switch against the same devices before it.
+    let same = "gates passed against 1.0.0 as the primary on the same 3 device(s), same window";
+    assert_eq!(timeline.iter().filter(|t| t.contains(same)).count(), 2, "{timeline:#?}");
+    assert!(
+        timeline
+            .iter()
+            .any(|t| t.contains("in the 3 s before the switch") || t.contains("s before the switch")),
+        "{timeline:#?}"
+    );
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.1.0").await;
+        let (_, body) = agent.get("/v2/models/bc").await;
+        assert!(body["candidate"].is_null(), "{body}");
+    }
+    let show: Value =
+        serde_json::from_str(&ok(c.ctl(&["--json", "model", "show", "bc@1.1.0"]), "show")).unwrap();
+    assert_eq!(show["stage"], "production");
+    let audit = ok(c.ctl(&["audit", "list"]), "audit");
+    assert!(audit.contains("rollout.start"), "{audit}");
+
+    // Blue-green with 2.0.0-bad: standby everywhere, one switch, the accuracy gate fails, every
+    // device switches back to 1.1.0.
+    let mut args = vec![
+        "--json",
+        "rollout",
+        "start",
+        "bc@2.0.0-bad",
+        "--strategy",
+        "blue-green",
+        "--bake",
+        "10m",
+        "--wait",
+    ];
+    args.extend(common);
+    let (code, out, err) = c.ctl(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["phase"], "rolled_back", "{v:#}");
+    let timeline: Vec<&str> =
+        v["timeline"].as_array().unwrap().iter().map(|t| t["message"].as_str().unwrap()).collect();
+    assert!(
+        timeline.iter().any(|t| t.contains("every target runs 2.0.0-bad as a standby, validated")),
+        "{timeline:#?}"
+    );
+    assert!(
+        timeline.iter().any(|t| t.contains("sending 2.0.0-bad as the primary version to 3 device(s)")),
+        "{timeline:#?}"
+    );
+    let incident: Value = serde_json::from_str(&ok(
+        c.ctl(&["--json", "incident", "show", v["incident"].as_str().unwrap()]),
+        "incident",
+    ))
+    .unwrap();
+    assert_eq!(incident["gate"]["gate"], "accuracy>=-5%", "{incident:#}");
+    assert!(incident["baseline_scope"].as_str().unwrap().contains("before the switch"), "{incident:#}");
+    assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 3, "{incident:#}");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.1.0").await;
+    }
+    traffic.stop().await;
+}
