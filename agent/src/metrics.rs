@@ -28,6 +28,9 @@ pub const BUILD_INFO: &str = "outpost_agent_build_info";
 pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
 pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
 pub const WATCHDOG_ROLLBACKS_TOTAL: &str = "outpost_agent_watchdog_rollbacks_total";
+pub const SHADOW_REQUESTS_TOTAL: &str = "outpost_agent_shadow_requests_total";
+pub const SHADOW_ROWS_TOTAL: &str = "outpost_agent_shadow_rows_total";
+pub const SHADOW_SKIPPED_TOTAL: &str = "outpost_agent_shadow_skipped_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
@@ -116,6 +119,11 @@ pub struct Metrics {
     pub model_refusals: IntCounterVec,
     /// Versions the watchdog switched back on its own, by model.
     pub watchdog_rollbacks: IntCounterVec,
+    /// Shadow runs by model, version and outcome; their rows by agreement with the primary;
+    /// copies not run because the inference queue was full.
+    pub shadow_requests: IntCounterVec,
+    pub shadow_rows: IntCounterVec,
+    pub shadow_skipped: IntCounter,
     /// The last desired-state revision applied; desired states refused (signature, replay).
     pub desired_revision: IntGauge,
     pub desired_refusals: IntCounter,
@@ -310,6 +318,24 @@ impl Metrics {
                     "Version switches of bundle-managed models (import, rollback, desired state)."
                 ),
                 &["model"]
+            )?),
+            shadow_requests: reg!(IntCounterVec::new(
+                help(
+                    SHADOW_REQUESTS_TOTAL,
+                    "Shadow runs (copies of answered requests) by model, version and outcome."
+                ),
+                &["model", "version", "outcome"]
+            )?),
+            shadow_rows: reg!(IntCounterVec::new(
+                help(
+                    SHADOW_ROWS_TOTAL,
+                    "Rows a shadow run predicted, by whether they agreed with the primary."
+                ),
+                &["model", "version", "result"]
+            )?),
+            shadow_skipped: reg!(IntCounter::new(
+                SHADOW_SKIPPED_TOTAL,
+                "Shadow runs skipped because the inference queue was full (the primary's answers come first)."
             )?),
             watchdog_rollbacks: reg!(IntCounterVec::new(
                 help(

@@ -25,6 +25,7 @@ fn describe(mode: SlotMode) -> String {
     match mode {
         SlotMode::Canary { percent } => format!("canary ({percent}% of requests)"),
         SlotMode::Standby => "standby (loaded, serving only requests that name it)".into(),
+        SlotMode::Shadow => "shadow (runs on copies of the primary's requests, answers nothing)".into(),
     }
 }
 

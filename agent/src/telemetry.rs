@@ -17,7 +17,7 @@ use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::SigningKey;
 use outpost_shared::protocol::messages::{
     ActualState, AgentMessage, Event, EventKind, LogWindow, ModelState, ModelWindow, PredictionBatch, Report,
-    SystemStats,
+    ShadowReport, ShadowWindow, SystemStats,
 };
 use outpost_shared::protocol::records::PredictionRecord;
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for Sampling {
 }
 
 /// What one served request contributes to the window.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RowSummary {
     pub rows: usize,
     pub top_scores: Vec<f32>,
@@ -155,6 +155,29 @@ struct Acc {
     latency_us: LogHistogram,
     top_score: LogHistogram,
     labels: BTreeMap<String, u64>,
+    /// Shadow runs: rows compared with the primary's, rows that agreed, and that primary.
+    compared: u64,
+    agreed: u64,
+    primary: String,
+}
+
+/// How many of two summaries' rows predict the same: the same label, or for a model without
+/// labels the same top score within 1e-6 (relative). Returns (compared, agreed).
+pub fn agreement(primary: &RowSummary, shadow: &RowSummary) -> (u64, u64) {
+    if !primary.labels.is_empty() && primary.labels.len() == shadow.labels.len() {
+        let agreed = primary.labels.iter().zip(&shadow.labels).filter(|(a, b)| a == b).count();
+        return (primary.labels.len() as u64, agreed as u64);
+    }
+    if !primary.top_scores.is_empty() && primary.top_scores.len() == shadow.top_scores.len() {
+        let agreed = primary
+            .top_scores
+            .iter()
+            .zip(&shadow.top_scores)
+            .filter(|(a, b)| (**a - **b).abs() <= 1e-6 * a.abs().max(1.0))
+            .count();
+        return (primary.top_scores.len() as u64, agreed as u64);
+    }
+    (0, 0)
 }
 
 /// Accumulators per model, then version, with the window's start time (unix ms).
@@ -214,12 +237,36 @@ impl Window {
         }
     }
 
+    /// Records how a shadow run of `version` compared with `primary`'s answer.
+    pub fn compare(&self, model: &str, version: &str, primary: &str, compared: u64, agreed: u64) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let acc = guard.1.entry(model.to_owned()).or_default().entry(version.to_owned()).or_default();
+        acc.compared += compared;
+        acc.agreed += agreed;
+        if acc.primary != primary {
+            acc.primary = primary.to_owned();
+        }
+    }
+
     /// Takes the window's contents and starts a new one.
-    fn take(&self) -> (u64, Vec<ModelWindow>) {
+    fn take(&self) -> (u64, Vec<ModelWindow>, Vec<ShadowWindow>) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::mem::replace(&mut guard.0, now_ms());
         let accs = std::mem::take(&mut guard.1);
         drop(guard);
+        let mut shadows: Vec<ShadowWindow> = accs
+            .iter()
+            .flat_map(|(model, versions)| {
+                versions.iter().filter(|(_, a)| a.compared > 0).map(move |(version, a)| ShadowWindow {
+                    model: model.clone(),
+                    version: version.clone(),
+                    primary: a.primary.clone(),
+                    compared: a.compared,
+                    agreed: a.agreed,
+                })
+            })
+            .collect();
+        shadows.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
         let mut models: Vec<ModelWindow> = accs
             .into_iter()
             .flat_map(|(model, versions)| {
@@ -238,7 +285,7 @@ impl Window {
             })
             .collect();
         models.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
-        (started, models)
+        (started, models, shadows)
     }
 }
 
@@ -337,11 +384,16 @@ impl Reporter {
             );
         }
         self.batch_predictions(final_pass)?;
-        let (started, models) = self.window.take();
+        let (started, models, shadows) = self.window.take();
         let stats = self.log.as_ref().map(|l| l.stats()).unwrap_or_default();
+        let ended = now_ms();
+        if !shadows.is_empty() {
+            let shadow = ShadowReport { window_start_ms: started, window_end_ms: ended, models: shadows };
+            self.outbox.append(&self.key, &AgentMessage::Shadow(shadow), None)?;
+        }
         let report = Report {
             window_start_ms: started,
-            window_end_ms: now_ms(),
+            window_end_ms: ended,
             models,
             system: (self.system)(),
             prediction_log: LogWindow {
@@ -442,12 +494,35 @@ mod tests {
             RowSummary { rows: 2, top_scores: vec![0.9, 0.8], labels: vec!["1".into(), "0".into()] };
         window.observe("bc", "1.0.0", "primary", true, 120.0, Some(&summary));
         window.observe("bc", "1.0.0", "primary", false, 80.0, None);
-        let (_, models) = window.take();
+        let (_, models, shadows) = window.take();
+        assert!(shadows.is_empty());
         assert_eq!(models.len(), 1);
         let m = &models[0];
         assert_eq!((m.requests, m.errors, m.rows), (2, 1, 2));
         assert_eq!(m.latency_us.count(), 2);
         assert_eq!(m.label_counts.get("1"), Some(&1));
         assert!(window.take().1.is_empty());
+        // A shadow run: counted as the candidate's traffic in slot `shadow`, and its agreement.
+        let shadow = RowSummary { rows: 2, top_scores: vec![0.7, 0.8], labels: vec!["0".into(), "0".into()] };
+        assert_eq!(agreement(&summary, &shadow), (2, 1));
+        window.observe("bc", "2.0.0", "shadow", true, 90.0, Some(&shadow));
+        window.compare("bc", "2.0.0", "1.0.0", 2, 1);
+        let (_, models, shadows) = window.take();
+        assert_eq!((models.len(), models[0].slot.as_str()), (1, "shadow"));
+        assert_eq!(
+            shadows,
+            vec![ShadowWindow {
+                model: "bc".into(),
+                version: "2.0.0".into(),
+                primary: "1.0.0".into(),
+                compared: 2,
+                agreed: 1
+            }]
+        );
+        let unlabelled = RowSummary { rows: 1, top_scores: vec![0.5], labels: vec![] };
+        assert_eq!(
+            agreement(&unlabelled, &RowSummary { rows: 1, top_scores: vec![0.5], labels: vec![] }),
+            (1, 1)
+        );
     }
 }

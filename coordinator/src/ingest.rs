@@ -181,6 +181,8 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
             record.drift_at_ms = Some(report.at_ms);
             update_streaks(record, report, hysteresis);
         }
+        // Kept in the `shadow` tree (below); the device record has nothing to update.
+        AgentMessage::Shadow(_) => {}
         AgentMessage::Feedback(batch) => {
             record.counts.labels += batch.labels.len() as u64;
             record.counts.labels_unknown += batch.unknown;
@@ -304,6 +306,9 @@ impl Ingest {
             }
             (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
                 self.slos.put_report(device, report)?
+            }
+            (Ok(AgentMessage::Shadow(report)), Stored::New | Stored::Duplicate) => {
+                self.slos.put_shadow(device, report)?
             }
             (Ok(AgentMessage::Predictions(batch)), Stored::New | Stored::Duplicate) => {
                 self.predictions.put(device, batch)?

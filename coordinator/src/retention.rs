@@ -41,6 +41,7 @@ pub struct Pruned {
     pub drift_history: u64,
     pub predictions: u64,
     pub labels: u64,
+    pub shadow: u64,
 }
 
 /// The `u64` big-endian time right after the first `\0` of a key (`model \0 at_ms …`).
@@ -79,6 +80,7 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
         drift_history: prune_tree(store, "drift_history", cutoff_ms, |k, _| time_after_model(k))?,
         predictions: prune_tree(store, "predictions", cutoff_ms, json_time("at_ms"))?,
         labels: prune_tree(store, "labels", cutoff_ms, json_time("predicted_at_ms"))?,
+        shadow: prune_tree(store, "shadow", cutoff_ms, |k, _| time_after_model(k))?,
     })
 }
 
@@ -194,7 +196,7 @@ mod tests {
             labels.put("dev", &label(at, id)).unwrap();
         }
         let pruned = prune(&store, 2_000_000).unwrap();
-        assert_eq!(pruned, Pruned { traffic: 1, drift_history: 1, predictions: 1, labels: 1 });
+        assert_eq!(pruned, Pruned { traffic: 1, drift_history: 1, predictions: 1, labels: 1, shadow: 0 });
         assert_eq!(prune(&store, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
         for tree in ["traffic", "drift_history", "predictions", "labels"] {
             assert_eq!(store.tree(tree).unwrap().len(), 1, "{tree} keeps the newer entry");

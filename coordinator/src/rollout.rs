@@ -8,13 +8,15 @@
 //!   switch their primary version;
 //! - `canary` (`steps = [5, 25, 50, 100]`): every target runs the version in its candidate slot,
 //!   answering that percent of its requests; the final 100 switches every target;
-//! - `blue-green`: every target loads and validates it as a standby (no bake), then all switch.
+//! - `blue-green`: every target loads and validates it as a standby (no bake), then all switch;
+//! - `shadow`: every target runs it on copies of the requests its primary answers; the gates
+//!   judge its agreement with the primary; it is removed afterwards, nothing switches.
 //!
 //! Each step is *applied* (desired states sent; it waits until every device of the step reports
 //! the version ready in the right slot), then *bakes* for `bake_secs` while the gates
 //! ([`gates`]) compare the **candidate** (the new version on the moved devices since the bake
 //! began) with the **baseline** (the old version):
-//! - canary steps: on the same devices in the same window (both versions serve on each);
+//! - canary and shadow steps: on the same devices in the same window (both versions run on each);
 //! - waves: on the targets not yet moved, in the same window; once every target has moved (the
 //!   last wave), on the same targets in a window of the same length before the rollout started;
 //! - a switch: on the same targets in a window of the same length before the switch.
@@ -140,14 +142,8 @@ impl RolloutSpec {
             "waves" => ("waves", &self.waves),
             "canary" => ("steps", &self.steps),
             "blue-green" => ("waves", &blue_green),
-            "shadow" => {
-                return Err(
-                    "strategy `shadow` needs shadow slots on the agent (a candidate answering a copy of \
-                     each request), which this build does not have yet; use `canary`, `blue-green` or `waves`"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green)")),
+            "shadow" => ("waves", &blue_green),
+            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green, shadow)")),
         };
         if values.is_empty() || values.len() > 20 {
             return Err(format!("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]"));
@@ -180,15 +176,26 @@ impl RolloutSpec {
         if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
             return Err("`latency_slack_ms` must be 0 or more".into());
         }
-        let texts: Vec<&str> = if self.gates.is_empty() {
-            gates::DEFAULT_GATES.to_vec()
-        } else {
-            self.gates.iter().map(String::as_str).collect()
+        let shadow = self.strategy == "shadow";
+        let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
+            (true, true) => gates::DEFAULT_SHADOW_GATES.to_vec(),
+            (true, false) => gates::DEFAULT_GATES.to_vec(),
+            (false, _) => self.gates.iter().map(String::as_str).collect(),
         };
         if texts.len() > 20 {
             return Err("at most 20 gates".into());
         }
-        texts.into_iter().map(Gate::parse).collect()
+        let parsed = texts.into_iter().map(Gate::parse).collect::<Result<Vec<Gate>, String>>()?;
+        if let Some(g) = parsed.iter().find(|g| shadow && g.metric == gates::Metric::Accuracy) {
+            return Err(format!(
+                "gate `{}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`",
+                g.text
+            ));
+        }
+        if let Some(g) = parsed.iter().find(|g| !shadow && g.metric == gates::Metric::Agreement) {
+            return Err(format!("gate `{}`: agreement is measured by the `shadow` strategy only", g.text));
+        }
+        Ok(parsed)
     }
 
     fn thresholds(&self) -> Thresholds {
@@ -284,6 +291,8 @@ pub enum Step {
     Standby,
     /// Every target switches its primary to it at once.
     Switch,
+    /// Every target runs it on copies of the requests its primary answers; nothing switches.
+    Shadow,
 }
 
 impl RolloutSpec {
@@ -296,6 +305,7 @@ impl RolloutSpec {
                 .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
                 .collect(),
             "blue-green" => vec![Step::Standby, Step::Switch],
+            "shadow" => vec![Step::Shadow],
             _ => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
         }
     }
@@ -334,6 +344,7 @@ impl Rollout {
             Step::Canary(p) => format!("step {i}/{n} (canary {p}% of requests)"),
             Step::Standby => format!("step {i}/{n} (standby on every target)"),
             Step::Switch => format!("step {i}/{n} (switch every target)"),
+            Step::Shadow => format!("step {i}/{n} (shadow on every target)"),
         }
     }
 }
@@ -657,7 +668,7 @@ impl Rollouts {
             r.baseline,
             r.spec.bake_secs
         ));
-        if record.stage != Stage::Production {
+        if record.stage != Stage::Production && r.spec.strategy != "shadow" {
             let _ = st.registry.transition(
                 &r.spec.model,
                 &r.spec.version,
@@ -757,7 +768,9 @@ impl Rollouts {
         let (requests, errors, latency_us, n) =
             self.slos.traffic_where(model, from, to, |d, v| v == version && set.contains(d))?;
         let (labelled, correct) = self.labels.correct_on(model, version, devices, from, to)?;
-        Ok(Evidence { requests, errors, latency_us, labelled, correct, devices: n })
+        let (compared, agreed) =
+            self.slos.shadow_where(model, from, to, |d, v| v == version && set.contains(d))?;
+        Ok(Evidence { requests, errors, latency_us, labelled, correct, compared, agreed, devices: n })
     }
 
     /// The gates' verdicts for the current bake.
@@ -767,7 +780,7 @@ impl Rollouts {
         let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
         let candidate = self.evidence(&r.spec.model, &r.spec.version, &moved, from, now)?;
         let rest: Vec<String> = r.targets.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
-        let (baseline, scope) = if let Step::Canary(_) = r.step_at(r.wave) {
+        let (baseline, scope) = if matches!(r.step_at(r.wave), Step::Canary(_) | Step::Shadow) {
             let b = self.evidence(&r.spec.model, &r.baseline, &r.targets, from, now)?;
             (
                 b,
@@ -914,6 +927,7 @@ impl Rollouts {
                         Step::Wave(_) | Step::Switch => "as the primary version".to_owned(),
                         Step::Canary(p) => format!("as a canary answering {p}% of requests"),
                         Step::Standby => "as a standby".to_owned(),
+                        Step::Shadow => "as a shadow answering copies of requests".to_owned(),
                     };
                     r.log(format!(
                         "{}: sending {} {what} to {} device(s)",
@@ -935,6 +949,7 @@ impl Rollouts {
                     let slot = match step {
                         Step::Canary(_) => "canary",
                         Step::Standby => "standby",
+                        Step::Shadow => "shadow",
                         Step::Wave(_) | Step::Switch => "primary",
                     };
                     let running = d.is_some_and(|d| {
@@ -1049,7 +1064,20 @@ impl Rollouts {
                         r.baseline_scope,
                         summary.join("; ")
                     ));
-                    if r.wave + 1 == r.steps() {
+                    if r.step_at(r.wave) == Step::Shadow {
+                        // Evidence gathered; the shadow goes, nothing switched.
+                        out.extend(revert(st, r, "rollout-engine").map_err(|e| StoreError::Corrupt {
+                            key: format!("rollouts/{}", r.id),
+                            detail: e.to_string(),
+                        })?);
+                        r.phase = Phase::Succeeded;
+                        r.finished_ms = Some(now);
+                        r.log(format!(
+                            "succeeded: {}@{} matched its primary in shadow; the shadow is removed and nothing \
+                             switched — roll it out with `canary` or `blue-green`",
+                            r.spec.model, r.spec.version
+                        ));
+                    } else if r.wave + 1 == r.steps() {
                         self.succeed(st, r);
                     } else {
                         r.wave += 1;
@@ -1133,6 +1161,7 @@ fn send_step(
         Step::Wave(_) | Step::Switch => return send(st, devices, model, version, "rollout-engine"),
         Step::Canary(p) => SlotMode::Canary { percent: p },
         Step::Standby => SlotMode::Standby,
+        Step::Shadow => SlotMode::Shadow,
     };
     let record = st
         .registry
@@ -1244,7 +1273,11 @@ mod tests {
         let ok = spec(r#"{"model": "bc", "version": "1.1.0"}"#);
         assert_eq!(ok.validate().unwrap().len(), 3);
         for (text, says) in [
-            (r#"{"model": "bc", "version": "1", "strategy": "shadow"}"#, "shadow slots on the agent"),
+            (
+                r#"{"model": "bc", "version": "1", "strategy": "shadow", "gates": ["accuracy>=-1%"]}"#,
+                "no labels",
+            ),
+            (r#"{"model": "bc", "version": "1", "gates": ["agreement>=95%"]}"#, "`shadow` strategy only"),
             (r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [5, 2.5, 100]}"#, "increase"),
             (
                 r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [2.5, 100]}"#,

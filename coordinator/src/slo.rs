@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use outpost_shared::histogram::LogHistogram;
-use outpost_shared::protocol::messages::Report;
+use outpost_shared::protocol::messages::{Report, ShadowReport};
 use serde::{Deserialize, Serialize};
 
 use crate::quality::Labels;
@@ -77,6 +77,14 @@ pub struct TrafficWindow {
     pub latency_us: LogHistogram,
 }
 
+/// A shadow's agreement with its primary in one device's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowCounts {
+    pub primary: String,
+    pub compared: u64,
+    pub agreed: u64,
+}
+
 /// One objective's standing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Objective {
@@ -130,6 +138,9 @@ fn objective(
 pub struct Slos {
     specs: sled::Tree,
     traffic: sled::Tree,
+    /// Shadow agreement per window: same keys as `traffic` (the shadow's version), JSON
+    /// [`ShadowCounts`].
+    shadow: sled::Tree,
     store: Store,
 }
 
@@ -147,7 +158,12 @@ fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> 
 
 impl Slos {
     pub fn open(store: &Store) -> Result<Slos, StoreError> {
-        Ok(Slos { specs: store.tree("slos")?, traffic: store.tree("traffic")?, store: store.clone() })
+        Ok(Slos {
+            specs: store.tree("slos")?,
+            traffic: store.tree("traffic")?,
+            shadow: store.tree("shadow")?,
+            store: store.clone(),
+        })
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -166,6 +182,54 @@ impl Slos {
             );
         }
         self.traffic.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Keeps a shadow report's agreement per model version.
+    pub fn put_shadow(&self, device: &str, report: &ShadowReport) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for w in &report.models {
+            let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
+            batch.insert(
+                traffic_key(&w.model, report.window_end_ms, device, &w.version),
+                serde_json::to_vec(&value).unwrap_or_default(),
+            );
+        }
+        self.shadow.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Rows compared and agreed of shadow windows of `model` ending in `[from_ms, to_ms]`
+    /// whose device and version `keep` accepts.
+    pub fn shadow_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut start = model.as_bytes().to_vec();
+        start.push(0);
+        let skip = start.len() + 9;
+        let mut end = start.clone();
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
+        let (mut compared, mut agreed) = (0, 0);
+        for item in self.shadow.range(start..end) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(rest) = k.get(skip..) else { continue };
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(device), Ok(version)) = (std::str::from_utf8(device), std::str::from_utf8(version))
+            else {
+                continue;
+            };
+            if !keep(device, version) {
+                continue;
+            }
+            let Ok(c) = serde_json::from_slice::<ShadowCounts>(&v) else { continue };
+            compared += c.compared;
+            agreed += c.agreed;
+        }
+        Ok((compared, agreed))
     }
 
     pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {

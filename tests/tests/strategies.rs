@@ -6,13 +6,15 @@
 //! - `blue-green`: a standby is loaded and validated on every target, then every target switches
 //!   at once; when a gate fails after the switch (`2.0.0-bad`'s accuracy), every device switches
 //!   back.
+//! - `shadow`: every target runs the candidate on copies of the requests it answers; the
+//!   answers never change, the agreement with the primary is measured and gated.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use outpost_tests::fleet::{Coordinator, ok, push, release_key, start_agent, validate, wait_serving};
-use outpost_tests::{Agent, LabelledTraffic, models_dir};
-use serde_json::Value;
+use outpost_tests::fleet::{Coordinator, metric, ok, push, release_key, start_agent, validate, wait_serving};
+use outpost_tests::{Agent, LabelledTraffic, models_dir, validation_rows};
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_device_back() {
@@ -169,6 +171,111 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
     assert!(incident["baseline_scope"].as_str().unwrap().contains("before the switch"), "{incident:#}");
     assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 3, "{incident:#}");
     for (agent, _) in &agents {
+        wait_serving(agent, "1.1.0").await;
+    }
+
+    // Shadow: 2.0.0-bad runs on copies of the requests; the answers stay 1.1.0's, byte for
+    // byte apart from the prediction ids; its low agreement fails the gate.
+    let rows = validation_rows();
+    let a = &agents[0].0;
+    let answers = |a: &Agent| {
+        let rows = rows.clone();
+        let url = a.url("/v2/models/bc/infer");
+        async move {
+            let http = reqwest::Client::new();
+            let mut out = Vec::new();
+            for (_, features, _) in rows.iter().take(40) {
+                let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": features}]});
+                let mut v: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+                v["parameters"].take();
+                out.push(v);
+            }
+            out
+        }
+    };
+    let before = answers(a).await;
+    assert!(before.iter().all(|v| v["model_version"] == "1.1.0"), "{before:?}");
+    let started: Value = serde_json::from_str(&ok(
+        c.ctl(&[
+            "--json",
+            "rollout",
+            "start",
+            "bc@2.0.0-bad",
+            "--strategy",
+            "shadow",
+            "--bake",
+            "10m",
+            "--gate",
+            "agreement>=95%",
+            "--gate",
+            "error_rate<=+1%",
+            "--min-requests",
+            "20",
+        ]),
+        "shadow start",
+    ))
+    .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = a.get("/v2/models/bc").await;
+        if body["candidate"]["slot"] == "shadow" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no shadow: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = answers(a).await;
+    assert_eq!(during, before, "a shadow changed the answers");
+    let metrics = a.metrics_text().await;
+    assert!(
+        metric(
+            &metrics,
+            "outpost_agent_shadow_requests_total{model=\"bc\",outcome=\"ok\",version=\"2.0.0-bad\"}"
+        ) >= 40.0,
+        "{metrics}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let v: Value =
+            serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "status", &id]), "status")).unwrap();
+        if v["phase"] != "applying" && v["phase"] != "baking" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "shadow never ended: {v:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(v["phase"], "rolled_back", "{v:#}");
+    let incident: Value = serde_json::from_str(&ok(
+        c.ctl(&["--json", "incident", "show", v["incident"].as_str().unwrap()]),
+        "incident",
+    ))
+    .unwrap();
+    let gate = &incident["gate"];
+    assert_eq!(gate["gate"], "agreement>=95%", "{incident:#}");
+    let agreement = gate["candidate"].as_f64().unwrap();
+    assert!(agreement < 0.9 && gate["candidate_samples"].as_u64().unwrap() >= 20, "{incident:#}");
+    // The agent's own count of agreeing rows says the same.
+    let metrics = a.metrics_text().await;
+    let agreed = metric(
+        &metrics,
+        "outpost_agent_shadow_rows_total{model=\"bc\",result=\"agreed\",version=\"2.0.0-bad\"}",
+    );
+    let disagreed = metric(
+        &metrics,
+        "outpost_agent_shadow_rows_total{model=\"bc\",result=\"disagreed\",version=\"2.0.0-bad\"}",
+    );
+    assert!(disagreed > 0.0 && agreed / (agreed + disagreed) < 0.9, "{agreed} agreed, {disagreed} disagreed");
+    for (agent, _) in &agents {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = agent.get("/v2/models/bc").await;
+            if body["candidate"].is_null() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the shadow stayed: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         wait_serving(agent, "1.1.0").await;
     }
     traffic.stop().await;

@@ -129,6 +129,27 @@ fn record(
     Ok((ResponseParameters { prediction_ids }, summary))
 }
 
+/// Labels and scores of a request's rows, without recording them.
+fn summary_of(
+    served: &ServedModel,
+    slot: &str,
+    batch: usize,
+    outputs: &[outpost_shared::Tensor],
+) -> Result<crate::telemetry::RowSummary, ApiError> {
+    let named_outputs: Vec<(&str, &outpost_shared::Tensor)> =
+        served.signature().outputs.iter().map(|s| s.name.as_str()).zip(outputs).collect();
+    let info = RequestInfo {
+        model: &served.name,
+        version: &served.version,
+        slot,
+        latency_us: 0,
+        record_inputs: RecordInputs::Drop,
+    };
+    let records = records_for_request(0, batch, &info, &[], &named_outputs)
+        .map_err(|e| ApiError::Internal(format!("cannot read the predictions: {e}")))?;
+    Ok(crate::telemetry::RowSummary::from_records(&records))
+}
+
 fn bool_param(params: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, ApiError> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
@@ -169,6 +190,7 @@ pub fn handle(
     body: &[u8],
     header_len: Option<usize>,
     log: Option<&PredictionLog>,
+    summarize: bool,
 ) -> Result<Encoded, ApiError> {
     let job_started = Instant::now();
     let (json, binary) = match header_len {
@@ -345,6 +367,8 @@ pub fn handle(
                 record(served, slot, log, batch, &kept_inputs, &outputs, job_started.elapsed())?;
             (Some(parameters), Some(summary))
         }
+        // Not logged (the log is off, or a shadow run), but its predictions are compared.
+        None if summarize => (None, Some(summary_of(served, slot, batch, &outputs)?)),
         None => (None, None),
     };
 

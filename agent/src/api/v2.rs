@@ -224,15 +224,25 @@ async fn run_inference(
     let canary = match (&version, &candidate) {
         (None, Some(c)) => match c.mode {
             SlotMode::Canary { percent } => Some((percent, Arc::clone(&c.served))),
-            SlotMode::Standby => None,
+            SlotMode::Standby | SlotMode::Shadow => None,
         },
         _ => None,
     };
+    // A shadow runs on a copy of what the primary answered, after it answered.
+    let shadow = match (&version, &candidate) {
+        (None, Some(c)) if c.mode == SlotMode::Shadow => Some(Arc::clone(&c.served)),
+        _ => None,
+    };
+    let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes));
+    let header_len = inference_header_len(&headers);
+    let shadow_copy = shadow.as_ref().and(body.as_ref().ok().cloned());
+    let shadow_header = header_len.as_ref().ok().copied().flatten();
+    let summarize = shadow.is_some();
     let chosen: Arc<Mutex<(Arc<ServedModel>, &'static str)>> =
         Arc::new(Mutex::new(fixed.clone().unwrap_or_else(|| (Arc::clone(&served), "primary"))));
     let result = async {
-        let body = body.map_err(|r| ApiError::from_body(r, app.max_body_bytes))?;
-        let header_len = inference_header_len(&headers)?;
+        let body = body?;
+        let header_len = header_len?;
         let job_log = app.log.clone();
         let (runtime, job_entry, job_chosen) =
             (Arc::clone(&app.runtime), Arc::clone(&entry), Arc::clone(&chosen));
@@ -261,7 +271,7 @@ async fn run_inference(
                 if let Some(delay) = runtime.test_delay(&model.name, &model.version) {
                     std::thread::sleep(delay);
                 }
-                codec::handle(&model, slot, &body, header_len, job_log.as_deref())
+                codec::handle(&model, slot, &body, header_len, job_log.as_deref(), summarize)
             })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
@@ -295,6 +305,12 @@ async fn run_inference(
         let summary = result.as_ref().ok().and_then(|e| e.summary.as_ref());
         window.observe(labels[0], labels[1], slot, result.is_ok(), elapsed.as_micros() as f64, summary);
     }
+    if let (Some(candidate), Some(copy), Ok(encoded)) = (shadow, shadow_copy, &result)
+        && slot == "primary"
+        && let Some(primary_rows) = encoded.summary.clone()
+    {
+        run_shadow(&app, candidate, copy, shadow_header, primary_rows, served.version.clone());
+    }
     match result {
         Ok(encoded) => encoded_response(encoded),
         Err(e) => {
@@ -304,6 +320,45 @@ async fn run_inference(
             e.into_response()
         }
     }
+}
+
+/// Runs a shadow candidate on a copy of a request the primary answered — on the worker pool,
+/// after the answer, never delaying or changing it — and records its outcome and agreement.
+fn run_shadow(
+    app: &AppState,
+    candidate: Arc<ServedModel>,
+    body: Bytes,
+    header_len: Option<usize>,
+    primary_rows: crate::telemetry::RowSummary,
+    primary_version: String,
+) {
+    let job = app.pool.try_submit(move || {
+        let started = Instant::now();
+        let result = codec::handle(&candidate, "shadow", &body, header_len, None, true);
+        (result, started.elapsed(), candidate)
+    });
+    let Ok(job) = job else {
+        app.metrics.shadow_skipped.inc();
+        return;
+    };
+    let (window, metrics) = (app.window.clone(), Arc::clone(&app.metrics));
+    tokio::spawn(async move {
+        let Ok(Ok((result, elapsed, candidate))) = job.await else { return };
+        let (name, version) = (candidate.name.as_str(), candidate.version.as_str());
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        metrics.shadow_requests.with_label_values(&[name, version, outcome.label()]).inc();
+        let rows = result.as_ref().ok().and_then(|e| e.summary.as_ref());
+        let (compared, agreed) = rows.map_or((0, 0), |rows| crate::telemetry::agreement(&primary_rows, rows));
+        metrics.shadow_rows.with_label_values(&[name, version, "agreed"]).inc_by(agreed);
+        metrics.shadow_rows.with_label_values(&[name, version, "disagreed"]).inc_by(compared - agreed);
+        if let Some(window) = &window {
+            window.observe(name, version, "shadow", result.is_ok(), elapsed.as_micros() as f64, rows);
+            window.compare(name, version, &primary_version, compared, agreed);
+        }
+    });
 }
 
 fn encoded_response(encoded: Encoded) -> Response {

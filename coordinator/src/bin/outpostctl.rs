@@ -96,8 +96,12 @@ enum Command {
         /// As a standby beside each device's primary version: loaded and validated, answering
         /// only requests that name its version — then a plain `deploy` of it switches every
         /// device at once (blue-green).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shadow")]
         standby: bool,
+        /// As a shadow beside each device's primary version: runs on a copy of every request
+        /// the primary answers, off the response path; agreement goes to the coordinator.
+        #[arg(long, conflicts_with = "canary")]
+        shadow: bool,
     },
     /// API tokens with roles (viewer, operator, admin).
     #[command(subcommand)]
@@ -1494,12 +1498,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Bundle(_) | Command::Key(_) => {}
         Command::Model(command) => model_command(cli, &api, command)?,
-        Command::Deploy { target, selector, devices, canary, standby } => {
+        Command::Deploy { target, selector, devices, canary, standby, shadow } => {
             let (name, version) = split_target(target)?;
             let selector = parse_labels(selector)?;
             let slot = match (canary, standby) {
                 (Some(percent), _) => serde_json::json!({"canary": {"percent": percent}}),
                 (None, true) => serde_json::json!("standby"),
+                (None, false) if *shadow => serde_json::json!("shadow"),
                 (None, false) => serde_json::Value::Null,
             };
             let response: serde_json::Value = api.post_json(

@@ -31,6 +31,8 @@ pub enum Metric {
     /// A latency quantile in (0, 1).
     Latency(f64),
     Accuracy,
+    /// A shadow's rows predicted as its primary did (an absolute floor).
+    Agreement,
 }
 
 /// The limit a gate sets.
@@ -70,6 +72,7 @@ impl Gate {
         let metric = match name {
             "error_rate" => Metric::ErrorRate,
             "accuracy" => Metric::Accuracy,
+            "agreement" => Metric::Agreement,
             "p50" => Metric::Latency(0.5),
             "p90" => Metric::Latency(0.9),
             "p95" => Metric::Latency(0.95),
@@ -77,11 +80,11 @@ impl Gate {
             "p999" => Metric::Latency(0.999),
             other => {
                 return Err(format!(
-                    "gate `{text}`: unknown metric `{other}` (error_rate, accuracy, p50, p90, p95, p99, p999)"
+                    "gate `{text}`: unknown metric `{other}` (error_rate, accuracy, agreement, p50, p90, p95, p99, p999)"
                 ));
             }
         };
-        let wanted = if metric == Metric::Accuracy { ">=" } else { "<=" };
+        let wanted = if matches!(metric, Metric::Accuracy | Metric::Agreement) { ">=" } else { "<=" };
         if op != wanted {
             return Err(format!(
                 "gate `{text}`: `{name}` takes `{wanted}` (a {} limit)",
@@ -120,6 +123,11 @@ impl Gate {
                 return Err(format!("gate `{text}`: a latency gate takes a ratio (`1.2x`) or `ms`"));
             }
             let v = number(pct)? / 100.0;
+            if metric == Metric::Agreement && (pct.starts_with('+') || pct.starts_with('-')) {
+                return Err(format!(
+                    "gate `{text}`: agreement is already measured against the primary: give a floor, e.g. `agreement>=95%`"
+                ));
+            }
             if pct.starts_with('+') || pct.starts_with('-') {
                 let right_way = if metric == Metric::Accuracy { v <= 0.0 } else { v >= 0.0 };
                 if !right_way {
@@ -153,6 +161,9 @@ impl Gate {
 /// The gates a rollout uses when its spec names none.
 pub const DEFAULT_GATES: [&str; 3] = ["error_rate<=+1%", "p99<=1.5x", "accuracy>=-2%"];
 
+/// The `shadow` strategy's defaults: a shadow gets no labels, but its agreement is measured.
+pub const DEFAULT_SHADOW_GATES: [&str; 3] = ["error_rate<=+1%", "p99<=1.5x", "agreement>=95%"];
+
 /// What one side (candidate or baseline) did in the evaluation window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -161,6 +172,9 @@ pub struct Evidence {
     pub latency_us: LogHistogram,
     pub labelled: u64,
     pub correct: u64,
+    /// Shadow rows compared with the primary's answers, and how many agreed.
+    pub compared: u64,
+    pub agreed: u64,
     /// Devices that contributed.
     pub devices: usize,
 }
@@ -232,12 +246,19 @@ pub fn evaluate(gate: &Gate, candidate: &Evidence, baseline: &Evidence, t: Thres
             false,
         ),
         Metric::Latency(q) => latency_gate(gate, q, candidate, baseline, t),
+        Metric::Agreement => {
+            rate_gate(gate, (candidate.agreed, candidate.compared), (0, 0), t.min_requests, false)
+        }
     }
 }
 
 /// A share gate: error rate (an upper limit) or accuracy (a lower one).
 fn rate_gate(gate: &Gate, cand: (u64, u64), base: (u64, u64), min: u64, upper: bool) -> GateResult {
-    let what = if upper { "requests" } else { "labelled predictions" };
+    let what = match gate.metric {
+        Metric::ErrorRate => "requests",
+        Metric::Agreement => "shadow rows compared",
+        _ => "labelled predictions",
+    };
     let share = |(hits, n): (u64, u64)| (n > 0).then(|| hits as f64 / n as f64);
     let (c, b) = (share(cand), share(base));
     let mut result = GateResult {
@@ -370,6 +391,8 @@ mod tests {
             ("p99<1.2x", "no `<=`"),
             ("latency<=2x", "unknown metric"),
             ("accuracy<=1%", "takes `>=`"),
+            ("agreement>=-1%", "already measured against the primary"),
+            ("agreement<=90%", "takes `>=`"),
             ("error_rate<=1.2x", "latency gates only"),
             ("p99<=5%", "ratio"),
             ("p99<=0.5x", "below 1x"),
@@ -414,6 +437,19 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         let r = evaluate(&gate("accuracy>=-1%"), &labelled(60, 59), &labelled(60, 59), T);
         assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+    }
+
+    #[test]
+    fn agreement_is_a_floor_on_the_shadow_alone() {
+        let shadow = |compared, agreed| Evidence { compared, agreed, ..Evidence::default() };
+        let r = evaluate(&gate("agreement>=95%"), &shadow(200, 120), &Evidence::default(), T);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!((r.candidate.unwrap() - 0.6).abs() < 1e-12, "{r:?}");
+        let r = evaluate(&gate("agreement>=95%"), &shadow(200, 199), &Evidence::default(), T);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        let r = evaluate(&gate("agreement>=95%"), &shadow(50, 10), &Evidence::default(), T);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(r.detail.contains("50 shadow rows compared, needs 100"), "{}", r.detail);
     }
 
     #[test]

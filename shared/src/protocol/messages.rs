@@ -33,6 +33,8 @@ pub enum AgentMessage {
     /// Appended after the first four, so their bodies decode as before.
     Drift(DriftReport),
     Feedback(FeedbackBatch),
+    /// Appended last: how often a shadow candidate agreed with the primary.
+    Shadow(ShadowReport),
 }
 
 impl AgentMessage {
@@ -45,6 +47,7 @@ impl AgentMessage {
             AgentMessage::State(_) => "state",
             AgentMessage::Drift(_) => "drift",
             AgentMessage::Feedback(_) => "feedback",
+            AgentMessage::Shadow(_) => "shadow",
         }
     }
 }
@@ -115,6 +118,26 @@ pub struct PredictionBatch {
     /// The sampling that selected them, e.g. `all`, `1/10`.
     pub sampling: String,
     pub records: Vec<PredictionRecord>,
+}
+
+/// Shadow candidates in one reporting window: each ran on copies of the requests its primary
+/// answered, off the response path; `agreed` of `compared` rows gave the primary's prediction
+/// (the same label; or, for a model without one, the same top score within 1e-6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    pub models: Vec<ShadowWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowWindow {
+    pub model: String,
+    /// The shadow candidate's version, and the primary it was compared with.
+    pub version: String,
+    pub primary: String,
+    pub compared: u64,
+    pub agreed: u64,
 }
 
 /// Something that happened on the agent.
@@ -299,6 +322,9 @@ pub enum SlotMode {
     Canary { percent: u8 },
     /// Loaded and validated, answers only requests that name its version.
     Standby,
+    /// Runs on a copy of every request the primary answers, off the response path; its
+    /// answers are compared with the primary's and never returned.
+    Shadow,
 }
 
 impl SlotMode {
@@ -307,6 +333,7 @@ impl SlotMode {
         match self {
             SlotMode::Canary { .. } => "canary",
             SlotMode::Standby => "standby",
+            SlotMode::Shadow => "shadow",
         }
     }
 }
@@ -406,6 +433,14 @@ pub fn decode_agent(bytes: &[u8]) -> Result<AgentMessage, MessageError> {
             window.latency_us.validate()?;
             window.top_score.validate()?;
         }
+    }
+    if let AgentMessage::Shadow(shadow) = &message
+        && let Some(bad) = shadow.models.iter().find(|w| w.agreed > w.compared)
+    {
+        return Err(MessageError::Malformed(format!(
+            "shadow window of `{}` {} agrees on {} of {} rows",
+            bad.model, bad.version, bad.agreed, bad.compared
+        )));
     }
     if let AgentMessage::Drift(drift) = &message {
         let verdicts = drift.models.iter().flat_map(|m| m.features.iter().chain(&m.prediction));
