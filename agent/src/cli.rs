@@ -51,6 +51,30 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Health probe for container HEALTHCHECKs: exit 0 when the agent answers ready, 1 if not.
     Probe(ProbeArgs),
+    /// Load-test a coordinator: enrol and run many simulated agents in this one process (own
+    /// identity, MQTT connection, signed reports and reconcile loop each; no models run).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The coordinator's API URL.
+    #[arg(long)]
+    pub coordinator: String,
+    /// File holding an admin token (one enrolment token is created per simulated device).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// CA certificate (PEM) of an https:// coordinator.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub devices: u64,
+    /// Seconds between each device's reports.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval_secs: u64,
+    /// Labels of every simulated device, e.g. `tier=sim` (each also gets `sim=<0-99>`).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +223,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::ImportAck(args) => transfer::import_ack(&args),
         Command::Import(args) => bundles::import(&args),
         Command::Rollback(args) => bundles::rollback(&args),
+        Command::Simulate(args) => simulate(&args),
         Command::Probe(args) => outpost_shared::tls::ProbeTarget {
             url: args.url,
             ca_file: args.ca_file,
@@ -482,4 +507,74 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `outpost-agent simulate`: enrol, then run until Ctrl-C, printing the fleet's counters.
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let admin_token = match std::fs::read_to_string(&args.token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => return fail(format!("cannot read {}: {e}", args.token_file.display())),
+    };
+    let ca_pem = match &args.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in args.labels.iter().filter(|l| !l.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.insert(k.to_owned(), v.to_owned()),
+            _ => return fail(format!("label `{pair}` must look like key=value")),
+        };
+    }
+    let plan = crate::simulate::Plan {
+        api_url: args.coordinator.clone(),
+        admin_token,
+        ca_pem,
+        devices: args.devices as usize,
+        labels,
+        parallel: 8,
+    };
+    let started = std::time::Instant::now();
+    let devices = match crate::simulate::enrol_all(&plan, &|n| eprintln!("enrolled {n}/{}", plan.devices)) {
+        Ok(devices) => devices,
+        Err(e) => {
+            eprintln!("error: enrolment failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("enrolled {} devices in {:.1} s", devices.len(), started.elapsed().as_secs_f64());
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        return fail("cannot start the async runtime".into());
+    };
+    let stats = std::sync::Arc::new(crate::simulate::Stats::default());
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let interval = std::time::Duration::from_secs(args.interval_secs);
+        let fleet =
+            tokio::spawn(crate::simulate::run(devices, interval, std::sync::Arc::clone(&stats), stop_rx));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                    eprintln!(
+                        "{} connected, {} reports sent, {} desired states received ({} refused)",
+                        stats.connected.load(std::sync::atomic::Ordering::Relaxed),
+                        stats.reports.load(std::sync::atomic::Ordering::Relaxed),
+                        stats.desired.load(std::sync::atomic::Ordering::Relaxed),
+                        stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+                    );
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = fleet.await;
+    });
+    ExitCode::SUCCESS
 }

@@ -12,6 +12,7 @@
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
 //! - [`server`]: the `serve` lifecycle (bind, load, drain on signal).
+//! - [`simulate`]: many simulated agents in one process, for coordinator load tests.
 //! - [`cli`], [`check_model`], [`logging`]: the binary's edges.
 #![forbid(unsafe_code)]
 
@@ -33,5 +34,6 @@ pub mod pool;
 pub mod prediction_log;
 pub mod reconcile;
 pub mod server;
+pub mod simulate;
 pub mod telemetry;
 pub mod watchdog;

@@ -220,6 +220,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         for (status, n) in by_status {
             state.metrics.devices.with_label_values(&[status]).set(n);
         }
+        // What the fleet runs, from the actual states devices reported.
+        let mut running: BTreeMap<[&str; 4], i64> = BTreeMap::new();
+        for m in devices.iter().flat_map(|d| &d.models) {
+            *running
+                .entry([m.name.as_str(), m.version.as_str(), m.slot.as_str(), m.state.as_str()])
+                .or_insert(0) += 1;
+        }
+        state.metrics.model_devices.reset();
+        for (labels, n) in running {
+            state.metrics.model_devices.with_label_values(&labels).set(n);
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }

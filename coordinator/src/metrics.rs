@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Alerts firing now, by name; notifications sent, by sink and result.
     pub alerts_firing: IntGaugeVec,
     pub alert_notifications: IntCounterVec,
+    /// Devices by what they report running: model, version, slot and state.
+    pub model_devices: IntGaugeVec,
     /// Rollouts applying, baking or paused; automatic rollbacks, by model.
     pub rollouts_active: prometheus::IntGauge,
     pub rollout_rollbacks: IntCounterVec,
@@ -109,7 +111,17 @@ impl Metrics {
             "Rollouts the engine rolled back by itself (a gate, a failed device, a timeout), by model.",
             "model",
         );
+        let model_devices = IntGaugeVec::new(
+            Opts::new(
+                "outpost_coordinator_model_devices",
+                "Devices by the model version they report running, its slot and state.",
+            ),
+            &["model", "version", "slot", "state"],
+        )
+        .unwrap_or_else(|e| panic!("metric model_devices: {e}"));
+        registry.register(Box::new(model_devices.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
+            model_devices,
             rollouts_active,
             rollout_rollbacks,
             alerts_firing,

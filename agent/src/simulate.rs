@@ -1,0 +1,295 @@
+//! `outpost-agent simulate`: many lightweight simulated agents in one process, for load tests
+//! of a coordinator and its broker. Each simulated device is a real fleet member as far as the
+//! coordinator can tell: its own Ed25519 identity and TLS key, enrolled with a one-time token
+//! (created with an admin token), its own MQTT connection with its client certificate, signed
+//! window reports with strictly increasing sequence numbers every `interval`, and a reconcile
+//! loop that verifies each retained desired state (the coordinator's signature, this device,
+//! a newer revision) and reports the versions as its actual state. No model runs (no tract, no
+//! downloads): what is measured is the control plane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_shared::histogram::LogHistogram;
+use outpost_shared::protocol::keys::{PublicKey, SigningKey};
+use outpost_shared::protocol::messages::{
+    self, ActualState, AgentMessage, CoordinatorMessage, LogWindow, ModelState, ModelWindow, OutboxStats,
+    Report, SystemStats,
+};
+use outpost_shared::protocol::topics::{self, Channel};
+use outpost_shared::protocol::{self};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::watch;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The coordinator's API, e.g. `http://127.0.0.1:7400`.
+    pub api_url: String,
+    /// An admin token (to create one enrolment token per device).
+    pub admin_token: String,
+    pub ca_pem: Option<Vec<u8>>,
+    pub devices: usize,
+    pub labels: BTreeMap<String, String>,
+    /// Enrolments in flight at once.
+    pub parallel: usize,
+}
+
+/// One enrolled simulated device.
+pub struct SimDevice {
+    pub id: String,
+    signing: SigningKey,
+    tls: Arc<rustls::ClientConfig>,
+    coordinator: PublicKey,
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Counters of the whole simulated fleet.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connected: AtomicUsize,
+    pub reports: AtomicU64,
+    pub desired: AtomicU64,
+    pub refused: AtomicU64,
+    /// Device index → model versions of its newest applied desired state (`name@version`).
+    running: Mutex<HashMap<usize, Vec<String>>>,
+}
+
+impl Stats {
+    /// How many devices run `name@version` per their newest desired state.
+    pub fn running(&self, target: &str) -> usize {
+        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.values().filter(|v| v.iter().any(|m| m == target)).count()
+    }
+}
+
+/// Enrols `plan.devices` devices (blocking; `parallel` at a time), calling `progress` with the
+/// count done so far.
+pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<SimDevice>, String> {
+    let http =
+        outpost_shared::tls::api_client(&plan.api_url, plan.ca_pem.as_deref(), Duration::from_secs(60))?;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Result<SimDevice, String>>> = Mutex::new(Vec::with_capacity(plan.devices));
+    std::thread::scope(|scope| {
+        for _ in 0..plan.parallel.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= plan.devices {
+                        return;
+                    }
+                    let result = enrol_one(plan, &http, i);
+                    let failed = result.is_err();
+                    results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(result);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if failed {
+                        return;
+                    }
+                    if n % 500 == 0 || n == plan.devices {
+                        progress(n);
+                    }
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().collect()
+}
+
+fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice, String> {
+    let api = plan.api_url.trim_end_matches('/');
+    let mut labels = plan.labels.clone();
+    labels.insert("sim".into(), format!("{}", index % 100));
+    let answer = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str| {
+        let mut r = r.map_err(|e| format!("{what}: {e}"))?;
+        let status = r.status();
+        let text = r.body_mut().read_to_string().map_err(|e| format!("{what}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{what}: {status}: {text}"));
+        }
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("{what}: {e}"))
+    };
+    let token = answer(
+        http.post(format!("{api}/api/v1/enrolment-tokens"))
+            .header("Authorization", &format!("Bearer {}", plan.admin_token))
+            .send_json(serde_json::json!({ "labels": labels })),
+        "enrolment token",
+    )?;
+    let (signing, _) = SigningKey::generate().map_err(|e| e.to_string())?;
+    let id = format!("dev-{}", signing.key_id());
+    let tls_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, id.clone());
+    let csr = params.serialize_request(&tls_key).and_then(|c| c.pem()).map_err(|e| e.to_string())?;
+    let enrolled = answer(
+        http.post(format!("{api}/api/v1/enrol")).send_json(serde_json::json!({
+            "token": token["token"],
+            "device_id": id,
+            "public_key": hex::encode(signing.public_key().as_bytes()),
+            "csr": csr,
+        })),
+        "enrol",
+    )?;
+    let text =
+        |k: &str| enrolled[k].as_str().map(str::to_owned).ok_or(format!("enrolment answer has no `{k}`"));
+    let (host, port) = outpost_shared::endpoints::parse_mqtts_url(&text("broker_url")?)?;
+    let tls = outpost_shared::tls::client_config(
+        text("broker_ca")?.as_bytes(),
+        text("client_certificate")?.as_bytes(),
+        tls_key.serialize_pem().as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let key = hex::decode(text("coordinator_public_key")?).map_err(|e| e.to_string())?;
+    let coordinator = PublicKey::from_bytes(&key).map_err(|e| e.to_string())?;
+    Ok(SimDevice { id, signing, tls, coordinator, host, port })
+}
+
+/// Runs every device until `stop` turns true; reports spread evenly over `interval`.
+pub async fn run(
+    devices: Vec<SimDevice>,
+    interval: Duration,
+    stats: Arc<Stats>,
+    stop: watch::Receiver<bool>,
+) {
+    let n = devices.len().max(1);
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            tokio::spawn(device_loop(i, d, interval, offset, Arc::clone(&stats), stop.clone()))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn report(model: Option<&(String, String)>, start: u64, end: u64, latency: &LogHistogram) -> Report {
+    Report {
+        window_start_ms: start,
+        window_end_ms: end,
+        models: model
+            .map(|(name, version)| ModelWindow {
+                model: name.clone(),
+                version: version.clone(),
+                slot: "primary".into(),
+                requests: 100,
+                errors: 0,
+                rows: 100,
+                latency_us: latency.clone(),
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::new(),
+            })
+            .into_iter()
+            .collect(),
+        system: SystemStats::default(),
+        prediction_log: LogWindow::default(),
+        outbox: OutboxStats::default(),
+    }
+}
+
+async fn device_loop(
+    index: usize,
+    d: SimDevice,
+    interval: Duration,
+    offset: Duration,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let topic = |c| topics::topic(&d.id, c).unwrap_or_default();
+    let (report_topic, desired_topic, presence) =
+        (topic(Channel::Report), topic(Channel::Desired), topic(Channel::Presence));
+    let mut options = MqttOptions::new(d.id.clone(), d.host.clone(), d.port);
+    options
+        .set_keep_alive(Duration::from_secs(60))
+        .set_clean_session(true)
+        .set_max_packet_size(protocol::MAX_ENVELOPE_BYTES + 4096, protocol::MAX_ENVELOPE_BYTES + 4096)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::clone(&d.tls))));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(30);
+    eventloop.set_network_options(network);
+    let mut latency = LogHistogram::default();
+    latency.record_n(250.0, 100);
+    let (mut seq, mut revision, mut was_connected) = (1u64, 0u64, false);
+    let mut model: Option<(String, String)> = None;
+    let mut window_start = outpost_shared::endpoints::now_ms();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let seal = |seq: u64, message: &AgentMessage| {
+        protocol::seal(&d.signing, seq, outpost_shared::endpoints::now_ms(), &messages::encode(message))
+    };
+    loop {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            _ = ticker.tick() => {
+                let now = outpost_shared::endpoints::now_ms();
+                let body = AgentMessage::Report(report(model.as_ref(), window_start, now, &latency));
+                window_start = now;
+                if let Ok(wire) = seal(seq, &body)
+                    && client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire).is_ok()
+                {
+                    seq += 1;
+                    stats.reports.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if !was_connected {
+                        was_connected = true;
+                        stats.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = client.try_subscribe(desired_topic.clone(), QoS::AtLeastOnce);
+                    let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {
+                    stats.desired.fetch_add(1, Ordering::Relaxed);
+                    let opened = protocol::open(&p.payload, |_| Some(d.coordinator));
+                    let desired = opened.ok().and_then(|o| messages::decode_coordinator(&o.body).ok());
+                    let Some(CoordinatorMessage::Desired(state)) = desired else {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if state.device != d.id || state.revision <= revision {
+                        continue;
+                    }
+                    revision = state.revision;
+                    model = state.models.first().map(|m| (m.name.clone(), m.version.clone()));
+                    let versions: Vec<String> = state.models.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
+                    stats.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(index, versions);
+                    let actual = AgentMessage::State(ActualState {
+                        agent_version: format!("{}-sim", env!("CARGO_PKG_VERSION")),
+                        models: state
+                            .models
+                            .iter()
+                            .map(|m| ModelState {
+                                name: m.name.clone(),
+                                version: m.version.clone(),
+                                slot: "primary".into(),
+                                state: "ready".into(),
+                                reason: None,
+                            })
+                            .collect(),
+                    });
+                    if let Ok(wire) = seal(seq, &actual)
+                        && client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire).is_ok()
+                    {
+                        seq += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Fleet scale benchmark: one coordinator (embedded broker, release build) and N simulated
+//! agents (`outpost_agent::simulate`, in this process: own identity, mTLS MQTT connection,
+//! signed reports every 10 s, a reconcile loop each) on this machine.
+//!
+//! Prints: enrolment and connection time; the coordinator's CPU and memory while N devices
+//! report every 10 s, with the reports it stored per second against the N/10 they send; then
+//! the time from `deploy` (every device) and from `rollback` until every simulated device has
+//! applied the new desired state, and until the coordinator's own view (its `/metrics`, from
+//! the actual states devices report back) shows every device on the new version — against
+//! DESIGN §8's targets (≤ 5 s to reach all, ≤ 10 s to roll all back).
+//!
+//! `cargo bench -p outpost --bench fleet`; `OUTPOST_BENCH_DEVICES` (10000),
+//! `OUTPOST_BENCH_STEADY_SECS` (60). Simulator and coordinator share this machine's cores.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// CPU seconds (user + system) and resident memory of a process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu, rss_kb * 1024)
+}
+
+struct Coordinator {
+    child: Child,
+    url: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    fn call(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Value {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {}", self.token);
+        let result = match (method, body) {
+            ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
+            ("PUT", Some((kind, b))) => {
+                self.http.put(&url).header("Authorization", &auth).header("Content-Type", kind).send(&b[..])
+            }
+            (_, Some((kind, b))) => {
+                self.http.post(&url).header("Authorization", &auth).header("Content-Type", kind).send(&b[..])
+            }
+            (_, None) => self.http.post(&url).header("Authorization", &auth).send_empty(),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+        assert!(status.is_success(), "{method} {path}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+
+    fn metrics(&self) -> String {
+        match self.http.get(format!("{}/metrics", self.url)).call() {
+            Ok(mut r) => r.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Devices the coordinator sees running `bc@version` as their ready primary.
+    fn running(&self, version: &str) -> u64 {
+        let needle = format!("version=\"{version}\"");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("outpost_coordinator_model_devices{"))
+            .filter(|l| {
+                l.contains(&needle) && l.contains("slot=\"primary\"") && l.contains("state=\"ready\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    fn stored(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with("outpost_coordinator_ingest_total{result=\"stored\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn push_and_validate(c: &Coordinator, models: &Path, version: &str) {
+    let spec = outpost_coordinator::packaging::BuildSpec {
+        model: models.join(format!("breast_cancer-{version}.onnx")),
+        name: "bc".into(),
+        version: version.into(),
+        baseline: Some(models.join("breast_cancer_holdout.csv")),
+        exclude: vec!["label".into()],
+        reference: None,
+        card: None,
+        metadata: Default::default(),
+        hyperparameters: Default::default(),
+        training_date: None,
+        dataset_sha256: None,
+        parent_version: None,
+        nan_policy: outpost_shared::bundle::NanPolicy::Reject,
+    };
+    let (bundle, _) = outpost_coordinator::packaging::build(&spec, 0).expect("bundle");
+    c.call(
+        "PUT",
+        &format!("/api/v1/models/bc/versions/{version}"),
+        Some(("application/octet-stream", bundle.to_bytes())),
+    );
+    let csv = std::fs::read(models.join("breast_cancer_validation.csv")).expect("validation set");
+    let report = c.call(
+        "POST",
+        &format!("/api/v1/models/bc/versions/{version}/validate?label=label&p99_slack_ms=1000"),
+        Some(("text/csv", csv)),
+    );
+    assert_eq!(report["passed"], true, "{report}");
+}
+
+/// Times a fleet-wide change: until every simulated device applied it, and until the
+/// coordinator's view shows every device on `version`.
+fn time_change(
+    c: &Coordinator,
+    stats: &outpost_agent::simulate::Stats,
+    devices: u64,
+    version: &str,
+    change: impl FnOnce(),
+) -> (f64, f64, f64) {
+    let target = format!("bc@{version}");
+    let t0 = Instant::now();
+    change();
+    let request = t0.elapsed().as_secs_f64();
+    let (mut reached, mut reported) = (None, None);
+    let deadline = t0 + Duration::from_secs(300);
+    while (reached.is_none() || reported.is_none()) && Instant::now() < deadline {
+        if reached.is_none() && stats.running(&target) as u64 >= devices {
+            reached = Some(t0.elapsed().as_secs_f64());
+        }
+        if reported.is_none() && c.running(version) >= devices {
+            reported = Some(t0.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (request, reached.unwrap_or(f64::NAN), reported.unwrap_or(f64::NAN))
+}
+
+fn main() {
+    let devices = env_or("OUTPOST_BENCH_DEVICES", 10_000);
+    let steady = env_or("OUTPOST_BENCH_STEADY_SECS", 60);
+    let interval = Duration::from_secs(10);
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models");
+    let dir = std::env::temp_dir().join(format!("outpost-fleet-bench-{}", std::process::id()));
+    let (api, broker) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["coordinator", "serve", "--log-format", "json", "--data-dir"])
+        .arg(dir.join("coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{api}"), "--broker-listen", &format!("127.0.0.1:{broker}")])
+        .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_PER_SEC", "1000000")
+        .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_BURST", "1000000")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join("outpost-fleet-bench-coordinator.log"))
+                .expect("log"),
+        )
+        .spawn()
+        .expect("start the coordinator");
+    let pid = child.id();
+    let url = format!("http://127.0.0.1:{api}");
+    let token_file = dir.join("coordinator/admin.token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        if let Ok(t) = std::fs::read_to_string(&token_file)
+            && ureq::get(format!("{url}/healthz")).call().is_ok()
+        {
+            break t.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the coordinator did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let http = outpost_shared::tls::api_client(&url, None, Duration::from_secs(600)).expect("client");
+    let c = Coordinator { child, url: url.clone(), token: token.clone(), http };
+
+    println!(
+        "fleet benchmark: {devices} simulated devices reporting every {} s; one coordinator; 2 cores shared",
+        interval.as_secs()
+    );
+    let plan = outpost_agent::simulate::Plan {
+        api_url: url.clone(),
+        admin_token: token,
+        ca_pem: None,
+        devices: devices as usize,
+        labels: [("tier".to_owned(), "sim".to_owned())].into(),
+        parallel: 8,
+    };
+    let started = Instant::now();
+    let fleet = outpost_agent::simulate::enrol_all(&plan, &|n| {
+        if n % 2000 == 0 {
+            eprintln!("  enrolled {n}");
+        }
+    })
+    .expect("enrolment");
+    println!(
+        "  enrolment: {devices} devices in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        devices as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let stats = Arc::new(outpost_agent::simulate::Stats::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let sim = runtime.spawn(outpost_agent::simulate::run(fleet, interval, Arc::clone(&stats), stop_rx));
+    let connected =
+        |s: &outpost_agent::simulate::Stats| s.connected.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    while connected(&stats) < devices && started.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "  connected: {} of {devices} over mutual TLS in {:.1} s",
+        connected(&stats),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Steady state: one report per device every interval.
+    std::thread::sleep(interval * 2);
+    let (cpu0, _) = usage(pid);
+    let stored0 = c.stored();
+    let t0 = Instant::now();
+    let mut peak_rss = 0;
+    while t0.elapsed() < Duration::from_secs(steady) {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss = peak_rss.max(usage(pid).1);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu1, rss) = usage(pid);
+    let stored = (c.stored() - stored0) / secs;
+    let sent = devices as f64 / interval.as_secs_f64();
+    println!(
+        "  steady state over {secs:.0} s: coordinator CPU {:.0}% of one core ({:.0}% of the machine), RSS {:.0} MB (peak {:.0} MB)",
+        100.0 * (cpu1 - cpu0) / secs,
+        50.0 * (cpu1 - cpu0) / secs,
+        rss as f64 / 1e6,
+        peak_rss as f64 / 1e6
+    );
+    println!(
+        "  ingest: {stored:.0} envelopes stored/s; the fleet sends {sent:.0} reports/s (baseline in this run)"
+    );
+
+    push_and_validate(&c, &models, "1.0.0");
+    push_and_validate(&c, &models, "1.1.0");
+    let (req, reach, report) = time_change(&c, &stats, devices, "1.0.0", || {
+        c.call(
+            "POST",
+            "/api/v1/deployments",
+            Some(("application/json", json!({"model": "bc", "version": "1.0.0"}).to_string().into_bytes())),
+        );
+    });
+    println!(
+        "  deploy 1.0.0 to all: API answered in {req:.2} s; every device applied it after {reach:.2} s; the coordinator saw every device report it after {report:.2} s (target: reach all ≤ 5 s)"
+    );
+    let (req, reach, report) = time_change(&c, &stats, devices, "1.1.0", || {
+        c.call(
+            "POST",
+            "/api/v1/deployments",
+            Some(("application/json", json!({"model": "bc", "version": "1.1.0"}).to_string().into_bytes())),
+        );
+    });
+    println!(
+        "  deploy 1.1.0 to all: API answered in {req:.2} s; every device applied it after {reach:.2} s; the coordinator saw every device report it after {report:.2} s (target: reach all ≤ 5 s)"
+    );
+    let (req, reach, report) = time_change(&c, &stats, devices, "1.0.0", || {
+        c.call("POST", "/api/v1/models/bc/rollback", None);
+    });
+    println!(
+        "  rollback to 1.0.0: API answered in {req:.2} s; every device applied it after {reach:.2} s; the coordinator saw every device report it after {report:.2} s (target: all rolled back ≤ 10 s)"
+    );
+    let (cpu, rss) = usage(pid);
+    println!("  coordinator totals: {cpu:.0} CPU s, RSS {:.0} MB", rss as f64 / 1e6);
+
+    let _ = stop_tx.send(true);
+    let _ = runtime.block_on(sim);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
