@@ -72,6 +72,9 @@ pub struct SimulateArgs {
     /// Seconds between each device's reports.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval_secs: u64,
+    /// Devices starting to connect per second.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ramp_per_sec: u32,
     /// Labels of every simulated device, e.g. `tier=sim` (each also gets `sim=<0-99>`).
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -557,8 +560,13 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
     runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let interval = std::time::Duration::from_secs(args.interval_secs);
-        let fleet =
-            tokio::spawn(crate::simulate::run(devices, interval, std::sync::Arc::clone(&stats), stop_rx));
+        let fleet = tokio::spawn(crate::simulate::run(
+            devices,
+            interval,
+            args.ramp_per_sec,
+            std::sync::Arc::clone(&stats),
+            stop_rx,
+        ));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,

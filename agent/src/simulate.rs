@@ -4,8 +4,9 @@
 //! (created with an admin token), its own MQTT connection with its client certificate, signed
 //! window reports with strictly increasing sequence numbers every `interval`, and a reconcile
 //! loop that verifies each retained desired state (the coordinator's signature, this device,
-//! a newer revision) and reports the versions as its actual state. No model runs (no tract, no
-//! downloads): what is measured is the control plane.
+//! a newer revision) and reports the versions as its actual state — resent each interval until
+//! the coordinator's signed ack covers it, as an agent's outbox does (window reports are not
+//! resent). No model runs (no tract, no downloads): what is measured is the control plane.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -95,7 +96,7 @@ pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<S
                     if failed {
                         return;
                     }
-                    if n % 500 == 0 || n == plan.devices {
+                    if n.is_multiple_of(500) || n == plan.devices {
                         progress(n);
                     }
                 }
@@ -153,10 +154,12 @@ fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice,
     Ok(SimDevice { id, signing, tls, coordinator, host, port })
 }
 
-/// Runs every device until `stop` turns true; reports spread evenly over `interval`.
+/// Runs every device until `stop` turns true: they connect `ramp_per_sec` a second (a fleet
+/// coming up, not a thundering herd), and report spread evenly over `interval`.
 pub async fn run(
     devices: Vec<SimDevice>,
     interval: Duration,
+    ramp_per_sec: u32,
     stats: Arc<Stats>,
     stop: watch::Receiver<bool>,
 ) {
@@ -166,7 +169,12 @@ pub async fn run(
         .enumerate()
         .map(|(i, d)| {
             let offset = interval.mul_f64(i as f64 / n as f64);
-            tokio::spawn(device_loop(i, d, interval, offset, Arc::clone(&stats), stop.clone()))
+            let start = Duration::from_secs_f64(i as f64 / f64::from(ramp_per_sec.max(1)));
+            let (stats, stop) = (Arc::clone(&stats), stop.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(start).await;
+                device_loop(i, d, interval, offset, stats, stop).await;
+            })
         })
         .collect();
     for t in tasks {
@@ -207,8 +215,8 @@ async fn device_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let topic = |c| topics::topic(&d.id, c).unwrap_or_default();
-    let (report_topic, desired_topic, presence) =
-        (topic(Channel::Report), topic(Channel::Desired), topic(Channel::Presence));
+    let (report_topic, desired_topic, presence, ack_topic) =
+        (topic(Channel::Report), topic(Channel::Desired), topic(Channel::Presence), topic(Channel::Ack));
     let mut options = MqttOptions::new(d.id.clone(), d.host.clone(), d.port);
     options
         .set_keep_alive(Duration::from_secs(60))
@@ -223,6 +231,9 @@ async fn device_loop(
     latency.record_n(250.0, 100);
     let (mut seq, mut revision, mut was_connected) = (1u64, 0u64, false);
     let mut model: Option<(String, String)> = None;
+    // The newest actual state until the coordinator acks it: resent every tick, like an agent's
+    // outbox (the coordinator may drop what arrives while it is busy, and stores it once).
+    let mut pending_state: Option<(u64, Vec<u8>)> = None;
     let mut window_start = outpost_shared::endpoints::now_ms();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,6 +244,9 @@ async fn device_loop(
         tokio::select! {
             changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
             _ = ticker.tick() => {
+                if let Some((_, wire)) = &pending_state {
+                    let _ = client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire.clone());
+                }
                 let now = outpost_shared::endpoints::now_ms();
                 let body = AgentMessage::Report(report(model.as_ref(), window_start, now, &latency));
                 window_start = now;
@@ -250,7 +264,16 @@ async fn device_loop(
                         stats.connected.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = client.try_subscribe(desired_topic.clone(), QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
                     let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                    let opened = protocol::open(&p.payload, |_| Some(d.coordinator));
+                    if let Some(CoordinatorMessage::Ack(ack)) = opened.ok().and_then(|o| messages::decode_coordinator(&o.body).ok())
+                        && pending_state.as_ref().is_some_and(|(seq, _)| ack.covers(*seq))
+                    {
+                        pending_state = None;
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {
                     stats.desired.fetch_add(1, Ordering::Relaxed);
@@ -281,9 +304,9 @@ async fn device_loop(
                             })
                             .collect(),
                     });
-                    if let Ok(wire) = seal(seq, &actual)
-                        && client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire).is_ok()
-                    {
+                    if let Ok(wire) = seal(seq, &actual) {
+                        let _ = client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire.clone());
+                        pending_state = Some((seq, wire));
                         seq += 1;
                     }
                 }

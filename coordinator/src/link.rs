@@ -133,8 +133,17 @@ pub async fn run(
                 metrics.broker_subscribed.set(1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if tx.send(publish).await.is_err() {
-                    break;
+                // Never wait here: the ingest task may itself be waiting for this loop to send
+                // its acks (rumqttc's request queue drains only while the loop is polled), and
+                // waiting both ways deadlocked the link under load (10,000 devices, fleet bench).
+                // A report that finds ingest busy is dropped unacknowledged: its agent sends it
+                // again after its ack timeout, and the coordinator stores it once.
+                match tx.try_send(publish) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        metrics.link.with_label_values(&["dropped_ingest_busy"]).inc();
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
             Ok(_) => {}

@@ -10,7 +10,9 @@
 //! DESIGN §8's targets (≤ 5 s to reach all, ≤ 10 s to roll all back).
 //!
 //! `cargo bench -p outpost --bench fleet`; `OUTPOST_BENCH_DEVICES` (10000),
-//! `OUTPOST_BENCH_STEADY_SECS` (60). Simulator and coordinator share this machine's cores.
+//! `OUTPOST_BENCH_STEADY_SECS` (60), `OUTPOST_BENCH_RAMP_PER_SEC` (500 devices start connecting a
+//! second). Simulator and coordinator share this machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,16 @@ fn usage(pid: u32) -> (f64, u64) {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     (cpu, rss_kb * 1024)
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 struct Coordinator {
@@ -171,17 +183,76 @@ fn time_change(
 fn main() {
     let devices = env_or("OUTPOST_BENCH_DEVICES", 10_000);
     let steady = env_or("OUTPOST_BENCH_STEADY_SECS", 60);
+    let ramp = env_or("OUTPOST_BENCH_RAMP_PER_SEC", 500) as u32;
     let interval = Duration::from_secs(10);
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models");
     let dir = std::env::temp_dir().join(format!("outpost-fleet-bench-{}", std::process::id()));
     let (api, broker) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    let data = dir.join("coordinator");
+    let exe = env!("CARGO_BIN_EXE_outpost");
+    // The broker: Mosquitto with mutual TLS from the coordinator's CA (what production runs;
+    // `OUTPOST_BENCH_BROKER=embedded` uses the coordinator's embedded broker instead).
+    let embedded = std::env::var("OUTPOST_BENCH_BROKER").is_ok_and(|b| b == "embedded");
+    let mut _mosquitto: Option<KillOnDrop> = None;
+    let broker_args: Vec<String> = if embedded {
+        vec!["--broker-listen".into(), format!("127.0.0.1:{broker}")]
+    } else {
+        let run = |args: &[&str]| {
+            let out = Command::new(exe).args(args).output().expect("run outpost");
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let d = data.display().to_string();
+        let init = dir.join("init").display().to_string();
+        run(&["coordinator", "cert", "client", "--name", "init", "--out-dir", &init, "--data-dir", &d]);
+        let certs = dir.join("broker-certs");
+        let c = certs.display().to_string();
+        run(&[
+            "coordinator",
+            "cert",
+            "server",
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+            "--out-dir",
+            &c,
+            "--data-dir",
+            &d,
+        ]);
+        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl");
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "per_listener_settings false\nlistener {broker} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
+                 keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+                 allow_anonymous false\nacl_file {}\npersistence false\nmax_queued_messages 100000\n\
+                 max_packet_size 4202496\nlog_dest stderr\nlog_type error\nuser root\n",
+                acl.display()
+            ),
+        )
+        .expect("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (Debian package `mosquitto`)");
+        _mosquitto = Some(KillOnDrop(child));
+        while std::net::TcpStream::connect(("127.0.0.1", broker)).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vec!["--broker".into(), format!("mqtts://localhost:{broker}")]
+    };
+    let child = Command::new(exe)
         .args(["coordinator", "serve", "--log-format", "json", "--data-dir"])
-        .arg(dir.join("coordinator"))
-        .args(["--listen", &format!("127.0.0.1:{api}"), "--broker-listen", &format!("127.0.0.1:{broker}")])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(&broker_args)
         .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_PER_SEC", "1000000")
         .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_BURST", "1000000")
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
@@ -207,8 +278,9 @@ fn main() {
     let c = Coordinator { child, url: url.clone(), token: token.clone(), http };
 
     println!(
-        "fleet benchmark: {devices} simulated devices reporting every {} s; one coordinator; 2 cores shared",
-        interval.as_secs()
+        "fleet benchmark: {devices} simulated devices reporting every {} s; one coordinator; broker: {}; 2 cores shared",
+        interval.as_secs(),
+        if embedded { "embedded (rumqttd)" } else { "Mosquitto" }
     );
     let plan = outpost_agent::simulate::Plan {
         api_url: url.clone(),
@@ -220,7 +292,7 @@ fn main() {
     };
     let started = Instant::now();
     let fleet = outpost_agent::simulate::enrol_all(&plan, &|n| {
-        if n % 2000 == 0 {
+        if n.is_multiple_of(2000) {
             eprintln!("  enrolled {n}");
         }
     })
@@ -235,14 +307,19 @@ fn main() {
     let stats = Arc::new(outpost_agent::simulate::Stats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let sim = runtime.spawn(outpost_agent::simulate::run(fleet, interval, Arc::clone(&stats), stop_rx));
+    let sim = runtime.spawn(outpost_agent::simulate::run(fleet, interval, ramp, Arc::clone(&stats), stop_rx));
     let connected =
         |s: &outpost_agent::simulate::Stats| s.connected.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    let mut shown = Instant::now();
     while connected(&stats) < devices && started.elapsed() < Duration::from_secs(600) {
         std::thread::sleep(Duration::from_millis(200));
+        if shown.elapsed() > Duration::from_secs(10) {
+            eprintln!("  {} connected", connected(&stats));
+            shown = Instant::now();
+        }
     }
     println!(
-        "  connected: {} of {devices} over mutual TLS in {:.1} s",
+        "  connected: {} of {devices} over mutual TLS in {:.1} s (starting {ramp} a second)",
         connected(&stats),
         started.elapsed().as_secs_f64()
     );
