@@ -206,14 +206,34 @@ impl Slos {
         to_ms: u64,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<(u64, u64), StoreError> {
+        let (mut compared, mut agreed) = (0, 0);
+        self.windows_where(&self.shadow, model, from_ms, to_ms, keep, |_, v| {
+            if let Ok(c) = serde_json::from_slice::<ShadowCounts>(v) {
+                compared += c.compared;
+                agreed += c.agreed;
+            }
+        })?;
+        Ok((compared, agreed))
+    }
+
+    /// Calls `each(device, value)` for the windows of `model` in `tree` (keys as in `traffic`)
+    /// ending in `[from_ms, to_ms]` whose device and version `keep` accepts.
+    fn windows_where(
+        &self,
+        tree: &sled::Tree,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+        mut each: impl FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
         let mut start = model.as_bytes().to_vec();
         start.push(0);
         let skip = start.len() + 9;
         let mut end = start.clone();
         start.extend_from_slice(&from_ms.to_be_bytes());
         end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
-        let (mut compared, mut agreed) = (0, 0);
-        for item in self.shadow.range(start..end) {
+        for item in tree.range(start..end) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let Some(rest) = k.get(skip..) else { continue };
             let mut parts = rest.splitn(2, |b| *b == 0);
@@ -222,14 +242,11 @@ impl Slos {
             else {
                 continue;
             };
-            if !keep(device, version) {
-                continue;
+            if keep(device, version) {
+                each(device, &v);
             }
-            let Ok(c) = serde_json::from_slice::<ShadowCounts>(&v) else { continue };
-            compared += c.compared;
-            agreed += c.agreed;
         }
-        Ok((compared, agreed))
+        Ok(())
     }
 
     pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {
@@ -288,32 +305,16 @@ impl Slos {
         to_ms: u64,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<(u64, u64, LogHistogram, usize), StoreError> {
-        let mut start = model.as_bytes().to_vec();
-        start.push(0);
-        let skip = start.len() + 9;
-        let mut end = start.clone();
-        start.extend_from_slice(&from_ms.to_be_bytes());
-        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
         let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
         let mut devices = std::collections::BTreeSet::new();
-        for item in self.traffic.range(start..end) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let Some(rest) = k.get(skip..) else { continue };
-            let mut parts = rest.splitn(2, |b| *b == 0);
-            let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
-            let (Ok(device), Ok(version)) = (std::str::from_utf8(device), std::str::from_utf8(version))
-            else {
-                continue;
-            };
-            if !keep(device, version) {
-                continue;
+        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |device, v| {
+            if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
+                requests += w.requests;
+                errors += w.errors;
+                let _ = latency.merge(&w.latency_us);
+                devices.insert(device.to_owned());
             }
-            let Ok(w) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
-            requests += w.requests;
-            errors += w.errors;
-            let _ = latency.merge(&w.latency_us);
-            devices.insert(device.to_owned());
-        }
+        })?;
         Ok((requests, errors, latency, devices.len()))
     }
 

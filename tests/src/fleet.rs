@@ -560,3 +560,29 @@ pub fn validate(c: &Coordinator, version: &str) -> (i32, Value) {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("validate printed no report ({e}): {out}{err}"));
     (code, report)
 }
+
+/// Validates `bc@version` with a lax policy (accuracy ≥ 50 %, the regression check waived): how
+/// `2.0.0-bad` gets past the gate in the tests, so only a rollout's gates stand in its way.
+pub fn validate_lax(c: &Coordinator, version: &str) {
+    let dataset = models_dir().join("breast_cancer_validation.csv");
+    ok(
+        c.ctl(&[
+            "model",
+            "validate",
+            &format!("bc@{version}"),
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--label",
+            "label",
+            "--min-accuracy",
+            "0.5",
+            "--max-accuracy-drop",
+            "1",
+            "--max-f1-drop",
+            "1",
+            "--p99-slack-ms",
+            "10000",
+        ]),
+        "lax validate",
+    );
+}

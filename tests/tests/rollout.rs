@@ -15,8 +15,10 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use outpost_tests::fleet::{Coordinator, ok, push, release_key, start_agent, validate, wait_serving};
-use outpost_tests::{Agent, LabelledTraffic, models_dir};
+use outpost_tests::fleet::{
+    Coordinator, ok, push, release_key, start_agent, validate, validate_lax, wait_serving,
+};
+use outpost_tests::{Agent, LabelledTraffic};
 use serde_json::Value;
 
 const AGENTS: usize = 5;
@@ -37,27 +39,7 @@ fn register(c: &Coordinator, versions: &[&str], lax: &[&str]) {
     for v in versions {
         ok(push(c, &format!("breast_cancer-{v}"), v), "push");
         if lax.contains(v) {
-            let dataset = models_dir().join("breast_cancer_validation.csv");
-            ok(
-                c.ctl(&[
-                    "model",
-                    "validate",
-                    &format!("bc@{v}"),
-                    "--dataset",
-                    dataset.to_str().unwrap(),
-                    "--label",
-                    "label",
-                    "--min-accuracy",
-                    "0.5",
-                    "--max-accuracy-drop",
-                    "1",
-                    "--max-f1-drop",
-                    "1",
-                    "--p99-slack-ms",
-                    "10000",
-                ]),
-                "lax validate",
-            );
+            validate_lax(c, v);
         } else {
             assert_eq!(validate(c, v).0, 0, "validate {v}");
         }
