@@ -38,7 +38,7 @@ async fn a_canary_takes_its_share_and_a_standby_switches_every_device_and_back()
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
     let key = release_key(&c);
-    let agents: Vec<(Agent, String)> = (0..3)
+    let agents: Vec<(Agent, String)> = (0..5)
         .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
         .collect();
     for v in ["1.0.0", "1.1.0"] {
@@ -127,7 +127,7 @@ async fn a_canary_takes_its_share_and_a_standby_switches_every_device_and_back()
     }
     // And back, everywhere.
     let out = ok(c.ctl(&["rollback", "bc"]), "rollback");
-    assert!(out.contains("from 1.1.0 to 1.0.0 on 3 device(s)"), "{out}");
+    assert!(out.contains("from 1.1.0 to 1.0.0 on 5 device(s)"), "{out}");
     for (agent, _) in &agents {
         wait_serving(agent, "1.0.0").await;
     }

@@ -1,4 +1,4 @@
-//! Rollout strategies that use the agents' candidate slot, end to end with three real agents
+//! Rollout strategies that use the agents' candidate slot, end to end with five real agents
 //! and labelled traffic:
 //! - `canary`: every target answers a growing share of its requests with the candidate; each
 //!   step's gates compare the candidate with the primary **on the same devices in the same
@@ -23,7 +23,7 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
     let key = release_key(&c);
-    let agents: Vec<(Agent, String)> = (0..3)
+    let agents: Vec<(Agent, String)> = (0..5)
         .map(|i| {
             start_agent(
                 &c,
@@ -92,12 +92,12 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
         assert!(timeline.iter().any(|t| t.starts_with(step)), "no `{step}` in {timeline:#?}");
     }
     assert!(
-        timeline.iter().any(|t| t.contains("as a canary answering 20% of requests to 3 device(s)")),
+        timeline.iter().any(|t| t.contains("as a canary answering 20% of requests to 5 device(s)")),
         "{timeline:#?}"
     );
     // The canary steps judged the candidate against the primary on the same devices, same
     // window; the switch against the same devices before it.
-    let same = "gates passed against 1.0.0 as the primary on the same 3 device(s), same window";
+    let same = "gates passed against 1.0.0 as the primary on the same 5 device(s), same window";
     assert_eq!(timeline.iter().filter(|t| t.contains(same)).count(), 2, "{timeline:#?}");
     assert!(
         timeline
@@ -141,7 +141,7 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
         "{timeline:#?}"
     );
     assert!(
-        timeline.iter().any(|t| t.contains("sending 2.0.0-bad as the primary version to 3 device(s)")),
+        timeline.iter().any(|t| t.contains("sending 2.0.0-bad as the primary version to 5 device(s)")),
         "{timeline:#?}"
     );
     let incident: Value = serde_json::from_str(&ok(
@@ -151,7 +151,7 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
     .unwrap();
     assert_eq!(incident["gate"]["gate"], "accuracy>=-5%", "{incident:#}");
     assert!(incident["baseline_scope"].as_str().unwrap().contains("before the switch"), "{incident:#}");
-    assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 3, "{incident:#}");
+    assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 5, "{incident:#}");
     for (agent, _) in &agents {
         wait_serving(agent, "1.1.0").await;
     }
