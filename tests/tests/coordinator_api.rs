@@ -413,6 +413,34 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
         ("get", "/api/v1/models/bc/data?labelled_only=maybe", Value::Null, 400, "labelled_only"),
         ("post", "/api/v1/models/bc/retrain", Value::Null, 409, "has no retraining configured"),
         ("get", &format!("/api/v1/artifacts/{}", "0".repeat(64)), Value::Null, 404, "no version artifact"),
+        // Rollouts and incidents.
+        (
+            "post",
+            "/api/v1/rollouts",
+            json!({"model": "bc", "version": "1.0.0", "waves": [50, 10, 100]}),
+            400,
+            "must increase",
+        ),
+        (
+            "post",
+            "/api/v1/rollouts",
+            json!({"model": "bc", "version": "1.0.0", "gates": ["p99<2x"]}),
+            400,
+            "no `<=`",
+        ),
+        (
+            "post",
+            "/api/v1/rollouts",
+            json!({"model": "bc", "version": "1.0.0", "wave": [1]}),
+            422,
+            "unknown field `wave`",
+        ),
+        ("post", "/api/v1/rollouts", json!({"model": "nope", "version": "9.9.9"}), 404, "nope"),
+        ("get", "/api/v1/rollouts/r-404", Value::Null, 404, "no rollout `r-404`"),
+        ("post", "/api/v1/rollouts/r-404/pause", Value::Null, 404, "no rollout `r-404`"),
+        ("post", "/api/v1/rollouts/r-404/explode", Value::Null, 404, "unknown rollout action `explode`"),
+        ("get", "/api/v1/incidents/inc-404", Value::Null, 404, "no incident `inc-404`"),
+        ("post", "/api/v1/incidents/inc-404/close", Value::Null, 404, "no incident `inc-404`"),
     ] {
         let request = match method {
             "post" => http.post(url(path)).json(&body),

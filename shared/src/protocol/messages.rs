@@ -514,6 +514,20 @@ mod tests {
         let mut bytes = encode(&AgentMessage::Report(report(&[1.0])));
         bytes.push(0);
         assert_eq!(decode_agent(&bytes), Err(MessageError::TrailingBytes(1)));
+        let shadow = AgentMessage::Shadow(ShadowReport {
+            window_start_ms: 0,
+            window_end_ms: 1,
+            models: vec![ShadowWindow {
+                model: "bc".into(),
+                version: "2.0.0".into(),
+                primary: "1.0.0".into(),
+                compared: 3,
+                agreed: 4,
+            }],
+        });
+        assert!(
+            matches!(decode_agent(&encode(&shadow)), Err(MessageError::Malformed(m)) if m.contains("agrees on 4 of 3 rows"))
+        );
         let reversed = CoordinatorMessage::Ack(Ack { device: "d".into(), ranges: vec![(5, 2)] });
         assert_eq!(decode_coordinator(&encode(&reversed)), Err(MessageError::ReversedRange(5, 2)));
     }
