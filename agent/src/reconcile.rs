@@ -126,14 +126,7 @@ impl Reconciler {
                 format!("model `{name}` candidate {} is now {}", w.version, describe(w.mode))
             }
             (Some(w), _) => {
-                let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
-                let (n, v) = (name.to_owned(), w.version.clone());
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
-                    load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
+                let outcome = self.load(name, &w.version).await;
                 match outcome {
                     Ok(validated) => {
                         tracing::info!(model = name, version = %w.version, slot = w.mode.slot(), validation = %validated.evidence, "candidate validated");
@@ -235,6 +228,19 @@ impl Reconciler {
         }
     }
 
+    /// Reads `name@version` from the store, verifies it against the trusted keys again, loads
+    /// and validates it, off the executor.
+    async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, String> {
+        let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
+        let (n, v) = (name.to_owned(), version.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
+            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loader crashed: {e}")))
+    }
+
     /// Brings model `name` to `version`.
     pub async fn apply_one(&self, name: &str, version: &str) -> Applied {
         if self.models.named(name).iter().any(|e| !e.managed) {
@@ -263,14 +269,7 @@ impl Reconciler {
             entry.set_refusal(None);
             return Applied::Swapped { from: serving, to: version.to_owned() };
         }
-        let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
-        let (n, v) = (name.to_owned(), version.to_owned());
-        let outcome = tokio::task::spawn_blocking(move || {
-            let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
-            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
+        let outcome = self.load(name, version).await;
         match outcome {
             Ok(validated) => {
                 if let Some(old) = &serving {

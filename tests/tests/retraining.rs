@@ -8,14 +8,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent};
+use outpost_tests::fleet::{Coordinator, enrol_with_config, ok, reporting_agent};
 use outpost_tests::{model, models_dir, validation_rows};
 use serde_json::{Value, json};
-
-fn ok(result: (i32, String, String), what: &str) -> String {
-    assert_eq!(result.0, 0, "{what}: {}{}", result.1, result.2);
-    result.1
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retraining_hook_registers_validates_and_canaries_the_next_version() {
