@@ -76,7 +76,7 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, message.into())
     }
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "request failed");
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
     }
@@ -193,7 +193,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     for (path, methods) in by_path {
         router = router.route(path, methods);
     }
-    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+    router
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Arc::clone(&state))
+        .merge(crate::dashboard::router(state))
 }
 
 /// The coordinator's public keys: what agents list in `registry.trusted_keys`.

@@ -44,6 +44,7 @@ pub mod ca;
 pub mod card;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod dataset;
 pub mod desired;
 pub mod ingest;

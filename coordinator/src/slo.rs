@@ -207,7 +207,7 @@ impl Slos {
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<(u64, u64), StoreError> {
         let (mut compared, mut agreed) = (0, 0);
-        self.windows_where(&self.shadow, model, from_ms, to_ms, keep, |_, v| {
+        self.windows_where(&self.shadow, model, from_ms, to_ms, keep, |_, _, _, v| {
             if let Ok(c) = serde_json::from_slice::<ShadowCounts>(v) {
                 compared += c.compared;
                 agreed += c.agreed;
@@ -225,7 +225,7 @@ impl Slos {
         from_ms: u64,
         to_ms: u64,
         keep: impl Fn(&str, &str) -> bool,
-        mut each: impl FnMut(&str, &[u8]),
+        mut each: impl FnMut(u64, &str, &str, &[u8]),
     ) -> Result<(), StoreError> {
         let mut start = model.as_bytes().to_vec();
         start.push(0);
@@ -235,6 +235,9 @@ impl Slos {
         end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
         for item in tree.range(start..end) {
             let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(at) = k.get(skip - 9..skip - 1).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
             let Some(rest) = k.get(skip..) else { continue };
             let mut parts = rest.splitn(2, |b| *b == 0);
             let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
@@ -243,7 +246,7 @@ impl Slos {
                 continue;
             };
             if keep(device, version) {
-                each(device, &v);
+                each(u64::from_be_bytes(at), device, version, &v);
             }
         }
         Ok(())
@@ -307,7 +310,7 @@ impl Slos {
     ) -> Result<(u64, u64, LogHistogram, usize), StoreError> {
         let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
         let mut devices = std::collections::BTreeSet::new();
-        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |device, v| {
+        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |_, device, _, v| {
             if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
                 requests += w.requests;
                 errors += w.errors;
@@ -316,6 +319,40 @@ impl Slos {
             }
         })?;
         Ok((requests, errors, latency, devices.len()))
+    }
+
+    /// `model`'s traffic in `buckets` equal time buckets of `[from_ms, to_ms]`, per version:
+    /// (requests, errors, merged latency histogram in µs). For the dashboard's charts.
+    pub fn timeline(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        buckets: usize,
+    ) -> Result<Vec<BTreeMap<String, TrafficWindow>>, StoreError> {
+        let buckets = buckets.max(1);
+        let width = (to_ms.saturating_sub(from_ms) / buckets as u64).max(1);
+        let mut out = vec![BTreeMap::new(); buckets];
+        self.windows_where(
+            &self.traffic,
+            model,
+            from_ms,
+            to_ms,
+            |_, _| true,
+            |at, _, version, v| {
+                let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) else { return };
+                let b = ((at.saturating_sub(from_ms) / width) as usize).min(buckets - 1);
+                let cell = out[b].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
+                    requests: 0,
+                    errors: 0,
+                    latency_us: LogHistogram::default(),
+                });
+                cell.requests += w.requests;
+                cell.errors += w.errors;
+                let _ = cell.latency_us.merge(&w.latency_us);
+            },
+        )?;
+        Ok(out)
     }
 
     /// The standing of `model`'s objectives over its window ending at `now_ms`.

@@ -297,8 +297,25 @@ pub async fn model_card(
     if !["md", "html"].contains(&format.as_str()) {
         return Err(ApiError::bad_request(format!("format `{format}`: use md or html")));
     }
-    let st = Arc::clone(&state);
-    let body = blocking(move || -> Result<String, ApiError> {
+    let body = card(&state, name, version, format == "html").await?;
+    let content_type = if body.starts_with("<!doctype") {
+        "text/html; charset=utf-8"
+    } else {
+        "text/markdown; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The model card of `name@version` as HTML or Markdown: the bundle's card text and facts,
+/// validation metrics per class and segment, fleet quality per device label, drift history.
+pub(crate) async fn card(
+    state: &Arc<AppState>,
+    name: String,
+    version: String,
+    html: bool,
+) -> Result<String, ApiError> {
+    let st = Arc::clone(state);
+    blocking(move || -> Result<String, ApiError> {
         let record = st.registry.get(&name, &version)?;
         let validation =
             record.validation.clone().and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
@@ -322,19 +339,9 @@ pub async fn model_card(
             crate::report::DriftHistory::build_for(st.ingest.drift_history(), &name, 0, Some(&version))
                 .map_err(ApiError::internal)?;
         let data = crate::card::CardData { record: &record, validation, quality, drift: Some(drift) };
-        Ok(if format == "html" {
-            crate::card::render_html(&data)
-        } else {
-            crate::card::render_markdown(&data)
-        })
+        Ok(if html { crate::card::render_html(&data) } else { crate::card::render_markdown(&data) })
     })
-    .await??;
-    let content_type = if body.starts_with("<!doctype") {
-        "text/html; charset=utf-8"
-    } else {
-        "text/markdown; charset=utf-8"
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    .await?
 }
 
 pub async fn drift_report(

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use super::registry::{audited, blocking};
 use super::{ApiError, AppState, authorize, json_body};
-use crate::auth::Role;
+use crate::auth::{Principal, Role};
 use crate::rollout::{Incident, Rollout, RolloutError, RolloutSpec, RolloutView};
 
 impl From<RolloutError> for ApiError {
@@ -81,16 +81,28 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let who = authorize(&state, &headers, Role::Operator)?;
-    if !["pause", "resume", "promote", "abort-keep", "abort-revert"].contains(&action.as_str()) {
+    perform(&state, &who, &id, &action).await.map(Json)
+}
+
+/// Runs an operator's rollout action (`pause`, `resume`, `promote`, `abort-keep`,
+/// `abort-revert`) for an authorised caller, sends what it changed and audits it. The API and
+/// the dashboard's buttons both come here.
+pub(crate) async fn perform(
+    state: &Arc<AppState>,
+    who: &Principal,
+    id: &str,
+    action: &str,
+) -> Result<RolloutView, ApiError> {
+    if !ACTIONS.contains(&action) {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("unknown rollout action `{action}` (pause, resume, promote, abort-keep, abort-revert)"),
         ));
     }
-    let st = Arc::clone(&state);
+    let st = Arc::clone(state);
     let by = who.name.clone();
-    let verb = action.clone();
-    let rid = id.clone();
+    let verb = action.to_owned();
+    let rid = id.to_owned();
     let result = blocking(move || st.rollouts.command(&st, &rid, &verb, &by).map_err(ApiError::from)).await?;
     let result = match result {
         Ok((r, outgoing)) => {
@@ -100,12 +112,15 @@ pub async fn act(
                 }
             }
             let detail = format!("{} now {}", r.id, r.phase.as_str());
-            view(&state, r).map(|v| (v, detail))
+            view(state, r).map(|v| (v, detail))
         }
         Err(e) => Err(e),
     };
-    audited(&state, &who, &format!("rollout.{action}"), &id, result).map(Json)
+    audited(state, who, &format!("rollout.{action}"), id, result)
 }
+
+/// The rollout actions an operator may take.
+pub const ACTIONS: [&str; 5] = ["pause", "resume", "promote", "abort-keep", "abort-revert"];
 
 pub async fn incidents(
     State(state): State<Arc<AppState>>,
@@ -139,13 +154,18 @@ pub async fn close_incident(
     Path(id): Path<String>,
 ) -> Result<Json<Incident>, ApiError> {
     let who = authorize(&state, &headers, Role::Operator)?;
-    let st = Arc::clone(&state);
+    close(&state, &who, &id).await.map(Json)
+}
+
+/// Closes an incident for an authorised caller and audits it (API and dashboard).
+pub(crate) async fn close(state: &Arc<AppState>, who: &Principal, id: &str) -> Result<Incident, ApiError> {
+    let st = Arc::clone(state);
     let by = who.name.clone();
-    let iid = id.clone();
+    let iid = id.to_owned();
     let result = blocking(move || {
         let i = st.rollouts.close_incident(&iid, &by)?;
         Ok((i, "closed".to_owned()))
     })
     .await?;
-    audited(&state, &who, "incident.close", &id, result).map(Json)
+    audited(state, who, "incident.close", id, result)
 }
