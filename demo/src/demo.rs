@@ -13,8 +13,11 @@
 //! 5. Rolls out 2.0.0-bad (let through validation by a lax policy, as a team in a hurry might);
 //!    its accuracy gate fails in the first wave and the engine rolls it back by itself, leaving
 //!    an incident.
-//! 6. Leaves everything running (traffic included) for exploration with `outpostctl`, until
-//!    Ctrl-C; `--exit-when-done` stops instead (the end-to-end test runs it so).
+//! 6. Leaves everything running (traffic included) for exploration with `outpostctl` and the
+//!    dashboard (`/ui`, a viewer token is written beside the admin token), until Ctrl-C; one
+//!    agent's inputs then drift (a recalibrated sensor: `mean_radius` reads 30 % high,
+//!    `mean_texture` 8 higher), so drift shows up in the dashboard and in alerts.
+//!    `--exit-when-done` stops after step 5 instead (the end-to-end test runs it so).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -221,9 +224,19 @@ impl Api {
 /// Labelled traffic to every agent, counted per version that answered.
 struct Traffic {
     stop: Arc<AtomicBool>,
+    /// Once set, the drifting agent's inputs are shifted (see [`DRIFTED`]).
+    drift: Arc<AtomicBool>,
     answered: Arc<Mutex<BTreeMap<String, u64>>>,
     failed: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The features the demo's drifting agent shifts, in column order.
+const DRIFTED: [&str; 2] = ["mean_radius", "mean_texture"];
+
+/// Which agent's inputs drift: the one on site-c (the third), or the last of fewer.
+fn drift_agent(agents: usize) -> usize {
+    agents.saturating_sub(1).min(2)
 }
 
 /// Held-out rows: (features, label).
@@ -232,6 +245,9 @@ fn holdout(path: &Path) -> Result<Vec<(Vec<f64>, i64)>, String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let label = header.iter().position(|h| *h == "label").ok_or("the held-out file has no `label` column")?;
+    if header.get(..2) != Some(&DRIFTED[..]) {
+        return Err(format!("the held-out file should start with the columns {DRIFTED:?}"));
+    }
     let mut rows = Vec::new();
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let cells: Vec<&str> = line.split(',').collect();
@@ -250,6 +266,8 @@ fn holdout(path: &Path) -> Result<Vec<(Vec<f64>, i64)>, String> {
 impl Traffic {
     fn start(agents: &[String], rows: Arc<Vec<(Vec<f64>, i64)>>, rate: u32) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
+        let drift = Arc::new(AtomicBool::new(false));
+        let drifting = drift_agent(agents.len());
         let answered = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(AtomicU64::new(0));
         let every = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -259,6 +277,7 @@ impl Traffic {
             .map(|(n, base)| {
                 let (stop, answered, failed, rows) =
                     (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&failed), Arc::clone(&rows));
+                let drift = (n == drifting).then(|| Arc::clone(&drift));
                 let base = base.clone();
                 std::thread::spawn(move || {
                     let Ok(http) = outpost_shared::tls::api_client(&base, None, Duration::from_secs(10))
@@ -274,6 +293,13 @@ impl Traffic {
                         state ^= state >> 7;
                         state ^= state << 17;
                         let (features, label) = &rows[(state % rows.len() as u64) as usize];
+                        let mut features = features.clone();
+                        if drift.as_ref().is_some_and(|d| d.load(Ordering::Relaxed)) {
+                            // A recalibrated sensor (the first two columns are mean_radius and
+                            // mean_texture, checked when the rows are read).
+                            features[0] *= 1.3;
+                            features[1] += 8.0;
+                        }
                         let body = json!({"inputs": [{"name": "input", "datatype": "FP32",
                             "shape": [1, features.len()], "data": features}]});
                         let answer = http
@@ -312,7 +338,7 @@ impl Traffic {
                 })
             })
             .collect();
-        Traffic { stop, answered, failed, threads }
+        Traffic { stop, drift, answered, failed, threads }
     }
 
     fn summary(&self) -> String {
@@ -496,6 +522,20 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
     let http = outpost_shared::tls::api_client(&url, None, Duration::from_secs(120))?;
     let api = Api { url: url.clone(), token, http };
     step(started, format!("coordinator up: API {url}, embedded MQTT broker mqtts://{broker} (mutual TLS)"));
+    let viewer = api.post("/api/v1/tokens", &json!({"name": "demo-viewer", "role": "viewer"}))?;
+    let viewer_file = cdir.join("viewer.token");
+    outpost_shared::files::write_private(
+        &viewer_file,
+        viewer["token"].as_str().unwrap_or_default().as_bytes(),
+    )
+    .map_err(|e| format!("{}: {e}", viewer_file.display()))?;
+    step(
+        started,
+        format!(
+            "dashboard: {url}/ui — sign in with the viewer token in {} (or admin.token beside it)",
+            viewer_file.display()
+        ),
+    );
 
     // 2. Agents: enrol with a one-time token each, trust the coordinator's release key.
     let key = api.get("/api/v1/keys")?["release_key"].as_str().unwrap_or_default().to_owned();
@@ -520,7 +560,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[runtime]\nworkers = 1\n\n[telemetry]\ninterval_secs = 2\n\n[registry]\ntrusted_keys = [\"{key}\"]\n",
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[runtime]\nworkers = 1\n\n[telemetry]\ninterval_secs = 2\n\n[drift]\nwindow_rows = 300\ninterval_secs = 2\n\n[registry]\ntrusted_keys = [\"{key}\"]\n",
                 adir_s.replace('\\', "\\\\").replace('"', "\\\"")
             ),
         )
@@ -602,6 +642,19 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
             return Err(format!("bc@{version} failed validation: {}", report["failures"]));
         }
     }
+    // Objectives the dashboard shows compliance and error-budget burn for.
+    api.call(
+        "PUT",
+        "/api/v1/models/bc/slo",
+        Some((
+            "application/json",
+            json!({"availability": 0.99, "latency": {"percentile": 0.95, "threshold_ms": 50.0},
+                   "accuracy": 0.9, "window_secs": 3600})
+            .to_string()
+            .into_bytes(),
+        )),
+    )?;
+    step(started, "SLOs for bc: 99 % availability, p95 < 50 ms, accuracy ≥ 90 % over an hour");
     api.post("/api/v1/deployments", &json!({"model": "bc", "version": "1.0.0"}))?;
     wait_fleet_on(&api, "1.0.0", agent_urls.len(), Duration::from_secs(120))?;
     step(
@@ -702,11 +755,21 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         }
     };
 
-    // 7. Exploration.
+    // 7. Exploration, with one agent's inputs drifting.
     if !args.exit_when_done {
+        traffic.drift.store(true, Ordering::Relaxed);
+        step(
+            started,
+            format!(
+                "site-{} drifts: its sensor was recalibrated — mean_radius reads 30 % high, mean_texture 8 higher; \
+                 drift verdicts follow within a minute ({url}/ui/models/bc)",
+                (b'a' + drift_agent(agent_urls.len()) as u8) as char
+            ),
+        );
         println!();
         println!("The fleet keeps running, traffic included. In another terminal:");
         println!("  export OUTPOSTCTL_URL={url} OUTPOSTCTL_TOKEN=$(cat {})", token_file.display());
+        println!("  open {url}/ui in a browser and sign in with the token in {}", viewer_file.display());
         for cmd in [
             "devices",
             "rollout list",
