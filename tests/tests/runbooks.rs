@@ -6,12 +6,10 @@
 //! the test uses.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use outpost_tests::bin_dir;
+use outpost_tests::demo::Demo;
 
 const PAGES: [&str; 6] = [
     "README.md",
@@ -44,43 +42,12 @@ fn commands(page: &str) -> Vec<String> {
 
 #[test]
 fn every_runbook_command_works_against_the_demo_and_ctrl_c_stops_it() {
+    let mut demo = Demo::start();
+    let state = demo.state_dir();
+    let printed = &demo.printed;
+    let all = demo.output();
+    let (url, token) = (demo.url.clone(), demo.admin_token.clone());
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("demo");
-    let mut demo = Command::new(bin_dir().join("outpost"))
-        .args(["demo", "--bake-secs", "5", "--api", "127.0.0.1:0", "--dir"])
-        .arg(&state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start `outpost demo` (built by `cargo test --workspace`)");
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = demo.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !printed.iter().any(|l: &String| l.starts_with("The fleet keeps running")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => printed.push(line),
-            Err(_) => {
-                let _ = demo.kill();
-                panic!("the demo never reached exploration:\n{}", printed.join("\n"));
-            }
-        }
-    }
-    // Exploration lines follow; take them all.
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
-        printed.push(line);
-    }
-    let all = printed.join("\n");
-    let export = printed.iter().find_map(|l| l.trim().strip_prefix("export OUTPOSTCTL_URL=")).expect(&all);
-    let (url, token) = export.split_once(" OUTPOSTCTL_TOKEN=$(cat ").unwrap();
-    let token = std::fs::read_to_string(token.trim_end_matches(')')).unwrap();
     // `agent dev-… (site-a) enrolled, serving on http://…`
     let agent_line = printed.iter().find(|l| l.contains(" enrolled, serving on ")).expect(&all);
     let device = agent_line.split("agent ").nth(1).unwrap().split(' ').next().unwrap();
@@ -99,7 +66,7 @@ fn every_runbook_command_works_against_the_demo_and_ctrl_c_stops_it() {
                 .args(["-o", "pipefail", "-c", &line])
                 .current_dir(dir.path())
                 .env("PATH", &path)
-                .env("OUTPOSTCTL_URL", url)
+                .env("OUTPOSTCTL_URL", &url)
                 .env("OUTPOSTCTL_TOKEN", token.trim())
                 .env("DEVICE", device)
                 .env("AGENT", agent)
@@ -121,16 +88,7 @@ fn every_runbook_command_works_against_the_demo_and_ctrl_c_stops_it() {
     assert!(ran >= 30, "only {ran} commands");
 
     // Ctrl-C: every process stops, the demo exits 0.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(demo.id() as i32), nix::sys::signal::Signal::SIGINT)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = demo.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = demo.interrupt();
     assert!(
         failures.is_empty(),
         "{} of {ran} runbook commands failed:\n{}",
