@@ -372,8 +372,27 @@ async fn page<T: Send + 'static>(
     html(StatusCode::OK, pages::layout(&title, path, &viewer, REFRESH_SECS, &body), false)
 }
 
-async fn overview(State(d): Dash, headers: HeaderMap) -> Response {
-    page(d, &headers, "/ui", pages::Overview::gather, |v, data| ("Fleet".into(), data.render(v))).await
+async fn overview(
+    State(d): Dash,
+    headers: HeaderMap,
+    query: Result<Query<pages::FleetFilter>, QueryRejection>,
+) -> Response {
+    let filter = match query {
+        Ok(Query(f)) => f,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &format!("fleet query: {}", e.body_text())),
+    };
+    if let Err(m) = filter.validate() {
+        return error_page(StatusCode::BAD_REQUEST, &m);
+    }
+    let path = format!("/ui{}", filter.query());
+    page(
+        d,
+        &headers,
+        &path,
+        move |app| pages::Overview::gather(app, filter),
+        |_, data| ("Fleet".into(), data.render()),
+    )
+    .await
 }
 
 async fn models(State(d): Dash, headers: HeaderMap) -> Response {

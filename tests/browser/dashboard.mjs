@@ -62,6 +62,10 @@ try {
     tiles: await page.$$eval(".tile", (ts) => Object.fromEntries(ts.map((t) => [t.getAttribute("data-tile"), t.querySelector("b").textContent]))),
   };
   await page.screenshot({ path: `${shots}/fleet.png`, fullPage: true });
+  // A site's row filters the device table to that site.
+  await Promise.all([page.waitForURL(/\?q=site%3Dsite-c/), page.click("table[data-by=site] tr[data-group='site-c'] a")]);
+  out.fleet.site_c = await page.$$eval("tr[data-device]", (rows) => rows.map((r) => r.getAttribute("data-device")));
+  await page.goto(`${base}/ui`);
 
   // 3. Live updates: the page re-renders itself without a reload.
   const rendered = await page.getAttribute("#main", "data-rendered-ms");

@@ -166,6 +166,14 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
     let sites: BTreeSet<&str> =
         seen["fleet"]["by_site"].as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();
     assert_eq!(sites, BTreeSet::from(["site-a", "site-b", "site-c", "site-d", "site-e"]));
+    let site_c: Vec<&str> = devices_before
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["labels"]["site"] == "site-c")
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen["fleet"]["site_c"], json!(site_c), "the site filter lists exactly site-c's devices");
     let drifting: Vec<&Value> =
         shown.iter().filter(|d| d["drifting"].as_str().unwrap().contains("mean_radius")).collect();
     assert!(!drifting.is_empty(), "the drifting site shows its drift in the fleet table: {shown:?}");

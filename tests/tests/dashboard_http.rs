@@ -112,6 +112,8 @@ async fn dashboard_sessions_need_a_valid_token_and_bad_input_is_refused_by_name(
         ("/ui/rollouts/r-999999", 404, "no rollout `r-999999`"),
         ("/ui/incidents/inc-999999", 404, "no incident `inc-999999`"),
         ("/ui/models/nope?range=1y", 400, "range `1y`"),
+        ("/ui?status=sleepy", 400, "status `sleepy`: use one of online, stale, offline, never_seen"),
+        ("/ui?colour=red", 400, "unknown field `colour`"),
         ("/ui/models/nope?colour=red", 400, "unknown query parameter"),
         ("/ui/models/nope/versions/1.0.0/card?format=pdf", 400, "format `pdf`"),
     ] {

@@ -96,7 +96,8 @@ pub fn layout(title: &str, path: &str, viewer: &Viewer, refresh_secs: u64, body:
     ];
     let mut links = String::new();
     for (href, text) in nav {
-        let here = if href == "/ui" { path == "/ui" } else { path.starts_with(href) };
+        let here =
+            if href == "/ui" { path == "/ui" || path.starts_with("/ui?") } else { path.starts_with(href) };
         let _ = write!(
             links,
             "<a href=\"{href}\"{}>{text}</a>",
@@ -172,8 +173,57 @@ fn phase_kind(phase: Phase) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Fleet overview
 
+/// Which devices the fleet table lists: `q` matches a device id or a `key=value` label (a
+/// substring), `status` a liveness.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFilter {
+    pub q: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Liveness values a filter may name.
+pub const STATUSES: [&str; 4] = ["online", "stale", "offline", "never_seen"];
+/// Rows the fleet table lists at most (the counts above it cover every device).
+const MAX_ROWS: usize = 500;
+
+impl FleetFilter {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.q.as_ref().is_some_and(|q| q.len() > 128) {
+            return Err("the search text `q` is longer than 128 characters".into());
+        }
+        if let Some(s) = self.status.as_deref().filter(|s| !s.is_empty() && !STATUSES.contains(s)) {
+            return Err(format!("status `{s}`: use one of {}", STATUSES.join(", ")));
+        }
+        Ok(())
+    }
+
+    fn matches(&self, d: &DeviceRecord, status: &str) -> bool {
+        let q = self.q.as_deref().map(str::trim).unwrap_or_default();
+        let status_ok = self.status.as_deref().is_none_or(|s| s.is_empty() || s == status);
+        status_ok
+            && (q.is_empty()
+                || d.id.contains(q)
+                || d.labels.iter().any(|(k, v)| format!("{k}={v}").contains(q)))
+    }
+
+    /// The filter as a query string (`?q=…&status=…`), empty when it lists everything.
+    pub fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(q) = self.q.as_deref().filter(|q| !q.is_empty()) {
+            parts.push(format!("q={}", seg(q)));
+        }
+        if let Some(s) = self.status.as_deref().filter(|s| !s.is_empty()) {
+            parts.push(format!("status={}", seg(s)));
+        }
+        if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    }
+}
+
 pub struct Overview {
     now: u64,
+    filter: FleetFilter,
+    /// Every device with its liveness; the desired state only for the rows listed.
     devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)>,
     rollouts: Vec<Rollout>,
     incidents: Vec<Incident>,
@@ -181,16 +231,23 @@ pub struct Overview {
 }
 
 impl Overview {
-    pub fn gather(app: &AppState) -> Result<Overview, ApiError> {
+    pub fn gather(app: &AppState, filter: FleetFilter) -> Result<Overview, ApiError> {
         let now = now_ms();
         let mut devices = Vec::new();
+        let mut listed = 0;
         for d in app.store.devices().map_err(ApiError::internal)? {
             let status = crate::api::status(&app.config, &d, now);
-            let desired = app.desired.get(&d.id).map_err(ApiError::internal)?;
+            let desired = if listed < MAX_ROWS && filter.matches(&d, status) {
+                listed += 1;
+                app.desired.get(&d.id).map_err(ApiError::internal)?
+            } else {
+                None
+            };
             devices.push((d, status, desired));
         }
         Ok(Overview {
             now,
+            filter,
             devices,
             rollouts: app.rollouts.list().map_err(ApiError::internal)?,
             incidents: app.rollouts.incidents().map_err(ApiError::internal)?,
@@ -198,7 +255,7 @@ impl Overview {
         })
     }
 
-    pub fn render(&self, _viewer: &Viewer) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         let count = |s: &str| self.devices.iter().filter(|d| d.1 == s).count();
         let active: Vec<&Rollout> = self.rollouts.iter().filter(|r| r.phase.active()).collect();
@@ -288,7 +345,7 @@ impl Overview {
                         out,
                         "<tr data-group=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                         e(value),
-                        e(value),
+                        link(&format!("/ui?q={}", seg(&format!("{key}={value}"))), value),
                         g.iter().sum::<usize>(),
                         g[0],
                         g[1],
@@ -337,18 +394,44 @@ impl Overview {
         }
         out.push_str("</section>");
 
-        // Every device.
-        out.push_str("<section><h2>Devices</h2>");
-        if self.devices.is_empty() {
-            out.push_str(
-                "<p class=\"empty\">No device is enrolled yet: <code>outpostctl enrol-token</code>.</p>",
-            );
+        // The devices the filter lists, the ones needing attention first.
+        let mut rows: Vec<&(DeviceRecord, &'static str, Option<DesiredRecord>)> =
+            self.devices.iter().filter(|(d, status, _)| self.filter.matches(d, status)).collect();
+        let matching = rows.len();
+        let rank = |s: &str| STATUSES.iter().rev().position(|x| *x == s).unwrap_or(0);
+        rows.sort_by(|a, b| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.id.cmp(&b.0.id)));
+        rows.truncate(MAX_ROWS);
+        let q = self.filter.q.as_deref().unwrap_or_default();
+        let _ = write!(
+            out,
+            "<section><h2>Devices</h2><form method=\"get\" action=\"/ui\" class=\"filter\">\
+             <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"id or label, e.g. site=site-c\" aria-label=\"search\">\
+             <select name=\"status\" aria-label=\"status\"><option value=\"\">any status</option>",
+            e(q)
+        );
+        for s in STATUSES {
+            let selected = if self.filter.status.as_deref() == Some(s) { " selected" } else { "" };
+            let _ = write!(out, "<option{selected}>{s}</option>");
+        }
+        let _ = write!(
+            out,
+            "</select> <button type=\"submit\">Filter</button> <small data-listed=\"{}\">listing {} of {} matching, {} in all{}</small></form>",
+            rows.len(),
+            rows.len(),
+            matching,
+            self.devices.len(),
+            if matching > rows.len() { "; narrow the filter to see the rest" } else { "" }
+        );
+        if rows.is_empty() && self.devices.is_empty() {
+            out.push_str("<p class=\"empty\">No device is enrolled yet: <code>outpostctl device token create</code>.</p>");
+        } else if rows.is_empty() {
+            out.push_str("<p class=\"empty\">No device matches the filter.</p>");
         } else {
             out.push_str(
                 "<table data-table=\"devices\"><tr><th>device</th><th>labels</th><th>status</th><th>models (actual)</th>\
                  <th>desired</th><th>backlog</th><th>last seen</th><th>agent</th><th>drift now</th></tr>",
             );
-            for (d, status, desired) in &self.devices {
+            for (d, status, desired) in rows {
                 let labels: Vec<String> =
                     d.labels.iter().map(|(k, v)| format!("{}={}", e(k), e(v))).collect();
                 let models: Vec<String> = d
@@ -1192,6 +1275,32 @@ mod tests {
         assert_eq!(gate_value("p99<=1.5x", Some(12.345)), "12.35 ms");
         assert_eq!(gate_value("error_rate<=+1%", Some(0.0123)), "1.23%");
         assert_eq!(gate_value("agreement>=95%", None), "—");
+    }
+
+    #[test]
+    fn the_fleet_filter_matches_ids_and_labels_and_refuses_unknown_statuses() {
+        let mut d: DeviceRecord = serde_json::from_value(serde_json::json!({
+            "id": "dev-42", "key_id": "k", "public_key": "00", "labels": {"site": "site-c", "hardware": "pi4"},
+            "enrolled_at_ms": 0, "last_seen_ms": null, "presence": null, "highest_seq": null,
+            "counts": crate::store::Counts::default(), "backlog": {"messages": 0, "bytes": 0, "oldest_age_ms": 0}, "models": [],
+            "agent_version": null
+        }))
+        .unwrap();
+        let f = |q: Option<&str>, s: Option<&str>| FleetFilter {
+            q: q.map(Into::into),
+            status: s.map(Into::into),
+        };
+        assert!(f(None, None).matches(&d, "online"));
+        assert!(f(Some("site=site-c"), None).matches(&d, "online"));
+        assert!(f(Some("dev-4"), Some("online")).matches(&d, "online"));
+        assert!(!f(Some("site=site-a"), None).matches(&d, "online"));
+        assert!(!f(None, Some("stale")).matches(&d, "online"));
+        d.labels.clear();
+        assert!(!f(Some("pi4"), None).matches(&d, "online"));
+        assert!(f(None, Some("sleepy")).validate().unwrap_err().contains("status `sleepy`"));
+        assert!(f(Some(&"x".repeat(200)), None).validate().is_err());
+        assert_eq!(f(Some("site=a b"), Some("stale")).query(), "?q=site%3Da%20b&status=stale");
+        assert_eq!(f(Some(""), None).query(), "");
     }
 
     #[test]
