@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::quality::QualityReport;
 use crate::registry::VersionRecord;
-use crate::report::DriftHistory;
+use crate::report::{DriftHistory, escape};
 use crate::validation::{Metrics, Report};
 
 /// Everything a card shows.
@@ -198,10 +198,6 @@ pub fn render_markdown(d: &CardData<'_>) -> String {
         }
     }
     out
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// The card as a self-contained HTML page (the Markdown's content, its tables as tables).

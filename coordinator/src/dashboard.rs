@@ -222,13 +222,9 @@ fn signed_in(d: &Dashboard, headers: &HeaderMap, path: &str, needs: Role) -> Res
     }
 }
 
+/// A path for a `next=` parameter: encoded, but its slashes kept readable.
 fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    pages::percent_encode(text, b"/")
 }
 
 #[derive(Debug, Deserialize)]

@@ -287,7 +287,9 @@ pub fn render_markdown(h: &DriftHistory) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe for HTML content and double-quoted attributes (the reports, the model card,
+/// the dashboard).
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -36,13 +36,7 @@ const BOTTOM: f64 = 24.0;
 /// Colour-blind-safe palette (Okabe–Ito).
 const COLOURS: [&str; 7] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"];
 
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+pub use crate::report::escape;
 
 /// A round step so that about four gridlines cover `0..=max`.
 fn nice_step(max: f64) -> f64 {

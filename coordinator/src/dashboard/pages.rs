@@ -76,11 +76,17 @@ fn link(href: &str, text: &str) -> String {
     format!("<a href=\"{}\">{}</a>", e(href), e(text))
 }
 
-/// A path segment, percent-encoded.
+/// A path segment or query value, percent-encoded.
 fn seg(text: &str) -> String {
+    percent_encode(text, b"")
+}
+
+/// Percent-encodes all but unreserved characters and those in `keep`.
+pub fn percent_encode(text: &str, keep: &[u8]) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b if keep.contains(&b) => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
