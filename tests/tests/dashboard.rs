@@ -4,7 +4,8 @@
 //! token and reads the fleet, the rolled-back rollout with its gates, the incident, the
 //! monitoring charts (drift included) and a model card; every figure is compared here with
 //! what the API says. A viewer is offered no button and forged posts are refused; an operator
-//! closes the incident from the page. Screenshots land in `<target>/dashboard-screenshots/`.
+//! closes the incident from the page. Screenshots land in the checkout's
+//! `target/dashboard-screenshots/`.
 //!
 //! Needs `chromium` (Debian package) and `npm ci` in `tests/browser` — `.ci/run` does both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use outpost_tests::bin_dir;
 use outpost_tests::demo::Demo;
 use serde_json::{Value, json};
 
@@ -103,7 +103,8 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
     let incident = api(&demo, "GET", &format!("/api/v1/incidents/{incident_id}"), None);
     assert!(incident["closed_ms"].is_null());
 
-    let screenshots = bin_dir().parent().unwrap().join("dashboard-screenshots");
+    // The checkout's target/ (CI builds elsewhere, but collects artifacts from here).
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     let run = Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
