@@ -560,7 +560,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[runtime]\nworkers = 1\n\n[telemetry]\ninterval_secs = 2\n\n[drift]\nwindow_rows = 300\ninterval_secs = 2\n\n[registry]\ntrusted_keys = [\"{key}\"]\n",
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[runtime]\nworkers = 1\n\n[telemetry]\ninterval_secs = 2\n\n[drift]\nwindow_rows = 300\n\n[registry]\ntrusted_keys = [\"{key}\"]\n",
                 adir_s.replace('\\', "\\\\").replace('"', "\\\"")
             ),
         )
