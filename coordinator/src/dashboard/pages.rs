@@ -231,6 +231,10 @@ pub struct Overview {
     filter: FleetFilter,
     /// Every device with its liveness; the desired state only for the rows listed.
     devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)>,
+    /// Indices into `devices` of the rows the table lists, in order ([`Overview::select`]).
+    listed: Vec<usize>,
+    /// How many devices match the filter (listed or not).
+    matching: usize,
     rollouts: Vec<Rollout>,
     incidents: Vec<Incident>,
     alerts: Vec<AlertRecord>,
@@ -239,26 +243,42 @@ pub struct Overview {
 impl Overview {
     pub fn gather(app: &AppState, filter: FleetFilter) -> Result<Overview, ApiError> {
         let now = now_ms();
-        let mut devices = Vec::new();
-        let mut listed = 0;
+        let mut devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)> = Vec::new();
         for d in app.store.devices().map_err(ApiError::internal)? {
             let status = crate::api::status(&app.config, &d, now);
-            let desired = if listed < MAX_ROWS && filter.matches(&d, status) {
-                listed += 1;
-                app.desired.get(&d.id).map_err(ApiError::internal)?
-            } else {
-                None
-            };
-            devices.push((d, status, desired));
+            devices.push((d, status, None));
+        }
+        let (listed, matching) = Overview::select(&devices, &filter);
+        for &i in &listed {
+            devices[i].2 = app.desired.get(&devices[i].0.id).map_err(ApiError::internal)?;
         }
         Ok(Overview {
             now,
             filter,
             devices,
+            listed,
+            matching,
             rollouts: app.rollouts.list().map_err(ApiError::internal)?,
             incidents: app.rollouts.incidents().map_err(ApiError::internal)?,
             alerts: app.alerts.list().map_err(ApiError::internal)?,
         })
+    }
+
+    /// The rows the filter lists — the ones needing attention first, then by id, at most
+    /// [`MAX_ROWS`] — and how many devices match in all.
+    fn select(
+        devices: &[(DeviceRecord, &'static str, Option<DesiredRecord>)],
+        filter: &FleetFilter,
+    ) -> (Vec<usize>, usize) {
+        let mut rows: Vec<usize> =
+            (0..devices.len()).filter(|&i| filter.matches(&devices[i].0, devices[i].1)).collect();
+        let matching = rows.len();
+        let rank = |s: &str| STATUSES.iter().rev().position(|x| *x == s).unwrap_or(0);
+        rows.sort_by(|&a, &b| {
+            rank(devices[a].1).cmp(&rank(devices[b].1)).then_with(|| devices[a].0.id.cmp(&devices[b].0.id))
+        });
+        rows.truncate(MAX_ROWS);
+        (rows, matching)
     }
 
     pub fn render(&self) -> String {
@@ -400,13 +420,10 @@ impl Overview {
         }
         out.push_str("</section>");
 
-        // The devices the filter lists, the ones needing attention first.
-        let mut rows: Vec<&(DeviceRecord, &'static str, Option<DesiredRecord>)> =
-            self.devices.iter().filter(|(d, status, _)| self.filter.matches(d, status)).collect();
-        let matching = rows.len();
-        let rank = |s: &str| STATUSES.iter().rev().position(|x| *x == s).unwrap_or(0);
-        rows.sort_by(|a, b| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.id.cmp(&b.0.id)));
-        rows.truncate(MAX_ROWS);
+        // The devices the filter lists (chosen in `gather`, which read their desired states).
+        let rows: Vec<&(DeviceRecord, &'static str, Option<DesiredRecord>)> =
+            self.listed.iter().map(|&i| &self.devices[i]).collect();
+        let matching = self.matching;
         let q = self.filter.q.as_deref().unwrap_or_default();
         let _ = write!(
             out,
@@ -1283,15 +1300,38 @@ mod tests {
         assert_eq!(gate_value("agreement>=95%", None), "—");
     }
 
-    #[test]
-    fn the_fleet_filter_matches_ids_and_labels_and_refuses_unknown_statuses() {
-        let mut d: DeviceRecord = serde_json::from_value(serde_json::json!({
-            "id": "dev-42", "key_id": "k", "public_key": "00", "labels": {"site": "site-c", "hardware": "pi4"},
+    fn device(id: &str) -> DeviceRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "key_id": "k", "public_key": "00", "labels": {"site": "site-c", "hardware": "pi4"},
             "enrolled_at_ms": 0, "last_seen_ms": null, "presence": null, "highest_seq": null,
             "counts": crate::store::Counts::default(), "backlog": {"messages": 0, "bytes": 0, "oldest_age_ms": 0}, "models": [],
             "agent_version": null
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fleet_table_lists_devices_needing_attention_first_and_at_most_500() {
+        let statuses = ["online", "offline", "stale", "never_seen"];
+        let devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)> =
+            (0..1000).map(|i| (device(&format!("dev-{i:04}")), statuses[i % 4], None)).collect();
+        let (rows, matching) = Overview::select(&devices, &FleetFilter::default());
+        assert_eq!((rows.len(), matching), (MAX_ROWS, 1000));
+        let shown: Vec<&str> = rows.iter().map(|&i| devices[i].1).collect();
+        assert!(
+            shown[..250].iter().all(|s| *s == "never_seen") && shown[250..].iter().all(|s| *s == "offline")
+        );
+        assert!(
+            rows.windows(2)
+                .all(|w| devices[w[0]].1 != devices[w[1]].1 || devices[w[0]].0.id < devices[w[1]].0.id)
+        );
+        let stale = FleetFilter { q: None, status: Some("stale".into()) };
+        assert_eq!(Overview::select(&devices, &stale).1, 250);
+    }
+
+    #[test]
+    fn the_fleet_filter_matches_ids_and_labels_and_refuses_unknown_statuses() {
+        let mut d = device("dev-42");
         let f = |q: Option<&str>, s: Option<&str>| FleetFilter {
             q: q.map(Into::into),
             status: s.map(Into::into),
