@@ -158,26 +158,17 @@ impl Labels {
         Ok((labelled, correct))
     }
 
-    /// Labelled predictions of `model` made in `[from_ms, to_ms]`, in `buckets` equal time
-    /// buckets by prediction time, per version: (labelled with a prediction, correct).
-    pub fn timeline(
-        &self,
-        model: &str,
-        from_ms: u64,
-        to_ms: u64,
-        buckets: usize,
-    ) -> Result<Vec<Correct>, StoreError> {
-        let buckets = buckets.max(1);
-        let width = (to_ms.saturating_sub(from_ms) / buckets as u64).max(1);
-        let mut out = vec![BTreeMap::new(); buckets];
+    /// Labelled predictions of `model` in each of `grid`'s buckets by prediction time, per
+    /// version: (labelled with a prediction, correct).
+    pub fn timeline(&self, model: &str, grid: &crate::slo::TimeBuckets) -> Result<Vec<Correct>, StoreError> {
+        let mut out = vec![BTreeMap::new(); grid.count];
         for item in self.scan(model) {
             let (_, l) = item?;
             let Some(predicted) = l.predicted else { continue };
-            if !(from_ms..=to_ms).contains(&l.predicted_at_ms) {
+            if !(grid.from_ms..=grid.to_ms).contains(&l.predicted_at_ms) {
                 continue;
             }
-            let b = ((l.predicted_at_ms - from_ms) / width) as usize;
-            let cell: &mut (u64, u64) = out[b.min(buckets - 1)].entry(l.version).or_default();
+            let cell: &mut (u64, u64) = out[grid.index(l.predicted_at_ms)].entry(l.version).or_default();
             cell.0 += 1;
             cell.1 += u64::from(predicted == l.label);
         }

@@ -133,6 +133,34 @@ fn objective(
     }
 }
 
+/// Equal time buckets over `[from_ms, to_ms]`: the one bucket geometry the dashboard's charts
+/// and the timelines feeding them (traffic here, labels in `quality`) share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBuckets {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub width_ms: u64,
+    pub count: usize,
+}
+
+impl TimeBuckets {
+    pub fn new(from_ms: u64, to_ms: u64, count: usize) -> TimeBuckets {
+        let count = count.max(1);
+        let width_ms = (to_ms.saturating_sub(from_ms) / count as u64).max(1);
+        TimeBuckets { from_ms, to_ms, width_ms, count }
+    }
+
+    /// The bucket holding `at_ms` (a time at the very end falls in the last one).
+    pub fn index(&self, at_ms: u64) -> usize {
+        ((at_ms.saturating_sub(self.from_ms) / self.width_ms) as usize).min(self.count - 1)
+    }
+
+    /// Each bucket's start (unix ms).
+    pub fn starts(&self) -> Vec<u64> {
+        (0..self.count as u64).map(|i| self.from_ms + i * self.width_ms).collect()
+    }
+}
+
 /// Objectives and traffic history.
 #[derive(Debug, Clone)]
 pub struct Slos {
@@ -321,28 +349,23 @@ impl Slos {
         Ok((requests, errors, latency, devices.len()))
     }
 
-    /// `model`'s traffic in `buckets` equal time buckets of `[from_ms, to_ms]`, per version:
-    /// (requests, errors, merged latency histogram in µs). For the dashboard's charts.
+    /// `model`'s traffic in each of `grid`'s buckets, per version: (requests, errors, merged
+    /// latency histogram in µs). For the dashboard's charts.
     pub fn timeline(
         &self,
         model: &str,
-        from_ms: u64,
-        to_ms: u64,
-        buckets: usize,
+        grid: &TimeBuckets,
     ) -> Result<Vec<BTreeMap<String, TrafficWindow>>, StoreError> {
-        let buckets = buckets.max(1);
-        let width = (to_ms.saturating_sub(from_ms) / buckets as u64).max(1);
-        let mut out = vec![BTreeMap::new(); buckets];
+        let mut out = vec![BTreeMap::new(); grid.count];
         self.windows_where(
             &self.traffic,
             model,
-            from_ms,
-            to_ms,
+            grid.from_ms,
+            grid.to_ms,
             |_, _| true,
             |at, _, version, v| {
                 let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) else { return };
-                let b = ((at.saturating_sub(from_ms) / width) as usize).min(buckets - 1);
-                let cell = out[b].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
+                let cell = out[grid.index(at)].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
                     requests: 0,
                     errors: 0,
                     latency_us: LogHistogram::default(),
@@ -403,6 +426,14 @@ impl Slos {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_buckets_cover_the_range_and_the_end_falls_in_the_last() {
+        let g = TimeBuckets::new(1_000, 61_000, 6);
+        assert_eq!((g.width_ms, g.starts()), (10_000, vec![1_000, 11_000, 21_000, 31_000, 41_000, 51_000]));
+        assert_eq!((g.index(1_000), g.index(10_999), g.index(11_000), g.index(61_000)), (0, 0, 1, 5));
+        assert_eq!(TimeBuckets::new(5, 5, 0).count, 1);
+    }
 
     #[test]
     fn burn_rate_is_the_bad_share_over_the_allowed_share() {

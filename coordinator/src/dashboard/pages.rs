@@ -19,7 +19,7 @@ use crate::registry::VersionRecord;
 use crate::report::DriftHistory;
 use crate::rollout::gates::GateResult;
 use crate::rollout::{Incident, Phase, Rollout, RolloutView, TimelineEntry};
-use crate::slo::{SloStatus, TrafficWindow};
+use crate::slo::{SloStatus, TimeBuckets, TrafficWindow};
 use crate::store::{DeviceRecord, now_ms};
 
 /// Time ranges the model page offers; `auto` spans the model's life in the registry (at most
@@ -604,19 +604,18 @@ impl ModelPage {
             Some(spec) => Some(slos.status(labels, name, &spec, to_ms).map_err(ApiError::internal)?),
             None => None,
         };
-        let buckets = ((range_ms / MIN_BUCKET_MS) as usize).clamp(1, BUCKETS);
-        let bucket_ms = (range_ms / buckets as u64).max(1);
+        let grid = TimeBuckets::new(from_ms, to_ms, ((range_ms / MIN_BUCKET_MS) as usize).clamp(1, BUCKETS));
         Ok(ModelPage {
             name: name.to_owned(),
             versions,
             slo,
-            starts: (0..buckets as u64).map(|i| from_ms + i * bucket_ms).collect(),
-            traffic: slos.timeline(name, from_ms, to_ms, buckets).map_err(ApiError::internal)?,
-            accuracy: labels.timeline(name, from_ms, to_ms, buckets).map_err(ApiError::internal)?,
+            starts: grid.starts(),
+            traffic: slos.timeline(name, &grid).map_err(ApiError::internal)?,
+            accuracy: labels.timeline(name, &grid).map_err(ApiError::internal)?,
             drift: DriftHistory::build(app.ingest.drift_history(), name, from_ms)
                 .map_err(ApiError::internal)?,
             quality: labels.quality(name, Some(from_ms), None).map_err(ApiError::internal)?,
-            bucket_ms,
+            bucket_ms: grid.width_ms,
         })
     }
 
