@@ -14,19 +14,19 @@
 //!
 //! Each step is *applied* (desired states sent; it waits until every device of the step reports
 //! the version ready in the right slot), then *bakes* for `bake_secs` while the gates
-//! ([`gates`]) compare the **candidate** (the new version on the moved devices since the bake
-//! began) with the **baseline** (the old version):
-//! - canary and shadow steps: on the same devices in the same window (both versions run on each);
-//! - waves: on the targets not yet moved, in the same window; once every target has moved (the
-//!   last wave), on the same targets in a window of the same length before the rollout started;
-//! - a switch: on the same targets in a window of the same length before the switch.
+//! ([`gates`]) compare the **candidate** (the new version on the moved devices, over the whole
+//! rollout) with the **baseline** (the old version on the targets: the same devices in the same
+//! window for canary and shadow steps; for waves and switches, from one bake before the rollout
+//! began — see [`bake`]).
 //!
-//! A gate that fails (with enough samples; see [`gates`]) stops the rollout at once: every moved
-//! device goes back to the version it had, an [`Incident`] keeps the gate, the numbers and the
-//! timeline, and an alert fires until an operator closes the incident. At the end of the bake,
-//! all gates passing takes the next wave; any inconclusive gate extends the bake (up to
-//! `max_extensions` times), then pauses the rollout for an operator — thin evidence never
-//! passes silently. After the last wave the version becomes `production`.
+//! Every gate's verdict is three-way on a confidence sequence ([`stats`]): a gate that is worse
+//! than its limit beyond doubt fails and stops the rollout at once: every moved device goes back
+//! to the version it had, an [`Incident`] keeps the gate, the numbers and the timeline, and an
+//! alert fires until an operator closes the incident. At the end of the bake, all gates passing
+//! (within their limits beyond doubt) takes the next wave; any inconclusive gate extends the bake
+//! (up to `max_extensions` times), then pauses the rollout for an operator — thin evidence never
+//! passes. The rollout's `alpha` (default 1 %) bounds the chance of any wrong verdict over the
+//! whole rollout; `gate-sim` measures it. After the last wave the version becomes `production`.
 //!
 //! Devices that go quiet during a wave are shown `stale`/`offline` and handled by the spec's
 //! `offline` policy: `wait` for them, `skip` them (they get the version when they return), or
@@ -38,7 +38,10 @@
 //! device whose desired state already says the version is not sent it again), so a coordinator
 //! killed at any moment resumes every rollout where it was: timers are absolute times.
 
+pub mod bake;
 pub mod gates;
+pub mod simulate;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -53,7 +56,8 @@ use crate::quality::Labels;
 use crate::registry::Stage;
 use crate::slo::Slos;
 use crate::store::{DeviceRecord, Store, StoreError, now_ms};
-use gates::{Evidence, Gate, GateResult, Thresholds, Verdict};
+use bake::BakeDecision;
+use gates::{Evidence, Gate, GateResult, Thresholds};
 
 /// How often the engine looks at every active rollout.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -104,6 +108,10 @@ pub struct RolloutSpec {
     /// Added to a latency ratio's limit, so microsecond models are not judged on noise.
     #[serde(default = "default_slack")]
     pub latency_slack_ms: f64,
+    /// The rollout's error budget: the chance that any of its gates ever gives a wrong verdict
+    /// (a false rollback or a false pass) over the whole rollout, split evenly over the gates.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
 }
 
 fn default_strategy() -> String {
@@ -132,6 +140,9 @@ fn default_apply_timeout() -> u64 {
 }
 fn default_slack() -> f64 {
     1.0
+}
+fn default_alpha() -> f64 {
+    gates::DEFAULT_ALPHA
 }
 
 impl RolloutSpec {
@@ -176,6 +187,12 @@ impl RolloutSpec {
         if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
             return Err("`latency_slack_ms` must be 0 or more".into());
         }
+        if !(self.alpha > 0.0 && self.alpha <= 0.2) {
+            return Err(format!(
+                "`alpha` must be in (0, 0.2] (0.01 is a 1 % error budget); got {}",
+                self.alpha
+            ));
+        }
         let shadow = self.strategy == "shadow";
         let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
             (true, true) => gates::DEFAULT_SHADOW_GATES.to_vec(),
@@ -185,7 +202,11 @@ impl RolloutSpec {
         if texts.len() > 20 {
             return Err("at most 20 gates".into());
         }
-        let parsed = texts.into_iter().map(Gate::parse).collect::<Result<Vec<Gate>, String>>()?;
+        let parsed = texts
+            .into_iter()
+            .map(Gate::parse)
+            .collect::<Result<Vec<Gate>, gates::GateError>>()
+            .map_err(|e| e.to_string())?;
         if let Some(g) = parsed.iter().find(|g| shadow && g.metric == gates::Metric::Accuracy) {
             return Err(format!(
                 "gate `{}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`",
@@ -198,11 +219,13 @@ impl RolloutSpec {
         Ok(parsed)
     }
 
-    fn thresholds(&self) -> Thresholds {
+    /// What the gates judge with: each of the `gates` gets an equal share of `alpha`.
+    pub fn thresholds(&self, gates: usize) -> Thresholds {
         Thresholds {
             min_requests: self.min_requests,
             min_labels: self.min_labels,
             latency_slack_ms: self.latency_slack_ms,
+            alpha: self.alpha / gates.max(1) as f64,
         }
     }
 }
@@ -773,59 +796,33 @@ impl Rollouts {
         Ok(Evidence { requests, errors, latency_us, labelled, correct, compared, agreed, devices: n })
     }
 
-    /// The gates' verdicts for the current bake.
+    /// The gates' verdicts for the current bake, on the evidence [`bake::evidence_window`] names.
     fn judge(&self, r: &mut Rollout, now: u64) -> Result<(), StoreError> {
         let Ok(gates) = r.spec.validate() else { return Ok(()) };
-        let from = r.bake_started_ms.unwrap_or(now);
+        let step = r.step_at(r.wave);
+        let w = bake::evidence_window(step, r.created_ms, now, r.spec.bake_secs);
         let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
-        let candidate = self.evidence(&r.spec.model, &r.spec.version, &moved, from, now)?;
-        let rest: Vec<String> = r.targets.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
-        let (baseline, scope) = if matches!(r.step_at(r.wave), Step::Canary(_) | Step::Shadow) {
-            let b = self.evidence(&r.spec.model, &r.baseline, &r.targets, from, now)?;
-            (
-                b,
-                format!(
-                    "{} as the primary on the same {} device(s), same window",
-                    r.baseline,
-                    r.targets.len()
-                ),
+        let candidate = self.evidence(&r.spec.model, &r.spec.version, &moved, w.from_ms, w.to_ms)?;
+        let baseline = self.evidence(&r.spec.model, &r.baseline, &r.targets, w.baseline_from_ms, w.to_ms)?;
+        let since = (now.saturating_sub(w.from_ms)) / 1000;
+        r.baseline_scope = if w.same_devices {
+            format!(
+                "{} as the primary on the same {} device(s) in the same {since} s since the rollout began",
+                r.baseline,
+                r.targets.len()
             )
-        } else if r.step_at(r.wave) == Step::Switch {
-            let len = now.saturating_sub(from).max(r.spec.bake_secs * 1000);
-            let until = r.wave_started_ms;
-            let b =
-                self.evidence(&r.spec.model, &r.baseline, &r.targets, until.saturating_sub(len), until)?;
-            let scope = format!(
-                "{} on the same {} device(s) in the {} s before the switch",
-                r.baseline,
-                r.targets.len(),
-                len / 1000
-            );
-            (b, scope)
-        } else if rest.is_empty() {
-            let len = now.saturating_sub(from).max(r.spec.bake_secs * 1000);
-            let b = self.evidence(
-                &r.spec.model,
-                &r.baseline,
-                &r.targets,
-                r.created_ms.saturating_sub(len),
-                r.created_ms,
-            )?;
-            let scope = format!(
-                "{} on the same {} device(s) in the {} s before the rollout",
-                r.baseline,
-                r.targets.len(),
-                len / 1000
-            );
-            (b, scope)
         } else {
-            let b = self.evidence(&r.spec.model, &r.baseline, &rest, from, now)?;
-            let scope = format!("{} on the {} target(s) not yet moved, same window", r.baseline, rest.len());
-            (b, scope)
+            format!(
+                "{} on the {} target(s) from {} s before the rollout began (the devices not yet moved since),                  against {} on {} moved device(s) over the rollout's {since} s",
+                r.baseline,
+                r.targets.len(),
+                r.spec.bake_secs,
+                r.spec.version,
+                moved.len()
+            )
         };
-        let t = r.spec.thresholds();
+        let t = r.spec.thresholds(gates.len());
         r.gates = gates.iter().map(|g| gates::evaluate(g, &candidate, &baseline, t)).collect();
-        r.baseline_scope = scope;
         r.evaluated_ms = Some(now);
         Ok(())
     }
@@ -1039,56 +1036,58 @@ impl Rollouts {
             }
             Phase::Baking => {
                 self.judge(r, now)?;
-                if let Some(failed) = r.gates.iter().find(|g| g.verdict == Verdict::Fail).cloned() {
-                    let reason = format!(
-                        "gate `{}` failed at {}: {} (baseline: {})",
-                        failed.gate,
-                        r.label(),
-                        failed.detail,
-                        r.baseline_scope
-                    );
-                    out.extend(self.roll_back(st, r, reason, Some(failed))?);
-                    return Ok(out);
-                }
-                if now < r.bake_until_ms.unwrap_or(0) {
-                    return Ok(out);
-                }
-                let thin: Vec<&GateResult> =
-                    r.gates.iter().filter(|g| g.verdict == Verdict::Inconclusive).collect();
-                if thin.is_empty() {
-                    let summary: Vec<String> =
-                        r.gates.iter().map(|g| format!("{} pass ({})", g.gate, g.detail)).collect();
-                    r.log(format!(
-                        "{}: gates passed against {}: {}",
-                        r.label(),
-                        r.baseline_scope,
-                        summary.join("; ")
-                    ));
-                    if r.step_at(r.wave) == Step::Shadow {
-                        // Evidence gathered; the shadow goes, nothing switched.
-                        out.extend(revert(st, r, "rollout-engine").map_err(|e| StoreError::Corrupt {
-                            key: format!("rollouts/{}", r.id),
-                            detail: e.to_string(),
-                        })?);
-                        r.phase = Phase::Succeeded;
-                        r.finished_ms = Some(now);
-                        r.log(format!(
-                            "succeeded: {}@{} matched its primary in shadow; the shadow is removed and nothing \
-                             switched — roll it out with `canary` or `blue-green`",
-                            r.spec.model, r.spec.version
-                        ));
-                    } else if r.wave + 1 == r.steps() {
-                        self.succeed(st, r);
-                    } else {
-                        r.wave += 1;
-                        r.phase = Phase::Applying;
-                        r.wave_started_ms = now;
-                        r.bake_started_ms = None;
-                        r.bake_until_ms = None;
+                let decision = bake::bake_decision(
+                    &r.gates,
+                    now,
+                    r.bake_until_ms.unwrap_or(0),
+                    r.extensions,
+                    r.spec.max_extensions,
+                );
+                match decision {
+                    BakeDecision::RollBack(failed) => {
+                        let reason = format!(
+                            "gate `{}` failed at {}: {} (baseline: {})",
+                            failed.gate,
+                            r.label(),
+                            failed.detail,
+                            r.baseline_scope
+                        );
+                        out.extend(self.roll_back(st, r, reason, Some(failed))?);
                     }
-                } else {
-                    let why: Vec<String> = thin.iter().map(|g| format!("{}: {}", g.gate, g.detail)).collect();
-                    if r.extensions < r.spec.max_extensions {
+                    BakeDecision::Continue => {}
+                    BakeDecision::Passed => {
+                        let summary: Vec<String> =
+                            r.gates.iter().map(|g| format!("{} pass ({})", g.gate, g.detail)).collect();
+                        r.log(format!(
+                            "{}: gates passed against {}: {}",
+                            r.label(),
+                            r.baseline_scope,
+                            summary.join("; ")
+                        ));
+                        if r.step_at(r.wave) == Step::Shadow {
+                            // Evidence gathered; the shadow goes, nothing switched.
+                            out.extend(revert(st, r, "rollout-engine").map_err(|e| StoreError::Corrupt {
+                                key: format!("rollouts/{}", r.id),
+                                detail: e.to_string(),
+                            })?);
+                            r.phase = Phase::Succeeded;
+                            r.finished_ms = Some(now);
+                            r.log(format!(
+                                "succeeded: {}@{} matched its primary in shadow; the shadow is removed and nothing \
+                                 switched — roll it out with `canary` or `blue-green`",
+                                r.spec.model, r.spec.version
+                            ));
+                        } else if r.wave + 1 == r.steps() {
+                            self.succeed(st, r);
+                        } else {
+                            r.wave += 1;
+                            r.phase = Phase::Applying;
+                            r.wave_started_ms = now;
+                            r.bake_started_ms = None;
+                            r.bake_until_ms = None;
+                        }
+                    }
+                    BakeDecision::Extend(why) => {
                         r.extensions += 1;
                         r.bake_until_ms = Some(now + r.spec.bake_secs * 1000);
                         r.log(format!(
@@ -1098,7 +1097,8 @@ impl Rollouts {
                             r.extensions,
                             r.spec.max_extensions
                         ));
-                    } else {
+                    }
+                    BakeDecision::Pause(why) => {
                         r.phase = Phase::Paused;
                         let reason =
                             format!("inconclusive after {} extension(s): {}", r.extensions, why.join("; "));

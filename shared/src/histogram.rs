@@ -173,6 +173,20 @@ impl LogHistogram {
             .sum()
     }
 
+    /// Every non-empty bucket's representative value, ascending, with how many recorded values
+    /// lie in higher buckets — what [`LogHistogram::count_above`] returns for that value.
+    pub fn values_with_count_above(&self) -> Vec<(f64, u64)> {
+        let gamma = self.gamma();
+        let mut above = self.count.saturating_sub(self.zero_count);
+        self.buckets
+            .iter()
+            .map(|(&index, &n)| {
+                above = above.saturating_sub(n);
+                (2.0 * gamma.powi(index) / (gamma + 1.0), above)
+            })
+            .collect()
+    }
+
     /// The value at quantile `q` (0 ≤ q ≤ 1), within relative error α; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 || !(0.0..=1.0).contains(&q) {
@@ -232,6 +246,12 @@ mod tests {
         assert_eq!(h.count_above(60.0), 3);
         assert_eq!(h.count_above(10_000.0), 0);
         assert_eq!(h.count_above(0.0), 6, "zero is not above zero");
+        // Each bucket's value with what count_above says for it.
+        let listed = h.values_with_count_above();
+        assert_eq!(listed.len(), 6);
+        for (value, above) in listed {
+            assert_eq!(above, h.count_above(value), "{value}");
+        }
     }
 
     use super::*;

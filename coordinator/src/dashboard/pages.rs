@@ -1246,6 +1246,9 @@ mod tests {
             baseline_samples: 478,
             min_samples: 50,
             detail: "accuracy 53.80% vs <baseline> 98.30%".into(),
+            excess_low: Some(0.31),
+            excess_high: Some(0.48),
+            alpha: Some(0.01 / 3.0),
         }
     }
 
