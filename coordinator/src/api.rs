@@ -162,6 +162,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/audit/verify") => get(registry::audit_verify),
         ("get", "/api/v1/keys") => get(keys),
         ("post", "/api/v1/rollouts") => post(rollout::start),
+        ("post", "/api/v1/rollouts/plan") => post(rollout::plan),
         ("get", "/api/v1/rollouts") => get(rollout::list),
         ("get", "/api/v1/rollouts/{id}") => get(rollout::show),
         ("post", "/api/v1/rollouts/{id}/{action}") => post(rollout::act),

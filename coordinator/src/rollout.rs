@@ -40,6 +40,7 @@
 
 pub mod bake;
 pub mod gates;
+pub mod plan;
 pub mod simulate;
 pub mod stats;
 
@@ -599,6 +600,52 @@ impl Rollouts {
             });
         }
         Ok(RolloutView { rollout: r, devices: progress })
+    }
+
+    /// How long `spec`'s gates need on the targets' traffic of the last ten minutes
+    /// ([`plan::plan`]); nothing is started or written.
+    pub fn plan(&self, st: &AppState, spec: &RolloutSpec) -> Result<plan::Plan, RolloutError> {
+        const WINDOW_SECS: u64 = 600;
+        spec.validate().map_err(RolloutError::Invalid)?;
+        st.registry.get(&spec.model, &spec.version).map_err(|e| RolloutError::NotFound(e.to_string()))?;
+        let targets: Vec<String> =
+            st.store.devices()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
+        if targets.is_empty() {
+            return Err(RolloutError::Invalid("the selector matches no enrolled device".into()));
+        }
+        let now = now_ms();
+        let from = now.saturating_sub(WINDOW_SECS * 1000);
+        let set: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+        let keep = |d: &str, v: &str| set.contains(d) && v != spec.version;
+        let (requests, errors, latency_us, _) = self.slos.traffic_where(&spec.model, from, now, keep)?;
+        // A fleet that started reporting minutes ago has only those minutes of data (a window
+        // covers about one report interval before its end).
+        let oldest = self.slos.oldest_window_where(&spec.model, from, now, keep)?;
+        let window_secs =
+            oldest.map_or(WINDOW_SECS, |o| (now.saturating_sub(o) / 1000 + 10).clamp(10, WINDOW_SECS));
+        let mut running = BTreeSet::new();
+        for id in &targets {
+            if let Some(m) = st.desired.get(id)?.and_then(|rec| rec.models.get(&spec.model).cloned()) {
+                running.insert(m.version);
+            }
+        }
+        let (mut labelled, mut correct) = (0, 0);
+        for version in running.iter().filter(|v| **v != spec.version) {
+            let (l, c) = self.labels.correct_on(&spec.model, version, &targets, from, now)?;
+            labelled += l;
+            correct += c;
+        }
+        let per_device_s = (targets.len() as u64 * window_secs) as f64;
+        let rates = plan::FleetRates {
+            targets: targets.len(),
+            window_secs,
+            requests_per_s: requests as f64 / per_device_s,
+            labels_per_s: labelled as f64 / per_device_s,
+            error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
+            accuracy: (labelled > 0).then(|| correct as f64 / labelled as f64),
+            latency_us,
+        };
+        plan::plan(spec, &rates).map_err(RolloutError::Invalid)
     }
 
     /// Starts a rollout (validated spec; the version must have passed validation).

@@ -349,6 +349,22 @@ impl Slos {
         Ok((requests, errors, latency, devices.len()))
     }
 
+    /// When the oldest window `keep` accepts in `[from_ms, to_ms]` ended, if there is one: how
+    /// far back a fleet that only started reporting has data.
+    pub fn oldest_window_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut oldest: Option<u64> = None;
+        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |at, _, _, _| {
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        })?;
+        Ok(oldest)
+    }
+
     /// `model`'s traffic in each of `grid`'s buckets, per version: (requests, errors, merged
     /// latency histogram in µs). For the dashboard's charts.
     pub fn timeline(

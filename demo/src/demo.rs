@@ -8,8 +8,10 @@
 //!    validation gate on the held-out validation set, and deploys 1.0.0 everywhere.
 //! 3. Sends each agent synthetic traffic drawn from the held-out data, and each answer's true
 //!    label to the agent's `/v1/feedback` — what accuracy gates read.
-//! 4. Rolls 1.1.0 out in waves (20 % → 60 % → 100 %), each baked and gated on error rate, p99
-//!    latency and accuracy against 1.0.0; it becomes production.
+//! 4. Rolls 1.1.0 out in waves (20 % → 60 % → 100 %), each baked and gated on error rate, p95
+//!    latency and accuracy against 1.0.0; it becomes production. The gates pass only on
+//!    evidence (a confidence bound inside the limit), so a wave whose evidence is still thin
+//!    — a busy machine serves fewer requests — is extended rather than passed.
 //! 5. Rolls out 2.0.0-bad (let through validation by a lax policy, as a team in a hurry might);
 //!    its accuracy gate fails in the first wave and the engine rolls it back by itself, leaving
 //!    an incident.
@@ -55,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     bake_secs: u64,
     /// Labelled requests per second sent to each agent.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=500))]
     rate: u32,
     /// Stop once both rollouts have ended, instead of waiting for Ctrl-C.
     #[arg(long)]
@@ -92,7 +94,10 @@ const FILES: &[(&str, &[u8])] = &[
     ),
 ];
 
-const GATES: [&str; 3] = ["error_rate<=+1%", "p99<=2x", "accuracy>=-5%"];
+/// Gates five agents' traffic decides within a few bakes: with no errors, a pass on
+/// `error_rate<=+2%` needs about 800 requests on the moved devices, `accuracy>=-5%` about 450
+/// labels, `p95<=2x` about 350 requests (a `p99` gate would need about 1,700).
+const GATES: [&str; 3] = ["error_rate<=+2%", "p95<=2x", "accuracy>=-5%"];
 
 /// Prints one step, with the time since the demo started.
 fn step(started: Instant, message: impl AsRef<str>) {
@@ -396,7 +401,7 @@ fn roll_out(api: &Api, started: Instant, version: &str, bake_secs: u64) -> Resul
         "gates": GATES,
         "min_requests": 100,
         "min_labels": 100,
-        "max_extensions": 3,
+        "max_extensions": 12,
         "latency_slack_ms": 5.0,
     });
     let r = api.post("/api/v1/rollouts", &spec)?;

@@ -110,8 +110,20 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no labels come back"), "{err}");
 
-    let gates = ["--gate", "error_rate<=+1%", "--gate", "p99<=2x", "--gate", "accuracy>=-5%"];
-    let mut args = vec!["bc@1.1.0", "--selector", "tier=prod", "--waves", "20,60,100", "--bake", "4s"];
+    // Gates this traffic (about 50 requests/s per agent) can decide within a few bakes: a pass
+    // needs the confidence bound inside the limit, so ~300 requests for `+5%` with no errors.
+    let gates = ["--gate", "error_rate<=+5%", "--gate", "p95<=2x", "--gate", "accuracy>=-5%"];
+    let mut args = vec![
+        "bc@1.1.0",
+        "--selector",
+        "tier=prod",
+        "--waves",
+        "20,60,100",
+        "--bake",
+        "4s",
+        "--max-extensions",
+        "10",
+    ];
     args.extend(gates);
     args.extend(["--min-requests", "30", "--min-labels", "30", "--latency-slack-ms", "50"]);
     let id = start(&c, &args);
@@ -162,6 +174,53 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
         table.contains("SUCCEEDED") && table.contains("accuracy>=-5%") && table.contains("PASS"),
         "{table}"
     );
+
+    // Plan before rolling: on this traffic every gate decides within the bakes, and the plan
+    // shows it per step; a gate that needs far more evidence than a bake gives is warned about.
+    let mut plan_args =
+        vec!["--json", "rollout", "plan", "bc@2.0.0-bad", "--waves", "40,100", "--bake", "4s"];
+    plan_args.extend(["--max-extensions", "10"]);
+    plan_args.extend(gates);
+    let plan: Value = serde_json::from_str(&ok(c.ctl(&plan_args), "plan")).unwrap();
+    assert_eq!(plan["targets"], 5, "{plan:#}");
+    assert!(plan["requests_per_s_per_device"].as_f64().unwrap() > 2.0, "{plan:#}");
+    assert!(plan["labels_per_s_per_device"].as_f64().unwrap() > 2.0, "{plan:#}");
+    let steps = plan["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{plan:#}");
+    assert_eq!(steps[0]["devices"], 2, "{plan:#}");
+    for g in steps[0]["gates"].as_array().unwrap() {
+        assert!(g["pass_after_secs"].as_u64().is_some_and(|s| s <= 44), "{g}");
+        assert!(g["catch_after_secs"].as_u64().is_some_and(|s| s <= 44), "{g}");
+    }
+    assert_eq!(plan["warnings"].as_array().unwrap().len(), 0, "{plan:#}");
+    let table = ok(
+        c.ctl(&[
+            "rollout",
+            "plan",
+            "bc@2.0.0-bad",
+            "--bake",
+            "4s",
+            "--max-extensions",
+            "0",
+            "--gate",
+            "error_rate<=+0.1%",
+        ]),
+        "plan table",
+    );
+    assert!(
+        table.contains("STEP") && table.contains("PASS AFTER") && table.contains("wave 1/3 (10%)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("warning: wave 1/3 (10%), `error_rate<=+0.1%`: an unchanged version needs"),
+        "{table}"
+    );
+    let (code, _, err) = c.ctl(&["rollout", "plan", "bc@2.0.0-bad", "--gate", "p99<2x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("gate `p99<2x`: no `<=`"), "{err}");
+    let (code, _, err) = c.ctl(&["rollout", "plan", "bc@9.9.9"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("9.9.9"), "{err}");
 
     // 2.0.0-bad: the accuracy gate stops it during its first wave, long before the bake ends.
     let mut args = vec!["bc@2.0.0-bad", "--waves", "40,100", "--bake", "10m", "--wait"];
@@ -249,7 +308,7 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
             "--gate",
             "p99<=1.5x",
             "--gate",
-            "error_rate<=+1%",
+            "error_rate<=+5%",
             "--min-requests",
             "20",
         ],
@@ -261,6 +320,7 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
     ))
     .unwrap();
     assert_eq!(incident["gate"]["gate"], "p99<=1.5x", "{incident:#}");
+    assert!(incident["gate"]["excess_low"].as_f64().unwrap() > 0.0, "{incident:#}");
     assert!(incident["gate"]["candidate"].as_f64().unwrap() >= 150.0, "{incident:#}");
     assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 1, "{incident:#}");
     for (agent, _) in &agents {

@@ -50,11 +50,13 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
         "--selector",
         "tier=prod",
         "--gate",
-        "error_rate<=+1%",
+        "error_rate<=+5%",
         "--gate",
         "accuracy>=-5%",
         "--gate",
-        "p99<=2x",
+        "p95<=2x",
+        "--max-extensions",
+        "10",
         "--latency-slack-ms",
         "50",
         "--min-requests",
@@ -97,12 +99,12 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
     );
     // The canary steps judged the candidate against the primary on the same devices, same
     // window; the switch against the same devices before it.
-    let same = "gates passed against 1.0.0 as the primary on the same 5 device(s), same window";
+    let same = "gates passed against 1.0.0 as the primary on the same 5 device(s) in the same";
     assert_eq!(timeline.iter().filter(|t| t.contains(same)).count(), 2, "{timeline:#?}");
     assert!(
         timeline
             .iter()
-            .any(|t| t.contains("in the 3 s before the switch") || t.contains("s before the switch")),
+            .any(|t| t.contains("step 3/3 (switch every target): gates passed against 1.0.0 on the 5 target(s) from 3 s before the rollout began")),
         "{timeline:#?}"
     );
     for (agent, _) in &agents {
@@ -150,7 +152,10 @@ async fn canary_steps_gate_on_the_same_devices_and_blue_green_switches_every_dev
     ))
     .unwrap();
     assert_eq!(incident["gate"]["gate"], "accuracy>=-5%", "{incident:#}");
-    assert!(incident["baseline_scope"].as_str().unwrap().contains("before the switch"), "{incident:#}");
+    assert!(
+        incident["baseline_scope"].as_str().unwrap().contains("before the rollout began"),
+        "{incident:#}"
+    );
     assert_eq!(incident["devices_rolled_back"].as_array().unwrap().len(), 5, "{incident:#}");
     for (agent, _) in &agents {
         wait_serving(agent, "1.1.0").await;

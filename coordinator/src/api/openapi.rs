@@ -201,6 +201,14 @@ pub const ROUTES: &[RouteDoc] = &[
         JSON,
         "Start a staged rollout of a validated version (waves, bake, gates against the baseline).",
     ),
+    r(
+        "post",
+        "/api/v1/rollouts/plan",
+        "viewer",
+        JSON,
+        "Plan a rollout spec on the targets' recent traffic: per step and gate, how long until an unchanged \
+         version passes and a regression is caught; warnings where that exceeds the bake. Starts nothing.",
+    ),
     r("get", "/api/v1/rollouts", "viewer", None, "Every rollout, newest last."),
     r(
         "get",

@@ -47,6 +47,17 @@ pub async fn start(
     audited(&state, &who, "rollout.start", &target, result).map(Json)
 }
 
+pub async fn plan(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<RolloutSpec>, JsonRejection>,
+) -> Result<Json<crate::rollout::plan::Plan>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let spec = json_body(body)?;
+    let st = Arc::clone(&state);
+    blocking(move || st.rollouts.plan(&st, &spec).map_err(ApiError::from)).await?.map(Json)
+}
+
 pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -147,7 +147,9 @@ impl Gate {
                     Bound::Relative { ratio: r, delta: 0.0 }
                 }
                 _ => {
-                    return Err(fail(format!("the bound `{bound}` needs a unit (`%`, `x` or `ms`): {USAGE}")));
+                    return Err(fail(format!(
+                        "the bound `{bound}` needs a unit (`%`, `x` or `ms`): {USAGE}"
+                    )));
                 }
             }
         } else if let Some(pct) = rest.strip_suffix('%') {

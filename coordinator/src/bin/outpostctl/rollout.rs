@@ -13,6 +13,10 @@ pub enum RolloutCommand {
     /// Start a rollout of a validated version: waves of the targets, each baked and gated
     /// against the baseline version; a breached gate rolls every touched device back.
     Start(Box<StartArgs>),
+    /// Estimate, from the targets' traffic of the last ten minutes, how long each step's gates
+    /// need for an unchanged version to pass and for a regression to be caught; warn where that
+    /// is longer than the bake and its extensions. Takes the same flags as `start`; starts nothing.
+    Plan(Box<SpecArgs>),
     /// The live view of a rollout (the newest when no id is given): wave, gates with their
     /// evidence and verdicts, devices, timeline.
     Status {
@@ -42,6 +46,16 @@ pub enum RolloutCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Follow the rollout until it ends; exit 0 if it succeeded, 1 otherwise.
+    #[arg(long)]
+    wait: bool,
+}
+
+/// What a rollout is: the spec's fields as flags.
+#[derive(Debug, clap::Args)]
+pub struct SpecArgs {
     /// NAME@VERSION (or give everything in --spec).
     target: Option<String>,
     /// A rollout spec file (JSON or TOML, the API's fields); flags given here override it.
@@ -63,10 +77,14 @@ pub struct StartArgs {
     /// How long each wave runs before its gates decide, e.g. 10m, 90s (default 10m).
     #[arg(long, value_parser = parse_age)]
     bake: Option<u64>,
-    /// A gate, repeatable: `error_rate<=+0.5%`, `p99<=1.2x`, `p95<=40ms`, `accuracy>=-1%`
-    /// (default: error_rate<=+1%, p99<=1.5x, accuracy>=-2%).
+    /// A gate, repeatable: `error_rate<=1.5x+0.2%`, `error_rate<=+0.5%`, `p99<=1.2x`,
+    /// `p95<=40ms`, `accuracy>=-2%` (default: error_rate<=1.5x+0.2%, p99<=1.2x, accuracy>=-2%).
     #[arg(long = "gate")]
     gates: Vec<String>,
+    /// The rollout's error budget: the chance of any wrong gate verdict over the whole rollout
+    /// (0.01).
+    #[arg(long)]
+    alpha: Option<f64>,
     /// Requests each side needs before an error-rate or latency gate may pass or fail (200).
     #[arg(long)]
     min_requests: Option<u64>,
@@ -85,9 +103,6 @@ pub struct StartArgs {
     /// Added to latency ratio limits, in ms (1).
     #[arg(long)]
     latency_slack_ms: Option<f64>,
-    /// Follow the rollout until it ends; exit 0 if it succeeded, 1 otherwise.
-    #[arg(long)]
-    wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +115,7 @@ pub enum IncidentCommand {
     Close { id: String },
 }
 
-fn spec_from(args: &StartArgs) -> Result<Value, Failure> {
+fn spec_from(args: &SpecArgs) -> Result<Value, Failure> {
     let mut spec = match &args.spec {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -147,6 +162,7 @@ fn spec_from(args: &StartArgs) -> Result<Value, Failure> {
     set("offline", args.offline.as_ref().map(|v| json!(v)));
     set("apply_timeout_secs", args.apply_timeout.map(|ms| json!(ms / 1000)));
     set("latency_slack_ms", args.latency_slack_ms.map(|v| json!(v)));
+    set("alpha", args.alpha.map(|v| json!(v)));
     Ok(spec)
 }
 
@@ -259,6 +275,72 @@ pub fn print_rollout(v: &Value) {
     }
 }
 
+fn secs(v: &Value) -> String {
+    match v.as_u64() {
+        None => "> 7 days".into(),
+        Some(s) if s >= 3600 => format!("{:.1} h", s as f64 / 3600.0),
+        Some(s) if s >= 120 => format!("{} min", s / 60),
+        Some(s) => format!("{s} s"),
+    }
+}
+
+/// Prints a rollout plan for people.
+fn print_plan(p: &Value) {
+    say!(
+        "{} target(s); last {} s: {:.2} requests/s and {:.2} labels/s per device; baseline error rate {:.2}%{}",
+        p["targets"],
+        p["window_secs"],
+        p["requests_per_s_per_device"].as_f64().unwrap_or(0.0),
+        p["labels_per_s_per_device"].as_f64().unwrap_or(0.0),
+        p["baseline_error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        p["baseline_accuracy"].as_f64().map_or(String::new(), |a| format!(", accuracy {:.2}%", a * 100.0))
+    );
+    say!(
+        "{:<26} {:>7} {:>10} {:>9}  {:<24} {:>12} {:>12}  {}",
+        "STEP",
+        "DEVICES",
+        "REQUESTS/S",
+        "LABELS/S",
+        "GATE",
+        "PASS AFTER",
+        "CATCH AFTER",
+        "REGRESSION PLANNED FOR"
+    );
+    for step in p["steps"].as_array().into_iter().flatten() {
+        for (i, g) in step["gates"].as_array().into_iter().flatten().enumerate() {
+            let first = i == 0;
+            say!(
+                "{:<26} {:>7} {:>10} {:>9}  {:<24} {:>12} {:>12}  {}",
+                if first { step["step"].as_str().unwrap_or("") } else { "" },
+                if first { step["devices"].to_string() } else { String::new() },
+                if first {
+                    format!("{:.1}", step["candidate_requests_per_s"].as_f64().unwrap_or(0.0))
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{:.2}", step["candidate_labels_per_s"].as_f64().unwrap_or(0.0))
+                } else {
+                    String::new()
+                },
+                g["gate"].as_str().unwrap_or(""),
+                secs(&g["pass_after_secs"]),
+                secs(&g["catch_after_secs"]),
+                g["regression"].as_str().unwrap_or("")
+            );
+        }
+    }
+    say!("(times are into each step, for 95 % of rollouts, with evidence carried from earlier steps)");
+    let warnings: Vec<&str> =
+        p["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if warnings.is_empty() {
+        say!("no warnings: every gate can decide within the bake and its extensions");
+    }
+    for w in warnings {
+        say!("warning: {w}");
+    }
+}
+
 /// Follows a rollout, printing each new timeline line, until it ends; returns its final view.
 fn follow(api: &Api, id: &str) -> Result<Value, Failure> {
     let mut shown = 0;
@@ -285,8 +367,25 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
         }
     };
     match command {
-        RolloutCommand::Start(args) => {
+        RolloutCommand::Plan(args) => {
             let spec = spec_from(args)?;
+            let plan: Value = api.post_json("/api/v1/rollouts/plan", &spec)?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+            } else {
+                print_plan(&plan);
+            }
+            Ok(())
+        }
+        RolloutCommand::Start(args) => {
+            let spec = spec_from(&args.spec)?;
+            // The plan's warnings first: a rollout that cannot decide in its bake should not
+            // surprise anyone by pausing. A plan that cannot be made does not stop the start.
+            if let Ok(plan) = api.post_json::<Value>("/api/v1/rollouts/plan", &spec) {
+                for w in plan["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("plan: {}", w.as_str().unwrap_or(""));
+                }
+            }
             let v: Value = api.post_json("/api/v1/rollouts", &spec)?;
             let id = v["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("rollout {id} started");
