@@ -860,7 +860,8 @@ impl Rollouts {
             )
         } else {
             format!(
-                "{} on the {} target(s) from {} s before the rollout began (the devices not yet moved since),                  against {} on {} moved device(s) over the rollout's {since} s",
+                "{} on the {} target(s) from {} s before the rollout began (the devices not yet moved since), \
+                 against {} on {} moved device(s) over the rollout's {since} s",
                 r.baseline,
                 r.targets.len(),
                 r.spec.bake_secs,

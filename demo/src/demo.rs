@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     bake_secs: u64,
     /// Labelled requests per second sent to each agent.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=500))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
     rate: u32,
     /// Stop once both rollouts have ended, instead of waiting for Ctrl-C.
     #[arg(long)]
@@ -95,9 +95,9 @@ const FILES: &[(&str, &[u8])] = &[
 ];
 
 /// Gates five agents' traffic decides within a few bakes: with no errors, a pass on
-/// `error_rate<=+2%` needs about 800 requests on the moved devices, `accuracy>=-5%` about 450
-/// labels, `p95<=2x` about 350 requests (a `p99` gate would need about 1,700).
-const GATES: [&str; 3] = ["error_rate<=+2%", "p95<=2x", "accuracy>=-5%"];
+/// `error_rate<=+3%` needs about 550 requests on the moved devices, `accuracy>=-5%` about 450
+/// labels, `p95<=2x` about 350 requests (a `p99` gate would need about 1,700, `+1%` about 1,500).
+const GATES: [&str; 3] = ["error_rate<=+3%", "p95<=2x", "accuracy>=-5%"];
 
 /// Prints one step, with the time since the demo started.
 fn step(started: Instant, message: impl AsRef<str>) {
@@ -401,7 +401,7 @@ fn roll_out(api: &Api, started: Instant, version: &str, bake_secs: u64) -> Resul
         "gates": GATES,
         "min_requests": 100,
         "min_labels": 100,
-        "max_extensions": 12,
+        "max_extensions": 40,
         "latency_slack_ms": 5.0,
     });
     let r = api.post("/api/v1/rollouts", &spec)?;

@@ -702,6 +702,39 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
     }
 
+    proptest::proptest! {
+        /// Gate text comes from API bodies and spec files: whatever it is, parsing names the
+        /// gate or succeeds, and a parsed gate judges any evidence without panicking.
+        #[test]
+        fn any_gate_text_parses_or_is_refused_by_name(
+            metric in "(error_rate|accuracy|agreement|p50|p99|p999|lat)",
+            op in "(<=|>=|<|=)",
+            bound in "[-+]?[0-9.eNa]{0,6}(x|%|ms|x\\+[0-9.]{1,4}%)?",
+            noise in "\\PC{0,3}",
+            counts in proptest::collection::vec(0u64..5_000, 6),
+        ) {
+            let text = format!("{metric}{op}{bound}{noise}");
+            match Gate::parse(&text) {
+                Ok(g) => {
+                    let side = |i: usize| {
+                        let (n, k) = (counts[i].max(counts[i + 1]), counts[i].min(counts[i + 1]));
+                        let mut e = traffic(n, k, 1.0 + counts[4] as f64 / 100.0);
+                        e.labelled = n;
+                        e.correct = k;
+                        e.compared = n;
+                        e.agreed = k;
+                        e
+                    };
+                    let r = evaluate(&g, &side(0), &side(2), T);
+                    if let (Some(lo), Some(hi)) = (r.excess_low, r.excess_high) {
+                        proptest::prop_assert!(lo <= hi + 1e-12, "{r:?}");
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("gate `"), "{e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_gates_budget_is_reported() {
         let r = evaluate(&gate("accuracy>=-2%"), &labelled(10, 10), &labelled(10, 10), T);
