@@ -109,8 +109,8 @@ mod tests {
             bake_decision(&[pass.clone(), fail.clone()], 10, 100, 0, 2),
             BakeDecision::RollBack(fail.clone())
         );
-        assert_eq!(bake_decision(&[pass.clone()], 10, 100, 0, 2), BakeDecision::Continue);
-        assert_eq!(bake_decision(&[pass.clone()], 100, 100, 0, 2), BakeDecision::Passed);
+        assert_eq!(bake_decision(std::slice::from_ref(&pass), 10, 100, 0, 2), BakeDecision::Continue);
+        assert_eq!(bake_decision(std::slice::from_ref(&pass), 100, 100, 0, 2), BakeDecision::Passed);
         assert_eq!(
             bake_decision(&[pass.clone(), thin.clone()], 100, 100, 1, 2),
             BakeDecision::Extend(vec!["g: d".into()])

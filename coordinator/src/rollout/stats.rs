@@ -24,7 +24,7 @@
 /// `n0` is the sample size where the boundary is tightest (the mixture's spread is tuned to it);
 /// the boundary is wider before it and grows like `sqrt(ln n)` after it.
 pub fn sequential_z(n: f64, alpha: f64, n0: f64) -> f64 {
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return f64::INFINITY;
     }
     let alpha = alpha.clamp(1e-12, 0.5);
