@@ -493,6 +493,10 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
+    let links = outpost_shared::env::service_links(crate::config::ENV_PREFIX);
+    if !links.is_empty() {
+        tracing::debug!(variables = ?links, "ignored environment variables shaped like Kubernetes service links");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

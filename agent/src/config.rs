@@ -302,11 +302,27 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // The coordinator's and outpostctl's variables may share the environment (a demo shell).
+        // The coordinator's and outpostctl's variables may share the environment (a demo shell);
+        // Kubernetes service links (`OUTPOST_…_SERVICE_HOST`, `…_PORT`, …) are not configuration
+        // either: see `outpost_shared::env`.
         figment = figment.merge(
-            Env::prefixed(ENV_PREFIX).filter(|key| !key.as_str().starts_with("coordinator_")).split("__"),
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| {
+                    // Keys keep the environment's case (`COORDINATOR_…`).
+                    !key.as_str().to_ascii_lowercase().starts_with("coordinator_")
+                        && !outpost_shared::env::is_service_link(key.as_str())
+                })
+                .split("__"),
         );
-        let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut config: Config = figment.extract().map_err(|e| {
+            let hint = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    outpost_shared::env::did_you_mean(field, expected)
+                }
+                _ => String::new(),
+            };
+            ConfigError::Invalid(format!("{e}{hint}"))
+        })?;
         if let Some(dir) = file.and_then(Path::parent) {
             for model in &mut config.models {
                 if model.path.is_relative() {
@@ -450,7 +466,21 @@ mod tests {
         jailed(|jail| {
             jail.set_env("OUTPOST_LISTN", "x");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("listn"), "{err}");
+            assert!(err.contains("listn") && err.contains("did you mean `listen`?"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_coordinators_variables_and_kubernetes_service_links_are_not_agent_keys() {
+        jailed(|jail| {
+            jail.set_env("OUTPOST_COORDINATOR_API__TLS", "on");
+            jail.set_env("OUTPOST_COORDINATOR_PORT", "tcp://10.96.0.11:7400");
+            jail.set_env("OUTPOST_SERVICE_HOST", "10.96.0.12");
+            jail.set_env("OUTPOST_PORT_9000_TCP_ADDR", "10.96.0.12");
+            jail.set_env("OUTPOST_RUNTIME__WORKERS", "3");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.runtime.workers, 3);
             Ok(())
         });
     }

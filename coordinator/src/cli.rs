@@ -155,6 +155,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    let links = outpost_shared::env::service_links(crate::config::ENV_PREFIX);
+    if !links.is_empty() {
+        tracing::debug!(variables = ?links, "ignored environment variables shaped like Kubernetes service links");
+    }
     if let Err(e) = config.validate() {
         tracing::error!(error = %e, "configuration refused");
         return ExitCode::from(2);

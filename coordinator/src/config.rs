@@ -206,8 +206,22 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Kubernetes service links (`OUTPOST_COORDINATOR_SERVICE_HOST`, `…_PORT`, …) are not
+        // configuration: skipped, see `outpost_shared::env`.
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| !outpost_shared::env::is_service_link(key.as_str()))
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(|e| {
+            let hint = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    outpost_shared::env::did_you_mean(field, expected)
+                }
+                _ => String::new(),
+            };
+            ConfigError::Invalid(format!("{e}{hint}"))
+        })?;
         if let Some(dir) = file.and_then(Path::parent) {
             if config.data_dir.is_relative() {
                 config.data_dir = dir.join(&config.data_dir);

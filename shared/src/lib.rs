@@ -22,6 +22,7 @@ pub mod bundle;
 pub mod datatype;
 pub mod drift;
 pub mod endpoints;
+pub mod env;
 pub mod files;
 pub mod histogram;
 pub mod protocol;
