@@ -314,15 +314,8 @@ impl Config {
                 })
                 .split("__"),
         );
-        let mut config: Config = figment.extract().map_err(|e| {
-            let hint = match &e.kind {
-                figment::error::Kind::UnknownField(field, expected) => {
-                    outpost_shared::env::did_you_mean(field, expected)
-                }
-                _ => String::new(),
-            };
-            ConfigError::Invalid(format!("{e}{hint}"))
-        })?;
+        let mut config: Config =
+            figment.extract().map_err(|e| ConfigError::Invalid(outpost_shared::env::config_error(&e)))?;
         if let Some(dir) = file.and_then(Path::parent) {
             for model in &mut config.models {
                 if model.path.is_relative() {

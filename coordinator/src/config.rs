@@ -213,15 +213,8 @@ impl Config {
                 .filter(|key| !outpost_shared::env::is_service_link(key.as_str()))
                 .split("__"),
         );
-        let mut config: Config = figment.extract().map_err(|e| {
-            let hint = match &e.kind {
-                figment::error::Kind::UnknownField(field, expected) => {
-                    outpost_shared::env::did_you_mean(field, expected)
-                }
-                _ => String::new(),
-            };
-            ConfigError::Invalid(format!("{e}{hint}"))
-        })?;
+        let mut config: Config =
+            figment.extract().map_err(|e| ConfigError::Invalid(outpost_shared::env::config_error(&e)))?;
         if let Some(dir) = file.and_then(Path::parent) {
             if config.data_dir.is_relative() {
                 config.data_dir = dir.join(&config.data_dir);

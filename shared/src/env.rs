@@ -64,6 +64,16 @@ pub fn service_links(prefix: &str) -> Vec<String> {
     out
 }
 
+/// A configuration loader's error in words, with the closest real key named when the error is
+/// an unknown key.
+pub fn config_error(e: &figment::Error) -> String {
+    let hint = match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => did_you_mean(field, expected),
+        _ => String::new(),
+    };
+    format!("{e}{hint}")
+}
+
 /// ` — did you mean `KEY`?` when an unknown key is a likely typo of one of `expected`, else
 /// nothing: appended to a loader's "unknown field" error.
 pub fn did_you_mean(unknown: &str, expected: &[&str]) -> String {
