@@ -110,8 +110,9 @@ fn expected(rates: &FleetRates, b: Behaviour, n_req: f64, n_lab: f64, shift: f64
     }
 }
 
-/// The regression a gate is planned against, and the candidate behaving so.
-fn regression(gate: &Gate, base: Behaviour, rates: &FleetRates) -> (String, Behaviour) {
+/// The regression a gate is planned against, and the candidate behaving so. For latency: every
+/// request 25 % slower than the limit allows at the gate's percentile (slack included).
+fn regression(gate: &Gate, base: Behaviour, rates: &FleetRates, slack_ms: f64) -> (String, Behaviour) {
     match (gate.metric, gate.bound) {
         (Metric::Accuracy, Bound::Relative { ratio, delta }) => {
             let limit = ratio * base.accuracy + delta;
@@ -135,13 +136,12 @@ fn regression(gate: &Gate, base: Behaviour, rates: &FleetRates) -> (String, Beha
             (format!("error rate {:.2} %", e * 100.0), Behaviour { error_rate: e, ..base })
         }
         (Metric::Latency(q), bound) => {
-            let scale = match bound {
-                Bound::Relative { ratio, .. } => ratio + 0.3,
-                Bound::Millis(ms) => {
-                    let now = rates.latency_us.quantile(q).map_or(ms, |us| us / 1000.0);
-                    (1.3 * ms / now.max(1e-6)).max(1.3)
-                }
-                Bound::Share(_) => 1.5,
+            let now_ms = rates.latency_us.quantile(q).map(|us| us / 1000.0).filter(|ms| *ms > 0.0);
+            let scale = match (bound, now_ms) {
+                (Bound::Relative { ratio, .. }, Some(now)) => 1.25 * (ratio + slack_ms / now),
+                (Bound::Relative { ratio, .. }, None) => 1.25 * ratio,
+                (Bound::Millis(ms), Some(now)) => (1.25 * ms / now).max(1.25),
+                _ => 1.5,
             };
             (format!("every latency ×{scale:.2}"), Behaviour { latency_scale: scale, ..base })
         }
@@ -246,7 +246,7 @@ pub fn plan(spec: &RolloutSpec, rates: &FleetRates) -> Result<Plan, String> {
         };
         let mut gate_plans = Vec::new();
         for g in &gate_list {
-            let (what, bad) = regression(g, base, rates);
+            let (what, bad) = regression(g, base, rates, t.latency_slack_ms);
             let first = |b: Behaviour, shift: f64, wanted: Verdict| {
                 grid().into_iter().find(|&s| {
                     let (c, bl) = evidence_at(s as f64, b, shift);
