@@ -42,7 +42,10 @@ pub mod bake;
 pub mod gates;
 pub mod plan;
 pub mod simulate;
+mod spec;
 pub mod stats;
+
+pub use spec::{OfflinePolicy, RolloutSpec, Step};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -58,178 +61,10 @@ use crate::registry::Stage;
 use crate::slo::Slos;
 use crate::store::{DeviceRecord, Store, StoreError, now_ms};
 use bake::BakeDecision;
-use gates::{Evidence, Gate, GateResult, Thresholds};
+use gates::{Evidence, GateResult};
 
 /// How often the engine looks at every active rollout.
 pub const TICK: Duration = Duration::from_secs(1);
-
-/// What to do with a device that stops reporting during a wave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OfflinePolicy {
-    #[default]
-    Wait,
-    Skip,
-    Fail,
-}
-
-/// What an operator asks for (`outpostctl rollout start`, or a spec file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutSpec {
-    pub model: String,
-    pub version: String,
-    #[serde(default)]
-    pub selector: BTreeMap<String, String>,
-    #[serde(default = "default_strategy")]
-    pub strategy: String,
-    /// `waves`: cumulative percent of the targets per wave, increasing, ending at 100.
-    #[serde(default = "default_waves")]
-    pub waves: Vec<f64>,
-    /// `canary`: percent of every target's requests the candidate answers per step,
-    /// increasing, ending at 100 (the switch of every target to the candidate).
-    #[serde(default = "default_steps")]
-    pub steps: Vec<f64>,
-    #[serde(default = "default_bake")]
-    pub bake_secs: u64,
-    /// Gate expressions (see [`gates`]); empty means [`gates::DEFAULT_GATES`].
-    #[serde(default)]
-    pub gates: Vec<String>,
-    #[serde(default = "default_min_requests")]
-    pub min_requests: u64,
-    #[serde(default = "default_min_labels")]
-    pub min_labels: u64,
-    /// Bake extensions for inconclusive gates before the rollout pauses.
-    #[serde(default = "default_extensions")]
-    pub max_extensions: u32,
-    #[serde(default)]
-    pub offline: OfflinePolicy,
-    #[serde(default = "default_apply_timeout")]
-    pub apply_timeout_secs: u64,
-    /// Added to a latency ratio's limit, so microsecond models are not judged on noise.
-    #[serde(default = "default_slack")]
-    pub latency_slack_ms: f64,
-    /// The rollout's error budget: the chance that any of its gates ever gives a wrong verdict
-    /// (a false rollback or a false pass) over the whole rollout, split evenly over the gates.
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-}
-
-fn default_strategy() -> String {
-    "waves".into()
-}
-fn default_waves() -> Vec<f64> {
-    vec![10.0, 50.0, 100.0]
-}
-fn default_steps() -> Vec<f64> {
-    vec![5.0, 25.0, 50.0, 100.0]
-}
-fn default_bake() -> u64 {
-    600
-}
-fn default_min_requests() -> u64 {
-    200
-}
-fn default_min_labels() -> u64 {
-    50
-}
-fn default_extensions() -> u32 {
-    2
-}
-fn default_apply_timeout() -> u64 {
-    300
-}
-fn default_slack() -> f64 {
-    1.0
-}
-fn default_alpha() -> f64 {
-    gates::DEFAULT_ALPHA
-}
-
-impl RolloutSpec {
-    /// Checks every field, naming the first problem.
-    pub fn validate(&self) -> Result<Vec<Gate>, String> {
-        let blue_green = vec![100.0];
-        let (field, values) = match self.strategy.as_str() {
-            "waves" => ("waves", &self.waves),
-            "canary" => ("steps", &self.steps),
-            "blue-green" => ("waves", &blue_green),
-            "shadow" => ("waves", &blue_green),
-            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green, shadow)")),
-        };
-        if values.is_empty() || values.len() > 20 {
-            return Err(format!("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]"));
-        }
-        let mut last = 0.0;
-        for &w in values {
-            if !(w > last && w <= 100.0) {
-                return Err(format!("`{field}` must increase strictly within (0, 100]: {values:?}"));
-            }
-            if field == "steps" && w.fract() != 0.0 {
-                return Err(format!("canary `steps` are whole percentages: {values:?}"));
-            }
-            last = w;
-        }
-        if last != 100.0 {
-            return Err(format!("the last of `{field}` must be 100; got {last}"));
-        }
-        if !(1..=7 * 86_400).contains(&self.bake_secs) {
-            return Err("`bake_secs` must be between 1 and 604800 (7 days)".into());
-        }
-        if self.min_requests == 0 || self.min_labels == 0 {
-            return Err("`min_requests` and `min_labels` must be at least 1: a gate needs evidence".into());
-        }
-        if self.max_extensions > 100 {
-            return Err("`max_extensions` must be at most 100".into());
-        }
-        if !(1..=86_400).contains(&self.apply_timeout_secs) {
-            return Err("`apply_timeout_secs` must be between 1 and 86400".into());
-        }
-        if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
-            return Err("`latency_slack_ms` must be 0 or more".into());
-        }
-        if !(self.alpha > 0.0 && self.alpha <= 0.2) {
-            return Err(format!(
-                "`alpha` must be in (0, 0.2] (0.01 is a 1 % error budget); got {}",
-                self.alpha
-            ));
-        }
-        let shadow = self.strategy == "shadow";
-        let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
-            (true, true) => gates::DEFAULT_SHADOW_GATES.to_vec(),
-            (true, false) => gates::DEFAULT_GATES.to_vec(),
-            (false, _) => self.gates.iter().map(String::as_str).collect(),
-        };
-        if texts.len() > 20 {
-            return Err("at most 20 gates".into());
-        }
-        let parsed = texts
-            .into_iter()
-            .map(Gate::parse)
-            .collect::<Result<Vec<Gate>, gates::GateError>>()
-            .map_err(|e| e.to_string())?;
-        if let Some(g) = parsed.iter().find(|g| shadow && g.metric == gates::Metric::Accuracy) {
-            return Err(format!(
-                "gate `{}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`",
-                g.text
-            ));
-        }
-        if let Some(g) = parsed.iter().find(|g| !shadow && g.metric == gates::Metric::Agreement) {
-            return Err(format!("gate `{}`: agreement is measured by the `shadow` strategy only", g.text));
-        }
-        Ok(parsed)
-    }
-
-    /// What the gates judge with: each of the `gates` gets an equal share of `alpha`.
-    pub fn thresholds(&self, gates: usize) -> Thresholds {
-        Thresholds {
-            min_requests: self.min_requests,
-            min_labels: self.min_labels,
-            latency_slack_ms: self.latency_slack_ms,
-            alpha: self.alpha / gates.max(1) as f64,
-        }
-    }
-}
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,37 +137,6 @@ pub struct Rollout {
     pub created_by: String,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
-}
-
-/// One step of a rollout.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Step {
-    /// The first `percent` of the targets run the version as their primary.
-    Wave(f64),
-    /// Every target runs it as a canary answering `percent` of its requests.
-    Canary(u8),
-    /// Every target runs it as a standby (loaded, validated, answering nothing): no bake.
-    Standby,
-    /// Every target switches its primary to it at once.
-    Switch,
-    /// Every target runs it on copies of the requests its primary answers; nothing switches.
-    Shadow,
-}
-
-impl RolloutSpec {
-    /// The steps the strategy takes.
-    pub fn plan(&self) -> Vec<Step> {
-        match self.strategy.as_str() {
-            "canary" => self
-                .steps
-                .iter()
-                .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
-                .collect(),
-            "blue-green" => vec![Step::Standby, Step::Switch],
-            "shadow" => vec![Step::Shadow],
-            _ => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
-        }
-    }
 }
 
 impl Rollout {
@@ -1309,86 +1113,4 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(text: &str) -> RolloutSpec {
-        serde_json::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn specs_are_checked_by_name() {
-        let ok = spec(r#"{"model": "bc", "version": "1.1.0"}"#);
-        assert_eq!(ok.validate().unwrap().len(), 3);
-        for (text, says) in [
-            (
-                r#"{"model": "bc", "version": "1", "strategy": "shadow", "gates": ["accuracy>=-1%"]}"#,
-                "no labels",
-            ),
-            (r#"{"model": "bc", "version": "1", "gates": ["agreement>=95%"]}"#, "`shadow` strategy only"),
-            (r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [5, 2.5, 100]}"#, "increase"),
-            (
-                r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [2.5, 100]}"#,
-                "whole percentages",
-            ),
-            (
-                r#"{"model": "bc", "version": "1", "strategy": "canary", "steps": [5, 50]}"#,
-                "`steps` must be 100",
-            ),
-            (r#"{"model": "bc", "version": "1", "strategy": "yolo"}"#, "unknown strategy"),
-            (r#"{"model": "bc", "version": "1", "waves": [50, 10, 100]}"#, "increase"),
-            (r#"{"model": "bc", "version": "1", "waves": [10, 50]}"#, "`waves` must be 100"),
-            (r#"{"model": "bc", "version": "1", "bake_secs": 0}"#, "bake_secs"),
-            (r#"{"model": "bc", "version": "1", "min_labels": 0}"#, "at least 1"),
-            (r#"{"model": "bc", "version": "1", "gates": ["p99<2x"]}"#, "no `<=`"),
-        ] {
-            let e = spec(text).validate().unwrap_err();
-            assert!(e.contains(says), "{text}: {e}");
-        }
-        assert!(
-            serde_json::from_str::<RolloutSpec>(r#"{"model": "bc", "version": "1", "wave": [1]}"#).is_err()
-        );
-    }
-
-    #[test]
-    fn waves_cover_a_growing_prefix_of_the_targets() {
-        let mut r = Rollout {
-            id: "r-1".into(),
-            spec: spec(r#"{"model": "bc", "version": "1.1.0", "waves": [1, 20, 60, 100]}"#),
-            baseline: "1.0.0".into(),
-            targets: (0..5).map(|i| format!("d{i}")).collect(),
-            previous: BTreeMap::new(),
-            phase: Phase::Applying,
-            wave: 0,
-            moved: vec![],
-            skipped: vec![],
-            wave_started_ms: 0,
-            bake_started_ms: None,
-            bake_until_ms: None,
-            extensions: 0,
-            promoted: false,
-            paused_reason: None,
-            gates: vec![],
-            baseline_scope: String::new(),
-            evaluated_ms: None,
-            incident: None,
-            timeline: vec![],
-            created_by: "t".into(),
-            created_ms: 0,
-            finished_ms: None,
-        };
-        assert_eq!(
-            spec(r#"{"model": "bc", "version": "1", "strategy": "canary"}"#).plan(),
-            vec![Step::Canary(5), Step::Canary(25), Step::Canary(50), Step::Switch]
-        );
-        assert_eq!(
-            spec(r#"{"model": "bc", "version": "1", "strategy": "blue-green"}"#).plan(),
-            vec![Step::Standby, Step::Switch]
-        );
-        // 1 % of 5 devices is still one device; each wave includes the ones before.
-        let sizes: Vec<usize> = (0..4).map(|w| r.wave_devices(w).len()).collect();
-        assert_eq!(sizes, vec![1, 1, 3, 5]);
-        r.targets.truncate(1);
-        assert_eq!(r.wave_devices(0), ["d0".to_owned()]);
-    }
-}
+mod tests;

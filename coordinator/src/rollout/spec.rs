@@ -1,0 +1,207 @@
+//! What an operator asks for: a rollout's spec (`outpostctl rollout start`, a spec file, the
+//! API's body), its defaults and checks, and the steps its strategy takes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::gates::{self, Gate, Thresholds};
+
+/// What to do with a device that stops reporting during a wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflinePolicy {
+    #[default]
+    Wait,
+    Skip,
+    Fail,
+}
+
+/// What an operator asks for (`outpostctl rollout start`, or a spec file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub model: String,
+    pub version: String,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// `waves`: cumulative percent of the targets per wave, increasing, ending at 100.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<f64>,
+    /// `canary`: percent of every target's requests the candidate answers per step,
+    /// increasing, ending at 100 (the switch of every target to the candidate).
+    #[serde(default = "default_steps")]
+    pub steps: Vec<f64>,
+    #[serde(default = "default_bake")]
+    pub bake_secs: u64,
+    /// Gate expressions (see [`gates`]); empty means [`gates::DEFAULT_GATES`].
+    #[serde(default)]
+    pub gates: Vec<String>,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    #[serde(default = "default_min_labels")]
+    pub min_labels: u64,
+    /// Bake extensions for inconclusive gates before the rollout pauses.
+    #[serde(default = "default_extensions")]
+    pub max_extensions: u32,
+    #[serde(default)]
+    pub offline: OfflinePolicy,
+    #[serde(default = "default_apply_timeout")]
+    pub apply_timeout_secs: u64,
+    /// Added to a latency ratio's limit, so microsecond models are not judged on noise.
+    #[serde(default = "default_slack")]
+    pub latency_slack_ms: f64,
+    /// The rollout's error budget: the chance that any of its gates ever gives a wrong verdict
+    /// (a false rollback or a false pass) over the whole rollout, split evenly over the gates.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+}
+
+fn default_strategy() -> String {
+    "waves".into()
+}
+fn default_waves() -> Vec<f64> {
+    vec![10.0, 50.0, 100.0]
+}
+fn default_steps() -> Vec<f64> {
+    vec![5.0, 25.0, 50.0, 100.0]
+}
+fn default_bake() -> u64 {
+    600
+}
+fn default_min_requests() -> u64 {
+    200
+}
+fn default_min_labels() -> u64 {
+    50
+}
+fn default_extensions() -> u32 {
+    2
+}
+fn default_apply_timeout() -> u64 {
+    300
+}
+fn default_slack() -> f64 {
+    1.0
+}
+fn default_alpha() -> f64 {
+    gates::DEFAULT_ALPHA
+}
+
+impl RolloutSpec {
+    /// Checks every field, naming the first problem.
+    pub fn validate(&self) -> Result<Vec<Gate>, String> {
+        let blue_green = vec![100.0];
+        let (field, values) = match self.strategy.as_str() {
+            "waves" => ("waves", &self.waves),
+            "canary" => ("steps", &self.steps),
+            "blue-green" => ("waves", &blue_green),
+            "shadow" => ("waves", &blue_green),
+            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green, shadow)")),
+        };
+        if values.is_empty() || values.len() > 20 {
+            return Err(format!("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]"));
+        }
+        let mut last = 0.0;
+        for &w in values {
+            if !(w > last && w <= 100.0) {
+                return Err(format!("`{field}` must increase strictly within (0, 100]: {values:?}"));
+            }
+            if field == "steps" && w.fract() != 0.0 {
+                return Err(format!("canary `steps` are whole percentages: {values:?}"));
+            }
+            last = w;
+        }
+        if last != 100.0 {
+            return Err(format!("the last of `{field}` must be 100; got {last}"));
+        }
+        if !(1..=7 * 86_400).contains(&self.bake_secs) {
+            return Err("`bake_secs` must be between 1 and 604800 (7 days)".into());
+        }
+        if self.min_requests == 0 || self.min_labels == 0 {
+            return Err("`min_requests` and `min_labels` must be at least 1: a gate needs evidence".into());
+        }
+        if self.max_extensions > 100 {
+            return Err("`max_extensions` must be at most 100".into());
+        }
+        if !(1..=86_400).contains(&self.apply_timeout_secs) {
+            return Err("`apply_timeout_secs` must be between 1 and 86400".into());
+        }
+        if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
+            return Err("`latency_slack_ms` must be 0 or more".into());
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 0.2) {
+            return Err(format!(
+                "`alpha` must be in (0, 0.2] (0.01 is a 1 % error budget); got {}",
+                self.alpha
+            ));
+        }
+        let shadow = self.strategy == "shadow";
+        let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
+            (true, true) => gates::DEFAULT_SHADOW_GATES.to_vec(),
+            (true, false) => gates::DEFAULT_GATES.to_vec(),
+            (false, _) => self.gates.iter().map(String::as_str).collect(),
+        };
+        if texts.len() > 20 {
+            return Err("at most 20 gates".into());
+        }
+        let parsed = texts
+            .into_iter()
+            .map(Gate::parse)
+            .collect::<Result<Vec<Gate>, gates::GateError>>()
+            .map_err(|e| e.to_string())?;
+        if let Some(g) = parsed.iter().find(|g| shadow && g.metric == gates::Metric::Accuracy) {
+            return Err(format!(
+                "gate `{}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`",
+                g.text
+            ));
+        }
+        if let Some(g) = parsed.iter().find(|g| !shadow && g.metric == gates::Metric::Agreement) {
+            return Err(format!("gate `{}`: agreement is measured by the `shadow` strategy only", g.text));
+        }
+        Ok(parsed)
+    }
+
+    /// What the gates judge with: each of the `gates` gets an equal share of `alpha`.
+    pub fn thresholds(&self, gates: usize) -> Thresholds {
+        Thresholds {
+            min_requests: self.min_requests,
+            min_labels: self.min_labels,
+            latency_slack_ms: self.latency_slack_ms,
+            alpha: self.alpha / gates.max(1) as f64,
+        }
+    }
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// The first `percent` of the targets run the version as their primary.
+    Wave(f64),
+    /// Every target runs it as a canary answering `percent` of its requests.
+    Canary(u8),
+    /// Every target runs it as a standby (loaded, validated, answering nothing): no bake.
+    Standby,
+    /// Every target switches its primary to it at once.
+    Switch,
+    /// Every target runs it on copies of the requests its primary answers; nothing switches.
+    Shadow,
+}
+
+impl RolloutSpec {
+    /// The steps the strategy takes.
+    pub fn plan(&self) -> Vec<Step> {
+        match self.strategy.as_str() {
+            "canary" => self
+                .steps
+                .iter()
+                .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
+                .collect(),
+            "blue-green" => vec![Step::Standby, Step::Switch],
+            "shadow" => vec![Step::Shadow],
+            _ => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
+        }
+    }
+}
