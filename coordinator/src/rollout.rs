@@ -40,19 +40,21 @@
 
 pub mod bake;
 pub mod gates;
+mod persistence;
 pub mod plan;
+mod records;
+mod sends;
 pub mod simulate;
 mod spec;
 pub mod stats;
 
+pub use records::{DeviceProgress, Incident, Phase, Rollout, RolloutView, TimelineEntry};
+use sends::{revert, send_step, watchdog_tripped};
 pub use spec::{OfflinePolicy, RolloutSpec, Step};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use outpost_shared::protocol::messages::{Candidate, DesiredModel, SlotMode};
-use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::desired::{Outgoing, matches};
@@ -65,164 +67,6 @@ use gates::{Evidence, GateResult};
 
 /// How often the engine looks at every active rollout.
 pub const TICK: Duration = Duration::from_secs(1);
-
-/// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Sending the wave's desired states and waiting for its devices to report the version.
-    Applying,
-    /// The wave runs the version; gates are watched until the bake ends.
-    Baking,
-    Paused,
-    Succeeded,
-    RolledBack,
-    Aborted,
-}
-
-impl Phase {
-    pub fn active(self) -> bool {
-        matches!(self, Phase::Applying | Phase::Baking | Phase::Paused)
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Applying => "applying",
-            Phase::Baking => "baking",
-            Phase::Paused => "paused",
-            Phase::Succeeded => "succeeded",
-            Phase::RolledBack => "rolled_back",
-            Phase::Aborted => "aborted",
-        }
-    }
-}
-
-/// One line of a rollout's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    pub at_ms: u64,
-    pub message: String,
-}
-
-/// A rollout as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub id: String,
-    pub spec: RolloutSpec,
-    /// The version the candidate is compared with and rolled back to.
-    pub baseline: String,
-    /// The targeted devices, in wave order.
-    pub targets: Vec<String>,
-    /// What each target's desired state said for the model before the rollout.
-    pub previous: BTreeMap<String, Option<DesiredModel>>,
-    pub phase: Phase,
-    /// Index into `spec.waves`.
-    pub wave: usize,
-    /// Devices sent the candidate so far.
-    pub moved: Vec<String>,
-    /// Devices the `skip` policy stopped waiting for.
-    pub skipped: Vec<String>,
-    pub wave_started_ms: u64,
-    pub bake_started_ms: Option<u64>,
-    pub bake_until_ms: Option<u64>,
-    pub extensions: u32,
-    /// Operator asked to skip the remaining waves.
-    pub promoted: bool,
-    pub paused_reason: Option<String>,
-    /// The newest gate evaluation, and what the baseline side was.
-    pub gates: Vec<GateResult>,
-    pub baseline_scope: String,
-    pub evaluated_ms: Option<u64>,
-    pub incident: Option<String>,
-    pub timeline: Vec<TimelineEntry>,
-    pub created_by: String,
-    pub created_ms: u64,
-    pub finished_ms: Option<u64>,
-}
-
-impl Rollout {
-    fn step_at(&self, index: usize) -> Step {
-        self.spec.plan().get(index).copied().unwrap_or(Step::Switch)
-    }
-
-    fn steps(&self) -> usize {
-        self.spec.plan().len()
-    }
-
-    /// Devices the step at `index` involves (a wave: the first ones; otherwise all targets).
-    pub fn wave_devices(&self, index: usize) -> &[String] {
-        match self.step_at(index) {
-            Step::Wave(pct) => {
-                let n = ((pct / 100.0) * self.targets.len() as f64).ceil() as usize;
-                &self.targets[..n.clamp(1, self.targets.len())]
-            }
-            _ => &self.targets,
-        }
-    }
-
-    fn log(&mut self, message: impl Into<String>) {
-        let message = message.into();
-        tracing::info!(rollout = self.id, model = self.spec.model, version = self.spec.version, "{message}");
-        self.timeline.push(TimelineEntry { at_ms: now_ms(), message });
-    }
-
-    fn label(&self) -> String {
-        let (i, n) = (self.wave + 1, self.steps());
-        match self.step_at(self.wave) {
-            Step::Wave(p) => format!("wave {i}/{n} ({p}%)"),
-            Step::Canary(p) => format!("step {i}/{n} (canary {p}% of requests)"),
-            Step::Standby => format!("step {i}/{n} (standby on every target)"),
-            Step::Switch => format!("step {i}/{n} (switch every target)"),
-            Step::Shadow => format!("step {i}/{n} (shadow on every target)"),
-        }
-    }
-}
-
-/// An automatic rollback, kept for people.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Incident {
-    pub id: String,
-    pub rollout: String,
-    pub model: String,
-    pub version: String,
-    pub baseline: String,
-    pub opened_ms: u64,
-    /// Why the rollout was rolled back, in a sentence.
-    pub reason: String,
-    /// The gate that failed (when a gate did), with its numbers.
-    pub gate: Option<GateResult>,
-    /// Every gate's verdict at that moment.
-    pub gates: Vec<GateResult>,
-    pub baseline_scope: String,
-    pub devices_rolled_back: Vec<String>,
-    pub timeline: Vec<TimelineEntry>,
-    pub closed_ms: Option<u64>,
-    pub closed_by: Option<String>,
-}
-
-/// A target's progress, for `rollout status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceProgress {
-    pub device: String,
-    /// The wave it belongs to (1-based).
-    pub wave: usize,
-    pub desired: Option<String>,
-    pub actual: Option<String>,
-    /// `ready`, `loading`, `failed` (the actual model's state), or none.
-    pub actual_state: Option<String>,
-    /// `online`, `stale`, `offline` or `never_seen`.
-    pub liveness: String,
-    /// The candidate slot the device reports, e.g. `1.1.0 canary (ready)`.
-    pub candidate: Option<String>,
-    pub skipped: bool,
-}
-
-/// A rollout with its devices' live state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutView {
-    #[serde(flatten)]
-    pub rollout: Rollout,
-    pub devices: Vec<DeviceProgress>,
-}
 
 /// Errors of operator requests.
 #[derive(Debug, thiserror::Error)]
@@ -288,86 +132,6 @@ impl Rollouts {
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn put(&self, r: &Rollout) -> Result<(), StoreError> {
-        self.tree
-            .insert(r.id.as_bytes(), serde_json::to_vec(r).unwrap_or_default())
-            .map_err(|e| self.store.storage_error(e))?;
-        self.store.flush()
-    }
-
-    pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
-        let v = self.tree.get(id.as_bytes()).map_err(|e| self.store.storage_error(e))?;
-        v.map(|v| {
-            serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Corrupt { key: format!("rollouts/{id}"), detail: e.to_string() })
-        })
-        .transpose()
-    }
-
-    /// Every rollout, oldest first.
-    pub fn list(&self) -> Result<Vec<Rollout>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree.iter() {
-            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
-            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: format!("rollouts/{}", String::from_utf8_lossy(&k)),
-                detail: e.to_string(),
-            })?);
-        }
-        Ok(out)
-    }
-
-    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        let v = self.incidents.get(id.as_bytes()).map_err(|e| self.store.storage_error(e))?;
-        Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
-    }
-
-    /// Every incident, oldest first.
-    pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.incidents.iter() {
-            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
-            if let Ok(i) = serde_json::from_slice(&v) {
-                out.push(i);
-            }
-        }
-        Ok(out)
-    }
-
-    fn put_incident(&self, i: &Incident) -> Result<(), StoreError> {
-        self.incidents
-            .insert(i.id.as_bytes(), serde_json::to_vec(i).unwrap_or_default())
-            .map_err(|e| self.store.storage_error(e))?;
-        self.store.flush()
-    }
-
-    /// Marks an incident handled (its alert resolves).
-    pub fn close_incident(&self, id: &str, by: &str) -> Result<Incident, RolloutError> {
-        let _g = self.guard();
-        let mut i =
-            self.incident(id)?.ok_or_else(|| RolloutError::NotFound(format!("no incident `{id}`")))?;
-        if i.closed_ms.is_none() {
-            i.closed_ms = Some(now_ms());
-            i.closed_by = Some(by.to_owned());
-            i.timeline.push(TimelineEntry { at_ms: now_ms(), message: format!("closed by {by}") });
-            self.put_incident(&i)?;
-        }
-        Ok(i)
-    }
-
-    fn next_id(&self, prefix: &str) -> Result<String, StoreError> {
-        let n = self.store.tree("counters")?.update_and_fetch(prefix.as_bytes(), |old| {
-            let n = old.and_then(|o| <[u8; 8]>::try_from(o).ok()).map_or(0, u64::from_be_bytes) + 1;
-            Some(n.to_be_bytes().to_vec())
-        });
-        let n = n
-            .map_err(|e| self.store.storage_error(e))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(1, u64::from_be_bytes);
-        // Zero-padded so the trees list in creation order.
-        Ok(format!("{prefix}-{n:06}"))
     }
 
     /// The view of one rollout with its devices' live state.
@@ -983,110 +747,6 @@ impl Rollouts {
     pub fn open_incidents(&self) -> Vec<Incident> {
         self.incidents().unwrap_or_default().into_iter().filter(|i| i.closed_ms.is_none()).collect()
     }
-}
-
-/// A moved device whose agent switched the candidate back by itself since the rollout began.
-fn watchdog_tripped(devices: &[DeviceRecord], r: &Rollout) -> Option<(String, String)> {
-    let needle = format!("model `{}` {} ->", r.spec.model, r.spec.version);
-    devices.iter().filter(|d| r.moved.contains(&d.id)).find_map(|d| {
-        d.recent_events
-            .iter()
-            .find(|e| {
-                e.kind == outpost_shared::protocol::messages::EventKind::WatchdogRolledBack
-                    && e.at_ms >= r.created_ms
-                    && e.message.contains(&needle)
-            })
-            .map(|e| (d.id.clone(), e.message.clone()))
-    })
-}
-
-/// Brings `devices`' desired state for `model` to what `step` asks of `version`; returns the
-/// sealed states of the devices that changed (none when every one already says so).
-fn send_step(
-    st: &AppState,
-    devices: &[String],
-    model: &str,
-    version: &str,
-    step: Step,
-) -> Result<Vec<Outgoing>, StoreError> {
-    let mode = match step {
-        Step::Wave(_) | Step::Switch => return send(st, devices, model, version, "rollout-engine"),
-        Step::Canary(p) => SlotMode::Canary { percent: p },
-        Step::Standby => SlotMode::Standby,
-        Step::Shadow => SlotMode::Shadow,
-    };
-    let record = st
-        .registry
-        .get(model, version)
-        .map_err(|e| StoreError::Corrupt { key: format!("{model}@{version}"), detail: e.to_string() })?;
-    let candidate = Candidate { version: version.to_owned(), bundle_sha256: record.bundle_sha256, mode };
-    let mut need = Vec::new();
-    for d in devices {
-        let current = st.desired.get(d)?.and_then(|rec| rec.models.get(model).cloned());
-        if current.is_some_and(|m| m.candidate.as_ref() != Some(&candidate)) {
-            need.push(d.clone());
-        }
-    }
-    let changed = st.desired.update(
-        &need,
-        model,
-        |current| {
-            current.cloned().map(|mut m| {
-                m.candidate = Some(candidate.clone());
-                m
-            })
-        },
-        "rollout-engine",
-    )?;
-    changed.into_iter().map(|(device, rec)| st.desired.seal(&st.authority, &device, &rec)).collect()
-}
-
-/// Sets `model` to `version` on `devices` whose desired state says otherwise.
-fn send(
-    st: &AppState,
-    devices: &[String],
-    model: &str,
-    version: &str,
-    by: &str,
-) -> Result<Vec<Outgoing>, StoreError> {
-    let record = st
-        .registry
-        .get(model, version)
-        .map_err(|e| StoreError::Corrupt { key: format!("{model}@{version}"), detail: e.to_string() })?;
-    let target = DesiredModel {
-        name: model.to_owned(),
-        version: version.to_owned(),
-        bundle_sha256: record.bundle_sha256,
-        watchdog: Some(st.config.watchdog),
-        candidate: None,
-    };
-    let mut need = Vec::new();
-    for d in devices {
-        if st.desired.get(d)?.and_then(|rec| rec.models.get(model).cloned()).as_ref() != Some(&target) {
-            need.push(d.clone());
-        }
-    }
-    let mut out = Vec::new();
-    for (device, rec) in st.desired.set(&need, model, Some(&target), by)? {
-        out.push(st.desired.seal(&st.authority, &device, &rec)?);
-    }
-    Ok(out)
-}
-
-/// Sends every moved device back to what it had before the rollout.
-fn revert(st: &AppState, r: &Rollout, by: &str) -> Result<Vec<Outgoing>, RolloutError> {
-    let mut out = Vec::new();
-    for device in &r.moved {
-        let before = r.previous.get(device).cloned().flatten();
-        let now = st.desired.get(device)?.and_then(|rec| rec.models.get(&r.spec.model).cloned());
-        if now == before {
-            continue;
-        }
-        for (d, rec) in st.desired.set(std::slice::from_ref(device), &r.spec.model, before.as_ref(), by)? {
-            out.push(st.desired.seal(&st.authority, &d, &rec)?);
-        }
-    }
-    Ok(out)
 }
 
 /// The engine loop: one tick a second until shutdown.

@@ -207,6 +207,7 @@ pub fn plan(spec: &RolloutSpec, rates: &FleetRates) -> Result<Plan, String> {
     let mut base_carried = (0.0, 0.0);
     let plan_steps = spec.plan();
     let mut steps = Vec::new();
+    let times = grid();
     for (i, step) in plan_steps.iter().enumerate() {
         // Per second in this step: candidate and baseline requests.
         let (cand_share, base_share, label) = match *step {
@@ -248,7 +249,7 @@ pub fn plan(spec: &RolloutSpec, rates: &FleetRates) -> Result<Plan, String> {
         for g in &gate_list {
             let (what, bad) = regression(g, base, rates, t.latency_slack_ms);
             let first = |b: Behaviour, shift: f64, wanted: Verdict| {
-                grid().into_iter().find(|&s| {
+                times.iter().copied().find(|&s| {
                     let (c, bl) = evidence_at(s as f64, b, shift);
                     gates::evaluate(g, &c, &bl, t).verdict == wanted
                 })
