@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use outpost_coordinator::ca::Authority;
-use outpost_coordinator::ingest::{Ingest, Outcome};
-use outpost_coordinator::metrics::Metrics;
-use outpost_coordinator::store::{DeviceRecord, Store, TokenRecord};
+use outpost_coordinator::base::metrics::Metrics;
+use outpost_coordinator::base::store::{DeviceRecord, Store, TokenRecord};
+use outpost_coordinator::fleet::ca::Authority;
+use outpost_coordinator::fleet::ingest::{Ingest, Outcome};
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
     self, AgentMessage, LogWindow, ModelWindow, OutboxStats, Report, SystemStats,

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::ca::Authority;
 use crate::config::{Config, LogFormat};
+use crate::fleet::ca::Authority;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -9,6 +9,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::fleet::liveness::FleetConfig;
+
 pub const ENV_PREFIX: &str = "OUTPOST_COORDINATOR_";
 
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +34,11 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub log: LogConfig,
     /// Alert rules and where alerts go (Alertmanager, a JSON webhook).
-    pub alerts: crate::alerts::AlertsConfig,
+    pub alerts: crate::ops::alerts::AlertsConfig,
     /// Retraining hooks per model.
-    pub retraining: crate::retraining::RetrainingConfig,
+    pub retraining: crate::ops::retraining::RetrainingConfig,
     /// How long monitoring history is kept.
-    pub retention: crate::retention::RetentionConfig,
+    pub retention: crate::monitoring::retention::RetentionConfig,
     /// The rollback policy sent with every deployed version: agents watch the new version and
     /// go back to the one before on their own when it crashes them or breaches these limits.
     pub watchdog: outpost_shared::protocol::messages::WatchdogPolicy,
@@ -51,9 +53,9 @@ impl Default for Config {
             enrolment: EnrolmentConfig::default(),
             fleet: FleetConfig::default(),
             log: LogConfig::default(),
-            alerts: crate::alerts::AlertsConfig::default(),
-            retraining: crate::retraining::RetrainingConfig::default(),
-            retention: crate::retention::RetentionConfig::default(),
+            alerts: crate::ops::alerts::AlertsConfig::default(),
+            retraining: crate::ops::retraining::RetrainingConfig::default(),
+            retention: crate::monitoring::retention::RetentionConfig::default(),
             watchdog: Default::default(),
         }
     }
@@ -158,21 +160,6 @@ pub struct EnrolmentConfig {
 impl Default for EnrolmentConfig {
     fn default() -> Self {
         EnrolmentConfig { token_ttl_secs: 24 * 3600, certificate_days: 365 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FleetConfig {
-    /// A device with no report for this long is `stale`.
-    pub stale_after_secs: u64,
-    /// A device with no report for this long (or whose last will fired) is `offline`.
-    pub offline_after_secs: u64,
-}
-
-impl Default for FleetConfig {
-    fn default() -> Self {
-        FleetConfig { stale_after_secs: 60, offline_after_secs: 300 }
     }
 }
 

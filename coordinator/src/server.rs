@@ -7,26 +7,26 @@ use std::sync::Arc;
 use outpost_shared::files::write_private;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
-use crate::audit::AuditLog;
-use crate::auth::Auth;
-use crate::ca::Authority;
+use crate::base::audit::AuditLog;
+use crate::base::metrics::Metrics;
+use crate::base::store::Store;
 use crate::config::Config;
-use crate::desired::Desired;
-use crate::ingest::Ingest;
-use crate::link::{self, LinkSettings};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::Store;
+use crate::fleet::ca::Authority;
+use crate::fleet::desired::Desired;
+use crate::fleet::ingest::Ingest;
+use crate::fleet::link::{self, LinkSettings};
+use crate::http::api::AppState;
+use crate::http::auth::Auth;
+use crate::models::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Ca(#[from] crate::ca::CaError),
+    Ca(#[from] crate::fleet::ca::CaError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::base::store::StoreError),
     #[error("cannot read {path}: {source}")]
     Read { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
@@ -38,7 +38,7 @@ pub enum ServeError {
     #[error("server failed: {0}")]
     Server(std::io::Error),
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] crate::fleet::broker::BrokerError),
     #[error("{0}")]
     Audit(String),
 }
@@ -67,7 +67,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let admin = admin_token(&config.data_dir)?;
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?
-        .with_drift_hysteresis(crate::ingest::DriftHysteresis {
+        .with_drift_hysteresis(crate::fleet::ingest::DriftHysteresis {
             windows: config.alerts.drift_windows,
             clear_windows: config.alerts.drift_clear_windows,
         });
@@ -84,9 +84,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             config.embedded_broker_names(),
             authority.clone(),
         );
-        tokio::task::spawn_blocking(move || crate::broker::start(&data_dir, listen, &names, &authority))
-            .await
-            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || {
+            crate::fleet::broker::start(&data_dir, listen, &names, &authority)
+        })
+        .await
+        .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
     }
     let (cert, key) = authority.issue_client("outpost-coordinator", 30)?;
     let tls = outpost_shared::tls::client_config(broker_ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes())?;
@@ -150,7 +152,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => authority.ca_pem().to_owned(),
     };
     let alerts = Arc::new(
-        crate::alerts::AlertEngine::new(
+        crate::ops::alerts::AlertEngine::new(
             &store,
             config.alerts.clone(),
             config.fleet.clone(),
@@ -161,15 +163,42 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             ServeError::Config(crate::config::ConfigError::Key { key: "alerts.ca_file".into(), problem: e })
         })?,
     );
-    let alerts_task = tokio::spawn(crate::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
-    let retention_task =
-        tokio::spawn(crate::retention::run(store.clone(), config.retention.clone(), shutdown_rx.clone()));
-    let retraining = Arc::new(crate::retraining::Retraining::open(&store, config.retraining.clone())?);
-    let rollouts = Arc::new(crate::rollout::Rollouts::open(&store)?);
+    let alerts_task = tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
+    let retention_task = tokio::spawn(crate::monitoring::retention::run(
+        store.clone(),
+        config.retention.clone(),
+        shutdown_rx.clone(),
+    ));
+    let audit = Arc::new(audit);
+    let deployer = crate::ops::deploy::Deployer::new(
+        registry.clone(),
+        store.clone(),
+        desired.clone(),
+        Arc::clone(&authority),
+        outgoing_tx.clone(),
+        config.watchdog,
+    );
+    let retraining = Arc::new(crate::ops::retraining::Retraining::new(
+        &store,
+        config.retraining.clone(),
+        config.data_dir.clone(),
+        deployer.clone(),
+        Arc::clone(&authority),
+        Arc::clone(&audit),
+        metrics.clone(),
+    )?);
+    let rollouts = Arc::new(crate::ops::rollout::Rollouts::new(
+        &store,
+        deployer.clone(),
+        config.fleet.clone(),
+        metrics.clone(),
+        crate::base::clock::Clock::system(),
+    )?);
     let state = Arc::new(AppState {
-        rollouts,
-        retraining,
-        alerts,
+        rollouts: Arc::clone(&rollouts),
+        retraining: Arc::clone(&retraining),
+        alerts: Arc::clone(&alerts),
+        deployer,
         config: config.clone(),
         store: store.clone(),
         authority,
@@ -184,22 +213,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
     });
     let retraining_task =
-        tokio::spawn(crate::retraining::run_triggers(Arc::clone(&state), shutdown_rx.clone()));
-    let rollout_task = tokio::spawn(crate::rollout::run(Arc::clone(&state), shutdown_rx.clone()));
-    let mut api_shutdown = shutdown_rx.clone();
-    let app = api::router(state);
-    let server_task = match tls {
-        Some(tls) => {
-            tracing::info!(%addr, "API speaks HTTPS");
-            tokio::spawn(serve_tls(listener, app, tls, api_shutdown))
-        }
-        None => {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = api_shutdown.wait_for(|stop| *stop).await;
-            });
-            tokio::spawn(async move { server.await })
-        }
-    };
+        tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));
+    let rollout_task = tokio::spawn(crate::ops::rollout::run(rollouts, shutdown_rx.clone()));
+    if tls.is_some() {
+        tracing::info!(%addr, "API speaks HTTPS");
+    }
+    let server_task = crate::http::serve::spawn(listener, state, tls, shutdown_rx.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -250,79 +269,6 @@ fn api_tls(
         key.as_bytes(),
         Some(authority.ca_pem().as_bytes()),
     )?)
-}
-
-/// Serves the API over TLS until `shutdown`; open connections then get a graceful close.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: Arc<rustls::ServerConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept an API connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
-            let stream = match handshake {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            // The device id from a client certificate rustls verified, for handlers to see.
-            let device = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| common_name(der.as_ref()));
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(device) = &device {
-                        request.extensions_mut().insert(api::PeerDevice(device.clone()));
-                    }
-                    tower::ServiceExt::oneshot(app.clone(), request)
-                });
-            // A client that dribbles its headers does not hold a connection forever.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "API connection ended with an error");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
-    Ok(())
-}
-
-/// The subject CN of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(cn)
 }
 
 async fn wait_for_signal() {

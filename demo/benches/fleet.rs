@@ -123,7 +123,7 @@ impl Coordinator {
 }
 
 fn push_and_validate(c: &Coordinator, models: &Path, version: &str) {
-    let spec = outpost_coordinator::packaging::BuildSpec {
+    let spec = outpost_coordinator::models::packaging::BuildSpec {
         model: models.join(format!("breast_cancer-{version}.onnx")),
         name: "bc".into(),
         version: version.into(),
@@ -138,7 +138,7 @@ fn push_and_validate(c: &Coordinator, models: &Path, version: &str) {
         parent_version: None,
         nan_policy: outpost_shared::bundle::NanPolicy::Reject,
     };
-    let (bundle, _) = outpost_coordinator::packaging::build(&spec, 0).expect("bundle");
+    let (bundle, _) = outpost_coordinator::models::packaging::build(&spec, 0).expect("bundle");
     c.call(
         "PUT",
         &format!("/api/v1/models/bc/versions/{version}"),

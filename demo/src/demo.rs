@@ -460,7 +460,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
 
     // 3. The registry: push, validate, deploy the first version.
     for (version, parent) in [("1.0.0", None), ("1.1.0", Some("1.0.0")), ("2.0.0-bad", Some("1.1.0"))] {
-        let spec = outpost_coordinator::packaging::BuildSpec {
+        let spec = outpost_coordinator::models::packaging::BuildSpec {
             model: models.join(format!("breast_cancer-{version}.onnx")),
             name: "bc".into(),
             version: version.into(),
@@ -478,7 +478,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let (bundle, evidence) =
-            outpost_coordinator::packaging::build(&spec, now).map_err(|e| e.to_string())?;
+            outpost_coordinator::models::packaging::build(&spec, now).map_err(|e| e.to_string())?;
         api.call(
             "PUT",
             &format!("/api/v1/models/bc/versions/{version}"),

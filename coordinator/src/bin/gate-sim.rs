@@ -1,13 +1,13 @@
 //! `gate-sim`: the operating characteristics of the rollout gates, measured by simulating
 //! thousands of rollouts through the engine's own gate and bake code (see
-//! `outpost_coordinator::rollout::simulate`). Prints a Markdown table.
+//! `outpost_coordinator::ops::rollout::simulate`). Prints a Markdown table.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use outpost_coordinator::rollout::RolloutSpec;
-use outpost_coordinator::rollout::simulate::{LEVELS, Level, Row, SCENARIOS, Simulation};
+use outpost_coordinator::ops::rollout::RolloutSpec;
+use outpost_coordinator::ops::rollout::simulate::{LEVELS, Level, Row, SCENARIOS, Simulation};
 
 #[derive(Debug, Parser)]
 #[command(

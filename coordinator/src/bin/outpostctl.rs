@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_coordinator::api::{DeviceView, ImportReport, TokenResponse};
+use outpost_coordinator::http::api::{DeviceView, ImportReport, TokenResponse};
 
 /// `println!` that ends the program quietly (exit 0) when standard output has gone away, e.g.
 /// `outpostctl … | head` — instead of panicking on the broken pipe.
@@ -395,9 +395,9 @@ struct BuildArgs {
 
 impl BuildArgs {
     /// The build specification, with every `k=v` and file argument checked.
-    fn spec(&self) -> Result<outpost_coordinator::packaging::BuildSpec, Failure> {
-        use outpost_coordinator::packaging::parse_pairs;
-        let usage = |e: outpost_coordinator::packaging::PackagingError| Failure::Usage(e.to_string());
+    fn spec(&self) -> Result<outpost_coordinator::models::packaging::BuildSpec, Failure> {
+        use outpost_coordinator::models::packaging::parse_pairs;
+        let usage = |e: outpost_coordinator::models::packaging::PackagingError| Failure::Usage(e.to_string());
         let dataset_sha256 = match &self.dataset {
             Some(path) => Some(outpost_shared::bundle::sha256_hex(
                 &std::fs::read(path)
@@ -405,7 +405,7 @@ impl BuildArgs {
             )),
             None => None,
         };
-        Ok(outpost_coordinator::packaging::BuildSpec {
+        Ok(outpost_coordinator::models::packaging::BuildSpec {
             model: self.model.clone(),
             name: self.name.clone(),
             version: self.version.clone(),
@@ -701,7 +701,7 @@ fn split_target(target: &str) -> Result<(String, String), Failure> {
 }
 
 fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
-    use outpost_coordinator::packaging::{self, utc};
+    use outpost_coordinator::models::packaging::{self, utc};
     let print_json = |v: &serde_json::Value| say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
         ModelCommand::Push(args) => {
@@ -1193,7 +1193,7 @@ fn now_secs() -> u64 {
 
 /// The commands that need no coordinator.
 fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
-    use outpost_coordinator::packaging;
+    use outpost_coordinator::models::packaging;
     use outpost_shared::bundle::Bundle;
     let invalid = |e: packaging::PackagingError| Failure::Refused(e.to_string());
     let write = |path: &PathBuf, bytes: &[u8]| {
@@ -1567,7 +1567,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     say!(
                         "{:>5} {} {:<10} {:<9} {:<22} {:<28} {:<8} {}",
                         e["seq"],
-                        outpost_coordinator::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
+                        outpost_coordinator::models::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
                         e["actor"].as_str().unwrap_or(""),
                         e["role"].as_str().unwrap_or(""),
                         e["action"].as_str().unwrap_or(""),

@@ -1,0 +1,255 @@
+//! The audit log: every mutation through the API — who, what, on what, when, and how it
+//! ended — as an append-only, hash-chained JSON-lines file (`<data_dir>/audit.log`).
+//!
+//! Each entry carries the hash of the entry before it and its own hash: sha256 over the
+//! previous hash and the entry's canonical JSON without its `hash` field. The newest sequence
+//! number and hash are also kept in the state database (tree `meta`, key `audit_head`), so
+//! [`verify`] detects an edited entry (its hash no longer matches), a removed one (the chain
+//! or the numbering breaks) and a truncated tail (the file ends before the recorded head).
+//! Entries are fsynced before the API answers.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::store::{Store, StoreError, now_ms};
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HEAD_KEY: &[u8] = b"audit_head";
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Token name (or `device:<id>`).
+    pub actor: String,
+    pub role: String,
+    /// e.g. `model.push`, `deploy`, `token.create`.
+    pub action: String,
+    /// e.g. `bc@1.1.0`.
+    pub target: String,
+    /// `ok`, `refused` or `failed`.
+    pub outcome: String,
+    pub detail: String,
+    pub prev: String,
+    pub hash: String,
+}
+
+impl AuditEntry {
+    fn compute_hash(&self) -> String {
+        let mut unsigned = self.clone();
+        unsigned.hash = String::new();
+        let body = serde_json::to_vec(&unsigned).unwrap_or_default();
+        let mut input = self.prev.as_bytes().to_vec();
+        input.extend_from_slice(&body);
+        outpost_shared::bundle::sha256_hex(&input)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit log storage: {0}")]
+    Storage(String),
+}
+
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+/// The open log.
+pub struct AuditLog {
+    path: PathBuf,
+    meta: sled::Tree,
+    store: Store,
+    head: Mutex<Head>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn read_head(meta: &sled::Tree) -> Result<Option<(u64, String)>, AuditError> {
+    let raw = meta.get(HEAD_KEY).map_err(|e| AuditError::Storage(e.to_string()))?;
+    Ok(raw.and_then(|v| {
+        let text = String::from_utf8(v.to_vec()).ok()?;
+        let (seq, hash) = text.split_once(' ')?;
+        Some((seq.parse().ok()?, hash.to_owned()))
+    }))
+}
+
+impl AuditLog {
+    /// Opens the log; the chain continues from the head recorded in the state database.
+    pub fn open(data_dir: &Path, store: &Store) -> Result<AuditLog, AuditError> {
+        let meta = store.tree("meta")?;
+        let (seq, hash) = read_head(&meta)?.unwrap_or((0, GENESIS.to_owned()));
+        Ok(AuditLog {
+            path: data_dir.join("audit.log"),
+            meta,
+            store: store.clone(),
+            head: Mutex::new(Head { seq, hash }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry and makes it durable.
+    pub fn record(
+        &self,
+        actor: &str,
+        role: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<AuditEntry, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entry = AuditEntry {
+            seq: head.seq + 1,
+            at_ms: now_ms(),
+            actor: actor.to_owned(),
+            role: role.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: detail.chars().take(2000).collect(),
+            prev: head.hash.clone(),
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash();
+        let io = |source| AuditError::Io { path: self.path.clone(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+        line.push(b'\n');
+        file.write_all(&line).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.meta
+            .insert(HEAD_KEY, format!("{} {}", entry.seq, entry.hash).as_bytes())
+            .map_err(|e| AuditError::Storage(e.to_string()))?;
+        self.store.flush()?;
+        head.seq = entry.seq;
+        head.hash = entry.hash.clone();
+        Ok(entry)
+    }
+
+    /// The newest `limit` entries, oldest first.
+    pub fn tail(&self, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+        let entries = read_entries(&self.path).map_err(|(_, e)| AuditError::Storage(e))?;
+        let skip = entries.len().saturating_sub(limit);
+        Ok(entries.into_iter().skip(skip).collect())
+    }
+
+    /// Checks the whole chain against the recorded head.
+    pub fn verify(&self) -> Result<u64, String> {
+        let head = read_head(&self.meta).map_err(|e| e.to_string())?;
+        verify(&self.path, head)
+    }
+}
+
+fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, (u64, String)> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err((0, format!("cannot read {}: {e}", path.display()))),
+    };
+    let mut entries = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| (i as u64 + 1, format!("line {}: {e}", i + 1)))?;
+        let entry: AuditEntry = serde_json::from_str(&line)
+            .map_err(|e| (i as u64 + 1, format!("line {} is not an audit entry: {e}", i + 1)))?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Verifies a log file against the head (`seq`, `hash`) recorded elsewhere; returns the number
+/// of entries, or what is wrong and where.
+pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<u64, String> {
+    let entries = read_entries(path).map_err(|(_, e)| e)?;
+    let mut prev = GENESIS.to_owned();
+    for (i, entry) in entries.iter().enumerate() {
+        let expected_seq = i as u64 + 1;
+        if entry.seq != expected_seq {
+            return Err(format!("entry {expected_seq} is missing (line {} holds seq {})", i + 1, entry.seq));
+        }
+        if entry.prev != prev {
+            return Err(format!(
+                "entry {} does not follow entry {}: the chain is broken",
+                entry.seq,
+                entry.seq - 1
+            ));
+        }
+        if entry.compute_hash() != entry.hash {
+            return Err(format!("entry {} was edited: its hash does not match its content", entry.seq));
+        }
+        prev = entry.hash.clone();
+    }
+    let count = entries.len() as u64;
+    match head {
+        None if count == 0 => Ok(0),
+        None => Err("the state database records no audit head, but the log has entries".into()),
+        Some((seq, hash)) => {
+            if count < seq {
+                Err(format!(
+                    "the log ends at entry {count} but entry {seq} was written: entries were removed"
+                ))
+            } else if count > seq {
+                Err(format!("the log has {count} entries but only {seq} were written: entries were added"))
+            } else if prev != hash {
+                Err(format!("entry {seq} is not the one recorded as the newest"))
+            } else {
+                Ok(count)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(dir: &Path) -> AuditLog {
+        let store = Store::open(dir).unwrap();
+        AuditLog::open(dir, &store).unwrap()
+    }
+
+    #[test]
+    fn detects_edited_removed_and_truncated_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = log(dir.path());
+        for i in 0..4 {
+            audit.record("alice", "operator", "deploy", &format!("bc@1.{i}.0"), "ok", "").unwrap();
+        }
+        assert_eq!(audit.verify(), Ok(4));
+        let original = std::fs::read_to_string(audit.path()).unwrap();
+        let lines: Vec<&str> = original.lines().collect();
+
+        std::fs::write(audit.path(), original.replace("bc@1.2.0", "bc@9.9.9")).unwrap();
+        assert!(audit.verify().unwrap_err().contains("entry 3 was edited"));
+
+        let removed: String =
+            lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| format!("{l}\n")).collect();
+        std::fs::write(audit.path(), removed).unwrap();
+        assert!(audit.verify().unwrap_err().contains("entry 2 is missing"));
+
+        let truncated: String = lines[..3].iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(audit.path(), truncated).unwrap();
+        assert!(audit.verify().unwrap_err().contains("entries were removed"));
+
+        std::fs::write(audit.path(), &original).unwrap();
+        assert_eq!(audit.verify(), Ok(4));
+        assert_eq!(audit.tail(2).unwrap()[1].target, "bc@1.3.0");
+    }
+}

@@ -1,0 +1,140 @@
+//! Desired state: which model versions each device should run, as a signed, retained MQTT
+//! message per device with a strictly increasing revision.
+//!
+//! `deploy` changes the record of every targeted device (by label selector or by id) in one
+//! pass, bumps each device's revision, seals the state with the coordinator's key and hands
+//! it to the link, which publishes it retained on `outpost/v1/{device}/desired`. On every
+//! (re)connect the link republishes every device's state (a broker may have lost its retained
+//! messages); agents ignore a revision they have already applied.
+//!
+//! State: sled tree `desired`, device id → [`DesiredRecord`] (JSON).
+
+use std::collections::BTreeMap;
+
+use outpost_shared::protocol::messages::{self, CoordinatorMessage, DesiredModel, DesiredState};
+use outpost_shared::protocol::topics::{self, Channel};
+use outpost_shared::protocol::{self};
+use serde::{Deserialize, Serialize};
+
+use crate::base::store::{DeviceRecord, Store, StoreError, now_ms};
+use crate::fleet::ca::Authority;
+
+/// A device's desired state as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub revision: u64,
+    /// name → (version, bundle sha256)
+    pub models: BTreeMap<String, DesiredModel>,
+    pub updated_at_ms: u64,
+    pub updated_by: String,
+}
+
+/// A message for the link to publish retained.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Desired {
+    tree: sled::Tree,
+    store: Store,
+}
+
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired").finish_non_exhaustive()
+    }
+}
+
+/// Does `device` match every `key=value` of `selector`? (An empty selector matches all.)
+pub fn matches(device: &DeviceRecord, selector: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| device.labels.get(k) == Some(v))
+}
+
+impl Desired {
+    pub fn open(store: &Store) -> Result<Desired, StoreError> {
+        Ok(Desired { tree: store.tree("desired")?, store: store.clone() })
+    }
+
+    pub fn get(&self, device: &str) -> Result<Option<DesiredRecord>, StoreError> {
+        Ok(self
+            .tree
+            .get(device.as_bytes())
+            .map_err(|e| StoreError::Corrupt { key: device.into(), detail: e.to_string() })?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every device's record.
+    pub fn all(&self) -> Vec<(String, DesiredRecord)> {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                Some((String::from_utf8(k.to_vec()).ok()?, serde_json::from_slice(&v).ok()?))
+            })
+            .collect()
+    }
+
+    /// Sets `model` on each device to `target` (None removes it); returns the new records.
+    pub fn set(
+        &self,
+        devices: &[String],
+        model: &str,
+        target: Option<&DesiredModel>,
+        by: &str,
+    ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        self.update(devices, model, |_| target.cloned(), by)
+    }
+
+    /// Sets `model` on each device to what `change` makes of its current entry (None removes
+    /// it); returns the new records.
+    pub fn update(
+        &self,
+        devices: &[String],
+        model: &str,
+        change: impl Fn(Option<&DesiredModel>) -> Option<DesiredModel>,
+        by: &str,
+    ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        let mut changed = Vec::new();
+        for device in devices {
+            let mut record = self.get(device)?.unwrap_or_default();
+            match change(record.models.get(model)) {
+                Some(t) => record.models.insert(model.to_owned(), t),
+                None => record.models.remove(model),
+            };
+            record.revision += 1;
+            record.updated_at_ms = now_ms();
+            record.updated_by = by.to_owned();
+            self.tree
+                .insert(device.as_bytes(), serde_json::to_vec(&record).unwrap_or_default())
+                .map_err(|e| StoreError::Corrupt { key: device.clone(), detail: e.to_string() })?;
+            changed.push((device.clone(), record));
+        }
+        self.store.flush()?;
+        Ok(changed)
+    }
+
+    /// The sealed, signed message for a device's record.
+    pub fn seal(
+        &self,
+        authority: &Authority,
+        device: &str,
+        record: &DesiredRecord,
+    ) -> Result<Outgoing, StoreError> {
+        let state = DesiredState {
+            device: device.to_owned(),
+            revision: record.revision,
+            models: record.models.values().cloned().collect(),
+        };
+        let body = messages::encode(&CoordinatorMessage::Desired(state));
+        let seq = self.store.next_outgoing_seq(device)?;
+        let payload = protocol::seal(authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
+            StoreError::Corrupt { key: format!("desired state for {device}"), detail: e.to_string() }
+        })?;
+        let topic = topics::topic(device, Channel::Desired)
+            .map_err(|e| StoreError::Corrupt { key: device.into(), detail: e.to_string() })?;
+        Ok(Outgoing { topic, payload })
+    }
+}

@@ -1,0 +1,100 @@
+//! Every domain error of the floors below, mapped to an HTTP status in one place.
+//!
+//! Handlers return [`ApiError`]; `?` on a lower floor's error goes through the `From` impls here,
+//! so what a refusal means to a client (400 bad request, 404, 409 conflict, 500) is decided once.
+//! Errors are `{"error": "…"}`; a 429 carries `Retry-After`.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::models::registry::RegistryError;
+use crate::ops::deploy::DeployError;
+use crate::ops::retraining::RetrainError;
+use crate::ops::rollout::RolloutError;
+
+/// A status and the message the client sees.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "request failed");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn registry_status(e: &RegistryError) -> StatusCode {
+    match e {
+        RegistryError::Conflict { .. } | RegistryError::Refused(_) => StatusCode::CONFLICT,
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn with_status(status: StatusCode, e: impl std::fmt::Display) -> ApiError {
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        return ApiError::internal(e);
+    }
+    ApiError(status, e.to_string())
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        with_status(registry_status(&e), e)
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        let status = match &e {
+            DeployError::Registry(r) => registry_status(r),
+            DeployError::NotDeployable { .. }
+            | DeployError::NoPrimary { .. }
+            | DeployError::AlreadyPrimary { .. } => StatusCode::CONFLICT,
+            DeployError::UnknownDevice(_) | DeployError::NoTargets | DeployError::CanaryPercent(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            DeployError::Store(_) | DeployError::Interrupted(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        with_status(status, e)
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> ApiError {
+        match e {
+            RolloutError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            RolloutError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            RolloutError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
+            RolloutError::Deploy(d) => ApiError::from(d),
+            RolloutError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<RetrainError> for ApiError {
+    fn from(e: RetrainError) -> ApiError {
+        // Both mean "not now, not like this": the model's configuration decides, not the request.
+        match e {
+            RetrainError::NotConfigured(_) | RetrainError::AlreadyRunning(_) => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
+        }
+    }
+}

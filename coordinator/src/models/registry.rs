@@ -1,0 +1,670 @@
+//! The model registry: immutable, signed versions with their stage history.
+//!
+//! A pushed bundle is parsed, its model hash checked, its model loaded with the shared runtime
+//! and checked against its own manifest (schema, reference outputs) — then signed with the
+//! coordinator's release key and stored. Artifacts are content-addressed by the sha256 of the
+//! signed bundle file, gzip-compressed under `<data_dir>/artifacts/`, written atomically and
+//! never overwritten. A version is immutable: the same version with another model is refused
+//! ([`RegistryError::Conflict`], HTTP 409); the same model again is a no-op.
+//!
+//! Stages: `registered → validated → canary → production → archived`, every transition kept
+//! with who and when. Only a version whose validation passed may move past `registered`. The
+//! last three production versions of a model, and anything not archived, cannot be purged.
+//!
+//! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON); tree
+//! `registry_policies`: each model's validation thresholds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_hex};
+use outpost_shared::protocol::keys::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::base::store::{Store, StoreError, now_ms};
+
+/// Production versions per model that purge never removes.
+pub const KEEP_PRODUCTION: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{id} already exists with another model (sha256 {existing}); versions are immutable")]
+    Conflict { id: String, existing: String },
+    #[error("no version {0} in the registry")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("artifact store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Registered,
+    Validated,
+    Canary,
+    Production,
+    Archived,
+}
+
+impl Stage {
+    pub fn parse(text: &str) -> Result<Stage, String> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+            format!("unknown stage `{text}` (stages: registered, validated, canary, production, archived)")
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Registered => "registered",
+            Stage::Validated => "validated",
+            Stage::Canary => "canary",
+            Stage::Production => "production",
+            Stage::Archived => "archived",
+        }
+    }
+}
+
+/// One stage change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub from: Option<Stage>,
+    pub to: Stage,
+    pub by: String,
+    pub at_ms: u64,
+    pub note: String,
+}
+
+/// What the registry shows of a manifest without opening the artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestSummary {
+    pub created_at: u64,
+    pub inputs: Vec<TensorSchema>,
+    pub outputs: Vec<TensorSchema>,
+    pub nan_policy: NanPolicy,
+    pub training: Training,
+    pub metadata: BTreeMap<String, String>,
+    pub baseline_rows: Option<u64>,
+    pub baseline_features: Vec<String>,
+    pub reference_outputs: bool,
+    pub card: Option<String>,
+}
+
+/// A registered version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: String,
+    /// sha256 of the signed bundle file: the artifact's address.
+    pub bundle_sha256: String,
+    pub bundle_size: u64,
+    pub model_sha256: String,
+    pub stage: Stage,
+    pub transitions: Vec<Transition>,
+    pub pushed_by: String,
+    pub pushed_at_ms: u64,
+    /// Key ids that signed the stored bundle.
+    pub signed_by: Vec<String>,
+    /// What the model was checked with at push.
+    pub evidence: String,
+    pub manifest: ManifestSummary,
+    /// The validation gate's latest result (see `validation`).
+    pub validation: Option<serde_json::Value>,
+    /// Whether the latest validation passed.
+    pub validation_passed: Option<bool>,
+}
+
+impl VersionRecord {
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pushed {
+    pub record: VersionRecord,
+    /// False when the same model was already registered under this version.
+    pub created: bool,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    tree: sled::Tree,
+    /// Per-model validation thresholds (`policy ‖ 0x00 ‖ name` → `validation::Policy`).
+    policies: sled::Tree,
+    artifacts: PathBuf,
+    /// Newest first: (sha256, signed bundle bytes).
+    cache: ArtifactCache,
+}
+
+/// Signed bundle bytes by sha256, newest first.
+type ArtifactCache = Arc<Mutex<VecDeque<(String, Arc<Vec<u8>>)>>>;
+
+/// Decompressed artifacts kept in memory, by count and by total bytes.
+const CACHED_ARTIFACTS: usize = 4;
+const CACHED_ARTIFACT_BYTES: usize = 512 * 1024 * 1024;
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("artifacts", &self.artifacts).finish_non_exhaustive()
+    }
+}
+
+fn key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Registry {
+    pub fn open(store: &Store, data_dir: &std::path::Path) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            store: store.clone(),
+            tree: store.tree("registry")?,
+            policies: store.tree("registry_policies")?,
+            artifacts: data_dir.join("artifacts"),
+            cache: Default::default(),
+        })
+    }
+
+    fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
+        let path = path.to_owned();
+        move |source| RegistryError::Io { path, source }
+    }
+
+    fn artifact_path(&self, sha256: &str) -> PathBuf {
+        self.artifacts.join(format!("{sha256}.bundle.gz"))
+    }
+
+    fn decode(&self, k: &[u8], v: &[u8]) -> Result<VersionRecord, RegistryError> {
+        serde_json::from_slice(v).map_err(|e| {
+            RegistryError::Store(StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).replace('\0', "@"),
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    fn storage(e: sled::Error) -> RegistryError {
+        RegistryError::Refused(format!("registry storage error: {e}"))
+    }
+
+    fn put(&self, record: &VersionRecord) -> Result<(), RegistryError> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.tree.insert(key(&record.name, &record.version), value).map_err(Self::storage)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// One version.
+    pub fn get(&self, name: &str, version: &str) -> Result<VersionRecord, RegistryError> {
+        let k = key(name, version);
+        match self.tree.get(&k).map_err(Self::storage)? {
+            Some(v) => self.decode(&k, &v),
+            None => Err(RegistryError::NotFound(format!("{name}@{version}"))),
+        }
+    }
+
+    /// Every version, by name then semver.
+    pub fn list(&self) -> Result<Vec<VersionRecord>, RegistryError> {
+        let mut all = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(Self::storage)?;
+            all.push(self.decode(&k, &v)?);
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| semver_cmp(&a.version, &b.version)));
+        Ok(all)
+    }
+
+    /// The versions of one model, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        Ok(self.list()?.into_iter().filter(|r| r.name == name).collect())
+    }
+
+    /// Stores a pushed bundle (the caller runs this off the async executor: it loads the model).
+    pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
+        let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let (name, version) = (bundle.manifest.name.clone(), bundle.manifest.version.clone());
+        match self.get(&name, &version) {
+            Ok(existing) if existing.model_sha256 == bundle.manifest.model.sha256 => {
+                return Ok(Pushed { record: existing, created: false });
+            }
+            Ok(existing) => {
+                return Err(RegistryError::Conflict { id: existing.id(), existing: existing.model_sha256 });
+            }
+            Err(RegistryError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let (_, evidence) = bundle.load_model().map_err(|reason| {
+            RegistryError::Invalid(format!("{}@{} cannot serve: {reason}", name, version))
+        })?;
+        if !bundle.signatures.iter().any(|s| s.key_id_hex() == release_key.key_id()) {
+            bundle.sign(release_key).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        }
+        let signed = bundle.to_bytes();
+        let sha = sha256_hex(&signed);
+        let path = self.artifact_path(&sha);
+        if !path.exists() {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&signed).map_err(self.io(&path))?;
+            let compressed = gz.finish().map_err(self.io(&path))?;
+            outpost_shared::files::write_atomic(&path, &compressed).map_err(self.io(&path))?;
+        }
+        let m = &bundle.manifest;
+        let now = now_ms();
+        let record = VersionRecord {
+            name: name.clone(),
+            version: version.clone(),
+            bundle_sha256: sha,
+            bundle_size: signed.len() as u64,
+            model_sha256: m.model.sha256.clone(),
+            stage: Stage::Registered,
+            transitions: vec![Transition {
+                from: None,
+                to: Stage::Registered,
+                by: by.to_owned(),
+                at_ms: now,
+                note: "pushed".into(),
+            }],
+            pushed_by: by.to_owned(),
+            pushed_at_ms: now,
+            signed_by: bundle.signatures.iter().map(|s| s.key_id_hex()).collect(),
+            evidence,
+            manifest: ManifestSummary {
+                created_at: m.created_at,
+                inputs: m.inputs.clone(),
+                outputs: m.outputs.clone(),
+                nan_policy: m.nan_policy,
+                training: m.training.clone(),
+                metadata: m.metadata.clone(),
+                baseline_rows: m.baseline.as_ref().map(|b| b.rows),
+                baseline_features: m
+                    .baseline
+                    .as_ref()
+                    .map(|b| b.features.iter().map(|f| f.name.clone()).collect())
+                    .unwrap_or_default(),
+                reference_outputs: m.reference.is_some(),
+                card: m.card.clone(),
+            },
+            validation: None,
+            validation_passed: None,
+        };
+        // Two pushes of one new version race here: only the first insert wins.
+        let inserted = self
+            .tree
+            .compare_and_swap(
+                key(&name, &version),
+                None::<&[u8]>,
+                Some(serde_json::to_vec(&record).unwrap_or_default()),
+            )
+            .map_err(Self::storage)?;
+        if inserted.is_err() {
+            let existing = self.get(&name, &version)?;
+            if existing.model_sha256 == record.model_sha256 {
+                return Ok(Pushed { record: existing, created: false });
+            }
+            return Err(RegistryError::Conflict { id: existing.id(), existing: existing.model_sha256 });
+        }
+        self.store.flush()?;
+        Ok(Pushed { record, created: true })
+    }
+
+    /// The signed bundle file of an artifact.
+    ///
+    /// Decompressed and hash-checked artifacts are cached (a few, bounded in bytes): a fleet
+    /// downloads one bundle in many Range pieces, and each piece must not decompress it again.
+    pub fn artifact(&self, sha256: &str) -> Result<Arc<Vec<u8>>, RegistryError> {
+        if !is_sha256(sha256) {
+            return Err(RegistryError::Invalid(format!(
+                "`{sha256}` is not a sha256 (64 lowercase hex digits)"
+            )));
+        }
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, bytes)) = cache.iter().find(|(k, _)| k == sha256) {
+                return Ok(Arc::clone(bytes));
+            }
+        }
+        let path = self.artifact_path(sha256);
+        let compressed = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RegistryError::NotFound(format!("artifact {sha256}")),
+            _ => RegistryError::Io { path: path.clone(), source: e },
+        })?;
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut bytes).map_err(self.io(&path))?;
+        if sha256_hex(&bytes) != sha256 {
+            return Err(RegistryError::Refused(format!(
+                "artifact {sha256} on disk is corrupt (hash mismatch)"
+            )));
+        }
+        let bytes = Arc::new(bytes);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(k, _)| k != sha256);
+        cache.push_front((sha256.to_owned(), Arc::clone(&bytes)));
+        while cache.len() > CACHED_ARTIFACTS
+            || (cache.len() > 1 && cache.iter().map(|(_, b)| b.len()).sum::<usize>() > CACHED_ARTIFACT_BYTES)
+        {
+            cache.pop_back();
+        }
+        Ok(bytes)
+    }
+
+    /// Records a validation result; a pass moves `registered` to `validated`.
+    /// Runs the validation gate on `dataset` (CSV bytes) and stores the result (blocking);
+    /// returns the report and a one-line detail for the audit log.
+    pub fn validate(
+        &self,
+        name: &str,
+        version: &str,
+        dataset: &[u8],
+        q: &crate::models::validation::ValidateOptions,
+        by: &str,
+    ) -> Result<(crate::models::validation::Report, String), RegistryError> {
+        use crate::models::validation::{self, Policy};
+        // The model's stored thresholds, each overridable for this run.
+        let stored = self.policy(name)?;
+        let policy = Policy {
+            min_accuracy: q.min_accuracy.or(stored.min_accuracy),
+            max_accuracy_drop: q.max_accuracy_drop.unwrap_or(stored.max_accuracy_drop),
+            max_f1_drop: q.max_f1_drop.unwrap_or(stored.max_f1_drop),
+            max_p99_ratio: q.max_p99_ratio.unwrap_or(stored.max_p99_ratio),
+            p99_slack_ms: q.p99_slack_ms.unwrap_or(stored.p99_slack_ms),
+        };
+        policy.validate().map_err(RegistryError::Invalid)?;
+        let record = self.get(name, version)?;
+        let bundle_bytes = self.artifact(&record.bundle_sha256)?;
+        let bundle = Bundle::parse(&bundle_bytes).map_err(|e| {
+            RegistryError::Store(StoreError::Corrupt {
+                key: format!("artifact of {}", record.id()),
+                detail: e.to_string(),
+            })
+        })?;
+        let table = crate::models::packaging::Table::parse(dataset, "the dataset")
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let production = self
+            .production(name)?
+            .filter(|p| p.version != version)
+            .and_then(|p| p.validation)
+            .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
+        let report =
+            validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
+                .map_err(RegistryError::Invalid)?;
+        let value = serde_json::to_value(&report).map_err(|e| {
+            RegistryError::Store(StoreError::Corrupt {
+                key: format!("validation of {}", record.id()),
+                detail: e.to_string(),
+            })
+        })?;
+        self.set_validation(name, version, value, report.passed, by)?;
+        let detail = if report.passed {
+            format!("passed: accuracy {:.4}", report.metrics.accuracy)
+        } else {
+            format!("failed: {}", report.failures.join("; "))
+        };
+        Ok((report, detail))
+    }
+
+    pub fn set_validation(
+        &self,
+        name: &str,
+        version: &str,
+        result: serde_json::Value,
+        passed: bool,
+        by: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let mut record = self.get(name, version)?;
+        record.validation = Some(result);
+        record.validation_passed = Some(passed);
+        if passed && record.stage == Stage::Registered {
+            push_transition(&mut record, Stage::Validated, by, "validation passed");
+        }
+        self.put(&record)?;
+        Ok(record)
+    }
+
+    /// Moves a version to `to`; only validated versions may go past `registered`.
+    pub fn transition(
+        &self,
+        name: &str,
+        version: &str,
+        to: Stage,
+        by: &str,
+        note: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let mut record = self.get(name, version)?;
+        if record.stage == to {
+            return Ok(record);
+        }
+        if matches!(to, Stage::Validated | Stage::Canary | Stage::Production)
+            && record.validation_passed != Some(true)
+        {
+            return Err(RegistryError::Refused(format!(
+                "{} has not passed validation: run `outpostctl model validate {}` first",
+                record.id(),
+                record.id()
+            )));
+        }
+        if to == Stage::Registered {
+            return Err(RegistryError::Refused("a version cannot go back to `registered`".into()));
+        }
+        push_transition(&mut record, to, by, note);
+        self.put(&record)?;
+        if to == Stage::Production {
+            // The model's previous production version steps down (kept for rollback).
+            for mut other in self.versions(name)? {
+                if other.version != version && other.stage == Stage::Production {
+                    push_transition(&mut other, Stage::Archived, by, &format!("superseded by {version}"));
+                    self.put(&other)?;
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    /// The current production version of a model, if any.
+    pub fn production(&self, name: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        Ok(self.versions(name)?.into_iter().find(|r| r.stage == Stage::Production))
+    }
+
+    /// The model's versions most recently promoted to production, newest first.
+    pub fn production_history(&self, name: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        let mut promoted: Vec<(u64, VersionRecord)> = self
+            .versions(name)?
+            .into_iter()
+            .filter_map(|r| {
+                let at = r.transitions.iter().filter(|t| t.to == Stage::Production).map(|t| t.at_ms).max()?;
+                Some((at, r))
+            })
+            .collect();
+        promoted.sort_by_key(|p| std::cmp::Reverse(p.0));
+        Ok(promoted.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The validation thresholds of a model (defaults until an operator sets them).
+    pub fn policy(&self, name: &str) -> Result<crate::models::validation::Policy, RegistryError> {
+        let key = format!("policy\0{name}");
+        match self.policies.get(key.as_bytes()).map_err(Self::storage)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt {
+                    key: format!("policy of {name}"),
+                    detail: e.to_string(),
+                })
+            }),
+            None => Ok(crate::models::validation::Policy::default()),
+        }
+    }
+
+    /// Stores a model's validation thresholds.
+    pub fn set_policy(
+        &self,
+        name: &str,
+        policy: &crate::models::validation::Policy,
+    ) -> Result<(), RegistryError> {
+        outpost_shared::bundle::check_name(name).map_err(RegistryError::Invalid)?;
+        let key = format!("policy\0{name}");
+        self.policies
+            .insert(key.as_bytes(), serde_json::to_vec(policy).unwrap_or_default())
+            .map_err(Self::storage)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Deletes an archived version and its artifact (unless another version shares it).
+    pub fn purge(&self, name: &str, version: &str) -> Result<VersionRecord, RegistryError> {
+        let record = self.get(name, version)?;
+        if record.stage != Stage::Archived {
+            return Err(RegistryError::Refused(format!(
+                "{} is `{}`: only archived versions can be purged",
+                record.id(),
+                record.stage.as_str()
+            )));
+        }
+        if self.production_history(name)?.iter().take(KEEP_PRODUCTION).any(|r| r.version == version) {
+            return Err(RegistryError::Refused(format!(
+                "{} is one of the last {KEEP_PRODUCTION} production versions of `{name}`, kept for rollback",
+                record.id()
+            )));
+        }
+        self.tree.remove(key(name, version)).map_err(Self::storage)?;
+        self.store.flush()?;
+        let shared = self.list()?.iter().any(|r| r.bundle_sha256 == record.bundle_sha256);
+        if !shared {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _)| *k != record.bundle_sha256);
+            let path = self.artifact_path(&record.bundle_sha256);
+            std::fs::remove_file(&path).map_err(self.io(&path))?;
+        }
+        Ok(record)
+    }
+}
+
+fn push_transition(record: &mut VersionRecord, to: Stage, by: &str, note: &str) {
+    record.transitions.push(Transition {
+        from: Some(record.stage),
+        to,
+        by: by.to_owned(),
+        at_ms: now_ms(),
+        note: note.to_owned(),
+    });
+    record.stage = to;
+}
+
+/// Orders versions by semver when both parse, else as text.
+pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a.cmp(&b),
+        _ => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::packaging::{BuildSpec, build};
+
+    fn fixture(stem: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models")
+            .join(format!("{stem}.onnx"))
+    }
+
+    fn bundle(stem: &str, version: &str) -> Vec<u8> {
+        let spec = BuildSpec {
+            model: fixture(stem),
+            name: "bc".into(),
+            version: version.into(),
+            ..BuildSpec::default()
+        };
+        build(&spec, 0).unwrap().0.to_bytes()
+    }
+
+    fn registry() -> (tempfile::TempDir, Registry, SigningKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let registry = Registry::open(&store, dir.path()).unwrap();
+        (dir, registry, SigningKey::generate().unwrap().0)
+    }
+
+    #[test]
+    fn versions_are_immutable_and_signed_on_push() {
+        let (_dir, registry, key) = registry();
+        let first = registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap();
+        assert!(first.created);
+        assert_eq!(first.record.signed_by, [key.key_id()]);
+        let stored = registry.artifact(&first.record.bundle_sha256).unwrap();
+        Bundle::open(&stored, &[key.public_key()]).unwrap();
+        // The same model again (a new build, other manifest bytes) is a no-op.
+        assert!(!registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "bob", &key).unwrap().created);
+        let other = registry.push(&bundle("breast_cancer-1.1.0", "1.0.0"), "bob", &key);
+        assert!(matches!(other, Err(RegistryError::Conflict { .. })), "{other:?}");
+        assert!(matches!(registry.artifact("nope"), Err(RegistryError::Invalid(_))));
+    }
+
+    #[test]
+    fn only_validated_versions_advance_and_production_steps_down() {
+        let (_dir, registry, key) = registry();
+        for (stem, v) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
+            registry.push(&bundle(stem, v), "alice", &key).unwrap();
+        }
+        let refused = registry.transition("bc", "1.0.0", Stage::Production, "alice", "");
+        assert!(matches!(refused, Err(RegistryError::Refused(_))), "{refused:?}");
+        for v in ["1.0.0", "1.1.0"] {
+            let r = registry.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
+            assert_eq!(r.stage, Stage::Validated);
+        }
+        registry.transition("bc", "1.0.0", Stage::Production, "alice", "").unwrap();
+        registry.transition("bc", "1.1.0", Stage::Production, "alice", "").unwrap();
+        assert_eq!(registry.get("bc", "1.0.0").unwrap().stage, Stage::Archived);
+        assert_eq!(registry.production("bc").unwrap().unwrap().version, "1.1.0");
+        let history: Vec<(Option<Stage>, Stage, String)> = registry
+            .get("bc", "1.0.0")
+            .unwrap()
+            .transitions
+            .into_iter()
+            .map(|t| (t.from, t.to, t.by))
+            .collect();
+        assert_eq!(history.len(), 4, "{history:?}");
+        assert_eq!(history[3], (Some(Stage::Production), Stage::Archived, "alice".into()));
+    }
+
+    #[test]
+    fn purge_keeps_what_rollback_needs() {
+        let (_dir, registry, key) = registry();
+        let versions = ["1.0.0", "1.0.1", "1.0.2", "1.0.3", "1.0.4"];
+        for v in versions {
+            registry.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
+            registry.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
+        }
+        let refused = registry.purge("bc", "1.0.4");
+        assert!(
+            matches!(refused, Err(RegistryError::Refused(ref m)) if m.contains("only archived")),
+            "{refused:?}"
+        );
+        for v in versions {
+            registry.transition("bc", v, Stage::Production, "alice", "").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // 1.0.4 serves; 1.0.3, 1.0.2 were the previous production versions: kept.
+        let kept = registry.purge("bc", "1.0.2");
+        assert!(matches!(kept, Err(RegistryError::Refused(ref m)) if m.contains("last 3")), "{kept:?}");
+        let purged = registry.purge("bc", "1.0.1").unwrap();
+        assert!(matches!(registry.get("bc", "1.0.1"), Err(RegistryError::NotFound(_))));
+        // The same model bytes under another version share nothing: each build is its own artifact.
+        assert!(matches!(registry.artifact(&purged.bundle_sha256), Err(RegistryError::NotFound(_))));
+    }
+}

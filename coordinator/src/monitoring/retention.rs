@@ -1,0 +1,207 @@
+//! Retention: the monitoring history (per-window traffic, drift verdicts, uploaded predictions
+//! and their labels) is kept for `retention.monitoring_days` and pruned hourly, so the
+//! coordinator's disk use follows the fleet's size, not its age.
+//!
+//! What is pruned, by the time it is about: traffic windows by their end, drift verdicts by
+//! when the agent computed them, predictions and labels by when the prediction was made. The
+//! raw envelope store is not pruned here (it is the audit trail of what devices sent).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::store::{Store, StoreError};
+
+/// `[retention]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub monitoring_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { monitoring_days: 90 }
+    }
+}
+
+impl RetentionConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.monitoring_days == 0 {
+            return Err(("retention.monitoring_days".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Entries removed per tree by one pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub traffic: u64,
+    pub drift_history: u64,
+    pub predictions: u64,
+    pub labels: u64,
+    pub shadow: u64,
+}
+
+/// The `u64` big-endian time right after the first `\0` of a key (`model \0 at_ms …`).
+fn time_after_model(key: &[u8]) -> Option<u64> {
+    let start = key.iter().position(|b| *b == 0)? + 1;
+    Some(u64::from_be_bytes(key.get(start..start + 8)?.try_into().ok()?))
+}
+
+fn prune_tree(
+    store: &Store,
+    name: &str,
+    cutoff_ms: u64,
+    time_of: impl Fn(&[u8], &[u8]) -> Option<u64>,
+) -> Result<u64, StoreError> {
+    let tree = store.tree(name)?;
+    let mut batch = sled::Batch::default();
+    let mut removed = 0;
+    for item in tree.iter() {
+        let (k, v) = item.map_err(|e| store.storage_error(e))?;
+        if time_of(&k, &v).is_some_and(|t| t < cutoff_ms) {
+            batch.remove(k);
+            removed += 1;
+        }
+    }
+    tree.apply_batch(batch).map_err(|e| store.storage_error(e))?;
+    Ok(removed)
+}
+
+/// Removes monitoring history older than `cutoff_ms`.
+pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
+    let json_time = |field: &'static str| {
+        move |_: &[u8], v: &[u8]| serde_json::from_slice::<serde_json::Value>(v).ok()?.get(field)?.as_u64()
+    };
+    Ok(Pruned {
+        traffic: prune_tree(store, "traffic", cutoff_ms, |k, _| time_after_model(k))?,
+        drift_history: prune_tree(store, "drift_history", cutoff_ms, |k, _| time_after_model(k))?,
+        predictions: prune_tree(store, "predictions", cutoff_ms, json_time("at_ms"))?,
+        labels: prune_tree(store, "labels", cutoff_ms, json_time("predicted_at_ms"))?,
+        shadow: prune_tree(store, "shadow", cutoff_ms, |k, _| time_after_model(k))?,
+    })
+}
+
+/// Prunes at start and then hourly until `stop`.
+pub async fn run(store: Store, config: RetentionConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let cutoff =
+            crate::base::store::now_ms().saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || prune(&s, cutoff)).await {
+            Ok(Ok(p)) if p != Pruned::default() => {
+                tracing::info!(?p, days = config.monitoring_days, "pruned monitoring history")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning monitoring history failed"),
+            Err(e) => tracing::error!(error = %e, "pruning task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_shared::histogram::LogHistogram;
+    use outpost_shared::protocol::messages::{
+        DriftReport, FeedbackBatch, LabelledPrediction, LogWindow, ModelDrift, ModelWindow, OutboxStats,
+        PredictionBatch, Report, SystemStats,
+    };
+    use outpost_shared::protocol::records::{PredictionRecord, RecordedInputs};
+
+    fn report(at_ms: u64) -> Report {
+        Report {
+            window_start_ms: at_ms - 1000,
+            window_end_ms: at_ms,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: "1".into(),
+                slot: "primary".into(),
+                requests: 3,
+                errors: 0,
+                rows: 3,
+                latency_us: LogHistogram::default(),
+                top_score: LogHistogram::default(),
+                label_counts: Default::default(),
+            }],
+            system: SystemStats::default(),
+            prediction_log: LogWindow::default(),
+            outbox: OutboxStats::default(),
+        }
+    }
+
+    fn predictions(at_ms: u64, id: u64) -> PredictionBatch {
+        PredictionBatch {
+            sampling: "all".into(),
+            records: vec![PredictionRecord {
+                id,
+                at_ms,
+                model: "bc".into(),
+                version: "1".into(),
+                slot: "primary".into(),
+                latency_us: 1,
+                inputs: RecordedInputs::Dropped,
+                outputs: Vec::new(),
+                top_score: None,
+            }],
+        }
+    }
+
+    fn label(at_ms: u64, id: u64) -> FeedbackBatch {
+        FeedbackBatch {
+            labels: vec![LabelledPrediction {
+                prediction_id: id,
+                model: "bc".into(),
+                version: "1".into(),
+                slot: "primary".into(),
+                predicted_at_ms: at_ms,
+                labelled_at_ms: at_ms + 1,
+                predicted: Some(1),
+                label: 1,
+            }],
+            unknown: 0,
+            evicted: 0,
+        }
+    }
+
+    fn drift(at_ms: u64) -> DriftReport {
+        let m = ModelDrift {
+            model: "bc".into(),
+            version: "1".into(),
+            window_rows: 1,
+            rows_seen: 1,
+            features: Vec::new(),
+            prediction: None,
+        };
+        DriftReport { at_ms, models: vec![m] }
+    }
+
+    #[test]
+    fn history_older_than_the_cutoff_goes_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let slos = crate::monitoring::slo::Slos::open(&store).unwrap();
+        let history = crate::monitoring::report::History::open(&store).unwrap();
+        let index = crate::monitoring::dataset::Predictions::open(&store).unwrap();
+        let labels = crate::monitoring::quality::Labels::open(&store).unwrap();
+        for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
+            slos.put_report("dev", &report(at)).unwrap();
+            history.put("dev", &drift(at)).unwrap();
+            index.put("dev", &predictions(at, id)).unwrap();
+            labels.put("dev", &label(at, id)).unwrap();
+        }
+        let pruned = prune(&store, 2_000_000).unwrap();
+        assert_eq!(pruned, Pruned { traffic: 1, drift_history: 1, predictions: 1, labels: 1, shadow: 0 });
+        assert_eq!(prune(&store, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
+        for tree in ["traffic", "drift_history", "predictions", "labels"] {
+            assert_eq!(store.tree(tree).unwrap().len(), 1, "{tree} keeps the newer entry");
+        }
+        assert!(labels.get("bc", "dev", 2).unwrap().is_some());
+    }
+}

@@ -1,0 +1,478 @@
+//! Service-level objectives per model: availability (share of successful requests), a latency
+//! percentile under a threshold, and an accuracy floor — with compliance over a rolling window
+//! and the error-budget burn rate, computed fleet-wide from summed counts and merged latency
+//! histograms (never from averaged percentiles).
+//!
+//! Data: every report window devices send is kept per model in sled tree `traffic`, key
+//! `model \0 window_end_ms (u64 BE) \0 device \0 version`, value JSON [`TrafficWindow`]
+//! (upserted); objectives live in tree `slos`, one JSON [`SloSpec`] per model. Accuracy comes
+//! from ground-truth labels ([`crate::monitoring::quality`]) for predictions made inside the window.
+//!
+//! Burn rate = the share of bad events ÷ the share the objective allows: 1 spends the budget
+//! exactly over the window, 10 spends it ten times as fast. Bad events: failed requests
+//! (availability), requests slower than the threshold (latency; the objective "p95 < 200 ms"
+//! allows 5 % of requests above 200 ms), wrong labelled predictions (accuracy).
+
+use std::collections::BTreeMap;
+
+use outpost_shared::histogram::LogHistogram;
+use outpost_shared::protocol::messages::{Report, ShadowReport};
+use serde::{Deserialize, Serialize};
+
+use crate::base::store::{Store, StoreError};
+use crate::monitoring::quality::Labels;
+
+/// A model's objectives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloSpec {
+    /// Target share of successful requests, e.g. 0.99.
+    pub availability: Option<f64>,
+    /// e.g. p95 < 200 ms: `{"percentile": 0.95, "threshold_ms": 200}`.
+    pub latency: Option<LatencyObjective>,
+    /// Floor for accuracy on labelled predictions, e.g. 0.85.
+    pub accuracy: Option<f64>,
+    /// The rolling window compliance is judged over.
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyObjective {
+    pub percentile: f64,
+    pub threshold_ms: f64,
+}
+
+impl SloSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |name: &str, v: Option<f64>| match v {
+            Some(x) if !(x > 0.0 && x < 1.0) => {
+                Err(format!("`{name}` must be a share in (0, 1), e.g. 0.99; got {x}"))
+            }
+            _ => Ok(()),
+        };
+        share("availability", self.availability)?;
+        share("accuracy", self.accuracy)?;
+        if let Some(l) = self.latency {
+            share("latency.percentile", Some(l.percentile))?;
+            if !(l.threshold_ms.is_finite() && l.threshold_ms > 0.0) {
+                return Err(format!("`latency.threshold_ms` must be above 0; got {}", l.threshold_ms));
+            }
+        }
+        if self.availability.is_none() && self.latency.is_none() && self.accuracy.is_none() {
+            return Err("give at least one objective: availability, latency or accuracy".into());
+        }
+        if !(60..=90 * 86_400).contains(&self.window_secs) {
+            return Err("`window_secs` must be between 60 (1 minute) and 7776000 (90 days)".into());
+        }
+        Ok(())
+    }
+}
+
+/// One device's traffic of one model version in one report window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficWindow {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_us: LogHistogram,
+}
+
+/// A shadow's agreement with its primary in one device's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowCounts {
+    pub primary: String,
+    pub compared: u64,
+    pub agreed: u64,
+}
+
+/// One objective's standing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    pub objective: String,
+    pub target: f64,
+    /// The measured value: share of good requests, the latency percentile (ms), or accuracy.
+    pub actual: Option<f64>,
+    pub events: u64,
+    pub bad_events: u64,
+    pub compliant: bool,
+    pub burn_rate: f64,
+    /// Share of the window's error budget left (0 when overspent).
+    pub budget_remaining: f64,
+}
+
+/// A model's SLO standing now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SloStatus {
+    pub model: String,
+    pub spec: SloSpec,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub objectives: Vec<Objective>,
+}
+
+fn objective(
+    name: &str,
+    target: f64,
+    actual: Option<f64>,
+    events: u64,
+    bad: u64,
+    compliant: bool,
+) -> Objective {
+    let allowed = 1.0 - target;
+    let bad_share = if events == 0 { 0.0 } else { bad as f64 / events as f64 };
+    let burn_rate = bad_share / allowed;
+    Objective {
+        objective: name.to_owned(),
+        target,
+        actual,
+        events,
+        bad_events: bad,
+        compliant,
+        burn_rate,
+        budget_remaining: (1.0 - burn_rate).max(0.0),
+    }
+}
+
+/// Equal time buckets over `[from_ms, to_ms]`: the one bucket geometry the dashboard's charts
+/// and the timelines feeding them (traffic here, labels in `quality`) share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBuckets {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub width_ms: u64,
+    pub count: usize,
+}
+
+impl TimeBuckets {
+    pub fn new(from_ms: u64, to_ms: u64, count: usize) -> TimeBuckets {
+        let count = count.max(1);
+        let width_ms = (to_ms.saturating_sub(from_ms) / count as u64).max(1);
+        TimeBuckets { from_ms, to_ms, width_ms, count }
+    }
+
+    /// The bucket holding `at_ms` (a time at the very end falls in the last one).
+    pub fn index(&self, at_ms: u64) -> usize {
+        ((at_ms.saturating_sub(self.from_ms) / self.width_ms) as usize).min(self.count - 1)
+    }
+
+    /// Each bucket's start (unix ms).
+    pub fn starts(&self) -> Vec<u64> {
+        (0..self.count as u64).map(|i| self.from_ms + i * self.width_ms).collect()
+    }
+}
+
+/// Objectives and traffic history.
+#[derive(Debug, Clone)]
+pub struct Slos {
+    specs: sled::Tree,
+    traffic: sled::Tree,
+    /// Shadow agreement per window: same keys as `traffic` (the shadow's version), JSON
+    /// [`ShadowCounts`].
+    shadow: sled::Tree,
+    store: Store,
+}
+
+fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(model.len() + device.len() + version.len() + 11);
+    k.extend_from_slice(model.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.push(0);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+impl Slos {
+    pub fn open(store: &Store) -> Result<Slos, StoreError> {
+        Ok(Slos {
+            specs: store.tree("slos")?,
+            traffic: store.tree("traffic")?,
+            shadow: store.tree("shadow")?,
+            store: store.clone(),
+        })
+    }
+
+    fn err(&self, e: sled::Error) -> StoreError {
+        self.store.storage_error(e)
+    }
+
+    /// Keeps a report's traffic per model version.
+    pub fn put_report(&self, device: &str, report: &Report) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for w in report.models.iter().filter(|w| w.requests > 0) {
+            let value =
+                TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
+            batch.insert(
+                traffic_key(&w.model, report.window_end_ms, device, &w.version),
+                serde_json::to_vec(&value).unwrap_or_default(),
+            );
+        }
+        self.traffic.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Keeps a shadow report's agreement per model version.
+    pub fn put_shadow(&self, device: &str, report: &ShadowReport) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for w in &report.models {
+            let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
+            batch.insert(
+                traffic_key(&w.model, report.window_end_ms, device, &w.version),
+                serde_json::to_vec(&value).unwrap_or_default(),
+            );
+        }
+        self.shadow.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Rows compared and agreed of shadow windows of `model` ending in `[from_ms, to_ms]`
+    /// whose device and version `keep` accepts.
+    pub fn shadow_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut compared, mut agreed) = (0, 0);
+        self.windows_where(&self.shadow, model, from_ms, to_ms, keep, |_, _, _, v| {
+            if let Ok(c) = serde_json::from_slice::<ShadowCounts>(v) {
+                compared += c.compared;
+                agreed += c.agreed;
+            }
+        })?;
+        Ok((compared, agreed))
+    }
+
+    /// Calls `each(device, value)` for the windows of `model` in `tree` (keys as in `traffic`)
+    /// ending in `[from_ms, to_ms]` whose device and version `keep` accepts.
+    fn windows_where(
+        &self,
+        tree: &sled::Tree,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+        mut each: impl FnMut(u64, &str, &str, &[u8]),
+    ) -> Result<(), StoreError> {
+        let mut start = model.as_bytes().to_vec();
+        start.push(0);
+        let skip = start.len() + 9;
+        let mut end = start.clone();
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
+        for item in tree.range(start..end) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(at) = k.get(skip - 9..skip - 1).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let Some(rest) = k.get(skip..) else { continue };
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(device), Ok(version)) = (std::str::from_utf8(device), std::str::from_utf8(version))
+            else {
+                continue;
+            };
+            if keep(device, version) {
+                each(u64::from_be_bytes(at), device, version, &v);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {
+        self.specs
+            .insert(model.as_bytes(), serde_json::to_vec(spec).unwrap_or_default())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn get(&self, model: &str) -> Result<Option<SloSpec>, StoreError> {
+        Ok(self
+            .specs
+            .get(model.as_bytes())
+            .map_err(|e| self.err(e))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every model with objectives.
+    pub fn all(&self) -> Result<Vec<(String, SloSpec)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.specs.iter() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(spec) = serde_json::from_slice(&v) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), spec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Summed counts and the merged latency histogram of `model` for windows ending in
+    /// `[from_ms, to_ms]`.
+    fn traffic(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<(u64, u64, LogHistogram), StoreError> {
+        let mut start = model.as_bytes().to_vec();
+        start.push(0);
+        let mut end = start.clone();
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
+        let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
+        for item in self.traffic.range(start..end) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            let Ok(w) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
+            requests += w.requests;
+            errors += w.errors;
+            // Histograms were validated at ingest; one that does not merge is skipped.
+            let _ = latency.merge(&w.latency_us);
+        }
+        Ok((requests, errors, latency))
+    }
+
+    /// Like the fleet-wide sum, for the windows of the devices and versions `keep` accepts
+    /// (a rollout's candidate or baseline side).
+    pub fn traffic_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<(u64, u64, LogHistogram, usize), StoreError> {
+        let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
+        let mut devices = std::collections::BTreeSet::new();
+        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |_, device, _, v| {
+            if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
+                requests += w.requests;
+                errors += w.errors;
+                let _ = latency.merge(&w.latency_us);
+                devices.insert(device.to_owned());
+            }
+        })?;
+        Ok((requests, errors, latency, devices.len()))
+    }
+
+    /// When the oldest window `keep` accepts in `[from_ms, to_ms]` ended, if there is one: how
+    /// far back a fleet that only started reporting has data.
+    pub fn oldest_window_where(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut oldest: Option<u64> = None;
+        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |at, _, _, _| {
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        })?;
+        Ok(oldest)
+    }
+
+    /// `model`'s traffic in each of `grid`'s buckets, per version: (requests, errors, merged
+    /// latency histogram in µs). For the dashboard's charts.
+    pub fn timeline(
+        &self,
+        model: &str,
+        grid: &TimeBuckets,
+    ) -> Result<Vec<BTreeMap<String, TrafficWindow>>, StoreError> {
+        let mut out = vec![BTreeMap::new(); grid.count];
+        self.windows_where(
+            &self.traffic,
+            model,
+            grid.from_ms,
+            grid.to_ms,
+            |_, _| true,
+            |at, _, version, v| {
+                let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) else { return };
+                let cell = out[grid.index(at)].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
+                    requests: 0,
+                    errors: 0,
+                    latency_us: LogHistogram::default(),
+                });
+                cell.requests += w.requests;
+                cell.errors += w.errors;
+                let _ = cell.latency_us.merge(&w.latency_us);
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The standing of `model`'s objectives over its window ending at `now_ms`.
+    pub fn status(
+        &self,
+        labels: &Labels,
+        model: &str,
+        spec: &SloSpec,
+        now_ms: u64,
+    ) -> Result<SloStatus, StoreError> {
+        let from_ms = now_ms.saturating_sub(spec.window_secs.saturating_mul(1000));
+        let (requests, errors, latency) = self.traffic(model, from_ms, now_ms)?;
+        let mut objectives = Vec::new();
+        if let Some(target) = spec.availability {
+            let actual = (requests > 0).then(|| 1.0 - errors as f64 / requests as f64);
+            let compliant = actual.is_none_or(|a| a >= target);
+            objectives.push(objective("availability", target, actual, requests, errors, compliant));
+        }
+        if let Some(l) = spec.latency {
+            let threshold_us = l.threshold_ms * 1000.0;
+            let value_ms = latency.quantile(l.percentile).map(|us| us / 1000.0);
+            let slow = latency.count_above(threshold_us);
+            let compliant = value_ms.is_none_or(|v| v <= l.threshold_ms);
+            let name = format!("latency p{} < {} ms", l.percentile * 100.0, l.threshold_ms);
+            objectives.push(objective(&name, l.percentile, value_ms, latency.count(), slow, compliant));
+        }
+        if let Some(floor) = spec.accuracy {
+            let q = labels.quality(model, Some(from_ms), None)?;
+            let (labelled, correct) = q.versions.values().fold((0u64, 0u64), |(n, c), v| {
+                (n + v.metrics.rows, c + (v.metrics.accuracy * v.metrics.rows as f64).round() as u64)
+            });
+            let actual = (labelled > 0).then(|| correct as f64 / labelled as f64);
+            let compliant = actual.is_none_or(|a| a >= floor);
+            objectives.push(objective("accuracy", floor, actual, labelled, labelled - correct, compliant));
+        }
+        Ok(SloStatus { model: model.to_owned(), spec: spec.clone(), from_ms, to_ms: now_ms, objectives })
+    }
+
+    /// The standing of every model with objectives.
+    pub fn statuses(&self, labels: &Labels, now_ms: u64) -> Result<BTreeMap<String, SloStatus>, StoreError> {
+        self.all()?
+            .into_iter()
+            .map(|(model, spec)| Ok((model.clone(), self.status(labels, &model, &spec, now_ms)?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_buckets_cover_the_range_and_the_end_falls_in_the_last() {
+        let g = TimeBuckets::new(1_000, 61_000, 6);
+        assert_eq!((g.width_ms, g.starts()), (10_000, vec![1_000, 11_000, 21_000, 31_000, 41_000, 51_000]));
+        assert_eq!((g.index(1_000), g.index(10_999), g.index(11_000), g.index(61_000)), (0, 0, 1, 5));
+        assert_eq!(TimeBuckets::new(5, 5, 0).count, 1);
+    }
+
+    #[test]
+    fn burn_rate_is_the_bad_share_over_the_allowed_share() {
+        let o = objective("availability", 0.99, Some(0.95), 100, 5, false);
+        assert!((o.burn_rate - 5.0).abs() < 1e-9, "{o:?}");
+        assert_eq!(o.budget_remaining, 0.0);
+        let calm = objective("availability", 0.99, Some(0.998), 1000, 2, true);
+        assert!((calm.burn_rate - 0.2).abs() < 1e-9 && (calm.budget_remaining - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let spec = SloSpec { availability: Some(1.5), latency: None, accuracy: None, window_secs: 3600 };
+        assert!(spec.validate().unwrap_err().contains("availability"));
+        let empty = SloSpec { availability: None, latency: None, accuracy: None, window_secs: 3600 };
+        assert!(empty.validate().unwrap_err().contains("at least one"));
+        let latency = LatencyObjective { percentile: 0.95, threshold_ms: 200.0 };
+        let ok = SloSpec {
+            availability: Some(0.99),
+            latency: Some(latency),
+            accuracy: Some(0.85),
+            window_secs: 3600,
+        };
+        ok.validate().unwrap();
+    }
+}

@@ -1,0 +1,357 @@
+//! The rollout state machine: one tick moves every active rollout on — applies a step, waits
+//! for its devices, bakes, judges the gates, extends, pauses, rolls back or succeeds.
+
+use std::collections::BTreeMap;
+
+use super::bake::{self, BakeDecision};
+use super::gates::{self, GateResult};
+use super::sends::{revert, send_step, watchdog_tripped};
+use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, actual_of};
+use crate::base::store::DeviceRecord;
+use crate::fleet::desired::Outgoing;
+use crate::fleet::liveness::Liveness;
+use crate::models::registry::Stage;
+
+impl Rollouts {
+    /// The gates' verdicts for the current bake, on the evidence [`bake::evidence_window`] names.
+    fn judge(&self, r: &mut Rollout, now: u64) -> Result<(), RolloutError> {
+        let Ok(gates) = r.spec.validate() else { return Ok(()) };
+        let step = r.step_at(r.wave);
+        let w = bake::evidence_window(step, r.created_ms, now, r.spec.bake_secs);
+        let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
+        let candidate = self.evidence.evidence(&r.spec.model, &r.spec.version, &moved, w.from_ms, w.to_ms)?;
+        let baseline =
+            self.evidence.evidence(&r.spec.model, &r.baseline, &r.targets, w.baseline_from_ms, w.to_ms)?;
+        let since = (now.saturating_sub(w.from_ms)) / 1000;
+        r.baseline_scope = if w.same_devices {
+            format!(
+                "{} as the primary on the same {} device(s) in the same {since} s since the rollout began",
+                r.baseline,
+                r.targets.len()
+            )
+        } else {
+            format!(
+                "{} on the {} target(s) from {} s before the rollout began (the devices not yet moved since), \
+                 against {} on {} moved device(s) over the rollout's {since} s",
+                r.baseline,
+                r.targets.len(),
+                r.spec.bake_secs,
+                r.spec.version,
+                moved.len()
+            )
+        };
+        let t = r.spec.thresholds(gates.len());
+        r.gates = gates.iter().map(|g| gates::evaluate(g, &candidate, &baseline, t)).collect();
+        r.evaluated_ms = Some(now);
+        Ok(())
+    }
+
+    /// Rolls the rollout back: every moved device to its previous version, an incident.
+    fn roll_back(
+        &self,
+        r: &mut Rollout,
+        reason: String,
+        gate: Option<GateResult>,
+    ) -> Result<Vec<Outgoing>, RolloutError> {
+        let now = self.clock.now_ms();
+        let out = revert(&self.deployer, r, "rollout-engine")?;
+        r.log(now, format!("ROLLED BACK: {reason}; {} device(s) sent back to {}", r.moved.len(), r.baseline));
+        r.phase = Phase::RolledBack;
+        r.finished_ms = Some(self.clock.now_ms());
+        let incident = Incident {
+            id: self.repo.next_id("inc")?,
+            rollout: r.id.clone(),
+            model: r.spec.model.clone(),
+            version: r.spec.version.clone(),
+            baseline: r.baseline.clone(),
+            opened_ms: self.clock.now_ms(),
+            reason: reason.clone(),
+            gate,
+            gates: r.gates.clone(),
+            baseline_scope: r.baseline_scope.clone(),
+            devices_rolled_back: r.moved.clone(),
+            timeline: r.timeline.clone(),
+            closed_ms: None,
+            closed_by: None,
+        };
+        self.repo.put_incident(&incident)?;
+        r.incident = Some(incident.id.clone());
+        self.metrics.rollout_rollbacks.with_label_values(&[&r.spec.model]).inc();
+        tracing::warn!(
+            rollout = r.id,
+            incident = incident.id,
+            model = r.spec.model,
+            version = r.spec.version,
+            reason,
+            "rollout rolled back"
+        );
+        let _ = self.deployer.registry().transition(
+            &r.spec.model,
+            &r.spec.version,
+            Stage::Validated,
+            "rollout-engine",
+            &format!("rolled back by rollout {} ({})", r.id, incident.id),
+        );
+        Ok(out)
+    }
+
+    /// One step of every active rollout (blocking); returns the desired states to publish.
+    pub fn tick(&self) -> Result<Vec<Outgoing>, RolloutError> {
+        let _g = self.guard();
+        let mut out = Vec::new();
+        let mut active = 0;
+        for mut r in self.repo.list()?.into_iter().filter(|r| r.phase.active()) {
+            active += 1;
+            let before = r.clone();
+            out.extend(self.step(&mut r)?);
+            if r != before {
+                self.repo.put(&r)?;
+            }
+        }
+        self.metrics.rollouts_active.set(active);
+        Ok(out)
+    }
+
+    fn step(&self, r: &mut Rollout) -> Result<Vec<Outgoing>, RolloutError> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        if matches!(r.phase, Phase::Applying | Phase::Baking)
+            && let Some((device, message)) = watchdog_tripped(&self.store.devices()?, r)
+        {
+            let reason =
+                format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);
+            out.extend(self.roll_back(r, reason, None)?);
+            return Ok(out);
+        }
+        match r.phase {
+            Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted => {}
+            Phase::Applying => {
+                let wave: Vec<String> = r.wave_devices(r.wave).to_vec();
+                let step = r.step_at(r.wave);
+                let new: Vec<String> = wave.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
+                if !new.is_empty() {
+                    r.moved.extend(new);
+                    // Written first: a restart after this point re-sends, never forgets a device.
+                    self.repo.put(r)?;
+                }
+                let sent = send_step(&self.deployer, &wave, &r.spec.model, &r.spec.version, step)?;
+                if !sent.is_empty() {
+                    let what = match step {
+                        Step::Wave(_) | Step::Switch => "as the primary version".to_owned(),
+                        Step::Canary(p) => format!("as a canary answering {p}% of requests"),
+                        Step::Standby => "as a standby".to_owned(),
+                        Step::Shadow => "as a shadow answering copies of requests".to_owned(),
+                    };
+                    r.log(
+                        now,
+                        format!(
+                            "{}: sending {} {what} to {} device(s)",
+                            r.label(),
+                            r.spec.version,
+                            sent.len()
+                        ),
+                    );
+                    out.extend(sent);
+                }
+                let devices: BTreeMap<String, DeviceRecord> =
+                    self.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+                let mut waiting = Vec::new();
+                for id in &wave {
+                    if r.skipped.contains(id) {
+                        continue;
+                    }
+                    let d = devices.get(id);
+                    let actual = actual_of(d, &r.spec.model);
+                    let slot = match step {
+                        Step::Canary(_) => "canary",
+                        Step::Standby => "standby",
+                        Step::Shadow => "shadow",
+                        Step::Wave(_) | Step::Switch => "primary",
+                    };
+                    let running = d.is_some_and(|d| {
+                        d.models.iter().any(|m| {
+                            m.name == r.spec.model
+                                && m.version == r.spec.version
+                                && m.slot == slot
+                                && m.state == "ready"
+                        })
+                    });
+                    if running {
+                        continue;
+                    }
+                    if let Some(m) = actual.filter(|m| m.version == r.spec.version && m.state == "failed") {
+                        let why = m.reason.clone().unwrap_or_else(|| "no reason given".into());
+                        out.extend(self.roll_back(
+                            r,
+                            format!("device {id} failed to run {}: {why}", r.spec.version),
+                            None,
+                        )?);
+                        return Ok(out);
+                    }
+                    let live = d.map_or(Liveness::NeverSeen, |d| Liveness::of(d, &self.fleet, now));
+                    if live != Liveness::Online {
+                        match r.spec.offline {
+                            OfflinePolicy::Wait => {}
+                            OfflinePolicy::Skip => {
+                                r.skipped.push(id.clone());
+                                r.log(
+                                    now,
+                                    format!(
+                                        "{}: skipping {id} ({live}); it gets {} when it returns",
+                                        r.label(),
+                                        r.spec.version
+                                    ),
+                                );
+                                continue;
+                            }
+                            OfflinePolicy::Fail => {
+                                let reason =
+                                    format!("device {id} is {live} during {} (policy: fail)", r.label());
+                                out.extend(self.roll_back(r, reason, None)?);
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    waiting.push(id.clone());
+                }
+                if waiting.is_empty() {
+                    if r.promoted {
+                        self.succeed(r);
+                    } else if step == Step::Standby {
+                        r.log(now, format!(
+                            "{}: every target runs {} as a standby, validated; switching them all at once",
+                            r.label(),
+                            r.spec.version
+                        ));
+                        r.wave += 1;
+                        r.wave_started_ms = now;
+                    } else {
+                        r.phase = Phase::Baking;
+                        r.bake_started_ms = Some(now);
+                        r.bake_until_ms = Some(now + r.spec.bake_secs * 1000);
+                        r.extensions = 0;
+                        r.log(
+                            now,
+                            format!(
+                                "{}: {} device(s) run {}; baking {} s",
+                                r.label(),
+                                wave.len() - r.skipped.iter().filter(|s| wave.contains(s)).count(),
+                                r.spec.version,
+                                r.spec.bake_secs
+                            ),
+                        );
+                    }
+                } else if now.saturating_sub(r.wave_started_ms) > r.spec.apply_timeout_secs * 1000
+                    && waiting.iter().any(|id| {
+                        devices.get(id).is_some_and(|d| Liveness::of(d, &self.fleet, now) == Liveness::Online)
+                    })
+                {
+                    // Online yet not running it in time (quiet devices are the offline policy's).
+                    let reason = format!(
+                        "{}: {} device(s) did not report {} ready within {} s: {}",
+                        r.label(),
+                        waiting.len(),
+                        r.spec.version,
+                        r.spec.apply_timeout_secs,
+                        waiting.join(", ")
+                    );
+                    out.extend(self.roll_back(r, reason, None)?);
+                }
+            }
+            Phase::Baking => {
+                self.judge(r, now)?;
+                let decision = bake::bake_decision(
+                    &r.gates,
+                    now,
+                    r.bake_until_ms.unwrap_or(0),
+                    r.extensions,
+                    r.spec.max_extensions,
+                );
+                match decision {
+                    BakeDecision::RollBack(failed) => {
+                        let reason = format!(
+                            "gate `{}` failed at {}: {} (baseline: {})",
+                            failed.gate,
+                            r.label(),
+                            failed.detail,
+                            r.baseline_scope
+                        );
+                        out.extend(self.roll_back(r, reason, Some(failed))?);
+                    }
+                    BakeDecision::Continue => {}
+                    BakeDecision::Passed => {
+                        let summary: Vec<String> =
+                            r.gates.iter().map(|g| format!("{} pass ({})", g.gate, g.detail)).collect();
+                        r.log(
+                            now,
+                            format!(
+                                "{}: gates passed against {}: {}",
+                                r.label(),
+                                r.baseline_scope,
+                                summary.join("; ")
+                            ),
+                        );
+                        if r.step_at(r.wave) == Step::Shadow {
+                            // Evidence gathered; the shadow goes, nothing switched.
+                            out.extend(revert(&self.deployer, r, "rollout-engine")?);
+                            r.phase = Phase::Succeeded;
+                            r.finished_ms = Some(now);
+                            r.log(now, format!(
+                                "succeeded: {}@{} matched its primary in shadow; the shadow is removed and nothing \
+                                 switched — roll it out with `canary` or `blue-green`",
+                                r.spec.model, r.spec.version
+                            ));
+                        } else if r.wave + 1 == r.steps() {
+                            self.succeed(r);
+                        } else {
+                            r.wave += 1;
+                            r.phase = Phase::Applying;
+                            r.wave_started_ms = now;
+                            r.bake_started_ms = None;
+                            r.bake_until_ms = None;
+                        }
+                    }
+                    BakeDecision::Extend(why) => {
+                        r.extensions += 1;
+                        r.bake_until_ms = Some(now + r.spec.bake_secs * 1000);
+                        r.log(
+                            now,
+                            format!(
+                                "{}: INCONCLUSIVE ({}); bake extended {}/{}",
+                                r.label(),
+                                why.join("; "),
+                                r.extensions,
+                                r.spec.max_extensions
+                            ),
+                        );
+                    }
+                    BakeDecision::Pause(why) => {
+                        r.phase = Phase::Paused;
+                        let reason =
+                            format!("inconclusive after {} extension(s): {}", r.extensions, why.join("; "));
+                        r.log(now, format!("{}: PAUSED, {reason}", r.label()));
+                        r.paused_reason = Some(reason);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn succeed(&self, r: &mut Rollout) {
+        let now = self.clock.now_ms();
+        r.phase = Phase::Succeeded;
+        r.finished_ms = Some(self.clock.now_ms());
+        let note = format!("rollout {}", r.id);
+        match self.deployer.registry().transition(
+            &r.spec.model,
+            &r.spec.version,
+            Stage::Production,
+            "rollout-engine",
+            &note,
+        ) {
+            Ok(_) => r.log(now, format!("succeeded: {}@{} is production", r.spec.model, r.spec.version)),
+            Err(e) => r.log(now, format!("succeeded, but the registry refused the stage change: {e}")),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! What a rollout is as stored and shown: its phase, timeline, incident and the per-device view.
+
+use std::collections::BTreeMap;
+
+use outpost_shared::protocol::messages::DesiredModel;
+use serde::{Deserialize, Serialize};
+
+use super::gates::GateResult;
+use super::{RolloutSpec, Step};
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Sending the wave's desired states and waiting for its devices to report the version.
+    Applying,
+    /// The wave runs the version; gates are watched until the bake ends.
+    Baking,
+    Paused,
+    Succeeded,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn active(self) -> bool {
+        matches!(self, Phase::Applying | Phase::Baking | Phase::Paused)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Applying => "applying",
+            Phase::Baking => "baking",
+            Phase::Paused => "paused",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// One line of a rollout's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// A rollout as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub spec: RolloutSpec,
+    /// The version the candidate is compared with and rolled back to.
+    pub baseline: String,
+    /// The targeted devices, in wave order.
+    pub targets: Vec<String>,
+    /// What each target's desired state said for the model before the rollout.
+    pub previous: BTreeMap<String, Option<DesiredModel>>,
+    pub phase: Phase,
+    /// Index into `spec.waves`.
+    pub wave: usize,
+    /// Devices sent the candidate so far.
+    pub moved: Vec<String>,
+    /// Devices the `skip` policy stopped waiting for.
+    pub skipped: Vec<String>,
+    pub wave_started_ms: u64,
+    pub bake_started_ms: Option<u64>,
+    pub bake_until_ms: Option<u64>,
+    pub extensions: u32,
+    /// Operator asked to skip the remaining waves.
+    pub promoted: bool,
+    pub paused_reason: Option<String>,
+    /// The newest gate evaluation, and what the baseline side was.
+    pub gates: Vec<GateResult>,
+    pub baseline_scope: String,
+    pub evaluated_ms: Option<u64>,
+    pub incident: Option<String>,
+    pub timeline: Vec<TimelineEntry>,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+impl Rollout {
+    pub(super) fn step_at(&self, index: usize) -> Step {
+        self.spec.plan().get(index).copied().unwrap_or(Step::Switch)
+    }
+
+    pub(super) fn steps(&self) -> usize {
+        self.spec.plan().len()
+    }
+
+    /// Devices the step at `index` involves (a wave: the first ones; otherwise all targets).
+    pub fn wave_devices(&self, index: usize) -> &[String] {
+        match self.step_at(index) {
+            Step::Wave(pct) => {
+                let n = ((pct / 100.0) * self.targets.len() as f64).ceil() as usize;
+                &self.targets[..n.clamp(1, self.targets.len())]
+            }
+            _ => &self.targets,
+        }
+    }
+
+    pub(super) fn log(&mut self, at_ms: u64, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(rollout = self.id, model = self.spec.model, version = self.spec.version, "{message}");
+        self.timeline.push(TimelineEntry { at_ms, message });
+    }
+
+    pub(super) fn label(&self) -> String {
+        let (i, n) = (self.wave + 1, self.steps());
+        match self.step_at(self.wave) {
+            Step::Wave(p) => format!("wave {i}/{n} ({p}%)"),
+            Step::Canary(p) => format!("step {i}/{n} (canary {p}% of requests)"),
+            Step::Standby => format!("step {i}/{n} (standby on every target)"),
+            Step::Switch => format!("step {i}/{n} (switch every target)"),
+            Step::Shadow => format!("step {i}/{n} (shadow on every target)"),
+        }
+    }
+}
+
+/// An automatic rollback, kept for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub rollout: String,
+    pub model: String,
+    pub version: String,
+    pub baseline: String,
+    pub opened_ms: u64,
+    /// Why the rollout was rolled back, in a sentence.
+    pub reason: String,
+    /// The gate that failed (when a gate did), with its numbers.
+    pub gate: Option<GateResult>,
+    /// Every gate's verdict at that moment.
+    pub gates: Vec<GateResult>,
+    pub baseline_scope: String,
+    pub devices_rolled_back: Vec<String>,
+    pub timeline: Vec<TimelineEntry>,
+    pub closed_ms: Option<u64>,
+    pub closed_by: Option<String>,
+}
+
+/// A target's progress, for `rollout status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    pub device: String,
+    /// The wave it belongs to (1-based).
+    pub wave: usize,
+    pub desired: Option<String>,
+    pub actual: Option<String>,
+    /// `ready`, `loading`, `failed` (the actual model's state), or none.
+    pub actual_state: Option<String>,
+    /// `online`, `stale`, `offline` or `never_seen`.
+    pub liveness: String,
+    /// The candidate slot the device reports, e.g. `1.1.0 canary (ready)`.
+    pub candidate: Option<String>,
+    pub skipped: bool,
+}
+
+/// A rollout with its devices' live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    pub devices: Vec<DeviceProgress>,
+}

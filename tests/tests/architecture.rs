@@ -1,0 +1,146 @@
+//! The architecture, checked: reads the source and fails on an import that crosses a wall.
+//!
+//! - The coordinator is built in floors, lowest first: `base`, `models`, `monitoring`, `fleet`,
+//!   `ops`, `http`; above them the binary's wiring (`config`, `server`, `cli`, `src/bin`). A file
+//!   may import its own floor and the floors below, never one above (so `ops` never imports
+//!   `http`, and `fleet`, `models`, `monitoring` never import `ops` or `http`), and no floor
+//!   imports the wiring (except `http`, whose request state holds the whole `config`).
+//! - Only `http` knows HTTP: `axum` and `tower` appear nowhere else in the coordinator's library.
+//! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
+//!
+//! Comments are not imports: only code lines are read.
+
+use std::path::{Path, PathBuf};
+
+const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http"];
+const WIRING: [&str; 3] = ["config", "server", "cli"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the repo").to_path_buf()
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Code lines of `source` with their numbers (line comments and doc comments dropped).
+fn code_lines(source: &str) -> impl Iterator<Item = (usize, &str)> {
+    source.lines().enumerate().filter_map(|(i, line)| {
+        let code = line.split("//").next().unwrap_or("");
+        (!code.trim().is_empty()).then_some((i + 1, code))
+    })
+}
+
+/// The floor a coordinator source path (relative to `src/`) belongs to: its rank, or `None` for
+/// the wiring above every floor.
+fn floor_of(relative: &Path) -> Option<usize> {
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    FLOORS.iter().position(|f| *f == name)
+}
+
+/// The walls `source` (a coordinator file at `relative`) breaks, as `line: what` sentences.
+fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
+    let Some(rank) = floor_of(relative) else { return Vec::new() };
+    let me = FLOORS[rank];
+    let mut out = Vec::new();
+    for (n, code) in code_lines(source) {
+        for (higher, name) in FLOORS.iter().enumerate().skip(rank + 1) {
+            if code.contains(&format!("crate::{name}::")) || code.contains(&format!("crate::{name};")) {
+                out.push(format!("{n}: `{me}` imports `{name}`, a higher floor (floor {rank} → {higher})"));
+            }
+        }
+        // `http` holds the whole configuration in its request state; it may read `config`.
+        for wiring in WIRING.iter().filter(|w| !(me == "http" && **w == "config")) {
+            if code.contains(&format!("crate::{wiring}::")) {
+                out.push(format!("{n}: `{me}` imports the binary's wiring `{wiring}`"));
+            }
+        }
+        if me != "http" {
+            for http_crate in ["axum", "tower"] {
+                if code.contains(&format!("{http_crate}::")) {
+                    out.push(format!("{n}: `{me}` uses `{http_crate}`; only `http` knows HTTP"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn coordinator_floors_import_only_downwards() {
+    let src = repo().join("coordinator/src");
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for path in rust_files(&src) {
+        let relative = path.strip_prefix(&src).expect("under src");
+        if relative.starts_with("bin") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).expect("readable source");
+        checked += usize::from(floor_of(relative).is_some());
+        for v in coordinator_violations(relative, &source) {
+            broken.push(format!("coordinator/src/{}:{v}", relative.display()));
+        }
+    }
+    assert!(checked > 40, "only {checked} coordinator files sit in floors: has the layout moved?");
+    assert!(broken.is_empty(), "imports that cross a floor wall:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn agent_and_coordinator_never_import_each_other_and_shared_neither() {
+    let root = repo();
+    let mut broken = Vec::new();
+    for (krate, forbidden) in [
+        ("agent", &["outpost_coordinator", "outpost-coordinator"][..]),
+        ("coordinator", &["outpost_agent", "outpost-agent"][..]),
+        ("shared", &["outpost_agent", "outpost-agent", "outpost_coordinator", "outpost-coordinator"][..]),
+    ] {
+        let manifest = std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("a manifest");
+        for name in forbidden.iter().filter(|n| n.contains('-')) {
+            if manifest.lines().any(|l| l.trim_start().starts_with(name)) {
+                broken.push(format!("{krate}/Cargo.toml depends on {name}"));
+            }
+        }
+        for path in rust_files(&root.join(krate).join("src")) {
+            let source = std::fs::read_to_string(&path).expect("readable source");
+            for (n, code) in code_lines(&source) {
+                for name in forbidden.iter().filter(|n| n.contains('_')) {
+                    if code.contains(&format!("{name}::")) {
+                        broken.push(format!("{}:{n}: uses {name}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "crate walls broken:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_checker_catches_a_forbidden_import() {
+    let ops = Path::new("ops/rollout.rs");
+    assert_eq!(coordinator_violations(ops, "use crate::fleet::desired::Outgoing;\n"), Vec::<String>::new());
+    let up = coordinator_violations(ops, "use crate::http::api::AppState;\n");
+    assert_eq!(up, ["1: `ops` imports `http`, a higher floor (floor 4 → 5)"]);
+    let fleet = Path::new("fleet/ingest.rs");
+    assert_eq!(coordinator_violations(fleet, "x\nlet r = crate::ops::rollout::TICK;\n").len(), 1);
+    assert_eq!(coordinator_violations(fleet, "use crate::config::Config;\n").len(), 1);
+    assert_eq!(coordinator_violations(fleet, "use axum::Json;\n").len(), 1);
+    // Comments and the wiring are not checked; `http` may use axum.
+    assert!(coordinator_violations(fleet, "//! see [`crate::http::api`]\n").is_empty());
+    assert!(coordinator_violations(Path::new("server.rs"), "use crate::http::api::AppState;\n").is_empty());
+    assert!(coordinator_violations(Path::new("http/api.rs"), "use axum::Json;\n").is_empty());
+}
