@@ -457,4 +457,6 @@ pub async fn run(rollouts: Arc<Rollouts>, mut stop: tokio::sync::watch::Receiver
 }
 
 #[cfg(test)]
+mod life_tests;
+#[cfg(test)]
 mod tests;

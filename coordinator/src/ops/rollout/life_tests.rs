@@ -1,0 +1,289 @@
+//! A rollout's whole life on a simulated clock: the real engine, store, registry, deployer and
+//! evidence, with simulated agents that follow their desired state and report traffic. Runs in
+//! well under a second: time is a number the test moves.
+
+use std::collections::BTreeMap;
+
+use outpost_shared::histogram::LogHistogram;
+use outpost_shared::protocol::keys::SigningKey;
+use outpost_shared::protocol::messages::{ModelState, ModelWindow, Report};
+
+use super::*;
+use crate::base::store::TokenRecord;
+use crate::fleet::ca::Authority;
+use crate::fleet::desired::Desired;
+use crate::models::packaging::{BuildSpec, build};
+use crate::models::registry::Registry;
+use crate::monitoring::slo::Slos;
+
+const DEVICES: usize = 5;
+/// Simulated seconds between two reports of a device (and two engine ticks).
+const STEP_MS: u64 = 10_000;
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    store: Store,
+    registry: Registry,
+    deployer: Deployer,
+    slos: Slos,
+    clock: Clock,
+    seq: u64,
+    /// Candidate's error rate per mille while it runs.
+    candidate_errors_per_mille: u64,
+    /// Requests each device answers per report.
+    requests: u64,
+    /// Devices that have gone quiet (they neither follow nor report).
+    silent: Vec<String>,
+}
+
+fn bundle(version: &str) -> Vec<u8> {
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(format!("breast_cancer-{version}.onnx"));
+    let spec = BuildSpec { model: fixture, name: "bc".into(), version: version.into(), ..BuildSpec::default() };
+    build(&spec, 0).unwrap().0.to_bytes()
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let registry = Registry::open(&store, dir.path()).unwrap();
+        let key = SigningKey::generate().unwrap().0;
+        for v in ["1.0.0", "1.1.0"] {
+            registry.push(&bundle(v), "test", &key).unwrap();
+            registry.set_validation("bc", v, serde_json::json!({}), true, "test").unwrap();
+        }
+        for i in 0..DEVICES {
+            let token = format!("token-{i}");
+            let record = TokenRecord {
+                labels: BTreeMap::new(),
+                created_at_ms: 0,
+                expires_at_ms: u64::MAX,
+                used_by: None,
+                used_at_ms: None,
+            };
+            store.add_token(&token, &record).unwrap();
+            let id = format!("dev-{i}");
+            store.enrol(&token, |t| DeviceRecord::new(&id, &[i as u8; 32], t.labels.clone())).unwrap().unwrap();
+        }
+        let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
+        let (outgoing, _) = tokio::sync::mpsc::channel(1);
+        let deployer = Deployer::new(
+            registry.clone(),
+            store.clone(),
+            Desired::open(&store).unwrap(),
+            authority,
+            outgoing,
+            outpost_shared::protocol::messages::WatchdogPolicy::default(),
+        );
+        let ids: Vec<String> = (0..DEVICES).map(|i| format!("dev-{i}")).collect();
+        deployer.set_primary(&ids, "bc", "1.0.0", "test", false).unwrap();
+        registry.transition("bc", "1.0.0", Stage::Production, "test", "first").unwrap();
+        let slos = Slos::open(&store).unwrap();
+        let mut fleet = Fleet {
+            _dir: dir,
+            store,
+            registry,
+            deployer,
+            slos,
+            clock: Clock::manual(1_800_000_000_000),
+            seq: 0,
+            candidate_errors_per_mille: 0,
+            requests: 400,
+            silent: Vec::new(),
+        };
+        // An hour of the old version before anything starts: the baseline.
+        for _ in 0..360 {
+            fleet.clock.advance(STEP_MS);
+            fleet.report();
+        }
+        fleet
+    }
+
+    fn engine(&self) -> Rollouts {
+        Rollouts::new(
+            &self.store,
+            self.deployer.clone(),
+            FleetConfig::default(),
+            Metrics::new(),
+            self.clock.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Every device runs what its desired state says (as an agent would after reconciling)
+    /// and reports one window of traffic on it.
+    fn report(&mut self) {
+        let now = self.clock.now_ms();
+        for i in 0..DEVICES {
+            let id = format!("dev-{i}");
+            if self.silent.contains(&id) {
+                continue;
+            }
+            let desired = self.deployer.desired().get(&id).unwrap().unwrap();
+            let m = &desired.models["bc"];
+            let mut models = vec![ModelState {
+                name: "bc".into(),
+                version: m.version.clone(),
+                slot: "primary".into(),
+                state: "ready".into(),
+                reason: None,
+            }];
+            if let Some(c) = &m.candidate {
+                models.push(ModelState {
+                    name: "bc".into(),
+                    version: c.version.clone(),
+                    slot: "canary".into(),
+                    state: "ready".into(),
+                    reason: None,
+                });
+            }
+            self.seq += 1;
+            let wire = self.seq.to_be_bytes();
+            self.store
+                .store_envelope(&id, self.seq, &wire, |r: &mut DeviceRecord| {
+                    r.models = models.clone();
+                    r.last_seen_ms = Some(now);
+                })
+                .unwrap();
+            let errors = if m.version == "1.1.0" { self.requests * self.candidate_errors_per_mille / 1000 } else { 0 };
+            let mut latency_us = LogHistogram::default();
+            latency_us.record_n(800.0, self.requests);
+            let window = ModelWindow {
+                model: "bc".into(),
+                version: m.version.clone(),
+                slot: "primary".into(),
+                requests: self.requests,
+                errors,
+                rows: self.requests,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::new(),
+            };
+            let report = Report {
+                window_start_ms: now - STEP_MS,
+                window_end_ms: now,
+                models: vec![window],
+                system: Default::default(),
+                prediction_log: Default::default(),
+                outbox: Default::default(),
+            };
+            self.slos.put_report(&id, &report).unwrap();
+        }
+    }
+
+    /// Ticks the engine, lets the devices follow, moves the clock on; until the rollout ends or
+    /// `limit` simulated seconds pass. Returns the rollout as it stands.
+    fn run(&mut self, engine: &Rollouts, id: &str, limit_secs: u64) -> Rollout {
+        let until = self.clock.now_ms() + limit_secs * 1000;
+        while self.clock.now_ms() < until {
+            engine.tick().unwrap();
+            let r = engine.get(id).unwrap().unwrap();
+            if !r.phase.active() || r.phase == Phase::Paused {
+                return r;
+            }
+            self.clock.advance(STEP_MS);
+            self.report();
+        }
+        engine.get(id).unwrap().unwrap()
+    }
+
+    fn primary_of(&self, device: &str) -> String {
+        self.deployer.desired().get(device).unwrap().unwrap().models["bc"].version.clone()
+    }
+}
+
+fn spec(waves: &str, extra: &str) -> RolloutSpec {
+    serde_json::from_str(&format!(
+        r#"{{"model": "bc", "version": "1.1.0", "waves": {waves}, "bake_secs": 120,
+            "gates": ["error_rate<=+3%"], "max_extensions": 3 {extra}}}"#
+    ))
+    .unwrap()
+}
+
+fn saw(r: &Rollout, needle: &str) -> bool {
+    r.timeline.iter().any(|e| e.message.contains(needle))
+}
+
+#[test]
+fn a_rollout_lives_its_whole_life_on_a_simulated_clock() {
+    let mut fleet = Fleet::new();
+    // Thin traffic at first: the first bake cannot decide and is extended.
+    fleet.requests = 2;
+    let engine = fleet.engine();
+    let started = engine.start(spec("[20, 60, 100]", ""), "alice").unwrap();
+    assert_eq!(started.phase, Phase::Applying);
+    assert_eq!(started.baseline, "1.0.0");
+    assert_eq!(started.created_ms, fleet.clock.now_ms(), "the rollout reads the engine's clock");
+
+    let r = fleet.run(&engine, &started.id, 300);
+    assert_eq!(r.phase, Phase::Baking, "{:#?}", r.timeline);
+    assert_eq!(r.moved, ["dev-0"], "wave 1 is 20 % of 5 devices");
+    assert_eq!(fleet.primary_of("dev-0"), "1.1.0");
+    assert_eq!(fleet.primary_of("dev-1"), "1.0.0");
+    assert!(saw(&r, "INCONCLUSIVE"), "thin traffic extends the bake: {:#?}", r.timeline);
+    assert!(r.extensions >= 1);
+
+    // Enough traffic now; the coordinator restarts mid-rollout and a new engine resumes it.
+    fleet.requests = 400;
+    drop(engine);
+    let engine = fleet.engine();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert_eq!(r.phase, Phase::Succeeded, "{:#?}", r.timeline);
+    assert_eq!(r.moved.len(), DEVICES);
+    for i in 0..DEVICES {
+        assert_eq!(fleet.primary_of(&format!("dev-{i}")), "1.1.0");
+    }
+    assert!(saw(&r, "wave 2/3"), "{:#?}", r.timeline);
+    assert!(saw(&r, "wave 3/3"), "{:#?}", r.timeline);
+    assert!(saw(&r, "gates passed"));
+    assert!(saw(&r, "is production"));
+    assert_eq!(fleet.registry.production("bc").unwrap().unwrap().version, "1.1.0");
+    // Three bakes of 120 s and the extensions: simulated minutes, not wall-clock ones.
+    let took = r.finished_ms.unwrap() - r.created_ms;
+    assert!(took >= 3 * 120_000, "took {took} ms of simulated time");
+    assert!(r.timeline.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "timeline in clock order");
+}
+
+#[test]
+fn a_breach_rolls_every_moved_device_back_and_opens_an_incident() {
+    let mut fleet = Fleet::new();
+    fleet.candidate_errors_per_mille = 200;
+    let engine = fleet.engine();
+    let started = engine.start(spec("[40, 100]", ""), "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert_eq!(r.phase, Phase::RolledBack, "{:#?}", r.timeline);
+    assert_eq!(r.moved, ["dev-0", "dev-1"]);
+    for i in 0..DEVICES {
+        assert_eq!(fleet.primary_of(&format!("dev-{i}")), "1.0.0", "dev-{i} runs the old version again");
+    }
+    let incident = engine.repo().incident(r.incident.as_deref().unwrap()).unwrap().unwrap();
+    assert_eq!(incident.gate.as_ref().unwrap().gate, "error_rate<=+3%");
+    assert_eq!(incident.devices_rolled_back, ["dev-0", "dev-1"]);
+    assert_eq!(engine.repo().open_incidents().unwrap().len(), 1);
+    assert_eq!(fleet.registry.get("bc", "1.1.0").unwrap().stage, Stage::Validated);
+    // Caught within the first bake: failing is decided as soon as it is beyond doubt.
+    assert!(r.finished_ms.unwrap() - r.created_ms <= 120_000 + STEP_MS, "{:#?}", r.timeline);
+    engine.close_incident(&incident.id, "bob").unwrap();
+    assert!(engine.repo().open_incidents().unwrap().is_empty());
+}
+
+#[test]
+fn a_quiet_device_is_skipped_under_the_skip_policy_and_fails_the_rollout_under_fail() {
+    for (policy, expect) in [("skip", Phase::Succeeded), ("fail", Phase::RolledBack)] {
+        let mut fleet = Fleet::new();
+        let engine = fleet.engine();
+        let extra = format!(r#", "offline": "{policy}""#);
+        // dev-4 stops reporting: five minutes of silence make it offline.
+        fleet.silent.push("dev-4".into());
+        for _ in 0..30 {
+            fleet.clock.advance(STEP_MS);
+            fleet.report();
+        }
+        let started = engine.start(spec("[100]", &extra), "alice").unwrap();
+        let r = fleet.run(&engine, &started.id, 3_600);
+        assert_eq!(r.phase, expect, "{policy}: {:#?}", r.timeline);
+        assert!(saw(&r, "dev-4"), "{policy}: the quiet device is named: {:#?}", r.timeline);
+    }
+}
