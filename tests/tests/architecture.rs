@@ -9,6 +9,7 @@
 //! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
 //!
 //! Comments are not imports: only code lines are read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

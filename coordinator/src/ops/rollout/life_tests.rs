@@ -40,7 +40,8 @@ fn bundle(version: &str) -> Vec<u8> {
     let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/models")
         .join(format!("breast_cancer-{version}.onnx"));
-    let spec = BuildSpec { model: fixture, name: "bc".into(), version: version.into(), ..BuildSpec::default() };
+    let spec =
+        BuildSpec { model: fixture, name: "bc".into(), version: version.into(), ..BuildSpec::default() };
     build(&spec, 0).unwrap().0.to_bytes()
 }
 
@@ -65,7 +66,10 @@ impl Fleet {
             };
             store.add_token(&token, &record).unwrap();
             let id = format!("dev-{i}");
-            store.enrol(&token, |t| DeviceRecord::new(&id, &[i as u8; 32], t.labels.clone())).unwrap().unwrap();
+            store
+                .enrol(&token, |t| DeviceRecord::new(&id, &[i as u8; 32], t.labels.clone()))
+                .unwrap()
+                .unwrap();
         }
         let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
         let (outgoing, _) = tokio::sync::mpsc::channel(1);
@@ -147,7 +151,8 @@ impl Fleet {
                     r.last_seen_ms = Some(now);
                 })
                 .unwrap();
-            let errors = if m.version == "1.1.0" { self.requests * self.candidate_errors_per_mille / 1000 } else { 0 };
+            let errors =
+                if m.version == "1.1.0" { self.requests * self.candidate_errors_per_mille / 1000 } else { 0 };
             let mut latency_us = LogHistogram::default();
             latency_us.record_n(800.0, self.requests);
             let window = ModelWindow {

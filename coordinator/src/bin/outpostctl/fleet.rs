@@ -1,0 +1,176 @@
+//! `outpostctl device …`, `devices`, `deploy`, `rollback`, `telemetry import`: the fleet and what it runs.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Runs one `fleet` command against the coordinator.
+pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Device(DeviceCommand::Token(TokenCommand::Create { labels, ttl_secs })) => {
+            let labels = parse_labels(labels)?;
+            let response: TokenResponse = api.post_json(
+                "/api/v1/enrolment-tokens",
+                &serde_json::json!({ "labels": labels, "ttl_secs": ttl_secs }),
+            )?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+            } else {
+                say!("{}", response.token);
+                eprintln!("one-time token, labels {:?}, expires {}", response.labels, response.expires_at_ms);
+            }
+        }
+        Command::Device(DeviceCommand::Show { id }) => {
+            let d: DeviceView = api.get(&format!("/api/v1/devices/{id}"))?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                return Ok(());
+            }
+            print_device(&d);
+        }
+        Command::Rollback { name } => {
+            let done: serde_json::Value =
+                api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+            } else {
+                say!(
+                    "{name} rolled back from {} to {} on {} device(s)",
+                    done["from"].as_str().unwrap_or("?"),
+                    done["to"].as_str().unwrap_or("?"),
+                    done["devices"].as_array().map_or(0, Vec::len)
+                );
+            }
+        }
+        Command::Devices => {
+            let devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
+                return Ok(());
+            }
+            say!(
+                "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} LABELS",
+                "DEVICE",
+                "STATUS",
+                "LAST SEEN",
+                "BACKLOG",
+                "ENVELOPES",
+                "PREDICTS",
+                "MODELS"
+            );
+            for d in devices {
+                let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let models: Vec<String> =
+                    d.models.iter().map(|m| format!("{}@{}({})", m.name, m.version, m.state)).collect();
+                say!(
+                    "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} {}",
+                    d.id,
+                    d.status,
+                    ago(d.last_seen_ms),
+                    d.backlog.messages,
+                    d.counts.envelopes,
+                    d.counts.predictions,
+                    if models.is_empty() { "-".into() } else { models.join(",") },
+                    labels.join(",")
+                );
+            }
+        }
+        Command::Deploy { target, selector, devices, canary, standby, shadow } => {
+            let (name, version) = split_target(target)?;
+            let selector = parse_labels(selector)?;
+            let slot = match (canary, standby) {
+                (Some(percent), _) => serde_json::json!({"canary": {"percent": percent}}),
+                (None, true) => serde_json::json!("standby"),
+                (None, false) if *shadow => serde_json::json!("shadow"),
+                (None, false) => serde_json::Value::Null,
+            };
+            let response: serde_json::Value = api.post_json(
+                "/api/v1/deployments",
+                &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices, "slot": slot}),
+            )?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+            } else {
+                let targets: Vec<&str> = response["devices"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
+                    .unwrap_or_default();
+                say!(
+                    "{name}@{version} deployed to {} device(s): {} (stage {})",
+                    targets.len(),
+                    targets.join(", "),
+                    response["stage"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Command::Telemetry(TelemetryCommand::Import { file, ack_out }) => {
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            eprintln!("importing {} ({} bytes)…", file.display(), bytes.len());
+            let report: ImportReport = api.post_bytes("/api/v1/telemetry/import", &bytes)?;
+            let ack = hex::decode(&report.ack_file)
+                .map_err(|e| Failure::Refused(format!("coordinator sent an unreadable ack file: {e}")))?;
+            outpost_shared::files::write_atomic(ack_out, &ack)
+                .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", ack_out.display())))?;
+            if cli.json {
+                let summary = serde_json::json!({
+                    "device": report.device, "envelopes": report.envelopes, "stored": report.stored,
+                    "duplicates": report.duplicates, "rejected": report.rejected,
+                });
+                say!("{summary}");
+            } else {
+                say!(
+                    "device {}: {} envelopes, {} stored, {} already stored, rejected {:?}; ack file written to {}",
+                    report.device.as_deref().unwrap_or("-"),
+                    report.envelopes,
+                    report.stored,
+                    report.duplicates,
+                    report.rejected,
+                    ack_out.display()
+                );
+            }
+        }
+        _ => return Err(Failure::Usage(format!("not a fleet command: {:?}", cli.command))),
+    }
+    Ok(())
+}
+
+/// The human view of `device show`.
+pub(super) fn print_device(d: &DeviceView) {
+    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    say!("device   {} ({}, last seen {})", d.id, d.status, ago(d.last_seen_ms));
+    say!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
+    say!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
+    say!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
+    for m in &d.models {
+        let reason = m.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        say!("model    {}@{} {} ({}){reason}", m.name, m.version, m.state, m.slot);
+    }
+    for e in &d.recent_events {
+        say!("event    {} {:?}: {}", ago(Some(e.at_ms)), e.kind, e.message);
+    }
+    if d.drift.is_empty() {
+        say!("drift    no verdicts yet (bundles with a baseline report them once traffic flows)");
+    }
+    for m in &d.drift {
+        say!(
+            "drift    {}@{} over {} rows ({} seen), computed {}",
+            m.model,
+            m.version,
+            m.window_rows,
+            m.rows_seen,
+            ago(d.drift_at_ms)
+        );
+        say!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
+        for f in m.features.iter().chain(&m.prediction) {
+            let test = f.test.as_str().to_owned();
+            say!(
+                "  {:<28} {:<15} {:>12.4e} {:>10}  {}",
+                f.feature,
+                test,
+                f.score,
+                f.threshold,
+                if f.drifted { "DRIFT" } else { "ok" }
+            );
+        }
+    }
+}

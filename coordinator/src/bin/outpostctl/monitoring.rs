@@ -1,0 +1,163 @@
+//! `outpostctl report …`, `slo …`, `data export`, `alerts`: what the fleet's numbers say.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Runs one `monitoring` command against the coordinator.
+pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Report(ReportCommand::Drift { model, since, format, out }) => {
+            let since_ms = outpost_shared::endpoints::now_ms().saturating_sub(*since);
+            let bytes = api.get_bytes(&format!(
+                "/api/v1/models/{model}/drift-report?format={format}&since_ms={since_ms}"
+            ))?;
+            match out {
+                Some(path) => {
+                    outpost_shared::files::write_atomic(path, &bytes)
+                        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))?;
+                    eprintln!("drift report for {model} written to {}", path.display());
+                }
+                None => say_raw!("{}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        Command::Slo(SloCommand::Set { name, availability, latency, accuracy, window }) => {
+            let spec = serde_json::json!({
+                "availability": availability,
+                "latency": latency.map(|(p, ms)| serde_json::json!({"percentile": p, "threshold_ms": ms})),
+                "accuracy": accuracy,
+                "window_secs": window / 1000,
+            });
+            let saved: serde_json::Value = api.put_json(&format!("/api/v1/models/{name}/slo"), &spec)?;
+            say!("{}", serde_json::to_string_pretty(&saved).unwrap_or_default());
+        }
+        Command::Slo(SloCommand::Status { name }) => {
+            let statuses: Vec<serde_json::Value> = match name {
+                Some(name) => vec![api.get(&format!("/api/v1/models/{name}/slo"))?],
+                None => {
+                    let all: BTreeMap<String, serde_json::Value> = api.get("/api/v1/slo")?;
+                    all.into_values().collect()
+                }
+            };
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+                return Ok(());
+            }
+            if statuses.is_empty() {
+                say!("no objectives set (outpostctl slo set NAME --availability 99% --latency 'p95<200ms')");
+            }
+            statuses.iter().for_each(print_slo);
+        }
+        Command::Data(DataCommand::Export { model, since, labelled_only, out }) => {
+            let since_ms = since.map_or(0, |age| outpost_shared::endpoints::now_ms().saturating_sub(age));
+            let path =
+                format!("/api/v1/models/{model}/data?since_ms={since_ms}&labelled_only={labelled_only}");
+            let bytes = api.get_bytes(&path)?;
+            outpost_shared::files::write_atomic(out, &bytes)
+                .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", out.display())))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let rows = text.lines().skip(1).count();
+            let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
+            say!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
+        }
+        Command::Alerts => {
+            let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
+                return Ok(());
+            }
+            if alerts.is_empty() {
+                say!("no alerts");
+            }
+            for a in &alerts {
+                let state = if a["ends_at_ms"].is_null() { "FIRING" } else { "resolved" };
+                let labels: Vec<String> = a["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| *k != "alertname")
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                say!(
+                    "{:<8} {:<24} since {}  {} device(s)  {}",
+                    state,
+                    a["labels"]["alertname"].as_str().unwrap_or(""),
+                    ago(a["starts_at_ms"].as_u64()),
+                    a["devices"].as_array().map_or(0, Vec::len),
+                    labels.join(" ")
+                );
+            }
+        }
+        _ => return Err(Failure::Usage(format!("not a monitoring command: {:?}", cli.command))),
+    }
+    Ok(())
+}
+
+/// The human view of `slo status`.
+pub(super) fn print_slo(status: &serde_json::Value) {
+    say!("{} (window {} s)", status["model"].as_str().unwrap_or(""), status["spec"]["window_secs"]);
+    say!(
+        "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8}",
+        "OBJECTIVE",
+        "TARGET",
+        "ACTUAL",
+        "EVENTS",
+        "BAD",
+        "BURN",
+        "BUDGET"
+    );
+    for o in status["objectives"].as_array().into_iter().flatten() {
+        let actual = o["actual"].as_f64().map_or("-".into(), |a| format!("{a:.4}"));
+        say!(
+            "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9.2} {:>7.0}%  {}",
+            o["objective"].as_str().unwrap_or(""),
+            o["target"].as_f64().unwrap_or(0.0),
+            actual,
+            o["events"].as_u64().unwrap_or(0),
+            o["bad_events"].as_u64().unwrap_or(0),
+            o["burn_rate"].as_f64().unwrap_or(0.0),
+            100.0 * o["budget_remaining"].as_f64().unwrap_or(0.0),
+            if o["compliant"] == true { "ok" } else { "BREACHED" }
+        );
+    }
+}
+
+/// The human view of `model quality`.
+pub(super) fn print_quality(report: &serde_json::Value) {
+    let versions = report["versions"].as_object().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        say!("no labelled predictions yet (agents take labels at POST /v1/feedback)");
+    }
+    let line = |scope: &str, m: &serde_json::Value| {
+        say!(
+            "  {:<16} {:>7} {:>9.4} {:>9.4} {:>9.4}",
+            scope,
+            m["rows"].as_u64().unwrap_or(0),
+            m["accuracy"].as_f64().unwrap_or(0.0),
+            m["macro_f1"].as_f64().unwrap_or(0.0),
+            m["weighted_f1"].as_f64().unwrap_or(0.0)
+        );
+    };
+    for (version, q) in versions {
+        say!(
+            "{}@{version}: {} labels ({} without a predicted label)",
+            report["model"].as_str().unwrap_or(""),
+            q["labelled"],
+            q["without_prediction"]
+        );
+        say!("  {:<16} {:>7} {:>9} {:>9} {:>9}", "SCOPE", "ROWS", "ACCURACY", "MACRO F1", "WEIGHT F1");
+        line("all", &q["metrics"]);
+        for (segment, m) in q["segments"].as_object().into_iter().flatten() {
+            line(&format!("{}={segment}", report["by"].as_str().unwrap_or("")), m);
+        }
+        for (class, c) in q["metrics"]["classes"].as_object().into_iter().flatten() {
+            say!(
+                "  class {:<10} precision {:.4} recall {:.4} f1 {:.4} support {}",
+                class,
+                c["precision"].as_f64().unwrap_or(0.0),
+                c["recall"].as_f64().unwrap_or(0.0),
+                c["f1"].as_f64().unwrap_or(0.0),
+                c["support"]
+            );
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The models list and a model's page: versions, objectives, charts over time, drift, quality.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub struct ModelList {
+    versions: Vec<VersionRecord>,
+}
+
+impl ModelList {
+    pub fn gather(app: &AppState) -> Result<ModelList, ApiError> {
+        Ok(ModelList { versions: app.registry.list()? })
+    }
+
+    pub fn render(&self) -> String {
+        let mut by_model: BTreeMap<&str, Vec<&VersionRecord>> = BTreeMap::new();
+        for v in &self.versions {
+            by_model.entry(&v.name).or_default().push(v);
+        }
+        if by_model.is_empty() {
+            return "<p class=\"empty\">The registry is empty: <code>outpostctl model push</code>.</p>"
+                .into();
+        }
+        let mut out = String::from(
+            "<table data-table=\"models\"><tr><th>model</th><th>production</th><th>versions</th><th>newest</th></tr>",
+        );
+        for (name, versions) in by_model {
+            let production = versions
+                .iter()
+                .find(|v| v.stage == crate::models::registry::Stage::Production)
+                .map_or("—".to_owned(), |v| e(&v.version));
+            let newest = versions.iter().max_by_key(|v| v.pushed_at_ms);
+            let _ = write!(
+                out,
+                "<tr data-model=\"{}\"><td>{}</td><td>{production}</td><td>{}</td><td>{}</td></tr>",
+                e(name),
+                link(&format!("/ui/models/{}", seg(name)), name),
+                versions.len(),
+                newest.map_or(String::new(), |v| format!(
+                    "{} {}",
+                    e(&v.version),
+                    badge("info", v.stage.as_str())
+                ))
+            );
+        }
+        out.push_str("</table>");
+        out
+    }
+}
+
+pub struct ModelPage {
+    pub name: String,
+    versions: Vec<VersionRecord>,
+    slo: Option<SloStatus>,
+    starts: Vec<u64>,
+    traffic: Vec<BTreeMap<String, TrafficWindow>>,
+    accuracy: Vec<crate::monitoring::quality::Correct>,
+    drift: DriftHistory,
+    quality: QualityReport,
+    bucket_ms: u64,
+}
+
+impl ModelPage {
+    /// The page over `range_ms` up to `to_ms`, or over the model's life when `None`.
+    pub fn gather(
+        app: &AppState,
+        name: &str,
+        range_ms: Option<u64>,
+        to_ms: u64,
+    ) -> Result<ModelPage, ApiError> {
+        let mut versions = app.registry.versions(name)?;
+        if versions.is_empty() {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("no model `{name}` in the registry")));
+        }
+        let first = versions.iter().map(|v| v.pushed_at_ms).min().unwrap_or(to_ms);
+        let range_ms = range_ms.unwrap_or_else(|| to_ms.saturating_sub(first).clamp(60_000, MAX_RANGE_MS));
+        let from_ms = to_ms.saturating_sub(range_ms);
+        versions.sort_by_key(|v| std::cmp::Reverse(v.pushed_at_ms));
+        let slos = app.ingest.slos();
+        let labels = app.ingest.labels();
+        let slo = match slos.get(name).map_err(ApiError::internal)? {
+            Some(spec) => Some(slos.status(labels, name, &spec, to_ms).map_err(ApiError::internal)?),
+            None => None,
+        };
+        let grid = TimeBuckets::new(from_ms, to_ms, ((range_ms / MIN_BUCKET_MS) as usize).clamp(1, BUCKETS));
+        Ok(ModelPage {
+            name: name.to_owned(),
+            versions,
+            slo,
+            starts: grid.starts(),
+            traffic: slos.timeline(name, &grid).map_err(ApiError::internal)?,
+            accuracy: labels.timeline(name, &grid).map_err(ApiError::internal)?,
+            drift: DriftHistory::build(app.ingest.drift_history(), name, from_ms)
+                .map_err(ApiError::internal)?,
+            quality: labels.quality(name, Some(from_ms), None).map_err(ApiError::internal)?,
+            bucket_ms: grid.width_ms,
+        })
+    }
+
+    fn versions_seen(&self) -> BTreeSet<String> {
+        self.traffic.iter().flat_map(|b| b.keys().cloned()).collect()
+    }
+
+    pub fn render(&self, range: &str) -> String {
+        let mut out = String::new();
+        let name = seg(&self.name);
+        out.push_str("<nav class=\"ranges\">Range: ");
+        for r in RANGES {
+            let _ = write!(
+                out,
+                "<a href=\"/ui/models/{name}?range={r}\"{}>{r}</a> ",
+                if r == range { " class=\"here\"" } else { "" }
+            );
+        }
+        out.push_str("</nav>");
+
+        // Versions, stages, validation, lineage, cards.
+        out.push_str(
+            "<section><h2>Versions</h2><table data-table=\"model-versions\"><tr><th>version</th><th>stage</th>\
+             <th>validation</th><th>derived from</th><th>trained</th><th>pushed</th><th>signed by</th><th>card</th></tr>",
+        );
+        for v in &self.versions {
+            let validation = match v.validation_passed {
+                Some(true) => badge("good", "passed"),
+                Some(false) => badge("bad", "failed"),
+                None => badge("info", "not run"),
+            };
+            let accuracy = v
+                .validation
+                .as_ref()
+                .and_then(|r| r["metrics"]["accuracy"].as_f64())
+                .map(|a| format!(" <small>accuracy {}</small>", pct(a)))
+                .unwrap_or_default();
+            let card = format!("/ui/models/{name}/versions/{}/card", seg(&v.version));
+            let _ = write!(
+                out,
+                "<tr data-version=\"{ver}\" data-stage=\"{stage}\"><td>{ver}</td><td>{}</td><td>{validation}{accuracy}</td>\
+                 <td>{}</td><td>{}</td><td>{} by {}</td><td>{}</td><td>{} · {}</td></tr>",
+                badge(if v.stage.as_str() == "production" { "good" } else { "info" }, v.stage.as_str()),
+                e(v.manifest.training.parent_version.as_deref().unwrap_or("—")),
+                e(v.manifest.training.date.as_deref().unwrap_or("—")),
+                when(v.pushed_at_ms),
+                e(&v.pushed_by),
+                e(&v.signed_by.join(", ")),
+                link(&card, "HTML"),
+                link(&format!("{card}?format=md"), "Markdown"),
+                ver = e(&v.version),
+                stage = v.stage.as_str(),
+            );
+        }
+        out.push_str("</table></section>");
+
+        // SLOs.
+        out.push_str("<section><h2>Service level objectives</h2>");
+        match &self.slo {
+            None => out.push_str(&format!(
+                "<p class=\"empty\">No objectives set: <code>outpostctl slo set {} --availability 99.5% --latency 'p95&lt;50ms'</code>.</p>",
+                e(&self.name)
+            )),
+            Some(s) => {
+                let _ = write!(
+                    out,
+                    "<p>Window: {} to {}.</p><table data-table=\"slo\"><tr><th>objective</th><th>target</th>\
+                     <th>actual</th><th>events</th><th>bad</th><th>status</th><th>burn rate</th><th>budget left</th></tr>",
+                    when(s.from_ms),
+                    when(s.to_ms)
+                );
+                for o in &s.objectives {
+                    let latency = o.objective.starts_with("latency");
+                    let actual = match o.actual {
+                        None => "—".into(),
+                        Some(a) if latency => format!("{a:.2} ms"),
+                        Some(a) => pct(a),
+                    };
+                    let target = if latency { format!("{} ms", o.target) } else { pct(o.target) };
+                    let _ = write!(
+                        out,
+                        "<tr data-objective=\"{}\" data-compliant=\"{}\"><td>{}</td><td>{target}</td><td>{actual}</td>\
+                         <td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td>\
+                         <td><meter min=\"0\" max=\"1\" low=\"0.25\" optimum=\"1\" value=\"{}\"></meter> {}</td></tr>",
+                        e(&o.objective),
+                        o.compliant,
+                        e(&o.objective),
+                        o.events,
+                        o.bad_events,
+                        if o.compliant { badge("good", "met") } else { badge("bad", "BREACHED") },
+                        o.burn_rate,
+                        o.budget_remaining,
+                        pct(o.budget_remaining)
+                    );
+                }
+                out.push_str("</table>");
+            }
+        }
+        out.push_str("</section>");
+
+        // Monitoring charts.
+        out.push_str("<section><h2>Monitoring</h2><div class=\"charts\">");
+        let versions = self.versions_seen();
+        let merged: Vec<outpost_shared::histogram::LogHistogram> = self
+            .traffic
+            .iter()
+            .map(|b| {
+                let mut h = outpost_shared::histogram::LogHistogram::default();
+                for cell in b.values() {
+                    let _ = h.merge(&cell.latency_us);
+                }
+                h
+            })
+            .collect();
+        let latency = ["p50", "p95", "p99"]
+            .iter()
+            .zip([0.5, 0.95, 0.99])
+            .map(|(n, q)| Series {
+                name: (*n).to_owned(),
+                points: merged.iter().map(|h| h.quantile(q).map(|us| us / 1000.0)).collect(),
+            })
+            .collect();
+        out.push_str(&line_chart(&Chart {
+            id: "latency",
+            title: "Latency percentiles, all versions (ms)",
+            unit: "",
+            starts_ms: &self.starts,
+            series: latency,
+            y_max: None,
+        }));
+        let per_version = |f: &dyn Fn(&TrafficWindow) -> Option<f64>| {
+            versions
+                .iter()
+                .map(|v| Series {
+                    name: v.clone(),
+                    points: self.traffic.iter().map(|b| b.get(v).and_then(f)).collect(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let secs = self.bucket_ms as f64 / 1000.0;
+        out.push_str(&line_chart(&Chart {
+            id: "traffic",
+            title: "Requests per second, by version",
+            unit: "",
+            starts_ms: &self.starts,
+            series: per_version(&|c| Some(c.requests as f64 / secs)),
+            y_max: None,
+        }));
+        out.push_str(&line_chart(&Chart {
+            id: "errors",
+            title: "Error rate, by version",
+            unit: "%",
+            starts_ms: &self.starts,
+            series: per_version(&|c| (c.requests > 0).then(|| 100.0 * c.errors as f64 / c.requests as f64)),
+            y_max: Some(1.0),
+        }));
+        let labelled: BTreeSet<&String> = self.accuracy.iter().flat_map(|b| b.keys()).collect();
+        let accuracy = labelled
+            .iter()
+            .map(|v| Series {
+                name: (*v).clone(),
+                points: self
+                    .accuracy
+                    .iter()
+                    .map(|b| b.get(*v).filter(|c| c.0 > 0).map(|c| 100.0 * c.1 as f64 / c.0 as f64))
+                    .collect(),
+            })
+            .collect();
+        out.push_str(&line_chart(&Chart {
+            id: "accuracy",
+            title: "Accuracy on labelled predictions, by version",
+            unit: "%",
+            starts_ms: &self.starts,
+            series: accuracy,
+            y_max: Some(100.0),
+        }));
+        // Drift: share of device windows that drifted, per feature (the most drifted first).
+        let mut drift_series: Vec<Series> = self
+            .drift
+            .features
+            .iter()
+            .take(5)
+            .chain(&self.drift.prediction)
+            .map(|f| Series {
+                name: f.feature.clone(),
+                points: f
+                    .buckets
+                    .iter()
+                    .map(|c| c.map(|(n, d)| 100.0 * d as f64 / n.max(1) as f64))
+                    .collect(),
+            })
+            .collect();
+        drift_series.retain(|s| s.points.iter().any(Option::is_some));
+        out.push_str(&line_chart(&Chart {
+            id: "drift",
+            title: "Drift: share of device windows flagged, by feature (most drifted five + predictions)",
+            unit: "%",
+            starts_ms: &self.drift.bucket_starts_ms,
+            series: drift_series,
+            y_max: Some(100.0),
+        }));
+        out.push_str("</div>");
+
+        // Drift table for every feature.
+        if !self.drift.features.is_empty() {
+            let _ = write!(
+                out,
+                "<h3>Drift by feature</h3><p>{} windows from {} device(s).</p><table data-table=\"drift\"><tr><th>feature</th>\
+                 <th>windows</th><th>drifted</th><th>share</th><th>worst score</th><th>test</th></tr>",
+                self.drift.windows, self.drift.devices
+            );
+            for f in self.drift.features.iter().chain(&self.drift.prediction) {
+                let _ = write!(
+                    out,
+                    "<tr data-feature=\"{}\" data-drifted=\"{}\" data-windows=\"{}\"{}><td>{}</td><td>{}</td><td>{}</td>\
+                     <td>{}</td><td>{:.4}</td><td>{}</td></tr>",
+                    e(&f.feature),
+                    f.drifted,
+                    f.windows,
+                    if f.drifted > 0 { " class=\"hot\"" } else { "" },
+                    e(&f.feature),
+                    f.windows,
+                    f.drifted,
+                    pct(f.drift_share()),
+                    f.worst_score,
+                    e(&f.test)
+                );
+            }
+            out.push_str("</table>");
+        }
+
+        // Quality per version in the range.
+        if !self.quality.versions.is_empty() {
+            out.push_str(
+                "<h3>Quality on labelled predictions in this range</h3><table data-table=\"quality\"><tr><th>version</th>\
+                 <th>labelled</th><th>accuracy</th><th>macro F1</th><th>weighted F1</th></tr>",
+            );
+            for (v, q) in &self.quality.versions {
+                let _ = write!(
+                    out,
+                    "<tr data-version=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                    e(v),
+                    e(v),
+                    q.labelled,
+                    pct(q.metrics.accuracy),
+                    q.metrics.macro_f1,
+                    q.metrics.weighted_f1
+                );
+            }
+            out.push_str("</table>");
+        }
+        out.push_str("</section>");
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts and incidents
