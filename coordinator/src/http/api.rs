@@ -65,6 +65,9 @@ impl std::fmt::Debug for AppState {
 
 pub use crate::http::error::ApiError;
 
+pub mod admin;
+pub mod deploy;
+pub mod monitoring;
 pub mod openapi;
 pub mod registry;
 pub mod rollout;
@@ -117,16 +120,16 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/models") => get(registry::list_models),
         ("get", "/api/v1/models/{name}") => get(registry::model_versions),
         ("get", "/api/v1/models/{name}/policy") => get(registry::get_policy),
-        ("get", "/api/v1/models/{name}/quality") => get(registry::quality),
-        ("get", "/api/v1/slo") => get(registry::slo_statuses),
-        ("get", "/api/v1/models/{name}/data") => get(registry::export_data),
+        ("get", "/api/v1/models/{name}/quality") => get(monitoring::quality),
+        ("get", "/api/v1/slo") => get(monitoring::slo_statuses),
+        ("get", "/api/v1/models/{name}/data") => get(monitoring::export_data),
         ("post", "/api/v1/models/{name}/retrain") => post(registry::retrain),
-        ("post", "/api/v1/models/{name}/rollback") => post(registry::rollback),
+        ("post", "/api/v1/models/{name}/rollback") => post(deploy::rollback),
         ("get", "/api/v1/models/{name}/retraining") => get(registry::retraining_runs),
-        ("get", "/api/v1/models/{name}/slo") => get(registry::get_slo),
-        ("put", "/api/v1/models/{name}/slo") => put(registry::set_slo),
-        ("get", "/api/v1/models/{name}/drift-report") => get(registry::drift_report),
-        ("get", "/api/v1/models/{name}/versions/{version}/card") => get(registry::model_card),
+        ("get", "/api/v1/models/{name}/slo") => get(monitoring::get_slo),
+        ("put", "/api/v1/models/{name}/slo") => put(monitoring::set_slo),
+        ("get", "/api/v1/models/{name}/drift-report") => get(monitoring::drift_report),
+        ("get", "/api/v1/models/{name}/versions/{version}/card") => get(monitoring::model_card),
         ("put", "/api/v1/models/{name}/policy") => put(registry::set_policy),
         ("get", "/api/v1/models/{name}/versions/{version}") => get(registry::show_version),
         ("put", "/api/v1/models/{name}/versions/{version}") => put(registry::push),
@@ -135,13 +138,13 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("post", "/api/v1/models/{name}/versions/{version}/validate") => post(registry::validate),
         ("get", "/api/v1/models/{name}/versions/{version}/bundle") => get(registry::export_bundle),
         ("get", "/api/v1/artifacts/{sha256}") => get(registry::artifact),
-        ("post", "/api/v1/deployments") => post(registry::deploy),
-        ("get", "/api/v1/deployments") => get(registry::list_desired),
-        ("post", "/api/v1/tokens") => post(registry::create_api_token),
-        ("get", "/api/v1/tokens") => get(registry::list_api_tokens),
-        ("delete", "/api/v1/tokens/{name}") => delete(registry::revoke_api_token),
-        ("get", "/api/v1/audit") => get(registry::audit_tail),
-        ("get", "/api/v1/audit/verify") => get(registry::audit_verify),
+        ("post", "/api/v1/deployments") => post(deploy::deploy),
+        ("get", "/api/v1/deployments") => get(deploy::list_desired),
+        ("post", "/api/v1/tokens") => post(admin::create_api_token),
+        ("get", "/api/v1/tokens") => get(admin::list_api_tokens),
+        ("delete", "/api/v1/tokens/{name}") => delete(admin::revoke_api_token),
+        ("get", "/api/v1/audit") => get(admin::audit_tail),
+        ("get", "/api/v1/audit/verify") => get(admin::audit_verify),
         ("get", "/api/v1/keys") => get(keys),
         ("post", "/api/v1/rollouts") => post(rollout::start),
         ("post", "/api/v1/rollouts/plan") => post(rollout::plan),

@@ -457,7 +457,7 @@ async fn card(
         }
     };
     let file = format!("{name}-{version}-card.md");
-    match crate::http::api::registry::card(&d.app, name, version, !markdown).await {
+    match crate::http::api::monitoring::card(&d.app, name, version, !markdown).await {
         Ok(body) if markdown => {
             let disposition = format!("attachment; filename=\"{}\"", file.replace(['"', '\\'], "_"));
             let mut r = ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], body).into_response();

@@ -1,0 +1,103 @@
+//! Admin routes: API tokens and the audit log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::registry::{audited, blocking};
+use super::{ApiError, AppState, authorize, json_body};
+use crate::base::store::now_ms;
+use crate::http::auth::{ApiToken, Role};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    name: String,
+    role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+pub async fn create_api_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<TokenCreate>, JsonRejection>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let request = json_body(body)?;
+    let result = (|| {
+        let role = Role::parse(&request.role).map_err(ApiError::bad_request)?;
+        let token = state.auth.create(&request.name, role, &who.name).map_err(ApiError::bad_request)?;
+        Ok((CreatedToken { name: request.name.clone(), role, token }, format!("role {}", role.as_str())))
+    })();
+    audited(&state, &who, "token.create", &request.name, result).map(Json)
+}
+
+pub async fn list_api_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ApiToken>>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    Ok(Json(state.auth.list().map_err(ApiError::internal)?))
+}
+
+pub async fn revoke_api_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let result = match state.auth.revoke(&name) {
+        Ok(true) => Ok((serde_json::json!({"revoked": name}), "revoked".to_owned())),
+        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no token named `{name}`"))),
+        Err(e) => Err(ApiError::internal(e)),
+    };
+    audited(&state, &who, "token.revoke", &name, result).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+pub async fn audit_tail(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<crate::base::audit::AuditEntry>>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    Ok(Json(state.audit.tail(q.limit.unwrap_or(100).min(10_000)).map_err(ApiError::internal)?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    pub ok: bool,
+    pub entries: u64,
+    pub problem: Option<String>,
+    pub checked_at_ms: u64,
+}
+
+pub async fn audit_verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<AuditVerdict>, ApiError> {
+    authorize(&state, &headers, Role::Admin)?;
+    let st = Arc::clone(&state);
+    let verdict = blocking(move || st.audit.verify()).await?;
+    Ok(Json(match verdict {
+        Ok(entries) => AuditVerdict { ok: true, entries, problem: None, checked_at_ms: now_ms() },
+        Err(problem) => {
+            AuditVerdict { ok: false, entries: 0, problem: Some(problem), checked_at_ms: now_ms() }
+        }
+    }))
+}
