@@ -383,7 +383,7 @@ impl Config {
             return Err(key("telemetry.max_in_flight", "must be between 1 and 10000"));
         }
         if let Some(url) = &t.broker_url {
-            crate::link::parse_mqtts_url(url).map_err(|p| key("telemetry.broker_url", &p))?;
+            crate::link::parse_mqtts_url(url).map_err(|p| key("telemetry.broker_url", &p.to_string()))?;
         }
         self.registry.keys()?;
         if !(2..=20).contains(&self.registry.keep_versions) {

@@ -218,7 +218,7 @@ impl DesiredApplier {
             client,
             Duration::from_secs(60),
         )
-        .map_err(DesiredError::Refused)?;
+        .map_err(|e| DesiredError::Refused(e.to_string()))?;
         let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
         if have > 0 {
             tracing::info!(artifact = sha256, bytes = have, "resuming download");

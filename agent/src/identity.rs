@@ -141,7 +141,7 @@ impl Identity {
     ) -> Result<Enrolment, IdentityError> {
         let url = coordinator.trim_end_matches('/');
         let agent = outpost_shared::tls::api_client(url, ca_pem, std::time::Duration::from_secs(60))
-            .map_err(IdentityError::Enrol)?;
+            .map_err(|e| IdentityError::Enrol(e.to_string()))?;
         let tls_path = self.dir.join("tls.key");
         let tls_pem = std::fs::read_to_string(&tls_path).map_err(io(&tls_path))?;
         let key = rcgen::KeyPair::from_pem(&tls_pem)

@@ -135,7 +135,7 @@ fn setup_telemetry(
             let url = config.telemetry.broker_url.clone().unwrap_or_else(|| enrolment.broker_url.clone());
             let (host, port) = link::parse_mqtts_url(&url).map_err(|problem| IdentityError::Corrupt {
                 path: identity.dir.join("enrolment.json"),
-                detail: problem,
+                detail: problem.to_string(),
             })?;
             Some(LinkSettings {
                 device_id: enrolment.device_id.clone(),

@@ -73,14 +73,33 @@ impl Stats {
     }
 }
 
+/// Why a simulated device could not enrol.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Client(#[from] outpost_shared::tls::ClientError),
+    #[error("{what}: {detail}")]
+    Request { what: &'static str, detail: String },
+    #[error("{what}: {status}: {body}")]
+    Refused { what: &'static str, status: u16, body: String },
+    #[error("enrolment answer has no `{0}`")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Url(#[from] outpost_shared::endpoints::UrlError),
+    #[error(transparent)]
+    Tls(#[from] outpost_shared::tls::TlsError),
+    #[error("keys: {0}")]
+    Keys(String),
+}
+
 /// Enrols `plan.devices` devices (blocking; `parallel` at a time), calling `progress` with the
 /// count done so far.
-pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<SimDevice>, String> {
+pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<SimDevice>, SimError> {
     let http =
         outpost_shared::tls::api_client(&plan.api_url, plan.ca_pem.as_deref(), Duration::from_secs(60))?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Result<SimDevice, String>>> = Mutex::new(Vec::with_capacity(plan.devices));
+    let results: Mutex<Vec<Result<SimDevice, SimError>>> = Mutex::new(Vec::with_capacity(plan.devices));
     std::thread::scope(|scope| {
         for _ in 0..plan.parallel.max(1) {
             scope.spawn(|| {
@@ -106,18 +125,19 @@ pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<S
     results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().collect()
 }
 
-fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice, String> {
+fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice, SimError> {
     let api = plan.api_url.trim_end_matches('/');
     let mut labels = plan.labels.clone();
     labels.insert("sim".into(), format!("{}", index % 100));
-    let answer = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str| {
-        let mut r = r.map_err(|e| format!("{what}: {e}"))?;
+    let answer = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &'static str| {
+        let failed = |e: &dyn std::fmt::Display| SimError::Request { what, detail: e.to_string() };
+        let mut r = r.map_err(|e| failed(&e))?;
         let status = r.status();
-        let text = r.body_mut().read_to_string().map_err(|e| format!("{what}: {e}"))?;
+        let body = r.body_mut().read_to_string().map_err(|e| failed(&e))?;
         if !status.is_success() {
-            return Err(format!("{what}: {status}: {text}"));
+            return Err(SimError::Refused { what, status: status.as_u16(), body });
         }
-        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("{what}: {e}"))
+        serde_json::from_str::<serde_json::Value>(&body).map_err(|e| failed(&e))
     };
     let token = answer(
         http.post(format!("{api}/api/v1/enrolment-tokens"))
@@ -125,12 +145,15 @@ fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice,
             .send_json(serde_json::json!({ "labels": labels })),
         "enrolment token",
     )?;
-    let (signing, _) = SigningKey::generate().map_err(|e| e.to_string())?;
+    let (signing, _) = SigningKey::generate().map_err(|e| SimError::Keys(e.to_string()))?;
     let id = format!("dev-{}", signing.key_id());
-    let tls_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let tls_key = rcgen::KeyPair::generate().map_err(|e| SimError::Keys(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name.push(rcgen::DnType::CommonName, id.clone());
-    let csr = params.serialize_request(&tls_key).and_then(|c| c.pem()).map_err(|e| e.to_string())?;
+    let csr = params
+        .serialize_request(&tls_key)
+        .and_then(|c| c.pem())
+        .map_err(|e| SimError::Keys(e.to_string()))?;
     let enrolled = answer(
         http.post(format!("{api}/api/v1/enrol")).send_json(serde_json::json!({
             "token": token["token"],
@@ -140,17 +163,15 @@ fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice,
         })),
         "enrol",
     )?;
-    let text =
-        |k: &str| enrolled[k].as_str().map(str::to_owned).ok_or(format!("enrolment answer has no `{k}`"));
+    let text = |k: &'static str| enrolled[k].as_str().map(str::to_owned).ok_or(SimError::Missing(k));
     let (host, port) = outpost_shared::endpoints::parse_mqtts_url(&text("broker_url")?)?;
     let tls = outpost_shared::tls::client_config(
         text("broker_ca")?.as_bytes(),
         text("client_certificate")?.as_bytes(),
         tls_key.serialize_pem().as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let key = hex::decode(text("coordinator_public_key")?).map_err(|e| e.to_string())?;
-    let coordinator = PublicKey::from_bytes(&key).map_err(|e| e.to_string())?;
+    )?;
+    let key = hex::decode(text("coordinator_public_key")?).map_err(|e| SimError::Keys(e.to_string()))?;
+    let coordinator = PublicKey::from_bytes(&key).map_err(|e| SimError::Keys(e.to_string()))?;
     Ok(SimDevice { id, signing, tls, coordinator, host, port })
 }
 

@@ -94,15 +94,24 @@ pub struct CertArgs {
     pub days: u32,
 }
 
-fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+enum LoggingError {
+    #[error("invalid log level `{level}`: {detail}")]
+    Level { level: String, detail: String },
+    #[error("logging was already set up: {0}")]
+    Init(String),
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("invalid log level `{level}`: {e}"))?;
+        .map_err(|e| LoggingError::Level { level: level.to_owned(), detail: e.to_string() })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     }
-    .map_err(|e| e.to_string())
+    .map_err(|e| LoggingError::Init(e.to_string()))
 }
 
 pub fn main() -> ExitCode {

@@ -223,8 +223,8 @@ impl Config {
             ));
         }
         if let Some(url) = &self.api.advertised_url {
-            let tls =
-                outpost_shared::endpoints::check_api_url(url).map_err(|p| key("api.advertised_url", &p))?;
+            let tls = outpost_shared::endpoints::check_api_url(url)
+                .map_err(|p| key("api.advertised_url", &p.to_string()))?;
             if tls != self.api_tls() {
                 return Err(key(
                     "api.advertised_url",
@@ -243,11 +243,11 @@ impl Config {
             }
             None => {}
             Some(url) => {
-                parse_mqtts_url(url).map_err(|problem| key("broker.url", &problem))?;
+                parse_mqtts_url(url).map_err(|problem| key("broker.url", &problem.to_string()))?;
             }
         }
         if let Some(url) = &self.broker.advertised_url {
-            parse_mqtts_url(url).map_err(|problem| key("broker.advertised_url", &problem))?;
+            parse_mqtts_url(url).map_err(|problem| key("broker.advertised_url", &problem.to_string()))?;
         }
         if let Some(bad) = self.broker.tls_names.iter().find(|n| {
             n.is_empty()
@@ -326,9 +326,10 @@ impl Config {
     /// Where the coordinator itself connects: the external broker, or its embedded one.
     pub fn broker_endpoint(&self) -> Result<(String, u16), ConfigError> {
         match &self.broker.url {
-            Some(url) => {
-                parse_mqtts_url(url).map_err(|problem| ConfigError::Key { key: "broker.url".into(), problem })
-            }
+            Some(url) => parse_mqtts_url(url).map_err(|problem| ConfigError::Key {
+                key: "broker.url".into(),
+                problem: problem.to_string(),
+            }),
             None => {
                 let listen = self.broker.embedded_listen;
                 let host = if listen.ip().is_unspecified() {

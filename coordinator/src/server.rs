@@ -159,8 +159,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             format!("{}/api/v1/alerts", config.api.advertised_url.as_deref().unwrap_or_default()),
             metrics.clone(),
         )
-        .map_err(|e| {
-            ServeError::Config(crate::config::ConfigError::Key { key: "alerts.ca_file".into(), problem: e })
+        .map_err(|e| match e {
+            crate::ops::alerts::AlertsError::Store(s) => ServeError::Store(s),
+            other => ServeError::Config(crate::config::ConfigError::Key {
+                key: "alerts.ca_file".into(),
+                problem: other.to_string(),
+            }),
         })?,
     );
     let alerts_task = tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));

@@ -394,7 +394,8 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
             return Err("the coordinator did not come up within 60 s".into());
         }
     };
-    let http = outpost_shared::tls::api_client(&url, None, Duration::from_secs(120))?;
+    let http =
+        outpost_shared::tls::api_client(&url, None, Duration::from_secs(120)).map_err(|e| e.to_string())?;
     let api = Api { url: url.clone(), token, http };
     step(started, format!("coordinator up: API {url}, embedded MQTT broker mqtts://{broker} (mutual TLS)"));
     let viewer = api.post("/api/v1/tokens", &json!({"name": "demo-viewer", "role": "viewer"}))?;

@@ -99,8 +99,22 @@ pub fn api_client(
     url: &str,
     ca_pem: Option<&[u8]>,
     timeout: std::time::Duration,
-) -> Result<ureq::Agent, String> {
+) -> Result<ureq::Agent, ClientError> {
     api_client_as(url, ca_pem, None, timeout)
+}
+
+/// Why an API client could not be built.
+#[cfg(feature = "client")]
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Url(#[from] crate::endpoints::UrlError),
+    #[error("`{0}` is HTTPS: give the CA certificate that signed its certificate")]
+    NoCa(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("client key: {0}")]
+    Key(String),
 }
 
 /// [`api_client`] presenting a client certificate over HTTPS (a device: `(cert_pem, key_pem)`).
@@ -110,15 +124,12 @@ pub fn api_client_as(
     ca_pem: Option<&[u8]>,
     client: Option<(&[u8], &[u8])>,
     timeout: std::time::Duration,
-) -> Result<ureq::Agent, String> {
+) -> Result<ureq::Agent, ClientError> {
     let tls = crate::endpoints::check_api_url(url)?;
     let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout));
     if tls {
-        let pem = ca_pem.ok_or_else(|| {
-            format!("`{url}` is HTTPS: give the CA certificate that signed its certificate")
-        })?;
-        let roots = certificates(pem, "CA certificate")
-            .map_err(|e| e.to_string())?
+        let pem = ca_pem.ok_or_else(|| ClientError::NoCa(url.to_owned()))?;
+        let roots = certificates(pem, "CA certificate")?
             .into_iter()
             .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
             .collect();
@@ -126,12 +137,12 @@ pub fn api_client_as(
             .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
             .unversioned_rustls_crypto_provider(provider());
         if let Some((cert_pem, key_pem)) = client {
-            let chain: Vec<ureq::tls::Certificate<'static>> = certificates(cert_pem, "client certificate")
-                .map_err(|e| e.to_string())?
+            let chain: Vec<ureq::tls::Certificate<'static>> = certificates(cert_pem, "client certificate")?
                 .into_iter()
                 .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
                 .collect();
-            let key = ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| format!("client key: {e}"))?;
+            let key =
+                ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| ClientError::Key(e.to_string()))?;
             tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
         }
         config = config.tls_config(tls.build());

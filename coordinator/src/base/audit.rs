@@ -50,6 +50,29 @@ impl AuditEntry {
     }
 }
 
+/// Why the audit log does not verify, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    #[error("cannot read the audit log: {0}")]
+    Unreadable(String),
+    #[error("line {line} is not an audit entry: {detail}")]
+    NotAnEntry { line: u64, detail: String },
+    #[error("entry {expected} is missing (line {line} holds seq {found})")]
+    Missing { expected: u64, line: usize, found: u64 },
+    #[error("entry {seq} does not follow entry {previous}: the chain is broken", previous = seq - 1)]
+    ChainBroken { seq: u64 },
+    #[error("entry {0} was edited: its hash does not match its content")]
+    Edited(u64),
+    #[error("the state database records no audit head, but the log has entries")]
+    NoHead,
+    #[error("the log ends at entry {count} but entry {head} was written: entries were removed")]
+    Removed { count: u64, head: u64 },
+    #[error("the log has {count} entries but only {head} were written: entries were added")]
+    Added { count: u64, head: u64 },
+    #[error("entry {0} is not the one recorded as the newest")]
+    NotNewest(u64),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
@@ -146,29 +169,29 @@ impl AuditLog {
 
     /// The newest `limit` entries, oldest first.
     pub fn tail(&self, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
-        let entries = read_entries(&self.path).map_err(|(_, e)| AuditError::Storage(e))?;
+        let entries = read_entries(&self.path).map_err(|e| AuditError::Storage(e.to_string()))?;
         let skip = entries.len().saturating_sub(limit);
         Ok(entries.into_iter().skip(skip).collect())
     }
 
     /// Checks the whole chain against the recorded head.
-    pub fn verify(&self) -> Result<u64, String> {
-        let head = read_head(&self.meta).map_err(|e| e.to_string())?;
+    pub fn verify(&self) -> Result<u64, Broken> {
+        let head = read_head(&self.meta).map_err(|e| Broken::Unreadable(e.to_string()))?;
         verify(&self.path, head)
     }
 }
 
-fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, (u64, String)> {
+fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, Broken> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err((0, format!("cannot read {}: {e}", path.display()))),
+        Err(e) => return Err(Broken::Unreadable(format!("{}: {e}", path.display()))),
     };
     let mut entries = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| (i as u64 + 1, format!("line {}: {e}", i + 1)))?;
+        let line = line.map_err(|e| Broken::Unreadable(format!("line {}: {e}", i + 1)))?;
         let entry: AuditEntry = serde_json::from_str(&line)
-            .map_err(|e| (i as u64 + 1, format!("line {} is not an audit entry: {e}", i + 1)))?;
+            .map_err(|e| Broken::NotAnEntry { line: i as u64 + 1, detail: e.to_string() })?;
         entries.push(entry);
     }
     Ok(entries)
@@ -176,39 +199,33 @@ fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, (u64, String)> {
 
 /// Verifies a log file against the head (`seq`, `hash`) recorded elsewhere; returns the number
 /// of entries, or what is wrong and where.
-pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<u64, String> {
-    let entries = read_entries(path).map_err(|(_, e)| e)?;
+pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<u64, Broken> {
+    let entries = read_entries(path)?;
     let mut prev = GENESIS.to_owned();
     for (i, entry) in entries.iter().enumerate() {
         let expected_seq = i as u64 + 1;
         if entry.seq != expected_seq {
-            return Err(format!("entry {expected_seq} is missing (line {} holds seq {})", i + 1, entry.seq));
+            return Err(Broken::Missing { expected: expected_seq, line: i + 1, found: entry.seq });
         }
         if entry.prev != prev {
-            return Err(format!(
-                "entry {} does not follow entry {}: the chain is broken",
-                entry.seq,
-                entry.seq - 1
-            ));
+            return Err(Broken::ChainBroken { seq: entry.seq });
         }
         if entry.compute_hash() != entry.hash {
-            return Err(format!("entry {} was edited: its hash does not match its content", entry.seq));
+            return Err(Broken::Edited(entry.seq));
         }
         prev = entry.hash.clone();
     }
     let count = entries.len() as u64;
     match head {
         None if count == 0 => Ok(0),
-        None => Err("the state database records no audit head, but the log has entries".into()),
+        None => Err(Broken::NoHead),
         Some((seq, hash)) => {
             if count < seq {
-                Err(format!(
-                    "the log ends at entry {count} but entry {seq} was written: entries were removed"
-                ))
+                Err(Broken::Removed { count, head: seq })
             } else if count > seq {
-                Err(format!("the log has {count} entries but only {seq} were written: entries were added"))
+                Err(Broken::Added { count, head: seq })
             } else if prev != hash {
-                Err(format!("entry {seq} is not the one recorded as the newest"))
+                Err(Broken::NotNewest(seq))
             } else {
                 Ok(count)
             }
@@ -237,16 +254,16 @@ mod tests {
         let lines: Vec<&str> = original.lines().collect();
 
         std::fs::write(audit.path(), original.replace("bc@1.2.0", "bc@9.9.9")).unwrap();
-        assert!(audit.verify().unwrap_err().contains("entry 3 was edited"));
+        assert!(audit.verify().unwrap_err().to_string().contains("entry 3 was edited"));
 
         let removed: String =
             lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| format!("{l}\n")).collect();
         std::fs::write(audit.path(), removed).unwrap();
-        assert!(audit.verify().unwrap_err().contains("entry 2 is missing"));
+        assert!(audit.verify().unwrap_err().to_string().contains("entry 2 is missing"));
 
         let truncated: String = lines[..3].iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(audit.path(), truncated).unwrap();
-        assert!(audit.verify().unwrap_err().contains("entries were removed"));
+        assert!(audit.verify().unwrap_err().to_string().contains("entries were removed"));
 
         std::fs::write(audit.path(), &original).unwrap();
         assert_eq!(audit.verify(), Ok(4));

@@ -33,14 +33,29 @@ impl Role {
         }
     }
 
-    pub fn parse(text: &str) -> Result<Role, String> {
+    pub fn parse(text: &str) -> Result<Role, TokenError> {
         match text {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}` (roles: viewer, operator, admin)")),
+            other => Err(TokenError::UnknownRole(other.to_owned())),
         }
     }
+}
+
+/// Why a token was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("unknown role `{0}` (roles: viewer, operator, admin)")]
+    UnknownRole(String),
+    #[error("token name `{0}` must be 1 to 64 letters, digits, `-`, `_` or `.`")]
+    BadName(String),
+    #[error("a token named `{0}` exists")]
+    Exists(String),
+    #[error("the system random source failed")]
+    Random,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A stored token (the token itself is never stored).
@@ -159,26 +174,27 @@ impl Auth {
     }
 
     /// Issues a token; returns it (shown once).
-    pub fn create(&self, name: &str, role: Role, by: &str) -> Result<String, String> {
+    pub fn create(&self, name: &str, role: Role, by: &str) -> Result<String, TokenError> {
         if name.is_empty()
             || name.len() > 64
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(format!("token name `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"));
+            return Err(TokenError::BadName(name.to_owned()));
         }
-        if name == "admin" || self.list().map_err(|e| e.to_string())?.iter().any(|t| t.name == name) {
-            return Err(format!("a token named `{name}` exists"));
+        if name == "admin" || self.list()?.iter().any(|t| t.name == name) {
+            return Err(TokenError::Exists(name.to_owned()));
         }
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| "the system random source failed".to_owned())?;
+            .map_err(|_| TokenError::Random)?;
         let token = format!("opk_{}", hex::encode(secret));
         let record =
             ApiToken { name: name.to_owned(), role, created_at_ms: now_ms(), created_by: by.to_owned() };
+        let value = crate::base::store::encode(&format!("tokens/{name}"), &record)?;
         self.tokens
-            .insert(sha256_hex(token.as_bytes()).as_bytes(), serde_json::to_vec(&record).unwrap_or_default())
-            .map_err(|e| e.to_string())?;
-        self.store.flush().map_err(|e| e.to_string())?;
+            .insert(sha256_hex(token.as_bytes()).as_bytes(), value)
+            .map_err(|e| self.store.storage_error(e))?;
+        self.store.flush()?;
         Ok(token)
     }
 
@@ -195,15 +211,15 @@ impl Auth {
     }
 
     /// Revokes a token by name; false when there is none.
-    pub fn revoke(&self, name: &str) -> Result<bool, String> {
+    pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
         let found =
             self.tokens.iter().filter_map(Result::ok).find(|(_, v)| {
                 serde_json::from_slice::<ApiToken>(v).map(|t| t.name == name).unwrap_or(false)
             });
         match found {
             Some((k, _)) => {
-                self.tokens.remove(k).map_err(|e| e.to_string())?;
-                self.store.flush().map_err(|e| e.to_string())?;
+                self.tokens.remove(k).map_err(|e| self.store.storage_error(e))?;
+                self.store.flush()?;
                 Ok(true)
             }
             None => Ok(false),

@@ -378,7 +378,7 @@ async fn overview(
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &format!("fleet query: {}", e.body_text())),
     };
     if let Err(m) = filter.validate() {
-        return error_page(StatusCode::BAD_REQUEST, &m);
+        return error_page(StatusCode::BAD_REQUEST, &m.to_string());
     }
     let path = format!("/ui{}", filter.query());
     page(

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::http::auth::TokenError;
 use crate::models::registry::RegistryError;
 use crate::ops::deploy::DeployError;
 use crate::ops::retraining::RetrainError;
@@ -83,7 +84,19 @@ impl From<RolloutError> for ApiError {
             RolloutError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             RolloutError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
             RolloutError::Deploy(d) => ApiError::from(d),
+            RolloutError::Spec(e) => ApiError::bad_request(e.to_string()),
             RolloutError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> ApiError {
+        match e {
+            TokenError::Store(_) | TokenError::Random => ApiError::internal(e),
+            TokenError::UnknownRole(_) | TokenError::BadName(_) | TokenError::Exists(_) => {
+                ApiError::bad_request(e.to_string())
+            }
         }
     }
 }

@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::store::{Store, StoreError, now_ms};
 
+/// A stage name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stage `{0}` (stages: registered, validated, canary, production, archived)")]
+pub struct UnknownStage(pub String);
+
 /// Production versions per model that purge never removes.
 pub const KEEP_PRODUCTION: usize = 3;
 
@@ -56,10 +61,9 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn parse(text: &str) -> Result<Stage, String> {
-        serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
-            format!("unknown stage `{text}` (stages: registered, validated, canary, production, archived)")
-        })
+    pub fn parse(text: &str) -> Result<Stage, UnknownStage> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map_err(|_| UnknownStage(text.to_owned()))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -386,7 +390,7 @@ impl Registry {
             max_p99_ratio: q.max_p99_ratio.unwrap_or(stored.max_p99_ratio),
             p99_slack_ms: q.p99_slack_ms.unwrap_or(stored.p99_slack_ms),
         };
-        policy.validate().map_err(RegistryError::Invalid)?;
+        policy.validate().map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let record = self.get(name, version)?;
         let bundle_bytes = self.artifact(&record.bundle_sha256)?;
         let bundle = Bundle::parse(&bundle_bytes).map_err(|e| {
@@ -404,7 +408,7 @@ impl Registry {
             .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
         let report =
             validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
-                .map_err(RegistryError::Invalid)?;
+                .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let value = serde_json::to_value(&report).map_err(|e| {
             RegistryError::Store(StoreError::Corrupt {
                 key: format!("validation of {}", record.id()),

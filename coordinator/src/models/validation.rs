@@ -21,7 +21,7 @@ use outpost_shared::runtime::ProvidedInput;
 use outpost_shared::{DataType, Model, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::models::packaging::Table;
+use crate::models::packaging::{PackagingError, Table};
 
 /// Thresholds a version must meet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,9 +39,36 @@ pub struct Policy {
     pub p99_slack_ms: f64,
 }
 
+/// Why a validation run could not run (a failed gate is a [`Report`] with failures, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{field} must be a finite number ≥ 0, got {value}")]
+    Threshold { field: &'static str, value: f64 },
+    #[error("the model cannot be loaded: {0}")]
+    Load(String),
+    #[error("the gate takes models with one 2-D float input [N, features]")]
+    InputShape,
+    #[error("the gate scores classifiers: the model has no integer label output")]
+    NoLabelOutput,
+    #[error("the model has several integer outputs and none is named `label`")]
+    AmbiguousLabel,
+    #[error(transparent)]
+    Dataset(#[from] PackagingError),
+    #[error("the dataset has no column `{feature}`, a feature of {model}")]
+    MissingFeature { feature: String, model: String },
+    #[error("schema: the dataset gives {given} feature columns but the model takes {takes}")]
+    Width { given: usize, takes: i64 },
+    #[error("row {row}: label `{text}` is not an integer class")]
+    NonIntegerLabel { row: usize, text: String },
+    #[error("the label output has {values} values for {rows} rows")]
+    OutputRows { values: usize, rows: usize },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
 impl Policy {
     /// Checks the thresholds are usable numbers.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValidationError> {
         for (what, v) in [
             ("max_accuracy_drop", Some(self.max_accuracy_drop)),
             ("max_f1_drop", Some(self.max_f1_drop)),
@@ -52,7 +79,7 @@ impl Policy {
             if let Some(v) = v
                 && !(v.is_finite() && v >= 0.0)
             {
-                return Err(format!("{what} must be a finite number ≥ 0, got {v}"));
+                return Err(ValidationError::Threshold { field: what, value: v });
             }
         }
         Ok(())
@@ -184,7 +211,7 @@ pub struct Report {
 }
 
 /// Which output holds the predicted class.
-fn label_output(model: &Model) -> Result<usize, String> {
+fn label_output(model: &Model) -> Result<usize, ValidationError> {
     let outputs = &model.signature().outputs;
     let is_int = |d: DataType| {
         matches!(
@@ -205,31 +232,36 @@ fn label_output(model: &Model) -> Result<usize, String> {
     let ints: Vec<usize> = (0..outputs.len()).filter(|&i| is_int(outputs[i].datatype)).collect();
     match ints.as_slice() {
         [one] => Ok(*one),
-        [] => Err("the gate scores classifiers: the model has no integer label output".into()),
-        _ => Err("the model has several integer outputs and none is named `label`".into()),
+        [] => Err(ValidationError::NoLabelOutput),
+        _ => Err(ValidationError::AmbiguousLabel),
     }
 }
 
-fn input_tensor(model: &Model, rows: &[Vec<f32>]) -> Result<Tensor, String> {
+fn input_tensor(model: &Model, rows: &[Vec<f32>]) -> Result<Tensor, ValidationError> {
     let spec = &model.signature().inputs[0];
     let width = rows.first().map_or(0, Vec::len);
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let tensor = tract_ndarray_from(rows.len(), width, flat)?;
     if spec.datatype == DataType::F64 {
-        return tensor.cast_to::<f64>().map(|t| t.into_owned()).map_err(|e| e.to_string());
+        return tensor
+            .cast_to::<f64>()
+            .map(|t| t.into_owned())
+            .map_err(|e| ValidationError::Inference(e.to_string()));
     }
     Ok(tensor)
 }
 
-fn tract_ndarray_from(n: usize, width: usize, flat: Vec<f32>) -> Result<Tensor, String> {
-    Tensor::from_shape(&[n, width], &flat).map_err(|e| e.to_string())
+fn tract_ndarray_from(n: usize, width: usize, flat: Vec<f32>) -> Result<Tensor, ValidationError> {
+    Tensor::from_shape(&[n, width], &flat).map_err(|e| ValidationError::Inference(e.to_string()))
 }
 
-fn predict(model: &Model, rows: &[Vec<f32>], label: usize) -> Result<Vec<i64>, String> {
-    let outputs = model.run(vec![input_tensor(model, rows)?]).map_err(|e| e.to_string())?;
-    let values = outpost_shared::reference::as_f64(&outputs[label]).map_err(|e| e.to_string())?;
+fn predict(model: &Model, rows: &[Vec<f32>], label: usize) -> Result<Vec<i64>, ValidationError> {
+    let outputs =
+        model.run(vec![input_tensor(model, rows)?]).map_err(|e| ValidationError::Inference(e.to_string()))?;
+    let values = outpost_shared::reference::as_f64(&outputs[label])
+        .map_err(|e| ValidationError::Inference(e.to_string()))?;
     if values.len() != rows.len() {
-        return Err(format!("the label output has {} values for {} rows", values.len(), rows.len()));
+        return Err(ValidationError::OutputRows { values: values.len(), rows: rows.len() });
     }
     Ok(values.iter().map(|&v| v as i64).collect())
 }
@@ -295,30 +327,28 @@ pub fn run(
     segment: Option<&str>,
     policy: &Policy,
     production: Option<&Report>,
-) -> Result<Report, String> {
+) -> Result<Report, ValidationError> {
     let manifest = &bundle.manifest;
-    let (model, _) = bundle.load_model()?;
+    let (model, _) = bundle.load_model().map_err(ValidationError::Load)?;
     let signature = model.signature();
     if signature.inputs.len() != 1
         || !signature.inputs[0].datatype.is_float()
         || signature.inputs[0].shape.len() != 2
     {
-        return Err("the gate takes models with one 2-D float input [N, features]".into());
+        return Err(ValidationError::InputShape);
     }
     let label_index = label_output(&model)?;
-    let label_col = table.column(label).map_err(|e| e.to_string())?;
-    let segment_col = segment.map(|s| table.column(s).map_err(|e| e.to_string())).transpose()?;
-    table.numeric(label_col).map_err(|e| e.to_string())?;
+    let label_col = table.column(label)?;
+    let segment_col = segment.map(|s| table.column(s)).transpose()?;
+    table.numeric(label_col)?;
     let features: Vec<usize> = match &manifest.baseline {
         Some(baseline) => baseline
             .features
             .iter()
             .map(|f| {
-                table.column(&f.name).map_err(|_| {
-                    format!(
-                        "the dataset has no column `{}`, a feature of {}@{}",
-                        f.name, manifest.name, manifest.version
-                    )
+                table.column(&f.name).map_err(|_| ValidationError::MissingFeature {
+                    feature: f.name.clone(),
+                    model: format!("{}@{}", manifest.name, manifest.version),
                 })
             })
             .collect::<Result<_, _>>()?,
@@ -326,13 +356,10 @@ pub fn run(
     };
     let width = outpost_shared::runtime::Dim::v2(&signature.inputs[0].shape[1]);
     if usize::try_from(width).ok() != Some(features.len()) {
-        return Err(format!(
-            "schema: the dataset gives {} feature columns but the model takes {width}",
-            features.len()
-        ));
+        return Err(ValidationError::Width { given: features.len(), takes: width });
     }
     for &f in &features {
-        table.numeric(f).map_err(|e| e.to_string())?;
+        table.numeric(f)?;
     }
     let rows: Vec<Vec<f32>> =
         table.rows.iter().map(|r| features.iter().map(|&f| r[f] as f32).collect()).collect();
@@ -340,11 +367,10 @@ pub fn run(
     for (i, r) in table.rows.iter().enumerate() {
         let v = r[label_col];
         if !v.is_finite() || v.fract() != 0.0 {
-            return Err(format!(
-                "row {}: label `{}` is not an integer class",
-                i + 1,
-                table.text[i][label_col]
-            ));
+            return Err(ValidationError::NonIntegerLabel {
+                row: i + 1,
+                text: table.text[i][label_col].clone(),
+            });
         }
         truth.push(v as i64);
     }

@@ -43,12 +43,23 @@ pub struct LatencyObjective {
     pub threshold_ms: f64,
 }
 
+/// What is wrong with an objective.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SloError {
+    #[error("`{field}` must be a share in (0, 1), e.g. 0.99; got {value}")]
+    NotAShare { field: &'static str, value: f64 },
+    #[error("`latency.threshold_ms` must be above 0; got {0}")]
+    Threshold(f64),
+    #[error("give at least one objective: availability, latency or accuracy")]
+    NoObjective,
+    #[error("`window_secs` must be between 60 (1 minute) and 7776000 (90 days)")]
+    Window,
+}
+
 impl SloSpec {
-    pub fn validate(&self) -> Result<(), String> {
-        let share = |name: &str, v: Option<f64>| match v {
-            Some(x) if !(x > 0.0 && x < 1.0) => {
-                Err(format!("`{name}` must be a share in (0, 1), e.g. 0.99; got {x}"))
-            }
+    pub fn validate(&self) -> Result<(), SloError> {
+        let share = |field: &'static str, v: Option<f64>| match v {
+            Some(value) if !(value > 0.0 && value < 1.0) => Err(SloError::NotAShare { field, value }),
             _ => Ok(()),
         };
         share("availability", self.availability)?;
@@ -56,14 +67,14 @@ impl SloSpec {
         if let Some(l) = self.latency {
             share("latency.percentile", Some(l.percentile))?;
             if !(l.threshold_ms.is_finite() && l.threshold_ms > 0.0) {
-                return Err(format!("`latency.threshold_ms` must be above 0; got {}", l.threshold_ms));
+                return Err(SloError::Threshold(l.threshold_ms));
             }
         }
         if self.availability.is_none() && self.latency.is_none() && self.accuracy.is_none() {
-            return Err("give at least one objective: availability, latency or accuracy".into());
+            return Err(SloError::NoObjective);
         }
         if !(60..=90 * 86_400).contains(&self.window_secs) {
-            return Err("`window_secs` must be between 60 (1 minute) and 7776000 (90 days)".into());
+            return Err(SloError::Window);
         }
         Ok(())
     }
@@ -463,9 +474,9 @@ mod tests {
     #[test]
     fn specs_are_checked() {
         let spec = SloSpec { availability: Some(1.5), latency: None, accuracy: None, window_secs: 3600 };
-        assert!(spec.validate().unwrap_err().contains("availability"));
+        assert!(spec.validate().unwrap_err().to_string().contains("availability"));
         let empty = SloSpec { availability: None, latency: None, accuracy: None, window_secs: 3600 };
-        assert!(empty.validate().unwrap_err().contains("at least one"));
+        assert!(empty.validate().unwrap_err().to_string().contains("at least one"));
         let latency = LatencyObjective { percentile: 0.95, threshold_ms: 200.0 };
         let ok = SloSpec {
             availability: Some(0.99),

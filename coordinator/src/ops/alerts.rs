@@ -89,7 +89,8 @@ impl AlertsConfig {
         }
         for (key, url) in [("alertmanager_url", &self.alertmanager_url), ("webhook_url", &self.webhook_url)] {
             if let Some(url) = url {
-                outpost_shared::endpoints::check_api_url(url).map_err(|p| (format!("alerts.{key}"), p))?;
+                outpost_shared::endpoints::check_api_url(url)
+                    .map_err(|p| (format!("alerts.{key}"), p.to_string()))?;
             }
         }
         Ok(())
@@ -254,6 +255,26 @@ pub struct Tick {
     pub firing: usize,
 }
 
+/// Why a notification did not go out.
+#[derive(Debug, thiserror::Error)]
+enum NotifyError {
+    #[error(transparent)]
+    Client(#[from] outpost_shared::tls::ClientError),
+    #[error(transparent)]
+    Send(#[from] ureq::Error),
+    #[error("answered {0}")]
+    Status(u16),
+}
+
+/// Why the alert engine cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error("alerts.ca_file {path}: {source}", path = path.display())]
+    CaFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl AlertEngine {
     pub fn new(
         store: &Store,
@@ -261,16 +282,16 @@ impl AlertEngine {
         fleet: FleetConfig,
         generator_url: String,
         metrics: crate::base::metrics::Metrics,
-    ) -> Result<AlertEngine, String> {
+    ) -> Result<AlertEngine, AlertsError> {
         let ca_pem = match &config.ca_file {
-            Some(path) => {
-                Some(std::fs::read(path).map_err(|e| format!("alerts.ca_file {}: {e}", path.display()))?)
-            }
+            Some(path) => Some(
+                std::fs::read(path).map_err(|source| AlertsError::CaFile { path: path.clone(), source })?,
+            ),
             None => None,
         };
-        let tree = store.tree("alerts").map_err(|e| e.to_string())?;
-        let slos = crate::monitoring::slo::Slos::open(store).map_err(|e| e.to_string())?;
-        let labels = crate::monitoring::quality::Labels::open(store).map_err(|e| e.to_string())?;
+        let tree = store.tree("alerts")?;
+        let slos = crate::monitoring::slo::Slos::open(store)?;
+        let labels = crate::monitoring::quality::Labels::open(store)?;
         Ok(AlertEngine {
             tree,
             slos,
@@ -418,16 +439,14 @@ impl AlertEngine {
             .collect())
     }
 
-    fn client(&self, url: &str) -> Result<ureq::Agent, String> {
-        outpost_shared::tls::api_client(url, self.ca_pem.as_deref(), Duration::from_secs(10))
-    }
-
     fn post(&self, sink: &str, url: &str, body: &serde_json::Value) -> bool {
-        let result = self.client(url).and_then(|agent| {
-            let response = agent.post(url).send_json(body).map_err(|e| e.to_string())?;
-            let status = response.status();
-            if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
-        });
+        let send = || -> Result<(), NotifyError> {
+            let agent =
+                outpost_shared::tls::api_client(url, self.ca_pem.as_deref(), Duration::from_secs(10))?;
+            let status = agent.post(url).send_json(body)?.status();
+            if status.is_success() { Ok(()) } else { Err(NotifyError::Status(status.as_u16())) }
+        };
+        let result = send();
         let label = if result.is_ok() { "ok" } else { "failed" };
         self.metrics.alert_notifications.with_label_values(&[sink, label]).inc();
         if let Err(e) = &result {

@@ -38,6 +38,15 @@ use crate::monitoring::quality::Labels;
 use crate::ops::alerts::AlertEngine;
 use crate::ops::deploy::{DeployRequest, Deployer};
 
+/// Why a run's model could not be registered.
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error(transparent)]
+    Build(#[from] crate::models::packaging::PackagingError),
+    #[error(transparent)]
+    Push(#[from] crate::models::registry::RegistryError),
+}
+
 /// Why a run did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RetrainError {
@@ -448,13 +457,9 @@ async fn execute(
         nan_policy: parent.manifest.nan_policy,
     };
     let st = Arc::clone(state);
-    let pushed = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let (bundle, _) =
-            crate::models::packaging::build(&spec, now_ms() / 1000).map_err(|e| e.to_string())?;
-        st.deployer
-            .registry()
-            .push(&bundle.to_bytes(), "retraining", st.authority.signing_key())
-            .map_err(|e| e.to_string())?;
+    let pushed = tokio::task::spawn_blocking(move || -> Result<(), RegisterError> {
+        let (bundle, _) = crate::models::packaging::build(&spec, now_ms() / 1000)?;
+        st.deployer.registry().push(&bundle.to_bytes(), "retraining", st.authority.signing_key())?;
         Ok(())
     })
     .await

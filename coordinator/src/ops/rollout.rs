@@ -53,7 +53,7 @@ pub mod stats;
 pub use persistence::RolloutStore;
 pub use records::{DeviceProgress, Incident, Phase, Rollout, RolloutView, TimelineEntry};
 use sends::revert;
-pub use spec::{OfflinePolicy, RolloutSpec, Step};
+pub use spec::{OfflinePolicy, RolloutSpec, SpecError, Step};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,8 @@ pub enum RolloutError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
 }
 
 /// The engine: its stored rollouts and the narrow handles it acts through.
@@ -205,7 +207,7 @@ impl Rollouts {
     /// ([`plan::plan`]); nothing is started or written.
     pub fn plan(&self, spec: &RolloutSpec) -> Result<plan::Plan, RolloutError> {
         const WINDOW_SECS: u64 = 600;
-        spec.validate().map_err(RolloutError::Invalid)?;
+        spec.validate()?;
         self.deployer
             .registry()
             .get(&spec.model, &spec.version)
@@ -251,12 +253,12 @@ impl Rollouts {
             accuracy: (labelled > 0).then(|| correct as f64 / labelled as f64),
             latency_us: traffic.latency_us,
         };
-        plan::plan(spec, &rates).map_err(RolloutError::Invalid)
+        Ok(plan::plan(spec, &rates)?)
     }
 
     /// Starts a rollout (validated spec; the version must have passed validation).
     pub fn start(&self, spec: RolloutSpec, by: &str) -> Result<Rollout, RolloutError> {
-        spec.validate().map_err(RolloutError::Invalid)?;
+        spec.validate()?;
         let registry = self.deployer.registry();
         let record =
             registry.get(&spec.model, &spec.version).map_err(|e| RolloutError::NotFound(e.to_string()))?;

@@ -32,7 +32,7 @@ impl Api {
             None => None,
         };
         let agent = outpost_shared::tls::api_client(&url, ca.as_deref(), std::time::Duration::from_secs(900))
-            .map_err(Failure::Usage)?;
+            .map_err(|e| Failure::Usage(e.to_string()))?;
         Ok(Api { url, token, agent })
     }
 

@@ -35,8 +35,8 @@ pub async fn create_api_token(
     let who = authorize(&state, &headers, Role::Admin)?;
     let request = json_body(body)?;
     let result = (|| {
-        let role = Role::parse(&request.role).map_err(ApiError::bad_request)?;
-        let token = state.auth.create(&request.name, role, &who.name).map_err(ApiError::bad_request)?;
+        let role = Role::parse(&request.role)?;
+        let token = state.auth.create(&request.name, role, &who.name)?;
         Ok((CreatedToken { name: request.name.clone(), role, token }, format!("role {}", role.as_str())))
     })();
     audited(&state, &who, "token.create", &request.name, result).map(Json)
@@ -96,8 +96,11 @@ pub async fn audit_verify(
     let verdict = blocking(move || st.audit.verify()).await?;
     Ok(Json(match verdict {
         Ok(entries) => AuditVerdict { ok: true, entries, problem: None, checked_at_ms: now_ms() },
-        Err(problem) => {
-            AuditVerdict { ok: false, entries: 0, problem: Some(problem), checked_at_ms: now_ms() }
-        }
+        Err(problem) => AuditVerdict {
+            ok: false,
+            entries: 0,
+            problem: Some(problem.to_string()),
+            checked_at_ms: now_ms(),
+        },
     }))
 }

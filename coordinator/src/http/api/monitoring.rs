@@ -233,7 +233,7 @@ pub async fn set_slo(
     let who = authorize(&state, &headers, Role::Operator)?;
     let result = (|| {
         let spec = json_body(body)?;
-        spec.validate().map_err(ApiError::bad_request)?;
+        spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         state.ingest.slos().set(&name, &spec).map_err(ApiError::internal)?;
         let detail = serde_json::to_string(&spec).unwrap_or_default();
         Ok((spec, detail))

@@ -137,7 +137,7 @@ pub async fn set_stage(
     let target = format!("{name}@{version}");
     let result = (|| {
         let request = json_body(body)?;
-        let stage = Stage::parse(&request.stage).map_err(ApiError::bad_request)?;
+        let stage = Stage::parse(&request.stage).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let record = state.registry.transition(&name, &version, stage, &who.name, &request.note)?;
         Ok((record, format!("stage {}", stage.as_str())))
     })();
@@ -214,7 +214,7 @@ pub async fn set_policy(
     let who = authorize(&state, &headers, Role::Operator)?;
     let result = (|| {
         let policy = json_body(body)?;
-        policy.validate().map_err(ApiError::bad_request)?;
+        policy.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         state.registry.set_policy(&name, &policy)?;
         let detail = serde_json::to_string(&policy).unwrap_or_default();
         Ok((policy, detail))

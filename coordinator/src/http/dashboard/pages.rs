@@ -311,7 +311,7 @@ mod tests {
         assert!(!f(None, Some("stale")).matches(&d, "online"));
         d.labels.clear();
         assert!(!f(Some("pi4"), None).matches(&d, "online"));
-        assert!(f(None, Some("sleepy")).validate().unwrap_err().contains("status `sleepy`"));
+        assert!(f(None, Some("sleepy")).validate().unwrap_err().to_string().contains("status `sleepy`"));
         assert!(f(Some(&"x".repeat(200)), None).validate().is_err());
         assert_eq!(f(Some("site=a b"), Some("stale")).query(), "?q=site%3Da%20b&status=stale");
         assert_eq!(f(Some(""), None).query(), "");

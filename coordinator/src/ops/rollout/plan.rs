@@ -14,7 +14,7 @@ use outpost_shared::histogram::LogHistogram;
 use serde::Serialize;
 
 use super::gates::{self, Bound, Evidence, Gate, Metric, Verdict};
-use super::{RolloutSpec, Step};
+use super::{RolloutSpec, SpecError, Step};
 
 /// z for the 95 % planning quantile.
 const Z_PLAN: f64 = 1.644_853_626_951_472_2;
@@ -173,7 +173,7 @@ fn duration(secs: u64) -> String {
 }
 
 /// Plans `spec` on a fleet with `rates`.
-pub fn plan(spec: &RolloutSpec, rates: &FleetRates) -> Result<Plan, String> {
+pub fn plan(spec: &RolloutSpec, rates: &FleetRates) -> Result<Plan, SpecError> {
     let gate_list = spec.validate()?;
     let t = spec.thresholds(gate_list.len());
     let n = rates.targets.max(1) as f64;
@@ -376,6 +376,6 @@ mod tests {
     #[test]
     fn a_bad_spec_is_refused_by_name() {
         let s = spec(r#"{"model": "m", "version": "2", "gates": ["p99<2x"]}"#);
-        assert!(plan(&s, &rates(1.0, 1.0)).unwrap_err().contains("no `<=`"));
+        assert!(plan(&s, &rates(1.0, 1.0)).unwrap_err().to_string().contains("no `<=`"));
     }
 }

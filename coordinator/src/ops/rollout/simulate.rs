@@ -123,7 +123,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SimError {
     #[error("rollout spec: {0}")]
-    Spec(String),
+    Spec(#[from] super::SpecError),
     #[error("only the `waves` strategy is simulated (got `{0}`)")]
     Strategy(String),
     #[error("{0}")]
@@ -236,7 +236,7 @@ fn window(
 impl Simulation {
     /// Builds a simulation of `spec` (a `waves` rollout) on `devices` devices.
     pub fn new(spec: RolloutSpec, devices: usize) -> Result<Simulation, SimError> {
-        let gates = spec.validate().map_err(SimError::Spec)?;
+        let gates = spec.validate()?;
         if spec.strategy != "waves" {
             return Err(SimError::Strategy(spec.strategy.clone()));
         }

@@ -90,53 +90,87 @@ fn default_alpha() -> f64 {
     gates::DEFAULT_ALPHA
 }
 
+/// What is wrong with a rollout spec, naming the field or gate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown strategy `{0}` (waves, canary, blue-green, shadow)")]
+    UnknownStrategy(String),
+    #[error("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]")]
+    StepCount { field: &'static str },
+    #[error("`{field}` must increase strictly within (0, 100]: {values:?}")]
+    NotIncreasing { field: &'static str, values: Vec<f64> },
+    #[error("canary `steps` are whole percentages: {0:?}")]
+    FractionalCanary(Vec<f64>),
+    #[error("the last of `{field}` must be 100; got {last}")]
+    LastNot100 { field: &'static str, last: f64 },
+    #[error("`{field}` must be {allowed}")]
+    OutOfRange { field: &'static str, allowed: &'static str },
+    #[error("`min_requests` and `min_labels` must be at least 1: a gate needs evidence")]
+    NoEvidence,
+    #[error("`alpha` must be in (0, 0.2] (0.01 is a 1 % error budget); got {0}")]
+    Alpha(f64),
+    #[error("at most 20 gates, not {0}")]
+    TooManyGates(usize),
+    #[error(transparent)]
+    Gate(#[from] gates::GateError),
+    #[error(
+        "gate `{0}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`"
+    )]
+    AccuracyInShadow(String),
+    #[error("gate `{0}`: agreement is measured by the `shadow` strategy only")]
+    AgreementOutsideShadow(String),
+}
+
 impl RolloutSpec {
     /// Checks every field, naming the first problem.
-    pub fn validate(&self) -> Result<Vec<Gate>, String> {
+    pub fn validate(&self) -> Result<Vec<Gate>, SpecError> {
         let blue_green = vec![100.0];
         let (field, values) = match self.strategy.as_str() {
             "waves" => ("waves", &self.waves),
             "canary" => ("steps", &self.steps),
             "blue-green" => ("waves", &blue_green),
             "shadow" => ("waves", &blue_green),
-            other => return Err(format!("unknown strategy `{other}` (waves, canary, blue-green, shadow)")),
+            other => return Err(SpecError::UnknownStrategy(other.to_owned())),
         };
         if values.is_empty() || values.len() > 20 {
-            return Err(format!("`{field}` must list 1 to 20 percentages, e.g. [10, 50, 100]"));
+            return Err(SpecError::StepCount { field });
         }
         let mut last = 0.0;
         for &w in values {
             if !(w > last && w <= 100.0) {
-                return Err(format!("`{field}` must increase strictly within (0, 100]: {values:?}"));
+                return Err(SpecError::NotIncreasing { field, values: values.clone() });
             }
             if field == "steps" && w.fract() != 0.0 {
-                return Err(format!("canary `steps` are whole percentages: {values:?}"));
+                return Err(SpecError::FractionalCanary(values.clone()));
             }
             last = w;
         }
         if last != 100.0 {
-            return Err(format!("the last of `{field}` must be 100; got {last}"));
+            return Err(SpecError::LastNot100 { field, last });
         }
         if !(1..=7 * 86_400).contains(&self.bake_secs) {
-            return Err("`bake_secs` must be between 1 and 604800 (7 days)".into());
+            return Err(SpecError::OutOfRange {
+                field: "bake_secs",
+                allowed: "between 1 and 604800 (7 days)",
+            });
         }
         if self.min_requests == 0 || self.min_labels == 0 {
-            return Err("`min_requests` and `min_labels` must be at least 1: a gate needs evidence".into());
+            return Err(SpecError::NoEvidence);
         }
         if self.max_extensions > 100 {
-            return Err("`max_extensions` must be at most 100".into());
+            return Err(SpecError::OutOfRange { field: "max_extensions", allowed: "at most 100" });
         }
         if !(1..=86_400).contains(&self.apply_timeout_secs) {
-            return Err("`apply_timeout_secs` must be between 1 and 86400".into());
+            return Err(SpecError::OutOfRange {
+                field: "apply_timeout_secs",
+                allowed: "between 1 and 86400",
+            });
         }
         if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
-            return Err("`latency_slack_ms` must be 0 or more".into());
+            return Err(SpecError::OutOfRange { field: "latency_slack_ms", allowed: "0 or more" });
         }
         if !(self.alpha > 0.0 && self.alpha <= 0.2) {
-            return Err(format!(
-                "`alpha` must be in (0, 0.2] (0.01 is a 1 % error budget); got {}",
-                self.alpha
-            ));
+            return Err(SpecError::Alpha(self.alpha));
         }
         let shadow = self.strategy == "shadow";
         let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
@@ -145,21 +179,14 @@ impl RolloutSpec {
             (false, _) => self.gates.iter().map(String::as_str).collect(),
         };
         if texts.len() > 20 {
-            return Err("at most 20 gates".into());
+            return Err(SpecError::TooManyGates(texts.len()));
         }
-        let parsed = texts
-            .into_iter()
-            .map(Gate::parse)
-            .collect::<Result<Vec<Gate>, gates::GateError>>()
-            .map_err(|e| e.to_string())?;
+        let parsed = texts.into_iter().map(Gate::parse).collect::<Result<Vec<Gate>, gates::GateError>>()?;
         if let Some(g) = parsed.iter().find(|g| shadow && g.metric == gates::Metric::Accuracy) {
-            return Err(format!(
-                "gate `{}`: a shadow's answers are never returned, so no labels come back for them; gate on `agreement>=X%`",
-                g.text
-            ));
+            return Err(SpecError::AccuracyInShadow(g.text.clone()));
         }
         if let Some(g) = parsed.iter().find(|g| !shadow && g.metric == gates::Metric::Agreement) {
-            return Err(format!("gate `{}`: agreement is measured by the `shadow` strategy only", g.text));
+            return Err(SpecError::AgreementOutsideShadow(g.text.clone()));
         }
         Ok(parsed)
     }

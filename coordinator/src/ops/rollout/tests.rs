@@ -27,7 +27,7 @@ fn specs_are_checked_by_name() {
         (r#"{"model": "bc", "version": "1", "gates": ["p99<2x"]}"#, "no `<=`"),
     ] {
         let e = spec(text).validate().unwrap_err();
-        assert!(e.contains(says), "{text}: {e}");
+        assert!(e.to_string().contains(says), "{text}: {e}");
     }
     assert!(serde_json::from_str::<RolloutSpec>(r#"{"model": "bc", "version": "1", "wave": [1]}"#).is_err());
 }

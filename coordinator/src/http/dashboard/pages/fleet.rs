@@ -12,18 +12,27 @@ pub struct FleetFilter {
     pub status: Option<String>,
 }
 
+/// What is wrong with a fleet filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("the search text `q` is longer than 128 characters")]
+    QueryTooLong,
+    #[error("status `{0}`: use one of online, stale, offline, never_seen")]
+    UnknownStatus(String),
+}
+
 /// Liveness values a filter may name.
 pub const STATUSES: [&str; 4] = ["online", "stale", "offline", "never_seen"];
 /// Rows the fleet table lists at most (the counts above it cover every device).
 pub(super) const MAX_ROWS: usize = 500;
 
 impl FleetFilter {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FilterError> {
         if self.q.as_ref().is_some_and(|q| q.len() > 128) {
-            return Err("the search text `q` is longer than 128 characters".into());
+            return Err(FilterError::QueryTooLong);
         }
         if let Some(s) = self.status.as_deref().filter(|s| !s.is_empty() && !STATUSES.contains(s)) {
-            return Err(format!("status `{s}`: use one of {}", STATUSES.join(", ")));
+            return Err(FilterError::UnknownStatus(s.to_owned()));
         }
         Ok(())
     }
