@@ -31,7 +31,7 @@ fn main() {
         at_ms: 1_764_000_000_000,
         model: "breast_cancer".into(),
         version: "1.0.0".into(),
-        slot: "primary".into(),
+        slot: outpost_shared::protocol::vocab::Slot::Primary,
         latency_us: 3,
         inputs: RecordedInputs::Kept(vec![RecordedTensor {
             name: "input".into(),

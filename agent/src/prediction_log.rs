@@ -36,6 +36,7 @@ use outpost_shared::DataType;
 use outpost_shared::Tensor;
 use outpost_shared::endpoints::now_ms;
 use outpost_shared::protocol::records::{PredictionRecord, RecordError, RecordedInputs, RecordedTensor};
+use outpost_shared::protocol::vocab::Slot;
 use outpost_shared::tensor::{TensorError, datatype_of, slice, tensor_to_le_bytes};
 use serde::{Deserialize, Serialize};
 
@@ -148,7 +149,7 @@ pub struct RequestInfo<'a> {
     pub model: &'a str,
     pub version: &'a str,
     /// `primary`, or the candidate's slot (`canary`, `standby`).
-    pub slot: &'a str,
+    pub slot: Slot,
     pub latency_us: u32,
     pub record_inputs: RecordInputs,
 }
@@ -257,7 +258,7 @@ pub fn records_for_request(
                 at_ms,
                 model: info.model.to_owned(),
                 version: info.version.to_owned(),
-                slot: info.slot.to_owned(),
+                slot: info.slot,
                 latency_us: info.latency_us,
                 inputs: recorded_inputs,
                 outputs: output_rows.iter().map(|r| r.recorded(i)).collect(),

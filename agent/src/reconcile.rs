@@ -129,7 +129,7 @@ impl Reconciler {
                 let outcome = self.load(name, &w.version).await;
                 match outcome {
                     Ok(validated) => {
-                        tracing::info!(model = name, version = %w.version, slot = w.mode.slot(), validation = %validated.evidence, "candidate validated");
+                        tracing::info!(model = name, version = %w.version, slot = %w.mode.slot(), validation = %validated.evidence, "candidate validated");
                         entry.set_candidate(Some(CandidateSlot {
                             mode: w.mode,
                             served: Arc::new(validated.served),

@@ -28,6 +28,7 @@ use crate::prediction_log::{LogError, PredictionLog};
 use crate::reconcile::Reconciler;
 use crate::telemetry::{Reporter, Window};
 use outpost_shared::protocol::messages::EventKind;
+use outpost_shared::protocol::vocab::{LoadState, Slot};
 
 /// How `serve` ended; maps to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,22 +90,22 @@ fn model_states(models: &ModelTable) -> Vec<outpost_shared::protocol::messages::
         .iter()
         .flat_map(|entry| {
             let (state, reason) = match entry.state() {
-                ModelState::Loading => ("loading", None),
-                ModelState::Ready(_) => ("ready", None),
-                ModelState::Failed(reason) => ("failed", Some(reason)),
+                ModelState::Loading => (LoadState::Loading, None),
+                ModelState::Ready(_) => (LoadState::Ready, None),
+                ModelState::Failed(reason) => (LoadState::Failed, Some(reason)),
             };
             let primary = outpost_shared::protocol::messages::ModelState {
                 name: entry.name().to_owned(),
                 version: entry.version().unwrap_or_default(),
-                slot: "primary".into(),
-                state: state.into(),
+                slot: Slot::Primary,
+                state,
                 reason,
             };
             let candidate = entry.candidate().map(|c| outpost_shared::protocol::messages::ModelState {
                 name: entry.name().to_owned(),
                 version: c.served.version.clone(),
-                slot: c.mode.slot().into(),
-                state: "ready".into(),
+                slot: c.mode.slot(),
+                state: LoadState::Ready,
                 reason: None,
             });
             std::iter::once(primary).chain(candidate)

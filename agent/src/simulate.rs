@@ -20,6 +20,7 @@ use outpost_shared::protocol::messages::{
     Report, SystemStats,
 };
 use outpost_shared::protocol::topics::{self, Channel};
+use outpost_shared::protocol::vocab::{LoadState, Slot};
 use outpost_shared::protocol::{self};
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
@@ -211,7 +212,7 @@ fn report(model: Option<&(String, String)>, start: u64, end: u64, latency: &LogH
             .map(|(name, version)| ModelWindow {
                 model: name.clone(),
                 version: version.clone(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 requests: 100,
                 errors: 0,
                 rows: 100,
@@ -319,8 +320,8 @@ async fn device_loop(
                             .map(|m| ModelState {
                                 name: m.name.clone(),
                                 version: m.version.clone(),
-                                slot: "primary".into(),
-                                state: "ready".into(),
+                                slot: Slot::Primary,
+                                state: LoadState::Ready,
                                 reason: None,
                             })
                             .collect(),

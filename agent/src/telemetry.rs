@@ -20,6 +20,7 @@ use outpost_shared::protocol::messages::{
     ShadowReport, ShadowWindow, SystemStats,
 };
 use outpost_shared::protocol::records::PredictionRecord;
+use outpost_shared::protocol::vocab::Slot;
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::{Outbox, now_ms};
@@ -59,63 +60,7 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// Which served predictions travel in batches (`sample_predictions` per model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sampling {
-    #[default]
-    All,
-    None,
-    /// One in every N (by prediction id).
-    OneIn(u64),
-}
-
-impl Sampling {
-    pub fn keeps(self, id: u64) -> bool {
-        match self {
-            Sampling::All => true,
-            Sampling::None => false,
-            Sampling::OneIn(n) => id.is_multiple_of(n),
-        }
-    }
-}
-
-impl std::fmt::Display for Sampling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Sampling::All => f.write_str("all"),
-            Sampling::None => f.write_str("none"),
-            Sampling::OneIn(n) => write!(f, "1/{n}"),
-        }
-    }
-}
-
-impl std::str::FromStr for Sampling {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Sampling, String> {
-        match s {
-            "all" => Ok(Sampling::All),
-            "none" => Ok(Sampling::None),
-            other => other
-                .strip_prefix("1/")
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|&n| n >= 1)
-                .map(|n| if n == 1 { Sampling::All } else { Sampling::OneIn(n) })
-                .ok_or_else(|| format!("`{s}` is not `all`, `none` or `1/N` with N ≥ 1")),
-        }
-    }
-}
-
-impl Serialize for Sampling {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sampling {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sampling, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use outpost_shared::protocol::vocab::Sampling;
 
 /// What one served request contributes to the window.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +93,7 @@ impl RowSummary {
 #[derive(Debug, Default)]
 struct Acc {
     /// The slot the version answered from (`primary`, `canary`, `standby`).
-    slot: &'static str,
+    slot: Option<Slot>,
     requests: u64,
     errors: u64,
     rows: u64,
@@ -202,7 +147,7 @@ impl Window {
         &self,
         model: &str,
         version: &str,
-        slot: &'static str,
+        slot: Slot,
         ok: bool,
         latency_us: f64,
         summary: Option<&RowSummary>,
@@ -218,7 +163,7 @@ impl Window {
             versions.insert(version.to_owned(), Acc::default());
         }
         let Some(acc) = versions.get_mut(version) else { return };
-        acc.slot = slot;
+        acc.slot = Some(slot);
         acc.requests += 1;
         if !ok {
             acc.errors += 1;
@@ -275,7 +220,7 @@ impl Window {
             .map(|(model, version, a)| ModelWindow {
                 model,
                 version,
-                slot: if a.slot.is_empty() { "primary".into() } else { a.slot.into() },
+                slot: a.slot.unwrap_or(Slot::Primary),
                 requests: a.requests,
                 errors: a.errors,
                 rows: a.rows,
@@ -426,11 +371,11 @@ impl Reporter {
             let Some(last) = settled.last().map(|r| r.id) else { return Ok(()) };
             let full = settled.len() == limit;
             // One batch per sampling policy present, so each batch names its sampling.
-            let mut by_policy: BTreeMap<String, Vec<PredictionRecord>> = BTreeMap::new();
+            let mut by_policy: BTreeMap<Sampling, Vec<PredictionRecord>> = BTreeMap::new();
             for record in settled {
                 let sampling = self.sampling.get(&record.model).copied().unwrap_or_default();
                 if sampling.keeps(record.id) {
-                    by_policy.entry(sampling.to_string()).or_default().push(record);
+                    by_policy.entry(sampling).or_default().push(record);
                 }
             }
             let batches: Vec<_> = by_policy.into_iter().collect();
@@ -482,7 +427,7 @@ mod tests {
         assert_eq!("1/1".parse::<Sampling>().unwrap(), Sampling::All);
         assert_eq!("1/10".parse::<Sampling>().unwrap(), Sampling::OneIn(10));
         assert!("1/0".parse::<Sampling>().is_err());
-        assert!("half".parse::<Sampling>().unwrap_err().contains("1/N"));
+        assert!("half".parse::<Sampling>().unwrap_err().to_string().contains("1/N"));
         let kept = (1..=100).filter(|&id| Sampling::OneIn(10).keeps(id)).count();
         assert_eq!(kept, 10);
     }
@@ -492,8 +437,8 @@ mod tests {
         let window = Window::new();
         let summary =
             RowSummary { rows: 2, top_scores: vec![0.9, 0.8], labels: vec!["1".into(), "0".into()] };
-        window.observe("bc", "1.0.0", "primary", true, 120.0, Some(&summary));
-        window.observe("bc", "1.0.0", "primary", false, 80.0, None);
+        window.observe("bc", "1.0.0", Slot::Primary, true, 120.0, Some(&summary));
+        window.observe("bc", "1.0.0", Slot::Primary, false, 80.0, None);
         let (_, models, shadows) = window.take();
         assert!(shadows.is_empty());
         assert_eq!(models.len(), 1);
@@ -505,10 +450,10 @@ mod tests {
         // A shadow run: counted as the candidate's traffic in slot `shadow`, and its agreement.
         let shadow = RowSummary { rows: 2, top_scores: vec![0.7, 0.8], labels: vec!["0".into(), "0".into()] };
         assert_eq!(agreement(&summary, &shadow), (2, 1));
-        window.observe("bc", "2.0.0", "shadow", true, 90.0, Some(&shadow));
+        window.observe("bc", "2.0.0", Slot::Shadow, true, 90.0, Some(&shadow));
         window.compare("bc", "2.0.0", "1.0.0", 2, 1);
         let (_, models, shadows) = window.take();
-        assert_eq!((models.len(), models[0].slot.as_str()), (1, "shadow"));
+        assert_eq!((models.len(), models[0].slot), (1, Slot::Shadow));
         assert_eq!(
             shadows,
             vec![ShadowWindow {

@@ -121,7 +121,12 @@ impl Watchdog {
         self.metrics.watchdog_rollbacks.with_label_values(&[model]).inc();
         if let Some(reporter) = &self.reporter {
             reporter.event(
-                EventKind::WatchdogRolledBack,
+                EventKind::WatchdogReverted {
+                    model: model.to_owned(),
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    reason: reason.to_owned(),
+                },
                 format!("watchdog: model `{model}` {from} -> {to}: {reason}"),
             );
         }

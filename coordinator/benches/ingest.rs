@@ -7,6 +7,7 @@
 //! as the broker link does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use outpost_shared::protocol::vocab::Slot;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +33,7 @@ fn report(i: u64) -> Vec<u8> {
         models: vec![ModelWindow {
             model: "breast_cancer".into(),
             version: "1.0.0".into(),
-            slot: "primary".into(),
+            slot: Slot::Primary,
             requests: 200,
             errors: 1,
             rows: 200,

@@ -23,6 +23,7 @@ pub mod messages;
 pub mod records;
 pub mod topics;
 pub mod transfer;
+pub mod vocab;
 
 use serde::{Deserialize, Serialize};
 

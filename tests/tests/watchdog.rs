@@ -62,11 +62,11 @@ async fn an_agent_cut_off_from_the_broker_switches_back_from_a_crash_looping_ver
     c.wait_device(&device, Duration::from_secs(60), |v| {
         v["recent_events"].as_array().is_some_and(|events| {
             events.iter().any(|e| {
-                e["kind"] == "WatchdogRolledBack"
-                    && e["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("model `bc` 1.1.0 -> 1.0.0: the agent crashed 3 times")
+                let what = &e["kind"]["WatchdogReverted"];
+                what["model"] == "bc"
+                    && what["from"] == "1.1.0"
+                    && what["to"] == "1.0.0"
+                    && what["reason"].as_str().unwrap_or("").contains("the agent crashed 3 times")
             })
         })
     })

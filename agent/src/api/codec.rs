@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use outpost_shared::DataType;
+use outpost_shared::protocol::vocab::Slot;
 use outpost_shared::runtime::ProvidedInput;
 use outpost_shared::tensor::{
     JsonData, first_non_finite, tensor_from_json, tensor_from_le_bytes, tensor_to_le_bytes,
@@ -101,7 +102,7 @@ pub struct Encoded {
 /// Hands one record per row to the prediction log; returns the ids for the response.
 fn record(
     served: &ServedModel,
-    slot: &str,
+    slot: Slot,
     log: &PredictionLog,
     batch: usize,
     inputs: &[outpost_shared::Tensor],
@@ -132,7 +133,7 @@ fn record(
 /// Labels and scores of a request's rows, without recording them.
 fn summary_of(
     served: &ServedModel,
-    slot: &str,
+    slot: Slot,
     batch: usize,
     outputs: &[outpost_shared::Tensor],
 ) -> Result<crate::telemetry::RowSummary, ApiError> {
@@ -186,7 +187,7 @@ pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
 
 pub fn handle(
     served: &ServedModel,
-    slot: &str,
+    slot: Slot,
     body: &[u8],
     header_len: Option<usize>,
     log: Option<&PredictionLog>,

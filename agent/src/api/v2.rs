@@ -17,6 +17,7 @@ use crate::metrics::Outcome;
 use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
 use crate::pool::SubmitError;
 use outpost_shared::protocol::messages::SlotMode;
+use outpost_shared::protocol::vocab::Slot;
 
 /// Header of the binary tensor data extension giving the JSON part's length.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -238,8 +239,8 @@ async fn run_inference(
     let shadow_copy = shadow.as_ref().and(body.as_ref().ok().cloned());
     let shadow_header = header_len.as_ref().ok().copied().flatten();
     let summarize = shadow.is_some();
-    let chosen: Arc<Mutex<(Arc<ServedModel>, &'static str)>> =
-        Arc::new(Mutex::new(fixed.clone().unwrap_or_else(|| (Arc::clone(&served), "primary"))));
+    let chosen: Arc<Mutex<(Arc<ServedModel>, Slot)>> =
+        Arc::new(Mutex::new(fixed.clone().unwrap_or_else(|| (Arc::clone(&served), Slot::Primary))));
     let result = async {
         let body = body?;
         let header_len = header_len?;
@@ -255,12 +256,12 @@ async fn run_inference(
                     (None, Some((percent, candidate))) => {
                         let id = codec::request_id(&body, header_len);
                         if job_entry.to_canary(percent, id.as_deref()) {
-                            (candidate, "canary")
+                            (candidate, Slot::Canary)
                         } else {
-                            (primary, "primary")
+                            (primary, Slot::Primary)
                         }
                     }
-                    (None, None) => (primary, "primary"),
+                    (None, None) => (primary, Slot::Primary),
                 };
                 *job_chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     (Arc::clone(&model), slot);
@@ -306,7 +307,7 @@ async fn run_inference(
         window.observe(labels[0], labels[1], slot, result.is_ok(), elapsed.as_micros() as f64, summary);
     }
     if let (Some(candidate), Some(copy), Ok(encoded)) = (shadow, shadow_copy, &result)
-        && slot == "primary"
+        && slot == Slot::Primary
         && let Some(primary_rows) = encoded.summary.clone()
     {
         run_shadow(&app, candidate, copy, shadow_header, primary_rows, served.version.clone());
@@ -334,7 +335,7 @@ fn run_shadow(
 ) {
     let job = app.pool.try_submit(move || {
         let started = Instant::now();
-        let result = codec::handle(&candidate, "shadow", &body, header_len, None, true);
+        let result = codec::handle(&candidate, Slot::Shadow, &body, header_len, None, true);
         (result, started.elapsed(), candidate)
     });
     let Ok(job) = job else {
@@ -355,7 +356,7 @@ fn run_shadow(
         metrics.shadow_rows.with_label_values(&[name, version, "agreed"]).inc_by(agreed);
         metrics.shadow_rows.with_label_values(&[name, version, "disagreed"]).inc_by(compared - agreed);
         if let Some(window) = &window {
-            window.observe(name, version, "shadow", result.is_ok(), elapsed.as_micros() as f64, rows);
+            window.observe(name, version, Slot::Shadow, result.is_ok(), elapsed.as_micros() as f64, rows);
             window.compare(name, version, &primary_version, compared, agreed);
         }
     });

@@ -2,6 +2,7 @@
 
 use super::*;
 use outpost_shared::protocol::records::{RecordedInputs, RecordedTensor};
+use outpost_shared::protocol::vocab::Slot;
 
 fn record(id: u64, at_ms: u64, payload: usize) -> PredictionRecord {
     PredictionRecord {
@@ -9,7 +10,7 @@ fn record(id: u64, at_ms: u64, payload: usize) -> PredictionRecord {
         at_ms,
         model: "bc".into(),
         version: "1.0.0".into(),
-        slot: "primary".into(),
+        slot: Slot::Primary,
         latency_us: 5,
         inputs: RecordedInputs::Kept(vec![RecordedTensor {
             name: "input".into(),

@@ -21,7 +21,7 @@ use crate::models::validation::Metrics;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredLabel {
     pub version: String,
-    pub slot: String,
+    pub slot: outpost_shared::protocol::vocab::Slot,
     pub predicted: Option<i64>,
     pub label: i64,
     pub predicted_at_ms: u64,
@@ -82,7 +82,7 @@ impl Labels {
         for l in &batch.labels {
             let value = StoredLabel {
                 version: l.version.clone(),
-                slot: l.slot.clone(),
+                slot: l.slot,
                 predicted: l.predicted,
                 label: l.label,
                 predicted_at_ms: l.predicted_at_ms,

@@ -114,6 +114,7 @@ mod tests {
         PredictionBatch, Report, SystemStats,
     };
     use outpost_shared::protocol::records::{PredictionRecord, RecordedInputs};
+    use outpost_shared::protocol::vocab::Slot;
 
     fn report(at_ms: u64) -> Report {
         Report {
@@ -122,7 +123,7 @@ mod tests {
             models: vec![ModelWindow {
                 model: "bc".into(),
                 version: "1".into(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 requests: 3,
                 errors: 0,
                 rows: 3,
@@ -138,13 +139,13 @@ mod tests {
 
     fn predictions(at_ms: u64, id: u64) -> PredictionBatch {
         PredictionBatch {
-            sampling: "all".into(),
+            sampling: outpost_shared::protocol::vocab::Sampling::All,
             records: vec![PredictionRecord {
                 id,
                 at_ms,
                 model: "bc".into(),
                 version: "1".into(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 latency_us: 1,
                 inputs: RecordedInputs::Dropped,
                 outputs: Vec::new(),
@@ -159,7 +160,7 @@ mod tests {
                 prediction_id: id,
                 model: "bc".into(),
                 version: "1".into(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 predicted_at_ms: at_ms,
                 labelled_at_ms: at_ms + 1,
                 predicted: Some(1),

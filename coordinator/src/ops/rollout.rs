@@ -53,7 +53,7 @@ pub mod stats;
 pub use persistence::RolloutStore;
 pub use records::{DeviceProgress, Incident, Phase, Rollout, RolloutView, TimelineEntry};
 use sends::revert;
-pub use spec::{OfflinePolicy, RolloutSpec, SpecError, Step};
+pub use spec::{OfflinePolicy, RolloutSpec, SpecError, Step, Strategy};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -67,6 +67,7 @@ use crate::fleet::liveness::{FleetConfig, Liveness};
 use crate::models::registry::Stage;
 use crate::ops::deploy::{DeployError, Deployer};
 use evidence::EvidenceSource;
+use outpost_shared::protocol::vocab::Slot;
 
 /// How often the engine looks at every active rollout.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -112,7 +113,7 @@ fn actual_of<'a>(
     d: Option<&'a DeviceRecord>,
     model: &str,
 ) -> Option<&'a outpost_shared::protocol::messages::ModelState> {
-    d?.models.iter().find(|m| m.name == model && m.slot == "primary")
+    d?.models.iter().find(|m| m.name == model && m.slot == Slot::Primary)
 }
 
 impl Rollouts {
@@ -189,12 +190,12 @@ impl Rollouts {
                     .get(id)?
                     .and_then(|rec| rec.models.get(&r.spec.model).map(|m| m.version.clone())),
                 actual: actual.map(|m| m.version.clone()),
-                actual_state: actual.map(|m| m.state.clone()),
+                actual_state: actual.map(|m| m.state),
                 liveness: d.map_or(Liveness::NeverSeen, |d| Liveness::of(d, fleet, now)).as_str().to_owned(),
                 candidate: d.and_then(|d| {
                     d.models
                         .iter()
-                        .find(|m| m.name == r.spec.model && m.slot != "primary")
+                        .find(|m| m.name == r.spec.model && m.slot != Slot::Primary)
                         .map(|m| format!("{} {} ({})", m.version, m.slot, m.state))
                 }),
                 skipped: r.skipped.contains(id),
@@ -351,7 +352,7 @@ impl Rollouts {
                 r.spec.bake_secs
             ),
         );
-        if record.stage != Stage::Production && r.spec.strategy != "shadow" {
+        if record.stage != Stage::Production && r.spec.strategy != Strategy::Shadow {
             let _ = registry.transition(
                 &r.spec.model,
                 &r.spec.version,

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::records::PredictionRecord;
+pub use super::vocab::{LoadState, Sampling, Slot, UnknownWord};
 use crate::histogram::{HistogramError, LogHistogram};
 
 /// The body format this build writes and reads.
@@ -69,7 +70,7 @@ pub struct Report {
 pub struct ModelWindow {
     pub model: String,
     pub version: String,
-    pub slot: String,
+    pub slot: Slot,
     /// Inference requests answered (successfully or not) in the window.
     pub requests: u64,
     /// Requests that failed (4xx after reaching the model, 5xx).
@@ -116,7 +117,7 @@ pub struct OutboxStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionBatch {
     /// The sampling that selected them, e.g. `all`, `1/10`.
-    pub sampling: String,
+    pub sampling: Sampling,
     pub records: Vec<PredictionRecord>,
 }
 
@@ -148,7 +149,7 @@ pub struct Event {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     AgentStarted,
     AgentStopping,
@@ -161,8 +162,34 @@ pub enum EventKind {
     /// A bundle or desired state was refused; the message says why.
     ModelRefused,
     /// The agent's watchdog took a model back to its previous version on its own (the new one
-    /// crashed the agent, or breached the error or latency limit of its policy).
+    /// crashed the agent, or breached the error or latency limit of its policy). Sent by agents
+    /// before 0.2; the message is for people only — [`EventKind::WatchdogReverted`] says what.
     WatchdogRolledBack,
+    /// The watchdog took `model` from `from` back to `to` on its own, for `reason`.
+    /// Appended last, so the variants before it decode as before.
+    WatchdogReverted {
+        model: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The kind's name, without its fields.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::AgentStarted => "AgentStarted",
+            EventKind::AgentStopping => "AgentStopping",
+            EventKind::ModelReady => "ModelReady",
+            EventKind::ModelFailed => "ModelFailed",
+            EventKind::LogEvicted => "LogEvicted",
+            EventKind::OutboxFull => "OutboxFull",
+            EventKind::ModelActivated => "ModelActivated",
+            EventKind::ModelRefused => "ModelRefused",
+            EventKind::WatchdogRolledBack | EventKind::WatchdogReverted { .. } => "WatchdogRolledBack",
+        }
+    }
 }
 
 /// Drift of what each monitored model version saw recently, against its bundle's baseline.
@@ -219,7 +246,7 @@ pub struct LabelledPrediction {
     pub prediction_id: u64,
     pub model: String,
     pub version: String,
-    pub slot: String,
+    pub slot: Slot,
     /// When the prediction was made / when its label arrived (unix ms).
     pub predicted_at_ms: u64,
     pub labelled_at_ms: u64,
@@ -239,9 +266,8 @@ pub struct ActualState {
 pub struct ModelState {
     pub name: String,
     pub version: String,
-    pub slot: String,
-    /// `loading`, `ready` or `failed`.
-    pub state: String,
+    pub slot: Slot,
+    pub state: LoadState,
     pub reason: Option<String>,
 }
 
@@ -328,12 +354,12 @@ pub enum SlotMode {
 }
 
 impl SlotMode {
-    /// The slot name in reports and metrics.
-    pub fn slot(self) -> &'static str {
+    /// The slot it serves in.
+    pub fn slot(self) -> Slot {
         match self {
-            SlotMode::Canary { .. } => "canary",
-            SlotMode::Standby => "standby",
-            SlotMode::Shadow => "shadow",
+            SlotMode::Canary { .. } => Slot::Canary,
+            SlotMode::Standby => Slot::Standby,
+            SlotMode::Shadow => Slot::Shadow,
         }
     }
 }
@@ -395,6 +421,8 @@ pub enum MessageError {
     UnsupportedFormat { found: u8 },
     #[error("message body is malformed: {0}")]
     Malformed(String),
+    #[error("message body is malformed: {0}")]
+    UnknownWord(UnknownWord),
     #[error("message body has {0} bytes after the message")]
     TrailingBytes(usize),
     #[error("histogram in message: {0}")]
@@ -417,8 +445,12 @@ fn decode_raw<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     if format != BODY_FORMAT {
         return Err(MessageError::UnsupportedFormat { found: format });
     }
+    let _ = super::vocab::take_unknown();
     let (message, trailing) =
-        postcard::take_from_bytes::<T>(rest).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        postcard::take_from_bytes::<T>(rest).map_err(|e| match super::vocab::take_unknown() {
+            Some(word) => MessageError::UnknownWord(word),
+            None => MessageError::Malformed(e.to_string()),
+        })?;
     if !trailing.is_empty() {
         return Err(MessageError::TrailingBytes(trailing.len()));
     }
@@ -486,7 +518,7 @@ mod tests {
             models: vec![ModelWindow {
                 model: "bc".into(),
                 version: "1.0.0".into(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 requests: latencies.len() as u64,
                 errors: 0,
                 rows: latencies.len() as u64,

@@ -39,8 +39,8 @@ pub struct PredictionRecord {
     pub at_ms: u64,
     pub model: String,
     pub version: String,
-    /// Which slot served it (`primary` until model slots exist).
-    pub slot: String,
+    /// Which slot served it.
+    pub slot: crate::protocol::vocab::Slot,
     /// Time on the inference worker for the request this row belongs to, in microseconds.
     pub latency_us: u32,
     pub inputs: RecordedInputs,
@@ -99,7 +99,7 @@ mod tests {
             at_ms: 1_764_000_000_000,
             model: "bc".into(),
             version: "1.0.0".into(),
-            slot: "primary".into(),
+            slot: crate::protocol::vocab::Slot::Primary,
             latency_us: 12,
             inputs: RecordedInputs::Kept(vec![RecordedTensor {
                 name: "input".into(),

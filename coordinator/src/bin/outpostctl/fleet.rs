@@ -146,7 +146,7 @@ pub(super) fn print_device(d: &DeviceView) {
         say!("model    {}@{} {} ({}){reason}", m.name, m.version, m.state, m.slot);
     }
     for e in &d.recent_events {
-        say!("event    {} {:?}: {}", ago(Some(e.at_ms)), e.kind, e.message);
+        say!("event    {} {}: {}", ago(Some(e.at_ms)), e.kind.name(), e.message);
     }
     if d.drift.is_empty() {
         say!("drift    no verdicts yet (bundles with a baseline report them once traffic flows)");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::keys::SigningKey;
-use outpost_shared::protocol::messages::{ModelState, ModelWindow, Report};
+use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot};
 
 use super::*;
 use crate::base::store::TokenRecord;
@@ -130,16 +130,16 @@ impl Fleet {
             let mut models = vec![ModelState {
                 name: "bc".into(),
                 version: m.version.clone(),
-                slot: "primary".into(),
-                state: "ready".into(),
+                slot: Slot::Primary,
+                state: LoadState::Ready,
                 reason: None,
             }];
             if let Some(c) = &m.candidate {
                 models.push(ModelState {
                     name: "bc".into(),
                     version: c.version.clone(),
-                    slot: "canary".into(),
-                    state: "ready".into(),
+                    slot: Slot::Canary,
+                    state: LoadState::Ready,
                     reason: None,
                 });
             }
@@ -158,7 +158,7 @@ impl Fleet {
             let window = ModelWindow {
                 model: "bc".into(),
                 version: m.version.clone(),
-                slot: "primary".into(),
+                slot: Slot::Primary,
                 requests: self.requests,
                 errors,
                 rows: self.requests,

@@ -11,6 +11,7 @@ use crate::base::store::DeviceRecord;
 use crate::fleet::desired::Outgoing;
 use crate::fleet::liveness::Liveness;
 use crate::models::registry::Stage;
+use outpost_shared::protocol::vocab::{LoadState, Slot};
 
 impl Rollouts {
     /// The gates' verdicts for the current bake, on the evidence [`bake::evidence_window`] names.
@@ -163,23 +164,25 @@ impl Rollouts {
                     let d = devices.get(id);
                     let actual = actual_of(d, &r.spec.model);
                     let slot = match step {
-                        Step::Canary(_) => "canary",
-                        Step::Standby => "standby",
-                        Step::Shadow => "shadow",
-                        Step::Wave(_) | Step::Switch => "primary",
+                        Step::Canary(_) => Slot::Canary,
+                        Step::Standby => Slot::Standby,
+                        Step::Shadow => Slot::Shadow,
+                        Step::Wave(_) | Step::Switch => Slot::Primary,
                     };
                     let running = d.is_some_and(|d| {
                         d.models.iter().any(|m| {
                             m.name == r.spec.model
                                 && m.version == r.spec.version
                                 && m.slot == slot
-                                && m.state == "ready"
+                                && m.state == LoadState::Ready
                         })
                     });
                     if running {
                         continue;
                     }
-                    if let Some(m) = actual.filter(|m| m.version == r.spec.version && m.state == "failed") {
+                    if let Some(m) =
+                        actual.filter(|m| m.version == r.spec.version && m.state == LoadState::Failed)
+                    {
                         let why = m.reason.clone().unwrap_or_else(|| "no reason given".into());
                         out.extend(self.roll_back(
                             r,

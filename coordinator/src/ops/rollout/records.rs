@@ -150,7 +150,7 @@ pub struct DeviceProgress {
     pub desired: Option<String>,
     pub actual: Option<String>,
     /// `ready`, `loading`, `failed` (the actual model's state), or none.
-    pub actual_state: Option<String>,
+    pub actual_state: Option<outpost_shared::protocol::vocab::LoadState>,
     /// `online`, `stale`, `offline` or `never_seen`.
     pub liveness: String,
     /// The candidate slot the device reports, e.g. `1.1.0 canary (ready)`.

@@ -1,25 +1,27 @@
 //! The desired states a rollout sends: a step's version to its devices, every moved device back,
 //! and the watchdog events that trip a rollout.
 
-use outpost_shared::protocol::messages::SlotMode;
+use outpost_shared::protocol::messages::{EventKind, SlotMode};
 
 use super::{Rollout, RolloutError, Step};
 use crate::base::store::DeviceRecord;
 use crate::fleet::desired::Outgoing;
 use crate::ops::deploy::Deployer;
 
-/// A moved device whose agent switched the candidate back by itself since the rollout began.
+/// A moved device whose agent switched the candidate back by itself since the rollout began:
+/// the device and the watchdog's reason. (Agents before 0.2 send an event without the model
+/// and versions; such a device is not matched here — it stops reporting the candidate ready,
+/// which the apply timeout catches.)
 pub(super) fn watchdog_tripped(devices: &[DeviceRecord], r: &Rollout) -> Option<(String, String)> {
-    let needle = format!("model `{}` {} ->", r.spec.model, r.spec.version);
     devices.iter().filter(|d| r.moved.contains(&d.id)).find_map(|d| {
-        d.recent_events
-            .iter()
-            .find(|e| {
-                e.kind == outpost_shared::protocol::messages::EventKind::WatchdogRolledBack
-                    && e.at_ms >= r.created_ms
-                    && e.message.contains(&needle)
-            })
-            .map(|e| (d.id.clone(), e.message.clone()))
+        d.recent_events.iter().filter(|e| e.at_ms >= r.created_ms).find_map(|e| match &e.kind {
+            EventKind::WatchdogReverted { model, from, reason, .. }
+                if *model == r.spec.model && *from == r.spec.version =>
+            {
+                Some((d.id.clone(), reason.clone()))
+            }
+            _ => None,
+        })
     })
 }
 

@@ -237,8 +237,8 @@ impl Simulation {
     /// Builds a simulation of `spec` (a `waves` rollout) on `devices` devices.
     pub fn new(spec: RolloutSpec, devices: usize) -> Result<Simulation, SimError> {
         let gates = spec.validate()?;
-        if spec.strategy != "waves" {
-            return Err(SimError::Strategy(spec.strategy.clone()));
+        if spec.strategy != super::Strategy::Waves {
+            return Err(SimError::Strategy(spec.strategy.to_string()));
         }
         if !(1..=10_000).contains(&devices) {
             return Err(SimError::Invalid(format!("devices must be 1 to 10000; got {devices}")));
@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn only_waves_are_simulated() {
         let mut s = spec();
-        s.strategy = "canary".into();
+        s.strategy = crate::ops::rollout::Strategy::Canary;
         assert_eq!(Simulation::new(s, 20).unwrap_err(), SimError::Strategy("canary".into()));
         assert!(matches!(Simulation::new(spec(), 0), Err(SimError::Invalid(_))));
     }

@@ -26,7 +26,7 @@ pub struct RolloutSpec {
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
     #[serde(default = "default_strategy")]
-    pub strategy: String,
+    pub strategy: Strategy,
     /// `waves`: cumulative percent of the targets per wave, increasing, ending at 100.
     #[serde(default = "default_waves")]
     pub waves: Vec<f64>,
@@ -59,8 +59,8 @@ pub struct RolloutSpec {
     pub alpha: f64,
 }
 
-fn default_strategy() -> String {
-    "waves".into()
+fn default_strategy() -> Strategy {
+    Strategy::Waves
 }
 fn default_waves() -> Vec<f64> {
     vec![10.0, 50.0, 100.0]
@@ -88,6 +88,61 @@ fn default_slack() -> f64 {
 }
 fn default_alpha() -> f64 {
     gates::DEFAULT_ALPHA
+}
+
+/// How a rollout moves the version onto its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Growing waves of the targets switch their primary.
+    Waves,
+    /// Every target answers a growing share of requests from the candidate, then switches.
+    Canary,
+    /// Every target loads it as a standby, then all switch at once.
+    BlueGreen,
+    /// Every target runs it on copies of requests; nothing switches.
+    Shadow,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Waves => "waves",
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Shadow => "shadow",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Strategy, SpecError> {
+        match s {
+            "waves" => Ok(Strategy::Waves),
+            "canary" => Ok(Strategy::Canary),
+            "blue-green" => Ok(Strategy::BlueGreen),
+            "shadow" => Ok(Strategy::Shadow),
+            other => Err(SpecError::UnknownStrategy(other.chars().take(64).collect())),
+        }
+    }
+}
+
+impl Serialize for Strategy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strategy, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// What is wrong with a rollout spec, naming the field or gate.
@@ -125,12 +180,10 @@ impl RolloutSpec {
     /// Checks every field, naming the first problem.
     pub fn validate(&self) -> Result<Vec<Gate>, SpecError> {
         let blue_green = vec![100.0];
-        let (field, values) = match self.strategy.as_str() {
-            "waves" => ("waves", &self.waves),
-            "canary" => ("steps", &self.steps),
-            "blue-green" => ("waves", &blue_green),
-            "shadow" => ("waves", &blue_green),
-            other => return Err(SpecError::UnknownStrategy(other.to_owned())),
+        let (field, values) = match self.strategy {
+            Strategy::Waves => ("waves", &self.waves),
+            Strategy::Canary => ("steps", &self.steps),
+            Strategy::BlueGreen | Strategy::Shadow => ("waves", &blue_green),
         };
         if values.is_empty() || values.len() > 20 {
             return Err(SpecError::StepCount { field });
@@ -172,7 +225,7 @@ impl RolloutSpec {
         if !(self.alpha > 0.0 && self.alpha <= 0.2) {
             return Err(SpecError::Alpha(self.alpha));
         }
-        let shadow = self.strategy == "shadow";
+        let shadow = self.strategy == Strategy::Shadow;
         let texts: Vec<&str> = match (self.gates.is_empty(), shadow) {
             (true, true) => gates::DEFAULT_SHADOW_GATES.to_vec(),
             (true, false) => gates::DEFAULT_GATES.to_vec(),
@@ -220,15 +273,15 @@ pub enum Step {
 impl RolloutSpec {
     /// The steps the strategy takes.
     pub fn plan(&self) -> Vec<Step> {
-        match self.strategy.as_str() {
-            "canary" => self
+        match self.strategy {
+            Strategy::Canary => self
                 .steps
                 .iter()
                 .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
                 .collect(),
-            "blue-green" => vec![Step::Standby, Step::Switch],
-            "shadow" => vec![Step::Shadow],
-            _ => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
+            Strategy::BlueGreen => vec![Step::Standby, Step::Switch],
+            Strategy::Shadow => vec![Step::Shadow],
+            Strategy::Waves => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use outpost_shared::protocol::vocab::{LoadState, Slot};
 
 /// Which devices the fleet table lists: `q` matches a device id or a `key=value` label (a
 /// substring), `status` a liveness.
@@ -151,7 +152,7 @@ impl Overview {
                     link(&format!("/ui/rollouts/{}", seg(&r.id)), &r.id),
                     e(&r.spec.model),
                     e(&r.spec.version),
-                    e(r.paused_reason.as_deref().unwrap_or(&r.spec.strategy))
+                    e(r.paused_reason.as_deref().unwrap_or(r.spec.strategy.as_str()))
                 );
             }
             for i in &open {
@@ -217,14 +218,14 @@ impl Overview {
         }
 
         // Versions running, per model and slot.
-        let mut running: BTreeMap<(String, String, String), [usize; 3]> = BTreeMap::new();
+        let mut running: BTreeMap<(String, String, Slot), [usize; 3]> = BTreeMap::new();
         for (d, _, _) in &self.devices {
             for m in &d.models {
-                let cell = running.entry((m.name.clone(), m.version.clone(), m.slot.clone())).or_default();
-                cell[match m.state.as_str() {
-                    "ready" => 0,
-                    "loading" => 1,
-                    _ => 2,
+                let cell = running.entry((m.name.clone(), m.version.clone(), m.slot)).or_default();
+                cell[match m.state {
+                    LoadState::Ready => 0,
+                    LoadState::Loading => 1,
+                    LoadState::Failed => 2,
                 }] += 1;
             }
         }
@@ -246,7 +247,7 @@ impl Overview {
                     c[2],
                     m = e(model),
                     v = e(version),
-                    s = e(slot),
+                    s = slot,
                 );
             }
             out.push_str("</table>");
@@ -298,12 +299,12 @@ impl Overview {
                             "<span data-running=\"{}@{}\" data-slot=\"{}\" data-state=\"{}\">{}@{} <small>{} {}</small></span>",
                             e(&m.name),
                             e(&m.version),
-                            e(&m.slot),
-                            e(&m.state),
+                            m.slot,
+                            m.state,
                             e(&m.name),
                             e(&m.version),
-                            e(&m.slot),
-                            e(&m.state)
+                            m.slot,
+                            m.state
                         )
                     })
                     .collect();

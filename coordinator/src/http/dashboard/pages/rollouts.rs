@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use outpost_shared::protocol::vocab::LoadState;
 
 /// A gate value: milliseconds for latency gates, a percentage otherwise.
 pub(super) fn gate_value(gate: &str, v: Option<f64>) -> String {
@@ -81,7 +82,7 @@ pub fn rollout_list(list: &[Rollout]) -> String {
             e(&r.spec.model),
             e(&r.spec.version),
             e(&r.baseline),
-            e(&r.spec.strategy),
+            r.spec.strategy,
             badge(phase_kind(r.phase), r.phase.as_str()),
             (r.wave + 1).min(r.spec.plan().len()),
             r.spec.plan().len(),
@@ -127,7 +128,7 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
         e(&r.spec.model),
         e(&r.spec.version),
         e(&r.baseline),
-        e(&r.spec.strategy),
+        r.spec.strategy,
         r.targets.len(),
         if r.spec.selector.is_empty() {
             String::new()
@@ -252,7 +253,7 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
             d.wave,
             e(d.desired.as_deref().unwrap_or("—")),
             e(d.actual.as_deref().unwrap_or("—")),
-            e(d.actual_state.as_deref().unwrap_or("—")),
+            d.actual_state.map_or("—", LoadState::as_str),
             badge(status_kind(&d.liveness), &d.liveness),
             e(d.candidate.as_deref().unwrap_or("—")),
             if d.skipped { " (skipped)" } else { "" },
