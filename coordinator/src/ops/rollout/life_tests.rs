@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::keys::SigningKey;
-use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot};
+use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot, SlotMode};
 
 use super::*;
 use crate::base::store::TokenRecord;
@@ -138,7 +138,7 @@ impl Fleet {
                 models.push(ModelState {
                     name: "bc".into(),
                     version: c.version.clone(),
-                    slot: Slot::Canary,
+                    slot: c.mode.slot(),
                     state: LoadState::Ready,
                     reason: None,
                 });
@@ -151,30 +151,44 @@ impl Fleet {
                     r.last_seen_ms = Some(now);
                 })
                 .unwrap();
-            let errors =
-                if m.version == "1.1.0" { self.requests * self.candidate_errors_per_mille / 1000 } else { 0 };
-            let mut latency_us = LogHistogram::default();
-            latency_us.record_n(800.0, self.requests);
-            let window = ModelWindow {
-                model: "bc".into(),
-                version: m.version.clone(),
-                slot: Slot::Primary,
-                requests: self.requests,
-                errors,
-                rows: self.requests,
-                latency_us,
-                top_score: LogHistogram::default(),
-                label_counts: BTreeMap::new(),
+            // A canary answers its share of the requests; the primary the rest.
+            let share = match m.candidate.as_ref().map(|c| c.mode) {
+                Some(SlotMode::Canary { percent }) => u64::from(percent),
+                _ => 0,
             };
+            let candidate_requests = self.requests * share / 100;
+            let mut windows =
+                vec![self.window(&m.version, Slot::Primary, self.requests - candidate_requests)];
+            if let Some(c) = m.candidate.as_ref().filter(|_| candidate_requests > 0) {
+                windows.push(self.window(&c.version, Slot::Canary, candidate_requests));
+            }
             let report = Report {
                 window_start_ms: now - STEP_MS,
                 window_end_ms: now,
-                models: vec![window],
+                models: windows,
                 system: Default::default(),
                 prediction_log: Default::default(),
                 outbox: Default::default(),
             };
             self.slos.put_report(&id, &report).unwrap();
+        }
+    }
+
+    /// One window of `requests` answered by `version` in `slot`.
+    fn window(&self, version: &str, slot: Slot, requests: u64) -> ModelWindow {
+        let errors = if version == "1.1.0" { requests * self.candidate_errors_per_mille / 1000 } else { 0 };
+        let mut latency_us = LogHistogram::default();
+        latency_us.record_n(800.0, requests);
+        ModelWindow {
+            model: "bc".into(),
+            version: version.to_owned(),
+            slot,
+            requests,
+            errors,
+            rows: requests,
+            latency_us,
+            top_score: LogHistogram::default(),
+            label_counts: BTreeMap::new(),
         }
     }
 
@@ -200,9 +214,13 @@ impl Fleet {
 }
 
 fn spec(waves: &str, extra: &str) -> RolloutSpec {
+    spec_with(&format!(r#""waves": {waves}{extra}"#))
+}
+
+fn spec_with(fields: &str) -> RolloutSpec {
     serde_json::from_str(&format!(
-        r#"{{"model": "bc", "version": "1.1.0", "waves": {waves}, "bake_secs": 120,
-            "gates": ["error_rate<=+3%"], "max_extensions": 3 {extra}}}"#
+        r#"{{"model": "bc", "version": "1.1.0", "bake_secs": 120,
+            "gates": ["error_rate<=+3%"], "max_extensions": 3, {fields}}}"#
     ))
     .unwrap()
 }
@@ -291,4 +309,101 @@ fn a_quiet_device_is_skipped_under_the_skip_policy_and_fails_the_rollout_under_f
         assert_eq!(r.phase, expect, "{policy}: {:#?}", r.timeline);
         assert!(saw(&r, "dev-4"), "{policy}: the quiet device is named: {:#?}", r.timeline);
     }
+}
+
+#[test]
+fn a_canary_answers_growing_shares_then_every_target_switches() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let canary = spec_with(r#""strategy": "canary", "steps": [10, 50, 100]"#);
+    let started = engine.start(canary, "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 30);
+    assert_eq!(r.phase, Phase::Baking, "{:#?}", r.timeline);
+    // Step 1: every target keeps 1.0.0 as its primary and runs 1.1.0 as a 10 % canary.
+    for i in 0..DEVICES {
+        let desired = fleet.deployer.desired().get(&format!("dev-{i}")).unwrap().unwrap();
+        let m = &desired.models["bc"];
+        assert_eq!(m.version, "1.0.0");
+        assert_eq!(m.candidate.as_ref().unwrap().mode, SlotMode::Canary { percent: 10 });
+    }
+    let view = engine.view(r.clone()).unwrap();
+    assert!(view.devices.iter().all(|d| d.candidate.as_deref() == Some("1.1.0 canary (ready)")), "{view:#?}");
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert_eq!(r.phase, Phase::Succeeded, "{:#?}", r.timeline);
+    assert!(saw(&r, "as a canary answering 50% of requests"), "{:#?}", r.timeline);
+    for i in 0..DEVICES {
+        let desired = fleet.deployer.desired().get(&format!("dev-{i}")).unwrap().unwrap();
+        let m = &desired.models["bc"];
+        assert_eq!((m.version.as_str(), m.candidate.is_none()), ("1.1.0", true));
+    }
+}
+
+#[test]
+fn blue_green_loads_a_standby_everywhere_then_switches_at_once() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let started = engine.start(spec_with(r#""strategy": "blue-green""#), "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert_eq!(r.phase, Phase::Succeeded, "{:#?}", r.timeline);
+    assert!(saw(&r, "as a standby"), "{:#?}", r.timeline);
+    assert!(saw(&r, "switching them all at once"), "{:#?}", r.timeline);
+    assert_eq!(fleet.primary_of("dev-3"), "1.1.0");
+}
+
+#[test]
+fn operators_pause_resume_promote_and_abort() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let started = engine.start(spec("[20, 60, 100]", ""), "alice").unwrap();
+    // A second rollout of the same model is refused while this one is active.
+    let again = engine.start(spec("[100]", ""), "bob").unwrap_err();
+    assert!(matches!(again, RolloutError::Conflict(_)), "{again}");
+    let r = fleet.run(&engine, &started.id, 30);
+    assert_eq!(r.moved.len(), 1);
+
+    let (paused, sent) = engine.command(&started.id, "pause", "carol").unwrap();
+    assert_eq!((paused.phase, sent.len()), (Phase::Paused, 0));
+    fleet.clock.advance(600_000);
+    engine.tick().unwrap();
+    assert_eq!(engine.get(&started.id).unwrap().unwrap().moved.len(), 1, "a paused rollout does not move");
+    assert!(matches!(engine.command(&started.id, "sideways", "carol"), Err(RolloutError::Invalid(_))));
+
+    let (resumed, _) = engine.command(&started.id, "resume", "carol").unwrap();
+    assert_eq!(resumed.phase, Phase::Applying);
+    let (promoted, _) = engine.command(&started.id, "promote", "carol").unwrap();
+    assert!(promoted.promoted);
+    let r = fleet.run(&engine, &started.id, 120);
+    assert_eq!(r.phase, Phase::Succeeded, "{:#?}", r.timeline);
+    assert!(saw(&r, "promoted by carol"));
+    assert_eq!(fleet.primary_of("dev-4"), "1.1.0", "promote sends every target the version");
+    assert!(matches!(engine.command(&started.id, "pause", "carol"), Err(RolloutError::Conflict(_))));
+
+    // Back to 1.0.0 with a new rollout, aborted with a revert once it moved devices.
+    let back: RolloutSpec = serde_json::from_str(
+        r#"{"model": "bc", "version": "1.0.0", "waves": [40, 100], "gates": ["error_rate<=+3%"]}"#,
+    )
+    .unwrap();
+    let second = engine.start(back, "dave").unwrap();
+    let r = fleet.run(&engine, &second.id, 30);
+    assert_eq!(r.moved, ["dev-0", "dev-1"]);
+    assert_eq!(fleet.primary_of("dev-0"), "1.0.0");
+    let (aborted, sent) = engine.command(&second.id, "abort-revert", "dave").unwrap();
+    assert_eq!((aborted.phase, sent.len()), (Phase::Aborted, 2));
+    assert_eq!(fleet.primary_of("dev-0"), "1.1.0", "moved devices go back to what they ran");
+    assert!(matches!(engine.command("r-999999", "pause", "dave"), Err(RolloutError::NotFound(_))));
+}
+
+#[test]
+fn a_plan_reads_the_targets_recent_traffic() {
+    let fleet = Fleet::new();
+    let engine = fleet.engine();
+    let plan = engine.plan(&spec("[20, 60, 100]", "")).unwrap();
+    let text = serde_json::to_string(&plan).unwrap();
+    assert!(text.contains("error_rate<=+3%"), "{text}");
+    let none: RolloutSpec =
+        serde_json::from_str(r#"{"model": "bc", "version": "1.1.0", "selector": {"site": "nowhere"}}"#)
+            .unwrap();
+    assert!(matches!(engine.plan(&none), Err(RolloutError::Invalid(_))));
+    let missing: RolloutSpec = serde_json::from_str(r#"{"model": "bc", "version": "9.9.9"}"#).unwrap();
+    assert!(matches!(engine.start(missing, "x"), Err(RolloutError::NotFound(_))));
 }
