@@ -264,12 +264,13 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Parses the CLI form `NAME=PATH`.
-    pub fn parse_cli(spec: &str) -> Result<ModelConfig, String> {
-        let (name, path) = spec.split_once('=').ok_or_else(|| format!("`{spec}` is not NAME=PATH.onnx"))?;
+    pub fn parse_cli(spec: &str) -> Result<ModelConfig, ModelSpecError> {
+        let (name, path) =
+            spec.split_once('=').ok_or_else(|| ModelSpecError::NotNamePath(spec.to_owned()))?;
         if path.is_empty() {
-            return Err(format!("`{spec}` has no path after `=`"));
+            return Err(ModelSpecError::NoPath(spec.to_owned()));
         }
-        validate_name(name).map_err(|p| format!("model name `{name}` {p}"))?;
+        validate_name(name).map_err(|problem| ModelSpecError::Name { name: name.to_owned(), problem })?;
         Ok(ModelConfig {
             name: name.to_owned(),
             path: PathBuf::from(path),
@@ -282,12 +283,32 @@ impl ModelConfig {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// What is wrong with `--model NAME=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelSpecError {
+    #[error("`{0}` is not NAME=PATH.onnx")]
+    NotNamePath(String),
+    #[error("`{0}` has no path after `=`")]
+    NoPath(String),
+    #[error("model name `{name}` {problem}")]
+    Name { name: String, problem: BadName },
+}
+
+/// What is wrong with a model or version name (completes "name `x` …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadName {
+    #[error("must be 1 to 128 characters long")]
+    Length,
+    #[error("may only contain letters, digits, `_`, `-` and `.`")]
+    Characters,
+}
+
+fn validate_name(name: &str) -> Result<(), BadName> {
     if name.is_empty() || name.len() > 128 {
-        return Err("must be 1 to 128 characters long".into());
+        return Err(BadName::Length);
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err("may only contain letters, digits, `_`, `-` and `.`".into());
+        return Err(BadName::Characters);
     }
     Ok(())
 }
@@ -399,12 +420,12 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
-            validate_name(&model.name).map_err(|p| key(&format!("models[{i}].name"), &p))?;
+            validate_name(&model.name).map_err(|p| key(&format!("models[{i}].name"), &p.to_string()))?;
             if model.path.as_os_str().is_empty() {
                 return Err(key(&format!("models[{i}].path"), "must not be empty"));
             }
             if let Some(version) = &model.version {
-                validate_name(version).map_err(|p| key(&format!("models[{i}].version"), &p))?;
+                validate_name(version).map_err(|p| key(&format!("models[{i}].version"), &p.to_string()))?;
                 if !seen.insert((model.name.as_str(), version.as_str())) {
                     return Err(key(
                         &format!("models[{i}]"),
@@ -527,8 +548,8 @@ mod tests {
     #[test]
     fn cli_model_specs_are_checked() {
         assert_eq!(ModelConfig::parse_cli("bc=/m/x.onnx").unwrap().path, PathBuf::from("/m/x.onnx"));
-        assert!(ModelConfig::parse_cli("bc").unwrap_err().contains("NAME=PATH"));
-        assert!(ModelConfig::parse_cli("b c=x.onnx").unwrap_err().contains("may only contain"));
-        assert!(ModelConfig::parse_cli("bc=").unwrap_err().contains("no path"));
+        assert!(ModelConfig::parse_cli("bc").unwrap_err().to_string().contains("NAME=PATH"));
+        assert!(ModelConfig::parse_cli("b c=x.onnx").unwrap_err().to_string().contains("may only contain"));
+        assert!(ModelConfig::parse_cli("bc=").unwrap_err().to_string().contains("no path"));
     }
 }

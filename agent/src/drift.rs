@@ -165,6 +165,15 @@ fn prediction_values(outputs: &[Tensor], rows: usize) -> Option<(FeatureKind, Ve
     None
 }
 
+/// Why a model version cannot be watched for drift (it still serves).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unmonitorable {
+    #[error("the model has no inputs")]
+    NoInputs,
+    #[error("its first input `{input}` is {shape}, not a float matrix of the baseline's {features} features")]
+    Shape { input: String, shape: String, features: usize },
+}
+
 impl DriftMonitor {
     /// Sets up monitoring of `model` against `baseline`; `Err` says why it cannot be monitored.
     pub fn new(
@@ -172,21 +181,19 @@ impl DriftMonitor {
         name: &str,
         baseline: &Baseline,
         config: &DriftConfig,
-    ) -> Result<DriftMonitor, String> {
+    ) -> Result<DriftMonitor, Unmonitorable> {
         let signature = model.signature();
         let features: Vec<String> = baseline.features.iter().map(|f| f.name.clone()).collect();
-        let first = signature.inputs.first().ok_or("the model has no inputs")?;
+        let first = signature.inputs.first().ok_or(Unmonitorable::NoInputs)?;
         let fits = matches!(first.datatype, DataType::F32 | DataType::F64)
             && first.shape.len() == 2
             && matches!(first.shape[1], Dim::Fixed(n) if n == features.len());
         if !fits {
-            return Err(format!(
-                "its first input `{}` is {:?} {}, not a float matrix of the baseline's {} features",
-                first.name,
-                first.datatype,
-                first.shape_string(),
-                features.len()
-            ));
+            return Err(Unmonitorable::Shape {
+                input: first.name.clone(),
+                shape: format!("{:?} {}", first.datatype, first.shape_string()),
+                features: features.len(),
+            });
         }
         let mut reference = vec![Vec::new(); features.len()];
         for row in &baseline.sample {

@@ -6,9 +6,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("invalid log level `{level}`: {detail}")]
+    Level { level: String, detail: String },
+    #[error("cannot install logger: {0}")]
+    Install(String),
+}
+
 /// Installs the global subscriber. `filter` is a `tracing` directive such as `info`.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log level `{filter}`: {e}"))?;
+pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| LoggingError::Level { level: filter.to_owned(), detail: e.to_string() })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => {
@@ -16,7 +26,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
         }
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
-    result.map_err(|e| format!("cannot install logger: {e}"))?;
+    result.map_err(|e| LoggingError::Install(e.to_string()))?;
     // A panic anywhere (e.g. inside a model run, which the worker survives) is logged as an event.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "panic");

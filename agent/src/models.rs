@@ -345,7 +345,7 @@ pub fn load_bundle(
     let manifest = &bundle.manifest;
     let (model, evidence) = bundle
         .load_model()
-        .map_err(|reason| ValidationFailure { version: Some(manifest.version.clone()), reason })?;
+        .map_err(|e| ValidationFailure { version: Some(manifest.version.clone()), reason: e.to_string() })?;
     let monitor = manifest.baseline.as_ref().and_then(|baseline| {
         match crate::drift::DriftMonitor::new(&model, &manifest.name, baseline, drift) {
             Ok(monitor) => Some(Arc::new(monitor)),

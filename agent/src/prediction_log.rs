@@ -125,7 +125,7 @@ struct Segment {
 
 enum Command {
     Append(Vec<PredictionRecord>),
-    Flush(std::sync::mpsc::Sender<Result<(), String>>),
+    Flush(std::sync::mpsc::Sender<Result<(), sled::Error>>),
 }
 
 /// The prediction log. Cheap to share behind an `Arc`; dropping it flushes and stops the writer.
@@ -562,10 +562,10 @@ impl Writer {
         self.roll_and_evict();
     }
 
-    fn flush(&self) -> Result<(), String> {
+    fn flush(&self) -> Result<(), sled::Error> {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
         for segment in segments.iter() {
-            segment.db.flush().map_err(|e| e.to_string())?;
+            segment.db.flush()?;
         }
         drop(segments);
         self.refresh_disk_stats();

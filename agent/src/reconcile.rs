@@ -51,6 +51,17 @@ pub enum Applied {
     Refused { version: String, reason: String },
 }
 
+/// Why a stored version could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    #[error(transparent)]
+    Store(#[from] crate::model_store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("loader crashed: {0}")]
+    Crashed(String),
+}
+
 impl Reconciler {
     /// Applies the store now and then whenever it changes, until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -136,7 +147,8 @@ impl Reconciler {
                         }));
                         format!("model `{name}` candidate {} loaded as {}", w.version, describe(w.mode))
                     }
-                    Err(reason) => {
+                    Err(failure) => {
+                        let reason = failure.to_string();
                         entry.set_refusal(Some(format!("{} (candidate): {reason}", w.version)));
                         return Some((w.version.clone(), reason));
                     }
@@ -230,15 +242,15 @@ impl Reconciler {
 
     /// Reads `name@version` from the store, verifies it against the trusted keys again, loads
     /// and validates it, off the executor.
-    async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, String> {
+    async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, LoadFailure> {
         let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
         let (n, v) = (name.to_owned(), version.to_owned());
         tokio::task::spawn_blocking(move || {
-            let bundle = store.read(&n, &v, &trusted).map_err(|e| e.to_string())?;
-            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| e.reason)
+            let bundle = store.read(&n, &v, &trusted)?;
+            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| LoadFailure::Invalid(e.reason))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("loader crashed: {e}")))
+        .unwrap_or_else(|e| Err(LoadFailure::Crashed(e.to_string())))
     }
 
     /// Brings model `name` to `version`.
@@ -285,7 +297,8 @@ impl Reconciler {
                 entry.set_refusal(None);
                 Applied::Swapped { from: serving, to: version.to_owned() }
             }
-            Err(reason) => {
+            Err(failure) => {
+                let reason = failure.to_string();
                 entry.set_refusal(Some(format!("{version}: {reason}")));
                 if serving.is_none() {
                     self.metrics.set_model_state(name, version, "failed");

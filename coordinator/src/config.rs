@@ -215,7 +215,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
-        self.watchdog.validate().map_err(ConfigError::Invalid)?;
+        self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.api.listen.ip().is_unspecified() && self.api.advertised_url.is_none() {
             return Err(key(
                 "api.advertised_url",

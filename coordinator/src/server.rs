@@ -167,10 +167,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             }),
         })?,
     );
-    let alerts_task = tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), shutdown_rx.clone()));
+    // Every engine reads the same clock.
+    let clock = crate::base::clock::Clock::system();
+    let alerts_task =
+        tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), clock.clone(), shutdown_rx.clone()));
     let retention_task = tokio::spawn(crate::monitoring::retention::run(
         store.clone(),
         config.retention.clone(),
+        clock.clone(),
         shutdown_rx.clone(),
     ));
     let audit = Arc::new(audit);
@@ -190,13 +194,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Arc::clone(&authority),
         Arc::clone(&audit),
         metrics.clone(),
+        clock.clone(),
     )?);
     let rollouts = Arc::new(crate::ops::rollout::Rollouts::new(
         &store,
         deployer.clone(),
         config.fleet.clone(),
         metrics.clone(),
-        crate::base::clock::Clock::system(),
+        clock,
     )?);
     let state = Arc::new(AppState {
         rollouts: Arc::clone(&rollouts),

@@ -168,12 +168,16 @@ pub struct Baseline {
 
 impl Baseline {
     /// Computes statistics over `rows` (one value per feature in `names`; NaN = missing).
-    pub fn compute(names: &[String], rows: &[Vec<f64>], source_sha256: &str) -> Result<Baseline, String> {
+    pub fn compute(
+        names: &[String],
+        rows: &[Vec<f64>],
+        source_sha256: &str,
+    ) -> Result<Baseline, ManifestError> {
         if rows.is_empty() {
-            return Err("the baseline dataset has no rows".into());
+            return Err(ManifestError::NoBaselineRows);
         }
         if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != names.len()) {
-            return Err(format!("baseline row {} has {} values, expected {}", i + 1, row.len(), names.len()));
+            return Err(ManifestError::BaselineRow { row: i + 1, values: row.len(), expected: names.len() });
         }
         let features = names
             .iter()
@@ -259,13 +263,51 @@ pub struct Manifest {
     pub card: Option<String>,
 }
 
+/// What is wrong with a manifest (or the baseline or name going into one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("name `{0}` must be 1 to 128 characters long")]
+    NameLength(String),
+    #[error("name `{0}` may only contain letters, digits, `_`, `-` and `.`")]
+    NameCharacters(String),
+    #[error("version `{version}`: {detail}")]
+    Version { version: String, detail: String },
+    #[error("version `{0}` carries build metadata, which semver ignores in ordering")]
+    BuildMetadata(String),
+    #[error("{what} `{value}` is not 64 lowercase hex digits")]
+    Sha256 { what: &'static str, value: String },
+    #[error("the model schema must name at least one input and one output")]
+    EmptySchema,
+    #[error("baseline sample row has {values} values for {features} features")]
+    SampleRow { values: usize, features: usize },
+    #[error("reference format version {0} is not supported")]
+    ReferenceFormat(u32),
+    #[error("the baseline dataset has no rows")]
+    NoBaselineRows,
+    #[error("baseline row {row} has {values} values, expected {expected}")]
+    BaselineRow { row: usize, values: usize, expected: usize },
+}
+
+/// Why a bundle's model cannot serve.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Model(String),
+    #[error("the model's schema ({actual}) is not the one the manifest declares ({declared})")]
+    Schema { actual: String, declared: String },
+    #[error("does not reproduce the bundle's reference outputs: {0}")]
+    Reference(String),
+    #[error("sample run failed: {0}")]
+    Sample(String),
+}
+
 /// Checks a model or version name: 1–128 of letters, digits, `_`, `-`, `.`.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), ManifestError> {
     if name.is_empty() || name.len() > 128 {
-        return Err(format!("name `{name}` must be 1 to 128 characters long"));
+        return Err(ManifestError::NameLength(name.chars().take(200).collect()));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(format!("name `{name}` may only contain letters, digits, `_`, `-` and `.`"));
+        return Err(ManifestError::NameCharacters(name.to_owned()));
     }
     Ok(())
 }
@@ -276,43 +318,36 @@ fn is_sha256_hex(s: &str) -> bool {
 
 impl Manifest {
     /// Checks what the types cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManifestError> {
         check_name(&self.name)?;
-        let version =
-            semver::Version::parse(&self.version).map_err(|e| format!("version `{}`: {e}", self.version))?;
+        let version = semver::Version::parse(&self.version)
+            .map_err(|e| ManifestError::Version { version: self.version.clone(), detail: e.to_string() })?;
         if !version.build.is_empty() {
-            return Err(format!(
-                "version `{}` carries build metadata, which semver ignores in ordering",
-                self.version
-            ));
+            return Err(ManifestError::BuildMetadata(self.version.clone()));
         }
         if !is_sha256_hex(&self.model.sha256) {
-            return Err(format!("model sha256 `{}` is not 64 lowercase hex digits", self.model.sha256));
+            return Err(ManifestError::Sha256 { what: "model sha256", value: self.model.sha256.clone() });
         }
         for (what, hash) in [
             ("training.dataset_sha256", self.training.dataset_sha256.as_deref()),
             ("baseline.source_sha256", self.baseline.as_ref().map(|b| b.source_sha256.as_str())),
         ] {
             if let Some(hash) = hash.filter(|h| !is_sha256_hex(h)) {
-                return Err(format!("{what} `{hash}` is not 64 lowercase hex digits"));
+                return Err(ManifestError::Sha256 { what, value: hash.to_owned() });
             }
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
-            return Err("the model schema must name at least one input and one output".into());
+            return Err(ManifestError::EmptySchema);
         }
         if let Some(baseline) = &self.baseline
             && let Some(row) = baseline.sample.iter().find(|r| r.len() != baseline.features.len())
         {
-            return Err(format!(
-                "baseline sample row has {} values for {} features",
-                row.len(),
-                baseline.features.len()
-            ));
+            return Err(ManifestError::SampleRow { values: row.len(), features: baseline.features.len() });
         }
         if let Some(reference) = &self.reference
             && reference.format_version != crate::reference::FORMAT_VERSION
         {
-            return Err(format!("reference format version {} is not supported", reference.format_version));
+            return Err(ManifestError::ReferenceFormat(reference.format_version));
         }
         Ok(())
     }
@@ -393,7 +428,7 @@ impl Bundle {
     /// Builds an unsigned bundle; `manifest.model` is filled in from `model`.
     pub fn build(mut manifest: Manifest, model: Vec<u8>) -> Result<Bundle, BundleError> {
         manifest.model = ModelFile { sha256: sha256_hex(&model), size: model.len() as u64 };
-        manifest.validate().map_err(BundleError::Manifest)?;
+        manifest.validate().map_err(|e| BundleError::Manifest(e.to_string()))?;
         let manifest_bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
         if manifest_bytes.len() > MAX_MANIFEST_BYTES {
@@ -473,7 +508,7 @@ impl Bundle {
         }
         let manifest: Manifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
-        manifest.validate().map_err(BundleError::Manifest)?;
+        manifest.validate().map_err(|e| BundleError::Manifest(e.to_string()))?;
         if manifest.model.size != model_len {
             return Err(BundleError::ModelSize { expected: manifest.model.size, found: model_len });
         }
@@ -525,22 +560,20 @@ impl Bundle {
     /// the declared one, and it must reproduce the reference outputs (or, without references,
     /// run once on an all-zero sample). Returns the model and what was checked. Check the
     /// signature first ([`Bundle::open`]); this is the expensive part.
-    pub fn load_model(&self) -> Result<(crate::Model, String), String> {
+    pub fn load_model(&self) -> Result<(crate::Model, String), LoadError> {
         let manifest = &self.manifest;
-        let model = crate::Model::load_bytes(&self.model, None).map_err(|e| e.to_string())?;
+        let model =
+            crate::Model::load_bytes(&self.model, None).map_err(|e| LoadError::Model(e.to_string()))?;
         let (inputs, outputs) = TensorSchema::of(model.signature());
         if inputs != manifest.inputs || outputs != manifest.outputs {
-            return Err(format!(
-                "the model's schema ({}) is not the one the manifest declares ({})",
-                describe_schema(&inputs, &outputs),
-                describe_schema(&manifest.inputs, &manifest.outputs)
-            ));
+            return Err(LoadError::Schema {
+                actual: describe_schema(&inputs, &outputs),
+                declared: describe_schema(&manifest.inputs, &manifest.outputs),
+            });
         }
         let evidence = match &manifest.reference {
             Some(reference) => {
-                let report = reference
-                    .verify(&model)
-                    .map_err(|e| format!("does not reproduce the bundle's reference outputs: {e}"))?;
+                let report = reference.verify(&model).map_err(|e| LoadError::Reference(e.to_string()))?;
                 let compared: Vec<String> = report
                     .outputs
                     .iter()
@@ -553,7 +586,7 @@ impl Bundle {
                     .sample_inputs(1)
                     .and_then(|inputs| model.run(inputs))
                     .and_then(|outputs| model.check_outputs(&outputs))
-                    .map_err(|e| format!("sample run failed: {e}"))?;
+                    .map_err(|e| LoadError::Sample(e.to_string()))?;
                 "ran an all-zero sample (the bundle has no reference outputs)".to_owned()
             }
         };

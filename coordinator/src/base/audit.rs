@@ -6,11 +6,11 @@
 //! number and hash are also kept in the state database (tree `meta`, key `audit_head`), so
 //! [`verify`] detects an edited entry (its hash no longer matches), a removed one (the chain
 //! or the numbering breaks) and a truncated tail (the file ends before the recorded head).
-//! Entries are fsynced before the API answers.
+//! Entries are fsynced before the API answers; one writer thread fsyncs whatever is waiting at
+//! once (group commit), so concurrent requests share an fsync and none holds the executor.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,13 +40,13 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    fn compute_hash(&self) -> String {
+    fn compute_hash(&self) -> Result<String, StoreError> {
         let mut unsigned = self.clone();
         unsigned.hash = String::new();
-        let body = serde_json::to_vec(&unsigned).unwrap_or_default();
+        let body = crate::base::store::encode(&format!("audit entry {}", self.seq), &unsigned)?;
         let mut input = self.prev.as_bytes().to_vec();
         input.extend_from_slice(&body);
-        outpost_shared::bundle::sha256_hex(&input)
+        Ok(outpost_shared::bundle::sha256_hex(&input))
     }
 }
 
@@ -88,12 +88,38 @@ struct Head {
     hash: String,
 }
 
-/// The open log.
+/// What a caller asks to append.
+struct Pending {
+    actor: String,
+    role: String,
+    action: String,
+    target: String,
+    outcome: String,
+    detail: String,
+}
+
+/// Where the writer sends the outcome.
+enum Reply {
+    Blocking(std::sync::mpsc::SyncSender<Result<AuditEntry, AuditError>>),
+    Async(tokio::sync::oneshot::Sender<Result<AuditEntry, AuditError>>),
+}
+
+struct Job {
+    pending: Pending,
+    reply: Reply,
+}
+
+/// Entries one fsync covers at most.
+const GROUP: usize = 256;
+
+/// The open log. Appends go to one writer thread, which writes every entry waiting at that moment
+/// and makes them durable with one fsync (group commit), then answers each caller: an entry is on
+/// disk before [`AuditLog::record`] or [`AuditLog::append`] returns, and no caller's fsync blocks
+/// the async executor.
 pub struct AuditLog {
     path: PathBuf,
     meta: sled::Tree,
-    store: Store,
-    head: Mutex<Head>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -111,24 +137,123 @@ fn read_head(meta: &sled::Tree) -> Result<Option<(u64, String)>, AuditError> {
     }))
 }
 
+/// The writer thread's state: the chain's head as last made durable.
+struct Writer {
+    path: PathBuf,
+    meta: sled::Tree,
+    store: Store,
+    head: Head,
+}
+
+impl Writer {
+    fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let written = self.write(group.iter().map(|j| &j.pending));
+            for (i, job) in group.into_iter().enumerate() {
+                let outcome = match &written {
+                    Ok(entries) => Ok(entries[i].clone()),
+                    // Each caller gets its own copy of what went wrong.
+                    Err(e) => Err(AuditError::Storage(e.to_string())),
+                };
+                match job.reply {
+                    Reply::Blocking(tx) => drop(tx.send(outcome)),
+                    Reply::Async(tx) => drop(tx.send(outcome)),
+                }
+            }
+        }
+    }
+
+    /// Chains, writes and fsyncs a group; the head moves only once it is all on disk.
+    fn write<'a>(&mut self, group: impl Iterator<Item = &'a Pending>) -> Result<Vec<AuditEntry>, AuditError> {
+        let (mut seq, mut prev) = (self.head.seq, self.head.hash.clone());
+        let mut entries = Vec::new();
+        let mut bytes = Vec::new();
+        for p in group {
+            seq += 1;
+            let mut entry = AuditEntry {
+                seq,
+                at_ms: now_ms(),
+                actor: p.actor.clone(),
+                role: p.role.clone(),
+                action: p.action.clone(),
+                target: p.target.clone(),
+                outcome: p.outcome.clone(),
+                detail: p.detail.chars().take(2000).collect(),
+                prev: prev.clone(),
+                hash: String::new(),
+            };
+            entry.hash = entry.compute_hash()?;
+            bytes.extend(crate::base::store::encode(&format!("audit entry {seq}"), &entry)?);
+            bytes.push(b'\n');
+            prev = entry.hash.clone();
+            entries.push(entry);
+        }
+        let io = |source| AuditError::Io { path: self.path.clone(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.meta
+            .insert(HEAD_KEY, format!("{seq} {prev}").as_bytes())
+            .map_err(|e| AuditError::Storage(e.to_string()))?;
+        self.store.flush()?;
+        self.head = Head { seq, hash: prev };
+        Ok(entries)
+    }
+}
+
 impl AuditLog {
-    /// Opens the log; the chain continues from the head recorded in the state database.
+    /// Opens the log and starts its writer; the chain continues from the head recorded in the
+    /// state database.
     pub fn open(data_dir: &Path, store: &Store) -> Result<AuditLog, AuditError> {
         let meta = store.tree("meta")?;
         let (seq, hash) = read_head(&meta)?.unwrap_or((0, GENESIS.to_owned()));
-        Ok(AuditLog {
-            path: data_dir.join("audit.log"),
-            meta,
-            store: store.clone(),
-            head: Mutex::new(Head { seq, hash }),
-        })
+        let path = data_dir.join("audit.log");
+        let writer =
+            Writer { path: path.clone(), meta: meta.clone(), store: store.clone(), head: Head { seq, hash } };
+        let (jobs, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| AuditError::Io { path: path.clone(), source })?;
+        Ok(AuditLog { path, meta, jobs })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one entry and makes it durable.
+    fn job(
+        actor: &str,
+        role: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+        reply: Reply,
+    ) -> Job {
+        let pending = Pending {
+            actor: actor.to_owned(),
+            role: role.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+        };
+        Job { pending, reply }
+    }
+
+    fn stopped() -> AuditError {
+        AuditError::Storage("the audit writer has stopped".into())
+    }
+
+    /// Appends one entry and returns once it is durable (blocking: for threads that may block).
     pub fn record(
         &self,
         actor: &str,
@@ -138,33 +263,26 @@ impl AuditLog {
         outcome: &str,
         detail: &str,
     ) -> Result<AuditEntry, AuditError> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let mut entry = AuditEntry {
-            seq: head.seq + 1,
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            role: role.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            outcome: outcome.to_owned(),
-            detail: detail.chars().take(2000).collect(),
-            prev: head.hash.clone(),
-            hash: String::new(),
-        };
-        entry.hash = entry.compute_hash();
-        let io = |source| AuditError::Io { path: self.path.clone(), source };
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
-        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-        line.push(b'\n');
-        file.write_all(&line).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        self.meta
-            .insert(HEAD_KEY, format!("{} {}", entry.seq, entry.hash).as_bytes())
-            .map_err(|e| AuditError::Storage(e.to_string()))?;
-        self.store.flush()?;
-        head.seq = entry.seq;
-        head.hash = entry.hash.clone();
-        Ok(entry)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = Self::job(actor, role, action, target, outcome, detail, Reply::Blocking(tx));
+        self.jobs.send(job).map_err(|_| Self::stopped())?;
+        rx.recv().map_err(|_| Self::stopped())?
+    }
+
+    /// [`AuditLog::record`] for async callers: waits without holding an executor thread.
+    pub async fn append(
+        &self,
+        actor: &str,
+        role: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<AuditEntry, AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Self::job(actor, role, action, target, outcome, detail, Reply::Async(tx));
+        self.jobs.send(job).map_err(|_| Self::stopped())?;
+        rx.await.map_err(|_| Self::stopped())?
     }
 
     /// The newest `limit` entries, oldest first.
@@ -210,7 +328,7 @@ pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<u64, Broken> {
         if entry.prev != prev {
             return Err(Broken::ChainBroken { seq: entry.seq });
         }
-        if entry.compute_hash() != entry.hash {
+        if entry.compute_hash().map_err(|e| Broken::Unreadable(e.to_string()))? != entry.hash {
             return Err(Broken::Edited(entry.seq));
         }
         prev = entry.hash.clone();
@@ -268,5 +386,31 @@ mod tests {
         std::fs::write(audit.path(), &original).unwrap();
         assert_eq!(audit.verify(), Ok(4));
         assert_eq!(audit.tail(2).unwrap()[1].target, "bc@1.3.0");
+    }
+
+    #[test]
+    fn concurrent_appends_keep_one_chain_and_every_caller_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = std::sync::Arc::new(log(dir.path()));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let audit = std::sync::Arc::clone(&audit);
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            audit.record("t", "operator", "deploy", &format!("{t}-{i}"), "ok", "").unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every caller got its own, durable entry");
+        assert_eq!(audit.verify(), Ok(200));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let entry = runtime.block_on(audit.append("bob", "admin", "token.create", "ci", "ok", "")).unwrap();
+        assert_eq!(entry.seq, 201);
+        assert_eq!(audit.verify(), Ok(201));
     }
 }

@@ -217,6 +217,16 @@ fn envelope_key(device: &str, seq: u64) -> Vec<u8> {
     key
 }
 
+/// [`encode`] inside a sled transaction: a value that cannot be encoded fails the transaction
+/// as a storage error naming what it was.
+fn encode_in_tx<T: Serialize, E>(what: &str, value: &T) -> Result<Vec<u8>, ConflictableTransactionError<E>> {
+    serde_json::to_vec(value).map_err(|e| {
+        ConflictableTransactionError::Storage(sled::Error::Unsupported(format!(
+            "cannot encode the {what}: {e}"
+        )))
+    })
+}
+
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
     ConflictableTransactionError::Abort(e)
 }
@@ -258,7 +268,7 @@ impl Store {
     }
 
     pub fn add_token(&self, token_hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+        let value = encode(&format!("tokens/{token_hash}"), record)?;
         self.tokens.insert(token_hash.as_bytes(), value).map_err(|e| self.storage(e))?;
         self.flush()
     }
@@ -298,8 +308,8 @@ impl Store {
                 }
                 token.used_by = Some(device.id.clone());
                 token.used_at_ms = Some(now);
-                tokens.insert(token_hash.as_bytes(), serde_json::to_vec(&token).unwrap_or_default())?;
-                devices.insert(device.id.as_bytes(), serde_json::to_vec(&device).unwrap_or_default())?;
+                tokens.insert(token_hash.as_bytes(), encode_in_tx("token", &token)?)?;
+                devices.insert(device.id.as_bytes(), encode_in_tx("device", &device)?)?;
                 keys.insert(device.key_id.as_bytes(), device.id.as_bytes())?;
                 Ok(device)
             });
@@ -369,7 +379,7 @@ impl Store {
                 }
                 Stored::Duplicate | Stored::Conflict => record.counts.duplicates += 1,
             }
-            devices.insert(device.as_bytes(), serde_json::to_vec(&record).unwrap_or_default())?;
+            devices.insert(device.as_bytes(), encode_in_tx("device", &record)?)?;
             Ok(outcome)
         });
         match result {

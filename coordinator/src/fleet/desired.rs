@@ -107,8 +107,9 @@ impl Desired {
             record.revision += 1;
             record.updated_at_ms = now_ms();
             record.updated_by = by.to_owned();
+            let value = crate::base::store::encode(&format!("desired/{device}"), &record)?;
             self.tree
-                .insert(device.as_bytes(), serde_json::to_vec(&record).unwrap_or_default())
+                .insert(device.as_bytes(), value)
                 .map_err(|e| StoreError::Corrupt { key: device.clone(), detail: e.to_string() })?;
             changed.push((device.clone(), record));
         }

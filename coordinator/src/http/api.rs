@@ -290,7 +290,8 @@ async fn create_token(
         "enrolment_token.create",
         &format!("{:?}", record.labels),
         Ok(&format!("ttl {ttl} s")),
-    );
+    )
+    .await;
     Ok(Json(TokenResponse { token, expires_at_ms: record.expires_at_ms, labels: request.labels }))
 }
 
@@ -326,7 +327,9 @@ async fn enrol(
     State(state): State<Arc<AppState>>,
     body: Result<Json<EnrolRequest>, JsonRejection>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
-    let result = enrol_inner(&state, body);
+    // CSR signing and the store transaction are blocking work: off the executor.
+    let st = Arc::clone(&state);
+    let result = registry::blocking(move || enrol_inner(&st, body)).await.and_then(|r| r);
     let label = match &result {
         Ok(_) => "enrolled",
         Err(ApiError(StatusCode::CONFLICT, _)) => "refused",
@@ -508,7 +511,8 @@ async fn import_telemetry(
     );
     let detail =
         format!("stored {}, duplicates {}, rejected {:?}", report.stored, report.duplicates, report.rejected);
-    registry::audit(&state, &who, "telemetry.import", report.device.as_deref().unwrap_or("-"), Ok(&detail));
+    registry::audit(&state, &who, "telemetry.import", report.device.as_deref().unwrap_or("-"), Ok(&detail))
+        .await;
     Ok(Json(report))
 }
 

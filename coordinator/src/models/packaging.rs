@@ -218,7 +218,10 @@ pub fn build(spec: &BuildSpec, now_secs: u64) -> Result<(Bundle, String), Packag
             let names: Vec<String> = features.iter().map(|&f| table.columns[f].clone()).collect();
             let rows: Vec<Vec<f64>> =
                 table.rows.iter().map(|r| features.iter().map(|&f| r[f]).collect()).collect();
-            Some(Baseline::compute(&names, &rows, &table.sha256).map_err(PackagingError::Invalid)?)
+            Some(
+                Baseline::compute(&names, &rows, &table.sha256)
+                    .map_err(|e| PackagingError::Invalid(e.to_string()))?,
+            )
         }
     };
     let card = match &spec.card {

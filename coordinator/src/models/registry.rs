@@ -23,7 +23,7 @@ use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_h
 use outpost_shared::protocol::keys::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{Store, StoreError, now_ms};
+use crate::base::store::{Store, StoreError, encode, now_ms};
 
 /// A stage name that is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -209,7 +209,7 @@ impl Registry {
     }
 
     fn put(&self, record: &VersionRecord) -> Result<(), RegistryError> {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+        let value = encode(&format!("registry/{}", record.id()), record)?;
         self.tree.insert(key(&record.name, &record.version), value).map_err(Self::storage)?;
         self.store.flush()?;
         Ok(())
@@ -315,7 +315,7 @@ impl Registry {
             .compare_and_swap(
                 key(&name, &version),
                 None::<&[u8]>,
-                Some(serde_json::to_vec(&record).unwrap_or_default()),
+                Some(encode(&format!("registry/{}", record.id()), &record)?),
             )
             .map_err(Self::storage)?;
         if inserted.is_err() {
@@ -520,10 +520,10 @@ impl Registry {
         name: &str,
         policy: &crate::models::validation::Policy,
     ) -> Result<(), RegistryError> {
-        outpost_shared::bundle::check_name(name).map_err(RegistryError::Invalid)?;
+        outpost_shared::bundle::check_name(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let key = format!("policy\0{name}");
         self.policies
-            .insert(key.as_bytes(), serde_json::to_vec(policy).unwrap_or_default())
+            .insert(key.as_bytes(), encode(&format!("registry_policies/{name}"), policy)?)
             .map_err(Self::storage)?;
         self.store.flush()?;
         Ok(())

@@ -329,7 +329,7 @@ pub fn run(
     production: Option<&Report>,
 ) -> Result<Report, ValidationError> {
     let manifest = &bundle.manifest;
-    let (model, _) = bundle.load_model().map_err(ValidationError::Load)?;
+    let (model, _) = bundle.load_model().map_err(|e| ValidationError::Load(e.to_string()))?;
     let signature = model.signature();
     if signature.inputs.len() != 1
         || !signature.inputs[0].datatype.is_float()

@@ -100,7 +100,7 @@ impl Predictions {
     pub fn put(&self, device: &str, batch: &PredictionBatch) -> Result<(), StoreError> {
         let mut writes = sled::Batch::default();
         for r in &batch.records {
-            writes.insert(key(&r.model, device, r.id), serde_json::to_vec(&slim(r)).unwrap_or_default());
+            writes.insert(key(&r.model, device, r.id), crate::base::store::encode("prediction", &slim(r))?);
         }
         self.tree.apply_batch(writes).map_err(|e| self.store.storage_error(e))
     }

@@ -88,10 +88,8 @@ impl Labels {
                 predicted_at_ms: l.predicted_at_ms,
                 labelled_at_ms: l.labelled_at_ms,
             };
-            writes.insert(
-                key(&l.model, device, l.prediction_id),
-                serde_json::to_vec(&value).unwrap_or_default(),
-            );
+            writes
+                .insert(key(&l.model, device, l.prediction_id), crate::base::store::encode("label", &value)?);
         }
         self.tree.apply_batch(writes).map_err(|e| self.store.storage_error(e))
     }

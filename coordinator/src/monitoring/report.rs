@@ -46,7 +46,8 @@ impl History {
     pub fn put(&self, device: &str, report: &DriftReport) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for m in &report.models {
-            batch.insert(key(&m.model, report.at_ms, device), serde_json::to_vec(m).unwrap_or_default());
+            batch
+                .insert(key(&m.model, report.at_ms, device), crate::base::store::encode("drift verdict", m)?);
         }
         self.tree.apply_batch(batch).map_err(|e| self.store.storage_error(e))
     }

@@ -85,10 +85,14 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
 }
 
 /// Prunes at start and then hourly until `stop`.
-pub async fn run(store: Store, config: RetentionConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    store: Store,
+    config: RetentionConfig,
+    clock: crate::base::clock::Clock,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let cutoff =
-            crate::base::store::now_ms().saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
+        let cutoff = clock.now_ms().saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
         let s = store.clone();
         match tokio::task::spawn_blocking(move || prune(&s, cutoff)).await {
             Ok(Ok(p)) if p != Pruned::default() => {

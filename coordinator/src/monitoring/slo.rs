@@ -19,7 +19,7 @@ use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{Report, ShadowReport};
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{Store, StoreError};
+use crate::base::store::{Store, StoreError, encode};
 use crate::monitoring::quality::Labels;
 
 /// A model's objectives.
@@ -215,10 +215,8 @@ impl Slos {
         for w in report.models.iter().filter(|w| w.requests > 0) {
             let value =
                 TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
-            batch.insert(
-                traffic_key(&w.model, report.window_end_ms, device, &w.version),
-                serde_json::to_vec(&value).unwrap_or_default(),
-            );
+            let key = traffic_key(&w.model, report.window_end_ms, device, &w.version);
+            batch.insert(key, encode("traffic window", &value)?);
         }
         self.traffic.apply_batch(batch).map_err(|e| self.err(e))
     }
@@ -228,10 +226,8 @@ impl Slos {
         let mut batch = sled::Batch::default();
         for w in &report.models {
             let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
-            batch.insert(
-                traffic_key(&w.model, report.window_end_ms, device, &w.version),
-                serde_json::to_vec(&value).unwrap_or_default(),
-            );
+            let key = traffic_key(&w.model, report.window_end_ms, device, &w.version);
+            batch.insert(key, encode("shadow window", &value)?);
         }
         self.shadow.apply_batch(batch).map_err(|e| self.err(e))
     }
@@ -293,7 +289,7 @@ impl Slos {
 
     pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {
         self.specs
-            .insert(model.as_bytes(), serde_json::to_vec(spec).unwrap_or_default())
+            .insert(model.as_bytes(), encode(&format!("slos/{model}"), spec)?)
             .map_err(|e| self.err(e))?;
         Ok(())
     }

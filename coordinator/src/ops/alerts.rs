@@ -320,10 +320,8 @@ impl AlertEngine {
 
     fn put(&self, record: &AlertRecord) -> Result<(), StoreError> {
         let key = fingerprint(&record.labels);
-        self.tree
-            .insert(key.as_bytes(), serde_json::to_vec(record).unwrap_or_default())
-            .map(|_| ())
-            .map_err(|e| self.store.storage_error(e))
+        let value = crate::base::store::encode(&format!("alerts/{key}"), record)?;
+        self.tree.insert(key.as_bytes(), value).map(|_| ()).map_err(|e| self.store.storage_error(e))
     }
 
     /// One evaluation: compare the rules' view with the stored alerts, store, notify (blocking).
@@ -560,15 +558,19 @@ fn new_record(c: Candidate, now_ms: u64) -> AlertRecord {
 }
 
 /// Runs the engine every `evaluate_secs` until `stop`.
-pub async fn run(engine: std::sync::Arc<AlertEngine>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    engine: std::sync::Arc<AlertEngine>,
+    clock: crate::base::clock::Clock,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let every = Duration::from_secs(engine.config.evaluate_secs);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let e = std::sync::Arc::clone(&engine);
-        match tokio::task::spawn_blocking(move || e.tick(crate::base::store::now_ms())).await {
+        let (e, now) = (std::sync::Arc::clone(&engine), clock.now_ms());
+        match tokio::task::spawn_blocking(move || e.tick(now)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "alert evaluation failed"),
             Err(e) => tracing::error!(error = %e, "alert evaluation task failed"),

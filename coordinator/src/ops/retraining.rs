@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::base::audit::AuditLog;
+use crate::base::clock::Clock;
 use crate::base::metrics::Metrics;
-use crate::base::store::{Store, StoreError, now_ms};
+use crate::base::store::{Store, StoreError};
 use crate::fleet::ca::Authority;
 use crate::models::validation::ValidateOptions;
 use crate::monitoring::dataset::Predictions;
@@ -183,6 +184,7 @@ pub struct Retraining {
     authority: Arc<Authority>,
     audit: Arc<AuditLog>,
     metrics: Metrics,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Retraining {
@@ -201,6 +203,7 @@ impl Retraining {
         authority: Arc<Authority>,
         audit: Arc<AuditLog>,
         metrics: Metrics,
+        clock: Clock,
     ) -> Result<Retraining, StoreError> {
         Ok(Retraining {
             tree: store.tree(RUNS_TREE)?,
@@ -213,12 +216,13 @@ impl Retraining {
             authority,
             audit,
             metrics,
+            clock,
         })
     }
 
     /// Writes one audit entry for what a run did (as the `retraining` operator).
-    fn audit(&self, action: &str, target: &str, detail: &str) {
-        if let Err(e) = self.audit.record("retraining", "operator", action, target, "ok", detail) {
+    async fn audit(&self, action: &str, target: &str, detail: &str) {
+        if let Err(e) = self.audit.append("retraining", "operator", action, target, "ok", detail).await {
             tracing::error!(error = %e, action, target, "CANNOT WRITE THE AUDIT LOG");
             self.metrics.audit_failures.inc();
         }
@@ -288,7 +292,7 @@ pub fn start(retraining: &Arc<Retraining>, model: &str, trigger: &str) -> Result
     if !retraining.running.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned()) {
         return Err(RetrainError::AlreadyRunning(model.to_owned()));
     }
-    let started_ms = now_ms();
+    let started_ms = retraining.clock.now_ms();
     let run = RunRecord {
         id: format!("{model}-{started_ms}"),
         model: model.to_owned(),
@@ -321,7 +325,7 @@ pub fn start(retraining: &Arc<Retraining>, model: &str, trigger: &str) -> Result
                 run.error = Some(error);
             }
         }
-        run.finished_ms = Some(now_ms());
+        run.finished_ms = Some(state.clock.now_ms());
         tracing::info!(run = run.id, status = run.status, version = ?run.version, error = ?run.error, "retraining run finished");
         state.put(&run);
         state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&run.model);
@@ -458,7 +462,7 @@ async fn execute(
     };
     let st = Arc::clone(state);
     let pushed = tokio::task::spawn_blocking(move || -> Result<(), RegisterError> {
-        let (bundle, _) = crate::models::packaging::build(&spec, now_ms() / 1000)?;
+        let (bundle, _) = crate::models::packaging::build(&spec, st.clock.now_ms() / 1000)?;
         st.deployer.registry().push(&bundle.to_bytes(), "retraining", st.authority.signing_key())?;
         Ok(())
     })
@@ -467,7 +471,7 @@ async fn execute(
     pushed.map_err(|e| failed(format!("the new model could not be registered: {e}")))?;
     // Still `running` for readers until the gate and the canary are done too.
     run.version = Some(version.clone());
-    state.audit("model.push", &format!("{model}@{version}"), &run.id);
+    state.audit("model.push", &format!("{model}@{version}"), &run.id).await;
     state.put(run);
 
     // 4. The gate.
@@ -490,7 +494,7 @@ async fn execute(
     .map_err(|e| failed(e.to_string()))?;
     let target = format!("{model}@{version}");
     let (report, detail) = validated.map_err(|e| failed(format!("validation could not run: {e}")))?;
-    state.audit("model.validate", &target, &detail);
+    state.audit("model.validate", &target, &detail).await;
     run.validation_passed = Some(report.passed);
     run.validation_failures = report.failures.clone();
     if !report.passed {
@@ -508,7 +512,7 @@ async fn execute(
         };
         match state.deployer.deploy(&request, "retraining").await {
             Ok((response, detail)) => {
-                state.audit("deploy", &target, &detail);
+                state.audit("deploy", &target, &detail).await;
                 run.canary_devices = response.devices;
             }
             Err(e) => return Err(failed(format!("the canary deployment was refused: {e}"))),
@@ -551,7 +555,7 @@ pub async fn run_triggers(
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = now_ms();
+        let now = retraining.clock.now_ms();
         let alerts = alerts.list().unwrap_or_default();
         for (model, config) in &retraining.config.models {
             let last = retraining.runs(model).into_iter().map(|r| r.started_ms).max();

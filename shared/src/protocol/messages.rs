@@ -395,21 +395,30 @@ impl Default for WatchdogPolicy {
 
 impl WatchdogPolicy {
     /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyOutOfRange> {
+        let bad = |field, allowed| Err(PolicyOutOfRange { field, allowed });
         if !(1..=7 * 86_400).contains(&self.probation_secs) {
-            return Err("watchdog.probation_secs must be between 1 and 604800".into());
+            return bad("probation_secs", "between 1 and 604800");
         }
         if self.max_crashes > 100 {
-            return Err("watchdog.max_crashes must be at most 100".into());
+            return bad("max_crashes", "at most 100");
         }
         if self.max_error_permille > 1000 {
-            return Err("watchdog.max_error_permille must be at most 1000".into());
+            return bad("max_error_permille", "at most 1000");
         }
         if self.min_requests == 0 {
-            return Err("watchdog.min_requests must be at least 1".into());
+            return bad("min_requests", "at least 1");
         }
         Ok(())
     }
+}
+
+/// A watchdog setting outside what it may be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("watchdog.{field} must be {allowed}")]
+pub struct PolicyOutOfRange {
+    pub field: &'static str,
+    pub allowed: &'static str,
 }
 
 /// Why a body cannot be read.

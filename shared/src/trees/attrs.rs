@@ -332,7 +332,7 @@ impl<'a> Attrs<'a> {
             .get(&tensor_name, TENSOR)?
             .map(|a| {
                 let t = a.t.as_ref().ok_or_else(|| self.err(&tensor_name, "holds no tensor"))?;
-                tensor_values(t).map_err(|problem| self.err(&tensor_name, problem))
+                tensor_values(t).map_err(|problem| self.err(&tensor_name, problem.to_string()))
             })
             .transpose()?;
         match (list, tensor) {
@@ -344,18 +344,31 @@ impl<'a> Attrs<'a> {
     }
 }
 
+/// Why a tensor attribute's numbers cannot be read (completes "attribute `X` …").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TensorValuesError {
+    #[error("stores its data outside the model file, which is not supported here")]
+    External,
+    #[error("has {bytes} raw bytes, not a whole number of {what}s")]
+    Ragged { bytes: usize, what: &'static str },
+    #[error("has element type {0} (ONNX TensorProto code); only FLOAT (1) and DOUBLE (11) are accepted")]
+    ElementType(i32),
+    #[error("declares {declared} elements but holds {held}")]
+    Count { declared: i64, held: usize },
+}
+
 /// The numbers of a FLOAT or DOUBLE TensorProto (inline data only).
-fn tensor_values(t: &TensorProto) -> Result<Values, String> {
+fn tensor_values(t: &TensorProto) -> Result<Values, TensorValuesError> {
     const PROTO_FLOAT: i32 = 1;
     const PROTO_DOUBLE: i32 = 11;
     if !t.external_data.is_empty() {
-        return Err("stores its data outside the model file, which is not supported here".into());
+        return Err(TensorValuesError::External);
     }
     let n: i64 = t.dims.iter().product();
     let values = match t.data_type {
         PROTO_FLOAT if !t.raw_data.is_empty() => {
             if !t.raw_data.len().is_multiple_of(4) {
-                return Err(format!("has {} raw bytes, not a whole number of floats", t.raw_data.len()));
+                return Err(TensorValuesError::Ragged { bytes: t.raw_data.len(), what: "float" });
             }
             Values::F32(
                 t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -364,7 +377,7 @@ fn tensor_values(t: &TensorProto) -> Result<Values, String> {
         PROTO_FLOAT => Values::F32(t.float_data.clone()),
         PROTO_DOUBLE if !t.raw_data.is_empty() => {
             if !t.raw_data.len().is_multiple_of(8) {
-                return Err(format!("has {} raw bytes, not a whole number of doubles", t.raw_data.len()));
+                return Err(TensorValuesError::Ragged { bytes: t.raw_data.len(), what: "double" });
             }
             Values::F64(
                 t.raw_data
@@ -375,13 +388,11 @@ fn tensor_values(t: &TensorProto) -> Result<Values, String> {
         }
         PROTO_DOUBLE => Values::F64(t.double_data.clone()),
         other => {
-            return Err(format!(
-                "has element type {other} (ONNX TensorProto code); only FLOAT (1) and DOUBLE (11) are accepted"
-            ));
+            return Err(TensorValuesError::ElementType(other));
         }
     };
     if i64::try_from(values.len()).ok() != Some(n) && !(t.dims.is_empty() && values.len() == 1) {
-        return Err(format!("declares {n} elements but holds {}", values.len()));
+        return Err(TensorValuesError::Count { declared: n, held: values.len() });
     }
     Ok(values)
 }

@@ -64,8 +64,13 @@ pub trait Float:
     fn from_count(n: usize) -> Self;
     /// The attribute's values in this type; narrowing doubles to floats is refused (as
     /// onnxruntime refuses DOUBLE `*_as_tensor` attributes on a float model).
-    fn convert(values: &Values) -> Result<Vec<Self>, String>;
+    fn convert(values: &Values) -> Result<Vec<Self>, Narrowing>;
 }
+
+/// DOUBLE attribute values for a model whose input is not FP64 (completes "attribute `X` …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("holds DOUBLE values but the model's input is not FP64 (onnxruntime refuses this too)")]
+pub struct Narrowing;
 
 impl Float for f32 {
     const ZERO: f32 = 0.0;
@@ -81,13 +86,10 @@ impl Float for f32 {
     fn from_count(n: usize) -> f32 {
         n as f32
     }
-    fn convert(values: &Values) -> Result<Vec<f32>, String> {
+    fn convert(values: &Values) -> Result<Vec<f32>, Narrowing> {
         match values {
             Values::F32(v) => Ok(v.clone()),
-            Values::F64(_) => {
-                Err("holds DOUBLE values but the model's input is not FP64 (onnxruntime refuses this too)"
-                    .into())
-            }
+            Values::F64(_) => Err(Narrowing),
         }
     }
 }
@@ -106,7 +108,7 @@ impl Float for f64 {
     fn from_count(n: usize) -> f64 {
         n as f64
     }
-    fn convert(values: &Values) -> Result<Vec<f64>, String> {
+    fn convert(values: &Values) -> Result<Vec<f64>, Narrowing> {
         Ok(match values {
             Values::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
             Values::F64(v) => v.clone(),

@@ -39,7 +39,7 @@ pub async fn create_api_token(
         let token = state.auth.create(&request.name, role, &who.name)?;
         Ok((CreatedToken { name: request.name.clone(), role, token }, format!("role {}", role.as_str())))
     })();
-    audited(&state, &who, "token.create", &request.name, result).map(Json)
+    audited(&state, &who, "token.create", &request.name, result).await.map(Json)
 }
 
 pub async fn list_api_tokens(
@@ -61,7 +61,7 @@ pub async fn revoke_api_token(
         Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no token named `{name}`"))),
         Err(e) => Err(ApiError::internal(e)),
     };
-    audited(&state, &who, "token.revoke", &name, result).map(Json)
+    audited(&state, &who, "token.revoke", &name, result).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]

@@ -63,7 +63,7 @@ pub async fn rollback(
         Ok((response, detail))
     }
     .await;
-    audited(&state, &who, "rollback", &name, result).map(Json)
+    audited(&state, &who, "rollback", &name, result).await.map(Json)
 }
 
 pub async fn deploy(
@@ -75,7 +75,7 @@ pub async fn deploy(
     let request = json_body(body)?;
     let target = format!("{}@{}", request.model, request.version);
     let result = state.deployer.deploy(&request, &who.name).await.map_err(ApiError::from);
-    audited(&state, &who, "deploy", &target, result).map(Json)
+    audited(&state, &who, "deploy", &target, result).await.map(Json)
 }
 
 pub async fn list_desired(

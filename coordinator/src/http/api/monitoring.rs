@@ -238,5 +238,5 @@ pub async fn set_slo(
         let detail = serde_json::to_string(&spec).unwrap_or_default();
         Ok((spec, detail))
     })();
-    audited(&state, &who, "slo.set", &name, result).map(Json)
+    audited(&state, &who, "slo.set", &name, result).await.map(Json)
 }

@@ -17,7 +17,7 @@ use crate::models::registry::{Stage, VersionRecord};
 use crate::models::validation::{self, Policy, ValidateOptions};
 
 /// Writes an audit entry; a failure to audit is logged loudly (the action already happened).
-pub(crate) fn audit(
+pub(crate) async fn audit(
     state: &AppState,
     who: &Principal,
     action: &str,
@@ -28,14 +28,14 @@ pub(crate) fn audit(
         Ok(detail) => ("ok", detail),
         Err(detail) => ("refused", detail),
     };
-    if let Err(e) = state.audit.record(&who.name, who.role.as_str(), action, target, outcome, detail) {
+    if let Err(e) = state.audit.append(&who.name, who.role.as_str(), action, target, outcome, detail).await {
         tracing::error!(error = %e, action, target, "CANNOT WRITE THE AUDIT LOG");
         state.metrics.audit_failures.inc();
     }
 }
 
 /// Runs `f`, auditing its outcome.
-pub(crate) fn audited<T>(
+pub(crate) async fn audited<T>(
     state: &AppState,
     who: &Principal,
     action: &str,
@@ -44,11 +44,11 @@ pub(crate) fn audited<T>(
 ) -> Result<T, ApiError> {
     match result {
         Ok((value, detail)) => {
-            audit(state, who, action, target, Ok(&detail));
+            audit(state, who, action, target, Ok(&detail)).await;
             Ok(value)
         }
         Err(e) => {
-            audit(state, who, action, target, Err(&e.1));
+            audit(state, who, action, target, Err(&e.1)).await;
             Err(e)
         }
     }
@@ -84,7 +84,7 @@ pub async fn push(
         Ok((pushed, detail.to_owned()))
     })
     .await?;
-    let pushed = audited(&state, &who, "model.push", &target, result)?;
+    let pushed = audited(&state, &who, "model.push", &target, result).await?;
     let status = if pushed.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(pushed)).into_response())
 }
@@ -141,7 +141,7 @@ pub async fn set_stage(
         let record = state.registry.transition(&name, &version, stage, &who.name, &request.note)?;
         Ok((record, format!("stage {}", stage.as_str())))
     })();
-    audited(&state, &who, "model.stage", &target, result).map(Json)
+    audited(&state, &who, "model.stage", &target, result).await.map(Json)
 }
 
 pub async fn purge(
@@ -152,7 +152,7 @@ pub async fn purge(
     let who = authorize(&state, &headers, Role::Admin)?;
     let result =
         state.registry.purge(&name, &version).map(|r| (r, "purged".to_owned())).map_err(ApiError::from);
-    audited(&state, &who, "model.purge", &format!("{name}@{version}"), result).map(Json)
+    audited(&state, &who, "model.purge", &format!("{name}@{version}"), result).await.map(Json)
 }
 
 pub async fn validate(
@@ -171,7 +171,7 @@ pub async fn validate(
         st.registry.validate(&name, &version, &body, &q, &by).map_err(ApiError::from)
     })
     .await?;
-    audited(&state, &who, "model.validate", &target, result).map(Json)
+    audited(&state, &who, "model.validate", &target, result).await.map(Json)
 }
 
 pub async fn retrain(
@@ -183,7 +183,7 @@ pub async fn retrain(
     let result = crate::ops::retraining::start(&state.retraining, &name, "manual")
         .map(|run| (run.clone(), run.id))
         .map_err(ApiError::from);
-    let run = audited(&state, &who, "model.retrain", &name, result)?;
+    let run = audited(&state, &who, "model.retrain", &name, result).await?;
     Ok((StatusCode::ACCEPTED, Json(run)).into_response())
 }
 
@@ -219,7 +219,7 @@ pub async fn set_policy(
         let detail = serde_json::to_string(&policy).unwrap_or_default();
         Ok((policy, detail))
     })();
-    audited(&state, &who, "model.policy", &name, result).map(Json)
+    audited(&state, &who, "model.policy", &name, result).await.map(Json)
 }
 
 pub async fn export_bundle(

@@ -33,7 +33,7 @@ pub async fn start(
         Ok((view(&st, r)?, detail))
     })
     .await?;
-    audited(&state, &who, "rollout.start", &target, result).map(Json)
+    audited(&state, &who, "rollout.start", &target, result).await.map(Json)
 }
 
 pub async fn plan(
@@ -112,7 +112,7 @@ pub(crate) async fn perform(
         }
         Err(e) => Err(e),
     };
-    audited(state, who, &format!("rollout.{action}"), id, result)
+    audited(state, who, &format!("rollout.{action}"), id, result).await
 }
 
 /// The rollout actions an operator may take.
@@ -164,5 +164,5 @@ pub(crate) async fn close(state: &Arc<AppState>, who: &Principal, id: &str) -> R
         Ok((i, "closed".to_owned()))
     })
     .await?;
-    audited(state, who, "incident.close", id, result)
+    audited(state, who, "incident.close", id, result).await
 }

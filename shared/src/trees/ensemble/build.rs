@@ -37,7 +37,7 @@ impl<T: Float> Ensemble<T> {
                 format!("has {} entries but nodes_treeids has {n}", nd.missing_tracks_true.len()),
             ));
         }
-        let thresholds = T::convert(&nd.values).map_err(|p| attr_err("nodes_values", p))?;
+        let thresholds = T::convert(&nd.values).map_err(|p| attr_err("nodes_values", p.to_string()))?;
 
         let (prefix, n_outputs) = match &spec.kind {
             SpecKind::Classifier { labels } => ("class", labels.len()),
@@ -55,7 +55,8 @@ impl<T: Float> Ensemble<T> {
                 ));
             }
         }
-        let leaf_values = T::convert(&lv.weights).map_err(|p| attr_err(&format!("{prefix}_weights"), p))?;
+        let leaf_values =
+            T::convert(&lv.weights).map_err(|p| attr_err(&format!("{prefix}_weights"), p.to_string()))?;
 
         // Index the nodes; the first node listed for a tree is its root (as in onnxruntime).
         let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
@@ -237,7 +238,7 @@ impl<T: Float> Ensemble<T> {
 
         let base = match &spec.base_values {
             None => Vec::new(),
-            Some(v) => T::convert(v).map_err(|p| attr_err("base_values", p))?,
+            Some(v) => T::convert(v).map_err(|p| attr_err("base_values", p.to_string()))?,
         };
         let leaves_lacking = |class: u32| {
             nodes.iter().any(|n| {
