@@ -141,11 +141,14 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// Requests waiting for a worker; when full, new requests get 503 at once.
     pub queue_capacity: usize,
-    /// FOR TESTS ONLY: extra milliseconds every inference of a model takes, keyed `name` or
-    /// `name@version` — to rehearse latency gates, SLO burn and rollbacks. Logged as a warning.
+    /// FOR TESTS ONLY (cargo feature `fault-injection`, which release builds do not have: there
+    /// the key is unknown and refused): extra milliseconds every inference of a model takes,
+    /// keyed `name` or `name@version` — to rehearse latency gates, SLO burn and rollbacks.
+    #[cfg(feature = "fault-injection")]
     pub test_delay_ms: std::collections::BTreeMap<String, u64>,
-    /// FOR TESTS ONLY: `name@version`s whose first inference aborts the whole agent process —
-    /// a crash-looping version, to rehearse the watchdog. Logged as a warning.
+    /// FOR TESTS ONLY (feature `fault-injection`): `name@version`s whose first inference aborts
+    /// the whole agent process — a crash-looping version, to rehearse the watchdog.
+    #[cfg(feature = "fault-injection")]
     pub test_crash: Vec<String>,
 }
 
@@ -154,7 +157,9 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: 0,
             queue_capacity: 256,
+            #[cfg(feature = "fault-injection")]
             test_delay_ms: Default::default(),
+            #[cfg(feature = "fault-injection")]
             test_crash: Vec::new(),
         }
     }
@@ -162,6 +167,7 @@ impl Default for RuntimeConfig {
 
 impl RuntimeConfig {
     /// The injected delay for a model version (`name@version` first, then `name`).
+    #[cfg(feature = "fault-injection")]
     pub fn test_delay(&self, name: &str, version: &str) -> Option<std::time::Duration> {
         self.test_delay_ms
             .get(&format!("{name}@{version}"))
@@ -170,9 +176,22 @@ impl RuntimeConfig {
             .map(|ms| std::time::Duration::from_millis(*ms))
     }
 
+    /// Without the `fault-injection` feature nothing is slowed down.
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn test_delay(&self, _name: &str, _version: &str) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether an inference of this version must abort the process (`test_crash`).
+    #[cfg(feature = "fault-injection")]
     pub fn test_crash(&self, name: &str, version: &str) -> bool {
         !self.test_crash.is_empty() && self.test_crash.iter().any(|v| *v == format!("{name}@{version}"))
+    }
+
+    /// Without the `fault-injection` feature nothing aborts on purpose.
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn test_crash(&self, _name: &str, _version: &str) -> bool {
+        false
     }
 
     /// The number of workers to start.
@@ -356,6 +375,7 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(key("http.max_body_bytes", "must be at least 1024"));
         }
+        #[cfg(feature = "fault-injection")]
         if let Some((model, ms)) = self.runtime.test_delay_ms.iter().find(|(_, ms)| **ms > 60_000) {
             return Err(key(&format!("runtime.test_delay_ms.{model}"), &format!("{ms} ms is over a minute")));
         }

@@ -233,6 +233,7 @@ pub async fn serve(
         None
     };
 
+    #[cfg(feature = "fault-injection")]
     for (model, ms) in config.runtime.test_delay_ms.iter().filter(|(_, ms)| **ms > 0) {
         tracing::warn!(
             model,
@@ -240,6 +241,7 @@ pub async fn serve(
             "runtime.test_delay_ms is set: every inference of this model is slowed down ON PURPOSE (for tests only)"
         );
     }
+    #[cfg(feature = "fault-injection")]
     for version in &config.runtime.test_crash {
         tracing::warn!(
             version,

@@ -178,47 +178,23 @@ fn pause(d: Duration) -> bool {
     !stopping()
 }
 
-/// A small JSON client for the coordinator's API.
+/// The coordinator's API as the demo calls it: [`outpost_client::Client`], errors as one line
+/// naming the call.
 struct Api {
-    url: String,
-    token: String,
-    http: ureq::Agent,
+    client: outpost_client::Client,
 }
 
 impl Api {
     fn call(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Value, String> {
-        let url = format!("{}{path}", self.url);
-        let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
-            ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
-            ("PUT", Some((kind, bytes))) => self
-                .http
-                .put(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", kind)
-                .send(&bytes[..]),
-            (_, Some((kind, bytes))) => self
-                .http
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", kind)
-                .send(&bytes[..]),
-            (_, None) => self.http.post(&url).header("Authorization", &auth).send_empty(),
+            ("GET", _) => self.client.get(path),
+            ("PUT", Some((kind, bytes))) => {
+                self.client.put_bytes(path, kind, &bytes, &mut |_, _| {}).map(|(_, v)| v)
+            }
+            (_, Some((kind, bytes))) => self.client.post_bytes(path, kind, &[], &bytes),
+            (_, None) => self.client.post_json(path, &json!({})),
         };
-        let mut response = result.map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = response.status();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_to_string()
-            .map_err(|e| format!("{method} {path}: {e}"))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let message = value["error"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
-            return Err(format!("{method} {path}: {status}: {message}"));
-        }
-        Ok(value)
+        result.map_err(|e| format!("{method} {path}: {e}"))
     }
 
     fn get(&self, path: &str) -> Result<Value, String> {
@@ -394,9 +370,9 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
             return Err("the coordinator did not come up within 60 s".into());
         }
     };
-    let http =
-        outpost_shared::tls::api_client(&url, None, Duration::from_secs(120)).map_err(|e| e.to_string())?;
-    let api = Api { url: url.clone(), token, http };
+    let client = outpost_client::Client::new(&url, &token, None, Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    let api = Api { client };
     step(started, format!("coordinator up: API {url}, embedded MQTT broker mqtts://{broker} (mutual TLS)"));
     let viewer = api.post("/api/v1/tokens", &json!({"name": "demo-viewer", "role": "viewer"}))?;
     let viewer_file = cdir.join("viewer.token");

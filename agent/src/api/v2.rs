@@ -1,6 +1,6 @@
 //! Handlers of the Open Inference Protocol (V2) endpoints and `/metrics`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -239,14 +239,14 @@ async fn run_inference(
     let shadow_copy = shadow.as_ref().and(body.as_ref().ok().cloned());
     let shadow_header = header_len.as_ref().ok().copied().flatten();
     let summarize = shadow.is_some();
-    let chosen: Arc<Mutex<(Arc<ServedModel>, Slot)>> =
-        Arc::new(Mutex::new(fixed.clone().unwrap_or_else(|| (Arc::clone(&served), Slot::Primary))));
-    let result = async {
+    // Until a worker picks the slot (a canary's share is decided there), the request counts
+    // against the version it named or the primary.
+    let mut chosen = fixed.clone().unwrap_or_else(|| (Arc::clone(&served), Slot::Primary));
+    let ran = async {
         let body = body?;
         let header_len = header_len?;
         let job_log = app.log.clone();
-        let (runtime, job_entry, job_chosen) =
-            (Arc::clone(&app.runtime), Arc::clone(&entry), Arc::clone(&chosen));
+        let (runtime, job_entry) = (Arc::clone(&app.runtime), Arc::clone(&entry));
         let primary = Arc::clone(&served);
         let job = app
             .pool
@@ -263,8 +263,6 @@ async fn run_inference(
                     }
                     (None, None) => (primary, Slot::Primary),
                 };
-                *job_chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    (Arc::clone(&model), slot);
                 if runtime.test_crash(&model.name, &model.version) {
                     tracing::error!("runtime.test_crash: aborting the agent ON PURPOSE (for tests only)");
                     std::process::abort();
@@ -272,7 +270,8 @@ async fn run_inference(
                 if let Some(delay) = runtime.test_delay(&model.name, &model.version) {
                     std::thread::sleep(delay);
                 }
-                codec::handle(&model, slot, &body, header_len, job_log.as_deref(), summarize)
+                let handled = codec::handle(&model, slot, &body, header_len, job_log.as_deref(), summarize);
+                ((model, slot), handled)
             })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
@@ -282,11 +281,15 @@ async fn run_inference(
             })?;
         job.await
             .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
     .await;
+    let result = ran.and_then(|(picked, handled)| {
+        chosen = picked;
+        handled
+    });
 
-    let (served, slot) = chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let (served, slot) = chosen;
     let labels = [served.name.as_str(), served.version.as_str()];
     let outcome = match &result {
         Ok(encoded) => {
