@@ -1,0 +1,106 @@
+//! Unit tests of bundles: layout, signatures, manifests, baselines.
+
+use super::*;
+
+fn manifest() -> Manifest {
+    Manifest {
+        name: "bc".into(),
+        version: "1.2.0".into(),
+        created_at: 1_700_000_000,
+        model: ModelFile { sha256: String::new(), size: 0 },
+        inputs: vec![TensorSchema { name: "input".into(), datatype: "FP32".into(), shape: vec![-1, 2] }],
+        outputs: vec![TensorSchema { name: "label".into(), datatype: "INT64".into(), shape: vec![-1] }],
+        nan_policy: NanPolicy::Reject,
+        training: Training::default(),
+        metadata: BTreeMap::new(),
+        baseline: None,
+        reference: None,
+        card: Some("# bc".into()),
+    }
+}
+
+fn signed(key: &SigningKey) -> Vec<u8> {
+    let mut b = Bundle::build(manifest(), b"not really onnx".to_vec()).unwrap();
+    b.sign(key).unwrap();
+    b.to_bytes()
+}
+
+#[test]
+fn signed_bundles_round_trip_and_verify() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let bytes = signed(&key);
+    let b = Bundle::open(&bytes, &[key.public_key()]).unwrap();
+    assert_eq!(b.manifest.model.sha256, sha256_hex(b"not really onnx"));
+    assert_eq!(b.to_bytes(), bytes);
+}
+
+#[test]
+fn rejects_every_flipped_byte() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let bytes = signed(&key);
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x01;
+        assert!(Bundle::open(&bad, &[key.public_key()]).is_err(), "flipped byte {i} accepted");
+    }
+}
+
+#[test]
+fn rejects_truncated_unsigned_and_untrusted_bundles() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let (other, _) = SigningKey::generate().unwrap();
+    let bytes = signed(&key);
+    for cut in [0, 5, 20, bytes.len() - 1] {
+        assert!(Bundle::open(&bytes[..cut], &[key.public_key()]).is_err(), "cut at {cut} accepted");
+    }
+    assert_eq!(
+        Bundle::open(&bytes[..bytes.len() - 1], &[key.public_key()]).unwrap_err(),
+        BundleError::Truncated("the model is cut short")
+    );
+    let unsigned = Bundle::build(manifest(), b"m".to_vec()).unwrap().to_bytes();
+    assert_eq!(Bundle::open(&unsigned, &[key.public_key()]).unwrap_err(), BundleError::Unsigned);
+    let err = Bundle::open(&bytes, &[other.public_key()]).unwrap_err().to_string();
+    assert!(err.contains(key.key_id()) && err.contains(other.key_id()), "{err}");
+}
+
+#[test]
+fn either_of_two_keys_is_enough_while_keys_rotate() {
+    let (old, _) = SigningKey::generate().unwrap();
+    let (new, _) = SigningKey::generate().unwrap();
+    let mut b = Bundle::build(manifest(), b"m".to_vec()).unwrap();
+    b.sign(&old).unwrap();
+    b.sign(&new).unwrap();
+    assert!(matches!(b.sign(&new), Err(BundleError::AlreadySigned(_))));
+    let bytes = b.to_bytes();
+    assert_eq!(Bundle::open(&bytes, &[new.public_key()]).unwrap().signatures.len(), 2);
+    Bundle::open(&bytes, &[old.public_key()]).unwrap();
+}
+
+#[test]
+fn manifests_are_checked() {
+    let mut m = manifest();
+    m.version = "1.2".into();
+    assert!(Bundle::build(m, vec![]).unwrap_err().to_string().contains("version `1.2`"));
+    let mut m = manifest();
+    m.name = "a b".into();
+    assert!(Bundle::build(m, vec![]).is_err());
+    let mut m = manifest();
+    m.training.dataset_sha256 = Some("xyz".into());
+    assert!(Bundle::build(m, vec![]).unwrap_err().to_string().contains("dataset_sha256"));
+}
+
+#[test]
+fn baseline_statistics_match_numpy() {
+    let names = vec!["a".to_string(), "b".to_string()];
+    let rows: Vec<Vec<f64>> = (0..11).map(|i| vec![i as f64, if i == 3 { f64::NAN } else { 1.0 }]).collect();
+    let b = Baseline::compute(&names, &rows, &sha256_hex(b"")).unwrap();
+    let a = &b.features[0];
+    assert_eq!((a.count, a.missing, a.min, a.max, a.mean), (11, 0, 0.0, 10.0, 5.0));
+    // numpy.quantile(range(11), 0.25) == 2.5; std (ddof=0) == sqrt(10).
+    assert_eq!(a.quantiles[25], 2.5);
+    assert!((a.std - 10f64.sqrt()).abs() < 1e-12);
+    assert_eq!(b.features[1].missing, 1);
+    assert_eq!(b.sample.len(), 11);
+    assert_eq!(b.sample[3][1], None);
+    assert!(Baseline::compute(&names, &[vec![1.0]], "").is_err());
+}
