@@ -10,6 +10,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY shared shared
 COPY agent agent
+COPY client client
 COPY coordinator coordinator
 COPY tests tests
 COPY demo demo
