@@ -1,11 +1,12 @@
 //! The agent's HTTP API: the KServe Open Inference Protocol (V2) under `/v2`, ground-truth
-//! feedback (`POST /v1/feedback`, [`crate::feedback`]), and `/metrics`.
+//! feedback (`POST /v1/feedback`, [`feedback`]), and `/metrics`.
 //!
 //! Handlers stay thin: they look the model up, hand the body to the worker pool
 //! ([`codec::handle`] does the CPU work there) and map every failure through [`ApiError`].
 
 pub mod codec;
 pub mod error;
+pub mod feedback;
 pub mod v2;
 
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
         .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
         .route("/v2/models/{name}/versions/{version}/infer", post(v2::version_infer))
-        .route("/v1/feedback", post(crate::feedback::post_feedback))
+        .route("/v1/feedback", post(feedback::post_feedback))
         .route("/metrics", get(v2::metrics))
         .fallback(v2::no_route)
         .method_not_allowed_fallback(v2::wrong_method)

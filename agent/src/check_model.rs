@@ -2,15 +2,29 @@
 //! exactly as `serve` would, print its signature and metadata, validate it (reference outputs
 //! beside the file, else an all-zero sample), and time a few runs on this CPU.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::cli::{CheckModelArgs, EXIT_MODEL_INVALID};
 use crate::config::ModelConfig;
+use crate::exit::ExitStatus;
 use crate::models::load_and_validate;
 
 fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// `outpost-agent check-model FILE`.
+#[derive(Debug, clap::Args)]
+pub struct CheckModelArgs {
+    /// The ONNX file. A `<stem>.reference.json` beside it is checked too.
+    pub file: PathBuf,
+    /// Timed runs after validation.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub runs: u32,
+    /// Batch size of the timed runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
 }
 
 /// Runs the check and prints a report; exit code 3 when the model is not valid.
@@ -29,7 +43,7 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
         Ok(v) => v,
         Err(failure) => {
             println!("result      INVALID: {}", failure.reason);
-            return ExitCode::from(EXIT_MODEL_INVALID);
+            return ExitCode::from(ExitStatus::ModelInvalid);
         }
     };
     let model = &validated.served.model;
@@ -60,7 +74,7 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
         Ok(inputs) => inputs,
         Err(e) => {
             println!("result      INVALID: {e}");
-            return ExitCode::from(EXIT_MODEL_INVALID);
+            return ExitCode::from(ExitStatus::ModelInvalid);
         }
     };
     let mut times = Vec::with_capacity(args.runs as usize);
@@ -69,7 +83,7 @@ pub fn run(args: &CheckModelArgs) -> ExitCode {
         let started = Instant::now();
         if let Err(e) = model.run(inputs) {
             println!("result      INVALID: {e}");
-            return ExitCode::from(EXIT_MODEL_INVALID);
+            return ExitCode::from(ExitStatus::ModelInvalid);
         }
         times.push(started.elapsed());
     }

@@ -11,12 +11,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::check_model::CheckModelArgs;
 use crate::config::{Config, LogFormat, ModelConfig};
 use crate::{check_model, logging, server};
 
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_MODEL_INVALID: u8 = 3;
+pub use crate::exit::ExitStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,7 +141,7 @@ impl DataDirArgs {
         }
         Config::load(self.config.as_deref()).map(|c| c.data_dir).map_err(|e| {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_USAGE)
+            ExitCode::from(ExitStatus::Usage)
         })
     }
 }
@@ -191,18 +190,6 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 }
 
-#[derive(Debug, Args)]
-pub struct CheckModelArgs {
-    /// The ONNX file. A `<stem>.reference.json` beside it is checked too.
-    pub file: PathBuf,
-    /// Timed runs after validation.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub runs: u32,
-    /// Batch size of the timed runs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub batch: u32,
-}
-
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn main() -> ExitCode {
     main_from(std::env::args_os())
@@ -217,7 +204,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::CheckModel(args) => {
             if let Err(e) = logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn") {
                 eprintln!("error: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return ExitCode::from(ExitStatus::Usage);
             }
             check_model::run(&args)
         }
@@ -242,13 +229,13 @@ mod bundles {
     use crate::model_store::{ModelStore, StoreError};
     use outpost_shared::bundle::Bundle;
 
-    fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+    fn fail(message: impl std::fmt::Display, status: ExitStatus) -> ExitCode {
         eprintln!("error: {message}");
-        ExitCode::from(code)
+        ExitCode::from(status)
     }
 
     fn load(config: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> Result<Config, ExitCode> {
-        let mut config = Config::load(config).map_err(|e| fail(e, EXIT_USAGE))?;
+        let mut config = Config::load(config).map_err(|e| fail(e, ExitStatus::Usage))?;
         if let Some(dir) = data_dir {
             config.data_dir = dir.clone();
         }
@@ -264,30 +251,33 @@ mod bundles {
             Ok(keys) if keys.is_empty() => {
                 return fail(
                     "no trusted keys: set registry.trusted_keys in the agent configuration",
-                    EXIT_USAGE,
+                    ExitStatus::Usage,
                 );
             }
             Ok(keys) => keys,
-            Err(e) => return fail(e, EXIT_USAGE),
+            Err(e) => return fail(e, ExitStatus::Usage),
         };
         let bytes = match std::fs::read(&args.file) {
             Ok(bytes) => bytes,
-            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), EXIT_USAGE),
+            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
         };
         let bundle = match Bundle::open(&bytes, &trusted) {
             Ok(bundle) => bundle,
-            Err(e) => return fail(format!("{} refused: {e}", args.file.display()), EXIT_MODEL_INVALID),
+            Err(e) => return fail(format!("{} refused: {e}", args.file.display()), ExitStatus::ModelInvalid),
         };
         let id = bundle.manifest.id();
         // The same checks a serving agent makes before a version may serve, made here first.
         let validated = match crate::models::load_bundle(&bundle, Default::default(), &Default::default()) {
             Ok(validated) => validated,
-            Err(e) => return fail(format!("{id} refused: {}", e.reason), EXIT_MODEL_INVALID),
+            Err(e) => return fail(format!("{id} refused: {}", e.reason), ExitStatus::ModelInvalid),
         };
         let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
         if let Err(e) = store.install(&bytes, &trusted) {
-            let code =
-                if matches!(e, StoreError::Conflict { .. }) { EXIT_MODEL_INVALID } else { EXIT_FAILURE };
+            let code = if matches!(e, StoreError::Conflict { .. }) {
+                ExitStatus::ModelInvalid
+            } else {
+                ExitStatus::Failure
+            };
             return fail(e, code);
         }
         println!("installed {id} ({})", validated.evidence);
@@ -297,7 +287,7 @@ mod bundles {
                 .ok()
                 .and_then(|s| s.models.get(&bundle.manifest.name).map(|m| m.active.clone()));
             if let Err(e) = store.activate(&bundle.manifest.name, &bundle.manifest.version) {
-                return fail(e, EXIT_FAILURE);
+                return fail(e, ExitStatus::Failure);
             }
             match before.filter(|b| !b.is_empty()) {
                 Some(before) => println!("activated {id} (was {before})"),
@@ -318,7 +308,7 @@ mod bundles {
                 println!("model {}: {} -> {}", done.name, done.from, done.to);
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e, EXIT_FAILURE),
+            Err(e) => fail(e, ExitStatus::Failure),
         }
     }
 }
@@ -331,9 +321,9 @@ mod transfer {
     use outpost_shared::protocol::messages::{self, CoordinatorMessage};
     use outpost_shared::protocol::transfer::{self as files, TransferFile};
 
-    fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+    fn fail(message: impl std::fmt::Display, status: ExitStatus) -> ExitCode {
         eprintln!("error: {message}");
-        ExitCode::from(code)
+        ExitCode::from(status)
     }
 
     pub fn enroll(args: &EnrollArgs) -> ExitCode {
@@ -343,20 +333,20 @@ mod transfer {
         };
         let identity = match Identity::load_or_create(&data_dir) {
             Ok(identity) => identity,
-            Err(e) => return fail(e, EXIT_FAILURE),
+            Err(e) => return fail(e, ExitStatus::Failure),
         };
         let token = match (&args.token, &args.token_file) {
             (Some(token), _) => token.clone(),
             (None, Some(path)) => match std::fs::read_to_string(path) {
                 Ok(token) => token,
-                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), EXIT_USAGE),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), ExitStatus::Usage),
             },
-            (None, None) => return fail("pass --token or --token-file", EXIT_USAGE),
+            (None, None) => return fail("pass --token or --token-file", ExitStatus::Usage),
         };
         let ca = match &args.ca_file {
             Some(path) => match std::fs::read(path) {
                 Ok(pem) => Some(pem),
-                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), EXIT_USAGE),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), ExitStatus::Usage),
             },
             None => None,
         };
@@ -369,15 +359,15 @@ mod transfer {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e, EXIT_FAILURE),
+            Err(e) => fail(e, ExitStatus::Failure),
         }
     }
 
     fn open(data: &DataDirArgs) -> Result<(Identity, Outbox), ExitCode> {
         let data_dir = data.resolve()?;
-        let identity = Identity::load_or_create(&data_dir).map_err(|e| fail(e, EXIT_FAILURE))?;
+        let identity = Identity::load_or_create(&data_dir).map_err(|e| fail(e, ExitStatus::Failure))?;
         // The bound only matters when appending; these commands never append.
-        let outbox = Outbox::open(&data_dir, u64::MAX).map_err(|e| fail(e, EXIT_FAILURE))?;
+        let outbox = Outbox::open(&data_dir, u64::MAX).map_err(|e| fail(e, ExitStatus::Failure))?;
         Ok((identity, outbox))
     }
 
@@ -389,7 +379,7 @@ mod transfer {
         let device = match identity.enrolment() {
             Ok(Some(enrolment)) => enrolment.device_id,
             Ok(None) => identity.device_id.clone(),
-            Err(e) => return fail(e, EXIT_FAILURE),
+            Err(e) => return fail(e, ExitStatus::Failure),
         };
         let mut envelopes = Vec::new();
         let mut after = None;
@@ -400,14 +390,14 @@ mod transfer {
                     after = batch.last().map(|(seq, _)| *seq);
                     envelopes.extend(batch.into_iter().map(|(_, wire)| wire));
                 }
-                Err(e) => return fail(e, EXIT_FAILURE),
+                Err(e) => return fail(e, ExitStatus::Failure),
             }
         }
         let count = envelopes.len();
         let file = TransferFile { device: device.clone(), created_at_ms: crate::outbox::now_ms(), envelopes };
         let bytes = files::encode_telemetry(&file);
         if let Err(e) = outpost_shared::files::write_atomic(&args.file, &bytes) {
-            return fail(format!("cannot write {}: {e}", args.file.display()), EXIT_FAILURE);
+            return fail(format!("cannot write {}: {e}", args.file.display()), ExitStatus::Failure);
         }
         println!(
             "exported {count} messages of device {device} ({} bytes) to {}",
@@ -424,20 +414,20 @@ mod transfer {
         };
         let enrolment = match identity.enrolment() {
             Ok(Some(enrolment)) => enrolment,
-            Ok(None) => return fail(crate::identity::IdentityError::NotEnrolled, EXIT_FAILURE),
-            Err(e) => return fail(e, EXIT_FAILURE),
+            Ok(None) => return fail(crate::identity::IdentityError::NotEnrolled, ExitStatus::Failure),
+            Err(e) => return fail(e, ExitStatus::Failure),
         };
         let key = match enrolment.coordinator_key() {
             Ok(key) => key,
-            Err(e) => return fail(e, EXIT_FAILURE),
+            Err(e) => return fail(e, ExitStatus::Failure),
         };
         let bytes = match std::fs::read(&args.file) {
             Ok(bytes) => bytes,
-            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), EXIT_USAGE),
+            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
         };
         let file = match files::decode_acks(&bytes) {
             Ok(file) => file,
-            Err(e) => return fail(format!("{}: {e}", args.file.display()), EXIT_USAGE),
+            Err(e) => return fail(format!("{}: {e}", args.file.display()), ExitStatus::Usage),
         };
         let (mut freed, mut refused) = (0u64, 0u64);
         for wire in &file.envelopes {
@@ -448,7 +438,7 @@ mod transfer {
                 Ok(CoordinatorMessage::Ack(ack)) if ack.device == enrolment.device_id => {
                     match outbox.apply_ack(&ack) {
                         Ok(n) => freed += n,
-                        Err(e) => return fail(e, EXIT_FAILURE),
+                        Err(e) => return fail(e, ExitStatus::Failure),
                     }
                 }
                 Ok(_) => {
@@ -463,7 +453,7 @@ mod transfer {
         }
         let left = outbox.stats().messages;
         println!("freed {freed} messages; {left} still unacknowledged; {refused} acks refused");
-        if refused > 0 && freed == 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
+        if refused > 0 && freed == 0 { ExitCode::from(ExitStatus::Failure) } else { ExitCode::SUCCESS }
     }
 }
 
@@ -472,7 +462,7 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(ExitStatus::Usage);
         }
     };
     config.models.extend(args.models);
@@ -487,11 +477,11 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
     }
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return ExitCode::from(ExitStatus::Usage);
     }
     if let Err(e) = logging::init(config.log.format, &config.log.level) {
         eprintln!("error: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return ExitCode::from(ExitStatus::Usage);
     }
     let links = outpost_shared::env::service_links(crate::config::ENV_PREFIX);
     if !links.is_empty() {
@@ -501,17 +491,17 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start async runtime");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(ExitStatus::Failure);
         }
     };
     let result = runtime.block_on(server::serve(config, server::termination_signal()));
     // A model file that never finishes reading (a stalled mount, a FIFO) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(status) => ExitCode::from(status.code()),
+        Ok(stopped) => ExitCode::from(stopped.exit()),
         Err(e) => {
             tracing::error!(error = %e, "agent failed");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(ExitStatus::Failure)
         }
     }
 }
@@ -520,7 +510,7 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
 fn simulate(args: &SimulateArgs) -> ExitCode {
     let fail = |message: String| {
         eprintln!("error: {message}");
-        ExitCode::from(EXIT_USAGE)
+        ExitCode::from(ExitStatus::Usage)
     };
     let admin_token = match std::fs::read_to_string(&args.token_file) {
         Ok(t) => t.trim().to_owned(),
@@ -553,7 +543,7 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         Ok(devices) => devices,
         Err(e) => {
             eprintln!("error: enrolment failed: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(ExitStatus::Failure);
         }
     };
     eprintln!("enrolled {} devices in {:.1} s", devices.len(), started.elapsed().as_secs_f64());

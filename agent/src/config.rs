@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 
 use crate::prediction_log::PredictionLogConfig;
+pub use crate::prediction_log::RecordInputs;
 use crate::telemetry::{Sampling, TelemetryConfig};
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -243,19 +244,6 @@ pub enum LogFormat {
 
 /// What to do with NaN or infinite values in a request's float inputs (also a bundle field).
 pub use outpost_shared::bundle::NanPolicy;
-
-/// What the prediction log keeps of a request's inputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordInputs {
-    /// The input values themselves.
-    #[default]
-    Keep,
-    /// A SHA-256 of the input bytes only.
-    Hash,
-    /// Nothing.
-    Drop,
-}
 
 /// One model to serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! reference sample per feature, the model's own predictions on that sample (run once at load),
 //! and a sliding window of the most recent `drift.window_rows` rows — per feature and of the
 //! predictions. Memory is bounded by `features × window_rows × 8` bytes per loaded version,
-//! whatever the traffic. [`evaluate_all`] runs the tests of `outpost_shared::drift` (the test
+//! whatever the traffic. the server loop's `evaluate_drift` runs the tests of `outpost_shared::drift` (the test
 //! chosen by sample size, or per model and feature by `[drift.models]`), publishes them in
 //! `/metrics`, and hands them to the reporter for the coordinator.
 //!
@@ -23,8 +23,6 @@ use outpost_shared::tensor::{datatype_of, slice};
 use outpost_shared::{DataType, Model, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
-use crate::models::ModelTable;
 
 /// The feature name under which prediction drift is reported (and configured).
 pub const PREDICTION: &str = "_prediction";
@@ -330,30 +328,6 @@ impl DriftMonitor {
             }
         }
     }
-}
-
-/// Evaluates every ready, monitored model version, publishes the verdicts in `/metrics`, and
-/// returns them (for the reporter). `published` holds the (model, version) pairs whose series
-/// exist, so a version that stopped serving loses its series.
-pub fn evaluate_all(
-    models: &ModelTable,
-    metrics: &Metrics,
-    published: &mut BTreeMap<String, String>,
-) -> Vec<ModelDrift> {
-    let mut out = Vec::new();
-    for entry in models.entries() {
-        let Some(served) = entry.ready() else { continue };
-        let Some(monitor) = &served.drift else { continue };
-        if let Some(old) = published.get(&served.name).filter(|v| **v != served.version) {
-            metrics.forget_drift(&served.name, old);
-        }
-        published.insert(served.name.clone(), served.version.clone());
-        if let Some(result) = monitor.evaluate(&served.name, &served.version) {
-            metrics.record_drift(&result);
-            out.push(result);
-        }
-    }
-    out
 }
 
 /// Shared handle to a monitor (one per served version).

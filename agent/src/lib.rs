@@ -7,7 +7,8 @@
 //! - [`desired`]: the coordinator's signed desired state: verify, download (Range), install.
 //! - [`watchdog`]: a new version's probation; switches back on crashes, errors or latency.
 //! - [`drift`]: sliding windows of inputs and predictions tested against the bundle's baseline.
-//! - [`feedback`]: `POST /v1/feedback`, ground-truth labels joined to logged predictions.
+//! - [`api::feedback`]: `POST /v1/feedback`, ground-truth labels joined to logged predictions.
+//! - [`exit`]: every command's exit codes as one `ExitStatus`.
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -22,7 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod drift;
-pub mod feedback;
+pub mod exit;
 pub mod identity;
 pub mod link;
 pub mod logging;

@@ -40,7 +40,18 @@ use outpost_shared::protocol::vocab::Slot;
 use outpost_shared::tensor::{TensorError, datatype_of, slice, tensor_to_le_bytes};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RecordInputs;
+/// What the prediction log keeps of a request's inputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordInputs {
+    /// The input values themselves.
+    #[default]
+    Keep,
+    /// A SHA-256 of the input bytes only.
+    Hash,
+    /// Nothing.
+    Drop,
+}
 
 /// Most records applied to sled in one batch.
 pub const BATCH_RECORDS: usize = 1024;

@@ -4,7 +4,7 @@
 //! `/v2/health/live` answers from the first moment; `/v2/health/ready` turns 200 only once
 //! every model is validated. On a signal the listener stops accepting, in-flight requests
 //! finish (capped by `shutdown.grace_secs`) and the process exits 0. If no model at all could
-//! be validated there is nothing to serve: the agent exits with [`ExitStatus::NoValidModel`].
+//! be validated there is nothing to serve: the agent exits with [`Stopped::NoValidModel`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ use outpost_shared::protocol::vocab::{LoadState, Slot};
 
 /// How `serve` ended; maps to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
+pub enum Stopped {
     /// Stopped by a signal after draining: exit 0.
     Drained,
     /// The grace period ran out with requests still in flight: exit 1.
@@ -41,12 +41,14 @@ pub enum ExitStatus {
     NoValidModel,
 }
 
-impl ExitStatus {
-    pub fn code(self) -> u8 {
+impl Stopped {
+    /// The process's exit status for this way of stopping.
+    pub fn exit(self) -> crate::exit::ExitStatus {
+        use crate::exit::ExitStatus;
         match self {
-            ExitStatus::Drained => 0,
-            ExitStatus::GraceExpired => 1,
-            ExitStatus::NoValidModel => crate::cli::EXIT_MODEL_INVALID,
+            Stopped::Drained => ExitStatus::Success,
+            Stopped::GraceExpired => ExitStatus::Failure,
+            Stopped::NoValidModel => ExitStatus::ModelInvalid,
         }
     }
 }
@@ -211,7 +213,7 @@ pub async fn termination_signal() -> &'static str {
 pub async fn serve(
     config: Config,
     stop: impl Future<Output = &'static str> + Send + 'static,
-) -> Result<ExitStatus, ServeError> {
+) -> Result<Stopped, ServeError> {
     let metrics = Arc::new(Metrics::new()?);
     let workers = config.runtime.effective_workers();
     let pool =
@@ -289,7 +291,7 @@ pub async fn serve(
     let app = router(state, Duration::from_secs(config.http.body_timeout_secs));
 
     // One shutdown signal for everything: None while running, then why we stop.
-    let (stop_tx, stop_rx) = watch::channel::<Option<ExitStatus>>(None);
+    let (stop_tx, stop_rx) = watch::channel::<Option<Stopped>>(None);
     let loader_stop = stop_tx.clone();
     let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop, bundles));
     let (telemetry_stop_tx, telemetry_stop) = watch::channel(false);
@@ -363,7 +365,7 @@ pub async fn serve(
     let signal_task = tokio::spawn(async move {
         let name = stop.await;
         tracing::info!(signal = name, "shutting down: no new connections, finishing in-flight requests");
-        let _ = signal_stop.send(Some(ExitStatus::Drained));
+        let _ = signal_stop.send(Some(Stopped::Drained));
     });
 
     let mut graceful_rx = stop_rx.clone();
@@ -376,10 +378,10 @@ pub async fn serve(
     let status = tokio::select! {
         finished = &mut server => {
             finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?.map_err(ServeError::Serve)?;
-            (*stop_rx.borrow()).unwrap_or(ExitStatus::Drained)
+            (*stop_rx.borrow()).unwrap_or(Stopped::Drained)
         }
         _ = stop_wait.wait_for(Option::is_some) => {
-            let why = (*stop_rx.borrow()).unwrap_or(ExitStatus::Drained);
+            let why = (*stop_rx.borrow()).unwrap_or(Stopped::Drained);
             let grace = Duration::from_secs(config.shutdown.grace_secs);
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(finished) => {
@@ -389,7 +391,7 @@ pub async fn serve(
                 Err(_) => {
                     tracing::error!(grace_secs = config.shutdown.grace_secs, in_flight = metrics.in_flight.get(), "grace period over; exiting with requests unfinished");
                     server.abort();
-                    ExitStatus::GraceExpired
+                    Stopped::GraceExpired
                 }
             }
         }
@@ -433,7 +435,7 @@ pub async fn serve(
             tracing::error!(error = %e, "cannot record the clean exit in the model store");
         }
     }
-    tracing::info!(exit_code = status.code(), "stopped");
+    tracing::info!(exit_code = status.exit().code(), "stopped");
     Ok(status)
 }
 
@@ -441,7 +443,7 @@ pub async fn serve(
 async fn load_all(
     models: Arc<ModelTable>,
     metrics: Arc<Metrics>,
-    stop: watch::Sender<Option<ExitStatus>>,
+    stop: watch::Sender<Option<Stopped>>,
     bundles: bool,
 ) {
     let mut tasks = Vec::new();
@@ -511,7 +513,7 @@ async fn load_all(
         tracing::info!("no model file validated; serving signed bundles from the local store as they arrive");
     } else {
         tracing::error!("no model could be validated: nothing to serve, exiting");
-        let _ = stop.send(Some(ExitStatus::NoValidModel));
+        let _ = stop.send(Some(Stopped::NoValidModel));
     }
 }
 
@@ -534,11 +536,35 @@ async fn drift_loop(
             (Arc::clone(&models), Arc::clone(&metrics), reporter.clone(), Arc::clone(&published));
         let _ = tokio::task::spawn_blocking(move || {
             let mut published = published.lock().unwrap_or_else(|p| p.into_inner());
-            let verdicts = crate::drift::evaluate_all(&models, &metrics, &mut published);
+            let verdicts = evaluate_drift(&models, &metrics, &mut published);
             if let Some(reporter) = reporter.filter(|_| !verdicts.is_empty()) {
                 reporter.drift(verdicts);
             }
         })
         .await;
     }
+}
+
+/// Evaluates every ready, monitored model version, publishes the verdicts in `/metrics`, and
+/// returns them (for the reporter). `published` holds the (model, version) pairs whose series
+/// exist, so a version that stopped serving loses its series.
+fn evaluate_drift(
+    models: &ModelTable,
+    metrics: &Metrics,
+    published: &mut std::collections::BTreeMap<String, String>,
+) -> Vec<outpost_shared::protocol::messages::ModelDrift> {
+    let mut out = Vec::new();
+    for entry in models.entries() {
+        let Some(served) = entry.ready() else { continue };
+        let Some(monitor) = &served.drift else { continue };
+        if let Some(old) = published.get(&served.name).filter(|v| **v != served.version) {
+            metrics.forget_drift(&served.name, old);
+        }
+        published.insert(served.name.clone(), served.version.clone());
+        if let Some(result) = monitor.evaluate(&served.name, &served.version) {
+            metrics.record_drift(&result);
+            out.push(result);
+        }
+    }
+    out
 }

@@ -7,6 +7,7 @@
 //!   imports the wiring (except `http`, whose request state holds the whole `config`).
 //! - Only `http` knows HTTP: `axum` and `tower` appear nowhere else in the coordinator's library.
 //! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
+//! - The agent's modules import each other without circles (unit tests aside).
 //!
 //! Comments are not imports: only code lines are read.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -128,6 +129,102 @@ fn agent_and_coordinator_never_import_each_other_and_shared_neither() {
         }
     }
     assert!(broken.is_empty(), "crate walls broken:\n{}", broken.join("\n"));
+}
+
+/// The top-level modules of the crate at `src` that each file's code names (`crate::x`, and the
+/// items of `use crate::{x, y::z}`), as edges between top-level modules.
+fn module_edges(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for path in rust_files(src) {
+        let relative = path.strip_prefix(src).expect("under src");
+        let first = relative.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
+        let me = first.strip_suffix(".rs").unwrap_or(first).to_owned();
+        if me == "lib" || me == "main" || me == "bin" {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "tests.rs" || name.ends_with("_tests.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).expect("readable source");
+        // Unit tests (at the end of a file, by convention) may reach anywhere.
+        let source = source.split("#[cfg(test)]").next().unwrap_or("");
+        let code: String = code_lines(source).map(|(_, c)| format!("{c}\n")).collect();
+        let mut named = Vec::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let inner = group.split('}').next().unwrap_or("");
+                named.extend(
+                    inner.split(',').map(|item| item.trim().split("::").next().unwrap_or("").to_owned()),
+                );
+            } else {
+                named.push(rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect());
+            }
+        }
+        let targets = edges.entry(me.clone()).or_default();
+        for n in named.into_iter().filter(|n| {
+            !n.is_empty()
+                && *n != me
+                && n.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        }) {
+            targets.insert(n);
+        }
+    }
+    edges
+}
+
+/// A cycle among `edges`, if there is one, as the modules along it.
+fn find_cycle(
+    edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in edges.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    edges.keys().find_map(|start| visit(start, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_agents_modules_import_each_other_without_circles() {
+    let edges = module_edges(&repo().join("agent/src"));
+    assert!(edges.len() > 15, "only {} agent modules found", edges.len());
+    if let Some(cycle) = find_cycle(&edges) {
+        panic!("the agent's modules import each other in a circle: {}", cycle.join(" → "));
+    }
+}
+
+#[test]
+fn the_checker_finds_a_circle() {
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    edges.entry("a".into()).or_default().insert("b".into());
+    edges.entry("b".into()).or_default().insert("c".into());
+    assert_eq!(find_cycle(&edges), None);
+    edges.entry("c".into()).or_default().insert("a".into());
+    assert_eq!(find_cycle(&edges), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
 }
 
 #[test]

@@ -23,7 +23,7 @@ use outpost_shared::protocol::records::PredictionRecord;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::prediction_log::PredictionLog;
 
 /// Most labels one request may carry.
