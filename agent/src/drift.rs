@@ -23,7 +23,6 @@ use outpost_shared::tensor::{datatype_of, slice};
 use outpost_shared::{DataType, Model, Tensor};
 use serde::{Deserialize, Serialize};
 
-
 /// The feature name under which prediction drift is reported (and configured).
 pub const PREDICTION: &str = "_prediction";
 
