@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::registry::{audited, blocking};
+use super::registry::{audited, blocking, mutation};
 use super::{ApiError, AppState, authorize, json_body};
 use crate::base::store::now_ms;
 use crate::http::auth::{ApiToken, Role};
@@ -55,13 +55,16 @@ pub async fn revoke_api_token(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let who = authorize(&state, &headers, Role::Admin)?;
-    let result = match state.auth.revoke(&name) {
-        Ok(true) => Ok((serde_json::json!({"revoked": name}), "revoked".to_owned())),
-        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no token named `{name}`"))),
-        Err(e) => Err(ApiError::internal(e)),
-    };
-    audited(&state, &who, "token.revoke", &name, result).await.map(Json)
+    let target = name.clone();
+    mutation(&state, &headers, Role::Admin, "token.revoke", &target, move |st, _| {
+        match st.auth.revoke(&name) {
+            Ok(true) => Ok((serde_json::json!({"revoked": name}), "revoked".to_owned())),
+            Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no token named `{name}`"))),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::registry::{audited, blocking};
+use super::registry::{blocking, mutation};
 use super::{ApiError, AppState, authorize, json_body};
 use crate::base::store::now_ms;
 use crate::http::auth::Role;
@@ -230,13 +230,14 @@ pub async fn set_slo(
     Path(name): Path<String>,
     body: Result<Json<crate::monitoring::slo::SloSpec>, JsonRejection>,
 ) -> Result<Json<crate::monitoring::slo::SloSpec>, ApiError> {
-    let who = authorize(&state, &headers, Role::Operator)?;
-    let result = (|| {
+    let target = name.clone();
+    mutation(&state, &headers, Role::Operator, "slo.set", &target, move |st, _| {
         let spec = json_body(body)?;
         spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-        state.ingest.slos().set(&name, &spec).map_err(ApiError::internal)?;
-        let detail = serde_json::to_string(&spec).unwrap_or_default();
+        st.ingest.slos().set(&name, &spec).map_err(ApiError::internal)?;
+        let detail = serde_json::to_string(&spec).map_err(ApiError::internal)?;
         Ok((spec, detail))
-    })();
-    audited(&state, &who, "slo.set", &name, result).await.map(Json)
+    })
+    .await
+    .map(Json)
 }

@@ -54,6 +54,22 @@ pub(crate) async fn audited<T>(
     }
 }
 
+/// The shape of a mutating route: check the caller's role, run `work` on the blocking pool (it
+/// answers the value and a one-line detail for the audit log), audit the outcome either way.
+pub(crate) async fn mutation<T: Send + 'static>(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    needs: Role,
+    action: &str,
+    target: &str,
+    work: impl FnOnce(&AppState, &Principal) -> Result<(T, String), ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let who = authorize(state, headers, needs)?;
+    let (st, caller) = (Arc::clone(state), who.clone());
+    let result = blocking(move || work(&st, &caller)).await?;
+    audited(state, &who, action, target, result).await
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -133,15 +149,15 @@ pub async fn set_stage(
     Path((name, version)): Path<(String, String)>,
     body: Result<Json<StageRequest>, JsonRejection>,
 ) -> Result<Json<VersionRecord>, ApiError> {
-    let who = authorize(&state, &headers, Role::Operator)?;
     let target = format!("{name}@{version}");
-    let result = (|| {
+    mutation(&state, &headers, Role::Operator, "model.stage", &target, move |st, who| {
         let request = json_body(body)?;
         let stage = Stage::parse(&request.stage).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let record = state.registry.transition(&name, &version, stage, &who.name, &request.note)?;
+        let record = st.registry.transition(&name, &version, stage, &who.name, &request.note)?;
         Ok((record, format!("stage {}", stage.as_str())))
-    })();
-    audited(&state, &who, "model.stage", &target, result).await.map(Json)
+    })
+    .await
+    .map(Json)
 }
 
 pub async fn purge(
@@ -149,10 +165,12 @@ pub async fn purge(
     headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<VersionRecord>, ApiError> {
-    let who = authorize(&state, &headers, Role::Admin)?;
-    let result =
-        state.registry.purge(&name, &version).map(|r| (r, "purged".to_owned())).map_err(ApiError::from);
-    audited(&state, &who, "model.purge", &format!("{name}@{version}"), result).await.map(Json)
+    let target = format!("{name}@{version}");
+    mutation(&state, &headers, Role::Admin, "model.purge", &target, move |st, _| {
+        Ok((st.registry.purge(&name, &version)?, "purged".to_owned()))
+    })
+    .await
+    .map(Json)
 }
 
 pub async fn validate(
@@ -162,16 +180,13 @@ pub async fn validate(
     query: Result<Query<ValidateOptions>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Json<validation::Report>, ApiError> {
-    let who = authorize(&state, &headers, Role::Operator)?;
     let target = format!("{name}@{version}");
-    let st = Arc::clone(&state);
-    let by = who.name.clone();
-    let result = blocking(move || {
+    mutation(&state, &headers, Role::Operator, "model.validate", &target, move |st, who| {
         let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        st.registry.validate(&name, &version, &body, &q, &by).map_err(ApiError::from)
+        Ok(st.registry.validate(&name, &version, &body, &q, &who.name)?)
     })
-    .await?;
-    audited(&state, &who, "model.validate", &target, result).await.map(Json)
+    .await
+    .map(Json)
 }
 
 pub async fn retrain(
@@ -211,15 +226,16 @@ pub async fn set_policy(
     Path(name): Path<String>,
     body: Result<Json<Policy>, JsonRejection>,
 ) -> Result<Json<Policy>, ApiError> {
-    let who = authorize(&state, &headers, Role::Operator)?;
-    let result = (|| {
+    let target = name.clone();
+    mutation(&state, &headers, Role::Operator, "model.policy", &target, move |st, _| {
         let policy = json_body(body)?;
         policy.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-        state.registry.set_policy(&name, &policy)?;
-        let detail = serde_json::to_string(&policy).unwrap_or_default();
+        st.registry.set_policy(&name, &policy)?;
+        let detail = serde_json::to_string(&policy).map_err(ApiError::internal)?;
         Ok((policy, detail))
-    })();
-    audited(&state, &who, "model.policy", &name, result).await.map(Json)
+    })
+    .await
+    .map(Json)
 }
 
 pub async fn export_bundle(
