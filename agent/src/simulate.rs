@@ -78,11 +78,9 @@ impl Stats {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error(transparent)]
-    Client(#[from] outpost_shared::tls::ClientError),
-    #[error("{what}: {detail}")]
-    Request { what: &'static str, detail: String },
-    #[error("{what}: {status}: {body}")]
-    Refused { what: &'static str, status: u16, body: String },
+    Client(#[from] outpost_client::ClientError),
+    #[error("{what}: {source}")]
+    Call { what: &'static str, source: outpost_client::ClientError },
     #[error("enrolment answer has no `{0}`")]
     Missing(&'static str),
     #[error(transparent)]
@@ -96,8 +94,12 @@ pub enum SimError {
 /// Enrols `plan.devices` devices (blocking; `parallel` at a time), calling `progress` with the
 /// count done so far.
 pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<SimDevice>, SimError> {
-    let http =
-        outpost_shared::tls::api_client(&plan.api_url, plan.ca_pem.as_deref(), Duration::from_secs(60))?;
+    let http = outpost_client::Client::new(
+        &plan.api_url,
+        &plan.admin_token,
+        plan.ca_pem.as_deref(),
+        Duration::from_secs(60),
+    )?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<SimDevice, SimError>>> = Mutex::new(Vec::with_capacity(plan.devices));
@@ -126,26 +128,13 @@ pub fn enrol_all(plan: &Plan, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<S
     results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().collect()
 }
 
-fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice, SimError> {
-    let api = plan.api_url.trim_end_matches('/');
+fn enrol_one(plan: &Plan, http: &outpost_client::Client, index: usize) -> Result<SimDevice, SimError> {
     let mut labels = plan.labels.clone();
     labels.insert("sim".into(), format!("{}", index % 100));
-    let answer = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &'static str| {
-        let failed = |e: &dyn std::fmt::Display| SimError::Request { what, detail: e.to_string() };
-        let mut r = r.map_err(|e| failed(&e))?;
-        let status = r.status();
-        let body = r.body_mut().read_to_string().map_err(|e| failed(&e))?;
-        if !status.is_success() {
-            return Err(SimError::Refused { what, status: status.as_u16(), body });
-        }
-        serde_json::from_str::<serde_json::Value>(&body).map_err(|e| failed(&e))
-    };
-    let token = answer(
-        http.post(format!("{api}/api/v1/enrolment-tokens"))
-            .header("Authorization", &format!("Bearer {}", plan.admin_token))
-            .send_json(serde_json::json!({ "labels": labels })),
-        "enrolment token",
-    )?;
+    let call = |what: &'static str| move |source| SimError::Call { what, source };
+    let token: serde_json::Value = http
+        .post_json("/api/v1/enrolment-tokens", &serde_json::json!({ "labels": labels }))
+        .map_err(call("enrolment token"))?;
     let (signing, _) = SigningKey::generate().map_err(|e| SimError::Keys(e.to_string()))?;
     let id = format!("dev-{}", signing.key_id());
     let tls_key = rcgen::KeyPair::generate().map_err(|e| SimError::Keys(e.to_string()))?;
@@ -155,15 +144,17 @@ fn enrol_one(plan: &Plan, http: &ureq::Agent, index: usize) -> Result<SimDevice,
         .serialize_request(&tls_key)
         .and_then(|c| c.pem())
         .map_err(|e| SimError::Keys(e.to_string()))?;
-    let enrolled = answer(
-        http.post(format!("{api}/api/v1/enrol")).send_json(serde_json::json!({
-            "token": token["token"],
-            "device_id": id,
-            "public_key": hex::encode(signing.public_key().as_bytes()),
-            "csr": csr,
-        })),
-        "enrol",
-    )?;
+    let enrolled: serde_json::Value = http
+        .post_json(
+            "/api/v1/enrol",
+            &serde_json::json!({
+                "token": token["token"],
+                "device_id": id,
+                "public_key": hex::encode(signing.public_key().as_bytes()),
+                "csr": csr,
+            }),
+        )
+        .map_err(call("enrol"))?;
     let text = |k: &'static str| enrolled[k].as_str().map(str::to_owned).ok_or(SimError::Missing(k));
     let (host, port) = outpost_shared::endpoints::parse_mqtts_url(&text("broker_url")?)?;
     let tls = outpost_shared::tls::client_config(

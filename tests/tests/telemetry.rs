@@ -285,9 +285,19 @@ async fn agent_killed_while_draining_restarts_without_loss(kind: Kind) {
     agent.wait_ready(Duration::from_secs(30)).await;
     fleet.stop_broker();
     serve_predictions(&agent, 5000).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let backlog = outbox_messages(&agent).await;
-    assert!(backlog > 100.0, "backlog {backlog}");
+    // The reporter seals the served predictions into the outbox within a report interval.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backlog = outbox_messages(&agent).await;
+    while backlog <= 100.0 {
+        assert!(
+            Instant::now() < deadline,
+            "backlog {backlog} after 30 s:
+{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        backlog = outbox_messages(&agent).await;
+    }
     fleet.resume_broker();
     fleet
         .coordinator

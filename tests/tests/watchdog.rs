@@ -90,7 +90,7 @@ async fn an_agent_cut_off_from_the_broker_switches_back_from_a_crash_looping_ver
         incident["reason"].as_str().unwrap().contains("watchdog switched 1.1.0 back on its own"),
         "{incident:#}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_serving(&agent, "1.0.0").await;
     let (status, answer) = agent.post_json("/v2/models/bc/infer", &row).await;
     assert_eq!((status, answer["model_version"].as_str()), (200, Some("1.0.0")), "{answer}");
 }
