@@ -185,24 +185,21 @@ struct Api {
 }
 
 impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Value, String> {
-        let result = match (method, body) {
-            ("GET", _) => self.client.get(path),
-            ("PUT", Some((kind, bytes))) => {
-                self.client.put_bytes(path, kind, &bytes, &mut |_, _| {}).map(|(_, v)| v)
-            }
-            (_, Some((kind, bytes))) => self.client.post_bytes(path, kind, &[], &bytes),
-            (_, None) => self.client.post_json(path, &json!({})),
+    /// `PUT` (or else `POST`) raw bytes of type `kind`.
+    fn call(&self, method: &str, path: &str, (kind, bytes): (&str, Vec<u8>)) -> Result<Value, String> {
+        let result = match method {
+            "PUT" => self.client.put_bytes(path, kind, &bytes, &mut |_, _| {}).map(|(_, v)| v),
+            _ => self.client.post_bytes(path, kind, &[], &bytes),
         };
         result.map_err(|e| format!("{method} {path}: {e}"))
     }
 
     fn get(&self, path: &str) -> Result<Value, String> {
-        self.call("GET", path, None)
+        self.client.get(path).map_err(|e| format!("GET {path}: {e}"))
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
-        self.call("POST", path, Some(("application/json", body.to_string().into_bytes())))
+        self.client.post_json(path, body).map_err(|e| format!("POST {path}: {e}"))
     }
 }
 
@@ -459,7 +456,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         api.call(
             "PUT",
             &format!("/api/v1/models/bc/versions/{version}"),
-            Some(("application/octet-stream", bundle.to_bytes())),
+            ("application/octet-stream", bundle.to_bytes()),
         )?;
         step(started, format!("pushed bc@{version} as a signed bundle (the model {evidence})"));
     }
@@ -473,7 +470,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         let report = api.call(
             "POST",
             &format!("/api/v1/models/bc/versions/{version}/validate?{query}"),
-            Some(("text/csv", validation.clone())),
+            ("text/csv", validation.clone()),
         )?;
         let passed = report["passed"] == true;
         step(
@@ -498,13 +495,13 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
     api.call(
         "PUT",
         "/api/v1/models/bc/slo",
-        Some((
+        (
             "application/json",
             json!({"availability": 0.99, "latency": {"percentile": 0.95, "threshold_ms": 50.0},
                    "accuracy": 0.9, "window_secs": 3600})
             .to_string()
             .into_bytes(),
-        )),
+        ),
     )?;
     step(started, "SLOs for bc: 99 % availability, p95 < 50 ms, accuracy ≥ 90 % over an hour");
     api.post("/api/v1/deployments", &json!({"model": "bc", "version": "1.0.0"}))?;

@@ -269,6 +269,25 @@ impl AuditLog {
         rx.recv().map_err(|_| Self::stopped())?
     }
 
+    /// [`AuditLog::append`] for a caller whose action already happened: a failure to audit is
+    /// logged loudly and counted in `metrics` (`outpost_audit_failures_total`), not returned.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_or_count(
+        &self,
+        metrics: &crate::base::metrics::Metrics,
+        actor: &str,
+        role: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
+        if let Err(e) = self.append(actor, role, action, target, outcome, detail).await {
+            tracing::error!(error = %e, action, target, "CANNOT WRITE THE AUDIT LOG");
+            metrics.audit_failures.inc();
+        }
+    }
+
     /// [`AuditLog::record`] for async callers: waits without holding an executor thread.
     pub async fn append(
         &self,

@@ -231,6 +231,8 @@ fn rfc3339(ms: u64) -> String {
 /// Evaluates, keeps state, notifies.
 pub struct AlertEngine {
     tree: sled::Tree,
+    /// Open incidents keep `OutpostRolloutRolledBack` firing.
+    incidents: crate::ops::rollout::RolloutStore,
     slos: crate::monitoring::slo::Slos,
     labels: crate::monitoring::quality::Labels,
     store: Store,
@@ -294,6 +296,7 @@ impl AlertEngine {
         let labels = crate::monitoring::quality::Labels::open(store)?;
         Ok(AlertEngine {
             tree,
+            incidents: crate::ops::rollout::RolloutStore::open(store)?,
             slos,
             labels,
             store: store.clone(),
@@ -338,7 +341,7 @@ impl AlertEngine {
         for c in self.slow_retraining()? {
             candidates.insert(fingerprint(&c.labels), c);
         }
-        for c in rolled_back(&crate::ops::rollout::RolloutStore::open(&self.store)?.open_incidents()?) {
+        for c in rolled_back(&self.incidents.open_incidents()?) {
             candidates.insert(fingerprint(&c.labels), c);
         }
         let mut tick = Tick::default();

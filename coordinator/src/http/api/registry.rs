@@ -28,10 +28,10 @@ pub(crate) async fn audit(
         Ok(detail) => ("ok", detail),
         Err(detail) => ("refused", detail),
     };
-    if let Err(e) = state.audit.append(&who.name, who.role.as_str(), action, target, outcome, detail).await {
-        tracing::error!(error = %e, action, target, "CANNOT WRITE THE AUDIT LOG");
-        state.metrics.audit_failures.inc();
-    }
+    state
+        .audit
+        .append_or_count(&state.metrics, &who.name, who.role.as_str(), action, target, outcome, detail)
+        .await;
 }
 
 /// Runs `f`, auditing its outcome.
