@@ -179,9 +179,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(crate::server::serve(config)) {
+    match runtime.block_on(crate::http::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ crate::server::ServeError::Config(_)) => {
+        Err(e @ crate::http::server::ServeError::Config(_)) => {
             tracing::error!(error = %e, "configuration refused");
             ExitCode::from(2)
         }

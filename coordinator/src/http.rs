@@ -3,11 +3,14 @@
 //! Owns the shared request state ([`api::AppState`]), API tokens, roles and rate limits
 //! ([`auth`]), the JSON API ([`api`]) and the dashboard ([`dashboard`]). Handlers check the
 //! caller, decode the body, call a lower floor and map its error to a status.
-//! May import: every other floor. Only this floor (and the binary's wiring in `server`)
-//! imports axum.
+//! [`server`] composes the running coordinator: it opens every lower floor's state, builds the
+//! engines from their narrow handles, and hands them to the API as one [`api::AppState`] —
+//! nothing below this floor (and nothing in the wiring) sees that state.
+//! May import: every other floor. Only this floor imports axum.
 
 pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod serve;
+pub mod server;

@@ -13,7 +13,8 @@
 //! | [`ops`] | deploy, rollouts, retraining, alerts |
 //! | [`http`] | request state, auth, JSON API, dashboard — the only floor that knows HTTP |
 //!
-//! [`config`], [`server`] and [`cli`] wire the floors into the `outpost-coordinator` binary;
+//! [`config`] and [`cli`] wire the floors into the `outpost-coordinator` binary (the running
+//! server is composed in [`http::server`], the top floor);
 //! `src/bin/outpostctl` is the operator's CLI.
 //!
 //! This crate depends on `outpost-shared` only, never on the agent.
@@ -27,4 +28,3 @@ pub mod http;
 pub mod models;
 pub mod monitoring;
 pub mod ops;
-pub mod server;

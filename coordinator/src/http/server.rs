@@ -1,5 +1,8 @@
 //! `outpost-coordinator serve`: opens the state, CA and keys, connects to the broker, and
 //! serves the API until SIGTERM or SIGINT.
+//!
+//! This is the coordinator's composition root. It sits on the top floor because it is the one
+//! place that builds [`AppState`]: engines get their narrow handles here, never the state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
