@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use outpost_coordinator::base::metrics::Metrics;
-use outpost_coordinator::base::store::{DeviceRecord, Store, TokenRecord};
+use outpost_coordinator::base::store::Store;
 use outpost_coordinator::fleet::ca::Authority;
+use outpost_coordinator::fleet::devices::{DeviceRecord, TokenRecord};
 use outpost_coordinator::fleet::ingest::{Ingest, Outcome};
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
@@ -60,7 +61,8 @@ fn main() {
         .map(|i| {
             let (key, _) = SigningKey::generate().unwrap();
             let id = format!("bench-{i:03}");
-            store
+            ingest
+                .devices()
                 .add_token(
                     &id,
                     &TokenRecord {
@@ -73,7 +75,7 @@ fn main() {
                 )
                 .unwrap();
             let record = DeviceRecord::new(&id, key.public_key().as_bytes(), BTreeMap::new());
-            store.enrol(&id, |_| record.clone()).unwrap().unwrap();
+            ingest.devices().enrol(&id, |_| record.clone()).unwrap().unwrap();
             (id, key)
         })
         .collect();

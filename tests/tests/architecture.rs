@@ -8,6 +8,9 @@
 //! - Only `http` knows HTTP: `axum` and `tower` appear nowhere else in the coordinator's library.
 //! - Only `http` names `AppState`: engines are built from narrow handles (in `http::server`, the
 //!   composition root), and neither the wiring nor the binaries reach into the request state.
+//! - Storage sits behind repositories: `sled` is named only in the files listed in
+//!   [`REPOSITORIES`], whose methods speak in records; engines, handlers and the wiring never
+//!   see a sled type, so a second backend changes those files and nothing above them.
 //! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
 //! - The agent's modules import each other without circles (unit tests aside).
 //!
@@ -18,6 +21,24 @@ use std::path::{Path, PathBuf};
 
 const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http"];
 const WIRING: [&str; 2] = ["config", "cli"];
+
+/// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
+const REPOSITORIES: [&str; 14] = [
+    "base/store.rs",
+    "base/audit.rs",
+    "models/registry.rs",
+    "monitoring/slo.rs",
+    "monitoring/quality.rs",
+    "monitoring/report.rs",
+    "monitoring/dataset.rs",
+    "monitoring/retention.rs",
+    "fleet/devices.rs",
+    "fleet/desired.rs",
+    "ops/rollout/persistence.rs",
+    "ops/alerts/store.rs",
+    "ops/retraining/store.rs",
+    "http/auth.rs",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the repo").to_path_buf()
@@ -61,14 +82,24 @@ fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
     let Some(rank) = floor_of(relative) else {
         // The wiring and the binaries sit above every floor; they may import any of them but
         // hand the request state to nobody.
-        return code_lines(source)
-            .filter(|(_, code)| code.contains("AppState"))
-            .map(|(n, _)| format!("{n}: the wiring names `AppState`; only `http` builds it"))
-            .collect();
+        let mut out = Vec::new();
+        for (n, code) in code_lines(source) {
+            if code.contains("AppState") {
+                out.push(format!("{n}: the wiring names `AppState`; only `http` builds it"));
+            }
+            if code.contains("sled::") || code.contains("use sled") {
+                out.push(format!("{n}: the wiring names sled outside a repository (see REPOSITORIES)"));
+            }
+        }
+        return out;
     };
     let me = FLOORS[rank];
+    let repository = REPOSITORIES.iter().any(|r| relative == Path::new(r));
     let mut out = Vec::new();
     for (n, code) in code_lines(source) {
+        if !repository && (code.contains("sled::") || code.contains("use sled")) {
+            out.push(format!("{n}: `{me}` names sled outside a repository (see REPOSITORIES)"));
+        }
         for (higher, name) in FLOORS.iter().enumerate().skip(rank + 1) {
             if code.contains(&format!("crate::{name}::")) || code.contains(&format!("crate::{name};")) {
                 out.push(format!("{n}: `{me}` imports `{name}`, a higher floor (floor {rank} → {higher})"));
@@ -255,9 +286,16 @@ fn the_checker_catches_a_forbidden_import() {
     // Comments and the wiring are not checked; `http` may use axum.
     assert!(coordinator_violations(fleet, "//! see [`crate::http::api`]\n").is_empty());
     assert!(coordinator_violations(Path::new("cli.rs"), "use crate::http::server::serve;\n").is_empty());
-    assert!(coordinator_violations(Path::new("http/server.rs"), "use crate::http::api::AppState;\n").is_empty());
+    assert!(
+        coordinator_violations(Path::new("http/server.rs"), "use crate::http::api::AppState;\n").is_empty()
+    );
     // Only `http` names the request state: not a lower floor, not the wiring.
     assert_eq!(coordinator_violations(Path::new("cli.rs"), "let s: AppState;\n").len(), 1);
     assert_eq!(coordinator_violations(Path::new("monitoring/slo.rs"), "fn f(s: &AppState) {}\n").len(), 1);
     assert!(coordinator_violations(Path::new("http/api.rs"), "use axum::Json;\n").is_empty());
+    // sled only in a repository: an engine holding a tree is caught, the rollout store is not.
+    assert_eq!(coordinator_violations(ops, "    tree: sled::Tree,\n").len(), 1);
+    assert!(
+        coordinator_violations(Path::new("ops/rollout/persistence.rs"), "    tree: sled::Tree,\n").is_empty()
+    );
 }

@@ -16,8 +16,10 @@ use outpost_shared::protocol::topics::{self, Channel};
 use outpost_shared::protocol::{self};
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{DeviceRecord, Store, StoreError, now_ms};
+use crate::base::store::{Store, StoreError, now_ms};
+
 use crate::fleet::ca::Authority;
+use crate::fleet::devices::{DeviceRecord, Devices};
 
 /// A device's desired state as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +42,7 @@ pub struct Outgoing {
 pub struct Desired {
     tree: sled::Tree,
     store: Store,
+    devices: Devices,
 }
 
 impl std::fmt::Debug for Desired {
@@ -55,7 +58,7 @@ pub fn matches(device: &DeviceRecord, selector: &BTreeMap<String, String>) -> bo
 
 impl Desired {
     pub fn open(store: &Store) -> Result<Desired, StoreError> {
-        Ok(Desired { tree: store.tree("desired")?, store: store.clone() })
+        Ok(Desired { tree: store.tree("desired")?, store: store.clone(), devices: Devices::open(store)? })
     }
 
     pub fn get(&self, device: &str) -> Result<Option<DesiredRecord>, StoreError> {
@@ -130,7 +133,7 @@ impl Desired {
             models: record.models.values().cloned().collect(),
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
-        let seq = self.store.next_outgoing_seq(device)?;
+        let seq = self.devices.next_outgoing_seq(device)?;
         let payload = protocol::seal(authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
             StoreError::Corrupt { key: format!("desired state for {device}"), detail: e.to_string() }
         })?;

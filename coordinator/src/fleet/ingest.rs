@@ -13,8 +13,10 @@ use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMes
 use outpost_shared::protocol::{self, EnvelopeError, PublicKey};
 use prometheus::IntCounterVec;
 
-use crate::base::store::{DeviceRecord, Store, StoreError, Stored, now_ms};
+use crate::base::store::{Store, StoreError, now_ms};
+
 use crate::fleet::ca::Authority;
+use crate::fleet::devices::{DeviceRecord, Devices, Stored};
 
 /// Why an envelope was refused (also the `result` label of the ingest counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ impl Outcome {
 
 #[derive(Clone)]
 pub struct Ingest {
-    store: Store,
+    devices: Devices,
     labels: crate::monitoring::quality::Labels,
     drift_history: crate::monitoring::report::History,
     slos: crate::monitoring::slo::Slos,
@@ -107,7 +109,7 @@ fn update_streaks(record: &mut DeviceRecord, report: &DriftReport, h: DriftHyste
             {
                 Some(i) => i,
                 None => {
-                    record.drift_streaks.push(crate::base::store::DriftStreak {
+                    record.drift_streaks.push(crate::fleet::devices::DriftStreak {
                         model: model.model.clone(),
                         feature: verdict.feature.clone(),
                         drifted_run: 0,
@@ -146,7 +148,7 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
             record.last_windows = report
                 .models
                 .iter()
-                .map(|w| crate::base::store::WindowSummary {
+                .map(|w| crate::fleet::devices::WindowSummary {
                     model: w.model.clone(),
                     version: w.version.clone(),
                     requests: w.requests,
@@ -162,7 +164,7 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
         AgentMessage::Event(event) => {
             record.counts.events += 1;
             record.recent_events.push(event.clone());
-            let excess = record.recent_events.len().saturating_sub(crate::base::store::RECENT_EVENTS);
+            let excess = record.recent_events.len().saturating_sub(crate::fleet::devices::RECENT_EVENTS);
             record.recent_events.drain(..excess);
         }
         AgentMessage::State(state) => {
@@ -213,7 +215,7 @@ impl Ingest {
         let predictions = crate::monitoring::dataset::Predictions::open(&store)?;
         Ok(Ingest {
             predictions,
-            store,
+            devices: Devices::open(&store)?,
             labels,
             drift_history,
             slos,
@@ -229,8 +231,9 @@ impl Ingest {
         self
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The fleet's records this ingest writes to.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
     }
 
     /// Ground-truth labels joined to predictions.
@@ -269,7 +272,7 @@ impl Ingest {
             Ok(envelope) => envelope,
             Err(e) => return Ok(undecodable(&e)),
         };
-        let Some(record) = self.store.device(device)? else {
+        let Some(record) = self.devices.get(device)? else {
             return rejected(Rejection::UnknownDevice, format!("device `{device}` is not enrolled"));
         };
         if envelope.key_id != record.key_id {
@@ -291,7 +294,7 @@ impl Ingest {
             tracing::warn!(device, seq = opened.seq, error = %e, "signed envelope with an unreadable body: stored as is");
         }
         let stored =
-            self.store.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
+            self.devices.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
                 Ok(message) => apply(message, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
@@ -328,7 +331,7 @@ impl Ingest {
     /// Ingests an envelope read from a file: the device is the one enrolled with its key.
     pub fn ingest_from_file(&self, wire: &[u8]) -> Result<(Option<String>, Outcome), StoreError> {
         let refused = match protocol::decode(wire) {
-            Ok(envelope) => match self.store.device_by_key(&envelope.key_id)? {
+            Ok(envelope) => match self.devices.get_by_key(&envelope.key_id)? {
                 Some(device) => {
                     let outcome = self.ingest(&device.id, wire)?;
                     return Ok((Some(device.id), outcome));
@@ -356,7 +359,7 @@ impl Ingest {
         for ranges in all.ranges.chunks(messages::MAX_ACK_RANGES) {
             let ack = Ack { device: device.to_owned(), ranges: ranges.to_vec() };
             let body = messages::encode(&CoordinatorMessage::Ack(ack));
-            let seq = self.store.next_outgoing_seq(device)?;
+            let seq = self.devices.next_outgoing_seq(device)?;
             let wire = protocol::seal(self.authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
                 StoreError::Corrupt { key: format!("ack for {device}"), detail: e.to_string() }
             })?;
@@ -389,10 +392,11 @@ mod tests {
         let metrics = crate::base::metrics::Metrics::new();
         let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).unwrap();
         let (key, _) = SigningKey::generate().unwrap();
-        store
+        ingest
+            .devices()
             .add_token(
                 "t",
-                &crate::base::store::TokenRecord {
+                &crate::fleet::devices::TokenRecord {
                     labels: BTreeMap::new(),
                     created_at_ms: 0,
                     expires_at_ms: u64::MAX,
@@ -401,7 +405,8 @@ mod tests {
                 },
             )
             .unwrap();
-        store
+        ingest
+            .devices()
             .enrol("t", |_| DeviceRecord::new("d1", key.public_key().as_bytes(), BTreeMap::new()))
             .unwrap()
             .unwrap();
@@ -435,7 +440,7 @@ mod tests {
             let line = format!("outpost_coordinator_ingest_total{{result=\"{result}\"}} {n}");
             assert!(text.contains(&line), "missing `{line}` in\n{text}");
         }
-        let record = store.device("d1").unwrap().unwrap();
+        let record = ingest.devices().get("d1").unwrap().unwrap();
         assert_eq!((record.counts.envelopes, record.counts.events), (1, 1));
     }
 }

@@ -231,7 +231,7 @@ fn ingest_batch(
             Some((device, Channel::Presence)) => {
                 let presence = String::from_utf8_lossy(&publish.payload);
                 if matches!(presence.as_ref(), "online" | "offline") {
-                    ingest.store().set_presence(device, &presence)?;
+                    ingest.devices().set_presence(device, &presence)?;
                 }
             }
             _ => tracing::debug!(topic = publish.topic, "ignoring message on an unexpected topic"),
@@ -240,7 +240,7 @@ fn ingest_batch(
     if seqs.is_empty() {
         return Ok(Vec::new());
     }
-    ingest.store().flush()?;
+    ingest.devices().flush()?;
     let mut acks = Vec::new();
     for (device, seqs) in seqs {
         let Ok(topic) = topics::topic(&device, Channel::Ack) else { continue };

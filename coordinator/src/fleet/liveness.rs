@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::DeviceRecord;
+use crate::fleet::devices::DeviceRecord;
 
 /// The `[fleet]` settings: when silence makes a device stale, then offline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

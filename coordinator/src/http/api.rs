@@ -24,10 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::audit::AuditLog;
 use crate::base::metrics::Metrics;
-use crate::base::store::{Counts, DeviceRecord, Store, TokenRecord, TokenRefused, now_ms};
+use crate::base::store::now_ms;
 use crate::config::Config;
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::{Desired, DesiredRecord, Outgoing};
+use crate::fleet::devices::{Counts, DeviceRecord, Devices, TokenRecord, TokenRefused};
 use crate::fleet::ingest::{Ingest, Outcome};
 use crate::fleet::liveness::Liveness;
 use crate::http::auth::{Auth, Denied, Principal, Role};
@@ -41,7 +42,7 @@ pub struct AppState {
     /// The one way desired states change.
     pub deployer: crate::ops::deploy::Deployer,
     pub config: Config,
-    pub store: Store,
+    pub devices: Devices,
     pub authority: Arc<Authority>,
     pub ingest: Ingest,
     pub metrics: Metrics,
@@ -199,7 +200,7 @@ async fn keys(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    if let Ok(devices) = state.store.devices() {
+    if let Ok(devices) = state.devices.all() {
         let mut by_status: BTreeMap<&str, i64> =
             ["online", "stale", "offline", "never_seen"].into_iter().map(|s| (s, 0)).collect();
         let now = now_ms();
@@ -282,7 +283,7 @@ async fn create_token(
         used_by: None,
         used_at_ms: None,
     };
-    state.store.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::internal)?;
+    state.devices.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::internal)?;
     tracing::info!(labels = ?record.labels, ttl_secs = ttl, "enrolment token created");
     registry::audit(
         &state,
@@ -360,7 +361,7 @@ fn enrol_inner(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token_hash = hex::encode(sha256(request.token.trim().as_bytes()));
     let outcome = state
-        .store
+        .devices
         .enrol(&token_hash, |token| {
             DeviceRecord::new(&request.device_id, public.as_bytes(), token.labels.clone())
         })
@@ -447,7 +448,7 @@ async fn list_devices(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let now = now_ms();
-    let devices = state.store.devices().map_err(ApiError::internal)?;
+    let devices = state.devices.all().map_err(ApiError::internal)?;
     Ok(Json(devices.into_iter().map(|d| view(&state, d, now)).collect()))
 }
 
@@ -471,8 +472,8 @@ async fn show_device(
 ) -> Result<Json<DeviceView>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let device = state
-        .store
-        .device(&id)
+        .devices
+        .get(&id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")))?;
     Ok(Json(view(&state, device, now_ms())))
@@ -534,7 +535,7 @@ fn import(ingest: &Ingest, file: TransferFile) -> Result<ImportReport, crate::ba
             _ => *report.rejected.entry(outcome.label().to_owned()).or_insert(0) += 1,
         }
     }
-    ingest.store().flush()?;
+    ingest.devices().flush()?;
     let device = acks.keys().next().cloned().unwrap_or(file.device);
     let mut envelopes = Vec::new();
     for (device, seqs) in acks {

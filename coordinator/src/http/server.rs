@@ -16,6 +16,7 @@ use crate::base::store::Store;
 use crate::config::Config;
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::Desired;
+use crate::fleet::devices::Devices;
 use crate::fleet::ingest::Ingest;
 use crate::fleet::link::{self, LinkSettings};
 use crate::http::api::AppState;
@@ -67,6 +68,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Write { path: config.data_dir.clone(), source })?;
     let authority = Arc::new(Authority::load_or_create(&config.data_dir)?);
     let store = Store::open(&config.data_dir)?;
+    let devices = Devices::open(&store)?;
     let admin = admin_token(&config.data_dir)?;
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?
@@ -183,7 +185,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let audit = Arc::new(audit);
     let deployer = crate::ops::deploy::Deployer::new(
         registry.clone(),
-        store.clone(),
+        devices.clone(),
         desired.clone(),
         Arc::clone(&authority),
         outgoing_tx.clone(),
@@ -212,7 +214,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         alerts: Arc::clone(&alerts),
         deployer,
         config: config.clone(),
-        store: store.clone(),
+        devices,
         authority,
         ingest,
         metrics,

@@ -64,6 +64,23 @@ fn key(model: &str, device: &str, prediction_id: u64) -> Vec<u8> {
 /// Per version: (labelled predictions with a predicted label, correct ones).
 pub type Correct = BTreeMap<String, (u64, u64)>;
 
+/// Reads label `label` (second argument) of device `device` (first).
+pub type LabelOf<'a> = dyn Fn(&str, &str) -> Result<Option<String>, StoreError> + 'a;
+
+/// A device label to split quality by, and how to read a device's value of it (`device id,
+/// label name → value`; `None` when the device has no such label).
+#[derive(Clone, Copy)]
+pub struct SegmentBy<'a> {
+    pub label: &'a str,
+    pub label_of: &'a LabelOf<'a>,
+}
+
+impl std::fmt::Debug for SegmentBy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBy").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
 /// The labels store.
 #[derive(Debug, Clone)]
 pub struct Labels {
@@ -177,12 +194,14 @@ impl Labels {
         Ok(out)
     }
 
-    /// Quality of `model` per version, split by device label `by` when given.
+    /// Quality of `model` per version, split by a device label when `by` is given (the label's
+    /// name, and how to read a device's value of it: devices belong to the fleet floor, above
+    /// this one).
     pub fn quality(
         &self,
         model: &str,
         since_ms: Option<u64>,
-        by: Option<&str>,
+        by: Option<SegmentBy<'_>>,
     ) -> Result<QualityReport, StoreError> {
         // version → (truth, predicted, per-segment (truth, predicted), labelled, without).
         type Pairs = (Vec<i64>, Vec<i64>);
@@ -201,13 +220,9 @@ impl Labels {
             };
             entry.0.0.push(l.label);
             entry.0.1.push(predicted);
-            if let Some(by) = by {
+            if let Some(by) = &by {
                 if !segment_of.contains_key(&device) {
-                    let value = self
-                        .store
-                        .device(&device)?
-                        .and_then(|d| d.labels.get(by).cloned())
-                        .unwrap_or_else(|| "(none)".to_owned());
+                    let value = (by.label_of)(&device, by.label)?.unwrap_or_else(|| "(none)".to_owned());
                     segment_of.insert(device.clone(), value);
                 }
                 let segment = segment_of.get(&device).cloned().unwrap_or_default();
@@ -228,6 +243,6 @@ impl Labels {
                 (version, quality)
             })
             .collect();
-        Ok(QualityReport { model: model.to_owned(), since_ms, by: by.map(str::to_owned), versions })
+        Ok(QualityReport { model: model.to_owned(), since_ms, by: by.map(|b| b.label.to_owned()), versions })
     }
 }

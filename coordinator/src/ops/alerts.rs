@@ -28,8 +28,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{DeviceRecord, Store, StoreError};
+use crate::base::store::{Store, StoreError};
+use crate::fleet::devices::DeviceRecord;
 use crate::fleet::liveness::{FleetConfig, Liveness};
+use crate::ops::retraining::RunStore;
+
+mod store;
+pub use store::AlertStore;
 
 /// `[alerts]` in the coordinator's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,12 +235,14 @@ fn rfc3339(ms: u64) -> String {
 
 /// Evaluates, keeps state, notifies.
 pub struct AlertEngine {
-    tree: sled::Tree,
+    alerts: AlertStore,
+    /// Retraining runs (a failed run fires `OutpostRetrainingFailed`).
+    runs: RunStore,
     /// Open incidents keep `OutpostRolloutRolledBack` firing.
     incidents: crate::ops::rollout::RolloutStore,
     slos: crate::monitoring::slo::Slos,
     labels: crate::monitoring::quality::Labels,
-    store: Store,
+    devices: crate::fleet::devices::Devices,
     config: AlertsConfig,
     fleet: FleetConfig,
     ca_pem: Option<Vec<u8>>,
@@ -291,15 +298,15 @@ impl AlertEngine {
             ),
             None => None,
         };
-        let tree = store.tree("alerts")?;
         let slos = crate::monitoring::slo::Slos::open(store)?;
         let labels = crate::monitoring::quality::Labels::open(store)?;
         Ok(AlertEngine {
-            tree,
+            alerts: AlertStore::open(store)?,
+            runs: RunStore::open(store)?,
             incidents: crate::ops::rollout::RolloutStore::open(store)?,
             slos,
             labels,
-            store: store.clone(),
+            devices: crate::fleet::devices::Devices::open(store)?,
             config,
             fleet,
             ca_pem,
@@ -310,26 +317,18 @@ impl AlertEngine {
 
     /// Every stored alert, firing first, newest first.
     pub fn list(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        let mut all = Vec::new();
-        for item in self.tree.iter() {
-            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
-            if let Ok(record) = serde_json::from_slice::<AlertRecord>(&v) {
-                all.push(record);
-            }
-        }
+        let mut all = self.alerts.all()?;
         all.sort_by(|a, b| b.firing().cmp(&a.firing()).then(b.starts_at_ms.cmp(&a.starts_at_ms)));
         Ok(all)
     }
 
     fn put(&self, record: &AlertRecord) -> Result<(), StoreError> {
-        let key = fingerprint(&record.labels);
-        let value = crate::base::store::encode(&format!("alerts/{key}"), record)?;
-        self.tree.insert(key.as_bytes(), value).map(|_| ()).map_err(|e| self.store.storage_error(e))
+        self.alerts.put(record)
     }
 
     /// One evaluation: compare the rules' view with the stored alerts, store, notify (blocking).
     pub fn tick(&self, now_ms: u64) -> Result<Tick, StoreError> {
-        let devices = self.store.devices()?;
+        let devices = self.devices.all()?;
         let mut candidates: BTreeMap<String, Candidate> =
             evaluate(&devices, &self.config, &self.fleet, now_ms)
                 .into_iter()
@@ -383,7 +382,7 @@ impl AlertEngine {
         for record in &records {
             let key = fingerprint(&record.labels);
             if dropped.contains(&key) && record.webhook_notified && record.alertmanager_resolved {
-                let _ = self.tree.remove(key.as_bytes());
+                self.alerts.remove(&key)?;
             } else {
                 self.put(record)?;
             }
@@ -418,7 +417,7 @@ impl AlertEngine {
 
     /// Models whose newest retraining run was slow.
     fn slow_retraining(&self) -> Result<Vec<Candidate>, StoreError> {
-        let newest = crate::ops::retraining::latest_runs(&self.store)?;
+        let newest = self.runs.latest()?;
         Ok(newest
             .into_iter()
             .filter(|r| r.slow)
@@ -584,7 +583,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::store::{DriftStreak, WindowSummary};
+    use crate::fleet::devices::{DriftStreak, WindowSummary};
 
     fn device(id: &str) -> DeviceRecord {
         let mut d = DeviceRecord::new(id, &[7; 32], BTreeMap::new());

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use outpost_shared::protocol::messages::{Candidate, DesiredModel, SlotMode, WatchdogPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{Store, StoreError};
+use crate::base::store::StoreError;
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::{Desired, Outgoing, matches};
+use crate::fleet::devices::Devices;
 use crate::models::registry::{Registry, RegistryError, Stage};
 
 /// Why a deploy was refused, in the operator's terms.
@@ -71,7 +72,7 @@ pub struct DeployResponse {
 #[derive(Clone)]
 pub struct Deployer {
     registry: Registry,
-    store: Store,
+    devices: Devices,
     desired: Desired,
     authority: Arc<Authority>,
     outgoing: tokio::sync::mpsc::Sender<Outgoing>,
@@ -87,13 +88,13 @@ impl std::fmt::Debug for Deployer {
 impl Deployer {
     pub fn new(
         registry: Registry,
-        store: Store,
+        devices: Devices,
         desired: Desired,
         authority: Arc<Authority>,
         outgoing: tokio::sync::mpsc::Sender<Outgoing>,
         watchdog: WatchdogPolicy,
     ) -> Deployer {
-        Deployer { registry, store, desired, authority, outgoing, watchdog }
+        Deployer { registry, devices, desired, authority, outgoing, watchdog }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -155,7 +156,7 @@ impl Deployer {
                 };
             return Err(DeployError::NotDeployable { version: record.id(), why });
         }
-        let all = self.store.devices()?;
+        let all = self.devices.all()?;
         if let Some(id) = request.devices.iter().find(|id| !all.iter().any(|d| &d.id == *id)) {
             return Err(DeployError::UnknownDevice(id.clone()));
         }

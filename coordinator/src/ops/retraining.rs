@@ -39,6 +39,9 @@ use crate::monitoring::quality::Labels;
 use crate::ops::alerts::AlertEngine;
 use crate::ops::deploy::{DeployRequest, Deployer};
 
+mod store;
+pub use store::RunStore;
+
 /// Why a run's model could not be registered.
 #[derive(Debug, thiserror::Error)]
 enum RegisterError {
@@ -138,9 +141,6 @@ impl RetrainingConfig {
     }
 }
 
-/// The sled tree runs are kept in.
-const RUNS_TREE: &str = "retraining_runs";
-
 /// One run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -172,7 +172,7 @@ pub struct RunRecord {
 
 /// Runs, their store, which models are running now, and the handles a run acts through.
 pub struct Retraining {
-    tree: sled::Tree,
+    runs: RunStore,
     running: Mutex<HashSet<String>>,
     pub config: RetrainingConfig,
     /// Where runs keep their data, output and log (`<data_dir>/retraining/<model>/<run>/`).
@@ -206,7 +206,7 @@ impl Retraining {
         clock: Clock,
     ) -> Result<Retraining, StoreError> {
         Ok(Retraining {
-            tree: store.tree(RUNS_TREE)?,
+            runs: RunStore::open(store)?,
             running: Mutex::new(HashSet::new()),
             config,
             data_dir,
@@ -228,39 +228,15 @@ impl Retraining {
     }
 
     fn put(&self, run: &RunRecord) {
-        let key = format!("{}\0{:020}", run.model, run.started_ms);
-        let stored = crate::base::store::encode(&key, run).and_then(|v| {
-            self.tree
-                .insert(key.as_bytes(), v)
-                .map_err(|e| StoreError::Corrupt { key: key.clone(), detail: e.to_string() })
-        });
-        if let Err(e) = stored {
+        if let Err(e) = self.runs.put(run) {
             tracing::error!(error = %e, run = run.id, "cannot store a retraining run");
         }
     }
 
     /// The runs of `model`, oldest first.
-    pub fn runs(&self, model: &str) -> Vec<RunRecord> {
-        let mut prefix = model.as_bytes().to_vec();
-        prefix.push(0);
-        self.tree
-            .scan_prefix(prefix)
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect()
+    pub fn runs(&self, model: &str) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs.runs(model)
     }
-}
-
-/// Every model's newest run (keys sort by model, then start time, so the last one wins).
-pub fn latest_runs(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
-    let mut by_model: BTreeMap<String, RunRecord> = BTreeMap::new();
-    for item in store.tree(RUNS_TREE)?.iter() {
-        let (_, v) = item.map_err(|e| store.storage_error(e))?;
-        if let Ok(run) = serde_json::from_slice::<RunRecord>(&v) {
-            by_model.insert(run.model.clone(), run);
-        }
-    }
-    Ok(by_model.into_values().collect())
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -415,8 +391,10 @@ async fn execute(
     let command_ms = started.elapsed().as_millis() as u64;
     run.command_ms = Some(command_ms);
     run.log_tail = tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 20);
+    // The slow-run hint only: without the history (a storage error) nothing is slow.
     let previous = state
         .runs(&model)
+        .unwrap_or_default()
         .into_iter()
         .filter(|r| r.status == "succeeded" && r.id != run.id)
         .filter_map(|r| r.command_ms)
@@ -557,7 +535,14 @@ pub async fn run_triggers(
         let now = retraining.clock.now_ms();
         let alerts = alerts.list().unwrap_or_default();
         for (model, config) in &retraining.config.models {
-            let last = retraining.runs(model).into_iter().map(|r| r.started_ms).max();
+            let last = match retraining.runs(model) {
+                Ok(runs) => runs.into_iter().map(|r| r.started_ms).max(),
+                Err(e) => {
+                    // Not knowing the last run, a trigger could start runs back to back.
+                    tracing::warn!(model, error = %e, "cannot read retraining runs; no trigger this round");
+                    continue;
+                }
+            };
             let drift_since = alerts
                 .iter()
                 .filter(|a| {

@@ -61,8 +61,10 @@ use std::time::Duration;
 
 use crate::base::clock::Clock;
 use crate::base::metrics::Metrics;
-use crate::base::store::{DeviceRecord, Store, StoreError};
+use crate::base::store::{Store, StoreError};
 use crate::fleet::desired::{Outgoing, matches};
+use crate::fleet::devices::DeviceRecord;
+use crate::fleet::devices::Devices;
 use crate::fleet::liveness::{FleetConfig, Liveness};
 use crate::models::registry::Stage;
 use crate::ops::deploy::{DeployError, Deployer};
@@ -93,7 +95,7 @@ pub enum RolloutError {
 pub struct Rollouts {
     repo: RolloutStore,
     /// Device records (what each device reports running).
-    store: Store,
+    devices: Devices,
     evidence: EvidenceSource,
     deployer: Deployer,
     fleet: FleetConfig,
@@ -126,7 +128,7 @@ impl Rollouts {
     ) -> Result<Rollouts, StoreError> {
         Ok(Rollouts {
             repo: RolloutStore::open(store)?,
-            store: store.clone(),
+            devices: Devices::open(store)?,
             evidence: EvidenceSource::open(store)?,
             deployer,
             fleet,
@@ -177,7 +179,7 @@ impl Rollouts {
         let (fleet, desired) = (&self.fleet, self.deployer.desired());
         let now = self.clock.now_ms();
         let devices: BTreeMap<String, DeviceRecord> =
-            self.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+            self.devices.all()?.into_iter().map(|d| (d.id.clone(), d)).collect();
         let mut progress = Vec::new();
         for (i, id) in r.targets.iter().enumerate() {
             let wave = (0..r.steps()).find(|&w| i < r.wave_devices(w).len()).unwrap_or(0) + 1;
@@ -214,7 +216,7 @@ impl Rollouts {
             .get(&spec.model, &spec.version)
             .map_err(|e| RolloutError::NotFound(e.to_string()))?;
         let targets: Vec<String> =
-            self.store.devices()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
+            self.devices.all()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
         if targets.is_empty() {
             return Err(RolloutError::Invalid("the selector matches no enrolled device".into()));
         }
@@ -282,7 +284,7 @@ impl Rollouts {
             )));
         }
         let mut targets: Vec<String> =
-            self.store.devices()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
+            self.devices.all()?.into_iter().filter(|d| matches(d, &spec.selector)).map(|d| d.id).collect();
         targets.sort();
         if targets.is_empty() {
             return Err(RolloutError::Invalid("the selector matches no enrolled device".into()));

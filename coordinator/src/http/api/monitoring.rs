@@ -15,6 +15,7 @@ use super::{ApiError, AppState, authorize, json_body};
 use crate::base::store::now_ms;
 use crate::http::auth::Role;
 use crate::models::validation::{self};
+use crate::monitoring::quality::SegmentBy;
 
 /// `?by=` and `?since_ms=` of the quality view.
 #[derive(Debug, Deserialize)]
@@ -37,7 +38,9 @@ pub async fn quality(
     }
     let state2 = Arc::clone(&state);
     let report = tokio::task::spawn_blocking(move || {
-        state2.ingest.labels().quality(&name, query.since_ms, query.by.as_deref())
+        let label_of = |device: &str, label: &str| state2.devices.label(device, label);
+        let by = query.by.as_deref().map(|label| SegmentBy { label, label_of: &label_of });
+        state2.ingest.labels().quality(&name, query.since_ms, by)
     })
     .await
     .map_err(ApiError::internal)?
@@ -89,8 +92,8 @@ pub(crate) async fn card(
             record.validation.clone().and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
         // Fleet quality split by every device label key in use.
         let keys: std::collections::BTreeSet<String> = st
-            .store
-            .devices()
+            .devices
+            .all()
             .map_err(ApiError::internal)?
             .into_iter()
             .flat_map(|d| d.labels.into_keys())
@@ -101,7 +104,9 @@ pub(crate) async fn card(
             quality.push(labels.quality(&name, None, None).map_err(ApiError::internal)?);
         }
         for key in &keys {
-            quality.push(labels.quality(&name, None, Some(key)).map_err(ApiError::internal)?);
+            let label_of = |device: &str, label: &str| st.devices.label(device, label);
+            let by = SegmentBy { label: key, label_of: &label_of };
+            quality.push(labels.quality(&name, None, Some(by)).map_err(ApiError::internal)?);
         }
         let drift = crate::monitoring::report::DriftHistory::build_for(
             st.ingest.drift_history(),

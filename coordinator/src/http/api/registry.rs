@@ -208,7 +208,7 @@ pub async fn retraining_runs(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<crate::ops::retraining::RunRecord>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
-    Ok(Json(state.retraining.runs(&name)))
+    Ok(Json(state.retraining.runs(&name).map_err(ApiError::internal)?))
 }
 
 pub async fn get_policy(
@@ -263,7 +263,7 @@ pub async fn artifact(
     if state.api_ca_pem.is_some() {
         let enrolled = match &device {
             Some(axum::Extension(super::PeerDevice(id))) => {
-                state.store.device(id).map_err(ApiError::internal)?.is_some()
+                state.devices.get(id).map_err(ApiError::internal)?.is_some()
             }
             None => false,
         };

@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 
 use super::Viewer;
 use super::charts::{Chart, Series, escape, line_chart};
-use crate::base::store::{DeviceRecord, now_ms};
+use crate::base::store::now_ms;
 use crate::fleet::desired::DesiredRecord;
+use crate::fleet::devices::DeviceRecord;
 use crate::http::api::{ApiError, AppState};
 use crate::models::packaging::utc;
 use crate::models::registry::VersionRecord;
@@ -272,7 +273,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "id": id, "key_id": "k", "public_key": "00", "labels": {"site": "site-c", "hardware": "pi4"},
             "enrolled_at_ms": 0, "last_seen_ms": null, "presence": null, "highest_seq": null,
-            "counts": crate::base::store::Counts::default(), "backlog": {"messages": 0, "bytes": 0, "oldest_age_ms": 0}, "models": [],
+            "counts": crate::fleet::devices::Counts::default(), "backlog": {"messages": 0, "bytes": 0, "oldest_age_ms": 0}, "models": [],
             "agent_version": null
         }))
         .unwrap()

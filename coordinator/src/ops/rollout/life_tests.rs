@@ -9,9 +9,9 @@ use outpost_shared::protocol::keys::SigningKey;
 use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot, SlotMode};
 
 use super::*;
-use crate::base::store::TokenRecord;
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::Desired;
+use crate::fleet::devices::{Devices, TokenRecord};
 use crate::models::packaging::{BuildSpec, build};
 use crate::models::registry::Registry;
 use crate::monitoring::slo::Slos;
@@ -23,6 +23,7 @@ const STEP_MS: u64 = 10_000;
 struct Fleet {
     _dir: tempfile::TempDir,
     store: Store,
+    devices: Devices,
     registry: Registry,
     deployer: Deployer,
     slos: Slos,
@@ -50,6 +51,7 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let registry = Registry::open(&store, dir.path()).unwrap();
+        let devices = Devices::open(&store).unwrap();
         let key = SigningKey::generate().unwrap().0;
         for v in ["1.0.0", "1.1.0"] {
             registry.push(&bundle(v), "test", &key).unwrap();
@@ -64,9 +66,9 @@ impl Fleet {
                 used_by: None,
                 used_at_ms: None,
             };
-            store.add_token(&token, &record).unwrap();
+            devices.add_token(&token, &record).unwrap();
             let id = format!("dev-{i}");
-            store
+            devices
                 .enrol(&token, |t| DeviceRecord::new(&id, &[i as u8; 32], t.labels.clone()))
                 .unwrap()
                 .unwrap();
@@ -75,7 +77,7 @@ impl Fleet {
         let (outgoing, _) = tokio::sync::mpsc::channel(1);
         let deployer = Deployer::new(
             registry.clone(),
-            store.clone(),
+            devices.clone(),
             Desired::open(&store).unwrap(),
             authority,
             outgoing,
@@ -88,6 +90,7 @@ impl Fleet {
         let mut fleet = Fleet {
             _dir: dir,
             store,
+            devices,
             registry,
             deployer,
             slos,
@@ -145,7 +148,7 @@ impl Fleet {
             }
             self.seq += 1;
             let wire = self.seq.to_be_bytes();
-            self.store
+            self.devices
                 .store_envelope(&id, self.seq, &wire, |r: &mut DeviceRecord| {
                     r.models = models.clone();
                     r.last_seen_ms = Some(now);

@@ -7,8 +7,8 @@ use super::bake::{self, BakeDecision};
 use super::gates::{self, GateResult};
 use super::sends::{revert, send_step, watchdog_tripped};
 use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, actual_of};
-use crate::base::store::DeviceRecord;
 use crate::fleet::desired::Outgoing;
+use crate::fleet::devices::DeviceRecord;
 use crate::fleet::liveness::Liveness;
 use crate::models::registry::Stage;
 use outpost_shared::protocol::vocab::{LoadState, Slot};
@@ -117,7 +117,7 @@ impl Rollouts {
         let now = self.clock.now_ms();
         let mut out = Vec::new();
         if matches!(r.phase, Phase::Applying | Phase::Baking)
-            && let Some((device, message)) = watchdog_tripped(&self.store.devices()?, r)
+            && let Some((device, message)) = watchdog_tripped(&self.devices.all()?, r)
         {
             let reason =
                 format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);
@@ -155,7 +155,7 @@ impl Rollouts {
                     out.extend(sent);
                 }
                 let devices: BTreeMap<String, DeviceRecord> =
-                    self.store.devices()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+                    self.devices.all()?.into_iter().map(|d| (d.id.clone(), d)).collect();
                 let mut waiting = Vec::new();
                 for id in &wave {
                     if r.skipped.contains(id) {

@@ -4,8 +4,8 @@
 use outpost_shared::protocol::messages::{EventKind, SlotMode};
 
 use super::{Rollout, RolloutError, Step};
-use crate::base::store::DeviceRecord;
 use crate::fleet::desired::Outgoing;
+use crate::fleet::devices::DeviceRecord;
 use crate::ops::deploy::Deployer;
 
 /// A moved device whose agent switched the candidate back by itself since the rollout began:

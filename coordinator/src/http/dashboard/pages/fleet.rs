@@ -78,7 +78,7 @@ impl Overview {
     pub fn gather(app: &AppState, filter: FleetFilter) -> Result<Overview, ApiError> {
         let now = now_ms();
         let mut devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)> = Vec::new();
-        for d in app.store.devices().map_err(ApiError::internal)? {
+        for d in app.devices.all().map_err(ApiError::internal)? {
             let status = crate::fleet::liveness::Liveness::of(&d, &app.config.fleet, now).as_str();
             devices.push((d, status, None));
         }

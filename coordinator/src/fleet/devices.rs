@@ -1,0 +1,475 @@
+//! The fleet's repository: enrolment tokens, devices, and every telemetry envelope a device
+//! sent, stored once.
+//!
+//! # Layout (trees of the coordinator's database, `<data_dir>/state/`)
+//! - `tokens`: sha256(token) hex → [`TokenRecord`] (JSON). The token itself is never
+//!   stored, so a copy of the database does not enrol anyone.
+//! - `devices`: device id → [`DeviceRecord`] (JSON).
+//! - `device_keys`: key id → device id (find the device of an envelope read from a file).
+//! - `envelopes`: `device id ‖ 0x00 ‖ seq (big-endian u64)` → the envelope's wire bytes,
+//!   exactly as received and verified. Keys sort by device, then seq.
+//! - `meta`: `ack_seq/<device>` → big-endian u64, the last seq of an ack sent to it.
+//!
+//! # Invariants
+//! - An envelope is stored at most once per (device, seq); storing and the device's counters
+//!   change in one transaction, so counts always equal what is stored.
+//! - An ack is published only after the store was flushed to disk (end-to-end ack).
+//! - A token is consumed in the same transaction that creates the device: a token enrols
+//!   exactly one device.
+//!
+//! Engines and handlers reach devices only through [`Devices`]; its methods speak in records,
+//! never in sled types, so a second backend changes this file and nothing above it.
+
+use std::collections::BTreeMap;
+
+use outpost_shared::protocol::messages::{Event, ModelState, OutboxStats};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::base::store::{Store, StoreError, encode, now_ms};
+
+/// An enrolment token as stored (by hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub labels: BTreeMap<String, String>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub used_by: Option<String>,
+    pub used_at_ms: Option<u64>,
+}
+
+/// What the coordinator knows about a device.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub key_id: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub enrolled_at_ms: u64,
+    /// When the last valid envelope arrived.
+    pub last_seen_ms: Option<u64>,
+    /// What the retained presence topic said last (`online`/`offline`).
+    pub presence: Option<String>,
+    pub highest_seq: Option<u64>,
+    pub counts: Counts,
+    pub backlog: OutboxStats,
+    pub models: Vec<ModelState>,
+    pub agent_version: Option<String>,
+    /// The device's newest events (at most [`RECENT_EVENTS`]): starts, swaps, refusals and
+    /// why, evictions.
+    #[serde(default)]
+    pub recent_events: Vec<Event>,
+    /// The newest drift verdicts per model, and when the agent computed them.
+    #[serde(default)]
+    pub drift: Vec<outpost_shared::protocol::messages::ModelDrift>,
+    #[serde(default)]
+    pub drift_at_ms: Option<u64>,
+    /// Per (model, feature): how many drift windows in a row drifted / were clean, and whether
+    /// drift counts as sustained (see `alerts`: it needs `drift_windows` in a row to start and
+    /// `drift_clear_windows` clean ones to end, so one noisy window neither pages nor clears).
+    #[serde(default)]
+    pub drift_streaks: Vec<DriftStreak>,
+    /// Traffic per model version in the device's newest report window.
+    #[serde(default)]
+    pub last_windows: Vec<WindowSummary>,
+}
+
+/// Consecutive drift verdicts of one feature of one model on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftStreak {
+    pub model: String,
+    pub feature: String,
+    pub drifted_run: u32,
+    pub clean_run: u32,
+    pub sustained: bool,
+    /// When drift became sustained (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+/// One model version's traffic in a report window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub model: String,
+    pub version: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// The window's end (unix ms, the device's clock).
+    pub at_ms: u64,
+}
+
+/// Events kept per device in its record (all of them stay in the envelope store).
+pub const RECENT_EVENTS: usize = 20;
+
+impl DeviceRecord {
+    /// A device as enrolment creates it: nothing seen yet.
+    pub fn new(id: &str, public_key: &[u8; 32], labels: BTreeMap<String, String>) -> DeviceRecord {
+        DeviceRecord {
+            id: id.to_owned(),
+            key_id: outpost_shared::protocol::keys::key_id_of(public_key),
+            public_key: hex::encode(public_key),
+            labels,
+            enrolled_at_ms: now_ms(),
+            last_seen_ms: None,
+            presence: None,
+            highest_seq: None,
+            counts: Counts::default(),
+            backlog: OutboxStats::default(),
+            models: Vec::new(),
+            agent_version: None,
+            recent_events: Vec::new(),
+            drift: Vec::new(),
+            drift_at_ms: None,
+            drift_streaks: Vec::new(),
+            last_windows: Vec::new(),
+        }
+    }
+}
+
+/// Envelopes stored per kind, and how many arrived again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub envelopes: u64,
+    pub reports: u64,
+    pub prediction_batches: u64,
+    pub predictions: u64,
+    pub events: u64,
+    pub states: u64,
+    #[serde(default)]
+    pub drift_reports: u64,
+    /// Ground-truth labels joined to this device's predictions, and labels that found none
+    /// (an id it never issued, a prediction its log had evicted).
+    #[serde(default)]
+    pub labels: u64,
+    #[serde(default)]
+    pub labels_unknown: u64,
+    #[serde(default)]
+    pub labels_evicted: u64,
+    pub unreadable_bodies: u64,
+    pub duplicates: u64,
+}
+
+/// Why a token could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("enrolment token is not known")]
+    Unknown,
+    #[error("enrolment token was already used")]
+    Used,
+    #[error("enrolment token has expired")]
+    Expired,
+    #[error("device `{0}` is already enrolled with another key")]
+    DeviceExists(String),
+    #[error("key `{0}` is already enrolled as another device")]
+    KeyExists(String),
+}
+
+/// The outcome of storing one verified envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    /// The same bytes were stored before (a retransmission or a replay).
+    Duplicate,
+    /// Different bytes under an already stored seq.
+    Conflict,
+}
+
+/// How one verified envelope changes its device's record.
+pub trait DeviceUpdate: Fn(&mut DeviceRecord) {}
+impl<F: Fn(&mut DeviceRecord)> DeviceUpdate for F {}
+
+/// The fleet's records (see the module header for the layout).
+#[derive(Clone)]
+pub struct Devices {
+    store: Store,
+    tokens: sled::Tree,
+    devices: sled::Tree,
+    device_keys: sled::Tree,
+    envelopes: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devices").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+fn envelope_key(device: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(device.len() + 9);
+    key.extend_from_slice(device.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// [`encode`] inside a sled transaction: a value that cannot be encoded fails the transaction
+/// as a storage error naming what it was.
+fn encode_in_tx<T: Serialize, E>(what: &str, value: &T) -> Result<Vec<u8>, ConflictableTransactionError<E>> {
+    serde_json::to_vec(value).map_err(|e| {
+        ConflictableTransactionError::Storage(sled::Error::Unsupported(format!(
+            "cannot encode the {what}: {e}"
+        )))
+    })
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+impl Devices {
+    pub fn open(store: &Store) -> Result<Devices, StoreError> {
+        Ok(Devices {
+            tokens: store.tree("tokens")?,
+            devices: store.tree("devices")?,
+            device_keys: store.tree("device_keys")?,
+            envelopes: store.tree("envelopes")?,
+            meta: store.tree("meta")?,
+            store: store.clone(),
+        })
+    }
+
+    fn storage(&self, source: sled::Error) -> StoreError {
+        self.store.storage_error(source)
+    }
+
+    /// Writes everything to disk; returns once it is there (before an ack goes out).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+
+    pub fn add_token(&self, token_hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
+        let value = encode(&format!("tokens/{token_hash}"), record)?;
+        self.tokens.insert(token_hash.as_bytes(), value).map_err(|e| self.storage(e))?;
+        self.flush()
+    }
+
+    /// Consumes a token and creates the device in one transaction.
+    pub fn enrol(
+        &self,
+        token_hash: &str,
+        make_device: impl Fn(&TokenRecord) -> DeviceRecord,
+    ) -> Result<Result<DeviceRecord, TokenRefused>, StoreError> {
+        let now = now_ms();
+        let result =
+            (&self.tokens, &self.devices, &self.device_keys).transaction(|(tokens, devices, keys)| {
+                let Some(raw) = tokens.get(token_hash.as_bytes())? else {
+                    return Err(abort(TokenRefused::Unknown));
+                };
+                let mut token: TokenRecord =
+                    serde_json::from_slice(&raw).map_err(|_| abort(TokenRefused::Unknown))?;
+                if token.used_by.is_some() {
+                    return Err(abort(TokenRefused::Used));
+                }
+                if token.expires_at_ms <= now {
+                    return Err(abort(TokenRefused::Expired));
+                }
+                let device = make_device(&token);
+                if let Some(existing) = devices.get(device.id.as_bytes())? {
+                    let existing: DeviceRecord = serde_json::from_slice(&existing)
+                        .map_err(|_| abort(TokenRefused::DeviceExists(device.id.clone())))?;
+                    if existing.public_key != device.public_key {
+                        return Err(abort(TokenRefused::DeviceExists(device.id.clone())));
+                    }
+                }
+                if let Some(owner) = keys.get(device.key_id.as_bytes())?
+                    && owner.as_ref() != device.id.as_bytes()
+                {
+                    return Err(abort(TokenRefused::KeyExists(device.key_id.clone())));
+                }
+                token.used_by = Some(device.id.clone());
+                token.used_at_ms = Some(now);
+                tokens.insert(token_hash.as_bytes(), encode_in_tx("token", &token)?)?;
+                devices.insert(device.id.as_bytes(), encode_in_tx("device", &device)?)?;
+                keys.insert(device.key_id.as_bytes(), device.id.as_bytes())?;
+                Ok(device)
+            });
+        let outcome = match result {
+            Ok(device) => Ok(device),
+            Err(TransactionError::Abort(refused)) => Err(refused),
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+        };
+        self.flush()?;
+        Ok(outcome)
+    }
+
+    /// The device `id`, if enrolled.
+    pub fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        match self.devices.get(id.as_bytes()).map_err(|e| self.storage(e))? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: format!("devices/{id}"), detail: e.to_string() }),
+        }
+    }
+
+    /// The value of label `label` on device `device` (`None` when it has none, or is unknown).
+    pub fn label(&self, device: &str, label: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(device)?.and_then(|mut d| d.labels.remove(label)))
+    }
+
+    /// The device enrolled with key `key_id`.
+    pub fn get_by_key(&self, key_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        match self.device_keys.get(key_id.as_bytes()).map_err(|e| self.storage(e))? {
+            None => Ok(None),
+            Some(id) => self.get(&String::from_utf8_lossy(&id)),
+        }
+    }
+
+    /// Every enrolled device.
+    pub fn all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.devices.iter() {
+            let (key, raw) = item.map_err(|e| self.storage(e))?;
+            out.push(serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+                key: format!("devices/{}", String::from_utf8_lossy(&key)),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a verified envelope once and applies `update` to its device, atomically.
+    pub fn store_envelope(
+        &self,
+        device: &str,
+        seq: u64,
+        wire: &[u8],
+        update: impl DeviceUpdate,
+    ) -> Result<Stored, StoreError> {
+        let key = envelope_key(device, seq);
+        let result = (&self.devices, &self.envelopes).transaction(|(devices, envelopes)| {
+            let Some(raw) = devices.get(device.as_bytes())? else { return Err(abort(())) };
+            let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
+            let outcome = match envelopes.get(&key)? {
+                Some(existing) if existing.as_ref() == wire => Stored::Duplicate,
+                Some(_) => Stored::Conflict,
+                None => {
+                    envelopes.insert(key.as_slice(), wire)?;
+                    Stored::New
+                }
+            };
+            record.last_seen_ms = Some(now_ms());
+            match outcome {
+                Stored::New => {
+                    record.counts.envelopes += 1;
+                    record.highest_seq = Some(record.highest_seq.map_or(seq, |h| h.max(seq)));
+                    update(&mut record);
+                }
+                Stored::Duplicate | Stored::Conflict => record.counts.duplicates += 1,
+            }
+            devices.insert(device.as_bytes(), encode_in_tx("device", &record)?)?;
+            Ok(outcome)
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                key: format!("devices/{device}"),
+                detail: "missing or unreadable".into(),
+            }),
+            Err(TransactionError::Storage(e)) => Err(self.storage(e)),
+        }
+    }
+
+    /// Records what a device's presence topic says.
+    pub fn set_presence(&self, device: &str, presence: &str) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.devices
+            .fetch_and_update(device.as_bytes(), |old| {
+                let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
+                found = true;
+                record.presence = Some(presence.to_owned());
+                serde_json::to_vec(&record).ok()
+            })
+            .map_err(|e| self.storage(e))?;
+        Ok(found)
+    }
+
+    /// Stored envelopes of a device, in seq order.
+    pub fn envelopes(&self, device: &str) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let mut prefix = device.as_bytes().to_vec();
+        prefix.push(0);
+        self.envelopes.scan_prefix(prefix).map(move |item| {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            let mut seq = [0u8; 8];
+            let n = key.len();
+            seq.copy_from_slice(&key[n.saturating_sub(8)..]);
+            Ok((u64::from_be_bytes(seq), value.to_vec()))
+        })
+    }
+
+    /// The next seq for an envelope the coordinator sends to `device` (persisted).
+    pub fn next_outgoing_seq(&self, device: &str) -> Result<u64, StoreError> {
+        let key = format!("ack_seq/{device}");
+        let new = self
+            .meta
+            .update_and_fetch(key.as_bytes(), |old| {
+                let current = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some((current + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.storage(e))?;
+        Ok(new.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, key: &str) -> DeviceRecord {
+        DeviceRecord {
+            key_id: key.into(),
+            ..DeviceRecord::new(id, &[key.bytes().fold(0, u8::wrapping_add); 32], BTreeMap::new())
+        }
+    }
+
+    fn token(expires_at_ms: u64) -> TokenRecord {
+        TokenRecord {
+            labels: BTreeMap::new(),
+            created_at_ms: 0,
+            expires_at_ms,
+            used_by: None,
+            used_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_token_enrols_exactly_once_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+        devices.add_token("t1", &token(u64::MAX)).unwrap();
+        devices.add_token("old", &token(1)).unwrap();
+        assert_eq!(devices.enrol("t1", |_| device("d1", "k1")).unwrap().unwrap().id, "d1");
+        assert_eq!(devices.enrol("t1", |_| device("d2", "k2")).unwrap(), Err(TokenRefused::Used));
+        assert_eq!(devices.enrol("old", |_| device("d3", "k3")).unwrap(), Err(TokenRefused::Expired));
+        assert_eq!(devices.enrol("nope", |_| device("d4", "k4")).unwrap(), Err(TokenRefused::Unknown));
+        devices.add_token("t2", &token(u64::MAX)).unwrap();
+        assert_eq!(
+            devices.enrol("t2", |_| device("d1", "k9")).unwrap(),
+            Err(TokenRefused::DeviceExists("d1".into())),
+            "a token must not take over another device's id"
+        );
+        assert_eq!(devices.get_by_key("k1").unwrap().unwrap().id, "d1");
+    }
+
+    #[test]
+    fn envelopes_are_stored_once_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+        devices.add_token("t", &token(u64::MAX)).unwrap();
+        devices.enrol("t", |_| device("d1", "k1")).unwrap().unwrap();
+        let bump = |r: &mut DeviceRecord| r.counts.reports += 1;
+        assert_eq!(devices.store_envelope("d1", 2, b"two", bump).unwrap(), Stored::New);
+        assert_eq!(devices.store_envelope("d1", 1, b"one", bump).unwrap(), Stored::New);
+        assert_eq!(devices.store_envelope("d1", 2, b"two", bump).unwrap(), Stored::Duplicate);
+        assert_eq!(devices.store_envelope("d1", 2, b"xxx", bump).unwrap(), Stored::Conflict);
+        let record = devices.get("d1").unwrap().unwrap();
+        assert_eq!((record.counts.envelopes, record.counts.reports, record.counts.duplicates), (2, 2, 2));
+        assert_eq!(record.highest_seq, Some(2));
+        let seqs: Vec<u64> = devices.envelopes("d1").map(|e| e.unwrap().0).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 1);
+        assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 2);
+    }
+}
