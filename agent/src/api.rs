@@ -2,9 +2,8 @@
 //! feedback (`POST /v1/feedback`, [`feedback`]), and `/metrics`.
 //!
 //! Handlers stay thin: they look the model up, hand the body to the worker pool
-//! ([`codec::handle`] does the CPU work there) and map every failure through [`ApiError`].
+//! ([`crate::infer::run`] does the CPU work there) and map every failure through [`ApiError`].
 
-pub mod codec;
 pub mod error;
 pub mod feedback;
 pub mod v2;

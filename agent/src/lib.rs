@@ -9,6 +9,8 @@
 //! - [`drift`]: sliding windows of inputs and predictions tested against the bundle's baseline.
 //! - [`api::feedback`]: `POST /v1/feedback`, ground-truth labels joined to logged predictions.
 //! - [`exit`]: every command's exit codes as one `ExitStatus`.
+//! - [`infer`]: the inference pipeline (decode → check → tract → log → summary → encode) and
+//!   its `InferError`.
 //! - [`pool`]: the bounded inference worker pool.
 //! - [`api`]: V2 HTTP endpoints and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and recording.
@@ -25,6 +27,7 @@ pub mod desired;
 pub mod drift;
 pub mod exit;
 pub mod identity;
+pub mod infer;
 pub mod link;
 pub mod logging;
 pub mod metrics;

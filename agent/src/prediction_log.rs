@@ -208,7 +208,9 @@ impl Rows {
     }
 }
 
-fn top_score(outputs: &[(&str, &Tensor)], batch: usize, row: usize) -> Option<f32> {
+/// Row `row`'s top score: the largest value of the first float output with several values
+/// per row (a classifier's probabilities).
+pub fn top_score(outputs: &[(&str, &Tensor)], batch: usize, row: usize) -> Option<f32> {
     outputs.iter().find_map(|(_, t)| {
         let per_row = t.len().checked_div(batch)?;
         if per_row < 2 || t.shape().first() != Some(&batch) {

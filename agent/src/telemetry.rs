@@ -21,10 +21,12 @@ use outpost_shared::protocol::messages::{
 };
 use outpost_shared::protocol::records::PredictionRecord;
 use outpost_shared::protocol::vocab::Slot;
+use outpost_shared::tensor::{datatype_of, slice};
+use outpost_shared::{DataType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::{Outbox, now_ms};
-use crate::prediction_log::PredictionLog;
+use crate::prediction_log::{PredictionLog, top_score};
 
 /// `[telemetry]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,22 +73,31 @@ pub struct RowSummary {
 }
 
 impl RowSummary {
-    /// Reads scores and labels from prediction records: the label is the first INT64 output
-    /// with one value per row.
-    pub fn from_records(records: &[PredictionRecord]) -> RowSummary {
-        let mut summary = RowSummary { rows: records.len(), ..RowSummary::default() };
-        for record in records {
-            if let Some(score) = record.top_score {
-                summary.top_scores.push(score);
-            }
-            let label = record.outputs.iter().find(|t| t.datatype == "INT64" && t.data.len() == 8);
-            if let Some(t) = label {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&t.data);
-                summary.labels.push(i64::from_le_bytes(b).to_string());
-            }
+    /// Reads a request's rows straight from the model's outputs: each row's top score (the
+    /// largest value of the first float output with several values per row), and its label
+    /// (the first INT64 output with one value per row).
+    pub fn from_outputs(outputs: &[(&str, &Tensor)], batch: usize) -> RowSummary {
+        let batch = batch.max(1);
+        RowSummary {
+            rows: batch,
+            top_scores: (0..batch).filter_map(|row| top_score(outputs, batch, row)).collect(),
+            labels: outputs.iter().find_map(|(_, t)| row_labels(t, batch)).unwrap_or_default(),
         }
-        summary
+    }
+}
+
+/// One INT64 value per row (a batched `[batch]`/`[batch, 1]` tensor, or a single value shared
+/// by every row), as label strings.
+fn row_labels(tensor: &Tensor, batch: usize) -> Option<Vec<String>> {
+    if datatype_of(tensor).ok()? != DataType::I64 {
+        return None;
+    }
+    let values = slice::<i64>(tensor).ok()?;
+    let batched = tensor.shape().first() == Some(&batch);
+    match values {
+        _ if batched && values.len() == batch => Some(values.iter().map(i64::to_string).collect()),
+        [only] if !batched => Some(vec![only.to_string(); batch]),
+        _ => None,
     }
 }
 
@@ -420,6 +431,41 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_from_the_outputs_matches_the_logged_records() {
+        use crate::config::RecordInputs;
+        use crate::prediction_log::{RequestInfo, records_for_request};
+        let probabilities = Tensor::from_shape(&[3, 2], &[0.9f32, 0.1, 0.2, 0.8, 0.55, 0.45]).unwrap();
+        let labels = Tensor::from_shape(&[3], &[0i64, 1, 0]).unwrap();
+        let outputs = [("label", &labels), ("probabilities", &probabilities)];
+        let summary = RowSummary::from_outputs(&outputs, 3);
+        assert_eq!(summary.rows, 3);
+        assert_eq!(summary.labels, ["0", "1", "0"]);
+        assert_eq!(summary.top_scores, [0.9, 0.8, 0.55]);
+        // The records the log keeps carry the same labels and scores, row by row.
+        let info = RequestInfo {
+            model: "m",
+            version: "1",
+            slot: Slot::Primary,
+            latency_us: 1,
+            record_inputs: RecordInputs::Drop,
+        };
+        let records = records_for_request(1, 3, &info, &[], &outputs).unwrap();
+        let logged: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let t = r.outputs.iter().find(|t| t.datatype == "INT64").unwrap();
+                i64::from_le_bytes(t.data[..8].try_into().unwrap()).to_string()
+            })
+            .collect();
+        assert_eq!(logged, summary.labels);
+        assert_eq!(records.iter().filter_map(|r| r.top_score).collect::<Vec<_>>(), summary.top_scores);
+        // A regressor's single float per row has no top score and no label.
+        let values = Tensor::from_shape(&[2, 1], &[1.5f32, 2.5]).unwrap();
+        let regression = RowSummary::from_outputs(&[("y", &values)], 2);
+        assert_eq!((regression.rows, regression.top_scores.len(), regression.labels.len()), (2, 0, 0));
+    }
 
     #[test]
     fn sampling_parses_and_keeps_one_in_n() {

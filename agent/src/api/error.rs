@@ -70,6 +70,16 @@ impl From<InputError> for ApiError {
     }
 }
 
+impl From<crate::infer::InferError> for ApiError {
+    fn from(e: crate::infer::InferError) -> Self {
+        if e.is_client_error() {
+            ApiError::BadRequest(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::codec::{self, Encoded};
 use super::{ApiError, AppState};
+use crate::infer::{self, Encoded};
 use crate::metrics::Outcome;
 use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
 use crate::pool::SubmitError;
@@ -254,7 +254,7 @@ async fn run_inference(
                 let (model, slot) = match (fixed, canary) {
                     (Some(fixed), _) => fixed,
                     (None, Some((percent, candidate))) => {
-                        let id = codec::request_id(&body, header_len);
+                        let id = infer::request_id(&body, header_len);
                         if job_entry.to_canary(percent, id.as_deref()) {
                             (candidate, Slot::Canary)
                         } else {
@@ -270,7 +270,7 @@ async fn run_inference(
                 if let Some(delay) = runtime.test_delay(&model.name, &model.version) {
                     std::thread::sleep(delay);
                 }
-                let handled = codec::handle(&model, slot, &body, header_len, job_log.as_deref(), summarize);
+                let handled = infer::run(&model, slot, &body, header_len, job_log.as_deref(), summarize);
                 ((model, slot), handled)
             })
             .map_err(|e| {
@@ -286,7 +286,7 @@ async fn run_inference(
     .await;
     let result = ran.and_then(|(picked, handled)| {
         chosen = picked;
-        handled
+        handled.map_err(ApiError::from)
     });
 
     let (served, slot) = chosen;
@@ -338,7 +338,7 @@ fn run_shadow(
 ) {
     let job = app.pool.try_submit(move || {
         let started = Instant::now();
-        let result = codec::handle(&candidate, Slot::Shadow, &body, header_len, None, true);
+        let result = infer::run(&candidate, Slot::Shadow, &body, header_len, None, true);
         (result, started.elapsed(), candidate)
     });
     let Ok(job) = job else {
@@ -351,7 +351,8 @@ fn run_shadow(
         let (name, version) = (candidate.name.as_str(), candidate.version.as_str());
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+            Err(e) if e.is_client_error() => Outcome::BadRequest,
+            Err(_) => Outcome::Error,
         };
         metrics.shadow_requests.with_label_values(&[name, version, outcome.label()]).inc();
         let rows = result.as_ref().ok().and_then(|e| e.summary.as_ref());

@@ -1,4 +1,7 @@
-//! Decoding and encoding of V2 inference requests and responses, JSON and binary.
+//! The inference pipeline: one V2 request decoded, checked against the model's signature,
+//! run on tract, recorded in the prediction log, summarised for telemetry, and encoded as the
+//! response ([`run`]). Every way it can fail is an [`InferError`] in the client's terms;
+//! `api::error` maps them to statuses.
 //!
 //! Runs on an inference worker, never on the async executor: this is where the CPU goes.
 //! With Triton's binary tensor data extension the body is `JSON header ‖ binary tensors`;
@@ -8,19 +11,83 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_shared::DataType;
 use outpost_shared::protocol::vocab::Slot;
-use outpost_shared::runtime::ProvidedInput;
+use outpost_shared::runtime::{InputError, ProvidedInput};
 use outpost_shared::tensor::{
-    JsonData, first_non_finite, tensor_from_json, tensor_from_le_bytes, tensor_to_le_bytes,
+    JsonData, TensorError, first_non_finite, tensor_from_json, tensor_from_le_bytes, tensor_to_le_bytes,
 };
+use outpost_shared::{DataType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, bad_tensor};
 use crate::config::{NanPolicy, RecordInputs};
 use crate::models::ServedModel;
 use crate::prediction_log::{PredictionLog, RequestInfo, batch_rows, records_for_request};
+use crate::telemetry::RowSummary;
+
+/// Why one inference request failed. The first group is the client's mistake (a 400); the
+/// rest are the agent's own failures (a 500). Messages name the input or output concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("Inference-Header-Content-Length is {declared} but the body has only {body} bytes")]
+    HeaderLength { declared: usize, body: usize },
+    #[error("malformed inference request: {detail}{}", if *.nan_literal { " (JSON has no NaN or Infinity literals; send such values as binary tensor data)" } else { "" })]
+    Malformed { detail: String, nan_literal: bool },
+    #[error("request has no inputs")]
+    NoInputs,
+    #[error("input `{input}` has datatype `{datatype}`, which the agent does not serve (it serves {served})")]
+    UnknownDatatype { input: String, datatype: String, served: String },
+    #[error("input `{input}` has a negative dimension in shape {shape:?}")]
+    NegativeDimension { input: String, shape: Vec<i64> },
+    #[error(transparent)]
+    Signature(#[from] InputError),
+    #[error("input `{input}` parameter `binary_data_size` must be a non-negative integer, found {found}")]
+    BinarySizeParameter { input: String, found: Value },
+    #[error("input `{input}` has both `data` and `binary_data_size`; send one")]
+    DataAndBinary { input: String },
+    #[error(
+        "input `{input}` declares {declared} bytes of binary data but only {remaining} remain after the JSON header"
+    )]
+    BinaryShort { input: String, declared: usize, remaining: usize },
+    #[error("input `{input}` has no `data` (and no `binary_data_size` parameter)")]
+    NoData { input: String },
+    #[error("input `{input}`: {source}")]
+    Tensor { input: String, source: TensorError },
+    #[error(
+        "input `{input}` element {index} is {value}; model `{model}` rejects NaN and infinite values (nan_policy = \"reject\")"
+    )]
+    NonFinite { input: String, index: usize, value: f64, model: String },
+    #[error("body has {body} bytes of binary data after the JSON header but the inputs declare {declared}")]
+    BinaryLeftover { body: usize, declared: usize },
+    #[error("{what} parameter `{key}` must be true or false, found {found}")]
+    BoolParameter { what: String, key: &'static str, found: Value },
+    #[error("model has no output named `{output}` (its outputs: {outputs})")]
+    UnknownOutput { output: String, outputs: String },
+    #[error("output `{output}` is requested more than once")]
+    DuplicateOutput { output: String },
+    /// tract failed on inputs that fit the signature.
+    #[error("{0}")]
+    Model(String),
+    #[error("model produced no output `{0}`")]
+    MissingOutput(String),
+    #[error("cannot record prediction: {0}")]
+    Record(String),
+    #[error("cannot encode response: {0}")]
+    Encode(String),
+}
+
+impl InferError {
+    /// Whether the request was at fault (400) rather than the agent (500).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(
+            self,
+            InferError::Model(_)
+                | InferError::MissingOutput(_)
+                | InferError::Record(_)
+                | InferError::Encode(_)
+        )
+    }
+}
 
 /// One request input as V2 JSON writes it.
 #[derive(Debug, Deserialize)]
@@ -87,7 +154,7 @@ struct InferResponse<'a> {
     outputs: Vec<ResponseOutput<'a>>,
 }
 
-/// An encoded response body.
+/// A served request: the encoded response body and what telemetry needs of it.
 #[derive(Debug)]
 pub struct Encoded {
     pub body: Vec<u8>,
@@ -95,8 +162,9 @@ pub struct Encoded {
     pub json_len: Option<usize>,
     /// Time tract spent computing.
     pub compute: Duration,
-    /// Rows, scores and labels for the telemetry window (when the prediction log is on).
-    pub summary: Option<crate::telemetry::RowSummary>,
+    /// Rows, scores and labels for the telemetry window (when the prediction log is on, or
+    /// a shadow run is compared).
+    pub summary: Option<RowSummary>,
 }
 
 /// Hands one record per row to the prediction log; returns the ids for the response.
@@ -105,16 +173,13 @@ fn record(
     slot: Slot,
     log: &PredictionLog,
     batch: usize,
-    inputs: &[outpost_shared::Tensor],
-    outputs: &[outpost_shared::Tensor],
+    inputs: &[Tensor],
+    outputs: &[(&str, &Tensor)],
     elapsed: Duration,
-) -> Result<(ResponseParameters, crate::telemetry::RowSummary), ApiError> {
-    let signature = served.signature();
+) -> Result<ResponseParameters, InferError> {
     let first_id = log.allocate_ids(batch as u64);
-    let named_inputs: Vec<(&str, &outpost_shared::Tensor)> =
-        signature.inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
-    let named_outputs: Vec<(&str, &outpost_shared::Tensor)> =
-        signature.outputs.iter().map(|s| s.name.as_str()).zip(outputs).collect();
+    let named_inputs: Vec<(&str, &Tensor)> =
+        served.signature().inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
     let info = RequestInfo {
         model: &served.name,
         version: &served.version,
@@ -122,55 +187,31 @@ fn record(
         latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
         record_inputs: served.record_inputs,
     };
-    let records = records_for_request(first_id, batch, &info, &named_inputs, &named_outputs)
-        .map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
+    let records = records_for_request(first_id, batch, &info, &named_inputs, outputs)
+        .map_err(|e| InferError::Record(e.to_string()))?;
     let prediction_ids = records.iter().map(|r| r.id).collect();
-    let summary = crate::telemetry::RowSummary::from_records(&records);
-    log.append(records).map_err(|e| ApiError::Internal(format!("cannot record prediction: {e}")))?;
-    Ok((ResponseParameters { prediction_ids }, summary))
+    log.append(records).map_err(|e| InferError::Record(e.to_string()))?;
+    Ok(ResponseParameters { prediction_ids })
 }
 
-/// Labels and scores of a request's rows, without recording them.
-fn summary_of(
-    served: &ServedModel,
-    slot: Slot,
-    batch: usize,
-    outputs: &[outpost_shared::Tensor],
-) -> Result<crate::telemetry::RowSummary, ApiError> {
-    let named_outputs: Vec<(&str, &outpost_shared::Tensor)> =
-        served.signature().outputs.iter().map(|s| s.name.as_str()).zip(outputs).collect();
-    let info = RequestInfo {
-        model: &served.name,
-        version: &served.version,
-        slot,
-        latency_us: 0,
-        record_inputs: RecordInputs::Drop,
-    };
-    let records = records_for_request(0, batch, &info, &[], &named_outputs)
-        .map_err(|e| ApiError::Internal(format!("cannot read the predictions: {e}")))?;
-    Ok(crate::telemetry::RowSummary::from_records(&records))
-}
-
-fn bool_param(params: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, ApiError> {
+fn bool_param(
+    params: Option<&Map<String, Value>>,
+    key: &'static str,
+    what: &str,
+) -> Result<Option<bool>, InferError> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "{what} parameter `{key}` must be true or false, found {other}"
-        ))),
+        Some(other) => Err(InferError::BoolParameter { what: what.to_owned(), key, found: other.clone() }),
     }
 }
 
-fn malformed(e: &serde_json::Error, json: &[u8]) -> ApiError {
-    let mut message = format!("malformed inference request: {e}");
-    if e.is_syntax() && [&b"NaN"[..], b"Infinity"].iter().any(|t| json.windows(t.len()).any(|w| w == *t)) {
-        message.push_str(" (JSON has no NaN or Infinity literals; send such values as binary tensor data)");
-    }
-    ApiError::BadRequest(message)
+fn malformed(e: &serde_json::Error, json: &[u8]) -> InferError {
+    let nan_literal =
+        e.is_syntax() && [&b"NaN"[..], b"Infinity"].iter().any(|t| json.windows(t.len()).any(|w| w == *t));
+    InferError::Malformed { detail: e.to_string(), nan_literal }
 }
 
-/// Decodes a request, runs the model, records the predictions (when a log is given), and
-/// encodes the response.
 /// The request's `id`, read without decoding its tensors (for a sticky canary split).
 pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -185,28 +226,25 @@ pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
     serde_json::from_slice::<Peek>(json).ok()?.id
 }
 
-pub fn handle(
+/// Decodes a request, runs the model, records the predictions (when a log is given), and
+/// encodes the response. `summarize` asks for the rows' summary without a log (a shadow run).
+pub fn run(
     served: &ServedModel,
     slot: Slot,
     body: &[u8],
     header_len: Option<usize>,
     log: Option<&PredictionLog>,
     summarize: bool,
-) -> Result<Encoded, ApiError> {
+) -> Result<Encoded, InferError> {
     let job_started = Instant::now();
     let (json, binary) = match header_len {
-        Some(n) if n > body.len() => {
-            return Err(ApiError::BadRequest(format!(
-                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
-                body.len()
-            )));
-        }
+        Some(n) if n > body.len() => return Err(InferError::HeaderLength { declared: n, body: body.len() }),
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
     let request: InferRequest = serde_json::from_slice(json).map_err(|e| malformed(&e, json))?;
     if request.inputs.is_empty() {
-        return Err(ApiError::BadRequest("request has no inputs".into()));
+        return Err(InferError::NoInputs);
     }
 
     // Check names, datatypes and shapes against the signature before touching any data.
@@ -215,21 +253,15 @@ pub fn handle(
     for input in &request.inputs {
         let datatype = DataType::from_v2_name(&input.datatype).ok_or_else(|| {
             let known: Vec<&str> = DataType::ALL.iter().map(|d| d.v2_name()).collect();
-            ApiError::BadRequest(format!(
-                "input `{}` has datatype `{}`, which the agent does not serve (it serves {})",
-                input.name,
-                input.datatype,
-                known.join(", ")
-            ))
+            InferError::UnknownDatatype {
+                input: input.name.clone(),
+                datatype: input.datatype.clone(),
+                served: known.join(", "),
+            }
         })?;
         let shape =
             input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>().map_err(
-                |_| {
-                    ApiError::BadRequest(format!(
-                        "input `{}` has a negative dimension in shape {:?}",
-                        input.name, input.shape
-                    ))
-                },
+                |_| InferError::NegativeDimension { input: input.name.clone(), shape: input.shape.clone() },
             )?;
         datatypes.push(datatype);
         shapes.push(shape);
@@ -250,26 +282,18 @@ pub fn handle(
         let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
             None => None,
             Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "input `{}` parameter `binary_data_size` must be a non-negative integer, found {v}",
-                    input.name
-                ))
+                InferError::BinarySizeParameter { input: input.name.clone(), found: v.clone() }
             })?),
         };
         let tensor = match (binary_size, &input.data) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::BadRequest(format!(
-                    "input `{}` has both `data` and `binary_data_size`; send one",
-                    input.name
-                )));
-            }
+            (Some(_), Some(_)) => return Err(InferError::DataAndBinary { input: input.name.clone() }),
             (Some(size), None) => {
                 let end = cursor.checked_add(size).filter(|&end| end <= binary.len()).ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "input `{}` declares {size} bytes of binary data but only {} remain after the JSON header",
-                        input.name,
-                        binary.len() - cursor
-                    ))
+                    InferError::BinaryShort {
+                        input: input.name.clone(),
+                        declared: size,
+                        remaining: binary.len() - cursor,
+                    }
                 })?;
                 let bytes = &binary[cursor..end];
                 cursor = end;
@@ -278,28 +302,22 @@ pub fn handle(
             (None, Some(data)) => {
                 tensor_from_json(datatype, shape, data).map_err(|e| bad_tensor(&input.name, e))?
             }
-            (None, None) => {
-                return Err(ApiError::BadRequest(format!(
-                    "input `{}` has no `data` (and no `binary_data_size` parameter)",
-                    input.name
-                )));
-            }
+            (None, None) => return Err(InferError::NoData { input: input.name.clone() }),
         };
         if served.nan_policy == NanPolicy::Reject
             && let Some((index, value)) = first_non_finite(&tensor)
         {
-            return Err(ApiError::BadRequest(format!(
-                "input `{}` element {index} is {value}; model `{}` rejects NaN and infinite values (nan_policy = \"reject\")",
-                input.name, served.name
-            )));
+            return Err(InferError::NonFinite {
+                input: input.name.clone(),
+                index,
+                value,
+                model: served.name.clone(),
+            });
         }
         tensors.push(Some(tensor));
     }
     if cursor != binary.len() {
-        return Err(ApiError::BadRequest(format!(
-            "body has {} bytes of binary data after the JSON header but the inputs declare {cursor}",
-            binary.len()
-        )));
+        return Err(InferError::BinaryLeftover { body: binary.len(), declared: cursor });
     }
 
     // Which outputs, in which form.
@@ -313,17 +331,10 @@ pub fn handle(
             for output in requested {
                 let index = signature.output_index(&output.name).ok_or_else(|| {
                     let names: Vec<&str> = signature.outputs.iter().map(|o| o.name.as_str()).collect();
-                    ApiError::BadRequest(format!(
-                        "model has no output named `{}` (its outputs: {})",
-                        output.name,
-                        names.join(", ")
-                    ))
+                    InferError::UnknownOutput { output: output.name.clone(), outputs: names.join(", ") }
                 })?;
                 if selected.iter().any(|(i, _)| *i == index) {
-                    return Err(ApiError::BadRequest(format!(
-                        "output `{}` is requested more than once",
-                        output.name
-                    )));
+                    return Err(InferError::DuplicateOutput { output: output.name.clone() });
                 }
                 let binary = bool_param(
                     output.parameters.as_ref(),
@@ -341,7 +352,7 @@ pub fn handle(
         .iter()
         .map(|&i| tensors[i].take())
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| ApiError::Internal("input mapped twice".into()))?;
+        .ok_or_else(|| InferError::Model("an input was mapped to the model twice".into()))?;
     // The log keeps the inputs unless the model's policy drops them; keep a copy for it.
     let batch = ordered.first().map_or(1, batch_rows);
     let kept_inputs = match log {
@@ -354,7 +365,7 @@ pub fn handle(
         _ => None,
     };
     let started = Instant::now();
-    let outputs = served.model.run(ordered).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let outputs = served.model.run(ordered).map_err(|e| InferError::Model(e.to_string()))?;
     let compute = started.elapsed();
     if let Some(monitor) = &served.drift
         && let Some(input) = drift_input.as_ref().or(kept_inputs.first())
@@ -362,26 +373,24 @@ pub fn handle(
         monitor.observe(std::slice::from_ref(input), &outputs);
     }
 
-    let (parameters, summary) = match log {
+    let named_outputs: Vec<(&str, &Tensor)> =
+        signature.outputs.iter().map(|s| s.name.as_str()).zip(&outputs).collect();
+    // The telemetry window's view of the rows, read from the output tensors themselves.
+    let summary = (log.is_some() || summarize).then(|| RowSummary::from_outputs(&named_outputs, batch));
+    let parameters = match log {
         Some(log) => {
-            let (parameters, summary) =
-                record(served, slot, log, batch, &kept_inputs, &outputs, job_started.elapsed())?;
-            (Some(parameters), Some(summary))
+            Some(record(served, slot, log, batch, &kept_inputs, &named_outputs, job_started.elapsed())?)
         }
-        // Not logged (the log is off, or a shadow run), but its predictions are compared.
-        None if summarize => (None, Some(summary_of(served, slot, batch, &outputs)?)),
-        None => (None, None),
+        None => None,
     };
 
     let mut binary_out: Vec<u8> = Vec::new();
     let mut response_outputs = Vec::with_capacity(selected.len());
     for &(index, as_binary) in &selected {
         let spec = &signature.outputs[index];
-        let tensor = outputs
-            .get(index)
-            .ok_or_else(|| ApiError::Internal(format!("model produced no output `{}`", spec.name)))?;
+        let tensor = outputs.get(index).ok_or_else(|| InferError::MissingOutput(spec.name.clone()))?;
         let (parameters, data) = if as_binary {
-            let bytes = tensor_to_le_bytes(tensor).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let bytes = tensor_to_le_bytes(tensor).map_err(|e| InferError::Encode(e.to_string()))?;
             let size = bytes.len();
             binary_out.extend_from_slice(&bytes);
             (Some(BinaryParameters { binary_data_size: size }), None)
@@ -403,8 +412,7 @@ pub fn handle(
         parameters,
         outputs: response_outputs,
     };
-    let mut body = serde_json::to_vec(&response)
-        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+    let mut body = serde_json::to_vec(&response).map_err(|e| InferError::Encode(e.to_string()))?;
     let json_len = if selected.iter().any(|&(_, b)| b) {
         let n = body.len();
         body.extend_from_slice(&binary_out);
@@ -413,4 +421,8 @@ pub fn handle(
         None
     };
     Ok(Encoded { body, json_len, compute, summary })
+}
+
+fn bad_tensor(input: &str, source: TensorError) -> InferError {
+    InferError::Tensor { input: input.to_owned(), source }
 }
