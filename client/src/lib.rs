@@ -1,6 +1,8 @@
 //! The coordinator's API as a typed client: base URL, bearer token and CA in one place, the
 //! server's `{"error": …}` unwrapped into [`ClientError::Refused`], and bodies decoded into the
-//! caller's types. `outpostctl` and the demo speak to the coordinator only through it.
+//! caller's types. `outpostctl`, the demo, the agent's fleet simulator and the end-to-end tests
+//! speak to the coordinator's API through it (the tests' raw-HTTP probes of bad bodies and
+//! missing tokens aside: they test the wire itself).
 //!
 //! Plain `http://` is accepted only to a loopback address; `https://` needs the CA that signed
 //! the coordinator's certificate ([`outpost_shared::tls::api_client`]).

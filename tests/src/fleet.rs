@@ -167,7 +167,6 @@ pub struct Coordinator {
     broker_args: [String; 2],
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    http: reqwest::Client,
     /// The API speaks HTTPS (certificate from the coordinator's CA).
     pub tls: bool,
     /// Extra environment (configuration overrides) for every start.
@@ -259,7 +258,6 @@ impl Coordinator {
             broker_args,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: Arc::new(Mutex::new(Vec::new())),
-            http: reqwest::Client::new(),
             tls,
             env: Vec::new(),
             args: Vec::new(),
@@ -378,21 +376,33 @@ impl Coordinator {
         out.trim().to_owned()
     }
 
-    /// The fleet view of one device.
-    pub async fn device(&self, id: &str) -> Value {
-        let token = std::fs::read_to_string(self.token_file()).unwrap();
-        let response = self
-            .http
-            .get(format!("{}/api/v1/devices/{id}", self.url()))
-            .bearer_auth(token.trim())
-            .send()
-            .await
-            .unwrap();
-        response.json().await.unwrap()
+    /// The coordinator's typed API client (`outpost-client`, as `outpostctl` and the demo
+    /// use it) with the admin token, and the CA when the API speaks HTTPS.
+    pub fn client(&self) -> outpost_client::Client {
+        let token = std::fs::read_to_string(self.token_file()).expect("the admin token exists once serving");
+        let ca = self.tls.then(|| std::fs::read(self.ca_file()).expect("the coordinator's CA"));
+        outpost_client::Client::new(&self.url(), &token, ca.as_deref(), Duration::from_secs(30))
+            .expect("a client of the coordinator's URL")
     }
 
+    /// The fleet view of one device (`{"error": …}` with the coordinator's message when it
+    /// refuses, e.g. before the device enrolled).
+    pub async fn device(&self, id: &str) -> Value {
+        let (client, path) = (self.client(), format!("/api/v1/devices/{id}"));
+        match tokio::task::spawn_blocking(move || client.get::<Value>(&path)).await.unwrap() {
+            Ok(view) => view,
+            Err(outpost_client::ClientError::Refused { message, .. }) => {
+                serde_json::json!({ "error": message })
+            }
+            Err(e) => panic!("device {id}: {e}"),
+        }
+    }
+
+    /// The coordinator's Prometheus text.
     pub async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.url())).send().await.unwrap().text().await.unwrap()
+        let client = self.client();
+        let bytes = tokio::task::spawn_blocking(move || client.get_bytes("/metrics")).await.unwrap();
+        String::from_utf8(bytes.unwrap_or_else(|e| panic!("/metrics: {e}"))).expect("UTF-8 metrics")
     }
 
     /// Waits until `check` holds for the device view, or panics with the last view.
