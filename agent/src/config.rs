@@ -122,12 +122,11 @@ impl RegistryConfig {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let bytes = hex::decode(text.trim()).map_err(|e| e.to_string()).and_then(|b| {
-                    outpost_shared::protocol::keys::PublicKey::from_bytes(&b).map_err(|e| e.to_string())
-                });
-                bytes.map_err(|problem| ConfigError::Key {
-                    key: format!("registry.trusted_keys[{i}]"),
-                    problem: format!("is not an Ed25519 public key in hex: {problem}"),
+                outpost_shared::protocol::keys::PublicKey::from_hex(text).map_err(|problem| {
+                    ConfigError::Key {
+                        key: format!("registry.trusted_keys[{i}]"),
+                        problem: format!("is not an Ed25519 public key in hex: {problem}"),
+                    }
                 })
             })
             .collect()

@@ -39,6 +39,8 @@ pub struct Config {
     pub retraining: crate::ops::retraining::RetrainingConfig,
     /// How long monitoring history is kept.
     pub retention: crate::monitoring::retention::RetentionConfig,
+    /// Which keys' signatures the registry accepts on pushed bundles.
+    pub registry: crate::models::registry::RegistryConfig,
     /// The rollback policy sent with every deployed version: agents watch the new version and
     /// go back to the one before on their own when it crashes them or breaches these limits.
     pub watchdog: outpost_shared::protocol::messages::WatchdogPolicy,
@@ -56,6 +58,7 @@ impl Default for Config {
             alerts: crate::ops::alerts::AlertsConfig::default(),
             retraining: crate::ops::retraining::RetrainingConfig::default(),
             retention: crate::monitoring::retention::RetentionConfig::default(),
+            registry: crate::models::registry::RegistryConfig::default(),
             watchdog: Default::default(),
         }
     }
@@ -216,6 +219,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.registry.keys().map_err(|(entry, problem)| key(&entry, &problem))?;
         if self.api.listen.ip().is_unspecified() && self.api.advertised_url.is_none() {
             return Err(key(
                 "api.advertised_url",

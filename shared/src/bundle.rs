@@ -70,7 +70,7 @@ pub enum BundleError {
     Unsigned,
     #[error("bundle signature by key {0} does not verify: the manifest was altered or the signature forged")]
     BadSignature(String),
-    #[error("bundle is signed only by untrusted key(s) {found}; trusted: {trusted}")]
+    #[error("bundle is signed by untrusted key(s) {found}; trusted: {trusted}")]
     UntrustedKey { found: String, trusted: String },
     #[error("bundle is already signed by key {0}")]
     AlreadySigned(String),
@@ -544,6 +544,30 @@ impl Bundle {
                 trusted.iter().map(PublicKey::key_id).collect::<Vec<_>>().join(", ")
             },
         })
+    }
+
+    /// Requires *every* signature to be by one of `trusted` and to verify; returns their key
+    /// ids (hex). For a registry, which lists who signed: an unknown key or a forged signature
+    /// is an error naming that key, never a name in the list. An unsigned bundle passes (the
+    /// registry signs it itself).
+    pub fn verify_every_signature(&self, trusted: &[PublicKey]) -> Result<Vec<String>, BundleError> {
+        let message = signed_message(&self.manifest_bytes);
+        let mut ids = Vec::with_capacity(self.signatures.len());
+        for s in &self.signatures {
+            let Some(key) = trusted.iter().find(|k| key_id_bytes(k) == s.key_id) else {
+                return Err(BundleError::UntrustedKey {
+                    found: s.key_id_hex(),
+                    trusted: if trusted.is_empty() {
+                        "none configured".into()
+                    } else {
+                        trusted.iter().map(PublicKey::key_id).collect::<Vec<_>>().join(", ")
+                    },
+                });
+            };
+            key.verify(&message, &s.signature).map_err(|_| BundleError::BadSignature(s.key_id_hex()))?;
+            ids.push(s.key_id_hex());
+        }
+        Ok(ids)
     }
 
     /// Parses and fully verifies: structure, model hash, and a trusted signature.

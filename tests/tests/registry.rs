@@ -502,3 +502,86 @@ async fn deployments_swap_versions_under_load_without_a_failed_request() {
     load.wait_seen("1.0.0").await;
     load.finish_expecting(&["1.0.0", "1.1.0", "1.0.0"]).await;
 }
+
+/// The registry checks every signature on a pushed bundle before it stores it: the release
+/// key's id over 64 bytes of `A`, or a key it does not trust, is refused (400, naming the key)
+/// and audited, and nothing is stored; a bundle an offline key listed in `[registry]
+/// trusted_keys` signed is accepted, and `signed_by` lists that key beside the registry's own.
+#[test]
+fn rejects_forged_and_untrusted_signatures_on_push() {
+    use outpost_shared::bundle::{Bundle, BundleSignature};
+    use outpost_shared::protocol::keys::PublicKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str| {
+        let path = dir.path().join(name);
+        let public = ok(run("outpostctl", &["key", "generate", path.to_str().unwrap()]), "key generate");
+        (path, PublicKey::from_hex(&public).unwrap())
+    };
+    let (offline, offline_public) = key_file("offline.pk8");
+    let (stranger, stranger_public) = key_file("stranger.pk8");
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, format!("[registry]\ntrusted_keys = [\"{}\"]\n", hex(offline_public.as_bytes())))
+        .unwrap();
+    let (c, _) = Coordinator::start_embedded_configured(&dir.path().join("coordinator"), &config);
+    let release = PublicKey::from_hex(&release_key(&c)).unwrap();
+
+    let create = |version: &str, key: &Path| {
+        let out = dir.path().join(format!("bc-{version}.bundle"));
+        let model = models_dir().join("breast_cancer-1.0.0.onnx");
+        let args = [
+            "bundle",
+            "create",
+            model.to_str().unwrap(),
+            "--name",
+            "bc",
+            "--version",
+            version,
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        ok(run("outpostctl", &args), "bundle create");
+        Bundle::parse(&std::fs::read(out).unwrap()).unwrap()
+    };
+    let push_bytes = |version: &str, bytes: Vec<u8>| {
+        let (client, path) = (c.client(), format!("/api/v1/models/bc/versions/{version}"));
+        client.put_bytes::<Value>(&path, "application/octet-stream", &bytes, &mut |_, _| {})
+    };
+
+    // The release key's id with a forged signature.
+    let mut forged = create("1.0.0", &stranger);
+    let release_id: [u8; 8] =
+        std::array::from_fn(|i| u8::from_str_radix(&release.key_id()[2 * i..2 * i + 2], 16).unwrap());
+    forged.signatures = vec![BundleSignature { key_id: release_id, signature: [b'A'; 64] }];
+    let refused = push_bytes("1.0.0", forged.to_bytes()).unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    assert!(
+        refused.to_string().contains(&release.key_id()) && refused.to_string().contains("does not verify"),
+        "{refused}"
+    );
+
+    // A key the registry does not trust.
+    let refused = push_bytes("1.0.0", create("1.0.0", &stranger).to_bytes()).unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    assert!(refused.to_string().contains(&stranger_public.key_id()), "{refused}");
+    let listed = ok(c.ctl(&["--json", "model", "list"]), "model list");
+    assert!(!listed.contains("\"bc\""), "a refused bundle must not be stored: {listed}");
+
+    // The trusted offline key: stored, both signatures listed.
+    let (status, pushed) = push_bytes("1.0.0", create("1.0.0", &offline).to_bytes()).unwrap();
+    assert_eq!(status, 201, "{pushed:#}");
+    assert_eq!(
+        pushed["record"]["signed_by"],
+        json!([offline_public.key_id(), release.key_id()]),
+        "{pushed:#}"
+    );
+
+    let audit = ok(c.ctl(&["audit", "list", "--limit", "20"]), "audit list");
+    let refusals = audit.lines().filter(|l| l.contains("model.push") && l.contains("refused")).count();
+    assert_eq!(refusals, 2, "both refused pushes are audited:\n{audit}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

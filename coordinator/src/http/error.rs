@@ -43,7 +43,7 @@ fn registry_status(e: &RegistryError) -> StatusCode {
     match e {
         RegistryError::Conflict { .. } | RegistryError::Refused(_) => StatusCode::CONFLICT,
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RegistryError::Invalid(_) | RegistryError::Signature(_) => StatusCode::BAD_REQUEST,
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

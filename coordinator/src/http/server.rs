@@ -114,7 +114,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::error!(%problem, path = %audit.path().display(), "AUDIT LOG DOES NOT VERIFY")
         }
     }
-    let registry = Registry::open(&store, &config.data_dir).map_err(|e| ServeError::Audit(e.to_string()))?;
+    let registry = Registry::open(&store, &config.data_dir)
+        .map_err(|e| ServeError::Audit(e.to_string()))?
+        .trusting(config.registry.keys().map_err(|(key, problem)| {
+            ServeError::Config(crate::config::ConfigError::Key { key, problem })
+        })?);
     let desired = Desired::open(&store)?;
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_hex};
-use outpost_shared::protocol::keys::SigningKey;
+use outpost_shared::protocol::keys::{PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::base::store::{Store, StoreError, encode, now_ms};
@@ -41,12 +41,44 @@ pub enum RegistryError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// A pushed bundle carries a signature by a key the registry does not trust, or one that
+    /// does not verify (the error names the key id).
+    #[error("refused: {0}")]
+    Signature(outpost_shared::bundle::BundleError),
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("artifact store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+}
+
+/// `[registry]` in the coordinator's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Ed25519 public keys (hex, as `outpostctl key show` prints them) whose signatures a pushed
+    /// bundle may carry besides the coordinator's own release key — an offline signing key, say.
+    /// A bundle signed by any other key is refused on push.
+    pub trusted_keys: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// The trusted keys, parsed; the error names the entry (`registry.trusted_keys[1]`) and why.
+    pub fn keys(&self) -> Result<Vec<PublicKey>, (String, String)> {
+        self.trusted_keys
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                PublicKey::from_hex(text).map_err(|e| {
+                    (
+                        format!("registry.trusted_keys[{i}]"),
+                        format!("is not an Ed25519 public key in hex: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// Where a version is in its life.
@@ -149,6 +181,9 @@ pub struct Registry {
     artifacts: PathBuf,
     /// Newest first: (sha256, signed bundle bytes).
     cache: ArtifactCache,
+    /// Keys whose signatures a pushed bundle may carry besides the release key
+    /// (`registry.trusted_keys`, e.g. an offline key).
+    trusted: Arc<Vec<PublicKey>>,
 }
 
 /// Signed bundle bytes by sha256, newest first.
@@ -183,7 +218,14 @@ impl Registry {
             policies: store.tree("registry_policies")?,
             artifacts: data_dir.join("artifacts"),
             cache: Default::default(),
+            trusted: Arc::default(),
         })
+    }
+
+    /// Also trusts signatures by `keys` on pushed bundles (the release key is always trusted).
+    pub fn trusting(mut self, keys: Vec<PublicKey>) -> Registry {
+        self.trusted = Arc::new(keys);
+        self
     }
 
     fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
@@ -241,9 +283,15 @@ impl Registry {
     }
 
     /// Stores a pushed bundle (the caller runs this off the async executor: it loads the model).
+    /// Every signature it carries must be by the release key or a trusted key and verify —
+    /// `signed_by` lists only signatures that were checked; the registry then adds its own.
     pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
         let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let mut trusted = Vec::with_capacity(self.trusted.len() + 1);
+        trusted.push(release_key.public_key());
+        trusted.extend(self.trusted.iter().cloned());
+        bundle.verify_every_signature(&trusted).map_err(RegistryError::Signature)?;
         let (name, version) = (bundle.manifest.name.clone(), bundle.manifest.version.clone());
         match self.get(&name, &version) {
             Ok(existing) if existing.model_sha256 == bundle.manifest.model.sha256 => {
@@ -617,6 +665,37 @@ mod tests {
         let other = registry.push(&bundle("breast_cancer-1.1.0", "1.0.0"), "bob", &key);
         assert!(matches!(other, Err(RegistryError::Conflict { .. })), "{other:?}");
         assert!(matches!(registry.artifact("nope"), Err(RegistryError::Invalid(_))));
+    }
+
+    #[test]
+    fn rejects_forged_and_untrusted_signatures_on_push() {
+        let (_dir, registry, key) = registry();
+        let (offline, _) = SigningKey::generate().unwrap();
+        let (stranger, _) = SigningKey::generate().unwrap();
+        let registry = registry.trusting(vec![offline.public_key()]);
+        let signed_with = |keys: &[&SigningKey], v: &str| {
+            let mut b = Bundle::parse(&bundle("breast_cancer-1.0.0", v)).unwrap();
+            for k in keys {
+                b.sign(k).unwrap();
+            }
+            b
+        };
+        // The release key's id with 64 bytes of `A`: refused, naming the key, nothing stored.
+        let mut forged = signed_with(&[&key], "1.0.0");
+        forged.signatures[0].signature = [b'A'; 64];
+        let err = registry.push(&forged.to_bytes(), "mallory", &key).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Signature(_)) && err.to_string().contains(key.key_id()),
+            "{err}"
+        );
+        // A key the registry does not trust, even beside a good one.
+        let err =
+            registry.push(&signed_with(&[&offline, &stranger], "1.0.0").to_bytes(), "m", &key).unwrap_err();
+        assert!(err.to_string().contains(stranger.key_id()), "{err}");
+        assert!(registry.list().unwrap().is_empty(), "a refused bundle is not stored");
+        // A trusted offline signature is checked and listed, with the registry's own after it.
+        let pushed = registry.push(&signed_with(&[&offline], "1.0.0").to_bytes(), "alice", &key).unwrap();
+        assert_eq!(pushed.record.signed_by, [offline.key_id(), key.key_id()]);
     }
 
     #[test]

@@ -77,6 +77,32 @@ fn either_of_two_keys_is_enough_while_keys_rotate() {
 }
 
 #[test]
+fn a_registry_check_wants_every_signature_trusted_and_valid() {
+    let (release, _) = SigningKey::generate().unwrap();
+    let (offline, _) = SigningKey::generate().unwrap();
+    let (stranger, _) = SigningKey::generate().unwrap();
+    let trusted = [release.public_key(), offline.public_key()];
+    let mut b = Bundle::build(manifest(), b"m".to_vec()).unwrap();
+    assert_eq!(b.verify_every_signature(&trusted).unwrap(), Vec::<String>::new(), "unsigned passes");
+    b.sign(&release).unwrap();
+    b.sign(&offline).unwrap();
+    assert_eq!(b.verify_every_signature(&trusted).unwrap(), [release.key_id(), offline.key_id()]);
+    // The release key's id with a forged signature: named, refused.
+    let mut forged = b.clone();
+    forged.signatures[0].signature = [b'A'; 64];
+    assert_eq!(
+        forged.verify_every_signature(&trusted).unwrap_err(),
+        BundleError::BadSignature(release.key_id().to_owned())
+    );
+    // One good signature does not carry an unknown one (agents would take the bundle on the
+    // good one; a registry must not list the other).
+    let mut extra = b.clone();
+    extra.sign(&stranger).unwrap();
+    let err = extra.verify_every_signature(&trusted).unwrap_err();
+    assert!(matches!(&err, BundleError::UntrustedKey { found, .. } if *found == stranger.key_id()), "{err}");
+}
+
+#[test]
 fn manifests_are_checked() {
     let mut m = manifest();
     m.version = "1.2".into();

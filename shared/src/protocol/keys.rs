@@ -18,6 +18,8 @@ pub enum KeyError {
     InvalidPrivateKey,
     #[error("an Ed25519 public key is 32 bytes, got {0}")]
     PublicKeyLength(usize),
+    #[error("not hex: {0}")]
+    NotHex(String),
     #[error("signature does not verify")]
     BadSignature,
 }
@@ -83,6 +85,23 @@ impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey, KeyError> {
         let array: [u8; 32] = bytes.try_into().map_err(|_| KeyError::PublicKeyLength(bytes.len()))?;
         Ok(PublicKey(array))
+    }
+
+    /// A key as `outpostctl key show` prints it: 64 hex digits (surrounding space ignored).
+    pub fn from_hex(text: &str) -> Result<PublicKey, KeyError> {
+        let text = text.trim();
+        if !text.len().is_multiple_of(2) {
+            return Err(KeyError::NotHex(format!("odd number of digits ({})", text.len())));
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| KeyError::NotHex(format!("invalid digits at position {i}")))
+            })
+            .collect::<Result<Vec<u8>, KeyError>>()?;
+        PublicKey::from_bytes(&bytes)
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
