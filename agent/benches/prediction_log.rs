@@ -60,7 +60,7 @@ fn main() {
     let started = Instant::now();
     for _ in 0..n {
         let mut record = template.clone();
-        record.id = log.allocate_ids(1);
+        record.id = log.allocate_ids(1).expect("ids reserve on a healthy disk");
         log.append(vec![record]).unwrap();
     }
     let handed_over = started.elapsed();

@@ -167,7 +167,8 @@ pub struct Encoded {
     pub summary: Option<RowSummary>,
 }
 
-/// Hands one record per row to the prediction log; returns the ids for the response.
+/// Hands one record per row to the prediction log; returns the ids for the response (none
+/// when no id could be reserved: the request is answered unlogged).
 fn record(
     served: &ServedModel,
     slot: Slot,
@@ -176,8 +177,9 @@ fn record(
     inputs: &[Tensor],
     outputs: &[(&str, &Tensor)],
     elapsed: Duration,
-) -> Result<ResponseParameters, InferError> {
-    let first_id = log.allocate_ids(batch as u64);
+) -> Result<Option<ResponseParameters>, InferError> {
+    // No id could be reserved durably (a full or failing disk): answered, not logged.
+    let Some(first_id) = log.allocate_ids(batch as u64) else { return Ok(None) };
     let named_inputs: Vec<(&str, &Tensor)> =
         served.signature().inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
     let info = RequestInfo {
@@ -191,7 +193,7 @@ fn record(
         .map_err(|e| InferError::Record(e.to_string()))?;
     let prediction_ids = records.iter().map(|r| r.id).collect();
     log.append(records).map_err(|e| InferError::Record(e.to_string()))?;
-    Ok(ResponseParameters { prediction_ids })
+    Ok(Some(ResponseParameters { prediction_ids }))
 }
 
 fn bool_param(
@@ -378,9 +380,7 @@ pub fn run(
     // The telemetry window's view of the rows, read from the output tensors themselves.
     let summary = (log.is_some() || summarize).then(|| RowSummary::from_outputs(&named_outputs, batch));
     let parameters = match log {
-        Some(log) => {
-            Some(record(served, slot, log, batch, &kept_inputs, &named_outputs, job_started.elapsed())?)
-        }
+        Some(log) => record(served, slot, log, batch, &kept_inputs, &named_outputs, job_started.elapsed())?,
         None => None,
     };
 

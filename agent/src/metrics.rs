@@ -47,6 +47,8 @@ pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_lo
 pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
 pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";
 pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
+pub const PREDICTION_LOG_IDS_SKIPPED: &str = "outpost_agent_prediction_log_ids_skipped";
+pub const PREDICTION_LOG_UNLOGGED_TOTAL: &str = "outpost_agent_prediction_log_unlogged_requests_total";
 pub const OUTBOX_MESSAGES: &str = "outpost_agent_outbox_messages";
 pub const OUTBOX_BYTES: &str = "outpost_agent_outbox_bytes";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "outpost_agent_outbox_oldest_age_seconds";
@@ -185,6 +187,8 @@ struct LogMetrics {
     disk_bytes: IntGauge,
     segments: IntGauge,
     queued: IntGauge,
+    ids_skipped: IntGauge,
+    unlogged: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -426,6 +430,14 @@ impl Metrics {
                     PREDICTION_LOG_QUEUED,
                     "Prediction-log batches waiting for the writer."
                 )?),
+                ids_skipped: reg!(IntGauge::new(
+                    PREDICTION_LOG_IDS_SKIPPED,
+                    "Prediction ids skipped when the log opened: reserved before an unclean stop and never logged (predictions answered with them were lost; ids are never reused)."
+                )?),
+                unlogged: reg!(IntCounter::new(
+                    PREDICTION_LOG_UNLOGGED_TOTAL,
+                    "Requests answered without prediction ids and not logged: no id reservation could be written."
+                )?),
             },
             telemetry: TelemetryMetrics {
                 reported: Mutex::new((0, 0, 0)),
@@ -517,7 +529,9 @@ impl Metrics {
         log.evicted.inc_by(stats.evicted.saturating_sub(reported.evicted));
         log.evicted_segments.inc_by(stats.evicted_segments.saturating_sub(reported.evicted_segments));
         log.write_errors.inc_by(stats.write_errors.saturating_sub(reported.write_errors));
+        log.unlogged.inc_by(stats.unlogged.saturating_sub(reported.unlogged));
         *reported = *stats;
+        log.ids_skipped.set(i64::try_from(stats.ids_skipped).unwrap_or(i64::MAX));
         log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));
         log.segments.set(i64::try_from(stats.segments).unwrap_or(i64::MAX));
         log.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));

@@ -17,8 +17,10 @@
 //! batch (at most `BATCH_RECORDS` records, ≈ 2× their size).
 //!
 //! # Invariants
-//! - Ids strictly increase across segments and restarts (the next id after a restart is one
-//!   past the highest stored id); a record is readable by id until its segment is evicted.
+//! - Ids strictly increase across segments and restarts, and are never handed out twice, even
+//!   after a SIGKILL: they are reserved on disk ahead of use ([`ids`]); a restart after an
+//!   unclean stop skips the reserved-but-unlogged range and reports it. A record is readable
+//!   by id until its segment is evicted.
 //! - The newest segment is never evicted, so appends always have a home.
 //! - On the request path appending costs one bounded channel send; one writer thread owns
 //!   every write. If the writer falls behind, the send waits (backpressure), it never drops.
@@ -124,6 +126,11 @@ pub struct LogStats {
     pub disk_bytes: u64,
     pub segments: u64,
     pub queued: u64,
+    /// Ids skipped when the log opened: reserved before an unclean stop and never logged, so
+    /// predictions answered with some of them were lost (their ids are not reused).
+    pub ids_skipped: u64,
+    /// Requests answered without a prediction id: no id reservation could be written.
+    pub unlogged: u64,
 }
 
 struct Segment {
@@ -142,7 +149,9 @@ enum Command {
 /// The prediction log. Cheap to share behind an `Arc`; dropping it flushes and stops the writer.
 pub struct PredictionLog {
     sender: Option<Sender<Command>>,
-    next_id: AtomicU64,
+    ids: ids::Ids,
+    /// Ids skipped at open (reserved before an unclean stop, never logged).
+    skipped: Option<ids::Skipped>,
     segments: Arc<RwLock<Vec<Segment>>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
@@ -352,6 +361,17 @@ impl PredictionLog {
         if segments.is_empty() {
             segments.push(open_segment(&segment_dir(&root, next_id), config)?);
         }
+        let (ids, skipped) = ids::Ids::open(&root, next_id);
+        if let Some(s) = skipped {
+            tracing::warn!(
+                first = s.first,
+                last = s.last,
+                count = s.count(),
+                "prediction ids {}–{} were reserved before the agent last stopped but never logged: predictions answered with any of them are lost; the ids are skipped, not reused",
+                s.first,
+                s.last
+            );
+        }
         let counters = Arc::new(Counters::default());
         let segments = Arc::new(RwLock::new(segments));
         let (sender, receiver) = bounded(config.queue_capacity.max(1));
@@ -366,18 +386,18 @@ impl PredictionLog {
             .name("prediction-log".into())
             .spawn(move || writer.run(receiver))
             .map_err(|source| LogError::Io { path: data_dir.to_owned(), source })?;
-        Ok(PredictionLog {
-            sender: Some(sender),
-            next_id: AtomicU64::new(next_id),
-            segments,
-            counters,
-            writer: Some(handle),
-        })
+        Ok(PredictionLog { sender: Some(sender), ids, skipped, segments, counters, writer: Some(handle) })
     }
 
-    /// Reserves `n` consecutive ids and returns the first.
-    pub fn allocate_ids(&self, n: u64) -> u64 {
-        self.next_id.fetch_add(n, Ordering::Relaxed)
+    /// Reserves `n` consecutive ids and returns the first; `None` when no id can be reserved
+    /// durably (the request is then answered without ids and not logged; counted).
+    pub fn allocate_ids(&self, n: u64) -> Option<u64> {
+        self.ids.allocate(n)
+    }
+
+    /// The ids skipped when the log opened (see [`ids`]).
+    pub fn skipped(&self) -> Option<ids::Skipped> {
+        self.skipped
     }
 
     /// Hands records to the writer: one channel send, which waits only if the writer is
@@ -444,7 +464,7 @@ impl PredictionLog {
 
     /// The next id that will be handed out.
     pub fn next_id(&self) -> u64 {
-        self.next_id.load(Ordering::Relaxed)
+        self.ids.next()
     }
 
     pub fn stats(&self) -> LogStats {
@@ -457,6 +477,8 @@ impl PredictionLog {
             disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
             queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
+            ids_skipped: self.skipped.map_or(0, |s| s.count()),
+            unlogged: self.ids.failures(),
         }
     }
 }
@@ -468,6 +490,9 @@ impl Drop for PredictionLog {
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
+        // Everything handed out is written (or counted as a write error): the next start
+        // continues from here and skips nothing.
+        self.ids.close();
     }
 }
 
@@ -650,3 +675,5 @@ fn total_size(segments: &[Segment]) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+pub mod ids;

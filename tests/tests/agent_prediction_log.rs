@@ -61,6 +61,62 @@ async fn every_prediction_gets_an_id_that_survives_a_restart() {
     assert_eq!(ids(&body), vec![5, 6], "ids continue after a restart");
 }
 
+/// The finding: 50 answered requests, `kill -9`, and the restarted agent handed ids out again
+/// (feedback for one of them then joined the *new* prediction). Ids are now reserved on disk
+/// ahead of use: after a SIGKILL the agent skips ahead, never repeats an id, and names the
+/// skipped range in its log and `/metrics`; a clean stop skips nothing.
+#[tokio::test]
+async fn a_sigkill_never_makes_a_prediction_id_repeat() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || Agent::builder().model("bc", &model("breast_cancer-1.0.0")).data_dir(data.path()).start();
+    let mut agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let mut answered = Vec::new();
+    for _ in 0..50 {
+        let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(1)).await;
+        assert_eq!(status, 200, "{body}");
+        answered.extend(ids(&body));
+    }
+    // Killed right after answering: the newest records have not reached disk yet.
+    agent.signal(Signal::SIGKILL);
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+
+    let mut agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(1)).await;
+        after.extend(ids(&body));
+    }
+    let newest = *answered.iter().max().unwrap();
+    assert!(after.iter().all(|id| *id > newest), "ids repeated after a SIGKILL: {after:?} vs up to {newest}");
+    let skipped = metric(&agent.metrics_text().await, "outpost_agent_prediction_log_ids_skipped");
+    assert!(skipped >= 1.0, "the skipped range is exported");
+    assert!(
+        agent.log().contains("were reserved before the agent last stopped but never logged"),
+        "the skipped range is logged:\n{}",
+        agent.log()
+    );
+    // A label for the newest answered id is the old prediction's (joined if it reached disk,
+    // evicted if the kill lost it), never "unknown" and never one of the new predictions.
+    let (status, body) =
+        agent.post_json("/v1/feedback", &json!({"feedback": [{"prediction_id": newest, "label": 1}]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["results"][0] == "joined" || body["results"][0] == "evicted", "{body}");
+
+    // A clean stop: the next start continues exactly where this one ended.
+    agent.signal(Signal::SIGTERM);
+    let next = after.iter().max().unwrap() + 1;
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let (_, body) = agent.post_json("/v2/models/bc/infer", &batch(1)).await;
+    assert_eq!(ids(&body), [next], "a clean restart skips nothing");
+    assert_eq!(metric(&agent.metrics_text().await, "outpost_agent_prediction_log_ids_skipped"), 0.0);
+}
+
 #[tokio::test]
 async fn a_model_that_drops_inputs_still_gets_one_id_per_row() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ fn record(id: u64, at_ms: u64, payload: usize) -> PredictionRecord {
 fn append_n(log: &PredictionLog, n: u64, at_ms: u64, payload: usize) -> Vec<u64> {
     let mut ids = Vec::new();
     for _ in 0..n {
-        let id = log.allocate_ids(1);
+        let id = log.allocate_ids(1).expect("ids reserve on a healthy disk");
         log.append(vec![record(id, at_ms, payload)]).unwrap();
         ids.push(id);
     }
