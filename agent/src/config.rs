@@ -276,7 +276,7 @@ impl ModelConfig {
         if path.is_empty() {
             return Err(ModelSpecError::NoPath(spec.to_owned()));
         }
-        validate_name(name).map_err(|problem| ModelSpecError::Name { name: name.to_owned(), problem })?;
+        outpost_shared::names::check_model(name)?;
         Ok(ModelConfig {
             name: name.to_owned(),
             path: PathBuf::from(path),
@@ -296,27 +296,8 @@ pub enum ModelSpecError {
     NotNamePath(String),
     #[error("`{0}` has no path after `=`")]
     NoPath(String),
-    #[error("model name `{name}` {problem}")]
-    Name { name: String, problem: BadName },
-}
-
-/// What is wrong with a model or version name (completes "name `x` …").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BadName {
-    #[error("must be 1 to 128 characters long")]
-    Length,
-    #[error("may only contain letters, digits, `_`, `-` and `.`")]
-    Characters,
-}
-
-fn validate_name(name: &str) -> Result<(), BadName> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(BadName::Length);
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(BadName::Characters);
-    }
-    Ok(())
+    #[error(transparent)]
+    Name(#[from] outpost_shared::names::NameError),
 }
 
 impl Config {
@@ -427,12 +408,14 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
-            validate_name(&model.name).map_err(|p| key(&format!("models[{i}].name"), &p.to_string()))?;
+            outpost_shared::names::check_model(&model.name)
+                .map_err(|p| key(&format!("models[{i}].name"), &p.to_string()))?;
             if model.path.as_os_str().is_empty() {
                 return Err(key(&format!("models[{i}].path"), "must not be empty"));
             }
             if let Some(version) = &model.version {
-                validate_name(version).map_err(|p| key(&format!("models[{i}].version"), &p.to_string()))?;
+                outpost_shared::names::check("version", version)
+                    .map_err(|p| key(&format!("models[{i}].version"), &p.to_string()))?;
                 if !seen.insert((model.name.as_str(), version.as_str())) {
                     return Err(key(
                         &format!("models[{i}]"),

@@ -162,7 +162,12 @@ impl DesiredApplier {
 
     /// Downloads and installs `name@version` unless it is on disk.
     fn ensure_installed(&self, name: &str, version: &str, sha256: &str) -> Result<(), DesiredError> {
-        if self.store.bundle_path(name, version).is_file() {
+        // A desired state naming a model outside the grammar is refused before any download.
+        let path = self
+            .store
+            .bundle_path(name, version)
+            .map_err(|e| DesiredError::Refused(format!("{name}@{version} refused: {e}")))?;
+        if path.is_file() {
             return Ok(());
         }
         let bytes = self.download(sha256)?;

@@ -37,6 +37,8 @@ pub enum StoreError {
     NoHistory { name: String, steps: usize, available: usize },
     #[error("several models are installed ({0}): name the one to roll back")]
     Ambiguous(String),
+    #[error(transparent)]
+    Name(#[from] outpost_shared::names::NameError),
 }
 
 /// One model's local state.
@@ -143,9 +145,13 @@ impl ModelStore {
         self.dir.join("state.json")
     }
 
-    /// Where a version's bundle lives.
-    pub fn bundle_path(&self, name: &str, version: &str) -> PathBuf {
-        self.dir.join("bundles").join(name).join(format!("{version}.bundle"))
+    /// Where a version's bundle lives: `bundles/<name>/<version>.bundle`, from names that pass
+    /// the one grammar (`outpost_shared::names`), so the path never leaves `bundles/`.
+    pub fn bundle_path(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
+        use outpost_shared::names;
+        let dir = names::join(&self.dir.join("bundles"), "model name", name)?;
+        names::check("version", version)?;
+        Ok(dir.join(format!("{version}.bundle")))
     }
 
     /// The current state (empty when nothing was ever installed).
@@ -168,7 +174,10 @@ impl ModelStore {
 
     /// Versions of `name` on disk.
     pub fn installed(&self, name: &str) -> Vec<String> {
-        let dir = self.dir.join("bundles").join(name);
+        // A name outside the grammar has no versions: nothing can have been stored under it.
+        let Ok(dir) = outpost_shared::names::join(&self.dir.join("bundles"), "model name", name) else {
+            return Vec::new();
+        };
         let mut versions: Vec<String> = std::fs::read_dir(dir)
             .map(|entries| {
                 entries
@@ -183,7 +192,7 @@ impl ModelStore {
 
     /// Reads and fully verifies an installed bundle.
     pub fn read(&self, name: &str, version: &str, trusted: &[PublicKey]) -> Result<Bundle, StoreError> {
-        let path = self.bundle_path(name, version);
+        let path = self.bundle_path(name, version)?;
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => {
                 StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() }
@@ -198,7 +207,7 @@ impl ModelStore {
     pub fn install(&self, bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, StoreError> {
         let bundle = Bundle::open(bytes, trusted)?;
         let manifest = bundle.manifest.clone();
-        let path = self.bundle_path(&manifest.name, &manifest.version);
+        let path = self.bundle_path(&manifest.name, &manifest.version)?;
         let _lock = self.lock()?;
         match std::fs::read(&path) {
             Ok(existing) if existing == bytes => return Ok(manifest),
@@ -225,7 +234,7 @@ impl ModelStore {
     /// Makes `version` the active version of `name`; returns the new state.
     pub fn activate(&self, name: &str, version: &str) -> Result<StoreState, StoreError> {
         let _lock = self.lock()?;
-        if !self.bundle_path(name, version).is_file() {
+        if !self.bundle_path(name, version)?.is_file() {
             return Err(StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() });
         }
         let mut state = self.state()?;
@@ -260,7 +269,7 @@ impl ModelStore {
     ) -> Result<StoreState, StoreError> {
         let _lock = self.lock()?;
         if let Some(c) = &candidate
-            && !self.bundle_path(name, &c.version).is_file()
+            && !self.bundle_path(name, &c.version)?.is_file()
         {
             return Err(StoreError::NotInstalled { name: name.to_owned(), version: c.version.clone() });
         }
@@ -419,7 +428,7 @@ impl ModelStore {
             return Err(StoreError::NoHistory { name, steps, available: entry.history.len() });
         }
         let to = entry.history[entry.history.len() - steps].clone();
-        if !self.bundle_path(&name, &to).is_file() {
+        if !self.bundle_path(&name, &to)?.is_file() {
             return Err(StoreError::NotInstalled { name, version: to });
         }
         let from = std::mem::replace(&mut entry.active, to.clone());
@@ -465,7 +474,7 @@ impl ModelStore {
         }
         for version in self.installed(name) {
             if !keep.contains(&version) && !self.is_recent_unactivated(name, &version, state) {
-                let path = self.bundle_path(name, &version);
+                let path = self.bundle_path(name, &version)?;
                 std::fs::remove_file(&path).map_err(self.io(&path))?;
             }
         }

@@ -5,9 +5,10 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use outpost_agent::api::codec;
+use outpost_agent::infer;
 use outpost_agent::config::ModelConfig;
 use outpost_agent::models::{ServedModel, load_and_validate};
+use outpost_shared::protocol::vocab::Slot;
 
 fn served() -> &'static ServedModel {
     static MODEL: OnceLock<ServedModel> = OnceLock::new();
@@ -23,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
     // (taken modulo the body length + 2, so it can also overshoot).
     let Some((&split, body)) = data.split_first() else { return };
     let header_len = (split != 0).then(|| usize::from(split) % (body.len() + 2));
-    let _ = codec::handle(served(), body, header_len, None);
+    let _ = infer::run(served(), Slot::Primary, body, header_len, None, true);
 });

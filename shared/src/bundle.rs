@@ -266,10 +266,8 @@ pub struct Manifest {
 /// What is wrong with a manifest (or the baseline or name going into one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("name `{0}` must be 1 to 128 characters long")]
-    NameLength(String),
-    #[error("name `{0}` may only contain letters, digits, `_`, `-` and `.`")]
-    NameCharacters(String),
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
     #[error("version `{version}`: {detail}")]
     Version { version: String, detail: String },
     #[error("version `{0}` carries build metadata, which semver ignores in ordering")]
@@ -301,17 +299,6 @@ pub enum LoadError {
     Sample(String),
 }
 
-/// Checks a model or version name: 1–128 of letters, digits, `_`, `-`, `.`.
-pub fn check_name(name: &str) -> Result<(), ManifestError> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(ManifestError::NameLength(name.chars().take(200).collect()));
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(ManifestError::NameCharacters(name.to_owned()));
-    }
-    Ok(())
-}
-
 fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -319,7 +306,8 @@ fn is_sha256_hex(s: &str) -> bool {
 impl Manifest {
     /// Checks what the types cannot express.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        check_name(&self.name)?;
+        crate::names::check_model(&self.name)?;
+        crate::names::check("version", &self.version)?;
         let version = semver::Version::parse(&self.version)
             .map_err(|e| ManifestError::Version { version: self.version.clone(), detail: e.to_string() })?;
         if !version.build.is_empty() {

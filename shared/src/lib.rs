@@ -25,6 +25,7 @@ pub mod endpoints;
 pub mod env;
 pub mod files;
 pub mod histogram;
+pub mod names;
 pub mod protocol;
 pub mod reference;
 pub mod runtime;

@@ -261,3 +261,60 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     wait_for_version(&agent, "1.0.0").await;
     assert!(agent.log().contains("fell back to an earlier version"), "{}", agent.log());
 }
+
+/// The finding: `..` as a model name was accepted by `bundle create`, the registry and
+/// `outpost-agent import --activate`, which stored the bundle one directory above its own and
+/// served it as `/v2/models/..`. One name grammar now refuses it at each of them, naming the
+/// rule, and nothing is written.
+#[test]
+fn model_names_that_could_leave_their_directory_are_refused_everywhere() {
+    use outpost_shared::bundle::Bundle;
+    use outpost_shared::protocol::keys::SigningKey;
+    let kit = Kit::new();
+    let rule = "must start with a letter or digit";
+    for name in ["..", ".", ".hidden", "a/b", "a\u{1b}b"] {
+        let out = kit.dir.path().join("refused.bundle");
+        let model_path = model("breast_cancer-1.0.0");
+        let args = ["bundle", "create", model_path.to_str().unwrap(), "--name", name, "--version", "1.0.0"];
+        let (code, _, err) = run("outpostctl", &[&args[..], &["--out", out.to_str().unwrap()]].concat());
+        assert_ne!(code, 0, "bundle create accepted {name:?}");
+        assert!(err.contains(rule) && !err.contains('\u{1b}'), "{name:?}: {err}");
+        assert!(!out.exists());
+    }
+
+    // A bundle crafted past the CLI: a good one with its manifest's name rewritten, re-signed.
+    let good = kit.bundle("breast_cancer-1.0.0", "bc", "1.0.0");
+    let mut crafted = Bundle::parse(&std::fs::read(good).unwrap()).unwrap();
+    let manifest = String::from_utf8(crafted.manifest_bytes.clone()).unwrap();
+    let renamed = manifest.replacen("\"name\": \"bc\"", "\"name\": \"..\"", 1);
+    assert_ne!(renamed, manifest, "the manifest names the model as expected");
+    crafted.manifest_bytes = renamed.into_bytes();
+    crafted.signatures.clear();
+    crafted.sign(&SigningKey::from_pkcs8(&std::fs::read(kit.key()).unwrap()).unwrap()).unwrap();
+    let crafted_path = kit.dir.path().join("crafted.bundle");
+    std::fs::write(&crafted_path, crafted.to_bytes()).unwrap();
+
+    // The agent's import refuses it and writes nothing (the escape would have been
+    // `models/bundles/../1.0.0.bundle`).
+    let data = tempfile::tempdir().unwrap();
+    let (code, _, err) = import(&kit, data.path(), &crafted_path, true);
+    assert_ne!(code, 0, "import accepted a bundle named `..`");
+    assert!(err.contains("model name `..`") && err.contains(rule), "{err}");
+    assert!(!data.path().join("models/1.0.0.bundle").exists());
+
+    // The registry refuses the same bytes (400, the rule named).
+    let coordinator_dir = kit.dir.path().join("coordinator");
+    let (c, _) = outpost_tests::fleet::Coordinator::start_embedded(&coordinator_dir);
+    let refused = c
+        .client()
+        .put_bytes::<Value>(
+            "/api/v1/models/%2E%2E/versions/1.0.0",
+            "application/octet-stream",
+            &crafted.to_bytes(),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    assert!(refused.to_string().contains(rule), "{refused}");
+    assert!(!std::fs::read_dir(coordinator_dir.join("artifacts")).is_ok_and(|mut d| d.next().is_some()));
+}

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Ids reserved on disk at a time: one synced write per this many predictions.
-pub const ID_BLOCK: u64 = 4096;
+pub const ID_BLOCK: u64 = 65_536;
 /// How far ids jump past the newest logged one when the reservation file is unreadable (a
 /// flipped bit): far enough that no run could have handed out that many unlogged ids.
 pub const ID_JUMP_WHEN_UNSURE: u64 = 1 << 32;

@@ -568,7 +568,7 @@ impl Registry {
         name: &str,
         policy: &crate::models::validation::Policy,
     ) -> Result<(), RegistryError> {
-        outpost_shared::bundle::check_name(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        outpost_shared::names::check_model(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let key = format!("policy\0{name}");
         self.policies
             .insert(key.as_bytes(), encode(&format!("registry_policies/{name}"), policy)?)
