@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod denials;
 pub mod error;
 pub mod serve;
 pub mod server;

@@ -4,6 +4,8 @@
 //! and configuration keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use outpost_tests::fleet::{Coordinator, enroll, run};
 use serde_json::{Value, json};
 
@@ -194,9 +196,9 @@ async fn a_forged_ack_file_frees_nothing() {
         .data_dir(&agent)
         .env("OUTPOST_TELEMETRY__BROKER_URL", "mqtts://127.0.0.1:1")
         .start();
-    a.wait_ready(std::time::Duration::from_secs(30)).await;
+    a.wait_ready(Duration::from_secs(30)).await;
     a.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(a.wait_exit(std::time::Duration::from_secs(20)).success());
+    assert!(a.wait_exit(Duration::from_secs(20)).success());
     let agent_dir = agent.to_str().unwrap();
 
     // An ack for every seq, for this device, signed by a key that is not the coordinator's.
@@ -462,4 +464,54 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
     let (code, _, err) = run("outpostctl", &["bundle", "inspect", garbage.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("truncated"), "{err}");
+}
+
+/// The finding: authentication and role denials, enrolments and refused enrolments were not
+/// audited, and a control character in a model name reached `audit list` raw (a crafted name
+/// drew a fake line). Now refusals are audited — a flood sampled at 30 a minute per action and
+/// the rest counted — every enrolment is, and `audit list` escapes control characters.
+#[test]
+fn refusals_and_enrolments_are_audited_and_control_characters_cannot_forge_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let wrong =
+        outpost_client::Client::new(&c.url(), "opa_not-a-token", None, Duration::from_secs(10)).unwrap();
+    for _ in 0..40 {
+        assert_eq!(wrong.get::<Value>("/api/v1/devices").unwrap_err().status(), Some(401));
+    }
+    // A refused enrolment (an unknown token) and a real one.
+    let refused = wrong
+        .post_json::<Value>(
+            "/api/v1/enrol",
+            &json!({"device_id": "intruder", "public_key": "ab".repeat(32), "csr": csr(), "token": "nope"}),
+        )
+        .unwrap_err();
+    assert!(matches!(refused.status(), Some(400 | 403)), "{refused}");
+    let device = enroll(&dir.path().join("agent"), &c, &c.token("site=a")).unwrap();
+    // A model name carrying an escape sequence, in the URL of a refused push.
+    let crafted = c.client().put_bytes::<Value>(
+        "/api/v1/models/a%1B%5B2Jb/versions/1.0.0",
+        "application/octet-stream",
+        b"junk",
+        &mut |_, _| {},
+    );
+    assert_eq!(crafted.unwrap_err().status(), Some(400));
+
+    let (code, audit, err) = c.ctl(&["audit", "list", "--limit", "500"]);
+    assert_eq!(code, 0, "{err}");
+    let denied =
+        audit.lines().filter(|l| l.contains("auth.denied") && l.contains("GET /api/v1/devices")).count();
+    assert_eq!(denied, 30, "a flood of denials is sampled:\n{audit}");
+    let suppressed = String::from_utf8(c.client().get_bytes("/metrics").unwrap()).unwrap();
+    assert!(
+        suppressed.contains("outpost_coordinator_audit_suppressed_total{action=\"auth.denied\"} 10"),
+        "{suppressed}"
+    );
+    assert!(audit.lines().any(|l| l.contains("device.enrol") && l.contains("intruder")), "{audit}");
+    assert!(
+        audit.lines().any(|l| l.contains("device.enrol") && l.contains(&device) && l.contains(" ok ")),
+        "{audit}"
+    );
+    assert!(!audit.contains('\u{1b}') && audit.contains("a\\u{1b}[2Jb"), "{audit}");
+    assert_eq!(c.ctl(&["audit", "verify"]).0, 0, "the chain still verifies");
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub api_denied: IntCounterVec,
     /// Audit entries that could not be written.
     pub audit_failures: prometheus::IntCounter,
+    /// Audit entries not written because their action was over its sampling rate (denials and
+    /// refused enrolments under a flood), by action. Counted here, never silently dropped.
+    pub audit_suppressed: IntCounterVec,
     /// Artifact downloads served, and their bytes.
     pub artifact_requests: prometheus::IntCounter,
     pub artifact_bytes: prometheus::IntCounter,
@@ -72,6 +75,11 @@ impl Metrics {
             "outpost_coordinator_api_denied_total",
             "API requests refused before reaching a handler, by status (401, 403, 429).",
             "status",
+        );
+        let audit_suppressed = counter(
+            "outpost_coordinator_audit_suppressed_total",
+            "Audit entries of a flooding action (auth.denied, device.enrol refusals) beyond its rate, not written but counted.",
+            "action",
         );
         let plain = |name: &str, help: &str| {
             let c = prometheus::IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -134,6 +142,7 @@ impl Metrics {
             broker_subscribed,
             api_denied,
             audit_failures,
+            audit_suppressed,
             artifact_requests,
             artifact_bytes,
         }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub auth: Auth,
     pub audit: Arc<AuditLog>,
+    /// Rate for auditing refusals (denials, refused enrolments) under a flood.
+    pub audit_sampler: crate::http::denials::AuditSampler,
     pub registry: Registry,
     pub desired: Desired,
     /// Desired states for the broker link to publish (retained).
@@ -182,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     router
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::http::denials::audit_denials))
         .with_state(Arc::clone(&state))
         .merge(crate::http::dashboard::router(state))
 }
@@ -329,6 +332,14 @@ async fn enrol(
     body: Result<Json<EnrolRequest>, JsonRejection>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
     // CSR signing and the store transaction are blocking work: off the executor.
+    // Who asked, for the audit chain: the requested id, and the token by a hash prefix (the
+    // token itself is never written anywhere).
+    let (asked, actor) = match &body {
+        Ok(Json(r)) => {
+            (r.device_id.clone(), format!("token:{}", &hex::encode(sha256(r.token.trim().as_bytes()))[..12]))
+        }
+        Err(_) => ("-".to_owned(), "-".to_owned()),
+    };
     let st = Arc::clone(&state);
     let result = registry::blocking(move || enrol_inner(&st, body)).await.and_then(|r| r);
     let label = match &result {
@@ -338,6 +349,36 @@ async fn enrol(
         Err(_) => "invalid",
     };
     state.metrics.enrolments.with_label_values(&[label]).inc();
+    match &result {
+        // A success consumed a token: always audited.
+        Ok(r) => {
+            let detail = format!("enrolled with labels {:?}", r.labels);
+            state
+                .audit
+                .append_or_count(
+                    &state.metrics,
+                    &actor,
+                    "device",
+                    "device.enrol",
+                    &r.device_id,
+                    "ok",
+                    &detail,
+                )
+                .await;
+        }
+        Err(e) => {
+            crate::http::denials::audit_sampled(
+                &state,
+                &actor,
+                "device",
+                "device.enrol",
+                &asked,
+                label,
+                &e.1,
+            )
+            .await;
+        }
+    }
     result.map(Json)
 }
 

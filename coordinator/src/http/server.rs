@@ -224,6 +224,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
         auth,
         audit,
+        audit_sampler: Default::default(),
         registry,
         desired,
         outgoing: outgoing_tx,

@@ -43,17 +43,20 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             if cli.json {
                 say!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
             } else {
+                // Fields come from outside (a model name in a URL, a device id asked for):
+                // control characters are shown escaped, so none can draw a fake line.
+                let field = |e: &serde_json::Value, key: &str| printable(e[key].as_str().unwrap_or(""));
                 for e in entries {
                     say!(
                         "{:>5} {} {:<10} {:<9} {:<22} {:<28} {:<8} {}",
                         e["seq"],
                         outpost_coordinator::models::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
-                        e["actor"].as_str().unwrap_or(""),
-                        e["role"].as_str().unwrap_or(""),
-                        e["action"].as_str().unwrap_or(""),
-                        e["target"].as_str().unwrap_or(""),
-                        e["outcome"].as_str().unwrap_or(""),
-                        e["detail"].as_str().unwrap_or("")
+                        field(&e, "actor"),
+                        field(&e, "role"),
+                        field(&e, "action"),
+                        field(&e, "target"),
+                        field(&e, "outcome"),
+                        field(&e, "detail")
                     );
                 }
             }
@@ -61,4 +64,11 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         _ => return Err(Failure::Usage(format!("not a admin command: {:?}", cli.command))),
     }
     Ok(())
+}
+
+/// `text` with control characters escaped (`\u{1b}`, `\n`): safe to print on a terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
