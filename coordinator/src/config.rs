@@ -94,8 +94,11 @@ pub struct ApiConfig {
     pub ca_file: Option<PathBuf>,
     /// More DNS names or IP addresses for the coordinator-issued certificate.
     pub tls_names: Vec<String>,
-    /// Largest request body (telemetry imports are the big ones), in bytes.
+    /// Largest body of an upload (a bundle push, a validation dataset, a telemetry import), in
+    /// bytes; only authenticated callers may send one.
     pub max_body_bytes: usize,
+    /// Largest body of every other request (JSON: enrolment, tokens, deployments, rollouts…).
+    pub max_json_bytes: usize,
     /// Requests per second each API token may make (sustained), and its burst.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
@@ -112,6 +115,7 @@ impl Default for ApiConfig {
             ca_file: None,
             tls_names: Vec::new(),
             max_body_bytes: 512 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
         }

@@ -165,13 +165,15 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
 /// and the OpenAPI document cannot drift apart (a unit test checks every entry has its
 /// handler); `/healthz` and `/metrics` sit outside it.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.api.max_body_bytes;
+    let (upload_limit, json_limit) = (state.config.api.max_body_bytes, state.config.api.max_json_bytes);
     let mut by_path: BTreeMap<&str, axum::routing::MethodRouter<Arc<AppState>>> = BTreeMap::new();
     for route in openapi::ROUTES {
         let Some(h) = handler(route.method, route.path) else {
             tracing::error!(method = route.method, path = route.path, "documented route has no handler");
             continue;
         };
+        let upload = crate::http::denials::UPLOADS.contains(&(route.method, route.path));
+        let h = h.layer(DefaultBodyLimit::max(if upload { upload_limit } else { json_limit }));
         let merged = match by_path.remove(route.path) {
             Some(existing) => existing.merge(h),
             None => h,
@@ -183,7 +185,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.route(path, methods);
     }
     router
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::http::denials::front_door))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::http::denials::audit_denials))
         .with_state(Arc::clone(&state))
         .merge(crate::http::dashboard::router(state))

@@ -126,6 +126,22 @@ impl Auth {
 
     /// Checks a request's `Authorization` header value against the role it needs.
     pub fn check(&self, authorization: Option<&str>, needs: Role) -> Result<Principal, Denied> {
+        let principal = self.authenticate(authorization)?;
+        self.take(&principal.token_hash)?;
+        if principal.role < needs {
+            return Err(Denied::Forbidden(format!(
+                "token `{}` has role `{}`; this needs `{}`",
+                principal.name,
+                principal.role.as_str(),
+                needs.as_str()
+            )));
+        }
+        Ok(principal)
+    }
+
+    /// Who presents this `Authorization` header value (no rate limit taken, no role checked):
+    /// the front door's check before a request body is read.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Denied> {
         let presented = authorization
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
@@ -146,15 +162,6 @@ impl Auth {
                 })?;
             Principal { name: record.name, role: record.role, token_hash: hash }
         };
-        self.take(&principal.token_hash)?;
-        if principal.role < needs {
-            return Err(Denied::Forbidden(format!(
-                "token `{}` has role `{}`; this needs `{}`",
-                principal.name,
-                principal.role.as_str(),
-                needs.as_str()
-            )));
-        }
         Ok(principal)
     }
 

@@ -1,17 +1,26 @@
-//! Refusals in the audit chain without letting a flood fill it: every API request refused for
-//! its token, role or rate (401, 403, 429) and every refused enrolment is audited, up to
-//! [`PER_MINUTE`] entries per action and minute; beyond that they are counted in
-//! `outpost_coordinator_audit_suppressed_total{action}` (and `…_api_denied_total` as before).
+//! The API's front door and its refusals.
+//!
+//! [`front_door`]: a request that carries a body (anything but GET/HEAD) is authenticated from
+//! its headers before a byte of the body is read — only `/api/v1/enrol` (whose token is in the
+//! body) is exempt, and its body is capped at `api.max_json_bytes`. Uploads are the only routes
+//! allowed `api.max_body_bytes` ([`UPLOADS`]).
+//!
+//! [`audit_denials`]: every API request refused for its token, role or rate (401, 403, 429) and
+//! every refused enrolment is audited, up to [`PER_MINUTE`] entries per action and minute;
+//! beyond that they are counted in `outpost_coordinator_audit_suppressed_total{action}` (and
+//! `…_api_denied_total` as before).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::http::api::AppState;
+use crate::http::error::ApiError;
 
 /// Audit entries per action and minute before the rest are only counted.
 pub const PER_MINUTE: u32 = 30;
@@ -52,6 +61,51 @@ pub async fn audit_sampled(
     } else {
         state.metrics.audit_suppressed.with_label_values(&[action]).inc();
     }
+}
+
+/// `(method, path)` of the routes that take large bodies (`api.max_body_bytes`); every other
+/// route takes at most `api.max_json_bytes`.
+pub const UPLOADS: [(&str, &str); 3] = [
+    ("put", "/api/v1/models/{name}/versions/{version}"),
+    ("post", "/api/v1/models/{name}/versions/{version}/validate"),
+    ("post", "/api/v1/telemetry/import"),
+];
+
+/// Middleware: a request with a body gets in only with a valid token (checked before the body
+/// is read); enrolment, which carries its token in the body, is the one exception.
+pub async fn front_door(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let bodiless = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if bodiless {
+        return next.run(request).await;
+    }
+    // Who asks comes first (enrolment carries its token in the body: it is the exception).
+    if request.uri().path() != "/api/v1/enrol" {
+        let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err(denied) = state.auth.authenticate(authorization) {
+            state.metrics.api_denied.with_label_values(&["401"]).inc();
+            let message = match denied {
+                crate::http::auth::Denied::Unauthenticated(m) => m,
+                other => format!("{other:?}"),
+            };
+            return ApiError(StatusCode::UNAUTHORIZED, message).into_response();
+        }
+    }
+    // Then a declared length over the route's limit is refused before anything is read (the
+    // extractors' own limit would wait for the bytes).
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().as_str().to_ascii_lowercase();
+    let upload = route.as_deref().is_some_and(|r| UPLOADS.contains(&(method.as_str(), r)));
+    let limit = if upload { state.config.api.max_body_bytes } else { state.config.api.max_json_bytes };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let message = format!("request body is larger than this route's limit of {limit} bytes");
+        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    next.run(request).await
 }
 
 /// Middleware: audits API requests refused for their token, role or rate. Enrolment audits
