@@ -1,0 +1,114 @@
+//! The registry's unit tests: pushes, signatures, stages, policies, purges.
+use super::*;
+use crate::models::packaging::{BuildSpec, build};
+
+fn fixture(stem: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(format!("{stem}.onnx"))
+}
+
+fn bundle(stem: &str, version: &str) -> Vec<u8> {
+    let spec = BuildSpec {
+        model: fixture(stem),
+        name: "bc".into(),
+        version: version.into(),
+        ..BuildSpec::default()
+    };
+    build(&spec, 0).unwrap().0.to_bytes()
+}
+
+fn registry() -> (tempfile::TempDir, Registry, SigningKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let registry = Registry::open(&store, dir.path()).unwrap();
+    (dir, registry, SigningKey::generate().unwrap().0)
+}
+
+#[test]
+fn versions_are_immutable_and_signed_on_push() {
+    let (_dir, registry, key) = registry();
+    let first = registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap();
+    assert!(first.created);
+    assert_eq!(first.record.signed_by, [key.key_id()]);
+    let stored = registry.artifact(&first.record.bundle_sha256).unwrap();
+    Bundle::open(&stored, &[key.public_key()]).unwrap();
+    // The same model again (a new build, other manifest bytes) is a no-op.
+    assert!(!registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "bob", &key).unwrap().created);
+    let other = registry.push(&bundle("breast_cancer-1.1.0", "1.0.0"), "bob", &key);
+    assert!(matches!(other, Err(RegistryError::Conflict { .. })), "{other:?}");
+    assert!(matches!(registry.artifact("nope"), Err(RegistryError::Invalid(_))));
+}
+
+#[test]
+fn rejects_forged_and_untrusted_signatures_on_push() {
+    let (_dir, registry, key) = registry();
+    let (offline, _) = SigningKey::generate().unwrap();
+    let (stranger, _) = SigningKey::generate().unwrap();
+    let registry = registry.trusting(vec![offline.public_key()]);
+    let signed_with = |keys: &[&SigningKey], v: &str| {
+        let mut b = Bundle::parse(&bundle("breast_cancer-1.0.0", v)).unwrap();
+        for k in keys {
+            b.sign(k).unwrap();
+        }
+        b
+    };
+    // The release key's id with 64 bytes of `A`: refused, naming the key, nothing stored.
+    let mut forged = signed_with(&[&key], "1.0.0");
+    forged.signatures[0].signature = [b'A'; 64];
+    let err = registry.push(&forged.to_bytes(), "mallory", &key).unwrap_err();
+    assert!(matches!(err, RegistryError::Signature(_)) && err.to_string().contains(key.key_id()), "{err}");
+    // A key the registry does not trust, even beside a good one.
+    let err = registry.push(&signed_with(&[&offline, &stranger], "1.0.0").to_bytes(), "m", &key).unwrap_err();
+    assert!(err.to_string().contains(stranger.key_id()), "{err}");
+    assert!(registry.list().unwrap().is_empty(), "a refused bundle is not stored");
+    // A trusted offline signature is checked and listed, with the registry's own after it.
+    let pushed = registry.push(&signed_with(&[&offline], "1.0.0").to_bytes(), "alice", &key).unwrap();
+    assert_eq!(pushed.record.signed_by, [offline.key_id(), key.key_id()]);
+}
+
+#[test]
+fn only_validated_versions_advance_and_production_steps_down() {
+    let (_dir, registry, key) = registry();
+    for (stem, v) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
+        registry.push(&bundle(stem, v), "alice", &key).unwrap();
+    }
+    let refused = registry.transition("bc", "1.0.0", Stage::Production, "alice", "");
+    assert!(matches!(refused, Err(RegistryError::Refused(_))), "{refused:?}");
+    for v in ["1.0.0", "1.1.0"] {
+        let r = registry.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
+        assert_eq!(r.stage, Stage::Validated);
+    }
+    registry.transition("bc", "1.0.0", Stage::Production, "alice", "").unwrap();
+    registry.transition("bc", "1.1.0", Stage::Production, "alice", "").unwrap();
+    assert_eq!(registry.get("bc", "1.0.0").unwrap().stage, Stage::Archived);
+    assert_eq!(registry.production("bc").unwrap().unwrap().version, "1.1.0");
+    let history: Vec<(Option<Stage>, Stage, String)> =
+        registry.get("bc", "1.0.0").unwrap().transitions.into_iter().map(|t| (t.from, t.to, t.by)).collect();
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert_eq!(history[3], (Some(Stage::Production), Stage::Archived, "alice".into()));
+}
+
+#[test]
+fn purge_keeps_what_rollback_needs() {
+    let (_dir, registry, key) = registry();
+    let versions = ["1.0.0", "1.0.1", "1.0.2", "1.0.3", "1.0.4"];
+    for v in versions {
+        registry.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
+        registry.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
+    }
+    let refused = registry.purge("bc", "1.0.4");
+    assert!(
+        matches!(refused, Err(RegistryError::Refused(ref m)) if m.contains("only archived")),
+        "{refused:?}"
+    );
+    for v in versions {
+        registry.transition("bc", v, Stage::Production, "alice", "").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // 1.0.4 serves; 1.0.3, 1.0.2 were the previous production versions: kept.
+    let kept = registry.purge("bc", "1.0.2");
+    assert!(matches!(kept, Err(RegistryError::Refused(ref m)) if m.contains("last 3")), "{kept:?}");
+    let purged = registry.purge("bc", "1.0.1").unwrap();
+    assert!(matches!(registry.get("bc", "1.0.1"), Err(RegistryError::NotFound(_))));
+    // The same model bytes under another version share nothing: each build is its own artifact.
+    assert!(matches!(registry.artifact(&purged.bundle_sha256), Err(RegistryError::NotFound(_))));
+}
