@@ -73,10 +73,10 @@ impl Ids {
     /// newest logged id. Returns the ids and the range skipped, if any.
     pub fn open(root: &Path, logged_next: u64) -> (Ids, Option<Skipped>) {
         let path = root.join(FILE);
-        let next = match std::fs::read(&path) {
+        let next = match std::fs::read(&path).map(|bytes| decode(&bytes)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => logged_next,
-            Ok(bytes) if decode(&bytes).is_some() => decode(&bytes).unwrap_or(logged_next).max(logged_next),
-            Ok(_) => {
+            Ok(Some(mark)) => mark.max(logged_next),
+            Ok(None) => {
                 tracing::warn!(path = %path.display(), "the prediction-id reservation is damaged; ids jump ahead so none can repeat");
                 logged_next.saturating_add(ID_JUMP_WHEN_UNSURE)
             }

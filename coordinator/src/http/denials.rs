@@ -83,9 +83,10 @@ pub async fn front_door(State(state): State<Arc<AppState>>, request: Request, ne
         let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Err(denied) = state.auth.authenticate(authorization) {
             state.metrics.api_denied.with_label_values(&["401"]).inc();
+            // `authenticate` takes no rate and checks no role: only "who" can fail here.
             let message = match denied {
-                crate::http::auth::Denied::Unauthenticated(m) => m,
-                other => format!("{other:?}"),
+                crate::http::auth::Denied::Unauthenticated(m) | crate::http::auth::Denied::Forbidden(m) => m,
+                crate::http::auth::Denied::RateLimited(secs) => format!("rate limited; retry in {secs} s"),
             };
             return ApiError(StatusCode::UNAUTHORIZED, message).into_response();
         }
