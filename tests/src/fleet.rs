@@ -453,6 +453,33 @@ pub fn enroll(data_dir: &Path, coordinator: &Coordinator, token: &str) -> Result
     if code == 0 { Ok(out.trim().to_owned()) } else { Err(err) }
 }
 
+/// `outpostctl bundle create` of fixture `stem` as `name@version` into `out`, signed by `key`
+/// when given (no baseline): what `(code, stdout, stderr)` it printed.
+pub fn bundle_create(
+    stem: &str,
+    name: &str,
+    version: &str,
+    key: Option<&Path>,
+    out: &Path,
+) -> (i32, String, String) {
+    let model = model(stem);
+    let mut args = vec![
+        "bundle",
+        "create",
+        model.to_str().unwrap(),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(key) = key {
+        args.extend(["--key", key.to_str().unwrap()]);
+    }
+    run("outpostctl", &args)
+}
+
 /// Reads one value from Prometheus text.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()

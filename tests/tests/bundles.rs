@@ -274,9 +274,8 @@ fn model_names_that_could_leave_their_directory_are_refused_everywhere() {
     let rule = "must start with a letter or digit";
     for name in ["..", ".", ".hidden", "a/b", "a\u{1b}b"] {
         let out = kit.dir.path().join("refused.bundle");
-        let model_path = model("breast_cancer-1.0.0");
-        let args = ["bundle", "create", model_path.to_str().unwrap(), "--name", name, "--version", "1.0.0"];
-        let (code, _, err) = run("outpostctl", &[&args[..], &["--out", out.to_str().unwrap()]].concat());
+        let (code, _, err) =
+            outpost_tests::fleet::bundle_create("breast_cancer-1.0.0", name, "1.0.0", None, &out);
         assert_ne!(code, 0, "bundle create accepted {name:?}");
         assert!(err.contains(rule) && !err.contains('\u{1b}'), "{name:?}: {err}");
         assert!(!out.exists());

@@ -298,21 +298,8 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
     assert_eq!(status, 400, "{body}");
     assert!(error_of(&body).contains("not an Outpost bundle"), "{body}");
     let bundle = dir.path().join("bc.bundle");
-    let model = outpost_tests::model("breast_cancer-1.0.0");
-    let (code, _, err) = run(
-        "outpostctl",
-        &[
-            "bundle",
-            "create",
-            model.to_str().unwrap(),
-            "--name",
-            "bc",
-            "--version",
-            "1.0.0",
-            "--out",
-            bundle.to_str().unwrap(),
-        ],
-    );
+    let (code, _, err) =
+        outpost_tests::fleet::bundle_create("breast_cancer-1.0.0", "bc", "1.0.0", None, &bundle);
     assert_eq!(code, 0, "{err}");
     let bytes = std::fs::read(&bundle).unwrap();
     let (status, body) = send(http.put(url("/api/v1/models/other/versions/1.0.0")).body(bytes.clone())).await;

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outpost_tests::fleet::{
-    Coordinator, metric, ok, push, release_key, run, served, start_agent, validate, wait_serving,
+    Coordinator, bundle_create, metric, ok, push, release_key, run, served, start_agent, validate,
+    wait_serving,
 };
 use outpost_tests::{Agent, models_dir, run_agent};
 use serde_json::{Value, json};
@@ -527,21 +528,7 @@ fn rejects_forged_and_untrusted_signatures_on_push() {
 
     let create = |version: &str, key: &Path| {
         let out = dir.path().join(format!("bc-{version}.bundle"));
-        let model = models_dir().join("breast_cancer-1.0.0.onnx");
-        let args = [
-            "bundle",
-            "create",
-            model.to_str().unwrap(),
-            "--name",
-            "bc",
-            "--version",
-            version,
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        ok(run("outpostctl", &args), "bundle create");
+        ok(bundle_create("breast_cancer-1.0.0", "bc", version, Some(key), &out), "bundle create");
         Bundle::parse(&std::fs::read(out).unwrap()).unwrap()
     };
     let push_bytes = |version: &str, bytes: Vec<u8>| {
