@@ -449,11 +449,21 @@ impl Registry {
         })?;
         let table = crate::models::packaging::Table::parse(dataset, "the dataset")
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let production = self
-            .production(name)?
-            .filter(|p| p.version != version)
-            .and_then(|p| p.validation)
+        let production = self.production(name)?.filter(|p| p.version != version);
+        let production_report = production
+            .as_ref()
+            .and_then(|p| p.validation.clone())
             .and_then(|v| serde_json::from_value::<validation::Report>(v).ok());
+        // Its bundle, if the registry still holds it, so its latency is timed beside the
+        // candidate's; a purged or unreadable one falls back to its recorded figures.
+        let production_bundle = production
+            .as_ref()
+            .filter(|_| production_report.is_some())
+            .and_then(|p| self.artifact(&p.bundle_sha256).ok())
+            .and_then(|bytes| Bundle::parse(&bytes).ok());
+        let production = production_report
+            .as_ref()
+            .map(|report| validation::Production { report, bundle: production_bundle.as_ref() });
         let report =
             validation::run(&bundle, &table, &q.label, q.segment.as_deref(), &policy, production.as_ref())
                 .map_err(|e| RegistryError::Invalid(e.to_string()))?;

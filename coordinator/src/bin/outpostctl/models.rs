@@ -288,6 +288,14 @@ pub(super) fn print_report(r: &serde_json::Value) {
         f(&l["p99_ms"]),
         l["runs"]
     );
+    if let Some(b) = r["baseline_latency"].as_object() {
+        say!(
+            "  production {} timed in the same run: p50 {} ms, p99 {} ms",
+            r["baseline_version"].as_str().unwrap_or("?"),
+            f(&b["p50_ms"]),
+            f(&b["p99_ms"])
+        );
+    }
     for e in r["edge_cases"].as_array().into_iter().flatten() {
         say!(
             "  edge case {:<26} {} — {}",

@@ -112,3 +112,42 @@ fn purge_keeps_what_rollback_needs() {
     // The same model bytes under another version share nothing: each build is its own artifact.
     assert!(matches!(registry.artifact(&purged.bundle_sha256), Err(RegistryError::NotFound(_))));
 }
+
+#[test]
+fn latency_is_compared_with_production_timed_in_the_same_run() {
+    use crate::models::validation::{Report, ValidateOptions};
+    let (_dir, registry, key) = registry();
+    for v in ["1.0.0", "1.1.0"] {
+        registry.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
+    }
+    let dataset = std::fs::read(fixture("breast_cancer_validation").with_extension("csv")).unwrap();
+    let options =
+        ValidateOptions { label: "label".into(), segment: Some("site".into()), ..ValidateOptions::default() };
+    let (report, _) = registry.validate("bc", "1.0.0", &dataset, &options, "ci").unwrap();
+    assert!(report.passed, "{:?}", report.failures);
+    assert_eq!(report.baseline_latency, None, "no production version to time");
+    // Production's figures as if recorded on an idle day: p99 a thousandth of a millisecond.
+    let mut quiet = report.clone();
+    quiet.latency.p99_ms = 0.001;
+    registry.set_validation("bc", "1.0.0", serde_json::to_value(&quiet).unwrap(), true, "ci").unwrap();
+    registry.transition("bc", "1.0.0", Stage::Production, "alice", "").unwrap();
+
+    // The same model as 1.1.0, with no slack: against the recorded 0.001 ms it would fail; timed
+    // beside production in the same loop it is judged against what this machine does now.
+    let strict = ValidateOptions { max_p99_ratio: Some(1.5), p99_slack_ms: Some(0.05), ..options.clone() };
+    let (report, _) = registry.validate("bc", "1.1.0", &dataset, &strict, "ci").unwrap();
+    let fresh = report.baseline_latency.clone().expect("production timed in the same run");
+    let p99 = report.regression.iter().find(|c| c.check == "p99_ms").unwrap();
+    assert_eq!(p99.production, fresh.p99_ms, "{report:#?}");
+    assert!(fresh.p99_ms > 0.001, "{fresh:?}");
+    assert_eq!(fresh.runs, report.latency.runs);
+
+    // A real regression still fails: no candidate is within zero times production plus nothing.
+    let impossible = ValidateOptions { max_p99_ratio: Some(0.0), p99_slack_ms: Some(0.0), ..options };
+    let (report, _) = registry.validate("bc", "1.1.0", &dataset, &impossible, "ci").unwrap();
+    assert!(!report.passed);
+    assert!(report.failures.iter().any(|f| f.starts_with("p99_ms ")), "{:?}", report.failures);
+    let stored: Report =
+        serde_json::from_value(registry.get("bc", "1.1.0").unwrap().validation.unwrap()).unwrap();
+    assert_eq!(stored.baseline_latency, report.baseline_latency);
+}
