@@ -473,9 +473,11 @@ pub fn run(
         if let Some((m, l)) = production_model.as_ref() {
             models.push((m, *l));
         }
-        let mut latencies = time_single_rows(&models, &rows)?.into_iter();
-        let candidate = latencies.next().expect("the candidate is timed");
-        Ok((candidate, latencies.next()))
+        let mut latencies = time_single_rows(&models, &rows)?;
+        let baseline = if latencies.len() > 1 { latencies.pop() } else { None };
+        let candidate =
+            latencies.pop().ok_or_else(|| ValidationError::Inference("nothing was timed".into()))?;
+        Ok((candidate, baseline))
     };
     let mut rounds_left = LATENCY_ROUNDS;
     let (mut latency, mut baseline_latency) = timed(&mut rounds_left)?;
