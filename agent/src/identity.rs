@@ -90,7 +90,7 @@ impl Identity {
                 .map_err(|e| IdentityError::Corrupt { path: tls_path.clone(), detail: e.to_string() })?;
             write_private(&tls_path, key.serialize_pem().as_bytes()).map_err(io(&tls_path))?;
         }
-        let device_id = format!("dev-{}", signing.key_id());
+        let device_id = outpost_shared::protocol::keys::device_id_of(signing.public_key().as_bytes());
         Ok(Identity { dir, device_id, signing })
     }
 

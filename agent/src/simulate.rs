@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_shared::histogram::LogHistogram;
-use outpost_shared::protocol::keys::{PublicKey, SigningKey};
+use outpost_shared::protocol::keys::{PublicKey, SigningKey, device_id_of};
 use outpost_shared::protocol::messages::{
     self, ActualState, AgentMessage, CoordinatorMessage, LogWindow, ModelState, ModelWindow, OutboxStats,
     Report, SystemStats,
@@ -136,7 +136,7 @@ fn enrol_one(plan: &Plan, http: &outpost_client::Client, index: usize) -> Result
         .post_json("/api/v1/enrolment-tokens", &serde_json::json!({ "labels": labels }))
         .map_err(call("enrolment token"))?;
     let (signing, _) = SigningKey::generate().map_err(|e| SimError::Keys(e.to_string()))?;
-    let id = format!("dev-{}", signing.key_id());
+    let id = device_id_of(signing.public_key().as_bytes());
     let tls_key = rcgen::KeyPair::generate().map_err(|e| SimError::Keys(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name.push(rcgen::DnType::CommonName, id.clone());

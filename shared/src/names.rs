@@ -25,8 +25,8 @@ pub enum NameError {
     Characters { what: &'static str, name: String },
 }
 
-/// A name as an error shows it: control characters escaped, at most 64 characters.
-fn shown(name: &str) -> String {
+/// A name as an error or a log shows it: control characters escaped, at most 64 characters.
+pub fn shown(name: &str) -> String {
     let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
     if name.chars().count() > 64 {
         out.push('…');

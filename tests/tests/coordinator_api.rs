@@ -71,27 +71,20 @@ async fn the_coordinator_api_refuses_bad_input_with_a_named_problem() {
             serde_json::to_vec(&json!({"token": token, "device_id": "a/b", "public_key": key, "csr": "x"}))
                 .unwrap(),
             400,
-            "device id",
+            "the coordinator assigns device ids from the public key",
         ),
         (
-            serde_json::to_vec(&json!({"token": token, "device_id": "d1", "public_key": "zz", "csr": "x"}))
-                .unwrap(),
+            serde_json::to_vec(&json!({"token": token, "public_key": "zz", "csr": "x"})).unwrap(),
             400,
             "public_key",
         ),
         (
-            serde_json::to_vec(
-                &json!({"token": token, "device_id": "d1", "public_key": key, "csr": "garbage"}),
-            )
-            .unwrap(),
+            serde_json::to_vec(&json!({"token": token, "public_key": key, "csr": "garbage"})).unwrap(),
             400,
             "certificate signing request",
         ),
         (
-            serde_json::to_vec(
-                &json!({"token": "opt_nope", "device_id": "d1", "public_key": key, "csr": csr()}),
-            )
-            .unwrap(),
+            serde_json::to_vec(&json!({"token": "opt_nope", "public_key": key, "csr": csr()})).unwrap(),
             403,
             "not known",
         ),
@@ -501,6 +494,91 @@ fn refusals_and_enrolments_are_audited_and_control_characters_cannot_forge_lines
     );
     assert!(!audit.contains('\u{1b}') && audit.contains("a\\u{1b}[2Jb"), "{audit}");
     assert_eq!(c.ctl(&["audit", "verify"]).0, 0, "the chain still verifies");
+}
+
+/// The finding: a device chose its own id at enrolment, and `device_id: "outpost-coordinator"`
+/// got a certificate with the coordinator's name — under Mosquitto's ACL, the coordinator's
+/// rights. Now the coordinator assigns the id from the device's key: the request may only
+/// repeat it, the certificate carries it whatever the CSR asked for, and each try is audited.
+#[test]
+fn a_device_cannot_choose_its_id_or_take_the_coordinators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let anyone = outpost_client::Client::new(&c.url(), "-", None, Duration::from_secs(10)).unwrap();
+    let token = c.token("site=a");
+    let (signing, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
+    let public = hex_of(signing.public_key().as_bytes());
+    let assigned = format!("dev-{}", signing.key_id());
+    // The CSR asks for the coordinator's name too.
+    let tls = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "outpost-coordinator");
+    let csr = params.serialize_request(&tls).unwrap().pem().unwrap();
+
+    // Another identity than the key's: refused, naming the one it would get; the token survives.
+    for asked in ["outpost-coordinator", "dev-0000000000000000", "a\u{1b}[2Jb"] {
+        let refused = anyone
+            .post_json::<Value>(
+                "/api/v1/enrol",
+                &json!({"token": token, "device_id": asked, "public_key": public, "csr": csr}),
+            )
+            .unwrap_err();
+        assert_eq!(refused.status(), Some(400), "{asked}: {refused}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("the coordinator assigns device ids from the public key")
+                && message.contains(&assigned)
+                && !message.contains('\u{1b}'),
+            "{message}"
+        );
+    }
+    // Without an id (or with the right one) it enrols as `dev-<key id>`.
+    let enrolled: Value = anyone
+        .post_json("/api/v1/enrol", &json!({"token": token, "public_key": public, "csr": csr}))
+        .unwrap();
+    assert_eq!(enrolled["device_id"], assigned.as_str(), "{enrolled:#}");
+    // The certificate names the assigned id, not what the CSR asked for (read by openssl).
+    let pem = dir.path().join("device.pem");
+    std::fs::write(&pem, enrolled["client_certificate"].as_str().unwrap()).unwrap();
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout).into_owned();
+    assert!(
+        subject.contains(&format!("CN = {assigned}")) || subject.contains(&format!("CN={assigned}")),
+        "{subject}"
+    );
+    assert!(!subject.contains("outpost-coordinator"), "{subject}");
+    // A second device cannot claim the first one's id either.
+    let (other, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
+    let stolen = anyone
+        .post_json::<Value>(
+            "/api/v1/enrol",
+            &json!({"token": c.token("site=a"), "device_id": assigned, "public_key": hex_of(other.public_key().as_bytes()), "csr": csr}),
+        )
+        .unwrap_err();
+    assert_eq!(stolen.status(), Some(400), "{stolen}");
+
+    // Every try is in the audit log, refused ones under the id the key would have had.
+    let (code, audit, err) = c.ctl(&["audit", "list", "--limit", "100"]);
+    assert_eq!(code, 0, "{err}");
+    let enrols: Vec<&str> = audit.lines().filter(|l| l.contains("device.enrol")).collect();
+    assert_eq!(enrols.len(), 5, "{audit}");
+    assert!(
+        enrols
+            .iter()
+            .any(|l| l.contains(&assigned) && l.contains("outpost-coordinator") && l.contains("invalid")),
+        "{audit}"
+    );
+    assert!(enrols.iter().any(|l| l.contains(&assigned) && l.contains(" ok ")), "{audit}");
+    let (_, devices, _) = c.ctl(&["--json", "devices"]);
+    assert!(!devices.contains("outpost-coordinator"), "{devices}");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The finding: the API read the whole body before it checked the token (three unauthenticated

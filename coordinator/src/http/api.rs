@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::protocol::PublicKey;
-use outpost_shared::protocol::topics::validate_device_id;
+use outpost_shared::protocol::keys::device_id_of;
 use outpost_shared::protocol::transfer::{self, TransferFile};
 use serde::{Deserialize, Serialize};
 
@@ -306,7 +306,10 @@ async fn create_token(
 #[serde(deny_unknown_fields)]
 struct EnrolRequest {
     token: String,
-    device_id: String,
+    /// The id the device expects: the coordinator assigns it from `public_key`, and refuses the
+    /// request when this names any other (older agents send it; it may be left out).
+    #[serde(default)]
+    device_id: Option<String>,
     /// Ed25519 public key (hex) the device signs telemetry with.
     public_key: String,
     /// PEM certificate signing request for the device's TLS key.
@@ -338,9 +341,16 @@ async fn enrol(
     // Who asked, for the audit chain: the requested id, and the token by a hash prefix (the
     // token itself is never written anywhere).
     let (asked, actor) = match &body {
-        Ok(Json(r)) => {
-            (r.device_id.clone(), format!("token:{}", &hex::encode(sha256(r.token.trim().as_bytes()))[..12]))
-        }
+        Ok(Json(r)) => (
+            // The id its key gives it, else the id it asked for (escaped), else nothing.
+            hex::decode(&r.public_key)
+                .ok()
+                .and_then(|b| PublicKey::from_bytes(&b).ok())
+                .map(|k| device_id_of(k.as_bytes()))
+                .or_else(|| r.device_id.as_deref().map(outpost_shared::names::shown))
+                .unwrap_or_else(|| "-".to_owned()),
+            format!("token:{}", &hex::encode(sha256(r.token.trim().as_bytes()))[..12]),
+        ),
         Err(_) => ("-".to_owned(), "-".to_owned()),
     };
     let st = Arc::clone(&state);
@@ -390,34 +400,40 @@ fn enrol_inner(
     body: Result<Json<EnrolRequest>, JsonRejection>,
 ) -> Result<EnrolResponse, ApiError> {
     let request = json_body(body)?;
-    validate_device_id(&request.device_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let public =
         hex::decode(&request.public_key).ok().and_then(|b| PublicKey::from_bytes(&b).ok()).ok_or_else(
             || ApiError::bad_request("public_key must be 64 hex characters (an Ed25519 public key)"),
         )?;
+    // The id is the coordinator's to give, from the key: a device cannot name itself
+    // `outpost-coordinator` or take another device's id.
+    let device_id = device_id_of(public.as_bytes());
+    if let Some(asked) = request.device_id.as_deref().filter(|asked| *asked != device_id) {
+        return Err(ApiError::bad_request(format!(
+            "device_id `{}` was refused: the coordinator assigns device ids from the public key, and this key's is `{device_id}` (leave device_id out to take it)",
+            outpost_shared::names::shown(asked)
+        )));
+    }
     if request.csr.len() > 16 * 1024 {
         return Err(ApiError::bad_request("csr is larger than 16 KiB"));
     }
     // Sign the CSR first: a bad CSR must not burn the token.
     let certificate = state
         .authority
-        .issue_device_certificate(&request.csr, &request.device_id, state.config.enrolment.certificate_days)
+        .issue_device_certificate(&request.csr, &device_id, state.config.enrolment.certificate_days)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token_hash = hex::encode(sha256(request.token.trim().as_bytes()));
     let outcome = state
         .devices
-        .enrol(&token_hash, |token| {
-            DeviceRecord::new(&request.device_id, public.as_bytes(), token.labels.clone())
-        })
+        .enrol(&token_hash, |token| DeviceRecord::new(&device_id, public.as_bytes(), token.labels.clone()))
         .map_err(ApiError::internal)?;
     let device = match outcome {
         Ok(device) => device,
         Err(refused @ (TokenRefused::Unknown | TokenRefused::Used | TokenRefused::Expired)) => {
-            tracing::warn!(device = request.device_id, reason = %refused, "enrolment refused");
+            tracing::warn!(device = device_id, reason = %refused, "enrolment refused");
             return Err(ApiError(StatusCode::FORBIDDEN, refused.to_string()));
         }
         Err(refused) => {
-            tracing::warn!(device = request.device_id, reason = %refused, "enrolment refused");
+            tracing::warn!(device = device_id, reason = %refused, "enrolment refused");
             return Err(ApiError(StatusCode::CONFLICT, refused.to_string()));
         }
     };

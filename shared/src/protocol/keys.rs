@@ -30,6 +30,13 @@ pub fn key_id_of(public: &[u8; 32]) -> String {
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A device's id: `dev-` and its signing key's id. The coordinator assigns it at enrolment from
+/// the public key — a device never names itself — so no device can take the coordinator's
+/// identity (`outpost-coordinator`) or another device's.
+pub fn device_id_of(public: &[u8; 32]) -> String {
+    format!("dev-{}", key_id_of(public))
+}
+
 /// A private signing key.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
