@@ -577,6 +577,70 @@ fn a_device_cannot_choose_its_id_or_take_the_coordinators() {
     assert!(!devices.contains("outpost-coordinator"), "{devices}");
 }
 
+/// The finding: API tokens never expired. Now a viewer's or operator's token lives 90 days
+/// unless its creator says otherwise, an admin's until revoked; an expired token is refused
+/// (401, naming when it expired), `token list` shows every expiry, and a bad `--expires` is
+/// refused and audited.
+#[test]
+fn api_tokens_expire_and_token_list_shows_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let create = |name: &str, role: &str, expires: Option<&str>| {
+        let mut args = vec!["token", "create", name, "--role", role];
+        args.extend(expires.map(|e| ["--expires", e]).into_iter().flatten());
+        c.ctl(&args)
+    };
+    let (code, _, err) = create("ops", "operator", None);
+    assert_eq!(code, 0, "{err}");
+    let in_90_days = outpost_coordinator_utc_day(90);
+    assert!(err.contains(&format!("expires: {in_90_days}")), "{err}");
+    let (code, _, err) = create("root2", "admin", None);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("expires: never"), "{err}");
+    let (code, short, err) = create("brief", "viewer", Some("1s"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = create("odd", "viewer", Some("soon"));
+    assert_eq!(code, 1);
+    assert!(err.contains("expires: `soon` is not a span like 7d, 12h, 30m or 45s (or `never`)"), "{err}");
+
+    let brief = outpost_client::Client::new(&c.url(), short.trim(), None, Duration::from_secs(10)).unwrap();
+    brief.get::<Value>("/api/v1/devices").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let refused = brief.get::<Value>("/api/v1/devices").unwrap_err();
+    assert_eq!(refused.status(), Some(401), "{refused}");
+    assert!(refused.to_string().contains("token `brief` expired at 20"), "{refused}");
+
+    let (code, list, err) = c.ctl(&["token", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let line = |name: &str| {
+        list.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{list}")).to_owned()
+    };
+    assert!(list.starts_with("NAME") && list.lines().next().unwrap().contains("EXPIRES"), "{list}");
+    assert!(line("ops").contains(&in_90_days), "{list}");
+    assert!(line("root2").contains("never"), "{list}");
+    assert!(line("brief").contains("(expired)"), "{list}");
+    assert!(!list.contains("odd"), "{list}");
+    let (_, audit, _) = c.ctl(&["audit", "list", "--limit", "100"]);
+    assert!(
+        audit.lines().any(|l| l.contains("token.create") && l.contains("odd") && l.contains("not a span")),
+        "{audit}"
+    );
+    assert!(
+        audit.lines().any(|l| l.contains("token.create") && l.contains("ops") && l.contains("expires 20")),
+        "{audit}"
+    );
+}
+
+/// The UTC date (`YYYY-MM-DD`) `days` from now, as the coordinator prints it.
+fn outpost_coordinator_utc_day(days: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let date = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{}", now + days * 86_400), "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&date.stdout).trim().to_owned()
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

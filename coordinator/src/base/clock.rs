@@ -64,3 +64,28 @@ mod tests {
         assert!(Clock::system().now_ms() > 1_700_000_000_000);
     }
 }
+
+/// Why a span of time (`90d`, `12h`, `30m`, `45s`) was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    #[error("`{0}` is not a span like 7d, 12h, 30m or 45s")]
+    NotASpan(String),
+    #[error("`{0}`: the unit must be d, h, m or s")]
+    Unit(String),
+    #[error("`{0}` is too long")]
+    TooLong(String),
+}
+
+/// `7d`, `12h`, `30m`, `45s` → milliseconds.
+pub fn parse_span(text: &str) -> Result<u64, SpanError> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| SpanError::NotASpan(text.to_owned()))?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => return Err(SpanError::Unit(text.to_owned())),
+    };
+    n.checked_mul(unit_ms).ok_or_else(|| SpanError::TooLong(text.to_owned()))
+}

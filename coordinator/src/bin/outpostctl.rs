@@ -324,6 +324,10 @@ enum ApiTokenCommand {
         name: String,
         #[arg(long)]
         role: String,
+        /// How long it works: `90d`, `12h`, … or `never` (default: never for admin, 90d for
+        /// the other roles).
+        #[arg(long)]
+        expires: Option<String>,
     },
     List,
     Revoke {
@@ -569,16 +573,7 @@ fn parse_latency_objective(text: &str) -> Result<(f64, f64), String> {
 
 /// `7d`, `12h`, `30m`, `45s` → milliseconds.
 fn parse_age(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not an age like 7d, 12h, 30m or 45s"))?;
-    let unit_ms = match unit {
-        "d" => 86_400_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1000,
-        _ => return Err(format!("`{text}`: the unit must be d, h, m or s")),
-    };
-    n.checked_mul(unit_ms).ok_or_else(|| format!("`{text}` is too long ago"))
+    outpost_coordinator::base::clock::parse_span(text).map_err(|e| e.to_string())
 }
 
 fn ago(ms: Option<u64>) -> String {

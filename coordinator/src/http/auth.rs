@@ -6,6 +6,10 @@
 //! token is made with `outpostctl token create` and stored only as its sha256 (tree
 //! `api_tokens`: sha256 hex → [`ApiToken`]). A request without a token, or with a token
 //! nobody issued, is 401; a role that may not is 403; a token over its rate is 429.
+//!
+//! Issued tokens expire: by default an admin token never, any other after 90 days
+//! ([`default_lifetime_ms`]); an expired token is 401 with the time it expired, and `token
+//! list` shows each one's expiry.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,6 +56,10 @@ pub enum TokenError {
     BadName(String),
     #[error("a token named `{0}` exists")]
     Exists(String),
+    #[error("expires: {0} (or `never`)")]
+    Expires(#[from] crate::base::clock::SpanError),
+    #[error("expires: a token must live at least one second and at most 10 years")]
+    Lifetime,
     #[error("the system random source failed")]
     Random,
     #[error(transparent)]
@@ -65,6 +73,34 @@ pub struct ApiToken {
     pub role: Role,
     pub created_at_ms: u64,
     pub created_by: String,
+    /// When it stops working (`None`: never). Tokens issued before expiry existed have none.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// How long a token of `role` lives when its creator does not say: an admin token until it
+/// is revoked, any other 90 days.
+pub fn default_lifetime_ms(role: Role) -> Option<u64> {
+    match role {
+        Role::Admin => None,
+        Role::Viewer | Role::Operator => Some(90 * 86_400_000),
+    }
+}
+
+/// A token's lifetime from what its creator asked: `None` for the role's default, `never`, or
+/// a span (`90d`, `12h`, `45s`) of one second to ten years.
+pub fn lifetime_ms(role: Role, asked: Option<&str>) -> Result<Option<u64>, TokenError> {
+    match asked.map(str::trim) {
+        None => Ok(default_lifetime_ms(role)),
+        Some("never") => Ok(None),
+        Some(span) => {
+            let ms = crate::base::clock::parse_span(span)?;
+            if !(1000..=10 * 365 * 86_400_000).contains(&ms) {
+                return Err(TokenError::Lifetime);
+            }
+            Ok(Some(ms))
+        }
+    }
 }
 
 /// The caller of a request.
@@ -160,6 +196,13 @@ impl Auth {
                 .ok_or_else(|| {
                     Denied::Unauthenticated("the token is not valid (unknown or revoked)".into())
                 })?;
+            if let Some(at) = record.expires_at_ms.filter(|&at| at <= now_ms()) {
+                return Err(Denied::Unauthenticated(format!(
+                    "token `{}` expired at {}",
+                    record.name,
+                    crate::models::packaging::utc(at / 1000)
+                )));
+            }
             Principal { name: record.name, role: record.role, token_hash: hash }
         };
         Ok(principal)
@@ -180,8 +223,15 @@ impl Auth {
         Ok(())
     }
 
-    /// Issues a token; returns it (shown once).
-    pub fn create(&self, name: &str, role: Role, by: &str) -> Result<String, TokenError> {
+    /// Issues a token that works for `lifetime_ms` (`None`: until revoked); returns it (shown
+    /// once) and its record.
+    pub fn create(
+        &self,
+        name: &str,
+        role: Role,
+        by: &str,
+        lifetime_ms: Option<u64>,
+    ) -> Result<(String, ApiToken), TokenError> {
         if name.is_empty()
             || name.len() > 64
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -195,14 +245,20 @@ impl Auth {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| TokenError::Random)?;
         let token = format!("opk_{}", hex::encode(secret));
-        let record =
-            ApiToken { name: name.to_owned(), role, created_at_ms: now_ms(), created_by: by.to_owned() };
+        let now = now_ms();
+        let record = ApiToken {
+            name: name.to_owned(),
+            role,
+            created_at_ms: now,
+            created_by: by.to_owned(),
+            expires_at_ms: lifetime_ms.map(|ms| now.saturating_add(ms)),
+        };
         let value = crate::base::store::encode(&format!("tokens/{name}"), &record)?;
         self.tokens
             .insert(sha256_hex(token.as_bytes()).as_bytes(), value)
             .map_err(|e| self.store.storage_error(e))?;
         self.store.flush()?;
-        Ok(token)
+        Ok((token, record))
     }
 
     /// Every issued token (not the admin bootstrap token).
@@ -243,14 +299,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let auth = Auth::open(&store, "opa_root", 1000, 1000).unwrap();
-        let viewer = auth.create("v", Role::Viewer, "admin").unwrap();
+        let (viewer, _) = auth.create("v", Role::Viewer, "admin", None).unwrap();
         let bearer = |t: &str| format!("Bearer {t}");
         assert_eq!(auth.check(Some(&bearer(&viewer)), Role::Viewer).unwrap().name, "v");
         assert!(matches!(auth.check(Some(&bearer(&viewer)), Role::Operator), Err(Denied::Forbidden(_))));
         assert!(matches!(auth.check(None, Role::Viewer), Err(Denied::Unauthenticated(_))));
         assert!(matches!(auth.check(Some("Bearer nope"), Role::Viewer), Err(Denied::Unauthenticated(_))));
         assert_eq!(auth.check(Some("Bearer opa_root"), Role::Admin).unwrap().role, Role::Admin);
-        assert!(auth.create("v", Role::Admin, "admin").is_err());
+        assert!(auth.create("v", Role::Admin, "admin", None).is_err());
         assert!(auth.revoke("v").unwrap());
         assert!(matches!(auth.check(Some(&bearer(&viewer)), Role::Viewer), Err(Denied::Unauthenticated(_))));
     }
@@ -260,11 +316,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let auth = Auth::open(&store, "opa_root", 1, 3).unwrap();
-        let other = auth.create("o", Role::Operator, "admin").unwrap();
+        let (other, _) = auth.create("o", Role::Operator, "admin", None).unwrap();
         for _ in 0..3 {
             auth.check(Some("Bearer opa_root"), Role::Viewer).unwrap();
         }
         assert!(matches!(auth.check(Some("Bearer opa_root"), Role::Viewer), Err(Denied::RateLimited(1))));
         auth.check(Some(&format!("Bearer {other}")), Role::Viewer).unwrap();
+    }
+
+    #[test]
+    fn tokens_expire_by_role_unless_told_otherwise() {
+        assert_eq!(lifetime_ms(Role::Admin, None).unwrap(), None);
+        assert_eq!(lifetime_ms(Role::Operator, None).unwrap(), Some(90 * 86_400_000));
+        assert_eq!(lifetime_ms(Role::Viewer, Some("never")).unwrap(), None);
+        assert_eq!(lifetime_ms(Role::Admin, Some("12h")).unwrap(), Some(12 * 3_600_000));
+        assert!(matches!(lifetime_ms(Role::Viewer, Some("0s")), Err(TokenError::Lifetime)));
+        assert!(matches!(lifetime_ms(Role::Viewer, Some("11000d")), Err(TokenError::Lifetime)));
+        let err = lifetime_ms(Role::Viewer, Some("soon")).unwrap_err().to_string();
+        assert!(err.contains("`soon` is not a span like 7d"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let auth = Auth::open(&store, "opa_root", 1000, 1000).unwrap();
+        let (lasting, record) = auth.create("lasting", Role::Viewer, "admin", Some(60_000)).unwrap();
+        assert!(record.expires_at_ms.unwrap() > now_ms());
+        auth.check(Some(&format!("Bearer {lasting}")), Role::Viewer).unwrap();
+        let (spent, _) = auth.create("spent", Role::Operator, "admin", Some(0)).unwrap();
+        match auth.check(Some(&format!("Bearer {spent}")), Role::Viewer) {
+            Err(Denied::Unauthenticated(why)) => {
+                assert!(why.starts_with("token `spent` expired at 20"), "{why}")
+            }
+            other => panic!("an expired token was let through: {other:?}"),
+        }
+        assert_eq!(auth.list().unwrap().len(), 2, "an expired token stays listed until revoked");
     }
 }

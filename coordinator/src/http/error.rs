@@ -94,9 +94,11 @@ impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
         match e {
             TokenError::Store(_) | TokenError::Random => ApiError::internal(e),
-            TokenError::UnknownRole(_) | TokenError::BadName(_) | TokenError::Exists(_) => {
-                ApiError::bad_request(e.to_string())
-            }
+            TokenError::UnknownRole(_)
+            | TokenError::BadName(_)
+            | TokenError::Exists(_)
+            | TokenError::Expires(_)
+            | TokenError::Lifetime => ApiError::bad_request(e.to_string()),
         }
     }
 }

@@ -6,19 +6,26 @@ use super::*;
 /// Runs one `admin` command against the coordinator.
 pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
     match &cli.command {
-        Command::Token(ApiTokenCommand::Create { name, role }) => {
-            let response: serde_json::Value =
-                api.post_json("/api/v1/tokens", &serde_json::json!({"name": name, "role": role}))?;
+        Command::Token(ApiTokenCommand::Create { name, role, expires }) => {
+            let response: serde_json::Value = api.post_json(
+                "/api/v1/tokens",
+                &serde_json::json!({"name": name, "role": role, "expires": expires}),
+            )?;
             say!("{}", response["token"].as_str().unwrap_or_default());
-            eprintln!("token `{name}` with role {role}; it is shown only this once");
+            eprintln!(
+                "token `{name}` with role {role}, expires: {}; it is shown only this once",
+                expiry(response["expires_at_ms"].as_u64())
+            );
         }
         Command::Token(ApiTokenCommand::List) => {
             let tokens: Vec<serde_json::Value> = api.get("/api/v1/tokens")?;
+            say!("{:<24} {:<9} {:<36} CREATED BY", "NAME", "ROLE", "EXPIRES");
             for t in tokens {
                 say!(
-                    "{:<24} {:<9} created by {}",
+                    "{:<24} {:<9} {:<36} {}",
                     t["name"].as_str().unwrap_or("?"),
                     t["role"].as_str().unwrap_or("?"),
+                    expiry(t["expires_at_ms"].as_u64()),
                     t["created_by"].as_str().unwrap_or("?")
                 );
             }
@@ -71,4 +78,14 @@ fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
         .collect()
+}
+
+/// `never`, `2027-03-05T10:00:00Z`, or `2026-12-01T10:00:00Z (expired)`.
+fn expiry(at_ms: Option<u64>) -> String {
+    let utc = |ms: u64| outpost_coordinator::models::packaging::utc(ms / 1000);
+    match at_ms {
+        None => "never".into(),
+        Some(ms) if ms <= outpost_coordinator::base::store::now_ms() => format!("{} (expired)", utc(ms)),
+        Some(ms) => utc(ms),
+    }
 }

@@ -18,6 +18,9 @@ use crate::http::auth::{ApiToken, Role};
 pub struct TokenCreate {
     name: String,
     role: String,
+    /// `90d`, `12h`, … or `never`; absent: the role's default (admin never, others 90 days).
+    #[serde(default)]
+    expires: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +28,7 @@ pub struct CreatedToken {
     pub name: String,
     pub role: Role,
     pub token: String,
+    pub expires_at_ms: Option<u64>,
 }
 
 pub async fn create_api_token(
@@ -36,8 +40,18 @@ pub async fn create_api_token(
     let request = json_body(body)?;
     let result = (|| {
         let role = Role::parse(&request.role)?;
-        let token = state.auth.create(&request.name, role, &who.name)?;
-        Ok((CreatedToken { name: request.name.clone(), role, token }, format!("role {}", role.as_str())))
+        let lifetime = crate::http::auth::lifetime_ms(role, request.expires.as_deref())?;
+        let (token, record) = state.auth.create(&request.name, role, &who.name, lifetime)?;
+        let detail = match record.expires_at_ms {
+            Some(at) => {
+                format!("role {}, expires {}", role.as_str(), crate::models::packaging::utc(at / 1000))
+            }
+            None => format!("role {}, never expires", role.as_str()),
+        };
+        Ok((
+            CreatedToken { name: request.name.clone(), role, token, expires_at_ms: record.expires_at_ms },
+            detail,
+        ))
     })();
     audited(&state, &who, "token.create", &request.name, result).await.map(Json)
 }
