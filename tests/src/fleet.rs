@@ -97,6 +97,16 @@ impl Mosquitto {
         m
     }
 
+    /// Makes the broker check client certificates against the revocation list at `crl`
+    /// (Mosquitto's `crlfile`), restarting it so the list is read.
+    pub fn use_crl(&mut self, crl: &Path) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(&format!("crlfile {}\n", crl.display()));
+        std::fs::write(&self.config, config).unwrap();
+        self.stop();
+        self.resume();
+    }
+
     /// Starts the broker again on the same port.
     pub fn resume(&mut self) {
         let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();

@@ -480,6 +480,14 @@ async fn the_api_speaks_https_and_agents_download_over_it() {
     let identity = agent.data_dir.join("identity");
     let (cert, key) = (identity.join("client.pem"), identity.join("tls.key"));
     assert_eq!(curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]), "200");
+    // Revoked, the same certificate is refused its downloads (403), and deleted too.
+    ok(c.ctl(&["device", "revoke", &device]), "revoke");
+    assert_eq!(curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]), "403");
+    ok(c.ctl(&["device", "delete", &device]), "delete");
+    assert_eq!(curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]), "403");
+    // …and a deployment no longer targets it.
+    let (code, _, err) = c.ctl(&["deploy", "bc@1.0.0", "--device", &device]);
+    assert_eq!(code, 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

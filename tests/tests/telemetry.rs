@@ -496,7 +496,113 @@ macro_rules! against_both_brokers {
     };
 }
 
+/// Finding 8 of the trust-boundaries review: a device could not be revoked or removed. Now
+/// `device revoke` refuses everything it sends (counted), lists its certificate in the CA's
+/// revocation list — Mosquitto then refuses it at the TLS handshake — keeps it from enrolling
+/// again, and `device delete` removes it from the fleet with the revocation kept.
+async fn a_revoked_device_is_refused_counted_and_audited(kind: Kind) {
+    let mut fleet = fleet(kind);
+    let (dir, device, mut agent) = connected_agent(&fleet).await;
+    let (other_dir, other) = fleet.enrolled_agent_dir("other");
+    let c = &fleet.coordinator;
+    let out = c.ctl(&["device", "revoke", &device]);
+    assert_eq!(out.0, 0, "{}", out.2);
+    assert!(out.1.contains(&format!("device {device} revoked; certificate ")), "{}", out.1);
+    let revoked = |text: &str| metric(text, "outpost_coordinator_ingest_total{result=\"revoked\"}");
+
+    // The agent keeps reporting every second; from now on each report is refused and counted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while revoked(&c.metrics().await) < 2.0 {
+        assert!(Instant::now() < deadline, "{}", c.metrics().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let view = c.device(&device).await;
+    assert_eq!(view["status"], "revoked", "{view:#}");
+    assert_eq!(view["revoked"]["by"], "admin", "{view:#}");
+    let stored = view["counts"]["envelopes"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.device(&device).await["counts"]["envelopes"].as_u64(),
+        Some(stored),
+        "nothing more is stored"
+    );
+    let (_, table, _) = c.ctl(&["devices"]);
+    assert!(table.lines().any(|l| l.starts_with(&device) && l.contains("revoked")), "{table}");
+
+    // It cannot enrol again, with its key, whatever token it holds.
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    let again = enroll(&dir, c, &c.token("site=test")).unwrap_err();
+    assert!(again.contains("was revoked"), "{again}");
+
+    // The CA's revocation list names its certificate: Mosquitto, given the list, refuses it
+    // at the handshake and still takes the other device.
+    let payload = fleet.dir.path().join("payload");
+    std::fs::write(&payload, b"\x01garbage").unwrap();
+    let (code, crl, err) = c.ctl(&["device", "crl"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+    // Both the served list and the one written for a local broker name the certificate.
+    let serial = out.1.split("certificate ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let serial = serial.trim_start_matches("00").to_uppercase();
+    let served = fleet.dir.path().join("served.crl.pem");
+    std::fs::write(&served, &crl).unwrap();
+    for list in [served, fleet.dir.path().join("coordinator/pki/devices.crl.pem")] {
+        let text = std::process::Command::new("openssl")
+            .args(["crl", "-noout", "-text", "-in"])
+            .arg(&list)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).to_uppercase();
+        assert!(
+            text.contains(&format!("SERIAL NUMBER: {serial}")),
+            "{serial} not in {}:\n{text}",
+            list.display()
+        );
+    }
+    let cert = |d: &Path| (d.join("identity/client.pem"), d.join("identity/tls.key"));
+    let ca = dir.join("identity/broker-ca.pem");
+    if let Broker::Mosquitto(m) = &mut fleet.broker {
+        let crl_file = fleet.dir.path().join("devices.crl.pem");
+        std::fs::write(&crl_file, &crl).unwrap();
+        m.use_crl(&crl_file);
+        let (mine, key) = cert(&dir);
+        let topic = format!("outpost/v1/{device}/report");
+        assert!(
+            !publish(m.port, &topic, &payload, Some((&mine, &key)), &ca),
+            "a revoked certificate connected"
+        );
+        let (theirs, key) = cert(&other_dir);
+        let topic = format!("outpost/v1/{other}/report");
+        assert!(
+            publish(m.port, &topic, &payload, Some((&theirs, &key)), &ca),
+            "the other device was refused"
+        );
+    }
+
+    // Deleted: gone from the fleet, still refused, and every step audited.
+    let out = fleet.coordinator.ctl(&["device", "delete", &device]);
+    assert_eq!(out.0, 0, "{}", out.2);
+    let (_, table, _) = fleet.coordinator.ctl(&["devices"]);
+    assert!(!table.contains(&device), "{table}");
+    let (code, _, err) = fleet.coordinator.ctl(&["device", "revoke", "dev-0000000000000000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no device `dev-0000000000000000`"), "{err}");
+    let (_, audit, _) = fleet.coordinator.ctl(&["audit", "list", "--limit", "100"]);
+    for action in ["device.revoke", "device.delete"] {
+        assert!(
+            audit.lines().any(|l| l.contains(action) && l.contains(&device) && l.contains(" ok ")),
+            "{audit}"
+        );
+    }
+    assert!(
+        audit.lines().any(|l| l.contains("device.enrol") && l.contains(&device) && l.contains("refused")),
+        "{audit}"
+    );
+}
+
 against_both_brokers!(
+    a_revoked_device_is_refused_counted_and_audited,
     enrolment_works_once_and_strangers_cannot_connect,
     broker_outage_loses_nothing_and_duplicates_nothing,
     agent_killed_while_draining_restarts_without_loss,

@@ -476,6 +476,13 @@ enum DeviceCommand {
     Token(TokenCommand),
     /// One device: status, models, backlog, recent events and its newest drift verdicts.
     Show { id: String },
+    /// Revoke a device: its telemetry, downloads and deployments are refused from now on, and
+    /// its certificate joins the CA's revocation list (`device crl`).
+    Revoke { id: String },
+    /// Delete a device from the fleet, revoking it first if it was not.
+    Delete { id: String },
+    /// Print the CA's certificate revocation list (PEM) for an external broker's `crlfile`.
+    Crl,
 }
 
 #[derive(Debug, Subcommand)]

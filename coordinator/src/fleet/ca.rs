@@ -9,7 +9,9 @@
 //!   devices learn its public half at enrolment.
 //!
 //! Device certificates carry the device id as their common name and no organisation field
-//! (an `O=` turns into a tenant in some brokers and rewrites client ids).
+//! (an `O=` turns into a tenant in some brokers and rewrites client ids). Each has a random
+//! serial number, kept with the device, so a revoked device's certificate can be listed in the
+//! CA's revocation list ([`Authority::revocation_list`]) that an external broker checks.
 
 use std::path::{Path, PathBuf};
 
@@ -129,17 +131,50 @@ impl Authority {
 
     /// Signs a device's CSR. Only the public key is taken from the request: the subject is
     /// always `CN=<device_id>` and the certificate is good for client authentication only.
+    /// Returns the certificate (PEM) and its serial number (hex), for revocation.
     pub fn issue_device_certificate(
         &self,
         csr_pem: &str,
         device_id: &str,
         days: u32,
-    ) -> Result<String, CaError> {
+    ) -> Result<(String, String), CaError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let params = Self::leaf_params(device_id, days, ExtendedKeyUsagePurpose::ClientAuth);
+        let serial = params.serial_number.as_ref().map(|s| hex::encode(s.to_bytes())).unwrap_or_default();
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(gen_err)?;
-        Ok(cert.pem())
+        Ok((cert.pem(), serial))
+    }
+
+    /// The CA's certificate revocation list (PEM) naming `revoked` (serial hex, revoked at unix
+    /// ms), numbered `number` (it must grow with every list issued). Valid for a year: the
+    /// coordinator writes a fresh one at every start and every revocation.
+    pub fn revocation_list(&self, revoked: &[(String, u64)], number: u64) -> Result<String, CaError> {
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let now =
+            epoch + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at_ms)| {
+                let bytes = hex::decode(serial)
+                    .map_err(|_| CaError::Generate(format!("serial `{serial}` is not hex")))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: epoch + std::time::Duration::from_millis(*at_ms),
+                    reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - std::time::Duration::from_secs(3600),
+            next_update: now + std::time::Duration::from_secs(365 * 86_400),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).map_err(gen_err)?.pem().map_err(gen_err)
     }
 
     /// A fresh key and client certificate (for the coordinator's own broker connection).
@@ -189,7 +224,7 @@ mod tests {
         let mut request = CertificateParams::default();
         request.distinguished_name.push(DnType::OrganizationName, "tenant-x");
         let csr = request.serialize_request(&device_key).unwrap().pem().unwrap();
-        let cert = a.issue_device_certificate(&csr, "dev-1", 30).unwrap();
+        let (cert, serial) = a.issue_device_certificate(&csr, "dev-1", 30).unwrap();
         // The TLS stack accepts the pair, and the device could not choose its own subject.
         outpost_shared::tls::client_config(
             a.ca_pem().as_bytes(),
@@ -202,5 +237,20 @@ mod tests {
         assert_eq!(parsed.subject().to_string(), "CN=dev-1");
 
         assert!(matches!(a.issue_device_certificate("garbage", "dev-1", 30), Err(CaError::BadCsr(_))));
+
+        // The revocation list names the serial, is signed by the CA, and says it is the CA's.
+        let crl = a.revocation_list(&[(serial.clone(), 1_700_000_000_000)], 7).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(crl.as_bytes()).unwrap().1.contents;
+        use x509_parser::prelude::FromDer;
+        let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        let listed: Vec<_> = parsed.iter_revoked_certificates().map(|r| r.serial().clone()).collect();
+        assert_eq!(
+            listed,
+            vec![x509_parser::num_bigint::BigUint::parse_bytes(serial.as_bytes(), 16).unwrap()]
+        );
+        assert_eq!(parsed.crl_number().map(|n| n.to_string()), Some("7".into()));
+        let (_, ca) = x509_parser::pem::parse_x509_pem(a.ca_pem().as_bytes()).unwrap();
+        let ca = ca.parse_x509().unwrap();
+        parsed.verify_signature(ca.public_key()).unwrap();
     }
 }

@@ -9,6 +9,8 @@
 //! - `envelopes`: `device id ‖ 0x00 ‖ seq (big-endian u64)` → the envelope's wire bytes,
 //!   exactly as received and verified. Keys sort by device, then seq.
 //! - `meta`: `ack_seq/<device>` → big-endian u64, the last seq of an ack sent to it.
+//! - `revoked`: device id → [`Revocation`] (JSON): every device ever revoked, deleted ones
+//!   included, with its certificate's serial — the source of the CA's revocation list.
 //!
 //! # Invariants
 //! - An envelope is stored at most once per (device, seq); storing and the device's counters
@@ -16,6 +18,9 @@
 //! - An ack is published only after the store was flushed to disk (end-to-end ack).
 //! - A token is consumed in the same transaction that creates the device: a token enrols
 //!   exactly one device.
+//! - A revoked device stays revoked: its record is marked (and left out of [`Devices::all`],
+//!   so no engine targets it), its entry in `revoked` is never removed, and enrolment refuses
+//!   its id again, deleted or not.
 //!
 //! Engines and handlers reach devices only through [`Devices`]; its methods speak in records,
 //! never in sled types, so a second backend changes this file and nothing above it.
@@ -74,6 +79,25 @@ pub struct DeviceRecord {
     /// Traffic per model version in the device's newest report window.
     #[serde(default)]
     pub last_windows: Vec<WindowSummary>,
+    /// The serial number (hex) of the client certificate enrolment issued it.
+    #[serde(default)]
+    pub cert_serial: Option<String>,
+    /// When it was revoked and by whom; a revoked device's telemetry is refused.
+    #[serde(default)]
+    pub revoked: Option<Revocation>,
+}
+
+/// A device's revocation, kept for good (the revocation list is built from these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub device_id: String,
+    pub key_id: String,
+    /// Its client certificate's serial (hex); devices enrolled before serials were kept have none.
+    pub cert_serial: Option<String>,
+    pub at_ms: u64,
+    pub by: String,
+    /// When it was also deleted from the fleet (its record gone; the revocation stays).
+    pub deleted_at_ms: Option<u64>,
 }
 
 /// Consecutive drift verdicts of one feature of one model on one device.
@@ -123,6 +147,8 @@ impl DeviceRecord {
             drift_at_ms: None,
             drift_streaks: Vec::new(),
             last_windows: Vec::new(),
+            cert_serial: None,
+            revoked: None,
         }
     }
 }
@@ -163,6 +189,8 @@ pub enum TokenRefused {
     DeviceExists(String),
     #[error("key `{0}` is already enrolled as another device")]
     KeyExists(String),
+    #[error("device `{0}` was revoked: it cannot enrol again (a new key makes a new device)")]
+    Revoked(String),
 }
 
 /// The outcome of storing one verified envelope.
@@ -188,6 +216,7 @@ pub struct Devices {
     device_keys: sled::Tree,
     envelopes: sled::Tree,
     meta: sled::Tree,
+    revoked: sled::Tree,
 }
 
 impl std::fmt::Debug for Devices {
@@ -226,6 +255,7 @@ impl Devices {
             device_keys: store.tree("device_keys")?,
             envelopes: store.tree("envelopes")?,
             meta: store.tree("meta")?,
+            revoked: store.tree("revoked")?,
             store: store.clone(),
         })
     }
@@ -252,8 +282,8 @@ impl Devices {
         make_device: impl Fn(&TokenRecord) -> DeviceRecord,
     ) -> Result<Result<DeviceRecord, TokenRefused>, StoreError> {
         let now = now_ms();
-        let result =
-            (&self.tokens, &self.devices, &self.device_keys).transaction(|(tokens, devices, keys)| {
+        let result = (&self.tokens, &self.devices, &self.device_keys, &self.revoked).transaction(
+            |(tokens, devices, keys, revoked)| {
                 let Some(raw) = tokens.get(token_hash.as_bytes())? else {
                     return Err(abort(TokenRefused::Unknown));
                 };
@@ -266,6 +296,9 @@ impl Devices {
                     return Err(abort(TokenRefused::Expired));
                 }
                 let device = make_device(&token);
+                if revoked.get(device.id.as_bytes())?.is_some() {
+                    return Err(abort(TokenRefused::Revoked(device.id.clone())));
+                }
                 if let Some(existing) = devices.get(device.id.as_bytes())? {
                     let existing: DeviceRecord = serde_json::from_slice(&existing)
                         .map_err(|_| abort(TokenRefused::DeviceExists(device.id.clone())))?;
@@ -284,7 +317,8 @@ impl Devices {
                 devices.insert(device.id.as_bytes(), encode_in_tx("device", &device)?)?;
                 keys.insert(device.key_id.as_bytes(), device.id.as_bytes())?;
                 Ok(device)
-            });
+            },
+        );
         let outcome = match result {
             Ok(device) => Ok(device),
             Err(TransactionError::Abort(refused)) => Err(refused),
@@ -317,8 +351,13 @@ impl Devices {
         }
     }
 
-    /// Every enrolled device.
+    /// Every enrolled device that is not revoked: what engines target and watch.
     pub fn all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self.every()?.into_iter().filter(|d| d.revoked.is_none()).collect())
+    }
+
+    /// Every device record, revoked ones (not yet deleted) included: what the fleet view lists.
+    pub fn every(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.devices.iter() {
             let (key, raw) = item.map_err(|e| self.storage(e))?;
@@ -327,6 +366,80 @@ impl Devices {
                 detail: e.to_string(),
             })?);
         }
+        Ok(out)
+    }
+
+    /// Revokes device `id` (`by` names who): its record is marked and its revocation kept for
+    /// good. `None` when there is no such device; revoking twice changes nothing.
+    pub fn revoke(&self, id: &str, by: &str) -> Result<Option<Revocation>, StoreError> {
+        let result = (&self.devices, &self.revoked).transaction(|(devices, revoked)| {
+            if let Some(raw) = revoked.get(id.as_bytes())? {
+                return serde_json::from_slice::<Revocation>(&raw).map(Some).map_err(|_| abort(()));
+            }
+            let Some(raw) = devices.get(id.as_bytes())? else { return Ok(None) };
+            let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
+            let revocation = Revocation {
+                device_id: record.id.clone(),
+                key_id: record.key_id.clone(),
+                cert_serial: record.cert_serial.clone(),
+                at_ms: now_ms(),
+                by: by.to_owned(),
+                deleted_at_ms: None,
+            };
+            record.revoked = Some(revocation.clone());
+            devices.insert(id.as_bytes(), encode_in_tx("device", &record)?)?;
+            revoked.insert(id.as_bytes(), encode_in_tx("revocation", &revocation)?)?;
+            Ok(Some(revocation))
+        });
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Corrupt {
+                    key: format!("devices/{id}"),
+                    detail: "unreadable".into(),
+                });
+            }
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+        };
+        self.flush()?;
+        Ok(outcome)
+    }
+
+    /// Deletes device `id` from the fleet, revoking it first if it was not: its record and key
+    /// index go, its revocation (and stored telemetry) stay. `None` when there is no such device.
+    pub fn delete(&self, id: &str, by: &str) -> Result<Option<Revocation>, StoreError> {
+        let Some(record) = self.get(id)? else { return Ok(None) };
+        let Some(mut revocation) = self.revoke(id, by)? else { return Ok(None) };
+        revocation.deleted_at_ms = Some(now_ms());
+        let value = encode(&format!("revoked/{id}"), &revocation)?;
+        self.revoked.insert(id.as_bytes(), value).map_err(|e| self.storage(e))?;
+        self.devices.remove(id.as_bytes()).map_err(|e| self.storage(e))?;
+        self.device_keys.remove(record.key_id.as_bytes()).map_err(|e| self.storage(e))?;
+        self.flush()?;
+        Ok(Some(revocation))
+    }
+
+    /// The revocation of device `id`, if it was ever revoked (deleted devices included).
+    pub fn revocation(&self, id: &str) -> Result<Option<Revocation>, StoreError> {
+        match self.revoked.get(id.as_bytes()).map_err(|e| self.storage(e))? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: format!("revoked/{id}"), detail: e.to_string() }),
+        }
+    }
+
+    /// Every revocation, oldest first: the content of the CA's revocation list.
+    pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.revoked.iter() {
+            let (key, raw) = item.map_err(|e| self.storage(e))?;
+            out.push(serde_json::from_slice::<Revocation>(&raw).map_err(|e| StoreError::Corrupt {
+                key: format!("revoked/{}", String::from_utf8_lossy(&key)),
+                detail: e.to_string(),
+            })?);
+        }
+        out.sort_by_key(|r| r.at_ms);
         Ok(out)
     }
 
@@ -471,5 +584,44 @@ mod tests {
         assert_eq!(seqs, vec![1, 2]);
         assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 1);
         assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+        for (t, d, k) in [("t1", "d1", "k1"), ("t2", "d2", "k2")] {
+            devices.add_token(t, &token(u64::MAX)).unwrap();
+            devices
+                .enrol(t, |_| DeviceRecord { cert_serial: Some(format!("{k}ff")), ..device(d, k) })
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(devices.revoke("nope", "admin").unwrap(), None);
+        let first = devices.revoke("d1", "alice").unwrap().unwrap();
+        assert_eq!((first.by.as_str(), first.cert_serial.as_deref()), ("alice", Some("k1ff")));
+        let again = devices.revoke("d1", "bob").unwrap().unwrap();
+        assert_eq!(again, first, "revoking twice changes nothing");
+        let ids = |v: Vec<DeviceRecord>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(devices.all().unwrap()), vec!["d2"], "engines no longer see it");
+        assert_eq!(ids(devices.every().unwrap()), vec!["d1", "d2"], "the fleet view still lists it");
+        assert_eq!(devices.get("d1").unwrap().unwrap().revoked, Some(first.clone()));
+
+        // Deleted: the record and key index go, the revocation stays; enrolment refuses its id.
+        let deleted = devices.delete("d1", "alice").unwrap().unwrap();
+        assert!(deleted.deleted_at_ms.is_some());
+        assert_eq!(devices.get("d1").unwrap(), None);
+        assert_eq!(devices.get_by_key("k1").unwrap(), None);
+        assert_eq!(devices.revocation("d1").unwrap().unwrap().at_ms, first.at_ms);
+        devices.add_token("t3", &token(u64::MAX)).unwrap();
+        assert_eq!(
+            devices.enrol("t3", |_| device("d1", "k1")).unwrap(),
+            Err(TokenRefused::Revoked("d1".into()))
+        );
+        // d2 deleted without a revocation first is revoked by the deletion.
+        devices.delete("d2", "bob").unwrap().unwrap();
+        let serials: Vec<_> = devices.revocations().unwrap().into_iter().map(|r| r.cert_serial).collect();
+        assert_eq!(serials, vec![Some("k1ff".into()), Some("k2ff".into())]);
+        assert_eq!(devices.delete("d2", "bob").unwrap(), None);
     }
 }

@@ -27,6 +27,8 @@ pub enum Rejection {
     WrongKey,
     BadSignature,
     Conflict,
+    /// The device was revoked (or deleted after a revocation).
+    Revoked,
 }
 
 impl Rejection {
@@ -38,6 +40,7 @@ impl Rejection {
             Rejection::WrongKey => "wrong_key",
             Rejection::BadSignature => "bad_signature",
             Rejection::Conflict => "conflict",
+            Rejection::Revoked => "revoked",
         }
     }
 }
@@ -272,7 +275,16 @@ impl Ingest {
             Ok(envelope) => envelope,
             Err(e) => return Ok(undecodable(&e)),
         };
-        let Some(record) = self.devices.get(device)? else {
+        let record = self.devices.get(device)?;
+        if let Some(revoked) = record
+            .as_ref()
+            .and_then(|r| r.revoked.clone())
+            .map_or_else(|| self.devices.revocation(device), |r| Ok(Some(r)))?
+        {
+            let detail = format!("device `{device}` was revoked by {} at {} ms", revoked.by, revoked.at_ms);
+            return rejected(Rejection::Revoked, detail);
+        }
+        let Some(record) = record else {
             return rejected(Rejection::UnknownDevice, format!("device `{device}` is not enrolled"));
         };
         if envelope.key_id != record.key_id {

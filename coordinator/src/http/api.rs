@@ -118,6 +118,9 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("post", "/api/v1/enrol") => post(enrol),
         ("get", "/api/v1/devices") => get(list_devices),
         ("get", "/api/v1/devices/{id}") => get(show_device),
+        ("delete", "/api/v1/devices/{id}") => delete(admin::delete_device),
+        ("post", "/api/v1/devices/{id}/revoke") => post(admin::revoke_device),
+        ("get", "/api/v1/pki/crl") => get(admin::revocation_list),
         ("get", "/api/v1/alerts") => get(list_alerts),
         ("post", "/api/v1/telemetry/import") => post(import_telemetry),
         ("get", "/api/v1/models") => get(registry::list_models),
@@ -417,14 +420,17 @@ fn enrol_inner(
         return Err(ApiError::bad_request("csr is larger than 16 KiB"));
     }
     // Sign the CSR first: a bad CSR must not burn the token.
-    let certificate = state
+    let (certificate, serial) = state
         .authority
         .issue_device_certificate(&request.csr, &device_id, state.config.enrolment.certificate_days)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token_hash = hex::encode(sha256(request.token.trim().as_bytes()));
     let outcome = state
         .devices
-        .enrol(&token_hash, |token| DeviceRecord::new(&device_id, public.as_bytes(), token.labels.clone()))
+        .enrol(&token_hash, |token| DeviceRecord {
+            cert_serial: Some(serial.clone()),
+            ..DeviceRecord::new(&device_id, public.as_bytes(), token.labels.clone())
+        })
         .map_err(ApiError::internal)?;
     let device = match outcome {
         Ok(device) => device,
@@ -455,7 +461,7 @@ fn enrol_inner(
 pub struct DeviceView {
     pub id: String,
     pub labels: BTreeMap<String, String>,
-    /// `online`, `stale`, `offline` or `never_seen`.
+    /// `online`, `stale`, `offline`, `never_seen` or `revoked`.
     pub status: String,
     pub last_seen_ms: Option<u64>,
     pub presence: Option<String>,
@@ -478,13 +484,20 @@ pub struct DeviceView {
     pub drift: Vec<outpost_shared::protocol::messages::ModelDrift>,
     #[serde(default)]
     pub drift_at_ms: Option<u64>,
+    /// When and by whom it was revoked (`status` is then `revoked`).
+    #[serde(default)]
+    pub revoked: Option<crate::fleet::devices::Revocation>,
 }
 
 fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
     let config = &state.config;
     DeviceView {
         desired: state.desired.get(&d.id).ok().flatten(),
-        status: Liveness::of(&d, &config.fleet, now).as_str().to_owned(),
+        status: match &d.revoked {
+            Some(_) => "revoked".to_owned(),
+            None => Liveness::of(&d, &config.fleet, now).as_str().to_owned(),
+        },
+        revoked: d.revoked.clone(),
         id: d.id,
         labels: d.labels,
         last_seen_ms: d.last_seen_ms,
@@ -508,7 +521,7 @@ async fn list_devices(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let now = now_ms();
-    let devices = state.devices.all().map_err(ApiError::internal)?;
+    let devices = state.devices.every().map_err(ApiError::internal)?;
     Ok(Json(devices.into_iter().map(|d| view(&state, d, now)).collect()))
 }
 

@@ -43,6 +43,8 @@ pub enum ServeError {
     Server(std::io::Error),
     #[error(transparent)]
     Broker(#[from] crate::fleet::broker::BrokerError),
+    #[error(transparent)]
+    Revocation(#[from] crate::fleet::revocation::RevocationError),
     #[error("{0}")]
     Audit(String),
 }
@@ -69,6 +71,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let authority = Arc::new(Authority::load_or_create(&config.data_dir)?);
     let store = Store::open(&config.data_dir)?;
     let devices = Devices::open(&store)?;
+    // A fresh revocation list at every start, so an external broker's never runs out.
+    let crl = crate::fleet::revocation::publish(&authority, &devices, &config.data_dir)?;
+    tracing::debug!(path = %crl.display(), "revocation list written");
     let admin = admin_token(&config.data_dir)?;
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?

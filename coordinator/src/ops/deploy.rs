@@ -25,7 +25,7 @@ use crate::models::registry::{Registry, RegistryError, Stage};
 pub enum DeployError {
     #[error("{version} cannot be deployed: {why}")]
     NotDeployable { version: String, why: String },
-    #[error("no device `{0}`")]
+    #[error("no device `{0}` (or it was revoked)")]
     UnknownDevice(String),
     #[error("the selector matches no enrolled device")]
     NoTargets,

@@ -27,6 +27,27 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             }
             print_device(&d);
         }
+        Command::Device(DeviceCommand::Revoke { id }) => {
+            let r: serde_json::Value =
+                api.post_json(&format!("/api/v1/devices/{id}/revoke"), &serde_json::json!({}))?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                say!("device {id} revoked{}", revoked_serial(&r));
+            }
+        }
+        Command::Device(DeviceCommand::Delete { id }) => {
+            let r: serde_json::Value = api.delete(&format!("/api/v1/devices/{id}"))?;
+            if cli.json {
+                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                say!("device {id} deleted from the fleet and revoked{}", revoked_serial(&r));
+            }
+        }
+        Command::Device(DeviceCommand::Crl) => {
+            let pem = api.get_bytes("/api/v1/pki/crl")?;
+            say!("{}", String::from_utf8_lossy(&pem).trim_end());
+        }
         Command::Rollback { name } => {
             let done: serde_json::Value =
                 api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
@@ -172,5 +193,13 @@ pub(super) fn print_device(d: &DeviceView) {
                 if f.drifted { "DRIFT" } else { "ok" }
             );
         }
+    }
+}
+
+/// `; certificate <serial> is in the revocation list`, or nothing when none was recorded.
+fn revoked_serial(revocation: &serde_json::Value) -> String {
+    match revocation["cert_serial"].as_str() {
+        Some(serial) => format!("; certificate {serial} is in the revocation list (`outpostctl device crl`)"),
+        None => String::new(),
     }
 }

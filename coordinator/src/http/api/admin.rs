@@ -1,4 +1,4 @@
-//! Admin routes: API tokens and the audit log.
+//! Admin routes: API tokens, the audit log, and revoking and deleting devices.
 
 use std::sync::Arc;
 
@@ -120,4 +120,67 @@ pub async fn audit_verify(
             checked_at_ms: now_ms(),
         },
     }))
+}
+
+/// `POST /api/v1/devices/{id}/revoke`: the device is refused from now on — its telemetry
+/// (refused and counted), its artifact downloads, any deployment — and its certificate joins
+/// the CA's revocation list, rewritten at once.
+pub async fn revoke_device(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::fleet::devices::Revocation>, ApiError> {
+    let target = outpost_shared::names::shown(&id);
+    mutation(&state, &headers, Role::Admin, "device.revoke", &target, move |st, who| {
+        let revocation = st.devices.revoke(&id, &who.name).map_err(ApiError::internal)?.ok_or_else(|| {
+            ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
+        })?;
+        let detail = crl_detail(st, &revocation)?;
+        Ok((revocation, detail))
+    })
+    .await
+    .map(Json)
+}
+
+/// `DELETE /api/v1/devices/{id}`: revokes the device if it was not, and removes it from the
+/// fleet; its revocation and its stored telemetry stay.
+pub async fn delete_device(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::fleet::devices::Revocation>, ApiError> {
+    let target = outpost_shared::names::shown(&id);
+    mutation(&state, &headers, Role::Admin, "device.delete", &target, move |st, who| {
+        let revocation = st.devices.delete(&id, &who.name).map_err(ApiError::internal)?.ok_or_else(|| {
+            ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
+        })?;
+        let detail = crl_detail(st, &revocation)?;
+        Ok((revocation, format!("deleted; {detail}")))
+    })
+    .await
+    .map(Json)
+}
+
+/// Rewrites the revocation list after a revocation; the audit detail says what it lists.
+fn crl_detail(state: &AppState, revocation: &crate::fleet::devices::Revocation) -> Result<String, ApiError> {
+    crate::fleet::revocation::publish(&state.authority, &state.devices, &state.config.data_dir)
+        .map_err(ApiError::internal)?;
+    Ok(match &revocation.cert_serial {
+        Some(serial) => format!("revoked; certificate {serial} in the revocation list"),
+        None => "revoked; its certificate has no recorded serial (enrolled before serials were kept)".into(),
+    })
+}
+
+/// `GET /api/v1/pki/crl`: the CA's current revocation list (PEM), for a broker's `crlfile`.
+pub async fn revocation_list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    authorize(&state, &headers, Role::Viewer)?;
+    let st = Arc::clone(&state);
+    let pem = blocking(move || crate::fleet::revocation::list(&st.authority, &st.devices))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
 }

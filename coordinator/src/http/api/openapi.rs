@@ -51,6 +51,21 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/devices/{id}", "viewer", None, "One device."),
     r(
         "post",
+        "/api/v1/devices/{id}/revoke",
+        "admin",
+        None,
+        "Revoke a device: its telemetry, downloads and deployments are refused; its certificate joins the revocation list.",
+    ),
+    r("delete", "/api/v1/devices/{id}", "admin", None, "Delete a device from the fleet (revoking it first)."),
+    r(
+        "get",
+        "/api/v1/pki/crl",
+        "viewer",
+        None,
+        "The fleet CA's certificate revocation list (PEM), for a broker's crlfile.",
+    ),
+    r(
+        "post",
         "/api/v1/telemetry/import",
         "admin",
         BYTES,

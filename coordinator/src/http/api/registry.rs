@@ -263,7 +263,15 @@ pub async fn artifact(
     if state.api_ca_pem.is_some() {
         let enrolled = match &device {
             Some(axum::Extension(super::PeerDevice(id))) => {
-                state.devices.get(id).map_err(ApiError::internal)?.is_some()
+                let record = state.devices.get(id).map_err(ApiError::internal)?;
+                if record.as_ref().is_some_and(|d| d.revoked.is_some())
+                    || (record.is_none()
+                        && state.devices.revocation(id).map_err(ApiError::internal)?.is_some())
+                {
+                    state.metrics.api_denied.with_label_values(&["403"]).inc();
+                    return Err(ApiError(StatusCode::FORBIDDEN, format!("device `{id}` is revoked")));
+                }
+                record.is_some()
             }
             None => false,
         };
