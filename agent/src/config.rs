@@ -78,13 +78,38 @@ impl Default for Config {
 pub struct HttpConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Time a client has to send a request body before it gets 408.
+    /// Longest wait for the next piece of a request body before it gets 408.
     pub body_timeout_secs: u64,
+    /// Longest a whole request may take — body, queue and inference — before it gets 408
+    /// (a body trickled a byte at a time cannot outlive it).
+    pub request_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle between requests.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; one more is closed on arrival (and counted).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: 4 * 1024 * 1024, body_timeout_secs: 30 }
+        HttpConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            body_timeout_secs: 30,
+            request_timeout_secs: 120,
+            header_read_timeout_secs: 60,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The front door's limits.
+    pub fn limits(&self) -> outpost_shared::front::Limits {
+        outpost_shared::front::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
+        }
     }
 }
 
@@ -350,8 +375,17 @@ impl Config {
         if let Err((k, problem)) = self.drift.validate() {
             return Err(ConfigError::Key { key: k, problem });
         }
-        if self.http.body_timeout_secs == 0 {
-            return Err(key("http.body_timeout_secs", "must be at least 1"));
+        for (name, secs) in [
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs),
+        ] {
+            if secs == 0 || secs > 86_400 {
+                return Err(key(name, "must be between 1 and 86400 seconds"));
+            }
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return Err(key("http.max_connections", "must be between 1 and 1000000"));
         }
         if self.runtime.workers > 1024 {
             return Err(key("runtime.workers", "must be at most 1024 (0 = one per core)"));

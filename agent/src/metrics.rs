@@ -104,6 +104,8 @@ fn latency_buckets() -> Vec<f64> {
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
+    /// The HTTP front door's figures (`outpost_agent_http_*`), rendered with the rest.
+    pub front: std::sync::Arc<outpost_shared::front::Counters>,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub inference_duration: HistogramVec,
@@ -290,6 +292,7 @@ impl Metrics {
             )?),
         };
         Ok(Metrics {
+            front: std::sync::Arc::default(),
             requests,
             request_duration,
             inference_duration,
@@ -577,7 +580,9 @@ impl Metrics {
         }
         let mut buffer = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
-        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let mut text = String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        text.push_str(&self.front.render("outpost_agent_http"));
+        Ok(text)
     }
 }
 

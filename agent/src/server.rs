@@ -370,14 +370,20 @@ pub async fn serve(
 
     let mut graceful_rx = stop_rx.clone();
     let mut stop_wait = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(Option::is_some).await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    let server = outpost_shared::front::serve_plain(
+        listener,
+        config.http.limits(),
+        Arc::clone(&metrics.front),
+        app,
+        async move {
+            let _ = graceful_rx.wait_for(Option::is_some).await;
+        },
+    );
+    let mut server = tokio::spawn(server);
 
     let status = tokio::select! {
         finished = &mut server => {
-            finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?.map_err(ServeError::Serve)?;
+            finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?;
             (*stop_rx.borrow()).unwrap_or(Stopped::Drained)
         }
         _ = stop_wait.wait_for(Option::is_some) => {
@@ -385,7 +391,7 @@ pub async fn serve(
             let grace = Duration::from_secs(config.shutdown.grace_secs);
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(finished) => {
-                    finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?.map_err(ServeError::Serve)?;
+                    finished.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?;
                     why
                 }
                 Err(_) => {

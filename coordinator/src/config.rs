@@ -102,6 +102,28 @@ pub struct ApiConfig {
     /// Requests per second each API token may make (sustained), and its burst.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Failed authentications (401, or a refused enrolment token) one source address may make
+    /// in a minute; past it, every request from that address gets 429 until the minute is over.
+    pub failed_auth_per_minute: u32,
+    /// Connections open at once; one more is closed on arrival (and counted).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle between requests.
+    pub header_read_timeout_secs: u64,
+    /// Longest a whole request may take, body included, before it gets 408 (a body trickled
+    /// a byte at a time cannot outlive it). Long enough for `max_body_bytes` on a slow link.
+    pub request_timeout_secs: u64,
+}
+
+impl ApiConfig {
+    /// The front door's limits.
+    pub fn limits(&self) -> outpost_shared::front::Limits {
+        outpost_shared::front::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -118,6 +140,10 @@ impl Default for ApiConfig {
             max_json_bytes: 1024 * 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
+            failed_auth_per_minute: 30,
+            max_connections: 1024,
+            header_read_timeout_secs: 30,
+            request_timeout_secs: 900,
         }
     }
 }
@@ -224,6 +250,20 @@ impl Config {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.keys().map_err(|(entry, problem)| key(&entry, &problem))?;
+        for (name, secs) in [
+            ("api.header_read_timeout_secs", self.api.header_read_timeout_secs),
+            ("api.request_timeout_secs", self.api.request_timeout_secs),
+        ] {
+            if secs == 0 || secs > 86_400 {
+                return Err(key(name, "must be between 1 and 86400 seconds"));
+            }
+        }
+        if self.api.max_connections == 0 || self.api.max_connections > 1_000_000 {
+            return Err(key("api.max_connections", "must be between 1 and 1000000"));
+        }
+        if self.api.failed_auth_per_minute == 0 {
+            return Err(key("api.failed_auth_per_minute", "must be at least 1"));
+        }
         if self.api.listen.ip().is_unspecified() && self.api.advertised_url.is_none() {
             return Err(key(
                 "api.advertised_url",

@@ -24,6 +24,8 @@ pub mod drift;
 pub mod endpoints;
 pub mod env;
 pub mod files;
+#[cfg(feature = "server")]
+pub mod front;
 pub mod histogram;
 pub mod names;
 pub mod protocol;

@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod alerting;
 pub mod demo;
 pub mod fleet;
+pub mod front;
 
 /// The folder holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {

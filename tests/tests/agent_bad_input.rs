@@ -295,3 +295,50 @@ async fn a_full_queue_answers_503_at_once() {
     let line = metrics.lines().find(|l| l.starts_with("outpost_agent_queue_rejections_total ")).unwrap();
     assert_eq!(line, format!("outpost_agent_queue_rejections_total {}", rejected.len()));
 }
+
+/// The finding: the inference port had no connection cap and no header-read or idle timeout,
+/// and a body trickled a byte every few seconds outlived `http.body_timeout_secs` (a per-read
+/// timeout, reset by every byte). Now, with small limits for a quick test: a connection past
+/// the cap is closed on arrival, idle and half-sent ones after the header-read timeout, and a
+/// trickled body gets 408 at the request timeout — each counted — while inference still works.
+#[tokio::test]
+async fn the_inference_port_caps_connections_and_drops_slow_clients() {
+    use outpost_tests::front::{closed_within, connect, trickle};
+    let agent = Agent::builder()
+        .model("bc", &model("breast_cancer-1.0.0"))
+        .env("OUTPOST_HTTP__MAX_CONNECTIONS", "4")
+        .env("OUTPOST_HTTP__HEADER_READ_TIMEOUT_SECS", "2")
+        .env("OUTPOST_HTTP__REQUEST_TIMEOUT_SECS", "3")
+        .start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let addr = agent.addr;
+    let (refused, idle_closed, half_closed, (answer, took)) = tokio::task::spawn_blocking(move || {
+        let mut idle: Vec<_> = (0..4).map(|_| connect(addr)).collect();
+        let mut fifth = connect(addr);
+        let refused = closed_within(&mut fifth);
+        let idle_closed: Vec<Duration> = idle.iter_mut().map(closed_within).collect();
+        let mut half = connect(addr);
+        half.write_all(b"POST /v2/models/bc/infer HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let half_closed = closed_within(&mut half);
+        let head = "POST /v2/models/bc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n";
+        (refused, idle_closed, half_closed, trickle(addr, head))
+    })
+    .await
+    .unwrap();
+    assert!(refused < Duration::from_secs(1), "the fifth connection was kept {refused:?}");
+    assert!(idle_closed.iter().all(|d| *d < Duration::from_secs(5)), "{idle_closed:?}");
+    assert!(
+        half_closed >= Duration::from_millis(1500) && half_closed < Duration::from_secs(5),
+        "{half_closed:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+
+    let text = agent.metrics_text().await;
+    let metric = outpost_tests::fleet::metric;
+    assert!(metric(&text, "outpost_agent_http_connections_refused_total") >= 1.0, "{text}");
+    assert!(metric(&text, "outpost_agent_http_request_timeouts_total") >= 1.0, "{text}");
+    let (status, _) =
+        agent.post_json("/v2/models/bc/infer", &input(json!([1, 30]), "FP32", json!(row()))).await;
+    assert_eq!(status, 200, "inference still works");
+}

@@ -453,7 +453,11 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
 #[test]
 fn refusals_and_enrolments_are_audited_and_control_characters_cannot_forge_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    // Room for 40 failures from one address (the throttle has its own test).
+    let (c, _) = Coordinator::start_embedded_with(
+        &dir.path().join("coordinator"),
+        &[("OUTPOST_COORDINATOR_API__FAILED_AUTH_PER_MINUTE", "1000")],
+    );
     let wrong =
         outpost_client::Client::new(&c.url(), "opa_not-a-token", None, Duration::from_secs(10)).unwrap();
     for _ in 0..40 {
@@ -639,6 +643,79 @@ fn outpost_coordinator_utc_day(days: u64) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&date.stdout).trim().to_owned()
+}
+
+/// The finding: no connection cap, no header-read or idle timeout, a body trickled a byte at a
+/// time outlived every timeout, and 400 wrong tokens went through in 0.03 s. Now (with small
+/// limits so the test is quick): connections past the cap are closed on arrival, idle and
+/// half-sent requests are dropped after the header-read timeout, a trickled body gets 408 at
+/// the request timeout, and an address that keeps failing authentication gets 429 — each
+/// counted in `/metrics`.
+#[test]
+fn the_front_door_caps_connections_drops_slow_clients_and_throttles_guessing() {
+    use std::io::Write;
+
+    use outpost_tests::front::{closed_within, trickle};
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded_with(
+        &dir.path().join("coordinator"),
+        &[
+            ("OUTPOST_COORDINATOR_API__MAX_CONNECTIONS", "6"),
+            ("OUTPOST_COORDINATOR_API__HEADER_READ_TIMEOUT_SECS", "2"),
+            ("OUTPOST_COORDINATOR_API__REQUEST_TIMEOUT_SECS", "3"),
+            ("OUTPOST_COORDINATOR_API__FAILED_AUTH_PER_MINUTE", "5"),
+        ],
+    );
+    let connect = || outpost_tests::front::connect(c.addr);
+    // Six idle connections fill the cap; a seventh is closed on arrival.
+    let mut idle: Vec<_> = (0..6).map(|_| connect()).collect();
+    let mut half = connect();
+    half.write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert!(closed_within(&mut half) < Duration::from_secs(1), "the seventh connection was kept");
+    // Idle ones go after the header-read timeout (2 s), and a half-sent request head too.
+    for s in &mut idle {
+        let waited = closed_within(s);
+        assert!(waited < Duration::from_secs(5), "an idle connection stayed {waited:?}");
+    }
+    let mut half = connect();
+    half.write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let waited = closed_within(&mut half);
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5), "{waited:?}");
+
+    // A body trickled a byte a second, with a valid token: 408 at the request timeout (3 s),
+    // although every byte arrived within the per-read timeouts.
+    let admin = std::fs::read_to_string(c.token_file()).unwrap();
+    let head = format!(
+        "POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        admin.trim()
+    );
+    let (answer, took) = trickle(c.addr, &head);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+
+    let metrics = String::from_utf8(c.client().get_bytes("/metrics").unwrap()).unwrap();
+    let metric = outpost_tests::fleet::metric;
+    assert!(metric(&metrics, "outpost_coordinator_api_connections_refused_total") >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "outpost_coordinator_api_request_timeouts_total") >= 1.0, "{metrics}");
+
+    // Guessing tokens: five 401s, then 429 for everything from this address — the right token
+    // included — while /healthz and /metrics still answer.
+    let wrong = outpost_client::Client::new(&c.url(), "opa_guess", None, Duration::from_secs(10)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(wrong.get::<Value>("/api/v1/devices").unwrap_err().status(), Some(401));
+    }
+    let throttled = wrong.get::<Value>("/api/v1/devices").unwrap_err();
+    assert_eq!(throttled.status(), Some(429), "{throttled}");
+    assert!(throttled.to_string().contains("too many failed authentications from 127.0.0.1"), "{throttled}");
+    assert_eq!(c.client().get::<Value>("/api/v1/devices").unwrap_err().status(), Some(429));
+    let metrics = String::from_utf8(c.client().get_bytes("/metrics").unwrap()).unwrap();
+    assert!(
+        outpost_tests::fleet::metric(
+            &metrics,
+            "outpost_coordinator_api_throttled_total{reason=\"failed_auth\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
 }
 
 fn hex_of(bytes: &[u8]) -> String {

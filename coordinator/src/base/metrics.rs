@@ -5,6 +5,8 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The API's front door (`outpost_coordinator_api_connections_open`, …), rendered with the rest.
+    pub front: std::sync::Arc<outpost_shared::front::Counters>,
     /// Envelopes by outcome: stored, duplicate, or the rejection reason.
     pub ingest: IntCounterVec,
     /// Enrolment attempts by outcome.
@@ -22,6 +24,8 @@ pub struct Metrics {
     /// Audit entries not written because their action was over its sampling rate (denials and
     /// refused enrolments under a flood), by action. Counted here, never silently dropped.
     pub audit_suppressed: IntCounterVec,
+    /// Requests refused because their source address failed authentication too often.
+    pub auth_throttled: IntCounterVec,
     /// Artifact downloads served, and their bytes.
     pub artifact_requests: prometheus::IntCounter,
     pub artifact_bytes: prometheus::IntCounter,
@@ -76,6 +80,11 @@ impl Metrics {
             "API requests refused before reaching a handler, by status (401, 403, 429).",
             "status",
         );
+        let auth_throttled = counter(
+            "outpost_coordinator_api_throttled_total",
+            "API requests refused (429) because their source address failed authentication more than api.failed_auth_per_minute times in a minute, by reason.",
+            "reason",
+        );
         let audit_suppressed = counter(
             "outpost_coordinator_audit_suppressed_total",
             "Audit entries of a flooding action (auth.denied, device.enrol refusals) beyond its rate, not written but counted.",
@@ -129,6 +138,7 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("metric model_devices: {e}"));
         registry.register(Box::new(model_devices.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
+            front: std::sync::Arc::default(),
             model_devices,
             rollouts_active,
             rollout_rollbacks,
@@ -143,6 +153,7 @@ impl Metrics {
             api_denied,
             audit_failures,
             audit_suppressed,
+            auth_throttled,
             artifact_requests,
             artifact_bytes,
         }
@@ -151,7 +162,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        text.push_str(&self.front.render("outpost_coordinator_api"));
+        text
     }
 }
 

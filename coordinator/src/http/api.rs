@@ -50,6 +50,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Rate for auditing refusals (denials, refused enrolments) under a flood.
     pub audit_sampler: crate::http::denials::AuditSampler,
+    /// Failed authentications per source address (the front door throttles guessing).
+    pub failed_auth: crate::http::denials::FailedAuth,
     pub registry: Registry,
     pub desired: Desired,
     /// Desired states for the broker link to publish (retained).

@@ -8,7 +8,10 @@
 //! [`audit_denials`]: every API request refused for its token, role or rate (401, 403, 429) and
 //! every refused enrolment is audited, up to [`PER_MINUTE`] entries per action and minute;
 //! beyond that they are counted in `outpost_coordinator_audit_suppressed_total{action}` (and
-//! `…_api_denied_total` as before).
+//! `…_api_denied_total` as before). It also throttles guessing: a source address with more
+//! than `api.failed_auth_per_minute` failed authentications (401, or an enrolment refused its
+//! token) in a minute gets 429 for every request until that minute is over
+//! (`outpost_coordinator_api_throttled_total`, audited as `auth.throttled`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,24 +28,72 @@ use crate::http::error::ApiError;
 /// Audit entries per action and minute before the rest are only counted.
 pub const PER_MINUTE: u32 = 30;
 
+/// Counts per key in one-minute windows (a key's window starts at its first count).
+#[derive(Debug)]
+pub struct MinuteCounts<K> {
+    windows: Mutex<HashMap<K, (Instant, u32)>>,
+}
+
+impl<K> Default for MinuteCounts<K> {
+    fn default() -> Self {
+        MinuteCounts { windows: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// Keys kept before expired windows are swept.
+const SWEEP_ABOVE: usize = 4096;
+/// Keys kept at most: a minute's flood of distinct addresses (IPv6 makes that cheap) beyond
+/// this forgets every window rather than grow without bound — the limit then fails open.
+const MAX_KEYS: usize = 65_536;
+
+impl<K: std::hash::Hash + Eq + Clone> MinuteCounts<K> {
+    /// Adds one to `key`'s window; returns its count, this one included.
+    pub fn add(&self, key: &K) -> u32 {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if windows.len() > SWEEP_ABOVE {
+            windows.retain(|_, (started, _)| now.duration_since(*started) < Duration::from_secs(60));
+            if windows.len() > MAX_KEYS {
+                windows.clear();
+            }
+        }
+        let (started, count) = windows.entry(key.clone()).or_insert((now, 0));
+        if now.duration_since(*started) >= Duration::from_secs(60) {
+            (*started, *count) = (now, 0);
+        }
+        *count += 1;
+        *count
+    }
+
+    /// `key`'s count in its current window, and the seconds until that window ends.
+    pub fn current(&self, key: &K) -> (u32, u64) {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        match windows.get(key) {
+            Some((started, count)) if started.elapsed() < Duration::from_secs(60) => {
+                (*count, 60u64.saturating_sub(started.elapsed().as_secs()).max(1))
+            }
+            _ => (0, 0),
+        }
+    }
+}
+
 /// Admits audit entries of floodable actions at [`PER_MINUTE`] per action.
 #[derive(Debug, Default)]
 pub struct AuditSampler {
-    windows: Mutex<HashMap<&'static str, (Instant, u32)>>,
+    windows: MinuteCounts<&'static str>,
 }
 
 impl AuditSampler {
     /// Whether one more `action` entry may be written now.
     pub fn admit(&self, action: &'static str) -> bool {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (started, count) = windows.entry(action).or_insert((now, 0));
-        if now.duration_since(*started) >= Duration::from_secs(60) {
-            (*started, *count) = (now, 0);
-        }
-        *count += 1;
-        *count <= PER_MINUTE
+        self.windows.add(&action) <= PER_MINUTE
     }
+}
+
+/// Failed authentications per source address.
+#[derive(Debug, Default)]
+pub struct FailedAuth {
+    windows: MinuteCounts<std::net::IpAddr>,
 }
 
 /// Writes `action` to the audit chain if the sampler admits it; counts it otherwise.
@@ -113,9 +164,38 @@ pub async fn front_door(State(state): State<Arc<AppState>>, request: Request, ne
 /// its own refusals (with the device id asked for).
 pub async fn audit_denials(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let target = format!("{} {}", request.method(), request.uri().path());
+    // Probes and scrapes carry no credentials: a throttled address may still reach them.
+    let credentialless = matches!(request.uri().path(), "/healthz" | "/metrics");
+    let source = request
+        .extensions()
+        .get::<outpost_shared::front::Peer>()
+        .map(|p| p.0.ip())
+        .filter(|_| !credentialless);
+    let limit = state.config.api.failed_auth_per_minute;
+    if let Some(ip) = source {
+        let (failures, wait) = state.failed_auth.windows.current(&ip);
+        if failures >= limit {
+            state.metrics.auth_throttled.with_label_values(&["failed_auth"]).inc();
+            state.metrics.api_denied.with_label_values(&["429"]).inc();
+            let detail = format!("{failures} failed authentications from {ip} this minute");
+            audit_sampled(&state, "-", "-", "auth.throttled", &target, "refused", &detail).await;
+            let message = format!(
+                "too many failed authentications from {ip} ({failures} in a minute; the limit is {limit}); retry in {wait} s"
+            );
+            let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+            return response;
+        }
+    }
     let response = next.run(request).await;
     let status = response.status();
-    if matches!(status.as_u16(), 401 | 403 | 429) && !target.ends_with(" /api/v1/enrol") {
+    let enrolment = target.ends_with(" /api/v1/enrol");
+    if (status == StatusCode::UNAUTHORIZED || (enrolment && status == StatusCode::FORBIDDEN))
+        && let Some(ip) = source
+    {
+        state.failed_auth.windows.add(&ip);
+    }
+    if matches!(status.as_u16(), 401 | 403 | 429) && !enrolment {
         audit_sampled(&state, "-", "-", "auth.denied", &target, "refused", status.as_str()).await;
     }
     response
@@ -131,5 +211,24 @@ mod tests {
         let admitted = (0..100).filter(|_| sampler.admit("auth.denied")).count();
         assert_eq!(admitted, PER_MINUTE as usize);
         assert!(sampler.admit("device.enrol"), "another action has its own budget");
+    }
+
+    #[test]
+    fn failures_are_counted_per_address_and_a_flood_of_addresses_is_swept() {
+        let counts: MinuteCounts<std::net::IpAddr> = MinuteCounts::default();
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(counts.current(&a), (0, 0));
+        for n in 1..=3 {
+            assert_eq!(counts.add(&a), n);
+        }
+        let (count, wait) = counts.current(&a);
+        assert_eq!(count, 3);
+        assert!((1..=60).contains(&wait), "{wait}");
+        for i in 0..5000u32 {
+            counts.add(&std::net::IpAddr::from(i.to_be_bytes()));
+        }
+        // Nothing expired within the minute, so the map keeps what it has: the sweep only
+        // drops finished windows, and the address above still counts.
+        assert_eq!(counts.current(&a).0, 3);
     }
 }

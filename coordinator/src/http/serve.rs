@@ -7,89 +7,76 @@ use tokio::sync::watch;
 
 use crate::http::api::{self, AppState};
 
-/// Serves `state`'s router on `listener` (over TLS when `tls` is given) until `shutdown`.
+/// Serves `state`'s router on `listener` (over TLS when `tls` is given) until `shutdown`,
+/// behind the front door's limits (`api.max_connections`, `api.header_read_timeout_secs`,
+/// `api.request_timeout_secs`); open connections then get a graceful close, for at most 5 s.
 pub fn spawn(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let (limits, counters) = (state.config.api.limits(), Arc::clone(&state.metrics.front));
     let app = api::router(state);
-    match tls {
-        Some(tls) => tokio::spawn(serve_tls(listener, app, tls, shutdown)),
-        None => {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            });
-            tokio::spawn(async move { server.await })
-        }
-    }
-}
-
-/// Serves the API over TLS until `shutdown`; open connections then get a graceful close.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: Arc<rustls::ServerConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stopping = shutdown.clone();
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept an API connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+    tokio::spawn(async move {
+        let served = async {
+            match tls {
+                None => outpost_shared::front::serve_plain(listener, limits, counters, app, stop).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let upgrade = move |tcp: tokio::net::TcpStream, peer: std::net::SocketAddr| {
+                        let (acceptor, app) = (acceptor.clone(), app.clone());
+                        async move { handshake(acceptor, app, tcp, peer).await }
+                    };
+                    outpost_shared::front::serve(listener, limits, counters, upgrade, stop).await;
                 }
-            },
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
-            let stream = match handshake {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            // The device id from a client certificate rustls verified, for handlers to see.
-            let device = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| common_name(der.as_ref()));
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(device) = &device {
-                        request.extensions_mut().insert(api::PeerDevice(device.clone()));
-                    }
-                    tower::ServiceExt::oneshot(app.clone(), request)
-                });
-            // A client that dribbles its headers does not hold a connection forever.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "API connection ended with an error");
             }
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
-    Ok(())
+        };
+        // Once told to stop, the front door returns when open connections finished: 5 s at most.
+        tokio::pin!(served);
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        tokio::select! {
+            () = &mut served => {}
+            () = stopped => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut served).await;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A TLS handshake; a client certificate rustls verified names the device, which the
+/// connection's requests then carry as [`api::PeerDevice`].
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, axum::Router)> {
+    let stream = match acceptor.accept(tcp).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+            return None;
+        }
+    };
+    let device = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| common_name(der.as_ref()));
+    let app = match device {
+        Some(device) => app.layer(axum::Extension(api::PeerDevice(device))),
+        None => app,
+    };
+    Some((stream, app))
 }
 
 /// The subject CN of a DER certificate.

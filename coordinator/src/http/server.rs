@@ -230,6 +230,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         auth,
         audit,
         audit_sampler: Default::default(),
+        failed_auth: Default::default(),
         registry,
         desired,
         outgoing: outgoing_tx,
