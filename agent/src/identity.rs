@@ -105,6 +105,23 @@ impl Identity {
             .map_err(|e| IdentityError::Corrupt { path, detail: e.to_string() })
     }
 
+    /// This start's presence session: larger than every earlier start's (kept in
+    /// `identity/presence.session`), and at least the wall clock in ms, so the coordinator can
+    /// refuse a replayed `offline` from an earlier run. If the file cannot be written (a full
+    /// disk) the clock alone is used.
+    pub fn next_session(&self) -> u64 {
+        let path = self.dir.join("presence.session");
+        let last = std::fs::read(&path)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let session = outpost_shared::endpoints::now_ms().max(last.saturating_add(1));
+        if let Err(e) = write_atomic(&path, &session.to_be_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the presence session; using the clock");
+        }
+        session
+    }
+
     /// The broker TLS settings (client certificate + broker CA) from enrolment.
     pub fn broker_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, IdentityError> {
         let read = |name: &str| {

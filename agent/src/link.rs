@@ -39,6 +39,10 @@ pub struct LinkSettings {
     pub max_in_flight: usize,
     /// Where desired states go (raw, unverified); None when this agent takes no bundles.
     pub desired: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// This run's signed presence envelopes (see `outpost_shared::protocol::presence`):
+    /// published on every connect, and the last will.
+    pub presence_online: Vec<u8>,
+    pub presence_offline: Vec<u8>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -81,7 +85,12 @@ pub async fn run(
         .set_keep_alive(Duration::from_secs(20))
         .set_clean_session(false)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_last_will(LastWill::new(presence.clone(), "offline", QoS::AtLeastOnce, true))
+        .set_last_will(LastWill::new(
+            presence.clone(),
+            settings.presence_offline.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ))
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(settings.tls.clone())));
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     let mut network = NetworkOptions::new();
@@ -131,7 +140,12 @@ pub async fn run(
                 {
                     tracing::error!(error = %e, "cannot subscribe to the desired state");
                 }
-                let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
+                let _ = client.try_publish(
+                    presence.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    settings.presence_online.clone(),
+                );
                 epoch.fetch_add(1, Ordering::Relaxed);
                 wake.notify_one();
             }
@@ -169,7 +183,7 @@ pub async fn run(
     stats.connected.store(false, Ordering::Relaxed);
     sender.abort();
     // Going away on purpose: say so (the last will is only for dying).
-    if client.try_publish(presence, QoS::AtLeastOnce, true, "offline").is_ok() {
+    if client.try_publish(presence, QoS::AtLeastOnce, true, settings.presence_offline.clone()).is_ok() {
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Ok(event) = eventloop.poll().await {

@@ -140,7 +140,15 @@ fn setup_telemetry(
                 path: identity.dir.join("enrolment.json"),
                 detail: problem.to_string(),
             })?;
+            let session = identity.next_session();
+            let now = outpost_shared::endpoints::now_ms();
+            let presence = |p| {
+                outpost_shared::protocol::presence::seal(&identity.signing, session, p, now)
+                    .map_err(|e| IdentityError::Corrupt { path: identity.dir.clone(), detail: e.to_string() })
+            };
             Some(LinkSettings {
+                presence_online: presence(outpost_shared::protocol::presence::Presence::Online)?,
+                presence_offline: presence(outpost_shared::protocol::presence::Presence::Offline)?,
                 device_id: enrolment.device_id.clone(),
                 host,
                 port,

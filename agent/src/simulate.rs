@@ -243,6 +243,8 @@ async fn device_loop(
     let mut latency = LogHistogram::default();
     latency.record_n(250.0, 100);
     let (mut seq, mut revision, mut was_connected) = (1u64, 0u64, false);
+    // One session per simulated run: its presence is signed like a real agent's.
+    let session = outpost_shared::endpoints::now_ms();
     let mut model: Option<(String, String)> = None;
     // The newest actual state until the coordinator acks it: resent every tick, like an agent's
     // outbox (the coordinator may drop what arrives while it is busy, and stores it once).
@@ -278,7 +280,15 @@ async fn device_loop(
                     }
                     let _ = client.try_subscribe(desired_topic.clone(), QoS::AtLeastOnce);
                     let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
-                    let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, "online");
+                    let online = protocol::presence::seal(
+                        &d.signing,
+                        session,
+                        protocol::presence::Presence::Online,
+                        outpost_shared::endpoints::now_ms(),
+                    );
+                    if let Ok(online) = online {
+                        let _ = client.try_publish(presence.clone(), QoS::AtLeastOnce, true, online);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                     let opened = protocol::open(&p.payload, |_| Some(d.coordinator));

@@ -20,6 +20,7 @@
 
 pub mod keys;
 pub mod messages;
+pub mod presence;
 pub mod records;
 pub mod topics;
 pub mod transfer;

@@ -601,7 +601,142 @@ async fn a_revoked_device_is_refused_counted_and_audited(kind: Kind) {
     );
 }
 
+/// Finding: a neighbour published a retained `offline` on another device's presence topic and
+/// the coordinator showed it offline while it kept reporting. Presence is now a signed envelope
+/// from the agent's current session: a bare word or another key's signature is refused, and so
+/// is a replay of the device's own last will from an earlier run — each counted, the device
+/// staying online.
+async fn presence_cannot_be_forged_or_replayed(kind: Kind) {
+    let fleet = fleet(kind);
+    let (dir_b, device_b, mut agent_b) = connected_agent(&fleet).await;
+    let (dir_a, _) = fleet.enrolled_agent_dir("attacker");
+    let c = &fleet.coordinator;
+    let online = |v: &Value| v["status"] == "online" && v["presence"] == "online";
+    c.wait_device(&device_b, Duration::from_secs(20), online).await;
+    let refused = |text: &str| metric(text, "outpost_coordinator_ingest_total{result=\"presence_refused\"}");
+    let topic = format!("outpost/v1/{device_b}/presence");
+    let ca = dir_b.join("identity/broker-ca.pem");
+    let cert_of = |d: &Path| (d.join("identity/client.pem"), d.join("identity/tls.key"));
+    let retained = |payload: &Path, (cert, key): &(std::path::PathBuf, std::path::PathBuf)| {
+        let status = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "localhost",
+                "-p",
+                &fleet.broker_port().to_string(),
+                "-t",
+                &topic,
+                "-r",
+                "-q",
+                "1",
+                "-f",
+            ])
+            .arg(payload)
+            .arg("--cafile")
+            .arg(&ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success());
+    };
+
+    // A bare `offline` and one signed with another key, from the neighbour's certificate.
+    let plain = fleet.dir.path().join("plain");
+    std::fs::write(&plain, b"offline").unwrap();
+    retained(&plain, &cert_of(&dir_a));
+    let (stranger, _) = SigningKey::generate().unwrap();
+    let foreign = fleet.dir.path().join("foreign");
+    std::fs::write(
+        &foreign,
+        protocol::presence::seal(&stranger, u64::MAX, protocol::presence::Presence::Offline, 0).unwrap(),
+    )
+    .unwrap();
+    retained(&foreign, &cert_of(&dir_a));
+    if let Kind::Embedded = kind {
+        // No topic ACL on the embedded broker: both reach the coordinator, which refuses them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused(&c.metrics().await) < 2.0 {
+            assert!(Instant::now() < deadline, "{}", c.metrics().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(online(&c.device(&device_b).await), "{:#}", c.device(&device_b).await);
+
+    // Record the device's real last will as it dies, then bring it back (a new session).
+    let observer = fleet.dir.path().join("observer");
+    let (code, _, err) = run(
+        "outpost-coordinator",
+        &[
+            "cert",
+            "client",
+            "--name",
+            "outpost-coordinator",
+            "--out-dir",
+            observer.to_str().unwrap(),
+            "--data-dir",
+            c.data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let capture = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &fleet.broker_port().to_string(),
+            "-t",
+            &topic,
+            "-R",
+            "-C",
+            "1",
+            "-N",
+            "-W",
+            "30",
+        ])
+        .arg("--cafile")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(observer.join("client.pem"))
+        .arg("--key")
+        .arg(observer.join("client.key"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    agent_b.signal(Signal::SIGKILL);
+    agent_b.wait_exit(Duration::from_secs(10));
+    let last_will =
+        tokio::task::spawn_blocking(move || capture.wait_with_output().unwrap().stdout).await.unwrap();
+    assert!(!last_will.is_empty(), "no last will was published");
+    c.wait_device(&device_b, Duration::from_secs(20), |v| v["status"] == "offline").await;
+    let _agent_b = start_agent(&dir_b, &[]);
+    c.wait_device(&device_b, Duration::from_secs(30), online).await;
+
+    // The recorded last will, replayed: the embedded broker lets the neighbour publish it;
+    // Mosquitto's ACL lets only the device itself, so the replay goes out under its own
+    // certificate. Either way the coordinator refuses an older session.
+    let before = refused(&c.metrics().await);
+    let replay = fleet.dir.path().join("replay");
+    std::fs::write(&replay, &last_will).unwrap();
+    let publisher = match kind {
+        Kind::Embedded => cert_of(&dir_a),
+        Kind::Mosquitto => cert_of(&dir_b),
+    };
+    retained(&replay, &publisher);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(&c.metrics().await) < before + 1.0 {
+        assert!(Instant::now() < deadline, "the replay was not refused: {}", c.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(online(&c.device(&device_b).await), "{:#}", c.device(&device_b).await);
+}
+
 against_both_brokers!(
+    presence_cannot_be_forged_or_replayed,
     a_revoked_device_is_refused_counted_and_audited,
     enrolment_works_once_and_strangers_cannot_connect,
     broker_outage_loses_nothing_and_duplicates_nothing,

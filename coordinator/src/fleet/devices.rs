@@ -55,8 +55,13 @@ pub struct DeviceRecord {
     pub enrolled_at_ms: u64,
     /// When the last valid envelope arrived.
     pub last_seen_ms: Option<u64>,
-    /// What the retained presence topic said last (`online`/`offline`).
+    /// What the device's signed presence said last (`online`/`offline`), the agent session it
+    /// came from (a presence from an older session is a replay), and when it arrived.
     pub presence: Option<String>,
+    #[serde(default)]
+    pub presence_session: Option<u64>,
+    #[serde(default)]
+    pub presence_at_ms: Option<u64>,
     pub highest_seq: Option<u64>,
     pub counts: Counts,
     pub backlog: OutboxStats,
@@ -137,6 +142,8 @@ impl DeviceRecord {
             enrolled_at_ms: now_ms(),
             last_seen_ms: None,
             presence: None,
+            presence_session: None,
+            presence_at_ms: None,
             highest_seq: None,
             counts: Counts::default(),
             backlog: OutboxStats::default(),
@@ -485,18 +492,31 @@ impl Devices {
         }
     }
 
-    /// Records what a device's presence topic says.
-    pub fn set_presence(&self, device: &str, presence: &str) -> Result<bool, StoreError> {
-        let mut found = false;
+    /// Records a verified presence from agent session `session`, unless the device already
+    /// has one from a newer session (then it is a replay). `None` for an unknown device.
+    pub fn set_presence(
+        &self,
+        device: &str,
+        presence: &str,
+        session: u64,
+    ) -> Result<Option<bool>, StoreError> {
+        let mut outcome = None;
         self.devices
             .fetch_and_update(device.as_bytes(), |old| {
-                let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
-                found = true;
+                let old = old?;
+                let mut record: DeviceRecord = serde_json::from_slice(old).ok()?;
+                if record.presence_session.is_some_and(|newest| session < newest) {
+                    outcome = Some(false);
+                    return Some(old.to_vec());
+                }
+                outcome = Some(true);
                 record.presence = Some(presence.to_owned());
+                record.presence_session = Some(session);
+                record.presence_at_ms = Some(now_ms());
                 serde_json::to_vec(&record).ok()
             })
             .map_err(|e| self.storage(e))?;
-        Ok(found)
+        Ok(outcome)
     }
 
     /// Stored envelopes of a device, in seq order.

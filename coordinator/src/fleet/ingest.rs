@@ -259,6 +259,37 @@ impl Ingest {
         &self.drift_history
     }
 
+    /// Verifies and records a presence that arrived on `device`'s presence topic: it must be
+    /// signed by the device's key, from its newest session or a later one. Counted in the
+    /// ingest counter as `presence`, or `presence_refused` (unsigned, foreign key, unknown or
+    /// revoked device, replayed session) with a warning naming why.
+    pub fn presence(&self, device: &str, wire: &[u8]) -> Result<(), StoreError> {
+        let refused = |why: String| {
+            self.counter.with_label_values(&["presence_refused"]).inc();
+            tracing::warn!(device, why, "presence refused");
+            Ok(())
+        };
+        let Some(record) = self.devices.get(device)?.filter(|r| r.revoked.is_none()) else {
+            return refused("no such device, or it is revoked".into());
+        };
+        let Some(key) = hex::decode(&record.public_key).ok().and_then(|b| PublicKey::from_bytes(&b).ok())
+        else {
+            return refused("the device's stored key is unreadable".into());
+        };
+        let (session, presence) = match protocol::presence::open(wire, &key) {
+            Ok(opened) => opened,
+            Err(e) => return refused(e.to_string()),
+        };
+        match self.devices.set_presence(device, presence.as_str(), session)? {
+            Some(true) => {
+                self.counter.with_label_values(&["presence"]).inc();
+                Ok(())
+            }
+            Some(false) => refused(format!("session {session} is older than the newest seen: a replay")),
+            None => refused("no such device".into()),
+        }
+    }
+
     /// Verifies and stores one envelope that arrived for `device`.
     pub fn ingest(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
         let outcome = self.ingest_inner(device, wire)?;

@@ -228,12 +228,7 @@ fn ingest_batch(
                     seqs.entry(device.to_owned()).or_default().push(seq);
                 }
             }
-            Some((device, Channel::Presence)) => {
-                let presence = String::from_utf8_lossy(&publish.payload);
-                if matches!(presence.as_ref(), "online" | "offline") {
-                    ingest.devices().set_presence(device, &presence)?;
-                }
-            }
+            Some((device, Channel::Presence)) => ingest.presence(device, &publish.payload)?,
             _ => tracing::debug!(topic = publish.topic, "ignoring message on an unexpected topic"),
         }
     }

@@ -1,7 +1,8 @@
 //! Liveness: whether a device is online, stale, offline or never seen — one rule, used by the
 //! API, the dashboard, rollouts and alerts alike.
 //!
-//! A device whose last will fired (`presence = offline`) is offline. Otherwise its age is the
+//! A device whose last will fired (a signed `presence = offline`) is offline until it reports
+//! again (a report that arrives after the presence outranks it). Otherwise its age is the
 //! time since its last report, in milliseconds: below `stale_after_secs` it is online, from there
 //! below `offline_after_secs` stale, and from `offline_after_secs` on offline. A device exactly at
 //! a threshold is already past it.
@@ -39,7 +40,8 @@ impl Liveness {
     /// `device`'s liveness at `now_ms` under `fleet`'s thresholds.
     pub fn of(device: &DeviceRecord, fleet: &FleetConfig, now_ms: u64) -> Liveness {
         let Some(seen) = device.last_seen_ms else { return Liveness::NeverSeen };
-        if device.presence.as_deref() == Some("offline") {
+        let reported_since = device.presence_at_ms.is_some_and(|at| seen > at);
+        if device.presence.as_deref() == Some("offline") && !reported_since {
             return Liveness::Offline;
         }
         let age = now_ms.saturating_sub(seen);
@@ -95,6 +97,13 @@ mod tests {
         let d = DeviceRecord { presence: Some("offline".into()), ..seen_at(1_000) };
         assert_eq!(Liveness::of(&d, &fleet, 1_000), Liveness::Offline);
         assert_eq!(Liveness::of(&DeviceRecord::default(), &fleet, 1_000), Liveness::NeverSeen);
+        let after =
+            DeviceRecord { presence: Some("offline".into()), presence_at_ms: Some(900), ..seen_at(800) };
+        assert_eq!(Liveness::of(&after, &fleet, 1_000), Liveness::Offline);
+        // A report that arrived after the last will outranks it: the device is back.
+        let back = DeviceRecord { presence_at_ms: Some(900), ..seen_at(950) };
+        let back = DeviceRecord { presence: Some("offline".into()), ..back };
+        assert_eq!(Liveness::of(&back, &fleet, 1_000), Liveness::Online);
     }
 
     #[test]
