@@ -5,11 +5,19 @@
 //! record, the writer's sled batches — with a 64 MiB disk budget so eviction runs too, then
 //! flushes and prints records/s, disk use, evictions and the process's peak RSS. Target
 //! (DESIGN §8): ≥ 100,000 records/s with bounded memory.
+//!
+//! Then `durability = "batch"` against `"sync"` side by side, with 1 and 16 clients each
+//! appending one record per request for `BENCH_SECS` (default 5) seconds: a `sync` client
+//! waits for the writer's fsync before its next request (as the agent's answer does), a
+//! `batch` client does not. Printed: records/s and the append-to-durable wait (p50/p99).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::Instant;
 
-use outpost_agent::prediction_log::{PredictionLog, PredictionLogConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_agent::prediction_log::{Durability, PredictionLog, PredictionLogConfig};
 use outpost_shared::protocol::records::{PredictionRecord, RecordedInputs, RecordedTensor};
 
 fn peak_rss_mib() -> f64 {
@@ -19,6 +27,54 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `clients` threads each appending one record per request for `secs`; records/s and the
+/// p50/p99 of each append's wait (to the hand-over for `batch`, to the fsync for `sync`).
+fn concurrent(
+    template: &PredictionRecord,
+    durability: Durability,
+    clients: usize,
+    secs: u64,
+) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        PredictionLogConfig { max_bytes: 64 * 1024 * 1024, durability, ..PredictionLogConfig::default() };
+    let log = Arc::new(PredictionLog::open(dir.path(), &config).unwrap());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (log, template) = (Arc::clone(&log), template.clone());
+            std::thread::spawn(move || {
+                let mut waits = Vec::new();
+                while Instant::now() < until {
+                    let mut record = template.clone();
+                    record.id = log.allocate_ids(1).expect("ids reserve on a healthy disk");
+                    let asked = Instant::now();
+                    match durability {
+                        Durability::Batch => log.append(vec![record]).unwrap(),
+                        Durability::Sync => {
+                            log.append_durable(vec![record]).unwrap().blocking_recv().unwrap().unwrap();
+                        }
+                    }
+                    waits.push(asked.elapsed().as_secs_f64() * 1e6);
+                }
+                waits
+            })
+        })
+        .collect();
+    let mut waits: Vec<f64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    log.flush().unwrap();
+    waits.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        waits
+            .get(((waits.len() as f64 * q) as usize).min(waits.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (waits.len() as f64 / elapsed, at(0.5), at(0.99))
 }
 
 fn main() {
@@ -85,4 +141,22 @@ fn main() {
         stats.evicted_segments
     );
     println!("  peak RSS of the whole benchmark process: {:.1} MiB", peak_rss_mib());
+
+    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    println!("durability, one record per request, {secs} s per run:");
+    println!(
+        "  {:<6} {:>7} {:>12} {:>10} {:>14} {:>14}",
+        "mode", "clients", "records/s", "vs batch", "wait p50 µs", "wait p99 µs"
+    );
+    for clients in [1, 16] {
+        let mut batch_rate = 0.0;
+        for (mode, durability) in [("batch", Durability::Batch), ("sync", Durability::Sync)] {
+            let (rate, p50, p99) = concurrent(&template, durability, clients, secs);
+            if durability == Durability::Batch {
+                batch_rate = rate;
+            }
+            let share = format!("{:.1}%", 100.0 * rate / f64::max(batch_rate, 1.0));
+            println!("  {mode:<6} {clients:>7} {rate:>12.0} {share:>10} {p50:>14.1} {p99:>14.1}");
+        }
+    }
 }

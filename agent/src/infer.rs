@@ -165,10 +165,14 @@ pub struct Encoded {
     /// Rows, scores and labels for the telemetry window (when the prediction log is on, or
     /// a shadow run is compared).
     pub summary: Option<RowSummary>,
+    /// With `prediction_log.durability = "sync"`: resolves once this request's records are
+    /// on disk; the answer waits for it.
+    pub durable: Option<crate::prediction_log::Durable>,
 }
 
 /// Hands one record per row to the prediction log; returns the ids for the response (none
-/// when no id could be reserved: the request is answered unlogged).
+/// when no id could be reserved: the request is answered unlogged) and, under `sync`
+/// durability, what to wait on before answering.
 fn record(
     served: &ServedModel,
     slot: Slot,
@@ -177,7 +181,7 @@ fn record(
     inputs: &[Tensor],
     outputs: &[(&str, &Tensor)],
     elapsed: Duration,
-) -> Result<Option<ResponseParameters>, InferError> {
+) -> Result<Option<(ResponseParameters, Option<crate::prediction_log::Durable>)>, InferError> {
     // No id could be reserved durably (a full or failing disk): answered, not logged.
     let Some(first_id) = log.allocate_ids(batch as u64) else { return Ok(None) };
     let named_inputs: Vec<(&str, &Tensor)> =
@@ -192,8 +196,16 @@ fn record(
     let records = records_for_request(first_id, batch, &info, &named_inputs, outputs)
         .map_err(|e| InferError::Record(e.to_string()))?;
     let prediction_ids = records.iter().map(|r| r.id).collect();
-    log.append(records).map_err(|e| InferError::Record(e.to_string()))?;
-    Ok(Some(ResponseParameters { prediction_ids }))
+    let durable = match log.durability() {
+        crate::prediction_log::Durability::Batch => {
+            log.append(records).map_err(|e| InferError::Record(e.to_string()))?;
+            None
+        }
+        crate::prediction_log::Durability::Sync => {
+            Some(log.append_durable(records).map_err(|e| InferError::Record(e.to_string()))?)
+        }
+    };
+    Ok(Some((ResponseParameters { prediction_ids }, durable)))
 }
 
 fn bool_param(
@@ -379,9 +391,14 @@ pub fn run(
         signature.outputs.iter().map(|s| s.name.as_str()).zip(&outputs).collect();
     // The telemetry window's view of the rows, read from the output tensors themselves.
     let summary = (log.is_some() || summarize).then(|| RowSummary::from_outputs(&named_outputs, batch));
-    let parameters = match log {
-        Some(log) => record(served, slot, log, batch, &kept_inputs, &named_outputs, job_started.elapsed())?,
-        None => None,
+    let (parameters, durable) = match log {
+        Some(log) => {
+            match record(served, slot, log, batch, &kept_inputs, &named_outputs, job_started.elapsed())? {
+                Some((parameters, durable)) => (Some(parameters), durable),
+                None => (None, None),
+            }
+        }
+        None => (None, None),
     };
 
     let mut binary_out: Vec<u8> = Vec::new();
@@ -420,7 +437,7 @@ pub fn run(
     } else {
         None
     };
-    Ok(Encoded { body, json_len, compute, summary })
+    Ok(Encoded { body, json_len, compute, summary, durable })
 }
 
 fn bad_tensor(input: &str, source: TensorError) -> InferError {

@@ -24,8 +24,11 @@
 //! - The newest segment is never evicted, so appends always have a home.
 //! - On the request path appending costs one bounded channel send; one writer thread owns
 //!   every write. If the writer falls behind, the send waits (backpressure), it never drops.
-//! - Records reach disk on sled's background flush (`flush_interval_ms`) and at shutdown;
-//!   a power cut or SIGKILL can lose at most the last interval.
+//! - With `durability = "batch"` (the default) records reach disk on sled's background flush
+//!   (`flush_interval_ms`) and at shutdown; a power cut or SIGKILL can lose at most the last
+//!   interval — and the ids of what was lost are reported at the next start. With
+//!   `durability = "sync"` a request is answered only once its records are on disk: the
+//!   writer group-commits, one fsync for every request waiting ([`PredictionLog::append_durable`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +61,20 @@ pub enum RecordInputs {
 /// Most records applied to sled in one batch.
 pub const BATCH_RECORDS: usize = 1024;
 
+/// When an answered prediction's record is on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Within `flush_interval_ms` of the answer (a crash can lose the last interval).
+    #[default]
+    Batch,
+    /// Before the answer: requests wait for the writer's next fsync (group commit).
+    Sync,
+}
+
+/// Waits for one durable append: `Ok` once the records are on disk.
+pub type Durable = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
 /// Prediction log settings (`[prediction_log]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +93,8 @@ pub struct PredictionLogConfig {
     pub flush_interval_ms: u64,
     /// sled page cache per segment, in bytes.
     pub cache_bytes: u64,
+    /// `batch` (default) or `sync`: whether a request waits until its records are on disk.
+    pub durability: Durability,
 }
 
 impl Default for PredictionLogConfig {
@@ -88,6 +107,7 @@ impl Default for PredictionLogConfig {
             queue_capacity: 16_384,
             flush_interval_ms: 500,
             cache_bytes: 4 * 1024 * 1024,
+            durability: Durability::Batch,
         }
     }
 }
@@ -143,6 +163,8 @@ struct Segment {
 
 enum Command {
     Append(Vec<PredictionRecord>),
+    /// Append, then answer once the records are on disk.
+    AppendDurable(Vec<PredictionRecord>, tokio::sync::oneshot::Sender<Result<(), String>>),
     Flush(std::sync::mpsc::Sender<Result<(), sled::Error>>),
 }
 
@@ -155,6 +177,7 @@ pub struct PredictionLog {
     segments: Arc<RwLock<Vec<Segment>>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
+    durability: Durability,
 }
 
 impl std::fmt::Debug for PredictionLog {
@@ -386,7 +409,15 @@ impl PredictionLog {
             .name("prediction-log".into())
             .spawn(move || writer.run(receiver))
             .map_err(|source| LogError::Io { path: data_dir.to_owned(), source })?;
-        Ok(PredictionLog { sender: Some(sender), ids, skipped, segments, counters, writer: Some(handle) })
+        Ok(PredictionLog {
+            sender: Some(sender),
+            ids,
+            skipped,
+            segments,
+            counters,
+            writer: Some(handle),
+            durability: config.durability,
+        })
     }
 
     /// Reserves `n` consecutive ids and returns the first; `None` when no id can be reserved
@@ -408,6 +439,21 @@ impl PredictionLog {
         }
         let sender = self.sender.as_ref().ok_or(LogError::WriterGone)?;
         sender.send(Command::Append(records)).map_err(|_| LogError::WriterGone)
+    }
+
+    /// Whether requests wait for their records to reach disk.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Hands records to the writer and returns what to wait on until they are on disk: the
+    /// writer answers every append waiting after one fsync (group commit), so concurrent
+    /// requests share it.
+    pub fn append_durable(&self, records: Vec<PredictionRecord>) -> Result<Durable, LogError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = self.sender.as_ref().ok_or(LogError::WriterGone)?;
+        sender.send(Command::AppendDurable(records, tx)).map_err(|_| LogError::WriterGone)?;
+        Ok(rx)
     }
 
     /// Writes everything appended so far to disk and returns once it is there.
@@ -514,10 +560,14 @@ impl Writer {
         const QUIET: Duration = Duration::from_secs(1);
         let tick = Duration::from_millis(self.config.flush_interval_ms.max(10));
         let mut pending: Vec<PredictionRecord> = Vec::with_capacity(BATCH_RECORDS);
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>> = Vec::new();
         let mut last_record = std::time::Instant::now() - QUIET;
         let mut last_maintenance = std::time::Instant::now();
         loop {
-            let first = if last_record.elapsed() < QUIET {
+            // Under `sync` every request waits for the writer: block in `recv` so an append
+            // wakes it at once, rather than waiting out a poll interval.
+            let polling = self.config.durability == Durability::Batch && last_record.elapsed() < QUIET;
+            let first = if polling {
                 match receiver.try_recv() {
                     Ok(command) => Ok(command),
                     Err(crossbeam_channel::TryRecvError::Empty) => {
@@ -532,18 +582,27 @@ impl Writer {
             match first {
                 Ok(command) => {
                     last_record = std::time::Instant::now();
-                    self.handle(command, &mut pending);
+                    let errors_before = self.counters.write_errors.load(Ordering::Relaxed);
+                    self.handle(command, &mut pending, &mut waiting);
                     // Take whatever else is already waiting, a batch at a time.
                     while let Ok(command) = receiver.try_recv() {
-                        self.handle(command, &mut pending);
+                        self.handle(command, &mut pending, &mut waiting);
                     }
                     self.write(&mut pending);
+                    if !waiting.is_empty() {
+                        self.commit(&mut waiting, errors_before);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    let errors_before = self.counters.write_errors.load(Ordering::Relaxed);
                     self.write(&mut pending);
-                    if let Err(e) = self.flush() {
-                        tracing::error!(error = %e, "prediction log: final flush failed");
+                    if waiting.is_empty() {
+                        if let Err(e) = self.flush() {
+                            tracing::error!(error = %e, "prediction log: final flush failed");
+                        }
+                    } else {
+                        self.commit(&mut waiting, errors_before);
                     }
                     return;
                 }
@@ -555,10 +614,22 @@ impl Writer {
         }
     }
 
-    fn handle(&self, command: Command, pending: &mut Vec<PredictionRecord>) {
+    fn handle(
+        &self,
+        command: Command,
+        pending: &mut Vec<PredictionRecord>,
+        waiting: &mut Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) {
         match command {
             Command::Append(records) => {
                 pending.extend(records);
+                if pending.len() >= BATCH_RECORDS {
+                    self.write(pending);
+                }
+            }
+            Command::AppendDurable(records, done) => {
+                pending.extend(records);
+                waiting.push(done);
                 if pending.len() >= BATCH_RECORDS {
                     self.write(pending);
                 }
@@ -598,6 +669,29 @@ impl Writer {
         }
         drop(segments);
         self.roll_and_evict();
+    }
+
+    /// One fsync for every durable append waiting, then their answers: an error if a write
+    /// failed since `errors_before` or the sync did.
+    fn commit(
+        &self,
+        waiting: &mut Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        errors_before: u64,
+    ) {
+        let synced = {
+            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            segments.last().map_or(Ok(0), |active| active.db.flush())
+        };
+        let outcome = match synced {
+            Err(e) => Err(format!("the prediction log could not sync to disk: {e}")),
+            Ok(_) if self.counters.write_errors.load(Ordering::Relaxed) != errors_before => {
+                Err("the prediction log could not write the records (see the agent's log)".to_owned())
+            }
+            Ok(_) => Ok(()),
+        };
+        for done in waiting.drain(..) {
+            let _ = done.send(outcome.clone());
+        }
     }
 
     fn flush(&self) -> Result<(), sled::Error> {

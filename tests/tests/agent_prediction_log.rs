@@ -117,6 +117,63 @@ async fn a_sigkill_never_makes_a_prediction_id_repeat() {
     assert_eq!(metric(&agent.metrics_text().await, "outpost_agent_prediction_log_ids_skipped"), 0.0);
 }
 
+/// With `prediction_log.durability = "sync"` a request is answered only once its records
+/// are on disk: after a SIGKILL, every answered prediction is still there (feedback for each
+/// joins it), where `batch` loses the last flush interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sync_durability_every_answered_prediction_survives_a_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Agent::builder()
+            .model("bc", &model("breast_cancer-1.0.0"))
+            .data_dir(data.path())
+            .env("OUTPOST_PREDICTION_LOG__DURABILITY", "sync")
+            // A long background flush: only the sync path can put these records on disk in time.
+            .env("OUTPOST_PREDICTION_LOG__FLUSH_INTERVAL_MS", "600000")
+            .start()
+    };
+    let agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    // Eight clients at once, so several requests share one sync.
+    let agent = std::sync::Arc::new(agent);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let agent = std::sync::Arc::clone(&agent);
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for _ in 0..25 {
+                    let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(2)).await;
+                    assert_eq!(status, 200, "{body}");
+                    answered.extend(ids(&body));
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for t in tasks {
+        answered.extend(t.await.unwrap());
+    }
+    assert_eq!(answered.len(), 400);
+    let mut agent = std::sync::Arc::into_inner(agent).unwrap();
+    agent.signal(Signal::SIGKILL);
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+
+    let agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let feedback: Vec<Value> = answered.iter().map(|id| json!({"prediction_id": id, "label": 1})).collect();
+    let (status, body) = agent.post_json("/v1/feedback", &json!({ "feedback": feedback })).await;
+    assert_eq!(status, 200, "{body}");
+    let lost: Vec<(u64, &Value)> = answered
+        .iter()
+        .zip(body["results"].as_array().unwrap())
+        .filter(|(_, r)| **r != "joined")
+        .map(|(id, r)| (*id, r))
+        .collect();
+    assert!(lost.is_empty(), "answered predictions lost in the kill: {lost:?}");
+}
+
 #[tokio::test]
 async fn a_model_that_drops_inputs_still_gets_one_id_per_row() {
     let dir = tempfile::tempdir().unwrap();

@@ -288,6 +288,21 @@ async fn run_inference(
         chosen = picked;
         handled.map_err(ApiError::from)
     });
+    // `prediction_log.durability = "sync"`: answer only once the records are on disk (the
+    // writer syncs once for every request waiting).
+    let result = match result {
+        Ok(mut encoded) => match encoded.durable.take() {
+            None => Ok(encoded),
+            Some(durable) => match durable.await {
+                Ok(Ok(())) => Ok(encoded),
+                Ok(Err(problem)) => Err(ApiError::Internal(problem)),
+                Err(_) => Err(ApiError::Internal(
+                    "the prediction log stopped before the records were on disk".into(),
+                )),
+            },
+        },
+        Err(e) => Err(e),
+    };
 
     let (served, slot) = chosen;
     let labels = [served.name.as_str(), served.version.as_str()];
