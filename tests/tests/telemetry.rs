@@ -601,6 +601,94 @@ async fn a_revoked_device_is_refused_counted_and_audited(kind: Kind) {
     );
 }
 
+/// Mosquitto with the shipped ACL (`deploy/mosquitto/acl`) keeps a device to its own topics:
+/// the finding was device A subscribing to `outpost/v1/<B>/#` and reading B's reports, and
+/// writing on B's topics. Here A reads nothing of B's while B reports every second (an
+/// observer with the coordinator's rights sees B's reports in the same window), and a
+/// retained message A writes on B's desired-state topic never lands. (The embedded broker
+/// cannot do this; see the README's security section.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_keeps_each_device_to_its_own_topics() {
+    let fleet = fleet(Kind::Mosquitto);
+    let (dir_b, device_b, _agent_b) = connected_agent(&fleet).await;
+    let (dir_a, _) = fleet.enrolled_agent_dir("neighbour");
+    let c = &fleet.coordinator;
+    let observer = fleet.dir.path().join("observer");
+    let (code, _, err) = run(
+        "outpost-coordinator",
+        &[
+            "cert",
+            "client",
+            "--name",
+            "outpost-coordinator",
+            "--out-dir",
+            observer.to_str().unwrap(),
+            "--data-dir",
+            c.data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ca = dir_b.join("identity/broker-ca.pem");
+    let port = fleet.broker_port().to_string();
+    let listen = |topic: String, cert: std::path::PathBuf, key: std::path::PathBuf, count: &str| {
+        let ca = ca.clone();
+        let (port, count) = (port.clone(), count.to_owned());
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("mosquitto_sub")
+                .args(["-h", "localhost", "-p", &port, "-t", &topic, "-C", &count, "-W", "4", "-v"])
+                .arg("--cafile")
+                .arg(&ca)
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .output()
+                .expect("mosquitto_sub");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let everything_of_b = format!("outpost/v1/{device_b}/#");
+    let neighbour = listen(
+        everything_of_b.clone(),
+        dir_a.join("identity/client.pem"),
+        dir_a.join("identity/tls.key"),
+        "1",
+    );
+    let coordinator = listen(
+        format!("outpost/v1/{device_b}/report"),
+        observer.join("client.pem"),
+        observer.join("client.key"),
+        "1",
+    );
+    let seen_by_coordinator = tokio::task::spawn_blocking(move || coordinator.join().unwrap()).await.unwrap();
+    let seen_by_neighbour = tokio::task::spawn_blocking(move || neighbour.join().unwrap()).await.unwrap();
+    assert!(
+        seen_by_coordinator.starts_with(&format!("outpost/v1/{device_b}/report")),
+        "{seen_by_coordinator:?}"
+    );
+    assert!(seen_by_neighbour.is_empty(), "the neighbour read B's topics: {seen_by_neighbour:?}");
+
+    // A writes a retained message on B's desired-state topic: it never lands.
+    let payload = fleet.dir.path().join("payload");
+    std::fs::write(&payload, b"not from the coordinator").unwrap();
+    let desired = format!("outpost/v1/{device_b}/desired");
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port, "-t", &desired, "-r", "-q", "1", "-f"])
+        .arg(&payload)
+        .arg("--cafile")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(dir_a.join("identity/client.pem"))
+        .arg("--key")
+        .arg(dir_a.join("identity/tls.key"))
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success(), "Mosquitto acknowledges a denied publish and drops it");
+    let retained = listen(desired, observer.join("client.pem"), observer.join("client.key"), "1");
+    let retained = tokio::task::spawn_blocking(move || retained.join().unwrap()).await.unwrap();
+    assert!(!retained.contains("not from the coordinator"), "{retained:?}");
+}
+
 /// Finding: a neighbour published a retained `offline` on another device's presence topic and
 /// the coordinator showed it offline while it kept reporting. Presence is now a signed envelope
 /// from the agent's current session: a bare word or another key's signature is refused, and so
