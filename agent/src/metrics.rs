@@ -49,6 +49,7 @@ pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments
 pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
 pub const PREDICTION_LOG_IDS_SKIPPED: &str = "outpost_agent_prediction_log_ids_skipped";
 pub const PREDICTION_LOG_UNLOGGED_TOTAL: &str = "outpost_agent_prediction_log_unlogged_requests_total";
+pub const PREDICTION_LOG_QUARANTINED_TOTAL: &str = "outpost_agent_prediction_log_quarantined_segments_total";
 pub const OUTBOX_MESSAGES: &str = "outpost_agent_outbox_messages";
 pub const OUTBOX_BYTES: &str = "outpost_agent_outbox_bytes";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "outpost_agent_outbox_oldest_age_seconds";
@@ -191,6 +192,7 @@ struct LogMetrics {
     queued: IntGauge,
     ids_skipped: IntGauge,
     unlogged: IntCounter,
+    quarantined: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -441,6 +443,10 @@ impl Metrics {
                     PREDICTION_LOG_UNLOGGED_TOTAL,
                     "Requests answered without prediction ids and not logged: no id reservation could be written."
                 )?),
+                quarantined: reg!(IntCounter::new(
+                    PREDICTION_LOG_QUARANTINED_TOTAL,
+                    "Damaged prediction-log segments moved to predictions/quarantine/ at start (their records are lost; serving went on)."
+                )?),
             },
             telemetry: TelemetryMetrics {
                 reported: Mutex::new((0, 0, 0)),
@@ -533,6 +539,7 @@ impl Metrics {
         log.evicted_segments.inc_by(stats.evicted_segments.saturating_sub(reported.evicted_segments));
         log.write_errors.inc_by(stats.write_errors.saturating_sub(reported.write_errors));
         log.unlogged.inc_by(stats.unlogged.saturating_sub(reported.unlogged));
+        log.quarantined.inc_by(stats.quarantined_segments.saturating_sub(reported.quarantined_segments));
         *reported = *stats;
         log.ids_skipped.set(i64::try_from(stats.ids_skipped).unwrap_or(i64::MAX));
         log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));

@@ -22,6 +22,10 @@
 //!   unclean stop skips the reserved-but-unlogged range and reports it. A record is readable
 //!   by id until its segment is evicted.
 //! - The newest segment is never evicted, so appends always have a home.
+//! - A damaged segment never stops the agent: one sled cannot open — an error naming
+//!   corruption, or a panic inside sled on damaged bytes (contained here) — is moved to
+//!   `predictions/quarantine/`, counted (`…_quarantined_segments_total`) and logged; its
+//!   records are lost to feedback joins, the ids stay reserved.
 //! - On the request path appending costs one bounded channel send; one writer thread owns
 //!   every write. If the writer falls behind, the send waits (backpressure), it never drops.
 //! - With `durability = "batch"` (the default) records reach disk on sled's background flush
@@ -134,6 +138,7 @@ struct Counters {
     write_errors: AtomicU64,
     disk_bytes: AtomicU64,
     segments: AtomicU64,
+    quarantined: AtomicU64,
 }
 
 /// A snapshot of the log's counters.
@@ -151,6 +156,8 @@ pub struct LogStats {
     pub ids_skipped: u64,
     /// Requests answered without a prediction id: no id reservation could be written.
     pub unlogged: u64,
+    /// Damaged segments moved to `predictions/quarantine/` when the log opened.
+    pub quarantined_segments: u64,
 }
 
 struct Segment {
@@ -313,6 +320,59 @@ pub fn records_for_request(
         .collect())
 }
 
+/// Why a segment did not open: damage (quarantine it) or anything else (report it).
+enum Opened {
+    Damaged(String),
+    Failed(LogError),
+}
+
+/// Opens a segment with a panic inside sled contained: sled 0.34 panics on some damaged
+/// bytes (`tried to serialize Uninitialized`) instead of returning an error.
+fn open_contained(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, Opened> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_segment(dir, config))) {
+        Ok(Ok(segment)) => Ok(segment),
+        Ok(Err(LogError::Storage { source, path })) if is_damage(&source) => {
+            Err(Opened::Damaged(format!("{}: {source}", path.display())))
+        }
+        Ok(Err(e)) => Err(Opened::Failed(e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(Opened::Damaged(format!("sled panicked opening it: {what}")))
+        }
+    }
+}
+
+/// A sled error that means the files are damaged, not that the disk or a lock is in the way.
+fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => {
+            matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+        }
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+/// Moves a damaged segment to `root/quarantine/` (kept for inspection, out of the budget).
+fn quarantine(root: &Path, dir: &Path, why: &str) -> Result<(), LogError> {
+    let aside = root.join("quarantine");
+    std::fs::create_dir_all(&aside).map_err(|source| LogError::Io { path: aside.clone(), source })?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let target = aside.join(format!("{name}-{}", now_ms()));
+    std::fs::rename(dir, &target).map_err(|source| LogError::Io { path: dir.to_owned(), source })?;
+    tracing::error!(
+        segment = %dir.display(),
+        moved_to = %target.display(),
+        why,
+        "prediction log segment is damaged: quarantined, serving goes on (its records are lost to feedback joins)"
+    );
+    Ok(())
+}
+
 fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, LogError> {
     let open = || {
         sled::Config::new()
@@ -370,8 +430,17 @@ impl PredictionLog {
             .collect();
         firsts.sort_unstable();
         let mut segments = Vec::with_capacity(firsts.len().max(1));
+        let mut quarantined = 0;
         for first in firsts {
-            segments.push(open_segment(&segment_dir(&root, first), config)?);
+            let dir = segment_dir(&root, first);
+            match open_contained(&dir, config) {
+                Ok(segment) => segments.push(segment),
+                Err(Opened::Damaged(why)) => {
+                    quarantine(&root, &dir, &why)?;
+                    quarantined += 1;
+                }
+                Err(Opened::Failed(e)) => return Err(e),
+            }
         }
         let mut next_id = 1;
         for segment in &segments {
@@ -381,10 +450,11 @@ impl PredictionLog {
                 next_id = next_id.max(key_id(&key) + 1);
             }
         }
-        if segments.is_empty() {
-            segments.push(open_segment(&segment_dir(&root, next_id), config)?);
-        }
         let (ids, skipped) = ids::Ids::open(&root, next_id);
+        if segments.is_empty() {
+            // Named by the first id it can hold (after a quarantine, past every reserved id).
+            segments.push(open_segment(&segment_dir(&root, ids.next().max(next_id)), config)?);
+        }
         if let Some(s) = skipped {
             tracing::warn!(
                 first = s.first,
@@ -396,6 +466,7 @@ impl PredictionLog {
             );
         }
         let counters = Arc::new(Counters::default());
+        counters.quarantined.store(quarantined, Ordering::Relaxed);
         let segments = Arc::new(RwLock::new(segments));
         let (sender, receiver) = bounded(config.queue_capacity.max(1));
         let writer = Writer {
@@ -525,6 +596,7 @@ impl PredictionLog {
             queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
             ids_skipped: self.skipped.map_or(0, |s| s.count()),
             unlogged: self.ids.failures(),
+            quarantined_segments: c.quarantined.load(Ordering::Relaxed),
         }
     }
 }

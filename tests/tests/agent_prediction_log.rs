@@ -174,6 +174,66 @@ async fn with_sync_durability_every_answered_prediction_survives_a_sigkill() {
     assert!(lost.is_empty(), "answered predictions lost in the kill: {lost:?}");
 }
 
+/// The finding: 200 flipped bytes in the second half of a prediction-log segment (what a worn
+/// SD card does) made the agent panic inside sled at start and exit 101 on every restart — a
+/// damaged *log* stopped inference. Now the damaged segment is moved aside (counted, logged)
+/// and the agent starts and serves; ids still never repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_log_segment_is_quarantined_and_serving_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || Agent::builder().model("bc", &model("breast_cancer-1.0.0")).data_dir(data.path()).start();
+    let mut agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let mut answered = Vec::new();
+    // Enough records that the segment's file is full of them (12,000).
+    for _ in 0..1500 {
+        let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(8)).await;
+        assert_eq!(status, 200, "{body}");
+        answered.extend(ids(&body));
+    }
+    agent.signal(Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // 200 bytes flipped in the second half of the segment's largest file (a worn SD card).
+    let segment = std::fs::read_dir(data.path().join("predictions"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .unwrap();
+    let largest = std::fs::read_dir(&segment)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let half = bytes.len() / 2;
+    for i in 0..200 {
+        let at = half + (i * 7919) % (bytes.len() - half);
+        bytes[at] ^= 0xA5;
+    }
+    std::fs::write(&largest, bytes).unwrap();
+
+    let agent = start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(1)).await;
+    assert_eq!(status, 200, "serving goes on: {body}\n{}", agent.log());
+    let newest = *answered.iter().max().unwrap();
+    assert!(ids(&body).iter().all(|id| *id > newest), "ids repeated: {body}");
+    let text = agent.metrics_text().await;
+    assert!(metric(&text, "outpost_agent_prediction_log_quarantined_segments_total") >= 1.0, "{text}");
+    assert!(agent.log().contains("quarantined"), "{}", agent.log());
+    let quarantine = data.path().join("predictions/quarantine");
+    assert_eq!(
+        std::fs::read_dir(&quarantine).map(|d| d.count()).unwrap_or(0),
+        1,
+        "the damaged segment is kept aside"
+    );
+}
+
 #[tokio::test]
 async fn a_model_that_drops_inputs_still_gets_one_id_per_row() {
     let dir = tempfile::tempdir().unwrap();
