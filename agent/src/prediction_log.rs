@@ -474,6 +474,7 @@ impl PredictionLog {
             config: config.clone(),
             segments: Arc::clone(&segments),
             counters: Arc::clone(&counters),
+            failures: FailureLog::default(),
         };
         writer.refresh_disk_stats();
         let handle = std::thread::Builder::new()
@@ -620,6 +621,40 @@ struct Writer {
     config: PredictionLogConfig,
     segments: Arc<RwLock<Vec<Segment>>>,
     counters: Arc<Counters>,
+    /// Write failures are logged once per [`ERROR_LOG_INTERVAL`] with how many there were: on
+    /// a full disk shared with the journal, a line per batch would make things worse.
+    failures: FailureLog,
+}
+
+/// How often repeated write failures are logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Counts repeated failures and logs them at most once per interval (the writer thread owns it).
+#[derive(Default)]
+struct FailureLog {
+    logged_at: std::cell::Cell<Option<std::time::Instant>>,
+    since: std::cell::Cell<u64>,
+    records: std::cell::Cell<u64>,
+}
+
+impl FailureLog {
+    /// Notes a failed batch of `records`; logs when the interval since the last line is over.
+    fn failed(&self, error: &dyn std::fmt::Display, records: u64) {
+        self.since.set(self.since.get() + 1);
+        self.records.set(self.records.get() + records);
+        if self.logged_at.get().is_some_and(|at| at.elapsed() < ERROR_LOG_INTERVAL) {
+            return;
+        }
+        tracing::error!(
+            error = %error,
+            failed_writes = self.since.get(),
+            records_lost = self.records.get(),
+            "prediction log: writes are failing; records lost (logged at most every 30 s, counted in outpost_agent_prediction_log_write_errors_total)"
+        );
+        self.logged_at.set(Some(std::time::Instant::now()));
+        self.since.set(0);
+        self.records.set(0);
+    }
 }
 
 impl Writer {
@@ -735,7 +770,7 @@ impl Writer {
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, records = count, "prediction log: write failed; records lost");
+                self.failures.failed(&e, count);
                 return;
             }
         }
@@ -792,7 +827,7 @@ impl Writer {
                 Ok(segment) => segments.push(segment),
                 Err(e) => {
                     self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "prediction log: cannot start a new segment");
+                    self.failures.failed(&format!("cannot start a new segment: {e}"), 0);
                 }
             }
         }
