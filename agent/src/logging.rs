@@ -16,8 +16,20 @@ pub enum LoggingError {
 }
 
 /// Installs the global subscriber. `filter` is a `tracing` directive such as `info`.
+///
+/// sled's own log lines are off unless the filter names `sled` (e.g. `info,sled=warn`): the
+/// prediction log and the outbox report storage failures themselves — counted in `/metrics`,
+/// logged at most once per interval — while sled repeats them from its flusher thread on
+/// every flush, which on a full disk shared with the journal only makes things worse.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
-    let filter = EnvFilter::try_new(filter)
+    let directives = if filter.contains("sled") {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        "sled=off".to_owned()
+    } else {
+        format!("{filter},sled=off")
+    };
+    let filter = EnvFilter::try_new(&directives)
         .map_err(|e| LoggingError::Level { level: filter.to_owned(), detail: e.to_string() })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {

@@ -67,7 +67,9 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             }
             if alerts.is_empty() {
                 say!("no alerts");
+                return Ok(());
             }
+            say!("{:<8} {:<24} {:<14} {:>7}  LABELS", "STATE", "ALERT", "SINCE", "DEVICES");
             for a in &alerts {
                 let state = if a["ends_at_ms"].is_null() { "FIRING" } else { "resolved" };
                 let labels: Vec<String> = a["labels"]
@@ -78,7 +80,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
                     .collect();
                 say!(
-                    "{:<8} {:<24} since {}  {} device(s)  {}",
+                    "{:<8} {:<24} {:<14} {:>7}  {}",
                     state,
                     a["labels"]["alertname"].as_str().unwrap_or(""),
                     ago(a["starts_at_ms"].as_u64()),

@@ -422,10 +422,20 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
             }
             if all.is_empty() {
                 say!("no rollouts yet");
+                return Ok(());
             }
+            say!(
+                "{:<10} {:<24} {:<12} {:>5} {:>7}  {:<14} INCIDENT",
+                "ID",
+                "TARGET",
+                "PHASE",
+                "WAVE",
+                "DEVICES",
+                "STARTED"
+            );
             for r in &all {
                 say!(
-                    "{:<10} {:<24} {:<12} wave {}/{}  targets {}  started {}{}",
+                    "{:<10} {:<24} {:<12} {:>5} {:>7}  {:<14} {}",
                     r["id"].as_str().unwrap_or(""),
                     format!(
                         "{}@{}",
@@ -433,11 +443,14 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
                         r["spec"]["version"].as_str().unwrap_or("")
                     ),
                     r["phase"].as_str().unwrap_or(""),
-                    r["wave"].as_u64().unwrap_or(0) + 1,
-                    r["spec"]["waves"].as_array().map_or(0, Vec::len),
+                    format!(
+                        "{}/{}",
+                        r["wave"].as_u64().unwrap_or(0) + 1,
+                        r["spec"]["waves"].as_array().map_or(0, Vec::len)
+                    ),
                     r["targets"].as_array().map_or(0, Vec::len),
                     ago(r["created_ms"].as_u64()),
-                    r["incident"].as_str().map(|i| format!("  incident {i}")).unwrap_or_default()
+                    r["incident"].as_str().unwrap_or("-")
                 );
             }
             Ok(())
@@ -517,10 +530,12 @@ pub fn incident(cli: &Cli, api: &Api, command: &IncidentCommand) -> Result<(), F
             let all = v.as_array().cloned().unwrap_or_default();
             if all.is_empty() {
                 say!("no incidents");
+                return Ok(());
             }
+            say!("{:<12} {:<8} {:<24} {:<14} REASON", "ID", "STATE", "TARGET", "OPENED");
             for i in &all {
                 say!(
-                    "{:<12} {:<8} {:<24} opened {}  {}",
+                    "{:<12} {:<8} {:<24} {:<14} {}",
                     i["id"].as_str().unwrap_or(""),
                     if i["closed_ms"].is_null() { "OPEN" } else { "closed" },
                     format!("{}@{}", i["model"].as_str().unwrap_or(""), i["version"].as_str().unwrap_or("")),
