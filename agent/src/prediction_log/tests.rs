@@ -1,5 +1,7 @@
 //! Unit tests of the prediction log: segments, eviction, budgets, recovery.
 
+use std::time::Duration;
+
 use super::*;
 use outpost_shared::protocol::records::{RecordedInputs, RecordedTensor};
 use outpost_shared::protocol::vocab::Slot;

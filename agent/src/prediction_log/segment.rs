@@ -1,0 +1,121 @@
+//! One segment of the prediction log: its own sled database under
+//! `predictions/seg-<first id>/`, opened with a panic inside sled contained, and moved to
+//! `predictions/quarantine/` when its files are damaged.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_shared::endpoints::now_ms;
+use outpost_shared::protocol::records::PredictionRecord;
+
+use super::{LogError, PredictionLogConfig};
+
+pub(super) struct Segment {
+    pub(super) dir: PathBuf,
+    pub(super) db: sled::Db,
+    /// Newest record time in this segment (unix ms), for age eviction.
+    pub(super) newest_at_ms: u64,
+    pub(super) records: u64,
+}
+
+/// Why a segment did not open: damage (quarantine it) or anything else (report it).
+pub(super) enum Opened {
+    Damaged(String),
+    Failed(LogError),
+}
+
+/// Opens a segment with a panic inside sled contained: sled 0.34 panics on some damaged
+/// bytes (`tried to serialize Uninitialized`) instead of returning an error.
+pub(super) fn open_contained(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, Opened> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_segment(dir, config))) {
+        Ok(Ok(segment)) => Ok(segment),
+        Ok(Err(LogError::Storage { source, path })) if is_damage(&source) => {
+            Err(Opened::Damaged(format!("{}: {source}", path.display())))
+        }
+        Ok(Err(e)) => Err(Opened::Failed(e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(Opened::Damaged(format!("sled panicked opening it: {what}")))
+        }
+    }
+}
+
+/// A sled error that means the files are damaged, not that the disk or a lock is in the way.
+pub(super) fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => {
+            matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+        }
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+/// Moves a damaged segment to `root/quarantine/` (kept for inspection, out of the budget).
+pub(super) fn quarantine(root: &Path, dir: &Path, why: &str) -> Result<(), LogError> {
+    let aside = root.join("quarantine");
+    std::fs::create_dir_all(&aside).map_err(|source| LogError::Io { path: aside.clone(), source })?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let target = aside.join(format!("{name}-{}", now_ms()));
+    std::fs::rename(dir, &target).map_err(|source| LogError::Io { path: dir.to_owned(), source })?;
+    tracing::error!(
+        segment = %dir.display(),
+        moved_to = %target.display(),
+        why,
+        "prediction log segment is damaged: quarantined, serving goes on (its records are lost to feedback joins)"
+    );
+    Ok(())
+}
+
+pub(super) fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, LogError> {
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(config.flush_interval_ms.max(1)))
+            .open()
+    };
+    // sled releases its file lock from a background thread after the last handle is dropped,
+    // so a reopen right after a close (or a restart overlapping the old process's exit) may
+    // find it still held for a moment: retry briefly before reporting the lock as taken.
+    let mut attempts = 0;
+    let db = loop {
+        match open() {
+            Ok(db) => break db,
+            Err(e) if attempts < 30 && e.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(source) => return Err(LogError::Storage { path: dir.to_owned(), source }),
+        }
+    };
+    let storage = |source| LogError::Storage { path: dir.to_owned(), source };
+    let mut newest_at_ms = 0;
+    if let Some((key, value)) = db.last().map_err(storage)? {
+        let id = key_id(&key);
+        let record = PredictionRecord::decode(&value).map_err(|source| LogError::Record { id, source })?;
+        newest_at_ms = record.at_ms;
+    }
+    // A count at open only (sled's len() is a scan); the writer keeps it current afterwards.
+    let records = db.len() as u64;
+    Ok(Segment { dir: dir.to_owned(), db, newest_at_ms, records })
+}
+
+pub(super) fn key_id(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(bytes)
+}
+
+pub(super) fn segment_dir(root: &Path, first_id: u64) -> PathBuf {
+    root.join(format!("seg-{first_id:020}"))
+}
+
+pub(super) fn total_size(segments: &[Segment]) -> u64 {
+    segments.iter().map(|s| s.db.size_on_disk().unwrap_or(0)).sum()
+}

@@ -1,0 +1,270 @@
+//! The prediction log's writer thread: the single owner of every write — batches into the
+//! active segment, group commits for `sync` durability, rolls segments and evicts the oldest,
+//! and logs repeated failures at most once per interval.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use outpost_shared::endpoints::now_ms;
+use outpost_shared::protocol::records::PredictionRecord;
+
+use super::segment::{Segment, key_id, open_segment, segment_dir, total_size};
+use super::{BATCH_RECORDS, Command, Counters, Durability, PredictionLogConfig};
+
+/// The single owner of all writes.
+pub(super) struct Writer {
+    pub(super) root: PathBuf,
+    pub(super) config: PredictionLogConfig,
+    pub(super) segments: Arc<RwLock<Vec<Segment>>>,
+    pub(super) counters: Arc<Counters>,
+    /// Write failures are logged once per [`ERROR_LOG_INTERVAL`] with how many there were: on
+    /// a full disk shared with the journal, a line per batch would make things worse.
+    pub(super) failures: FailureLog,
+}
+
+/// How often repeated write failures are logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Counts repeated failures and logs them at most once per interval (the writer thread owns it).
+#[derive(Default)]
+pub(super) struct FailureLog {
+    logged_at: std::cell::Cell<Option<std::time::Instant>>,
+    since: std::cell::Cell<u64>,
+    records: std::cell::Cell<u64>,
+}
+
+impl FailureLog {
+    /// Notes a failed batch of `records`; logs when the interval since the last line is over.
+    fn failed(&self, error: &dyn std::fmt::Display, records: u64) {
+        self.since.set(self.since.get() + 1);
+        self.records.set(self.records.get() + records);
+        if self.logged_at.get().is_some_and(|at| at.elapsed() < ERROR_LOG_INTERVAL) {
+            return;
+        }
+        tracing::error!(
+            error = %error,
+            failed_writes = self.since.get(),
+            records_lost = self.records.get(),
+            "prediction log: writes are failing; records lost (logged at most every 30 s, counted in outpost_agent_prediction_log_write_errors_total)"
+        );
+        self.logged_at.set(Some(std::time::Instant::now()));
+        self.since.set(0);
+        self.records.set(0);
+    }
+}
+
+impl Writer {
+    /// While records flow, the writer polls the channel every `BUSY_POLL` instead of sleeping
+    /// in `recv`: a sleeping receiver must be woken by every sender, which on a 2-core device
+    /// costs each request a thread wake-up. After a quiet second it blocks again, so an idle
+    /// agent does not spin.
+    pub(super) fn run(self, receiver: Receiver<Command>) {
+        const BUSY_POLL: Duration = Duration::from_millis(5);
+        const QUIET: Duration = Duration::from_secs(1);
+        let tick = Duration::from_millis(self.config.flush_interval_ms.max(10));
+        let mut pending: Vec<PredictionRecord> = Vec::with_capacity(BATCH_RECORDS);
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>> = Vec::new();
+        let mut last_record = std::time::Instant::now() - QUIET;
+        let mut last_maintenance = std::time::Instant::now();
+        loop {
+            // Under `sync` every request waits for the writer: block in `recv` so an append
+            // wakes it at once, rather than waiting out a poll interval.
+            let polling = self.config.durability == Durability::Batch && last_record.elapsed() < QUIET;
+            let first = if polling {
+                match receiver.try_recv() {
+                    Ok(command) => Ok(command),
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        std::thread::sleep(BUSY_POLL);
+                        Err(RecvTimeoutError::Timeout)
+                    }
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                }
+            } else {
+                receiver.recv_timeout(tick)
+            };
+            match first {
+                Ok(command) => {
+                    last_record = std::time::Instant::now();
+                    let errors_before = self.counters.write_errors.load(Ordering::Relaxed);
+                    self.handle(command, &mut pending, &mut waiting);
+                    // Take whatever else is already waiting, a batch at a time.
+                    while let Ok(command) = receiver.try_recv() {
+                        self.handle(command, &mut pending, &mut waiting);
+                    }
+                    self.write(&mut pending);
+                    if !waiting.is_empty() {
+                        self.commit(&mut waiting, errors_before);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let errors_before = self.counters.write_errors.load(Ordering::Relaxed);
+                    self.write(&mut pending);
+                    if waiting.is_empty() {
+                        if let Err(e) = self.flush() {
+                            tracing::error!(error = %e, "prediction log: final flush failed");
+                        }
+                    } else {
+                        self.commit(&mut waiting, errors_before);
+                    }
+                    return;
+                }
+            }
+            if last_maintenance.elapsed() >= tick {
+                last_maintenance = std::time::Instant::now();
+                self.maintain();
+            }
+        }
+    }
+
+    fn handle(
+        &self,
+        command: Command,
+        pending: &mut Vec<PredictionRecord>,
+        waiting: &mut Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) {
+        match command {
+            Command::Append(records) => {
+                pending.extend(records);
+                if pending.len() >= BATCH_RECORDS {
+                    self.write(pending);
+                }
+            }
+            Command::AppendDurable(records, done) => {
+                pending.extend(records);
+                waiting.push(done);
+                if pending.len() >= BATCH_RECORDS {
+                    self.write(pending);
+                }
+            }
+            Command::Flush(ack) => {
+                self.write(pending);
+                let _ = ack.send(self.flush());
+            }
+        }
+    }
+
+    fn write(&self, pending: &mut Vec<PredictionRecord>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        let mut newest = 0;
+        for record in pending.iter() {
+            batch.insert(&record.id.to_be_bytes(), record.encode());
+            newest = newest.max(record.at_ms);
+        }
+        let count = pending.len() as u64;
+        pending.clear();
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let Some(active) = segments.last_mut() else { return };
+        match active.db.apply_batch(batch) {
+            Ok(()) => {
+                active.records += count;
+                active.newest_at_ms = active.newest_at_ms.max(newest);
+                self.counters.appended.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.failures.failed(&e, count);
+                return;
+            }
+        }
+        drop(segments);
+        self.roll_and_evict();
+    }
+
+    /// One fsync for every durable append waiting, then their answers: an error if a write
+    /// failed since `errors_before` or the sync did.
+    fn commit(
+        &self,
+        waiting: &mut Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        errors_before: u64,
+    ) {
+        let synced = {
+            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            segments.last().map_or(Ok(0), |active| active.db.flush())
+        };
+        let outcome = match synced {
+            Err(e) => Err(format!("the prediction log could not sync to disk: {e}")),
+            Ok(_) if self.counters.write_errors.load(Ordering::Relaxed) != errors_before => {
+                Err("the prediction log could not write the records (see the agent's log)".to_owned())
+            }
+            Ok(_) => Ok(()),
+        };
+        for done in waiting.drain(..) {
+            let _ = done.send(outcome.clone());
+        }
+    }
+
+    fn flush(&self) -> Result<(), sled::Error> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        for segment in segments.iter() {
+            segment.db.flush()?;
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+        Ok(())
+    }
+
+    fn segment_budget(&self) -> u64 {
+        (self.config.max_bytes / u64::from(self.config.segments.max(1))).max(1)
+    }
+
+    /// Starts a new segment when the active one is full; evicts the oldest while over budget.
+    fn roll_and_evict(&self) {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let active_full =
+            segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= self.segment_budget());
+        if active_full {
+            let first_id =
+                segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);
+            match open_segment(&segment_dir(&self.root, first_id), &self.config) {
+                Ok(segment) => segments.push(segment),
+                Err(e) => {
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.failures.failed(&format!("cannot start a new segment: {e}"), 0);
+                }
+            }
+        }
+        while segments.len() > 1 && total_size(&segments) > self.config.max_bytes {
+            self.evict_oldest(&mut segments, "disk budget");
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+    }
+
+    /// Periodic work: age eviction and fresh disk figures.
+    fn maintain(&self) {
+        let cutoff = now_ms().saturating_sub(self.config.max_age_secs.saturating_mul(1000));
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        while segments.len() > 1 && segments.first().is_some_and(|s| s.newest_at_ms < cutoff) {
+            self.evict_oldest(&mut segments, "age");
+        }
+        drop(segments);
+        self.refresh_disk_stats();
+    }
+
+    fn evict_oldest(&self, segments: &mut Vec<Segment>, reason: &str) {
+        let segment = segments.remove(0);
+        let records = segment.records;
+        let dir = segment.dir.clone();
+        drop(segment);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, dir = %dir.display(), "prediction log: cannot remove evicted segment");
+        }
+        self.counters.evicted.fetch_add(records, Ordering::Relaxed);
+        self.counters.evicted_segments.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(records, reason, dir = %dir.display(), "prediction log: evicted oldest segment");
+    }
+
+    pub(super) fn refresh_disk_stats(&self) {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        self.counters.disk_bytes.store(total_size(&segments), Ordering::Relaxed);
+        self.counters.segments.store(segments.len() as u64, Ordering::Relaxed);
+    }
+}
