@@ -141,6 +141,68 @@ impl Mosquitto {
     }
 }
 
+/// A client certificate with the coordinator's identity (`outpost-coordinator`) issued by the
+/// CA in `coordinator_data`, written to `dir` as `client.pem` / `client.key`: what an observer
+/// with the coordinator's broker rights presents. Returns (certificate, key).
+pub fn observer_identity(coordinator_data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (code, _, err) = run(
+        "outpost-coordinator",
+        &[
+            "cert",
+            "client",
+            "--name",
+            "outpost-coordinator",
+            "--out-dir",
+            dir.to_str().unwrap(),
+            "--data-dir",
+            coordinator_data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "cert client: {err}");
+    (dir.join("client.pem"), dir.join("client.key"))
+}
+
+/// Publishes `payload` retained (QoS 1) with `mosquitto_pub`, presenting `cert`/`key`; panics
+/// if the publish fails (a broker's ACL denial is acknowledged all the same).
+pub fn publish_retained(port: u16, topic: &str, payload: &Path, (cert, key): (&Path, &Path), ca: &Path) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1", "-f"])
+        .arg(payload)
+        .arg("--cafile")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .status()
+        .expect("mosquitto_pub (Debian package mosquitto-clients)");
+    assert!(status.success(), "mosquitto_pub to {topic} failed");
+}
+
+/// `mosquitto_sub` on `topic` presenting `cert`/`key`, ending after `count` messages or
+/// `wait_secs` seconds; `extra` adds flags (`-R`, `-N`, `-v`). Returns what it printed.
+pub fn subscribe(
+    port: u16,
+    topic: &str,
+    (cert, key): (&Path, &Path),
+    ca: &Path,
+    count: u32,
+    wait_secs: u32,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-t", topic])
+        .args(["-C", &count.to_string(), "-W", &wait_secs.to_string()])
+        .args(extra)
+        .arg("--cafile")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key);
+    cmd
+}
+
 /// Publishes `payload` with `mosquitto_pub` to the broker on `port`, presenting `cert`/`key`
 /// (or nothing). Returns whether the publish succeeded.
 pub fn publish(port: u16, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outpost_tests::fleet::{
-    Coordinator, bundle_create, metric, ok, push, release_key, run, served, start_agent, validate,
-    wait_serving,
+    Coordinator, bundle_create, metric, observer_identity, ok, publish_retained, push, release_key, run,
+    served, start_agent, subscribe, validate, wait_serving,
 };
 use outpost_tests::{Agent, models_dir, run_agent};
 use serde_json::{Value, json};
@@ -268,48 +268,6 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
     assert!(err.contains("entry 1 was edited"), "{err}");
 }
 
-fn mosquitto_sub_retained(port: u16, topic: &str, certs: &Path, ca: &Path) -> Vec<u8> {
-    let out = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &port.to_string(),
-            "-t",
-            topic,
-            "-C",
-            "1",
-            "-N",
-            "-W",
-            "10",
-            "--cafile",
-        ])
-        .arg(ca)
-        .arg("--cert")
-        .arg(certs.join("client.pem"))
-        .arg("--key")
-        .arg(certs.join("client.key"))
-        .output()
-        .expect("mosquitto_sub (Debian package mosquitto-clients)");
-    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-fn mosquitto_pub_retained(port: u16, topic: &str, payload: &Path, certs: &Path, ca: &Path) {
-    let status = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1", "-f"])
-        .arg(payload)
-        .arg("--cafile")
-        .arg(ca)
-        .arg("--cert")
-        .arg(certs.join("client.pem"))
-        .arg("--key")
-        .arg(certs.join("client.key"))
-        .status()
-        .expect("mosquitto_pub");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,26 +317,13 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
     );
 
     // Capture the retained desired state (revision 1), then move on to revision 2.
-    let certs = dir.path().join("certs");
-    ok(
-        run(
-            "outpost-coordinator",
-            &[
-                "cert",
-                "client",
-                "--name",
-                "outpost-coordinator",
-                "--out-dir",
-                certs.to_str().unwrap(),
-                "--data-dir",
-                c.data_dir.to_str().unwrap(),
-            ],
-        ),
-        "client cert",
-    );
+    let (cert, key) = observer_identity(&c.data_dir, &dir.path().join("certs"));
     let ca = c.data_dir.join("pki/ca.pem");
     let topic = format!("outpost/v1/{device}/desired");
-    let revision_1 = mosquitto_sub_retained(broker_port, &topic, &certs, &ca);
+    let out =
+        subscribe(broker_port, &topic, (&cert, &key), &ca, 1, 10, &["-N"]).output().expect("mosquitto_sub");
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    let revision_1 = out.stdout;
     assert!(!revision_1.is_empty());
     ok(push(&c, "breast_cancer-1.1.0", "1.1.0"), "push 1.1.0");
     assert_eq!(validate(&c, "1.1.0").0, 0);
@@ -388,14 +333,14 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
     // A replay of revision 1: refused, 1.1.0 serves on.
     let replay = dir.path().join("replay.bin");
     std::fs::write(&replay, &revision_1).unwrap();
-    mosquitto_pub_retained(broker_port, &topic, &replay, &certs, &ca);
+    publish_retained(broker_port, &topic, &replay, (&cert, &key), &ca);
     // A forged one: the signature no longer verifies.
     let mut forged = revision_1.clone();
     let last = forged.len() - 1;
     forged[last] ^= 0x01;
     let forged_path = dir.path().join("forged.bin");
     std::fs::write(&forged_path, &forged).unwrap();
-    mosquitto_pub_retained(broker_port, &topic, &forged_path, &certs, &ca);
+    publish_retained(broker_port, &topic, &forged_path, (&cert, &key), &ca);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = agent.log();

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use outpost_shared::protocol::messages::{self, AgentMessage, Event, EventKind};
 use outpost_shared::protocol::{self, SigningKey};
-use outpost_tests::fleet::{Coordinator, Mosquitto, enroll, metric, publish, run};
+use outpost_tests::fleet::{
+    Coordinator, Mosquitto, enroll, metric, observer_identity, publish, publish_retained, run, subscribe,
+};
 use outpost_tests::{Agent, model, reference, rows};
 use serde_json::{Value, json};
 
@@ -613,53 +615,22 @@ async fn mosquitto_keeps_each_device_to_its_own_topics() {
     let (dir_b, device_b, _agent_b) = connected_agent(&fleet).await;
     let (dir_a, _) = fleet.enrolled_agent_dir("neighbour");
     let c = &fleet.coordinator;
-    let observer = fleet.dir.path().join("observer");
-    let (code, _, err) = run(
-        "outpost-coordinator",
-        &[
-            "cert",
-            "client",
-            "--name",
-            "outpost-coordinator",
-            "--out-dir",
-            observer.to_str().unwrap(),
-            "--data-dir",
-            c.data_dir.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    let (observer_cert, observer_key) = observer_identity(&c.data_dir, &fleet.dir.path().join("observer"));
     let ca = dir_b.join("identity/broker-ca.pem");
-    let port = fleet.broker_port().to_string();
-    let listen = |topic: String, cert: std::path::PathBuf, key: std::path::PathBuf, count: &str| {
+    let port = fleet.broker_port();
+    let listen = |topic: String, cert: std::path::PathBuf, key: std::path::PathBuf| {
         let ca = ca.clone();
-        let (port, count) = (port.clone(), count.to_owned());
         std::thread::spawn(move || {
-            let out = std::process::Command::new("mosquitto_sub")
-                .args(["-h", "localhost", "-p", &port, "-t", &topic, "-C", &count, "-W", "4", "-v"])
-                .arg("--cafile")
-                .arg(&ca)
-                .arg("--cert")
-                .arg(&cert)
-                .arg("--key")
-                .arg(&key)
-                .output()
-                .expect("mosquitto_sub");
+            let out =
+                subscribe(port, &topic, (&cert, &key), &ca, 1, 4, &["-v"]).output().expect("mosquitto_sub");
             String::from_utf8_lossy(&out.stdout).into_owned()
         })
     };
     let everything_of_b = format!("outpost/v1/{device_b}/#");
-    let neighbour = listen(
-        everything_of_b.clone(),
-        dir_a.join("identity/client.pem"),
-        dir_a.join("identity/tls.key"),
-        "1",
-    );
-    let coordinator = listen(
-        format!("outpost/v1/{device_b}/report"),
-        observer.join("client.pem"),
-        observer.join("client.key"),
-        "1",
-    );
+    let neighbour =
+        listen(everything_of_b.clone(), dir_a.join("identity/client.pem"), dir_a.join("identity/tls.key"));
+    let coordinator =
+        listen(format!("outpost/v1/{device_b}/report"), observer_cert.clone(), observer_key.clone());
     let seen_by_coordinator = tokio::task::spawn_blocking(move || coordinator.join().unwrap()).await.unwrap();
     let seen_by_neighbour = tokio::task::spawn_blocking(move || neighbour.join().unwrap()).await.unwrap();
     assert!(
@@ -672,19 +643,10 @@ async fn mosquitto_keeps_each_device_to_its_own_topics() {
     let payload = fleet.dir.path().join("payload");
     std::fs::write(&payload, b"not from the coordinator").unwrap();
     let desired = format!("outpost/v1/{device_b}/desired");
-    let status = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port, "-t", &desired, "-r", "-q", "1", "-f"])
-        .arg(&payload)
-        .arg("--cafile")
-        .arg(&ca)
-        .arg("--cert")
-        .arg(dir_a.join("identity/client.pem"))
-        .arg("--key")
-        .arg(dir_a.join("identity/tls.key"))
-        .status()
-        .expect("mosquitto_pub");
-    assert!(status.success(), "Mosquitto acknowledges a denied publish and drops it");
-    let retained = listen(desired, observer.join("client.pem"), observer.join("client.key"), "1");
+    // Mosquitto acknowledges a denied publish and drops it.
+    let (cert_a, key_a) = (dir_a.join("identity/client.pem"), dir_a.join("identity/tls.key"));
+    publish_retained(port, &desired, &payload, (&cert_a, &key_a), &ca);
+    let retained = listen(desired, observer_cert, observer_key);
     let retained = tokio::task::spawn_blocking(move || retained.join().unwrap()).await.unwrap();
     assert!(!retained.contains("not from the coordinator"), "{retained:?}");
 }
@@ -706,29 +668,7 @@ async fn presence_cannot_be_forged_or_replayed(kind: Kind) {
     let ca = dir_b.join("identity/broker-ca.pem");
     let cert_of = |d: &Path| (d.join("identity/client.pem"), d.join("identity/tls.key"));
     let retained = |payload: &Path, (cert, key): &(std::path::PathBuf, std::path::PathBuf)| {
-        let status = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "localhost",
-                "-p",
-                &fleet.broker_port().to_string(),
-                "-t",
-                &topic,
-                "-r",
-                "-q",
-                "1",
-                "-f",
-            ])
-            .arg(payload)
-            .arg("--cafile")
-            .arg(&ca)
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
-            .status()
-            .expect("mosquitto_pub");
-        assert!(status.success());
+        publish_retained(fleet.broker_port(), &topic, payload, (cert, key), &ca);
     };
 
     // A bare `offline` and one signed with another key, from the neighbour's certificate.
@@ -755,45 +695,12 @@ async fn presence_cannot_be_forged_or_replayed(kind: Kind) {
     assert!(online(&c.device(&device_b).await), "{:#}", c.device(&device_b).await);
 
     // Record the device's real last will as it dies, then bring it back (a new session).
-    let observer = fleet.dir.path().join("observer");
-    let (code, _, err) = run(
-        "outpost-coordinator",
-        &[
-            "cert",
-            "client",
-            "--name",
-            "outpost-coordinator",
-            "--out-dir",
-            observer.to_str().unwrap(),
-            "--data-dir",
-            c.data_dir.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let capture = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &fleet.broker_port().to_string(),
-            "-t",
-            &topic,
-            "-R",
-            "-C",
-            "1",
-            "-N",
-            "-W",
-            "30",
-        ])
-        .arg("--cafile")
-        .arg(&ca)
-        .arg("--cert")
-        .arg(observer.join("client.pem"))
-        .arg("--key")
-        .arg(observer.join("client.key"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub");
+    let (observer_cert, observer_key) = observer_identity(&c.data_dir, &fleet.dir.path().join("observer"));
+    let capture =
+        subscribe(fleet.broker_port(), &topic, (&observer_cert, &observer_key), &ca, 1, 30, &["-R", "-N"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
     tokio::time::sleep(Duration::from_secs(1)).await;
     agent_b.signal(Signal::SIGKILL);
     agent_b.wait_exit(Duration::from_secs(10));
