@@ -389,6 +389,7 @@ async fn registry_and_deployment_endpoints_refuse_bad_input_with_a_named_problem
         ),
         ("put", "/api/v1/models/bc/slo", json!({"window_secs": 3600}), 400, "at least one objective"),
         ("get", "/api/v1/models/bc/slo", Value::Null, 404, "has no objectives"),
+        ("get", "/api/v1/models/nosuch/quality", Value::Null, 404, "no model `nosuch`"),
         ("get", "/api/v1/models/bc/quality?by=", Value::Null, 400, "must name a device label"),
         ("get", "/api/v1/models/bc/quality?colour=red", Value::Null, 400, "colour"),
         ("get", "/api/v1/models/bc/drift-report?format=pdf", Value::Null, 400, "use md, html or json"),

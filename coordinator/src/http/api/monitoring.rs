@@ -37,14 +37,26 @@ pub async fn quality(
         return Err(ApiError::bad_request("`by` must name a device label, e.g. `site`"));
     }
     let state2 = Arc::clone(&state);
-    let report = tokio::task::spawn_blocking(move || {
+    let asked = name.clone();
+    let (report, registered) = tokio::task::spawn_blocking(move || {
         let label_of = |device: &str, label: &str| state2.devices.label(device, label);
         let by = query.by.as_deref().map(|label| SegmentBy { label, label_of: &label_of });
-        state2.ingest.labels().quality(&name, query.since_ms, by)
+        let report = state2.ingest.labels().quality(&name, query.since_ms, by);
+        (report, state2.registry.versions(&name).map(|v| !v.is_empty()))
     })
     .await
-    .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
+    let report = report.map_err(ApiError::internal)?;
+    // A name nobody knows is a mistake to say so about, not an empty report (exit 0).
+    if report.versions.is_empty() && !registered? {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no model `{}`: it is not in the registry and no device reported labelled predictions for it",
+                outpost_shared::names::shown(&asked)
+            ),
+        ));
+    }
     Ok(Json(report))
 }
 
