@@ -130,16 +130,7 @@ pub async fn revoke_device(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<crate::fleet::devices::Revocation>, ApiError> {
-    let target = outpost_shared::names::shown(&id);
-    mutation(&state, &headers, Role::Admin, "device.revoke", &target, move |st, who| {
-        let revocation = st.devices.revoke(&id, &who.name).map_err(ApiError::internal)?.ok_or_else(|| {
-            ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
-        })?;
-        let detail = crl_detail(st, &revocation)?;
-        Ok((revocation, detail))
-    })
-    .await
-    .map(Json)
+    revoking(&state, &headers, id, false).await
 }
 
 /// `DELETE /api/v1/devices/{id}`: revokes the device if it was not, and removes it from the
@@ -149,13 +140,26 @@ pub async fn delete_device(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<crate::fleet::devices::Revocation>, ApiError> {
+    revoking(&state, &headers, id, true).await
+}
+
+/// Revokes (and with `delete`, removes) device `id` as an audited admin mutation, then
+/// rewrites the revocation list.
+async fn revoking(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: String,
+    delete: bool,
+) -> Result<Json<crate::fleet::devices::Revocation>, ApiError> {
     let target = outpost_shared::names::shown(&id);
-    mutation(&state, &headers, Role::Admin, "device.delete", &target, move |st, who| {
-        let revocation = st.devices.delete(&id, &who.name).map_err(ApiError::internal)?.ok_or_else(|| {
+    let action = if delete { "device.delete" } else { "device.revoke" };
+    mutation(state, headers, Role::Admin, action, &target, move |st, who| {
+        let done = if delete { st.devices.delete(&id, &who.name) } else { st.devices.revoke(&id, &who.name) };
+        let revocation = done.map_err(ApiError::internal)?.ok_or_else(|| {
             ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
         })?;
         let detail = crl_detail(st, &revocation)?;
-        Ok((revocation, format!("deleted; {detail}")))
+        Ok((revocation, if delete { format!("deleted; {detail}") } else { detail }))
     })
     .await
     .map(Json)
