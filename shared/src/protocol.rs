@@ -18,6 +18,8 @@
 //! is an [`EnvelopeError`] that says what was wrong (fuzzed by `fuzz/` target `envelope_open`).
 //! The envelope treats its body as bytes; [`messages`] defines what the bodies are.
 
+#[cfg(feature = "mqtt-gate")]
+pub mod gate;
 pub mod keys;
 pub mod messages;
 pub mod presence;

@@ -91,6 +91,30 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A server config presenting `cert_pem`/`key_pem` that **requires** every client to present a
+/// certificate from `client_ca_pem` (the embedded MQTT broker's front: no certificate, no
+/// connection).
+pub fn mutual_server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates(cert_pem, "server certificate")?;
+    let key = private_key(key_pem, "server key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(client_ca_pem, "client CA certificate")? {
+        roots.add(cert)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 /// A blocking HTTP client for the coordinator API at `url`: `https://` trusts only `ca_pem`
 /// (the coordinator's CA, or the operator's), `http://` is refused unless the host is
 /// loopback ([`crate::endpoints::check_api_url`]). Builds the client; does no I/O itself.

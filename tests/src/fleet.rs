@@ -52,6 +52,17 @@ pub struct Mosquitto {
     pub dir: PathBuf,
 }
 
+/// The ACL shipped in `deploy/` (each device confined to its own topics) plus, for these tests
+/// only, an observer ([`observer_identity`]) that reads and writes every Outpost topic.
+fn test_acl(dir: &Path) -> PathBuf {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl");
+    let mut acl = std::fs::read_to_string(&shipped).expect("deploy/mosquitto/acl");
+    acl.push_str(&format!("\n# Tests only.\nuser {OBSERVER}\ntopic readwrite outpost/v1/#\n"));
+    let path = dir.join("acl");
+    std::fs::write(&path, acl).unwrap();
+    path
+}
+
 impl Mosquitto {
     /// Issues the broker's certificate from the coordinator's CA in `coordinator_data` and
     /// starts Mosquitto requiring client certificates from that CA.
@@ -80,12 +91,12 @@ impl Mosquitto {
             format!(
                 "per_listener_settings false\nlistener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
                  keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+                 use_username_as_clientid true\n\
                  allow_anonymous false\nacl_file {acl}\npersistence false\nmax_queued_messages 100000\n\
                  max_packet_size 4202496\nlog_dest stderr\n\
                  log_type error\nlog_type warning\nlog_type notice\n{user}",
                 c = certs.display(),
-                // The ACL shipped in deploy/ confines each device to its own topics.
-                acl = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl").display(),
+                acl = test_acl(dir).display(),
                 // Run as root only when we are root: Mosquitto drops to `mosquitto` otherwise,
                 // which cannot read the 0600 key this test wrote.
                 user = if nix::unistd::Uid::effective().is_root() { "user root\n" } else { "" },
@@ -141,17 +152,19 @@ impl Mosquitto {
     }
 }
 
-/// A client certificate with the coordinator's identity (`outpost-coordinator`) issued by the
-/// CA in `coordinator_data`, written to `dir` as `client.pem` / `client.key`: what an observer
-/// with the coordinator's broker rights presents. Returns (certificate, key).
-pub fn observer_identity(coordinator_data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+/// The identity of the tests' observer on Mosquitto: read and write on every Outpost topic.
+pub const OBSERVER: &str = "outpost-observer";
+
+/// A client certificate for `name` issued by the CA in `coordinator_data`, written to `dir` as
+/// `client.pem` / `client.key`. Returns (certificate, key).
+pub fn client_identity(coordinator_data: &Path, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (code, _, err) = run(
         "outpost-coordinator",
         &[
             "cert",
             "client",
             "--name",
-            "outpost-coordinator",
+            name,
             "--out-dir",
             dir.to_str().unwrap(),
             "--data-dir",
@@ -162,11 +175,20 @@ pub fn observer_identity(coordinator_data: &Path, dir: &Path) -> (PathBuf, PathB
     (dir.join("client.pem"), dir.join("client.key"))
 }
 
+/// The tests' observer ([`OBSERVER`]): on Mosquitto (whose test ACL grants it every Outpost
+/// topic) it sees what the coordinator sees and can write where the coordinator writes, as an
+/// attacker holding broker credentials with those rights would. The embedded broker admits no
+/// such identity.
+pub fn observer_identity(coordinator_data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    client_identity(coordinator_data, dir, OBSERVER)
+}
+
 /// Publishes `payload` retained (QoS 1) with `mosquitto_pub`, presenting `cert`/`key`; panics
 /// if the publish fails (a broker's ACL denial is acknowledged all the same).
 pub fn publish_retained(port: u16, topic: &str, payload: &Path, (cert, key): (&Path, &Path), ca: &Path) {
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1", "-f"])
+        .args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1"])
+        .args(["-i", &common_name(cert), "-f"])
         .arg(payload)
         .arg("--cafile")
         .arg(ca)
@@ -191,7 +213,7 @@ pub fn subscribe(
     extra: &[&str],
 ) -> Command {
     let mut cmd = Command::new("mosquitto_sub");
-    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-t", topic])
+    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-t", topic, "-i", &common_name(cert)])
         .args(["-C", &count.to_string(), "-W", &wait_secs.to_string()])
         .args(extra)
         .arg("--cafile")
@@ -203,19 +225,53 @@ pub fn subscribe(
     cmd
 }
 
+/// The common name of a PEM certificate (a device's identity), read with `openssl`.
+pub fn common_name(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "sep_multiline,sname", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("CN="))
+        .unwrap_or_else(|| panic!("no CN in {}: {text}", cert.display()))
+        .to_owned()
+}
+
 /// Publishes `payload` with `mosquitto_pub` to the broker on `port`, presenting `cert`/`key`
-/// (or nothing). Returns whether the publish succeeded.
+/// (or nothing). With a certificate the MQTT client id is the certificate's identity (the
+/// embedded broker refuses any other). Returns whether the publish succeeded.
 pub fn publish(port: u16, topic: &str, payload: &Path, client: Option<(&Path, &Path)>, ca: &Path) -> bool {
+    let id = client.map_or_else(|| format!("test-{}", free_port()), |(cert, _)| common_name(cert));
+    publish_as(port, topic, payload, false, client, ca, &id)
+}
+
+/// `mosquitto_pub` of `payload` (QoS 1, `retain` or not) with MQTT client id `client_id`,
+/// presenting `cert`/`key` (or nothing); `true` if the broker took it. Mosquitto acknowledges a
+/// publish its ACL denies (and drops it); the embedded broker's front refuses the connection.
+pub fn publish_as(
+    port: u16,
+    topic: &str,
+    payload: &Path,
+    retain: bool,
+    client: Option<(&Path, &Path)>,
+    ca: &Path,
+    client_id: &str,
+) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
-    // By name, not by IP: OpenSSL clients send an IP as SNI, which rustls 0.22 (the embedded
-    // broker) refuses with a decode error. Both brokers' certificates name `localhost`.
+    // By name, not by IP: OpenSSL clients send an IP as SNI, which rustls refuses with a
+    // decode error. Both brokers' certificates name `localhost`.
     cmd.args(["-h", "localhost", "-p", &port.to_string(), "-q", "1", "-t", topic, "-f"])
         .arg(payload)
         .arg("--cafile")
         .arg(ca)
-        .args(["-i", &format!("test-{}", free_port())])
+        .args(["-i", client_id])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if retain {
+        cmd.arg("-r");
+    }
     if let Some((cert, key)) = client {
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
@@ -411,6 +467,11 @@ impl Coordinator {
         } else {
             format!("http://{}", self.addr)
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn token_file(&self) -> PathBuf {

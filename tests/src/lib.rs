@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod alerting;
+pub mod brokers;
 pub mod demo;
 pub mod fleet;
 pub mod front;

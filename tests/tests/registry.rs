@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outpost_tests::fleet::{
-    Coordinator, bundle_create, metric, observer_identity, ok, publish_retained, push, release_key, run,
-    served, start_agent, subscribe, validate, wait_serving,
+    Coordinator, Mosquitto, bundle_create, metric, observer_identity, ok, publish_retained, push,
+    release_key, run, served, start_agent, subscribe, validate, wait_serving,
 };
 use outpost_tests::{Agent, models_dir, run_agent};
 use serde_json::{Value, json};
@@ -271,7 +271,14 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, broker_port) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    // Mosquitto, where an observer holding broker credentials with the coordinator's rights
+    // can replay and forge: the embedded broker lets no one but the coordinator's own
+    // certificate publish a desired state (see broker_isolation.rs).
+    let data = dir.path().join("coordinator");
+    Coordinator::init(&data);
+    let broker = Mosquitto::start(dir.path(), &data);
+    let broker_port = broker.port;
+    let c = Coordinator::start(&data, &broker.url());
     let key = release_key(&c);
     // Small pieces and a bandwidth cap make the download slow enough to cut in the middle.
     let throttle = "download_chunk_bytes = 8192\ndownload_max_bytes_per_sec = 60000\n";

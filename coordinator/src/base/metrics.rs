@@ -17,6 +17,10 @@ pub struct Metrics {
     pub link: IntCounterVec,
     /// 1 while connected to the broker and subscribed to reports.
     pub broker_subscribed: prometheus::IntGauge,
+    /// The embedded broker's front: connections open now (devices and the coordinator), and
+    /// clients refused or cut off, by reason (see `outpost_shared::protocol::gate`).
+    pub broker_connections: prometheus::IntGauge,
+    pub broker_refused: IntCounterVec,
     /// API requests refused by authentication, role or rate limit (401, 403, 429).
     pub api_denied: IntCounterVec,
     /// Audit entries that could not be written.
@@ -75,6 +79,17 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric broker_subscribed: {e}"));
         registry.register(Box::new(broker_subscribed.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let broker_connections = prometheus::IntGauge::new(
+            "outpost_coordinator_broker_connections",
+            "Clients connected through the embedded broker's front now (devices and the coordinator).",
+        )
+        .unwrap_or_else(|e| panic!("metric broker_connections: {e}"));
+        registry.register(Box::new(broker_connections.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let broker_refused = counter(
+            "outpost_coordinator_broker_refused_total",
+            "Embedded-broker clients refused or disconnected, by reason (tls, not_enrolled, revoked, client_id, publish, subscribe, will, protocol, malformed, unexpected_packet, busy).",
+            "reason",
+        );
         let api_denied = counter(
             "outpost_coordinator_api_denied_total",
             "API requests refused before reaching a handler, by status (401, 403, 429).",
@@ -150,6 +165,8 @@ impl Metrics {
             devices,
             link,
             broker_subscribed,
+            broker_connections,
+            broker_refused,
             api_denied,
             audit_failures,
             audit_suppressed,

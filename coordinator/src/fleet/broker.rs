@@ -1,26 +1,32 @@
-//! The embedded MQTT broker (rumqttd): one command gives a working fleet.
+//! The embedded MQTT broker: one command gives a working fleet, and devices stay isolated.
 //!
-//! At start the coordinator's CA issues the broker a server certificate for the listen
-//! address (plus `localhost`/`127.0.0.1`, the advertised host and `broker.tls_names`), written with its key (0600) under
-//! `<data_dir>/broker/` because rumqttd takes TLS material as file paths only. Clients must
-//! present a certificate from the same CA (rumqttd's `verify-client-cert` feature — without
-//! it rumqttd would silently accept clients with no certificate). The broker runs on its own
-//! threads (`Broker::start` blocks); it lives and dies with the coordinator process.
+//! Two parts, both inside the coordinator process: rumqttd on a loopback port that accepts
+//! only a per-process login, and in front of it the [`front`] that devices connect to —
+//! mutual TLS from the coordinator's CA, identity from the certificate, enrolment and
+//! revocation checked, and every packet held to the device's own topics
+//! (`outpost_shared::protocol::gate`). At start the CA issues the front a server certificate
+//! for the listen address (plus `localhost`/`127.0.0.1`, the advertised host and
+//! `broker.tls_names`); it is held in memory. Each device connection uses three file
+//! descriptors (client, front→broker, broker side): [`start`] raises the soft open-file
+//! limit to the hard one and says how many devices that leaves room for.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+pub mod front;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost_shared::files::{write_atomic, write_private};
+use rumqttc::mqttbytes::v4::Login;
 
+use crate::base::metrics::Metrics;
+use crate::fleet::broker::front::{Front, FrontSettings, OnRefusal};
 use crate::fleet::ca::{Authority, CaError};
+use crate::fleet::devices::Devices;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("embedded broker cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot write broker certificates to {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error("embedded broker settings refused: {0}")]
@@ -32,54 +38,78 @@ pub enum BrokerError {
 /// Largest MQTT payload the broker accepts (a full envelope plus room for the header).
 pub const MAX_PAYLOAD: usize = outpost_shared::protocol::MAX_ENVELOPE_BYTES + 4096;
 
-/// Starts the broker on `listen` and returns once it accepts connections; its certificate also
-/// names `extra_names` (the hosts devices reach it by).
-pub fn start(
-    data_dir: &Path,
-    listen: SocketAddr,
-    extra_names: &[String],
-    authority: &Authority,
-) -> Result<(), BrokerError> {
-    // rumqttd binds inside its own thread and only logs a failure there: find out here.
-    TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+/// Clients the front holds at most (devices, the coordinator, and room for reconnects).
+pub const MAX_CONNECTIONS: usize = 20_000;
 
-    let dir = data_dir.join("broker");
+/// What the embedded broker needs from the coordinator.
+pub struct Embedded<'a> {
+    pub listen: SocketAddr,
+    /// Extra names for its certificate (the hosts devices reach it by).
+    pub names: &'a [String],
+    pub authority: &'a Authority,
+    /// The coordinator's own client certificate (PEM): the only one admitted as the coordinator.
+    pub coordinator_cert_pem: &'a str,
+    pub devices: Devices,
+    pub metrics: Metrics,
+    pub on_refusal: OnRefusal,
+}
+
+/// Starts rumqttd and the front on `listen`; returns the front (for cutting off revoked
+/// devices) once both accept connections.
+pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
+    let listen = embedded.listen;
+    let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    listener.set_nonblocking(true).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    raise_open_file_limit();
+
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
         names.push(listen.ip().to_string());
     }
-    for name in extra_names {
+    for name in embedded.names {
         if !names.contains(name) {
             names.push(name.clone());
         }
     }
-    let (cert, key) = authority.issue_server(&names, 365)?;
-    let write = |name: &str, bytes: &[u8], private: bool| {
-        let path = dir.join(name);
-        let result = if private { write_private(&path, bytes) } else { write_atomic(&path, bytes) };
-        result.map(|()| path.clone()).map_err(|source| BrokerError::Write { path, source })
-    };
-    let ca = write("ca.pem", authority.ca_pem().as_bytes(), false)?;
-    let cert = write("server.pem", cert.as_bytes(), false)?;
-    let key = write("server.key", key.as_bytes(), true)?;
+    let (cert, key) = embedded.authority.issue_server(&names, 365)?;
+    let tls = outpost_shared::tls::mutual_server_config(
+        cert.as_bytes(),
+        key.as_bytes(),
+        embedded.authority.ca_pem().as_bytes(),
+    )
+    .map_err(|e| BrokerError::Config(e.to_string()))?;
+    let coordinator_cert = outpost_shared::tls::certificates(
+        embedded.coordinator_cert_pem.as_bytes(),
+        "coordinator certificate",
+    )
+    .map_err(|e| BrokerError::Config(e.to_string()))?
+    .swap_remove(0)
+    .to_vec();
 
+    let inner = inner_address()?;
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| BrokerError::Config("no randomness for the broker's inner login".into()))?;
+    let login = Login::new("outpost-front", hex::encode(secret));
     let config = serde_json::json!({
         "id": 0,
         "router": {
-            "max_connections": 20_010,
+            "max_connections": MAX_CONNECTIONS + 10,
             "max_outgoing_packet_count": 200,
             "max_segment_size": 104_857_600,
             "max_segment_count": 10,
         },
         "v4": { "1": {
-            "name": "outpost-mqtts",
-            "listen": listen.to_string(),
-            "next_connection_delay_ms": 1,
-            "tls": { "capath": ca, "certpath": cert, "keypath": key },
+            "name": "outpost-inner",
+            "listen": inner.to_string(),
+            "next_connection_delay_ms": 0,
             "connections": {
                 "connection_timeout_ms": 60_000,
                 "max_payload_size": MAX_PAYLOAD,
                 "max_inflight_count": 100,
+                "auth": { login.username.clone(): login.password.clone() },
                 "dynamic_filters": true,
             },
         }},
@@ -94,17 +124,59 @@ pub fn start(
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         })
-        .map_err(|source| BrokerError::Bind { addr: listen, source })?;
-
-    let probe =
-        if listen.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], listen.port())) } else { listen };
+        .map_err(|source| BrokerError::Bind { addr: inner, source })?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+    while tokio::net::TcpStream::connect(inner).await.is_err() {
         if Instant::now() > deadline {
-            return Err(BrokerError::NotListening(listen));
+            return Err(BrokerError::NotListening(inner));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(addr = %listen, "embedded broker listening (TLS, client certificates required)");
-    Ok(())
+
+    let front = Arc::new(Front::new(FrontSettings {
+        tls,
+        inner,
+        login,
+        coordinator_cert,
+        devices: embedded.devices,
+        max_packet: MAX_PAYLOAD,
+        max_connections: MAX_CONNECTIONS,
+        metrics: embedded.metrics,
+        on_refusal: embedded.on_refusal,
+    }));
+    // Never stops: the broker lives and dies with the coordinator process.
+    let (keep, never) = tokio::sync::watch::channel(false);
+    let serving = Arc::clone(&front);
+    tokio::spawn(async move {
+        let _keep = keep;
+        serving.serve(listener, never).await;
+    });
+    tracing::info!(addr = %listen, "embedded broker listening (TLS, client certificates required, each device held to its own topics)");
+    Ok(front)
+}
+
+/// A free loopback port for rumqttd (it binds by itself and only logs a failure).
+fn inner_address() -> Result<SocketAddr, BrokerError> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    TcpListener::bind(any)
+        .and_then(|l| l.local_addr())
+        .map_err(|source| BrokerError::Bind { addr: any, source })
+}
+
+/// Raises the soft open-file limit to the hard one (three descriptors per device) and logs
+/// how many devices fit.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    let devices = soft.map(|n| n.saturating_sub(200) / 3);
+    tracing::info!(open_files = soft, devices, "embedded broker: open-file limit (3 per connected device)");
 }

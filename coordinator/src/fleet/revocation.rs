@@ -4,8 +4,9 @@
 //! The list is `<data_dir>/pki/devices.crl.pem` (Mosquitto's `crlfile`; also served at
 //! `GET /api/v1/pki/crl` for a broker on another host). It is written at every start and after
 //! every revocation, numbered by the time it was made so each list outnumbers the last, and
-//! valid for a year. The embedded broker (rumqttd) cannot read a revocation list: there a
-//! revoked device can still connect, but everything it sends is refused and counted
+//! valid for a year. The embedded broker's front refuses a revoked device's certificate at
+//! connect and cuts its live connection when it is revoked; whatever a revoked device still
+//! gets to send through an external broker is refused and counted
 //! (`outpost_coordinator_ingest_total{result="revoked"}`), no deployment targets it and the
 //! API refuses its artifact downloads.
 

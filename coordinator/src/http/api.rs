@@ -58,6 +58,9 @@ pub struct AppState {
     pub outgoing: tokio::sync::mpsc::Sender<Outgoing>,
     /// CA certificate devices use to check the broker (PEM).
     pub broker_ca_pem: String,
+    /// The embedded broker's front, to cut off a revoked device at once (`None` with an
+    /// external broker, which reads the revocation list instead).
+    pub broker_front: Option<Arc<crate::fleet::broker::front::Front>>,
     /// CA certificate devices use to check the API (PEM), when it speaks HTTPS.
     pub api_ca_pem: Option<String>,
 }

@@ -87,32 +87,36 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         None => authority.ca_pem().to_owned(),
     };
-    if config.broker.url.is_none() {
-        let (data_dir, listen, names, authority) = (
-            config.data_dir.clone(),
-            config.broker.embedded_listen,
-            config.embedded_broker_names(),
-            authority.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            crate::fleet::broker::start(&data_dir, listen, &names, &authority)
-        })
-        .await
-        .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
-    }
-    let (cert, key) = authority.issue_client("outpost-coordinator", 30)?;
+    let (cert, key) = authority.issue_client(outpost_shared::protocol::gate::COORDINATOR, 30)?;
     let tls = outpost_shared::tls::client_config(broker_ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes())?;
+    let audit =
+        Arc::new(AuditLog::open(&config.data_dir, &store).map_err(|e| ServeError::Audit(e.to_string()))?);
+    let broker_front = if config.broker.url.is_none() {
+        let names = config.embedded_broker_names();
+        let front = crate::fleet::broker::start(crate::fleet::broker::Embedded {
+            listen: config.broker.embedded_listen,
+            names: &names,
+            authority: &authority,
+            coordinator_cert_pem: &cert,
+            devices: devices.clone(),
+            metrics: metrics.clone(),
+            on_refusal: audit_broker_refusals(Arc::clone(&audit), metrics.clone()),
+        })
+        .await?;
+        Some(front)
+    } else {
+        None
+    };
     let (host, port) = config.broker_endpoint()?;
     let settings = LinkSettings {
         host,
         port,
-        client_id: "outpost-coordinator".into(),
+        client_id: outpost_shared::protocol::gate::COORDINATOR.into(),
         tls,
         max_packet_bytes: config.broker.max_packet_bytes,
     };
 
     let auth = Auth::open(&store, &admin, config.api.rate_limit_per_sec, config.api.rate_limit_burst)?;
-    let audit = AuditLog::open(&config.data_dir, &store).map_err(|e| ServeError::Audit(e.to_string()))?;
     match audit.verify() {
         Ok(entries) => tracing::info!(entries, path = %audit.path().display(), "audit log verified"),
         Err(problem) => {
@@ -191,7 +195,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         clock.clone(),
         shutdown_rx.clone(),
     ));
-    let audit = Arc::new(audit);
     let deployer = crate::ops::deploy::Deployer::new(
         registry.clone(),
         devices.clone(),
@@ -235,6 +238,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         desired,
         outgoing: outgoing_tx,
         broker_ca_pem,
+        broker_front,
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
     });
     let retraining_task =
@@ -294,6 +298,27 @@ fn api_tls(
         key.as_bytes(),
         Some(authority.ca_pem().as_bytes()),
     )?)
+}
+
+/// The embedded broker's refusals, audited as `broker.refused` (sampled like the API's
+/// denials; every one is counted in `outpost_coordinator_broker_refused_total`).
+fn audit_broker_refusals(audit: Arc<AuditLog>, metrics: Metrics) -> crate::fleet::broker::front::OnRefusal {
+    let sampler = Arc::new(crate::http::denials::AuditSampler::default());
+    Arc::new(move |refused: crate::fleet::broker::front::Refused| {
+        const ACTION: &str = "broker.refused";
+        if !sampler.admit(ACTION) {
+            metrics.audit_suppressed.with_label_values(&[ACTION]).inc();
+            return;
+        }
+        let (audit, metrics) = (Arc::clone(&audit), metrics.clone());
+        tokio::spawn(async move {
+            let actor = refused.identity.as_deref().unwrap_or("unknown");
+            let detail = format!("{} (from {})", refused.detail, refused.peer);
+            audit
+                .append_or_count(&metrics, actor, "device", ACTION, refused.reason, "refused", &detail)
+                .await;
+        });
+    })
 }
 
 async fn wait_for_signal() {

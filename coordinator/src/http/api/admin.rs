@@ -158,7 +158,10 @@ async fn revoking(
         let revocation = done.map_err(ApiError::internal)?.ok_or_else(|| {
             ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
         })?;
-        let detail = crl_detail(st, &revocation)?;
+        let mut detail = crl_detail(st, &revocation)?;
+        if st.broker_front.as_ref().is_some_and(|front| front.disconnect(&revocation.device_id)) {
+            detail.push_str("; its broker connection was cut");
+        }
         Ok((revocation, if delete { format!("deleted; {detail}") } else { detail }))
     })
     .await
