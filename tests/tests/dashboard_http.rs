@@ -158,3 +158,41 @@ async fn dashboard_sessions_need_a_valid_token_and_bad_input_is_refused_by_name(
     assert!(p.cookie.contains("Max-Age=0"), "{}", p.cookie);
     assert_eq!(get("/ui", Some(&operator)).await.status, 303);
 }
+
+/// The finding: the dashboard's sign-in form was outside the API's per-address throttle, so
+/// tokens could be guessed there without limit. Now its failures count in the same budget:
+/// after `api.failed_auth_per_minute` wrong tokens the form answers 429 — for the right token
+/// too — and so does the API, for that address; each refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_tokens_at_the_sign_in_form_is_throttled_like_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _) = Coordinator::start_embedded_with(
+        &dir.path().join("coordinator"),
+        &[("OUTPOST_COORDINATOR_API__FAILED_AUTH_PER_MINUTE", "3")],
+    );
+    let admin = std::fs::read_to_string(coordinator.token_file()).unwrap().trim().to_owned();
+    let base = coordinator.url();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sign_in = |token: &str| {
+        send(
+            http.post(format!("{base}/ui/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={token}")),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(sign_in("opa_guess").await.status, 401);
+    }
+    let p = sign_in(&admin).await;
+    assert_eq!(p.status, 429, "{}", p.body);
+    assert!(p.body.contains("Too many failed sign-ins from this address"), "{}", p.body);
+    assert!(p.cookie.is_empty());
+    let api = http.get(format!("{base}/api/v1/devices")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(api.status().as_u16(), 429);
+
+    // The audit log itself (this address is throttled for the API too, `audit list` included).
+    let audit = std::fs::read_to_string(coordinator.data_dir.join("audit.log")).unwrap();
+    let denied = audit.lines().filter(|l| l.contains("auth.denied") && l.contains("/ui/login")).count();
+    assert_eq!(denied, 3, "{audit}");
+    assert!(audit.lines().any(|l| l.contains("auth.throttled") && l.contains("/ui/login")), "{audit}");
+}

@@ -38,8 +38,12 @@ pub enum BrokerError {
 /// Largest MQTT payload the broker accepts (a full envelope plus room for the header).
 pub const MAX_PAYLOAD: usize = outpost_shared::protocol::MAX_ENVELOPE_BYTES + 4096;
 
-/// Clients the front holds at most (devices, the coordinator, and room for reconnects).
+/// Clients the front holds at most (devices, the coordinator, and room for reconnects), when
+/// the open-file limit allows.
 pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// File descriptors kept for everything but broker clients (the store, the API, logs).
+const RESERVED_FILES: u64 = 512;
 
 /// What the embedded broker needs from the coordinator.
 pub struct Embedded<'a> {
@@ -62,7 +66,7 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
     listener.set_nonblocking(true).map_err(|source| BrokerError::Bind { addr: listen, source })?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|source| BrokerError::Bind { addr: listen, source })?;
-    raise_open_file_limit();
+    let capacity = raise_open_file_limit();
 
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
@@ -140,7 +144,7 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
         coordinator_cert,
         devices: embedded.devices,
         max_packet: MAX_PAYLOAD,
-        max_connections: MAX_CONNECTIONS,
+        max_connections: capacity,
         metrics: embedded.metrics,
         on_refusal: embedded.on_refusal,
     }));
@@ -163,9 +167,11 @@ fn inner_address() -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::Bind { addr: any, source })
 }
 
-/// Raises the soft open-file limit to the hard one (three descriptors per device) and logs
-/// how many devices fit.
-fn raise_open_file_limit() {
+/// Raises the soft open-file limit to the hard one and returns how many clients the front may
+/// hold: three descriptors each, [`RESERVED_FILES`] kept aside, at most [`MAX_CONNECTIONS`].
+/// Past that the front refuses new connections at once (counted as `busy`) rather than run
+/// out of descriptors, which would stall every accept, its own and rumqttd's.
+fn raise_open_file_limit() -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if let Some(hard) = limit.maximum
@@ -177,6 +183,17 @@ fn raise_open_file_limit() {
         }
     }
     let soft = getrlimit(Resource::Nofile).current;
-    let devices = soft.map(|n| n.saturating_sub(200) / 3);
-    tracing::info!(open_files = soft, devices, "embedded broker: open-file limit (3 per connected device)");
+    let capacity = soft.map_or(MAX_CONNECTIONS, |n| {
+        usize::try_from(n.saturating_sub(RESERVED_FILES) / 3).unwrap_or(MAX_CONNECTIONS).min(MAX_CONNECTIONS)
+    });
+    if capacity < MAX_CONNECTIONS {
+        tracing::warn!(
+            open_files = soft,
+            clients = capacity,
+            "embedded broker: the open-file limit caps the clients it holds (3 descriptors each); raise LimitNOFILE / ulimit -n for more"
+        );
+    } else {
+        tracing::info!(open_files = soft, clients = capacity, "embedded broker: open-file limit");
+    }
+    capacity
 }

@@ -248,7 +248,33 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(d): Dash, form: Result<Form<LoginForm>, FormRejection>) -> Response {
+async fn login(
+    State(d): Dash,
+    peer: Option<axum::Extension<outpost_shared::front::Peer>>,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    // The API's per-address throttle covers sign-in too: guessing tokens here is guessing them.
+    let source = peer.map(|p| p.0.0.ip());
+    let limit = d.app.config.api.failed_auth_per_minute;
+    if let Some((failures, wait)) = source.and_then(|ip| d.app.failed_auth.throttled(ip, limit)) {
+        d.app.metrics.auth_throttled.with_label_values(&["failed_auth"]).inc();
+        d.app.metrics.api_denied.with_label_values(&["429"]).inc();
+        let detail = format!("{failures} failed authentications from this address this minute");
+        crate::http::denials::audit_sampled(
+            &d.app,
+            "-",
+            "-",
+            "auth.throttled",
+            "POST /ui/login",
+            "refused",
+            &detail,
+        )
+        .await;
+        let note = format!("Too many failed sign-ins from this address; retry in {wait} s.");
+        let mut response = html(StatusCode::TOO_MANY_REQUESTS, pages::login("/ui", Some(&note)), false);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
     let form = match form {
         Ok(Form(f)) => f,
         Err(e) => {
@@ -289,6 +315,19 @@ async fn login(State(d): Dash, form: Result<Form<LoginForm>, FormRejection>) -> 
         ),
         Err(Denied::Unauthenticated(m) | Denied::Forbidden(m)) => {
             d.app.metrics.api_denied.with_label_values(&["401"]).inc();
+            if let Some(ip) = source {
+                d.app.failed_auth.failed(ip);
+            }
+            crate::http::denials::audit_sampled(
+                &d.app,
+                "-",
+                "-",
+                "auth.denied",
+                "POST /ui/login",
+                "refused",
+                "401",
+            )
+            .await;
             tracing::warn!("dashboard sign-in refused: {m}");
             html(StatusCode::UNAUTHORIZED, pages::login(&next, Some(&format!("Not signed in: {m}."))), false)
         }

@@ -96,6 +96,19 @@ pub struct FailedAuth {
     windows: MinuteCounts<std::net::IpAddr>,
 }
 
+impl FailedAuth {
+    /// `Some((failures, seconds to wait))` when `ip` failed `limit` times or more this minute.
+    pub fn throttled(&self, ip: std::net::IpAddr, limit: u32) -> Option<(u32, u64)> {
+        let (failures, wait) = self.windows.current(&ip);
+        (failures >= limit).then_some((failures, wait))
+    }
+
+    /// Counts one failed authentication from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        self.windows.add(&ip);
+    }
+}
+
 /// Writes `action` to the audit chain if the sampler admits it; counts it otherwise.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_sampled(
@@ -172,20 +185,19 @@ pub async fn audit_denials(State(state): State<Arc<AppState>>, request: Request,
         .map(|p| p.0.ip())
         .filter(|_| !credentialless);
     let limit = state.config.api.failed_auth_per_minute;
-    if let Some(ip) = source {
-        let (failures, wait) = state.failed_auth.windows.current(&ip);
-        if failures >= limit {
-            state.metrics.auth_throttled.with_label_values(&["failed_auth"]).inc();
-            state.metrics.api_denied.with_label_values(&["429"]).inc();
-            let detail = format!("{failures} failed authentications from {ip} this minute");
-            audit_sampled(&state, "-", "-", "auth.throttled", &target, "refused", &detail).await;
-            let message = format!(
-                "too many failed authentications from {ip} ({failures} in a minute; the limit is {limit}); retry in {wait} s"
-            );
-            let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
-            return response;
-        }
+    if let Some(ip) = source
+        && let Some((failures, wait)) = state.failed_auth.throttled(ip, limit)
+    {
+        state.metrics.auth_throttled.with_label_values(&["failed_auth"]).inc();
+        state.metrics.api_denied.with_label_values(&["429"]).inc();
+        let detail = format!("{failures} failed authentications from {ip} this minute");
+        audit_sampled(&state, "-", "-", "auth.throttled", &target, "refused", &detail).await;
+        let message = format!(
+            "too many failed authentications from {ip} ({failures} in a minute; the limit is {limit}); retry in {wait} s"
+        );
+        let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+        return response;
     }
     let response = next.run(request).await;
     let status = response.status();
@@ -193,7 +205,7 @@ pub async fn audit_denials(State(state): State<Arc<AppState>>, request: Request,
     if (status == StatusCode::UNAUTHORIZED || (enrolment && status == StatusCode::FORBIDDEN))
         && let Some(ip) = source
     {
-        state.failed_auth.windows.add(&ip);
+        state.failed_auth.failed(ip);
     }
     if matches!(status.as_u16(), 401 | 403 | 429) && !enrolment {
         audit_sampled(&state, "-", "-", "auth.denied", &target, "refused", status.as_str()).await;

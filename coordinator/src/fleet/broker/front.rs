@@ -92,7 +92,10 @@ impl std::fmt::Debug for Front {
 enum Ended {
     Closed,
     Refused(Refusal),
+    /// Revoked ([`Front::disconnect`]).
     Cut,
+    /// The same identity connected again; MQTT drops the older connection.
+    Superseded,
 }
 
 impl Front {
@@ -279,7 +282,9 @@ impl Front {
         let ended = tokio::select! {
             ended = upstream => ended,
             _ = downstream => Ended::Closed,
-            _ = killed.wait_for(|k| *k) => Ended::Cut,
+            // A revocation sends `true`; a newer connection of this identity replaces the
+            // entry, dropping the sender.
+            killed = killed.wait_for(|k| *k) => if killed.is_ok() { Ended::Cut } else { Ended::Superseded },
         };
         self.metrics.broker_connections.dec();
         if device {
@@ -287,6 +292,9 @@ impl Front {
         }
         match ended {
             Ended::Closed => tracing::debug!(identity, %peer, "embedded broker: client left"),
+            Ended::Superseded => {
+                tracing::debug!(identity, %peer, "embedded broker: client replaced by its newer connection")
+            }
             Ended::Refused(refusal) => {
                 self.refuse(Some(&identity), peer, refusal.reason(), refusal.to_string());
             }
