@@ -235,11 +235,15 @@ impl RuntimeConfig {
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub grace_secs: u64,
+    /// After draining, how long the prediction log and the outbox may take to reach disk and
+    /// close. Past it the agent exits 1 without them: storage that cannot close (its data
+    /// directory gone, a failing card) must not keep the process alive.
+    pub close_timeout_secs: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace_secs: 30 }
+        ShutdownConfig { grace_secs: 30, close_timeout_secs: 10 }
     }
 }
 

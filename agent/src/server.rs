@@ -413,6 +413,7 @@ pub async fn serve(
     signal_task.abort();
     loader.abort();
     drop(stop_tx);
+    exit_if_storage_hangs(Duration::from_secs(config.shutdown.close_timeout_secs));
     if let Some(log) = log {
         // Everything answered so far goes to disk before the process exits.
         match tokio::task::spawn_blocking(move || log.flush()).await {
@@ -451,6 +452,23 @@ pub async fn serve(
     }
     tracing::info!(exit_code = status.exit().code(), "stopped");
     Ok(status)
+}
+
+/// From here on the agent only writes out and closes its storage. sled blocks forever when
+/// that cannot finish (its files gone, the disk failing: it waits on a flush inside a `Tree`'s
+/// drop), so a watchdog thread ends the process with exit 1 after `budget`.
+fn exit_if_storage_hangs(budget: Duration) {
+    let spawned = std::thread::Builder::new().name("exit-watchdog".into()).spawn(move || {
+        std::thread::sleep(budget);
+        tracing::error!(
+            close_timeout_secs = budget.as_secs(),
+            "storage did not close in time (is the data directory gone or its disk failing?); exiting without it"
+        );
+        std::process::exit(i32::from(crate::exit::ExitStatus::Failure.code()));
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the exit watchdog");
+    }
 }
 
 /// Loads and validates every model concurrently off the executor, publishing each result.

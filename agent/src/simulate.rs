@@ -64,6 +64,8 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Device index → model versions of its newest applied desired state (`name@version`).
     running: Mutex<HashMap<usize, Vec<String>>>,
+    /// QoS 1 round trips to the broker (PUBLISH sent → PUBACK received), milliseconds.
+    puback_ms: Mutex<Option<LogHistogram>>,
 }
 
 impl Stats {
@@ -71,6 +73,17 @@ impl Stats {
     pub fn running(&self, target: &str) -> usize {
         let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         running.values().filter(|v| v.iter().any(|m| m == target)).count()
+    }
+
+    /// The `q` quantile of the broker's QoS 1 round trip (ms) and how many were timed.
+    pub fn puback_quantile(&self, q: f64) -> (Option<f64>, u64) {
+        let timed = self.puback_ms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        timed.as_ref().map_or((None, 0), |h| (h.quantile(q), h.count()))
+    }
+
+    fn time_puback(&self, ms: f64) {
+        let mut timed = self.puback_ms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        timed.get_or_insert_with(|| LogHistogram::new(0.01)).record(ms);
     }
 }
 
@@ -249,6 +262,8 @@ async fn device_loop(
     // The newest actual state until the coordinator acks it: resent every tick, like an agent's
     // outbox (the coordinator may drop what arrives while it is busy, and stores it once).
     let mut pending_state: Option<(u64, Vec<u8>)> = None;
+    // QoS 1 publishes awaiting their PUBACK, by packet id, to time the broker's round trip.
+    let mut in_flight: HashMap<u16, std::time::Instant> = HashMap::new();
     let mut window_start = outpost_shared::endpoints::now_ms();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -333,8 +348,19 @@ async fn device_loop(
                         seq += 1;
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    in_flight.insert(pkid, std::time::Instant::now());
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(sent) = in_flight.remove(&ack.pkid) {
+                        stats.time_puback(sent.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(_) => {
+                    in_flight.clear();
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
             }
         }
     }

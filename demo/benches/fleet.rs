@@ -11,7 +11,9 @@
 //!
 //! `cargo bench -p outpost --bench fleet`; `OUTPOST_BENCH_DEVICES` (10000),
 //! `OUTPOST_BENCH_STEADY_SECS` (60), `OUTPOST_BENCH_RAMP_PER_SEC` (500 devices start connecting a
-//! second). Simulator and coordinator share this machine's cores.
+//! second), `OUTPOST_BENCH_BROKER=embedded`. Simulator and coordinator share this machine's
+//! cores. The embedded broker uses three file descriptors per device (client, front → rumqttd,
+//! rumqttd's side): for 10,000 devices run it under `prlimit --nofile=65536:65536`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -114,9 +116,14 @@ impl Coordinator {
     }
 
     fn stored(&self) -> f64 {
+        self.gauge("outpost_coordinator_ingest_total{result=\"stored\"}")
+    }
+
+    /// One sample of the coordinator's /metrics, by its full name with labels.
+    fn gauge(&self, name: &str) -> f64 {
         self.metrics()
             .lines()
-            .find(|l| l.starts_with("outpost_coordinator_ingest_total{result=\"stored\"}"))
+            .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     }
@@ -280,7 +287,7 @@ fn main() {
     println!(
         "fleet benchmark: {devices} simulated devices reporting every {} s; one coordinator; broker: {}; 2 cores shared",
         interval.as_secs(),
-        if embedded { "embedded (rumqttd)" } else { "Mosquitto" }
+        if embedded { "embedded (front + rumqttd)" } else { "Mosquitto" }
     );
     let plan = outpost_agent::simulate::Plan {
         api_url: url.clone(),
@@ -303,6 +310,7 @@ fn main() {
         devices as f64 / started.elapsed().as_secs_f64()
     );
 
+    let (_, rss_before_connect) = usage(pid);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let stats = Arc::new(outpost_agent::simulate::Stats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -323,6 +331,21 @@ fn main() {
         connected(&stats),
         started.elapsed().as_secs_f64()
     );
+    if embedded {
+        let (_, rss) = usage(pid);
+        let held = c.gauge("outpost_coordinator_broker_connections");
+        println!(
+            "  embedded broker: {held:.0} connections held through its front; coordinator RSS {:.0} MB → {:.0} MB ({:.1} KB per connection); refused: {:.0}",
+            rss_before_connect as f64 / 1e6,
+            rss as f64 / 1e6,
+            (rss.saturating_sub(rss_before_connect)) as f64 / held.max(1.0) / 1e3,
+            c.metrics()
+                .lines()
+                .filter(|l| l.starts_with("outpost_coordinator_broker_refused_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        );
+    }
 
     // Steady state: one report per device every interval.
     std::thread::sleep(interval * 2);
@@ -347,6 +370,13 @@ fn main() {
     );
     println!(
         "  ingest: {stored:.0} envelopes stored/s; the fleet sends {sent:.0} reports/s (baseline in this run)"
+    );
+    let (p50, timed) = stats.puback_quantile(0.5);
+    let (p99, _) = stats.puback_quantile(0.99);
+    println!(
+        "  broker QoS 1 round trip (PUBLISH → PUBACK, simulator side, {timed} timed): p50 {:.2} ms, p99 {:.2} ms",
+        p50.unwrap_or(f64::NAN),
+        p99.unwrap_or(f64::NAN)
     );
 
     push_and_validate(&c, &models, "1.0.0");

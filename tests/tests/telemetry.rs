@@ -239,6 +239,39 @@ async fn coordinator_outage_loses_nothing(kind: Kind) {
     assert_exactly_once(&view);
 }
 
+/// The finding: with its data directory gone (a card failing, a volume pulled), the agent
+/// logged "final telemetry report failed … No such file or directory" on SIGTERM and never
+/// exited — sled waits forever on a flush inside a tree's drop. Now a watchdog ends the
+/// process after `shutdown.close_timeout_secs` with exit 1, naming why; a supervisor can then
+/// restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_storage_vanished_still_exits_on_sigterm() {
+    let fleet = fleet(Kind::Embedded);
+    let (dir, device) = fleet.enrolled_agent_dir("agent");
+    let mut agent = start_agent(&dir, &[("OUTPOST_SHUTDOWN__CLOSE_TIMEOUT_SECS", "3")]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    serve_predictions(&agent, 500).await;
+    fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+        .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Served on with its files gone: the final report's batch is large enough that sled
+    // writes it to a new file, which cannot be created.
+    serve_predictions(&agent, 5000).await;
+    agent.signal(Signal::SIGTERM);
+    let started = Instant::now();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    let log = agent.log();
+    if log.contains("storage did not close in time") {
+        assert_eq!(status.code(), Some(1), "{log}");
+    } else {
+        // sled happened to close without its files: a clean exit is fine too.
+        assert!(status.code().is_some(), "{log}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
 async fn tiny_log_bound_keeps_serving_and_reports_evictions(kind: Kind) {
     let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");
