@@ -45,6 +45,7 @@ pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction
 pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
 pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_log_write_errors_total";
 pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
+pub const PREDICTION_LOG_BUDGET_BYTES: &str = "outpost_agent_prediction_log_budget_bytes";
 pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";
 pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
 pub const PREDICTION_LOG_IDS_SKIPPED: &str = "outpost_agent_prediction_log_ids_skipped";
@@ -188,6 +189,7 @@ struct LogMetrics {
     evicted_segments: IntCounter,
     write_errors: IntCounter,
     disk_bytes: IntGauge,
+    budget_bytes: IntGauge,
     segments: IntGauge,
     queued: IntGauge,
     ids_skipped: IntGauge,
@@ -430,6 +432,10 @@ impl Metrics {
                     PREDICTION_LOG_DISK_BYTES,
                     "Prediction-log size on disk in bytes."
                 )?),
+                budget_bytes: reg!(IntGauge::new(
+                    PREDICTION_LOG_BUDGET_BYTES,
+                    "Prediction-log disk budget in force: prediction_log.max_bytes, or prediction_log.max_disk_share of the log plus the filesystem's free space when that is less."
+                )?),
                 segments: reg!(IntGauge::new(PREDICTION_LOG_SEGMENTS, "Prediction-log segments on disk.")?),
                 queued: reg!(IntGauge::new(
                     PREDICTION_LOG_QUEUED,
@@ -543,6 +549,7 @@ impl Metrics {
         *reported = *stats;
         log.ids_skipped.set(i64::try_from(stats.ids_skipped).unwrap_or(i64::MAX));
         log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));
+        log.budget_bytes.set(i64::try_from(stats.budget_bytes).unwrap_or(i64::MAX));
         log.segments.set(i64::try_from(stats.segments).unwrap_or(i64::MAX));
         log.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
     }

@@ -86,6 +86,11 @@ pub struct PredictionLogConfig {
     pub enabled: bool,
     /// Disk budget for all segments together, in bytes.
     pub max_bytes: u64,
+    /// Share of its filesystem the log may use: the budget is the smaller of `max_bytes` and
+    /// this share of (the log's own size + the space still free), so on a disk that fills up —
+    /// a small card, or the application beside it writing — the log evicts its oldest records
+    /// instead of failing to write new ones.
+    pub max_disk_share: f64,
     /// Records older than this are evicted (a segment at a time).
     pub max_age_secs: u64,
     /// Segments the budget is split into (eviction granularity).
@@ -105,6 +110,7 @@ impl Default for PredictionLogConfig {
         PredictionLogConfig {
             enabled: true,
             max_bytes: 256 * 1024 * 1024,
+            max_disk_share: 0.5,
             max_age_secs: 7 * 24 * 3600,
             segments: 4,
             queue_capacity: 16_384,
@@ -136,6 +142,8 @@ struct Counters {
     evicted_segments: AtomicU64,
     write_errors: AtomicU64,
     disk_bytes: AtomicU64,
+    /// The budget in force: `max_bytes`, or less when the disk's free space says so.
+    budget_bytes: AtomicU64,
     segments: AtomicU64,
     quarantined: AtomicU64,
 }
@@ -148,6 +156,8 @@ pub struct LogStats {
     pub evicted_segments: u64,
     pub write_errors: u64,
     pub disk_bytes: u64,
+    /// The disk budget in force (see [`PredictionLogConfig::max_disk_share`]).
+    pub budget_bytes: u64,
     pub segments: u64,
     pub queued: u64,
     /// Ids skipped when the log opened: reserved before an unclean stop and never logged, so
@@ -368,6 +378,7 @@ impl PredictionLog {
             segments: Arc::clone(&segments),
             counters: Arc::clone(&counters),
             failures: FailureLog::default(),
+            free_space: std::cell::Cell::new(None),
         };
         writer.refresh_disk_stats();
         let handle = std::thread::Builder::new()
@@ -486,6 +497,7 @@ impl PredictionLog {
             evicted_segments: c.evicted_segments.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
             disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
+            budget_bytes: c.budget_bytes.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
             queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
             ids_skipped: self.skipped.map_or(0, |s| s.count()),

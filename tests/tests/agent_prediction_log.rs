@@ -234,34 +234,90 @@ async fn a_corrupted_log_segment_is_quarantined_and_serving_goes_on() {
     );
 }
 
-/// A full disk (a 16 MiB tmpfs, the log's budget far larger): the agent keeps serving and the
-/// failed writes are counted, and logged at most once per 30 s with a count — the finding
-/// was 9,618 ERROR lines in 30 s on a disk the journal shares. Needs root for the mount;
-/// required when `CI` is set.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_keeps_serving_and_logs_failures_once_per_interval() {
-    struct Mounted(std::path::PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
+/// Mounts a `size` tmpfs on a fresh temporary folder (unmounted on drop); `None` (skipped, with
+/// a message) where that needs root we do not have — required when `CI` is set.
+fn small_disk(size: &str) -> Option<(tempfile::TempDir, Mounted)> {
     let dir = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(dir.path())
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
         assert!(std::env::var_os("CI").is_none(), "CI must be able to mount a tmpfs (run as root)");
         eprintln!("skipped: mounting a tmpfs needs root");
-        return;
+        return None;
     }
-    let _mounted = Mounted(dir.path().to_owned());
+    let guard = Mounted(dir.path().to_owned());
+    Some((dir, guard))
+}
+
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The finding: on a 30 MB filesystem with the defaults the log evicted nothing (its budget
+/// was never reached, the disk was) and lost every record once the disk was full. Now its
+/// budget is at most `max_disk_share` (0.5) of the log plus the free space: on a 16 MiB tmpfs
+/// it evicts its oldest segments and never fails a write, also when something else then
+/// takes 6 MiB of the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_disk_makes_the_log_evict_instead_of_failing() {
+    let Some((dir, _mounted)) = small_disk("16m") else { return };
     let agent = Agent::builder()
         .model("bc", &model("breast_cancer-1.0.0"))
         .data_dir(dir.path())
         .env("OUTPOST_TELEMETRY__ENABLED", "false")
+        .start();
+    agent.wait_ready(Duration::from_secs(30)).await;
+    let evicted = |m: &str| metric(m, "outpost_agent_prediction_log_evicted_segments_total");
+    let serve_until = |at_least: f64| {
+        let agent = &agent;
+        async move {
+            let started = Instant::now();
+            loop {
+                for _ in 0..50 {
+                    let (status, body) = agent.post_json("/v2/models/bc/infer", &batch(8)).await;
+                    assert_eq!(status, 200, "{body}");
+                }
+                let m = agent.metrics_text().await;
+                assert_eq!(metric(&m, "outpost_agent_prediction_log_write_errors_total"), 0.0, "{m}");
+                if evicted(&m) >= at_least {
+                    return m;
+                }
+                assert!(started.elapsed() < Duration::from_secs(120), "nothing was evicted:\n{m}");
+            }
+        }
+    };
+    let m = serve_until(1.0).await;
+    let budget = metric(&m, "outpost_agent_prediction_log_budget_bytes");
+    assert!(budget > 4e6 && budget <= 8.5e6, "half of a 16 MiB disk: {budget}\n{m}");
+    // The application beside the agent takes 6 MiB: the budget shrinks, the log evicts more.
+    std::fs::write(dir.path().join("application-data"), vec![7u8; 6 << 20]).unwrap();
+    let before = evicted(&m);
+    let m = serve_until(before + 1.0).await;
+    let smaller = metric(&m, "outpost_agent_prediction_log_budget_bytes");
+    assert!(smaller < budget, "the budget did not follow the free space: {smaller} vs {budget}");
+    assert!(metric(&m, "outpost_agent_prediction_log_records_total") > 0.0);
+    assert!(!agent.log().contains("writes are failing"), "{}", agent.log());
+}
+
+/// A full disk (a 16 MiB tmpfs, the log allowed all of it): the agent keeps serving and the
+/// failed writes are counted, and logged at most once per 30 s with a count — the finding
+/// was 9,618 ERROR lines in 30 s on a disk the journal shares. Needs root for the mount;
+/// required when `CI` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_serving_and_logs_failures_once_per_interval() {
+    let Some((dir, _mounted)) = small_disk("16m") else { return };
+    let agent = Agent::builder()
+        .model("bc", &model("breast_cancer-1.0.0"))
+        .data_dir(dir.path())
+        .env("OUTPOST_TELEMETRY__ENABLED", "false")
+        .env("OUTPOST_PREDICTION_LOG__MAX_DISK_SHARE", "1")
         .start();
     agent.wait_ready(Duration::from_secs(30)).await;
     let started = Instant::now();

@@ -23,7 +23,15 @@ pub(super) struct Writer {
     /// Write failures are logged once per [`ERROR_LOG_INTERVAL`] with how many there were: on
     /// a full disk shared with the journal, a line per batch would make things worse.
     pub(super) failures: FailureLog,
+    /// The filesystem's free bytes, and when they were read ([`FREE_SPACE_EVERY`]).
+    pub(super) free_space: std::cell::Cell<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a reading of the filesystem's free space is used.
+const FREE_SPACE_EVERY: Duration = Duration::from_secs(1);
+
+/// Smallest segment the budget is split into.
+const MIN_SEGMENT_BYTES: u64 = 256 * 1024;
 
 /// How often repeated write failures are logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -210,15 +218,45 @@ impl Writer {
         Ok(())
     }
 
-    fn segment_budget(&self) -> u64 {
-        (self.config.max_bytes / u64::from(self.config.segments.max(1))).max(1)
+    /// Bytes still free for an unprivileged writer on the log's filesystem (read at most once
+    /// per [`FREE_SPACE_EVERY`]); `None` when the filesystem cannot tell.
+    fn free_space(&self) -> Option<u64> {
+        if let Some((at, bytes)) = self.free_space.get()
+            && at.elapsed() < FREE_SPACE_EVERY
+        {
+            return Some(bytes);
+        }
+        let stats = rustix::fs::statvfs(&self.root).ok()?;
+        let bytes = stats.f_bavail.saturating_mul(stats.f_frsize);
+        self.free_space.set(Some((std::time::Instant::now(), bytes)));
+        Some(bytes)
+    }
+
+    /// The budget in force for a log of `own` bytes: `max_bytes`, or `max_disk_share` of what
+    /// the log could have on this disk (its own bytes plus the free ones) when that is less.
+    fn budget(&self, own: u64) -> u64 {
+        let budget = match self.free_space() {
+            Some(free) => {
+                let reachable = own.saturating_add(free) as f64;
+                self.config.max_bytes.min((reachable * self.config.max_disk_share) as u64)
+            }
+            None => self.config.max_bytes,
+        };
+        self.counters.budget_bytes.store(budget, Ordering::Relaxed);
+        budget
+    }
+
+    fn segment_budget(&self, budget: u64) -> u64 {
+        (budget / u64::from(self.config.segments.max(1))).max(MIN_SEGMENT_BYTES)
     }
 
     /// Starts a new segment when the active one is full; evicts the oldest while over budget.
     fn roll_and_evict(&self) {
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let budget = self.budget(total_size(&segments));
+        let segment_budget = self.segment_budget(budget);
         let active_full =
-            segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= self.segment_budget());
+            segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= segment_budget);
         if active_full {
             let first_id =
                 segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);
@@ -230,8 +268,9 @@ impl Writer {
                 }
             }
         }
-        while segments.len() > 1 && total_size(&segments) > self.config.max_bytes {
-            self.evict_oldest(&mut segments, "disk budget");
+        while segments.len() > 1 && total_size(&segments) > budget {
+            let reason = if budget < self.config.max_bytes { "disk share" } else { "disk budget" };
+            self.evict_oldest(&mut segments, reason);
         }
         drop(segments);
         self.refresh_disk_stats();
