@@ -3,7 +3,9 @@
 //! Talks to the coordinator's API (`--url`, env `OUTPOSTCTL_URL`; `https://` needs `--ca-file`)
 //! with a token (`--token` / env `OUTPOSTCTL_TOKEN`, or `--token-file`, e.g.
 //! `<data_dir>/admin.token`). `bundle create|sign|inspect` and `key` work offline.
-//! Exit codes: 0 success, 1 the coordinator refused or failed, 2 bad usage or unreachable.
+//! Exit codes, one table for every command ([`EXIT_CODES`]): 0 success, 1 the coordinator
+//! refused or failed (or a local step failed), 2 bad usage, 3 what was named does not exist,
+//! 4 the coordinator cannot be reached.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -50,8 +52,11 @@ mod offline;
 #[path = "outpostctl/rollout.rs"]
 mod rollout;
 
+/// The exit codes every command follows (also in `--help`).
+const EXIT_CODES: &str = "Exit codes (every command):\n  0  done\n  1  the coordinator refused or failed (its message is printed), or a local step failed\n  2  bad usage: arguments, files, token or URL that cannot be used\n  3  not found: the device, model, version, rollout … named does not exist\n  4  cannot reach the coordinator";
+
 #[derive(Debug, Parser)]
-#[command(name = "outpostctl", version, about = "Operate an Outpost coordinator")]
+#[command(name = "outpostctl", version, about = "Operate an Outpost coordinator", after_help = EXIT_CODES)]
 struct Cli {
     /// Coordinator API URL.
     #[arg(long, env = "OUTPOSTCTL_URL", default_value = "http://127.0.0.1:7400", global = true)]
@@ -66,9 +71,12 @@ struct Cli {
     /// the coordinator's machine).
     #[arg(long, env = "OUTPOSTCTL_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
+    /// Print JSON instead of a table (the same as `-o json`).
+    #[arg(long = "json", global = true)]
+    json_flag: bool,
+    /// Output format of read commands: `table` (default) or `json`.
+    #[arg(short = 'o', long, value_enum, global = true)]
+    output: Option<Output>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,7 +87,11 @@ enum Command {
     #[command(subcommand)]
     Device(DeviceCommand),
     /// List devices: labels, liveness, last seen, backlog, models.
-    Devices,
+    Devices {
+        /// Only devices whose labels match every `key=value`, e.g. `-l site=a,tier=edge`.
+        #[arg(short = 'l', long, value_delimiter = ',')]
+        selector: Vec<String>,
+    },
     /// Telemetry that crossed an air gap.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
@@ -510,23 +522,55 @@ enum TelemetryCommand {
     },
 }
 
+/// `-o` / `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+impl Cli {
+    /// Whether to print JSON (`--json` or `-o json`).
+    fn json(&self) -> bool {
+        self.json_flag || self.output == Some(Output::Json)
+    }
+}
+
+/// Why a command failed; each is one row of [`EXIT_CODES`].
 #[derive(Debug)]
 enum Failure {
+    /// 2.
     Usage(String),
+    /// 1.
     Refused(String),
+    /// 3.
+    NotFound(String),
+    /// 4.
+    Unreachable(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Refused(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::NotFound(_) => 3,
+            Failure::Unreachable(_) => 4,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(message)) => {
+        Err(failure) => {
+            let (Failure::Usage(message)
+            | Failure::Refused(message)
+            | Failure::NotFound(message)
+            | Failure::Unreachable(message)) = &failure;
             eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Refused(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(1)
+            ExitCode::from(failure.code())
         }
     }
 }
@@ -605,7 +649,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let api = Api::new(cli)?;
     match &cli.command {
         Command::Device(_)
-        | Command::Devices
+        | Command::Devices { .. }
         | Command::Deploy { .. }
         | Command::Rollback { .. }
         | Command::Telemetry(_) => fleet::run(cli, &api),

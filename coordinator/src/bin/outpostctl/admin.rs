@@ -47,7 +47,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Audit(AuditCommand::List { limit }) => {
             let entries: Vec<serde_json::Value> = api.get(&format!("/api/v1/audit?limit={limit}"))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
             } else {
                 // Fields come from outside (a model name in a URL, a device id asked for):

@@ -1,6 +1,6 @@
 //! The coordinator API as `outpostctl` calls it: an [`outpost_client::Client`] built from the
 //! command line's URL, token and CA, its errors mapped to exit codes (2 when the coordinator
-//! cannot be used as given, 1 when it refused).
+//! cannot be used as given, 4 when nothing answers, 3 for 404, 1 for any other refusal).
 
 #[allow(unused_imports)]
 use super::*;
@@ -15,7 +15,9 @@ pub(super) struct Api {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
-            ClientError::Setup(_) | ClientError::Unreachable { .. } => Failure::Usage(e.to_string()),
+            ClientError::Setup(_) => Failure::Usage(e.to_string()),
+            ClientError::Unreachable { .. } => Failure::Unreachable(e.to_string()),
+            ClientError::Refused { status: 404, .. } => Failure::NotFound(e.to_string()),
             ClientError::Unreadable(_) | ClientError::Refused { .. } | ClientError::Unexpected(_) => {
                 Failure::Refused(e.to_string())
             }
@@ -33,7 +35,7 @@ impl Api {
                 .to_owned(),
             (None, None) => {
                 return Err(Failure::Usage(
-                    "no admin token: pass --token, --token-file or set OUTPOSTCTL_TOKEN".into(),
+                    "no API token: pass --token, --token-file or set OUTPOSTCTL_TOKEN".into(),
                 ));
             }
         };

@@ -12,7 +12,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 "/api/v1/enrolment-tokens",
                 &serde_json::json!({ "labels": labels, "ttl_secs": ttl_secs }),
             )?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
             } else {
                 say!("{}", response.token);
@@ -21,7 +21,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Device(DeviceCommand::Show { id }) => {
             let d: DeviceView = api.get(&format!("/api/v1/devices/{id}"))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
                 return Ok(());
             }
@@ -30,7 +30,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         Command::Device(DeviceCommand::Revoke { id }) => {
             let r: serde_json::Value =
                 api.post_json(&format!("/api/v1/devices/{id}/revoke"), &serde_json::json!({}))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 say!("device {id} revoked{}", revoked_serial(&r));
@@ -38,7 +38,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Device(DeviceCommand::Delete { id }) => {
             let r: serde_json::Value = api.delete(&format!("/api/v1/devices/{id}"))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 say!("device {id} deleted from the fleet and revoked{}", revoked_serial(&r));
@@ -51,7 +51,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         Command::Rollback { name } => {
             let done: serde_json::Value =
                 api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
             } else {
                 say!(
@@ -62,9 +62,11 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Devices => {
-            let devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
-            if cli.json {
+        Command::Devices { selector } => {
+            let selector = parse_labels(selector)?;
+            let mut devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
+            devices.retain(|d| selector.iter().all(|(k, v)| d.labels.get(k) == Some(v)));
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
                 return Ok(());
             }
@@ -108,7 +110,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 "/api/v1/deployments",
                 &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices, "slot": slot}),
             )?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
             } else {
                 let targets: Vec<&str> = response["devices"]
@@ -132,7 +134,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 .map_err(|e| Failure::Refused(format!("coordinator sent an unreadable ack file: {e}")))?;
             outpost_shared::files::write_atomic(ack_out, &ack)
                 .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", ack_out.display())))?;
-            if cli.json {
+            if cli.json() {
                 let summary = serde_json::json!({
                     "device": report.device, "envelopes": report.envelopes, "stored": report.stored,
                     "duplicates": report.duplicates, "rejected": report.rejected,

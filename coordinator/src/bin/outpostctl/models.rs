@@ -23,7 +23,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     break run;
                 }
             };
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
             } else {
                 print_run(&run);
@@ -34,7 +34,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Retrain(RetrainCommand::History { name }) => {
             let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
                 return Ok(());
             }
@@ -72,7 +72,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 &format!("/api/v1/models/{}/versions/{}", args.name, args.version),
                 &bytes,
             )?;
-            if cli.json {
+            if cli.json() {
                 print_json(&response);
             } else if status == 201 {
                 say!(
@@ -92,7 +92,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
         }
         ModelCommand::List => {
             let versions: Vec<serde_json::Value> = api.get("/api/v1/models")?;
-            if cli.json {
+            if cli.json() {
                 print_json(&serde_json::Value::Array(versions));
                 return Ok(());
             }
@@ -180,7 +180,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 &query,
                 &bytes,
             )?;
-            if cli.json {
+            if cli.json() {
                 print_json(&report);
             } else {
                 print_report(&report);
@@ -209,7 +209,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 ));
             }
             let report: serde_json::Value = api.get(path.trim_end_matches(['?', '&']))?;
-            if cli.json {
+            if cli.json() {
                 print_json(&report);
                 return Ok(());
             }

@@ -38,7 +38,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     all.into_values().collect()
                 }
             };
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
                 return Ok(());
             }
@@ -61,7 +61,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Alerts => {
             let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
                 return Ok(());
             }

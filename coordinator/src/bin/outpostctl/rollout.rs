@@ -360,7 +360,7 @@ fn follow(api: &Api, id: &str) -> Result<Value, Failure> {
 
 pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Failure> {
     let show = |v: &Value| {
-        if cli.json {
+        if cli.json() {
             say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
             print_rollout(v);
@@ -370,7 +370,7 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
         RolloutCommand::Plan(args) => {
             let spec = spec_from(args)?;
             let plan: Value = api.post_json("/api/v1/rollouts/plan", &spec)?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
             } else {
                 print_plan(&plan);
@@ -416,7 +416,7 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
         }
         RolloutCommand::List => {
             let all: Vec<Value> = api.get("/api/v1/rollouts")?;
-            if cli.json {
+            if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
                 return Ok(());
             }
@@ -521,7 +521,7 @@ pub fn incident(cli: &Cli, api: &Api, command: &IncidentCommand) -> Result<(), F
             api.post_json(&format!("/api/v1/incidents/{id}/close"), &json!({}))?
         }
     };
-    if cli.json {
+    if cli.json() {
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
