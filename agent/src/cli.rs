@@ -331,6 +331,10 @@ mod transfer {
             Ok(dir) => dir,
             Err(code) => return code,
         };
+        // The identity (keys, certificates) is the owner's only, like everything `serve` writes.
+        if let Err(e) = outpost_shared::files::keep_private(&data_dir) {
+            return fail(format!("cannot create {}: {e}", data_dir.display()), ExitStatus::Failure);
+        }
         let identity = match Identity::load_or_create(&data_dir) {
             Ok(identity) => identity,
             Err(e) => return fail(e, ExitStatus::Failure),

@@ -405,7 +405,10 @@ impl Config {
             return Err(key("prediction_log.max_bytes", "must be at least 256 KiB per segment"));
         }
         if !(log.max_disk_share > 0.0 && log.max_disk_share <= 1.0) {
-            return Err(key("prediction_log.max_disk_share", "must be above 0 and at most 1 (a share of the filesystem)"));
+            return Err(key(
+                "prediction_log.max_disk_share",
+                "must be above 0 and at most 1 (a share of the filesystem)",
+            ));
         }
         if log.queue_capacity == 0 || log.queue_capacity > 1_000_000 {
             return Err(key("prediction_log.queue_capacity", "must be between 1 and 1000000"));

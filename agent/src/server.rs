@@ -222,6 +222,16 @@ pub async fn serve(
     config: Config,
     stop: impl Future<Output = &'static str> + Send + 'static,
 ) -> Result<Stopped, ServeError> {
+    // The prediction log (raw inputs), outbox, identity and models: the owner's only.
+    match outpost_shared::files::keep_private(&config.data_dir) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(data_dir = %config.data_dir.display(), "cannot make the data directory 0700 (not its owner); new files are still 0600")
+        }
+        Err(e) => {
+            tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data directory")
+        }
+    }
     let metrics = Arc::new(Metrics::new()?);
     let workers = config.runtime.effective_workers();
     let pool =

@@ -3,7 +3,9 @@
 //! [`write_atomic`] writes a temporary file beside the target, syncs it and renames it over
 //! the target, so a reader (or a restart after a power cut) sees the old file or the new one,
 //! never a mix. [`write_private`] does the same with mode 0600 from the first byte: keys and
-//! tokens are never readable by other users, not even for a moment.
+//! tokens are never readable by other users, not even for a moment. [`keep_private`] makes a
+//! server's whole data directory its own: 0700, and everything it creates from then on 0600
+//! (files) or 0700 (directories).
 
 use std::io::Write;
 use std::path::Path;
@@ -57,5 +59,22 @@ mod tests {
         write_atomic(&dir.join("plain"), b"x").unwrap();
         assert_eq!(std::fs::metadata(dir.join("plain")).unwrap().permissions().mode() & 0o777, 0o644);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Makes `data_dir` (created if missing) readable by its owner only (0700) and sets this
+/// process's umask to 077, so every file and directory it creates from now on — stores, logs,
+/// segments, certificates — is 0600 / 0700. A data directory from an older version, whose
+/// files are still 0644, is covered by its own mode. Call it before opening anything there.
+/// `Ok(false)` when the directory's mode may not be changed (a volume owned by someone else,
+/// as Kubernetes mounts with `fsGroup`): new files are still private.
+pub fn keep_private(data_dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data_dir)?;
+    match std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -22,10 +22,12 @@ fn every_command_group_follows_one_exit_code_table() {
     assert_eq!(code, 0);
     assert!(selected.contains(&b) && !selected.contains(&a), "{selected}");
     for flags in [&["-o", "json"][..], &["--json"][..], &["--output", "json"][..]] {
-        let args: Vec<&str> = flags.iter().copied().chain(["devices", "--selector", "tier=edge,site=a"]).collect();
+        let args: Vec<&str> =
+            flags.iter().copied().chain(["devices", "--selector", "tier=edge,site=a"]).collect();
         let (code, out, err) = c.ctl(&args);
         assert_eq!(code, 0, "{flags:?}: {err}");
-        let devices: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{flags:?}: {e}: {out}"));
+        let devices: Vec<Value> =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{flags:?}: {e}: {out}"));
         assert_eq!(devices.len(), 1, "{out}");
         assert_eq!(devices[0]["id"], a.as_str());
     }

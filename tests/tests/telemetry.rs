@@ -239,6 +239,42 @@ async fn coordinator_outage_loses_nothing(kind: Kind) {
     assert_exactly_once(&view);
 }
 
+/// Files and directories under `dir` (itself included) that a group or other user could read.
+fn readable_by_others(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.permissions().mode() & 0o077 != 0 {
+            found.push(format!("{} {:o}", path.display(), meta.permissions().mode() & 0o777));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    found
+}
+
+/// The finding (trust-boundaries and at-rest reviews): the agent's prediction log and outbox
+/// (raw inputs), the coordinator's state and its `audit.log` were 0644 in 0755 directories.
+/// Now both data directories are 0700 and everything in them 0600 / 0700, after enrolment,
+/// serving, telemetry and a deployment-free day's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_at_rest_is_readable_by_its_owner_only() {
+    let fleet = fleet(Kind::Embedded);
+    let (dir, device, agent) = connected_agent(&fleet).await;
+    serve_predictions(&agent, 500).await;
+    wait_drained(&agent, &fleet, &device, 500, Duration::from_secs(60)).await;
+    let (code, _, err) = fleet.coordinator.ctl(&["token", "create", "ops", "--role", "operator"]);
+    assert_eq!(code, 0, "{err}");
+    for data in [dir.as_path(), fleet.coordinator.data_dir.as_path()] {
+        let open = readable_by_others(data);
+        assert!(open.is_empty(), "readable by others under {}:\n{}", data.display(), open.join("\n"));
+    }
+    assert!(fleet.coordinator.data_dir.join("audit.log").is_file());
+}
+
 /// The finding: with its data directory gone (a card failing, a volume pulled), the agent
 /// logged "final telemetry report failed … No such file or directory" on SIGTERM and never
 /// exited — sled waits forever on a flush inside a tree's drop. Now a watchdog ends the

@@ -255,8 +255,7 @@ impl Writer {
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         let budget = self.budget(total_size(&segments));
         let segment_budget = self.segment_budget(budget);
-        let active_full =
-            segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= segment_budget);
+        let active_full = segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= segment_budget);
         if active_full {
             let first_id =
                 segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);

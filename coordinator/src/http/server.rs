@@ -66,8 +66,12 @@ pub fn admin_token(data_dir: &std::path::Path) -> Result<String, ServeError> {
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir)
+    // State, keys and the audit log: the owner's only (0700 directory, new files 0600).
+    let private = outpost_shared::files::keep_private(&config.data_dir)
         .map_err(|source| ServeError::Write { path: config.data_dir.clone(), source })?;
+    if !private {
+        tracing::warn!(data_dir = %config.data_dir.display(), "cannot make the data directory 0700 (not its owner); new files are still 0600");
+    }
     let authority = Arc::new(Authority::load_or_create(&config.data_dir)?);
     let store = Store::open(&config.data_dir)?;
     let devices = Devices::open(&store)?;
