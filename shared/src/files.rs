@@ -41,6 +41,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with_mode(path, bytes, 0o600)
 }
 
+/// Makes `data_dir` (created if missing) readable by its owner only (0700) and sets this
+/// process's umask to 077, so every file and directory it creates from now on — stores, logs,
+/// segments, certificates — is 0600 / 0700. A data directory from an older version, whose
+/// files are still 0644, is covered by its own mode. Call it before opening anything there.
+/// `Ok(false)` when the directory's mode may not be changed (a volume owned by someone else,
+/// as Kubernetes mounts with `fsGroup`): new files are still private.
+pub fn keep_private(data_dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data_dir)?;
+    match std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,22 +76,5 @@ mod tests {
         write_atomic(&dir.join("plain"), b"x").unwrap();
         assert_eq!(std::fs::metadata(dir.join("plain")).unwrap().permissions().mode() & 0o777, 0o644);
         std::fs::remove_dir_all(dir).unwrap();
-    }
-}
-
-/// Makes `data_dir` (created if missing) readable by its owner only (0700) and sets this
-/// process's umask to 077, so every file and directory it creates from now on — stores, logs,
-/// segments, certificates — is 0600 / 0700. A data directory from an older version, whose
-/// files are still 0644, is covered by its own mode. Call it before opening anything there.
-/// `Ok(false)` when the directory's mode may not be changed (a volume owned by someone else,
-/// as Kubernetes mounts with `fsGroup`): new files are still private.
-pub fn keep_private(data_dir: &Path) -> std::io::Result<bool> {
-    use std::os::unix::fs::PermissionsExt;
-    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
-    std::fs::create_dir_all(data_dir)?;
-    match std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
-        Err(e) => Err(e),
     }
 }

@@ -271,6 +271,12 @@ impl Rollouts {
                 record.id()
             )));
         }
+        if record.stage == Stage::Archived && !spec.allow_archived {
+            return Err(RolloutError::Conflict(format!(
+                "{} is archived (a later version replaced it as production); pass --allow-archived to roll it out again",
+                record.id()
+            )));
+        }
         let _g = self.guard();
         if let Some(active) =
             self.repo.list()?.into_iter().find(|r| r.phase.active() && r.spec.model == spec.model)
@@ -345,11 +351,11 @@ impl Rollouts {
         r.log(
             now,
             format!(
-                "started by {by}: {}@{} on {} device(s) in waves {:?} (baseline {}), bake {} s",
+                "started by {by}: {}@{} on {} device(s), {} (baseline {}), bake {} s",
                 r.spec.model,
                 r.spec.version,
                 r.targets.len(),
-                r.spec.waves,
+                r.spec.movement(),
                 r.baseline,
                 r.spec.bake_secs
             ),

@@ -103,6 +103,13 @@ pub struct SpecArgs {
     /// Added to latency ratio limits, in ms (1).
     #[arg(long)]
     latency_slack_ms: Option<f64>,
+    /// Roll out a version the registry has archived (a later one replaced it as production).
+    #[arg(long)]
+    allow_archived: bool,
+    /// Make the version production when the rollout succeeds, even if the selector leaves
+    /// devices that run the model out (without it such a partial rollout changes no stage).
+    #[arg(long)]
+    promote: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +170,8 @@ fn spec_from(args: &SpecArgs) -> Result<Value, Failure> {
     set("apply_timeout_secs", args.apply_timeout.map(|ms| json!(ms / 1000)));
     set("latency_slack_ms", args.latency_slack_ms.map(|v| json!(v)));
     set("alpha", args.alpha.map(|v| json!(v)));
+    set("allow_archived", args.allow_archived.then_some(json!(true)));
+    set("promote", args.promote.then_some(json!(true)));
     Ok(spec)
 }
 

@@ -29,7 +29,7 @@ pub async fn start(
     let by = who.name.clone();
     let result = blocking(move || {
         let r = st.rollouts.start(spec, &by)?;
-        let detail = format!("{} on {} device(s), waves {:?}", r.id, r.targets.len(), r.spec.waves);
+        let detail = format!("{} on {} device(s), {}", r.id, r.targets.len(), r.spec.movement());
         Ok((view(&st, r)?, detail))
     })
     .await?;

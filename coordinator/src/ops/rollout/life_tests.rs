@@ -59,8 +59,10 @@ impl Fleet {
         }
         for i in 0..DEVICES {
             let token = format!("token-{i}");
+            // Two sites: dev-0 and dev-1 at `a`, the rest at `b`.
+            let site = if i < 2 { "a" } else { "b" };
             let record = TokenRecord {
-                labels: BTreeMap::new(),
+                labels: BTreeMap::from([("site".to_owned(), site.to_owned())]),
                 created_at_ms: 0,
                 expires_at_ms: u64::MAX,
                 used_by: None,
@@ -381,11 +383,15 @@ fn operators_pause_resume_promote_and_abort() {
     assert_eq!(fleet.primary_of("dev-4"), "1.1.0", "promote sends every target the version");
     assert!(matches!(engine.command(&started.id, "pause", "carol"), Err(RolloutError::Conflict(_))));
 
-    // Back to 1.0.0 with a new rollout, aborted with a revert once it moved devices.
-    let back: RolloutSpec = serde_json::from_str(
-        r#"{"model": "bc", "version": "1.0.0", "waves": [40, 100], "gates": ["error_rate<=+3%"]}"#,
-    )
-    .unwrap();
+    // Back to 1.0.0 — archived once 1.1.0 became production — only when asked for, with a new
+    // rollout aborted with a revert once it moved devices.
+    let back = r#"{"model": "bc", "version": "1.0.0", "waves": [40, 100], "gates": ["error_rate<=+3%"]"#;
+    let refused = engine.start(serde_json::from_str(&format!("{back}}}")).unwrap(), "dave");
+    assert!(
+        matches!(&refused, Err(RolloutError::Conflict(m)) if m.contains("--allow-archived")),
+        "{refused:?}"
+    );
+    let back: RolloutSpec = serde_json::from_str(&format!(r#"{back}, "allow_archived": true}}"#)).unwrap();
     let second = engine.start(back, "dave").unwrap();
     let r = fleet.run(&engine, &second.id, 30);
     assert_eq!(r.moved, ["dev-0", "dev-1"]);
@@ -394,6 +400,38 @@ fn operators_pause_resume_promote_and_abort() {
     assert_eq!((aborted.phase, sent.len()), (Phase::Aborted, 2));
     assert_eq!(fleet.primary_of("dev-0"), "1.1.0", "moved devices go back to what they ran");
     assert!(matches!(engine.command("r-999999", "pause", "dave"), Err(RolloutError::NotFound(_))));
+}
+
+/// The finding: a rollout to 1 of 5 devices ended "succeeded: … is production" and archived
+/// the version 4 devices still ran. While devices outside a rollout run another version, its
+/// success now changes no stage unless `promote` says so; the rollout that brings the last of
+/// them over makes it production.
+#[test]
+fn a_rollout_to_part_of_the_fleet_leaves_production_alone_unless_promoted() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let site =
+        |s: &str, extra: &str| spec_with(&format!(r#""waves": [100], "selector": {{"site": "{s}"}}{extra}"#));
+    let started = engine.start(site("a", ""), "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert_eq!(r.phase, Phase::Succeeded, "{:#?}", r.timeline);
+    assert!(saw(&r, "succeeded (partial: 2 of 5 devices running bc have 1.1.0)"), "{:#?}", r.timeline);
+    assert!(!saw(&r, "is production"), "{:#?}", r.timeline);
+    assert_eq!(fleet.registry.production("bc").unwrap().unwrap().version, "1.0.0");
+    assert_eq!((fleet.primary_of("dev-1"), fleet.primary_of("dev-2")), ("1.1.0".into(), "1.0.0".into()));
+    // The rest of the fleet: now every device runs it, so it is production.
+    let started = engine.start(site("b", ""), "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert!(saw(&r, "succeeded: bc@1.1.0 is production"), "{:#?}", r.timeline);
+    assert_eq!(fleet.registry.get("bc", "1.0.0").unwrap().stage, Stage::Archived);
+
+    // `promote` makes a partial rollout production at once.
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let started = engine.start(site("b", r#", "promote": true"#), "alice").unwrap();
+    let r = fleet.run(&engine, &started.id, 3_600);
+    assert!(saw(&r, "3 of 5 devices running bc have 1.1.0, promoted as asked"), "{:#?}", r.timeline);
+    assert_eq!(fleet.registry.production("bc").unwrap().unwrap().version, "1.1.0");
 }
 
 #[test]

@@ -345,6 +345,43 @@ impl Rollouts {
         let now = self.clock.now_ms();
         r.phase = Phase::Succeeded;
         r.finished_ms = Some(self.clock.now_ms());
+        // Production is the fleet's version: while devices outside this rollout still run
+        // another version of the model, it stays as it is unless the spec says `promote`.
+        let fleet: std::collections::BTreeSet<String> =
+            self.devices.all().map(|all| all.into_iter().map(|d| d.id).collect()).unwrap_or_default();
+        let (mut running, mut elsewhere) = (0usize, 0usize);
+        for (device, record) in self.deployer.desired().all() {
+            let Some(model) = record.models.get(&r.spec.model) else { continue };
+            if fleet.contains(&device) {
+                running += 1;
+                if model.version != r.spec.version && !r.targets.contains(&device) {
+                    elsewhere += 1;
+                }
+            }
+        }
+        let partial = elsewhere > 0;
+        let scope = format!(
+            "{} of {running} devices running {} have {}",
+            running - elsewhere,
+            r.spec.model,
+            r.spec.version
+        );
+        if partial && !r.spec.promote {
+            let stage = self
+                .deployer
+                .registry()
+                .get(&r.spec.model, &r.spec.version)
+                .map(|rec| rec.stage.as_str().to_owned())
+                .unwrap_or_else(|_| "as it was".into());
+            r.log(
+                now,
+                format!(
+                    "succeeded (partial: {scope}): {}@{} stays {stage} and the production version is unchanged; roll out to the rest, or start with --promote to make a partial rollout production",
+                    r.spec.model, r.spec.version
+                ),
+            );
+            return;
+        }
         let note = format!("rollout {}", r.id);
         match self.deployer.registry().transition(
             &r.spec.model,
@@ -353,6 +390,13 @@ impl Rollouts {
             "rollout-engine",
             &note,
         ) {
+            Ok(_) if partial => r.log(
+                now,
+                format!(
+                    "succeeded (partial: {scope}, promoted as asked): {}@{} is production",
+                    r.spec.model, r.spec.version
+                ),
+            ),
             Ok(_) => r.log(now, format!("succeeded: {}@{} is production", r.spec.model, r.spec.version)),
             Err(e) => r.log(now, format!("succeeded, but the registry refused the stage change: {e}")),
         }

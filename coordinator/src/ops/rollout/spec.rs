@@ -27,13 +27,22 @@ pub struct RolloutSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default = "default_strategy")]
     pub strategy: Strategy,
-    /// `waves`: cumulative percent of the targets per wave, increasing, ending at 100.
-    #[serde(default = "default_waves")]
+    /// `waves` only: cumulative percent of the targets per wave, increasing, ending at 100
+    /// (empty: 10, 50, 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<f64>,
-    /// `canary`: percent of every target's requests the candidate answers per step,
-    /// increasing, ending at 100 (the switch of every target to the candidate).
-    #[serde(default = "default_steps")]
+    /// `canary` only: percent of every target's requests the candidate answers per step,
+    /// increasing, ending at 100 (the switch of every target to the candidate; empty: 5, 25,
+    /// 50, 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<f64>,
+    /// Roll out a version the registry has archived (replaced as production); refused without.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_archived: bool,
+    /// Make the version production when the rollout succeeds even if its targets are not every
+    /// device running the model (a subset succeeding leaves the production version as it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote: bool,
     #[serde(default = "default_bake")]
     pub bake_secs: u64,
     /// Gate expressions (see [`gates`]); empty means [`gates::DEFAULT_GATES`].
@@ -174,15 +183,26 @@ pub enum SpecError {
     AccuracyInShadow(String),
     #[error("gate `{0}`: agreement is measured by the `shadow` strategy only")]
     AgreementOutsideShadow(String),
+    #[error(
+        "`{field}` (--{field}) does not apply to the {strategy} strategy: `waves` is for waves, `steps` for canary, and blue-green and shadow take neither"
+    )]
+    NotForStrategy { field: &'static str, strategy: Strategy },
 }
 
 impl RolloutSpec {
     /// Checks every field, naming the first problem.
     pub fn validate(&self) -> Result<Vec<Gate>, SpecError> {
-        let blue_green = vec![100.0];
+        let strategy = self.strategy;
+        if !self.waves.is_empty() && strategy != Strategy::Waves {
+            return Err(SpecError::NotForStrategy { field: "waves", strategy });
+        }
+        if !self.steps.is_empty() && strategy != Strategy::Canary {
+            return Err(SpecError::NotForStrategy { field: "steps", strategy });
+        }
+        let (waves, steps, blue_green) = (self.wave_percents(), self.canary_steps(), vec![100.0]);
         let (field, values) = match self.strategy {
-            Strategy::Waves => ("waves", &self.waves),
-            Strategy::Canary => ("steps", &self.steps),
+            Strategy::Waves => ("waves", &waves),
+            Strategy::Canary => ("steps", &steps),
             Strategy::BlueGreen | Strategy::Shadow => ("waves", &blue_green),
         };
         if values.is_empty() || values.len() > 20 {
@@ -271,17 +291,38 @@ pub enum Step {
 }
 
 impl RolloutSpec {
+    /// The waves' cumulative percentages (the default when none were given).
+    pub fn wave_percents(&self) -> Vec<f64> {
+        if self.waves.is_empty() { default_waves() } else { self.waves.clone() }
+    }
+
+    /// The canary's request percentages (the default when none were given).
+    pub fn canary_steps(&self) -> Vec<f64> {
+        if self.steps.is_empty() { default_steps() } else { self.steps.clone() }
+    }
+
     /// The steps the strategy takes.
     pub fn plan(&self) -> Vec<Step> {
         match self.strategy {
             Strategy::Canary => self
-                .steps
+                .canary_steps()
                 .iter()
                 .map(|&p| if p >= 100.0 { Step::Switch } else { Step::Canary(p as u8) })
                 .collect(),
             Strategy::BlueGreen => vec![Step::Standby, Step::Switch],
             Strategy::Shadow => vec![Step::Shadow],
-            Strategy::Waves => self.waves.iter().map(|&p| Step::Wave(p)).collect(),
+            Strategy::Waves => self.wave_percents().iter().map(|&p| Step::Wave(p)).collect(),
+        }
+    }
+
+    /// How the strategy moves, for people: `waves 10/50/100 %`, `canary 5/25/50/100 % of requests`, ….
+    pub fn movement(&self) -> String {
+        let join = |v: Vec<f64>| v.iter().map(|p| format!("{p}")).collect::<Vec<_>>().join("/");
+        match self.strategy {
+            Strategy::Waves => format!("waves {} % of the targets", join(self.wave_percents())),
+            Strategy::Canary => format!("canary {} % of requests", join(self.canary_steps())),
+            Strategy::BlueGreen => "blue-green (standby everywhere, then one switch)".into(),
+            Strategy::Shadow => "shadow (copies of requests; nothing switches)".into(),
         }
     }
 }

@@ -24,6 +24,19 @@ fn specs_are_checked_by_name() {
         (r#"{"model": "bc", "version": "1", "bake_secs": 0}"#, "bake_secs"),
         (r#"{"model": "bc", "version": "1", "min_labels": 0}"#, "at least 1"),
         (r#"{"model": "bc", "version": "1", "gates": ["p99<2x"]}"#, "no `<=`"),
+        // Flags the strategy does not use are refused by name, not silently ignored.
+        (
+            r#"{"model": "bc", "version": "1", "strategy": "canary", "waves": [20, 60, 100]}"#,
+            "`waves` (--waves) does not apply to the canary strategy",
+        ),
+        (
+            r#"{"model": "bc", "version": "1", "steps": [5, 100]}"#,
+            "`steps` (--steps) does not apply to the waves",
+        ),
+        (
+            r#"{"model": "bc", "version": "1", "strategy": "blue-green", "waves": [100]}"#,
+            "blue-green strategy",
+        ),
     ] {
         let e = spec(text).validate().unwrap_err();
         assert!(e.to_string().contains(says), "{text}: {e}");
