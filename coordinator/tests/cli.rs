@@ -31,7 +31,7 @@ fn outpostctl_needs_a_token_and_https_off_loopback() {
     let bin = env!("CARGO_BIN_EXE_outpostctl");
     let (code, err) = run(bin, &["devices"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("no admin token"), "{err}");
+    assert!(err.contains("no API token"), "{err}");
     let (code, err) = run(bin, &["--url", "http://10.1.2.3:7400", "--token", "x", "devices"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("non-loopback"), "{err}");
