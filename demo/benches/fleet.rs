@@ -343,7 +343,7 @@ fn main() {
                 .lines()
                 .filter(|l| l.starts_with("outpost_coordinator_broker_refused_total{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
+                .fold(0.0, |a, b| a + b)
         );
     }
 

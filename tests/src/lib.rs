@@ -20,6 +20,7 @@ pub mod brokers;
 pub mod demo;
 pub mod fleet;
 pub mod front;
+pub mod mosquitto;
 
 /// The folder holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
