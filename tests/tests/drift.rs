@@ -225,6 +225,12 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
     let (code, listed, err) = c.ctl(&["alerts"]);
     assert_eq!(code, 0, "{err}");
     assert!(listed.lines().any(|l| l.starts_with("FIRING") && l.contains("feature=mean_radius")), "{listed}");
+    let (code, selected, err) = c.ctl(&["alerts", "-l", "feature=mean_texture"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        selected.contains("feature=mean_texture") && !selected.contains("feature=mean_radius"),
+        "{selected}"
+    );
 
     // 3. Normal traffic again: the window refills with it, the drift clears, the alerts resolve.
     for _ in 0..3 {

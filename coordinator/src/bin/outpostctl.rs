@@ -135,7 +135,11 @@ enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Alerts firing now, then recently resolved ones.
-    Alerts,
+    Alerts {
+        /// Only alerts whose labels match every `key=value`, e.g. `-l model=bc,feature=age`.
+        #[arg(short = 'l', long, value_delimiter = ',')]
+        selector: Vec<String>,
+    },
     /// Reports for people.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -653,7 +657,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         | Command::Deploy { .. }
         | Command::Rollback { .. }
         | Command::Telemetry(_) => fleet::run(cli, &api),
-        Command::Report(_) | Command::Slo(_) | Command::Data(_) | Command::Alerts => {
+        Command::Report(_) | Command::Slo(_) | Command::Data(_) | Command::Alerts { .. } => {
             monitoring::run(cli, &api)
         }
         Command::Model(_) | Command::Retrain(_) | Command::Bundle(_) | Command::Key(_) => {

@@ -59,8 +59,10 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             let labelled = text.lines().skip(1).filter(|l| !l.ends_with(',')).count();
             say!("{rows} predictions ({labelled} labelled) of {model} written to {}", out.display());
         }
-        Command::Alerts => {
-            let alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
+        Command::Alerts { selector } => {
+            let selector = parse_labels(selector)?;
+            let mut alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
+            alerts.retain(|a| selector.iter().all(|(k, v)| a["labels"][k].as_str() == Some(v.as_str())));
             if cli.json() {
                 say!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
                 return Ok(());
