@@ -253,7 +253,8 @@ impl Writer {
     /// Starts a new segment when the active one is full; evicts the oldest while over budget.
     fn roll_and_evict(&self) {
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
-        let budget = self.budget(total_size(&segments));
+        let mut size = total_size(&segments);
+        let budget = self.budget(size);
         let segment_budget = self.segment_budget(budget);
         let active_full = segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= segment_budget);
         if active_full {
@@ -267,9 +268,11 @@ impl Writer {
                 }
             }
         }
-        while segments.len() > 1 && total_size(&segments) > budget {
+        // A segment just started is empty: `size` stays right until something is evicted.
+        while segments.len() > 1 && size > budget {
             let reason = if budget < self.config.max_bytes { "disk share" } else { "disk budget" };
             self.evict_oldest(&mut segments, reason);
+            size = total_size(&segments);
         }
         drop(segments);
         self.refresh_disk_stats();

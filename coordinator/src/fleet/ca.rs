@@ -71,6 +71,14 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
 }
 
+/// The subject CN of a DER certificate (a device's id, or the coordinator's name), as the
+/// API's TLS front and the embedded broker's front read it from a verified client certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
+
 impl Authority {
     /// Loads the CA and signing key from `<data_dir>/pki`, creating them on first start.
     pub fn load_or_create(data_dir: &Path) -> Result<Authority, CaError> {

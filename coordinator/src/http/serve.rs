@@ -71,17 +71,10 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|der| common_name(der.as_ref()));
+        .and_then(|der| crate::fleet::ca::common_name(der.as_ref()));
     let app = match device {
         Some(device) => app.layer(axum::Extension(api::PeerDevice(device))),
         None => app,
     };
     Some((stream, app))
-}
-
-/// The subject CN of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(cn)
 }

@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol};
 
+use crate::names::shown;
 use crate::protocol::topics::{self, Channel};
 
 /// The coordinator's MQTT identity: its client id and certificate common name.
@@ -225,16 +226,6 @@ impl Gate {
 /// A CONNACK refusing a connection with `code` (MQTT 3.1.1 §3.2).
 pub fn connack_refusal(code: u8) -> [u8; 4] {
     [0x20, 0x02, 0x00, code]
-}
-
-/// A client-supplied string fit for logs and audit: control characters escaped, at most 200
-/// characters.
-fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(200).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 200 {
-        out.push('…');
-    }
-    out
 }
 
 fn name(packet: &Packet) -> &'static str {

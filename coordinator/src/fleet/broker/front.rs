@@ -191,7 +191,7 @@ impl Front {
         let gate = if certificate == self.coordinator_cert {
             Gate::coordinator(self.login.clone(), self.max_packet)
         } else {
-            let Some(id) = common_name(&certificate) else {
+            let Some(id) = crate::fleet::ca::common_name(&certificate) else {
                 self.refuse(None, peer, "tls", "client certificate has no common name".into());
                 return;
             };
@@ -335,11 +335,4 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(from: &mut R, to: &mu
             }
         }
     }
-}
-
-/// The subject CN of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(cn)
 }
