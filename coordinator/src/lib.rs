@@ -14,8 +14,8 @@
 //! | [`http`] | request state, auth, JSON API, dashboard — the only floor that knows HTTP |
 //!
 //! [`config`] and [`cli`] wire the floors into the `outpost-coordinator` binary (the running
-//! server is composed in [`http::server`], the top floor);
-//! `src/bin/outpostctl` is the operator's CLI.
+//! server is composed in [`http::server`], the top floor); [`ctl`] is the operator's CLI
+//! (`outpostctl`, `outpost ctl`), which speaks to the API only through `outpost-client`.
 //!
 //! This crate depends on `outpost-shared` only, never on the agent.
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@
 pub mod base;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod fleet;
 pub mod http;
 pub mod models;

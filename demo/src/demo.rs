@@ -628,7 +628,7 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
             "alerts",
             "model quality bc",
         ] {
-            println!("  cargo run --release -q -p outpost-coordinator --bin outpostctl -- {cmd}");
+            println!("  {} ctl {cmd}", this_program());
         }
         println!("  curl -s {url}/metrics | grep outpost_coordinator_rollout");
         if let Some(first) = agent_urls.first() {
@@ -646,4 +646,15 @@ fn demo(args: &Args, dir: &Path) -> Result<bool, String> {
         drop(p);
     }
     Ok(fine)
+}
+
+/// This program as the user can type it: relative to the working directory when it is under it
+/// (`target/release/outpost`), so the printed follow-up commands use the binary already built
+/// instead of a `cargo run` that may rebuild in silence.
+fn this_program() -> String {
+    let Ok(exe) = std::env::current_exe() else { return "outpost".into() };
+    match std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_path_buf())) {
+        Some(relative) => relative.display().to_string(),
+        None => exe.display().to_string(),
+    }
 }

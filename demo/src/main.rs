@@ -4,7 +4,8 @@
 //!   real processes, the example models, labelled traffic and two staged rollouts (see
 //!   [`demo`]).
 //! - `outpost agent …`: exactly `outpost-agent …`; `outpost coordinator …`: exactly
-//!   `outpost-coordinator …` (the demo runs its processes this way, so one build is enough).
+//!   `outpost-coordinator …`; `outpost ctl …`: exactly `outpostctl …` (the demo runs its
+//!   processes this way and prints `ctl` commands, so one build is enough).
 //!
 //! Exit codes: those of the command run; `demo` exits 0 when both rollouts ended as expected,
 //! 1 otherwise, 2 for bad usage.
@@ -15,28 +16,53 @@ mod demo;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("agent") => outpost_agent::cli::main_from(rest("outpost-agent", &args)),
-        Some("coordinator") => outpost_coordinator::cli::main_from(rest("outpost-coordinator", &args)),
-        Some("demo") => demo::main(rest("outpost demo", &args)),
-        Some("-V" | "--version") => {
-            println!("outpost {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!(
-                "usage: outpost demo [--help]        a fleet on this machine: coordinator, 5 agents, rollouts\n       \
-                 outpost agent …                the agent (as `outpost-agent`)\n       \
-                 outpost coordinator …          the coordinator (as `outpost-coordinator`)"
-            );
-            ExitCode::from(2)
-        }
-    }
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost: ML models on edge devices, rolled out in stages and watched in production",
+    after_help = "Each sub-command's own help: `outpost demo --help`, `outpost agent --help`, \
+                  `outpost coordinator --help`, `outpost ctl --help`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// The command line of a sub-command: its name, then the arguments after it.
-fn rest(name: &str, args: &[OsString]) -> Vec<OsString> {
-    std::iter::once(OsString::from(name)).chain(args.iter().skip(2).cloned()).collect()
+/// Every personality takes the rest of the command line as it is, `--help` included.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A fleet on this machine: coordinator, embedded broker, 5 agents, two staged rollouts.
+    #[command(disable_help_flag = true)]
+    Demo(Rest),
+    /// The agent (the same as `outpost-agent`).
+    #[command(disable_help_flag = true)]
+    Agent(Rest),
+    /// The coordinator (the same as `outpost-coordinator`).
+    #[command(disable_help_flag = true)]
+    Coordinator(Rest),
+    /// The operator's CLI (the same as `outpostctl`).
+    #[command(disable_help_flag = true)]
+    Ctl(Rest),
+}
+
+#[derive(Debug, clap::Args)]
+struct Rest {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let line = |name: &str, rest: Rest| -> Vec<OsString> {
+        std::iter::once(OsString::from(name)).chain(rest.args).collect()
+    };
+    match cli.command {
+        Command::Agent(rest) => outpost_agent::cli::main_from(line("outpost-agent", rest)),
+        Command::Coordinator(rest) => outpost_coordinator::cli::main_from(line("outpost-coordinator", rest)),
+        Command::Ctl(rest) => outpost_coordinator::ctl::main_from(line("outpostctl", rest)),
+        Command::Demo(rest) => demo::main(line("outpost demo", rest)),
+    }
 }

@@ -1,7 +1,7 @@
 //! The architecture, checked: reads the source and fails on an import that crosses a wall.
 //!
 //! - The coordinator is built in floors, lowest first: `base`, `models`, `monitoring`, `fleet`,
-//!   `ops`, `http`; above them the binary's wiring (`config`, `cli`, `src/bin`). A file
+//!   `ops`, `http`; above them the binary's wiring (`config`, `cli`, `ctl` — the operator's CLI — and `src/bin`). A file
 //!   may import its own floor and the floors below, never one above (so `ops` never imports
 //!   `http`, and `fleet`, `models`, `monitoring` never import `ops` or `http`), and no floor
 //!   imports the wiring (except `http`, whose request state holds the whole `config`).
@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http"];
-const WIRING: [&str; 2] = ["config", "cli"];
+const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
 const REPOSITORIES: [&str; 14] = [

@@ -224,7 +224,7 @@ async fn drift_is_reported_on_exactly_the_shifted_features_and_clears() {
     assert_eq!(firing.iter().filter(|f| f.as_str() == "mean_radius").count(), 1, "{:?}", webhook.documents());
     let (code, listed, err) = c.ctl(&["alerts"]);
     assert_eq!(code, 0, "{err}");
-    assert!(listed.lines().any(|l| l.starts_with("FIRING") && l.contains("feature=mean_radius")), "{listed}");
+    assert!(listed.lines().any(|l| l.contains(" FIRING ") && l.contains("feature=mean_radius")), "{listed}");
     let (code, selected, err) = c.ctl(&["alerts", "-l", "feature=mean_texture"]);
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -122,7 +122,7 @@ async fn push_validate_deploy_to_a_selector_and_only_those_devices_switch() {
     for agent in [&a1, &a2, &b1] {
         wait_serving(agent, "1.0.0").await;
     }
-    let release_id = c.ctl(&["model", "show", "bc@1.0.0"]).1;
+    let release_id = c.ctl(&["model", "show", "bc@1.0.0", "-o", "json"]).1;
     let release_id: Value = serde_json::from_str(&release_id).unwrap();
     let release_id = release_id["signed_by"][0].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -290,7 +290,8 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
 
     // Kill the agent (SIGKILL) once part of the bundle is on disk.
     let size: u64 = {
-        let show: Value = serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0"]), "show")).unwrap();
+        let show: Value =
+            serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0", "-o", "json"]), "show")).unwrap();
         show["bundle_size"].as_u64().unwrap()
     };
     let downloads = agent_dir.join("models/downloads");
@@ -413,7 +414,8 @@ async fn the_api_speaks_https_and_agents_download_over_it() {
 
     // Over HTTPS the artifact endpoint wants an enrolled device's certificate (the agent
     // above presented its own) or an operator token; an anonymous caller gets 401.
-    let show: Value = serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0"]), "show")).unwrap();
+    let show: Value =
+        serde_json::from_str(&ok(c.ctl(&["model", "show", "bc@1.0.0", "-o", "json"]), "show")).unwrap();
     let url = format!("{}/api/v1/artifacts/{}", c.url(), show["bundle_sha256"].as_str().unwrap());
     let ca = c.ca_file();
     let curl = |extra: &[&str]| {

@@ -142,10 +142,9 @@ async fn the_retraining_hook_registers_validates_and_canaries_the_next_version()
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, out, _) = c.ctl(&["alerts"]);
-        if out
-            .lines()
-            .any(|l| l.starts_with("FIRING") && l.contains("OutpostRetrainingSlow") && l.contains("model=bc"))
-        {
+        if out.lines().any(|l| {
+            l.starts_with("OutpostRetrainingSlow") && l.contains(" FIRING ") && l.contains("model=bc")
+        }) {
             break;
         }
         assert!(Instant::now() < deadline, "no slow-retraining alert: {out}");

@@ -263,7 +263,7 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alerts = ok(c.ctl(&["alerts"]), "alerts");
-        if alerts.contains("FIRING   OutpostRolloutRolledBack") {
+        if firing(&alerts, "OutpostRolloutRolledBack") {
             break;
         }
         assert!(Instant::now() < deadline, "no rollback alert:\n{alerts}");
@@ -271,7 +271,7 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     }
     ok(c.ctl(&["incident", "close", incident["id"].as_str().unwrap()]), "close");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ok(c.ctl(&["alerts"]), "alerts").contains("FIRING   OutpostRolloutRolledBack") {
+    while firing(&ok(c.ctl(&["alerts"]), "alerts"), "OutpostRolloutRolledBack") {
         assert!(Instant::now() < deadline, "the rollback alert did not resolve");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -402,4 +402,9 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
     for (agent, _) in &agents {
         wait_serving(agent, "1.1.0").await;
     }
+}
+
+/// Whether `outpostctl alerts` printed `alert` as firing (one row: ALERT, STATE, …).
+fn firing(table: &str, alert: &str) -> bool {
+    table.lines().any(|l| l.split_whitespace().take(2).eq([alert, "FIRING"]))
 }

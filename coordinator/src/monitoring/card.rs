@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::base::numbers;
 use crate::models::registry::VersionRecord;
 use crate::models::validation::{Metrics, Report};
 use crate::monitoring::quality::QualityReport;
@@ -24,19 +25,23 @@ pub struct CardData<'a> {
 }
 
 fn pct(v: f64) -> String {
-    format!("{:.2}%", 100.0 * v)
+    numbers::percent(v)
+}
+
+fn d(v: f64) -> String {
+    numbers::decimal(v)
 }
 
 fn metrics_row(out: &mut String, scope: &str, m: &Metrics) {
     let _ = writeln!(
         out,
-        "| {scope} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+        "| {scope} | {} | {} | {} | {} | {} | {} |",
         m.rows,
         pct(m.accuracy),
-        m.macro_precision,
-        m.macro_recall,
-        m.macro_f1,
-        m.weighted_f1
+        d(m.macro_precision),
+        d(m.macro_recall),
+        d(m.macro_f1),
+        d(m.weighted_f1)
     );
 }
 
@@ -46,7 +51,7 @@ fn class_table(out: &mut String, m: &Metrics) {
     let _ = writeln!(out, "| class | precision | recall | F1 | support |\n|---|---:|---:|---:|---:|");
     for (class, c) in &m.classes {
         let _ =
-            writeln!(out, "| {class} | {:.4} | {:.4} | {:.4} | {} |", c.precision, c.recall, c.f1, c.support);
+            writeln!(out, "| {class} | {} | {} | {} | {} |", d(c.precision), d(c.recall), d(c.f1), c.support);
     }
 }
 
@@ -139,8 +144,11 @@ pub fn render_markdown(d: &CardData<'_>) -> String {
             }
             let _ = writeln!(
                 out,
-                "\nSingle-row latency on the coordinator: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms ({} runs).",
-                v.latency.p50_ms, v.latency.p95_ms, v.latency.p99_ms, v.latency.runs
+                "\nSingle-row latency on the coordinator: p50 {}, p95 {}, p99 {} ({} runs).",
+                numbers::ms(v.latency.p50_ms),
+                numbers::ms(v.latency.p95_ms),
+                numbers::ms(v.latency.p99_ms),
+                v.latency.runs
             );
             for e in &v.edge_cases {
                 let _ = writeln!(

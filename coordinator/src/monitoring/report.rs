@@ -233,12 +233,12 @@ pub fn render_markdown(h: &DriftHistory) -> String {
     for f in h.features.iter().filter(|f| f.drifted > 0) {
         let _ = writeln!(
             out,
-            "| {} | {} of {} | {:.0}% | {:.3e} | {} |",
+            "| {} | {} of {} | {:.0}% | {} | {} |",
             f.feature,
             f.drifted,
             f.windows,
             100.0 * f.drift_share(),
-            f.worst_score,
+            crate::base::numbers::p_value(f.worst_score),
             f.test
         );
     }
@@ -266,12 +266,12 @@ pub fn render_markdown(h: &DriftHistory) -> String {
         Some(p) => {
             let _ = writeln!(
                 out,
-                "The prediction distribution drifted in {} of {} windows ({:.0}%; worst {} score {:.3e}).",
+                "The prediction distribution drifted in {} of {} windows ({:.0}%; worst {} score {}).",
                 p.drifted,
                 p.windows,
                 100.0 * p.drift_share(),
                 p.test,
-                p.worst_score
+                crate::base::numbers::p_value(p.worst_score)
             );
         }
         None => {

@@ -19,6 +19,7 @@ use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{Report, ShadowReport};
 use serde::{Deserialize, Serialize};
 
+use crate::base::numbers;
 use crate::base::store::{Store, StoreError, encode};
 use crate::monitoring::quality::Labels;
 
@@ -100,7 +101,11 @@ pub struct ShadowCounts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Objective {
     pub objective: String,
+    /// The share of good events aimed for (availability, the latency percentile, accuracy).
     pub target: f64,
+    /// A latency objective's threshold: an event is good when it is faster.
+    #[serde(default)]
+    pub threshold_ms: Option<f64>,
     /// The measured value: share of good requests, the latency percentile (ms), or accuracy.
     pub actual: Option<f64>,
     pub events: u64,
@@ -109,6 +114,31 @@ pub struct Objective {
     pub burn_rate: f64,
     /// Share of the window's error budget left (0 when overspent).
     pub budget_remaining: f64,
+}
+
+impl Objective {
+    /// The target as people read it, in its unit: `≥ 99.5% of requests succeed`,
+    /// `95% of requests < 50 ms`, `accuracy ≥ 85%`.
+    pub fn target_text(&self) -> String {
+        match self.threshold_ms {
+            Some(ms) => format!("{} of requests < {}", numbers::percent(self.target), numbers::ms(ms)),
+            None if self.objective == "availability" => {
+                format!("≥ {} of requests succeed", numbers::percent(self.target))
+            }
+            None => format!("≥ {}", numbers::percent(self.target)),
+        }
+    }
+
+    /// The measured value in the target's unit: `99.87%`, `p95 1.44 ms`, or `—` before any event.
+    pub fn actual_text(&self) -> String {
+        match (self.actual, self.threshold_ms) {
+            (None, _) => "—".into(),
+            (Some(v), Some(_)) => {
+                format!("p{} {}", numbers::decimal(self.target * 100.0), numbers::ms(v))
+            }
+            (Some(v), None) => numbers::percent(v),
+        }
+    }
 }
 
 /// A model's SLO standing now.
@@ -135,6 +165,7 @@ fn objective(
     Objective {
         objective: name.to_owned(),
         target,
+        threshold_ms: None,
         actual,
         events,
         bad_events: bad,
@@ -422,8 +453,14 @@ impl Slos {
             let value_ms = latency.quantile(l.percentile).map(|us| us / 1000.0);
             let slow = latency.count_above(threshold_us);
             let compliant = value_ms.is_none_or(|v| v <= l.threshold_ms);
-            let name = format!("latency p{} < {} ms", l.percentile * 100.0, l.threshold_ms);
-            objectives.push(objective(&name, l.percentile, value_ms, latency.count(), slow, compliant));
+            let name = format!(
+                "latency p{} < {}",
+                numbers::decimal(l.percentile * 100.0),
+                numbers::ms(l.threshold_ms)
+            );
+            let mut o = objective(&name, l.percentile, value_ms, latency.count(), slow, compliant);
+            o.threshold_ms = Some(l.threshold_ms);
+            objectives.push(o);
         }
         if let Some(floor) = spec.accuracy {
             let q = labels.quality(model, Some(from_ms), None)?;

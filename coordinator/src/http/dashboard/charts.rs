@@ -58,17 +58,7 @@ fn nice_step(max: f64) -> f64 {
 }
 
 fn number(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        let s = format!("{v:.2}");
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        let s = format!("{v:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    }
+    crate::base::numbers::decimal(v)
 }
 
 /// A time label (UTC) precise enough for the chart's span.

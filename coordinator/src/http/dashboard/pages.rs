@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 
 use super::Viewer;
 use super::charts::{Chart, Series, escape, line_chart};
+use crate::base::numbers;
 use crate::base::store::now_ms;
 use crate::fleet::desired::DesiredRecord;
 use crate::fleet::devices::DeviceRecord;
@@ -66,7 +67,7 @@ fn ago(now: u64, ms: u64) -> String {
 }
 
 fn pct(v: f64) -> String {
-    format!("{:.2}%", v * 100.0)
+    numbers::percent(v)
 }
 
 fn badge(kind: &str, text: &str) -> String {
@@ -243,7 +244,7 @@ mod tests {
     fn an_incident_page_shows_the_failed_gate_with_its_numbers_and_escapes_text() {
         let html = incident(&viewer(Role::Viewer), &incident_fixture(false));
         assert!(html.contains("data-failed-gate=\"accuracy&gt;=-5%\""), "{html}");
-        assert!(html.contains("candidate 53.80% vs baseline 98.30% (limit 93.30%) on 119 / 478"), "{html}");
+        assert!(html.contains("candidate 53.8% vs baseline 98.3% (limit 93.3%) on 119 / 478"), "{html}");
         assert!(html.contains("<tr data-gate=\"accuracy&gt;=-5%\" data-verdict=\"fail\""), "{html}");
         assert!(html.contains("class=\"hot\""));
         assert!(html.contains("rolled back &lt;all&gt;") && !html.contains("<all>"));

@@ -166,17 +166,11 @@ impl ModelPage {
                     when(s.to_ms)
                 );
                 for o in &s.objectives {
-                    let latency = o.objective.starts_with("latency");
-                    let actual = match o.actual {
-                        None => "—".into(),
-                        Some(a) if latency => format!("{a:.2} ms"),
-                        Some(a) => pct(a),
-                    };
-                    let target = if latency { format!("{} ms", o.target) } else { pct(o.target) };
+                    let (target, actual) = (e(&o.target_text()), e(&o.actual_text()));
                     let _ = write!(
                         out,
                         "<tr data-objective=\"{}\" data-compliant=\"{}\"><td>{}</td><td>{target}</td><td>{actual}</td>\
-                         <td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td>\
+                         <td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
                          <td><meter min=\"0\" max=\"1\" low=\"0.25\" optimum=\"1\" value=\"{}\"></meter> {}</td></tr>",
                         e(&o.objective),
                         o.compliant,
@@ -184,7 +178,7 @@ impl ModelPage {
                         o.events,
                         o.bad_events,
                         if o.compliant { badge("good", "met") } else { badge("bad", "BREACHED") },
-                        o.burn_rate,
+                        numbers::decimal(o.burn_rate),
                         o.budget_remaining,
                         pct(o.budget_remaining)
                     );
@@ -309,7 +303,7 @@ impl ModelPage {
                 let _ = write!(
                     out,
                     "<tr data-feature=\"{}\" data-drifted=\"{}\" data-windows=\"{}\"{}><td>{}</td><td>{}</td><td>{}</td>\
-                     <td>{}</td><td>{:.4}</td><td>{}</td></tr>",
+                     <td>{}</td><td>{}</td><td>{}</td></tr>",
                     e(&f.feature),
                     f.drifted,
                     f.windows,
@@ -318,7 +312,7 @@ impl ModelPage {
                     f.windows,
                     f.drifted,
                     pct(f.drift_share()),
-                    f.worst_score,
+                    numbers::p_value(f.worst_score),
                     e(&f.test)
                 );
             }
@@ -334,13 +328,13 @@ impl ModelPage {
             for (v, q) in &self.quality.versions {
                 let _ = write!(
                     out,
-                    "<tr data-version=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                    "<tr data-version=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     e(v),
                     e(v),
                     q.labelled,
                     pct(q.metrics.accuracy),
-                    q.metrics.macro_f1,
-                    q.metrics.weighted_f1
+                    numbers::decimal(q.metrics.macro_f1),
+                    numbers::decimal(q.metrics.weighted_f1)
                 );
             }
             out.push_str("</table>");

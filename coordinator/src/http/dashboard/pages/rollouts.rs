@@ -9,7 +9,7 @@ pub(super) fn gate_value(gate: &str, v: Option<f64>) -> String {
     let latency = gate.starts_with('p') && gate[1..].starts_with(|c: char| c.is_ascii_digit());
     match v {
         None => "—".into(),
-        Some(v) if latency => format!("{v:.2} ms"),
+        Some(v) if latency => numbers::ms(v),
         Some(v) => pct(v),
     }
 }

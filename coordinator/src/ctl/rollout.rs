@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{Api, Cli, Failure, ago, parse_age, parse_labels, split_target};
+use super::{Api, Cli, Failure, Table, ago, parse_age, parse_labels, render, split_target};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start a rollout of a validated version: waves of the targets, each baked and gated
     /// against the baseline version; a breached gate rolls every touched device back.
+    #[command(
+        after_help = "Examples:\n  outpostctl rollout start bc@1.1.0 --waves 10,50,100 --bake 5m --wait\n  outpostctl rollout start bc@1.1.0 --strategy canary --steps 5,25,50 --selector site=a\n  outpostctl rollout start bc@1.1.0 --selector tier=prod --promote"
+    )]
     Start(Box<StartArgs>),
     /// Estimate, from the targets' traffic of the last ten minutes, how long each step's gates
     /// need for an unchanged version to pass and for a regression to be caught; warn where that
@@ -19,14 +22,25 @@ pub enum RolloutCommand {
     Plan(Box<SpecArgs>),
     /// The live view of a rollout (the newest when no id is given): wave, gates with their
     /// evidence and verdicts, devices, timeline.
+    #[command(
+        after_help = "Examples:\n  outpostctl rollout status\n  outpostctl rollout status 3 --watch\n  outpostctl rollout status 3 -o yaml"
+    )]
     Status {
         id: Option<String>,
         /// Keep printing until the rollout ends.
         #[arg(long)]
         watch: bool,
     },
-    /// Every rollout.
-    List,
+    /// Every rollout, oldest first.
+    #[command(
+        after_help = "Examples:\n  outpostctl rollout list\n  outpostctl rollout list -l site=a\n  outpostctl rollout list -l model=bc,phase=succeeded -o wide"
+    )]
+    List {
+        /// Only rollouts whose device selector has every `key=value` (`-l site=a`); the keys
+        /// `model`, `phase` and `strategy` select by those fields instead.
+        #[arg(short = 'l', long, value_delimiter = ',')]
+        selector: Vec<String>,
+    },
     /// Hold the rollout where it is (gates stop being judged).
     Pause { id: String },
     /// Continue a paused rollout: the current wave bakes again from now.
@@ -186,8 +200,8 @@ fn toml_to_json(text: &str) -> Result<Value, String> {
 fn num(v: Option<f64>, share: bool) -> String {
     match v {
         None => "-".into(),
-        Some(x) if share => format!("{:.2}%", x * 100.0),
-        Some(x) => format!("{x:.3}ms"),
+        Some(x) if share => crate::base::numbers::percent(x),
+        Some(x) => crate::base::numbers::ms(x),
     }
 }
 
@@ -369,8 +383,8 @@ fn follow(api: &Api, id: &str) -> Result<Value, Failure> {
 
 pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Failure> {
     let show = |v: &Value| {
-        if cli.json() {
-            say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        if cli.structured() {
+            say!("{}", render(cli, v));
         } else {
             print_rollout(v);
         }
@@ -379,8 +393,8 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
         RolloutCommand::Plan(args) => {
             let spec = spec_from(args)?;
             let plan: Value = api.post_json("/api/v1/rollouts/plan", &spec)?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &plan));
             } else {
                 print_plan(&plan);
             }
@@ -423,45 +437,63 @@ pub fn rollout(cli: &Cli, api: &Api, command: &RolloutCommand) -> Result<(), Fai
             show(&v);
             Ok(())
         }
-        RolloutCommand::List => {
-            let all: Vec<Value> = api.get("/api/v1/rollouts")?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        RolloutCommand::List { selector } => {
+            let selector = parse_labels(selector)?;
+            let mut all: Vec<Value> = api.get("/api/v1/rollouts")?;
+            all.retain(|r| selector.iter().all(|(k, v)| rollout_field(r, k) == Some(v.as_str())));
+            if cli.structured() {
+                say!("{}", render(cli, &all));
                 return Ok(());
             }
             if all.is_empty() {
-                say!("no rollouts yet");
-                return Ok(());
+                eprintln!("{}", if selector.is_empty() { "no rollouts yet" } else { "no rollouts match" });
             }
-            say!(
-                "{:<10} {:<24} {:<12} {:>5} {:>7}  {:<14} INCIDENT",
-                "ID",
-                "TARGET",
-                "PHASE",
-                "WAVE",
-                "DEVICES",
-                "STARTED"
-            );
+            let mut table = Table::new()
+                .col("ID")
+                .col("TARGET")
+                .col("STRATEGY")
+                .col("PHASE")
+                .num("STEP")
+                .num("DEVICES")
+                .col("STARTED")
+                .col("INCIDENT")
+                .wide("SELECTOR")
+                .wide("BASELINE")
+                .wide("GATES");
             for r in &all {
-                say!(
-                    "{:<10} {:<24} {:<12} {:>5} {:>7}  {:<14} {}",
-                    r["id"].as_str().unwrap_or(""),
-                    format!(
-                        "{}@{}",
-                        r["spec"]["model"].as_str().unwrap_or(""),
-                        r["spec"]["version"].as_str().unwrap_or("")
-                    ),
-                    r["phase"].as_str().unwrap_or(""),
-                    format!(
-                        "{}/{}",
-                        r["wave"].as_u64().unwrap_or(0) + 1,
-                        r["spec"]["waves"].as_array().map_or(0, Vec::len)
-                    ),
-                    r["targets"].as_array().map_or(0, Vec::len),
+                let spec = &r["spec"];
+                let steps = match spec["strategy"].as_str() {
+                    Some("canary") => spec["steps"].as_array().map_or(0, Vec::len),
+                    _ => spec["waves"].as_array().map_or(0, Vec::len),
+                };
+                let selector: Vec<String> = spec["selector"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                let gates: Vec<&str> =
+                    spec["gates"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+                table.row(vec![
+                    text(&r["id"]),
+                    format!("{}@{}", text(&spec["model"]), text(&spec["version"])),
+                    text(&spec["strategy"]),
+                    text(&r["phase"]),
+                    if steps == 0 {
+                        "-".into()
+                    } else {
+                        format!("{}/{steps}", r["wave"].as_u64().unwrap_or(0) + 1)
+                    },
+                    r["targets"].as_array().map_or(0, Vec::len).to_string(),
                     ago(r["created_ms"].as_u64()),
-                    r["incident"].as_str().unwrap_or("-")
-                );
+                    text(&r["incident"]),
+                    if selector.is_empty() { "(every device)".into() } else { selector.join(",") },
+                    text(&r["baseline"]),
+                    if gates.is_empty() { "-".into() } else { gates.join(" ") },
+                ]);
             }
+            table.print(cli.wide());
             Ok(())
         }
         RolloutCommand::Pause { id } | RolloutCommand::Resume { id } | RolloutCommand::Promote { id } => {
@@ -530,30 +562,51 @@ pub fn incident(cli: &Cli, api: &Api, command: &IncidentCommand) -> Result<(), F
             api.post_json(&format!("/api/v1/incidents/{id}/close"), &json!({}))?
         }
     };
-    if cli.json() {
-        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if cli.structured() {
+        say!("{}", render(cli, &v));
         return Ok(());
     }
     match command {
         IncidentCommand::List => {
             let all = v.as_array().cloned().unwrap_or_default();
             if all.is_empty() {
-                say!("no incidents");
-                return Ok(());
+                eprintln!("no incidents");
             }
-            say!("{:<12} {:<8} {:<24} {:<14} REASON", "ID", "STATE", "TARGET", "OPENED");
+            let mut table = Table::new()
+                .col("ID")
+                .col("STATE")
+                .col("TARGET")
+                .col("OPENED")
+                .col("REASON")
+                .wide("ROLLOUT")
+                .wide("BACK TO")
+                .wide("CLOSED BY");
             for i in &all {
-                say!(
-                    "{:<12} {:<8} {:<24} {:<14} {}",
-                    i["id"].as_str().unwrap_or(""),
-                    if i["closed_ms"].is_null() { "OPEN" } else { "closed" },
-                    format!("{}@{}", i["model"].as_str().unwrap_or(""), i["version"].as_str().unwrap_or("")),
+                let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+                table.row(vec![
+                    text(&i["id"]),
+                    if i["closed_ms"].is_null() { "OPEN".into() } else { "closed".into() },
+                    format!("{}@{}", text(&i["model"]), text(&i["version"])),
                     ago(i["opened_ms"].as_u64()),
-                    i["reason"].as_str().unwrap_or("")
-                );
+                    text(&i["reason"]),
+                    text(&i["rollout"]),
+                    text(&i["baseline"]),
+                    text(&i["closed_by"]),
+                ]);
             }
+            table.print(cli.wide());
         }
         _ => print_incident(&v),
     }
     Ok(())
+}
+
+/// What `rollout list -l KEY=VALUE` compares: `model`, `phase`, `strategy`, or the device
+/// selector's value for KEY.
+fn rollout_field<'a>(rollout: &'a Value, key: &str) -> Option<&'a str> {
+    match key {
+        "model" | "strategy" => rollout["spec"][key].as_str(),
+        "phase" => rollout["phase"].as_str(),
+        _ => rollout["spec"]["selector"][key].as_str(),
+    }
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// The commands that need no coordinator.
 pub(super) fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
-    use outpost_coordinator::models::packaging;
+    use crate::models::packaging;
     use outpost_shared::bundle::Bundle;
     let invalid = |e: packaging::PackagingError| Failure::Refused(e.to_string());
     let write = |path: &PathBuf, bytes: &[u8]| {

@@ -28,7 +28,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 "window_secs": window / 1000,
             });
             let saved: serde_json::Value = api.put_json(&format!("/api/v1/models/{name}/slo"), &spec)?;
-            say!("{}", serde_json::to_string_pretty(&saved).unwrap_or_default());
+            say!("{}", render(cli, &saved));
         }
         Command::Slo(SloCommand::Status { name }) => {
             let statuses: Vec<serde_json::Value> = match name {
@@ -38,8 +38,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     all.into_values().collect()
                 }
             };
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &statuses));
                 return Ok(());
             }
             if statuses.is_empty() {
@@ -63,15 +63,21 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             let selector = parse_labels(selector)?;
             let mut alerts: Vec<serde_json::Value> = api.get("/api/v1/alerts")?;
             alerts.retain(|a| selector.iter().all(|(k, v)| a["labels"][k].as_str() == Some(v.as_str())));
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&alerts).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &alerts));
                 return Ok(());
             }
             if alerts.is_empty() {
-                say!("no alerts");
-                return Ok(());
+                eprintln!("{}", if selector.is_empty() { "no alerts" } else { "no alerts match" });
             }
-            say!("{:<8} {:<24} {:<14} {:>7}  LABELS", "STATE", "ALERT", "SINCE", "DEVICES");
+            let mut table = Table::new()
+                .col("ALERT")
+                .col("STATE")
+                .col("SINCE")
+                .num("DEVICES")
+                .col("LABELS")
+                .wide("SUMMARY")
+                .wide("DEVICE IDS");
             for a in &alerts {
                 let state = if a["ends_at_ms"].is_null() { "FIRING" } else { "resolved" };
                 let labels: Vec<String> = a["labels"]
@@ -81,64 +87,77 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     .filter(|(k, _)| *k != "alertname")
                     .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
                     .collect();
-                say!(
-                    "{:<8} {:<24} {:<14} {:>7}  {}",
-                    state,
-                    a["labels"]["alertname"].as_str().unwrap_or(""),
+                let devices: Vec<&str> =
+                    a["devices"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
+                table.row(vec![
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                    state.to_owned(),
                     ago(a["starts_at_ms"].as_u64()),
-                    a["devices"].as_array().map_or(0, Vec::len),
-                    labels.join(" ")
-                );
+                    devices.len().to_string(),
+                    labels.join(" "),
+                    a["summary"].as_str().unwrap_or("-").to_owned(),
+                    if devices.is_empty() { "-".into() } else { devices.join(",") },
+                ]);
             }
+            table.print(cli.wide());
         }
         _ => return Err(Failure::Usage(format!("not a monitoring command: {:?}", cli.command))),
     }
     Ok(())
 }
 
-/// The human view of `slo status`.
+/// The human view of `slo status`: targets and actuals in their units (percent, ms).
 pub(super) fn print_slo(status: &serde_json::Value) {
-    say!("{} (window {} s)", status["model"].as_str().unwrap_or(""), status["spec"]["window_secs"]);
-    say!(
-        "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9} {:>8}",
-        "OBJECTIVE",
-        "TARGET",
-        "ACTUAL",
-        "EVENTS",
-        "BAD",
-        "BURN",
-        "BUDGET"
-    );
-    for o in status["objectives"].as_array().into_iter().flatten() {
-        let actual = o["actual"].as_f64().map_or("-".into(), |a| format!("{a:.4}"));
-        say!(
-            "  {:<28} {:>10} {:>12} {:>9} {:>10} {:>9.2} {:>7.0}%  {}",
-            o["objective"].as_str().unwrap_or(""),
-            o["target"].as_f64().unwrap_or(0.0),
-            actual,
-            o["events"].as_u64().unwrap_or(0),
-            o["bad_events"].as_u64().unwrap_or(0),
-            o["burn_rate"].as_f64().unwrap_or(0.0),
-            100.0 * o["budget_remaining"].as_f64().unwrap_or(0.0),
-            if o["compliant"] == true { "ok" } else { "BREACHED" }
-        );
+    use crate::base::numbers;
+    let status: crate::monitoring::slo::SloStatus = match serde_json::from_value(status.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("the coordinator sent an SLO status this outpostctl cannot read ({e}); try -o json");
+            return;
+        }
+    };
+    say!("{} (window {})", status.model, numbers::ms(status.spec.window_secs as f64 * 1000.0));
+    let mut table = Table::new()
+        .col("OBJECTIVE")
+        .col("TARGET")
+        .col("ACTUAL")
+        .num("EVENTS")
+        .num("BAD")
+        .num("BURN")
+        .num("BUDGET LEFT")
+        .col("STATUS");
+    for o in &status.objectives {
+        table.row(vec![
+            o.objective.clone(),
+            o.target_text(),
+            o.actual_text(),
+            o.events.to_string(),
+            o.bad_events.to_string(),
+            numbers::decimal(o.burn_rate),
+            numbers::percent(o.budget_remaining),
+            if o.compliant { "ok".into() } else { "BREACHED".into() },
+        ]);
+    }
+    for line in table.lines(false) {
+        say!("  {line}");
     }
 }
 
 /// The human view of `model quality`.
 pub(super) fn print_quality(report: &serde_json::Value) {
+    use crate::base::numbers;
     let versions = report["versions"].as_object().cloned().unwrap_or_default();
     if versions.is_empty() {
         say!("no labelled predictions yet (agents take labels at POST /v1/feedback)");
     }
     let line = |scope: &str, m: &serde_json::Value| {
         say!(
-            "  {:<16} {:>7} {:>9.4} {:>9.4} {:>9.4}",
+            "  {:<16} {:>7} {:>9} {:>9} {:>9}",
             scope,
             m["rows"].as_u64().unwrap_or(0),
-            m["accuracy"].as_f64().unwrap_or(0.0),
-            m["macro_f1"].as_f64().unwrap_or(0.0),
-            m["weighted_f1"].as_f64().unwrap_or(0.0)
+            numbers::percent(m["accuracy"].as_f64().unwrap_or(0.0)),
+            numbers::decimal(m["macro_f1"].as_f64().unwrap_or(0.0)),
+            numbers::decimal(m["weighted_f1"].as_f64().unwrap_or(0.0))
         );
     };
     for (version, q) in versions {
@@ -155,11 +174,11 @@ pub(super) fn print_quality(report: &serde_json::Value) {
         }
         for (class, c) in q["metrics"]["classes"].as_object().into_iter().flatten() {
             say!(
-                "  class {:<10} precision {:.4} recall {:.4} f1 {:.4} support {}",
+                "  class {:<10} precision {} recall {} f1 {} support {}",
                 class,
-                c["precision"].as_f64().unwrap_or(0.0),
-                c["recall"].as_f64().unwrap_or(0.0),
-                c["f1"].as_f64().unwrap_or(0.0),
+                numbers::decimal(c["precision"].as_f64().unwrap_or(0.0)),
+                numbers::decimal(c["recall"].as_f64().unwrap_or(0.0)),
+                numbers::decimal(c["f1"].as_f64().unwrap_or(0.0)),
                 c["support"]
             );
         }

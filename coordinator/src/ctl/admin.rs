@@ -19,16 +19,25 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Token(ApiTokenCommand::List) => {
             let tokens: Vec<serde_json::Value> = api.get("/api/v1/tokens")?;
-            say!("{:<24} {:<9} {:<36} CREATED BY", "NAME", "ROLE", "EXPIRES");
-            for t in tokens {
-                say!(
-                    "{:<24} {:<9} {:<36} {}",
-                    t["name"].as_str().unwrap_or("?"),
-                    t["role"].as_str().unwrap_or("?"),
-                    expiry(t["expires_at_ms"].as_u64()),
-                    t["created_by"].as_str().unwrap_or("?")
-                );
+            if cli.structured() {
+                say!("{}", render(cli, &tokens));
+                return Ok(());
             }
+            let mut table =
+                Table::new().col("NAME").col("ROLE").col("EXPIRES").col("CREATED BY").wide("CREATED AT");
+            for t in tokens {
+                let text = |key: &str| t[key].as_str().unwrap_or("?").to_owned();
+                table.row(vec![
+                    text("name"),
+                    text("role"),
+                    expiry(t["expires_at_ms"].as_u64()),
+                    text("created_by"),
+                    t["created_at_ms"]
+                        .as_u64()
+                        .map_or("-".into(), |ms| crate::models::packaging::utc(ms / 1000)),
+                ]);
+            }
+            table.print(cli.wide());
         }
         Command::Token(ApiTokenCommand::Revoke { name }) => {
             let _: serde_json::Value = api.delete(&format!("/api/v1/tokens/{name}"))?;
@@ -47,45 +56,49 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Audit(AuditCommand::List { limit }) => {
             let entries: Vec<serde_json::Value> = api.get(&format!("/api/v1/audit?limit={limit}"))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &entries));
             } else {
-                // Fields come from outside (a model name in a URL, a device id asked for):
-                // control characters are shown escaped, so none can draw a fake line.
-                let field = |e: &serde_json::Value, key: &str| printable(e[key].as_str().unwrap_or(""));
+                // Fields come from outside (a model name in a URL, a device id asked for): the
+                // table shows control characters escaped, so none can draw a fake line.
+                let mut table = Table::new()
+                    .num("SEQ")
+                    .col("AT")
+                    .col("ACTOR")
+                    .col("ROLE")
+                    .col("ACTION")
+                    .col("TARGET")
+                    .col("OUTCOME")
+                    .col("DETAIL")
+                    .wide("HASH");
                 for e in entries {
-                    say!(
-                        "{:>5} {} {:<10} {:<9} {:<22} {:<28} {:<8} {}",
-                        e["seq"],
-                        outpost_coordinator::models::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
-                        field(&e, "actor"),
-                        field(&e, "role"),
-                        field(&e, "action"),
-                        field(&e, "target"),
-                        field(&e, "outcome"),
-                        field(&e, "detail")
-                    );
+                    let field = |key: &str| e[key].as_str().unwrap_or("").to_owned();
+                    table.row(vec![
+                        e["seq"].to_string(),
+                        crate::models::packaging::utc(e["at_ms"].as_u64().unwrap_or(0) / 1000),
+                        field("actor"),
+                        field("role"),
+                        field("action"),
+                        field("target"),
+                        field("outcome"),
+                        field("detail"),
+                        field("hash"),
+                    ]);
                 }
+                table.print(cli.wide());
             }
         }
-        _ => return Err(Failure::Usage(format!("not a admin command: {:?}", cli.command))),
+        _ => return Err(Failure::Usage(format!("not an admin command: {:?}", cli.command))),
     }
     Ok(())
 }
 
-/// `text` with control characters escaped (`\u{1b}`, `\n`): safe to print on a terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
-}
-
 /// `never`, `2027-03-05T10:00:00Z`, or `2026-12-01T10:00:00Z (expired)`.
 fn expiry(at_ms: Option<u64>) -> String {
-    let utc = |ms: u64| outpost_coordinator::models::packaging::utc(ms / 1000);
+    let utc = |ms: u64| crate::models::packaging::utc(ms / 1000);
     match at_ms {
         None => "never".into(),
-        Some(ms) if ms <= outpost_coordinator::base::store::now_ms() => format!("{} (expired)", utc(ms)),
+        Some(ms) if ms <= crate::base::store::now_ms() => format!("{} (expired)", utc(ms)),
         Some(ms) => utc(ms),
     }
 }

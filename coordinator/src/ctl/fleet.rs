@@ -12,8 +12,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 "/api/v1/enrolment-tokens",
                 &serde_json::json!({ "labels": labels, "ttl_secs": ttl_secs }),
             )?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &response));
             } else {
                 say!("{}", response.token);
                 eprintln!("one-time token, labels {:?}, expires {}", response.labels, response.expires_at_ms);
@@ -21,8 +21,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Device(DeviceCommand::Show { id }) => {
             let d: DeviceView = api.get(&format!("/api/v1/devices/{id}"))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &d));
                 return Ok(());
             }
             print_device(&d);
@@ -30,16 +30,16 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         Command::Device(DeviceCommand::Revoke { id }) => {
             let r: serde_json::Value =
                 api.post_json(&format!("/api/v1/devices/{id}/revoke"), &serde_json::json!({}))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &r));
             } else {
                 say!("device {id} revoked{}", revoked_serial(&r));
             }
         }
         Command::Device(DeviceCommand::Delete { id }) => {
             let r: serde_json::Value = api.delete(&format!("/api/v1/devices/{id}"))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &r));
             } else {
                 say!("device {id} deleted from the fleet and revoked{}", revoked_serial(&r));
             }
@@ -51,8 +51,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         Command::Rollback { name } => {
             let done: serde_json::Value =
                 api.post_json(&format!("/api/v1/models/{name}/rollback"), &serde_json::json!({}))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &done));
             } else {
                 say!(
                     "{name} rolled back from {} to {} on {} device(s)",
@@ -66,36 +66,48 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
             let selector = parse_labels(selector)?;
             let mut devices: Vec<DeviceView> = api.get("/api/v1/devices")?;
             devices.retain(|d| selector.iter().all(|(k, v)| d.labels.get(k) == Some(v)));
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &devices));
                 return Ok(());
             }
-            say!(
-                "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} LABELS",
-                "DEVICE",
-                "STATUS",
-                "LAST SEEN",
-                "BACKLOG",
-                "ENVELOPES",
-                "PREDICTS",
-                "MODELS"
-            );
+            let mut table = Table::new()
+                .col("DEVICE")
+                .col("STATUS")
+                .col("LAST SEEN")
+                .num("BACKLOG")
+                .num("ENVELOPES")
+                .num("PREDICTIONS")
+                .col("MODELS")
+                .col("LABELS")
+                .wide("AGENT")
+                .wide("ENROLLED")
+                .wide("DESIRED")
+                .wide("KEY ID");
             for d in devices {
                 let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let models: Vec<String> =
                     d.models.iter().map(|m| format!("{}@{}({})", m.name, m.version, m.state)).collect();
-                say!(
-                    "{:<24} {:<10} {:<12} {:>8} {:>10} {:>9}  {:<24} {}",
-                    d.id,
-                    d.status,
+                let desired = d.desired.as_ref().map(|r| {
+                    let models: Vec<String> =
+                        r.models.iter().map(|(n, m)| format!("{n}@{}", m.version)).collect();
+                    format!("{} (revision {})", models.join(","), r.revision)
+                });
+                table.row(vec![
+                    d.id.clone(),
+                    d.status.clone(),
                     ago(d.last_seen_ms),
-                    d.backlog.messages,
-                    d.counts.envelopes,
-                    d.counts.predictions,
+                    d.backlog.messages.to_string(),
+                    d.counts.envelopes.to_string(),
+                    d.counts.predictions.to_string(),
                     if models.is_empty() { "-".into() } else { models.join(",") },
-                    labels.join(",")
-                );
+                    if labels.is_empty() { "-".into() } else { labels.join(",") },
+                    d.agent_version.clone().unwrap_or_else(|| "-".into()),
+                    crate::models::packaging::utc(d.enrolled_at_ms / 1000),
+                    desired.unwrap_or_else(|| "-".into()),
+                    d.key_id.clone(),
+                ]);
             }
+            table.print(cli.wide());
         }
         Command::Deploy { target, selector, devices, canary, standby, shadow } => {
             let (name, version) = split_target(target)?;
@@ -110,8 +122,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 "/api/v1/deployments",
                 &serde_json::json!({"model": name, "version": version, "selector": selector, "devices": devices, "slot": slot}),
             )?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &response));
             } else {
                 let targets: Vec<&str> = response["devices"]
                     .as_array()
@@ -134,12 +146,12 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 .map_err(|e| Failure::Refused(format!("coordinator sent an unreadable ack file: {e}")))?;
             outpost_shared::files::write_atomic(ack_out, &ack)
                 .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", ack_out.display())))?;
-            if cli.json() {
+            if cli.structured() {
                 let summary = serde_json::json!({
                     "device": report.device, "envelopes": report.envelopes, "stored": report.stored,
                     "duplicates": report.duplicates, "rejected": report.rejected,
                 });
-                say!("{summary}");
+                say!("{}", render(cli, &summary));
             } else {
                 say!(
                     "device {}: {} envelopes, {} stored, {} already stored, rejected {:?}; ack file written to {}",
@@ -183,17 +195,18 @@ pub(super) fn print_device(d: &DeviceView) {
             m.rows_seen,
             ago(d.drift_at_ms)
         );
-        say!("  {:<28} {:<15} {:>12} {:>10}  VERDICT", "FEATURE", "TEST", "SCORE", "THRESHOLD");
+        let mut table = Table::new().col("FEATURE").col("TEST").num("SCORE").num("THRESHOLD").col("VERDICT");
         for f in m.features.iter().chain(&m.prediction) {
-            let test = f.test.as_str().to_owned();
-            say!(
-                "  {:<28} {:<15} {:>12.4e} {:>10}  {}",
-                f.feature,
-                test,
-                f.score,
-                f.threshold,
-                if f.drifted { "DRIFT" } else { "ok" }
-            );
+            table.row(vec![
+                f.feature.clone(),
+                f.test.as_str().to_owned(),
+                crate::base::numbers::p_value(f.score),
+                crate::base::numbers::p_value(f.threshold),
+                if f.drifted { "DRIFT".into() } else { "ok".into() },
+            ]);
+        }
+        for line in table.lines(false) {
+            say!("  {line}");
         }
     }
 }

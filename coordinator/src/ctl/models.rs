@@ -23,8 +23,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     break run;
                 }
             };
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &run));
             } else {
                 print_run(&run);
             }
@@ -34,8 +34,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
         }
         Command::Retrain(RetrainCommand::History { name }) => {
             let runs: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}/retraining"))?;
-            if cli.json() {
-                say!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+            if cli.structured() {
+                say!("{}", render(cli, &runs));
                 return Ok(());
             }
             if runs.is_empty() {
@@ -58,8 +58,8 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
 }
 
 pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
-    use outpost_coordinator::models::packaging::{self, utc};
-    let print_json = |v: &serde_json::Value| say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    use crate::models::packaging::{self, utc};
+    let print_json = |v: &serde_json::Value| say!("{}", render(cli, v));
     match command {
         ModelCommand::Push(args) => {
             let spec = args.spec()?;
@@ -72,7 +72,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 &format!("/api/v1/models/{}/versions/{}", args.name, args.version),
                 &bytes,
             )?;
-            if cli.json() {
+            if cli.structured() {
                 print_json(&response);
             } else if status == 201 {
                 say!(
@@ -92,64 +92,61 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
         }
         ModelCommand::List => {
             let versions: Vec<serde_json::Value> = api.get("/api/v1/models")?;
-            if cli.json() {
+            if cli.structured() {
                 print_json(&serde_json::Value::Array(versions));
                 return Ok(());
             }
-            say!(
-                "{:<20} {:<12} {:<11} {:<10} {:<20} PUSHED BY",
-                "MODEL",
-                "VERSION",
-                "STAGE",
-                "VALIDATED",
-                "PUSHED"
-            );
-            for v in versions {
-                let validated = match v["validation_passed"].as_bool() {
-                    Some(true) => "passed",
-                    Some(false) => "FAILED",
-                    None => "-",
-                };
-                say!(
-                    "{:<20} {:<12} {:<11} {:<10} {:<20} {}",
-                    v["name"].as_str().unwrap_or(""),
-                    v["version"].as_str().unwrap_or(""),
-                    v["stage"].as_str().unwrap_or(""),
-                    validated,
-                    utc(v["pushed_at_ms"].as_u64().unwrap_or(0) / 1000),
-                    v["pushed_by"].as_str().unwrap_or("")
-                );
-            }
+            print_versions(cli, &versions);
         }
         ModelCommand::Show { target } => {
-            let (name, version) = split_target(target)?;
+            let Some((name, version)) = target.split_once('@') else {
+                // A name alone: its versions, newest last (`model list` for one model).
+                let versions: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{target}"))?;
+                if cli.structured() {
+                    print_json(&serde_json::Value::Array(versions));
+                } else {
+                    print_versions(cli, &versions);
+                }
+                return Ok(());
+            };
+            let (name, version) = split_target(&format!("{name}@{version}"))?;
             let v: serde_json::Value = api.get(&format!("/api/v1/models/{name}/versions/{version}"))?;
-            print_json(&v);
+            if cli.structured() {
+                print_json(&v);
+            } else {
+                print_version(&v);
+            }
         }
         ModelCommand::History { name } => {
             let versions: Vec<serde_json::Value> = api.get(&format!("/api/v1/models/{name}"))?;
-            let mut rows: Vec<(u64, String)> = Vec::new();
+            if cli.structured() {
+                print_json(&serde_json::Value::Array(versions));
+                return Ok(());
+            }
+            let mut rows: Vec<(u64, Vec<String>)> = Vec::new();
             for v in &versions {
                 for t in v["transitions"].as_array().into_iter().flatten() {
                     let at = t["at_ms"].as_u64().unwrap_or(0);
+                    let cell = |key: &str, none: &str| t[key].as_str().unwrap_or(none).to_owned();
                     rows.push((
                         at,
-                        format!(
-                            "{}  {:<12} {:>10} -> {:<10} by {:<12} {}",
+                        vec![
+                            v["version"].as_str().unwrap_or("").to_owned(),
                             utc(at / 1000),
-                            v["version"].as_str().unwrap_or(""),
-                            t["from"].as_str().unwrap_or("-"),
-                            t["to"].as_str().unwrap_or(""),
-                            t["by"].as_str().unwrap_or(""),
-                            t["note"].as_str().unwrap_or("")
-                        ),
+                            cell("from", "-"),
+                            cell("to", ""),
+                            cell("by", ""),
+                            cell("note", ""),
+                        ],
                     ));
                 }
             }
             rows.sort_by_key(|r| r.0);
-            for (_, line) in rows {
-                say!("{line}");
+            let mut table = Table::new().col("VERSION").col("AT").col("FROM").col("TO").col("BY").col("NOTE");
+            for (_, row) in rows {
+                table.row(row);
             }
+            table.print(cli.wide());
         }
         ModelCommand::Diff { a, b } => {
             let (na, va) = split_target(a)?;
@@ -180,7 +177,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 &query,
                 &bytes,
             )?;
-            if cli.json() {
+            if cli.structured() {
                 print_json(&report);
             } else {
                 print_report(&report);
@@ -209,7 +206,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
                 ));
             }
             let report: serde_json::Value = api.get(path.trim_end_matches(['?', '&']))?;
-            if cli.json() {
+            if cli.structured() {
                 print_json(&report);
                 return Ok(());
             }
@@ -251,7 +248,7 @@ pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Res
 
 pub(super) fn print_report(r: &serde_json::Value) {
     let m = &r["metrics"];
-    let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.4}"));
+    let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), crate::base::numbers::decimal);
     say!(
         "{}@{}: {} rows, accuracy {}, macro precision {}, recall {}, F1 {}, weighted F1 {}",
         r["model"].as_str().unwrap_or(""),
@@ -342,7 +339,10 @@ pub(super) fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Val
         }
         _ if a != b => {
             let show = |v: &Value| {
-                let s = v.to_string();
+                let s = match v.as_f64() {
+                    Some(x) if v.is_f64() => crate::base::numbers::decimal(x),
+                    _ => v.to_string(),
+                };
                 if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
             };
             out.push(format!("{path}: {} -> {}", show(a), show(b)));
@@ -376,4 +376,88 @@ pub(super) fn print_run(run: &serde_json::Value) {
     if let Some(error) = run["error"].as_str() {
         say!("  error: {error}");
     }
+}
+
+/// The table of `model list` and `model show NAME`.
+fn print_versions(cli: &Cli, versions: &[serde_json::Value]) {
+    use crate::models::packaging::utc;
+    let mut table = Table::new()
+        .col("MODEL")
+        .col("VERSION")
+        .col("STAGE")
+        .col("VALIDATED")
+        .col("PUSHED")
+        .col("PUSHED BY")
+        .wide("BUNDLE SHA256")
+        .wide("SIGNED BY");
+    for v in versions {
+        let validated = match v["validation_passed"].as_bool() {
+            Some(true) => "passed",
+            Some(false) => "FAILED",
+            None => "-",
+        };
+        let signers: Vec<&str> =
+            v["signed_by"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
+        table.row(vec![
+            v["name"].as_str().unwrap_or("").to_owned(),
+            v["version"].as_str().unwrap_or("").to_owned(),
+            v["stage"].as_str().unwrap_or("").to_owned(),
+            validated.to_owned(),
+            utc(v["pushed_at_ms"].as_u64().unwrap_or(0) / 1000),
+            v["pushed_by"].as_str().unwrap_or("").to_owned(),
+            v["bundle_sha256"].as_str().unwrap_or("-").to_owned(),
+            if signers.is_empty() { "-".into() } else { signers.join(",") },
+        ]);
+    }
+    table.print(cli.wide());
+}
+
+/// The human view of `model show NAME@VERSION`: what people look for first, then where the
+/// rest is (`-o yaml` prints the whole record).
+fn print_version(v: &serde_json::Value) {
+    use crate::models::packaging::utc;
+    let text = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_owned();
+    let manifest = &v["manifest"];
+    say!("model      {}@{}", text(&v["name"]), text(&v["version"]));
+    say!("stage      {}", text(&v["stage"]));
+    say!("pushed     {} by {}", utc(v["pushed_at_ms"].as_u64().unwrap_or(0) / 1000), text(&v["pushed_by"]));
+    say!("bundle     sha256 {} ({} bytes)", text(&v["bundle_sha256"]), v["bundle_size"]);
+    say!("onnx       sha256 {}", text(&v["model_sha256"]));
+    let signers: Vec<&str> =
+        v["signed_by"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
+    say!("signed by  {}", if signers.is_empty() { "-".into() } else { signers.join(", ") });
+    if let Some(inputs) = manifest["inputs"].as_array() {
+        for i in inputs {
+            say!("input      {} {} {}", text(&i["name"]), text(&i["datatype"]), i["shape"]);
+        }
+    }
+    if let Some(outputs) = manifest["outputs"].as_array() {
+        for o in outputs {
+            say!("output     {} {} {}", text(&o["name"]), text(&o["datatype"]), o["shape"]);
+        }
+    }
+    match manifest["baseline_rows"].as_u64() {
+        Some(rows) => say!(
+            "baseline   {} features over {rows} rows",
+            manifest["baseline_features"].as_array().map_or(0, Vec::len)
+        ),
+        None => say!("baseline   none (no drift verdicts for this version)"),
+    }
+    match v["validation"].as_object() {
+        Some(_) => {
+            let r = &v["validation"];
+            let f = |x: &serde_json::Value| x.as_f64().map_or("-".into(), crate::base::numbers::decimal);
+            say!(
+                "validation {} on {} rows: accuracy {}, macro F1 {}",
+                if r["passed"].as_bool() == Some(true) { "passed" } else { "FAILED" },
+                r["metrics"]["rows"],
+                f(&r["metrics"]["accuracy"]),
+                f(&r["metrics"]["macro_f1"])
+            );
+        }
+        None => say!("validation not run yet (`outpostctl model validate`)"),
+    }
+    let transitions = v["transitions"].as_array().map_or(0, Vec::len);
+    say!("history    {transitions} stage transition(s) (`outpostctl model history {}`)", text(&v["name"]));
+    say!("more       `-o yaml` or `-o json` prints the whole record; `model card` the card");
 }
