@@ -1,12 +1,13 @@
 //! The ground floor: what every other floor stands on and nothing else.
 //!
 //! Owns the sled database and its error type ([`store`]), the hash-chained audit log
-//! ([`audit`]), the Prometheus metric registry ([`metrics`]), the clock ([`clock`]) and how
-//! numbers are shown to people ([`numbers`]).
+//! ([`audit`]), the Prometheus metric registry ([`metrics`]), the clock ([`clock`]), and how
+//! numbers ([`numbers`]) and Markdown ([`markdown`]) are shown to people.
 //! May import: `outpost_shared` and outside crates only — no other floor of this crate.
 
 pub mod audit;
 pub mod clock;
+pub mod markdown;
 pub mod metrics;
 pub mod numbers;
 pub mod store;

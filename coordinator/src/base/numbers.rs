@@ -69,6 +69,11 @@ pub fn ms(value: f64) -> String {
     format!("{} ms", decimal(value))
 }
 
+/// `1 device`, `3 devices`: a count with its noun (regular plurals only).
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `6e-44`, `-1.5e-7`: one or two significant digits.
 fn scientific(x: f64) -> String {
     let text = format!("{x:.1e}");
@@ -126,5 +131,7 @@ mod tests {
         assert_eq!(ms(0.95), "0.95 ms");
         assert_eq!(ms(1.43681), "1.44 ms");
         assert_eq!(ms(12_300.0), "12.3 s");
+        assert_eq!(count(1, "device"), "1 device");
+        assert_eq!(count(0, "device"), "0 devices");
     }
 }

@@ -5,14 +5,13 @@
 //!
 //! Rendered as Markdown (`outpostctl model card NAME@VERSION`) and as HTML (the dashboard).
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::base::numbers;
 use crate::models::registry::VersionRecord;
 use crate::models::validation::{Metrics, Report};
 use crate::monitoring::quality::QualityReport;
-use crate::monitoring::report::{DriftHistory, escape};
+use crate::monitoring::report::DriftHistory;
 
 /// Everything a card shows.
 #[derive(Debug)]
@@ -208,59 +207,14 @@ pub fn render_markdown(d: &CardData<'_>) -> String {
     out
 }
 
-/// The card as a self-contained HTML page (the Markdown's content, its tables as tables).
+/// The card as a self-contained HTML page: its Markdown rendered (CommonMark with tables), any
+/// HTML in the card's text shown as text.
 pub fn render_html(d: &CardData<'_>) -> String {
     let md = render_markdown(d);
     let mut out = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Model card</title><style>body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Model card</title><style>body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}code{background:#f4f4f4;padding:0 3px}</style></head><body>",
     );
-    let mut in_table = false;
-    let mut in_list = false;
-    let headers: BTreeSet<&str> = ["| scope ", "| class "].into_iter().collect();
-    for line in md.lines() {
-        let is_row = line.starts_with('|');
-        if !is_row && in_table {
-            out.push_str("</table>");
-            in_table = false;
-        }
-        if !line.starts_with("- ") && in_list {
-            out.push_str("</ul>");
-            in_list = false;
-        }
-        if is_row {
-            if line.starts_with("|---") {
-                continue;
-            }
-            if !in_table {
-                out.push_str("<table>");
-                in_table = true;
-            }
-            let cell = if headers.iter().any(|h| line.starts_with(h)) { "th" } else { "td" };
-            out.push_str("<tr>");
-            for c in line.trim_matches('|').split('|') {
-                let _ = write!(out, "<{cell}>{}</{cell}>", escape(c.trim()));
-            }
-            out.push_str("</tr>");
-        } else if let Some(h) = line.strip_prefix("# ") {
-            let _ = write!(out, "<h1>{}</h1>", escape(h));
-        } else if let Some(h) = line.strip_prefix("## ") {
-            let _ = write!(out, "<h2>{}</h2>", escape(h));
-        } else if let Some(item) = line.strip_prefix("- ") {
-            if !in_list {
-                out.push_str("<ul>");
-                in_list = true;
-            }
-            let _ = write!(out, "<li>{}</li>", escape(item));
-        } else if !line.trim().is_empty() {
-            let _ = write!(out, "<p>{}</p>", escape(line).replace("**", ""));
-        }
-    }
-    if in_table {
-        out.push_str("</table>");
-    }
-    if in_list {
-        out.push_str("</ul>");
-    }
+    out.push_str(&crate::base::markdown::to_html(&md));
     out.push_str("</body></html>");
     out
 }

@@ -175,7 +175,35 @@ pub fn evaluate(
             add(l, &d.id, "Telemetry backlog growing on devices".into(), None);
         }
     }
-    groups.into_values().collect()
+    let by_id: BTreeMap<&str, &DeviceRecord> = devices.iter().map(|d| (d.id.as_str(), d)).collect();
+    groups
+        .into_values()
+        .map(|mut c| {
+            let shared = shared_labels(c.devices.iter().filter_map(|id| by_id.get(id.as_str()).copied()));
+            if !shared.is_empty() {
+                let shared: Vec<String> = shared.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                c.summary = format!("{} (all on {})", c.summary, shared.join(", "));
+            }
+            c
+        })
+        .collect()
+}
+
+/// The device labels every one of `devices` has with the same value (`site=site-c` when the
+/// alert's devices all sit at one site) — what an operator reads first. Nothing for a single
+/// label-less device, and nothing when the devices differ in every label.
+fn shared_labels<'a>(devices: impl Iterator<Item = &'a DeviceRecord>) -> BTreeMap<String, String> {
+    let mut shared: Option<BTreeMap<String, String>> = None;
+    for d in devices {
+        shared = Some(match shared {
+            None => d.labels.clone(),
+            Some(mut s) => {
+                s.retain(|k, v| d.labels.get(k) == Some(v));
+                s
+            }
+        });
+    }
+    shared.unwrap_or_default()
 }
 
 /// An alert's stored state.
@@ -207,7 +235,7 @@ impl AlertRecord {
         if self.devices.len() > LISTED {
             listed.push_str(&format!(" and {} more", self.devices.len() - LISTED));
         }
-        format!("{} device(s): {listed}", self.devices.len())
+        format!("{}: {listed}", crate::base::numbers::count(self.devices.len(), "device"))
     }
 
     /// Alertmanager API v2 `postableAlert`.
@@ -618,6 +646,30 @@ mod tests {
         assert!(!radius.labels.contains_key("device"));
         let texture = alerts.iter().find(|a| a.labels["feature"] == "mean_texture").unwrap();
         assert_eq!(texture.devices.len(), 500);
+    }
+
+    #[test]
+    fn an_alert_names_the_label_its_devices_share() {
+        let at = |id: &str, site: &str, hw: &str| {
+            let mut d = device(id);
+            d.labels = [("site".to_owned(), site.to_owned()), ("hw".to_owned(), hw.to_owned())].into();
+            d
+        };
+        let mut devices = vec![at("a", "site-c", "x"), at("b", "site-c", "y"), at("c", "site-a", "x")];
+        devices[0].drift_streaks = vec![streak("mean_radius", true), streak("mean_texture", true)];
+        devices[1].drift_streaks = vec![streak("mean_radius", true)];
+        devices[2].drift_streaks = vec![streak("mean_texture", true)];
+        let alerts = evaluate(&devices, &AlertsConfig::default(), &FleetConfig::default(), 1_000_000);
+        let radius = alerts.iter().find(|a| a.labels["feature"] == "mean_radius").unwrap();
+        assert!(radius.summary.ends_with("(all on site=site-c)"), "{}", radius.summary);
+        // Devices at two sites on the same hardware: the hardware is what they share.
+        let texture = alerts.iter().find(|a| a.labels["feature"] == "mean_texture").unwrap();
+        assert!(texture.summary.ends_with("(all on hw=x)"), "{}", texture.summary);
+        // Nothing in common: nothing added.
+        devices[2].labels.insert("hw".into(), "z".into());
+        let alerts = evaluate(&devices, &AlertsConfig::default(), &FleetConfig::default(), 1_000_000);
+        let texture = alerts.iter().find(|a| a.labels["feature"] == "mean_texture").unwrap();
+        assert!(!texture.summary.contains("all on"), "{}", texture.summary);
     }
 
     #[test]

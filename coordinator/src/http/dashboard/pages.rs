@@ -66,6 +66,11 @@ fn ago(now: u64, ms: u64) -> String {
     }
 }
 
+/// A reason, summary or timeline line: inline Markdown (`gate` names in code), HTML escaped.
+fn md(text: &str) -> String {
+    crate::base::markdown::inline_html(text)
+}
+
 fn pct(v: f64) -> String {
     numbers::percent(v)
 }

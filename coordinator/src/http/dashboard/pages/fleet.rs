@@ -152,7 +152,7 @@ impl Overview {
                     link(&format!("/ui/rollouts/{}", seg(&r.id)), &r.id),
                     e(&r.spec.model),
                     e(&r.spec.version),
-                    e(r.paused_reason.as_deref().unwrap_or(r.spec.strategy.as_str()))
+                    md(r.paused_reason.as_deref().unwrap_or(r.spec.strategy.as_str()))
                 );
             }
             for i in &open {
@@ -161,17 +161,17 @@ impl Overview {
                     "<li>{} {} {}</li>",
                     badge("bad", "incident"),
                     link(&format!("/ui/incidents/{}", seg(&i.id)), &i.id),
-                    e(&i.reason)
+                    md(&i.reason)
                 );
             }
             for a in &firing {
                 let _ = write!(
                     out,
-                    "<li data-alert=\"{}\">{} {} <small>{} device(s), since {}</small></li>",
+                    "<li data-alert=\"{}\">{} {} <small>{}, since {}</small></li>",
                     e(a.labels.get("alertname").map_or("", String::as_str)),
                     badge("warn", a.labels.get("alertname").map_or("alert", String::as_str)),
-                    e(&a.summary),
-                    a.devices.len(),
+                    md(&a.summary),
+                    numbers::count(a.devices.len(), "device"),
                     ago(self.now, a.starts_at_ms)
                 );
             }

@@ -58,7 +58,7 @@ fn gates_table(gates: &[GateResult], failed: Option<&str>) -> String {
 fn timeline(entries: &[TimelineEntry]) -> String {
     let mut out = String::from("<ol class=\"timeline\" data-table=\"timeline\">");
     for t in entries {
-        let _ = write!(out, "<li><time>{}</time> {}</li>", when(t.at_ms), e(&t.message));
+        let _ = write!(out, "<li><time>{}</time> {}</li>", when(t.at_ms), md(&t.message));
     }
     out.push_str("</ol>");
     out
@@ -141,7 +141,7 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
         r.finished_ms.map(|f| format!(", finished {}", when(f))).unwrap_or_default(),
     );
     if let Some(reason) = &r.paused_reason {
-        let _ = write!(out, "<p class=\"error\">Paused: {}</p>", e(reason));
+        let _ = write!(out, "<p class=\"error\">Paused: {}</p>", md(reason));
     }
     if let Some(i) = &r.incident {
         let _ = write!(out, "<p>Incident: {}</p>", link(&format!("/ui/incidents/{}", seg(i)), i));
@@ -284,7 +284,7 @@ pub fn incident_list(list: &[Incident]) -> String {
             e(&i.version),
             e(&i.baseline),
             i.gate.as_ref().map(|g| format!("<code>{}</code>", e(&g.gate))).unwrap_or_else(|| "—".into()),
-            e(&i.reason),
+            md(&i.reason),
             if i.closed_ms.is_some() { badge("good", "closed") } else { badge("bad", "open") },
             id = e(&i.id),
         );
@@ -307,7 +307,7 @@ pub fn incident(viewer: &Viewer, i: &Incident) -> String {
         e(&i.baseline),
         link(&format!("/ui/rollouts/{}", seg(&i.rollout)), &i.rollout),
         when(i.opened_ms),
-        e(&i.reason),
+        md(&i.reason),
     );
     if let (Some(at), Some(by)) = (i.closed_ms, &i.closed_by) {
         let _ = write!(out, "<p>Closed {} by {}.</p>", when(at), e(by));
