@@ -196,3 +196,71 @@ async fn guessing_tokens_at_the_sign_in_form_is_throttled_like_the_api() {
     assert_eq!(denied, 3, "{audit}");
     assert!(audit.lines().any(|l| l.contains("auth.throttled") && l.contains("/ui/login")), "{audit}");
 }
+
+/// Live updates are Server-Sent Events: only for a session, a `change` when fleet state moved
+/// (here: an audited mutation), and `signed-out` — then the end — when the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_stream_changes_to_a_session_until_it_signs_out() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let admin = std::fs::read_to_string(coordinator.token_file()).unwrap().trim().to_owned();
+    let base = coordinator.url();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+    let p = send(http.get(format!("{base}/ui/events"))).await;
+    assert_eq!((p.status, p.location.as_str()), (303, "/ui/login?next=/ui"), "no session, no stream");
+
+    let signed_in = send(
+        http.post(format!("{base}/ui/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={admin}")),
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.cookie.split(';').next().unwrap().to_owned();
+    let mut stream = http.get(format!("{base}/ui/events")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+
+    // Read the stream until `event` shows (or the deadline passes).
+    async fn read_until(stream: &mut reqwest::Response, event: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut seen = String::new();
+        while !seen.contains(&format!("event: {event}")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.chunk()).await {
+                Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => panic!("stream failed: {e}; so far: {seen}"),
+                Err(_) => panic!("no `{event}` within {within:?}; so far: {seen:?}"),
+            }
+        }
+        seen
+    }
+
+    // An audited mutation is a change.
+    let created = http
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "watcher", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    read_until(&mut stream, "change", Duration::from_secs(15)).await;
+
+    // Signing out ends the stream with `signed-out`.
+    let page = send(http.get(format!("{base}/ui")).header("cookie", &cookie)).await;
+    let out = send(
+        http.post(format!("{base}/ui/logout"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={}", csrf_of(&page.body))),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    read_until(&mut stream, "signed-out", Duration::from_secs(10)).await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
+    assert!(matches!(rest, Ok(Ok(None))), "the stream ends after signed-out: {rest:?}");
+}

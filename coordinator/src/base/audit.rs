@@ -229,6 +229,11 @@ impl AuditLog {
         &self.path
     }
 
+    /// The sequence number of the newest durable entry (0 for an empty log): cheap to poll.
+    pub fn head_seq(&self) -> u64 {
+        read_head(&self.meta).ok().flatten().map_or(0, |(seq, _)| seq)
+    }
+
     fn job(
         actor: &str,
         role: &str,

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Rollouts applying, baking or paused; automatic rollbacks, by model.
     pub rollouts_active: prometheus::IntGauge,
     pub rollout_rollbacks: IntCounterVec,
+    /// Rollout records the engine wrote (a step applied, a bake judged, a phase changed).
+    pub rollout_updates: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +145,10 @@ impl Metrics {
             "Rollouts the engine rolled back by itself (a gate, a failed device, a timeout), by model.",
             "model",
         );
+        let rollout_updates = plain(
+            "outpost_coordinator_rollout_updates_total",
+            "Rollout records the engine wrote: a step applied, a bake judged, a phase changed.",
+        );
         let model_devices = IntGaugeVec::new(
             Opts::new(
                 "outpost_coordinator_model_devices",
@@ -157,6 +163,7 @@ impl Metrics {
             model_devices,
             rollouts_active,
             rollout_rollbacks,
+            rollout_updates,
             alerts_firing,
             alert_notifications,
             registry,

@@ -387,6 +387,37 @@ impl Slos {
         Ok((requests, errors, latency, devices.len()))
     }
 
+    /// Requests, errors and latency of `model` per device over `[from_ms, to_ms]` (every
+    /// version): what a per-label breakdown groups.
+    pub fn traffic_by_device(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<String, TrafficWindow>, StoreError> {
+        let mut out: BTreeMap<String, TrafficWindow> = BTreeMap::new();
+        self.windows_where(
+            &self.traffic,
+            model,
+            from_ms,
+            to_ms,
+            |_, _| true,
+            |_, device, _, v| {
+                if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
+                    let total = out.entry(device.to_owned()).or_insert_with(|| TrafficWindow {
+                        requests: 0,
+                        errors: 0,
+                        latency_us: LogHistogram::default(),
+                    });
+                    total.requests += w.requests;
+                    total.errors += w.errors;
+                    let _ = total.latency_us.merge(&w.latency_us);
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
     /// When the oldest window `keep` accepts in `[from_ms, to_ms]` ended, if there is one: how
     /// far back a fleet that only started reporting has data.
     pub fn oldest_window_where(

@@ -51,7 +51,9 @@ mod spec;
 pub mod stats;
 
 pub use persistence::RolloutStore;
-pub use records::{DeviceProgress, Incident, Phase, Rollout, RolloutView, TimelineEntry};
+pub use records::{
+    DeviceProgress, Evaluation, GatePoint, Incident, MAX_HISTORY, Phase, Rollout, RolloutView, TimelineEntry,
+};
 use sends::revert;
 pub use spec::{OfflinePolicy, RolloutSpec, SpecError, Step, Strategy};
 
@@ -342,6 +344,7 @@ impl Rollouts {
             gates: Vec::new(),
             baseline_scope: String::new(),
             evaluated_ms: None,
+            history: Vec::new(),
             incident: None,
             timeline: Vec::new(),
             created_by: by.to_owned(),

@@ -1,7 +1,8 @@
 //! Server-side SVG charts for the dashboard: time-series line charts with axes, gridlines,
-//! a legend and gaps where a bucket has no data. No script, no external library; each
-//! series carries its plotted values in `data-values` so a test can compare the picture with
-//! the API's numbers.
+//! a legend, gaps where a bucket has no data, markers for events (a rollout started, an
+//! incident opened, a bake extended) and each point's value on hover (an SVG `<title>`). No
+//! script, no external library; each series carries its plotted values in `data-values` so a
+//! test can compare the picture with the API's numbers.
 
 use std::fmt::Write as _;
 
@@ -12,8 +13,17 @@ pub struct Series {
     pub points: Vec<Option<f64>>,
 }
 
+/// An event drawn as a dashed vertical line at its time, labelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    pub at_ms: u64,
+    /// `rollout`, `incident`, `step`, `extension`, `verdict`: the line's `data-marker` and colour.
+    pub kind: &'static str,
+    pub label: String,
+}
+
 /// A chart over shared time buckets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Chart<'a> {
     /// Stable id (`latency`, `drift`, …): the SVG's `data-chart`.
     pub id: &'a str,
@@ -25,6 +35,11 @@ pub struct Chart<'a> {
     pub series: Vec<Series>,
     /// Fixed top of the y axis (e.g. 100 for percentages); otherwise from the data.
     pub y_max: Option<f64>,
+    /// Events inside the chart's span (others are left out).
+    pub markers: Vec<Marker>,
+    /// Draw each series through buckets without data (for values sampled less often than the
+    /// buckets, like drift verdicts), instead of breaking the line.
+    pub connect_gaps: bool,
 }
 
 const WIDTH: f64 = 640.0;
@@ -59,6 +74,15 @@ fn nice_step(max: f64) -> f64 {
 
 fn number(v: f64) -> String {
     crate::base::numbers::decimal(v)
+}
+
+/// `text` cut to `max` characters with an ellipsis.
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
 }
 
 /// A time label (UTC) precise enough for the chart's span.
@@ -116,6 +140,21 @@ pub fn line_chart(c: &Chart<'_>) -> String {
     let x = |i: usize| LEFT + if n <= 1 { plot_w / 2.0 } else { plot_w * i as f64 / (n - 1) as f64 };
     let y = |v: f64| top_m + plot_h * (1.0 - (v / top).clamp(0.0, 1.0));
     let span = c.starts_ms[n - 1].saturating_sub(c.starts_ms[0]);
+    // An event's x: between the points around its time (the points need not be evenly spaced
+    // in time, as gate evaluations are not); `None` outside the chart's span.
+    let x_at = |ms: u64| -> Option<f64> {
+        if n == 1 {
+            return (ms == c.starts_ms[0]).then(|| x(0));
+        }
+        let last = *c.starts_ms.last()?;
+        if ms < c.starts_ms[0] || ms > last.saturating_add(span / (n as u64 - 1).max(1)) {
+            return None;
+        }
+        let i = c.starts_ms.partition_point(|&t| t <= ms).saturating_sub(1).min(n - 2);
+        let (a, b) = (c.starts_ms[i], c.starts_ms[i + 1]);
+        let frac = if b > a { (ms.saturating_sub(a)) as f64 / (b - a) as f64 } else { 0.0 };
+        Some(x(i) + (x(i + 1) - x(i)) * frac.min(1.0)).map(|v| v.min(WIDTH - RIGHT))
+    };
 
     let mut svg = String::new();
     let _ = write!(
@@ -161,21 +200,49 @@ pub fn line_chart(c: &Chart<'_>) -> String {
             clock(c.starts_ms[i], span)
         );
     }
-    // Series: one path with a move at every gap; a dot for isolated points.
+    // Markers under the series: a dashed line and a short label at the top.
+    for m in &c.markers {
+        let Some(mx) = x_at(m.at_ms) else { continue };
+        let colour = match m.kind {
+            "incident" | "verdict" => "#D55E00",
+            "extension" => "#E69F00",
+            _ => "#777",
+        };
+        let _ = write!(
+            svg,
+            "<g class=\"marker\" data-marker=\"{}\" data-at=\"{}\"><title>{} at {}</title>\
+             <line x1=\"{mx:.1}\" x2=\"{mx:.1}\" y1=\"{top_m:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" \
+             stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{colour}\">{}</text></g>",
+            escape(m.kind),
+            m.at_ms,
+            escape(&m.label),
+            clock(m.at_ms, span.max(1)),
+            top_m + plot_h,
+            mx + 3.0,
+            top_m + 10.0,
+            escape(&short(&m.label, 24))
+        );
+    }
+    // Series: one path with a move at every gap (unless gaps are bridged); a dot for isolated
+    // points; every point carries its value for hovering.
     for (k, s) in c.series.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
         let values: Vec<String> =
             s.points.iter().map(|p| p.map(|v| format!("{v}")).unwrap_or_default()).collect();
         let mut d = String::new();
         let mut dots = String::new();
+        let mut hovers = String::new();
         let mut pen_down = false;
         for (i, p) in s.points.iter().enumerate().take(n) {
             match p.filter(|v| v.is_finite()) {
                 Some(v) => {
                     let _ = write!(d, "{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(i), y(v));
-                    let isolated = !pen_down
-                        && s.points.get(i + 1).copied().flatten().filter(|v| v.is_finite()).is_none();
-                    if isolated {
+                    let next = if c.connect_gaps {
+                        s.points.iter().skip(i + 1).flatten().find(|v| v.is_finite())
+                    } else {
+                        s.points.get(i + 1).and_then(Option::as_ref).filter(|v| v.is_finite())
+                    };
+                    if !pen_down && next.is_none() {
                         let _ = write!(
                             dots,
                             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
@@ -183,15 +250,26 @@ pub fn line_chart(c: &Chart<'_>) -> String {
                             y(v)
                         );
                     }
+                    let _ = write!(
+                        hovers,
+                        "<circle class=\"hover\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"transparent\">\
+                         <title>{}: {}{} at {}</title></circle>",
+                        x(i),
+                        y(v),
+                        escape(&s.name),
+                        number(v),
+                        escape(c.unit),
+                        clock(c.starts_ms[i], span.max(1))
+                    );
                     pen_down = true;
                 }
-                None => pen_down = false,
+                None => pen_down = pen_down && c.connect_gaps,
             }
         }
         let _ = write!(
             svg,
             "<g class=\"series\" data-series=\"{}\" data-values=\"{}\"><title>{}</title>\
-             <path d=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>{dots}</g>",
+             <path d=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>{dots}{hovers}</g>",
             escape(&s.name),
             values.join(","),
             escape(&s.name),
@@ -219,7 +297,15 @@ mod tests {
 
     fn chart(series: Vec<Series>, y_max: Option<f64>) -> String {
         let starts = [60_000, 120_000, 180_000, 240_000];
-        line_chart(&Chart { id: "t", title: "Test <chart>", unit: "%", starts_ms: &starts, series, y_max })
+        line_chart(&Chart {
+            id: "t",
+            title: "Test <chart>",
+            unit: "%",
+            starts_ms: &starts,
+            series,
+            y_max,
+            ..Chart::default()
+        })
     }
 
     #[test]
@@ -233,8 +319,48 @@ mod tests {
         assert_eq!(path.matches('M').count(), 2, "{path}");
         assert_eq!(path.matches('L').count(), 1, "{path}");
         // The lone last point gets a dot; the title is escaped.
-        assert_eq!(svg.matches("<circle").count(), 1);
+        assert_eq!(svg.matches("<circle cx").count(), 1);
         assert!(svg.contains("Test &lt;chart&gt;") && !svg.contains("<chart>"));
+        // Every point tells its value on hover.
+        assert_eq!(svg.matches("<circle class=\"hover\"").count(), 3);
+        assert!(svg.contains("<title>a: 2% at 00:02:00</title>"), "{svg}");
+    }
+
+    #[test]
+    fn bridged_gaps_are_one_stroke() {
+        let starts = [60_000, 120_000, 180_000, 240_000];
+        let svg = line_chart(&Chart {
+            id: "t",
+            starts_ms: &starts,
+            series: vec![Series { name: "a".into(), points: vec![Some(1.0), None, None, Some(4.0)] }],
+            connect_gaps: true,
+            ..Chart::default()
+        });
+        let path = svg.split("<path d=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!((path.matches('M').count(), path.matches('L').count()), (1, 1), "{path}");
+    }
+
+    #[test]
+    fn markers_sit_at_their_time_and_outside_ones_are_left_out() {
+        let starts = [0, 60_000, 120_000, 180_000];
+        let marker = |at_ms, kind, label: &str| Marker { at_ms, kind, label: label.into() };
+        let svg = line_chart(&Chart {
+            id: "t",
+            starts_ms: &starts,
+            series: vec![Series { name: "a".into(), points: vec![Some(1.0); 4] }],
+            markers: vec![
+                marker(90_000, "rollout", "rollout 3 <started>"),
+                marker(10_000_000, "incident", "later"),
+            ],
+            ..Chart::default()
+        });
+        assert_eq!(svg.matches("class=\"marker\"").count(), 1, "{svg}");
+        assert!(svg.contains("data-marker=\"rollout\" data-at=\"90000\""), "{svg}");
+        assert!(svg.contains("rollout 3 &lt;started&gt;") && !svg.contains("<started>"), "{svg}");
+        // Halfway between the second and third points.
+        let x: f64 = svg.split("<line x1=\"").last().unwrap().split('"').next().unwrap().parse().unwrap();
+        let plot = WIDTH - LEFT - RIGHT;
+        assert!((x - (LEFT + plot * 1.5 / 3.0)).abs() < 0.2, "{x}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use axum::http::StatusCode;
 
 use super::Viewer;
-use super::charts::{Chart, Series, escape, line_chart};
+use super::charts::{Chart, Marker, Series, escape, line_chart};
 use crate::base::numbers;
 use crate::base::store::now_ms;
 use crate::fleet::desired::DesiredRecord;

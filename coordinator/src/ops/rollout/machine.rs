@@ -44,6 +44,8 @@ impl Rollouts {
         let t = r.spec.thresholds(gates.len());
         r.gates = gates.iter().map(|g| gates::evaluate(g, &candidate, &baseline, t)).collect();
         r.evaluated_ms = Some(now);
+        let evaluation = super::records::Evaluation::of(now, r.wave, r.extensions, &r.gates);
+        r.remember(evaluation);
         Ok(())
     }
 
@@ -107,6 +109,7 @@ impl Rollouts {
             out.extend(self.step(&mut r)?);
             if r != before {
                 self.repo.put(&r)?;
+                self.metrics.rollout_updates.inc();
             }
         }
         self.metrics.rollouts_active.set(active);

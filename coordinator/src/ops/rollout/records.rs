@@ -45,6 +45,64 @@ pub struct TimelineEntry {
     pub message: String,
 }
 
+/// The gates judged once, as the analysis over time keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub at_ms: u64,
+    /// The step (wave or canary step) being baked.
+    pub step: usize,
+    /// Bake extensions granted in this step so far (inconclusive gates).
+    pub extension: u32,
+    pub gates: Vec<GatePoint>,
+}
+
+/// One gate in an [`Evaluation`]: its verdict and the values it compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatePoint {
+    pub gate: String,
+    pub verdict: super::gates::Verdict,
+    pub candidate: Option<f64>,
+    pub baseline: Option<f64>,
+    pub limit: Option<f64>,
+}
+
+impl Evaluation {
+    /// Points a step's bake is drawn with, about.
+    pub const POINTS_PER_STEP: u64 = 60;
+
+    /// The least time between two kept evaluations of one step: a sixtieth of the bake, at
+    /// least a second.
+    pub fn spacing_ms(bake_secs: u64) -> u64 {
+        (bake_secs.saturating_mul(1000) / Self::POINTS_PER_STEP).max(1000)
+    }
+
+    /// `gates` as kept.
+    pub fn of(at_ms: u64, step: usize, extension: u32, gates: &[GateResult]) -> Evaluation {
+        Evaluation {
+            at_ms,
+            step,
+            extension,
+            gates: gates
+                .iter()
+                .map(|g| GatePoint {
+                    gate: g.gate.clone(),
+                    verdict: g.verdict,
+                    candidate: g.candidate,
+                    baseline: g.baseline,
+                    limit: g.limit,
+                })
+                .collect(),
+        }
+    }
+
+    fn verdicts(&self) -> Vec<super::gates::Verdict> {
+        self.gates.iter().map(|g| g.verdict).collect()
+    }
+}
+
+/// Evaluations a rollout keeps at most (the oldest go first): a bound on the stored record.
+pub const MAX_HISTORY: usize = 2000;
+
 /// A rollout as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -74,6 +132,10 @@ pub struct Rollout {
     pub gates: Vec<GateResult>,
     pub baseline_scope: String,
     pub evaluated_ms: Option<u64>,
+    /// The gates' evaluations over time, for the analysis chart: at most one per
+    /// [`Evaluation::spacing_ms`] within a step, plus every change of a verdict.
+    #[serde(default)]
+    pub history: Vec<Evaluation>,
     pub incident: Option<String>,
     pub timeline: Vec<TimelineEntry>,
     pub created_by: String,
@@ -82,6 +144,28 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// Keeps `e` in the history when its step's last kept evaluation is older than the spacing,
+    /// when a verdict changed, or when it opens a step or an extension.
+    pub fn remember(&mut self, e: Evaluation) {
+        let spacing = Evaluation::spacing_ms(self.spec.bake_secs);
+        let keep = match self.history.last() {
+            None => true,
+            Some(last) => {
+                last.step != e.step
+                    || last.extension != e.extension
+                    || last.verdicts() != e.verdicts()
+                    || e.at_ms.saturating_sub(last.at_ms) >= spacing
+            }
+        };
+        if keep {
+            self.history.push(e);
+            if self.history.len() > MAX_HISTORY {
+                let extra = self.history.len() - MAX_HISTORY;
+                self.history.drain(..extra);
+            }
+        }
+    }
+
     pub(super) fn step_at(&self, index: usize) -> Step {
         self.spec.plan().get(index).copied().unwrap_or(Step::Switch)
     }

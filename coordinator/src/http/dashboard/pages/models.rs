@@ -58,7 +58,30 @@ pub struct ModelPage {
     drift: DriftHistory,
     quality: QualityReport,
     bucket_ms: u64,
+    /// Rollouts and incidents of this model: markers on the charts.
+    markers: Vec<Marker>,
+    /// Error rate, latency and accuracy per value of a device label (site first).
+    breakdowns: Vec<Breakdown>,
 }
+
+/// One device label's values and how the model does at each.
+struct Breakdown {
+    label: String,
+    rows: Vec<BreakdownRow>,
+}
+
+struct BreakdownRow {
+    value: String,
+    devices: usize,
+    requests: u64,
+    errors: u64,
+    p95_ms: Option<f64>,
+    /// Accuracy and labelled predictions, over every version.
+    accuracy: Option<(f64, u64)>,
+}
+
+/// Label keys a breakdown is shown for, at most.
+const BREAKDOWN_LABELS: usize = 3;
 
 impl ModelPage {
     /// The page over `range_ms` up to `to_ms`, or over the model's life when `None`.
@@ -83,6 +106,29 @@ impl ModelPage {
             None => None,
         };
         let grid = TimeBuckets::new(from_ms, to_ms, ((range_ms / MIN_BUCKET_MS) as usize).clamp(1, BUCKETS));
+        let mut markers = Vec::new();
+        for r in app.rollouts.list().map_err(ApiError::internal)?.iter().filter(|r| r.spec.model == name) {
+            markers.push(Marker {
+                at_ms: r.created_ms,
+                kind: "rollout",
+                label: format!("rollout {} → {}", r.id, r.spec.version),
+            });
+            if let Some(end) = r.finished_ms {
+                markers.push(Marker {
+                    at_ms: end,
+                    kind: "rollout",
+                    label: format!("{} {}", r.id, r.phase.as_str()),
+                });
+            }
+        }
+        for i in app.rollouts.incidents().map_err(ApiError::internal)?.iter().filter(|i| i.model == name) {
+            markers.push(Marker {
+                at_ms: i.opened_ms,
+                kind: "incident",
+                label: format!("incident {}", i.id),
+            });
+        }
+        markers.retain(|m| m.at_ms >= from_ms && m.at_ms <= to_ms);
         Ok(ModelPage {
             name: name.to_owned(),
             versions,
@@ -94,7 +140,71 @@ impl ModelPage {
                 .map_err(ApiError::internal)?,
             quality: labels.quality(name, Some(from_ms), None).map_err(ApiError::internal)?,
             bucket_ms: grid.width_ms,
+            markers,
+            breakdowns: Self::breakdowns(app, name, from_ms, to_ms)?,
         })
+    }
+
+    /// Per device label (site first, then the others by name, at most [`BREAKDOWN_LABELS`]):
+    /// requests, error rate, p95 latency and accuracy at each value over the range.
+    fn breakdowns(app: &AppState, name: &str, from_ms: u64, to_ms: u64) -> Result<Vec<Breakdown>, ApiError> {
+        use crate::monitoring::quality::SegmentBy;
+        let devices = app.devices.all().map_err(ApiError::internal)?;
+        let traffic =
+            app.ingest.slos().traffic_by_device(name, from_ms, to_ms).map_err(ApiError::internal)?;
+        let mut keys: Vec<String> = devices
+            .iter()
+            .flat_map(|d| d.labels.keys().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        keys.sort_by_key(|k| (k != "site", k.clone()));
+        keys.truncate(BREAKDOWN_LABELS);
+        let mut out = Vec::new();
+        for key in keys {
+            let label_of = |device: &str, label: &str| app.devices.label(device, label);
+            let quality = app
+                .ingest
+                .labels()
+                .quality(name, Some(from_ms), Some(SegmentBy { label: &key, label_of: &label_of }))
+                .map_err(ApiError::internal)?;
+            let mut rows: BTreeMap<String, BreakdownRow> = BTreeMap::new();
+            for d in devices.iter().filter(|d| traffic.contains_key(&d.id)) {
+                let value = d.labels.get(&key).cloned().unwrap_or_else(|| "(none)".into());
+                let w = &traffic[&d.id];
+                let row = rows.entry(value.clone()).or_insert_with(|| BreakdownRow {
+                    value,
+                    devices: 0,
+                    requests: 0,
+                    errors: 0,
+                    p95_ms: None,
+                    accuracy: None,
+                });
+                row.devices += 1;
+                row.requests += w.requests;
+                row.errors += w.errors;
+            }
+            for row in rows.values_mut() {
+                let mut latency = outpost_shared::histogram::LogHistogram::default();
+                for d in devices.iter().filter(|d| {
+                    d.labels.get(&key).map_or("(none)", String::as_str) == row.value
+                        && traffic.contains_key(&d.id)
+                }) {
+                    let _ = latency.merge(&traffic[&d.id].latency_us);
+                }
+                row.p95_ms = latency.quantile(0.95).map(|us| us / 1000.0);
+                let (n, correct) = quality
+                    .versions
+                    .values()
+                    .filter_map(|v| v.segments.get(&row.value))
+                    .fold((0u64, 0.0), |(n, c), m| (n + m.rows, c + m.accuracy * m.rows as f64));
+                row.accuracy = (n > 0).then(|| (correct / n as f64, n));
+            }
+            if !rows.is_empty() {
+                out.push(Breakdown { label: key, rows: rows.into_values().collect() });
+            }
+        }
+        Ok(out)
     }
 
     fn versions_seen(&self) -> BTreeSet<String> {
@@ -216,7 +326,8 @@ impl ModelPage {
             unit: "",
             starts_ms: &self.starts,
             series: latency,
-            y_max: None,
+            markers: self.markers.clone(),
+            ..Chart::default()
         }));
         let per_version = |f: &dyn Fn(&TrafficWindow) -> Option<f64>| {
             versions
@@ -227,6 +338,14 @@ impl ModelPage {
                 })
                 .collect::<Vec<_>>()
         };
+        out.push_str(&line_chart(&Chart {
+            id: "latency_by_version",
+            title: "Latency p95, by version (ms)",
+            starts_ms: &self.starts,
+            series: per_version(&|c| c.latency_us.quantile(0.95).map(|us| us / 1000.0)),
+            markers: self.markers.clone(),
+            ..Chart::default()
+        }));
         let secs = self.bucket_ms as f64 / 1000.0;
         out.push_str(&line_chart(&Chart {
             id: "traffic",
@@ -234,7 +353,8 @@ impl ModelPage {
             unit: "",
             starts_ms: &self.starts,
             series: per_version(&|c| Some(c.requests as f64 / secs)),
-            y_max: None,
+            markers: self.markers.clone(),
+            ..Chart::default()
         }));
         out.push_str(&line_chart(&Chart {
             id: "errors",
@@ -243,6 +363,8 @@ impl ModelPage {
             starts_ms: &self.starts,
             series: per_version(&|c| (c.requests > 0).then(|| 100.0 * c.errors as f64 / c.requests as f64)),
             y_max: Some(1.0),
+            markers: self.markers.clone(),
+            ..Chart::default()
         }));
         let labelled: BTreeSet<&String> = self.accuracy.iter().flat_map(|b| b.keys()).collect();
         let accuracy = labelled
@@ -263,6 +385,8 @@ impl ModelPage {
             starts_ms: &self.starts,
             series: accuracy,
             y_max: Some(100.0),
+            markers: self.markers.clone(),
+            ..Chart::default()
         }));
         // Drift: share of device windows that drifted, per feature (the most drifted first).
         let mut drift_series: Vec<Series> = self
@@ -288,8 +412,36 @@ impl ModelPage {
             starts_ms: &self.drift.bucket_starts_ms,
             series: drift_series,
             y_max: Some(100.0),
+            markers: self.markers.clone(),
+            // Devices report drift verdicts less often than the buckets: one line per feature.
+            connect_gaps: true,
         }));
         out.push_str("</div>");
+
+        // Per device label: where the model does worse.
+        for b in &self.breakdowns {
+            let _ = write!(
+                out,
+                "<h3>By {0}</h3><table data-breakdown=\"{0}\"><tr><th>{0}</th><th>devices</th><th>requests</th>\
+                 <th>error rate</th><th>latency p95</th><th>accuracy</th></tr>",
+                e(&b.label)
+            );
+            for r in &b.rows {
+                let error_rate =
+                    if r.requests == 0 { "—".into() } else { pct(r.errors as f64 / r.requests as f64) };
+                let _ = write!(
+                    out,
+                    "<tr data-group=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{error_rate}</td><td>{}</td><td>{}</td></tr>",
+                    e(&r.value),
+                    e(&r.value),
+                    r.devices,
+                    r.requests,
+                    r.p95_ms.map_or("—".into(), numbers::ms),
+                    r.accuracy.map_or("—".into(), |(a, n)| format!("{} <small>of {n}</small>", pct(a)))
+                );
+            }
+            out.push_str("</table>");
+        }
 
         // Drift table for every feature.
         if !self.drift.features.is_empty() {

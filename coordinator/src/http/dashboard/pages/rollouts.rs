@@ -241,6 +241,7 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
         r.evaluated_ms.map(|t| format!(", evaluated {}", when(t))).unwrap_or_default(),
         gates_table(&r.gates, None)
     );
+    out.push_str(&analysis(r));
 
     out.push_str(
         "<section><h2>Devices</h2><table data-table=\"rollout-devices\"><tr><th>device</th><th>wave</th><th>desired</th>\
@@ -262,6 +263,78 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
     }
     out.push_str("</table></section>");
     let _ = write!(out, "<section><h2>Timeline</h2>{}</section>", timeline(&r.timeline));
+    out
+}
+
+/// Rollout analysis over time, as Argo Rollouts shows it: for every gate, the candidate's and
+/// the baseline's value and the limit at each kept evaluation, with each step's start,
+/// inconclusive extensions and verdict changes marked.
+fn analysis(r: &Rollout) -> String {
+    let h = &r.history;
+    if h.is_empty() {
+        return "<section><h2>Analysis</h2><p class=\"empty\">No gate has been evaluated yet: evaluations appear \
+                here as each step bakes.</p></section>"
+            .into();
+    }
+    let starts: Vec<u64> = h.iter().map(|e| e.at_ms).collect();
+    let mut markers = Vec::new();
+    for (i, e) in h.iter().enumerate() {
+        let before = i.checked_sub(1).map(|j| &h[j]);
+        if before.is_none_or(|b| b.step != e.step) {
+            markers.push(Marker { at_ms: e.at_ms, kind: "step", label: format!("step {}", e.step + 1) });
+        } else if before.is_some_and(|b| b.extension != e.extension) {
+            markers.push(Marker {
+                at_ms: e.at_ms,
+                kind: "extension",
+                label: format!("extension {}", e.extension),
+            });
+        }
+    }
+    let mut gates: Vec<&str> = Vec::new();
+    for g in h.iter().flat_map(|e| &e.gates) {
+        if !gates.contains(&g.gate.as_str()) {
+            gates.push(&g.gate);
+        }
+    }
+    let mut out = format!(
+        "<section><h2>Analysis</h2><p>{} evaluations over {}: the candidate against the baseline and the \
+         limit it is held to, per gate. Hover a point for its value.</p><div class=\"charts\">",
+        h.len(),
+        numbers::ms(starts[starts.len() - 1].saturating_sub(starts[0]) as f64)
+    );
+    for gate in gates {
+        let latency = gate.starts_with('p') && gate[1..].starts_with(|c: char| c.is_ascii_digit());
+        let scale = if latency { 1.0 } else { 100.0 };
+        let point = |f: &dyn Fn(&crate::ops::rollout::GatePoint) -> Option<f64>| -> Vec<Option<f64>> {
+            h.iter().map(|e| e.gates.iter().find(|g| g.gate == gate).and_then(f).map(|v| v * scale)).collect()
+        };
+        let mut gate_markers = markers.clone();
+        let verdicts: Vec<Option<&str>> =
+            h.iter().map(|e| e.gates.iter().find(|g| g.gate == gate).map(|g| g.verdict.as_str())).collect();
+        for i in 1..h.len() {
+            if let (Some(a), Some(b)) = (verdicts[i - 1], verdicts[i])
+                && a != b
+            {
+                gate_markers.push(Marker { at_ms: h[i].at_ms, kind: "verdict", label: b.to_owned() });
+            }
+        }
+        let id = format!("gate-{gate}");
+        let title = format!("{gate} ({})", if latency { "ms" } else { "%" });
+        out.push_str(&line_chart(&Chart {
+            id: &id,
+            title: &title,
+            unit: if latency { "" } else { "%" },
+            starts_ms: &starts,
+            series: vec![
+                Series { name: format!("candidate {}", r.spec.version), points: point(&|g| g.candidate) },
+                Series { name: format!("baseline {}", r.baseline), points: point(&|g| g.baseline) },
+                Series { name: "limit".into(), points: point(&|g| g.limit) },
+            ],
+            markers: gate_markers,
+            ..Chart::default()
+        }));
+    }
+    out.push_str("</div></section>");
     out
 }
 
