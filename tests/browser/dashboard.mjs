@@ -70,7 +70,12 @@ try {
   // 3. Live updates: the page re-renders itself without a reload.
   const rendered = await page.getAttribute("#main", "data-rendered-ms");
   await page.waitForFunction((r) => document.getElementById("main").getAttribute("data-rendered-ms") !== r, rendered, { timeout: 20000 });
-  out.live = { before: rendered, after: await page.getAttribute("#main", "data-rendered-ms"), indicator: await page.textContent("#live") };
+  out.live = {
+    before: rendered,
+    after: await page.getAttribute("#main", "data-rendered-ms"),
+    indicator: await page.textContent("#live"),
+    transport: await page.getAttribute("#live", "data-transport"),
+  };
 
   // 4. Rollouts: the list, then the rolled-back one with its gates.
   await page.click("nav a[href='/ui/rollouts']");
@@ -85,6 +90,16 @@ try {
     steps: await table(page, "ol.steps li", ["step", "state"]),
     incident_link: await page.locator("a[href^='/ui/incidents/']").count(),
     forms: await page.locator("main form").count(),
+    // The analysis over time: a chart per gate, its points' hover values and its markers.
+    analysis: await page.$$eval("figure.chart[data-chart^='gate-']", (fs) => fs.map((f) => ({
+      id: f.getAttribute("data-chart"),
+      series: [...f.querySelectorAll("g.series")].map((g) => ({
+        name: g.getAttribute("data-series"),
+        values: g.getAttribute("data-values").split(",").map((v) => (v === "" ? null : Number(v))),
+        hovers: [...g.querySelectorAll("circle.hover title")].map((t) => t.textContent),
+      })),
+      markers: [...f.querySelectorAll("g.marker")].map((m) => m.getAttribute("data-marker")),
+    }))),
   };
   await page.screenshot({ path: `${shots}/rollout.png`, fullPage: true });
 
@@ -119,12 +134,22 @@ try {
     drift: await table(page, "table[data-table=drift] tr[data-feature]", ["feature", "windows", "drifted"]),
     slo: await table(page, "table[data-table=slo] tr[data-objective]", ["objective", "compliant"]),
     versions: await table(page, "table[data-table=model-versions] tr[data-version]", ["version", "stage"]),
+    markers: await page.$$eval("figure.chart[data-chart=accuracy] g.marker", (ms) => ms.map((m) => m.getAttribute("data-marker"))),
+    by_site: await page.$$eval("table[data-breakdown=site] tr[data-group]", (rows) => rows.map((r) => ({
+      site: r.getAttribute("data-group"),
+      cells: [...r.querySelectorAll("td")].map((td) => td.textContent),
+    }))),
   };
   await page.screenshot({ path: `${shots}/model.png`, fullPage: true });
 
   // 7. The model card of a version, as the dashboard serves it.
   await page.click("table[data-table=model-versions] tr[data-version='1.0.0'] a:text('HTML')");
-  out.card = { title: await page.title(), text: (await page.textContent("body")).slice(0, 20000) };
+  out.card = {
+    title: await page.title(),
+    text: (await page.textContent("body")).slice(0, 20000),
+    tables: await page.locator("body table").count(),
+    headings: await page.locator("body h2").count(),
+  };
   await page.screenshot({ path: `${shots}/card.png`, fullPage: true });
 
   // 8. A viewer cannot change anything: no buttons were offered (counted above), and forged

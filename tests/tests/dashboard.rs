@@ -181,6 +181,7 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
 
     // Live updates: the page re-rendered itself.
     assert_ne!(seen["live"]["before"], seen["live"]["after"], "{}", seen["live"]);
+    assert_eq!(seen["live"]["transport"], "sse", "live updates come as Server-Sent Events");
 
     // Rollouts and the rolled-back one's gates, number for number.
     let phases: Vec<(String, String)> = seen["rollouts"]
@@ -222,6 +223,38 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
     );
     assert_eq!(steps.len(), 3, "{steps:?}");
     assert_eq!(r["forms"], 0, "a viewer is offered no rollout buttons");
+    // The analysis over time: one chart per gate, candidate against baseline and the limit, the
+    // last point the API's final evaluation, every step's start marked, and the failed gate's
+    // verdict change marked.
+    let analysis = r["analysis"].as_array().unwrap();
+    assert_eq!(analysis.len(), api_gates.len(), "{analysis:?}");
+    let history = rolled_back["history"].as_array().unwrap();
+    assert!(!history.is_empty());
+    for (chart, api) in analysis.iter().zip(api_gates) {
+        let gate = api["gate"].as_str().unwrap();
+        assert_eq!(chart["id"], format!("gate-{gate}"));
+        let series = chart["series"].as_array().unwrap();
+        assert_eq!(series.len(), 3, "{chart}");
+        let candidate = series[0]["values"].as_array().unwrap();
+        assert_eq!(candidate.len(), history.len(), "a point per kept evaluation");
+        let scale = if gate.starts_with("p9") { 1.0 } else { 100.0 };
+        let last_api =
+            history.last().unwrap()["gates"].as_array().unwrap().iter().find(|g| g["gate"] == gate).unwrap()
+                ["candidate"]
+                .as_f64();
+        let last_shown = candidate.last().unwrap().as_f64();
+        assert_eq!(last_shown.is_some(), last_api.is_some(), "{gate}");
+        if let (Some(shown), Some(api)) = (last_shown, last_api) {
+            assert!((shown - api * scale).abs() < 1e-9, "{gate}: {shown} vs {api}");
+        }
+        assert!(series[0]["hovers"].as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains(" at ")));
+        let markers: Vec<&str> =
+            chart["markers"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+        assert!(markers.contains(&"step"), "{gate}: {markers:?}");
+        if gate == "accuracy>=-5%" {
+            assert!(markers.contains(&"verdict"), "the failing verdict is marked: {markers:?}");
+        }
+    }
 
     // The incident.
     let i = &seen["incident"];
@@ -296,10 +329,22 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
         .map(|v| (v["version"].as_str().unwrap(), v["stage"].as_str().unwrap()))
         .collect();
     assert_eq!(stages["1.1.0"], "production");
+    // Rollouts and the incident marked on the monitoring charts; the model per site.
+    let markers: Vec<&str> =
+        seen["model"]["markers"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(markers.contains(&"rollout") && markers.contains(&"incident"), "{markers:?}");
+    assert!(charts.contains_key("latency_by_version"), "{:?}", charts.keys());
+    let sites: Vec<&str> =
+        seen["model"]["by_site"].as_array().unwrap().iter().map(|r| r["site"].as_str().unwrap()).collect();
+    assert!(sites.len() >= 2 && sites.contains(&"site-c"), "{sites:?}");
 
     // The model card, with validation metrics per class and per segment.
     let card = seen["card"]["text"].as_str().unwrap();
     assert!(card.contains("1.0.0") && card.contains("Per class") && card.contains("site=site-a"), "{card}");
+    // Rendered Markdown: tables and headings, no Markdown syntax left in the text.
+    assert!(seen["card"]["tables"].as_u64().unwrap() >= 2, "{}", seen["card"]);
+    assert!(seen["card"]["headings"].as_u64().unwrap() >= 2, "{}", seen["card"]);
+    assert!(!card.contains('`') && !card.contains("|---") && !card.contains("**"), "Markdown left: {card}");
 
     // A viewer cannot change anything; an operator can.
     let statuses: Vec<u64> =

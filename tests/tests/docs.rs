@@ -1,0 +1,220 @@
+//! The documentation holds up: the README's first screen is short, every link in the README,
+//! `ARCHITECTURE.md`, `docs/` and the deploy READMEs resolves (files and `#anchors`), and the
+//! CLI reference (`docs/cli.md`) is the programs' own `--help`. A stale reference fails the
+//! test; `UPDATE_DOCS=1 cargo test -p outpost-tests --test docs` writes it again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use outpost_tests::bin_dir;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The Markdown pages whose links must resolve.
+fn pages() -> Vec<PathBuf> {
+    let root = repo();
+    let mut out = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    let mut stack = vec![root.join("docs"), root.join("deploy")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The text of `markdown` outside fenced code blocks and inline code spans.
+fn prose(markdown: &str) -> String {
+    let mut out = String::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Drop `code spans`: a link inside one is text, not a link.
+        let mut inside = false;
+        for part in line.split('`') {
+            if !inside {
+                out.push_str(part);
+            }
+            inside = !inside;
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `[text](target)` targets of a page's prose.
+fn links(markdown: &str) -> Vec<String> {
+    let text = prose(markdown);
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("](") {
+        let rest = &text[i + 2..];
+        if let Some(end) = rest.find(')') {
+            let target = rest[..end].split_whitespace().next().unwrap_or("").to_owned();
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as dashes.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(slug(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_fits_on_one_screen() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(lines <= 40, "README.md has {lines} lines; its first screen must hold it all (≤ 40)");
+    for must in ["cargo run --release -- demo", "cargo test --workspace", "docs/"] {
+        assert!(readme.contains(must), "README.md lacks {must}");
+    }
+}
+
+#[test]
+fn every_link_in_the_docs_resolves() {
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for target in links(&text) {
+            if target.starts_with("http://")
+                || target.starts_with("https://")
+                || target.starts_with("mailto:")
+            {
+                continue;
+            }
+            checked += 1;
+            let (file, anchor) = match target.split_once('#') {
+                Some((f, a)) => (f, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let path = if file.is_empty() { page.clone() } else { page.parent().unwrap().join(file) };
+            let shown = format!("{}: ({target})", page.strip_prefix(repo()).unwrap().display());
+            if !path.exists() {
+                broken.push(format!("{shown}: {} does not exist", path.display()));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let target_text = std::fs::read_to_string(&path).unwrap_or_default();
+                if !anchors(&target_text).iter().any(|a| a == anchor) {
+                    broken.push(format!("{shown}: no heading #{anchor}"));
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} links checked: has the parser broken?");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// `program args… --help`, with no `OUTPOST*` variable to leak into `[env: …]` lines.
+fn help(program: &str, args: &[&str]) -> String {
+    let mut command = Command::new(bin_dir().join(program));
+    command.args(args).arg("--help").env("COLUMNS", "100");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OUTPOST") {
+            command.env_remove(key);
+        }
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} --help exited {:?}", out.status);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The sub-commands a help text lists under `Commands:` (without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One program's help and every sub-command's, depth first, as Markdown sections.
+fn reference(program: &str, path: &mut Vec<String>, out: &mut String) {
+    let args: Vec<&str> = path.iter().map(String::as_str).collect();
+    let text = help(program, &args);
+    let title = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    let level = "#".repeat((2 + path.len()).min(4));
+    out.push_str(&format!("{level} {title}\n\n```text\n{}\n```\n\n", text.trim_end()));
+    for sub in subcommands(&text) {
+        path.push(sub);
+        reference(program, path, out);
+        path.pop();
+    }
+}
+
+#[test]
+fn the_cli_reference_is_the_programs_own_help() {
+    let mut generated = String::from(
+        "# CLI reference\n\n\
+         Every command's `--help`, generated from the programs themselves by `tests/tests/docs.rs`\n\
+         (`UPDATE_DOCS=1 cargo test -p outpost-tests --test docs` writes it again; the test fails\n\
+         while it is stale). `outpost agent …`, `outpost coordinator …` and `outpost ctl …` are\n\
+         exactly `outpost-agent …`, `outpost-coordinator …` and `outpostctl …`.\n\n\
+         - [outpost](#outpost)\n- [outpostctl](#outpostctl)\n- [outpost-agent](#outpost-agent)\n\
+         - [outpost-coordinator](#outpost-coordinator)\n\n",
+    );
+    // `outpost`: its own help and the demo's; the other personalities are the programs below.
+    generated.push_str(&format!("## outpost\n\n```text\n{}\n```\n\n", help("outpost", &[]).trim_end()));
+    generated.push_str(&format!(
+        "### outpost demo\n\n```text\n{}\n```\n\n",
+        help("outpost", &["demo"]).trim_end()
+    ));
+    for program in ["outpostctl", "outpost-agent", "outpost-coordinator"] {
+        reference(program, &mut Vec::new(), &mut generated);
+    }
+    let generated = format!("{}\n", generated.trim_end());
+    let path = repo().join("docs/cli.md");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != generated {
+        let first = current.lines().zip(generated.lines()).position(|(a, b)| a != b);
+        panic!(
+            "docs/cli.md is stale (first difference at line {}): run `UPDATE_DOCS=1 cargo test -p \
+             outpost-tests --test docs`",
+            first.map_or(current.lines().count().min(generated.lines().count()) + 1, |n| n + 1)
+        );
+    }
+}
