@@ -253,6 +253,7 @@ impl Default for ShutdownConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `outpost_agent=debug,info`.
     pub level: String,
+    /// `text` (for people) or `json` (one object per line, for a log pipeline).
     pub format: LogFormat,
 }
 
@@ -287,6 +288,7 @@ pub struct ModelConfig {
     /// Reference outputs to check at start-up; default: `<path stem>.reference.json` if present.
     #[serde(default)]
     pub reference: Option<PathBuf>,
+    /// NaN or infinite inputs: `reject` (400) or `allow`.
     #[serde(default)]
     pub nan_policy: NanPolicy,
     /// What the prediction log keeps of the inputs.

@@ -89,6 +89,7 @@ pub struct ApiConfig {
     /// from the coordinator's own CA for `localhost`, the loopback addresses, the listen
     /// address and `tls_names`.
     pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) for `cert_file`.
     pub key_file: Option<PathBuf>,
     /// The CA devices should trust for the API when `cert_file` is the operator's.
     pub ca_file: Option<PathBuf>,
@@ -101,6 +102,7 @@ pub struct ApiConfig {
     pub max_json_bytes: usize,
     /// Requests per second each API token may make (sustained), and its burst.
     pub rate_limit_per_sec: u32,
+    /// Requests a token may make at once above its sustained rate.
     pub rate_limit_burst: u32,
     /// Failed authentications (401, or a refused enrolment token) one source address may make
     /// in a minute; past it, every request from that address gets 429 until the minute is over.
@@ -207,7 +209,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// `text` (for people) or `json` (one object per line, for a log pipeline).
     pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `outpost_coordinator=debug,info`.
     pub level: String,
 }
 

@@ -1,7 +1,9 @@
-//! Every command in `docs/runbooks/` works against the demo: `outpost demo` runs (five agents,
-//! two rollouts, an incident) and stays up for exploration; each line of every `sh` block in
-//! the runbooks then runs in bash (`pipefail`) with the variables the runbooks name set the way
-//! an operator sets them, and must exit 0. Then Ctrl-C (SIGINT) stops the demo cleanly.
+//! Every command in `docs/runbooks/`, and every `sh` block in `docs/` marked
+//! `<!-- against the demo -->`, works against the demo: `outpost demo` runs (five agents, two
+//! rollouts, an incident) and stays up for exploration; each line then runs in bash
+//! (`pipefail`; `target/release/` standing for the binaries under test) with the variables the runbooks name set the way an
+//! operator sets them, and must exit 0 and print something. Then Ctrl-C (SIGINT) stops the
+//! demo cleanly.
 //! (`export` lines point the shell at a coordinator; the demo prints its own, which is what
 //! the test uses.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,23 +22,53 @@ const PAGES: [&str; 6] = [
     "fleet-offline.md",
 ];
 
-/// The command lines of a page's `sh` blocks.
-fn commands(page: &str) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbooks").join(page);
-    let text = std::fs::read_to_string(&path).unwrap();
+/// The mark before an `sh` block outside the runbooks whose commands run against the demo.
+const MARK: &str = "<!-- against the demo -->";
+
+/// The command lines of a page's `sh` blocks (only the marked ones when `marked_only`).
+fn commands(path: &std::path::Path, marked_only: bool) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     let mut inside = false;
+    let mut previous = "";
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with("```") {
-            inside = !inside && trimmed == "```sh";
+            inside = !inside && trimmed == "```sh" && (!marked_only || previous == MARK);
+            previous = trimmed;
             continue;
+        }
+        if !trimmed.is_empty() {
+            previous = trimmed;
         }
         if inside && !trimmed.is_empty() && !trimmed.starts_with('#') {
             out.push(trimmed.to_owned());
         }
     }
-    assert!(!out.is_empty(), "{page} has no commands");
+    out
+}
+
+/// Every page and its commands: the runbooks' every `sh` block, the other docs' marked ones.
+fn pages() -> Vec<(String, Vec<String>)> {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut out = Vec::new();
+    for page in PAGES {
+        let lines = commands(&docs.join("runbooks").join(page), false);
+        assert!(!lines.is_empty(), "{page} has no commands");
+        out.push((format!("runbooks/{page}"), lines));
+    }
+    let mut marked = 0;
+    for entry in std::fs::read_dir(&docs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let lines = commands(&path, true);
+            marked += lines.len();
+            if !lines.is_empty() {
+                out.push((path.file_name().unwrap().to_string_lossy().into_owned(), lines));
+            }
+        }
+    }
+    assert!(marked >= 5, "only {marked} marked commands in docs/: has the mark changed?");
     out
 }
 
@@ -57,8 +89,11 @@ fn every_runbook_command_works_against_the_demo_and_ctrl_c_stops_it() {
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     let mut failures = Vec::new();
     let mut ran = 0;
-    for page in PAGES {
-        for line in commands(page) {
+    // The docs show the release build's path; the test runs the binaries it was built with.
+    let built = format!("{}/", bin_dir().display());
+    for (page, lines) in pages() {
+        for line in lines {
+            let line = line.replace("target/release/", &built);
             if line.starts_with("export ") {
                 continue;
             }

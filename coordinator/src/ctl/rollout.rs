@@ -226,7 +226,7 @@ pub fn print_rollout(v: &Value) {
         v["id"].as_str().unwrap_or("?"),
         spec["model"].as_str().unwrap_or("?"),
         spec["version"].as_str().unwrap_or("?"),
-        v["baseline"].as_str().unwrap_or("?"),
+        baseline_mix(v),
         v["phase"].as_str().unwrap_or("?").to_uppercase(),
     );
     if let Some(reason) = v["paused_reason"].as_str() {
@@ -609,4 +609,21 @@ fn rollout_field<'a>(rollout: &'a Value, key: &str) -> Option<&'a str> {
         "phase" => rollout["phase"].as_str(),
         _ => rollout["spec"]["selector"][key].as_str(),
     }
+}
+
+/// The baseline of a rollout view: its version, or the mix of versions its targets ran
+/// (`1.1.0 ×4, 1.0.0 ×1`).
+fn baseline_mix(v: &Value) -> String {
+    let mix: Vec<(String, u64)> = v["baseline_mix"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(version, n)| (version.clone(), n.as_u64().unwrap_or(0)))
+        .collect();
+    if mix.len() <= 1 {
+        return v["baseline"].as_str().unwrap_or("?").to_owned();
+    }
+    let mut mix = mix;
+    mix.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    mix.iter().map(|(version, n)| format!("{version} ×{n}")).collect::<Vec<_>>().join(", ")
 }

@@ -16,6 +16,8 @@ use crate::base::store::{Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
+    /// Days of monitoring history (traffic windows, labels, drift verdicts) kept; older
+    /// records are pruned.
     pub monitoring_days: u64,
 }
 

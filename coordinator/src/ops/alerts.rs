@@ -40,6 +40,7 @@ pub use store::AlertStore;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
+    /// How often the alert rules are evaluated over the fleet.
     pub evaluate_secs: u64,
     /// Alertmanager's base URL, e.g. `https://alertmanager:9093` (alerts go to `/api/v2/alerts`).
     pub alertmanager_url: Option<String>,
@@ -47,10 +48,17 @@ pub struct AlertsConfig {
     pub webhook_url: Option<String>,
     /// CA certificate (PEM) for HTTPS sinks.
     pub ca_file: Option<PathBuf>,
+    /// Consecutive drifted windows of one feature on a device before `OutpostDriftSustained`
+    /// fires for it.
     pub drift_windows: u32,
+    /// Consecutive clean windows before that device's drift alert resolves.
     pub drift_clear_windows: u32,
+    /// Share of failed requests in a device's window (0.05 = 5 %) that raises
+    /// `OutpostErrorSurge` for the version …
     pub error_rate: f64,
+    /// … once the window holds at least this many requests.
     pub error_min_requests: u64,
+    /// Unacknowledged telemetry messages queued on a device that raise `OutpostBacklog`.
     pub backlog_messages: u64,
     /// Burn rate at which an SLO objective alerts.
     pub slo_burn_rate: f64,

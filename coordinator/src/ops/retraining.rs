@@ -66,6 +66,8 @@ pub enum RetrainError {
 pub struct RetrainingConfig {
     /// How often triggers are checked.
     pub check_secs: u64,
+    /// Per model name (`[retraining.models.bc]`): the command that retrains it and when it
+    /// runs (see the operator guide).
     pub models: BTreeMap<String, ModelRetraining>,
 }
 

@@ -205,7 +205,7 @@ impl Rollouts {
                 skipped: r.skipped.contains(id),
             });
         }
-        Ok(RolloutView { rollout: r, devices: progress })
+        Ok(RolloutView { baseline_mix: r.baseline_mix(), rollout: r, devices: progress })
     }
 
     /// How long `spec`'s gates need on the targets' traffic of the last ten minutes

@@ -376,6 +376,7 @@ pub struct WatchdogPolicy {
     /// Failed inferences (the model's or the agent's fault, not the client's) allowed, per
     /// thousand requests, once `min_requests` were served.
     pub max_error_permille: u32,
+    /// Requests the new version must have served before the error and latency limits apply.
     pub min_requests: u32,
     /// p99 latency limit in ms once `min_requests` were served; 0 = none.
     pub max_p99_ms: u32,

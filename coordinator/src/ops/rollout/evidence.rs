@@ -54,6 +54,31 @@ impl EvidenceSource {
         Ok(Evidence { requests, errors, latency_us, labelled, correct, compared, agreed, devices: n })
     }
 
+    /// Evidence of what each device ran before the rollout: `previous` maps a device to its
+    /// version, so a fleet that ran a mix is compared with that same mix, device by device.
+    pub fn evidence_of_each(
+        &self,
+        model: &str,
+        previous: &std::collections::BTreeMap<String, String>,
+        from: u64,
+        to: u64,
+    ) -> Result<Evidence, StoreError> {
+        let runs = |d: &str, v: &str| previous.get(d).is_some_and(|p| p == v);
+        let (requests, errors, latency_us, n) = self.slos.traffic_where(model, from, to, runs)?;
+        let (compared, agreed) = self.slos.shadow_where(model, from, to, runs)?;
+        let mut by_version: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (device, version) in previous {
+            by_version.entry(version).or_default().push(device.clone());
+        }
+        let (mut labelled, mut correct) = (0, 0);
+        for (version, devices) in by_version {
+            let (l, c) = self.labels.correct_on(model, version, &devices, from, to)?;
+            labelled += l;
+            correct += c;
+        }
+        Ok(Evidence { requests, errors, latency_us, labelled, correct, compared, agreed, devices: n })
+    }
+
     /// Traffic of every version but `except` on `devices` in `[from, to]`.
     pub fn traffic_except(
         &self,

@@ -275,6 +275,51 @@ fn a_rollout_lives_its_whole_life_on_a_simulated_clock() {
 }
 
 #[test]
+fn the_baseline_is_what_each_target_ran_when_the_fleet_ran_a_mix() {
+    let mut fleet = Fleet::new();
+    // dev-3 and dev-4 run 1.1.0 (which fails 20 % of requests here); the rest 1.0.0.
+    fleet.candidate_errors_per_mille = 200;
+    let both: Vec<String> = vec!["dev-3".into(), "dev-4".into()];
+    fleet.deployer.set_primary(&both, "bc", "1.1.0", "test", false).unwrap();
+    for _ in 0..30 {
+        fleet.clock.advance(STEP_MS);
+        fleet.report();
+    }
+    let key = SigningKey::generate().unwrap().0;
+    fleet.registry.push(&bundle("2.0.0-bad"), "test", &key).unwrap();
+    fleet.registry.set_validation("bc", "2.0.0-bad", serde_json::json!({}), true, "test").unwrap();
+    let engine = fleet.engine();
+    let mut rollout = spec_with(r#""waves": [20, 100]"#);
+    rollout.version = "2.0.0-bad".into();
+    let started = engine.start(rollout, "alice").unwrap();
+    assert_eq!(started.baseline, "1.0.0", "the production version names the baseline");
+    assert_eq!(started.baseline_mix(), BTreeMap::from([("1.0.0".to_owned(), 3), ("1.1.0".to_owned(), 2)]));
+    assert_eq!(started.baseline_mix_text(), "1.0.0 on 3 devices, 1.1.0 on 2 devices");
+    let view = engine.view(started.clone()).unwrap();
+    assert_eq!(view.baseline_mix, started.baseline_mix());
+
+    // The first judgement compares the candidate with that mix: 2 of 5 devices at 20 %.
+    let mut r = started.clone();
+    for _ in 0..30 {
+        engine.tick().unwrap();
+        r = engine.get(&started.id).unwrap().unwrap();
+        if !r.gates.is_empty() {
+            break;
+        }
+        fleet.clock.advance(STEP_MS);
+        fleet.report();
+    }
+    let gate = r.gates.iter().find(|g| g.gate == "error_rate<=+3%").expect("judged");
+    let baseline = gate.baseline.unwrap();
+    assert!((baseline - 0.08).abs() < 0.01, "the mix's error rate, not 1.0.0's alone: {baseline}");
+    assert!(r.baseline_scope.contains("1.0.0 on 3 devices, 1.1.0 on 2 devices"), "{}", r.baseline_scope);
+    // A rollback sends each device back to what it ran.
+    engine.command(&started.id, "abort-revert", "alice").unwrap();
+    assert_eq!(fleet.primary_of("dev-0"), "1.0.0");
+    assert_eq!(fleet.primary_of("dev-4"), "1.1.0");
+}
+
+#[test]
 fn a_breach_rolls_every_moved_device_back_and_opens_an_incident() {
     let mut fleet = Fleet::new();
     fleet.candidate_errors_per_mille = 200;

@@ -21,20 +21,26 @@ impl Rollouts {
         let w = bake::evidence_window(step, r.created_ms, now, r.spec.bake_secs);
         let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
         let candidate = self.evidence.evidence(&r.spec.model, &r.spec.version, &moved, w.from_ms, w.to_ms)?;
-        let baseline =
-            self.evidence.evidence(&r.spec.model, &r.baseline, &r.targets, w.baseline_from_ms, w.to_ms)?;
+        // Each target against what it ran before the rollout (a fleet that ran a mix of
+        // versions is compared with that mix, not with one of them).
+        let baseline = self.evidence.evidence_of_each(
+            &r.spec.model,
+            &r.previous_versions(),
+            w.baseline_from_ms,
+            w.to_ms,
+        )?;
         let since = (now.saturating_sub(w.from_ms)) / 1000;
         r.baseline_scope = if w.same_devices {
             format!(
                 "{} as the primary on the same {} device(s) in the same {since} s since the rollout began",
-                r.baseline,
+                r.baseline_mix_text(),
                 r.targets.len()
             )
         } else {
             format!(
                 "{} on the {} target(s) from {} s before the rollout began (the devices not yet moved since), \
                  against {} on {} moved device(s) over the rollout's {since} s",
-                r.baseline,
+                r.baseline_mix_text(),
                 r.targets.len(),
                 r.spec.bake_secs,
                 r.spec.version,

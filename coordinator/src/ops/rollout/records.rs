@@ -144,6 +144,39 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// What each target ran before the rollout (targets that ran no version are left out).
+    pub fn previous_versions(&self) -> BTreeMap<String, String> {
+        self.previous
+            .iter()
+            .filter_map(|(device, m)| m.as_ref().map(|m| (device.clone(), m.version.clone())))
+            .collect()
+    }
+
+    /// Devices per version the targets ran before the rollout: the baseline's mix.
+    pub fn baseline_mix(&self) -> BTreeMap<String, usize> {
+        let mut mix = BTreeMap::new();
+        for version in self.previous_versions().into_values() {
+            *mix.entry(version).or_insert(0) += 1;
+        }
+        mix
+    }
+
+    /// The baseline as people read it: `1.0.0` when every target ran it, else the mix
+    /// (`1.1.0 on 4 devices, 1.0.0 on 1 device`), the most common first.
+    pub fn baseline_mix_text(&self) -> String {
+        let mix = self.baseline_mix();
+        if mix.len() <= 1 {
+            return self.baseline.clone();
+        }
+        let mut parts: Vec<(String, usize)> = mix.into_iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        parts
+            .iter()
+            .map(|(v, n)| format!("{v} on {n} device{}", if *n == 1 { "" } else { "s" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Keeps `e` in the history when its step's last kept evaluation is older than the spacing,
     /// when a verdict changed, or when it opens a step or an extension.
     pub fn remember(&mut self, e: Evaluation) {
@@ -247,5 +280,8 @@ pub struct DeviceProgress {
 pub struct RolloutView {
     #[serde(flatten)]
     pub rollout: Rollout,
+    /// Devices per version the targets ran before the rollout: what the baseline side is.
+    #[serde(default)]
+    pub baseline_mix: BTreeMap<String, usize>,
     pub devices: Vec<DeviceProgress>,
 }

@@ -127,7 +127,7 @@ pub fn rollout(viewer: &Viewer, view: &RolloutView) -> String {
         badge(phase_kind(r.phase), r.phase.as_str()),
         e(&r.spec.model),
         e(&r.spec.version),
-        e(&r.baseline),
+        e(&r.baseline_mix_text()),
         r.spec.strategy,
         r.targets.len(),
         if r.spec.selector.is_empty() {
@@ -327,7 +327,10 @@ fn analysis(r: &Rollout) -> String {
             starts_ms: &starts,
             series: vec![
                 Series { name: format!("candidate {}", r.spec.version), points: point(&|g| g.candidate) },
-                Series { name: format!("baseline {}", r.baseline), points: point(&|g| g.baseline) },
+                Series {
+                    name: format!("baseline {}", r.baseline_mix_text()),
+                    points: point(&|g| g.baseline),
+                },
                 Series { name: "limit".into(), points: point(&|g| g.limit) },
             ],
             markers: gate_markers,
