@@ -60,6 +60,9 @@ fn every_command_group_follows_one_exit_code_table() {
     for args in [&["deploy", "bc-1.0.0"][..], &["devices", "-l", "site"], &["-o", "xml", "devices"]] {
         assert_eq!(c.ctl(args).0, 2, "{args:?}");
     }
+    let (code, _, err) = c.ctl(&["rollout", "abort", "r-000001"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("<--keep|--revert>"), "both ways out are named: {err}");
     let (code, _, err) = run("outpostctl", &["--url", &url, "devices"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no API token"), "{err}");

@@ -49,10 +49,13 @@ pub enum RolloutCommand {
     Promote { id: String },
     /// Stop the rollout, keeping moved devices on the new version (--keep) or sending them
     /// back to the baseline (--revert).
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["keep", "revert"])))]
     Abort {
         id: String,
-        #[arg(long, conflicts_with = "revert", required_unless_present = "revert")]
+        /// Moved devices keep the new version.
+        #[arg(long)]
         keep: bool,
+        /// Moved devices go back to what they ran before.
         #[arg(long)]
         revert: bool,
     },
