@@ -23,6 +23,7 @@ pub mod api;
 pub mod check_model;
 pub mod cli;
 pub mod config;
+pub mod damage;
 pub mod desired;
 pub mod drift;
 pub mod exit;

@@ -26,6 +26,7 @@ pub const MODEL_STATE: &str = "outpost_agent_model_state";
 pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration_seconds";
 pub const BUILD_INFO: &str = "outpost_agent_build_info";
 pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
+pub const STORAGE_QUARANTINED_TOTAL: &str = "outpost_agent_storage_quarantined_total";
 pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
 pub const WATCHDOG_ROLLBACKS_TOTAL: &str = "outpost_agent_watchdog_rollbacks_total";
 pub const SHADOW_REQUESTS_TOTAL: &str = "outpost_agent_shadow_requests_total";
@@ -123,6 +124,8 @@ pub struct Metrics {
     /// validation), by model.
     pub model_swaps: IntCounterVec,
     pub model_refusals: IntCounterVec,
+    /// Damaged stores moved aside at start (the agent went on without them), by store.
+    pub storage_quarantined: IntCounterVec,
     /// Versions the watchdog switched back on its own, by model.
     pub watchdog_rollbacks: IntCounterVec,
     /// Shadow runs by model, version and outcome; their rows by agreement with the primary;
@@ -329,6 +332,13 @@ impl Metrics {
                     "Version switches of bundle-managed models (import, rollback, desired state)."
                 ),
                 &["model"]
+            )?),
+            storage_quarantined: reg!(IntCounterVec::new(
+                help(
+                    STORAGE_QUARANTINED_TOTAL,
+                    "Damaged stores (outbox, model store files) moved to quarantine at start; the agent went on without them."
+                ),
+                &["store"]
             )?),
             shadow_requests: reg!(IntCounterVec::new(
                 help(
@@ -537,6 +547,11 @@ impl Metrics {
     }
 
     /// Copies the prediction log's counters into the exported metrics.
+    /// Counts one damaged `store` moved aside.
+    pub fn storage_quarantined(&self, store: &str) {
+        self.storage_quarantined.with_label_values(&[store]).inc();
+    }
+
     pub fn record_log_stats(&self, stats: &crate::prediction_log::LogStats) {
         let log = &self.log;
         let mut reported = log.reported.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,6 +8,12 @@
 //! happens under an exclusive lock on `.lock`, so `outpost-agent import` and `rollback` can run
 //! beside a serving agent: the agent polls `state.json` and swaps when the generation moves.
 //! Only the last `keep` versions per model stay on disk; the active one is never removed.
+//!
+//! Damage never stops the agent ([`ModelStore::repair`], at start): `state.json` is also
+//! written as `state.json.bak`, so a damaged one is restored from its copy; a bundle file that
+//! no longer verifies is moved to `models/quarantine/`, and a model whose active version went
+//! with it is served from the newest earlier version that still verifies (the coordinator's
+//! desired state brings the lost one back where there is a coordinator).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -97,6 +103,47 @@ pub struct StoreState {
     pub models: BTreeMap<String, StoredModel>,
 }
 
+/// What [`ModelStore::repair`] did about damage found at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// `state.json` did not read; it was moved aside and restored from `state.json.bak`
+    /// (`restored`), or, with that damaged too, the store starts empty.
+    StateReplaced { why: String, restored: bool },
+    /// A bundle file no longer verifies (flipped bytes, a truncated file): moved aside.
+    BundleQuarantined { name: String, version: String, why: String },
+    /// The active version's bundle was quarantined: `to` is active instead (`None`: no earlier
+    /// version verifies, so the model waits for a good bundle).
+    Fallback { name: String, from: String, to: Option<String> },
+}
+
+impl Repair {
+    /// One line for the log, an event and the coordinator.
+    pub fn describe(&self) -> String {
+        match self {
+            Repair::StateReplaced { why, restored: true } => {
+                format!("model store state.json was damaged ({why}); restored from state.json.bak")
+            }
+            Repair::StateReplaced { why, restored: false } => format!(
+                "model store state.json and its copy were damaged ({why}); the store starts empty and \
+                 bundle-managed models wait for their next desired state or import"
+            ),
+            Repair::BundleQuarantined { name, version, why } => {
+                format!("bundle {name}@{version} no longer verifies ({why}); moved to models/quarantine/")
+            }
+            Repair::Fallback { name, from, to: Some(to) } => {
+                format!(
+                    "{name}: active {from} was quarantined; serving {to}, the newest earlier version that verifies"
+                )
+            }
+            Repair::Fallback { name, from, to: None } => {
+                format!(
+                    "{name}: active {from} was quarantined and no earlier version verifies; not served until a good bundle arrives"
+                )
+            }
+        }
+    }
+}
+
 /// What a rollback did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolledBack {
@@ -145,6 +192,88 @@ impl ModelStore {
         self.dir.join("state.json")
     }
 
+    fn backup_path(&self) -> PathBuf {
+        self.dir.join("state.json.bak")
+    }
+
+    /// At agent start, before anything loads: restores a damaged `state.json` from its copy,
+    /// quarantines every bundle file that no longer verifies against `trusted`, and moves each
+    /// model whose active (or candidate) version went with it to the newest earlier version
+    /// that verifies. Returns what it did (nothing on a healthy store).
+    pub fn repair(&self, trusted: &[PublicKey]) -> Result<Vec<Repair>, StoreError> {
+        let _lock = self.lock()?;
+        let mut repairs = Vec::new();
+        let aside = self.dir.join("quarantine");
+        let mut state = match self.state() {
+            Ok(state) => state,
+            Err(StoreError::Corrupt { detail, .. }) => {
+                let parse = |path: &Path| -> Option<StoreState> {
+                    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+                };
+                crate::damage::move_aside(&self.state_path(), &aside).map_err(self.io(&self.state_path()))?;
+                let restored = parse(&self.backup_path());
+                if restored.is_none() && self.backup_path().exists() {
+                    crate::damage::move_aside(&self.backup_path(), &aside)
+                        .map_err(self.io(&self.backup_path()))?;
+                }
+                repairs.push(Repair::StateReplaced { why: detail, restored: restored.is_some() });
+                let mut state = restored.unwrap_or_default();
+                state.generation += 1;
+                self.write_state(&state)?;
+                state
+            }
+            Err(e) => return Err(e),
+        };
+        // Every bundle on disk, verified; the damaged ones moved aside.
+        let mut lost: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let names: Vec<String> = std::fs::read_dir(self.dir.join("bundles"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        for name in names {
+            for version in self.installed(&name) {
+                let path = self.bundle_path(&name, &version)?;
+                let why = match std::fs::read(&path) {
+                    Ok(bytes) => match Bundle::open(&bytes, trusted) {
+                        Ok(_) => continue,
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                crate::damage::move_aside(&path, &aside.join(&name)).map_err(self.io(&path))?;
+                repairs.push(Repair::BundleQuarantined { name: name.clone(), version: version.clone(), why });
+                lost.entry(name.clone()).or_default().push(version);
+            }
+        }
+        let mut changed = false;
+        for (name, versions) in &lost {
+            let Some(entry) = state.models.get_mut(name) else { continue };
+            let on_disk = self.installed(name);
+            entry.history.retain(|v| !versions.contains(v) && on_disk.contains(v));
+            if entry.candidate.as_ref().is_some_and(|c| versions.contains(&c.version)) {
+                entry.candidate = None;
+                changed = true;
+            }
+            if versions.contains(&entry.active) {
+                let from = std::mem::take(&mut entry.active);
+                entry.probation = None;
+                let to = entry.history.pop();
+                repairs.push(Repair::Fallback { name: name.clone(), from, to: to.clone() });
+                match to {
+                    Some(to) => entry.active = to,
+                    None => {
+                        state.models.remove(name);
+                    }
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            state.generation += 1;
+            self.write_state(&state)?;
+        }
+        Ok(repairs)
+    }
+
     /// Where a version's bundle lives: `bundles/<name>/<version>.bundle`, from names that pass
     /// the one grammar (`outpost_shared::names`), so the path never leaves `bundles/`.
     pub fn bundle_path(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
@@ -169,6 +298,10 @@ impl ModelStore {
         let path = self.state_path();
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        // The copy first: whichever write a power cut or a bad sector interrupts, one of the
+        // two files holds a whole state.
+        let backup = self.backup_path();
+        outpost_shared::files::write_atomic(&backup, &bytes).map_err(self.io(&backup))?;
         outpost_shared::files::write_atomic(&path, &bytes).map_err(self.io(&path))
     }
 
@@ -515,6 +648,84 @@ mod tests {
         let mut b = Bundle::build(manifest, model.to_vec()).unwrap();
         b.sign(key).unwrap();
         b.to_bytes()
+    }
+
+    /// A store with 1.0.0, 1.1.0 and 1.2.0 installed and activated in turn (1.2.0 active).
+    fn three_versions(dir: &Path) -> (ModelStore, [PublicKey; 1]) {
+        let store = ModelStore::new(dir, 3);
+        let (key, _) = SigningKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        for v in ["1.0.0", "1.1.0", "1.2.0"] {
+            store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
+            store.activate("bc", v).unwrap();
+        }
+        (store, trusted)
+    }
+
+    /// Flips bytes in the second half of `path` (what a worn card does).
+    fn flip(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let half = bytes.len() / 2;
+        for i in (half..bytes.len()).step_by(3) {
+            bytes[i] ^= 0xA5;
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_healthy_store_needs_no_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, trusted) = three_versions(dir.path());
+        let before = store.state().unwrap();
+        assert_eq!(store.repair(&trusted).unwrap(), vec![]);
+        assert_eq!(store.state().unwrap(), before);
+    }
+
+    #[test]
+    fn a_damaged_state_is_restored_from_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, trusted) = three_versions(dir.path());
+        let active = store.state().unwrap().models["bc"].clone();
+        flip(&store.state_path());
+        assert!(matches!(store.state(), Err(StoreError::Corrupt { .. })));
+        let repairs = store.repair(&trusted).unwrap();
+        assert!(matches!(repairs.as_slice(), [Repair::StateReplaced { restored: true, .. }]), "{repairs:?}");
+        assert_eq!(store.state().unwrap().models["bc"], active, "the same versions, history included");
+        assert_eq!(std::fs::read_dir(store.dir().join("quarantine")).unwrap().count(), 1);
+        // Both copies damaged: the store starts empty rather than not at all.
+        flip(&store.state_path());
+        flip(&store.backup_path());
+        let repairs = store.repair(&trusted).unwrap();
+        assert!(matches!(repairs.as_slice(), [Repair::StateReplaced { restored: false, .. }]), "{repairs:?}");
+        assert!(store.state().unwrap().models.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_active_bundle_is_quarantined_and_the_newest_good_version_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, trusted) = three_versions(dir.path());
+        flip(&store.bundle_path("bc", "1.2.0").unwrap());
+        let generation = store.state().unwrap().generation;
+        let repairs = store.repair(&trusted).unwrap();
+        assert_eq!(repairs.len(), 2, "{repairs:?}");
+        assert!(matches!(&repairs[0], Repair::BundleQuarantined { version, .. } if version == "1.2.0"));
+        assert_eq!(
+            repairs[1],
+            Repair::Fallback { name: "bc".into(), from: "1.2.0".into(), to: Some("1.1.0".into()) }
+        );
+        let state = store.state().unwrap();
+        assert_eq!(state.models["bc"].active, "1.1.0");
+        assert_eq!(state.models["bc"].history, ["1.0.0"]);
+        assert!(state.generation > generation, "a serving agent sees the change");
+        assert!(!store.installed("bc").contains(&"1.2.0".to_owned()));
+        assert!(store.read("bc", "1.1.0", &trusted).is_ok());
+        // Every version damaged: the model waits for a good bundle.
+        for v in ["1.0.0", "1.1.0"] {
+            flip(&store.bundle_path("bc", v).unwrap());
+        }
+        let repairs = store.repair(&trusted).unwrap();
+        assert!(repairs.contains(&Repair::Fallback { name: "bc".into(), from: "1.1.0".into(), to: None }));
+        assert!(store.state().unwrap().models.is_empty());
     }
 
     #[test]

@@ -180,6 +180,21 @@ fn setup_telemetry(
         models: Box::new(move || model_states(&table)),
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
     });
+    if let Some(q) = outbox.quarantined() {
+        // The damaged outbox held the batching cursor too: go on from the log's end (what it
+        // had not batched yet went with it), and tell the coordinator what was lost.
+        if let Some(log) = log {
+            outbox.set_cursor(log.next_id()).map_err(ServeError::Outbox)?;
+        }
+        metrics.storage_quarantined("outbox");
+        reporter.event(
+            EventKind::StorageQuarantined {
+                store: "outbox".into(),
+                lost: format!("telemetry with seqs below {} not yet acknowledged", q.next_seq),
+            },
+            format!("outbox damaged ({}); moved to {}", q.why, q.moved_to.display()),
+        );
+    }
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
     Ok(Telemetry {
         reporter,
@@ -353,6 +368,32 @@ pub async fn serve(
                 Arc::clone(&t.link_stats),
                 telemetry_stop.clone(),
             )));
+        }
+    }
+    if bundles {
+        // Before anything loads: damage in the model store (flipped bytes in state.json or a
+        // bundle) is moved aside and a verified version served instead of none.
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        let trusted = config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?;
+        let repaired = tokio::task::spawn_blocking(move || store.repair(&trusted)).await;
+        match repaired {
+            Ok(Ok(repairs)) => {
+                for repair in repairs {
+                    let what = repair.describe();
+                    tracing::error!(what, "model store damaged: repaired at start, serving goes on");
+                    if !matches!(repair, crate::model_store::Repair::Fallback { .. }) {
+                        metrics.storage_quarantined("model_store");
+                    }
+                    if let Some(t) = &telemetry {
+                        t.reporter.event(
+                            EventKind::StorageQuarantined { store: "model_store".into(), lost: what.clone() },
+                            what,
+                        );
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot check the model store at start"),
+            Err(e) => tracing::error!(error = %e, "the model store check did not finish"),
         }
     }
     if let Some(watchdog) = &watchdog {

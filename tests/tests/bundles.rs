@@ -246,8 +246,8 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     assert_eq!(state["models"]["bc"]["active"], "1.0.0", "{state}");
 
-    // Killed, and the active bundle broken on disk meanwhile: the restart falls back to the
-    // newest earlier version that verifies.
+    // Killed, and the active bundle broken on disk meanwhile: the restart quarantines it and
+    // serves the newest earlier version that verifies.
     let mut agent = agent;
     agent.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = agent.wait_exit(Duration::from_secs(10));
@@ -259,7 +259,8 @@ async fn rejects_tampered_truncated_unsigned_and_untrusted_bundles_and_serves_on
     let agent = start_agent(&kit, data.path());
     agent.wait_ready(Duration::from_secs(60)).await;
     wait_for_version(&agent, "1.0.0").await;
-    assert!(agent.log().contains("fell back to an earlier version"), "{}", agent.log());
+    // The start-up repair found it first: the damaged bundle is quarantined, 1.0.0 active.
+    assert!(agent.log().contains("bc: active 1.1.0 was quarantined; serving 1.0.0"), "{}", agent.log());
 }
 
 /// The finding: `..` as a model name was accepted by `bundle create`, the registry and
@@ -316,4 +317,59 @@ fn model_names_that_could_leave_their_directory_are_refused_everywhere() {
     assert_eq!(refused.status(), Some(400), "{refused}");
     assert!(refused.to_string().contains(rule), "{refused}");
     assert!(!std::fs::read_dir(coordinator_dir.join("artifacts")).is_ok_and(|mut d| d.next().is_some()));
+}
+
+/// Flips a byte every 97 in the second half of the file at `path`, in place (a worn card).
+fn wear(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let half = bytes.len() / 2;
+    for i in (half..bytes.len()).step_by(97) {
+        bytes[i] ^= 0xA5;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The finding: a damaged model store stopped the agent serving its models. Now, with the
+/// agent down, a worn card damages the active bundle and `state.json`: at start the agent
+/// restores the state from its copy, moves the damaged bundle to `models/quarantine/`, serves
+/// the newest earlier version that verifies, and counts and logs what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_model_store_is_repaired_at_start_and_a_good_version_serves() {
+    let kit = Kit::new();
+    let data = tempfile::tempdir().unwrap();
+    for (stem, version) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
+        let (code, _, err) = import(&kit, data.path(), &kit.bundle(stem, "bc", version), true);
+        assert_eq!(code, 0, "{err}");
+    }
+    let models = data.path().join("models");
+    wear(&models.join("bundles/bc/1.1.0.bundle"));
+    wear(&models.join("state.json"));
+
+    let mut agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+    let (status, body) = agent.post_json("/v2/models/bc/infer", &breast_cancer_row()).await;
+    assert_eq!(status, 200, "{body}");
+    let log = agent.log();
+    assert!(log.contains("restored from state.json.bak"), "{log}");
+    assert!(log.contains("bundle bc@1.1.0 no longer verifies"), "{log}");
+    assert!(log.contains("serving 1.0.0"), "{log}");
+    let text = agent.metrics_text().await;
+    assert_eq!(
+        outpost_tests::fleet::metric(&text, "outpost_agent_storage_quarantined_total{store=\"model_store\"}"),
+        2.0,
+        "state.json and the bundle: {text}"
+    );
+    let quarantined: Vec<String> = std::fs::read_dir(models.join("quarantine/bc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(quarantined.iter().any(|n| n.starts_with("1.1.0.bundle-")), "{quarantined:?}");
+    // Healthy now: a second start repairs nothing.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+    let agent = start_agent(&kit, data.path());
+    agent.wait_ready(Duration::from_secs(60)).await;
+    wait_for_version(&agent, "1.0.0").await;
+    assert!(!agent.log().contains("model store damaged"), "{}", agent.log());
 }

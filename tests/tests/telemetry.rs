@@ -308,6 +308,50 @@ async fn an_agent_whose_storage_vanished_still_exits_on_sigterm() {
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
 
+/// A worn card ruins the outbox's files while the agent is down: it starts anyway (the damaged
+/// outbox moved to `quarantine/`, counted), serves, and its telemetry goes on with seqs above
+/// every seq it used before — the coordinator stores them as new, not as replays — and the
+/// coordinator hears what was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ruined_outbox_is_quarantined_and_telemetry_goes_on_above_the_old_seqs() {
+    let fleet = fleet(Kind::Embedded);
+    let (dir, device, mut agent) = connected_agent(&fleet).await;
+    serve_predictions(&agent, 200).await;
+    let before = fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(20), |v| v["highest_seq"].as_u64() >= Some(3))
+        .await;
+    let highest = before["highest_seq"].as_u64().unwrap();
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+
+    // Every file of the outbox's database overwritten with garbage of the same size.
+    for entry in std::fs::read_dir(dir.join("outbox")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let len = std::fs::metadata(&path).unwrap().len().max(64) as usize;
+            std::fs::write(&path, vec![0xA5; len]).unwrap();
+        }
+    }
+
+    let agent = start_agent(&dir, &[]);
+    agent.wait_ready(Duration::from_secs(30)).await;
+    serve_predictions(&agent, 50).await;
+    assert!(agent.log().contains("the outbox is damaged: quarantined"), "{}", agent.log());
+    let text = agent.metrics_text().await;
+    assert_eq!(metric(&text, "outpost_agent_storage_quarantined_total{store=\"outbox\"}"), 1.0, "{text}");
+    assert_eq!(std::fs::read_dir(dir.join("quarantine")).unwrap().count(), 1, "kept aside for inspection");
+    let after = fleet
+        .coordinator
+        .wait_device(&device, Duration::from_secs(30), |v| {
+            v["highest_seq"].as_u64() > Some(highest)
+                && v["recent_events"].to_string().contains("StorageQuarantined")
+        })
+        .await;
+    assert!(after["highest_seq"].as_u64().unwrap() > highest + 1000, "{after:#}");
+    assert!(after["recent_events"].to_string().contains("seqs below"), "what was lost is said: {after:#}");
+}
+
 async fn tiny_log_bound_keeps_serving_and_reports_evictions(kind: Kind) {
     let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outpost_shared::endpoints::now_ms;
 use outpost_shared::protocol::records::PredictionRecord;
 
 use super::{LogError, PredictionLogConfig};
@@ -27,41 +26,22 @@ pub(super) enum Opened {
 /// Opens a segment with a panic inside sled contained: sled 0.34 panics on some damaged
 /// bytes (`tried to serialize Uninitialized`) instead of returning an error.
 pub(super) fn open_contained(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, Opened> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_segment(dir, config))) {
+    match crate::damage::contained(|| open_segment(dir, config)) {
         Ok(Ok(segment)) => Ok(segment),
         Ok(Err(LogError::Storage { source, path })) if is_damage(&source) => {
             Err(Opened::Damaged(format!("{}: {source}", path.display())))
         }
         Ok(Err(e)) => Err(Opened::Failed(e)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "a panic".to_owned());
-            Err(Opened::Damaged(format!("sled panicked opening it: {what}")))
-        }
+        Err(panicked) => Err(Opened::Damaged(panicked)),
     }
 }
 
-/// A sled error that means the files are damaged, not that the disk or a lock is in the way.
-pub(super) fn is_damage(e: &sled::Error) -> bool {
-    match e {
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_) => true,
-        sled::Error::Io(io) => {
-            matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
-        }
-        sled::Error::CollectionNotFound(_) => false,
-    }
-}
+pub(super) use crate::damage::is_damage;
 
 /// Moves a damaged segment to `root/quarantine/` (kept for inspection, out of the budget).
 pub(super) fn quarantine(root: &Path, dir: &Path, why: &str) -> Result<(), LogError> {
-    let aside = root.join("quarantine");
-    std::fs::create_dir_all(&aside).map_err(|source| LogError::Io { path: aside.clone(), source })?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let target = aside.join(format!("{name}-{}", now_ms()));
-    std::fs::rename(dir, &target).map_err(|source| LogError::Io { path: dir.to_owned(), source })?;
+    let target = crate::damage::move_aside(dir, &root.join("quarantine"))
+        .map_err(|source| LogError::Io { path: dir.to_owned(), source })?;
     tracing::error!(
         segment = %dir.display(),
         moved_to = %target.display(),

@@ -173,6 +173,12 @@ pub enum EventKind {
         to: String,
         reason: String,
     },
+    /// A damaged store (`outbox`, `model_store`, `prediction_log`) was moved aside at start and
+    /// the agent went on without it; `lost` says what went with it. Appended last.
+    StorageQuarantined {
+        store: String,
+        lost: String,
+    },
 }
 
 impl EventKind {
@@ -188,6 +194,7 @@ impl EventKind {
             EventKind::ModelActivated => "ModelActivated",
             EventKind::ModelRefused => "ModelRefused",
             EventKind::WatchdogRolledBack | EventKind::WatchdogReverted { .. } => "WatchdogRolledBack",
+            EventKind::StorageQuarantined { .. } => "StorageQuarantined",
         }
     }
 }
