@@ -16,13 +16,15 @@
 //!   the byte bound forces the oldest out (counted in `dropped`, never silent).
 //! - The byte bound counts envelope bytes; sled's files hold up to about twice that (it does
 //!   not give space back), which is the stated slack.
-//! - Damage never stops the agent: an outbox whose files sled cannot open (or panics on) is
-//!   moved to `<data_dir>/quarantine/`, and a fresh one starts — its seqs continue above every
-//!   seq the damaged one may have handed out, read from `<data_dir>/outbox.seq`, a reservation
-//!   written (atomically, synced) [`SEQ_RESERVE`] seqs ahead of use. Without a readable
-//!   reservation, the fresh outbox starts at the current unix time in milliseconds, above any
-//!   count of messages a device sends. The coordinator never mistakes a new message for a
-//!   replay of a lost one.
+//! - Damage never stops the agent and never repeats a seq. Every append first writes its seq
+//!   to `<data_dir>/outbox.seq` (atomically, synced, with a checksum): the high-water mark of
+//!   what the outbox ever handed out, outside sled. An outbox whose files sled cannot open (or
+//!   panics on) is moved to `<data_dir>/quarantine/` and a fresh one starts above that mark;
+//!   one that sled opens but recovered short (damage cut its log, so it would hand out seqs
+//!   already sent) goes on above the mark too. Either way the coordinator stores what follows
+//!   as new, never as replays of what was lost, and the loss is reported ([`Outbox::recovered`]).
+//!   Without a readable mark, a replacement starts at the current unix time in milliseconds,
+//!   above any count of messages a device sends.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,9 +47,7 @@ pub enum OutboxError {
 pub use outpost_shared::endpoints::now_ms;
 
 const NEXT_SEQ: &[u8] = b"next_seq";
-/// Seqs reserved on disk ahead of use (one small synced write per this many messages).
-pub const SEQ_RESERVE: u64 = 1024;
-/// The reservation file beside the outbox.
+/// The high-water mark file beside the outbox.
 const SEQ_FILE: &str = "outbox.seq";
 const CURSOR: &[u8] = b"prediction_cursor";
 
@@ -55,25 +55,25 @@ fn be(bytes: Option<&[u8]>) -> Option<u64> {
     bytes.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
-/// What a damaged outbox took with it when it was quarantined at start.
+/// What damage found at start took, and how the outbox went on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantined {
-    /// Where the damaged files went.
-    pub moved_to: PathBuf,
-    /// What was wrong.
-    pub why: String,
-    /// The first seq of the fresh outbox: the lost messages had seqs below it.
+pub struct Recovery {
+    /// What was wrong and what was done (for the log, an event and the coordinator).
+    pub what: String,
+    /// Where the damaged files went, when they were moved aside.
+    pub moved_to: Option<PathBuf>,
+    /// The first seq from now on: what was lost had seqs below it.
     pub next_seq: u64,
 }
 
 pub struct Outbox {
     path: PathBuf,
-    /// `<data_dir>/outbox.seq`.
+    /// `<data_dir>/outbox.seq`: the high-water mark.
     seq_file: PathBuf,
-    /// The highest seq reserved on disk.
-    reserved: std::sync::Mutex<u64>,
-    /// Set when the outbox found at start was damaged and replaced.
-    quarantined: Option<Quarantined>,
+    /// One append at a time: its seq goes to the mark before sled has it.
+    appending: std::sync::Mutex<()>,
+    /// Set when the outbox found at start was damaged.
+    recovered: Option<Recovery>,
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
@@ -91,49 +91,71 @@ impl std::fmt::Debug for Outbox {
 
 impl Outbox {
     /// Opens (or creates) the outbox. `max_bytes` bounds the envelope bytes kept. A damaged
-    /// outbox is quarantined and replaced (see [`Outbox::quarantined`]); only a lock held by
-    /// another process or a disk that cannot be used is an error.
+    /// outbox is quarantined and replaced, and one recovered short goes on above the mark (see
+    /// [`Outbox::recovered`]); only a lock held by another process or a disk that cannot be
+    /// used is an error.
     pub fn open(data_dir: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
         let path = data_dir.join("outbox");
         let seq_file = data_dir.join(SEQ_FILE);
-        let reserved = read_reservation(&seq_file);
-        let (db, entries, meta, counts, quarantined) = match open_db(&path) {
-            Ok((db, entries, meta, counts)) => (db, entries, meta, counts, None),
+        let mark = read_high_water(&seq_file);
+        let storage = |source: sled::Error| OutboxError::Storage { path: path.clone(), source };
+        let (db, entries, meta, counts, recovered) = match open_db(&path) {
+            Ok((db, entries, meta, counts)) => {
+                let stored = be(meta.get(NEXT_SEQ).map_err(storage)?.as_deref()).unwrap_or(1);
+                let recovered = match mark {
+                    Some(high) if high >= stored => {
+                        meta.insert(NEXT_SEQ, &(high + 1).to_be_bytes()).map_err(storage)?;
+                        db.flush().map_err(storage)?;
+                        Some(Recovery {
+                            what: format!(
+                                "the outbox recovered short: seqs up to {high} were handed out, its files go on \
+                                 from {stored}; telemetry {stored}–{high} not yet acknowledged is lost"
+                            ),
+                            moved_to: None,
+                            next_seq: high + 1,
+                        })
+                    }
+                    _ => None,
+                };
+                (db, entries, meta, counts, recovered)
+            }
             Err(Opened::Failed(e)) => return Err(e),
             Err(Opened::Damaged(why)) => {
-                let aside = data_dir.join("quarantine");
-                let moved_to = crate::damage::move_aside(&path, &aside)
-                    .map_err(|e| OutboxError::Storage { path: path.clone(), source: sled::Error::Io(e) })?;
-                let next_seq = match reserved {
-                    Some(r) => r + 1,
+                let moved_to = crate::damage::move_aside(&path, &data_dir.join("quarantine"))
+                    .map_err(|e| storage(sled::Error::Io(e)))?;
+                let next_seq = match mark {
+                    Some(high) => high + 1,
                     None => now_ms().max(1),
                 };
                 let (db, entries, meta, counts) = open_db(&path).map_err(|e| match e {
                     Opened::Failed(e) => e,
-                    Opened::Damaged(why) => OutboxError::Storage {
-                        path: path.clone(),
-                        source: sled::Error::Unsupported(format!("a fresh outbox is damaged too: {why}")),
-                    },
+                    Opened::Damaged(why) => {
+                        storage(sled::Error::Unsupported(format!("a fresh outbox is damaged too: {why}")))
+                    }
                 })?;
-                meta.insert(NEXT_SEQ, &next_seq.to_be_bytes())
-                    .and_then(|_| db.flush().map(|_| ()))
-                    .map_err(|source| OutboxError::Storage { path: path.clone(), source })?;
-                tracing::error!(
-                    outbox = %path.display(),
-                    moved_to = %moved_to.display(),
-                    why,
-                    next_seq,
-                    "the outbox is damaged: quarantined; telemetry not yet acknowledged by the coordinator \
-                     (seqs below {next_seq}) is lost, and serving goes on with a fresh outbox"
+                meta.insert(NEXT_SEQ, &next_seq.to_be_bytes()).map_err(storage)?;
+                db.flush().map_err(storage)?;
+                let what = format!(
+                    "the outbox is damaged ({why}): quarantined; telemetry not yet acknowledged (seqs below \
+                     {next_seq}) is lost"
                 );
-                (db, entries, meta, counts, Some(Quarantined { moved_to, why, next_seq }))
+                (db, entries, meta, counts, Some(Recovery { what, moved_to: Some(moved_to), next_seq }))
             }
         };
-        let outbox = Outbox {
+        if let Some(r) = &recovered {
+            tracing::error!(
+                outbox = %path.display(),
+                moved_to = ?r.moved_to,
+                next_seq = r.next_seq,
+                "{}; serving goes on",
+                r.what
+            );
+        }
+        Ok(Outbox {
             path,
             seq_file,
-            reserved: std::sync::Mutex::new(reserved.unwrap_or(0)),
-            quarantined,
+            appending: std::sync::Mutex::new(()),
+            recovered,
             db,
             entries,
             meta,
@@ -141,35 +163,12 @@ impl Outbox {
             messages: AtomicU64::new(counts.0),
             bytes: AtomicU64::new(counts.1),
             dropped: AtomicU64::new(0),
-        };
-        outbox.reserve()?;
-        Ok(outbox)
+        })
     }
 
-    /// The damaged outbox this one replaced at start, if it did.
-    pub fn quarantined(&self) -> Option<&Quarantined> {
-        self.quarantined.as_ref()
-    }
-
-    /// The next seq to hand out.
-    fn next_seq(&self) -> Result<u64, OutboxError> {
-        Ok(be(self.meta.get(NEXT_SEQ).map_err(|e| self.storage(e))?.as_deref()).unwrap_or(1))
-    }
-
-    /// Keeps the reservation on disk ahead of the next seq (a synced write once per
-    /// [`SEQ_RESERVE`] seqs), so a replacement outbox can start above every seq used.
-    fn reserve(&self) -> Result<(), OutboxError> {
-        let next = self.next_seq()?;
-        let mut reserved = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A margin for appends racing this check: each takes one seq.
-        if next + 64 <= *reserved {
-            return Ok(());
-        }
-        let bound = next + SEQ_RESERVE;
-        outpost_shared::files::write_atomic(&self.seq_file, format!("{bound}\n").as_bytes())
-            .map_err(|e| OutboxError::Storage { path: self.seq_file.clone(), source: sled::Error::Io(e) })?;
-        *reserved = bound;
-        Ok(())
+    /// The damage this outbox found and went past at start, if any.
+    pub fn recovered(&self) -> Option<&Recovery> {
+        self.recovered.as_ref()
     }
 
     fn storage(&self, source: sled::Error) -> OutboxError {
@@ -185,7 +184,11 @@ impl Outbox {
         cursor: Option<u64>,
     ) -> Result<u64, OutboxError> {
         let body = messages::encode(message);
-        self.reserve()?;
+        let _one = self.appending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The mark first: whatever sled loses later, this seq is never handed out again.
+        let next = be(self.meta.get(NEXT_SEQ).map_err(|e| self.storage(e))?.as_deref()).unwrap_or(1);
+        write_high_water(&self.seq_file, next)
+            .map_err(|e| OutboxError::Storage { path: self.seq_file.clone(), source: sled::Error::Io(e) })?;
         let result = (&self.entries, &self.meta).transaction(|(entries, meta)| {
             let seq = be(meta.get(NEXT_SEQ)?.as_deref()).unwrap_or(1);
             let wire = protocol::seal(key, seq, now_ms(), &body)
@@ -351,9 +354,21 @@ fn open_db(path: &Path) -> Result<Parts, Opened> {
     crate::damage::contained(open).unwrap_or_else(|panicked| Err(Opened::Damaged(panicked)))
 }
 
-/// The reservation in `outbox.seq`, when it reads as a number.
-fn read_reservation(file: &Path) -> Option<u64> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+/// The checksum beside a mark: damage to the file reads as no mark, never as another number.
+fn mark_check(seq: u64) -> String {
+    outpost_shared::bundle::sha256_hex(format!("outpost outbox seq {seq}").as_bytes())[..16].to_owned()
+}
+
+fn write_high_water(file: &Path, seq: u64) -> std::io::Result<()> {
+    outpost_shared::files::write_atomic(file, format!("{seq} {}\n", mark_check(seq)).as_bytes())
+}
+
+/// The mark in `outbox.seq`, when it reads and its checksum holds.
+fn read_high_water(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (seq, check) = text.trim().split_once(' ')?;
+    let seq: u64 = seq.parse().ok()?;
+    (check == mark_check(seq)).then_some(seq)
 }
 
 #[cfg(test)]
@@ -420,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_outbox_is_quarantined_and_seqs_continue_above_the_reservation() {
+    fn a_damaged_outbox_is_quarantined_and_seqs_continue_above_the_mark() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
         {
@@ -428,40 +443,65 @@ mod tests {
             for _ in 0..3 {
                 outbox.append(&key, &event(10), Some(7)).unwrap();
             }
-            assert!(outbox.quarantined().is_none());
+            assert!(outbox.recovered().is_none());
         }
-        assert_eq!(read_reservation(&dir.path().join(SEQ_FILE)), Some(1 + SEQ_RESERVE));
+        assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), Some(3));
         ruin(&dir.path().join("outbox"));
         let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-        let q = outbox.quarantined().expect("the damage was noticed").clone();
-        assert_eq!(q.next_seq, 2 + SEQ_RESERVE, "above every seq the damaged outbox could have used");
-        assert!(q.moved_to.starts_with(dir.path().join("quarantine")) && q.moved_to.exists(), "{q:?}");
+        let r = outbox.recovered().expect("the damage was noticed").clone();
+        assert_eq!(r.next_seq, 4, "above every seq the damaged outbox handed out");
+        let moved_to = r.moved_to.expect("moved aside");
+        assert!(moved_to.starts_with(dir.path().join("quarantine")) && moved_to.exists(), "{moved_to:?}");
+        assert!(r.what.contains("seqs below 4"), "{}", r.what);
         assert_eq!(outbox.stats().messages, 0, "what was in it is gone, and said so");
         assert_eq!(outbox.prediction_cursor().unwrap(), None);
-        assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 2 + SEQ_RESERVE);
+        assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 4);
         drop(outbox);
-        // Healthy again: no second quarantine, seqs go on.
+        // Healthy again: nothing to recover, no gap.
         let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-        assert!(outbox.quarantined().is_none());
-        assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 3 + SEQ_RESERVE);
+        assert!(outbox.recovered().is_none());
+        assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 5);
     }
 
     #[test]
-    fn without_a_readable_reservation_a_replacement_starts_at_the_clock() {
+    fn an_outbox_recovered_short_goes_on_above_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = SigningKey::generate().unwrap();
+        {
+            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+            for _ in 0..3 {
+                outbox.append(&key, &event(10), None).unwrap();
+            }
+        }
+        // As if sled had lost seqs 4–10 after handing them out (damage cut its log short).
+        write_high_water(&dir.path().join(SEQ_FILE), 10).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let r = outbox.recovered().expect("noticed").clone();
+        assert_eq!((r.next_seq, r.moved_to), (11, None));
+        assert!(r.what.contains("telemetry 4–10"), "{}", r.what);
+        assert_eq!(outbox.stats().messages, 3, "what it still holds stays");
+        assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 11);
+    }
+
+    #[test]
+    fn without_a_readable_mark_a_replacement_starts_at_the_clock() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
         {
             let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
             outbox.append(&key, &event(10), None).unwrap();
         }
-        std::fs::write(dir.path().join(SEQ_FILE), b"\x00\xff not a number").unwrap();
+        // A flipped digit: the checksum no longer holds, so it is no mark at all.
+        let text = std::fs::read_to_string(dir.path().join(SEQ_FILE)).unwrap();
+        std::fs::write(dir.path().join(SEQ_FILE), text.replacen('1', "7", 1)).unwrap();
+        assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), None);
         ruin(&dir.path().join("outbox"));
         let before = now_ms();
         let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-        let next = outbox.quarantined().expect("quarantined").next_seq;
+        let next = outbox.recovered().expect("quarantined").next_seq;
         assert!(next >= before, "{next} < {before}");
         assert_eq!(outbox.append(&key, &event(10), None).unwrap(), next);
-        assert_eq!(read_reservation(&dir.path().join(SEQ_FILE)), Some(next + SEQ_RESERVE), "rewritten");
+        assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), Some(next), "written again");
     }
 
     #[test]
@@ -470,5 +510,44 @@ mod tests {
         let _held = Outbox::open(dir.path(), 1 << 20).unwrap();
         assert!(matches!(Outbox::open(dir.path(), 1 << 20), Err(OutboxError::Locked(_))));
         assert!(!dir.path().join("quarantine").exists(), "nothing moved aside");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+        /// Bytes flipped anywhere in the outbox's files: it opens (damaged or not), and every
+        /// new seq is above every seq handed out before — never a replay at the coordinator.
+        #[test]
+        fn flipped_bytes_anywhere_never_stop_the_outbox_nor_reuse_a_seq(
+            flips in proptest::collection::vec((0usize..4, 0.0f64..1.0, 1u8..=255), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (key, _) = SigningKey::generate().unwrap();
+            let mut used = 0;
+            {
+                let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+                for _ in 0..20 {
+                    used = outbox.append(&key, &event(50), Some(3)).unwrap();
+                }
+            }
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("outbox"))
+                .unwrap()
+                .filter_map(|e| Some(e.ok()?.path()).filter(|p| p.is_file()))
+                .collect();
+            files.sort();
+            for (file, at, mask) in flips {
+                let path = &files[file % files.len()];
+                let mut bytes = std::fs::read(path).unwrap();
+                if bytes.is_empty() {
+                    continue;
+                }
+                let i = ((bytes.len() - 1) as f64 * at) as usize;
+                bytes[i] ^= mask;
+                std::fs::write(path, bytes).unwrap();
+            }
+            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+            let next = outbox.append(&key, &event(50), None).unwrap();
+            proptest::prop_assert!(next > used, "seq {next} after {used}");
+        }
     }
 }

@@ -180,19 +180,18 @@ fn setup_telemetry(
         models: Box::new(move || model_states(&table)),
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
     });
-    if let Some(q) = outbox.quarantined() {
+    if let Some(r) = outbox.recovered() {
         // The damaged outbox held the batching cursor too: go on from the log's end (what it
         // had not batched yet went with it), and tell the coordinator what was lost.
-        if let Some(log) = log {
+        if r.moved_to.is_some()
+            && let Some(log) = log
+        {
             outbox.set_cursor(log.next_id()).map_err(ServeError::Outbox)?;
         }
         metrics.storage_quarantined("outbox");
         reporter.event(
-            EventKind::StorageQuarantined {
-                store: "outbox".into(),
-                lost: format!("telemetry with seqs below {} not yet acknowledged", q.next_seq),
-            },
-            format!("outbox damaged ({}); moved to {}", q.why, q.moved_to.display()),
+            EventKind::StorageQuarantined { store: "outbox".into(), lost: r.what.clone() },
+            r.what.clone(),
         );
     }
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
