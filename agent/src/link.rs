@@ -169,7 +169,8 @@ pub async fn run(
                 let wait = if permanent { backoff(failures.max(5)) } else { backoff(failures) };
                 failures = failures.saturating_add(1);
                 if permanent {
-                    tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker refused the TLS connection (check the client certificate and broker CA)");
+                    let why = tls_failure_cause(&error.to_string());
+                    tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker refused the TLS connection ({why})");
                 } else {
                     tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker unreachable; telemetry waits in the outbox");
                 }
@@ -299,5 +300,36 @@ async fn send_loop(
             stats.sent.fetch_add(1, Ordering::Relaxed);
             last_sent = Some(seq);
         }
+    }
+}
+
+/// What a TLS failure most likely means, for the log: a clock off by more than the
+/// certificates' margin reads as "not valid yet" or "expired", which no certificate change fixes.
+fn tls_failure_cause(error: &str) -> String {
+    let lower = error.to_lowercase();
+    if lower.contains("not valid yet") || lower.contains("notvalidyet") {
+        "this device's clock is behind: the broker's certificate is not valid yet at the device's time; \
+         set the clock (NTP, or by hand at an air-gapped site) — certificates are valid from 48 h before \
+         they were issued"
+            .into()
+    } else if lower.contains("expired") {
+        "a certificate expired at the device's time: the clock is ahead, or the certificate must be renewed \
+         (enrol again)"
+            .into()
+    } else {
+        "check the client certificate and broker CA".into()
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_off_is_named_as_the_cause_of_a_tls_failure() {
+        let behind = "TLS: invalid peer certificate: certificate not valid yet: 1800000000 < 1800082800 (82800 seconds)";
+        assert!(tls_failure_cause(behind).contains("clock is behind"));
+        assert!(tls_failure_cause("invalid peer certificate: Expired").contains("expired"));
+        assert!(tls_failure_cause("invalid peer certificate: UnknownIssuer").contains("broker CA"));
     }
 }

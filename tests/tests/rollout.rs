@@ -178,7 +178,7 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     // Plan before rolling: on this traffic every gate decides within the bakes, and the plan
     // shows it per step; a gate that needs far more evidence than a bake gives is warned about.
     let mut plan_args =
-        vec!["--json", "rollout", "plan", "bc@2.0.0-bad", "--waves", "40,100", "--bake", "4s"];
+        vec!["--json", "rollout", "plan", "bc@2.0.0-bad", "--waves", "40,100", "--bake", "8s"];
     plan_args.extend(["--max-extensions", "10"]);
     plan_args.extend(gates);
     let plan: Value = serde_json::from_str(&ok(c.ctl(&plan_args), "plan")).unwrap();
@@ -188,10 +188,11 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     let steps = plan["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2, "{plan:#}");
     assert_eq!(steps[0]["devices"], 2, "{plan:#}");
-    // An unchanged version passes every gate within the 44 s of bake and extensions; each
-    // gate's planned regression is caught in finite time (how soon depends on the traffic).
+    // An unchanged version passes every gate within the 88 s of bake and extensions (a CI
+    // machine busy with other work labels fewer predictions a second, so the margin is wide);
+    // each gate's planned regression is caught in finite time (how soon depends on the traffic).
     for g in steps[0]["gates"].as_array().unwrap() {
-        assert!(g["pass_after_secs"].as_u64().is_some_and(|s| s <= 44), "{g}");
+        assert!(g["pass_after_secs"].as_u64().is_some_and(|s| s <= 88), "{g}");
         assert!(g["catch_after_secs"].as_u64().is_some(), "{g}");
     }
     let warnings = plan["warnings"].as_array().unwrap();

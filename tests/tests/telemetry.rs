@@ -352,6 +352,41 @@ async fn a_ruined_outbox_is_quarantined_and_telemetry_goes_on_above_the_old_seqs
     assert!(after["recent_events"].to_string().contains("seqs below"), "what was lost is said: {after:#}");
 }
 
+/// Debian's libfaketime, or `None` (skipped, with a message) where it is missing — required
+/// when `CI` is set (`.ci/run` installs the `faketime` package).
+fn libfaketime() -> Option<String> {
+    let path = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(path).exists() {
+        return Some(path.to_owned());
+    }
+    assert!(std::env::var_os("CI").is_none(), "{path} is missing: apt-get install faketime");
+    eprintln!("skipped: {path} is missing (apt-get install faketime)");
+    None
+}
+
+/// The finding: an agent whose clock was a day behind the coordinator never connected
+/// ("certificate not valid yet … 82800 seconds"), and the log blamed its certificates. The CA
+/// now backdates what it issues by 48 h, so devices a day behind or ahead connect and report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_clock_is_a_day_off_still_connects_and_reports() {
+    let Some(lib) = libfaketime() else { return };
+    let fleet = fleet(Kind::Embedded);
+    for (i, offset) in ["-1d", "+1d"].into_iter().enumerate() {
+        let (dir, device) = fleet.enrolled_agent_dir(&format!("agent-{i}"));
+        let agent = start_agent(
+            &dir,
+            &[("LD_PRELOAD", lib.as_str()), ("FAKETIME", offset), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+        );
+        agent.wait_ready(Duration::from_secs(30)).await;
+        serve_predictions(&agent, 100).await;
+        fleet
+            .coordinator
+            .wait_device(&device, Duration::from_secs(30), |v| v["counts"]["envelopes"].as_u64() > Some(0))
+            .await;
+        assert!(!agent.log().contains("not valid yet"), "{offset}: {}", agent.log());
+    }
+}
+
 async fn tiny_log_bound_keeps_serving_and_reports_evictions(kind: Kind) {
     let fleet = fleet(kind);
     let (dir, device) = fleet.enrolled_agent_dir("agent");

@@ -64,10 +64,15 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// How far back every certificate the CA issues is valid from: a device whose clock is up to
+/// this much behind (no real-time clock, no NTP at an air-gapped site) still accepts the broker's
+/// and the API's certificates, and is accepted with its own.
+pub const CLOCK_MARGIN_SECS: u64 = 48 * 3600;
+
 fn validity(params: &mut CertificateParams, days: u32) {
     let now = rcgen::date_time_ymd(1970, 1, 1)
         + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    params.not_before = now - std::time::Duration::from_secs(3600);
+    params.not_before = now - std::time::Duration::from_secs(CLOCK_MARGIN_SECS);
     params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
 }
 
