@@ -62,6 +62,37 @@ pub struct LinkStats {
     pub acked: AtomicU64,
     pub bad_acks: AtomicU64,
     pub reconnects: AtomicU64,
+    /// The coordinator's clock minus this device's, in ms, from the newest signed ack (its
+    /// sealing time against the arrival time); meaningful once `skew_known`.
+    pub clock_skew_ms: std::sync::atomic::AtomicI64,
+    pub skew_known: AtomicBool,
+}
+
+/// A skew past this is logged (once, and again when it moves by as much).
+const SKEW_WARN_MS: i64 = 60_000;
+
+impl LinkStats {
+    /// Records the skew a signed ack showed; says so in the log when it is large or has moved.
+    fn measured_skew(&self, skew_ms: i64) {
+        let before = self.clock_skew_ms.swap(skew_ms, Ordering::Relaxed);
+        let first = !self.skew_known.swap(true, Ordering::Relaxed);
+        let moved = first || (skew_ms - before).abs() >= SKEW_WARN_MS;
+        if skew_ms.abs() >= SKEW_WARN_MS && moved {
+            tracing::warn!(skew_ms, "{}", skew_text(skew_ms));
+        }
+    }
+
+    /// The last measured skew, as a sentence, when there is one.
+    fn skew(&self) -> Option<String> {
+        self.skew_known.load(Ordering::Relaxed).then(|| skew_text(self.clock_skew_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// `device clock is 86400 s behind the coordinator` (or ahead of it).
+fn skew_text(skew_ms: i64) -> String {
+    let secs = (skew_ms.abs() + 500) / 1000;
+    let side = if skew_ms >= 0 { "behind" } else { "ahead of" };
+    format!("device clock is {secs} s {side} the coordinator (from its signed acks)")
 }
 
 /// Largest MQTT packet either way: an envelope at its limit plus the header.
@@ -169,7 +200,10 @@ pub async fn run(
                 let wait = if permanent { backoff(failures.max(5)) } else { backoff(failures) };
                 failures = failures.saturating_add(1);
                 if permanent {
-                    let why = tls_failure_cause(&error.to_string());
+                    let mut why = tls_failure_cause(&error.to_string());
+                    if let Some(skew) = stats.skew() {
+                        why.push_str(&format!("; last measured: {skew}"));
+                    }
                     tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker refused the TLS connection ({why})");
                 } else {
                     tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "broker unreachable; telemetry waits in the outbox");
@@ -199,11 +233,15 @@ pub async fn run(
 
 async fn handle_ack(settings: &LinkSettings, outbox: &Arc<Outbox>, stats: &LinkStats, payload: &[u8]) {
     let key = settings.coordinator_key;
-    let ack = protocol::open(payload, |_| Some(key))
-        .map_err(|e| e.to_string())
-        .and_then(|opened| messages::decode_coordinator(&opened.body).map_err(|e| e.to_string()));
+    let arrived_ms = outpost_shared::endpoints::now_ms();
+    let ack = protocol::open(payload, |_| Some(key)).map_err(|e| e.to_string()).and_then(|opened| {
+        messages::decode_coordinator(&opened.body).map(|m| (m, opened.sent_at_ms)).map_err(|e| e.to_string())
+    });
     let ack = match ack {
-        Ok(CoordinatorMessage::Ack(ack)) if ack.device == settings.device_id => ack,
+        Ok((CoordinatorMessage::Ack(ack), sealed_ms)) if ack.device == settings.device_id => {
+            stats.measured_skew(sealed_ms as i64 - arrived_ms as i64);
+            ack
+        }
         Ok(_) => {
             stats.bad_acks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("ignoring a message on the ack topic that is not an ack for this device");
@@ -331,5 +369,18 @@ mod clock_tests {
         assert!(tls_failure_cause(behind).contains("clock is behind"));
         assert!(tls_failure_cause("invalid peer certificate: Expired").contains("expired"));
         assert!(tls_failure_cause("invalid peer certificate: UnknownIssuer").contains("broker CA"));
+    }
+
+    #[test]
+    fn the_skew_of_a_signed_ack_is_kept_and_said_in_words() {
+        let stats = LinkStats::default();
+        assert_eq!(stats.skew(), None);
+        stats.measured_skew(86_400_250);
+        assert_eq!(
+            stats.skew().unwrap(),
+            "device clock is 86400 s behind the coordinator (from its signed acks)"
+        );
+        stats.measured_skew(-3_000);
+        assert!(stats.skew().unwrap().contains("3 s ahead of the coordinator"));
     }
 }

@@ -53,6 +53,7 @@ pub const PREDICTION_LOG_IDS_SKIPPED: &str = "outpost_agent_prediction_log_ids_s
 pub const PREDICTION_LOG_UNLOGGED_TOTAL: &str = "outpost_agent_prediction_log_unlogged_requests_total";
 pub const PREDICTION_LOG_QUARANTINED_TOTAL: &str = "outpost_agent_prediction_log_quarantined_segments_total";
 pub const OUTBOX_MESSAGES: &str = "outpost_agent_outbox_messages";
+pub const CLOCK_SKEW_SECONDS: &str = "outpost_agent_clock_skew_seconds";
 pub const OUTBOX_BYTES: &str = "outpost_agent_outbox_bytes";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "outpost_agent_outbox_oldest_age_seconds";
 pub const OUTBOX_DROPPED_TOTAL: &str = "outpost_agent_outbox_dropped_total";
@@ -172,6 +173,7 @@ struct TelemetryMetrics {
     connected: IntGauge,
     sent: IntCounter,
     acked: IntCounter,
+    clock_skew: prometheus::Gauge,
 }
 
 /// Telemetry figures to publish at scrape time.
@@ -182,6 +184,8 @@ pub struct TelemetrySnapshot {
     pub connected: bool,
     pub sent: u64,
     pub acked: u64,
+    /// The coordinator's clock minus this device's (ms), once a signed ack showed it.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// Prediction-log figures, copied from the log's own counters at scrape time.
@@ -483,6 +487,10 @@ impl Metrics {
                     "Unacknowledged telemetry messages dropped because the outbox reached its byte bound."
                 )?),
                 connected: reg!(IntGauge::new(BROKER_CONNECTED, "1 while connected to the MQTT broker.")?),
+                clock_skew: reg!(prometheus::Gauge::new(
+                    CLOCK_SKEW_SECONDS,
+                    "The coordinator's clock minus this device's, in seconds, from the newest signed ack (positive: the device is behind); 0 until one arrived."
+                )?),
                 sent: reg!(IntCounter::new(
                     TELEMETRY_SENT_TOTAL,
                     "Telemetry messages published (including resends)."
@@ -577,6 +585,9 @@ impl Metrics {
         m.outbox_bytes.set(as_i64(t.outbox.bytes));
         m.outbox_oldest_age.set(t.outbox.oldest_age_ms as f64 / 1000.0);
         m.connected.set(i64::from(t.connected));
+        if let Some(ms) = t.clock_skew_ms {
+            m.clock_skew.set(ms as f64 / 1000.0);
+        }
         let mut reported = m.reported.lock().unwrap_or_else(|p| p.into_inner());
         m.outbox_dropped.inc_by(t.dropped.saturating_sub(reported.0));
         m.sent.inc_by(t.sent.saturating_sub(reported.1));

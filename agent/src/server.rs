@@ -316,6 +316,10 @@ pub async fn serve(
                     connected: stats.connected.load(std::sync::atomic::Ordering::Relaxed),
                     sent: stats.sent.load(std::sync::atomic::Ordering::Relaxed),
                     acked: stats.acked.load(std::sync::atomic::Ordering::Relaxed),
+                    clock_skew_ms: stats
+                        .skew_known
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .then(|| stats.clock_skew_ms.load(std::sync::atomic::Ordering::Relaxed)),
                 });
             read
         }),

@@ -366,7 +366,8 @@ fn libfaketime() -> Option<String> {
 
 /// The finding: an agent whose clock was a day behind the coordinator never connected
 /// ("certificate not valid yet … 82800 seconds"), and the log blamed its certificates. The CA
-/// now backdates what it issues by 48 h, so devices a day behind or ahead connect and report.
+/// now backdates what it issues by 48 h, so devices a day behind or ahead connect and report;
+/// each measures its skew from the coordinator's signed acks (metric and log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_clock_is_a_day_off_still_connects_and_reports() {
     let Some(lib) = libfaketime() else { return };
@@ -384,6 +385,24 @@ async fn an_agent_whose_clock_is_a_day_off_still_connects_and_reports() {
             .wait_device(&device, Duration::from_secs(30), |v| v["counts"]["envelopes"].as_u64() > Some(0))
             .await;
         assert!(!agent.log().contains("not valid yet"), "{offset}: {}", agent.log());
+        // The agent measures the skew from the coordinator's signed acks and says it.
+        let expected = if offset == "-1d" { 86_400.0 } else { -86_400.0 };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let skew = metric(&agent.metrics_text().await, "outpost_agent_clock_skew_seconds");
+            if (skew - expected).abs() < 120.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{offset}: skew {skew}, expected about {expected}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let side = if offset == "-1d" { "behind" } else { "ahead of" };
+        let said = format!(" s {side} the coordinator");
+        assert!(
+            agent.log().contains("device clock is 8640") && agent.log().contains(&said),
+            "{}",
+            agent.log()
+        );
     }
 }
 
