@@ -18,6 +18,7 @@
 //!   Content-Security-Policy allows nothing but the coordinator's own files.
 
 pub mod charts;
+mod live;
 mod pages;
 
 use std::collections::HashMap;
@@ -45,9 +46,6 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 1000;
 /// The pages' live-update period, in seconds (read by `dashboard.js` from the page).
 const REFRESH_SECS: u64 = 5;
-/// How long one live-update stream lasts before the browser opens the next (it reconnects on
-/// its own): no connection outlives a session by much, and none holds a shutdown for long.
-const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 
 const CSS: &str = include_str!("dashboard/dashboard.css");
 const JS: &str = include_str!("dashboard/dashboard.js");
@@ -134,7 +132,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/ui/incidents", get(incidents))
         .route("/ui/incidents/{id}", get(incident))
         .route("/ui/incidents/{id}/close", post(close_incident))
-        .route("/ui/events", get(events))
+        .route("/ui/events", get(live::events))
         .route("/ui/static/dashboard.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/static/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .layer(DefaultBodyLimit::max(8 * 1024))
@@ -388,80 +386,6 @@ async fn logout(State(d): Dash, headers: HeaderMap, form: Result<Form<CsrfForm>,
         HeaderValue::from_static("outpost_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     r
-}
-
-/// A number that changes whenever what the pages show may have: reports and presence stored,
-/// a rollout record written, an audited mutation (a deploy, a revocation, a stage), alerts
-/// firing. Cheap enough to read every second per open page.
-fn generation(app: &AppState) -> u64 {
-    use prometheus::core::Collector as _;
-    let m = &app.metrics;
-    let firing: f64 = m
-        .alerts_firing
-        .collect()
-        .iter()
-        .flat_map(|family| family.get_metric())
-        .map(|metric| metric.get_gauge().get_value())
-        .sum();
-    m.ingest.with_label_values(&["stored"]).get()
-        + m.ingest.with_label_values(&["presence"]).get()
-        + m.rollout_updates.get()
-        + app.audit.head_seq()
-        + firing as u64 * 1_000_003
-}
-
-/// Live updates as Server-Sent Events: `change` when [`generation`] moved (at most one per
-/// [`REFRESH_SECS`]); the page then fetches itself again. `signed-out` when the session ends,
-/// and the stream closes after [`STREAM_LIFETIME`] (the browser reconnects by itself).
-async fn events(State(d): Dash, headers: HeaderMap) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    if let Err(r) = signed_in(&d, &headers, "/ui", Role::Viewer) {
-        return *r;
-    }
-    let Some(session) = session_id(&headers) else {
-        return StatusCode::UNAUTHORIZED.into_response();
-    };
-    struct Watch {
-        d: Arc<Dashboard>,
-        session: String,
-        seen: u64,
-        sent: Instant,
-        started: Instant,
-        done: bool,
-    }
-    let start = Watch {
-        seen: generation(&d.app),
-        d,
-        session,
-        sent: Instant::now(),
-        started: Instant::now(),
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(start, |mut w| async move {
-        loop {
-            if w.done || w.started.elapsed() > STREAM_LIFETIME {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if w.d.sessions.get(&w.session).is_none() {
-                w.done = true;
-                return Some((
-                    Ok::<_, std::convert::Infallible>(Event::default().event("signed-out").data("")),
-                    w,
-                ));
-            }
-            let now = generation(&w.d.app);
-            if now != w.seen && w.sent.elapsed() >= Duration::from_secs(REFRESH_SECS) {
-                w.seen = now;
-                w.sent = Instant::now();
-                return Some((Ok(Event::default().event("change").data(now.to_string())), w));
-            }
-        }
-    });
-    let mut response =
-        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Renders a page for a signed-in viewer from data gathered off the async threads.
