@@ -422,6 +422,13 @@ mod tests {
         assert_eq!(first, 10 - stats.messages + 1, "the oldest go first");
     }
 
+    /// A healthy outbox in `dir` that handed out `n` seqs (closed again); returns the last.
+    fn filled(dir: &Path, key: &SigningKey, n: usize) -> u64 {
+        let outbox = Outbox::open(dir, 1 << 20).unwrap();
+        assert!(outbox.recovered().is_none());
+        (0..n).map(|_| outbox.append(key, &event(50), Some(3)).unwrap()).last().unwrap_or(0)
+    }
+
     /// Overwrites every file of the outbox's database with garbage of the same size (what a
     /// dying card leaves), keeping the directory.
     fn ruin(outbox_dir: &Path) {
@@ -438,13 +445,7 @@ mod tests {
     fn a_damaged_outbox_is_quarantined_and_seqs_continue_above_the_mark() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
-        {
-            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-            for _ in 0..3 {
-                outbox.append(&key, &event(10), Some(7)).unwrap();
-            }
-            assert!(outbox.recovered().is_none());
-        }
+        filled(dir.path(), &key, 3);
         assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), Some(3));
         ruin(&dir.path().join("outbox"));
         let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
@@ -467,12 +468,7 @@ mod tests {
     fn an_outbox_recovered_short_goes_on_above_the_mark() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
-        {
-            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-            for _ in 0..3 {
-                outbox.append(&key, &event(10), None).unwrap();
-            }
-        }
+        filled(dir.path(), &key, 3);
         // As if sled had lost seqs 4–10 after handing them out (damage cut its log short).
         write_high_water(&dir.path().join(SEQ_FILE), 10).unwrap();
         let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
@@ -487,10 +483,7 @@ mod tests {
     fn without_a_readable_mark_a_replacement_starts_at_the_clock() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
-        {
-            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-            outbox.append(&key, &event(10), None).unwrap();
-        }
+        filled(dir.path(), &key, 1);
         // A flipped digit: the checksum no longer holds, so it is no mark at all.
         let text = std::fs::read_to_string(dir.path().join(SEQ_FILE)).unwrap();
         std::fs::write(dir.path().join(SEQ_FILE), text.replacen('1', "7", 1)).unwrap();
@@ -523,13 +516,7 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let (key, _) = SigningKey::generate().unwrap();
-            let mut used = 0;
-            {
-                let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
-                for _ in 0..20 {
-                    used = outbox.append(&key, &event(50), Some(3)).unwrap();
-                }
-            }
+            let used = filled(dir.path(), &key, 20);
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("outbox"))
                 .unwrap()
                 .filter_map(|e| Some(e.ok()?.path()).filter(|p| p.is_file()))

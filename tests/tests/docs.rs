@@ -13,22 +13,29 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The Markdown pages whose links must resolve.
-fn pages() -> Vec<PathBuf> {
-    let root = repo();
-    let mut out = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
-    let mut stack = vec![root.join("docs"), root.join("deploy")];
+/// Every file under `dirs` (recursively) whose name ends in `.ext`, sorted.
+fn files_under(dirs: &[PathBuf], ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = dirs.to_vec();
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
+            } else if path.extension().is_some_and(|e| e == ext) {
                 out.push(path);
             }
         }
     }
     out.sort();
+    out
+}
+
+/// The Markdown pages whose links must resolve.
+fn pages() -> Vec<PathBuf> {
+    let root = repo();
+    let mut out = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    out.extend(files_under(&[root.join("docs"), root.join("deploy")], "md"));
     out
 }
 
@@ -254,20 +261,7 @@ struct Declared {
 fn declared(dirs: &[&str]) -> std::collections::HashMap<String, Declared> {
     let mut out = std::collections::HashMap::new();
     for dir in dirs {
-        let mut files = Vec::new();
-        let mut stack = vec![repo().join(dir)];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    files.push(path);
-                }
-            }
-        }
-        files.sort();
-        for file in files {
+        for file in files_under(&[repo().join(dir)], "rs") {
             let source = std::fs::read_to_string(&file).unwrap();
             let mut doc: Vec<String> = Vec::new();
             let mut current: Option<(String, Declared)> = None;

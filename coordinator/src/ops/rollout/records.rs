@@ -172,7 +172,7 @@ impl Rollout {
         parts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         parts
             .iter()
-            .map(|(v, n)| format!("{v} on {n} device{}", if *n == 1 { "" } else { "s" }))
+            .map(|(v, n)| format!("{v} on {}", crate::base::numbers::count(*n, "device")))
             .collect::<Vec<_>>()
             .join(", ")
     }
