@@ -3,8 +3,9 @@
 //! Appends 1,000,000 records of a breast_cancer-sized prediction (30 FP32 inputs kept, a
 //! label and two probabilities) through the public API — id allocation, one channel send per
 //! record, the writer's sled batches — with a 64 MiB disk budget so eviction runs too, then
-//! flushes and prints records/s, disk use, evictions and the process's peak RSS. Target
-//! (DESIGN §8): ≥ 100,000 records/s with bounded memory.
+//! flushes and prints records/s, disk use, evictions and the process's peak RSS — once with
+//! encryption at rest off and once on (ChaCha20-Poly1305, [`outpost_agent::at_rest`]), side by
+//! side. Target (DESIGN §8): ≥ 100,000 records/s with bounded memory.
 //!
 //! Then `durability = "batch"` against `"sync"` side by side, with 1 and 16 clients each
 //! appending one record per request for `BENCH_SECS` (default 5) seconds: a `sync` client
@@ -17,7 +18,8 @@ use std::time::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_agent::prediction_log::{Durability, PredictionLog, PredictionLogConfig};
+use outpost_agent::at_rest::{AtRest, Sealer};
+use outpost_agent::prediction_log::{Durability, LogStats, PredictionLog, PredictionLogConfig};
 use outpost_shared::protocol::records::{PredictionRecord, RecordedInputs, RecordedTensor};
 
 fn peak_rss_mib() -> f64 {
@@ -40,7 +42,7 @@ fn concurrent(
     let dir = tempfile::tempdir().unwrap();
     let config =
         PredictionLogConfig { max_bytes: 64 * 1024 * 1024, durability, ..PredictionLogConfig::default() };
-    let log = Arc::new(PredictionLog::open(dir.path(), &config).unwrap());
+    let log = Arc::new(PredictionLog::open(dir.path(), &config, &AtRest::clear()).unwrap());
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
     let threads: Vec<_> = (0..clients)
@@ -77,11 +79,26 @@ fn concurrent(
     (waits.len() as f64 / elapsed, at(0.5), at(0.99))
 }
 
-fn main() {
-    let n: u64 = std::env::var("BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+/// `n` records appended one per call through the public API, then flushed: records/s, the
+/// seconds to hand them over and to have them on disk, and the log's counters.
+fn bulk(template: &PredictionRecord, n: u64, at_rest: &AtRest) -> (f64, f64, f64, LogStats) {
     let dir = tempfile::tempdir().unwrap();
     let config = PredictionLogConfig { max_bytes: 64 * 1024 * 1024, ..PredictionLogConfig::default() };
-    let log = PredictionLog::open(dir.path(), &config).unwrap();
+    let log = PredictionLog::open(dir.path(), &config, at_rest).unwrap();
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut record = template.clone();
+        record.id = log.allocate_ids(1).expect("ids reserve on a healthy disk");
+        log.append(vec![record]).unwrap();
+    }
+    let handed_over = started.elapsed().as_secs_f64();
+    log.flush().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    (n as f64 / elapsed, handed_over, elapsed, log.stats())
+}
+
+fn main() {
+    let n: u64 = std::env::var("BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let template = PredictionRecord {
         id: 0,
         at_ms: 1_764_000_000_000,
@@ -113,33 +130,25 @@ fn main() {
     };
     let record_bytes = template.encode().len();
     println!("prediction log append benchmark: {n} records of {record_bytes} bytes, 64 MiB budget");
-    let started = Instant::now();
-    for _ in 0..n {
-        let mut record = template.clone();
-        record.id = log.allocate_ids(1).expect("ids reserve on a healthy disk");
-        log.append(vec![record]).unwrap();
+    println!(
+        "  {:<11} {:>12} {:>9} {:>11} {:>12} {:>10} {:>10}",
+        "encryption", "records/s", "vs off", "handed s", "flushed s", "disk MiB", "evicted"
+    );
+    let sealed = AtRest::sealed(Arc::new(Sealer::ephemeral().unwrap()));
+    let mut off_rate = 0.0;
+    for (name, at_rest) in [("off", AtRest::clear()), ("on", sealed)] {
+        let (rate, handed, flushed, stats) = bulk(&template, n, &at_rest);
+        if !at_rest.is_on() {
+            off_rate = rate;
+        }
+        println!(
+            "  {name:<11} {rate:>12.0} {:>9} {handed:>11.2} {flushed:>12.2} {:>10.1} {:>10}   (target ≥ 100,000: {})",
+            format!("{:.1}%", 100.0 * rate / f64::max(off_rate, 1.0)),
+            stats.disk_bytes as f64 / 1048576.0,
+            stats.evicted,
+            if rate >= 100_000.0 { "meets" } else { "MISSES" }
+        );
     }
-    let handed_over = started.elapsed();
-    log.flush().unwrap();
-    let elapsed = started.elapsed();
-    let stats = log.stats();
-    let rate = n as f64 / elapsed.as_secs_f64();
-    println!(
-        "  handed to the writer in {:.2} s; written and flushed in {:.2} s",
-        handed_over.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "  {rate:.0} records/s (target ≥ 100,000) — {}",
-        if rate >= 100_000.0 { "meets" } else { "MISSES" }
-    );
-    println!(
-        "  on disk {:.1} MiB in {} segments; evicted {} records in {} segments",
-        stats.disk_bytes as f64 / 1048576.0,
-        stats.segments,
-        stats.evicted,
-        stats.evicted_segments
-    );
     println!("  peak RSS of the whole benchmark process: {:.1} MiB", peak_rss_mib());
 
     let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);

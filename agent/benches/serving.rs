@@ -7,6 +7,8 @@
 //!       concurrency — throughput, p50, p99 —
 //! and prints the overhead of (b) at concurrency 1 over (a), plus the agent's idle RSS and
 //! binary size, next to the targets in DESIGN §8 (≤ 50 µs added at p50, idle RSS ≤ 20 MB).
+//! Then the cost of encryption at rest: breast_cancer at concurrency 1 and 16 against two fresh
+//! agents, `[encryption] mode = "on"` (the default) and `"off"`, in the same run.
 //! `BENCH_SECONDS` sets the time per concurrency level (default 3); `BENCH_AGENT_BIN` points
 //! (b) at another agent binary, e.g. `target/dist/outpost-agent`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -86,8 +88,9 @@ impl Drop for AgentProcess {
     }
 }
 
-fn start_agent() -> AgentProcess {
+fn start_agent(encryption: &str) -> AgentProcess {
     let mut command = Command::new(agent_bin());
+    command.env("OUTPOST_ENCRYPTION__MODE", encryption);
     command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
     for (name, stem) in MODELS {
         command.arg("--model").arg(format!("{name}={}", models_dir().join(format!("{stem}.onnx")).display()));
@@ -234,7 +237,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, usize::from)
     );
 
-    let agent = start_agent();
+    let agent = start_agent("on");
     runtime.block_on(wait_ready(agent.addr));
     let idle_rss = rss_kib(agent.child.id());
     let binary = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
@@ -311,4 +314,33 @@ fn main() {
     }
     let verdict = if idle_rss as f64 / 1024.0 <= 20.0 { "meets" } else { "MISSES" };
     println!("  idle RSS {:.1} MB — {verdict} the 20 MB target", idle_rss as f64 / 1024.0);
+    drop(agent);
+
+    // Encryption at rest on against off: fresh agents, the same request, interleaved levels.
+    println!("\n== encryption at rest, breast_cancer, prediction log on (fresh agents)");
+    println!("      {:>10} {:>11} {:>12} {:>12} {:>12}", "encryption", "concurrency", "req/s", "p50 µs", "p99 µs");
+    let (body, _, _) = first_row("breast_cancer-1.0.0");
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+    let agents = [("on", start_agent("on")), ("off", start_agent("off"))];
+    for (_, agent) in &agents {
+        runtime.block_on(wait_ready(agent.addr));
+    }
+    for concurrency in [1, 16] {
+        for (mode, agent) in &agents {
+            let level = runtime.block_on(http_level(
+                agent.addr,
+                "/v2/models/breast_cancer/infer",
+                body.clone(),
+                concurrency,
+                Duration::from_secs_f64(seconds),
+            ));
+            println!(
+                "      {mode:>10} {:>11} {:>12.0} {:>12.1} {:>12.1}",
+                level.concurrency,
+                level.requests as f64 / level.seconds,
+                us(level.p50),
+                us(level.p99)
+            );
+        }
+    }
 }

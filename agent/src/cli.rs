@@ -50,9 +50,34 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Health probe for container HEALTHCHECKs: exit 0 when the agent answers ready, 1 if not.
     Probe(ProbeArgs),
+    /// Encryption at rest: show the keyring, start a new data key, or re-wrap the keys under a
+    /// new key-encryption key. Safe beside a serving agent (it picks a new data key up at its
+    /// next start; every record stays readable).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Load-test a coordinator: enrol and run many simulated agents in this one process (own
     /// identity, MQTT connection, signed reports and reconcile loop each; no models run).
     Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// The key source, the key-encryption key's fingerprint and the data keys.
+    Status(DataDirArgs),
+    /// A new data key for new records; the older ones stay to read what they sealed.
+    Rotate(DataDirArgs),
+    /// Re-wrap every data key under a new key-encryption key (then point `[encryption] key`
+    /// at it); no record is rewritten.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// The new key's source: `file:PATH`, `env:NAME` or `credential:NAME`.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,13 +161,30 @@ pub struct DataDirArgs {
 
 impl DataDirArgs {
     fn resolve(&self) -> Result<PathBuf, ExitCode> {
-        if let Some(dir) = &self.data_dir {
-            return Ok(dir.clone());
-        }
-        Config::load(self.config.as_deref()).map(|c| c.data_dir).map_err(|e| {
+        self.load().map(|c| c.data_dir)
+    }
+
+    /// The configuration, with `--data-dir` applied.
+    fn load(&self) -> Result<Config, ExitCode> {
+        let mut config = Config::load(self.config.as_deref()).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(ExitStatus::Usage)
-        })
+        })?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    /// The configuration and how its stores are kept at rest (a key that cannot be used is
+    /// exit 2, naming its source).
+    fn at_rest(&self) -> Result<(Config, crate::at_rest::AtRest), ExitCode> {
+        let config = self.load()?;
+        let at_rest = crate::at_rest::for_config(&config.data_dir, &config.encryption).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(ExitStatus::Usage)
+        })?;
+        Ok((config, at_rest))
     }
 }
 
@@ -214,6 +256,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::Import(args) => bundles::import(&args),
         Command::Rollback(args) => bundles::rollback(&args),
         Command::Simulate(args) => simulate(&args),
+        Command::Keys(command) => keys::run(&command),
         Command::Probe(args) => outpost_shared::tls::ProbeTarget {
             url: args.url,
             ca_file: args.ca_file,
@@ -271,7 +314,11 @@ mod bundles {
             Ok(validated) => validated,
             Err(e) => return fail(format!("{id} refused: {}", e.reason), ExitStatus::ModelInvalid),
         };
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        let at_rest = match crate::at_rest::for_config(&config.data_dir, &config.encryption) {
+            Ok(at_rest) => at_rest,
+            Err(e) => return fail(e, ExitStatus::Usage),
+        };
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest);
         if let Err(e) = store.install(&bytes, &trusted) {
             let code = if matches!(e, StoreError::Conflict { .. }) {
                 ExitStatus::ModelInvalid
@@ -302,13 +349,108 @@ mod bundles {
             Ok(config) => config,
             Err(code) => return code,
         };
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        // A rollback moves the active version only; it reads no bundle bytes.
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &Default::default());
         match store.rollback(args.model.as_deref(), args.steps as usize) {
             Ok(done) => {
                 println!("model {}: {} -> {}", done.name, done.from, done.to);
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e, ExitStatus::Failure),
+        }
+    }
+}
+
+/// `outpost-agent keys`: the keyring of encryption at rest.
+mod keys {
+    use super::*;
+    use crate::at_rest::{self, KeySource};
+
+    fn fail(message: impl std::fmt::Display) -> ExitCode {
+        eprintln!("error: {message}");
+        ExitCode::from(ExitStatus::Usage)
+    }
+
+    /// `42s ago`, `5m ago`, `3h ago`, `12d ago`.
+    fn ago(secs: u64) -> String {
+        match secs {
+            0..60 => format!("{secs}s ago"),
+            60..3600 => format!("{}m ago", secs / 60),
+            3600..86400 => format!("{}h ago", secs / 3600),
+            _ => format!("{}d ago", secs / 86400),
+        }
+    }
+
+    pub fn run(command: &KeysCommand) -> ExitCode {
+        let data = match command {
+            KeysCommand::Status(data) | KeysCommand::Rotate(data) => data,
+            KeysCommand::Rewrap(args) => &args.data,
+        };
+        let config = match data.load() {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        let (dir, encryption) = (&config.data_dir, &config.encryption);
+        let source = match encryption.source(dir) {
+            Ok(source) => source,
+            Err(e) => return fail(e),
+        };
+        match command {
+            KeysCommand::Status(_) => {
+                let mode = match encryption.mode {
+                    at_rest::Mode::On => "on",
+                    at_rest::Mode::Off => "off",
+                };
+                println!("encryption  {mode} ({})", at_rest::CIPHER);
+                println!("key source  {source}");
+                match at_rest::status(dir) {
+                    Ok(Some(status)) => {
+                        println!(
+                            "keyring     {} (key fingerprint {})",
+                            dir.join("keyring.json").display(),
+                            status.kek_fingerprint
+                        );
+                        println!("{:<10} {:<12} CURRENT", "DATA KEY", "CREATED");
+                        let now = outpost_shared::endpoints::now_ms();
+                        for key in status.keys {
+                            let created = ago(now.saturating_sub(key.created_ms) / 1000);
+                            println!("{:08x}   {created:<12} {}", key.id, if key.current { "yes" } else { "" });
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Ok(None) => {
+                        println!("keyring     none yet (made when the agent first starts with encryption on)");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            KeysCommand::Rotate(_) => match at_rest::rotate(dir, encryption) {
+                Ok((before, after)) => {
+                    println!(
+                        "new data key {after:08x} (was {before:08x}); a serving agent uses it from its next start; \
+                         records sealed with older keys stay readable until evicted"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            KeysCommand::Rewrap(args) => {
+                let to: KeySource = match args.to.parse() {
+                    Ok(to) => to,
+                    Err(e) => return fail(e),
+                };
+                match at_rest::rewrap(dir, encryption, &to) {
+                    Ok(fingerprint) => {
+                        println!(
+                            "every data key is now wrapped by the key from {to} (fingerprint {fingerprint}); \
+                             before the agent's next start, point `[encryption] key` at where that key will come from"
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
         }
     }
 }
@@ -368,10 +510,11 @@ mod transfer {
     }
 
     fn open(data: &DataDirArgs) -> Result<(Identity, Outbox), ExitCode> {
-        let data_dir = data.resolve()?;
+        let (config, at_rest) = data.at_rest()?;
+        let data_dir = config.data_dir;
         let identity = Identity::load_or_create(&data_dir).map_err(|e| fail(e, ExitStatus::Failure))?;
         // The bound only matters when appending; these commands never append.
-        let outbox = Outbox::open(&data_dir, u64::MAX).map_err(|e| fail(e, ExitStatus::Failure))?;
+        let outbox = Outbox::open(&data_dir, u64::MAX, &at_rest).map_err(|e| fail(e, ExitStatus::Failure))?;
         Ok((identity, outbox))
     }
 
@@ -505,7 +648,7 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
         Ok(stopped) => ExitCode::from(stopped.exit()),
         Err(e) => {
             tracing::error!(error = %e, "agent failed");
-            ExitCode::from(ExitStatus::Failure)
+            ExitCode::from(e.exit())
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Drift windows of bundle-managed models against their baselines.
     pub drift: crate::drift::DriftConfig,
+    /// Encryption at rest of the prediction log, outbox and installed bundles.
+    pub encryption: crate::at_rest::EncryptionConfig,
     /// Models to serve from files (bundle-managed models come from the local store).
     pub models: Vec<ModelConfig>,
 }
@@ -67,6 +69,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             registry: RegistryConfig::default(),
             drift: crate::drift::DriftConfig::default(),
+            encryption: crate::at_rest::EncryptionConfig::default(),
             models: Vec::new(),
         }
     }

@@ -7,8 +7,9 @@
 //! then made active in the local store: a bundle not on disk yet is downloaded from the
 //! coordinator's artifact endpoint (HTTPS with the CA from enrolment; plain HTTP only to
 //! loopback) in `download_chunk_bytes` pieces with HTTP `Range`, appended
-//! to `<data_dir>/models/downloads/<sha256>.part` — so a download cut by a crash, a reboot or a
-//! dropped link resumes where it stopped — then checked against the sha256 the signed desired
+//! to `<data_dir>/models/downloads/<sha256>.part` (with encryption at rest on, as sealed frames
+//! in `<sha256>.sealed-part`: no model byte reaches the disk in the clear) — so a download cut
+//! by a crash, a reboot or a dropped link resumes where it stopped — then checked against the sha256 the signed desired
 //! state names, and installed only if its own signature is by a trusted key
 //! ([`ModelStore::install`]). The store's reconciler swaps the served version. Every refusal is
 //! logged and reported as an event; the version serving stays.
@@ -24,6 +25,7 @@ use outpost_shared::protocol::{self};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::at_rest::{AtRest, Store};
 use crate::model_store::{ModelStore, StoredCandidate};
 use crate::telemetry::Reporter;
 
@@ -202,7 +204,8 @@ impl DesiredApplier {
     }
 
     fn part_path(&self, sha256: &str) -> PathBuf {
-        self.store.dir().join("downloads").join(format!("{sha256}.part"))
+        let suffix = if self.store.at_rest().is_on() { "sealed-part" } else { "part" };
+        self.store.dir().join("downloads").join(format!("{sha256}.{suffix}"))
     }
 
     /// Downloads an artifact, resuming a partial file; checks its sha256.
@@ -224,7 +227,10 @@ impl DesiredApplier {
             Duration::from_secs(60),
         )
         .map_err(|e| DesiredError::Refused(e.to_string()))?;
-        let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        let at_rest = self.store.at_rest();
+        let mut have = part_bytes(at_rest, &part, sha256)
+            .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?
+            .len() as u64;
         if have > 0 {
             tracing::info!(artifact = sha256, bytes = have, "resuming download");
         }
@@ -269,13 +275,15 @@ impl DesiredApplier {
                 .append(true)
                 .open(&part)
                 .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
-            file.write_all(&chunk)
+            let n = chunk.len() as u64;
+            let framed = part_frame(at_rest, sha256, have, chunk);
+            file.write_all(&framed)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
-            have += chunk.len() as u64;
-            fetched += chunk.len() as u64;
-            self.metrics.bundle_download_bytes.inc_by(chunk.len() as u64);
-            if have >= total || chunk.is_empty() {
+            have += n;
+            fetched += n;
+            self.metrics.bundle_download_bytes.inc_by(n);
+            if have >= total || n == 0 {
                 break;
             }
             if self.fetch.max_bytes_per_sec > 0 {
@@ -285,8 +293,8 @@ impl DesiredApplier {
                 }
             }
         }
-        let bytes =
-            std::fs::read(&part).map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
+        let bytes = part_bytes(at_rest, &part, sha256)
+            .map_err(|e| DesiredError::Transient(format!("{}: {e}", part.display())))?;
         let found = outpost_shared::bundle::sha256_hex(&bytes);
         if found != sha256 {
             let _ = std::fs::remove_file(&part);
@@ -396,3 +404,48 @@ impl DesiredApplier {
         }
     }
 }
+
+/// A downloaded chunk as it goes into the part file: the bytes, or with encryption at rest on
+/// a frame `[length: u32 BE][chunk sealed at sha256 ‖ offset]`.
+fn part_frame(at_rest: &AtRest, sha256: &str, offset: u64, chunk: Vec<u8>) -> Vec<u8> {
+    if !at_rest.is_on() {
+        return chunk;
+    }
+    let sealed = at_rest.write(Store::Download, &part_place(sha256, offset), chunk);
+    let mut frame = (sealed.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&sealed);
+    frame
+}
+
+fn part_place(sha256: &str, offset: u64) -> Vec<u8> {
+    [sha256.as_bytes(), &offset.to_be_bytes()[..]].concat()
+}
+
+/// What a part file holds so far, in the clear (in memory). A sealed part file is cut back to
+/// its last whole frame that reads (a crash mid-write leaves a torn one).
+fn part_bytes(at_rest: &AtRest, path: &std::path::Path, sha256: &str) -> std::io::Result<Vec<u8>> {
+    let stored = match std::fs::read(path) {
+        Ok(stored) => stored,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if !at_rest.is_on() {
+        return Ok(stored);
+    }
+    let (mut clear, mut at) = (Vec::new(), 0usize);
+    while let Some(len) = stored.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+        let Some(sealed) = stored.get(at + 4..at + 4 + len) else { break };
+        match at_rest.read(Store::Download, &part_place(sha256, clear.len() as u64), sealed) {
+            Ok(chunk) => clear.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+        at += 4 + len;
+    }
+    if at < stored.len() {
+        tracing::warn!(part = %path.display(), kept = at, dropped = stored.len() - at, "partial download: a torn or damaged last frame is cut off");
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(at as u64)?;
+    }
+    Ok(clear)
+}
+

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod at_rest;
 pub mod check_model;
 pub mod cli;
 pub mod config;

@@ -27,6 +27,8 @@ pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration
 pub const BUILD_INFO: &str = "outpost_agent_build_info";
 pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
 pub const STORAGE_QUARANTINED_TOTAL: &str = "outpost_agent_storage_quarantined_total";
+pub const ENCRYPTION_AT_REST: &str = "outpost_agent_encryption_at_rest";
+pub const UNREADABLE_RECORDS_TOTAL: &str = "outpost_agent_unreadable_records_total";
 pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
 pub const WATCHDOG_ROLLBACKS_TOTAL: &str = "outpost_agent_watchdog_rollbacks_total";
 pub const SHADOW_REQUESTS_TOTAL: &str = "outpost_agent_shadow_requests_total";
@@ -127,6 +129,10 @@ pub struct Metrics {
     pub model_refusals: IntCounterVec,
     /// Damaged stores moved aside at start (the agent went on without them), by store.
     pub storage_quarantined: IntCounterVec,
+    /// 1 when new records and bundles are encrypted at rest, 0 when encryption is off.
+    pub encryption_at_rest: IntGauge,
+    /// Stored records skipped because they did not read (failed authentication), by store.
+    pub unreadable_records: IntCounterVec,
     /// Versions the watchdog switched back on its own, by model.
     pub watchdog_rollbacks: IntCounterVec,
     /// Shadow runs by model, version and outcome; their rows by agreement with the primary;
@@ -165,7 +171,7 @@ type DriftSeries = std::collections::HashMap<(String, String), Vec<(String, Stri
 /// Outbox and broker-link figures, set from their own counters at scrape time.
 struct TelemetryMetrics {
     /// (dropped, sent, acked) as last copied into the counters.
-    reported: Mutex<(u64, u64, u64)>,
+    reported: Mutex<(u64, u64, u64, u64)>,
     outbox_messages: IntGauge,
     outbox_bytes: IntGauge,
     outbox_oldest_age: prometheus::Gauge,
@@ -184,6 +190,8 @@ pub struct TelemetrySnapshot {
     pub connected: bool,
     pub sent: u64,
     pub acked: u64,
+    /// Outbox entries removed because they did not read.
+    pub unreadable: u64,
     /// The coordinator's clock minus this device's (ms), once a signed ack showed it.
     pub clock_skew_ms: Option<i64>,
 }
@@ -344,6 +352,17 @@ impl Metrics {
                 ),
                 &["store"]
             )?),
+            encryption_at_rest: reg!(IntGauge::new(
+                ENCRYPTION_AT_REST,
+                "1 when the prediction log, outbox and installed bundles are encrypted at rest; 0 when encryption is off."
+            )?),
+            unreadable_records: reg!(IntCounterVec::new(
+                help(
+                    UNREADABLE_RECORDS_TOTAL,
+                    "Stored records skipped because they did not read (failed authentication: damaged on disk), by store; never served or sent."
+                ),
+                &["store"]
+            )?),
             shadow_requests: reg!(IntCounterVec::new(
                 help(
                     SHADOW_REQUESTS_TOTAL,
@@ -469,7 +488,7 @@ impl Metrics {
                 )?),
             },
             telemetry: TelemetryMetrics {
-                reported: Mutex::new((0, 0, 0)),
+                reported: Mutex::new((0, 0, 0, 0)),
                 outbox_messages: reg!(IntGauge::new(
                     OUTBOX_MESSAGES,
                     "Telemetry messages waiting for the coordinator's ack."
@@ -554,12 +573,12 @@ impl Metrics {
         }
     }
 
-    /// Copies the prediction log's counters into the exported metrics.
     /// Counts one damaged `store` moved aside.
     pub fn storage_quarantined(&self, store: &str) {
         self.storage_quarantined.with_label_values(&[store]).inc();
     }
 
+    /// Copies the prediction log's counters into the exported metrics.
     pub fn record_log_stats(&self, stats: &crate::prediction_log::LogStats) {
         let log = &self.log;
         let mut reported = log.reported.lock().unwrap_or_else(|p| p.into_inner());
@@ -569,6 +588,9 @@ impl Metrics {
         log.write_errors.inc_by(stats.write_errors.saturating_sub(reported.write_errors));
         log.unlogged.inc_by(stats.unlogged.saturating_sub(reported.unlogged));
         log.quarantined.inc_by(stats.quarantined_segments.saturating_sub(reported.quarantined_segments));
+        self.unreadable_records
+            .with_label_values(&["prediction_log"])
+            .inc_by(stats.unreadable.saturating_sub(reported.unreadable));
         *reported = *stats;
         log.ids_skipped.set(i64::try_from(stats.ids_skipped).unwrap_or(i64::MAX));
         log.disk_bytes.set(i64::try_from(stats.disk_bytes).unwrap_or(i64::MAX));
@@ -592,7 +614,8 @@ impl Metrics {
         m.outbox_dropped.inc_by(t.dropped.saturating_sub(reported.0));
         m.sent.inc_by(t.sent.saturating_sub(reported.1));
         m.acked.inc_by(t.acked.saturating_sub(reported.2));
-        *reported = (t.dropped.max(reported.0), t.sent.max(reported.1), t.acked.max(reported.2));
+        self.unreadable_records.with_label_values(&["outbox"]).inc_by(t.unreadable.saturating_sub(reported.3));
+        *reported = (t.dropped.max(reported.0), t.sent.max(reported.1), t.acked.max(reported.2), t.unreadable.max(reported.3));
     }
 
     /// System figures for telemetry reports (refreshed at most once a second).

@@ -3,7 +3,8 @@
 //! no network at all.
 //!
 //! Layout under `<data_dir>/models/`: `bundles/<name>/<version>.bundle` (verified bundle files,
-//! written atomically, never modified), `state.json` (active version and history per model, a
+//! written atomically, never modified; encrypted at `name@version` when encryption at rest is
+//! on — [`crate::at_rest`] — and decrypted only in memory, straight into the verifier and tract), `state.json` (active version and history per model, a
 //! generation counter bumped on every change, replaced atomically) and `.lock`. Every change
 //! happens under an exclusive lock on `.lock`, so `outpost-agent import` and `rollback` can run
 //! beside a serving agent: the agent polls `state.json` and swaps when the generation moves.
@@ -28,6 +29,8 @@ use outpost_shared::protocol::keys::PublicKey;
 use outpost_shared::protocol::messages::{SlotMode, WatchdogPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::at_rest::{AtRest, Store};
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +52,8 @@ pub enum StoreError {
     Ambiguous(String),
     #[error(transparent)]
     Name(#[from] outpost_shared::names::NameError),
+    #[error("installed bundle {path} does not read: {why}")]
+    Unreadable { path: PathBuf, why: crate::at_rest::Unreadable },
 }
 
 /// One model's local state.
@@ -120,12 +125,32 @@ pub struct RolledBack {
 pub struct ModelStore {
     dir: PathBuf,
     keep: usize,
+    at_rest: AtRest,
 }
 
 impl ModelStore {
-    /// The store under `data_dir` (created on first write); keeps `keep` versions per model.
-    pub fn new(data_dir: &Path, keep: usize) -> ModelStore {
-        ModelStore { dir: data_dir.join("models"), keep: keep.max(1) }
+    /// The store under `data_dir` (created on first write); keeps `keep` versions per model;
+    /// bundle files written as `at_rest` says.
+    pub fn new(data_dir: &Path, keep: usize, at_rest: &AtRest) -> ModelStore {
+        ModelStore { dir: data_dir.join("models"), keep: keep.max(1), at_rest: at_rest.clone() }
+    }
+
+    /// An installed bundle's bytes, in the clear (in memory only).
+    fn bundle_bytes(&self, name: &str, version: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
+        let stored = std::fs::read(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() }
+            }
+            _ => StoreError::Io { path: path.to_owned(), source },
+        })?;
+        self.at_rest
+            .read(Store::Bundle, format!("{name}@{version}").as_bytes(), &stored)
+            .map_err(|why| StoreError::Unreadable { path: path.to_owned(), why })
+    }
+
+    /// How bundle files are kept (encrypted or not).
+    pub fn at_rest(&self) -> &AtRest {
+        &self.at_rest
     }
 
     /// The store's folder (`<data_dir>/models`).
@@ -211,12 +236,7 @@ impl ModelStore {
     /// Reads and fully verifies an installed bundle.
     pub fn read(&self, name: &str, version: &str, trusted: &[PublicKey]) -> Result<Bundle, StoreError> {
         let path = self.bundle_path(name, version)?;
-        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => {
-                StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() }
-            }
-            _ => StoreError::Io { path: path.clone(), source },
-        })?;
+        let bytes = self.bundle_bytes(name, version, &path)?;
         Ok(Bundle::open(&bytes, trusted)?)
     }
 
@@ -227,7 +247,7 @@ impl ModelStore {
         let manifest = bundle.manifest.clone();
         let path = self.bundle_path(&manifest.name, &manifest.version)?;
         let _lock = self.lock()?;
-        match std::fs::read(&path) {
+        match self.bundle_bytes(&manifest.name, &manifest.version, &path) {
             Ok(existing) if existing == bytes => return Ok(manifest),
             Ok(existing) => {
                 // The same manifest and model with other signatures (an export signed again
@@ -242,10 +262,12 @@ impl ModelStore {
                     installed: outpost_shared::bundle::sha256_hex(&existing),
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StoreError::Io { path, source }),
+            Err(StoreError::NotInstalled { .. }) => {}
+            Err(e) => return Err(e),
         }
-        outpost_shared::files::write_atomic(&path, bytes).map_err(self.io(&path))?;
+        let stored =
+            self.at_rest.write(Store::Bundle, format!("{}@{}", manifest.name, manifest.version).as_bytes(), bytes.to_vec());
+        outpost_shared::files::write_atomic(&path, &stored).map_err(self.io(&path))?;
         Ok(manifest)
     }
 

@@ -3,7 +3,9 @@
 //! # On-disk layout (`<data_dir>/outbox/`, one sled database)
 //! - tree `entries`: seq (big-endian u64) → the sealed envelope's wire bytes. An envelope is
 //!   sealed once, when it is appended, so every retransmission is byte-identical and the
-//!   coordinator's dedupe by (device, seq) recognises it.
+//!   coordinator's dedupe by (device, seq) recognises it. With encryption at rest on, the
+//!   value is those bytes encrypted at their seq ([`crate::at_rest`]); an entry that fails
+//!   authentication (flipped on disk) is removed when met, counted and logged, never sent.
 //! - tree `meta`: `next_seq` and `prediction_cursor` (the next prediction-log id to batch),
 //!   each a big-endian u64.
 //!
@@ -32,6 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use outpost_shared::protocol::messages::{self, Ack, AgentMessage, OutboxStats};
 use outpost_shared::protocol::{self, SigningKey};
 use sled::Transactional;
+
+use crate::at_rest::{AtRest, Store, Unreadable};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,9 @@ pub struct Outbox {
     messages: AtomicU64,
     bytes: AtomicU64,
     dropped: AtomicU64,
+    /// Entries removed because they did not read (failed authentication).
+    unreadable: AtomicU64,
+    at_rest: AtRest,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -94,7 +101,7 @@ impl Outbox {
     /// outbox is quarantined and replaced, and one recovered short goes on above the mark (see
     /// [`Outbox::recovered`]); only a lock held by another process or a disk that cannot be
     /// used is an error.
-    pub fn open(data_dir: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
+    pub fn open(data_dir: &Path, max_bytes: u64, at_rest: &AtRest) -> Result<Outbox, OutboxError> {
         let path = data_dir.join("outbox");
         let seq_file = data_dir.join(SEQ_FILE);
         let mark = read_high_water(&seq_file);
@@ -163,6 +170,8 @@ impl Outbox {
             messages: AtomicU64::new(counts.0),
             bytes: AtomicU64::new(counts.1),
             dropped: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
+            at_rest: at_rest.clone(),
         })
     }
 
@@ -184,6 +193,7 @@ impl Outbox {
         cursor: Option<u64>,
     ) -> Result<u64, OutboxError> {
         let body = messages::encode(message);
+        let at_rest = &self.at_rest;
         let _one = self.appending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The mark first: whatever sled loses later, this seq is never handed out again.
         let next = be(self.meta.get(NEXT_SEQ).map_err(|e| self.storage(e))?.as_deref()).unwrap_or(1);
@@ -193,12 +203,13 @@ impl Outbox {
             let seq = be(meta.get(NEXT_SEQ)?.as_deref()).unwrap_or(1);
             let wire = protocol::seal(key, seq, now_ms(), &body)
                 .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
-            entries.insert(&seq.to_be_bytes(), wire.as_slice())?;
+            let stored = at_rest.write(Store::Outbox, &seq.to_be_bytes(), wire);
+            entries.insert(&seq.to_be_bytes(), stored.as_slice())?;
             meta.insert(NEXT_SEQ, &(seq + 1).to_be_bytes())?;
             if let Some(cursor) = cursor {
                 meta.insert(CURSOR, &cursor.to_be_bytes())?;
             }
-            Ok((seq, wire.len() as u64))
+            Ok((seq, stored.len() as u64))
         });
         let (seq, size) = match result {
             Ok(ok) => ok,
@@ -248,9 +259,33 @@ impl Outbox {
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
         let start = after.map_or(0, |s| s.saturating_add(1));
         let mut out = Vec::with_capacity(limit.min(256));
+        let mut bad = Vec::new();
         for item in self.entries.range(start.to_be_bytes()..).take(limit) {
             let (key, value) = item.map_err(|e| self.storage(e))?;
-            out.push((be(Some(&key)).unwrap_or(0), value.to_vec()));
+            let seq = be(Some(&key)).unwrap_or(0);
+            match self.at_rest.read(Store::Outbox, &key, &value) {
+                Ok(wire) => out.push((seq, wire)),
+                Err(why) => bad.push((key, value.len() as u64, seq, why)),
+            }
+        }
+        for (key, size, seq, why) in bad {
+            if matches!(why, Unreadable::NoKeys | Unreadable::UnknownKey(_)) {
+                // Sealed under keys this agent does not have now: kept (the right key brings
+                // them back), not sent.
+                continue;
+            }
+            // Damaged: never sent, and never left to block the queue: removed, counted, logged.
+            if self.entries.remove(&key).map_err(|e| self.storage(e))?.is_some() {
+                self.messages.fetch_sub(1, Ordering::Relaxed);
+                self.bytes.fetch_sub(size, Ordering::Relaxed);
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    seq,
+                    outbox = %self.path.display(),
+                    error = %why,
+                    "outbox entry does not read: removed, never sent (counted in outpost_agent_unreadable_records_total)"
+                );
+            }
         }
         Ok(out)
     }
@@ -294,13 +329,19 @@ impl Outbox {
             .first()
             .ok()
             .flatten()
-            .and_then(|(_, wire)| protocol::decode(&wire).ok())
+            .and_then(|(key, stored)| self.at_rest.read(Store::Outbox, &key, &stored).ok())
+            .and_then(|wire| protocol::decode(&wire).ok())
             .map_or(0, |e| now_ms().saturating_sub(e.sent_at_ms));
         OutboxStats {
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             oldest_age_ms,
         }
+    }
+
+    /// Entries removed since start because they did not read (failed authentication).
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
     }
 
     /// Messages dropped by the byte bound since start.
@@ -381,15 +422,62 @@ mod tests {
     }
 
     #[test]
+    fn sealed_entries_hide_the_telemetry_and_a_flipped_one_is_removed_never_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = SigningKey::generate().unwrap();
+        let at_rest = AtRest::sealed(std::sync::Arc::new(crate::at_rest::Sealer::ephemeral().unwrap()));
+        let marker = "telemetry-marker-31415";
+        {
+            let outbox = Outbox::open(dir.path(), 1 << 20, &at_rest).unwrap();
+            for _ in 0..5 {
+                let message =
+                    AgentMessage::Event(Event { at_ms: 1, kind: EventKind::AgentStarted, message: marker.into() });
+                outbox.append(&key, &message, None).unwrap();
+            }
+            // What goes to the coordinator is the signed envelope, in the clear.
+            let sent = outbox.pending_after(None, 10).unwrap();
+            assert_eq!(sent.len(), 5);
+            assert!(protocol::open(&sent[0].1, |_| Some(key.public_key())).is_ok());
+            outbox.flush().unwrap();
+        }
+        let mut on_disk = Vec::new();
+        for entry in std::fs::read_dir(dir.path().join("outbox")).unwrap().filter_map(Result::ok) {
+            if entry.path().is_file() {
+                on_disk.extend(std::fs::read(entry.path()).unwrap());
+            }
+        }
+        assert!(!on_disk.windows(marker.len()).any(|w| w == marker.as_bytes()), "telemetry in the clear on disk");
+        {
+            let db = sled::open(dir.path().join("outbox")).unwrap();
+            let entries = db.open_tree("entries").unwrap();
+            let mut value = entries.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+            value[20] ^= 0x08;
+            entries.insert(3u64.to_be_bytes(), value).unwrap();
+            db.flush().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let outbox = Outbox::open(dir.path(), 1 << 20, &at_rest).unwrap();
+        let seqs: Vec<u64> = outbox.pending_after(None, 10).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, vec![1, 2, 4, 5]);
+        assert_eq!((outbox.unreadable(), outbox.stats().messages), (1, 4));
+        // Without the keys nothing is sent and nothing is removed: the right key brings it back.
+        drop(outbox);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let clear = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
+        assert!(clear.pending_after(None, 10).unwrap().is_empty());
+        assert_eq!((clear.unreadable(), clear.stats().messages), (0, 4));
+    }
+
+    #[test]
     fn seqs_survive_reopen_and_acks_free_exactly_what_they_cover() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
         {
-            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+            let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
             assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 1);
             assert_eq!(outbox.append(&key, &event(10), Some(42)).unwrap(), 2);
         }
-        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
         assert_eq!(outbox.prediction_cursor().unwrap(), Some(42));
         assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 3);
         assert_eq!(outbox.stats().messages, 3);
@@ -411,7 +499,7 @@ mod tests {
     fn the_byte_bound_drops_the_oldest_and_counts_it() {
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = SigningKey::generate().unwrap();
-        let outbox = Outbox::open(dir.path(), 2_000).unwrap();
+        let outbox = Outbox::open(dir.path(), 2_000, &AtRest::clear()).unwrap();
         for _ in 0..10 {
             outbox.append(&key, &event(400), None).unwrap();
         }
@@ -424,7 +512,7 @@ mod tests {
 
     /// A healthy outbox in `dir` that handed out `n` seqs (closed again); returns the last.
     fn filled(dir: &Path, key: &SigningKey, n: usize) -> u64 {
-        let outbox = Outbox::open(dir, 1 << 20).unwrap();
+        let outbox = Outbox::open(dir, 1 << 20, &AtRest::clear()).unwrap();
         assert!(outbox.recovered().is_none());
         (0..n).map(|_| outbox.append(key, &event(50), Some(3)).unwrap()).last().unwrap_or(0)
     }
@@ -448,7 +536,7 @@ mod tests {
         filled(dir.path(), &key, 3);
         assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), Some(3));
         ruin(&dir.path().join("outbox"));
-        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
         let r = outbox.recovered().expect("the damage was noticed").clone();
         assert_eq!(r.next_seq, 4, "above every seq the damaged outbox handed out");
         let moved_to = r.moved_to.expect("moved aside");
@@ -459,7 +547,7 @@ mod tests {
         assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 4);
         drop(outbox);
         // Healthy again: nothing to recover, no gap.
-        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
         assert!(outbox.recovered().is_none());
         assert_eq!(outbox.append(&key, &event(10), None).unwrap(), 5);
     }
@@ -471,7 +559,7 @@ mod tests {
         filled(dir.path(), &key, 3);
         // As if sled had lost seqs 4–10 after handing them out (damage cut its log short).
         write_high_water(&dir.path().join(SEQ_FILE), 10).unwrap();
-        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
         let r = outbox.recovered().expect("noticed").clone();
         assert_eq!((r.next_seq, r.moved_to), (11, None));
         assert!(r.what.contains("telemetry 4–10"), "{}", r.what);
@@ -490,7 +578,7 @@ mod tests {
         assert_eq!(read_high_water(&dir.path().join(SEQ_FILE)), None);
         ruin(&dir.path().join("outbox"));
         let before = now_ms();
-        let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
         let next = outbox.recovered().expect("quarantined").next_seq;
         assert!(next >= before, "{next} < {before}");
         assert_eq!(outbox.append(&key, &event(10), None).unwrap(), next);
@@ -500,8 +588,8 @@ mod tests {
     #[test]
     fn a_locked_outbox_is_an_error_not_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = Outbox::open(dir.path(), 1 << 20).unwrap();
-        assert!(matches!(Outbox::open(dir.path(), 1 << 20), Err(OutboxError::Locked(_))));
+        let _held = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
+        assert!(matches!(Outbox::open(dir.path(), 1 << 20, &AtRest::clear()), Err(OutboxError::Locked(_))));
         assert!(!dir.path().join("quarantine").exists(), "nothing moved aside");
     }
 
@@ -532,7 +620,7 @@ mod tests {
                 bytes[i] ^= mask;
                 std::fs::write(path, bytes).unwrap();
             }
-            let outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+            let outbox = Outbox::open(dir.path(), 1 << 20, &AtRest::clear()).unwrap();
             let next = outbox.append(&key, &event(50), None).unwrap();
             proptest::prop_assert!(next > used, "seq {next} after {used}");
         }

@@ -4,7 +4,9 @@
 //! # On-disk layout
 //! `<data_dir>/predictions/seg-<first id, 20 digits>/` — each segment is its own sled database.
 //! Keys are record ids as big-endian u64 (so sled's key order is id order); values are
-//! `[RECORD_FORMAT] ‖ postcard(PredictionRecord)` (`outpost_shared::protocol::records`).
+//! `[RECORD_FORMAT] ‖ postcard(PredictionRecord)` (`outpost_shared::protocol::records`),
+//! sealed at its id when encryption at rest is on ([`crate::at_rest`]: the value is then
+//! `[0xE5] …`; a record that fails authentication is skipped, counted and logged, never sent).
 //!
 //! # Bounds
 //! sled does not give disk space back when records are deleted (measured: ≈ 2× the data and
@@ -47,6 +49,8 @@ use outpost_shared::protocol::records::{PredictionRecord, RecordError, RecordedI
 use outpost_shared::protocol::vocab::Slot;
 use outpost_shared::tensor::{TensorError, datatype_of, slice, tensor_to_le_bytes};
 use serde::{Deserialize, Serialize};
+
+use crate::at_rest::{AtRest, Store, Unreadable};
 
 /// What the prediction log keeps of a request's inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +134,8 @@ pub enum LogError {
     Storage { path: PathBuf, source: sled::Error },
     #[error("prediction log record {id} is unreadable: {source}")]
     Record { id: u64, source: RecordError },
+    #[error("prediction log record {id} is unreadable: {why}")]
+    Unreadable { id: u64, why: Unreadable },
     #[error("prediction log writer has stopped")]
     WriterGone,
 }
@@ -146,6 +152,10 @@ struct Counters {
     budget_bytes: AtomicU64,
     segments: AtomicU64,
     quarantined: AtomicU64,
+    /// Records that failed to decode or authenticate when read (each counted once).
+    unreadable: AtomicU64,
+    /// The highest unreadable id counted so far (reads move forward; a re-read is not a new loss).
+    unreadable_mark: AtomicU64,
 }
 
 /// A snapshot of the log's counters.
@@ -167,6 +177,8 @@ pub struct LogStats {
     pub unlogged: u64,
     /// Damaged segments moved to `predictions/quarantine/` when the log opened.
     pub quarantined_segments: u64,
+    /// Records skipped on read: they failed authentication (bytes flipped on disk) or to decode.
+    pub unreadable: u64,
 }
 
 enum Command {
@@ -186,6 +198,7 @@ pub struct PredictionLog {
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     durability: Durability,
+    at_rest: AtRest,
 }
 
 impl std::fmt::Debug for PredictionLog {
@@ -323,7 +336,7 @@ pub fn records_for_request(
 
 impl PredictionLog {
     /// Opens (or creates) the log under `data_dir/predictions` and starts its writer.
-    pub fn open(data_dir: &Path, config: &PredictionLogConfig) -> Result<PredictionLog, LogError> {
+    pub fn open(data_dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<PredictionLog, LogError> {
         let root = data_dir.join("predictions");
         std::fs::create_dir_all(&root).map_err(|source| LogError::Io { path: root.clone(), source })?;
         let mut firsts: Vec<u64> = std::fs::read_dir(&root)
@@ -336,7 +349,7 @@ impl PredictionLog {
         let mut quarantined = 0;
         for first in firsts {
             let dir = segment_dir(&root, first);
-            match open_contained(&dir, config) {
+            match open_contained(&dir, config, at_rest) {
                 Ok(segment) => segments.push(segment),
                 Err(Opened::Damaged(why)) => {
                     quarantine(&root, &dir, &why)?;
@@ -356,7 +369,7 @@ impl PredictionLog {
         let (ids, skipped) = ids::Ids::open(&root, next_id);
         if segments.is_empty() {
             // Named by the first id it can hold (after a quarantine, past every reserved id).
-            segments.push(open_segment(&segment_dir(&root, ids.next().max(next_id)), config)?);
+            segments.push(open_segment(&segment_dir(&root, ids.next().max(next_id)), config, at_rest)?);
         }
         if let Some(s) = skipped {
             tracing::warn!(
@@ -377,6 +390,7 @@ impl PredictionLog {
             config: config.clone(),
             segments: Arc::clone(&segments),
             counters: Arc::clone(&counters),
+            at_rest: at_rest.clone(),
             failures: FailureLog::default(),
             free_space: std::cell::Cell::new(None),
         };
@@ -393,6 +407,7 @@ impl PredictionLog {
             counters,
             writer: Some(handle),
             durability: config.durability,
+            at_rest: at_rest.clone(),
         })
     }
 
@@ -457,9 +472,7 @@ impl PredictionLog {
                 .get(id.to_be_bytes())
                 .map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
             if let Some(value) = found {
-                return PredictionRecord::decode(&value)
-                    .map(Some)
-                    .map_err(|source| LogError::Record { id, source });
+                return decode(&self.at_rest, id, &value).map(Some).inspect_err(|e| self.unreadable(e, segment));
             }
         }
         Ok(None)
@@ -477,8 +490,12 @@ impl PredictionLog {
                 }
                 let (key, value) =
                     item.map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
-                let id = key_id(&key);
-                out.push(PredictionRecord::decode(&value).map_err(|source| LogError::Record { id, source })?);
+                // A record that does not read is skipped (counted, logged with its place), never
+                // sent: the batch goes on with the next one.
+                match decode(&self.at_rest, key_id(&key), &value) {
+                    Ok(record) => out.push(record),
+                    Err(e) => self.unreadable(&e, segment),
+                }
             }
         }
         Ok(out)
@@ -503,8 +520,43 @@ impl PredictionLog {
             ids_skipped: self.skipped.map_or(0, |s| s.count()),
             unlogged: self.ids.failures(),
             quarantined_segments: c.quarantined.load(Ordering::Relaxed),
+            unreadable: c.unreadable.load(Ordering::Relaxed),
         }
     }
+}
+
+impl PredictionLog {
+    /// Counts and logs a record that did not read (once per id: reads move forward).
+    fn unreadable(&self, error: &LogError, segment: &Segment) {
+        let id = match error {
+            LogError::Record { id, .. } | LogError::Unreadable { id, .. } => *id,
+            _ => return,
+        };
+        if self.counters.unreadable_mark.fetch_max(id, Ordering::Relaxed) >= id {
+            return;
+        }
+        self.counters.unreadable.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            id,
+            segment = %segment.dir.display(),
+            error = %error,
+            "prediction log record skipped: it does not read (never served or sent; counted in outpost_agent_unreadable_records_total)"
+        );
+    }
+}
+
+/// A record as it goes to disk: `[RECORD_FORMAT] ‖ postcard`, sealed at its id when encryption
+/// is on.
+pub(crate) fn encode(at_rest: &AtRest, record: &PredictionRecord) -> Vec<u8> {
+    at_rest.write(Store::PredictionLog, &record.id.to_be_bytes(), record.encode())
+}
+
+/// The record stored under `id`.
+pub(crate) fn decode(at_rest: &AtRest, id: u64, value: &[u8]) -> Result<PredictionRecord, LogError> {
+    let clear = at_rest
+        .read(Store::PredictionLog, &id.to_be_bytes(), value)
+        .map_err(|why| LogError::Unreadable { id, why })?;
+    PredictionRecord::decode(&clear).map_err(|source| LogError::Record { id, source })
 }
 
 impl Drop for PredictionLog {

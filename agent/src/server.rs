@@ -72,6 +72,18 @@ pub enum ServeError {
     Outbox(#[from] OutboxError),
     #[error("{0}")]
     Registry(String),
+    #[error(transparent)]
+    AtRest(#[from] crate::at_rest::AtRestError),
+}
+
+impl ServeError {
+    /// How `serve` exits for this error: a key that cannot be used is configuration (2).
+    pub fn exit(&self) -> crate::exit::ExitStatus {
+        match self {
+            ServeError::AtRest(_) => crate::exit::ExitStatus::Usage,
+            _ => crate::exit::ExitStatus::Failure,
+        }
+    }
 }
 
 /// The telemetry pieces `serve` runs.
@@ -120,12 +132,13 @@ fn setup_telemetry(
     models: &Arc<ModelTable>,
     log: Option<&Arc<PredictionLog>>,
     metrics: &Arc<Metrics>,
+    at_rest: &crate::at_rest::AtRest,
 ) -> Result<Telemetry, ServeError> {
     let identity = Identity::load_or_create(&config.data_dir)?;
     let enrolment = identity.enrolment()?;
     let api_ca = identity.api_ca();
     let client_tls = identity.client_tls();
-    let outbox = Arc::new(Outbox::open(&config.data_dir, config.telemetry.outbox_max_bytes)?);
+    let outbox = Arc::new(Outbox::open(&config.data_dir, config.telemetry.outbox_max_bytes, at_rest)?);
     let link = match &enrolment {
         None => {
             tracing::warn!(
@@ -246,7 +259,11 @@ pub async fn serve(
             tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data directory")
         }
     }
+    // Before any store opens: a key that cannot be used stops the start (exit 2), and nothing
+    // is written.
+    let at_rest = crate::at_rest::for_config(&config.data_dir, &config.encryption)?;
     let metrics = Arc::new(Metrics::new()?);
+    metrics.encryption_at_rest.set(i64::from(at_rest.is_on()));
     let workers = config.runtime.effective_workers();
     let pool =
         Arc::new(WorkerPool::new(workers, config.runtime.queue_capacity).map_err(ServeError::Workers)?);
@@ -254,7 +271,7 @@ pub async fn serve(
     metrics.queue_capacity.set(i64::try_from(config.runtime.queue_capacity).unwrap_or(i64::MAX));
     let models = Arc::new(ModelTable::new(&config.models));
     let log = if config.prediction_log.enabled {
-        let log = PredictionLog::open(&config.data_dir, &config.prediction_log)?;
+        let log = PredictionLog::open(&config.data_dir, &config.prediction_log, &at_rest)?;
         tracing::info!(data_dir = %config.data_dir.display(), next_id = log.next_id(), max_bytes = config.prediction_log.max_bytes, "prediction log open");
         Some(Arc::new(log))
     } else {
@@ -262,7 +279,7 @@ pub async fn serve(
     };
 
     let telemetry = if config.telemetry.enabled {
-        Some(setup_telemetry(&config, &models, log.as_ref(), &metrics)?)
+        Some(setup_telemetry(&config, &models, log.as_ref(), &metrics, &at_rest)?)
     } else {
         None
     };
@@ -286,7 +303,7 @@ pub async fn serve(
     let bundles = !config.registry.trusted_keys.is_empty();
     let watchdog = bundles.then(|| {
         Arc::new(crate::watchdog::Watchdog::new(
-            ModelStore::new(&config.data_dir, config.registry.keep_versions),
+            ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
             telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
             Arc::clone(&metrics),
         ))
@@ -313,6 +330,7 @@ pub async fn serve(
                 Arc::new(move || crate::metrics::TelemetrySnapshot {
                     outbox: outbox.stats(),
                     dropped: outbox.dropped(),
+                    unreadable: outbox.unreadable(),
                     connected: stats.connected.load(std::sync::atomic::Ordering::Relaxed),
                     sent: stats.sent.load(std::sync::atomic::Ordering::Relaxed),
                     acked: stats.acked.load(std::sync::atomic::Ordering::Relaxed),
@@ -334,10 +352,15 @@ pub async fn serve(
     let mut telemetry_tasks = Vec::new();
     if let Some(t) = &telemetry {
         let reporter = Arc::clone(&t.reporter);
+        let described = at_rest.describe();
         let _ = tokio::task::spawn_blocking(move || {
             reporter.event(
                 EventKind::AgentStarted,
                 format!("outpost-agent {} started", env!("CARGO_PKG_VERSION")),
+            );
+            reporter.event(
+                EventKind::AtRest { encryption: described.clone() },
+                format!("encryption at rest: {described}"),
             )
         })
         .await;
@@ -351,7 +374,7 @@ pub async fn serve(
                 let applier = Arc::new(DesiredApplier {
                     device_id: settings.device_id.clone(),
                     coordinator_key: settings.coordinator_key,
-                    store: ModelStore::new(&config.data_dir, config.registry.keep_versions),
+                    store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
                     trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
                     fetch: Fetch {
                         api_url: t.api_url.clone().unwrap_or_default(),
@@ -376,7 +399,7 @@ pub async fn serve(
     if bundles {
         // Before anything loads: damage in the model store (flipped bytes in state.json or a
         // bundle) is moved aside and a verified version served instead of none.
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest);
         let trusted = config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?;
         let repaired = tokio::task::spawn_blocking(move || store.repair(&trusted)).await;
         match repaired {
@@ -407,7 +430,7 @@ pub async fn serve(
     }
     if bundles {
         let reconciler = Arc::new(Reconciler {
-            store: ModelStore::new(&config.data_dir, config.registry.keep_versions),
+            store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
             trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
             models: Arc::clone(&models),
             metrics: Arc::clone(&metrics),
@@ -499,7 +522,7 @@ pub async fn serve(
     }
     if bundles {
         // Not a crash: a version on probation gets no strike for this run.
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions);
+        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest);
         if let Err(e) = tokio::task::spawn_blocking(move || store.clean_exit()).await.unwrap_or(Ok(())) {
             tracing::error!(error = %e, "cannot record the clean exit in the model store");
         }

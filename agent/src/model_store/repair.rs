@@ -88,7 +88,7 @@ impl ModelStore {
         for name in names {
             for version in self.installed(&name) {
                 let path = self.bundle_path(&name, &version)?;
-                let why = match std::fs::read(&path) {
+                let why = match self.bundle_bytes(&name, &version, &path) {
                     Ok(bytes) => match Bundle::open(&bytes, trusted) {
                         Ok(_) => continue,
                         Err(e) => e.to_string(),

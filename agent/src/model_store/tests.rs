@@ -23,9 +23,11 @@ fn bundle(key: &SigningKey, version: &str, model: &[u8]) -> Vec<u8> {
     b.to_bytes()
 }
 
-/// A store with 1.0.0, 1.1.0 and 1.2.0 installed and activated in turn (1.2.0 active).
+/// A store (encrypted at rest) with 1.0.0, 1.1.0 and 1.2.0 installed and activated in turn
+/// (1.2.0 active).
 fn three_versions(dir: &Path) -> (ModelStore, [PublicKey; 1]) {
-    let store = ModelStore::new(dir, 3);
+    let sealer = std::sync::Arc::new(crate::at_rest::Sealer::ephemeral().unwrap());
+    let store = ModelStore::new(dir, 3, &AtRest::sealed(sealer));
     let (key, _) = SigningKey::generate().unwrap();
     let trusted = [key.public_key()];
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
@@ -43,6 +45,26 @@ fn flip(path: &Path) {
         bytes[i] ^= 0xA5;
     }
     std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn sealed_bundles_hold_no_model_bytes_on_disk_and_read_back_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trusted) = three_versions(dir.path());
+    let path = store.bundle_path("bc", "1.1.0").unwrap();
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(crate::at_rest::is_sealed(&on_disk));
+    assert_ne!(&on_disk[..2], &[0x1f, 0x8b], "a gzip stream on disk");
+    assert!(!on_disk.windows(5).any(|w| w == b"1.1.0"), "manifest bytes in the clear");
+    assert_eq!(store.read("bc", "1.1.0", &trusted).unwrap().model, b"1.1.0");
+    // Installing the same version again is a no-op; a store without the keys cannot read it.
+    let (key, _) = SigningKey::generate().unwrap();
+    assert!(matches!(
+        store.install(&bundle(&key, "1.1.0", b"other"), &[key.public_key()]),
+        Err(StoreError::Conflict { .. })
+    ));
+    let keyless = ModelStore::new(dir.path(), 3, &AtRest::clear());
+    assert!(matches!(keyless.read("bc", "1.1.0", &trusted), Err(StoreError::Unreadable { .. })));
 }
 
 #[test]
@@ -104,7 +126,7 @@ fn a_damaged_active_bundle_is_quarantined_and_the_newest_good_version_serves() {
 #[test]
 fn a_version_that_keeps_crashing_the_agent_is_switched_back_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(dir.path(), 3);
+    let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
     let trusted = [key.public_key()];
     for v in ["1.0.0", "1.1.0"] {
@@ -157,7 +179,7 @@ fn a_version_that_keeps_crashing_the_agent_is_switched_back_at_start() {
 #[test]
 fn installs_activates_rolls_back_and_keeps_the_last_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(dir.path(), 3);
+    let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
     let trusted = [key.public_key()];
     for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
@@ -185,7 +207,7 @@ fn installs_activates_rolls_back_and_keeps_the_last_versions() {
 #[test]
 fn refuses_other_bytes_for_an_installed_version_and_untrusted_bundles() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(dir.path(), 3);
+    let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
     let (stranger, _) = SigningKey::generate().unwrap();
     let first = bundle(&key, "1.0.0", b"a");

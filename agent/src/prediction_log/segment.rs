@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outpost_shared::protocol::records::PredictionRecord;
 
-use super::{LogError, PredictionLogConfig};
+use super::{LogError, PredictionLogConfig, decode};
+use crate::at_rest::AtRest;
+
+/// How many records from the end a segment's open looks through for its newest readable one.
+const NEWEST_TRIES: usize = 64;
 
 pub(super) struct Segment {
     pub(super) dir: PathBuf,
@@ -25,8 +28,8 @@ pub(super) enum Opened {
 
 /// Opens a segment with a panic inside sled contained: sled 0.34 panics on some damaged
 /// bytes (`tried to serialize Uninitialized`) instead of returning an error.
-pub(super) fn open_contained(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, Opened> {
-    match crate::damage::contained(|| open_segment(dir, config)) {
+pub(super) fn open_contained(dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<Segment, Opened> {
+    match crate::damage::contained(|| open_segment(dir, config, at_rest)) {
         Ok(Ok(segment)) => Ok(segment),
         Ok(Err(LogError::Storage { source, path })) if is_damage(&source) => {
             Err(Opened::Damaged(format!("{}: {source}", path.display())))
@@ -51,7 +54,7 @@ pub(super) fn quarantine(root: &Path, dir: &Path, why: &str) -> Result<(), LogEr
     Ok(())
 }
 
-pub(super) fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<Segment, LogError> {
+pub(super) fn open_segment(dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<Segment, LogError> {
     let open = || {
         sled::Config::new()
             .path(dir)
@@ -74,11 +77,15 @@ pub(super) fn open_segment(dir: &Path, config: &PredictionLogConfig) -> Result<S
         }
     };
     let storage = |source| LogError::Storage { path: dir.to_owned(), source };
+    // The newest record that still reads (one that fails authentication is skipped here and
+    // counted when it is read).
     let mut newest_at_ms = 0;
-    if let Some((key, value)) = db.last().map_err(storage)? {
-        let id = key_id(&key);
-        let record = PredictionRecord::decode(&value).map_err(|source| LogError::Record { id, source })?;
-        newest_at_ms = record.at_ms;
+    for item in db.iter().rev().take(NEWEST_TRIES) {
+        let (key, value) = item.map_err(storage)?;
+        if let Ok(record) = decode(at_rest, key_id(&key), &value) {
+            newest_at_ms = record.at_ms;
+            break;
+        }
     }
     // A count at open only (sled's len() is a scan); the writer keeps it current afterwards.
     let records = db.len() as u64;

@@ -43,7 +43,7 @@ fn config() -> PredictionLogConfig {
 fn records_are_readable_by_id_and_ids_continue_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
-        let log = PredictionLog::open(dir.path(), &config()).unwrap();
+        let log = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
         let ids = append_n(&log, 100, now_ms(), 120);
         log.flush().unwrap();
         assert_eq!(
@@ -54,7 +54,7 @@ fn records_are_readable_by_id_and_ids_continue_after_reopen() {
         assert_eq!(log.stats().appended, 100);
         ids
     };
-    let log = PredictionLog::open(dir.path(), &config()).unwrap();
+    let log = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
     assert_eq!(log.next_id(), ids[99] + 1, "ids continue after a restart");
     assert!(log.get(ids[0]).unwrap().is_some(), "records survive a restart");
 }
@@ -64,7 +64,7 @@ fn disk_use_stays_within_the_budget_and_evictions_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let budget = 2 * 1024 * 1024;
     let config = PredictionLogConfig { max_bytes: budget, segments: 4, ..config() };
-    let log = PredictionLog::open(dir.path(), &config).unwrap();
+    let log = PredictionLog::open(dir.path(), &config, &AtRest::clear()).unwrap();
     let ids = append_n(&log, 40_000, now_ms(), 200);
     log.flush().unwrap();
     let stats = log.stats();
@@ -83,7 +83,7 @@ fn disk_use_stays_within_the_budget_and_evictions_are_counted() {
 fn old_segments_are_evicted_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let config = PredictionLogConfig { max_bytes: 1024 * 1024, segments: 4, max_age_secs: 3600, ..config() };
-    let log = PredictionLog::open(dir.path(), &config).unwrap();
+    let log = PredictionLog::open(dir.path(), &config, &AtRest::clear()).unwrap();
     let old = append_n(&log, 3_000, now_ms() - 2 * 3_600_000, 200);
     log.flush().unwrap();
     // 3,000 records span several 256 KiB segments; all but the newest may age out (the
@@ -112,4 +112,77 @@ fn walk(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[test]
+fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let at_rest = AtRest::sealed(Arc::new(crate::at_rest::Sealer::ephemeral().unwrap()));
+    // Distinctive input bytes, easy to find in the segment files if they were there.
+    let marker: Vec<u8> = 1234.5678f32.to_le_bytes().repeat(8);
+    let ids = {
+        let log = PredictionLog::open(dir.path(), &config(), &at_rest).unwrap();
+        let ids: Vec<u64> = (0..50)
+            .map(|_| {
+                let id = log.allocate_ids(1).unwrap();
+                let mut r = record(id, now_ms(), 32);
+                if let RecordedInputs::Kept(t) = &mut r.inputs {
+                    t[0].data = marker.clone();
+                }
+                log.append(vec![r]).unwrap();
+                id
+            })
+            .collect();
+        log.flush().unwrap();
+        ids
+    };
+    let mut on_disk = Vec::new();
+    for entry in files_in(&dir.path().join("predictions")) {
+        on_disk.extend(std::fs::read(entry).unwrap());
+    }
+    assert!(!on_disk.windows(marker.len()).any(|w| w == marker.as_slice()), "input bytes in the clear on disk");
+
+    // Flip one byte of record 10's sealed value, as a worn card would.
+    let seg = std::fs::read_dir(dir.path().join("predictions"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .unwrap()
+        .path();
+    {
+        let db = sled::open(&seg).unwrap();
+        let key = ids[10].to_be_bytes();
+        let mut value = db.get(key).unwrap().unwrap().to_vec();
+        let last = value.len() - 3;
+        value[last] ^= 0x01;
+        db.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = PredictionLog::open(dir.path(), &config(), &at_rest).unwrap();
+    let read = log.read_from(ids[0], 100).unwrap();
+    assert_eq!(read.len(), 49, "the damaged record is skipped, the others read");
+    assert!(read.iter().all(|r| r.id != ids[10]));
+    assert!(matches!(log.get(ids[10]), Err(LogError::Unreadable { .. })));
+    assert_eq!(log.stats().unreadable, 1);
+    // Re-reading the same range is not a new loss.
+    log.read_from(ids[0], 100).unwrap();
+    assert_eq!(log.stats().unreadable, 1);
+    // Without the keys, sealed records do not read at all.
+    drop(log);
+    std::thread::sleep(Duration::from_millis(200));
+    let clear = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
+    assert!(matches!(
+        clear.get(ids[0]),
+        Err(LogError::Unreadable { why: Unreadable::NoKeys, .. })
+    ));
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() { out.extend(files_in(&path)) } else { out.push(path) }
+    }
+    out
 }

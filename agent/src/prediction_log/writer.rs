@@ -12,7 +12,8 @@ use outpost_shared::endpoints::now_ms;
 use outpost_shared::protocol::records::PredictionRecord;
 
 use super::segment::{Segment, key_id, open_segment, segment_dir, total_size};
-use super::{BATCH_RECORDS, Command, Counters, Durability, PredictionLogConfig};
+use super::{BATCH_RECORDS, Command, Counters, Durability, PredictionLogConfig, encode};
+use crate::at_rest::AtRest;
 
 /// The single owner of all writes.
 pub(super) struct Writer {
@@ -20,6 +21,8 @@ pub(super) struct Writer {
     pub(super) config: PredictionLogConfig,
     pub(super) segments: Arc<RwLock<Vec<Segment>>>,
     pub(super) counters: Arc<Counters>,
+    /// Seals each record (or writes it in the clear with encryption off).
+    pub(super) at_rest: AtRest,
     /// Write failures are logged once per [`ERROR_LOG_INTERVAL`] with how many there were: on
     /// a full disk shared with the journal, a line per batch would make things worse.
     pub(super) failures: FailureLog,
@@ -162,7 +165,7 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let mut newest = 0;
         for record in pending.iter() {
-            batch.insert(&record.id.to_be_bytes(), record.encode());
+            batch.insert(&record.id.to_be_bytes(), encode(&self.at_rest, record));
             newest = newest.max(record.at_ms);
         }
         let count = pending.len() as u64;
@@ -260,7 +263,7 @@ impl Writer {
         if active_full {
             let first_id =
                 segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);
-            match open_segment(&segment_dir(&self.root, first_id), &self.config) {
+            match open_segment(&segment_dir(&self.root, first_id), &self.config, &self.at_rest) {
                 Ok(segment) => segments.push(segment),
                 Err(e) => {
                     self.counters.write_errors.fetch_add(1, Ordering::Relaxed);

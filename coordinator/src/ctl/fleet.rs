@@ -82,6 +82,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 .wide("AGENT")
                 .wide("ENROLLED")
                 .wide("DESIRED")
+                .wide("AT REST")
                 .wide("KEY ID");
             for d in devices {
                 let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -104,6 +105,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     d.agent_version.clone().unwrap_or_else(|| "-".into()),
                     crate::models::packaging::utc(d.enrolled_at_ms / 1000),
                     desired.unwrap_or_else(|| "-".into()),
+                    d.at_rest.as_deref().map_or("-", |s| if s.starts_with("on") { "encrypted" } else { "off" }).into(),
                     d.key_id.clone(),
                 ]);
             }
@@ -175,6 +177,7 @@ pub(super) fn print_device(d: &DeviceView) {
     say!("device   {} ({}, last seen {})", d.id, d.status, ago(d.last_seen_ms));
     say!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
     say!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
+    say!("at rest  {}", d.at_rest.as_deref().unwrap_or("-"));
     say!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
     for m in &d.models {
         let reason = m.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();

@@ -87,6 +87,10 @@ pub struct DeviceRecord {
     /// The serial number (hex) of the client certificate enrolment issued it.
     #[serde(default)]
     pub cert_serial: Option<String>,
+    /// How the agent keeps its stores on disk, as it said at its last start: `on (cipher, key
+    /// from …)` or `off`.
+    #[serde(default)]
+    pub at_rest: Option<String>,
     /// When it was revoked and by whom; a revoked device's telemetry is refused.
     #[serde(default)]
     pub revoked: Option<Revocation>,
@@ -156,6 +160,7 @@ impl DeviceRecord {
             last_windows: Vec::new(),
             cert_serial: None,
             revoked: None,
+            at_rest: None,
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage, DriftReport};
+use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage, DriftReport, EventKind};
 use outpost_shared::protocol::{self, EnvelopeError, PublicKey};
 use prometheus::IntCounterVec;
 
@@ -166,6 +166,9 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
         }
         AgentMessage::Event(event) => {
             record.counts.events += 1;
+            if let EventKind::AtRest { encryption } = &event.kind {
+                record.at_rest = Some(encryption.clone());
+            }
             record.recent_events.push(event.clone());
             let excess = record.recent_events.len().saturating_sub(crate::fleet::devices::RECENT_EVENTS);
             record.recent_events.drain(..excess);

@@ -492,6 +492,9 @@ pub struct DeviceView {
     /// When and by whom it was revoked (`status` is then `revoked`).
     #[serde(default)]
     pub revoked: Option<crate::fleet::devices::Revocation>,
+    /// Encryption at rest on the device (`on (…)` or `off`), from its last start.
+    #[serde(default)]
+    pub at_rest: Option<String>,
 }
 
 fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
@@ -517,6 +520,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         recent_events: d.recent_events,
         drift: d.drift,
         drift_at_ms: d.drift_at_ms,
+        at_rest: d.at_rest,
     }
 }
 

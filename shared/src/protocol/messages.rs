@@ -179,6 +179,11 @@ pub enum EventKind {
         store: String,
         lost: String,
     },
+    /// How the agent keeps its stores on disk, sent at start: `on (chacha20-poly1305, key from
+    /// …)` or `off`. Appended last.
+    AtRest {
+        encryption: String,
+    },
 }
 
 impl EventKind {
@@ -195,6 +200,7 @@ impl EventKind {
             EventKind::ModelRefused => "ModelRefused",
             EventKind::WatchdogRolledBack | EventKind::WatchdogReverted { .. } => "WatchdogRolledBack",
             EventKind::StorageQuarantined { .. } => "StorageQuarantined",
+            EventKind::AtRest { .. } => "AtRest",
         }
     }
 }

@@ -286,7 +286,7 @@ impl Overview {
         } else {
             out.push_str(
                 "<table data-table=\"devices\"><tr><th>device</th><th>labels</th><th>status</th><th>models (actual)</th>\
-                 <th>desired</th><th>backlog</th><th>last seen</th><th>agent</th><th>drift now</th></tr>",
+                 <th>desired</th><th>backlog</th><th>last seen</th><th>agent</th><th>at rest</th><th>drift now</th></tr>",
             );
             for (d, status, desired) in rows {
                 let labels: Vec<String> =
@@ -323,10 +323,17 @@ impl Overview {
                     .flat_map(|m| m.features.iter().chain(&m.prediction).filter(|f| f.drifted))
                     .map(|f| e(&f.feature))
                     .collect();
+                // Encryption at rest, as the agent said at its start: `off` stands out.
+                let (at_rest_kind, at_rest_cell) = match d.at_rest.as_deref() {
+                    None => ("unknown", "?".to_owned()),
+                    Some(s) if s.starts_with("on") => ("on", format!("<span title=\"{}\">encrypted</span>", e(s))),
+                    Some(s) => ("off", format!("{} <span title=\"{}\"></span>", badge("warn", "off"), e(s))),
+                };
                 let _ = write!(
                     out,
                     "<tr data-device=\"{id}\" data-status=\"{status}\"><td>{id}</td><td>{}</td><td>{}</td><td>{}</td>\
-                     <td>{}</td><td data-backlog=\"{}\">{} msg{}</td><td>{}</td><td>{}</td><td data-drifting=\"{}\">{}</td></tr>",
+                     <td>{}</td><td data-backlog=\"{}\">{} msg{}</td><td>{}</td><td>{}</td><td data-at-rest=\"{}\">{}</td>\
+                     <td data-drifting=\"{}\">{}</td></tr>",
                     labels.join(" "),
                     badge(status_kind(status), status),
                     models.join("<br>"),
@@ -344,6 +351,8 @@ impl Overview {
                     },
                     d.last_seen_ms.map_or("never".into(), |t| ago(self.now, t)),
                     e(d.agent_version.as_deref().unwrap_or("?")),
+                    at_rest_kind,
+                    at_rest_cell,
                     drifting.join(","),
                     if drifting.is_empty() { "—".into() } else { drifting.join(", ") },
                     id = e(&d.id),

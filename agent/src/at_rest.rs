@@ -1,0 +1,747 @@
+//! Encryption at rest: the prediction log, the outbox and installed model bundles are sealed
+//! with ChaCha20-Poly1305 (ring) under a data key, so their bytes on disk carry no input value
+//! and no model.
+//!
+//! # Keys
+//! - The **key-encryption key** (KEK, 32 bytes, 64 hex digits) comes from a source the
+//!   operator chooses ([`KeySource`]): `file:PATH` (0600; a Kubernetes Secret mounted as a
+//!   file), `env:NAME` (a Secret as an environment variable), or `credential:NAME` — a systemd
+//!   credential (`LoadCredentialEncrypted=`, which systemd can seal to the TPM2) read from
+//!   `$CREDENTIALS_DIRECTORY/NAME`. Without a configured source the agent makes
+//!   `<data_dir>/identity/storage.key` (0600) at first start: that protects stores copied off
+//!   without the identity directory, not a stolen disk.
+//! - **Data keys** (32 random bytes each) live in `<data_dir>/keyring.json` (0600, with a
+//!   `.bak` copy), each wrapped (sealed) by the KEK. The keyring names the KEK by fingerprint, so
+//!   a wrong key is told apart from a damaged keyring. `outpost-agent keys rotate` adds a new
+//!   data key for new records; older keys stay, so every record stays readable until it is
+//!   evicted. `keys rewrap --to SOURCE` re-wraps every data key under a new KEK; neither
+//!   rewrites a record.
+//!
+//! # Sealed bytes
+//! `[0xE5][1][key id: u32 BE][nonce: 12][ciphertext ‖ tag: 16]`. The associated data is the
+//! store's label and the record's place (prediction id, outbox seq, `name@version`), so a
+//! record moved to another id or store fails authentication. Nonces are a random 64-bit
+//! per-process base plus a counter: unique within a process by construction, and across
+//! processes unless two random bases land within 2^32 × the counter's epochs of each other.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+/// The first byte of sealed bytes (never the first byte of a plaintext record, envelope or
+/// gzip stream).
+pub const SEALED: u8 = 0xE5;
+const SEALED_VERSION: u8 = 1;
+const HEADER: usize = 2 + 4 + NONCE_LEN;
+const TAG: usize = 16;
+/// Bytes sealing adds.
+pub const OVERHEAD: usize = HEADER + TAG;
+/// The name the cipher goes by in reports and `/metrics`.
+pub const CIPHER: &str = "chacha20-poly1305";
+
+/// Where sealed bytes live (part of what they are authenticated with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    PredictionLog,
+    Outbox,
+    Bundle,
+    Download,
+}
+
+impl Store {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Store::PredictionLog => b"outpost/at-rest/predictions\0",
+            Store::Outbox => b"outpost/at-rest/outbox\0",
+            Store::Bundle => b"outpost/at-rest/bundle\0",
+            Store::Download => b"outpost/at-rest/download\0",
+        }
+    }
+
+    /// The store's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::PredictionLog => "prediction_log",
+            Store::Outbox => "outbox",
+            Store::Bundle => "model_store",
+            Store::Download => "downloads",
+        }
+    }
+}
+
+/// Whether the stores are encrypted (`[encryption] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    On,
+    Off,
+}
+
+/// Encryption at rest (`[encryption]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// `on` (default): the prediction log, outbox and installed bundles are encrypted; `off`:
+    /// they are written in the clear (said in `/metrics`, the device's reports and the
+    /// dashboard).
+    pub mode: Mode,
+    /// Where the key-encryption key comes from: `file:PATH`, `env:NAME` or `credential:NAME`
+    /// (a systemd credential). Unset: `<data_dir>/identity/storage.key`, made at first start.
+    pub key: Option<String>,
+}
+
+impl EncryptionConfig {
+    /// The key source in force for `data_dir`.
+    pub fn source(&self, data_dir: &Path) -> Result<KeySource, AtRestError> {
+        match &self.key {
+            Some(spec) => spec.parse(),
+            None => Ok(KeySource::default_for(data_dir)),
+        }
+    }
+}
+
+/// Where a key-encryption key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env(String),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential(String),
+}
+
+impl KeySource {
+    /// `<data_dir>/identity/storage.key`.
+    pub fn default_for(data_dir: &Path) -> KeySource {
+        KeySource::File(data_dir.join("identity").join("storage.key"))
+    }
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(path) => write!(f, "file:{}", path.display()),
+            KeySource::Env(name) => write!(f, "env:{name}"),
+            KeySource::Credential(name) => write!(f, "credential:{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for KeySource {
+    type Err = AtRestError;
+
+    fn from_str(spec: &str) -> Result<KeySource, AtRestError> {
+        let bad = |problem: &str| AtRestError::Source { spec: spec.to_owned(), problem: problem.to_owned() };
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| bad("expected file:PATH, env:NAME or credential:NAME"))?;
+        if rest.is_empty() {
+            return Err(bad("nothing after the colon"));
+        }
+        match kind {
+            "file" => Ok(KeySource::File(PathBuf::from(rest))),
+            "env" if rest.starts_with(crate::config::ENV_PREFIX) => Err(bad(
+                "a variable named OUTPOST_… is read as a configuration key; give the key a name outside that prefix",
+            )),
+            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(KeySource::Env(rest.into())),
+            "env" => Err(bad("an environment variable name is letters, digits and `_`")),
+            "credential" if !rest.contains('/') && rest != "." && rest != ".." => {
+                Ok(KeySource::Credential(rest.into()))
+            }
+            "credential" => Err(bad("a credential name has no `/`")),
+            _ => Err(bad("expected file:PATH, env:NAME or credential:NAME")),
+        }
+    }
+}
+
+/// Why the stores' keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AtRestError {
+    #[error("encryption key source `{spec}`: {problem}")]
+    Source { spec: String, problem: String },
+    #[error("encryption key from {source_name} is missing: {problem}")]
+    Missing { source_name: String, problem: String },
+    #[error("encryption key from {source_name} is not usable: {problem} (expected 64 hex digits or 32 bytes)")]
+    Invalid { source_name: String, problem: String },
+    #[error(
+        "the key from {source_name} (fingerprint {found}) is not the key that wrapped {keyring} (fingerprint {expected}): \
+         refusing to start; nothing was changed — configure the key this device was set up with"
+    )]
+    WrongKey { source_name: String, found: String, expected: String, keyring: PathBuf },
+    #[error("keyring {path} is not usable: {problem}")]
+    Keyring { path: PathBuf, problem: String },
+    #[error("cannot use {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no random numbers from the system")]
+    Random,
+}
+
+/// Why sealed bytes could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("sealed bytes are too short ({0} bytes)")]
+    Short(usize),
+    #[error("sealed with format {0}, this build reads 1")]
+    Format(u8),
+    #[error("sealed with data key {0:08x}, which this keyring does not hold")]
+    UnknownKey(u32),
+    #[error("failed authentication (damaged on disk, or moved from elsewhere)")]
+    Authentication,
+    #[error("encrypted, and encryption is off in this agent's configuration")]
+    NoKeys,
+}
+
+/// A key-encryption key and where it came from (the bytes never reach a log).
+pub struct Kek {
+    bytes: [u8; 32],
+    source: KeySource,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek").field("source", &self.source).field("fingerprint", &self.fingerprint()).finish()
+    }
+}
+
+impl Kek {
+    /// Reads the key from its source; `create` makes a missing key file (the default source).
+    pub fn load(source: &KeySource, create: bool) -> Result<Kek, AtRestError> {
+        let name = source.to_string();
+        let missing = |problem: String| AtRestError::Missing { source_name: name.clone(), problem };
+        let raw: Vec<u8> = match source {
+            KeySource::File(path) => match std::fs::read(path) {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                    let kek = Kek::generate(source.clone())?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|source| AtRestError::Io { path: dir.to_owned(), source })?;
+                    }
+                    outpost_shared::files::write_private(path, hex::encode(kek.bytes).as_bytes())
+                        .map_err(|source| AtRestError::Io { path: path.clone(), source })?;
+                    return Ok(kek);
+                }
+                Err(e) => return Err(missing(e.to_string())),
+            },
+            KeySource::Env(var) => match std::env::var(var) {
+                Ok(value) => value.into_bytes(),
+                Err(e) => return Err(missing(e.to_string())),
+            },
+            KeySource::Credential(cred) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    missing(
+                        "CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential= or LoadCredentialEncrypted=)"
+                            .into(),
+                    )
+                })?;
+                let path = Path::new(&dir).join(cred);
+                std::fs::read(&path).map_err(|e| missing(format!("{}: {e}", path.display())))?
+            }
+        };
+        let bytes = parse_key(&raw).map_err(|problem| AtRestError::Invalid { source_name: name, problem })?;
+        Ok(Kek { bytes, source: source.clone() })
+    }
+
+    fn generate(source: KeySource) -> Result<Kek, AtRestError> {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new().fill(&mut bytes).map_err(|_| AtRestError::Random)?;
+        Ok(Kek { bytes, source })
+    }
+
+    /// A short public name for the key: the first 8 bytes of SHA-256 over a label and the key.
+    pub fn fingerprint(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"outpost/at-rest/kek-fingerprint\0");
+        ctx.update(&self.bytes);
+        hex::encode(&ctx.finish().as_ref()[..8])
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    fn cipher(&self) -> LessSafeKey {
+        cipher(&self.bytes)
+    }
+}
+
+fn parse_key(raw: &[u8]) -> Result<[u8; 32], String> {
+    let text = std::str::from_utf8(raw).ok().map(str::trim);
+    if let Some(text) = text.filter(|t| t.len() == 64)
+        && let Ok(bytes) = hex::decode(text)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    if let Ok(key) = <[u8; 32]>::try_from(raw) {
+        return Ok(key);
+    }
+    Err(format!("it holds {} bytes", raw.len()))
+}
+
+fn cipher(bytes: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is always a valid ChaCha20-Poly1305 key.
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable!("32-byte key")))
+}
+
+/// `keyring.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    format: u32,
+    cipher: String,
+    /// The fingerprint of the KEK that wrapped the keys.
+    kek: String,
+    current: u32,
+    keys: Vec<WrappedKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrappedKey {
+    id: u32,
+    created_ms: u64,
+    /// hex(nonce ‖ sealed key ‖ tag)
+    wrapped: String,
+}
+
+fn keyring_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keyring.json")
+}
+
+fn backup_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keyring.json.bak")
+}
+
+fn wrap_aad(id: u32) -> Vec<u8> {
+    [&b"outpost/at-rest/keyring\0"[..], &id.to_be_bytes()[..]].concat()
+}
+
+fn wrap(kek: &Kek, id: u32, key: &[u8; 32]) -> Result<String, AtRestError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new().fill(&mut nonce).map_err(|_| AtRestError::Random)?;
+    let mut sealed = key.to_vec();
+    kek.cipher()
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(wrap_aad(id)), &mut sealed)
+        .map_err(|_| AtRestError::Random)?;
+    Ok(hex::encode([&nonce[..], &sealed].concat()))
+}
+
+fn unwrap(kek: &Kek, key: &WrappedKey) -> Option<[u8; 32]> {
+    let raw = hex::decode(&key.wrapped).ok()?;
+    if raw.len() != NONCE_LEN + 32 + TAG {
+        return None;
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN]).ok()?;
+    let mut sealed = raw[NONCE_LEN..].to_vec();
+    let plain = kek.cipher().open_in_place(nonce, Aad::from(wrap_aad(key.id)), &mut sealed).ok()?;
+    <[u8; 32]>::try_from(&plain[..]).ok()
+}
+
+fn read_keyring(data_dir: &Path) -> Result<Option<KeyringFile>, AtRestError> {
+    let path = keyring_path(data_dir);
+    let parse = |p: &Path| -> Result<Option<KeyringFile>, String> {
+        match std::fs::read(p) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match parse(&path) {
+        Ok(Some(file)) => Ok(Some(file)),
+        // A damaged or missing keyring beside a good copy: the copy (written first) serves.
+        first => match parse(&backup_path(data_dir)) {
+            Ok(Some(file)) => {
+                tracing::warn!(keyring = %path.display(), "keyring unreadable or missing: using its .bak copy");
+                Ok(Some(file))
+            }
+            _ => first.map_err(|problem| AtRestError::Keyring { path, problem }),
+        },
+    }
+}
+
+fn write_keyring(data_dir: &Path, file: &KeyringFile) -> Result<(), AtRestError> {
+    let bytes = serde_json::to_vec_pretty(file).map_err(|e| AtRestError::Keyring {
+        path: keyring_path(data_dir),
+        problem: e.to_string(),
+    })?;
+    for path in [backup_path(data_dir), keyring_path(data_dir)] {
+        outpost_shared::files::write_private(&path, &bytes).map_err(|source| AtRestError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+fn new_key_id(taken: &[WrappedKey]) -> Result<u32, AtRestError> {
+    let rng = SystemRandom::new();
+    loop {
+        let mut id = [0u8; 4];
+        rng.fill(&mut id).map_err(|_| AtRestError::Random)?;
+        let id = u32::from_be_bytes(id);
+        if id != 0 && taken.iter().all(|k| k.id != id) {
+            return Ok(id);
+        }
+    }
+}
+
+fn new_data_key(kek: &Kek, taken: &[WrappedKey]) -> Result<WrappedKey, AtRestError> {
+    let mut key = [0u8; 32];
+    SystemRandom::new().fill(&mut key).map_err(|_| AtRestError::Random)?;
+    let id = new_key_id(taken)?;
+    Ok(WrappedKey { id, created_ms: outpost_shared::endpoints::now_ms(), wrapped: wrap(kek, id, &key)? })
+}
+
+/// What [`open`] found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The keyring was made now (first start with encryption on).
+    pub created_keyring: bool,
+    /// The default key file was made now.
+    pub created_key_file: bool,
+}
+
+/// Opens (or, at first start, makes) the keyring under the configured key: the sealer every
+/// store uses. A wrong or missing key is an error naming its source; nothing is written then.
+pub fn open(data_dir: &Path, config: &EncryptionConfig) -> Result<(Sealer, Opened), AtRestError> {
+    let source = config.source(data_dir)?;
+    let existing = read_keyring(data_dir)?;
+    // The default key file is made only for a device that has no keyring yet: a keyring
+    // without its key is a lost key, never a reason to make another.
+    let may_create = config.key.is_none() && existing.is_none();
+    let had_file = matches!(&source, KeySource::File(p) if p.exists());
+    let kek = Kek::load(&source, may_create)?;
+    let created_key_file = may_create && !had_file;
+    let (file, created_keyring) = match existing {
+        Some(file) => (file, false),
+        None => {
+            let first = new_data_key(&kek, &[])?;
+            let file = KeyringFile {
+                format: 1,
+                cipher: CIPHER.into(),
+                kek: kek.fingerprint(),
+                current: first.id,
+                keys: vec![first],
+            };
+            write_keyring(data_dir, &file)?;
+            (file, true)
+        }
+    };
+    let sealer = Sealer::from_keyring(data_dir, &kek, &file)?;
+    Ok((sealer, Opened { created_keyring, created_key_file }))
+}
+
+/// The stores' [`AtRest`] for this configuration, with what it found logged: on — the keyring
+/// opened (made at first start, and the default key file with it); off — in the clear, with the
+/// keys still used to read what was sealed before, when there are any.
+pub fn for_config(data_dir: &Path, config: &EncryptionConfig) -> Result<AtRest, AtRestError> {
+    match config.mode {
+        Mode::On => {
+            let (sealer, opened) = open(data_dir, config)?;
+            if opened.created_key_file {
+                // Logged, and on stderr for the offline commands (which log nothing else).
+                let note = made_key_file_note(sealer.source());
+                tracing::warn!("{note}");
+                if !tracing::dispatcher::has_been_set() {
+                    eprintln!("note: {note}");
+                }
+            }
+            let at_rest = AtRest::sealed(std::sync::Arc::new(sealer));
+            tracing::info!(encryption = %at_rest.describe(), new_keyring = opened.created_keyring, "encryption at rest");
+            Ok(at_rest)
+        }
+        Mode::Off => {
+            let at_rest = match read_keyring(data_dir)? {
+                None => AtRest::clear(),
+                Some(_) => match open(data_dir, &EncryptionConfig { mode: Mode::On, key: config.key.clone() }) {
+                    Ok((sealer, _)) => AtRest::reading(std::sync::Arc::new(sealer)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "encryption is off and the keys of earlier sealed records cannot be used: those records stay unread (kept)");
+                        AtRest::clear()
+                    }
+                },
+            };
+            tracing::warn!(
+                encryption = %at_rest.describe(),
+                "encryption at rest is OFF: the prediction log, outbox and installed bundles are written in the clear"
+            );
+            Ok(at_rest)
+        }
+    }
+}
+
+/// What the agent says once, when it makes the default key file.
+fn made_key_file_note(source: &str) -> String {
+    format!(
+        "encryption at rest: made a key file ({source}, 0600) for the prediction log, outbox and bundles. It protects \
+         them when they are copied off without the identity directory, not a stolen disk (the key is on it too): for \
+         that, give the key as a TPM-sealed systemd credential (`[encryption] key = \"credential:NAME\"`, see \
+         deploy/systemd)"
+    )
+}
+
+/// `outpost-agent keys rotate`: a new data key for new records; the old ones stay for reading.
+/// Returns (previous current key id, new current key id).
+pub fn rotate(data_dir: &Path, config: &EncryptionConfig) -> Result<(u32, u32), AtRestError> {
+    let source = config.source(data_dir)?;
+    let path = keyring_path(data_dir);
+    let mut file = read_keyring(data_dir)?.ok_or_else(|| AtRestError::Keyring {
+        path: path.clone(),
+        problem: "there is no keyring yet (it is made when the agent first starts with encryption on)".into(),
+    })?;
+    let kek = Kek::load(&source, false)?;
+    // Checks the key (and every wrapped key) before anything is written.
+    Sealer::from_keyring(data_dir, &kek, &file)?;
+    let key = new_data_key(&kek, &file.keys)?;
+    let before = file.current;
+    file.current = key.id;
+    file.keys.push(key);
+    write_keyring(data_dir, &file)?;
+    Ok((before, file.current))
+}
+
+/// `outpost-agent keys rewrap --to SOURCE`: every data key re-wrapped under the new KEK.
+/// Returns the new key's fingerprint.
+pub fn rewrap(data_dir: &Path, config: &EncryptionConfig, to: &KeySource) -> Result<String, AtRestError> {
+    let source = config.source(data_dir)?;
+    let path = keyring_path(data_dir);
+    let mut file = read_keyring(data_dir)?.ok_or_else(|| AtRestError::Keyring {
+        path: path.clone(),
+        problem: "there is no keyring yet".into(),
+    })?;
+    let old = Kek::load(&source, false)?;
+    let keys = unwrap_all(data_dir, &old, &file)?;
+    let new = Kek::load(to, false)?;
+    file.keys = keys
+        .iter()
+        .map(|(meta, key)| Ok(WrappedKey { id: meta.id, created_ms: meta.created_ms, wrapped: wrap(&new, meta.id, key)? }))
+        .collect::<Result<_, AtRestError>>()?;
+    file.kek = new.fingerprint();
+    write_keyring(data_dir, &file)?;
+    Ok(file.kek)
+}
+
+/// What `keys status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringStatus {
+    /// The fingerprint of the key-encryption key that wraps the data keys.
+    pub kek_fingerprint: String,
+    pub keys: Vec<DataKeyInfo>,
+}
+
+/// One data key (never its bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyInfo {
+    pub id: u32,
+    pub created_ms: u64,
+    /// New records are sealed with it.
+    pub current: bool,
+}
+
+/// The keyring's keys, `None` before the first start with encryption on.
+pub fn status(data_dir: &Path) -> Result<Option<KeyringStatus>, AtRestError> {
+    Ok(read_keyring(data_dir)?.map(|file| KeyringStatus {
+        keys: file
+            .keys
+            .iter()
+            .map(|k| DataKeyInfo { id: k.id, created_ms: k.created_ms, current: k.id == file.current })
+            .collect(),
+        kek_fingerprint: file.kek,
+    }))
+}
+
+fn unwrap_all(data_dir: &Path, kek: &Kek, file: &KeyringFile) -> Result<Vec<(WrappedKey, [u8; 32])>, AtRestError> {
+    let path = keyring_path(data_dir);
+    if file.kek != kek.fingerprint() {
+        return Err(AtRestError::WrongKey {
+            source_name: kek.source.to_string(),
+            found: kek.fingerprint(),
+            expected: file.kek.clone(),
+            keyring: path,
+        });
+    }
+    if file.cipher != CIPHER || file.format != 1 {
+        return Err(AtRestError::Keyring {
+            path,
+            problem: format!("format {} with {}: this build reads format 1 with {CIPHER}", file.format, file.cipher),
+        });
+    }
+    file.keys
+        .iter()
+        .map(|k| {
+            unwrap(kek, k).map(|key| (k.clone(), key)).ok_or_else(|| AtRestError::Keyring {
+                path: path.clone(),
+                problem: format!("data key {:08x} does not open under the configured key (damaged)", k.id),
+            })
+        })
+        .collect()
+}
+
+/// Seals and opens the stores' bytes. Shared by every store behind an `Arc`.
+pub struct Sealer {
+    keys: BTreeMap<u32, LessSafeKey>,
+    current: u32,
+    nonce_base: u64,
+    counter: AtomicU64,
+    source: String,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer").field("current", &self.current).field("keys", &self.keys.len()).finish()
+    }
+}
+
+impl Sealer {
+    fn from_keyring(data_dir: &Path, kek: &Kek, file: &KeyringFile) -> Result<Sealer, AtRestError> {
+        let keys: BTreeMap<u32, LessSafeKey> =
+            unwrap_all(data_dir, kek, file)?.into_iter().map(|(meta, key)| (meta.id, cipher(&key))).collect();
+        if !keys.contains_key(&file.current) {
+            return Err(AtRestError::Keyring {
+                path: keyring_path(data_dir),
+                problem: format!("its current key {:08x} is not among its keys", file.current),
+            });
+        }
+        Sealer::new(keys, file.current, kek.source.to_string())
+    }
+
+    fn new(keys: BTreeMap<u32, LessSafeKey>, current: u32, source: String) -> Result<Sealer, AtRestError> {
+        let mut base = [0u8; 8];
+        SystemRandom::new().fill(&mut base).map_err(|_| AtRestError::Random)?;
+        Ok(Sealer { keys, current, nonce_base: u64::from_be_bytes(base), counter: AtomicU64::new(0), source })
+    }
+
+    /// A sealer with one random key (tests, benchmarks).
+    pub fn ephemeral() -> Result<Sealer, AtRestError> {
+        let kek = Kek::generate(KeySource::Env("EPHEMERAL".into()))?;
+        Sealer::new(BTreeMap::from([(1, kek.cipher())]), 1, "ephemeral".into())
+    }
+
+    /// Where the key-encryption key came from (for logs and reports; never the key).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The data key new records are sealed with.
+    pub fn current_key(&self) -> u32 {
+        self.current
+    }
+
+    /// Seals `plaintext` for `store` at `place`.
+    pub fn seal(&self, store: Store, place: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.nonce_base.wrapping_add(n >> 32).to_be_bytes());
+        nonce[8..].copy_from_slice(&(n as u32).to_be_bytes());
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.extend_from_slice(&[SEALED, SEALED_VERSION]);
+        out.extend_from_slice(&self.current.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let key = &self.keys[&self.current];
+        // ring refuses only inputs over 256 GiB (ChaCha20's block counter): not one record.
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aad(store, place), &mut out[HEADER..])
+            .unwrap_or_else(|_| unreachable!("a record below 256 GiB"));
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens bytes [`Sealer::seal`] made for `store` at `place`.
+    pub fn open(&self, store: Store, place: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Unreadable> {
+        let (id, nonce, body) = split(sealed)?;
+        let key = self.keys.get(&id).ok_or(Unreadable::UnknownKey(id))?;
+        let mut body = body.to_vec();
+        let n = key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), aad(store, place), &mut body)
+            .map_err(|_| Unreadable::Authentication)?
+            .len();
+        body.truncate(n);
+        Ok(body)
+    }
+}
+
+fn aad(store: Store, place: &[u8]) -> Aad<Vec<u8>> {
+    Aad::from([store.label(), place].concat())
+}
+
+fn split(sealed: &[u8]) -> Result<(u32, [u8; NONCE_LEN], &[u8]), Unreadable> {
+    if sealed.len() < OVERHEAD {
+        return Err(Unreadable::Short(sealed.len()));
+    }
+    if sealed[0] != SEALED || sealed[1] != SEALED_VERSION {
+        return Err(Unreadable::Format(sealed[1]));
+    }
+    let id = u32::from_be_bytes([sealed[2], sealed[3], sealed[4], sealed[5]]);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[6..HEADER]);
+    Ok((id, nonce, &sealed[HEADER..]))
+}
+
+/// Whether `bytes` are sealed (as opposed to a plaintext record written with encryption off).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&SEALED)
+}
+
+/// How a store reads and writes its values: sealed under a [`Sealer`], or in the clear.
+/// Values written in the clear (encryption off, or before it was on) stay readable; sealed
+/// values need the keys — which an agent with encryption switched off still uses to read
+/// what it sealed before ([`AtRest::reading`]).
+#[derive(Debug, Clone, Default)]
+pub struct AtRest {
+    sealer: Option<std::sync::Arc<Sealer>>,
+    seal_new: bool,
+}
+
+impl AtRest {
+    /// Encryption on: new values sealed.
+    pub fn sealed(sealer: std::sync::Arc<Sealer>) -> AtRest {
+        AtRest { sealer: Some(sealer), seal_new: true }
+    }
+
+    /// Encryption off, with the keys kept for reading values sealed before.
+    pub fn reading(sealer: std::sync::Arc<Sealer>) -> AtRest {
+        AtRest { sealer: Some(sealer), seal_new: false }
+    }
+
+    /// Encryption off, no keys.
+    pub fn clear() -> AtRest {
+        AtRest { sealer: None, seal_new: false }
+    }
+
+    /// Whether new values are sealed.
+    pub fn is_on(&self) -> bool {
+        self.seal_new
+    }
+
+    /// `plaintext` as it goes to disk.
+    pub fn write(&self, store: Store, place: &[u8], plaintext: Vec<u8>) -> Vec<u8> {
+        match &self.sealer {
+            Some(sealer) if self.seal_new => sealer.seal(store, place, &plaintext),
+            _ => plaintext,
+        }
+    }
+
+    /// What was written at `place`, in the clear.
+    pub fn read(&self, store: Store, place: &[u8], stored: &[u8]) -> Result<Vec<u8>, Unreadable> {
+        if !is_sealed(stored) {
+            return Ok(stored.to_vec());
+        }
+        match &self.sealer {
+            Some(sealer) => sealer.open(store, place, stored),
+            None => Err(Unreadable::NoKeys),
+        }
+    }
+
+    /// How the stores are kept, for reports, `/metrics` and the start-up log.
+    pub fn describe(&self) -> String {
+        match &self.sealer {
+            Some(sealer) if self.seal_new => format!("on ({CIPHER}, key from {})", sealer.source()),
+            Some(_) => "off (records sealed earlier still read)".into(),
+            None => "off".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
