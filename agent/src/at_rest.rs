@@ -136,7 +136,8 @@ impl std::str::FromStr for KeySource {
 
     fn from_str(spec: &str) -> Result<KeySource, AtRestError> {
         let bad = |problem: &str| AtRestError::Source { spec: spec.to_owned(), problem: problem.to_owned() };
-        let (kind, rest) = spec.split_once(':').ok_or_else(|| bad("expected file:PATH, env:NAME or credential:NAME"))?;
+        let (kind, rest) =
+            spec.split_once(':').ok_or_else(|| bad("expected file:PATH, env:NAME or credential:NAME"))?;
         if rest.is_empty() {
             return Err(bad("nothing after the colon"));
         }
@@ -145,7 +146,9 @@ impl std::str::FromStr for KeySource {
             "env" if rest.starts_with(crate::config::ENV_PREFIX) => Err(bad(
                 "a variable named OUTPOST_… is read as a configuration key; give the key a name outside that prefix",
             )),
-            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(KeySource::Env(rest.into())),
+            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                Ok(KeySource::Env(rest.into()))
+            }
             "env" => Err(bad("an environment variable name is letters, digits and `_`")),
             "credential" if !rest.contains('/') && rest != "." && rest != ".." => {
                 Ok(KeySource::Credential(rest.into()))
@@ -163,7 +166,9 @@ pub enum AtRestError {
     Source { spec: String, problem: String },
     #[error("encryption key from {source_name} is missing: {problem}")]
     Missing { source_name: String, problem: String },
-    #[error("encryption key from {source_name} is not usable: {problem} (expected 64 hex digits or 32 bytes)")]
+    #[error(
+        "encryption key from {source_name} is not usable: {problem} (expected 64 hex digits or 32 bytes)"
+    )]
     Invalid { source_name: String, problem: String },
     #[error(
         "the key from {source_name} (fingerprint {found}) is not the key that wrapped {keyring} (fingerprint {expected}): \
@@ -283,7 +288,9 @@ fn parse_key(raw: &[u8]) -> Result<[u8; 32], String> {
 
 fn cipher(bytes: &[u8; 32]) -> LessSafeKey {
     // A 32-byte key is always a valid ChaCha20-Poly1305 key.
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable!("32-byte key")))
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable!("32-byte key")),
+    )
 }
 
 /// `keyring.json`.
@@ -363,12 +370,11 @@ fn read_keyring(data_dir: &Path) -> Result<Option<KeyringFile>, AtRestError> {
 }
 
 fn write_keyring(data_dir: &Path, file: &KeyringFile) -> Result<(), AtRestError> {
-    let bytes = serde_json::to_vec_pretty(file).map_err(|e| AtRestError::Keyring {
-        path: keyring_path(data_dir),
-        problem: e.to_string(),
-    })?;
+    let bytes = serde_json::to_vec_pretty(file)
+        .map_err(|e| AtRestError::Keyring { path: keyring_path(data_dir), problem: e.to_string() })?;
     for path in [backup_path(data_dir), keyring_path(data_dir)] {
-        outpost_shared::files::write_private(&path, &bytes).map_err(|source| AtRestError::Io { path, source })?;
+        outpost_shared::files::write_private(&path, &bytes)
+            .map_err(|source| AtRestError::Io { path, source })?;
     }
     Ok(())
 }
@@ -453,13 +459,15 @@ pub fn for_config(data_dir: &Path, config: &EncryptionConfig) -> Result<AtRest, 
         Mode::Off => {
             let at_rest = match read_keyring(data_dir)? {
                 None => AtRest::clear(),
-                Some(_) => match open(data_dir, &EncryptionConfig { mode: Mode::On, key: config.key.clone() }) {
-                    Ok((sealer, _)) => AtRest::reading(std::sync::Arc::new(sealer)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "encryption is off and the keys of earlier sealed records cannot be used: those records stay unread (kept)");
-                        AtRest::clear()
+                Some(_) => {
+                    match open(data_dir, &EncryptionConfig { mode: Mode::On, key: config.key.clone() }) {
+                        Ok((sealer, _)) => AtRest::reading(std::sync::Arc::new(sealer)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "encryption is off and the keys of earlier sealed records cannot be used: those records stay unread (kept)");
+                            AtRest::clear()
+                        }
                     }
-                },
+                }
             };
             tracing::warn!(
                 encryption = %at_rest.describe(),
@@ -514,7 +522,9 @@ pub fn rewrap(data_dir: &Path, config: &EncryptionConfig, to: &KeySource) -> Res
     let new = Kek::load(to, false)?;
     file.keys = keys
         .iter()
-        .map(|(meta, key)| Ok(WrappedKey { id: meta.id, created_ms: meta.created_ms, wrapped: wrap(&new, meta.id, key)? }))
+        .map(|(meta, key)| {
+            Ok(WrappedKey { id: meta.id, created_ms: meta.created_ms, wrapped: wrap(&new, meta.id, key)? })
+        })
         .collect::<Result<_, AtRestError>>()?;
     file.kek = new.fingerprint();
     write_keyring(data_dir, &file)?;
@@ -550,7 +560,11 @@ pub fn status(data_dir: &Path) -> Result<Option<KeyringStatus>, AtRestError> {
     }))
 }
 
-fn unwrap_all(data_dir: &Path, kek: &Kek, file: &KeyringFile) -> Result<Vec<(WrappedKey, [u8; 32])>, AtRestError> {
+fn unwrap_all(
+    data_dir: &Path,
+    kek: &Kek,
+    file: &KeyringFile,
+) -> Result<Vec<(WrappedKey, [u8; 32])>, AtRestError> {
     let path = keyring_path(data_dir);
     if file.kek != kek.fingerprint() {
         return Err(AtRestError::WrongKey {
@@ -563,7 +577,10 @@ fn unwrap_all(data_dir: &Path, kek: &Kek, file: &KeyringFile) -> Result<Vec<(Wra
     if file.cipher != CIPHER || file.format != 1 {
         return Err(AtRestError::Keyring {
             path,
-            problem: format!("format {} with {}: this build reads format 1 with {CIPHER}", file.format, file.cipher),
+            problem: format!(
+                "format {} with {}: this build reads format 1 with {CIPHER}",
+                file.format, file.cipher
+            ),
         });
     }
     file.keys
@@ -640,9 +657,10 @@ impl Sealer {
         out.extend_from_slice(plaintext);
         let key = &self.keys[&self.current];
         // ring refuses only inputs over 256 GiB (ChaCha20's block counter): not one record.
-        let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aad(store, place), &mut out[HEADER..])
-            .unwrap_or_else(|_| unreachable!("a record below 256 GiB"));
+        let tag = with_aad(store, place, |aad| {
+            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aad, &mut out[HEADER..])
+        })
+        .unwrap_or_else(|_| unreachable!("a record below 256 GiB"));
         out.extend_from_slice(tag.as_ref());
         out
     }
@@ -652,17 +670,28 @@ impl Sealer {
         let (id, nonce, body) = split(sealed)?;
         let key = self.keys.get(&id).ok_or(Unreadable::UnknownKey(id))?;
         let mut body = body.to_vec();
-        let n = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), aad(store, place), &mut body)
-            .map_err(|_| Unreadable::Authentication)?
-            .len();
+        let n = with_aad(store, place, |aad| {
+            key.open_in_place(Nonce::assume_unique_for_key(nonce), aad, &mut body).map(|clear| clear.len())
+        })
+        .map_err(|_| Unreadable::Authentication)?;
         body.truncate(n);
         Ok(body)
     }
 }
 
-fn aad(store: Store, place: &[u8]) -> Aad<Vec<u8>> {
-    Aad::from([store.label(), place].concat())
+/// Runs `f` with the associated data for `place` in `store`: on the stack for the short places
+/// every record has (ids, seqs), on the heap only for long ones.
+fn with_aad<R>(store: Store, place: &[u8], f: impl FnOnce(Aad<&[u8]>) -> R) -> R {
+    let label = store.label();
+    let len = label.len() + place.len();
+    let mut stack = [0u8; 64];
+    if len <= stack.len() {
+        stack[..label.len()].copy_from_slice(label);
+        stack[label.len()..len].copy_from_slice(place);
+        f(Aad::from(&stack[..len]))
+    } else {
+        f(Aad::from(&[label, place].concat()[..]))
+    }
 }
 
 fn split(sealed: &[u8]) -> Result<(u32, [u8; NONCE_LEN], &[u8]), Unreadable> {
