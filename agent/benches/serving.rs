@@ -318,7 +318,10 @@ fn main() {
 
     // Encryption at rest on against off: fresh agents, the same request, interleaved levels.
     println!("\n== encryption at rest, breast_cancer, prediction log on (fresh agents)");
-    println!("      {:>10} {:>11} {:>12} {:>12} {:>12}", "encryption", "concurrency", "req/s", "p50 µs", "p99 µs");
+    println!(
+        "      {:>10} {:>11} {:>12} {:>12} {:>12}",
+        "encryption", "concurrency", "req/s", "p50 µs", "p99 µs"
+    );
     let (body, _, _) = first_row("breast_cancer-1.0.0");
     let body = Bytes::from(serde_json::to_vec(&body).unwrap());
     let agents = [("on", start_agent("on")), ("off", start_agent("off"))];

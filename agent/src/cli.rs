@@ -414,12 +414,18 @@ mod keys {
                         let now = outpost_shared::endpoints::now_ms();
                         for key in status.keys {
                             let created = ago(now.saturating_sub(key.created_ms) / 1000);
-                            println!("{:08x}   {created:<12} {}", key.id, if key.current { "yes" } else { "" });
+                            println!(
+                                "{:08x}   {created:<12} {}",
+                                key.id,
+                                if key.current { "yes" } else { "" }
+                            );
                         }
                         ExitCode::SUCCESS
                     }
                     Ok(None) => {
-                        println!("keyring     none yet (made when the agent first starts with encryption on)");
+                        println!(
+                            "keyring     none yet (made when the agent first starts with encryption on)"
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(e),

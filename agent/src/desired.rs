@@ -13,6 +13,12 @@
 //! state names, and installed only if its own signature is by a trusted key
 //! ([`ModelStore::install`]). The store's reconciler swaps the served version. Every refusal is
 //! logged and reported as an event; the version serving stays.
+//!
+//! Freeze protection: a desired state carries an expiry. One already expired by the agent's
+//! trusted time ([`crate::trusted_time`]: the coordinator's signed time, never the device's
+//! clock) is refused; and when the state in force expires with nothing newer arriving — the
+//! coordinator renews every state well before — the agent reports `stale-control`
+//! (`outpost_agent_control_stale`, a WARN, a `ControlStale` event) and serves on.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,13 +58,20 @@ pub struct DesiredApplier {
     pub fetch: Fetch,
     pub reporter: Option<Arc<Reporter>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The coordinator's signed time (acks and desired states move it forward).
+    pub clock: Arc<crate::trusted_time::TrustedClock>,
 }
 
-/// The last applied revision.
+/// The last applied revision, and when it stops being current (0: never).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Applied {
     revision: u64,
+    #[serde(default)]
+    expires_at_ms: u64,
 }
+
+/// How often the agent checks whether the state in force has expired.
+const FRESHNESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a desired state was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +82,11 @@ pub enum DesiredError {
     OtherDevice(String),
     #[error("desired state revision {found} is not newer than the applied revision {applied}")]
     Stale { found: u64, applied: u64 },
+    #[error(
+        "desired state revision {revision} expired at {expired_at_ms} (unix ms), before the coordinator's signed time \
+         {now_ms}: an old message (freeze or replay), refused"
+    )]
+    Expired { revision: u64, expired_at_ms: u64, now_ms: u64 },
     #[error("{0}")]
     Refused(String),
     /// Worth retrying (the coordinator is unreachable, a download broke off).
@@ -82,14 +100,18 @@ impl DesiredApplier {
     }
 
     fn applied(&self) -> u64 {
+        self.applied_record().revision
+    }
+
+    fn applied_record(&self) -> Applied {
         std::fs::read(self.applied_path())
             .ok()
             .and_then(|b| serde_json::from_slice::<Applied>(&b).ok())
-            .map_or(0, |a| a.revision)
+            .unwrap_or_default()
     }
 
-    fn set_applied(&self, revision: u64) -> Result<(), DesiredError> {
-        let bytes = serde_json::to_vec(&Applied { revision }).unwrap_or_default();
+    fn set_applied(&self, revision: u64, expires_at_ms: u64) -> Result<(), DesiredError> {
+        let bytes = serde_json::to_vec(&Applied { revision, expires_at_ms }).unwrap_or_default();
         outpost_shared::files::write_atomic(&self.applied_path(), &bytes)
             .map_err(|e| DesiredError::Refused(format!("cannot record the applied revision: {e}")))
     }
@@ -110,6 +132,17 @@ impl DesiredApplier {
         };
         if state.device != self.device_id {
             return Err(DesiredError::OtherDevice(state.device));
+        }
+        self.clock.observe(opened.sent_at_ms);
+        if let Some(now_ms) = self.clock.now_ms()
+            && state.expires_at_ms != 0
+            && state.expires_at_ms <= now_ms
+        {
+            return Err(DesiredError::Expired {
+                revision: state.revision,
+                expired_at_ms: state.expires_at_ms,
+                now_ms,
+            });
         }
         let applied = self.applied();
         if state.revision <= applied {
@@ -158,8 +191,51 @@ impl DesiredApplier {
                 });
             }
         }
-        self.set_applied(state.revision)?;
+        self.set_applied(state.revision, state.expires_at_ms)?;
         Ok(done)
+    }
+
+    /// Freeze detection: whether the state in force has expired by the trusted time, said once
+    /// per change (metric, log, event); keeps the trusted time on disk as it goes.
+    async fn check_freshness(self: &Arc<Self>, was_stale: bool) -> bool {
+        let this = Arc::clone(self);
+        let applied = tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.clock.persist() {
+                tracing::warn!(error = %e, "cannot keep the trusted time on disk");
+            }
+            this.applied_record()
+        })
+        .await
+        .unwrap_or_default();
+        let now = self.clock.now_ms();
+        let stale = applied.expires_at_ms != 0 && now.is_some_and(|now| now >= applied.expires_at_ms);
+        if stale == was_stale {
+            return stale;
+        }
+        self.metrics.control_stale.set(i64::from(stale));
+        let message = if stale {
+            let message = format!(
+                "stale-control: desired state revision {} expired at {} (unix ms, by the coordinator's signed time) \
+                 and nothing newer arrived; the control channel is cut or frozen — serving what is installed",
+                applied.revision, applied.expires_at_ms
+            );
+            tracing::warn!(revision = applied.revision, expired_at_ms = applied.expires_at_ms, "{message}");
+            message
+        } else {
+            let message = format!(
+                "control channel fresh again: desired state revision {} is current",
+                applied.revision
+            );
+            tracing::info!(revision = applied.revision, "{message}");
+            message
+        };
+        let kind = EventKind::ControlStale {
+            stale,
+            revision: applied.revision,
+            expired_at_ms: applied.expires_at_ms,
+        };
+        self.event(kind, message).await;
+        stale
     }
 
     /// Downloads and installs `name@version` unless it is on disk.
@@ -338,6 +414,9 @@ impl DesiredApplier {
         let mut failures = 0u32;
         // Apply a resumed state at once rather than after a backoff.
         let mut first = pending.is_some();
+        let mut stale = false;
+        let mut freshness =
+            tokio::time::interval_at(tokio::time::Instant::now() + FRESHNESS_EVERY, FRESHNESS_EVERY);
         loop {
             let wait = if first {
                 Duration::ZERO
@@ -349,6 +428,10 @@ impl DesiredApplier {
             first = false;
             tokio::select! {
                 _ = stop.changed() => return,
+                _ = freshness.tick() => {
+                    stale = self.check_freshness(stale).await;
+                    continue;
+                }
                 message = incoming.recv() => {
                     let Some(payload) = message else { return };
                     match self.open(&payload) {
@@ -395,7 +478,7 @@ impl DesiredApplier {
                     self.event(EventKind::ModelRefused, e.to_string()).await;
                     // Not retried: the same state would be refused again. A newer one is awaited.
                     if let Some(state) = &pending {
-                        let _ = self.set_applied(state.revision);
+                        let _ = self.set_applied(state.revision, state.expires_at_ms);
                     }
                     self.drop_pending();
                     pending = None;
@@ -433,7 +516,9 @@ fn part_bytes(at_rest: &AtRest, path: &std::path::Path, sha256: &str) -> std::io
         return Ok(stored);
     }
     let (mut clear, mut at) = (Vec::new(), 0usize);
-    while let Some(len) = stored.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+    while let Some(len) =
+        stored.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    {
         let Some(sealed) = stored.get(at + 4..at + 4 + len) else { break };
         match at_rest.read(Store::Download, &part_place(sha256, clear.len() as u64), sealed) {
             Ok(chunk) => clear.extend_from_slice(&chunk),
@@ -449,3 +534,5 @@ fn part_bytes(at_rest: &AtRest, path: &std::path::Path, sha256: &str) -> std::io
     Ok(clear)
 }
 
+#[cfg(test)]
+mod tests;

@@ -42,4 +42,5 @@ pub mod reconcile;
 pub mod server;
 pub mod simulate;
 pub mod telemetry;
+pub mod trusted_time;
 pub mod watchdog;

@@ -66,6 +66,8 @@ pub struct LinkStats {
     /// sealing time against the arrival time); meaningful once `skew_known`.
     pub clock_skew_ms: std::sync::atomic::AtomicI64,
     pub skew_known: AtomicBool,
+    /// The coordinator's signed time, moved forward by every signed ack (expiry checks use it).
+    pub trusted: Arc<crate::trusted_time::TrustedClock>,
 }
 
 /// A skew past this is logged (once, and again when it moves by as much).
@@ -240,6 +242,7 @@ async fn handle_ack(settings: &LinkSettings, outbox: &Arc<Outbox>, stats: &LinkS
     let ack = match ack {
         Ok((CoordinatorMessage::Ack(ack), sealed_ms)) if ack.device == settings.device_id => {
             stats.measured_skew(sealed_ms as i64 - arrived_ms as i64);
+            stats.trusted.observe(sealed_ms);
             ack
         }
         Ok(_) => {

@@ -36,6 +36,7 @@ pub const SHADOW_ROWS_TOTAL: &str = "outpost_agent_shadow_rows_total";
 pub const SHADOW_SKIPPED_TOTAL: &str = "outpost_agent_shadow_skipped_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
+pub const CONTROL_STALE: &str = "outpost_agent_control_stale";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
 pub const FEEDBACK_TOTAL: &str = "outpost_agent_feedback_total";
 pub const LABELLED_PREDICTIONS_TOTAL: &str = "outpost_agent_labelled_predictions_total";
@@ -143,6 +144,8 @@ pub struct Metrics {
     /// The last desired-state revision applied; desired states refused (signature, replay).
     pub desired_revision: IntGauge,
     pub desired_refusals: IntCounter,
+    /// 1 while the desired state in force has expired by the trusted time (stale-control).
+    pub control_stale: IntGauge,
     /// Bundle bytes downloaded from the coordinator.
     pub bundle_download_bytes: IntCounter,
     /// Feedback labels by result (joined, unknown, evicted); joined labels per model version,
@@ -401,7 +404,11 @@ impl Metrics {
             )?),
             desired_refusals: reg!(IntCounter::new(
                 DESIRED_REFUSALS_TOTAL,
-                "Desired states refused (bad signature, replayed or old revision, other device, refused bundle)."
+                "Desired states refused (bad signature, replayed or old revision, expired, other device, refused bundle)."
+            )?),
+            control_stale: reg!(IntGauge::new(
+                CONTROL_STALE,
+                "1 while the desired state in force has expired by the agent's trusted time and nothing newer arrived (control channel cut or frozen); the agent serves on."
             )?),
             bundle_download_bytes: reg!(IntCounter::new(
                 BUNDLE_DOWNLOAD_BYTES_TOTAL,
@@ -614,8 +621,15 @@ impl Metrics {
         m.outbox_dropped.inc_by(t.dropped.saturating_sub(reported.0));
         m.sent.inc_by(t.sent.saturating_sub(reported.1));
         m.acked.inc_by(t.acked.saturating_sub(reported.2));
-        self.unreadable_records.with_label_values(&["outbox"]).inc_by(t.unreadable.saturating_sub(reported.3));
-        *reported = (t.dropped.max(reported.0), t.sent.max(reported.1), t.acked.max(reported.2), t.unreadable.max(reported.3));
+        self.unreadable_records
+            .with_label_values(&["outbox"])
+            .inc_by(t.unreadable.saturating_sub(reported.3));
+        *reported = (
+            t.dropped.max(reported.0),
+            t.sent.max(reported.1),
+            t.acked.max(reported.2),
+            t.unreadable.max(reported.3),
+        );
     }
 
     /// System figures for telemetry reports (refreshed at most once a second).

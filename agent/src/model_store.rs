@@ -265,8 +265,11 @@ impl ModelStore {
             Err(StoreError::NotInstalled { .. }) => {}
             Err(e) => return Err(e),
         }
-        let stored =
-            self.at_rest.write(Store::Bundle, format!("{}@{}", manifest.name, manifest.version).as_bytes(), bytes.to_vec());
+        let stored = self.at_rest.write(
+            Store::Bundle,
+            format!("{}@{}", manifest.name, manifest.version).as_bytes(),
+            bytes.to_vec(),
+        );
         outpost_shared::files::write_atomic(&path, &stored).map_err(self.io(&path))?;
         Ok(manifest)
     }

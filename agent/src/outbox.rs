@@ -430,8 +430,11 @@ mod tests {
         {
             let outbox = Outbox::open(dir.path(), 1 << 20, &at_rest).unwrap();
             for _ in 0..5 {
-                let message =
-                    AgentMessage::Event(Event { at_ms: 1, kind: EventKind::AgentStarted, message: marker.into() });
+                let message = AgentMessage::Event(Event {
+                    at_ms: 1,
+                    kind: EventKind::AgentStarted,
+                    message: marker.into(),
+                });
                 outbox.append(&key, &message, None).unwrap();
             }
             // What goes to the coordinator is the signed envelope, in the clear.
@@ -446,7 +449,10 @@ mod tests {
                 on_disk.extend(std::fs::read(entry.path()).unwrap());
             }
         }
-        assert!(!on_disk.windows(marker.len()).any(|w| w == marker.as_bytes()), "telemetry in the clear on disk");
+        assert!(
+            !on_disk.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "telemetry in the clear on disk"
+        );
         {
             let db = sled::open(dir.path().join("outbox")).unwrap();
             let entries = db.open_tree("entries").unwrap();

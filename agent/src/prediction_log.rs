@@ -336,7 +336,11 @@ pub fn records_for_request(
 
 impl PredictionLog {
     /// Opens (or creates) the log under `data_dir/predictions` and starts its writer.
-    pub fn open(data_dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<PredictionLog, LogError> {
+    pub fn open(
+        data_dir: &Path,
+        config: &PredictionLogConfig,
+        at_rest: &AtRest,
+    ) -> Result<PredictionLog, LogError> {
         let root = data_dir.join("predictions");
         std::fs::create_dir_all(&root).map_err(|source| LogError::Io { path: root.clone(), source })?;
         let mut firsts: Vec<u64> = std::fs::read_dir(&root)
@@ -472,7 +476,9 @@ impl PredictionLog {
                 .get(id.to_be_bytes())
                 .map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
             if let Some(value) = found {
-                return decode(&self.at_rest, id, &value).map(Some).inspect_err(|e| self.unreadable(e, segment));
+                return decode(&self.at_rest, id, &value)
+                    .map(Some)
+                    .inspect_err(|e| self.unreadable(e, segment));
             }
         }
         Ok(None)

@@ -211,7 +211,10 @@ fn setup_telemetry(
     Ok(Telemetry {
         reporter,
         outbox,
-        link_stats: Arc::new(LinkStats::default()),
+        link_stats: Arc::new(LinkStats {
+            trusted: Arc::new(crate::trusted_time::TrustedClock::open(&config.data_dir)),
+            ..LinkStats::default()
+        }),
         link,
         api_url,
         api_ca,
@@ -385,6 +388,7 @@ pub async fn serve(
                     },
                     reporter: Some(Arc::clone(&t.reporter)),
                     metrics: Arc::clone(&metrics),
+                    clock: Arc::clone(&t.link_stats.trusted),
                 });
                 telemetry_tasks.push(tokio::spawn(applier.run(rx, telemetry_stop.clone())));
             }

@@ -187,7 +187,8 @@ async fn the_stores_on_disk_hold_no_input_value_nor_model_byte() {
             // The first command to need the key makes it, and says what it protects.
             assert!(err.contains("made a key file") && err.contains("credential"), "{err}");
         }
-        let mut agent = Agent::builder().data_dir(data.path()).args(&["-c", config.to_str().unwrap()]).start();
+        let mut agent =
+            Agent::builder().data_dir(data.path()).args(&["-c", config.to_str().unwrap()]).start();
         agent.wait_ready(Duration::from_secs(60)).await;
         predict(&agent, 40).await;
         // Reports and prediction batches reach the outbox (not enrolled: they stay there).
@@ -196,10 +197,17 @@ async fn the_stores_on_disk_hold_no_input_value_nor_model_byte() {
             let metrics = agent.metrics_text().await;
             let batched = metrics.lines().any(|l| {
                 l.starts_with("outpost_agent_outbox_messages ")
-                    && l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 3.0)
+                    && l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 3.0)
             });
             if batched {
-                let want = if mode == "on" { "outpost_agent_encryption_at_rest 1" } else { "outpost_agent_encryption_at_rest 0" };
+                let want = if mode == "on" {
+                    "outpost_agent_encryption_at_rest 1"
+                } else {
+                    "outpost_agent_encryption_at_rest 0"
+                };
                 assert!(metrics.contains(want), "{mode}: {want} missing from /metrics");
                 break;
             }
@@ -218,9 +226,17 @@ async fn the_stores_on_disk_hold_no_input_value_nor_model_byte() {
         );
         match mode {
             "on" => {
-                assert_eq!(found, (false, false, false), "(log, outbox, bundles) hold plaintext with encryption on");
+                assert_eq!(
+                    found,
+                    (false, false, false),
+                    "(log, outbox, bundles) hold plaintext with encryption on"
+                );
             }
-            _ => assert_eq!(found, (true, true, true), "the control run in the clear must show what the grep finds"),
+            _ => assert_eq!(
+                found,
+                (true, true, true),
+                "the control run in the clear must show what the grep finds"
+            ),
         }
         assert!(!files_under(data.path()).iter().any(|p| p.extension().is_some_and(|e| e == "part")));
     }

@@ -20,7 +20,10 @@ fn sealed_bytes_open_only_at_their_own_place_in_their_own_store() {
     assert_eq!(sealed.len(), OVERHEAD + 9);
     assert!(!sealed.windows(9).any(|w| w == b"1234.5678"));
     assert_eq!(sealer.open(Store::PredictionLog, &7u64.to_be_bytes(), &sealed).unwrap(), b"1234.5678");
-    assert_eq!(sealer.open(Store::PredictionLog, &8u64.to_be_bytes(), &sealed), Err(Unreadable::Authentication));
+    assert_eq!(
+        sealer.open(Store::PredictionLog, &8u64.to_be_bytes(), &sealed),
+        Err(Unreadable::Authentication)
+    );
     assert_eq!(sealer.open(Store::Outbox, &7u64.to_be_bytes(), &sealed), Err(Unreadable::Authentication));
     // Two seals of the same bytes differ (fresh nonces).
     assert_ne!(sealed, sealer.seal(Store::PredictionLog, &7u64.to_be_bytes(), b"1234.5678"));
@@ -81,7 +84,10 @@ fn a_wrong_key_is_refused_by_name_and_nothing_is_written() {
     let before = std::fs::read(dir.path().join("keyring.json")).unwrap();
     write_key(&dir.path().join("kek"), 2);
     let err = open(dir.path(), &config).unwrap_err().to_string();
-    assert!(err.contains("file:") && err.contains("kek") && err.contains("is not the key that wrapped"), "{err}");
+    assert!(
+        err.contains("file:") && err.contains("kek") && err.contains("is not the key that wrapped"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(dir.path().join("keyring.json")).unwrap(), before);
     // A missing key (a keyring without its key) is never replaced by a new one.
     let fresh = tempfile::tempdir().unwrap();
@@ -96,7 +102,9 @@ fn a_wrong_key_is_refused_by_name_and_nothing_is_written() {
 fn sources_that_cannot_give_a_key_say_which_and_why() {
     let dir = tempfile::tempdir().unwrap();
     let bad = |spec: &str| {
-        open(dir.path(), &EncryptionConfig { mode: Mode::On, key: Some(spec.into()) }).unwrap_err().to_string()
+        open(dir.path(), &EncryptionConfig { mode: Mode::On, key: Some(spec.into()) })
+            .unwrap_err()
+            .to_string()
     };
     assert!(bad("vault:x").contains("expected file:PATH"));
     assert!(bad("env:").contains("nothing after the colon"));

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 use super::{LogError, PredictionLogConfig, decode};
 use crate::at_rest::AtRest;
 
@@ -28,7 +27,11 @@ pub(super) enum Opened {
 
 /// Opens a segment with a panic inside sled contained: sled 0.34 panics on some damaged
 /// bytes (`tried to serialize Uninitialized`) instead of returning an error.
-pub(super) fn open_contained(dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<Segment, Opened> {
+pub(super) fn open_contained(
+    dir: &Path,
+    config: &PredictionLogConfig,
+    at_rest: &AtRest,
+) -> Result<Segment, Opened> {
     match crate::damage::contained(|| open_segment(dir, config, at_rest)) {
         Ok(Ok(segment)) => Ok(segment),
         Ok(Err(LogError::Storage { source, path })) if is_damage(&source) => {
@@ -54,7 +57,11 @@ pub(super) fn quarantine(root: &Path, dir: &Path, why: &str) -> Result<(), LogEr
     Ok(())
 }
 
-pub(super) fn open_segment(dir: &Path, config: &PredictionLogConfig, at_rest: &AtRest) -> Result<Segment, LogError> {
+pub(super) fn open_segment(
+    dir: &Path,
+    config: &PredictionLogConfig,
+    at_rest: &AtRest,
+) -> Result<Segment, LogError> {
     let open = || {
         sled::Config::new()
             .path(dir)

@@ -140,7 +140,10 @@ fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_
     for entry in files_in(&dir.path().join("predictions")) {
         on_disk.extend(std::fs::read(entry).unwrap());
     }
-    assert!(!on_disk.windows(marker.len()).any(|w| w == marker.as_slice()), "input bytes in the clear on disk");
+    assert!(
+        !on_disk.windows(marker.len()).any(|w| w == marker.as_slice()),
+        "input bytes in the clear on disk"
+    );
 
     // Flip one byte of record 10's sealed value, as a worn card would.
     let seg = std::fs::read_dir(dir.path().join("predictions"))
@@ -172,10 +175,7 @@ fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_
     drop(log);
     std::thread::sleep(Duration::from_millis(200));
     let clear = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
-    assert!(matches!(
-        clear.get(ids[0]),
-        Err(LogError::Unreadable { why: Unreadable::NoKeys, .. })
-    ));
+    assert!(matches!(clear.get(ids[0]), Err(LogError::Unreadable { why: Unreadable::NoKeys, .. })));
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -105,7 +105,10 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                     d.agent_version.clone().unwrap_or_else(|| "-".into()),
                     crate::models::packaging::utc(d.enrolled_at_ms / 1000),
                     desired.unwrap_or_else(|| "-".into()),
-                    d.at_rest.as_deref().map_or("-", |s| if s.starts_with("on") { "encrypted" } else { "off" }).into(),
+                    d.at_rest
+                        .as_deref()
+                        .map_or("-", |s| if s.starts_with("on") { "encrypted" } else { "off" })
+                        .into(),
                     d.key_id.clone(),
                 ]);
             }
@@ -178,6 +181,13 @@ pub(super) fn print_device(d: &DeviceView) {
     say!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
     say!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
     say!("at rest  {}", d.at_rest.as_deref().unwrap_or("-"));
+    if let Some(s) = &d.control_stale {
+        say!(
+            "control  STALE: desired state revision {} expired {} and nothing newer arrived",
+            s.revision,
+            ago(Some(s.expired_at_ms))
+        );
+    }
     say!("backlog  {} messages, {} bytes", d.backlog.messages, d.backlog.bytes);
     for m in &d.models {
         let reason = m.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();

@@ -7,6 +7,10 @@
 //! (re)connect the link republishes every device's state (a broker may have lost its retained
 //! messages); agents ignore a revision they have already applied.
 //!
+//! Every state expires `desired_ttl_secs` after it is sealed ([`DesiredState::expires_at_ms`]);
+//! [`Desired::refresh_due`] gives every device a new revision with the same models once half of
+//! that has passed, so agents tell a quiet coordinator from a cut-off or frozen one.
+//!
 //! State: sled tree `desired`, device id → [`DesiredRecord`] (JSON).
 
 use std::collections::BTreeMap;
@@ -29,7 +33,13 @@ pub struct DesiredRecord {
     pub models: BTreeMap<String, DesiredModel>,
     pub updated_at_ms: u64,
     pub updated_by: String,
+    /// When the revision was last bumped only to renew its expiry (0: never).
+    #[serde(default)]
+    pub refreshed_at_ms: u64,
 }
+
+/// Seven days: how long a sealed desired state stays current by default.
+pub const DEFAULT_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// A message for the link to publish retained.
 #[derive(Debug, Clone)]
@@ -43,6 +53,7 @@ pub struct Desired {
     tree: sled::Tree,
     store: Store,
     devices: Devices,
+    ttl_ms: u64,
 }
 
 impl std::fmt::Debug for Desired {
@@ -58,7 +69,45 @@ pub fn matches(device: &DeviceRecord, selector: &BTreeMap<String, String>) -> bo
 
 impl Desired {
     pub fn open(store: &Store) -> Result<Desired, StoreError> {
-        Ok(Desired { tree: store.tree("desired")?, store: store.clone(), devices: Devices::open(store)? })
+        Ok(Desired {
+            tree: store.tree("desired")?,
+            store: store.clone(),
+            devices: Devices::open(store)?,
+            ttl_ms: DEFAULT_TTL_SECS * 1000,
+        })
+    }
+
+    /// Sealed states expire `secs` after sealing (`[fleet] desired_ttl_secs`).
+    pub fn with_ttl(mut self, secs: u64) -> Desired {
+        self.ttl_ms = secs.max(1).saturating_mul(1000);
+        self
+    }
+
+    /// How long a sealed state stays current.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
+    }
+
+    /// Gives every device whose state was sealed more than half a TTL ago a new revision with
+    /// the same models (so a freshly sealed one goes out); returns the new records.
+    pub fn refresh_due(&self, now: u64) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        let mut refreshed = Vec::new();
+        for (device, mut record) in self.all() {
+            if now.saturating_sub(record.updated_at_ms.max(record.refreshed_at_ms)) < self.ttl_ms / 2 {
+                continue;
+            }
+            record.revision += 1;
+            record.refreshed_at_ms = now;
+            let value = crate::base::store::encode(&format!("desired/{device}"), &record)?;
+            self.tree
+                .insert(device.as_bytes(), value)
+                .map_err(|e| StoreError::Corrupt { key: device.clone(), detail: e.to_string() })?;
+            refreshed.push((device, record));
+        }
+        if !refreshed.is_empty() {
+            self.store.flush()?;
+        }
+        Ok(refreshed)
     }
 
     pub fn get(&self, device: &str) -> Result<Option<DesiredRecord>, StoreError> {
@@ -127,14 +176,16 @@ impl Desired {
         device: &str,
         record: &DesiredRecord,
     ) -> Result<Outgoing, StoreError> {
+        let now = now_ms();
         let state = DesiredState {
             device: device.to_owned(),
             revision: record.revision,
             models: record.models.values().cloned().collect(),
+            expires_at_ms: now.saturating_add(self.ttl_ms),
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
         let seq = self.devices.next_outgoing_seq(device)?;
-        let payload = protocol::seal(authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
+        let payload = protocol::seal(authority.signing_key(), seq, now, &body).map_err(|e| {
             StoreError::Corrupt { key: format!("desired state for {device}"), detail: e.to_string() }
         })?;
         let topic = topics::topic(device, Channel::Desired)

@@ -91,6 +91,10 @@ pub struct DeviceRecord {
     /// from …)` or `off`.
     #[serde(default)]
     pub at_rest: Option<String>,
+    /// Set while the agent says its desired state expired with nothing newer arriving (its
+    /// control channel is cut or frozen): the revision it holds and when that expired.
+    #[serde(default)]
+    pub control_stale: Option<StaleControl>,
     /// When it was revoked and by whom; a revoked device's telemetry is refused.
     #[serde(default)]
     pub revoked: Option<Revocation>,
@@ -135,6 +139,13 @@ pub struct WindowSummary {
 /// Events kept per device in its record (all of them stay in the envelope store).
 pub const RECENT_EVENTS: usize = 20;
 
+/// What a device said when its control channel went stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleControl {
+    pub revision: u64,
+    pub expired_at_ms: u64,
+}
+
 impl DeviceRecord {
     /// A device as enrolment creates it: nothing seen yet.
     pub fn new(id: &str, public_key: &[u8; 32], labels: BTreeMap<String, String>) -> DeviceRecord {
@@ -161,6 +172,7 @@ impl DeviceRecord {
             cert_serial: None,
             revoked: None,
             at_rest: None,
+            control_stale: None,
         }
     }
 }

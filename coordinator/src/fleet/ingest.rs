@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use outpost_shared::protocol::messages::{self, Ack, AgentMessage, CoordinatorMessage, DriftReport, EventKind};
+use outpost_shared::protocol::messages::{
+    self, Ack, AgentMessage, CoordinatorMessage, DriftReport, EventKind,
+};
 use outpost_shared::protocol::{self, EnvelopeError, PublicKey};
 use prometheus::IntCounterVec;
 
@@ -166,8 +168,15 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
         }
         AgentMessage::Event(event) => {
             record.counts.events += 1;
-            if let EventKind::AtRest { encryption } = &event.kind {
-                record.at_rest = Some(encryption.clone());
+            match &event.kind {
+                EventKind::AtRest { encryption } => record.at_rest = Some(encryption.clone()),
+                EventKind::ControlStale { stale, revision, expired_at_ms } => {
+                    record.control_stale = stale.then(|| crate::fleet::devices::StaleControl {
+                        revision: *revision,
+                        expired_at_ms: *expired_at_ms,
+                    });
+                }
+                _ => {}
             }
             record.recent_events.push(event.clone());
             let excess = record.recent_events.len().saturating_sub(crate::fleet::devices::RECENT_EVENTS);

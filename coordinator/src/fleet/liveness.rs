@@ -19,11 +19,16 @@ pub struct FleetConfig {
     pub stale_after_secs: u64,
     /// A device with no report for this long (or whose last will fired) is `offline`.
     pub offline_after_secs: u64,
+    /// A desired state expires this long after it is signed. The coordinator signs a fresh
+    /// revision (same models) for every device once half of it has passed, so an agent that
+    /// hears nothing newer for a whole period knows its control channel is cut or frozen
+    /// (`stale-control`) — and an old desired state replayed to it is refused as expired.
+    pub desired_ttl_secs: u64,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        FleetConfig { stale_after_secs: 60, offline_after_secs: 300 }
+        FleetConfig { stale_after_secs: 60, offline_after_secs: 300, desired_ttl_secs: 7 * 24 * 3600 }
     }
 }
 
@@ -81,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_device_exactly_at_a_threshold_is_past_it() {
-        let fleet = FleetConfig { stale_after_secs: 60, offline_after_secs: 300 };
+        let fleet = FleetConfig { stale_after_secs: 60, offline_after_secs: 300, ..FleetConfig::default() };
         let d = seen_at(1_000_000);
         assert_eq!(Liveness::of(&d, &fleet, 1_000_000 + 59_999), Liveness::Online);
         assert_eq!(Liveness::of(&d, &fleet, 1_000_000 + 60_000), Liveness::Stale);

@@ -495,6 +495,10 @@ pub struct DeviceView {
     /// Encryption at rest on the device (`on (…)` or `off`), from its last start.
     #[serde(default)]
     pub at_rest: Option<String>,
+    /// Set while the device reports `stale-control`: its desired state expired and nothing
+    /// newer reached it.
+    #[serde(default)]
+    pub control_stale: Option<crate::fleet::devices::StaleControl>,
 }
 
 fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
@@ -521,6 +525,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         drift: d.drift,
         drift_at_ms: d.drift_at_ms,
         at_rest: d.at_rest,
+        control_stale: d.control_stale,
     }
 }
 

@@ -132,7 +132,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .trusting(config.registry.keys().map_err(|(key, problem)| {
             ServeError::Config(crate::config::ConfigError::Key { key, problem })
         })?);
-    let desired = Desired::open(&store)?;
+    let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {
         let (desired, authority) = (desired.clone(), authority.clone());
@@ -248,6 +248,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let retraining_task =
         tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));
     let rollout_task = tokio::spawn(crate::ops::rollout::run(rollouts, shutdown_rx.clone()));
+    let refresh_task =
+        tokio::spawn(crate::ops::deploy::run_refresh(state.deployer.clone(), shutdown_rx.clone()));
     if tls.is_some() {
         tracing::info!(%addr, "API speaks HTTPS");
     }
@@ -258,6 +260,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = shutdown_tx.send(true);
     let _ = link_task.await;
     let _ = alerts_task.await;
+    let _ = refresh_task.await;
     let _ = retraining_task.await;
     let _ = rollout_task.await;
     let _ = retention_task.await;

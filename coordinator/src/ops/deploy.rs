@@ -127,6 +127,26 @@ impl Deployer {
         Ok((response, detail))
     }
 
+    /// Renews the desired states sealed more than half a TTL ago (a new revision, the same
+    /// models) and publishes them; returns how many.
+    pub async fn refresh_expiring(&self) -> Result<usize, DeployError> {
+        let this = self.clone();
+        let out = tokio::task::spawn_blocking(move || -> Result<Vec<Outgoing>, DeployError> {
+            let records = this.desired.refresh_due(crate::base::store::now_ms())?;
+            records
+                .iter()
+                .map(|(device, rec)| {
+                    this.desired.seal(&this.authority, device, rec).map_err(DeployError::from)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| DeployError::Interrupted(e.to_string()))??;
+        let n = out.len();
+        self.publish(out).await;
+        Ok(n)
+    }
+
     /// Hands sealed desired states to the broker link (retained; a link that is down sends
     /// every device's state again when it reconnects).
     pub async fn publish(&self, out: Vec<Outgoing>) {
@@ -317,5 +337,21 @@ impl Deployer {
             .iter()
             .map(|(device, rec)| self.desired.seal(&self.authority, device, rec).map_err(DeployError::from))
             .collect()
+    }
+}
+/// Renews expiring desired states until `shutdown`: every quarter of the TTL (between 1 s and
+/// a minute), so no agent's state lapses while the coordinator runs.
+pub async fn run_refresh(deployer: Deployer, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let every = std::time::Duration::from_millis((deployer.desired.ttl_ms() / 4).clamp(1_000, 60_000));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match deployer.refresh_expiring().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(devices = n, "desired states renewed before they expire"),
+            Err(e) => tracing::error!(error = %e, "cannot renew expiring desired states"),
+        }
     }
 }

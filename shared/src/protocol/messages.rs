@@ -184,6 +184,14 @@ pub enum EventKind {
     AtRest {
         encryption: String,
     },
+    /// The desired state in force expired by the agent's trusted time (`stale` true): nothing
+    /// newer arrived, so the control channel is cut or frozen; the agent serves on. Sent again
+    /// with `stale` false when a fresh one arrives. Appended last.
+    ControlStale {
+        stale: bool,
+        revision: u64,
+        expired_at_ms: u64,
+    },
 }
 
 impl EventKind {
@@ -201,6 +209,7 @@ impl EventKind {
             EventKind::WatchdogRolledBack | EventKind::WatchdogReverted { .. } => "WatchdogRolledBack",
             EventKind::StorageQuarantined { .. } => "StorageQuarantined",
             EventKind::AtRest { .. } => "AtRest",
+            EventKind::ControlStale { .. } => "ControlStale",
         }
     }
 }
@@ -328,6 +337,10 @@ pub struct DesiredState {
     /// Strictly increasing per device.
     pub revision: u64,
     pub models: Vec<DesiredModel>,
+    /// Unix ms after which this state no longer counts as current: the coordinator signs a new
+    /// revision well before, so an agent still holding it past this time has been cut off from
+    /// its control channel, or is being fed an old message (freeze). 0: never expires.
+    pub expires_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

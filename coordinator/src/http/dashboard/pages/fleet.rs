@@ -326,7 +326,9 @@ impl Overview {
                 // Encryption at rest, as the agent said at its start: `off` stands out.
                 let (at_rest_kind, at_rest_cell) = match d.at_rest.as_deref() {
                     None => ("unknown", "?".to_owned()),
-                    Some(s) if s.starts_with("on") => ("on", format!("<span title=\"{}\">encrypted</span>", e(s))),
+                    Some(s) if s.starts_with("on") => {
+                        ("on", format!("<span title=\"{}\">encrypted</span>", e(s)))
+                    }
                     Some(s) => ("off", format!("{} <span title=\"{}\"></span>", badge("warn", "off"), e(s))),
                 };
                 let _ = write!(
@@ -335,7 +337,14 @@ impl Overview {
                      <td>{}</td><td data-backlog=\"{}\">{} msg{}</td><td>{}</td><td>{}</td><td data-at-rest=\"{}\">{}</td>\
                      <td data-drifting=\"{}\">{}</td></tr>",
                     labels.join(" "),
-                    badge(status_kind(status), status),
+                    badge(status_kind(status), status)
+                        + &d.control_stale.as_ref().map_or(String::new(), |s| {
+                            format!(
+                                " <span data-control=\"stale\" title=\"desired state revision {} expired; nothing newer reached the device\">{}</span>",
+                                s.revision,
+                                badge("bad", "control stale")
+                            )
+                        }),
                     models.join("<br>"),
                     wanted.join("<br>"),
                     d.backlog.messages,
