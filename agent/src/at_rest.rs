@@ -479,7 +479,7 @@ pub fn for_config(data_dir: &Path, config: &EncryptionConfig) -> Result<AtRest, 
 }
 
 /// What the agent says once, when it makes the default key file.
-fn made_key_file_note(source: &str) -> String {
+pub fn made_key_file_note(source: &str) -> String {
     format!(
         "encryption at rest: made a key file ({source}, 0600) for the prediction log, outbox and bundles. It protects \
          them when they are copied off without the identity directory, not a stolen disk (the key is on it too): for \

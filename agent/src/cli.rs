@@ -333,8 +333,10 @@ mod bundles {
                 .state()
                 .ok()
                 .and_then(|s| s.models.get(&bundle.manifest.name).map(|m| m.active.clone()));
-            if let Err(e) = store.activate(&bundle.manifest.name, &bundle.manifest.version) {
-                return fail(e, ExitStatus::Failure);
+            match store.activate_imported(&bundle.manifest.name, &bundle.manifest.version) {
+                Ok(_) => {}
+                Err(e @ StoreError::OlderThanFloor { .. }) => return fail(e, ExitStatus::ModelInvalid),
+                Err(e) => return fail(e, ExitStatus::Failure),
             }
             match before.filter(|b| !b.is_empty()) {
                 Some(before) => println!("activated {id} (was {before})"),
@@ -487,6 +489,21 @@ mod transfer {
             Ok(identity) => identity,
             Err(e) => return fail(e, ExitStatus::Failure),
         };
+        // The default storage key is made with the identity, so a copy of the identity folder
+        // (a Kubernetes Secret, mounted read-only) carries it.
+        if let Ok(config) = args.data.load()
+            && config.encryption.mode == crate::at_rest::Mode::On
+            && config.encryption.key.is_none()
+        {
+            let source = crate::at_rest::KeySource::default_for(&data_dir);
+            let existed = matches!(&source, crate::at_rest::KeySource::File(p) if p.exists());
+            if let Err(e) = crate::at_rest::Kek::load(&source, true) {
+                return fail(e, ExitStatus::Failure);
+            }
+            if !existed {
+                eprintln!("note: {}", crate::at_rest::made_key_file_note(&source.to_string()));
+            }
+        }
         let token = match (&args.token, &args.token_file) {
             (Some(token), _) => token.clone(),
             (None, Some(path)) => match std::fs::read_to_string(path) {

@@ -68,6 +68,8 @@ pub struct LinkStats {
     pub skew_known: AtomicBool,
     /// The coordinator's signed time, moved forward by every signed ack (expiry checks use it).
     pub trusted: Arc<crate::trusted_time::TrustedClock>,
+    /// The skew last sent to the coordinator (see [`LinkStats::take_unreported_skew`]).
+    pub(crate) reported_skew: std::sync::Mutex<Option<i64>>,
 }
 
 /// A skew past this is logged (once, and again when it moves by as much).
@@ -84,6 +86,21 @@ impl LinkStats {
         }
     }
 
+    /// The measured skew when the coordinator has not heard it yet: the first one, then each
+    /// time it moved by a minute or more since the last one reported.
+    pub fn take_unreported_skew(&self) -> Option<i64> {
+        if !self.skew_known.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = self.clock_skew_ms.load(Ordering::Relaxed);
+        let mut reported = self.reported_skew.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reported.is_some_and(|r| (now - r).abs() < SKEW_WARN_MS) {
+            return None;
+        }
+        *reported = Some(now);
+        Some(now)
+    }
+
     /// The last measured skew, as a sentence, when there is one.
     fn skew(&self) -> Option<String> {
         self.skew_known.load(Ordering::Relaxed).then(|| skew_text(self.clock_skew_ms.load(Ordering::Relaxed)))
@@ -91,7 +108,7 @@ impl LinkStats {
 }
 
 /// `device clock is 86400 s behind the coordinator` (or ahead of it).
-fn skew_text(skew_ms: i64) -> String {
+pub fn skew_text(skew_ms: i64) -> String {
     let secs = (skew_ms.abs() + 500) / 1000;
     let side = if skew_ms >= 0 { "behind" } else { "ahead of" };
     format!("device clock is {secs} s {side} the coordinator (from its signed acks)")
@@ -385,5 +402,18 @@ mod clock_tests {
         );
         stats.measured_skew(-3_000);
         assert!(stats.skew().unwrap().contains("3 s ahead of the coordinator"));
+    }
+
+    #[test]
+    fn the_skew_goes_to_the_coordinator_when_first_measured_and_when_it_moves_a_minute() {
+        let stats = LinkStats::default();
+        assert_eq!(stats.take_unreported_skew(), None);
+        stats.measured_skew(86_400_000);
+        assert_eq!(stats.take_unreported_skew(), Some(86_400_000));
+        assert_eq!(stats.take_unreported_skew(), None);
+        stats.measured_skew(86_430_000);
+        assert_eq!(stats.take_unreported_skew(), None, "half a minute is not news");
+        stats.measured_skew(86_470_000);
+        assert_eq!(stats.take_unreported_skew(), Some(86_470_000));
     }
 }

@@ -54,6 +54,12 @@ pub enum StoreError {
     Name(#[from] outpost_shared::names::NameError),
     #[error("installed bundle {path} does not read: {why}")]
     Unreadable { path: PathBuf, why: crate::at_rest::Unreadable },
+    #[error(
+        "{name}@{version} is older than {floor}, the newest release this device has been told is current: an imported \
+         bundle cannot take it back (a replayed old bundle is refused); go back with `outpost-agent rollback`, or have \
+         the coordinator deploy {version} (a new, higher desired-state revision)"
+    )]
+    OlderThanFloor { name: String, version: String, floor: String },
 }
 
 /// One model's local state.
@@ -69,6 +75,12 @@ pub struct StoredModel {
     /// A second version beside the active one: a canary or a standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<StoredCandidate>,
+    /// The newest release this device was told is current (activated by a desired state or an
+    /// import): an imported bundle may not activate an older one — a replayed old bundle (an old
+    /// USB stick at an air-gapped site) is refused. Explicit rollbacks (`outpost-agent rollback`,
+    /// a new desired state naming an older version, the watchdog) do not lower it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_floor: Option<String>,
 }
 
 /// The candidate slot as stored.
@@ -276,6 +288,16 @@ impl ModelStore {
 
     /// Makes `version` the active version of `name`; returns the new state.
     pub fn activate(&self, name: &str, version: &str) -> Result<StoreState, StoreError> {
+        self.activate_checked(name, version, false)
+    }
+
+    /// Like [`ModelStore::activate`], for a bundle imported from a file: refused when `version`
+    /// is older than the model's release floor (and not already the active version).
+    pub fn activate_imported(&self, name: &str, version: &str) -> Result<StoreState, StoreError> {
+        self.activate_checked(name, version, true)
+    }
+
+    fn activate_checked(&self, name: &str, version: &str, imported: bool) -> Result<StoreState, StoreError> {
         let _lock = self.lock()?;
         if !self.bundle_path(name, version)?.is_file() {
             return Err(StoreError::NotInstalled { name: name.to_owned(), version: version.to_owned() });
@@ -285,12 +307,29 @@ impl ModelStore {
         if entry.active == version {
             return Ok(state);
         }
+        if imported
+            && let Some(floor) = &entry.release_floor
+            && crate::models::compare_versions(version, floor).is_lt()
+        {
+            return Err(StoreError::OlderThanFloor {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                floor: floor.clone(),
+            });
+        }
         if !entry.active.is_empty() {
             let previous = std::mem::take(&mut entry.active);
             entry.history.retain(|v| *v != previous && *v != version);
             entry.history.push(previous);
         }
         entry.active = version.to_owned();
+        let newer = entry
+            .release_floor
+            .as_deref()
+            .is_none_or(|floor| crate::models::compare_versions(version, floor).is_gt());
+        if newer {
+            entry.release_floor = Some(version.to_owned());
+        }
         // A probation belongs to the version it watched; a candidate that became the active
         // version (a blue-green switch, a promoted canary) is no longer a candidate.
         entry.probation = None;

@@ -181,6 +181,11 @@ fn setup_telemetry(
     );
     let table = Arc::clone(models);
     let system_metrics = Arc::clone(metrics);
+    let link_stats = Arc::new(LinkStats {
+        trusted: Arc::new(crate::trusted_time::TrustedClock::open(&config.data_dir)),
+        ..LinkStats::default()
+    });
+    let skew_stats = Arc::clone(&link_stats);
     let reporter = Arc::new(Reporter {
         config: config.telemetry.clone(),
         window: Arc::new(Window::new()),
@@ -192,6 +197,7 @@ fn setup_telemetry(
         system: Box::new(move || system_metrics.system_stats()),
         models: Box::new(move || model_states(&table)),
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
+        clock_skew: Box::new(move || skew_stats.take_unreported_skew()),
     });
     if let Some(r) = outbox.recovered() {
         // The damaged outbox held the batching cursor too: go on from the log's end (what it
@@ -208,18 +214,7 @@ fn setup_telemetry(
         );
     }
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
-    Ok(Telemetry {
-        reporter,
-        outbox,
-        link_stats: Arc::new(LinkStats {
-            trusted: Arc::new(crate::trusted_time::TrustedClock::open(&config.data_dir)),
-            ..LinkStats::default()
-        }),
-        link,
-        api_url,
-        api_ca,
-        client_tls,
-    })
+    Ok(Telemetry { reporter, outbox, link_stats, link, api_url, api_ca, client_tls })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.

@@ -260,6 +260,9 @@ pub struct Reporter {
     pub models: Box<dyn Fn() -> Vec<ModelState> + Send + Sync>,
     /// (last model states sent, prediction-log evictions already reported).
     pub sent: Mutex<(Option<Vec<ModelState>>, u64)>,
+    /// The device clock's skew against the coordinator when it is news (first measured, or
+    /// moved by a minute): sent as a `ClockSkew` event.
+    pub clock_skew: Box<dyn Fn() -> Option<i64> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -338,6 +341,9 @@ impl Reporter {
                 EventKind::LogEvicted,
                 format!("prediction log bound evicted {newly_evicted} records"),
             );
+        }
+        if let Some(skew_ms) = (self.clock_skew)() {
+            self.event(EventKind::ClockSkew { skew_ms }, crate::link::skew_text(skew_ms));
         }
         self.batch_predictions(final_pass)?;
         let (started, models, shadows) = self.window.take();

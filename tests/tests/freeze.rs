@@ -36,6 +36,8 @@ async fn an_unrenewed_desired_state_expires_into_stale_control_and_serving_goes_
     );
     let key = release_key(&c);
     let (agent, device) = start_agent(&c, &dir.path().join("agent"), "site=a", &[&key], "");
+    // Enrolment made the storage key with the identity (a Kubernetes Secret of the folder carries it).
+    assert!(dir.path().join("agent/identity/storage.key").is_file());
     ok(push(&c, "breast_cancer-1.0.0", "1.0.0"), "push");
     assert_eq!(validate(&c, "1.0.0").0, 0);
     ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy");

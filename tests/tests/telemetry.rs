@@ -403,6 +403,19 @@ async fn an_agent_whose_clock_is_a_day_off_still_connects_and_reports() {
             "{}",
             agent.log()
         );
+        // The coordinator hears it too: in the device's record and `outpostctl devices -o wide`.
+        let view = fleet
+            .coordinator
+            .wait_device(&device, Duration::from_secs(30), |v| {
+                v["clock_skew_ms"].as_i64().is_some_and(|ms| (ms as f64 / 1000.0 - expected).abs() < 120.0)
+            })
+            .await;
+        assert!(view["recent_events"].to_string().contains("ClockSkew"), "{view}");
+        let (code, out, err) = fleet.coordinator.ctl(&["devices", "-o", "wide"]);
+        assert_eq!(code, 0, "{err}");
+        let side = if offset == "-1d" { " s behind" } else { " s ahead" };
+        assert!(out.lines().next().is_some_and(|h| h.contains("CLOCK")), "{out}");
+        assert!(out.lines().any(|l| l.starts_with(&device) && l.contains(side)), "{out}");
     }
 }
 

@@ -111,8 +111,8 @@ fn sources_that_cannot_give_a_key_say_which_and_why() {
     assert!(bad("env:A-B").contains("letters, digits"));
     assert!(bad("env:OUTPOST_KEY").contains("read as a configuration key"));
     assert!(bad("credential:../x").contains("no `/`"));
-    let unset = bad("env:OUTPOST_TEST_SURELY_UNSET_KEY");
-    assert!(unset.contains("env:OUTPOST_TEST_SURELY_UNSET_KEY") && unset.contains("missing"), "{unset}");
+    let unset = bad("env:SURELY_UNSET_STORAGE_KEY_FOR_TEST");
+    assert!(unset.contains("env:SURELY_UNSET_STORAGE_KEY_FOR_TEST") && unset.contains("missing"), "{unset}");
     // PATH is set, and not a key.
     let invalid = bad("env:PATH");
     assert!(invalid.contains("env:PATH is not usable") && invalid.contains("64 hex digits"), "{invalid}");

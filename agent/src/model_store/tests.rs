@@ -194,7 +194,8 @@ fn installs_activates_rolls_back_and_keeps_the_last_versions() {
             active: "1.3.0".into(),
             history: vec!["1.1.0".into(), "1.2.0".into()],
             probation: None,
-            candidate: None
+            candidate: None,
+            release_floor: Some("1.3.0".into()),
         }
     );
     assert_eq!(state.generation, 4);
@@ -226,4 +227,33 @@ fn refuses_other_bytes_for_an_installed_version_and_untrusted_bundles() {
     assert!(err.to_string().contains(stranger.key_id()), "{err}");
     assert!(store.installed("bc") == ["1.0.0"]);
     assert!(matches!(store.activate("bc", "9.9.9"), Err(StoreError::NotInstalled { .. })));
+}
+
+#[test]
+fn an_import_cannot_activate_a_release_older_than_the_newest_one_told_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
+    let (key, _) = SigningKey::generate().unwrap();
+    let trusted = [key.public_key()];
+    for v in ["1.0.0", "1.1.0"] {
+        store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
+    }
+    store.activate_imported("bc", "1.0.0").unwrap();
+    store.activate_imported("bc", "1.1.0").unwrap();
+    match store.activate_imported("bc", "1.0.0") {
+        Err(StoreError::OlderThanFloor { version, floor, .. }) => {
+            assert_eq!((version.as_str(), floor.as_str()), ("1.0.0", "1.1.0"))
+        }
+        other => panic!("a replayed older bundle was activated: {other:?}"),
+    }
+    assert_eq!(store.state().unwrap().models["bc"].active, "1.1.0");
+    // An explicit rollback goes back, and does not lower the floor.
+    store.rollback(Some("bc"), 1).unwrap();
+    let model = store.state().unwrap().models["bc"].clone();
+    assert_eq!((model.active.as_str(), model.release_floor.as_deref()), ("1.0.0", Some("1.1.0")));
+    // Importing what is already active is a no-op, not a refusal; a coordinator's desired state
+    // (a new revision) may name any version.
+    store.activate_imported("bc", "1.0.0").unwrap();
+    store.activate("bc", "1.1.0").unwrap();
+    store.activate("bc", "1.0.0").unwrap();
 }

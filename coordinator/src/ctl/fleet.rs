@@ -83,6 +83,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 .wide("ENROLLED")
                 .wide("DESIRED")
                 .wide("AT REST")
+                .wide("CLOCK")
                 .wide("KEY ID");
             for d in devices {
                 let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -109,6 +110,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                         .as_deref()
                         .map_or("-", |s| if s.starts_with("on") { "encrypted" } else { "off" })
                         .into(),
+                    d.clock_skew_ms.map_or_else(|| "-".into(), skew),
                     d.key_id.clone(),
                 ]);
             }
@@ -174,6 +176,16 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A device clock's skew in words: `in step`, `86400 s behind`, `3 s ahead`.
+fn skew(ms: i64) -> String {
+    let secs = (ms.abs() + 500) / 1000;
+    match ms {
+        -999..=999 => "in step".into(),
+        ms if ms > 0 => format!("{secs} s behind"),
+        _ => format!("{secs} s ahead"),
+    }
+}
+
 /// The human view of `device show`.
 pub(super) fn print_device(d: &DeviceView) {
     let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -181,6 +193,9 @@ pub(super) fn print_device(d: &DeviceView) {
     say!("labels   {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
     say!("agent    {}", d.agent_version.as_deref().unwrap_or("-"));
     say!("at rest  {}", d.at_rest.as_deref().unwrap_or("-"));
+    if let Some(ms) = d.clock_skew_ms {
+        say!("clock    {}", skew(ms));
+    }
     if let Some(s) = &d.control_stale {
         say!(
             "control  STALE: desired state revision {} expired {} and nothing newer arrived",

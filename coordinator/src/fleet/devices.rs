@@ -95,6 +95,9 @@ pub struct DeviceRecord {
     /// control channel is cut or frozen): the revision it holds and when that expired.
     #[serde(default)]
     pub control_stale: Option<StaleControl>,
+    /// The coordinator's clock minus the device's, in ms, as the agent last measured it.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
     /// When it was revoked and by whom; a revoked device's telemetry is refused.
     #[serde(default)]
     pub revoked: Option<Revocation>,
@@ -173,6 +176,7 @@ impl DeviceRecord {
             revoked: None,
             at_rest: None,
             control_stale: None,
+            clock_skew_ms: None,
         }
     }
 }

@@ -170,6 +170,7 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
             record.counts.events += 1;
             match &event.kind {
                 EventKind::AtRest { encryption } => record.at_rest = Some(encryption.clone()),
+                EventKind::ClockSkew { skew_ms } => record.clock_skew_ms = Some(*skew_ms),
                 EventKind::ControlStale { stale, revision, expired_at_ms } => {
                     record.control_stale = stale.then(|| crate::fleet::devices::StaleControl {
                         revision: *revision,

@@ -499,6 +499,9 @@ pub struct DeviceView {
     /// newer reached it.
     #[serde(default)]
     pub control_stale: Option<crate::fleet::devices::StaleControl>,
+    /// The coordinator's clock minus the device's, in ms (positive: the device is behind).
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
@@ -526,6 +529,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         drift_at_ms: d.drift_at_ms,
         at_rest: d.at_rest,
         control_stale: d.control_stale,
+        clock_skew_ms: d.clock_skew_ms,
     }
 }
 

@@ -192,6 +192,12 @@ pub enum EventKind {
         revision: u64,
         expired_at_ms: u64,
     },
+    /// The coordinator's clock minus the device's, in ms, as the agent measured it from signed
+    /// acks (positive: the device is behind); sent when first measured and when it moves by a
+    /// minute. Appended last.
+    ClockSkew {
+        skew_ms: i64,
+    },
 }
 
 impl EventKind {
@@ -210,6 +216,7 @@ impl EventKind {
             EventKind::StorageQuarantined { .. } => "StorageQuarantined",
             EventKind::AtRest { .. } => "AtRest",
             EventKind::ControlStale { .. } => "ControlStale",
+            EventKind::ClockSkew { .. } => "ClockSkew",
         }
     }
 }

@@ -359,7 +359,14 @@ impl Overview {
                         String::new()
                     },
                     d.last_seen_ms.map_or("never".into(), |t| ago(self.now, t)),
-                    e(d.agent_version.as_deref().unwrap_or("?")),
+                    e(d.agent_version.as_deref().unwrap_or("?"))
+                        + &d.clock_skew_ms.filter(|ms| ms.abs() >= 60_000).map_or(String::new(), |ms| {
+                            let side = if ms > 0 { "behind" } else { "ahead" };
+                            format!(
+                                " <span data-clock-skew-ms=\"{ms}\">{}</span>",
+                                badge("warn", &format!("clock {} s {side}", (ms.abs() + 500) / 1000))
+                            )
+                        }),
                     at_rest_kind,
                     at_rest_cell,
                     drifting.join(","),
