@@ -143,7 +143,7 @@ impl std::str::FromStr for KeySource {
         }
         match kind {
             "file" => Ok(KeySource::File(PathBuf::from(rest))),
-            "env" if rest.starts_with(crate::config::ENV_PREFIX) => Err(bad(
+            "env" if rest.starts_with(crate::ENV_PREFIX) => Err(bad(
                 "a variable named OUTPOST_… is read as a configuration key; give the key a name outside that prefix",
             )),
             "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {

@@ -16,8 +16,7 @@ use crate::telemetry::{Sampling, TelemetryConfig};
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// Prefix of environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "OUTPOST_";
+pub use crate::ENV_PREFIX;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

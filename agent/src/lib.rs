@@ -19,6 +19,9 @@
 //! - [`cli`], [`check_model`], [`logging`]: the binary's edges.
 #![forbid(unsafe_code)]
 
+/// Prefix of environment variables that override configuration keys (`OUTPOST_LOG__FORMAT`).
+pub const ENV_PREFIX: &str = "OUTPOST_";
+
 pub mod api;
 pub mod at_rest;
 pub mod check_model;
