@@ -153,6 +153,21 @@ fn setup_telemetry(
                 path: identity.dir.join("enrolment.json"),
                 detail: problem.to_string(),
             })?;
+            let control_key = enrolment.coordinator_key()?;
+            if config
+                .registry
+                .keys()
+                .is_ok_and(|keys| keys.iter().any(|k| k.key_id() == control_key.key_id()))
+            {
+                // Roles: the key from enrolment signs desired states and acks; release keys sign
+                // bundles. One key in both places means one stolen key can do both.
+                tracing::warn!(
+                    key_id = control_key.key_id(),
+                    "the coordinator key this device was enrolled with is also in registry.trusted_keys: one key signs \
+                     both releases and control messages here (a device enrolled before the coordinator split its keys, or \
+                     the online key listed as a release key) — enrol again and list only release keys"
+                );
+            }
             let session = identity.next_session();
             let now = outpost_shared::endpoints::now_ms();
             let presence = |p| {
@@ -166,7 +181,7 @@ fn setup_telemetry(
                 host,
                 port,
                 tls: identity.broker_tls()?,
-                coordinator_key: enrolment.coordinator_key()?,
+                coordinator_key: control_key,
                 ack_timeout: Duration::from_secs(config.telemetry.ack_timeout_secs),
                 max_in_flight: config.telemetry.max_in_flight,
                 desired: None,

@@ -10,12 +10,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use outpost_shared::protocol::messages::{self, CoordinatorMessage, DesiredModel, DesiredState};
+use outpost_shared::protocol::{self, SigningKey};
 use outpost_tests::fleet::{
     Coordinator, Mosquitto, bundle_create, metric, observer_identity, ok, publish_retained, push,
     release_key, run, served, start_agent, subscribe, validate, wait_serving,
 };
 use outpost_tests::{Agent, models_dir, run_agent};
 use serde_json::{Value, json};
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    outpost_shared::bundle::sha256_hex(bytes)
+}
 
 fn close(found: &Value, expected: &Value, what: &str) {
     let (f, e) = (found.as_f64().unwrap_or(f64::NAN), expected.as_f64().unwrap());
@@ -369,6 +375,67 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
         assert!(Instant::now() < deadline, "the agent did not refuse both; log:\n{log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Key roles: the release key signs bundles, never control messages. A desired state it
+    // signs (a high revision, naming 1.0.0 again) is refused like a forgery; the device was
+    // given the separate online key at enrolment.
+    let enrolment: Value =
+        serde_json::from_slice(&std::fs::read(agent_dir.join("identity/enrolment.json")).unwrap()).unwrap();
+    assert_ne!(
+        enrolment["coordinator_public_key"].as_str(),
+        Some(release_key(&c).as_str()),
+        "one key for two roles"
+    );
+    let release =
+        SigningKey::from_pkcs8(&std::fs::read(c.data_dir.join("pki/signing.pk8")).unwrap()).unwrap();
+    let sha = hex_sha256(b"any bundle: the signature is checked first");
+    let state = DesiredState {
+        device: device.clone(),
+        revision: 1000,
+        models: vec![DesiredModel {
+            name: "bc".into(),
+            version: "1.0.0".into(),
+            bundle_sha256: sha,
+            watchdog: None,
+            candidate: None,
+        }],
+        expires_at_ms: 0,
+    };
+    let body = messages::encode(&CoordinatorMessage::Desired(state));
+    let by_release = protocol::seal(&release, 1_000_000, 1, &body).unwrap();
+    let release_path = dir.path().join("release-signed.bin");
+    std::fs::write(&release_path, &by_release).unwrap();
+    let refusals = metric(&agent.metrics_text().await, "outpost_agent_desired_refusals_total");
+    publish_retained(broker_port, &topic, &release_path, (&cert, &key), &ca);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&agent.metrics_text().await, "outpost_agent_desired_refusals_total") <= refusals {
+        assert!(
+            Instant::now() < deadline,
+            "a desired state signed by the release key was not refused\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&agent.metrics_text().await, "outpost_agent_desired_revision"), 2.0);
+    // Refused at the signature, not later: revision 1000 was never recorded as applied.
+    let applied: Value =
+        serde_json::from_slice(&std::fs::read(agent_dir.join("models/desired.json")).unwrap()).unwrap();
+    assert_eq!(applied["revision"], 2, "{applied}");
+    // And a bundle signed only by the online key is not a release.
+    let online_only = dir.path().join("bc-9.9.9-online.bundle");
+    let online_key = c.data_dir.join("pki/online.pk8");
+    ok(bundle_create("breast_cancer-1.1.0", "bc", "9.9.9", Some(&online_key), &online_only), "bundle create");
+    let config = agent_dir.join("agent.toml");
+    let (code, _, err) = run_agent(&[
+        "import",
+        online_only.to_str().unwrap(),
+        "-c",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("elsewhere").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "a bundle signed by the online key was imported: {err}");
+    assert!(err.contains("untrusted key"), "{err}");
     assert_eq!(served(&agent).await.as_deref(), Some("1.1.0"));
     let metrics = agent.metrics_text().await;
     assert!(metric(&metrics, "outpost_agent_desired_refusals_total") >= 2.0, "{metrics}");

@@ -5,8 +5,14 @@
 //!   the CSR a device sends at enrolment — the device's TLS key never leaves it), the
 //!   coordinator's own client certificate for the broker, and server certificates for brokers
 //!   (`outpost-coordinator cert server`).
-//! - `signing.pk8` (0600): the coordinator's Ed25519 key; it signs acks and desired states, and
-//!   devices learn its public half at enrolment.
+//! - `signing.pk8` (0600): the **release** key (Ed25519). It signs bundles — the registry adds
+//!   its signature on push — and agents list its public half in `registry.trusted_keys`.
+//! - `online.pk8` (0600): the **online** (control) key. It signs desired states and acks, and
+//!   devices learn its public half at enrolment. A device trusts each key for its role only: a
+//!   desired state signed by the release key, or a bundle signed only by the online key, is
+//!   refused. Devices enrolled before the two were split (when one key did both) keep getting
+//!   control messages from the release key until they enrol again ([`Authority::control_key`]).
+//!   Rotating either key with a signed trust-root statement is not built yet.
 //!
 //! Device certificates carry the device id as their common name and no organisation field
 //! (an `O=` turns into a tenant in some brokers and rewrites client ids). Each has a random
@@ -35,16 +41,20 @@ pub enum CaError {
     Generate(String),
 }
 
-/// The CA plus the coordinator's signing key.
+/// The CA plus the coordinator's release and online keys.
 pub struct Authority {
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
     signing: SigningKey,
+    online: SigningKey,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("signing_key_id", &self.signing.key_id()).finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("release_key_id", &self.signing.key_id())
+            .field("online_key_id", &self.online.key_id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,6 +99,7 @@ impl Authority {
     pub fn load_or_create(data_dir: &Path) -> Result<Authority, CaError> {
         let dir = data_dir.join("pki");
         let (ca_cert, ca_key, signing) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("signing.pk8"));
+        let online = dir.join("online.pk8");
         if !ca_key.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
             let mut params = CertificateParams::default();
@@ -104,19 +115,30 @@ impl Authority {
             outpost_shared::files::write_atomic(&ca_cert, cert.pem().as_bytes()).map_err(io(&ca_cert))?;
             tracing::info!(path = %ca_cert.display(), "created the fleet CA");
         }
-        if !signing.exists() {
-            let (_, pkcs8) =
-                SigningKey::generate().map_err(|e| CaError::Generate(format!("signing key: {e}")))?;
-            write_private(&signing, &pkcs8).map_err(io(&signing))?;
+        for path in [&signing, &online] {
+            if !path.exists() {
+                let (_, pkcs8) =
+                    SigningKey::generate().map_err(|e| CaError::Generate(format!("signing key: {e}")))?;
+                write_private(path, &pkcs8).map_err(io(path))?;
+            }
         }
         let corrupt = |path: &Path, detail: String| CaError::Corrupt { path: path.to_owned(), detail };
         let ca_pem = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
         let key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&ca_key, e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| corrupt(&ca_cert, e.to_string()))?;
-        let pkcs8 = std::fs::read(&signing).map_err(io(&signing))?;
-        let signing = SigningKey::from_pkcs8(&pkcs8).map_err(|e| corrupt(&signing, e.to_string()))?;
-        Ok(Authority { ca_pem, issuer, signing })
+        let load = |path: &Path| -> Result<SigningKey, CaError> {
+            let pkcs8 = std::fs::read(path).map_err(io(path))?;
+            SigningKey::from_pkcs8(&pkcs8).map_err(|e| corrupt(path, e.to_string()))
+        };
+        let (signing, online) = (load(&signing)?, load(&online)?);
+        if signing.key_id() == online.key_id() {
+            return Err(corrupt(
+                &dir.join("online.pk8"),
+                "it is the release key: the roles need two keys".into(),
+            ));
+        }
+        Ok(Authority { ca_pem, issuer, signing, online })
     }
 
     /// The CA certificate (PEM).
@@ -124,9 +146,20 @@ impl Authority {
         &self.ca_pem
     }
 
-    /// The coordinator's Ed25519 signing key.
-    pub fn signing_key(&self) -> &SigningKey {
+    /// The release key: signs bundles (agents trust it in `registry.trusted_keys`).
+    pub fn release_key(&self) -> &SigningKey {
         &self.signing
+    }
+
+    /// The online key: signs desired states and acks (devices learn it at enrolment).
+    pub fn online_key(&self) -> &SigningKey {
+        &self.online
+    }
+
+    /// The key that signs a device's control messages: the online key, or — for a device
+    /// enrolled when one key held both roles (`legacy`) — the release key it was given then.
+    pub fn control_key(&self, legacy: bool) -> &SigningKey {
+        if legacy { &self.signing } else { &self.online }
     }
 
     fn leaf_params(common_name: &str, days: u32, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
@@ -227,8 +260,12 @@ mod tests {
         let a = Authority::load_or_create(dir.path()).unwrap();
         let b = Authority::load_or_create(dir.path()).unwrap();
         assert_eq!(a.ca_pem(), b.ca_pem(), "second start must reuse the CA");
-        assert_eq!(a.signing_key().key_id(), b.signing_key().key_id());
-        for secret in ["pki/ca.key", "pki/signing.pk8"] {
+        assert_eq!(a.release_key().key_id(), b.release_key().key_id());
+        assert_eq!(a.online_key().key_id(), b.online_key().key_id());
+        assert_ne!(a.release_key().key_id(), a.online_key().key_id(), "one key for two roles");
+        assert_eq!(a.control_key(false).key_id(), a.online_key().key_id());
+        assert_eq!(a.control_key(true).key_id(), a.release_key().key_id());
+        for secret in ["pki/ca.key", "pki/signing.pk8", "pki/online.pk8"] {
             let mode = std::fs::metadata(dir.path().join(secret)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{secret}");
         }

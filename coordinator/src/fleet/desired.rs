@@ -185,8 +185,10 @@ impl Desired {
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
         let seq = self.devices.next_outgoing_seq(device)?;
-        let payload = protocol::seal(authority.signing_key(), seq, now, &body).map_err(|e| {
-            StoreError::Corrupt { key: format!("desired state for {device}"), detail: e.to_string() }
+        let key = authority.control_key(self.devices.control_by_release_key(device)?);
+        let payload = protocol::seal(key, seq, now, &body).map_err(|e| StoreError::Corrupt {
+            key: format!("desired state for {device}"),
+            detail: e.to_string(),
         })?;
         let topic = topics::topic(device, Channel::Desired)
             .map_err(|e| StoreError::Corrupt { key: device.into(), detail: e.to_string() })?;

@@ -245,7 +245,14 @@ pub struct Devices {
     envelopes: sled::Tree,
     meta: sled::Tree,
     revoked: sled::Tree,
+    /// Devices enrolled when one key signed releases and control messages: their desired
+    /// states and acks are still signed with the release key they were given (until they
+    /// enrol again).
+    legacy_control: sled::Tree,
 }
+
+/// Set in `meta` once the devices enrolled before the key roles were split are marked.
+const ROLES_SPLIT: &[u8] = b"control_key_roles_split_at_ms";
 
 impl std::fmt::Debug for Devices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,15 +284,49 @@ fn abort<E>(e: E) -> ConflictableTransactionError<E> {
 
 impl Devices {
     pub fn open(store: &Store) -> Result<Devices, StoreError> {
-        Ok(Devices {
+        let devices = Devices {
             tokens: store.tree("tokens")?,
             devices: store.tree("devices")?,
             device_keys: store.tree("device_keys")?,
             envelopes: store.tree("envelopes")?,
             meta: store.tree("meta")?,
             revoked: store.tree("revoked")?,
+            legacy_control: store.tree("legacy_control")?,
             store: store.clone(),
-        })
+        };
+        devices.mark_legacy_control()?;
+        Ok(devices)
+    }
+
+    /// Once per store: every device enrolled by a coordinator that had one key for both roles
+    /// is marked, so its control messages stay verifiable with the key it holds.
+    fn mark_legacy_control(&self) -> Result<(), StoreError> {
+        if self.meta.get(ROLES_SPLIT).map_err(|e| self.storage(e))?.is_some() {
+            return Ok(());
+        }
+        let mut marked = 0;
+        for item in self.devices.iter() {
+            let (id, _) = item.map_err(|e| self.storage(e))?;
+            self.legacy_control.insert(id, &[][..]).map_err(|e| self.storage(e))?;
+            marked += 1;
+        }
+        self.meta.insert(ROLES_SPLIT, &now_ms().to_be_bytes()).map_err(|e| self.storage(e))?;
+        self.flush()?;
+        if marked > 0 {
+            tracing::warn!(
+                devices = marked,
+                "these devices were enrolled when one coordinator key signed releases and control messages: their \
+                 desired states and acks stay signed with the release key until they enrol again (new enrolments \
+                 get the separate online key)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `id`'s control messages are signed with the release key (a device enrolled
+    /// before the roles were split).
+    pub fn control_by_release_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.legacy_control.contains_key(id.as_bytes()).map_err(|e| self.storage(e))
     }
 
     fn storage(&self, source: sled::Error) -> StoreError {
@@ -310,8 +351,8 @@ impl Devices {
         make_device: impl Fn(&TokenRecord) -> DeviceRecord,
     ) -> Result<Result<DeviceRecord, TokenRefused>, StoreError> {
         let now = now_ms();
-        let result = (&self.tokens, &self.devices, &self.device_keys, &self.revoked).transaction(
-            |(tokens, devices, keys, revoked)| {
+        let result = (&self.tokens, &self.devices, &self.device_keys, &self.revoked, &self.legacy_control)
+            .transaction(|(tokens, devices, keys, revoked, legacy)| {
                 let Some(raw) = tokens.get(token_hash.as_bytes())? else {
                     return Err(abort(TokenRefused::Unknown));
                 };
@@ -344,9 +385,10 @@ impl Devices {
                 tokens.insert(token_hash.as_bytes(), encode_in_tx("token", &token)?)?;
                 devices.insert(device.id.as_bytes(), encode_in_tx("device", &device)?)?;
                 keys.insert(device.key_id.as_bytes(), device.id.as_bytes())?;
+                // Enrolled now: it holds the online key for control messages.
+                legacy.remove(device.id.as_bytes())?;
                 Ok(device)
-            },
-        );
+            });
         let outcome = match result {
             Ok(device) => Ok(device),
             Err(TransactionError::Abort(refused)) => Err(refused),
@@ -605,6 +647,26 @@ mod tests {
             "a token must not take over another device's id"
         );
         assert_eq!(devices.get_by_key("k1").unwrap().unwrap().id, "d1");
+    }
+
+    #[test]
+    fn devices_enrolled_before_the_key_split_keep_the_release_key_until_they_enrol_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A store from before the split: a device record, and no mark in `meta`.
+        let old = serde_json::to_vec(&device("old", "k0")).unwrap();
+        store.tree("devices").unwrap().insert(b"old", old).unwrap();
+        let devices = Devices::open(&store).unwrap();
+        assert!(devices.control_by_release_key("old").unwrap());
+        devices.add_token("t", &token(u64::MAX)).unwrap();
+        devices.enrol("t", |_| device("new", "k1")).unwrap().unwrap();
+        assert!(!devices.control_by_release_key("new").unwrap(), "a new enrolment gets the online key");
+        // Marked once: opening again marks nothing new; enrolling again clears the mark.
+        let devices = Devices::open(&store).unwrap();
+        assert!(!devices.control_by_release_key("new").unwrap());
+        devices.add_token("t2", &token(u64::MAX)).unwrap();
+        devices.enrol("t2", |_| device("old", "k0")).unwrap().unwrap();
+        assert!(!devices.control_by_release_key("old").unwrap());
     }
 
     #[test]

@@ -411,13 +411,15 @@ impl Ingest {
         seqs: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let all = Ack::from_seqs(device, seqs);
+        let key = self.authority.control_key(self.devices.control_by_release_key(device)?);
         let mut out = Vec::new();
         for ranges in all.ranges.chunks(messages::MAX_ACK_RANGES) {
             let ack = Ack { device: device.to_owned(), ranges: ranges.to_vec() };
             let body = messages::encode(&CoordinatorMessage::Ack(ack));
             let seq = self.devices.next_outgoing_seq(device)?;
-            let wire = protocol::seal(self.authority.signing_key(), seq, now_ms(), &body).map_err(|e| {
-                StoreError::Corrupt { key: format!("ack for {device}"), detail: e.to_string() }
+            let wire = protocol::seal(key, seq, now_ms(), &body).map_err(|e| StoreError::Corrupt {
+                key: format!("ack for {device}"),
+                detail: e.to_string(),
             })?;
             out.push(wire);
         }

@@ -206,10 +206,12 @@ async fn keys(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
-    let key = state.authority.signing_key();
+    let (key, online) = (state.authority.release_key(), state.authority.online_key());
     Ok(Json(serde_json::json!({
         "release_key": hex::encode(key.public_key().as_bytes()),
         "key_id": key.key_id(),
+        "online_key": hex::encode(online.public_key().as_bytes()),
+        "online_key_id": online.key_id(),
     })))
 }
 
@@ -455,7 +457,8 @@ fn enrol_inner(
         client_certificate: certificate,
         broker_ca: state.broker_ca_pem.clone(),
         broker_url: state.config.advertised_broker_url(),
-        coordinator_public_key: hex::encode(state.authority.signing_key().public_key().as_bytes()),
+        // The online key: it signs this device's desired states and acks (never bundles).
+        coordinator_public_key: hex::encode(state.authority.online_key().public_key().as_bytes()),
         api_url: state.config.api_url(),
         api_ca: state.api_ca_pem.clone(),
     })

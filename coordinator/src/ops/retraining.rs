@@ -442,7 +442,7 @@ async fn execute(
     let st = Arc::clone(state);
     let pushed = tokio::task::spawn_blocking(move || -> Result<(), RegisterError> {
         let (bundle, _) = crate::models::packaging::build(&spec, st.clock.now_ms() / 1000)?;
-        st.deployer.registry().push(&bundle.to_bytes(), "retraining", st.authority.signing_key())?;
+        st.deployer.registry().push(&bundle.to_bytes(), "retraining", st.authority.release_key())?;
         Ok(())
     })
     .await

@@ -95,7 +95,7 @@ pub async fn push(
                 parsed.manifest.id()
             )));
         }
-        let pushed = st.registry.push(&body, &by, st.authority.signing_key())?;
+        let pushed = st.registry.push(&body, &by, st.authority.release_key())?;
         let detail = if pushed.created { "registered" } else { "already registered with the same model" };
         Ok((pushed, detail.to_owned()))
     })
