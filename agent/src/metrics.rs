@@ -13,65 +13,8 @@ use prometheus::{
 };
 use sysinfo::{Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-pub const REQUESTS_TOTAL: &str = "outpost_agent_requests_total";
-pub const REQUEST_DURATION_SECONDS: &str = "outpost_agent_request_duration_seconds";
-pub const INFERENCE_DURATION_SECONDS: &str = "outpost_agent_inference_duration_seconds";
-pub const IN_FLIGHT_REQUESTS: &str = "outpost_agent_in_flight_requests";
-pub const QUEUE_DEPTH: &str = "outpost_agent_queue_depth";
-pub const QUEUE_CAPACITY: &str = "outpost_agent_queue_capacity";
-pub const QUEUE_REJECTIONS_TOTAL: &str = "outpost_agent_queue_rejections_total";
-pub const WORKERS: &str = "outpost_agent_workers";
-pub const WORKERS_BUSY: &str = "outpost_agent_workers_busy";
-pub const MODEL_STATE: &str = "outpost_agent_model_state";
-pub const MODEL_LOAD_DURATION_SECONDS: &str = "outpost_agent_model_load_duration_seconds";
-pub const BUILD_INFO: &str = "outpost_agent_build_info";
-pub const MODEL_SWAPS_TOTAL: &str = "outpost_agent_model_swaps_total";
-pub const STORAGE_QUARANTINED_TOTAL: &str = "outpost_agent_storage_quarantined_total";
-pub const ENCRYPTION_AT_REST: &str = "outpost_agent_encryption_at_rest";
-pub const UNREADABLE_RECORDS_TOTAL: &str = "outpost_agent_unreadable_records_total";
-pub const MODEL_REFUSALS_TOTAL: &str = "outpost_agent_model_refusals_total";
-pub const WATCHDOG_ROLLBACKS_TOTAL: &str = "outpost_agent_watchdog_rollbacks_total";
-pub const SHADOW_REQUESTS_TOTAL: &str = "outpost_agent_shadow_requests_total";
-pub const SHADOW_ROWS_TOTAL: &str = "outpost_agent_shadow_rows_total";
-pub const SHADOW_SKIPPED_TOTAL: &str = "outpost_agent_shadow_skipped_total";
-pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
-pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
-pub const CONTROL_STALE: &str = "outpost_agent_control_stale";
-pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
-pub const FEEDBACK_TOTAL: &str = "outpost_agent_feedback_total";
-pub const LABELLED_PREDICTIONS_TOTAL: &str = "outpost_agent_labelled_predictions_total";
-pub const LABELLED_CORRECT_TOTAL: &str = "outpost_agent_labelled_correct_total";
-pub const DRIFT_SCORE: &str = "outpost_agent_drift_score";
-pub const DRIFT_DETECTED: &str = "outpost_agent_drift_detected";
-pub const DRIFT_WINDOW_ROWS: &str = "outpost_agent_drift_window_rows";
-pub const PREDICTION_LOG_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_records_total";
-pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_evicted_records_total";
-pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
-pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_log_write_errors_total";
-pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
-pub const PREDICTION_LOG_BUDGET_BYTES: &str = "outpost_agent_prediction_log_budget_bytes";
-pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";
-pub const PREDICTION_LOG_QUEUED: &str = "outpost_agent_prediction_log_queued";
-pub const PREDICTION_LOG_IDS_SKIPPED: &str = "outpost_agent_prediction_log_ids_skipped";
-pub const PREDICTION_LOG_UNLOGGED_TOTAL: &str = "outpost_agent_prediction_log_unlogged_requests_total";
-pub const PREDICTION_LOG_QUARANTINED_TOTAL: &str = "outpost_agent_prediction_log_quarantined_segments_total";
-pub const OUTBOX_MESSAGES: &str = "outpost_agent_outbox_messages";
-pub const CLOCK_SKEW_SECONDS: &str = "outpost_agent_clock_skew_seconds";
-pub const OUTBOX_BYTES: &str = "outpost_agent_outbox_bytes";
-pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "outpost_agent_outbox_oldest_age_seconds";
-pub const OUTBOX_DROPPED_TOTAL: &str = "outpost_agent_outbox_dropped_total";
-pub const BROKER_CONNECTED: &str = "outpost_agent_broker_connected";
-pub const TELEMETRY_SENT_TOTAL: &str = "outpost_agent_telemetry_sent_total";
-pub const TELEMETRY_ACKED_TOTAL: &str = "outpost_agent_telemetry_acked_total";
-pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
-pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
-pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
-pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
-pub const SYSTEM_CPU_USAGE_RATIO: &str = "outpost_agent_system_cpu_usage_ratio";
-pub const SYSTEM_MEMORY_TOTAL_BYTES: &str = "outpost_agent_system_memory_total_bytes";
-pub const SYSTEM_MEMORY_AVAILABLE_BYTES: &str = "outpost_agent_system_memory_available_bytes";
-pub const SYSTEM_DISK_TOTAL_BYTES: &str = "outpost_agent_system_disk_total_bytes";
-pub const SYSTEM_DISK_AVAILABLE_BYTES: &str = "outpost_agent_system_disk_available_bytes";
+mod names;
+pub use names::*;
 
 /// Outcome label of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -705,23 +648,4 @@ impl SystemProbe {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_text_format_with_moving_counters_and_system_figures() {
-        let metrics = Metrics::new().unwrap();
-        metrics.requests.with_label_values(&["bc", "1.0.0", Outcome::Ok.label()]).inc();
-        metrics.set_model_state("bc", "1.0.0", "ready");
-        let text = metrics.render().unwrap();
-        assert!(
-            text.contains("outpost_agent_requests_total{model=\"bc\",outcome=\"ok\",version=\"1.0.0\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("outpost_agent_model_state{model=\"bc\",state=\"ready\",version=\"1.0.0\"} 1"));
-        assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
-        let rss_line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).unwrap();
-        let rss: f64 = rss_line.split(' ').nth(1).unwrap().parse().unwrap();
-        assert!(rss > 0.0, "{rss_line}");
-    }
-}
+mod tests;

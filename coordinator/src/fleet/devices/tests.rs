@@ -1,0 +1,108 @@
+//! Unit tests of the device store: tokens, enrolment, envelopes, revocation, key roles.
+use super::*;
+
+fn device(id: &str, key: &str) -> DeviceRecord {
+    DeviceRecord {
+        key_id: key.into(),
+        ..DeviceRecord::new(id, &[key.bytes().fold(0, u8::wrapping_add); 32], BTreeMap::new())
+    }
+}
+
+fn token(expires_at_ms: u64) -> TokenRecord {
+    TokenRecord { labels: BTreeMap::new(), created_at_ms: 0, expires_at_ms, used_by: None, used_at_ms: None }
+}
+
+#[test]
+fn a_token_enrols_exactly_once_and_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+    devices.add_token("t1", &token(u64::MAX)).unwrap();
+    devices.add_token("old", &token(1)).unwrap();
+    assert_eq!(devices.enrol("t1", |_| device("d1", "k1")).unwrap().unwrap().id, "d1");
+    assert_eq!(devices.enrol("t1", |_| device("d2", "k2")).unwrap(), Err(TokenRefused::Used));
+    assert_eq!(devices.enrol("old", |_| device("d3", "k3")).unwrap(), Err(TokenRefused::Expired));
+    assert_eq!(devices.enrol("nope", |_| device("d4", "k4")).unwrap(), Err(TokenRefused::Unknown));
+    devices.add_token("t2", &token(u64::MAX)).unwrap();
+    assert_eq!(
+        devices.enrol("t2", |_| device("d1", "k9")).unwrap(),
+        Err(TokenRefused::DeviceExists("d1".into())),
+        "a token must not take over another device's id"
+    );
+    assert_eq!(devices.get_by_key("k1").unwrap().unwrap().id, "d1");
+}
+
+#[test]
+fn devices_enrolled_before_the_key_split_keep_the_release_key_until_they_enrol_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // A store from before the split: a device record, and no mark in `meta`.
+    let old = serde_json::to_vec(&device("old", "k0")).unwrap();
+    store.tree("devices").unwrap().insert(b"old", old).unwrap();
+    let devices = Devices::open(&store).unwrap();
+    assert!(devices.control_by_release_key("old").unwrap());
+    devices.add_token("t", &token(u64::MAX)).unwrap();
+    devices.enrol("t", |_| device("new", "k1")).unwrap().unwrap();
+    assert!(!devices.control_by_release_key("new").unwrap(), "a new enrolment gets the online key");
+    // Marked once: opening again marks nothing new; enrolling again clears the mark.
+    let devices = Devices::open(&store).unwrap();
+    assert!(!devices.control_by_release_key("new").unwrap());
+    devices.add_token("t2", &token(u64::MAX)).unwrap();
+    devices.enrol("t2", |_| device("old", "k0")).unwrap().unwrap();
+    assert!(!devices.control_by_release_key("old").unwrap());
+}
+
+#[test]
+fn envelopes_are_stored_once_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+    devices.add_token("t", &token(u64::MAX)).unwrap();
+    devices.enrol("t", |_| device("d1", "k1")).unwrap().unwrap();
+    let bump = |r: &mut DeviceRecord| r.counts.reports += 1;
+    assert_eq!(devices.store_envelope("d1", 2, b"two", bump).unwrap(), Stored::New);
+    assert_eq!(devices.store_envelope("d1", 1, b"one", bump).unwrap(), Stored::New);
+    assert_eq!(devices.store_envelope("d1", 2, b"two", bump).unwrap(), Stored::Duplicate);
+    assert_eq!(devices.store_envelope("d1", 2, b"xxx", bump).unwrap(), Stored::Conflict);
+    let record = devices.get("d1").unwrap().unwrap();
+    assert_eq!((record.counts.envelopes, record.counts.reports, record.counts.duplicates), (2, 2, 2));
+    assert_eq!(record.highest_seq, Some(2));
+    let seqs: Vec<u64> = devices.envelopes("d1").map(|e| e.unwrap().0).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 1);
+    assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 2);
+}
+
+#[test]
+fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+    for (t, d, k) in [("t1", "d1", "k1"), ("t2", "d2", "k2")] {
+        devices.add_token(t, &token(u64::MAX)).unwrap();
+        devices
+            .enrol(t, |_| DeviceRecord { cert_serial: Some(format!("{k}ff")), ..device(d, k) })
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(devices.revoke("nope", "admin").unwrap(), None);
+    let first = devices.revoke("d1", "alice").unwrap().unwrap();
+    assert_eq!((first.by.as_str(), first.cert_serial.as_deref()), ("alice", Some("k1ff")));
+    let again = devices.revoke("d1", "bob").unwrap().unwrap();
+    assert_eq!(again, first, "revoking twice changes nothing");
+    let ids = |v: Vec<DeviceRecord>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(devices.all().unwrap()), vec!["d2"], "engines no longer see it");
+    assert_eq!(ids(devices.every().unwrap()), vec!["d1", "d2"], "the fleet view still lists it");
+    assert_eq!(devices.get("d1").unwrap().unwrap().revoked, Some(first.clone()));
+
+    // Deleted: the record and key index go, the revocation stays; enrolment refuses its id.
+    let deleted = devices.delete("d1", "alice").unwrap().unwrap();
+    assert!(deleted.deleted_at_ms.is_some());
+    assert_eq!(devices.get("d1").unwrap(), None);
+    assert_eq!(devices.get_by_key("k1").unwrap(), None);
+    assert_eq!(devices.revocation("d1").unwrap().unwrap().at_ms, first.at_ms);
+    devices.add_token("t3", &token(u64::MAX)).unwrap();
+    assert_eq!(devices.enrol("t3", |_| device("d1", "k1")).unwrap(), Err(TokenRefused::Revoked("d1".into())));
+    // d2 deleted without a revocation first is revoked by the deletion.
+    devices.delete("d2", "bob").unwrap().unwrap();
+    let serials: Vec<_> = devices.revocations().unwrap().into_iter().map(|r| r.cert_serial).collect();
+    assert_eq!(serials, vec![Some("k1ff".into()), Some("k2ff".into())]);
+    assert_eq!(devices.delete("d2", "bob").unwrap(), None);
+}
