@@ -360,7 +360,7 @@ impl Metrics {
             feedback: reg!(IntCounterVec::new(
                 help(
                     FEEDBACK_TOTAL,
-                    "Feedback labels by result: joined to a logged prediction, unknown id, evicted prediction."
+                    "Feedback labels by result: joined to a logged prediction, unknown id, evicted prediction, unreadable (damaged) record."
                 ),
                 &["result"]
             )?),

@@ -10,6 +10,8 @@
 //! - `unknown`: an id this agent never issued; `evicted`: a prediction the log's disk or age
 //!   budget already removed. Both are counted (in `/metrics` and in the next report), never
 //!   dropped silently.
+//! - `unreadable`: the record is there but does not read (it failed authentication: damaged on
+//!   disk); counted in `/metrics` here and in `outpost_agent_unreadable_records_total`.
 //!
 //! The answer gives every item's result in order. A label sent twice is sent twice; the
 //! coordinator keeps one label per prediction (the last).
@@ -24,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::prediction_log::PredictionLog;
+use crate::prediction_log::{LogError, PredictionLog};
 
 /// Most labels one request may carry.
 pub const MAX_ITEMS: usize = 10_000;
@@ -36,6 +38,7 @@ pub enum Joined {
     Joined,
     Unknown,
     Evicted,
+    Unreadable,
 }
 
 impl Joined {
@@ -44,6 +47,7 @@ impl Joined {
             Joined::Joined => "joined",
             Joined::Unknown => "unknown",
             Joined::Evicted => "evicted",
+            Joined::Unreadable => "unreadable",
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct Answer {
     pub joined: u64,
     pub unknown: u64,
     pub evicted: u64,
+    pub unreadable: u64,
     pub results: Vec<Joined>,
 }
 
@@ -120,7 +125,7 @@ fn predicted_label(record: &PredictionRecord) -> Option<i64> {
 
 /// Looks every item up (flushing the log once if a recent id is still queued for its writer).
 pub fn join(log: &PredictionLog, items: &[(u64, i64)]) -> Result<(Vec<Joined>, FeedbackBatch), ApiError> {
-    let internal = |e: crate::prediction_log::LogError| ApiError::Internal(format!("prediction log: {e}"));
+    let internal = |e: LogError| ApiError::Internal(format!("prediction log: {e}"));
     let next_id = log.next_id();
     let mut flushed = false;
     let mut results = Vec::with_capacity(items.len());
@@ -132,12 +137,20 @@ pub fn join(log: &PredictionLog, items: &[(u64, i64)]) -> Result<(Vec<Joined>, F
             batch.unknown += 1;
             continue;
         }
-        let mut record = log.get(id).map_err(internal)?;
-        if record.is_none() && !flushed {
+        let mut record = log.get(id);
+        if matches!(record, Ok(None)) && !flushed {
             log.flush().map_err(internal)?;
             flushed = true;
-            record = log.get(id).map_err(internal)?;
+            record = log.get(id);
         }
+        let record = match record {
+            Err(LogError::Unreadable { .. } | LogError::Record { .. }) => {
+                // Counted and logged with its id by the log; the label cannot be joined.
+                results.push(Joined::Unreadable);
+                continue;
+            }
+            other => other.map_err(internal)?,
+        };
         match record {
             Some(r) => {
                 results.push(Joined::Joined);
@@ -179,8 +192,14 @@ pub async fn post_feedback(State(app): State<AppState>, body: Bytes) -> Result<J
             app.metrics.labelled_correct.with_label_values(&[&l.model, &l.version]).inc();
         }
     }
-    let answer =
-        Answer { joined: batch.labels.len() as u64, unknown: batch.unknown, evicted: batch.evicted, results };
+    let unreadable = results.iter().filter(|r| **r == Joined::Unreadable).count() as u64;
+    let answer = Answer {
+        joined: batch.labels.len() as u64,
+        unknown: batch.unknown,
+        evicted: batch.evicted,
+        unreadable,
+        results,
+    };
     if let Some(reporter) = app.reporter.clone() {
         let _ = tokio::task::spawn_blocking(move || reporter.feedback(batch)).await;
     }
@@ -190,6 +209,56 @@ pub async fn post_feedback(State(app): State<AppState>, body: Bytes) -> Result<J
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_record_is_answered_unreadable_and_the_others_still_join() {
+        use crate::at_rest::{AtRest, Sealer};
+        use outpost_shared::protocol::records::RecordedInputs;
+        let dir = tempfile::tempdir().unwrap();
+        let at_rest = AtRest::sealed(std::sync::Arc::new(Sealer::ephemeral().unwrap()));
+        let config = crate::prediction_log::PredictionLogConfig::default();
+        let ids: Vec<u64> = {
+            let log = PredictionLog::open(dir.path(), &config, &at_rest).unwrap();
+            let ids: Vec<u64> = (0..3).map(|_| log.allocate_ids(1).unwrap()).collect();
+            let records = ids
+                .iter()
+                .map(|&id| PredictionRecord {
+                    id,
+                    at_ms: now_ms(),
+                    model: "bc".into(),
+                    version: "1".into(),
+                    slot: outpost_shared::protocol::vocab::Slot::Primary,
+                    latency_us: 1,
+                    inputs: RecordedInputs::Dropped,
+                    outputs: vec![],
+                    top_score: None,
+                })
+                .collect();
+            log.append(records).unwrap();
+            log.flush().unwrap();
+            ids
+        };
+        let segment = std::fs::read_dir(dir.path().join("predictions"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            .unwrap()
+            .path();
+        {
+            let db = sled::open(&segment).unwrap();
+            let mut value = db.get(ids[1].to_be_bytes()).unwrap().unwrap().to_vec();
+            let at = value.len() - 1;
+            value[at] ^= 0x10;
+            db.insert(ids[1].to_be_bytes(), value).unwrap();
+            db.flush().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let log = PredictionLog::open(dir.path(), &config, &at_rest).unwrap();
+        let items: Vec<(u64, i64)> = ids.iter().map(|&id| (id, 1)).chain([(ids[2] + 100, 1)]).collect();
+        let (results, batch) = join(&log, &items).unwrap();
+        assert_eq!(results, vec![Joined::Joined, Joined::Unreadable, Joined::Joined, Joined::Unknown]);
+        assert_eq!((batch.labels.len(), batch.unknown, batch.evicted), (2, 1, 0));
+    }
 
     #[test]
     fn single_and_batch_bodies_parse() {
