@@ -254,6 +254,12 @@ impl Config {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.keys().map_err(|(entry, problem)| key(&entry, &problem))?;
+        if !self.registry.sign_on_push && self.registry.trusted_keys.is_empty() {
+            return Err(key(
+                "registry.sign_on_push",
+                "is false, so pushed bundles need an offline signature: list the offline public keys in registry.trusted_keys",
+            ));
+        }
         for (name, secs) in [
             ("api.header_read_timeout_secs", self.api.header_read_timeout_secs),
             ("api.request_timeout_secs", self.api.request_timeout_secs),
@@ -423,6 +429,16 @@ mod tests {
         config.broker.tls_names = vec!["bad name/".into()];
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("broker.tls_names") && err.contains("bad name/"), "{err}");
+    }
+
+    #[test]
+    fn an_offline_release_key_needs_the_offline_keys_listed() {
+        let mut config = Config::default();
+        config.registry.sign_on_push = false;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("registry.sign_on_push") && err.contains("registry.trusted_keys"), "{err}");
+        config.registry.trusted_keys = vec!["ab".repeat(32)];
+        config.validate().unwrap();
     }
 
     #[test]

@@ -127,11 +127,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::error!(%problem, path = %audit.path().display(), "AUDIT LOG DOES NOT VERIFY")
         }
     }
-    let registry = Registry::open(&store, &config.data_dir)
-        .map_err(|e| ServeError::Audit(e.to_string()))?
-        .trusting(config.registry.keys().map_err(|(key, problem)| {
-            ServeError::Config(crate::config::ConfigError::Key { key, problem })
-        })?);
+    let registry =
+        Registry::open(&store, &config.data_dir)
+            .map_err(|e| ServeError::Audit(e.to_string()))?
+            .trusting(config.registry.keys().map_err(|(key, problem)| {
+                ServeError::Config(crate::config::ConfigError::Key { key, problem })
+            })?)
+            .signing_on_push(config.registry.sign_on_push);
     let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {

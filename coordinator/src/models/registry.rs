@@ -54,13 +54,26 @@ pub enum RegistryError {
 }
 
 /// `[registry]` in the coordinator's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Ed25519 public keys (hex, as `outpostctl key show` prints them) whose signatures a pushed
     /// bundle may carry besides the coordinator's own release key — an offline signing key, say.
     /// A bundle signed by any other key is refused on push.
     pub trusted_keys: Vec<String>,
+    /// Whether the registry signs every pushed bundle with the coordinator's release key
+    /// (`pki/signing.pk8`). `false` keeps the release role off the coordinator host: a pushed
+    /// bundle must already carry a signature by one of `trusted_keys` (an offline key,
+    /// `outpostctl bundle sign` on another machine), the registry adds none, and retraining
+    /// (which would need the coordinator to sign) cannot register versions. Agents then list
+    /// only the offline keys in their `trusted_keys`.
+    pub sign_on_push: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { trusted_keys: Vec::new(), sign_on_push: true }
+    }
 }
 
 impl RegistryConfig {
@@ -184,6 +197,8 @@ pub struct Registry {
     /// Keys whose signatures a pushed bundle may carry besides the release key
     /// (`registry.trusted_keys`, e.g. an offline key).
     trusted: Arc<Vec<PublicKey>>,
+    /// `registry.sign_on_push`: add the release key's signature to pushed bundles.
+    sign_on_push: bool,
 }
 
 /// Signed bundle bytes by sha256, newest first.
@@ -219,7 +234,15 @@ impl Registry {
             artifacts: data_dir.join("artifacts"),
             cache: Default::default(),
             trusted: Arc::default(),
+            sign_on_push: true,
         })
+    }
+
+    /// With `false`, pushed bundles must carry an offline signature by a trusted key, and the
+    /// registry adds none (`registry.sign_on_push`).
+    pub fn signing_on_push(mut self, sign: bool) -> Registry {
+        self.sign_on_push = sign;
+        self
     }
 
     /// Also trusts signatures by `keys` on pushed bundles (the release key is always trusted).
@@ -292,6 +315,15 @@ impl Registry {
         trusted.push(release_key.public_key());
         trusted.extend(self.trusted.iter().cloned());
         bundle.verify_every_signature(&trusted).map_err(RegistryError::Signature)?;
+        let offline_signed =
+            bundle.signatures.iter().any(|s| self.trusted.iter().any(|k| k.key_id() == s.key_id_hex()));
+        if !self.sign_on_push && !offline_signed {
+            return Err(RegistryError::Invalid(format!(
+                "{} carries no signature by a key in [registry] trusted_keys, and this registry does not sign \
+                 (sign_on_push = false): sign it offline with `outpostctl bundle sign` first",
+                bundle.manifest.id()
+            )));
+        }
         let (name, version) = (bundle.manifest.name.clone(), bundle.manifest.version.clone());
         match self.get(&name, &version) {
             Ok(existing) if existing.model_sha256 == bundle.manifest.model.sha256 => {
@@ -306,7 +338,7 @@ impl Registry {
         let (_, evidence) = bundle.load_model().map_err(|reason| {
             RegistryError::Invalid(format!("{}@{} cannot serve: {reason}", name, version))
         })?;
-        if !bundle.signatures.iter().any(|s| s.key_id_hex() == release_key.key_id()) {
+        if self.sign_on_push && !bundle.signatures.iter().any(|s| s.key_id_hex() == release_key.key_id()) {
             bundle.sign(release_key).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         }
         let signed = bundle.to_bytes();

@@ -66,6 +66,26 @@ fn rejects_forged_and_untrusted_signatures_on_push() {
 }
 
 #[test]
+fn with_the_release_key_offline_only_offline_signed_bundles_register_and_the_registry_signs_none() {
+    let (_dir, registry, key) = registry();
+    let (offline, _) = SigningKey::generate().unwrap();
+    let registry = registry.trusting(vec![offline.public_key()]).signing_on_push(false);
+    let err = registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap_err();
+    assert!(err.to_string().contains("sign it offline with `outpostctl bundle sign`"), "{err}");
+    // Signed by the coordinator's own release key only is not enough either.
+    let mut by_release = Bundle::parse(&bundle("breast_cancer-1.0.0", "1.0.0")).unwrap();
+    by_release.sign(&key).unwrap();
+    assert!(registry.push(&by_release.to_bytes(), "alice", &key).is_err());
+    let mut signed = Bundle::parse(&bundle("breast_cancer-1.0.0", "1.0.0")).unwrap();
+    signed.sign(&offline).unwrap();
+    let pushed = registry.push(&signed.to_bytes(), "alice", &key).unwrap();
+    assert_eq!(pushed.record.signed_by, [offline.key_id()], "the registry added a signature");
+    let stored = registry.artifact(&pushed.record.bundle_sha256).unwrap();
+    assert!(Bundle::open(&stored, &[key.public_key()]).is_err(), "the release key signed it after all");
+    Bundle::open(&stored, &[offline.public_key()]).unwrap();
+}
+
+#[test]
 fn only_validated_versions_advance_and_production_steps_down() {
     let (_dir, registry, key) = registry();
     for (stem, v) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
