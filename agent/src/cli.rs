@@ -3,7 +3,9 @@
 //! Exit codes: 0 success (or drained after SIGTERM/SIGINT); 1 runtime failure (cannot bind,
 //! grace period expired; `probe`: not healthy, for any reason); 2 bad usage or configuration; 3 no model could be loaded and
 //! validated (`serve`), the model is invalid (`check-model`), or a bundle is refused (`import`:
-//! bad signature, untrusted key, altered model, failed validation, other bytes for a version).
+//! bad signature, untrusted key, altered model, failed validation, other bytes for a version,
+//! older than the release floor), or a carried desired state is refused (`import-desired`:
+//! replayed, expired, forged, for another device, a bundle not matching its hash).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +48,11 @@ pub enum Command {
     /// Install a signed model bundle from a file (air-gapped delivery); a serving agent picks
     /// it up within a second when activated.
     Import(ImportArgs),
+    /// Apply a desired state carried from `outpostctl device export-desired` (air gap): the
+    /// same rules as over MQTT — signed by the coordinator key from enrolment, for this device,
+    /// newer than the applied revision, not expired — with its bundles from the folder. A
+    /// serving agent picks the change up within a second.
+    ImportDesired(ImportDesiredArgs),
     /// Go back to an earlier local version of a bundle-managed model (works offline).
     Rollback(RollbackArgs),
     /// Health probe for container HEALTHCHECKs: exit 0 when the agent answers ready, 1 if not.
@@ -130,6 +137,14 @@ pub struct ImportArgs {
     /// Overrides the configuration's `data_dir`.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportDesiredArgs {
+    /// The folder `outpostctl device export-desired` wrote (`desired.bin` and the bundles).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +269,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::ExportTelemetry(args) => transfer::export(&args),
         Command::ImportAck(args) => transfer::import_ack(&args),
         Command::Import(args) => bundles::import(&args),
+        Command::ImportDesired(args) => bundles::import_desired(&args),
         Command::Rollback(args) => bundles::rollback(&args),
         Command::Simulate(args) => simulate(&args),
         Command::Keys(command) => keys::run(&command),
@@ -266,366 +282,11 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     }
 }
 
-/// The offline bundle commands: import and local rollback.
-mod bundles {
-    use super::*;
-    use crate::model_store::{ModelStore, StoreError};
-    use outpost_shared::bundle::Bundle;
+mod bundles;
 
-    fn fail(message: impl std::fmt::Display, status: ExitStatus) -> ExitCode {
-        eprintln!("error: {message}");
-        ExitCode::from(status)
-    }
+mod keys;
 
-    fn load(config: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> Result<Config, ExitCode> {
-        let mut config = Config::load(config).map_err(|e| fail(e, ExitStatus::Usage))?;
-        if let Some(dir) = data_dir {
-            config.data_dir = dir.clone();
-        }
-        Ok(config)
-    }
-
-    pub fn import(args: &ImportArgs) -> ExitCode {
-        let config = match load(args.config.as_deref(), args.data_dir.as_ref()) {
-            Ok(config) => config,
-            Err(code) => return code,
-        };
-        let trusted = match config.registry.keys() {
-            Ok(keys) if keys.is_empty() => {
-                return fail(
-                    "no trusted keys: set registry.trusted_keys in the agent configuration",
-                    ExitStatus::Usage,
-                );
-            }
-            Ok(keys) => keys,
-            Err(e) => return fail(e, ExitStatus::Usage),
-        };
-        let bytes = match std::fs::read(&args.file) {
-            Ok(bytes) => bytes,
-            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
-        };
-        let bundle = match Bundle::open(&bytes, &trusted) {
-            Ok(bundle) => bundle,
-            Err(e) => return fail(format!("{} refused: {e}", args.file.display()), ExitStatus::ModelInvalid),
-        };
-        let id = bundle.manifest.id();
-        // The same checks a serving agent makes before a version may serve, made here first.
-        let validated = match crate::models::load_bundle(&bundle, Default::default(), &Default::default()) {
-            Ok(validated) => validated,
-            Err(e) => return fail(format!("{id} refused: {}", e.reason), ExitStatus::ModelInvalid),
-        };
-        let at_rest = match crate::at_rest::for_config(&config.data_dir, &config.encryption) {
-            Ok(at_rest) => at_rest,
-            Err(e) => return fail(e, ExitStatus::Usage),
-        };
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest);
-        if let Err(e) = store.install(&bytes, &trusted) {
-            let code = if matches!(e, StoreError::Conflict { .. }) {
-                ExitStatus::ModelInvalid
-            } else {
-                ExitStatus::Failure
-            };
-            return fail(e, code);
-        }
-        println!("installed {id} ({})", validated.evidence);
-        if args.activate {
-            let before = store
-                .state()
-                .ok()
-                .and_then(|s| s.models.get(&bundle.manifest.name).map(|m| m.active.clone()));
-            match store.activate_imported(&bundle.manifest.name, &bundle.manifest.version) {
-                Ok(_) => {}
-                Err(e @ StoreError::OlderThanFloor { .. }) => return fail(e, ExitStatus::ModelInvalid),
-                Err(e) => return fail(e, ExitStatus::Failure),
-            }
-            match before.filter(|b| !b.is_empty()) {
-                Some(before) => println!("activated {id} (was {before})"),
-                None => println!("activated {id}"),
-            }
-        }
-        ExitCode::SUCCESS
-    }
-
-    pub fn rollback(args: &RollbackArgs) -> ExitCode {
-        let config = match load(args.config.as_deref(), args.data_dir.as_ref()) {
-            Ok(config) => config,
-            Err(code) => return code,
-        };
-        // A rollback moves the active version only; it reads no bundle bytes.
-        let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &Default::default());
-        match store.rollback(args.model.as_deref(), args.steps as usize) {
-            Ok(done) => {
-                println!("model {}: {} -> {}", done.name, done.from, done.to);
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e, ExitStatus::Failure),
-        }
-    }
-}
-
-/// `outpost-agent keys`: the keyring of encryption at rest.
-mod keys {
-    use super::*;
-    use crate::at_rest::{self, KeySource};
-
-    fn fail(message: impl std::fmt::Display) -> ExitCode {
-        eprintln!("error: {message}");
-        ExitCode::from(ExitStatus::Usage)
-    }
-
-    /// `42s ago`, `5m ago`, `3h ago`, `12d ago`.
-    fn ago(secs: u64) -> String {
-        match secs {
-            0..60 => format!("{secs}s ago"),
-            60..3600 => format!("{}m ago", secs / 60),
-            3600..86400 => format!("{}h ago", secs / 3600),
-            _ => format!("{}d ago", secs / 86400),
-        }
-    }
-
-    pub fn run(command: &KeysCommand) -> ExitCode {
-        let data = match command {
-            KeysCommand::Status(data) | KeysCommand::Rotate(data) => data,
-            KeysCommand::Rewrap(args) => &args.data,
-        };
-        let config = match data.load() {
-            Ok(config) => config,
-            Err(code) => return code,
-        };
-        let (dir, encryption) = (&config.data_dir, &config.encryption);
-        let source = match encryption.source(dir) {
-            Ok(source) => source,
-            Err(e) => return fail(e),
-        };
-        match command {
-            KeysCommand::Status(_) => {
-                let mode = match encryption.mode {
-                    at_rest::Mode::On => "on",
-                    at_rest::Mode::Off => "off",
-                };
-                println!("encryption  {mode} ({})", at_rest::CIPHER);
-                println!("key source  {source}");
-                match at_rest::status(dir) {
-                    Ok(Some(status)) => {
-                        println!(
-                            "keyring     {} (key fingerprint {})",
-                            dir.join("keyring.json").display(),
-                            status.kek_fingerprint
-                        );
-                        println!("{:<10} {:<12} CURRENT", "DATA KEY", "CREATED");
-                        let now = outpost_shared::endpoints::now_ms();
-                        for key in status.keys {
-                            let created = ago(now.saturating_sub(key.created_ms) / 1000);
-                            println!(
-                                "{:08x}   {created:<12} {}",
-                                key.id,
-                                if key.current { "yes" } else { "" }
-                            );
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Ok(None) => {
-                        println!(
-                            "keyring     none yet (made when the agent first starts with encryption on)"
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(e),
-                }
-            }
-            KeysCommand::Rotate(_) => match at_rest::rotate(dir, encryption) {
-                Ok((before, after)) => {
-                    println!(
-                        "new data key {after:08x} (was {before:08x}); a serving agent uses it from its next start; \
-                         records sealed with older keys stay readable until evicted"
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            },
-            KeysCommand::Rewrap(args) => {
-                let to: KeySource = match args.to.parse() {
-                    Ok(to) => to,
-                    Err(e) => return fail(e),
-                };
-                match at_rest::rewrap(dir, encryption, &to) {
-                    Ok(fingerprint) => {
-                        println!(
-                            "every data key is now wrapped by the key from {to} (fingerprint {fingerprint}); \
-                             before the agent's next start, point `[encryption] key` at where that key will come from"
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(e),
-                }
-            }
-        }
-    }
-}
-
-/// The offline commands: enrolment and the air-gap file transfers.
-mod transfer {
-    use super::*;
-    use crate::identity::Identity;
-    use crate::outbox::Outbox;
-    use outpost_shared::protocol::messages::{self, CoordinatorMessage};
-    use outpost_shared::protocol::transfer::{self as files, TransferFile};
-
-    fn fail(message: impl std::fmt::Display, status: ExitStatus) -> ExitCode {
-        eprintln!("error: {message}");
-        ExitCode::from(status)
-    }
-
-    pub fn enroll(args: &EnrollArgs) -> ExitCode {
-        let data_dir = match args.data.resolve() {
-            Ok(dir) => dir,
-            Err(code) => return code,
-        };
-        // The identity (keys, certificates) is the owner's only, like everything `serve` writes.
-        if let Err(e) = outpost_shared::files::keep_private(&data_dir) {
-            return fail(format!("cannot create {}: {e}", data_dir.display()), ExitStatus::Failure);
-        }
-        let identity = match Identity::load_or_create(&data_dir) {
-            Ok(identity) => identity,
-            Err(e) => return fail(e, ExitStatus::Failure),
-        };
-        // The default storage key is made with the identity, so a copy of the identity folder
-        // (a Kubernetes Secret, mounted read-only) carries it.
-        if let Ok(config) = args.data.load()
-            && config.encryption.mode == crate::at_rest::Mode::On
-            && config.encryption.key.is_none()
-        {
-            let source = crate::at_rest::KeySource::default_for(&data_dir);
-            let existed = matches!(&source, crate::at_rest::KeySource::File(p) if p.exists());
-            if let Err(e) = crate::at_rest::Kek::load(&source, true) {
-                return fail(e, ExitStatus::Failure);
-            }
-            if !existed {
-                eprintln!("note: {}", crate::at_rest::made_key_file_note(&source.to_string()));
-            }
-        }
-        let token = match (&args.token, &args.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
-                Ok(token) => token,
-                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), ExitStatus::Usage),
-            },
-            (None, None) => return fail("pass --token or --token-file", ExitStatus::Usage),
-        };
-        let ca = match &args.ca_file {
-            Some(path) => match std::fs::read(path) {
-                Ok(pem) => Some(pem),
-                Err(e) => return fail(format!("cannot read {}: {e}", path.display()), ExitStatus::Usage),
-            },
-            None => None,
-        };
-        match identity.enrol(&args.coordinator, &token, ca.as_deref()) {
-            Ok(enrolment) => {
-                println!("{}", enrolment.device_id);
-                eprintln!(
-                    "enrolled as {} with labels {:?}; broker {}",
-                    enrolment.device_id, enrolment.labels, enrolment.broker_url
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e, ExitStatus::Failure),
-        }
-    }
-
-    fn open(data: &DataDirArgs) -> Result<(Identity, Outbox), ExitCode> {
-        let (config, at_rest) = data.at_rest()?;
-        let data_dir = config.data_dir;
-        let identity = Identity::load_or_create(&data_dir).map_err(|e| fail(e, ExitStatus::Failure))?;
-        // The bound only matters when appending; these commands never append.
-        let outbox = Outbox::open(&data_dir, u64::MAX, &at_rest).map_err(|e| fail(e, ExitStatus::Failure))?;
-        Ok((identity, outbox))
-    }
-
-    pub fn export(args: &TransferArgs) -> ExitCode {
-        let (identity, outbox) = match open(&args.data) {
-            Ok(pair) => pair,
-            Err(code) => return code,
-        };
-        let device = match identity.enrolment() {
-            Ok(Some(enrolment)) => enrolment.device_id,
-            Ok(None) => identity.device_id.clone(),
-            Err(e) => return fail(e, ExitStatus::Failure),
-        };
-        let mut envelopes = Vec::new();
-        let mut after = None;
-        loop {
-            match outbox.pending_after(after, 1024) {
-                Ok(batch) if batch.is_empty() => break,
-                Ok(batch) => {
-                    after = batch.last().map(|(seq, _)| *seq);
-                    envelopes.extend(batch.into_iter().map(|(_, wire)| wire));
-                }
-                Err(e) => return fail(e, ExitStatus::Failure),
-            }
-        }
-        let count = envelopes.len();
-        let file = TransferFile { device: device.clone(), created_at_ms: crate::outbox::now_ms(), envelopes };
-        let bytes = files::encode_telemetry(&file);
-        if let Err(e) = outpost_shared::files::write_atomic(&args.file, &bytes) {
-            return fail(format!("cannot write {}: {e}", args.file.display()), ExitStatus::Failure);
-        }
-        println!(
-            "exported {count} messages of device {device} ({} bytes) to {}",
-            bytes.len(),
-            args.file.display()
-        );
-        ExitCode::SUCCESS
-    }
-
-    pub fn import_ack(args: &TransferArgs) -> ExitCode {
-        let (identity, outbox) = match open(&args.data) {
-            Ok(pair) => pair,
-            Err(code) => return code,
-        };
-        let enrolment = match identity.enrolment() {
-            Ok(Some(enrolment)) => enrolment,
-            Ok(None) => return fail(crate::identity::IdentityError::NotEnrolled, ExitStatus::Failure),
-            Err(e) => return fail(e, ExitStatus::Failure),
-        };
-        let key = match enrolment.coordinator_key() {
-            Ok(key) => key,
-            Err(e) => return fail(e, ExitStatus::Failure),
-        };
-        let bytes = match std::fs::read(&args.file) {
-            Ok(bytes) => bytes,
-            Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
-        };
-        let file = match files::decode_acks(&bytes) {
-            Ok(file) => file,
-            Err(e) => return fail(format!("{}: {e}", args.file.display()), ExitStatus::Usage),
-        };
-        let (mut freed, mut refused) = (0u64, 0u64);
-        for wire in &file.envelopes {
-            let ack = outpost_shared::protocol::open(wire, |_| Some(key))
-                .map_err(|e| e.to_string())
-                .and_then(|o| messages::decode_coordinator(&o.body).map_err(|e| e.to_string()));
-            match ack {
-                Ok(CoordinatorMessage::Ack(ack)) if ack.device == enrolment.device_id => {
-                    match outbox.apply_ack(&ack) {
-                        Ok(n) => freed += n,
-                        Err(e) => return fail(e, ExitStatus::Failure),
-                    }
-                }
-                Ok(_) => {
-                    refused += 1;
-                    eprintln!("warning: skipped an ack for another device");
-                }
-                Err(e) => {
-                    refused += 1;
-                    eprintln!("warning: skipped an ack that does not verify: {e}");
-                }
-            }
-        }
-        let left = outbox.stats().messages;
-        println!("freed {freed} messages; {left} still unacknowledged; {refused} acks refused");
-        if refused > 0 && freed == 0 { ExitCode::from(ExitStatus::Failure) } else { ExitCode::SUCCESS }
-    }
-}
+mod transfer;
 
 fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
     let mut config = match Config::load(args.config.as_deref()) {

@@ -47,6 +47,9 @@ pub struct Fetch {
     pub ca_pem: Option<Vec<u8>>,
     /// This device's client certificate and key (PEM): how it proves itself for downloads.
     pub client_tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// A folder carried from `outpostctl device export-desired` (air gap): bundles are taken
+    /// from `<dir>/<sha256>.bundle` instead of downloaded.
+    pub local_dir: Option<PathBuf>,
 }
 
 /// Applies desired states as they arrive.
@@ -248,7 +251,10 @@ impl DesiredApplier {
         if path.is_file() {
             return Ok(());
         }
-        let bytes = self.download(sha256)?;
+        let bytes = match &self.fetch.local_dir {
+            Some(dir) => local_bundle(dir, sha256)?,
+            None => self.download(sha256)?,
+        };
         let manifest = self
             .store
             .install(&bytes, &self.trusted)
@@ -486,6 +492,28 @@ impl DesiredApplier {
             }
         }
     }
+}
+
+/// `<dir>/<sha256>.bundle`, checked against the sha256 the signed desired state names.
+fn local_bundle(dir: &std::path::Path, sha256: &str) -> Result<Vec<u8>, DesiredError> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DesiredError::Refused(format!("`{sha256}` is not a sha256")));
+    }
+    let path = dir.join(format!("{sha256}.bundle"));
+    let bytes = std::fs::read(&path).map_err(|e| {
+        DesiredError::Refused(format!(
+            "{}: {e} (the desired state names this bundle; export it with the state)",
+            path.display()
+        ))
+    })?;
+    let found = outpost_shared::bundle::sha256_hex(&bytes);
+    if found != sha256 {
+        return Err(DesiredError::Refused(format!(
+            "{} has sha256 {found}, the desired state names {sha256}: refused",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A downloaded chunk as it goes into the part file: the bytes, or with encryption at rest on

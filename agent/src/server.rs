@@ -395,6 +395,7 @@ pub async fn serve(
                         max_bytes_per_sec: config.registry.download_max_bytes_per_sec,
                         ca_pem: t.api_ca.clone(),
                         client_tls: t.client_tls.clone(),
+                        local_dir: None,
                     },
                     reporter: Some(Arc::clone(&t.reporter)),
                     metrics: Arc::clone(&metrics),

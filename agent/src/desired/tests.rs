@@ -14,6 +14,7 @@ fn applier(dir: &std::path::Path, key: &SigningKey) -> DesiredApplier {
             max_bytes_per_sec: 0,
             ca_pem: None,
             client_tls: None,
+            local_dir: None,
         },
         reporter: None,
         metrics: Arc::new(crate::metrics::Metrics::new().unwrap()),

@@ -494,6 +494,11 @@ pub(super) enum DeviceCommand {
     Delete { id: String },
     /// Print the CA's certificate revocation list (PEM) for an external broker's `crlfile`.
     Crl,
+    /// Write what an air-gapped device needs into DIR: its desired state, sealed and signed now
+    /// (`desired.bin`, with its expiry), and every bundle it names (`<sha256>.bundle`). Carry
+    /// the folder over and run `outpost-agent import-desired DIR` there.
+    #[command(after_help = "Examples:\n  outpostctl device export-desired dev-3f2a… /media/usb/site-a")]
+    ExportDesired { id: String, dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,43 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 say!("device {id} deleted from the fleet and revoked{}", revoked_serial(&r));
             }
         }
+        Command::Device(DeviceCommand::ExportDesired { id, dir }) => {
+            let sealed = api.get_bytes(&format!("/api/v1/devices/{id}/desired/sealed"))?;
+            // Read (not verified: the device verifies) for the bundles it names.
+            let state = outpost_shared::protocol::decode(&sealed)
+                .ok()
+                .and_then(|e| outpost_shared::protocol::messages::decode_coordinator(&e.body).ok());
+            let Some(outpost_shared::protocol::messages::CoordinatorMessage::Desired(state)) = state else {
+                return Err(Failure::Refused(
+                    "the coordinator answered something that is not a desired state".into(),
+                ));
+            };
+            let write = |path: &std::path::Path, bytes: &[u8]| {
+                outpost_shared::files::write_atomic(path, bytes)
+                    .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
+            };
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Failure::Refused(format!("cannot create {}: {e}", dir.display())))?;
+            let mut shas: Vec<&str> = state.models.iter().map(|m| m.bundle_sha256.as_str()).collect();
+            shas.extend(
+                state.models.iter().filter_map(|m| m.candidate.as_ref().map(|c| c.bundle_sha256.as_str())),
+            );
+            for sha in &shas {
+                let bytes = api.get_bytes(&format!("/api/v1/artifacts/{sha}"))?;
+                write(&dir.join(format!("{sha}.bundle")), &bytes)?;
+            }
+            write(&dir.join("desired.bin"), &sealed)?;
+            let models: Vec<String> =
+                state.models.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
+            say!(
+                "desired state revision {} for {id} ({}) and {} bundle(s) written to {}; valid until {}",
+                state.revision,
+                if models.is_empty() { "no models".into() } else { models.join(", ") },
+                shas.len(),
+                dir.display(),
+                crate::models::packaging::utc(state.expires_at_ms / 1000)
+            );
+        }
         Command::Device(DeviceCommand::Crl) => {
             let pem = api.get_bytes("/api/v1/pki/crl")?;
             say!("{}", String::from_utf8_lossy(&pem).trim_end());

@@ -125,6 +125,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/devices/{id}") => get(show_device),
         ("delete", "/api/v1/devices/{id}") => delete(admin::delete_device),
         ("post", "/api/v1/devices/{id}/revoke") => post(admin::revoke_device),
+        ("get", "/api/v1/devices/{id}/desired/sealed") => get(deploy::export_desired),
         ("get", "/api/v1/pki/crl") => get(admin::revocation_list),
         ("get", "/api/v1/alerts") => get(list_alerts),
         ("post", "/api/v1/telemetry/import") => post(import_telemetry),

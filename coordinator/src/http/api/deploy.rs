@@ -85,3 +85,35 @@ pub async fn list_desired(
     authorize(&state, &headers, Role::Viewer)?;
     Ok(Json(state.desired.all().into_iter().collect()))
 }
+
+/// `GET /api/v1/devices/{id}/desired/sealed`: the device's desired state sealed and signed now,
+/// as the broker would carry it (with its expiry), for a site the broker does not reach: carried
+/// with its bundles on removable media (`outpostctl device export-desired`) and applied there by
+/// `outpost-agent import-desired` under the same rules. Audited.
+pub async fn export_desired(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let target = outpost_shared::names::shown(&id);
+    let sealed = super::registry::mutation(
+        &state,
+        &headers,
+        Role::Operator,
+        "device.export_desired",
+        &target,
+        move |st, _| {
+            let record = st.desired.get(&id).map_err(ApiError::internal)?.ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("no desired state for device `{id}`: deploy to it first"),
+                )
+            })?;
+            let out = st.desired.seal(&st.authority, &id, &record).map_err(ApiError::internal)?;
+            Ok((out.payload, format!("revision {}", record.revision)))
+        },
+    )
+    .await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], sealed).into_response())
+}

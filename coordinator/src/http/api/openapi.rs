@@ -59,6 +59,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("delete", "/api/v1/devices/{id}", "admin", None, "Delete a device from the fleet (revoking it first)."),
     r(
         "get",
+        "/api/v1/devices/{id}/desired/sealed",
+        "operator",
+        None,
+        "The device's desired state sealed and signed now (with its expiry), for an air-gapped site: `outpostctl device export-desired`.",
+    ),
+    r(
+        "get",
         "/api/v1/pki/crl",
         "viewer",
         None,
