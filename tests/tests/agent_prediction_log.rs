@@ -305,10 +305,22 @@ async fn a_small_disk_makes_the_log_evict_instead_of_failing() {
     assert!(budget > 4e6 && budget <= 8.5e6, "half of a 16 MiB disk: {budget}\n{m}");
     // The application beside the agent takes 6 MiB: the budget shrinks, the log evicts more.
     std::fs::write(dir.path().join("application-data"), vec![7u8; 6 << 20]).unwrap();
-    let before = evicted(&m);
-    let m = serve_until(before + 1.0).await;
-    let smaller = metric(&m, "outpost_agent_prediction_log_budget_bytes");
-    assert!(smaller < budget, "the budget did not follow the free space: {smaller} vs {budget}");
+    // The free space is read at most once a second and sled's files do not shrink at once, so
+    // the budget follows within a few evictions, not necessarily at the first (seen in CI:
+    // one reading taken before the write showed up).
+    let mut m = m;
+    let mut smaller = budget;
+    for _ in 0..5 {
+        m = serve_until(evicted(&m) + 1.0).await;
+        smaller = metric(&m, "outpost_agent_prediction_log_budget_bytes");
+        if smaller < budget {
+            break;
+        }
+    }
+    assert!(
+        smaller < budget,
+        "the budget did not follow the free space in 5 evictions: {smaller} vs {budget}"
+    );
     assert!(metric(&m, "outpost_agent_prediction_log_records_total") > 0.0);
     assert!(!agent.log().contains("writes are failing"), "{}", agent.log());
 }
