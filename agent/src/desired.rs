@@ -52,6 +52,20 @@ pub struct Fetch {
     pub local_dir: Option<PathBuf>,
 }
 
+impl Fetch {
+    /// No coordinator to download from: bundles only from `local_dir` (an air-gap folder), if any.
+    pub fn offline(local_dir: Option<PathBuf>) -> Fetch {
+        Fetch {
+            api_url: String::new(),
+            chunk_bytes: 1,
+            max_bytes_per_sec: 0,
+            ca_pem: None,
+            client_tls: None,
+            local_dir,
+        }
+    }
+}
+
 /// Applies desired states as they arrive.
 pub struct DesiredApplier {
     pub device_id: String,

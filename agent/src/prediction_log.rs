@@ -581,6 +581,24 @@ impl Drop for PredictionLog {
 #[cfg(test)]
 mod tests;
 
+/// Tests only: flips one byte (`back` bytes from the end) of record `id`'s stored value in the
+/// first segment under `data_dir`, as a worn card would; the log must be closed.
+#[cfg(test)]
+pub(crate) fn flip_stored_byte(data_dir: &Path, id: u64, back: usize) {
+    let segment = std::fs::read_dir(data_dir.join("predictions"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .unwrap()
+        .path();
+    let db = sled::open(&segment).unwrap();
+    let mut value = db.get(id.to_be_bytes()).unwrap().unwrap().to_vec();
+    let at = value.len() - back;
+    value[at] ^= 0x10;
+    db.insert(id.to_be_bytes(), value).unwrap();
+    db.flush().unwrap();
+}
+
 pub mod ids;
 mod segment;
 mod writer;

@@ -238,20 +238,7 @@ mod tests {
             log.flush().unwrap();
             ids
         };
-        let segment = std::fs::read_dir(dir.path().join("predictions"))
-            .unwrap()
-            .filter_map(Result::ok)
-            .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
-            .unwrap()
-            .path();
-        {
-            let db = sled::open(&segment).unwrap();
-            let mut value = db.get(ids[1].to_be_bytes()).unwrap().unwrap().to_vec();
-            let at = value.len() - 1;
-            value[at] ^= 0x10;
-            db.insert(ids[1].to_be_bytes(), value).unwrap();
-            db.flush().unwrap();
-        }
+        crate::prediction_log::flip_stored_byte(dir.path(), ids[1], 1);
         std::thread::sleep(std::time::Duration::from_millis(200));
         let log = PredictionLog::open(dir.path(), &config, &at_rest).unwrap();
         let items: Vec<(u64, i64)> = ids.iter().map(|&id| (id, 1)).chain([(ids[2] + 100, 1)]).collect();

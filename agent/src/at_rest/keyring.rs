@@ -198,16 +198,21 @@ pub fn made_key_file_note(source: &str) -> String {
     )
 }
 
+/// The keyring on disk and the configured key (never made here: the key commands change an
+/// existing keyring only).
+fn existing(data_dir: &Path, config: &EncryptionConfig) -> Result<(KeyringFile, Kek), AtRestError> {
+    let source = config.source(data_dir)?;
+    let file = read_keyring(data_dir)?.ok_or_else(|| AtRestError::Keyring {
+        path: keyring_path(data_dir),
+        problem: "there is no keyring yet (it is made when the agent first starts with encryption on)".into(),
+    })?;
+    Ok((file, Kek::load(&source, false)?))
+}
+
 /// `outpost-agent keys rotate`: a new data key for new records; the old ones stay for reading.
 /// Returns (previous current key id, new current key id).
 pub fn rotate(data_dir: &Path, config: &EncryptionConfig) -> Result<(u32, u32), AtRestError> {
-    let source = config.source(data_dir)?;
-    let path = keyring_path(data_dir);
-    let mut file = read_keyring(data_dir)?.ok_or_else(|| AtRestError::Keyring {
-        path: path.clone(),
-        problem: "there is no keyring yet (it is made when the agent first starts with encryption on)".into(),
-    })?;
-    let kek = Kek::load(&source, false)?;
+    let (mut file, kek) = existing(data_dir, config)?;
     // Checks the key (and every wrapped key) before anything is written.
     Sealer::from_keyring(data_dir, &kek, &file)?;
     let key = new_data_key(&kek, &file.keys)?;
@@ -221,13 +226,7 @@ pub fn rotate(data_dir: &Path, config: &EncryptionConfig) -> Result<(u32, u32), 
 /// `outpost-agent keys rewrap --to SOURCE`: every data key re-wrapped under the new KEK.
 /// Returns the new key's fingerprint.
 pub fn rewrap(data_dir: &Path, config: &EncryptionConfig, to: &KeySource) -> Result<String, AtRestError> {
-    let source = config.source(data_dir)?;
-    let path = keyring_path(data_dir);
-    let mut file = read_keyring(data_dir)?.ok_or_else(|| AtRestError::Keyring {
-        path: path.clone(),
-        problem: "there is no keyring yet".into(),
-    })?;
-    let old = Kek::load(&source, false)?;
+    let (mut file, old) = existing(data_dir, config)?;
     let keys = unwrap_all(data_dir, &old, &file)?;
     let new = Kek::load(to, false)?;
     file.keys = keys

@@ -121,14 +121,7 @@ pub fn import_desired(args: &ImportDesiredArgs) -> ExitCode {
         coordinator_key,
         store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
         trusted,
-        fetch: Fetch {
-            api_url: String::new(),
-            chunk_bytes: 1,
-            max_bytes_per_sec: 0,
-            ca_pem: None,
-            client_tls: None,
-            local_dir: Some(args.dir.clone()),
-        },
+        fetch: Fetch::offline(Some(args.dir.clone())),
         reporter: None,
         metrics: match crate::metrics::Metrics::new() {
             Ok(metrics) => std::sync::Arc::new(metrics),

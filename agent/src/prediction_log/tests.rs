@@ -146,21 +146,7 @@ fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_
     );
 
     // Flip one byte of record 10's sealed value, as a worn card would.
-    let seg = std::fs::read_dir(dir.path().join("predictions"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
-        .unwrap()
-        .path();
-    {
-        let db = sled::open(&seg).unwrap();
-        let key = ids[10].to_be_bytes();
-        let mut value = db.get(key).unwrap().unwrap().to_vec();
-        let last = value.len() - 3;
-        value[last] ^= 0x01;
-        db.insert(key, value).unwrap();
-        db.flush().unwrap();
-    }
+    flip_stored_byte(dir.path(), ids[10], 3);
     std::thread::sleep(Duration::from_millis(200));
     let log = PredictionLog::open(dir.path(), &config(), &at_rest).unwrap();
     let read = log.read_from(ids[0], 100).unwrap();
