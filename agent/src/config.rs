@@ -119,8 +119,11 @@ impl HttpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// Ed25519 public keys (64 hex digits each) whose bundle signatures this agent accepts;
-    /// list the old and the new key while keys rotate. Empty: bundles are refused.
+    /// Ed25519 public keys (64 hex digits each) whose bundle signatures this agent accepts (any
+    /// one suffices); list the old and the new key while keys rotate. Set, they override the
+    /// trust root's release role (a device that takes only its owner's offline key). Empty: an
+    /// enrolled device follows its trust root's release keys and threshold; one without a root
+    /// refuses bundles.
     pub trusted_keys: Vec<String>,
     /// Versions per model kept on disk for local rollback (the active one included).
     pub keep_versions: usize,
@@ -449,9 +452,11 @@ impl Config {
         if !(1024..=1024 * 1024 * 1024).contains(&self.registry.download_chunk_bytes) {
             return Err(key("registry.download_chunk_bytes", "must be between 1 KiB and 1 GiB"));
         }
-        if self.models.is_empty() && self.registry.trusted_keys.is_empty() {
+        // An enrolled device's trust root names release keys: it may start empty and wait.
+        let holds_root = crate::trust_root::path(&self.data_dir.join("identity")).exists();
+        if self.models.is_empty() && self.registry.trusted_keys.is_empty() && !holds_root {
             return Err(ConfigError::Invalid(
-                "no models to serve: add [[models]] to the config file, pass --model NAME=PATH.onnx, or set registry.trusted_keys to serve signed bundles".into(),
+                "no models to serve: add [[models]] to the config file, pass --model NAME=PATH.onnx, set registry.trusted_keys, or enrol (the trust root names release keys) to serve signed bundles".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -1,7 +1,8 @@
 //! The coordinator's desired state, applied: verify → fetch → install → activate.
 //!
 //! A desired state arrives retained on `outpost/v1/{device}/desired`. It is applied only if
-//! its envelope verifies against the coordinator's key from enrolment, it names this device,
+//! its envelope verifies against an online key of the device's trust root ([`crate::trust_root`];
+//! the root statements the state carries are applied first, by their own signatures), it names this device,
 //! and its revision is newer than the last one applied (kept in `<data_dir>/models/desired.json`,
 //! so a replayed or reordered message is refused even after a restart). Each model it names is
 //! then made active in the local store: a bundle not on disk yet is downloaded from the
@@ -10,7 +11,7 @@
 //! to `<data_dir>/models/downloads/<sha256>.part` (with encryption at rest on, as sealed frames
 //! in `<sha256>.sealed-part`: no model byte reaches the disk in the clear) — so a download cut
 //! by a crash, a reboot or a dropped link resumes where it stopped — then checked against the sha256 the signed desired
-//! state names, and installed only if its own signature is by a trusted key
+//! state names, and installed only if it is signed by the root's release keys (to its threshold)
 //! ([`ModelStore::install`]). The store's reconciler swaps the served version. Every refusal is
 //! logged and reported as an event; the version serving stays.
 //!
@@ -25,7 +26,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost_shared::protocol::keys::PublicKey;
 use outpost_shared::protocol::messages::{self, CoordinatorMessage, DesiredState, EventKind};
 use outpost_shared::protocol::{self};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::at_rest::{AtRest, Store};
 use crate::model_store::{ModelStore, StoredCandidate};
 use crate::telemetry::Reporter;
+use crate::trust_root::Trust;
 
 /// How bundles are fetched.
 #[derive(Debug, Clone)]
@@ -69,9 +70,9 @@ impl Fetch {
 /// Applies desired states as they arrive.
 pub struct DesiredApplier {
     pub device_id: String,
-    pub coordinator_key: PublicKey,
+    /// Who may sign desired states (online role) and bundles (release role).
+    pub trust: Arc<Trust>,
     pub store: ModelStore,
-    pub trusted: Vec<PublicKey>,
     pub fetch: Fetch,
     pub reporter: Option<Arc<Reporter>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -95,6 +96,8 @@ const FRESHNESS_EVERY: Duration = Duration::from_secs(5);
 pub enum DesiredError {
     #[error("desired state does not verify: {0}")]
     Signature(String),
+    #[error("desired state refused for the trust root it carries: {0}")]
+    Root(String),
     #[error("desired state is for device `{0}`, not this one")]
     OtherDevice(String),
     #[error("desired state revision {found} is not newer than the applied revision {applied}")]
@@ -133,11 +136,24 @@ impl DesiredApplier {
             .map_err(|e| DesiredError::Refused(format!("cannot record the applied revision: {e}")))
     }
 
-    /// Verifies a raw desired-state message.
+    /// Verifies a raw desired-state message. The trust root statements it carries come first:
+    /// each is checked by its own signatures (never by the envelope's), and the newest may name
+    /// the online key that sealed the envelope.
     pub fn open(&self, payload: &[u8]) -> Result<DesiredState, DesiredError> {
-        let key = self.coordinator_key;
-        let opened =
-            protocol::open(payload, |_| Some(key)).map_err(|e| DesiredError::Signature(e.to_string()))?;
+        let before = self.trust.version();
+        if let Ok(envelope) = protocol::decode(payload)
+            && let Ok(CoordinatorMessage::Desired(unverified)) = messages::decode_coordinator(&envelope.body)
+        {
+            self.trust.update(&unverified.roots).map_err(|e| DesiredError::Root(e.to_string()))?;
+        }
+        // The message that brings a device its first root was sealed with the key it trusted
+        // until then (its enrolment key), which vouched for that root.
+        let opened = protocol::open(payload, |id| {
+            self.trust
+                .control_key(id)
+                .or_else(|| if before == 0 { self.trust.enrolled_key(id) } else { None })
+        })
+        .map_err(|e| DesiredError::Signature(e.to_string()))?;
         let state = match messages::decode_coordinator(&opened.body) {
             Ok(CoordinatorMessage::Desired(state)) => state,
             Ok(_) => {
@@ -271,7 +287,7 @@ impl DesiredApplier {
         };
         let manifest = self
             .store
-            .install(&bytes, &self.trusted)
+            .install(&bytes, &self.trust.release())
             .map_err(|e| DesiredError::Refused(format!("{name}@{version} refused: {e}")))?;
         if manifest.name != name || manifest.version != version {
             return Err(DesiredError::Refused(format!(
@@ -402,6 +418,17 @@ impl DesiredApplier {
         Ok(bytes)
     }
 
+    /// Says so when the trust root moved past `before` (metric, log, event).
+    async fn root_moved(&self, before: u64) {
+        let version = self.trust.version();
+        self.metrics.trust_root_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        if version != before {
+            let message = format!("trust root version {version} adopted (was {before})");
+            tracing::info!(version, before, "{message}");
+            self.event(EventKind::TrustRoot { version }, message).await;
+        }
+    }
+
     async fn event(&self, kind: EventKind, message: String) {
         if let Some(reporter) = &self.reporter {
             let reporter = Arc::clone(reporter);
@@ -416,6 +443,7 @@ impl DesiredApplier {
         mut stop: watch::Receiver<bool>,
     ) {
         self.metrics.desired_revision.set(i64::try_from(self.applied()).unwrap_or(i64::MAX));
+        self.metrics.trust_root_version.set(i64::try_from(self.trust.version()).unwrap_or(i64::MAX));
         // A state received before a restart and not applied yet is taken up again.
         let mut pending: Option<DesiredState> =
             std::fs::read(self.pending_path()).ok().and_then(|payload| match self.open(&payload) {
@@ -454,7 +482,10 @@ impl DesiredApplier {
                 }
                 message = incoming.recv() => {
                     let Some(payload) = message else { return };
-                    match self.open(&payload) {
+                    let root_before = self.trust.version();
+                    let opened = self.open(&payload);
+                    self.root_moved(root_before).await;
+                    match opened {
                         Ok(state) => {
                             tracing::info!(revision = state.revision, models = state.models.len(), "desired state received");
                             self.keep_pending(&payload);

@@ -7,7 +7,8 @@
 //!   sent at enrolment.
 //! - after `outpost-agent enroll`: `client.pem` (the certificate the coordinator's CA signed),
 //!   `broker-ca.pem` (the CA the broker's certificate must chain to) and `enrolment.json`
-//!   (device id, labels, broker URL, the coordinator's public key).
+//!   (device id, labels, broker URL, the coordinator's public key), and `root.json` (+ `.bak`):
+//!   the coordinator's signed trust root ([`crate::trust_root`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,24 @@ impl Enrolment {
     }
 }
 
+/// The identity folder of a data directory.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity")
+}
+
+/// The coordinator key from this data directory's enrolment, if it is enrolled (creates nothing).
+pub fn enrolled_key(data_dir: &Path) -> Result<Option<PublicKey>, IdentityError> {
+    let path = dir(data_dir).join("enrolment.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(IdentityError::Io { path, source }),
+    };
+    let enrolment: Enrolment =
+        serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt { path, detail: e.to_string() })?;
+    enrolment.coordinator_key().map(Some)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io { path: path.to_owned(), source }
 }
@@ -73,7 +92,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 impl Identity {
     /// Loads the identity from `<data_dir>/identity`, creating keys at first start.
     pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
-        let dir = data_dir.join("identity");
+        let dir = dir(data_dir);
         let key_path = dir.join("device.key");
         if !key_path.exists() {
             let (_, pkcs8) = SigningKey::generate()
@@ -150,6 +169,9 @@ impl Identity {
     /// Registers with a coordinator using a one-time token; `ca_pem` is the CA that signed the
     /// API's certificate (needed for `https://`; the enrolment answer may name another one for
     /// later calls).
+    ///
+    /// The answer's trust root is adopted (its own signatures must hold, and it must name the
+    /// online key the answer gives) before anything is written.
     pub fn enrol(
         &self,
         coordinator: &str,
@@ -202,6 +224,9 @@ impl Identity {
             api_url: String,
             #[serde(default)]
             api_ca: Option<String>,
+            /// The coordinator's current trust root (absent from coordinators before roots).
+            #[serde(default)]
+            root: Option<outpost_shared::protocol::root::SignedRoot>,
         }
         let answer: Answer = serde_json::from_str(&text)
             .map_err(|e| IdentityError::Enrol(format!("unexpected answer from the coordinator: {e}")))?;
@@ -221,6 +246,19 @@ impl Identity {
             tls_pem.as_bytes(),
         )
         .map_err(|e| IdentityError::Enrol(format!("coordinator sent unusable certificates: {e}")))?;
+        if let Some(root) = answer.root {
+            let key = enrolment.coordinator_key()?;
+            if !root.signed.online.holds(&key) {
+                return Err(IdentityError::Enrol(format!(
+                    "the coordinator's trust root (version {}) does not name its own online key {}",
+                    root.version(),
+                    key.key_id()
+                )));
+            }
+            crate::trust_root::Trust::empty(&self.dir, Some(key), Vec::new())
+                .adopt_initial(root)
+                .map_err(|e| IdentityError::Enrol(e.to_string()))?;
+        }
         let write = |name: &str, bytes: &[u8]| {
             let path = self.dir.join(name);
             write_atomic(&path, bytes).map_err(|source| IdentityError::Io { path, source })

@@ -45,5 +45,6 @@ pub mod reconcile;
 pub mod server;
 pub mod simulate;
 pub mod telemetry;
+pub mod trust_root;
 pub mod trusted_time;
 pub mod watchdog;

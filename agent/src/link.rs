@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use outpost_shared::protocol;
 use outpost_shared::protocol::messages::{self, CoordinatorMessage};
 use outpost_shared::protocol::topics::{self, Channel};
-use outpost_shared::protocol::{self, PublicKey};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
     TlsConfiguration, Transport,
@@ -34,7 +34,8 @@ pub struct LinkSettings {
     pub host: String,
     pub port: u16,
     pub tls: Arc<rustls::ClientConfig>,
-    pub coordinator_key: PublicKey,
+    /// Who may sign acks: the trust root's online keys (or the enrolment key without a root).
+    pub trust: Arc<crate::trust_root::Trust>,
     pub ack_timeout: Duration,
     pub max_in_flight: usize,
     /// Where desired states go (raw, unverified); None when this agent takes no bundles.
@@ -251,11 +252,14 @@ pub async fn run(
 }
 
 async fn handle_ack(settings: &LinkSettings, outbox: &Arc<Outbox>, stats: &LinkStats, payload: &[u8]) {
-    let key = settings.coordinator_key;
     let arrived_ms = outpost_shared::endpoints::now_ms();
-    let ack = protocol::open(payload, |_| Some(key)).map_err(|e| e.to_string()).and_then(|opened| {
-        messages::decode_coordinator(&opened.body).map(|m| (m, opened.sent_at_ms)).map_err(|e| e.to_string())
-    });
+    let ack = protocol::open(payload, |id| settings.trust.control_key(id))
+        .map_err(|e| e.to_string())
+        .and_then(|opened| {
+            messages::decode_coordinator(&opened.body)
+                .map(|m| (m, opened.sent_at_ms))
+                .map_err(|e| e.to_string())
+        });
     let ack = match ack {
         Ok((CoordinatorMessage::Ack(ack), sealed_ms)) if ack.device == settings.device_id => {
             stats.measured_skew(sealed_ms as i64 - arrived_ms as i64);

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub desired_refusals: IntCounter,
     /// 1 while the desired state in force has expired by the trusted time (stale-control).
     pub control_stale: IntGauge,
+    /// The trust root version held (0: none; the enrolment key signs control messages).
+    pub trust_root_version: IntGauge,
     /// Bundle bytes downloaded from the coordinator.
     pub bundle_download_bytes: IntCounter,
     /// Feedback labels by result (joined, unknown, evicted); joined labels per model version,
@@ -352,6 +354,10 @@ impl Metrics {
             control_stale: reg!(IntGauge::new(
                 CONTROL_STALE,
                 "1 while the desired state in force has expired by the agent's trusted time and nothing newer arrived (control channel cut or frozen); the agent serves on."
+            )?),
+            trust_root_version: reg!(IntGauge::new(
+                TRUST_ROOT_VERSION,
+                "The version of the signed trust root this device holds (0: none yet; the key from enrolment signs its control messages)."
             )?),
             bundle_download_bytes: reg!(IntCounter::new(
                 BUNDLE_DOWNLOAD_BYTES_TOTAL,

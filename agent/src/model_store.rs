@@ -24,8 +24,7 @@ mod repair;
 
 pub use repair::Repair;
 
-use outpost_shared::bundle::{Bundle, BundleError, Manifest};
-use outpost_shared::protocol::keys::PublicKey;
+use outpost_shared::bundle::{Bundle, BundleError, Manifest, ReleaseKeys};
 use outpost_shared::protocol::messages::{SlotMode, WatchdogPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -246,16 +245,16 @@ impl ModelStore {
     }
 
     /// Reads and fully verifies an installed bundle.
-    pub fn read(&self, name: &str, version: &str, trusted: &[PublicKey]) -> Result<Bundle, StoreError> {
+    pub fn read(&self, name: &str, version: &str, trusted: &ReleaseKeys) -> Result<Bundle, StoreError> {
         let path = self.bundle_path(name, version)?;
         let bytes = self.bundle_bytes(name, version, &path)?;
-        Ok(Bundle::open(&bytes, trusted)?)
+        Ok(Bundle::open_release(&bytes, trusted)?)
     }
 
     /// Verifies `bytes` as a bundle signed by a trusted key and writes it to disk (a no-op when
     /// the same bytes are already there). Does not activate it.
-    pub fn install(&self, bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, StoreError> {
-        let bundle = Bundle::open(bytes, trusted)?;
+    pub fn install(&self, bytes: &[u8], trusted: &ReleaseKeys) -> Result<Manifest, StoreError> {
+        let bundle = Bundle::open_release(bytes, trusted)?;
         let manifest = bundle.manifest.clone();
         let path = self.bundle_path(&manifest.name, &manifest.version)?;
         let _lock = self.lock()?;

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_shared::protocol::keys::PublicKey;
 use outpost_shared::protocol::messages::{EventKind, SlotMode};
 use tokio::sync::watch;
 
@@ -35,7 +34,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The store-to-table reconciler.
 pub struct Reconciler {
     pub store: ModelStore,
-    pub trusted: Vec<PublicKey>,
+    /// Who may sign bundles (the trust root's release role, or the configured keys).
+    pub trust: Arc<crate::trust_root::Trust>,
     pub models: Arc<ModelTable>,
     pub metrics: Arc<Metrics>,
     pub reporter: Option<Arc<Reporter>>,
@@ -243,10 +243,10 @@ impl Reconciler {
     /// Reads `name@version` from the store, verifies it against the trusted keys again, loads
     /// and validates it, off the executor.
     async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, LoadFailure> {
-        let (store, trusted, drift) = (self.store.clone(), self.trusted.clone(), self.drift.clone());
+        let (store, release, drift) = (self.store.clone(), self.trust.release(), self.drift.clone());
         let (n, v) = (name.to_owned(), version.to_owned());
         tokio::task::spawn_blocking(move || {
-            let bundle = store.read(&n, &v, &trusted)?;
+            let bundle = store.read(&n, &v, &release)?;
             load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| LoadFailure::Invalid(e.reason))
         })
         .await

@@ -27,6 +27,7 @@ use crate::pool::WorkerPool;
 use crate::prediction_log::{LogError, PredictionLog};
 use crate::reconcile::Reconciler;
 use crate::telemetry::{Reporter, Window};
+use crate::trust_root::Trust;
 use outpost_shared::protocol::messages::EventKind;
 use outpost_shared::protocol::vocab::{LoadState, Slot};
 
@@ -74,13 +75,15 @@ pub enum ServeError {
     Registry(String),
     #[error(transparent)]
     AtRest(#[from] crate::at_rest::AtRestError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust_root::TrustError),
 }
 
 impl ServeError {
     /// How `serve` exits for this error: a key that cannot be used is configuration (2).
     pub fn exit(&self) -> crate::exit::ExitStatus {
         match self {
-            ServeError::AtRest(_) => crate::exit::ExitStatus::Usage,
+            ServeError::AtRest(_) | ServeError::Trust(_) => crate::exit::ExitStatus::Usage,
             _ => crate::exit::ExitStatus::Failure,
         }
     }
@@ -133,6 +136,7 @@ fn setup_telemetry(
     log: Option<&Arc<PredictionLog>>,
     metrics: &Arc<Metrics>,
     at_rest: &crate::at_rest::AtRest,
+    trust: &Arc<Trust>,
 ) -> Result<Telemetry, ServeError> {
     let identity = Identity::load_or_create(&config.data_dir)?;
     let enrolment = identity.enrolment()?;
@@ -154,10 +158,11 @@ fn setup_telemetry(
                 detail: problem.to_string(),
             })?;
             let control_key = enrolment.coordinator_key()?;
-            if config
-                .registry
-                .keys()
-                .is_ok_and(|keys| keys.iter().any(|k| k.key_id() == control_key.key_id()))
+            if trust.version() == 0
+                && config
+                    .registry
+                    .keys()
+                    .is_ok_and(|keys| keys.iter().any(|k| k.key_id() == control_key.key_id()))
             {
                 // Roles: the key from enrolment signs desired states and acks; release keys sign
                 // bundles. One key in both places means one stolen key can do both.
@@ -181,7 +186,7 @@ fn setup_telemetry(
                 host,
                 port,
                 tls: identity.broker_tls()?,
-                coordinator_key: control_key,
+                trust: Arc::clone(trust),
                 ack_timeout: Duration::from_secs(config.telemetry.ack_timeout_secs),
                 max_in_flight: config.telemetry.max_in_flight,
                 desired: None,
@@ -230,6 +235,25 @@ fn setup_telemetry(
     }
     let api_url = enrolment.as_ref().map(|e| e.api_url.clone());
     Ok(Telemetry { reporter, outbox, link_stats, link, api_url, api_ca, client_tls })
+}
+
+/// The device's trust ([`crate::trust_root`]): its held root, the key from its enrolment (if
+/// enrolled) and `registry.trusted_keys`.
+fn open_trust(config: &Config) -> Result<Arc<Trust>, ServeError> {
+    let configured = config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?;
+    let enrolled = crate::identity::enrolled_key(&config.data_dir)?;
+    let dir = crate::identity::dir(&config.data_dir);
+    let trust = Trust::open(&dir, enrolled, configured)?;
+    if trust.version() > 0 {
+        tracing::info!(version = trust.version(), "trust root held");
+        if trust.release_configured() {
+            tracing::info!(
+                "registry.trusted_keys is set: bundles must be signed by one of those keys; the trust root's release \
+                 role (its keys, threshold and rotations) does not apply to this device"
+            );
+        }
+    }
+    Ok(Arc::new(trust))
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, with the signal's name.
@@ -291,8 +315,12 @@ pub async fn serve(
         None
     };
 
+    // Who signs control messages and bundles: the signed trust root (exit 2 if it is damaged
+    // beyond its copy), or the enrolment key and configured keys without one.
+    let trust = open_trust(&config)?;
+    metrics.trust_root_version.set(i64::try_from(trust.version()).unwrap_or(i64::MAX));
     let telemetry = if config.telemetry.enabled {
-        Some(setup_telemetry(&config, &models, log.as_ref(), &metrics, &at_rest)?)
+        Some(setup_telemetry(&config, &models, log.as_ref(), &metrics, &at_rest, &trust)?)
     } else {
         None
     };
@@ -312,8 +340,9 @@ pub async fn serve(
             "runtime.test_crash is set: serving this version aborts the agent ON PURPOSE (for tests only)"
         );
     }
-    // With signed bundles in play, an agent may start with nothing to serve and wait for one.
-    let bundles = !config.registry.trusted_keys.is_empty();
+    // With signed bundles in play — release keys configured, or named by a held trust root — an
+    // agent may start with nothing to serve and wait for one.
+    let bundles = trust.has_release_keys();
     let watchdog = bundles.then(|| {
         Arc::new(crate::watchdog::Watchdog::new(
             ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
@@ -386,9 +415,8 @@ pub async fn serve(
                 settings.desired = Some(tx);
                 let applier = Arc::new(DesiredApplier {
                     device_id: settings.device_id.clone(),
-                    coordinator_key: settings.coordinator_key,
+                    trust: Arc::clone(&trust),
                     store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
-                    trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
                     fetch: Fetch {
                         api_url: t.api_url.clone().unwrap_or_default(),
                         chunk_bytes: config.registry.download_chunk_bytes,
@@ -415,8 +443,8 @@ pub async fn serve(
         // Before anything loads: damage in the model store (flipped bytes in state.json or a
         // bundle) is moved aside and a verified version served instead of none.
         let store = ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest);
-        let trusted = config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?;
-        let repaired = tokio::task::spawn_blocking(move || store.repair(&trusted)).await;
+        let release = trust.release();
+        let repaired = tokio::task::spawn_blocking(move || store.repair(&release)).await;
         match repaired {
             Ok(Ok(repairs)) => {
                 for repair in repairs {
@@ -446,7 +474,7 @@ pub async fn serve(
     if bundles {
         let reconciler = Arc::new(Reconciler {
             store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
-            trusted: config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?,
+            trust: Arc::clone(&trust),
             models: Arc::clone(&models),
             metrics: Arc::clone(&metrics),
             reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),

@@ -44,6 +44,7 @@ mod models;
 mod monitoring;
 mod offline;
 mod rollout;
+mod roots;
 mod table;
 
 use args::*;
@@ -217,5 +218,6 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Token(_) | Command::Audit(_) => admin::run(cli, &api),
         Command::Rollout(command) => rollout::rollout(cli, &api, command),
         Command::Incident(command) => rollout::incident(cli, &api, command),
+        Command::Root(command) => roots::run(cli, &api, command),
     }
 }

@@ -16,3 +16,4 @@ pub mod ingest;
 pub mod link;
 pub mod liveness;
 pub mod revocation;
+pub mod roots;

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod messages;
 pub mod presence;
 pub mod records;
+pub mod root;
 pub mod topics;
 pub mod transfer;
 pub mod vocab;

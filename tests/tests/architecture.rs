@@ -23,7 +23,7 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 14] = [
+const REPOSITORIES: [&str; 15] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
@@ -34,6 +34,7 @@ const REPOSITORIES: [&str; 14] = [
     "monitoring/retention.rs",
     "fleet/devices.rs",
     "fleet/desired.rs",
+    "fleet/roots.rs",
     "ops/rollout/persistence.rs",
     "ops/alerts/store.rs",
     "ops/retraining/store.rs",

@@ -400,6 +400,7 @@ async fn replayed_and_forged_desired_states_are_refused_and_a_cut_download_resum
             candidate: None,
         }],
         expires_at_ms: 0,
+        roots: Vec::new(),
     };
     let body = messages::encode(&CoordinatorMessage::Desired(state));
     let by_release = protocol::seal(&release, 1_000_000, 1, &body).unwrap();

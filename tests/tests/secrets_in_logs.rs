@@ -2,7 +2,8 @@
 //! through enrolment, push, validate, deploy, serving, feedback and key rotation at `debug`
 //! level, and then both logs — and everything `outpostctl` and `outpost-agent` printed — are
 //! searched for every secret they handled: the admin and enrolment tokens, the CA key, the release
-//! and online keys, the device's signing and TLS keys, and the storage key.
+//! and online keys (before and after a trust-root rotation), the root key, the device's signing
+//! and TLS keys, and the storage key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -79,6 +80,17 @@ async fn no_token_or_key_reaches_a_log() {
     let (status, _) =
         agent.post_json("/v1/feedback", &serde_json::json!({"prediction_id": id, "label": 1})).await;
     assert_eq!(status, 200);
+    // A trust-root rotation of the online key (the coordinator signs with its root key).
+    let online_before = std::fs::read(c.data_dir.join("pki/online.pk8")).unwrap();
+    let draft = dir.path().join("root-2.json");
+    printed.push_str(&ok(
+        c.ctl(&["root", "draft", "--new-online-key", "--out", draft.to_str().unwrap()]),
+        "draft",
+    ));
+    printed.push_str(&ok(c.ctl(&["root", "push", draft.to_str().unwrap()]), "root push"));
+    printed.push_str(&ok(c.ctl(&["root", "show"]), "root show"));
+    let retired = dir.path().join("online-retired.pk8");
+    std::fs::write(&retired, online_before).unwrap();
     let (_, out, err) = run("outpost-agent", &["keys", "rotate", "--data-dir", agent_dir.to_str().unwrap()]);
     printed.push_str(&out);
     printed.push_str(&err);
@@ -99,6 +111,8 @@ async fn no_token_or_key_reaches_a_log() {
         ("CA key", c.data_dir.join("pki/ca.key")),
         ("release key", c.data_dir.join("pki/signing.pk8")),
         ("online key", c.data_dir.join("pki/online.pk8")),
+        ("retired online key", retired),
+        ("root key", c.data_dir.join("pki/root.pk8")),
         ("device signing key", agent_dir.join("identity/device.key")),
         ("device TLS key", agent_dir.join("identity/tls.key")),
         ("storage key", agent_dir.join("identity/storage.key")),

@@ -16,26 +16,36 @@ fn load(config: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> Result<
     Ok(config)
 }
 
+/// The device's trust ([`crate::trust_root`]): its root's release keys, or the configured ones.
+fn trust(config: &Config) -> Result<crate::trust_root::Trust, ExitCode> {
+    let configured = config.registry.keys().map_err(|e| fail(e, ExitStatus::Usage))?;
+    let enrolled =
+        crate::identity::enrolled_key(&config.data_dir).map_err(|e| fail(e, ExitStatus::Failure))?;
+    let trust = crate::trust_root::Trust::open(&crate::identity::dir(&config.data_dir), enrolled, configured)
+        .map_err(|e| fail(e, ExitStatus::Usage))?;
+    if !trust.has_release_keys() {
+        return Err(fail(
+            "no trusted keys: set registry.trusted_keys in the agent configuration (or enrol: the trust root names them)",
+            ExitStatus::Usage,
+        ));
+    }
+    Ok(trust)
+}
+
 pub fn import(args: &ImportArgs) -> ExitCode {
     let config = match load(args.config.as_deref(), args.data_dir.as_ref()) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let trusted = match config.registry.keys() {
-        Ok(keys) if keys.is_empty() => {
-            return fail(
-                "no trusted keys: set registry.trusted_keys in the agent configuration",
-                ExitStatus::Usage,
-            );
-        }
-        Ok(keys) => keys,
-        Err(e) => return fail(e, ExitStatus::Usage),
+    let trusted = match trust(&config) {
+        Ok(trust) => trust.release(),
+        Err(code) => return code,
     };
     let bytes = match std::fs::read(&args.file) {
         Ok(bytes) => bytes,
         Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
     };
-    let bundle = match Bundle::open(&bytes, &trusted) {
+    let bundle = match Bundle::open_release(&bytes, &trusted) {
         Ok(bundle) => bundle,
         Err(e) => return fail(format!("{} refused: {e}", args.file.display()), ExitStatus::ModelInvalid),
     };
@@ -95,16 +105,9 @@ pub fn import_desired(args: &ImportDesiredArgs) -> ExitCode {
         }
         Err(e) => return fail(e, ExitStatus::Failure),
     };
-    let (coordinator_key, trusted) = match (enrolment.coordinator_key(), config.registry.keys()) {
-        (Ok(key), Ok(trusted)) if !trusted.is_empty() => (key, trusted),
-        (Err(e), _) => return fail(e, ExitStatus::Failure),
-        (_, Err(e)) => return fail(e, ExitStatus::Usage),
-        (_, Ok(_)) => {
-            return fail(
-                "no trusted keys: set registry.trusted_keys in the agent configuration",
-                ExitStatus::Usage,
-            );
-        }
+    let trust = match trust(&config) {
+        Ok(trust) => std::sync::Arc::new(trust),
+        Err(code) => return code,
     };
     let payload = match std::fs::read(args.dir.join("desired.bin")) {
         Ok(payload) => payload,
@@ -118,9 +121,8 @@ pub fn import_desired(args: &ImportDesiredArgs) -> ExitCode {
     let clock = std::sync::Arc::new(crate::trusted_time::TrustedClock::open(&config.data_dir));
     let applier = DesiredApplier {
         device_id: enrolment.device_id.clone(),
-        coordinator_key,
+        trust: std::sync::Arc::clone(&trust),
         store: ModelStore::new(&config.data_dir, config.registry.keep_versions, &at_rest),
-        trusted,
         fetch: Fetch::offline(Some(args.dir.clone())),
         reporter: None,
         metrics: match crate::metrics::Metrics::new() {

@@ -121,8 +121,11 @@ pub fn import_ack(args: &TransferArgs) -> ExitCode {
         Ok(None) => return fail(crate::identity::IdentityError::NotEnrolled, ExitStatus::Failure),
         Err(e) => return fail(e, ExitStatus::Failure),
     };
-    let key = match enrolment.coordinator_key() {
-        Ok(key) => key,
+    // Acks are signed by an online key of the held trust root (or the enrolment key without one).
+    let trust = match enrolment.coordinator_key().map_err(|e| e.to_string()).and_then(|key| {
+        crate::trust_root::Trust::open(&identity.dir, Some(key), Vec::new()).map_err(|e| e.to_string())
+    }) {
+        Ok(trust) => trust,
         Err(e) => return fail(e, ExitStatus::Failure),
     };
     let bytes = match std::fs::read(&args.file) {
@@ -135,7 +138,7 @@ pub fn import_ack(args: &TransferArgs) -> ExitCode {
     };
     let (mut freed, mut refused) = (0u64, 0u64);
     for wire in &file.envelopes {
-        let ack = outpost_shared::protocol::open(wire, |_| Some(key))
+        let ack = outpost_shared::protocol::open(wire, |id| trust.control_key(id))
             .map_err(|e| e.to_string())
             .and_then(|o| messages::decode_coordinator(&o.body).map_err(|e| e.to_string()));
         match ack {

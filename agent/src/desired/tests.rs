@@ -5,9 +5,8 @@ use outpost_shared::protocol::SigningKey;
 fn applier(dir: &std::path::Path, key: &SigningKey) -> DesiredApplier {
     DesiredApplier {
         device_id: "dev-a".into(),
-        coordinator_key: key.public_key(),
+        trust: Arc::new(Trust::empty(dir, Some(key.public_key()), Vec::new())),
         store: ModelStore::new(dir, 3, &AtRest::clear()),
-        trusted: Vec::new(),
         fetch: Fetch::offline(None),
         reporter: None,
         metrics: Arc::new(crate::metrics::Metrics::new().unwrap()),
@@ -16,7 +15,13 @@ fn applier(dir: &std::path::Path, key: &SigningKey) -> DesiredApplier {
 }
 
 fn sealed(key: &SigningKey, revision: u64, sealed_at_ms: u64, expires_at_ms: u64) -> Vec<u8> {
-    let state = DesiredState { device: "dev-a".into(), revision, models: Vec::new(), expires_at_ms };
+    let state = DesiredState {
+        device: "dev-a".into(),
+        revision,
+        models: Vec::new(),
+        expires_at_ms,
+        roots: Vec::new(),
+    };
     protocol::seal(key, revision, sealed_at_ms, &messages::encode(&CoordinatorMessage::Desired(state)))
         .unwrap()
 }

@@ -24,6 +24,7 @@ pub const SHADOW_SKIPPED_TOTAL: &str = "outpost_agent_shadow_skipped_total";
 pub const DESIRED_REVISION: &str = "outpost_agent_desired_revision";
 pub const DESIRED_REFUSALS_TOTAL: &str = "outpost_agent_desired_refusals_total";
 pub const CONTROL_STALE: &str = "outpost_agent_control_stale";
+pub const TRUST_ROOT_VERSION: &str = "outpost_agent_trust_root_version";
 pub const BUNDLE_DOWNLOAD_BYTES_TOTAL: &str = "outpost_agent_bundle_download_bytes_total";
 pub const FEEDBACK_TOTAL: &str = "outpost_agent_feedback_total";
 pub const LABELLED_PREDICTIONS_TOTAL: &str = "outpost_agent_labelled_predictions_total";

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use outpost_shared::bundle::Bundle;
-use outpost_shared::protocol::keys::PublicKey;
+use outpost_shared::bundle::{Bundle, ReleaseKeys};
 
 use super::{ModelStore, StoreError, StoreState};
 
@@ -56,7 +55,7 @@ impl ModelStore {
     /// quarantines every bundle file that no longer verifies against `trusted`, and moves each
     /// model whose active (or candidate) version went with it to the newest earlier version
     /// that verifies. Returns what it did (nothing on a healthy store).
-    pub fn repair(&self, trusted: &[PublicKey]) -> Result<Vec<Repair>, StoreError> {
+    pub fn repair(&self, trusted: &ReleaseKeys) -> Result<Vec<Repair>, StoreError> {
         let _lock = self.lock()?;
         let mut repairs = Vec::new();
         let aside = self.dir.join("quarantine");
@@ -89,7 +88,7 @@ impl ModelStore {
             for version in self.installed(&name) {
                 let path = self.bundle_path(&name, &version)?;
                 let why = match self.bundle_bytes(&name, &version, &path) {
-                    Ok(bytes) => match Bundle::open(&bytes, trusted) {
+                    Ok(bytes) => match Bundle::open_release(&bytes, trusted) {
                         Ok(_) => continue,
                         Err(e) => e.to_string(),
                     },

@@ -25,11 +25,11 @@ fn bundle(key: &SigningKey, version: &str, model: &[u8]) -> Vec<u8> {
 
 /// A store (encrypted at rest) with 1.0.0, 1.1.0 and 1.2.0 installed and activated in turn
 /// (1.2.0 active).
-fn three_versions(dir: &Path) -> (ModelStore, [PublicKey; 1]) {
+fn three_versions(dir: &Path) -> (ModelStore, ReleaseKeys) {
     let sealer = std::sync::Arc::new(crate::at_rest::Sealer::ephemeral().unwrap());
     let store = ModelStore::new(dir, 3, &AtRest::sealed(sealer));
     let (key, _) = SigningKey::generate().unwrap();
-    let trusted = [key.public_key()];
+    let trusted = ReleaseKeys::any(vec![key.public_key()]);
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
         store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
         store.activate("bc", v).unwrap();
@@ -60,7 +60,7 @@ fn sealed_bundles_hold_no_model_bytes_on_disk_and_read_back_in_memory() {
     // Installing the same version again is a no-op; a store without the keys cannot read it.
     let (key, _) = SigningKey::generate().unwrap();
     assert!(matches!(
-        store.install(&bundle(&key, "1.1.0", b"other"), &[key.public_key()]),
+        store.install(&bundle(&key, "1.1.0", b"other"), &ReleaseKeys::any(vec![key.public_key()])),
         Err(StoreError::Conflict { .. })
     ));
     let keyless = ModelStore::new(dir.path(), 3, &AtRest::clear());
@@ -128,7 +128,7 @@ fn a_version_that_keeps_crashing_the_agent_is_switched_back_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
-    let trusted = [key.public_key()];
+    let trusted = ReleaseKeys::any(vec![key.public_key()]);
     for v in ["1.0.0", "1.1.0"] {
         store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
     }
@@ -181,7 +181,7 @@ fn installs_activates_rolls_back_and_keeps_the_last_versions() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
-    let trusted = [key.public_key()];
+    let trusted = ReleaseKeys::any(vec![key.public_key()]);
     for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
         store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
         store.activate("bc", v).unwrap();
@@ -212,18 +212,20 @@ fn refuses_other_bytes_for_an_installed_version_and_untrusted_bundles() {
     let (key, _) = SigningKey::generate().unwrap();
     let (stranger, _) = SigningKey::generate().unwrap();
     let first = bundle(&key, "1.0.0", b"a");
-    store.install(&first, &[key.public_key()]).unwrap();
-    store.install(&first, &[key.public_key()]).unwrap();
+    store.install(&first, &ReleaseKeys::any(vec![key.public_key()])).unwrap();
+    store.install(&first, &ReleaseKeys::any(vec![key.public_key()])).unwrap();
     // Signed again by another key: the same version.
     let (offline, _) = SigningKey::generate().unwrap();
     let mut twice = Bundle::parse(&first).unwrap();
     twice.sign(&offline).unwrap();
-    store.install(&twice.to_bytes(), &[offline.public_key()]).unwrap();
+    store.install(&twice.to_bytes(), &ReleaseKeys::any(vec![offline.public_key()])).unwrap();
     assert!(matches!(
-        store.install(&bundle(&key, "1.0.0", b"b"), &[key.public_key()]),
+        store.install(&bundle(&key, "1.0.0", b"b"), &ReleaseKeys::any(vec![key.public_key()])),
         Err(StoreError::Conflict { .. })
     ));
-    let err = store.install(&bundle(&stranger, "1.1.0", b"c"), &[key.public_key()]).unwrap_err();
+    let err = store
+        .install(&bundle(&stranger, "1.1.0", b"c"), &ReleaseKeys::any(vec![key.public_key()]))
+        .unwrap_err();
     assert!(err.to_string().contains(stranger.key_id()), "{err}");
     assert!(store.installed("bc") == ["1.0.0"]);
     assert!(matches!(store.activate("bc", "9.9.9"), Err(StoreError::NotInstalled { .. })));
@@ -234,7 +236,7 @@ fn an_import_cannot_activate_a_release_older_than_the_newest_one_told_current() 
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path(), 3, &AtRest::clear());
     let (key, _) = SigningKey::generate().unwrap();
-    let trusted = [key.public_key()];
+    let trusted = ReleaseKeys::any(vec![key.public_key()]);
     for v in ["1.0.0", "1.1.0"] {
         store.install(&bundle(&key, v, v.as_bytes()), &trusted).unwrap();
     }

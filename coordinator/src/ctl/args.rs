@@ -134,6 +134,9 @@ pub(super) enum Command {
     /// Incidents left by automatic rollbacks: list, show, close.
     #[command(subcommand)]
     Incident(rollout::IncidentCommand),
+    /// The fleet's signed trust root: which keys sign releases and control messages.
+    #[command(subcommand)]
+    Root(roots::RootCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -121,6 +121,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 .wide("DESIRED")
                 .wide("AT REST")
                 .wide("CLOCK")
+                .wide("ROOT")
                 .wide("KEY ID");
             for d in devices {
                 let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -148,6 +149,7 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                         .map_or("-", |s| if s.starts_with("on") { "encrypted" } else { "off" })
                         .into(),
                     d.clock_skew_ms.map_or_else(|| "-".into(), skew),
+                    d.root_version.map_or_else(|| "-".into(), |v| v.to_string()),
                     d.key_id.clone(),
                 ]);
             }
@@ -232,6 +234,9 @@ pub(super) fn print_device(d: &DeviceView) {
     say!("at rest  {}", d.at_rest.as_deref().unwrap_or("-"));
     if let Some(ms) = d.clock_skew_ms {
         say!("clock    {}", skew(ms));
+    }
+    if let Some(version) = d.root_version {
+        say!("root     trust root version {version}");
     }
     if let Some(s) = &d.control_stale {
         say!(

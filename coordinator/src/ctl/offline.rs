@@ -23,6 +23,7 @@ pub(super) fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
                 );
             })
         }
+        Command::Root(roots::RootCommand::Sign { file, key, out }) => roots::sign(file, key, out.as_ref()),
         Command::Key(KeyCommand::Show { file }) => packaging::read_key(file).map_err(invalid).map(|key| {
             say!("{}", hex::encode(key.public_key().as_bytes()));
             eprintln!("key id {}", key.key_id());

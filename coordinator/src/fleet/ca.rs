@@ -11,8 +11,10 @@
 //!   devices learn its public half at enrolment. A device trusts each key for its role only: a
 //!   desired state signed by the release key, or a bundle signed only by the online key, is
 //!   refused. Devices enrolled before the two were split (when one key did both) keep getting
-//!   control messages from the release key until they enrol again ([`Authority::control_key`]).
-//!   Rotating either key with a signed trust-root statement is not built yet.
+//!   control messages from the release key until they adopt a trust root ([`Authority::control_key`]).
+//! - `root.pk8` (0600): the **root** key, which signs trust-root statements naming the keys of
+//!   each role; rotating the online key or changing the release keys is a new statement it
+//!   signs ([`crate::fleet::roots`]). It may be moved off this host once version 1 exists.
 //!
 //! Device certificates carry the device id as their common name and no organisation field
 //! (an `O=` turns into a tenant in some brokers and rewrites client ids). Each has a random
@@ -20,6 +22,7 @@
 //! CA's revocation list ([`Authority::revocation_list`]) that an external broker checks.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use outpost_shared::files::write_private;
 use outpost_shared::protocol::SigningKey;
@@ -45,15 +48,16 @@ pub enum CaError {
 pub struct Authority {
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    signing: SigningKey,
-    online: SigningKey,
+    signing: Arc<SigningKey>,
+    /// Swapped when a trust root names a new online key ([`crate::fleet::roots`]).
+    online: RwLock<Arc<SigningKey>>,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
             .field("release_key_id", &self.signing.key_id())
-            .field("online_key_id", &self.online.key_id())
+            .field("online_key_id", &self.online_key().key_id())
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +142,7 @@ impl Authority {
                 "it is the release key: the roles need two keys".into(),
             ));
         }
-        Ok(Authority { ca_pem, issuer, signing, online })
+        Ok(Authority { ca_pem, issuer, signing: Arc::new(signing), online: RwLock::new(Arc::new(online)) })
     }
 
     /// The CA certificate (PEM).
@@ -152,14 +156,24 @@ impl Authority {
     }
 
     /// The online key: signs desired states and acks (devices learn it at enrolment).
-    pub fn online_key(&self) -> &SigningKey {
-        &self.online
+    pub fn online_key(&self) -> Arc<SigningKey> {
+        Arc::clone(&self.online.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// From now on `key` signs control messages (a trust root named it).
+    pub fn set_online_key(&self, key: SigningKey) {
+        *self.online.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
     }
 
     /// The key that signs a device's control messages: the online key, or — for a device
     /// enrolled when one key held both roles (`legacy`) — the release key it was given then.
-    pub fn control_key(&self, legacy: bool) -> &SigningKey {
-        if legacy { &self.signing } else { &self.online }
+    pub fn control_key(&self, legacy: bool) -> Arc<SigningKey> {
+        if legacy { Arc::clone(&self.signing) } else { self.online_key() }
+    }
+
+    /// The `pki` folder of a data directory.
+    pub fn pki_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("pki")
     }
 
     fn leaf_params(common_name: &str, days: u32, usage: ExtendedKeyUsagePurpose) -> CertificateParams {

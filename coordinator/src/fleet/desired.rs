@@ -7,6 +7,9 @@
 //! (re)connect the link republishes every device's state (a broker may have lost its retained
 //! messages); agents ignore a revision they have already applied.
 //!
+//! Every sealed state carries the trust root chain ([`crate::fleet::roots`]), so a device
+//! catches up on root changes with its next revision.
+//!
 //! Every state expires `desired_ttl_secs` after it is sealed ([`DesiredState::expires_at_ms`]);
 //! [`Desired::refresh_due`] gives every device a new revision with the same models once half of
 //! that has passed, so agents tell a quiet coordinator from a cut-off or frozen one.
@@ -53,6 +56,8 @@ pub struct Desired {
     tree: sled::Tree,
     store: Store,
     devices: Devices,
+    /// The trust root chain every sealed state carries ([`crate::fleet::roots`]).
+    roots: sled::Tree,
     ttl_ms: u64,
 }
 
@@ -73,6 +78,7 @@ impl Desired {
             tree: store.tree("desired")?,
             store: store.clone(),
             devices: Devices::open(store)?,
+            roots: crate::fleet::roots::tree(store)?,
             ttl_ms: DEFAULT_TTL_SECS * 1000,
         })
     }
@@ -129,6 +135,12 @@ impl Desired {
             .collect()
     }
 
+    /// Gives each device a new revision with the same models (a new trust root goes out with
+    /// it); returns the new records.
+    pub fn bump(&self, devices: &[String], by: &str) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        self.rewrite(devices, by, |_| {})
+    }
+
     /// Sets `model` on each device to `target` (None removes it); returns the new records.
     pub fn set(
         &self,
@@ -149,13 +161,25 @@ impl Desired {
         change: impl Fn(Option<&DesiredModel>) -> Option<DesiredModel>,
         by: &str,
     ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
-        let mut changed = Vec::new();
-        for device in devices {
-            let mut record = self.get(device)?.unwrap_or_default();
+        self.rewrite(devices, by, |record| {
             match change(record.models.get(model)) {
                 Some(t) => record.models.insert(model.to_owned(), t),
                 None => record.models.remove(model),
             };
+        })
+    }
+
+    /// Applies `change` to each device's record under a new revision.
+    fn rewrite(
+        &self,
+        devices: &[String],
+        by: &str,
+        change: impl Fn(&mut DesiredRecord),
+    ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        let mut changed = Vec::new();
+        for device in devices {
+            let mut record = self.get(device)?.unwrap_or_default();
+            change(&mut record);
             record.revision += 1;
             record.updated_at_ms = now_ms();
             record.updated_by = by.to_owned();
@@ -182,11 +206,12 @@ impl Desired {
             revision: record.revision,
             models: record.models.values().cloned().collect(),
             expires_at_ms: now.saturating_add(self.ttl_ms),
+            roots: crate::fleet::roots::chain_bytes(&self.roots),
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
         let seq = self.devices.next_outgoing_seq(device)?;
         let key = authority.control_key(self.devices.control_by_release_key(device)?);
-        let payload = protocol::seal(key, seq, now, &body).map_err(|e| StoreError::Corrupt {
+        let payload = protocol::seal(&key, seq, now, &body).map_err(|e| StoreError::Corrupt {
             key: format!("desired state for {device}"),
             detail: e.to_string(),
         })?;

@@ -98,6 +98,9 @@ pub struct DeviceRecord {
     /// The coordinator's clock minus the device's, in ms, as the agent last measured it.
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// The trust root version the device last said it holds (None: it has not said).
+    #[serde(default)]
+    pub root_version: Option<u64>,
     /// When it was revoked and by whom; a revoked device's telemetry is refused.
     #[serde(default)]
     pub revoked: Option<Revocation>,
@@ -177,6 +180,7 @@ impl DeviceRecord {
             at_rest: None,
             control_stale: None,
             clock_skew_ms: None,
+            root_version: None,
         }
     }
 }
@@ -327,6 +331,17 @@ impl Devices {
     /// before the roles were split).
     pub fn control_by_release_key(&self, id: &str) -> Result<bool, StoreError> {
         self.legacy_control.contains_key(id.as_bytes()).map_err(|e| self.storage(e))
+    }
+
+    /// `id` now holds a trust root: its control messages are signed with the online key.
+    pub fn clear_legacy_control(&self, id: &str) -> Result<(), StoreError> {
+        if self.legacy_control.remove(id.as_bytes()).map_err(|e| self.storage(e))?.is_some() {
+            tracing::info!(
+                device = id,
+                "device holds a trust root: its control messages are signed with the online key from now on"
+            );
+        }
+        Ok(())
     }
 
     fn storage(&self, source: sled::Error) -> StoreError {

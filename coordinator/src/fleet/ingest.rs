@@ -171,6 +171,7 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
             match &event.kind {
                 EventKind::AtRest { encryption } => record.at_rest = Some(encryption.clone()),
                 EventKind::ClockSkew { skew_ms } => record.clock_skew_ms = Some(*skew_ms),
+                EventKind::TrustRoot { version } => record.root_version = Some(*version),
                 EventKind::ControlStale { stale, revision, expired_at_ms } => {
                     record.control_stale = stale.then(|| crate::fleet::devices::StaleControl {
                         revision: *revision,
@@ -372,6 +373,11 @@ impl Ingest {
             (Ok(AgentMessage::Predictions(batch)), Stored::New | Stored::Duplicate) => {
                 self.predictions.put(device, batch)?
             }
+            // A device that holds a trust root checks control messages against its online keys:
+            // one enrolled when a single key did both roles stops getting release-key signatures.
+            (Ok(AgentMessage::Event(event)), Stored::New | Stored::Duplicate) if matches!(event.kind, EventKind::TrustRoot { version } if version > 0) => {
+                self.devices.clear_legacy_control(device)?
+            }
             _ => {}
         }
         Ok(match stored {
@@ -417,7 +423,7 @@ impl Ingest {
             let ack = Ack { device: device.to_owned(), ranges: ranges.to_vec() };
             let body = messages::encode(&CoordinatorMessage::Ack(ack));
             let seq = self.devices.next_outgoing_seq(device)?;
-            let wire = protocol::seal(key, seq, now_ms(), &body).map_err(|e| StoreError::Corrupt {
+            let wire = protocol::seal(&key, seq, now_ms(), &body).map_err(|e| StoreError::Corrupt {
                 key: format!("ack for {device}"),
                 detail: e.to_string(),
             })?;

@@ -53,6 +53,8 @@ pub struct AppState {
     /// Failed authentications per source address (the front door throttles guessing).
     pub failed_auth: crate::http::denials::FailedAuth,
     pub registry: Registry,
+    /// The fleet's signed trust root ([`crate::fleet::roots`]).
+    pub roots: crate::fleet::roots::TrustRoots,
     pub desired: Desired,
     /// Desired states for the broker link to publish (retained).
     pub outgoing: tokio::sync::mpsc::Sender<Outgoing>,
@@ -79,6 +81,7 @@ pub mod monitoring;
 pub mod openapi;
 pub mod registry;
 pub mod rollout;
+pub mod roots;
 
 /// The device whose client certificate (from the fleet CA, verified by TLS) opened this
 /// connection; set by the HTTPS server.
@@ -158,6 +161,10 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("get", "/api/v1/audit") => get(admin::audit_tail),
         ("get", "/api/v1/audit/verify") => get(admin::audit_verify),
         ("get", "/api/v1/keys") => get(keys),
+        ("get", "/api/v1/root") => get(roots::current),
+        ("post", "/api/v1/root") => post(roots::update),
+        ("get", "/api/v1/root/chain") => get(roots::chain),
+        ("post", "/api/v1/root/online-key") => post(roots::next_online_key),
         ("post", "/api/v1/rollouts") => post(rollout::start),
         ("post", "/api/v1/rollouts/plan") => post(rollout::plan),
         ("get", "/api/v1/rollouts") => get(rollout::list),
@@ -342,6 +349,9 @@ pub struct EnrolResponse {
     /// CA to check the API's certificate with (HTTPS only).
     #[serde(default)]
     pub api_ca: Option<String>,
+    /// The current trust root: which keys sign control messages and bundles from now on.
+    #[serde(default)]
+    pub root: Option<outpost_shared::protocol::root::SignedRoot>,
 }
 
 async fn enrol(
@@ -462,6 +472,7 @@ fn enrol_inner(
         coordinator_public_key: hex::encode(state.authority.online_key().public_key().as_bytes()),
         api_url: state.config.api_url(),
         api_ca: state.api_ca_pem.clone(),
+        root: Some(state.roots.current().map_err(ApiError::internal)?),
     })
 }
 
@@ -506,6 +517,9 @@ pub struct DeviceView {
     /// The coordinator's clock minus the device's, in ms (positive: the device is behind).
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// The trust root version the device last said it holds.
+    #[serde(default)]
+    pub root_version: Option<u64>,
 }
 
 fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
@@ -534,6 +548,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         at_rest: d.at_rest,
         control_stale: d.control_stale,
         clock_skew_ms: d.clock_skew_ms,
+        root_version: d.root_version,
     }
 }
 

@@ -47,6 +47,8 @@ pub enum ServeError {
     Revocation(#[from] crate::fleet::revocation::RevocationError),
     #[error("{0}")]
     Audit(String),
+    #[error(transparent)]
+    Roots(#[from] crate::fleet::roots::RootsError),
 }
 
 /// Reads the admin token, creating it (0600) at first start.
@@ -127,13 +129,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::error!(%problem, path = %audit.path().display(), "AUDIT LOG DOES NOT VERIFY")
         }
     }
-    let registry =
-        Registry::open(&store, &config.data_dir)
-            .map_err(|e| ServeError::Audit(e.to_string()))?
-            .trusting(config.registry.keys().map_err(|(key, problem)| {
-                ServeError::Config(crate::config::ConfigError::Key { key, problem })
-            })?)
-            .signing_on_push(config.registry.sign_on_push);
+    let configured = config
+        .registry
+        .keys()
+        .map_err(|(key, problem)| ServeError::Config(crate::config::ConfigError::Key { key, problem }))?;
+    // The trust root: version 1 names the release key (when the registry signs) and the
+    // configured keys as release keys; the registry trusts whatever the current root names.
+    let first_release: Vec<_> = config
+        .registry
+        .sign_on_push
+        .then(|| authority.release_key().public_key())
+        .into_iter()
+        .chain(configured.iter().copied())
+        .collect();
+    let roots = crate::fleet::roots::TrustRoots::open(
+        &store,
+        &config.data_dir,
+        Arc::clone(&authority),
+        &first_release,
+    )?;
+    let registry = Registry::open(&store, &config.data_dir)
+        .map_err(|e| ServeError::Audit(e.to_string()))?
+        .trusting(configured)
+        .signing_on_push(config.registry.sign_on_push);
+    registry.trust_also(&roots.release()?.0);
     let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {
@@ -241,6 +260,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         audit_sampler: Default::default(),
         failed_auth: Default::default(),
         registry,
+        roots,
         desired,
         outgoing: outgoing_tx,
         broker_ca_pem,

@@ -196,7 +196,7 @@ pub struct Registry {
     cache: ArtifactCache,
     /// Keys whose signatures a pushed bundle may carry besides the release key
     /// (`registry.trusted_keys`, e.g. an offline key).
-    trusted: Arc<Vec<PublicKey>>,
+    trusted: Arc<std::sync::RwLock<Vec<PublicKey>>>,
     /// `registry.sign_on_push`: add the release key's signature to pushed bundles.
     sign_on_push: bool,
 }
@@ -247,8 +247,18 @@ impl Registry {
 
     /// Also trusts signatures by `keys` on pushed bundles (the release key is always trusted).
     pub fn trusting(mut self, keys: Vec<PublicKey>) -> Registry {
-        self.trusted = Arc::new(keys);
+        self.trusted = Arc::new(std::sync::RwLock::new(keys));
         self
+    }
+
+    /// Trusts `keys` too from now on (release keys a new trust root names).
+    pub fn trust_also(&self, keys: &[PublicKey]) {
+        let mut trusted = self.trusted.write().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if !trusted.contains(key) {
+                trusted.push(*key);
+            }
+        }
     }
 
     fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
@@ -311,12 +321,14 @@ impl Registry {
     pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
         let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let mut trusted = Vec::with_capacity(self.trusted.len() + 1);
+        let others = self.trusted.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut trusted = Vec::with_capacity(others.len() + 1);
         trusted.push(release_key.public_key());
-        trusted.extend(self.trusted.iter().cloned());
+        trusted.extend(others.iter().cloned());
         bundle.verify_every_signature(&trusted).map_err(RegistryError::Signature)?;
-        let offline_signed =
-            bundle.signatures.iter().any(|s| self.trusted.iter().any(|k| k.key_id() == s.key_id_hex()));
+        let offline_signed = bundle.signatures.iter().any(|s| {
+            s.key_id_hex() != release_key.key_id() && others.iter().any(|k| k.key_id() == s.key_id_hex())
+        });
         if !self.sign_on_push && !offline_signed {
             return Err(RegistryError::Invalid(format!(
                 "{} carries no signature by a key in [registry] trusted_keys, and this registry does not sign \

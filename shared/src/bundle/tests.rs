@@ -77,6 +77,31 @@ fn either_of_two_keys_is_enough_while_keys_rotate() {
 }
 
 #[test]
+fn a_threshold_of_release_keys_needs_that_many_distinct_valid_signatures() {
+    let keys: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate().unwrap().0).collect();
+    let release = ReleaseKeys { keys: keys.iter().map(SigningKey::public_key).collect(), threshold: 2 };
+    let (outsider, _) = SigningKey::generate().unwrap();
+    let mut b = Bundle::build(manifest(), b"m".to_vec()).unwrap();
+    b.sign(&keys[0]).unwrap();
+    b.sign(&outsider).unwrap();
+    let err = Bundle::open_release(&b.to_bytes(), &release).unwrap_err();
+    assert!(matches!(err, BundleError::BelowThreshold { valid: 1, threshold: 2, .. }), "{err}");
+    assert!(err.to_string().contains(keys[0].key_id()), "{err}");
+    b.sign(&keys[2]).unwrap();
+    let opened = Bundle::open_release(&b.to_bytes(), &release).unwrap();
+    assert_eq!(opened.verify_release(&release).unwrap().len(), 2);
+    // A forged signature by a release key is named, never silently skipped.
+    let mut forged = b.clone();
+    forged.signatures[0].signature = [7; 64];
+    assert_eq!(
+        forged.verify_release(&release).unwrap_err(),
+        BundleError::BadSignature(keys[0].key_id().to_owned())
+    );
+    // Threshold 1 is the configured-keys rule: any one.
+    Bundle::open_release(&b.to_bytes(), &ReleaseKeys::any(vec![keys[2].public_key()])).unwrap();
+}
+
+#[test]
 fn a_registry_check_wants_every_signature_trusted_and_valid() {
     let (release, _) = SigningKey::generate().unwrap();
     let (offline, _) = SigningKey::generate().unwrap();

@@ -198,6 +198,11 @@ pub enum EventKind {
     ClockSkew {
         skew_ms: i64,
     },
+    /// The device adopted trust root `version` ([`super::root`]); sent when it moves, so the
+    /// coordinator can tell when every device has left an old root behind. Appended last.
+    TrustRoot {
+        version: u64,
+    },
 }
 
 impl EventKind {
@@ -217,6 +222,7 @@ impl EventKind {
             EventKind::AtRest { .. } => "AtRest",
             EventKind::ControlStale { .. } => "ControlStale",
             EventKind::ClockSkew { .. } => "ClockSkew",
+            EventKind::TrustRoot { .. } => "TrustRoot",
         }
     }
 }
@@ -348,6 +354,11 @@ pub struct DesiredState {
     /// revision well before, so an agent still holding it past this time has been cut off from
     /// its control channel, or is being fed an old message (freeze). 0: never expires.
     pub expires_at_ms: u64,
+    /// Trust root statements ([`super::root`], file form), oldest first: the chain from the
+    /// first root to the coordinator's current one, so a device at any version can catch up.
+    /// Each is checked by its own signatures — before the envelope, whose key the newest root
+    /// may have just named.
+    pub roots: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -534,6 +545,15 @@ pub fn decode_agent(bytes: &[u8]) -> Result<AgentMessage, MessageError> {
 /// Decodes and checks a coordinator message from outside bytes.
 pub fn decode_coordinator(bytes: &[u8]) -> Result<CoordinatorMessage, MessageError> {
     let message: CoordinatorMessage = decode_raw(bytes)?;
+    if let CoordinatorMessage::Desired(state) = &message
+        && state.roots.len() > super::root::MAX_CHAIN
+    {
+        return Err(MessageError::Malformed(format!(
+            "desired state carries {} root statements, more than {}",
+            state.roots.len(),
+            super::root::MAX_CHAIN
+        )));
+    }
     if let CoordinatorMessage::Ack(ack) = &message {
         if ack.ranges.len() > MAX_ACK_RANGES {
             return Err(MessageError::TooManyRanges(ack.ranges.len()));

@@ -223,6 +223,28 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/audit/verify", "admin", None, "Verify the audit log's hash chain."),
     r("get", "/api/v1/keys", "viewer", None, "The coordinator's release key (for agents' trusted keys)."),
     r(
+        "get",
+        "/api/v1/root",
+        "viewer",
+        None,
+        "The current signed trust root, and devices by the root version they hold.",
+    ),
+    r(
+        "post",
+        "/api/v1/root",
+        "admin",
+        JSON,
+        "Take the next trust-root version (signed by the current root keys); it reaches every device.",
+    ),
+    r("get", "/api/v1/root/chain", "viewer", None, "Every trust-root version, oldest first."),
+    r(
+        "post",
+        "/api/v1/root/online-key",
+        "admin",
+        None,
+        "Make (once) the next online key and return its public half, to name in a root draft.",
+    ),
+    r(
         "post",
         "/api/v1/rollouts",
         "operator",
