@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
@@ -99,77 +99,31 @@ impl EncryptionConfig {
     /// The key source in force for `data_dir`.
     pub fn source(&self, data_dir: &Path) -> Result<KeySource, AtRestError> {
         match &self.key {
-            Some(spec) => spec.parse(),
-            None => Ok(KeySource::default_for(data_dir)),
+            Some(spec) => parse_source(spec),
+            None => Ok(default_source(data_dir)),
         }
     }
 }
 
-/// Where a key-encryption key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    File(PathBuf),
-    Env(String),
-    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
-    Credential(String),
+pub use outpost_shared::keysource::KeySource;
+use outpost_shared::keysource::{KeySourceError, SourcedKey};
+
+/// `<data_dir>/identity/storage.key`: the source when none is configured.
+pub fn default_source(data_dir: &Path) -> KeySource {
+    KeySource::File(data_dir.join("identity").join("storage.key"))
 }
 
-impl KeySource {
-    /// `<data_dir>/identity/storage.key`.
-    pub fn default_for(data_dir: &Path) -> KeySource {
-        KeySource::File(data_dir.join("identity").join("storage.key"))
-    }
-}
-
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::File(path) => write!(f, "file:{}", path.display()),
-            KeySource::Env(name) => write!(f, "env:{name}"),
-            KeySource::Credential(name) => write!(f, "credential:{name}"),
-        }
-    }
-}
-
-impl std::str::FromStr for KeySource {
-    type Err = AtRestError;
-
-    fn from_str(spec: &str) -> Result<KeySource, AtRestError> {
-        let bad = |problem: &str| AtRestError::Source { spec: spec.to_owned(), problem: problem.to_owned() };
-        let (kind, rest) =
-            spec.split_once(':').ok_or_else(|| bad("expected file:PATH, env:NAME or credential:NAME"))?;
-        if rest.is_empty() {
-            return Err(bad("nothing after the colon"));
-        }
-        match kind {
-            "file" => Ok(KeySource::File(PathBuf::from(rest))),
-            "env" if rest.starts_with(crate::ENV_PREFIX) => Err(bad(
-                "a variable named OUTPOST_… is read as a configuration key; give the key a name outside that prefix",
-            )),
-            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-                Ok(KeySource::Env(rest.into()))
-            }
-            "env" => Err(bad("an environment variable name is letters, digits and `_`")),
-            "credential" if !rest.contains('/') && rest != "." && rest != ".." => {
-                Ok(KeySource::Credential(rest.into()))
-            }
-            "credential" => Err(bad("a credential name has no `/`")),
-            _ => Err(bad("expected file:PATH, env:NAME or credential:NAME")),
-        }
-    }
+/// A key source as the configuration writes it (`OUTPOST_…` variables are refused: they are
+/// configuration keys).
+pub fn parse_source(spec: &str) -> Result<KeySource, AtRestError> {
+    Ok(KeySource::parse(spec, crate::ENV_PREFIX)?)
 }
 
 /// Why the stores' keys cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AtRestError {
-    #[error("encryption key source `{spec}`: {problem}")]
-    Source { spec: String, problem: String },
-    #[error("encryption key from {source_name} is missing: {problem}")]
-    Missing { source_name: String, problem: String },
-    #[error(
-        "encryption key from {source_name} is not usable: {problem} (expected 64 hex digits or 32 bytes)"
-    )]
-    Invalid { source_name: String, problem: String },
+    #[error(transparent)]
+    Key(#[from] KeySourceError),
     #[error(
         "the key from {source_name} (fingerprint {found}) is not the key that wrapped {keyring} (fingerprint {expected}): \
          refusing to start; nothing was changed — configure the key this device was set up with"
@@ -199,99 +153,42 @@ pub enum Unreadable {
 }
 
 /// A key-encryption key and where it came from (the bytes never reach a log).
-pub struct Kek {
-    bytes: [u8; 32],
-    source: KeySource,
-}
+pub struct Kek(SourcedKey);
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("source", &self.source).field("fingerprint", &self.fingerprint()).finish()
+        f.debug_struct("Kek")
+            .field("source", self.source())
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 
 impl Kek {
     /// Reads the key from its source; `create` makes a missing key file (the default source).
     pub fn load(source: &KeySource, create: bool) -> Result<Kek, AtRestError> {
-        let name = source.to_string();
-        let missing = |problem: String| AtRestError::Missing { source_name: name.clone(), problem };
-        let raw: Vec<u8> = match source {
-            KeySource::File(path) => match std::fs::read(path) {
-                Ok(raw) => raw,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                    let kek = Kek::generate(source.clone())?;
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|source| AtRestError::Io { path: dir.to_owned(), source })?;
-                    }
-                    outpost_shared::files::write_private(path, hex::encode(kek.bytes).as_bytes())
-                        .map_err(|source| AtRestError::Io { path: path.clone(), source })?;
-                    return Ok(kek);
-                }
-                Err(e) => return Err(missing(e.to_string())),
-            },
-            KeySource::Env(var) => match std::env::var(var) {
-                Ok(value) => value.into_bytes(),
-                Err(e) => return Err(missing(e.to_string())),
-            },
-            KeySource::Credential(cred) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    missing(
-                        "CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential= or LoadCredentialEncrypted=)"
-                            .into(),
-                    )
-                })?;
-                let path = Path::new(&dir).join(cred);
-                std::fs::read(&path).map_err(|e| missing(format!("{}: {e}", path.display())))?
-            }
-        };
-        let bytes = parse_key(&raw).map_err(|problem| AtRestError::Invalid { source_name: name, problem })?;
-        Ok(Kek { bytes, source: source.clone() })
+        Ok(Kek(SourcedKey::load(source, create)?))
     }
 
     fn generate(source: KeySource) -> Result<Kek, AtRestError> {
-        let mut bytes = [0u8; 32];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| AtRestError::Random)?;
-        Ok(Kek { bytes, source })
+        Ok(Kek(SourcedKey::generate(source)?))
     }
 
     /// A short public name for the key: the first 8 bytes of SHA-256 over a label and the key.
     pub fn fingerprint(&self) -> String {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"outpost/at-rest/kek-fingerprint\0");
-        ctx.update(&self.bytes);
-        hex::encode(&ctx.finish().as_ref()[..8])
+        self.0.fingerprint(b"outpost/at-rest/kek-fingerprint\0")
     }
 
     pub fn source(&self) -> &KeySource {
-        &self.source
+        self.0.source()
     }
 
     fn cipher(&self) -> LessSafeKey {
-        cipher(&self.bytes)
+        self.0.cipher()
     }
 }
 
-fn parse_key(raw: &[u8]) -> Result<[u8; 32], String> {
-    let text = std::str::from_utf8(raw).ok().map(str::trim);
-    if let Some(text) = text.filter(|t| t.len() == 64)
-        && let Ok(bytes) = hex::decode(text)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok(key);
-    }
-    if let Ok(key) = <[u8; 32]>::try_from(raw) {
-        return Ok(key);
-    }
-    Err(format!("it holds {} bytes", raw.len()))
-}
-
-fn cipher(bytes: &[u8; 32]) -> LessSafeKey {
-    // A 32-byte key is always a valid ChaCha20-Poly1305 key.
-    LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable!("32-byte key")),
-    )
-}
+use outpost_shared::keysource::cipher;
 
 mod keyring;
 

@@ -51,7 +51,9 @@ fn report(i: u64) -> Vec<u8> {
 fn main() {
     let n: u64 = std::env::var("BENCH_REPORTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
-    let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
+    let authority = Arc::new(
+        Authority::load_or_create(dir.path(), &outpost_coordinator::base::secrets::Secrets::clear()).unwrap(),
+    );
     let store = Store::open(dir.path()).unwrap();
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).expect("ingest opens");

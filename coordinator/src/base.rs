@@ -10,4 +10,5 @@ pub mod clock;
 pub mod markdown;
 pub mod metrics;
 pub mod numbers;
+pub mod secrets;
 pub mod store;

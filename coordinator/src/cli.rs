@@ -30,6 +30,18 @@ pub enum Command {
     Cert(CertCommand),
     /// Health probe for container HEALTHCHECKs: exit 0 when `/healthz` answers, 1 if not.
     Probe(ProbeArgs),
+    /// Print the admin token (opened with `[secrets] key` when it is sealed), for outpostctl.
+    AdminToken(AdminTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdminTokenArgs {
+    /// Coordinator data directory.
+    #[arg(long, default_value = "outpost-coordinator-data")]
+    pub data_dir: PathBuf,
+    /// The key the token is sealed with (`[secrets] key`: file:PATH, env:NAME or credential:NAME).
+    #[arg(long, env = "OUTPOST_COORDINATOR_SECRETS__KEY")]
+    pub secrets_key: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +104,9 @@ pub struct CertArgs {
     pub data_dir: PathBuf,
     #[arg(long, default_value_t = 365)]
     pub days: u32,
+    /// The key the CA key is sealed with (`[secrets] key`: file:PATH, env:NAME or credential:NAME).
+    #[arg(long, env = "OUTPOST_COORDINATOR_SECRETS__KEY")]
+    pub secrets_key: Option<String>,
 }
 
 /// Why logging could not start.
@@ -125,6 +140,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cert(command) => cert(command),
+        Command::AdminToken(args) => admin_token(&args),
         Command::Probe(args) => outpost_shared::tls::ProbeTarget {
             url: args.url,
             ca_file: args.ca_file,
@@ -181,7 +197,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     match runtime.block_on(crate::http::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ crate::http::server::ServeError::Config(_)) => {
+        Err(e) if e.is_configuration() => {
             tracing::error!(error = %e, "configuration refused");
             ExitCode::from(2)
         }
@@ -192,13 +208,37 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+fn admin_token(args: &AdminTokenArgs) -> ExitCode {
+    let path = args.data_dir.join("admin.token");
+    let token = crate::base::secrets::Secrets::from_spec(args.secrets_key.as_deref())
+        .and_then(|secrets| secrets.read(&path));
+    match token {
+        Ok(Some(token)) => {
+            println!("{}", String::from_utf8_lossy(&token).trim());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "error: {} does not exist (the coordinator makes it at its first start)",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn cert(command: CertCommand) -> ExitCode {
     let (kind, args) = match command {
         CertCommand::Server(args) => ("server", args),
         CertCommand::Client(args) => ("client", args),
     };
     let result = (|| -> anyhow::Result<()> {
-        let authority = Authority::load_or_create(&args.data_dir)?;
+        let secrets = crate::base::secrets::Secrets::from_spec(args.secrets_key.as_deref())?;
+        let authority = Authority::load_or_create(&args.data_dir, &secrets)?;
         let (cert, key) = match kind {
             "server" => authority.issue_server(&args.names, args.days)?,
             _ => authority.issue_client(&args.names[0], args.days)?,

@@ -44,6 +44,19 @@ pub struct Config {
     /// The rollback policy sent with every deployed version: agents watch the new version and
     /// go back to the one before on their own when it crashes them or breaches these limits.
     pub watchdog: outpost_shared::protocol::messages::WatchdogPolicy,
+    /// The coordinator's own secrets at rest: the CA key, the root, release and online keys,
+    /// the admin token.
+    pub secrets: SecretsConfig,
+}
+
+/// How the coordinator keeps its secrets on disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Seal every secret under this key: `file:PATH`, `env:NAME` or `credential:NAME` (a systemd
+    /// credential, TPM2-sealable with `LoadCredentialEncrypted=`); 32 bytes as 64 hex digits.
+    /// Secrets found in the clear are sealed at start. Unset: kept in the clear, 0600.
+    pub key: Option<String>,
 }
 
 impl Default for Config {
@@ -60,6 +73,7 @@ impl Default for Config {
             retention: crate::monitoring::retention::RetentionConfig::default(),
             registry: crate::models::registry::RegistryConfig::default(),
             watchdog: Default::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -254,6 +268,10 @@ impl Config {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
         self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.keys().map_err(|(entry, problem)| key(&entry, &problem))?;
+        if let Some(spec) = &self.secrets.key {
+            outpost_shared::keysource::KeySource::parse(spec, "OUTPOST_COORDINATOR_")
+                .map_err(|e| key("secrets.key", &e.to_string()))?;
+        }
         if !self.registry.sign_on_push && self.registry.trusted_keys.is_empty() {
             return Err(key(
                 "registry.sign_on_push",

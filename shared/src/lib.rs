@@ -27,6 +27,7 @@ pub mod files;
 #[cfg(feature = "server")]
 pub mod front;
 pub mod histogram;
+pub mod keysource;
 pub mod names;
 pub mod protocol;
 pub mod reference;

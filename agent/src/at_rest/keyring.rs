@@ -277,7 +277,7 @@ fn unwrap_all(
     let path = keyring_path(data_dir);
     if file.kek != kek.fingerprint() {
         return Err(AtRestError::WrongKey {
-            source_name: kek.source.to_string(),
+            source_name: kek.source().to_string(),
             found: kek.fingerprint(),
             expected: file.kek.clone(),
             keyring: path,
@@ -313,6 +313,6 @@ impl Sealer {
                 problem: format!("its current key {:08x} is not among its keys", file.current),
             });
         }
-        Sealer::new(keys, file.current, kek.source.to_string())
+        Sealer::new(keys, file.current, kek.source().to_string())
     }
 }

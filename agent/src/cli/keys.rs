@@ -72,7 +72,7 @@ pub fn run(command: &KeysCommand) -> ExitCode {
             Err(e) => fail(e),
         },
         KeysCommand::Rewrap(args) => {
-            let to: KeySource = match args.to.parse() {
+            let to: KeySource = match at_rest::parse_source(&args.to) {
                 Ok(to) => to,
                 Err(e) => return fail(e),
             };

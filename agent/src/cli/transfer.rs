@@ -29,7 +29,7 @@ pub fn enroll(args: &EnrollArgs) -> ExitCode {
         && config.encryption.mode == crate::at_rest::Mode::On
         && config.encryption.key.is_none()
     {
-        let source = crate::at_rest::KeySource::default_for(&data_dir);
+        let source = crate::at_rest::default_source(&data_dir);
         let existed = matches!(&source, crate::at_rest::KeySource::File(p) if p.exists());
         if let Err(e) = crate::at_rest::Kek::load(&source, true) {
             return fail(e, ExitStatus::Failure);

@@ -29,10 +29,18 @@ impl Api {
     pub(super) fn new(cli: &Cli) -> Result<Api, Failure> {
         let token = match (&cli.token, &cli.token_file) {
             (Some(token), _) => token.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| Failure::Usage(format!("cannot read token file {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
+            (None, Some(path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| Failure::Usage(format!("cannot read token file {}: {e}", path.display())))?;
+                if crate::base::secrets::is_sealed(&bytes) {
+                    return Err(Failure::Usage(format!(
+                        "token file {} is sealed by the coordinator's [secrets] key: print the admin token with \
+                         `outpost-coordinator admin-token` where the key is, or use a token from `outpostctl token create`",
+                        path.display()
+                    )));
+                }
+                String::from_utf8_lossy(&bytes).trim().to_owned()
+            }
             (None, None) => {
                 return Err(Failure::Usage(
                     "no API token: pass --token, --token-file or set OUTPOSTCTL_TOKEN".into(),

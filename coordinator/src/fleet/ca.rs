@@ -24,7 +24,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use outpost_shared::files::write_private;
+use crate::base::secrets::Secrets;
+
+/// The secret files under `pki/` (sealed in place at start when `[secrets] key` is set); retired
+/// online keys (`online.<id>.retired.pk8`) are written sealed when they are retired.
+pub const SECRET_FILES: [&str; 5] = ["ca.key", "signing.pk8", "online.pk8", "online.next.pk8", "root.pk8"];
+
 use outpost_shared::protocol::SigningKey;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
@@ -42,6 +47,8 @@ pub enum CaError {
     BadCsr(String),
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    #[error(transparent)]
+    Secret(#[from] crate::base::secrets::SecretsError),
 }
 
 /// The CA plus the coordinator's release and online keys.
@@ -99,8 +106,9 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 }
 
 impl Authority {
-    /// Loads the CA and signing key from `<data_dir>/pki`, creating them on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<Authority, CaError> {
+    /// Loads the CA and signing key from `<data_dir>/pki`, creating them on first start;
+    /// `secrets` seals them (and opens them sealed).
+    pub fn load_or_create(data_dir: &Path, secrets: &Secrets) -> Result<Authority, CaError> {
         let dir = data_dir.join("pki");
         let (ca_cert, ca_key, signing) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("signing.pk8"));
         let online = dir.join("online.pk8");
@@ -115,7 +123,7 @@ impl Authority {
             params.serial_number = Some(serial());
             validity(&mut params, 3650);
             let cert = params.self_signed(&key).map_err(gen_err)?;
-            write_private(&ca_key, key.serialize_pem().as_bytes()).map_err(io(&ca_key))?;
+            secrets.write(&ca_key, key.serialize_pem().as_bytes())?;
             outpost_shared::files::write_atomic(&ca_cert, cert.pem().as_bytes()).map_err(io(&ca_cert))?;
             tracing::info!(path = %ca_cert.display(), "created the fleet CA");
         }
@@ -123,16 +131,21 @@ impl Authority {
             if !path.exists() {
                 let (_, pkcs8) =
                     SigningKey::generate().map_err(|e| CaError::Generate(format!("signing key: {e}")))?;
-                write_private(path, &pkcs8).map_err(io(path))?;
+                secrets.write(path, &pkcs8)?;
             }
+        }
+        for name in SECRET_FILES {
+            secrets.seal_in_place(&dir.join(name))?;
         }
         let corrupt = |path: &Path, detail: String| CaError::Corrupt { path: path.to_owned(), detail };
         let ca_pem = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
-        let key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        let missing = |path: &Path| CaError::Corrupt { path: path.to_owned(), detail: "missing".into() };
+        let key_pem = secrets.read(&ca_key)?.ok_or_else(|| missing(&ca_key))?;
+        let key_pem = String::from_utf8(key_pem).map_err(|e| corrupt(&ca_key, e.to_string()))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&ca_key, e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| corrupt(&ca_cert, e.to_string()))?;
         let load = |path: &Path| -> Result<SigningKey, CaError> {
-            let pkcs8 = std::fs::read(path).map_err(io(path))?;
+            let pkcs8 = secrets.read(path)?.ok_or_else(|| missing(path))?;
             SigningKey::from_pkcs8(&pkcs8).map_err(|e| corrupt(path, e.to_string()))
         };
         let (signing, online) = (load(&signing)?, load(&online)?);
@@ -271,8 +284,8 @@ mod tests {
     #[test]
     fn creates_once_keeps_keys_private_and_signs_device_csrs() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Authority::load_or_create(dir.path()).unwrap();
-        let b = Authority::load_or_create(dir.path()).unwrap();
+        let a = Authority::load_or_create(dir.path(), &Secrets::clear()).unwrap();
+        let b = Authority::load_or_create(dir.path(), &Secrets::clear()).unwrap();
         assert_eq!(a.ca_pem(), b.ca_pem(), "second start must reuse the CA");
         assert_eq!(a.release_key().key_id(), b.release_key().key_id());
         assert_eq!(a.online_key().key_id(), b.online_key().key_id());

@@ -451,7 +451,8 @@ mod tests {
     #[test]
     fn every_refusal_is_named_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
+        let authority =
+            Arc::new(Authority::load_or_create(dir.path(), &crate::base::secrets::Secrets::clear()).unwrap());
         let store = Store::open(dir.path()).unwrap();
         let metrics = crate::base::metrics::Metrics::new();
         let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).unwrap();

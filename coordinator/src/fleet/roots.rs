@@ -27,10 +27,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use outpost_shared::files::write_private;
 use outpost_shared::protocol::root::{Role, Root, RootError, SignedRoot};
 use outpost_shared::protocol::{PublicKey, SigningKey};
 
+use crate::base::secrets::{Secrets, SecretsError};
 use crate::base::store::{Store, StoreError, now_ms};
 use crate::fleet::ca::Authority;
 
@@ -45,6 +45,8 @@ pub enum RootsError {
     Refused(String),
     #[error("cannot use {path}: {detail}")]
     Key { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Secret(#[from] SecretsError),
 }
 
 /// The stored chain of root statements.
@@ -54,6 +56,7 @@ pub struct TrustRoots {
     store: Store,
     pki: PathBuf,
     authority: Arc<Authority>,
+    secrets: Arc<Secrets>,
 }
 
 impl std::fmt::Debug for TrustRoots {
@@ -78,14 +81,6 @@ fn key_error(path: &Path, detail: impl std::fmt::Display) -> RootsError {
     RootsError::Key { path: path.to_owned(), detail: detail.to_string() }
 }
 
-fn load_key(path: &Path) -> Result<Option<SigningKey>, RootsError> {
-    match std::fs::read(path) {
-        Ok(pkcs8) => SigningKey::from_pkcs8(&pkcs8).map(Some).map_err(|e| key_error(path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(key_error(path, e)),
-    }
-}
-
 impl TrustRoots {
     /// Opens the chain, making root version 1 at first start. `release` are the release keys
     /// version 1 names (the release key and/or `registry.trusted_keys`).
@@ -94,12 +89,14 @@ impl TrustRoots {
         data_dir: &Path,
         authority: Arc<Authority>,
         release: &[PublicKey],
+        secrets: Arc<Secrets>,
     ) -> Result<TrustRoots, RootsError> {
         let roots = TrustRoots {
             tree: tree(store)?,
             store: store.clone(),
             pki: Authority::pki_dir(data_dir),
             authority,
+            secrets,
         };
         if roots.tree.is_empty() {
             roots.create_first(release)?;
@@ -107,6 +104,20 @@ impl TrustRoots {
         let current = roots.current()?;
         roots.finish_online_swap(&current)?;
         Ok(roots)
+    }
+
+    /// A private key kept as a secret (`None`: no such file).
+    fn load_key(&self, path: &Path) -> Result<Option<SigningKey>, RootsError> {
+        match self.secrets.read(path)? {
+            Some(pkcs8) => SigningKey::from_pkcs8(&pkcs8).map(Some).map_err(|e| key_error(path, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn make_key(&self, path: &Path) -> Result<SigningKey, RootsError> {
+        let (key, pkcs8) = SigningKey::generate().map_err(|e| key_error(path, e))?;
+        self.secrets.write(path, &pkcs8)?;
+        Ok(key)
     }
 
     fn root_key_path(&self) -> PathBuf {
@@ -119,13 +130,9 @@ impl TrustRoots {
 
     fn create_first(&self, release: &[PublicKey]) -> Result<(), RootsError> {
         let path = self.root_key_path();
-        let key = match load_key(&path)? {
+        let key = match self.load_key(&path)? {
             Some(key) => key,
-            None => {
-                let (key, pkcs8) = SigningKey::generate().map_err(|e| key_error(&path, e))?;
-                write_private(&path, &pkcs8).map_err(|e| key_error(&path, e))?;
-                key
-            }
+            None => self.make_key(&path)?,
         };
         let mut keys: Vec<PublicKey> = Vec::new();
         for k in release {
@@ -185,11 +192,10 @@ impl TrustRoots {
     /// The next online key (made now if there is none yet): name it in a draft to rotate.
     pub fn next_online_key(&self) -> Result<PublicKey, RootsError> {
         let path = self.next_online_path();
-        if let Some(key) = load_key(&path)? {
+        if let Some(key) = self.load_key(&path)? {
             return Ok(key.public_key());
         }
-        let (key, pkcs8) = SigningKey::generate().map_err(|e| key_error(&path, e))?;
-        write_private(&path, &pkcs8).map_err(|e| key_error(&path, e))?;
+        let key = self.make_key(&path)?;
         tracing::info!(key_id = key.key_id(), "next online key made: name it in a root statement to rotate");
         Ok(key.public_key())
     }
@@ -203,7 +209,7 @@ impl TrustRoots {
             return Err(RootError::Version { found: next.version(), current: current.version() }.into());
         }
         next.signed.validate()?;
-        if let Some(key) = load_key(&self.root_key_path())? {
+        if let Some(key) = self.load_key(&self.root_key_path())? {
             let public = key.public_key();
             if current.signed.root.holds(&public) || next.signed.root.holds(&public) {
                 next.sign(&key);
@@ -214,7 +220,7 @@ impl TrustRoots {
         let swap = if next.signed.online.holds(&online_now.public_key()) {
             None
         } else {
-            let candidate = load_key(&self.next_online_path())?;
+            let candidate = self.load_key(&self.next_online_path())?;
             match candidate {
                 Some(key) if next.signed.online.holds(&key.public_key()) => Some(key),
                 _ => {
@@ -267,7 +273,7 @@ impl TrustRoots {
         if current.signed.online.holds(&online.public_key()) {
             return Ok(());
         }
-        if let Some(next) = load_key(&self.next_online_path())?
+        if let Some(next) = self.load_key(&self.next_online_path())?
             && current.signed.online.holds(&next.public_key())
         {
             tracing::warn!("finishing an online key rotation cut short by a stop");
@@ -289,9 +295,10 @@ mod tests {
 
     fn open(dir: &Path) -> (TrustRoots, Arc<Authority>) {
         let store = Store::open(&dir.join("state")).unwrap();
-        let authority = Arc::new(Authority::load_or_create(dir).unwrap());
+        let authority = Arc::new(Authority::load_or_create(dir, &Secrets::clear()).unwrap());
         let release = [authority.release_key().public_key()];
-        (TrustRoots::open(&store, dir, Arc::clone(&authority), &release).unwrap(), authority)
+        let roots = TrustRoots::open(&store, dir, Arc::clone(&authority), &release, Arc::default()).unwrap();
+        (roots, authority)
     }
 
     #[test]

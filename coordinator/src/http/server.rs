@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use outpost_shared::files::write_private;
 use tokio::sync::watch;
 
 use crate::base::audit::AuditLog;
 use crate::base::metrics::Metrics;
+use crate::base::secrets::Secrets;
 use crate::base::store::Store;
 use crate::config::Config;
 use crate::fleet::ca::Authority;
@@ -49,20 +49,44 @@ pub enum ServeError {
     Audit(String),
     #[error(transparent)]
     Roots(#[from] crate::fleet::roots::RootsError),
+    #[error(transparent)]
+    Secrets(#[from] crate::base::secrets::SecretsError),
 }
 
-/// Reads the admin token, creating it (0600) at first start.
-pub fn admin_token(data_dir: &std::path::Path) -> Result<String, ServeError> {
-    let path = data_dir.join("admin.token");
-    if !path.exists() {
-        let mut secret = [0u8; 32];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
-        let token = format!("opa_{}", hex::encode(secret));
-        write_private(&path, format!("{token}\n").as_bytes())
-            .map_err(|source| ServeError::Write { path: path.clone(), source })?;
-        tracing::info!(path = %path.display(), "created the admin token (give it to outpostctl with --token-file)");
+impl ServeError {
+    /// A key or secret that cannot be used is configuration: exit 2, like a bad config file.
+    pub fn is_configuration(&self) -> bool {
+        use crate::fleet::ca::CaError;
+        use crate::fleet::roots::RootsError;
+        matches!(
+            self,
+            ServeError::Config(_)
+                | ServeError::Secrets(_)
+                | ServeError::Ca(CaError::Secret(_))
+                | ServeError::Roots(RootsError::Secret(_))
+        )
     }
-    let token = std::fs::read_to_string(&path).map_err(|source| ServeError::Read { path, source })?;
+}
+
+/// Reads the admin token, creating it (0600, sealed with `[secrets] key`) at first start.
+pub fn admin_token(data_dir: &std::path::Path, secrets: &Secrets) -> Result<String, ServeError> {
+    let path = data_dir.join("admin.token");
+    secrets.seal_in_place(&path)?;
+    let token = match secrets.read(&path)? {
+        Some(token) => token,
+        None => {
+            let mut secret = [0u8; 32];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+            let token = format!("opa_{}\n", hex::encode(secret));
+            secrets.write(&path, token.as_bytes())?;
+            tracing::info!(path = %path.display(), "created the admin token (give it to outpostctl with --token-file)");
+            token.into_bytes()
+        }
+    };
+    let token = String::from_utf8(token).map_err(|e| ServeError::Read {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
     Ok(token.trim().to_owned())
 }
 
@@ -74,13 +98,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if !private {
         tracing::warn!(data_dir = %config.data_dir.display(), "cannot make the data directory 0700 (not its owner); new files are still 0600");
     }
-    let authority = Arc::new(Authority::load_or_create(&config.data_dir)?);
+    // Secrets (CA key, signing keys, admin token): sealed under `[secrets] key` when it is set.
+    let secrets = Arc::new(Secrets::from_spec(config.secrets.key.as_deref())?);
+    tracing::info!(secrets = %secrets.describe(), "coordinator secrets");
+    let authority = Arc::new(Authority::load_or_create(&config.data_dir, &secrets)?);
     let store = Store::open(&config.data_dir)?;
     let devices = Devices::open(&store)?;
     // A fresh revocation list at every start, so an external broker's never runs out.
     let crl = crate::fleet::revocation::publish(&authority, &devices, &config.data_dir)?;
     tracing::debug!(path = %crl.display(), "revocation list written");
-    let admin = admin_token(&config.data_dir)?;
+    let admin = admin_token(&config.data_dir, &secrets)?;
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?
         .with_drift_hysteresis(crate::fleet::ingest::DriftHysteresis {
@@ -147,6 +174,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         &config.data_dir,
         Arc::clone(&authority),
         &first_release,
+        Arc::clone(&secrets),
     )?;
     let registry = Registry::open(&store, &config.data_dir)
         .map_err(|e| ServeError::Audit(e.to_string()))?

@@ -75,7 +75,8 @@ impl Fleet {
                 .unwrap()
                 .unwrap();
         }
-        let authority = Arc::new(Authority::load_or_create(dir.path()).unwrap());
+        let authority =
+            Arc::new(Authority::load_or_create(dir.path(), &crate::base::secrets::Secrets::clear()).unwrap());
         let (outgoing, _) = tokio::sync::mpsc::channel(1);
         let deployer = Deployer::new(
             registry.clone(),
