@@ -125,6 +125,10 @@ pub struct RegistryConfig {
     /// enrolled device follows its trust root's release keys and threshold; one without a root
     /// refuses bundles.
     pub trusted_keys: Vec<String>,
+    /// Keys that open bundles encrypted to a bundle key (`outpostctl bundle encrypt`):
+    /// `file:PATH`, `env:NAME` or `credential:NAME`, 32 bytes as 64 hex digits. A bundle
+    /// encrypted to a key not listed here is refused, naming the key it needs.
+    pub bundle_keys: Vec<String>,
     /// Versions per model kept on disk for local rollback (the active one included).
     pub keep_versions: usize,
     /// Bundles download in pieces of this size (HTTP Range); a cut download resumes from the
@@ -138,6 +142,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             trusted_keys: Vec::new(),
+            bundle_keys: Vec::new(),
             keep_versions: 3,
             download_chunk_bytes: 1024 * 1024,
             download_max_bytes_per_sec: 0,
@@ -158,6 +163,21 @@ impl RegistryConfig {
                         problem: format!("is not an Ed25519 public key in hex: {problem}"),
                     }
                 })
+            })
+            .collect()
+    }
+
+    /// The bundle keys, loaded from their sources; the error names the entry.
+    pub fn load_bundle_keys(&self) -> Result<Vec<outpost_shared::keysource::SourcedKey>, ConfigError> {
+        self.bundle_keys
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let bad =
+                    |problem: String| ConfigError::Key { key: format!("registry.bundle_keys[{i}]"), problem };
+                let source = outpost_shared::keysource::KeySource::parse(spec, ENV_PREFIX)
+                    .map_err(|e| bad(e.to_string()))?;
+                outpost_shared::keysource::SourcedKey::load(&source, false).map_err(|e| bad(e.to_string()))
             })
             .collect()
     }

@@ -289,6 +289,14 @@ impl DesiredApplier {
             .store
             .install(&bytes, &self.trust.release())
             .map_err(|e| DesiredError::Refused(format!("{name}@{version} refused: {e}")))?;
+        if let Some(e) = &manifest.encryption
+            && !self.trust.bundle_keys().iter().any(|k| outpost_shared::bundle::bundle_key_id(k) == e.key_id)
+        {
+            return Err(DesiredError::Refused(format!(
+                "{name}@{version} is encrypted to bundle key {}, which this device does not hold (registry.bundle_keys)",
+                e.key_id
+            )));
+        }
         if manifest.name != name || manifest.version != version {
             return Err(DesiredError::Refused(format!(
                 "artifact {sha256} holds {}, not {name}@{version}",

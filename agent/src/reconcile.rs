@@ -244,9 +244,11 @@ impl Reconciler {
     /// and validates it, off the executor.
     async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, LoadFailure> {
         let (store, release, drift) = (self.store.clone(), self.trust.release(), self.drift.clone());
-        let (n, v) = (name.to_owned(), version.to_owned());
+        let (n, v, trust) = (name.to_owned(), version.to_owned(), Arc::clone(&self.trust));
         tokio::task::spawn_blocking(move || {
-            let bundle = store.read(&n, &v, &release)?;
+            let mut bundle = store.read(&n, &v, &release)?;
+            // An encrypted model is opened in memory only, straight into the runtime.
+            bundle.decrypt(trust.bundle_keys()).map_err(|e| LoadFailure::Invalid(e.to_string()))?;
             load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| LoadFailure::Invalid(e.reason))
         })
         .await

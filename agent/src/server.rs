@@ -77,13 +77,17 @@ pub enum ServeError {
     AtRest(#[from] crate::at_rest::AtRestError),
     #[error(transparent)]
     Trust(#[from] crate::trust_root::TrustError),
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
 }
 
 impl ServeError {
     /// How `serve` exits for this error: a key that cannot be used is configuration (2).
     pub fn exit(&self) -> crate::exit::ExitStatus {
         match self {
-            ServeError::AtRest(_) | ServeError::Trust(_) => crate::exit::ExitStatus::Usage,
+            ServeError::AtRest(_) | ServeError::Trust(_) | ServeError::Config(_) => {
+                crate::exit::ExitStatus::Usage
+            }
             _ => crate::exit::ExitStatus::Failure,
         }
     }
@@ -243,7 +247,8 @@ fn open_trust(config: &Config) -> Result<Arc<Trust>, ServeError> {
     let configured = config.registry.keys().map_err(|e| ServeError::Registry(e.to_string()))?;
     let enrolled = crate::identity::enrolled_key(&config.data_dir)?;
     let dir = crate::identity::dir(&config.data_dir);
-    let trust = Trust::open(&dir, enrolled, configured)?;
+    let bundle_keys = config.registry.load_bundle_keys().map_err(ServeError::Config)?;
+    let trust = Trust::open(&dir, enrolled, configured)?.with_bundle_keys(bundle_keys);
     if trust.version() > 0 {
         tracing::info!(version = trust.version(), "trust root held");
         if trust.release_configured() {

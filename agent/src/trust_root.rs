@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use outpost_shared::bundle::ReleaseKeys;
+use outpost_shared::keysource::SourcedKey;
 use outpost_shared::protocol::PublicKey;
 use outpost_shared::protocol::root::{self, RootError, SignedRoot};
 
@@ -48,6 +49,8 @@ pub struct Trust {
     enrolled: Option<PublicKey>,
     configured: Vec<PublicKey>,
     current: RwLock<Option<SignedRoot>>,
+    /// Keys that open bundles encrypted to a bundle key (`registry.bundle_keys`).
+    bundle_keys: Vec<SourcedKey>,
 }
 
 /// Where the root is kept, in the identity folder (`<data_dir>/identity`).
@@ -96,12 +99,29 @@ impl Trust {
                 _ => return Err(TrustError::Corrupt { path, detail }),
             },
         };
-        Ok(Trust { path, enrolled, configured, current: RwLock::new(current) })
+        Ok(Trust { path, enrolled, configured, current: RwLock::new(current), bundle_keys: Vec::new() })
     }
 
     /// Trust holding no root, whatever is on disk (enrolment replaces a root, even a damaged one).
     pub fn empty(identity_dir: &Path, enrolled: Option<PublicKey>, configured: Vec<PublicKey>) -> Trust {
-        Trust { path: path(identity_dir), enrolled, configured, current: RwLock::new(None) }
+        Trust {
+            path: path(identity_dir),
+            enrolled,
+            configured,
+            current: RwLock::new(None),
+            bundle_keys: Vec::new(),
+        }
+    }
+
+    /// With keys that open encrypted bundles (`registry.bundle_keys`).
+    pub fn with_bundle_keys(mut self, keys: Vec<SourcedKey>) -> Trust {
+        self.bundle_keys = keys;
+        self
+    }
+
+    /// The keys that open encrypted bundles here.
+    pub fn bundle_keys(&self) -> &[SourcedKey] {
+        &self.bundle_keys
     }
 
     /// The held root's version (0: none).

@@ -194,6 +194,13 @@ fn ago(ms: Option<u64>) -> String {
     }
 }
 
+/// A bundle key from `file:PATH`, `env:NAME` or `credential:NAME`.
+fn load_bundle_key(spec: &str) -> Result<outpost_shared::keysource::SourcedKey, Failure> {
+    let source = outpost_shared::keysource::KeySource::parse(spec, "OUTPOST_COORDINATOR_")
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    outpost_shared::keysource::SourcedKey::load(&source, false).map_err(|e| Failure::Usage(e.to_string()))
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -74,6 +74,12 @@ pub enum BundleError {
     UntrustedKey { found: String, trusted: String },
     #[error("bundle is already signed by key {0}")]
     AlreadySigned(String),
+    #[error("bundle encryption: {0}")]
+    Encryption(String),
+    #[error(
+        "{id} is encrypted to bundle key {key_id}, which is not held here (held: {held}; registry.bundle_keys)"
+    )]
+    NoBundleKey { id: String, key_id: String, held: String },
     #[error(
         "bundle is signed by {valid} of the {threshold} release keys the trust root requires (valid: {signers}; \
          release keys: {trusted})"
@@ -285,6 +291,10 @@ pub struct Manifest {
     /// The model card (Markdown).
     #[serde(default)]
     pub card: Option<String>,
+    /// Set when the model is encrypted to a bundle key ([`encryption`]); `model` then describes
+    /// the ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<ModelEncryption>,
 }
 
 /// What is wrong with a manifest (or the baseline or name going into one).
@@ -343,6 +353,7 @@ impl Manifest {
         for (what, hash) in [
             ("training.dataset_sha256", self.training.dataset_sha256.as_deref()),
             ("baseline.source_sha256", self.baseline.as_ref().map(|b| b.source_sha256.as_str())),
+            ("encryption.plain.sha256", self.encryption.as_ref().map(|e| e.plain.sha256.as_str())),
         ] {
             if let Some(hash) = hash.filter(|h| !is_sha256_hex(h)) {
                 return Err(ManifestError::Sha256 { what, value: hash.to_owned() });
@@ -687,6 +698,9 @@ fn key_id_bytes(key: &PublicKey) -> [u8; 8] {
     id.copy_from_slice(&digest.as_ref()[..8]);
     id
 }
+
+mod encryption;
+pub use encryption::{CIPHER, ModelEncryption, bundle_key_id};
 
 #[cfg(test)]
 mod tests;

@@ -21,8 +21,10 @@ fn trust(config: &Config) -> Result<crate::trust_root::Trust, ExitCode> {
     let configured = config.registry.keys().map_err(|e| fail(e, ExitStatus::Usage))?;
     let enrolled =
         crate::identity::enrolled_key(&config.data_dir).map_err(|e| fail(e, ExitStatus::Failure))?;
+    let keys = config.registry.load_bundle_keys().map_err(|e| fail(e, ExitStatus::Usage))?;
     let trust = crate::trust_root::Trust::open(&crate::identity::dir(&config.data_dir), enrolled, configured)
-        .map_err(|e| fail(e, ExitStatus::Usage))?;
+        .map_err(|e| fail(e, ExitStatus::Usage))?
+        .with_bundle_keys(keys);
     if !trust.has_release_keys() {
         return Err(fail(
             "no trusted keys: set registry.trusted_keys in the agent configuration (or enrol: the trust root names them)",
@@ -37,10 +39,11 @@ pub fn import(args: &ImportArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let trusted = match trust(&config) {
-        Ok(trust) => trust.release(),
+    let trust = match trust(&config) {
+        Ok(trust) => trust,
         Err(code) => return code,
     };
+    let trusted = trust.release();
     let bytes = match std::fs::read(&args.file) {
         Ok(bytes) => bytes,
         Err(e) => return fail(format!("cannot read {}: {e}", args.file.display()), ExitStatus::Usage),
@@ -50,8 +53,12 @@ pub fn import(args: &ImportArgs) -> ExitCode {
         Err(e) => return fail(format!("{} refused: {e}", args.file.display()), ExitStatus::ModelInvalid),
     };
     let id = bundle.manifest.id();
+    let mut clear = bundle.clone();
+    if let Err(e) = clear.decrypt(trust.bundle_keys()) {
+        return fail(format!("{} refused: {e}", args.file.display()), ExitStatus::ModelInvalid);
+    }
     // The same checks a serving agent makes before a version may serve, made here first.
-    let validated = match crate::models::load_bundle(&bundle, Default::default(), &Default::default()) {
+    let validated = match crate::models::load_bundle(&clear, Default::default(), &Default::default()) {
         Ok(validated) => validated,
         Err(e) => return fail(format!("{id} refused: {}", e.reason), ExitStatus::ModelInvalid),
     };

@@ -17,6 +17,7 @@ fn bundle(key: &SigningKey, version: &str, model: &[u8]) -> Vec<u8> {
         baseline: None,
         reference: None,
         card: None,
+        encryption: None,
     };
     let mut b = Bundle::build(manifest, model.to_vec()).unwrap();
     b.sign(key).unwrap();

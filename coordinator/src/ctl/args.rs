@@ -362,6 +362,16 @@ pub(super) enum BundleCommand {
     /// Build a bundle from an ONNX model: checks it loads and reproduces its reference
     /// outputs, computes baseline statistics, and signs it when `--key` is given.
     Create(Box<CreateArgs>),
+    /// Encrypt a bundle's model to a bundle key (in place unless `--out`); its signatures are
+    /// dropped — sign it after.
+    Encrypt {
+        file: PathBuf,
+        /// The bundle key: `file:PATH` or `env:NAME` (32 bytes as 64 hex digits).
+        #[arg(long, value_name = "KEY_SOURCE")]
+        key: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Add a signature to a bundle with an offline key (in place unless `--out`).
     Sign {
         file: PathBuf,
@@ -419,9 +429,29 @@ pub(super) struct BuildArgs {
     /// What the agent does with NaN inputs: reject (400) or allow.
     #[arg(long, value_enum, default_value = "reject")]
     pub(super) nan_policy: NanPolicyArg,
+    /// Encrypt the model to this bundle key (`file:PATH`, `env:NAME`; 32 bytes as 64 hex
+    /// digits, e.g. from `openssl rand -hex 32`): only holders of the key can load it.
+    #[arg(long, value_name = "KEY_SOURCE")]
+    pub(super) encrypt_with: Option<String>,
 }
 
 impl BuildArgs {
+    /// Builds the bundle (checked against its references here, where the model is in the
+    /// clear), encrypted when `--encrypt-with` is given; unsigned.
+    pub(super) fn bundle(&self) -> Result<(outpost_shared::bundle::Bundle, String), Failure> {
+        let (bundle, evidence) = crate::models::packaging::build(&self.spec()?, now_secs())
+            .map_err(|e| Failure::Refused(e.to_string()))?;
+        match &self.encrypt_with {
+            None => Ok((bundle, evidence)),
+            Some(spec) => {
+                let key = load_bundle_key(spec)?;
+                let id = outpost_shared::bundle::bundle_key_id(&key);
+                let bundle = bundle.encrypt(&key).map_err(|e| Failure::Refused(e.to_string()))?;
+                Ok((bundle, format!("{evidence}; encrypted to bundle key {id}")))
+            }
+        }
+    }
+
     /// The build specification, with every `k=v` and file argument checked.
     pub(super) fn spec(&self) -> Result<crate::models::packaging::BuildSpec, Failure> {
         use crate::models::packaging::parse_pairs;

@@ -58,14 +58,12 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
 }
 
 pub(super) fn model_command(cli: &Cli, api: &Api, command: &ModelCommand) -> Result<(), Failure> {
-    use crate::models::packaging::{self, utc};
+    use crate::models::packaging::utc;
     let print_json = |v: &serde_json::Value| say!("{}", render(cli, v));
     match command {
         ModelCommand::Push(args) => {
-            let spec = args.spec()?;
             eprintln!("building {}@{} from {}…", args.name, args.version, args.model.display());
-            let (bundle, evidence) =
-                packaging::build(&spec, now_secs()).map_err(|e| Failure::Refused(e.to_string()))?;
+            let (bundle, evidence) = args.bundle()?;
             eprintln!("model {evidence}");
             let bytes = bundle.to_bytes();
             let (status, response) = api.put_with_progress(
@@ -435,6 +433,9 @@ fn print_version(v: &serde_json::Value) {
         for o in outputs {
             say!("output     {} {} {}", text(&o["name"]), text(&o["datatype"]), o["shape"]);
         }
+    }
+    if let Some(key_id) = manifest["encrypted_to"].as_str() {
+        say!("encrypted  to bundle key {key_id} (stored and deployed as it is; loads where the key is)");
     }
     match manifest["baseline_rows"].as_u64() {
         Some(rows) => say!(

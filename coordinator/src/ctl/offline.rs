@@ -28,10 +28,33 @@ pub(super) fn run_offline(command: &Command) -> Option<Result<(), Failure>> {
             say!("{}", hex::encode(key.public_key().as_bytes()));
             eprintln!("key id {}", key.key_id());
         }),
+        Command::Bundle(BundleCommand::Encrypt { file, key, out }) => (|| {
+            let key = load_bundle_key(key)?;
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let bundle =
+                Bundle::parse(&bytes).map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            bundle.verify_model().map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            let dropped = bundle.signatures.len();
+            let bundle = bundle.encrypt(&key).map_err(|e| Failure::Refused(e.to_string()))?;
+            let out = out.as_ref().unwrap_or(file);
+            write(out, &bundle.to_bytes())?;
+            say!(
+                "{} encrypted to bundle key {} → {}",
+                bundle.manifest.id(),
+                outpost_shared::bundle::bundle_key_id(&key),
+                out.display()
+            );
+            if dropped > 0 {
+                eprintln!(
+                    "{dropped} signature(s) covered the clear manifest and were dropped: sign it again"
+                );
+            }
+            Ok(())
+        })(),
         Command::Bundle(BundleCommand::Create(args)) => (|| {
-            let spec = args.build.spec()?;
             let key = args.key.as_deref().map(packaging::read_key).transpose().map_err(invalid)?;
-            let (mut bundle, evidence) = packaging::build(&spec, now_secs()).map_err(invalid)?;
+            let (mut bundle, evidence) = args.build.bundle()?;
             if let Some(key) = &key {
                 bundle.sign(key).map_err(|e| Failure::Refused(e.to_string()))?;
             }

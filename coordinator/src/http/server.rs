@@ -179,7 +179,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let registry = Registry::open(&store, &config.data_dir)
         .map_err(|e| ServeError::Audit(e.to_string()))?
         .trusting(configured)
-        .signing_on_push(config.registry.sign_on_push);
+        .signing_on_push(config.registry.sign_on_push)
+        .with_bundle_keys(config.registry.load_bundle_keys().map_err(|(key, problem)| {
+            ServeError::Config(crate::config::ConfigError::Key { key, problem })
+        })?);
     registry.trust_also(&roots.release()?.0);
     let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);

@@ -254,6 +254,7 @@ pub fn build(spec: &BuildSpec, now_secs: u64) -> Result<(Bundle, String), Packag
         baseline,
         reference,
         card,
+        encryption: None,
     };
     Ok((Bundle::build(manifest, bytes)?, evidence))
 }
@@ -286,6 +287,13 @@ pub fn describe(bundle: &Bundle) -> String {
     let _ = writeln!(out, "bundle      {} (format {})", m.id(), outpost_shared::bundle::FORMAT_VERSION);
     let _ = writeln!(out, "created     {}", utc(m.created_at));
     let _ = writeln!(out, "model       sha256 {} ({} bytes)", m.model.sha256, m.model.size);
+    if let Some(e) = &m.encryption {
+        let _ = writeln!(
+            out,
+            "encrypted   {} to bundle key {} (the clear model: sha256 {}, {} bytes)",
+            e.cipher, e.key_id, e.plain.sha256, e.plain.size
+        );
+    }
     let schema = |t: &TensorSchema| format!("{} {} {:?}", t.name, t.datatype, t.shape);
     for t in &m.inputs {
         let _ = writeln!(out, "input       {}", schema(t));

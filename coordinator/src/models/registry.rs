@@ -68,11 +68,16 @@ pub struct RegistryConfig {
     /// (which would need the coordinator to sign) cannot register versions. Agents then list
     /// only the offline keys in their `trusted_keys`.
     pub sign_on_push: bool,
+    /// Keys that open bundles encrypted to a bundle key (`file:PATH`, `env:NAME` or
+    /// `credential:NAME`, 32 bytes as 64 hex digits), so the validation gate can run here.
+    /// Without one, encrypted bundles are stored and deployed as they are and validated where
+    /// the key is.
+    pub bundle_keys: Vec<String>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { trusted_keys: Vec::new(), sign_on_push: true }
+        RegistryConfig { trusted_keys: Vec::new(), sign_on_push: true, bundle_keys: Vec::new() }
     }
 }
 
@@ -145,6 +150,9 @@ pub struct ManifestSummary {
     pub baseline_features: Vec<String>,
     pub reference_outputs: bool,
     pub card: Option<String>,
+    /// The bundle key the model is encrypted to (its id), if it is.
+    #[serde(default)]
+    pub encrypted_to: Option<String>,
 }
 
 /// A registered version.
@@ -197,6 +205,8 @@ pub struct Registry {
     /// Keys whose signatures a pushed bundle may carry besides the release key
     /// (`registry.trusted_keys`, e.g. an offline key).
     trusted: Arc<std::sync::RwLock<Vec<PublicKey>>>,
+    /// Keys that open encrypted bundles here (`[registry] bundle_keys`).
+    bundle_keys: Arc<Vec<outpost_shared::keysource::SourcedKey>>,
     /// `registry.sign_on_push`: add the release key's signature to pushed bundles.
     sign_on_push: bool,
 }
@@ -234,6 +244,7 @@ impl Registry {
             artifacts: data_dir.join("artifacts"),
             cache: Default::default(),
             trusted: Arc::default(),
+            bundle_keys: Arc::default(),
             sign_on_push: true,
         })
     }
@@ -347,9 +358,7 @@ impl Registry {
             Err(RegistryError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let (_, evidence) = bundle.load_model().map_err(|reason| {
-            RegistryError::Invalid(format!("{}@{} cannot serve: {reason}", name, version))
-        })?;
+        let evidence = self.check_serves(&bundle)?;
         if self.sign_on_push && !bundle.signatures.iter().any(|s| s.key_id_hex() == release_key.key_id()) {
             bundle.sign(release_key).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         }
@@ -397,6 +406,7 @@ impl Registry {
                     .unwrap_or_default(),
                 reference_outputs: m.reference.is_some(),
                 card: m.card.clone(),
+                encrypted_to: m.encryption.as_ref().map(|e| e.key_id.clone()),
             },
             validation: None,
             validation_passed: None,
@@ -491,6 +501,10 @@ impl Registry {
                 detail: e.to_string(),
             })
         })?;
+        // The gate runs where the key is: an encrypted model is opened here only with a bundle key.
+        let bundle = self.opened(&bundle).map_err(|e| {
+            RegistryError::Invalid(format!("{e}: list that key in [registry] bundle_keys to validate here"))
+        })?;
         let table = crate::models::packaging::Table::parse(dataset, "the dataset")
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let production = self.production(name)?.filter(|p| p.version != version);
@@ -504,7 +518,8 @@ impl Registry {
             .as_ref()
             .filter(|_| production_report.is_some())
             .and_then(|p| self.artifact(&p.bundle_sha256).ok())
-            .and_then(|bytes| Bundle::parse(&bytes).ok());
+            .and_then(|bytes| Bundle::parse(&bytes).ok())
+            .and_then(|b| self.opened(&b).ok());
         let production = production_report
             .as_ref()
             .map(|report| validation::Production { report, bundle: production_bundle.as_ref() });
@@ -677,6 +692,8 @@ pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         _ => a.cmp(b),
     }
 }
+
+mod encrypted;
 
 #[cfg(test)]
 mod tests;

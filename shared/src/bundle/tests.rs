@@ -16,6 +16,7 @@ fn manifest() -> Manifest {
         baseline: None,
         reference: None,
         card: Some("# bc".into()),
+        encryption: None,
     }
 }
 
@@ -154,4 +155,31 @@ fn baseline_statistics_match_numpy() {
     assert_eq!(b.sample.len(), 11);
     assert_eq!(b.sample[3][1], None);
     assert!(Baseline::compute(&names, &[vec![1.0]], "").is_err());
+}
+
+#[test]
+fn an_encrypted_bundle_verifies_without_the_key_and_opens_only_with_it() {
+    use crate::keysource::{KeySource, SourcedKey};
+    let key = SourcedKey::generate(KeySource::Env("FLEET".into())).unwrap();
+    let other = SourcedKey::generate(KeySource::Env("OTHER".into())).unwrap();
+    let (signer, _) = SigningKey::generate().unwrap();
+    let model = b"the clear model bytes, long enough to search for".to_vec();
+    let mut bundle = Bundle::build(manifest(), model.clone()).unwrap().encrypt(&key).unwrap();
+    assert!(matches!(bundle.clone().encrypt(&key), Err(BundleError::Encryption(_))), "encrypted twice");
+    bundle.sign(&signer).unwrap();
+    let bytes = bundle.to_bytes();
+    assert!(!bytes.windows(16).any(|w| model.windows(16).any(|m| m == w)), "plaintext in the bundle");
+    // Signatures and the hash check out without any key.
+    let mut opened = Bundle::open(&bytes, &[signer.public_key()]).unwrap();
+    assert_eq!(opened.manifest.encryption.as_ref().unwrap().key_id, bundle_key_id(&key));
+    let err = opened.clone().decrypt(std::slice::from_ref(&other)).unwrap_err().to_string();
+    assert!(err.contains(&bundle_key_id(&key)) && err.contains(&bundle_key_id(&other)), "{err}");
+    assert!(opened.clone().decrypt(&[]).unwrap_err().to_string().contains("held: none"));
+    opened.decrypt(&[other, key]).unwrap();
+    assert_eq!(opened.model, model);
+    // A tampered nonce (the manifest re-signed by someone with a release key) still does not open.
+    let mut tampered = Bundle::parse(&bytes).unwrap();
+    tampered.manifest.encryption.as_mut().unwrap().nonce = "00".repeat(12);
+    let key = SourcedKey::generate(KeySource::Env("FLEET".into())).unwrap();
+    assert!(tampered.decrypt(&[key]).is_err());
 }
