@@ -442,9 +442,14 @@ pub fn ok(result: (i32, String, String), what: &str) -> String {
 }
 
 pub fn push(c: &Coordinator, stem: &str, version: &str) -> (i32, String, String) {
+    push_with(c, stem, version, &[])
+}
+
+/// [`push`] with more `model push` arguments (`--encrypt-with file:…`).
+pub fn push_with(c: &Coordinator, stem: &str, version: &str, extra: &[&str]) -> (i32, String, String) {
     let path = model(stem);
     let baseline = models_dir().join("breast_cancer_holdout.csv");
-    c.ctl(&[
+    let args = [
         "model",
         "push",
         path.to_str().unwrap(),
@@ -458,7 +463,8 @@ pub fn push(c: &Coordinator, stem: &str, version: &str) -> (i32, String, String)
         "label",
         "--meta",
         "team=ml",
-    ])
+    ];
+    c.ctl(&[&args[..], extra].concat())
 }
 
 pub fn validate(c: &Coordinator, version: &str) -> (i32, Value) {

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use outpost_tests::fleet::{Coordinator, ok, served, start_agent, validate, wait_serving};
+use outpost_tests::fleet::{Coordinator, ok, push_with, served, start_agent, validate, wait_serving};
 use outpost_tests::{model, models_dir};
 use serde_json::Value;
 
@@ -37,22 +37,7 @@ fn all_bytes(dir: &Path) -> Vec<u8> {
 }
 
 fn push_encrypted(c: &Coordinator, key_spec: &str) -> (i32, String, String) {
-    let (onnx, baseline) = (model("breast_cancer-1.0.0"), models_dir().join("breast_cancer_holdout.csv"));
-    c.ctl(&[
-        "model",
-        "push",
-        onnx.to_str().unwrap(),
-        "--name",
-        "bc",
-        "--version",
-        "1.0.0",
-        "--baseline",
-        baseline.to_str().unwrap(),
-        "--label",
-        "label",
-        "--encrypt-with",
-        key_spec,
-    ])
+    push_with(c, "breast_cancer-1.0.0", "1.0.0", &["--encrypt-with", key_spec])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
