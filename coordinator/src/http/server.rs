@@ -183,7 +183,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .with_bundle_keys(config.registry.load_bundle_keys().map_err(|(key, problem)| {
             ServeError::Config(crate::config::ConfigError::Key { key, problem })
         })?);
-    registry.trust_also(&roots.release()?.0);
+    registry.follow_root_release(&roots.release()?.0);
     let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {

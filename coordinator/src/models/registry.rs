@@ -202,9 +202,10 @@ pub struct Registry {
     artifacts: PathBuf,
     /// Newest first: (sha256, signed bundle bytes).
     cache: ArtifactCache,
-    /// Keys whose signatures a pushed bundle may carry besides the release key
-    /// (`registry.trusted_keys`, e.g. an offline key).
-    trusted: Arc<std::sync::RwLock<Vec<PublicKey>>>,
+    /// Keys whose signatures a pushed bundle may carry besides the release key: configured
+    /// (`registry.trusted_keys`, e.g. an offline key) and the trust root's release keys.
+    trusted: Arc<Vec<PublicKey>>,
+    root_release: Arc<std::sync::RwLock<Vec<PublicKey>>>,
     /// Keys that open encrypted bundles here (`[registry] bundle_keys`).
     bundle_keys: Arc<Vec<outpost_shared::keysource::SourcedKey>>,
     /// `registry.sign_on_push`: add the release key's signature to pushed bundles.
@@ -244,6 +245,7 @@ impl Registry {
             artifacts: data_dir.join("artifacts"),
             cache: Default::default(),
             trusted: Arc::default(),
+            root_release: Arc::default(),
             bundle_keys: Arc::default(),
             sign_on_push: true,
         })
@@ -254,22 +256,6 @@ impl Registry {
     pub fn signing_on_push(mut self, sign: bool) -> Registry {
         self.sign_on_push = sign;
         self
-    }
-
-    /// Also trusts signatures by `keys` on pushed bundles (the release key is always trusted).
-    pub fn trusting(mut self, keys: Vec<PublicKey>) -> Registry {
-        self.trusted = Arc::new(std::sync::RwLock::new(keys));
-        self
-    }
-
-    /// Trusts `keys` too from now on (release keys a new trust root names).
-    pub fn trust_also(&self, keys: &[PublicKey]) {
-        let mut trusted = self.trusted.write().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            if !trusted.contains(key) {
-                trusted.push(*key);
-            }
-        }
     }
 
     fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
@@ -332,7 +318,7 @@ impl Registry {
     pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
         let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let others = self.trusted.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let others = self.signers();
         let mut trusted = Vec::with_capacity(others.len() + 1);
         trusted.push(release_key.public_key());
         trusted.extend(others.iter().cloned());
@@ -693,7 +679,7 @@ pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-mod encrypted;
+mod keys;
 
 #[cfg(test)]
 mod tests;

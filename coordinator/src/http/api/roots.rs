@@ -98,7 +98,7 @@ pub async fn update(
         let statement =
             parsed.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("root statement: {e}")))?;
         let accepted = st.roots.accept(statement).map_err(refused)?;
-        st.registry.trust_also(&accepted.signed.release.public_keys());
+        st.registry.follow_root_release(&accepted.signed.release.public_keys());
         let devices: Vec<String> = st
             .devices
             .all()

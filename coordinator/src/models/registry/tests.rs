@@ -86,6 +86,25 @@ fn with_the_release_key_offline_only_offline_signed_bundles_register_and_the_reg
 }
 
 #[test]
+fn the_trust_roots_release_keys_sign_pushes_and_a_key_a_new_root_drops_no_longer_does() {
+    let (_dir, registry, key) = registry();
+    let (second, _) = SigningKey::generate().unwrap();
+    let signed = |version: &str| {
+        let mut b = Bundle::parse(&bundle("breast_cancer-1.0.0", version)).unwrap();
+        b.sign(&second).unwrap();
+        b.to_bytes()
+    };
+    assert!(registry.push(&signed("1.0.0"), "alice", &key).is_err(), "an unknown signer was taken");
+    registry.follow_root_release(&[key.public_key(), second.public_key()]);
+    let pushed = registry.push(&signed("1.0.0"), "alice", &key).unwrap();
+    assert_eq!(pushed.record.signed_by, [second.key_id(), key.key_id()]);
+    // The next root drops it: refused from then on, without a restart.
+    registry.follow_root_release(&[key.public_key()]);
+    let err = registry.push(&signed("1.1.0"), "alice", &key).unwrap_err().to_string();
+    assert!(err.contains(second.key_id()), "{err}");
+}
+
+#[test]
 fn only_validated_versions_advance_and_production_steps_down() {
     let (_dir, registry, key) = registry();
     for (stem, v) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {

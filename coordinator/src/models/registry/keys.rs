@@ -1,10 +1,16 @@
-//! Encrypted bundles in the registry ([`outpost_shared::bundle::ModelEncryption`]): stored,
-//! listed and deployed as they are; opened only with a key from `[registry] bundle_keys`, to
-//! check at push that the model serves and to run the validation gate here. Without the key,
-//! validation runs where the key is.
+//! The keys the registry trusts and holds. Signers: besides the release key, a pushed bundle may
+//! carry signatures by `[registry] trusted_keys` and by the current trust root's release keys
+//! (a root update replaces those, so a release key it drops is refused from then on). Bundle keys:
+//! encrypted bundles ([`outpost_shared::bundle::ModelEncryption`]) are stored, listed and deployed
+//! as they are, and opened only with a key from `[registry] bundle_keys`, to check at push that
+//! the model serves and to run the validation gate here; without the key, validation runs where
+//! the key is.
+
+use std::sync::Arc;
 
 use outpost_shared::bundle::{Bundle, BundleError};
 use outpost_shared::keysource::{KeySource, SourcedKey};
+use outpost_shared::protocol::PublicKey;
 
 use super::{Registry, RegistryConfig, RegistryError};
 
@@ -25,10 +31,32 @@ impl RegistryConfig {
 }
 
 impl Registry {
+    /// Also trusts signatures by `keys` on pushed bundles (the release key is always trusted).
+    pub fn trusting(mut self, keys: Vec<PublicKey>) -> Registry {
+        self.trusted = Arc::new(keys);
+        self
+    }
+
+    /// The current trust root's release keys (replacing the last root's).
+    pub fn follow_root_release(&self, keys: &[PublicKey]) {
+        *self.root_release.write().unwrap_or_else(|p| p.into_inner()) = keys.to_vec();
+    }
+
+    /// Every key besides the release key whose signature a pushed bundle may carry.
+    pub(super) fn signers(&self) -> Vec<PublicKey> {
+        let mut keys = self.trusted.as_ref().clone();
+        for key in self.root_release.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !keys.contains(key) {
+                keys.push(*key);
+            }
+        }
+        keys
+    }
+
     /// Bundle keys (`[registry] bundle_keys`): encrypted bundles are opened with them to be
     /// checked and validated here; without the key they are stored and deployed as they are.
     pub fn with_bundle_keys(mut self, keys: Vec<SourcedKey>) -> Registry {
-        self.bundle_keys = std::sync::Arc::new(keys);
+        self.bundle_keys = Arc::new(keys);
         self
     }
 
