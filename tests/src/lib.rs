@@ -243,6 +243,24 @@ impl Drop for Agent {
     }
 }
 
+/// Waits for a process that should stop by itself (a start that must be refused) and returns
+/// its exit code and stderr; panics saying `what` if it still runs after `timeout`.
+pub fn refused_exit(mut child: Child, timeout: Duration, what: &str) -> (i32, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `outpost-agent` with arguments to completion; returns (exit code, stdout, stderr).
 pub fn run_agent(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(agent_bin()).args(args).stdin(Stdio::null()).output().unwrap();

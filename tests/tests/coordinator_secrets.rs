@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outpost_tests::fleet::{Coordinator, enroll, run};
 
@@ -21,7 +21,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Runs `outpost-coordinator serve` on `data` until it exits (it should refuse to start).
 fn refused_start(data: &Path, env: &[(&str, &str)]) -> (i32, String) {
-    let mut child = std::process::Command::new(outpost_tests::bin_dir().join("outpost-coordinator"))
+    let child = std::process::Command::new(outpost_tests::bin_dir().join("outpost-coordinator"))
         .args(["serve", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .envs(env.iter().copied())
@@ -29,19 +29,11 @@ fn refused_start(data: &Path, env: &[(&str, &str)]) -> (i32, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            return (status.code().unwrap_or(-1), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the coordinator started without a usable key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    outpost_tests::refused_exit(
+        child,
+        Duration::from_secs(30),
+        "the coordinator started without a usable key",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,20 +116,11 @@ fn serve_once(config: &Path, data_dir: &Path, env: &[(&str, &str)], unset: &[&st
     for k in unset {
         command.env_remove(k);
     }
-    let mut child = command.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return (status.code().unwrap_or(-1), err);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the agent started although its key is wrong or missing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    outpost_tests::refused_exit(
+        command.spawn().unwrap(),
+        Duration::from_secs(20),
+        "the agent started although its key is wrong or missing",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
