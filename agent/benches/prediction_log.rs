@@ -3,9 +3,10 @@
 //! Appends 1,000,000 records of a breast_cancer-sized prediction (30 FP32 inputs kept, a
 //! label and two probabilities) through the public API — id allocation, one channel send per
 //! record, the writer's sled batches — with a 64 MiB disk budget so eviction runs too, then
-//! flushes and prints records/s, disk use, evictions and the process's peak RSS — once with
-//! encryption at rest off and once on (ChaCha20-Poly1305, [`outpost_agent::at_rest`]), side by
-//! side. Target (DESIGN §8): ≥ 100,000 records/s with bounded memory.
+//! flushes and prints records/s, disk use against the data held (target ≤ 1.2×), evictions and
+//! the process's peak RSS — once with encryption at rest off and once on (ChaCha20-Poly1305,
+//! [`outpost_agent::at_rest`]), side by side. Target (#23): ≥ 200,000 records/s with bounded
+//! memory.
 //!
 //! Then `durability = "batch"` against `"sync"` side by side, with 1 and 16 clients each
 //! appending one record per request for `BENCH_SECS` (default 5) seconds: a `sync` client
@@ -131,8 +132,16 @@ fn main() {
     let record_bytes = template.encode().len();
     println!("prediction log append benchmark: {n} records of {record_bytes} bytes, 64 MiB budget");
     println!(
-        "  {:<11} {:>12} {:>9} {:>11} {:>12} {:>10} {:>10}",
-        "encryption", "records/s", "vs off", "handed s", "flushed s", "disk MiB", "evicted"
+        "  {:<11} {:>12} {:>9} {:>11} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "encryption",
+        "records/s",
+        "vs off",
+        "handed s",
+        "flushed s",
+        "disk MiB",
+        "disk/data",
+        "evicted",
+        "peak MiB"
     );
     let sealed = AtRest::sealed(Arc::new(Sealer::ephemeral().unwrap()));
     let mut off_rate = 0.0;
@@ -141,15 +150,23 @@ fn main() {
         if !at_rest.is_on() {
             off_rate = rate;
         }
+        // The data held: the records still in the log, at their encoded size.
+        let held = (stats.appended - stats.evicted) as f64 * record_bytes as f64;
+        let ratio = stats.disk_bytes as f64 / held.max(1.0);
         println!(
-            "  {name:<11} {rate:>12.0} {:>9} {handed:>11.2} {flushed:>12.2} {:>10.1} {:>10}   (target ≥ 100,000: {})",
+            "  {name:<11} {rate:>12.0} {:>9} {handed:>11.2} {flushed:>12.2} {:>10.1} {:>9.3}x {:>10} {:>9.1}   (target ≥ 200,000/s: {}; ≤ 1.2x: {})",
             format!("{:.1}%", 100.0 * rate / f64::max(off_rate, 1.0)),
             stats.disk_bytes as f64 / 1048576.0,
+            ratio,
             stats.evicted,
-            if rate >= 100_000.0 { "meets" } else { "MISSES" }
+            peak_rss_mib(),
+            if rate >= 200_000.0 { "meets" } else { "MISSES" },
+            if ratio <= 1.2 { "meets" } else { "misses (sealing adds 33 bytes a record)" }
         );
     }
-    println!("  peak RSS of the whole benchmark process: {:.1} MiB", peak_rss_mib());
+    println!(
+        "  peak MiB: the benchmark process's peak RSS so far (the records are built on the caller's side too)"
+    );
 
     let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     println!("durability, one record per request, {secs} s per run:");

@@ -151,6 +151,7 @@ struct LogMetrics {
     evicted: IntCounter,
     evicted_segments: IntCounter,
     write_errors: IntCounter,
+    dropped: IntCounter,
     disk_bytes: IntGauge,
     budget_bytes: IntGauge,
     segments: IntGauge,
@@ -417,6 +418,10 @@ impl Metrics {
                     PREDICTION_LOG_WRITE_ERRORS_TOTAL,
                     "Prediction-log writes that failed (records lost)."
                 )?),
+                dropped: reg!(IntCounter::new(
+                    PREDICTION_LOG_DROPPED_RECORDS_TOTAL,
+                    "Prediction-log records lost because their write failed (a full or failing disk)."
+                )?),
                 disk_bytes: reg!(IntGauge::new(
                     PREDICTION_LOG_DISK_BYTES,
                     "Prediction-log size on disk in bytes."
@@ -542,6 +547,7 @@ impl Metrics {
         log.evicted.inc_by(stats.evicted.saturating_sub(reported.evicted));
         log.evicted_segments.inc_by(stats.evicted_segments.saturating_sub(reported.evicted_segments));
         log.write_errors.inc_by(stats.write_errors.saturating_sub(reported.write_errors));
+        log.dropped.inc_by(stats.dropped.saturating_sub(reported.dropped));
         log.unlogged.inc_by(stats.unlogged.saturating_sub(reported.unlogged));
         log.quarantined.inc_by(stats.quarantined_segments.saturating_sub(reported.quarantined_segments));
         self.unreadable_records

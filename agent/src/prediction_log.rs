@@ -1,22 +1,23 @@
-//! The prediction log: every served prediction, kept on disk in sled within a byte and an age
-//! budget, oldest first out.
+//! The prediction log: every served prediction, kept on disk within a byte and an age budget,
+//! oldest first out.
 //!
 //! # On-disk layout
-//! `<data_dir>/predictions/seg-<first id, 20 digits>/` — each segment is its own sled database.
-//! Keys are record ids as big-endian u64 (so sled's key order is id order); values are
+//! `<data_dir>/predictions/seg-<first id, 20 digits>.log` — append-only segment files of
+//! checksummed frames, one per record ([`segment`] has the format). A frame's payload is
 //! `[RECORD_FORMAT] ‖ postcard(PredictionRecord)` (`outpost_shared::protocol::records`),
-//! sealed at its id when encryption at rest is on ([`crate::at_rest`]: the value is then
+//! sealed at its id when encryption at rest is on ([`crate::at_rest`]: the payload is then
 //! `[0xE5] …`; a record that fails authentication is skipped, counted and logged, never sent).
+//! A log written by an earlier version (one sled database per `seg-<first id>/` directory) is
+//! rewritten into segment files at the first open, record for record.
 //!
 //! # Bounds
-//! sled does not give disk space back when records are deleted (measured: ≈ 2× the data and
-//! never shrinking; see the team's runtime notes), so the budget is enforced on what is
-//! really on disk, a whole segment at a time: only the newest segment takes appends; once its
-//! on-disk size reaches `max_bytes / segments` a new one starts; whenever the segments
-//! together exceed `max_bytes`, or the oldest segment's newest record is older than
-//! `max_age_secs`, the oldest segment's directory is removed and its records are counted as
-//! evicted. The disk use therefore stays within `max_bytes` plus the growth of one write
-//! batch (at most `BATCH_RECORDS` records, ≈ 2× their size).
+//! Only the newest segment takes appends; once its size reaches `max_bytes / segments` a new
+//! one starts; whenever the segments together exceed the budget, or the oldest segment's
+//! newest record is older than `max_age_secs`, the oldest segment's file is removed (its space
+//! is free at once) and its records are counted as evicted. Disk use is the records plus 20
+//! bytes each, within the budget plus one write batch. Memory is the write queue
+//! (`queue_capacity`), one batch being encoded and ≈ 0.5 bytes of index per record held: the
+//! log keeps no cache (reads go through the OS's page cache), so load does not grow it.
 //!
 //! # Invariants
 //! - Ids strictly increase across segments and restarts, and are never handed out twice, even
@@ -24,17 +25,19 @@
 //!   unclean stop skips the reserved-but-unlogged range and reports it. A record is readable
 //!   by id until its segment is evicted.
 //! - The newest segment is never evicted, so appends always have a home.
-//! - A damaged segment never stops the agent: one sled cannot open — an error naming
-//!   corruption, or a panic inside sled on damaged bytes (contained here) — is moved to
-//!   `predictions/quarantine/`, counted (`…_quarantined_segments_total`) and logged; its
-//!   records are lost to feedback joins, the ids stay reserved.
+//! - Damage never stops the agent: a frame whose checksum fails (a flipped byte) costs that
+//!   record alone — skipped, counted (`…_unreadable_records_total`), answered "unreadable" to
+//!   feedback — and a tail cut short by a crash is cut off at open. A segment file that cannot
+//!   be read at all is moved to `predictions/quarantine/` and counted.
 //! - On the request path appending costs one bounded channel send; one writer thread owns
 //!   every write. If the writer falls behind, the send waits (backpressure), it never drops.
-//! - With `durability = "batch"` (the default) records reach disk on sled's background flush
-//!   (`flush_interval_ms`) and at shutdown; a power cut or SIGKILL can lose at most the last
-//!   interval — and the ids of what was lost are reported at the next start. With
+//!   A full disk makes the writer evict the oldest segment and retry before it drops anything.
+//! - With `durability = "batch"` (the default) records reach the OS at once (a SIGKILL loses
+//!   nothing the writer took) and the disk within `flush_interval_ms` (a power cut can lose
+//!   the last interval — and the ids of what was lost are reported at the next start). With
 //!   `durability = "sync"` a request is answered only once its records are on disk: the
-//!   writer group-commits, one fsync for every request waiting ([`PredictionLog::append_durable`]).
+//!   writer group-commits, one `fdatasync` for every request waiting
+//!   ([`PredictionLog::append_durable`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +68,7 @@ pub enum RecordInputs {
     Drop,
 }
 
-/// Most records applied to sled in one batch.
+/// Most records written in one batch.
 pub const BATCH_RECORDS: usize = 1024;
 
 /// When an answered prediction's record is on disk.
@@ -101,10 +104,12 @@ pub struct PredictionLogConfig {
     pub segments: u32,
     /// Records waiting for the writer; a full queue makes appends wait.
     pub queue_capacity: usize,
-    /// How often sled writes to disk, in milliseconds.
+    /// How often written records are synced to disk (`fdatasync`), in milliseconds.
     pub flush_interval_ms: u64,
-    /// sled page cache per segment, in bytes.
-    pub cache_bytes: u64,
+    /// No longer used (the log keeps no page cache of its own since it stopped using sled);
+    /// accepted so that older configuration files still load, with a warning at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
     /// `batch` (default) or `sync`: whether a request waits until its records are on disk.
     pub durability: Durability,
 }
@@ -119,7 +124,7 @@ impl Default for PredictionLogConfig {
             segments: 4,
             queue_capacity: 16_384,
             flush_interval_ms: 500,
-            cache_bytes: 4 * 1024 * 1024,
+            cache_bytes: None,
             durability: Durability::Batch,
         }
     }
@@ -132,6 +137,8 @@ pub enum LogError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("prediction log storage error in {path}: {source}")]
     Storage { path: PathBuf, source: sled::Error },
+    #[error("prediction log record {id} is damaged on disk (its checksum fails) in {path}")]
+    Damaged { id: u64, path: PathBuf },
     #[error("prediction log record {id} is unreadable: {source}")]
     Record { id: u64, source: RecordError },
     #[error("prediction log record {id} is unreadable: {why}")]
@@ -147,6 +154,8 @@ struct Counters {
     evicted: AtomicU64,
     evicted_segments: AtomicU64,
     write_errors: AtomicU64,
+    /// Records lost to writes that failed.
+    dropped: AtomicU64,
     disk_bytes: AtomicU64,
     /// The budget in force: `max_bytes`, or less when the disk's free space says so.
     budget_bytes: AtomicU64,
@@ -165,6 +174,8 @@ pub struct LogStats {
     pub evicted: u64,
     pub evicted_segments: u64,
     pub write_errors: u64,
+    /// Records lost because their write failed (a full or failing disk).
+    pub dropped: u64,
     pub disk_bytes: u64,
     /// The disk budget in force (see [`PredictionLogConfig::max_disk_share`]).
     pub budget_bytes: u64,
@@ -175,9 +186,11 @@ pub struct LogStats {
     pub ids_skipped: u64,
     /// Requests answered without a prediction id: no id reservation could be written.
     pub unlogged: u64,
-    /// Damaged segments moved to `predictions/quarantine/` when the log opened.
+    /// Segment files that could not be read at all, moved to `predictions/quarantine/` when
+    /// the log opened.
     pub quarantined_segments: u64,
-    /// Records skipped on read: they failed authentication (bytes flipped on disk) or to decode.
+    /// Records skipped: damaged on disk (found at open or on read), failed authentication or
+    /// to decode.
     pub unreadable: u64,
 }
 
@@ -185,7 +198,7 @@ enum Command {
     Append(Vec<PredictionRecord>),
     /// Append, then answer once the records are on disk.
     AppendDurable(Vec<PredictionRecord>, tokio::sync::oneshot::Sender<Result<(), String>>),
-    Flush(std::sync::mpsc::Sender<Result<(), sled::Error>>),
+    Flush(std::sync::mpsc::Sender<Result<(), std::io::Error>>),
 }
 
 /// The prediction log. Cheap to share behind an `Arc`; dropping it flushes and stops the writer.
@@ -343,37 +356,22 @@ impl PredictionLog {
     ) -> Result<PredictionLog, LogError> {
         let root = data_dir.join("predictions");
         std::fs::create_dir_all(&root).map_err(|source| LogError::Io { path: root.clone(), source })?;
-        let mut firsts: Vec<u64> = std::fs::read_dir(&root)
-            .map_err(|source| LogError::Io { path: root.clone(), source })?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("seg-")?.parse().ok())
-            .collect();
-        firsts.sort_unstable();
-        let mut segments = Vec::with_capacity(firsts.len().max(1));
-        let mut quarantined = 0;
-        for first in firsts {
-            let dir = segment_dir(&root, first);
-            match open_contained(&dir, config, at_rest) {
-                Ok(segment) => segments.push(segment),
-                Err(Opened::Damaged(why)) => {
-                    quarantine(&root, &dir, &why)?;
-                    quarantined += 1;
-                }
-                Err(Opened::Failed(e)) => return Err(e),
-            }
+        if config.cache_bytes.is_some() {
+            tracing::warn!(
+                "prediction_log.cache_bytes no longer has an effect (the log keeps no cache of its own); remove it from the configuration"
+            );
         }
-        let mut next_id = 1;
-        for segment in &segments {
-            if let Some((key, _)) =
-                segment.db.last().map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?
-            {
-                next_id = next_id.max(key_id(&key) + 1);
-            }
-        }
+        let counters = Arc::new(Counters::default());
+        let segments = open_segments(&root, at_rest, &counters)?;
+        // Damage counted at open is not counted again when those records are asked for.
+        let damaged_mark = segments.iter().filter_map(Segment::damaged_max).max().unwrap_or(0);
+        counters.unreadable_mark.store(damaged_mark, Ordering::Relaxed);
+        let next_id = segments.iter().map(|s| s.max_id + 1).max().unwrap_or(1);
         let (ids, skipped) = ids::Ids::open(&root, next_id);
+        let mut segments = segments;
         if segments.is_empty() {
             // Named by the first id it can hold (after a quarantine, past every reserved id).
-            segments.push(open_segment(&segment_dir(&root, ids.next().max(next_id)), config, at_rest)?);
+            segments.push(Segment::create(&root, ids.next().max(next_id))?);
         }
         if let Some(s) = skipped {
             tracing::warn!(
@@ -385,8 +383,6 @@ impl PredictionLog {
                 s.last
             );
         }
-        let counters = Arc::new(Counters::default());
-        counters.quarantined.store(quarantined, Ordering::Relaxed);
         let segments = Arc::new(RwLock::new(segments));
         let (sender, receiver) = bounded(config.queue_capacity.max(1));
         let writer = Writer {
@@ -397,6 +393,7 @@ impl PredictionLog {
             at_rest: at_rest.clone(),
             failures: FailureLog::default(),
             free_space: std::cell::Cell::new(None),
+            buf: std::cell::RefCell::new(Vec::new()),
         };
         writer.refresh_disk_stats();
         let handle = std::thread::Builder::new()
@@ -471,37 +468,53 @@ impl PredictionLog {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
         // Newest first: most lookups are for recent predictions.
         for segment in segments.iter().rev() {
-            let found = segment
-                .db
-                .get(id.to_be_bytes())
-                .map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
-            if let Some(value) = found {
-                return decode(&self.at_rest, id, &value)
-                    .map(Some)
-                    .inspect_err(|e| self.unreadable(e, segment));
+            let found =
+                segment.find(id).map_err(|source| LogError::Io { path: segment.path.clone(), source })?;
+            match found {
+                None => continue,
+                Some(Found::Stored(stored)) => {
+                    return decode(&self.at_rest, id, &stored)
+                        .map(Some)
+                        .inspect_err(|e| self.unreadable(e, &segment.path));
+                }
+                Some(Found::Damaged) => {
+                    let e = LogError::Damaged { id, path: segment.path.clone() };
+                    self.unreadable(&e, &segment.path);
+                    return Err(e);
+                }
             }
         }
         Ok(None)
     }
 
-    /// Records with id ≥ `from`, in id order, at most `limit` of them (what is on disk or in
-    /// sled's cache; records still queued for the writer are not seen yet).
+    /// Records with id ≥ `from`, in id order, at most `limit` of them (what the writer has
+    /// written; records still queued for it are not seen yet).
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<PredictionRecord>, LogError> {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for segment in segments.iter() {
-            for item in segment.db.range(from.to_be_bytes()..) {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                let (key, value) =
-                    item.map_err(|source| LogError::Storage { path: segment.dir.clone(), source })?;
-                // A record that does not read is skipped (counted, logged with its place), never
-                // sent: the batch goes on with the next one.
-                match decode(&self.at_rest, key_id(&key), &value) {
-                    Ok(record) => out.push(record),
-                    Err(e) => self.unreadable(&e, segment),
-                }
+        let mut frames = Vec::new();
+        let paths: Vec<PathBuf> = segments.iter().map(|s| s.path.clone()).collect();
+        for (tag, segment) in segments.iter().enumerate() {
+            segment
+                .collect_from(from, limit, tag, &mut frames)
+                .map_err(|source| LogError::Io { path: segment.path.clone(), source })?;
+        }
+        drop(segments);
+        // A damaged frame's header may name another record's id: a whole frame wins.
+        frames.sort_unstable_by_key(|(id, _, stored)| (*id, stored.is_err()));
+        frames.dedup_by_key(|(id, _, _)| *id);
+        frames.truncate(limit);
+        let mut out = Vec::with_capacity(frames.len());
+        for (id, tag, stored) in frames {
+            let path = &paths[tag];
+            // A record that does not read is skipped (counted, logged with its place), never
+            // sent: the batch goes on with the next one.
+            let read = match stored {
+                Ok(stored) => decode(&self.at_rest, id, &stored),
+                Err(()) => Err(LogError::Damaged { id, path: path.clone() }),
+            };
+            match read {
+                Ok(record) => out.push(record),
+                Err(e) => self.unreadable(&e, path),
             }
         }
         Ok(out)
@@ -519,6 +532,7 @@ impl PredictionLog {
             evicted: c.evicted.load(Ordering::Relaxed),
             evicted_segments: c.evicted_segments.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
             disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
             budget_bytes: c.budget_bytes.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
@@ -533,9 +547,11 @@ impl PredictionLog {
 
 impl PredictionLog {
     /// Counts and logs a record that did not read (once per id: reads move forward).
-    fn unreadable(&self, error: &LogError, segment: &Segment) {
+    fn unreadable(&self, error: &LogError, segment: &Path) {
         let id = match error {
-            LogError::Record { id, .. } | LogError::Unreadable { id, .. } => *id,
+            LogError::Record { id, .. } | LogError::Unreadable { id, .. } | LogError::Damaged { id, .. } => {
+                *id
+            }
             _ => return,
         };
         if self.counters.unreadable_mark.fetch_max(id, Ordering::Relaxed) >= id {
@@ -544,7 +560,7 @@ impl PredictionLog {
         self.counters.unreadable.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             id,
-            segment = %segment.dir.display(),
+            segment = %segment.display(),
             error = %error,
             "prediction log record skipped: it does not read (never served or sent; counted in outpost_agent_unreadable_records_total)"
         );
@@ -581,27 +597,31 @@ impl Drop for PredictionLog {
 #[cfg(test)]
 mod tests;
 
-/// Tests only: flips one byte (`back` bytes from the end) of record `id`'s stored value in the
-/// first segment under `data_dir`, as a worn card would; the log must be closed.
+/// Tests only: flips one byte (`back` bytes from the end) of record `id`'s stored payload in
+/// the segment files under `data_dir`, as a worn card would; the log must be closed.
 #[cfg(test)]
 pub(crate) fn flip_stored_byte(data_dir: &Path, id: u64, back: usize) {
-    let segment = std::fs::read_dir(data_dir.join("predictions"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
-        .unwrap()
-        .path();
-    let db = sled::open(&segment).unwrap();
-    let mut value = db.get(id.to_be_bytes()).unwrap().unwrap().to_vec();
-    let at = value.len() - back;
-    value[at] ^= 0x10;
-    db.insert(id.to_be_bytes(), value).unwrap();
-    db.flush().unwrap();
+    for entry in std::fs::read_dir(data_dir.join("predictions")).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(end) = segment::frame_end(&bytes, id) {
+            bytes[end - back] ^= 0x10;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("record {id} is in no segment file");
 }
 
 pub mod ids;
 mod segment;
 mod writer;
 
-use segment::{Opened, Segment, key_id, open_contained, open_segment, quarantine, segment_dir};
+mod opening;
+
+use opening::open_segments;
+use segment::{Found, Segment};
 use writer::{FailureLog, Writer};

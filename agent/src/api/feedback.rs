@@ -144,7 +144,7 @@ pub fn join(log: &PredictionLog, items: &[(u64, i64)]) -> Result<(Vec<Joined>, F
             record = log.get(id);
         }
         let record = match record {
-            Err(LogError::Unreadable { .. } | LogError::Record { .. }) => {
+            Err(LogError::Unreadable { .. } | LogError::Record { .. } | LogError::Damaged { .. }) => {
                 // Counted and logged with its id by the log; the label cannot be joined.
                 results.push(Joined::Unreadable);
                 continue;

@@ -36,6 +36,7 @@ pub const PREDICTION_LOG_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_rec
 pub const PREDICTION_LOG_EVICTED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_evicted_records_total";
 pub const PREDICTION_LOG_EVICTED_SEGMENTS_TOTAL: &str = "outpost_agent_prediction_log_evicted_segments_total";
 pub const PREDICTION_LOG_WRITE_ERRORS_TOTAL: &str = "outpost_agent_prediction_log_write_errors_total";
+pub const PREDICTION_LOG_DROPPED_RECORDS_TOTAL: &str = "outpost_agent_prediction_log_dropped_records_total";
 pub const PREDICTION_LOG_DISK_BYTES: &str = "outpost_agent_prediction_log_disk_bytes";
 pub const PREDICTION_LOG_BUDGET_BYTES: &str = "outpost_agent_prediction_log_budget_bytes";
 pub const PREDICTION_LOG_SEGMENTS: &str = "outpost_agent_prediction_log_segments";

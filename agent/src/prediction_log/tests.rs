@@ -68,8 +68,8 @@ fn disk_use_stays_within_the_budget_and_evictions_are_counted() {
     let ids = append_n(&log, 40_000, now_ms(), 200);
     log.flush().unwrap();
     let stats = log.stats();
-    // Slack: one write batch, at ≈ 2× its data on disk.
-    let slack = (BATCH_RECORDS * 260 * 2) as u64;
+    // Slack: one write batch (records of ≈ 260 bytes and their frames).
+    let slack = (BATCH_RECORDS * 290) as u64;
     assert!(stats.disk_bytes <= budget + slack, "{} bytes on disk, budget {budget}", stats.disk_bytes);
     assert!(stats.evicted > 0 && stats.evicted_segments > 0, "{stats:?}");
     assert_eq!(stats.appended, 40_000);
@@ -152,8 +152,8 @@ fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_
     let read = log.read_from(ids[0], 100).unwrap();
     assert_eq!(read.len(), 49, "the damaged record is skipped, the others read");
     assert!(read.iter().all(|r| r.id != ids[10]));
-    assert!(matches!(log.get(ids[10]), Err(LogError::Unreadable { .. })));
-    assert_eq!(log.stats().unreadable, 1);
+    assert!(matches!(log.get(ids[10]), Err(LogError::Damaged { .. })), "named damaged, not unknown");
+    assert_eq!(log.stats().unreadable, 1, "counted once, at open");
     // Re-reading the same range is not a new loss.
     log.read_from(ids[0], 100).unwrap();
     assert_eq!(log.stats().unreadable, 1);
@@ -162,6 +162,79 @@ fn sealed_records_leave_no_input_bytes_on_disk_and_a_flipped_one_is_skipped_and_
     std::thread::sleep(Duration::from_millis(200));
     let clear = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
     assert!(matches!(clear.get(ids[0]), Err(LogError::Unreadable { why: Unreadable::NoKeys, .. })));
+}
+
+#[test]
+fn disk_use_is_within_a_fifth_of_the_data_and_eviction_gives_the_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PredictionLogConfig { max_bytes: 4 * 1024 * 1024, segments: 4, ..config() };
+    let log = PredictionLog::open(dir.path(), &config, &AtRest::clear()).unwrap();
+    let data_per_record = encode(&AtRest::clear(), &record(1, now_ms(), 200)).len() as u64;
+    append_n(&log, 5_000, now_ms(), 200);
+    log.flush().unwrap();
+    let stats = log.stats();
+    assert_eq!(stats.evicted, 0, "under the budget so far: {stats:?}");
+    let on_disk = walk(&dir.path().join("predictions"));
+    let data = 5_000 * data_per_record;
+    assert!(on_disk as f64 <= 1.2 * data as f64, "{on_disk} bytes on disk for {data} bytes of records");
+    // Past the budget: evicted segments' files are gone, their space free at once.
+    append_n(&log, 20_000, now_ms(), 200);
+    log.flush().unwrap();
+    let stats = log.stats();
+    assert!(stats.evicted_segments > 0, "{stats:?}");
+    let on_disk = walk(&dir.path().join("predictions"));
+    assert_eq!(on_disk, stats.disk_bytes + 16, "the files are the segments (and the id mark) alone");
+    let held = (stats.appended - stats.evicted) * data_per_record;
+    assert!(on_disk as f64 <= 1.2 * held as f64, "{on_disk} bytes on disk for {held} bytes held");
+}
+
+#[test]
+fn records_read_in_id_order_even_when_they_reach_the_writer_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
+    let ids: Vec<u64> = (0..500).map(|_| log.allocate_ids(1).unwrap()).collect();
+    // Pairs swapped, and the first record of all appended last (a request that was slow to
+    // hand its record over).
+    for pair in ids[1..].chunks(2) {
+        log.append(pair.iter().rev().map(|&id| record(id, now_ms(), 20)).collect()).unwrap();
+        log.flush().unwrap();
+    }
+    log.append(vec![record(ids[0], now_ms(), 20)]).unwrap();
+    log.flush().unwrap();
+    let first_ten: Vec<u64> = log.read_from(ids[0], 10).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(first_ten, ids[..10].to_vec());
+    let all: Vec<u64> = log.read_from(0, 1_000).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(all, ids);
+    for &id in &ids {
+        assert_eq!(log.get(id).unwrap().map(|r| r.id), Some(id));
+    }
+}
+
+#[test]
+fn a_torn_write_at_the_end_is_cut_off_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let log = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
+        let ids = append_n(&log, 100, now_ms(), 100);
+        log.flush().unwrap();
+        ids
+    };
+    // Half a record at the end, as a write cut short by a power cut leaves it.
+    let segment = files_in(&dir.path().join("predictions"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut half = Vec::new();
+    segment::put_frame(&mut half, ids[99] + 1, &[9u8; 300]);
+    bytes.extend_from_slice(&half[..150]);
+    std::fs::write(&segment, bytes).unwrap();
+    let log = PredictionLog::open(dir.path(), &config(), &AtRest::clear()).unwrap();
+    assert_eq!(log.read_from(0, 1_000).unwrap().len(), 100, "every whole record reads");
+    assert_eq!(log.stats().unreadable, 0, "a torn tail is not damage");
+    let more = append_n(&log, 10, now_ms(), 100);
+    log.flush().unwrap();
+    assert!(log.get(more[9]).unwrap().is_some(), "appends go on after the cut");
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

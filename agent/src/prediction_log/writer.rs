@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use outpost_shared::endpoints::now_ms;
 use outpost_shared::protocol::records::PredictionRecord;
 
-use super::segment::{Segment, key_id, open_segment, segment_dir, total_size};
+use super::segment::{Segment, put_frame, total_size};
 use super::{BATCH_RECORDS, Command, Counters, Durability, PredictionLogConfig, encode};
 use crate::at_rest::AtRest;
 
@@ -28,6 +28,8 @@ pub(super) struct Writer {
     pub(super) failures: FailureLog,
     /// The filesystem's free bytes, and when they were read ([`FREE_SPACE_EVERY`]).
     pub(super) free_space: std::cell::Cell<Option<(std::time::Instant, u64)>>,
+    /// The batch being encoded (kept between batches: no allocation per batch).
+    pub(super) buf: std::cell::RefCell<Vec<u8>>,
 }
 
 /// How long a reading of the filesystem's free space is used.
@@ -162,30 +164,56 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
-        let mut batch = sled::Batch::default();
+        // Ids reach the writer almost in order; in order on disk, reads by id stay cheap.
+        pending.sort_unstable_by_key(|r| r.id);
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        let mut frames = Vec::with_capacity(pending.len());
         let mut newest = 0;
         for record in pending.iter() {
-            batch.insert(&record.id.to_be_bytes(), encode(&self.at_rest, record));
+            frames.push((record.id, buf.len()));
+            put_frame(&mut buf, record.id, &encode(&self.at_rest, record));
             newest = newest.max(record.at_ms);
         }
         let count = pending.len() as u64;
         pending.clear();
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
-        let Some(active) = segments.last_mut() else { return };
-        match active.db.apply_batch(batch) {
+        let mut written = Self::append_active(&mut segments, &buf, &frames, newest);
+        // A full disk: make room by evicting the oldest segment, then try once more, before
+        // anything is dropped.
+        if let Err(e) = &written
+            && is_disk_full(e)
+            && segments.len() > 1
+        {
+            self.evict_oldest(&mut segments, "disk full");
+            written = Self::append_active(&mut segments, &buf, &frames, newest);
+        }
+        match written {
             Ok(()) => {
-                active.records += count;
-                active.newest_at_ms = active.newest_at_ms.max(newest);
                 self.counters.appended.fetch_add(count, Ordering::Relaxed);
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(count, Ordering::Relaxed);
                 self.failures.failed(&e, count);
                 return;
             }
         }
         drop(segments);
+        drop(buf);
         self.roll_and_evict();
+    }
+
+    fn append_active(
+        segments: &mut [Segment],
+        buf: &[u8],
+        frames: &[(u64, usize)],
+        newest: u64,
+    ) -> std::io::Result<()> {
+        match segments.last_mut() {
+            Some(active) => active.append(buf, frames, newest),
+            None => Err(std::io::Error::other("the prediction log has no segment to write to")),
+        }
     }
 
     /// One fsync for every durable append waiting, then their answers: an error if a write
@@ -196,8 +224,8 @@ impl Writer {
         errors_before: u64,
     ) {
         let synced = {
-            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
-            segments.last().map_or(Ok(0), |active| active.db.flush())
+            let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            segments.last_mut().map_or(Ok(()), Segment::sync)
         };
         let outcome = match synced {
             Err(e) => Err(format!("the prediction log could not sync to disk: {e}")),
@@ -211,10 +239,10 @@ impl Writer {
         }
     }
 
-    fn flush(&self) -> Result<(), sled::Error> {
-        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        for segment in segments.iter() {
-            segment.db.flush()?;
+    fn flush(&self) -> Result<(), std::io::Error> {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        for segment in segments.iter_mut() {
+            segment.sync()?;
         }
         drop(segments);
         self.refresh_disk_stats();
@@ -259,11 +287,15 @@ impl Writer {
         let mut size = total_size(&segments);
         let budget = self.budget(size);
         let segment_budget = self.segment_budget(budget);
-        let active_full = segments.last().is_some_and(|s| s.db.size_on_disk().unwrap_or(0) >= segment_budget);
-        if active_full {
-            let first_id =
-                segments.last().and_then(|s| s.db.last().ok().flatten()).map_or(1, |(k, _)| key_id(&k) + 1);
-            match open_segment(&segment_dir(&self.root, first_id), &self.config, &self.at_rest) {
+        let active_full = segments.last().is_some_and(|s| s.records > 0 && s.size() >= segment_budget);
+        if let Some(active) = segments.last_mut().filter(|_| active_full) {
+            // The full segment is complete: on disk before the next one starts.
+            if let Err(e) = active.sync() {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.failures.failed(&format!("cannot sync a full segment: {e}"), 0);
+            }
+            let first_id = active.max_id.max(active.first_id) + 1;
+            match Segment::create(&self.root, first_id) {
                 Ok(segment) => segments.push(segment),
                 Err(e) => {
                     self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -281,10 +313,14 @@ impl Writer {
         self.refresh_disk_stats();
     }
 
-    /// Periodic work: age eviction and fresh disk figures.
+    /// Periodic work: what was written reaches the disk, age eviction, fresh disk figures.
     fn maintain(&self) {
         let cutoff = now_ms().saturating_sub(self.config.max_age_secs.saturating_mul(1000));
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(Err(e)) = segments.last_mut().map(Segment::sync) {
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.failures.failed(&format!("cannot sync the prediction log: {e}"), 0);
+        }
         while segments.len() > 1 && segments.first().is_some_and(|s| s.newest_at_ms < cutoff) {
             self.evict_oldest(&mut segments, "age");
         }
@@ -295,9 +331,9 @@ impl Writer {
     fn evict_oldest(&self, segments: &mut Vec<Segment>, reason: &str) {
         let segment = segments.remove(0);
         let records = segment.records;
-        let dir = segment.dir.clone();
+        let dir = segment.path.clone();
         drop(segment);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if let Err(e) = std::fs::remove_file(&dir) {
             self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, dir = %dir.display(), "prediction log: cannot remove evicted segment");
         }
@@ -311,4 +347,10 @@ impl Writer {
         self.counters.disk_bytes.store(total_size(&segments), Ordering::Relaxed);
         self.counters.segments.store(segments.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Whether a write failed because the filesystem is full.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
 }
