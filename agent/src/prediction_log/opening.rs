@@ -59,6 +59,8 @@ fn entries(
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == directories))
         .filter_map(|e| Some((parse(e.file_name().to_str()?)?, e.path())))
+        // Ids stay far below overflowing (see `segment::MAX_ID`); such a name is not ours.
+        .filter(|(first, _)| *first < 1 << 62)
         .collect();
     found.sort_unstable();
     Ok(found)

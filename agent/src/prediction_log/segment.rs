@@ -35,6 +35,9 @@ const MARK: [u8; 4] = *b"\xA7OPR";
 pub(super) const FRAME_HEADER: usize = 4 + 4 + 8 + 4;
 /// Largest payload a frame may claim; a larger length is damage.
 pub(super) const MAX_PAYLOAD: usize = 64 << 20;
+/// Ids are handed out from 1 up: a frame naming one this high is damage (or forged), and
+/// keeps every id sum below overflowing.
+const MAX_ID: u64 = 1 << 62;
 /// Records per index entry.
 const BLOCK_FRAMES: u32 = 64;
 /// How many records from the end a segment's open decodes for its newest readable one.
@@ -110,7 +113,7 @@ fn step(buf: &[u8], at: usize) -> Step<'_> {
     id_bytes.copy_from_slice(&header[8..16]);
     let id = u64::from_le_bytes(id_bytes);
     let crc = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
-    if len > MAX_PAYLOAD {
+    if len > MAX_PAYLOAD || id == 0 || id >= MAX_ID {
         return Step::Damaged { id: None };
     }
     let start = at + FRAME_HEADER;
