@@ -1,7 +1,8 @@
 //! Telling a damaged store from an unavailable one, and containing a storage library's panic:
-//! what the prediction log, the outbox and the model store use so that bytes a worn card
-//! flipped never stop the agent from serving — the damaged file is moved aside (quarantined)
-//! instead, counted and reported.
+//! damaged files never stop the agent from serving — they are moved aside (quarantined)
+//! instead, counted and reported. The sled helpers serve the rewrites of stores an earlier
+//! version kept in sled (the prediction log's segments and the outbox), which sled 0.34 may
+//! panic on when their bytes are damaged.
 
 use std::path::{Path, PathBuf};
 

@@ -105,6 +105,9 @@ pub struct Outbox {
     dropped: AtomicU64,
     /// Entries removed because they did not read (failed authentication).
     unreadable: AtomicU64,
+    /// The oldest entry's seq and when it was sealed (read from its file once, not at every
+    /// report or scrape).
+    oldest_sent: Mutex<Option<(u64, u64)>>,
     at_rest: AtRest,
 }
 
@@ -212,6 +215,7 @@ impl Outbox {
             bytes: AtomicU64::new(bytes),
             dropped: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
+            oldest_sent: Mutex::new(None),
             at_rest: at_rest.clone(),
         })
     }
@@ -384,14 +388,20 @@ impl Outbox {
             let state = self.state();
             (state.entries.keys().next().copied(), state.entries.len() as u64)
         };
-        let oldest_age_ms = oldest
-            .and_then(|seq| read_entry(&self.dir, seq).ok().flatten())
-            .and_then(|(_, stored)| {
-                let seq = oldest.unwrap_or(0);
-                self.at_rest.read(Store::Outbox, &seq.to_be_bytes(), &stored).ok()
-            })
-            .and_then(|wire| protocol::decode(&wire).ok())
-            .map_or(0, |e| now_ms().saturating_sub(e.sent_at_ms));
+        let sent_at = oldest.and_then(|seq| {
+            let mut cached = self.oldest_sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at_seq, sent_at)) = *cached
+                && at_seq == seq
+            {
+                return Some(sent_at);
+            }
+            let (_, stored) = read_entry(&self.dir, seq).ok().flatten()?;
+            let wire = self.at_rest.read(Store::Outbox, &seq.to_be_bytes(), &stored).ok()?;
+            let sent_at = protocol::decode(&wire).ok()?.sent_at_ms;
+            *cached = Some((seq, sent_at));
+            Some(sent_at)
+        });
+        let oldest_age_ms = sent_at.map_or(0, |at| now_ms().saturating_sub(at));
         OutboxStats { messages, bytes: self.bytes.load(Ordering::Relaxed), oldest_age_ms }
     }
 

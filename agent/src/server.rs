@@ -412,9 +412,10 @@ pub async fn serve(
     Ok(status)
 }
 
-/// From here on the agent only writes out and closes its storage. sled blocks forever when
-/// that cannot finish (its files gone, the disk failing: it waits on a flush inside a `Tree`'s
-/// drop), so a watchdog thread ends the process with exit 1 after `budget`.
+/// From here on the agent only writes out and closes its storage. A sync on a failing disk can
+/// block for as long as the kernel retries (and sled, which kept the stores before, blocked
+/// forever on a flush inside a `Tree`'s drop with its files gone), so a watchdog thread ends
+/// the process with exit 1 after `budget`.
 fn exit_if_storage_hangs(budget: Duration) {
     let spawned = std::thread::Builder::new().name("exit-watchdog".into()).spawn(move || {
         std::thread::sleep(budget);

@@ -1,7 +1,7 @@
 //! Prediction ids that are never handed out twice, even across a SIGKILL or a power cut.
 //!
-//! Records reach disk on sled's background flush, so after a crash the newest *logged* id can
-//! be behind the newest id a client was *answered* with. Starting again one past the newest
+//! Records reach disk on the writer's periodic sync, so after a crash the newest *logged* id
+//! can be behind the newest id a client was *answered* with. Starting again one past the newest
 //! logged id would hand those ids out a second time, and a late feedback label would join the
 //! wrong prediction. So ids are reserved on disk ahead of use: `predictions/ids.reserved`
 //! holds a mark below which ids may have been handed out, written (atomically, synced) a block
