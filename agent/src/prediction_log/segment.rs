@@ -174,7 +174,12 @@ impl Segment {
         if let Ok(dir) = File::open(root) {
             let _ = dir.sync_all();
         }
-        Ok(Segment {
+        Ok(Segment::empty(path, file, first_id))
+    }
+
+    /// A segment holding nothing yet (its header only).
+    fn empty(path: PathBuf, file: File, first_id: u64) -> Segment {
+        Segment {
             path,
             file,
             len: MAGIC.len() as u64,
@@ -185,7 +190,7 @@ impl Segment {
             newest_at_ms: 0,
             records: 0,
             dirty: false,
-        })
+        }
     }
 
     /// Opens a segment file and indexes it: frames that do not check out are skipped
@@ -194,18 +199,7 @@ impl Segment {
         let io = |source| LogError::Io { path: path.to_owned(), source };
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let mut segment = Segment {
-            path: path.to_owned(),
-            file,
-            len: MAGIC.len() as u64,
-            blocks: Vec::new(),
-            damaged: Vec::new(),
-            first_id,
-            max_id: 0,
-            newest_at_ms: 0,
-            records: 0,
-            dirty: false,
-        };
+        let mut segment = Segment::empty(path.to_owned(), file, first_id);
         let mut damage = Damage::default();
         if file_len < MAGIC.len() as u64 {
             // Created but its header never reached the disk whole: an empty segment.
