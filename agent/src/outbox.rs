@@ -316,7 +316,7 @@ impl Outbox {
                 // Acked (or dropped) since the seqs were listed.
                 Ok(None) if !self.state().entries.contains_key(&seq) => continue,
                 Ok(None) => {
-                    bad.push((seq, "its file is gone or its checksum fails".to_owned(), true));
+                    bad.push((seq, "its file is gone or its checksum fails".to_owned()));
                     continue;
                 }
                 Err(e) => return Err(self.storage(e)),
@@ -326,12 +326,12 @@ impl Outbox {
                 // Sealed under keys this agent does not have now: kept (the right key brings
                 // them back), not sent.
                 Err(Unreadable::NoKeys | Unreadable::UnknownKey(_)) => {}
-                Err(why) => bad.push((seq, why.to_string(), true)),
+                Err(why) => bad.push((seq, why.to_string())),
             }
         }
         if !bad.is_empty() {
             let mut state = self.state();
-            for (seq, why, _) in bad {
+            for (seq, why) in bad {
                 // Damaged: never sent, and never left to block the queue: removed, counted, logged.
                 if let Some(size) = state.entries.remove(&seq) {
                     remove_entry(&self.dir, seq).map_err(|e| self.storage(e))?;

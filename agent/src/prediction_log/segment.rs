@@ -417,10 +417,6 @@ impl Segment {
 
     /// Record `id`'s stored bytes, if this segment holds it.
     pub(super) fn find(&self, id: u64) -> std::io::Result<Option<Found>> {
-        let lowest = self.blocks.iter().map(|b| b.min_id).min().unwrap_or(u64::MAX);
-        if id < self.first_id.min(lowest) {
-            return Ok(None);
-        }
         // A damaged frame's header may name another record's id: a whole frame wins.
         let mut damaged = self.damaged.iter().any(|&(low, high)| low <= id && id <= high);
         for (i, block) in self.blocks.iter().enumerate() {
