@@ -110,7 +110,8 @@ pub struct ApiConfig {
     /// More DNS names or IP addresses for the coordinator-issued certificate.
     pub tls_names: Vec<String>,
     /// Largest body of an upload (a bundle push, a validation dataset, a telemetry import), in
-    /// bytes; only authenticated callers may send one.
+    /// bytes; only authenticated callers may send one. Uploads are streamed to
+    /// `<data_dir>/uploads/`, so this much free disk, not memory, is what one needs.
     pub max_body_bytes: usize,
     /// Largest body of every other request (JSON: enrolment, tokens, deployments, rollouts…).
     pub max_json_bytes: usize,

@@ -54,6 +54,8 @@ pub enum BundleError {
     UnsupportedFormat(u32),
     #[error("bundle is truncated: {0}")]
     Truncated(&'static str),
+    #[error("cannot read the bundle: {0}")]
+    Read(String),
     #[error("bundle has {0} bytes after the model")]
     TrailingBytes(u64),
     #[error("bundle manifest is {0} bytes, more than {MAX_MANIFEST_BYTES}")]
@@ -401,30 +403,39 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-struct Reader<'a> {
-    rest: &'a [u8],
+/// Reads a bundle's parts from any source, knowing how many bytes it holds in all: every length
+/// is checked against what is left before anything is allocated or read.
+struct Reader<R> {
+    src: R,
+    rest: u64,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], BundleError> {
-        if self.rest.len() < n {
+impl<R: std::io::Read> Reader<R> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<Vec<u8>, BundleError> {
+        if self.rest < n as u64 {
             return Err(BundleError::Truncated(what));
         }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
+        let mut out = vec![0u8; n];
+        self.src.read_exact(&mut out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => BundleError::Truncated(what),
+            _ => BundleError::Read(e.to_string()),
+        })?;
+        self.rest -= n as u64;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], BundleError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.take(N, what)?);
+        Ok(out)
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, BundleError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
 
     fn u64(&mut self, what: &'static str) -> Result<u64, BundleError> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array(what)?))
     }
 }
 
@@ -476,8 +487,19 @@ impl Bundle {
 
     /// Reads the structure and the manifest; checks nothing about signatures or the model hash.
     pub fn parse(bytes: &[u8]) -> Result<Bundle, BundleError> {
-        let mut r = Reader { rest: bytes };
-        if r.take(MAGIC.len(), "no magic bytes").map_err(|_| BundleError::Magic)? != MAGIC {
+        Bundle::read(bytes, bytes.len() as u64)
+    }
+
+    /// [`Bundle::parse`] from a source holding `len` bytes (a file a large upload was spooled to):
+    /// the structure, the manifest and the model's declared size are checked before the model is
+    /// read, so a malformed file costs a few reads, not its size in memory.
+    pub fn read(src: impl std::io::Read, len: u64) -> Result<Bundle, BundleError> {
+        let mut r = Reader { src, rest: len };
+        let magic = r.take(MAGIC.len(), "no magic bytes").map_err(|e| match e {
+            BundleError::Truncated(_) => BundleError::Magic,
+            other => other,
+        })?;
+        if magic != MAGIC {
             return Err(BundleError::Magic);
         }
         let format = r.u32("no format version")?;
@@ -488,14 +510,14 @@ impl Bundle {
         if manifest_len > MAX_MANIFEST_BYTES {
             return Err(BundleError::ManifestTooLarge(manifest_len));
         }
-        let manifest_bytes = r.take(manifest_len, "the manifest is cut short")?.to_vec();
+        let manifest_bytes = r.take(manifest_len, "the manifest is cut short")?;
         let count = r.u32("no signature count")? as usize;
         if count > MAX_SIGNATURES {
             return Err(BundleError::TooManySignatures(count));
         }
         let mut signatures = Vec::with_capacity(count);
         for _ in 0..count {
-            let raw = r.take(72, "a signature is cut short")?;
+            let raw: [u8; 72] = r.array("a signature is cut short")?;
             let mut key_id = [0u8; 8];
             let mut signature = [0u8; 64];
             key_id.copy_from_slice(&raw[..8]);
@@ -503,7 +525,7 @@ impl Bundle {
             signatures.push(BundleSignature { key_id, signature });
         }
         let model_len = r.u64("no model length")?;
-        let found = r.rest.len() as u64;
+        let found = r.rest;
         if found < model_len {
             return Err(BundleError::Truncated("the model is cut short"));
         }
@@ -516,7 +538,10 @@ impl Bundle {
         if manifest.model.size != model_len {
             return Err(BundleError::ModelSize { expected: manifest.model.size, found: model_len });
         }
-        Ok(Bundle { manifest, manifest_bytes, signatures, model: r.rest.to_vec() })
+        let model_len = usize::try_from(model_len)
+            .map_err(|_| BundleError::Read("the model does not fit in this machine's memory".into()))?;
+        let model = r.take(model_len, "the model is cut short")?;
+        Ok(Bundle { manifest, manifest_bytes, signatures, model })
     }
 
     /// Checks the model against the manifest's hash.

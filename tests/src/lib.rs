@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod alerting;
 pub mod brokers;
 pub mod demo;
+pub mod disk;
 pub mod fleet;
 pub mod front;
 pub mod mosquitto;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use outpost_tests::disk::small_disk;
 use outpost_tests::{Agent, model, reference, rows};
 use serde_json::{Value, json};
 
@@ -236,32 +237,6 @@ async fn a_corrupted_log_segment_costs_only_the_damaged_records_and_serving_goes
     assert!(joined >= answered.len() - 400, "{joined} of {} joined", answered.len());
     assert!(damaged >= 1, "the damaged records are named: {results:?}");
     assert_eq!(joined + damaged, answered.len(), "no label is answered unknown or evicted");
-}
-
-/// Mounts a `size` tmpfs on a fresh temporary folder (unmounted on drop); `None` (skipped, with
-/// a message) where that needs root we do not have — required when `CI` is set.
-fn small_disk(size: &str) -> Option<(tempfile::TempDir, Mounted)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        assert!(std::env::var_os("CI").is_none(), "CI must be able to mount a tmpfs (run as root)");
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return None;
-    }
-    let guard = Mounted(dir.path().to_owned());
-    Some((dir, guard))
-}
-
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// The finding: on a 30 MB filesystem with the defaults the log evicted nothing (its budget

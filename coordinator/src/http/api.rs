@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -65,6 +64,8 @@ pub struct AppState {
     pub broker_front: Option<Arc<crate::fleet::broker::front::Front>>,
     /// CA certificate devices use to check the API (PEM), when it speaks HTTPS.
     pub api_ca_pem: Option<String>,
+    /// Large bodies streamed to disk, and the turn their work waits for.
+    pub uploads: crate::http::spool::Uploads,
 }
 
 impl std::fmt::Debug for AppState {
@@ -604,15 +605,21 @@ pub struct ImportReport {
 async fn import_telemetry(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<ImportReport>, ApiError> {
     let who = authorize(&state, &headers, Role::Admin)?;
-    let file = transfer::decode_telemetry(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut spooled = state.uploads.receive(body, state.config.api.max_body_bytes).await?;
+    let turn = state.uploads.work().await?;
     let ingest = state.ingest.clone();
-    let report = tokio::task::spawn_blocking(move || import(&ingest, file))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let report = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let bytes = spooled.read_all().map_err(ApiError::internal)?;
+        let file = transfer::decode_telemetry(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        drop(bytes);
+        import(&ingest, file).map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     tracing::info!(
         device = ?report.device,
         stored = report.stored,

@@ -297,6 +297,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         broker_ca_pem,
         broker_front,
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
+        uploads: crate::http::spool::Uploads::new(&config.data_dir)
+            .map_err(|source| ServeError::Write { path: config.data_dir.join("uploads"), source })?,
     });
     let retraining_task =
         tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));

@@ -316,7 +316,17 @@ impl Registry {
     /// Every signature it carries must be by the release key or a trusted key and verify —
     /// `signed_by` lists only signatures that were checked; the registry then adds its own.
     pub fn push(&self, bytes: &[u8], by: &str, release_key: &SigningKey) -> Result<Pushed, RegistryError> {
-        let mut bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let bundle = Bundle::parse(bytes).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        self.push_bundle(bundle, by, release_key)
+    }
+
+    /// [`Registry::push`] of a bundle already read (an upload read from its spool file).
+    pub fn push_bundle(
+        &self,
+        mut bundle: Bundle,
+        by: &str,
+        release_key: &SigningKey,
+    ) -> Result<Pushed, RegistryError> {
         bundle.verify_model().map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let others = self.signers();
         let mut trusted = Vec::with_capacity(others.len() + 1);

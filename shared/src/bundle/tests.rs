@@ -35,6 +35,52 @@ fn signed_bundles_round_trip_and_verify() {
     assert_eq!(b.to_bytes(), bytes);
 }
 
+/// What a source hands out, so a test can see how much of it a refusal read.
+struct Counting<'a> {
+    bytes: &'a [u8],
+    read: usize,
+}
+
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.bytes.len() - self.read);
+        buf[..n].copy_from_slice(&self.bytes[self.read..self.read + n]);
+        self.read += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_bundle_read_from_a_source_checks_its_sizes_before_it_reads_the_model() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let bytes = signed(&key);
+    let mut whole = Counting { bytes: &bytes, read: 0 };
+    let b = Bundle::read(&mut whole, bytes.len() as u64).unwrap();
+    assert_eq!(b.to_bytes(), bytes, "read and parse agree");
+    // A file longer than the bundle says (an upload with trailing garbage): refused with the
+    // model unread.
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0u8; 4096]);
+    let mut source = Counting { bytes: &longer, read: 0 };
+    let refused = Bundle::read(&mut source, longer.len() as u64).unwrap_err();
+    assert!(matches!(refused, BundleError::TrailingBytes(4096)), "{refused}");
+    assert_eq!(source.read, bytes.len() - b"not really onnx".len(), "the model was not read");
+    // Garbage costs the magic bytes only.
+    let garbage = vec![0u8; 1 << 20];
+    let mut source = Counting { bytes: &garbage, read: 0 };
+    assert!(matches!(Bundle::read(&mut source, garbage.len() as u64), Err(BundleError::Magic)));
+    assert_eq!(source.read, MAGIC.len());
+    // A source that fails says so instead of claiming a truncated bundle.
+    struct Failing;
+    impl std::io::Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("input/output error"))
+        }
+    }
+    let failed = Bundle::read(Failing, 100).unwrap_err();
+    assert!(failed.to_string().contains("cannot read the bundle: input/output error"), "{failed}");
+}
+
 #[test]
 fn rejects_every_flipped_byte() {
     let (key, _) = SigningKey::generate().unwrap();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -80,22 +80,26 @@ pub async fn push(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let who = authorize(&state, &headers, Role::Operator)?;
     let target = format!("{name}@{version}");
+    let spooled = state.uploads.receive(body, state.config.api.max_body_bytes).await?;
+    let turn = state.uploads.work().await?;
     let st = Arc::clone(&state);
     let by = who.name.clone();
     let result = blocking(move || {
-        let parsed =
-            outpost_shared::bundle::Bundle::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (_turn, mut spooled) = (turn, spooled);
+        let len = spooled.len();
+        let parsed = outpost_shared::bundle::Bundle::read(spooled.reader().map_err(ApiError::internal)?, len)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         if parsed.manifest.name != name || parsed.manifest.version != version {
             return Err(ApiError::bad_request(format!(
                 "the bundle is {}, not {name}@{version}",
                 parsed.manifest.id()
             )));
         }
-        let pushed = st.registry.push(&body, &by, st.authority.release_key())?;
+        let pushed = st.registry.push_bundle(parsed, &by, st.authority.release_key())?;
         let detail = if pushed.created { "registered" } else { "already registered with the same model" };
         Ok((pushed, detail.to_owned()))
     })
@@ -178,15 +182,21 @@ pub async fn validate(
     headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
     query: Result<Query<ValidateOptions>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<validation::Report>, ApiError> {
     let target = format!("{name}@{version}");
-    mutation(&state, &headers, Role::Operator, "model.validate", &target, move |st, who| {
-        let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        Ok(st.registry.validate(&name, &version, &body, &q, &who.name)?)
+    let who = authorize(&state, &headers, Role::Operator)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let spooled = state.uploads.receive(body, state.config.api.max_body_bytes).await?;
+    let turn = state.uploads.work().await?;
+    let (st, by) = (Arc::clone(&state), who.name.clone());
+    let result = blocking(move || {
+        let (_turn, mut spooled) = (turn, spooled);
+        let dataset = spooled.read_all().map_err(ApiError::internal)?;
+        Ok(st.registry.validate(&name, &version, &dataset, &q, &by)?)
     })
-    .await
-    .map(Json)
+    .await?;
+    audited(&state, &who, "model.validate", &target, result).await.map(Json)
 }
 
 pub async fn retrain(
