@@ -128,6 +128,18 @@ impl Client {
         self.answer(self.agent.get(self.target(path)).header("Authorization", self.bearer()).call())
     }
 
+    /// A successful answer's body as a stream, for a download too large to hold (a backup);
+    /// a refusal is [`ClientError::Refused`] with the server's message.
+    pub fn get_reader(&self, path: &str) -> Result<impl std::io::Read + use<>, ClientError> {
+        let result = self.agent.get(self.target(path)).header("Authorization", self.bearer()).call();
+        let response = result.map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            self.read(Ok(response), MAX_JSON)?;
+            return Err(ClientError::Unexpected("a refusal read as a success".into()));
+        }
+        Ok(response.into_body().into_reader())
+    }
+
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let result = self.agent.get(self.target(path)).header("Authorization", self.bearer()).call();
         Ok(self.read(result, MAX_BYTES)?.1)

@@ -1,11 +1,13 @@
 //! The ground floor: what every other floor stands on and nothing else.
 //!
 //! Owns the sled database and its error type ([`store`]), the hash-chained audit log
-//! ([`audit`]), the Prometheus metric registry ([`metrics`]), the clock ([`clock`]), and how
+//! ([`audit`]), backups of the whole data directory ([`backup`]), the Prometheus metric
+//! registry ([`metrics`]), the clock ([`clock`]), and how
 //! numbers ([`numbers`]) and Markdown ([`markdown`]) are shown to people.
 //! May import: `outpost_shared` and outside crates only — no other floor of this crate.
 
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod markdown;
 pub mod metrics;

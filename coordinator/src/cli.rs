@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backup;
+
 use crate::config::{Config, LogFormat};
 use crate::fleet::ca::Authority;
 
@@ -32,6 +34,12 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Print the admin token (opened with `[secrets] key` when it is sealed), for outpostctl.
     AdminToken(AdminTokenArgs),
+    /// Back up the whole coordinator — state, registry, CA and keys, audit log — into one
+    /// encrypted file; works while it serves.
+    Backup(backup::BackupArgs),
+    /// Rebuild a data directory from a backup (into a new or empty directory; the chain and
+    /// every count are checked).
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +149,8 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::Serve(args) => serve(args),
         Command::Cert(command) => cert(command),
         Command::AdminToken(args) => admin_token(&args),
+        Command::Backup(args) => backup::backup(&args),
+        Command::Restore(args) => backup::restore(&args),
         Command::Probe(args) => outpost_shared::tls::ProbeTarget {
             url: args.url,
             ca_file: args.ca_file,

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::base::store::{Store, StoreError, now_ms};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const HEAD_KEY: &[u8] = b"audit_head";
+/// The key of the chain's head in tree `meta` (a backup cuts the log there).
+pub(crate) const HEAD_KEY: &[u8] = b"audit_head";
 
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,11 +131,19 @@ impl std::fmt::Debug for AuditLog {
 
 fn read_head(meta: &sled::Tree) -> Result<Option<(u64, String)>, AuditError> {
     let raw = meta.get(HEAD_KEY).map_err(|e| AuditError::Storage(e.to_string()))?;
-    Ok(raw.and_then(|v| {
-        let text = String::from_utf8(v.to_vec()).ok()?;
-        let (seq, hash) = text.split_once(' ')?;
-        Some((seq.parse().ok()?, hash.to_owned()))
-    }))
+    Ok(raw.and_then(|v| parse_head(&v)))
+}
+
+fn parse_head(raw: &[u8]) -> Option<(u64, String)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (seq, hash) = text.split_once(' ')?;
+    Some((seq.parse().ok()?, hash.to_owned()))
+}
+
+/// The entry count a stored head value records (0 if it is unreadable: the restore's chain
+/// check then says what is wrong).
+pub(crate) fn head_seq_of(raw: &[u8]) -> u64 {
+    parse_head(raw).map_or(0, |(seq, _)| seq)
 }
 
 /// The writer thread's state: the chain's head as last made durable.
@@ -314,6 +323,14 @@ impl AuditLog {
         let entries = read_entries(&self.path).map_err(|e| AuditError::Storage(e.to_string()))?;
         let skip = entries.len().saturating_sub(limit);
         Ok(entries.into_iter().skip(skip).collect())
+    }
+
+    /// [`AuditLog::verify`] of the log in `data_dir` without opening it for writing (no writer
+    /// thread holds the store afterwards): for a restore's check.
+    pub fn verify_stored(data_dir: &Path, store: &Store) -> Result<u64, Broken> {
+        let meta = store.tree("meta").map_err(|e| Broken::Unreadable(e.to_string()))?;
+        let head = read_head(&meta).map_err(|e| Broken::Unreadable(e.to_string()))?;
+        verify(&data_dir.join("audit.log"), head)
     }
 
     /// Checks the whole chain against the recorded head.

@@ -63,4 +63,57 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.storage_error(e))
     }
+
+    /// Hands every record of every tree to `each(tree, key, value)` for a backup, tree `meta`
+    /// (the audit head) first. Each tree is read while the coordinator goes on writing: a
+    /// record is whole, but trees are read one after the other, not at one instant.
+    pub fn dump(&self, each: &mut DumpSink<'_>) -> Result<(), DumpError> {
+        let mut names = self.db.tree_names();
+        names.sort_by_key(|name| name.as_ref() != b"meta");
+        for name in names {
+            let tree = self.db.open_tree(&name).map_err(|e| DumpError::Store(self.storage_error(e)))?;
+            for item in tree.iter() {
+                let (key, value) = item.map_err(|e| DumpError::Store(self.storage_error(e)))?;
+                each(&name, &key, &value).map_err(DumpError::Write)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back one record a backup held (into an empty database being restored).
+    pub fn load(&self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(tree).map_err(|e| self.storage_error(e))?;
+        tree.insert(key, value).map(|_| ()).map_err(|e| self.storage_error(e))
+    }
+
+    /// How many records each tree holds, by name (trees with none are left out).
+    pub fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name).map_err(|e| self.storage_error(e))?;
+            let n = tree.len() as u64;
+            if n > 0 {
+                counts.insert(String::from_utf8_lossy(&name).into_owned(), n);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Whether another process holds this database open (a coordinator serving from it).
+    pub fn is_locked(error: &StoreError) -> bool {
+        matches!(error, StoreError::Storage { source: sled::Error::Io(e), .. }
+            if e.to_string().contains("could not acquire lock"))
+    }
+}
+
+/// What a [`Store::dump`] hands each record to: `(tree, key, value)`.
+pub type DumpSink<'a> = dyn FnMut(&[u8], &[u8], &[u8]) -> std::io::Result<()> + 'a;
+
+/// Why a [`Store::dump`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("writing the dump: {0}")]
+    Write(std::io::Error),
 }

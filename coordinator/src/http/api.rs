@@ -66,6 +66,8 @@ pub struct AppState {
     pub api_ca_pem: Option<String>,
     /// Large bodies streamed to disk, and the turn their work waits for.
     pub uploads: crate::http::spool::Uploads,
+    /// The state database, for a backup's snapshot.
+    pub store: crate::base::store::Store,
 }
 
 impl std::fmt::Debug for AppState {
@@ -161,6 +163,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("delete", "/api/v1/tokens/{name}") => delete(admin::revoke_api_token),
         ("get", "/api/v1/audit") => get(admin::audit_tail),
         ("get", "/api/v1/audit/verify") => get(admin::audit_verify),
+        ("get", "/api/v1/admin/backup") => get(admin::backup),
         ("get", "/api/v1/keys") => get(keys),
         ("get", "/api/v1/root") => get(roots::current),
         ("post", "/api/v1/root") => post(roots::update),

@@ -299,6 +299,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
         uploads: crate::http::spool::Uploads::new(&config.data_dir)
             .map_err(|source| ServeError::Write { path: config.data_dir.join("uploads"), source })?,
+        store: store.clone(),
     });
     let retraining_task =
         tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));

@@ -191,3 +191,82 @@ pub async fn revocation_list(
         .map_err(ApiError::internal)?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
 }
+
+/// `GET /api/v1/admin/backup`: a consistent snapshot of the whole data directory — state, the
+/// registry's artifacts, the CA and keys, the audit log — streamed as it is read, for
+/// `outpost-coordinator backup`, which encrypts it into the operator's file. Admin only, and only
+/// from the coordinator's own host (a loopback address): the snapshot holds the fleet's keys.
+pub async fn backup(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<outpost_shared::front::Peer>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let who = authorize(&state, &headers, Role::Admin)?;
+    let local = peer.as_ref().is_some_and(|axum::Extension(p)| p.0.ip().is_loopback());
+    if !local {
+        state.metrics.api_denied.with_label_values(&["403"]).inc();
+        let from =
+            peer.map_or_else(|| "an unknown address".to_owned(), |axum::Extension(p)| p.0.ip().to_string());
+        let refused = ApiError(
+            StatusCode::FORBIDDEN,
+            format!("a backup is taken from the coordinator's own host (loopback), not from {from}"),
+        );
+        audited(&state, &who, "backup.take", "-", Err::<((), String), _>(refused)).await?;
+    }
+    audited(&state, &who, "backup.take", "-", Ok(((), "streaming".to_owned()))).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+    let st = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHANNEL_PIECE) };
+        let snapshot = crate::base::backup::Snapshot { store: &st.store, data_dir: &st.config.data_dir };
+        match snapshot.write(&mut out) {
+            Ok(summary) => tracing::info!(
+                files = summary.files,
+                file_bytes = summary.file_bytes,
+                audit_entries = summary.audit_entries,
+                "backup streamed"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "backup failed");
+                // The client sees the stream break, and `backup` refuses to keep the file.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+const CHANNEL_PIECE: usize = 256 * 1024;
+
+/// Hands what a blocking writer writes to a response body, a piece at a time.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHANNEL_PIECE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}

@@ -221,6 +221,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("delete", "/api/v1/tokens/{name}", "admin", None, "Revoke an API token."),
     r("get", "/api/v1/audit", "admin", None, "The newest audit entries (query: limit)."),
     r("get", "/api/v1/audit/verify", "admin", None, "Verify the audit log's hash chain."),
+    r(
+        "get",
+        "/api/v1/admin/backup",
+        "admin",
+        None,
+        "A snapshot of the whole data directory, streamed (loopback callers only; `outpost-coordinator backup` encrypts it).",
+    ),
     r("get", "/api/v1/keys", "viewer", None, "The coordinator's release key (for agents' trusted keys)."),
     r(
         "get",

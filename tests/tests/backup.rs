@@ -1,0 +1,195 @@
+//! Disaster recovery: a coordinator with enrolled agents and a finished rollout is backed up while
+//! it serves, its data directory is destroyed, and `restore` rebuilds it — the agents reconnect
+//! without enrolling again, the registry, the rollout and the audit chain are intact, and a new
+//! deployment (signed with the restored keys) reaches the devices. A wrong key, a damaged file
+//! and a directory that is not empty are refused by name.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use outpost_tests::LabelledTraffic;
+use outpost_tests::fleet::{Coordinator, ok, push, release_key, run, start_agent, validate, wait_serving};
+use serde_json::Value;
+
+fn json(c: &Coordinator, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ok(c.ctl(&all), &args.join(" "));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
+}
+
+/// `audit verify`'s entry count; fails unless the chain verifies.
+fn audit_entries(c: &Coordinator) -> u64 {
+    let out = ok(c.ctl(&["audit", "verify"]), "audit verify");
+    let count = out.split("intact: ").nth(1).and_then(|rest| rest.split(' ').next());
+    count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("audit verify: {out}"))
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    let (mut c, _) = Coordinator::start_embedded(&data);
+    let key = release_key(&c);
+    let agents: Vec<_> = (0..2)
+        .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
+        .collect();
+    for v in ["1.0.0", "1.1.0"] {
+        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
+        assert_eq!(validate(&c, v).0, 0, "validate {v}");
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let all: Vec<_> = agents.iter().map(|(a, _)| a).collect();
+    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = json(
+        &c,
+        &[
+            "rollout",
+            "start",
+            "bc@1.1.0",
+            "--waves",
+            "100",
+            "--bake",
+            "4s",
+            "--max-extensions",
+            "10",
+            "--gate",
+            "error_rate<=+5%",
+            "--gate",
+            "p95<=3x",
+            "--min-requests",
+            "30",
+            "--latency-slack-ms",
+            "50",
+        ],
+    );
+    let id = started["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let finished = loop {
+        let v = json(&c, &["rollout", "status", &id]);
+        if v["phase"] == "succeeded" {
+            break v;
+        }
+        assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
+        assert!(Instant::now() < deadline, "the rollout never finished: {v:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    drop(traffic);
+
+    // The backup, taken while the coordinator serves (it holds the database: the command asks
+    // it over the API). The key file is made on the way, owner-only.
+    let backup = dir.path().join("outpost.opbackup");
+    let key_file = dir.path().join("backup.key");
+    let key_arg = format!("file:{}", key_file.display());
+    let (code, out, err) = run(
+        "outpost-coordinator",
+        &[
+            "backup",
+            "--to",
+            backup.to_str().unwrap(),
+            "--key",
+            &key_arg,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--coordinator",
+            &c.url(),
+        ],
+    );
+    assert_eq!(code, 0, "backup: {out}{err}");
+    assert!(err.contains("a coordinator serves from"), "{err}");
+    assert!(out.contains("backup written to"), "{out}");
+    assert_eq!((mode(&backup), mode(&key_file)), (0o600, 0o600));
+    let ca_key = std::fs::read(data.join("pki/ca.key")).unwrap();
+    let raw = std::fs::read(&backup).unwrap();
+    assert!(!raw.windows(ca_key.len()).any(|w| w == ca_key), "the CA key is in the backup in clear");
+    let models = json(&c, &["model", "list"]);
+    let rollouts = json(&c, &["rollout", "list"]);
+    let audited = audit_entries(&c);
+
+    // The disk is lost.
+    c.stop(Signal::SIGTERM);
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // Refusals first: a wrong key (named), a damaged file, a directory that is not empty.
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, "ab".repeat(32)).unwrap();
+    let restore = |file: &std::path::Path, key: &str, into: &std::path::Path| {
+        run(
+            "outpost-coordinator",
+            &[
+                "restore",
+                "--from",
+                file.to_str().unwrap(),
+                "--key",
+                key,
+                "--data-dir",
+                into.to_str().unwrap(),
+            ],
+        )
+    };
+    let (code, _, err) = restore(&backup, &format!("file:{}", other_key.display()), &data);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the backup was made with key"), "{err}");
+    let mut damaged = raw.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 1;
+    let damaged_file = dir.path().join("damaged.opbackup");
+    std::fs::write(&damaged_file, &damaged).unwrap();
+    let (code, _, err) = restore(&damaged_file, &key_arg, &data);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not authenticate"), "{err}");
+    assert!(!data.exists(), "a failed restore left {}", data.display());
+    let busy = dir.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("something"), "x").unwrap();
+    let (code, _, err) = restore(&backup, &key_arg, &busy);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not empty"), "{err}");
+
+    let (code, out, err) = restore(&backup, &key_arg, &data);
+    assert_eq!(code, 0, "restore: {out}{err}");
+    assert!(out.contains("chain verified"), "{out}");
+
+    // The coordinator starts on the restored directory, same ports: the agents reconnect with
+    // the certificates they have, and report again.
+    let restarted_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    c.resume();
+    assert_eq!(json(&c, &["model", "list"]), models, "the registry is intact");
+    let after: Value = json(&c, &["rollout", "list"]);
+    assert_eq!(after, rollouts, "the rollouts are intact");
+    assert_eq!(json(&c, &["rollout", "status", &id])["phase"], finished["phase"]);
+    // The restored chain verifies, with at least what it held at the backup (and the restart's
+    // own entries after it).
+    assert!(audit_entries(&c) >= audited);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (agent, device) in &agents {
+        loop {
+            let d = json(&c, &["device", "show", device]);
+            if d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{device} never reported after the restore: {d:#}\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Desired states signed with the restored keys are accepted: a deployment goes through.
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy after the restore");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+}
