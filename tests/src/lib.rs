@@ -23,6 +23,18 @@ pub mod fleet;
 pub mod front;
 pub mod mosquitto;
 
+/// Debian's libfaketime, or `None` (skipped, with a message) where it is missing — required
+/// when `CI` is set (`.ci/run` installs the `faketime` package).
+pub fn libfaketime() -> Option<String> {
+    let path = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(path).exists() {
+        return Some(path.to_owned());
+    }
+    assert!(std::env::var_os("CI").is_none(), "{path} is missing: apt-get install faketime");
+    eprintln!("skipped: {path} is missing (apt-get install faketime)");
+    None
+}
+
 /// The folder holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TEST_BIN_DIR") {

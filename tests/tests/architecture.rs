@@ -23,7 +23,7 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 15] = [
+const REPOSITORIES: [&str; 16] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
@@ -33,6 +33,7 @@ const REPOSITORIES: [&str; 15] = [
     "monitoring/dataset.rs",
     "monitoring/retention.rs",
     "fleet/devices.rs",
+    "fleet/devices/retention.rs",
     "fleet/desired.rs",
     "fleet/roots.rs",
     "ops/rollout/persistence.rs",

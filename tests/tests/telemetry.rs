@@ -17,7 +17,7 @@ use outpost_shared::protocol::{self, SigningKey};
 use outpost_tests::against_both_brokers;
 use outpost_tests::brokers::{Fleet, Kind, connected_agent, fleet, start_agent};
 use outpost_tests::fleet::{enroll, metric, run};
-use outpost_tests::{Agent, reference, rows};
+use outpost_tests::{Agent, libfaketime, reference, rows};
 use serde_json::{Value, json};
 
 fn batch(n: usize) -> Value {
@@ -350,18 +350,6 @@ async fn a_ruined_outbox_is_quarantined_and_telemetry_goes_on_above_the_old_seqs
         })
         .await;
     assert!(after["recent_events"].to_string().contains("seqs below"), "what was lost is said: {after:#}");
-}
-
-/// Debian's libfaketime, or `None` (skipped, with a message) where it is missing — required
-/// when `CI` is set (`.ci/run` installs the `faketime` package).
-fn libfaketime() -> Option<String> {
-    let path = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    if Path::new(path).exists() {
-        return Some(path.to_owned());
-    }
-    assert!(std::env::var_os("CI").is_none(), "{path} is missing: apt-get install faketime");
-    eprintln!("skipped: {path} is missing (apt-get install faketime)");
-    None
 }
 
 /// The finding: an agent whose clock was a day behind the coordinator never connected

@@ -7,7 +7,9 @@
 //! - `devices`: device id → [`DeviceRecord`] (JSON).
 //! - `device_keys`: key id → device id (find the device of an envelope read from a file).
 //! - `envelopes`: `device id ‖ 0x00 ‖ seq (big-endian u64)` → the envelope's wire bytes,
-//!   exactly as received and verified. Keys sort by device, then seq.
+//!   exactly as received and verified. Keys sort by device, then seq. Kept for
+//!   `retention.envelope_days` ([`retention`](self::retention)); below a device's
+//!   `pruned_through_seq` a seq counts as stored.
 //! - `meta`: `ack_seq/<device>` → big-endian u64, the last seq of an ack sent to it.
 //! - `revoked`: device id → [`Revocation`] (JSON): every device ever revoked, deleted ones
 //!   included, with its certificate's serial — the source of the CA's revocation list.
@@ -63,6 +65,10 @@ pub struct DeviceRecord {
     #[serde(default)]
     pub presence_at_ms: Option<u64>,
     pub highest_seq: Option<u64>,
+    /// Envelopes up to this seq were removed by retention ([`Devices::prune_envelopes`]); one at
+    /// or below it counts as stored.
+    #[serde(default)]
+    pub pruned_through_seq: Option<u64>,
     pub counts: Counts,
     pub backlog: OutboxStats,
     pub models: Vec<ModelState>,
@@ -166,6 +172,7 @@ impl DeviceRecord {
             presence_session: None,
             presence_at_ms: None,
             highest_seq: None,
+            pruned_through_seq: None,
             counts: Counts::default(),
             backlog: OutboxStats::default(),
             models: Vec::new(),
@@ -206,6 +213,9 @@ pub struct Counts {
     pub labels_evicted: u64,
     pub unreadable_bodies: u64,
     pub duplicates: u64,
+    /// Envelopes removed by retention (`envelopes` still counts them).
+    #[serde(default)]
+    pub pruned_envelopes: u64,
 }
 
 /// Why a token could not be used.
@@ -543,6 +553,8 @@ impl Devices {
             let outcome = match envelopes.get(&key)? {
                 Some(existing) if existing.as_ref() == wire => Stored::Duplicate,
                 Some(_) => Stored::Conflict,
+                // Removed by retention (or older than what was): stored as far as anyone knows.
+                None if record.pruned_through_seq.is_some_and(|mark| seq <= mark) => Stored::Duplicate,
                 None => {
                     envelopes.insert(key.as_slice(), wire)?;
                     Stored::New
@@ -623,6 +635,8 @@ impl Devices {
         Ok(new.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
     }
 }
+
+mod retention;
 
 #[cfg(test)]
 mod tests;

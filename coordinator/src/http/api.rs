@@ -490,6 +490,9 @@ pub struct DeviceView {
     pub last_seen_ms: Option<u64>,
     pub presence: Option<String>,
     pub highest_seq: Option<u64>,
+    /// Envelopes up to this seq were removed by retention (`retention.envelope_days`).
+    #[serde(default)]
+    pub pruned_through_seq: Option<u64>,
     pub backlog: OutboxStats,
     pub models: Vec<ModelState>,
     pub agent_version: Option<String>,
@@ -540,6 +543,7 @@ fn view(state: &AppState, d: DeviceRecord, now: u64) -> DeviceView {
         last_seen_ms: d.last_seen_ms,
         presence: d.presence,
         highest_seq: d.highest_seq,
+        pruned_through_seq: d.pruned_through_seq,
         backlog: d.backlog,
         models: d.models,
         agent_version: d.agent_version,

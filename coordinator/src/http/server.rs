@@ -245,9 +245,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let clock = crate::base::clock::Clock::system();
     let alerts_task =
         tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), clock.clone(), shutdown_rx.clone()));
+    let pruned_devices = devices.clone();
     let retention_task = tokio::spawn(crate::monitoring::retention::run(
         store.clone(),
         config.retention.clone(),
+        Arc::new(move |cutoff_ms| pruned_devices.prune_envelopes(cutoff_ms)),
         clock.clone(),
         shutdown_rx.clone(),
     ));

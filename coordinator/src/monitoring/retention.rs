@@ -4,7 +4,9 @@
 //!
 //! What is pruned, by the time it is about: traffic windows by their end, drift verdicts by
 //! when the agent computed them, predictions and labels by when the prediction was made. The
-//! raw envelope store is not pruned here (it is the audit trail of what devices sent).
+//! raw envelopes devices sent are kept for `retention.envelope_days`; the fleet floor prunes
+//! them (`Devices::prune_envelopes`), in the same hourly pass, through the function
+//! [`run`] is given.
 
 use std::time::Duration;
 
@@ -19,11 +21,14 @@ pub struct RetentionConfig {
     /// Days of monitoring history (traffic windows, labels, drift verdicts) kept; older
     /// records are pruned.
     pub monitoring_days: u64,
+    /// Days the raw signed envelopes devices sent are kept (what was derived from them follows
+    /// `monitoring_days`); older ones are removed, and their seqs stay refused as replays.
+    pub envelope_days: u64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { monitoring_days: 90 }
+        RetentionConfig { monitoring_days: 90, envelope_days: 30 }
     }
 }
 
@@ -31,6 +36,9 @@ impl RetentionConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.monitoring_days == 0 {
             return Err(("retention.monitoring_days".into(), "must be at least 1".into()));
+        }
+        if self.envelope_days == 0 {
+            return Err(("retention.envelope_days".into(), "must be at least 1".into()));
         }
         Ok(())
     }
@@ -86,15 +94,21 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
     })
 }
 
-/// Prunes at start and then hourly until `stop`.
+/// Removes envelopes sent before a cutoff (ms); answers how many went.
+pub type PruneEnvelopes = dyn Fn(u64) -> Result<u64, StoreError> + Send + Sync;
+
+/// Prunes at start and then hourly until `stop`: monitoring history, and the raw envelopes
+/// through `prune_envelopes`.
 pub async fn run(
     store: Store,
     config: RetentionConfig,
+    prune_envelopes: std::sync::Arc<PruneEnvelopes>,
     clock: crate::base::clock::Clock,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let cutoff = clock.now_ms().saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
+        let now = clock.now_ms();
+        let cutoff = now.saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
         let s = store.clone();
         match tokio::task::spawn_blocking(move || prune(&s, cutoff)).await {
             Ok(Ok(p)) if p != Pruned::default() => {
@@ -102,6 +116,16 @@ pub async fn run(
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "pruning monitoring history failed"),
+            Err(e) => tracing::error!(error = %e, "pruning task failed"),
+        }
+        let cutoff = now.saturating_sub(config.envelope_days.saturating_mul(86_400_000));
+        let prune_envelopes = std::sync::Arc::clone(&prune_envelopes);
+        match tokio::task::spawn_blocking(move || prune_envelopes(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(envelopes = n, days = config.envelope_days, "pruned stored envelopes")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning stored envelopes failed"),
             Err(e) => tracing::error!(error = %e, "pruning task failed"),
         }
         tokio::select! {

@@ -106,3 +106,47 @@ fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
     assert_eq!(serials, vec![Some("k1ff".into()), Some("k2ff".into())]);
     assert_eq!(devices.delete("d2", "bob").unwrap(), None);
 }
+
+/// Retention removes each device's oldest envelopes up to its first one sent after the cutoff,
+/// and a removed seq never becomes storable again: a resend is a duplicate, not a new envelope.
+#[test]
+fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+    let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
+    let wire =
+        |seq: u64, sent_at_ms: u64| outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap();
+    // `d1` and `d10`: one id a prefix of the other must not mix their envelopes.
+    for (t, d, k) in [("t1", "d1", "k1"), ("t2", "d10", "k2")] {
+        devices.add_token(t, &token(u64::MAX)).unwrap();
+        devices.enrol(t, |_| device(d, k)).unwrap().unwrap();
+    }
+    let none = |_: &mut DeviceRecord| {};
+    // Seqs 1..=6 sent at 1000·seq ms, then seq 7 from a clock that was set back (sent at 100).
+    for seq in 1..=6 {
+        assert_eq!(devices.store_envelope("d1", seq, &wire(seq, 1000 * seq), none).unwrap(), Stored::New);
+    }
+    devices.store_envelope("d1", 7, &wire(7, 100), none).unwrap();
+    devices.store_envelope("d10", 1, &wire(1, 500), none).unwrap();
+    devices.store_envelope("d10", 2, &wire(2, 9000), none).unwrap();
+
+    assert_eq!(devices.prune_envelopes(3500).unwrap(), 4, "d1's 1–3 and d10's 1");
+    let seqs = |d: &str| devices.envelopes(d).map(|e| e.unwrap().0).collect::<Vec<_>>();
+    assert_eq!(seqs("d1"), vec![4, 5, 6, 7], "the prefix stops at the first newer envelope");
+    assert_eq!(seqs("d10"), vec![2]);
+    let record = devices.get("d1").unwrap().unwrap();
+    assert_eq!(record.pruned_through_seq, Some(3));
+    assert_eq!((record.counts.envelopes, record.counts.pruned_envelopes), (7, 3));
+
+    // A resend of a removed seq is acked as a duplicate and stored nowhere; above the mark,
+    // envelopes are stored as before.
+    assert_eq!(devices.store_envelope("d1", 2, &wire(2, 2000), none).unwrap(), Stored::Duplicate);
+    assert_eq!(devices.store_envelope("d1", 8, &wire(8, 8000), none).unwrap(), Stored::New);
+    assert_eq!(seqs("d1"), vec![4, 5, 6, 7, 8]);
+    assert_eq!(devices.prune_envelopes(3500).unwrap(), 0, "nothing more is old enough");
+    // Deleted devices' envelopes go too (their revocation stays).
+    devices.delete("d10", "admin").unwrap().unwrap();
+    assert_eq!(devices.prune_envelopes(10_000).unwrap(), 1 + 5, "d10's last, and d1's 4–8");
+    assert_eq!(seqs("d10"), Vec::<u64>::new());
+    assert_eq!(devices.get("d1").unwrap().unwrap().pruned_through_seq, Some(8));
+}

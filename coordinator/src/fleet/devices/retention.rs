@@ -1,0 +1,98 @@
+//! Retention of the raw envelope store: the signed envelopes devices sent are kept for
+//! `retention.envelope_days` and then removed, so the coordinator's disk follows the fleet's size,
+//! not its age. What was derived from them (traffic, labels, predictions, drift) was stored when
+//! they arrived, before the ack, and follows `retention.monitoring_days`.
+//!
+//! Per device, only a prefix goes: envelopes in seq order, up to the first one sent after the
+//! cutoff. The last seq removed becomes the device's `pruned_through_seq`: an envelope at or below
+//! it counts as stored — a resend is acked as a duplicate, a replay is refused as one — so
+//! removing an envelope never lets its seq be taken again. The mark and the removals change in
+//! one transaction with the device's record, like storing does.
+
+use sled::Transactional;
+use sled::transaction::TransactionError;
+
+use super::{DeviceRecord, Devices, abort, encode_in_tx, envelope_key};
+use crate::base::store::StoreError;
+
+/// Envelopes removed per transaction.
+const PER_TRANSACTION: usize = 2048;
+
+impl Devices {
+    /// Removes every device's envelopes sent before `cutoff_ms` (see the module header);
+    /// returns how many went.
+    pub fn prune_envelopes(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for device in self.envelope_devices()? {
+            loop {
+                let seqs = self.prunable(&device, cutoff_ms)?;
+                if seqs.is_empty() {
+                    break;
+                }
+                removed += self.remove_prefix(&device, &seqs)?;
+                if seqs.len() < PER_TRANSACTION {
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// The ids that have envelopes stored (deleted devices' included), one seek per device.
+    fn envelope_devices(&self) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        let mut from = Vec::new();
+        while let Some(item) = self.envelopes.range(from.clone()..).next() {
+            let (key, _) = item.map_err(|e| self.storage(e))?;
+            let Some(end) = key.iter().position(|b| *b == 0) else { break };
+            found.push(String::from_utf8_lossy(&key[..end]).into_owned());
+            // The next device's keys start after `id ‖ 0x00 ‖ every seq`.
+            from = key[..end].to_vec();
+            from.push(1);
+        }
+        Ok(found)
+    }
+
+    /// Up to [`PER_TRANSACTION`] of `device`'s oldest seqs whose envelopes were sent before
+    /// `cutoff_ms`, stopping at the first one that was not.
+    fn prunable(&self, device: &str, cutoff_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let mut seqs = Vec::new();
+        for item in self.envelopes(device) {
+            let (seq, wire) = item?;
+            let sent = outpost_shared::protocol::decode(&wire).map(|e| e.sent_at_ms);
+            // Only verified envelopes are stored; one that does not decode now stays.
+            if !sent.is_ok_and(|t| t < cutoff_ms) || seqs.len() == PER_TRANSACTION {
+                break;
+            }
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+
+    /// Removes `seqs` (ascending) of `device` and raises its mark to the last, atomically.
+    fn remove_prefix(&self, device: &str, seqs: &[u64]) -> Result<u64, StoreError> {
+        let Some(&last) = seqs.last() else { return Ok(0) };
+        let result = (&self.devices, &self.envelopes).transaction(|(devices, envelopes)| {
+            for seq in seqs {
+                envelopes.remove(envelope_key(device, *seq))?;
+            }
+            if let Some(raw) = devices.get(device.as_bytes())? {
+                let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
+                record.pruned_through_seq = Some(record.pruned_through_seq.map_or(last, |m| m.max(last)));
+                record.counts.pruned_envelopes += seqs.len() as u64;
+                devices.insert(device.as_bytes(), encode_in_tx("device", &record)?)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(seqs.len() as u64),
+            Err(TransactionError::Abort(())) => {
+                Err(StoreError::Corrupt { key: format!("devices/{device}"), detail: "unreadable".into() })
+            }
+            Err(TransactionError::Storage(e)) => Err(self.storage(e)),
+        }
+    }
+}
