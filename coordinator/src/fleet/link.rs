@@ -2,7 +2,11 @@
 //!
 //! One task owns rumqttc's event loop and forwards incoming publishes to the ingest task; the
 //! ingest task verifies and stores them in batches, flushes the store to disk, and only then
-//! publishes the signed end-to-end acks (QoS 1). The session is persistent
+//! publishes the signed end-to-end acks (QoS 1) and acknowledges the broker's deliveries
+//! (manual PUBACKs). The broker keeps at most its in-flight window of unacknowledged messages
+//! on their way to the coordinator (rumqttd 100, Mosquitto `max_inflight_messages`), so a burst
+//! waits in the broker instead of overflowing a queue here: the ingest queue holds more than any
+//! window, and nothing is dropped for being busy. The session is persistent
 //! (`clean_session = false`), so a broker keeps the coordinator's QoS 1 messages while it is
 //! away; agents retransmit whatever was never acked anyway, so nothing depends on that.
 //! Reconnects back off exponentially with jitter; subscriptions are renewed whenever the
@@ -45,6 +49,10 @@ impl std::fmt::Debug for LinkSettings {
 /// Most messages ingested before one flush and one round of acks.
 const BATCH: usize = 512;
 
+/// Deliveries waiting for ingest: more than any broker's in-flight window, so a broker that
+/// keeps to its window never finds the queue full.
+const INGEST_QUEUE: usize = 4096;
+
 /// Runs until `shutdown` turns true.
 /// Every device's sealed desired state, to republish on each (re)connect.
 pub type Republish = Arc<dyn Fn() -> Vec<crate::fleet::desired::Outgoing> + Send + Sync>;
@@ -61,6 +69,8 @@ pub async fn run(
     options
         .set_keep_alive(Duration::from_secs(20))
         .set_clean_session(false)
+        // Deliveries are acknowledged once ingested (see the module header): backpressure.
+        .set_manual_acks(true)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(settings.tls.clone())));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
@@ -69,7 +79,7 @@ pub async fn run(
     network.set_connection_timeout(10);
     eventloop.set_network_options(network);
 
-    let (tx, rx) = mpsc::channel::<rumqttc::Publish>(4096);
+    let (tx, rx) = mpsc::channel::<rumqttc::Publish>(INGEST_QUEUE);
     let ingest_task = tokio::spawn(ingest_loop(rx, ingest, client.clone(), metrics.clone()));
     // Desired states go out retained, QoS 1; rumqttc keeps them queued across reconnects.
     let publisher = {
@@ -136,12 +146,14 @@ pub async fn run(
                 // Never wait here: the ingest task may itself be waiting for this loop to send
                 // its acks (rumqttc's request queue drains only while the loop is polled), and
                 // waiting both ways deadlocked the link under load (10,000 devices, fleet bench).
-                // A report that finds ingest busy is dropped unacknowledged: its agent sends it
-                // again after its ack timeout, and the coordinator stores it once.
+                // The broker's window keeps the queue from filling; a broker that ignores it has
+                // the overflow acknowledged and dropped (its agents send it again after their ack
+                // timeout, and the coordinator stores it once) — counted, so it shows.
                 match tx.try_send(publish) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(mpsc::error::TrySendError::Full(publish)) => {
                         metrics.link.with_label_values(&["dropped_ingest_busy"]).inc();
+                        let _ = client.try_ack(&publish);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
@@ -190,13 +202,21 @@ async fn ingest_loop(
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
-        let work = std::mem::take(&mut batch);
-        let ingest_ref = ingest.clone();
-        let result = tokio::task::spawn_blocking(move || ingest_batch(&ingest_ref, work)).await;
+        let work = Arc::new(std::mem::take(&mut batch));
+        let (ingest_ref, work_ref) = (ingest.clone(), Arc::clone(&work));
+        let result = tokio::task::spawn_blocking(move || ingest_batch(&ingest_ref, &work_ref)).await;
+        // The broker's deliveries are done with either way: stored and flushed, or refused
+        // without an end-to-end ack (then the agents send them again). Acknowledging them opens
+        // the broker's window for the next ones.
+        for publish in work.iter() {
+            if let Err(e) = client.ack(publish).await {
+                tracing::warn!(error = %e, "cannot acknowledge a delivery to the broker");
+            }
+        }
         let acks = match result {
             Ok(Ok(acks)) => acks,
             Ok(Err(e)) => {
-                // Nothing is acked, so the agents will send it all again.
+                // No end-to-end ack, so the agents will send it all again.
                 tracing::error!(error = %e, "cannot store telemetry; not acknowledging this batch");
                 continue;
             }
@@ -217,10 +237,10 @@ async fn ingest_loop(
 /// Ingests a batch, flushes, and returns the acks to publish (topic, wire).
 fn ingest_batch(
     ingest: &Ingest,
-    batch: Vec<rumqttc::Publish>,
+    batch: &[rumqttc::Publish],
 ) -> Result<Vec<(String, Vec<u8>)>, crate::base::store::StoreError> {
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for publish in &batch {
+    for publish in batch {
         match topics::parse(&publish.topic) {
             Some((device, Channel::Report)) => {
                 let outcome = ingest.ingest(device, &publish.payload)?;
