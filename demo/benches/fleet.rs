@@ -233,7 +233,7 @@ fn main() {
             format!(
                 "per_listener_settings false\nlistener {broker} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
                  keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\
-                 allow_anonymous false\nacl_file {}\npersistence false\nmax_queued_messages 100000\n\
+                 allow_anonymous false\nacl_file {}\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
                  max_packet_size 4202496\nlog_dest stderr\nlog_type error\nuser root\n",
                 acl.display()
             ),

@@ -64,7 +64,7 @@ impl Mosquitto {
                 "per_listener_settings false\nlistener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
                  keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
                  use_username_as_clientid true\n\
-                 allow_anonymous false\nacl_file {acl}\npersistence false\nmax_queued_messages 100000\n\
+                 allow_anonymous false\nacl_file {acl}\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
                  max_packet_size 4202496\nlog_dest stderr\n\
                  log_type error\nlog_type warning\nlog_type notice\n{user}",
                 c = certs.display(),
