@@ -291,6 +291,31 @@ impl Coordinator {
         String::from_utf8(bytes.unwrap_or_else(|e| panic!("/metrics: {e}"))).expect("UTF-8 metrics")
     }
 
+    /// `rollout status ID` as JSON.
+    pub fn rollout_status(&self, id: &str) -> Value {
+        serde_json::from_str(&ok(self.ctl(&["--json", "rollout", "status", id]), "rollout status")).unwrap()
+    }
+
+    /// Waits until `done` holds for rollout `id`'s status, or panics naming `what` with the last
+    /// status and the coordinator's log.
+    pub async fn wait_rollout(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.rollout_status(id);
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "rollout {id}: never {what}:\n{v:#}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until `check` holds for the device view, or panics with the last view.
     pub async fn wait_device(&self, id: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;

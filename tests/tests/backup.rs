@@ -5,7 +5,7 @@
 //! and a directory that is not empty are refused by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use outpost_tests::LabelledTraffic;
@@ -74,16 +74,12 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
         ],
     );
     let id = started["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let finished = loop {
-        let v = json(&c, &["rollout", "status", &id]);
-        if v["phase"] == "succeeded" {
-            break v;
-        }
-        assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
-        assert!(Instant::now() < deadline, "the rollout never finished: {v:#}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let finished = c
+        .wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
+            assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
+            v["phase"] == "succeeded"
+        })
+        .await;
     drop(traffic);
 
     // The backup, taken while the coordinator serves (it holds the database: the command asks
@@ -168,24 +164,15 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     assert_eq!(json(&c, &["model", "list"]), models, "the registry is intact");
     let after: Value = json(&c, &["rollout", "list"]);
     assert_eq!(after, rollouts, "the rollouts are intact");
-    assert_eq!(json(&c, &["rollout", "status", &id])["phase"], finished["phase"]);
+    assert_eq!(c.rollout_status(&id)["phase"], finished["phase"]);
     // The restored chain verifies, with at least what it held at the backup (and the restart's
     // own entries after it).
     assert!(audit_entries(&c) >= audited);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (agent, device) in &agents {
-        loop {
-            let d = json(&c, &["device", "show", device]);
-            if d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{device} never reported after the restore: {d:#}\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    for (_, device) in &agents {
+        c.wait_device(device, Duration::from_secs(60), |d| {
+            d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)
+        })
+        .await;
     }
     // Desired states signed with the restored keys are accepted: a deployment goes through.
     ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy after the restore");

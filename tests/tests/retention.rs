@@ -9,12 +9,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use outpost_tests::brokers::{Kind, connected_agent, fleet, start_agent};
 use outpost_tests::libfaketime;
-use serde_json::Value;
-
-fn device(c: &outpost_tests::fleet::Coordinator, id: &str) -> Value {
-    let out = outpost_tests::fleet::ok(c.ctl(&["--json", "device", "show", id]), "device show");
-    serde_json::from_str(&out).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelopes_past_their_retention_are_removed_and_reporting_goes_on() {
@@ -22,13 +16,10 @@ async fn envelopes_past_their_retention_are_removed_and_reporting_goes_on() {
     let mut fleet = fleet(Kind::Embedded);
     let (dir, id, agent) = connected_agent(&fleet).await;
     // A few reports (one a second) reach the store.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while device(&fleet.coordinator, &id)["counts"]["envelopes"].as_u64().unwrap_or(0) < 4 {
-        assert!(Instant::now() < deadline, "no reports stored:\n{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let stored = |v: &serde_json::Value| v["counts"]["envelopes"].as_u64().unwrap_or(0);
+    fleet.coordinator.wait_device(&id, Duration::from_secs(30), |v| stored(v) >= 4).await;
     let c = &mut fleet.coordinator;
-    let before = device(c, &id);
+    let before = c.device(&id).await;
     c.stop(Signal::SIGTERM);
     assert_eq!(before["counts"]["pruned_envelopes"].as_u64().unwrap_or(0), 0);
     let stored_before = before["counts"]["envelopes"].as_u64().unwrap();
@@ -40,33 +31,23 @@ async fn envelopes_past_their_retention_are_removed_and_reporting_goes_on() {
     let later = [("LD_PRELOAD", lib.as_str()), ("FAKETIME", "+31d"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
     c.env = later.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     c.resume();
-    let agent = start_agent(&dir, &later);
+    let _agent = start_agent(&dir, &later);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !c.log().contains("pruned stored envelopes") {
         assert!(Instant::now() < deadline, "no retention pass:\n{}", c.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let after = device(c, &id);
+    let after = c.device(&id).await;
     let pruned = after["counts"]["pruned_envelopes"].as_u64().unwrap();
     assert!(pruned >= stored_before, "{pruned} pruned of {stored_before} stored: {after:#}");
     let mark = after["pruned_through_seq"].as_u64().unwrap();
     assert!(mark >= before["highest_seq"].as_u64().unwrap(), "{after:#}");
 
     // The agent keeps reporting, above the mark: new envelopes are stored, none refused.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = device(c, &id);
-        let stored = now["counts"]["envelopes"].as_u64().unwrap();
-        if stored >= stored_before + 3 && now["highest_seq"].as_u64().unwrap() > mark {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reporting stopped after the retention pass: {now:#}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    c.wait_device(&id, Duration::from_secs(60), |now| {
+        stored(now) >= stored_before + 3 && now["highest_seq"].as_u64().is_some_and(|h| h > mark)
+    })
+    .await;
     let metrics = String::from_utf8(c.client().get_bytes("/metrics").unwrap()).unwrap();
     let rejected: f64 = metrics
         .lines()

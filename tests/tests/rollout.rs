@@ -46,28 +46,6 @@ fn register(c: &Coordinator, versions: &[&str], lax: &[&str]) {
     }
 }
 
-fn rollout(c: &Coordinator, id: &str) -> Value {
-    serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "status", id]), "rollout status")).unwrap()
-}
-
-async fn wait_rollout(
-    c: &Coordinator,
-    id: &str,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = rollout(c, id);
-        if done(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "rollout {id}: never {what}:\n{v:#}\n{}", c.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn start(c: &Coordinator, args: &[&str]) -> String {
     let mut all = vec!["--json", "rollout", "start"];
     all.extend_from_slice(args);
@@ -133,10 +111,11 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     assert!(err.contains("still"), "{err}");
 
     // Kill the coordinator with SIGKILL while the second wave bakes, and start it again.
-    let v = wait_rollout(&c, &id, Duration::from_secs(120), "baked wave 2", |v| {
-        v["wave"] == 1 && v["phase"] == "baking"
-    })
-    .await;
+    let v = c
+        .wait_rollout(&id, Duration::from_secs(120), "baked wave 2", |v| {
+            v["wave"] == 1 && v["phase"] == "baking"
+        })
+        .await;
     assert_eq!(
         v["devices"].as_array().unwrap().iter().filter(|d| d["desired"] == "1.1.0").count(),
         3,
@@ -145,10 +124,11 @@ async fn waves_promote_1_1_0_across_a_coordinator_kill_and_the_accuracy_gate_rol
     c.stop(Signal::SIGKILL);
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.resume();
-    let v = wait_rollout(&c, &id, Duration::from_secs(180), "succeeded", |v| {
-        v["phase"] != "baking" && v["phase"] != "applying"
-    })
-    .await;
+    let v = c
+        .wait_rollout(&id, Duration::from_secs(180), "succeeded", |v| {
+            v["phase"] != "baking" && v["phase"] != "applying"
+        })
+        .await;
     assert_eq!(v["phase"], "succeeded", "{v:#}\n{}", c.log());
     let timeline: Vec<&str> =
         v["timeline"].as_array().unwrap().iter().map(|t| t["message"].as_str().unwrap()).collect();
@@ -317,7 +297,7 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
             "20",
         ],
     );
-    let v = wait_rollout(&c, &id, Duration::from_secs(120), "ended", |v| v["phase"] == "rolled_back").await;
+    let v = c.wait_rollout(&id, Duration::from_secs(120), "ended", |v| v["phase"] == "rolled_back").await;
     let incident: Value = serde_json::from_str(&ok(
         c.ctl(&["--json", "incident", "show", v["incident"].as_str().unwrap()]),
         "incident",
@@ -351,7 +331,7 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
             "accuracy>=-2%",
         ],
     );
-    let v = wait_rollout(&c, &id, Duration::from_secs(120), "paused", |v| v["phase"] == "paused").await;
+    let v = c.wait_rollout(&id, Duration::from_secs(120), "paused", |v| v["phase"] == "paused").await;
     trickle.stop().await;
     let reason = v["paused_reason"].as_str().unwrap();
     assert!(reason.contains("inconclusive after 1 extension(s)") && reason.contains("needs 200"), "{v:#}");
@@ -390,7 +370,7 @@ async fn the_p99_gate_catches_a_slow_version_and_thin_traffic_is_inconclusive_no
     // Promote skips the remaining waves (and their gates): every target gets the version.
     let id = start(&c, &["bc@1.1.0", "--waves", "20,100", "--bake", "10m"]);
     ok(c.ctl(&["rollout", "promote", &id]), "promote");
-    let v = wait_rollout(&c, &id, Duration::from_secs(120), "succeeded", |v| v["phase"] == "succeeded").await;
+    let v = c.wait_rollout(&id, Duration::from_secs(120), "succeeded", |v| v["phase"] == "succeeded").await;
     assert!(
         v["timeline"]
             .as_array()

@@ -4,27 +4,11 @@
 //! open, it just stops reporting), with short liveness thresholds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use outpost_tests::fleet::{Coordinator, ok, push, release_key, start_agent, validate, wait_serving};
 use serde_json::Value;
-
-fn status(c: &Coordinator, id: &str) -> Value {
-    serde_json::from_str(&ok(c.ctl(&["--json", "rollout", "status", id]), "status")).unwrap()
-}
-
-async fn wait_for(c: &Coordinator, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = status(c, id);
-        if done(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "rollout {id} never {what}:\n{v:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_device_is_shown_stale_and_skipped_or_failed_by_policy() {
@@ -71,7 +55,7 @@ async fn a_quiet_device_is_shown_stale_and_skipped_or_failed_by_policy() {
     ))
     .unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
-    let v = wait_for(&c, &id, "paused", |v| v["phase"] == "paused").await;
+    let v = c.wait_rollout(&id, Duration::from_secs(60), "paused", |v| v["phase"] == "paused").await;
     let device = |v: &Value, id: &str| {
         v["devices"].as_array().unwrap().iter().find(|d| d["device"] == id).cloned().unwrap()
     };
@@ -117,7 +101,8 @@ async fn a_quiet_device_is_shown_stale_and_skipped_or_failed_by_policy() {
     ))
     .unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
-    let v = wait_for(&c, &id, "rolled back", |v| v["phase"] == "rolled_back").await;
+    let v =
+        c.wait_rollout(&id, Duration::from_secs(60), "rolled back", |v| v["phase"] == "rolled_back").await;
     let incident: Value = serde_json::from_str(&ok(
         c.ctl(&["--json", "incident", "show", v["incident"].as_str().unwrap()]),
         "incident",

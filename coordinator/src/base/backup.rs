@@ -42,6 +42,12 @@ const CHUNK: usize = 1 << 20;
 const FINGERPRINT_LABEL: &[u8] = b"outpost-backup-key";
 const TAG_LEN: usize = 16;
 
+/// The name a backup key goes by in a backup's header, in errors and in the `backup` command's
+/// output (never the key itself).
+pub fn fingerprint(key: &SourcedKey) -> String {
+    key.fingerprint(FINGERPRINT_LABEL)
+}
+
 const KIND_END: u8 = 0;
 const KIND_FILE: u8 = 1;
 const KIND_RECORD: u8 = 2;
@@ -205,7 +211,7 @@ impl<W: Write> Sealer<W> {
     pub fn new(mut out: W, key: &SourcedKey) -> Result<Sealer<W>, BackupError> {
         let mut prefix = [0u8; 4];
         SystemRandom::new().fill(&mut prefix).map_err(|_| BackupError::Random)?;
-        let fingerprint = key.fingerprint(FINGERPRINT_LABEL);
+        let fingerprint = fingerprint(key);
         let mut header = MAGIC.to_vec();
         header.push(FORMAT);
         header.push(fingerprint.len() as u8);
@@ -290,7 +296,7 @@ impl<R: Read> Opener<R> {
         let mut prefix = [0u8; 4];
         read_exact(&mut input, &mut prefix, "the header")?;
         let made_with = String::from_utf8_lossy(&fingerprint).into_owned();
-        let given = key.fingerprint(FINGERPRINT_LABEL);
+        let given = self::fingerprint(key);
         if made_with != given {
             return Err(BackupError::WrongKey { made_with, given, given_source: key.source().to_string() });
         }

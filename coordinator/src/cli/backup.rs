@@ -148,7 +148,7 @@ fn take_backup(args: &BackupArgs) -> Result<(), Failed> {
         summary.files,
         mib(summary.file_bytes),
         summary.audit_entries,
-        key.fingerprint(b"outpost-backup-key"),
+        backup::fingerprint(&key),
         key.source(),
     );
     Ok(())

@@ -97,7 +97,7 @@ fn the_wrong_key_is_named_by_both_fingerprints() {
     let target = tempfile::tempdir().unwrap();
     let refused = restore_from(&bytes, &other, &target.path().join("r")).unwrap_err();
     assert!(matches!(refused, BackupError::WrongKey { .. }), "{refused}");
-    assert!(refused.to_string().contains(&other.fingerprint(FINGERPRINT_LABEL)), "{refused}");
+    assert!(refused.to_string().contains(&fingerprint(&other)), "{refused}");
     assert!(!target.path().join("r").exists());
 }
 
