@@ -9,6 +9,8 @@
 //! binary size, next to the targets in DESIGN §8 (≤ 50 µs added at p50, idle RSS ≤ 20 MB).
 //! Then the cost of encryption at rest: breast_cancer at concurrency 1 and 16 against two fresh
 //! agents, `[encryption] mode = "on"` (the default) and `"off"`, in the same run.
+//! Then dynamic batching on against off (the digits CNN and the breast-cancer forest at
+//! concurrency 16 and 64); `BENCH_ONLY=batching` runs only that part.
 //! `BENCH_SECONDS` sets the time per concurrency level (default 3); `BENCH_AGENT_BIN` points
 //! (b) at another agent binary, e.g. `target/dist/outpost-agent`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -89,10 +91,15 @@ impl Drop for AgentProcess {
 }
 
 fn start_agent(encryption: &str) -> AgentProcess {
+    start_agent_with(encryption, &MODELS, &[])
+}
+
+fn start_agent_with(encryption: &str, models: &[(&str, &str)], env: &[(String, String)]) -> AgentProcess {
     let mut command = Command::new(agent_bin());
     command.env("OUTPOST_ENCRYPTION__MODE", encryption);
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]);
-    for (name, stem) in MODELS {
+    for &(name, stem) in models {
         command.arg("--model").arg(format!("{name}={}", models_dir().join(format!("{stem}.onnx")).display()));
     }
     let data = tempfile::tempdir().unwrap();
@@ -236,6 +243,10 @@ fn main() {
         "outpost-agent serving benchmark ({} cores, {seconds} s per level)\n",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "batching") {
+        batching(&runtime, seconds);
+        return;
+    }
 
     let agent = start_agent("on");
     runtime.block_on(wait_ready(agent.addr));
@@ -347,6 +358,94 @@ fn main() {
             );
         }
     }
+    drop(agents);
+    batching(&runtime, seconds);
+}
+
+/// Dynamic batching on against off, same run: the digits CNN and the breast-cancer forest at
+/// concurrency 16 and 64, one row per request, against two fresh agents that differ only in
+/// `[batching.<model>]` (`BENCH_BATCH`, default 32 rows; `BENCH_BATCH_DELAY_US`, default 500).
+fn batching(runtime: &tokio::runtime::Runtime, seconds: f64) {
+    const BATCHED: [(&str, &str); 2] = [("cnn", "digits_cnn-1.0.0"), ("forest", "breast_cancer_rf-1.0.0")];
+    let max_batch = std::env::var("BENCH_BATCH").unwrap_or_else(|_| "32".into());
+    let delay = std::env::var("BENCH_BATCH_DELAY_US").unwrap_or_else(|_| "500".into());
+    let env: Vec<(String, String)> = BATCHED
+        .iter()
+        .flat_map(|(name, _)| {
+            let upper = name.to_uppercase();
+            [
+                (format!("OUTPOST_BATCHING__{upper}__MAX_BATCH"), max_batch.clone()),
+                (format!("OUTPOST_BATCHING__{upper}__MAX_QUEUE_DELAY_US"), delay.clone()),
+            ]
+        })
+        .collect();
+    println!(
+        "\n== dynamic batching (max_batch {max_batch}, max_queue_delay_us {delay}) on vs off, one row per request, prediction log on"
+    );
+    let agents =
+        [("off", start_agent_with("on", &BATCHED, &[])), ("on", start_agent_with("on", &BATCHED, &env))];
+    for (_, agent) in &agents {
+        runtime.block_on(wait_ready(agent.addr));
+    }
+    println!(
+        "      {:>8} {:>8} {:>11} {:>12} {:>12} {:>12} {:>13}",
+        "model", "batching", "concurrency", "req/s", "p50 µs", "p99 µs", "rows per run"
+    );
+    for (name, stem) in BATCHED {
+        let (body, _, _) = first_row(stem);
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+        for concurrency in [1, 16, 64] {
+            let mut throughput = Vec::new();
+            for (mode, agent) in &agents {
+                let before = runtime.block_on(batch_runs(agent.addr, name));
+                let level = runtime.block_on(http_level(
+                    agent.addr,
+                    &format!("/v2/models/{name}/infer"),
+                    body.clone(),
+                    concurrency,
+                    Duration::from_secs_f64(seconds),
+                ));
+                let after = runtime.block_on(batch_runs(agent.addr, name));
+                let per_run = match after.1 - before.1 {
+                    0.0 => "-".to_owned(),
+                    runs => format!("{:.1}", (after.0 - before.0) / runs),
+                };
+                let per_second = level.requests as f64 / level.seconds;
+                throughput.push(per_second);
+                println!(
+                    "      {name:>8} {mode:>8} {:>11} {:>12.0} {:>12.1} {:>12.1} {per_run:>13}",
+                    level.concurrency,
+                    per_second,
+                    us(level.p50),
+                    us(level.p99)
+                );
+            }
+            println!(
+                "      {name:>8} {:>8} {concurrency:>11} {:>11.2}x",
+                "on/off",
+                throughput[1] / throughput[0]
+            );
+        }
+    }
+}
+
+/// `outpost_agent_batch_rows` of `model` from `/metrics`: (rows, runs) so far.
+async fn batch_runs(addr: SocketAddr, model: &str) -> (f64, f64) {
+    let mut sender = connection(addr).await;
+    let request = hyper::Request::get("/metrics")
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = sender.send_request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let read = |series: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series) && l.contains(&format!("model=\"{model}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (read("outpost_agent_batch_rows_sum"), read("outpost_agent_batch_rows_count"))
 }
 
 /// Sustained load (`BENCH_SOAK_SECS`, default 60; the target is stated for 600): breast_cancer

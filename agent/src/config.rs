@@ -5,11 +5,13 @@
 //! keys with `__` between levels: `OUTPOST_HTTP__MAX_BODY_BYTES=1048576` sets
 //! `http.max_body_bytes`. Relative model paths in a file are resolved against the file's folder.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 
+use crate::batching::BatchingConfig;
 use crate::prediction_log::PredictionLogConfig;
 pub use crate::prediction_log::RecordInputs;
 use crate::telemetry::{Sampling, TelemetryConfig};
@@ -49,6 +51,12 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Drift windows of bundle-managed models against their baselines.
     pub drift: crate::drift::DriftConfig,
+    /// Dynamic batching, opt-in per model name (file-served or bundle-managed):
+    /// `[batching.<model>] max_batch = 32, max_queue_delay_us = 500`. Concurrent requests to
+    /// one version run as one batch of at most `max_batch` rows; a request waits at most
+    /// `max_queue_delay_us` for others, and not at all when no other request is on its way.
+    /// Off for every model not named here.
+    pub batching: BTreeMap<String, BatchingConfig>,
     /// Encryption at rest of the prediction log, outbox and installed bundles.
     pub encryption: crate::at_rest::EncryptionConfig,
     /// Models to serve from files (bundle-managed models come from the local store).
@@ -68,6 +76,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             registry: RegistryConfig::default(),
             drift: crate::drift::DriftConfig::default(),
+            batching: Default::default(),
             encryption: crate::at_rest::EncryptionConfig::default(),
             models: Vec::new(),
         }
@@ -195,7 +204,7 @@ pub struct RuntimeConfig {
     /// the key is unknown and refused): extra milliseconds every inference of a model takes,
     /// keyed `name` or `name@version` — to rehearse latency gates, SLO burn and rollbacks.
     #[cfg(feature = "fault-injection")]
-    pub test_delay_ms: std::collections::BTreeMap<String, u64>,
+    pub test_delay_ms: BTreeMap<String, u64>,
     /// FOR TESTS ONLY (feature `fault-injection`): `name@version`s whose first inference aborts
     /// the whole agent process — a crash-looping version, to rehearse the watchdog.
     #[cfg(feature = "fault-injection")]
@@ -405,6 +414,12 @@ impl Config {
         }
         if let Err((k, problem)) = self.drift.validate() {
             return Err(ConfigError::Key { key: k, problem });
+        }
+        for (model, batching) in &self.batching {
+            if let Err(e) = outpost_shared::names::check_model(model) {
+                return Err(key(&format!("batching.{model}"), &format!("does not name a model: {e}")));
+            }
+            batching.validate(model).map_err(|(key, problem)| ConfigError::Key { key, problem })?;
         }
         for (name, secs) in [
             ("http.body_timeout_secs", self.http.body_timeout_secs),

@@ -9,6 +9,7 @@
 //! declares `parameters.binary_data_size`, and outputs asked for with
 //! `parameters.binary_data` (or request-level `binary_data_output`) come back the same way.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_shared::protocol::vocab::Slot;
@@ -20,6 +21,7 @@ use outpost_shared::{DataType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::batching::{Finish, Leader, Pending, Ran};
 use crate::config::{NanPolicy, RecordInputs};
 use crate::models::ServedModel;
 use crate::prediction_log::{PredictionLog, RequestInfo, batch_rows, records_for_request};
@@ -240,6 +242,19 @@ pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
     serde_json::from_slice::<Peek>(json).ok()?.id
 }
 
+/// A request decoded and checked against the model, ready to run.
+#[derive(Debug)]
+pub struct Prepared {
+    started: Instant,
+    request_id: Option<String>,
+    /// Outputs to answer with, as (index in the signature, as binary data).
+    selected: Vec<(usize, bool)>,
+    /// Inputs in the model's order.
+    inputs: Vec<Tensor>,
+    /// Rows in the request (the inputs' first dimension).
+    rows: usize,
+}
+
 /// Decodes a request, runs the model, records the predictions (when a log is given), and
 /// encodes the response. `summarize` asks for the rows' summary without a log (a shadow run).
 pub fn run(
@@ -250,6 +265,87 @@ pub fn run(
     log: Option<&PredictionLog>,
     summarize: bool,
 ) -> Result<Encoded, InferError> {
+    let prepared = prepare(served, body, header_len)?;
+    run_prepared(served, slot, prepared, log, summarize)
+}
+
+/// Runs a prepared request alone.
+fn run_prepared(
+    served: &ServedModel,
+    slot: Slot,
+    mut prepared: Prepared,
+    log: Option<&PredictionLog>,
+    summarize: bool,
+) -> Result<Encoded, InferError> {
+    let inputs = std::mem::take(&mut prepared.inputs);
+    // The log keeps the inputs unless the model's policy drops them; keep a copy for it.
+    let kept_inputs = match log {
+        Some(_) if served.record_inputs != RecordInputs::Drop => inputs.clone(),
+        _ => Vec::new(),
+    };
+    // The drift window needs the first input too (a copy only when the log did not keep one).
+    let drift_input = match &served.drift {
+        Some(_) if kept_inputs.is_empty() => inputs.first().cloned(),
+        _ => None,
+    };
+    let started = Instant::now();
+    let outputs = served.model.run(inputs).map_err(|e| InferError::Model(e.to_string()))?;
+    let compute = started.elapsed();
+    let ran = Ran { inputs: kept_inputs, outputs, compute };
+    finish(served, slot, prepared, ran, drift_input.as_ref(), log, summarize)
+}
+
+/// What a worker did with a request: answered it, or queued it in its model's batch (the
+/// answer comes on the receiver once the batch ran).
+#[derive(Debug)]
+pub enum Handled {
+    Done(Result<Encoded, InferError>),
+    Queued(tokio::sync::oneshot::Receiver<Result<Encoded, InferError>>),
+}
+
+/// Decodes a request and answers it: alone, or — when its model batches and the request is
+/// smaller than a batch — through the model's batch (see [`crate::batching`]), which this
+/// worker leads (see [`Leader`]) when no other worker is gathering it.
+pub fn handle(
+    served: &Arc<ServedModel>,
+    slot: Slot,
+    body: &[u8],
+    header_len: Option<usize>,
+    log: Option<&Arc<PredictionLog>>,
+    summarize: bool,
+    leader: Leader<'_>,
+) -> Handled {
+    let prepared = match prepare(served, body, header_len) {
+        Ok(prepared) => prepared,
+        Err(e) => return Handled::Done(Err(e)),
+    };
+    let Some(batcher) = served.batcher.as_ref().filter(|b| b.takes(prepared.rows)) else {
+        return Handled::Done(run_prepared(served, slot, prepared, log.map(Arc::as_ref), summarize));
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut prepared = prepared;
+    let inputs = std::mem::take(&mut prepared.inputs);
+    let rows = prepared.rows;
+    let (model, log) = (Arc::clone(served), log.cloned());
+    let finish_one: Finish = Box::new(move |result: Result<Ran, String>| {
+        let answer = result.map_err(InferError::Model).and_then(|ran| {
+            // The log keeps the inputs unless the model's policy drops them; the drift window
+            // reads the first one either way.
+            let keep = log.is_some() && model.record_inputs != RecordInputs::Drop;
+            let Ran { inputs, outputs, compute } = ran;
+            let (kept, first) = if keep { (inputs, None) } else { (Vec::new(), inputs.into_iter().next()) };
+            let ran = Ran { inputs: kept, outputs, compute };
+            finish(&model, slot, prepared, ran, first.as_ref(), log.as_deref(), summarize)
+        });
+        let _ = tx.send(answer);
+    });
+    let run = |joined: Vec<Tensor>| served.model.run(joined).map_err(|e| e.to_string());
+    batcher.submit(Pending { inputs, rows, finish: finish_one }, &run, leader);
+    Handled::Queued(rx)
+}
+
+/// Decodes a request and checks it against the model's signature, converting its data.
+pub fn prepare(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> Result<Prepared, InferError> {
     let job_started = Instant::now();
     let (json, binary) = match header_len {
         Some(n) if n > body.len() => return Err(InferError::HeaderLength { declared: n, body: body.len() }),
@@ -362,31 +458,34 @@ pub fn run(
         }
     };
 
-    let ordered = order
+    let inputs = order
         .iter()
         .map(|&i| tensors[i].take())
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| InferError::Model("an input was mapped to the model twice".into()))?;
-    // The log keeps the inputs unless the model's policy drops them; keep a copy for it.
-    let batch = ordered.first().map_or(1, batch_rows);
-    let kept_inputs = match log {
-        Some(_) if served.record_inputs != RecordInputs::Drop => ordered.clone(),
-        _ => Vec::new(),
-    };
-    // The drift window needs the first input too (a copy only when the log did not keep one).
-    let drift_input = match &served.drift {
-        Some(_) if kept_inputs.is_empty() => ordered.first().cloned(),
-        _ => None,
-    };
-    let started = Instant::now();
-    let outputs = served.model.run(ordered).map_err(|e| InferError::Model(e.to_string()))?;
-    let compute = started.elapsed();
+    let rows = inputs.first().map_or(1, batch_rows);
+    Ok(Prepared { started: job_started, request_id: request.id, selected, inputs, rows })
+}
+
+/// Records, summarises and encodes a request whose model ran. `drift_input` is the first
+/// input when `ran.inputs` does not hold it (the drift window reads it).
+fn finish(
+    served: &ServedModel,
+    slot: Slot,
+    prepared: Prepared,
+    ran: Ran,
+    drift_input: Option<&Tensor>,
+    log: Option<&PredictionLog>,
+    summarize: bool,
+) -> Result<Encoded, InferError> {
+    let Prepared { started: job_started, request_id, selected, rows: batch, .. } = prepared;
+    let Ran { inputs: kept_inputs, outputs, compute } = ran;
     if let Some(monitor) = &served.drift
-        && let Some(input) = drift_input.as_ref().or(kept_inputs.first())
+        && let Some(input) = drift_input.or(kept_inputs.first())
     {
         monitor.observe(std::slice::from_ref(input), &outputs);
     }
-
+    let signature = served.signature();
     let named_outputs: Vec<(&str, &Tensor)> =
         signature.outputs.iter().map(|s| s.name.as_str()).zip(&outputs).collect();
     // The telemetry window's view of the rows, read from the output tensors themselves.
@@ -425,7 +524,7 @@ pub fn run(
     let response = InferResponse {
         model_name: &served.name,
         model_version: &served.version,
-        id: request.id.as_deref(),
+        id: request_id.as_deref(),
         parameters,
         outputs: response_outputs,
     };

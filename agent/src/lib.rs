@@ -24,6 +24,7 @@ pub const ENV_PREFIX: &str = "OUTPOST_";
 
 pub mod api;
 pub mod at_rest;
+pub mod batching;
 pub mod check_model;
 pub mod cli;
 pub mod config;

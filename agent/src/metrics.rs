@@ -59,6 +59,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub inference_duration: HistogramVec,
+    /// Rows per model run of a dynamically batched model.
+    pub batch_rows: HistogramVec,
     pub in_flight: IntGauge,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
@@ -220,6 +222,17 @@ impl Metrics {
             .buckets(latency_buckets()),
             labels
         )?);
+        let batch_rows = reg!(HistogramVec::new(
+            HistogramOpts::new(
+                BATCH_ROWS,
+                "Rows per model run of a dynamically batched model ([batching.<model>])."
+            )
+            .buckets(
+                prometheus::exponential_buckets(1.0, 2.0, 13)
+                    .unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
+            ),
+            labels
+        )?);
         let build = reg!(IntGaugeVec::new(help(BUILD_INFO, "Agent build information."), &["version"])?);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let system = SystemProbe {
@@ -264,6 +277,7 @@ impl Metrics {
             requests,
             request_duration,
             inference_duration,
+            batch_rows,
             in_flight: reg!(IntGauge::new(IN_FLIGHT_REQUESTS, "Inference requests being handled now.")?),
             queue_depth: reg!(IntGauge::new(QUEUE_DEPTH, "Inference jobs waiting for a worker.")?),
             queue_capacity: reg!(IntGauge::new(

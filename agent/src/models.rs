@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use outpost_shared::reference::Reference;
 use outpost_shared::{Model, Signature};
 
+use crate::batching::{Batcher, BatchingConfig};
 use crate::config::{ModelConfig, NanPolicy, RecordInputs};
 
 /// Version reported when neither the config nor the model file names one.
@@ -33,11 +34,40 @@ pub struct ServedModel {
     pub record_inputs: RecordInputs,
     /// Drift window against the bundle's baseline (bundles with a baseline only).
     pub drift: Option<crate::drift::SharedMonitor>,
+    /// This version's dynamic batch (`[batching.<name>]`, models that can batch only).
+    pub batcher: Option<Batcher>,
 }
 
 impl ServedModel {
     pub fn signature(&self) -> &Signature {
         self.model.signature()
+    }
+
+    /// Turns dynamic batching on when it is configured for this model and the model can batch;
+    /// a model that cannot is served unbatched, with a warning naming why.
+    pub fn with_batching(mut self, config: Option<&BatchingConfig>) -> ServedModel {
+        self.batcher = config.and_then(|config| match self.signature().batch_dimension() {
+            Ok(_) => {
+                tracing::info!(
+                    model = %self.name,
+                    version = %self.version,
+                    max_batch = config.max_batch,
+                    max_queue_delay_us = config.max_queue_delay_us,
+                    "dynamic batching on"
+                );
+                Some(Batcher::new(*config))
+            }
+            Err(why) => {
+                tracing::warn!(
+                    model = %self.name,
+                    version = %self.version,
+                    "[batching.{}] is set but this version cannot be batched, so it is served unbatched: {why}",
+                    self.name
+                );
+                None
+            }
+        });
+        self
     }
 }
 
@@ -326,6 +356,7 @@ pub fn load_and_validate(config: &ModelConfig) -> Result<Validated, ValidationFa
             nan_policy: config.nan_policy,
             record_inputs: config.record_inputs,
             drift: None,
+            batcher: None,
         },
         load_time: started.elapsed(),
         evidence,
@@ -363,6 +394,7 @@ pub fn load_bundle(
             nan_policy: manifest.nan_policy,
             record_inputs,
             drift: monitor,
+            batcher: None,
         },
         load_time: started.elapsed(),
         evidence,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -36,9 +36,39 @@ pub enum JobError {
 /// A fixed pool of inference threads behind a bounded queue.
 pub struct WorkerPool {
     sender: Option<Sender<Job>>,
+    /// For [`Helper`]s (a receiver does not keep the queue open: dropping the sender closes it).
+    receiver: Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
     capacity: usize,
     busy: Arc<AtomicUsize>,
+}
+
+/// What a job may ask of its own pool while it waits for others' work (a dynamic batch's
+/// leader, see [`crate::batching`]): whether more work is on its way, and to run one queued
+/// job on its own thread instead of sleeping. Holds no sender, so it never keeps the pool open.
+#[derive(Clone)]
+pub struct Helper {
+    receiver: Receiver<Job>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Helper {
+    /// Jobs are queued, or another worker is running one.
+    pub fn more_coming(&self) -> bool {
+        !self.receiver.is_empty() || self.busy.load(Ordering::Relaxed) > 1
+    }
+
+    /// Runs one queued job on this thread (a worker already counted busy); false when none
+    /// was queued.
+    pub fn run_one(&self) -> bool {
+        match self.receiver.try_recv() {
+            Ok(job) => {
+                job();
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -68,7 +98,7 @@ impl WorkerPool {
             })?;
             handles.push(handle);
         }
-        Ok(WorkerPool { sender: Some(sender), workers: handles, capacity, busy })
+        Ok(WorkerPool { sender: Some(sender), receiver, workers: handles, capacity, busy })
     }
 
     /// Queues `f` and returns a receiver for its result, or refuses at once if the queue is full.
@@ -100,6 +130,11 @@ impl WorkerPool {
             Err(TrySendError::Full(_)) => Err(SubmitError::Full(self.capacity)),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }
+    }
+
+    /// A handle a job uses to help with the queue while it waits (see [`Helper`]).
+    pub fn helper(&self) -> Helper {
+        Helper { receiver: self.receiver.clone(), busy: Arc::clone(&self.busy) }
     }
 
     /// Jobs waiting for a worker.

@@ -41,6 +41,8 @@ pub struct Reconciler {
     pub reporter: Option<Arc<Reporter>>,
     /// Drift windows for the versions it loads.
     pub drift: crate::drift::DriftConfig,
+    /// Dynamic batching by model name (`[batching]`).
+    pub batching: crate::batching::BatchingTable,
 }
 
 /// What one pass did for one model.
@@ -244,12 +246,16 @@ impl Reconciler {
     /// and validates it, off the executor.
     async fn load(&self, name: &str, version: &str) -> Result<crate::models::Validated, LoadFailure> {
         let (store, release, drift) = (self.store.clone(), self.trust.release(), self.drift.clone());
+        let batching = self.batching.get(name).copied();
         let (n, v, trust) = (name.to_owned(), version.to_owned(), Arc::clone(&self.trust));
         tokio::task::spawn_blocking(move || {
             let mut bundle = store.read(&n, &v, &release)?;
             // An encrypted model is opened in memory only, straight into the runtime.
             bundle.decrypt(trust.bundle_keys()).map_err(|e| LoadFailure::Invalid(e.to_string()))?;
-            load_bundle(&bundle, RecordInputs::default(), &drift).map_err(|e| LoadFailure::Invalid(e.reason))
+            let mut validated = load_bundle(&bundle, RecordInputs::default(), &drift)
+                .map_err(|e| LoadFailure::Invalid(e.reason))?;
+            validated.served = validated.served.with_batching(batching.as_ref());
+            Ok(validated)
         })
         .await
         .unwrap_or_else(|e| Err(LoadFailure::Crashed(e.to_string())))

@@ -227,7 +227,13 @@ pub async fn serve(
     // One shutdown signal for everything: None while running, then why we stop.
     let (stop_tx, stop_rx) = watch::channel::<Option<Stopped>>(None);
     let loader_stop = stop_tx.clone();
-    let loader = tokio::spawn(load_all(Arc::clone(&models), Arc::clone(&metrics), loader_stop, bundles));
+    let loader = tokio::spawn(load_all(
+        Arc::clone(&models),
+        Arc::clone(&metrics),
+        loader_stop,
+        bundles,
+        config.batching.clone(),
+    ));
     let (telemetry_stop_tx, telemetry_stop) = watch::channel(false);
     let mut telemetry_tasks = Vec::new();
     if let Some(t) = &telemetry {
@@ -317,6 +323,7 @@ pub async fn serve(
             metrics: Arc::clone(&metrics),
             reporter: telemetry.as_ref().map(|t| Arc::clone(&t.reporter)),
             drift: config.drift.clone(),
+            batching: config.batching.clone(),
         });
         telemetry_tasks.push(tokio::spawn(reconciler.run(telemetry_stop.clone())));
     }
@@ -436,6 +443,7 @@ async fn load_all(
     metrics: Arc<Metrics>,
     stop: watch::Sender<Option<Stopped>>,
     bundles: bool,
+    batching: crate::batching::BatchingTable,
 ) {
     let mut tasks = Vec::new();
     for entry in models.entries().into_iter().filter(|e| !e.managed) {
@@ -443,9 +451,17 @@ async fn load_all(
         metrics.set_model_state(entry.name(), &loading_version, "loading");
         let metrics = Arc::clone(&metrics);
         let models = Arc::clone(&models);
+        let batching = batching.clone();
         tasks.push(tokio::spawn(async move {
             let config = entry.config.clone();
-            let outcome = tokio::task::spawn_blocking(move || load_and_validate(&config)).await;
+            let batching = batching.get(entry.name()).copied();
+            let outcome = tokio::task::spawn_blocking(move || {
+                load_and_validate(&config).map(|mut validated| {
+                    validated.served = validated.served.with_batching(batching.as_ref());
+                    validated
+                })
+            })
+            .await;
             metrics.forget_model_state(entry.name(), &loading_version);
             let path = entry.config.path.display().to_string();
             match outcome {

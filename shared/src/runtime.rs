@@ -18,6 +18,8 @@ use tract_onnx::prelude::*;
 use crate::datatype::DataType;
 use crate::tensor::{TensorError, datatype_of};
 
+pub mod batch;
+
 /// Name given to an anonymous first input dimension.
 pub const BATCH_SYMBOL: &str = "N";
 

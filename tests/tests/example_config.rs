@@ -31,6 +31,12 @@ async fn example_config_serves_every_example_model() {
     for name in ["digits", "digits_cnn", "breast_cancer_rf"] {
         assert_eq!(agent.get(&format!("/v2/models/{name}/ready")).await.0, 200, "{name}");
     }
+    let (_, meta) = agent.get("/v2/models/digits_cnn").await;
+    assert_eq!(
+        meta["parameters"]["dynamic_batching"],
+        json!({"max_batch": 32, "max_queue_delay_us": 500}),
+        "[batching.digits_cnn] in the example is in force"
+    );
     // The forest answers as onnxruntime does on the same row.
     let forest = reference("breast_cancer_rf-1.0.0");
     let (status, body) = agent.post_json("/v2/models/breast_cancer_rf/infer", &request).await;

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::infer::{self, Encoded};
+use crate::batching::{BatchRun, Leader};
+use crate::infer::{self, Encoded, Handled};
 use crate::metrics::Outcome;
 use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
 use crate::pool::SubmitError;
@@ -95,6 +96,13 @@ fn metadata(app: &AppState, name: &str, version: Option<&str>) -> Result<Json<Va
         body["inputs"] = json!(tensors(&served.signature().inputs));
         body["outputs"] = json!(tensors(&served.signature().outputs));
         body["parameters"] = json!({ "metadata": served.model.metadata() });
+        if let Some(batcher) = &served.batcher {
+            let config = batcher.config();
+            body["parameters"]["dynamic_batching"] = json!({
+                "max_batch": config.max_batch,
+                "max_queue_delay_us": config.max_queue_delay_us,
+            });
+        }
     } else {
         body["inputs"] = json!([]);
         body["outputs"] = json!([]);
@@ -248,6 +256,8 @@ async fn run_inference(
         let job_log = app.log.clone();
         let (runtime, job_entry) = (Arc::clone(&app.runtime), Arc::clone(&entry));
         let primary = Arc::clone(&served);
+        let batch_rows = app.metrics.batch_rows.clone();
+        let helper = app.pool.helper();
         let job = app
             .pool
             .try_submit(move || {
@@ -270,7 +280,18 @@ async fn run_inference(
                 if let Some(delay) = runtime.test_delay(&model.name, &model.version) {
                     std::thread::sleep(delay);
                 }
-                let handled = infer::run(&model, slot, &body, header_len, job_log.as_deref(), summarize);
+                let batched = |run: BatchRun| {
+                    batch_rows.with_label_values(&[&model.name, &model.version]).observe(run.rows as f64);
+                };
+                let handled = infer::handle(
+                    &model,
+                    slot,
+                    &body,
+                    header_len,
+                    job_log.as_ref(),
+                    summarize,
+                    Leader { help: &helper, ran: &batched },
+                );
                 ((model, slot), handled)
             })
             .map_err(|e| {
@@ -279,9 +300,17 @@ async fn run_inference(
                 }
                 ApiError::Overloaded(format!("{e}; retry shortly"))
             })?;
-        job.await
+        let (picked, handled) = job
+            .await
             .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let handled = match handled {
+            Handled::Done(result) => result,
+            Handled::Queued(answer) => answer.await.map_err(|_| {
+                ApiError::Internal("the batch holding this request stopped before answering".into())
+            })?,
+        };
+        Ok((picked, handled))
     }
     .await;
     let result = ran.and_then(|(picked, handled)| {

@@ -3,6 +3,7 @@
 pub const REQUESTS_TOTAL: &str = "outpost_agent_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "outpost_agent_request_duration_seconds";
 pub const INFERENCE_DURATION_SECONDS: &str = "outpost_agent_inference_duration_seconds";
+pub const BATCH_ROWS: &str = "outpost_agent_batch_rows";
 pub const IN_FLIGHT_REQUESTS: &str = "outpost_agent_in_flight_requests";
 pub const QUEUE_DEPTH: &str = "outpost_agent_queue_depth";
 pub const QUEUE_CAPACITY: &str = "outpost_agent_queue_capacity";
