@@ -180,3 +180,81 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
         wait_serving(agent, "1.0.0").await;
     }
 }
+
+/// This machine's address on its network (not loopback), if it has one: where another host
+/// would reach the coordinator. No packet is sent to find it.
+fn outside_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// The snapshot holds the fleet's keys, so even an admin token takes it only from the
+/// coordinator's own host: the same admin, calling over the machine's network address, is
+/// refused by name (403, audited, no file written), while the loopback call succeeds.
+#[test]
+fn a_backup_is_refused_to_an_admin_calling_from_another_address() {
+    let Some(outside) = outside_address() else {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but this machine has no non-loopback address");
+        eprintln!("SKIPPED: no non-loopback address on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    let (mut c, _) = Coordinator::start_embedded_tls(&data);
+    // Serve on every interface (HTTPS, with the machine's address in the certificate).
+    c.stop(Signal::SIGTERM);
+    c.addr = std::net::SocketAddr::from(([0, 0, 0, 0], outpost_tests::fleet::free_port()));
+    c.env.push(("OUTPOST_COORDINATOR_API__TLS_NAMES".into(), format!("[\"{outside}\"]")));
+    c.env.push((
+        "OUTPOST_COORDINATOR_API__ADVERTISED_URL".into(),
+        format!("https://{outside}:{}", c.addr.port()),
+    ));
+    c.resume();
+    let port = c.addr.port();
+    let ca = c.ca_file();
+    let key_arg = format!("file:{}", dir.path().join("backup.key").display());
+    let backup = |url: &str, to: &std::path::Path| {
+        run(
+            "outpost-coordinator",
+            &[
+                "backup",
+                "--to",
+                to.to_str().unwrap(),
+                "--key",
+                &key_arg,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--coordinator",
+                url,
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ],
+        )
+    };
+
+    let refused_file = dir.path().join("from-outside.opbackup");
+    let (code, out, err) = backup(&format!("https://{outside}:{port}"), &refused_file);
+    assert_ne!(code, 0, "a backup over the network address was served: {out}{err}");
+    assert!(
+        err.contains(&format!(
+            "a backup is taken from the coordinator's own host (loopback), not from {outside}"
+        )),
+        "{err}"
+    );
+    assert!(!refused_file.exists(), "a refused backup left a file");
+    let audit = ok(c.ctl(&["audit", "list"]), "audit list");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("backup.take") && l.contains("refused") && l.contains(&outside.to_string())),
+        "the refusal is not audited:\n{audit}"
+    );
+
+    let taken = dir.path().join("from-loopback.opbackup");
+    let (code, out, err) = backup(&format!("https://127.0.0.1:{port}"), &taken);
+    assert_eq!(code, 0, "the loopback backup: {out}{err}");
+    assert!(taken.is_file());
+    audit_entries(&c);
+}
