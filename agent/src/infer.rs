@@ -295,17 +295,14 @@ fn run_prepared(
     finish(served, slot, prepared, ran, drift_input.as_ref(), log, summarize)
 }
 
-/// What a worker did with a request: answered it, or queued it in its model's batch (the
-/// answer comes on the receiver once the batch ran).
-#[derive(Debug)]
-pub enum Handled {
-    Done(Result<Encoded, InferError>),
-    Queued(tokio::sync::oneshot::Receiver<Result<Encoded, InferError>>),
-}
+/// Where a request's answer goes: the worker's reply to the handler waiting for it.
+pub type Answer = Box<dyn FnOnce(Result<Encoded, InferError>) + Send>;
 
-/// Decodes a request and answers it: alone, or — when its model batches and the request is
-/// smaller than a batch — through the model's batch (see [`crate::batching`]), which this
-/// worker leads (see [`Leader`]) when no other worker is gathering it.
+/// Decodes a request and answers it through `answer`: at once when it runs alone, or — when its
+/// model batches and the request is smaller than a batch — once its batch ran (see
+/// [`crate::batching`]), which this worker leads (see [`Leader`]) when no other worker is
+/// gathering it. Either way the waiting handler is woken once.
+#[allow(clippy::too_many_arguments)]
 pub fn handle(
     served: &Arc<ServedModel>,
     slot: Slot,
@@ -314,21 +311,21 @@ pub fn handle(
     log: Option<&Arc<PredictionLog>>,
     summarize: bool,
     leader: Leader<'_>,
-) -> Handled {
+    answer: Answer,
+) {
     let prepared = match prepare(served, body, header_len) {
         Ok(prepared) => prepared,
-        Err(e) => return Handled::Done(Err(e)),
+        Err(e) => return answer(Err(e)),
     };
     let Some(batcher) = served.batcher.as_ref().filter(|b| b.takes(prepared.rows)) else {
-        return Handled::Done(run_prepared(served, slot, prepared, log.map(Arc::as_ref), summarize));
+        return answer(run_prepared(served, slot, prepared, log.map(Arc::as_ref), summarize));
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let mut prepared = prepared;
     let inputs = std::mem::take(&mut prepared.inputs);
     let rows = prepared.rows;
     let (model, log) = (Arc::clone(served), log.cloned());
     let finish_one: Finish = Box::new(move |result: Result<Ran, String>| {
-        let answer = result.map_err(InferError::Model).and_then(|ran| {
+        answer(result.map_err(InferError::Model).and_then(|ran| {
             // The log keeps the inputs unless the model's policy drops them; the drift window
             // reads the first one either way.
             let keep = log.is_some() && model.record_inputs != RecordInputs::Drop;
@@ -336,12 +333,10 @@ pub fn handle(
             let (kept, first) = if keep { (inputs, None) } else { (Vec::new(), inputs.into_iter().next()) };
             let ran = Ran { inputs: kept, outputs, compute };
             finish(&model, slot, prepared, ran, first.as_ref(), log.as_deref(), summarize)
-        });
-        let _ = tx.send(answer);
+        }));
     });
     let run = |joined: Vec<Tensor>| served.model.run(joined).map_err(|e| e.to_string());
     batcher.submit(Pending { inputs, rows, finish: finish_one }, &run, leader);
-    Handled::Queued(rx)
 }
 
 /// Decodes a request and checks it against the model's signature, converting its data.

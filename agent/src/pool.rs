@@ -43,6 +43,32 @@ pub struct WorkerPool {
     busy: Arc<AtomicUsize>,
 }
 
+/// Where a deferred job ([`WorkerPool::try_submit_deferred`]) sends its result, once.
+pub struct Reply<R> {
+    tx: Option<oneshot::Sender<Result<R, JobError>>>,
+}
+
+impl<R> Reply<R> {
+    pub fn send(mut self, value: R) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Ok(value));
+        }
+    }
+}
+
+impl<R> Drop for Reply<R> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let why = if std::thread::panicking() {
+                "inference job panicked before answering"
+            } else {
+                "inference job ended without answering"
+            };
+            let _ = tx.send(Err(JobError::Panicked(why.to_owned())));
+        }
+    }
+}
+
 /// What a job may ask of its own pool while it waits for others' work (a dynamic batch's
 /// leader, see [`crate::batching`]): whether more work is on its way, and to run one queued
 /// job on its own thread instead of sleeping. Holds no sender, so it never keeps the pool open.
@@ -132,6 +158,34 @@ impl WorkerPool {
         }
     }
 
+    /// Like [`WorkerPool::try_submit`], for a job that may answer later, from another thread:
+    /// `f` gets the [`Reply`] and sends through it when it is done (a dynamic batch's leader
+    /// answers for the requests it ran). A reply dropped unsent — `f` panicked, or forgot —
+    /// answers with a [`JobError`], so the caller never waits forever.
+    pub fn try_submit_deferred<F, R>(
+        &self,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<R, JobError>>, SubmitError>
+    where
+        F: FnOnce(Reply<R>) + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self.sender.as_ref().ok_or(SubmitError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return; // nobody waits for this answer any more
+            }
+            // A panic drops the reply on its way out, which answers for it.
+            let _ = catch_unwind(AssertUnwindSafe(|| f(Reply { tx: Some(tx) })));
+        });
+        match sender.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
     /// A handle a job uses to help with the queue while it waits (see [`Helper`]).
     pub fn helper(&self) -> Helper {
         Helper { receiver: self.receiver.clone(), busy: Arc::clone(&self.busy) }
@@ -203,6 +257,24 @@ mod tests {
         let rx = pool.try_submit(|| -> u8 { panic!("boom") }).unwrap();
         assert_eq!(rx.await.unwrap(), Err(JobError::Panicked("boom".into())));
         assert_eq!(pool.try_submit(|| 7).unwrap().await.unwrap(), Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_deferred_job_answers_from_another_thread_and_never_leaves_its_caller_waiting() {
+        let pool = WorkerPool::new(1, 4).unwrap();
+        let later = pool
+            .try_submit_deferred(|reply: Reply<u8>| {
+                std::thread::spawn(move || reply.send(9));
+            })
+            .unwrap();
+        assert_eq!(later.await.unwrap(), Ok(9));
+        let forgotten = pool.try_submit_deferred(|reply: Reply<u8>| drop(reply)).unwrap();
+        assert!(
+            matches!(forgotten.await.unwrap(), Err(JobError::Panicked(why)) if why.contains("without answering"))
+        );
+        let panicked = pool.try_submit_deferred(|_reply: Reply<u8>| panic!("boom")).unwrap();
+        assert!(matches!(panicked.await.unwrap(), Err(JobError::Panicked(why)) if why.contains("panicked")));
+        assert_eq!(pool.try_submit(|| 7).unwrap().await.unwrap(), Ok(7), "the worker survives");
     }
 
     #[test]

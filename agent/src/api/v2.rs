@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::batching::{BatchRun, Leader};
-use crate::infer::{self, Encoded, Handled};
+use crate::infer::{self, Encoded};
 use crate::metrics::Outcome;
 use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
 use crate::pool::SubmitError;
@@ -260,7 +260,7 @@ async fn run_inference(
         let helper = app.pool.helper();
         let job = app
             .pool
-            .try_submit(move || {
+            .try_submit_deferred(move |reply| {
                 let (model, slot) = match (fixed, canary) {
                     (Some(fixed), _) => fixed,
                     (None, Some((percent, candidate))) => {
@@ -283,7 +283,10 @@ async fn run_inference(
                 let batched = |run: BatchRun| {
                     batch_rows.with_label_values(&[&model.name, &model.version]).observe(run.rows as f64);
                 };
-                let handled = infer::handle(
+                let picked = (Arc::clone(&model), slot);
+                // Answered here, or by the leader of this request's batch once it ran.
+                let answer: infer::Answer = Box::new(move |handled| reply.send((picked, handled)));
+                infer::handle(
                     &model,
                     slot,
                     &body,
@@ -291,8 +294,8 @@ async fn run_inference(
                     job_log.as_ref(),
                     summarize,
                     Leader { help: &helper, ran: &batched },
+                    answer,
                 );
-                ((model, slot), handled)
             })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
@@ -304,12 +307,6 @@ async fn run_inference(
             .await
             .map_err(|_| ApiError::Internal("inference worker stopped before answering".into()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let handled = match handled {
-            Handled::Done(result) => result,
-            Handled::Queued(answer) => answer.await.map_err(|_| {
-                ApiError::Internal("the batch holding this request stopped before answering".into())
-            })?,
-        };
         Ok((picked, handled))
     }
     .await;
