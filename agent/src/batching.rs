@@ -292,14 +292,6 @@ impl Batcher {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
-}
-
 /// Runs one batch and finishes each of its requests.
 fn run_batch(batch: Vec<Pending>, run: &dyn Fn(Vec<Tensor>) -> Result<Vec<Tensor>, String>) {
     let started = Instant::now();
@@ -310,7 +302,9 @@ fn run_batch(batch: Vec<Pending>, run: &dyn Fn(Vec<Tensor>) -> Result<Vec<Tensor
         let outputs = run(joined)?;
         split_rows(&outputs, &rows).map_err(|e| e.to_string())
     }))
-    .unwrap_or_else(|payload| Err(format!("the model panicked: {}", panic_message(payload.as_ref()))));
+    .unwrap_or_else(|payload| {
+        Err(format!("the model panicked: {}", crate::pool::panic_message(payload.as_ref())))
+    });
     let compute = started.elapsed();
     match outcome {
         Ok(parts) => {

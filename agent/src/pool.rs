@@ -33,6 +33,15 @@ pub enum JobError {
     Panicked(String),
 }
 
+/// What a caught panic said.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// A fixed pool of inference threads behind a bounded queue.
 pub struct WorkerPool {
     sender: Option<Sender<Job>>,
@@ -135,27 +144,16 @@ impl WorkerPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let sender = self.sender.as_ref().ok_or(SubmitError::Closed)?;
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             if tx.is_closed() {
                 return; // nobody waits for this answer any more
             }
-            let result = catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                JobError::Panicked(message)
-            });
+            let result = catch_unwind(AssertUnwindSafe(f))
+                .map_err(|payload| JobError::Panicked(panic_message(&*payload)));
             let _ = tx.send(result);
         });
-        match sender.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Full(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
-        }
+        self.enqueue(job).map(|()| rx)
     }
 
     /// Like [`WorkerPool::try_submit`], for a job that may answer later, from another thread:
@@ -170,7 +168,6 @@ impl WorkerPool {
         F: FnOnce(Reply<R>) + Send + 'static,
         R: Send + 'static,
     {
-        let sender = self.sender.as_ref().ok_or(SubmitError::Closed)?;
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             if tx.is_closed() {
@@ -179,11 +176,15 @@ impl WorkerPool {
             // A panic drops the reply on its way out, which answers for it.
             let _ = catch_unwind(AssertUnwindSafe(|| f(Reply { tx: Some(tx) })));
         });
-        match sender.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Full(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
-        }
+        self.enqueue(job).map(|()| rx)
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
+        let sender = self.sender.as_ref().ok_or(SubmitError::Closed)?;
+        sender.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::Full(self.capacity),
+            TrySendError::Disconnected(_) => SubmitError::Closed,
+        })
     }
 
     /// A handle a job uses to help with the queue while it waits (see [`Helper`]).
