@@ -148,6 +148,21 @@ impl Help for crate::pool::Helper {
     }
 }
 
+/// A leader with no pool behind it (a thread that is not a worker): nothing else is coming
+/// and nothing is queued for it, so its batch runs at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Alone;
+
+impl Help for Alone {
+    fn more_coming(&self) -> bool {
+        false
+    }
+
+    fn run_one(&self) -> bool {
+        false
+    }
+}
+
 thread_local! {
     /// This thread is gathering a batch (a job it runs meanwhile must not gather another).
     static GATHERING: Cell<bool> = const { Cell::new(false) };

@@ -228,18 +228,28 @@ fn malformed(e: &serde_json::Error, json: &[u8]) -> InferError {
     InferError::Malformed { detail: e.to_string(), nan_literal }
 }
 
-/// The request's `id`, read without decoding its tensors (for a sticky canary split).
-pub fn request_id(body: &[u8], header_len: Option<usize>) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        #[serde(default)]
-        id: Option<String>,
+/// A request body as it arrived: JSON, or a JSON header of `header_len` bytes followed by
+/// binary tensor data (the `Inference-Header-Content-Length` extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Body<'a> {
+    pub bytes: &'a [u8],
+    pub header_len: Option<usize>,
+}
+
+impl Body<'_> {
+    /// The request's `id`, read without decoding its tensors (for a sticky canary split).
+    pub fn request_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            id: Option<String>,
+        }
+        let json = match self.header_len {
+            Some(n) => self.bytes.get(..n)?,
+            None => self.bytes,
+        };
+        serde_json::from_slice::<Peek>(json).ok()?.id
     }
-    let json = match header_len {
-        Some(n) => body.get(..n)?,
-        None => body,
-    };
-    serde_json::from_slice::<Peek>(json).ok()?.id
 }
 
 /// A request decoded and checked against the model, ready to run.
@@ -260,12 +270,11 @@ pub struct Prepared {
 pub fn run(
     served: &ServedModel,
     slot: Slot,
-    body: &[u8],
-    header_len: Option<usize>,
+    body: Body<'_>,
     log: Option<&PredictionLog>,
     summarize: bool,
 ) -> Result<Encoded, InferError> {
-    let prepared = prepare(served, body, header_len)?;
+    let prepared = prepare(served, body)?;
     run_prepared(served, slot, prepared, log, summarize)
 }
 
@@ -302,18 +311,16 @@ pub type Answer = Box<dyn FnOnce(Result<Encoded, InferError>) + Send>;
 /// model batches and the request is smaller than a batch — once its batch ran (see
 /// [`crate::batching`]), which this worker leads (see [`Leader`]) when no other worker is
 /// gathering it. Either way the waiting handler is woken once.
-#[allow(clippy::too_many_arguments)]
 pub fn handle(
     served: &Arc<ServedModel>,
     slot: Slot,
-    body: &[u8],
-    header_len: Option<usize>,
+    body: Body<'_>,
     log: Option<&Arc<PredictionLog>>,
     summarize: bool,
     leader: Leader<'_>,
     answer: Answer,
 ) {
-    let prepared = match prepare(served, body, header_len) {
+    let prepared = match prepare(served, body) {
         Ok(prepared) => prepared,
         Err(e) => return answer(Err(e)),
     };
@@ -340,7 +347,8 @@ pub fn handle(
 }
 
 /// Decodes a request and checks it against the model's signature, converting its data.
-pub fn prepare(served: &ServedModel, body: &[u8], header_len: Option<usize>) -> Result<Prepared, InferError> {
+pub fn prepare(served: &ServedModel, body: Body<'_>) -> Result<Prepared, InferError> {
+    let Body { bytes: body, header_len } = body;
     let job_started = Instant::now();
     let (json, binary) = match header_len {
         Some(n) if n > body.len() => return Err(InferError::HeaderLength { declared: n, body: body.len() }),

@@ -217,7 +217,7 @@ impl Metrics {
         let inference_duration = reg!(HistogramVec::new(
             HistogramOpts::new(
                 INFERENCE_DURATION_SECONDS,
-                "Model compute time (tract run only), in seconds."
+                "Model compute time (tract run only), in seconds; for a dynamically batched request, its whole batch's run."
             )
             .buckets(latency_buckets()),
             labels

@@ -7,6 +7,7 @@
 //! and leaves its worker alive. Dropping the pool closes the queue; workers finish what is
 //! queued and exit.
 
+use std::cell::OnceCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,8 +46,6 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// A fixed pool of inference threads behind a bounded queue.
 pub struct WorkerPool {
     sender: Option<Sender<Job>>,
-    /// For [`Helper`]s (a receiver does not keep the queue open: dropping the sender closes it).
-    receiver: Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
     capacity: usize,
     busy: Arc<AtomicUsize>,
@@ -80,8 +79,8 @@ impl<R> Drop for Reply<R> {
 
 /// What a job may ask of its own pool while it waits for others' work (a dynamic batch's
 /// leader, see [`crate::batching`]): whether more work is on its way, and to run one queued
-/// job on its own thread instead of sleeping. Holds no sender, so it never keeps the pool open.
-#[derive(Clone)]
+/// job on its own thread instead of sleeping. Each worker thread has one ([`with_worker`]);
+/// it holds no sender, so it never keeps the pool open.
 pub struct Helper {
     receiver: Receiver<Job>,
     busy: Arc<AtomicUsize>,
@@ -106,6 +105,17 @@ impl Helper {
     }
 }
 
+thread_local! {
+    /// The pool this thread works for, when it is a worker (set once, at its start).
+    static WORKER: OnceCell<Helper> = const { OnceCell::new() };
+}
+
+/// Calls `f` with the [`Helper`] of the pool this thread works for (`None` off the pool's
+/// threads). Jobs reach their pool this way, so a request costs no handle of its own.
+pub fn with_worker<T>(f: impl FnOnce(Option<&Helper>) -> T) -> T {
+    WORKER.with(|worker| f(worker.get()))
+}
+
 impl std::fmt::Debug for WorkerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerPool")
@@ -125,15 +135,18 @@ impl WorkerPool {
             let receiver = receiver.clone();
             let busy = Arc::clone(&busy);
             let handle = std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
-                for job in receiver.iter() {
-                    busy.fetch_add(1, Ordering::Relaxed);
-                    job();
-                    busy.fetch_sub(1, Ordering::Relaxed);
-                }
+                WORKER.with(|worker| {
+                    let helper = worker.get_or_init(|| Helper { receiver, busy });
+                    for job in helper.receiver.iter() {
+                        helper.busy.fetch_add(1, Ordering::Relaxed);
+                        job();
+                        helper.busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
             })?;
             handles.push(handle);
         }
-        Ok(WorkerPool { sender: Some(sender), receiver, workers: handles, capacity, busy })
+        Ok(WorkerPool { sender: Some(sender), workers: handles, capacity, busy })
     }
 
     /// Queues `f` and returns a receiver for its result, or refuses at once if the queue is full.
@@ -185,11 +198,6 @@ impl WorkerPool {
             TrySendError::Full(_) => SubmitError::Full(self.capacity),
             TrySendError::Disconnected(_) => SubmitError::Closed,
         })
-    }
-
-    /// A handle a job uses to help with the queue while it waits (see [`Helper`]).
-    pub fn helper(&self) -> Helper {
-        Helper { receiver: self.receiver.clone(), busy: Arc::clone(&self.busy) }
     }
 
     /// Jobs waiting for a worker.
@@ -276,6 +284,30 @@ mod tests {
         let panicked = pool.try_submit_deferred(|_reply: Reply<u8>| panic!("boom")).unwrap();
         assert!(matches!(panicked.await.unwrap(), Err(JobError::Panicked(why)) if why.contains("panicked")));
         assert_eq!(pool.try_submit(|| 7).unwrap().await.unwrap(), Ok(7), "the worker survives");
+    }
+
+    #[tokio::test]
+    async fn a_job_reaches_its_own_pool_and_other_threads_reach_none() {
+        let pool = WorkerPool::new(1, 4).unwrap();
+        assert!(with_worker(|h| h.is_none()), "not a worker thread");
+        let (gate_tx, gate_rx) = bounded::<()>(0);
+        // The worker sees the second job queued behind the first, and runs it itself.
+        let first = pool
+            .try_submit(move || {
+                gate_rx.recv().unwrap();
+                with_worker(|h| {
+                    let h = h.expect("a worker has its pool's helper");
+                    (h.more_coming(), h.run_one(), h.run_one())
+                })
+            })
+            .unwrap();
+        while pool.busy() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = pool.try_submit(|| 2).unwrap();
+        gate_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), Ok((true, true, false)));
+        assert_eq!(second.await.unwrap(), Ok(2));
     }
 
     #[test]

@@ -24,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
     // (taken modulo the body length + 2, so it can also overshoot).
     let Some((&split, body)) = data.split_first() else { return };
     let header_len = (split != 0).then(|| usize::from(split) % (body.len() + 2));
-    let _ = infer::run(served(), Slot::Primary, body, header_len, None, true);
+    let _ = infer::run(served(), Slot::Primary, infer::Body { bytes: body, header_len }, None, true);
 });

@@ -87,20 +87,7 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     let backup = dir.path().join("outpost.opbackup");
     let key_file = dir.path().join("backup.key");
     let key_arg = format!("file:{}", key_file.display());
-    let (code, out, err) = run(
-        "outpost-coordinator",
-        &[
-            "backup",
-            "--to",
-            backup.to_str().unwrap(),
-            "--key",
-            &key_arg,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--coordinator",
-            &c.url(),
-        ],
-    );
+    let (code, out, err) = backup_over_api(&backup, &key_arg, &data, &c.url(), &[]);
     assert_eq!(code, 0, "backup: {out}{err}");
     assert!(err.contains("a coordinator serves from"), "{err}");
     assert!(out.contains("backup written to"), "{out}");
@@ -216,22 +203,7 @@ fn a_backup_is_refused_to_an_admin_calling_from_another_address() {
     let ca = c.ca_file();
     let key_arg = format!("file:{}", dir.path().join("backup.key").display());
     let backup = |url: &str, to: &std::path::Path| {
-        run(
-            "outpost-coordinator",
-            &[
-                "backup",
-                "--to",
-                to.to_str().unwrap(),
-                "--key",
-                &key_arg,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--coordinator",
-                url,
-                "--ca-file",
-                ca.to_str().unwrap(),
-            ],
-        )
+        backup_over_api(to, &key_arg, &data, url, &["--ca-file", ca.to_str().unwrap()])
     };
 
     let refused_file = dir.path().join("from-outside.opbackup");
@@ -257,4 +229,28 @@ fn a_backup_is_refused_to_an_admin_calling_from_another_address() {
     assert_eq!(code, 0, "the loopback backup: {out}{err}");
     assert!(taken.is_file());
     audit_entries(&c);
+}
+
+/// `outpost-coordinator backup --to TO --key KEY --data-dir DATA --coordinator URL [EXTRA…]`:
+/// (exit code, stdout, stderr).
+fn backup_over_api(
+    to: &std::path::Path,
+    key: &str,
+    data: &std::path::Path,
+    url: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "backup",
+        "--to",
+        to.to_str().unwrap(),
+        "--key",
+        key,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--coordinator",
+        url,
+    ];
+    args.extend_from_slice(extra);
+    run("outpost-coordinator", &args)
 }

@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::batching::{BatchRun, Leader};
+use crate::batching::{Alone, BatchRun, Help, Leader};
 use crate::infer::{self, Encoded};
 use crate::metrics::Outcome;
 use crate::models::{Lookup, ModelEntry, ModelState, ServedModel};
-use crate::pool::SubmitError;
+use crate::pool::{self, SubmitError};
 use outpost_shared::protocol::messages::SlotMode;
 use outpost_shared::protocol::vocab::Slot;
 
@@ -257,14 +257,13 @@ async fn run_inference(
         let (runtime, job_entry) = (Arc::clone(&app.runtime), Arc::clone(&entry));
         let primary = Arc::clone(&served);
         let batch_rows = app.metrics.batch_rows.clone();
-        let helper = app.pool.helper();
         let job = app
             .pool
             .try_submit_deferred(move |reply| {
                 let (model, slot) = match (fixed, canary) {
                     (Some(fixed), _) => fixed,
                     (None, Some((percent, candidate))) => {
-                        let id = infer::request_id(&body, header_len);
+                        let id = infer::Body { bytes: &body, header_len }.request_id();
                         if job_entry.to_canary(percent, id.as_deref()) {
                             (candidate, Slot::Canary)
                         } else {
@@ -286,16 +285,18 @@ async fn run_inference(
                 let picked = (Arc::clone(&model), slot);
                 // Answered here, or by the leader of this request's batch once it ran.
                 let answer: infer::Answer = Box::new(move |handled| reply.send((picked, handled)));
-                infer::handle(
-                    &model,
-                    slot,
-                    &body,
-                    header_len,
-                    job_log.as_ref(),
-                    summarize,
-                    Leader { help: &helper, ran: &batched },
-                    answer,
-                );
+                // The pool's helper for this worker thread (a job always runs on one).
+                pool::with_worker(|helper| {
+                    infer::handle(
+                        &model,
+                        slot,
+                        infer::Body { bytes: &body, header_len },
+                        job_log.as_ref(),
+                        summarize,
+                        Leader { help: helper.map_or(&Alone as &dyn Help, |h| h), ran: &batched },
+                        answer,
+                    );
+                });
             })
             .map_err(|e| {
                 if let SubmitError::Full(_) = e {
@@ -379,7 +380,8 @@ fn run_shadow(
 ) {
     let job = app.pool.try_submit(move || {
         let started = Instant::now();
-        let result = infer::run(&candidate, Slot::Shadow, &body, header_len, None, true);
+        let result =
+            infer::run(&candidate, Slot::Shadow, infer::Body { bytes: &body, header_len }, None, true);
         (result, started.elapsed(), candidate)
     });
     let Ok(job) = job else {
