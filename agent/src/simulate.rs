@@ -62,6 +62,10 @@ pub struct Stats {
     pub reports: AtomicU64,
     pub desired: AtomicU64,
     pub refused: AtomicU64,
+    /// Actual states sent at once when a desired state was applied, and those that could not
+    /// be (the client's request queue was full: they go with the next report instead).
+    pub states_sent: AtomicU64,
+    pub states_deferred: AtomicU64,
     /// Device index → model versions of its newest applied desired state (`name@version`).
     running: Mutex<HashMap<usize, Vec<String>>>,
     /// QoS 1 round trips to the broker (PUBLISH sent → PUBACK received), milliseconds.
@@ -343,7 +347,9 @@ async fn device_loop(
                             .collect(),
                     });
                     if let Ok(wire) = seal(seq, &actual) {
-                        let _ = client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire.clone());
+                        let sent = client.try_publish(report_topic.clone(), QoS::AtLeastOnce, false, wire.clone());
+                        let counter = if sent.is_ok() { &stats.states_sent } else { &stats.states_deferred };
+                        counter.fetch_add(1, Ordering::Relaxed);
                         pending_state = Some((seq, wire));
                         seq += 1;
                     }

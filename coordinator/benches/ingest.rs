@@ -1,10 +1,11 @@
 //! Coordinator ingest rate: signed window reports verified (Ed25519) and stored once in sled,
 //! then acked — the path every MQTT message takes, without the network.
 //!
-//! `cargo bench -p outpost-coordinator --bench ingest` (env `BENCH_REPORTS`, default 20000).
-//! Prints reports/s for: signature verification alone (the baseline), and the full ingest
-//! (decode, verify, dedupe, store, counters) with a flush and a signed ack per 512 messages,
-//! as the broker link does.
+//! `cargo bench -p outpost-coordinator --bench ingest` (env `BENCH_REPORTS`, default 20000;
+//! `BENCH_BURST_DEVICES`, default 10000). Prints reports/s for: signature verification alone
+//! (the baseline), and the full ingest (decode, verify, dedupe, store, counters) with a flush
+//! and a signed ack per 512 messages, as the broker link does; then a deploy's burst: one
+//! actual state from each of many devices, so every message costs its device an ack of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use outpost_shared::protocol::vocab::Slot;
@@ -19,8 +20,9 @@ use outpost_coordinator::fleet::devices::{DeviceRecord, TokenRecord};
 use outpost_coordinator::fleet::ingest::{Ingest, Outcome};
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
-    self, AgentMessage, LogWindow, ModelWindow, OutboxStats, Report, SystemStats,
+    self, ActualState, AgentMessage, LogWindow, ModelState, ModelWindow, OutboxStats, Report, SystemStats,
 };
+use outpost_shared::protocol::vocab::LoadState;
 use outpost_shared::protocol::{self, SigningKey};
 
 fn report(i: u64) -> Vec<u8> {
@@ -59,10 +61,52 @@ fn main() {
     let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).expect("ingest opens");
 
     // 100 devices, each with its own key.
-    let devices: Vec<(String, SigningKey)> = (0..100)
+    let devices = enrol(&ingest, "bench", 100);
+    let wires: Vec<(usize, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let d = (i % 100) as usize;
+            (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &report(i)).unwrap())
+        })
+        .collect();
+    let size = wires.iter().map(|(_, w)| w.len()).sum::<usize>() / wires.len();
+
+    let started = Instant::now();
+    for (d, wire) in &wires {
+        let key = devices[*d].1.public_key();
+        protocol::open(wire, |_| Some(key)).unwrap();
+    }
+    let verify = n as f64 / started.elapsed().as_secs_f64();
+    let full = ingest_all(&ingest, &store, &devices, &wires);
+    println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices");
+    println!("  baseline: Ed25519 verification alone  {verify:>10.0} reports/s");
+    println!("  full ingest (verify + store + ack)    {full:>10.0} reports/s");
+    println!("  10,000 agents reporting every 10 s need 1,000 reports/s: {:.0}x headroom", full / 1000.0);
+
+    // A deploy's burst: every device reports its new actual state once.
+    let burst: usize =
+        std::env::var("BENCH_BURST_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let started = Instant::now();
+    let fleet = enrol(&ingest, "fleet", burst);
+    let enrolled = started.elapsed().as_secs_f64();
+    let states: Vec<(usize, Vec<u8>)> = fleet
+        .iter()
+        .enumerate()
+        .map(|(d, (_, key))| (d, protocol::seal(key, 1, 0, &state()).unwrap()))
+        .collect();
+    let rate = ingest_all(&ingest, &store, &fleet, &states);
+    println!("a deploy's burst: one actual state from each of {burst} devices (enrolled in {enrolled:.1} s)");
+    println!(
+        "  full ingest (verify + store + an ack each) {rate:>6.0} states/s: the whole fleet in {:.2} s",
+        burst as f64 / rate
+    );
+}
+
+/// `count` enrolled devices named `{prefix}-{i}`, each with its own key.
+fn enrol(ingest: &Ingest, prefix: &str, count: usize) -> Vec<(String, SigningKey)> {
+    (0..count)
         .map(|i| {
             let (key, _) = SigningKey::generate().unwrap();
-            let id = format!("bench-{i:03}");
+            let id = format!("{prefix}-{i:05}");
             ingest
                 .devices()
                 .add_token(
@@ -80,22 +124,17 @@ fn main() {
             ingest.devices().enrol(&id, |_| record.clone()).unwrap().unwrap();
             (id, key)
         })
-        .collect();
-    let wires: Vec<(usize, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let d = (i % 100) as usize;
-            (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &report(i)).unwrap())
-        })
-        .collect();
-    let size = wires.iter().map(|(_, w)| w.len()).sum::<usize>() / wires.len();
+        .collect()
+}
 
-    let started = Instant::now();
-    for (d, wire) in &wires {
-        let key = devices[*d].1.public_key();
-        protocol::open(wire, |_| Some(key)).unwrap();
-    }
-    let verify = n as f64 / started.elapsed().as_secs_f64();
-
+/// Ingests `wires` (device index, envelope) as the broker link does: batches of 512, a flush,
+/// then the signed acks; returns messages/s.
+fn ingest_all(
+    ingest: &Ingest,
+    store: &Store,
+    devices: &[(String, SigningKey)],
+    wires: &[(usize, Vec<u8>)],
+) -> f64 {
     let started = Instant::now();
     for chunk in wires.chunks(512) {
         let mut acks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
@@ -111,10 +150,18 @@ fn main() {
             ingest.seal_acks(id, seqs).unwrap();
         }
     }
-    let full = n as f64 / started.elapsed().as_secs_f64();
+    wires.len() as f64 / started.elapsed().as_secs_f64()
+}
 
-    println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices");
-    println!("  baseline: Ed25519 verification alone  {verify:>10.0} reports/s");
-    println!("  full ingest (verify + store + ack)    {full:>10.0} reports/s");
-    println!("  10,000 agents reporting every 10 s need 1,000 reports/s: {:.0}x headroom", full / 1000.0);
+fn state() -> Vec<u8> {
+    messages::encode(&AgentMessage::State(ActualState {
+        agent_version: "0.1.0".into(),
+        models: vec![ModelState {
+            name: "breast_cancer".into(),
+            version: "1.1.0".into(),
+            slot: Slot::Primary,
+            state: LoadState::Ready,
+            reason: None,
+        }],
+    }))
 }
