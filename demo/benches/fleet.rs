@@ -100,33 +100,32 @@ impl Coordinator {
             Err(_) => String::new(),
         }
     }
+}
 
-    /// Devices the coordinator sees running `bc@version` as their ready primary.
-    fn running(&self, version: &str) -> u64 {
-        let needle = format!("version=\"{version}\"");
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with("outpost_coordinator_model_devices{"))
-            .filter(|l| {
-                l.contains(&needle) && l.contains("slot=\"primary\"") && l.contains("state=\"ready\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    }
+/// Devices a /metrics text shows running `bc@version` as their ready primary.
+fn running(metrics: &str, version: &str) -> u64 {
+    let needle = format!("version=\"{version}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("outpost_coordinator_model_devices{"))
+        .filter(|l| l.contains(&needle) && l.contains("slot=\"primary\"") && l.contains("state=\"ready\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
 
-    fn stored(&self) -> f64 {
-        self.gauge("outpost_coordinator_ingest_total{result=\"stored\"}")
-    }
+/// Envelopes the coordinator stored, per a /metrics text.
+fn stored(metrics: &str) -> f64 {
+    gauge(metrics, "outpost_coordinator_ingest_total{result=\"stored\"}")
+}
 
-    /// One sample of the coordinator's /metrics, by its full name with labels.
-    fn gauge(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
+/// One sample of a /metrics text, by its full name with labels.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn push_and_validate(c: &Coordinator, models: &Path, version: &str) {
@@ -162,6 +161,9 @@ fn push_and_validate(c: &Coordinator, models: &Path, version: &str) {
 
 /// Times a fleet-wide change: until every simulated device applied it, and until the
 /// coordinator's view shows every device on `version`.
+/// How often a change's progress is read (the coordinator's side costs a /metrics scrape).
+const POLL: Duration = Duration::from_millis(250);
+
 fn time_change(
     c: &Coordinator,
     stats: &outpost_agent::simulate::Stats,
@@ -175,15 +177,50 @@ fn time_change(
     let request = t0.elapsed().as_secs_f64();
     let (mut reached, mut reported) = (None, None);
     let deadline = t0 + Duration::from_secs(300);
+    // `OUTPOST_BENCH_TIMELINE=1`: every half second, how far the change got on each side.
+    let timeline = std::env::var("OUTPOST_BENCH_TIMELINE").is_ok_and(|v| v == "1");
+    let mut scrape = outpost_shared::histogram::LogHistogram::new(0.01);
+    let mut shown = t0;
     while (reached.is_none() || reported.is_none()) && Instant::now() < deadline {
-        if reached.is_none() && stats.running(&target) as u64 >= devices {
+        let applied = stats.running(&target) as u64;
+        if reached.is_none() && applied >= devices {
             reached = Some(t0.elapsed().as_secs_f64());
         }
-        if reported.is_none() && c.running(version) >= devices {
+        // One /metrics read a poll: it reads every device record, so polling is load on the
+        // coordinator too (timed, and printed with the result).
+        let read = Instant::now();
+        let metrics = c.metrics();
+        scrape.record(read.elapsed().as_secs_f64() * 1e3);
+        let seen = running(&metrics, version);
+        if reported.is_none() && seen >= devices {
             reported = Some(t0.elapsed().as_secs_f64());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if timeline && shown.elapsed() >= Duration::from_millis(500) {
+            shown = Instant::now();
+            let sim = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "    {:5.1} s: applied {applied}, states sent {} (deferred {}), seen {seen}, stored {:.0}, link {}",
+                t0.elapsed().as_secs_f64(),
+                sim(&stats.states_sent),
+                sim(&stats.states_deferred),
+                stored(&metrics),
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("outpost_coordinator_broker_events_total{"))
+                    .map(|l| l.trim_start_matches("outpost_coordinator_broker_events_total"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        std::thread::sleep(POLL);
     }
+    eprintln!(
+        "    (polled the coordinator's /metrics every {} ms: {} reads, p50 {:.0} ms, max {:.0} ms)",
+        POLL.as_millis(),
+        scrape.count(),
+        scrape.quantile(0.5).unwrap_or(f64::NAN),
+        scrape.quantile(1.0).unwrap_or(f64::NAN)
+    );
     (request, reached.unwrap_or(f64::NAN), reported.unwrap_or(f64::NAN))
 }
 
@@ -333,7 +370,7 @@ fn main() {
     );
     if embedded {
         let (_, rss) = usage(pid);
-        let held = c.gauge("outpost_coordinator_broker_connections");
+        let held = gauge(&c.metrics(), "outpost_coordinator_broker_connections");
         println!(
             "  embedded broker: {held:.0} connections held through its front; coordinator RSS {:.0} MB → {:.0} MB ({:.1} KB per connection); refused: {:.0}",
             rss_before_connect as f64 / 1e6,
@@ -350,7 +387,7 @@ fn main() {
     // Steady state: one report per device every interval.
     std::thread::sleep(interval * 2);
     let (cpu0, _) = usage(pid);
-    let stored0 = c.stored();
+    let stored0 = stored(&c.metrics());
     let t0 = Instant::now();
     let mut peak_rss = 0;
     while t0.elapsed() < Duration::from_secs(steady) {
@@ -359,7 +396,7 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     let (cpu1, rss) = usage(pid);
-    let stored = (c.stored() - stored0) / secs;
+    let stored = (stored(&c.metrics()) - stored0) / secs;
     let sent = devices as f64 / interval.as_secs_f64();
     println!(
         "  steady state over {secs:.0} s: coordinator CPU {:.0}% of one core ({:.0}% of the machine), RSS {:.0} MB (peak {:.0} MB)",
@@ -409,6 +446,10 @@ fn main() {
     );
     let (cpu, rss) = usage(pid);
     println!("  coordinator totals: {cpu:.0} CPU s, RSS {:.0} MB", rss as f64 / 1e6);
+    println!(
+        "  deliveries dropped unacknowledged for a full ingest queue (dropped_ingest_busy): {:.0} (target 0)",
+        gauge(&c.metrics(), "outpost_coordinator_broker_events_total{event=\"dropped_ingest_busy\"}")
+    );
 
     let _ = stop_tx.send(true);
     let _ = runtime.block_on(sim);

@@ -7,9 +7,11 @@
 //! below `offline_after_secs` stale, and from `offline_after_secs` on offline. A device exactly at
 //! a threshold is already past it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::devices::DeviceRecord;
+use crate::fleet::devices::{DeviceGlance, DeviceRecord};
 
 /// The `[fleet]` settings: when silence makes a device stale, then offline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +34,33 @@ impl Default for FleetConfig {
     }
 }
 
+/// The whole fleet counted for `/metrics`: devices by liveness, and how many run each
+/// (model, version, slot, load state) per their actual states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    pub by_liveness: BTreeMap<Liveness, i64>,
+    pub running: BTreeMap<[String; 4], i64>,
+}
+
+impl Census {
+    pub fn of(devices: &[DeviceGlance], fleet: &FleetConfig, now_ms: u64) -> Census {
+        let mut census = Census::default();
+        for device in devices {
+            *census.by_liveness.entry(Liveness::of_glance(device, fleet, now_ms)).or_insert(0) += 1;
+            for m in &device.models {
+                let key = [
+                    m.name.clone(),
+                    m.version.clone(),
+                    m.slot.as_str().to_owned(),
+                    m.state.as_str().to_owned(),
+                ];
+                *census.running.entry(key).or_insert(0) += 1;
+            }
+        }
+        census
+    }
+}
+
 /// How a device looks now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Liveness {
@@ -44,9 +73,36 @@ pub enum Liveness {
 impl Liveness {
     /// `device`'s liveness at `now_ms` under `fleet`'s thresholds.
     pub fn of(device: &DeviceRecord, fleet: &FleetConfig, now_ms: u64) -> Liveness {
-        let Some(seen) = device.last_seen_ms else { return Liveness::NeverSeen };
-        let reported_since = device.presence_at_ms.is_some_and(|at| seen > at);
-        if device.presence.as_deref() == Some("offline") && !reported_since {
+        Liveness::from_parts(
+            device.last_seen_ms,
+            device.presence.as_deref(),
+            device.presence_at_ms,
+            fleet,
+            now_ms,
+        )
+    }
+
+    /// The same rule, from a [`DeviceGlance`].
+    pub fn of_glance(device: &DeviceGlance, fleet: &FleetConfig, now_ms: u64) -> Liveness {
+        Liveness::from_parts(
+            device.last_seen_ms,
+            device.presence.as_deref(),
+            device.presence_at_ms,
+            fleet,
+            now_ms,
+        )
+    }
+
+    fn from_parts(
+        last_seen_ms: Option<u64>,
+        presence: Option<&str>,
+        presence_at_ms: Option<u64>,
+        fleet: &FleetConfig,
+        now_ms: u64,
+    ) -> Liveness {
+        let Some(seen) = last_seen_ms else { return Liveness::NeverSeen };
+        let reported_since = presence_at_ms.is_some_and(|at| seen > at);
+        if presence == Some("offline") && !reported_since {
             return Liveness::Offline;
         }
         let age = now_ms.saturating_sub(seen);
@@ -82,6 +138,55 @@ mod tests {
 
     fn seen_at(ms: u64) -> DeviceRecord {
         DeviceRecord { last_seen_ms: Some(ms), ..DeviceRecord::default() }
+    }
+
+    #[test]
+    fn a_glance_of_a_stored_record_counts_as_the_whole_record_does() {
+        use outpost_shared::protocol::messages::ModelState;
+        use outpost_shared::protocol::vocab::{LoadState, Slot};
+        let fleet = FleetConfig::default();
+        let model = |version: &str| ModelState {
+            name: "bc".into(),
+            version: version.into(),
+            slot: Slot::Primary,
+            state: LoadState::Ready,
+            reason: None,
+        };
+        let records = [
+            DeviceRecord { models: vec![model("1.0.0")], ..seen_at(90_000) },
+            DeviceRecord { models: vec![model("1.1.0")], ..seen_at(30_000) },
+            DeviceRecord { presence: Some("offline".into()), presence_at_ms: Some(900), ..seen_at(800) },
+            DeviceRecord::default(),
+            DeviceRecord {
+                revoked: Some(crate::fleet::devices::Revocation {
+                    device_id: "gone".into(),
+                    key_id: "k".into(),
+                    cert_serial: None,
+                    at_ms: 1,
+                    by: "admin".into(),
+                    deleted_at_ms: None,
+                }),
+                models: vec![model("1.0.0")],
+                ..seen_at(1_000)
+            },
+        ];
+        let now = 100_000;
+        let glances: Vec<DeviceGlance> = records
+            .iter()
+            .map(|r| serde_json::from_slice(&serde_json::to_vec(r).unwrap()).unwrap())
+            .collect();
+        for (record, glance) in records.iter().zip(&glances) {
+            assert_eq!(Liveness::of(record, &fleet, now), Liveness::of_glance(glance, &fleet, now));
+            assert_eq!(record.models, glance.models);
+        }
+        // `Devices::glances` leaves the revoked one out, as `Devices::all` does.
+        let live: Vec<DeviceGlance> = glances.into_iter().take(4).collect();
+        let census = Census::of(&live, &fleet, now);
+        let all = [Liveness::Online, Liveness::Stale, Liveness::Offline, Liveness::NeverSeen];
+        assert_eq!(all.map(|l| census.by_liveness.get(&l).copied()), [Some(1); 4]);
+        let running =
+            |v: &str| census.running.get(&["bc".into(), v.into(), "primary".into(), "ready".into()]);
+        assert_eq!((running("1.0.0"), running("1.1.0")), (Some(&1), Some(&1)));
     }
 
     #[test]
