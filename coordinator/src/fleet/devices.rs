@@ -10,6 +10,9 @@
 //!   exactly as received and verified. Keys sort by device, then seq. Kept for
 //!   `retention.envelope_days` ([`retention`](self::retention)); below a device's
 //!   `pruned_through_seq` a seq counts as stored.
+//! - `envelope_arrivals`: the same key → when the coordinator stored it (big-endian u64 ms, the
+//!   coordinator's clock), what retention goes by (a device's clock may be a day or a year off).
+//!   Envelopes stored before this tree existed have no entry; retention reads their sent time.
 //! - `meta`: `ack_seq/<device>` → big-endian u64, the last seq of an ack sent to it.
 //! - `revoked`: device id → [`Revocation`] (JSON): every device ever revoked, deleted ones
 //!   included, with its certificate's serial — the source of the CA's revocation list.
@@ -273,6 +276,8 @@ pub struct Devices {
     devices: sled::Tree,
     device_keys: sled::Tree,
     envelopes: sled::Tree,
+    /// When each envelope was stored, by the coordinator's clock (for retention).
+    arrivals: sled::Tree,
     meta: sled::Tree,
     revoked: sled::Tree,
     /// Devices enrolled when one key signed releases and control messages: their desired
@@ -319,6 +324,7 @@ impl Devices {
             devices: store.tree("devices")?,
             device_keys: store.tree("device_keys")?,
             envelopes: store.tree("envelopes")?,
+            arrivals: store.tree("envelope_arrivals")?,
             meta: store.tree("meta")?,
             revoked: store.tree("revoked")?,
             legacy_control: store.tree("legacy_control")?,
@@ -580,8 +586,21 @@ impl Devices {
         wire: &[u8],
         update: impl DeviceUpdate,
     ) -> Result<Stored, StoreError> {
+        self.store_envelope_at(device, seq, wire, now_ms(), update)
+    }
+
+    /// [`Devices::store_envelope`], arriving at `received_ms` by the coordinator's clock.
+    pub fn store_envelope_at(
+        &self,
+        device: &str,
+        seq: u64,
+        wire: &[u8],
+        received_ms: u64,
+        update: impl DeviceUpdate,
+    ) -> Result<Stored, StoreError> {
         let key = envelope_key(device, seq);
-        let result = (&self.devices, &self.envelopes).transaction(|(devices, envelopes)| {
+        let trees = (&self.devices, &self.envelopes, &self.arrivals);
+        let result = trees.transaction(|(devices, envelopes, arrivals)| {
             let Some(raw) = devices.get(device.as_bytes())? else { return Err(abort(())) };
             let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
             let outcome = match envelopes.get(&key)? {
@@ -591,10 +610,11 @@ impl Devices {
                 None if record.pruned_through_seq.is_some_and(|mark| seq <= mark) => Stored::Duplicate,
                 None => {
                     envelopes.insert(key.as_slice(), wire)?;
+                    arrivals.insert(key.as_slice(), &received_ms.to_be_bytes())?;
                     Stored::New
                 }
             };
-            record.last_seen_ms = Some(now_ms());
+            record.last_seen_ms = Some(received_ms);
             match outcome {
                 Stored::New => {
                     record.counts.envelopes += 1;

@@ -21,7 +21,8 @@ pub struct RetentionConfig {
     /// Days of monitoring history (traffic windows, labels, drift verdicts) kept; older
     /// records are pruned.
     pub monitoring_days: u64,
-    /// Days the raw signed envelopes devices sent are kept (what was derived from them follows
+    /// Days the raw signed envelopes devices sent are kept, counted from when the coordinator
+    /// stored them (by its clock, not the device's; what was derived from them follows
     /// `monitoring_days`); older ones are removed, and their seqs stay refused as replays.
     pub envelope_days: u64,
 }
@@ -94,7 +95,7 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
     })
 }
 
-/// Removes envelopes sent before a cutoff (ms); answers how many went.
+/// Removes envelopes stored before a cutoff (ms, the coordinator's clock); answers how many went.
 pub type PruneEnvelopes = dyn Fn(u64) -> Result<u64, StoreError> + Send + Sync;
 
 /// Prunes at start and then hourly until `stop`: monitoring history, and the raw envelopes
@@ -121,7 +122,12 @@ pub async fn run(
         let cutoff = now.saturating_sub(config.envelope_days.saturating_mul(86_400_000));
         let prune_envelopes = std::sync::Arc::clone(&prune_envelopes);
         match tokio::task::spawn_blocking(move || prune_envelopes(cutoff)).await {
-            Ok(Ok(0)) => {}
+            Ok(Ok(0)) => {
+                tracing::info!(
+                    days = config.envelope_days,
+                    "stored envelopes all within retention; none pruned"
+                )
+            }
             Ok(Ok(n)) => {
                 tracing::info!(envelopes = n, days = config.envelope_days, "pruned stored envelopes")
             }

@@ -1,6 +1,9 @@
 //! Retention of the raw envelope store: the signed envelopes devices sent are kept for
-//! `retention.envelope_days` and then removed, so the coordinator's disk follows the fleet's size,
-//! not its age. What was derived from them (traffic, labels, predictions, drift) was stored when
+//! `retention.envelope_days` after the coordinator stored them and then removed, so the
+//! coordinator's disk follows the fleet's size, not its age. The age is the coordinator's: a
+//! device whose clock is a year behind (a lost real-time clock) would otherwise have its
+//! envelopes removed at the next pass, and one a year ahead keep them a year too long. Envelopes
+//! stored before arrival times were kept go by their sent time. What was derived from them (traffic, labels, predictions, drift) was stored when
 //! they arrived, before the ack, and follows `retention.monitoring_days`.
 //!
 //! Per device, only a prefix goes: envelopes in seq order, up to the first one sent after the
@@ -19,7 +22,7 @@ use crate::base::store::StoreError;
 const PER_TRANSACTION: usize = 2048;
 
 impl Devices {
-    /// Removes every device's envelopes sent before `cutoff_ms` (see the module header);
+    /// Removes every device's envelopes stored before `cutoff_ms` (see the module header);
     /// returns how many went.
     pub fn prune_envelopes(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
         let mut removed = 0;
@@ -56,15 +59,20 @@ impl Devices {
         Ok(found)
     }
 
-    /// Up to [`PER_TRANSACTION`] of `device`'s oldest seqs whose envelopes were sent before
+    /// Up to [`PER_TRANSACTION`] of `device`'s oldest seqs whose envelopes were stored before
     /// `cutoff_ms`, stopping at the first one that was not.
     fn prunable(&self, device: &str, cutoff_ms: u64) -> Result<Vec<u64>, StoreError> {
         let mut seqs = Vec::new();
         for item in self.envelopes(device) {
             let (seq, wire) = item?;
-            let sent = outpost_shared::protocol::decode(&wire).map(|e| e.sent_at_ms);
-            // Only verified envelopes are stored; one that does not decode now stays.
-            if !sent.is_ok_and(|t| t < cutoff_ms) || seqs.len() == PER_TRANSACTION {
+            let arrived = self.arrivals.get(envelope_key(device, seq)).map_err(|e| self.storage(e))?;
+            let at = match arrived.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()) {
+                Some(ms) => Some(u64::from_be_bytes(ms)),
+                // Stored before arrivals were kept: its sent time. Only verified envelopes are
+                // stored; one that does not decode now stays.
+                None => outpost_shared::protocol::decode(&wire).map(|e| e.sent_at_ms).ok(),
+            };
+            if at.is_none_or(|t| t >= cutoff_ms) || seqs.len() == PER_TRANSACTION {
                 break;
             }
             seqs.push(seq);
@@ -75,9 +83,11 @@ impl Devices {
     /// Removes `seqs` (ascending) of `device` and raises its mark to the last, atomically.
     fn remove_prefix(&self, device: &str, seqs: &[u64]) -> Result<u64, StoreError> {
         let Some(&last) = seqs.last() else { return Ok(0) };
-        let result = (&self.devices, &self.envelopes).transaction(|(devices, envelopes)| {
+        let trees = (&self.devices, &self.envelopes, &self.arrivals);
+        let result = trees.transaction(|(devices, envelopes, arrivals)| {
             for seq in seqs {
                 envelopes.remove(envelope_key(device, *seq))?;
+                arrivals.remove(envelope_key(device, *seq))?;
             }
             if let Some(raw) = devices.get(device.as_bytes())? {
                 let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;

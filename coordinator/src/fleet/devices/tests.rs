@@ -107,8 +107,9 @@ fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
     assert_eq!(devices.delete("d2", "bob").unwrap(), None);
 }
 
-/// Retention removes each device's oldest envelopes up to its first one sent after the cutoff,
-/// and a removed seq never becomes storable again: a resend is a duplicate, not a new envelope.
+/// Retention removes each device's oldest envelopes up to its first one stored after the cutoff
+/// (by the coordinator's clock, whatever the device's says), and a removed seq never becomes
+/// storable again: a resend is a duplicate, not a new envelope.
 #[test]
 fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,13 +123,15 @@ fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
         devices.enrol(t, |_| device(d, k)).unwrap().unwrap();
     }
     let none = |_: &mut DeviceRecord| {};
-    // Seqs 1..=6 sent at 1000·seq ms, then seq 7 from a clock that was set back (sent at 100).
-    for seq in 1..=6 {
-        assert_eq!(devices.store_envelope("d1", seq, &wire(seq, 1000 * seq), none).unwrap(), Stored::New);
+    // d1's clock was lost (it sends 1970 dates), d10's runs a year ahead; they arrive at
+    // 1000·seq ms (d1) and at 500 and 9000 ms (d10).
+    const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+    for seq in 1..=7 {
+        let stored = devices.store_envelope_at("d1", seq, &wire(seq, seq), 1000 * seq, none).unwrap();
+        assert_eq!(stored, Stored::New);
     }
-    devices.store_envelope("d1", 7, &wire(7, 100), none).unwrap();
-    devices.store_envelope("d10", 1, &wire(1, 500), none).unwrap();
-    devices.store_envelope("d10", 2, &wire(2, 9000), none).unwrap();
+    devices.store_envelope_at("d10", 1, &wire(1, YEAR_MS + 500), 500, none).unwrap();
+    devices.store_envelope_at("d10", 2, &wire(2, YEAR_MS + 9000), 9000, none).unwrap();
 
     assert_eq!(devices.prune_envelopes(3500).unwrap(), 4, "d1's 1–3 and d10's 1");
     let seqs = |d: &str| devices.envelopes(d).map(|e| e.unwrap().0).collect::<Vec<_>>();
@@ -137,11 +140,12 @@ fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
     let record = devices.get("d1").unwrap().unwrap();
     assert_eq!(record.pruned_through_seq, Some(3));
     assert_eq!((record.counts.envelopes, record.counts.pruned_envelopes), (7, 3));
+    assert_eq!(record.last_seen_ms, Some(7000), "last seen by the coordinator's clock");
 
     // A resend of a removed seq is acked as a duplicate and stored nowhere; above the mark,
     // envelopes are stored as before.
     assert_eq!(devices.store_envelope("d1", 2, &wire(2, 2000), none).unwrap(), Stored::Duplicate);
-    assert_eq!(devices.store_envelope("d1", 8, &wire(8, 8000), none).unwrap(), Stored::New);
+    assert_eq!(devices.store_envelope_at("d1", 8, &wire(8, 8), 8000, none).unwrap(), Stored::New);
     assert_eq!(seqs("d1"), vec![4, 5, 6, 7, 8]);
     assert_eq!(devices.prune_envelopes(3500).unwrap(), 0, "nothing more is old enough");
     // Deleted devices' envelopes go too (their revocation stays).
@@ -149,4 +153,27 @@ fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
     assert_eq!(devices.prune_envelopes(10_000).unwrap(), 1 + 5, "d10's last, and d1's 4–8");
     assert_eq!(seqs("d10"), Vec::<u64>::new());
     assert_eq!(devices.get("d1").unwrap().unwrap().pruned_through_seq, Some(8));
+}
+
+/// Envelopes stored before arrival times were kept (no entry in `envelope_arrivals`) go by the
+/// time their device sent them, as they always did; those stored since go by arrival.
+#[test]
+fn envelopes_from_before_arrival_times_go_by_their_sent_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+    let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
+    let wire =
+        |seq: u64, sent_at_ms: u64| outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap();
+    devices.add_token("t", &token(u64::MAX)).unwrap();
+    devices.enrol("t", |_| device("d", "k")).unwrap().unwrap();
+    let none = |_: &mut DeviceRecord| {};
+    // Seqs 1 and 2 from an older coordinator: sent at 1000 and 5000, no arrival recorded.
+    for (seq, sent) in [(1, 1000), (2, 5000)] {
+        devices.store_envelope_at("d", seq, &wire(seq, sent), 0, none).unwrap();
+        devices.arrivals.remove(envelope_key("d", seq)).unwrap();
+    }
+    devices.store_envelope_at("d", 3, &wire(3, 0), 2000, none).unwrap();
+    assert_eq!(devices.prune_envelopes(3000).unwrap(), 1, "seq 1 (sent at 1000); seq 2 was sent at 5000");
+    assert_eq!(devices.prune_envelopes(6000).unwrap(), 2, "seq 2 by its sent time, seq 3 by its arrival");
+    assert_eq!(devices.arrivals.iter().count(), 0, "arrival times go with their envelopes");
 }
