@@ -8,6 +8,24 @@ fn device(id: &str, key: &str) -> DeviceRecord {
     }
 }
 
+/// A store in `dir` with each (token, device, key id) of `enrolled` enrolled, and a sealer of
+/// envelopes `(seq, sent_at_ms)` under one signing key.
+fn enrolled_with_signer(
+    dir: &std::path::Path,
+    enrolled: &[(&str, &str, &str)],
+) -> (Devices, impl Fn(u64, u64) -> Vec<u8>) {
+    let devices = Devices::open(&Store::open(dir).unwrap()).unwrap();
+    for (t, d, k) in enrolled {
+        devices.add_token(t, &token(u64::MAX)).unwrap();
+        devices.enrol(t, |_| device(d, k)).unwrap().unwrap();
+    }
+    let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
+    let wire = move |seq: u64, sent_at_ms: u64| {
+        outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap()
+    };
+    (devices, wire)
+}
+
 fn token(expires_at_ms: u64) -> TokenRecord {
     TokenRecord { labels: BTreeMap::new(), created_at_ms: 0, expires_at_ms, used_by: None, used_at_ms: None }
 }
@@ -113,15 +131,8 @@ fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
 #[test]
 fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
-    let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
-    let wire =
-        |seq: u64, sent_at_ms: u64| outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap();
     // `d1` and `d10`: one id a prefix of the other must not mix their envelopes.
-    for (t, d, k) in [("t1", "d1", "k1"), ("t2", "d10", "k2")] {
-        devices.add_token(t, &token(u64::MAX)).unwrap();
-        devices.enrol(t, |_| device(d, k)).unwrap().unwrap();
-    }
+    let (devices, wire) = enrolled_with_signer(dir.path(), &[("t1", "d1", "k1"), ("t2", "d10", "k2")]);
     let none = |_: &mut DeviceRecord| {};
     // d1's clock was lost (it sends 1970 dates), d10's runs a year ahead; they arrive at
     // 1000·seq ms (d1) and at 500 and 9000 ms (d10).
@@ -160,12 +171,7 @@ fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
 #[test]
 fn envelopes_from_before_arrival_times_go_by_their_sent_time() {
     let dir = tempfile::tempdir().unwrap();
-    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
-    let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
-    let wire =
-        |seq: u64, sent_at_ms: u64| outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap();
-    devices.add_token("t", &token(u64::MAX)).unwrap();
-    devices.enrol("t", |_| device("d", "k")).unwrap().unwrap();
+    let (devices, wire) = enrolled_with_signer(dir.path(), &[("t", "d", "k")]);
     let none = |_: &mut DeviceRecord| {};
     // Seqs 1 and 2 from an older coordinator: sent at 1000 and 5000, no arrival recorded.
     for (seq, sent) in [(1, 1000), (2, 5000)] {
