@@ -285,7 +285,8 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter such as `info` or `outpost_agent=debug,info`.
+    /// A default level and `target=level` directives, such as `info` or
+    /// `outpost_agent=debug,info` (no span or field filters).
     pub level: String,
     /// `text` (for people) or `json` (one object per line, for a log pipeline).
     pub format: LogFormat,
