@@ -27,8 +27,12 @@ pub enum LoggingError {
 /// every flush, which on a full disk shared with the journal only makes things worse.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     let filter = targets(filter)?;
-    // The builder's own maximum (INFO by default) would hide `debug` directives: `Targets` decides.
-    let builder = tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr);
+    // The subscriber's maximum is the filter's most verbose directive. Not less (the builder's
+    // default, INFO, would hide `debug` directives) and not more: the global maximum is also
+    // what the `log` crate is told, and at TRACE every `log` call in tract, rustls and sled
+    // would be dispatched only to be dropped by the filter (the demo's rollouts slowed to
+    // minutes with both cores busy).
+    let builder = tracing_subscriber::fmt().with_max_level(max_level(&filter)).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder
             .json()
@@ -48,6 +52,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
         tracing::error!(panic = %info, "panic");
     }));
     Ok(())
+}
+
+/// The most verbose level any of the filter's directives lets through.
+fn max_level(filter: &Targets) -> LevelFilter {
+    filter.iter().map(|(_, level)| level).chain(filter.default_level()).max().unwrap_or(LevelFilter::OFF)
 }
 
 /// Parses the configured filter, with sled's own lines off unless it names `sled`.
@@ -80,6 +89,14 @@ mod tests {
         assert!(!t.would_enable("outpost_agent::api", &Level::INFO));
         assert!(t.would_enable("outpost_agent::api", &Level::WARN));
         assert!(t.would_enable("rumqttc::state", &Level::WARN));
+    }
+
+    #[test]
+    fn the_maximum_level_is_the_most_verbose_directive() {
+        assert_eq!(max_level(&targets("info").unwrap()), LevelFilter::INFO);
+        assert_eq!(max_level(&targets("warn,outpost_agent::server=info").unwrap()), LevelFilter::INFO);
+        assert_eq!(max_level(&targets("outpost_agent=debug,warn").unwrap()), LevelFilter::DEBUG);
+        assert_eq!(max_level(&targets("").unwrap()), LevelFilter::OFF);
     }
 
     #[test]
