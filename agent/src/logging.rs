@@ -30,8 +30,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     // The subscriber's maximum is the filter's most verbose directive. Not less (the builder's
     // default, INFO, would hide `debug` directives) and not more: the global maximum is also
     // what the `log` crate is told, and at TRACE every `log` call in tract, rustls and sled
-    // would be dispatched only to be dropped by the filter (the demo's rollouts slowed to
-    // minutes with both cores busy).
+    // would be dispatched only to be dropped by the filter.
     let builder = tracing_subscriber::fmt().with_max_level(max_level(&filter)).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder
@@ -54,9 +53,10 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     Ok(())
 }
 
-/// The most verbose level any of the filter's directives lets through.
+/// The most verbose level any of the filter's directives lets through (its own level hint).
 fn max_level(filter: &Targets) -> LevelFilter {
-    filter.iter().map(|(_, level)| level).chain(filter.default_level()).max().unwrap_or(LevelFilter::OFF)
+    tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(filter)
+        .unwrap_or(LevelFilter::TRACE)
 }
 
 /// Parses the configured filter, with sled's own lines off unless it names `sled`.
