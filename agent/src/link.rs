@@ -5,8 +5,10 @@
 //! enrolment, a last will that sets the retained `presence` topic to `offline`, and a
 //! persistent session; on every connect it publishes `online` and (when the broker kept no
 //! session) subscribes to its `ack` topic, and (when it takes bundles) to its retained `desired`
-//! topic, whose messages go to [`crate::desired`]. A second task sends: oldest unacknowledged
-//! envelope first, at most `max_in_flight` outstanding; when the oldest unacknowledged
+//! topic, whose messages go to [`crate::desired`]. A second task sends: urgent envelopes (the
+//! actual state, see [`crate::outbox`]) as soon as they are appended, ahead of the backlog and
+//! outside the in-flight bound; then the oldest unacknowledged envelope first, at most
+//! `max_in_flight` outstanding; when the oldest unacknowledged
 //! envelope has waited `ack_timeout_secs` (even while newer ones are being acked: a broker
 //! that lost its sessions drops what arrives before the coordinator re-subscribes), or after
 //! a reconnect, it starts again from the oldest. A PUBACK means nothing here — only a signed
@@ -303,6 +305,8 @@ async fn send_loop(
     // The oldest unacknowledged envelope and since when it has been the oldest (or resent).
     let mut oldest_seen: Option<u64> = None;
     let mut waiting_since = Instant::now();
+    // Urgent envelopes sent ahead of the backlog since the last start from the oldest.
+    let mut urgent_sent = std::collections::BTreeSet::new();
     loop {
         if *stop.borrow() {
             return;
@@ -331,6 +335,7 @@ async fn send_loop(
                 tracing::info!(pending = pending_total, "sending the backlog, oldest first");
             }
             last_sent = None;
+            urgent_sent.clear();
             waiting_since = Instant::now();
         } else if last_sent.is_some() && oldest.is_some() && waiting_since.elapsed() >= settings.ack_timeout {
             tracing::warn!(
@@ -340,8 +345,10 @@ async fn send_loop(
                 "the oldest message got no ack in time; resending from it"
             );
             last_sent = None;
+            urgent_sent.clear();
             waiting_since = Instant::now();
         }
+        send_urgent(&client, &topic, &outbox, &stats, last_sent, &mut urgent_sent).await;
         // In flight = sent but still in the outbox.
         let in_flight = last_sent.map_or(0, |last| outbox.count_through(last, settings.max_in_flight));
         let room = settings.max_in_flight.saturating_sub(in_flight);
@@ -356,12 +363,52 @@ async fn send_loop(
             }
         };
         for (seq, wire) in batch {
+            if urgent_sent.contains(&seq) {
+                // Already on its way, ahead of the backlog.
+                last_sent = Some(seq);
+                continue;
+            }
             if client.publish(topic.clone(), QoS::AtLeastOnce, false, wire).await.is_err() {
                 break;
             }
             stats.sent.fetch_add(1, Ordering::Relaxed);
             last_sent = Some(seq);
         }
+    }
+}
+
+/// Sends the urgent envelopes not sent yet (and not already passed by the in-order cursor),
+/// and records them in `sent`.
+async fn send_urgent(
+    client: &AsyncClient,
+    topic: &str,
+    outbox: &Outbox,
+    stats: &LinkStats,
+    last_sent: Option<u64>,
+    sent: &mut std::collections::BTreeSet<u64>,
+) {
+    let urgent = outbox.urgent();
+    sent.retain(|seq| urgent.binary_search(seq).is_ok());
+    let fresh: Vec<u64> = urgent
+        .into_iter()
+        .filter(|seq| !sent.contains(seq) && last_sent.is_none_or(|last| *seq > last))
+        .collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let wires = match outbox.read_seqs(fresh) {
+        Ok(wires) => wires,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox");
+            return;
+        }
+    };
+    for (seq, wire) in wires {
+        if client.publish(topic.to_owned(), QoS::AtLeastOnce, false, wire).await.is_err() {
+            return;
+        }
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        sent.insert(seq);
     }
 }
 

@@ -13,6 +13,14 @@
 //!   checksum, replaced atomically when the cursor moves alone and when entries leave.
 //! - `lock`: held (`flock`) while an outbox is open, so a second process is refused.
 //!
+//! # Urgent entries
+//! The agent's actual state is appended with [`Outbox::append_urgent`]: the link sends it
+//! ahead of the backlog ([`Outbox::urgent`]), so a device that is hours of telemetry behind
+//! still tells the coordinator at once that it runs a new version (a rollout waits on that).
+//! The mark lives in memory only: after a restart every entry is sent oldest first, and the
+//! agent appends its current state again with its first report. The coordinator keeps the state with the
+//! highest seq, so a state that arrives late never replaces a newer one.
+//!
 //! # Memory
 //! An entry's seq and size (a map, ≈ 50 bytes an entry) and nothing else: envelopes are read
 //! from their files when they are sent. The backlog an unenrolled or partitioned device
@@ -89,6 +97,16 @@ struct State {
     entries: BTreeMap<u64, u64>,
     next_seq: u64,
     cursor: Option<u64>,
+    /// Entries to send ahead of the backlog (see the module docs); always a subset of `entries`.
+    urgent: std::collections::BTreeSet<u64>,
+}
+
+impl State {
+    /// Removes an entry from the index; returns its size if it was there.
+    fn forget(&mut self, seq: u64) -> Option<u64> {
+        self.urgent.remove(&seq);
+        self.entries.remove(&seq)
+    }
 }
 
 pub struct Outbox {
@@ -210,7 +228,12 @@ impl Outbox {
             seq_file,
             _lock: lock,
             recovered,
-            state: Mutex::new(State { entries: scanned.entries, next_seq, cursor }),
+            state: Mutex::new(State {
+                entries: scanned.entries,
+                next_seq,
+                cursor,
+                urgent: Default::default(),
+            }),
             max_bytes,
             bytes: AtomicU64::new(bytes),
             dropped: AtomicU64::new(0),
@@ -241,6 +264,22 @@ impl Outbox {
         message: &AgentMessage,
         cursor: Option<u64>,
     ) -> Result<u64, OutboxError> {
+        self.append_as(key, message, cursor, false)
+    }
+
+    /// Like [`Outbox::append`], and marks the entry to be sent ahead of the backlog (see the
+    /// module docs).
+    pub fn append_urgent(&self, key: &SigningKey, message: &AgentMessage) -> Result<u64, OutboxError> {
+        self.append_as(key, message, None, true)
+    }
+
+    fn append_as(
+        &self,
+        key: &SigningKey,
+        message: &AgentMessage,
+        cursor: Option<u64>,
+        urgent: bool,
+    ) -> Result<u64, OutboxError> {
         let body = messages::encode(message);
         let mut state = self.state();
         let seq = state.next_seq;
@@ -256,6 +295,9 @@ impl Outbox {
             state.cursor = cursor;
         }
         state.entries.insert(seq, stored.len() as u64);
+        if urgent {
+            state.urgent.insert(seq);
+        }
         self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.enforce_bound(&mut state)?;
         Ok(seq)
@@ -266,6 +308,7 @@ impl Outbox {
         let mut dropped_any = false;
         while self.bytes.load(Ordering::Relaxed) > self.max_bytes && state.entries.len() > 1 {
             let Some((seq, size)) = state.entries.pop_first() else { break };
+            state.urgent.remove(&seq);
             remove_entry(&self.dir, seq).map_err(|e| self.storage(e))?;
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +351,17 @@ impl Outbox {
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
         let start = after.map_or(0, |s| s.saturating_add(1));
         let seqs: Vec<u64> = self.state().entries.range(start..).take(limit).map(|(seq, _)| *seq).collect();
+        self.read_seqs(seqs)
+    }
+
+    /// The seqs of the urgent entries still waiting for an ack, oldest first.
+    pub fn urgent(&self) -> Vec<u64> {
+        self.state().urgent.iter().copied().collect()
+    }
+
+    /// The wire bytes of these entries, in the order given; an entry acked since is skipped,
+    /// and one that does not read is removed (counted, logged) and skipped.
+    pub fn read_seqs(&self, seqs: Vec<u64>) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
         let mut out = Vec::with_capacity(seqs.len());
         let mut bad = Vec::new();
         for seq in seqs {
@@ -333,7 +387,7 @@ impl Outbox {
             let mut state = self.state();
             for (seq, why) in bad {
                 // Damaged: never sent, and never left to block the queue: removed, counted, logged.
-                if let Some(size) = state.entries.remove(&seq) {
+                if let Some(size) = state.forget(seq) {
                     remove_entry(&self.dir, seq).map_err(|e| self.storage(e))?;
                     self.bytes.fetch_sub(size, Ordering::Relaxed);
                     self.unreadable.fetch_add(1, Ordering::Relaxed);
@@ -374,7 +428,7 @@ impl Outbox {
             return Ok(0);
         }
         for &(seq, size) in &removed {
-            state.entries.remove(&seq);
+            state.forget(seq);
             remove_entry(&self.dir, seq).map_err(|e| self.storage(e))?;
             self.bytes.fetch_sub(size, Ordering::Relaxed);
         }

@@ -299,11 +299,11 @@ impl Reporter {
         }
     }
 
-    /// Appends the agent's actual state.
+    /// Appends the agent's actual state, to be sent ahead of any backlog.
     pub fn state(&self, models: Vec<ModelState>) {
         let state =
             AgentMessage::State(ActualState { agent_version: env!("CARGO_PKG_VERSION").into(), models });
-        if let Err(e) = self.outbox.append(&self.key, &state, None) {
+        if let Err(e) = self.outbox.append_urgent(&self.key, &state) {
             tracing::error!(error = %e, "cannot record the agent state in the outbox");
         }
     }

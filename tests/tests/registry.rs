@@ -543,6 +543,90 @@ async fn deployments_swap_versions_under_load_without_a_failed_request() {
     load.finish_expecting(&["1.0.0", "1.1.0", "1.0.0"]).await;
 }
 
+/// A device far behind on telemetry still tells the coordinator at once that it runs what was
+/// deployed: its actual state goes ahead of its backlog. It used to wait behind every older
+/// message, so on a busy machine a rollout waited minutes for devices that had long switched
+/// (the demo timed out so). The agent builds its backlog cut off from the broker (one
+/// prediction per message, on tmpfs so it builds fast), comes back, and drains it one message
+/// in flight at a time; the coordinator must show 1.1.0 before that backlog is through — in
+/// the same snapshot of its device view — and still get every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogged_device_reports_a_deployed_version_ahead_of_its_backlog() {
+    const PREDICTIONS: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let key = release_key(&c);
+    let slow = "[telemetry]\nmax_in_flight = 1\nbatch_max_records = 1\n";
+    let data = shm.path().join("agent");
+    let (mut agent, device) = start_agent(&c, &data, "site=a", &[&key], slow);
+    for (stem, version) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
+        ok(push(&c, stem, version), "push");
+        assert_eq!(validate(&c, version).0, 0);
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
+    wait_serving(&agent, "1.0.0").await;
+    let runs = |v: &Value, version: &str| {
+        v["models"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["version"] == version && m["state"] == "ready"))
+    };
+    c.wait_device(&device, Duration::from_secs(30), |v| runs(v, "1.0.0")).await;
+
+    // Cut off (a broker address nothing answers on): the backlog builds up.
+    let restart = |agent: &mut Agent, env: &[(&str, &str)]| {
+        agent.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(agent.wait_exit(Duration::from_secs(30)).success(), "{}", agent.log());
+        let mut builder = Agent::builder()
+            .data_dir(&data)
+            .args(&["-c", data.join("agent.toml").to_str().unwrap()])
+            .env("OUTPOST_TELEMETRY__INTERVAL_SECS", "1");
+        for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        builder.start()
+    };
+    let nowhere = format!("mqtts://127.0.0.1:{}", outpost_tests::fleet::free_port());
+    agent = restart(&mut agent, &[("OUTPOST_TELEMETRY__BROKER_URL", &nowhere)]);
+    wait_serving(&agent, "1.0.0").await;
+    let row = outpost_tests::breast_cancer_row();
+    let batch: Vec<Value> =
+        row["inputs"][0]["data"].as_array().unwrap().iter().cycle().take(50 * 30).cloned().collect();
+    let body = json!({"inputs": [{"name": "input", "shape": [50, 30], "datatype": "FP32", "data": batch}]});
+    for _ in 0..PREDICTIONS / 50 {
+        let (status, answer) = agent.post_json("/v2/models/bc/infer", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(&agent.metrics_text().await, "outpost_agent_outbox_messages") < PREDICTIONS as f64 {
+        assert!(Instant::now() < deadline, "the backlog did not build up:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Back on the broker, and a deploy at once.
+    agent = restart(&mut agent, &[]);
+    wait_serving(&agent, "1.0.0").await;
+    let deployed = Instant::now();
+    ok(c.ctl(&["deploy", "bc@1.1.0"]), "deploy 1.1.0");
+    let view = c.wait_device(&device, Duration::from_secs(60), |v| runs(v, "1.1.0")).await;
+    let stored = view["counts"]["predictions"].as_u64().unwrap();
+    eprintln!(
+        "1.1.0 seen {:?} after the deploy, {stored} of {PREDICTIONS} predictions stored",
+        deployed.elapsed()
+    );
+    assert!(stored < PREDICTIONS, "the new version was seen only after the backlog: {view:#}");
+    // The backlog still drains whole, each message once, and no older state replaces the new.
+    // (Every seq up to the highest stored: none skipped for the one sent ahead.)
+    let view = c
+        .wait_device(&device, Duration::from_secs(180), |v| {
+            v["counts"]["predictions"].as_u64() == Some(PREDICTIONS)
+                && v["counts"]["envelopes"] == v["highest_seq"]
+        })
+        .await;
+    eprintln!("backlog drained {:?} after the deploy", deployed.elapsed());
+    assert!(runs(&view, "1.1.0"), "an older state replaced the newer one: {view:#}");
+}
+
 /// The registry checks every signature on a pushed bundle before it stores it: the release
 /// key's id over 64 bytes of `A`, or a key it does not trust, is refused (400, naming the key)
 /// and audited, and nothing is stored; a bundle an offline key listed in `[registry]

@@ -272,3 +272,40 @@ proptest::proptest! {
         proptest::prop_assert!(next > used, "seq {next} after {used}");
     }
 }
+
+#[test]
+fn urgent_entries_are_listed_until_acked_dropped_or_the_outbox_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = SigningKey::generate().unwrap();
+    let at_rest = AtRest::clear();
+    {
+        let outbox = Outbox::open(dir.path(), 1 << 20, &at_rest).unwrap();
+        for _ in 0..3 {
+            outbox.append(&key, &event(10), None).unwrap();
+        }
+        let state = outbox.append_urgent(&key, &event(10)).unwrap();
+        outbox.append(&key, &event(10), None).unwrap();
+        let later = outbox.append_urgent(&key, &event(10)).unwrap();
+        assert_eq!(outbox.urgent(), vec![state, later]);
+        // Readable on their own, ahead of the three older entries.
+        let wires = outbox.read_seqs(outbox.urgent()).unwrap();
+        assert_eq!(wires.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![state, later]);
+        assert_eq!(protocol::open(&wires[0].1, |_| Some(key.public_key())).unwrap().seq, state);
+        outbox.apply_ack(&Ack::from_seqs("d", [state])).unwrap();
+        assert_eq!(outbox.urgent(), vec![later]);
+        assert_eq!(outbox.read_seqs(vec![state, later]).unwrap().len(), 1, "an acked entry is skipped");
+    }
+    // The mark is not kept: after a restart the backlog goes oldest first.
+    let outbox = Outbox::open(dir.path(), 1 << 20, &at_rest).unwrap();
+    assert!(outbox.urgent().is_empty());
+    assert_eq!(outbox.stats().messages, 5);
+    // The byte bound drops an urgent entry like any other, and its mark with it.
+    let small = tempfile::tempdir().unwrap();
+    let bounded = Outbox::open(small.path(), 1 << 20, &at_rest).unwrap();
+    let first = bounded.append_urgent(&key, &event(400_000)).unwrap();
+    bounded.append(&key, &event(400_000), None).unwrap();
+    assert_eq!(bounded.urgent(), vec![first]);
+    bounded.append(&key, &event(400_000), None).unwrap();
+    assert!(bounded.urgent().is_empty());
+    assert_eq!(bounded.dropped(), 1);
+}

@@ -91,6 +91,11 @@ pub struct DeviceRecord {
     pub counts: Counts,
     pub backlog: OutboxStats,
     pub models: Vec<ModelState>,
+    /// The seq of the actual state `models` came from. Agents send a new actual state ahead of
+    /// their telemetry backlog, and a lost one is resent later, so an older state can arrive
+    /// after a newer one: it is counted and stored, and does not replace the newer.
+    #[serde(default)]
+    pub state_seq: Option<u64>,
     pub agent_version: Option<String>,
     /// The device's newest events (at most [`RECENT_EVENTS`]): starts, swaps, refusals and
     /// why, evictions.
@@ -195,6 +200,7 @@ impl DeviceRecord {
             counts: Counts::default(),
             backlog: OutboxStats::default(),
             models: Vec::new(),
+            state_seq: None,
             agent_version: None,
             recent_events: Vec::new(),
             drift: Vec::new(),

@@ -145,7 +145,7 @@ fn update_streaks(record: &mut DeviceRecord, report: &DriftReport, h: DriftHyste
     }
 }
 
-fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHysteresis) {
+fn apply(message: &AgentMessage, seq: u64, record: &mut DeviceRecord, hysteresis: DriftHysteresis) {
     match message {
         AgentMessage::Report(report) => {
             record.counts.reports += 1;
@@ -186,8 +186,12 @@ fn apply(message: &AgentMessage, record: &mut DeviceRecord, hysteresis: DriftHys
         }
         AgentMessage::State(state) => {
             record.counts.states += 1;
-            record.models = state.models.clone();
-            record.agent_version = Some(state.agent_version.clone());
+            // Sent ahead of the backlog: one older than the state held is history, not news.
+            if record.state_seq.is_none_or(|held| seq > held) {
+                record.state_seq = Some(seq);
+                record.models = state.models.clone();
+                record.agent_version = Some(state.agent_version.clone());
+            }
         }
         AgentMessage::Drift(report) => {
             record.counts.drift_reports += 1;
@@ -352,7 +356,7 @@ impl Ingest {
         }
         let stored =
             self.devices.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
-                Ok(message) => apply(message, r, self.hysteresis),
+                Ok(message) => apply(message, opened.seq, r, self.hysteresis),
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
         // Labels, drift verdicts, traffic and predictions go to their own trees, on the first arrival and again on a
@@ -448,8 +452,8 @@ mod tests {
         }))
     }
 
-    #[test]
-    fn every_refusal_is_named_and_counted() {
+    /// An ingest with one enrolled device `d1` (its key returned), and the metrics it counts in.
+    fn enrolled() -> (tempfile::TempDir, Ingest, SigningKey, crate::base::metrics::Metrics) {
         let dir = tempfile::tempdir().unwrap();
         let authority =
             Arc::new(Authority::load_or_create(dir.path(), &crate::base::secrets::Secrets::clear()).unwrap());
@@ -475,6 +479,12 @@ mod tests {
             .enrol("t", |_| DeviceRecord::new("d1", key.public_key().as_bytes(), BTreeMap::new()))
             .unwrap()
             .unwrap();
+        (dir, ingest, key, metrics)
+    }
+
+    #[test]
+    fn every_refusal_is_named_and_counted() {
+        let (_dir, ingest, key, metrics) = enrolled();
 
         let genuine = protocol::seal(&key, 1, 0, &body("a")).unwrap();
         let reason = |o: Outcome| match o {
@@ -507,5 +517,36 @@ mod tests {
         }
         let record = ingest.devices().get("d1").unwrap().unwrap();
         assert_eq!((record.counts.envelopes, record.counts.events), (1, 1));
+    }
+
+    /// Agents send a new actual state ahead of their backlog, and resend a lost one later: the
+    /// state with the higher seq is the device's, whatever order they arrive in.
+    #[test]
+    fn an_older_actual_state_arriving_late_does_not_replace_a_newer_one() {
+        use outpost_shared::protocol::messages::{ActualState, ModelState};
+        let (_dir, ingest, key, _metrics) = enrolled();
+        let state = |seq: u64, version: &str| {
+            let models = vec![ModelState {
+                name: "bc".into(),
+                version: version.into(),
+                slot: protocol::vocab::Slot::Primary,
+                state: protocol::vocab::LoadState::Ready,
+                reason: None,
+            }];
+            let body =
+                messages::encode(&AgentMessage::State(ActualState { agent_version: "1".into(), models }));
+            protocol::seal(&key, seq, 0, &body).unwrap()
+        };
+        let held = |ingest: &Ingest| {
+            let record = ingest.devices().get("d1").unwrap().unwrap();
+            (record.models[0].version.clone(), record.state_seq, record.counts.states)
+        };
+        assert_eq!(ingest.ingest("d1", &state(40, "1.1.0")).unwrap(), Outcome::Stored { seq: 40 });
+        assert_eq!(held(&ingest), ("1.1.0".to_owned(), Some(40), 1));
+        // The older state, resent after the newer one was stored: kept and acked, not applied.
+        assert_eq!(ingest.ingest("d1", &state(7, "1.0.0")).unwrap(), Outcome::Stored { seq: 7 });
+        assert_eq!(held(&ingest), ("1.1.0".to_owned(), Some(40), 2));
+        assert_eq!(ingest.ingest("d1", &state(41, "2.0.0")).unwrap(), Outcome::Stored { seq: 41 });
+        assert_eq!(held(&ingest), ("2.0.0".to_owned(), Some(41), 3));
     }
 }
