@@ -472,6 +472,9 @@ impl Config {
         if !(1..=10_000).contains(&t.batch_max_records) {
             return Err(key("telemetry.batch_max_records", "must be between 1 and 10000"));
         }
+        if t.feedback_linger_ms > 60_000 {
+            return Err(key("telemetry.feedback_linger_ms", "must be between 0 and 60000"));
+        }
         if t.ack_timeout_secs == 0 {
             return Err(key("telemetry.ack_timeout_secs", "must be at least 1"));
         }

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use outpost_tests::fleet::{Coordinator, enrol_with_config, reporting_agent};
 use outpost_tests::{model, models_dir, validation_rows};
 use serde_json::{Value, json};
@@ -146,4 +148,69 @@ async fn labelled_traffic_gives_the_offline_metrics_per_version_and_site() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("bc@2.0.0-bad: 114 labels"), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("site=b ")), "{out}");
+}
+
+/// Feedback envelopes the coordinator stored for `view`'s device (what no other kind explains).
+fn feedback_envelopes(view: &Value) -> u64 {
+    let c = &view["counts"];
+    let other: u64 = ["reports", "prediction_batches", "events", "states", "drift_reports"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .sum();
+    c["envelopes"].as_u64().unwrap() - other
+}
+
+/// Serves `n` single-row predictions and posts each one's label in a request of its own, as
+/// a client labelling as it goes does; returns when every answer said `joined`.
+async fn label_one_by_one(agent: &outpost_tests::Agent, n: usize) {
+    let rows = validation_rows();
+    for (_, features, label) in rows.iter().cycle().take(n) {
+        let body =
+            json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": features}]});
+        let (status, answer) = agent.post_json("/v2/models/bc/infer", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["parameters"]["prediction_ids"][0].as_u64().unwrap();
+        let (status, answer) =
+            agent.post_json("/v1/feedback", &json!({"prediction_id": id, "label": label})).await;
+        assert_eq!((status, answer["joined"].as_u64()), (200, Some(1)), "{answer}");
+    }
+}
+
+/// One label per request used to cost one signed envelope each: the demo's traffic sent the
+/// coordinator more than it could ingest on a busy machine, and the backlog grew for good.
+/// Labels now leave together, one message a linger — and a stop (SIGTERM) sends what still
+/// waits; with `durability = "sync"` an answered label survives a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_posted_one_per_request_travel_together_and_survive_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let served =
+        format!("[[models]]\nname = \"bc\"\npath = \"{}\"\n", model("breast_cancer-1.0.0").display());
+
+    // Default durability: 80 labels, one request each, then SIGTERM before the linger is over.
+    let data = dir.path().join("batched");
+    let (device, config) = enrol_with_config(&c, &data, "site=a", &served);
+    let mut agent = reporting_agent(&data, &config);
+    agent.wait_ready(Duration::from_secs(60)).await;
+    label_one_by_one(&agent, 80).await;
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success(), "{}", agent.log());
+    let agent = reporting_agent(&data, &config);
+    let view =
+        c.wait_device(&device, Duration::from_secs(60), |v| v["counts"]["labels"].as_u64() == Some(80)).await;
+    let envelopes = feedback_envelopes(&view);
+    assert!((1..=10).contains(&envelopes), "80 labels took {envelopes} feedback envelopes: {view:#}");
+    drop(agent);
+
+    // `sync`: every label answered is in the outbox; SIGKILL right after the last answer.
+    let data = dir.path().join("sync");
+    let config = format!("{served}\n[prediction_log]\ndurability = \"sync\"\n");
+    let (device, config) = enrol_with_config(&c, &data, "site=b", &config);
+    let mut agent = reporting_agent(&data, &config);
+    agent.wait_ready(Duration::from_secs(60)).await;
+    label_one_by_one(&agent, 40).await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10));
+    let _agent = reporting_agent(&data, &config);
+    c.wait_device(&device, Duration::from_secs(60), |v| v["counts"]["labels"].as_u64() == Some(40)).await;
 }

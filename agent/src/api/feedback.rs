@@ -6,7 +6,9 @@
 //! up in the log, hours later too, while the log's budget keeps it:
 //! - `joined`: found; counted per model version in `/metrics` (labelled, correct) and sent to
 //!   the coordinator with the predicted label, where quality is computed per version and per
-//!   device label;
+//!   device label. Labels from many requests leave together, one message per
+//!   `telemetry.feedback_linger_ms` ([`crate::telemetry::Reporter::feedback`]); with
+//!   `prediction_log.durability = "sync"` the answer comes once they are in the outbox;
 //! - `unknown`: an id this agent never issued; `evicted`: a prediction the log's disk or age
 //!   budget already removed. Both are counted (in `/metrics` and in the next report), never
 //!   dropped silently.
@@ -180,6 +182,7 @@ pub async fn post_feedback(State(app): State<AppState>, body: Bytes) -> Result<J
     let log = app.log.clone().ok_or_else(|| {
         ApiError::NotFound("feedback needs the prediction log, which is disabled on this agent".into())
     })?;
+    let durable = log.durability() == crate::prediction_log::Durability::Sync;
     let (results, batch) = tokio::task::spawn_blocking(move || join(&log, &items))
         .await
         .map_err(|_| ApiError::Internal("feedback task stopped".into()))??;
@@ -201,7 +204,12 @@ pub async fn post_feedback(State(app): State<AppState>, body: Bytes) -> Result<J
         results,
     };
     if let Some(reporter) = app.reporter.clone() {
-        let _ = tokio::task::spawn_blocking(move || reporter.feedback(batch)).await;
+        let kept = tokio::task::spawn_blocking(move || reporter.feedback(batch, durable))
+            .await
+            .map_err(|_| ApiError::Internal("feedback task stopped".into()))?;
+        kept.map_err(|e| {
+            ApiError::Internal(format!("the labels could not be kept for the coordinator: {e}"))
+        })?;
     }
     Ok(Json(answer))
 }

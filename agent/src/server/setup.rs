@@ -147,6 +147,7 @@ pub(super) fn setup_telemetry(
         models: Box::new(move || model_states(&table)),
         sent: std::sync::Mutex::new((None, log.map_or(0, |l| l.stats().evicted))),
         clock_skew: Box::new(move || skew_stats.take_unreported_skew()),
+        feedback_spool: Default::default(),
     });
     if let Some(r) = outbox.recovered() {
         // The damaged outbox held the batching cursor too: go on from the log's end (what it
