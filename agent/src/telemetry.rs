@@ -271,8 +271,9 @@ struct PendingFeedback {
     waiters: Vec<std::sync::mpsc::Sender<Result<(), String>>>,
 }
 
-/// Most labels in one feedback message (what one request may carry, so it fits an envelope).
-const FEEDBACK_MESSAGE_LABELS: usize = crate::api::feedback::MAX_ITEMS;
+/// Most labels in one feedback message, so it fits an envelope (also the most one feedback
+/// request may carry).
+pub const FEEDBACK_MESSAGE_LABELS: usize = 10_000;
 
 /// Everything the reporter needs.
 pub struct Reporter {

@@ -30,8 +30,8 @@ use serde_json::Value;
 use super::{ApiError, AppState};
 use crate::prediction_log::{LogError, PredictionLog};
 
-/// Most labels one request may carry.
-pub const MAX_ITEMS: usize = 10_000;
+/// Most labels one request may carry: what one feedback message holds.
+pub const MAX_ITEMS: usize = crate::telemetry::FEEDBACK_MESSAGE_LABELS;
 
 /// One item's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
