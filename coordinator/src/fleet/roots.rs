@@ -294,7 +294,17 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> (TrustRoots, Arc<Authority>) {
-        let store = Store::open(&dir.join("state")).unwrap();
+        // Reopened in the same process ("a restart"): sled's background I/O can hold the file
+        // lock a moment after the last handle is dropped (CI saw "could not acquire lock" once).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&dir.join("state")) {
+                Err(e) if Store::is_locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         let authority = Arc::new(Authority::load_or_create(dir, &Secrets::clear()).unwrap());
         let release = [authority.release_key().public_key()];
         let roots = TrustRoots::open(&store, dir, Arc::clone(&authority), &release, Arc::default()).unwrap();
