@@ -1,5 +1,6 @@
 //! Unit tests of the device store: tokens, enrolment, envelopes, revocation, key roles.
 use super::*;
+use std::collections::BTreeMap;
 
 fn device(id: &str, key: &str) -> DeviceRecord {
     DeviceRecord {
