@@ -18,8 +18,8 @@
 //! ahead of the backlog ([`Outbox::urgent`]), so a device that is hours of telemetry behind
 //! still tells the coordinator at once that it runs a new version (a rollout waits on that).
 //! The mark lives in memory only: after a restart every entry is sent oldest first, and the
-//! agent appends its current state again with its first report. The coordinator keeps the state with the
-//! highest seq, so a state that arrives late never replaces a newer one.
+//! agent appends its current state again with its first report. The coordinator keeps the
+//! state with the highest seq, so a state that arrives late never replaces a newer one.
 //!
 //! # Memory
 //! An entry's seq and size (a map, ≈ 50 bytes an entry) and nothing else: envelopes are read
@@ -307,8 +307,8 @@ impl Outbox {
     fn enforce_bound(&self, state: &mut State) -> Result<(), OutboxError> {
         let mut dropped_any = false;
         while self.bytes.load(Ordering::Relaxed) > self.max_bytes && state.entries.len() > 1 {
-            let Some((seq, size)) = state.entries.pop_first() else { break };
-            state.urgent.remove(&seq);
+            let Some(&seq) = state.entries.keys().next() else { break };
+            let size = state.forget(seq).unwrap_or_default();
             remove_entry(&self.dir, seq).map_err(|e| self.storage(e))?;
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,7 @@ struct PendingFeedback {
 /// Most labels in one feedback message, so it fits an envelope (also the most one feedback
 /// request may carry).
 pub const FEEDBACK_MESSAGE_LABELS: usize = 10_000;
+
 impl Reporter {
     /// Takes joined feedback labels (and the counts of labels that found no prediction). They
     /// wait in memory for `feedback_linger_ms`, or until `batch_max_records` wait, and leave
