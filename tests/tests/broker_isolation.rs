@@ -146,68 +146,78 @@ async fn no_client_takes_another_clients_id(kind: Kind) {
     assert_eq!(lost(&agent_b.log()), b_before, "B was knocked off:\n{}", agent_b.log());
 }
 
-/// The embedded broker's inner rumqttd listens on loopback for the front only: a local
-/// process that finds its port and skips the front is refused by the broker itself (it takes
-/// only the front's per-process login).
+/// The embedded broker has no door but its front: rumqttd's router runs inside the
+/// coordinator without a listener, and each client is one TLS connection to the front — no
+/// second, inner connection a local process could find and use (the design before held three
+/// descriptors per device, two of them a loopback hop to an inner broker). A plain-TCP CONNECT
+/// to the front gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_reaches_the_embedded_broker_around_its_front() {
     let fleet = fleet(Kind::Embedded);
+    let (_dir, _device, _agent) = connected_agent(&fleet).await;
     let c = &fleet.coordinator;
-    let ports = listening_ports(c.pid().unwrap());
-    let api = c.addr.port();
-    let inner: Vec<u16> = ports.into_iter().filter(|p| *p != api && *p != fleet.broker_port()).collect();
-    assert_eq!(inner.len(), 1, "expected one more listening port (the inner broker): {inner:?}");
-    // MQTT 3.1.1 CONNECTs, client id `outpost-coordinator`: without a login, and with a guess.
-    for login in [None, Some(("outpost-front", "guess"))] {
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", inner[0])).expect("the inner port listens");
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        std::io::Write::write_all(&mut tcp, &connect_packet("outpost-coordinator", login)).unwrap();
-        let mut answer = Vec::new();
-        let read = std::io::Read::read_to_end(&mut tcp, &mut answer);
-        assert!(read.is_ok(), "the inner broker kept a client without its login open: {read:?}");
-        assert!(
-            answer.first() != Some(&0x20) || answer.get(3) != Some(&0),
-            "the inner broker accepted a client around the front: {answer:?}"
-        );
-    }
+    let (api, broker) = (c.addr.port(), fleet.broker_port());
+    let sockets = tcp_sockets(c.pid().unwrap());
+    let listening: Vec<u16> = sockets.iter().filter(|s| s.listening).map(|s| s.local).collect();
+    assert_eq!(listening, vec![api.min(broker), api.max(broker)], "listening ports besides the API's and the broker's");
+    // Established: clients at the broker or the API, and the coordinator's own client
+    // connection to its broker. Nothing else (no inner hop).
+    let established: Vec<&Socket> = sockets.iter().filter(|s| !s.listening).collect();
+    let stray: Vec<&&Socket> =
+        established.iter().filter(|s| s.local != api && s.local != broker && s.remote != broker).collect();
+    assert!(stray.is_empty(), "connections that are neither a client's nor the coordinator's own: {stray:?}");
+    let clients = established.iter().filter(|s| s.local == broker).count();
+    assert_eq!(clients, 2, "one descriptor per client (the agent and the coordinator): {established:?}");
+
+    // MQTT 3.1.1 CONNECT as the coordinator, in plain TCP: the front wants TLS and closes.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", broker)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    std::io::Write::write_all(&mut tcp, &connect_packet("outpost-coordinator")).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut answer);
+    assert!(answer.first() != Some(&0x20), "a plain-TCP CONNECT got a CONNACK: {answer:?}");
     assert_eq!(metric(&c.metrics().await, "outpost_coordinator_broker_subscribed"), 1.0);
 }
 
-/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) for `client_id`, with `login`.
-fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) for `client_id`.
+fn connect_packet(client_id: &str) -> Vec<u8> {
     let string = |s: &str| [&(s.len() as u16).to_be_bytes()[..], s.as_bytes()].concat();
-    let flags: u8 = if login.is_some() { 0xC2 } else { 0x02 };
-    let mut body = [&string("MQTT")[..], &[4, flags, 0, 60]].concat();
+    let mut body = [&string("MQTT")[..], &[4, 0x02, 0, 60]].concat();
     body.extend(string(client_id));
-    if let Some((user, password)) = login {
-        body.extend(string(user));
-        body.extend(string(password));
-    }
     [&[0x10, body.len() as u8][..], &body].concat()
 }
 
-/// TCP ports process `pid` listens on (from /proc: its socket inodes, matched in
-/// /proc/net/tcp in state LISTEN).
-fn listening_ports(pid: u32) -> Vec<u16> {
+/// One TCP socket a process holds (IPv4, from /proc/net/tcp).
+#[derive(Debug)]
+struct Socket {
+    local: u16,
+    remote: u16,
+    listening: bool,
+}
+
+/// The IPv4 TCP sockets process `pid` holds (its socket inodes, matched in /proc/net/tcp),
+/// listening ones sorted by port first.
+fn tcp_sockets(pid: u32) -> Vec<Socket> {
     let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
         .collect();
-    let mut ports: Vec<u16> = std::fs::read_to_string("/proc/net/tcp")
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    let mut sockets: Vec<Socket> = std::fs::read_to_string("/proc/net/tcp")
         .unwrap()
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let listening = f.get(3) == Some(&"0A") && inodes.contains(*f.get(9)?);
-            let port = f.get(1)?.rsplit(':').next()?;
-            listening.then(|| u16::from_str_radix(port, 16).ok()).flatten()
+            if !inodes.contains(*f.get(9)?) {
+                return None;
+            }
+            Some(Socket { local: port(f.get(1)?)?, remote: port(f.get(2)?)?, listening: f.get(3) == Some(&"0A") })
         })
         .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
+    sockets.sort_by_key(|s| (!s.listening, s.local));
+    sockets
 }
 
 /// Finding 8: a device could not be revoked or removed. Now `device revoke` lists its

@@ -1,22 +1,20 @@
 //! The embedded MQTT broker: one command gives a working fleet, and devices stay isolated.
 //!
-//! Two parts, both inside the coordinator process: rumqttd on a loopback port that accepts
-//! only a per-process login, and in front of it the [`front`] that devices connect to —
-//! mutual TLS from the coordinator's CA, identity from the certificate, enrolment and
-//! revocation checked, and every packet held to the device's own topics
-//! (`outpost_shared::protocol::gate`). At start the CA issues the front a server certificate
-//! for the listen address (plus `localhost`/`127.0.0.1`, the advertised host and
-//! `broker.tls_names`); it is held in memory. Each device connection uses three file
-//! descriptors (client, front→broker, broker side): [`start`] raises the soft open-file
-//! limit to the hard one and says how many devices that leaves room for.
+//! Two parts, both inside the coordinator process: rumqttd's router (no listener of its own)
+//! and the [`front`] that devices connect to — mutual TLS from the coordinator's CA, identity
+//! from the certificate, enrolment and revocation checked, and every packet held to the
+//! device's own topics (`outpost_shared::protocol::gate`) — which gives each admitted client
+//! a [`session`] with the router. At start the CA issues the front a server certificate for
+//! the listen address (plus `localhost`/`127.0.0.1`, the advertised host and
+//! `broker.tls_names`); it is held in memory. Each client costs one file descriptor, its TLS
+//! connection: [`start`] raises the soft open-file limit to the hard one and says how many
+//! clients that leaves room for.
 
 pub mod front;
+pub mod session;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use rumqttc::mqttbytes::v4::Login;
 
 use crate::base::metrics::Metrics;
 use crate::fleet::broker::front::{Front, FrontSettings, OnRefusal};
@@ -31,8 +29,6 @@ pub enum BrokerError {
     Ca(#[from] CaError),
     #[error("embedded broker settings refused: {0}")]
     Config(String),
-    #[error("embedded broker did not start listening on {0} within 10 s")]
-    NotListening(SocketAddr),
 }
 
 /// Largest MQTT payload the broker accepts (a full envelope plus room for the header).
@@ -58,8 +54,8 @@ pub struct Embedded<'a> {
     pub on_refusal: OnRefusal,
 }
 
-/// Starts rumqttd and the front on `listen`; returns the front (for cutting off revoked
-/// devices) once both accept connections.
+/// Starts rumqttd's router and the front on `listen`; returns the front (for cutting off
+/// revoked devices) once it accepts connections.
 pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
     let listen = embedded.listen;
     let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
@@ -92,11 +88,6 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
     .swap_remove(0)
     .to_vec();
 
-    let inner = inner_address()?;
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-        .map_err(|_| BrokerError::Config("no randomness for the broker's inner login".into()))?;
-    let login = Login::new("outpost-front", hex::encode(secret));
     let config = serde_json::json!({
         "id": 0,
         "router": {
@@ -105,42 +96,15 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
             "max_segment_size": 104_857_600,
             "max_segment_count": 10,
         },
-        "v4": { "1": {
-            "name": "outpost-inner",
-            "listen": inner.to_string(),
-            "next_connection_delay_ms": 0,
-            "connections": {
-                "connection_timeout_ms": 60_000,
-                "max_payload_size": MAX_PAYLOAD,
-                "max_inflight_count": 100,
-                "auth": { login.username.clone(): login.password.clone() },
-                "dynamic_filters": true,
-            },
-        }},
     });
     let config: rumqttd::Config =
         serde_json::from_value(config).map_err(|e| BrokerError::Config(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(|source| BrokerError::Bind { addr: inner, source })?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(inner).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(BrokerError::NotListening(inner));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Spawns the router's thread; it lives as long as a handle to it does (the front's).
+    let broker = Arc::new(rumqttd::Broker::new(config));
 
     let front = Arc::new(Front::new(FrontSettings {
         tls,
-        inner,
-        login,
+        broker,
         coordinator_cert,
         devices: embedded.devices,
         max_packet: MAX_PAYLOAD,
@@ -159,18 +123,10 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
     Ok(front)
 }
 
-/// A free loopback port for rumqttd (it binds by itself and only logs a failure).
-fn inner_address() -> Result<SocketAddr, BrokerError> {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    TcpListener::bind(any)
-        .and_then(|l| l.local_addr())
-        .map_err(|source| BrokerError::Bind { addr: any, source })
-}
-
 /// Raises the soft open-file limit to the hard one and returns how many clients the front may
-/// hold: three descriptors each, [`RESERVED_FILES`] kept aside, at most [`MAX_CONNECTIONS`].
+/// hold: one descriptor each, [`RESERVED_FILES`] kept aside, at most [`MAX_CONNECTIONS`].
 /// Past that the front refuses new connections at once (counted as `busy`) rather than run
-/// out of descriptors, which would stall every accept, its own and rumqttd's.
+/// out of descriptors, which would stall every accept.
 fn raise_open_file_limit() -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
@@ -184,13 +140,13 @@ fn raise_open_file_limit() -> usize {
     }
     let soft = getrlimit(Resource::Nofile).current;
     let capacity = soft.map_or(MAX_CONNECTIONS, |n| {
-        usize::try_from(n.saturating_sub(RESERVED_FILES) / 3).unwrap_or(MAX_CONNECTIONS).min(MAX_CONNECTIONS)
+        usize::try_from(n.saturating_sub(RESERVED_FILES)).unwrap_or(MAX_CONNECTIONS).min(MAX_CONNECTIONS)
     });
     if capacity < MAX_CONNECTIONS {
         tracing::warn!(
             open_files = soft,
             clients = capacity,
-            "embedded broker: the open-file limit caps the clients it holds (3 descriptors each); raise LimitNOFILE / ulimit -n for more"
+            "embedded broker: the open-file limit caps the clients it holds (one descriptor each); raise LimitNOFILE / ulimit -n for more"
         );
     } else {
         tracing::info!(open_files = soft, clients = capacity, "embedded broker: open-file limit");

@@ -5,8 +5,7 @@
 //! certificate its TLS handshake proved, never anything the client says — allows it:
 //!
 //! - **CONNECT** first and only once, protocol 3.1.1, client id equal to the identity; a last
-//!   will only on the device's own `presence` topic. The login the client sent is replaced by
-//!   the one the inner broker expects (so nothing that skips the gate can connect to it).
+//!   will only on the device's own `presence` topic.
 //! - **PUBLISH** only on its own `report` (never retained) and `presence` topics.
 //! - **SUBSCRIBE** only to its own `desired` and `ack` topics.
 //! - Acknowledgements, ping, unsubscribe and disconnect pass; anything a server sends
@@ -19,7 +18,7 @@
 //! CONNECT. Everything here is pure: the front does the I/O, the fuzz target feeds bytes.
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
+use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol};
 
 use crate::names::shown;
@@ -85,27 +84,26 @@ enum Who {
 #[derive(Debug)]
 pub struct Gate {
     who: Who,
-    login: Login,
     max_packet: usize,
     buffer: BytesMut,
     connected: bool,
 }
 
 impl Gate {
-    /// A gate for a device whose certificate names `identity`; the inner broker's `login`
-    /// replaces whatever the client sends; packets above `max_packet` bytes are refused.
-    pub fn device(identity: &str, login: Login, max_packet: usize) -> Gate {
-        Gate::new(Who::Device(identity.to_owned()), login, max_packet)
+    /// A gate for a device whose certificate names `identity`; packets above `max_packet`
+    /// bytes are refused.
+    pub fn device(identity: &str, max_packet: usize) -> Gate {
+        Gate::new(Who::Device(identity.to_owned()), max_packet)
     }
 
     /// A gate for the coordinator itself: its CONNECT must use [`COORDINATOR`] as client id;
     /// after that everything passes.
-    pub fn coordinator(login: Login, max_packet: usize) -> Gate {
-        Gate::new(Who::Coordinator, login, max_packet)
+    pub fn coordinator(max_packet: usize) -> Gate {
+        Gate::new(Who::Coordinator, max_packet)
     }
 
-    fn new(who: Who, login: Login, max_packet: usize) -> Gate {
-        Gate { who, login, max_packet, buffer: BytesMut::new(), connected: false }
+    fn new(who: Who, max_packet: usize) -> Gate {
+        Gate { who, max_packet, buffer: BytesMut::new(), connected: false }
     }
 
     /// The identity this gate checks against.
@@ -122,7 +120,7 @@ impl Gate {
     }
 
     /// Takes bytes the client sent; returns the bytes to forward to the broker (whole packets,
-    /// the CONNECT rewritten), keeping an incomplete packet for the next call. The first
+    /// as sent), keeping an incomplete packet for the next call. The first
     /// refusal ends the connection: the caller must stop forwarding.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Bytes>, Refusal> {
         self.buffer.extend_from_slice(bytes);
@@ -150,7 +148,8 @@ impl Gate {
             let Packet::Connect(connect) = packet else {
                 return Err(Refusal::NotConnect(name(&packet)));
             };
-            return self.connect(connect);
+            self.connect(&connect)?;
+            return Ok(frame);
         }
         let Who::Device(identity) = &self.who else {
             return match packet {
@@ -200,7 +199,7 @@ impl Gate {
         Ok(frame)
     }
 
-    fn connect(&mut self, mut connect: Connect) -> Result<Bytes, Refusal> {
+    fn connect(&mut self, connect: &Connect) -> Result<(), Refusal> {
         if connect.protocol == Protocol::V5 {
             return Err(Refusal::Protocol("5".into()));
         }
@@ -215,11 +214,8 @@ impl Gate {
                 return Err(Refusal::Will { identity, topic: shown(&will.topic) });
             }
         }
-        connect.login = Some(self.login.clone());
-        let mut out = BytesMut::new();
-        connect.write(&mut out).map_err(|e| Refusal::Malformed(e.to_string()))?;
         self.connected = true;
-        Ok(out.freeze())
+        Ok(())
     }
 }
 
@@ -257,10 +253,6 @@ mod tests {
     const A: &str = "dev-aaaaaaaaaaaaaaaa";
     const B: &str = "dev-bbbbbbbbbbbbbbbb";
 
-    fn login() -> Login {
-        Login::new("outpost-front", "inner-secret")
-    }
-
     fn bytes(packet: Packet) -> Vec<u8> {
         let mut out = BytesMut::new();
         packet.write(&mut out, usize::MAX).unwrap();
@@ -285,38 +277,31 @@ mod tests {
     }
 
     fn connected(identity: &str) -> Gate {
-        let mut gate = Gate::device(identity, login(), 1 << 20);
+        let mut gate = Gate::device(identity, 1 << 20);
         gate.feed(&connect(identity)).unwrap();
         gate
     }
 
     #[test]
-    fn connect_is_rewritten_with_the_inner_login() {
-        let mut gate = Gate::device(A, login(), 1 << 20);
-        let mut sent = Connect::new(A);
-        sent.login = Some(Login::new("anyone", "guess"));
-        let out = gate.feed(&bytes(Packet::Connect(sent))).unwrap();
-        assert_eq!(out.len(), 1);
-        let Packet::Connect(forwarded) = Packet::read(&mut BytesMut::from(&out[0][..]), 1 << 20).unwrap()
-        else {
-            panic!("not a CONNECT")
-        };
-        assert_eq!(forwarded.client_id, A);
-        assert_eq!(forwarded.login, Some(login()));
+    fn a_connect_with_the_certificates_identity_passes_as_sent() {
+        let mut gate = Gate::device(A, 1 << 20);
+        let sent = connect(A);
+        assert!(!gate.connected());
+        assert_eq!(gate.feed(&sent).unwrap(), vec![Bytes::from(sent)]);
         assert!(gate.connected());
     }
 
     #[test]
     fn another_devices_client_id_or_the_coordinators_is_refused() {
         for presented in [B, COORDINATOR] {
-            let mut gate = Gate::device(A, login(), 1 << 20);
+            let mut gate = Gate::device(A, 1 << 20);
             let refusal = gate.feed(&connect(presented)).unwrap_err();
             assert_eq!(refusal.reason(), "client_id", "{presented}");
             assert_eq!(refusal.connack_code(), 2);
         }
         // A device certificate that carries the coordinator's name gets a device gate, which
         // refuses that name.
-        let mut gate = Gate::device(COORDINATOR, login(), 1 << 20);
+        let mut gate = Gate::device(COORDINATOR, 1 << 20);
         assert_eq!(gate.feed(&connect(COORDINATOR)).unwrap_err().reason(), "client_id");
     }
 
@@ -367,10 +352,10 @@ mod tests {
         c.last_will =
             Some(LastWill::new(format!("outpost/v1/{B}/presence"), b"off".to_vec(), QoS::AtLeastOnce, true));
         assert_eq!(
-            Gate::device(A, login(), 1 << 20).feed(&bytes(Packet::Connect(c))).unwrap_err().reason(),
+            Gate::device(A, 1 << 20).feed(&bytes(Packet::Connect(c))).unwrap_err().reason(),
             "will"
         );
-        let mut gate = Gate::device(A, login(), 1 << 20);
+        let mut gate = Gate::device(A, 1 << 20);
         let refusal = gate.feed(&publish(&format!("outpost/v1/{A}/report"), false)).unwrap_err();
         assert_eq!(refusal, Refusal::NotConnect("PUBLISH"));
         assert_eq!(connected(A).feed(&connect(A)).unwrap_err().reason(), "unexpected_packet");
@@ -378,9 +363,9 @@ mod tests {
 
     #[test]
     fn the_coordinator_gate_checks_only_its_client_id() {
-        let mut gate = Gate::coordinator(login(), 1 << 20);
+        let mut gate = Gate::coordinator(1 << 20);
         assert_eq!(gate.feed(&connect(A)).unwrap_err().reason(), "client_id");
-        let mut gate = Gate::coordinator(login(), 1 << 20);
+        let mut gate = Gate::coordinator(1 << 20);
         gate.feed(&connect(COORDINATOR)).unwrap();
         assert_eq!(gate.feed(&subscribe("outpost/v1/+/report")).unwrap().len(), 1);
         assert_eq!(gate.feed(&publish(&format!("outpost/v1/{A}/desired"), true)).unwrap().len(), 1);
@@ -388,16 +373,16 @@ mod tests {
 
     #[test]
     fn oversized_and_garbage_bytes_are_refused_not_buffered() {
-        let mut gate = Gate::device(A, login(), 1024);
+        let mut gate = Gate::device(A, 1024);
         let big = publish(&format!("outpost/v1/{A}/report"), false);
         let mut huge = Publish::new(format!("outpost/v1/{A}/report"), QoS::AtMostOnce, vec![0u8; 4096]);
         huge.retain = false;
         gate.feed(&connect(A)).unwrap();
         assert!(gate.feed(&big).is_ok());
         assert_eq!(gate.feed(&bytes(Packet::Publish(huge))).unwrap_err().reason(), "malformed");
-        let mut gate = Gate::device(A, login(), 1024);
+        let mut gate = Gate::device(A, 1024);
         assert!(gate.feed(&[0xff; 8]).is_err());
-        let mut gate = Gate::device(A, login(), 1024);
+        let mut gate = Gate::device(A, 1024);
         // MQTT 5 CONNECT (protocol level 5).
         let v5 = [0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x00];
         assert_eq!(gate.feed(&v5).unwrap_err().reason(), "protocol");

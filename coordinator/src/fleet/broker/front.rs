@@ -5,9 +5,8 @@
 //! coordinator's CA checks their certificate, the certificate's common name becomes the
 //! identity, and the device must be enrolled and not revoked. Each client's bytes then pass
 //! through an [`outpost_shared::protocol::gate::Gate`] (client id = identity, own topics
-//! only) to rumqttd on a loopback port, which accepts only the login the front puts into every
-//! CONNECT (a per-process secret) — a local process that skips the front is refused. The
-//! broker's answers flow back untouched.
+//! only) into a [`session`](super::session) with rumqttd's router in this process. rumqttd has
+//! no listener at all: nothing reaches it but what the front admitted.
 //!
 //! The coordinator's identity is reserved: only the certificate this process issued itself
 //! (compared byte for byte) is let in as `outpost-coordinator`. A refusal answers a CONNECT
@@ -21,14 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
+use futures_util::FutureExt;
 use outpost_shared::protocol::gate::{self, Gate, Refusal};
-use rumqttc::mqttbytes::v4::Login;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::base::metrics::Metrics;
+use crate::fleet::broker::session::{Session, SessionError};
 use crate::fleet::devices::Devices;
 
 /// Time a client has to finish the TLS handshake, and then to send its CONNECT.
@@ -53,10 +53,8 @@ pub type OnRefusal = Arc<dyn Fn(Refused) + Send + Sync>;
 /// What the front needs.
 pub struct FrontSettings {
     pub tls: Arc<rustls::ServerConfig>,
-    /// rumqttd's loopback listener.
-    pub inner: SocketAddr,
-    /// The login rumqttd accepts.
-    pub login: Login,
+    /// rumqttd, whose router each admitted client gets a link to.
+    pub broker: Arc<rumqttd::Broker>,
     /// The coordinator's own client certificate (DER): the only one admitted as the coordinator.
     pub coordinator_cert: Vec<u8>,
     pub devices: Devices,
@@ -69,8 +67,7 @@ pub struct FrontSettings {
 /// The front (shared by every connection task).
 pub struct Front {
     acceptor: tokio_rustls::TlsAcceptor,
-    inner: SocketAddr,
-    login: Login,
+    broker: Arc<rumqttd::Broker>,
     coordinator_cert: Vec<u8>,
     devices: Devices,
     max_packet: usize,
@@ -84,7 +81,7 @@ pub struct Front {
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Front").field("clients", &self.live.lock().map_or(0, |l| l.len())).finish_non_exhaustive()
     }
 }
 
@@ -92,6 +89,8 @@ impl std::fmt::Debug for Front {
 enum Ended {
     Closed,
     Refused(Refusal),
+    /// rumqttd's decoding or its router ended it.
+    Broken(SessionError),
     /// Revoked ([`Front::disconnect`]).
     Cut,
     /// The same identity connected again; MQTT drops the older connection.
@@ -102,8 +101,7 @@ impl Front {
     pub fn new(settings: FrontSettings) -> Front {
         Front {
             acceptor: tokio_rustls::TlsAcceptor::from(settings.tls),
-            inner: settings.inner,
-            login: settings.login,
+            broker: settings.broker,
             coordinator_cert: settings.coordinator_cert,
             devices: settings.devices,
             max_packet: settings.max_packet,
@@ -189,7 +187,7 @@ impl Front {
         let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
         let Some(certificate) = certificate else { return };
         let gate = if certificate == self.coordinator_cert {
-            Gate::coordinator(self.login.clone(), self.max_packet)
+            Gate::coordinator(self.max_packet)
         } else {
             let Some(id) = crate::fleet::ca::common_name(&certificate) else {
                 self.refuse(None, peer, "tls", "client certificate has no common name".into());
@@ -202,12 +200,13 @@ impl Front {
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
                 return;
             }
-            Gate::device(&id, self.login.clone(), self.max_packet)
+            Gate::device(&id, self.max_packet)
         };
         self.relay(tls, gate, peer).await;
     }
 
-    /// Waits for the CONNECT, opens the broker side and relays until either side ends.
+    /// Waits for the CONNECT, opens the session with the broker and relays until either side
+    /// ends.
     async fn relay(&self, tls: tokio_rustls::server::TlsStream<TcpStream>, mut gate: Gate, peer: SocketAddr) {
         let identity = gate.identity().to_owned();
         let device = identity != gate::COORDINATOR;
@@ -234,19 +233,21 @@ impl Front {
             }
             Ok(None) | Err(_) => return,
         };
-        let inner = match TcpStream::connect(self.inner).await {
-            Ok(inner) => inner,
+        let (mut session, connack) = match Session::open(&self.broker, &identity, &frames[0], self.max_packet).await {
+            Ok(opened) => opened,
+            Err(e @ (SessionError::ZeroKeepAlive | SessionError::Decode(_) | SessionError::NotConnect)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client_wr.shutdown()).await;
+                self.refuse(Some(&identity), peer, "malformed", e.to_string());
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, inner = %self.inner, "embedded broker unreachable behind its front");
+                // The router is full (max_connections) or gone: "server unavailable".
+                tracing::error!(identity, error = %e, "embedded broker cannot open a session");
                 let _ = client_wr.write_all(&gate::connack_refusal(3)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), client_wr.shutdown()).await;
                 return;
             }
         };
-        let _ = inner.set_nodelay(true);
-        let (mut inner_rd, mut inner_wr) = inner.into_split();
-        if write_all(&mut inner_wr, &frames).await.is_err() {
-            return;
-        }
 
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let (kill, mut killed) = watch::channel(false);
@@ -256,36 +257,68 @@ impl Front {
             if let Err((reason, detail)) = self.standing(&identity) {
                 self.forget(&identity, number);
                 self.refuse(Some(&identity), peer, reason, detail);
+                session.close(false).await;
                 return;
             }
+        }
+        if client_wr.write_all(&connack).await.is_err() || client_wr.flush().await.is_err() {
+            if device {
+                self.forget(&identity, number);
+            }
+            session.close(false).await;
+            return;
         }
         self.metrics.broker_connections.inc();
         tracing::debug!(identity, %peer, "embedded broker: client connected");
 
-        let upstream = async {
-            loop {
-                let n = match client_rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Ended::Closed,
-                    Ok(n) => n,
-                };
-                match gate.feed(&chunk[..n]) {
-                    Ok(frames) => {
-                        if write_all(&mut inner_wr, &frames).await.is_err() {
-                            return Ended::Closed;
-                        }
-                    }
-                    Err(refusal) => return Ended::Refused(refusal),
+        let mut outgoing = BytesMut::new();
+        let keep_alive = session.keep_alive();
+        let mut heard = tokio::time::Instant::now();
+        let mut pending = frames[1..].to_vec();
+        let ended = loop {
+            if !pending.is_empty() {
+                match session.forward(&pending).await {
+                    Ok(false) => pending.clear(),
+                    Ok(true) => break Ended::Closed,
+                    Err(e) => break Ended::Broken(e),
                 }
             }
+            tokio::select! {
+                read = client_rd.read(&mut chunk) => {
+                    let n = match read {
+                        Ok(n) if n > 0 => n,
+                        _ => break Ended::Closed,
+                    };
+                    heard = tokio::time::Instant::now();
+                    match gate.feed(&chunk[..n]) {
+                        Ok(frames) => pending = frames,
+                        Err(refusal) => break Ended::Refused(refusal),
+                    }
+                }
+                received = session.receive(&mut outgoing) => {
+                    let received = match received {
+                        Ok(received) => received,
+                        Err(e) => break Ended::Broken(e),
+                    };
+                    if client_wr.write_all(&outgoing).await.is_err() || client_wr.flush().await.is_err() {
+                        break Ended::Closed;
+                    }
+                    outgoing.clear();
+                    if !received.open {
+                        break Ended::Superseded;
+                    }
+                    if received.paused && let Err(e) = session.ready().await {
+                        break Ended::Broken(e);
+                    }
+                }
+                // Silent for 1.5 × its keep-alive: gone (MQTT 3.1.1 §3.1.2.10).
+                _ = tokio::time::sleep_until(heard + keep_alive) => break Ended::Closed,
+                // A revocation sends `true`; a newer connection of this identity replaces the
+                // entry, dropping the sender.
+                cut = killed.wait_for(|k| *k).map(|k| k.is_ok()) => break if cut { Ended::Cut } else { Ended::Superseded },
+            }
         };
-        let downstream = copy(&mut inner_rd, &mut client_wr);
-        let ended = tokio::select! {
-            ended = upstream => ended,
-            _ = downstream => Ended::Closed,
-            // A revocation sends `true`; a newer connection of this identity replaces the
-            // entry, dropping the sender.
-            killed = killed.wait_for(|k| *k) => if killed.is_ok() { Ended::Cut } else { Ended::Superseded },
-        };
+        session.close(matches!(ended, Ended::Superseded)).await;
         self.metrics.broker_connections.dec();
         if device {
             self.forget(&identity, number);
@@ -298,6 +331,11 @@ impl Front {
             Ended::Refused(refusal) => {
                 self.refuse(Some(&identity), peer, refusal.reason(), refusal.to_string());
             }
+            Ended::Broken(SessionError::Outside { .. }) => {
+                // The gate passed what rumqttd's codec reads differently: refuse as the gate would.
+                self.refuse(Some(&identity), peer, "codec", "packets decode differently in the gate and the broker".into());
+            }
+            Ended::Broken(e) => tracing::warn!(identity, %peer, error = %e, "embedded broker: session ended"),
             Ended::Cut => {
                 self.metrics.broker_refused.with_label_values(&["revoked"]).inc();
                 tracing::info!(identity, %peer, "embedded broker: revoked device disconnected");
@@ -311,28 +349,6 @@ impl Front {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if live.get(identity).is_some_and(|(n, _)| *n == number) {
             live.remove(identity);
-        }
-    }
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
-    for frame in frames {
-        writer.write_all(frame).await?;
-    }
-    Ok(())
-}
-
-/// Copies the broker's bytes to the client until either side ends.
-async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(from: &mut R, to: &mut W) {
-    let mut buffer = vec![0u8; READ_CHUNK];
-    loop {
-        match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if to.write_all(&buffer[..n]).await.is_err() || to.flush().await.is_err() {
-                    return;
-                }
-            }
         }
     }
 }
