@@ -46,6 +46,16 @@ fn assert_exactly_once(view: &Value) {
     assert_eq!(Some(envelopes), view["highest_seq"].as_u64(), "a seq is missing: {view:#}");
 }
 
+/// After a SIGKILL: at most one seq is missing — the outbox marks a seq handed out before it
+/// writes the entry, so a kill between the two skips that seq for good (never reuses it).
+/// What the entry would have carried was not lost: the prediction cursor had not moved, so it
+/// goes out under a later seq (callers check the prediction count).
+fn assert_once_but_one_seq_skipped_by_a_kill(view: &Value) {
+    let envelopes = view["counts"]["envelopes"].as_u64().unwrap();
+    let highest = view["highest_seq"].as_u64().unwrap();
+    assert!(envelopes <= highest && highest <= envelopes + 1, "seqs missing: {view:#}");
+}
+
 async fn wait_drained(
     agent: &Agent,
     fleet: &Fleet,
@@ -219,7 +229,7 @@ async fn agent_killed_while_draining_restarts_without_loss(kind: Kind) {
     agent.wait_ready(Duration::from_secs(30)).await;
     let view = wait_drained(&agent, &fleet, &device, 5000, Duration::from_secs(90)).await;
     assert_eq!(view["counts"]["predictions"], 5000, "{view:#}");
-    assert_exactly_once(&view);
+    assert_once_but_one_seq_skipped_by_a_kill(&view);
 }
 
 async fn coordinator_outage_loses_nothing(kind: Kind) {
