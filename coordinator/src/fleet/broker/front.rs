@@ -277,8 +277,16 @@ impl Front {
         let mut pending = frames[1..].to_vec();
         let ended = loop {
             if !pending.is_empty() {
-                match session.forward(&pending).await {
-                    Ok(false) => pending.clear(),
+                let forwarded = session.forward(&pending, &mut outgoing).await;
+                pending.clear();
+                if !outgoing.is_empty() {
+                    if client_wr.write_all(&outgoing).await.is_err() || client_wr.flush().await.is_err() {
+                        break Ended::Closed;
+                    }
+                    outgoing.clear();
+                }
+                match forwarded {
+                    Ok(false) => {}
                     Ok(true) => break Ended::Closed,
                     Err(e) => break Ended::Broken(e),
                 }

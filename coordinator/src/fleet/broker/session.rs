@@ -18,6 +18,7 @@
 //! A device's packets are checked again after rumqttd's decoding (own topics only), so the two
 //! codecs can never disagree about what passes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ pub struct Session {
     max_packet: usize,
     will: Option<LastWill>,
     keep_alive: Duration,
+    /// Packet ids of QoS 1 deliveries to the client not yet acknowledged.
+    delivered: HashSet<u16>,
 }
 
 impl Session {
@@ -104,6 +107,7 @@ impl Session {
             max_packet,
             will,
             keep_alive: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
+            delivered: HashSet::new(),
         };
         Ok((session, connack.freeze()))
     }
@@ -114,12 +118,23 @@ impl Session {
     }
 
     /// Passes admitted packets to the router; `true` when the client said DISCONNECT (its
-    /// will is then dropped, and the session is over).
+    /// will is then dropped, and the session is over). What the client is owed at once goes
+    /// into `replies`:
+    ///
+    /// - a QoS 1 PUBLISH is acknowledged here as soon as it is in the router's buffer (what
+    ///   rumqttd's own PUBACK means too), and the router's later PUBACK is dropped. rumqttd
+    ///   sends acks only when it schedules the connection, and it does not schedule one whose
+    ///   deliveries wait for the client's acks; a client that stops reading acks while its own
+    ///   publishes wait for theirs (rumqttc does, when its in-flight window is full) then stalls
+    ///   for good — the coordinator did, at 10,000 devices, until its keep-alive gave up;
+    /// - a PINGREQ is answered here, for the same reason;
+    /// - a PUBACK for a delivery this session never made (one from before a reconnect: sessions
+    ///   start clean) is dropped, since rumqttd ends a connection that sends one.
     ///
     /// rumqttd's link hands packets over on a bounded channel with a blocking send: when the
     /// router is 1,000 events behind, this worker waits for it. The router thread never waits
     /// on anything async, so that wait is short and cannot deadlock.
-    pub async fn forward(&mut self, frames: &[Bytes]) -> Result<bool, SessionError> {
+    pub async fn forward(&mut self, frames: &[Bytes], replies: &mut BytesMut) -> Result<bool, SessionError> {
         let mut disconnect = false;
         let mut last = None;
         for frame in frames {
@@ -128,9 +143,29 @@ impl Session {
                 .read_mut(&mut BytesMut::from(&frame[..]), self.max_packet)
                 .map_err(|e| SessionError::Decode(format!("{e:?}")))?;
             self.check(&packet)?;
-            if matches!(packet, Packet::Disconnect(..)) {
-                self.will = None;
-                disconnect = true;
+            match &packet {
+                Packet::Disconnect(..) => {
+                    self.will = None;
+                    disconnect = true;
+                }
+                Packet::PingReq(_) => {
+                    replies.extend_from_slice(&[0xd0, 0x00]);
+                    continue;
+                }
+                Packet::Publish(..) => {
+                    if let Some((1, pkid)) = publish_qos_and_id(frame) {
+                        replies.extend_from_slice(&[0x40, 0x02]);
+                        replies.extend_from_slice(&pkid.to_be_bytes());
+                    }
+                }
+                Packet::PubAck(..) => {
+                    let pkid = frame.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                    if !self.delivered.remove(&pkid) {
+                        tracing::debug!(identity = self.identity, pkid, "embedded broker: PUBACK for no delivery of this session dropped");
+                        continue;
+                    }
+                }
+                _ => {}
             }
             if let Some(previous) = last.replace(packet) {
                 self.tx.buffer().push_back(previous);
@@ -208,8 +243,15 @@ impl Session {
             received.open = false;
         }
         match Option::<Packet>::from(notification) {
+            // Answered when the client's packet came in (see `forward`).
+            Some(Packet::PubAck(..) | Packet::PingResp(_)) => {}
             Some(packet) => {
+                let start = out.len();
+                let publish = matches!(packet, Packet::Publish(..));
                 self.codec.write(packet, out).map_err(|e| SessionError::Decode(format!("{e:?}")))?;
+                if publish && let Some((1.., pkid)) = publish_qos_and_id(&out[start..]) {
+                    self.delivered.insert(pkid);
+                }
             }
             // The router paused this client (its queue was full) until told it is ready.
             None => received.paused = true,
@@ -233,5 +275,187 @@ impl Session {
         // A router that already dropped this link (a newer one took its client id) finds only
         // this orphaned buffer, so nothing reaches the newer session.
         let _ = self.tx.send(Packet::Disconnect(disconnect, None)).await;
+    }
+}
+
+/// QoS and packet id of one whole, already decoded MQTT 3.1.1 PUBLISH frame (id 0 at QoS 0):
+/// fixed header, remaining length (1–4 bytes), topic (length-prefixed), then the id.
+fn publish_qos_and_id(frame: &[u8]) -> Option<(u8, u16)> {
+    let qos = (frame.first()? >> 1) & 0b11;
+    let length_bytes = frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let topic_at = 1 + length_bytes;
+    let topic_len = usize::from(u16::from_be_bytes([*frame.get(topic_at)?, *frame.get(topic_at + 1)?]));
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    let id_at = topic_at + 2 + topic_len;
+    Some((qos, u16::from_be_bytes([*frame.get(id_at)?, *frame.get(id_at + 1)?])))
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4 as wire;
+
+    use super::*;
+
+    const A: &str = "dev-aaaaaaaaaaaaaaaa";
+    const B: &str = "dev-bbbbbbbbbbbbbbbb";
+    const MAX: usize = 1 << 20;
+
+    fn broker() -> Arc<rumqttd::Broker> {
+        let config = serde_json::json!({
+            "id": 0,
+            "router": { "max_connections": 10, "max_outgoing_packet_count": 200,
+                        "max_segment_size": 1_048_576, "max_segment_count": 2 },
+        });
+        Arc::new(rumqttd::Broker::new(serde_json::from_value(config).unwrap()))
+    }
+
+    /// What a client sends, framed as the gate passes it on (rumqttc's codec, as agents use).
+    fn frame(packet: wire::Packet) -> Bytes {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, MAX).unwrap();
+        out.freeze()
+    }
+
+    fn connect(id: &str, keep_alive: u16, will: bool) -> Bytes {
+        let mut c = wire::Connect::new(id);
+        c.keep_alive = keep_alive;
+        if will {
+            c.last_will = Some(wire::LastWill::new(
+                format!("outpost/v1/{id}/presence"),
+                b"offline".to_vec(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        frame(wire::Packet::Connect(c))
+    }
+
+    async fn open(broker: &Arc<rumqttd::Broker>, id: &str, will: bool) -> Session {
+        let (session, connack) = Session::open(broker, id, &connect(id, 30, will), MAX).await.unwrap();
+        assert_eq!(&connack[..], &[0x20, 0x02, 0x00, 0x00], "CONNACK: accepted, no session present");
+        session
+    }
+
+    /// The coordinator's side: subscribed to every device's presence.
+    async fn watcher(broker: &Arc<rumqttd::Broker>) -> Session {
+        let mut watcher = open(broker, COORDINATOR, false).await;
+        let mut subscribe = wire::Subscribe::new("outpost/v1/+/presence", QoS::AtLeastOnce);
+        subscribe.pkid = 1;
+        watcher.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
+        assert!(received(&mut watcher).await.iter().any(|p| matches!(p, Packet::SubAck(..))));
+        watcher
+    }
+
+    /// Every packet the router sends `session` within half a second.
+    async fn received(session: &mut Session) -> Vec<Packet> {
+        let mut out = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(received) = tokio::time::timeout_at(deadline, session.receive(&mut out)).await {
+            assert!(received.unwrap().open);
+        }
+        let mut packets = Vec::new();
+        while !out.is_empty() {
+            packets.push(V4.read_mut(&mut out, MAX).unwrap());
+        }
+        packets
+    }
+
+    fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
+        packets.into_iter().filter_map(|p| if let Packet::Publish(p, _) = p { Some(p) } else { None }).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_gone_without_disconnect_leaves_its_will_retained() {
+        let broker = broker();
+        let mut watcher = watcher(&broker).await;
+        open(&broker, A, true).await.close(false).await;
+        let wills = publishes(received(&mut watcher).await);
+        let [will] = &wills[..] else { panic!("{} wills published", wills.len()) };
+        assert_eq!((&will.topic[..], &will.payload[..]), (format!("outpost/v1/{A}/presence").as_bytes(), &b"offline"[..]));
+        // Retained: a subscriber that comes later still learns it.
+        watcher.close(true).await;
+        let mut later = open(&broker, COORDINATOR, false).await;
+        let mut subscribe = wire::Subscribe::new(format!("outpost/v1/{A}/presence"), QoS::AtLeastOnce);
+        subscribe.pkid = 1;
+        later.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
+        assert_eq!(publishes(received(&mut later).await).len(), 1, "the retained will did not reach a later subscriber");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disconnect_or_a_takeover_publishes_no_will() {
+        let broker = broker();
+        let mut watcher = watcher(&broker).await;
+        let mut said_goodbye = open(&broker, A, true).await;
+        assert!(said_goodbye.forward(&[frame(wire::Packet::Disconnect)], &mut BytesMut::new()).await.unwrap());
+        said_goodbye.close(false).await;
+        open(&broker, B, true).await.close(true).await;
+        assert!(publishes(received(&mut watcher).await).is_empty(), "a will went out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_pass_with_their_acknowledgements_both_ways() {
+        let broker = broker();
+        let mut coordinator = open(&broker, COORDINATOR, false).await;
+        let mut subscribe = wire::Subscribe::new("outpost/v1/+/report", QoS::AtLeastOnce);
+        subscribe.pkid = 7;
+        coordinator.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
+        assert!(received(&mut coordinator).await.iter().any(|p| matches!(p, Packet::SubAck(ack, _) if ack.pkid == 7)));
+        let mut device = open(&broker, A, true).await;
+        for pkid in [3, 4] {
+            let mut report =
+                wire::Publish::new(format!("outpost/v1/{A}/report"), QoS::AtLeastOnce, b"sealed".to_vec());
+            report.pkid = pkid;
+            let mut replies = BytesMut::new();
+            // A ping and a PUBACK for no delivery of this session ride along: the ping is
+            // answered here, the stray PUBACK dropped (rumqttd would end the connection).
+            let frames = [frame(wire::Packet::Publish(report)), frame(wire::Packet::PingReq), frame(wire::Packet::PubAck(wire::PubAck::new(9)))];
+            device.forward(&frames, &mut replies).await.unwrap();
+            assert_eq!(&replies[..], &[0x40, 0x02, 0x00, pkid as u8, 0xd0, 0x00], "PUBACK {pkid} and PINGRESP at once");
+            // The coordinator gets the report (QoS 1) and its PUBACK is taken; the router's own
+            // PUBACK to the device is not passed on twice.
+            let delivered = publishes(received(&mut coordinator).await);
+            let [delivered] = &delivered[..] else { panic!("{} delivered", delivered.len()) };
+            assert_eq!(&delivered.payload[..], b"sealed");
+            let mut out = BytesMut::new();
+            let id = publish_qos_and_id(&{
+                V4.write(Packet::Publish(delivered.clone(), None), &mut out).unwrap();
+                out.clone()
+            })
+            .unwrap();
+            assert_eq!(id.0, 1, "delivered at QoS 1");
+            coordinator.forward(&[frame(wire::Packet::PubAck(wire::PubAck::new(id.1)))], &mut BytesMut::new()).await.unwrap();
+            let extra = received(&mut device).await;
+            assert!(extra.is_empty(), "reached the device besides its PUBACK: {extra:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_zero_keep_alive_and_a_non_connect_are_refused() {
+        let broker = broker();
+        let zero = Session::open(&broker, A, &connect(A, 0, false), MAX).await.err();
+        assert!(matches!(zero, Some(SessionError::ZeroKeepAlive)), "{zero:?}");
+        let ping = Session::open(&broker, A, &frame(wire::Packet::PingReq), MAX).await.err();
+        assert!(matches!(ping, Some(SessionError::NotConnect)), "{ping:?}");
+        assert_eq!(open(&broker, A, false).await.keep_alive(), Duration::from_secs(45));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_is_held_to_its_own_topics_after_decoding_too() {
+        let broker = broker();
+        let mut device = open(&broker, A, true).await;
+        let elsewhere = [
+            frame(wire::Packet::Publish(wire::Publish::new(format!("outpost/v1/{B}/report"), QoS::AtMostOnce, vec![1]))),
+            frame(wire::Packet::Subscribe(wire::Subscribe::new("outpost/v1/+/report", QoS::AtMostOnce))),
+        ];
+        for packet in elsewhere {
+            let refused = device.forward(&[packet], &mut BytesMut::new()).await.err();
+            assert!(matches!(refused, Some(SessionError::Outside { .. })), "{refused:?}");
+        }
+        let mut retained_report = wire::Publish::new(format!("outpost/v1/{A}/report"), QoS::AtMostOnce, vec![1]);
+        retained_report.retain = true;
+        assert!(device.forward(&[frame(wire::Packet::Publish(retained_report))], &mut BytesMut::new()).await.is_err());
     }
 }
