@@ -291,7 +291,10 @@ impl Front {
                     Err(e) => break Ended::Broken(e),
                 }
             }
+            // Biased, the client's bytes first and the keep-alive last: after this task waited
+            // for a busy router, what the client sent meanwhile counts before its silence does.
             tokio::select! {
+                biased;
                 read = client_rd.read(&mut chunk) => {
                     let n = match read {
                         Ok(n) if n > 0 => n,
@@ -319,11 +322,14 @@ impl Front {
                         break Ended::Broken(e);
                     }
                 }
-                // Silent for 1.5 × its keep-alive: gone (MQTT 3.1.1 §3.1.2.10).
-                _ = tokio::time::sleep_until(heard + keep_alive) => break Ended::Closed,
                 // A revocation sends `true`; a newer connection of this identity replaces the
                 // entry, dropping the sender.
                 cut = killed.wait_for(|k| *k).map(|k| k.is_ok()) => break if cut { Ended::Cut } else { Ended::Superseded },
+                // Silent for 1.5 × its keep-alive: gone (MQTT 3.1.1 §3.1.2.10).
+                _ = tokio::time::sleep_until(heard + keep_alive) => {
+                    tracing::info!(identity, %peer, "embedded broker: client silent past its keep-alive, dropped");
+                    break Ended::Closed;
+                }
             }
         };
         session.close(matches!(ended, Ended::Superseded)).await;
