@@ -159,7 +159,11 @@ async fn nothing_reaches_the_embedded_broker_around_its_front() {
     let (api, broker) = (c.addr.port(), fleet.broker_port());
     let sockets = tcp_sockets(c.pid().unwrap());
     let listening: Vec<u16> = sockets.iter().filter(|s| s.listening).map(|s| s.local).collect();
-    assert_eq!(listening, vec![api.min(broker), api.max(broker)], "listening ports besides the API's and the broker's");
+    assert_eq!(
+        listening,
+        vec![api.min(broker), api.max(broker)],
+        "listening ports besides the API's and the broker's"
+    );
     // Established: clients at the broker or the API, and the coordinator's own client
     // connection to its broker. Nothing else (no inner hop).
     let established: Vec<&Socket> = sockets.iter().filter(|s| !s.listening).collect();
@@ -213,7 +217,11 @@ fn tcp_sockets(pid: u32) -> Vec<Socket> {
             if !inodes.contains(*f.get(9)?) {
                 return None;
             }
-            Some(Socket { local: port(f.get(1)?)?, remote: port(f.get(2)?)?, listening: f.get(3) == Some(&"0A") })
+            Some(Socket {
+                local: port(f.get(1)?)?,
+                remote: port(f.get(2)?)?,
+                listening: f.get(3) == Some(&"0A"),
+            })
         })
         .collect();
     sockets.sort_by_key(|s| (!s.listening, s.local));

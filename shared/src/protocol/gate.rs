@@ -351,10 +351,7 @@ mod tests {
         let mut c = Connect::new(A);
         c.last_will =
             Some(LastWill::new(format!("outpost/v1/{B}/presence"), b"off".to_vec(), QoS::AtLeastOnce, true));
-        assert_eq!(
-            Gate::device(A, 1 << 20).feed(&bytes(Packet::Connect(c))).unwrap_err().reason(),
-            "will"
-        );
+        assert_eq!(Gate::device(A, 1 << 20).feed(&bytes(Packet::Connect(c))).unwrap_err().reason(), "will");
         let mut gate = Gate::device(A, 1 << 20);
         let refusal = gate.feed(&publish(&format!("outpost/v1/{A}/report"), false)).unwrap_err();
         assert_eq!(refusal, Refusal::NotConnect("PUBLISH"));

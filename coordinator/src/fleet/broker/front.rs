@@ -81,7 +81,9 @@ pub struct Front {
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front").field("clients", &self.live.lock().map_or(0, |l| l.len())).finish_non_exhaustive()
+        f.debug_struct("Front")
+            .field("clients", &self.live.lock().map_or(0, |l| l.len()))
+            .finish_non_exhaustive()
     }
 }
 
@@ -233,7 +235,9 @@ impl Front {
             }
             Ok(None) | Err(_) => return,
         };
-        let (mut session, connack) = match Session::open(&self.broker, &identity, &frames[0], self.max_packet).await {
+        let (mut session, connack) = match Session::open(&self.broker, &identity, &frames[0], self.max_packet)
+            .await
+        {
             Ok(opened) => opened,
             Err(e @ (SessionError::ZeroKeepAlive | SessionError::Decode(_) | SessionError::NotConnect)) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), client_wr.shutdown()).await;
@@ -347,7 +351,12 @@ impl Front {
             }
             Ended::Broken(SessionError::Outside { .. }) => {
                 // The gate passed what rumqttd's codec reads differently: refuse as the gate would.
-                self.refuse(Some(&identity), peer, "codec", "packets decode differently in the gate and the broker".into());
+                self.refuse(
+                    Some(&identity),
+                    peer,
+                    "codec",
+                    "packets decode differently in the gate and the broker".into(),
+                );
             }
             Ended::Broken(e) => tracing::warn!(identity, %peer, error = %e, "embedded broker: session ended"),
             Ended::Cut => {

@@ -27,7 +27,7 @@ use futures_util::FutureExt;
 use outpost_shared::protocol::gate::COORDINATOR;
 use outpost_shared::protocol::topics::{self, Channel};
 use rumqttd::Notification;
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish,
@@ -43,7 +43,7 @@ pub enum SessionError {
     #[error("keep-alive 0 is refused: a dead connection could never be told from an idle one")]
     ZeroKeepAlive,
     #[error("the broker refused the session: {0}")]
-    Link(#[from] LinkError),
+    Link(String),
     #[error("the broker's router has stopped")]
     RouterGone,
     #[error("{identity} may not {what} `{topic}` (checked again after decoding)")]
@@ -110,12 +110,16 @@ impl Session {
         }
         // Registering waits on the router thread's answer: off the async workers.
         let (broker, client_id) = (Arc::clone(broker), connect.client_id.clone());
-        let (tx, rx) = tokio::task::spawn_blocking(move || broker.link(&client_id))
-            .await
-            .map_err(|_| SessionError::RouterGone)??;
+        let (tx, rx) =
+            tokio::task::spawn_blocking(move || broker.link(&client_id).map_err(|e| e.to_string()))
+                .await
+                .map_err(|_| SessionError::RouterGone)?
+                .map_err(SessionError::Link)?;
         let mut connack = BytesMut::new();
         let ack = ConnAck { session_present: false, code: ConnectReturnCode::Success };
-        codec.write(Packet::ConnAck(ack, None), &mut connack).map_err(|e| SessionError::Decode(format!("{e:?}")))?;
+        codec
+            .write(Packet::ConnAck(ack, None), &mut connack)
+            .map_err(|e| SessionError::Decode(format!("{e:?}")))?;
         let session = Session {
             identity: identity.to_owned(),
             tx,
@@ -193,7 +197,11 @@ impl Session {
                 Packet::PubAck(..) => {
                     let pkid = frame.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
                     if !self.delivered.remove(&pkid) {
-                        tracing::debug!(identity = self.identity, pkid, "embedded broker: PUBACK for no delivery of this session dropped");
+                        tracing::debug!(
+                            identity = self.identity,
+                            pkid,
+                            "embedded broker: PUBACK for no delivery of this session dropped"
+                        );
                         continue;
                     }
                 }
@@ -208,7 +216,7 @@ impl Session {
         }
         if let Some(packet) = last {
             // One wake-up of the router for the whole batch.
-            self.tx.send(packet).await?;
+            self.tx.send(packet).await.map_err(|e| SessionError::Link(e.to_string()))?;
         }
         Ok(disconnect)
     }
@@ -219,9 +227,7 @@ impl Session {
         if self.identity == COORDINATOR {
             return Ok(());
         }
-        let own = |topic: &str, allowed: &[Channel]| {
-            matches!(topics::parse(topic), Some((device, channel)) if device == self.identity && allowed.contains(&channel))
-        };
+        let own = |topic: &str, allowed: &[Channel]| matches!(topics::parse(topic), Some((device, channel)) if device == self.identity && allowed.contains(&channel));
         let outside = |what, topic: &str| SessionError::Outside {
             identity: self.identity.clone(),
             what,
@@ -230,7 +236,11 @@ impl Session {
         match packet {
             Packet::Publish(publish, _) => {
                 let topic = String::from_utf8_lossy(&publish.topic);
-                let allowed = if publish.retain { &[Channel::Presence][..] } else { &[Channel::Report, Channel::Presence] };
+                let allowed = if publish.retain {
+                    &[Channel::Presence][..]
+                } else {
+                    &[Channel::Report, Channel::Presence]
+                };
                 if !own(&topic, allowed) {
                     return Err(outside("publish on", &topic));
                 }
@@ -257,7 +267,9 @@ impl Session {
         // Whatever else is already waiting goes out in the same write.
         while received.open {
             match self.rx.next().now_or_never() {
-                Some(Ok(Some(notification))) => self.encode(Some(notification), out, &mut received, &mut acks)?,
+                Some(Ok(Some(notification))) => {
+                    self.encode(Some(notification), out, &mut received, &mut acks)?
+                }
                 Some(Ok(None)) | None => break,
                 Some(Err(_)) => return Err(SessionError::RouterGone),
             }
@@ -266,7 +278,7 @@ impl Session {
         // suspends, so this stays cancel-safe.)
         if let Some(last) = acks.pop() {
             self.tx.buffer().extend(acks);
-            self.tx.send(last).await?;
+            self.tx.send(last).await.map_err(|e| SessionError::Link(e.to_string()))?;
         }
         Ok(received)
     }
@@ -333,7 +345,8 @@ impl Session {
 /// A PUBACK for the router (from the front, on the coordinator's behalf).
 fn router_puback(pkid: u16) -> Result<Packet, SessionError> {
     let [high, low] = pkid.to_be_bytes();
-    V4.read_mut(&mut BytesMut::from(&[0x40, 0x02, high, low][..]), 4).map_err(|e| SessionError::Decode(format!("{e:?}")))
+    V4.read_mut(&mut BytesMut::from(&[0x40, 0x02, high, low][..]), 4)
+        .map_err(|e| SessionError::Decode(format!("{e:?}")))
 }
 
 /// QoS and packet id of one whole, already decoded MQTT 3.1.1 PUBLISH frame (id 0 at QoS 0):
@@ -422,7 +435,10 @@ mod tests {
     }
 
     fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
-        packets.into_iter().filter_map(|p| if let Packet::Publish(p, _) = p { Some(p) } else { None }).collect()
+        packets
+            .into_iter()
+            .filter_map(|p| if let Packet::Publish(p, _) = p { Some(p) } else { None })
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,14 +448,21 @@ mod tests {
         open(&broker, A, true).await.close(false).await;
         let wills = publishes(received(&mut watcher).await);
         let [will] = &wills[..] else { panic!("{} wills published", wills.len()) };
-        assert_eq!((&will.topic[..], &will.payload[..]), (format!("outpost/v1/{A}/presence").as_bytes(), &b"offline"[..]));
+        assert_eq!(
+            (&will.topic[..], &will.payload[..]),
+            (format!("outpost/v1/{A}/presence").as_bytes(), &b"offline"[..])
+        );
         // Retained: a subscriber that comes later still learns it.
         watcher.close(true).await;
         let mut later = open(&broker, COORDINATOR, false).await;
         let mut subscribe = wire::Subscribe::new(format!("outpost/v1/{A}/presence"), QoS::AtLeastOnce);
         subscribe.pkid = 1;
         later.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
-        assert_eq!(publishes(received(&mut later).await).len(), 1, "the retained will did not reach a later subscriber");
+        assert_eq!(
+            publishes(received(&mut later).await).len(),
+            1,
+            "the retained will did not reach a later subscriber"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +470,9 @@ mod tests {
         let broker = broker();
         let mut watcher = watcher(&broker).await;
         let mut said_goodbye = open(&broker, A, true).await;
-        assert!(said_goodbye.forward(&[frame(wire::Packet::Disconnect)], &mut BytesMut::new()).await.unwrap());
+        assert!(
+            said_goodbye.forward(&[frame(wire::Packet::Disconnect)], &mut BytesMut::new()).await.unwrap()
+        );
         said_goodbye.close(false).await;
         open(&broker, B, true).await.close(true).await;
         assert!(publishes(received(&mut watcher).await).is_empty(), "a will went out");
@@ -459,8 +484,16 @@ mod tests {
         let mut coordinator = open(&broker, COORDINATOR, false).await;
         let mut subscribe = wire::Subscribe::new("outpost/v1/+/report", QoS::AtLeastOnce);
         subscribe.pkid = 7;
-        coordinator.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
-        assert!(received(&mut coordinator).await.iter().any(|p| matches!(p, Packet::SubAck(ack, _) if ack.pkid == 7)));
+        coordinator
+            .forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new())
+            .await
+            .unwrap();
+        assert!(
+            received(&mut coordinator)
+                .await
+                .iter()
+                .any(|p| matches!(p, Packet::SubAck(ack, _) if ack.pkid == 7))
+        );
         let mut device = open(&broker, A, true).await;
         for pkid in [3, 4] {
             let mut report =
@@ -469,9 +502,17 @@ mod tests {
             let mut replies = BytesMut::new();
             // A ping and a PUBACK for no delivery of this session ride along: the ping is
             // answered here, the stray PUBACK dropped (rumqttd would end the connection).
-            let frames = [frame(wire::Packet::Publish(report)), frame(wire::Packet::PingReq), frame(wire::Packet::PubAck(wire::PubAck::new(9)))];
+            let frames = [
+                frame(wire::Packet::Publish(report)),
+                frame(wire::Packet::PingReq),
+                frame(wire::Packet::PubAck(wire::PubAck::new(9))),
+            ];
             device.forward(&frames, &mut replies).await.unwrap();
-            assert_eq!(&replies[..], &[0x40, 0x02, 0x00, pkid as u8, 0xd0, 0x00], "PUBACK {pkid} and PINGRESP at once");
+            assert_eq!(
+                &replies[..],
+                &[0x40, 0x02, 0x00, pkid as u8, 0xd0, 0x00],
+                "PUBACK {pkid} and PINGRESP at once"
+            );
             // The coordinator gets the report (QoS 1) and its PUBACK is taken; the router's own
             // PUBACK to the device is not passed on twice.
             let delivered = publishes(received(&mut coordinator).await);
@@ -484,7 +525,10 @@ mod tests {
             })
             .unwrap();
             assert_eq!(id.0, 1, "delivered at QoS 1");
-            coordinator.forward(&[frame(wire::Packet::PubAck(wire::PubAck::new(id.1)))], &mut BytesMut::new()).await.unwrap();
+            coordinator
+                .forward(&[frame(wire::Packet::PubAck(wire::PubAck::new(id.1)))], &mut BytesMut::new())
+                .await
+                .unwrap();
             let extra = received(&mut device).await;
             assert!(extra.is_empty(), "reached the device besides its PUBACK: {extra:?}");
         }
@@ -496,7 +540,10 @@ mod tests {
         let mut coordinator = open(&broker, COORDINATOR, false).await;
         let mut subscribe = wire::Subscribe::new("outpost/v1/+/report", QoS::AtLeastOnce);
         subscribe.pkid = 1;
-        coordinator.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
+        coordinator
+            .forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new())
+            .await
+            .unwrap();
         received(&mut coordinator).await;
         let mut device = open(&broker, A, true).await;
         let reports: Vec<Bytes> = (1..=150u16)
@@ -510,7 +557,8 @@ mod tests {
         let delivered = publishes(received(&mut coordinator).await);
         assert_eq!(delivered.len(), 150, "deliveries before the coordinator acknowledged any");
         // Its acks are taken (each frees a place in its window) and end nothing.
-        let acks: Vec<Bytes> = (1..=150u16).map(|id| frame(wire::Packet::PubAck(wire::PubAck::new(id)))).collect();
+        let acks: Vec<Bytes> =
+            (1..=150u16).map(|id| frame(wire::Packet::PubAck(wire::PubAck::new(id)))).collect();
         coordinator.forward(&acks, &mut BytesMut::new()).await.unwrap();
         assert_eq!(coordinator.window.as_ref().map(|w| w.unacked), Some(0));
         assert!(received(&mut coordinator).await.is_empty());
@@ -531,15 +579,25 @@ mod tests {
         let broker = broker();
         let mut device = open(&broker, A, true).await;
         let elsewhere = [
-            frame(wire::Packet::Publish(wire::Publish::new(format!("outpost/v1/{B}/report"), QoS::AtMostOnce, vec![1]))),
+            frame(wire::Packet::Publish(wire::Publish::new(
+                format!("outpost/v1/{B}/report"),
+                QoS::AtMostOnce,
+                vec![1],
+            ))),
             frame(wire::Packet::Subscribe(wire::Subscribe::new("outpost/v1/+/report", QoS::AtMostOnce))),
         ];
         for packet in elsewhere {
             let refused = device.forward(&[packet], &mut BytesMut::new()).await.err();
             assert!(matches!(refused, Some(SessionError::Outside { .. })), "{refused:?}");
         }
-        let mut retained_report = wire::Publish::new(format!("outpost/v1/{A}/report"), QoS::AtMostOnce, vec![1]);
+        let mut retained_report =
+            wire::Publish::new(format!("outpost/v1/{A}/report"), QoS::AtMostOnce, vec![1]);
         retained_report.retain = true;
-        assert!(device.forward(&[frame(wire::Packet::Publish(retained_report))], &mut BytesMut::new()).await.is_err());
+        assert!(
+            device
+                .forward(&[frame(wire::Packet::Publish(retained_report))], &mut BytesMut::new())
+                .await
+                .is_err()
+        );
     }
 }
