@@ -1,6 +1,8 @@
 //! Arbitrary client bytes through the embedded broker's per-packet gate, fed in arbitrary
 //! pieces: it never panics, forwards only whole packets it was given, and after a device's CONNECT passes nothing it forwards is a PUBLISH or SUBSCRIBE
-//! outside that device's own topics.
+//! outside that device's own topics. Each forwarded frame is also decoded with rumqttd's codec,
+//! as the embedded broker's session does: it must not panic, and what it reads must be the
+//! same topics (the session refuses a disagreement; this shows the two codecs agree).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +29,21 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for frame in forwarded {
+        let mut again = bytes::BytesMut::from(&frame[..]);
+        match rumqttd::protocol::Protocol::read_mut(&mut rumqttd::protocol::v4::V4, &mut again, usize::MAX) {
+            Ok(rumqttd::protocol::Packet::Publish(p, _)) => {
+                let topic = String::from_utf8_lossy(&p.topic);
+                let own = matches!(topics::parse(&topic), Some((d, Channel::Report | Channel::Presence)) if d == DEVICE);
+                assert!(own, "rumqttd reads a publish to {topic:?} where the gate passed the device's own");
+            }
+            Ok(rumqttd::protocol::Packet::Subscribe(s, _)) => {
+                for f in s.filters {
+                    let own = matches!(topics::parse(&f.path), Some((d, Channel::Desired | Channel::Ack)) if d == DEVICE);
+                    assert!(own, "rumqttd reads a subscription to {:?}", f.path);
+                }
+            }
+            _ => {}
+        }
         let mut bytes = bytes::BytesMut::from(&frame[..]);
         let packet = Packet::read(&mut bytes, usize::MAX).expect("a forwarded frame is one whole packet");
         match packet {

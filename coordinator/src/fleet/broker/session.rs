@@ -410,14 +410,26 @@ mod tests {
         session
     }
 
+    /// The coordinator's session subscribed to `filter` (packet id 7), and what it got then.
+    async fn coordinator_on(broker: &Arc<rumqttd::Broker>, filter: &str) -> (Session, Vec<Packet>) {
+        let mut coordinator = open(broker, COORDINATOR, false).await;
+        let mut subscribe = wire::Subscribe::new(filter, QoS::AtLeastOnce);
+        subscribe.pkid = 7;
+        coordinator
+            .forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new())
+            .await
+            .unwrap();
+        let got = received(&mut coordinator).await;
+        assert!(
+            got.iter().any(|p| matches!(p, Packet::SubAck(ack, _) if ack.pkid == 7)),
+            "no SUBACK: {got:?}"
+        );
+        (coordinator, got)
+    }
+
     /// The coordinator's side: subscribed to every device's presence.
     async fn watcher(broker: &Arc<rumqttd::Broker>) -> Session {
-        let mut watcher = open(broker, COORDINATOR, false).await;
-        let mut subscribe = wire::Subscribe::new("outpost/v1/+/presence", QoS::AtLeastOnce);
-        subscribe.pkid = 1;
-        watcher.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
-        assert!(received(&mut watcher).await.iter().any(|p| matches!(p, Packet::SubAck(..))));
-        watcher
+        coordinator_on(broker, "outpost/v1/+/presence").await.0
     }
 
     /// Every packet the router sends `session` within half a second.
@@ -454,15 +466,8 @@ mod tests {
         );
         // Retained: a subscriber that comes later still learns it.
         watcher.close(true).await;
-        let mut later = open(&broker, COORDINATOR, false).await;
-        let mut subscribe = wire::Subscribe::new(format!("outpost/v1/{A}/presence"), QoS::AtLeastOnce);
-        subscribe.pkid = 1;
-        later.forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new()).await.unwrap();
-        assert_eq!(
-            publishes(received(&mut later).await).len(),
-            1,
-            "the retained will did not reach a later subscriber"
-        );
+        let (_later, got) = coordinator_on(&broker, &format!("outpost/v1/{A}/presence")).await;
+        assert_eq!(publishes(got).len(), 1, "the retained will did not reach a later subscriber");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,19 +486,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reports_pass_with_their_acknowledgements_both_ways() {
         let broker = broker();
-        let mut coordinator = open(&broker, COORDINATOR, false).await;
-        let mut subscribe = wire::Subscribe::new("outpost/v1/+/report", QoS::AtLeastOnce);
-        subscribe.pkid = 7;
-        coordinator
-            .forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new())
-            .await
-            .unwrap();
-        assert!(
-            received(&mut coordinator)
-                .await
-                .iter()
-                .any(|p| matches!(p, Packet::SubAck(ack, _) if ack.pkid == 7))
-        );
+        let (mut coordinator, _) = coordinator_on(&broker, "outpost/v1/+/report").await;
         let mut device = open(&broker, A, true).await;
         for pkid in [3, 4] {
             let mut report =
@@ -537,14 +530,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_coordinator_gets_more_than_rumqttds_100_deliveries_before_it_acks() {
         let broker = broker();
-        let mut coordinator = open(&broker, COORDINATOR, false).await;
-        let mut subscribe = wire::Subscribe::new("outpost/v1/+/report", QoS::AtLeastOnce);
-        subscribe.pkid = 1;
-        coordinator
-            .forward(&[frame(wire::Packet::Subscribe(subscribe))], &mut BytesMut::new())
-            .await
-            .unwrap();
-        received(&mut coordinator).await;
+        let (mut coordinator, _) = coordinator_on(&broker, "outpost/v1/+/report").await;
         let mut device = open(&broker, A, true).await;
         let reports: Vec<Bytes> = (1..=150u16)
             .map(|pkid| {
