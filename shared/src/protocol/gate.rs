@@ -159,12 +159,7 @@ impl Gate {
         };
         match &packet {
             Packet::Publish(publish) => {
-                let allowed = match topics::parse(&publish.topic) {
-                    Some((device, Channel::Report)) => device == identity && !publish.retain,
-                    Some((device, Channel::Presence)) => device == identity,
-                    _ => false,
-                };
-                if !allowed {
+                if !may_publish(identity, &publish.topic, publish.retain) {
                     return Err(Refusal::Publish {
                         identity: identity.clone(),
                         topic: shown(&publish.topic),
@@ -174,11 +169,7 @@ impl Gate {
             }
             Packet::Subscribe(subscribe) => {
                 for filter in &subscribe.filters {
-                    let allowed = matches!(
-                        topics::parse(&filter.path),
-                        Some((device, Channel::Desired | Channel::Ack)) if device == identity
-                    );
-                    if !allowed {
+                    if !may_subscribe(identity, &filter.path) {
                         return Err(Refusal::Subscribe {
                             identity: identity.clone(),
                             filter: shown(&filter.path),
@@ -217,6 +208,21 @@ impl Gate {
         self.connected = true;
         Ok(())
     }
+}
+
+/// Whether device `identity` may publish on `topic`: its own `report` (never retained) and
+/// `presence` only. The one rule, for the gate and for whatever decodes the same bytes again.
+pub fn may_publish(identity: &str, topic: &str, retain: bool) -> bool {
+    match topics::parse(topic) {
+        Some((device, Channel::Report)) => device == identity && !retain,
+        Some((device, Channel::Presence)) => device == identity,
+        _ => false,
+    }
+}
+
+/// Whether device `identity` may subscribe to `filter`: its own `desired` and `ack` only.
+pub fn may_subscribe(identity: &str, filter: &str) -> bool {
+    matches!(topics::parse(filter), Some((device, Channel::Desired | Channel::Ack)) if device == identity)
 }
 
 /// A CONNACK refusing a connection with `code` (MQTT 3.1.1 §3.2).

@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use outpost_shared::protocol::gate::COORDINATOR;
-use outpost_shared::protocol::topics::{self, Channel};
+use outpost_shared::protocol::gate::{self, COORDINATOR};
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
@@ -227,7 +226,6 @@ impl Session {
         if self.identity == COORDINATOR {
             return Ok(());
         }
-        let own = |topic: &str, allowed: &[Channel]| matches!(topics::parse(topic), Some((device, channel)) if device == self.identity && allowed.contains(&channel));
         let outside = |what, topic: &str| SessionError::Outside {
             identity: self.identity.clone(),
             what,
@@ -236,18 +234,13 @@ impl Session {
         match packet {
             Packet::Publish(publish, _) => {
                 let topic = String::from_utf8_lossy(&publish.topic);
-                let allowed = if publish.retain {
-                    &[Channel::Presence][..]
-                } else {
-                    &[Channel::Report, Channel::Presence]
-                };
-                if !own(&topic, allowed) {
+                if !gate::may_publish(&self.identity, &topic, publish.retain) {
                     return Err(outside("publish on", &topic));
                 }
             }
             Packet::Subscribe(subscribe, _) => {
                 if let Some(filter) =
-                    subscribe.filters.iter().find(|f| !own(&f.path, &[Channel::Desired, Channel::Ack]))
+                    subscribe.filters.iter().find(|f| !gate::may_subscribe(&self.identity, &f.path))
                 {
                     return Err(outside("subscribe to", &filter.path));
                 }
