@@ -24,6 +24,12 @@ pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, St
         .map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: format!("cannot encode: {e}") })
 }
 
+/// `meta` keys that say a derived tree is complete (the monitoring roll-ups: traffic, labels).
+/// [`Store::dump`] leaves them out: a backup reads trees one after the other while the
+/// coordinator writes, so a derived tree may not match what it sums; the restored coordinator
+/// rebuilds it from the records at its first start.
+pub const DERIVED_MARKERS: [&[u8]; 2] = [b"traffic_rollups", b"label_rollups"];
+
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
@@ -66,7 +72,8 @@ impl Store {
 
     /// Hands every record of every tree to `each(tree, key, value)` for a backup, tree `meta`
     /// (the audit head) first. Each tree is read while the coordinator goes on writing: a
-    /// record is whole, but trees are read one after the other, not at one instant.
+    /// record is whole, but trees are read one after the other, not at one instant (so the
+    /// [`DERIVED_MARKERS`] are left out).
     pub fn dump(&self, each: &mut DumpSink<'_>) -> Result<(), DumpError> {
         let mut names = self.db.tree_names();
         names.sort_by_key(|name| name.as_ref() != b"meta");
@@ -74,6 +81,9 @@ impl Store {
             let tree = self.db.open_tree(&name).map_err(|e| DumpError::Store(self.storage_error(e)))?;
             for item in tree.iter() {
                 let (key, value) = item.map_err(|e| DumpError::Store(self.storage_error(e)))?;
+                if name.as_ref() == b"meta" && DERIVED_MARKERS.contains(&key.as_ref()) {
+                    continue;
+                }
                 each(&name, &key, &value).map_err(DumpError::Write)?;
             }
         }
@@ -116,4 +126,34 @@ pub enum DumpError {
     Store(StoreError),
     #[error("writing the dump: {0}")]
     Write(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_leaves_out_the_markers_of_derived_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let meta = store.tree("meta").unwrap();
+        for key in DERIVED_MARKERS {
+            meta.insert(key, &b"1"[..]).unwrap();
+        }
+        meta.insert(b"audit_head", &b"7"[..]).unwrap();
+        store.tree("traffic_1h").unwrap().insert(b"k", &b"v"[..]).unwrap();
+        let mut seen = Vec::new();
+        store
+            .dump(&mut |tree, key, _| {
+                seen.push((
+                    String::from_utf8_lossy(tree).into_owned(),
+                    String::from_utf8_lossy(key).into_owned(),
+                ));
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen.contains(&("meta".into(), "audit_head".into())), "{seen:?}");
+        assert!(seen.contains(&("traffic_1h".into(), "k".into())), "{seen:?}");
+        assert!(!seen.iter().any(|(_, k)| k.ends_with("_rollups")), "{seen:?}");
+    }
 }

@@ -8,14 +8,39 @@
 //! [`StoredLabel`]. A second label for the same prediction replaces the first. Labels are
 //! written when their envelope is first stored, and again if it arrives a second time (so a
 //! crash between the two writes loses nothing: the agent resends until acked).
+//!
+//! Roll-ups: per model version, the labelled predictions that have a predicted label and how
+//! many were right ([`Tally`]) are summed into 1-minute and 1-hour buckets by prediction time
+//! (trees `labels_1m` and `labels_1h`, keys as in [`crate::monitoring::slo::rollup`], value
+//! postcard), in the same transaction as the label: a replaced label moves its count, a resend
+//! moves nothing. The SLO accuracy objective and the dashboard's accuracy chart read these;
+//! quality reports (per class, per segment) still read every label.
 
 use std::collections::{BTreeMap, HashMap};
 
 use outpost_shared::protocol::messages::FeedbackBatch;
 use serde::{Deserialize, Serialize};
 
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
 use crate::base::store::{Store, StoreError};
 use crate::models::validation::Metrics;
+use crate::monitoring::slo::rollup::{self, MINUTE_MS, Width};
+
+/// Labelled predictions with a predicted label, and how many of them were right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl Tally {
+    fn of(label: &StoredLabel) -> Option<Tally> {
+        let predicted = label.predicted?;
+        Some(Tally { labelled: 1, correct: u64::from(predicted == label.label) })
+    }
+}
 
 /// One stored label.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,21 +106,114 @@ impl std::fmt::Debug for SegmentBy<'_> {
     }
 }
 
+/// Adds (`sign` true) or takes away `tally` in `model@version`'s bucket of `tree` holding
+/// `at_ms`; answers `false` when the bucket was unreadable (started afresh).
+fn move_tally(
+    tree: &TransactionalTree,
+    width: Width,
+    model: &str,
+    version: &str,
+    at_ms: u64,
+    tally: Tally,
+    sign: bool,
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    let key = rollup::key(model, at_ms - at_ms % width.ms(), version);
+    let (mut bucket, readable) = match tree.get(&key)? {
+        Some(bytes) => match postcard::from_bytes::<Tally>(&bytes) {
+            Ok(t) => (t, true),
+            Err(_) => (Tally::default(), false),
+        },
+        None => (Tally::default(), true),
+    };
+    if sign {
+        bucket.labelled += tally.labelled;
+        bucket.correct += tally.correct;
+    } else {
+        bucket.labelled = bucket.labelled.saturating_sub(tally.labelled);
+        bucket.correct = bucket.correct.saturating_sub(tally.correct);
+    }
+    tree.insert(key, postcard::to_stdvec(&bucket).unwrap_or_default())?;
+    Ok(readable)
+}
+
 /// The labels store.
 #[derive(Debug, Clone)]
 pub struct Labels {
     tree: sled::Tree,
+    /// [`Tally`] roll-ups per model version and minute / hour of prediction.
+    minutes: sled::Tree,
+    hours: sled::Tree,
     store: Store,
 }
 
 impl Labels {
     pub fn open(store: &Store) -> Result<Labels, StoreError> {
-        Ok(Labels { tree: store.tree("labels")?, store: store.clone() })
+        let labels = Labels {
+            tree: store.tree("labels")?,
+            minutes: store.tree("labels_1m")?,
+            hours: store.tree("labels_1h")?,
+            store: store.clone(),
+        };
+        labels.ensure_rolled_up()?;
+        Ok(labels)
     }
 
-    /// Keeps the labels of one feedback batch from `device` (upsert).
+    /// Rolls every stored label up unless `meta` says it was done (a data directory from before
+    /// roll-ups, or one where a bucket was found unreadable); one process at a time.
+    fn ensure_rolled_up(&self) -> Result<(), StoreError> {
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let err = |e| self.store.storage_error(e);
+        let meta = self.store.tree("meta")?;
+        if meta.contains_key(rollup::LABELS_MARKER).map_err(err)? {
+            return Ok(());
+        }
+        let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if meta.contains_key(rollup::LABELS_MARKER).map_err(err)? {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        // Labels are keyed by device, not time: the buckets (16 bytes each) are summed in memory.
+        let mut sums: [BTreeMap<Vec<u8>, Tally>; 2] = Default::default();
+        let mut labels = 0u64;
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(err)?;
+            let Some(model) = k.split(|b| *b == 0).next().and_then(|m| std::str::from_utf8(m).ok()) else {
+                continue;
+            };
+            let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
+            let Some(tally) = Tally::of(&label) else { continue };
+            for (i, width) in [Width::Minute, Width::Hour].into_iter().enumerate() {
+                let at = label.predicted_at_ms - label.predicted_at_ms % width.ms();
+                let bucket = sums[i].entry(rollup::key(model, at, &label.version)).or_default();
+                bucket.labelled += tally.labelled;
+                bucket.correct += tally.correct;
+            }
+            labels += 1;
+        }
+        for (tree, sums) in [&self.minutes, &self.hours].into_iter().zip(sums) {
+            tree.clear().map_err(err)?;
+            let mut batch = sled::Batch::default();
+            for (k, tally) in sums {
+                batch.insert(k, postcard::to_stdvec(&tally).unwrap_or_default());
+            }
+            tree.apply_batch(batch).map_err(err)?;
+        }
+        meta.insert(rollup::LABELS_MARKER, &b"1"[..]).map_err(err)?;
+        self.store.flush()?;
+        if labels > 0 {
+            tracing::info!(
+                labels,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rolled up the stored labels into minute and hour buckets"
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps the labels of one feedback batch from `device` (a second label for a prediction
+    /// replaces the first), moving the roll-ups' counts in the same transaction.
     pub fn put(&self, device: &str, batch: &FeedbackBatch) -> Result<(), StoreError> {
-        let mut writes = sled::Batch::default();
+        let mut writes = Vec::with_capacity(batch.labels.len());
         for l in &batch.labels {
             let value = StoredLabel {
                 version: l.version.clone(),
@@ -105,10 +223,96 @@ impl Labels {
                 predicted_at_ms: l.predicted_at_ms,
                 labelled_at_ms: l.labelled_at_ms,
             };
-            writes
-                .insert(key(&l.model, device, l.prediction_id), crate::base::store::encode("label", &value)?);
+            let encoded = crate::base::store::encode("label", &value)?;
+            writes.push((l.model.as_str(), key(&l.model, device, l.prediction_id), encoded, value));
         }
-        self.tree.apply_batch(writes).map_err(|e| self.store.storage_error(e))
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let outcome = (&self.tree, &self.minutes, &self.hours).transaction(|(tree, minutes, hours)| {
+            let mut readable = true;
+            for (model, key, encoded, value) in &writes {
+                let old = tree.insert(key.as_slice(), encoded.as_slice())?;
+                let old = old.and_then(|v| serde_json::from_slice::<StoredLabel>(&v).ok());
+                if old.as_ref() == Some(value) {
+                    continue;
+                }
+                for (t, width) in [(minutes, Width::Minute), (hours, Width::Hour)] {
+                    if let Some(old) = &old
+                        && let Some(tally) = Tally::of(old)
+                    {
+                        readable &=
+                            move_tally(t, width, model, &old.version, old.predicted_at_ms, tally, false)?;
+                    }
+                    if let Some(tally) = Tally::of(value) {
+                        readable &=
+                            move_tally(t, width, model, &value.version, value.predicted_at_ms, tally, true)?;
+                    }
+                }
+            }
+            Ok(readable)
+        });
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::error!(
+                    device,
+                    "a label roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt from the labels at the next start"
+                );
+                rollup::invalidate(&self.store, rollup::LABELS_MARKER)
+            }
+            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.store.storage_error(e)),
+        }
+    }
+
+    /// Calls `each(bucket_start, version, tally)` for `model`'s buckets of `width` starting in
+    /// `[from_ms, until_ms)`.
+    fn buckets(
+        &self,
+        width: Width,
+        model: &str,
+        from_ms: u64,
+        until_ms: u64,
+        mut each: impl FnMut(u64, &str, Tally),
+    ) -> Result<(), StoreError> {
+        if from_ms >= until_ms {
+            return Ok(());
+        }
+        let tree = match width {
+            Width::Minute => &self.minutes,
+            Width::Hour => &self.hours,
+        };
+        for item in tree.range(rollup::key(model, from_ms, "")..rollup::key(model, until_ms, "")) {
+            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
+            let Some((at, version)) = rollup::parse(&k, model.len()) else { continue };
+            match postcard::from_bytes::<Tally>(&v) {
+                Ok(tally) => each(at, version, tally),
+                Err(_) => {
+                    tracing::error!(
+                        model,
+                        at_ms = at,
+                        version,
+                        "a label roll-up bucket is unreadable: left out; the roll-ups are rebuilt from the labels at the next start"
+                    );
+                    rollup::invalidate(&self.store, rollup::LABELS_MARKER)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Labelled predictions of `model` (every version) made in the whole minutes from the one
+    /// holding `from_ms` to the one holding `to_ms`, from the roll-ups.
+    pub fn rolled_up(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<Tally, StoreError> {
+        let mut total = Tally::default();
+        for (width, from, until) in rollup::spans(from_ms, to_ms) {
+            self.buckets(width, model, from, until, |_, _, t| {
+                total.labelled += t.labelled;
+                total.correct += t.correct;
+            })?;
+        }
+        Ok(total)
     }
 
     /// The label of one prediction, if one arrived.
@@ -174,13 +378,23 @@ impl Labels {
     }
 
     /// Labelled predictions of `model` in each of `grid`'s buckets by prediction time, per
-    /// version: (labelled with a prediction, correct).
+    /// version: (labelled with a prediction, correct). From the minute roll-ups (a minute goes
+    /// to the chart bucket holding its start) when the chart's buckets are a minute or wider.
     pub fn timeline(
         &self,
         model: &str,
         grid: &crate::monitoring::slo::TimeBuckets,
     ) -> Result<Vec<Correct>, StoreError> {
-        let mut out = vec![BTreeMap::new(); grid.count];
+        let mut out: Vec<Correct> = vec![BTreeMap::new(); grid.count];
+        if grid.width_ms >= MINUTE_MS {
+            let from = grid.from_ms - grid.from_ms % MINUTE_MS;
+            self.buckets(Width::Minute, model, from, grid.to_ms.saturating_add(1), |at, version, t| {
+                let cell = out[grid.index(at)].entry(version.to_owned()).or_default();
+                cell.0 += t.labelled;
+                cell.1 += t.correct;
+            })?;
+            return Ok(out);
+        }
         for item in self.scan(model) {
             let (_, l) = item?;
             let Some(predicted) = l.predicted else { continue };
@@ -244,5 +458,114 @@ impl Labels {
             })
             .collect();
         Ok(QualityReport { model: model.to_owned(), since_ms, by: by.map(|b| b.label.to_owned()), versions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_shared::protocol::messages::LabelledPrediction;
+    use outpost_shared::protocol::vocab::Slot;
+
+    fn batch(labels: &[(u64, &str, u64, Option<i64>, i64)]) -> FeedbackBatch {
+        FeedbackBatch {
+            labels: labels
+                .iter()
+                .map(|&(id, version, at, predicted, label)| LabelledPrediction {
+                    prediction_id: id,
+                    model: "bc".into(),
+                    version: version.into(),
+                    slot: Slot::Primary,
+                    predicted_at_ms: at,
+                    labelled_at_ms: at + 5,
+                    predicted,
+                    label,
+                })
+                .collect(),
+            unknown: 0,
+            evicted: 0,
+        }
+    }
+
+    /// What a scan of every label says for `[from, to]`: (labelled with a prediction, correct).
+    /// (The roll-ups answer for whole minutes: the tests end ranges at a minute's last ms.)
+    fn scanned(labels: &Labels, from: u64, to: u64) -> Tally {
+        let mut t = Tally::default();
+        for item in labels.scan("bc") {
+            let (_, l) = item.unwrap();
+            if (from..=to).contains(&l.predicted_at_ms)
+                && let Some(tally) = Tally::of(&l)
+            {
+                t.labelled += tally.labelled;
+                t.correct += tally.correct;
+            }
+        }
+        t
+    }
+
+    fn filled() -> (tempfile::TempDir, Store, Labels) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let labels = Labels::open(&store).unwrap();
+        for d in 0..3u64 {
+            let rows: Vec<_> = (0..400u64)
+                .map(|i| {
+                    let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
+                    let predicted = (i % 11 != 0).then_some((i % 2) as i64);
+                    (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
+                })
+                .collect();
+            labels.put(&format!("dev-{d}"), &batch(&rows)).unwrap();
+        }
+        (dir, store, labels)
+    }
+
+    #[test]
+    fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
+        let (_dir, _store, labels) = filled();
+        for (from, to) in
+            [(0, u64::MAX / 2), (3_600_000, 7_199_999), (4_000_000, 9_959_999), (3_000_000, 3_059_999)]
+        {
+            let want = scanned(&labels, from - from % MINUTE_MS, to);
+            assert!(want.labelled > 0, "{from}..{to}");
+            assert_eq!(labels.rolled_up("bc", from, to).unwrap(), want, "{from}..{to}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
+        let (_dir, _store, labels) = filled();
+        let all = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
+        let before = all(&labels);
+        // Prediction 1 of dev-0 (predicted 1, label 0: wrong) is labelled again, now 1: right.
+        let again = [(1, "1.0.0", 3_000_000 + 23_456, Some(1), 0)];
+        labels.put("dev-0", &batch(&again)).unwrap();
+        assert_eq!(all(&labels), before, "a resend of the same label moves nothing");
+        labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, Some(1), 1)])).unwrap();
+        let after = all(&labels);
+        assert_eq!((after.labelled, after.correct), (before.labelled, before.correct + 1));
+        assert_eq!(after, scanned(&labels, 0, u64::MAX / 2));
+        // A label now without a prediction leaves the counts.
+        labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, None, 1)])).unwrap();
+        assert_eq!(all(&labels).labelled, before.labelled - 1);
+    }
+
+    #[test]
+    fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
+        let (_dir, store, labels) = filled();
+        let want = scanned(&labels, 0, u64::MAX / 2);
+        // A data directory written before roll-ups: labels, no buckets, no marker.
+        rollup::invalidate(&store, rollup::LABELS_MARKER).unwrap();
+        store.tree("labels_1m").unwrap().clear().unwrap();
+        store.tree("labels_1h").unwrap().clear().unwrap();
+        let reopened = Labels::open(&store).unwrap();
+        assert_eq!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
+        // A flipped bucket is left out, not guessed, and the next start rebuilds it.
+        let hours = store.tree("labels_1h").unwrap();
+        let (k, _) = hours.iter().next().unwrap().unwrap();
+        hours.insert(k, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]).unwrap();
+        assert!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap().labelled < want.labelled);
+        assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_MARKER).unwrap());
+        assert_eq!(Labels::open(&store).unwrap().rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
     }
 }

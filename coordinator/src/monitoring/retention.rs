@@ -2,7 +2,8 @@
 //! and their labels) is kept for `retention.monitoring_days` and pruned hourly, so the
 //! coordinator's disk use follows the fleet's size, not its age.
 //!
-//! What is pruned, by the time it is about: traffic windows by their end, drift verdicts by
+//! What is pruned, by the time it is about: traffic windows by their end, their minute and hour
+//! roll-ups once the whole bucket is older than the cutoff, drift verdicts by
 //! when the agent computed them, predictions and labels by when the prediction was made. The
 //! raw envelopes devices sent are kept for `retention.envelope_days`; the fleet floor prunes
 //! them (`Devices::prune_envelopes`), in the same hourly pass, through the function
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::base::store::{Store, StoreError};
+use crate::monitoring::slo::rollup::{HOUR_MS, MINUTE_MS};
 
 /// `[retention]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ impl RetentionConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
     pub traffic: u64,
+    /// Minute and hour buckets of traffic and of labels.
+    pub rollups: u64,
     pub drift_history: u64,
     pub predictions: u64,
     pub labels: u64,
@@ -88,6 +92,17 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
     };
     Ok(Pruned {
         traffic: prune_tree(store, "traffic", cutoff_ms, |k, _| time_after_model(k))?,
+        rollups: [
+            ("traffic_1m", MINUTE_MS),
+            ("traffic_1h", HOUR_MS),
+            ("labels_1m", MINUTE_MS),
+            ("labels_1h", HOUR_MS),
+        ]
+        .into_iter()
+        .try_fold(0, |n, (tree, width)| -> Result<u64, StoreError> {
+            // A bucket goes once its last millisecond is older than the cutoff.
+            Ok(n + prune_tree(store, tree, cutoff_ms, |k, _| Some(time_after_model(k)? + width - 1))?)
+        })?,
         drift_history: prune_tree(store, "drift_history", cutoff_ms, |k, _| time_after_model(k))?,
         predictions: prune_tree(store, "predictions", cutoff_ms, json_time("at_ms"))?,
         labels: prune_tree(store, "labels", cutoff_ms, json_time("predicted_at_ms"))?,
@@ -234,9 +249,17 @@ mod tests {
             labels.put("dev", &label(at, id)).unwrap();
         }
         let pruned = prune(&store, 2_000_000).unwrap();
-        assert_eq!(pruned, Pruned { traffic: 1, drift_history: 1, predictions: 1, labels: 1, shadow: 0 });
+        // The report and the label at 1,000,000 ms fill the minute from 960,000 (gone: it ended
+        // before the cutoff) and the hour from 0 (kept: it runs to 3,599,999) of their trees;
+        // 5,000,000 ms is in newer ones.
+        let expected =
+            Pruned { traffic: 1, rollups: 2, drift_history: 1, predictions: 1, labels: 1, shadow: 0 };
+        assert_eq!(pruned, expected);
         assert_eq!(prune(&store, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
-        for tree in ["traffic", "drift_history", "predictions", "labels"] {
+        for tree in ["traffic_1h", "labels_1h"] {
+            assert_eq!(store.tree(tree).unwrap().len(), 2, "{tree}: an hour partly inside the cutoff stays");
+        }
+        for tree in ["traffic", "traffic_1m", "labels_1m", "drift_history", "predictions", "labels"] {
             assert_eq!(store.tree(tree).unwrap().len(), 1, "{tree} keeps the newer entry");
         }
         assert!(labels.get("bc", "dev", 2).unwrap().is_some());

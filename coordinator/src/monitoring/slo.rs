@@ -4,9 +4,14 @@
 //! histograms (never from averaged percentiles).
 //!
 //! Data: every report window devices send is kept per model in sled tree `traffic`, key
-//! `model \0 window_end_ms (u64 BE) \0 device \0 version`, value JSON [`TrafficWindow`]
-//! (upserted); objectives live in tree `slos`, one JSON [`SloSpec`] per model. Accuracy comes
-//! from ground-truth labels ([`crate::monitoring::quality`]) for predictions made inside the window.
+//! `model \0 window_end_ms (u64 BE) \0 device \0 version`, value JSON [`TrafficWindow`] (the
+//! first arrival; a resend changes nothing), and added into its version's minute and hour
+//! buckets ([`rollup`]) in the same transaction; objectives live in tree `slos`, one JSON
+//! [`SloSpec`] per model. Availability and latency are read from the buckets, so an objective
+//! over 30 days costs the same at 10 devices as at 10,000; the window starts at the minute
+//! holding `now − window`. Rollouts, which compare sets of devices, read the raw windows.
+//! Accuracy comes from ground-truth labels ([`crate::monitoring::quality`]) for predictions made
+//! inside the window.
 //!
 //! Burn rate = the share of bad events ÷ the share the objective allows: 1 spends the budget
 //! exactly over the window, 10 spends it ten times as fast. Bad events: failed requests
@@ -19,9 +24,15 @@ use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{Report, ShadowReport};
 use serde::{Deserialize, Serialize};
 
+use sled::Transactional;
+
 use crate::base::numbers;
 use crate::base::store::{Store, StoreError, encode};
 use crate::monitoring::quality::Labels;
+
+pub mod rollup;
+
+use rollup::{HOUR_MS, MINUTE_MS};
 
 /// A model's objectives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +222,9 @@ pub struct Slos {
     /// Shadow agreement per window: same keys as `traffic` (the shadow's version), JSON
     /// [`ShadowCounts`].
     shadow: sled::Tree,
+    /// Roll-ups of `traffic` per model version: 1-minute and 1-hour buckets ([`rollup`]).
+    minutes: sled::Tree,
+    hours: sled::Tree,
     store: Store,
 }
 
@@ -228,28 +242,64 @@ fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> 
 
 impl Slos {
     pub fn open(store: &Store) -> Result<Slos, StoreError> {
-        Ok(Slos {
+        let slos = Slos {
             specs: store.tree("slos")?,
             traffic: store.tree("traffic")?,
             shadow: store.tree("shadow")?,
+            minutes: store.tree("traffic_1m")?,
+            hours: store.tree("traffic_1h")?,
             store: store.clone(),
-        })
+        };
+        rollup::ensure_built(store, &slos.traffic, &slos.minutes, &slos.hours)?;
+        Ok(slos)
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
         self.store.storage_error(e)
     }
 
-    /// Keeps a report's traffic per model version.
+    /// Keeps a report's traffic per model version, and adds each window new to the store into
+    /// its minute and hour buckets in the same transaction (a resend adds nothing).
     pub fn put_report(&self, device: &str, report: &Report) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let end = report.window_end_ms;
+        let mut windows = Vec::new();
         for w in report.models.iter().filter(|w| w.requests > 0) {
             let value =
                 TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
-            let key = traffic_key(&w.model, report.window_end_ms, device, &w.version);
-            batch.insert(key, encode("traffic window", &value)?);
+            let raw = traffic_key(&w.model, end, device, &w.version);
+            let encoded = encode("traffic window", &value)?;
+            let minute = rollup::key(&w.model, end - end % MINUTE_MS, &w.version);
+            let hour = rollup::key(&w.model, end - end % HOUR_MS, &w.version);
+            windows.push((raw, encoded, minute, hour, value));
         }
-        self.traffic.apply_batch(batch).map_err(|e| self.err(e))
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let outcome = (&self.traffic, &self.minutes, &self.hours).transaction(|(raw, minutes, hours)| {
+            let mut readable = true;
+            for (key, encoded, minute, hour, value) in &windows {
+                if raw.get(key)?.is_some() {
+                    continue;
+                }
+                raw.insert(key.as_slice(), encoded.as_slice())?;
+                readable &= rollup::add_in(minutes, minute, value)?;
+                readable &= rollup::add_in(hours, hour, value)?;
+            }
+            Ok(readable)
+        });
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::error!(
+                    device,
+                    window_end_ms = end,
+                    "a traffic roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt from the raw windows at the next start"
+                );
+                rollup::invalidate(&self.store, rollup::MARKER)
+            }
+            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.err(e)),
+        }
     }
 
     /// Keeps a shadow report's agreement per model version.
@@ -345,24 +395,51 @@ impl Slos {
         Ok(out)
     }
 
-    /// Summed counts and the merged latency histogram of `model` for windows ending in
-    /// `[from_ms, to_ms]`.
-    fn traffic(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<(u64, u64, LogHistogram), StoreError> {
-        let mut start = model.as_bytes().to_vec();
-        start.push(0);
-        let mut end = start.clone();
-        start.extend_from_slice(&from_ms.to_be_bytes());
-        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
-        let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
-        for item in self.traffic.range(start..end) {
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            let Ok(w) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
-            requests += w.requests;
-            errors += w.errors;
-            // Histograms were validated at ingest; one that does not merge is skipped.
-            let _ = latency.merge(&w.latency_us);
+    /// Calls `each(bucket_start, version, bucket)` for `model`'s buckets in `tree` starting in
+    /// `[from_ms, until_ms)`.
+    fn buckets(
+        &self,
+        tree: &sled::Tree,
+        model: &str,
+        from_ms: u64,
+        until_ms: u64,
+        mut each: impl FnMut(u64, &str, TrafficWindow),
+    ) -> Result<(), StoreError> {
+        if from_ms >= until_ms {
+            return Ok(());
         }
-        Ok((requests, errors, latency))
+        for item in tree.range(rollup::key(model, from_ms, "")..rollup::key(model, until_ms, "")) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some((at, version)) = rollup::parse(&k, model.len()) else { continue };
+            match rollup::decode(&v) {
+                Some(bucket) => each(at, version, bucket),
+                None => {
+                    tracing::error!(
+                        model,
+                        at_ms = at,
+                        version,
+                        "a traffic roll-up bucket is unreadable: left out; the roll-ups are rebuilt from the raw windows at the next start"
+                    );
+                    rollup::invalidate(&self.store, rollup::MARKER)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Summed counts and the merged latency histogram of `model`'s windows ending in the whole
+    /// minutes from the one holding `from_ms` to the one holding `to_ms`, from the roll-ups:
+    /// hour buckets for the whole hours in between, minute buckets at both ends.
+    pub fn rolled_up(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<TrafficWindow, StoreError> {
+        let mut total = TrafficWindow { requests: 0, errors: 0, latency_us: LogHistogram::default() };
+        for (width, from, until) in rollup::spans(from_ms, to_ms) {
+            let tree = match width {
+                rollup::Width::Minute => &self.minutes,
+                rollup::Width::Hour => &self.hours,
+            };
+            self.buckets(tree, model, from, until, |_, _, bucket| rollup::add(&mut total, &bucket))?;
+        }
+        Ok(total)
     }
 
     /// Like the fleet-wide sum, for the windows of the devices and versions `keep` accepts
@@ -435,31 +512,42 @@ impl Slos {
     }
 
     /// `model`'s traffic in each of `grid`'s buckets, per version: (requests, errors, merged
-    /// latency histogram in µs). For the dashboard's charts.
+    /// latency histogram in µs). For the dashboard's charts: read from the minute roll-ups (a
+    /// minute goes to the chart bucket holding its start) when the chart's buckets are a minute
+    /// or wider, else from the raw windows (by their end).
     pub fn timeline(
         &self,
         model: &str,
         grid: &TimeBuckets,
     ) -> Result<Vec<BTreeMap<String, TrafficWindow>>, StoreError> {
         let mut out = vec![BTreeMap::new(); grid.count];
-        self.windows_where(
-            &self.traffic,
-            model,
-            grid.from_ms,
-            grid.to_ms,
-            |_, _| true,
-            |at, _, version, v| {
-                let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) else { return };
-                let cell = out[grid.index(at)].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
-                    requests: 0,
-                    errors: 0,
-                    latency_us: LogHistogram::default(),
-                });
-                cell.requests += w.requests;
-                cell.errors += w.errors;
-                let _ = cell.latency_us.merge(&w.latency_us);
-            },
-        )?;
+        let mut cell = |at: u64, version: &str, w: &TrafficWindow| {
+            let cell = out[grid.index(at)].entry(version.to_owned()).or_insert_with(|| TrafficWindow {
+                requests: 0,
+                errors: 0,
+                latency_us: LogHistogram::default(),
+            });
+            rollup::add(cell, w);
+        };
+        if grid.width_ms >= MINUTE_MS {
+            let from = grid.from_ms - grid.from_ms % MINUTE_MS;
+            self.buckets(&self.minutes, model, from, grid.to_ms.saturating_add(1), |at, version, w| {
+                cell(at, version, &w)
+            })?;
+        } else {
+            self.windows_where(
+                &self.traffic,
+                model,
+                grid.from_ms,
+                grid.to_ms,
+                |_, _| true,
+                |at, _, version, v| {
+                    if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
+                        cell(at, version, &w)
+                    }
+                },
+            )?;
+        }
         Ok(out)
     }
 
@@ -472,7 +560,9 @@ impl Slos {
         now_ms: u64,
     ) -> Result<SloStatus, StoreError> {
         let from_ms = now_ms.saturating_sub(spec.window_secs.saturating_mul(1000));
-        let (requests, errors, latency) = self.traffic(model, from_ms, now_ms)?;
+        let from_ms = from_ms - from_ms % MINUTE_MS;
+        let TrafficWindow { requests, errors, latency_us: latency } =
+            self.rolled_up(model, from_ms, now_ms)?;
         let mut objectives = Vec::new();
         if let Some(target) = spec.availability {
             let actual = (requests > 0).then(|| 1.0 - errors as f64 / requests as f64);
@@ -494,10 +584,8 @@ impl Slos {
             objectives.push(o);
         }
         if let Some(floor) = spec.accuracy {
-            let q = labels.quality(model, Some(from_ms), None)?;
-            let (labelled, correct) = q.versions.values().fold((0u64, 0u64), |(n, c), v| {
-                (n + v.metrics.rows, c + (v.metrics.accuracy * v.metrics.rows as f64).round() as u64)
-            });
+            let crate::monitoring::quality::Tally { labelled, correct } =
+                labels.rolled_up(model, from_ms, now_ms)?;
             let actual = (labelled > 0).then(|| correct as f64 / labelled as f64);
             let compliant = actual.is_none_or(|a| a >= floor);
             objectives.push(objective("accuracy", floor, actual, labelled, labelled - correct, compliant));
@@ -517,6 +605,155 @@ impl Slos {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
+    use outpost_shared::protocol::vocab::Slot;
+
+    /// A report from one device ending at `end_ms` with `requests` to `version` of `bc`.
+    fn report(end_ms: u64, version: &str, requests: u64, slow_ms: f64) -> Report {
+        let mut latency_us = LogHistogram::default();
+        for i in 0..requests {
+            latency_us.record(1_000.0 + (i % 7) as f64 * 300.0 + slow_ms * 1000.0);
+        }
+        Report {
+            window_start_ms: end_ms.saturating_sub(10_000),
+            window_end_ms: end_ms,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: version.into(),
+                slot: Slot::Primary,
+                requests,
+                errors: requests / 10,
+                rows: requests,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: Default::default(),
+            }],
+            system: SystemStats::default(),
+            prediction_log: LogWindow::default(),
+            outbox: OutboxStats::default(),
+        }
+    }
+
+    /// Four devices and two versions reporting every 10 s from 00:59:30 to 03:10:00.
+    fn filled() -> (tempfile::TempDir, Store, Slos) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let slos = Slos::open(&store).unwrap();
+        for (i, end) in (3_570_000..=11_400_000u64).step_by(10_000).enumerate() {
+            for d in 0..4u64 {
+                let version = if d % 2 == 0 { "1.0.0" } else { "1.1.0" };
+                let n = 5 + (i as u64 * 7 + d * 3) % 40;
+                slos.put_report(&format!("dev-{d}"), &report(end + d, version, n, (i % 13) as f64)).unwrap();
+            }
+        }
+        (dir, store, slos)
+    }
+
+    fn same(rolled: &TrafficWindow, raw: (u64, u64, LogHistogram, usize), what: &str) {
+        assert_eq!((rolled.requests, rolled.errors), (raw.0, raw.1), "{what}");
+        assert_eq!(rolled.latency_us.count(), raw.2.count(), "{what}");
+        for q in [0.5, 0.95, 0.99] {
+            assert_eq!(rolled.latency_us.quantile(q), raw.2.quantile(q), "{what} q{q}");
+        }
+        assert_eq!(rolled.latency_us.count_above(5_000.0), raw.2.count_above(5_000.0), "{what}");
+    }
+
+    #[test]
+    fn the_rollups_sum_exactly_what_a_scan_of_every_window_sums() {
+        let (_dir, _store, slos) = filled();
+        // Ranges within a minute, across an hour, over whole hours, and open at the end.
+        for (from, to) in [
+            (3_540_000, 3_599_999),
+            (3_600_000, 3_659_999),
+            (3_540_000, 7_259_999),
+            (3_600_000, 10_799_999),
+            (4_020_000, 11_459_999),
+            (0, 20_000_000),
+            (7_200_000, 7_200_000 + 59_999),
+        ] {
+            let raw = slos.traffic_where("bc", from, to, |_, _| true).unwrap();
+            assert!(raw.0 > 0, "{from}..{to} has traffic");
+            same(&slos.rolled_up("bc", from, to).unwrap(), raw, &format!("{from}..{to}"));
+        }
+        assert_eq!(slos.rolled_up("other", 0, u64::MAX).unwrap().requests, 0);
+    }
+
+    #[test]
+    fn a_resent_report_adds_nothing_to_the_rollups() {
+        let (_dir, _store, slos) = filled();
+        let before = slos.rolled_up("bc", 0, 20_000_000).unwrap();
+        slos.put_report("dev-1", &report(3_600_001, "1.1.0", 999, 0.0)).unwrap();
+        slos.put_report("dev-2", &report(3_570_002, "1.0.0", 5, 0.0)).unwrap();
+        assert_eq!(slos.rolled_up("bc", 0, 20_000_000).unwrap(), before, "resends add nothing");
+        let raw = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+        assert_eq!(raw.0, before.requests, "the first arrival stays the raw window too");
+    }
+
+    #[test]
+    fn a_store_from_before_rollups_is_rolled_up_when_opened() {
+        let (_dir, store, slos) = filled();
+        let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+        // What a data directory written by a coordinator without roll-ups looks like.
+        rollup::invalidate(&store, rollup::MARKER).unwrap();
+        store.tree("traffic_1m").unwrap().clear().unwrap();
+        store.tree("traffic_1h").unwrap().clear().unwrap();
+        let reopened = Slos::open(&store).unwrap();
+        same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt");
+        let part = slos.traffic_where("bc", 3_600_000, 7_259_999, |_, _| true).unwrap();
+        same(&reopened.rolled_up("bc", 3_600_000, 7_259_999).unwrap(), part, "rebuilt, in part");
+        assert!(store.tree("traffic_1h").unwrap().len() >= 3);
+    }
+
+    #[test]
+    fn an_unreadable_bucket_is_left_out_then_rebuilt_from_the_raw_windows_at_the_next_start() {
+        let (_dir, store, slos) = filled();
+        let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+        // A worn card flips the hour bucket from 01:00 of 1.0.0 into garbage.
+        let hours = store.tree("traffic_1h").unwrap();
+        hours.insert(rollup::key("bc", 3_600_000, "1.0.0"), &[0xff, 0xff, 0xff][..]).unwrap();
+        let short = slos.rolled_up("bc", 0, 20_000_000).unwrap();
+        assert!(short.requests < expected.0, "the unreadable bucket is left out, not guessed");
+        // A report into that bucket starts it afresh instead of failing ingest.
+        slos.put_report("dev-9", &report(3_600_500, "1.0.0", 3, 0.0)).unwrap();
+        assert!(!store.tree("meta").unwrap().contains_key(rollup::MARKER).unwrap());
+        let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+        let reopened = Slos::open(&store).unwrap();
+        same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt after the flip");
+    }
+
+    #[test]
+    fn status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start() {
+        let (_dir, _store, slos) = filled();
+        let spec = SloSpec {
+            availability: Some(0.95),
+            latency: Some(LatencyObjective { percentile: 0.95, threshold_ms: 5.0 }),
+            accuracy: None,
+            window_secs: 3_600,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let labels = Labels::open(&Store::open(dir.path()).unwrap()).unwrap();
+        let status = slos.status(&labels, "bc", &spec, 11_430_000).unwrap();
+        assert_eq!(status.from_ms, 7_800_000, "11,430,000 − 1 h = 7,830,000, in the minute from 7,800,000");
+        let raw = slos.traffic_where("bc", 7_800_000, 11_430_000, |_, _| true).unwrap();
+        let availability = &status.objectives[0];
+        assert_eq!((availability.events, availability.bad_events), (raw.0, raw.1));
+        assert_eq!(status.objectives[1].bad_events, raw.2.count_above(5_000.0));
+    }
+
+    #[test]
+    fn the_dashboard_timeline_from_minute_buckets_matches_the_windows() {
+        let (_dir, _store, slos) = filled();
+        // Ten-minute chart buckets from 01:00 to 03:00 (the windows at 03:00:00 are past it).
+        let grid = TimeBuckets { from_ms: 3_600_000, to_ms: 10_799_999, width_ms: 600_000, count: 12 };
+        let rolled = slos.timeline("bc", &grid).unwrap();
+        for (i, start) in grid.starts().into_iter().enumerate() {
+            for version in ["1.0.0", "1.1.0"] {
+                let raw =
+                    slos.traffic_where("bc", start, start + grid.width_ms - 1, |_, v| v == version).unwrap();
+                same(&rolled[i][version], raw, &format!("bucket {i} {version}"));
+            }
+        }
+    }
 
     #[test]
     fn time_buckets_cover_the_range_and_the_end_falls_in_the_last() {

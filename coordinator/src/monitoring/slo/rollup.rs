@@ -1,0 +1,220 @@
+//! Traffic roll-ups: each report window a device sends is also added into its model version's
+//! 1-minute and 1-hour buckets, so an objective over 30 days reads at most 720 hour buckets and
+//! 118 minute buckets per version instead of every device's every window (10,000 devices
+//! reporting every 10 s leave 2.6 billion windows in 30 days).
+//!
+//! Data: sled trees `traffic_1m` and `traffic_1h`, key `model \0 bucket_start_ms (u64 BE) \0
+//! version` (the raw `traffic` key without the device), value a postcard [`TrafficWindow`]. A
+//! window goes into the buckets holding its end, in the same transaction that stores it raw, and
+//! only when its raw key is new: a resend adds nothing, so a bucket is exactly the sum of the raw
+//! windows stored into it. Retention prunes a bucket once all of it is older than the cutoff.
+//!
+//! Labels are rolled up the same way by [`crate::monitoring::quality`] (trees `labels_1m`,
+//! `labels_1h`), with the geometry of [`spans`].
+//!
+//! A data directory from before roll-ups (no `meta` key [`MARKER`]) is rolled up from its raw
+//! windows once, when it is opened; a bucket found unreadable is started afresh and the marker
+//! removed, so the next start rolls everything up again from the raw windows. Backups leave the
+//! markers out, so a restored coordinator rolls up afresh what it restored.
+
+use std::sync::Mutex;
+
+use outpost_shared::histogram::LogHistogram;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::TrafficWindow;
+use crate::base::store::{Store, StoreError};
+
+pub const MINUTE_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// `meta` key present once every raw window stored is in the roll-ups.
+pub const MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[0];
+
+/// `meta` key present once every stored label is in the label roll-ups
+/// ([`crate::monitoring::quality`]).
+pub const LABELS_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[1];
+
+/// The key of `model`'s `version` bucket starting at `start_ms`.
+pub fn key(model: &str, start_ms: u64, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(model.len() + version.len() + 10);
+    k.extend_from_slice(model.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&start_ms.to_be_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+/// The bucket start and version of a roll-up key (the model is the caller's prefix).
+pub fn parse(key: &[u8], model_len: usize) -> Option<(u64, &str)> {
+    let at = u64::from_be_bytes(key.get(model_len + 1..model_len + 9)?.try_into().ok()?);
+    let version = std::str::from_utf8(key.get(model_len + 10..)?).ok()?;
+    Some((at, version))
+}
+
+fn empty() -> TrafficWindow {
+    TrafficWindow { requests: 0, errors: 0, latency_us: LogHistogram::default() }
+}
+
+/// A bucket width: a minute or an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    Minute,
+    Hour,
+}
+
+impl Width {
+    pub fn ms(self) -> u64 {
+        match self {
+            Width::Minute => MINUTE_MS,
+            Width::Hour => HOUR_MS,
+        }
+    }
+}
+
+/// The buckets that cover the whole minutes from the one holding `from_ms` to the one holding
+/// `to_ms`: `(width, first bucket start, end of the starts (exclusive))` — hour buckets for the
+/// whole hours in between, minute buckets at both ends; at most 118 minutes and one hour per
+/// hour of range.
+pub fn spans(from_ms: u64, to_ms: u64) -> Vec<(Width, u64, u64)> {
+    let from = from_ms - from_ms % MINUTE_MS;
+    let until = to_ms.saturating_add(1);
+    let first_hour = from.div_ceil(HOUR_MS).saturating_mul(HOUR_MS);
+    let last_hour = to_ms - to_ms % HOUR_MS;
+    if first_hour < last_hour {
+        vec![
+            (Width::Minute, from, first_hour),
+            (Width::Hour, first_hour, last_hour),
+            (Width::Minute, last_hour, until),
+        ]
+    } else {
+        vec![(Width::Minute, from, until)]
+    }
+}
+
+/// Adds `window` into `into` (histograms were validated at ingest; one that does not merge
+/// is left out of the latency, as everywhere else).
+pub fn add(into: &mut TrafficWindow, window: &TrafficWindow) {
+    into.requests += window.requests;
+    into.errors += window.errors;
+    let _ = into.latency_us.merge(&window.latency_us);
+}
+
+/// A bucket's stored bytes, or `None` when they are unreadable.
+pub fn decode(bytes: &[u8]) -> Option<TrafficWindow> {
+    postcard::from_bytes(bytes).ok()
+}
+
+fn encode(window: &TrafficWindow) -> Vec<u8> {
+    // A struct of integers, floats and a map: postcard cannot fail on it.
+    postcard::to_stdvec(window).unwrap_or_default()
+}
+
+/// Adds `window` into the bucket at `key` within a transaction; answers `false` when the
+/// bucket held unreadable bytes (started afresh).
+pub fn add_in(
+    tree: &TransactionalTree,
+    key: &[u8],
+    window: &TrafficWindow,
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    let (mut bucket, readable) = match tree.get(key)? {
+        Some(bytes) => match decode(&bytes) {
+            Some(b) => (b, true),
+            None => (empty(), false),
+        },
+        None => (empty(), true),
+    };
+    add(&mut bucket, window);
+    tree.insert(key, encode(&bucket))?;
+    Ok(readable)
+}
+
+/// Answers `None` for a raw `traffic` key that does not parse: `(model, end_ms, version)`.
+fn parse_raw(key: &[u8]) -> Option<(&str, u64, &str)> {
+    let model_len = key.iter().position(|b| *b == 0)?;
+    let model = std::str::from_utf8(&key[..model_len]).ok()?;
+    let end = u64::from_be_bytes(key.get(model_len + 1..model_len + 9)?.try_into().ok()?);
+    let rest = key.get(model_len + 10..)?;
+    let device_len = rest.iter().position(|b| *b == 0)?;
+    let version = std::str::from_utf8(&rest[device_len + 1..]).ok()?;
+    Some((model, end, version))
+}
+
+/// Rolls up every raw window of `traffic` into `minutes` and `hours` unless `meta` says it
+/// was done; one process at a time.
+pub fn ensure_built(
+    store: &Store,
+    traffic: &sled::Tree,
+    minutes: &sled::Tree,
+    hours: &sled::Tree,
+) -> Result<(), StoreError> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let err = |e| store.storage_error(e);
+    let meta = store.tree("meta")?;
+    if meta.contains_key(MARKER).map_err(err)? {
+        return Ok(());
+    }
+    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if meta.contains_key(MARKER).map_err(err)? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    minutes.clear().map_err(err)?;
+    hours.clear().map_err(err)?;
+    // Raw keys are ordered by model, then window end: a bucket is complete once a window past
+    // it (or another model) comes, so only the open buckets are held in memory.
+    let mut open: [std::collections::BTreeMap<Vec<u8>, TrafficWindow>; 2] = Default::default();
+    let trees = [minutes, hours];
+    let (mut windows, mut buckets) = (0u64, 0u64);
+    let mut current: Option<(String, [u64; 2])> = None;
+    let mut write = |open: &mut std::collections::BTreeMap<Vec<u8>, TrafficWindow>,
+                     tree: &sled::Tree|
+     -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, w) in std::mem::take(open) {
+            batch.insert(k, encode(&w));
+            buckets += 1;
+        }
+        tree.apply_batch(batch).map_err(err)
+    };
+    for item in traffic.iter() {
+        let (k, v) = item.map_err(err)?;
+        let Some((model, end, version)) = parse_raw(&k) else { continue };
+        let Ok(window) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
+        let starts = [end - end % MINUTE_MS, end - end % HOUR_MS];
+        for i in 0..2 {
+            let moved = match &current {
+                Some((m, s)) => m != model || s[i] != starts[i],
+                None => false,
+            };
+            if moved {
+                write(&mut open[i], trees[i])?;
+            }
+            add(open[i].entry(key(model, starts[i], version)).or_insert_with(empty), &window);
+        }
+        current = Some((model.to_owned(), starts));
+        windows += 1;
+    }
+    for i in 0..2 {
+        write(&mut open[i], trees[i])?;
+    }
+    meta.insert(MARKER, &b"1"[..]).map_err(err)?;
+    store.flush()?;
+    if windows > 0 {
+        tracing::info!(
+            windows,
+            buckets,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rolled up the stored traffic windows into minute and hour buckets"
+        );
+    }
+    Ok(())
+}
+
+/// Forgets that the roll-ups `marker` names are complete: the next start rolls them up again
+/// from what they sum.
+pub fn invalidate(store: &Store, marker: &[u8]) -> Result<(), StoreError> {
+    let meta = store.tree("meta")?;
+    meta.remove(marker).map(|_| ()).map_err(|e| store.storage_error(e))
+}
