@@ -131,8 +131,7 @@ fn main() {
         let traffic = slos.traffic_where("breast_cancer", status.from_ms, now_ms, |_, _| true).unwrap();
         windows_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        let quality = labels.quality("breast_cancer", Some(status.from_ms), None).unwrap();
-        let labelled: u64 = quality.versions.values().map(|v| v.metrics.rows).sum();
+        let labelled = labels.scan_tally("breast_cancer", status.from_ms, now_ms).unwrap().labelled;
         labels_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         raw = Some((traffic, labelled));
     }
@@ -157,6 +156,31 @@ fn main() {
     println!(
         "  the windows' part at a 10 s cadence ({real_windows:.2e} windows)  {:>9.0} s (scaled)",
         windows_ms / 1000.0 * real_windows / total as f64
+    );
+    // A quality report (per class, per version) without segments, from the roll-ups, against
+    // the same report split by a device label, which reads every label.
+    let time = |f: &dyn Fn() -> u64| {
+        let mut samples = Vec::new();
+        let mut rows = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            rows = f();
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        (median(samples), rows)
+    };
+    let rows = |q: outpost_coordinator::monitoring::quality::QualityReport| -> u64 {
+        q.versions.values().map(|v| v.metrics.rows).sum()
+    };
+    let (rolled_quality, rolled_rows) =
+        time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), None).unwrap()));
+    let none: &outpost_coordinator::monitoring::quality::LabelOf<'_> = &|_, _| Ok(None);
+    let by = outpost_coordinator::monitoring::quality::SegmentBy { label: "site", label_of: none };
+    let (scanned_quality, scanned_rows) =
+        time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), Some(by)).unwrap()));
+    assert_eq!(rolled_rows, scanned_rows, "both quality reports count the same labels");
+    println!(
+        "  quality report per class, 30 days: roll-ups {rolled_quality:.2} ms, every label (split by a device label) {scanned_quality:.2} ms"
     );
     println!(
         "  both read {requests} requests, {errors} failed, {labelled} labels; p95 {:.2} ms, accuracy {:.3}",

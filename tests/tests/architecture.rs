@@ -23,11 +23,12 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 16] = [
+const REPOSITORIES: [&str; 17] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
     "monitoring/slo.rs",
+    "monitoring/slo/rollup.rs",
     "monitoring/quality.rs",
     "monitoring/report.rs",
     "monitoring/dataset.rs",

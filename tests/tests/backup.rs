@@ -1,8 +1,9 @@
 //! Disaster recovery: a coordinator with enrolled agents and a finished rollout is backed up while
 //! it serves, its data directory is destroyed, and `restore` rebuilds it — the agents reconnect
 //! without enrolling again, the registry, the rollout and the audit chain are intact, and a new
-//! deployment (signed with the restored keys) reaches the devices. A wrong key, a damaged file
-//! and a directory that is not empty are refused by name.
+//! deployment (signed with the restored keys) reaches the devices; the SLO history is rolled up
+//! again from the restored windows and labels. A wrong key, a damaged file and a directory that
+//! is not empty are refused by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -24,6 +25,13 @@ fn audit_entries(c: &Coordinator) -> u64 {
     let out = ok(c.ctl(&["audit", "verify"]), "audit verify");
     let count = out.split("intact: ").nth(1).and_then(|rest| rest.split(' ').next());
     count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("audit verify: {out}"))
+}
+
+/// Each objective's event count in `slo status bc`.
+fn slo_events(c: &Coordinator) -> Vec<u64> {
+    let status = json(c, &["slo", "status", "bc"]);
+    let objectives = status[0]["objectives"].as_array().unwrap_or_else(|| panic!("{status}"));
+    objectives.iter().map(|o| o["events"].as_u64().unwrap()).collect()
 }
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -81,6 +89,10 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
         })
         .await;
     drop(traffic);
+    let slo = ["slo", "set", "bc", "--availability", "99%", "--latency", "p95<200ms", "--accuracy", "50%"];
+    ok(c.ctl(&[&slo[..], &["--window", "1d"]].concat()), "slo set");
+    let events = slo_events(&c);
+    assert!(events.len() == 3 && events.iter().all(|n| *n > 0), "requests and labels counted: {events:?}");
 
     // The backup, taken while the coordinator serves (it holds the database: the command asks
     // it over the API). The key file is made on the way, owner-only.
@@ -155,6 +167,16 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     // The restored chain verifies, with at least what it held at the backup (and the restart's
     // own entries after it).
     assert!(audit_entries(&c) >= audited);
+    // The backup leaves the roll-ups' completeness out: the restored coordinator rolls up the
+    // windows and labels it restored, and its SLO counts at least what it counted before.
+    let log = c.log();
+    assert!(log.contains("rolled up the stored traffic windows"), "{log}");
+    assert!(log.contains("rolled up the stored labels"), "{log}");
+    let restored = slo_events(&c);
+    assert!(
+        restored.iter().zip(&events).all(|(after, before)| after >= before),
+        "{restored:?} vs {events:?}"
+    );
     for (_, device) in &agents {
         c.wait_device(device, Duration::from_secs(60), |d| {
             d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)

@@ -122,16 +122,31 @@ pub struct Metrics {
 impl Metrics {
     /// scikit-learn's accuracy and precision_recall_fscore_support (zero_division=0).
     pub fn compute(truth: &[i64], predicted: &[i64]) -> Metrics {
-        let mut classes: Vec<i64> = truth.iter().chain(predicted).copied().collect();
+        let mut confusion = BTreeMap::new();
+        for (&t, &p) in truth.iter().zip(predicted) {
+            *confusion.entry((t, p)).or_insert(0u64) += 1;
+        }
+        Metrics::from_confusion(&confusion)
+    }
+
+    /// The same from counts of `(truth, predicted)` pairs: what summed roll-ups hold. Classes
+    /// are those that occur as truth or prediction in a pair counted at least once.
+    pub fn from_confusion(confusion: &BTreeMap<(i64, i64), u64>) -> Metrics {
+        let confusion: Vec<((i64, i64), u64)> =
+            confusion.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (*k, *n)).collect();
+        let mut classes: Vec<i64> = confusion.iter().flat_map(|((t, p), _)| [*t, *p]).collect();
         classes.sort_unstable();
         classes.dedup();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let mut per = BTreeMap::new();
         let mut ordered = Vec::new();
         for &c in &classes {
-            let tp = truth.iter().zip(predicted).filter(|&(&t, &p)| t == c && p == c).count() as u64;
-            let support = truth.iter().filter(|&&t| t == c).count() as u64;
-            let predicted_c = predicted.iter().filter(|&&p| p == c).count() as u64;
+            let count = |keep: &dyn Fn(i64, i64) -> bool| -> u64 {
+                confusion.iter().filter(|((t, p), _)| keep(*t, *p)).map(|(_, n)| n).sum()
+            };
+            let tp = count(&|t, p| t == c && p == c);
+            let support = count(&|t, _| t == c);
+            let predicted_c = count(&|_, p| p == c);
             let m = ClassMetrics {
                 precision: ratio(tp, predicted_c),
                 recall: ratio(tp, support),
@@ -143,10 +158,11 @@ impl Metrics {
         }
         let n = ordered.len().max(1) as f64;
         let total: u64 = ordered.iter().map(|m| m.support).sum();
-        let correct = truth.iter().zip(predicted).filter(|(t, p)| t == p).count() as u64;
+        let rows: u64 = confusion.iter().map(|(_, n)| n).sum();
+        let correct: u64 = confusion.iter().filter(|((t, p), _)| t == p).map(|(_, n)| n).sum();
         Metrics {
-            rows: truth.len() as u64,
-            accuracy: ratio(correct, truth.len() as u64),
+            rows,
+            accuracy: ratio(correct, rows),
             macro_precision: ordered.iter().map(|m| m.precision).sum::<f64>() / n,
             macro_recall: ordered.iter().map(|m| m.recall).sum::<f64>() / n,
             macro_f1: ordered.iter().map(|m| m.f1).sum::<f64>() / n,

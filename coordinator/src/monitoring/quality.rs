@@ -9,12 +9,14 @@
 //! written when their envelope is first stored, and again if it arrives a second time (so a
 //! crash between the two writes loses nothing: the agent resends until acked).
 //!
-//! Roll-ups: per model version, the labelled predictions that have a predicted label and how
-//! many were right ([`Tally`]) are summed into 1-minute and 1-hour buckets by prediction time
-//! (trees `labels_1m` and `labels_1h`, keys as in [`crate::monitoring::slo::rollup`], value
-//! postcard), in the same transaction as the label: a replaced label moves its count, a resend
-//! moves nothing. The SLO accuracy objective and the dashboard's accuracy chart read these;
-//! quality reports (per class, per segment) still read every label.
+//! Roll-ups: per model version, labels are counted into 1-minute and 1-hour buckets by
+//! prediction time ([`LabelCounts`]: the `(truth, predicted)` pairs, and those without a
+//! predicted label; trees `labels_1m` and `labels_1h`, keys as in
+//! [`crate::monitoring::slo::rollup`], value postcard), in the same transaction as the label: a
+//! replaced label moves its count, a resend moves nothing. A bucket never holds more entries
+//! than labels arrived in it. The SLO accuracy objective, the dashboard's accuracy chart and
+//! quality reports without segments read these (metrics from the summed confusion counts are
+//! the same as from the pairs); a report split by a device label reads every label.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,10 +37,52 @@ pub struct Tally {
     pub correct: u64,
 }
 
-impl Tally {
-    fn of(label: &StoredLabel) -> Option<Tally> {
-        let predicted = label.predicted?;
-        Some(Tally { labelled: 1, correct: u64::from(predicted == label.label) })
+/// One roll-up bucket of labels: how many had no predicted label, and how many of each
+/// `(truth, predicted)` pair the rest were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelCounts {
+    pub without_prediction: u64,
+    pub confusion: BTreeMap<(i64, i64), u64>,
+}
+
+impl LabelCounts {
+    fn one(label: &StoredLabel) -> LabelCounts {
+        let mut counts = LabelCounts::default();
+        match label.predicted {
+            Some(predicted) => {
+                counts.confusion.insert((label.label, predicted), 1);
+            }
+            None => counts.without_prediction = 1,
+        }
+        counts
+    }
+
+    fn add(&mut self, other: &LabelCounts) {
+        self.without_prediction += other.without_prediction;
+        for (pair, n) in &other.confusion {
+            *self.confusion.entry(*pair).or_insert(0) += n;
+        }
+    }
+
+    /// Takes `other` away (never below zero; pairs counted zero times are dropped).
+    fn take(&mut self, other: &LabelCounts) {
+        self.without_prediction = self.without_prediction.saturating_sub(other.without_prediction);
+        for (pair, n) in &other.confusion {
+            if let Some(have) = self.confusion.get_mut(pair) {
+                *have = have.saturating_sub(*n);
+                if *have == 0 {
+                    self.confusion.remove(pair);
+                }
+            }
+        }
+    }
+
+    /// Labels with a predicted label, and the right ones.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            labelled: self.confusion.values().sum(),
+            correct: self.confusion.iter().filter(|((t, p), _)| t == p).map(|(_, n)| n).sum(),
+        }
     }
 }
 
@@ -57,7 +101,8 @@ pub struct StoredLabel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityReport {
     pub model: String,
-    /// Only predictions made at or after this time (unix ms) count.
+    /// Only predictions made at or after this time (unix ms) count (without segments: from the
+    /// start of the minute holding the time asked for, as the roll-ups count).
     pub since_ms: Option<u64>,
     /// The device label the segments are split by.
     pub by: Option<String>,
@@ -106,31 +151,28 @@ impl std::fmt::Debug for SegmentBy<'_> {
     }
 }
 
-/// Adds (`sign` true) or takes away `tally` in `model@version`'s bucket of `tree` holding
-/// `at_ms`; answers `false` when the bucket was unreadable (started afresh).
-fn move_tally(
+/// Adds (`sign` true) or takes away `label` in its version's bucket of `tree`; answers `false`
+/// when the bucket was unreadable (started afresh).
+fn move_label(
     tree: &TransactionalTree,
     width: Width,
     model: &str,
-    version: &str,
-    at_ms: u64,
-    tally: Tally,
+    label: &StoredLabel,
     sign: bool,
 ) -> Result<bool, ConflictableTransactionError<StoreError>> {
-    let key = rollup::key(model, at_ms - at_ms % width.ms(), version);
+    let at = label.predicted_at_ms;
+    let key = rollup::key(model, at - at % width.ms(), &label.version);
     let (mut bucket, readable) = match tree.get(&key)? {
-        Some(bytes) => match postcard::from_bytes::<Tally>(&bytes) {
-            Ok(t) => (t, true),
-            Err(_) => (Tally::default(), false),
+        Some(bytes) => match postcard::from_bytes::<LabelCounts>(&bytes) {
+            Ok(b) => (b, true),
+            Err(_) => (LabelCounts::default(), false),
         },
-        None => (Tally::default(), true),
+        None => (LabelCounts::default(), true),
     };
     if sign {
-        bucket.labelled += tally.labelled;
-        bucket.correct += tally.correct;
+        bucket.add(&LabelCounts::one(label));
     } else {
-        bucket.labelled = bucket.labelled.saturating_sub(tally.labelled);
-        bucket.correct = bucket.correct.saturating_sub(tally.correct);
+        bucket.take(&LabelCounts::one(label));
     }
     tree.insert(key, postcard::to_stdvec(&bucket).unwrap_or_default())?;
     Ok(readable)
@@ -140,7 +182,7 @@ fn move_tally(
 #[derive(Debug, Clone)]
 pub struct Labels {
     tree: sled::Tree,
-    /// [`Tally`] roll-ups per model version and minute / hour of prediction.
+    /// [`LabelCounts`] roll-ups per model version and minute / hour of prediction.
     minutes: sled::Tree,
     hours: sled::Tree,
     store: Store,
@@ -172,8 +214,9 @@ impl Labels {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        // Labels are keyed by device, not time: the buckets (16 bytes each) are summed in memory.
-        let mut sums: [BTreeMap<Vec<u8>, Tally>; 2] = Default::default();
+        // Labels are keyed by device, not time: the buckets are summed in memory (a few bytes
+        // per pair of classes seen in a minute).
+        let mut sums: [BTreeMap<Vec<u8>, LabelCounts>; 2] = Default::default();
         let mut labels = 0u64;
         for item in self.tree.iter() {
             let (k, v) = item.map_err(err)?;
@@ -181,20 +224,18 @@ impl Labels {
                 continue;
             };
             let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
-            let Some(tally) = Tally::of(&label) else { continue };
+            let one = LabelCounts::one(&label);
             for (i, width) in [Width::Minute, Width::Hour].into_iter().enumerate() {
                 let at = label.predicted_at_ms - label.predicted_at_ms % width.ms();
-                let bucket = sums[i].entry(rollup::key(model, at, &label.version)).or_default();
-                bucket.labelled += tally.labelled;
-                bucket.correct += tally.correct;
+                sums[i].entry(rollup::key(model, at, &label.version)).or_default().add(&one);
             }
             labels += 1;
         }
         for (tree, sums) in [&self.minutes, &self.hours].into_iter().zip(sums) {
             tree.clear().map_err(err)?;
             let mut batch = sled::Batch::default();
-            for (k, tally) in sums {
-                batch.insert(k, postcard::to_stdvec(&tally).unwrap_or_default());
+            for (k, counts) in sums {
+                batch.insert(k, postcard::to_stdvec(&counts).unwrap_or_default());
             }
             tree.apply_batch(batch).map_err(err)?;
         }
@@ -238,16 +279,10 @@ impl Labels {
                     continue;
                 }
                 for (t, width) in [(minutes, Width::Minute), (hours, Width::Hour)] {
-                    if let Some(old) = &old
-                        && let Some(tally) = Tally::of(old)
-                    {
-                        readable &=
-                            move_tally(t, width, model, &old.version, old.predicted_at_ms, tally, false)?;
+                    if let Some(old) = &old {
+                        readable &= move_label(t, width, model, old, false)?;
                     }
-                    if let Some(tally) = Tally::of(value) {
-                        readable &=
-                            move_tally(t, width, model, &value.version, value.predicted_at_ms, tally, true)?;
-                    }
+                    readable &= move_label(t, width, model, value, true)?;
                 }
             }
             Ok(readable)
@@ -274,7 +309,7 @@ impl Labels {
         model: &str,
         from_ms: u64,
         until_ms: u64,
-        mut each: impl FnMut(u64, &str, Tally),
+        mut each: impl FnMut(u64, &str, LabelCounts),
     ) -> Result<(), StoreError> {
         if from_ms >= until_ms {
             return Ok(());
@@ -286,8 +321,8 @@ impl Labels {
         for item in tree.range(rollup::key(model, from_ms, "")..rollup::key(model, until_ms, "")) {
             let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
             let Some((at, version)) = rollup::parse(&k, model.len()) else { continue };
-            match postcard::from_bytes::<Tally>(&v) {
-                Ok(tally) => each(at, version, tally),
+            match postcard::from_bytes::<LabelCounts>(&v) {
+                Ok(counts) => each(at, version, counts),
                 Err(_) => {
                     tracing::error!(
                         model,
@@ -306,13 +341,45 @@ impl Labels {
     /// holding `from_ms` to the one holding `to_ms`, from the roll-ups.
     pub fn rolled_up(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<Tally, StoreError> {
         let mut total = Tally::default();
-        for (width, from, until) in rollup::spans(from_ms, to_ms) {
-            self.buckets(width, model, from, until, |_, _, t| {
-                total.labelled += t.labelled;
-                total.correct += t.correct;
-            })?;
+        for (_, counts) in self.rolled_up_per_version(model, from_ms, to_ms)? {
+            let t = counts.tally();
+            total.labelled += t.labelled;
+            total.correct += t.correct;
         }
         Ok(total)
+    }
+
+    /// What [`Labels::rolled_up`] answers, counted from every label of `model` predicted in
+    /// `[from_ms, to_ms]`: the check on the roll-ups (tests, `--bench slo`'s baseline).
+    pub fn scan_tally(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<Tally, StoreError> {
+        let mut t = Tally::default();
+        for item in self.scan(model) {
+            let (_, l) = item?;
+            if (from_ms..=to_ms).contains(&l.predicted_at_ms)
+                && let Some(predicted) = l.predicted
+            {
+                t.labelled += 1;
+                t.correct += u64::from(predicted == l.label);
+            }
+        }
+        Ok(t)
+    }
+
+    /// The summed [`LabelCounts`] of `model` per version over the whole minutes from the one
+    /// holding `from_ms` to the one holding `to_ms`.
+    fn rolled_up_per_version(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<String, LabelCounts>, StoreError> {
+        let mut out: BTreeMap<String, LabelCounts> = BTreeMap::new();
+        for (width, from, until) in rollup::spans(from_ms, to_ms) {
+            self.buckets(width, model, from, until, |_, version, counts| {
+                out.entry(version.to_owned()).or_default().add(&counts)
+            })?;
+        }
+        Ok(out)
     }
 
     /// The label of one prediction, if one arrived.
@@ -388,7 +455,8 @@ impl Labels {
         let mut out: Vec<Correct> = vec![BTreeMap::new(); grid.count];
         if grid.width_ms >= MINUTE_MS {
             let from = grid.from_ms - grid.from_ms % MINUTE_MS;
-            self.buckets(Width::Minute, model, from, grid.to_ms.saturating_add(1), |at, version, t| {
+            self.buckets(Width::Minute, model, from, grid.to_ms.saturating_add(1), |at, version, counts| {
+                let t = counts.tally();
                 let cell = out[grid.index(at)].entry(version.to_owned()).or_default();
                 cell.0 += t.labelled;
                 cell.1 += t.correct;
@@ -417,6 +485,26 @@ impl Labels {
         since_ms: Option<u64>,
         by: Option<SegmentBy<'_>>,
     ) -> Result<QualityReport, StoreError> {
+        if by.is_none() {
+            // No segments: the roll-ups hold all it needs, from the minute holding `since_ms`.
+            let since_ms = since_ms.map(|s| s - s % MINUTE_MS);
+            let versions = self
+                .rolled_up_per_version(model, since_ms.unwrap_or(0), u64::MAX / 2)?
+                .into_iter()
+                .filter(|(_, c)| c.without_prediction > 0 || !c.confusion.is_empty())
+                .map(|(version, c)| {
+                    let metrics = Metrics::from_confusion(&c.confusion);
+                    let quality = VersionQuality {
+                        labelled: metrics.rows + c.without_prediction,
+                        without_prediction: c.without_prediction,
+                        metrics,
+                        segments: BTreeMap::new(),
+                    };
+                    (version, quality)
+                })
+                .collect();
+            return Ok(QualityReport { model: model.to_owned(), since_ms, by: None, versions });
+        }
         // version → (truth, predicted, per-segment (truth, predicted), labelled, without).
         type Pairs = (Vec<i64>, Vec<i64>);
         let mut acc: BTreeMap<String, (Pairs, BTreeMap<String, Pairs>, u64, u64)> = BTreeMap::new();
@@ -487,20 +575,10 @@ mod tests {
         }
     }
 
-    /// What a scan of every label says for `[from, to]`: (labelled with a prediction, correct).
-    /// (The roll-ups answer for whole minutes: the tests end ranges at a minute's last ms.)
+    /// What a scan of every label says for `[from, to]` (the roll-ups answer for whole
+    /// minutes: the tests end ranges at a minute's last ms).
     fn scanned(labels: &Labels, from: u64, to: u64) -> Tally {
-        let mut t = Tally::default();
-        for item in labels.scan("bc") {
-            let (_, l) = item.unwrap();
-            if (from..=to).contains(&l.predicted_at_ms)
-                && let Some(tally) = Tally::of(&l)
-            {
-                t.labelled += tally.labelled;
-                t.correct += tally.correct;
-            }
-        }
-        t
+        labels.scan_tally("bc", from, to).unwrap()
     }
 
     fn filled() -> (tempfile::TempDir, Store, Labels) {
@@ -530,6 +608,37 @@ mod tests {
             assert!(want.labelled > 0, "{from}..{to}");
             assert_eq!(labels.rolled_up("bc", from, to).unwrap(), want, "{from}..{to}");
         }
+    }
+
+    #[test]
+    fn quality_from_the_rollups_is_the_quality_of_every_label() {
+        let (_dir, _store, labels) = filled();
+        // Three classes, so the macro and weighted averages have something to weigh.
+        labels
+            .put("dev-7", &batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]))
+            .unwrap();
+        let none: &LabelOf<'_> = &|_, _| Ok(None);
+        let every =
+            |since| labels.quality("bc", since, Some(SegmentBy { label: "site", label_of: none })).unwrap();
+        for since in [None, Some(3_600_000), Some(6_000_000)] {
+            let rolled = labels.quality("bc", since, None).unwrap();
+            let scanned = every(since);
+            assert_eq!(
+                rolled.versions.keys().collect::<Vec<_>>(),
+                scanned.versions.keys().collect::<Vec<_>>()
+            );
+            for (version, q) in &rolled.versions {
+                let s = &scanned.versions[version];
+                assert_eq!(
+                    (q.labelled, q.without_prediction),
+                    (s.labelled, s.without_prediction),
+                    "{version}"
+                );
+                assert_eq!(q.metrics, s.metrics, "{version} since {since:?}");
+            }
+        }
+        assert!(labels.quality("bc", None, None).unwrap().versions["1.0.0"].metrics.classes.len() == 3);
+        assert!(labels.quality("bc", Some(u64::MAX / 4), None).unwrap().versions.is_empty());
     }
 
     #[test]
