@@ -100,12 +100,40 @@ fn main() {
     }
     store.flush().unwrap();
     let stored = total as f64 / started.elapsed().as_secs_f64();
+    // The largest feedback message an agent sends: 10,000 labels in one batch, one transaction.
+    let batch = |first: u64| FeedbackBatch {
+        labels: (0..10_000u64)
+            .map(|i| LabelledPrediction {
+                prediction_id: first + i,
+                model: "breast_cancer".into(),
+                version: "1.0.0".into(),
+                slot: Slot::Primary,
+                predicted_at_ms: now_ms - 3_600_000 + i * 360,
+                labelled_at_ms: now_ms,
+                predicted: Some((i % 2) as i64),
+                label: (i % 3 == 0) as i64,
+            })
+            .collect(),
+        unknown: 0,
+        evicted: 0,
+    };
+    let big: Vec<FeedbackBatch> = (0..5).map(|b| batch(1_000_000 + b * 10_000)).collect();
+    let mut samples = Vec::new();
+    for b in &big {
+        let t = Instant::now();
+        labels.put("dev-big", b).unwrap();
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let big_batch = median(samples);
     let minutes = store.tree("traffic_1m").unwrap().len() + store.tree("labels_1m").unwrap().len();
     let hours = store.tree("traffic_1h").unwrap().len() + store.tree("labels_1h").unwrap().len();
     println!(
         "30-day SLO status, {devices} devices, {total} report windows ({per_device} per device) and as many labels stored at {stored:.0}/s with their roll-ups"
     );
     println!("  roll-ups: {minutes} minute and {hours} hour buckets (two versions)");
+    println!(
+        "  a feedback batch of 10,000 labels stored with its roll-ups in {big_batch:.1} ms (median of 5)"
+    );
 
     let spec = SloSpec {
         availability: Some(0.99),

@@ -214,6 +214,13 @@ impl Labels {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let stored = self.tree.len();
+        if stored > 0 {
+            tracing::info!(
+                labels = stored,
+                "rolling up the stored labels into minute and hour buckets (once, after an upgrade or a restore)"
+            );
+        }
         // Labels are keyed by device, not time: the buckets are summed in memory (a few bytes
         // per pair of classes seen in a minute).
         let mut sums: [BTreeMap<Vec<u8>, LabelCounts>; 2] = Default::default();

@@ -160,6 +160,13 @@ pub fn ensure_built(
         return Ok(());
     }
     let started = std::time::Instant::now();
+    let stored = traffic.len();
+    if stored > 0 {
+        tracing::info!(
+            windows = stored,
+            "rolling up the stored traffic windows into minute and hour buckets (once, after an upgrade or a restore)"
+        );
+    }
     minutes.clear().map_err(err)?;
     hours.clear().map_err(err)?;
     // Raw keys are ordered by model, then window end: a bucket is complete once a window past
@@ -195,6 +202,9 @@ pub fn ensure_built(
         }
         current = Some((model.to_owned(), starts));
         windows += 1;
+        if windows.is_multiple_of(1_000_000) {
+            tracing::info!(windows, of = stored, "rolling up the stored traffic windows");
+        }
     }
     for i in 0..2 {
         write(&mut open[i], trees[i])?;
