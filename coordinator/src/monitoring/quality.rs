@@ -162,20 +162,12 @@ fn move_label(
 ) -> Result<bool, ConflictableTransactionError<StoreError>> {
     let at = label.predicted_at_ms;
     let key = rollup::key(model, at - at % width.ms(), &label.version);
-    let (mut bucket, readable) = match tree.get(&key)? {
-        Some(bytes) => match postcard::from_bytes::<LabelCounts>(&bytes) {
-            Ok(b) => (b, true),
-            Err(_) => (LabelCounts::default(), false),
-        },
-        None => (LabelCounts::default(), true),
-    };
-    if sign {
-        bucket.add(&LabelCounts::one(label));
-    } else {
-        bucket.take(&LabelCounts::one(label));
-    }
-    tree.insert(key, postcard::to_stdvec(&bucket).unwrap_or_default())?;
-    Ok(readable)
+    let one = LabelCounts::one(label);
+    rollup::update_in(
+        tree,
+        &key,
+        |bucket: &mut LabelCounts| if sign { bucket.add(&one) } else { bucket.take(&one) },
+    )
 }
 
 /// The labels store.
@@ -201,18 +193,13 @@ impl Labels {
     }
 
     /// Rolls every stored label up unless `meta` says it was done (a data directory from before
-    /// roll-ups, or one where a bucket was found unreadable); one process at a time.
+    /// roll-ups, or one where a bucket was found unreadable).
     fn ensure_rolled_up(&self) -> Result<(), StoreError> {
-        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        rollup::once(&self.store, rollup::LABELS_MARKER, || self.roll_up_all())
+    }
+
+    fn roll_up_all(&self) -> Result<(), StoreError> {
         let err = |e| self.store.storage_error(e);
-        let meta = self.store.tree("meta")?;
-        if meta.contains_key(rollup::LABELS_MARKER).map_err(err)? {
-            return Ok(());
-        }
-        let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if meta.contains_key(rollup::LABELS_MARKER).map_err(err)? {
-            return Ok(());
-        }
         let started = std::time::Instant::now();
         let stored = self.tree.len();
         if stored > 0 {
@@ -246,8 +233,6 @@ impl Labels {
             }
             tree.apply_batch(batch).map_err(err)?;
         }
-        meta.insert(rollup::LABELS_MARKER, &b"1"[..]).map_err(err)?;
-        self.store.flush()?;
         if labels > 0 {
             tracing::info!(
                 labels,
@@ -308,7 +293,7 @@ impl Labels {
         }
     }
 
-    /// Calls `each(bucket_start, version, tally)` for `model`'s buckets of `width` starting in
+    /// Calls `each(bucket_start, version, counts)` for `model`'s buckets of `width` starting in
     /// `[from_ms, until_ms)`.
     fn buckets(
         &self,
@@ -316,32 +301,13 @@ impl Labels {
         model: &str,
         from_ms: u64,
         until_ms: u64,
-        mut each: impl FnMut(u64, &str, LabelCounts),
+        each: impl FnMut(u64, &str, LabelCounts),
     ) -> Result<(), StoreError> {
-        if from_ms >= until_ms {
-            return Ok(());
-        }
         let tree = match width {
             Width::Minute => &self.minutes,
             Width::Hour => &self.hours,
         };
-        for item in tree.range(rollup::key(model, from_ms, "")..rollup::key(model, until_ms, "")) {
-            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
-            let Some((at, version)) = rollup::parse(&k, model.len()) else { continue };
-            match postcard::from_bytes::<LabelCounts>(&v) {
-                Ok(counts) => each(at, version, counts),
-                Err(_) => {
-                    tracing::error!(
-                        model,
-                        at_ms = at,
-                        version,
-                        "a label roll-up bucket is unreadable: left out; the roll-ups are rebuilt from the labels at the next start"
-                    );
-                    rollup::invalidate(&self.store, rollup::LABELS_MARKER)?;
-                }
-            }
-        }
-        Ok(())
+        rollup::each_bucket(&self.store, tree, rollup::LABELS_MARKER, "label", model, from_ms, until_ms, each)
     }
 
     /// Labelled predictions of `model` (every version) made in the whole minutes from the one
@@ -557,131 +523,4 @@ impl Labels {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use outpost_shared::protocol::messages::LabelledPrediction;
-    use outpost_shared::protocol::vocab::Slot;
-
-    fn batch(labels: &[(u64, &str, u64, Option<i64>, i64)]) -> FeedbackBatch {
-        FeedbackBatch {
-            labels: labels
-                .iter()
-                .map(|&(id, version, at, predicted, label)| LabelledPrediction {
-                    prediction_id: id,
-                    model: "bc".into(),
-                    version: version.into(),
-                    slot: Slot::Primary,
-                    predicted_at_ms: at,
-                    labelled_at_ms: at + 5,
-                    predicted,
-                    label,
-                })
-                .collect(),
-            unknown: 0,
-            evicted: 0,
-        }
-    }
-
-    /// What a scan of every label says for `[from, to]` (the roll-ups answer for whole
-    /// minutes: the tests end ranges at a minute's last ms).
-    fn scanned(labels: &Labels, from: u64, to: u64) -> Tally {
-        labels.scan_tally("bc", from, to).unwrap()
-    }
-
-    fn filled() -> (tempfile::TempDir, Store, Labels) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let labels = Labels::open(&store).unwrap();
-        for d in 0..3u64 {
-            let rows: Vec<_> = (0..400u64)
-                .map(|i| {
-                    let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
-                    let predicted = (i % 11 != 0).then_some((i % 2) as i64);
-                    (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
-                })
-                .collect();
-            labels.put(&format!("dev-{d}"), &batch(&rows)).unwrap();
-        }
-        (dir, store, labels)
-    }
-
-    #[test]
-    fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
-        let (_dir, _store, labels) = filled();
-        for (from, to) in
-            [(0, u64::MAX / 2), (3_600_000, 7_199_999), (4_000_000, 9_959_999), (3_000_000, 3_059_999)]
-        {
-            let want = scanned(&labels, from - from % MINUTE_MS, to);
-            assert!(want.labelled > 0, "{from}..{to}");
-            assert_eq!(labels.rolled_up("bc", from, to).unwrap(), want, "{from}..{to}");
-        }
-    }
-
-    #[test]
-    fn quality_from_the_rollups_is_the_quality_of_every_label() {
-        let (_dir, _store, labels) = filled();
-        // Three classes, so the macro and weighted averages have something to weigh.
-        labels
-            .put("dev-7", &batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]))
-            .unwrap();
-        let none: &LabelOf<'_> = &|_, _| Ok(None);
-        let every =
-            |since| labels.quality("bc", since, Some(SegmentBy { label: "site", label_of: none })).unwrap();
-        for since in [None, Some(3_600_000), Some(6_000_000)] {
-            let rolled = labels.quality("bc", since, None).unwrap();
-            let scanned = every(since);
-            assert_eq!(
-                rolled.versions.keys().collect::<Vec<_>>(),
-                scanned.versions.keys().collect::<Vec<_>>()
-            );
-            for (version, q) in &rolled.versions {
-                let s = &scanned.versions[version];
-                assert_eq!(
-                    (q.labelled, q.without_prediction),
-                    (s.labelled, s.without_prediction),
-                    "{version}"
-                );
-                assert_eq!(q.metrics, s.metrics, "{version} since {since:?}");
-            }
-        }
-        assert!(labels.quality("bc", None, None).unwrap().versions["1.0.0"].metrics.classes.len() == 3);
-        assert!(labels.quality("bc", Some(u64::MAX / 4), None).unwrap().versions.is_empty());
-    }
-
-    #[test]
-    fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
-        let (_dir, _store, labels) = filled();
-        let all = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
-        let before = all(&labels);
-        // Prediction 1 of dev-0 (predicted 1, label 0: wrong) is labelled again, now 1: right.
-        let again = [(1, "1.0.0", 3_000_000 + 23_456, Some(1), 0)];
-        labels.put("dev-0", &batch(&again)).unwrap();
-        assert_eq!(all(&labels), before, "a resend of the same label moves nothing");
-        labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, Some(1), 1)])).unwrap();
-        let after = all(&labels);
-        assert_eq!((after.labelled, after.correct), (before.labelled, before.correct + 1));
-        assert_eq!(after, scanned(&labels, 0, u64::MAX / 2));
-        // A label now without a prediction leaves the counts.
-        labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, None, 1)])).unwrap();
-        assert_eq!(all(&labels).labelled, before.labelled - 1);
-    }
-
-    #[test]
-    fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
-        let (_dir, store, labels) = filled();
-        let want = scanned(&labels, 0, u64::MAX / 2);
-        // A data directory written before roll-ups: labels, no buckets, no marker.
-        rollup::invalidate(&store, rollup::LABELS_MARKER).unwrap();
-        store.tree("labels_1m").unwrap().clear().unwrap();
-        store.tree("labels_1h").unwrap().clear().unwrap();
-        let reopened = Labels::open(&store).unwrap();
-        assert_eq!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
-        // A flipped bucket is left out, not guessed, and the next start rebuilds it.
-        let hours = store.tree("labels_1h").unwrap();
-        let (k, _) = hours.iter().next().unwrap().unwrap();
-        hours.insert(k, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]).unwrap();
-        assert!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap().labelled < want.labelled);
-        assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_MARKER).unwrap());
-        assert_eq!(Labels::open(&store).unwrap().rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
-    }
-}
+mod tests;

@@ -19,7 +19,6 @@
 
 use std::sync::Mutex;
 
-use outpost_shared::histogram::LogHistogram;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::TrafficWindow;
@@ -51,10 +50,6 @@ pub fn parse(key: &[u8], model_len: usize) -> Option<(u64, &str)> {
     let at = u64::from_be_bytes(key.get(model_len + 1..model_len + 9)?.try_into().ok()?);
     let version = std::str::from_utf8(key.get(model_len + 10..)?).ok()?;
     Some((at, version))
-}
-
-fn empty() -> TrafficWindow {
-    TrafficWindow { requests: 0, errors: 0, latency_us: LogHistogram::default() }
 }
 
 /// A bucket width: a minute or an hour.
@@ -101,33 +96,91 @@ pub fn add(into: &mut TrafficWindow, window: &TrafficWindow) {
     let _ = into.latency_us.merge(&window.latency_us);
 }
 
-/// A bucket's stored bytes, or `None` when they are unreadable.
-pub fn decode(bytes: &[u8]) -> Option<TrafficWindow> {
-    postcard::from_bytes(bytes).ok()
+fn encode<T: serde::Serialize>(bucket: &T) -> Vec<u8> {
+    // Structs of integers, floats and maps: postcard cannot fail on them.
+    postcard::to_stdvec(bucket).unwrap_or_default()
 }
 
-fn encode(window: &TrafficWindow) -> Vec<u8> {
-    // A struct of integers, floats and a map: postcard cannot fail on it.
-    postcard::to_stdvec(window).unwrap_or_default()
-}
-
-/// Adds `window` into the bucket at `key` within a transaction; answers `false` when the
-/// bucket held unreadable bytes (started afresh).
-pub fn add_in(
+/// Changes the bucket at `key` with `change` within a transaction (an absent one starts at
+/// `T::default()`); answers `false` when the bucket held unreadable bytes (started afresh).
+pub fn update_in<T>(
     tree: &TransactionalTree,
     key: &[u8],
-    window: &TrafficWindow,
-) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    change: impl FnOnce(&mut T),
+) -> Result<bool, ConflictableTransactionError<StoreError>>
+where
+    T: Default + serde::Serialize + serde::de::DeserializeOwned,
+{
     let (mut bucket, readable) = match tree.get(key)? {
-        Some(bytes) => match decode(&bytes) {
-            Some(b) => (b, true),
-            None => (empty(), false),
+        Some(bytes) => match postcard::from_bytes::<T>(&bytes) {
+            Ok(b) => (b, true),
+            Err(_) => (T::default(), false),
         },
-        None => (empty(), true),
+        None => (T::default(), true),
     };
-    add(&mut bucket, window);
+    change(&mut bucket);
     tree.insert(key, encode(&bucket))?;
     Ok(readable)
+}
+
+/// Runs `build` unless `meta` holds `marker`, then sets the marker and flushes; one build at a
+/// time in this process (a coordinator opens its repositories from more than one engine).
+pub fn once(
+    store: &Store,
+    marker: &[u8],
+    build: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let err = |e| store.storage_error(e);
+    let meta = store.tree("meta")?;
+    if meta.contains_key(marker).map_err(err)? {
+        return Ok(());
+    }
+    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if meta.contains_key(marker).map_err(err)? {
+        return Ok(());
+    }
+    build()?;
+    meta.insert(marker, &b"1"[..]).map_err(err)?;
+    store.flush()
+}
+
+/// Calls `each(bucket_start, version, bucket)` for `model`'s buckets in `tree` starting in
+/// `[from_ms, until_ms)`, each a postcard `T`. One that does not decode is left out with an
+/// error naming it (`what`: "traffic", "label"), and `marker` is removed so the next start
+/// rebuilds the roll-ups.
+#[allow(clippy::too_many_arguments)]
+pub fn each_bucket<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    tree: &sled::Tree,
+    marker: &[u8],
+    what: &str,
+    model: &str,
+    from_ms: u64,
+    until_ms: u64,
+    mut each: impl FnMut(u64, &str, T),
+) -> Result<(), StoreError> {
+    if from_ms >= until_ms {
+        return Ok(());
+    }
+    for item in tree.range(key(model, from_ms, "")..key(model, until_ms, "")) {
+        let (k, v) = item.map_err(|e| store.storage_error(e))?;
+        let Some((at, version)) = parse(&k, model.len()) else { continue };
+        match postcard::from_bytes::<T>(&v) {
+            Ok(bucket) => each(at, version, bucket),
+            Err(e) => {
+                tracing::error!(
+                    model,
+                    at_ms = at,
+                    version,
+                    error = %e,
+                    "a {what} roll-up bucket is unreadable: left out; the roll-ups are rebuilt at the next start"
+                );
+                invalidate(store, marker)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answers `None` for a raw `traffic` key that does not parse: `(model, end_ms, version)`.
@@ -142,23 +195,23 @@ fn parse_raw(key: &[u8]) -> Option<(&str, u64, &str)> {
 }
 
 /// Rolls up every raw window of `traffic` into `minutes` and `hours` unless `meta` says it
-/// was done; one process at a time.
+/// was done.
 pub fn ensure_built(
     store: &Store,
     traffic: &sled::Tree,
     minutes: &sled::Tree,
     hours: &sled::Tree,
 ) -> Result<(), StoreError> {
-    static BUILDING: Mutex<()> = Mutex::new(());
+    once(store, MARKER, || build(store, traffic, minutes, hours))
+}
+
+fn build(
+    store: &Store,
+    traffic: &sled::Tree,
+    minutes: &sled::Tree,
+    hours: &sled::Tree,
+) -> Result<(), StoreError> {
     let err = |e| store.storage_error(e);
-    let meta = store.tree("meta")?;
-    if meta.contains_key(MARKER).map_err(err)? {
-        return Ok(());
-    }
-    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if meta.contains_key(MARKER).map_err(err)? {
-        return Ok(());
-    }
     let started = std::time::Instant::now();
     let stored = traffic.len();
     if stored > 0 {
@@ -198,7 +251,7 @@ pub fn ensure_built(
             if moved {
                 write(&mut open[i], trees[i])?;
             }
-            add(open[i].entry(key(model, starts[i], version)).or_insert_with(empty), &window);
+            add(open[i].entry(key(model, starts[i], version)).or_default(), &window);
         }
         current = Some((model.to_owned(), starts));
         windows += 1;
@@ -209,8 +262,6 @@ pub fn ensure_built(
     for i in 0..2 {
         write(&mut open[i], trees[i])?;
     }
-    meta.insert(MARKER, &b"1"[..]).map_err(err)?;
-    store.flush()?;
     if windows > 0 {
         tracing::info!(
             windows,

@@ -1,0 +1,122 @@
+//! The labels store's units: roll-ups against a scan of every label, replaced and resent
+//! labels, quality from confusion counts, upgrades and a flipped bucket.
+
+use super::*;
+use outpost_shared::protocol::messages::LabelledPrediction;
+use outpost_shared::protocol::vocab::Slot;
+
+fn batch(labels: &[(u64, &str, u64, Option<i64>, i64)]) -> FeedbackBatch {
+    FeedbackBatch {
+        labels: labels
+            .iter()
+            .map(|&(id, version, at, predicted, label)| LabelledPrediction {
+                prediction_id: id,
+                model: "bc".into(),
+                version: version.into(),
+                slot: Slot::Primary,
+                predicted_at_ms: at,
+                labelled_at_ms: at + 5,
+                predicted,
+                label,
+            })
+            .collect(),
+        unknown: 0,
+        evicted: 0,
+    }
+}
+
+/// What a scan of every label says for `[from, to]` (the roll-ups answer for whole
+/// minutes: the tests end ranges at a minute's last ms).
+fn scanned(labels: &Labels, from: u64, to: u64) -> Tally {
+    labels.scan_tally("bc", from, to).unwrap()
+}
+
+fn filled() -> (tempfile::TempDir, Store, Labels) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let labels = Labels::open(&store).unwrap();
+    for d in 0..3u64 {
+        let rows: Vec<_> = (0..400u64)
+            .map(|i| {
+                let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
+                let predicted = (i % 11 != 0).then_some((i % 2) as i64);
+                (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
+            })
+            .collect();
+        labels.put(&format!("dev-{d}"), &batch(&rows)).unwrap();
+    }
+    (dir, store, labels)
+}
+
+#[test]
+fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
+    let (_dir, _store, labels) = filled();
+    for (from, to) in
+        [(0, u64::MAX / 2), (3_600_000, 7_199_999), (4_000_000, 9_959_999), (3_000_000, 3_059_999)]
+    {
+        let want = scanned(&labels, from - from % MINUTE_MS, to);
+        assert!(want.labelled > 0, "{from}..{to}");
+        assert_eq!(labels.rolled_up("bc", from, to).unwrap(), want, "{from}..{to}");
+    }
+}
+
+#[test]
+fn quality_from_the_rollups_is_the_quality_of_every_label() {
+    let (_dir, _store, labels) = filled();
+    // Three classes, so the macro and weighted averages have something to weigh.
+    labels
+        .put("dev-7", &batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]))
+        .unwrap();
+    let none: &LabelOf<'_> = &|_, _| Ok(None);
+    let every =
+        |since| labels.quality("bc", since, Some(SegmentBy { label: "site", label_of: none })).unwrap();
+    for since in [None, Some(3_600_000), Some(6_000_000)] {
+        let rolled = labels.quality("bc", since, None).unwrap();
+        let scanned = every(since);
+        assert_eq!(rolled.versions.keys().collect::<Vec<_>>(), scanned.versions.keys().collect::<Vec<_>>());
+        for (version, q) in &rolled.versions {
+            let s = &scanned.versions[version];
+            assert_eq!((q.labelled, q.without_prediction), (s.labelled, s.without_prediction), "{version}");
+            assert_eq!(q.metrics, s.metrics, "{version} since {since:?}");
+        }
+    }
+    assert!(labels.quality("bc", None, None).unwrap().versions["1.0.0"].metrics.classes.len() == 3);
+    assert!(labels.quality("bc", Some(u64::MAX / 4), None).unwrap().versions.is_empty());
+}
+
+#[test]
+fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
+    let (_dir, _store, labels) = filled();
+    let all = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
+    let before = all(&labels);
+    // Prediction 1 of dev-0 (predicted 1, label 0: wrong) is labelled again, now 1: right.
+    let again = [(1, "1.0.0", 3_000_000 + 23_456, Some(1), 0)];
+    labels.put("dev-0", &batch(&again)).unwrap();
+    assert_eq!(all(&labels), before, "a resend of the same label moves nothing");
+    labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, Some(1), 1)])).unwrap();
+    let after = all(&labels);
+    assert_eq!((after.labelled, after.correct), (before.labelled, before.correct + 1));
+    assert_eq!(after, scanned(&labels, 0, u64::MAX / 2));
+    // A label now without a prediction leaves the counts.
+    labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, None, 1)])).unwrap();
+    assert_eq!(all(&labels).labelled, before.labelled - 1);
+}
+
+#[test]
+fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
+    let (_dir, store, labels) = filled();
+    let want = scanned(&labels, 0, u64::MAX / 2);
+    // A data directory written before roll-ups: labels, no buckets, no marker.
+    rollup::invalidate(&store, rollup::LABELS_MARKER).unwrap();
+    store.tree("labels_1m").unwrap().clear().unwrap();
+    store.tree("labels_1h").unwrap().clear().unwrap();
+    let reopened = Labels::open(&store).unwrap();
+    assert_eq!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
+    // A flipped bucket is left out, not guessed, and the next start rebuilds it.
+    let hours = store.tree("labels_1h").unwrap();
+    let (k, _) = hours.iter().next().unwrap().unwrap();
+    hours.insert(k, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]).unwrap();
+    assert!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap().labelled < want.labelled);
+    assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_MARKER).unwrap());
+    assert_eq!(Labels::open(&store).unwrap().rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
+}

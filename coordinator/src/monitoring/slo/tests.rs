@@ -1,0 +1,182 @@
+//! The SLO store's units: roll-ups against a scan of every window, resends, upgrades, a
+//! flipped bucket, status and chart geometry.
+
+use super::*;
+use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
+use outpost_shared::protocol::vocab::Slot;
+
+/// A report from one device ending at `end_ms` with `requests` to `version` of `bc`.
+fn report(end_ms: u64, version: &str, requests: u64, slow_ms: f64) -> Report {
+    let mut latency_us = LogHistogram::default();
+    for i in 0..requests {
+        latency_us.record(1_000.0 + (i % 7) as f64 * 300.0 + slow_ms * 1000.0);
+    }
+    Report {
+        window_start_ms: end_ms.saturating_sub(10_000),
+        window_end_ms: end_ms,
+        models: vec![ModelWindow {
+            model: "bc".into(),
+            version: version.into(),
+            slot: Slot::Primary,
+            requests,
+            errors: requests / 10,
+            rows: requests,
+            latency_us,
+            top_score: LogHistogram::default(),
+            label_counts: Default::default(),
+        }],
+        system: SystemStats::default(),
+        prediction_log: LogWindow::default(),
+        outbox: OutboxStats::default(),
+    }
+}
+
+/// Four devices and two versions reporting every 10 s from 00:59:30 to 03:10:00.
+fn filled() -> (tempfile::TempDir, Store, Slos) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let slos = Slos::open(&store).unwrap();
+    for (i, end) in (3_570_000..=11_400_000u64).step_by(10_000).enumerate() {
+        for d in 0..4u64 {
+            let version = if d % 2 == 0 { "1.0.0" } else { "1.1.0" };
+            let n = 5 + (i as u64 * 7 + d * 3) % 40;
+            slos.put_report(&format!("dev-{d}"), &report(end + d, version, n, (i % 13) as f64)).unwrap();
+        }
+    }
+    (dir, store, slos)
+}
+
+fn same(rolled: &TrafficWindow, raw: (u64, u64, LogHistogram, usize), what: &str) {
+    assert_eq!((rolled.requests, rolled.errors), (raw.0, raw.1), "{what}");
+    assert_eq!(rolled.latency_us.count(), raw.2.count(), "{what}");
+    for q in [0.5, 0.95, 0.99] {
+        assert_eq!(rolled.latency_us.quantile(q), raw.2.quantile(q), "{what} q{q}");
+    }
+    assert_eq!(rolled.latency_us.count_above(5_000.0), raw.2.count_above(5_000.0), "{what}");
+}
+
+#[test]
+fn the_rollups_sum_exactly_what_a_scan_of_every_window_sums() {
+    let (_dir, _store, slos) = filled();
+    // Ranges within a minute, across an hour, over whole hours, and open at the end.
+    for (from, to) in [
+        (3_540_000, 3_599_999),
+        (3_600_000, 3_659_999),
+        (3_540_000, 7_259_999),
+        (3_600_000, 10_799_999),
+        (4_020_000, 11_459_999),
+        (0, 20_000_000),
+        (7_200_000, 7_200_000 + 59_999),
+    ] {
+        let raw = slos.traffic_where("bc", from, to, |_, _| true).unwrap();
+        assert!(raw.0 > 0, "{from}..{to} has traffic");
+        same(&slos.rolled_up("bc", from, to).unwrap(), raw, &format!("{from}..{to}"));
+    }
+    assert_eq!(slos.rolled_up("other", 0, u64::MAX).unwrap().requests, 0);
+}
+
+#[test]
+fn a_resent_report_adds_nothing_to_the_rollups() {
+    let (_dir, _store, slos) = filled();
+    let before = slos.rolled_up("bc", 0, 20_000_000).unwrap();
+    slos.put_report("dev-1", &report(3_600_001, "1.1.0", 999, 0.0)).unwrap();
+    slos.put_report("dev-2", &report(3_570_002, "1.0.0", 5, 0.0)).unwrap();
+    assert_eq!(slos.rolled_up("bc", 0, 20_000_000).unwrap(), before, "resends add nothing");
+    let raw = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+    assert_eq!(raw.0, before.requests, "the first arrival stays the raw window too");
+}
+
+#[test]
+fn a_store_from_before_rollups_is_rolled_up_when_opened() {
+    let (_dir, store, slos) = filled();
+    let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+    // What a data directory written by a coordinator without roll-ups looks like.
+    rollup::invalidate(&store, rollup::MARKER).unwrap();
+    store.tree("traffic_1m").unwrap().clear().unwrap();
+    store.tree("traffic_1h").unwrap().clear().unwrap();
+    let reopened = Slos::open(&store).unwrap();
+    same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt");
+    let part = slos.traffic_where("bc", 3_600_000, 7_259_999, |_, _| true).unwrap();
+    same(&reopened.rolled_up("bc", 3_600_000, 7_259_999).unwrap(), part, "rebuilt, in part");
+    assert!(store.tree("traffic_1h").unwrap().len() >= 3);
+}
+
+#[test]
+fn an_unreadable_bucket_is_left_out_then_rebuilt_from_the_raw_windows_at_the_next_start() {
+    let (_dir, store, slos) = filled();
+    let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+    // A worn card flips the hour bucket from 01:00 of 1.0.0 into garbage.
+    let hours = store.tree("traffic_1h").unwrap();
+    hours.insert(rollup::key("bc", 3_600_000, "1.0.0"), &[0xff, 0xff, 0xff][..]).unwrap();
+    let short = slos.rolled_up("bc", 0, 20_000_000).unwrap();
+    assert!(short.requests < expected.0, "the unreadable bucket is left out, not guessed");
+    // A report into that bucket starts it afresh instead of failing ingest.
+    slos.put_report("dev-9", &report(3_600_500, "1.0.0", 3, 0.0)).unwrap();
+    assert!(!store.tree("meta").unwrap().contains_key(rollup::MARKER).unwrap());
+    let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
+    let reopened = Slos::open(&store).unwrap();
+    same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt after the flip");
+}
+
+#[test]
+fn status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start() {
+    let (_dir, _store, slos) = filled();
+    let spec = SloSpec {
+        availability: Some(0.95),
+        latency: Some(LatencyObjective { percentile: 0.95, threshold_ms: 5.0 }),
+        accuracy: None,
+        window_secs: 3_600,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let labels = Labels::open(&Store::open(dir.path()).unwrap()).unwrap();
+    let status = slos.status(&labels, "bc", &spec, 11_430_000).unwrap();
+    assert_eq!(status.from_ms, 7_800_000, "11,430,000 − 1 h = 7,830,000, in the minute from 7,800,000");
+    let raw = slos.traffic_where("bc", 7_800_000, 11_430_000, |_, _| true).unwrap();
+    let availability = &status.objectives[0];
+    assert_eq!((availability.events, availability.bad_events), (raw.0, raw.1));
+    assert_eq!(status.objectives[1].bad_events, raw.2.count_above(5_000.0));
+}
+
+#[test]
+fn the_dashboard_timeline_from_minute_buckets_matches_the_windows() {
+    let (_dir, _store, slos) = filled();
+    // Ten-minute chart buckets from 01:00 to 03:00 (the windows at 03:00:00 are past it).
+    let grid = TimeBuckets { from_ms: 3_600_000, to_ms: 10_799_999, width_ms: 600_000, count: 12 };
+    let rolled = slos.timeline("bc", &grid).unwrap();
+    for (i, start) in grid.starts().into_iter().enumerate() {
+        for version in ["1.0.0", "1.1.0"] {
+            let raw =
+                slos.traffic_where("bc", start, start + grid.width_ms - 1, |_, v| v == version).unwrap();
+            same(&rolled[i][version], raw, &format!("bucket {i} {version}"));
+        }
+    }
+}
+
+#[test]
+fn time_buckets_cover_the_range_and_the_end_falls_in_the_last() {
+    let g = TimeBuckets::new(1_000, 61_000, 6);
+    assert_eq!((g.width_ms, g.starts()), (10_000, vec![1_000, 11_000, 21_000, 31_000, 41_000, 51_000]));
+    assert_eq!((g.index(1_000), g.index(10_999), g.index(11_000), g.index(61_000)), (0, 0, 1, 5));
+    assert_eq!(TimeBuckets::new(5, 5, 0).count, 1);
+}
+
+#[test]
+fn burn_rate_is_the_bad_share_over_the_allowed_share() {
+    let o = objective("availability", 0.99, Some(0.95), 100, 5, false);
+    assert!((o.burn_rate - 5.0).abs() < 1e-9, "{o:?}");
+    assert_eq!(o.budget_remaining, 0.0);
+    let calm = objective("availability", 0.99, Some(0.998), 1000, 2, true);
+    assert!((calm.burn_rate - 0.2).abs() < 1e-9 && (calm.budget_remaining - 0.8).abs() < 1e-9);
+}
+
+#[test]
+fn specs_are_checked() {
+    let spec = SloSpec { availability: Some(1.5), latency: None, accuracy: None, window_secs: 3600 };
+    assert!(spec.validate().unwrap_err().to_string().contains("availability"));
+    let empty = SloSpec { availability: None, latency: None, accuracy: None, window_secs: 3600 };
+    assert!(empty.validate().unwrap_err().to_string().contains("at least one"));
+    let latency = LatencyObjective { percentile: 0.95, threshold_ms: 200.0 };
+    let ok =
+        SloSpec { availability: Some(0.99), latency: Some(latency), accuracy: Some(0.85), window_secs: 3600 };
+    ok.validate().unwrap();
+}
