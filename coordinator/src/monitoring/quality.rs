@@ -279,18 +279,7 @@ impl Labels {
             }
             Ok(readable)
         });
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                tracing::error!(
-                    device,
-                    "a label roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt from the labels at the next start"
-                );
-                rollup::invalidate(&self.store, rollup::LABELS_MARKER)
-            }
-            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.store.storage_error(e)),
-        }
+        rollup::settle(&self.store, rollup::LABELS_MARKER, "label", device, outcome)
     }
 
     /// Calls `each(bucket_start, version, counts)` for `model`'s buckets of `width` starting in

@@ -288,19 +288,7 @@ impl Slos {
             }
             Ok(readable)
         });
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                tracing::error!(
-                    device,
-                    window_end_ms = end,
-                    "a traffic roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt from the raw windows at the next start"
-                );
-                rollup::invalidate(&self.store, rollup::MARKER)
-            }
-            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.err(e)),
-        }
+        rollup::settle(&self.store, rollup::MARKER, "traffic", device, outcome)
     }
 
     /// Keeps a shadow report's agreement per model version.

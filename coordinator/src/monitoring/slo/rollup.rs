@@ -123,6 +123,30 @@ where
     Ok(readable)
 }
 
+/// The end of a transaction that stored records and moved their buckets (`Ok(false)`: a bucket
+/// was unreadable and was started afresh — logged, and `marker` removed so the next start
+/// rebuilds the roll-ups of `what` from the records).
+pub fn settle(
+    store: &Store,
+    marker: &[u8],
+    what: &str,
+    device: &str,
+    outcome: sled::transaction::TransactionResult<bool, StoreError>,
+) -> Result<(), StoreError> {
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::error!(
+                device,
+                "a {what} roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt at the next start"
+            );
+            invalidate(store, marker)
+        }
+        Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+        Err(sled::transaction::TransactionError::Storage(e)) => Err(store.storage_error(e)),
+    }
+}
+
 /// Runs `build` unless `meta` holds `marker`, then sets the marker and flushes; one build at a
 /// time in this process (a coordinator opens its repositories from more than one engine).
 pub fn once(
