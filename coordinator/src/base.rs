@@ -1,6 +1,7 @@
 //! The ground floor: what every other floor stands on and nothing else.
 //!
-//! Owns the sled database and its error type ([`store`]), the hash-chained audit log
+//! Owns the sled database and its error type ([`store`]), the feed of its committed changes
+//! ([`feed`]), the hash-chained audit log
 //! ([`audit`]), backups of the whole data directory ([`backup`]), the Prometheus metric
 //! registry ([`metrics`]), the clock ([`clock`]), and how
 //! numbers ([`numbers`]) and Markdown ([`markdown`]) are shown to people.
@@ -9,6 +10,7 @@
 pub mod audit;
 pub mod backup;
 pub mod clock;
+pub mod feed;
 pub mod markdown;
 pub mod metrics;
 pub mod numbers;

@@ -23,13 +23,14 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 17] = [
+const REPOSITORIES: [&str; 18] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
     "monitoring/slo.rs",
     "monitoring/slo/rollup.rs",
     "monitoring/quality.rs",
+    "monitoring/follow.rs",
     "monitoring/report.rs",
     "monitoring/dataset.rs",
     "monitoring/retention.rs",

@@ -34,6 +34,8 @@ pub const DERIVED_MARKERS: [&[u8]; 2] = [b"traffic_rollups", b"label_rollups"];
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
+    /// Committed changes of the trees whose repositories publish them (monitoring records).
+    feed: std::sync::Arc<crate::base::feed::Feed>,
 }
 
 impl std::fmt::Debug for Store {
@@ -52,7 +54,12 @@ impl Store {
             .cache_capacity(32 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Storage { path: path.clone(), source })?;
-        Ok(Store { path, db })
+        Ok(Store { path, db, feed: Default::default() })
+    }
+
+    /// The feed of this database's published changes (every clone shares it).
+    pub fn feed(&self) -> &crate::base::feed::Feed {
+        &self.feed
     }
 
     /// A storage error of this database (for repositories' trees).

@@ -16,7 +16,9 @@
 //! replaced label moves its count, a resend moves nothing. A bucket never holds more entries
 //! than labels arrived in it. The SLO accuracy objective, the dashboard's accuracy chart and
 //! quality reports without segments read these (metrics from the summed confusion counts are
-//! the same as from the pairs); a report split by a device label reads every label.
+//! the same as from the pairs); a report split by a device label reads every label. Each label
+//! stored or replaced is published to the store's feed ([`crate::base::feed`]) with the one it
+//! replaced, for rollouts' running evidence ([`crate::monitoring::follow`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
+use crate::base::feed::Change;
 use crate::base::store::{Store, StoreError};
 use crate::models::validation::Metrics;
 use crate::monitoring::slo::rollup::{self, MINUTE_MS, Width};
@@ -121,6 +124,17 @@ pub struct VersionQuality {
     pub segments: BTreeMap<String, Metrics>,
 }
 
+/// `(model, device, prediction_id)` of a `labels` key.
+pub fn parse_key(key: &[u8]) -> Option<(&str, &str, u64)> {
+    let mut parts = key.splitn(3, |b| *b == 0);
+    let (model, device, id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        std::str::from_utf8(model).ok()?,
+        std::str::from_utf8(device).ok()?,
+        u64::from_be_bytes(id.try_into().ok()?),
+    ))
+}
+
 fn key(model: &str, device: &str, prediction_id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(model.len() + device.len() + 10);
     k.extend_from_slice(model.as_bytes());
@@ -180,10 +194,13 @@ pub struct Labels {
     store: Store,
 }
 
+/// The tree of labels, as its changes are published ([`crate::base::feed`]).
+pub const LABELS: &str = "labels";
+
 impl Labels {
     pub fn open(store: &Store) -> Result<Labels, StoreError> {
         let labels = Labels {
-            tree: store.tree("labels")?,
+            tree: store.tree(LABELS)?,
             minutes: store.tree("labels_1m")?,
             hours: store.tree("labels_1h")?,
             store: store.clone(),
@@ -262,24 +279,42 @@ impl Labels {
         if writes.is_empty() {
             return Ok(());
         }
-        let outcome = (&self.tree, &self.minutes, &self.hours).transaction(|(tree, minutes, hours)| {
-            let mut readable = true;
-            for (model, key, encoded, value) in &writes {
-                let old = tree.insert(key.as_slice(), encoded.as_slice())?;
-                let old = old.and_then(|v| serde_json::from_slice::<StoredLabel>(&v).ok());
-                if old.as_ref() == Some(value) {
-                    continue;
-                }
-                for (t, width) in [(minutes, Width::Minute), (hours, Width::Hour)] {
-                    if let Some(old) = &old {
-                        readable &= move_label(t, width, model, old, false)?;
+        let outcome = self.store.feed().commit(|| {
+            let outcome = (&self.tree, &self.minutes, &self.hours).transaction(|(tree, minutes, hours)| {
+                let (mut readable, mut changes) = (true, Vec::new());
+                for (model, key, encoded, value) in &writes {
+                    let raw = tree.insert(key.as_slice(), encoded.as_slice())?;
+                    let old = raw.as_ref().and_then(|v| serde_json::from_slice::<StoredLabel>(v).ok());
+                    if old.as_ref() == Some(value) {
+                        continue;
                     }
-                    readable &= move_label(t, width, model, value, true)?;
+                    changes.push(Change {
+                        tree: LABELS,
+                        key: key.clone(),
+                        before: raw.map(|v| v.to_vec()),
+                        after: encoded.clone(),
+                    });
+                    for (t, width) in [(minutes, Width::Minute), (hours, Width::Hour)] {
+                        if let Some(old) = &old {
+                            readable &= move_label(t, width, model, old, false)?;
+                        }
+                        readable &= move_label(t, width, model, value, true)?;
+                    }
                 }
+                Ok((readable, changes))
+            });
+            match outcome {
+                Ok((readable, changes)) => (Ok(readable), changes),
+                Err(e) => (Err(e), Vec::new()),
             }
-            Ok(readable)
         });
         rollup::settle(&self.store, rollup::LABELS_MARKER, "label", device, outcome)
+    }
+
+    /// The tree of labels (keys as [`parse_key`] reads), for a reader that follows it
+    /// ([`crate::monitoring::follow`]).
+    pub(crate) fn label_tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     /// Calls `each(bucket_start, version, counts)` for `model`'s buckets of `width` starting in

@@ -9,7 +9,9 @@
 //! buckets ([`rollup`]) in the same transaction; objectives live in tree `slos`, one JSON
 //! [`SloSpec`] per model. Availability and latency are read from the buckets, so an objective
 //! over 30 days costs the same at 10 devices as at 10,000; the window starts at the minute
-//! holding `now − window`. Rollouts, which compare sets of devices, read the raw windows.
+//! holding `now − window`. Rollouts, which compare sets of devices, keep running sums of the raw
+//! windows as they are stored ([`crate::monitoring::follow`]). Stored windows are published to the
+//! store's feed ([`crate::base::feed`]).
 //! Accuracy comes from ground-truth labels ([`crate::monitoring::quality`]) for predictions made
 //! inside the window.
 //!
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use sled::Transactional;
 
+use crate::base::feed::Change;
 use crate::base::numbers;
 use crate::base::store::{Store, StoreError, encode};
 use crate::monitoring::quality::Labels;
@@ -228,7 +231,18 @@ pub struct Slos {
     store: Store,
 }
 
-fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
+/// `(model, window_end_ms, device, version)` of a `traffic` or `shadow` key.
+pub fn parse_traffic_key(key: &[u8]) -> Option<(&str, u64, &str, &str)> {
+    let split = key.iter().position(|b| *b == 0)?;
+    let model = std::str::from_utf8(&key[..split]).ok()?;
+    let at = u64::from_be_bytes(key.get(split + 1..split + 9)?.try_into().ok()?);
+    let rest = key.get(split + 10..)?;
+    let mut parts = rest.splitn(2, |b| *b == 0);
+    let (device, version) = (parts.next()?, parts.next()?);
+    Some((model, at, std::str::from_utf8(device).ok()?, std::str::from_utf8(version).ok()?))
+}
+
+pub(crate) fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(model.len() + device.len() + version.len() + 11);
     k.extend_from_slice(model.as_bytes());
     k.push(0);
@@ -240,12 +254,16 @@ fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> 
     k
 }
 
+/// The trees of report windows, as their changes are published ([`crate::base::feed`]).
+pub const TRAFFIC: &str = "traffic";
+pub const SHADOW: &str = "shadow";
+
 impl Slos {
     pub fn open(store: &Store) -> Result<Slos, StoreError> {
         let slos = Slos {
             specs: store.tree("slos")?,
-            traffic: store.tree("traffic")?,
-            shadow: store.tree("shadow")?,
+            traffic: store.tree(TRAFFIC)?,
+            shadow: store.tree(SHADOW)?,
             minutes: store.tree("traffic_1m")?,
             hours: store.tree("traffic_1h")?,
             store: store.clone(),
@@ -275,31 +293,79 @@ impl Slos {
         if windows.is_empty() {
             return Ok(());
         }
-        let outcome = (&self.traffic, &self.minutes, &self.hours).transaction(|(raw, minutes, hours)| {
-            let mut readable = true;
-            for (key, encoded, minute, hour, value) in &windows {
-                if raw.get(key)?.is_some() {
-                    continue;
+        let outcome = self.store.feed().commit(|| {
+            let outcome = (&self.traffic, &self.minutes, &self.hours).transaction(|(raw, minutes, hours)| {
+                let (mut readable, mut new) = (true, Vec::new());
+                for (i, (key, encoded, minute, hour, value)) in windows.iter().enumerate() {
+                    if raw.get(key)?.is_some() {
+                        continue;
+                    }
+                    raw.insert(key.as_slice(), encoded.as_slice())?;
+                    new.push(i);
+                    for (tree, key) in [(minutes, minute), (hours, hour)] {
+                        readable &=
+                            rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, value))?;
+                    }
                 }
-                raw.insert(key.as_slice(), encoded.as_slice())?;
-                for (tree, key) in [(minutes, minute), (hours, hour)] {
-                    readable &= rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, value))?;
-                }
-            }
-            Ok(readable)
+                Ok((readable, new))
+            });
+            let changes = outcome.as_ref().map_or_else(
+                |_| Vec::new(),
+                |(_, new)| {
+                    new.iter()
+                        .map(|&i| Change {
+                            tree: TRAFFIC,
+                            key: windows[i].0.clone(),
+                            before: None,
+                            after: windows[i].1.clone(),
+                        })
+                        .collect()
+                },
+            );
+            (outcome.map(|(readable, _)| readable), changes)
         });
         rollup::settle(&self.store, rollup::MARKER, "traffic", device, outcome)
     }
 
     /// Keeps a shadow report's agreement per model version.
+    /// (The first arrival of a window is kept; a resend changes nothing.)
     pub fn put_shadow(&self, device: &str, report: &ShadowReport) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut windows = Vec::new();
         for w in &report.models {
             let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
             let key = traffic_key(&w.model, report.window_end_ms, device, &w.version);
-            batch.insert(key, encode("shadow window", &value)?);
+            windows.push((key, encode("shadow window", &value)?));
         }
-        self.shadow.apply_batch(batch).map_err(|e| self.err(e))
+        self.store.feed().commit(|| {
+            let outcome = self.shadow.transaction(|tree| {
+                let mut new = Vec::new();
+                for (key, encoded) in &windows {
+                    if tree.get(key)?.is_none() {
+                        tree.insert(key.as_slice(), encoded.as_slice())?;
+                        new.push(Change {
+                            tree: SHADOW,
+                            key: key.clone(),
+                            before: None,
+                            after: encoded.clone(),
+                        });
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(new)
+            });
+            match outcome {
+                Ok(changes) => (Ok(()), changes),
+                Err(e) => (Err(self.transaction_error(e)), Vec::new()),
+            }
+        })
+    }
+
+    fn transaction_error(&self, e: sled::transaction::TransactionError<()>) -> StoreError {
+        match e {
+            sled::transaction::TransactionError::Abort(()) => {
+                StoreError::Corrupt { key: "shadow".into(), detail: "transaction aborted".into() }
+            }
+            sled::transaction::TransactionError::Storage(e) => self.err(e),
+        }
     }
 
     /// Rows compared and agreed of shadow windows of `model` ending in `[from_ms, to_ms]`
@@ -334,27 +400,23 @@ impl Slos {
     ) -> Result<(), StoreError> {
         let mut start = model.as_bytes().to_vec();
         start.push(0);
-        let skip = start.len() + 9;
         let mut end = start.clone();
         start.extend_from_slice(&from_ms.to_be_bytes());
         end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
         for item in tree.range(start..end) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let Some(at) = k.get(skip - 9..skip - 1).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-                continue;
-            };
-            let Some(rest) = k.get(skip..) else { continue };
-            let mut parts = rest.splitn(2, |b| *b == 0);
-            let (Some(device), Some(version)) = (parts.next(), parts.next()) else { continue };
-            let (Ok(device), Ok(version)) = (std::str::from_utf8(device), std::str::from_utf8(version))
-            else {
-                continue;
-            };
+            let Some((_, at, device, version)) = parse_traffic_key(&k) else { continue };
             if keep(device, version) {
-                each(u64::from_be_bytes(at), device, version, &v);
+                each(at, device, version, &v);
             }
         }
         Ok(())
+    }
+
+    /// The trees of report windows and of shadow windows (keys as [`parse_traffic_key`] reads),
+    /// for a reader that follows them ([`crate::monitoring::follow`]).
+    pub(crate) fn window_trees(&self) -> (&sled::Tree, &sled::Tree) {
+        (&self.traffic, &self.shadow)
     }
 
     pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {

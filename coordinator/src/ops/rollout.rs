@@ -36,7 +36,10 @@
 //! State: sled trees `rollouts` (id → JSON [`Rollout`]) and `incidents` (id → JSON
 //! [`Incident`]). Every step is written before it is acted on and acting is idempotent (a
 //! device whose desired state already says the version is not sent it again), so a coordinator
-//! killed at any moment resumes every rollout where it was: timers are absolute times.
+//! killed at any moment resumes every rollout where it was: timers are absolute times. The gates'
+//! evidence is kept in memory as running sums per active rollout ([`running`]: read once at the
+//! rollout's first look, then only what arrives), so a tick costs what arrived since the last
+//! one, not a scan of everything the targets reported since the rollout began.
 
 pub mod bake;
 pub mod evidence;
@@ -45,6 +48,7 @@ mod machine;
 mod persistence;
 pub mod plan;
 mod records;
+mod running;
 mod sends;
 pub mod simulate;
 mod spec;

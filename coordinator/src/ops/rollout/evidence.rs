@@ -1,18 +1,27 @@
 //! Where a rollout's evidence comes from: the fleet's traffic and labels per (device, version)
-//! as the monitoring floor stores them, summed over a window.
+//! as the monitoring floor stores them, summed over a window — by scanning the window
+//! ([`EvidenceSource::evidence`], for plans and as the reference), or as running sums per active
+//! rollout ([`EvidenceSource::of_rollout`], what the engine's ticks read; see [`super::running`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use super::gates::Evidence;
+use super::records::Rollout;
+use super::running::Running;
 use crate::base::store::{Store, StoreError};
+use crate::monitoring::follow::FollowError;
 use crate::monitoring::quality::Labels;
 use crate::monitoring::slo::Slos;
 
 /// Reads evidence of a version on a set of devices.
 #[derive(Clone)]
 pub struct EvidenceSource {
+    store: Store,
     slos: Slos,
     labels: Labels,
+    /// Running sums per active rollout id.
+    running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
 impl std::fmt::Debug for EvidenceSource {
@@ -33,7 +42,60 @@ pub struct Traffic {
 
 impl EvidenceSource {
     pub fn open(store: &Store) -> Result<EvidenceSource, StoreError> {
-        Ok(EvidenceSource { slos: Slos::open(store)?, labels: Labels::open(store)? })
+        Ok(EvidenceSource {
+            store: store.clone(),
+            slos: Slos::open(store)?,
+            labels: Labels::open(store)?,
+            running: Default::default(),
+        })
+    }
+
+    /// (candidate on `moved`, baseline) of rollout `r` at `now`, from its running sums (read
+    /// once at the rollout's first look in this process, then only what arrives). `same_devices`
+    /// as in [`super::bake::EvidenceWindow`]. Equals [`EvidenceSource::evidence`] of the candidate
+    /// from `r.created_ms` and [`EvidenceSource::evidence_of_each`] of the baseline.
+    pub fn of_rollout(
+        &self,
+        r: &Rollout,
+        moved: &[String],
+        same_devices: bool,
+        now: u64,
+    ) -> Result<(Evidence, Evidence), StoreError> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sums) = running.get_mut(&r.id) {
+            match sums.read(now) {
+                Ok(()) => return Ok(sums.evidence(moved, same_devices)),
+                Err(FollowError::Store(e)) => return Err(e),
+                Err(FollowError::Overflowed(e)) => {
+                    tracing::warn!(rollout = %r.id, error = %e, "rollout evidence fell behind; reading it again");
+                    running.remove(&r.id);
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let sums = match Running::start(&self.store, &self.slos, &self.labels, r, now) {
+            Ok(sums) => sums,
+            Err(FollowError::Store(e)) => return Err(e),
+            Err(FollowError::Overflowed(e)) => {
+                return Err(StoreError::Corrupt { key: format!("rollouts/{}", r.id), detail: e.to_string() });
+            }
+        };
+        tracing::info!(
+            rollout = %r.id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "read the rollout's evidence so far; from now on only what arrives is added"
+        );
+        let evidence =
+            running.entry(r.id.clone()).insert_entry(sums).into_mut().evidence(moved, same_devices);
+        Ok(evidence)
+    }
+
+    /// Drops the running sums of rollouts not in `active`.
+    pub fn keep_only(&self, active: &BTreeSet<String>) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| active.contains(id));
     }
 
     /// Evidence of `version` on `devices` for windows in `[from, to]`.

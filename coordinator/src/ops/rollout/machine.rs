@@ -1,7 +1,7 @@
 //! The rollout state machine: one tick moves every active rollout on — applies a step, waits
 //! for its devices, bakes, judges the gates, extends, pauses, rolls back or succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::bake::{self, BakeDecision};
 use super::gates::{self, GateResult};
@@ -20,15 +20,10 @@ impl Rollouts {
         let step = r.step_at(r.wave);
         let w = bake::evidence_window(step, r.created_ms, now, r.spec.bake_secs);
         let moved: Vec<String> = r.moved.iter().filter(|d| !r.skipped.contains(d)).cloned().collect();
-        let candidate = self.evidence.evidence(&r.spec.model, &r.spec.version, &moved, w.from_ms, w.to_ms)?;
-        // Each target against what it ran before the rollout (a fleet that ran a mix of
-        // versions is compared with that mix, not with one of them).
-        let baseline = self.evidence.evidence_of_each(
-            &r.spec.model,
-            &r.previous_versions(),
-            w.baseline_from_ms,
-            w.to_ms,
-        )?;
+        // The candidate on the moved devices since the rollout began; each target against what
+        // it ran before the rollout (a fleet that ran a mix of versions is compared with that
+        // mix, not with one of them). Running sums: a tick reads what arrived since the last.
+        let (candidate, baseline) = self.evidence.of_rollout(r, &moved, w.same_devices, w.to_ms)?;
         let since = (now.saturating_sub(w.from_ms)) / 1000;
         r.baseline_scope = if w.same_devices {
             format!(
@@ -53,6 +48,18 @@ impl Rollouts {
         let evaluation = super::records::Evaluation::of(now, r.wave, r.extensions, &r.gates);
         r.remember(evaluation);
         Ok(())
+    }
+
+    /// The records of `ids` that are enrolled and not revoked (what a tick reads, instead of
+    /// every device of the fleet).
+    fn records(&self, ids: &[String]) -> Result<Vec<DeviceRecord>, RolloutError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(d) = self.devices.get(id)?.filter(|d| d.revoked.is_none()) {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// Rolls the rollout back: every moved device to its previous version, an incident.
@@ -109,8 +116,10 @@ impl Rollouts {
         let _g = self.guard();
         let mut out = Vec::new();
         let mut active = 0;
+        let mut ids = BTreeSet::new();
         for mut r in self.repo.list()?.into_iter().filter(|r| r.phase.active()) {
             active += 1;
+            ids.insert(r.id.clone());
             let before = r.clone();
             out.extend(self.step(&mut r)?);
             if r != before {
@@ -119,6 +128,7 @@ impl Rollouts {
             }
         }
         self.metrics.rollouts_active.set(active);
+        self.evidence.keep_only(&ids);
         Ok(out)
     }
 
@@ -126,7 +136,7 @@ impl Rollouts {
         let now = self.clock.now_ms();
         let mut out = Vec::new();
         if matches!(r.phase, Phase::Applying | Phase::Baking)
-            && let Some((device, message)) = watchdog_tripped(&self.devices.all()?, r)
+            && let Some((device, message)) = watchdog_tripped(&self.records(&r.moved)?, r)
         {
             let reason =
                 format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);
@@ -138,7 +148,8 @@ impl Rollouts {
             Phase::Applying => {
                 let wave: Vec<String> = r.wave_devices(r.wave).to_vec();
                 let step = r.step_at(r.wave);
-                let new: Vec<String> = wave.iter().filter(|d| !r.moved.contains(d)).cloned().collect();
+                let moved: HashSet<&String> = r.moved.iter().collect();
+                let new: Vec<String> = wave.iter().filter(|d| !moved.contains(d)).cloned().collect();
                 if !new.is_empty() {
                     r.moved.extend(new);
                     // Written first: a restart after this point re-sends, never forgets a device.
@@ -163,11 +174,12 @@ impl Rollouts {
                     );
                     out.extend(sent);
                 }
-                let devices: BTreeMap<String, DeviceRecord> =
-                    self.devices.all()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+                let devices: HashMap<String, DeviceRecord> =
+                    self.records(&wave)?.into_iter().map(|d| (d.id.clone(), d)).collect();
+                let skipped: HashSet<String> = r.skipped.iter().cloned().collect();
                 let mut waiting = Vec::new();
                 for id in &wave {
-                    if r.skipped.contains(id) {
+                    if skipped.contains(id) {
                         continue;
                     }
                     let d = devices.get(id);
@@ -356,7 +368,7 @@ impl Rollouts {
         r.finished_ms = Some(self.clock.now_ms());
         // Production is the fleet's version: while devices outside this rollout still run
         // another version of the model, it stays as it is unless the spec says `promote`.
-        let fleet: std::collections::BTreeSet<String> =
+        let fleet: BTreeSet<String> =
             self.devices.all().map(|all| all.into_iter().map(|d| d.id).collect()).unwrap_or_default();
         let (mut running, mut elsewhere) = (0usize, 0usize);
         for (device, record) in self.deployer.desired().all() {

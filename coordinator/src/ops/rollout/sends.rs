@@ -12,8 +12,9 @@ use crate::ops::deploy::Deployer;
 /// the device and the watchdog's reason. (Agents before 0.2 send an event without the model
 /// and versions; such a device is not matched here — it stops reporting the candidate ready,
 /// which the apply timeout catches.)
-pub(super) fn watchdog_tripped(devices: &[DeviceRecord], r: &Rollout) -> Option<(String, String)> {
-    devices.iter().filter(|d| r.moved.contains(&d.id)).find_map(|d| {
+/// `moved` holds the records of the rollout's moved devices.
+pub(super) fn watchdog_tripped(moved: &[DeviceRecord], r: &Rollout) -> Option<(String, String)> {
+    moved.iter().find_map(|d| {
         d.recent_events.iter().filter(|e| e.at_ms >= r.created_ms).find_map(|e| match &e.kind {
             EventKind::WatchdogReverted { model, from, reason, .. }
                 if *model == r.spec.model && *from == r.spec.version =>

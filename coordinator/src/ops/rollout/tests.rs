@@ -130,3 +130,163 @@ fn the_analysis_keeps_one_evaluation_per_spacing_and_every_verdict_change() {
     assert_eq!(r.history.len(), MAX_HISTORY);
     assert_eq!(r.history.last().unwrap().at_ms, 100_000 + (MAX_HISTORY as u64 + 49) * 10_000);
 }
+
+/// The running sums a tick reads equal a scan of the same window, whatever arrives when: windows
+/// before the span, resends, a device clock ahead, labels replaced, shadow windows, devices that
+/// are not targets, a target whose previous version differs from the rest.
+#[test]
+fn running_evidence_equals_a_scan_of_the_same_window() {
+    use super::evidence::EvidenceSource;
+    use super::gates::Evidence;
+    use super::running::Running;
+    use crate::monitoring::quality::Labels;
+    use crate::monitoring::slo::Slos;
+    use outpost_shared::histogram::LogHistogram;
+    use outpost_shared::protocol::messages::{
+        DesiredModel, FeedbackBatch, LabelledPrediction, ModelWindow, Report, ShadowReport, ShadowWindow,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (slos, labels) = (Slos::open(&store).unwrap(), Labels::open(&store).unwrap());
+    let source = EvidenceSource::open(&store).unwrap();
+    let mut r = bare(r#"{"model": "bc", "version": "1.1.0", "waves": [40, 100], "bake_secs": 100}"#);
+    r.created_ms = 1_000_000;
+    let was = |v: &str| {
+        Some(DesiredModel {
+            name: "bc".into(),
+            version: v.into(),
+            bundle_sha256: String::new(),
+            watchdog: None,
+            candidate: None,
+        })
+    };
+    r.previous = (0..5).map(|i| (format!("d{i}"), was(if i == 4 { "0.9.0" } else { "1.0.0" }))).collect();
+
+    let window = |d: usize, end: u64, version: &str| {
+        let mut latency_us = LogHistogram::default();
+        latency_us.record_n(300.0 + (d as f64) * 211.0 + (end % 7_000) as f64, 5 + (end / 10_000) % 9);
+        Report {
+            window_start_ms: end - 10_000,
+            window_end_ms: end,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: version.into(),
+                slot: Slot::Primary,
+                requests: 20 + d as u64,
+                errors: (end / 10_000 + d as u64) % 3,
+                rows: 20,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::new(),
+            }],
+            system: Default::default(),
+            prediction_log: Default::default(),
+            outbox: Default::default(),
+        }
+    };
+    // d0 and d1 move to 1.1.0 at 1,020,000; d5 is no target; d4 ran 0.9.0.
+    let version_of = |d: usize, end: u64| match d {
+        0 | 1 if end >= 1_020_000 => "1.1.0",
+        4 => "0.9.0",
+        _ => "1.0.0",
+    };
+    let write = |ends: std::ops::Range<u64>, truth: i64| {
+        for end in ends.step_by(10_000) {
+            for d in 0..6 {
+                let device = format!("d{d}");
+                let version = version_of(d, end);
+                slos.put_report(&device, &window(d, end, version)).unwrap();
+                let label = LabelledPrediction {
+                    prediction_id: end / 20_000,
+                    model: "bc".into(),
+                    version: version.into(),
+                    slot: Slot::Primary,
+                    predicted_at_ms: end - 1,
+                    labelled_at_ms: end + 5,
+                    predicted: (end % 30_000 != 0).then_some(1),
+                    label: truth + (end % 4) as i64,
+                };
+                labels.put(&device, &FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 }).unwrap();
+                let shadow = ShadowReport {
+                    window_start_ms: end - 10_000,
+                    window_end_ms: end,
+                    models: vec![ShadowWindow {
+                        model: "bc".into(),
+                        version: "1.1.0".into(),
+                        primary: version.into(),
+                        compared: 10,
+                        agreed: 9 - d as u64 % 2,
+                    }],
+                };
+                slos.put_shadow(&device, &shadow).unwrap();
+            }
+        }
+    };
+    write(850_000..1_050_001, 1);
+    // d2's clock runs 1000 s ahead: its window counts only once that time has come.
+    slos.put_report("d2", &window(2, 2_000_000, "1.0.0")).unwrap();
+
+    let scan = |now: u64, same_devices: bool, moved: &[String]| {
+        let from = if same_devices { r.created_ms } else { r.created_ms - 100_000 };
+        (
+            source.evidence("bc", "1.1.0", moved, r.created_ms, now).unwrap(),
+            source.evidence_of_each("bc", &r.previous_versions(), from, now).unwrap(),
+        )
+    };
+    let same = |running: (Evidence, Evidence), scanned: (Evidence, Evidence), at: &str| {
+        for (side, (a, b)) in [("candidate", (running.0, scanned.0)), ("baseline", (running.1, scanned.1))] {
+            assert!(b.requests > 0 && b.labelled > 0, "{at} {side}: the data has evidence: {b:?}");
+            let counts = |e: &Evidence| {
+                (
+                    e.requests,
+                    e.errors,
+                    e.labelled,
+                    e.correct,
+                    e.compared,
+                    e.agreed,
+                    e.devices,
+                    e.latency_us.count(),
+                )
+            };
+            assert_eq!(counts(&a), counts(&b), "{at} {side}");
+            for q in [0.5, 0.95, 0.99] {
+                assert_eq!(a.latency_us.quantile(q), b.latency_us.quantile(q), "{at} {side} q{q}");
+            }
+        }
+    };
+
+    // The moved set grows wave by wave, and shrinks when the skip policy drops a device.
+    let (first, both, second) =
+        (vec!["d0".to_owned()], vec!["d0".to_owned(), "d1".to_owned()], vec!["d1".to_owned()]);
+    let mut running = Running::start(&store, &slos, &labels, &r, 1_050_000).unwrap();
+    for same_devices in [false, true] {
+        same(running.evidence(&first, same_devices), scan(1_050_000, same_devices, &first), "at start");
+    }
+    // More windows, resends of old ones, and every label sent again with another truth.
+    write(1_060_000..1_200_001, 2);
+    write(850_000..1_200_001, 3);
+    running.read(1_200_000).unwrap();
+    for same_devices in [false, true] {
+        same(
+            running.evidence(&both, same_devices),
+            scan(1_200_000, same_devices, &both),
+            "after more arrived",
+        );
+    }
+    write(1_210_000..1_250_001, 4);
+    running.read(1_250_000).unwrap();
+    same(running.evidence(&both, false), scan(1_250_000, false, &both), "the same set again");
+    same(running.evidence(&second, false), scan(1_250_000, false, &second), "after d0 was skipped");
+    running.read(2_000_000).unwrap();
+    let (_, baseline) = running.evidence(&second, false);
+    same(
+        running.evidence(&second, false),
+        scan(2_000_000, false, &second),
+        "once the early window's time came",
+    );
+    assert!(
+        baseline.requests > scan(1_999_999, false, &second).1.requests,
+        "the clock-ahead window counts from its time"
+    );
+}
