@@ -16,8 +16,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Changes a subscriber may fall behind by before it is marked overflowed (a rollout engine
-/// reads its changes every second; a 10,000-device fleet writes about 1,000 a second).
-pub const CAPACITY: usize = 200_000;
+/// reads its changes every second; a 10,000-device fleet writes about 1,000 a second, each
+/// change a few hundred bytes — so this bounds a stalled reader's backlog near 50 MB).
+pub const CAPACITY: usize = 100_000;
 
 /// One committed write.
 #[derive(Debug, Clone, PartialEq, Eq)]

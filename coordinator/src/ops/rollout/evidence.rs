@@ -90,6 +90,22 @@ impl EvidenceSource {
         Ok(evidence)
     }
 
+    /// Folds what arrived into rollout `id`'s running sums, if it has any (each tick, so a
+    /// rollout that is not judging — applying a wave, paused — does not fall behind).
+    pub fn keep_up(&self, id: &str, now: u64) -> Result<(), StoreError> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(sums) = running.get_mut(id) else { return Ok(()) };
+        match sums.read(now) {
+            Ok(()) => Ok(()),
+            Err(FollowError::Store(e)) => Err(e),
+            Err(FollowError::Overflowed(e)) => {
+                tracing::warn!(rollout = %id, error = %e, "rollout evidence fell behind; it is read again at the next look");
+                running.remove(id);
+                Ok(())
+            }
+        }
+    }
+
     /// Drops the running sums of rollouts not in `active`.
     pub fn keep_only(&self, active: &BTreeSet<String>) {
         self.running

@@ -120,6 +120,8 @@ impl Rollouts {
         for mut r in self.repo.list()?.into_iter().filter(|r| r.phase.active()) {
             active += 1;
             ids.insert(r.id.clone());
+            // Whatever the phase: a rollout applying or paused for long must not fall behind.
+            self.evidence.keep_up(&r.id, self.clock.now_ms())?;
             let before = r.clone();
             out.extend(self.step(&mut r)?);
             if r != before {
