@@ -4,7 +4,8 @@
 //! before the evidence was kept incrementally).
 //!
 //! `cargo bench -p outpost-coordinator --bench rollout` (env `BENCH_ROLLOUT_DEVICES`, default
-//! 10000; `BENCH_ROLLOUT_BAKE_SECS`, default 300). Devices report every 10 s of a simulated
+//! 10000; `BENCH_ROLLOUT_BAKE_SECS`, default 300; `BENCH_ROLLOUT_FINISHED`, default 20: finished
+//! rollouts of the same targets stored beside it, which a tick used to read too). Devices report every 10 s of a simulated
 //! clock, as real agents do; the engine ticks once per report round (in production it ticks
 //! every second, so a tick slower than a second is the engine falling behind, and it holds the
 //! engine's lock — an operator's pause or abort waits for it).
@@ -171,11 +172,31 @@ fn main() {
     }))
     .unwrap();
     let id = engine.start(spec, "bench").unwrap().id;
+    // Rollouts finished before, each holding its 10,000 targets, as a coordinator's history does.
+    let finished = env("BENCH_ROLLOUT_FINISHED", 20);
+    let template = engine.get(&id).unwrap().unwrap();
+    for k in 0..finished {
+        let mut old = template.clone();
+        old.id = format!("r-old-{k:03}");
+        old.phase = Phase::Succeeded;
+        engine.repo().put(&old).unwrap();
+    }
     let evidence = EvidenceSource::open(&store).unwrap();
 
     // (phase and wave, tick ms) of every tick; the scan baseline at the end of each bake.
     let mut ticks: Vec<(String, f64)> = Vec::new();
     let mut scans: Vec<(String, usize, f64)> = Vec::new();
+    let time = |f: &dyn Fn() -> usize| {
+        let samples: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                assert!(f() <= finished as usize + 1);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median(samples)
+    };
+    let mut listing = String::new();
     loop {
         let t = Instant::now();
         engine.tick().unwrap();
@@ -205,6 +226,11 @@ fn main() {
             }
             let windows = (now - r.created_ms + bake_secs * 1000) / STEP_MS * n as u64;
             scans.push((label, windows as usize, median(samples)));
+            listing = format!(
+                "  rollouts a tick reads, {finished} finished ones stored: the active one {:.2} ms; baseline: every stored rollout {:.2} ms",
+                time(&|| engine.repo().active().unwrap().len()),
+                time(&|| engine.repo().list().unwrap().len()),
+            );
         }
         fleet.clock.advance(STEP_MS);
         fleet.report();
@@ -226,6 +252,7 @@ fn main() {
             samples.len()
         );
     }
+    println!("{listing}");
     for (label, windows, ms) in scans {
         println!(
             "  baseline: the evidence by scanning every window at the end of {label:<14} {ms:>9.2} ms ({windows} windows in the span)"

@@ -33,6 +33,8 @@ pub struct Change {
 struct Subscriber {
     tx: SyncSender<Change>,
     overflowed: Arc<AtomicBool>,
+    /// The trees whose changes it gets.
+    trees: Vec<&'static str>,
 }
 
 /// The store's feed of committed changes; one per open database.
@@ -83,7 +85,7 @@ impl Feed {
         let (out, changes) = write();
         if !subscribers.is_empty() && !changes.is_empty() {
             subscribers.retain(|s| {
-                changes.iter().all(|c| match s.tx.try_send(c.clone()) {
+                changes.iter().filter(|c| s.trees.contains(&c.tree)).all(|c| match s.tx.try_send(c.clone()) {
                     Ok(()) => true,
                     Err(TrySendError::Full(_)) => {
                         s.overflowed.store(true, Ordering::Release);
@@ -102,11 +104,11 @@ impl Feed {
         read()
     }
 
-    /// Subscribes to every change committed from now on.
-    pub fn subscribe(&self) -> Subscription {
+    /// Subscribes to every change of `trees` committed from now on.
+    pub fn subscribe(&self, trees: &[&'static str]) -> Subscription {
         let (tx, rx) = sync_channel(CAPACITY);
         let overflowed = Arc::new(AtomicBool::new(false));
-        self.lock().push(Subscriber { tx, overflowed: overflowed.clone() });
+        self.lock().push(Subscriber { tx, overflowed: overflowed.clone(), trees: trees.to_vec() });
         Subscription { rx, overflowed }
     }
 }
@@ -120,24 +122,26 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_get_committed_changes_in_commit_order_and_only_after_subscribing() {
+    fn subscribers_get_their_trees_committed_changes_in_commit_order_and_only_after_subscribing() {
         let feed = Feed::default();
         feed.commit(|| ((), vec![change(0)]));
-        let sub = feed.subscribe();
+        let sub = feed.subscribe(&["t"]);
+        let other = feed.subscribe(&["u"]);
         assert_eq!(feed.commit(|| (7, vec![change(1), change(2)])), 7);
         feed.commit(|| ((), vec![change(3)]));
         let keys: Vec<u8> = sub.drain().unwrap().into_iter().map(|c| c.key[0]).collect();
         assert_eq!(keys, [1, 2, 3]);
         assert!(sub.drain().unwrap().is_empty());
+        assert!(other.drain().unwrap().is_empty(), "another tree's subscriber gets none of them");
     }
 
     #[test]
     fn a_dropped_subscription_is_forgotten_and_a_full_one_says_it_overflowed() {
         let feed = Feed::default();
-        drop(feed.subscribe());
+        drop(feed.subscribe(&["t"]));
         feed.commit(|| ((), vec![change(1)]));
         assert!(feed.lock().is_empty(), "the dropped subscriber is removed at the next publish");
-        let sub = feed.subscribe();
+        let sub = feed.subscribe(&["t"]);
         for i in 0..=CAPACITY {
             feed.commit(|| ((), vec![change((i % 250) as u8)]));
         }

@@ -4,7 +4,8 @@
 //! # Layout (trees of the coordinator's database, `<data_dir>/state/`)
 //! - `tokens`: sha256(token) hex → [`TokenRecord`] (JSON). The token itself is never
 //!   stored, so a copy of the database does not enrol anyone.
-//! - `devices`: device id → [`DeviceRecord`] (JSON).
+//! - `devices`: device id → [`DeviceRecord`] (JSON). A record rewritten because an envelope
+//!   brought an event is published to the store's feed ([`DEVICES`]).
 //! - `device_keys`: key id → device id (find the device of an envelope read from a file).
 //! - `envelopes`: `device id ‖ 0x00 ‖ seq (big-endian u64)` → the envelope's wire bytes,
 //!   exactly as received and verified. Keys sort by device, then seq. Kept for
@@ -34,6 +35,7 @@ use serde::Serialize;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::base::feed::{Change, Subscription};
 use crate::base::store::{Store, StoreError, encode, now_ms};
 
 mod record;
@@ -120,11 +122,27 @@ fn abort<E>(e: E) -> ConflictableTransactionError<E> {
     ConflictableTransactionError::Abort(e)
 }
 
+/// The tree of device records. A record rewritten because an envelope brought an event (a
+/// watchdog's revert, a model that failed) is published to the store's feed
+/// ([`crate::base::feed`]): what a rollout watches instead of reading its devices every tick.
+pub const DEVICES: &str = "devices";
+
+/// The device record a published change holds, if it is one.
+pub fn record_of(change: &Change) -> Option<DeviceRecord> {
+    (change.tree == DEVICES).then(|| serde_json::from_slice(&change.after).ok()).flatten()
+}
+
 impl Devices {
+    /// Subscribes to device records rewritten from now on because an envelope brought an
+    /// event (read them with [`record_of`]).
+    pub fn subscribe_events(&self) -> Subscription {
+        self.store.feed().subscribe(&[DEVICES])
+    }
+
     pub fn open(store: &Store) -> Result<Devices, StoreError> {
         let devices = Devices {
             tokens: store.tree("tokens")?,
-            devices: store.tree("devices")?,
+            devices: store.tree(DEVICES)?,
             device_keys: store.tree("device_keys")?,
             envelopes: store.tree("envelopes")?,
             arrivals: store.tree("envelope_arrivals")?,
@@ -403,31 +421,20 @@ impl Devices {
     ) -> Result<Stored, StoreError> {
         let key = envelope_key(device, seq);
         let trees = (&self.devices, &self.envelopes, &self.arrivals);
-        let result = trees.transaction(|(devices, envelopes, arrivals)| {
-            let Some(raw) = devices.get(device.as_bytes())? else { return Err(abort(())) };
-            let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
-            let outcome = match envelopes.get(&key)? {
-                Some(existing) if existing.as_ref() == wire => Stored::Duplicate,
-                Some(_) => Stored::Conflict,
-                // Removed by retention (or older than what was): stored as far as anyone knows.
-                None if record.pruned_through_seq.is_some_and(|mark| seq <= mark) => Stored::Duplicate,
-                None => {
-                    envelopes.insert(key.as_slice(), wire)?;
-                    arrivals.insert(key.as_slice(), &received_ms.to_be_bytes())?;
-                    Stored::New
+        let result = self.store.feed().commit(|| {
+            let result = self.store_envelope_in(trees, device, seq, &key, wire, received_ms, update);
+            let change = match &result {
+                Ok((_, Some(record))) => {
+                    vec![Change {
+                        tree: DEVICES,
+                        key: device.as_bytes().to_vec(),
+                        before: None,
+                        after: record.clone(),
+                    }]
                 }
+                _ => Vec::new(),
             };
-            record.last_seen_ms = Some(received_ms);
-            match outcome {
-                Stored::New => {
-                    record.counts.envelopes += 1;
-                    record.highest_seq = Some(record.highest_seq.map_or(seq, |h| h.max(seq)));
-                    update(&mut record);
-                }
-                Stored::Duplicate | Stored::Conflict => record.counts.duplicates += 1,
-            }
-            devices.insert(device.as_bytes(), encode_in_tx("device", &record)?)?;
-            Ok(outcome)
+            (result.map(|(outcome, _)| outcome), change)
         });
         match result {
             Ok(outcome) => Ok(outcome),
@@ -437,6 +444,49 @@ impl Devices {
             }),
             Err(TransactionError::Storage(e)) => Err(self.storage(e)),
         }
+    }
+
+    /// The storing transaction of [`Devices::store_envelope_at`]; with the record as written
+    /// when the envelope brought an event (published: what rollouts watch for watchdogs).
+    #[allow(clippy::too_many_arguments)]
+    fn store_envelope_in(
+        &self,
+        trees: (&sled::Tree, &sled::Tree, &sled::Tree),
+        device: &str,
+        seq: u64,
+        key: &[u8],
+        wire: &[u8],
+        received_ms: u64,
+        update: impl DeviceUpdate,
+    ) -> sled::transaction::TransactionResult<(Stored, Option<Vec<u8>>), ()> {
+        trees.transaction(|(devices, envelopes, arrivals)| {
+            let Some(raw) = devices.get(device.as_bytes())? else { return Err(abort(())) };
+            let mut record: DeviceRecord = serde_json::from_slice(&raw).map_err(|_| abort(()))?;
+            let outcome = match envelopes.get(key)? {
+                Some(existing) if existing.as_ref() == wire => Stored::Duplicate,
+                Some(_) => Stored::Conflict,
+                // Removed by retention (or older than what was): stored as far as anyone knows.
+                None if record.pruned_through_seq.is_some_and(|mark| seq <= mark) => Stored::Duplicate,
+                None => {
+                    envelopes.insert(key, wire)?;
+                    arrivals.insert(key, &received_ms.to_be_bytes())?;
+                    Stored::New
+                }
+            };
+            record.last_seen_ms = Some(received_ms);
+            let events = record.counts.events;
+            match outcome {
+                Stored::New => {
+                    record.counts.envelopes += 1;
+                    record.highest_seq = Some(record.highest_seq.map_or(seq, |h| h.max(seq)));
+                    update(&mut record);
+                }
+                Stored::Duplicate | Stored::Conflict => record.counts.duplicates += 1,
+            }
+            let encoded = encode_in_tx("device", &record)?;
+            devices.insert(device.as_bytes(), encoded.as_slice())?;
+            Ok((outcome, (record.counts.events != events).then_some(encoded)))
+        })
     }
 
     /// Records a verified presence from agent session `session`, unless the device already

@@ -71,7 +71,11 @@ impl Follower {
         from_ms: u64,
         mut each: impl FnMut(Record),
     ) -> Result<Follower, FollowError> {
-        let follower = Follower { model: model.to_owned(), from_ms, subscription: store.feed().subscribe() };
+        let follower = Follower {
+            model: model.to_owned(),
+            from_ms,
+            subscription: store.feed().subscribe(&[TRAFFIC, SHADOW, LABELS]),
+        };
         let (traffic, shadow) = slos.window_trees();
         let mut labels_from = model.as_bytes().to_vec();
         labels_from.push(0);

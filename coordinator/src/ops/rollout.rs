@@ -53,6 +53,7 @@ mod sends;
 pub mod simulate;
 mod spec;
 pub mod stats;
+mod watch;
 
 pub use persistence::RolloutStore;
 pub use records::{
@@ -103,6 +104,8 @@ pub struct Rollouts {
     /// Device records (what each device reports running).
     devices: Devices,
     evidence: EvidenceSource,
+    /// Moved devices watched for a watchdog's revert.
+    watches: watch::Watches,
     deployer: Deployer,
     fleet: FleetConfig,
     metrics: Metrics,
@@ -136,6 +139,7 @@ impl Rollouts {
             repo: RolloutStore::open(store)?,
             devices: Devices::open(store)?,
             evidence: EvidenceSource::open(store)?,
+            watches: watch::Watches::default(),
             deployer,
             fleet,
             metrics,
@@ -284,9 +288,7 @@ impl Rollouts {
             )));
         }
         let _g = self.guard();
-        if let Some(active) =
-            self.repo.list()?.into_iter().find(|r| r.phase.active() && r.spec.model == spec.model)
-        {
+        if let Some(active) = self.repo.active()?.into_iter().find(|r| r.spec.model == spec.model) {
             return Err(RolloutError::Conflict(format!(
                 "rollout {} of {}@{} is still {}: pause, promote or abort it first",
                 active.id,

@@ -343,6 +343,80 @@ fn a_breach_rolls_every_moved_device_back_and_opens_an_incident() {
     assert!(engine.repo().open_incidents().unwrap().is_empty());
 }
 
+/// `device` sends an envelope with a watchdog's event about `model`@`from`.
+fn watchdog_event(fleet: &mut Fleet, device: &str, model: &str, from: &str) {
+    use outpost_shared::protocol::messages::{Event, EventKind};
+    let event = Event {
+        at_ms: fleet.clock.now_ms(),
+        kind: EventKind::WatchdogReverted {
+            model: model.into(),
+            from: from.into(),
+            to: "1.0.0".into(),
+            reason: "3 crashes in 60 s".into(),
+        },
+        message: "switched back".into(),
+    };
+    fleet.seq += 1;
+    let wire = fleet.seq.to_be_bytes();
+    // As ingest applies an event: counted, and kept among the recent ones.
+    fleet
+        .devices
+        .store_envelope(device, fleet.seq, &wire, |r: &mut DeviceRecord| {
+            r.counts.events += 1;
+            r.recent_events.push(event.clone());
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_watchdog_revert_on_a_moved_device_rolls_back_and_one_elsewhere_does_not() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let started = engine.start(spec("[40, 100]", ""), "alice").unwrap();
+    // Into wave 1's bake: dev-0 and dev-1 run the candidate; the engine watches them.
+    while engine.get(&started.id).unwrap().unwrap().phase != Phase::Baking {
+        engine.tick().unwrap();
+        fleet.clock.advance(STEP_MS);
+        fleet.report();
+    }
+    // Not moved, or about another version or model: nothing trips.
+    watchdog_event(&mut fleet, "dev-3", "bc", "1.1.0");
+    watchdog_event(&mut fleet, "dev-0", "bc", "0.9.0");
+    watchdog_event(&mut fleet, "dev-1", "other", "1.1.0");
+    engine.tick().unwrap();
+    assert_eq!(engine.get(&started.id).unwrap().unwrap().phase, Phase::Baking);
+    // A moved device's watchdog switches the candidate back: the next tick rolls back.
+    watchdog_event(&mut fleet, "dev-1", "bc", "1.1.0");
+    engine.tick().unwrap();
+    let r = engine.get(&started.id).unwrap().unwrap();
+    assert_eq!(r.phase, Phase::RolledBack, "{:#?}", r.timeline);
+    assert!(
+        saw(&r, "device dev-1's watchdog switched 1.1.0 back on its own (3 crashes in 60 s)"),
+        "{:#?}",
+        r.timeline
+    );
+}
+
+#[test]
+fn a_watchdog_revert_before_a_restart_is_found_by_the_new_engine() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    let started = engine.start(spec("[40, 100]", ""), "alice").unwrap();
+    while engine.get(&started.id).unwrap().unwrap().phase != Phase::Baking {
+        engine.tick().unwrap();
+        fleet.clock.advance(STEP_MS);
+        fleet.report();
+    }
+    drop(engine);
+    // Arrives while no engine watches; a restarted one reads the moved devices once.
+    watchdog_event(&mut fleet, "dev-0", "bc", "1.1.0");
+    let engine = fleet.engine();
+    engine.tick().unwrap();
+    let r = engine.get(&started.id).unwrap().unwrap();
+    assert_eq!(r.phase, Phase::RolledBack, "{:#?}", r.timeline);
+    assert!(saw(&r, "device dev-0's watchdog"), "{:#?}", r.timeline);
+}
+
 #[test]
 fn a_quiet_device_is_skipped_under_the_skip_policy_and_fails_the_rollout_under_fail() {
     for (policy, expect) in [("skip", Phase::Succeeded), ("fail", Phase::RolledBack)] {

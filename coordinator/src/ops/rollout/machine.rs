@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::bake::{self, BakeDecision};
 use super::gates::{self, GateResult};
-use super::sends::{revert, send_step, watchdog_tripped};
+use super::sends::{revert, send_step};
 use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, actual_of};
 use crate::fleet::desired::Outgoing;
 use crate::fleet::devices::DeviceRecord;
@@ -117,7 +117,7 @@ impl Rollouts {
         let mut out = Vec::new();
         let mut active = 0;
         let mut ids = BTreeSet::new();
-        for mut r in self.repo.list()?.into_iter().filter(|r| r.phase.active()) {
+        for mut r in self.repo.active()? {
             active += 1;
             ids.insert(r.id.clone());
             // Whatever the phase: a rollout applying or paused for long must not fall behind.
@@ -131,6 +131,7 @@ impl Rollouts {
         }
         self.metrics.rollouts_active.set(active);
         self.evidence.keep_only(&ids);
+        self.watches.keep_only(&ids);
         Ok(out)
     }
 
@@ -138,7 +139,7 @@ impl Rollouts {
         let now = self.clock.now_ms();
         let mut out = Vec::new();
         if matches!(r.phase, Phase::Applying | Phase::Baking)
-            && let Some((device, message)) = watchdog_tripped(&self.records(&r.moved)?, r)
+            && let Some((device, message)) = self.watches.tripped(&self.devices, r)?
         {
             let reason =
                 format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);

@@ -290,3 +290,28 @@ fn running_evidence_equals_a_scan_of_the_same_window() {
         "the clock-ahead window counts from its time"
     );
 }
+
+/// A tick reads only the active rollouts; the index of them follows every write and is rebuilt
+/// from the rollouts at open (a data directory from before it, a restored one).
+#[test]
+fn the_active_rollouts_are_indexed_and_the_index_is_rebuilt_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let repo = RolloutStore::open(&store).unwrap();
+    for (id, phase) in [("r-1", Phase::Succeeded), ("r-2", Phase::Baking), ("r-3", Phase::Paused)] {
+        let mut r = bare(r#"{"model": "bc", "version": "1.1.0"}"#);
+        r.id = id.into();
+        r.phase = phase;
+        repo.put(&r).unwrap();
+    }
+    let ids = |repo: &RolloutStore| repo.active().unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(&repo), ["r-2", "r-3"]);
+    let mut r2 = repo.get("r-2").unwrap().unwrap();
+    r2.phase = Phase::RolledBack;
+    repo.put(&r2).unwrap();
+    assert_eq!(ids(&repo), ["r-3"], "a finished rollout leaves the index");
+    assert_eq!(repo.list().unwrap().len(), 3, "and stays listed");
+    store.tree("rollouts_active").unwrap().clear().unwrap();
+    assert!(ids(&repo).is_empty());
+    assert_eq!(ids(&RolloutStore::open(&store).unwrap()), ["r-3"], "rebuilt at open");
+}
