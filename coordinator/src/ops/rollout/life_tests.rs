@@ -368,17 +368,23 @@ fn watchdog_event(fleet: &mut Fleet, device: &str, model: &str, from: &str) {
         .unwrap();
 }
 
-#[test]
-fn a_watchdog_revert_on_a_moved_device_rolls_back_and_one_elsewhere_does_not() {
-    let mut fleet = Fleet::new();
-    let engine = fleet.engine();
+/// Starts a rollout in waves of 40 % and 100 % and runs it into wave 1's bake.
+fn baking_wave_1(fleet: &mut Fleet, engine: &Rollouts) -> Rollout {
     let started = engine.start(spec("[40, 100]", ""), "alice").unwrap();
-    // Into wave 1's bake: dev-0 and dev-1 run the candidate; the engine watches them.
     while engine.get(&started.id).unwrap().unwrap().phase != Phase::Baking {
         engine.tick().unwrap();
         fleet.clock.advance(STEP_MS);
         fleet.report();
     }
+    started
+}
+
+#[test]
+fn a_watchdog_revert_on_a_moved_device_rolls_back_and_one_elsewhere_does_not() {
+    let mut fleet = Fleet::new();
+    let engine = fleet.engine();
+    // Into wave 1's bake: dev-0 and dev-1 run the candidate; the engine watches them.
+    let started = baking_wave_1(&mut fleet, &engine);
     // Not moved, or about another version or model: nothing trips.
     watchdog_event(&mut fleet, "dev-3", "bc", "1.1.0");
     watchdog_event(&mut fleet, "dev-0", "bc", "0.9.0");
@@ -401,12 +407,7 @@ fn a_watchdog_revert_on_a_moved_device_rolls_back_and_one_elsewhere_does_not() {
 fn a_watchdog_revert_before_a_restart_is_found_by_the_new_engine() {
     let mut fleet = Fleet::new();
     let engine = fleet.engine();
-    let started = engine.start(spec("[40, 100]", ""), "alice").unwrap();
-    while engine.get(&started.id).unwrap().unwrap().phase != Phase::Baking {
-        engine.tick().unwrap();
-        fleet.clock.advance(STEP_MS);
-        fleet.report();
-    }
+    let started = baking_wave_1(&mut fleet, &engine);
     drop(engine);
     // Arrives while no engine watches; a restarted one reads the moved devices once.
     watchdog_event(&mut fleet, "dev-0", "bc", "1.1.0");
