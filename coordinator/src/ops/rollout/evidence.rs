@@ -62,15 +62,9 @@ impl EvidenceSource {
         now: u64,
     ) -> Result<(Evidence, Evidence), StoreError> {
         let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        catch_up(&mut running, &r.id, now)?;
         if let Some(sums) = running.get_mut(&r.id) {
-            match sums.read(now) {
-                Ok(()) => return Ok(sums.evidence(moved, same_devices)),
-                Err(FollowError::Store(e)) => return Err(e),
-                Err(FollowError::Overflowed(e)) => {
-                    tracing::warn!(rollout = %r.id, error = %e, "rollout evidence fell behind; reading it again");
-                    running.remove(&r.id);
-                }
-            }
+            return Ok(sums.evidence(moved, same_devices));
         }
         let started = std::time::Instant::now();
         let sums = match Running::start(&self.store, &self.slos, &self.labels, r, now) {
@@ -93,17 +87,7 @@ impl EvidenceSource {
     /// Folds what arrived into rollout `id`'s running sums, if it has any (each tick, so a
     /// rollout that is not judging — applying a wave, paused — does not fall behind).
     pub fn keep_up(&self, id: &str, now: u64) -> Result<(), StoreError> {
-        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(sums) = running.get_mut(id) else { return Ok(()) };
-        match sums.read(now) {
-            Ok(()) => Ok(()),
-            Err(FollowError::Store(e)) => Err(e),
-            Err(FollowError::Overflowed(e)) => {
-                tracing::warn!(rollout = %id, error = %e, "rollout evidence fell behind; it is read again at the next look");
-                running.remove(id);
-                Ok(())
-            }
-        }
+        catch_up(&mut self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner), id, now)
     }
 
     /// Drops the running sums of rollouts not in `active`.
@@ -183,5 +167,20 @@ impl EvidenceSource {
         to: u64,
     ) -> Result<(u64, u64), StoreError> {
         self.labels.correct_on(model, version, devices, from, to)
+    }
+}
+
+/// Folds what arrived into rollout `id`'s running sums, if it has any; sums that fell behind are
+/// dropped (the next look reads the rollout again).
+fn catch_up(running: &mut HashMap<String, Running>, id: &str, now: u64) -> Result<(), StoreError> {
+    let Some(sums) = running.get_mut(id) else { return Ok(()) };
+    match sums.read(now) {
+        Ok(()) => Ok(()),
+        Err(FollowError::Store(e)) => Err(e),
+        Err(FollowError::Overflowed(e)) => {
+            tracing::warn!(rollout = %id, error = %e, "rollout evidence fell behind; it is read again at the next look");
+            running.remove(id);
+            Ok(())
+        }
     }
 }
