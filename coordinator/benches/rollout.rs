@@ -99,7 +99,7 @@ impl Fleet {
                 prediction_log: Default::default(),
                 outbox: Default::default(),
             };
-            self.slos.put_report(id, &report).unwrap();
+            self.slos.put_report(id, &Default::default(), &report).unwrap();
         }
     }
 }

@@ -1,7 +1,10 @@
 //! A 30-day SLO status over a 10,000-device fleet: how long the coordinator takes to answer
 //! availability, latency and accuracy over its minute and hour roll-ups, against the baseline of
 //! summing every stored report window and reading every label (what it did before roll-ups), in
-//! the same run on the same data.
+//! the same run on the same data. Then the dashboard's per-label breakdown (devices carry a
+//! `site`, one of 20, and a `tier`, one of 3) and quality split by site from the roll-ups by
+//! device label, against summing every window per device and reading every label; and what
+//! storing a window with two device labels' roll-ups costs against one without labels.
 //!
 //! `cargo bench -p outpost-coordinator --bench slo` (env `BENCH_SLO_DEVICES`, default 10000;
 //! `BENCH_SLO_REPORTS_PER_DEVICE`, default 30, spread evenly over the 30 days). A real fleet
@@ -53,6 +56,14 @@ fn report(end_ms: u64, version: &str, seed: u64) -> Report {
     }
 }
 
+/// Device `d`'s labels: one of 20 sites and one of 3 tiers.
+fn device_labels(d: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("site".to_owned(), format!("site-{:02}", d % 20)),
+        ("tier".to_owned(), format!("t{}", d % 3)),
+    ])
+}
+
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -79,7 +90,7 @@ fn main() {
             let end = from_ms + 1 + n * step;
             let version = if d % 2 == 1 && end > from_ms + 15 * DAY_MS { "1.1.0" } else { "1.0.0" };
             let device = format!("dev-{d:05}");
-            slos.put_report(&device, &report(end, version, d * 7 + r)).unwrap();
+            slos.put_report(&device, &device_labels(d), &report(end, version, d * 7 + r)).unwrap();
             // Each window's device also sends one ground-truth label (right 9 times in 10).
             let label = LabelledPrediction {
                 prediction_id: r,
@@ -91,7 +102,8 @@ fn main() {
                 predicted: Some(1),
                 label: i64::from((d + r) % 10 != 0),
             };
-            labels.put(&device, &FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 }).unwrap();
+            let batch = FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 };
+            labels.put(&device, &device_labels(d), &batch).unwrap();
             n += 1;
             if n.is_multiple_of(100_000) {
                 eprintln!("  stored {n} of {total} report windows");
@@ -121,16 +133,25 @@ fn main() {
     let mut samples = Vec::new();
     for b in &big {
         let t = Instant::now();
-        labels.put("dev-big", b).unwrap();
+        labels.put("dev-big", &Default::default(), b).unwrap();
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let big_batch = median(samples);
-    let minutes = store.tree("traffic_1m").unwrap().len() + store.tree("labels_1m").unwrap().len();
-    let hours = store.tree("traffic_1h").unwrap().len() + store.tree("labels_1h").unwrap().len();
+    let count = |trees: &[&str]| trees.iter().map(|t| store.tree(t).unwrap().len()).sum::<usize>();
+    let minutes = count(&["traffic_1m", "labels_1m"]);
+    let hours = count(&["traffic_1h", "labels_1h"]);
+    let by_label = (
+        count(&["traffic_by_label_1m", "labels_by_label_1m"]),
+        count(&["traffic_by_label_1h", "labels_by_label_1h"]),
+    );
     println!(
         "30-day SLO status, {devices} devices, {total} report windows ({per_device} per device) and as many labels stored at {stored:.0}/s with their roll-ups"
     );
     println!("  roll-ups: {minutes} minute and {hours} hour buckets (two versions)");
+    println!(
+        "  by device label: {} minute and {} hour buckets (23 label values × two versions)",
+        by_label.0, by_label.1
+    );
     println!(
         "  a feedback batch of 10,000 labels stored with its roll-ups in {big_batch:.1} ms (median of 5)"
     );
@@ -202,13 +223,96 @@ fn main() {
     };
     let (rolled_quality, rolled_rows) =
         time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), None).unwrap()));
-    let none: &outpost_coordinator::monitoring::quality::LabelOf<'_> = &|_, _| Ok(None);
-    let by = outpost_coordinator::monitoring::quality::SegmentBy { label: "site", label_of: none };
+    let site_of = |device: &str| {
+        let d: u64 = device.trim_start_matches("dev-").parse().map_err(|_| {
+            outpost_coordinator::base::store::StoreError::Corrupt {
+                key: device.into(),
+                detail: "not a bench device".into(),
+            }
+        })?;
+        Ok(device_labels(d).remove("site"))
+    };
+    let (split_quality, split_rows) =
+        time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), Some("site")).unwrap()));
     let (scanned_quality, scanned_rows) =
-        time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), Some(by)).unwrap()));
-    assert_eq!(rolled_rows, scanned_rows, "both quality reports count the same labels");
+        time(&|| rows(labels.scan_quality("breast_cancer", Some(status.from_ms), "site", site_of).unwrap()));
+    assert_eq!(
+        (rolled_rows, split_rows),
+        (scanned_rows, scanned_rows),
+        "the quality reports count the same labels"
+    );
+    let segments = |q: &outpost_coordinator::monitoring::quality::QualityReport| {
+        q.versions.values().map(|v| v.segments.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        segments(&labels.quality("breast_cancer", Some(status.from_ms), Some("site")).unwrap()),
+        segments(&labels.scan_quality("breast_cancer", Some(status.from_ms), "site", site_of).unwrap()),
+        "the split from the roll-ups is the split from every label"
+    );
     println!(
-        "  quality report per class, 30 days: roll-ups {rolled_quality:.2} ms, every label (split by a device label) {scanned_quality:.2} ms"
+        "  quality report per class, 30 days: roll-ups {rolled_quality:.2} ms; split by site: roll-ups {split_quality:.2} ms, baseline every label {scanned_quality:.2} ms"
+    );
+    // The dashboard's breakdown by site and tier over its longest range (7 days): the traffic and
+    // labelled predictions per label value from the roll-ups, against the baseline of summing
+    // every window per device and reading every label once per label shown.
+    let week = now_ms - 7 * DAY_MS;
+    let (breakdown_ms, values) = time(&|| {
+        let traffic = slos.rolled_up_by_label("breast_cancer", week, now_ms).unwrap();
+        let labelled = labels.rolled_up_by_label("breast_cancer", week, now_ms, None).unwrap();
+        (traffic.len() + labelled.len()) as u64
+    });
+    let (scan_breakdown_ms, devices_seen) = time(&|| {
+        let per_device = slos.traffic_by_device("breast_cancer", week, now_ms).unwrap();
+        for label in ["site", "tier"] {
+            let label_of = |device: &str| {
+                let d: u64 = device.trim_start_matches("dev-").parse().unwrap_or(0);
+                Ok(device_labels(d).remove(label))
+            };
+            labels.scan_quality("breast_cancer", Some(week), label, label_of).unwrap();
+        }
+        per_device.len() as u64
+    });
+    let rolled_site: u64 = slos
+        .rolled_up_by_label("breast_cancer", week, now_ms)
+        .unwrap()
+        .iter()
+        .filter(|((label, _), _)| label == "site")
+        .map(|(_, w)| w.requests)
+        .sum();
+    let scanned_all: u64 =
+        slos.traffic_by_device("breast_cancer", week, now_ms).unwrap().values().map(|w| w.requests).sum();
+    assert_eq!(rolled_site, scanned_all, "the sites' requests from the roll-ups are every device's");
+    println!(
+        "  7-day breakdown by site and tier: roll-ups {breakdown_ms:.2} ms ({values} value × version sums); baseline every window per device and every label {scan_breakdown_ms:.2} ms ({devices_seen} devices)"
+    );
+    println!(
+        "  the baseline's windows at a 10 s cadence ({:.2e} windows in 7 days) would take ~{:.0} s (scaled)",
+        devices as f64 * 7.0 * 8_640.0,
+        scan_breakdown_ms / 1000.0 * (devices as f64 * 7.0 * 8_640.0) / (total as f64 * 7.0 / 30.0)
+    );
+    // What the two labels' roll-ups cost a window as it is stored: the same 20,000 windows into
+    // fresh stores, from devices without labels and with site and tier.
+    let store_rate = |labelled: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let slos = Slos::open(&store).unwrap();
+        let none = BTreeMap::new();
+        let t = Instant::now();
+        for i in 0..20_000u64 {
+            let d = i % 2_000;
+            let device_labels = if labelled { device_labels(d) } else { none.clone() };
+            slos.put_report(&format!("dev-{d:05}"), &device_labels, &report(now_ms + i * 500, "1.0.0", i))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        20_000.0 / t.elapsed().as_secs_f64()
+    };
+    let (plain, with_labels) = (store_rate(false), store_rate(true));
+    let (plain2, with_labels2) = (store_rate(false), store_rate(true));
+    println!(
+        "  storing a report window with its roll-ups: {:.0}/s without device labels, {:.0}/s with two (two runs each, alternating: {plain:.0}, {plain2:.0} / {with_labels:.0}, {with_labels2:.0})",
+        (plain + plain2) / 2.0,
+        (with_labels + with_labels2) / 2.0
     );
     println!(
         "  both read {requests} requests, {errors} failed, {labelled} labels; p95 {:.2} ms, accuracy {:.3}",

@@ -133,6 +133,37 @@ impl LogHistogram {
         Ok(())
     }
 
+    /// Takes away the counts of `part`, a histogram merged into this one: what the rest of a
+    /// merged whole holds (the fleet's latency less some devices'). Exact for the counts; the
+    /// sum loses float precision, and min and max stay the whole's (bounds, not values, of the
+    /// rest). Fails, leaving this one unchanged, when `part` holds counts this one does not
+    /// (it was not merged in, or the lowest buckets were collapsed differently).
+    pub fn subtract(&mut self, part: &LogHistogram) -> Result<(), HistogramError> {
+        if (self.alpha - part.alpha).abs() > 1e-12 {
+            return Err(HistogramError::AlphaMismatch(self.alpha, part.alpha));
+        }
+        let mismatch = HistogramError::CountMismatch { buckets: part.count, total: self.count };
+        if part.zero_count > self.zero_count || part.count > self.count {
+            return Err(mismatch);
+        }
+        let mut buckets = self.buckets.clone();
+        for (index, &n) in &part.buckets {
+            let have = buckets.get_mut(index).filter(|have| **have >= n).ok_or(mismatch.clone())?;
+            *have -= n;
+            if *have == 0 {
+                buckets.remove(index);
+            }
+        }
+        self.buckets = buckets;
+        self.zero_count -= part.zero_count;
+        self.count -= part.count;
+        self.sum = if self.count == 0 { 0.0 } else { (self.sum - part.sum).max(0.0) };
+        if self.count == 0 {
+            (self.min, self.max) = (f64::INFINITY, f64::NEG_INFINITY);
+        }
+        Ok(())
+    }
+
     /// Number of recorded values.
     pub fn count(&self) -> u64 {
         self.count
@@ -293,6 +324,13 @@ mod tests {
             }
             all.record(v);
         }
+        let mut rest = all.clone();
+        rest.subtract(&b).unwrap();
+        assert_eq!(rest.buckets, a.buckets, "the whole less one part is the other part");
+        assert_eq!((rest.count(), rest.quantile(0.5)), (a.count(), a.quantile(0.5)));
+        rest.subtract(&a).unwrap();
+        assert_eq!((rest.count(), rest.quantile(0.5)), (0, None));
+        assert!(rest.subtract(&b).is_err(), "nothing left to take");
         a.merge(&b).unwrap();
         assert_eq!(a.buckets, all.buckets);
         assert_eq!(a.count(), all.count());

@@ -24,11 +24,13 @@ pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, St
         .map_err(|e| StoreError::Corrupt { key: key.to_owned(), detail: format!("cannot encode: {e}") })
 }
 
-/// `meta` keys that say a derived tree is complete (the monitoring roll-ups: traffic, labels).
+/// `meta` keys that say a derived tree is complete (the monitoring roll-ups: traffic, labels,
+/// and both again by device label).
 /// [`Store::dump`] leaves them out: a backup reads trees one after the other while the
 /// coordinator writes, so a derived tree may not match what it sums; the restored coordinator
 /// rebuilds it from the records at its first start.
-pub const DERIVED_MARKERS: [&[u8]; 2] = [b"traffic_rollups", b"label_rollups"];
+pub const DERIVED_MARKERS: [&[u8]; 4] =
+    [b"traffic_rollups", b"label_rollups", b"traffic_by_label_rollups", b"labels_by_label_rollups"];
 
 #[derive(Clone)]
 pub struct Store {

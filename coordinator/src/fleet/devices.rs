@@ -276,11 +276,6 @@ impl Devices {
         }
     }
 
-    /// The value of label `label` on device `device` (`None` when it has none, or is unknown).
-    pub fn label(&self, device: &str, label: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.get(device)?.and_then(|mut d| d.labels.remove(label)))
-    }
-
     /// The device enrolled with key `key_id`.
     pub fn get_by_key(&self, key_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         match self.device_keys.get(key_id.as_bytes()).map_err(|e| self.storage(e))? {
@@ -293,16 +288,29 @@ impl Devices {
     /// Far cheaper than [`Devices::all`] on a large fleet (the rest of each record is skipped,
     /// not built).
     pub fn glances(&self) -> Result<Vec<DeviceGlance>, StoreError> {
+        Ok(self.decode_each::<DeviceGlance>()?.into_iter().filter(|g| g.revoked.is_none()).collect())
+    }
+
+    /// A [`LabelGlance`] of every device record, revoked ones (not yet deleted) included.
+    pub fn label_glances(&self) -> Result<Vec<LabelGlance>, StoreError> {
+        self.decode_each()
+    }
+
+    /// Every device's labels, revoked ones (not yet deleted) included: what monitoring's
+    /// roll-ups by device label are rebuilt from.
+    pub fn labels_by_device(&self) -> Result<crate::monitoring::slo::rollup::LabelsByDevice, StoreError> {
+        Ok(self.label_glances()?.into_iter().map(|g| (g.id, g.labels)).collect())
+    }
+
+    /// Every stored record, decoded as `T` (a view that skips what it does not name).
+    fn decode_each<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
         for item in self.devices.iter() {
             let (key, raw) = item.map_err(|e| self.storage(e))?;
-            let glance: DeviceGlance = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            out.push(serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
                 key: format!("devices/{}", String::from_utf8_lossy(&key)),
                 detail: e.to_string(),
-            })?;
-            if glance.revoked.is_none() {
-                out.push(glance);
-            }
+            })?);
         }
         Ok(out)
     }

@@ -234,9 +234,14 @@ impl Ingest {
         let drift_history = crate::monitoring::report::History::open(&store)?;
         let slos = crate::monitoring::slo::Slos::open(&store)?;
         let predictions = crate::monitoring::dataset::Predictions::open(&store)?;
+        let devices = Devices::open(&store)?;
+        // Before anything is stored: a data directory from before the roll-ups by device label
+        // (or a restore) gets them from what it holds.
+        slos.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
+        labels.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
         Ok(Ingest {
             predictions,
-            devices: Devices::open(&store)?,
+            devices,
             labels,
             drift_history,
             slos,
@@ -363,13 +368,13 @@ impl Ingest {
         // resend (upsert), so an interruption between the two writes loses none.
         match (&message, &stored) {
             (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
-                self.labels.put(device, batch)?
+                self.labels.put(device, &record.labels, batch)?
             }
             (Ok(AgentMessage::Drift(report)), Stored::New | Stored::Duplicate) => {
                 self.drift_history.put(device, report)?
             }
             (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
-                self.slos.put_report(device, report)?
+                self.slos.put_report(device, &record.labels, report)?
             }
             (Ok(AgentMessage::Shadow(report)), Stored::New | Stored::Duplicate) => {
                 self.slos.put_shadow(device, report)?

@@ -261,9 +261,19 @@ mod tests {
     fn write(slos: &Slos, labels: &Labels, d: usize, rounds: std::ops::Range<u64>) {
         for r in rounds {
             let device = format!("dev-{d}");
-            slos.put_report(&device, &report(1_000_000 + r * 10_000, "1.0.0", 10 + r % 7)).unwrap();
+            slos.put_report(
+                &device,
+                &Default::default(),
+                &report(1_000_000 + r * 10_000, "1.0.0", 10 + r % 7),
+            )
+            .unwrap();
             // A resend of the same window adds nothing.
-            slos.put_report(&device, &report(1_000_000 + r * 10_000, "1.0.0", 10 + r % 7)).unwrap();
+            slos.put_report(
+                &device,
+                &Default::default(),
+                &report(1_000_000 + r * 10_000, "1.0.0", 10 + r % 7),
+            )
+            .unwrap();
             let shadow = ShadowReport {
                 window_start_ms: 1_000_000 + r * 10_000 - 10_000,
                 window_end_ms: 1_000_000 + r * 10_000,
@@ -276,7 +286,7 @@ mod tests {
                 }],
             };
             slos.put_shadow(&device, &shadow).unwrap();
-            labels.put(&device, &label(r / 2, (r % 2) as i64 + d as i64 % 2)).unwrap();
+            labels.put(&device, &Default::default(), &label(r / 2, (r % 2) as i64 + d as i64 % 2)).unwrap();
         }
     }
 
@@ -326,20 +336,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (slos, labels) = (Slos::open(&store).unwrap(), Labels::open(&store).unwrap());
-        slos.put_report("d", &report(50_000, "1.0.0", 5)).unwrap();
-        slos.put_report("d", &report(90_000, "1.0.0", 7)).unwrap();
+        slos.put_report("d", &Default::default(), &report(50_000, "1.0.0", 5)).unwrap();
+        slos.put_report("d", &Default::default(), &report(90_000, "1.0.0", 7)).unwrap();
         let mut other = report(95_000, "1.0.0", 100);
         other.models[0].model = "bcx".into();
-        slos.put_report("d", &other).unwrap();
+        slos.put_report("d", &Default::default(), &other).unwrap();
         let mut seen = Vec::new();
         let mut follower = Follower::start(&store, &slos, &labels, "bc", 60_000, |r| seen.push(r)).unwrap();
         assert!(matches!(&seen[..], [Record::Traffic { end_ms: 90_000, .. }]), "{seen:?}");
-        slos.put_report("d", &other).unwrap();
+        slos.put_report("d", &Default::default(), &other).unwrap();
         let mut newer = report(99_000, "1.0.0", 100);
         newer.models[0].model = "bcx".into();
-        slos.put_report("d", &newer).unwrap();
-        slos.put_report("d", &report(100_000, "1.0.0", 9)).unwrap();
-        slos.put_report("d", &report(55_000, "1.0.0", 9)).unwrap();
+        slos.put_report("d", &Default::default(), &newer).unwrap();
+        slos.put_report("d", &Default::default(), &report(100_000, "1.0.0", 9)).unwrap();
+        slos.put_report("d", &Default::default(), &report(55_000, "1.0.0", 9)).unwrap();
         let mut later = Vec::new();
         follower.changes(|r| later.push(r)).unwrap();
         assert!(matches!(&later[..], [Record::Traffic { end_ms: 100_000, .. }]), "{later:?}");

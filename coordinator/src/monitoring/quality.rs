@@ -14,9 +14,11 @@
 //! predicted label; trees `labels_1m` and `labels_1h`, keys as in
 //! [`crate::monitoring::slo::rollup`], value postcard), in the same transaction as the label: a
 //! replaced label moves its count, a resend moves nothing. A bucket never holds more entries
-//! than labels arrived in it. The SLO accuracy objective, the dashboard's accuracy chart and
-//! quality reports without segments read these (metrics from the summed confusion counts are
-//! the same as from the pairs); a report split by a device label reads every label. Each label
+//! than labels arrived in it. The same counts go per value of each label the device carries
+//! (trees `labels_by_label_1m` / `_1h`, key `model \0 bucket_start \0 label \0 value \0 version`;
+//! a device's labels never change after it enrols). The SLO accuracy objective, the dashboard's
+//! accuracy chart and breakdowns, and quality reports read these (metrics from the summed
+//! confusion counts are the same as from the pairs), never every label. Each label
 //! stored or replaced is published to the store's feed ([`crate::base::feed`]) with the one it
 //! replaced, for rollouts' running evidence ([`crate::monitoring::follow`]).
 
@@ -104,8 +106,8 @@ pub struct StoredLabel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityReport {
     pub model: String,
-    /// Only predictions made at or after this time (unix ms) count (without segments: from the
-    /// start of the minute holding the time asked for, as the roll-ups count).
+    /// Only predictions made at or after this time (unix ms) count: the start of the minute
+    /// holding the time asked for, as the roll-ups count.
     pub since_ms: Option<u64>,
     /// The device label the segments are split by.
     pub by: Option<String>,
@@ -148,34 +150,21 @@ fn key(model: &str, device: &str, prediction_id: u64) -> Vec<u8> {
 /// Per version: (labelled predictions with a predicted label, correct ones).
 pub type Correct = BTreeMap<String, (u64, u64)>;
 
-/// Reads label `label` (second argument) of device `device` (first).
-pub type LabelOf<'a> = dyn Fn(&str, &str) -> Result<Option<String>, StoreError> + 'a;
+/// The segment of devices without the label a report is split by.
+pub const NO_VALUE: &str = "(none)";
 
-/// A device label to split quality by, and how to read a device's value of it (`device id,
-/// label name → value`; `None` when the device has no such label).
-#[derive(Clone, Copy)]
-pub struct SegmentBy<'a> {
-    pub label: &'a str,
-    pub label_of: &'a LabelOf<'a>,
-}
-
-impl std::fmt::Debug for SegmentBy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentBy").field("label", &self.label).finish_non_exhaustive()
-    }
-}
-
-/// Adds (`sign` true) or takes away `label` in its version's bucket of `tree`; answers `false`
-/// when the bucket was unreadable (started afresh).
+/// Adds (`sign` true) or takes away `label` in the bucket of `tree` that `part` names; answers
+/// `false` when the bucket was unreadable (started afresh).
 fn move_label(
     tree: &TransactionalTree,
     width: Width,
     model: &str,
+    part: &str,
     label: &StoredLabel,
     sign: bool,
 ) -> Result<bool, ConflictableTransactionError<StoreError>> {
     let at = label.predicted_at_ms;
-    let key = rollup::key(model, at - at % width.ms(), &label.version);
+    let key = rollup::key(model, at - at % width.ms(), part);
     let one = LabelCounts::one(label);
     rollup::update_in(
         tree,
@@ -191,6 +180,9 @@ pub struct Labels {
     /// [`LabelCounts`] roll-ups per model version and minute / hour of prediction.
     minutes: sled::Tree,
     hours: sled::Tree,
+    /// The same per value of each device label.
+    label_minutes: sled::Tree,
+    label_hours: sled::Tree,
     store: Store,
 }
 
@@ -203,6 +195,8 @@ impl Labels {
             tree: store.tree(LABELS)?,
             minutes: store.tree("labels_1m")?,
             hours: store.tree("labels_1h")?,
+            label_minutes: store.tree("labels_by_label_1m")?,
+            label_hours: store.tree("labels_by_label_1h")?,
             store: store.clone(),
         };
         labels.ensure_rolled_up()?;
@@ -212,17 +206,48 @@ impl Labels {
     /// Rolls every stored label up unless `meta` says it was done (a data directory from before
     /// roll-ups, or one where a bucket was found unreadable).
     fn ensure_rolled_up(&self) -> Result<(), StoreError> {
-        rollup::once(&self.store, rollup::LABELS_MARKER, || self.roll_up_all())
+        rollup::once(&self.store, rollup::LABELS_MARKER, || {
+            self.roll_up_all([&self.minutes, &self.hours], "", |_, l| vec![l.version.clone()])
+        })
     }
 
-    fn roll_up_all(&self) -> Result<(), StoreError> {
+    /// Rolls every stored label up by its device's labels unless that was done (see
+    /// [`crate::monitoring::slo::Slos::ensure_rolled_up_by_label`]).
+    pub fn ensure_rolled_up_by_label(
+        &self,
+        labels: impl FnOnce() -> Result<rollup::LabelsByDevice, StoreError>,
+    ) -> Result<(), StoreError> {
+        rollup::once(&self.store, rollup::LABELS_BY_LABEL_MARKER, || {
+            let labels = labels()?;
+            self.roll_up_all([&self.label_minutes, &self.label_hours], " by device label", |device, l| {
+                labels
+                    .get(device)
+                    .map(|device_labels| {
+                        device_labels
+                            .iter()
+                            .map(|(k, v)| format!("{}\0{}", rollup::label_part(k, v), l.version))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        })
+    }
+
+    /// Rolls every stored label up into the buckets of `trees` (minutes, hours) that
+    /// `parts(device, label)` names.
+    fn roll_up_all(
+        &self,
+        trees: [&sled::Tree; 2],
+        what: &str,
+        parts: impl Fn(&str, &StoredLabel) -> Vec<String>,
+    ) -> Result<(), StoreError> {
         let err = |e| self.store.storage_error(e);
         let started = std::time::Instant::now();
         let stored = self.tree.len();
         if stored > 0 {
             tracing::info!(
                 labels = stored,
-                "rolling up the stored labels into minute and hour buckets (once, after an upgrade or a restore)"
+                "rolling up the stored labels{what} into minute and hour buckets (once, after an upgrade or a restore)"
             );
         }
         // Labels are keyed by device, not time: the buckets are summed in memory (a few bytes
@@ -231,18 +256,19 @@ impl Labels {
         let mut labels = 0u64;
         for item in self.tree.iter() {
             let (k, v) = item.map_err(err)?;
-            let Some(model) = k.split(|b| *b == 0).next().and_then(|m| std::str::from_utf8(m).ok()) else {
-                continue;
-            };
+            let Some((model, device, _)) = parse_key(&k) else { continue };
             let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
             let one = LabelCounts::one(&label);
+            let parts = parts(device, &label);
             for (i, width) in [Width::Minute, Width::Hour].into_iter().enumerate() {
                 let at = label.predicted_at_ms - label.predicted_at_ms % width.ms();
-                sums[i].entry(rollup::key(model, at, &label.version)).or_default().add(&one);
+                for part in &parts {
+                    sums[i].entry(rollup::key(model, at, part)).or_default().add(&one);
+                }
             }
             labels += 1;
         }
-        for (tree, sums) in [&self.minutes, &self.hours].into_iter().zip(sums) {
+        for (tree, sums) in trees.into_iter().zip(sums) {
             tree.clear().map_err(err)?;
             let mut batch = sled::Batch::default();
             for (k, counts) in sums {
@@ -254,15 +280,22 @@ impl Labels {
             tracing::info!(
                 labels,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "rolled up the stored labels into minute and hour buckets"
+                "rolled up the stored labels{what} into minute and hour buckets"
             );
         }
         Ok(())
     }
 
     /// Keeps the labels of one feedback batch from `device` (a second label for a prediction
-    /// replaces the first), moving the roll-ups' counts in the same transaction.
-    pub fn put(&self, device: &str, batch: &FeedbackBatch) -> Result<(), StoreError> {
+    /// replaces the first), moving the roll-ups' counts — per version and per value of each of
+    /// the device's `labels` — in the same transaction.
+    pub fn put(
+        &self,
+        device: &str,
+        labels: &BTreeMap<String, String>,
+        batch: &FeedbackBatch,
+    ) -> Result<(), StoreError> {
+        let device_labels: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
         let mut writes = Vec::with_capacity(batch.labels.len());
         for l in &batch.labels {
             let value = StoredLabel {
@@ -279,8 +312,9 @@ impl Labels {
         if writes.is_empty() {
             return Ok(());
         }
+        let trees = (&self.tree, &self.minutes, &self.hours, &self.label_minutes, &self.label_hours);
         let outcome = self.store.feed().commit(|| {
-            let outcome = (&self.tree, &self.minutes, &self.hours).transaction(|(tree, minutes, hours)| {
+            let outcome = trees.transaction(|(tree, minutes, hours, label_minutes, label_hours)| {
                 let (mut readable, mut changes) = (true, Vec::new());
                 for (model, key, encoded, value) in &writes {
                     let raw = tree.insert(key.as_slice(), encoded.as_slice())?;
@@ -294,11 +328,22 @@ impl Labels {
                         before: raw.map(|v| v.to_vec()),
                         after: encoded.clone(),
                     });
-                    for (t, width) in [(minutes, Width::Minute), (hours, Width::Hour)] {
-                        if let Some(old) = &old {
-                            readable &= move_label(t, width, model, old, false)?;
+                    // The replaced label out, the new one in: its version's buckets, and each
+                    // device label value's (`label \0 value \0 version`).
+                    for (l, sign) in old.iter().map(|o| (o, false)).chain([(value, true)]) {
+                        let own = std::slice::from_ref(&l.version);
+                        let by_label: Vec<String> =
+                            device_labels.iter().map(|p| format!("{p}\0{}", l.version)).collect();
+                        for (t, width, parts) in [
+                            (minutes, Width::Minute, own),
+                            (hours, Width::Hour, own),
+                            (label_minutes, Width::Minute, &by_label[..]),
+                            (label_hours, Width::Hour, &by_label[..]),
+                        ] {
+                            for part in parts {
+                                readable &= move_label(t, width, model, part, l, sign)?;
+                            }
                         }
-                        readable &= move_label(t, width, model, value, true)?;
                     }
                 }
                 Ok((readable, changes))
@@ -308,7 +353,13 @@ impl Labels {
                 Err(e) => (Err(e), Vec::new()),
             }
         });
-        rollup::settle(&self.store, rollup::LABELS_MARKER, "label", device, outcome)
+        rollup::settle(
+            &self.store,
+            &[rollup::LABELS_MARKER, rollup::LABELS_BY_LABEL_MARKER],
+            "label",
+            device,
+            outcome,
+        )
     }
 
     /// The tree of labels (keys as [`parse_key`] reads), for a reader that follows it
@@ -473,35 +524,102 @@ impl Labels {
         Ok(out)
     }
 
-    /// Quality of `model` per version, split by a device label when `by` is given (the label's
-    /// name, and how to read a device's value of it: devices belong to the fleet floor, above
-    /// this one).
+    /// Per `(device label, value, version)`: the summed [`LabelCounts`] of `model` over the
+    /// whole minutes from the one holding `from_ms` to the one holding `to_ms`, from the roll-ups
+    /// by device label (only the label `only` when given).
+    pub fn rolled_up_by_label(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+        only: Option<&str>,
+    ) -> Result<BTreeMap<(String, String, String), LabelCounts>, StoreError> {
+        let mut out: BTreeMap<(String, String, String), LabelCounts> = BTreeMap::new();
+        for (width, from, until) in rollup::spans(from_ms, to_ms) {
+            let tree = match width {
+                Width::Minute => &self.label_minutes,
+                Width::Hour => &self.label_hours,
+            };
+            rollup::each_bucket(
+                &self.store,
+                tree,
+                rollup::LABELS_BY_LABEL_MARKER,
+                "label by device label",
+                model,
+                from,
+                until,
+                |_, part, counts: LabelCounts| {
+                    if let Some((label, value, Some(version))) = rollup::parse_label_part(part)
+                        && only.is_none_or(|only| only == label)
+                    {
+                        let key = (label.to_owned(), value.to_owned(), version.to_owned());
+                        out.entry(key).or_default().add(&counts);
+                    }
+                },
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Quality of `model` per version from the roll-ups, split by the device label `by` when
+    /// given (one segment per value, [`NO_VALUE`] for devices without the label). Predictions
+    /// count from the start of the minute holding `since_ms`.
     pub fn quality(
         &self,
         model: &str,
         since_ms: Option<u64>,
-        by: Option<SegmentBy<'_>>,
+        by: Option<&str>,
     ) -> Result<QualityReport, StoreError> {
-        if by.is_none() {
-            // No segments: the roll-ups hold all it needs, from the minute holding `since_ms`.
-            let since_ms = since_ms.map(|s| s - s % MINUTE_MS);
-            let versions = self
-                .rolled_up_per_version(model, since_ms.unwrap_or(0), u64::MAX / 2)?
-                .into_iter()
-                .filter(|(_, c)| c.without_prediction > 0 || !c.confusion.is_empty())
-                .map(|(version, c)| {
-                    let metrics = Metrics::from_confusion(&c.confusion);
-                    let quality = VersionQuality {
-                        labelled: metrics.rows + c.without_prediction,
-                        without_prediction: c.without_prediction,
-                        metrics,
-                        segments: BTreeMap::new(),
-                    };
-                    (version, quality)
-                })
-                .collect();
-            return Ok(QualityReport { model: model.to_owned(), since_ms, by: None, versions });
+        let since_ms = since_ms.map(|s| s - s % MINUTE_MS);
+        let (from_ms, to_ms) = (since_ms.unwrap_or(0), u64::MAX / 2);
+        let mut segments: BTreeMap<String, BTreeMap<String, LabelCounts>> = BTreeMap::new();
+        if let Some(by) = by {
+            for ((_, value, version), counts) in self.rolled_up_by_label(model, from_ms, to_ms, Some(by))? {
+                segments.entry(version).or_default().insert(value, counts);
+            }
         }
+        let versions = self
+            .rolled_up_per_version(model, from_ms, to_ms)?
+            .into_iter()
+            .filter(|(_, c)| c.without_prediction > 0 || !c.confusion.is_empty())
+            .map(|(version, c)| {
+                let metrics = Metrics::from_confusion(&c.confusion);
+                let mut split = BTreeMap::new();
+                if by.is_some() {
+                    // Devices without the label: the version's counts less every value's.
+                    let mut none = c.clone();
+                    for (value, counts) in segments.remove(&version).unwrap_or_default() {
+                        none.take(&counts);
+                        if !counts.confusion.is_empty() {
+                            split.insert(value, Metrics::from_confusion(&counts.confusion));
+                        }
+                    }
+                    if !none.confusion.is_empty() {
+                        split.insert(NO_VALUE.to_owned(), Metrics::from_confusion(&none.confusion));
+                    }
+                }
+                let quality = VersionQuality {
+                    labelled: metrics.rows + c.without_prediction,
+                    without_prediction: c.without_prediction,
+                    metrics,
+                    segments: split,
+                };
+                (version, quality)
+            })
+            .collect();
+        Ok(QualityReport { model: model.to_owned(), since_ms, by: by.map(str::to_owned), versions })
+    }
+
+    /// [`Labels::quality`] split by `by`, counted from every label of `model` with each
+    /// device's value of it from `label_of`: the check on the roll-ups (tests, `--bench slo`'s
+    /// baseline). Predictions count from `since_ms` exactly.
+    pub fn scan_quality(
+        &self,
+        model: &str,
+        since_ms: Option<u64>,
+        by: &str,
+        label_of: impl Fn(&str) -> Result<Option<String>, StoreError>,
+    ) -> Result<QualityReport, StoreError> {
         // version → (truth, predicted, per-segment (truth, predicted), labelled, without).
         type Pairs = (Vec<i64>, Vec<i64>);
         let mut acc: BTreeMap<String, (Pairs, BTreeMap<String, Pairs>, u64, u64)> = BTreeMap::new();
@@ -519,16 +637,14 @@ impl Labels {
             };
             entry.0.0.push(l.label);
             entry.0.1.push(predicted);
-            if let Some(by) = &by {
-                if !segment_of.contains_key(&device) {
-                    let value = (by.label_of)(&device, by.label)?.unwrap_or_else(|| "(none)".to_owned());
-                    segment_of.insert(device.clone(), value);
-                }
-                let segment = segment_of.get(&device).cloned().unwrap_or_default();
-                let pairs = entry.1.entry(segment).or_default();
-                pairs.0.push(l.label);
-                pairs.1.push(predicted);
+            if !segment_of.contains_key(&device) {
+                let value = label_of(&device)?.unwrap_or_else(|| NO_VALUE.to_owned());
+                segment_of.insert(device.clone(), value);
             }
+            let segment = segment_of.get(&device).cloned().unwrap_or_default();
+            let pairs = entry.1.entry(segment).or_default();
+            pairs.0.push(l.label);
+            pairs.1.push(predicted);
         }
         let versions = acc
             .into_iter()
@@ -542,7 +658,7 @@ impl Labels {
                 (version, quality)
             })
             .collect();
-        Ok(QualityReport { model: model.to_owned(), since_ms, by: by.map(|b| b.label.to_owned()), versions })
+        Ok(QualityReport { model: model.to_owned(), since_ms, by: Some(by.to_owned()), versions })
     }
 }
 

@@ -97,6 +97,10 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
             ("traffic_1h", HOUR_MS),
             ("labels_1m", MINUTE_MS),
             ("labels_1h", HOUR_MS),
+            ("traffic_by_label_1m", MINUTE_MS),
+            ("traffic_by_label_1h", HOUR_MS),
+            ("labels_by_label_1m", MINUTE_MS),
+            ("labels_by_label_1h", HOUR_MS),
         ]
         .into_iter()
         .try_fold(0, |n, (tree, width)| -> Result<u64, StoreError> {
@@ -243,23 +247,25 @@ mod tests {
         let index = crate::monitoring::dataset::Predictions::open(&store).unwrap();
         let labels = crate::monitoring::quality::Labels::open(&store).unwrap();
         for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
-            slos.put_report("dev", &report(at)).unwrap();
+            let site = [("site".to_owned(), "berlin".to_owned())].into();
+            slos.put_report("dev", &site, &report(at)).unwrap();
             history.put("dev", &drift(at)).unwrap();
             index.put("dev", &predictions(at, id)).unwrap();
-            labels.put("dev", &label(at, id)).unwrap();
+            labels.put("dev", &site, &label(at, id)).unwrap();
         }
         let pruned = prune(&store, 2_000_000).unwrap();
         // The report and the label at 1,000,000 ms fill the minute from 960,000 (gone: it ended
         // before the cutoff) and the hour from 0 (kept: it runs to 3,599,999) of their trees;
-        // 5,000,000 ms is in newer ones.
+        // 5,000,000 ms is in newer ones. The same for the buckets of the device's label.
         let expected =
-            Pruned { traffic: 1, rollups: 2, drift_history: 1, predictions: 1, labels: 1, shadow: 0 };
+            Pruned { traffic: 1, rollups: 4, drift_history: 1, predictions: 1, labels: 1, shadow: 0 };
         assert_eq!(pruned, expected);
         assert_eq!(prune(&store, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
-        for tree in ["traffic_1h", "labels_1h"] {
+        for tree in ["traffic_1h", "labels_1h", "traffic_by_label_1h", "labels_by_label_1h"] {
             assert_eq!(store.tree(tree).unwrap().len(), 2, "{tree}: an hour partly inside the cutoff stays");
         }
-        for tree in ["traffic", "traffic_1m", "labels_1m", "drift_history", "predictions", "labels"] {
+        let newer = ["traffic", "traffic_1m", "labels_1m", "traffic_by_label_1m", "labels_by_label_1m"];
+        for tree in newer.into_iter().chain(["drift_history", "predictions", "labels"]) {
             assert_eq!(store.tree(tree).unwrap().len(), 1, "{tree} keeps the newer entry");
         }
         assert!(labels.get("bc", "dev", 2).unwrap().is_some());

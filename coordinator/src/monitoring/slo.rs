@@ -6,7 +6,8 @@
 //! Data: every report window devices send is kept per model in sled tree `traffic`, key
 //! `model \0 window_end_ms (u64 BE) \0 device \0 version`, value JSON [`TrafficWindow`] (the
 //! first arrival; a resend changes nothing), and added into its version's minute and hour
-//! buckets ([`rollup`]) in the same transaction; objectives live in tree `slos`, one JSON
+//! buckets ([`rollup`]), and its device's labels' buckets, in the same transaction; objectives
+//! live in tree `slos`, one JSON
 //! [`SloSpec`] per model. Availability and latency are read from the buckets, so an objective
 //! over 30 days costs the same at 10 devices as at 10,000; the window starts at the minute
 //! holding `now − window`. Rollouts, which compare sets of devices, keep running sums of the raw
@@ -228,6 +229,9 @@ pub struct Slos {
     /// Roll-ups of `traffic` per model version: 1-minute and 1-hour buckets ([`rollup`]).
     minutes: sled::Tree,
     hours: sled::Tree,
+    /// The same per value of each device label ([`rollup::label_part`]).
+    label_minutes: sled::Tree,
+    label_hours: sled::Tree,
     store: Store,
 }
 
@@ -266,10 +270,29 @@ impl Slos {
             shadow: store.tree(SHADOW)?,
             minutes: store.tree("traffic_1m")?,
             hours: store.tree("traffic_1h")?,
+            label_minutes: store.tree("traffic_by_label_1m")?,
+            label_hours: store.tree("traffic_by_label_1h")?,
             store: store.clone(),
         };
         rollup::ensure_built(store, &slos.traffic, &slos.minutes, &slos.hours)?;
         Ok(slos)
+    }
+
+    /// Rolls every stored window up by its device's labels unless that was done (a data
+    /// directory from before these roll-ups, a restore, or one where a bucket was unreadable).
+    /// Devices belong to the floor above: the caller reads their labels, only when the build is
+    /// due. Ingest calls this before it stores anything.
+    pub fn ensure_rolled_up_by_label(
+        &self,
+        labels: impl FnOnce() -> Result<rollup::LabelsByDevice, StoreError>,
+    ) -> Result<(), StoreError> {
+        rollup::ensure_built_by_label(
+            &self.store,
+            &self.traffic,
+            &self.label_minutes,
+            &self.label_hours,
+            labels,
+        )
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -277,32 +300,48 @@ impl Slos {
     }
 
     /// Keeps a report's traffic per model version, and adds each window new to the store into
-    /// its minute and hour buckets in the same transaction (a resend adds nothing).
-    pub fn put_report(&self, device: &str, report: &Report) -> Result<(), StoreError> {
+    /// its minute and hour buckets, per version and per value of each of the device's `labels`,
+    /// in the same transaction (a resend adds nothing).
+    pub fn put_report(
+        &self,
+        device: &str,
+        labels: &BTreeMap<String, String>,
+        report: &Report,
+    ) -> Result<(), StoreError> {
         let end = report.window_end_ms;
+        let (minute_start, hour_start) = (end - end % MINUTE_MS, end - end % HOUR_MS);
+        let parts: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
         let mut windows = Vec::new();
         for w in report.models.iter().filter(|w| w.requests > 0) {
             let value =
                 TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
             let raw = traffic_key(&w.model, end, device, &w.version);
             let encoded = encode("traffic window", &value)?;
-            let minute = rollup::key(&w.model, end - end % MINUTE_MS, &w.version);
-            let hour = rollup::key(&w.model, end - end % HOUR_MS, &w.version);
-            windows.push((raw, encoded, minute, hour, value));
+            let minute = rollup::key(&w.model, minute_start, &w.version);
+            let hour = rollup::key(&w.model, hour_start, &w.version);
+            let by_label: Vec<(Vec<u8>, Vec<u8>)> = parts
+                .iter()
+                .map(|p| (rollup::key(&w.model, minute_start, p), rollup::key(&w.model, hour_start, p)))
+                .collect();
+            windows.push((raw, encoded, [minute, hour], by_label, value));
         }
         if windows.is_empty() {
             return Ok(());
         }
+        let trees = (&self.traffic, &self.minutes, &self.hours, &self.label_minutes, &self.label_hours);
         let outcome = self.store.feed().commit(|| {
-            let outcome = (&self.traffic, &self.minutes, &self.hours).transaction(|(raw, minutes, hours)| {
+            let outcome = trees.transaction(|(raw, minutes, hours, label_minutes, label_hours)| {
                 let (mut readable, mut new) = (true, Vec::new());
-                for (i, (key, encoded, minute, hour, value)) in windows.iter().enumerate() {
+                for (i, (key, encoded, [minute, hour], by_label, value)) in windows.iter().enumerate() {
                     if raw.get(key)?.is_some() {
                         continue;
                     }
                     raw.insert(key.as_slice(), encoded.as_slice())?;
                     new.push(i);
-                    for (tree, key) in [(minutes, minute), (hours, hour)] {
+                    let buckets = [(minutes, minute), (hours, hour)]
+                        .into_iter()
+                        .chain(by_label.iter().flat_map(|(m, h)| [(label_minutes, m), (label_hours, h)]));
+                    for (tree, key) in buckets {
                         readable &=
                             rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, value))?;
                     }
@@ -324,7 +363,7 @@ impl Slos {
             );
             (outcome.map(|(readable, _)| readable), changes)
         });
-        rollup::settle(&self.store, rollup::MARKER, "traffic", device, outcome)
+        rollup::settle(&self.store, &[rollup::MARKER, rollup::BY_LABEL_MARKER], "traffic", device, outcome)
     }
 
     /// Keeps a shadow report's agreement per model version.
@@ -474,6 +513,39 @@ impl Slos {
         Ok(total)
     }
 
+    /// `model`'s traffic (every version) per `(device label, value)` over the whole minutes from
+    /// the one holding `from_ms` to the one holding `to_ms`, from the roll-ups by device label:
+    /// what a per-label breakdown shows. Devices without a label are in no value of it.
+    pub fn rolled_up_by_label(
+        &self,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<(String, String), TrafficWindow>, StoreError> {
+        let mut out: BTreeMap<(String, String), TrafficWindow> = BTreeMap::new();
+        for (width, from, until) in rollup::spans(from_ms, to_ms) {
+            let tree = match width {
+                rollup::Width::Minute => &self.label_minutes,
+                rollup::Width::Hour => &self.label_hours,
+            };
+            rollup::each_bucket(
+                &self.store,
+                tree,
+                rollup::BY_LABEL_MARKER,
+                "traffic by label",
+                model,
+                from,
+                until,
+                |_, part, bucket: TrafficWindow| {
+                    if let Some((label, value, _)) = rollup::parse_label_part(part) {
+                        rollup::add(out.entry((label.to_owned(), value.to_owned())).or_default(), &bucket);
+                    }
+                },
+            )?;
+        }
+        Ok(out)
+    }
+
     /// Like the fleet-wide sum, for the windows of the devices and versions `keep` accepts
     /// (a rollout's candidate or baseline side).
     pub fn traffic_where(
@@ -497,7 +569,8 @@ impl Slos {
     }
 
     /// Requests, errors and latency of `model` per device over `[from_ms, to_ms]` (every
-    /// version): what a per-label breakdown groups.
+    /// version), from the raw windows: the reference the roll-ups by label are checked (and
+    /// benchmarked) against.
     pub fn traffic_by_device(
         &self,
         model: &str,

@@ -34,6 +34,25 @@ pub struct DeviceGlance {
     pub(super) revoked: Option<serde::de::IgnoredAny>,
 }
 
+/// A device's labels and the windows of its newest report, decoded from the stored JSON (the
+/// rest is skipped): what breakdowns by device label read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LabelGlance {
+    pub id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub last_windows: Vec<WindowSummary>,
+    #[serde(default)]
+    revoked: Option<serde::de::IgnoredAny>,
+}
+
+impl LabelGlance {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_some()
+    }
+}
+
 /// What the coordinator knows about a device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {

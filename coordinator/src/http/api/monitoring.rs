@@ -15,7 +15,6 @@ use super::{ApiError, AppState, authorize, json_body};
 use crate::base::store::now_ms;
 use crate::http::auth::Role;
 use crate::models::validation::{self};
-use crate::monitoring::quality::SegmentBy;
 
 /// `?by=` and `?since_ms=` of the quality view.
 #[derive(Debug, Deserialize)]
@@ -39,9 +38,7 @@ pub async fn quality(
     let state2 = Arc::clone(&state);
     let asked = name.clone();
     let (report, registered) = tokio::task::spawn_blocking(move || {
-        let label_of = |device: &str, label: &str| state2.devices.label(device, label);
-        let by = query.by.as_deref().map(|label| SegmentBy { label, label_of: &label_of });
-        let report = state2.ingest.labels().quality(&name, query.since_ms, by);
+        let report = state2.ingest.labels().quality(&name, query.since_ms, query.by.as_deref());
         (report, state2.registry.versions(&name).map(|v| !v.is_empty()))
     })
     .await
@@ -116,9 +113,7 @@ pub(crate) async fn card(
             quality.push(labels.quality(&name, None, None).map_err(ApiError::internal)?);
         }
         for key in &keys {
-            let label_of = |device: &str, label: &str| st.devices.label(device, label);
-            let by = SegmentBy { label: key, label_of: &label_of };
-            quality.push(labels.quality(&name, None, Some(by)).map_err(ApiError::internal)?);
+            quality.push(labels.quality(&name, None, Some(key)).map_err(ApiError::internal)?);
         }
         let drift = crate::monitoring::report::DriftHistory::build_for(
             st.ingest.drift_history(),

@@ -1,5 +1,6 @@
-//! The labels store's units: roll-ups against a scan of every label, replaced and resent
-//! labels, quality from confusion counts, upgrades and a flipped bucket.
+//! The labels store's units: roll-ups (per version and per device label) against a scan of
+//! every label, replaced and resent labels, quality from confusion counts, upgrades and a
+//! flipped bucket.
 
 use super::*;
 use outpost_shared::protocol::messages::LabelledPrediction;
@@ -31,6 +32,29 @@ fn scanned(labels: &Labels, from: u64, to: u64) -> Tally {
     labels.scan_tally("bc", from, to).unwrap()
 }
 
+/// The devices' labels: two sites, a second label on one, and devices without any.
+fn device_labels(device: &str) -> BTreeMap<String, String> {
+    let pairs: &[(&str, &str)] = match device {
+        "dev-0" => &[("site", "berlin"), ("tier", "edge")],
+        "dev-1" => &[("site", "oslo")],
+        _ => &[],
+    };
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn labels_by_device() -> rollup::LabelsByDevice {
+    ["dev-0", "dev-1", "dev-2", "dev-7"].into_iter().map(|d| (d.to_owned(), device_labels(d))).collect()
+}
+
+/// Quality split by `by` from the roll-ups equals the one from every label.
+fn assert_split_quality_is_the_scans(labels: &Labels, since: Option<u64>, by: &str) {
+    let rolled = labels.quality("bc", since, Some(by)).unwrap();
+    let scanned =
+        labels.scan_quality("bc", since, by, |device| Ok(device_labels(device).get(by).cloned())).unwrap();
+    assert_eq!(rolled.by.as_deref(), Some(by));
+    assert_eq!(rolled.versions, scanned.versions, "by {by} since {since:?}");
+}
+
 fn filled() -> (tempfile::TempDir, Store, Labels) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -43,7 +67,8 @@ fn filled() -> (tempfile::TempDir, Store, Labels) {
                 (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
             })
             .collect();
-        labels.put(&format!("dev-{d}"), &batch(&rows)).unwrap();
+        let device = format!("dev-{d}");
+        labels.put(&device, &device_labels(&device), &batch(&rows)).unwrap();
     }
     (dir, store, labels)
 }
@@ -64,22 +89,26 @@ fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
 fn quality_from_the_rollups_is_the_quality_of_every_label() {
     let (_dir, _store, labels) = filled();
     // Three classes, so the macro and weighted averages have something to weigh.
-    labels
-        .put("dev-7", &batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]))
-        .unwrap();
-    let none: &LabelOf<'_> = &|_, _| Ok(None);
-    let every =
-        |since| labels.quality("bc", since, Some(SegmentBy { label: "site", label_of: none })).unwrap();
+    let three = batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]);
+    labels.put("dev-7", &device_labels("dev-7"), &three).unwrap();
     for since in [None, Some(3_600_000), Some(6_000_000)] {
         let rolled = labels.quality("bc", since, None).unwrap();
-        let scanned = every(since);
+        let scanned = labels.scan_quality("bc", since, "site", |_| Ok(None)).unwrap();
         assert_eq!(rolled.versions.keys().collect::<Vec<_>>(), scanned.versions.keys().collect::<Vec<_>>());
         for (version, q) in &rolled.versions {
             let s = &scanned.versions[version];
             assert_eq!((q.labelled, q.without_prediction), (s.labelled, s.without_prediction), "{version}");
             assert_eq!(q.metrics, s.metrics, "{version} since {since:?}");
+            assert!(q.segments.is_empty());
+        }
+        // Split by a device label: one segment per value, devices without it in `(none)`.
+        for by in ["site", "tier", "no-such-label"] {
+            assert_split_quality_is_the_scans(&labels, since, by);
         }
     }
+    let split = labels.quality("bc", None, Some("site")).unwrap();
+    let segments: Vec<_> = split.versions["1.0.0"].segments.keys().map(String::as_str).collect();
+    assert_eq!(segments, ["(none)", "berlin", "oslo"]);
     assert!(labels.quality("bc", None, None).unwrap().versions["1.0.0"].metrics.classes.len() == 3);
     assert!(labels.quality("bc", Some(u64::MAX / 4), None).unwrap().versions.is_empty());
 }
@@ -91,15 +120,26 @@ fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
     let before = all(&labels);
     // Prediction 1 of dev-0 (predicted 1, label 0: wrong) is labelled again, now 1: right.
     let again = [(1, "1.0.0", 3_000_000 + 23_456, Some(1), 0)];
-    labels.put("dev-0", &batch(&again)).unwrap();
+    let site = labels.quality("bc", None, Some("site")).unwrap();
+    let dev0 = device_labels("dev-0");
+    labels.put("dev-0", &dev0, &batch(&again)).unwrap();
     assert_eq!(all(&labels), before, "a resend of the same label moves nothing");
-    labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, Some(1), 1)])).unwrap();
+    assert_eq!(labels.quality("bc", None, Some("site")).unwrap(), site, "nor by device label");
+    labels.put("dev-0", &dev0, &batch(&[(1, "1.0.0", 3_000_000 + 23_456, Some(1), 1)])).unwrap();
     let after = all(&labels);
     assert_eq!((after.labelled, after.correct), (before.labelled, before.correct + 1));
     assert_eq!(after, scanned(&labels, 0, u64::MAX / 2));
+    // From the hour buckets, and from 00:50 on (the minute buckets up to 01:00 too).
+    for since in [None, Some(3_000_000)] {
+        assert_split_quality_is_the_scans(&labels, since, "site");
+        assert_split_quality_is_the_scans(&labels, since, "tier");
+    }
     // A label now without a prediction leaves the counts.
-    labels.put("dev-0", &batch(&[(1, "1.0.0", 3_000_000 + 23_456, None, 1)])).unwrap();
+    labels.put("dev-0", &dev0, &batch(&[(1, "1.0.0", 3_000_000 + 23_456, None, 1)])).unwrap();
     assert_eq!(all(&labels).labelled, before.labelled - 1);
+    for since in [None, Some(3_000_000)] {
+        assert_split_quality_is_the_scans(&labels, since, "site");
+    }
 }
 
 #[test]
@@ -119,4 +159,34 @@ fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_ne
     assert!(reopened.rolled_up("bc", 0, u64::MAX / 2).unwrap().labelled < want.labelled);
     assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_MARKER).unwrap());
     assert_eq!(Labels::open(&store).unwrap().rolled_up("bc", 0, u64::MAX / 2).unwrap(), want);
+}
+
+#[test]
+fn labels_are_rolled_up_by_device_label_once_when_a_start_finds_them_missing() {
+    let (_dir, store, labels) = filled();
+    let want = labels.quality("bc", None, Some("site")).unwrap();
+    // A data directory from before these roll-ups (or a restore): no buckets, no marker.
+    rollup::invalidate(&store, rollup::LABELS_BY_LABEL_MARKER).unwrap();
+    for tree in ["labels_by_label_1m", "labels_by_label_1h"] {
+        store.tree(tree).unwrap().clear().unwrap();
+    }
+    assert!(labels.quality("bc", None, Some("site")).unwrap().versions["1.0.0"].segments.len() == 1);
+    let reopened = Labels::open(&store).unwrap();
+    let reads = std::cell::Cell::new(0);
+    let read = || {
+        reads.set(reads.get() + 1);
+        Ok(labels_by_device())
+    };
+    reopened.ensure_rolled_up_by_label(read).unwrap();
+    assert_eq!(reopened.quality("bc", None, Some("site")).unwrap(), want);
+    reopened.ensure_rolled_up_by_label(read).unwrap();
+    assert_eq!(reads.get(), 1, "rolled up once: the next start does not read the devices");
+    // A flipped bucket is left out and removes the marker, so the next start rebuilds.
+    let hours = store.tree("labels_by_label_1h").unwrap();
+    let (k, _) = hours.iter().next().unwrap().unwrap();
+    hours.insert(k, &[0xff; 11][..]).unwrap();
+    assert_ne!(reopened.quality("bc", None, Some("site")).unwrap(), want);
+    assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_BY_LABEL_MARKER).unwrap());
+    reopened.ensure_rolled_up_by_label(|| Ok(labels_by_device())).unwrap();
+    assert_eq!(reopened.quality("bc", None, Some("site")).unwrap(), want);
 }

@@ -12,6 +12,14 @@
 //! Labels are rolled up the same way by [`crate::monitoring::quality`] (trees `labels_1m`,
 //! `labels_1h`), with the geometry of [`spans`].
 //!
+//! By device label: trees `traffic_by_label_1m` / `traffic_by_label_1h` hold the same sums per
+//! value of each label the sending device carries, key `model \0 bucket_start \0 label \0 value`
+//! ([`label_part`]); `labels_by_label_1m` / `_1h` likewise for labels, `… \0 label \0 value \0
+//! version`. A device's labels are set when it enrols and never change, so these equal the raw
+//! windows grouped by their devices' labels: what the dashboard's per-label breakdowns and
+//! quality split by a label read, instead of every window in the range. A device with L labels
+//! moves 2 + 2L traffic buckets per window.
+//!
 //! A data directory from before roll-ups (no `meta` key [`MARKER`]) is rolled up from its raw
 //! windows once, when it is opened; a bucket found unreadable is started afresh and the marker
 //! removed, so the next start rolls everything up again from the raw windows. Backups leave the
@@ -33,6 +41,27 @@ pub const MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[0];
 /// `meta` key present once every stored label is in the label roll-ups
 /// ([`crate::monitoring::quality`]).
 pub const LABELS_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[1];
+
+/// `meta` key present once every raw window is in the roll-ups by device label.
+pub const BY_LABEL_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[2];
+
+/// `meta` key present once every stored label is in the label roll-ups by device label.
+pub const LABELS_BY_LABEL_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[3];
+
+/// What follows the bucket start in a by-label key: `label \0 value` (device labels are letters,
+/// digits, `-`, `_` and `.`, never `\0`).
+pub fn label_part(label: &str, value: &str) -> String {
+    format!("{label}\0{value}")
+}
+
+/// `(label, value, the rest)` of what follows the bucket start in a by-label key.
+pub fn parse_label_part(part: &str) -> Option<(&str, &str, Option<&str>)> {
+    let mut pieces = part.splitn(3, '\0');
+    Some((pieces.next()?, pieces.next()?, pieces.next()))
+}
+
+/// Every device's labels (revoked ones too: their windows stay in the history).
+pub type LabelsByDevice = std::collections::HashMap<String, std::collections::BTreeMap<String, String>>;
 
 /// The key of `model`'s `version` bucket starting at `start_ms`.
 pub fn key(model: &str, start_ms: u64, version: &str) -> Vec<u8> {
@@ -124,11 +153,11 @@ where
 }
 
 /// The end of a transaction that stored records and moved their buckets (`Ok(false)`: a bucket
-/// was unreadable and was started afresh — logged, and `marker` removed so the next start
+/// was unreadable and was started afresh — logged, and `markers` removed so the next start
 /// rebuilds the roll-ups of `what` from the records).
 pub fn settle(
     store: &Store,
-    marker: &[u8],
+    markers: &[&[u8]],
     what: &str,
     device: &str,
     outcome: sled::transaction::TransactionResult<bool, StoreError>,
@@ -140,7 +169,7 @@ pub fn settle(
                 device,
                 "a {what} roll-up bucket was unreadable and was started afresh; the roll-ups are rebuilt at the next start"
             );
-            invalidate(store, marker)
+            markers.iter().try_for_each(|marker| invalidate(store, marker))
         }
         Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
         Err(sled::transaction::TransactionError::Storage(e)) => Err(store.storage_error(e)),
@@ -207,15 +236,16 @@ pub fn each_bucket<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
-/// Answers `None` for a raw `traffic` key that does not parse: `(model, end_ms, version)`.
-fn parse_raw(key: &[u8]) -> Option<(&str, u64, &str)> {
+/// Answers `None` for a raw `traffic` key that does not parse: `(model, end_ms, device, version)`.
+fn parse_raw(key: &[u8]) -> Option<(&str, u64, &str, &str)> {
     let model_len = key.iter().position(|b| *b == 0)?;
     let model = std::str::from_utf8(&key[..model_len]).ok()?;
     let end = u64::from_be_bytes(key.get(model_len + 1..model_len + 9)?.try_into().ok()?);
     let rest = key.get(model_len + 10..)?;
     let device_len = rest.iter().position(|b| *b == 0)?;
+    let device = std::str::from_utf8(&rest[..device_len]).ok()?;
     let version = std::str::from_utf8(&rest[device_len + 1..]).ok()?;
-    Some((model, end, version))
+    Some((model, end, device, version))
 }
 
 /// Rolls up every raw window of `traffic` into `minutes` and `hours` unless `meta` says it
@@ -226,14 +256,34 @@ pub fn ensure_built(
     minutes: &sled::Tree,
     hours: &sled::Tree,
 ) -> Result<(), StoreError> {
-    once(store, MARKER, || build(store, traffic, minutes, hours))
+    once(store, MARKER, || build(store, traffic, [minutes, hours], "", |_, version| vec![version.to_owned()]))
 }
 
-fn build(
+/// Rolls up every raw window of `traffic` by its device's labels (from `labels`, read only when
+/// the build is due) into `minutes` and `hours`, unless `meta` says it was done.
+pub fn ensure_built_by_label(
     store: &Store,
     traffic: &sled::Tree,
     minutes: &sled::Tree,
     hours: &sled::Tree,
+    labels: impl FnOnce() -> Result<LabelsByDevice, StoreError>,
+) -> Result<(), StoreError> {
+    once(store, BY_LABEL_MARKER, || {
+        let labels = labels()?;
+        build(store, traffic, [minutes, hours], " by device label", |device, _| {
+            labels.get(device).map(|l| l.iter().map(|(k, v)| label_part(k, v)).collect()).unwrap_or_default()
+        })
+    })
+}
+
+/// Rolls up every raw window into the buckets `parts(device, version)` names (what follows the
+/// bucket start in each key).
+fn build(
+    store: &Store,
+    traffic: &sled::Tree,
+    [minutes, hours]: [&sled::Tree; 2],
+    what: &str,
+    parts: impl Fn(&str, &str) -> Vec<String>,
 ) -> Result<(), StoreError> {
     let err = |e| store.storage_error(e);
     let started = std::time::Instant::now();
@@ -241,7 +291,7 @@ fn build(
     if stored > 0 {
         tracing::info!(
             windows = stored,
-            "rolling up the stored traffic windows into minute and hour buckets (once, after an upgrade or a restore)"
+            "rolling up the stored traffic windows{what} into minute and hour buckets (once, after an upgrade or a restore)"
         );
     }
     minutes.clear().map_err(err)?;
@@ -264,9 +314,10 @@ fn build(
     };
     for item in traffic.iter() {
         let (k, v) = item.map_err(err)?;
-        let Some((model, end, version)) = parse_raw(&k) else { continue };
+        let Some((model, end, device, version)) = parse_raw(&k) else { continue };
         let Ok(window) = serde_json::from_slice::<TrafficWindow>(&v) else { continue };
         let starts = [end - end % MINUTE_MS, end - end % HOUR_MS];
+        let parts = parts(device, version);
         for i in 0..2 {
             let moved = match &current {
                 Some((m, s)) => m != model || s[i] != starts[i],
@@ -275,12 +326,14 @@ fn build(
             if moved {
                 write(&mut open[i], trees[i])?;
             }
-            add(open[i].entry(key(model, starts[i], version)).or_default(), &window);
+            for part in &parts {
+                add(open[i].entry(key(model, starts[i], part)).or_default(), &window);
+            }
         }
         current = Some((model.to_owned(), starts));
         windows += 1;
         if windows.is_multiple_of(1_000_000) {
-            tracing::info!(windows, of = stored, "rolling up the stored traffic windows");
+            tracing::info!(windows, of = stored, "rolling up the stored traffic windows{what}");
         }
     }
     for i in 0..2 {
@@ -291,7 +344,7 @@ fn build(
             windows,
             buckets,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "rolled up the stored traffic windows into minute and hour buckets"
+            "rolled up the stored traffic windows{what} into minute and hour buckets"
         );
     }
     Ok(())

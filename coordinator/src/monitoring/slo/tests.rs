@@ -1,5 +1,5 @@
-//! The SLO store's units: roll-ups against a scan of every window, resends, upgrades, a
-//! flipped bucket, status and chart geometry.
+//! The SLO store's units: roll-ups (per version and per device label) against a scan of every
+//! window, resends, upgrades, a flipped bucket, status and chart geometry.
 
 use super::*;
 use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
@@ -31,6 +31,17 @@ fn report(end_ms: u64, version: &str, requests: u64, slow_ms: f64) -> Report {
     }
 }
 
+/// The devices' labels: two sites, a second label on one, a device without any.
+fn device_labels(device: &str) -> BTreeMap<String, String> {
+    let pairs: &[(&str, &str)] = match device {
+        "dev-0" => &[("site", "berlin"), ("tier", "edge")],
+        "dev-1" => &[("site", "oslo")],
+        "dev-2" => &[("site", "berlin")],
+        _ => &[],
+    };
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
 /// Four devices and two versions reporting every 10 s from 00:59:30 to 03:10:00.
 fn filled() -> (tempfile::TempDir, Store, Slos) {
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +51,9 @@ fn filled() -> (tempfile::TempDir, Store, Slos) {
         for d in 0..4u64 {
             let version = if d % 2 == 0 { "1.0.0" } else { "1.1.0" };
             let n = 5 + (i as u64 * 7 + d * 3) % 40;
-            slos.put_report(&format!("dev-{d}"), &report(end + d, version, n, (i % 13) as f64)).unwrap();
+            let device = format!("dev-{d}");
+            slos.put_report(&device, &device_labels(&device), &report(end + d, version, n, (i % 13) as f64))
+                .unwrap();
         }
     }
     (dir, store, slos)
@@ -75,13 +88,86 @@ fn the_rollups_sum_exactly_what_a_scan_of_every_window_sums() {
     assert_eq!(slos.rolled_up("other", 0, u64::MAX).unwrap().requests, 0);
 }
 
+/// What a scan of every window says per `(label, value)`, the devices without a label under
+/// `(label, "(none)")`.
+fn scanned_by_label(
+    slos: &Slos,
+    from: u64,
+    to: u64,
+) -> BTreeMap<(String, String), (u64, u64, LogHistogram, usize)> {
+    let mut out: BTreeMap<(String, String), (u64, u64, LogHistogram, usize)> = BTreeMap::new();
+    for (device, w) in slos.traffic_by_device("bc", from, to).unwrap() {
+        let labels = device_labels(&device);
+        for label in ["site", "tier"] {
+            let value = labels.get(label).map_or("(none)", String::as_str);
+            let sum = out.entry((label.to_owned(), value.to_owned())).or_default();
+            sum.0 += w.requests;
+            sum.1 += w.errors;
+            sum.2.merge(&w.latency_us).unwrap();
+            sum.3 += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sums() {
+    let (_dir, _store, slos) = filled();
+    for (from, to) in
+        [(3_540_000, 3_599_999), (3_540_000, 7_259_999), (4_020_000, 11_459_999), (0, 20_000_000)]
+    {
+        let what = format!("{from}..{to}");
+        let rolled = slos.rolled_up_by_label("bc", from, to).unwrap();
+        let mut scanned = scanned_by_label(&slos, from, to);
+        let keys: Vec<_> = rolled.keys().cloned().collect();
+        assert_eq!(keys.len(), 3, "{what}: berlin, oslo, edge");
+        for key in &keys {
+            let raw = scanned.remove(key).unwrap_or_else(|| panic!("{what}: {key:?} in the scan"));
+            same(&rolled[key], raw, &format!("{what} {key:?}"));
+        }
+        // Devices without a label: the total less every value's (as the dashboard shows them).
+        for label in ["site", "tier"] {
+            let mut rest = slos.rolled_up("bc", from, to).unwrap();
+            for (_, w) in rolled.iter().filter(|((l, _), _)| l == label) {
+                rest.requests -= w.requests;
+                rest.errors -= w.errors;
+                rest.latency_us.subtract(&w.latency_us).unwrap();
+            }
+            let raw = scanned.remove(&(label.to_owned(), "(none)".to_owned())).unwrap();
+            same(&rest, raw, &format!("{what} {label}=(none)"));
+        }
+        assert!(scanned.is_empty(), "{what}: {scanned:?}");
+    }
+}
+
+#[test]
+fn a_store_from_before_rollups_by_label_is_rolled_up_once_by_the_devices_labels() {
+    let (_dir, store, slos) = filled();
+    let expected = slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap();
+    rollup::invalidate(&store, rollup::BY_LABEL_MARKER).unwrap();
+    for tree in ["traffic_by_label_1m", "traffic_by_label_1h"] {
+        store.tree(tree).unwrap().clear().unwrap();
+    }
+    assert!(slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap().is_empty());
+    let labels =
+        || Ok(["dev-0", "dev-1", "dev-2"].into_iter().map(|d| (d.to_owned(), device_labels(d))).collect());
+    slos.ensure_rolled_up_by_label(labels).unwrap();
+    assert_eq!(slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap(), expected);
+    slos.ensure_rolled_up_by_label(|| {
+        Err(StoreError::Corrupt { key: "devices".into(), detail: "read".into() })
+    })
+    .unwrap();
+}
+
 #[test]
 fn a_resent_report_adds_nothing_to_the_rollups() {
     let (_dir, _store, slos) = filled();
     let before = slos.rolled_up("bc", 0, 20_000_000).unwrap();
-    slos.put_report("dev-1", &report(3_600_001, "1.1.0", 999, 0.0)).unwrap();
-    slos.put_report("dev-2", &report(3_570_002, "1.0.0", 5, 0.0)).unwrap();
+    let by_label = slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap();
+    slos.put_report("dev-1", &device_labels("dev-1"), &report(3_600_001, "1.1.0", 999, 0.0)).unwrap();
+    slos.put_report("dev-2", &device_labels("dev-2"), &report(3_570_002, "1.0.0", 5, 0.0)).unwrap();
     assert_eq!(slos.rolled_up("bc", 0, 20_000_000).unwrap(), before, "resends add nothing");
+    assert_eq!(slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap(), by_label, "by label neither");
     let raw = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
     assert_eq!(raw.0, before.requests, "the first arrival stays the raw window too");
 }
@@ -111,8 +197,13 @@ fn an_unreadable_bucket_is_left_out_then_rebuilt_from_the_raw_windows_at_the_nex
     let short = slos.rolled_up("bc", 0, 20_000_000).unwrap();
     assert!(short.requests < expected.0, "the unreadable bucket is left out, not guessed");
     // A report into that bucket starts it afresh instead of failing ingest.
-    slos.put_report("dev-9", &report(3_600_500, "1.0.0", 3, 0.0)).unwrap();
-    assert!(!store.tree("meta").unwrap().contains_key(rollup::MARKER).unwrap());
+    slos.put_report("dev-9", &Default::default(), &report(3_600_500, "1.0.0", 3, 0.0)).unwrap();
+    let meta = store.tree("meta").unwrap();
+    assert!(!meta.contains_key(rollup::MARKER).unwrap());
+    assert!(
+        !meta.contains_key(rollup::BY_LABEL_MARKER).unwrap(),
+        "both are rebuilt: one transaction moved both"
+    );
     let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
     let reopened = Slos::open(&store).unwrap();
     same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt after the flip");

@@ -196,7 +196,7 @@ fn running_evidence_equals_a_scan_of_the_same_window() {
             for d in 0..6 {
                 let device = format!("d{d}");
                 let version = version_of(d, end);
-                slos.put_report(&device, &window(d, end, version)).unwrap();
+                slos.put_report(&device, &Default::default(), &window(d, end, version)).unwrap();
                 let label = LabelledPrediction {
                     prediction_id: end / 20_000,
                     model: "bc".into(),
@@ -207,7 +207,13 @@ fn running_evidence_equals_a_scan_of_the_same_window() {
                     predicted: (end % 30_000 != 0).then_some(1),
                     label: truth + (end % 4) as i64,
                 };
-                labels.put(&device, &FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 }).unwrap();
+                labels
+                    .put(
+                        &device,
+                        &Default::default(),
+                        &FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 },
+                    )
+                    .unwrap();
                 let shadow = ShadowReport {
                     window_start_ms: end - 10_000,
                     window_end_ms: end,
@@ -225,7 +231,7 @@ fn running_evidence_equals_a_scan_of_the_same_window() {
     };
     write(850_000..1_050_001, 1);
     // d2's clock runs 1000 s ahead: its window counts only once that time has come.
-    slos.put_report("d2", &window(2, 2_000_000, "1.0.0")).unwrap();
+    slos.put_report("d2", &Default::default(), &window(2, 2_000_000, "1.0.0")).unwrap();
 
     let scan = |now: u64, same_devices: bool, moved: &[String]| {
         let from = if same_devices { r.created_ms } else { r.created_ms - 100_000 };

@@ -1,7 +1,12 @@
 //! The models list and a model's page: versions, objectives, charts over time, drift, quality.
 
+use outpost_shared::histogram::LogHistogram;
+
 #[allow(unused_imports)]
 use super::*;
+use crate::base::store::StoreError;
+use crate::monitoring::quality::{LabelCounts, Labels, NO_VALUE, Tally};
+use crate::monitoring::slo::{Slos, rollup};
 
 pub struct ModelList {
     versions: Vec<VersionRecord>,
@@ -80,6 +85,80 @@ struct BreakdownRow {
     accuracy: Option<(f64, u64)>,
 }
 
+/// A model's roll-ups over a range, as breakdowns by device label read them.
+struct LabelSums {
+    total: TrafficWindow,
+    traffic: BTreeMap<(String, String), TrafficWindow>,
+    labelled_total: Tally,
+    labelled: BTreeMap<(String, String, String), LabelCounts>,
+}
+
+impl LabelSums {
+    fn read(
+        slos: &Slos,
+        labels: &Labels,
+        model: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<LabelSums, StoreError> {
+        Ok(LabelSums {
+            total: slos.rolled_up(model, from_ms, to_ms)?,
+            traffic: slos.rolled_up_by_label(model, from_ms, to_ms)?,
+            labelled_total: labels.rolled_up(model, from_ms, to_ms)?,
+            labelled: labels.rolled_up_by_label(model, from_ms, to_ms, None)?,
+        })
+    }
+
+    /// The rows by device label `key`: one per value, and [`NO_VALUE`] for devices without
+    /// the label (the totals less every value's); `reporting` (the labels of each device to
+    /// count) gives the devices column.
+    fn breakdown(&self, key: &str, reporting: &[&BTreeMap<String, String>]) -> Vec<BreakdownRow> {
+        // Per value of the label: its traffic and its labelled predictions.
+        let mut sums: BTreeMap<&str, (TrafficWindow, Tally)> = BTreeMap::new();
+        for ((_, value), w) in self.traffic.iter().filter(|((label, _), _)| label == key) {
+            rollup::add(&mut sums.entry(value).or_default().0, w);
+        }
+        for ((_, value, _), counts) in self.labelled.iter().filter(|((label, ..), _)| label == key) {
+            let (t, sum) = (counts.tally(), &mut sums.entry(value).or_default().1);
+            sum.labelled += t.labelled;
+            sum.correct += t.correct;
+        }
+        let (mut rest, mut rest_labelled) = (self.total.clone(), self.labelled_total);
+        let mut rows: BTreeMap<String, BreakdownRow> = BTreeMap::new();
+        for (value, (w, t)) in &sums {
+            rest.requests = rest.requests.saturating_sub(w.requests);
+            rest.errors = rest.errors.saturating_sub(w.errors);
+            if rest.latency_us.subtract(&w.latency_us).is_err() {
+                rest.latency_us = LogHistogram::default();
+            }
+            rest_labelled.labelled = rest_labelled.labelled.saturating_sub(t.labelled);
+            rest_labelled.correct = rest_labelled.correct.saturating_sub(t.correct);
+            rows.insert((*value).to_owned(), breakdown_row(value, w, *t));
+        }
+        if rest.requests > 0 || rest_labelled.labelled > 0 {
+            rows.insert(NO_VALUE.to_owned(), breakdown_row(NO_VALUE, &rest, rest_labelled));
+        }
+        for labels in reporting {
+            let value = labels.get(key).map_or(NO_VALUE, String::as_str);
+            let empty = || breakdown_row(value, &TrafficWindow::default(), Tally::default());
+            rows.entry(value.to_owned()).or_insert_with(empty).devices += 1;
+        }
+        rows.into_values().collect()
+    }
+}
+
+/// A breakdown's row for `value`, with no devices counted yet.
+fn breakdown_row(value: &str, w: &TrafficWindow, t: Tally) -> BreakdownRow {
+    BreakdownRow {
+        value: value.to_owned(),
+        devices: 0,
+        requests: w.requests,
+        errors: w.errors,
+        p95_ms: w.latency_us.quantile(0.95).map(|us| us / 1000.0),
+        accuracy: (t.labelled > 0).then(|| (t.correct as f64 / t.labelled as f64, t.labelled)),
+    }
+}
+
 /// Label keys a breakdown is shown for, at most.
 const BREAKDOWN_LABELS: usize = 3;
 
@@ -146,13 +225,19 @@ impl ModelPage {
     }
 
     /// Per device label (site first, then the others by name, at most [`BREAKDOWN_LABELS`]):
-    /// requests, error rate, p95 latency and accuracy at each value over the range.
+    /// requests, error rate, p95 latency and accuracy at each value over the range, from the
+    /// roll-ups by device label; `(none)` is devices without the label (the model's totals less
+    /// every value's). Devices: those with the value whose newest report ended in the range and
+    /// included the model.
     fn breakdowns(app: &AppState, name: &str, from_ms: u64, to_ms: u64) -> Result<Vec<Breakdown>, ApiError> {
-        use crate::monitoring::quality::SegmentBy;
-        let devices = app.devices.all().map_err(ApiError::internal)?;
-        let traffic =
-            app.ingest.slos().traffic_by_device(name, from_ms, to_ms).map_err(ApiError::internal)?;
-        let mut keys: Vec<String> = devices
+        let glances: Vec<_> = app
+            .devices
+            .label_glances()
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .filter(|g| !g.is_revoked())
+            .collect();
+        let mut keys: Vec<String> = glances
             .iter()
             .flat_map(|d| d.labels.keys().cloned())
             .collect::<BTreeSet<_>>()
@@ -160,51 +245,23 @@ impl ModelPage {
             .collect();
         keys.sort_by_key(|k| (k != "site", k.clone()));
         keys.truncate(BREAKDOWN_LABELS);
-        let mut out = Vec::new();
-        for key in keys {
-            let label_of = |device: &str, label: &str| app.devices.label(device, label);
-            let quality = app
-                .ingest
-                .labels()
-                .quality(name, Some(from_ms), Some(SegmentBy { label: &key, label_of: &label_of }))
-                .map_err(ApiError::internal)?;
-            let mut rows: BTreeMap<String, BreakdownRow> = BTreeMap::new();
-            for d in devices.iter().filter(|d| traffic.contains_key(&d.id)) {
-                let value = d.labels.get(&key).cloned().unwrap_or_else(|| "(none)".into());
-                let w = &traffic[&d.id];
-                let row = rows.entry(value.clone()).or_insert_with(|| BreakdownRow {
-                    value,
-                    devices: 0,
-                    requests: 0,
-                    errors: 0,
-                    p95_ms: None,
-                    accuracy: None,
-                });
-                row.devices += 1;
-                row.requests += w.requests;
-                row.errors += w.errors;
-            }
-            for row in rows.values_mut() {
-                let mut latency = outpost_shared::histogram::LogHistogram::default();
-                for d in devices.iter().filter(|d| {
-                    d.labels.get(&key).map_or("(none)", String::as_str) == row.value
-                        && traffic.contains_key(&d.id)
-                }) {
-                    let _ = latency.merge(&traffic[&d.id].latency_us);
-                }
-                row.p95_ms = latency.quantile(0.95).map(|us| us / 1000.0);
-                let (n, correct) = quality
-                    .versions
-                    .values()
-                    .filter_map(|v| v.segments.get(&row.value))
-                    .fold((0u64, 0.0), |(n, c), m| (n + m.rows, c + m.accuracy * m.rows as f64));
-                row.accuracy = (n > 0).then(|| (correct / n as f64, n));
-            }
-            if !rows.is_empty() {
-                out.push(Breakdown { label: key, rows: rows.into_values().collect() });
-            }
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let sums = LabelSums::read(app.ingest.slos(), app.ingest.labels(), name, from_ms, to_ms)
+            .map_err(ApiError::internal)?;
+        let reporting: Vec<_> = glances
+            .iter()
+            .filter(|g| {
+                g.last_windows.iter().any(|w| w.model == name && (from_ms..=to_ms).contains(&w.at_ms))
+            })
+            .map(|g| &g.labels)
+            .collect();
+        Ok(keys
+            .into_iter()
+            .map(|key| Breakdown { rows: sums.breakdown(&key, &reporting), label: key })
+            .filter(|b| !b.rows.is_empty())
+            .collect())
     }
 
     fn versions_seen(&self) -> BTreeSet<String> {
@@ -301,11 +358,11 @@ impl ModelPage {
         // Monitoring charts.
         out.push_str("<section><h2>Monitoring</h2><div class=\"charts\">");
         let versions = self.versions_seen();
-        let merged: Vec<outpost_shared::histogram::LogHistogram> = self
+        let merged: Vec<LogHistogram> = self
             .traffic
             .iter()
             .map(|b| {
-                let mut h = outpost_shared::histogram::LogHistogram::default();
+                let mut h = LogHistogram::default();
                 for cell in b.values() {
                     let _ = h.merge(&cell.latency_us);
                 }
@@ -498,3 +555,131 @@ impl ModelPage {
 
 // ---------------------------------------------------------------------------------------------
 // Rollouts and incidents
+
+#[cfg(test)]
+mod tests {
+    use outpost_shared::protocol::messages::{
+        FeedbackBatch, LabelledPrediction, LogWindow, ModelWindow, OutboxStats, Report, SystemStats,
+    };
+    use outpost_shared::protocol::vocab::Slot;
+
+    use super::*;
+    use crate::base::store::Store;
+
+    /// Device `d`'s labels: two sites, a tier on some, and a quarter of the fleet unlabelled.
+    fn labels_of(d: u64) -> BTreeMap<String, String> {
+        let pairs: &[(&str, &str)] = match d % 4 {
+            0 => &[("site", "berlin"), ("tier", "edge")],
+            1 => &[("site", "oslo")],
+            2 => &[("site", "berlin")],
+            _ => &[],
+        };
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn number(device: &str) -> u64 {
+        device.trim_start_matches("dev-").parse().unwrap()
+    }
+
+    fn report(end_ms: u64, d: u64, requests: u64) -> Report {
+        let mut latency_us = LogHistogram::default();
+        for j in 0..requests {
+            latency_us.record(800.0 + d as f64 * 350.0 + (j % 9) as f64 * 120.0);
+        }
+        Report {
+            window_start_ms: end_ms - 10_000,
+            window_end_ms: end_ms,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: if d.is_multiple_of(3) { "1.1.0" } else { "1.0.0" }.into(),
+                slot: Slot::Primary,
+                requests,
+                errors: requests / 5,
+                rows: requests,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::new(),
+            }],
+            system: SystemStats::default(),
+            prediction_log: LogWindow::default(),
+            outbox: OutboxStats::default(),
+        }
+    }
+
+    #[test]
+    fn a_breakdown_by_device_label_from_the_rollups_shows_what_a_scan_of_every_window_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (slos, labels) = (Slos::open(&store).unwrap(), Labels::open(&store).unwrap());
+        // Eight devices report every 10 s from 00:59:30 to 01:39:50; every third window of each
+        // brings a label, wrong one time in four.
+        for (i, end) in (3_570_000..=5_990_000u64).step_by(10_000).enumerate() {
+            let i = i as u64;
+            for d in 0..8 {
+                let device = format!("dev-{d}");
+                slos.put_report(&device, &labels_of(d), &report(end + d, d, 3 + (i * 5 + d) % 17)).unwrap();
+                if i % 3 == d % 3 {
+                    let label = LabelledPrediction {
+                        prediction_id: i,
+                        model: "bc".into(),
+                        version: "1.0.0".into(),
+                        slot: Slot::Primary,
+                        predicted_at_ms: end - 2_000,
+                        labelled_at_ms: end,
+                        predicted: Some(1),
+                        label: i64::from(!(i + d).is_multiple_of(4)),
+                    };
+                    let batch = FeedbackBatch { labels: vec![label], unknown: 0, evicted: 0 };
+                    labels.put(&device, &labels_of(d), &batch).unwrap();
+                }
+            }
+        }
+        let (from, to) = (3_600_000, 5_999_999);
+        let sums = LabelSums::read(&slos, &labels, "bc", from, to).unwrap();
+        // Device 7 (unlabelled) has not reported in the range as far as its record says.
+        let reporting: Vec<BTreeMap<String, String>> = (0..7).map(labels_of).collect();
+        let reporting: Vec<&BTreeMap<String, String>> = reporting.iter().collect();
+        let per_device = slos.traffic_by_device("bc", from, to).unwrap();
+        for key in ["site", "tier"] {
+            let value_of = |device: &str| labels_of(number(device)).get(key).cloned();
+            let quality = labels.scan_quality("bc", Some(from), key, |d| Ok(value_of(d))).unwrap();
+            let rows = sums.breakdown(key, &reporting);
+            let values: Vec<&str> = rows.iter().map(|r| r.value.as_str()).collect();
+            let want: &[&str] =
+                if key == "site" { &["(none)", "berlin", "oslo"] } else { &["(none)", "edge"] };
+            assert_eq!(values, want, "by {key}");
+            for row in &rows {
+                let what = format!("{key}={}", row.value);
+                // The scan: every window of every device with this value.
+                let mut latency = LogHistogram::default();
+                let (mut requests, mut errors) = (0, 0);
+                for (device, w) in &per_device {
+                    if value_of(device).as_deref().unwrap_or(NO_VALUE) == row.value {
+                        requests += w.requests;
+                        errors += w.errors;
+                        latency.merge(&w.latency_us).unwrap();
+                    }
+                }
+                assert!(requests > 0, "{what}");
+                assert_eq!((row.requests, row.errors), (requests, errors), "{what}");
+                let (p95, scanned) = (row.p95_ms.unwrap(), latency.quantile(0.95).unwrap() / 1000.0);
+                // `(none)` is the total less the values: its histogram keeps the total's bounds.
+                assert!((p95 - scanned).abs() <= scanned * 0.021, "{what}: p95 {p95} vs {scanned}");
+                if row.value != NO_VALUE {
+                    assert_eq!(p95, scanned, "{what}");
+                }
+                let segment = &quality.versions["1.0.0"].segments[&row.value];
+                let (accuracy, labelled) = row.accuracy.unwrap();
+                assert_eq!(labelled, segment.rows, "{what}");
+                assert!(
+                    (accuracy - segment.accuracy).abs() < 1e-12,
+                    "{what}: {accuracy} vs {}",
+                    segment.accuracy
+                );
+                let devices =
+                    reporting.iter().filter(|l| l.get(key).map_or(NO_VALUE, String::as_str) == row.value);
+                assert_eq!(row.devices, devices.count(), "{what}");
+            }
+        }
+    }
+}
