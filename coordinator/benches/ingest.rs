@@ -4,8 +4,10 @@
 //! `cargo bench -p outpost-coordinator --bench ingest` (env `BENCH_REPORTS`, default 20000;
 //! `BENCH_BURST_DEVICES`, default 10000). Prints reports/s for: signature verification alone
 //! (the baseline), and the full ingest (decode, verify, dedupe, store, counters) with a flush
-//! and a signed ack per 512 messages, as the broker link does; then a deploy's burst: one
-//! actual state from each of many devices, so every message costs its device an ack of its own.
+//! and a signed ack per 512 messages, as the broker link does — from devices without labels,
+//! then from devices with two (`site`, `tier`: their windows also go into the roll-ups by device
+//! label), then without again; then a deploy's burst: one actual state from each of many
+//! devices, so every message costs its device an ack of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use outpost_shared::protocol::vocab::Slot;
@@ -61,13 +63,16 @@ fn main() {
     let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).expect("ingest opens");
 
     // 100 devices, each with its own key.
-    let devices = enrol(&ingest, "bench", 100);
-    let wires: Vec<(usize, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let d = (i % 100) as usize;
-            (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &report(i)).unwrap())
-        })
-        .collect();
+    let devices = enrol(&ingest, "bench", 100, &BTreeMap::new());
+    let sealed = |devices: &[(String, SigningKey)]| -> Vec<(usize, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let d = (i % 100) as usize;
+                (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &report(i)).unwrap())
+            })
+            .collect()
+    };
+    let wires = sealed(&devices);
     let size = wires.iter().map(|(_, w)| w.len()).sum::<usize>() / wires.len();
 
     let started = Instant::now();
@@ -77,16 +82,24 @@ fn main() {
     }
     let verify = n as f64 / started.elapsed().as_secs_f64();
     let full = ingest_all(&ingest, &store, &devices, &wires);
+    let site =
+        BTreeMap::from([("site".to_owned(), "berlin-3".to_owned()), ("tier".to_owned(), "edge".to_owned())]);
+    let labelled = enrol(&ingest, "labelled", 100, &site);
+    let with_labels = ingest_all(&ingest, &store, &labelled, &sealed(&labelled));
+    let again = enrol(&ingest, "again", 100, &BTreeMap::new());
+    let full_again = ingest_all(&ingest, &store, &again, &sealed(&again));
     println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices");
     println!("  baseline: Ed25519 verification alone  {verify:>10.0} reports/s");
     println!("  full ingest (verify + store + ack)    {full:>10.0} reports/s");
+    println!("  the same from devices with two labels {with_labels:>10.0} reports/s");
+    println!("  the same without labels, again        {full_again:>10.0} reports/s");
     println!("  10,000 agents reporting every 10 s need 1,000 reports/s: {:.0}x headroom", full / 1000.0);
 
     // A deploy's burst: every device reports its new actual state once.
     let burst: usize =
         std::env::var("BENCH_BURST_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let started = Instant::now();
-    let fleet = enrol(&ingest, "fleet", burst);
+    let fleet = enrol(&ingest, "fleet", burst, &BTreeMap::new());
     let enrolled = started.elapsed().as_secs_f64();
     let states: Vec<(usize, Vec<u8>)> = fleet
         .iter()
@@ -101,8 +114,13 @@ fn main() {
     );
 }
 
-/// `count` enrolled devices named `{prefix}-{i}`, each with its own key.
-fn enrol(ingest: &Ingest, prefix: &str, count: usize) -> Vec<(String, SigningKey)> {
+/// `count` enrolled devices named `{prefix}-{i}`, each with its own key and `labels`.
+fn enrol(
+    ingest: &Ingest,
+    prefix: &str,
+    count: usize,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(String, SigningKey)> {
     (0..count)
         .map(|i| {
             let (key, _) = SigningKey::generate().unwrap();
@@ -112,7 +130,7 @@ fn enrol(ingest: &Ingest, prefix: &str, count: usize) -> Vec<(String, SigningKey
                 .add_token(
                     &id,
                     &TokenRecord {
-                        labels: BTreeMap::new(),
+                        labels: labels.clone(),
                         created_at_ms: 0,
                         expires_at_ms: u64::MAX,
                         used_by: None,
@@ -120,7 +138,7 @@ fn enrol(ingest: &Ingest, prefix: &str, count: usize) -> Vec<(String, SigningKey
                     },
                 )
                 .unwrap();
-            let record = DeviceRecord::new(&id, key.public_key().as_bytes(), BTreeMap::new());
+            let record = DeviceRecord::new(&id, key.public_key().as_bytes(), labels.clone());
             ingest.devices().enrol(&id, |_| record.clone()).unwrap().unwrap();
             (id, key)
         })

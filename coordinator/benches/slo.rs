@@ -4,7 +4,9 @@
 //! the same run on the same data. Then the dashboard's per-label breakdown (devices carry a
 //! `site`, one of 20, and a `tier`, one of 3) and quality split by site from the roll-ups by
 //! device label, against summing every window per device and reading every label; and what
-//! storing a window with two device labels' roll-ups costs against one without labels.
+//! storing a window with two device labels' roll-ups costs against one without labels. Last, a
+//! 30-day drift report (`BENCH_SLO_DRIFT_PER_DEVICE` verdict sets per device, default 10, ten
+//! features each) from the drift roll-ups against folding every stored verdict.
 //!
 //! `cargo bench -p outpost-coordinator --bench slo` (env `BENCH_SLO_DEVICES`, default 10000;
 //! `BENCH_SLO_REPORTS_PER_DEVICE`, default 30, spread evenly over the 30 days). A real fleet
@@ -18,10 +20,13 @@ use std::time::Instant;
 
 use outpost_coordinator::base::store::Store;
 use outpost_coordinator::monitoring::quality::Labels;
+use outpost_coordinator::monitoring::report::{DriftHistory, History};
 use outpost_coordinator::monitoring::slo::{LatencyObjective, SloSpec, Slos};
+use outpost_shared::drift::DriftTest;
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
-    FeedbackBatch, LabelledPrediction, LogWindow, ModelWindow, OutboxStats, Report, SystemStats,
+    DriftReport, FeatureDrift, FeedbackBatch, LabelledPrediction, LogWindow, ModelDrift, ModelWindow,
+    OutboxStats, Report, SystemStats,
 };
 use outpost_shared::protocol::vocab::Slot;
 
@@ -223,15 +228,11 @@ fn main() {
     };
     let (rolled_quality, rolled_rows) =
         time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), None).unwrap()));
-    let site_of = |device: &str| {
-        let d: u64 = device.trim_start_matches("dev-").parse().map_err(|_| {
-            outpost_coordinator::base::store::StoreError::Corrupt {
-                key: device.into(),
-                detail: "not a bench device".into(),
-            }
-        })?;
-        Ok(device_labels(d).remove("site"))
+    // `dev-big` (the large feedback batches) has no labels.
+    let value_of = |device: &str, label: &str| {
+        device.trim_start_matches("dev-").parse().ok().and_then(|d| device_labels(d).remove(label))
     };
+    let site_of = |device: &str| Ok(value_of(device, "site"));
     let (split_quality, split_rows) =
         time(&|| rows(labels.quality("breast_cancer", Some(status.from_ms), Some("site")).unwrap()));
     let (scanned_quality, scanned_rows) =
@@ -264,10 +265,7 @@ fn main() {
     let (scan_breakdown_ms, devices_seen) = time(&|| {
         let per_device = slos.traffic_by_device("breast_cancer", week, now_ms).unwrap();
         for label in ["site", "tier"] {
-            let label_of = |device: &str| {
-                let d: u64 = device.trim_start_matches("dev-").parse().unwrap_or(0);
-                Ok(device_labels(d).remove(label))
-            };
+            let label_of = |device: &str| Ok(value_of(device, label));
             labels.scan_quality("breast_cancer", Some(week), label, label_of).unwrap();
         }
         per_device.len() as u64
@@ -318,5 +316,78 @@ fn main() {
         "  both read {requests} requests, {errors} failed, {labelled} labels; p95 {:.2} ms, accuracy {:.3}",
         status.objectives[1].actual.unwrap_or(f64::NAN),
         status.objectives[2].actual.unwrap_or(f64::NAN)
+    );
+    drift_report(&store, devices, now_ms);
+}
+
+/// The drift report over 30 days from the roll-ups, against folding every verdict.
+fn drift_report(store: &Store, devices: u64, now_ms: u64) {
+    let per_device = env("BENCH_SLO_DRIFT_PER_DEVICE", 10).max(1);
+    let history = History::open(store).unwrap();
+    let from_ms = now_ms - 30 * DAY_MS;
+    let total = devices * per_device;
+    let step = 30 * DAY_MS / total;
+    let started = Instant::now();
+    let mut n = 0u64;
+    for r in 0..per_device {
+        for d in 0..devices {
+            let at = from_ms + 1 + n * step;
+            let version = if d % 2 == 1 && at > from_ms + 15 * DAY_MS { "1.1.0" } else { "1.0.0" };
+            let features = (0..10u64)
+                .map(|f| {
+                    let drifted = (d + r + f) % 13 == 0;
+                    FeatureDrift {
+                        feature: format!("feature_{f}"),
+                        test: DriftTest::Ks,
+                        score: if drifted { 0.001 } else { 0.2 + ((d * 7 + f) % 50) as f64 / 100.0 },
+                        threshold: 0.05,
+                        drifted,
+                        reference_rows: 1_000,
+                        current_rows: 1_000,
+                        missing: 0,
+                    }
+                })
+                .collect();
+            let m = ModelDrift {
+                model: "breast_cancer".into(),
+                version: version.into(),
+                window_rows: 1_000,
+                rows_seen: 1_000 * (r + 1),
+                features,
+                prediction: None,
+            };
+            history.put(&format!("dev-{d:05}"), &DriftReport { at_ms: at, models: vec![m] }).unwrap();
+            n += 1;
+        }
+    }
+    store.flush().unwrap();
+    let stored = total as f64 / started.elapsed().as_secs_f64();
+    let time = |f: &dyn Fn() -> DriftHistory| {
+        let mut samples = Vec::new();
+        let mut out = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            out = Some(f());
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        (median(samples), out.unwrap())
+    };
+    let (rolled_ms, rolled) = time(&|| DriftHistory::build(&history, "breast_cancer", from_ms).unwrap());
+    let (scanned_ms, scanned) =
+        time(&|| DriftHistory::from_verdicts(&history, "breast_cancer", from_ms, None).unwrap());
+    assert_eq!(rolled, scanned, "the report from the roll-ups is the report from every verdict");
+    println!(
+        "30-day drift report, {devices} devices, {total} verdict sets of 10 features stored at {stored:.0}/s with their roll-ups"
+    );
+    println!(
+        "  from the roll-ups {rolled_ms:>9.2} ms; baseline folding every verdict {scanned_ms:>9.2} ms (median of 3; {} windows, {} devices, {} version changes)",
+        rolled.windows,
+        rolled.devices,
+        rolled.version_changes.iter().map(|c| c.devices).sum::<u64>()
+    );
+    let real = devices as f64 * 30.0 * 8_640.0;
+    println!(
+        "  the baseline at a 10 s drift interval ({real:.2e} verdict sets) ~{:.0} s (scaled)",
+        scanned_ms / 1000.0 * real / total as f64
     );
 }

@@ -25,12 +25,17 @@ pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, St
 }
 
 /// `meta` keys that say a derived tree is complete (the monitoring roll-ups: traffic, labels,
-/// and both again by device label).
+/// both again by device label, drift verdicts).
 /// [`Store::dump`] leaves them out: a backup reads trees one after the other while the
 /// coordinator writes, so a derived tree may not match what it sums; the restored coordinator
 /// rebuilds it from the records at its first start.
-pub const DERIVED_MARKERS: [&[u8]; 4] =
-    [b"traffic_rollups", b"label_rollups", b"traffic_by_label_rollups", b"labels_by_label_rollups"];
+pub const DERIVED_MARKERS: [&[u8]; 5] = [
+    b"traffic_rollups",
+    b"label_rollups",
+    b"traffic_by_label_rollups",
+    b"labels_by_label_rollups",
+    b"drift_rollups",
+];
 
 #[derive(Clone)]
 pub struct Store {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::base::store::{Store, StoreError};
+use crate::monitoring::report;
 use crate::monitoring::slo::rollup::{HOUR_MS, MINUTE_MS};
 
 /// `[retention]`.
@@ -51,8 +52,9 @@ impl RetentionConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
     pub traffic: u64,
-    /// Minute and hour buckets of traffic and of labels.
+    /// Minute and hour buckets of traffic, labels (both also by device label) and drift.
     pub rollups: u64,
+    /// Drift verdicts, and the version runs of devices whose every verdict went.
     pub drift_history: u64,
     pub predictions: u64,
     pub labels: u64,
@@ -101,13 +103,16 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
             ("traffic_by_label_1h", HOUR_MS),
             ("labels_by_label_1m", MINUTE_MS),
             ("labels_by_label_1h", HOUR_MS),
+            ("drift_1m", MINUTE_MS),
+            ("drift_1h", HOUR_MS),
         ]
         .into_iter()
         .try_fold(0, |n, (tree, width)| -> Result<u64, StoreError> {
             // A bucket goes once its last millisecond is older than the cutoff.
             Ok(n + prune_tree(store, tree, cutoff_ms, |k, _| Some(time_after_model(k)? + width - 1))?)
         })?,
-        drift_history: prune_tree(store, "drift_history", cutoff_ms, |k, _| time_after_model(k))?,
+        drift_history: prune_tree(store, "drift_history", cutoff_ms, |k, _| time_after_model(k))?
+            + prune_tree(store, "drift_devices", cutoff_ms, |_, v| report::newest_verdict(v))?,
         predictions: prune_tree(store, "predictions", cutoff_ms, json_time("at_ms"))?,
         labels: prune_tree(store, "labels", cutoff_ms, json_time("predicted_at_ms"))?,
         shadow: prune_tree(store, "shadow", cutoff_ms, |k, _| time_after_model(k))?,
@@ -243,7 +248,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let slos = crate::monitoring::slo::Slos::open(&store).unwrap();
-        let history = crate::monitoring::report::History::open(&store).unwrap();
+        let history = report::History::open(&store).unwrap();
         let index = crate::monitoring::dataset::Predictions::open(&store).unwrap();
         let labels = crate::monitoring::quality::Labels::open(&store).unwrap();
         for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
@@ -253,21 +258,25 @@ mod tests {
             index.put("dev", &predictions(at, id)).unwrap();
             labels.put("dev", &site, &label(at, id)).unwrap();
         }
+        // A device that sent drift verdicts only before the cutoff.
+        history.put("old-dev", &drift(1_000_000)).unwrap();
         let pruned = prune(&store, 2_000_000).unwrap();
         // The report and the label at 1,000,000 ms fill the minute from 960,000 (gone: it ended
         // before the cutoff) and the hour from 0 (kept: it runs to 3,599,999) of their trees;
         // 5,000,000 ms is in newer ones. The same for the buckets of the device's label.
         let expected =
-            Pruned { traffic: 1, rollups: 4, drift_history: 1, predictions: 1, labels: 1, shadow: 0 };
+            Pruned { traffic: 1, rollups: 5, drift_history: 3, predictions: 1, labels: 1, shadow: 0 };
         assert_eq!(pruned, expected);
         assert_eq!(prune(&store, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
-        for tree in ["traffic_1h", "labels_1h", "traffic_by_label_1h", "labels_by_label_1h"] {
+        for tree in ["traffic_1h", "labels_1h", "traffic_by_label_1h", "labels_by_label_1h", "drift_1h"] {
             assert_eq!(store.tree(tree).unwrap().len(), 2, "{tree}: an hour partly inside the cutoff stays");
         }
-        let newer = ["traffic", "traffic_1m", "labels_1m", "traffic_by_label_1m", "labels_by_label_1m"];
+        let newer =
+            ["traffic", "traffic_1m", "labels_1m", "traffic_by_label_1m", "labels_by_label_1m", "drift_1m"];
         for tree in newer.into_iter().chain(["drift_history", "predictions", "labels"]) {
             assert_eq!(store.tree(tree).unwrap().len(), 1, "{tree} keeps the newer entry");
         }
         assert!(labels.get("bc", "dev", 2).unwrap().is_some());
+        assert_eq!(store.tree("drift_devices").unwrap().len(), 1, "the device with a newer verdict stays");
     }
 }

@@ -48,6 +48,10 @@ pub const BY_LABEL_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[2];
 /// `meta` key present once every stored label is in the label roll-ups by device label.
 pub const LABELS_BY_LABEL_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[3];
 
+/// `meta` key present once every stored drift verdict is in the drift roll-ups
+/// ([`crate::monitoring::report`]).
+pub const DRIFT_MARKER: &[u8] = crate::base::store::DERIVED_MARKERS[4];
+
 /// What follows the bucket start in a by-label key: `label \0 value` (device labels are letters,
 /// digits, `-`, `_` and `.`, never `\0`).
 pub fn label_part(label: &str, value: &str) -> String {
