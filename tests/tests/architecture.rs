@@ -31,7 +31,7 @@ const REPOSITORIES: [&str; 18] = [
     "monitoring/slo/rollup.rs",
     "monitoring/quality.rs",
     "monitoring/follow.rs",
-    "monitoring/report.rs",
+    "monitoring/report/history.rs",
     "monitoring/dataset.rs",
     "monitoring/retention.rs",
     "fleet/devices.rs",

@@ -1,7 +1,9 @@
 //! The SLO store's units: roll-ups (per version and per device label) against a scan of every
 //! window, resends, upgrades, a flipped bucket, status and chart geometry.
 
+use super::status::objective;
 use super::*;
+use crate::monitoring::quality::Labels;
 use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
 use outpost_shared::protocol::vocab::Slot;
 

@@ -1,0 +1,158 @@
+//! The drift report's units: the report from the roll-ups against one from every verdict,
+//! version changes and canaries, resends, upgrades and a flipped bucket, both formats.
+
+use outpost_shared::drift::DriftTest;
+use outpost_shared::protocol::messages::{DriftReport, FeatureDrift, ModelDrift};
+
+use super::*;
+use crate::base::store::Store;
+
+fn verdict(feature: &str, drifted: bool, score: f64) -> FeatureDrift {
+    FeatureDrift {
+        feature: feature.into(),
+        test: DriftTest::Ks,
+        score: if drifted { score * 1e-4 } else { 0.3 + score },
+        threshold: 0.05,
+        drifted,
+        reference_rows: 100,
+        current_rows: 150,
+        missing: 0,
+    }
+}
+
+fn model(version: &str, i: u64, drifted: bool) -> ModelDrift {
+    ModelDrift {
+        model: "bc".into(),
+        version: version.into(),
+        window_rows: 150,
+        rows_seen: 150 * (i + 1),
+        features: vec![
+            verdict("mean_radius", drifted, (i % 7) as f64 / 10.0),
+            verdict("mean_area", false, (i % 5) as f64 / 10.0),
+        ],
+        prediction: Some(verdict(PREDICTION, drifted && i.is_multiple_of(2), 0.1)),
+    }
+}
+
+fn opened() -> (tempfile::TempDir, Store, History) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let history = History::open(&store).unwrap();
+    (dir, store, history)
+}
+
+#[test]
+fn a_drift_episode_and_a_version_change_show_in_both_formats() {
+    let (_dir, _store, history) = opened();
+    for i in 0..30u64 {
+        let version = if i < 25 { "1.0.0" } else { "1.1.0" };
+        let report = DriftReport {
+            at_ms: 1_020_000 + i * 60_000,
+            models: vec![model(version, i, (10..20).contains(&i))],
+        };
+        history.put("dev-1", &report).unwrap();
+    }
+    let h = DriftHistory::build(&history, "bc", 0).unwrap();
+    assert_eq!((h.windows, h.devices), (30, 1));
+    assert_eq!(h.features[0].feature, "mean_radius", "most drifted first");
+    assert_eq!(h.features[0].drifted, 10);
+    assert_eq!(h.version_changes.len(), 1);
+    assert_eq!(h.version_changes[0].devices, 1);
+    let md = render_markdown(&h);
+    assert!(md.contains("| mean_radius | 10 of 30 | 33% |"), "{md}");
+    assert!(md.contains("1 other feature(s) never drifted"), "{md}");
+    assert!(md.contains(": 1.0.0 → 1.1.0 on 1 device(s)"), "{md}");
+    let html = render_html(&h);
+    assert!(html.contains("<svg") && html.contains("mean_radius") && !html.contains("<script"), "{html}");
+    assert!(html.contains("1.0.0 → 1.1.0 on 1 device(s)"), "{html}");
+    let later = DriftHistory::build(&history, "bc", 1_020_000 + 30 * 60_000).unwrap();
+    assert_eq!(later.windows, 0);
+    assert!(render_markdown(&later).contains("No drift verdicts"));
+}
+
+/// Forty devices over `hours` hours, one verdict set each every 5 minutes: 1.0.0 first, half
+/// of them moved to 1.1.0 in the middle, a quarter of those back later; four run a canary
+/// of 1.2.0 beside their primary from a quarter of the time to seven eighths.
+fn fleet(history: &History, hours: u64) {
+    let start = 7_200_000 + 90_000;
+    let rounds = hours * 12;
+    for r in 0..rounds {
+        let at = start + r * 300_000;
+        for d in 0..40u64 {
+            let mut version = "1.0.0";
+            if d % 2 == 0 && r >= rounds / 2 {
+                version = "1.1.0";
+            }
+            if d % 8 == 0 && r >= rounds * 3 / 4 {
+                version = "1.0.0";
+            }
+            let mut models = vec![model(version, r + d, (r + d) % 9 < 3)];
+            if d < 4 && (rounds / 4..rounds * 7 / 8).contains(&r) {
+                models.push(model("1.2.0", r, r.is_multiple_of(5)));
+            }
+            history.put(&format!("dev-{d:02}"), &DriftReport { at_ms: at + d * 1_000, models }).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_report_from_the_rollups_is_the_report_from_every_verdict() {
+    for hours in [3, 40] {
+        let (_dir, _store, history) = opened();
+        fleet(&history, hours);
+        let end = 7_200_000 + hours * HOUR_MS;
+        for since in [0, 7_200_000 + 95 * 60_000 + 30_000, end - 2 * HOUR_MS, end + 60_000] {
+            for version in [None, Some("1.1.0"), Some("1.2.0")] {
+                let rolled = DriftHistory::build_for(&history, "bc", since, version).unwrap();
+                let scanned = DriftHistory::from_verdicts(&history, "bc", since, version).unwrap();
+                assert_eq!(rolled, scanned, "{hours} h since {since} {version:?}");
+            }
+        }
+        let h = DriftHistory::build(&history, "bc", 0).unwrap();
+        assert_eq!(h.devices, 40);
+        assert!((20..=MAX_BUCKETS).contains(&h.bucket_starts_ms.len()), "{:?}", h.bucket_starts_ms);
+        let rounds = hours * 12;
+        assert_eq!(h.windows, rounds * 40 + 4 * (rounds * 7 / 8 - rounds / 4));
+        // 20 moved to 1.1.0, 5 of them back; the canaries beside 1.0.0 are no change.
+        let moved = |from: &str, to: &str| -> u64 {
+            h.version_changes.iter().filter(|c| c.from == from && c.to == to).map(|c| c.devices).sum()
+        };
+        assert_eq!((moved("1.0.0", "1.1.0"), moved("1.1.0", "1.0.0")), (20, 5), "{:?}", h.version_changes);
+        assert_eq!(h.version_changes.iter().map(|c| c.devices).sum::<u64>(), 25);
+        if hours > 24 {
+            assert_eq!(h.bucket_ms % HOUR_MS, 0, "past a day, whole hours");
+        }
+    }
+}
+
+#[test]
+fn a_resent_report_adds_nothing() {
+    let (_dir, _store, history) = opened();
+    fleet(&history, 2);
+    let before = DriftHistory::build(&history, "bc", 0).unwrap();
+    let again =
+        DriftReport { at_ms: 7_200_000 + 90_000 + 300_000 + 3_000, models: vec![model("1.0.0", 9, true)] };
+    history.put("dev-03", &again).unwrap();
+    assert_eq!(DriftHistory::build(&history, "bc", 0).unwrap(), before);
+}
+
+#[test]
+fn verdicts_from_before_the_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
+    let (_dir, store, history) = opened();
+    fleet(&history, 30);
+    let want = DriftHistory::build(&history, "bc", 0).unwrap();
+    // A data directory from before the roll-ups: verdicts, no buckets, no marker.
+    rollup::invalidate(&store, rollup::DRIFT_MARKER).unwrap();
+    for tree in ["drift_1m", "drift_1h", "drift_devices"] {
+        store.tree(tree).unwrap().clear().unwrap();
+    }
+    let reopened = History::open(&store).unwrap();
+    assert_eq!(DriftHistory::build(&reopened, "bc", 0).unwrap(), want);
+    // A flipped bucket is left out, not guessed, and the next start rebuilds.
+    let hours = store.tree("drift_1h").unwrap();
+    let (k, _) = hours.iter().nth(3).unwrap().unwrap();
+    hours.insert(k, &[0xff; 9][..]).unwrap();
+    assert!(DriftHistory::build(&reopened, "bc", 0).unwrap().windows < want.windows);
+    assert!(!store.tree("meta").unwrap().contains_key(rollup::DRIFT_MARKER).unwrap());
+    assert_eq!(DriftHistory::build(&History::open(&store).unwrap(), "bc", 0).unwrap(), want);
+}
