@@ -422,11 +422,17 @@ impl Labels {
         to_ms: u64,
     ) -> Result<BTreeMap<String, LabelCounts>, StoreError> {
         let mut out: BTreeMap<String, LabelCounts> = BTreeMap::new();
-        for (width, from, until) in rollup::spans(from_ms, to_ms) {
-            self.buckets(width, model, from, until, |_, version, counts| {
-                out.entry(version.to_owned()).or_default().add(&counts)
-            })?;
-        }
+        let trees = [&self.minutes, &self.hours];
+        rollup::each_spanning(
+            &self.store,
+            trees,
+            rollup::LABELS_MARKER,
+            "label",
+            model,
+            from_ms,
+            to_ms,
+            |_, version, counts: LabelCounts| out.entry(version.to_owned()).or_default().add(&counts),
+        )?;
         Ok(out)
     }
 
@@ -535,29 +541,23 @@ impl Labels {
         only: Option<&str>,
     ) -> Result<BTreeMap<(String, String, String), LabelCounts>, StoreError> {
         let mut out: BTreeMap<(String, String, String), LabelCounts> = BTreeMap::new();
-        for (width, from, until) in rollup::spans(from_ms, to_ms) {
-            let tree = match width {
-                Width::Minute => &self.label_minutes,
-                Width::Hour => &self.label_hours,
-            };
-            rollup::each_bucket(
-                &self.store,
-                tree,
-                rollup::LABELS_BY_LABEL_MARKER,
-                "label by device label",
-                model,
-                from,
-                until,
-                |_, part, counts: LabelCounts| {
-                    if let Some((label, value, Some(version))) = rollup::parse_label_part(part)
-                        && only.is_none_or(|only| only == label)
-                    {
-                        let key = (label.to_owned(), value.to_owned(), version.to_owned());
-                        out.entry(key).or_default().add(&counts);
-                    }
-                },
-            )?;
-        }
+        rollup::each_spanning(
+            &self.store,
+            [&self.label_minutes, &self.label_hours],
+            rollup::LABELS_BY_LABEL_MARKER,
+            "label by device label",
+            model,
+            from_ms,
+            to_ms,
+            |_, part, counts: LabelCounts| {
+                if let Some((label, value, Some(version))) = rollup::parse_label_part(part)
+                    && only.is_none_or(|only| only == label)
+                {
+                    let key = (label.to_owned(), value.to_owned(), version.to_owned());
+                    out.entry(key).or_default().add(&counts);
+                }
+            },
+        )?;
         Ok(out)
     }
 

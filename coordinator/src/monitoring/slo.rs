@@ -169,7 +169,9 @@ pub fn parse_traffic_key(key: &[u8]) -> Option<(&str, u64, &str, &str)> {
     Some((model, at, std::str::from_utf8(device).ok()?, std::str::from_utf8(version).ok()?))
 }
 
-pub(crate) fn traffic_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
+/// The key of what `device` reported about `model`'s `version` at `at_ms`: `model \0 at_ms (u64
+/// BE) \0 device \0 version` — report windows, shadow windows and drift verdicts alike.
+pub(crate) fn record_key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(model.len() + device.len() + version.len() + 11);
     k.extend_from_slice(model.as_bytes());
     k.push(0);
@@ -238,7 +240,7 @@ impl Slos {
         for w in report.models.iter().filter(|w| w.requests > 0) {
             let value =
                 TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
-            let raw = traffic_key(&w.model, end, device, &w.version);
+            let raw = record_key(&w.model, end, device, &w.version);
             let encoded = encode("traffic window", &value)?;
             let minute = rollup::key(&w.model, minute_start, &w.version);
             let hour = rollup::key(&w.model, hour_start, &w.version);
@@ -295,7 +297,7 @@ impl Slos {
         let mut windows = Vec::new();
         for w in &report.models {
             let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
-            let key = traffic_key(&w.model, report.window_end_ms, device, &w.version);
+            let key = record_key(&w.model, report.window_end_ms, device, &w.version);
             windows.push((key, encode("shadow window", &value)?));
         }
         self.store.feed().commit(|| {
@@ -426,13 +428,17 @@ impl Slos {
     /// hour buckets for the whole hours in between, minute buckets at both ends.
     pub fn rolled_up(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<TrafficWindow, StoreError> {
         let mut total = TrafficWindow::default();
-        for (width, from, until) in rollup::spans(from_ms, to_ms) {
-            let tree = match width {
-                rollup::Width::Minute => &self.minutes,
-                rollup::Width::Hour => &self.hours,
-            };
-            self.buckets(tree, model, from, until, |_, _, bucket| rollup::add(&mut total, &bucket))?;
-        }
+        let trees = [&self.minutes, &self.hours];
+        rollup::each_spanning(
+            &self.store,
+            trees,
+            rollup::MARKER,
+            "traffic",
+            model,
+            from_ms,
+            to_ms,
+            |_, _, w| rollup::add(&mut total, &w),
+        )?;
         Ok(total)
     }
 
@@ -446,26 +452,20 @@ impl Slos {
         to_ms: u64,
     ) -> Result<BTreeMap<(String, String), TrafficWindow>, StoreError> {
         let mut out: BTreeMap<(String, String), TrafficWindow> = BTreeMap::new();
-        for (width, from, until) in rollup::spans(from_ms, to_ms) {
-            let tree = match width {
-                rollup::Width::Minute => &self.label_minutes,
-                rollup::Width::Hour => &self.label_hours,
-            };
-            rollup::each_bucket(
-                &self.store,
-                tree,
-                rollup::BY_LABEL_MARKER,
-                "traffic by label",
-                model,
-                from,
-                until,
-                |_, part, bucket: TrafficWindow| {
-                    if let Some((label, value, _)) = rollup::parse_label_part(part) {
-                        rollup::add(out.entry((label.to_owned(), value.to_owned())).or_default(), &bucket);
-                    }
-                },
-            )?;
-        }
+        rollup::each_spanning(
+            &self.store,
+            [&self.label_minutes, &self.label_hours],
+            rollup::BY_LABEL_MARKER,
+            "traffic by label",
+            model,
+            from_ms,
+            to_ms,
+            |_, part, bucket: TrafficWindow| {
+                if let Some((label, value, _)) = rollup::parse_label_part(part) {
+                    rollup::add(out.entry((label.to_owned(), value.to_owned())).or_default(), &bucket);
+                }
+            },
+        )?;
         Ok(out)
     }
 

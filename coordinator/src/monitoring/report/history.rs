@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::base::store::{Store, StoreError};
+use crate::monitoring::slo::record_key as key;
 use crate::monitoring::slo::rollup::{self, HOUR_MS, MINUTE_MS, Width};
 
 /// The drift-history store.
@@ -20,18 +21,6 @@ pub struct History {
     hours: sled::Tree,
     devices: sled::Tree,
     store: Store,
-}
-
-fn key(model: &str, at_ms: u64, device: &str, version: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(model.len() + device.len() + version.len() + 11);
-    k.extend_from_slice(model.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.push(0);
-    k.extend_from_slice(device.as_bytes());
-    k.push(0);
-    k.extend_from_slice(version.as_bytes());
-    k
 }
 
 /// `(model, at_ms, device)` of a `drift_history` key (with or without the version).

@@ -240,6 +240,29 @@ pub fn each_bucket<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
+/// [`each_bucket`] over the buckets of `[minutes, hours]` that cover the whole minutes from the
+/// one holding `from_ms` to the one holding `to_ms` ([`spans`]): what every roll-up sum reads.
+#[allow(clippy::too_many_arguments)]
+pub fn each_spanning<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    [minutes, hours]: [&sled::Tree; 2],
+    marker: &[u8],
+    what: &str,
+    model: &str,
+    from_ms: u64,
+    to_ms: u64,
+    mut each: impl FnMut(u64, &str, T),
+) -> Result<(), StoreError> {
+    for (width, from, until) in spans(from_ms, to_ms) {
+        let tree = match width {
+            Width::Minute => minutes,
+            Width::Hour => hours,
+        };
+        each_bucket(store, tree, marker, what, model, from, until, &mut each)?;
+    }
+    Ok(())
+}
+
 /// Answers `None` for a raw `traffic` key that does not parse: `(model, end_ms, device, version)`.
 fn parse_raw(key: &[u8]) -> Option<(&str, u64, &str, &str)> {
     let model_len = key.iter().position(|b| *b == 0)?;
