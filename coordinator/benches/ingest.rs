@@ -4,10 +4,12 @@
 //! `cargo bench -p outpost-coordinator --bench ingest` (env `BENCH_REPORTS`, default 20000;
 //! `BENCH_BURST_DEVICES`, default 10000). Prints reports/s for: signature verification alone
 //! (the baseline), and the full ingest (decode, verify, dedupe, store, counters) with a flush
-//! and a signed ack per 512 messages, as the broker link does — from devices without labels,
-//! then from devices with two (`site`, `tier`: their windows also go into the roll-ups by device
-//! label), then without again; then a deploy's burst: one actual state from each of many
-//! devices, so every message costs its device an ack of its own.
+//! and a signed ack per 512 messages, as the broker link does — the batch's traffic stored in
+//! one transaction (`Ingest::ingest_many`), against the same envelopes each on its own as before
+//! (`Ingest::ingest`), in alternating passes — from devices without labels, then from devices
+//! with two (`site`, `tier`: their windows also go into the roll-ups by device label), then
+//! without again; then a deploy's burst: one actual state from each of many devices, so every
+//! message costs its device an ack of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use outpost_shared::protocol::vocab::Slot;
@@ -62,8 +64,8 @@ fn main() {
     let metrics = Metrics::new();
     let ingest = Ingest::new(store.clone(), authority, metrics.ingest.clone()).expect("ingest opens");
 
-    // 100 devices, each with its own key.
-    let devices = enrol(&ingest, "bench", 100, &BTreeMap::new());
+    // 100 devices, each with its own key: the verification baseline's.
+    let devices = enrol(&ingest, "verify", 100, &BTreeMap::new());
     let sealed = |devices: &[(String, SigningKey)]| -> Vec<(usize, Vec<u8>)> {
         (0..n)
             .map(|i| {
@@ -81,18 +83,29 @@ fn main() {
         protocol::open(wire, |_| Some(key)).unwrap();
     }
     let verify = n as f64 / started.elapsed().as_secs_f64();
-    let full = ingest_all(&ingest, &store, &devices, &wires);
+    // Each pass from devices of its own (fresh envelopes), batched then one by one, alternating.
     let site =
         BTreeMap::from([("site".to_owned(), "berlin-3".to_owned()), ("tier".to_owned(), "edge".to_owned())]);
-    let labelled = enrol(&ingest, "labelled", 100, &site);
-    let with_labels = ingest_all(&ingest, &store, &labelled, &sealed(&labelled));
-    let again = enrol(&ingest, "again", 100, &BTreeMap::new());
-    let full_again = ingest_all(&ingest, &store, &again, &sealed(&again));
-    println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices");
+    let pass = |name: &str, labels: &BTreeMap<String, String>, one_by_one: bool| {
+        let devices = enrol(&ingest, name, 100, labels);
+        ingest_all(&ingest, &store, &devices, &sealed(&devices), one_by_one)
+    };
+    let full = pass("bench", &BTreeMap::new(), false);
+    let full_single = pass("single", &BTreeMap::new(), true);
+    let with_labels = pass("labelled", &site, false);
+    let with_labels_single = pass("labelled-single", &site, true);
+    let full_again = pass("again", &BTreeMap::new(), false);
+    let full_single_again = pass("single-again", &BTreeMap::new(), true);
+    println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices per pass");
     println!("  baseline: Ed25519 verification alone  {verify:>10.0} reports/s");
-    println!("  full ingest (verify + store + ack)    {full:>10.0} reports/s");
-    println!("  the same from devices with two labels {with_labels:>10.0} reports/s");
-    println!("  the same without labels, again        {full_again:>10.0} reports/s");
+    println!("  full ingest (verify + store + ack), batches of 512 | one by one (before):");
+    println!("    devices without labels              {full:>10.0} | {full_single:>6.0} reports/s");
+    println!(
+        "    devices with two labels             {with_labels:>10.0} | {with_labels_single:>6.0} reports/s"
+    );
+    println!(
+        "    without labels, again               {full_again:>10.0} | {full_single_again:>6.0} reports/s"
+    );
     println!("  10,000 agents reporting every 10 s need 1,000 reports/s: {:.0}x headroom", full / 1000.0);
 
     // A deploy's burst: every device reports its new actual state once.
@@ -106,7 +119,7 @@ fn main() {
         .enumerate()
         .map(|(d, (_, key))| (d, protocol::seal(key, 1, 0, &state()).unwrap()))
         .collect();
-    let rate = ingest_all(&ingest, &store, &fleet, &states);
+    let rate = ingest_all(&ingest, &store, &fleet, &states, false);
     println!("a deploy's burst: one actual state from each of {burst} devices (enrolled in {enrolled:.1} s)");
     println!(
         "  full ingest (verify + store + an ack each) {rate:>6.0} states/s: the whole fleet in {:.2} s",
@@ -145,20 +158,29 @@ fn enrol(
         .collect()
 }
 
-/// Ingests `wires` (device index, envelope) as the broker link does: batches of 512, a flush,
-/// then the signed acks; returns messages/s.
+/// Ingests `wires` (device index, envelope) as the broker link does: batches of 512
+/// (`Ingest::ingest_many`: their traffic in one transaction), a flush, then the signed acks;
+/// returns messages/s. `one_by_one`: each envelope on its own (`Ingest::ingest`), as the link
+/// did before batches — the baseline.
 fn ingest_all(
     ingest: &Ingest,
     store: &Store,
     devices: &[(String, SigningKey)],
     wires: &[(usize, Vec<u8>)],
+    one_by_one: bool,
 ) -> f64 {
     let started = Instant::now();
     for chunk in wires.chunks(512) {
+        let batch: Vec<(&str, &[u8])> =
+            chunk.iter().map(|(d, w)| (devices[*d].0.as_str(), w.as_slice())).collect();
+        let outcomes = if one_by_one {
+            batch.iter().map(|(id, wire)| ingest.ingest(id, wire).unwrap()).collect()
+        } else {
+            ingest.ingest_many(&batch).unwrap()
+        };
         let mut acks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for (d, wire) in chunk {
-            let id = devices[*d].0.as_str();
-            match ingest.ingest(id, wire).unwrap() {
+        for ((id, _), outcome) in batch.iter().zip(outcomes) {
+            match outcome {
                 Outcome::Stored { seq } => acks.entry(id).or_default().push(seq),
                 other => panic!("unexpected {other:?}"),
             }

@@ -7,6 +7,7 @@
 //! stored envelope (retransmission or replay) is counted as a duplicate, not stored again,
 //! and acknowledged again so the agent can let go of it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use outpost_shared::protocol::messages::{
@@ -70,6 +71,15 @@ impl Outcome {
             Outcome::Rejected { .. } => None,
         }
     }
+}
+
+/// Traffic, labels and drift verdicts of a batch's envelopes, stored together after the envelopes
+/// ([`Ingest::ingest_many`]): (device, its labels, what it sent).
+#[derive(Default)]
+struct Deferred {
+    reports: Vec<(String, BTreeMap<String, String>, messages::Report)>,
+    feedback: Vec<(String, BTreeMap<String, String>, messages::FeedbackBatch)>,
+    drift: Vec<(String, DriftReport)>,
 }
 
 #[derive(Clone)]
@@ -315,15 +325,47 @@ impl Ingest {
 
     /// Verifies and stores one envelope that arrived for `device`.
     pub fn ingest(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
-        let outcome = self.ingest_inner(device, wire)?;
-        self.counter.with_label_values(&[outcome.label()]).inc();
-        if let Outcome::Rejected { reason, detail } = &outcome {
-            tracing::warn!(device, reason = reason.as_str(), detail, "envelope rejected");
-        }
-        Ok(outcome)
+        let mut outcomes = self.ingest_many(&[(device, wire)])?;
+        Ok(outcomes.pop().unwrap_or(Outcome::Rejected {
+            reason: Rejection::Malformed,
+            detail: "nothing was ingested".into(),
+        }))
     }
 
-    fn ingest_inner(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
+    /// Ingests `envelopes` (device named by the topic, wire) in order, each as
+    /// [`Ingest::ingest`] does, and answers their outcomes in the same order. The traffic,
+    /// labels and drift verdicts they bring are stored once every envelope is, one transaction
+    /// each, so a roll-up bucket that many of them go into (a model version's minute, a site's)
+    /// is written once per batch, not once per window. After an error nothing of the batch is
+    /// acknowledged, so its devices send it again and the resend stores what the first arrival
+    /// did not.
+    pub fn ingest_many(&self, envelopes: &[(&str, &[u8])]) -> Result<Vec<Outcome>, StoreError> {
+        let mut deferred = Deferred::default();
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        for (device, wire) in envelopes {
+            outcomes.push(self.ingest_inner(device, wire, &mut deferred)?);
+        }
+        let reports: Vec<_> = deferred.reports.iter().map(|(d, l, r)| (d.as_str(), l, r)).collect();
+        self.slos.put_reports(&reports)?;
+        let feedback: Vec<_> = deferred.feedback.iter().map(|(d, l, b)| (d.as_str(), l, b)).collect();
+        self.labels.put_many(&feedback)?;
+        let drift: Vec<_> = deferred.drift.iter().map(|(d, r)| (d.as_str(), r)).collect();
+        self.drift_history.put_many(&drift)?;
+        for ((device, _), outcome) in envelopes.iter().zip(&outcomes) {
+            self.counter.with_label_values(&[outcome.label()]).inc();
+            if let Outcome::Rejected { reason, detail } = outcome {
+                tracing::warn!(device, reason = reason.as_str(), detail, "envelope rejected");
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn ingest_inner(
+        &self,
+        device: &str,
+        wire: &[u8],
+        deferred: &mut Deferred,
+    ) -> Result<Outcome, StoreError> {
         let rejected = |reason, detail: String| Ok(Outcome::Rejected { reason, detail });
         let envelope = match protocol::decode(wire) {
             Ok(envelope) => envelope,
@@ -365,22 +407,23 @@ impl Ingest {
                 Err(_) => r.counts.unreadable_bodies += 1,
             })?;
         // Labels, drift verdicts, traffic and predictions go to their own trees, on the first arrival and again on a
-        // resend (upsert), so an interruption between the two writes loses none.
-        match (&message, &stored) {
+        // resend (upsert), so an interruption between the two writes loses none. Traffic, labels and drift verdicts
+        // wait for the rest of the batch (`deferred`).
+        match (message, &stored) {
             (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
-                self.labels.put(device, &record.labels, batch)?
+                deferred.feedback.push((device.to_owned(), record.labels, batch))
             }
             (Ok(AgentMessage::Drift(report)), Stored::New | Stored::Duplicate) => {
-                self.drift_history.put(device, report)?
+                deferred.drift.push((device.to_owned(), report))
             }
             (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
-                self.slos.put_report(device, &record.labels, report)?
+                deferred.reports.push((device.to_owned(), record.labels, report))
             }
             (Ok(AgentMessage::Shadow(report)), Stored::New | Stored::Duplicate) => {
-                self.slos.put_shadow(device, report)?
+                self.slos.put_shadow(device, &report)?
             }
             (Ok(AgentMessage::Predictions(batch)), Stored::New | Stored::Duplicate) => {
-                self.predictions.put(device, batch)?
+                self.predictions.put(device, &batch)?
             }
             // A device that holds a trust root checks control messages against its online keys:
             // one enrolled when a single key did both roles stops getting release-key signatures.
@@ -522,6 +565,71 @@ mod tests {
         }
         let record = ingest.devices().get("d1").unwrap().unwrap();
         assert_eq!((record.counts.envelopes, record.counts.events), (1, 1));
+    }
+
+    /// The link hands ingest a batch at a time: each envelope gets the outcome it would get on
+    /// its own, and the batch's traffic is stored once per window, with the duplicate in the
+    /// batch and a refused envelope adding nothing.
+    #[test]
+    fn a_batch_stores_each_envelope_and_its_traffic_once() {
+        use outpost_shared::histogram::LogHistogram;
+        use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, Report, SystemStats};
+        let (_dir, ingest, key, metrics) = enrolled();
+        let report = |seq: u64, requests: u64| {
+            let mut latency_us = LogHistogram::default();
+            latency_us.record(1_000.0);
+            let body = messages::encode(&AgentMessage::Report(Report {
+                window_start_ms: 600_000 + seq * 10_000,
+                window_end_ms: 610_000 + seq * 10_000,
+                models: vec![ModelWindow {
+                    model: "bc".into(),
+                    version: "1.0.0".into(),
+                    slot: protocol::vocab::Slot::Primary,
+                    requests,
+                    errors: 1,
+                    rows: requests,
+                    latency_us,
+                    top_score: LogHistogram::default(),
+                    label_counts: BTreeMap::new(),
+                }],
+                system: SystemStats::default(),
+                prediction_log: LogWindow::default(),
+                outbox: OutboxStats::default(),
+            }));
+            protocol::seal(&key, seq, 0, &body).unwrap()
+        };
+        let wires: Vec<Vec<u8>> = (1..=5).map(|seq| report(seq, 10 * seq)).collect();
+        let (other, _) = SigningKey::generate().unwrap();
+        let foreign = protocol::seal(&other, 6, 0, &body("b")).unwrap();
+        let batch: Vec<(&str, &[u8])> = vec![
+            ("d1", &wires[0]),
+            ("d1", &wires[1]),
+            ("d1", &wires[2]),
+            ("d1", &wires[2]),
+            ("d1", &foreign),
+            ("d1", &wires[3]),
+            ("d1", &wires[4]),
+        ];
+        let outcomes = ingest.ingest_many(&batch).unwrap();
+        let labels: Vec<_> = outcomes.iter().map(Outcome::label).collect();
+        assert_eq!(labels, ["stored", "stored", "stored", "duplicate", "wrong_key", "stored", "stored"]);
+        assert_eq!(outcomes[3], Outcome::Duplicate { seq: 3 });
+        let traffic = ingest.slos().rolled_up("bc", 0, u64::MAX / 2).unwrap();
+        assert_eq!((traffic.requests, traffic.errors), (10 + 20 + 30 + 40 + 50, 5));
+        // The same batch again: every envelope a duplicate, the traffic unchanged.
+        let again = ingest.ingest_many(&batch).unwrap();
+        assert_eq!(again.iter().filter(|o| matches!(o, Outcome::Duplicate { .. })).count(), 6);
+        assert_eq!(ingest.slos().rolled_up("bc", 0, u64::MAX / 2).unwrap(), traffic);
+        let record = ingest.devices().get("d1").unwrap().unwrap();
+        assert_eq!(record.counts.envelopes, 5);
+        let text = metrics.render();
+        for line in [
+            "outpost_coordinator_ingest_total{result=\"stored\"} 5",
+            "outpost_coordinator_ingest_total{result=\"duplicate\"} 7",
+            "outpost_coordinator_ingest_total{result=\"wrong_key\"} 2",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
     }
 
     /// Agents send a new actual state ahead of their backlog, and resend a lost one later: the

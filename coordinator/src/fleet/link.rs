@@ -244,17 +244,18 @@ fn ingest_batch(
     ingest: &Ingest,
     batch: &[rumqttc::Publish],
 ) -> Result<Vec<(String, Vec<u8>)>, crate::base::store::StoreError> {
-    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut reports: Vec<(&str, &[u8])> = Vec::with_capacity(batch.len());
     for publish in batch {
         match topics::parse(&publish.topic) {
-            Some((device, Channel::Report)) => {
-                let outcome = ingest.ingest(device, &publish.payload)?;
-                if let Outcome::Stored { seq } | Outcome::Duplicate { seq } = outcome {
-                    seqs.entry(device.to_owned()).or_default().push(seq);
-                }
-            }
+            Some((device, Channel::Report)) => reports.push((device, &publish.payload)),
             Some((device, Channel::Presence)) => ingest.presence(device, &publish.payload)?,
             _ => tracing::debug!(topic = publish.topic, "ignoring message on an unexpected topic"),
+        }
+    }
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for ((device, _), outcome) in reports.iter().zip(ingest.ingest_many(&reports)?) {
+        if let Outcome::Stored { seq } | Outcome::Duplicate { seq } = outcome {
+            seqs.entry((*device).to_owned()).or_default().push(seq);
         }
     }
     if seqs.is_empty() {

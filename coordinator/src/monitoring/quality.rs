@@ -295,19 +295,40 @@ impl Labels {
         labels: &BTreeMap<String, String>,
         batch: &FeedbackBatch,
     ) -> Result<(), StoreError> {
-        let device_labels: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
-        let mut writes = Vec::with_capacity(batch.labels.len());
-        for l in &batch.labels {
-            let value = StoredLabel {
-                version: l.version.clone(),
-                slot: l.slot,
-                predicted: l.predicted,
-                label: l.label,
-                predicted_at_ms: l.predicted_at_ms,
-                labelled_at_ms: l.labelled_at_ms,
-            };
-            let encoded = crate::base::store::encode("label", &value)?;
-            writes.push((l.model.as_str(), key(&l.model, device, l.prediction_id), encoded, value));
+        self.put_many(&[(device, labels, batch)])
+    }
+
+    /// [`Labels::put`] for many feedback batches (device, its labels, batch), in order, in one
+    /// transaction: a bucket many labels move is written to the store once.
+    pub fn put_many(
+        &self,
+        batches: &[(&str, &BTreeMap<String, String>, &FeedbackBatch)],
+    ) -> Result<(), StoreError> {
+        // Each batch's device label parts (`label \0 value`), and each label's write.
+        let parts: Vec<Vec<String>> = batches
+            .iter()
+            .map(|(_, labels, _)| labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect())
+            .collect();
+        let mut writes = Vec::new();
+        for ((device, _, batch), device_labels) in batches.iter().zip(&parts) {
+            for l in &batch.labels {
+                let value = StoredLabel {
+                    version: l.version.clone(),
+                    slot: l.slot,
+                    predicted: l.predicted,
+                    label: l.label,
+                    predicted_at_ms: l.predicted_at_ms,
+                    labelled_at_ms: l.labelled_at_ms,
+                };
+                let encoded = crate::base::store::encode("label", &value)?;
+                writes.push((
+                    l.model.as_str(),
+                    key(&l.model, device, l.prediction_id),
+                    encoded,
+                    value,
+                    device_labels,
+                ));
+            }
         }
         if writes.is_empty() {
             return Ok(());
@@ -316,7 +337,7 @@ impl Labels {
         let outcome = self.store.feed().commit(|| {
             let outcome = trees.transaction(|(tree, minutes, hours, label_minutes, label_hours)| {
                 let (mut readable, mut changes) = (true, Vec::new());
-                for (model, key, encoded, value) in &writes {
+                for (model, key, encoded, value, device_labels) in &writes {
                     let raw = tree.insert(key.as_slice(), encoded.as_slice())?;
                     let old = raw.as_ref().and_then(|v| serde_json::from_slice::<StoredLabel>(v).ok());
                     if old.as_ref() == Some(value) {
@@ -353,11 +374,15 @@ impl Labels {
                 Err(e) => (Err(e), Vec::new()),
             }
         });
+        let devices = match batches {
+            [(device, ..)] => (*device).to_owned(),
+            _ => format!("{} feedback batches", batches.len()),
+        };
         rollup::settle(
             &self.store,
             &[rollup::LABELS_MARKER, rollup::LABELS_BY_LABEL_MARKER],
             "label",
-            device,
+            &devices,
             outcome,
         )
     }

@@ -105,6 +105,15 @@ pub struct TrafficWindow {
     pub latency_us: LogHistogram,
 }
 
+/// Which roll-up tree a window's bucket is in, as [`Slos::put_reports`] sums them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Bucket {
+    Minute,
+    Hour,
+    LabelMinute,
+    LabelHour,
+}
+
 /// A shadow's agreement with its primary in one device's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowCounts {
@@ -233,22 +242,42 @@ impl Slos {
         labels: &BTreeMap<String, String>,
         report: &Report,
     ) -> Result<(), StoreError> {
-        let end = report.window_end_ms;
-        let (minute_start, hour_start) = (end - end % MINUTE_MS, end - end % HOUR_MS);
-        let parts: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
+        self.put_reports(&[(device, labels, report)])
+    }
+
+    /// [`Slos::put_report`] for many reports (device, its labels, report) in one transaction: the
+    /// windows new to the store are summed per bucket first, so a bucket that every window of a
+    /// batch goes into — a model version's minute, a site's — is read and written once, not once
+    /// per window. The same window twice in `reports` counts once.
+    pub fn put_reports(
+        &self,
+        reports: &[(&str, &BTreeMap<String, String>, &Report)],
+    ) -> Result<(), StoreError> {
+        // Per window: raw key, encoded value, bucket keys (minute, hour, then per device label
+        // minute and hour, each tagged with its tree), value.
         let mut windows = Vec::new();
-        for w in report.models.iter().filter(|w| w.requests > 0) {
-            let value =
-                TrafficWindow { requests: w.requests, errors: w.errors, latency_us: w.latency_us.clone() };
-            let raw = record_key(&w.model, end, device, &w.version);
-            let encoded = encode("traffic window", &value)?;
-            let minute = rollup::key(&w.model, minute_start, &w.version);
-            let hour = rollup::key(&w.model, hour_start, &w.version);
-            let by_label: Vec<(Vec<u8>, Vec<u8>)> = parts
-                .iter()
-                .map(|p| (rollup::key(&w.model, minute_start, p), rollup::key(&w.model, hour_start, p)))
-                .collect();
-            windows.push((raw, encoded, [minute, hour], by_label, value));
+        for (device, labels, report) in reports {
+            let end = report.window_end_ms;
+            let (minute_start, hour_start) = (end - end % MINUTE_MS, end - end % HOUR_MS);
+            let parts: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
+            for w in report.models.iter().filter(|w| w.requests > 0) {
+                let value = TrafficWindow {
+                    requests: w.requests,
+                    errors: w.errors,
+                    latency_us: w.latency_us.clone(),
+                };
+                let raw = record_key(&w.model, end, device, &w.version);
+                let encoded = encode("traffic window", &value)?;
+                let mut buckets = vec![
+                    (Bucket::Minute, rollup::key(&w.model, minute_start, &w.version)),
+                    (Bucket::Hour, rollup::key(&w.model, hour_start, &w.version)),
+                ];
+                for p in &parts {
+                    buckets.push((Bucket::LabelMinute, rollup::key(&w.model, minute_start, p)));
+                    buckets.push((Bucket::LabelHour, rollup::key(&w.model, hour_start, p)));
+                }
+                windows.push((raw, encoded, buckets, value));
+            }
         }
         if windows.is_empty() {
             return Ok(());
@@ -256,20 +285,28 @@ impl Slos {
         let trees = (&self.traffic, &self.minutes, &self.hours, &self.label_minutes, &self.label_hours);
         let outcome = self.store.feed().commit(|| {
             let outcome = trees.transaction(|(raw, minutes, hours, label_minutes, label_hours)| {
-                let (mut readable, mut new) = (true, Vec::new());
-                for (i, (key, encoded, [minute, hour], by_label, value)) in windows.iter().enumerate() {
+                let mut new = Vec::new();
+                let mut sums: BTreeMap<&(Bucket, Vec<u8>), TrafficWindow> = BTreeMap::new();
+                for (i, (key, encoded, buckets, value)) in windows.iter().enumerate() {
+                    // (A window met earlier in this transaction reads as stored: its insert.)
                     if raw.get(key)?.is_some() {
                         continue;
                     }
                     raw.insert(key.as_slice(), encoded.as_slice())?;
                     new.push(i);
-                    let buckets = [(minutes, minute), (hours, hour)]
-                        .into_iter()
-                        .chain(by_label.iter().flat_map(|(m, h)| [(label_minutes, m), (label_hours, h)]));
-                    for (tree, key) in buckets {
-                        readable &=
-                            rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, value))?;
+                    for bucket in buckets {
+                        rollup::add(sums.entry(bucket).or_default(), value);
                     }
+                }
+                let mut readable = true;
+                for ((which, key), sum) in sums {
+                    let tree = match which {
+                        Bucket::Minute => minutes,
+                        Bucket::Hour => hours,
+                        Bucket::LabelMinute => label_minutes,
+                        Bucket::LabelHour => label_hours,
+                    };
+                    readable &= rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, &sum))?;
                 }
                 Ok((readable, new))
             });
@@ -288,7 +325,11 @@ impl Slos {
             );
             (outcome.map(|(readable, _)| readable), changes)
         });
-        rollup::settle(&self.store, &[rollup::MARKER, rollup::BY_LABEL_MARKER], "traffic", device, outcome)
+        let devices = match reports {
+            [(device, ..)] => (*device).to_owned(),
+            _ => format!("{} reports", reports.len()),
+        };
+        rollup::settle(&self.store, &[rollup::MARKER, rollup::BY_LABEL_MARKER], "traffic", &devices, outcome)
     }
 
     /// Keeps a shadow report's agreement per model version.

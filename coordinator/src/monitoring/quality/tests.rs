@@ -55,20 +55,29 @@ fn assert_split_quality_is_the_scans(labels: &Labels, since: Option<u64>, by: &s
     assert_eq!(rolled.versions, scanned.versions, "by {by} since {since:?}");
 }
 
+/// Three devices' feedback: 400 labels each over two versions, some without a prediction.
+fn fleet_batches() -> Vec<(String, FeedbackBatch)> {
+    (0..3u64)
+        .map(|d| {
+            let rows: Vec<_> = (0..400u64)
+                .map(|i| {
+                    let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
+                    let predicted = (i % 11 != 0).then_some((i % 2) as i64);
+                    (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
+                })
+                .collect();
+            (format!("dev-{d}"), batch(&rows))
+        })
+        .collect()
+}
+
+/// [`fleet_batches`] stored one by one.
 fn filled() -> (tempfile::TempDir, Store, Labels) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let labels = Labels::open(&store).unwrap();
-    for d in 0..3u64 {
-        let rows: Vec<_> = (0..400u64)
-            .map(|i| {
-                let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
-                let predicted = (i % 11 != 0).then_some((i % 2) as i64);
-                (i, version, 3_000_000 + i * 23_456 + d, predicted, ((i / 2) % 2) as i64)
-            })
-            .collect();
-        let device = format!("dev-{d}");
-        labels.put(&device, &device_labels(&device), &batch(&rows)).unwrap();
+    for (device, batch) in fleet_batches() {
+        labels.put(&device, &device_labels(&device), &batch).unwrap();
     }
     (dir, store, labels)
 }
@@ -139,6 +148,50 @@ fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
     assert_eq!(all(&labels).labelled, before.labelled - 1);
     for since in [None, Some(3_000_000)] {
         assert_split_quality_is_the_scans(&labels, since, "site");
+    }
+}
+
+#[test]
+fn labels_of_many_batches_in_one_transaction_count_as_the_same_batches_one_by_one() {
+    let (_dir, _store, one_by_one) = filled();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let together = Labels::open(&store).unwrap();
+    // `filled`'s batches, then within the same transaction: prediction 1 of dev-0 labelled
+    // again (now right), resent unchanged, then labelled a third time without a prediction
+    // and under another version — each replacing the one before, in order.
+    let batches = fleet_batches();
+    let at = 3_000_000 + 23_456;
+    let later = [
+        batch(&[(1, "1.0.0", at, Some(1), 1)]),
+        batch(&[(1, "1.0.0", at, Some(1), 1)]),
+        batch(&[(1, "1.1.0", at, None, 1), (2, "1.0.0", at + 23_456, Some(1), 1)]),
+    ];
+    let dev0 = device_labels("dev-0");
+    let labels: Vec<_> = batches.iter().map(|(d, _)| device_labels(d)).collect();
+    let mut all: Vec<(&str, &BTreeMap<String, String>, &FeedbackBatch)> =
+        batches.iter().zip(&labels).map(|((d, b), l)| (d.as_str(), l, b)).collect();
+    all.extend(later.iter().map(|b| ("dev-0", &dev0, b)));
+    together.put_many(&all).unwrap();
+    for b in &later {
+        one_by_one.put("dev-0", &dev0, b).unwrap();
+    }
+    let sum = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
+    assert_eq!(sum(&together), sum(&one_by_one));
+    assert_eq!(sum(&together), scanned(&together, 0, u64::MAX / 2));
+    for since in [None, Some(3_000_000), Some(6_000_000)] {
+        assert_eq!(
+            together.quality("bc", since, None).unwrap(),
+            one_by_one.quality("bc", since, None).unwrap()
+        );
+        for by in ["site", "tier"] {
+            assert_eq!(
+                together.quality("bc", since, Some(by)).unwrap(),
+                one_by_one.quality("bc", since, Some(by)).unwrap(),
+                "by {by} since {since:?}"
+            );
+            assert_split_quality_is_the_scans(&together, since, by);
+        }
     }
 }
 

@@ -224,26 +224,38 @@ impl History {
     /// version's buckets and what the device reported, in one transaction (a resend adds
     /// nothing).
     pub fn put(&self, device: &str, report: &DriftReport) -> Result<(), StoreError> {
-        let at = report.at_ms;
-        let mut rows = Vec::with_capacity(report.models.len());
-        for m in &report.models {
-            rows.push((
-                key(&m.model, at, device, &m.version),
-                crate::base::store::encode("drift verdict", m)?,
-                m,
-            ));
+        self.put_many(&[(device, report)])
+    }
+
+    /// [`History::put`] for many reports (device, report), in order, in one transaction: a
+    /// bucket many verdicts go into is written to the store once.
+    pub fn put_many(&self, reports: &[(&str, &DriftReport)]) -> Result<(), StoreError> {
+        let mut rows = Vec::new();
+        let mut per_report = Vec::with_capacity(reports.len());
+        for (i, (device, report)) in reports.iter().enumerate() {
+            for m in &report.models {
+                rows.push((
+                    i,
+                    key(&m.model, report.at_ms, device, &m.version),
+                    crate::base::store::encode("drift verdict", m)?,
+                    m,
+                ));
+            }
+            per_report.push(versions_per_model(report));
         }
         if rows.is_empty() {
             return Ok(());
         }
-        let per_model = versions_per_model(report);
         let trees = (&self.tree, &self.minutes, &self.hours, &self.devices);
         let outcome = trees.transaction(|(raw, minutes, hours, devices)| {
             let mut readable = true;
-            for (key, encoded, m) in &rows {
+            for (i, key, encoded, m) in &rows {
+                // (A verdict met earlier in this transaction reads as stored: its insert.)
                 if raw.get(key)?.is_some() {
                     continue;
                 }
+                let ((device, report), per_model) = (reports[*i], &per_report[*i]);
+                let at = report.at_ms;
                 raw.insert(key.as_slice(), encoded.as_slice())?;
                 let dkey = device_key(&m.model, device);
                 let mut seen: DeviceDrift = match devices.get(&dkey)? {
@@ -262,7 +274,11 @@ impl History {
             }
             Ok(readable)
         });
-        rollup::settle(&self.store, &[rollup::DRIFT_MARKER], "drift", device, outcome)
+        let devices = match reports {
+            [(device, _)] => (*device).to_owned(),
+            _ => format!("{} drift reports", reports.len()),
+        };
+        rollup::settle(&self.store, &[rollup::DRIFT_MARKER], "drift", &devices, outcome)
     }
 
     /// Rolls up every stored verdict (after an upgrade, a restore, or an unreadable bucket).

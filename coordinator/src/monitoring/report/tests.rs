@@ -72,10 +72,12 @@ fn a_drift_episode_and_a_version_change_show_in_both_formats() {
 
 /// Forty devices over `hours` hours, one verdict set each every 5 minutes: 1.0.0 first, half
 /// of them moved to 1.1.0 in the middle, a quarter of those back later; four run a canary
-/// of 1.2.0 beside their primary from a quarter of the time to seven eighths.
-fn fleet(history: &History, hours: u64) {
+/// of 1.2.0 beside their primary from a quarter of the time to seven eighths. In order:
+/// (device, report).
+fn fleet_reports(hours: u64) -> Vec<(String, DriftReport)> {
     let start = 7_200_000 + 90_000;
     let rounds = hours * 12;
+    let mut out = Vec::new();
     for r in 0..rounds {
         let at = start + r * 300_000;
         for d in 0..40u64 {
@@ -90,9 +92,46 @@ fn fleet(history: &History, hours: u64) {
             if d < 4 && (rounds / 4..rounds * 7 / 8).contains(&r) {
                 models.push(model("1.2.0", r, r.is_multiple_of(5)));
             }
-            history.put(&format!("dev-{d:02}"), &DriftReport { at_ms: at + d * 1_000, models }).unwrap();
+            out.push((format!("dev-{d:02}"), DriftReport { at_ms: at + d * 1_000, models }));
         }
     }
+    out
+}
+
+/// [`fleet_reports`] stored one by one.
+fn fleet(history: &History, hours: u64) {
+    for (device, report) in fleet_reports(hours) {
+        history.put(&device, &report).unwrap();
+    }
+}
+
+#[test]
+fn a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do() {
+    let (_dir, _store, one_by_one) = opened();
+    fleet(&one_by_one, 30);
+    let (_dir2, _store2, batched) = opened();
+    let reports = fleet_reports(30);
+    // Batches of 97 hold each device's reports of two or three rounds (its version changes
+    // among them), and a resend of the batch's first report.
+    for chunk in reports.chunks(97) {
+        let mut batch: Vec<(&str, &DriftReport)> = chunk.iter().map(|(d, r)| (d.as_str(), r)).collect();
+        batch.push(batch[0]);
+        batched.put_many(&batch).unwrap();
+    }
+    let end = 7_200_000 + 30 * HOUR_MS;
+    for since in [0, 7_200_000 + 95 * 60_000 + 30_000, end - 2 * HOUR_MS] {
+        for version in [None, Some("1.1.0"), Some("1.2.0")] {
+            let expected = DriftHistory::build_for(&one_by_one, "bc", since, version).unwrap();
+            assert_eq!(
+                DriftHistory::build_for(&batched, "bc", since, version).unwrap(),
+                expected,
+                "since {since} {version:?}"
+            );
+            assert_eq!(DriftHistory::from_verdicts(&batched, "bc", since, version).unwrap(), expected);
+        }
+    }
+    let h = DriftHistory::build(&batched, "bc", 0).unwrap();
+    assert_eq!(h.version_changes.iter().map(|c| c.devices).sum::<u64>(), 25);
 }
 
 #[test]

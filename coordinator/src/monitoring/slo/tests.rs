@@ -44,21 +44,76 @@ fn device_labels(device: &str) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// Four devices and two versions reporting every 10 s from 00:59:30 to 03:10:00.
-fn filled() -> (tempfile::TempDir, Store, Slos) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let slos = Slos::open(&store).unwrap();
+/// Four devices and two versions reporting every 10 s from 00:59:30 to 03:10:00, in order:
+/// (device, report).
+fn fleet_reports() -> Vec<(String, Report)> {
+    let mut out = Vec::new();
     for (i, end) in (3_570_000..=11_400_000u64).step_by(10_000).enumerate() {
         for d in 0..4u64 {
             let version = if d % 2 == 0 { "1.0.0" } else { "1.1.0" };
             let n = 5 + (i as u64 * 7 + d * 3) % 40;
-            let device = format!("dev-{d}");
-            slos.put_report(&device, &device_labels(&device), &report(end + d, version, n, (i % 13) as f64))
-                .unwrap();
+            out.push((format!("dev-{d}"), report(end + d, version, n, (i % 13) as f64)));
         }
     }
+    out
+}
+
+/// [`fleet_reports`] stored one by one.
+fn filled() -> (tempfile::TempDir, Store, Slos) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let slos = Slos::open(&store).unwrap();
+    for (device, report) in fleet_reports() {
+        slos.put_report(&device, &device_labels(&device), &report).unwrap();
+    }
     (dir, store, slos)
+}
+
+#[test]
+fn a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do() {
+    let (_dir, _store, one_by_one) = filled();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let batched = Slos::open(&store).unwrap();
+    let reports = fleet_reports();
+    let labels: Vec<_> = reports.iter().map(|(d, _)| device_labels(d)).collect();
+    // Batches of 37 cross minutes and hours; each also carries a resend of its first report
+    // (twice in one batch) and one of the batch before's with other counts: neither adds.
+    let mut previous: Option<(String, Report)> = None;
+    for (chunk, labels) in reports.chunks(37).zip(labels.chunks(37)) {
+        let mut batch: Vec<(&str, &BTreeMap<String, String>, &Report)> =
+            chunk.iter().zip(labels).map(|((d, r), l)| (d.as_str(), l, r)).collect();
+        batch.push(batch[0]);
+        let resend = previous.as_ref().map(|(d, r)| {
+            let mut r = r.clone();
+            r.models[0].requests += 1_000;
+            (d.clone(), device_labels(d), r)
+        });
+        if let Some((d, l, r)) = &resend {
+            batch.insert(5.min(batch.len()), (d.as_str(), l, r));
+        }
+        batched.put_reports(&batch).unwrap();
+        previous = chunk.last().cloned();
+    }
+    for (from, to) in
+        [(3_540_000, 3_599_999), (3_600_000, 7_259_999), (4_020_000, 11_459_999), (0, 20_000_000)]
+    {
+        let what = format!("{from}..{to}");
+        let expected = one_by_one.rolled_up("bc", from, to).unwrap();
+        assert!(expected.requests > 0, "{what}");
+        assert_eq!(batched.rolled_up("bc", from, to).unwrap(), expected, "{what}");
+        assert_eq!(
+            batched.rolled_up_by_label("bc", from, to).unwrap(),
+            one_by_one.rolled_up_by_label("bc", from, to).unwrap(),
+            "{what} by label"
+        );
+        // The raw windows are the first arrivals, each once.
+        let (raw, reference) = (
+            batched.traffic_where("bc", from, to, |_, _| true).unwrap(),
+            one_by_one.traffic_where("bc", from, to, |_, _| true).unwrap(),
+        );
+        assert_eq!((raw.0, raw.1, raw.3), (reference.0, reference.1, reference.3), "{what} raw");
+    }
 }
 
 fn same(rolled: &TrafficWindow, raw: (u64, u64, LogHistogram, usize), what: &str) {
