@@ -7,7 +7,7 @@
 //! stored envelope (retransmission or replay) is counted as a duplicate, not stored again,
 //! and acknowledged again so the agent can let go of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use outpost_shared::protocol::messages::{
@@ -72,6 +72,10 @@ impl Outcome {
         }
     }
 }
+
+/// Most envelopes ingested together: the broker link's batch, and a telemetry file's
+/// ([`Ingest::ingest_from_file`]).
+pub const BATCH: usize = 512;
 
 /// Traffic, labels and drift verdicts of a batch's envelopes, stored together after the envelopes
 /// ([`Ingest::ingest_many`]): (device, its labels, what it sent).
@@ -442,23 +446,48 @@ impl Ingest {
         })
     }
 
-    /// Ingests an envelope read from a file: the device is the one enrolled with its key.
-    pub fn ingest_from_file(&self, wire: &[u8]) -> Result<(Option<String>, Outcome), StoreError> {
-        let refused = match protocol::decode(wire) {
-            Ok(envelope) => match self.devices.get_by_key(&envelope.key_id)? {
-                Some(device) => {
-                    let outcome = self.ingest(&device.id, wire)?;
-                    return Ok((Some(device.id), outcome));
-                }
-                None => Outcome::Rejected {
-                    reason: Rejection::UnknownDevice,
-                    detail: format!("no device is enrolled with key `{}`", envelope.key_id),
-                },
-            },
-            Err(e) => undecodable(&e),
-        };
-        self.counter.with_label_values(&[refused.label()]).inc();
-        Ok((None, refused))
+    /// Ingests envelopes read from a file (an air-gapped device's telemetry), each from the
+    /// device enrolled with its key, as [`Ingest::ingest_many`] does, [`BATCH`] at a time;
+    /// answers (device, outcome) for each, in order.
+    pub fn ingest_from_file(&self, wires: &[Vec<u8>]) -> Result<Vec<(Option<String>, Outcome)>, StoreError> {
+        let mut out = Vec::with_capacity(wires.len());
+        let mut by_key: HashMap<String, Option<String>> = HashMap::new();
+        for chunk in wires.chunks(BATCH) {
+            let mut outcomes: Vec<Option<(Option<String>, Outcome)>> = vec![None; chunk.len()];
+            let mut found: Vec<(usize, String)> = Vec::new();
+            for (i, wire) in chunk.iter().enumerate() {
+                let refused = match protocol::decode(wire) {
+                    Ok(envelope) => {
+                        let device = match by_key.get(&envelope.key_id) {
+                            Some(device) => device.clone(),
+                            None => {
+                                let device = self.devices.get_by_key(&envelope.key_id)?.map(|r| r.id);
+                                by_key.insert(envelope.key_id.clone(), device.clone());
+                                device
+                            }
+                        };
+                        if let Some(device) = device {
+                            found.push((i, device));
+                            continue;
+                        }
+                        Outcome::Rejected {
+                            reason: Rejection::UnknownDevice,
+                            detail: format!("no device is enrolled with key `{}`", envelope.key_id),
+                        }
+                    }
+                    Err(e) => undecodable(&e),
+                };
+                self.counter.with_label_values(&[refused.label()]).inc();
+                outcomes[i] = Some((None, refused));
+            }
+            let batch: Vec<(&str, &[u8])> =
+                found.iter().map(|(i, d)| (d.as_str(), chunk[*i].as_slice())).collect();
+            for ((i, device), outcome) in found.iter().zip(self.ingest_many(&batch)?) {
+                outcomes[*i] = Some((Some(device.clone()), outcome));
+            }
+            out.extend(outcomes.into_iter().flatten());
+        }
+        Ok(out)
     }
 
     /// Signed acks for `seqs` of `device` (call only after [`Store::flush`]); more than one
@@ -548,13 +577,15 @@ mod tests {
         let same_seq_other_bytes = protocol::seal(&key, 1, 0, &body("changed")).unwrap();
         assert_eq!(reason(ingest.ingest("d1", &same_seq_other_bytes).unwrap()), Some(Rejection::Conflict));
         assert_eq!(reason(ingest.ingest("d1", b"\x01junk").unwrap()), Some(Rejection::Malformed));
-        let (_, unknown) = ingest.ingest_from_file(&foreign).unwrap();
-        assert_eq!(reason(unknown), Some(Rejection::UnknownDevice));
+        let from_file = ingest.ingest_from_file(&[foreign.clone(), genuine.clone()]).unwrap();
+        assert_eq!(from_file[0].0, None);
+        assert_eq!(reason(from_file[0].1.clone()), Some(Rejection::UnknownDevice));
+        assert_eq!(from_file[1], (Some("d1".to_owned()), Outcome::Duplicate { seq: 1 }));
 
         let text = metrics.render();
         for (result, n) in [
             ("stored", 1),
-            ("duplicate", 1),
+            ("duplicate", 2),
             ("unknown_device", 2),
             ("wrong_key", 1),
             ("conflict", 1),
@@ -570,34 +601,37 @@ mod tests {
     /// The link hands ingest a batch at a time: each envelope gets the outcome it would get on
     /// its own, and the batch's traffic is stored once per window, with the duplicate in the
     /// batch and a refused envelope adding nothing.
-    #[test]
-    fn a_batch_stores_each_envelope_and_its_traffic_once() {
+    /// A window report of `requests` to `bc` 1.0.0 from `key`'s device, sealed with `seq`.
+    fn report_wire(key: &SigningKey, seq: u64, requests: u64) -> Vec<u8> {
         use outpost_shared::histogram::LogHistogram;
         use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, Report, SystemStats};
+        let mut latency_us = LogHistogram::default();
+        latency_us.record(1_000.0);
+        let body = messages::encode(&AgentMessage::Report(Report {
+            window_start_ms: 600_000 + seq * 10_000,
+            window_end_ms: 610_000 + seq * 10_000,
+            models: vec![ModelWindow {
+                model: "bc".into(),
+                version: "1.0.0".into(),
+                slot: protocol::vocab::Slot::Primary,
+                requests,
+                errors: 1,
+                rows: requests,
+                latency_us,
+                top_score: LogHistogram::default(),
+                label_counts: BTreeMap::new(),
+            }],
+            system: SystemStats::default(),
+            prediction_log: LogWindow::default(),
+            outbox: OutboxStats::default(),
+        }));
+        protocol::seal(key, seq, 0, &body).unwrap()
+    }
+
+    #[test]
+    fn a_batch_stores_each_envelope_and_its_traffic_once() {
         let (_dir, ingest, key, metrics) = enrolled();
-        let report = |seq: u64, requests: u64| {
-            let mut latency_us = LogHistogram::default();
-            latency_us.record(1_000.0);
-            let body = messages::encode(&AgentMessage::Report(Report {
-                window_start_ms: 600_000 + seq * 10_000,
-                window_end_ms: 610_000 + seq * 10_000,
-                models: vec![ModelWindow {
-                    model: "bc".into(),
-                    version: "1.0.0".into(),
-                    slot: protocol::vocab::Slot::Primary,
-                    requests,
-                    errors: 1,
-                    rows: requests,
-                    latency_us,
-                    top_score: LogHistogram::default(),
-                    label_counts: BTreeMap::new(),
-                }],
-                system: SystemStats::default(),
-                prediction_log: LogWindow::default(),
-                outbox: OutboxStats::default(),
-            }));
-            protocol::seal(&key, seq, 0, &body).unwrap()
-        };
+        let report = |seq: u64, requests: u64| report_wire(&key, seq, requests);
         let wires: Vec<Vec<u8>> = (1..=5).map(|seq| report(seq, 10 * seq)).collect();
         let (other, _) = SigningKey::generate().unwrap();
         let foreign = protocol::seal(&other, 6, 0, &body("b")).unwrap();
@@ -630,6 +664,40 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
         }
+    }
+
+    /// An air-gapped device's file of weeks of telemetry goes in batches: every envelope is
+    /// answered in order and its traffic counted once, across batch boundaries.
+    #[test]
+    fn a_telemetry_file_longer_than_a_batch_is_stored_whole_and_answered_in_order() {
+        let (_dir, ingest, key, _metrics) = enrolled();
+        let mut wires: Vec<Vec<u8>> =
+            (1..=2 * BATCH as u64 + 100).map(|seq| report_wire(&key, seq, 2)).collect();
+        let (other, _) = SigningKey::generate().unwrap();
+        wires.insert(BATCH - 1, protocol::seal(&other, 1, 0, &body("stranger")).unwrap());
+        wires.insert(BATCH + 3, wires[BATCH + 1].clone());
+        wires.push(b"\x01junk".to_vec());
+        let answered = ingest.ingest_from_file(&wires).unwrap();
+        assert_eq!(answered.len(), wires.len());
+        let labels: Vec<&str> = answered.iter().map(|(_, o)| o.label()).collect();
+        assert_eq!(labels[BATCH - 1], "unknown_device");
+        assert_eq!(labels[BATCH + 3], "duplicate");
+        assert_eq!(labels[wires.len() - 1], "malformed");
+        assert_eq!(labels.iter().filter(|l| **l == "stored").count(), 2 * BATCH + 100);
+        assert_eq!(
+            answered[BATCH + 3],
+            (Some("d1".to_owned()), Outcome::Duplicate { seq: BATCH as u64 + 1 })
+        );
+        let stored_seqs: Vec<u64> = answered
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Stored { seq } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stored_seqs, (1..=2 * BATCH as u64 + 100).collect::<Vec<_>>());
+        let traffic = ingest.slos().rolled_up("bc", 0, u64::MAX / 2).unwrap();
+        assert_eq!(traffic.requests, 2 * (2 * BATCH as u64 + 100));
     }
 
     /// Agents send a new actual state ahead of their backlog, and resend a lost one later: the

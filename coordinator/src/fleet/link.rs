@@ -47,7 +47,7 @@ impl std::fmt::Debug for LinkSettings {
 }
 
 /// Most messages ingested before one flush and one round of acks.
-const BATCH: usize = 512;
+const BATCH: usize = crate::fleet::ingest::BATCH;
 
 /// Deliveries waiting for ingest: as many as a broker can have unacknowledged on one
 /// connection at all (QoS 1 packet identifiers are 16 bits, and 0 is not one), so no broker

@@ -647,9 +647,8 @@ async fn import_telemetry(
 fn import(ingest: &Ingest, file: TransferFile) -> Result<ImportReport, crate::base::store::StoreError> {
     let mut report = ImportReport::default();
     let mut acks: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for wire in &file.envelopes {
+    for (device, outcome) in ingest.ingest_from_file(&file.envelopes)? {
         report.envelopes += 1;
-        let (device, outcome) = ingest.ingest_from_file(wire)?;
         match (&device, &outcome) {
             (Some(device), Outcome::Stored { seq }) => {
                 report.stored += 1;
