@@ -8,7 +8,7 @@
 //! one transaction (`Ingest::ingest_many`), against the same envelopes each on its own as before
 //! (`Ingest::ingest`), in alternating passes — from devices without labels, then from devices
 //! with two (`site`, `tier`: their windows also go into the roll-ups by device label), then
-//! without again; then a deploy's burst: one actual state from each of many devices, so every
+//! without again, and drift verdict sets of ten features both ways; then a deploy's burst: one actual state from each of many devices, so every
 //! message costs its device an ack of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,9 +22,11 @@ use outpost_coordinator::base::store::Store;
 use outpost_coordinator::fleet::ca::Authority;
 use outpost_coordinator::fleet::devices::{DeviceRecord, TokenRecord};
 use outpost_coordinator::fleet::ingest::{Ingest, Outcome};
+use outpost_shared::drift::DriftTest;
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
-    self, ActualState, AgentMessage, LogWindow, ModelState, ModelWindow, OutboxStats, Report, SystemStats,
+    self, ActualState, AgentMessage, DriftReport, FeatureDrift, LogWindow, ModelDrift, ModelState,
+    ModelWindow, OutboxStats, Report, SystemStats,
 };
 use outpost_shared::protocol::vocab::LoadState;
 use outpost_shared::protocol::{self, SigningKey};
@@ -66,14 +68,15 @@ fn main() {
 
     // 100 devices, each with its own key: the verification baseline's.
     let devices = enrol(&ingest, "verify", 100, &BTreeMap::new());
-    let sealed = |devices: &[(String, SigningKey)]| -> Vec<(usize, Vec<u8>)> {
+    let sealed_with = |devices: &[(String, SigningKey)], body: fn(u64) -> Vec<u8>| -> Vec<(usize, Vec<u8>)> {
         (0..n)
             .map(|i| {
                 let d = (i % 100) as usize;
-                (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &report(i)).unwrap())
+                (d, protocol::seal(&devices[d].1, i / 100 + 1, i, &body(i)).unwrap())
             })
             .collect()
     };
+    let sealed = |devices: &[(String, SigningKey)]| sealed_with(devices, report);
     let wires = sealed(&devices);
     let size = wires.iter().map(|(_, w)| w.len()).sum::<usize>() / wires.len();
 
@@ -96,6 +99,12 @@ fn main() {
     let with_labels_single = pass("labelled-single", &site, true);
     let full_again = pass("again", &BTreeMap::new(), false);
     let full_single_again = pass("single-again", &BTreeMap::new(), true);
+    // Drift verdict sets (ten features), which agents send as often as window reports.
+    let drift_pass = |name: &str, one_by_one: bool| {
+        let devices = enrol(&ingest, name, 100, &BTreeMap::new());
+        ingest_all(&ingest, &store, &devices, &sealed_with(&devices, drift), one_by_one)
+    };
+    let (drift_batched, drift_single) = (drift_pass("drift", false), drift_pass("drift-single", true));
     println!("coordinator ingest, {n} signed window reports of {size} bytes from 100 devices per pass");
     println!("  baseline: Ed25519 verification alone  {verify:>10.0} reports/s");
     println!("  full ingest (verify + store + ack), batches of 512 | one by one (before):");
@@ -106,6 +115,7 @@ fn main() {
     println!(
         "    without labels, again               {full_again:>10.0} | {full_single_again:>6.0} reports/s"
     );
+    println!("    drift verdict sets of 10 features   {drift_batched:>10.0} | {drift_single:>6.0} per s");
     println!("  10,000 agents reporting every 10 s need 1,000 reports/s: {:.0}x headroom", full / 1000.0);
 
     // A deploy's burst: every device reports its new actual state once.
@@ -125,6 +135,36 @@ fn main() {
         "  full ingest (verify + store + an ack each) {rate:>6.0} states/s: the whole fleet in {:.2} s",
         burst as f64 / rate
     );
+}
+
+/// A drift verdict set of `breast_cancer` 1.0.0 over ten features, one in thirteen drifted.
+fn drift(i: u64) -> Vec<u8> {
+    let features = (0..10u64)
+        .map(|f| {
+            let drifted = (i + f).is_multiple_of(13);
+            FeatureDrift {
+                feature: format!("feature_{f}"),
+                test: DriftTest::Ks,
+                score: if drifted { 0.001 } else { 0.2 + ((i * 7 + f) % 50) as f64 / 100.0 },
+                threshold: 0.05,
+                drifted,
+                reference_rows: 500,
+                current_rows: 200,
+                missing: 0,
+            }
+        })
+        .collect();
+    messages::encode(&AgentMessage::Drift(DriftReport {
+        at_ms: (i + 1) * 10_000,
+        models: vec![ModelDrift {
+            model: "breast_cancer".into(),
+            version: "1.0.0".into(),
+            window_rows: 200,
+            rows_seen: 200 * (i + 1),
+            features,
+            prediction: None,
+        }],
+    }))
 }
 
 /// `count` enrolled devices named `{prefix}-{i}`, each with its own key and `labels`.
