@@ -6,6 +6,10 @@
 //! Ed25519 signature verifies; then the body is stored by (device, seq). A second copy of a
 //! stored envelope (retransmission or replay) is counted as a duplicate, not stored again,
 //! and acknowledged again so the agent can let go of it.
+//!
+//! The link ingests a batch at a time ([`Ingest::ingest_many`]): each envelope is checked and
+//! stored on its own, and the traffic, labels and drift verdicts the batch brings go to
+//! monitoring afterwards, one transaction each, so a roll-up bucket is written once per batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
