@@ -333,11 +333,11 @@ impl Ingest {
 
     /// Verifies and stores one envelope that arrived for `device`.
     pub fn ingest(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
-        let mut outcomes = self.ingest_many(&[(device, wire)])?;
-        Ok(outcomes.pop().unwrap_or(Outcome::Rejected {
-            reason: Rejection::Malformed,
-            detail: "nothing was ingested".into(),
-        }))
+        let mut deferred = Deferred::default();
+        let outcome = self.ingest_inner(device, wire, &mut deferred)?;
+        self.store_deferred(&deferred)?;
+        self.count(device, &outcome);
+        Ok(outcome)
     }
 
     /// Ingests `envelopes` (device named by the topic, wire) in order, each as
@@ -353,19 +353,29 @@ impl Ingest {
         for (device, wire) in envelopes {
             outcomes.push(self.ingest_inner(device, wire, &mut deferred)?);
         }
+        self.store_deferred(&deferred)?;
+        for ((device, _), outcome) in envelopes.iter().zip(&outcomes) {
+            self.count(device, outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Stores the traffic, labels and drift verdicts envelopes brought, one transaction each.
+    fn store_deferred(&self, deferred: &Deferred) -> Result<(), StoreError> {
         let reports: Vec<_> = deferred.reports.iter().map(|(d, l, r)| (d.as_str(), l, r)).collect();
         self.slos.put_reports(&reports)?;
         let feedback: Vec<_> = deferred.feedback.iter().map(|(d, l, b)| (d.as_str(), l, b)).collect();
         self.labels.put_many(&feedback)?;
         let drift: Vec<_> = deferred.drift.iter().map(|(d, r)| (d.as_str(), r)).collect();
-        self.drift_history.put_many(&drift)?;
-        for ((device, _), outcome) in envelopes.iter().zip(&outcomes) {
-            self.counter.with_label_values(&[outcome.label()]).inc();
-            if let Outcome::Rejected { reason, detail } = outcome {
-                tracing::warn!(device, reason = reason.as_str(), detail, "envelope rejected");
-            }
+        self.drift_history.put_many(&drift)
+    }
+
+    /// Counts an outcome (`outpost_coordinator_ingest_total{result}`), and logs a refusal.
+    fn count(&self, device: &str, outcome: &Outcome) {
+        self.counter.with_label_values(&[outcome.label()]).inc();
+        if let Outcome::Rejected { reason, detail } = outcome {
+            tracing::warn!(device, reason = reason.as_str(), detail, "envelope rejected");
         }
-        Ok(outcomes)
     }
 
     fn ingest_inner(
