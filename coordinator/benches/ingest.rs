@@ -12,6 +12,8 @@
 //! message costs its device an ack of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fixtures;
+
 use outpost_shared::protocol::vocab::Slot;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +24,10 @@ use outpost_coordinator::base::store::Store;
 use outpost_coordinator::fleet::ca::Authority;
 use outpost_coordinator::fleet::devices::{DeviceRecord, TokenRecord};
 use outpost_coordinator::fleet::ingest::{Ingest, Outcome};
-use outpost_shared::drift::DriftTest;
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
-    self, ActualState, AgentMessage, DriftReport, FeatureDrift, LogWindow, ModelDrift, ModelState,
-    ModelWindow, OutboxStats, Report, SystemStats,
+    self, ActualState, AgentMessage, DriftReport, LogWindow, ModelDrift, ModelState, ModelWindow,
+    OutboxStats, Report, SystemStats,
 };
 use outpost_shared::protocol::vocab::LoadState;
 use outpost_shared::protocol::{self, SigningKey};
@@ -139,21 +140,7 @@ fn main() {
 
 /// A drift verdict set of `breast_cancer` 1.0.0 over ten features, one in thirteen drifted.
 fn drift(i: u64) -> Vec<u8> {
-    let features = (0..10u64)
-        .map(|f| {
-            let drifted = (i + f).is_multiple_of(13);
-            FeatureDrift {
-                feature: format!("feature_{f}"),
-                test: DriftTest::Ks,
-                score: if drifted { 0.001 } else { 0.2 + ((i * 7 + f) % 50) as f64 / 100.0 },
-                threshold: 0.05,
-                drifted,
-                reference_rows: 500,
-                current_rows: 200,
-                missing: 0,
-            }
-        })
-        .collect();
+    let features = fixtures::ten_features(i, i, 200);
     messages::encode(&AgentMessage::Drift(DriftReport {
         at_ms: (i + 1) * 10_000,
         models: vec![ModelDrift {

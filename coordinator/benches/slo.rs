@@ -15,6 +15,8 @@
 //! printed as measured and scaled to that cadence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fixtures;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -22,11 +24,10 @@ use outpost_coordinator::base::store::Store;
 use outpost_coordinator::monitoring::quality::Labels;
 use outpost_coordinator::monitoring::report::{DriftHistory, History};
 use outpost_coordinator::monitoring::slo::{LatencyObjective, SloSpec, Slos};
-use outpost_shared::drift::DriftTest;
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{
-    DriftReport, FeatureDrift, FeedbackBatch, LabelledPrediction, LogWindow, ModelDrift, ModelWindow,
-    OutboxStats, Report, SystemStats,
+    DriftReport, FeedbackBatch, LabelledPrediction, LogWindow, ModelDrift, ModelWindow, OutboxStats, Report,
+    SystemStats,
 };
 use outpost_shared::protocol::vocab::Slot;
 
@@ -333,21 +334,7 @@ fn drift_report(store: &Store, devices: u64, now_ms: u64) {
         for d in 0..devices {
             let at = from_ms + 1 + n * step;
             let version = if d % 2 == 1 && at > from_ms + 15 * DAY_MS { "1.1.0" } else { "1.0.0" };
-            let features = (0..10u64)
-                .map(|f| {
-                    let drifted = (d + r + f) % 13 == 0;
-                    FeatureDrift {
-                        feature: format!("feature_{f}"),
-                        test: DriftTest::Ks,
-                        score: if drifted { 0.001 } else { 0.2 + ((d * 7 + f) % 50) as f64 / 100.0 },
-                        threshold: 0.05,
-                        drifted,
-                        reference_rows: 1_000,
-                        current_rows: 1_000,
-                        missing: 0,
-                    }
-                })
-                .collect();
+            let features = fixtures::ten_features(d + r, d, 1_000);
             let m = ModelDrift {
                 model: "breast_cancer".into(),
                 version: version.into(),
