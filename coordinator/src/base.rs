@@ -1,6 +1,7 @@
 //! The ground floor: what every other floor stands on and nothing else.
 //!
-//! Owns the sled database and its error type ([`store`]), the feed of its committed changes
+//! Owns the sled database and its error type ([`store`]), PostgreSQL's URL, schema and leases
+//! ([`pg`]; the records do not live there yet), the feed of its committed changes
 //! ([`feed`]), the hash-chained audit log
 //! ([`audit`]), backups of the whole data directory ([`backup`]), the Prometheus metric
 //! registry ([`metrics`]), the clock ([`clock`]), and how
@@ -14,5 +15,6 @@ pub mod feed;
 pub mod markdown;
 pub mod metrics;
 pub mod numbers;
+pub mod pg;
 pub mod secrets;
 pub mod store;

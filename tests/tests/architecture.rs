@@ -10,7 +10,8 @@
 //!   composition root), and neither the wiring nor the binaries reach into the request state.
 //! - Storage sits behind repositories: `sled` is named only in the files listed in
 //!   [`REPOSITORIES`], whose methods speak in records; engines, handlers and the wiring never
-//!   see a sled type, so a second backend changes those files and nothing above them.
+//!   see a sled type, so a second backend changes those files and nothing above them. Likewise
+//!   `tokio_postgres` is named only under `base/pg` ([`POSTGRES`]).
 //! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
 //! - The agent's modules import each other without circles (unit tests aside).
 //!
@@ -82,6 +83,15 @@ fn floor_of(relative: &Path) -> Option<usize> {
 }
 
 /// The walls `source` (a coordinator file at `relative`) breaks, as `line: what` sentences.
+/// The only place (under `coordinator/src/`) that may name `tokio_postgres`: this file or
+/// folder.
+const POSTGRES: [&str; 2] = ["base/pg.rs", "base/pg/"];
+
+fn names_postgres(relative: &Path, code: &str) -> bool {
+    let inside = POSTGRES.iter().any(|p| relative.to_string_lossy().starts_with(p));
+    !inside && code.contains("tokio_postgres")
+}
+
 fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
     let Some(rank) = floor_of(relative) else {
         // The wiring and the binaries sit above every floor; they may import any of them but
@@ -94,6 +104,9 @@ fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
             if code.contains("sled::") || code.contains("use sled") {
                 out.push(format!("{n}: the wiring names sled outside a repository (see REPOSITORIES)"));
             }
+            if names_postgres(relative, code) {
+                out.push(format!("{n}: the wiring names tokio_postgres outside base/pg (see POSTGRES)"));
+            }
         }
         return out;
     };
@@ -103,6 +116,9 @@ fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
     for (n, code) in code_lines(source) {
         if !repository && (code.contains("sled::") || code.contains("use sled")) {
             out.push(format!("{n}: `{me}` names sled outside a repository (see REPOSITORIES)"));
+        }
+        if names_postgres(relative, code) {
+            out.push(format!("{n}: `{me}` names tokio_postgres outside base/pg (see POSTGRES)"));
         }
         for (higher, name) in FLOORS.iter().enumerate().skip(rank + 1) {
             if code.contains(&format!("crate::{name}::")) || code.contains(&format!("crate::{name};")) {
@@ -302,4 +318,10 @@ fn the_checker_catches_a_forbidden_import() {
     assert!(
         coordinator_violations(Path::new("ops/rollout/persistence.rs"), "    tree: sled::Tree,\n").is_empty()
     );
+    // tokio_postgres only under base/pg: not in a repository, not in the wiring.
+    let pg = "use tokio_postgres::Client;\n";
+    assert_eq!(coordinator_violations(Path::new("ops/rollout/persistence.rs"), pg).len(), 1);
+    assert_eq!(coordinator_violations(Path::new("config.rs"), pg).len(), 1);
+    assert!(coordinator_violations(Path::new("base/pg/lease.rs"), pg).is_empty());
+    assert!(coordinator_violations(Path::new("base/pg.rs"), pg).is_empty());
 }
