@@ -47,6 +47,61 @@ pub struct Config {
     /// The coordinator's own secrets at rest: the CA key, the root, release and online keys,
     /// the admin token.
     pub secrets: SecretsConfig,
+    /// Where the coordinator's records live.
+    pub store: StoreConfig,
+}
+
+/// Where the coordinator's records live.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sled`: an embedded database in `<data_dir>/state/` (the default; nothing to run).
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: PostgreSQL, on this host until TLS to
+    /// it is built; not usable yet (the coordinator brings the schema up to date, then refuses to
+    /// start, naming what is missing). Pass a password by `OUTPOST_COORDINATOR_STORE__URL`
+    /// rather than in a file; every message shows it masked.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: "sled".into() }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig").field("url", &crate::base::pg::mask(&self.url)).finish()
+    }
+}
+
+/// The store `[store] url` names.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    Sled,
+    Postgres(Box<crate::base::pg::PgUrl>),
+}
+
+impl StoreConfig {
+    /// The backend `url` names; an error names the URL with its password masked.
+    pub fn backend(&self) -> Result<StoreBackend, ConfigError> {
+        if self.url == "sled" {
+            return Ok(StoreBackend::Sled);
+        }
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            return crate::base::pg::PgUrl::parse(&self.url)
+                .map(|url| StoreBackend::Postgres(Box::new(url)))
+                .map_err(|e| ConfigError::Invalid(e.to_string()));
+        }
+        Err(ConfigError::Key {
+            key: "store.url".into(),
+            problem: format!(
+                "`{}` is neither `sled` nor a postgres:// URL (the sled database lives in data_dir: move that \
+                 to move it)",
+                crate::base::pg::mask(&self.url)
+            ),
+        })
+    }
 }
 
 /// How the coordinator keeps its secrets on disk.
@@ -74,6 +129,7 @@ impl Default for Config {
             registry: crate::models::registry::RegistryConfig::default(),
             watchdog: Default::default(),
             secrets: SecretsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -267,6 +323,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |key: &str, problem: &str| ConfigError::Key { key: key.into(), problem: problem.into() };
+        self.store.backend()?;
         self.watchdog.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.keys().map_err(|(entry, problem)| key(&entry, &problem))?;
         if let Some(spec) = &self.secrets.key {

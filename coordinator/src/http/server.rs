@@ -51,6 +51,14 @@ pub enum ServeError {
     Roots(#[from] crate::fleet::roots::RootsError),
     #[error(transparent)]
     Secrets(#[from] crate::base::secrets::SecretsError),
+    #[error(transparent)]
+    Postgres(#[from] crate::base::pg::PgError),
+    #[error(
+        "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
+         cannot keep its records there yet (devices, registry, rollouts and monitoring are in sled only; the \
+         PostgreSQL store lands in pieces, see docs/design/store-backends.md): set store.url = \"sled\""
+    )]
+    PostgresNotYet { url: String, schema: i32 },
 }
 
 impl ServeError {
@@ -61,11 +69,44 @@ impl ServeError {
         matches!(
             self,
             ServeError::Config(_)
+                | ServeError::PostgresNotYet { .. }
                 | ServeError::Secrets(_)
                 | ServeError::Ca(CaError::Secret(_))
                 | ServeError::Roots(RootsError::Secret(_))
-        )
+        ) || matches!(self, ServeError::Postgres(e) if e.is_configuration())
     }
+}
+
+/// `[store] url = "postgres://…"`: checks the server and brings its schema up to date (under
+/// the migration lock, so replicas starting together migrate once), then refuses to serve — the
+/// records cannot live there yet. Every message names the URL with its password masked.
+async fn refuse_postgres(url: &crate::base::pg::PgUrl) -> ServeError {
+    use crate::base::pg;
+    let replica = replica_id();
+    let mut client = match url.connect(&format!("outpost-coordinator {replica}")).await {
+        Ok(client) => client,
+        Err(e) => return e.into(),
+    };
+    match pg::migrate(url, &mut client, &replica).await {
+        Ok(migrated) => {
+            tracing::info!(url = url.masked(), replica, from = migrated.from, applied = ?migrated.applied, "PostgreSQL schema checked");
+            ServeError::PostgresNotYet { url: url.masked().to_owned(), schema: pg::latest_schema() }
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// This process among a cluster's replicas: host name, process id and a random part (a
+/// restarted process, or a pod that kept its name, is another replica).
+fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    let mut random = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    format!("{host}-{}-{}", std::process::id(), hex::encode(random))
 }
 
 /// Reads the admin token, creating it (0600, sealed with `[secrets] key`) at first start.
@@ -92,6 +133,9 @@ pub fn admin_token(data_dir: &std::path::Path, secrets: &Secrets) -> Result<Stri
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
+    if let crate::config::StoreBackend::Postgres(url) = config.store.backend()? {
+        return Err(refuse_postgres(&url).await);
+    }
     // State, keys and the audit log: the owner's only (0700 directory, new files 0600).
     let private = outpost_shared::files::keep_private(&config.data_dir)
         .map_err(|source| ServeError::Write { path: config.data_dir.clone(), source })?;

@@ -1,0 +1,139 @@
+//! `[store] url = "postgres://…"`, the first piece: the real coordinator binary against the
+//! machine's real PostgreSQL (`TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; each test makes a database of its own with
+//! `psql`). A URL that is malformed, off this host or unreachable stops the start with its
+//! password masked and the cause; replicas starting together apply the schema once; a newer
+//! schema is refused naming both versions; and since the records cannot live there yet, every
+//! start then refuses to serve, saying so, before it writes anything to its data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use outpost_tests::{bin_dir, refused_exit};
+
+fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Runs SQL through `psql` against `url`; returns its unaligned output.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-Atc", sql]).output().expect("psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A database of this test's own, dropped at the end (`.ci/run` drops what a failed run left).
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn new(tag: &str) -> Database {
+        let name = format!("outpost_test_{tag}_{}", std::process::id());
+        psql(&admin_url(), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&admin_url(), &format!("CREATE DATABASE {name}"));
+        let base = admin_url();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        Database { name, url }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&admin_url(), "-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .output();
+    }
+}
+
+/// Starts `outpost-coordinator serve` on `store_url` with a data directory under `dir` that must
+/// not exist yet.
+fn start(dir: &std::path::Path, store_url: &str) -> std::process::Child {
+    Command::new(bin_dir().join("outpost-coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("OUTPOST_COORDINATOR_STORE__URL", store_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn refused(store_url: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, err) =
+        refused_exit(start(&data, store_url), Duration::from_secs(30), "the start must be refused");
+    assert!(!data.exists(), "a refused start wrote its data directory: {err}");
+    assert!(!err.contains("hunter2"), "the password is shown: {err}");
+    (code, err)
+}
+
+#[test]
+fn a_store_url_that_is_malformed_off_this_host_or_unreachable_stops_the_start_with_its_password_masked() {
+    let (code, err) = refused("mysql://outpost:hunter2@127.0.0.1/outpost");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("store.url") && err.contains("mysql://outpost:***@127.0.0.1/outpost"), "{err}");
+
+    let (code, err) = refused("postgres://outpost:hunter2@127.0.0.1:5432");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("names no database"), "{err}");
+
+    let (code, err) = refused("postgres://outpost:hunter2@db.example.com/outpost");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("postgres://outpost:***@db.example.com/outpost") && err.contains("TLS"), "{err}");
+
+    // Nothing listens on this port: the server is down, not the configuration wrong (exit 1).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, err) = refused(&format!("postgres://outpost:hunter2@127.0.0.1:{port}/outpost"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach PostgreSQL at `postgres://outpost:***@127.0.0.1:{port}/outpost`"
+        )),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "the cause is named: {err}");
+}
+
+#[test]
+fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_serve() {
+    let db = Database::new("three");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = dirs.iter().map(|d| start(&d.path().join("data"), &db.url)).collect();
+    let mut applied = 0;
+    for (child, dir) in children.into_iter().zip(&dirs) {
+        let (code, err) = refused_exit(child, Duration::from_secs(30), "a PostgreSQL start must be refused");
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("schema is at version 1") && err.contains("cannot keep its records there yet"),
+            "{err}"
+        );
+        assert!(!dir.path().join("data").exists(), "nothing written: {err}");
+        applied += err.matches("applied a schema migration").count();
+    }
+    assert_eq!(applied, 1, "one replica applied migration 1");
+    assert_eq!(psql(&db.url, "SELECT version, name FROM outpost_schema"), "1|cluster");
+    // The tables of schema 1 are there.
+    assert_eq!(psql(&db.url, "SELECT count(*) FROM outpost_leases"), "0");
+}
+
+#[test]
+fn a_database_with_a_newer_schema_is_refused_naming_both_versions_and_left_as_it_was() {
+    let db = Database::new("newer");
+    psql(
+        &db.url,
+        "CREATE TABLE outpost_schema (version integer PRIMARY KEY, name text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL); \
+         INSERT INTO outpost_schema (version, name, applied_by) VALUES (7, 'from-the-future', 'a newer coordinator')",
+    );
+    let (code, err) = refused(&db.url);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds schema version 7, newer than this coordinator knows (1)"), "{err}");
+    assert_eq!(psql(&db.url, "SELECT string_agg(version::text, ',') FROM outpost_schema"), "7");
+    assert_eq!(psql(&db.url, "SELECT count(*) FROM pg_tables WHERE tablename = 'outpost_leases'"), "0");
+}
