@@ -27,7 +27,10 @@ fn psql(url: &str, sql: &str) -> String {
 /// A database of this test's own, dropped at the end (`.ci/run` drops what a failed run left).
 struct Database {
     name: String,
+    /// With a password in it: the server's (when it asks for one) or `hunter2` (trust
+    /// authentication ignores it), so the tests see that it is never shown.
     url: String,
+    password: String,
 }
 
 impl Database {
@@ -36,8 +39,12 @@ impl Database {
         psql(&admin_url(), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         psql(&admin_url(), &format!("CREATE DATABASE {name}"));
         let base = admin_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        Database { name, url }
+        let (scheme, rest) = base.split_once("://").unwrap();
+        let (user, host) = rest.split_once('@').expect("TEST_POSTGRES_URL names a user");
+        let (user, password) = user.split_once(':').unwrap_or((user, "hunter2"));
+        let host = &host[..host.find('/').unwrap_or(host.len())];
+        let url = format!("{scheme}://{user}:{password}@{host}/{name}");
+        Database { name, url, password: password.to_owned() }
     }
 }
 
@@ -114,6 +121,8 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
             "{err}"
         );
         assert!(!dir.path().join("data").exists(), "nothing written: {err}");
+        assert!(!err.contains(&db.password), "the password is shown: {err}");
+        assert!(err.contains(":***@"), "the URL is shown masked: {err}");
         applied += err.matches("applied a schema migration").count();
     }
     assert_eq!(applied, 1, "one replica applied migration 1");
@@ -133,6 +142,7 @@ fn a_database_with_a_newer_schema_is_refused_naming_both_versions_and_left_as_it
     );
     let (code, err) = refused(&db.url);
     assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(&db.password), "the password is shown: {err}");
     assert!(err.contains("holds schema version 7, newer than this coordinator knows (1)"), "{err}");
     assert_eq!(psql(&db.url, "SELECT string_agg(version::text, ',') FROM outpost_schema"), "7");
     assert_eq!(psql(&db.url, "SELECT count(*) FROM pg_tables WHERE tablename = 'outpost_leases'"), "0");

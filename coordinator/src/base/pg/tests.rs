@@ -258,3 +258,24 @@ async fn a_takeover_waits_for_the_deposed_holders_fenced_write_and_its_next_writ
     drop(a);
     db.finish().await;
 }
+
+proptest::proptest! {
+    /// Whatever the operator writes, masking and parsing never panic, and a password in the
+    /// user part never survives masking.
+    #[test]
+    fn masking_and_parsing_any_url_never_panic_nor_show_the_password(
+        junk in ".{0,80}",
+        user in "[a-z][a-z0-9_]{0,8}",
+        password in "PW_[A-Za-z0-9%!~*:]{1,16}",
+        host in "(127\\.0\\.0\\.1|localhost|db\\.example\\.com|\\[::1\\])(:[0-9]{1,5})?",
+        query in "(\\?[a-z_]{1,10}=[a-z0-9]{0,6}(&[a-z_]{1,10}=[a-z0-9]{0,6}){0,2})?",
+    ) {
+        let _ = mask(&junk);
+        let _ = PgUrl::parse(&junk);
+        let url = format!("postgres://{user}:{password}@{host}/outpost{query}");
+        proptest::prop_assert!(!mask(&url).contains(&password), "{}", mask(&url));
+        if let Err(e) = PgUrl::parse(&url) {
+            proptest::prop_assert!(!e.to_string().contains(&password), "{e}");
+        }
+    }
+}
