@@ -20,6 +20,7 @@ use crate::base::metrics::Metrics;
 use crate::fleet::broker::front::{Front, FrontSettings, OnRefusal};
 use crate::fleet::ca::{Authority, CaError};
 use crate::fleet::devices::Devices;
+use outpost_shared::protocol::topics::{self, Channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -37,6 +38,43 @@ pub const MAX_PAYLOAD: usize = outpost_shared::protocol::MAX_ENVELOPE_BYTES + 40
 /// Clients the front holds at most (devices, the coordinator, and room for reconnects), when
 /// the open-file limit allows.
 pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// How much each subscription's log keeps, as rumqttd (segment bytes, segments). The router
+/// appends every message to a log per subscription filter and keeps the newest segments up to
+/// this, consumed or not — so it is the memory each filter costs for good, not a backlog. A
+/// consumer that falls further behind skips to the oldest message kept (its QoS 1 messages
+/// are lost to it; agents resend whatever the coordinator never acked, and every desired state
+/// is also retained and republished when the coordinator's link reconnects).
+///
+/// The coordinator's report filter carries every device's envelopes, a deploy's burst of
+/// actual states included (10,000 devices × a few KB): 16 MiB × 4 holds several bursts.
+pub const REPORT_LOG: (usize, usize) = (16 << 20, 4);
+/// The coordinator's presence filter: one small message per device (re)connection.
+pub const PRESENCE_LOG: (usize, usize) = (1 << 20, 2);
+/// Every other filter is one device's own (its acks and desired states): tens of messages.
+/// These used to share the report filter's 100 MB × 10, so each device's log grew by every ack
+/// it was sent (about 200 bytes each 10 s) without bound in practice — at 10,000 devices,
+/// gigabytes a day.
+pub const DEVICE_LOG: (usize, usize) = (8 << 10, 2);
+
+/// rumqttd's settings: the router only (the front is the listener), with the log bounds above.
+pub fn router_config() -> Result<rumqttd::Config, BrokerError> {
+    let (reports, presence) = (topics::all_devices(Channel::Report), topics::all_devices(Channel::Presence));
+    let config = serde_json::json!({
+        "id": 0,
+        "router": {
+            "max_connections": MAX_CONNECTIONS + 10,
+            "max_outgoing_packet_count": 200,
+            "max_segment_size": DEVICE_LOG.0,
+            "max_segment_count": DEVICE_LOG.1,
+            "custom_segment": {
+                (reports): { "max_segment_size": REPORT_LOG.0, "max_segment_count": REPORT_LOG.1 },
+                (presence): { "max_segment_size": PRESENCE_LOG.0, "max_segment_count": PRESENCE_LOG.1 },
+            },
+        },
+    });
+    serde_json::from_value(config).map_err(|e| BrokerError::Config(e.to_string()))
+}
 
 /// File descriptors kept for everything but broker clients (the store, the API, logs).
 const RESERVED_FILES: u64 = 512;
@@ -88,17 +126,7 @@ pub async fn start(embedded: Embedded<'_>) -> Result<Arc<Front>, BrokerError> {
     .swap_remove(0)
     .to_vec();
 
-    let config = serde_json::json!({
-        "id": 0,
-        "router": {
-            "max_connections": MAX_CONNECTIONS + 10,
-            "max_outgoing_packet_count": 200,
-            "max_segment_size": 104_857_600,
-            "max_segment_count": 10,
-        },
-    });
-    let config: rumqttd::Config =
-        serde_json::from_value(config).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let config = router_config()?;
     // Spawns the router's thread; it lives as long as a handle to it does (the front's).
     let broker = Arc::new(rumqttd::Broker::new(config));
 
