@@ -387,7 +387,7 @@ fn main() {
 
     // Steady state: one report per device every interval.
     std::thread::sleep(interval * 2);
-    let (cpu0, _) = usage(pid);
+    let (cpu0, rss0) = usage(pid);
     let stored0 = stored(&c.metrics());
     let t0 = Instant::now();
     let mut peak_rss = 0;
@@ -400,10 +400,12 @@ fn main() {
     let stored = (stored(&c.metrics()) - stored0) / secs;
     let sent = devices as f64 / interval.as_secs_f64();
     println!(
-        "  steady state over {secs:.0} s: coordinator CPU {:.0}% of one core ({:.0}% of the machine), RSS {:.0} MB (peak {:.0} MB)",
+        "  steady state over {secs:.0} s: coordinator CPU {:.0}% of one core ({:.0}% of the machine), RSS {:.0} → {:.0} MB ({:+.1} MB a minute; peak {:.0} MB)",
         100.0 * (cpu1 - cpu0) / secs,
         50.0 * (cpu1 - cpu0) / secs,
+        rss0 as f64 / 1e6,
         rss as f64 / 1e6,
+        (rss as f64 - rss0 as f64) / 1e6 / (secs / 60.0),
         peak_rss as f64 / 1e6
     );
     println!(
