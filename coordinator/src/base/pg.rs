@@ -240,9 +240,6 @@ pub struct Migrated {
     pub applied: Vec<i32>,
 }
 
-/// How long a replica's heartbeat counts it as running (see [`lease::REPLICA_TTL`]).
-const RUNNING: &str = "interval '1 millisecond' * $1";
-
 /// Brings the database's schema up to [`latest_schema`], as `replica`, under the migration
 /// lock: replicas starting together wait for the first, which applies each missing migration in
 /// its own transaction, and find nothing left to do. Refuses a database whose schema is newer
@@ -305,12 +302,11 @@ async fn migrate_locked(
         let ttl = lease::REPLICA_TTL.as_millis() as f64;
         let older = client
             .query_opt(
-                &format!(
-                    "SELECT id, schema, extract(epoch FROM now() - heartbeat_at)::bigint
-                     FROM outpost_replicas WHERE schema < {binary} AND heartbeat_at > now() - {RUNNING}
-                     ORDER BY heartbeat_at DESC LIMIT 1"
-                ),
-                &[&ttl],
+                "SELECT id, schema, extract(epoch FROM now() - heartbeat_at)::bigint
+                 FROM outpost_replicas
+                 WHERE schema < $1 AND heartbeat_at > now() - interval '1 millisecond' * $2
+                 ORDER BY heartbeat_at DESC LIMIT 1",
+                &[&binary, &ttl],
             )
             .await
             .map_err(|e| url.query_error("reading the running replicas", &e))?;
