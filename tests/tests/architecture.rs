@@ -11,7 +11,7 @@
 //! - Storage sits behind repositories: `sled` is named only in the files listed in
 //!   [`REPOSITORIES`], whose methods speak in records; engines, handlers and the wiring never
 //!   see a sled type, so a second backend changes those files and nothing above them. Likewise
-//!   `tokio_postgres` is named only under `base/pg` ([`POSTGRES`]).
+//!   the PostgreSQL client only under `base/pg` and in repositories' `pg.rs` ([`POSTGRES`]).
 //! - `shared` is at the bottom; `agent` and `coordinator` never import each other.
 //! - The agent's modules import each other without circles (unit tests aside).
 //!
@@ -35,7 +35,7 @@ const REPOSITORIES: [&str; 18] = [
     "monitoring/report/history.rs",
     "monitoring/dataset.rs",
     "monitoring/retention.rs",
-    "fleet/devices.rs",
+    "fleet/devices/sled_backend.rs",
     "fleet/devices/retention.rs",
     "fleet/desired.rs",
     "fleet/roots.rs",
@@ -83,13 +83,15 @@ fn floor_of(relative: &Path) -> Option<usize> {
 }
 
 /// The walls `source` (a coordinator file at `relative`) breaks, as `line: what` sentences.
-/// The only place (under `coordinator/src/`) that may name `tokio_postgres`: this file or
-/// folder.
-const POSTGRES: [&str; 2] = ["base/pg.rs", "base/pg/"];
+/// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
+/// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
+/// each repository's PostgreSQL side beside its sled one.
+const POSTGRES: [&str; 3] = ["base/pg.rs", "base/pg/", "fleet/devices/pg.rs"];
 
 fn names_postgres(relative: &Path, code: &str) -> bool {
     let inside = POSTGRES.iter().any(|p| relative.to_string_lossy().starts_with(p));
-    !inside && code.contains("tokio_postgres")
+    let names = ["tokio_postgres", "postgres::", "use postgres", "r2d2"].iter().any(|n| code.contains(n));
+    !inside && names
 }
 
 fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
@@ -105,7 +107,9 @@ fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
                 out.push(format!("{n}: the wiring names sled outside a repository (see REPOSITORIES)"));
             }
             if names_postgres(relative, code) {
-                out.push(format!("{n}: the wiring names tokio_postgres outside base/pg (see POSTGRES)"));
+                out.push(format!(
+                    "{n}: the wiring names the PostgreSQL client outside its places (see POSTGRES)"
+                ));
             }
         }
         return out;
@@ -118,7 +122,7 @@ fn coordinator_violations(relative: &Path, source: &str) -> Vec<String> {
             out.push(format!("{n}: `{me}` names sled outside a repository (see REPOSITORIES)"));
         }
         if names_postgres(relative, code) {
-            out.push(format!("{n}: `{me}` names tokio_postgres outside base/pg (see POSTGRES)"));
+            out.push(format!("{n}: `{me}` names the PostgreSQL client outside its places (see POSTGRES)"));
         }
         for (higher, name) in FLOORS.iter().enumerate().skip(rank + 1) {
             if code.contains(&format!("crate::{name}::")) || code.contains(&format!("crate::{name};")) {

@@ -14,6 +14,7 @@
 //! accepted: a password never crosses a network in the clear.
 
 pub mod lease;
+pub mod store;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -28,8 +29,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7401; // "outpost" + 1
 
 /// The schema this binary knows: (version, name, SQL), in order, without gaps.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "cluster", include_str!("../../migrations/0001_cluster.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "cluster", include_str!("../../migrations/0001_cluster.sql")),
+    (2, "devices", include_str!("../../migrations/0002_devices.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_schema() -> i32 {

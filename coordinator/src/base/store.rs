@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum StoreError {
     #[error("state storage error in {path}: {source}")]
     Storage { path: PathBuf, source: sled::Error },
+    #[error("state storage error in PostgreSQL at `{url}`: {source}")]
+    Postgres { url: String, source: crate::base::pg::store::PgFailure },
     #[error("stored record `{key}` is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
 }

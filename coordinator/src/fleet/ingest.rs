@@ -7,9 +7,10 @@
 //! stored envelope (retransmission or replay) is counted as a duplicate, not stored again,
 //! and acknowledged again so the agent can let go of it.
 //!
-//! The link ingests a batch at a time ([`Ingest::ingest_many`]): each envelope is checked and
-//! stored on its own, and the traffic, labels and drift verdicts the batch brings go to
-//! monitoring afterwards, one transaction each, so a roll-up bucket is written once per batch.
+//! The link ingests a batch at a time ([`Ingest::ingest_many`]): every envelope is checked, the
+//! verified ones are stored together (on PostgreSQL in one transaction), and the traffic, labels
+//! and drift verdicts the batch brings go to monitoring afterwards, one transaction each, so a
+//! roll-up bucket is written once per batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use prometheus::IntCounterVec;
 use crate::base::store::{Store, StoreError, now_ms};
 
 use crate::fleet::ca::Authority;
-use crate::fleet::devices::{DeviceRecord, Devices, Stored};
+use crate::fleet::devices::{Arrival, DeviceRecord, Devices, Stored};
 
 /// Why an envelope was refused (also the `result` label of the ingest counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,24 @@ impl Outcome {
 /// Most envelopes ingested together: the broker link's batch, and a telemetry file's
 /// ([`Ingest::ingest_from_file`]).
 pub const BATCH: usize = 512;
+
+/// How a verified envelope changes its device's record.
+type Update<'a> = dyn Fn(&mut DeviceRecord) + Send + Sync + 'a;
+
+/// An envelope after its checks ([`Ingest::verify`]).
+enum Checked {
+    /// Refused before storing: its outcome.
+    Refused(Outcome),
+    Verified(Verified),
+}
+
+/// A verified envelope: its seq, its device's labels, and its body (an unreadable one is
+/// stored all the same).
+struct Verified {
+    seq: u64,
+    labels: BTreeMap<String, String>,
+    message: Result<AgentMessage, messages::MessageError>,
+}
 
 /// Traffic, labels and drift verdicts of a batch's envelopes, stored together after the envelopes
 /// ([`Ingest::ingest_many`]): (device, its labels, what it sent).
@@ -333,25 +352,74 @@ impl Ingest {
 
     /// Verifies and stores one envelope that arrived for `device`.
     pub fn ingest(&self, device: &str, wire: &[u8]) -> Result<Outcome, StoreError> {
-        let mut deferred = Deferred::default();
-        let outcome = self.ingest_inner(device, wire, &mut deferred)?;
-        self.store_deferred(&deferred)?;
-        self.count(device, &outcome);
-        Ok(outcome)
+        self.ingest_many(&[(device, wire)])?.pop().ok_or_else(|| StoreError::Corrupt {
+            key: format!("envelopes/{device}"),
+            detail: "ingest answered no outcome".into(),
+        })
     }
 
     /// Ingests `envelopes` (device named by the topic, wire) in order, each as
-    /// [`Ingest::ingest`] does, and answers their outcomes in the same order. The traffic,
-    /// labels and drift verdicts they bring are stored once every envelope is, one transaction
-    /// each, so a roll-up bucket that many of them go into (a model version's minute, a site's)
-    /// is written once per batch, not once per window. After an error nothing of the batch is
-    /// acknowledged, so its devices send it again and the resend stores what the first arrival
-    /// did not.
+    /// [`Ingest::ingest`] does, and answers their outcomes in the same order: every envelope
+    /// is verified, then the verified ones are stored together ([`Devices::store_envelopes`]:
+    /// on PostgreSQL one transaction), then what they bring goes to monitoring — the traffic,
+    /// labels and drift verdicts one transaction each, so a roll-up bucket that many of them
+    /// go into (a model version's minute, a site's) is written once per batch, not once per
+    /// window. After an error nothing of the batch is acknowledged, so its devices send it
+    /// again and the resend stores what the first arrival did not.
     pub fn ingest_many(&self, envelopes: &[(&str, &[u8])]) -> Result<Vec<Outcome>, StoreError> {
+        let mut checked = Vec::with_capacity(envelopes.len());
+        for (device, wire) in envelopes {
+            checked.push(self.verify(device, wire)?);
+        }
+        let updates: Vec<Box<Update<'_>>> = checked
+            .iter()
+            .filter_map(|c| match c {
+                Checked::Verified(v) => Some(v),
+                Checked::Refused(_) => None,
+            })
+            .map(|v| {
+                let update: Box<Update<'_>> = Box::new(move |r: &mut DeviceRecord| match &v.message {
+                    Ok(message) => apply(message, v.seq, r, self.hysteresis),
+                    Err(_) => r.counts.unreadable_bodies += 1,
+                });
+                update
+            })
+            .collect();
+        let received_ms = now_ms();
+        let arrivals: Vec<Arrival<'_>> = checked
+            .iter()
+            .zip(envelopes)
+            .filter_map(|(c, (device, wire))| match c {
+                Checked::Verified(v) => Some((v, device, wire)),
+                Checked::Refused(_) => None,
+            })
+            .zip(&updates)
+            .map(|((v, device, wire), update)| Arrival {
+                device,
+                seq: v.seq,
+                wire,
+                received_ms,
+                update: &**update,
+            })
+            .collect();
+        let mut stored = self.devices.store_envelopes(&arrivals)?.into_iter();
+        drop(arrivals);
+        drop(updates);
         let mut deferred = Deferred::default();
         let mut outcomes = Vec::with_capacity(envelopes.len());
-        for (device, wire) in envelopes {
-            outcomes.push(self.ingest_inner(device, wire, &mut deferred)?);
+        for (c, (device, _)) in checked.into_iter().zip(envelopes) {
+            outcomes.push(match c {
+                Checked::Refused(outcome) => outcome,
+                Checked::Verified(v) => {
+                    let Some(stored) = stored.next() else {
+                        return Err(StoreError::Corrupt {
+                            key: format!("envelopes/{device}"),
+                            detail: "the store answered fewer outcomes than it was given envelopes".into(),
+                        });
+                    };
+                    self.follow_up(device, v, stored, &mut deferred)?
+                }
+            });
         }
         self.store_deferred(&deferred)?;
         for ((device, _), outcome) in envelopes.iter().zip(&outcomes) {
@@ -378,16 +446,14 @@ impl Ingest {
         }
     }
 
-    fn ingest_inner(
-        &self,
-        device: &str,
-        wire: &[u8],
-        deferred: &mut Deferred,
-    ) -> Result<Outcome, StoreError> {
-        let rejected = |reason, detail: String| Ok(Outcome::Rejected { reason, detail });
+    /// Checks an envelope for `device`: it decodes, the device is enrolled and not revoked,
+    /// the envelope is signed with its key; then its body is decoded (an unreadable body is
+    /// still stored, counted as such).
+    fn verify(&self, device: &str, wire: &[u8]) -> Result<Checked, StoreError> {
+        let rejected = |reason, detail: String| Ok(Checked::Refused(Outcome::Rejected { reason, detail }));
         let envelope = match protocol::decode(wire) {
             Ok(envelope) => envelope,
-            Err(e) => return Ok(undecodable(&e)),
+            Err(e) => return Ok(Checked::Refused(undecodable(&e))),
         };
         let record = self.devices.get(device)?;
         if let Some(revoked) = record
@@ -419,23 +485,30 @@ impl Ingest {
         if let Err(e) = &message {
             tracing::warn!(device, seq = opened.seq, error = %e, "signed envelope with an unreadable body: stored as is");
         }
-        let stored =
-            self.devices.store_envelope(device, opened.seq, wire, |r: &mut DeviceRecord| match &message {
-                Ok(message) => apply(message, opened.seq, r, self.hysteresis),
-                Err(_) => r.counts.unreadable_bodies += 1,
-            })?;
-        // Labels, drift verdicts, traffic and predictions go to their own trees, on the first arrival and again on a
-        // resend (upsert), so an interruption between the two writes loses none. Traffic, labels and drift verdicts
-        // wait for the rest of the batch (`deferred`).
+        Ok(Checked::Verified(Verified { seq: opened.seq, labels: record.labels, message }))
+    }
+
+    /// What follows storing a verified envelope: labels, drift verdicts, traffic, shadow windows
+    /// and predictions go to their own trees, on the first arrival and again on a resend
+    /// (upsert), so an interruption between the two writes loses none (traffic, labels and drift
+    /// verdicts wait for the rest of the batch in `deferred`); and its outcome.
+    fn follow_up(
+        &self,
+        device: &str,
+        verified: Verified,
+        stored: Stored,
+        deferred: &mut Deferred,
+    ) -> Result<Outcome, StoreError> {
+        let Verified { seq, labels, message } = verified;
         match (message, &stored) {
             (Ok(AgentMessage::Feedback(batch)), Stored::New | Stored::Duplicate) => {
-                deferred.feedback.push((device.to_owned(), record.labels, batch))
+                deferred.feedback.push((device.to_owned(), labels, batch))
             }
             (Ok(AgentMessage::Drift(report)), Stored::New | Stored::Duplicate) => {
                 deferred.drift.push((device.to_owned(), report))
             }
             (Ok(AgentMessage::Report(report)), Stored::New | Stored::Duplicate) => {
-                deferred.reports.push((device.to_owned(), record.labels, report))
+                deferred.reports.push((device.to_owned(), labels, report))
             }
             (Ok(AgentMessage::Shadow(report)), Stored::New | Stored::Duplicate) => {
                 self.slos.put_shadow(device, &report)?
@@ -451,11 +524,11 @@ impl Ingest {
             _ => {}
         }
         Ok(match stored {
-            Stored::New => Outcome::Stored { seq: opened.seq },
-            Stored::Duplicate => Outcome::Duplicate { seq: opened.seq },
+            Stored::New => Outcome::Stored { seq },
+            Stored::Duplicate => Outcome::Duplicate { seq },
             Stored::Conflict => Outcome::Rejected {
                 reason: Rejection::Conflict,
-                detail: format!("seq {} was stored before with different bytes", opened.seq),
+                detail: format!("seq {seq} was stored before with different bytes"),
             },
         })
     }

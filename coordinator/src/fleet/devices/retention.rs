@@ -11,20 +11,24 @@
 //! it counts as stored — a resend is acked as a duplicate, a replay is refused as one — so
 //! removing an envelope never lets its seq be taken again. The mark and the removals change in
 //! one transaction with the device's record, like storing does.
+//!
+//! This file holds the sled side; the PostgreSQL side (`pg.rs`) removes the same prefix with
+//! one `DELETE` per device and transaction.
 
 use sled::Transactional;
 use sled::transaction::TransactionError;
 
-use super::{DeviceRecord, Devices, abort, encode_in_tx, envelope_key};
+use super::DeviceRecord;
+use super::sled_backend::{SledDevices, abort, encode_in_tx, envelope_key};
 use crate::base::store::StoreError;
 
 /// Envelopes removed per transaction.
 const PER_TRANSACTION: usize = 2048;
 
-impl Devices {
+impl SledDevices {
     /// Removes every device's envelopes stored before `cutoff_ms` (see the module header);
     /// returns how many went.
-    pub fn prune_envelopes(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+    pub(super) fn prune_envelopes(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
         let mut removed = 0;
         for device in self.envelope_devices()? {
             loop {

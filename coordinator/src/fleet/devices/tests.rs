@@ -1,5 +1,8 @@
-//! Unit tests of the device store: tokens, enrolment, envelopes, revocation, key roles.
+//! Unit tests of the device store: tokens, enrolment, envelopes, revocation, key roles, and
+//! retention. Each behaviour runs on both backends (`on_sled::…`, `on_postgres::…`, the latter
+//! against the real PostgreSQL of `TEST_POSTGRES_URL`, a database per test).
 use super::*;
+use crate::base::pg::store::testing::TestDatabase;
 use std::collections::BTreeMap;
 
 fn device(id: &str, key: &str) -> DeviceRecord {
@@ -9,32 +12,66 @@ fn device(id: &str, key: &str) -> DeviceRecord {
     }
 }
 
-/// A store in `dir` with each (token, device, key id) of `enrolled` enrolled, and a sealer of
+/// What keeps a test's store alive, and how to reach behind the repository.
+#[allow(clippy::large_enum_variant)]
+enum Backing {
+    Sled(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] TestDatabase, PgStore),
+}
+
+fn sled() -> (Devices, Backing) {
+    let dir = tempfile::tempdir().unwrap();
+    (Devices::open(&Store::open(dir.path()).unwrap()).unwrap(), Backing::Sled(dir))
+}
+
+fn postgres() -> (Devices, Backing) {
+    let db = TestDatabase::new();
+    let store = db.store();
+    (Devices::open_postgres(&store), Backing::Postgres(db, store))
+}
+
+/// Runs each named behaviour `fn(&Devices, &Backing)` once on each backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test] fn $name() { let (devices, backing) = super::sled(); super::$name(&devices, &backing); })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { let (devices, backing) = super::postgres(); super::$name(&devices, &backing); })*
+        }
+    };
+}
+
+on_both!(
+    a_token_enrols_exactly_once_and_expires,
+    envelopes_are_stored_once_and_counted,
+    a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again,
+    old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken,
+    envelopes_from_before_arrival_times_go_by_their_sent_time,
+    a_presence_from_an_older_session_is_a_replay,
+    a_device_marked_for_the_release_key_loses_the_mark_when_it_enrols_again,
+    any_u64_seq_is_stored_in_order,
+    a_record_holding_any_string_a_device_sent_is_stored,
+    a_batch_is_stored_in_order_each_seq_once,
+    an_envelope_that_brings_an_event_is_published,
+);
+
+/// `devices` with each (token, device, key id) of `enrolled` enrolled, and a sealer of
 /// envelopes `(seq, sent_at_ms)` under one signing key.
-fn enrolled_with_signer(
-    dir: &std::path::Path,
-    enrolled: &[(&str, &str, &str)],
-) -> (Devices, impl Fn(u64, u64) -> Vec<u8>) {
-    let devices = Devices::open(&Store::open(dir).unwrap()).unwrap();
+fn enrolled_with_signer(devices: &Devices, enrolled: &[(&str, &str, &str)]) -> impl Fn(u64, u64) -> Vec<u8> {
     for (t, d, k) in enrolled {
         devices.add_token(t, &token(u64::MAX)).unwrap();
         devices.enrol(t, |_| device(d, k)).unwrap().unwrap();
     }
     let (key, _) = outpost_shared::protocol::keys::SigningKey::generate().unwrap();
-    let wire = move |seq: u64, sent_at_ms: u64| {
-        outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap()
-    };
-    (devices, wire)
+    move |seq: u64, sent_at_ms: u64| outpost_shared::protocol::seal(&key, seq, sent_at_ms, b"body").unwrap()
 }
 
 fn token(expires_at_ms: u64) -> TokenRecord {
     TokenRecord { labels: BTreeMap::new(), created_at_ms: 0, expires_at_ms, used_by: None, used_at_ms: None }
 }
 
-#[test]
-fn a_token_enrols_exactly_once_and_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+fn a_token_enrols_exactly_once_and_expires(devices: &Devices, _: &Backing) {
     devices.add_token("t1", &token(u64::MAX)).unwrap();
     devices.add_token("old", &token(1)).unwrap();
     assert_eq!(devices.enrol("t1", |_| device("d1", "k1")).unwrap().unwrap().id, "d1");
@@ -51,7 +88,7 @@ fn a_token_enrols_exactly_once_and_expires() {
 }
 
 #[test]
-fn devices_enrolled_before_the_key_split_keep_the_release_key_until_they_enrol_again() {
+fn on_sled_devices_enrolled_before_the_key_split_keep_the_release_key_until_they_enrol_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     // A store from before the split: a device record, and no mark in `meta`.
@@ -70,10 +107,7 @@ fn devices_enrolled_before_the_key_split_keep_the_release_key_until_they_enrol_a
     assert!(!devices.control_by_release_key("old").unwrap());
 }
 
-#[test]
-fn envelopes_are_stored_once_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+fn envelopes_are_stored_once_and_counted(devices: &Devices, _: &Backing) {
     devices.add_token("t", &token(u64::MAX)).unwrap();
     devices.enrol("t", |_| device("d1", "k1")).unwrap().unwrap();
     let bump = |r: &mut DeviceRecord| r.counts.reports += 1;
@@ -90,10 +124,7 @@ fn envelopes_are_stored_once_and_counted() {
     assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 2);
 }
 
-#[test]
-fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = Devices::open(&Store::open(dir.path()).unwrap()).unwrap();
+fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again(devices: &Devices, _: &Backing) {
     for (t, d, k) in [("t1", "d1", "k1"), ("t2", "d2", "k2")] {
         devices.add_token(t, &token(u64::MAX)).unwrap();
         devices
@@ -129,11 +160,9 @@ fn a_revoked_device_leaves_the_targets_stays_revoked_and_cannot_enrol_again() {
 /// Retention removes each device's oldest envelopes up to its first one stored after the cutoff
 /// (by the coordinator's clock, whatever the device's says), and a removed seq never becomes
 /// storable again: a resend is a duplicate, not a new envelope.
-#[test]
-fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
-    let dir = tempfile::tempdir().unwrap();
+fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken(devices: &Devices, _: &Backing) {
     // `d1` and `d10`: one id a prefix of the other must not mix their envelopes.
-    let (devices, wire) = enrolled_with_signer(dir.path(), &[("t1", "d1", "k1"), ("t2", "d10", "k2")]);
+    let wire = enrolled_with_signer(devices, &[("t1", "d1", "k1"), ("t2", "d10", "k2")]);
     let none = |_: &mut DeviceRecord| {};
     // d1's clock was lost (it sends 1970 dates), d10's runs a year ahead; they arrive at
     // 1000·seq ms (d1) and at 500 and 9000 ms (d10).
@@ -169,18 +198,234 @@ fn old_envelopes_are_pruned_as_a_prefix_and_their_seqs_stay_taken() {
 
 /// Envelopes stored before arrival times were kept (no entry in `envelope_arrivals`) go by the
 /// time their device sent them, as they always did; those stored since go by arrival.
-#[test]
-fn envelopes_from_before_arrival_times_go_by_their_sent_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let (devices, wire) = enrolled_with_signer(dir.path(), &[("t", "d", "k")]);
+fn envelopes_from_before_arrival_times_go_by_their_sent_time(devices: &Devices, backing: &Backing) {
+    let wire = enrolled_with_signer(devices, &[("t", "d", "k")]);
     let none = |_: &mut DeviceRecord| {};
     // Seqs 1 and 2 from an older coordinator: sent at 1000 and 5000, no arrival recorded.
     for (seq, sent) in [(1, 1000), (2, 5000)] {
         devices.store_envelope_at("d", seq, &wire(seq, sent), 0, none).unwrap();
-        devices.arrivals.remove(envelope_key("d", seq)).unwrap();
+    }
+    match (&devices.backend, backing) {
+        (Backend::Sled(s), _) => {
+            for seq in [1, 2] {
+                s.arrivals.remove(sled_backend::envelope_key("d", seq)).unwrap();
+            }
+        }
+        (_, Backing::Postgres(_, store)) => store
+            .execute_batch("UPDATE outpost_envelopes SET received_ms = NULL WHERE received_ms = 0")
+            .unwrap(),
+        _ => unreachable!("a sled backing holds a sled store"),
     }
     devices.store_envelope_at("d", 3, &wire(3, 0), 2000, none).unwrap();
     assert_eq!(devices.prune_envelopes(3000).unwrap(), 1, "seq 1 (sent at 1000); seq 2 was sent at 5000");
     assert_eq!(devices.prune_envelopes(6000).unwrap(), 2, "seq 2 by its sent time, seq 3 by its arrival");
-    assert_eq!(devices.arrivals.iter().count(), 0, "arrival times go with their envelopes");
+    assert_eq!(devices.envelopes("d").count(), 0);
+    if let Backend::Sled(s) = &devices.backend {
+        assert_eq!(s.arrivals.iter().count(), 0, "arrival times go with their envelopes");
+    }
+}
+
+fn a_presence_from_an_older_session_is_a_replay(devices: &Devices, _: &Backing) {
+    let _ = enrolled_with_signer(devices, &[("t", "d", "k")]);
+    assert_eq!(devices.set_presence("nope", "online", 1).unwrap(), None);
+    assert_eq!(devices.set_presence("d", "online", 5).unwrap(), Some(true));
+    assert_eq!(devices.set_presence("d", "offline", 4).unwrap(), Some(false), "an older session's replay");
+    assert_eq!(devices.get("d").unwrap().unwrap().presence.as_deref(), Some("online"));
+    assert_eq!(devices.set_presence("d", "offline", 5).unwrap(), Some(true));
+    assert_eq!(devices.get("d").unwrap().unwrap().presence.as_deref(), Some("offline"));
+}
+
+fn a_device_marked_for_the_release_key_loses_the_mark_when_it_enrols_again(
+    devices: &Devices,
+    backing: &Backing,
+) {
+    let _ = enrolled_with_signer(devices, &[("t", "d", "k")]);
+    assert!(!devices.control_by_release_key("d").unwrap(), "a new enrolment gets the online key");
+    // Marked as a store from before the split holds it (sled: the tree; PostgreSQL: a migrated row).
+    match (&devices.backend, backing) {
+        (Backend::Sled(s), _) => drop(s.legacy_control.insert(b"d", &[][..]).unwrap()),
+        (_, Backing::Postgres(_, store)) => {
+            store.execute_batch("INSERT INTO outpost_legacy_control (device) VALUES ('d')").unwrap()
+        }
+        _ => unreachable!("a sled backing holds a sled store"),
+    }
+    assert!(devices.control_by_release_key("d").unwrap());
+    devices.clear_legacy_control("d").unwrap();
+    assert!(!devices.control_by_release_key("d").unwrap());
+    devices.clear_legacy_control("d").unwrap();
+}
+
+fn any_u64_seq_is_stored_in_order(devices: &Devices, _: &Backing) {
+    let wire = enrolled_with_signer(devices, &[("t", "d", "k")]);
+    let none = |_: &mut DeviceRecord| {};
+    for seq in [u64::MAX, 5, 1 << 63, 0, (1 << 63) - 1] {
+        assert_eq!(devices.store_envelope("d", seq, &wire(seq, 0), none).unwrap(), Stored::New, "{seq}");
+    }
+    assert_eq!(devices.store_envelope("d", u64::MAX, &wire(u64::MAX, 0), none).unwrap(), Stored::Duplicate);
+    let seqs: Vec<u64> = devices.envelopes("d").map(|e| e.unwrap().0).collect();
+    assert_eq!(seqs, vec![0, 5, (1 << 63) - 1, 1 << 63, u64::MAX]);
+    assert_eq!(devices.get("d").unwrap().unwrap().highest_seq, Some(u64::MAX));
+}
+
+fn an_envelope_that_brings_an_event_is_published(devices: &Devices, _: &Backing) {
+    let wire = enrolled_with_signer(devices, &[("t", "d", "k")]);
+    let events = devices.subscribe_events();
+    devices.store_envelope("d", 1, &wire(1, 0), |r: &mut DeviceRecord| r.counts.reports += 1).unwrap();
+    assert!(events.drain().unwrap().is_empty(), "no event, nothing published");
+    devices.store_envelope("d", 2, &wire(2, 0), |r: &mut DeviceRecord| r.counts.events += 1).unwrap();
+    let published: Vec<DeviceRecord> = events.drain().unwrap().iter().filter_map(record_of).collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!((published[0].id.as_str(), published[0].counts.events), ("d", 1));
+}
+
+/// Replicas (each its own pool on one database) storing the same device's envelopes at once —
+/// as after a replica died between commit and ack and the device resent — store each seq once,
+/// and the record counts every arrival exactly once.
+#[test]
+fn on_postgres_replicas_storing_one_devices_envelopes_at_once_store_each_seq_once() {
+    let db = TestDatabase::new();
+    let replicas: Vec<Devices> = (0..3).map(|_| Devices::open_postgres(&db.store())).collect();
+    let wire = enrolled_with_signer(&replicas[0], &[("t", "d", "k")]);
+    let wires: Vec<Vec<u8>> = (1..=150).map(|seq| wire(seq, 0)).collect();
+    std::thread::scope(|s| {
+        for (n, devices) in replicas.iter().enumerate() {
+            let wires = &wires;
+            s.spawn(move || {
+                // Each replica in its own order, so they overlap on every seq.
+                let mut order: Vec<u64> = (1..=150).collect();
+                order.rotate_left(n * 50);
+                for seq in order {
+                    let wire = &wires[(seq - 1) as usize];
+                    let stored =
+                        devices.store_envelope("d", seq, wire, |r: &mut DeviceRecord| r.counts.reports += 1);
+                    assert!(matches!(stored.unwrap(), Stored::New | Stored::Duplicate), "{seq}");
+                }
+            });
+        }
+    });
+    let record = replicas[1].get("d").unwrap().unwrap();
+    assert_eq!((record.counts.envelopes, record.counts.reports, record.counts.duplicates), (150, 150, 300));
+    assert_eq!(replicas[2].envelopes("d").count(), 150);
+}
+
+/// Replicas racing to enrol with one token: exactly one device is enrolled.
+#[test]
+fn on_postgres_replicas_racing_with_one_token_enrol_one_device() {
+    let db = TestDatabase::new();
+    let replicas: Vec<Devices> = (0..4).map(|_| Devices::open_postgres(&db.store())).collect();
+    replicas[0].add_token("t", &token(u64::MAX)).unwrap();
+    let outcomes: Vec<Result<DeviceRecord, TokenRefused>> = std::thread::scope(|s| {
+        let racers: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(n, devices)| {
+                s.spawn(move || devices.enrol("t", |_| device(&format!("d{n}"), &format!("k{n}"))).unwrap())
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| *o == Err(TokenRefused::Used)), "{outcomes:?}");
+    assert_eq!(replicas[3].every().unwrap().len(), 1);
+}
+
+fn a_record_holding_any_string_a_device_sent_is_stored(devices: &Devices, _: &Backing) {
+    let wire = enrolled_with_signer(devices, &[("t", "d", "k")]);
+    let odd = "nul \0, quote \", backslash \\, emoji \u{1F600}, \u{7f}";
+    let set = |r: &mut DeviceRecord| r.agent_version = Some(odd.to_owned());
+    assert_eq!(devices.store_envelope("d", 1, &wire(1, 0), set).unwrap(), Stored::New);
+    assert_eq!(devices.get("d").unwrap().unwrap().agent_version.as_deref(), Some(odd));
+}
+
+fn a_batch_is_stored_in_order_each_seq_once(devices: &Devices, _: &Backing) {
+    let wire = enrolled_with_signer(devices, &[("t1", "d1", "k1"), ("t2", "d2", "k2")]);
+    let events = devices.subscribe_events();
+    devices.store_envelope("d1", 1, &wire(1, 0), |_: &mut DeviceRecord| {}).unwrap();
+    let report = |r: &mut DeviceRecord| r.counts.reports += 1;
+    let event = |r: &mut DeviceRecord| r.counts.events += 1;
+    let (one, two, three, other) = (wire(1, 0), wire(2, 0), wire(3, 0), wire(2, 99));
+    let arrival = |device, seq, wire, update| Arrival { device, seq, wire, received_ms: 7, update };
+    let outcomes = devices
+        .store_envelopes(&[
+            arrival("d2", 3, &three, &event),
+            arrival("d1", 1, &one, &report),
+            arrival("d1", 2, &two, &report),
+            arrival("d2", 1, &one, &report),
+            arrival("d1", 2, &two, &report),
+            arrival("d1", 2, &other, &report),
+            arrival("d2", 2, &two, &event),
+        ])
+        .unwrap();
+    use Stored::*;
+    assert_eq!(outcomes, [New, Duplicate, New, New, Duplicate, Conflict, New]);
+    let d1 = devices.get("d1").unwrap().unwrap();
+    assert_eq!((d1.counts.envelopes, d1.counts.reports, d1.counts.duplicates), (2, 1, 3));
+    let d2 = devices.get("d2").unwrap().unwrap();
+    assert_eq!(
+        (d2.counts.envelopes, d2.counts.reports, d2.counts.events, d2.highest_seq),
+        (3, 1, 2, Some(3))
+    );
+    let seqs: Vec<u64> = devices.envelopes("d2").map(|e| e.unwrap().0).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // Each record an event rewrote is published as it was then, in order.
+    let published: Vec<(String, u64)> =
+        events.drain().unwrap().iter().filter_map(record_of).map(|r| (r.id, r.counts.events)).collect();
+    assert_eq!(published, [("d2".to_owned(), 1), ("d2".to_owned(), 2)]);
+    assert_eq!(devices.store_envelopes(&[]).unwrap(), []);
+    let missing =
+        devices.store_envelopes(&[arrival("nope", 1, &one, &report), arrival("d1", 9, &one, &report)]);
+    assert!(matches!(missing, Err(StoreError::Corrupt { .. })), "{missing:?}");
+}
+
+/// Replicas storing batches that share devices (each device's envelopes spread over them, as
+/// a shared subscription hands them out, some to two) neither deadlock nor lose or double a seq.
+#[test]
+fn on_postgres_replicas_storing_batches_that_share_devices_store_every_seq_once() {
+    const DEVICES: u64 = 20;
+    const SEQS: u64 = 60;
+    let db = TestDatabase::new();
+    let replicas: Vec<Devices> = (0..3).map(|_| Devices::open_postgres(&db.store())).collect();
+    let enrolled: Vec<(String, String, String)> =
+        (0..DEVICES).map(|d| (format!("t{d}"), format!("d{d}"), format!("k{d}"))).collect();
+    let refs: Vec<(&str, &str, &str)> =
+        enrolled.iter().map(|(t, d, k)| (t.as_str(), d.as_str(), k.as_str())).collect();
+    let wire = enrolled_with_signer(&replicas[0], &refs);
+    let wires: Vec<Vec<u8>> = (1..=SEQS).map(|seq| wire(seq, 0)).collect();
+    let count = |r: &mut DeviceRecord| r.counts.reports += 1;
+    std::thread::scope(|s| {
+        for (n, replica) in replicas.iter().enumerate() {
+            let (wires, ids) = (&wires, &enrolled);
+            s.spawn(move || {
+                // Replica n gets the seqs whose (seq + device) % 3 is n, and every fifth seq again.
+                let mine: Vec<(usize, u64)> = (0..DEVICES as usize)
+                    .flat_map(|d| (1..=SEQS).map(move |seq| (d, seq)))
+                    .filter(|&(d, seq)| (seq as usize + d) % 3 == n || seq % 5 == 0)
+                    .collect();
+                for batch in mine.chunks(64) {
+                    let arrivals: Vec<Arrival<'_>> = batch
+                        .iter()
+                        .rev()
+                        .map(|&(d, seq)| Arrival {
+                            device: &ids[d].1,
+                            seq,
+                            wire: &wires[(seq - 1) as usize],
+                            received_ms: 1,
+                            update: &count,
+                        })
+                        .collect();
+                    let outcomes = replica.store_envelopes(&arrivals).unwrap();
+                    assert!(
+                        outcomes.iter().all(|o| matches!(o, Stored::New | Stored::Duplicate)),
+                        "{outcomes:?}"
+                    );
+                }
+            });
+        }
+    });
+    for (_, id, _) in &enrolled {
+        let record = replicas[1].get(id).unwrap().unwrap();
+        assert_eq!((record.counts.envelopes, record.counts.reports), (SEQS, SEQS), "{id}");
+        assert_eq!(record.counts.duplicates, 2 * (SEQS / 5), "{id}: every fifth seq came three times");
+        assert_eq!(replicas[2].envelopes(id).count() as u64, SEQS, "{id}");
+    }
 }

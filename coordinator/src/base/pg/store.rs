@@ -1,0 +1,272 @@
+//! The repositories' handle on PostgreSQL: a pool of blocking connections, entered from
+//! synchronous code wherever it runs, and transactions retried whole when PostgreSQL cancels
+//! them for a conflict.
+//!
+//! The repositories stay synchronous (`docs/design/store-backends.md`, decision 1): they take a
+//! connection from an r2d2 pool of the blocking `postgres` client, which drives each call on a
+//! runtime of its own. That runtime cannot be entered from a tokio worker, so [`PgStore::run`]
+//! steps aside first: `block_in_place` on a multi-threaded runtime, a scoped thread on a
+//! current-thread one, nothing on a plain thread (ingest's `spawn_blocking`, tests, the CLI).
+//!
+//! A transaction that fails with a serialization failure (`40001`), a deadlock (`40P01`) or a
+//! unique violation (`23505`: two replicas inserted the same new row at once; the retry sees
+//! the winner's row and decides again) is run again from the start, a few times.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::NoTls;
+use postgres::error::SqlState;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::PgUrl;
+use crate::base::feed::Feed;
+use crate::base::store::StoreError;
+
+/// Connections a coordinator process keeps to PostgreSQL at most.
+const POOL_SIZE: u32 = 16;
+
+/// How long a call waits for a free connection (or a new one) before it fails.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a transaction cancelled for a conflict is run again before the error is returned.
+const ATTEMPTS: usize = 8;
+
+/// What a PostgreSQL call failed with, as [`StoreError::Postgres`] carries it.
+#[derive(Debug, thiserror::Error)]
+pub enum PgFailure {
+    #[error("{}", super::cause(.0))]
+    Query(#[from] postgres::Error),
+    #[error("no connection within {CHECKOUT_TIMEOUT:?}: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+/// The pool every repository on PostgreSQL shares, and the feed of changes published by this
+/// process's writes.
+#[derive(Clone)]
+pub struct PgStore {
+    url: PgUrl,
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    feed: Arc<Feed>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// A connection taken from the pool for one call.
+pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+impl PgStore {
+    /// Opens a pool on `url` (its schema must already be up to date: [`super::migrate`]); fails
+    /// when the first connection cannot be made within the checkout timeout.
+    pub fn open(url: &PgUrl, application: &str) -> Result<PgStore, StoreError> {
+        let mut config = url.config.clone();
+        config.application_name(application).connect_timeout(super::CONNECT_TIMEOUT);
+        let manager = PostgresConnectionManager::new(postgres::Config::from(config), NoTls);
+        let pool = run(|| {
+            r2d2::Pool::builder()
+                .max_size(POOL_SIZE)
+                .min_idle(Some(1))
+                .connection_timeout(CHECKOUT_TIMEOUT)
+                .build(manager)
+        })
+        .map_err(|e| StoreError::Postgres { url: url.masked.clone(), source: e.into() })?;
+        Ok(PgStore { url: url.clone(), pool, feed: Default::default() })
+    }
+
+    /// The feed of changes this process commits (every clone shares it).
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// `failure` as a [`StoreError`] naming this store's (masked) URL.
+    pub fn error(&self, failure: impl Into<PgFailure>) -> StoreError {
+        StoreError::Postgres { url: self.url.masked.clone(), source: failure.into() }
+    }
+
+    /// Runs `call` on a pooled connection (see the module header for how it steps aside from
+    /// an async runtime).
+    pub fn with<T>(
+        &self,
+        call: impl FnOnce(&mut Conn) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError>
+    where
+        T: Send,
+    {
+        run(|| {
+            let mut conn = self.pool.get().map_err(|e| self.error(e))?;
+            call(&mut conn).map_err(|e| self.error(e))
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it; a transaction PostgreSQL cancelled for a
+    /// conflict runs again (module header). `body`'s own outcome `Err(E)` rolls back and is
+    /// returned as `Ok(Err(E))`.
+    pub fn transaction<T, E>(
+        &self,
+        body: impl Fn(&mut postgres::Transaction<'_>) -> Result<Result<T, E>, postgres::Error> + Send + Sync,
+    ) -> Result<Result<T, E>, StoreError>
+    where
+        T: Send,
+        E: Send,
+    {
+        run(|| {
+            let mut conn = self.pool.get().map_err(|e| self.error(e))?;
+            let mut attempt = 1;
+            loop {
+                let outcome = conn.transaction().and_then(|mut tx| match body(&mut tx)? {
+                    Ok(value) => tx.commit().map(|()| Ok(value)),
+                    Err(refused) => tx.rollback().map(|()| Err(refused)),
+                });
+                match outcome {
+                    Err(e) if attempt < ATTEMPTS && is_conflict(&e) => {
+                        tracing::debug!(attempt, error = %super::cause(&e), "PostgreSQL transaction conflicted: again");
+                        std::thread::sleep(Duration::from_millis(2 << attempt));
+                        attempt += 1;
+                    }
+                    other => return other.map_err(|e| self.error(e)),
+                }
+            }
+        })
+    }
+
+    /// Runs `sql` (statements separated by `;`) as is: for tests that shape a database as an
+    /// older coordinator left it.
+    #[cfg(test)]
+    pub fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
+        self.with(|c| c.batch_execute(sql))
+    }
+}
+
+fn is_conflict(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+/// Runs blocking `f` where the blocking client may enter its own runtime (module header).
+pub(crate) fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        Ok(_) => {
+            std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }
+        Err(_) => f(),
+    }
+}
+
+/// A device's seq (any `u64`) as a `bigint` that sorts the same: `seq − 2⁶³`. SQL reading the
+/// table adds `9223372036854775808::numeric` back.
+pub fn seq_to_sql(seq: u64) -> i64 {
+    (seq ^ (1 << 63)) as i64
+}
+
+/// The inverse of [`seq_to_sql`].
+pub fn seq_from_sql(stored: i64) -> u64 {
+    (stored as u64) ^ (1 << 63)
+}
+
+/// A time in ms since the epoch (or any other count a `bigint` holds) as one; a value past
+/// `i64::MAX` (not a time anyone sends) is held at it.
+pub fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Databases of their own for unit tests, on the PostgreSQL `TEST_POSTGRES_URL` names
+/// (default the machine's `postgres://postgres@127.0.0.1:5432/postgres`).
+#[cfg(test)]
+pub mod testing {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// The server the tests make their databases on.
+    pub fn admin_url() -> String {
+        std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// A database name no other test of this process uses (`.ci/run` drops leftovers named
+    /// `outpost_test_*` that a failed run left).
+    pub fn database_name() -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!("outpost_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The URL of database `name` on the test server.
+    pub fn url_of(name: &str) -> PgUrl {
+        let base = admin_url();
+        PgUrl::parse(&format!("{}/{name}", &base[..base.rfind('/').unwrap_or(base.len())]))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fresh database at the newest schema, dropped (connections and all) when this is.
+    pub struct TestDatabase {
+        pub name: String,
+        pub url: PgUrl,
+    }
+
+    impl TestDatabase {
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> TestDatabase {
+            let name = database_name();
+            run(|| {
+                let mut admin = postgres::Client::connect(&admin_url(), NoTls)
+                    .unwrap_or_else(|e| panic!("the test PostgreSQL must be running: {e}"));
+                admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("{e}"));
+            });
+            let url = url_of(&name);
+            run(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                rt.block_on(async {
+                    let mut client = url.connect("outpost-test").await.unwrap_or_else(|e| panic!("{e}"));
+                    super::super::migrate(&url, &mut client, "test").await.unwrap_or_else(|e| panic!("{e}"));
+                });
+            });
+            TestDatabase { name, url }
+        }
+
+        /// A store on this database (each call its own pool: another replica).
+        pub fn store(&self) -> PgStore {
+            PgStore::open(&self.url, "outpost-test").unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            run(move || {
+                if let Ok(mut admin) = postgres::Client::connect(&admin_url(), NoTls) {
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqs_keep_their_order_over_the_whole_range() {
+        let seqs = [0, 1, 2, 1 << 40, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX];
+        for pair in seqs.windows(2) {
+            assert!(seq_to_sql(pair[0]) < seq_to_sql(pair[1]), "{pair:?}");
+        }
+        for seq in seqs {
+            assert_eq!(seq_from_sql(seq_to_sql(seq)), seq);
+        }
+    }
+}
