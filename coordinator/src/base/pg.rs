@@ -32,6 +32,7 @@ const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7401; // "outpost" + 1
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "cluster", include_str!("../../migrations/0001_cluster.sql")),
     (2, "devices", include_str!("../../migrations/0002_devices.sql")),
+    (3, "api_tokens", include_str!("../../migrations/0003_api_tokens.sql")),
 ];
 
 /// The newest schema version this binary knows.

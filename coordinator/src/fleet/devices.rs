@@ -36,6 +36,8 @@
 //! Engines and handlers reach devices only through [`Devices`]; its methods speak in records,
 //! never in a backend's types, and dispatch to the backend the store was opened on.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::base::feed::{Change, Feed, Subscription};
 use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError, now_ms};
@@ -359,7 +361,54 @@ impl Devices {
 
     /// The next seq for an envelope the coordinator sends to `device` (persisted).
     pub fn next_outgoing_seq(&self, device: &str) -> Result<u64, StoreError> {
-        dispatch!(self.next_outgoing_seq(device))
+        Ok(self.reserve_outgoing_seqs(&[(device, 1)])?.get(device).copied().unwrap_or(1))
+    }
+
+    /// Reserves, for each `(device, n)` (n ≥ 1, each device once), the next `n` seqs of
+    /// envelopes the coordinator sends it (persisted); answers the last of each, by device.
+    /// On PostgreSQL one statement for them all.
+    pub fn reserve_outgoing_seqs(&self, wanted: &[(&str, u64)]) -> Result<HashMap<String, u64>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => wanted
+                .iter()
+                .map(|(device, n)| Ok(((*device).to_owned(), s.reserve_outgoing_seqs(device, *n)?)))
+                .collect(),
+            Backend::Postgres(p) => p.reserve_outgoing_seqs(wanted),
+        }
+    }
+
+    /// The devices among `ids` whose control messages are signed with the release key
+    /// ([`Devices::control_by_release_key`] for many at once).
+    pub fn control_by_release_keys(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => {
+                let mut marked = HashSet::new();
+                for id in ids {
+                    if s.control_by_release_key(id)? {
+                        marked.insert((*id).to_owned());
+                    }
+                }
+                Ok(marked)
+            }
+            Backend::Postgres(p) => p.control_by_release_keys(ids),
+        }
+    }
+
+    /// The records of the devices among `ids` that are enrolled ([`Devices::get`] for many at
+    /// once: on PostgreSQL one query).
+    pub fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, DeviceRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => {
+                let mut found = HashMap::new();
+                for id in ids {
+                    if let Some(record) = s.get(id)? {
+                        found.insert((*id).to_owned(), record);
+                    }
+                }
+                Ok(found)
+            }
+            Backend::Postgres(p) => p.get_many(ids),
+        }
     }
 
     /// Removes every device's envelopes stored before `cutoff_ms` ([`retention`](self::retention));

@@ -82,6 +82,9 @@ impl Outcome {
 /// ([`Ingest::ingest_from_file`]).
 pub const BATCH: usize = 512;
 
+/// Each device's sealed acks (device, wires), as [`Ingest::seal_acks_many`] answers them.
+pub type SealedAcks = Vec<(String, Vec<Vec<u8>>)>;
+
 /// How a verified envelope changes its device's record.
 type Update<'a> = dyn Fn(&mut DeviceRecord) + Send + Sync + 'a;
 
@@ -267,11 +270,24 @@ impl Ingest {
         authority: Arc<Authority>,
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
+        let devices = Devices::open(&store)?;
+        Ingest::with_devices(store, devices, authority, counter)
+    }
+
+    /// An ingest that keeps the fleet's records in `devices` (which may be on PostgreSQL) and
+    /// monitoring's in `store`. Until monitoring's repositories are on PostgreSQL too, this is
+    /// what the benchmarks measure replicas sharing a PostgreSQL fleet with; `serve` does not
+    /// start this way.
+    pub fn with_devices(
+        store: Store,
+        devices: Devices,
+        authority: Arc<Authority>,
+        counter: IntCounterVec,
+    ) -> Result<Ingest, StoreError> {
         let labels = crate::monitoring::quality::Labels::open(&store)?;
         let drift_history = crate::monitoring::report::History::open(&store)?;
         let slos = crate::monitoring::slo::Slos::open(&store)?;
         let predictions = crate::monitoring::dataset::Predictions::open(&store)?;
-        let devices = Devices::open(&store)?;
         // Before anything is stored: a data directory from before the roll-ups by device label
         // (or a restore) gets them from what it holds.
         slos.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
@@ -367,9 +383,16 @@ impl Ingest {
     /// window. After an error nothing of the batch is acknowledged, so its devices send it
     /// again and the resend stores what the first arrival did not.
     pub fn ingest_many(&self, envelopes: &[(&str, &[u8])]) -> Result<Vec<Outcome>, StoreError> {
+        let ids: Vec<&str> = envelopes
+            .iter()
+            .map(|(d, _)| *d)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let records = self.devices.get_many(&ids)?;
         let mut checked = Vec::with_capacity(envelopes.len());
         for (device, wire) in envelopes {
-            checked.push(self.verify(device, wire)?);
+            checked.push(self.verify(device, wire, records.get(*device))?);
         }
         let updates: Vec<Box<Update<'_>>> = checked
             .iter()
@@ -446,21 +469,27 @@ impl Ingest {
         }
     }
 
-    /// Checks an envelope for `device`: it decodes, the device is enrolled and not revoked,
-    /// the envelope is signed with its key; then its body is decoded (an unreadable body is
-    /// still stored, counted as such).
-    fn verify(&self, device: &str, wire: &[u8]) -> Result<Checked, StoreError> {
+    /// Checks an envelope for `device` (its `record`, if enrolled): it decodes, the device is
+    /// enrolled and not revoked, the envelope is signed with its key; then its body is decoded
+    /// (an unreadable body is still stored, counted as such).
+    fn verify(
+        &self,
+        device: &str,
+        wire: &[u8],
+        record: Option<&DeviceRecord>,
+    ) -> Result<Checked, StoreError> {
         let rejected = |reason, detail: String| Ok(Checked::Refused(Outcome::Rejected { reason, detail }));
         let envelope = match protocol::decode(wire) {
             Ok(envelope) => envelope,
             Err(e) => return Ok(Checked::Refused(undecodable(&e))),
         };
-        let record = self.devices.get(device)?;
-        if let Some(revoked) = record
-            .as_ref()
-            .and_then(|r| r.revoked.clone())
-            .map_or_else(|| self.devices.revocation(device), |r| Ok(Some(r)))?
-        {
+        // A revocation marks its device's record in the same transaction; a deleted device has
+        // no record left, only its revocation (one lookup, for a device that is not enrolled).
+        let revoked = match record {
+            Some(record) => record.revoked.clone(),
+            None => self.devices.revocation(device)?,
+        };
+        if let Some(revoked) = revoked {
             let detail = format!("device `{device}` was revoked by {} at {} ms", revoked.by, revoked.at_ms);
             return rejected(Rejection::Revoked, detail);
         }
@@ -485,7 +514,7 @@ impl Ingest {
         if let Err(e) = &message {
             tracing::warn!(device, seq = opened.seq, error = %e, "signed envelope with an unreadable body: stored as is");
         }
-        Ok(Checked::Verified(Verified { seq: opened.seq, labels: record.labels, message }))
+        Ok(Checked::Verified(Verified { seq: opened.seq, labels: record.labels.clone(), message }))
     }
 
     /// What follows storing a verified envelope: labels, drift verdicts, traffic, shadow windows
@@ -584,18 +613,51 @@ impl Ingest {
         device: &str,
         seqs: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let all = Ack::from_seqs(device, seqs);
-        let key = self.authority.control_key(self.devices.control_by_release_key(device)?);
-        let mut out = Vec::new();
-        for ranges in all.ranges.chunks(messages::MAX_ACK_RANGES) {
-            let ack = Ack { device: device.to_owned(), ranges: ranges.to_vec() };
-            let body = messages::encode(&CoordinatorMessage::Ack(ack));
-            let seq = self.devices.next_outgoing_seq(device)?;
-            let wire = protocol::seal(&key, seq, now_ms(), &body).map_err(|e| StoreError::Corrupt {
-                key: format!("ack for {device}"),
-                detail: e.to_string(),
-            })?;
-            out.push(wire);
+        let mut sealed = self.seal_acks_many(vec![(device.to_owned(), seqs.into_iter().collect())])?;
+        Ok(sealed.pop().map(|(_, wires)| wires).unwrap_or_default())
+    }
+
+    /// [`Ingest::seal_acks`] for a batch's devices (each once): their key roles read and their
+    /// outgoing seqs reserved together (on PostgreSQL a query each for the whole batch, not one
+    /// per device). Answers each device's acks, in the order given.
+    pub fn seal_acks_many(&self, acks: Vec<(String, Vec<u64>)>) -> Result<SealedAcks, StoreError> {
+        let messages: Vec<(String, Vec<Ack>)> = acks
+            .into_iter()
+            .map(|(device, seqs)| {
+                let all = Ack::from_seqs(&device, seqs);
+                let acks = all
+                    .ranges
+                    .chunks(messages::MAX_ACK_RANGES)
+                    .map(|ranges| Ack { device: device.clone(), ranges: ranges.to_vec() })
+                    .collect();
+                (device, acks)
+            })
+            .collect();
+        let ids: Vec<&str> = messages.iter().map(|(d, _)| d.as_str()).collect();
+        let legacy = self.devices.control_by_release_keys(&ids)?;
+        let wanted: Vec<(&str, u64)> =
+            messages.iter().map(|(d, acks)| (d.as_str(), acks.len() as u64)).collect();
+        let last = self.devices.reserve_outgoing_seqs(&wanted)?;
+        let mut out = Vec::with_capacity(messages.len());
+        for (device, acks) in messages {
+            let key = self.authority.control_key(legacy.contains(&device));
+            let Some(&last) = last.get(&device) else {
+                return Err(StoreError::Corrupt {
+                    key: format!("ack seq of {device}"),
+                    detail: "not reserved".into(),
+                });
+            };
+            let first = last + 1 - acks.len() as u64;
+            let mut wires = Vec::with_capacity(acks.len());
+            for (seq, ack) in (first..).zip(acks) {
+                let body = messages::encode(&CoordinatorMessage::Ack(ack));
+                let wire = protocol::seal(&key, seq, now_ms(), &body).map_err(|e| StoreError::Corrupt {
+                    key: format!("ack for {device}"),
+                    detail: e.to_string(),
+                })?;
+                wires.push(wire);
+            }
+            out.push((device, wires));
         }
         Ok(out)
     }

@@ -263,11 +263,9 @@ fn ingest_batch(
     }
     ingest.devices().flush()?;
     let mut acks = Vec::new();
-    for (device, seqs) in seqs {
+    for (device, wires) in ingest.seal_acks_many(seqs.into_iter().collect())? {
         let Ok(topic) = topics::topic(&device, Channel::Ack) else { continue };
-        for wire in ingest.seal_acks(&device, seqs)? {
-            acks.push((topic.clone(), wire));
-        }
+        acks.extend(wires.into_iter().map(|wire| (topic.clone(), wire)));
     }
     Ok(acks)
 }

@@ -110,6 +110,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, needs: Role) -> Result<P
         let (status, message) = match denied {
             Denied::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
             Denied::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            Denied::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             Denied::RateLimited(secs) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("rate limit exceeded for this token; retry in {secs} s"),
@@ -664,8 +665,8 @@ fn import(ingest: &Ingest, file: TransferFile) -> Result<ImportReport, crate::ba
     ingest.devices().flush()?;
     let device = acks.keys().next().cloned().unwrap_or(file.device);
     let mut envelopes = Vec::new();
-    for (device, seqs) in acks {
-        envelopes.extend(ingest.seal_acks(&device, seqs)?);
+    for (_, wires) in ingest.seal_acks_many(acks.into_iter().collect())? {
+        envelopes.extend(wires);
     }
     report.device = Some(device.clone());
     let ack_file = transfer::encode_acks(&TransferFile { device, created_at_ms: now_ms(), envelopes });

@@ -9,7 +9,12 @@
 //!
 //! Issued tokens expire: by default an admin token never, any other after 90 days
 //! ([`default_lifetime_ms`]); an expired token is 401 with the time it expired, and `token
-//! list` shows each one's expiry.
+//! list` shows each one's expiry. A store that cannot be read is 503, naming why.
+//!
+//! The tokens live in sled or, on PostgreSQL, in table `outpost_api_tokens` (migration 3,
+//! [`pg`](self::pg)), where every replica sees a token as soon as it is issued or revoked, and
+//! a name is unique across replicas. The rate limit is counted per process: behind N replicas
+//! a token may make up to N times its rate.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -112,10 +117,17 @@ pub struct Principal {
     pub token_hash: String,
 }
 
+mod pg;
+
+/// Where issued tokens are kept.
+enum Tokens {
+    Sled { tree: sled::Tree, store: Store },
+    Postgres(crate::base::pg::store::PgStore),
+}
+
 /// Tokens and their limits.
 pub struct Auth {
-    tokens: sled::Tree,
-    store: Store,
+    tokens: Tokens,
     admin_hash: String,
     limiter: Mutex<HashMap<String, Bucket>>,
     rate_per_sec: f64,
@@ -142,6 +154,8 @@ pub enum Denied {
     Forbidden(String),
     /// 429, with the seconds to wait.
     RateLimited(u64),
+    /// 503: the tokens cannot be read (the store is unreachable or failing), and why.
+    Unavailable(String),
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -150,14 +164,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Auth {
     pub fn open(store: &Store, admin_token: &str, rate_per_sec: u32, burst: u32) -> Result<Auth, StoreError> {
-        Ok(Auth {
-            tokens: store.tree("api_tokens")?,
-            store: store.clone(),
+        let tokens = Tokens::Sled { tree: store.tree("api_tokens")?, store: store.clone() };
+        Ok(Auth::with(tokens, admin_token, rate_per_sec, burst))
+    }
+
+    /// [`Auth::open`] with the issued tokens on PostgreSQL.
+    pub fn open_postgres(
+        store: &crate::base::pg::store::PgStore,
+        admin_token: &str,
+        rate_per_sec: u32,
+        burst: u32,
+    ) -> Auth {
+        Auth::with(Tokens::Postgres(store.clone()), admin_token, rate_per_sec, burst)
+    }
+
+    fn with(tokens: Tokens, admin_token: &str, rate_per_sec: u32, burst: u32) -> Auth {
+        Auth {
+            tokens,
             admin_hash: sha256_hex(admin_token.trim().as_bytes()),
             limiter: Mutex::new(HashMap::new()),
             rate_per_sec: f64::from(rate_per_sec.max(1)),
             burst: f64::from(burst.max(1)),
-        })
+        }
+    }
+
+    /// The issued token whose sha256 is `hash`, if any.
+    fn get(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        match &self.tokens {
+            Tokens::Sled { tree, store } => {
+                let raw = tree.get(hash.as_bytes()).map_err(|e| store.storage_error(e))?;
+                // A record that does not decode lets nobody in (as an unknown token).
+                Ok(raw.and_then(|v| serde_json::from_slice::<ApiToken>(&v).ok()))
+            }
+            Tokens::Postgres(store) => pg::get(store, hash),
+        }
     }
 
     /// Checks a request's `Authorization` header value against the role it needs.
@@ -188,11 +228,16 @@ impl Auth {
             Principal { name: "admin".into(), role: Role::Admin, token_hash: hash }
         } else {
             let record = self
-                .tokens
-                .get(hash.as_bytes())
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_slice::<ApiToken>(&v).ok())
+                .get(&hash)
+                .map_err(|e| {
+                    // The cause (which names the store) goes to the log; the caller, who may be
+                    // anyone, learns only that it is the coordinator's side.
+                    tracing::error!(error = %e, "the API tokens cannot be read: answering 503");
+                    Denied::Unavailable(
+                        "the coordinator cannot read its API tokens right now (its store is unavailable); retry shortly"
+                            .into(),
+                    )
+                })?
                 .ok_or_else(|| {
                     Denied::Unauthenticated("the token is not valid (unknown or revoked)".into())
                 })?;
@@ -253,39 +298,58 @@ impl Auth {
             created_by: by.to_owned(),
             expires_at_ms: lifetime_ms.map(|ms| now.saturating_add(ms)),
         };
-        let value = crate::base::store::encode(&format!("tokens/{name}"), &record)?;
-        self.tokens
-            .insert(sha256_hex(token.as_bytes()).as_bytes(), value)
-            .map_err(|e| self.store.storage_error(e))?;
-        self.store.flush()?;
+        let hash = sha256_hex(token.as_bytes());
+        match &self.tokens {
+            Tokens::Sled { tree, store } => {
+                let value = crate::base::store::encode(&format!("tokens/{name}"), &record)?;
+                tree.insert(hash.as_bytes(), value).map_err(|e| store.storage_error(e))?;
+                store.flush()?;
+            }
+            // The name is unique in the table: two replicas issuing one name at once, one wins.
+            Tokens::Postgres(store) => {
+                if !pg::insert(store, &hash, &record)? {
+                    return Err(TokenError::Exists(name.to_owned()));
+                }
+            }
+        }
         Ok((token, record))
     }
 
     /// Every issued token (not the admin bootstrap token).
     pub fn list(&self) -> Result<Vec<ApiToken>, StoreError> {
-        let mut all: Vec<ApiToken> = self
-            .tokens
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect();
+        let mut all: Vec<ApiToken> = match &self.tokens {
+            Tokens::Sled { tree, store } => {
+                let mut all = Vec::new();
+                for item in tree.iter() {
+                    let (_, v) = item.map_err(|e| store.storage_error(e))?;
+                    all.extend(serde_json::from_slice(&v).ok());
+                }
+                all
+            }
+            Tokens::Postgres(store) => pg::list(store)?,
+        };
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
 
     /// Revokes a token by name; false when there is none.
     pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
-        let found =
-            self.tokens.iter().filter_map(Result::ok).find(|(_, v)| {
-                serde_json::from_slice::<ApiToken>(v).map(|t| t.name == name).unwrap_or(false)
-            });
-        match found {
-            Some((k, _)) => {
-                self.tokens.remove(k).map_err(|e| self.store.storage_error(e))?;
-                self.store.flush()?;
+        match &self.tokens {
+            Tokens::Sled { tree, store } => {
+                let mut found = None;
+                for item in tree.iter() {
+                    let (k, v) = item.map_err(|e| store.storage_error(e))?;
+                    if serde_json::from_slice::<ApiToken>(&v).is_ok_and(|t| t.name == name) {
+                        found = Some(k);
+                        break;
+                    }
+                }
+                let Some(k) = found else { return Ok(false) };
+                tree.remove(k).map_err(|e| store.storage_error(e))?;
+                store.flush()?;
                 Ok(true)
             }
-            None => Ok(false),
+            Tokens::Postgres(store) => pg::remove(store, name),
         }
     }
 }
@@ -293,12 +357,48 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::pg::store::testing::TestDatabase;
 
-    #[test]
-    fn roles_rank_and_unknown_tokens_are_unauthenticated() {
+    /// What keeps a test's store alive.
+    #[allow(dead_code, clippy::large_enum_variant)]
+    enum Keep {
+        Sled(tempfile::TempDir),
+        Postgres(TestDatabase),
+    }
+
+    fn sled(rate: u32, burst: u32) -> (Auth, Keep) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let auth = Auth::open(&store, "opa_root", 1000, 1000).unwrap();
+        (Auth::open(&store, "opa_root", rate, burst).unwrap(), Keep::Sled(dir))
+    }
+
+    fn postgres(rate: u32, burst: u32) -> (Auth, Keep) {
+        let db = TestDatabase::new();
+        (Auth::open_postgres(&db.store(), "opa_root", rate, burst), Keep::Postgres(db))
+    }
+
+    /// Runs each behaviour `fn(open)` on both stores (`on_sled::…`, `on_postgres::…`).
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod on_sled {
+                $(#[test] fn $name() { super::$name(&super::sled); })*
+            }
+            mod on_postgres {
+                $(#[test] fn $name() { super::$name(&super::postgres); })*
+            }
+        };
+    }
+
+    on_both!(
+        roles_rank_and_unknown_tokens_are_unauthenticated,
+        each_token_has_its_own_rate_limit,
+        tokens_expire_by_role_unless_told_otherwise,
+    );
+
+    type Open = dyn Fn(u32, u32) -> (Auth, Keep);
+
+    fn roles_rank_and_unknown_tokens_are_unauthenticated(open: &Open) {
+        let (auth, _keep) = open(1000, 1000);
         let (viewer, _) = auth.create("v", Role::Viewer, "admin", None).unwrap();
         let bearer = |t: &str| format!("Bearer {t}");
         assert_eq!(auth.check(Some(&bearer(&viewer)), Role::Viewer).unwrap().name, "v");
@@ -311,11 +411,8 @@ mod tests {
         assert!(matches!(auth.check(Some(&bearer(&viewer)), Role::Viewer), Err(Denied::Unauthenticated(_))));
     }
 
-    #[test]
-    fn each_token_has_its_own_rate_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let auth = Auth::open(&store, "opa_root", 1, 3).unwrap();
+    fn each_token_has_its_own_rate_limit(open: &Open) {
+        let (auth, _keep) = open(1, 3);
         let (other, _) = auth.create("o", Role::Operator, "admin", None).unwrap();
         for _ in 0..3 {
             auth.check(Some("Bearer opa_root"), Role::Viewer).unwrap();
@@ -324,8 +421,7 @@ mod tests {
         auth.check(Some(&format!("Bearer {other}")), Role::Viewer).unwrap();
     }
 
-    #[test]
-    fn tokens_expire_by_role_unless_told_otherwise() {
+    fn tokens_expire_by_role_unless_told_otherwise(open: &Open) {
         assert_eq!(lifetime_ms(Role::Admin, None).unwrap(), None);
         assert_eq!(lifetime_ms(Role::Operator, None).unwrap(), Some(90 * 86_400_000));
         assert_eq!(lifetime_ms(Role::Viewer, Some("never")).unwrap(), None);
@@ -335,9 +431,7 @@ mod tests {
         let err = lifetime_ms(Role::Viewer, Some("soon")).unwrap_err().to_string();
         assert!(err.contains("`soon` is not a span like 7d"), "{err}");
 
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let auth = Auth::open(&store, "opa_root", 1000, 1000).unwrap();
+        let (auth, _keep) = open(1000, 1000);
         let (lasting, record) = auth.create("lasting", Role::Viewer, "admin", Some(60_000)).unwrap();
         assert!(record.expires_at_ms.unwrap() > now_ms());
         auth.check(Some(&format!("Bearer {lasting}")), Role::Viewer).unwrap();
@@ -349,5 +443,46 @@ mod tests {
             other => panic!("an expired token was let through: {other:?}"),
         }
         assert_eq!(auth.list().unwrap().len(), 2, "an expired token stays listed until revoked");
+    }
+
+    /// Two replicas issuing one name at once: one token, the other told it exists; a token one
+    /// replica issues or revokes holds on the other at once.
+    #[test]
+    fn on_postgres_replicas_share_tokens_and_names() {
+        let db = TestDatabase::new();
+        let a = Auth::open_postgres(&db.store(), "opa_root", 1000, 1000);
+        let b = Auth::open_postgres(&db.store(), "opa_root", 1000, 1000);
+        let (token, _) = a.create("ci", Role::Operator, "admin", None).unwrap();
+        assert!(matches!(b.create("ci", Role::Viewer, "admin", None), Err(TokenError::Exists(_))));
+        assert_eq!(b.check(Some(&format!("Bearer {token}")), Role::Operator).unwrap().name, "ci");
+        let won = std::thread::scope(|s| {
+            let racers: Vec<_> = [&a, &b]
+                .into_iter()
+                .map(|auth| s.spawn(move || auth.create("race", Role::Viewer, "admin", None).is_ok()))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).filter(|won| *won).count()
+        });
+        assert_eq!(won, 1, "one replica issued `race`");
+        assert!(b.revoke("ci").unwrap());
+        assert!(matches!(
+            a.check(Some(&format!("Bearer {token}")), Role::Viewer),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    /// A store that cannot be read is the coordinator's problem (503), not the caller's token
+    /// (401); the admin token, which is not in the store, still works.
+    #[test]
+    fn on_postgres_a_store_that_cannot_be_read_is_unavailable_not_unauthenticated() {
+        let db = TestDatabase::new();
+        let auth = Auth::open_postgres(&db.store(), "opa_root", 1000, 1000);
+        let (token, _) = auth.create("v", Role::Viewer, "admin", None).unwrap();
+        db.drop_now();
+        let denied = auth.check(Some(&format!("Bearer {token}")), Role::Viewer).unwrap_err();
+        assert!(
+            matches!(&denied, Denied::Unavailable(m) if m.contains("store is unavailable")),
+            "{denied:?}"
+        );
+        assert_eq!(auth.check(Some("Bearer opa_root"), Role::Admin).unwrap().role, Role::Admin);
     }
 }

@@ -217,6 +217,7 @@ fn signed_in(d: &Dashboard, headers: &HeaderMap, path: &str, needs: Role) -> Res
             d.app.metrics.api_denied.with_label_values(&["403"]).inc();
             Err(Box::new(error_page(StatusCode::FORBIDDEN, &m)))
         }
+        Err(Denied::Unavailable(m)) => Err(Box::new(error_page(StatusCode::SERVICE_UNAVAILABLE, &m))),
         Err(Denied::RateLimited(secs)) => Err(Box::new(error_page(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("rate limit exceeded for this token; retry in {secs} s"),
@@ -315,6 +316,9 @@ async fn login(
             pages::login(&next, Some(&format!("Too many requests with this token; retry in {secs} s."))),
             false,
         ),
+        Err(Denied::Unavailable(m)) => {
+            html(StatusCode::SERVICE_UNAVAILABLE, pages::login(&next, Some(&m)), false)
+        }
         Err(Denied::Unauthenticated(m) | Denied::Forbidden(m)) => {
             d.app.metrics.api_denied.with_label_values(&["401"]).inc();
             if let Some(ip) = source {

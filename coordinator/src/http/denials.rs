@@ -146,13 +146,19 @@ pub async fn front_door(State(state): State<Arc<AppState>>, request: Request, ne
     if request.uri().path() != "/api/v1/enrol" {
         let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Err(denied) = state.auth.authenticate(authorization) {
-            state.metrics.api_denied.with_label_values(&["401"]).inc();
-            // `authenticate` takes no rate and checks no role: only "who" can fail here.
-            let message = match denied {
-                crate::http::auth::Denied::Unauthenticated(m) | crate::http::auth::Denied::Forbidden(m) => m,
-                crate::http::auth::Denied::RateLimited(secs) => format!("rate limited; retry in {secs} s"),
+            // `authenticate` takes no rate and checks no role: "who", or a store that cannot
+            // say, is all that can fail here.
+            let (status, message) = match denied {
+                crate::http::auth::Denied::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+                crate::http::auth::Denied::Unauthenticated(m) | crate::http::auth::Denied::Forbidden(m) => {
+                    (StatusCode::UNAUTHORIZED, m)
+                }
+                crate::http::auth::Denied::RateLimited(secs) => {
+                    (StatusCode::UNAUTHORIZED, format!("rate limited; retry in {secs} s"))
+                }
             };
-            return ApiError(StatusCode::UNAUTHORIZED, message).into_response();
+            state.metrics.api_denied.with_label_values(&[status.as_str()]).inc();
+            return ApiError(status, message).into_response();
         }
     }
     // Then a declared length over the route's limit is refused before anything is read (the

@@ -26,8 +26,9 @@ use crate::base::store::StoreError;
 /// Connections a coordinator process keeps to PostgreSQL at most.
 const POOL_SIZE: u32 = 16;
 
-/// How long a call waits for a free connection (or a new one) before it fails.
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call waits for a free connection (or a new one) before it fails: what an API
+/// request waits before its 503 when PostgreSQL is gone.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often a transaction cancelled for a conflict is run again before the error is returned.
 const ATTEMPTS: usize = 8;
@@ -45,14 +46,15 @@ pub enum PgFailure {
 /// process's writes.
 #[derive(Clone)]
 pub struct PgStore {
-    url: PgUrl,
+    /// The URL as every message shows it (password masked).
+    masked: Arc<str>,
     pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
     feed: Arc<Feed>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("PgStore").field("url", &self.masked).finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,7 @@ impl PgStore {
                 .build(manager)
         })
         .map_err(|e| StoreError::Postgres { url: url.masked.clone(), source: e.into() })?;
-        Ok(PgStore { url: url.clone(), pool, feed: Default::default() })
+        Ok(PgStore { masked: url.masked.as_str().into(), pool, feed: Default::default() })
     }
 
     /// The feed of changes this process commits (every clone shares it).
@@ -84,7 +86,7 @@ impl PgStore {
 
     /// `failure` as a [`StoreError`] naming this store's (masked) URL.
     pub fn error(&self, failure: impl Into<PgFailure>) -> StoreError {
-        StoreError::Postgres { url: self.url.masked.clone(), source: failure.into() }
+        StoreError::Postgres { url: self.masked.to_string(), source: failure.into() }
     }
 
     /// Runs `call` on a pooled connection (see the module header for how it steps aside from
@@ -235,6 +237,19 @@ pub mod testing {
                 });
             });
             TestDatabase { name, url }
+        }
+
+        /// Drops the database now, cutting every connection to it: a store that was on it can
+        /// no longer be read.
+        pub fn drop_now(&self) {
+            let name = self.name.clone();
+            run(move || {
+                let mut admin =
+                    postgres::Client::connect(&admin_url(), NoTls).unwrap_or_else(|e| panic!("{e}"));
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            });
         }
 
         /// A store on this database (each call its own pool: another replica).

@@ -8,7 +8,7 @@
 //! decoded with `try_get`: a row that does not hold what the schema says is an error, never a
 //! panic.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use postgres::Transaction;
 use serde::de::DeserializeOwned;
@@ -378,16 +378,50 @@ impl PgDevices {
         Envelopes { devices: self, device: device.to_owned(), from: Some(i64::MIN), page: VecDeque::new() }
     }
 
-    pub(super) fn next_outgoing_seq(&self, device: &str) -> Result<u64, StoreError> {
-        let seq: i64 = self.store.with(|c| {
-            c.query_one(
-                "INSERT INTO outpost_ack_seqs (device, seq) VALUES ($1, 1)
-                 ON CONFLICT (device) DO UPDATE SET seq = outpost_ack_seqs.seq + 1 RETURNING seq",
-                &[&device],
-            )?
-            .try_get(0)
+    /// Reserves, for each `(device, n)` (devices unique), the next `n` seqs of envelopes to
+    /// it, in one statement; answers the last of each, by device. Rows are written in id order,
+    /// so replicas reserving for overlapping devices take turns.
+    pub(super) fn reserve_outgoing_seqs(
+        &self,
+        wanted: &[(&str, u64)],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let sorted: BTreeMap<&str, i64> = wanted.iter().map(|(d, n)| (*d, to_sql(*n))).collect();
+        let (devices, counts): (Vec<&str>, Vec<i64>) = sorted.into_iter().unzip();
+        self.store.transaction(|tx| {
+            let rows = tx.query(
+                "INSERT INTO outpost_ack_seqs (device, seq)
+                 SELECT device, n FROM unnest($1::text[], $2::int8[]) AS w(device, n) ORDER BY device
+                 ON CONFLICT (device) DO UPDATE SET seq = outpost_ack_seqs.seq + excluded.seq RETURNING device, seq",
+                &[&devices, &counts],
+            )?;
+            let mut last = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let seq: i64 = row.try_get(1)?;
+                last.insert(row.try_get(0)?, u64::try_from(seq).unwrap_or(0));
+            }
+            Ok(Ok(last))
+        })?
+    }
+
+    /// The devices among `ids` whose control messages are signed with the release key.
+    pub(super) fn control_by_release_keys(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+        self.store.with(|c| {
+            c.query("SELECT device FROM outpost_legacy_control WHERE device = ANY($1)", &[&ids])?
+                .into_iter()
+                .map(|row| row.try_get(0))
+                .collect()
+        })
+    }
+
+    /// The records of the devices among `ids` that are enrolled.
+    pub(super) fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, DeviceRecord>, StoreError> {
+        let rows: Vec<(String, String)> = self.store.with(|c| {
+            c.query("SELECT id, record::text FROM outpost_devices WHERE id = ANY($1)", &[&ids])?
+                .into_iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
         })?;
-        Ok(u64::try_from(seq).unwrap_or(0))
+        rows.into_iter().map(|(id, t)| Ok((id.clone(), decode(|| format!("devices/{id}"), &t)?))).collect()
     }
 
     /// Retention (see `retention.rs` for the rules): per device, the oldest envelopes up to

@@ -364,15 +364,16 @@ impl SledDevices {
     }
 
     /// The next seq for an envelope the coordinator sends to `device` (persisted).
-    pub(super) fn next_outgoing_seq(&self, device: &str) -> Result<u64, StoreError> {
+    /// Reserves the next `n` (≥ 1) seqs for envelopes to `device`; answers the last.
+    pub(super) fn reserve_outgoing_seqs(&self, device: &str, n: u64) -> Result<u64, StoreError> {
         let key = format!("ack_seq/{device}");
         let new = self
             .meta
             .update_and_fetch(key.as_bytes(), |old| {
                 let current = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                Some((current + 1).to_be_bytes().to_vec())
+                Some((current + n).to_be_bytes().to_vec())
             })
             .map_err(|e| self.storage(e))?;
-        Ok(new.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
+        Ok(new.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(n))
     }
 }

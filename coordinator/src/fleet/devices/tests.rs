@@ -53,6 +53,7 @@ on_both!(
     any_u64_seq_is_stored_in_order,
     a_record_holding_any_string_a_device_sent_is_stored,
     a_batch_is_stored_in_order_each_seq_once,
+    outgoing_seqs_are_reserved_in_runs_and_records_read_together,
     an_envelope_that_brings_an_event_is_published,
 );
 
@@ -428,4 +429,25 @@ fn on_postgres_replicas_storing_batches_that_share_devices_store_every_seq_once(
         assert_eq!(record.counts.duplicates, 2 * (SEQS / 5), "{id}: every fifth seq came three times");
         assert_eq!(replicas[2].envelopes(id).count() as u64, SEQS, "{id}");
     }
+}
+
+fn outgoing_seqs_are_reserved_in_runs_and_records_read_together(devices: &Devices, backing: &Backing) {
+    let _ = enrolled_with_signer(devices, &[("t1", "d1", "k1"), ("t2", "d2", "k2")]);
+    assert_eq!(devices.next_outgoing_seq("d1").unwrap(), 1);
+    let last = devices.reserve_outgoing_seqs(&[("d2", 3), ("d1", 2)]).unwrap();
+    assert_eq!((last["d1"], last["d2"]), (3, 3), "d1: 2 and 3; d2: 1 to 3");
+    assert_eq!(devices.next_outgoing_seq("d2").unwrap(), 4);
+    let found = devices.get_many(&["d2", "nope", "d1"]).unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(found["d1"].key_id, "k1");
+    assert!(devices.control_by_release_keys(&["d1", "d2"]).unwrap().is_empty());
+    match (&devices.backend, backing) {
+        (Backend::Sled(s), _) => drop(s.legacy_control.insert(b"d2", &[][..]).unwrap()),
+        (_, Backing::Postgres(_, store)) => {
+            store.execute_batch("INSERT INTO outpost_legacy_control (device) VALUES ('d2')").unwrap()
+        }
+        _ => unreachable!("a sled backing holds a sled store"),
+    }
+    let marked = devices.control_by_release_keys(&["d1", "d2", "nope"]).unwrap();
+    assert_eq!(marked.into_iter().collect::<Vec<_>>(), ["d2"]);
 }
