@@ -86,7 +86,14 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 4] = ["base/pg.rs", "base/pg/", "fleet/devices/pg.rs", "http/auth/pg.rs"];
+const POSTGRES: [&str; 6] = [
+    "base/pg.rs",
+    "base/pg/",
+    "fleet/devices/pg.rs",
+    "http/auth/pg.rs",
+    "ops/alerts/store/pg.rs",
+    "ops/retraining/store/pg.rs",
+];
 
 fn names_postgres(relative: &Path, code: &str) -> bool {
     let inside = POSTGRES.iter().any(|p| relative.to_string_lossy().starts_with(p));

@@ -13,6 +13,7 @@
 //! Until TLS to PostgreSQL is built, only a server on this host (loopback or a Unix socket) is
 //! accepted: a password never crosses a network in the clear.
 
+pub mod keeper;
 pub mod lease;
 pub mod store;
 
@@ -33,6 +34,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "cluster", include_str!("../../migrations/0001_cluster.sql")),
     (2, "devices", include_str!("../../migrations/0002_devices.sql")),
     (3, "api_tokens", include_str!("../../migrations/0003_api_tokens.sql")),
+    (4, "engines", include_str!("../../migrations/0004_engines.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -15,6 +15,9 @@ pub enum StoreError {
     Storage { path: PathBuf, source: sled::Error },
     #[error("state storage error in PostgreSQL at `{url}`: {source}")]
     Postgres { url: String, source: crate::base::pg::store::PgFailure },
+    /// An engine's write refused because its lease passed to another replica.
+    #[error(transparent)]
+    Fenced(crate::base::pg::lease::Fenced),
     #[error("stored record `{key}` is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
 }

@@ -34,7 +34,7 @@ use crate::fleet::liveness::{FleetConfig, Liveness};
 use crate::ops::retraining::RunStore;
 
 mod store;
-pub use store::AlertStore;
+pub use store::{AlertStore, ENGINE};
 
 /// `[alerts]` in the coordinator's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

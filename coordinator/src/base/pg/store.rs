@@ -152,6 +152,91 @@ fn is_conflict(e: &postgres::Error) -> bool {
     )
 }
 
+/// An engine's right to write: the engine's lease, the term this replica holds it in and until
+/// when (this process's clock), shared with the replica's lease keeper, which sets them at each
+/// acquisition and renewal. The engine acts only while [`Fence::term`] is above 0 — it turns 0 by
+/// itself at the deadline, whether or not the keeper has run since — and every write its
+/// repository makes on PostgreSQL runs [`Fence::check`] first, in the same transaction.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    engine: &'static str,
+    held: Arc<std::sync::Mutex<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    term: i64,
+    until: Option<std::time::Instant>,
+}
+
+impl Fence {
+    /// A fence on `engine`'s lease, not held yet.
+    pub fn new(engine: &'static str) -> Fence {
+        Fence { engine, held: Default::default() }
+    }
+
+    /// The engine whose lease this is.
+    pub fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This replica holds the lease in `term` until `until`.
+    pub fn hold(&self, term: i64, until: std::time::Instant) {
+        *self.held() = Held { term, until: Some(until) };
+    }
+
+    /// This replica no longer holds the lease.
+    pub fn release(&self) {
+        *self.held() = Held::default();
+    }
+
+    /// The term this replica holds the lease in; 0 when it does not, or its deadline passed.
+    pub fn term(&self) -> i64 {
+        let held = self.held();
+        match held.until {
+            Some(until) if std::time::Instant::now() < until => held.term,
+            _ => 0,
+        }
+    }
+
+    /// The term last held, deadline or not (what a release names).
+    pub fn last_term(&self) -> i64 {
+        self.held().term
+    }
+
+    /// Inside `tx`, before its writes: the lease row is read `FOR SHARE` (a takeover, which must
+    /// update it, waits for this transaction) and must still be in this replica's term;
+    /// otherwise the write is refused, [`StoreError::Fenced`] — roll back.
+    pub fn check(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+    ) -> Result<Result<(), StoreError>, postgres::Error> {
+        let mine = self.term();
+        let current: Option<i64> = tx
+            .query_opt("SELECT term FROM outpost_leases WHERE engine = $1 FOR SHARE", &[&self.engine])?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        if mine > 0 && current == Some(mine) {
+            return Ok(Ok(()));
+        }
+        tracing::warn!(
+            engine = self.engine,
+            mine,
+            ?current,
+            "an engine write of a term that is over was refused"
+        );
+        Ok(Err(StoreError::Fenced(super::lease::Fenced::Deposed {
+            engine: self.engine.to_owned(),
+            mine,
+            current,
+        })))
+    }
+}
+
 /// Runs blocking `f` where the blocking client may enter its own runtime (module header).
 pub(crate) fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     match tokio::runtime::Handle::try_current() {

@@ -1,13 +1,27 @@
 //! The alert engine's repository: one record per alert (by the fingerprint of its labels) in
-//! the `alerts` tree. The engine reads and writes alerts only through [`AlertStore`].
+//! the `alerts` tree, or on PostgreSQL in table `outpost_alerts` (migration 4). The engine reads
+//! and writes alerts only through [`AlertStore`].
+//!
+//! On PostgreSQL only the replica holding the `alerts` lease evaluates alerts, and every write
+//! checks its term in the same transaction ([`Fence`]): a replica that lost the lease (paused,
+//! cut off) cannot overwrite what the new holder decided.
 
+use crate::base::pg::store::{Fence, PgStore};
 use crate::base::store::{Store, StoreError, encode};
 use crate::ops::alerts::{AlertRecord, fingerprint};
 
+/// The lease the alert engine runs under.
+pub const ENGINE: &str = "alerts";
+
 #[derive(Clone)]
 pub struct AlertStore {
-    tree: sled::Tree,
-    store: Store,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sled { tree: sled::Tree, store: Store },
+    Postgres { store: PgStore, fence: Fence },
 }
 
 impl std::fmt::Debug for AlertStore {
@@ -18,30 +32,55 @@ impl std::fmt::Debug for AlertStore {
 
 impl AlertStore {
     pub fn open(store: &Store) -> Result<AlertStore, StoreError> {
-        Ok(AlertStore { tree: store.tree("alerts")?, store: store.clone() })
+        Ok(AlertStore { backend: Backend::Sled { tree: store.tree("alerts")?, store: store.clone() } })
+    }
+
+    /// The alerts on PostgreSQL, written under `fence` (the `alerts` lease as this replica holds it).
+    pub fn open_postgres(store: &PgStore, fence: Fence) -> AlertStore {
+        AlertStore { backend: Backend::Postgres { store: store.clone(), fence } }
     }
 
     /// Every stored alert, in no particular order (an unreadable record is skipped).
     pub fn all(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        let mut all = Vec::new();
-        for item in self.tree.iter() {
-            let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
-            if let Ok(record) = serde_json::from_slice::<AlertRecord>(&v) {
-                all.push(record);
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                let mut all = Vec::new();
+                for item in tree.iter() {
+                    let (_, v) = item.map_err(|e| store.storage_error(e))?;
+                    if let Ok(record) = serde_json::from_slice::<AlertRecord>(&v) {
+                        all.push(record);
+                    }
+                }
+                Ok(all)
             }
+            Backend::Postgres { store, .. } => pg::all(store),
         }
-        Ok(all)
     }
 
     /// Stores `record` under its labels' fingerprint (replacing what was there).
     pub fn put(&self, record: &AlertRecord) -> Result<(), StoreError> {
         let key = fingerprint(&record.labels);
         let value = encode(&format!("alerts/{key}"), record)?;
-        self.tree.insert(key.as_bytes(), value).map(|_| ()).map_err(|e| self.store.storage_error(e))
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                tree.insert(key.as_bytes(), value).map(|_| ()).map_err(|e| store.storage_error(e))
+            }
+            Backend::Postgres { store, fence } => pg::put(store, fence, &key, &value),
+        }
     }
 
     /// Forgets the alert with fingerprint `key`.
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.tree.remove(key.as_bytes()).map(|_| ()).map_err(|e| self.store.storage_error(e))
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                tree.remove(key.as_bytes()).map(|_| ()).map_err(|e| store.storage_error(e))
+            }
+            Backend::Postgres { store, fence } => pg::remove(store, fence, key),
+        }
     }
 }
+
+mod pg;
+
+#[cfg(test)]
+mod tests;
