@@ -511,9 +511,50 @@ fn decode_raw<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     Ok(message)
 }
 
-/// Decodes and checks an agent message from outside bytes.
+/// The model names and versions `message` carries: what the coordinator keys its records by.
+fn names(message: &AgentMessage) -> Vec<(&'static str, &str)> {
+    const MODEL: &str = "model name";
+    const VERSION: &str = "version";
+    match message {
+        AgentMessage::Report(r) => {
+            r.models.iter().flat_map(|w| [(MODEL, w.model.as_str()), (VERSION, w.version.as_str())]).collect()
+        }
+        AgentMessage::Shadow(s) => s
+            .models
+            .iter()
+            .flat_map(|w| {
+                [(MODEL, w.model.as_str()), (VERSION, w.version.as_str()), (VERSION, w.primary.as_str())]
+            })
+            .collect(),
+        AgentMessage::Drift(d) => {
+            d.models.iter().flat_map(|m| [(MODEL, m.model.as_str()), (VERSION, m.version.as_str())]).collect()
+        }
+        AgentMessage::Feedback(f) => {
+            f.labels.iter().flat_map(|l| [(MODEL, l.model.as_str()), (VERSION, l.version.as_str())]).collect()
+        }
+        AgentMessage::Predictions(p) => p
+            .records
+            .iter()
+            .flat_map(|r| [(MODEL, r.model.as_str()), (VERSION, r.version.as_str())])
+            .collect(),
+        AgentMessage::State(s) => {
+            s.models.iter().flat_map(|m| [(MODEL, m.name.as_str()), (VERSION, m.version.as_str())]).collect()
+        }
+        AgentMessage::Event(_) => Vec::new(),
+    }
+}
+
+/// Decodes and checks an agent message from outside bytes. Every model name and version it
+/// carries must pass the name grammar ([`crate::names`]): the coordinator keys its records by
+/// them, and a NUL or a control character there would garble a sled key or fail a PostgreSQL
+/// row for good.
 pub fn decode_agent(bytes: &[u8]) -> Result<AgentMessage, MessageError> {
     let message: AgentMessage = decode_raw(bytes)?;
+    if let Some(bad) =
+        names(&message).into_iter().find_map(|(what, name)| crate::names::check(what, name).err())
+    {
+        return Err(MessageError::Malformed(bad.to_string()));
+    }
     if let AgentMessage::Report(report) = &message {
         for window in &report.models {
             window.latency_us.validate()?;
@@ -625,6 +666,37 @@ mod tests {
         );
         let reversed = CoordinatorMessage::Ack(Ack { device: "d".into(), ranges: vec![(5, 2)] });
         assert_eq!(decode_coordinator(&encode(&reversed)), Err(MessageError::ReversedRange(5, 2)));
+    }
+
+    #[test]
+    fn refuses_a_message_naming_a_model_or_version_outside_the_name_grammar() {
+        for (model, version) in [("a\0b", "1.0.0"), ("bc", "1.0\u{1b}[2J"), ("", "1.0.0"), ("../x", "1.0.0")]
+        {
+            let mut r = report(&[1.0]);
+            r.models[0].model = model.into();
+            r.models[0].version = version.into();
+            let refused = decode_agent(&encode(&AgentMessage::Report(r)));
+            assert!(
+                matches!(&refused, Err(MessageError::Malformed(m)) if m.contains("must")),
+                "{model:?} {version:?}: {refused:?}"
+            );
+        }
+        let state = |name: &str| {
+            AgentMessage::State(ActualState {
+                agent_version: "0.1.0".into(),
+                models: vec![ModelState {
+                    name: name.into(),
+                    version: "1.0.0".into(),
+                    slot: Slot::Primary,
+                    state: LoadState::Ready,
+                    reason: None,
+                }],
+            })
+        };
+        assert!(decode_agent(&encode(&state("bc"))).is_ok());
+        let refused = decode_agent(&encode(&state("b\0c"))).unwrap_err().to_string();
+        assert!(refused.contains("model name `b\\0c` may only contain"), "{refused}");
+        assert!(decode_agent(&encode(&AgentMessage::Report(report(&[1.0])))).is_ok());
     }
 
     #[test]

@@ -88,6 +88,11 @@ fn every_refusal_is_named_and_counted() {
 /// batch and a refused envelope adding nothing.
 /// A window report of `requests` to `bc` 1.0.0 from `key`'s device, sealed with `seq`.
 fn report_wire(key: &SigningKey, seq: u64, requests: u64) -> Vec<u8> {
+    report_of(key, seq, requests, "bc")
+}
+
+/// [`report_wire`] naming model `model`.
+fn report_of(key: &SigningKey, seq: u64, requests: u64, model: &str) -> Vec<u8> {
     use outpost_shared::histogram::LogHistogram;
     use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, Report, SystemStats};
     let mut latency_us = LogHistogram::default();
@@ -96,7 +101,7 @@ fn report_wire(key: &SigningKey, seq: u64, requests: u64) -> Vec<u8> {
         window_start_ms: 600_000 + seq * 10_000,
         window_end_ms: 610_000 + seq * 10_000,
         models: vec![ModelWindow {
-            model: "bc".into(),
+            model: model.into(),
             version: "1.0.0".into(),
             slot: protocol::vocab::Slot::Primary,
             requests,
@@ -149,6 +154,21 @@ fn a_batch_stores_each_envelope_and_its_traffic_once() {
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
+}
+
+/// A signed report naming a model outside the name grammar (a NUL in it) is kept and acked —
+/// the device must not resend it for ever — but counted as an unreadable body and kept out of
+/// monitoring, whose records are keyed by model name.
+#[test]
+fn a_report_naming_a_model_outside_the_name_grammar_is_stored_acked_and_kept_out_of_monitoring() {
+    let (_dir, ingest, key, _metrics) = enrolled();
+    let wires = [report_of(&key, 1, 10, "bc\0x"), report_wire(&key, 2, 20)];
+    let outcomes = ingest.ingest_many(&[("d1", &wires[0]), ("d1", &wires[1])]).unwrap();
+    assert_eq!(outcomes, [Outcome::Stored { seq: 1 }, Outcome::Stored { seq: 2 }]);
+    let record = ingest.devices().get("d1").unwrap().unwrap();
+    assert_eq!((record.counts.envelopes, record.counts.unreadable_bodies), (2, 1));
+    assert_eq!(ingest.slos().rolled_up("bc", 0, u64::MAX / 2).unwrap().requests, 20);
+    assert_eq!(ingest.slos().rolled_up("bc\0x", 0, u64::MAX / 2).unwrap().requests, 0);
 }
 
 /// An air-gapped device's file of weeks of telemetry goes in batches: every envelope is
