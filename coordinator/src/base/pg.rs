@@ -295,7 +295,7 @@ async fn migrate_locked(
         .query_one("SELECT coalesce(max(version), 0) FROM outpost_schema", &[])
         .await
         .map_err(|e| url.query_error("reading the schema version", &e))?;
-    let from: i32 = row.get(0);
+    let from: i32 = row.try_get(0).map_err(|e| url.query_error("reading the schema version", &e))?;
     let binary = migrations.last().map_or(0, |(version, _, _)| *version);
     if from > binary {
         return Err(PgError::SchemaNewer { url: url.masked.clone(), database: from, binary });
@@ -317,11 +317,12 @@ async fn migrate_locked(
             .await
             .map_err(|e| url.query_error("reading the running replicas", &e))?;
         if let Some(row) = older {
+            let read = |e| url.query_error("reading the running replicas", &e);
             return Err(PgError::OlderReplicaRunning {
                 url: url.masked.clone(),
-                replica: row.get(0),
-                known: row.get(1),
-                age_secs: row.get(2),
+                replica: row.try_get(0).map_err(read)?,
+                known: row.try_get(1).map_err(read)?,
+                age_secs: row.try_get(2).map_err(read)?,
                 database: from,
                 binary,
             });

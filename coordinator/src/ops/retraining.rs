@@ -172,6 +172,33 @@ pub struct RunRecord {
     pub log_tail: String,
 }
 
+impl RunRecord {
+    /// A run of `model` just started at `started_ms` by `trigger`: nothing done yet.
+    pub fn started(model: &str, trigger: &str, started_ms: u64) -> RunRecord {
+        RunRecord {
+            id: format!("{model}-{started_ms}"),
+            model: model.to_owned(),
+            trigger: trigger.to_owned(),
+            started_ms,
+            finished_ms: None,
+            status: "running".into(),
+            error: None,
+            parent_version: None,
+            version: None,
+            data_rows: 0,
+            dataset_sha256: None,
+            data_from_ms: None,
+            data_to_ms: None,
+            command_ms: None,
+            slow: false,
+            validation_passed: None,
+            validation_failures: Vec::new(),
+            canary_devices: Vec::new(),
+            log_tail: String::new(),
+        }
+    }
+}
+
 /// Runs, their store, which models are running now, and the handles a run acts through.
 pub struct Retraining {
     runs: RunStore,
@@ -270,27 +297,7 @@ pub fn start(retraining: &Arc<Retraining>, model: &str, trigger: &str) -> Result
         return Err(RetrainError::AlreadyRunning(model.to_owned()));
     }
     let started_ms = retraining.clock.now_ms();
-    let run = RunRecord {
-        id: format!("{model}-{started_ms}"),
-        model: model.to_owned(),
-        trigger: trigger.to_owned(),
-        started_ms,
-        finished_ms: None,
-        status: "running".into(),
-        error: None,
-        parent_version: None,
-        version: None,
-        data_rows: 0,
-        dataset_sha256: None,
-        data_from_ms: None,
-        data_to_ms: None,
-        command_ms: None,
-        slow: false,
-        validation_passed: None,
-        validation_failures: Vec::new(),
-        canary_devices: Vec::new(),
-        log_tail: String::new(),
-    };
+    let run = RunRecord::started(model, trigger, started_ms);
     retraining.put(&run);
     let (state, first) = (Arc::clone(retraining), run.clone());
     tokio::spawn(async move {

@@ -59,7 +59,7 @@ pub async fn try_acquire(
             &[&engine, &holder, &millis(ttl)],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    row.map(|row| row.try_get(0)).transpose()
 }
 
 /// Extends `holder`'s unexpired lease of `engine` in `term` to `ttl` from now; false when it has
@@ -108,7 +108,10 @@ pub async fn fence(tx: &Transaction<'_>, engine: &str, mine: i64) -> Result<(), 
         .query_opt("SELECT term FROM outpost_leases WHERE engine = $1 FOR SHARE", &[&engine])
         .await
         .map_err(|e| Fenced::Query { engine: engine.to_owned(), cause: super::cause(&e) })?;
-    let current: Option<i64> = row.map(|row| row.get(0));
+    let current: Option<i64> = row
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(|e| Fenced::Query { engine: engine.to_owned(), cause: super::cause(&e) })?;
     if current == Some(mine) {
         Ok(())
     } else {

@@ -3,27 +3,7 @@ use super::*;
 use crate::base::pg::store::testing::TestDatabase;
 
 fn run(model: &str, started_ms: u64, status: &str) -> RunRecord {
-    RunRecord {
-        id: format!("{model}-{started_ms}"),
-        model: model.to_owned(),
-        trigger: "manual".into(),
-        started_ms,
-        finished_ms: None,
-        status: status.to_owned(),
-        error: None,
-        parent_version: None,
-        version: None,
-        data_rows: 0,
-        dataset_sha256: None,
-        data_from_ms: None,
-        data_to_ms: None,
-        command_ms: None,
-        slow: false,
-        validation_passed: None,
-        validation_failures: Vec::new(),
-        canary_devices: Vec::new(),
-        log_tail: String::new(),
-    }
+    RunRecord { status: status.to_owned(), ..RunRecord::started(model, "manual", started_ms) }
 }
 
 fn runs_sort_oldest_first_and_the_newest_of_each_model_is_found(runs: &RunStore) {
