@@ -104,6 +104,24 @@ impl PgStore {
         })
     }
 
+    /// The text of the one column `sql` selects with its one parameter `key`, if a row matches
+    /// (a record by its key).
+    pub fn text_by_key(&self, sql: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| c.query_opt(sql, &[&key])?.map(|row| row.try_get(0)).transpose())
+    }
+
+    /// The `(key, text)` pairs of the two columns `sql` selects with `params` (records with
+    /// their keys).
+    pub fn keyed_texts(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(|c| {
+            c.query(sql, params)?.into_iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+        })
+    }
+
     /// Runs `body` in a transaction and commits it; a transaction PostgreSQL cancelled for a
     /// conflict runs again (module header). `body`'s own outcome `Err(E)` rolls back and is
     /// returned as `Ok(Err(E))`.

@@ -156,11 +156,7 @@ impl PgDevices {
     }
 
     pub(super) fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        let text: Option<String> = self.store.with(|c| {
-            c.query_opt("SELECT record::text FROM outpost_devices WHERE id = $1", &[&id])?
-                .map(|row| row.try_get(0))
-                .transpose()
-        })?;
+        let text = self.store.text_by_key("SELECT record::text FROM outpost_devices WHERE id = $1", id)?;
         text.map(|t| decode(|| format!("devices/{id}"), &t)).transpose()
     }
 
@@ -174,12 +170,7 @@ impl PgDevices {
     }
 
     pub(super) fn decode_each<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let rows: Vec<(String, String)> = self.store.with(|c| {
-            c.query("SELECT id, record::text FROM outpost_devices ORDER BY id", &[])?
-                .into_iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect()
-        })?;
+        let rows = self.store.keyed_texts("SELECT id, record::text FROM outpost_devices ORDER BY id", &[])?;
         rows.iter().map(|(id, t)| decode(|| format!("devices/{id}"), t)).collect()
     }
 
@@ -211,21 +202,13 @@ impl PgDevices {
     }
 
     pub(super) fn revocation(&self, id: &str) -> Result<Option<Revocation>, StoreError> {
-        let text: Option<String> = self.store.with(|c| {
-            c.query_opt("SELECT record::text FROM outpost_revocations WHERE device = $1", &[&id])?
-                .map(|row| row.try_get(0))
-                .transpose()
-        })?;
+        let text =
+            self.store.text_by_key("SELECT record::text FROM outpost_revocations WHERE device = $1", id)?;
         text.map(|t| decode(|| format!("revoked/{id}"), &t)).transpose()
     }
 
     pub(super) fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        let rows: Vec<(String, String)> = self.store.with(|c| {
-            c.query("SELECT device, record::text FROM outpost_revocations", &[])?
-                .into_iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect()
-        })?;
+        let rows = self.store.keyed_texts("SELECT device, record::text FROM outpost_revocations", &[])?;
         rows.iter().map(|(id, t)| decode(|| format!("revoked/{id}"), t)).collect()
     }
 
@@ -415,12 +398,9 @@ impl PgDevices {
 
     /// The records of the devices among `ids` that are enrolled.
     pub(super) fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, DeviceRecord>, StoreError> {
-        let rows: Vec<(String, String)> = self.store.with(|c| {
-            c.query("SELECT id, record::text FROM outpost_devices WHERE id = ANY($1)", &[&ids])?
-                .into_iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect()
-        })?;
+        let rows = self
+            .store
+            .keyed_texts("SELECT id, record::text FROM outpost_devices WHERE id = ANY($1)", &[&ids])?;
         rows.into_iter().map(|(id, t)| Ok((id.clone(), decode(|| format!("devices/{id}"), &t)?))).collect()
     }
 

@@ -9,11 +9,7 @@ use crate::base::store::StoreError;
 
 /// The token whose sha256 is `hash`; a record that does not decode lets nobody in.
 pub(super) fn get(store: &PgStore, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-    let text: Option<String> = store.with(|c| {
-        c.query_opt("SELECT record::text FROM outpost_api_tokens WHERE hash = $1", &[&hash])?
-            .map(|row| row.try_get(0))
-            .transpose()
-    })?;
+    let text = store.text_by_key("SELECT record::text FROM outpost_api_tokens WHERE hash = $1", hash)?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
