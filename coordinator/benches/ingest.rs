@@ -13,7 +13,9 @@
 //! PostgreSQL (`BENCH_POSTGRES_URL`, default the machine's `postgres://postgres@127.0.0.1:5432/postgres`;
 //! a database of its own, dropped after) and 1, 2 and 3 replicas sharing the burst as an MQTT 5
 //! shared subscription would (batches of 512 dealt out in turn), each its own connection pool and
-//! thread. An actual state changes only its device's record, so this path is all on PostgreSQL.
+//! thread. An actual state changes only its device's record, so this path is all on PostgreSQL;
+//! then the window reports the same way (the fleet's records and the traffic with its roll-ups
+//! on PostgreSQL: a report's whole path).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fixtures;
@@ -140,40 +142,20 @@ fn main() {
         "  full ingest (verify + store + an ack each) {rate:>6.0} states/s: the whole fleet in {:.2} s (sled)",
         burst as f64 / rate
     );
-    burst_on_postgres(&authority, &fleet, rate);
+    on_postgres(&authority, &fleet, (rate, (full + full_again) / 2.0), n);
 }
 
-/// The same burst with the fleet's records on PostgreSQL and 1, 2, 3 replicas (module header);
-/// each run's states carry a seq of their own, so every one is new.
-fn burst_on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)], sled_rate: f64) {
-    use outpost_coordinator::base::pg::PgUrl;
-    use outpost_coordinator::base::pg::store::PgStore;
-    use outpost_coordinator::fleet::devices::Devices;
-
-    let admin = std::env::var("BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("outpost_bench_{}", std::process::id());
-    let mut client = match postgres::Client::connect(&admin, postgres::NoTls) {
-        Ok(client) => client,
-        Err(e) => {
-            println!("  on PostgreSQL: skipped, {admin} does not answer ({e})");
-            return;
-        }
-    };
-    client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    let url = PgUrl::parse(&format!("{}/{name}", &admin[..admin.rfind('/').unwrap()])).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut c = url.connect("outpost-bench").await.unwrap();
-        outpost_coordinator::base::pg::migrate(&url, &mut c, "bench").await.unwrap();
-    });
+/// The same burst, then the same window reports, with the fleet's records and the traffic on
+/// PostgreSQL and 1, 2, 3 replicas (module header); each run's messages carry seqs and windows
+/// of their own, so every one is new.
+fn on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)], sled: (f64, f64), reports: u64) {
+    let Some(db) = fixtures::BenchDatabase::new("ingest") else { return };
     let replicas: Vec<(tempfile::TempDir, Ingest)> = (0..3)
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
-            let devices = Devices::open_postgres(&PgStore::open(&url, "outpost-bench").unwrap());
             let store = Store::open(dir.path()).unwrap();
             let ingest =
-                Ingest::with_devices(store, devices, authority.clone(), Metrics::new().ingest).unwrap();
+                Ingest::with_postgres(store, &db.store(), authority.clone(), Metrics::new().ingest).unwrap();
             (dir, ingest)
         })
         .collect();
@@ -193,40 +175,69 @@ fn burst_on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)],
     }
     let enrolled = started.elapsed().as_secs_f64();
     println!("  the same fleet on PostgreSQL (enrolled in {enrolled:.1} s, one enrolment per transaction):");
-    // A first pass by all three, untimed: pools filled, tables and plans warm (the first pass
-    // after enrolment ran at half the speed of the same pass again).
-    for (run, count) in [3usize, 1, 2, 3, 1].into_iter().enumerate() {
+    // Each kind starts with a pass by all three, untimed: pools filled, tables and plans warm
+    // (the first pass after enrolment ran at half the speed of the same pass again).
+    let runs = [3usize, 1, 2, 3, 1];
+    for (run, count) in runs.into_iter().enumerate() {
         let seq = run as u64 + 1;
         let states: Vec<(usize, Vec<u8>)> = fleet
             .iter()
             .enumerate()
             .map(|(d, (_, key))| (d, protocol::seal(key, seq, 0, &state()).unwrap()))
             .collect();
-        let batches: Vec<&[(usize, Vec<u8>)]> = states.chunks(512).collect();
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            for (r, (_, ingest)) in replicas.iter().take(count).enumerate() {
-                let mine: Vec<&[(usize, Vec<u8>)]> = batches.iter().skip(r).step_by(count).copied().collect();
-                s.spawn(move || {
-                    for batch in mine {
-                        acked_batch(ingest, fleet, batch);
-                    }
-                });
-            }
-        });
-        let rate = states.len() as f64 / started.elapsed().as_secs_f64();
-        if run == 0 {
-            continue;
+        let rate = shared_by(&replicas, count, fleet, &states);
+        if run > 0 {
+            print_rate("states", count, rate, states.len(), sled.0);
         }
-        println!(
-            "    {count} replica{}  {rate:>6.0} states/s: the whole fleet in {:.2} s ({:.2}x sled)",
-            if count == 1 { " " } else { "s" },
-            states.len() as f64 / rate,
-            rate / sled_rate
-        );
     }
-    drop(replicas);
-    client.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
+    // Window reports from the fleet's first 100 devices, as in the passes on sled.
+    println!("  {reports} window reports (as above, devices without labels) on PostgreSQL:");
+    let first = runs.len() as u64 + 1;
+    for (run, count) in runs.into_iter().enumerate() {
+        let offset = run as u64 * reports;
+        let wires: Vec<(usize, Vec<u8>)> = (0..reports)
+            .map(|i| {
+                let d = (i % 100) as usize;
+                let seq = first + run as u64 * reports.div_ceil(100) + i / 100;
+                (d, protocol::seal(&fleet[d].1, seq, i, &report(offset + i)).unwrap())
+            })
+            .collect();
+        let rate = shared_by(&replicas, count, fleet, &wires);
+        if run > 0 {
+            print_rate("reports", count, rate, wires.len(), sled.1);
+        }
+    }
+}
+
+/// The rate `count` of `replicas` ingest `wires` at, batches of 512 dealt out in turn.
+fn shared_by(
+    replicas: &[(tempfile::TempDir, Ingest)],
+    count: usize,
+    fleet: &[(String, SigningKey)],
+    wires: &[(usize, Vec<u8>)],
+) -> f64 {
+    let batches: Vec<&[(usize, Vec<u8>)]> = wires.chunks(512).collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (r, (_, ingest)) in replicas.iter().take(count).enumerate() {
+            let mine: Vec<&[(usize, Vec<u8>)]> = batches.iter().skip(r).step_by(count).copied().collect();
+            s.spawn(move || {
+                for batch in mine {
+                    acked_batch(ingest, fleet, batch);
+                }
+            });
+        }
+    });
+    wires.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn print_rate(what: &str, count: usize, rate: f64, total: usize, sled_rate: f64) {
+    println!(
+        "    {count} replica{}  {rate:>6.0} {what}/s: all {total} in {:.2} s ({:.2}x sled)",
+        if count == 1 { " " } else { "s" },
+        total as f64 / rate,
+        rate / sled_rate
+    );
 }
 
 /// One batch as the broker link handles it: ingested together, flushed, then the devices' acks

@@ -24,12 +24,13 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 18] = [
+const REPOSITORIES: [&str; 19] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
     "monitoring/slo.rs",
     "monitoring/slo/rollup.rs",
+    "monitoring/slo/sled_backend.rs",
     "monitoring/quality.rs",
     "monitoring/follow.rs",
     "monitoring/report/history.rs",
@@ -86,11 +87,12 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 6] = [
+const POSTGRES: [&str; 7] = [
     "base/pg.rs",
     "base/pg/",
     "fleet/devices/pg.rs",
     "http/auth/pg.rs",
+    "monitoring/slo/pg.rs",
     "ops/alerts/store/pg.rs",
     "ops/retraining/store/pg.rs",
 ];

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "devices", include_str!("../../migrations/0002_devices.sql")),
     (3, "api_tokens", include_str!("../../migrations/0003_api_tokens.sql")),
     (4, "engines", include_str!("../../migrations/0004_engines.sql")),
+    (5, "traffic", include_str!("../../migrations/0005_traffic.sql")),
 ];
 
 /// The newest schema version this binary knows.

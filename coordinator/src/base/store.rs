@@ -20,6 +20,10 @@ pub enum StoreError {
     Fenced(crate::base::pg::lease::Fenced),
     #[error("stored record `{key}` is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
+    /// What a repository on PostgreSQL cannot do yet (the store backends are being built
+    /// piece by piece: `docs/design/store-backends.md`).
+    #[error("{0} is not available on the PostgreSQL store yet")]
+    NotOnPostgres(&'static str),
 }
 
 /// `value` as the JSON bytes stored under `key`; a value that cannot be encoded is a storage

@@ -271,22 +271,34 @@ impl Ingest {
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
         let devices = Devices::open(&store)?;
-        Ingest::with_devices(store, devices, authority, counter)
+        let slos = crate::monitoring::slo::Slos::open(&store)?;
+        Ingest::with(store, devices, slos, authority, counter)
     }
 
-    /// An ingest that keeps the fleet's records in `devices` (which may be on PostgreSQL) and
-    /// monitoring's in `store`. Until monitoring's repositories are on PostgreSQL too, this is
-    /// what the benchmarks measure replicas sharing a PostgreSQL fleet with; `serve` does not
-    /// start this way.
-    pub fn with_devices(
+    /// An ingest that keeps the fleet's records and the traffic in PostgreSQL (`pg`) and the
+    /// rest of monitoring (labels, drift history, predictions) in `store`. Until those are on
+    /// PostgreSQL too, this is what the benchmarks measure replicas sharing a PostgreSQL store
+    /// with; `serve` does not start this way.
+    pub fn with_postgres(
+        store: Store,
+        pg: &crate::base::pg::store::PgStore,
+        authority: Arc<Authority>,
+        counter: IntCounterVec,
+    ) -> Result<Ingest, StoreError> {
+        let devices = Devices::open_postgres(pg);
+        let slos = crate::monitoring::slo::Slos::open_postgres(pg);
+        Ingest::with(store, devices, slos, authority, counter)
+    }
+
+    fn with(
         store: Store,
         devices: Devices,
+        slos: crate::monitoring::slo::Slos,
         authority: Arc<Authority>,
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
         let labels = crate::monitoring::quality::Labels::open(&store)?;
         let drift_history = crate::monitoring::report::History::open(&store)?;
-        let slos = crate::monitoring::slo::Slos::open(&store)?;
         let predictions = crate::monitoring::dataset::Predictions::open(&store)?;
         // Before anything is stored: a data directory from before the roll-ups by device label
         // (or a restore) gets them from what it holds.

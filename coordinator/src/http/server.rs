@@ -55,8 +55,9 @@ pub enum ServeError {
     Postgres(#[from] crate::base::pg::PgError),
     #[error(
         "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
-         cannot keep all its records there yet (the fleet's devices and envelopes can be; the registry, \
-         rollouts and monitoring are in sled only; the PostgreSQL store lands in pieces, see \
+         cannot keep all its records there yet (the fleet's devices and envelopes, API tokens, alerts and \
+         traffic can be; the registry, rollouts and the rest of monitoring are in sled only; the \
+         PostgreSQL store lands in pieces, see \
          docs/design/store-backends.md): set store.url = \"sled\""
     )]
     PostgresNotYet { url: String, schema: i32 },

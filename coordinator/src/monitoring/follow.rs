@@ -76,7 +76,9 @@ impl Follower {
             from_ms,
             subscription: store.feed().subscribe(&[TRAFFIC, SHADOW, LABELS]),
         };
-        let (traffic, shadow) = slos.window_trees();
+        let Some((traffic, shadow)) = slos.window_trees() else {
+            return Err(StoreError::NotOnPostgres("following a model's monitoring records").into());
+        };
         let mut labels_from = model.as_bytes().to_vec();
         labels_from.push(0);
         let mut windows_from = labels_from.clone();

@@ -3,7 +3,8 @@
 //! and the error-budget burn rate, computed fleet-wide from summed counts and merged latency
 //! histograms (never from averaged percentiles).
 //!
-//! Data: every report window devices send is kept per model in sled tree `traffic`, key
+//! Data (sled, [`sled_backend`]): every report window devices send is kept per model in tree
+//! `traffic`, key
 //! `model \0 window_end_ms (u64 BE) \0 device \0 version`, value JSON [`TrafficWindow`] (the
 //! first arrival; a resend changes nothing), and added into its version's minute and hour
 //! buckets ([`rollup`]), and its device's labels' buckets, in the same transaction; objectives
@@ -16,28 +17,33 @@
 //! Accuracy comes from ground-truth labels ([`crate::monitoring::quality`]) for predictions made
 //! inside the window.
 //!
+//! On PostgreSQL ([`pg`], migration `0005_traffic.sql`): the same records in tables — windows
+//! by `(model, end, device, version)`, roll-ups by `(model, by label, width, start, label,
+//! value, shard)` — where a 30-day objective is one indexed query over at most 720 hour and 118
+//! minute rows per version and shard.
+//!
 //! Burn rate = the share of bad events ÷ the share the objective allows: 1 spends the budget
 //! exactly over the window, 10 spends it ten times as fast. Bad events: failed requests
 //! (availability), requests slower than the threshold (latency; the objective "p95 < 200 ms"
 //! allows 5 % of requests above 200 ms), wrong labelled predictions (accuracy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::messages::{Report, ShadowReport};
 use serde::{Deserialize, Serialize};
 
-use sled::Transactional;
+use crate::base::pg::store::PgStore;
+use crate::base::store::{Store, StoreError};
 
-use crate::base::feed::Change;
-use crate::base::store::{Store, StoreError, encode};
-
+mod pg;
 pub mod rollup;
+mod sled_backend;
 mod status;
 
 pub use status::{Objective, SloStatus};
 
-use rollup::{HOUR_MS, MINUTE_MS};
+use rollup::{HOUR_MS, MINUTE_MS, Width};
 
 /// A model's objectives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,15 +111,6 @@ pub struct TrafficWindow {
     pub latency_us: LogHistogram,
 }
 
-/// Which roll-up tree a window's bucket is in, as [`Slos::put_reports`] sums them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Bucket {
-    Minute,
-    Hour,
-    LabelMinute,
-    LabelHour,
-}
-
 /// A shadow's agreement with its primary in one device's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowCounts {
@@ -150,23 +147,6 @@ impl TimeBuckets {
     }
 }
 
-/// Objectives and traffic history.
-#[derive(Debug, Clone)]
-pub struct Slos {
-    specs: sled::Tree,
-    traffic: sled::Tree,
-    /// Shadow agreement per window: same keys as `traffic` (the shadow's version), JSON
-    /// [`ShadowCounts`].
-    shadow: sled::Tree,
-    /// Roll-ups of `traffic` per model version: 1-minute and 1-hour buckets ([`rollup`]).
-    minutes: sled::Tree,
-    hours: sled::Tree,
-    /// The same per value of each device label ([`rollup::label_part`]).
-    label_minutes: sled::Tree,
-    label_hours: sled::Tree,
-    store: Store,
-}
-
 /// `(model, window_end_ms, device, version)` of a `traffic` or `shadow` key.
 pub fn parse_traffic_key(key: &[u8]) -> Option<(&str, u64, &str, &str)> {
     let split = key.iter().position(|b| *b == 0)?;
@@ -196,41 +176,72 @@ pub(crate) fn record_key(model: &str, at_ms: u64, device: &str, version: &str) -
 pub const TRAFFIC: &str = "traffic";
 pub const SHADOW: &str = "shadow";
 
+/// One report window new to the store, as both backends store it.
+pub(crate) struct NewWindow<'a> {
+    model: &'a str,
+    end_ms: u64,
+    device: &'a str,
+    version: &'a str,
+    window: TrafficWindow,
+    /// The sending device's labels (its by-label buckets).
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl NewWindow<'_> {
+    /// The starts of the minute and the hour holding the window's end.
+    fn bucket_starts(&self) -> (u64, u64) {
+        (self.end_ms - self.end_ms % MINUTE_MS, self.end_ms - self.end_ms % HOUR_MS)
+    }
+}
+
+/// Objectives and traffic history.
+#[derive(Debug, Clone)]
+pub struct Slos {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sled(sled_backend::SledSlos),
+    Postgres(pg::PgSlos),
+}
+
+/// Calls `$method` on whichever backend `$self` was opened on.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sled(s) => s.$method($($arg),*),
+            Backend::Postgres(p) => p.$method($($arg),*),
+        }
+    };
+}
+
 impl Slos {
+    /// Objectives and traffic in the coordinator's sled database (its roll-ups built first if
+    /// it is from before them).
     pub fn open(store: &Store) -> Result<Slos, StoreError> {
-        let slos = Slos {
-            specs: store.tree("slos")?,
-            traffic: store.tree(TRAFFIC)?,
-            shadow: store.tree(SHADOW)?,
-            minutes: store.tree("traffic_1m")?,
-            hours: store.tree("traffic_1h")?,
-            label_minutes: store.tree("traffic_by_label_1m")?,
-            label_hours: store.tree("traffic_by_label_1h")?,
-            store: store.clone(),
-        };
-        rollup::ensure_built(store, &slos.traffic, &slos.minutes, &slos.hours)?;
-        Ok(slos)
+        Ok(Slos { backend: Backend::Sled(sled_backend::SledSlos::open(store)?) })
+    }
+
+    /// Objectives and traffic in PostgreSQL (its schema brought up to date first:
+    /// [`crate::base::pg::migrate`]).
+    pub fn open_postgres(store: &PgStore) -> Slos {
+        Slos { backend: Backend::Postgres(pg::PgSlos::open(store)) }
     }
 
     /// Rolls every stored window up by its device's labels unless that was done (a data
     /// directory from before these roll-ups, a restore, or one where a bucket was unreadable).
     /// Devices belong to the floor above: the caller reads their labels, only when the build is
-    /// due. Ingest calls this before it stores anything.
+    /// due. Ingest calls this before it stores anything. On PostgreSQL every window has been
+    /// rolled up by label as it was stored: nothing to do.
     pub fn ensure_rolled_up_by_label(
         &self,
         labels: impl FnOnce() -> Result<rollup::LabelsByDevice, StoreError>,
     ) -> Result<(), StoreError> {
-        rollup::ensure_built_by_label(
-            &self.store,
-            &self.traffic,
-            &self.label_minutes,
-            &self.label_hours,
-            labels,
-        )
-    }
-
-    fn err(&self, e: sled::Error) -> StoreError {
-        self.store.storage_error(e)
+        match &self.backend {
+            Backend::Sled(s) => s.ensure_rolled_up_by_label(labels),
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// Keeps a report's traffic per model version, and adds each window new to the store into
@@ -248,129 +259,42 @@ impl Slos {
     /// [`Slos::put_report`] for many reports (device, its labels, report) in one transaction: the
     /// windows new to the store are summed per bucket first, so a bucket that every window of a
     /// batch goes into — a model version's minute, a site's — is read and written once, not once
-    /// per window. The same window twice in `reports` counts once.
+    /// per window. The same window twice in `reports` counts once (the first).
     pub fn put_reports(
         &self,
         reports: &[(&str, &BTreeMap<String, String>, &Report)],
     ) -> Result<(), StoreError> {
-        // Per window: raw key, encoded value, bucket keys (minute, hour, then per device label
-        // minute and hour, each tagged with its tree), value.
         let mut windows = Vec::new();
         for (device, labels, report) in reports {
-            let end = report.window_end_ms;
-            let (minute_start, hour_start) = (end - end % MINUTE_MS, end - end % HOUR_MS);
-            let parts: Vec<String> = labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect();
             for w in report.models.iter().filter(|w| w.requests > 0) {
-                let value = TrafficWindow {
-                    requests: w.requests,
-                    errors: w.errors,
-                    latency_us: w.latency_us.clone(),
-                };
-                let raw = record_key(&w.model, end, device, &w.version);
-                let encoded = encode("traffic window", &value)?;
-                let mut buckets = vec![
-                    (Bucket::Minute, rollup::key(&w.model, minute_start, &w.version)),
-                    (Bucket::Hour, rollup::key(&w.model, hour_start, &w.version)),
-                ];
-                for p in &parts {
-                    buckets.push((Bucket::LabelMinute, rollup::key(&w.model, minute_start, p)));
-                    buckets.push((Bucket::LabelHour, rollup::key(&w.model, hour_start, p)));
-                }
-                windows.push((raw, encoded, buckets, value));
+                windows.push(NewWindow {
+                    model: &w.model,
+                    end_ms: report.window_end_ms,
+                    device,
+                    version: &w.version,
+                    window: TrafficWindow {
+                        requests: w.requests,
+                        errors: w.errors,
+                        latency_us: w.latency_us.clone(),
+                    },
+                    labels,
+                });
             }
         }
         if windows.is_empty() {
             return Ok(());
         }
-        let trees = (&self.traffic, &self.minutes, &self.hours, &self.label_minutes, &self.label_hours);
-        let outcome = self.store.feed().commit(|| {
-            let outcome = trees.transaction(|(raw, minutes, hours, label_minutes, label_hours)| {
-                let mut new = Vec::new();
-                let mut sums: BTreeMap<&(Bucket, Vec<u8>), TrafficWindow> = BTreeMap::new();
-                for (i, (key, encoded, buckets, value)) in windows.iter().enumerate() {
-                    // (A window met earlier in this transaction reads as stored: its insert.)
-                    if raw.get(key)?.is_some() {
-                        continue;
-                    }
-                    raw.insert(key.as_slice(), encoded.as_slice())?;
-                    new.push(i);
-                    for bucket in buckets {
-                        rollup::add(sums.entry(bucket).or_default(), value);
-                    }
-                }
-                let mut readable = true;
-                for ((which, key), sum) in sums {
-                    let tree = match which {
-                        Bucket::Minute => minutes,
-                        Bucket::Hour => hours,
-                        Bucket::LabelMinute => label_minutes,
-                        Bucket::LabelHour => label_hours,
-                    };
-                    readable &= rollup::update_in(tree, key, |b: &mut TrafficWindow| rollup::add(b, &sum))?;
-                }
-                Ok((readable, new))
-            });
-            let changes = outcome.as_ref().map_or_else(
-                |_| Vec::new(),
-                |(_, new)| {
-                    new.iter()
-                        .map(|&i| Change {
-                            tree: TRAFFIC,
-                            key: windows[i].0.clone(),
-                            before: None,
-                            after: windows[i].1.clone(),
-                        })
-                        .collect()
-                },
-            );
-            (outcome.map(|(readable, _)| readable), changes)
-        });
         let devices = match reports {
             [(device, ..)] => (*device).to_owned(),
             _ => format!("{} reports", reports.len()),
         };
-        rollup::settle(&self.store, &[rollup::MARKER, rollup::BY_LABEL_MARKER], "traffic", &devices, outcome)
+        dispatch!(self.put_windows(&windows, &devices))
     }
 
     /// Keeps a shadow report's agreement per model version.
     /// (The first arrival of a window is kept; a resend changes nothing.)
     pub fn put_shadow(&self, device: &str, report: &ShadowReport) -> Result<(), StoreError> {
-        let mut windows = Vec::new();
-        for w in &report.models {
-            let value = ShadowCounts { primary: w.primary.clone(), compared: w.compared, agreed: w.agreed };
-            let key = record_key(&w.model, report.window_end_ms, device, &w.version);
-            windows.push((key, encode("shadow window", &value)?));
-        }
-        self.store.feed().commit(|| {
-            let outcome = self.shadow.transaction(|tree| {
-                let mut new = Vec::new();
-                for (key, encoded) in &windows {
-                    if tree.get(key)?.is_none() {
-                        tree.insert(key.as_slice(), encoded.as_slice())?;
-                        new.push(Change {
-                            tree: SHADOW,
-                            key: key.clone(),
-                            before: None,
-                            after: encoded.clone(),
-                        });
-                    }
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(new)
-            });
-            match outcome {
-                Ok(changes) => (Ok(()), changes),
-                Err(e) => (Err(self.transaction_error(e)), Vec::new()),
-            }
-        })
-    }
-
-    fn transaction_error(&self, e: sled::transaction::TransactionError<()>) -> StoreError {
-        match e {
-            sled::transaction::TransactionError::Abort(()) => {
-                StoreError::Corrupt { key: "shadow".into(), detail: "transaction aborted".into() }
-            }
-            sled::transaction::TransactionError::Storage(e) => self.err(e),
-        }
+        dispatch!(self.put_shadow(device, report))
     }
 
     /// Rows compared and agreed of shadow windows of `model` ending in `[from_ms, to_ms]`
@@ -383,85 +307,49 @@ impl Slos {
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<(u64, u64), StoreError> {
         let (mut compared, mut agreed) = (0, 0);
-        self.windows_where(&self.shadow, model, from_ms, to_ms, keep, |_, _, _, v| {
-            if let Ok(c) = serde_json::from_slice::<ShadowCounts>(v) {
+        let each = |_, device: &str, version: &str, c: ShadowCounts| {
+            if keep(device, version) {
                 compared += c.compared;
                 agreed += c.agreed;
             }
-        })?;
+        };
+        dispatch!(self.each_shadow(model, from_ms, to_ms, each))?;
         Ok((compared, agreed))
     }
 
-    /// Calls `each(device, value)` for the windows of `model` in `tree` (keys as in `traffic`)
-    /// ending in `[from_ms, to_ms]` whose device and version `keep` accepts.
-    fn windows_where(
+    /// Calls `each(end_ms, device, version, window)` for the report windows of `model` ending
+    /// in `[from_ms, to_ms]`.
+    fn each_window(
         &self,
-        tree: &sled::Tree,
         model: &str,
         from_ms: u64,
         to_ms: u64,
-        keep: impl Fn(&str, &str) -> bool,
-        mut each: impl FnMut(u64, &str, &str, &[u8]),
+        each: impl FnMut(u64, &str, &str, TrafficWindow),
     ) -> Result<(), StoreError> {
-        let mut start = model.as_bytes().to_vec();
-        start.push(0);
-        let mut end = start.clone();
-        start.extend_from_slice(&from_ms.to_be_bytes());
-        end.extend_from_slice(&to_ms.saturating_add(1).to_be_bytes());
-        for item in tree.range(start..end) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let Some((_, at, device, version)) = parse_traffic_key(&k) else { continue };
-            if keep(device, version) {
-                each(at, device, version, &v);
-            }
-        }
-        Ok(())
+        dispatch!(self.each_window(model, from_ms, to_ms, each))
     }
 
     /// The trees of report windows and of shadow windows (keys as [`parse_traffic_key`] reads),
-    /// for a reader that follows them ([`crate::monitoring::follow`]).
-    pub(crate) fn window_trees(&self) -> (&sled::Tree, &sled::Tree) {
-        (&self.traffic, &self.shadow)
+    /// for a reader that follows them ([`crate::monitoring::follow`]); `None` on PostgreSQL,
+    /// where records are not followed yet.
+    pub(crate) fn window_trees(&self) -> Option<(&sled::Tree, &sled::Tree)> {
+        match &self.backend {
+            Backend::Sled(s) => Some(s.window_trees()),
+            Backend::Postgres(_) => None,
+        }
     }
 
     pub fn set(&self, model: &str, spec: &SloSpec) -> Result<(), StoreError> {
-        self.specs
-            .insert(model.as_bytes(), encode(&format!("slos/{model}"), spec)?)
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        dispatch!(self.set(model, spec))
     }
 
     pub fn get(&self, model: &str) -> Result<Option<SloSpec>, StoreError> {
-        Ok(self
-            .specs
-            .get(model.as_bytes())
-            .map_err(|e| self.err(e))?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+        dispatch!(self.get(model))
     }
 
     /// Every model with objectives.
     pub fn all(&self) -> Result<Vec<(String, SloSpec)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.specs.iter() {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if let Ok(spec) = serde_json::from_slice(&v) {
-                out.push((String::from_utf8_lossy(&k).into_owned(), spec));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Calls `each(bucket_start, version, bucket)` for `model`'s buckets in `tree` (minutes or
-    /// hours) starting in `[from_ms, until_ms)`.
-    fn buckets(
-        &self,
-        tree: &sled::Tree,
-        model: &str,
-        from_ms: u64,
-        until_ms: u64,
-        each: impl FnMut(u64, &str, TrafficWindow),
-    ) -> Result<(), StoreError> {
-        rollup::each_bucket(&self.store, tree, rollup::MARKER, "traffic", model, from_ms, until_ms, each)
+        dispatch!(self.all())
     }
 
     /// Summed counts and the merged latency histogram of `model`'s windows ending in the whole
@@ -469,17 +357,8 @@ impl Slos {
     /// hour buckets for the whole hours in between, minute buckets at both ends.
     pub fn rolled_up(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<TrafficWindow, StoreError> {
         let mut total = TrafficWindow::default();
-        let trees = [&self.minutes, &self.hours];
-        rollup::each_spanning(
-            &self.store,
-            trees,
-            rollup::MARKER,
-            "traffic",
-            model,
-            from_ms,
-            to_ms,
-            |_, _, w| rollup::add(&mut total, &w),
-        )?;
+        let spans = rollup::spans(from_ms, to_ms);
+        dispatch!(self.each_bucket(false, model, &spans, |_, _, _, w| rollup::add(&mut total, &w)))?;
         Ok(total)
     }
 
@@ -493,20 +372,11 @@ impl Slos {
         to_ms: u64,
     ) -> Result<BTreeMap<(String, String), TrafficWindow>, StoreError> {
         let mut out: BTreeMap<(String, String), TrafficWindow> = BTreeMap::new();
-        rollup::each_spanning(
-            &self.store,
-            [&self.label_minutes, &self.label_hours],
-            rollup::BY_LABEL_MARKER,
-            "traffic by label",
-            model,
-            from_ms,
-            to_ms,
-            |_, part, bucket: TrafficWindow| {
-                if let Some((label, value, _)) = rollup::parse_label_part(part) {
-                    rollup::add(out.entry((label.to_owned(), value.to_owned())).or_default(), &bucket);
-                }
-            },
-        )?;
+        let spans = rollup::spans(from_ms, to_ms);
+        let each = |_, label: &str, value: &str, bucket: TrafficWindow| {
+            rollup::add(out.entry((label.to_owned(), value.to_owned())).or_default(), &bucket);
+        };
+        dispatch!(self.each_bucket(true, model, &spans, each))?;
         Ok(out)
     }
 
@@ -519,17 +389,15 @@ impl Slos {
         to_ms: u64,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<(u64, u64, LogHistogram, usize), StoreError> {
-        let (mut requests, mut errors, mut latency) = (0, 0, LogHistogram::default());
-        let mut devices = std::collections::BTreeSet::new();
-        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |_, device, _, v| {
-            if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
-                requests += w.requests;
-                errors += w.errors;
-                let _ = latency.merge(&w.latency_us);
+        let mut total = TrafficWindow::default();
+        let mut devices = BTreeSet::new();
+        self.each_window(model, from_ms, to_ms, |_, device, version, w| {
+            if keep(device, version) {
+                rollup::add(&mut total, &w);
                 devices.insert(device.to_owned());
             }
         })?;
-        Ok((requests, errors, latency, devices.len()))
+        Ok((total.requests, total.errors, total.latency_us, devices.len()))
     }
 
     /// Requests, errors and latency of `model` per device over `[from_ms, to_ms]` (every
@@ -542,25 +410,9 @@ impl Slos {
         to_ms: u64,
     ) -> Result<BTreeMap<String, TrafficWindow>, StoreError> {
         let mut out: BTreeMap<String, TrafficWindow> = BTreeMap::new();
-        self.windows_where(
-            &self.traffic,
-            model,
-            from_ms,
-            to_ms,
-            |_, _| true,
-            |_, device, _, v| {
-                if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
-                    let total = out.entry(device.to_owned()).or_insert_with(|| TrafficWindow {
-                        requests: 0,
-                        errors: 0,
-                        latency_us: LogHistogram::default(),
-                    });
-                    total.requests += w.requests;
-                    total.errors += w.errors;
-                    let _ = total.latency_us.merge(&w.latency_us);
-                }
-            },
-        )?;
+        self.each_window(model, from_ms, to_ms, |_, device, _, w| {
+            rollup::add(out.entry(device.to_owned()).or_default(), &w);
+        })?;
         Ok(out)
     }
 
@@ -574,8 +426,10 @@ impl Slos {
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<Option<u64>, StoreError> {
         let mut oldest: Option<u64> = None;
-        self.windows_where(&self.traffic, model, from_ms, to_ms, keep, |at, _, _, _| {
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        self.each_window(model, from_ms, to_ms, |at, device, version, _| {
+            if keep(device, version) {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
         })?;
         Ok(oldest)
     }
@@ -595,22 +449,10 @@ impl Slos {
         };
         if grid.width_ms >= MINUTE_MS {
             let from = grid.from_ms - grid.from_ms % MINUTE_MS;
-            self.buckets(&self.minutes, model, from, grid.to_ms.saturating_add(1), |at, version, w| {
-                cell(at, version, &w)
-            })?;
+            let spans = [(Width::Minute, from, grid.to_ms.saturating_add(1))];
+            dispatch!(self.each_bucket(false, model, &spans, |at, _, version, w| cell(at, version, &w)))?;
         } else {
-            self.windows_where(
-                &self.traffic,
-                model,
-                grid.from_ms,
-                grid.to_ms,
-                |_, _| true,
-                |at, _, version, v| {
-                    if let Ok(w) = serde_json::from_slice::<TrafficWindow>(v) {
-                        cell(at, version, &w)
-                    }
-                },
-            )?;
+            self.each_window(model, grid.from_ms, grid.to_ms, |at, _, version, w| cell(at, version, &w))?;
         }
         Ok(out)
     }

@@ -1,8 +1,11 @@
 //! The SLO store's units: roll-ups (per version and per device label) against a scan of every
-//! window, resends, upgrades, a flipped bucket, status and chart geometry.
+//! window, resends, upgrades, a flipped bucket, status and chart geometry. The behaviours both
+//! backends share run on each (`on_sled::…`, `on_postgres::…`, the latter against the real
+//! PostgreSQL of `TEST_POSTGRES_URL`, a database per test), with replicas racing on PostgreSQL.
 
 use super::status::objective;
 use super::*;
+use crate::base::pg::store::testing::TestDatabase;
 use crate::monitoring::quality::Labels;
 use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
 use outpost_shared::protocol::vocab::Slot;
@@ -58,23 +61,82 @@ fn fleet_reports() -> Vec<(String, Report)> {
     out
 }
 
-/// [`fleet_reports`] stored one by one.
-fn filled() -> (tempfile::TempDir, Store, Slos) {
+/// What keeps a test's store alive.
+#[allow(dead_code, clippy::large_enum_variant)]
+enum Backing {
+    Sled(tempfile::TempDir, Store),
+    Postgres(TestDatabase),
+}
+
+fn sled() -> (Slos, Backing) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let slos = Slos::open(&store).unwrap();
+    (Slos::open(&store).unwrap(), Backing::Sled(dir, store))
+}
+
+fn postgres() -> (Slos, Backing) {
+    let db = TestDatabase::new();
+    (Slos::open_postgres(&db.store()), Backing::Postgres(db))
+}
+
+/// A fresh repository on one backend.
+type Open = fn() -> (Slos, Backing);
+
+/// Runs each named behaviour `fn(Open)` once on each backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test] fn $name() { super::$name(super::sled); })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { super::$name(super::postgres); })*
+        }
+    };
+}
+
+on_both!(
+    a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do,
+    the_rollups_sum_exactly_what_a_scan_of_every_window_sums,
+    the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sums,
+    a_resent_report_adds_nothing_to_the_rollups,
+    status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start,
+    the_dashboard_timeline_from_minute_buckets_matches_the_windows,
+    objectives_are_kept_per_model,
+    shadow_windows_are_kept_as_first_stored,
+);
+
+/// [`fleet_reports`] stored one by one.
+fn filled_one_by_one(open: Open) -> (Slos, Backing) {
+    let (slos, backing) = open();
     for (device, report) in fleet_reports() {
         slos.put_report(&device, &device_labels(&device), &report).unwrap();
     }
+    (slos, backing)
+}
+
+/// [`fleet_reports`] stored in batches of 8 (as ingest stores them; a batch is checked against
+/// reports one by one in `a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do`).
+fn filled(open: Open) -> (Slos, Backing) {
+    let (slos, backing) = open();
+    let reports = fleet_reports();
+    let labels: Vec<_> = reports.iter().map(|(d, _)| device_labels(d)).collect();
+    for (chunk, labels) in reports.chunks(8).zip(labels.chunks(8)) {
+        let batch: Vec<_> = chunk.iter().zip(labels).map(|((d, r), l)| (d.as_str(), l, r)).collect();
+        slos.put_reports(&batch).unwrap();
+    }
+    (slos, backing)
+}
+
+/// [`fleet_reports`] stored one by one on sled (for the sled-only behaviours).
+fn filled_sled() -> (tempfile::TempDir, Store, Slos) {
+    let (slos, backing) = filled_one_by_one(sled);
+    let Backing::Sled(dir, store) = backing else { unreachable!("sled") };
     (dir, store, slos)
 }
 
-#[test]
-fn a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do() {
-    let (_dir, _store, one_by_one) = filled();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let batched = Slos::open(&store).unwrap();
+fn a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do(open: Open) {
+    let (one_by_one, _one) = filled_one_by_one(open);
+    let (batched, _two) = open();
     let reports = fleet_reports();
     let labels: Vec<_> = reports.iter().map(|(d, _)| device_labels(d)).collect();
     // Batches of 37 cross minutes and hours; each also carries a resend of its first report
@@ -125,9 +187,8 @@ fn same(rolled: &TrafficWindow, raw: (u64, u64, LogHistogram, usize), what: &str
     assert_eq!(rolled.latency_us.count_above(5_000.0), raw.2.count_above(5_000.0), "{what}");
 }
 
-#[test]
-fn the_rollups_sum_exactly_what_a_scan_of_every_window_sums() {
-    let (_dir, _store, slos) = filled();
+fn the_rollups_sum_exactly_what_a_scan_of_every_window_sums(open: Open) {
+    let (slos, _backing) = filled(open);
     // Ranges within a minute, across an hour, over whole hours, and open at the end.
     for (from, to) in [
         (3_540_000, 3_599_999),
@@ -167,9 +228,8 @@ fn scanned_by_label(
     out
 }
 
-#[test]
-fn the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sums() {
-    let (_dir, _store, slos) = filled();
+fn the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sums(open: Open) {
+    let (slos, _backing) = filled(open);
     for (from, to) in
         [(3_540_000, 3_599_999), (3_540_000, 7_259_999), (4_020_000, 11_459_999), (0, 20_000_000)]
     {
@@ -199,7 +259,7 @@ fn the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sum
 
 #[test]
 fn a_store_from_before_rollups_by_label_is_rolled_up_once_by_the_devices_labels() {
-    let (_dir, store, slos) = filled();
+    let (_dir, store, slos) = filled_sled();
     let expected = slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap();
     rollup::invalidate(&store, rollup::BY_LABEL_MARKER).unwrap();
     for tree in ["traffic_by_label_1m", "traffic_by_label_1h"] {
@@ -216,9 +276,8 @@ fn a_store_from_before_rollups_by_label_is_rolled_up_once_by_the_devices_labels(
     .unwrap();
 }
 
-#[test]
-fn a_resent_report_adds_nothing_to_the_rollups() {
-    let (_dir, _store, slos) = filled();
+fn a_resent_report_adds_nothing_to_the_rollups(open: Open) {
+    let (slos, _backing) = filled(open);
     let before = slos.rolled_up("bc", 0, 20_000_000).unwrap();
     let by_label = slos.rolled_up_by_label("bc", 0, 20_000_000).unwrap();
     slos.put_report("dev-1", &device_labels("dev-1"), &report(3_600_001, "1.1.0", 999, 0.0)).unwrap();
@@ -231,7 +290,7 @@ fn a_resent_report_adds_nothing_to_the_rollups() {
 
 #[test]
 fn a_store_from_before_rollups_is_rolled_up_when_opened() {
-    let (_dir, store, slos) = filled();
+    let (_dir, store, slos) = filled_sled();
     let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
     // What a data directory written by a coordinator without roll-ups looks like.
     rollup::invalidate(&store, rollup::MARKER).unwrap();
@@ -246,7 +305,7 @@ fn a_store_from_before_rollups_is_rolled_up_when_opened() {
 
 #[test]
 fn an_unreadable_bucket_is_left_out_then_rebuilt_from_the_raw_windows_at_the_next_start() {
-    let (_dir, store, slos) = filled();
+    let (_dir, store, slos) = filled_sled();
     let expected = slos.traffic_where("bc", 0, 20_000_000, |_, _| true).unwrap();
     // A worn card flips the hour bucket from 01:00 of 1.0.0 into garbage.
     let hours = store.tree("traffic_1h").unwrap();
@@ -266,9 +325,8 @@ fn an_unreadable_bucket_is_left_out_then_rebuilt_from_the_raw_windows_at_the_nex
     same(&reopened.rolled_up("bc", 0, 20_000_000).unwrap(), expected, "rebuilt after the flip");
 }
 
-#[test]
-fn status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start() {
-    let (_dir, _store, slos) = filled();
+fn status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start(open: Open) {
+    let (slos, _backing) = filled(open);
     let spec = SloSpec {
         availability: Some(0.95),
         latency: Some(LatencyObjective { percentile: 0.95, threshold_ms: 5.0 }),
@@ -285,9 +343,8 @@ fn status_over_a_window_reads_the_rollups_from_the_minute_holding_its_start() {
     assert_eq!(status.objectives[1].bad_events, raw.2.count_above(5_000.0));
 }
 
-#[test]
-fn the_dashboard_timeline_from_minute_buckets_matches_the_windows() {
-    let (_dir, _store, slos) = filled();
+fn the_dashboard_timeline_from_minute_buckets_matches_the_windows(open: Open) {
+    let (slos, _backing) = filled(open);
     // Ten-minute chart buckets from 01:00 to 03:00 (the windows at 03:00:00 are past it).
     let grid = TimeBuckets { from_ms: 3_600_000, to_ms: 10_799_999, width_ms: 600_000, count: 12 };
     let rolled = slos.timeline("bc", &grid).unwrap();
@@ -297,6 +354,91 @@ fn the_dashboard_timeline_from_minute_buckets_matches_the_windows() {
                 slos.traffic_where("bc", start, start + grid.width_ms - 1, |_, v| v == version).unwrap();
             same(&rolled[i][version], raw, &format!("bucket {i} {version}"));
         }
+    }
+}
+
+fn objectives_are_kept_per_model(open: Open) {
+    let (slos, _backing) = open();
+    assert_eq!(slos.get("bc").unwrap(), None);
+    let latency = LatencyObjective { percentile: 0.95, threshold_ms: 200.0 };
+    let first = SloSpec { availability: Some(0.99), latency: None, accuracy: None, window_secs: 3600 };
+    let second =
+        SloSpec { availability: None, latency: Some(latency), accuracy: Some(0.8), window_secs: 86_400 };
+    slos.set("bc", &first).unwrap();
+    slos.set("iris", &first).unwrap();
+    slos.set("bc", &second).unwrap();
+    assert_eq!(slos.get("bc").unwrap(), Some(second.clone()), "a later spec replaces the earlier");
+    assert_eq!(slos.all().unwrap(), vec![("bc".to_owned(), second), ("iris".to_owned(), first)]);
+}
+
+fn shadow_windows_are_kept_as_first_stored(open: Open) {
+    use outpost_shared::protocol::messages::ShadowWindow;
+    let (slos, _backing) = open();
+    let shadow = |end_ms: u64, version: &str, compared: u64, agreed: u64| ShadowReport {
+        window_start_ms: end_ms - 10_000,
+        window_end_ms: end_ms,
+        models: vec![ShadowWindow {
+            model: "bc".into(),
+            version: version.into(),
+            primary: "1.0.0".into(),
+            compared,
+            agreed,
+        }],
+    };
+    slos.put_shadow("d1", &shadow(60_000, "2.0.0", 10, 9)).unwrap();
+    slos.put_shadow("d1", &shadow(60_000, "2.0.0", 50, 0)).unwrap();
+    slos.put_shadow("d2", &shadow(60_000, "2.0.0", 20, 20)).unwrap();
+    slos.put_shadow("d2", &shadow(70_000, "2.1.0", 5, 1)).unwrap();
+    slos.put_shadow("d2", &shadow(90_000, "2.0.0", 7, 7)).unwrap();
+    assert_eq!(
+        slos.shadow_where("bc", 0, u64::MAX, |_, _| true).unwrap(),
+        (42, 37),
+        "the resend adds nothing"
+    );
+    assert_eq!(slos.shadow_where("bc", 60_000, 70_000, |d, _| d == "d2").unwrap(), (25, 21));
+    assert_eq!(slos.shadow_where("bc", 0, 89_999, |_, v| v == "2.0.0").unwrap(), (30, 29));
+    assert_eq!(slos.shadow_where("other", 0, u64::MAX, |_, _| true).unwrap(), (0, 0));
+}
+
+/// Three replicas (each a pool and a shard of its own) store one fleet's reports at once, in
+/// batches that overlap: every window counts once and the roll-ups sum exactly what the raw
+/// windows do, as one replica storing them one by one gives.
+#[test]
+fn on_postgres_replicas_storing_overlapping_batches_at_once_count_each_window_once() {
+    let db = TestDatabase::new();
+    let replicas: Vec<Slos> = (0..3).map(|_| Slos::open_postgres(&db.store())).collect();
+    let reports = fleet_reports();
+    let labels: Vec<_> = reports.iter().map(|(d, _)| device_labels(d)).collect();
+    std::thread::scope(|s| {
+        for (n, slos) in replicas.iter().enumerate() {
+            let (reports, labels) = (&reports, &labels);
+            s.spawn(move || {
+                // Each replica stores every report, from its own starting point, in batches of
+                // 64: each window arrives three times, often at the same moment.
+                let mut batch: Vec<(&str, &BTreeMap<String, String>, &Report)> = Vec::new();
+                let count = reports.len();
+                for i in 0..count {
+                    let j = (i + n * count / 3) % count;
+                    batch.push((reports[j].0.as_str(), &labels[j], &reports[j].1));
+                    if batch.len() == 64 || i + 1 == count {
+                        slos.put_reports(&batch).unwrap();
+                        batch.clear();
+                    }
+                }
+            });
+        }
+    });
+    let (reference, _backing) = filled(postgres);
+    for (from, to) in [(3_540_000, 3_599_999), (3_600_000, 7_259_999), (0, 20_000_000)] {
+        let what = format!("{from}..{to}");
+        let raw = replicas[0].traffic_where("bc", from, to, |_, _| true).unwrap();
+        assert_eq!(raw.0, reference.traffic_where("bc", from, to, |_, _| true).unwrap().0, "{what}");
+        same(&replicas[1].rolled_up("bc", from, to).unwrap(), raw, &what);
+        assert_eq!(
+            replicas[2].rolled_up_by_label("bc", from, to).unwrap(),
+            reference.rolled_up_by_label("bc", from, to).unwrap(),
+            "{what} by label"
+        );
     }
 }
 
