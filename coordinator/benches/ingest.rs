@@ -150,14 +150,8 @@ fn main() {
 /// of their own, so every one is new.
 fn on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)], sled: (f64, f64), reports: u64) {
     let Some(db) = fixtures::BenchDatabase::new("ingest") else { return };
-    let replicas: Vec<(tempfile::TempDir, Ingest)> = (0..3)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path()).unwrap();
-            let ingest =
-                Ingest::with_postgres(store, &db.store(), authority.clone(), Metrics::new().ingest).unwrap();
-            (dir, ingest)
-        })
+    let replicas: Vec<Ingest> = (0..3)
+        .map(|_| Ingest::with_postgres(&db.store(), authority.clone(), Metrics::new().ingest))
         .collect();
     let started = Instant::now();
     for (id, key) in fleet {
@@ -168,7 +162,7 @@ fn on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)], sled:
             used_by: None,
             used_at_ms: None,
         };
-        let devices = replicas[0].1.devices();
+        let devices = replicas[0].devices();
         devices.add_token(id, &token).unwrap();
         let record = DeviceRecord::new(id, key.public_key().as_bytes(), BTreeMap::new());
         devices.enrol(id, |_| record.clone()).unwrap().unwrap();
@@ -211,7 +205,7 @@ fn on_postgres(authority: &Arc<Authority>, fleet: &[(String, SigningKey)], sled:
 
 /// The rate `count` of `replicas` ingest `wires` at, batches of 512 dealt out in turn.
 fn shared_by(
-    replicas: &[(tempfile::TempDir, Ingest)],
+    replicas: &[Ingest],
     count: usize,
     fleet: &[(String, SigningKey)],
     wires: &[(usize, Vec<u8>)],
@@ -219,7 +213,7 @@ fn shared_by(
     let batches: Vec<&[(usize, Vec<u8>)]> = wires.chunks(512).collect();
     let started = Instant::now();
     std::thread::scope(|s| {
-        for (r, (_, ingest)) in replicas.iter().take(count).enumerate() {
+        for (r, ingest) in replicas.iter().take(count).enumerate() {
             let mine: Vec<&[(usize, Vec<u8>)]> = batches.iter().skip(r).step_by(count).copied().collect();
             s.spawn(move || {
                 for batch in mine {

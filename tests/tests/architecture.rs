@@ -24,7 +24,7 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 19] = [
+const REPOSITORIES: [&str; 21] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
@@ -32,8 +32,10 @@ const REPOSITORIES: [&str; 19] = [
     "monitoring/slo/rollup.rs",
     "monitoring/slo/sled_backend.rs",
     "monitoring/quality.rs",
+    "monitoring/quality/sled_backend.rs",
     "monitoring/follow.rs",
     "monitoring/report/history.rs",
+    "monitoring/report/history/sled_backend.rs",
     "monitoring/dataset.rs",
     "monitoring/retention.rs",
     "fleet/devices/sled_backend.rs",
@@ -87,11 +89,14 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 7] = [
+const POSTGRES: [&str; 10] = [
     "base/pg.rs",
     "base/pg/",
     "fleet/devices/pg.rs",
     "http/auth/pg.rs",
+    "monitoring/dataset/pg.rs",
+    "monitoring/quality/pg.rs",
+    "monitoring/report/history/pg.rs",
     "monitoring/slo/pg.rs",
     "ops/alerts/store/pg.rs",
     "ops/retraining/store/pg.rs",

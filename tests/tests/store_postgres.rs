@@ -117,7 +117,7 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
         let (code, err) = refused_exit(child, Duration::from_secs(30), "a PostgreSQL start must be refused");
         assert_eq!(code, 2, "{err}");
         assert!(
-            err.contains("schema is at version 5") && err.contains("cannot keep all its records there yet"),
+            err.contains("schema is at version 7") && err.contains("cannot keep all its records there yet"),
             "{err}"
         );
         assert!(!dir.path().join("data").exists(), "nothing written: {err}");
@@ -125,14 +125,14 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
         assert!(err.contains(":***@"), "the URL is shown masked: {err}");
         let applied = err.matches("applied a schema migration").count();
         if applied > 0 {
-            assert_eq!(applied, 5, "migrations 1 to 5: {err}");
+            assert_eq!(applied, 7, "migrations 1 to 7: {err}");
             migrating += 1;
         }
     }
     assert_eq!(migrating, 1, "one replica applied the migrations");
     assert_eq!(
         psql(&db.url, "SELECT string_agg(version || '|' || name, ',' ORDER BY version) FROM outpost_schema"),
-        "1|cluster,2|devices,3|api_tokens,4|engines,5|traffic"
+        "1|cluster,2|devices,3|api_tokens,4|engines,5|traffic,6|labels,7|monitoring"
     );
     // The tables of both are there.
     assert_eq!(psql(&db.url, "SELECT count(*) FROM outpost_leases"), "0");
@@ -146,12 +146,16 @@ fn a_database_with_a_newer_schema_is_refused_naming_both_versions_and_left_as_it
         &db.url,
         "CREATE TABLE outpost_schema (version integer PRIMARY KEY, name text NOT NULL, \
          applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL); \
-         INSERT INTO outpost_schema (version, name, applied_by) VALUES (7, 'from-the-future', 'a newer coordinator')",
+         INSERT INTO outpost_schema (version, name, applied_by) VALUES (9999, 'from-the-future', 'a newer coordinator')",
     );
     let (code, err) = refused(&db.url);
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains(&db.password), "the password is shown: {err}");
-    assert!(err.contains("holds schema version 7, newer than this coordinator knows (5)"), "{err}");
-    assert_eq!(psql(&db.url, "SELECT string_agg(version::text, ',') FROM outpost_schema"), "7");
+    let known = outpost_coordinator::base::pg::latest_schema();
+    assert!(
+        err.contains(&format!("holds schema version 9999, newer than this coordinator knows ({known})")),
+        "{err}"
+    );
+    assert_eq!(psql(&db.url, "SELECT string_agg(version::text, ',') FROM outpost_schema"), "9999");
     assert_eq!(psql(&db.url, "SELECT count(*) FROM pg_tables WHERE tablename = 'outpost_leases'"), "0");
 }

@@ -36,6 +36,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "api_tokens", include_str!("../../migrations/0003_api_tokens.sql")),
     (4, "engines", include_str!("../../migrations/0004_engines.sql")),
     (5, "traffic", include_str!("../../migrations/0005_traffic.sql")),
+    (6, "labels", include_str!("../../migrations/0006_labels.sql")),
+    (7, "monitoring", include_str!("../../migrations/0007_monitoring.sql")),
 ];
 
 /// The newest schema version this binary knows.

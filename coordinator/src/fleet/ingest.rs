@@ -270,50 +270,46 @@ impl Ingest {
         authority: Arc<Authority>,
         counter: IntCounterVec,
     ) -> Result<Ingest, StoreError> {
-        let devices = Devices::open(&store)?;
-        let slos = crate::monitoring::slo::Slos::open(&store)?;
-        Ingest::with(store, devices, slos, authority, counter)
-    }
-
-    /// An ingest that keeps the fleet's records and the traffic in PostgreSQL (`pg`) and the
-    /// rest of monitoring (labels, drift history, predictions) in `store`. Until those are on
-    /// PostgreSQL too, this is what the benchmarks measure replicas sharing a PostgreSQL store
-    /// with; `serve` does not start this way.
-    pub fn with_postgres(
-        store: Store,
-        pg: &crate::base::pg::store::PgStore,
-        authority: Arc<Authority>,
-        counter: IntCounterVec,
-    ) -> Result<Ingest, StoreError> {
-        let devices = Devices::open_postgres(pg);
-        let slos = crate::monitoring::slo::Slos::open_postgres(pg);
-        Ingest::with(store, devices, slos, authority, counter)
-    }
-
-    fn with(
-        store: Store,
-        devices: Devices,
-        slos: crate::monitoring::slo::Slos,
-        authority: Arc<Authority>,
-        counter: IntCounterVec,
-    ) -> Result<Ingest, StoreError> {
-        let labels = crate::monitoring::quality::Labels::open(&store)?;
-        let drift_history = crate::monitoring::report::History::open(&store)?;
-        let predictions = crate::monitoring::dataset::Predictions::open(&store)?;
-        // Before anything is stored: a data directory from before the roll-ups by device label
-        // (or a restore) gets them from what it holds.
-        slos.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
-        labels.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
-        Ok(Ingest {
-            predictions,
-            devices,
-            labels,
-            drift_history,
-            slos,
+        let ingest = Ingest {
+            devices: Devices::open(&store)?,
+            slos: crate::monitoring::slo::Slos::open(&store)?,
+            labels: crate::monitoring::quality::Labels::open(&store)?,
+            drift_history: crate::monitoring::report::History::open(&store)?,
+            predictions: crate::monitoring::dataset::Predictions::open(&store)?,
             hysteresis: DriftHysteresis::default(),
             authority,
             counter,
-        })
+        };
+        ingest.roll_up_by_label()?;
+        Ok(ingest)
+    }
+
+    /// An ingest that keeps everything it writes — the fleet's records and monitoring's — in
+    /// PostgreSQL (`pg`). What the benchmarks measure replicas sharing a PostgreSQL store with;
+    /// `serve` does not start this way yet.
+    pub fn with_postgres(
+        pg: &crate::base::pg::store::PgStore,
+        authority: Arc<Authority>,
+        counter: IntCounterVec,
+    ) -> Ingest {
+        Ingest {
+            devices: Devices::open_postgres(pg),
+            slos: crate::monitoring::slo::Slos::open_postgres(pg),
+            labels: crate::monitoring::quality::Labels::open_postgres(pg),
+            drift_history: crate::monitoring::report::History::open_postgres(pg),
+            predictions: crate::monitoring::dataset::Predictions::open_postgres(pg),
+            hysteresis: DriftHysteresis::default(),
+            authority,
+            counter,
+        }
+    }
+
+    fn roll_up_by_label(&self) -> Result<(), StoreError> {
+        let (devices, slos, labels) = (&self.devices, &self.slos, &self.labels);
+        // Before anything is stored: a data directory from before the roll-ups by device label
+        // (or a restore) gets them from what it holds.
+        slos.ensure_rolled_up_by_label(|| devices.labels_by_device())?;
+        labels.ensure_rolled_up_by_label(|| devices.labels_by_device())
     }
 
     /// Sets how many drift windows start and end sustained drift (`alerts.drift_windows`).

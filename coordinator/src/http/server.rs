@@ -56,8 +56,8 @@ pub enum ServeError {
     #[error(
         "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
          cannot keep all its records there yet (the fleet's devices and envelopes, API tokens, alerts and \
-         traffic can be; the registry, rollouts and the rest of monitoring are in sled only; the \
-         PostgreSQL store lands in pieces, see \
+         monitoring's records can be; the registry, desired states, rollouts and audit are in sled \
+         only; the PostgreSQL store lands in pieces, see \
          docs/design/store-backends.md): set store.url = \"sled\""
     )]
     PostgresNotYet { url: String, schema: i32 },

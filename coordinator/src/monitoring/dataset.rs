@@ -3,7 +3,8 @@
 //!
 //! Index: sled tree `predictions`, key `model \0 device \0 prediction_id (u64 BE)` — the same
 //! layout as the labels tree, so a prediction and its label join by key — value JSON
-//! [`LoggedPrediction`] (upserted at ingest, so resends add nothing).
+//! [`LoggedPrediction`] (upserted at ingest, so resends add nothing). On PostgreSQL ([`pg`]):
+//! table `outpost_predictions` (migration `0007_monitoring.sql`), the same keys and values.
 //!
 //! Export format (CSV, one row per prediction, oldest first per device):
 //! `device,prediction_id,version,predicted_at_ms,<feature columns…>,predicted,label` — feature
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::store::{Store, StoreError};
 use crate::monitoring::quality::{Labels, StoredLabel};
+
+mod pg;
 
 /// What is kept of one uploaded prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,22 +90,69 @@ fn slim(record: &PredictionRecord) -> LoggedPrediction {
 /// The prediction index.
 #[derive(Debug, Clone)]
 pub struct Predictions {
-    tree: sled::Tree,
-    store: Store,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sled { tree: sled::Tree, store: Store },
+    Postgres(pg::PgPredictions),
 }
 
 impl Predictions {
     pub fn open(store: &Store) -> Result<Predictions, StoreError> {
-        Ok(Predictions { tree: store.tree("predictions")?, store: store.clone() })
+        Ok(Predictions { backend: Backend::Sled { tree: store.tree("predictions")?, store: store.clone() } })
+    }
+
+    /// The index in PostgreSQL (its schema brought up to date first: [`crate::base::pg::migrate`]).
+    pub fn open_postgres(store: &crate::base::pg::store::PgStore) -> Predictions {
+        Predictions { backend: Backend::Postgres(pg::PgPredictions::open(store)) }
     }
 
     /// Indexes one uploaded batch.
     pub fn put(&self, device: &str, batch: &PredictionBatch) -> Result<(), StoreError> {
-        let mut writes = sled::Batch::default();
-        for r in &batch.records {
-            writes.insert(key(&r.model, device, r.id), crate::base::store::encode("prediction", &slim(r))?);
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                let mut writes = sled::Batch::default();
+                for r in &batch.records {
+                    writes.insert(
+                        key(&r.model, device, r.id),
+                        crate::base::store::encode("prediction", &slim(r))?,
+                    );
+                }
+                tree.apply_batch(writes).map_err(|e| store.storage_error(e))
+            }
+            Backend::Postgres(p) => {
+                let rows: Vec<(&str, u64, LoggedPrediction)> =
+                    batch.records.iter().map(|r| (r.model.as_str(), r.id, slim(r))).collect();
+                p.put(device, &rows)
+            }
         }
-        self.tree.apply_batch(writes).map_err(|e| self.store.storage_error(e))
+    }
+
+    /// Calls `each(device, prediction_id, prediction)` for `model`'s predictions, by device then
+    /// id; one that does not decode is left out.
+    fn each(
+        &self,
+        model: &str,
+        mut each: impl FnMut(String, u64, LoggedPrediction),
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                let prefix = key_prefix(model);
+                for item in tree.scan_prefix(&prefix) {
+                    let (k, v) = item.map_err(|e| store.storage_error(e))?;
+                    let Ok(p) = serde_json::from_slice::<LoggedPrediction>(&v) else { continue };
+                    let rest = &k[prefix.len()..];
+                    let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
+                    let device = String::from_utf8_lossy(&rest[..split]).into_owned();
+                    let id = u64::from_be_bytes(rest[split + 1..].try_into().unwrap_or([0; 8]));
+                    each(device, id, p);
+                }
+                Ok(())
+            }
+            Backend::Postgres(p) => p.each(model, each),
+        }
     }
 
     /// The model's predictions from `since_ms` on (all, or only labelled ones) as CSV.
@@ -115,19 +165,15 @@ impl Predictions {
         labelled_only: bool,
         feature_names: &dyn Fn(&str) -> Vec<String>,
     ) -> Result<(String, ExportSummary), StoreError> {
-        let prefix = key_prefix(model);
         let mut summary = ExportSummary::default();
         let mut rows: Vec<(String, u64, LoggedPrediction, Option<StoredLabel>)> = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
-            let Ok(p) = serde_json::from_slice::<LoggedPrediction>(&v) else { continue };
-            if p.at_ms < since_ms {
-                continue;
+        let mut found = Vec::new();
+        self.each(model, |device, id, p| {
+            if p.at_ms >= since_ms {
+                found.push((device, id, p));
             }
-            let rest = &k[prefix.len()..];
-            let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
-            let device = String::from_utf8_lossy(&rest[..split]).into_owned();
-            let id = u64::from_be_bytes(rest[split + 1..].try_into().unwrap_or([0; 8]));
+        })?;
+        for (device, id, p) in found {
             let label = labels.get(model, &device, id)?;
             if labelled_only && label.is_none() {
                 continue;

@@ -76,7 +76,7 @@ impl Follower {
             from_ms,
             subscription: store.feed().subscribe(&[TRAFFIC, SHADOW, LABELS]),
         };
-        let Some((traffic, shadow)) = slos.window_trees() else {
+        let (Some((traffic, shadow)), Some(label_tree)) = (slos.window_trees(), labels.label_tree()) else {
             return Err(StoreError::NotOnPostgres("following a model's monitoring records").into());
         };
         let mut labels_from = model.as_bytes().to_vec();
@@ -88,7 +88,7 @@ impl Follower {
         let trees = [
             (TRAFFIC, traffic, windows_from.clone()),
             (SHADOW, shadow, windows_from),
-            (LABELS, labels.label_tree(), labels_from),
+            (LABELS, label_tree, labels_from),
         ];
         let mut read: HashMap<&str, Read> = trees.iter().map(|(name, _, _)| (*name, Read::NotYet)).collect();
         for (name, tree, start) in &trees {

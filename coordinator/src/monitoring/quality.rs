@@ -4,7 +4,7 @@
 //! a device label (site, hardware: the subgroup view model cards need), with scikit-learn's
 //! definitions ([`crate::models::validation::Metrics`]).
 //!
-//! Layout: sled tree `labels`, key `model \0 device \0 prediction_id (u64 BE)`, value JSON
+//! Layout (sled, [`sled_backend`]): tree `labels`, key `model \0 device \0 prediction_id (u64 BE)`, value JSON
 //! [`StoredLabel`]. A second label for the same prediction replaces the first. Labels are
 //! written when their envelope is first stored, and again if it arrives a second time (so a
 //! crash between the two writes loses nothing: the agent resends until acked).
@@ -21,16 +21,16 @@
 //! confusion counts are the same as from the pairs), never every label. Each label
 //! stored or replaced is published to the store's feed ([`crate::base::feed`]) with the one it
 //! replaced, for rollouts' running evidence ([`crate::monitoring::follow`]).
+//!
+//! On PostgreSQL ([`pg`], migration `0006_labels.sql`): labels by `(model, device, prediction)`
+//! and the same buckets as rows, each replica adding signed counts into its own shard's rows.
 
 use std::collections::{BTreeMap, HashMap};
 
 use outpost_shared::protocol::messages::FeedbackBatch;
 use serde::{Deserialize, Serialize};
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-
-use crate::base::feed::Change;
+use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError};
 use crate::models::validation::Metrics;
 use crate::monitoring::slo::rollup::{self, MINUTE_MS, Width};
@@ -137,153 +137,70 @@ pub fn parse_key(key: &[u8]) -> Option<(&str, &str, u64)> {
     ))
 }
 
-fn key(model: &str, device: &str, prediction_id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(model.len() + device.len() + 10);
-    k.extend_from_slice(model.as_bytes());
-    k.push(0);
-    k.extend_from_slice(device.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&prediction_id.to_be_bytes());
-    k
-}
-
 /// Per version: (labelled predictions with a predicted label, correct ones).
 pub type Correct = BTreeMap<String, (u64, u64)>;
 
 /// The segment of devices without the label a report is split by.
 pub const NO_VALUE: &str = "(none)";
 
-/// Adds (`sign` true) or takes away `label` in the bucket of `tree` that `part` names; answers
-/// `false` when the bucket was unreadable (started afresh).
-fn move_label(
-    tree: &TransactionalTree,
-    width: Width,
-    model: &str,
-    part: &str,
-    label: &StoredLabel,
-    sign: bool,
-) -> Result<bool, ConflictableTransactionError<StoreError>> {
-    let at = label.predicted_at_ms;
-    let key = rollup::key(model, at - at % width.ms(), part);
-    let one = LabelCounts::one(label);
-    rollup::update_in(
-        tree,
-        &key,
-        |bucket: &mut LabelCounts| if sign { bucket.add(&one) } else { bucket.take(&one) },
-    )
+/// One label to store, as both backends store it.
+pub(crate) struct LabelWrite<'a> {
+    model: &'a str,
+    device: &'a str,
+    prediction_id: u64,
+    label: StoredLabel,
+    /// The sending device's labels (its by-label buckets).
+    device_labels: &'a BTreeMap<String, String>,
 }
 
 /// The labels store.
 #[derive(Debug, Clone)]
 pub struct Labels {
-    tree: sled::Tree,
-    /// [`LabelCounts`] roll-ups per model version and minute / hour of prediction.
-    minutes: sled::Tree,
-    hours: sled::Tree,
-    /// The same per value of each device label.
-    label_minutes: sled::Tree,
-    label_hours: sled::Tree,
-    store: Store,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sled(sled_backend::SledLabels),
+    Postgres(pg::PgLabels),
+}
+
+/// Calls `$method` on whichever backend `$self` was opened on.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sled(s) => s.$method($($arg),*),
+            Backend::Postgres(p) => p.$method($($arg),*),
+        }
+    };
 }
 
 /// The tree of labels, as its changes are published ([`crate::base::feed`]).
 pub const LABELS: &str = "labels";
 
 impl Labels {
+    /// Labels in the coordinator's sled database (rolled up first if it is from before the
+    /// roll-ups).
     pub fn open(store: &Store) -> Result<Labels, StoreError> {
-        let labels = Labels {
-            tree: store.tree(LABELS)?,
-            minutes: store.tree("labels_1m")?,
-            hours: store.tree("labels_1h")?,
-            label_minutes: store.tree("labels_by_label_1m")?,
-            label_hours: store.tree("labels_by_label_1h")?,
-            store: store.clone(),
-        };
-        labels.ensure_rolled_up()?;
-        Ok(labels)
+        Ok(Labels { backend: Backend::Sled(sled_backend::SledLabels::open(store)?) })
     }
 
-    /// Rolls every stored label up unless `meta` says it was done (a data directory from before
-    /// roll-ups, or one where a bucket was found unreadable).
-    fn ensure_rolled_up(&self) -> Result<(), StoreError> {
-        rollup::once(&self.store, rollup::LABELS_MARKER, || {
-            self.roll_up_all([&self.minutes, &self.hours], "", |_, l| vec![l.version.clone()])
-        })
+    /// Labels in PostgreSQL (its schema brought up to date first: [`crate::base::pg::migrate`]).
+    pub fn open_postgres(store: &PgStore) -> Labels {
+        Labels { backend: Backend::Postgres(pg::PgLabels::open(store)) }
     }
 
     /// Rolls every stored label up by its device's labels unless that was done (see
-    /// [`crate::monitoring::slo::Slos::ensure_rolled_up_by_label`]).
+    /// [`crate::monitoring::slo::Slos::ensure_rolled_up_by_label`]); nothing to do on
+    /// PostgreSQL, where every label is rolled up by device label as it is stored.
     pub fn ensure_rolled_up_by_label(
         &self,
         labels: impl FnOnce() -> Result<rollup::LabelsByDevice, StoreError>,
     ) -> Result<(), StoreError> {
-        rollup::once(&self.store, rollup::LABELS_BY_LABEL_MARKER, || {
-            let labels = labels()?;
-            self.roll_up_all([&self.label_minutes, &self.label_hours], " by device label", |device, l| {
-                labels
-                    .get(device)
-                    .map(|device_labels| {
-                        device_labels
-                            .iter()
-                            .map(|(k, v)| format!("{}\0{}", rollup::label_part(k, v), l.version))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
-        })
-    }
-
-    /// Rolls every stored label up into the buckets of `trees` (minutes, hours) that
-    /// `parts(device, label)` names.
-    fn roll_up_all(
-        &self,
-        trees: [&sled::Tree; 2],
-        what: &str,
-        parts: impl Fn(&str, &StoredLabel) -> Vec<String>,
-    ) -> Result<(), StoreError> {
-        let err = |e| self.store.storage_error(e);
-        let started = std::time::Instant::now();
-        let stored = self.tree.len();
-        if stored > 0 {
-            tracing::info!(
-                labels = stored,
-                "rolling up the stored labels{what} into minute and hour buckets (once, after an upgrade or a restore)"
-            );
+        match &self.backend {
+            Backend::Sled(s) => s.ensure_rolled_up_by_label(labels),
+            Backend::Postgres(_) => Ok(()),
         }
-        // Labels are keyed by device, not time: the buckets are summed in memory (a few bytes
-        // per pair of classes seen in a minute).
-        let mut sums: [BTreeMap<Vec<u8>, LabelCounts>; 2] = Default::default();
-        let mut labels = 0u64;
-        for item in self.tree.iter() {
-            let (k, v) = item.map_err(err)?;
-            let Some((model, device, _)) = parse_key(&k) else { continue };
-            let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
-            let one = LabelCounts::one(&label);
-            let parts = parts(device, &label);
-            for (i, width) in [Width::Minute, Width::Hour].into_iter().enumerate() {
-                let at = label.predicted_at_ms - label.predicted_at_ms % width.ms();
-                for part in &parts {
-                    sums[i].entry(rollup::key(model, at, part)).or_default().add(&one);
-                }
-            }
-            labels += 1;
-        }
-        for (tree, sums) in trees.into_iter().zip(sums) {
-            tree.clear().map_err(err)?;
-            let mut batch = sled::Batch::default();
-            for (k, counts) in sums {
-                batch.insert(k, postcard::to_stdvec(&counts).unwrap_or_default());
-            }
-            tree.apply_batch(batch).map_err(err)?;
-        }
-        if labels > 0 {
-            tracing::info!(
-                labels,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "rolled up the stored labels{what} into minute and hour buckets"
-            );
-        }
-        Ok(())
     }
 
     /// Keeps the labels of one feedback batch from `device` (a second label for a prediction
@@ -304,110 +221,68 @@ impl Labels {
         &self,
         batches: &[(&str, &BTreeMap<String, String>, &FeedbackBatch)],
     ) -> Result<(), StoreError> {
-        // Each batch's device label parts (`label \0 value`), and each label's write.
-        let parts: Vec<Vec<String>> = batches
-            .iter()
-            .map(|(_, labels, _)| labels.iter().map(|(k, v)| rollup::label_part(k, v)).collect())
-            .collect();
         let mut writes = Vec::new();
-        for ((device, _, batch), device_labels) in batches.iter().zip(&parts) {
+        for (device, device_labels, batch) in batches {
             for l in &batch.labels {
-                let value = StoredLabel {
-                    version: l.version.clone(),
-                    slot: l.slot,
-                    predicted: l.predicted,
-                    label: l.label,
-                    predicted_at_ms: l.predicted_at_ms,
-                    labelled_at_ms: l.labelled_at_ms,
-                };
-                let encoded = crate::base::store::encode("label", &value)?;
-                writes.push((
-                    l.model.as_str(),
-                    key(&l.model, device, l.prediction_id),
-                    encoded,
-                    value,
+                writes.push(LabelWrite {
+                    model: &l.model,
+                    device,
+                    prediction_id: l.prediction_id,
+                    label: StoredLabel {
+                        version: l.version.clone(),
+                        slot: l.slot,
+                        predicted: l.predicted,
+                        label: l.label,
+                        predicted_at_ms: l.predicted_at_ms,
+                        labelled_at_ms: l.labelled_at_ms,
+                    },
                     device_labels,
-                ));
+                });
             }
         }
         if writes.is_empty() {
             return Ok(());
         }
-        let trees = (&self.tree, &self.minutes, &self.hours, &self.label_minutes, &self.label_hours);
-        let outcome = self.store.feed().commit(|| {
-            let outcome = trees.transaction(|(tree, minutes, hours, label_minutes, label_hours)| {
-                let (mut readable, mut changes) = (true, Vec::new());
-                for (model, key, encoded, value, device_labels) in &writes {
-                    let raw = tree.insert(key.as_slice(), encoded.as_slice())?;
-                    let old = raw.as_ref().and_then(|v| serde_json::from_slice::<StoredLabel>(v).ok());
-                    if old.as_ref() == Some(value) {
-                        continue;
-                    }
-                    changes.push(Change {
-                        tree: LABELS,
-                        key: key.clone(),
-                        before: raw.map(|v| v.to_vec()),
-                        after: encoded.clone(),
-                    });
-                    // The replaced label out, the new one in: its version's buckets, and each
-                    // device label value's (`label \0 value \0 version`).
-                    for (l, sign) in old.iter().map(|o| (o, false)).chain([(value, true)]) {
-                        let own = std::slice::from_ref(&l.version);
-                        let by_label: Vec<String> =
-                            device_labels.iter().map(|p| format!("{p}\0{}", l.version)).collect();
-                        for (t, width, parts) in [
-                            (minutes, Width::Minute, own),
-                            (hours, Width::Hour, own),
-                            (label_minutes, Width::Minute, &by_label[..]),
-                            (label_hours, Width::Hour, &by_label[..]),
-                        ] {
-                            for part in parts {
-                                readable &= move_label(t, width, model, part, l, sign)?;
-                            }
-                        }
-                    }
-                }
-                Ok((readable, changes))
-            });
-            match outcome {
-                Ok((readable, changes)) => (Ok(readable), changes),
-                Err(e) => (Err(e), Vec::new()),
-            }
-        });
         let devices = match batches {
             [(device, ..)] => (*device).to_owned(),
             _ => format!("{} feedback batches", batches.len()),
         };
-        rollup::settle(
-            &self.store,
-            &[rollup::LABELS_MARKER, rollup::LABELS_BY_LABEL_MARKER],
-            "label",
-            &devices,
-            outcome,
-        )
+        dispatch!(self.put_many(&writes, &devices))
     }
 
     /// The tree of labels (keys as [`parse_key`] reads), for a reader that follows it
-    /// ([`crate::monitoring::follow`]).
-    pub(crate) fn label_tree(&self) -> &sled::Tree {
-        &self.tree
+    /// ([`crate::monitoring::follow`]); `None` on PostgreSQL, where labels are not followed yet.
+    pub(crate) fn label_tree(&self) -> Option<&sled::Tree> {
+        match &self.backend {
+            Backend::Sled(s) => Some(s.label_tree()),
+            Backend::Postgres(_) => None,
+        }
     }
 
-    /// Calls `each(bucket_start, version, counts)` for `model`'s buckets of `width` starting in
+    /// Calls `each(bucket_start, version, counts)` for `model`'s minute buckets starting in
     /// `[from_ms, until_ms)`.
-    fn buckets(
+    fn minutes(
         &self,
-        width: Width,
         model: &str,
         from_ms: u64,
         until_ms: u64,
-        each: impl FnMut(u64, &str, LabelCounts),
+        mut each: impl FnMut(u64, &str, LabelCounts),
     ) -> Result<(), StoreError> {
-        let tree = match width {
-            Width::Minute => &self.minutes,
-            Width::Hour => &self.hours,
-        };
-        rollup::each_bucket(&self.store, tree, rollup::LABELS_MARKER, "label", model, from_ms, until_ms, each)
+        let spans = [(Width::Minute, from_ms, until_ms)];
+        dispatch!(
+            self.each_bucket(false, model, &spans, |at, _, _, version, counts| each(at, version, counts))
+        )
+    }
+
+    /// Calls `each(device, label)` for every label of `model` (of `device` only, when given);
+    /// a label that does not decode is an error naming it.
+    fn scan(
+        &self,
+        model: &str,
+        device: Option<&str>,
+        mut each: impl FnMut(&str, StoredLabel) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.each_label(model, device, |device, label| each(device, label?)))
     }
 
     /// Labelled predictions of `model` (every version) made in the whole minutes from the one
@@ -426,15 +301,15 @@ impl Labels {
     /// `[from_ms, to_ms]`: the check on the roll-ups (tests, `--bench slo`'s baseline).
     pub fn scan_tally(&self, model: &str, from_ms: u64, to_ms: u64) -> Result<Tally, StoreError> {
         let mut t = Tally::default();
-        for item in self.scan(model) {
-            let (_, l) = item?;
+        self.scan(model, None, |_, l| {
             if (from_ms..=to_ms).contains(&l.predicted_at_ms)
                 && let Some(predicted) = l.predicted
             {
                 t.labelled += 1;
                 t.correct += u64::from(predicted == l.label);
             }
-        }
+            Ok(())
+        })?;
         Ok(t)
     }
 
@@ -447,17 +322,11 @@ impl Labels {
         to_ms: u64,
     ) -> Result<BTreeMap<String, LabelCounts>, StoreError> {
         let mut out: BTreeMap<String, LabelCounts> = BTreeMap::new();
-        let trees = [&self.minutes, &self.hours];
-        rollup::each_spanning(
-            &self.store,
-            trees,
-            rollup::LABELS_MARKER,
-            "label",
-            model,
-            from_ms,
-            to_ms,
-            |_, version, counts: LabelCounts| out.entry(version.to_owned()).or_default().add(&counts),
-        )?;
+        let spans = rollup::spans(from_ms, to_ms);
+        let each = |_, _: &str, _: &str, version: &str, counts: LabelCounts| {
+            out.entry(version.to_owned()).or_default().add(&counts)
+        };
+        dispatch!(self.each_bucket(false, model, &spans, each))?;
         Ok(out)
     }
 
@@ -468,29 +337,7 @@ impl Labels {
         device: &str,
         prediction_id: u64,
     ) -> Result<Option<StoredLabel>, StoreError> {
-        let found =
-            self.tree.get(key(model, device, prediction_id)).map_err(|e| self.store.storage_error(e))?;
-        Ok(found.and_then(|v| serde_json::from_slice(&v).ok()))
-    }
-
-    /// Every label of `model` (device id, label), oldest prediction first within a device.
-    fn scan<'a>(
-        &'a self,
-        model: &'a str,
-    ) -> impl Iterator<Item = Result<(String, StoredLabel), StoreError>> + 'a {
-        let mut prefix = model.as_bytes().to_vec();
-        prefix.push(0);
-        let skip = prefix.len();
-        self.tree.scan_prefix(prefix).map(move |item| {
-            let (k, v) = item.map_err(|e| self.store.storage_error(e))?;
-            let rest = &k[skip..];
-            let device = rest.split(|b| *b == 0).next().unwrap_or_default();
-            let label: StoredLabel = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: format!("labels/{model}/{}", String::from_utf8_lossy(device)),
-                detail: e.to_string(),
-            })?;
-            Ok((String::from_utf8_lossy(device).into_owned(), label))
-        })
+        dispatch!(self.get(model, device, prediction_id))
     }
 
     /// Labelled predictions of `model@version` made on `devices` in `[from_ms, to_ms]` that have
@@ -505,20 +352,18 @@ impl Labels {
     ) -> Result<(u64, u64), StoreError> {
         let (mut labelled, mut correct) = (0, 0);
         for device in devices {
-            let mut prefix = model.as_bytes().to_vec();
-            prefix.push(0);
-            prefix.extend_from_slice(device.as_bytes());
-            prefix.push(0);
-            for item in self.tree.scan_prefix(prefix) {
-                let (_, v) = item.map_err(|e| self.store.storage_error(e))?;
-                let Ok(label) = serde_json::from_slice::<StoredLabel>(&v) else { continue };
+            dispatch!(self.each_label(model, Some(device), |_, label| {
+                // (A label that does not decode is left out of a rollout's evidence.)
+                let Ok(label) = label else { return Ok(()) };
                 if label.version != version || !(from_ms..=to_ms).contains(&label.predicted_at_ms) {
-                    continue;
+                    return Ok(());
                 }
-                let Some(predicted) = label.predicted else { continue };
-                labelled += 1;
-                correct += u64::from(predicted == label.label);
-            }
+                if let Some(predicted) = label.predicted {
+                    labelled += 1;
+                    correct += u64::from(predicted == label.label);
+                }
+                Ok(())
+            }))?;
         }
         Ok((labelled, correct))
     }
@@ -534,7 +379,7 @@ impl Labels {
         let mut out: Vec<Correct> = vec![BTreeMap::new(); grid.count];
         if grid.width_ms >= MINUTE_MS {
             let from = grid.from_ms - grid.from_ms % MINUTE_MS;
-            self.buckets(Width::Minute, model, from, grid.to_ms.saturating_add(1), |at, version, counts| {
+            self.minutes(model, from, grid.to_ms.saturating_add(1), |at, version, counts| {
                 let t = counts.tally();
                 let cell = out[grid.index(at)].entry(version.to_owned()).or_default();
                 cell.0 += t.labelled;
@@ -542,16 +387,16 @@ impl Labels {
             })?;
             return Ok(out);
         }
-        for item in self.scan(model) {
-            let (_, l) = item?;
-            let Some(predicted) = l.predicted else { continue };
-            if !(grid.from_ms..=grid.to_ms).contains(&l.predicted_at_ms) {
-                continue;
+        self.scan(model, None, |_, l| {
+            if let Some(predicted) = l.predicted
+                && (grid.from_ms..=grid.to_ms).contains(&l.predicted_at_ms)
+            {
+                let cell: &mut (u64, u64) = out[grid.index(l.predicted_at_ms)].entry(l.version).or_default();
+                cell.0 += 1;
+                cell.1 += u64::from(predicted == l.label);
             }
-            let cell: &mut (u64, u64) = out[grid.index(l.predicted_at_ms)].entry(l.version).or_default();
-            cell.0 += 1;
-            cell.1 += u64::from(predicted == l.label);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -566,23 +411,14 @@ impl Labels {
         only: Option<&str>,
     ) -> Result<BTreeMap<(String, String, String), LabelCounts>, StoreError> {
         let mut out: BTreeMap<(String, String, String), LabelCounts> = BTreeMap::new();
-        rollup::each_spanning(
-            &self.store,
-            [&self.label_minutes, &self.label_hours],
-            rollup::LABELS_BY_LABEL_MARKER,
-            "label by device label",
-            model,
-            from_ms,
-            to_ms,
-            |_, part, counts: LabelCounts| {
-                if let Some((label, value, Some(version))) = rollup::parse_label_part(part)
-                    && only.is_none_or(|only| only == label)
-                {
-                    let key = (label.to_owned(), value.to_owned(), version.to_owned());
-                    out.entry(key).or_default().add(&counts);
-                }
-            },
-        )?;
+        let spans = rollup::spans(from_ms, to_ms);
+        let each = |_, label: &str, value: &str, version: &str, counts: LabelCounts| {
+            if only.is_none_or(|only| only == label) {
+                let key = (label.to_owned(), value.to_owned(), version.to_owned());
+                out.entry(key).or_default().add(&counts);
+            }
+        };
+        dispatch!(self.each_bucket(true, model, &spans, each))?;
         Ok(out)
     }
 
@@ -649,28 +485,28 @@ impl Labels {
         type Pairs = (Vec<i64>, Vec<i64>);
         let mut acc: BTreeMap<String, (Pairs, BTreeMap<String, Pairs>, u64, u64)> = BTreeMap::new();
         let mut segment_of: HashMap<String, String> = HashMap::new();
-        for item in self.scan(model) {
-            let (device, l) = item?;
+        self.scan(model, None, |device, l| {
             if since_ms.is_some_and(|since| l.predicted_at_ms < since) {
-                continue;
+                return Ok(());
             }
             let entry = acc.entry(l.version.clone()).or_default();
             entry.2 += 1;
             let Some(predicted) = l.predicted else {
                 entry.3 += 1;
-                continue;
+                return Ok(());
             };
             entry.0.0.push(l.label);
             entry.0.1.push(predicted);
-            if !segment_of.contains_key(&device) {
-                let value = label_of(&device)?.unwrap_or_else(|| NO_VALUE.to_owned());
-                segment_of.insert(device.clone(), value);
+            if !segment_of.contains_key(device) {
+                let value = label_of(device)?.unwrap_or_else(|| NO_VALUE.to_owned());
+                segment_of.insert(device.to_owned(), value);
             }
-            let segment = segment_of.get(&device).cloned().unwrap_or_default();
+            let segment = segment_of.get(device).cloned().unwrap_or_default();
             let pairs = entry.1.entry(segment).or_default();
             pairs.0.push(l.label);
             pairs.1.push(predicted);
-        }
+            Ok(())
+        })?;
         let versions = acc
             .into_iter()
             .map(|(version, ((truth, predicted), segments, labelled, without))| {
@@ -686,6 +522,9 @@ impl Labels {
         Ok(QualityReport { model: model.to_owned(), since_ms, by: Some(by.to_owned()), versions })
     }
 }
+
+mod pg;
+mod sled_backend;
 
 #[cfg(test)]
 mod tests;

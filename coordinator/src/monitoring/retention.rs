@@ -7,7 +7,8 @@
 //! when the agent computed them, predictions and labels by when the prediction was made. The
 //! raw envelopes devices sent are kept for `retention.envelope_days`; the fleet floor prunes
 //! them (`Devices::prune_envelopes`), in the same hourly pass, through the function
-//! [`run`] is given.
+//! [`run`] is given. On PostgreSQL the same history goes from its tables ([`pg::prune`]); the
+//! hourly task runs with `serve`, which does not start on PostgreSQL yet.
 
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::base::store::{Store, StoreError};
 use crate::monitoring::report;
 use crate::monitoring::slo::rollup::{HOUR_MS, MINUTE_MS};
+
+pub mod pg;
 
 /// `[retention]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,5 +281,51 @@ mod tests {
         }
         assert!(labels.get("bc", "dev", 2).unwrap().is_some());
         assert_eq!(store.tree("drift_devices").unwrap().len(), 1, "the device with a newer verdict stays");
+    }
+
+    /// The same history on PostgreSQL (one replica: one shard's roll-up rows): the same rows go.
+    #[test]
+    fn on_postgres_history_older_than_the_cutoff_goes_and_the_rest_stays() {
+        let db = crate::base::pg::store::testing::TestDatabase::new();
+        let pg = db.store();
+        let slos = crate::monitoring::slo::Slos::open_postgres(&pg);
+        let history = report::History::open_postgres(&pg);
+        let index = crate::monitoring::dataset::Predictions::open_postgres(&pg);
+        let labels = crate::monitoring::quality::Labels::open_postgres(&pg);
+        for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
+            let site = [("site".to_owned(), "berlin".to_owned())].into();
+            slos.put_report("dev", &site, &report(at)).unwrap();
+            history.put("dev", &drift(at)).unwrap();
+            index.put("dev", &predictions(at, id)).unwrap();
+            labels.put("dev", &site, &label(at, id)).unwrap();
+        }
+        history.put("old-dev", &drift(1_000_000)).unwrap();
+        let expected =
+            Pruned { traffic: 1, rollups: 5, drift_history: 3, predictions: 1, labels: 1, shadow: 0 };
+        assert_eq!(pg::prune(&pg, 2_000_000).unwrap(), expected);
+        assert_eq!(pg::prune(&pg, 2_000_000).unwrap(), Pruned::default(), "nothing twice");
+        let count = |sql: &str| -> i64 { pg.with(|c| c.query_one(sql, &[])?.try_get(0)).unwrap() };
+        for table in ["outpost_traffic_rollups", "outpost_label_rollups"] {
+            // Per table: the hour from 0 and the newer minute and hour, by version and by site.
+            assert_eq!(count(&format!("SELECT count(*) FROM {table}")), 6, "{table}");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM outpost_drift_rollups"),
+            3,
+            "drift: the hour from 0, and newer"
+        );
+        for table in ["outpost_traffic", "outpost_drift_verdicts", "outpost_predictions", "outpost_labels"] {
+            assert_eq!(count(&format!("SELECT count(*) FROM {table}")), 1, "{table} keeps the newer entry");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM outpost_drift_devices"),
+            1,
+            "the device with a newer verdict stays"
+        );
+        assert!(labels.get("bc", "dev", 2).unwrap().is_some());
+        assert_eq!(
+            slos.rolled_up("bc", 4_000_000, 6_000_000).unwrap().requests,
+            report(5_000_000).models[0].requests
+        );
     }
 }

@@ -50,7 +50,13 @@ pub struct PgStore {
     masked: Arc<str>,
     pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
     feed: Arc<Feed>,
+    /// This replica's shard of the roll-up rows (one of [`SHARDS`], picked at random when the
+    /// pool is opened): replicas adding into one bucket each add into their own row.
+    shard: i16,
 }
+
+/// How many shards roll-up rows are spread over.
+pub const SHARDS: u8 = 16;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,7 +82,16 @@ impl PgStore {
                 .build(manager)
         })
         .map_err(|e| StoreError::Postgres { url: url.masked.clone(), source: e.into() })?;
-        Ok(PgStore { masked: url.masked.as_str().into(), pool, feed: Default::default() })
+        let mut byte = [0u8; 1];
+        // A shard is a spread, not a secret: a failing system RNG just means shard 0.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+        let shard = i16::from(byte[0] % SHARDS);
+        Ok(PgStore { masked: url.masked.as_str().into(), pool, feed: Default::default(), shard })
+    }
+
+    /// This replica's shard of the roll-up rows.
+    pub fn shard(&self) -> i16 {
+        self.shard
     }
 
     /// The feed of changes this process commits (every clone shares it).

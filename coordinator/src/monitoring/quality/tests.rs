@@ -1,8 +1,11 @@
 //! The labels store's units: roll-ups (per version and per device label) against a scan of
 //! every label, replaced and resent labels, quality from confusion counts, upgrades and a
-//! flipped bucket.
+//! flipped bucket. The behaviours both backends share run on each (`on_sled::…`,
+//! `on_postgres::…`, the latter against the real PostgreSQL of `TEST_POSTGRES_URL`, a database
+//! per test), with replicas racing on PostgreSQL.
 
 use super::*;
+use crate::base::pg::store::testing::TestDatabase;
 use outpost_shared::protocol::messages::LabelledPrediction;
 use outpost_shared::protocol::vocab::Slot;
 
@@ -71,20 +74,65 @@ fn fleet_batches() -> Vec<(String, FeedbackBatch)> {
         .collect()
 }
 
-/// [`fleet_batches`] stored one by one.
-fn filled() -> (tempfile::TempDir, Store, Labels) {
+/// What keeps a test's store alive.
+#[allow(dead_code, clippy::large_enum_variant)]
+enum Backing {
+    Sled(tempfile::TempDir, Store),
+    Postgres(TestDatabase),
+}
+
+fn sled() -> (Labels, Backing) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let labels = Labels::open(&store).unwrap();
+    (Labels::open(&store).unwrap(), Backing::Sled(dir, store))
+}
+
+fn postgres() -> (Labels, Backing) {
+    let db = TestDatabase::new();
+    (Labels::open_postgres(&db.store()), Backing::Postgres(db))
+}
+
+/// A fresh repository on one backend.
+type Open = fn() -> (Labels, Backing);
+
+/// Runs each named behaviour `fn(Open)` once on each backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test] fn $name() { super::$name(super::sled); })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { super::$name(super::postgres); })*
+        }
+    };
+}
+
+on_both!(
+    the_label_rollups_count_what_a_scan_of_every_label_counts,
+    quality_from_the_rollups_is_the_quality_of_every_label,
+    a_replaced_label_moves_its_count_and_a_resend_moves_nothing,
+    labels_of_many_batches_in_one_transaction_count_as_the_same_batches_one_by_one,
+    a_label_is_read_back_by_its_prediction_and_counted_on_its_devices,
+);
+
+/// [`fleet_batches`] stored one by one.
+fn filled(open: Open) -> (Labels, Backing) {
+    let (labels, backing) = open();
     for (device, batch) in fleet_batches() {
         labels.put(&device, &device_labels(&device), &batch).unwrap();
     }
+    (labels, backing)
+}
+
+/// [`fleet_batches`] stored one by one on sled (for the sled-only behaviours).
+fn filled_sled() -> (tempfile::TempDir, Store, Labels) {
+    let (labels, backing) = filled(sled);
+    let Backing::Sled(dir, store) = backing else { unreachable!("sled") };
     (dir, store, labels)
 }
 
-#[test]
-fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
-    let (_dir, _store, labels) = filled();
+fn the_label_rollups_count_what_a_scan_of_every_label_counts(open: Open) {
+    let (labels, _backing) = filled(open);
     for (from, to) in
         [(0, u64::MAX / 2), (3_600_000, 7_199_999), (4_000_000, 9_959_999), (3_000_000, 3_059_999)]
     {
@@ -94,9 +142,8 @@ fn the_label_rollups_count_what_a_scan_of_every_label_counts() {
     }
 }
 
-#[test]
-fn quality_from_the_rollups_is_the_quality_of_every_label() {
-    let (_dir, _store, labels) = filled();
+fn quality_from_the_rollups_is_the_quality_of_every_label(open: Open) {
+    let (labels, _backing) = filled(open);
     // Three classes, so the macro and weighted averages have something to weigh.
     let three = batch(&[(1, "1.0.0", 5_000_000, Some(2), 2), (2, "1.0.0", 5_000_100, Some(2), 0)]);
     labels.put("dev-7", &device_labels("dev-7"), &three).unwrap();
@@ -122,9 +169,8 @@ fn quality_from_the_rollups_is_the_quality_of_every_label() {
     assert!(labels.quality("bc", Some(u64::MAX / 4), None).unwrap().versions.is_empty());
 }
 
-#[test]
-fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
-    let (_dir, _store, labels) = filled();
+fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing(open: Open) {
+    let (labels, _backing) = filled(open);
     let all = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
     let before = all(&labels);
     // Prediction 1 of dev-0 (predicted 1, label 0: wrong) is labelled again, now 1: right.
@@ -151,12 +197,9 @@ fn a_replaced_label_moves_its_count_and_a_resend_moves_nothing() {
     }
 }
 
-#[test]
-fn labels_of_many_batches_in_one_transaction_count_as_the_same_batches_one_by_one() {
-    let (_dir, _store, one_by_one) = filled();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let together = Labels::open(&store).unwrap();
+fn labels_of_many_batches_in_one_transaction_count_as_the_same_batches_one_by_one(open: Open) {
+    let (one_by_one, _one) = filled(open);
+    let (together, _two) = open();
     // `filled`'s batches, then within the same transaction: prediction 1 of dev-0 labelled
     // again (now right), resent unchanged, then labelled a third time without a prediction
     // and under another version — each replacing the one before, in order.
@@ -197,7 +240,7 @@ fn labels_of_many_batches_in_one_transaction_count_as_the_same_batches_one_by_on
 
 #[test]
 fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
-    let (_dir, store, labels) = filled();
+    let (_dir, store, labels) = filled_sled();
     let want = scanned(&labels, 0, u64::MAX / 2);
     // A data directory written before roll-ups: labels, no buckets, no marker.
     rollup::invalidate(&store, rollup::LABELS_MARKER).unwrap();
@@ -216,7 +259,7 @@ fn labels_from_before_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_ne
 
 #[test]
 fn labels_are_rolled_up_by_device_label_once_when_a_start_finds_them_missing() {
-    let (_dir, store, labels) = filled();
+    let (_dir, store, labels) = filled_sled();
     let want = labels.quality("bc", None, Some("site")).unwrap();
     // A data directory from before these roll-ups (or a restore): no buckets, no marker.
     rollup::invalidate(&store, rollup::LABELS_BY_LABEL_MARKER).unwrap();
@@ -242,4 +285,87 @@ fn labels_are_rolled_up_by_device_label_once_when_a_start_finds_them_missing() {
     assert!(!store.tree("meta").unwrap().contains_key(rollup::LABELS_BY_LABEL_MARKER).unwrap());
     reopened.ensure_rolled_up_by_label(|| Ok(labels_by_device())).unwrap();
     assert_eq!(reopened.quality("bc", None, Some("site")).unwrap(), want);
+}
+
+fn a_label_is_read_back_by_its_prediction_and_counted_on_its_devices(open: Open) {
+    let (labels, _backing) = filled(open);
+    // fleet_batches: dev-1's prediction 4 is 1.0.0, predicted 0, label 0, at 3,093,825.
+    let stored = labels.get("bc", "dev-1", 4).unwrap().unwrap();
+    assert_eq!((stored.version.as_str(), stored.predicted, stored.label), ("1.0.0", Some(0), 0));
+    assert_eq!(stored.predicted_at_ms, 3_000_000 + 4 * 23_456 + 1);
+    assert_eq!(labels.get("bc", "dev-1", 400).unwrap(), None);
+    assert_eq!(labels.get("other", "dev-1", 4).unwrap(), None);
+    // Prediction ids at both ends of u64 are kept apart and in order.
+    let ends = batch(&[(0, "1.0.0", 9_000_000, Some(1), 1), (u64::MAX, "1.0.0", 9_000_001, Some(1), 0)]);
+    labels.put("dev-9", &BTreeMap::new(), &ends).unwrap();
+    assert_eq!(labels.get("bc", "dev-9", 0).unwrap().unwrap().label, 1);
+    assert_eq!(labels.get("bc", "dev-9", u64::MAX).unwrap().unwrap().label, 0);
+    // What a rollout's evidence reads: a version's labels on a set of devices in a range.
+    let devices = ["dev-0".to_owned(), "dev-2".to_owned(), "dev-9".to_owned()];
+    let (mut labelled, mut correct) = (0, 0);
+    for (_, batch) in fleet_batches().iter().filter(|(d, _)| devices.contains(d)) {
+        for l in batch.labels.iter().filter(|l| l.version == "1.0.0" && l.predicted_at_ms <= 6_000_000) {
+            if let Some(p) = l.predicted {
+                labelled += 1;
+                correct += u64::from(p == l.label);
+            }
+        }
+    }
+    assert!(labelled > 0);
+    assert_eq!(labels.correct_on("bc", "1.0.0", &devices, 0, 6_000_000).unwrap(), (labelled, correct));
+    assert_eq!(labels.correct_on("bc", "1.0.0", &devices, 9_000_000, 9_000_001).unwrap(), (2, 1));
+}
+
+/// Three replicas (each a pool and a shard of its own) store the same labels at once, then each
+/// relabels a third of them: every prediction is counted once, with its last label, though a
+/// label may be taken away in another shard than the one that counted it.
+#[test]
+fn on_postgres_replicas_labelling_the_same_predictions_at_once_count_each_once() {
+    let db = TestDatabase::new();
+    let replicas: Vec<Labels> = (0..3).map(|_| Labels::open_postgres(&db.store())).collect();
+    let batches = fleet_batches();
+    std::thread::scope(|s| {
+        for labels in &replicas {
+            let batches = &batches;
+            s.spawn(move || {
+                for (device, batch) in batches {
+                    labels.put(device, &device_labels(device), batch).unwrap();
+                }
+            });
+        }
+    });
+    // Replica n flips the truth of the predictions with id % 3 == n.
+    std::thread::scope(|s| {
+        for (n, labels) in replicas.iter().enumerate() {
+            let batches = &batches;
+            s.spawn(move || {
+                for (device, batch) in batches {
+                    let mut flipped = batch.clone();
+                    flipped.labels.retain(|l| l.prediction_id % 3 == n as u64);
+                    for l in &mut flipped.labels {
+                        l.label = 1 - l.label;
+                    }
+                    labels.put(device, &device_labels(device), &flipped).unwrap();
+                }
+            });
+        }
+    });
+    let (reference, _backing) = postgres();
+    for (device, batch) in &batches {
+        let mut flipped = batch.clone();
+        for l in &mut flipped.labels {
+            l.label = 1 - l.label;
+        }
+        reference.put(device, &device_labels(device), &flipped).unwrap();
+    }
+    let all = |l: &Labels| l.rolled_up("bc", 0, u64::MAX / 2).unwrap();
+    assert_eq!(all(&replicas[0]), all(&reference));
+    assert_eq!(all(&replicas[1]), scanned(&replicas[2], 0, u64::MAX / 2));
+    for by in ["site", "tier"] {
+        assert_eq!(
+            replicas[2].quality("bc", Some(3_000_000), Some(by)).unwrap(),
+            reference.quality("bc", Some(3_000_000), Some(by)).unwrap(),
+            "by {by}"
+        );
+    }
 }

@@ -1,10 +1,14 @@
 //! The drift report's units: the report from the roll-ups against one from every verdict,
-//! version changes and canaries, resends, upgrades and a flipped bucket, both formats.
+//! version changes and canaries, resends, upgrades and a flipped bucket, both formats. The
+//! behaviours both backends share run on each (`on_sled::…`, `on_postgres::…`, the latter
+//! against the real PostgreSQL of `TEST_POSTGRES_URL`, a database per test), with replicas
+//! racing on PostgreSQL.
 
 use outpost_shared::drift::DriftTest;
 use outpost_shared::protocol::messages::{DriftReport, FeatureDrift, ModelDrift};
 
 use super::*;
+use crate::base::pg::store::testing::TestDatabase;
 use crate::base::store::Store;
 
 fn verdict(feature: &str, drifted: bool, score: f64) -> FeatureDrift {
@@ -41,9 +45,47 @@ fn opened() -> (tempfile::TempDir, Store, History) {
     (dir, store, history)
 }
 
-#[test]
-fn a_drift_episode_and_a_version_change_show_in_both_formats() {
-    let (_dir, _store, history) = opened();
+/// What keeps a test's store alive.
+#[allow(dead_code, clippy::large_enum_variant)]
+enum Backing {
+    Sled(tempfile::TempDir, Store),
+    Postgres(TestDatabase),
+}
+
+fn sled() -> (History, Backing) {
+    let (dir, store, history) = opened();
+    (history, Backing::Sled(dir, store))
+}
+
+fn postgres() -> (History, Backing) {
+    let db = TestDatabase::new();
+    (History::open_postgres(&db.store()), Backing::Postgres(db))
+}
+
+/// A fresh repository on one backend.
+type Open = fn() -> (History, Backing);
+
+/// Runs each named behaviour `fn(Open)` once on each backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test] fn $name() { super::$name(super::sled); })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { super::$name(super::postgres); })*
+        }
+    };
+}
+
+on_both!(
+    a_drift_episode_and_a_version_change_show_in_both_formats,
+    a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do,
+    the_report_from_the_rollups_is_the_report_from_every_verdict,
+    a_resent_report_adds_nothing,
+);
+
+fn a_drift_episode_and_a_version_change_show_in_both_formats(open: Open) {
+    let (history, _backing) = open();
     for i in 0..30u64 {
         let version = if i < 25 { "1.0.0" } else { "1.1.0" };
         let report = DriftReport {
@@ -99,18 +141,26 @@ fn fleet_reports(hours: u64) -> Vec<(String, DriftReport)> {
 }
 
 /// [`fleet_reports`] stored one by one.
-fn fleet(history: &History, hours: u64) {
+fn fleet_one_by_one(history: &History, hours: u64) {
     for (device, report) in fleet_reports(hours) {
         history.put(&device, &report).unwrap();
     }
 }
 
-#[test]
-fn a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do() {
-    let (_dir, _store, one_by_one) = opened();
-    fleet(&one_by_one, 30);
-    let (_dir2, _store2, batched) = opened();
-    let reports = fleet_reports(30);
+/// [`fleet_reports`] stored a round (40 devices' reports) at a time, as ingest stores a batch.
+fn fleet(history: &History, hours: u64) {
+    for round in fleet_reports(hours).chunks(40) {
+        let batch: Vec<(&str, &DriftReport)> = round.iter().map(|(d, r)| (d.as_str(), r)).collect();
+        history.put_many(&batch).unwrap();
+    }
+}
+
+fn a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do(open: Open) {
+    let hours = 12;
+    let (one_by_one, _one) = open();
+    fleet_one_by_one(&one_by_one, hours);
+    let (batched, _two) = open();
+    let reports = fleet_reports(hours);
     // Batches of 97 hold each device's reports of two or three rounds (its version changes
     // among them), and a resend of the batch's first report.
     for chunk in reports.chunks(97) {
@@ -118,7 +168,7 @@ fn a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do() {
         batch.push(batch[0]);
         batched.put_many(&batch).unwrap();
     }
-    let end = 7_200_000 + 30 * HOUR_MS;
+    let end = 7_200_000 + hours * HOUR_MS;
     for since in [0, 7_200_000 + 95 * 60_000 + 30_000, end - 2 * HOUR_MS] {
         for version in [None, Some("1.1.0"), Some("1.2.0")] {
             let expected = DriftHistory::build_for(&one_by_one, "bc", since, version).unwrap();
@@ -134,10 +184,9 @@ fn a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do() {
     assert_eq!(h.version_changes.iter().map(|c| c.devices).sum::<u64>(), 25);
 }
 
-#[test]
-fn the_report_from_the_rollups_is_the_report_from_every_verdict() {
+fn the_report_from_the_rollups_is_the_report_from_every_verdict(open: Open) {
     for hours in [3, 40] {
-        let (_dir, _store, history) = opened();
+        let (history, _backing) = open();
         fleet(&history, hours);
         let end = 7_200_000 + hours * HOUR_MS;
         for since in [0, 7_200_000 + 95 * 60_000 + 30_000, end - 2 * HOUR_MS, end + 60_000] {
@@ -164,9 +213,8 @@ fn the_report_from_the_rollups_is_the_report_from_every_verdict() {
     }
 }
 
-#[test]
-fn a_resent_report_adds_nothing() {
-    let (_dir, _store, history) = opened();
+fn a_resent_report_adds_nothing(open: Open) {
+    let (history, _backing) = open();
     fleet(&history, 2);
     let before = DriftHistory::build(&history, "bc", 0).unwrap();
     let again =
@@ -178,7 +226,7 @@ fn a_resent_report_adds_nothing() {
 #[test]
 fn verdicts_from_before_the_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_the_next_start() {
     let (_dir, store, history) = opened();
-    fleet(&history, 30);
+    fleet_one_by_one(&history, 30);
     let want = DriftHistory::build(&history, "bc", 0).unwrap();
     // A data directory from before the roll-ups: verdicts, no buckets, no marker.
     rollup::invalidate(&store, rollup::DRIFT_MARKER).unwrap();
@@ -194,4 +242,35 @@ fn verdicts_from_before_the_rollups_or_behind_a_flipped_bucket_are_rolled_up_at_
     assert!(DriftHistory::build(&reopened, "bc", 0).unwrap().windows < want.windows);
     assert!(!store.tree("meta").unwrap().contains_key(rollup::DRIFT_MARKER).unwrap());
     assert_eq!(DriftHistory::build(&History::open(&store).unwrap(), "bc", 0).unwrap(), want);
+}
+
+/// Three replicas store the same fleet's drift reports at once, each from its own starting
+/// round: every verdict set counts once, and each version change once, as one store given them
+/// in order counts them.
+#[test]
+fn on_postgres_replicas_storing_the_same_reports_at_once_count_each_once() {
+    let db = TestDatabase::new();
+    let replicas: Vec<History> = (0..3).map(|_| History::open_postgres(&db.store())).collect();
+    let reports = fleet_reports(6);
+    let rounds: Vec<&[(String, DriftReport)]> = reports.chunks(40).collect();
+    std::thread::scope(|s| {
+        for (n, history) in replicas.iter().enumerate() {
+            let rounds = &rounds;
+            s.spawn(move || {
+                // Round by round, each replica a few rounds behind the one before it.
+                for r in 0..rounds.len() + 6 {
+                    let Some(round) = r.checked_sub(n * 3).and_then(|r| rounds.get(r)) else { continue };
+                    let batch: Vec<(&str, &DriftReport)> =
+                        round.iter().map(|(d, r)| (d.as_str(), r)).collect();
+                    history.put_many(&batch).unwrap();
+                }
+            });
+        }
+    });
+    let (reference, _backing) = postgres();
+    fleet(&reference, 6);
+    let h = DriftHistory::build(&replicas[1], "bc", 0).unwrap();
+    assert_eq!(h, DriftHistory::build(&reference, "bc", 0).unwrap());
+    assert_eq!(h.version_changes.iter().map(|c| c.devices).sum::<u64>(), 25);
+    assert_eq!(DriftHistory::from_verdicts(&replicas[2], "bc", 0, None).unwrap(), h);
 }

@@ -3,7 +3,7 @@
 //!
 //! A batch of report windows is one transaction: the windows are inserted `ON CONFLICT DO
 //! NOTHING`, and only those that were new are added into their buckets. The buckets are this
-//! replica's shard's rows (a random shard picked when the repository is opened): created empty
+//! replica's shard's rows ([`PgStore::shard`]): created empty
 //! if missing, then locked in key order, their latency histograms merged here and their counts
 //! summed by the `UPDATE`. Replicas on other shards never wait for each other; two writers on one
 //! shard take turns on its rows, so no sum is lost. Reads sum every shard.
@@ -25,13 +25,9 @@ use crate::base::store::StoreError;
 /// Raw windows read per query.
 const PAGE: i64 = 10_000;
 
-/// How many shards the roll-ups are spread over (replicas pick one at random).
-const SHARDS: u8 = 16;
-
 #[derive(Debug, Clone)]
 pub(super) struct PgSlos {
     pub(super) store: PgStore,
-    shard: i16,
 }
 
 /// A histogram as stored (postcard: a struct of numbers and a map, which cannot fail to encode).
@@ -65,10 +61,7 @@ enum Raw {
 
 impl PgSlos {
     pub(super) fn open(store: &PgStore) -> PgSlos {
-        let mut byte = [0u8; 1];
-        // A shard is a spread, not a secret: a failing system RNG just means shard 0.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
-        PgSlos { store: store.clone(), shard: i16::from(byte[0] % SHARDS) }
+        PgSlos { store: store.clone() }
     }
 
     pub(super) fn put_windows(&self, windows: &[NewWindow<'_>], _devices: &str) -> Result<(), StoreError> {
@@ -155,7 +148,7 @@ impl PgSlos {
                  ORDER BY 1, 2, 3, 4, 5, 6
                  ON CONFLICT DO NOTHING"
             ),
-            &[&models, &by_label, &widths, &starts, &labels, &values, &self.shard, &empty],
+            &[&models, &by_label, &widths, &starts, &labels, &values, &self.store.shard(), &empty],
         )?;
         let locked = tx.query(
             &format!(
@@ -166,7 +159,7 @@ impl PgSlos {
                  ORDER BY 1, 2, 3, 4, 5, 6
                  FOR UPDATE OF r"
             ),
-            &[&models, &by_label, &widths, &starts, &labels, &values, &self.shard],
+            &[&models, &by_label, &widths, &starts, &labels, &values, &self.store.shard()],
         )?;
         let mut stored: BTreeMap<BucketKey, LogHistogram> = BTreeMap::new();
         for row in &locked {
@@ -207,7 +200,7 @@ impl PgSlos {
                 &starts,
                 &labels,
                 &values,
-                &self.shard,
+                &self.store.shard(),
                 &requests,
                 &errors,
                 &merged,
