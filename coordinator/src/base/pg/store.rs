@@ -308,6 +308,28 @@ pub mod testing {
 
     use super::*;
 
+    /// Runs each named behaviour `fn(open)` once with `open` = the test module's `$sled`
+    /// function and once with its `$postgres` one (`on_sled::…`, `on_postgres::…`): each opens
+    /// a fresh repository on its backend.
+    macro_rules! on_both_backends {
+        ($sled:ident, $postgres:ident; $($name:ident),* $(,)?) => {
+            mod on_sled {
+                $(#[test] fn $name() { super::$name(super::$sled); })*
+            }
+            mod on_postgres {
+                $(#[test] fn $name() { super::$name(super::$postgres); })*
+            }
+        };
+    }
+    pub(crate) use on_both_backends;
+
+    /// What keeps a repository's store alive through a test, on either backend.
+    #[allow(dead_code, clippy::large_enum_variant)]
+    pub enum Backing {
+        Sled(tempfile::TempDir, crate::base::store::Store),
+        Postgres(TestDatabase),
+    }
+
     /// The server the tests make their databases on.
     pub fn admin_url() -> String {
         std::env::var("TEST_POSTGRES_URL")

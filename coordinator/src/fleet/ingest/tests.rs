@@ -45,19 +45,8 @@ fn postgres() -> (Backing, Ingest, crate::base::metrics::Metrics) {
     (Backing(dir, Some(db)), ingest, metrics)
 }
 
-/// Runs each named behaviour `fn(Open)` once on each backend.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(super::sled); })*
-        }
-        mod on_postgres {
-            $(#[test] fn $name() { super::$name(super::postgres); })*
-        }
-    };
-}
-
-on_both!(
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
     every_refusal_is_named_and_counted,
     a_batch_stores_each_envelope_and_its_traffic_once,
     a_report_naming_a_model_outside_the_name_grammar_is_stored_acked_and_kept_out_of_monitoring,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{LabelCounts, LabelWrite, StoredLabel};
 use crate::base::pg::store::{PgStore, seq_from_sql, seq_to_sql, to_sql};
 use crate::base::store::StoreError;
-use crate::monitoring::slo::rollup::Width;
+use crate::monitoring::slo::rollup::{self, Width};
 
 /// Labels read per query when scanning.
 const PAGE: i64 = 10_000;
@@ -276,9 +276,7 @@ impl PgLabels {
         spans: &[(Width, u64, u64)],
         mut each: impl FnMut(u64, &str, &str, &str, LabelCounts),
     ) -> Result<(), StoreError> {
-        let widths: Vec<i64> = spans.iter().map(|s| to_sql(s.0.ms())).collect();
-        let froms: Vec<i64> = spans.iter().map(|s| to_sql(s.1)).collect();
-        let untils: Vec<i64> = spans.iter().map(|s| to_sql(s.2)).collect();
+        let [widths, froms, untils] = rollup::span_columns(spans);
         let rows = self.store.with(|c| {
             c.query(
                 "SELECT r.width_ms, r.start_ms, r.label, r.value, r.version, r.counts

@@ -5,7 +5,7 @@
 //! per test), with replicas racing on PostgreSQL.
 
 use super::*;
-use crate::base::pg::store::testing::TestDatabase;
+use crate::base::pg::store::testing::{Backing, TestDatabase};
 use outpost_shared::protocol::messages::LabelledPrediction;
 use outpost_shared::protocol::vocab::Slot;
 
@@ -74,13 +74,6 @@ fn fleet_batches() -> Vec<(String, FeedbackBatch)> {
         .collect()
 }
 
-/// What keeps a test's store alive.
-#[allow(dead_code, clippy::large_enum_variant)]
-enum Backing {
-    Sled(tempfile::TempDir, Store),
-    Postgres(TestDatabase),
-}
-
 fn sled() -> (Labels, Backing) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -95,19 +88,8 @@ fn postgres() -> (Labels, Backing) {
 /// A fresh repository on one backend.
 type Open = fn() -> (Labels, Backing);
 
-/// Runs each named behaviour `fn(Open)` once on each backend.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(super::sled); })*
-        }
-        mod on_postgres {
-            $(#[test] fn $name() { super::$name(super::postgres); })*
-        }
-    };
-}
-
-on_both!(
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
     the_label_rollups_count_what_a_scan_of_every_label_counts,
     quality_from_the_rollups_is_the_quality_of_every_label,
     a_replaced_label_moves_its_count_and_a_resend_moves_nothing,

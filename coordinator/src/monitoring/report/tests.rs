@@ -8,7 +8,7 @@ use outpost_shared::drift::DriftTest;
 use outpost_shared::protocol::messages::{DriftReport, FeatureDrift, ModelDrift};
 
 use super::*;
-use crate::base::pg::store::testing::TestDatabase;
+use crate::base::pg::store::testing::{Backing, TestDatabase};
 use crate::base::store::Store;
 
 fn verdict(feature: &str, drifted: bool, score: f64) -> FeatureDrift {
@@ -45,13 +45,6 @@ fn opened() -> (tempfile::TempDir, Store, History) {
     (dir, store, history)
 }
 
-/// What keeps a test's store alive.
-#[allow(dead_code, clippy::large_enum_variant)]
-enum Backing {
-    Sled(tempfile::TempDir, Store),
-    Postgres(TestDatabase),
-}
-
 fn sled() -> (History, Backing) {
     let (dir, store, history) = opened();
     (history, Backing::Sled(dir, store))
@@ -65,19 +58,8 @@ fn postgres() -> (History, Backing) {
 /// A fresh repository on one backend.
 type Open = fn() -> (History, Backing);
 
-/// Runs each named behaviour `fn(Open)` once on each backend.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(super::sled); })*
-        }
-        mod on_postgres {
-            $(#[test] fn $name() { super::$name(super::postgres); })*
-        }
-    };
-}
-
-on_both!(
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
     a_drift_episode_and_a_version_change_show_in_both_formats,
     a_batch_of_drift_reports_counts_what_the_same_reports_one_by_one_do,
     the_report_from_the_rollups_is_the_report_from_every_verdict,

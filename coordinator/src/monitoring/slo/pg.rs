@@ -353,9 +353,7 @@ impl PgSlos {
         spans: &[(Width, u64, u64)],
         mut each: impl FnMut(u64, &str, &str, TrafficWindow),
     ) -> Result<(), StoreError> {
-        let widths: Vec<i64> = spans.iter().map(|s| to_sql(s.0.ms())).collect();
-        let froms: Vec<i64> = spans.iter().map(|s| to_sql(s.1)).collect();
-        let untils: Vec<i64> = spans.iter().map(|s| to_sql(s.2)).collect();
+        let [widths, froms, untils] = rollup::span_columns(spans);
         let rows = self.store.with(|c| {
             c.query(
                 "SELECT r.start_ms, r.label, r.value, r.requests, r.errors, r.latency

@@ -121,6 +121,17 @@ pub fn spans(from_ms: u64, to_ms: u64) -> Vec<(Width, u64, u64)> {
     }
 }
 
+/// `spans` as the three `bigint` columns a PostgreSQL roll-up read joins its rows to
+/// (`unnest(widths, firsts, ends)`): each span's width, first bucket start, and end of its starts.
+pub fn span_columns(spans: &[(Width, u64, u64)]) -> [Vec<i64>; 3] {
+    use crate::base::pg::store::to_sql;
+    [
+        spans.iter().map(|s| to_sql(s.0.ms())).collect(),
+        spans.iter().map(|s| to_sql(s.1)).collect(),
+        spans.iter().map(|s| to_sql(s.2)).collect(),
+    ]
+}
+
 /// Adds `window` into `into` (histograms were validated at ingest; one that does not merge
 /// is left out of the latency, as everywhere else).
 pub fn add(into: &mut TrafficWindow, window: &TrafficWindow) {

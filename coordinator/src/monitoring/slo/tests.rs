@@ -5,7 +5,7 @@
 
 use super::status::objective;
 use super::*;
-use crate::base::pg::store::testing::TestDatabase;
+use crate::base::pg::store::testing::{Backing, TestDatabase};
 use crate::monitoring::quality::Labels;
 use outpost_shared::protocol::messages::{LogWindow, ModelWindow, OutboxStats, SystemStats};
 use outpost_shared::protocol::vocab::Slot;
@@ -61,13 +61,6 @@ fn fleet_reports() -> Vec<(String, Report)> {
     out
 }
 
-/// What keeps a test's store alive.
-#[allow(dead_code, clippy::large_enum_variant)]
-enum Backing {
-    Sled(tempfile::TempDir, Store),
-    Postgres(TestDatabase),
-}
-
 fn sled() -> (Slos, Backing) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -82,19 +75,8 @@ fn postgres() -> (Slos, Backing) {
 /// A fresh repository on one backend.
 type Open = fn() -> (Slos, Backing);
 
-/// Runs each named behaviour `fn(Open)` once on each backend.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(super::sled); })*
-        }
-        mod on_postgres {
-            $(#[test] fn $name() { super::$name(super::postgres); })*
-        }
-    };
-}
-
-on_both!(
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
     a_batch_of_reports_rolls_up_what_the_same_reports_one_by_one_do,
     the_rollups_sum_exactly_what_a_scan_of_every_window_sums,
     the_rollups_by_device_label_sum_what_a_scan_grouped_by_the_devices_labels_sums,
