@@ -3,14 +3,16 @@
 
 -- One label per (model, device, prediction): a later label for the same prediction replaces it.
 -- `prediction_id` is the agent's u64 id − 2^63 (a bigint that sorts the same). `record` is the
--- JSON StoredLabel.
+-- JSON StoredLabel; `predicted_at_ms` its prediction time again, what retention goes by.
 CREATE TABLE outpost_labels (
     model text COLLATE "C" NOT NULL,
     device text COLLATE "C" NOT NULL,
     prediction_id bigint NOT NULL,
+    predicted_at_ms bigint NOT NULL,
     record json NOT NULL,
     PRIMARY KEY (model, device, prediction_id)
 );
+CREATE INDEX outpost_labels_by_time ON outpost_labels (predicted_at_ms);
 
 -- The labels counted per minute and hour (`width_ms`) holding their prediction time: per
 -- version (`by_label` false, `label` and `value` empty) and per value of each label the device

@@ -35,11 +35,14 @@ CREATE TABLE outpost_drift_rollups (
 );
 
 -- What is kept of one uploaded prediction (JSON LoggedPrediction), by (model, device, prediction
--- id − 2^63): a later upload of the same prediction replaces it.
+-- id − 2^63): a later upload of the same prediction replaces it. `at_ms`: when it was made,
+-- what retention goes by.
 CREATE TABLE outpost_predictions (
     model text COLLATE "C" NOT NULL,
     device text COLLATE "C" NOT NULL,
     prediction_id bigint NOT NULL,
+    at_ms bigint NOT NULL,
     record json NOT NULL,
     PRIMARY KEY (model, device, prediction_id)
 );
+CREATE INDEX outpost_predictions_by_time ON outpost_predictions (at_ms);

@@ -173,8 +173,9 @@ impl Predictions {
                 found.push((device, id, p));
             }
         })?;
-        for (device, id, p) in found {
-            let label = labels.get(model, &device, id)?;
+        let keys: Vec<(String, u64)> = found.iter().map(|(device, id, _)| (device.clone(), *id)).collect();
+        let found_labels = labels.get_many(model, &keys)?;
+        for ((device, id, p), label) in found.into_iter().zip(found_labels) {
             if labelled_only && label.is_none() {
                 continue;
             }

@@ -340,6 +340,19 @@ impl Labels {
         dispatch!(self.get(model, device, prediction_id))
     }
 
+    /// The labels of `model`'s predictions `keys` (device, prediction id), in their order:
+    /// what a dataset export joins (on PostgreSQL one query per 10,000, not one per row).
+    pub fn get_many(
+        &self,
+        model: &str,
+        keys: &[(String, u64)],
+    ) -> Result<Vec<Option<StoredLabel>>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => keys.iter().map(|(device, id)| s.get(model, device, *id)).collect(),
+            Backend::Postgres(p) => p.get_many(model, keys),
+        }
+    }
+
     /// Labelled predictions of `model@version` made on `devices` in `[from_ms, to_ms]` that have
     /// a predicted label, and how many of them were right.
     pub fn correct_on(

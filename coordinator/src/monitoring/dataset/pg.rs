@@ -2,7 +2,7 @@
 //! `0007_monitoring.sql`, read a page at a time.
 
 use super::LoggedPrediction;
-use crate::base::pg::store::{PgStore, seq_from_sql, seq_to_sql};
+use crate::base::pg::store::{PgStore, seq_from_sql, seq_to_sql, to_sql};
 use crate::base::store::StoreError;
 
 /// Predictions read per query.
@@ -27,21 +27,23 @@ impl PgPredictions {
                 key: "prediction".into(),
                 detail: format!("cannot encode: {e}"),
             })?;
-            last.insert((*model, seq_to_sql(*id)), json);
+            last.insert((*model, seq_to_sql(*id)), (to_sql(p.at_ms), json));
         }
         if last.is_empty() {
             return Ok(());
         }
         let models: Vec<&str> = last.keys().map(|k| k.0).collect();
         let ids: Vec<i64> = last.keys().map(|k| k.1).collect();
-        let records: Vec<&str> = last.values().map(String::as_str).collect();
+        let times: Vec<i64> = last.values().map(|v| v.0).collect();
+        let records: Vec<&str> = last.values().map(|v| v.1.as_str()).collect();
         self.store.with(|c| {
             c.execute(
-                "INSERT INTO outpost_predictions (model, device, prediction_id, record)
-                 SELECT u.model, $2, u.id, u.record::json
-                 FROM unnest($1::text[], $3::bigint[], $4::text[]) AS u(model, id, record)
-                 ON CONFLICT (model, device, prediction_id) DO UPDATE SET record = excluded.record",
-                &[&models, &device, &ids, &records],
+                "INSERT INTO outpost_predictions (model, device, prediction_id, at_ms, record)
+                 SELECT u.model, $2, u.id, u.at_ms, u.record::json
+                 FROM unnest($1::text[], $3::bigint[], $4::text[], $5::bigint[]) AS u(model, id, record, at_ms)
+                 ON CONFLICT (model, device, prediction_id)
+                 DO UPDATE SET record = excluded.record, at_ms = excluded.at_ms",
+                &[&models, &device, &ids, &records, &times],
             )
         })?;
         Ok(())

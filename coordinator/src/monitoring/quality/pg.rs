@@ -108,19 +108,25 @@ impl PgLabels {
         let models: Vec<&str> = last.keys().map(|k| k.0.as_str()).collect();
         let devices: Vec<&str> = last.keys().map(|k| k.1.as_str()).collect();
         let ids: Vec<i64> = last.keys().map(|k| k.2).collect();
+        let times: Vec<i64> = last.values().map(|w| to_sql(w.label.predicted_at_ms)).collect();
         self.store.transaction(|tx| {
             let inserted = tx.query(
-                "INSERT INTO outpost_labels (model, device, prediction_id, record)
-                 SELECT u.model, u.device, u.id, u.record::json
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(model, device, id, record)
+                "INSERT INTO outpost_labels (model, device, prediction_id, predicted_at_ms, record)
+                 SELECT u.model, u.device, u.id, u.at_ms, u.record::json
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])
+                   AS u(model, device, id, record, at_ms)
                  ORDER BY 1, 2, 3
                  ON CONFLICT DO NOTHING
                  RETURNING model, device, prediction_id",
-                &[&models, &devices, &ids, &records],
+                &[&models, &devices, &ids, &records, &times],
             )?;
             let mut new = HashSet::new();
             for row in inserted {
-                new.insert((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?, row.try_get::<_, i64>(2)?));
+                new.insert((
+                    row.try_get::<_, String>(0)?,
+                    row.try_get::<_, String>(1)?,
+                    row.try_get::<_, i64>(2)?,
+                ));
             }
             let old = self.lock_stored(tx, &last, &new)?;
             let mut deltas: BTreeMap<BucketKey, Delta> = BTreeMap::new();
@@ -140,13 +146,16 @@ impl PgLabels {
             }
             if !replaced.is_empty() {
                 let texts: Vec<&str> = replaced.iter().map(|&i| records[i].as_str()).collect();
-                let (m, d): (Vec<&str>, Vec<&str>) = replaced.iter().map(|&i| (models[i], devices[i])).unzip();
+                let (m, d): (Vec<&str>, Vec<&str>) =
+                    replaced.iter().map(|&i| (models[i], devices[i])).unzip();
                 let id: Vec<i64> = replaced.iter().map(|&i| ids[i]).collect();
+                let at: Vec<i64> = replaced.iter().map(|&i| times[i]).collect();
                 tx.execute(
-                    "UPDATE outpost_labels l SET record = u.record::json
-                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS u(model, device, id, record)
+                    "UPDATE outpost_labels l SET record = u.record::json, predicted_at_ms = u.at_ms
+                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])
+                       AS u(model, device, id, record, at_ms)
                      WHERE (l.model, l.device, l.prediction_id) = (u.model, u.device, u.id)",
-                    &[&m, &d, &id, &texts],
+                    &[&m, &d, &id, &texts, &at],
                 )?;
             }
             if !deltas.is_empty() {
@@ -320,6 +329,33 @@ impl PgLabels {
             .transpose()
         })?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    pub(super) fn get_many(
+        &self,
+        model: &str,
+        keys: &[(String, u64)],
+    ) -> Result<Vec<Option<StoredLabel>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGE as usize) {
+            let devices: Vec<&str> = chunk.iter().map(|(d, _)| d.as_str()).collect();
+            let ids: Vec<i64> = chunk.iter().map(|(_, id)| seq_to_sql(*id)).collect();
+            let texts: Vec<Option<String>> = self.store.with(|c| {
+                c.query(
+                    "SELECT l.record::text
+                     FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS u(device, id, n)
+                     LEFT JOIN outpost_labels l
+                       ON l.model = $1 AND l.device = u.device AND l.prediction_id = u.id
+                     ORDER BY u.n",
+                    &[&model, &devices, &ids],
+                )?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect()
+            })?;
+            out.extend(texts.into_iter().map(|t| t.and_then(|t| serde_json::from_str(&t).ok())));
+        }
+        Ok(out)
     }
 
     /// Calls `each(device, label)` for every label of `model` (of `device` only, when given),

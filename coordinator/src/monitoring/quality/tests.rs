@@ -282,6 +282,14 @@ fn a_label_is_read_back_by_its_prediction_and_counted_on_its_devices(open: Open)
     labels.put("dev-9", &BTreeMap::new(), &ends).unwrap();
     assert_eq!(labels.get("bc", "dev-9", 0).unwrap().unwrap().label, 1);
     assert_eq!(labels.get("bc", "dev-9", u64::MAX).unwrap().unwrap().label, 0);
+    // Many at once, in the order asked, a prediction without a label as None.
+    let keys: Vec<(String, u64)> = [("dev-9", u64::MAX), ("dev-1", 400), ("dev-1", 4), ("dev-9", 0)]
+        .map(|(d, id)| (d.to_owned(), id))
+        .into();
+    let many = labels.get_many("bc", &keys).unwrap();
+    let got: Vec<Option<i64>> = many.iter().map(|l| l.as_ref().map(|l| l.label)).collect();
+    assert_eq!(got, [Some(0), None, Some(0), Some(1)]);
+    assert_eq!(many[2].as_ref(), Some(&stored));
     // What a rollout's evidence reads: a version's labels on a set of devices in a range.
     let devices = ["dev-0".to_owned(), "dev-2".to_owned(), "dev-9".to_owned()];
     let (mut labelled, mut correct) = (0, 0);

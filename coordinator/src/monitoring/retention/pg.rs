@@ -46,18 +46,8 @@ pub fn prune(store: &PgStore, cutoff_ms: u64) -> Result<Pruned, StoreError> {
         traffic: prune_table(store, "outpost_traffic", "end_ms < $1", cutoff)?,
         rollups,
         drift_history: verdicts + devices,
-        predictions: prune_table(
-            store,
-            "outpost_predictions",
-            "(record->>'at_ms')::numeric < $1::bigint",
-            cutoff,
-        )?,
-        labels: prune_table(
-            store,
-            "outpost_labels",
-            "(record->>'predicted_at_ms')::numeric < $1::bigint",
-            cutoff,
-        )?,
+        predictions: prune_table(store, "outpost_predictions", "at_ms < $1", cutoff)?,
+        labels: prune_table(store, "outpost_labels", "predicted_at_ms < $1", cutoff)?,
         shadow: prune_table(store, "outpost_shadow", "end_ms < $1", cutoff)?,
     })
 }
