@@ -51,3 +51,5 @@ CREATE TABLE outpost_traffic_rollups (
     latency bytea NOT NULL,
     PRIMARY KEY (model, by_label, width_ms, start_ms, label, value, shard)
 );
+-- What retention prunes by (a bucket goes once its last millisecond is older than the cutoff).
+CREATE INDEX outpost_traffic_rollups_by_end ON outpost_traffic_rollups ((start_ms + width_ms));

@@ -32,3 +32,5 @@ CREATE TABLE outpost_label_rollups (
     counts bytea NOT NULL,
     PRIMARY KEY (model, by_label, width_ms, start_ms, label, value, version, shard)
 );
+-- What retention prunes by (a bucket goes once its last millisecond is older than the cutoff).
+CREATE INDEX outpost_label_rollups_by_end ON outpost_label_rollups ((start_ms + width_ms));

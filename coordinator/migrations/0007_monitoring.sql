@@ -33,6 +33,8 @@ CREATE TABLE outpost_drift_rollups (
     bucket bytea NOT NULL,
     PRIMARY KEY (model, width_ms, start_ms, version, shard)
 );
+-- What retention prunes by (a bucket goes once its last millisecond is older than the cutoff).
+CREATE INDEX outpost_drift_rollups_by_end ON outpost_drift_rollups ((start_ms + width_ms));
 
 -- What is kept of one uploaded prediction (JSON LoggedPrediction), by (model, device, prediction
 -- id − 2^63): a later upload of the same prediction replaces it. `at_ms`: when it was made,

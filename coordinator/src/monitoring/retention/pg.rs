@@ -29,7 +29,8 @@ fn prune_table(store: &PgStore, table: &str, older: &str, cutoff: i64) -> Result
 /// labels by when the prediction was made.
 pub fn prune(store: &PgStore, cutoff_ms: u64) -> Result<Pruned, StoreError> {
     let cutoff = to_sql(cutoff_ms);
-    let bucket_gone = "start_ms + width_ms - 1 < $1";
+    // (`start_ms + width_ms` is indexed: the bucket's end, exclusive.)
+    let bucket_gone = "start_ms + width_ms <= $1";
     let mut rollups = 0;
     for table in ["outpost_traffic_rollups", "outpost_label_rollups", "outpost_drift_rollups"] {
         rollups += prune_table(store, table, bucket_gone, cutoff)?;
