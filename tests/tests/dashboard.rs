@@ -82,15 +82,20 @@ fn a_viewer_sees_fleet_rollout_gates_drift_and_incident_in_chromium_and_cannot_c
         api(&demo, "POST", "/api/v1/tokens", Some(json!({"name": "night-shift", "role": "operator"})));
     let operator_token = operator["token"].as_str().unwrap().to_owned();
 
-    // Wait for the drifting site's verdicts to reach the coordinator.
+    // Wait for the drifting site's verdicts to reach the coordinator, until mean_radius is
+    // among the five most drifted features the drift chart draws (other features drift now and
+    // then by chance: with a single drifted window of its own, mean_radius could rank sixth).
     let since = "/api/v1/models/bc/drift-report?format=json&since_ms=0";
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let counts = drift_counts(&api(&demo, "GET", since, None));
-        if counts.get("mean_radius").is_some_and(|c| c.1 > 0) {
+        if let Some(&(_, radius)) = counts.get("mean_radius")
+            && radius > 0
+            && counts.iter().filter(|(f, c)| *f != "mean_radius" && c.1 >= radius).count() < 5
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "no drift on mean_radius within 180 s: {counts:?}");
+        assert!(Instant::now() < deadline, "mean_radius not among the most drifted within 180 s: {counts:?}");
         std::thread::sleep(Duration::from_secs(2));
     }
 
