@@ -246,6 +246,24 @@ mod tests {
         DriftReport { at_ms, models: vec![m] }
     }
 
+    /// One device's traffic, drift, predictions and labels at 1,000,000 and 5,000,000 ms, and a
+    /// device that sent drift verdicts only before the cutoff the tests prune at.
+    fn fill(
+        slos: &crate::monitoring::slo::Slos,
+        history: &report::History,
+        index: &crate::monitoring::dataset::Predictions,
+        labels: &crate::monitoring::quality::Labels,
+    ) {
+        for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
+            let site = [("site".to_owned(), "berlin".to_owned())].into();
+            slos.put_report("dev", &site, &report(at)).unwrap();
+            history.put("dev", &drift(at)).unwrap();
+            index.put("dev", &predictions(at, id)).unwrap();
+            labels.put("dev", &site, &label(at, id)).unwrap();
+        }
+        history.put("old-dev", &drift(1_000_000)).unwrap();
+    }
+
     #[test]
     fn history_older_than_the_cutoff_goes_and_the_rest_stays() {
         let dir = tempfile::tempdir().unwrap();
@@ -254,15 +272,7 @@ mod tests {
         let history = report::History::open(&store).unwrap();
         let index = crate::monitoring::dataset::Predictions::open(&store).unwrap();
         let labels = crate::monitoring::quality::Labels::open(&store).unwrap();
-        for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
-            let site = [("site".to_owned(), "berlin".to_owned())].into();
-            slos.put_report("dev", &site, &report(at)).unwrap();
-            history.put("dev", &drift(at)).unwrap();
-            index.put("dev", &predictions(at, id)).unwrap();
-            labels.put("dev", &site, &label(at, id)).unwrap();
-        }
-        // A device that sent drift verdicts only before the cutoff.
-        history.put("old-dev", &drift(1_000_000)).unwrap();
+        fill(&slos, &history, &index, &labels);
         let pruned = prune(&store, 2_000_000).unwrap();
         // The report and the label at 1,000,000 ms fill the minute from 960,000 (gone: it ended
         // before the cutoff) and the hour from 0 (kept: it runs to 3,599,999) of their trees;
@@ -292,14 +302,7 @@ mod tests {
         let history = report::History::open_postgres(&pg);
         let index = crate::monitoring::dataset::Predictions::open_postgres(&pg);
         let labels = crate::monitoring::quality::Labels::open_postgres(&pg);
-        for (at, id) in [(1_000_000, 1), (5_000_000, 2)] {
-            let site = [("site".to_owned(), "berlin".to_owned())].into();
-            slos.put_report("dev", &site, &report(at)).unwrap();
-            history.put("dev", &drift(at)).unwrap();
-            index.put("dev", &predictions(at, id)).unwrap();
-            labels.put("dev", &site, &label(at, id)).unwrap();
-        }
-        history.put("old-dev", &drift(1_000_000)).unwrap();
+        fill(&slos, &history, &index, &labels);
         let expected =
             Pruned { traffic: 1, rollups: 5, drift_history: 3, predictions: 1, labels: 1, shadow: 0 };
         assert_eq!(pg::prune(&pg, 2_000_000).unwrap(), expected);

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError};
 
-mod pg;
+pub(crate) mod pg;
 pub mod rollup;
 mod sled_backend;
 mod status;

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::{LabelCounts, LabelWrite, StoredLabel};
 use crate::base::pg::store::{PgStore, seq_from_sql, seq_to_sql, to_sql};
 use crate::base::store::StoreError;
-use crate::monitoring::slo::rollup::{self, Width};
+use crate::monitoring::slo::pg::spanned_rows;
+use crate::monitoring::slo::rollup::Width;
 
 /// Labels read per query when scanning.
 const PAGE: i64 = 10_000;
@@ -285,17 +286,8 @@ impl PgLabels {
         spans: &[(Width, u64, u64)],
         mut each: impl FnMut(u64, &str, &str, &str, LabelCounts),
     ) -> Result<(), StoreError> {
-        let [widths, froms, untils] = rollup::span_columns(spans);
-        let rows = self.store.with(|c| {
-            c.query(
-                "SELECT r.width_ms, r.start_ms, r.label, r.value, r.version, r.counts
-                 FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS s(width_ms, from_ms, until_ms)
-                 JOIN outpost_label_rollups r
-                   ON r.model = $1 AND r.by_label = $2 AND r.width_ms = s.width_ms
-                  AND r.start_ms >= s.from_ms AND r.start_ms < s.until_ms",
-                &[&model, &by_label, &widths, &froms, &untils],
-            )
-        })?;
+        let columns = "r.width_ms, r.start_ms, r.label, r.value, r.version, r.counts";
+        let rows = spanned_rows(&self.store, "outpost_label_rollups", columns, model, by_label, spans)?;
         let mut buckets: BTreeMap<(i64, i64, &str, &str, &str), Delta> = BTreeMap::new();
         for row in &rows {
             let read = || -> Result<_, postgres::Error> {

@@ -49,6 +49,28 @@ fn count(row: &Row, column: usize) -> Result<u64, postgres::Error> {
     Ok(u64::try_from(row.try_get::<_, i64>(column)?).unwrap_or(0))
 }
 
+/// `columns` of every shard's row of `model`'s buckets in roll-up `table` (aliased `r`) starting
+/// in each `(width, from, until)` of `spans`, per version or (`by_label`) per device label
+/// value: one query joining the spans to the primary key — what every roll-up read runs.
+pub(crate) fn spanned_rows(
+    store: &PgStore,
+    table: &str,
+    columns: &str,
+    model: &str,
+    by_label: bool,
+    spans: &[(Width, u64, u64)],
+) -> Result<Vec<Row>, StoreError> {
+    let [widths, froms, untils] = rollup::span_columns(spans);
+    let sql = format!(
+        "SELECT {columns}
+         FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS s(width_ms, from_ms, until_ms)
+         JOIN {table} r
+           ON r.model = $1 AND r.by_label = $2 AND r.width_ms = s.width_ms
+          AND r.start_ms >= s.from_ms AND r.start_ms < s.until_ms"
+    );
+    store.with(|c| c.query(&sql, &[&model, &by_label, &widths, &froms, &untils]))
+}
+
 /// A bucket's key: (model, by label, width, start, label, value).
 type BucketKey = (String, bool, i64, i64, String, String);
 
@@ -353,17 +375,8 @@ impl PgSlos {
         spans: &[(Width, u64, u64)],
         mut each: impl FnMut(u64, &str, &str, TrafficWindow),
     ) -> Result<(), StoreError> {
-        let [widths, froms, untils] = rollup::span_columns(spans);
-        let rows = self.store.with(|c| {
-            c.query(
-                "SELECT r.start_ms, r.label, r.value, r.requests, r.errors, r.latency
-                 FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS s(width_ms, from_ms, until_ms)
-                 JOIN outpost_traffic_rollups r
-                   ON r.model = $1 AND r.by_label = $2 AND r.width_ms = s.width_ms
-                  AND r.start_ms >= s.from_ms AND r.start_ms < s.until_ms",
-                &[&model, &by_label, &widths, &froms, &untils],
-            )
-        })?;
+        let columns = "r.start_ms, r.label, r.value, r.requests, r.errors, r.latency";
+        let rows = spanned_rows(&self.store, "outpost_traffic_rollups", columns, model, by_label, spans)?;
         for row in &rows {
             let read = || -> Result<_, postgres::Error> {
                 let at: i64 = row.try_get(0)?;
