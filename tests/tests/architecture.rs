@@ -24,7 +24,7 @@ const FLOORS: [&str; 6] = ["base", "models", "monitoring", "fleet", "ops", "http
 const WIRING: [&str; 3] = ["config", "cli", "ctl"];
 
 /// The coordinator's repositories: the only files (under `coordinator/src/`) that may name sled.
-const REPOSITORIES: [&str; 21] = [
+const REPOSITORIES: [&str; 22] = [
     "base/store.rs",
     "base/audit.rs",
     "models/registry.rs",
@@ -46,6 +46,7 @@ const REPOSITORIES: [&str; 21] = [
     "ops/alerts/store.rs",
     "ops/retraining/store.rs",
     "http/auth.rs",
+    "http/dashboard/sessions.rs",
 ];
 
 fn repo() -> PathBuf {
@@ -89,11 +90,13 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 10] = [
+const POSTGRES: [&str; 12] = [
+    "base/audit/pg.rs",
     "base/pg.rs",
     "base/pg/",
     "fleet/devices/pg.rs",
     "http/auth/pg.rs",
+    "http/dashboard/sessions/pg.rs",
     "monitoring/dataset/pg.rs",
     "monitoring/quality/pg.rs",
     "monitoring/report/history/pg.rs",

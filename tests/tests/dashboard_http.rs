@@ -264,3 +264,48 @@ async fn live_updates_stream_changes_to_a_session_until_it_signs_out() {
     let rest = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
     assert!(matches!(rest, Ok(Ok(None))), "the stream ends after signed-out: {rest:?}");
 }
+
+/// Sessions live in the coordinator's store, not its memory: a browser signed in before the
+/// coordinator was killed (SIGKILL, no shutdown) is still signed in, with the same CSRF secret,
+/// when it comes back; signing out then ends the session for good, and a restart does not
+/// bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_survives_a_coordinator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coordinator, _) = Coordinator::start_embedded(&dir.path().join("coordinator"));
+    let admin = std::fs::read_to_string(coordinator.token_file()).unwrap().trim().to_owned();
+    let base = coordinator.url();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |cookie: &str| send(http.get(format!("{base}/ui")).header("cookie", cookie));
+
+    let signed_in = send(
+        http.post(format!("{base}/ui/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={admin}")),
+    )
+    .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let cookie = signed_in.cookie.split(';').next().unwrap().to_owned();
+    let before = get(&cookie).await;
+    assert_eq!(before.status, 200);
+    let csrf = csrf_of(&before.body);
+
+    coordinator.stop(nix::sys::signal::Signal::SIGKILL);
+    coordinator.resume();
+    let after = get(&cookie).await;
+    assert_eq!(after.status, 200, "still signed in after the restart: {}", after.location);
+    assert_eq!(csrf_of(&after.body), csrf, "the same session");
+
+    let out = send(
+        http.post(format!("{base}/ui/logout"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    coordinator.stop(nix::sys::signal::Signal::SIGTERM);
+    coordinator.resume();
+    let p = get(&cookie).await;
+    assert_eq!((p.status, p.location.as_str()), (303, "/ui/login?next=/ui"), "signed out stays signed out");
+}

@@ -8,12 +8,19 @@
 //! or the numbering breaks) and a truncated tail (the file ends before the recorded head).
 //! Entries are fsynced before the API answers; one writer thread fsyncs whatever is waiting at
 //! once (group commit), so concurrent requests share an fsync and none holds the executor.
+//!
+//! On PostgreSQL ([`pg`](self::pg), migration 9) the log is table `outpost_audit` (one row per
+//! entry, the JSON it was hashed from) and its head a row of `outpost_audit_head`. Every replica
+//! appends to the one chain: a group is chained from the head row, which its transaction locks,
+//! so replicas take turns and the numbering has no gaps; an entry is durable when that
+//! transaction commits. [`verify`] checks the rows exactly as it checks the file.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError, now_ms};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -118,14 +125,25 @@ const GROUP: usize = 256;
 /// disk before [`AuditLog::record`] or [`AuditLog::append`] returns, and no caller's fsync blocks
 /// the async executor.
 pub struct AuditLog {
-    path: PathBuf,
-    meta: sled::Tree,
+    backend: Backend,
     jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// Where the entries are kept.
+#[derive(Clone)]
+enum Backend {
+    /// A JSON-lines file, its head in the state database's tree `meta`.
+    File {
+        path: PathBuf,
+        meta: sled::Tree,
+        store: Store,
+    },
+    Postgres(PgStore),
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("AuditLog").field("at", &self.location()).finish_non_exhaustive()
     }
 }
 
@@ -146,12 +164,42 @@ pub(crate) fn head_seq_of(raw: &[u8]) -> u64 {
     parse_head(raw).map_or(0, |(seq, _)| seq)
 }
 
-/// The writer thread's state: the chain's head as last made durable.
+/// The writer thread's state: where it writes, and (for the file) the chain's head as last made
+/// durable. On PostgreSQL the head is read, locked, in each group's transaction instead: another
+/// replica may have moved it.
 struct Writer {
-    path: PathBuf,
-    meta: sled::Tree,
-    store: Store,
+    backend: Backend,
     head: Head,
+}
+
+/// Chains `group` after the entry numbered `seq` whose hash is `prev`, stamped `at_ms`.
+fn chain<'a>(
+    seq: u64,
+    prev: &str,
+    at_ms: u64,
+    group: impl Iterator<Item = &'a Pending>,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let (mut seq, mut prev) = (seq, prev.to_owned());
+    let mut entries = Vec::new();
+    for p in group {
+        seq += 1;
+        let mut entry = AuditEntry {
+            seq,
+            at_ms,
+            actor: p.actor.clone(),
+            role: p.role.clone(),
+            action: p.action.clone(),
+            target: p.target.clone(),
+            outcome: p.outcome.clone(),
+            detail: p.detail.chars().take(2000).collect(),
+            prev: prev.clone(),
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash()?;
+        prev = entry.hash.clone();
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 impl Writer {
@@ -164,7 +212,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let written = self.write(group.iter().map(|j| &j.pending));
+            let pending: Vec<&Pending> = group.iter().map(|j| &j.pending).collect();
+            let written = self.write(&pending);
             for (i, job) in group.into_iter().enumerate() {
                 let outcome = match &written {
                     Ok(entries) => Ok(entries[i].clone()),
@@ -179,40 +228,27 @@ impl Writer {
         }
     }
 
-    /// Chains, writes and fsyncs a group; the head moves only once it is all on disk.
-    fn write<'a>(&mut self, group: impl Iterator<Item = &'a Pending>) -> Result<Vec<AuditEntry>, AuditError> {
-        let (mut seq, mut prev) = (self.head.seq, self.head.hash.clone());
-        let mut entries = Vec::new();
+    /// Chains, writes and makes durable a group; the head moves only once it all is.
+    fn write(&mut self, group: &[&Pending]) -> Result<Vec<AuditEntry>, AuditError> {
+        let (path, meta, store) = match &self.backend {
+            Backend::File { path, meta, store } => (path, meta, store),
+            Backend::Postgres(store) => return Ok(pg::append(store, group)?),
+        };
+        let entries = chain(self.head.seq, &self.head.hash, now_ms(), group.iter().copied())?;
         let mut bytes = Vec::new();
-        for p in group {
-            seq += 1;
-            let mut entry = AuditEntry {
-                seq,
-                at_ms: now_ms(),
-                actor: p.actor.clone(),
-                role: p.role.clone(),
-                action: p.action.clone(),
-                target: p.target.clone(),
-                outcome: p.outcome.clone(),
-                detail: p.detail.chars().take(2000).collect(),
-                prev: prev.clone(),
-                hash: String::new(),
-            };
-            entry.hash = entry.compute_hash()?;
-            bytes.extend(crate::base::store::encode(&format!("audit entry {seq}"), &entry)?);
+        for entry in &entries {
+            bytes.extend(crate::base::store::encode(&format!("audit entry {}", entry.seq), entry)?);
             bytes.push(b'\n');
-            prev = entry.hash.clone();
-            entries.push(entry);
         }
-        let io = |source| AuditError::Io { path: self.path.clone(), source };
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+        let Some(last) = entries.last() else { return Ok(entries) };
+        let io = |source| AuditError::Io { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
         file.sync_data().map_err(io)?;
-        self.meta
-            .insert(HEAD_KEY, format!("{seq} {prev}").as_bytes())
+        meta.insert(HEAD_KEY, format!("{} {}", last.seq, last.hash).as_bytes())
             .map_err(|e| AuditError::Storage(e.to_string()))?;
-        self.store.flush()?;
-        self.head = Head { seq, hash: prev };
+        store.flush()?;
+        self.head = Head { seq: last.seq, hash: last.hash.clone() };
         Ok(entries)
     }
 }
@@ -224,23 +260,39 @@ impl AuditLog {
         let meta = store.tree("meta")?;
         let (seq, hash) = read_head(&meta)?.unwrap_or((0, GENESIS.to_owned()));
         let path = data_dir.join("audit.log");
-        let writer =
-            Writer { path: path.clone(), meta: meta.clone(), store: store.clone(), head: Head { seq, hash } };
+        AuditLog::start(Backend::File { path, meta, store: store.clone() }, Head { seq, hash })
+    }
+
+    /// The log on PostgreSQL, one chain shared by every replica on `store`.
+    pub fn open_postgres(store: &PgStore) -> Result<AuditLog, AuditError> {
+        AuditLog::start(Backend::Postgres(store.clone()), Head { seq: 0, hash: GENESIS.to_owned() })
+    }
+
+    fn start(backend: Backend, head: Head) -> Result<AuditLog, AuditError> {
+        let writer = Writer { backend: backend.clone(), head };
         let (jobs, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| AuditError::Io { path: path.clone(), source })?;
-        Ok(AuditLog { path, meta, jobs })
+            .map_err(|source| AuditError::Io { path: PathBuf::from("audit-writer"), source })?;
+        Ok(AuditLog { backend, jobs })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the log is, for people: its file, or the (masked) database.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::File { path, .. } => path.display().to_string(),
+            Backend::Postgres(store) => format!("{store:?}"),
+        }
     }
 
-    /// The sequence number of the newest durable entry (0 for an empty log): cheap to poll.
+    /// The sequence number of the newest durable entry (0 for an empty log, or one that cannot
+    /// be read): cheap to poll.
     pub fn head_seq(&self) -> u64 {
-        read_head(&self.meta).ok().flatten().map_or(0, |(seq, _)| seq)
+        match &self.backend {
+            Backend::File { meta, .. } => read_head(meta).ok().flatten().map_or(0, |(seq, _)| seq),
+            Backend::Postgres(store) => pg::head(store).map_or(0, |(seq, _)| seq),
+        }
     }
 
     fn job(
@@ -320,9 +372,14 @@ impl AuditLog {
 
     /// The newest `limit` entries, oldest first.
     pub fn tail(&self, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
-        let entries = read_entries(&self.path).map_err(|e| AuditError::Storage(e.to_string()))?;
-        let skip = entries.len().saturating_sub(limit);
-        Ok(entries.into_iter().skip(skip).collect())
+        match &self.backend {
+            Backend::File { path, .. } => {
+                let entries = read_entries(path).map_err(|e| AuditError::Storage(e.to_string()))?;
+                let skip = entries.len().saturating_sub(limit);
+                Ok(entries.into_iter().skip(skip).collect())
+            }
+            Backend::Postgres(store) => Ok(pg::tail(store, limit)?),
+        }
     }
 
     /// [`AuditLog::verify`] of the log in `data_dir` without opening it for writing (no writer
@@ -335,8 +392,13 @@ impl AuditLog {
 
     /// Checks the whole chain against the recorded head.
     pub fn verify(&self) -> Result<u64, Broken> {
-        let head = read_head(&self.meta).map_err(|e| Broken::Unreadable(e.to_string()))?;
-        verify(&self.path, head)
+        match &self.backend {
+            Backend::File { path, meta, .. } => {
+                let head = read_head(meta).map_err(|e| Broken::Unreadable(e.to_string()))?;
+                verify(path, head)
+            }
+            Backend::Postgres(store) => pg::verify(store),
+        }
     }
 }
 
@@ -359,99 +421,65 @@ fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, Broken> {
 /// Verifies a log file against the head (`seq`, `hash`) recorded elsewhere; returns the number
 /// of entries, or what is wrong and where.
 pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<u64, Broken> {
-    let entries = read_entries(path)?;
-    let mut prev = GENESIS.to_owned();
-    for (i, entry) in entries.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
-        if entry.seq != expected_seq {
-            return Err(Broken::Missing { expected: expected_seq, line: i + 1, found: entry.seq });
+    let mut chain = Chain::default();
+    for entry in read_entries(path)? {
+        chain.follow(&entry)?;
+    }
+    chain.ends_at(head)
+}
+
+/// A chain checked entry by entry, from the first: the numbering, each link and each hash.
+struct Chain {
+    count: u64,
+    prev: String,
+}
+
+impl Default for Chain {
+    fn default() -> Chain {
+        Chain { count: 0, prev: GENESIS.to_owned() }
+    }
+}
+
+impl Chain {
+    /// Checks that `entry` is the next one.
+    fn follow(&mut self, entry: &AuditEntry) -> Result<(), Broken> {
+        let expected = self.count + 1;
+        if entry.seq != expected {
+            return Err(Broken::Missing { expected, line: expected as usize, found: entry.seq });
         }
-        if entry.prev != prev {
+        if entry.prev != self.prev {
             return Err(Broken::ChainBroken { seq: entry.seq });
         }
         if entry.compute_hash().map_err(|e| Broken::Unreadable(e.to_string()))? != entry.hash {
             return Err(Broken::Edited(entry.seq));
         }
-        prev = entry.hash.clone();
+        self.count = expected;
+        self.prev.clone_from(&entry.hash);
+        Ok(())
     }
-    let count = entries.len() as u64;
-    match head {
-        None if count == 0 => Ok(0),
-        None => Err(Broken::NoHead),
-        Some((seq, hash)) => {
-            if count < seq {
-                Err(Broken::Removed { count, head: seq })
-            } else if count > seq {
-                Err(Broken::Added { count, head: seq })
-            } else if prev != hash {
-                Err(Broken::NotNewest(seq))
-            } else {
-                Ok(count)
+
+    /// Checks that the chain ends at the recorded `head`; returns its length.
+    fn ends_at(self, head: Option<(u64, String)>) -> Result<u64, Broken> {
+        let count = self.count;
+        match head {
+            None if count == 0 => Ok(0),
+            None => Err(Broken::NoHead),
+            Some((seq, hash)) => {
+                if count < seq {
+                    Err(Broken::Removed { count, head: seq })
+                } else if count > seq {
+                    Err(Broken::Added { count, head: seq })
+                } else if self.prev != hash {
+                    Err(Broken::NotNewest(seq))
+                } else {
+                    Ok(count)
+                }
             }
         }
     }
 }
 
+mod pg;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn log(dir: &Path) -> AuditLog {
-        let store = Store::open(dir).unwrap();
-        AuditLog::open(dir, &store).unwrap()
-    }
-
-    #[test]
-    fn detects_edited_removed_and_truncated_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = log(dir.path());
-        for i in 0..4 {
-            audit.record("alice", "operator", "deploy", &format!("bc@1.{i}.0"), "ok", "").unwrap();
-        }
-        assert_eq!(audit.verify(), Ok(4));
-        let original = std::fs::read_to_string(audit.path()).unwrap();
-        let lines: Vec<&str> = original.lines().collect();
-
-        std::fs::write(audit.path(), original.replace("bc@1.2.0", "bc@9.9.9")).unwrap();
-        assert!(audit.verify().unwrap_err().to_string().contains("entry 3 was edited"));
-
-        let removed: String =
-            lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| format!("{l}\n")).collect();
-        std::fs::write(audit.path(), removed).unwrap();
-        assert!(audit.verify().unwrap_err().to_string().contains("entry 2 is missing"));
-
-        let truncated: String = lines[..3].iter().map(|l| format!("{l}\n")).collect();
-        std::fs::write(audit.path(), truncated).unwrap();
-        assert!(audit.verify().unwrap_err().to_string().contains("entries were removed"));
-
-        std::fs::write(audit.path(), &original).unwrap();
-        assert_eq!(audit.verify(), Ok(4));
-        assert_eq!(audit.tail(2).unwrap()[1].target, "bc@1.3.0");
-    }
-
-    #[test]
-    fn concurrent_appends_keep_one_chain_and_every_caller_its_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = std::sync::Arc::new(log(dir.path()));
-        let threads: Vec<_> = (0..8)
-            .map(|t| {
-                let audit = std::sync::Arc::clone(&audit);
-                std::thread::spawn(move || {
-                    (0..25)
-                        .map(|i| {
-                            audit.record("t", "operator", "deploy", &format!("{t}-{i}"), "ok", "").unwrap()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).map(|e| e.seq).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every caller got its own, durable entry");
-        assert_eq!(audit.verify(), Ok(200));
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let entry = runtime.block_on(audit.append("bob", "admin", "token.create", "ci", "ok", "")).unwrap();
-        assert_eq!(entry.seq, 201);
-        assert_eq!(audit.verify(), Ok(201));
-    }
-}
+mod tests;

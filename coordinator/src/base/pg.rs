@@ -38,6 +38,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "traffic", include_str!("../../migrations/0005_traffic.sql")),
     (6, "labels", include_str!("../../migrations/0006_labels.sql")),
     (7, "monitoring", include_str!("../../migrations/0007_monitoring.sql")),
+    (8, "sessions", include_str!("../../migrations/0008_sessions.sql")),
+    (9, "audit", include_str!("../../migrations/0009_audit.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -68,6 +68,8 @@ pub struct AppState {
     pub uploads: crate::http::spool::Uploads,
     /// The state database, for a backup's snapshot.
     pub store: crate::base::store::Store,
+    /// Signed-in dashboard browsers.
+    pub sessions: crate::http::dashboard::sessions::Sessions,
 }
 
 impl std::fmt::Debug for AppState {

@@ -203,6 +203,18 @@ impl Auth {
     /// Checks a request's `Authorization` header value against the role it needs.
     pub fn check(&self, authorization: Option<&str>, needs: Role) -> Result<Principal, Denied> {
         let principal = self.authenticate(authorization)?;
+        self.allow(principal, needs)
+    }
+
+    /// [`Auth::check`] for the token whose sha256 is `token_hash` (what a dashboard session
+    /// keeps instead of the token): a revoked or expired token is 401 here too.
+    pub fn check_hash(&self, token_hash: &str, needs: Role) -> Result<Principal, Denied> {
+        let principal = self.principal_of(token_hash.to_owned())?;
+        self.allow(principal, needs)
+    }
+
+    /// `principal` within its rate and with at least the role `needs`.
+    fn allow(&self, principal: Principal, needs: Role) -> Result<Principal, Denied> {
         self.take(&principal.token_hash)?;
         if principal.role < needs {
             return Err(Denied::Forbidden(format!(
@@ -223,7 +235,11 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Denied::Unauthenticated("missing `Authorization: Bearer <token>`".into()))?;
-        let hash = sha256_hex(presented.as_bytes());
+        self.principal_of(sha256_hex(presented.as_bytes()))
+    }
+
+    /// Who holds the token whose sha256 is `hash`.
+    fn principal_of(&self, hash: String) -> Result<Principal, Denied> {
         let principal = if hash == self.admin_hash {
             Principal { name: "admin".into(), role: Role::Admin, token_hash: hash }
         } else {

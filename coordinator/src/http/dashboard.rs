@@ -1,10 +1,11 @@
 //! The dashboard: HTML pages under `/ui`, served by the coordinator beside its API.
 //!
 //! - **Auth** is the API's: an operator signs in with an API token (`POST /ui/login`); the
-//!   coordinator keeps the token in an in-memory session and sets an `HttpOnly`,
-//!   `SameSite=Strict` cookie holding only a random session id. Every page re-checks the
-//!   token against [`crate::http::auth::Auth`], so a revoked token ends its sessions at once and the
-//!   rate limit applies. The cookie opens `/ui` only; `/api/v1` still wants a bearer header.
+//!   coordinator stores a session ([`sessions`]: the token's hash, never the token) and sets an
+//!   `HttpOnly`, `SameSite=Strict` cookie holding only a random session id. Sessions are in the
+//!   store, so a restart (or, on PostgreSQL, another replica) does not sign anyone out. Every page
+//!   re-checks the token's hash against [`crate::http::auth::Auth`], so a revoked token ends its
+//!   sessions at once and the rate limit applies. The cookie opens `/ui` only; `/api/v1` still wants a bearer header.
 //! - **Read-only for viewers.** Buttons that change something (pause, resume, promote, abort a
 //!   rollout; close an incident) are rendered for operators and admins only, and their POST
 //!   handlers check the role again and a per-session CSRF token before acting; every such
@@ -20,9 +21,9 @@
 pub mod charts;
 mod live;
 mod pages;
+pub mod sessions;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -42,63 +43,15 @@ use crate::http::auth::{Denied, Principal, Role};
 pub const COOKIE: &str = "outpost_session";
 /// How long a sign-in lasts.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; the one closest to expiry makes room.
-const MAX_SESSIONS: usize = 1000;
 /// The pages' live-update period, in seconds (read by `dashboard.js` from the page).
 const REFRESH_SECS: u64 = 5;
 
 const CSS: &str = include_str!("dashboard/dashboard.css");
 const JS: &str = include_str!("dashboard/dashboard.js");
 
-struct Session {
-    token: String,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Signed-in browsers: session id → the API token it signed in with.
-#[derive(Default)]
-struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-fn random_hex() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| ApiError::internal("the system random source failed"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-impl Sessions {
-    fn open(&self, token: String) -> Result<(String, String), ApiError> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(id.clone(), Session { token, csrf: csrf.clone(), expires: now + SESSION_TTL });
-        Ok((id, csrf))
-    }
-
-    /// The token and CSRF secret of a live session.
-    fn get(&self, id: &str) -> Option<(String, String)> {
-        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(id).filter(|s| s.expires > Instant::now()).map(|s| (s.token.clone(), s.csrf.clone()))
-    }
-
-    fn close(&self, id: &str) {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
-    }
-}
-
-/// The dashboard's state: the API's, plus sessions.
+/// The dashboard's state: the API's (its sessions are [`AppState::sessions`]).
 pub struct Dashboard {
     app: Arc<AppState>,
-    sessions: Sessions,
 }
 
 type Dash = State<Arc<Dashboard>>;
@@ -117,7 +70,7 @@ impl Viewer {
 
 /// The `/ui` routes (merged into the API's router).
 pub fn router(app: Arc<AppState>) -> Router {
-    let dash = Arc::new(Dashboard { app, sessions: Sessions::default() });
+    let dash = Arc::new(Dashboard { app });
     Router::new()
         .route("/ui", get(overview))
         .route("/ui/", get(overview))
@@ -205,11 +158,21 @@ fn safe_next(next: Option<&str>) -> String {
 /// The signed-in viewer with at least `needs`, or the response that says why not (a page
 /// GET without a session is sent to sign in).
 fn signed_in(d: &Dashboard, headers: &HeaderMap, path: &str, needs: Role) -> Result<Viewer, Refusal> {
-    let Some((token, csrf)) = session_id(headers).and_then(|id| d.sessions.get(&id)) else {
-        return Err(Box::new(see_other(&format!("/ui/login?next={}", urlencode(path)))));
+    let session = match session_id(headers).map(|id| d.app.sessions.get(&id, now_ms())) {
+        Some(Ok(Some(session))) => session,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the dashboard's sessions cannot be read: answering 503");
+            return Err(Box::new(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the coordinator cannot read its sessions right now (its store is unavailable); retry shortly",
+            )));
+        }
+        None | Some(Ok(None)) => {
+            return Err(Box::new(see_other(&format!("/ui/login?next={}", urlencode(path)))));
+        }
     };
-    match d.app.auth.check(Some(&format!("Bearer {token}")), needs) {
-        Ok(principal) => Ok(Viewer { principal, csrf }),
+    match d.app.auth.check_hash(&session.token_hash, needs) {
+        Ok(principal) => Ok(Viewer { principal, csrf: session.csrf }),
         Err(Denied::Unauthenticated(_)) => {
             Err(Box::new(see_other(&format!("/ui/login?next={}&expired=1", urlencode(path)))))
         }
@@ -296,8 +259,20 @@ async fn login(
     }
     match d.app.auth.check(Some(&format!("Bearer {token}")), Role::Viewer) {
         Ok(principal) => {
-            let Ok((id, _)) = d.sessions.open(token) else {
-                return error_page(StatusCode::INTERNAL_SERVER_ERROR, "could not start a session");
+            let sessions = d.app.sessions.clone();
+            let hash = principal.token_hash.clone();
+            let ttl = SESSION_TTL.as_millis() as u64;
+            let started = tokio::task::spawn_blocking(move || sessions.start(&hash, now_ms(), ttl)).await;
+            let id = match started {
+                Ok(Ok((id, _))) => id,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not start a dashboard session");
+                    return error_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "could not start a session: the coordinator's store is unavailable; retry shortly",
+                    );
+                }
+                Err(_) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, "could not start a session"),
             };
             tracing::info!(user = principal.name, role = principal.role.as_str(), "dashboard sign-in");
             let secure = if d.app.api_ca_pem.is_some() { "; Secure" } else { "" };
@@ -381,8 +356,14 @@ async fn logout(State(d): Dash, headers: HeaderMap, form: Result<Form<CsrfForm>,
     if let Err(r) = checked_form(&d, &headers, "/ui", Role::Viewer, form) {
         return *r;
     }
-    if let Some(id) = session_id(&headers) {
-        d.sessions.close(&id);
+    if let Some(id) = session_id(&headers)
+        && let Err(e) = d.app.sessions.close(&id)
+    {
+        tracing::error!(error = %e, "could not end a dashboard session");
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not sign out: the coordinator's store is unavailable; retry shortly",
+        );
     }
     let mut r = see_other("/ui/login");
     r.headers_mut().insert(
@@ -630,18 +611,6 @@ mod tests {
         assert_eq!(session_id(&h), Some(id));
         h.insert(header::COOKIE, HeaderValue::from_static("outpost_session=../../etc"));
         assert_eq!(session_id(&h), None);
-    }
-
-    #[test]
-    fn sessions_expire_and_close() {
-        let s = Sessions::default();
-        let (id, csrf) = s.open("tok".into()).unwrap();
-        assert_eq!(s.get(&id), Some(("tok".into(), csrf)));
-        s.map.lock().unwrap().get_mut(&id).unwrap().expires = Instant::now() - Duration::from_secs(1);
-        assert_eq!(s.get(&id), None);
-        let (id, _) = s.open("tok".into()).unwrap();
-        s.close(&id);
-        assert_eq!(s.get(&id), None);
     }
 
     #[test]

@@ -55,9 +55,9 @@ pub enum ServeError {
     Postgres(#[from] crate::base::pg::PgError),
     #[error(
         "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
-         cannot keep all its records there yet (the fleet's devices and envelopes, API tokens, alerts and \
-         monitoring's records can be; the registry, desired states, rollouts and audit are in sled \
-         only; the PostgreSQL store lands in pieces, see \
+         cannot keep all its records there yet (the fleet's devices and envelopes, API tokens, alerts, \
+         monitoring's records, dashboard sessions and the audit log can be; the registry, desired \
+         states, rollouts and the trust root are in sled only; the PostgreSQL store lands in pieces, see \
          docs/design/store-backends.md): set store.url = \"sled\""
     )]
     PostgresNotYet { url: String, schema: i32 },
@@ -197,9 +197,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let auth = Auth::open(&store, &admin, config.api.rate_limit_per_sec, config.api.rate_limit_burst)?;
     match audit.verify() {
-        Ok(entries) => tracing::info!(entries, path = %audit.path().display(), "audit log verified"),
+        Ok(entries) => tracing::info!(entries, at = %audit.location(), "audit log verified"),
         Err(problem) => {
-            tracing::error!(%problem, path = %audit.path().display(), "AUDIT LOG DOES NOT VERIFY")
+            tracing::error!(%problem, at = %audit.location(), "AUDIT LOG DOES NOT VERIFY")
         }
     }
     let configured = config
@@ -347,6 +347,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
         uploads: crate::http::spool::Uploads::new(&config.data_dir)
             .map_err(|source| ServeError::Write { path: config.data_dir.join("uploads"), source })?,
+        sessions: crate::http::dashboard::sessions::Sessions::open(&store)?,
         store: store.clone(),
     });
     let retraining_task =

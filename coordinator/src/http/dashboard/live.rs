@@ -61,7 +61,8 @@ pub(super) async fn events(State(d): Dash, headers: HeaderMap) -> Response {
                 return None;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if w.d.sessions.get(&w.session).is_none() {
+            // A store that cannot be read ends nothing: the next page load says why.
+            if matches!(w.d.app.sessions.get(&w.session, now_ms()), Ok(None)) {
                 w.done = true;
                 return Some((
                     Ok::<_, std::convert::Infallible>(Event::default().event("signed-out").data("")),
