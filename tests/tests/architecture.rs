@@ -90,11 +90,13 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 12] = [
+const POSTGRES: [&str; 14] = [
     "base/audit/pg.rs",
     "base/pg.rs",
     "base/pg/",
+    "fleet/desired/pg.rs",
     "fleet/devices/pg.rs",
+    "fleet/roots/pg.rs",
     "http/auth/pg.rs",
     "http/dashboard/sessions/pg.rs",
     "monitoring/dataset/pg.rs",

@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "monitoring", include_str!("../../migrations/0007_monitoring.sql")),
     (8, "sessions", include_str!("../../migrations/0008_sessions.sql")),
     (9, "audit", include_str!("../../migrations/0009_audit.sql")),
+    (10, "fleet_state", include_str!("../../migrations/0010_fleet_state.sql")),
 ];
 
 /// The newest schema version this binary knows.

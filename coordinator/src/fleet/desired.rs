@@ -14,7 +14,10 @@
 //! [`Desired::refresh_due`] gives every device a new revision with the same models once half of
 //! that has passed, so agents tell a quiet coordinator from a cut-off or frozen one.
 //!
-//! State: sled tree `desired`, device id → [`DesiredRecord`] (JSON).
+//! State: sled tree `desired`, device id → [`DesiredRecord`] (JSON); or, on PostgreSQL, table
+//! `outpost_desired` (migration 10, [`pg`](self::pg)), where a change locks its devices' rows in
+//! id order, so replicas deploying to overlapping devices take turns and no revision is used
+//! twice.
 
 use std::collections::BTreeMap;
 
@@ -23,10 +26,11 @@ use outpost_shared::protocol::topics::{self, Channel};
 use outpost_shared::protocol::{self};
 use serde::{Deserialize, Serialize};
 
+use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError, now_ms};
-
 use crate::fleet::ca::Authority;
 use crate::fleet::devices::{DeviceRecord, Devices};
+use crate::fleet::roots::RootChain;
 
 /// A device's desired state as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,13 +57,21 @@ pub struct Outgoing {
 
 #[derive(Clone)]
 pub struct Desired {
-    tree: sled::Tree,
-    store: Store,
+    backend: Backend,
     devices: Devices,
     /// The trust root chain every sealed state carries ([`crate::fleet::roots`]).
-    roots: sled::Tree,
+    roots: RootChain,
     ttl_ms: u64,
 }
+
+#[derive(Clone)]
+enum Backend {
+    Sled { tree: sled::Tree, store: Store },
+    Postgres(PgStore),
+}
+
+/// What a change does to one device's record: `false` leaves it as it was.
+type Change<'a> = &'a (dyn Fn(&mut DesiredRecord) -> bool + Sync);
 
 impl std::fmt::Debug for Desired {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,12 +87,21 @@ pub fn matches(device: &DeviceRecord, selector: &BTreeMap<String, String>) -> bo
 impl Desired {
     pub fn open(store: &Store) -> Result<Desired, StoreError> {
         Ok(Desired {
-            tree: store.tree("desired")?,
-            store: store.clone(),
+            backend: Backend::Sled { tree: store.tree("desired")?, store: store.clone() },
             devices: Devices::open(store)?,
-            roots: crate::fleet::roots::tree(store)?,
+            roots: RootChain::open(store)?,
             ttl_ms: DEFAULT_TTL_SECS * 1000,
         })
+    }
+
+    /// The desired states on PostgreSQL (with the devices and the root chain there too).
+    pub fn open_postgres(store: &PgStore) -> Desired {
+        Desired {
+            backend: Backend::Postgres(store.clone()),
+            devices: Devices::open_postgres(store),
+            roots: RootChain::open_postgres(store),
+            ttl_ms: DEFAULT_TTL_SECS * 1000,
+        }
     }
 
     /// Sealed states expire `secs` after sealing (`[fleet] desired_ttl_secs`).
@@ -97,42 +118,53 @@ impl Desired {
     /// Gives every device whose state was sealed more than half a TTL ago a new revision with
     /// the same models (so a freshly sealed one goes out); returns the new records.
     pub fn refresh_due(&self, now: u64) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
-        let mut refreshed = Vec::new();
-        for (device, mut record) in self.all() {
-            if now.saturating_sub(record.updated_at_ms.max(record.refreshed_at_ms)) < self.ttl_ms / 2 {
-                continue;
+        let half = self.ttl_ms / 2;
+        let due = |record: &DesiredRecord| {
+            now.saturating_sub(record.updated_at_ms.max(record.refreshed_at_ms)) >= half
+        };
+        let candidates: Vec<String> =
+            self.all()?.into_iter().filter(|(_, record)| due(record)).map(|(device, _)| device).collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Due again under the lock: another replica may have refreshed it meanwhile.
+        self.modify(&candidates, &|record| {
+            if !due(record) {
+                return false;
             }
             record.revision += 1;
             record.refreshed_at_ms = now;
-            let value = crate::base::store::encode(&format!("desired/{device}"), &record)?;
-            self.tree
-                .insert(device.as_bytes(), value)
-                .map_err(|e| StoreError::Corrupt { key: device.clone(), detail: e.to_string() })?;
-            refreshed.push((device, record));
-        }
-        if !refreshed.is_empty() {
-            self.store.flush()?;
-        }
-        Ok(refreshed)
+            true
+        })
     }
 
     pub fn get(&self, device: &str) -> Result<Option<DesiredRecord>, StoreError> {
-        Ok(self
-            .tree
-            .get(device.as_bytes())
-            .map_err(|e| StoreError::Corrupt { key: device.into(), detail: e.to_string() })?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+        match &self.backend {
+            Backend::Sled { tree, store } => Ok(tree
+                .get(device.as_bytes())
+                .map_err(|e| store.storage_error(e))?
+                .and_then(|v| serde_json::from_slice(&v).ok())),
+            Backend::Postgres(store) => pg::get(store, device),
+        }
     }
 
-    /// Every device's record.
-    pub fn all(&self) -> Vec<(String, DesiredRecord)> {
-        self.tree
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| {
-                Some((String::from_utf8(k.to_vec()).ok()?, serde_json::from_slice(&v).ok()?))
-            })
-            .collect()
+    /// Every device's record, by device id (one that does not decode is left out).
+    pub fn all(&self) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                let mut all = Vec::new();
+                for item in tree.iter() {
+                    let (k, v) = item.map_err(|e| store.storage_error(e))?;
+                    if let (Ok(device), Ok(record)) =
+                        (String::from_utf8(k.to_vec()), serde_json::from_slice::<DesiredRecord>(&v))
+                    {
+                        all.push((device, record));
+                    }
+                }
+                Ok(all)
+            }
+            Backend::Postgres(store) => pg::all(store),
+        }
     }
 
     /// Gives each device a new revision with the same models (a new trust root goes out with
@@ -158,7 +190,7 @@ impl Desired {
         &self,
         devices: &[String],
         model: &str,
-        change: impl Fn(Option<&DesiredModel>) -> Option<DesiredModel>,
+        change: impl Fn(Option<&DesiredModel>) -> Option<DesiredModel> + Sync,
         by: &str,
     ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
         self.rewrite(devices, by, |record| {
@@ -174,22 +206,41 @@ impl Desired {
         &self,
         devices: &[String],
         by: &str,
-        change: impl Fn(&mut DesiredRecord),
+        change: impl Fn(&mut DesiredRecord) + Sync,
     ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        let now = now_ms();
+        self.modify(devices, &|record| {
+            change(record);
+            record.revision += 1;
+            record.updated_at_ms = now;
+            record.updated_by = by.to_owned();
+            true
+        })
+    }
+
+    /// Runs `change` on each device's record (a default one where there is none) and stores
+    /// those it changed, durably, before it returns them. On PostgreSQL in one transaction that
+    /// holds the rows' locks.
+    fn modify(
+        &self,
+        devices: &[String],
+        change: Change<'_>,
+    ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
+        let (tree, store) = match &self.backend {
+            Backend::Sled { tree, store } => (tree, store),
+            Backend::Postgres(store) => return pg::modify(store, devices, change),
+        };
         let mut changed = Vec::new();
         for device in devices {
             let mut record = self.get(device)?.unwrap_or_default();
-            change(&mut record);
-            record.revision += 1;
-            record.updated_at_ms = now_ms();
-            record.updated_by = by.to_owned();
+            if !change(&mut record) {
+                continue;
+            }
             let value = crate::base::store::encode(&format!("desired/{device}"), &record)?;
-            self.tree
-                .insert(device.as_bytes(), value)
-                .map_err(|e| StoreError::Corrupt { key: device.clone(), detail: e.to_string() })?;
+            tree.insert(device.as_bytes(), value).map_err(|e| store.storage_error(e))?;
             changed.push((device.clone(), record));
         }
-        self.store.flush()?;
+        store.flush()?;
         Ok(changed)
     }
 
@@ -206,7 +257,7 @@ impl Desired {
             revision: record.revision,
             models: record.models.values().cloned().collect(),
             expires_at_ms: now.saturating_add(self.ttl_ms),
-            roots: crate::fleet::roots::chain_bytes(&self.roots),
+            roots: self.roots.bytes()?,
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
         let seq = self.devices.next_outgoing_seq(device)?;
@@ -220,3 +271,8 @@ impl Desired {
         Ok(Outgoing { topic, payload })
     }
 }
+
+mod pg;
+
+#[cfg(test)]
+mod tests;

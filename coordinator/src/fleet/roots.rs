@@ -22,7 +22,10 @@
 //! finds the root naming `online.next.pk8` but not `online.pk8` (a crash in between) finishes
 //! the swap; a root naming neither stops the start with both key ids.
 //!
-//! State: sled tree `roots`, version (u64, big-endian) → statement (file form).
+//! State ([`RootChain`]): sled tree `roots`, version (u64, big-endian) → statement (file form);
+//! or, on PostgreSQL, table `outpost_roots` (migration 10, [`pg`](self::pg)), where every replica
+//! reads the same chain. A version is stored only if none is stored under its number: two
+//! replicas accepting different statements as the same version, one is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use outpost_shared::protocol::root::{Role, Root, RootError, SignedRoot};
 use outpost_shared::protocol::{PublicKey, SigningKey};
 
+use crate::base::pg::store::PgStore;
 use crate::base::secrets::{Secrets, SecretsError};
 use crate::base::store::{Store, StoreError, now_ms};
 use crate::fleet::ca::Authority;
@@ -52,8 +56,7 @@ pub enum RootsError {
 /// The stored chain of root statements.
 #[derive(Clone)]
 pub struct TrustRoots {
-    tree: sled::Tree,
-    store: Store,
+    chain: RootChain,
     pki: PathBuf,
     authority: Arc<Authority>,
     secrets: Arc<Secrets>,
@@ -65,17 +68,67 @@ impl std::fmt::Debug for TrustRoots {
     }
 }
 
-const TREE: &str = "roots";
-
-/// Every stored statement in file form, oldest first (what a desired state carries).
-pub fn chain_bytes(tree: &sled::Tree) -> Vec<Vec<u8>> {
-    tree.iter().values().filter_map(Result::ok).map(|v| v.to_vec()).collect()
+/// The repository of root statements, by version.
+#[derive(Clone)]
+pub struct RootChain {
+    backend: Backend,
 }
 
-/// The tree the chain lives in.
-pub fn tree(store: &Store) -> Result<sled::Tree, StoreError> {
-    store.tree(TREE)
+#[derive(Clone)]
+enum Backend {
+    Sled { tree: sled::Tree, store: Store },
+    Postgres(PgStore),
 }
+
+impl RootChain {
+    pub fn open(store: &Store) -> Result<RootChain, StoreError> {
+        Ok(RootChain { backend: Backend::Sled { tree: store.tree("roots")?, store: store.clone() } })
+    }
+
+    /// The chain on PostgreSQL, shared by every replica on `store`.
+    pub fn open_postgres(store: &PgStore) -> RootChain {
+        RootChain { backend: Backend::Postgres(store.clone()) }
+    }
+
+    /// Every stored statement in file form, oldest first (what a desired state carries).
+    pub fn bytes(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Sled { tree, store } => tree
+                .iter()
+                .values()
+                .map(|v| v.map(|v| v.to_vec()).map_err(|e| store.storage_error(e)))
+                .collect(),
+            Backend::Postgres(store) => pg::all(store),
+        }
+    }
+
+    /// The newest statement in file form, if any.
+    pub fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                Ok(tree.last().map_err(|e| store.storage_error(e))?.map(|(_, v)| v.to_vec()))
+            }
+            Backend::Postgres(store) => pg::last(store),
+        }
+    }
+
+    /// Stores `bytes` as `version` unless a statement of that version is stored already
+    /// (`false`: another writer got there first). Durable when it returns.
+    pub fn insert_new(&self, version: u64, bytes: &[u8]) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sled { tree, store } => {
+                let swapped = tree
+                    .compare_and_swap(version.to_be_bytes(), None::<&[u8]>, Some(bytes))
+                    .map_err(|e| store.storage_error(e))?;
+                store.flush()?;
+                Ok(swapped.is_ok())
+            }
+            Backend::Postgres(store) => pg::insert_new(store, version, bytes),
+        }
+    }
+}
+
+mod pg;
 
 fn key_error(path: &Path, detail: impl std::fmt::Display) -> RootsError {
     RootsError::Key { path: path.to_owned(), detail: detail.to_string() }
@@ -85,20 +138,14 @@ impl TrustRoots {
     /// Opens the chain, making root version 1 at first start. `release` are the release keys
     /// version 1 names (the release key and/or `registry.trusted_keys`).
     pub fn open(
-        store: &Store,
+        chain: RootChain,
         data_dir: &Path,
         authority: Arc<Authority>,
         release: &[PublicKey],
         secrets: Arc<Secrets>,
     ) -> Result<TrustRoots, RootsError> {
-        let roots = TrustRoots {
-            tree: tree(store)?,
-            store: store.clone(),
-            pki: Authority::pki_dir(data_dir),
-            authority,
-            secrets,
-        };
-        if roots.tree.is_empty() {
+        let roots = TrustRoots { chain, pki: Authority::pki_dir(data_dir), authority, secrets };
+        if roots.chain.last()?.is_none() {
             roots.create_first(release)?;
         }
         let current = roots.current()?;
@@ -149,7 +196,11 @@ impl TrustRoots {
         });
         first.sign(&key);
         first.verify_initial()?;
-        self.put(&first)?;
+        if !self.chain.insert_new(1, &first.to_bytes())? {
+            // Another replica sharing the store made it first: theirs stands.
+            tracing::info!("trust root version 1 was created by another replica");
+            return Ok(());
+        }
         tracing::info!(
             root_key = key.key_id(),
             release_keys = keys.len(),
@@ -160,26 +211,14 @@ impl TrustRoots {
         Ok(())
     }
 
-    fn put(&self, root: &SignedRoot) -> Result<(), RootsError> {
-        self.tree
-            .insert(root.version().to_be_bytes(), root.to_bytes())
-            .map_err(|e| self.store.storage_error(e))?;
-        self.store.flush()?;
-        Ok(())
-    }
-
     /// Every statement, oldest first.
     pub fn chain(&self) -> Result<Vec<SignedRoot>, RootsError> {
-        chain_bytes(&self.tree).iter().map(|b| SignedRoot::parse(b).map_err(RootsError::from)).collect()
+        self.chain.bytes()?.iter().map(|b| SignedRoot::parse(b).map_err(RootsError::from)).collect()
     }
 
     /// The current statement.
     pub fn current(&self) -> Result<SignedRoot, RootsError> {
-        let (_, last) = self
-            .tree
-            .last()
-            .map_err(|e| self.store.storage_error(e))?
-            .ok_or_else(|| RootsError::Refused("no trust root stored".into()))?;
+        let last = self.chain.last()?.ok_or_else(|| RootsError::Refused("no trust root stored".into()))?;
         Ok(SignedRoot::parse(&last)?)
     }
 
@@ -241,7 +280,12 @@ impl TrustRoots {
                 }
             }
         };
-        self.put(&next)?;
+        if !self.chain.insert_new(next.version(), &next.to_bytes())? {
+            return Err(RootsError::Refused(format!(
+                "version {} was accepted meanwhile (through another replica): draft the next one from it",
+                next.version()
+            )));
+        }
         if let Some(key) = swap {
             self.promote(key)?;
         }
@@ -307,7 +351,8 @@ mod tests {
         };
         let authority = Arc::new(Authority::load_or_create(dir, &Secrets::clear()).unwrap());
         let release = [authority.release_key().public_key()];
-        let roots = TrustRoots::open(&store, dir, Arc::clone(&authority), &release, Arc::default()).unwrap();
+        let chain = RootChain::open(&store).unwrap();
+        let roots = TrustRoots::open(chain, dir, Arc::clone(&authority), &release, Arc::default()).unwrap();
         (roots, authority)
     }
 
@@ -367,5 +412,48 @@ mod tests {
         let mut signed = SignedRoot::unsigned(draft);
         signed.sign(&SigningKey::from_pkcs8(&std::fs::read(&offline).unwrap()).unwrap());
         assert_eq!(roots.accept(signed).unwrap().signed.release.keys.len(), 2);
+    }
+
+    #[test]
+    fn replicas_read_one_chain_and_a_version_is_stored_once() {
+        use crate::base::pg::store::testing::TestDatabase;
+        let db = TestDatabase::new();
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Arc::new(Authority::load_or_create(dir.path(), &Secrets::clear()).unwrap());
+        let release = [authority.release_key().public_key()];
+        let open = |dir: &Path, authority: &Arc<Authority>| {
+            let chain = RootChain::open_postgres(&db.store());
+            TrustRoots::open(chain, dir, Arc::clone(authority), &release, Arc::default())
+        };
+        let one = open(dir.path(), &authority).unwrap();
+        let two = open(dir.path(), &authority).unwrap();
+        assert_eq!(one.chain().unwrap().len(), 1, "version 1 made once");
+        assert_eq!(one.current().unwrap().to_bytes(), two.current().unwrap().to_bytes());
+
+        // A change accepted through one replica is the other's current root at once.
+        let mut draft = two.current().unwrap().signed.next(now_ms());
+        draft.release.keys.push(hex::encode(SigningKey::generate().unwrap().0.public_key().as_bytes()));
+        assert_eq!(one.accept(SignedRoot::unsigned(draft.clone())).unwrap().version(), 2);
+        assert_eq!(two.current().unwrap().version(), 2);
+        let err = two.accept(SignedRoot::unsigned(draft)).unwrap_err().to_string();
+        assert!(err.contains("does not follow version 2"), "{err}");
+
+        // Two statements racing for one version: the first stored stands.
+        let chain = RootChain::open_postgres(&db.store());
+        assert!(chain.insert_new(3, b"first").unwrap());
+        assert!(!chain.insert_new(3, b"second").unwrap());
+        assert_eq!(chain.last().unwrap().unwrap(), b"first");
+
+        // A replica whose keys are not the ones the shared root names cannot start: replicas
+        // share their keys (one Secret per role), they do not each make their own.
+        let stranger = tempfile::tempdir().unwrap();
+        let own = Arc::new(Authority::load_or_create(stranger.path(), &Secrets::clear()).unwrap());
+        let fresh = TestDatabase::new();
+        let chain = RootChain::open_postgres(&fresh.store());
+        TrustRoots::open(chain, dir.path(), Arc::clone(&authority), &release, Arc::default()).unwrap();
+        let chain = RootChain::open_postgres(&fresh.store());
+        let err =
+            TrustRoots::open(chain, stranger.path(), own, &release, Arc::default()).unwrap_err().to_string();
+        assert!(err.contains("is not an online key of trust root version 1"), "{err}");
     }
 }

@@ -55,9 +55,9 @@ pub enum ServeError {
     Postgres(#[from] crate::base::pg::PgError),
     #[error(
         "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
-         cannot keep all its records there yet (the fleet's devices and envelopes, API tokens, alerts, \
-         monitoring's records, dashboard sessions and the audit log can be; the registry, desired \
-         states, rollouts and the trust root are in sled only; the PostgreSQL store lands in pieces, see \
+         cannot keep all its records there yet (the fleet's devices, envelopes, desired states and trust \
+         root, API tokens, alerts, monitoring's records, dashboard sessions and the audit log can be; \
+         the registry and rollouts are in sled only; the PostgreSQL store lands in pieces, see \
          docs/design/store-backends.md): set store.url = \"sled\""
     )]
     PostgresNotYet { url: String, schema: i32 },
@@ -216,7 +216,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .chain(configured.iter().copied())
         .collect();
     let roots = crate::fleet::roots::TrustRoots::open(
-        &store,
+        crate::fleet::roots::RootChain::open(&store)?,
         &config.data_dir,
         Arc::clone(&authority),
         &first_release,
@@ -235,9 +235,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let republish: link::Republish = {
         let (desired, authority) = (desired.clone(), authority.clone());
         Arc::new(move || {
-            desired
-                .all()
-                .into_iter()
+            let all = desired.all().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the desired states cannot be read: none republished");
+                Vec::new()
+            });
+            all.into_iter()
                 .filter_map(|(device, record)| desired.seal(&authority, &device, &record).ok())
                 .collect()
         })

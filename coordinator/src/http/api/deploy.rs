@@ -83,7 +83,7 @@ pub async fn list_desired(
     headers: HeaderMap,
 ) -> Result<Json<BTreeMap<String, DesiredRecord>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
-    Ok(Json(state.desired.all().into_iter().collect()))
+    Ok(Json(state.desired.all().map_err(ApiError::internal)?.into_iter().collect()))
 }
 
 /// `GET /api/v1/devices/{id}/desired/sealed`: the device's desired state sealed and signed now,

@@ -374,7 +374,11 @@ impl Rollouts {
         let fleet: BTreeSet<String> =
             self.devices.all().map(|all| all.into_iter().map(|d| d.id).collect()).unwrap_or_default();
         let (mut running, mut elsewhere) = (0usize, 0usize);
-        for (device, record) in self.deployer.desired().all() {
+        let desired = self.deployer.desired().all().unwrap_or_else(|e| {
+            tracing::error!(error = %e, rollout = %r.id, "desired states unreadable: counting none as running elsewhere");
+            Vec::new()
+        });
+        for (device, record) in desired {
             let Some(model) = record.models.get(&r.spec.model) else { continue };
             if fleet.contains(&device) {
                 running += 1;

@@ -1,0 +1,146 @@
+//! Desired states on both backends, and replicas changing them at once on PostgreSQL.
+
+use super::*;
+use crate::base::pg::store::testing::{Backing, TestDatabase};
+
+fn sled() -> (Desired, Backing) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (Desired::open(&store).unwrap(), Backing::Sled(dir, store))
+}
+
+fn postgres() -> (Desired, Backing) {
+    let db = TestDatabase::new();
+    (Desired::open_postgres(&db.store()), Backing::Postgres(db))
+}
+
+/// A fresh repository on one backend.
+type Open = fn() -> (Desired, Backing);
+
+fn model(version: &str) -> DesiredModel {
+    DesiredModel {
+        name: "bc".into(),
+        version: version.into(),
+        bundle_sha256: "ab".repeat(32),
+        watchdog: None,
+        candidate: None,
+    }
+}
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("dev-{i:03}")).collect()
+}
+
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
+    each_change_is_a_new_revision_returned_in_the_order_asked,
+    only_states_sealed_half_a_ttl_ago_are_refreshed,
+);
+
+fn each_change_is_a_new_revision_returned_in_the_order_asked(open: Open) {
+    let (desired, _backing) = open();
+    assert_eq!(desired.get("dev-000").unwrap(), None);
+    let devices = vec!["dev-002".to_owned(), "dev-000".to_owned(), "dev-001".to_owned()];
+    let set = desired.set(&devices, "bc", Some(&model("1.0.0")), "alice").unwrap();
+    assert_eq!(set.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(), ["dev-002", "dev-000", "dev-001"]);
+    assert!(
+        set.iter()
+            .all(|(_, r)| r.revision == 1 && r.updated_by == "alice" && r.models["bc"].version == "1.0.0")
+    );
+
+    let updated = desired
+        .update(
+            &devices[..2],
+            "bc",
+            |now| now.map(|m| DesiredModel { version: "1.1.0".into(), ..m.clone() }),
+            "bob",
+        )
+        .unwrap();
+    assert_eq!(updated.len(), 2);
+    assert_eq!(desired.get("dev-002").unwrap().unwrap().revision, 2);
+    assert_eq!(desired.get("dev-002").unwrap().unwrap().models["bc"].version, "1.1.0");
+    assert_eq!(desired.get("dev-001").unwrap().unwrap().models["bc"].version, "1.0.0");
+
+    let bumped = desired.bump(&["dev-001".to_owned()], "root").unwrap();
+    assert_eq!((bumped[0].1.revision, bumped[0].1.models["bc"].version.as_str()), (2, "1.0.0"));
+    let removed = desired.set(&["dev-000".to_owned()], "bc", None, "carol").unwrap();
+    assert!(removed[0].1.models.is_empty());
+    assert_eq!(removed[0].1.revision, 3);
+
+    let all = desired.all().unwrap();
+    assert_eq!(
+        all.iter().map(|(d, r)| (d.as_str(), r.revision)).collect::<Vec<_>>(),
+        [("dev-000", 3), ("dev-001", 2), ("dev-002", 2)]
+    );
+}
+
+fn only_states_sealed_half_a_ttl_ago_are_refreshed(open: Open) {
+    let (desired, _backing) = open();
+    let desired = desired.with_ttl(100);
+    desired.set(&ids(0..4), "bc", Some(&model("1.0.0")), "alice").unwrap();
+    let at = desired.get("dev-000").unwrap().unwrap().updated_at_ms;
+    assert!(desired.refresh_due(at + 10_000).unwrap().is_empty(), "10 s into a 100 s TTL");
+    let refreshed = desired.refresh_due(at + 60_000).unwrap();
+    assert_eq!(refreshed.len(), 4);
+    assert!(refreshed.iter().all(|(_, r)| r.revision == 2 && r.refreshed_at_ms == at + 60_000));
+    assert!(desired.refresh_due(at + 70_000).unwrap().is_empty(), "just refreshed");
+    desired
+        .modify(&["dev-003".to_owned()], &|r| {
+            r.refreshed_at_ms = at + 100_000;
+            true
+        })
+        .unwrap();
+    let refreshed = desired.refresh_due(at + 120_000).unwrap();
+    assert_eq!(
+        refreshed.iter().map(|(d, r)| (d.as_str(), r.revision)).collect::<Vec<_>>(),
+        [("dev-000", 3), ("dev-001", 3), ("dev-002", 3)]
+    );
+    assert_eq!(desired.get("dev-003").unwrap().unwrap().revision, 2);
+}
+
+/// Three replicas changing overlapping devices at once: every change lands, each as its own
+/// revision (none lost, none used twice), whatever order the replicas' transactions take.
+#[test]
+fn replicas_changing_overlapping_devices_lose_no_change() {
+    let db = TestDatabase::new();
+    let replicas: Vec<Desired> = (0..3).map(|_| Desired::open_postgres(&db.store())).collect();
+    let threads: Vec<_> = replicas
+        .into_iter()
+        .enumerate()
+        .map(|(r, desired)| {
+            std::thread::spawn(move || {
+                for round in 0..10 {
+                    // Replica r changes devices r*10 .. r*10+20: each overlaps the next one's.
+                    let devices = ids(r * 10..r * 10 + 20);
+                    let version = format!("{r}.{round}.0");
+                    desired.set(&devices, "bc", Some(&model(&version)), &format!("replica-{r}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = Desired::open_postgres(&db.store()).all().unwrap();
+    assert_eq!(all.len(), 40);
+    for (device, record) in all {
+        let i: usize = device[4..].parse().unwrap();
+        let changed_by = (0..3).filter(|r| (r * 10..r * 10 + 20).contains(&i)).count() as u64;
+        assert_eq!(record.revision, 10 * changed_by, "{device}: every change a revision");
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_an_error_by_name() {
+    let db = TestDatabase::new();
+    let desired = Desired::open_postgres(&db.store());
+    desired.set(&ids(0..2), "bc", Some(&model("1.0.0")), "alice").unwrap();
+    db.drop_now();
+    for e in [
+        desired.get("dev-000").unwrap_err(),
+        desired.all().unwrap_err(),
+        desired.bump(&ids(0..2), "alice").unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("postgres://"), "{e}");
+    }
+}
