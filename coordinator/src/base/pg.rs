@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (8, "sessions", include_str!("../../migrations/0008_sessions.sql")),
     (9, "audit", include_str!("../../migrations/0009_audit.sql")),
     (10, "fleet_state", include_str!("../../migrations/0010_fleet_state.sql")),
+    (11, "registry", include_str!("../../migrations/0011_registry.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -11,19 +11,21 @@
 //! with who and when. Only a version whose validation passed may move past `registered`. The
 //! last three production versions of a model, and anything not archived, cannot be purged.
 //!
-//! State: sled tree `registry`, key `name ‖ 0x00 ‖ version` → [`VersionRecord`] (JSON); tree
-//! `registry_policies`: each model's validation thresholds.
+//! State: [`store::RegistryStore`] — sled trees and artifact files, or PostgreSQL tables (the
+//! artifacts in chunks), so every replica reads one registry.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use store::RegistryStore;
+
 use outpost_shared::bundle::{Bundle, NanPolicy, TensorSchema, Training, sha256_hex};
 use outpost_shared::protocol::keys::{PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{Store, StoreError, encode, now_ms};
+use crate::base::store::{Store, StoreError, now_ms};
 
 /// A stage name that is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,11 +197,7 @@ pub struct Pushed {
 
 #[derive(Clone)]
 pub struct Registry {
-    store: Store,
-    tree: sled::Tree,
-    /// Per-model validation thresholds (`policy ‖ 0x00 ‖ name` → `validation::Policy`).
-    policies: sled::Tree,
-    artifacts: PathBuf,
+    records: RegistryStore,
     /// Newest first: (sha256, signed bundle bytes).
     cache: ArtifactCache,
     /// Keys whose signatures a pushed bundle may carry besides the release key: configured
@@ -221,15 +219,8 @@ const CACHED_ARTIFACT_BYTES: usize = 512 * 1024 * 1024;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("artifacts", &self.artifacts).finish_non_exhaustive()
+        f.debug_struct("Registry").field("artifacts", &self.records.location()).finish_non_exhaustive()
     }
-}
-
-fn key(name: &str, version: &str) -> Vec<u8> {
-    let mut k = name.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(version.as_bytes());
-    k
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -238,17 +229,23 @@ fn is_sha256(s: &str) -> bool {
 
 impl Registry {
     pub fn open(store: &Store, data_dir: &std::path::Path) -> Result<Registry, RegistryError> {
-        Ok(Registry {
-            store: store.clone(),
-            tree: store.tree("registry")?,
-            policies: store.tree("registry_policies")?,
-            artifacts: data_dir.join("artifacts"),
+        Ok(Registry::with(RegistryStore::open(store, data_dir)?))
+    }
+
+    /// The registry on PostgreSQL (records, policies and artifacts), shared by every replica.
+    pub fn open_postgres(store: &crate::base::pg::store::PgStore) -> Registry {
+        Registry::with(RegistryStore::open_postgres(store))
+    }
+
+    fn with(records: RegistryStore) -> Registry {
+        Registry {
+            records,
             cache: Default::default(),
             trusted: Arc::default(),
             root_release: Arc::default(),
             bundle_keys: Arc::default(),
             sign_on_push: true,
-        })
+        }
     }
 
     /// With `false`, pushed bundles must carry an offline signature by a trusted key, and the
@@ -258,51 +255,14 @@ impl Registry {
         self
     }
 
-    fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + use<> {
-        let path = path.to_owned();
-        move |source| RegistryError::Io { path, source }
-    }
-
-    fn artifact_path(&self, sha256: &str) -> PathBuf {
-        self.artifacts.join(format!("{sha256}.bundle.gz"))
-    }
-
-    fn decode(&self, k: &[u8], v: &[u8]) -> Result<VersionRecord, RegistryError> {
-        serde_json::from_slice(v).map_err(|e| {
-            RegistryError::Store(StoreError::Corrupt {
-                key: String::from_utf8_lossy(k).replace('\0', "@"),
-                detail: e.to_string(),
-            })
-        })
-    }
-
-    fn storage(e: sled::Error) -> RegistryError {
-        RegistryError::Refused(format!("registry storage error: {e}"))
-    }
-
-    fn put(&self, record: &VersionRecord) -> Result<(), RegistryError> {
-        let value = encode(&format!("registry/{}", record.id()), record)?;
-        self.tree.insert(key(&record.name, &record.version), value).map_err(Self::storage)?;
-        self.store.flush()?;
-        Ok(())
-    }
-
     /// One version.
     pub fn get(&self, name: &str, version: &str) -> Result<VersionRecord, RegistryError> {
-        let k = key(name, version);
-        match self.tree.get(&k).map_err(Self::storage)? {
-            Some(v) => self.decode(&k, &v),
-            None => Err(RegistryError::NotFound(format!("{name}@{version}"))),
-        }
+        self.records.get(name, version)?.ok_or_else(|| RegistryError::NotFound(format!("{name}@{version}")))
     }
 
     /// Every version, by name then semver.
     pub fn list(&self) -> Result<Vec<VersionRecord>, RegistryError> {
-        let mut all = Vec::new();
-        for item in self.tree.iter() {
-            let (k, v) = item.map_err(Self::storage)?;
-            all.push(self.decode(&k, &v)?);
-        }
+        let mut all = self.records.list()?;
         all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| semver_cmp(&a.version, &b.version)));
         Ok(all)
     }
@@ -360,13 +320,12 @@ impl Registry {
         }
         let signed = bundle.to_bytes();
         let sha = sha256_hex(&signed);
-        let path = self.artifact_path(&sha);
-        if !path.exists() {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            gz.write_all(&signed).map_err(self.io(&path))?;
-            let compressed = gz.finish().map_err(self.io(&path))?;
-            outpost_shared::files::write_atomic(&path, &compressed).map_err(self.io(&path))?;
-        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let compressed = gz.write_all(&signed).and_then(|()| gz.finish());
+        let compressed =
+            compressed.map_err(|e| RegistryError::Invalid(format!("cannot compress {sha}: {e}")))?;
+        // The artifact first: a version is never stored without the bytes it names.
+        self.records.put_blob(&sha, &compressed)?;
         let m = &bundle.manifest;
         let now = now_ms();
         let record = VersionRecord {
@@ -407,23 +366,14 @@ impl Registry {
             validation: None,
             validation_passed: None,
         };
-        // Two pushes of one new version race here: only the first insert wins.
-        let inserted = self
-            .tree
-            .compare_and_swap(
-                key(&name, &version),
-                None::<&[u8]>,
-                Some(encode(&format!("registry/{}", record.id()), &record)?),
-            )
-            .map_err(Self::storage)?;
-        if inserted.is_err() {
-            let existing = self.get(&name, &version)?;
+        // Two pushes of one new version race here (in one process or on two replicas): only
+        // the first insert wins.
+        if let Some(existing) = self.records.insert_new(&record)? {
             if existing.model_sha256 == record.model_sha256 {
                 return Ok(Pushed { record: existing, created: false });
             }
             return Err(RegistryError::Conflict { id: existing.id(), existing: existing.model_sha256 });
         }
-        self.store.flush()?;
         Ok(Pushed { record, created: true })
     }
 
@@ -443,16 +393,21 @@ impl Registry {
                 return Ok(Arc::clone(bytes));
             }
         }
-        let path = self.artifact_path(sha256);
-        let compressed = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RegistryError::NotFound(format!("artifact {sha256}")),
-            _ => RegistryError::Io { path: path.clone(), source: e },
-        })?;
+        let compressed = self
+            .records
+            .blob(sha256)?
+            .ok_or_else(|| RegistryError::NotFound(format!("artifact {sha256}")))?;
         let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut bytes).map_err(self.io(&path))?;
+        if let Err(e) = flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut bytes) {
+            return Err(RegistryError::Refused(format!(
+                "artifact {sha256} in {} is corrupt (it does not decompress: {e})",
+                self.records.location()
+            )));
+        }
         if sha256_hex(&bytes) != sha256 {
             return Err(RegistryError::Refused(format!(
-                "artifact {sha256} on disk is corrupt (hash mismatch)"
+                "artifact {sha256} in {} is corrupt (hash mismatch)",
+                self.records.location()
             )));
         }
         let bytes = Arc::new(bytes);
@@ -545,14 +500,18 @@ impl Registry {
         passed: bool,
         by: &str,
     ) -> Result<VersionRecord, RegistryError> {
-        let mut record = self.get(name, version)?;
-        record.validation = Some(result);
-        record.validation_passed = Some(passed);
-        if passed && record.stage == Stage::Registered {
-            push_transition(&mut record, Stage::Validated, by, "validation passed");
-        }
-        self.put(&record)?;
-        Ok(record)
+        let id = format!("{name}@{version}");
+        let versions = self.records.change_model(name, &|versions| {
+            let i = index_of(versions, version, &id)?;
+            let record = &mut versions[i];
+            record.validation = Some(result.clone());
+            record.validation_passed = Some(passed);
+            if passed && record.stage == Stage::Registered {
+                push_transition(record, Stage::Validated, by, "validation passed");
+            }
+            Ok(vec![i])
+        })?;
+        versions.into_iter().find(|r| r.version == version).ok_or(RegistryError::NotFound(id))
     }
 
     /// Moves a version to `to`; only validated versions may go past `registered`.
@@ -564,34 +523,37 @@ impl Registry {
         by: &str,
         note: &str,
     ) -> Result<VersionRecord, RegistryError> {
-        let mut record = self.get(name, version)?;
-        if record.stage == to {
-            return Ok(record);
-        }
-        if matches!(to, Stage::Validated | Stage::Canary | Stage::Production)
-            && record.validation_passed != Some(true)
-        {
-            return Err(RegistryError::Refused(format!(
-                "{} has not passed validation: run `outpostctl model validate {}` first",
-                record.id(),
-                record.id()
-            )));
-        }
-        if to == Stage::Registered {
-            return Err(RegistryError::Refused("a version cannot go back to `registered`".into()));
-        }
-        push_transition(&mut record, to, by, note);
-        self.put(&record)?;
-        if to == Stage::Production {
-            // The model's previous production version steps down (kept for rollback).
-            for mut other in self.versions(name)? {
-                if other.version != version && other.stage == Stage::Production {
-                    push_transition(&mut other, Stage::Archived, by, &format!("superseded by {version}"));
-                    self.put(&other)?;
+        let id = format!("{name}@{version}");
+        let versions = self.records.change_model(name, &|versions| {
+            let i = index_of(versions, version, &id)?;
+            let record = &mut versions[i];
+            if record.stage == to {
+                return Ok(Vec::new());
+            }
+            if matches!(to, Stage::Validated | Stage::Canary | Stage::Production)
+                && record.validation_passed != Some(true)
+            {
+                return Err(RegistryError::Refused(format!(
+                    "{id} has not passed validation: run `outpostctl model validate {id}` first"
+                )));
+            }
+            if to == Stage::Registered {
+                return Err(RegistryError::Refused("a version cannot go back to `registered`".into()));
+            }
+            push_transition(record, to, by, note);
+            let mut changed = vec![i];
+            if to == Stage::Production {
+                // The model's previous production version steps down (kept for rollback).
+                for (j, other) in versions.iter_mut().enumerate() {
+                    if j != i && other.stage == Stage::Production {
+                        push_transition(other, Stage::Archived, by, &format!("superseded by {version}"));
+                        changed.push(j);
+                    }
                 }
             }
-        }
-        Ok(record)
+            Ok(changed)
+        })?;
+        versions.into_iter().find(|r| r.version == version).ok_or(RegistryError::NotFound(id))
     }
 
     /// The current production version of a model, if any.
@@ -615,16 +577,7 @@ impl Registry {
 
     /// The validation thresholds of a model (defaults until an operator sets them).
     pub fn policy(&self, name: &str) -> Result<crate::models::validation::Policy, RegistryError> {
-        let key = format!("policy\0{name}");
-        match self.policies.get(key.as_bytes()).map_err(Self::storage)? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| {
-                RegistryError::Store(StoreError::Corrupt {
-                    key: format!("policy of {name}"),
-                    detail: e.to_string(),
-                })
-            }),
-            None => Ok(crate::models::validation::Policy::default()),
-        }
+        Ok(self.records.policy(name)?.unwrap_or_default())
     }
 
     /// Stores a model's validation thresholds.
@@ -634,12 +587,7 @@ impl Registry {
         policy: &crate::models::validation::Policy,
     ) -> Result<(), RegistryError> {
         outpost_shared::names::check_model(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let key = format!("policy\0{name}");
-        self.policies
-            .insert(key.as_bytes(), encode(&format!("registry_policies/{name}"), policy)?)
-            .map_err(Self::storage)?;
-        self.store.flush()?;
-        Ok(())
+        self.records.set_policy(name, policy)
     }
 
     /// Deletes an archived version and its artifact (unless another version shares it).
@@ -658,16 +606,17 @@ impl Registry {
                 record.id()
             )));
         }
-        self.tree.remove(key(name, version)).map_err(Self::storage)?;
-        self.store.flush()?;
-        let shared = self.list()?.iter().any(|r| r.bundle_sha256 == record.bundle_sha256);
-        if !shared {
+        self.records.remove(name, version)?;
+        if self.records.remove_unused_blob(&record.bundle_sha256)? {
             self.cache.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _)| *k != record.bundle_sha256);
-            let path = self.artifact_path(&record.bundle_sha256);
-            std::fs::remove_file(&path).map_err(self.io(&path))?;
         }
         Ok(record)
     }
+}
+
+/// Where `version` is among a model's versions.
+fn index_of(versions: &[VersionRecord], version: &str, id: &str) -> Result<usize, RegistryError> {
+    versions.iter().position(|r| r.version == version).ok_or_else(|| RegistryError::NotFound(id.to_owned()))
 }
 
 fn push_transition(record: &mut VersionRecord, to: Stage, by: &str, note: &str) {
@@ -690,6 +639,7 @@ pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 mod keys;
+pub mod store;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The registry's unit tests: pushes, signatures, stages, policies, purges.
 use super::*;
+use crate::base::pg::store::testing::{Backing, TestDatabase};
 use crate::models::packaging::{BuildSpec, build};
 
 fn fixture(stem: &str) -> PathBuf {
@@ -16,16 +17,46 @@ fn bundle(stem: &str, version: &str) -> Vec<u8> {
     build(&spec, 0).unwrap().0.to_bytes()
 }
 
-fn registry() -> (tempfile::TempDir, Registry, SigningKey) {
+fn registry() -> (Backing, Registry, SigningKey) {
+    sled()
+}
+
+fn sled() -> (Backing, Registry, SigningKey) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let registry = Registry::open(&store, dir.path()).unwrap();
-    (dir, registry, SigningKey::generate().unwrap().0)
+    (Backing::Sled(dir, store), registry, SigningKey::generate().unwrap().0)
 }
 
-#[test]
-fn versions_are_immutable_and_signed_on_push() {
-    let (_dir, registry, key) = registry();
+fn postgres() -> (Backing, Registry, SigningKey) {
+    let db = TestDatabase::new();
+    let registry = Registry::open_postgres(&db.store());
+    (Backing::Postgres(db), registry, SigningKey::generate().unwrap().0)
+}
+
+/// A fresh registry on one backend.
+type Open = fn() -> (Backing, Registry, SigningKey);
+
+crate::base::pg::store::testing::on_both_backends!(
+    sled, postgres;
+    versions_are_immutable_and_signed_on_push,
+    only_validated_versions_advance_and_production_steps_down,
+    purge_keeps_what_rollback_needs,
+    a_models_thresholds_are_kept,
+);
+
+fn a_models_thresholds_are_kept(open: Open) {
+    let (_backing, registry, _) = open();
+    assert_eq!(registry.policy("bc").unwrap(), crate::models::validation::Policy::default());
+    let strict = crate::models::validation::Policy { min_accuracy: Some(0.97), ..Default::default() };
+    registry.set_policy("bc", &strict).unwrap();
+    registry.set_policy("bc", &strict).unwrap();
+    assert_eq!(registry.policy("bc").unwrap(), strict);
+    assert!(matches!(registry.set_policy("b c", &strict), Err(RegistryError::Invalid(_))));
+}
+
+fn versions_are_immutable_and_signed_on_push(open: Open) {
+    let (_backing, registry, key) = open();
     let first = registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap();
     assert!(first.created);
     assert_eq!(first.record.signed_by, [key.key_id()]);
@@ -40,7 +71,7 @@ fn versions_are_immutable_and_signed_on_push() {
 
 #[test]
 fn rejects_forged_and_untrusted_signatures_on_push() {
-    let (_dir, registry, key) = registry();
+    let (_backing, registry, key) = registry();
     let (offline, _) = SigningKey::generate().unwrap();
     let (stranger, _) = SigningKey::generate().unwrap();
     let registry = registry.trusting(vec![offline.public_key()]);
@@ -67,7 +98,7 @@ fn rejects_forged_and_untrusted_signatures_on_push() {
 
 #[test]
 fn with_the_release_key_offline_only_offline_signed_bundles_register_and_the_registry_signs_none() {
-    let (_dir, registry, key) = registry();
+    let (_backing, registry, key) = registry();
     let (offline, _) = SigningKey::generate().unwrap();
     let registry = registry.trusting(vec![offline.public_key()]).signing_on_push(false);
     let err = registry.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap_err();
@@ -87,7 +118,7 @@ fn with_the_release_key_offline_only_offline_signed_bundles_register_and_the_reg
 
 #[test]
 fn the_trust_roots_release_keys_sign_pushes_and_a_key_a_new_root_drops_no_longer_does() {
-    let (_dir, registry, key) = registry();
+    let (_backing, registry, key) = registry();
     let (second, _) = SigningKey::generate().unwrap();
     let signed = |version: &str| {
         let mut b = Bundle::parse(&bundle("breast_cancer-1.0.0", version)).unwrap();
@@ -104,9 +135,8 @@ fn the_trust_roots_release_keys_sign_pushes_and_a_key_a_new_root_drops_no_longer
     assert!(err.contains(second.key_id()), "{err}");
 }
 
-#[test]
-fn only_validated_versions_advance_and_production_steps_down() {
-    let (_dir, registry, key) = registry();
+fn only_validated_versions_advance_and_production_steps_down(open: Open) {
+    let (_backing, registry, key) = open();
     for (stem, v) in [("breast_cancer-1.0.0", "1.0.0"), ("breast_cancer-1.1.0", "1.1.0")] {
         registry.push(&bundle(stem, v), "alice", &key).unwrap();
     }
@@ -126,9 +156,8 @@ fn only_validated_versions_advance_and_production_steps_down() {
     assert_eq!(history[3], (Some(Stage::Production), Stage::Archived, "alice".into()));
 }
 
-#[test]
-fn purge_keeps_what_rollback_needs() {
-    let (_dir, registry, key) = registry();
+fn purge_keeps_what_rollback_needs(open: Open) {
+    let (_backing, registry, key) = open();
     let versions = ["1.0.0", "1.0.1", "1.0.2", "1.0.3", "1.0.4"];
     for v in versions {
         registry.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
@@ -155,7 +184,7 @@ fn purge_keeps_what_rollback_needs() {
 #[test]
 fn latency_is_compared_with_production_timed_in_the_same_run() {
     use crate::models::validation::{Report, ValidateOptions};
-    let (_dir, registry, key) = registry();
+    let (_backing, registry, key) = registry();
     for v in ["1.0.0", "1.1.0"] {
         registry.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
     }
@@ -189,4 +218,73 @@ fn latency_is_compared_with_production_timed_in_the_same_run() {
     let stored: Report =
         serde_json::from_value(registry.get("bc", "1.1.0").unwrap().validation.unwrap()).unwrap();
     assert_eq!(stored.baseline_latency, report.baseline_latency);
+}
+
+/// Five replicas each promote another version of one model at once: the promotions take turns
+/// on the model's rows, so exactly one version is in production after, and each of the others
+/// was archived by the promotion that followed it (none is left in production beside it).
+#[test]
+fn replicas_promoting_at_once_leave_one_production_version() {
+    let db = TestDatabase::new();
+    let key = SigningKey::generate().unwrap().0;
+    let first = Registry::open_postgres(&db.store());
+    let versions = ["1.0.0", "1.0.1", "1.0.2", "1.0.3", "1.0.4"];
+    for v in versions {
+        first.push(&bundle("breast_cancer-1.0.0", v), "alice", &key).unwrap();
+        first.set_validation("bc", v, serde_json::json!({}), true, "ci").unwrap();
+    }
+    let threads: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            let replica = Registry::open_postgres(&db.store());
+            let v = (*v).to_owned();
+            std::thread::spawn(move || replica.transition("bc", &v, Stage::Production, "ops", "").unwrap())
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = first.versions("bc").unwrap();
+    let production: Vec<&str> =
+        all.iter().filter(|r| r.stage == Stage::Production).map(|r| r.version.as_str()).collect();
+    assert_eq!(production.len(), 1, "{production:?}");
+    for r in &all {
+        let promoted = r.transitions.iter().filter(|t| t.to == Stage::Production).count();
+        assert_eq!(promoted, 1, "{}: promoted once: {:?}", r.version, r.transitions);
+        if r.stage == Stage::Archived {
+            assert_eq!(r.transitions.last().unwrap().from, Some(Stage::Production), "{}", r.version);
+        }
+    }
+}
+
+/// An artifact pushed through one replica is served by another, byte for byte; one larger than
+/// a chunk is stored in pieces and read whole; a lost piece is named, never served short.
+#[test]
+fn artifacts_are_shared_by_replicas_and_a_lost_chunk_is_named() {
+    let db = TestDatabase::new();
+    let key = SigningKey::generate().unwrap().0;
+    let (one, two) = (Registry::open_postgres(&db.store()), Registry::open_postgres(&db.store()));
+    let pushed = one.push(&bundle("breast_cancer-1.0.0", "1.0.0"), "alice", &key).unwrap();
+    let served = two.artifact(&pushed.record.bundle_sha256).unwrap();
+    assert_eq!(sha256_hex(&served), pushed.record.bundle_sha256);
+    assert_eq!(served.len() as u64, pushed.record.bundle_size);
+
+    // 2.5 MiB that gzip cannot shrink: three chunks.
+    let records = RegistryStore::open_postgres(&db.store());
+    let mut noise = vec![0u8; 5 * 512 * 1024];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
+    let sha = sha256_hex(&noise);
+    records.put_blob(&sha, &noise).unwrap();
+    records.put_blob(&sha, &noise).unwrap();
+    assert_eq!(records.blob(&sha).unwrap().unwrap(), noise);
+    assert_eq!(records.blob(&"0".repeat(64)).unwrap(), None);
+    db.store()
+        .execute_batch(&format!("DELETE FROM outpost_blobs WHERE sha256 = '{sha}' AND chunk = 1"))
+        .unwrap();
+    let err = records.blob(&sha).unwrap_err().to_string();
+    assert!(err.contains("2 of its 3 chunks are stored"), "{err}");
+    // Nothing names it: a purge's sweep removes it.
+    assert!(records.remove_unused_blob(&sha).unwrap());
+    assert_eq!(records.blob(&sha).unwrap(), None);
+    assert!(!records.remove_unused_blob(&pushed.record.bundle_sha256).unwrap(), "1.0.0 names it");
 }
