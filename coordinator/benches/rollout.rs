@@ -28,7 +28,7 @@ use outpost_coordinator::models::registry::{Registry, Stage};
 use outpost_coordinator::monitoring::slo::Slos;
 use outpost_coordinator::ops::deploy::Deployer;
 use outpost_coordinator::ops::rollout::evidence::EvidenceSource;
-use outpost_coordinator::ops::rollout::{Phase, RolloutSpec, Rollouts};
+use outpost_coordinator::ops::rollout::{Phase, RolloutSpec, Rollouts, Writer};
 use outpost_shared::histogram::LogHistogram;
 use outpost_shared::protocol::keys::SigningKey;
 use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot};
@@ -179,7 +179,8 @@ fn main() {
         let mut old = template.clone();
         old.id = format!("r-old-{k:03}");
         old.phase = Phase::Succeeded;
-        engine.repo().put(&old).unwrap();
+        old.revision = 0;
+        engine.repo().put(&mut old, Writer::Operator).unwrap();
     }
     let evidence = EvidenceSource::open(&store).unwrap();
 

@@ -90,7 +90,7 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 15] = [
+const POSTGRES: [&str; 16] = [
     "base/audit/pg.rs",
     "base/pg.rs",
     "base/pg/",
@@ -105,6 +105,7 @@ const POSTGRES: [&str; 15] = [
     "monitoring/report/history/pg.rs",
     "monitoring/slo/pg.rs",
     "ops/alerts/store/pg.rs",
+    "ops/rollout/persistence/pg.rs",
     "ops/retraining/store/pg.rs",
 ];
 

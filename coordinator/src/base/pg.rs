@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "audit", include_str!("../../migrations/0009_audit.sql")),
     (10, "fleet_state", include_str!("../../migrations/0010_fleet_state.sql")),
     (11, "registry", include_str!("../../migrations/0011_registry.sql")),
+    (12, "rollouts", include_str!("../../migrations/0012_rollouts.sql")),
 ];
 
 /// The newest schema version this binary knows.

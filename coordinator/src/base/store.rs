@@ -20,6 +20,9 @@ pub enum StoreError {
     Fenced(crate::base::pg::lease::Fenced),
     #[error("stored record `{key}` is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
+    /// A write of a record that changed since it was read (by another replica or request).
+    #[error("`{key}` changed meanwhile (revision {found}, this change was made on {read}): read it again")]
+    Stale { key: String, read: u64, found: u64 },
     /// What a repository on PostgreSQL cannot do yet (the store backends are being built
     /// piece by piece: `docs/design/store-backends.md`).
     #[error("{0} is not available on the PostgreSQL store yet")]

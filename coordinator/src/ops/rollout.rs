@@ -55,7 +55,7 @@ mod spec;
 pub mod stats;
 mod watch;
 
-pub use persistence::RolloutStore;
+pub use persistence::{ENGINE, RolloutStore, Writer};
 pub use records::{
     DeviceProgress, Evaluation, GatePoint, Incident, MAX_HISTORY, Phase, Rollout, RolloutView, TimelineEntry,
 };
@@ -175,7 +175,7 @@ impl Rollouts {
             i.closed_ms = Some(now);
             i.closed_by = Some(by.to_owned());
             i.timeline.push(TimelineEntry { at_ms: now, message: format!("closed by {by}") });
-            self.repo.put_incident(&i)?;
+            self.repo.put_incident(&i, Writer::Operator)?;
         }
         Ok(i)
     }
@@ -356,6 +356,7 @@ impl Rollouts {
             created_by: by.to_owned(),
             created_ms: now,
             finished_ms: None,
+            revision: 0,
         };
         r.log(
             now,
@@ -378,23 +379,62 @@ impl Rollouts {
                 &format!("rollout {}", r.id),
             );
         }
-        self.repo.put(&r)?;
+        self.repo.put(&mut r, Writer::Operator).map_err(|e| match e {
+            // Another replica stored a rollout under this id first (ids are handed out once:
+            // only a store that lost its counter does this).
+            StoreError::Stale { key, .. } => RolloutError::Conflict(format!("{key} exists already")),
+            other => RolloutError::Store(other),
+        })?;
         Ok(r)
     }
 
     /// `pause`, `resume`, `promote`, `abort --keep` / `abort --revert` (returns what to publish).
+    ///
+    /// The rollout is read again and the command applied again when the engine (on another
+    /// replica) stored a step in between: an operator's pause is never lost to a tick, nor a
+    /// tick's step to a pause.
     pub fn command(&self, id: &str, verb: &str, by: &str) -> Result<(Rollout, Vec<Outgoing>), RolloutError> {
+        const ATTEMPTS: usize = 5;
         let _g = self.guard();
+        let mut sent = Vec::new();
+        for attempt in 1.. {
+            match self.command_once(id, verb, by) {
+                (Err(RolloutError::Store(StoreError::Stale { .. })), out) if attempt < ATTEMPTS => {
+                    tracing::debug!(rollout = id, verb, attempt, "the rollout changed meanwhile: again");
+                    sent.extend(out);
+                }
+                (outcome, out) => {
+                    sent.extend(out);
+                    return outcome.map(|r| (r, sent));
+                }
+            }
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+
+    /// One attempt of [`Rollouts::command`]: the outcome, and what it sent either way.
+    fn command_once(&self, id: &str, verb: &str, by: &str) -> (Result<Rollout, RolloutError>, Vec<Outgoing>) {
+        let mut out = Vec::new();
+        let outcome = self.apply_command(id, verb, by, &mut out);
+        (outcome, out)
+    }
+
+    fn apply_command(
+        &self,
+        id: &str,
+        verb: &str,
+        by: &str,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Rollout, RolloutError> {
         let now = self.clock.now_ms();
         let mut r = self.repo.get(id)?.ok_or_else(|| RolloutError::NotFound(format!("no rollout `{id}`")))?;
         if !r.phase.active() {
             return Err(RolloutError::Conflict(format!("rollout {id} has ended ({})", r.phase.as_str())));
         }
-        let mut out = Vec::new();
         match verb {
             "pause" => {
                 if r.phase == Phase::Paused {
-                    return Ok((r, out));
+                    return Ok(r);
                 }
                 r.phase = Phase::Paused;
                 r.paused_reason = Some(format!("paused by {by}"));
@@ -438,7 +478,7 @@ impl Rollouts {
                 );
             }
             "abort-revert" => {
-                out = revert(&self.deployer, &r, by)?;
+                out.extend(revert(&self.deployer, &r, by)?);
                 r.phase = Phase::Aborted;
                 r.finished_ms = Some(now);
                 r.log(
@@ -455,8 +495,8 @@ impl Rollouts {
             }
             other => return Err(RolloutError::Invalid(format!("unknown action `{other}`"))),
         }
-        self.repo.put(&r)?;
-        Ok((r, out))
+        self.repo.put(&mut r, Writer::Operator)?;
+        Ok(r)
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::bake::{self, BakeDecision};
 use super::gates::{self, GateResult};
 use super::sends::{revert, send_step};
-use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, actual_of};
+use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, Writer, actual_of};
+use crate::base::store::StoreError;
 use crate::fleet::desired::Outgoing;
 use crate::fleet::devices::DeviceRecord;
 use crate::fleet::liveness::Liveness;
@@ -90,7 +91,7 @@ impl Rollouts {
             closed_ms: None,
             closed_by: None,
         };
-        self.repo.put_incident(&incident)?;
+        self.repo.put_incident(&incident, Writer::Engine)?;
         r.incident = Some(incident.id.clone());
         self.metrics.rollout_rollbacks.with_label_values(&[&r.spec.model]).inc();
         tracing::warn!(
@@ -123,10 +124,25 @@ impl Rollouts {
             // Whatever the phase: a rollout applying or paused for long must not fall behind.
             self.evidence.keep_up(&r.id, self.clock.now_ms())?;
             let before = r.clone();
-            out.extend(self.step(&mut r)?);
-            if r != before {
-                self.repo.put(&r)?;
-                self.metrics.rollout_updates.inc();
+            let stepped = self.step(&mut r, &mut out).and_then(|()| {
+                if r != before {
+                    self.repo.put(&mut r, Writer::Engine)?;
+                    self.metrics.rollout_updates.inc();
+                }
+                Ok(())
+            });
+            match stepped {
+                Ok(()) => {}
+                // An operator's command (on another replica) stored it meanwhile: the next tick
+                // reads it again. What this step sent stays sent (sending is idempotent).
+                Err(RolloutError::Store(StoreError::Stale { .. })) => {
+                    tracing::debug!(rollout = r.id, "changed meanwhile: stepped again at the next tick");
+                }
+                Err(RolloutError::Store(StoreError::Fenced(f))) => {
+                    tracing::warn!(rollout = r.id, %f, "the rollouts lease is another replica's: this engine stops");
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
         self.metrics.rollouts_active.set(active);
@@ -135,16 +151,16 @@ impl Rollouts {
         Ok(out)
     }
 
-    fn step(&self, r: &mut Rollout) -> Result<Vec<Outgoing>, RolloutError> {
+    /// Moves `r` on by what is due now; what it sends goes to `out` as it is sent.
+    fn step(&self, r: &mut Rollout, out: &mut Vec<Outgoing>) -> Result<(), RolloutError> {
         let now = self.clock.now_ms();
-        let mut out = Vec::new();
         if matches!(r.phase, Phase::Applying | Phase::Baking)
             && let Some((device, message)) = self.watches.tripped(&self.devices, r)?
         {
             let reason =
                 format!("device {device}'s watchdog switched {} back on its own ({message})", r.spec.version);
             out.extend(self.roll_back(r, reason, None)?);
-            return Ok(out);
+            return Ok(());
         }
         match r.phase {
             Phase::Paused | Phase::Succeeded | Phase::RolledBack | Phase::Aborted => {}
@@ -156,7 +172,7 @@ impl Rollouts {
                 if !new.is_empty() {
                     r.moved.extend(new);
                     // Written first: a restart after this point re-sends, never forgets a device.
-                    self.repo.put(r)?;
+                    self.repo.put(r, Writer::Engine)?;
                 }
                 let sent = send_step(&self.deployer, &wave, &r.spec.model, &r.spec.version, step)?;
                 if !sent.is_empty() {
@@ -213,7 +229,7 @@ impl Rollouts {
                             format!("device {id} failed to run {}: {why}", r.spec.version),
                             None,
                         )?);
-                        return Ok(out);
+                        return Ok(());
                     }
                     let live = d.map_or(Liveness::NeverSeen, |d| Liveness::of(d, &self.fleet, now));
                     if live != Liveness::Online {
@@ -235,7 +251,7 @@ impl Rollouts {
                                 let reason =
                                     format!("device {id} is {live} during {} (policy: fail)", r.label());
                                 out.extend(self.roll_back(r, reason, None)?);
-                                return Ok(out);
+                                return Ok(());
                             }
                         }
                     }
@@ -362,7 +378,7 @@ impl Rollouts {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn succeed(&self, r: &mut Rollout) {

@@ -141,6 +141,11 @@ pub struct Rollout {
     pub created_by: String,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
+    /// How many times it was stored: a write names the revision it read, and one that finds
+    /// another stored meanwhile (another replica's engine or API) is refused
+    /// ([`crate::base::store::StoreError::Stale`]).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Rollout {
