@@ -90,7 +90,7 @@ fn floor_of(relative: &Path) -> Option<usize> {
 /// The only places (under `coordinator/src/`) that may name the PostgreSQL client and its pool
 /// (`tokio_postgres`, `postgres`, `r2d2`): the connection, schema and leases in `base/pg`, and
 /// each repository's PostgreSQL side beside its sled one.
-const POSTGRES: [&str; 16] = [
+const POSTGRES: [&str; 17] = [
     "base/audit/pg.rs",
     "base/pg.rs",
     "base/pg/",
@@ -101,6 +101,7 @@ const POSTGRES: [&str; 16] = [
     "http/dashboard/sessions/pg.rs",
     "models/registry/store/pg.rs",
     "monitoring/dataset/pg.rs",
+    "monitoring/follow/pg.rs",
     "monitoring/quality/pg.rs",
     "monitoring/report/history/pg.rs",
     "monitoring/slo/pg.rs",

@@ -117,7 +117,7 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
         let (code, err) = refused_exit(child, Duration::from_secs(30), "a PostgreSQL start must be refused");
         assert_eq!(code, 2, "{err}");
         assert!(
-            err.contains("schema is at version 12") && err.contains("cannot keep all its records there yet"),
+            err.contains("schema is at version 13") && err.contains("cannot keep all its records there yet"),
             "{err}"
         );
         assert!(!dir.path().join("data").exists(), "nothing written: {err}");
@@ -125,14 +125,14 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
         assert!(err.contains(":***@"), "the URL is shown masked: {err}");
         let applied = err.matches("applied a schema migration").count();
         if applied > 0 {
-            assert_eq!(applied, 12, "migrations 1 to 12: {err}");
+            assert_eq!(applied, 13, "migrations 1 to 13: {err}");
             migrating += 1;
         }
     }
     assert_eq!(migrating, 1, "one replica applied the migrations");
     assert_eq!(
         psql(&db.url, "SELECT string_agg(version || '|' || name, ',' ORDER BY version) FROM outpost_schema"),
-        "1|cluster,2|devices,3|api_tokens,4|engines,5|traffic,6|labels,7|monitoring,8|sessions,9|audit,10|fleet_state,11|registry,12|rollouts"
+        "1|cluster,2|devices,3|api_tokens,4|engines,5|traffic,6|labels,7|monitoring,8|sessions,9|audit,10|fleet_state,11|registry,12|rollouts,13|follow"
     );
     // The tables of both are there.
     assert_eq!(psql(&db.url, "SELECT count(*) FROM outpost_leases"), "0");

@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "fleet_state", include_str!("../../migrations/0010_fleet_state.sql")),
     (11, "registry", include_str!("../../migrations/0011_registry.sql")),
     (12, "rollouts", include_str!("../../migrations/0012_rollouts.sql")),
+    (13, "follow", include_str!("../../migrations/0013_follow.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -57,9 +57,9 @@ pub enum ServeError {
         "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
          cannot keep all its records there yet (the fleet's devices, envelopes, desired states and trust \
          root, the registry and its artifacts, rollouts and incidents, API tokens, alerts, monitoring's \
-         records, dashboard sessions and the audit log can be; what a rollout's gates follow is in sled \
-         only, and the replicas' engines are not run under their leases yet; the PostgreSQL store lands \
-         in pieces, see \
+         records, dashboard sessions and the audit log can be; the replicas' engines are not run \
+         under their leases yet, and the broker link does not share one device's messages among \
+         replicas; the PostgreSQL store lands in pieces, see \
          docs/design/store-backends.md): set store.url = \"sled\""
     )]
     PostgresNotYet { url: String, schema: i32 },

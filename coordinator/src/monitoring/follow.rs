@@ -9,11 +9,16 @@
 //! a key at or ahead of it, or to a tree not read yet, it is dropped (the read sees it). So
 //! every record reaches the reader exactly once, and a replaced label arrives with the label it
 //! replaced, which the reader takes away.
+//!
+//! On PostgreSQL, where another replica may have stored the record, a follower reads by the
+//! id of the transaction that stored each row instead ([`pg`](self::pg)):
+//! [`Follower::start_postgres`].
 
 use std::collections::HashMap;
 use std::ops::Bound;
 
 use crate::base::feed::{Change, Overflowed, Subscription};
+use crate::base::pg::store::PgStore;
 use crate::base::store::{Store, StoreError};
 use crate::monitoring::quality::{self, LABELS, Labels, StoredLabel};
 use crate::monitoring::slo::{SHADOW, ShadowCounts, Slos, TRAFFIC, TrafficWindow, parse_traffic_key};
@@ -46,7 +51,16 @@ pub enum FollowError {
 pub struct Follower {
     model: String,
     from_ms: u64,
-    subscription: Subscription,
+    source: Source,
+}
+
+/// Where the changes come from.
+#[derive(Debug)]
+enum Source {
+    /// This process's feed of sled commits.
+    Feed(Subscription),
+    /// PostgreSQL rows by transaction id, from `horizon` on (see [`pg`](self::pg)).
+    Postgres { store: PgStore, horizon: u64 },
 }
 
 /// How far the first read of one tree has come.
@@ -71,11 +85,7 @@ impl Follower {
         from_ms: u64,
         mut each: impl FnMut(Record),
     ) -> Result<Follower, FollowError> {
-        let follower = Follower {
-            model: model.to_owned(),
-            from_ms,
-            subscription: store.feed().subscribe(&[TRAFFIC, SHADOW, LABELS]),
-        };
+        let subscription = store.feed().subscribe(&[TRAFFIC, SHADOW, LABELS]);
         let (Some((traffic, shadow)), Some(label_tree)) = (slos.window_trees(), labels.label_tree()) else {
             return Err(StoreError::NotOnPostgres("following a model's monitoring records").into());
         };
@@ -95,7 +105,7 @@ impl Follower {
             let mut next = Bound::Included(start.clone());
             loop {
                 let (rows, changes) = store.feed().locked(|| {
-                    let changes = follower.subscription.drain();
+                    let changes = subscription.drain();
                     let mut rows = Vec::with_capacity(CHUNK);
                     for item in tree.range((next.clone(), Bound::Excluded(model_end.clone()))).take(CHUNK) {
                         rows.push(item.map_err(|e| store.storage_error(e))?);
@@ -104,12 +114,12 @@ impl Follower {
                 })?;
                 for change in changes {
                     if behind(&read, &change) {
-                        follower.hand_on(&change, &mut each);
+                        hand_on(model, from_ms, &change, &mut each);
                     }
                 }
                 for (k, v) in &rows {
                     let change = Change { tree: name, key: k.to_vec(), before: None, after: v.to_vec() };
-                    follower.hand_on(&change, &mut each);
+                    hand_on(model, from_ms, &change, &mut each);
                 }
                 let full = rows.len() == CHUNK;
                 match rows.last() {
@@ -122,26 +132,53 @@ impl Follower {
             }
             read.insert(name, Read::Done);
         }
-        Ok(follower)
+        Ok(Follower { model: model.to_owned(), from_ms, source: Source::Feed(subscription) })
     }
 
-    /// Hands `each` every record of the model stored since the last look, in commit order.
+    /// [`Follower::start`] on PostgreSQL: hands `each` every record of `model` stored by a
+    /// transaction that has ended (windows ending at or after `from_ms`, every label change);
+    /// later looks read what later transactions stored, whichever replica ran them.
+    pub fn start_postgres(
+        store: &PgStore,
+        model: &str,
+        from_ms: u64,
+        mut each: impl FnMut(Record),
+    ) -> Result<Follower, FollowError> {
+        let horizon = pg::horizon(store)?;
+        pg::read(store, model, from_ms, 0, horizon, &mut each)?;
+        Ok(Follower {
+            model: model.to_owned(),
+            from_ms,
+            source: Source::Postgres { store: store.clone(), horizon },
+        })
+    }
+
+    /// Hands `each` every record of the model stored since the last look (on sled in commit
+    /// order; on PostgreSQL by transaction id).
     pub fn changes(&mut self, mut each: impl FnMut(Record)) -> Result<(), FollowError> {
-        for change in self.subscription.drain()? {
-            self.hand_on(&change, &mut each);
+        match &mut self.source {
+            Source::Feed(subscription) => {
+                for change in subscription.drain()? {
+                    hand_on(&self.model, self.from_ms, &change, &mut each);
+                }
+            }
+            Source::Postgres { store, horizon } => {
+                let now = pg::horizon(store)?;
+                pg::read(store, &self.model, self.from_ms, *horizon, now, &mut each)?;
+                *horizon = now;
+            }
         }
         Ok(())
     }
+}
 
-    /// Decodes a change of this model's records and hands it on (other models' and records
-    /// that do not decode are skipped).
-    fn hand_on(&self, change: &Change, each: &mut impl FnMut(Record)) {
-        match decode(&self.model, change) {
-            Some(Record::Traffic { end_ms, .. } | Record::Shadow { end_ms, .. }) if end_ms < self.from_ms => {
-            }
-            Some(record) => each(record),
-            None => {}
-        }
+/// Decodes a change of `model`'s records and hands it on (other models' and records that do
+/// not decode are skipped, and windows ending before `from_ms`).
+fn hand_on(model: &str, from_ms: u64, change: &Change, each: &mut impl FnMut(Record)) {
+    match decode(model, change) {
+        Some(Record::Traffic { end_ms, .. } | Record::Shadow { end_ms, .. }) if end_ms < from_ms => {}
+        Some(record) => each(record),
+        None => {}
     }
 }
 
@@ -182,6 +219,8 @@ fn decode(model: &str, change: &Change) -> Option<Record> {
         _ => None,
     }
 }
+
+mod pg;
 
 #[cfg(test)]
 mod tests {
@@ -355,5 +394,151 @@ mod tests {
         let mut later = Vec::new();
         follower.changes(|r| later.push(r)).unwrap();
         assert!(matches!(&later[..], [Record::Traffic { end_ms: 100_000, .. }]), "{later:?}");
+    }
+
+    /// Looks until the follower's horizon has passed every transaction that ended before this
+    /// call. Transactions of other tests on the same server hold the horizon back a moment (it
+    /// is the whole server's), so a look right after a write may not see it yet.
+    fn catch_up(follower: &mut Follower, store: &PgStore, mut each: impl FnMut(Record)) {
+        let target: u64 = store
+            .with(|c| {
+                c.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])?
+                    .try_get::<_, String>(0)
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            follower.changes(&mut each).unwrap();
+            let Source::Postgres { horizon, .. } = &follower.source else {
+                panic!("a follower on PostgreSQL")
+            };
+            if *horizon >= target {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the horizon did not pass {target}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The same on PostgreSQL, with the writers as replicas (each its own pool): a follower
+    /// started while they write, looking again and again, is handed every window once and every
+    /// label change once (a replaced label with the one it replaced), exactly what a read of
+    /// everything afterwards counts.
+    #[test]
+    fn on_postgres_a_follower_is_handed_every_record_once_while_replicas_keep_writing() {
+        use crate::base::pg::store::testing::TestDatabase;
+        let db = TestDatabase::new();
+        let replica = || (Slos::open_postgres(&db.store()), Labels::open_postgres(&db.store()));
+        let (slos, labels) = replica();
+        for d in 0..8 {
+            write(&slos, &labels, d, 0..20);
+        }
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let (slos, labels) = replica();
+                std::thread::spawn(move || {
+                    for d in 0..8 {
+                        if d % 3 == t {
+                            write(&slos, &labels, d, 20..60);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let reader = db.store();
+        let mut followed = Sums::default();
+        let mut follower = Follower::start_postgres(&reader, "bc", 0, |r| add(&mut followed, r)).unwrap();
+        let mut looks = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            follower.changes(|r| add(&mut followed, r)).unwrap();
+            looks += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        catch_up(&mut follower, &reader, |r| add(&mut followed, r));
+        assert!(looks > 1, "the follower looked while the replicas wrote");
+
+        let mut scanned = Sums::default();
+        let mut scan = Follower::start_postgres(&reader, "bc", 0, |r| add(&mut scanned, r)).unwrap();
+        catch_up(&mut scan, &reader, |r| add(&mut scanned, r));
+        let (requests, ..) = slos.traffic_where("bc", 0, u64::MAX, |_, _| true).unwrap();
+        let (compared, _) = slos.shadow_where("bc", 0, u64::MAX, |_, _| true).unwrap();
+        assert_eq!(scanned.requests, requests);
+        assert_eq!(scanned.compared, compared);
+        assert_eq!(scanned.labels, 8 * 30, "a label per two rounds per device");
+        assert_eq!(followed, scanned, "nothing missed, nothing counted twice");
+        assert_eq!(followed.compared, 8 * 60 * 3);
+        let mut again = Vec::new();
+        follower.changes(|r| again.push(r)).unwrap();
+        assert!(again.is_empty(), "nothing new: {again:?}");
+    }
+
+    #[test]
+    fn on_postgres_other_models_and_windows_before_the_start_are_not_handed_on() {
+        use crate::base::pg::store::testing::TestDatabase;
+        let db = TestDatabase::new();
+        let store = db.store();
+        let slos = Slos::open_postgres(&store);
+        slos.put_report("d", &Default::default(), &report(50_000, "1.0.0", 5)).unwrap();
+        slos.put_report("d", &Default::default(), &report(90_000, "1.0.0", 7)).unwrap();
+        let mut other = report(95_000, "1.0.0", 100);
+        other.models[0].model = "bcx".into();
+        slos.put_report("d", &Default::default(), &other).unwrap();
+        let mut seen = Vec::new();
+        let mut follower = Follower::start_postgres(&store, "bc", 60_000, |r| seen.push(r)).unwrap();
+        catch_up(&mut follower, &store, |r| seen.push(r));
+        assert!(matches!(&seen[..], [Record::Traffic { end_ms: 90_000, .. }]), "{seen:?}");
+        slos.put_report("d", &Default::default(), &other).unwrap();
+        slos.put_report("d", &Default::default(), &report(100_000, "1.0.0", 9)).unwrap();
+        slos.put_report("d", &Default::default(), &report(90_000, "1.0.0", 7)).unwrap();
+        slos.put_report("d", &Default::default(), &report(55_000, "1.0.0", 9)).unwrap();
+        let mut later = Vec::new();
+        catch_up(&mut follower, &store, |r| later.push(r));
+        assert!(matches!(&later[..], [Record::Traffic { end_ms: 100_000, .. }]), "{later:?}");
+    }
+
+    /// A transaction that stays open holds the horizon back: its rows, and rows committed after
+    /// it began, wait for it; none is lost when it commits.
+    #[test]
+    fn on_postgres_a_slow_writer_is_waited_for_not_skipped() {
+        use crate::base::pg::store::testing::TestDatabase;
+        let db = TestDatabase::new();
+        let store = db.store();
+        let slos = Slos::open_postgres(&store);
+        let mut follower = Follower::start_postgres(&store, "bc", 0, |_| {}).unwrap();
+        catch_up(&mut follower, &store, |_| {});
+        // The slow writer: inserts, says so, and commits only when told.
+        let ((inserted, on_insert), (commit, on_commit)) =
+            (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let slow_store = db.store();
+        let slow = std::thread::spawn(move || {
+            slow_store
+                .with(move |c| {
+                    let mut tx = c.transaction()?;
+                    tx.execute(
+                        "INSERT INTO outpost_shadow (model, end_ms, device, version, primary_version, compared, agreed)
+                         VALUES ('bc', 1000, 'slow', '1.1.0', '1.0.0', 4, 4)",
+                        &[],
+                    )?;
+                    inserted.send(()).ok();
+                    on_commit.recv().ok();
+                    tx.commit()
+                })
+                .unwrap();
+        });
+        on_insert.recv().unwrap();
+        slos.put_report("d", &Default::default(), &report(100_000, "1.0.0", 9)).unwrap();
+        let mut seen = Vec::new();
+        follower.changes(|r| seen.push(r)).unwrap();
+        assert!(seen.is_empty(), "the fast write waits behind the open transaction: {seen:?}");
+        commit.send(()).unwrap();
+        slow.join().unwrap();
+        catch_up(&mut follower, &store, |r| seen.push(r));
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.iter().any(|r| matches!(r, Record::Shadow { device, .. } if device == "slow")));
     }
 }

@@ -317,7 +317,13 @@ mod tests {
             3,
             "drift: the hour from 0, and newer"
         );
-        for table in ["outpost_traffic", "outpost_drift_verdicts", "outpost_predictions", "outpost_labels"] {
+        for table in [
+            "outpost_traffic",
+            "outpost_drift_verdicts",
+            "outpost_predictions",
+            "outpost_labels",
+            "outpost_label_changes",
+        ] {
             assert_eq!(count(&format!("SELECT count(*) FROM {table}")), 1, "{table} keeps the newer entry");
         }
         assert_eq!(

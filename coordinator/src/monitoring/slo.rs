@@ -332,6 +332,14 @@ impl Slos {
     /// The trees of report windows and of shadow windows (keys as [`parse_traffic_key`] reads),
     /// for a reader that follows them ([`crate::monitoring::follow`]); `None` on PostgreSQL,
     /// where records are not followed yet.
+    /// The PostgreSQL store the windows are on, if they are (what a follower reads there).
+    pub(crate) fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(p) => Some(&p.store),
+        }
+    }
+
     pub(crate) fn window_trees(&self) -> Option<(&sled::Tree, &sled::Tree)> {
         match &self.backend {
             Backend::Sled(s) => Some(s.window_trees()),

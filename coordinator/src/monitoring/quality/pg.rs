@@ -159,6 +159,30 @@ impl PgLabels {
                     &[&m, &d, &id, &texts, &at],
                 )?;
             }
+            // What a follower reads (monitoring/follow/pg.rs): each label stored or replaced,
+            // with the one it replaced.
+            let keys: Vec<&LabelKey> = last.keys().collect();
+            let changed: Vec<usize> = (0..keys.len())
+                .filter(|i| new.contains(keys[*i]) || replaced.binary_search(i).is_ok())
+                .collect();
+            if !changed.is_empty() {
+                let before: Vec<Option<&str>> =
+                    changed.iter().map(|&i| old.get(keys[i]).map(String::as_str)).collect();
+                tx.execute(
+                    "INSERT INTO outpost_label_changes (model, device, prediction_id, predicted_at_ms, label, replaced)
+                     SELECT u.model, u.device, u.id, u.at_ms, u.label::json, u.replaced::json
+                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[])
+                       AS u(model, device, id, at_ms, label, replaced)",
+                    &[
+                        &changed.iter().map(|&i| models[i]).collect::<Vec<_>>(),
+                        &changed.iter().map(|&i| devices[i]).collect::<Vec<_>>(),
+                        &changed.iter().map(|&i| ids[i]).collect::<Vec<_>>(),
+                        &changed.iter().map(|&i| times[i]).collect::<Vec<_>>(),
+                        &changed.iter().map(|&i| records[i].as_str()).collect::<Vec<_>>(),
+                        &before,
+                    ],
+                )?;
+            }
             if !deltas.is_empty() {
                 self.add_into_buckets(tx, &deltas)?;
             }

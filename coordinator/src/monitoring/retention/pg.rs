@@ -1,5 +1,5 @@
 //! Retention on PostgreSQL: the same monitoring history as on sled ([`super::prune`]), removed
-//! from the tables of migrations 5 to 7 with `DELETE`s of at most [`CHUNK`] rows each, so a
+//! from the tables of migrations 5 to 7 and 13 with `DELETE`s of at most [`CHUNK`] rows each, so a
 //! first pass over months of history never holds one long transaction.
 
 use super::Pruned;
@@ -35,6 +35,8 @@ pub fn prune(store: &PgStore, cutoff_ms: u64) -> Result<Pruned, StoreError> {
     for table in ["outpost_traffic_rollups", "outpost_label_rollups", "outpost_drift_rollups"] {
         rollups += prune_table(store, table, bucket_gone, cutoff)?;
     }
+    // What followers read of the labels (not counted: on sled the feed holds it in memory).
+    prune_table(store, "outpost_label_changes", "predicted_at_ms < $1", cutoff)?;
     let verdicts = prune_table(store, "outpost_drift_verdicts", "at_ms < $1", cutoff)?;
     let devices = store.with(|c| {
         c.execute(

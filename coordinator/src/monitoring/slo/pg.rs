@@ -37,7 +37,7 @@ fn histogram_bytes(h: &LogHistogram) -> Vec<u8> {
 
 /// A stored histogram; one that does not decode (not written by this code) is left out of the
 /// latency, with an error naming where it was.
-fn histogram(bytes: &[u8], what: impl FnOnce() -> String) -> LogHistogram {
+pub(crate) fn histogram(bytes: &[u8], what: impl FnOnce() -> String) -> LogHistogram {
     postcard::from_bytes(bytes).unwrap_or_else(|e| {
         tracing::error!(record = what(), error = %e, "a stored latency histogram is unreadable: left out");
         LogHistogram::default()
@@ -45,7 +45,7 @@ fn histogram(bytes: &[u8], what: impl FnOnce() -> String) -> LogHistogram {
 }
 
 /// A `bigint` column read back as the count or time it holds (never negative when written here).
-fn count(row: &Row, column: usize) -> Result<u64, postgres::Error> {
+pub(crate) fn count(row: &Row, column: usize) -> Result<u64, postgres::Error> {
     Ok(u64::try_from(row.try_get::<_, i64>(column)?).unwrap_or(0))
 }
 

@@ -147,8 +147,10 @@ impl Running {
     ) -> Result<Running, FollowError> {
         let from_ms = r.created_ms.saturating_sub(r.spec.bake_secs.saturating_mul(1000));
         let mut read = Vec::new();
-        let follower =
-            Follower::start(store, slos, labels, &r.spec.model, from_ms, |record| read.push(record))?;
+        let follower = match slos.postgres() {
+            Some(pg) => Follower::start_postgres(pg, &r.spec.model, from_ms, |record| read.push(record))?,
+            None => Follower::start(store, slos, labels, &r.spec.model, from_ms, |record| read.push(record))?,
+        };
         let mut running = Running {
             follower,
             version: r.spec.version.clone(),
