@@ -112,6 +112,9 @@ pub struct Rollouts {
     clock: Clock,
     /// Serialises changes between the engine and operator requests.
     lock: Mutex<()>,
+    /// On PostgreSQL, the `rollouts` lease as this replica holds it: the engine ticks only
+    /// while it is held, and its writes check it.
+    fence: Option<crate::base::pg::store::Fence>,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -145,7 +148,33 @@ impl Rollouts {
             metrics,
             clock,
             lock: Mutex::new(()),
+            fence: None,
         })
+    }
+
+    /// The engine on PostgreSQL: every record it reads and writes is there, shared with the
+    /// other replicas; it steps rollouts only while this replica holds the `rollouts` lease
+    /// (`fence`, kept by the lease keeper), and every step it stores checks that lease's term.
+    pub fn new_postgres(
+        store: &crate::base::pg::store::PgStore,
+        fence: crate::base::pg::store::Fence,
+        deployer: Deployer,
+        fleet: FleetConfig,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Rollouts {
+        Rollouts {
+            repo: RolloutStore::open_postgres(store, fence.clone()),
+            devices: Devices::open_postgres(store),
+            evidence: EvidenceSource::open_postgres(store),
+            watches: watch::Watches::default(),
+            deployer,
+            fleet,
+            metrics,
+            clock,
+            lock: Mutex::new(()),
+            fence: Some(fence),
+        }
     }
 
     /// The stored rollouts and incidents.

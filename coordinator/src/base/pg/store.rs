@@ -350,6 +350,29 @@ pub mod testing {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Takes `engine`'s lease for `holder` with SQL, as the lease keeper would (its term goes up
+    /// by one at each taking); returns the term.
+    pub fn take_lease(store: &PgStore, engine: &str, holder: &str) -> i64 {
+        store
+            .with(|c| {
+                c.query_one(
+                    "INSERT INTO outpost_leases (engine, holder, term, expires_at)
+                     VALUES ($1, $2, 1, now() + interval '15 s')
+                     ON CONFLICT (engine) DO UPDATE SET holder = excluded.holder,
+                       term = outpost_leases.term + 1, expires_at = excluded.expires_at
+                     RETURNING term",
+                    &[&engine, &holder],
+                )?
+                .try_get(0)
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A deadline far enough away for a test's fence.
+    pub fn later() -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_secs(600)
+    }
+
     /// A fresh database at the newest schema, dropped (connections and all) when this is.
     pub struct TestDatabase {
         pub name: String,

@@ -17,7 +17,9 @@ use crate::monitoring::slo::Slos;
 /// Reads evidence of a version on a set of devices.
 #[derive(Clone)]
 pub struct EvidenceSource {
-    store: Store,
+    /// The sled store whose feed the running sums follow (`None` on PostgreSQL, where they
+    /// follow rows by transaction id).
+    store: Option<Store>,
     slos: Slos,
     labels: Labels,
     /// Running sums per active rollout id.
@@ -43,11 +45,21 @@ pub struct Traffic {
 impl EvidenceSource {
     pub fn open(store: &Store) -> Result<EvidenceSource, StoreError> {
         Ok(EvidenceSource {
-            store: store.clone(),
+            store: Some(store.clone()),
             slos: Slos::open(store)?,
             labels: Labels::open(store)?,
             running: Default::default(),
         })
+    }
+
+    /// The evidence on PostgreSQL, whichever replica stored it.
+    pub fn open_postgres(store: &crate::base::pg::store::PgStore) -> EvidenceSource {
+        EvidenceSource {
+            store: None,
+            slos: Slos::open_postgres(store),
+            labels: Labels::open_postgres(store),
+            running: Default::default(),
+        }
     }
 
     /// (candidate on `moved`, baseline) of rollout `r` at `now`, from its running sums (read
@@ -67,7 +79,7 @@ impl EvidenceSource {
             return Ok(sums.evidence(moved, same_devices));
         }
         let started = std::time::Instant::now();
-        let sums = match Running::start(&self.store, &self.slos, &self.labels, r, now) {
+        let sums = match Running::start(self.store.as_ref(), &self.slos, &self.labels, r, now) {
             Ok(sums) => sums,
             Err(FollowError::Store(e)) => return Err(e),
             Err(FollowError::Overflowed(e)) => {

@@ -9,6 +9,8 @@ use outpost_shared::protocol::keys::SigningKey;
 use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Report, Slot, SlotMode};
 
 use super::*;
+use crate::base::pg::store::Fence;
+use crate::base::pg::store::testing::{later, take_lease};
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::Desired;
 use crate::fleet::devices::{Devices, TokenRecord};
@@ -22,7 +24,7 @@ const STEP_MS: u64 = 10_000;
 
 struct Fleet {
     _dir: tempfile::TempDir,
-    store: Store,
+    store: FleetStore,
     devices: Devices,
     registry: Registry,
     deployer: Deployer,
@@ -35,6 +37,13 @@ struct Fleet {
     requests: u64,
     /// Devices that have gone quiet (they neither follow nor report).
     silent: Vec<String>,
+}
+
+/// Where the fleet's records are.
+#[allow(clippy::large_enum_variant)]
+enum FleetStore {
+    Sled(Store),
+    Postgres(crate::base::pg::store::testing::TestDatabase),
 }
 
 fn bundle(version: &str) -> Vec<u8> {
@@ -50,8 +59,35 @@ impl Fleet {
     fn new() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let registry = Registry::open(&store, dir.path()).unwrap();
-        let devices = Devices::open(&store).unwrap();
+        Fleet::on(dir, FleetStore::Sled(store))
+    }
+
+    /// The same fleet with every record on PostgreSQL.
+    fn on_postgres() -> Fleet {
+        Fleet::on(
+            tempfile::tempdir().unwrap(),
+            FleetStore::Postgres(crate::base::pg::store::testing::TestDatabase::new()),
+        )
+    }
+
+    fn on(dir: tempfile::TempDir, store: FleetStore) -> Fleet {
+        let (registry, devices, desired, slos) = match &store {
+            FleetStore::Sled(s) => (
+                Registry::open(s, dir.path()).unwrap(),
+                Devices::open(s).unwrap(),
+                Desired::open(s).unwrap(),
+                Slos::open(s).unwrap(),
+            ),
+            FleetStore::Postgres(db) => {
+                let pg = db.store();
+                (
+                    Registry::open_postgres(&pg),
+                    Devices::open_postgres(&pg),
+                    Desired::open_postgres(&pg),
+                    Slos::open_postgres(&pg),
+                )
+            }
+        };
         let key = SigningKey::generate().unwrap().0;
         for v in ["1.0.0", "1.1.0"] {
             registry.push(&bundle(v), "test", &key).unwrap();
@@ -81,7 +117,7 @@ impl Fleet {
         let deployer = Deployer::new(
             registry.clone(),
             devices.clone(),
-            Desired::open(&store).unwrap(),
+            desired,
             authority,
             outgoing,
             outpost_shared::protocol::messages::WatchdogPolicy::default(),
@@ -89,7 +125,6 @@ impl Fleet {
         let ids: Vec<String> = (0..DEVICES).map(|i| format!("dev-{i}")).collect();
         deployer.set_primary(&ids, "bc", "1.0.0", "test", false).unwrap();
         registry.transition("bc", "1.0.0", Stage::Production, "test", "first").unwrap();
-        let slos = Slos::open(&store).unwrap();
         let mut fleet = Fleet {
             _dir: dir,
             store,
@@ -112,14 +147,28 @@ impl Fleet {
     }
 
     fn engine(&self) -> Rollouts {
+        let FleetStore::Sled(store) = &self.store else { return self.replica(Fence::new(ENGINE)) };
         Rollouts::new(
-            &self.store,
+            store,
             self.deployer.clone(),
             FleetConfig::default(),
             Metrics::new(),
             self.clock.clone(),
         )
         .unwrap()
+    }
+
+    /// An engine of another replica on the fleet's PostgreSQL, under `fence`.
+    fn replica(&self, fence: Fence) -> Rollouts {
+        let FleetStore::Postgres(db) = &self.store else { panic!("replicas share a PostgreSQL store") };
+        Rollouts::new_postgres(
+            &db.store(),
+            fence,
+            self.deployer.clone(),
+            FleetConfig::default(),
+            Metrics::new(),
+            self.clock.clone(),
+        )
     }
 
     /// Every device runs what its desired state says (as an agent would after reconciling)
@@ -568,4 +617,45 @@ fn a_plan_reads_the_targets_recent_traffic() {
     assert!(matches!(engine.plan(&none), Err(RolloutError::Invalid(_))));
     let missing: RolloutSpec = serde_json::from_str(r#"{"model": "bc", "version": "9.9.9"}"#).unwrap();
     assert!(matches!(engine.start(missing, "x"), Err(RolloutError::NotFound(_))));
+}
+
+/// Two replicas on one PostgreSQL: the engine of the one holding the `rollouts` lease steps the
+/// rollout; the other's does nothing. The lease passes mid-bake; the deposed engine (which still
+/// believes it holds it: its deadline is not over) has its next step refused by the term check,
+/// and the new holder finishes the rollout from where it stood — every wave sent once.
+#[test]
+fn on_postgres_a_rollout_finishes_on_the_replica_that_takes_the_lease() {
+    let mut fleet = Fleet::on_postgres();
+    let FleetStore::Postgres(db) = &fleet.store else { unreachable!("on PostgreSQL") };
+    let pg = db.store();
+    let (first, second) = (Fence::new(ENGINE), Fence::new(ENGINE));
+    let (one, two) = (fleet.replica(first.clone()), fleet.replica(second.clone()));
+    first.hold(take_lease(&pg, ENGINE, "one"), later());
+
+    let r = baking_wave_1(&mut fleet, &one);
+    let baking = one.get(&r.id).unwrap().unwrap();
+    assert_eq!((baking.phase, baking.moved.len()), (Phase::Baking, 2), "{:?}", baking.timeline);
+    fleet.clock.advance(STEP_MS);
+    fleet.report();
+    let idle = two.tick().unwrap();
+    assert!(idle.is_empty() && two.get(&r.id).unwrap().unwrap() == baking, "no lease, no step");
+
+    second.hold(take_lease(&pg, ENGINE, "two"), later());
+    fleet.clock.advance(STEP_MS);
+    fleet.report();
+    // The deposed engine still thinks it leads: its step is refused by the term, nothing changes.
+    let before = one.get(&r.id).unwrap().unwrap();
+    one.tick().unwrap();
+    let after = one.get(&r.id).unwrap().unwrap();
+    assert_eq!(after.revision, before.revision, "the deposed engine wrote nothing");
+
+    let done = fleet.run(&two, &r.id, 3_600);
+    assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.timeline);
+    for i in 0..DEVICES {
+        assert_eq!(fleet.primary_of(&format!("dev-{i}")), "1.1.0");
+    }
+    let sends: Vec<&str> =
+        done.timeline.iter().map(|e| e.message.as_str()).filter(|m| m.contains(": sending 1.1.0")).collect();
+    assert_eq!(sends.len(), 2, "each wave sent once: {sends:?}");
+    assert!(sends[0].contains("to 2 device(s)") && sends[1].contains("to 3 device(s)"), "{sends:?}");
 }

@@ -115,6 +115,22 @@ impl Rollouts {
     /// One step of every active rollout (blocking); returns the desired states to publish.
     pub fn tick(&self) -> Result<Vec<Outgoing>, RolloutError> {
         let _g = self.guard();
+        if self.fence.as_ref().is_some_and(|f| f.term() == 0) {
+            // Another replica holds the `rollouts` lease (or none does yet): it steps them. The
+            // running sums are dropped, so a lease taken later starts them from the store.
+            self.evidence.keep_only(&BTreeSet::new());
+            return Ok(Vec::new());
+        }
+        // The lease as the database has it, not only as this process last heard: a replica
+        // paused past its lease finds out here, before it acts (each write checks again).
+        match self.repo.check_lease() {
+            Ok(()) => {}
+            Err(StoreError::Fenced(f)) => {
+                tracing::warn!(%f, "the rollouts lease is another replica's: not stepping");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        }
         let mut out = Vec::new();
         let mut active = 0;
         let mut ids = BTreeSet::new();

@@ -128,6 +128,15 @@ impl RolloutStore {
         Ok(())
     }
 
+    /// Whether the engine may step rollouts now: on PostgreSQL, this replica still holds the
+    /// `rollouts` lease in its term ([`StoreError::Fenced`] if not); on sled, always.
+    pub fn check_lease(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled { .. } => Ok(()),
+            Backend::Postgres { store, fence } => store.transaction(|tx| fence.check(tx))?,
+        }
+    }
+
     /// The active rollouts (not succeeded, rolled back or aborted), oldest first.
     pub fn active(&self) -> Result<Vec<Rollout>, StoreError> {
         match &self.backend {

@@ -20,7 +20,7 @@ use outpost_shared::histogram::LogHistogram;
 
 use super::gates::Evidence;
 use super::records::Rollout;
-use crate::base::store::Store;
+use crate::base::store::{Store, StoreError};
 use crate::monitoring::follow::{FollowError, Follower, Record};
 use crate::monitoring::quality::{Labels, StoredLabel};
 use crate::monitoring::slo::Slos;
@@ -139,7 +139,7 @@ pub struct Running {
 impl Running {
     /// Reads what `r`'s evidence needs that is stored up to `now`, from one bake before it began.
     pub fn start(
-        store: &Store,
+        store: Option<&Store>,
         slos: &Slos,
         labels: &Labels,
         r: &Rollout,
@@ -147,9 +147,16 @@ impl Running {
     ) -> Result<Running, FollowError> {
         let from_ms = r.created_ms.saturating_sub(r.spec.bake_secs.saturating_mul(1000));
         let mut read = Vec::new();
-        let follower = match slos.postgres() {
-            Some(pg) => Follower::start_postgres(pg, &r.spec.model, from_ms, |record| read.push(record))?,
-            None => Follower::start(store, slos, labels, &r.spec.model, from_ms, |record| read.push(record))?,
+        let follower = match (slos.postgres(), store) {
+            (Some(pg), _) => {
+                Follower::start_postgres(pg, &r.spec.model, from_ms, |record| read.push(record))?
+            }
+            (None, Some(store)) => {
+                Follower::start(store, slos, labels, &r.spec.model, from_ms, |record| read.push(record))?
+            }
+            (None, None) => {
+                return Err(StoreError::NotOnPostgres("following sled records without their store").into());
+            }
         };
         let mut running = Running {
             follower,

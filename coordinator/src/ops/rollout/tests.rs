@@ -266,7 +266,7 @@ fn running_evidence_equals_a_scan_of_the_same_window() {
     // The moved set grows wave by wave, and shrinks when the skip policy drops a device.
     let (first, both, second) =
         (vec!["d0".to_owned()], vec!["d0".to_owned(), "d1".to_owned()], vec!["d1".to_owned()]);
-    let mut running = Running::start(&store, &slos, &labels, &r, 1_050_000).unwrap();
+    let mut running = Running::start(Some(&store), &slos, &labels, &r, 1_050_000).unwrap();
     for same_devices in [false, true] {
         same(running.evidence(&first, same_devices), scan(1_050_000, same_devices, &first), "at start");
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::base::pg::store::testing::TestDatabase;
+use crate::base::pg::store::testing::{TestDatabase, later};
 
 fn alert(rule: &str, summary: &str) -> AlertRecord {
     AlertRecord {
@@ -35,23 +35,8 @@ fn on_sled_stores_replaces_and_forgets_alerts() {
     stores_replaces_and_forgets_alerts(&AlertStore::open(&Store::open(dir.path()).unwrap()).unwrap());
 }
 
-fn later() -> std::time::Instant {
-    std::time::Instant::now() + std::time::Duration::from_secs(600)
-}
-
-/// Takes the `alerts` lease for `holder` with SQL (as the lease keeper does) and returns its term.
 fn take_lease(store: &PgStore, holder: &str) -> i64 {
-    store
-        .with(|c| {
-            c.query_one(
-                "INSERT INTO outpost_leases (engine, holder, term, expires_at) VALUES ('alerts', $1, 1, now() + interval '15 s')
-                 ON CONFLICT (engine) DO UPDATE SET holder = excluded.holder, term = outpost_leases.term + 1,
-                 expires_at = excluded.expires_at RETURNING term",
-                &[&holder],
-            )?
-            .try_get(0)
-        })
-        .unwrap()
+    crate::base::pg::store::testing::take_lease(store, ENGINE, holder)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! on PostgreSQL, the engine's writes under the `rollouts` lease.
 
 use super::*;
-use crate::base::pg::store::testing::{Backing, TestDatabase};
+use crate::base::pg::store::testing::{Backing, TestDatabase, later};
 use crate::ops::rollout::Phase;
 use crate::ops::rollout::tests::bare;
 
@@ -125,24 +125,8 @@ fn on_sled_the_active_index_is_rebuilt_at_open() {
     assert_eq!(reopened.active().unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), ["r-2"]);
 }
 
-fn later() -> std::time::Instant {
-    std::time::Instant::now() + std::time::Duration::from_secs(600)
-}
-
-/// Takes the `rollouts` lease for `holder` with SQL (as the lease keeper does); its term.
 fn take_lease(store: &PgStore, holder: &str) -> i64 {
-    store
-        .with(|c| {
-            c.query_one(
-                "INSERT INTO outpost_leases (engine, holder, term, expires_at)
-                 VALUES ('rollouts', $1, 1, now() + interval '15 s')
-                 ON CONFLICT (engine) DO UPDATE SET holder = excluded.holder, term = outpost_leases.term + 1,
-                 expires_at = excluded.expires_at RETURNING term",
-                &[&holder],
-            )?
-            .try_get(0)
-        })
-        .unwrap()
+    crate::base::pg::store::testing::take_lease(store, ENGINE, holder)
 }
 
 /// The engine writes a step only while its replica holds the `rollouts` lease: a deposed
