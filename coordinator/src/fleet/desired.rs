@@ -251,13 +251,45 @@ impl Desired {
         device: &str,
         record: &DesiredRecord,
     ) -> Result<Outgoing, StoreError> {
+        self.seal_with(authority, device, record, self.roots()?)
+    }
+
+    /// [`Desired::seal`] of many records, the trust root chain read once for all of them.
+    pub fn seal_many(
+        &self,
+        authority: &Authority,
+        records: &[(String, DesiredRecord)],
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let roots = self.roots()?;
+        records
+            .iter()
+            .map(|(device, record)| self.seal_with(authority, device, record, roots.clone()))
+            .collect()
+    }
+
+    /// The trust root chain every sealed state carries, in file form.
+    pub fn roots(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.roots.bytes()
+    }
+
+    /// [`Desired::seal`] with the chain already read ([`Desired::roots`]).
+    pub fn seal_with(
+        &self,
+        authority: &Authority,
+        device: &str,
+        record: &DesiredRecord,
+        roots: Vec<Vec<u8>>,
+    ) -> Result<Outgoing, StoreError> {
         let now = now_ms();
         let state = DesiredState {
             device: device.to_owned(),
             revision: record.revision,
             models: record.models.values().cloned().collect(),
             expires_at_ms: now.saturating_add(self.ttl_ms),
-            roots: self.roots.bytes()?,
+            roots,
         };
         let body = messages::encode(&CoordinatorMessage::Desired(state));
         let seq = self.devices.next_outgoing_seq(device)?;

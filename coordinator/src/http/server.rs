@@ -237,12 +237,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let republish: link::Republish = {
         let (desired, authority) = (desired.clone(), authority.clone());
         Arc::new(move || {
-            let all = desired.all().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "the desired states cannot be read: none republished");
-                Vec::new()
-            });
+            let (all, roots) = match (desired.all(), desired.roots()) {
+                (Ok(all), Ok(roots)) => (all, roots),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "the desired states cannot be read: none republished");
+                    return Vec::new();
+                }
+            };
             all.into_iter()
-                .filter_map(|(device, record)| desired.seal(&authority, &device, &record).ok())
+                .filter_map(|(device, record)| {
+                    desired.seal_with(&authority, &device, &record, roots.clone()).ok()
+                })
                 .collect()
         })
     };

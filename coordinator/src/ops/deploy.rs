@@ -133,12 +133,7 @@ impl Deployer {
         let this = self.clone();
         let out = tokio::task::spawn_blocking(move || -> Result<Vec<Outgoing>, DeployError> {
             let records = this.desired.refresh_due(crate::base::store::now_ms())?;
-            records
-                .iter()
-                .map(|(device, rec)| {
-                    this.desired.seal(&this.authority, device, rec).map_err(DeployError::from)
-                })
-                .collect()
+            Ok(this.desired.seal_many(&this.authority, &records)?)
         })
         .await
         .map_err(|e| DeployError::Interrupted(e.to_string()))??;
@@ -333,10 +328,7 @@ impl Deployer {
         &self,
         changed: Vec<(String, crate::fleet::desired::DesiredRecord)>,
     ) -> Result<Vec<Outgoing>, DeployError> {
-        changed
-            .iter()
-            .map(|(device, rec)| self.desired.seal(&self.authority, device, rec).map_err(DeployError::from))
-            .collect()
+        Ok(self.desired.seal_many(&self.authority, &changed)?)
     }
 }
 /// Renews expiring desired states until `shutdown`: every quarter of the TTL (between 1 s and

@@ -41,12 +41,16 @@ pub(super) fn modify(
     let changed = store.transaction(|tx| {
         // Rows that may not exist yet cannot be locked: make them first (a default record is
         // what a missing one reads as), in id order like the locks.
-        tx.execute(
-            "INSERT INTO outpost_desired (device, record)
-             SELECT id, $2::text::json FROM unnest($1::text[]) AS id ORDER BY id
-             ON CONFLICT (device) DO NOTHING",
-            &[&ids, &empty],
-        )?;
+        let created: Vec<String> = tx
+            .query(
+                "INSERT INTO outpost_desired (device, record)
+                 SELECT id, $2::text::json FROM unnest($1::text[]) AS id ORDER BY id
+                 ON CONFLICT (device) DO NOTHING RETURNING device",
+                &[&ids, &empty],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
         let rows = tx.query(
             "SELECT device, record::text FROM outpost_desired WHERE device = ANY($1) ORDER BY device FOR UPDATE",
             &[&ids],
@@ -80,6 +84,11 @@ pub(super) fn modify(
              FROM unnest($1::text[], $2::text[]) AS u(device, record) WHERE d.device = u.device",
             &[&keys, &texts],
         )?;
+        // A row made only to be locked, then left as it was, goes: there was no record.
+        let unused: Vec<&String> = created.iter().filter(|d| !changed.contains_key(*d)).collect();
+        if !unused.is_empty() {
+            tx.execute("DELETE FROM outpost_desired WHERE device = ANY($1)", &[&unused])?;
+        }
         Ok(Ok(changed))
     })??;
     // In the order the caller named them.

@@ -35,7 +35,24 @@ crate::base::pg::store::testing::on_both_backends!(
     sled, postgres;
     each_change_is_a_new_revision_returned_in_the_order_asked,
     only_states_sealed_half_a_ttl_ago_are_refreshed,
+    a_change_that_leaves_a_device_alone_stores_nothing_for_it,
 );
+
+fn a_change_that_leaves_a_device_alone_stores_nothing_for_it(open: Open) {
+    let (desired, _backing) = open();
+    desired.set(&ids(0..1), "bc", Some(&model("1.0.0")), "alice").unwrap();
+    let changed = desired
+        .modify(&ids(0..2), &|r| {
+            r.revision > 0 && {
+                r.revision += 1;
+                true
+            }
+        })
+        .unwrap();
+    assert_eq!(changed.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(), ["dev-000"]);
+    assert_eq!(desired.get("dev-001").unwrap(), None, "no record made for the device left alone");
+    assert_eq!(desired.all().unwrap().len(), 1);
+}
 
 fn each_change_is_a_new_revision_returned_in_the_order_asked(open: Open) {
     let (desired, _backing) = open();

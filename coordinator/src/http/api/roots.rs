@@ -108,11 +108,7 @@ pub async fn update(
             .map(|d| d.id)
             .collect();
         let records = st.desired.bump(&devices, &who.name).map_err(ApiError::internal)?;
-        let out = records
-            .iter()
-            .map(|(device, record)| st.desired.seal(&st.authority, device, record))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::internal)?;
+        let out = st.desired.seal_many(&st.authority, &records).map_err(ApiError::internal)?;
         let signers = accepted.signatures.iter().map(|s| s.key_id.as_str()).collect::<Vec<_>>().join(", ");
         let detail = format!(
             "version {} accepted (signed by {signers}); online {}; release {} of {}; sent to {} device(s)",
