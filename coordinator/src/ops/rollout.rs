@@ -426,28 +426,20 @@ impl Rollouts {
         const ATTEMPTS: usize = 5;
         let _g = self.guard();
         let mut sent = Vec::new();
-        for attempt in 1.. {
-            match self.command_once(id, verb, by) {
-                (Err(RolloutError::Store(StoreError::Stale { .. })), out) if attempt < ATTEMPTS => {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.apply_command(id, verb, by, &mut sent);
+            match outcome {
+                Err(RolloutError::Store(StoreError::Stale { .. })) if attempt < ATTEMPTS => {
                     tracing::debug!(rollout = id, verb, attempt, "the rollout changed meanwhile: again");
-                    sent.extend(out);
+                    attempt += 1;
                 }
-                (outcome, out) => {
-                    sent.extend(out);
-                    return outcome.map(|r| (r, sent));
-                }
+                outcome => return outcome.map(|r| (r, sent)),
             }
         }
-        unreachable!("the loop returns by its last attempt")
     }
 
-    /// One attempt of [`Rollouts::command`]: the outcome, and what it sent either way.
-    fn command_once(&self, id: &str, verb: &str, by: &str) -> (Result<Rollout, RolloutError>, Vec<Outgoing>) {
-        let mut out = Vec::new();
-        let outcome = self.apply_command(id, verb, by, &mut out);
-        (outcome, out)
-    }
-
+    /// One attempt of [`Rollouts::command`]; what it sends goes to `out` as it is sent.
     fn apply_command(
         &self,
         id: &str,
