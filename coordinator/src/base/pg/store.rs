@@ -168,6 +168,28 @@ impl PgStore {
         })
     }
 
+    /// [`PgStore::transaction`] for a write an engine may make only under its lease: `fence`'s
+    /// check ([`Fence::check`]) runs first in the same transaction, and a refusal rolls back as
+    /// `Ok(Err(StoreError::Fenced))`. `None`: an operator's write, not fenced.
+    pub fn fenced<T, E>(
+        &self,
+        fence: Option<&Fence>,
+        body: impl Fn(&mut postgres::Transaction<'_>) -> Result<Result<T, E>, postgres::Error> + Send + Sync,
+    ) -> Result<Result<T, E>, StoreError>
+    where
+        T: Send,
+        E: From<StoreError> + Send,
+    {
+        self.transaction(|tx| {
+            if let Some(fence) = fence
+                && let Err(refused) = fence.check(tx)?
+            {
+                return Ok(Err(refused.into()));
+            }
+            body(tx)
+        })
+    }
+
     /// Runs `sql` (statements separated by `;`) as is: for tests that shape a database as an
     /// older coordinator left it.
     #[cfg(test)]

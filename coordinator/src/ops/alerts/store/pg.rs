@@ -19,10 +19,7 @@ pub(super) fn all(store: &PgStore) -> Result<Vec<AlertRecord>, StoreError> {
 pub(super) fn put(store: &PgStore, fence: &Fence, key: &str, value: &[u8]) -> Result<(), StoreError> {
     let text = std::str::from_utf8(value)
         .map_err(|e| StoreError::Corrupt { key: format!("alerts/{key}"), detail: e.to_string() })?;
-    store.transaction(|tx| {
-        if let Err(refused) = fence.check(tx)? {
-            return Ok(Err(refused));
-        }
+    store.fenced(Some(fence), |tx| {
         tx.execute(
             "INSERT INTO outpost_alerts (fingerprint, record) VALUES ($1, $2::text::json)
              ON CONFLICT (fingerprint) DO UPDATE SET record = excluded.record",
@@ -33,10 +30,7 @@ pub(super) fn put(store: &PgStore, fence: &Fence, key: &str, value: &[u8]) -> Re
 }
 
 pub(super) fn remove(store: &PgStore, fence: &Fence, key: &str) -> Result<(), StoreError> {
-    store.transaction(|tx| {
-        if let Err(refused) = fence.check(tx)? {
-            return Ok(Err(refused));
-        }
+    store.fenced(Some(fence), |tx| {
         tx.execute("DELETE FROM outpost_alerts WHERE fingerprint = $1", &[&key])?;
         Ok(Ok(()))
     })?

@@ -17,12 +17,7 @@ pub(super) fn put(
     let text = String::from_utf8_lossy(encoded).into_owned();
     let (read_sql, next_sql) = (to_sql(read), to_sql(next.revision));
     let key = format!("rollouts/{}", next.id);
-    store.transaction(|tx| {
-        if let Some(fence) = fence
-            && let Err(refused) = fence.check(tx)?
-        {
-            return Ok(Err(refused));
-        }
+    store.fenced(fence, |tx| {
         let written = if read == 0 {
             tx.execute(
                 "INSERT INTO outpost_rollouts (id, model, active, revision, record)
@@ -64,12 +59,7 @@ pub(super) fn put_incident(
     encoded: &[u8],
 ) -> Result<(), StoreError> {
     let text = String::from_utf8_lossy(encoded).into_owned();
-    store.transaction(|tx| {
-        if let Some(fence) = fence
-            && let Err(refused) = fence.check(tx)?
-        {
-            return Ok(Err(refused));
-        }
+    store.fenced(fence, |tx| {
         tx.execute(
             "INSERT INTO outpost_incidents (id, record) VALUES ($1, $2::text::json)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record",
