@@ -164,8 +164,14 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let engine =
-        Rollouts::new(&store, deployer, FleetConfig::default(), Metrics::new(), fleet.clock.clone()).unwrap();
+    let engine = Rollouts::new(
+        &outpost_coordinator::base::backing::Backing::Sled(store.clone()),
+        deployer,
+        FleetConfig::default(),
+        Metrics::new(),
+        fleet.clock.clone(),
+    )
+    .unwrap();
     let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
         "model": "bc", "version": "1.1.0", "waves": [1, 100], "bake_secs": bake_secs,
         "gates": ["error_rate<=1.5x+0.2%", "p99<=1.2x"], "max_extensions": 2,

@@ -1,7 +1,7 @@
 //! The ground floor: what every other floor stands on and nothing else.
 //!
-//! Owns the sled database and its error type ([`store`]), PostgreSQL's URL, schema and leases
-//! ([`pg`]; the records do not live there yet), the feed of its committed changes
+//! Owns the sled database and its error type ([`store`]), PostgreSQL's URL, schema, pool and
+//! leases ([`pg`]), the handle naming which of the two holds the records ([`backing`]), the feed of its committed changes
 //! ([`feed`]), the hash-chained audit log
 //! ([`audit`]), backups of the whole data directory ([`backup`]), the Prometheus metric
 //! registry ([`metrics`]), the clock ([`clock`]), and how
@@ -9,6 +9,7 @@
 //! May import: `outpost_shared` and outside crates only — no other floor of this crate.
 
 pub mod audit;
+pub mod backing;
 pub mod backup;
 pub mod clock;
 pub mod feed;

@@ -56,22 +56,34 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sled`: an embedded database in `<data_dir>/state/` (the default; nothing to run).
-    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: PostgreSQL, on this host until TLS to
-    /// it is built; not usable yet (the coordinator brings the schema up to date, then refuses to
-    /// start, naming what is missing). Pass a password by `OUTPOST_COORDINATOR_STORE__URL`
-    /// rather than in a file; every message shows it masked.
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: PostgreSQL (off this host over TLS,
+    /// see `ca_file`), shared by any number of replicas with the same configuration and keys,
+    /// behind an external MQTT broker (`broker.url`) with shared subscriptions. Pass a password
+    /// by `OUTPOST_COORDINATOR_STORE__URL` rather than in a file; every message shows it masked.
     pub url: String,
+    /// PostgreSQL: how long an engine's lease (rollouts, alerts, retention, retraining
+    /// triggers, desired-state renewal) lasts unless its replica renews it — the longest a
+    /// dead leader's engines wait for another replica to take over. 3 to 300.
+    pub lease_ttl_secs: u64,
+    /// PostgreSQL: the CA certificate (PEM) that signed the server's certificate. Given, every
+    /// connection is TLS and the server's certificate and host name are verified; without it
+    /// only a server on this host (loopback or a Unix socket) is accepted.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: "sled".into() }
+        StoreConfig { url: "sled".into(), lease_ttl_secs: 15, ca_file: None }
     }
 }
 
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreConfig").field("url", &crate::base::pg::mask(&self.url)).finish()
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::base::pg::mask(&self.url))
+            .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .field("ca_file", &self.ca_file)
+            .finish()
     }
 }
 
@@ -85,11 +97,24 @@ pub enum StoreBackend {
 impl StoreConfig {
     /// The backend `url` names; an error names the URL with its password masked.
     pub fn backend(&self) -> Result<StoreBackend, ConfigError> {
+        if !(3..=300).contains(&self.lease_ttl_secs) {
+            return Err(ConfigError::Key {
+                key: "store.lease_ttl_secs".into(),
+                problem: format!("{} is not between 3 and 300 seconds", self.lease_ttl_secs),
+            });
+        }
         if self.url == "sled" {
             return Ok(StoreBackend::Sled);
         }
         if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
-            return crate::base::pg::PgUrl::parse(&self.url)
+            let ca = match &self.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Key {
+                    key: "store.ca_file".into(),
+                    problem: format!("cannot read {}: {e}", path.display()),
+                })?),
+                None => None,
+            };
+            return crate::base::pg::PgUrl::parse_with_ca(&self.url, ca.as_deref())
                 .map(|url| StoreBackend::Postgres(Box::new(url)))
                 .map_err(|e| ConfigError::Invalid(e.to_string()));
         }

@@ -222,7 +222,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Model(_) | Command::Retrain(_) | Command::Bundle(_) | Command::Key(_) => {
             models::run(cli, &api)
         }
-        Command::Token(_) | Command::Audit(_) => admin::run(cli, &api),
+        Command::Token(_) | Command::Audit(_) | Command::Cluster(_) => admin::run(cli, &api),
         Command::Rollout(command) => rollout::rollout(cli, &api, command),
         Command::Incident(command) => rollout::incident(cli, &api, command),
         Command::Root(command) => roots::run(cli, &api, command),

@@ -82,6 +82,28 @@ impl Coordinator {
         Coordinator::start_with(data_dir, ["--broker".into(), broker.into()], false)
     }
 
+    /// A replica on PostgreSQL at `store_url`, reaching the broker at `broker` (the replicas'
+    /// listener) and telling devices `advertised` at enrolment; `env` adds configuration.
+    pub fn start_replica(
+        data_dir: &Path,
+        broker: &str,
+        advertised: &str,
+        store_url: &str,
+        env: &[(&str, &str)],
+    ) -> Coordinator {
+        let mut c = Coordinator::unstarted(data_dir, ["--broker".into(), broker.into()], false);
+        c.env = [
+            ("OUTPOST_COORDINATOR_STORE__URL", store_url),
+            ("OUTPOST_COORDINATOR_BROKER__ADVERTISED_URL", advertised),
+        ]
+        .iter()
+        .chain(env)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        c.resume();
+        c
+    }
+
     /// Starts with its embedded broker on a free port; returns the broker's port too.
     pub fn start_embedded(data_dir: &Path) -> (Coordinator, u16) {
         let port = free_port();
@@ -349,6 +371,17 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.").then(|| body.to_owned()).filter(|_| head.contains(" 200 "))
+}
+
+/// The status code a plain-HTTP GET of `path` answers (`None`: no answer within 5 s).
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split(' ').nth(1)?.parse().ok()
 }
 
 /// Enrols an agent data directory with a token; returns the device id.

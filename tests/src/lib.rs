@@ -22,6 +22,8 @@ pub mod disk;
 pub mod fleet;
 pub mod front;
 pub mod mosquitto;
+pub mod postgres;
+pub mod proxy;
 
 /// Debian's libfaketime, or `None` (skipped, with a message) where it is missing — required
 /// when `CI` is set (`.ci/run` installs the `faketime` package).

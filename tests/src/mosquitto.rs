@@ -19,6 +19,8 @@ fn mosquitto_bin() -> PathBuf {
 /// A Mosquitto process with an mTLS listener on a fixed port (so it can be restarted).
 pub struct Mosquitto {
     pub port: u16,
+    /// The listener for coordinator replicas ([`Mosquitto::start_for_replicas`]).
+    pub replicas_port: Option<u16>,
     config: PathBuf,
     child: Option<Child>,
     pub dir: PathBuf,
@@ -39,6 +41,23 @@ impl Mosquitto {
     /// Issues the broker's certificate from the coordinator's CA in `coordinator_data` and
     /// starts Mosquitto requiring client certificates from that CA.
     pub fn start(dir: &Path, coordinator_data: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, coordinator_data, false)
+    }
+
+    /// [`Mosquitto::start`] with a second listener for coordinator replicas, as
+    /// `deploy/mosquitto/mosquitto.conf` shows: the same certificates and ACL, but a client id
+    /// of the replica's own (each replica names itself; on the devices' listener the certificate
+    /// name is the client id, and replicas sharing one would knock each other off).
+    pub fn start_for_replicas(dir: &Path, coordinator_data: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, coordinator_data, true)
+    }
+
+    /// `mqtts://` URL of the replicas' listener.
+    pub fn replicas_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.replicas_port.expect("started for replicas"))
+    }
+
+    fn start_with(dir: &Path, coordinator_data: &Path, replicas: bool) -> Mosquitto {
         let certs = dir.join("broker-certs");
         let (code, _, err) = run(
             "outpost-coordinator",
@@ -57,6 +76,15 @@ impl Mosquitto {
         );
         assert_eq!(code, 0, "cert server: {err}");
         let port = free_port();
+        let replicas_port = replicas.then(free_port);
+        let replicas_listener = match replicas_port {
+            Some(rport) => format!(
+                "listener {rport} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
+                 require_certificate true\nuse_identity_as_username true\n",
+                c = certs.display()
+            ),
+            None => String::new(),
+        };
         let config = dir.join("mosquitto.conf");
         std::fs::write(
             &config,
@@ -66,7 +94,7 @@ impl Mosquitto {
                  use_username_as_clientid true\n\
                  allow_anonymous false\nacl_file {acl}\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
                  max_packet_size 4202496\nlog_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\n{user}",
+                 log_type error\nlog_type warning\nlog_type notice\n{user}{replicas_listener}",
                 c = certs.display(),
                 acl = test_acl(dir).display(),
                 // Run as root only when we are root: Mosquitto drops to `mosquitto` otherwise,
@@ -75,7 +103,7 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let mut m = Mosquitto { port, config, child: None, dir: dir.to_owned() };
+        let mut m = Mosquitto { port, replicas_port, config, child: None, dir: dir.to_owned() };
         m.resume();
         m
     }

@@ -213,10 +213,23 @@ fn check_pod(what: &str, workload: &Value, documents: &[(String, Value)]) -> boo
             check_agent(&what, container, volumes, documents);
             runs_agent = true;
         }
-        if runs(container, "outpost-coordinator") {
-            for probe in ["readinessProbe", "livenessProbe"] {
-                assert_eq!(text(&container[probe]["httpGet"]["path"]), "/healthz", "{what}: {probe} path");
-            }
+        if runs(container, "outpost-coordinator")
+            && list(&container["args"]).first().map(text) == Some("serve")
+        {
+            assert_eq!(
+                text(&container["livenessProbe"]["httpGet"]["path"]),
+                "/healthz",
+                "{what}: liveness path"
+            );
+            // Replicas on PostgreSQL (the store URL from a Secret) are ready only while it answers.
+            let shared_store =
+                list(&container["env"]).iter().any(|e| text(&e["name"]) == "OUTPOST_COORDINATOR_STORE__URL");
+            let ready = if shared_store { "/readyz" } else { "/healthz" };
+            assert_eq!(
+                text(&container["readinessProbe"]["httpGet"]["path"]),
+                ready,
+                "{what}: readiness path"
+            );
         }
     }
     for volume in volumes {

@@ -1,60 +1,18 @@
-//! `[store] url = "postgres://…"`, the first piece: the real coordinator binary against the
-//! machine's real PostgreSQL (`TEST_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/postgres`; each test makes a database of its own with
-//! `psql`). A URL that is malformed, off this host or unreachable stops the start with its
-//! password masked and the cause; replicas starting together apply the schema once; a newer
-//! schema is refused naming both versions; and since the records cannot live there yet, every
-//! start then refuses to serve, saying so, before it writes anything to its data directory.
+//! `[store] url = "postgres://…"` at start: the real coordinator binary against the machine's
+//! real PostgreSQL (`TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! each test makes a database of its own with `psql`). A URL that is malformed, off this host or
+//! unreachable stops the start with its password masked and the cause; replicas starting
+//! together apply the schema once; a newer schema is refused naming both versions; and a
+//! coordinator on PostgreSQL without an external broker (its replicas could not share the
+//! devices) refuses to serve, saying so, before it writes anything to its data directory.
+//! Replicas serving together: `tests/replicas.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use outpost_tests::postgres::{Database, psql};
 use outpost_tests::{bin_dir, refused_exit};
-
-fn admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// Runs SQL through `psql` against `url`; returns its unaligned output.
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-Atc", sql]).output().expect("psql");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A database of this test's own, dropped at the end (`.ci/run` drops what a failed run left).
-struct Database {
-    name: String,
-    /// With a password in it: the server's (when it asks for one) or `hunter2` (trust
-    /// authentication ignores it), so the tests see that it is never shown.
-    url: String,
-    password: String,
-}
-
-impl Database {
-    fn new(tag: &str) -> Database {
-        let name = format!("outpost_test_{tag}_{}", std::process::id());
-        psql(&admin_url(), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        psql(&admin_url(), &format!("CREATE DATABASE {name}"));
-        let base = admin_url();
-        let (scheme, rest) = base.split_once("://").unwrap();
-        let (user, host) = rest.split_once('@').expect("TEST_POSTGRES_URL names a user");
-        let (user, password) = user.split_once(':').unwrap_or((user, "hunter2"));
-        let host = &host[..host.find('/').unwrap_or(host.len())];
-        let url = format!("{scheme}://{user}:{password}@{host}/{name}");
-        Database { name, url, password: password.to_owned() }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&admin_url(), "-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
-            .output();
-    }
-}
 
 /// Starts `outpost-coordinator serve` on `store_url` with a data directory under `dir` that must
 /// not exist yet.
@@ -108,7 +66,7 @@ fn a_store_url_that_is_malformed_off_this_host_or_unreachable_stops_the_start_wi
 }
 
 #[test]
-fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_serve() {
+fn three_coordinators_starting_together_apply_the_schema_once_and_refuse_the_embedded_broker() {
     let db = Database::new("three");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let children: Vec<_> = dirs.iter().map(|d| start(&d.path().join("data"), &db.url)).collect();
@@ -116,10 +74,7 @@ fn three_coordinators_starting_together_apply_the_schema_once_then_refuse_to_ser
     for (child, dir) in children.into_iter().zip(&dirs) {
         let (code, err) = refused_exit(child, Duration::from_secs(30), "a PostgreSQL start must be refused");
         assert_eq!(code, 2, "{err}");
-        assert!(
-            err.contains("schema is at version 13") && err.contains("cannot keep all its records there yet"),
-            "{err}"
-        );
+        assert!(err.contains("the records are in PostgreSQL") && err.contains("set broker.url"), "{err}");
         assert!(!dir.path().join("data").exists(), "nothing written: {err}");
         assert!(!err.contains(&db.password), "the password is shown: {err}");
         assert!(err.contains(":***@"), "the URL is shown masked: {err}");

@@ -102,7 +102,10 @@ fn damaged(what: impl Into<String>) -> BackupError {
 /// The plaintext records of a backup of `data_dir`, written to `out` (an encrypting
 /// [`Sealer`], or the API's response body that the `backup` command seals).
 pub struct Snapshot<'a> {
-    pub store: &'a Store,
+    /// The state database; `None` when the records live in PostgreSQL (whose own tools back
+    /// them up): the backup then holds the data directory's files — the CA, the keys, the
+    /// trust root's files, the admin token — and no state record.
+    pub store: Option<&'a Store>,
     pub data_dir: &'a Path,
 }
 
@@ -126,10 +129,12 @@ impl Snapshot<'_> {
             *summary.records.entry(String::from_utf8_lossy(tree).into_owned()).or_default() += 1;
             Ok(())
         };
-        self.store.dump(&mut each).map_err(|e| match e {
-            DumpError::Store(e) => BackupError::Store(e),
-            DumpError::Write(e) => BackupError::Output(e),
-        })?;
+        if let Some(store) = self.store {
+            store.dump(&mut each).map_err(|e| match e {
+                DumpError::Store(e) => BackupError::Store(e),
+                DumpError::Write(e) => BackupError::Output(e),
+            })?;
+        }
         summary.audit_entries = audit_head.unwrap_or(0);
         for (relative, path) in files_under(self.data_dir)? {
             let bytes =

@@ -5,23 +5,26 @@
 //! this binary or an older replica is still running on it. [`lease`] holds the engines' leases
 //! and their terms, the fencing tokens every engine write is checked against.
 //!
-//! This is the first piece of the PostgreSQL store (`docs/design/store-backends.md`): the
-//! coordinator's records do not live here yet, so `serve` checks the database, brings its schema
-//! up to date, and then refuses to start, saying so. Only this module and its children may name
-//! `tokio_postgres` (the architecture test keeps it so).
+//! [`store`] is the pool every repository's PostgreSQL side uses (`docs/design/store-backends.md`).
+//! Only this module and its children may name `tokio_postgres` (the architecture test keeps it
+//! so).
 //!
-//! Until TLS to PostgreSQL is built, only a server on this host (loopback or a Unix socket) is
-//! accepted: a password never crosses a network in the clear.
+//! A server off this host is reached over TLS only ([`tls`]), its certificate checked against
+//! the CA `[store] ca_file` names: a password or a record never crosses a network in the clear.
+//! A server on this host (loopback or a Unix socket) needs no CA.
 
 pub mod keeper;
 pub mod lease;
 pub mod store;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use tokio_postgres::Client;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+
+use tls::PgTls;
 
 /// How long a connection attempt may take before the server counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +104,7 @@ impl PgError {
 pub struct PgUrl {
     masked: String,
     config: tokio_postgres::Config,
+    tls: PgTls,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -142,9 +146,17 @@ pub fn mask(url: &str) -> String {
 }
 
 impl PgUrl {
-    /// Parses `url`; refuses what is not a `postgres://` URL, names no database, or points at
-    /// a server off this host (TLS to PostgreSQL is not built yet).
+    /// Parses `url` for a server on this host (no CA: no TLS); see [`PgUrl::parse_with_ca`].
     pub fn parse(url: &str) -> Result<PgUrl, PgError> {
+        PgUrl::parse_with_ca(url, None)
+    }
+
+    /// Parses `url`; refuses what is not a `postgres://` URL or names no database. With
+    /// `ca_pem` (the CA that signed the server's certificate) every connection is TLS,
+    /// verified, unless the URL says `sslmode=disable` for a server on this host; without it,
+    /// only a server on this host is accepted.
+    pub fn parse_with_ca(url: &str, ca_pem: Option<&[u8]>) -> Result<PgUrl, PgError> {
+        use tokio_postgres::config::SslMode;
         let masked = mask(url);
         let malformed = |problem: String| PgError::Malformed { url: masked.clone(), problem };
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -162,31 +174,44 @@ impl PgUrl {
             return Err(malformed("it names no database (postgres://USER@HOST/DATABASE)".into()));
         }
         let refused = |problem: String| PgError::Refused { url: masked.clone(), problem };
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(refused(
-                "sslmode=require: TLS to PostgreSQL is not built yet; run the database on this host \
-                 (loopback or a Unix socket) for now"
-                    .into(),
-            ));
-        }
-        for host in config.get_hosts() {
-            if let Host::Tcp(name) = host
-                && !is_loopback(name)
-            {
+        let tls = match ca_pem {
+            Some(_) if config.get_ssl_mode() == SslMode::Disable => PgTls::none(),
+            Some(pem) => PgTls::trusting(pem).map_err(|e| refused(format!("store.ca_file: {e}")))?,
+            None if config.get_ssl_mode() == SslMode::Require => {
+                return Err(refused(
+                    "sslmode=require: give store.ca_file, the CA that signed PostgreSQL's certificate, so the \
+                     server can be verified"
+                        .into(),
+                ));
+            }
+            None => PgTls::none(),
+        };
+        config.ssl_mode(if tls.is_on() { SslMode::Require } else { SslMode::Disable });
+        if !tls.is_on() {
+            for host in config.get_hosts() {
+                if let Host::Tcp(name) = host
+                    && !is_loopback(name)
+                {
+                    return Err(refused(format!(
+                        "host `{name}` is not on this machine: the password and every record would cross \
+                         the network in the clear. Give store.ca_file (the CA that signed PostgreSQL's \
+                         certificate) to connect over TLS, or use 127.0.0.1, ::1, localhost or a Unix socket"
+                    )));
+                }
+            }
+            if let Some(ip) = config.get_hostaddrs().iter().find(|ip| !ip.is_loopback()) {
                 return Err(refused(format!(
-                    "host `{name}` is not on this machine, and TLS to PostgreSQL is not built yet: the password \
-                     and every record would cross the network in the clear. Use 127.0.0.1, ::1, localhost \
-                     or a Unix socket directory"
+                    "hostaddr `{ip}` is not on this machine: give store.ca_file to connect over TLS"
                 )));
             }
         }
-        if let Some(ip) = config.get_hostaddrs().iter().find(|ip| !ip.is_loopback()) {
-            return Err(refused(format!(
-                "hostaddr `{ip}` is not on this machine, and TLS to PostgreSQL is not built yet"
-            )));
-        }
         config.connect_timeout(CONNECT_TIMEOUT);
-        Ok(PgUrl { masked, config })
+        Ok(PgUrl { masked, config, tls })
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_on()
     }
 
     /// The URL as shown: its password masked.
@@ -205,7 +230,7 @@ impl PgUrl {
         let mut config = self.config.clone();
         config.application_name(application);
         let (client, connection) = config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| PgError::Unreachable { url: self.masked.clone(), cause: cause(&e) })?;
         let url = self.masked.clone();

@@ -109,12 +109,24 @@ fn take_backup(args: &BackupArgs) -> Result<(), Failed> {
     let file = create_private(&partial).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     let result = (|| -> Result<Summary, Failed> {
         let mut sealer = Sealer::new(Progress::new(BufWriter::new(file)), &key)?;
-        let summary = match Store::open(&args.data_dir) {
-            Ok(store) => {
-                eprintln!("no coordinator serves from {}: reading it directly", args.data_dir.display());
-                Snapshot { store: &store, data_dir: &args.data_dir }.write(&mut sealer)?
+        // A replica on PostgreSQL keeps no state database here: its keys and files are what a
+        // backup of the data directory holds (the records are backed up with pg_dump).
+        let stateless = !args.data_dir.join("state").exists();
+        let opened = if stateless { None } else { Some(Store::open(&args.data_dir)) };
+        let summary = match opened {
+            None => {
+                eprintln!(
+                    "{} holds no state database (the records are in PostgreSQL: back them up with \
+                     pg_dump); backing up the keys and files",
+                    args.data_dir.display()
+                );
+                Snapshot { store: None, data_dir: &args.data_dir }.write(&mut sealer)?
             }
-            Err(e) if Store::is_locked(&e) => {
+            Some(Ok(store)) => {
+                eprintln!("no coordinator serves from {}: reading it directly", args.data_dir.display());
+                Snapshot { store: Some(&store), data_dir: &args.data_dir }.write(&mut sealer)?
+            }
+            Some(Err(e)) if Store::is_locked(&e) => {
                 eprintln!(
                     "a coordinator serves from {}: asking it at {}",
                     args.data_dir.display(),
@@ -123,7 +135,7 @@ fn take_backup(args: &BackupArgs) -> Result<(), Failed> {
                 let mut stream = online_snapshot(args)?;
                 backup::relay(&mut stream, &mut sealer)?
             }
-            Err(e) => return Err(e.into()),
+            Some(Err(e)) => return Err(e.into()),
         };
         let out = sealer.finish()?.into_inner();
         let file = out.into_inner().map_err(|e| e.into_error())?;

@@ -1,4 +1,5 @@
-//! `outpostctl token …` and `audit …`: API tokens and the audit log.
+//! `outpostctl token …`, `audit …` and `cluster status`: API tokens, the audit log, and the
+//! coordinator's replicas and leaders.
 
 #[allow(unused_imports)]
 use super::*;
@@ -88,8 +89,56 @@ pub(super) fn run(cli: &Cli, api: &Api) -> Result<(), Failure> {
                 table.print(cli.wide());
             }
         }
+        Command::Cluster(ClusterCommand::Status) => cluster_status(cli, api)?,
         _ => return Err(Failure::Usage(format!("not an admin command: {:?}", cli.command))),
     }
+    Ok(())
+}
+
+/// `outpostctl cluster status`: replicas with their last heartbeat, then each engine's lease —
+/// its holder (the leader) and term.
+fn cluster_status(cli: &Cli, api: &Api) -> Result<(), Failure> {
+    let status: serde_json::Value = api.get("/api/v1/cluster")?;
+    if cli.structured() {
+        say!("{}", render(cli, &status));
+        return Ok(());
+    }
+    if status["store"] == "sled" {
+        say!("one coordinator on sled (store.url = \"sled\"): no replicas, every engine runs in it");
+        return Ok(());
+    }
+    let seconds = |ms: &serde_json::Value| format!("{:.1}s", ms.as_i64().unwrap_or(0) as f64 / 1000.0);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let empty = Vec::new();
+    let mut replicas =
+        Table::new().col("REPLICA").col("VERSION").col("SCHEMA").col("HEARTBEAT").wide("STARTED");
+    for r in status["replicas"].as_array().unwrap_or(&empty) {
+        replicas.row(vec![
+            text(&r["id"]),
+            text(&r["version"]),
+            r["schema"].to_string(),
+            format!("{} ago", seconds(&r["heartbeat_age_ms"])),
+            crate::models::packaging::utc(r["started_at_ms"].as_u64().unwrap_or(0) / 1000),
+        ]);
+    }
+    replicas.print(cli.wide());
+    say!("");
+    let mut leases = Table::new().col("ENGINE").col("LEADER").col("TERM").col("EXPIRES").wide("SINCE");
+    for l in status["leases"].as_array().unwrap_or(&empty) {
+        let left = l["expires_in_ms"].as_i64().unwrap_or(0);
+        leases.row(vec![
+            text(&l["engine"]),
+            text(&l["holder"]),
+            l["term"].to_string(),
+            if left >= 0 {
+                format!("in {}", seconds(&l["expires_in_ms"]))
+            } else {
+                format!("{} ago (no leader)", seconds(&serde_json::json!(-left)))
+            },
+            crate::models::packaging::utc(l["acquired_at_ms"].as_u64().unwrap_or(0) / 1000),
+        ]);
+    }
+    leases.print(cli.wide());
     Ok(())
 }
 

@@ -105,6 +105,9 @@ pub(super) enum Command {
     /// The audit log of every mutation.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The coordinator's replicas on PostgreSQL: heartbeats, and which one leads each engine.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Alerts firing now, then recently resolved ones.
     #[command(
         after_help = "Examples:\n  outpostctl alerts\n  outpostctl alerts -l model=bc\n  outpostctl alerts -o wide"
@@ -344,6 +347,12 @@ pub(super) enum ApiTokenCommand {
     Revoke {
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ClusterCommand {
+    /// Replicas with their last heartbeat; each engine's leader, its term and lease expiry.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,13 @@
 //! away; agents retransmit whatever was never acked anyway, so nothing depends on that.
 //! Reconnects back off exponentially with jitter; subscriptions are renewed whenever the
 //! broker reports no session.
+//!
+//! Replicas (the PostgreSQL store) each connect under their own client id and subscribe in one
+//! shared subscription (`$share/outpost-coordinators/outpost/v1/+/report`, MQTT 5's, which
+//! Mosquitto, EMQX, VerneMQ and HiveMQ also accept from MQTT 3.1.1 clients such as this link):
+//! the broker hands each device message to one replica. Ingest is idempotent on (device, seq)
+//! and the end-to-end ack goes out after the commit, so a replica killed in between costs the
+//! agent a resend, never a loss or a duplicate.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +40,11 @@ pub struct LinkSettings {
     pub host: String,
     pub port: u16,
     pub client_id: String,
+    /// One of several replicas: subscribe in the [`SHARE_GROUP`] shared subscription (the broker
+    /// hands each message to one replica) with a clean session (what a killed replica had in
+    /// flight is dropped by the broker and sent again by its agent, never held for a replica
+    /// that may not return).
+    pub shared: bool,
     pub tls: Arc<rustls::ClientConfig>,
     pub max_packet_bytes: usize,
 }
@@ -44,6 +56,16 @@ impl std::fmt::Debug for LinkSettings {
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
+}
+
+/// The shared-subscription group every replica joins (`$share/outpost-coordinators/…`).
+pub const SHARE_GROUP: &str = "outpost-coordinators";
+
+/// The filters the link subscribes to: every device's reports and presence, in the replicas'
+/// shared group when `shared`.
+pub fn filters(shared: bool) -> [String; 2] {
+    [topics::all_devices(Channel::Report), topics::all_devices(Channel::Presence)]
+        .map(|filter| if shared { format!("$share/{SHARE_GROUP}/{filter}") } else { filter })
 }
 
 /// Most messages ingested before one flush and one round of acks.
@@ -72,7 +94,7 @@ pub async fn run(
     let mut options = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     options
         .set_keep_alive(Duration::from_secs(20))
-        .set_clean_session(false)
+        .set_clean_session(settings.shared)
         // Deliveries are acknowledged once ingested (see the module header): backpressure.
         .set_manual_acks(true)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
@@ -133,9 +155,7 @@ pub async fn run(
                 if ack.session_present {
                     metrics.broker_subscribed.set(1);
                 } else {
-                    for filter in
-                        [topics::all_devices(Channel::Report), topics::all_devices(Channel::Presence)]
-                    {
+                    for filter in filters(settings.shared) {
                         if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                             tracing::error!(filter, error = %e, "cannot subscribe");
                         }

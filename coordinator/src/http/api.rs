@@ -66,8 +66,8 @@ pub struct AppState {
     pub api_ca_pem: Option<String>,
     /// Large bodies streamed to disk, and the turn their work waits for.
     pub uploads: crate::http::spool::Uploads,
-    /// The state database, for a backup's snapshot.
-    pub store: crate::base::store::Store,
+    /// Where the records live: for a backup's snapshot, and readiness.
+    pub store: crate::base::backing::Backing,
     /// Signed-in dashboard browsers.
     pub sessions: crate::http::dashboard::sessions::Sessions,
 }
@@ -166,6 +166,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
         ("delete", "/api/v1/tokens/{name}") => delete(admin::revoke_api_token),
         ("get", "/api/v1/audit") => get(admin::audit_tail),
         ("get", "/api/v1/audit/verify") => get(admin::audit_verify),
+        ("get", "/api/v1/cluster") => get(admin::cluster_status),
         ("get", "/api/v1/admin/backup") => get(admin::backup),
         ("get", "/api/v1/keys") => get(keys),
         ("get", "/api/v1/root") => get(roots::current),
@@ -186,7 +187,7 @@ fn handler(method: &str, path: &str) -> Option<axum::routing::MethodRouter<Arc<A
 
 /// The API: every `/api/v1` route is built from [`openapi::ROUTES`], so the served routes
 /// and the OpenAPI document cannot drift apart (a unit test checks every entry has its
-/// handler); `/healthz` and `/metrics` sit outside it.
+/// handler); `/healthz`, `/readyz` and `/metrics` sit outside it.
 pub fn router(state: Arc<AppState>) -> Router {
     let (upload_limit, json_limit) = (state.config.api.max_body_bytes, state.config.api.max_json_bytes);
     let mut by_path: BTreeMap<&str, axum::routing::MethodRouter<Arc<AppState>>> = BTreeMap::new();
@@ -203,7 +204,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         };
         by_path.insert(route.path, merged);
     }
-    let mut router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics));
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics));
     for (path, methods) in by_path {
         router = router.route(path, methods);
     }
@@ -228,6 +232,22 @@ async fn keys(
         "online_key": hex::encode(online.public_key().as_bytes()),
         "online_key_id": online.key_id(),
     })))
+}
+
+/// Readiness: 200 while the store answers, 503 naming the cause when it does not (PostgreSQL
+/// unreachable), so a load balancer sends no request to a replica that could only fail it.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+    let backing = state.store.clone();
+    // Behind a partition a query may hang (nothing resets the connection): not ready either.
+    let problem =
+        match tokio::time::timeout(WITHIN, tokio::task::spawn_blocking(move || backing.check())).await {
+            Ok(Ok(Ok(()))) => return "ready\n".into_response(),
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the store did not answer within {WITHIN:?}"),
+        };
+    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n")).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -10,18 +10,16 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::base::audit::AuditLog;
+use crate::base::backing::{Backing, Shared};
 use crate::base::metrics::Metrics;
 use crate::base::secrets::Secrets;
 use crate::base::store::Store;
 use crate::config::Config;
 use crate::fleet::ca::Authority;
-use crate::fleet::desired::Desired;
-use crate::fleet::devices::Devices;
-use crate::fleet::ingest::Ingest;
 use crate::fleet::link::{self, LinkSettings};
 use crate::http::api::AppState;
-use crate::http::auth::Auth;
-use crate::models::registry::Registry;
+
+mod records;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -54,15 +52,11 @@ pub enum ServeError {
     #[error(transparent)]
     Postgres(#[from] crate::base::pg::PgError),
     #[error(
-        "store.url `{url}`: PostgreSQL answers and its schema is at version {schema}, but this coordinator \
-         cannot keep all its records there yet (the fleet's devices, envelopes, desired states and trust \
-         root, the registry and its artifacts, rollouts and incidents, API tokens, alerts, monitoring's \
-         records, dashboard sessions and the audit log can be; the replicas' engines are not run \
-         under their leases yet, and the broker link does not share one device's messages among \
-         replicas; the PostgreSQL store lands in pieces, see \
-         docs/design/store-backends.md): set store.url = \"sled\""
+        "store.url `{url}`: the records are in PostgreSQL, shared by replicas, and every replica must \
+         reach the devices through one broker: set broker.url (an external MQTT broker with shared \
+         subscriptions, e.g. mqtts://broker:8883); the embedded broker serves one process only"
     )]
-    PostgresNotYet { url: String, schema: i32 },
+    PostgresNeedsBroker { url: String },
 }
 
 impl ServeError {
@@ -73,7 +67,7 @@ impl ServeError {
         matches!(
             self,
             ServeError::Config(_)
-                | ServeError::PostgresNotYet { .. }
+                | ServeError::PostgresNeedsBroker { .. }
                 | ServeError::Secrets(_)
                 | ServeError::Ca(CaError::Secret(_))
                 | ServeError::Roots(RootsError::Secret(_))
@@ -81,28 +75,9 @@ impl ServeError {
     }
 }
 
-/// `[store] url = "postgres://…"`: checks the server and brings its schema up to date (under
-/// the migration lock, so replicas starting together migrate once), then refuses to serve — the
-/// records cannot live there yet. Every message names the URL with its password masked.
-async fn refuse_postgres(url: &crate::base::pg::PgUrl) -> ServeError {
-    use crate::base::pg;
-    let replica = replica_id();
-    let mut client = match url.connect(&format!("outpost-coordinator {replica}")).await {
-        Ok(client) => client,
-        Err(e) => return e.into(),
-    };
-    match pg::migrate(url, &mut client, &replica).await {
-        Ok(migrated) => {
-            tracing::info!(url = url.masked(), replica, from = migrated.from, applied = ?migrated.applied, "PostgreSQL schema checked");
-            ServeError::PostgresNotYet { url: url.masked().to_owned(), schema: pg::latest_schema() }
-        }
-        Err(e) => e.into(),
-    }
-}
-
 /// This process among a cluster's replicas: host name, process id and a random part (a
 /// restarted process, or a pod that kept its name, is another replica).
-fn replica_id() -> String {
+pub fn replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -137,9 +112,19 @@ pub fn admin_token(data_dir: &std::path::Path, secrets: &Secrets) -> Result<Stri
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
-    if let crate::config::StoreBackend::Postgres(url) = config.store.backend()? {
-        return Err(refuse_postgres(&url).await);
-    }
+    let replica = replica_id();
+    // PostgreSQL is checked (and its schema brought up to date) before anything is written to
+    // the data directory, so a wrong URL leaves nothing behind.
+    let shared = match config.store.backend()? {
+        crate::config::StoreBackend::Sled => None,
+        crate::config::StoreBackend::Postgres(url) => {
+            let store = records::open_postgres(&url, &replica).await?;
+            if config.broker.url.is_none() {
+                return Err(ServeError::PostgresNeedsBroker { url: url.masked().to_owned() });
+            }
+            Some((Shared::new(store, &replica), url))
+        }
+    };
     // State, keys and the audit log: the owner's only (0700 directory, new files 0600).
     let private = outpost_shared::files::keep_private(&config.data_dir)
         .map_err(|source| ServeError::Write { path: config.data_dir.clone(), source })?;
@@ -150,18 +135,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let secrets = Arc::new(Secrets::from_spec(config.secrets.key.as_deref())?);
     tracing::info!(secrets = %secrets.describe(), "coordinator secrets");
     let authority = Arc::new(Authority::load_or_create(&config.data_dir, &secrets)?);
-    let store = Store::open(&config.data_dir)?;
-    let devices = Devices::open(&store)?;
+    let (backing, pg_url) = match shared {
+        None => (Backing::Sled(Store::open(&config.data_dir)?), None),
+        Some((shared, url)) => (Backing::Postgres(shared), Some(url)),
+    };
+    let admin = admin_token(&config.data_dir, &secrets)?;
+    let metrics = Metrics::new();
+    let records::Records { devices, desired, chain, registry, auth, sessions, audit, ingest } =
+        records::open(&backing, &config.data_dir, &authority, &admin, &config, &metrics)?;
     // A fresh revocation list at every start, so an external broker's never runs out.
     let crl = crate::fleet::revocation::publish(&authority, &devices, &config.data_dir)?;
     tracing::debug!(path = %crl.display(), "revocation list written");
-    let admin = admin_token(&config.data_dir, &secrets)?;
-    let metrics = Metrics::new();
-    let ingest = Ingest::new(store.clone(), authority.clone(), metrics.ingest.clone())?
-        .with_drift_hysteresis(crate::fleet::ingest::DriftHysteresis {
-            windows: config.alerts.drift_windows,
-            clear_windows: config.alerts.drift_clear_windows,
-        });
     let broker_ca_pem = match &config.broker.ca_file {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|source| ServeError::Read { path: path.clone(), source })?
@@ -170,8 +154,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let (cert, key) = authority.issue_client(outpost_shared::protocol::gate::COORDINATOR, 30)?;
     let tls = outpost_shared::tls::client_config(broker_ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes())?;
-    let audit =
-        Arc::new(AuditLog::open(&config.data_dir, &store).map_err(|e| ServeError::Audit(e.to_string()))?);
+    let audit = Arc::new(audit);
     let broker_front = if config.broker.url.is_none() {
         let names = config.embedded_broker_names();
         let front = crate::fleet::broker::start(crate::fleet::broker::Embedded {
@@ -192,12 +175,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let settings = LinkSettings {
         host,
         port,
-        client_id: outpost_shared::protocol::gate::COORDINATOR.into(),
+        // Replicas share the devices' messages (a shared subscription), each under its own id.
+        client_id: match &backing {
+            Backing::Sled(_) => outpost_shared::protocol::gate::COORDINATOR.into(),
+            Backing::Postgres(_) => format!("{}-{replica}", outpost_shared::protocol::gate::COORDINATOR),
+        },
+        shared: matches!(backing, Backing::Postgres(_)),
         tls,
         max_packet_bytes: config.broker.max_packet_bytes,
     };
 
-    let auth = Auth::open(&store, &admin, config.api.rate_limit_per_sec, config.api.rate_limit_burst)?;
     match audit.verify() {
         Ok(entries) => tracing::info!(entries, at = %audit.location(), "audit log verified"),
         Err(problem) => {
@@ -218,21 +205,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .chain(configured.iter().copied())
         .collect();
     let roots = crate::fleet::roots::TrustRoots::open(
-        crate::fleet::roots::RootChain::open(&store)?,
+        chain,
         &config.data_dir,
         Arc::clone(&authority),
         &first_release,
         Arc::clone(&secrets),
     )?;
-    let registry = Registry::open(&store, &config.data_dir)
-        .map_err(|e| ServeError::Audit(e.to_string()))?
+    let registry = registry
         .trusting(configured)
         .signing_on_push(config.registry.sign_on_push)
         .with_bundle_keys(config.registry.load_bundle_keys().map_err(|(key, problem)| {
             ServeError::Config(crate::config::ConfigError::Key { key, problem })
         })?);
     registry.follow_root_release(&roots.release()?.0);
-    let desired = Desired::open(&store)?.with_ttl(config.fleet.desired_ttl_secs);
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(4096);
     let republish: link::Republish = {
         let (desired, authority) = (desired.clone(), authority.clone());
@@ -282,7 +267,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let alerts = Arc::new(
         crate::ops::alerts::AlertEngine::new(
-            &store,
+            &backing,
             config.alerts.clone(),
             config.fleet.clone(),
             format!("{}/api/v1/alerts", config.api.advertised_url.as_deref().unwrap_or_default()),
@@ -302,7 +287,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tokio::spawn(crate::ops::alerts::run(Arc::clone(&alerts), clock.clone(), shutdown_rx.clone()));
     let pruned_devices = devices.clone();
     let retention_task = tokio::spawn(crate::monitoring::retention::run(
-        store.clone(),
+        backing.clone(),
         config.retention.clone(),
         Arc::new(move |cutoff_ms| pruned_devices.prune_envelopes(cutoff_ms)),
         clock.clone(),
@@ -317,7 +302,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.watchdog,
     );
     let retraining = Arc::new(crate::ops::retraining::Retraining::new(
-        &store,
+        &backing,
         config.retraining.clone(),
         config.data_dir.clone(),
         deployer.clone(),
@@ -327,7 +312,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         clock.clone(),
     )?);
     let rollouts = Arc::new(crate::ops::rollout::Rollouts::new(
-        &store,
+        &backing,
         deployer.clone(),
         config.fleet.clone(),
         metrics.clone(),
@@ -356,14 +341,32 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         api_ca_pem: tls.as_ref().map(|_| api_ca_pem),
         uploads: crate::http::spool::Uploads::new(&config.data_dir)
             .map_err(|source| ServeError::Write { path: config.data_dir.join("uploads"), source })?,
-        sessions: crate::http::dashboard::sessions::Sessions::open(&store)?,
-        store: store.clone(),
+        sessions,
+        store: backing.clone(),
     });
     let retraining_task =
         tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));
     let rollout_task = tokio::spawn(crate::ops::rollout::run(rollouts, shutdown_rx.clone()));
-    let refresh_task =
-        tokio::spawn(crate::ops::deploy::run_refresh(state.deployer.clone(), shutdown_rx.clone()));
+    let refresh_task = tokio::spawn(crate::ops::deploy::run_refresh(
+        state.deployer.clone(),
+        backing.fence(crate::ops::deploy::REFRESH),
+        shutdown_rx.clone(),
+    ));
+    // Every engine has asked for its fence by now: the keeper claims their leases.
+    let keeper_task = match (&backing, &pg_url) {
+        (Backing::Postgres(shared), Some(url)) => Some(tokio::spawn(
+            crate::base::pg::keeper::LeaseKeeper::new(
+                url,
+                &replica,
+                env!("CARGO_PKG_VERSION"),
+                crate::base::pg::latest_schema(),
+                shared.fences(),
+                std::time::Duration::from_secs(config.store.lease_ttl_secs),
+            )
+            .run(shutdown_rx.clone()),
+        )),
+        _ => None,
+    };
     if tls.is_some() {
         tracing::info!(%addr, "API speaks HTTPS");
     }
@@ -378,8 +381,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = retraining_task.await;
     let _ = rollout_task.await;
     let _ = retention_task.await;
+    if let Some(keeper) = keeper_task {
+        // Releases the leases it holds, so another replica takes over at once.
+        let _ = keeper.await;
+    }
     let served = server_task.await;
-    store.flush()?;
+    backing.flush()?;
     tracing::info!("state flushed; stopped");
     match served {
         Ok(Ok(())) => Ok(()),

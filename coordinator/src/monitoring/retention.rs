@@ -7,13 +7,14 @@
 //! when the agent computed them, predictions and labels by when the prediction was made. The
 //! raw envelopes devices sent are kept for `retention.envelope_days`; the fleet floor prunes
 //! them (`Devices::prune_envelopes`), in the same hourly pass, through the function
-//! [`run`] is given. On PostgreSQL the same history goes from its tables ([`pg::prune`]); the
-//! hourly task runs with `serve`, which does not start on PostgreSQL yet.
+//! [`run`] is given. On PostgreSQL the same history goes from its tables ([`pg::prune`]), by
+//! the one replica holding the `retention` lease.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::backing::Backing;
 use crate::base::store::{Store, StoreError};
 use crate::monitoring::report;
 use crate::monitoring::slo::rollup::{HOUR_MS, MINUTE_MS};
@@ -125,20 +126,48 @@ pub fn prune(store: &Store, cutoff_ms: u64) -> Result<Pruned, StoreError> {
 /// Removes envelopes stored before a cutoff (ms, the coordinator's clock); answers how many went.
 pub type PruneEnvelopes = dyn Fn(u64) -> Result<u64, StoreError> + Send + Sync;
 
+/// The lease on pruning (PostgreSQL): one replica prunes for all.
+pub const ENGINE: &str = "retention";
+
 /// Prunes at start and then hourly until `stop`: monitoring history, and the raw envelopes
-/// through `prune_envelopes`.
-pub async fn run(
-    store: Store,
+/// through `prune_envelopes`. On PostgreSQL only the replica holding the [`ENGINE`] lease
+/// prunes (the others look again every half minute, so a new holder prunes soon).
+pub fn run(
+    backing: Backing,
+    config: RetentionConfig,
+    prune_envelopes: std::sync::Arc<PruneEnvelopes>,
+    clock: crate::base::clock::Clock,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> {
+    // Asked for now, not when first polled: the lease keeper takes the fences asked for
+    // before it starts.
+    let fence = backing.fence(ENGINE);
+    prune_while_leading(backing, fence, config, prune_envelopes, clock, stop)
+}
+
+async fn prune_while_leading(
+    backing: Backing,
+    fence: Option<crate::base::pg::store::Fence>,
     config: RetentionConfig,
     prune_envelopes: std::sync::Arc<PruneEnvelopes>,
     clock: crate::base::clock::Clock,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        if !crate::base::backing::leads(fence.as_ref()) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
         let now = clock.now_ms();
         let cutoff = now.saturating_sub(config.monitoring_days.saturating_mul(86_400_000));
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || prune(&s, cutoff)).await {
+        let b = backing.clone();
+        let pruned = tokio::task::spawn_blocking(move || match &b {
+            Backing::Sled(store) => prune(store, cutoff),
+            Backing::Postgres(shared) => pg::prune(&shared.store, cutoff),
+        });
+        match pruned.await {
             Ok(Ok(p)) if p != Pruned::default() => {
                 tracing::info!(?p, days = config.monitoring_days, "pruned monitoring history")
             }

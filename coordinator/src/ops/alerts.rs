@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::base::store::{Store, StoreError};
+use crate::base::backing::Backing;
+use crate::base::store::StoreError;
 use crate::fleet::devices::DeviceRecord;
 use crate::fleet::liveness::{FleetConfig, Liveness};
 use crate::ops::retraining::RunStore;
@@ -279,6 +280,8 @@ pub struct AlertEngine {
     slos: crate::monitoring::slo::Slos,
     labels: crate::monitoring::quality::Labels,
     devices: crate::fleet::devices::Devices,
+    /// On PostgreSQL: the `alerts` lease; evaluations run only while it is held.
+    fence: Option<crate::base::pg::store::Fence>,
     config: AlertsConfig,
     fleet: FleetConfig,
     ca_pem: Option<Vec<u8>>,
@@ -321,8 +324,10 @@ pub enum AlertsError {
 }
 
 impl AlertEngine {
+    /// The engine on `backing`; on PostgreSQL it evaluates only while this replica holds the
+    /// `alerts` lease, and every alert it stores checks that lease's term.
     pub fn new(
-        store: &Store,
+        backing: &Backing,
         config: AlertsConfig,
         fleet: FleetConfig,
         generator_url: String,
@@ -334,21 +339,53 @@ impl AlertEngine {
             ),
             None => None,
         };
-        let slos = crate::monitoring::slo::Slos::open(store)?;
-        let labels = crate::monitoring::quality::Labels::open(store)?;
-        Ok(AlertEngine {
-            alerts: AlertStore::open(store)?,
-            runs: RunStore::open(store)?,
-            incidents: crate::ops::rollout::RolloutStore::open(store)?,
+        use crate::monitoring::{quality::Labels, slo::Slos};
+        let engine = |alerts, runs, incidents, slos, labels, devices, fence| AlertEngine {
+            alerts,
+            runs,
+            incidents,
             slos,
             labels,
-            devices: crate::fleet::devices::Devices::open(store)?,
+            devices,
+            fence,
             config,
             fleet,
             ca_pem,
             generator_url,
             metrics,
+        };
+        Ok(match backing {
+            Backing::Sled(store) => engine(
+                AlertStore::open(store)?,
+                RunStore::open(store)?,
+                crate::ops::rollout::RolloutStore::open(store)?,
+                Slos::open(store)?,
+                Labels::open(store)?,
+                crate::fleet::devices::Devices::open(store)?,
+                None,
+            ),
+            Backing::Postgres(shared) => {
+                let (pg, fence) = (&shared.store, shared.fence(ENGINE));
+                engine(
+                    AlertStore::open_postgres(pg, fence.clone()),
+                    RunStore::open_postgres(pg),
+                    crate::ops::rollout::RolloutStore::open_postgres(
+                        pg,
+                        shared.fence(crate::ops::rollout::ENGINE),
+                    ),
+                    Slos::open_postgres(pg),
+                    Labels::open_postgres(pg),
+                    crate::fleet::devices::Devices::open_postgres(pg),
+                    Some(fence),
+                )
+            }
         })
+    }
+
+    /// Whether this replica evaluates alerts now (always on sled; on PostgreSQL while it holds
+    /// the `alerts` lease).
+    pub fn leads(&self) -> bool {
+        crate::base::backing::leads(self.fence.as_ref())
     }
 
     /// Every stored alert, firing first, newest first.
@@ -606,6 +643,9 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if !engine.leads() {
+            continue;
         }
         let (e, now) = (std::sync::Arc::clone(&engine), clock.now_ms());
         match tokio::task::spawn_blocking(move || e.tick(now)).await {

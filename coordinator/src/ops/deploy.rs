@@ -331,14 +331,25 @@ impl Deployer {
         Ok(self.desired.seal_many(&self.authority, &changed)?)
     }
 }
+/// The lease on renewing desired states (PostgreSQL): one replica renews them.
+pub const REFRESH: &str = "desired-refresh";
+
 /// Renews expiring desired states until `shutdown`: every quarter of the TTL (between 1 s and
-/// a minute), so no agent's state lapses while the coordinator runs.
-pub async fn run_refresh(deployer: Deployer, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// a minute), so no agent's state lapses while the coordinator runs; on PostgreSQL only while
+/// this replica holds the [`REFRESH`] lease (`fence`).
+pub async fn run_refresh(
+    deployer: Deployer,
+    fence: Option<crate::base::pg::store::Fence>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let every = std::time::Duration::from_millis((deployer.desired.ttl_ms() / 4).clamp(1_000, 60_000));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        if !crate::base::backing::leads(fence.as_ref()) {
+            continue;
         }
         match deployer.refresh_expiring().await {
             Ok(0) => {}

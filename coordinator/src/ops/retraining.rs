@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::base::audit::AuditLog;
+use crate::base::backing::Backing;
 use crate::base::clock::Clock;
 use crate::base::metrics::Metrics;
-use crate::base::store::{Store, StoreError};
+use crate::base::store::StoreError;
 use crate::fleet::ca::Authority;
 use crate::models::validation::ValidateOptions;
 use crate::monitoring::dataset::Predictions;
@@ -199,6 +200,9 @@ impl RunRecord {
     }
 }
 
+/// The lease on checking the retraining triggers (PostgreSQL).
+pub const TRIGGERS: &str = "retraining";
+
 /// Runs, their store, which models are running now, and the handles a run acts through.
 pub struct Retraining {
     runs: RunStore,
@@ -208,6 +212,9 @@ pub struct Retraining {
     data_dir: PathBuf,
     predictions: Predictions,
     labels: Labels,
+    /// On PostgreSQL: the lease on the triggers (schedules, sustained drift), which one
+    /// replica at a time checks. A run asked for through the API starts on the replica asked.
+    triggers: Option<crate::base::pg::store::Fence>,
     deployer: Deployer,
     /// Signs the bundles a run registers.
     authority: Arc<Authority>,
@@ -225,7 +232,7 @@ impl std::fmt::Debug for Retraining {
 impl Retraining {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: &Store,
+        backing: &Backing,
         config: RetrainingConfig,
         data_dir: PathBuf,
         deployer: Deployer,
@@ -234,13 +241,25 @@ impl Retraining {
         metrics: Metrics,
         clock: Clock,
     ) -> Result<Retraining, StoreError> {
+        let (runs, predictions, labels, triggers) = match backing {
+            Backing::Sled(store) => {
+                (RunStore::open(store)?, Predictions::open(store)?, Labels::open(store)?, None)
+            }
+            Backing::Postgres(shared) => (
+                RunStore::open_postgres(&shared.store),
+                Predictions::open_postgres(&shared.store),
+                Labels::open_postgres(&shared.store),
+                Some(shared.fence(TRIGGERS)),
+            ),
+        };
         Ok(Retraining {
-            runs: RunStore::open(store)?,
+            runs,
             running: Mutex::new(HashSet::new()),
             config,
             data_dir,
-            predictions: Predictions::open(store)?,
-            labels: Labels::open(store)?,
+            predictions,
+            labels,
+            triggers,
             deployer,
             authority,
             audit,
@@ -540,6 +559,9 @@ pub async fn run_triggers(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if !crate::base::backing::leads(retraining.triggers.as_ref()) {
+            continue;
         }
         let now = retraining.clock.now_ms();
         let alerts = alerts.list().unwrap_or_default();

@@ -66,9 +66,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::base::backing::Backing;
 use crate::base::clock::Clock;
 use crate::base::metrics::Metrics;
-use crate::base::store::{Store, StoreError};
+use crate::base::store::StoreError;
 use crate::fleet::desired::{Outgoing, matches};
 use crate::fleet::devices::DeviceRecord;
 use crate::fleet::devices::Devices;
@@ -112,9 +113,9 @@ pub struct Rollouts {
     clock: Clock,
     /// Serialises changes between the engine and operator requests.
     lock: Mutex<()>,
-    /// On PostgreSQL, the `rollouts` lease as this replica holds it: the engine ticks only
-    /// while it is held, and its writes check it.
-    fence: Option<crate::base::pg::store::Fence>,
+    /// On PostgreSQL, the `rollouts` lease as this replica holds it (and the replica's id): the
+    /// engine ticks only while it is held, and its writes check it.
+    fence: Option<(crate::base::pg::store::Fence, String)>,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -131,50 +132,43 @@ fn actual_of<'a>(
 }
 
 impl Rollouts {
+    /// The engine on `backing`. On PostgreSQL every record it reads and writes is shared with
+    /// the other replicas; it steps rollouts only while this replica holds the `rollouts`
+    /// lease (its fence, kept by the lease keeper), and every step it stores checks that
+    /// lease's term.
     pub fn new(
-        store: &Store,
+        backing: &Backing,
         deployer: Deployer,
         fleet: FleetConfig,
         metrics: Metrics,
         clock: Clock,
     ) -> Result<Rollouts, StoreError> {
+        let (repo, devices, evidence, fence) = match backing {
+            Backing::Sled(store) => {
+                (RolloutStore::open(store)?, Devices::open(store)?, EvidenceSource::open(store)?, None)
+            }
+            Backing::Postgres(shared) => {
+                let fence = shared.fence(ENGINE);
+                (
+                    RolloutStore::open_postgres(&shared.store, fence.clone()),
+                    Devices::open_postgres(&shared.store),
+                    EvidenceSource::open_postgres(&shared.store),
+                    Some((fence, shared.replica.clone())),
+                )
+            }
+        };
         Ok(Rollouts {
-            repo: RolloutStore::open(store)?,
-            devices: Devices::open(store)?,
-            evidence: EvidenceSource::open(store)?,
+            repo,
+            devices,
+            evidence,
             watches: watch::Watches::default(),
             deployer,
             fleet,
             metrics,
             clock,
             lock: Mutex::new(()),
-            fence: None,
+            fence,
         })
-    }
-
-    /// The engine on PostgreSQL: every record it reads and writes is there, shared with the
-    /// other replicas; it steps rollouts only while this replica holds the `rollouts` lease
-    /// (`fence`, kept by the lease keeper), and every step it stores checks that lease's term.
-    pub fn new_postgres(
-        store: &crate::base::pg::store::PgStore,
-        fence: crate::base::pg::store::Fence,
-        deployer: Deployer,
-        fleet: FleetConfig,
-        metrics: Metrics,
-        clock: Clock,
-    ) -> Rollouts {
-        Rollouts {
-            repo: RolloutStore::open_postgres(store, fence.clone()),
-            devices: Devices::open_postgres(store),
-            evidence: EvidenceSource::open_postgres(store),
-            watches: watch::Watches::default(),
-            deployer,
-            fleet,
-            metrics,
-            clock,
-            lock: Mutex::new(()),
-            fence: Some(fence),
-        }
     }
 
     /// The stored rollouts and incidents.
@@ -386,6 +380,7 @@ impl Rollouts {
             created_ms: now,
             finished_ms: None,
             revision: 0,
+            engine_term: None,
         };
         r.log(
             now,

@@ -35,7 +35,7 @@ fn coordinator_dir() -> (tempfile::TempDir, Store) {
 
 fn backup_of((dir, store): &(tempfile::TempDir, Store), key: &SourcedKey) -> (Vec<u8>, Summary) {
     let mut sealer = Sealer::new(Vec::new(), key).unwrap();
-    let summary = Snapshot { store, data_dir: dir.path() }.write(&mut sealer).unwrap();
+    let summary = Snapshot { store: Some(store), data_dir: dir.path() }.write(&mut sealer).unwrap();
     (sealer.finish().unwrap(), summary)
 }
 
@@ -165,7 +165,7 @@ fn a_name_that_leaves_the_data_directory_is_refused() {
 fn a_snapshot_stream_that_breaks_off_never_makes_a_backup() {
     let source = coordinator_dir();
     let mut plain = Vec::new();
-    let summary = Snapshot { store: &source.1, data_dir: source.0.path() }.write(&mut plain).unwrap();
+    let summary = Snapshot { store: Some(&source.1), data_dir: source.0.path() }.write(&mut plain).unwrap();
     let key = key();
     let mut sealer = Sealer::new(Vec::new(), &key).unwrap();
     assert_eq!(relay(&mut &plain[..], &mut sealer).unwrap(), summary);

@@ -134,5 +134,85 @@ pub async fn heartbeat(
             &[&id, &version, &schema],
         )
         .await?;
+    // A replica id is a process's: rows of processes gone a day are history, not replicas.
+    client.execute("DELETE FROM outpost_replicas WHERE heartbeat_at < now() - interval '1 day'", &[]).await?;
     Ok(())
+}
+
+/// The cluster as the database sees it: every replica heard from in the last day and every
+/// engine's lease, ages and expiries by the database's clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    pub replicas: Vec<ReplicaRow>,
+    pub leases: Vec<LeaseRow>,
+}
+
+/// One coordinator process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub version: String,
+    /// The newest schema version it knows.
+    pub schema: i32,
+    pub started_at_ms: i64,
+    /// How long ago its last heartbeat was recorded.
+    pub heartbeat_age_ms: i64,
+}
+
+/// One engine's lease.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseRow {
+    pub engine: String,
+    pub holder: String,
+    pub term: i64,
+    /// Until the lease expires unless renewed (negative: it expired that long ago).
+    pub expires_in_ms: i64,
+    pub acquired_at_ms: i64,
+}
+
+/// Reads the [`ClusterView`] (one snapshot).
+pub fn view(store: &super::store::PgStore) -> Result<ClusterView, crate::base::store::StoreError> {
+    const MS: &str = "(extract(epoch from";
+    let replicas = format!(
+        "SELECT id, version, schema, {MS} started_at) * 1000)::bigint,
+                {MS} now() - heartbeat_at) * 1000)::bigint
+         FROM outpost_replicas WHERE heartbeat_at > now() - interval '1 day' ORDER BY id"
+    );
+    let leases = format!(
+        "SELECT engine, holder, term, {MS} expires_at - now()) * 1000)::bigint,
+                {MS} acquired_at) * 1000)::bigint
+         FROM outpost_leases ORDER BY engine"
+    );
+    store.with(|c| {
+        let mut tx =
+            c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
+        let replicas = tx
+            .query(&replicas, &[])?
+            .iter()
+            .map(|r| {
+                Ok(ReplicaRow {
+                    id: r.try_get(0)?,
+                    version: r.try_get(1)?,
+                    schema: r.try_get(2)?,
+                    started_at_ms: r.try_get(3)?,
+                    heartbeat_age_ms: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        let leases = tx
+            .query(&leases, &[])?
+            .iter()
+            .map(|r| {
+                Ok(LeaseRow {
+                    engine: r.try_get(0)?,
+                    holder: r.try_get(1)?,
+                    term: r.try_get(2)?,
+                    expires_in_ms: r.try_get(3)?,
+                    acquired_at_ms: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        tx.commit()?;
+        Ok(ClusterView { replicas, leases })
+    })
 }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::NoTls;
+use super::tls::PgTls;
 use postgres::error::SqlState;
 use r2d2_postgres::PostgresConnectionManager;
 
@@ -48,11 +48,29 @@ pub enum PgFailure {
 pub struct PgStore {
     /// The URL as every message shows it (password masked).
     masked: Arc<str>,
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<PostgresConnectionManager<PgTls>>,
+    /// Declared after `pool`: dropped after it, so the last handle's closer holds the last
+    /// reference to the pool.
+    _closer: Arc<Closer>,
     feed: Arc<Feed>,
     /// This replica's shard of the roll-up rows (one of [`SHARDS`], picked at random when the
     /// pool is opened): replicas adding into one bucket each add into their own row.
     shard: i16,
+}
+
+/// Closes the pool's connections off the async runtime when the last [`PgStore`] goes: the
+/// blocking client closes a connection by entering a runtime of its own, which panics inside
+/// another (a `serve` that fails after opening the pool returns through async code).
+struct Closer(Option<r2d2::Pool<PostgresConnectionManager<PgTls>>>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Some(last) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::spawn(move || drop(last)).join();
+        }
+    }
 }
 
 /// How many shards roll-up rows are spread over.
@@ -65,7 +83,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// A connection taken from the pool for one call.
-pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<PgTls>>;
 
 impl PgStore {
     /// Opens a pool on `url` (its schema must already be up to date: [`super::migrate`]); fails
@@ -73,7 +91,7 @@ impl PgStore {
     pub fn open(url: &PgUrl, application: &str) -> Result<PgStore, StoreError> {
         let mut config = url.config.clone();
         config.application_name(application).connect_timeout(super::CONNECT_TIMEOUT);
-        let manager = PostgresConnectionManager::new(postgres::Config::from(config), NoTls);
+        let manager = PostgresConnectionManager::new(postgres::Config::from(config), url.tls.clone());
         let pool = run(|| {
             r2d2::Pool::builder()
                 .max_size(POOL_SIZE)
@@ -86,7 +104,23 @@ impl PgStore {
         // A shard is a spread, not a secret: a failing system RNG just means shard 0.
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
         let shard = i16::from(byte[0] % SHARDS);
-        Ok(PgStore { masked: url.masked.as_str().into(), pool, feed: Default::default(), shard })
+        Ok(PgStore {
+            masked: url.masked.as_str().into(),
+            _closer: Arc::new(Closer(Some(pool.clone()))),
+            pool,
+            feed: Default::default(),
+            shard,
+        })
+    }
+
+    /// The URL, its password masked (for messages).
+    pub fn masked_url(&self) -> &str {
+        &self.masked
+    }
+
+    /// Answers whether PostgreSQL answers a query now (within the pool's checkout timeout).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
     }
 
     /// This replica's shard of the roll-up rows.
@@ -327,6 +361,8 @@ pub fn to_sql(n: u64) -> i64 {
 #[cfg(test)]
 pub mod testing {
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    use postgres::NoTls;
 
     use super::*;
 

@@ -67,7 +67,7 @@ fn parse_refuses_what_is_not_a_local_postgres_url_and_never_shows_the_password()
     );
     assert!(refused("postgres://u:hunter2@10.1.2.3/o").contains("not on this machine"));
     assert!(refused("postgres://u:hunter2@localhost/o?hostaddr=10.1.2.3").contains("hostaddr"));
-    assert!(refused("postgres://u:hunter2@127.0.0.1/o?sslmode=require").contains("TLS to PostgreSQL"));
+    assert!(refused("postgres://u:hunter2@127.0.0.1/o?sslmode=require").contains("store.ca_file"));
     for ok in [
         "postgres://u:hunter2@127.0.0.1:5432/o",
         "postgresql://u@localhost/o",
@@ -77,6 +77,79 @@ fn parse_refuses_what_is_not_a_local_postgres_url_and_never_shows_the_password()
         let url = PgUrl::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         assert!(!format!("{url} {url:?}").contains("hunter2"));
     }
+}
+
+/// The certificate the machine's PostgreSQL presents (Debian's `ssl = on` with the snakeoil
+/// certificate) and the host name it carries, or `None` where its TLS is off.
+fn server_certificate() -> Option<(Vec<u8>, String)> {
+    let admin = admin_url();
+    let shown = |setting: &str| {
+        let out = std::process::Command::new("psql")
+            .args([admin.as_str(), "-Atc", &format!("SHOW {setting}")])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    if shown("ssl")? != "on" {
+        assert!(std::env::var_os("CI").is_none(), "CI: the machine's PostgreSQL must have ssl = on");
+        eprintln!("skipped: the machine's PostgreSQL has ssl = off");
+        return None;
+    }
+    let pem = std::fs::read(shown("ssl_cert_file")?).ok()?;
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&pem)?;
+            child.wait_with_output()
+        })
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = text.split("DNS:").nth(1)?.split([',', '\n']).next()?.trim().to_owned();
+    Some((pem, name))
+}
+
+/// TLS to PostgreSQL: the URL names the host the certificate carries and dials the loopback
+/// address (`hostaddr`), which counts as off this host without the CA; with the CA every
+/// connection is TLS (the server says so), and a CA that did not sign the server's certificate
+/// fails the handshake, naming the cause.
+#[tokio::test]
+async fn connects_over_tls_verifying_the_server_certificate_and_refuses_another_ca() {
+    let Some((pem, name)) = server_certificate() else { return };
+    let admin = admin_url();
+    let (scheme_user, rest) = admin.split_once('@').unwrap();
+    let db = &rest[rest.rfind('/').unwrap()..];
+    let port = rest.split(['/', ':']).nth(1).filter(|p| p.parse::<u16>().is_ok()).unwrap_or("5432");
+    let url = format!("{scheme_user}@{name}:{port}{db}?hostaddr=10.255.255.1");
+    let refused = PgUrl::parse(&url).expect_err("a server off this host without a CA").to_string();
+    assert!(refused.contains("store.ca_file"), "{refused}");
+    let url = format!("{scheme_user}@{name}:{port}{db}?hostaddr=127.0.0.1");
+    let tls = PgUrl::parse_with_ca(&url, Some(&pem)).unwrap();
+    assert!(tls.is_tls());
+    let client = tls.connect("outpost-test").await.unwrap();
+    let ssl: bool = client
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection is TLS");
+    // The blocking pool too.
+    let store = tokio::task::spawn_blocking({
+        let tls = tls.clone();
+        move || {
+            let store = store::PgStore::open(&tls, "outpost-test").unwrap();
+            store.ping().unwrap();
+        }
+    });
+    store.await.unwrap();
+    let other = rcgen::generate_simple_self_signed(vec![name.clone()]).unwrap().cert.pem();
+    let wrong = PgUrl::parse_with_ca(&url, Some(other.as_bytes())).unwrap();
+    let e = wrong.connect("outpost-test").await.expect_err("another CA");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(PgUrl::parse_with_ca(&url, Some(b"not a certificate")).is_err());
 }
 
 #[tokio::test]

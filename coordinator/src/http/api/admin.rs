@@ -122,6 +122,40 @@ pub async fn audit_verify(
     }))
 }
 
+/// `GET /api/v1/cluster`: the coordinator's replicas, their heartbeats, and which replica runs
+/// each engine in which term (on PostgreSQL; one process on sled has none).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `sled` or `postgres`.
+    pub store: String,
+    #[serde(flatten)]
+    pub view: crate::base::pg::lease::ClusterView,
+}
+
+pub async fn cluster_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    use crate::base::backing::Backing;
+    authorize(&state, &headers, Role::Viewer)?;
+    let backing = state.store.clone();
+    let view = blocking(move || match &backing {
+        Backing::Sled(_) => {
+            Ok(crate::base::pg::lease::ClusterView { replicas: Vec::new(), leases: Vec::new() })
+        }
+        Backing::Postgres(shared) => crate::base::pg::lease::view(&shared.store),
+    })
+    .await?
+    .map_err(|e| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's state cannot be read: {e}"))
+    })?;
+    let store = match &state.store {
+        Backing::Sled(_) => "sled",
+        Backing::Postgres(_) => "postgres",
+    };
+    Ok(Json(ClusterStatus { store: store.into(), view }))
+}
+
 /// `POST /api/v1/devices/{id}/revoke`: the device is refused from now on — its telemetry
 /// (refused and counted), its artifact downloads, any deployment — and its certificate joins
 /// the CA's revocation list, rewritten at once.
@@ -219,7 +253,12 @@ pub async fn backup(
     let st = Arc::clone(&state);
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHANNEL_PIECE) };
-        let snapshot = crate::base::backup::Snapshot { store: &st.store, data_dir: &st.config.data_dir };
+        let store = match &st.store {
+            crate::base::backing::Backing::Sled(store) => Some(store),
+            // The records are PostgreSQL's to back up (pg_dump): the keys and files are ours.
+            crate::base::backing::Backing::Postgres(_) => None,
+        };
+        let snapshot = crate::base::backup::Snapshot { store, data_dir: &st.config.data_dir };
         match snapshot.write(&mut out) {
             Ok(summary) => tracing::info!(
                 files = summary.files,

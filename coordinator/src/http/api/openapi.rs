@@ -223,6 +223,13 @@ pub const ROUTES: &[RouteDoc] = &[
     r("get", "/api/v1/audit/verify", "admin", None, "Verify the audit log's hash chain."),
     r(
         "get",
+        "/api/v1/cluster",
+        "viewer",
+        None,
+        "The coordinator's replicas (last heartbeat) and engines' leases (holder, term) on PostgreSQL.",
+    ),
+    r(
+        "get",
         "/api/v1/admin/backup",
         "admin",
         None,

@@ -11,6 +11,7 @@ use outpost_shared::protocol::messages::{LoadState, ModelState, ModelWindow, Rep
 use super::*;
 use crate::base::pg::store::Fence;
 use crate::base::pg::store::testing::{later, take_lease};
+use crate::base::store::Store;
 use crate::fleet::ca::Authority;
 use crate::fleet::desired::Desired;
 use crate::fleet::devices::{Devices, TokenRecord};
@@ -149,7 +150,7 @@ impl Fleet {
     fn engine(&self) -> Rollouts {
         let FleetStore::Sled(store) = &self.store else { return self.replica(Fence::new(ENGINE)) };
         Rollouts::new(
-            store,
+            &Backing::Sled(store.clone()),
             self.deployer.clone(),
             FleetConfig::default(),
             Metrics::new(),
@@ -161,14 +162,15 @@ impl Fleet {
     /// An engine of another replica on the fleet's PostgreSQL, under `fence`.
     fn replica(&self, fence: Fence) -> Rollouts {
         let FleetStore::Postgres(db) = &self.store else { panic!("replicas share a PostgreSQL store") };
-        Rollouts::new_postgres(
-            &db.store(),
-            fence,
+        let shared = crate::base::backing::Shared::with_fences(db.store(), "replica", vec![fence]);
+        Rollouts::new(
+            &Backing::Postgres(shared),
             self.deployer.clone(),
             FleetConfig::default(),
             Metrics::new(),
             self.clock.clone(),
         )
+        .unwrap()
     }
 
     /// Every device runs what its desired state says (as an agent would after reconciling)

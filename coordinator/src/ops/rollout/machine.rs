@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::bake::{self, BakeDecision};
 use super::gates::{self, GateResult};
 use super::sends::{revert, send_step};
-use super::{Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, Writer, actual_of};
+use super::{
+    Incident, OfflinePolicy, Phase, Rollout, RolloutError, Rollouts, Step, TimelineEntry, Writer, actual_of,
+};
 use crate::base::store::StoreError;
 use crate::fleet::desired::Outgoing;
 use crate::fleet::devices::DeviceRecord;
@@ -115,7 +117,7 @@ impl Rollouts {
     /// One step of every active rollout (blocking); returns the desired states to publish.
     pub fn tick(&self) -> Result<Vec<Outgoing>, RolloutError> {
         let _g = self.guard();
-        if self.fence.as_ref().is_some_and(|f| f.term() == 0) {
+        if self.fence.as_ref().is_some_and(|(f, _)| f.term() == 0) {
             // Another replica holds the `rollouts` lease (or none does yet): it steps them. The
             // running sums are dropped, so a lease taken later starts them from the store.
             self.evidence.keep_only(&BTreeSet::new());
@@ -140,6 +142,7 @@ impl Rollouts {
             // Whatever the phase: a rollout applying or paused for long must not fall behind.
             self.evidence.keep_up(&r.id, self.clock.now_ms())?;
             let before = r.clone();
+            self.note_takeover(&mut r);
             let stepped = self.step(&mut r, &mut out).and_then(|()| {
                 if r != before {
                     self.repo.put(&mut r, Writer::Engine)?;
@@ -165,6 +168,25 @@ impl Rollouts {
         self.evidence.keep_only(&ids);
         self.watches.keep_only(&ids);
         Ok(out)
+    }
+
+    /// On PostgreSQL: the first step of `r` in this replica's lease term says so in its
+    /// timeline — a takeover when another term stepped it before.
+    fn note_takeover(&self, r: &mut Rollout) {
+        let Some((fence, replica)) = &self.fence else { return };
+        let term = fence.term();
+        if term == 0 || r.engine_term == Some(term) {
+            return;
+        }
+        let message = match r.engine_term {
+            None => format!("stepped by replica {replica} (rollouts lease term {term})"),
+            Some(before) => {
+                format!("taken over by replica {replica} (rollouts lease term {term}, after term {before})")
+            }
+        };
+        tracing::info!(rollout = r.id, replica, term, "{message}");
+        r.engine_term = Some(term);
+        r.timeline.push(TimelineEntry { at_ms: self.clock.now_ms(), message });
     }
 
     /// Moves `r` on by what is due now; what it sends goes to `out` as it is sent.

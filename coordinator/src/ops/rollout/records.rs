@@ -146,6 +146,10 @@ pub struct Rollout {
     /// ([`crate::base::store::StoreError::Stale`]).
     #[serde(default)]
     pub revision: u64,
+    /// On PostgreSQL: the `rollouts` lease term of the replica that last stepped it; a new
+    /// term stepping it is a takeover, written in the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_term: Option<i64>,
 }
 
 impl Rollout {

@@ -1,6 +1,7 @@
 //! Unit tests of rollout specs and wave sizes.
 
 use super::*;
+use crate::base::store::Store;
 
 fn spec(text: &str) -> RolloutSpec {
     serde_json::from_str(text).unwrap()
@@ -93,6 +94,7 @@ pub(super) fn bare(spec_json: &str) -> Rollout {
         created_ms: 0,
         finished_ms: None,
         revision: 0,
+        engine_term: None,
     }
 }
 
