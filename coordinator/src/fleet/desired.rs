@@ -62,6 +62,9 @@ pub struct Desired {
     /// The trust root chain every sealed state carries ([`crate::fleet::roots`]).
     roots: RootChain,
     ttl_ms: u64,
+    /// On PostgreSQL, an engine's lease every change checks in its transaction
+    /// ([`Desired::fenced`]); `None`: an operator's change, or sled.
+    fence: Option<crate::base::pg::store::Fence>,
 }
 
 #[derive(Clone)]
@@ -91,6 +94,7 @@ impl Desired {
             devices: Devices::open(store)?,
             roots: RootChain::open(store)?,
             ttl_ms: DEFAULT_TTL_SECS * 1000,
+            fence: None,
         })
     }
 
@@ -101,7 +105,15 @@ impl Desired {
             devices: Devices::open_postgres(store),
             roots: RootChain::open_postgres(store),
             ttl_ms: DEFAULT_TTL_SECS * 1000,
+            fence: None,
         }
+    }
+
+    /// The same states, changed only while `fence`'s lease is this replica's: on PostgreSQL
+    /// every change checks the term in its transaction, so an engine deposed mid-step sends
+    /// nothing late (`StoreError::Fenced`). Sled has one process and no lease.
+    pub fn fenced(&self, fence: Option<crate::base::pg::store::Fence>) -> Desired {
+        Desired { fence, ..self.clone() }
     }
 
     /// Sealed states expire `secs` after sealing (`[fleet] desired_ttl_secs`).
@@ -228,7 +240,7 @@ impl Desired {
     ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
         let (tree, store) = match &self.backend {
             Backend::Sled { tree, store } => (tree, store),
-            Backend::Postgres(store) => return pg::modify(store, devices, change),
+            Backend::Postgres(store) => return pg::modify(store, self.fence.as_ref(), devices, change),
         };
         let mut changed = Vec::new();
         for device in devices {

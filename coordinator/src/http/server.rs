@@ -347,9 +347,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let retraining_task =
         tokio::spawn(crate::ops::retraining::run_triggers(retraining, alerts, shutdown_rx.clone()));
     let rollout_task = tokio::spawn(crate::ops::rollout::run(rollouts, shutdown_rx.clone()));
+    let refresh = backing.fence(crate::ops::deploy::REFRESH);
     let refresh_task = tokio::spawn(crate::ops::deploy::run_refresh(
-        state.deployer.clone(),
-        backing.fence(crate::ops::deploy::REFRESH),
+        state.deployer.fenced(refresh.clone()),
+        refresh,
         shutdown_rx.clone(),
     ));
     // Every engine has asked for its fence by now: the keeper claims their leases.

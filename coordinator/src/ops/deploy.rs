@@ -97,6 +97,12 @@ impl Deployer {
         Deployer { registry, devices, desired, authority, outgoing, watchdog }
     }
 
+    /// This deployer for an engine under `fence`'s lease: every desired state it changes
+    /// checks the term in its transaction (on PostgreSQL), so a deposed leader sends nothing late.
+    pub fn fenced(&self, fence: Option<crate::base::pg::store::Fence>) -> Deployer {
+        Deployer { desired: self.desired.fenced(fence), ..self.clone() }
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -108,6 +108,10 @@ pub struct Rollouts {
     /// Moved devices watched for a watchdog's revert.
     watches: watch::Watches,
     deployer: Deployer,
+    /// What the engine's steps send through: on PostgreSQL every desired state it changes
+    /// checks the `rollouts` lease's term, so a leader deposed mid-step sends nothing late.
+    /// Operators' commands use `deployer` and go through on any replica.
+    steps: Deployer,
     fleet: FleetConfig,
     metrics: Metrics,
     clock: Clock,
@@ -162,6 +166,7 @@ impl Rollouts {
             devices,
             evidence,
             watches: watch::Watches::default(),
+            steps: deployer.fenced(fence.as_ref().map(|(f, _)| f.clone())),
             deployer,
             fleet,
             metrics,

@@ -27,9 +27,11 @@ pub(super) fn all(store: &PgStore) -> Result<Vec<(String, DesiredRecord)>, Store
 
 /// Makes sure each device has a row, locks them all in id order, runs `change` on each record
 /// and writes back those it changed: one transaction, so a concurrent change of the same
-/// devices (another replica's deploy) waits and then sees this one's revisions.
+/// devices (another replica's deploy) waits and then sees this one's revisions. With `fence`
+/// (an engine's change) the lease's term is checked first in the same transaction.
 pub(super) fn modify(
     store: &PgStore,
+    fence: Option<&crate::base::pg::store::Fence>,
     devices: &[String],
     change: Change<'_>,
 ) -> Result<Vec<(String, DesiredRecord)>, StoreError> {
@@ -38,7 +40,7 @@ pub(super) fn modify(
     ids.dedup();
     let empty = serde_json::to_string(&DesiredRecord::default())
         .map_err(|e| StoreError::Corrupt { key: "desired".into(), detail: e.to_string() })?;
-    let changed = store.transaction(|tx| {
+    let changed = store.fenced(fence, |tx| {
         // Rows that may not exist yet cannot be locked: make them first (a default record is
         // what a missing one reads as), in id order like the locks.
         let created: Vec<String> = tx

@@ -161,3 +161,26 @@ fn an_unreachable_database_is_an_error_by_name() {
         assert!(e.to_string().contains("postgres://"), "{e}");
     }
 }
+
+/// An engine's change checks its lease in the transaction: while the term is the replica's
+/// it goes through; once another replica took the lease it is refused and changes nothing,
+/// while an operator's change (no fence) still goes through.
+#[test]
+fn an_engine_deposed_mid_step_changes_no_desired_state() {
+    use crate::base::pg::store::Fence;
+    use crate::base::pg::store::testing::{later, take_lease};
+    let db = TestDatabase::new();
+    let store = db.store();
+    let operator = Desired::open_postgres(&store);
+    let fence = Fence::new("rollouts");
+    fence.hold(take_lease(&store, "rollouts", "one"), later());
+    let engine = operator.fenced(Some(fence));
+    engine.set(&ids(0..2), "bc", Some(&model("1.0.0")), "rollout-engine").unwrap();
+    take_lease(&store, "rollouts", "two");
+    let refused = engine.set(&ids(0..2), "bc", Some(&model("2.0.0")), "rollout-engine").unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced(_)), "{refused}");
+    let now = operator.get("dev-000").unwrap().unwrap();
+    assert_eq!((now.models["bc"].version.as_str(), now.revision), ("1.0.0", 1));
+    operator.set(&ids(0..1), "bc", Some(&model("1.1.0")), "alice").unwrap();
+    assert_eq!(operator.get("dev-000").unwrap().unwrap().revision, 2);
+}

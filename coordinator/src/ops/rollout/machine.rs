@@ -14,6 +14,7 @@ use crate::fleet::desired::Outgoing;
 use crate::fleet::devices::DeviceRecord;
 use crate::fleet::liveness::Liveness;
 use crate::models::registry::Stage;
+use crate::ops::deploy::DeployError;
 use outpost_shared::protocol::vocab::{LoadState, Slot};
 
 impl Rollouts {
@@ -73,7 +74,7 @@ impl Rollouts {
         gate: Option<GateResult>,
     ) -> Result<Vec<Outgoing>, RolloutError> {
         let now = self.clock.now_ms();
-        let out = revert(&self.deployer, r, "rollout-engine")?;
+        let out = revert(&self.steps, r, "rollout-engine")?;
         r.log(now, format!("ROLLED BACK: {reason}; {} device(s) sent back to {}", r.moved.len(), r.baseline));
         r.phase = Phase::RolledBack;
         r.finished_ms = Some(self.clock.now_ms());
@@ -157,7 +158,10 @@ impl Rollouts {
                 Err(RolloutError::Store(StoreError::Stale { .. })) => {
                     tracing::debug!(rollout = r.id, "changed meanwhile: stepped again at the next tick");
                 }
-                Err(RolloutError::Store(StoreError::Fenced(f))) => {
+                Err(
+                    RolloutError::Store(StoreError::Fenced(f))
+                    | RolloutError::Deploy(DeployError::Store(StoreError::Fenced(f))),
+                ) => {
                     tracing::warn!(rollout = r.id, %f, "the rollouts lease is another replica's: this engine stops");
                     break;
                 }
@@ -212,7 +216,7 @@ impl Rollouts {
                     // Written first: a restart after this point re-sends, never forgets a device.
                     self.repo.put(r, Writer::Engine)?;
                 }
-                let sent = send_step(&self.deployer, &wave, &r.spec.model, &r.spec.version, step)?;
+                let sent = send_step(&self.steps, &wave, &r.spec.model, &r.spec.version, step)?;
                 if !sent.is_empty() {
                     let what = match step {
                         Step::Wave(_) | Step::Switch => "as the primary version".to_owned(),
@@ -374,7 +378,7 @@ impl Rollouts {
                         );
                         if r.step_at(r.wave) == Step::Shadow {
                             // Evidence gathered; the shadow goes, nothing switched.
-                            out.extend(revert(&self.deployer, r, "rollout-engine")?);
+                            out.extend(revert(&self.steps, r, "rollout-engine")?);
                             r.phase = Phase::Succeeded;
                             r.finished_ms = Some(now);
                             r.log(now, format!(
