@@ -206,6 +206,9 @@ impl PgUrl {
             }
         }
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A partition leaves a connection open and silent: the kernel gives up on it once sent
+        // data stays unacknowledged this long, or after a few unanswered keepalives.
+        config.keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(20));
         Ok(PgUrl { masked, config, tls })
     }
 

@@ -29,6 +29,15 @@ pub enum StoreError {
     NotOnPostgres(&'static str),
 }
 
+impl StoreError {
+    /// Whether the store cannot be reached now (PostgreSQL down, cut off, or out of
+    /// connections) rather than refusing or failing this one request: the API answers 503 and
+    /// the caller may try again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Postgres { source, .. } if source.is_unavailable())
+    }
+}
+
 /// `value` as the JSON bytes stored under `key`; a value that cannot be encoded is a storage
 /// error naming the key, never an empty record.
 pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::protocol::PublicKey;
@@ -29,7 +28,7 @@ use crate::fleet::ca::Authority;
 use crate::fleet::desired::{Desired, DesiredRecord, Outgoing};
 use crate::fleet::devices::{Counts, DeviceRecord, Devices, TokenRecord, TokenRefused};
 use crate::fleet::ingest::{Ingest, Outcome};
-use crate::fleet::liveness::{Census, Liveness};
+use crate::fleet::liveness::Liveness;
 use crate::http::auth::{Auth, Denied, Principal, Role};
 use crate::models::registry::Registry;
 use outpost_shared::protocol::messages::{ModelState, OutboxStats};
@@ -84,6 +83,7 @@ pub mod admin;
 pub mod deploy;
 pub mod monitoring;
 pub mod openapi;
+pub mod probes;
 pub mod registry;
 pub mod rollout;
 pub mod roots;
@@ -206,8 +206,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(probes::ready))
+        .route("/metrics", get(probes::metrics));
     for (path, methods) in by_path {
         router = router.route(path, methods);
     }
@@ -232,51 +232,6 @@ async fn keys(
         "online_key": hex::encode(online.public_key().as_bytes()),
         "online_key_id": online.key_id(),
     })))
-}
-
-/// Readiness: 200 while the store answers, 503 naming the cause when it does not (PostgreSQL
-/// unreachable), so a load balancer sends no request to a replica that could only fail it.
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    const WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
-    let backing = state.store.clone();
-    // Behind a partition a query may hang (nothing resets the connection): not ready either.
-    let problem =
-        match tokio::time::timeout(WITHIN, tokio::task::spawn_blocking(move || backing.check())).await {
-            Ok(Ok(Ok(()))) => return "ready\n".into_response(),
-            Ok(Ok(Err(e))) => e.to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("the store did not answer within {WITHIN:?}"),
-        };
-    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n")).into_response()
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // The fleet's gauges read every device record: off the async workers (10,000 devices took
-    // ~300 ms a scrape when whole records were decoded, fleet bench 2026-12-06).
-    let (devices, fleet) = (state.devices.clone(), state.config.fleet.clone());
-    let census = tokio::task::spawn_blocking(move || {
-        devices.glances().map(|glances| Census::of(&glances, &fleet, now_ms()))
-    })
-    .await;
-    match census {
-        Ok(Ok(census)) => {
-            for status in [Liveness::Online, Liveness::Stale, Liveness::Offline, Liveness::NeverSeen] {
-                let n = census.by_liveness.get(&status).copied().unwrap_or(0);
-                state.metrics.devices.with_label_values(&[status.as_str()]).set(n);
-            }
-            // What the fleet runs, from the actual states devices reported.
-            state.metrics.model_devices.reset();
-            for (labels, n) in &census.running {
-                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                state.metrics.model_devices.with_label_values(&labels).set(*n);
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "/metrics: cannot read the fleet; its gauges keep their last values")
-        }
-        Err(e) => tracing::warn!(error = %e, "/metrics: the fleet count failed"),
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,7 +292,7 @@ async fn create_token(
         used_by: None,
         used_at_ms: None,
     };
-    state.devices.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::internal)?;
+    state.devices.add_token(&hex::encode(sha256(token.as_bytes())), &record).map_err(ApiError::from)?;
     tracing::info!(labels = ?record.labels, ttl_secs = ttl, "enrolment token created");
     registry::audit(
         &state,
@@ -479,7 +434,7 @@ fn enrol_inner(
             cert_serial: Some(serial.clone()),
             ..DeviceRecord::new(&device_id, public.as_bytes(), token.labels.clone())
         })
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     let device = match outcome {
         Ok(device) => device,
         Err(refused @ (TokenRefused::Unknown | TokenRefused::Used | TokenRefused::Expired)) => {
@@ -592,7 +547,7 @@ async fn list_devices(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let now = now_ms();
-    let devices = state.devices.every().map_err(ApiError::internal)?;
+    let devices = state.devices.every().map_err(ApiError::from)?;
     Ok(Json(devices.into_iter().map(|d| view(&state, d, now)).collect()))
 }
 
@@ -605,7 +560,7 @@ async fn list_alerts(
     let alerts = tokio::task::spawn_blocking(move || engine.list())
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     Ok(Json(alerts))
 }
 
@@ -618,7 +573,7 @@ async fn show_device(
     let device = state
         .devices
         .get(&id)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")))?;
     Ok(Json(view(&state, device, now_ms())))
 }
@@ -649,7 +604,7 @@ async fn import_telemetry(
         let bytes = spooled.read_all().map_err(ApiError::internal)?;
         let file = transfer::decode_telemetry(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
         drop(bytes);
-        import(&ingest, file).map_err(ApiError::internal)
+        import(&ingest, file).map_err(ApiError::from)
     })
     .await
     .map_err(ApiError::internal)??;

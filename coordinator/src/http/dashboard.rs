@@ -502,7 +502,7 @@ async fn rollouts(State(d): Dash, headers: HeaderMap) -> Response {
         d,
         &headers,
         "/ui/rollouts",
-        |app| app.rollouts.list().map_err(ApiError::internal),
+        |app| app.rollouts.list().map_err(ApiError::from),
         |_, list| ("Rollouts".into(), pages::rollout_list(&list)),
     )
     .await
@@ -518,9 +518,9 @@ async fn rollout(State(d): Dash, headers: HeaderMap, Path(id): Path<String>) -> 
             let r = app
                 .rollouts
                 .get(&id)
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::from)?
                 .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no rollout `{id}`")))?;
-            app.rollouts.view(r).map_err(ApiError::internal)
+            app.rollouts.view(r).map_err(ApiError::from)
         },
         |v, view| (format!("Rollout {}", view.rollout.id), pages::rollout(v, &view)),
     )
@@ -549,7 +549,7 @@ async fn incidents(State(d): Dash, headers: HeaderMap) -> Response {
         d,
         &headers,
         "/ui/incidents",
-        |app| app.rollouts.incidents().map_err(ApiError::internal),
+        |app| app.rollouts.incidents().map_err(ApiError::from),
         |_, list| ("Incidents".into(), pages::incident_list(&list)),
     )
     .await
@@ -565,7 +565,7 @@ async fn incident(State(d): Dash, headers: HeaderMap, Path(id): Path<String>) ->
             app.rollouts
                 .repo()
                 .incident(&id)
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::from)?
                 .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no incident `{id}`")))
         },
         |v, i| (format!("Incident {}", i.id), pages::incident(v, &i)),

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::base::store::StoreError;
 use crate::http::auth::TokenError;
 use crate::models::registry::RegistryError;
 use crate::ops::deploy::DeployError;
@@ -48,6 +49,18 @@ fn registry_status(e: &RegistryError) -> StatusCode {
     }
 }
 
+/// A store that cannot be reached is 503 with the reason (readiness fails meanwhile); any other
+/// store failure is an internal error.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "request failed: the store is unavailable");
+            return ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the store is unavailable: {e}"));
+        }
+        ApiError::internal(e)
+    }
+}
+
 fn with_status(status: StatusCode, e: impl std::fmt::Display) -> ApiError {
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         return ApiError::internal(e);
@@ -57,7 +70,10 @@ fn with_status(status: StatusCode, e: impl std::fmt::Display) -> ApiError {
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> ApiError {
-        with_status(registry_status(&e), e)
+        match e {
+            RegistryError::Store(s) => s.into(),
+            e => with_status(registry_status(&e), e),
+        }
     }
 }
 
@@ -71,6 +87,7 @@ impl From<DeployError> for ApiError {
             DeployError::UnknownDevice(_) | DeployError::NoTargets | DeployError::CanaryPercent(_) => {
                 StatusCode::BAD_REQUEST
             }
+            DeployError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Store(_) | DeployError::Interrupted(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         with_status(status, e)
@@ -85,7 +102,7 @@ impl From<RolloutError> for ApiError {
             RolloutError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
             RolloutError::Deploy(d) => ApiError::from(d),
             RolloutError::Spec(e) => ApiError::bad_request(e.to_string()),
-            RolloutError::Store(e) => ApiError::internal(e),
+            RolloutError::Store(e) => e.into(),
         }
     }
 }
@@ -93,7 +110,8 @@ impl From<RolloutError> for ApiError {
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
         match e {
-            TokenError::Store(_) | TokenError::Random => ApiError::internal(e),
+            TokenError::Store(s) => s.into(),
+            TokenError::Random => ApiError::internal(e),
             TokenError::UnknownRole(_)
             | TokenError::BadName(_)
             | TokenError::Exists(_)
@@ -111,5 +129,32 @@ impl From<RetrainError> for ApiError {
                 ApiError(StatusCode::CONFLICT, e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::pg::store::testing::TestDatabase;
+
+    /// PostgreSQL gone (its database dropped, the connections terminated) is 503 with the
+    /// reason; a statement the server refuses is still an internal error.
+    #[test]
+    fn a_store_that_cannot_be_reached_is_503_and_a_refused_statement_500() {
+        let db = TestDatabase::new();
+        let store = db.store();
+        let refused = store.with(|c| c.simple_query("SELECT no_such_column FROM no_such_table")).unwrap_err();
+        assert!(!refused.is_unavailable(), "{refused}");
+        assert_eq!(ApiError::from(refused).0, StatusCode::INTERNAL_SERVER_ERROR);
+        db.drop_now();
+        let gone = store.ping().unwrap_err();
+        assert!(gone.is_unavailable(), "{gone}");
+        let answer = ApiError::from(gone);
+        assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            answer.1.starts_with("the store is unavailable: ") && answer.1.contains("postgres://"),
+            "{}",
+            answer.1
+        );
     }
 }

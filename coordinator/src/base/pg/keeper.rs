@@ -209,45 +209,56 @@ mod tests {
         second.abort();
     }
 
+    /// Replica `a` holding `engine`'s lease, and replica `b` started beside it afterwards.
+    struct Pair {
+        a: Fence,
+        b: Fence,
+        stop_a: tokio::sync::watch::Sender<bool>,
+        _stop_b: tokio::sync::watch::Sender<bool>,
+        first: tokio::task::JoinHandle<()>,
+        second: tokio::task::JoinHandle<()>,
+    }
+
+    async fn a_leading_b_waiting(db: &TestDatabase, engine: &'static str) -> Pair {
+        let (a, b) = (Fence::new(engine), Fence::new(engine));
+        let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
+        let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
+        let first = tokio::spawn(keeper(db, "a", &a).run(stopped_a));
+        until("a holds the lease", || a.term() > 0).await;
+        let second = tokio::spawn(keeper(db, "b", &b).run(stopped_b));
+        Pair { a, b, stop_a, _stop_b: stop_b, first, second }
+    }
+
+    /// [`lease::view`] off the runtime, as the API calls it.
+    async fn view(db: &TestDatabase) -> lease::ClusterView {
+        let store = db.store();
+        tokio::task::spawn_blocking(move || lease::view(&store).unwrap()).await.unwrap()
+    }
+
     /// The cluster's view names both replicas and the leader with its term, and after the
     /// leader stops, the lease in the new holder's term.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cluster_view_shows_replicas_the_leader_and_its_term() {
         let db = TestDatabase::new();
-        let (a, b) = (Fence::new("rollouts"), Fence::new("rollouts"));
-        let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
-        let (_stop_b, stopped_b) = tokio::sync::watch::channel(false);
-        let first = tokio::spawn(keeper(&db, "a", &a).run(stopped_a));
-        until("a holds the lease", || a.term() > 0).await;
-        let second = tokio::spawn(keeper(&db, "b", &b).run(stopped_b));
-        let store = db.store();
-        // The blocking client, off the runtime (as the API calls it).
-        let view = || {
-            let store = store.clone();
-            async move { tokio::task::spawn_blocking(move || lease::view(&store).unwrap()).await.unwrap() }
-        };
+        let pair = a_leading_b_waiting(&db, "rollouts").await;
         let started = Instant::now();
-        while view().await.replicas.len() < 2 {
+        while view(&db).await.replicas.len() < 2 {
             assert!(started.elapsed() < Duration::from_secs(20), "never saw both replicas");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let view_now = view().await;
-        // A pool's connections close blocking: not on the runtime either.
-        tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
-        let view = &view_now;
-        assert_eq!(view.replicas.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        assert!(view.replicas.iter().all(|r| (0..5_000).contains(&r.heartbeat_age_ms)), "{view:?}");
-        assert_eq!(view.leases.len(), 1);
-        let lease = &view.leases[0];
+        let view_now = view(&db).await;
+        assert_eq!(view_now.replicas.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(view_now.replicas.iter().all(|r| (0..5_000).contains(&r.heartbeat_age_ms)), "{view_now:?}");
+        assert_eq!(view_now.leases.len(), 1);
+        let lease = &view_now.leases[0];
         assert_eq!((lease.engine.as_str(), lease.holder.as_str(), lease.term), ("rollouts", "a", 1));
         assert!(lease.expires_in_ms > 0 && lease.expires_in_ms <= TTL.as_millis() as i64, "{lease:?}");
-        stop_a.send(true).unwrap();
-        first.await.unwrap();
-        until("b takes the lease", || b.term() > 0).await;
-        let store = db.store();
-        let after = tokio::task::spawn_blocking(move || lease::view(&store).unwrap()).await.unwrap();
+        pair.stop_a.send(true).unwrap();
+        pair.first.await.unwrap();
+        until("b takes the lease", || pair.b.term() > 0).await;
+        let after = view(&db).await;
         assert_eq!((after.leases[0].holder.as_str(), after.leases[0].term), ("b", 2));
-        second.abort();
+        pair.second.abort();
     }
 
     /// A replica that shuts down releases its lease: the other takes it at its next round,
@@ -255,19 +266,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replica_that_stops_releases_its_lease_at_once() {
         let db = TestDatabase::new();
-        let (a, b) = (Fence::new("rollouts"), Fence::new("rollouts"));
-        let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
-        let (_stop_b, stopped_b) = tokio::sync::watch::channel(false);
-        let first = tokio::spawn(keeper(&db, "a", &a).run(stopped_a));
-        until("a holds the lease", || a.term() > 0).await;
-        let second = tokio::spawn(keeper(&db, "b", &b).run(stopped_b));
+        let pair = a_leading_b_waiting(&db, "rollouts").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop_a.send(true).unwrap();
-        first.await.unwrap();
-        assert_eq!(a.term(), 0, "a stopped running the engine");
-        let took = until("b takes the lease", || b.term() > 0).await;
+        pair.stop_a.send(true).unwrap();
+        pair.first.await.unwrap();
+        assert_eq!(pair.a.term(), 0, "a stopped running the engine");
+        let took = until("b takes the lease", || pair.b.term() > 0).await;
         assert!(took < TTL / 3 + Duration::from_millis(500), "took over in {took:?}, not after the TTL");
-        second.abort();
+        pair.second.abort();
     }
 
     /// A holder cut off from PostgreSQL (its database gone, every connection cut) stops running

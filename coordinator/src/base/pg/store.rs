@@ -42,6 +42,22 @@ pub enum PgFailure {
     Pool(#[from] r2d2::Error),
 }
 
+impl PgFailure {
+    /// Whether PostgreSQL could not be reached or its connection broke (no connection from
+    /// the pool, a closed or failed connection, a server shutting down or refusing
+    /// connections: SQLSTATE classes 08 and 57), rather than a statement refused.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgFailure::Pool(_) => true,
+            PgFailure::Query(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+        }
+    }
+}
+
 /// The pool every repository on PostgreSQL shares, and the feed of changes published by this
 /// process's writes.
 #[derive(Clone)]

@@ -61,7 +61,7 @@ pub async fn list_api_tokens(
     headers: HeaderMap,
 ) -> Result<Json<Vec<ApiToken>>, ApiError> {
     authorize(&state, &headers, Role::Admin)?;
-    Ok(Json(state.auth.list().map_err(ApiError::internal)?))
+    Ok(Json(state.auth.list().map_err(ApiError::from)?))
 }
 
 pub async fn revoke_api_token(
@@ -189,7 +189,7 @@ async fn revoking(
     let action = if delete { "device.delete" } else { "device.revoke" };
     mutation(state, headers, Role::Admin, action, &target, move |st, who| {
         let done = if delete { st.devices.delete(&id, &who.name) } else { st.devices.revoke(&id, &who.name) };
-        let revocation = done.map_err(ApiError::internal)?.ok_or_else(|| {
+        let revocation = done.map_err(ApiError::from)?.ok_or_else(|| {
             ApiError(StatusCode::NOT_FOUND, format!("no device `{}`", outpost_shared::names::shown(&id)))
         })?;
         let mut detail = crl_detail(st, &revocation)?;

@@ -83,7 +83,7 @@ pub async fn list_desired(
     headers: HeaderMap,
 ) -> Result<Json<BTreeMap<String, DesiredRecord>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
-    Ok(Json(state.desired.all().map_err(ApiError::internal)?.into_iter().collect()))
+    Ok(Json(state.desired.all().map_err(ApiError::from)?.into_iter().collect()))
 }
 
 /// `GET /api/v1/devices/{id}/desired/sealed`: the device's desired state sealed and signed now,
@@ -104,13 +104,13 @@ pub async fn export_desired(
         "device.export_desired",
         &target,
         move |st, _| {
-            let record = st.desired.get(&id).map_err(ApiError::internal)?.ok_or_else(|| {
+            let record = st.desired.get(&id).map_err(ApiError::from)?.ok_or_else(|| {
                 ApiError(
                     StatusCode::NOT_FOUND,
                     format!("no desired state for device `{id}`: deploy to it first"),
                 )
             })?;
-            let out = st.desired.seal(&st.authority, &id, &record).map_err(ApiError::internal)?;
+            let out = st.desired.seal(&st.authority, &id, &record).map_err(ApiError::from)?;
             Ok((out.payload, format!("revision {}", record.revision)))
         },
     )

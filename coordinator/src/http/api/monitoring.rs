@@ -43,7 +43,7 @@ pub async fn quality(
     })
     .await
     .map_err(ApiError::internal)?;
-    let report = report.map_err(ApiError::internal)?;
+    let report = report.map_err(ApiError::from)?;
     // A name nobody knows is a mistake to say so about, not an empty report (exit 0).
     if report.versions.is_empty() && !registered? {
         return Err(ApiError(
@@ -103,17 +103,17 @@ pub(crate) async fn card(
         let keys: std::collections::BTreeSet<String> = st
             .devices
             .all()
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .into_iter()
             .flat_map(|d| d.labels.into_keys())
             .collect();
         let labels = st.ingest.labels();
         let mut quality = Vec::new();
         if keys.is_empty() {
-            quality.push(labels.quality(&name, None, None).map_err(ApiError::internal)?);
+            quality.push(labels.quality(&name, None, None).map_err(ApiError::from)?);
         }
         for key in &keys {
-            quality.push(labels.quality(&name, None, Some(key)).map_err(ApiError::internal)?);
+            quality.push(labels.quality(&name, None, Some(key)).map_err(ApiError::from)?);
         }
         let drift = crate::monitoring::report::DriftHistory::build_for(
             st.ingest.drift_history(),
@@ -121,7 +121,7 @@ pub(crate) async fn card(
             0,
             Some(&version),
         )
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
         let data =
             crate::monitoring::card::CardData { record: &record, validation, quality, drift: Some(drift) };
         Ok(if html {
@@ -152,7 +152,7 @@ pub async fn drift_report(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::from)?;
     let (content_type, body) = match format.as_str() {
         "html" => ("text/html; charset=utf-8", crate::monitoring::report::render_html(&history)),
         "json" => ("application/json", serde_json::to_string_pretty(&history).unwrap_or_default()),
@@ -193,7 +193,7 @@ pub async fn export_data(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::from)?;
     let summary = serde_json::to_string(&summary).unwrap_or_default();
     let headers = [
         (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
@@ -212,7 +212,7 @@ pub async fn slo_statuses(
         tokio::task::spawn_blocking(move || state2.ingest.slos().statuses(state2.ingest.labels(), now_ms()))
             .await
             .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
     Ok(Json(statuses))
 }
 
@@ -226,10 +226,10 @@ pub async fn get_slo(
     let status =
         tokio::task::spawn_blocking(move || -> Result<crate::monitoring::slo::SloStatus, ApiError> {
             let slos = state2.ingest.slos();
-            let spec = slos.get(&name).map_err(ApiError::internal)?.ok_or_else(|| {
+            let spec = slos.get(&name).map_err(ApiError::from)?.ok_or_else(|| {
                 ApiError(StatusCode::NOT_FOUND, format!("model `{name}` has no objectives (PUT them first)"))
             })?;
-            slos.status(state2.ingest.labels(), &name, &spec, now_ms()).map_err(ApiError::internal)
+            slos.status(state2.ingest.labels(), &name, &spec, now_ms()).map_err(ApiError::from)
         })
         .await
         .map_err(ApiError::internal)??;
@@ -246,7 +246,7 @@ pub async fn set_slo(
     mutation(&state, &headers, Role::Operator, "slo.set", &target, move |st, _| {
         let spec = json_body(body)?;
         spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-        st.ingest.slos().set(&name, &spec).map_err(ApiError::internal)?;
+        st.ingest.slos().set(&name, &spec).map_err(ApiError::from)?;
         let detail = serde_json::to_string(&spec).map_err(ApiError::internal)?;
         Ok((spec, detail))
     })

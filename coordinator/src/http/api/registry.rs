@@ -218,7 +218,7 @@ pub async fn retraining_runs(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<crate::ops::retraining::RunRecord>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
-    Ok(Json(state.retraining.runs(&name).map_err(ApiError::internal)?))
+    Ok(Json(state.retraining.runs(&name).map_err(ApiError::from)?))
 }
 
 pub async fn get_policy(
@@ -273,10 +273,9 @@ pub async fn artifact(
     if state.api_ca_pem.is_some() {
         let enrolled = match &device {
             Some(axum::Extension(super::PeerDevice(id))) => {
-                let record = state.devices.get(id).map_err(ApiError::internal)?;
+                let record = state.devices.get(id).map_err(ApiError::from)?;
                 if record.as_ref().is_some_and(|d| d.revoked.is_some())
-                    || (record.is_none()
-                        && state.devices.revocation(id).map_err(ApiError::internal)?.is_some())
+                    || (record.is_none() && state.devices.revocation(id).map_err(ApiError::from)?.is_some())
                 {
                     state.metrics.api_denied.with_label_values(&["403"]).inc();
                     return Err(ApiError(StatusCode::FORBIDDEN, format!("device `{id}` is revoked")));

@@ -14,7 +14,7 @@ use crate::http::auth::{Principal, Role};
 use crate::ops::rollout::{Incident, Rollout, RolloutSpec, RolloutView};
 
 fn view(state: &AppState, r: Rollout) -> Result<RolloutView, ApiError> {
-    state.rollouts.view(r).map_err(ApiError::internal)
+    state.rollouts.view(r).map_err(ApiError::from)
 }
 
 pub async fn start(
@@ -53,7 +53,7 @@ pub async fn list(
 ) -> Result<Json<Vec<Rollout>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let st = Arc::clone(&state);
-    blocking(move || st.rollouts.list().map_err(ApiError::internal)).await?.map(Json)
+    blocking(move || st.rollouts.list().map_err(ApiError::from)).await?.map(Json)
 }
 
 pub async fn show(
@@ -67,7 +67,7 @@ pub async fn show(
         let r = st
             .rollouts
             .get(&id)
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no rollout `{id}`")))?;
         view(&st, r)
     })
@@ -124,7 +124,7 @@ pub async fn incidents(
 ) -> Result<Json<Vec<Incident>>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let st = Arc::clone(&state);
-    blocking(move || st.rollouts.incidents().map_err(ApiError::internal)).await?.map(Json)
+    blocking(move || st.rollouts.incidents().map_err(ApiError::from)).await?.map(Json)
 }
 
 pub async fn incident(
@@ -138,7 +138,7 @@ pub async fn incident(
         st.rollouts
             .repo()
             .incident(&id)
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no incident `{id}`")))
     })
     .await?

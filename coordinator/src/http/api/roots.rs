@@ -51,7 +51,7 @@ pub async fn current(
     blocking(move || {
         let root = st.roots.current().map_err(refused)?;
         let mut devices_by_version = BTreeMap::new();
-        for d in st.devices.all().map_err(ApiError::internal)?.into_iter().filter(|d| d.revoked.is_none()) {
+        for d in st.devices.all().map_err(ApiError::from)?.into_iter().filter(|d| d.revoked.is_none()) {
             let key = d.root_version.map_or_else(|| "none".to_owned(), |v| v.to_string());
             *devices_by_version.entry(key).or_insert(0) += 1;
         }
@@ -102,13 +102,13 @@ pub async fn update(
         let devices: Vec<String> = st
             .devices
             .all()
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .into_iter()
             .filter(|d| d.revoked.is_none())
             .map(|d| d.id)
             .collect();
-        let records = st.desired.bump(&devices, &who.name).map_err(ApiError::internal)?;
-        let out = st.desired.seal_many(&st.authority, &records).map_err(ApiError::internal)?;
+        let records = st.desired.bump(&devices, &who.name).map_err(ApiError::from)?;
+        let out = st.desired.seal_many(&st.authority, &records).map_err(ApiError::from)?;
         let signers = accepted.signatures.iter().map(|s| s.key_id.as_str()).collect::<Vec<_>>().join(", ");
         let detail = format!(
             "version {} accepted (signed by {signers}); online {}; release {} of {}; sent to {} device(s)",

@@ -78,13 +78,13 @@ impl Overview {
     pub fn gather(app: &AppState, filter: FleetFilter) -> Result<Overview, ApiError> {
         let now = now_ms();
         let mut devices: Vec<(DeviceRecord, &'static str, Option<DesiredRecord>)> = Vec::new();
-        for d in app.devices.all().map_err(ApiError::internal)? {
+        for d in app.devices.all().map_err(ApiError::from)? {
             let status = crate::fleet::liveness::Liveness::of(&d, &app.config.fleet, now).as_str();
             devices.push((d, status, None));
         }
         let (listed, matching) = Overview::select(&devices, &filter);
         for &i in &listed {
-            devices[i].2 = app.desired.get(&devices[i].0.id).map_err(ApiError::internal)?;
+            devices[i].2 = app.desired.get(&devices[i].0.id).map_err(ApiError::from)?;
         }
         Ok(Overview {
             now,
@@ -92,9 +92,9 @@ impl Overview {
             devices,
             listed,
             matching,
-            rollouts: app.rollouts.list().map_err(ApiError::internal)?,
-            incidents: app.rollouts.incidents().map_err(ApiError::internal)?,
-            alerts: app.alerts.list().map_err(ApiError::internal)?,
+            rollouts: app.rollouts.list().map_err(ApiError::from)?,
+            incidents: app.rollouts.incidents().map_err(ApiError::from)?,
+            alerts: app.alerts.list().map_err(ApiError::from)?,
         })
     }
 

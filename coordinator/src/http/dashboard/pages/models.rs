@@ -180,13 +180,13 @@ impl ModelPage {
         versions.sort_by_key(|v| std::cmp::Reverse(v.pushed_at_ms));
         let slos = app.ingest.slos();
         let labels = app.ingest.labels();
-        let slo = match slos.get(name).map_err(ApiError::internal)? {
-            Some(spec) => Some(slos.status(labels, name, &spec, to_ms).map_err(ApiError::internal)?),
+        let slo = match slos.get(name).map_err(ApiError::from)? {
+            Some(spec) => Some(slos.status(labels, name, &spec, to_ms).map_err(ApiError::from)?),
             None => None,
         };
         let grid = TimeBuckets::new(from_ms, to_ms, ((range_ms / MIN_BUCKET_MS) as usize).clamp(1, BUCKETS));
         let mut markers = Vec::new();
-        for r in app.rollouts.list().map_err(ApiError::internal)?.iter().filter(|r| r.spec.model == name) {
+        for r in app.rollouts.list().map_err(ApiError::from)?.iter().filter(|r| r.spec.model == name) {
             markers.push(Marker {
                 at_ms: r.created_ms,
                 kind: "rollout",
@@ -200,7 +200,7 @@ impl ModelPage {
                 });
             }
         }
-        for i in app.rollouts.incidents().map_err(ApiError::internal)?.iter().filter(|i| i.model == name) {
+        for i in app.rollouts.incidents().map_err(ApiError::from)?.iter().filter(|i| i.model == name) {
             markers.push(Marker {
                 at_ms: i.opened_ms,
                 kind: "incident",
@@ -213,11 +213,10 @@ impl ModelPage {
             versions,
             slo,
             starts: grid.starts(),
-            traffic: slos.timeline(name, &grid).map_err(ApiError::internal)?,
-            accuracy: labels.timeline(name, &grid).map_err(ApiError::internal)?,
-            drift: DriftHistory::build(app.ingest.drift_history(), name, from_ms)
-                .map_err(ApiError::internal)?,
-            quality: labels.quality(name, Some(from_ms), None).map_err(ApiError::internal)?,
+            traffic: slos.timeline(name, &grid).map_err(ApiError::from)?,
+            accuracy: labels.timeline(name, &grid).map_err(ApiError::from)?,
+            drift: DriftHistory::build(app.ingest.drift_history(), name, from_ms).map_err(ApiError::from)?,
+            quality: labels.quality(name, Some(from_ms), None).map_err(ApiError::from)?,
             bucket_ms: grid.width_ms,
             markers,
             breakdowns: Self::breakdowns(app, name, from_ms, to_ms)?,
@@ -233,7 +232,7 @@ impl ModelPage {
         let glances: Vec<_> = app
             .devices
             .label_glances()
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .into_iter()
             .filter(|g| !g.is_revoked())
             .collect();
@@ -249,7 +248,7 @@ impl ModelPage {
             return Ok(Vec::new());
         }
         let sums = LabelSums::read(app.ingest.slos(), app.ingest.labels(), name, from_ms, to_ms)
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let reporting: Vec<_> = glances
             .iter()
             .filter(|g| {
