@@ -11,7 +11,10 @@
 //!
 //! `cargo bench -p outpost --bench fleet`; `OUTPOST_BENCH_DEVICES` (10000),
 //! `OUTPOST_BENCH_STEADY_SECS` (60), `OUTPOST_BENCH_RAMP_PER_SEC` (500 devices start connecting a
-//! second), `OUTPOST_BENCH_BROKER=embedded`. Simulator and coordinator share this machine's
+//! second), `OUTPOST_BENCH_BROKER=embedded`; `OUTPOST_BENCH_STORE=postgres` runs
+//! `OUTPOST_BENCH_REPLICAS` (2) coordinator replicas on a database of its own on the machine's
+//! PostgreSQL (`TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! behind Mosquitto's replicas' listener; the coordinator's figures are then the replicas' sums. Simulator and coordinator share this machine's
 //! cores. The embedded broker uses one file descriptor per device (its TLS connection) and the
 //! simulator one more: 10,000 devices fit under a 20,000 open-file limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -59,11 +62,14 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The coordinator: one process, or replicas on PostgreSQL (the first is the one called).
 struct Coordinator {
     child: Child,
     url: String,
     token: String,
     http: ureq::Agent,
+    /// The other replicas, and their API URLs.
+    others: Vec<(KillOnDrop, String)>,
 }
 
 impl Drop for Coordinator {
@@ -71,6 +77,70 @@ impl Drop for Coordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A database of the benchmark's own, dropped at the end.
+struct BenchDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    fn create() -> BenchDb {
+        let admin = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("outpost_fleet_bench_{}", std::process::id());
+        let psql = |sql: &str| {
+            let out = Command::new("psql").args([admin.as_str(), "-qc", sql]).output().expect("psql");
+            assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE {name}"));
+        let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap_or(admin.len())]);
+        BenchDb { admin, name, url }
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                self.admin.as_str(),
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+impl Coordinator {
+    /// Every replica's /metrics text (one for a single coordinator).
+    fn metrics_all(&self) -> Vec<String> {
+        let mut all = vec![self.metrics()];
+        for (_, url) in &self.others {
+            all.push(match self.http.get(format!("{url}/metrics")).call() {
+                Ok(mut r) => r.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default(),
+                Err(_) => String::new(),
+            });
+        }
+        all
+    }
+
+    /// A counter summed over every replica.
+    fn sum(&self, read: impl Fn(&str) -> f64) -> f64 {
+        self.metrics_all().iter().map(|m| read(m)).sum()
+    }
+
+    /// Every replica's process id.
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.child.id()).chain(self.others.iter().map(|(c, _)| c.0.id())).collect()
+    }
+}
+
+/// CPU seconds and resident memory summed over `pids`.
+fn usage_of(pids: &[u32]) -> (f64, u64) {
+    pids.iter().map(|p| usage(*p)).fold((0.0, 0), |(c, r), (c2, r2)| (c + c2, r + r2))
 }
 
 impl Coordinator {
@@ -237,6 +307,11 @@ fn main() {
     // The broker: Mosquitto with mutual TLS from the coordinator's CA (what production runs;
     // `OUTPOST_BENCH_BROKER=embedded` uses the coordinator's embedded broker instead).
     let embedded = std::env::var("OUTPOST_BENCH_BROKER").is_ok_and(|b| b == "embedded");
+    let db = std::env::var("OUTPOST_BENCH_STORE").is_ok_and(|s| s == "postgres").then(BenchDb::create);
+    let replicas = if db.is_some() { env_or("OUTPOST_BENCH_REPLICAS", 2).max(1) } else { 1 };
+    assert!(!(embedded && db.is_some()), "replicas on PostgreSQL need Mosquitto, not the embedded broker");
+    // Replicas connect to a listener of their own (their client ids are their own there).
+    let replicas_port = free_port();
     let mut _mosquitto: Option<KillOnDrop> = None;
     let broker_args: Vec<String> = if embedded {
         vec!["--broker-listen".into(), format!("127.0.0.1:{broker}")]
@@ -271,8 +346,16 @@ fn main() {
                 "per_listener_settings false\nlistener {broker} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
                  keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\
                  allow_anonymous false\nacl_file {}\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 1000\n\
-                 max_packet_size 4202496\nlog_dest stderr\nlog_type error\nuser root\n",
-                acl.display()
+                 max_packet_size 4202496\nlog_dest stderr\nlog_type error\nuser root\n{}",
+                acl.display(),
+                if db.is_some() {
+                    format!(
+                        "listener {replicas_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\n\
+                         keyfile {c}/server.key\nrequire_certificate true\nuse_identity_as_username true\n"
+                    )
+                } else {
+                    String::new()
+                }
             ),
         )
         .expect("mosquitto.conf");
@@ -288,24 +371,39 @@ fn main() {
         while std::net::TcpStream::connect(("127.0.0.1", broker)).is_err() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        vec!["--broker".into(), format!("mqtts://localhost:{broker}")]
+        if db.is_some() {
+            vec!["--broker".into(), format!("mqtts://localhost:{replicas_port}")]
+        } else {
+            vec!["--broker".into(), format!("mqtts://localhost:{broker}")]
+        }
     };
-    let child = Command::new(exe)
-        .args(["coordinator", "serve", "--log-format", "json", "--data-dir"])
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{api}")])
-        .args(&broker_args)
-        .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_PER_SEC", "1000000")
-        .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_BURST", "1000000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(std::env::temp_dir().join("outpost-fleet-bench-coordinator.log"))
-                .expect("log"),
-        )
-        .spawn()
-        .expect("start the coordinator");
-    let pid = child.id();
+    let spawn = |data: &Path, api: u16, log: &str| {
+        let mut command = Command::new(exe);
+        command
+            .args(["coordinator", "serve", "--log-format", "json", "--data-dir"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args(&broker_args)
+            .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_PER_SEC", "1000000")
+            .env("OUTPOST_COORDINATOR_API__RATE_LIMIT_BURST", "1000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(std::env::temp_dir().join(log)).expect("log"));
+        if let Some(db) = &db {
+            command
+                .env("OUTPOST_COORDINATOR_STORE__URL", &db.url)
+                .env("OUTPOST_COORDINATOR_BROKER__ADVERTISED_URL", format!("mqtts://localhost:{broker}"));
+        }
+        command.spawn().expect("start the coordinator")
+    };
+    let wait_healthy = |url: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(format!("{url}/healthz")).call().is_err() {
+            assert!(Instant::now() < deadline, "the coordinator at {url} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let child = spawn(&data, api, "outpost-fleet-bench-coordinator.log");
     let url = format!("http://127.0.0.1:{api}");
     let token_file = dir.join("coordinator/admin.token");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -318,12 +416,29 @@ fn main() {
         assert!(Instant::now() < deadline, "the coordinator did not start");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The other replicas share the first one's keys and admin token (a copy of its data dir).
+    let mut others = Vec::new();
+    for i in 1..replicas {
+        let copy = dir.join(format!("coordinator-{i}"));
+        let copied = Command::new("cp").arg("-a").arg(&data).arg(&copy).status().expect("cp");
+        assert!(copied.success(), "copying the data directory");
+        let port = free_port();
+        let replica = spawn(&copy, port, &format!("outpost-fleet-bench-coordinator-{i}.log"));
+        let replica_url = format!("http://127.0.0.1:{port}");
+        wait_healthy(&replica_url);
+        others.push((KillOnDrop(replica), replica_url));
+    }
     let http = outpost_shared::tls::api_client(&url, None, Duration::from_secs(600)).expect("client");
-    let c = Coordinator { child, url: url.clone(), token: token.clone(), http };
+    let c = Coordinator { child, url: url.clone(), token: token.clone(), http, others };
+    let (pid, pids) = (c.child.id(), c.pids());
 
     println!(
-        "fleet benchmark: {devices} simulated devices reporting every {} s; one coordinator; broker: {}; 2 cores shared",
+        "fleet benchmark: {devices} simulated devices reporting every {} s; {}; broker: {}; 2 cores shared",
         interval.as_secs(),
+        match &db {
+            Some(_) => format!("{replicas} coordinator replicas on PostgreSQL (shared subscription)"),
+            None => "one coordinator (sled)".to_owned(),
+        },
         if embedded { "embedded (front + rumqttd)" } else { "Mosquitto" }
     );
     let plan = outpost_agent::simulate::Plan {
@@ -347,7 +462,7 @@ fn main() {
         devices as f64 / started.elapsed().as_secs_f64()
     );
 
-    let (_, rss_before_connect) = usage(pid);
+    let (_, rss_before_connect) = usage_of(&pids);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let stats = Arc::new(outpost_agent::simulate::Stats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -387,17 +502,17 @@ fn main() {
 
     // Steady state: one report per device every interval.
     std::thread::sleep(interval * 2);
-    let (cpu0, rss0) = usage(pid);
-    let stored0 = stored(&c.metrics());
+    let (cpu0, rss0) = usage_of(&pids);
+    let stored0 = c.sum(stored);
     let t0 = Instant::now();
     let mut peak_rss = 0;
     while t0.elapsed() < Duration::from_secs(steady) {
         std::thread::sleep(Duration::from_secs(1));
-        peak_rss = peak_rss.max(usage(pid).1);
+        peak_rss = peak_rss.max(usage_of(&pids).1);
     }
     let secs = t0.elapsed().as_secs_f64();
-    let (cpu1, rss) = usage(pid);
-    let stored = (stored(&c.metrics()) - stored0) / secs;
+    let (cpu1, rss) = usage_of(&pids);
+    let stored_per_sec = (c.sum(stored) - stored0) / secs;
     let sent = devices as f64 / interval.as_secs_f64();
     println!(
         "  steady state over {secs:.0} s: coordinator CPU {:.0}% of one core ({:.0}% of the machine), RSS {:.0} → {:.0} MB ({:+.1} MB a minute; peak {:.0} MB)",
@@ -409,7 +524,7 @@ fn main() {
         peak_rss as f64 / 1e6
     );
     println!(
-        "  ingest: {stored:.0} envelopes stored/s; the fleet sends {sent:.0} reports/s (baseline in this run)"
+        "  ingest: {stored_per_sec:.0} envelopes stored/s; the fleet sends {sent:.0} reports/s (baseline in this run)"
     );
     let (p50, timed) = stats.puback_quantile(0.5);
     let (p99, _) = stats.puback_quantile(0.99);
@@ -447,15 +562,20 @@ fn main() {
     println!(
         "  rollback to 1.0.0: API answered in {req:.2} s; every device applied it after {reach:.2} s; the coordinator saw every device report it after {report:.2} s (target: all rolled back ≤ 10 s)"
     );
-    let (cpu, rss) = usage(pid);
+    let (cpu, rss) = usage_of(&pids);
     println!("  coordinator totals: {cpu:.0} CPU s, RSS {:.0} MB", rss as f64 / 1e6);
     println!(
         "  deliveries dropped unacknowledged for a full ingest queue (dropped_ingest_busy): {:.0} (target 0)",
-        gauge(&c.metrics(), "outpost_coordinator_broker_events_total{event=\"dropped_ingest_busy\"}")
+        c.sum(|m| gauge(m, "outpost_coordinator_broker_events_total{event=\"dropped_ingest_busy\"}"))
     );
+    if db.is_some() {
+        let shares: Vec<String> = c.metrics_all().iter().map(|m| format!("{:.0}", stored(m))).collect();
+        println!("  envelopes stored by each replica: {}", shares.join(" / "));
+    }
 
     let _ = stop_tx.send(true);
     let _ = runtime.block_on(sim);
     drop(c);
+    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
