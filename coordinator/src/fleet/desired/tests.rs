@@ -33,6 +33,7 @@ fn ids(range: std::ops::Range<usize>) -> Vec<String> {
 
 crate::base::pg::store::testing::on_both_backends!(
     sled, postgres;
+    a_batch_is_sealed_with_each_devices_next_seqs_in_order,
     each_change_is_a_new_revision_returned_in_the_order_asked,
     only_states_sealed_half_a_ttl_ago_are_refreshed,
     a_change_that_leaves_a_device_alone_stores_nothing_for_it,
@@ -183,4 +184,25 @@ fn an_engine_deposed_mid_step_changes_no_desired_state() {
     assert_eq!((now.models["bc"].version.as_str(), now.revision), ("1.0.0", 1));
     operator.set(&ids(0..1), "bc", Some(&model("1.1.0")), "alice").unwrap();
     assert_eq!(operator.get("dev-000").unwrap().unwrap().revision, 2);
+}
+
+/// A batch's envelopes carry each device's next seqs (after those already sent it), in the
+/// order of the batch, a device named twice getting two; all signed with the online key.
+fn a_batch_is_sealed_with_each_devices_next_seqs_in_order(open: Open) {
+    let (desired, _keep) = open();
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::load_or_create(dir.path(), &crate::base::secrets::Secrets::clear()).unwrap();
+    desired.devices.reserve_outgoing_seqs(&[("dev-000", 5)]).unwrap();
+    let records: Vec<(String, DesiredRecord)> = ["dev-000", "dev-001", "dev-000", "dev-002"]
+        .iter()
+        .map(|d| ((*d).to_owned(), DesiredRecord::default()))
+        .collect();
+    let online = authority.online_key().public_key();
+    let seqs: Vec<u64> = desired
+        .seal_many(&authority, &records)
+        .unwrap()
+        .iter()
+        .map(|out| protocol::open(&out.payload, |_| Some(online)).unwrap().seq)
+        .collect();
+    assert_eq!(seqs, [6, 1, 7, 1]);
 }
