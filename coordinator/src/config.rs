@@ -508,6 +508,29 @@ pub use outpost_shared::endpoints::parse_mqtts_url;
 mod tests {
     use super::*;
 
+    /// The store's lease TTL and PostgreSQL CA are checked by name: a TTL out of range, a CA
+    /// file that cannot be read or holds no certificate.
+    #[test]
+    fn the_store_settings_are_checked_by_name() {
+        let store = |url: &str, ttl: u64, ca: Option<&Path>| StoreConfig {
+            url: url.into(),
+            lease_ttl_secs: ttl,
+            ca_file: ca.map(Into::into),
+        };
+        let err = store("sled", 2, None).backend().unwrap_err().to_string();
+        assert!(err.contains("store.lease_ttl_secs") && err.contains("between 3 and 300"), "{err}");
+        let missing = Path::new("/nonexistent/postgres-ca.pem");
+        let remote = "postgres://outpost:hunter2@db.example.org/outpost";
+        let err = store(remote, 15, Some(missing)).backend().unwrap_err().to_string();
+        assert!(err.contains("store.ca_file") && err.contains("/nonexistent/postgres-ca.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("ca.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = store(remote, 15, Some(&junk)).backend().unwrap_err().to_string();
+        assert!(err.contains("store.ca_file") && !err.contains("hunter2"), "{err}");
+        assert!(matches!(store("sled", 15, None).backend(), Ok(StoreBackend::Sled)));
+    }
+
     #[test]
     fn the_watchdog_policy_is_checked_by_name() {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
