@@ -282,7 +282,7 @@ impl AuditLog {
     pub fn location(&self) -> String {
         match &self.backend {
             Backend::File { path, .. } => path.display().to_string(),
-            Backend::Postgres(store) => format!("{store:?}"),
+            Backend::Postgres(store) => store.masked_url().to_owned(),
         }
     }
 

@@ -81,14 +81,6 @@ impl Backing {
             Backing::Postgres(_) => Ok(()),
         }
     }
-
-    /// Where the records are, for logs: the data directory or the masked URL.
-    pub fn describe(&self) -> String {
-        match self {
-            Backing::Sled(_) => "sled".into(),
-            Backing::Postgres(shared) => shared.store.masked_url().to_owned(),
-        }
-    }
 }
 
 /// Whether an engine behind `fence` may act now: always without a fence (sled), else while

@@ -139,20 +139,18 @@ pub async fn cluster_status(
     use crate::base::backing::Backing;
     authorize(&state, &headers, Role::Viewer)?;
     let backing = state.store.clone();
-    let view = blocking(move || match &backing {
+    let (store, view) = blocking(move || match &backing {
         Backing::Sled(_) => {
-            Ok(crate::base::pg::lease::ClusterView { replicas: Vec::new(), leases: Vec::new() })
+            Ok(("sled", crate::base::pg::lease::ClusterView { replicas: Vec::new(), leases: Vec::new() }))
         }
-        Backing::Postgres(shared) => crate::base::pg::lease::view(&shared.store),
+        Backing::Postgres(shared) => {
+            crate::base::pg::lease::view(&shared.store).map(|view| ("postgres", view))
+        }
     })
     .await?
     .map_err(|e| {
         ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the cluster's state cannot be read: {e}"))
     })?;
-    let store = match &state.store {
-        Backing::Sled(_) => "sled",
-        Backing::Postgres(_) => "postgres",
-    };
     Ok(Json(ClusterStatus { store: store.into(), view }))
 }
 

@@ -75,7 +75,7 @@ impl RegistryStore {
     pub fn location(&self) -> String {
         match &self.backend {
             Backend::Sled { artifacts, .. } => artifacts.display().to_string(),
-            Backend::Postgres(store) => format!("{store:?}"),
+            Backend::Postgres(store) => store.masked_url().to_owned(),
         }
     }
 
