@@ -209,6 +209,14 @@ impl PgUrl {
         // A partition leaves a connection open and silent: the kernel gives up on it once sent
         // data stays unacknowledged this long, or after a few unanswered keepalives.
         config.keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(20));
+        // A replica cut off mid-transaction must not hold its row locks for ever: the server
+        // ends a transaction left idle this long (ours are short), so the others go on.
+        let idle = "-c idle_in_transaction_session_timeout=10s";
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {idle}"),
+            None => idle.to_owned(),
+        };
+        config.options(&options);
         Ok(PgUrl { masked, config, tls })
     }
 
