@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backup;
+mod migrate;
 
 use crate::config::{Config, LogFormat};
 use crate::fleet::ca::Authority;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Rebuild a data directory from a backup (into a new or empty directory; the chain and
     /// every count are checked).
     Restore(backup::RestoreArgs),
+    /// Move a stopped single-node coordinator's state from sled into PostgreSQL, for replicas
+    /// (one transaction; every count and the audit chain checked).
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,6 +155,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::AdminToken(args) => admin_token(&args),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
+        Command::Migrate(args) => migrate::migrate(&args),
         Command::Probe(args) => outpost_shared::tls::ProbeTarget {
             url: args.url,
             ca_file: args.ca_file,

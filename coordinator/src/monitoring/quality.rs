@@ -536,6 +536,12 @@ impl Labels {
     }
 }
 
+/// A sled label bucket's bytes as a PostgreSQL shard's (`outpost-coordinator migrate`);
+/// `None` when they are not a bucket.
+pub(crate) fn counts_as_shard(sled_bytes: &[u8]) -> Option<Vec<u8>> {
+    pg::counts_as_shard(sled_bytes)
+}
+
 mod pg;
 mod sled_backend;
 

@@ -253,4 +253,7 @@ impl RegistryStore {
     }
 }
 
+/// The size of the chunks an artifact is stored in on PostgreSQL.
+pub(crate) const BLOB_CHUNK: usize = pg::CHUNK;
+
 mod pg;

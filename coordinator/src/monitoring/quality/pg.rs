@@ -80,6 +80,22 @@ impl Delta {
     }
 }
 
+/// A sled bucket's counts (postcard [`LabelCounts`]) as one shard's stored counts here (what
+/// `outpost-coordinator migrate` copies).
+pub(super) fn counts_as_shard(sled_bytes: &[u8]) -> Option<Vec<u8>> {
+    let counts: LabelCounts = postcard::from_bytes(sled_bytes).ok()?;
+    let delta = Delta {
+        without_prediction: i64::try_from(counts.without_prediction).ok()?,
+        confusion: counts
+            .confusion
+            .into_iter()
+            .map(|(pair, n)| i64::try_from(n).map(|n| (pair, n)))
+            .collect::<Result<_, _>>()
+            .ok()?,
+    };
+    Some(delta.bytes())
+}
+
 /// A bucket's key: (model, by label, width, start, label, value, version).
 type BucketKey = (String, bool, i64, i64, String, String, String);
 

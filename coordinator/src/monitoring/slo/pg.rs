@@ -31,7 +31,7 @@ pub(super) struct PgSlos {
 }
 
 /// A histogram as stored (postcard: a struct of numbers and a map, which cannot fail to encode).
-fn histogram_bytes(h: &LogHistogram) -> Vec<u8> {
+pub(crate) fn histogram_bytes(h: &LogHistogram) -> Vec<u8> {
     postcard::to_stdvec(h).unwrap_or_default()
 }
 

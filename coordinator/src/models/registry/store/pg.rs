@@ -7,7 +7,7 @@ use crate::base::pg::store::PgStore;
 use crate::base::store::{StoreError, encode};
 
 /// Bytes per stored chunk of an artifact.
-const CHUNK: usize = 1024 * 1024;
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 pub(super) fn get(store: &PgStore, name: &str, version: &str) -> Result<Option<String>, StoreError> {
     store.with(|c| {
