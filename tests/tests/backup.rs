@@ -4,6 +4,10 @@
 //! deployment (signed with the restored keys) reaches the devices; the SLO history is rolled up
 //! again from the restored windows and labels. A wrong key, a damaged file and a directory that
 //! is not empty are refused by name.
+//!
+//! The same on PostgreSQL: a replica's keys are backed up with the same command and the records
+//! with `pg_dump`; the data directory destroyed and the database dropped, `pg_restore` and
+//! `restore` bring them back, and the agents carry on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -11,6 +15,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use outpost_tests::LabelledTraffic;
 use outpost_tests::fleet::{Coordinator, ok, push, release_key, run, start_agent, validate, wait_serving};
+use outpost_tests::mosquitto::Mosquitto;
+use outpost_tests::postgres::{Database, admin_url, psql};
 use serde_json::Value;
 
 fn json(c: &Coordinator, args: &[&str]) -> Value {
@@ -188,6 +194,116 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     for (agent, _) in &agents {
         wait_serving(agent, "1.0.0").await;
     }
+}
+
+/// `pg_dump`/`pg_restore` (`-Fc`) of `url`, as an operator would; fails the test unless it worked.
+fn pg_tool(tool: &str, args: &[&str]) {
+    let out = std::process::Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_on_postgresql_is_restored_from_its_keys_backup_and_a_database_dump() {
+    let db = Database::new("restore");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("replica");
+    Coordinator::init(&data);
+    let broker = Mosquitto::start_for_replicas(dir.path(), &data);
+    let mut c = Coordinator::start_replica(&data, &broker.replicas_url(), &broker.url(), &db.url, &[]);
+    let key = release_key(&c);
+    let agents: Vec<_> = (0..2)
+        .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
+        .collect();
+    for v in ["1.0.0", "1.1.0"] {
+        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
+        assert_eq!(validate(&c, v).0, 0, "validate {v}");
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let all: Vec<_> = agents.iter().map(|(a, _)| a).collect();
+    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let gates = [
+        "--gate",
+        "error_rate<=+5%",
+        "--gate",
+        "p95<=3x",
+        "--min-requests",
+        "30",
+        "--latency-slack-ms",
+        "50",
+    ];
+    let start = [
+        &["rollout", "start", "bc@1.1.0", "--waves", "100", "--bake", "4s", "--max-extensions", "10"][..],
+        &gates,
+    ]
+    .concat();
+    let id = json(&c, &start)["id"].as_str().unwrap().to_owned();
+    let finished = c
+        .wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
+            assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
+            v["phase"] == "succeeded"
+        })
+        .await;
+    drop(traffic);
+
+    // The keys with the same command (the replica keeps no state database here), while it
+    // serves; the records with pg_dump.
+    let backup = dir.path().join("keys.opbackup");
+    let key_arg = format!("file:{}", dir.path().join("backup.key").display());
+    let (code, out, err) = backup_over_api(&backup, &key_arg, &data, &c.url(), &[]);
+    assert_eq!(code, 0, "backup: {out}{err}");
+    assert!(err.contains("the records are in PostgreSQL: back them up with pg_dump"), "{err}");
+    let dump = dir.path().join("outpost.pgdump");
+    pg_tool("pg_dump", &["--format=custom", "--file", dump.to_str().unwrap(), &db.url]);
+    let models = json(&c, &["model", "list"]);
+    let rollouts = json(&c, &["rollout", "list"]);
+    let audited = audit_entries(&c);
+
+    // The host and the database are lost.
+    c.stop(Signal::SIGTERM);
+    std::fs::remove_dir_all(&data).unwrap();
+    psql(&admin_url(), &format!("DROP DATABASE {} WITH (FORCE)", db.name));
+    psql(&admin_url(), &format!("CREATE DATABASE {}", db.name));
+
+    pg_tool("pg_restore", &["--dbname", &db.url, dump.to_str().unwrap()]);
+    let (code, out, err) = run(
+        "outpost-coordinator",
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--key",
+            &key_arg,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "restore: {out}{err}");
+    assert!(!data.join("state").exists(), "the replica's directory got a state database");
+
+    let restarted_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    c.resume();
+    assert_eq!(json(&c, &["model", "list"]), models, "the registry is intact");
+    assert_eq!(json(&c, &["rollout", "list"]), rollouts, "the rollouts are intact");
+    assert_eq!(c.rollout_status(&id)["phase"], finished["phase"]);
+    assert!(audit_entries(&c) >= audited, "the chain verifies with what it held");
+    // The agents reconnect with the certificates they hold (no enrolment), report, and take a
+    // deployment signed with the restored keys.
+    for (_, device) in &agents {
+        c.wait_device(device, Duration::from_secs(60), |d| {
+            d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)
+        })
+        .await;
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy after the restore");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+    c.stop(Signal::SIGTERM);
 }
 
 /// This machine's address on its network (not loopback), if it has one: where another host

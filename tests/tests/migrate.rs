@@ -158,6 +158,7 @@ async fn a_sled_coordinator_moved_to_postgresql_keeps_its_state_and_its_agents_c
     let (code, out, err) = migrate(&sled_url(&data), &db.url);
     assert_eq!(code, 0, "migrate: {out}{err}");
     assert!(out.contains("audit chain verified on PostgreSQL"), "{out}");
+    assert!(!format!("{out}{err}").contains(&db.password), "the password is shown: {out}{err}");
     assert!(err.contains("→ outpost_envelopes") && err.contains("→ outpost_traffic_rollups"), "{err}");
     // Again: the target holds records now, and says which.
     let (code, _, err) = migrate(&sled_url(&data), &db.url);

@@ -73,6 +73,29 @@ fn a_backup_restores_every_record_file_and_audit_entry() {
     }
 }
 
+/// A replica on PostgreSQL: its data directory holds keys and files, its records are the
+/// database's. The restored directory gets the keys and no empty state database (which would
+/// pass for a single node's).
+#[test]
+fn a_replicas_backup_restores_its_keys_without_a_state_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+    std::fs::write(dir.path().join("pki/ca.key"), b"-----BEGIN PRIVATE KEY-----").unwrap();
+    std::fs::write(dir.path().join("admin.token"), b"token").unwrap();
+    let key = key();
+    let mut sealer = Sealer::new(Vec::new(), &key).unwrap();
+    let summary = Snapshot { store: None, data_dir: dir.path() }.write(&mut sealer).unwrap();
+    let bytes = sealer.finish().unwrap();
+    assert_eq!((summary.files, summary.audit_entries), (2, 0));
+    assert!(summary.records.values().all(|n| *n == 0), "{summary:?}");
+
+    let target = tempfile::tempdir().unwrap();
+    let into = target.path().join("replica");
+    assert_eq!(restore_from(&bytes, &key, &into).unwrap(), summary);
+    assert_eq!(std::fs::read(into.join("pki/ca.key")).unwrap(), b"-----BEGIN PRIVATE KEY-----");
+    assert!(!into.join("state").exists(), "a state database was made for a replica");
+}
+
 #[test]
 fn an_audit_log_ahead_of_its_head_is_cut_at_the_head() {
     let source = coordinator_dir();
