@@ -390,6 +390,33 @@ impl AuditLog {
         verify(&data_dir.join("audit.log"), head)
     }
 
+    /// The entries of the log in `data_dir` up to its recorded head, each checked against the
+    /// one before, with the line it was read from: what a copy of the chain elsewhere takes
+    /// (`outpost-coordinator migrate`). Lines past the head — a group a crash wrote but kept from
+    /// moving the head — were never acknowledged to anyone, and are left out as a backup leaves
+    /// them.
+    pub fn entries_to_head(data_dir: &Path, store: &Store) -> Result<Vec<(AuditEntry, String)>, Broken> {
+        let meta = store.tree("meta").map_err(|e| Broken::Unreadable(e.to_string()))?;
+        let head = read_head(&meta).map_err(|e| Broken::Unreadable(e.to_string()))?;
+        let path = data_dir.join("audit.log");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Broken::Unreadable(format!("{}: {e}", path.display()))),
+        };
+        let through = head.as_ref().map_or(0, |(seq, _)| usize::try_from(*seq).unwrap_or(usize::MAX));
+        let mut chain = Chain::default();
+        let mut out = Vec::new();
+        for (i, line) in text.lines().take(through).enumerate() {
+            let entry: AuditEntry = serde_json::from_str(line)
+                .map_err(|e| Broken::NotAnEntry { line: i as u64 + 1, detail: e.to_string() })?;
+            chain.follow(&entry)?;
+            out.push((entry, line.to_owned()));
+        }
+        chain.ends_at(head)?;
+        Ok(out)
+    }
+
     /// Checks the whole chain against the recorded head.
     pub fn verify(&self) -> Result<u64, Broken> {
         match &self.backend {

@@ -96,9 +96,13 @@ fn run(args: &MigrateArgs) -> Result<(), Failed> {
             Failed::from(e)
         }
     })?;
-    let audited = AuditLog::verify_stored(&data_dir, &store).map_err(|broken| {
-        format!("the audit chain of {} does not verify ({broken}): nothing was copied", data_dir.display())
-    })?;
+    let audited =
+        AuditLog::entries_to_head(&data_dir, &store).map(|entries| entries.len()).map_err(|broken| {
+            format!(
+                "the audit chain of {} does not verify ({broken}): nothing was copied",
+                data_dir.display()
+            )
+        })?;
     prepare(&store)?;
     eprintln!("source: {} ({audited} audit entries, chain verified)", data_dir.display());
 
@@ -260,7 +264,7 @@ fn copy_in(
             );
         }
     }
-    match copy_audit(tx, data_dir)? {
+    match copy_audit(tx, store, data_dir)? {
         Ok(n) => expected.insert("outpost_audit", n),
         Err(e) => return Ok(Err(e)),
     };
@@ -317,7 +321,7 @@ fn copy_tree(
         if chunk.len() == CHUNK_ROWS || (next.is_none() && !chunk.is_empty()) {
             copied += write_rows(tx, copy.table, &copy.columns, &chunk)?;
             chunk.clear();
-            if held > 100_000 {
+            if held > 100_000 && copied % 100_000 == 0 {
                 eprintln!("  {:<20}   {copied} of {held}", copy.tree);
             }
         }
@@ -349,29 +353,25 @@ fn write_rows(
     writer.finish()
 }
 
-/// The audit log's entries (up to the recorded head: the source verified) and its head.
+/// The audit log's entries up to the recorded head ([`AuditLog::entries_to_head`]) and that
+/// head.
 fn copy_audit(
     tx: &mut postgres::Transaction<'_>,
+    store: &Store,
     data_dir: &Path,
 ) -> Result<Result<u64, CopyError>, postgres::Error> {
-    let path = data_dir.join("audit.log");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Ok(Err(CopyError::File { path, detail: e.to_string() })),
+    let entries = match AuditLog::entries_to_head(data_dir, store) {
+        Ok(entries) => entries,
+        Err(broken) => {
+            let path = data_dir.join("audit.log");
+            return Ok(Err(CopyError::File { path, detail: broken.to_string() }));
+        }
     };
-    let mut rows = Vec::new();
-    let mut head = None;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let entry: crate::base::audit::AuditEntry = match serde_json::from_str(line) {
-            Ok(entry) => entry,
-            Err(e) => {
-                return Ok(Err(CopyError::File { path, detail: format!("an entry does not decode: {e}") }));
-            }
-        };
-        rows.push(vec![Cell::Int(pg::store::to_sql(entry.seq)), Cell::Json(line.to_owned())]);
-        head = Some((entry.seq, entry.hash));
-    }
+    let head = entries.last().map(|(entry, _)| (entry.seq, entry.hash.clone()));
+    let rows: Vec<Vec<Cell>> = entries
+        .into_iter()
+        .map(|(entry, line)| vec![Cell::Int(pg::store::to_sql(entry.seq)), Cell::Json(line)])
+        .collect();
     let started = Instant::now();
     let n = write_rows(tx, "outpost_audit", &[("seq", Type::INT8), ("entry", Type::JSON)], &rows)?;
     if let Some((seq, hash)) = head {
