@@ -573,3 +573,76 @@ pub fn validate_lax(c: &Coordinator, version: &str) {
         "lax validate",
     );
 }
+
+impl Coordinator {
+    /// `outpostctl --json ARGS`, parsed; fails the test unless it answered.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let all = [&["--json"][..], args].concat();
+        let out = ok(self.ctl(&all), &args.join(" "));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
+    }
+
+    /// Each objective's event count in `slo status MODEL`.
+    pub fn slo_events(&self, model: &str) -> Vec<u64> {
+        let status = self.ctl_json(&["slo", "status", model]);
+        let objectives = status[0]["objectives"].as_array().unwrap_or_else(|| panic!("{status}"));
+        objectives.iter().map(|o| o["events"].as_u64().unwrap()).collect()
+    }
+
+    /// `audit verify`'s entry count; fails the test unless the chain verifies.
+    pub fn audit_entries(&self) -> u64 {
+        let out = ok(self.ctl(&["audit", "verify"]), "audit verify");
+        let count = out.split("intact: ").nth(1).and_then(|rest| rest.split(' ').next());
+        count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("audit verify: {out}"))
+    }
+}
+
+/// A coordinator with history: two agents (`site=s0`, `site=s1`, under `dir`) enrolled with `c`,
+/// `bc` 1.0.0 and 1.1.0 pushed and validated, 1.0.0 deployed, then a one-wave rollout of 1.1.0
+/// finished under labelled traffic (gated on errors and latency). Returns the agents with their
+/// device ids, and the rollout as it finished; the traffic has stopped.
+pub async fn with_a_finished_rollout(c: &Coordinator, dir: &Path) -> (Vec<(Agent, String)>, Value) {
+    let key = release_key(c);
+    let agents: Vec<_> = (0..2)
+        .map(|i| start_agent(c, &dir.join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
+        .collect();
+    for v in ["1.0.0", "1.1.0"] {
+        ok(push(c, &format!("breast_cancer-{v}"), v), "push");
+        assert_eq!(validate(c, v).0, 0, "validate {v}");
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
+    for (agent, _) in &agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+    let all: Vec<&Agent> = agents.iter().map(|(a, _)| a).collect();
+    let traffic = crate::LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = c.ctl_json(&[
+        "rollout",
+        "start",
+        "bc@1.1.0",
+        "--waves",
+        "100",
+        "--bake",
+        "4s",
+        "--max-extensions",
+        "10",
+        "--gate",
+        "error_rate<=+5%",
+        "--gate",
+        "p95<=3x",
+        "--min-requests",
+        "30",
+        "--latency-slack-ms",
+        "50",
+    ]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let finished = c
+        .wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
+            assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
+            v["phase"] == "succeeded"
+        })
+        .await;
+    drop(traffic);
+    (agents, finished)
+}

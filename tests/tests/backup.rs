@@ -13,32 +13,10 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use outpost_tests::LabelledTraffic;
-use outpost_tests::fleet::{Coordinator, ok, push, release_key, run, start_agent, validate, wait_serving};
+use outpost_tests::fleet::{Coordinator, ok, run, wait_serving, with_a_finished_rollout};
 use outpost_tests::mosquitto::Mosquitto;
 use outpost_tests::postgres::{Database, admin_url, psql};
 use serde_json::Value;
-
-fn json(c: &Coordinator, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = ok(c.ctl(&all), &args.join(" "));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
-}
-
-/// `audit verify`'s entry count; fails unless the chain verifies.
-fn audit_entries(c: &Coordinator) -> u64 {
-    let out = ok(c.ctl(&["audit", "verify"]), "audit verify");
-    let count = out.split("intact: ").nth(1).and_then(|rest| rest.split(' ').next());
-    count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("audit verify: {out}"))
-}
-
-/// Each objective's event count in `slo status bc`.
-fn slo_events(c: &Coordinator) -> Vec<u64> {
-    let status = json(c, &["slo", "status", "bc"]);
-    let objectives = status[0]["objectives"].as_array().unwrap_or_else(|| panic!("{status}"));
-    objectives.iter().map(|o| o["events"].as_u64().unwrap()).collect()
-}
 
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -50,54 +28,11 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("coordinator");
     let (mut c, _) = Coordinator::start_embedded(&data);
-    let key = release_key(&c);
-    let agents: Vec<_> = (0..2)
-        .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
-        .collect();
-    for v in ["1.0.0", "1.1.0"] {
-        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
-        assert_eq!(validate(&c, v).0, 0, "validate {v}");
-    }
-    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
-    let all: Vec<_> = agents.iter().map(|(a, _)| a).collect();
-    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let started = json(
-        &c,
-        &[
-            "rollout",
-            "start",
-            "bc@1.1.0",
-            "--waves",
-            "100",
-            "--bake",
-            "4s",
-            "--max-extensions",
-            "10",
-            "--gate",
-            "error_rate<=+5%",
-            "--gate",
-            "p95<=3x",
-            "--min-requests",
-            "30",
-            "--latency-slack-ms",
-            "50",
-        ],
-    );
-    let id = started["id"].as_str().unwrap().to_owned();
-    let finished = c
-        .wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
-            assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
-            v["phase"] == "succeeded"
-        })
-        .await;
-    drop(traffic);
+    let (agents, finished) = with_a_finished_rollout(&c, dir.path()).await;
+    let id = finished["id"].as_str().unwrap().to_owned();
     let slo = ["slo", "set", "bc", "--availability", "99%", "--latency", "p95<200ms", "--accuracy", "50%"];
     ok(c.ctl(&[&slo[..], &["--window", "1d"]].concat()), "slo set");
-    let events = slo_events(&c);
+    let events = c.slo_events("bc");
     assert!(events.len() == 3 && events.iter().all(|n| *n > 0), "requests and labels counted: {events:?}");
 
     // The backup, taken while the coordinator serves (it holds the database: the command asks
@@ -113,9 +48,9 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     let ca_key = std::fs::read(data.join("pki/ca.key")).unwrap();
     let raw = std::fs::read(&backup).unwrap();
     assert!(!raw.windows(ca_key.len()).any(|w| w == ca_key), "the CA key is in the backup in clear");
-    let models = json(&c, &["model", "list"]);
-    let rollouts = json(&c, &["rollout", "list"]);
-    let audited = audit_entries(&c);
+    let models = c.ctl_json(&["model", "list"]);
+    let rollouts = c.ctl_json(&["rollout", "list"]);
+    let audited = c.audit_entries();
 
     // The disk is lost.
     c.stop(Signal::SIGTERM);
@@ -166,19 +101,19 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
     let restarted_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     c.resume();
-    assert_eq!(json(&c, &["model", "list"]), models, "the registry is intact");
-    let after: Value = json(&c, &["rollout", "list"]);
+    assert_eq!(c.ctl_json(&["model", "list"]), models, "the registry is intact");
+    let after: Value = c.ctl_json(&["rollout", "list"]);
     assert_eq!(after, rollouts, "the rollouts are intact");
     assert_eq!(c.rollout_status(&id)["phase"], finished["phase"]);
     // The restored chain verifies, with at least what it held at the backup (and the restart's
     // own entries after it).
-    assert!(audit_entries(&c) >= audited);
+    assert!(c.audit_entries() >= audited);
     // The backup leaves the roll-ups' completeness out: the restored coordinator rolls up the
     // windows and labels it restored, and its SLO counts at least what it counted before.
     let log = c.log();
     assert!(log.contains("rolled up the stored traffic windows"), "{log}");
     assert!(log.contains("rolled up the stored labels"), "{log}");
-    let restored = slo_events(&c);
+    let restored = c.slo_events("bc");
     assert!(
         restored.iter().zip(&events).all(|(after, before)| after >= before),
         "{restored:?} vs {events:?}"
@@ -210,44 +145,8 @@ async fn a_replica_on_postgresql_is_restored_from_its_keys_backup_and_a_database
     Coordinator::init(&data);
     let broker = Mosquitto::start_for_replicas(dir.path(), &data);
     let mut c = Coordinator::start_replica(&data, &broker.replicas_url(), &broker.url(), &db.url, &[]);
-    let key = release_key(&c);
-    let agents: Vec<_> = (0..2)
-        .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
-        .collect();
-    for v in ["1.0.0", "1.1.0"] {
-        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
-        assert_eq!(validate(&c, v).0, 0, "validate {v}");
-    }
-    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
-    let all: Vec<_> = agents.iter().map(|(a, _)| a).collect();
-    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let gates = [
-        "--gate",
-        "error_rate<=+5%",
-        "--gate",
-        "p95<=3x",
-        "--min-requests",
-        "30",
-        "--latency-slack-ms",
-        "50",
-    ];
-    let start = [
-        &["rollout", "start", "bc@1.1.0", "--waves", "100", "--bake", "4s", "--max-extensions", "10"][..],
-        &gates,
-    ]
-    .concat();
-    let id = json(&c, &start)["id"].as_str().unwrap().to_owned();
-    let finished = c
-        .wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
-            assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
-            v["phase"] == "succeeded"
-        })
-        .await;
-    drop(traffic);
+    let (agents, finished) = with_a_finished_rollout(&c, dir.path()).await;
+    let id = finished["id"].as_str().unwrap().to_owned();
 
     // The keys with the same command (the replica keeps no state database here), while it
     // serves; the records with pg_dump.
@@ -258,9 +157,9 @@ async fn a_replica_on_postgresql_is_restored_from_its_keys_backup_and_a_database
     assert!(err.contains("the records are in PostgreSQL: back them up with pg_dump"), "{err}");
     let dump = dir.path().join("outpost.pgdump");
     pg_tool("pg_dump", &["--format=custom", "--file", dump.to_str().unwrap(), &db.url]);
-    let models = json(&c, &["model", "list"]);
-    let rollouts = json(&c, &["rollout", "list"]);
-    let audited = audit_entries(&c);
+    let models = c.ctl_json(&["model", "list"]);
+    let rollouts = c.ctl_json(&["rollout", "list"]);
+    let audited = c.audit_entries();
 
     // The host and the database are lost.
     c.stop(Signal::SIGTERM);
@@ -287,10 +186,10 @@ async fn a_replica_on_postgresql_is_restored_from_its_keys_backup_and_a_database
     let restarted_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     c.resume();
-    assert_eq!(json(&c, &["model", "list"]), models, "the registry is intact");
-    assert_eq!(json(&c, &["rollout", "list"]), rollouts, "the rollouts are intact");
+    assert_eq!(c.ctl_json(&["model", "list"]), models, "the registry is intact");
+    assert_eq!(c.ctl_json(&["rollout", "list"]), rollouts, "the rollouts are intact");
     assert_eq!(c.rollout_status(&id)["phase"], finished["phase"]);
-    assert!(audit_entries(&c) >= audited, "the chain verifies with what it held");
+    assert!(c.audit_entries() >= audited, "the chain verifies with what it held");
     // The agents reconnect with the certificates they hold (no enrolment), report, and take a
     // deployment signed with the restored keys.
     for (_, device) in &agents {
@@ -366,7 +265,7 @@ fn a_backup_is_refused_to_an_admin_calling_from_another_address() {
     let (code, out, err) = backup(&format!("https://127.0.0.1:{port}"), &taken);
     assert_eq!(code, 0, "the loopback backup: {out}{err}");
     assert!(taken.is_file());
-    audit_entries(&c);
+    c.audit_entries();
 }
 
 /// `outpost-coordinator backup --to TO --key KEY --data-dir DATA --coordinator URL [EXTRA…]`:

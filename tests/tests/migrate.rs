@@ -13,36 +13,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use outpost_tests::LabelledTraffic;
-use outpost_tests::fleet::{Coordinator, ok, push, release_key, run, start_agent, validate, wait_serving};
+use outpost_tests::fleet::{Coordinator, ok, run, wait_serving, with_a_finished_rollout};
 use outpost_tests::mosquitto::Mosquitto;
 use outpost_tests::postgres::Database;
 use serde_json::Value;
 
-fn json(c: &Coordinator, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = ok(c.ctl(&all), &args.join(" "));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
-}
-
-/// `audit verify`'s entry count; fails unless the chain verifies.
-fn audit_entries(c: &Coordinator) -> u64 {
-    let out = ok(c.ctl(&["audit", "verify"]), "audit verify");
-    let count = out.split("intact: ").nth(1).and_then(|rest| rest.split(' ').next());
-    count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("audit verify: {out}"))
-}
-
-/// Each objective's event count in `slo status bc`.
-fn slo_events(c: &Coordinator) -> Vec<u64> {
-    let status = json(c, &["slo", "status", "bc"]);
-    let objectives = status[0]["objectives"].as_array().unwrap_or_else(|| panic!("{status}"));
-    objectives.iter().map(|o| o["events"].as_u64().unwrap()).collect()
-}
-
 /// Every device's id and its stored envelope count.
 fn envelopes(c: &Coordinator) -> Vec<(String, u64)> {
-    let devices = json(c, &["devices"]);
+    let devices = c.ctl_json(&["devices"]);
     let mut out: Vec<(String, u64)> = devices
         .as_array()
         .unwrap_or_else(|| panic!("{devices}"))
@@ -55,7 +33,7 @@ fn envelopes(c: &Coordinator) -> Vec<(String, u64)> {
 
 /// The drift report of `bc` without the time it was asked at.
 fn drift(c: &Coordinator) -> Value {
-    let mut report = json(c, &["report", "drift", "--model", "bc", "--format", "json"]);
+    let mut report = c.ctl_json(&["report", "drift", "--model", "bc", "--format", "json"]);
     report.as_object_mut().unwrap().remove("since_ms");
     report
 }
@@ -76,46 +54,7 @@ async fn a_sled_coordinator_moved_to_postgresql_keeps_its_state_and_its_agents_c
     Coordinator::init(&data);
     let broker = Mosquitto::start_for_replicas(dir.path(), &data);
     let mut c = Coordinator::start_replica(&data, &broker.replicas_url(), &broker.url(), "sled", &[]);
-    let key = release_key(&c);
-    let agents: Vec<_> = (0..2)
-        .map(|i| start_agent(&c, &dir.path().join(format!("agent-{i}")), &format!("site=s{i}"), &[&key], ""))
-        .collect();
-    for v in ["1.0.0", "1.1.0"] {
-        ok(push(&c, &format!("breast_cancer-{v}"), v), "push");
-        assert_eq!(validate(&c, v).0, 0, "validate {v}");
-    }
-    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy 1.0.0");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
-    let all: Vec<_> = agents.iter().map(|(a, _)| a).collect();
-    let traffic = LabelledTraffic::start(&all, "bc", Duration::from_millis(10));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let started = json(
-        &c,
-        &[
-            "rollout",
-            "start",
-            "bc@1.1.0",
-            "--waves",
-            "100",
-            "--bake",
-            "4s",
-            "--max-extensions",
-            "10",
-            "--gate",
-            "error_rate<=+5%",
-            "--min-requests",
-            "30",
-        ],
-    );
-    let id = started["id"].as_str().unwrap().to_owned();
-    c.wait_rollout(&id, Duration::from_secs(120), "finished", |v| {
-        assert!(v["phase"] != "rolled_back" && v["phase"] != "paused", "{v:#}");
-        v["phase"] == "succeeded"
-    })
-    .await;
-    drop(traffic);
+    let (agents, _) = with_a_finished_rollout(&c, dir.path()).await;
     // Every agent's last report with traffic in it is stored before the counts are taken.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let slo = ["slo", "set", "bc", "--availability", "99%", "--latency", "p95<200ms", "--accuracy", "50%"];
@@ -138,15 +77,15 @@ async fn a_sled_coordinator_moved_to_postgresql_keeps_its_state_and_its_agents_c
         agent.signal(Signal::SIGSTOP);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = slo_events(&c);
+    let events = c.slo_events("bc");
     assert!(events.len() == 3 && events.iter().all(|n| *n > 0), "requests and labels counted: {events:?}");
-    let quality = json(&c, &["model", "quality", "bc"]);
+    let quality = c.ctl_json(&["model", "quality", "bc"]);
     let drift_before = drift(&c);
     assert!(drift_before["windows"].as_u64() > Some(0), "{drift_before:#}");
-    let models = json(&c, &["model", "list"]);
-    let rollouts = json(&c, &["rollout", "list"]);
-    let tokens = json(&c, &["token", "list"]);
-    let audited = audit_entries(&c);
+    let models = c.ctl_json(&["model", "list"]);
+    let rollouts = c.ctl_json(&["rollout", "list"]);
+    let tokens = c.ctl_json(&["token", "list"]);
+    let audited = c.audit_entries();
     let stored = envelopes(&c);
     assert!(stored.len() == 2 && stored.iter().all(|(_, n)| *n > 0), "{stored:?}");
     c.stop(Signal::SIGTERM);
@@ -169,17 +108,17 @@ async fn a_sled_coordinator_moved_to_postgresql_keeps_its_state_and_its_agents_c
     let mut p = Coordinator::start_replica(&data, &broker.replicas_url(), &broker.url(), &db.url, &[]);
     let restarted_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    assert_eq!(json(&p, &["model", "list"]), models, "the registry is intact");
-    assert_eq!(json(&p, &["rollout", "list"]), rollouts, "the rollouts are intact");
-    assert_eq!(json(&p, &["token", "list"]), tokens, "the API tokens are intact");
-    assert_eq!(json(&p, &["model", "quality", "bc"]), quality, "the labels and their roll-ups are intact");
+    assert_eq!(p.ctl_json(&["model", "list"]), models, "the registry is intact");
+    assert_eq!(p.ctl_json(&["rollout", "list"]), rollouts, "the rollouts are intact");
+    assert_eq!(p.ctl_json(&["token", "list"]), tokens, "the API tokens are intact");
+    assert_eq!(p.ctl_json(&["model", "quality", "bc"]), quality, "the labels and their roll-ups are intact");
     assert_eq!(envelopes(&p), stored, "every device's counts are there");
     let rows: u64 = db.query("SELECT count(*) FROM outpost_envelopes").parse().unwrap();
     assert_eq!(rows, stored.iter().map(|(_, n)| n).sum::<u64>(), "every stored envelope is there");
-    assert_eq!(slo_events(&p), events, "the traffic windows and their roll-ups are intact");
+    assert_eq!(p.slo_events("bc"), events, "the traffic windows and their roll-ups are intact");
     assert_eq!(drift(&p), drift_before, "the drift history and its roll-ups are intact");
     // The chain verifies on PostgreSQL: what sled held, then the migration's entry.
-    assert!(audit_entries(&p) > audited);
+    assert!(p.audit_entries() > audited);
     let tail = ok(p.ctl(&["audit", "list", "--limit", "200"]), "audit list");
     assert!(tail.contains("store.migrate"), "{tail}");
 
