@@ -646,3 +646,19 @@ pub async fn with_a_finished_rollout(c: &Coordinator, dir: &Path) -> (Vec<(Agent
     drop(traffic);
     (agents, finished)
 }
+
+/// The agents carry on with `c` (restored, moved, restarted): each reports after `since_ms` with
+/// the certificate it holds (no enrolment), and a deployment of `bc@1.0.0` — desired states
+/// signed with `c`'s keys — reaches every one.
+pub async fn agents_carry_on(c: &Coordinator, agents: &[(Agent, String)], since_ms: u64) {
+    for (_, device) in agents {
+        c.wait_device(device, Duration::from_secs(60), |d| {
+            d["last_seen_ms"].as_u64().is_some_and(|t| t > since_ms)
+        })
+        .await;
+    }
+    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy");
+    for (agent, _) in agents {
+        wait_serving(agent, "1.0.0").await;
+    }
+}

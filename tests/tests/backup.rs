@@ -10,10 +10,8 @@
 //! `restore` bring them back, and the agents carry on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use nix::sys::signal::Signal;
-use outpost_tests::fleet::{Coordinator, ok, run, wait_serving, with_a_finished_rollout};
+use outpost_tests::fleet::{Coordinator, agents_carry_on, ok, run, with_a_finished_rollout};
 use outpost_tests::mosquitto::Mosquitto;
 use outpost_tests::postgres::{Database, admin_url, psql};
 use serde_json::Value;
@@ -118,17 +116,8 @@ async fn a_destroyed_coordinator_is_restored_from_its_backup_and_its_agents_carr
         restored.iter().zip(&events).all(|(after, before)| after >= before),
         "{restored:?} vs {events:?}"
     );
-    for (_, device) in &agents {
-        c.wait_device(device, Duration::from_secs(60), |d| {
-            d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)
-        })
-        .await;
-    }
-    // Desired states signed with the restored keys are accepted: a deployment goes through.
-    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy after the restore");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
+    // The agents report again, and desired states signed with the restored keys are accepted.
+    agents_carry_on(&c, &agents, restarted_ms).await;
 }
 
 /// `pg_dump`/`pg_restore` (`-Fc`) of `url`, as an operator would; fails the test unless it worked.
@@ -192,16 +181,7 @@ async fn a_replica_on_postgresql_is_restored_from_its_keys_backup_and_a_database
     assert!(c.audit_entries() >= audited, "the chain verifies with what it held");
     // The agents reconnect with the certificates they hold (no enrolment), report, and take a
     // deployment signed with the restored keys.
-    for (_, device) in &agents {
-        c.wait_device(device, Duration::from_secs(60), |d| {
-            d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)
-        })
-        .await;
-    }
-    ok(c.ctl(&["deploy", "bc@1.0.0"]), "deploy after the restore");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
+    agents_carry_on(&c, &agents, restarted_ms).await;
     c.stop(Signal::SIGTERM);
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use outpost_tests::fleet::{Coordinator, ok, run, wait_serving, with_a_finished_rollout};
+use outpost_tests::fleet::{Coordinator, agents_carry_on, ok, run, with_a_finished_rollout};
 use outpost_tests::mosquitto::Mosquitto;
 use outpost_tests::postgres::Database;
 use serde_json::Value;
@@ -126,15 +126,6 @@ async fn a_sled_coordinator_moved_to_postgresql_keeps_its_state_and_its_agents_c
     for (agent, _) in &agents {
         agent.signal(Signal::SIGCONT);
     }
-    for (_, device) in &agents {
-        p.wait_device(device, Duration::from_secs(60), |d| {
-            d["last_seen_ms"].as_u64().is_some_and(|t| t > restarted_ms)
-        })
-        .await;
-    }
-    ok(p.ctl(&["deploy", "bc@1.0.0"]), "deploy after the migration");
-    for (agent, _) in &agents {
-        wait_serving(agent, "1.0.0").await;
-    }
+    agents_carry_on(&p, &agents, restarted_ms).await;
     p.stop(Signal::SIGTERM);
 }
